@@ -1,0 +1,132 @@
+"""Parameter checks and the overlap-depth helper shared by every layer.
+
+Kept free of dask and zarr so the kernel, the graph builder and the I/O layer
+all validate the same way and derive the halo from one place.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+__all__ = ["overlap_depth", "parse_axes"]
+
+
+def check_nhsize(nhsize: Any) -> int:
+    """Return ``nhsize`` as an int, or raise naming the parameter."""
+    if isinstance(nhsize, (bool, np.bool_)) or not isinstance(nhsize, numbers.Integral):
+        raise TypeError(f"nhsize must be an integer >= 1, got {nhsize!r} ({type(nhsize).__name__})")
+    nhsize = int(nhsize)
+    if nhsize < 1:
+        raise ValueError(f"nhsize must be an integer >= 1, got {nhsize}")
+    return nhsize
+
+
+def overlap_depth(nhsize: int) -> int:
+    """Halo, in pixels, that makes a block's result independent of its neighbours.
+
+    The receptive field of one output pixel is a chain of three ``nhsize`` box
+    windows (local mean, local variance, the selectivity's PSNR average) and one
+    3 x 3 median, so a block needs ``3 * (nhsize // 2) + 1`` pixels of context on
+    each side. Even sizes are asymmetric (offsets ``-n/2 .. n/2 - 1``); the
+    larger side is used.
+
+    Parameters
+    ----------
+    nhsize : int
+        Size of the focus-measure window.
+
+    Returns
+    -------
+    int
+        The halo depth in pixels.
+
+    Examples
+    --------
+    >>> overlap_depth(9)
+    13
+    >>> overlap_depth(10)
+    16
+    """
+    return 3 * (check_nhsize(nhsize) // 2) + 1
+
+
+def check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a real number in (0, 1], got {alpha!r}")
+    alpha = float(alpha)
+    if not (0.0 < alpha <= 1.0):
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    return alpha
+
+
+def check_sth(sth: Any) -> float:
+    if isinstance(sth, (bool, np.bool_)) or not isinstance(sth, numbers.Real):
+        raise TypeError(f"sth must be a finite real number, got {sth!r}")
+    sth = float(sth)
+    if not np.isfinite(sth):
+        raise ValueError(f"sth must be a finite real number, got {sth}")
+    return sth
+
+
+def check_focus(focus: Any, n_planes: int) -> np.ndarray:
+    """Return the focus positions as float64, defaulting to ``arange(P)``."""
+    if focus is None:
+        return np.arange(n_planes, dtype=np.float64)
+    arr = np.asarray(focus)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"focus must be a 1-D sequence of real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != n_planes:
+        raise ValueError(
+            f"focus must be 1-D with one position per plane ({n_planes}), got shape {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"focus must be finite, got {arr.tolist()}")
+    steps = np.diff(arr)
+    if n_planes > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
+        # The 3-point fit divides by differences of focus positions.
+        raise ValueError(f"focus must be strictly monotonic, got {arr.tolist()}")
+    return arr
+
+
+def check_dtype(dtype: Any, name: str = "im_stack") -> np.dtype:
+    """Accept integer and floating dtypes (any byte order); refuse the rest."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must have an integer or floating dtype, got {dtype} "
+            "(bool, complex, object and string data cannot be fused)"
+        )
+    return dtype
+
+
+def parse_axes(axes: Any, ndim: int) -> str:
+    """Check an axes string such as ``"zyx"``, ``"czyx"`` or ``"yxz"``.
+
+    One letter per dimension, each once; ``z``, ``y`` and ``x`` are required,
+    ``c`` is the optional channel axis, any other letter is a batch axis.
+
+    Examples
+    --------
+    >>> parse_axes("TCZYX", 5)
+    'tczyx'
+    """
+    if not isinstance(axes, str):
+        raise TypeError(f"axes must be a string such as 'zyx', got {axes!r}")
+    low = axes.lower()
+    if len(low) != ndim:
+        raise ValueError(
+            f"axes {axes!r} has {len(low)} letters but the stack has {ndim} dimensions"
+        )
+    if not low.isalpha() or not low.isascii():
+        raise ValueError(f"axes must contain only letters, got {axes!r}")
+    repeated = sorted({a for a in low if low.count(a) > 1})
+    if repeated:
+        raise ValueError(f"axes {axes!r} repeats {', '.join(repeated)}; each axis may appear once")
+    missing = [a for a in "zyx" if a not in low]
+    if missing:
+        raise ValueError(f"axes {axes!r} lacks {', '.join(missing)}; z, y and x are required")
+    return low
