@@ -112,7 +112,7 @@ def plan_chunks(
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     side = lo
     out = []
-    for n, a in zip(shape_yx, align):
+    for n, a in zip(shape_yx, align, strict=True):
         s = -(-n // -(-n // min(side, n)))  # balanced: ceil(n / ceil(n / side))
         if a > 1 and s < n and (s // a) * a >= 2 * halo:
             s = (s // a) * a
