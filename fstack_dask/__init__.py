@@ -1,0 +1,19 @@
+"""Out-of-core all-in-focus fusion of focus stacks with Dask and Zarr.
+
+Implements the noise-robust selective all-in-focus fusion of Pertuz et al.,
+IEEE Trans. Image Process. 22(3):1242-1251, 2013, as its reference
+implementation (coppafish's ``extract/fstack.py``) computes it.
+"""
+
+from ._focus_stack import focus_stack
+from ._synthetic import SyntheticStack, synthetic_stack
+from ._utils import overlap_depth
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SyntheticStack",
+    "focus_stack",
+    "overlap_depth",
+    "synthetic_stack",
+]
