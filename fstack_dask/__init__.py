@@ -5,6 +5,7 @@ IEEE Trans. Image Process. 22(3):1242-1251, 2013, as its reference
 implementation (coppafish's ``extract/fstack.py``) computes it.
 """
 
+from ._dask import FusionResult, fuse
 from ._focus_stack import focus_stack
 from ._synthetic import SyntheticStack, synthetic_stack
 from ._utils import overlap_depth
@@ -12,8 +13,10 @@ from ._utils import overlap_depth
 __version__ = "0.1.0"
 
 __all__ = [
+    "FusionResult",
     "SyntheticStack",
     "focus_stack",
+    "fuse",
     "overlap_depth",
     "synthetic_stack",
 ]

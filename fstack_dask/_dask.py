@@ -293,7 +293,8 @@ def fuse(
     fused = da.map_overlap(
         _fuse_chunk,
         x,
-        depth={x.ndim - 2: halo, x.ndim - 1: halo},
+        # an axis in one chunk needs no halo (and dask refuses one deeper than the chunk)
+        depth={ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)},
         boundary="none",
         trim=False,
         allow_rechunk=False,

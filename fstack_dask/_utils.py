@@ -104,29 +104,56 @@ def check_dtype(dtype: Any, name: str = "im_stack") -> np.dtype:
 
 
 def parse_axes(axes: Any, ndim: int) -> str:
-    """Check an axes string such as ``"zyx"``, ``"czyx"`` or ``"yxz"``.
+    """Validate and normalise an axes string.
 
-    One letter per dimension, each once; ``z``, ``y`` and ``x`` are required,
-    ``c`` is the optional channel axis, any other letter is a batch axis.
+    Parameters
+    ----------
+    axes : str
+        One letter per array dimension, case-insensitive. Must contain ``z``
+        (focus), ``y`` and ``x``; ``c`` marks the optional channel axis and
+        any other letter is a batch axis.
+    ndim : int
+        Number of dimensions of the array the axes describe.
+
+    Returns
+    -------
+    str
+        The lower-cased axes string.
+
+    Raises
+    ------
+    TypeError
+        If `axes` is not a str.
+    ValueError
+        If `axes` has the wrong length, contains non-letters or repeated
+        letters, or lacks one of ``z``, ``y``, ``x``.
 
     Examples
     --------
-    >>> parse_axes("TCZYX", 5)
-    'tczyx'
+    >>> parse_axes("CZYX", 4)
+    'czyx'
+    >>> parse_axes("yxz", 3)
+    'yxz'
     """
     if not isinstance(axes, str):
-        raise TypeError(f"axes must be a string such as 'zyx', got {axes!r}")
+        raise TypeError(f"axes must be a str such as 'zyx', got {type(axes).__name__}")
     low = axes.lower()
     if len(low) != ndim:
         raise ValueError(
-            f"axes {axes!r} has {len(low)} letters but the stack has {ndim} dimensions"
+            f"axes {axes!r} has {len(low)} letters but the array has {ndim} dimensions; "
+            f"expected exactly one letter per dimension (e.g. 'zyx' for a 3-D stack)"
         )
-    if not low.isalpha() or not low.isascii():
-        raise ValueError(f"axes must contain only letters, got {axes!r}")
+    if not (low.isascii() and low.isalpha()):
+        raise ValueError(f"axes {axes!r} must contain only ASCII letters, e.g. 'zyx' or 'czyx'")
     repeated = sorted({a for a in low if low.count(a) > 1})
     if repeated:
-        raise ValueError(f"axes {axes!r} repeats {', '.join(repeated)}; each axis may appear once")
+        raise ValueError(
+            f"axes {axes!r} repeats {''.join(repeated)!r}; each letter may appear once"
+        )
     missing = [a for a in "zyx" if a not in low]
     if missing:
-        raise ValueError(f"axes {axes!r} lacks {', '.join(missing)}; z, y and x are required")
+        raise ValueError(
+            f"axes {axes!r} lacks {''.join(missing)!r}; expected the focus axis 'z' and the "
+            f"image axes 'y' and 'x' (e.g. 'zyx')"
+        )
     return low

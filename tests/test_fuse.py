@@ -1,0 +1,166 @@
+"""Chunked fusion: lazy, and bit-identical to the whole image for any chunking and scheduler."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import chunks_for, stacks
+
+from fstack_dask import focus_stack, fuse, overlap_depth, synthetic_stack
+
+
+def _fail_scheduler(*args, **kwargs):
+    raise AssertionError("building the graph must not compute anything")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # 530 rows so that 513-pixel chunks leave an uneven 17-pixel last chunk.
+    return synthetic_stack((530, 90), 7, dtype="uint16", noise=0.03, seed=42).stack
+
+
+@pytest.fixture(scope="module")
+def expected(stack):
+    return focus_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
+
+
+def test_building_the_graph_computes_nothing(stack):
+    def exploding(block):
+        raise AssertionError("a block was computed")
+
+    lazy_input = da.from_array(stack, chunks=(64, 64, -1)).map_blocks(exploding, dtype=stack.dtype)
+    with dask.config.set(scheduler=_fail_scheduler):
+        out = fuse(lazy_input, axes="yxz", return_maps=True)
+        assert isinstance(out.image, da.Array)
+        assert out.image.shape == stack.shape[:2]
+        assert out.image.dtype == stack.dtype
+        assert out.depth.dtype == np.float32 and out.selectivity.dtype == np.float32
+    with pytest.raises(AssertionError, match="must not compute"), dask.config.set(
+        scheduler=_fail_scheduler
+    ):
+        out.image.compute()  # the guard itself works
+
+
+@pytest.mark.parametrize("chunks", [None, 7, 64, 100, 513, (513, 7), (100, 45)])
+def test_chunkings_are_bit_identical(stack, expected, chunks):
+    dstack = da.from_array(stack, chunks=(-1, -1, -1))
+    out = fuse(dstack, axes="yxz", chunks=chunks)
+    if chunks is not None:
+        cy, cx = (chunks, chunks) if np.ndim(chunks) == 0 else chunks
+        assert out.chunks[0][0] == min(cy, stack.shape[0])
+        assert out.chunks[1][0] == min(cx, stack.shape[1])
+    assert np.array_equal(out.compute(scheduler="threads"), expected)
+
+
+def test_input_chunks_are_kept_when_not_given(stack, expected):
+    dstack = da.from_array(stack, chunks=(100, 30, 3))  # z split too: fuse joins it
+    out = fuse(dstack, axes="yxz")
+    assert out.chunks == dstack.chunks[:2]
+    assert np.array_equal(out.compute(), expected)
+
+
+def test_chunks_smaller_than_the_halo(stack, expected):
+    depth = overlap_depth(9)
+    out = fuse(stack, axes="yxz", chunks=(3, 5))
+    assert 3 < depth and out.chunks[0][0] == 3  # output keeps the requested chunks
+    assert np.array_equal(out.compute(), expected)
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_local_schedulers_are_bit_identical(stack, expected, scheduler):
+    out = fuse(stack, axes="yxz", chunks=(100, 64), return_maps=True)
+    image, depth, sel = dask.compute(*out, scheduler=scheduler)
+    assert np.array_equal(image, expected)
+    ref_maps = fuse(stack, axes="yxz", chunks=(530, 90), return_maps=True)
+    r_depth, r_sel = dask.compute(ref_maps.depth, ref_maps.selectivity, scheduler="sync")
+    assert np.array_equal(depth, r_depth, equal_nan=True)
+    assert np.array_equal(sel, r_sel, equal_nan=True)
+
+
+def test_distributed_local_cluster_with_processes(stack, expected, local_cluster):
+    with Client(local_cluster) as client:
+        out = fuse(stack, axes="yxz", chunks=(64, 40))
+        assert np.array_equal(client.compute(out).result(), expected)
+
+
+def test_rgb_and_independent_channels():
+    rgb = synthetic_stack((70, 60), 7, rgb=True, dtype="uint8", seed=3).stack  # y x z c
+    out = fuse(rgb, axes="yxzc", chunks=(16, 23))
+    assert out.shape == (70, 60, 3)
+    assert np.array_equal(out.compute(), focus_stack(rgb))
+    czyx = np.moveaxis(rgb, (3, 2), (0, 1))
+    indep = fuse(czyx, axes="czyx", channels="independent", chunks=20)
+    assert indep.shape == (3, 70, 60)
+    expected = np.stack([focus_stack(rgb[..., c]) for c in range(3)])
+    assert np.array_equal(indep.compute(), expected)
+    shared = fuse(czyx, axes="czyx", channels="rgb", chunks=33).compute()
+    assert np.array_equal(shared, np.moveaxis(focus_stack(rgb), -1, 0))
+
+
+def test_batch_axes_are_fused_independently():
+    a = synthetic_stack((40, 30), 6, dtype="uint8", seed=1).stack
+    b = synthetic_stack((40, 30), 6, dtype="uint8", seed=2).stack
+    tzyx = np.stack([np.moveaxis(a, 2, 0), np.moveaxis(b, 2, 0)])
+    out = fuse(tzyx, axes="tzyx", chunks=17)
+    assert out.shape == (2, 40, 30)
+    assert np.array_equal(out.compute(), np.stack([focus_stack(a), focus_stack(b)]))
+
+
+def test_maps(stack):
+    out = fuse(stack, axes="yxz", return_maps=True, chunks=200)
+    depth = out.depth.compute()
+    assert np.nanmin(depth) >= 0 and np.nanmax(depth) <= stack.shape[2] - 1
+    sel = out.selectivity.compute()
+    assert np.isfinite(sel).mean() > 0.9
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data(), stack=stacks(), nhsize=st.integers(1, 11))
+def test_property_any_chunking_matches_whole_image(data, stack, nhsize):
+    ychunks = data.draw(chunks_for(stack.shape[0]), label="y chunks")
+    xchunks = data.draw(chunks_for(stack.shape[1]), label="x chunks")
+    dstack = da.from_array(stack, chunks=(ychunks, xchunks, -1))
+    out = fuse(dstack, axes="yxz", nhsize=nhsize, return_maps=True)
+    assert out.image.chunks == (ychunks, xchunks)
+    image, depth, sel = dask.compute(*out, scheduler="sync")
+    assert np.array_equal(image, focus_stack(stack, nhsize))
+    whole = fuse(stack, axes="yxz", nhsize=nhsize, return_maps=True, chunks=stack.shape[:2])
+    w_depth, w_sel = dask.compute(whole.depth, whole.selectivity, scheduler="sync")
+    assert np.array_equal(depth, w_depth, equal_nan=True)
+    assert np.array_equal(sel, w_sel, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "name"),
+    [
+        ({"axes": "zyxq"}, ValueError, "axes"),
+        ({"axes": "zzx"}, ValueError, "axes"),
+        ({"axes": "cyx"}, ValueError, "axes"),
+        ({"axes": 3}, TypeError, "axes"),
+        ({"channels": "rgb"}, ValueError, "channels"),
+        ({"channels": "colour"}, ValueError, "channels"),
+        ({"nhsize": 0}, ValueError, "nhsize"),
+        ({"alpha": 2}, ValueError, "alpha"),
+        ({"focus": [1, 2]}, ValueError, "focus"),
+    ],
+)
+def test_fuse_bad_arguments(kwargs, exc, name):
+    stack = np.zeros((5, 8, 8), np.uint8)
+    args = {"axes": "zyx", **kwargs}
+    with pytest.raises(exc, match=name):
+        fuse(stack, **args)
