@@ -7,16 +7,18 @@ implementation (coppafish's ``extract/fstack.py``) computes it.
 
 from ._dask import FusionResult, fuse
 from ._focus_stack import focus_stack
+from ._pipeline import fuse_zarr
 from ._synthetic import SyntheticStack, synthetic_stack
 from ._utils import overlap_depth
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "FusionResult",
+    "__version__",
     "SyntheticStack",
     "focus_stack",
     "fuse",
+    "fuse_zarr",
     "overlap_depth",
     "synthetic_stack",
 ]

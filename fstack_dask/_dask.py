@@ -239,6 +239,76 @@ def fuse(
     >>> bool((lazy.compute() == focus_stack(stack)).all())
     True
     """
+    layers = fused_layers(
+        stack,
+        axes=axes,
+        nhsize=nhsize,
+        focus=focus,
+        alpha=alpha,
+        sth=sth,
+        channels=channels,
+        chunks=chunks,
+        memory_per_task=memory_per_task,
+        with_maps=return_maps,
+    )
+    fused = layers.array
+    if fused.chunks[-2:] != layers.out_chunks:
+        fused = fused.rechunk(fused.chunks[:-2] + layers.out_chunks)
+    plan = layers.plan
+    image = _to_user_order(
+        layers.split(fused, "image").astype(layers.dtype), layers.image_axes, plan.out_axes
+    )
+    if not return_maps:
+        return image
+    user_map_axes = plan.out_axes.replace("c", "") if plan.rgb else plan.out_axes
+    depth, sel = (
+        _to_user_order(layers.split(fused, name).astype(np.float32), layers.map_axes, user_map_axes)
+        for name in ("depth", "selectivity")
+    )
+    return FusionResult(image, depth, sel)
+
+
+class Layers(NamedTuple):
+    """The fused layers of every block, stacked along a K axis where z was.
+
+    ``array`` is float64 with canonical axes ``(batch..., [c], K, y, x)`` in the
+    computing chunks; K holds the image channel(s), then depth and selectivity
+    when asked for. ``out_chunks`` are the y/x chunks the caller asked for.
+    """
+
+    array: da.Array
+    plan: _Plan
+    dtype: np.dtype
+    n_img: int
+    out_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    image_axes: str  # canonical axes of the image, e.g. "tcyx"
+    map_axes: str  # canonical axes of depth/selectivity
+
+    def split(self, arr: da.Array, name: str) -> da.Array:
+        """Select one output from a K-stacked array (or block) with canonical axes."""
+        k_ax = arr.ndim - 3
+        k = {"image": slice(0, self.n_img), "depth": self.n_img, "selectivity": self.n_img + 1}
+        if self.plan.rgb:  # (batch..., c=1, K, y, x): the colour channels are K[0:3]
+            return arr[(slice(None),) * (k_ax - 1) + (0, k[name])]
+        if name == "image":
+            return arr[(slice(None),) * k_ax + (0,)]
+        return arr[(slice(None),) * k_ax + (k[name],)]
+
+
+def fused_layers(
+    stack: Any,
+    *,
+    axes: str,
+    nhsize: int,
+    focus: Any,
+    alpha: float,
+    sth: float,
+    channels: Channels,
+    chunks: int | tuple[int, int] | None,
+    memory_per_task: int,
+    with_maps: bool,
+) -> Layers:
+    """Validate, plan and build the one ``map_overlap`` of the fusion."""
     if not isinstance(stack, da.Array):
         arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
         stack = da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")
@@ -284,7 +354,7 @@ def fuse(
     x = x.rechunk(lead_chunks + (-1,) + compute_chunks)
 
     n_img = 3 if rgb else 1
-    n_out = n_img + (2 if return_maps else 0)
+    n_out = n_img + (2 if with_maps else 0)
     out_chunks_canon = x.chunks[:n_lead]
     if "c" in plan.canon_axes:
         out_chunks_canon += ((1,),) if rgb else (x.chunks[n_lead],)
@@ -308,30 +378,19 @@ def fuse(
         sth=sth,
         rgb=rgb,
         n_out=n_out,
-        name="fstack-fuse",
+        token="fstack-fuse",
     )
-    if compute_chunks != tuple(out_chunks):
-        fused = fused.rechunk(fused.chunks[:-2] + tuple(out_chunks))
-
-    # Split the stacked layers (the K axis sits where z was) and restore the user's axis order.
-    k_ax = x.ndim - 3
-    canon_no_z = plan.canon_axes.replace("z", "")
-    if rgb:  # (batch..., c=1, K, y, x): the colour channels are K[0:3]
-        before = (slice(None),) * (k_ax - 1) + (0,)
-        img = fused[before + (slice(0, 3),)]
-    else:
-        before = (slice(None),) * k_ax
-        img = fused[before + (0,)]
-    image = _to_user_order(img.astype(dtype.newbyteorder("=")), canon_no_z, plan.out_axes)
-    if not return_maps:
-        return image
-    map_axes = canon_no_z.replace("c", "") if rgb else canon_no_z
-    user_map_axes = plan.out_axes.replace("c", "") if rgb else plan.out_axes
-    depth, sel = (
-        _to_user_order(fused[before + (k,)].astype(np.float32), map_axes, user_map_axes)
-        for k in (n_img, n_img + 1)
+    return Layers(
+        fused,
+        plan,
+        dtype.newbyteorder("="),
+        n_img,
+        tuple(out_chunks),
+        plan.canon_axes.replace("z", ""),
+        plan.canon_axes.replace("z", "").replace("c", "")
+        if rgb
+        else plan.canon_axes.replace("z", ""),
     )
-    return FusionResult(image, depth, sel)
 
 
 def _to_user_order(arr: da.Array, have: str, want: str) -> da.Array:
