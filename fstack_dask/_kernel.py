@@ -24,6 +24,11 @@ from typing import NamedTuple
 import numpy as np
 from scipy.signal import medfilt2d
 
+from ._compiled import focus_measure_int
+
+#: Use the compiled focus measure when numba is installed (same bits either way).
+USE_COMPILED = True
+
 # MATLAB's rgb2gray weights, as the reference uses them.
 _LUMA = (0.2989, 0.5870, 0.1140)
 _INT64_MAX = np.iinfo(np.int64).max
@@ -98,33 +103,55 @@ def _exact_int_ok(dtype: np.dtype, n: int) -> bool:
     return n**6 * value_range**2 <= _INT64_MAX
 
 
-def focus_measure(grey: np.ndarray, n: int) -> np.ndarray:
-    """Grey-level local variance of each plane, ``(P, Y, X)`` float64.
+def focus_measure(
+    grey: np.ndarray, n: int, *, compiled: bool | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grey-level local variance of each plane, its maximum and arg-max plane.
 
     The reference scales integers to [0, 1] (``im2double``), takes the
     ``n x n`` mean ``u``, and averages ``(im - u)**2`` over another ``n x n``
     window. For 8- and 16-bit data this is computed exactly in integers:
     with ``D = n^2 a - sum(a)``, ``fm = sum(D^2) / (n^6 max^2)``, rounded once.
     Float data is used as is (MATLAB's ``im2double`` leaves floats alone).
+
+    ``fm`` is stored as float32 (half the memory of the largest array; the
+    parity tests show it keeps the reference's numbers). With numba installed
+    the integer path is compiled (``compiled=None`` follows ``USE_COMPILED``);
+    both paths give the same bits.
+
+    Returns
+    -------
+    fm : (P, Y, X) float32
+    fmax : (Y, X) float32
+    arg : (Y, X) intp, the first plane reaching ``fmax``
     """
     n_planes, h, w = grey.shape
-    fm = np.empty((n_planes, h, w), dtype=np.float64)
     dtype = grey.dtype
+    if compiled is None:
+        compiled = USE_COMPILED
+    fm = np.empty((n_planes, h, w), dtype=np.float32)
     if _exact_int_ok(dtype, n):
         scale = float(n**6) * float(np.iinfo(dtype).max) ** 2
+        if compiled and focus_measure_int is not None:
+            return focus_measure_int(grey, n, scale)
         for p in range(n_planes):
             a = grey[p].astype(np.int64)
             d = n * n * a - _box_sum_int(a, n)
-            np.divide(_box_sum_int(d * d, n), scale, out=fm[p])
-        return fm
-    inv_area = 1.0 / (n * n)
-    for p in range(n_planes):
-        a = grey[p].astype(np.float64)
-        if dtype.kind in "iu":
-            a /= float(np.iinfo(dtype).max)
-        dev = a - _box_sum_float(a, n) * inv_area
-        np.multiply(_box_sum_float(dev * dev, n), inv_area, out=fm[p])
-    return fm
+            fm[p] = _box_sum_int(d * d, n) / scale
+    else:
+        inv_area = 1.0 / (n * n)
+        for p in range(n_planes):
+            a = grey[p].astype(np.float64)
+            if dtype.kind in "iu":
+                a /= float(np.iinfo(dtype).max)
+            dev = a - _box_sum_float(a, n) * inv_area
+            fm[p] = _box_sum_float(dev * dev, n) * inv_area
+    fmax = fm[0].copy()
+    arg = np.zeros((h, w), dtype=np.intp)
+    for p in range(1, n_planes):  # plane by plane: contiguous, unlike argmax over axis 0
+        arg[fm[p] > fmax] = p  # strict: the first maximum wins, as np.argmax
+        np.maximum(fmax, fm[p], out=fmax)
+    return fm, fmax, arg
 
 
 def _gauss3p(focus: np.ndarray, fm: np.ndarray, arg: np.ndarray):
@@ -144,8 +171,8 @@ def _gauss3p(focus: np.ndarray, fm: np.ndarray, arg: np.ndarray):
     ic = np.clip(arg, 2, n_planes - 3)
     outer = np.where(arg <= 1, ic + 2, ic - 2)
     x1, x2, x3 = focus[ic - 2], focus[ic], focus[ic + 2]
-    y1 = np.log(np.take_along_axis(fm, outer[None], axis=0)[0])
-    y2 = np.log(np.take_along_axis(fm, ic[None], axis=0)[0])
+    y1 = np.log(np.take_along_axis(fm, outer[None], axis=0)[0].astype(np.float64))
+    y2 = np.log(np.take_along_axis(fm, ic[None], axis=0)[0].astype(np.float64))
     y3 = y1
     # Same expressions, same evaluation order as the reference.
     c = ((y1 - y2) * (x2 - x3) - (y2 - y3) * (x1 - x2)) / (
@@ -173,8 +200,9 @@ def selectivity(fm: np.ndarray, fmax: np.ndarray, arg: np.ndarray, focus, n: int
     u, s_squared, amp = _gauss3p(focus, fm, arg)
     err = np.zeros(fmax.shape)
     for p in range(n_planes):
-        # Sequential over planes, as the reference's loop.
-        err = err + np.abs(fm[p] - amp * np.exp(-((focus[p] + 1 - u) ** 2) / (2 * s_squared)))
+        # Sequential over planes, as the reference's loop; fm upcast to float64.
+        model = amp * np.exp(-((focus[p] + 1 - u) ** 2) / (2 * s_squared))
+        err += np.abs(fm[p].astype(np.float64) - model)
     inv_psnr = _box_sum_float(err / (n_planes * fmax), n) * (1.0 / (n * n))
     return 20 * np.log10(1 / inv_psnr)
 
@@ -225,25 +253,22 @@ def fuse_block(
             grey = np.stack([luminance(stack[:, p]) for p in range(n_planes)])
         else:
             grey = stack
-        fm = focus_measure(grey, nhsize)
+        fm, fmax, arg = focus_measure(grey, nhsize)
         del grey
-        arg = np.argmax(fm, axis=0)
-        fmax = np.max(fm, axis=0)
-        s_raw = selectivity(fm, fmax, arg, focus, nhsize)
+        s_raw = selectivity(fm, fmax.astype(np.float64), arg, focus, nhsize)
         s_used = np.where(np.isnan(s_raw), -np.inf, s_raw)
 
         phi = 0.5 * (1 + np.tanh(alpha * (s_used - sth))) / alpha
         phi = medfilt2d(phi, 3)
 
         flat = fmax == 0
-        fm /= fmax
-        fm[:, flat] = 1.0  # no contrast anywhere: all planes equally sharp
-
         values = stack if rgb else stack[None]
         num = np.zeros((values.shape[0],) + fmax.shape)
         den = np.zeros(fmax.shape)
         for p in range(n_planes):
-            weight = 0.5 + 0.5 * np.tanh(phi * (fm[p] - 1))
+            fmn = fm[p] / fmax
+            fmn[flat] = 1.0  # no contrast anywhere: all planes equally sharp
+            weight = 0.5 + 0.5 * np.tanh(phi * (fmn.astype(np.float64) - 1))
             den += weight
             for ch in range(values.shape[0]):
                 num[ch] += values[ch, p].astype(np.float64) * weight
@@ -271,9 +296,10 @@ def block_memory(
     """Upper estimate, in bytes, of what one :func:`fuse_block` call holds.
 
     The input block (and the copy Dask makes when it concatenates the halo),
-    the luminance for RGB, the float64 focus measure, the int64 temporaries of
-    one plane and about twenty 2-D float64 maps.
+    the luminance for RGB, the float32 focus measure, the int64 temporaries of
+    one plane and about twenty 2-D float64 maps (measured with tracemalloc in
+    ``tests/test_kernel_memory.py``).
     """
     pixels = int(shape_yx[0]) * int(shape_yx[1])
-    per_column = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + 8)
+    per_column = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + 4)
     return pixels * (per_column + 8 * (8 + 20 + n_channels + 2))
