@@ -24,7 +24,7 @@ def _load_reference():
 
 @pytest.fixture(scope="session")
 def reference():
-    """coppafish 0.1.6 ``extract/fstack.py``, loaded by file path (its package __init__ is heavy)."""
+    """coppafish 0.1.6 ``extract/fstack.py``, loaded by file path (its __init__ is heavy)."""
     module = _load_reference()
     if module is None:
         msg = "the oracle is missing: pip install --no-deps coppafish==0.1.6 opencv-python-headless"
@@ -44,5 +44,6 @@ def reference_float(reference, stack, nhsize=9, focus=None, alpha=0.2, sth=13):
         w = reference.get_weights(s, fmn, alpha, sth)
         den = np.sum(w, 2)
         if stack.ndim == 4:
-            return np.stack([np.sum(stack[..., c].astype(float) * w, 2) / den for c in range(3)], -1)
+            channels = [np.sum(stack[..., c].astype(float) * w, 2) / den for c in range(3)]
+            return np.stack(channels, -1)
         return np.sum(stack.astype(float) * w, 2) / den

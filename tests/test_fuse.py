@@ -31,8 +31,10 @@ def expected(stack):
 
 @pytest.fixture(scope="module")
 def local_cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-        yield c
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        yield cluster
 
 
 def test_building_the_graph_computes_nothing(stack):
@@ -46,8 +48,9 @@ def test_building_the_graph_computes_nothing(stack):
         assert out.image.shape == stack.shape[:2]
         assert out.image.dtype == stack.dtype
         assert out.depth.dtype == np.float32 and out.selectivity.dtype == np.float32
-    with pytest.raises(AssertionError, match="must not compute"), dask.config.set(
-        scheduler=_fail_scheduler
+    with (
+        pytest.raises(AssertionError, match="must not compute"),
+        dask.config.set(scheduler=_fail_scheduler),
     ):
         out.image.compute()  # the guard itself works
 

@@ -1,0 +1,687 @@
+"""The ``fstack-dask`` command line: ``fuse``, ``demo`` and ``info``.
+
+Run ``fstack-dask --help`` (or ``python -m fstack_dask --help``). Options on
+the command line override the values of a ``--config`` YAML file, which
+override the defaults (see ``configs/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+PROG = "fstack-dask"
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the run itself failed: I/O, permissions, a locked dst, the cluster, a task
+EXIT_USAGE = 2  # the command cannot run as given: options, config, src or dst refused up front
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = f"""\
+exit status:
+  {EXIT_OK}    success
+  {EXIT_USAGE}    usage or validation error, found before anything is written: bad option or
+       config file, missing or unreadable src (FileNotFoundError, ValueError,
+       TypeError), dst exists without --overwrite or lies inside src
+  {EXIT_FAILURE}    runtime failure: I/O or permission error, dst locked by another run,
+       cluster or task failure (OSError, RuntimeError, anything unexpected)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a fuse run can be continued with --resume
+
+Errors are reported as one line, "fstack-dask: error: <message>", on stderr
+(--traceback shows the full traceback instead)."""
+
+PRECEDENCE = (
+    "Values are taken from, in increasing priority: the built-in defaults, the --config "
+    "YAML file, then the options given here."
+)
+
+SCHEDULER_HELP = (
+    "synchronous, threads or processes (a local Dask scheduler), or the address of a "
+    "running distributed scheduler such as tcp://host:8786; overrides the config's "
+    "cluster section (default: threads)"
+)
+
+
+def _wrap(*paragraphs: str) -> str:
+    """Paragraphs filled to 79 columns (the help formatter keeps them as they are)."""
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
+class _UsageError(Exception):
+    """A command-line mistake: reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line instead of usage + message + exit.
+
+    Abbreviated options are refused: ``--nhsiz`` must not silently mean ``--nhsize``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def _csv_numbers(text: str) -> list[float]:
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,1,2.5, got {text!r}"
+        ) from None
+
+
+def _chunks_arg(text: str) -> Any:
+    if text.strip().lower() == "auto":
+        return "auto"
+    parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected N, NY,NX (positive integers) or auto, got {text!r}"
+        )
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument(
+        "--axes",
+        help="axes of a plain Zarr array without dimension names, one letter per dimension, "
+        "e.g. zyx, czyx, yxz (z: focus, c: channel, other letters: batch)",
+    )
+    g.add_argument(
+        "--channels",
+        choices=("auto", "rgb", "independent"),
+        help="rgb: one weight map shared by 3 colour channels; independent: each channel "
+        "fused on its own; auto (default): rgb for 3 uint8 channels",
+    )
+
+
+def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
+    g = p.add_argument_group("algorithm (Pertuz et al. 2013)")
+    g.add_argument(
+        "--nhsize", type=int, metavar="N", help="focus-measure window size in pixels (default 9)"
+    )
+    if full:
+        g.add_argument(
+            "--alpha",
+            type=float,
+            metavar="A",
+            help="steepness of the selectivity-to-weight map, in (0, 1] (default 0.2)",
+        )
+        g.add_argument(
+            "--sth", type=float, metavar="S", help="selectivity threshold in dB (default 13)"
+        )
+        g.add_argument(
+            "--focus",
+            type=_csv_numbers,
+            metavar="F0,F1,...",
+            help="focus position of each plane, strictly monotonic (default 0,1,2,...)",
+        )
+
+
+def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
+    g = p.add_argument_group("output and resources")
+    if full:
+        g.add_argument(
+            "--depth-map",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="also write the depth map (array 'depth', float32)",
+        )
+        g.add_argument(
+            "--selectivity-map",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="also write the selectivity map (array 'selectivity', float32, dB)",
+        )
+    g.add_argument(
+        "--chunks",
+        type=_chunks_arg,
+        metavar="N|NY,NX",
+        help="y/x block and output chunk size (default auto: the largest block that fits "
+        "--memory-per-task, aligned to the source chunks)",
+    )
+    g.add_argument(
+        "--memory-per-task",
+        metavar="SIZE",
+        help="memory one task may use, e.g. 256MiB, 1GiB, 500MB (default 256MiB)",
+    )
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML configuration file (see configs/README.md); options given here override it",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=_wrap(
+            "Out-of-core all-in-focus fusion of focus stacks stored as Zarr / OME-Zarr "
+            "(Pertuz et al. 2013), with Dask.",
+            "Commands: fuse (fuse a stack), demo (try it on a synthetic stack), info (what a "
+            "fuse run would do). 'fstack-dask COMMAND --help' lists each command's options.",
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, show the full Python traceback instead of one line",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    fuse = sub.add_parser(
+        "fuse",
+        help="fuse a focus stack (Zarr / OME-Zarr) into an OME-Zarr all-in-focus image",
+        description=_wrap(
+            "Fuse the focus stack SRC into the OME-Zarr 0.5 all-in-focus image DST. Prints one "
+            "line at the end: the output, its axes, shape and dtype, and the time taken.",
+            PRECEDENCE,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fuse.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
+    fuse.add_argument("dst", metavar="DST", help="output OME-Zarr image group (path or URL)")
+    _add_config_option(fuse)
+    _add_input_options(fuse)
+    _add_algorithm_options(fuse, full=True)
+    _add_layout_options(fuse, full=True)
+    run = fuse.add_argument_group("run")
+    run.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replace an existing DST (a Zarr store or an empty directory)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into DST (same parameters): only missing blocks "
+        "are computed",
+    )
+    run.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    run.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
+    fuse.set_defaults(func=_cmd_fuse)
+
+    demo = sub.add_parser(
+        "demo",
+        help="make a synthetic focus stack, fuse it and write PNG previews",
+        description=_wrap(
+            "Write a synthetic focus stack with known ground truth to DIR/stack.ome.zarr, "
+            "fuse it into DIR/fused.ome.zarr (with depth and selectivity maps), write PNG "
+            "previews (plane.png: the middle plane, fused.png, depth.png, truth.png) and print "
+            "the PSNR of the fused image and of the middle plane against the ground truth."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
+    demo.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    demo.add_argument("--planes", type=int, default=21, help="number of focal planes (default 21)")
+    demo.add_argument(
+        "--rgb", action="store_true", help="colour (uint8 RGB) stack instead of grey uint16"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the stores of an earlier demo in DIR"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser(
+        "info",
+        help="describe a focus stack and how fuse would process it (chunks, tasks, memory)",
+        description=_wrap(
+            "Print the axes, shape, dtype, chunks, OME version and scale of SRC, and the "
+            "blocks, halo, task count and memory per task that fuse would use with the same "
+            "options. Reads metadata only.",
+            PRECEDENCE,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
+    _add_config_option(info)
+    _add_input_options(info)
+    _add_algorithm_options(info, full=False)
+    _add_layout_options(info, full=False)
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _cluster_override(value: str | None) -> dict[str, Any] | None:
+    """``--scheduler`` as a replacement cluster section, or None when not given."""
+    from ._config import LOCAL_SCHEDULERS
+
+    if value is None:
+        return None
+    if value in LOCAL_SCHEDULERS:
+        return {"kind": "local", "scheduler": value}
+    if ":" in value and value.strip() == value and " " not in value:
+        return {"kind": "distributed", "address": value}
+    raise _UsageError(
+        f"--scheduler must be synchronous, threads, processes or a scheduler address such as "
+        f"tcp://host:8786, got {value!r}"
+    )
+
+
+def _configure(args: argparse.Namespace):
+    """The config file (if any) with the command-line options applied on top."""
+    from ._config import Config, check_value, load_config
+
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+
+    def given(attr: str) -> bool:
+        return getattr(args, attr, None) is not None
+
+    sections: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, attr: str, option: str) -> None:
+        if given(attr):
+            value = getattr(args, attr)
+            if section == "output" and key == "chunks" and value == "auto":
+                value = None
+            sections.setdefault(section, {})[key] = check_value[f"{section}.{key}"](value, option)
+
+    put("algorithm", "nhsize", "nhsize", "--nhsize")
+    put("algorithm", "alpha", "alpha", "--alpha")
+    put("algorithm", "sth", "sth", "--sth")
+    put("algorithm", "focus", "focus", "--focus")
+    put("input", "axes", "axes", "--axes")
+    put("input", "channels", "channels", "--channels")
+    put("output", "depth_map", "depth_map", "--depth-map")
+    put("output", "selectivity_map", "selectivity_map", "--selectivity-map")
+    put("output", "chunks", "chunks", "--chunks")
+    put("output", "overwrite", "overwrite", "--overwrite")
+    put("resources", "memory_per_task", "memory_per_task", "--memory-per-task")
+    cluster = _cluster_override(getattr(args, "scheduler", None))
+    if cluster is not None:
+        sections["cluster"] = cluster
+    return config.with_overrides(**sections)
+
+
+# -------------------------------------------------------------------- commands
+
+
+def _plan(src: str, kw: dict[str, Any]):
+    """Open ``src`` and build (not run) the fusion graph, as ``fuse_zarr`` will: validates
+    the source and every parameter. Returns (source, layers)."""
+    import dask.array as da
+
+    from ._dask import fused_layers
+    from ._io import open_source
+    from ._pipeline import _default_chunks
+    from ._utils import check_dtype
+
+    source = open_source(src, axes=kw["axes"])
+    check_dtype(source.array.dtype, "src")
+    chunks = kw["chunks"]
+    if chunks is None:
+        chunks = _default_chunks(
+            source, channels=kw["channels"], nhsize=kw["nhsize"], budget=kw["memory_per_task"]
+        )
+    layers = fused_layers(
+        da.from_zarr(source.array),
+        axes=source.axes,
+        nhsize=kw["nhsize"],
+        focus=kw["focus"],
+        alpha=kw["alpha"],
+        sth=kw["sth"],
+        channels=kw["channels"],
+        chunks=chunks,
+        memory_per_task=kw["memory_per_task"],
+        with_maps=kw.get("depth_map", False) or kw.get("selectivity_map", False),
+    )
+    return source, layers
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    config = _configure(args)
+    from ._io import check_destination
+    from ._pipeline import fuse_zarr
+
+    kw = config.fuse_kwargs()
+    if config.cluster.kind != "local":
+        # Refuse bad input before connecting to a scheduler or queueing batch jobs;
+        # fuse_zarr checks all this again.
+        source, _ = _plan(args.src, kw)
+        if not args.resume:
+            check_destination(args.dst, src_root=source.root, overwrite=kw["overwrite"])
+    start = time.perf_counter()
+    with config.cluster_context() as scheduler:
+        out = fuse_zarr(
+            args.src,
+            args.dst,
+            **kw,
+            resume=args.resume,
+            progress=not args.no_progress,
+            scheduler=scheduler,
+        )
+    seconds = time.perf_counter() - start
+    image = out["0"]
+    axes = "".join(image.metadata.dimension_names or ())
+    extras = [name for name in ("depth", "selectivity") if name in out]
+    plus = f" + {', '.join(extras)}" if extras else ""
+    print(
+        f"wrote {args.dst}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _psnr(estimate: Any, truth: Any, peak: float) -> float:
+    import numpy as np
+
+    err = np.mean((np.asarray(estimate, dtype=np.float64) - np.asarray(truth, np.float64)) ** 2)
+    return math.inf if err == 0 else float(10 * np.log10(peak**2 / err))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    for option, value, low in (("--size", args.size, 1), ("--planes", args.planes, 1)):
+        if value < low:
+            raise _UsageError(f"{option} must be an integer >= {low}, got {value}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be an integer >= 0, got {args.seed}")
+    cluster = _cluster_override(args.scheduler)
+
+    import numpy as np
+
+    from ._config import Config
+    from ._io import _is_zarr_dir, write_ome_zarr_stack
+    from ._pipeline import fuse_zarr
+    from ._png import to_uint8, write_png
+    from ._synthetic import synthetic_stack
+
+    config = Config() if cluster is None else Config().with_overrides(cluster=cluster)
+    out_dir = Path(args.dir)
+    stack_path, fused_path = out_dir / "stack.ome.zarr", out_dir / "fused.ome.zarr"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")
+    for path in (stack_path, fused_path):
+        if os.path.lexists(path):
+            if not args.overwrite:
+                raise FileExistsError(
+                    f"{str(path)!r} already exists; choose another DIR or pass --overwrite"
+                )
+            if not _is_zarr_dir(os.fspath(path)):
+                raise ValueError(
+                    f"{str(path)!r} exists and is not a Zarr store; refusing to delete it"
+                )
+
+    rgb = bool(args.rgb)
+    synth = synthetic_stack(
+        (args.size, args.size),
+        args.planes,
+        rgb=rgb,
+        dtype="uint8" if rgb else "uint16",
+        seed=args.seed,
+    )
+    stack = synth.stack  # (y, x, z[, c])
+    data = stack.transpose(3, 2, 0, 1) if rgb else stack.transpose(2, 0, 1)
+    axes = "czyx" if rgb else "zyx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and stack_path.exists():
+        shutil.rmtree(stack_path)
+    write_ome_zarr_stack(
+        stack_path,
+        data,
+        axes=axes,
+        scale={"z": 2.0, "y": 0.65, "x": 0.65},
+        units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
+    )
+    print(
+        f"wrote {stack_path}: synthetic focus stack, {axes} {data.shape} {data.dtype} "
+        f"(seed {args.seed})",
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    with config.cluster_context() as scheduler:
+        out = fuse_zarr(
+            stack_path,
+            fused_path,
+            depth_map=True,
+            selectivity_map=True,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            scheduler=scheduler,
+        )
+    seconds = time.perf_counter() - start
+    fused = out["0"][...]
+    if rgb:
+        fused = fused.transpose(1, 2, 0)  # cyx -> yxc, like the truth
+    depth = out["depth"][...]
+    print(
+        f"wrote {fused_path}: all-in-focus image + depth, selectivity maps in {seconds:.2f} s",
+        flush=True,
+    )
+
+    middle = args.planes // 2
+    plane = stack[:, :, middle]
+    previews = {
+        "plane.png": (plane, f"middle plane (z = {middle})"),
+        "fused.png": (fused, "fused all-in-focus image"),
+        "depth.png": (depth, "depth map (focus position of the sharpest plane)"),
+        "truth.png": (synth.all_in_focus, "ground truth all-in-focus image"),
+    }
+    for name, (image, what) in previews.items():
+        write_png(out_dir / name, to_uint8(image))
+        print(f"wrote {out_dir / name}: {what}", flush=True)
+
+    peak = float(np.iinfo(stack.dtype).max)
+    psnr_fused = _psnr(fused, synth.all_in_focus, peak)
+    psnr_plane = _psnr(plane, synth.all_in_focus, peak)
+    ok = np.isfinite(depth)
+    depth_rmse = (
+        float(np.sqrt(np.mean((depth[ok] - synth.depth[ok]) ** 2))) if ok.any() else math.nan
+    )
+    print(
+        f"PSNR against the ground truth: fused {psnr_fused:.2f} dB, "
+        f"middle plane {psnr_plane:.2f} dB; depth RMSE {depth_rmse:.2f} planes",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    config = _configure(args)
+    import numpy as np
+
+    from ._dask import resolve_channels
+    from ._kernel import block_memory
+    from ._utils import overlap_depth
+
+    kw = config.fuse_kwargs()
+    source, layers = _plan(args.src, kw)
+    array = source.array
+    dtype = np.dtype(array.dtype)
+    axes, shape = source.axes, tuple(int(n) for n in array.shape)
+    rgb = resolve_channels(kw["channels"], axes, shape, dtype)
+    halo = overlap_depth(kw["nhsize"])
+    n_planes = shape[axes.index("z")]
+
+    def haloed(sizes: tuple[int, ...]) -> int:
+        last = len(sizes) - 1
+        if last == 0:  # one block along this axis: no halo
+            return sizes[0]
+        return max(s + halo * (i > 0) + halo * (i < last) for i, s in enumerate(sizes))
+
+    compute_y, compute_x = layers.array.chunks[-2:]
+    block = (haloed(compute_y), haloed(compute_x))
+    memory = block_memory(block, n_planes, 3 if rgb else 1, dtype.itemsize, rgb)
+    out_y, out_x = layers.out_chunks
+    n_tasks = math.prod(layers.array.numblocks)
+    n_images = n_tasks // (len(compute_y) * len(compute_x))
+
+    size_of = {a: n for a, n in zip(axes, shape, strict=True)}
+    if rgb:
+        size_of["c"] = 3
+    out_axes = layers.image_axes
+    out_shape = tuple(size_of[a] for a in out_axes)
+    if "c" not in axes:
+        channels = "none"
+    elif rgb:
+        channels = "rgb (3 channels fused with one shared weight map)"
+    else:
+        channels = f"independent ({size_of['c']} channel(s), each fused on its own)"
+    if source.scale:
+        scale = ", ".join(
+            f"{a}={source.scale[a]:g}" + (f" {source.units[a]}" if a in source.units else "")
+            for a in axes
+            if a in source.scale and a != "c"
+        )
+    else:
+        scale = "unknown (1.0 is written)"
+    lines = [
+        ("source", source.url),
+        (
+            "format",
+            f"OME-NGFF {source.ome_version}" if source.ome_version else "plain Zarr array",
+        ),
+        ("axes", axes),
+        ("shape", str(shape)),
+        ("dtype", str(dtype)),
+        ("source chunks", str(tuple(int(c) for c in array.chunks))),
+        ("scale", scale),
+        ("channels", channels),
+        ("output", f"{out_axes} {out_shape} {np.dtype(layers.dtype)}"),
+        ("halo", f"{halo} px (nhsize {kw['nhsize']})"),
+        ("chunks (y, x)", f"{out_y[0]}, {out_x[0]}"),
+        (
+            "blocks",
+            f"{len(compute_y)} x {len(compute_x)} (y x x) per image, {n_images} image(s)",
+        ),
+        ("tasks", str(n_tasks)),
+        (
+            "memory per task",
+            f"{_mib(memory)} (estimate for the largest block with halo, "
+            f"{block[0]} x {block[1]} px; budget {_mib(kw['memory_per_task'])})",
+        ),
+    ]
+    width = max(len(k) for k, _ in lines) + 2
+    for key, value in lines:
+        print(f"{key + ':':<{width}}{value}")
+    if memory > kw["memory_per_task"]:
+        print(
+            f"warning: a task needs about {_mib(memory)}, more than the "
+            f"{_mib(kw['memory_per_task'])} budget; choose smaller --chunks "
+            f"or a larger --memory-per-task",
+            flush=True,
+        )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ main
+
+
+def _exit_code(exc: BaseException) -> int:
+    from ._pipeline import DestinationLockedError
+
+    if isinstance(exc, DestinationLockedError):
+        return EXIT_FAILURE
+    if isinstance(exc, (_UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError)):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+# The library's messages name Python parameters; on the command line, name the options.
+_API_TO_OPTION = (
+    ("overwrite=True and resume=False", "--overwrite and without --resume"),
+    ("pass axes= with", "pass --axes with"),
+    ("omit axes= or pass axes=", "omit --axes or pass --axes "),
+    ("e.g. axes='zyx'", "e.g. --axes zyx"),
+    ("overwrite=True", "--overwrite"),
+)
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the exception holds
+    for api, option in _API_TO_OPTION:
+        text = text.replace(api, option)
+    if isinstance(exc, (_UsageError, ValueError, TypeError, OSError, RuntimeError)) and text:
+        if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
+            text = f"{text}: {exc.filename!r}"
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fstack-dask`` command line and return its exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments, without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a usage or validation error, 1 for a runtime
+        failure, 130 when interrupted (see ``fstack-dask --help``).
+
+    Examples
+    --------
+    >>> main(["--version"])
+    fstack-dask 0.1.0
+    0
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        hint = (
+            "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
+        )
+        _error(f"interrupted{hint}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.traceback:
+            raise
+        _error(_message(exc))
+        return _exit_code(exc)
