@@ -438,8 +438,8 @@ def check_destination(
     dst : str or os.PathLike
         Local path or fsspec URL of the output group.
     src_root : str or None
-        `Source.root` of the input; `dst` must neither equal it, lie inside
-        it, nor contain it.
+        `Source.root` of the input, or the input's fsspec URL when it is not
+        local; `dst` must neither equal it, lie inside it, nor contain it.
     overwrite : bool
         Whether an existing `dst` may be replaced. Only an existing Zarr
         store (or an empty directory) is ever replaced.
@@ -458,12 +458,15 @@ def check_destination(
     """
     dst_s = _as_location(dst, "dst")
     local = _local_path(dst_s, storage_options)
+    src_is_url = src_root is not None and _is_url(src_root)
     if local is None:
+        if src_is_url:
+            _check_remote_overlap(dst_s, src_root)
         _check_remote_destination(dst_s, overwrite, storage_options)
         return
 
     dst_p = Path(local).resolve()
-    if src_root is not None:
+    if src_root is not None and not src_is_url:
         src_p = Path(src_root).resolve()
         if dst_p == src_p or src_p in dst_p.parents:
             raise ValueError(
@@ -497,6 +500,37 @@ def check_destination(
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(
             f"dst {dst_s!r} cannot be created: directory {str(ancestor)!r} is not writable"
+        )
+
+
+def _url_key(url: str) -> tuple[Any, str] | None:
+    """(filesystem class, normalised path) of a single fsspec URL; None if unknown."""
+    if "::" in url:
+        return None  # chained URLs: not compared
+    import fsspec
+
+    protocol, _ = fsspec.core.split_protocol(url)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError):
+        return None
+    return cls, str(cls._strip_protocol(url)).rstrip("/")
+
+
+def _check_remote_overlap(dst: str, src_url: str) -> None:
+    dst_key, src_key = _url_key(dst), _url_key(src_url)
+    if dst_key is None or src_key is None or dst_key[0] is not src_key[0]:
+        return
+    d, s = dst_key[1], src_key[1]
+    if d == s or d.startswith(s + "/"):
+        raise ValueError(
+            f"dst {dst!r} is the source or lies inside it ({src_url!r}); "
+            f"expected an output location outside the input store"
+        )
+    if s.startswith(d + "/"):
+        raise ValueError(
+            f"dst {dst!r} contains the source ({src_url!r}); "
+            f"expected an output location that does not enclose the input store"
         )
 
 
@@ -640,7 +674,8 @@ def create_output(
     attributes : mapping, optional
         JSON-compatible provenance stored under the ``"fstack_dask"`` key.
     src_root : str, optional
-        `Source.root` of the input, to refuse writing into it.
+        `Source.root` of the input (or its fsspec URL when it is not local),
+        to refuse writing into it.
 
     Returns
     -------

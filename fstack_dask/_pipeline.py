@@ -44,6 +44,7 @@ __all__ = ["fuse_zarr"]
 STATE_DIR = ".fstack_dask"  # inside dst: progress markers and the lock, removed on success
 LOCK_STALE_AFTER = 60.0  # seconds without a heartbeat before another host's lock is stale
 HEARTBEAT_EVERY = 10.0
+PROGRESS_MINIMUM = 1.0  # seconds before the local progress bar shows (dask's ``minimum``)
 
 
 class DestinationLockedError(RuntimeError):
@@ -155,6 +156,8 @@ def fuse_zarr(
     array = da.from_zarr(source.array)
     if chunks is None:
         chunks = _default_chunks(source, channels=channels, nhsize=nhsize, budget=memory_per_task)
+    else:
+        chunks = _check_chunks(chunks)
     with_maps = depth_map or selectivity_map
     # Builds the graph and validates every parameter; computes nothing.
     layers = fused_layers(
@@ -175,19 +178,25 @@ def fuse_zarr(
 
     existing = fs.exists(state_path.rsplit("/", 1)[0] + "/zarr.json")
     lock = _DestinationLock(fs, state_path, dst_str)
+    src_ref = _source_ref(src, source)
     if resume and existing:
+        # Refuse (dst is or holds the source, other parameters) before the lock writes anything.
+        check_destination(
+            dst_str, src_root=src_ref, overwrite=True, storage_options=dst_storage_options
+        )
+        _check_resumable(dst_str, params, dst_storage_options, mode="r")
         with lock:
-            group = _check_resumable(dst_str, params, dst_storage_options)
+            group = _check_resumable(dst_str, params, dst_storage_options, mode="r+")
             if group is not None:
                 _fuse_into(group, layers, fs, state_path, progress, scheduler)
     else:
         check_destination(
-            dst_str, src_root=source.root, overwrite=overwrite, storage_options=dst_storage_options
+            dst_str, src_root=src_ref, overwrite=overwrite, storage_options=dst_storage_options
         )
         if overwrite and existing:
             _refuse_live_lock(fs, state_path, dst_str)
         # Exclusive create: of two runs starting together, one fails here.
-        group = _create(dst_str, source, layers, params, overwrite, dst_storage_options)
+        group = _create(dst_str, source, src_ref, layers, params, overwrite, dst_storage_options)
         with lock:
             _fuse_into(group, layers, fs, state_path, progress, scheduler)
     if fs.exists(state_path):
@@ -202,6 +211,26 @@ def _fuse_into(group: zarr.Group, layers: Layers, fs, state_path: str, progress,
     attrs = dict(group.attrs["fstack_dask"])
     attrs["complete"] = True
     group.attrs["fstack_dask"] = attrs
+
+
+def _check_chunks(chunks: Any) -> tuple[int, int]:
+    pair = (chunks, chunks) if isinstance(chunks, (int, np.integer)) else chunks
+    ok = isinstance(pair, (tuple, list)) and len(pair) == 2
+    if not ok or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) and c >= 1
+        for c in pair
+    ):
+        raise ValueError(f"chunks must be a positive int or a (y, x) pair of them, got {chunks!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _source_ref(src: Any, source: Source) -> str | None:
+    """What dst must stay out of: the source's local directory, else its fsspec URL."""
+    if source.root is not None:
+        return source.root
+    if isinstance(src, (str, os.PathLike)) and "://" in source.url:
+        return source.url
+    return None  # an open node in a non-fsspec store (e.g. zarr's MemoryStore)
 
 
 def _default_chunks(source: Source, *, channels: str, nhsize: int, budget: int):
@@ -242,7 +271,7 @@ def _provenance(source: Source, layers: Layers, nhsize, focus, alpha, sth, depth
     }
 
 
-def _create(dst, source: Source, layers: Layers, params, overwrite, storage_options):
+def _create(dst, source: Source, src_ref, layers: Layers, params, overwrite, storage_options):
     size_of = {a: source.array.shape[source.axes.index(a)] for a in source.axes}
     if layers.plan.rgb:
         size_of["c"] = 3
@@ -265,14 +294,16 @@ def _create(dst, source: Source, layers: Layers, params, overwrite, storage_opti
         overwrite=overwrite,
         storage_options=storage_options,
         attributes=params,
-        src_root=source.root,
+        src_root=src_ref,
     )
 
 
-def _check_resumable(dst: str, params: Mapping[str, Any], storage_options) -> zarr.Group | None:
+def _check_resumable(
+    dst: str, params: Mapping[str, Any], storage_options, mode: str
+) -> zarr.Group | None:
     """The group to continue writing, or None when it is already complete."""
     try:
-        group = zarr.open_group(dst, mode="r+", storage_options=storage_options)
+        group = zarr.open_group(dst, mode=mode, storage_options=storage_options)
         stored = dict(group.attrs["fstack_dask"])
     except Exception as exc:
         raise ValueError(
@@ -284,7 +315,7 @@ def _check_resumable(dst: str, params: Mapping[str, Any], storage_options) -> za
     if differs:
         raise ValueError(
             f"dst {dst!r} was started with different {', '.join(differs)}; "
-            "resume with the same parameters or pass overwrite=True"
+            "resume with the same parameters, or start over with overwrite=True and resume=False"
         )
     return None if stored.get("complete") else group
 
@@ -413,6 +444,8 @@ def _block_regions(chunks: tuple[tuple[int, ...], ...]) -> Iterator[tuple[tuple[
 def _write_tasks(layers: Layers, group: zarr.Group, fs, done_dir: str, done: set):
     """One delayed write per block not yet done; graph culling drops the rest."""
     blocks = layers.array.to_delayed().reshape(-1)
+    # Without the dask array: delayed would make every write depend on the whole image.
+    meta = layers._replace(array=None)
     targets = {"image": group["0"]}
     for name in ("depth", "selectivity"):
         if name in group:
@@ -424,7 +457,7 @@ def _write_tasks(layers: Layers, group: zarr.Group, fs, done_dir: str, done: set
             continue
         tasks.append(
             delayed(_write_block, pure=False)(
-                blocks[flat], region, layers, targets, fs, f"{done_dir}/{key}"
+                blocks[flat], region, meta, targets, fs, f"{done_dir}/{key}"
             )
         )
     return tasks
@@ -450,25 +483,34 @@ def _write_block(block: np.ndarray, region: tuple, layers: Layers, targets, fs, 
 def _run(tasks: list, progress: bool, scheduler: Any) -> None:
     if not tasks:
         return
-    client = _client_for(scheduler)
-    if client is not None:
-        futures = client.compute(tasks)
+    with contextlib.ExitStack() as stack:
+        client = _client_for(scheduler, stack)
+        if client is not None:
+            futures = client.compute(tasks)
+            if progress:
+                _distributed_progress(futures)
+            client.gather(futures)
+            return
         if progress:
-            from distributed import progress as dist_progress
+            from dask.diagnostics import ProgressBar
 
-            dist_progress(futures, notebook=False) if not _in_notebook() else dist_progress(futures)
-        client.gather(futures)
-        return
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(out=sys.stderr, minimum=1.0):
-            dask.compute(*tasks, scheduler=scheduler)
-    else:
+            stack.enter_context(ProgressBar(out=sys.stderr, minimum=PROGRESS_MINIMUM))
         dask.compute(*tasks, scheduler=scheduler)
 
 
-def _client_for(scheduler: Any):
+def _distributed_progress(futures: list) -> None:
+    from distributed import progress as dist_progress
+
+    if _in_notebook():
+        with contextlib.suppress(ImportError):  # the widget needs ipywidgets
+            from IPython.display import display
+
+            display(dist_progress(futures, notebook=True))  # returns at once
+            return
+    dist_progress(futures, notebook=False)  # text bar on stdout; returns when done
+
+
+def _client_for(scheduler: Any, stack: contextlib.ExitStack):
     """A distributed Client for ``scheduler``, or None to use a local scheduler."""
     if scheduler in ("synchronous", "sync", "single-threaded", "threads", "processes"):
         return None
@@ -479,7 +521,8 @@ def _client_for(scheduler: Any):
     if isinstance(scheduler, Client):
         return scheduler
     if isinstance(scheduler, str):
-        return Client(scheduler)
+        # Our own connection to an address, closed when done (not made the default).
+        return stack.enter_context(Client(scheduler, set_as_default=False))
     if scheduler is None:
         with contextlib.suppress(ValueError):
             return default_client()
