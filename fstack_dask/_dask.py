@@ -111,6 +111,13 @@ def plan_chunks(
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     side = lo
+    if side < halo and side < max(shape_yx):
+        # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
+        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb)
+        raise ValueError(
+            f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
+            f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
+        )
     out = []
     for n, a in zip(shape_yx, align, strict=True):
         s = -(-n // -(-n // min(side, n)))  # balanced: ceil(n / ceil(n / side))

@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 from dask.delayed import delayed
 
+from ._batches import batch_of, plan_batches
 from ._dask import (
     DEFAULT_MEMORY_PER_TASK,
     Channels,
@@ -44,6 +45,7 @@ __all__ = ["fuse_zarr"]
 STATE_DIR = ".fstack_dask"  # inside dst: progress markers and the lock, removed on success
 LOCK_STALE_AFTER = 60.0  # seconds without a heartbeat before another host's lock is stale
 HEARTBEAT_EVERY = 10.0
+BATCH_BUDGET_PER_TASK = 2.0  # a batch's source chunks may take this many times memory_per_task
 PROGRESS_MINIMUM = 1.0  # seconds before the local progress bar shows (dask's ``minimum``)
 
 
@@ -188,7 +190,7 @@ def fuse_zarr(
         with lock:
             group = _check_resumable(dst_str, params, dst_storage_options, mode="r+")
             if group is not None:
-                _fuse_into(group, layers, fs, state_path, progress, scheduler)
+                _fuse_into(group, layers, fs, state_path, progress, scheduler, memory_per_task)
     else:
         check_destination(
             dst_str, src_root=src_ref, overwrite=overwrite, storage_options=dst_storage_options
@@ -198,16 +200,22 @@ def fuse_zarr(
         # Exclusive create: of two runs starting together, one fails here.
         group = _create(dst_str, source, src_ref, layers, params, overwrite, dst_storage_options)
         with lock:
-            _fuse_into(group, layers, fs, state_path, progress, scheduler)
+            _fuse_into(group, layers, fs, state_path, progress, scheduler, memory_per_task)
     if fs.exists(state_path):
         fs.rm(state_path, recursive=True)  # markers and the lock: nothing is left behind
     return zarr.open_group(dst_str, mode="r", storage_options=dst_storage_options)
 
 
-def _fuse_into(group: zarr.Group, layers: Layers, fs, state_path: str, progress, scheduler):
+def _fuse_into(group, layers: Layers, fs, state_path: str, progress, scheduler, memory_per_task):
     fs.makedirs(state_path + "/done", exist_ok=True)
     done = {p.rsplit("/", 1)[-1] for p in fs.ls(state_path + "/done", detail=False)}
-    _run(_write_tasks(layers, group, fs, state_path + "/done", done), progress, scheduler)
+    tasks = _write_tasks(layers, group, fs, state_path + "/done", done)
+    src_shape = group.attrs["fstack_dask"]["src_shape"]
+    n_planes = src_shape[group.attrs["fstack_dask"]["src_axes"].index("z")]
+    by, bx = (c[0] for c in layers.array.chunks[-2:])
+    block_bytes = n_planes * by * bx * layers.dtype.itemsize * (3 if layers.plan.rgb else 1)
+    budget = int(BATCH_BUDGET_PER_TASK * memory_per_task)
+    _run(tasks, progress, scheduler, block_bytes, budget, layers.array.numblocks)
     attrs = dict(group.attrs["fstack_dask"])
     attrs["complete"] = True
     group.attrs["fstack_dask"] = attrs
@@ -442,7 +450,7 @@ def _block_regions(chunks: tuple[tuple[int, ...], ...]) -> Iterator[tuple[tuple[
 
 
 def _write_tasks(layers: Layers, group: zarr.Group, fs, done_dir: str, done: set):
-    """One delayed write per block not yet done; graph culling drops the rest."""
+    """(block index, delayed write) per block not yet done; graph culling drops the rest."""
     blocks = layers.array.to_delayed().reshape(-1)
     # Without the dask array: delayed would make every write depend on the whole image.
     meta = layers._replace(array=None)
@@ -455,11 +463,10 @@ def _write_tasks(layers: Layers, group: zarr.Group, fs, done_dir: str, done: set
         key = "_".join(map(str, index))
         if key in done:
             continue
-        tasks.append(
-            delayed(_write_block, pure=False)(
-                blocks[flat], region, meta, targets, fs, f"{done_dir}/{key}"
-            )
+        task = delayed(_write_block, pure=False)(
+            blocks[flat], region, meta, targets, fs, f"{done_dir}/{key}"
         )
+        tasks.append((index, task))
     return tasks
 
 
@@ -480,22 +487,70 @@ def _write_block(block: np.ndarray, region: tuple, layers: Layers, targets, fs, 
     return 1
 
 
-def _run(tasks: list, progress: bool, scheduler: Any) -> None:
+def _batched(tasks: list, numblocks: tuple[int, ...], block_bytes: int, budget: int) -> list:
+    """Group the write tasks into spatial batches (see ``_batches``), per batch/channel index."""
+    batches = plan_batches(tuple(numblocks[-2:]), block_bytes, budget)
+    groups: dict[tuple, list] = {}
+    for index, task in tasks:
+        key = (*index[:-3], batch_of(index[-2:], batches))
+        groups.setdefault(key, []).append(task)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _run(tasks: list, progress: bool, scheduler: Any, block_bytes, budget, numblocks) -> None:
+    """Compute the writes batch after batch, so held source chunks stay within ``budget``."""
     if not tasks:
         return
     with contextlib.ExitStack() as stack:
         client = _client_for(scheduler, stack)
-        if client is not None:
-            futures = client.compute(tasks)
-            if progress:
-                _distributed_progress(futures)
-            client.gather(futures)
-            return
-        if progress:
-            from dask.diagnostics import ProgressBar
+        if client is not None:  # each worker process holds its share of a batch
+            budget *= max(1, len(client.scheduler_info().get("workers", {})))
+        groups = _batched(tasks, numblocks, block_bytes, budget)
+        bar = _BatchProgress(len(tasks)) if progress and len(groups) > 1 else None
+        for group in groups:
+            if client is not None:
+                futures = client.compute(group)
+                if progress and bar is None:
+                    _distributed_progress(futures)
+                client.gather(futures)
+            elif progress and bar is None:
+                from dask.diagnostics import ProgressBar
 
-            stack.enter_context(ProgressBar(out=sys.stderr, minimum=PROGRESS_MINIMUM))
-        dask.compute(*tasks, scheduler=scheduler)
+                with ProgressBar(out=sys.stderr, minimum=PROGRESS_MINIMUM):
+                    dask.compute(*group, scheduler=scheduler)
+            else:
+                dask.compute(*group, scheduler=scheduler)
+            if bar is not None:
+                bar.advance(len(group))
+        if bar is not None:
+            bar.close()
+
+
+class _BatchProgress:
+    """One text bar over all batches (dask's bars would print one per batch)."""
+
+    def __init__(self, total: int, width: int = 40):
+        self.total, self.width, self.done = total, width, 0
+        self.start = time.perf_counter()
+        self._draw()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self) -> None:
+        frac = self.done / self.total
+        filled = int(round(frac * self.width))
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(
+            f"\r[{'#' * filled}{' ' * (self.width - filled)}] {frac:4.0%} "
+            f"{self.done}/{self.total} blocks | {elapsed:.1f}s"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _distributed_progress(futures: list) -> None:

@@ -548,11 +548,6 @@ def test_chunks_follow_memory_per_task_and_the_source_grid(tmp_path, src_chunk):
     assert sizes[-1] == (300, 260)  # a budget for the whole image: one block
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan_chunks (in _dask.py) picks blocks smaller than the halo for tiny budgets; "
-    "they are then merged in pairs and the task exceeds memory_per_task",
-)
 def test_budget_too_small_for_the_halo_is_refused_or_respected(tmp_path):
     data = _make("zyx", shape=(120, 120), dtype="uint16")
     src = _plain(tmp_path / "in.zarr", data, names="zyx")
@@ -765,3 +760,16 @@ def test_resume_into_something_that_is_not_our_output_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not an fstack_dask output"):
         fuse_zarr(src, other, resume=True, progress=False)
     assert _tree(tmp_path) == before
+
+
+def test_many_batches_keep_the_bits(tmp_path, monkeypatch, capfd):
+    data = _make("zyx", shape=(200, 180), dtype="uint16")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    groups = []
+    batched = _pipeline._batched
+    monkeypatch.setattr(_pipeline, "BATCH_BUDGET_PER_TASK", 1e-9)  # one block per batch
+    monkeypatch.setattr(_pipeline, "_batched", lambda *a: groups.append(batched(*a)) or groups[-1])
+    out = fuse_zarr(src, tmp_path / "out.zarr", chunks=40, depth_map=True)
+    assert len(groups[0]) == 25 and all(len(g) == 1 for g in groups[0])
+    assert np.array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+    assert "25/25 blocks" in capfd.readouterr().err  # one bar over all batches
