@@ -45,7 +45,7 @@ __all__ = ["fuse_zarr"]
 STATE_DIR = ".fstack_dask"  # inside dst: progress markers and the lock, removed on success
 LOCK_STALE_AFTER = 60.0  # seconds without a heartbeat before another host's lock is stale
 HEARTBEAT_EVERY = 10.0
-BATCH_BUDGET_PER_TASK = 2.0  # a batch's source chunks may take this many times memory_per_task
+BATCH_BUDGET_PER_TASK = 1.75  # a batch's source chunks may take this many times memory_per_task
 PROGRESS_MINIMUM = 1.0  # seconds before the local progress bar shows (dask's ``minimum``)
 
 
