@@ -142,20 +142,25 @@ print(json.dumps({{"wall_s": t2 - t1, "read_s": t1 - t0, "write_s": t3 - t2,
 
 
 def graph_build(ny: int = 100_000, nx: int = 100_000, planes: int = 40) -> dict:
+    """Build (not compute) fuse_zarr's graph for a huge stack; count its tasks."""
     code = f"""
 import json, tempfile, time, zarr, numpy as np, dask.array as da
 from fstack_dask._dask import fused_layers
-from fstack_dask._pipeline import _block_regions
+from fstack_dask._io import open_source
+from fstack_dask._pipeline import _default_chunks
 tmp = tempfile.mkdtemp()
 arr = zarr.create_array(tmp + "/big.zarr", shape=({planes}, {ny}, {nx}), dtype="uint16",
                         chunks=({planes}, 1024, 1024), dimension_names=["z", "y", "x"])
 t = time.perf_counter()
-layers = fused_layers(da.from_zarr(arr), axes="zyx", nhsize=9, focus=None, alpha=0.2, sth=13,
-                      channels="auto", chunks=None, memory_per_task=256 * 2**20, with_maps=True)
+source = open_source(tmp + "/big.zarr")
+chunks = _default_chunks(source, channels="auto", nhsize=9, budget=256 * 2**20)
+layers = fused_layers(da.from_zarr(source.array), axes="zyx", nhsize=9, focus=None, alpha=0.2,
+                      sth=13, channels="auto", chunks=chunks, memory_per_task=256 * 2**20,
+                      with_maps=True)
 t_build = time.perf_counter() - t
 n_blocks = int(np.prod(layers.array.numblocks))
 t = time.perf_counter()
-n_tasks = len(layers.array.__dask_graph__())
+n_tasks = len(layers.array.__dask_graph__()) + n_blocks  # + one write per block
 t_mat = time.perf_counter() - t
 print(json.dumps({{"build_s": t_build, "materialize_s": t_mat, "tasks": n_tasks,
                   "blocks": n_blocks, "tasks_per_block": n_tasks / n_blocks,
