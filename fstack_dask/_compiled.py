@@ -8,9 +8,19 @@ disk (``NUMBA_CACHE_DIR`` overrides where).
 
 ``focus_measure_int`` is None when numba is not installed; the kernel then
 uses its NumPy code.
+
+The compiled code is cached in the user's cache folder
+(``$XDG_CACHE_HOME/fstack_dask/numba``, else ``~/.cache/fstack_dask/numba``),
+not beside this file: numba's files in an installed package's ``__pycache__``
+outlive ``pip uninstall`` and turn the left-over folder into an empty
+namespace package that shadows a later (editable) install.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
 
 import numpy as np
 
@@ -22,9 +32,32 @@ except ImportError:  # pragma: no cover - numba is a dependency; the fallback is
 __all__ = ["focus_measure_int"]
 
 
+def _user_cache_dir() -> str | None:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "fstack_dask", "numba")
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return None  # not writable: numba's own choice
+    return path
+
+
+@contextlib.contextmanager
+def _cache_dir_for_our_functions():
+    """numba picks a function's cache folder when it is decorated: set it for ours only."""
+    saved = numba.config.CACHE_DIR
+    chosen = saved or _user_cache_dir()
+    if chosen:
+        numba.config.CACHE_DIR = chosen
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = saved
+
+
 if numba is not None:
 
-    @numba.njit(cache=True, nogil=True)
     def _box_sum(a, n, tmp, out):  # pragma: no cover - compiled
         """``n x n`` window sums of int64 ``a`` with replicated edges, exact."""
         rows, cols = a.shape
@@ -52,7 +85,6 @@ if numba is not None:
                 acc[x] += tmp[add, x] - tmp[sub, x]
                 out[y, x] = acc[x]
 
-    @numba.njit(cache=True, nogil=True)
     def _focus_measure_int(grey, n, scale, fm, fmax, arg):  # pragma: no cover - compiled
         n_planes, rows, cols = grey.shape
         a = np.empty((rows, cols), np.int64)
@@ -78,6 +110,10 @@ if numba is not None:
                     if p == 0 or value > fmax[y, x]:  # first maximum wins, as np.argmax
                         fmax[y, x] = value
                         arg[y, x] = p
+
+    with _cache_dir_for_our_functions():
+        _box_sum = numba.njit(cache=True, nogil=True)(_box_sum)
+        _focus_measure_int = numba.njit(cache=True, nogil=True)(_focus_measure_int)
 
     def focus_measure_int(grey: np.ndarray, n: int, scale: float):
         """Focus measure (float32), its maximum over planes and the arg-max plane."""

@@ -189,3 +189,15 @@ def test_compiled_and_numpy_focus_measure_are_bit_identical(dtype, nhsize):
     for a, b in zip(compiled, numpy_path, strict=True):
         assert a.dtype == b.dtype
         assert np.array_equal(a, b)
+
+
+def test_compiled_code_is_not_cached_inside_the_package():
+    # numba files beside the module outlive `pip uninstall` and shadow a later install.
+    import pathlib
+
+    import fstack_dask
+    from fstack_dask._kernel import fuse_block
+
+    fuse_block(np.zeros((5, 16, 16), np.uint16))
+    package = pathlib.Path(fstack_dask.__file__).parent
+    assert not [*package.rglob("*.nbi"), *package.rglob("*.nbc")]
