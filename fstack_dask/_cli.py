@@ -8,13 +8,15 @@ override the defaults (see ``configs/README.md``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,8 +36,10 @@ exit status:
   {EXIT_USAGE}    usage or validation error, found before anything is written: bad option or
        config file, missing or unreadable src (FileNotFoundError, ValueError,
        TypeError), dst exists without --overwrite or lies inside src
-  {EXIT_FAILURE}    runtime failure: I/O or permission error, dst locked by another run,
-       cluster or task failure (OSError, RuntimeError, anything unexpected)
+  {EXIT_FAILURE}    runtime failure: I/O or permission error, no space left on the device,
+       dst locked by another run, a corrupt source chunk, cluster or task failure
+       (OSError, RuntimeError, anything unexpected); finished blocks are kept
+       for --resume, and a dst with none is removed
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a fuse run can be continued with --resume
 
 Errors are reported as one line, "fstack-dask: error: <message>", on stderr
@@ -369,17 +373,18 @@ def _plan(src: str, kw: dict[str, Any]):
 def _cmd_fuse(args: argparse.Namespace) -> int:
     config = _configure(args)
     from ._io import check_destination
-    from ._pipeline import fuse_zarr
+    from ._pipeline import fuse_zarr, refuse_live_lock
 
     kw = config.fuse_kwargs()
     if config.cluster.kind != "local":
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
         # fuse_zarr checks all this again.
         source, _ = _plan(args.src, kw)
+        refuse_live_lock(args.dst)
         if not args.resume:
             check_destination(args.dst, src_root=source.root, overwrite=kw["overwrite"])
     start = time.perf_counter()
-    with config.cluster_context() as scheduler:
+    with _report_progress_notes(), config.cluster_context() as scheduler:
         out = fuse_zarr(
             args.src,
             args.dst,
@@ -398,6 +403,24 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         flush=True,
     )
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _report_progress_notes() -> Iterator[None]:
+    """Show fstack_dask's INFO notes (resuming, a stale lock taken over) on stderr."""
+    logger = logging.getLogger("fstack_dask")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setLevel(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _psnr(estimate: Any, truth: Any, peak: float) -> float:
@@ -622,6 +645,7 @@ def _exit_code(exc: BaseException) -> int:
 # The library's messages name Python parameters; on the command line, name the options.
 _API_TO_OPTION = (
     ("overwrite=True and resume=False", "--overwrite and without --resume"),
+    ("resume=True", "--resume"),
     ("pass axes= with", "pass --axes with"),
     ("omit axes= or pass axes=", "omit --axes or pass --axes "),
     ("e.g. axes='zyx'", "e.g. --axes zyx"),

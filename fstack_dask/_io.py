@@ -27,10 +27,13 @@ from ._utils import parse_axes
 
 __all__ = [
     "Source",
+    "SourceReadError",
     "check_destination",
+    "check_outside_source",
     "create_output",
     "open_source",
     "parse_axes",
+    "source_dask_array",
     "write_ome_zarr_stack",
 ]
 
@@ -135,6 +138,10 @@ def _is_zarr_dir(path: str) -> bool:
 
 
 # -------------------------------------------------------------------------- reading
+
+
+class SourceReadError(RuntimeError):
+    """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -421,6 +428,69 @@ def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
     return None
 
 
+class _CheckedReader:
+    """The source array as dask reads it, naming src and the chunk when a read fails.
+
+    Decoding errors surface deep inside zarr and the codecs ("Zstd decompression
+    error: invalid input data") without saying which file is bad; this re-raises
+    them as `SourceReadError` with the source and the chunk key.
+    """
+
+    def __init__(self, array: zarr.Array, url: str):
+        self.array, self.url = array, url
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.array[key]
+        except Exception as exc:
+            text = " ".join(str(exc).split())
+            reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            raise SourceReadError(
+                f"cannot read {self._where(key)} of src {self.url!r} ({reason}); the source "
+                f"is corrupt, truncated or unreadable"
+            ) from exc
+
+    def _where(self, key: Any) -> str:
+        """'chunk <key>' (relative to the source store) for the chunk a read covered."""
+        try:
+            chunks = self.array.chunks
+            first = tuple(int(k.start or 0) // c for k, c in zip(key, chunks, strict=True))
+            last = tuple(
+                max(int(k.stop) - 1, int(k.start or 0)) // c
+                for k, c in zip(key, chunks, strict=True)
+            )
+            if first != last:
+                return f"chunks {first} to {last}"
+            name = self.array.metadata.encode_chunk_key(first)
+            prefix = self.array.path.strip("/")
+            path = f"{prefix}/{name}" if prefix else name
+            return f"chunk {path!r}"
+        except Exception:  # a key we cannot map to one chunk: say what was read
+            return f"region {key!r}"
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("fstack-source", self.url, str(self.array.store_path), self.shape, str(self.dtype))
+
+
+def source_dask_array(source: Source) -> Any:
+    """The source's level 0 as a dask array, one task per source chunk (as ``da.from_zarr``).
+
+    A chunk that cannot be read or decoded raises `SourceReadError`, naming
+    the source and the chunk.
+    """
+    import dask.array as da
+
+    array = source.array
+    return da.from_array(
+        _CheckedReader(array, source.url),
+        chunks=array.chunks,
+        asarray=True,
+        fancy=False,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
+
+
 # ------------------------------------------------------------------------- writing
 
 
@@ -458,27 +528,12 @@ def check_destination(
     """
     dst_s = _as_location(dst, "dst")
     local = _local_path(dst_s, storage_options)
-    src_is_url = src_root is not None and _is_url(src_root)
+    check_outside_source(dst_s, src_root=src_root, storage_options=storage_options)
     if local is None:
-        if src_is_url:
-            _check_remote_overlap(dst_s, src_root)
         _check_remote_destination(dst_s, overwrite, storage_options)
         return
 
     dst_p = Path(local).resolve()
-    if src_root is not None and not src_is_url:
-        src_p = Path(src_root).resolve()
-        if dst_p == src_p or src_p in dst_p.parents:
-            raise ValueError(
-                f"dst {dst_s!r} is the source or lies inside it ({str(src_p)!r}); "
-                f"expected an output location outside the input store"
-            )
-        if dst_p in src_p.parents:
-            raise ValueError(
-                f"dst {dst_s!r} contains the source ({str(src_p)!r}); "
-                f"expected an output location that does not enclose the input store"
-            )
-
     if os.path.lexists(local):
         if not overwrite:
             raise FileExistsError(
@@ -500,6 +555,45 @@ def check_destination(
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(
             f"dst {dst_s!r} cannot be created: directory {str(ancestor)!r} is not writable"
+        )
+
+
+def check_outside_source(
+    dst: str | os.PathLike[str],
+    *,
+    src_root: str | None,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a `dst` that is the source, lies inside it or contains it; writes nothing.
+
+    The first check of `check_destination`, also used on its own where `dst`
+    may exist (resuming into it).
+
+    Raises
+    ------
+    ValueError
+        If `dst` equals, is inside or contains `src_root`.
+    """
+    dst_s = _as_location(dst, "dst")
+    local = _local_path(dst_s, storage_options)
+    src_is_url = src_root is not None and _is_url(src_root)
+    if local is None:
+        if src_is_url:
+            _check_remote_overlap(dst_s, src_root)
+        return
+    if src_root is None or src_is_url:
+        return
+    dst_p = Path(local).resolve()
+    src_p = Path(src_root).resolve()
+    if dst_p == src_p or src_p in dst_p.parents:
+        raise ValueError(
+            f"dst {dst_s!r} is the source or lies inside it ({str(src_p)!r}); "
+            f"expected an output location outside the input store"
+        )
+    if dst_p in src_p.parents:
+        raise ValueError(
+            f"dst {dst_s!r} contains the source ({str(src_p)!r}); "
+            f"expected an output location that does not enclose the input store"
         )
 
 
@@ -636,6 +730,7 @@ def create_output(
     storage_options: dict[str, Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
     src_root: str | None = None,
+    checked: bool = False,
 ) -> zarr.Group:
     """Create an empty OME-Zarr 0.5 image group for a fused image.
 
@@ -676,6 +771,14 @@ def create_output(
     src_root : str, optional
         `Source.root` of the input (or its fsspec URL when it is not local),
         to refuse writing into it.
+    checked : bool, default False
+        The caller has run `check_destination` and prepared `dst` itself (a
+        directory it just created, which may hold only the caller's own
+        files): create the group there without checking or removing anything.
+        `overwrite` is then ignored.
+
+    The ``attributes`` are written last, after every array exists, so a group
+    that has them is complete even if the process creating it was killed.
 
     Returns
     -------
@@ -726,13 +829,17 @@ def create_output(
             ],
         }
     }
-    if attributes is not None:
-        group_attrs["fstack_dask"] = _jsonable(attributes, "attributes")
+    provenance = None if attributes is None else _jsonable(attributes, "attributes")
 
-    check_destination(dst, src_root=src_root, overwrite=overwrite, storage_options=storage_options)
     location = _as_location(dst, "dst")
     kwargs = {"storage_options": dict(storage_options)} if storage_options else {}
     local = _local_path(location, storage_options)
+    if checked:
+        overwrite = False
+    else:
+        check_destination(
+            dst, src_root=src_root, overwrite=overwrite, storage_options=storage_options
+        )
     if overwrite and local is not None and os.path.isdir(local):
         shutil.rmtree(local)  # check_destination ensured it is a Zarr store or empty
     # zarr's overwrite=True clears a remote store; locally the directory is gone by now.
@@ -762,6 +869,8 @@ def create_output(
             fill_value=np.nan if dt.kind == "f" else 0,
             dimension_names=list(extra_axes),
         )
+    if provenance is not None:  # last: marks the group as complete
+        group.attrs.update({"fstack_dask": provenance})
     return group
 
 
