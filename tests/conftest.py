@@ -47,3 +47,14 @@ def reference_float(reference, stack, nhsize=9, focus=None, alpha=0.2, sth=13):
             channels = [np.sum(stack[..., c].astype(float) * w, 2) / den for c in range(3)]
             return np.stack(channels, -1)
         return np.sum(stack.astype(float) * w, 2) / den
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A real dask-distributed cluster with two worker processes."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        yield cluster

@@ -6,7 +6,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import chunks_for, stacks
@@ -27,14 +27,6 @@ def stack():
 @pytest.fixture(scope="module")
 def expected(stack):
     return focus_stack(stack)
-
-
-@pytest.fixture(scope="module")
-def local_cluster():
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster:
-        yield cluster
 
 
 def test_building_the_graph_computes_nothing(stack):

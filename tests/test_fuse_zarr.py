@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster, default_client
+from distributed import Client, default_client
 
 from fstack_dask import _dask, _pipeline, focus_stack, fuse_zarr, overlap_depth, synthetic_stack
 from fstack_dask._io import open_source, write_ome_zarr_stack
@@ -26,14 +26,6 @@ from fstack_dask._kernel import block_memory, fuse_block
 STATE = _pipeline.STATE_DIR
 HALO = overlap_depth(9)
 NGFF_TYPE = {"t": "time", "c": "channel", "y": "space", "x": "space"}
-
-
-@pytest.fixture(scope="module")
-def local_cluster():
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as c:
-        yield c
 
 
 # ---------------------------------------------------------------------------- helpers
