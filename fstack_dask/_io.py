@@ -669,14 +669,6 @@ def _jsonable(value: Any, name: str) -> Any:
     )
 
 
-def _positive_pair(value: Any, name: str) -> tuple[int, int]:
-    ok = isinstance(value, (tuple, list)) and len(value) == 2
-    ok = ok and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    if not ok or min(value) < 1:
-        raise ValueError(f"{name} must be a pair of positive ints (y, x), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
 def _numeric_dtype(dtype: Any, name: str) -> np.dtype:
     try:
         dt = np.dtype(dtype)
