@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -58,3 +59,16 @@ def local_cluster():
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         yield cluster
+
+
+def tree_digest(root) -> dict[str, str]:
+    """sha256 of every file and the name of every folder below root (to prove nothing changed)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for d in dirs:
+            out[os.path.join(rel, d) + "/"] = "dir"
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
+    return out

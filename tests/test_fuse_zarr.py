@@ -7,7 +7,6 @@ scheduler.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -17,6 +16,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import tree_digest as _tree
 from distributed import Client, default_client
 
 from fstack_dask import _dask, _pipeline, focus_stack, fuse_zarr, overlap_depth, synthetic_stack
@@ -29,19 +29,6 @@ NGFF_TYPE = {"t": "time", "c": "channel", "y": "space", "x": "space"}
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """sha256 of every file and the name of every folder below root."""
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for d in dirs:
-            out[os.path.join(rel, d) + "/"] = "dir"
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _make(axes, *, sizes=None, shape=(60, 52), n_planes=7, dtype="uint16", rgb=False, seed=0):

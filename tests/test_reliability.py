@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import tree_digest as _tree
 
 from fstack_dask import _pipeline, fuse_zarr, synthetic_stack
 from fstack_dask._cli import main
@@ -47,19 +47,6 @@ TIMEOUT = 120
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """sha256 of every file and the name of every folder below root."""
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for d in dirs:
-            out[os.path.join(rel, d) + "/"] = "dir"
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _markers(dst: Path) -> set[tuple[int, int]]:
