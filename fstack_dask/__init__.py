@@ -7,12 +7,14 @@ implementation (coppafish's ``extract/fstack.py``) computes it.
 
 from ._dask import FusionResult, fuse
 from ._focus_stack import focus_stack
-from ._pipeline import fuse_zarr
+from ._pipeline import DestinationFullError, DestinationLockedError, fuse_zarr
 from ._synthetic import SyntheticStack, synthetic_stack
 from ._utils import overlap_depth
 from ._version import __version__
 
 __all__ = [
+    "DestinationFullError",
+    "DestinationLockedError",
     "FusionResult",
     "__version__",
     "SyntheticStack",
