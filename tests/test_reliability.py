@@ -49,6 +49,16 @@ TIMEOUT = 120
 # ---------------------------------------------------------------------------- helpers
 
 
+def _write_zyx(path, data, chunks=None):
+    """Store a (y, x, z) uint16 stack as a plain zyx Zarr v3 array (the source of a run)."""
+    zyx = np.moveaxis(data, 2, 0)
+    arr = zarr.create_array(
+        str(path), shape=zyx.shape, dtype="uint16", chunks=chunks or "auto",
+        dimension_names=["z", "y", "x"],
+    )  # fmt: skip
+    arr[...] = zyx
+
+
 def _markers(dst: Path) -> set[tuple[int, int]]:
     """Blocks (y, x) with a done-marker (names are the block index, K axis first)."""
     try:
@@ -204,11 +214,7 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     data = synthetic_stack((GRID * BLOCK,) * 2, PLANES, dtype="uint16", seed=3).stack
     src = root / "stack.zarr"
-    arr = zarr.create_array(
-        str(src), shape=(PLANES, GRID * BLOCK, GRID * BLOCK), dtype="uint16",
-        chunks=(PLANES, BLOCK, BLOCK), dimension_names=["z", "y", "x"],
-    )  # fmt: skip
-    arr[...] = np.moveaxis(data, 2, 0)
+    _write_zyx(src, data, chunks=(PLANES, BLOCK, BLOCK))
     ref = root / "reference.zarr"
     fuse_zarr(str(src), ref, scheduler="synchronous", **FUSE_KW)
     group = zarr.open_group(str(ref), mode="r")
@@ -446,11 +452,7 @@ def unfinished(tmp_path):
     """A small unfinished output (every block done, not yet marked complete) and its src."""
     data = synthetic_stack((80, 80), 7, dtype="uint16", seed=1).stack
     src = tmp_path / "small.zarr"
-    arr = zarr.create_array(
-        str(src), shape=(7, 80, 80), dtype="uint16", chunks=(7, 40, 40),
-        dimension_names=["z", "y", "x"],
-    )  # fmt: skip
-    arr[...] = np.moveaxis(data, 2, 0)
+    _write_zyx(src, data, chunks=(7, 40, 40))
     dst = tmp_path / "fused.zarr"
     fuse_zarr(str(src), dst, chunks=40, progress=False)
     group = zarr.open_group(str(dst), mode="r+")
@@ -629,11 +631,7 @@ def test_corrupt_source_chunk(tmp_path, kind):
     and kept for --resume once the chunk is repaired."""
     data = synthetic_stack((120, 120), 7, dtype="uint16", seed=2).stack
     src = tmp_path / "in.zarr"
-    arr = zarr.create_array(
-        str(src), shape=(7, 120, 120), dtype="uint16", chunks=(7, 40, 40),
-        dimension_names=["z", "y", "x"],
-    )  # fmt: skip
-    arr[...] = np.moveaxis(data, 2, 0)
+    _write_zyx(src, data, chunks=(7, 40, 40))
     reference = tmp_path / "reference.zarr"
     fuse_zarr(str(src), reference, chunks=40, progress=False)
     good = {key: (src / key).read_bytes() for key in ("c/0/1/1", "c/0/2/2")}
@@ -670,9 +668,7 @@ def test_corrupt_source_chunk(tmp_path, kind):
 def test_dst_not_writable(tmp_path):
     data = synthetic_stack((40, 40), 5, dtype="uint16", seed=4).stack
     src = tmp_path / "in.zarr"
-    arr = zarr.create_array(str(src), shape=(5, 40, 40), dtype="uint16",
-                            dimension_names=["z", "y", "x"])  # fmt: skip
-    arr[...] = np.moveaxis(data, 2, 0)
+    _write_zyx(src, data)
     src_tree = _tree(src)
     child_tmp = tmp_path / "child-tmp"
     # /proc cannot hold new folders, even for root.
@@ -693,11 +689,7 @@ def test_disk_full(tmp_path, size, kept):
     (marked incomplete) for --resume after freeing space; with nothing finished, nothing is."""
     data = synthetic_stack((256, 256), 7, dtype="uint16", noise=0.05, seed=5).stack
     src = tmp_path / "in.zarr"
-    arr = zarr.create_array(
-        str(src), shape=(7, 256, 256), dtype="uint16", chunks=(7, 64, 64),
-        dimension_names=["z", "y", "x"],
-    )  # fmt: skip
-    arr[...] = np.moveaxis(data, 2, 0)
+    _write_zyx(src, data, chunks=(7, 64, 64))
     src_tree = _tree(src)
     opts = ["--chunks", "64", "--depth-map", "--selectivity-map", "--no-progress"]
     reference = tmp_path / "reference.zarr"
