@@ -3,24 +3,72 @@
 Implements the noise-robust selective all-in-focus fusion of Pertuz et al.,
 IEEE Trans. Image Process. 22(3):1242-1251, 2013, as its reference
 implementation (coppafish's ``extract/fstack.py``) computes it.
+
+The public names are imported on first use (PEP 562), so that ``import fstack_dask``
+and the command line start quickly and a Ctrl-C during start-up is handled by the CLI.
 """
 
-from ._dask import FusionResult, fuse
-from ._focus_stack import focus_stack
-from ._pipeline import DestinationFullError, DestinationLockedError, fuse_zarr
-from ._synthetic import SyntheticStack, synthetic_stack
-from ._utils import overlap_depth
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 
 __all__ = [
     "DestinationFullError",
     "DestinationLockedError",
     "FusionResult",
-    "__version__",
+    "SourceReadError",
+    "SourceValueError",
     "SyntheticStack",
+    "__version__",
     "focus_stack",
     "fuse",
     "fuse_zarr",
     "overlap_depth",
     "synthetic_stack",
+    "write_stack",
 ]
+
+_WHERE = {
+    "DestinationFullError": "._errors",
+    "DestinationLockedError": "._errors",
+    "SourceReadError": "._errors",
+    "SourceValueError": "._errors",
+    "FusionResult": "._dask",
+    "fuse": "._dask",
+    "focus_stack": "._focus_stack",
+    "fuse_zarr": "._pipeline",
+    "SyntheticStack": "._synthetic",
+    "synthetic_stack": "._synthetic",
+    "overlap_depth": "._params",
+    "write_stack": "._write_stack",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dask import FusionResult, fuse
+    from ._errors import (
+        DestinationFullError,
+        DestinationLockedError,
+        SourceReadError,
+        SourceValueError,
+    )
+    from ._focus_stack import focus_stack
+    from ._params import overlap_depth
+    from ._pipeline import fuse_zarr
+    from ._synthetic import SyntheticStack, synthetic_stack
+    from ._write_stack import write_stack
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fstack_dask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
-import os
-import shutil
+import signal
 import sys
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from ._version import __version__
@@ -29,6 +26,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the run itself failed: I/O, permissions, a locked dst, the cluster, a task
 EXIT_USAGE = 2  # the command cannot run as given: options, config, src or dst refused up front
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 EXIT_CODES = f"""\
 exit status:
@@ -116,6 +114,17 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         "e.g. zyx, czyx, yxz (z: focus, c: channel, other letters: batch)",
     )
     g.add_argument(
+        "--level",
+        type=int,
+        metavar="N",
+        help="pyramid level of an OME-Zarr source to fuse (default 0: full resolution)",
+    )
+    g.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for a remote SRC, as a JSON object, e.g. '{\"anon\": true}'",
+    )
+    g.add_argument(
         "--channels",
         choices=("auto", "rgb", "independent"),
         help="rgb: one weight map shared by 3 colour channels; independent: each channel "
@@ -173,6 +182,18 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
         metavar="SIZE",
         help="memory one task may use, e.g. 256MiB, 1GiB, 500MB (default 256MiB)",
     )
+    if full:
+        g.add_argument(
+            "--dst-storage-options",
+            metavar="JSON",
+            help="fsspec options for a remote DST, as a JSON object",
+        )
+        g.add_argument(
+            "--stall-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="on a cluster, fail when no block finishes for this long (default 600)",
+        )
 
 
 def _add_config_option(p: argparse.ArgumentParser) -> None:
@@ -323,7 +344,11 @@ def _configure(args: argparse.Namespace):
     put("algorithm", "sth", "sth", "--sth")
     put("algorithm", "focus", "focus", "--focus")
     put("input", "axes", "axes", "--axes")
+    put("input", "level", "level", "--level")
+    put("input", "storage_options", "storage_options", "--storage-options")
     put("input", "channels", "channels", "--channels")
+    put("output", "storage_options", "dst_storage_options", "--dst-storage-options")
+    put("resources", "stall_timeout", "stall_timeout", "--stall-timeout")
     put("output", "depth_map", "depth_map", "--depth-map")
     put("output", "selectivity_map", "selectivity_map", "--selectivity-map")
     put("output", "chunks", "chunks", "--chunks")
@@ -338,51 +363,36 @@ def _configure(args: argparse.Namespace):
 # -------------------------------------------------------------------- commands
 
 
+_PLAN_KEYS = (
+    "axes", "level", "channels", "nhsize", "focus", "alpha", "sth", "depth_map",
+    "selectivity_map", "chunks", "memory_per_task", "storage_options",
+)  # fmt: skip
+
+
 def _plan(src: str, kw: dict[str, Any]):
-    """Open ``src`` and build (not run) the fusion graph, as ``fuse_zarr`` will: validates
-    the source and every parameter. Returns (source, layers)."""
-    import dask.array as da
+    """Open ``src`` and plan the fusion as ``fuse_zarr`` will: validates the source and every
+    parameter, reads no pixel data."""
+    from ._fusion import plan_fusion
 
-    from ._dask import fused_layers
-    from ._io import open_source
-    from ._pipeline import _default_chunks
-    from ._utils import check_dtype
-
-    source = open_source(src, axes=kw["axes"])
-    check_dtype(source.array.dtype, "src")
-    chunks = kw["chunks"]
-    if chunks is None:
-        chunks = _default_chunks(
-            source, channels=kw["channels"], nhsize=kw["nhsize"], budget=kw["memory_per_task"]
-        )
-    layers = fused_layers(
-        da.from_zarr(source.array),
-        axes=source.axes,
-        nhsize=kw["nhsize"],
-        focus=kw["focus"],
-        alpha=kw["alpha"],
-        sth=kw["sth"],
-        channels=kw["channels"],
-        chunks=chunks,
-        memory_per_task=kw["memory_per_task"],
-        with_maps=kw.get("depth_map", False) or kw.get("selectivity_map", False),
-    )
-    return source, layers
+    return plan_fusion(src, **{k: kw[k] for k in _PLAN_KEYS if k in kw})
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
     config = _configure(args)
-    from ._io import check_destination
-    from ._pipeline import fuse_zarr, refuse_live_lock
+    from ._pipeline import fuse_zarr
 
     kw = config.fuse_kwargs()
     if config.cluster.kind != "local":
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
         # fuse_zarr checks all this again.
-        source, _ = _plan(args.src, kw)
-        refuse_live_lock(args.dst)
-        if not args.resume:
-            check_destination(args.dst, src_root=source.root, overwrite=kw["overwrite"])
+        from ._destination import Destination
+        from ._locations import resolve
+
+        fusion = _plan(args.src, kw)
+        dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
+                      writable=True)  # fmt: skip
+        protect = [fusion.source.location] if fusion.source.location else []
+        Destination(dst, protect=protect).check(overwrite=kw["overwrite"], resume=args.resume)
     start = time.perf_counter()
     with _report_progress_notes(), config.cluster_context() as scheduler:
         out = fuse_zarr(
@@ -423,13 +433,6 @@ def _report_progress_notes() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _psnr(estimate: Any, truth: Any, peak: float) -> float:
-    import numpy as np
-
-    err = np.mean((np.asarray(estimate, dtype=np.float64) - np.asarray(truth, np.float64)) ** 2)
-    return math.inf if err == 0 else float(10 * np.log10(peak**2 / err))
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     for option, value, low in (("--size", args.size, 1), ("--planes", args.planes, 1)):
         if value < low:
@@ -437,103 +440,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise _UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     cluster = _cluster_override(args.scheduler)
-
-    import numpy as np
-
     from ._config import Config
-    from ._io import _is_zarr_dir, write_ome_zarr_stack
-    from ._pipeline import fuse_zarr
-    from ._png import to_uint8, write_png
-    from ._synthetic import synthetic_stack
+    from ._demo import run_demo
 
     config = Config() if cluster is None else Config().with_overrides(cluster=cluster)
-    out_dir = Path(args.dir)
-    stack_path, fused_path = out_dir / "stack.ome.zarr", out_dir / "fused.ome.zarr"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")
-    for path in (stack_path, fused_path):
-        if os.path.lexists(path):
-            if not args.overwrite:
-                raise FileExistsError(
-                    f"{str(path)!r} already exists; choose another DIR or pass --overwrite"
-                )
-            if not _is_zarr_dir(os.fspath(path)):
-                raise ValueError(
-                    f"{str(path)!r} exists and is not a Zarr store; refusing to delete it"
-                )
-
-    rgb = bool(args.rgb)
-    synth = synthetic_stack(
-        (args.size, args.size),
-        args.planes,
-        rgb=rgb,
-        dtype="uint8" if rgb else "uint16",
-        seed=args.seed,
-    )
-    stack = synth.stack  # (y, x, z[, c])
-    data = stack.transpose(3, 2, 0, 1) if rgb else stack.transpose(2, 0, 1)
-    axes = "czyx" if rgb else "zyx"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if args.overwrite and stack_path.exists():
-        shutil.rmtree(stack_path)
-    write_ome_zarr_stack(
-        stack_path,
-        data,
-        axes=axes,
-        scale={"z": 2.0, "y": 0.65, "x": 0.65},
-        units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
-    )
-    print(
-        f"wrote {stack_path}: synthetic focus stack, {axes} {data.shape} {data.dtype} "
-        f"(seed {args.seed})",
-        flush=True,
-    )
-
-    start = time.perf_counter()
     with config.cluster_context() as scheduler:
-        out = fuse_zarr(
-            stack_path,
-            fused_path,
-            depth_map=True,
-            selectivity_map=True,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            scheduler=scheduler,
-        )
-    seconds = time.perf_counter() - start
-    fused = out["0"][...]
-    if rgb:
-        fused = fused.transpose(1, 2, 0)  # cyx -> yxc, like the truth
-    depth = out["depth"][...]
-    print(
-        f"wrote {fused_path}: all-in-focus image + depth, selectivity maps in {seconds:.2f} s",
-        flush=True,
-    )
-
-    middle = args.planes // 2
-    plane = stack[:, :, middle]
-    previews = {
-        "plane.png": (plane, f"middle plane (z = {middle})"),
-        "fused.png": (fused, "fused all-in-focus image"),
-        "depth.png": (depth, "depth map (focus position of the sharpest plane)"),
-        "truth.png": (synth.all_in_focus, "ground truth all-in-focus image"),
-    }
-    for name, (image, what) in previews.items():
-        write_png(out_dir / name, to_uint8(image))
-        print(f"wrote {out_dir / name}: {what}", flush=True)
-
-    peak = float(np.iinfo(stack.dtype).max)
-    psnr_fused = _psnr(fused, synth.all_in_focus, peak)
-    psnr_plane = _psnr(plane, synth.all_in_focus, peak)
-    ok = np.isfinite(depth)
-    depth_rmse = (
-        float(np.sqrt(np.mean((depth[ok] - synth.depth[ok]) ** 2))) if ok.any() else math.nan
-    )
-    print(
-        f"PSNR against the ground truth: fused {psnr_fused:.2f} dB, "
-        f"middle plane {psnr_plane:.2f} dB; depth RMSE {depth_rmse:.2f} planes",
-        flush=True,
-    )
+        run_demo(
+            args.dir, size=args.size, planes=args.planes, rgb=bool(args.rgb), seed=args.seed,
+            overwrite=args.overwrite, progress=not args.no_progress, scheduler=scheduler,
+        )  # fmt: skip
     return EXIT_OK
 
 
@@ -545,40 +460,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     config = _configure(args)
     import numpy as np
 
-    from ._dask import resolve_channels
-    from ._kernel import block_memory
-    from ._utils import overlap_depth
+    from ._run import _cpu_count
 
     kw = config.fuse_kwargs()
-    source, layers = _plan(args.src, kw)
-    array = source.array
-    dtype = np.dtype(array.dtype)
-    axes, shape = source.axes, tuple(int(n) for n in array.shape)
-    rgb = resolve_channels(kw["channels"], axes, shape, dtype)
-    halo = overlap_depth(kw["nhsize"])
-    n_planes = shape[axes.index("z")]
-
-    def haloed(sizes: tuple[int, ...]) -> int:
-        last = len(sizes) - 1
-        if last == 0:  # one block along this axis: no halo
-            return sizes[0]
-        return max(s + halo * (i > 0) + halo * (i < last) for i, s in enumerate(sizes))
-
-    compute_y, compute_x = layers.array.chunks[-2:]
-    block = (haloed(compute_y), haloed(compute_x))
-    memory = block_memory(block, n_planes, 3 if rgb else 1, dtype.itemsize, rgb)
-    out_y, out_x = layers.out_chunks
-    n_tasks = math.prod(layers.array.numblocks)
-    n_images = n_tasks // (len(compute_y) * len(compute_x))
-
-    size_of = {a: n for a, n in zip(axes, shape, strict=True)}
-    if rgb:
-        size_of["c"] = 3
-    out_axes = layers.image_axes
-    out_shape = tuple(size_of[a] for a in out_axes)
+    fusion = _plan(args.src, kw)
+    source, layout = fusion.source, fusion.layout
+    workers = _cpu_count() if config.cluster.kind == "local" else 1
+    plan, cache = fusion.plan(workers)
+    axes, shape = source.axes, source.shape
+    size_of = dict(zip(axes, shape, strict=True))
+    out = fusion.spec.array("0")
     if "c" not in axes:
         channels = "none"
-    elif rgb:
+    elif layout.rgb:
         channels = "rgb (3 channels fused with one shared weight map)"
     else:
         channels = f"independent ({size_of['c']} channel(s), each fused on its own)"
@@ -590,39 +484,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
         )
     else:
         scale = "unknown (1.0 is written)"
+    task = fusion.task_bytes(fusion.block)
+    ny, nx = plan.grid
+    fmt = f"OME-NGFF {source.ome_version}" if source.ome_version else source.kind
     lines = [
-        ("source", source.url),
-        (
-            "format",
-            f"OME-NGFF {source.ome_version}" if source.ome_version else "plain Zarr array",
-        ),
+        ("source", source.location.url if source.location else source.description),
+        ("format", fmt + (f", level {source.level}" if source.level else "")),
         ("axes", axes),
         ("shape", str(shape)),
-        ("dtype", str(dtype)),
-        ("source chunks", str(tuple(int(c) for c in array.chunks))),
+        ("dtype", str(np.dtype(source.dtype))),
+        ("source chunks", str(tuple(int(c) for c in source.unit_shape))),
         ("scale", scale),
         ("channels", channels),
-        ("output", f"{out_axes} {out_shape} {np.dtype(layers.dtype)}"),
-        ("halo", f"{halo} px (nhsize {kw['nhsize']})"),
-        ("chunks (y, x)", f"{out_y[0]}, {out_x[0]}"),
-        (
-            "blocks",
-            f"{len(compute_y)} x {len(compute_x)} (y x x) per image, {n_images} image(s)",
-        ),
-        ("tasks", str(n_tasks)),
+        ("output", f"{out.axes} {out.shape} {np.dtype(out.dtype)}"),
+        ("halo", f"{fusion.halo} px (nhsize {fusion.params['nhsize']})"),
+        ("chunks (y, x)", f"{fusion.block[0]}, {fusion.block[1]}"),
+        ("blocks", f"{ny} x {nx} (y x x) per image, {plan.n_images} image(s)"),
+        ("tasks", str(plan.n_blocks)),
+        ("strip", f"{plan.strip} block(s) wide (the order that shares decoded chunks)"),
         (
             "memory per task",
-            f"{_mib(memory)} (estimate for the largest block with halo, "
-            f"{block[0]} x {block[1]} px; budget {_mib(kw['memory_per_task'])})",
+            f"{_mib(task)} (block with halo and the kernel's arrays; budget "
+            f"{_mib(fusion.memory_per_task)})",
         ),
-    ]
+        ("memory per process", f"<= {workers} x {_mib(fusion.memory_per_task)} "
+         f"(tasks {_mib(workers * task)}, decoded-chunk cache {_mib(cache)})"),
+    ]  # fmt: skip
     width = max(len(k) for k, _ in lines) + 2
     for key, value in lines:
         print(f"{key + ':':<{width}}{value}")
-    if memory > kw["memory_per_task"]:
+    if task > fusion.memory_per_task:
         print(
-            f"warning: a task needs about {_mib(memory)}, more than the "
-            f"{_mib(kw['memory_per_task'])} budget; choose smaller --chunks "
+            f"warning: a task needs about {_mib(task)}, more than the "
+            f"{_mib(fusion.memory_per_task)} budget; choose smaller --chunks "
             f"or a larger --memory-per-task",
             flush=True,
         )
@@ -633,9 +527,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _exit_code(exc: BaseException) -> int:
-    from ._pipeline import DestinationLockedError
+    from ._errors import DestinationLockedError, SourceValueError
 
-    if isinstance(exc, DestinationLockedError):
+    if isinstance(exc, (DestinationLockedError, SourceValueError, PermissionError)):
         return EXIT_FAILURE
     if isinstance(exc, (_UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError)):
         return EXIT_USAGE
@@ -696,16 +590,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
-    try:
-        return int(args.func(args))
     except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    previous = _on_sigterm_raise()
+    try:
+        _quiet_distributed()
+        return int(args.func(args))
+    except KeyboardInterrupt as exc:
         hint = (
             "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
         )
+        _quiet_distributed(logging.CRITICAL)  # a cluster shutting down must not print
+        if isinstance(exc, _Terminated):
+            _error(f"terminated{hint}")
+            return EXIT_TERMINATED
         _error(f"interrupted{hint}")
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.traceback:
             raise
+        _quiet_distributed(logging.CRITICAL)
         _error(_message(exc))
         return _exit_code(exc)
+    finally:
+        with contextlib.suppress(ValueError):  # not in the main thread
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption so that a run stops cleanly (locks released,
+    worker processes ended, finished blocks kept for --resume)."""
+
+
+def _on_sigterm_raise():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+        return signal.SIG_DFL
+
+
+def _quiet_distributed(level: int = logging.ERROR) -> None:
+    """distributed logs warnings and shutdown noise to stderr; errors are ours to report."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(level)

@@ -30,8 +30,16 @@ from typing import Any
 
 import yaml
 
-from ._dask import DEFAULT_MEMORY_PER_TASK
-from ._utils import check_alpha, check_focus, check_nhsize, check_sth, parse_axes
+from ._params import (
+    DEFAULT_MEMORY_PER_TASK,
+    MAX_CHUNK,
+    check_alpha,
+    check_focus,
+    check_memory,
+    check_nhsize,
+    check_sth,
+    parse_axes,
+)
 
 __all__ = [
     "AlgorithmConfig",
@@ -72,6 +80,8 @@ class InputConfig:
 
     axes: str | None = None
     channels: str = "auto"
+    level: int = 0
+    storage_options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class OutputConfig:
     selectivity_map: bool = False
     chunks: int | tuple[int, int] | None = None
     overwrite: bool = False
+    storage_options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class ResourcesConfig:
     """Per-task memory budget, in bytes."""
 
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK
+    stall_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,7 @@ class Config:
         a, i, o = self.algorithm, self.input, self.output
         return {
             "axes": i.axes,
+            "level": i.level,
             "channels": i.channels,
             "nhsize": a.nhsize,
             "focus": None if a.focus is None else list(a.focus),
@@ -145,6 +158,9 @@ class Config:
             "chunks": o.chunks,
             "memory_per_task": self.resources.memory_per_task,
             "overwrite": o.overwrite,
+            "storage_options": None if i.storage_options is None else dict(i.storage_options),
+            "dst_storage_options": None if o.storage_options is None else dict(o.storage_options),
+            "stall_timeout": self.resources.stall_timeout,
         }
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
@@ -304,43 +320,57 @@ def _bool(value: Any, name: str) -> bool:
 def _chunks(value: Any, name: str) -> int | tuple[int, int] | None:
     if value is None:
         return None
-    if _is_int(value) and value >= 1:
+    if _is_int(value) and 1 <= value <= MAX_CHUNK:
         return int(value)
     if (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(_is_int(v) and v >= 1 for v in value)
+        and all(_is_int(v) and 1 <= v <= MAX_CHUNK for v in value)
     ):
         return int(value[0]), int(value[1])
     raise ValueError(
         f"{name} must be null, a positive integer or a list of two positive integers "
-        f"[y, x], got {value!r} ({_type_name(value)})"
+        f"[y, x] (at most {MAX_CHUNK}), got {value!r} ({_type_name(value)})"
     )
 
 
-def _memory(value: Any, name: str) -> int:
-    from dask.utils import parse_bytes
+def _level(value: Any, name: str) -> int:
+    if _is_int(value) and value >= 0:
+        return int(value)
+    raise ValueError(f"{name} must be an integer >= 0, got {value!r} ({_type_name(value)})")
 
-    if _is_int(value) or (isinstance(value, float) and math.isfinite(value)):
-        n = int(value)
-    elif isinstance(value, str) and value.strip():
+
+def _seconds(value: Any, name: str) -> float:
+    if _is_real(value) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _storage_options(value: Any, name: str) -> Mapping[str, Any] | None:
+    """fsspec options: a mapping (or JSON text of one, from the command line)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import json
+
         try:
-            n = parse_bytes(value.strip())
-        except (ValueError, TypeError):
-            n = None
-        if n is None:
+            value = json.loads(value)
+        except ValueError as exc:
             raise ValueError(
-                f"{name} must be a size such as 256MiB, 1GiB, 500MB or a number of bytes, "
-                f"got {value!r}"
+                f'{name} must be a JSON object such as {{"anon": true}}: {exc}'
             ) from None
-    else:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise ValueError(
-            f"{name} must be a size such as 256MiB, 1GiB, 500MB or a number of bytes, "
-            f"got {value!r} ({_type_name(value)})"
+            f"{name} must be a mapping of fsspec options such as {{anon: true}}, got {value!r}"
         )
-    if n < 1:
-        raise ValueError(f"{name} must be a positive size, got {value!r}")
-    return int(n)
+    return types.MappingProxyType(dict(value))
+
+
+def _memory(value: Any, name: str) -> int:
+    try:
+        return check_memory(value, name)
+    except TypeError as exc:  # a config file's mistakes are all ValueErrors
+        raise ValueError(str(exc)) from None
 
 
 def _kind(value: Any, name: str) -> str:
@@ -413,14 +443,20 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
 
 _SCHEMA: dict[str, dict[str, Any]] = {
     "algorithm": {"nhsize": _nhsize, "alpha": _alpha, "sth": _sth, "focus": _focus},
-    "input": {"axes": _axes, "channels": _channels},
+    "input": {
+        "axes": _axes,
+        "channels": _channels,
+        "level": _level,
+        "storage_options": _storage_options,
+    },
     "output": {
         "depth_map": _bool,
         "selectivity_map": _bool,
         "chunks": _chunks,
         "overwrite": _bool,
+        "storage_options": _storage_options,
     },
-    "resources": {"memory_per_task": _memory},
+    "resources": {"memory_per_task": _memory, "stall_timeout": _seconds},
     "cluster": {
         "kind": _kind,
         "scheduler": _scheduler,

@@ -15,7 +15,8 @@ import dask.array as da
 import numpy as np
 
 from ._kernel import block_memory, fuse_block
-from ._utils import (
+from ._params import (
+    DEFAULT_MEMORY_PER_TASK,
     check_alpha,
     check_dtype,
     check_focus,
@@ -23,11 +24,11 @@ from ._utils import (
     check_sth,
     overlap_depth,
     parse_axes,
+    resolve_channels,
 )
 
 __all__ = ["FusionResult", "fuse"]
 
-DEFAULT_MEMORY_PER_TASK = 256 * 2**20  # bytes; two tasks per core stay well under 1 GiB
 Channels = Literal["auto", "rgb", "independent"]
 
 
@@ -51,24 +52,6 @@ class _Plan(NamedTuple):
     out_axes: str  # image axes in the user's order, z removed
     rgb: bool
     n_channels: int | None
-
-
-def resolve_channels(channels: str, axes: str, shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    """Return True for RGB fusion (one shared weight map), False otherwise."""
-    if channels not in ("auto", "rgb", "independent"):
-        raise ValueError(f"channels must be 'auto', 'rgb' or 'independent', got {channels!r}")
-    if "c" not in axes:
-        if channels == "rgb":
-            raise ValueError(f"channels='rgb' needs a channel axis 'c' in axes, got axes={axes!r}")
-        return False
-    n_c = shape[axes.index("c")]
-    if channels == "rgb":
-        if n_c != 3:
-            raise ValueError(f"channels='rgb' needs a channel axis of length 3, got {n_c}")
-        return True
-    if channels == "auto":
-        return n_c == 3 and np.dtype(dtype) == np.uint8
-    return False
 
 
 def _plan(axes: str, shape: tuple[int, ...], rgb: bool) -> _Plan:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._kernel import fuse_block
-from ._utils import check_alpha, check_dtype, check_focus, check_nhsize, check_sth
+from ._params import check_alpha, check_dtype, check_focus, check_nhsize, check_sth
 
 __all__ = ["focus_stack"]
 

@@ -13,6 +13,8 @@ import numpy as np
 
 __all__ = ["overlap_depth", "parse_axes"]
 
+DEFAULT_MEMORY_PER_TASK = 256 * 2**20  # bytes one task may hold
+
 
 def check_nhsize(nhsize: Any) -> int:
     """Return ``nhsize`` as an int, or raise naming the parameter."""
@@ -157,3 +159,77 @@ def parse_axes(axes: Any, ndim: int) -> str:
             f"image axes 'y' and 'x' (e.g. 'zyx')"
         )
     return low
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A True/False option; anything else (``"no"``, 0, None) is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+MAX_CHUNK = 2**31 - 1
+
+
+def check_chunks(chunks: Any, name: str = "chunks") -> tuple[int, int] | None:
+    """``None``, a positive int, or a (y, x) pair of them, each at most 2**31 - 1."""
+    if chunks is None:
+        return None
+    pair = (chunks, chunks) if isinstance(chunks, (numbers.Integral,)) else chunks
+    ok = isinstance(pair, (tuple, list)) and len(pair) == 2
+    if not ok or not all(
+        isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)) and c >= 1
+        for c in pair
+    ):
+        raise ValueError(f"{name} must be a positive int or a (y, x) pair of them, got {chunks!r}")
+    if any(int(c) > MAX_CHUNK for c in pair):
+        raise ValueError(f"{name} must be at most {MAX_CHUNK} pixels, got {chunks!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_memory(value: Any, name: str = "memory_per_task") -> int:
+    """Bytes from an int or a size string such as ``"256MiB"``, ``"1GiB"``, ``"500MB"``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number of bytes or a size such as '1GiB', got {value!r}")
+    if isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and np.isfinite(value)
+    ):
+        n = int(value)
+    elif isinstance(value, str) and value.strip():
+        from dask.utils import parse_bytes
+
+        try:
+            n = parse_bytes(value.strip())
+        except (ValueError, TypeError):
+            n = None
+        if n is None:
+            raise ValueError(
+                f"{name} must be a size such as 256MiB, 1GiB, 500MB or a number of bytes, "
+                f"got {value!r}"
+            ) from None
+    else:
+        raise TypeError(
+            f"{name} must be a number of bytes or a size such as '1GiB', got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if n < 1:
+        raise ValueError(f"{name} must be a positive size, got {value!r}")
+    return int(n)
+
+
+def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: Any) -> bool:
+    """Return True for RGB fusion (one shared weight map), False otherwise."""
+    if channels not in ("auto", "rgb", "independent"):
+        raise ValueError(f"channels must be 'auto', 'rgb' or 'independent', got {channels!r}")
+    if "c" not in axes:
+        if channels == "rgb":
+            raise ValueError(f"channels='rgb' needs a channel axis 'c' in axes, got axes={axes!r}")
+        return False
+    n_c = shape[axes.index("c")]
+    if channels == "rgb":
+        if n_c != 3:
+            raise ValueError(f"channels='rgb' needs a channel axis of length 3, got {n_c}")
+        return True
+    if channels == "auto":
+        return n_c == 3 and np.dtype(dtype) == np.uint8
+    return False

@@ -1,0 +1,68 @@
+"""The errors ``fuse_zarr`` raises besides ValueError/TypeError, and how a failure is told.
+
+Every failure ends in one message that says what happened and what is left on disk: nothing,
+or the finished blocks and how to continue (``resume=True``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ._lock import DestinationLockedError
+from ._read import SourceReadError, SourceValueError
+
+__all__ = [
+    "DestinationFullError",
+    "DestinationLockedError",
+    "SourceReadError",
+    "SourceValueError",
+    "is_no_space",
+    "with_outcome",
+]
+
+
+class DestinationFullError(OSError):
+    """The device holding the destination is full (ENOSPC) or over quota."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self):
+        return type(self), (self.strerror,)
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is ENOSPC or EDQUOT."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
+    """``exc`` with what is left on disk added to its message (same type where we can)."""
+    if is_no_space(exc):
+        return DestinationFullError(
+            f"no space left on device while writing dst {dst!r}: free space or choose another "
+            f"dst; {left}"
+        )
+    if isinstance(exc, (SourceReadError, SourceValueError)):
+        left = left.replace("rerun with", "repair the source and rerun with")
+        return type(exc)(f"{exc}; {left}")
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return exc
+    try:
+        clone = type(exc)(f"{_text(exc)}; {left}")
+    except Exception:  # an exception class with another signature: keep it as it is
+        return exc
+    return clone
+
+
+def _text(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

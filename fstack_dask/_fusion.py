@@ -1,0 +1,202 @@
+"""What a fusion run will compute, decided from the source's metadata alone.
+
+:func:`plan_fusion` opens the source, checks every parameter, chooses the blocks and builds
+the output's description; it reads no pixel data and writes nothing. ``fuse_zarr`` runs
+it before touching ``dst``, and ``fstack-dask info`` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ._kernel import block_memory
+from ._params import (
+    check_alpha,
+    check_chunks,
+    check_focus,
+    check_memory,
+    check_nhsize,
+    check_sth,
+    overlap_depth,
+    resolve_channels,
+)
+from ._plan import Layout, make_plan
+from ._read import Source, open_source
+from ._state import METHOD
+from ._version import __version__
+from ._write import OutputSpec, output_spec
+
+__all__ = ["Fusion", "plan_fusion"]
+
+MIN_BLOCKS_PER_IMAGE = 16  # so that a many-core node has work on a mid-size image
+
+
+@dataclass(frozen=True, eq=False)
+class Fusion:
+    """A planned fusion: the source, the parameters, the blocks and the output."""
+
+    source: Source
+    layout: Layout
+    params: dict[str, Any]
+    kernel: dict[str, Any]
+    block: tuple[int, int]
+    halo: int
+    maps: tuple[str, ...]
+    spec: OutputSpec
+    memory_per_task: int
+    unit: dict[str, int]
+    unit_bytes: int
+    depth_affine: tuple[float, float] | None
+    recipe: tuple[Any, ...]  # how a worker process opens the source again
+
+    def task_bytes(self, block: tuple[int, int]) -> int:
+        """Bytes one task holds for a block of that size (with its halo)."""
+        shape = (block[0] + 2 * self.halo, block[1] + 2 * self.halo)
+        lay = self.layout
+        return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
+                            lay.rgb)  # fmt: skip
+
+    def plan(self, workers: int):
+        """The block order and the unit cache's budget for ``workers`` tasks per process."""
+        return make_plan(
+            self.layout, unit_shape=self.unit, halo=self.halo, workers=workers,
+            memory_per_task=self.memory_per_task, task_bytes=self.task_bytes,
+            unit_bytes=self.unit_bytes, block=self.block,
+        )  # fmt: skip
+
+
+def plan_fusion(
+    src: Any,
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    channels: str = "auto",
+    nhsize: int = 9,
+    focus: Any = None,
+    alpha: float = 0.2,
+    sth: float = 13,
+    depth_map: bool = False,
+    selectivity_map: bool = False,
+    chunks: Any = None,
+    memory_per_task: Any = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Fusion:
+    """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all."""
+    from ._params import DEFAULT_MEMORY_PER_TASK
+
+    memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
+    chunks = check_chunks(chunks)
+    if not isinstance(src, (str, os.PathLike)) and _is_array(src):
+        raise TypeError(_array_hint(src))
+    source = open_source(src, axes=axes, level=level, storage_options=storage_options)
+    nhsize = check_nhsize(nhsize)
+    n_planes = source.size("z")
+    focus_given = focus is not None
+    focus = check_focus(focus, n_planes)
+    alpha, sth = check_alpha(alpha), check_sth(sth)
+    rgb = _rgb(channels, source)
+    layout = Layout(source.axes, source.shape, rgb)
+    _check_plausible(layout, source)
+    halo = overlap_depth(nhsize)
+    maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
+    depth_unit, depth_affine = _depth_units(source, focus_given)
+    unit = dict(zip(source.axes, source.unit_shape, strict=True))
+    unit_bytes = source.dtype.itemsize * layout.n_channels * n_planes * unit["y"] * unit["x"]
+    kernel = {
+        "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
+        "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
+    }  # fmt: skip
+    fusion = Fusion(
+        source, layout, {}, kernel, (1, 1), halo, maps, None, memory, unit, unit_bytes,
+        depth_affine, (src, axes, level, storage_options),
+    )  # fmt: skip
+    if chunks is None:
+        plan, _ = make_plan(
+            layout, unit_shape=unit, halo=halo, workers=MIN_BLOCKS_PER_IMAGE // 2,
+            memory_per_task=memory, task_bytes=fusion.task_bytes, unit_bytes=unit_bytes,
+        )  # fmt: skip
+        chunks = plan.block
+    params = {
+        "version": __version__,
+        "method": METHOD,
+        "src": source.location.url if source.location is not None else source.description,
+        "src_axes": source.axes,
+        "src_shape": list(source.shape),
+        "level": int(source.level),
+        "nhsize": nhsize,
+        "focus": focus.tolist(),
+        "alpha": alpha,
+        "sth": sth,
+        "channels": "rgb" if rgb else "independent",
+        "chunks": [int(chunks[0]), int(chunks[1])],
+        "depth_map": bool(depth_map),
+        "selectivity_map": bool(selectivity_map),
+        "depth_unit": depth_unit,
+        "complete": False,
+    }
+    spec = output_spec(
+        source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
+        provenance=params, depth_unit=depth_unit,
+    )  # fmt: skip
+    return Fusion(
+        source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory, unit,
+        unit_bytes, depth_affine, fusion.recipe,
+    )  # fmt: skip
+
+
+def with_block(fusion: Fusion, block: tuple[int, int]) -> Fusion:
+    """The same fusion with another block size (a resume uses the interrupted run's)."""
+    params = {**fusion.params, "chunks": [int(block[0]), int(block[1])]}
+    spec = output_spec(
+        fusion.source, fusion.layout, block=block, dtype=fusion.spec.array("0").dtype,
+        maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],
+    )  # fmt: skip
+    return Fusion(
+        fusion.source, fusion.layout, params, fusion.kernel, tuple(block), fusion.halo,
+        fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
+        fusion.depth_affine, fusion.recipe,
+    )  # fmt: skip
+
+
+def _is_array(obj: Any) -> bool:
+    return hasattr(obj, "shape") and hasattr(obj, "dtype") and not hasattr(obj, "store_path")
+
+
+def _array_hint(obj: Any) -> str:
+    return (
+        f"src is an in-memory {type(obj).__name__}; fuse_zarr reads stored stacks (a path or "
+        "URL). Fuse arrays with fstack_dask.fuse(array, axes=...) (lazy, dask) or "
+        "focus_stack(array), or store them first with fstack_dask.write_stack"
+    )
+
+
+def _rgb(channels: Any, source: Source) -> bool:
+    rgb = resolve_channels(channels, source.axes, source.shape, source.dtype)
+    if channels == "auto" and source.rgb and "c" in source.axes and source.size("c") == 3:
+        return True  # the format says these are colour samples
+    return rgb
+
+
+def _check_plausible(layout: Layout, source: Source) -> None:
+    """Refuse axes that make a stack with more focus planes than pixels per plane."""
+    ny, nx = layout.shape_yx
+    if ny * nx < layout.n_planes:
+        raise ValueError(
+            f"axes {source.axes!r} make {source.description} a stack of {layout.n_planes} "
+            f"focus planes of {ny} x {nx} pixels, more planes than pixels per plane; check "
+            f"axes (z is the focus axis, y and x the image), e.g. axes='zyx'"
+        )
+
+
+def _depth_units(
+    source: Source, focus_given: bool
+) -> tuple[str | None, tuple[float, float] | None]:
+    """The depth map's unit, and the plane-to-position map when the source has a z scale."""
+    unit = source.units.get("z")
+    if focus_given:
+        return unit, None
+    if "z" in source.scale:
+        return unit, (float(source.translation.get("z", 0.0)), float(source.scale["z"]))
+    return None, None

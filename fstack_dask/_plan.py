@@ -1,0 +1,266 @@
+"""Planning a run: which blocks, how large, in which order, and how much memory that takes.
+
+Everything here is arithmetic on shapes (no data, no dask, no stores), and every plan is
+computed lazily: iterating over the blocks of a 10^6 x 10^6 image holds one block at a time,
+so planning is O(1) in the image size.
+
+**Blocks.** A block is a y/x rectangle of one image (one index of every batch axis, and of the
+channel axis unless the channels are fused together as RGB). Its size is a whole multiple of
+the source's read unit (chunk or shard) along y and x when one fits the memory budget (so
+every unit is decoded about once and shared by the blocks that read it), else an even
+divisor of the unit.
+
+**Order.** Blocks run strip by strip (``strip`` blocks wide), row by row inside a strip:
+a unit is read by the blocks of two consecutive rows of one strip, so the units that must be
+kept are about two rows of a strip, whatever the image size.
+
+**Memory.** One task holds its haloed block and the kernel's work arrays
+(``task_bytes``); a process also holds its share of decoded units (``cache_bytes``). Both
+are chosen so that ``workers x memory_per_task`` bounds a process, whatever the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ._fetch import BlockRegion
+
+__all__ = ["Layout", "Plan", "make_plan"]
+
+MIN_CACHE_FRACTION = 0.25  # of the budget kept for decoded units when blocks are large
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a source's axes map onto images and blocks.
+
+    ``lead_axes`` are the axes fused index by index (batch axes in source order, then ``c``
+    when the channels are fused independently); the image axes of the output are the lead
+    axes, ``c`` for RGB, then ``y`` and ``x`` (NGFF order is checked by the writer).
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    rgb: bool
+
+    @property
+    def lead_axes(self) -> str:
+        batch = "".join(a for a in self.axes if a not in "czyx")
+        return batch + ("c" if "c" in self.axes and not self.rgb else "")
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return tuple(self.size(a) for a in self.lead_axes)
+
+    @property
+    def image_axes(self) -> str:
+        batch = "".join(a for a in self.axes if a not in "czyx")
+        return batch + ("c" if "c" in self.axes else "") + "yx"
+
+    @property
+    def map_axes(self) -> str:
+        """Axes of the depth and selectivity maps (no colour axis for RGB)."""
+        return self.image_axes.replace("c", "") if self.rgb else self.image_axes
+
+    def size(self, letter: str) -> int:
+        return self.shape[self.axes.index(letter)]
+
+    @property
+    def n_planes(self) -> int:
+        return self.size("z")
+
+    @property
+    def n_channels(self) -> int:
+        """Channels one kernel call fuses together (3 for RGB, else 1)."""
+        return self.size("c") if self.rgb else 1
+
+    @property
+    def shape_yx(self) -> tuple[int, int]:
+        return self.size("y"), self.size("x")
+
+
+def _split(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The blocks of a run and their order (see the module docstring)."""
+
+    layout: Layout
+    block: tuple[int, int]
+    halo: int
+    strip: int  # blocks per strip along x
+    unit_lead: tuple[int, ...]  # the source's unit size along each lead axis
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        (ny, nx), (by, bx) = self.layout.shape_yx, self.block
+        return math.ceil(ny / by), math.ceil(nx / bx)
+
+    @property
+    def n_images(self) -> int:
+        return math.prod(self.layout.lead_shape)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_images * math.prod(self.grid)
+
+    def blocks(self) -> Iterator[tuple[int, ...]]:
+        """Every block, ``(lead indices..., j, i)``, in the order that reuses units.
+
+        Lead indices that share a source unit (e.g. a chunk of 10 time points) are
+        innermost, so their blocks read the unit while it is held.
+        """
+        lead_shape = self.layout.lead_shape
+        groups = [_split(n, u) for n, u in zip(lead_shape, self.unit_lead, strict=True)]
+        ny, nx = self.grid
+        for group in _product(groups):
+            for s0 in range(0, nx, self.strip):
+                for j in range(ny):
+                    for i in range(s0, min(s0 + self.strip, nx)):
+                        for lead in _product([[(k, k + 1) for k in range(a, b)] for a, b in group]):
+                            yield (*(a for a, _ in lead), j, i)
+
+    def core(self, block: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The block's own y and x ranges (what it writes)."""
+        j, i = block[-2:]
+        (ny, nx), (by, bx) = self.layout.shape_yx, self.block
+        return (j * by, min((j + 1) * by, ny)), (i * bx, min((i + 1) * bx, nx))
+
+    def region(self, block: tuple[int, ...]) -> BlockRegion:
+        """What the block reads: its core with the halo, clipped to the image."""
+        (y0, y1), (x0, x1) = self.core(block)
+        ny, nx = self.layout.shape_yx
+        h = self.halo
+        lead = tuple(zip(self.layout.lead_axes, (int(k) for k in block[:-2]), strict=True))
+        return BlockRegion(
+            lead,
+            (max(0, y0 - h), min(ny, y1 + h)),
+            (max(0, x0 - h), min(nx, x1 + h)),
+            self.layout.rgb,
+        )
+
+    @staticmethod
+    def name(block: tuple[int, ...]) -> str:
+        """The block's marker name, e.g. ``"0_3_5"``."""
+        return "_".join(str(int(k)) for k in block)
+
+    def blocks_reading(self, y: tuple[int, int], x: tuple[int, int]) -> tuple[range, range]:
+        """Block rows and columns whose haloed reads intersect the y/x ranges."""
+        (by, bx), h = self.block, self.halo
+        ny, nx = self.grid
+        rows = range(max(0, (y[0] - h) // by), min(ny, (y[1] - 1 + h) // by + 1))
+        cols = range(max(0, (x[0] - h) // bx), min(nx, (x[1] - 1 + h) // bx + 1))
+        return rows, cols
+
+
+def _product(lists: list[list[tuple[int, int]]]) -> Iterator[tuple[tuple[int, int], ...]]:
+    if not lists:
+        yield ()
+        return
+    for first in lists[0]:
+        for rest in _product(lists[1:]):
+            yield (first, *rest)
+
+
+# ---------------------------------------------------------------------------- choosing
+
+
+def _candidates(n: int, unit: int, halo: int) -> list[int]:
+    """Block sizes along one axis, largest first: multiples of the unit, then its divisors."""
+    unit = min(unit, n)
+    sizes = [k * unit for k in range(math.ceil(n / unit), 0, -1)]
+    for d in range(2, unit + 1):
+        size = math.ceil(unit / d)
+        if size < max(2 * halo, 16) and size < n:
+            break
+        if sizes[-1] != size:
+            sizes.append(size)
+    return [min(s, n) for s in sizes]
+
+
+def make_plan(
+    layout: Layout,
+    *,
+    unit_shape: dict[str, int],
+    halo: int,
+    workers: int,
+    memory_per_task: int,
+    task_bytes,
+    unit_bytes: int,
+    block: tuple[int, int] | None = None,
+) -> tuple[Plan, int]:
+    """Choose the block size and strip width; return the plan and the cache's byte budget.
+
+    Parameters
+    ----------
+    layout : Layout
+    unit_shape : dict
+        The source's read unit per axis letter.
+    halo : int
+        Pixels of context each block reads beyond its edges.
+    workers : int
+        Tasks that run at once in one process.
+    memory_per_task : int
+        Bytes per task; a process may use ``workers x memory_per_task``.
+    task_bytes : callable
+        ``task_bytes((by, bx))``: what a task computing a block of that size holds.
+    unit_bytes : int
+        Bytes of one decoded read unit (all planes).
+    block : (int, int), optional
+        A block size chosen by the user (it is also the output's chunk size).
+
+    Raises
+    ------
+    ValueError
+        If not even the smallest block fits ``memory_per_task``.
+    """
+    ny, nx = layout.shape_yx
+    uy, ux = min(unit_shape["y"], ny), min(unit_shape["x"], nx)
+    if block is None:
+        fits = None
+        for sy in _candidates(ny, uy, halo):
+            for sx in _candidates(nx, ux, halo):
+                if task_bytes((sy, sx)) <= memory_per_task * (1 - MIN_CACHE_FRACTION):
+                    # prefer square-ish blocks: the halo is a smaller share
+                    score = (min(sy, sx) * 4 >= max(sy, sx), sy * sx)
+                    if fits is None or score > fits[0]:
+                        fits = (score, (sy, sx))
+        if fits is None:
+            smallest = (min(ny, max(2 * halo, 16)), min(nx, max(2 * halo, 16)))
+            need = task_bytes(smallest)
+            raise ValueError(
+                f"memory_per_task={memory_per_task} bytes cannot hold the smallest block "
+                f"({smallest[0]} x {smallest[1]} px with a {halo} px halo, "
+                f"{layout.n_planes} planes); give at least {math.ceil(need / 0.75)} bytes"
+            )
+        block = _enough_blocks(layout, fits[1], (uy, ux), workers)
+    by, bx = block
+    cache = max(0, workers * memory_per_task - workers * task_bytes(block))
+    # A strip's units for two rows of blocks (plus the halo's neighbours) must fit the cache.
+    unit_rows = 2 * math.ceil(by / uy) + 2
+    strip = max(1, math.ceil(nx / bx))
+    while strip > 1 and unit_rows * (math.ceil(strip * bx / ux) + 2) * unit_bytes > cache:
+        strip -= 1
+    unit_lead = tuple(unit_shape.get(a, 1) for a in layout.lead_axes)
+    return Plan(layout, (by, bx), halo, strip, unit_lead), cache
+
+
+def _enough_blocks(
+    layout: Layout, block: tuple[int, int], unit: tuple[int, int], workers: int
+) -> tuple[int, int]:
+    """Smaller blocks (still unit multiples) when there are too few to keep every worker busy."""
+    ny, nx = layout.shape_yx
+    by, bx = block
+    images = math.prod(layout.lead_shape)
+    while images * math.ceil(ny / by) * math.ceil(nx / bx) < 2 * workers:
+        if by >= bx and by > unit[0]:
+            by = max(unit[0], (by // unit[0] + 1) // 2 * unit[0]) if by > unit[0] else by
+        elif bx > unit[1]:
+            bx = max(unit[1], (bx // unit[1] + 1) // 2 * unit[1])
+        else:
+            break
+    return by, bx

@@ -1,0 +1,463 @@
+"""Opening focus stacks: Zarr arrays and OME-Zarr images, as one :class:`Source`.
+
+A :class:`Source` is the level to fuse (an array-like: ``shape``, ``dtype``, ``__getitem__``
+of slices), its axes, how it is best read (``unit_shape``: a chunk, or a shard, along each
+axis), its physical metadata (scale, units, translation, channels) and, for resumes, how to
+list the files it is made of. Nothing here reads pixel data; ``_fetch`` does that.
+
+Axes are strings with one letter per array dimension: ``z`` is the focus axis, ``y`` and
+``x`` the image plane, ``c`` the optional channel axis and any other letter (e.g. ``t``) an
+independent batch axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._locations import Location, resolve
+from ._ome import find_multiscales, parse_multiscale, parse_omero
+from ._params import parse_axes
+
+__all__ = ["Source", "SourceReadError", "open_source"]
+
+_METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+_SUPPORTED_KINDS = "iuf"
+
+
+class SourceReadError(RuntimeError):
+    """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
+
+
+class SourceValueError(ValueError):
+    """A chunk of the source holds values that cannot be fused (NaN or infinity)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """An opened input focus stack (one resolution level).
+
+    Attributes
+    ----------
+    array : zarr.Array or array-like
+        The data: ``shape``, ``dtype``, ``ndim`` and ``__getitem__`` with a tuple of slices.
+    axes : str
+        One letter per dimension of ``array``.
+    unit_shape : tuple of int
+        What one efficient read covers along each axis (a chunk, or a shard when the array
+        is sharded): blocks are aligned to it and each unit is decoded about once.
+    description : str
+        How messages name it, e.g. ``"src 'stack.zarr'"``.
+    location : Location or None
+        Where it is stored (None for data in memory).
+    kind : str
+        ``"zarr"``, ``"ome-zarr"``, ``"tiff"``, ...
+    scale, units, translation : dict
+        Physical pixel size, unit and offset per axis letter (only what is known).
+    channels : list of dict or None
+        Per channel: ``label``, ``color`` (``"RRGGBB"``), ``window``, as OME's ``omero``.
+    rgb : bool
+        The format stores colour samples (used by ``channels="auto"``).
+    ome_version : str or None
+        OME-NGFF version of an OME-Zarr source.
+    level : int
+        The pyramid level opened (0: full resolution).
+    """
+
+    array: Any
+    axes: str
+    unit_shape: tuple[int, ...]
+    description: str
+    location: Location | None = None
+    kind: str = "zarr"
+    scale: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    translation: dict[str, float] = field(default_factory=dict)
+    channels: list[dict[str, Any]] | None = None
+    rgb: bool = False
+    ome_version: str | None = None
+    level: int = 0
+    metadata_files: tuple[Location, ...] = ()
+    data_root: Location | None = None  # the folder holding the data files (zarr: the array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def size(self, letter: str) -> int:
+        return self.shape[self.axes.index(letter)]
+
+    @property
+    def in_memory(self) -> bool:
+        """Data already decoded in memory: reading needs no cache."""
+        return isinstance(self.array, np.ndarray)
+
+    # -- identity, for resumes -------------------------------------------------------
+
+    def metadata_digest(self) -> str:
+        """sha256 of the metadata files (the array's and its OME group's)."""
+        h = hashlib.sha256()
+        for loc in self.metadata_files:
+            h.update(loc.path.encode())
+            try:
+                h.update(loc.read_bytes())
+            except FileNotFoundError:
+                h.update(b"<missing>")
+        return h.hexdigest()
+
+    def data_files(self) -> Iterator[tuple[str, int, int]]:
+        """(name relative to ``data_root``, size, mtime in ns) of every data file."""
+        root = self.data_root
+        if root is None:
+            return
+        if root.is_local:
+            base = root.path
+            for folder, dirs, files in os.walk(base):
+                dirs.sort()
+                for name in sorted(files):
+                    if name in _METADATA_FILES or name.endswith(".partial"):
+                        continue
+                    path = os.path.join(folder, name)
+                    try:
+                        st = os.stat(path)
+                    except FileNotFoundError:
+                        continue
+                    yield os.path.relpath(path, base), st.st_size, st.st_mtime_ns
+            return
+        fs = root.fs
+        for path, info in sorted(fs.find(root.path, detail=True).items()):
+            name = path[len(root.path.rstrip("/")) + 1 :]
+            if name.rsplit("/", 1)[-1] in _METADATA_FILES:
+                continue
+            stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or 0
+            if hasattr(stamp, "timestamp"):
+                stamp = int(stamp.timestamp() * 1e9)
+            elif not isinstance(stamp, (int, float)):
+                stamp = int(hashlib.sha256(str(stamp).encode()).hexdigest()[:15], 16)
+            yield name, int(info.get("size") or 0), int(stamp)
+
+    def unit_of_file(self, name: str) -> tuple[int, ...] | None:
+        """The unit (chunk or shard grid index) a data file holds, or None if unknown."""
+        meta = getattr(self.array, "metadata", None)
+        if meta is None:
+            return None
+        name = name.replace(os.sep, "/")
+        if getattr(meta, "zarr_format", 3) == 2:
+            sep = meta.dimension_separator or "."
+            parts = name.split(sep)
+        else:
+            encoding = meta.chunk_key_encoding
+            sep = encoding.separator
+            if encoding.name == "default":
+                if not name.startswith("c"):
+                    return None
+                name = name[2:] if name.startswith("c" + sep) else name[1:]
+            parts = name.split(sep) if name else []
+        try:
+            index = tuple(int(p) for p in parts)
+        except ValueError:
+            return None
+        return index if len(index) == len(self.shape) else None
+
+
+# ------------------------------------------------------------------------------ opening
+
+
+def open_source(
+    src: Any,
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Source:
+    """Open a focus stack from a Zarr array or an OME-Zarr image group.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, Location or zarr.Array
+        An open zarr array, a local path or an fsspec URL of a Zarr v2/v3 array or an
+        OME-Zarr image group (NGFF 0.1-0.5, also inside a bioformats2raw layout).
+    axes : str, optional
+        Axes of a plain array without dimension names; if the array names its dimensions
+        (or the OME metadata does), ``axes`` must agree with them.
+    level : int, optional
+        Pyramid level of an OME-Zarr image (0: full resolution).
+    storage_options : mapping, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    Source
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``src`` does not exist.
+    ValueError
+        If ``src`` is not a Zarr array or image group, its metadata is malformed, ``axes``
+        disagree with it, or an axis has length 0.
+    TypeError
+        If ``src`` has an unsupported type or dtype.
+    """
+    import zarr
+
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise TypeError(f"level must be an integer >= 0, got {level!r}")
+    if isinstance(src, zarr.Group):
+        raise TypeError(
+            "src is an open zarr.Group; pass its path or URL (OME-Zarr) or one of its arrays"
+        )
+    if isinstance(src, zarr.Array):
+        location = _node_location(src)
+        where = f"src {location.spec if location else str(src.store_path)!r}"
+        source = _array_source(src, where, axes, location, metadata_files=())
+        return source
+
+    location = resolve(src, name="src", storage_options=storage_options)
+    where = f"src {location.spec!r}"
+    node = _open_node(location, where)
+    if isinstance(node, zarr.Group):
+        return _ome_source(node, location, where, axes, int(level))
+    if level:
+        raise ValueError(f"level={level} needs an OME-Zarr image with levels; {where} is an array")
+    meta = [location.child(f) for f in ("zarr.json", ".zarray", ".zattrs")]
+    return _array_source(node, where, axes, location, metadata_files=tuple(meta))
+
+
+def _node_location(node: Any) -> Location | None:
+    import zarr.storage
+
+    store = node.store
+    if isinstance(store, zarr.storage.LocalStore):
+        base = os.fspath(store.root)
+    elif isinstance(store, zarr.storage.FsspecStore) and "file" in _protocols(store.fs):
+        base = store.path
+    else:
+        return None
+    path = os.path.join(base, node.path) if node.path else base
+    return resolve(path, name="src")
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def _open_node(location: Location, where: str) -> Any:
+    import zarr
+
+    if not location.exists():
+        raise FileNotFoundError(f"{where} does not exist; expected a Zarr array or group")
+    if location.is_local and not os.path.isdir(location.path):
+        raise ValueError(
+            f"{where} is not a Zarr array or group; expected a directory holding "
+            f"zarr.json (zarr v3) or .zarray/.zgroup (zarr v2)"
+        )
+    _check_metadata_json(location, where)
+    try:
+        return zarr.open(store=location.zarr_store(read_only=True), mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+        raise ValueError(
+            f"{where} is not a Zarr array or group; expected zarr.json (zarr v3) "
+            f"or .zarray/.zgroup (zarr v2) metadata"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where} has unreadable Zarr metadata: {_one_line(exc)}") from exc
+
+
+def _check_metadata_json(location: Location, where: str) -> None:
+    """Metadata that is not a JSON object: name the file (zarr's own message does not)."""
+    for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
+        meta = location.child(name)
+        try:
+            raw = meta.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{where}: {name} is not valid JSON ({_one_line(exc)}); the store's metadata "
+                "is damaged"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where}: {name} holds a JSON {type(value).__name__}, expected an object; "
+                "the store's metadata is damaged"
+            )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _stored_axes(array: Any) -> tuple[str | None, str]:
+    """Single-letter axes an array names itself (dimension_names or _ARRAY_DIMENSIONS)."""
+    names = getattr(array.metadata, "dimension_names", None)
+    origin = "dimension_names"
+    if not names or any(n is None for n in names):
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+        origin = "_ARRAY_DIMENSIONS"
+    if not names or not all(isinstance(n, str) and len(n) == 1 for n in names):
+        return None, origin
+    return "".join(names).lower(), origin
+
+
+def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(f"{where} has dtype {dtype}; expected an integer or floating-point dtype")
+    for letter, length in zip(axes, array.shape, strict=True):
+        if length == 0:
+            raise ValueError(
+                f"{where} has length 0 along axis {letter!r} (shape {tuple(array.shape)}); "
+                f"expected at least one element per axis"
+            )
+
+
+def _unit_shape(array: Any) -> tuple[int, ...]:
+    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    shape = getattr(grid, "chunk_shape", None)
+    if shape is None:
+        shape = getattr(array, "chunks", None) or array.shape
+    return tuple(max(1, min(int(c), int(n))) for c, n in zip(shape, array.shape, strict=True))
+
+
+def _array_source(
+    array: Any,
+    where: str,
+    axes: str | None,
+    location: Location | None,
+    metadata_files: tuple[Location, ...],
+) -> Source:
+    stored, origin = _stored_axes(array)
+    if axes is not None:
+        chosen = parse_axes(axes, array.ndim)
+        if stored is not None and stored != chosen:
+            raise ValueError(
+                f"axes {axes!r} contradicts the {origin} of {where}, which name its "
+                f"dimensions {stored!r}; omit axes= or pass axes={stored!r}"
+            )
+    elif stored is not None:
+        try:
+            chosen = parse_axes(stored, array.ndim)
+        except ValueError as exc:
+            raise ValueError(f"{where}: axes from {origin} are unusable: {exc}") from exc
+    else:
+        raise ValueError(
+            f"{where} does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS); "
+            f"pass axes= with one letter per dimension, e.g. axes='zyx'"
+        )
+    _check_dtype_and_shape(array, chosen, where)
+    return Source(
+        array=array,
+        axes=chosen,
+        unit_shape=_unit_shape(array),
+        description=where,
+        location=location,
+        kind="zarr",
+        metadata_files=metadata_files,
+        data_root=location,
+    )
+
+
+def _ome_source(group: Any, location: Location, where: str, axes: str | None, level: int):
+    import zarr
+
+    attrs = group.attrs.asdict()
+    multiscales, version = find_multiscales(attrs)
+    ome = attrs.get("ome")
+    layout = "bioformats2raw.layout"
+    is_bf2raw = layout in attrs or (isinstance(ome, Mapping) and layout in ome)
+    if multiscales is None and is_bf2raw and "0" in group:
+        child = group["0"]  # bioformats2raw: the first series is the image group "0"
+        if isinstance(child, zarr.Group):
+            return _ome_source(child, location.child("0"), f"{where[:-1]}/0'", axes, level)
+    if multiscales is None:
+        raise ValueError(
+            f"{where} is a Zarr group without OME-NGFF multiscales metadata; "
+            f"pass the array path (e.g. {location.spec.rstrip('/') + '/0'!r}) instead"
+        )
+    first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
+    datasets = first.get("datasets") if isinstance(first, Mapping) else None
+    path0 = datasets[0].get("path") if isinstance(datasets, list) and datasets else None
+    if not isinstance(path0, str) or path0 not in group:
+        raise ValueError(
+            f"{where} has malformed OME-NGFF multiscales metadata: level-0 dataset "
+            f"{path0!r} is not in the group"
+        )
+    ndim = group[path0].ndim
+    ms = parse_multiscale(multiscales, ndim=ndim, where=where, version=version)
+    if level >= len(ms.paths):
+        raise ValueError(
+            f"level={level} is not in {where}, which has {len(ms.paths)} level(s) "
+            f"(0 to {len(ms.paths) - 1})"
+        )
+    path = ms.paths[level]
+    array = group.get(path)
+    if not isinstance(array, zarr.Array):
+        raise ValueError(f"{where} has no array at level {level} (dataset path {path!r})")
+
+    if ms.names is not None and all(len(n) == 1 for n in ms.names):
+        letters = "".join(ms.names).lower()
+        try:
+            meta_axes = parse_axes(letters, array.ndim)
+        except ValueError as exc:
+            raise ValueError(f"{where}: axes from OME-NGFF metadata are unusable: {exc}") from exc
+        if axes is not None and parse_axes(axes, array.ndim) != meta_axes:
+            raise ValueError(
+                f"axes {axes!r} disagrees with the OME-NGFF metadata of {where}, which "
+                f"declares {meta_axes!r}; omit axes= or pass axes={meta_axes!r}"
+            )
+    elif axes is not None:  # names that are not letters (e.g. "depth"): the caller's win
+        meta_axes = parse_axes(axes, array.ndim)
+    else:
+        raise ValueError(
+            f"{where} has OME-NGFF axes {list(ms.names or [])} that are not single letters; "
+            f"pass axes= with one letter per dimension, e.g. axes='zyx'"
+        )
+    _check_dtype_and_shape(array, meta_axes, where)
+    by_letter = dict(zip(ms.names or meta_axes, meta_axes, strict=True))
+    units = {by_letter[n]: u for n, u in ms.units.items() if n in by_letter}
+    scale_vec, shift_vec = ms.scales[level], ms.translations[level]
+    scale = {} if scale_vec is None else dict(zip(meta_axes, scale_vec, strict=True))
+    shift = {} if shift_vec is None else dict(zip(meta_axes, shift_vec, strict=True))
+    array_loc = location.child(path)
+    meta = tuple(
+        loc.child(f)
+        for loc in (location, array_loc)
+        for f in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+    )
+    return Source(
+        array=array,
+        axes=meta_axes,
+        unit_shape=_unit_shape(array),
+        description=where,
+        location=location,
+        kind="ome-zarr",
+        scale=scale,
+        units=units,
+        translation=shift,
+        channels=parse_omero(attrs),
+        rgb=_omero_is_rgb(attrs),
+        ome_version=ms.version,
+        level=level,
+        metadata_files=meta,
+        data_root=array_loc,
+    )
+
+
+def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
+    ome = attrs.get("ome")
+    omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
+    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
+    return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"
