@@ -195,9 +195,9 @@ class Destination:
                         self.remove_our_entries(self.dst, keep_state=True)
             elif mode in ("staged", "resume-staged"):
                 self._lock(target, self.dst)
-                self.remove_stale_staging()
+                staging = self.staged_run() if mode == "resume-staged" else None
+                self.remove_stale_staging(keep=staging)
                 if mode == "resume-staged":
-                    staging = self.staged_run()
                     if staging is None:
                         raise FileExistsError(f"{what}: the interrupted overwrite is gone")
                     target.output = staging
@@ -229,6 +229,10 @@ class Destination:
     def release(target: Target) -> None:
         for lock in reversed(target.locks):
             lock.release()
+            folder = lock.lock.parent_path()
+            if lock.lock.is_local:  # a state folder that held only the lock goes with it
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
         target.locks.clear()
 
     # -- removing ----------------------------------------------------------------------------
@@ -257,8 +261,10 @@ class Destination:
             entry = folder.child(name)
             remove_tree(entry, owned=lambda _loc: None, protect=self.protect)
 
-    def remove_stale_staging(self) -> None:
+    def remove_stale_staging(self, keep: Location | None = None) -> None:
         for folder in self.staging_folders():
+            if folder == keep:
+                continue
             if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
                 with contextlib.suppress(Exception):
                     self.remove(folder)
@@ -272,6 +278,11 @@ class Destination:
         old = _exchange(target.output, self.dst)
         target.output = self.dst
         target.created = None
+        # Files a user put into the old output stay where they were put.
+        foreign = [n for n in old.listdir() if n not in our_entries([n])]
+        for name in foreign:
+            if not self.dst.child(name).exists():
+                _move(old.child(name), self.dst.child(name))
         with contextlib.suppress(FileNotFoundError):
             self.remove(old)
 
@@ -294,6 +305,13 @@ def _make_folder(folder: Location, what: str) -> None:
         if is_no_space(exc):
             raise
         raise PermissionError(f"{what} cannot be created: {exc.strerror or exc}") from exc
+
+
+def _move(src: Location, dst: Location) -> None:
+    if src.is_local:
+        os.rename(src.path, dst.path)
+    else:
+        src.fs.mv(src.path, dst.path, recursive=True)
 
 
 _RENAME_EXCHANGE = 2

@@ -266,6 +266,11 @@ def _remote(
 ) -> Location:
     import fsspec
 
+    if writable and scheme in _READ_ONLY_SCHEMES:
+        raise ValueError(
+            f"{name} {spec!r} is an HTTP URL, which is read-only; write to a local path or an "
+            f"object store such as s3://bucket/key"
+        )
     try:
         cls = fsspec.get_filesystem_class(scheme)
     except (ValueError, ImportError) as exc:
@@ -274,11 +279,6 @@ def _remote(
             f"{name} {spec!r} uses the protocol {scheme!r}, which fsspec does not know or "
             f"cannot load{known}; expected a local path or a URL such as s3://bucket/key"
         ) from None
-    if writable and scheme in _READ_ONLY_SCHEMES:
-        raise ValueError(
-            f"{name} {spec!r} is an HTTP URL, which is read-only; write to a local path or an "
-            f"object store such as s3://bucket/key"
-        )
     path = str(cls._strip_protocol(spec))
     rooted = path.startswith("/")
     path = posixpath.normpath(path) if path else path

@@ -22,8 +22,14 @@ from ._locations import Location, remove_tree, resolve
 from ._params import DEFAULT_MEMORY_PER_TASK, check_flag
 from ._plan import Plan
 from ._read import Source, open_source
-from ._resume import check_resumable, check_source_files, source_identity, stored_record
-from ._state import STATE_DIR, OutputState, source_files
+from ._resume import (
+    check_resumable,
+    check_source_files,
+    source_identity,
+    stored_folder,
+    stored_record,
+)
+from ._state import STATE_DIR, OutputState, provenance, source_files
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr"]
 
@@ -165,8 +171,13 @@ def fuse_zarr(
     if stored is not None and chunks is None and stored["params"].get("chunks"):
         fusion = with_block(fusion, tuple(stored["params"]["chunks"]))
     identity = source_identity(source)
+    files = source_files(source.data_files())
     if stored is not None:
         check_resumable(destination, stored, fusion.params, identity, mode)
+        folder = stored_folder(destination, mode)
+        if mode != "complete" and provenance(folder) is not None:
+            check_source_files(OutputState(folder), f"dst {dst_loc.spec!r}", source,
+                               fusion.plan(1)[0], files)  # fmt: skip
     if mode == "complete":
         log.info("%s is already complete; nothing to resume", dst_loc.spec)
         return _open_result(dst_loc)
@@ -178,7 +189,7 @@ def fuse_zarr(
         plan, cache_bytes = fusion.plan(sched.workers)
         target = destination.take(mode)
         try:
-            _prepare(target, destination, fusion, identity, plan, stored)
+            _prepare(target, destination, fusion, identity, files, stored)
             done = target.state.done()
             todo = (b for b in plan.blocks() if plan.name(b) not in done)
             n_todo = plan.n_blocks - len(done)
@@ -199,12 +210,10 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
-def _prepare(target: Target, destination, fusion: Fusion, identity, plan: Plan, stored) -> None:
+def _prepare(target: Target, destination, fusion: Fusion, identity, files, stored) -> None:
     from ._write import create_output
 
-    files = source_files(fusion.source.data_files())
     if stored is not None and not target.needs_create:
-        check_source_files(target, fusion.source, plan, files)
         target.state.remove_partial_files()
         return
     record = {"run_id": uuid.uuid4().hex, "params": fusion.params, "source": identity,
@@ -285,8 +294,9 @@ def _fail(target: Target, destination: Destination, exc: BaseException, n_blocks
         )
     elif target.staged:
         left = (
-            f"the previous output in dst is unchanged; the new one is kept beside it with "
-            f"{n_done} of {n_blocks} blocks done; rerun with resume=True to continue"
+            f"the previous output in dst is unchanged; the new one is kept beside it in "
+            f"{target.output.path!r} with {n_done} of {n_blocks} blocks done; rerun with "
+            "resume=True to continue it (or overwrite=True to start over)"
         )
     else:
         left = (

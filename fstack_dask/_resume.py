@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ._destination import Destination, Target
+from ._destination import Destination
 from ._plan import Plan
 from ._read import Source
 from ._state import OutputState, changed_files, identity_differences, provenance
@@ -25,6 +25,15 @@ COMPARED = (
     "src_axes", "src_shape", "level", "nhsize", "focus", "alpha", "sth", "channels", "chunks",
     "depth_map", "selectivity_map", "depth_unit",
 )  # fmt: skip
+
+
+def stored_folder(destination: Destination, mode: str):
+    """The output folder a resume continues (dst, or an interrupted overwrite's staging)."""
+    if mode in ("resume", "complete"):
+        return destination.dst
+    if mode == "resume-staged":
+        return destination.staged_run()
+    return None
 
 
 def stored_record(destination: Destination, mode: str) -> dict[str, Any] | None:
@@ -50,7 +59,15 @@ def stored_record(destination: Destination, mode: str) -> dict[str, Any] | None:
 
 
 def check_resumable(destination, stored, params, identity, mode) -> None:
+    """Refuse a resume with other parameters or another source (reads only)."""
     what = f"dst {destination.dst.spec!r}"
+    if mode != "complete" and stored.get("source") is not None:
+        changes = identity_differences(stored["source"], identity)
+        if changes:
+            raise ValueError(
+                f"cannot resume {what}: the source changed since the run began "
+                f"({'; '.join(changes)}); start over with overwrite=True and resume=False"
+            )
     old = stored.get("params") or {}
     differs = [k for k in COMPARED if k in old and old.get(k) != params.get(k)]
     if differs:
@@ -58,31 +75,23 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
             f"{what} was started with different {', '.join(differs)}; resume with the same "
             "parameters, or start over with overwrite=True and resume=False"
         )
-    if mode == "complete" or stored.get("source") is None:
-        return
-    changes = identity_differences(stored["source"], identity)
-    if changes:
-        raise ValueError(
-            f"cannot resume {what}: the source changed since the run began ({'; '.join(changes)}); "
-            "start over with overwrite=True and resume=False"
-        )
 
 
-def check_source_files(target: Target, source: Source, plan: Plan, files) -> None:
+def check_source_files(state: OutputState, what: str, source: Source, plan: Plan, files) -> None:
     """Refuse a resume when a source file changed that a finished block has read."""
-    old = target.state.files()
+    old = state.files()
     if old is None:
         return
     changed = changed_files(old, files)
     if not changed:
         return
-    done = target.state.done()
+    done = state.done()
     for name in changed:
         unit = source.unit_of_file(name)
         if unit is None:
             if done:
                 raise ValueError(
-                    f"cannot resume dst {target.dst.spec!r}: the source file {name!r} changed "
+                    f"cannot resume {what}: the source file {name!r} changed "
                     "since the run began; start over with overwrite=True and resume=False"
                 )
             continue
@@ -97,7 +106,7 @@ def check_source_files(target: Target, source: Source, plan: Plan, files) -> Non
                 for i in cols:
                     if plan.name((*lead, j, i)) in done:
                         raise ValueError(
-                            f"cannot resume dst {target.dst.spec!r}: the source file {name!r} "
+                            f"cannot resume {what}: the source file {name!r} "
                             f"changed since the run began, and finished block "
                             f"{plan.name((*lead, j, i))} was computed from it; start over with "
                             "overwrite=True and resume=False"
