@@ -189,6 +189,13 @@ class _H5Array:
         out = self[...]
         return out if dtype is None else out.astype(dtype)
 
+    def close(self) -> None:
+        """Close this process's file handle (a later read reopens it)."""
+        with self._lock:
+            if self._ds is not None:
+                self._ds.file.close()
+            self._ds = None
+
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_ds")}
 
