@@ -110,6 +110,7 @@ def open_tiff(
         if n_colour:
             note.append(f"{n_colour} extra sample(s) (alpha) dropped")
         scale, units, translation, names, colors = _metadata(tif, ser, kind)
+        files = _series_files(ser.levels[level], path)
     finally:
         tif.close()  # the array holds its own handle
     _level_scale(scale, ser, level, native)
@@ -131,9 +132,20 @@ def open_tiff(
         channel_names=names,
         channel_colors=colors,
         rgb=rgb,
-        files=(path,),
+        files=files,
         description=description,
     )
+
+
+def _series_files(ser: Any, path: str) -> tuple[str, ...]:
+    """Every file a series reads: a multi-file OME-TIFF spreads its planes over several."""
+    if not getattr(ser, "is_multifile", False):
+        return (path,)
+    found = {path}
+    for page in ser.pages:
+        if page is not None:
+            found.add(os.path.abspath(page.parent.filehandle.path))
+    return (path, *sorted(found - {path}))
 
 
 def _check_path(path: Any) -> str:

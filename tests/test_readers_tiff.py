@@ -173,6 +173,37 @@ def test_pyramid_levels(tmp_path):
         open_tiff(path, series=1)
 
 
+def test_multifile_ome_tiff_lists_every_file(tmp_path):
+    """A multi-file OME-TIFF (its OME-XML points at planes in other files): resume must
+    fingerprint every file."""
+    data = _data((4, 16, 20))
+    ns = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+    tiffdata = "".join(
+        f'<TiffData FirstZ="{2 * i}" IFD="0" PlaneCount="2">'
+        f'<UUID FileName="part{i}.ome.tif">urn:uuid:{i}</UUID></TiffData>'
+        for i in range(2)
+    )
+    for i in range(2):
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{ns}" UUID="urn:uuid:{i}">'
+            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+            'SizeX="20" SizeY="16" SizeZ="4" SizeC="1" SizeT="1" PhysicalSizeZ="1.5">'
+            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
+        )
+        tifffile.imwrite(
+            tmp_path / f"part{i}.ome.tif",
+            data[2 * i : 2 * i + 2],
+            description=xml,
+            metadata=None,
+            photometric="minisblack",
+        )
+    opened = open_tiff(tmp_path / "part0.ome.tif")
+    assert (opened.kind, opened.axes, opened.array.shape) == ("ome-tiff", "zyx", (4, 16, 20))
+    assert opened.files == (str(tmp_path / "part0.ome.tif"), str(tmp_path / "part1.ome.tif"))
+    assert opened.scale == {"z": 1.5}
+    _check_regions(opened, data)
+
+
 def test_small_strips_are_read_as_whole_pages(tmp_path):
     data = _data((3, 64, 80))
     path = tmp_path / "strips.tif"
