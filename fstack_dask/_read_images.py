@@ -210,8 +210,9 @@ def _check_images(files: list[str], where: str) -> None:
 
 
 def _probe_tiff(path: str) -> dict[str, Any]:
-    tifffile = import_optional("tifffile", extra="tiff", what="reading TIFF files")
-    from ._read_tiff import _imagej_metadata, _resolution_metadata
+    from ._read_tiff import _imagej_metadata, _resolution_metadata, _tifffile
+
+    tifffile = _tifffile()
 
     try:
         with tifffile.TiffFile(path) as tif:

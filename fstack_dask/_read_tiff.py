@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ._read_common import import_optional, int_axes, ngff_unit, positive_finite, region_key
+from ._read_common import (
+    MissingExtraError,
+    import_optional,
+    int_axes,
+    ngff_unit,
+    positive_finite,
+    region_key,
+)
 from ._stack_meta import OpenedStack
 from ._utils import parse_axes
 
@@ -78,7 +85,7 @@ def open_tiff(
     images by noise-robust selective fusion of limited depth-of-field images",
     IEEE Trans. Image Process. 22(3):1242-1251, 2013 (the fusion these stacks feed).
     """
-    tifffile = import_optional("tifffile", extra="tiff", what="reading TIFF files")
+    tifffile = _tifffile()
     path = _check_path(path)
     series = _check_index(series, "series")
     level = _check_index(level, "level")
@@ -135,6 +142,24 @@ def open_tiff(
         files=files,
         description=description,
     )
+
+
+# The first release whose Zarr stores are Zarr 3 stores that decode in threads.
+_TIFFFILE_MIN = (2025, 5, 26)
+
+
+def _tifffile() -> Any:
+    tifffile = import_optional("tifffile", extra="tiff", what="reading TIFF files")
+    try:
+        version = tuple(int(p) for p in tifffile.__version__.split(".")[:3])
+    except ValueError:  # a development version: assume it is recent
+        return tifffile
+    if version < _TIFFFILE_MIN:
+        raise MissingExtraError(
+            f"reading TIFF files needs tifffile >= 2025.5.26 (its Zarr 3 store; Python >= 3.11), "
+            f'found {tifffile.__version__}; install it with: pip install "fstack_dask[tiff]"'
+        )
+    return tifffile
 
 
 def _series_files(ser: Any, path: str) -> tuple[str, ...]:

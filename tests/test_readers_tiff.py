@@ -263,3 +263,9 @@ def test_missing_tifffile_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tifffile", None)  # import fails as if not installed
     with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[tiff\]"'):
         open_tiff(tmp_path / "any.tif")
+
+
+def test_old_tifffile_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(tifffile, "__version__", "2025.5.10")  # before its Zarr 3 store
+    with pytest.raises(MissingExtraError, match=r"needs tifffile >= 2025\.5\.26 .*found 2025"):
+        open_tiff(tmp_path / "any.tif")
