@@ -16,7 +16,7 @@ class MissingExtraError(ImportError):
     """An optional dependency of one input kind is not installed."""
 
 
-def import_optional(module: str, *, extra: str, what: str) -> Any:
+def import_optional(module: str, *, extra: str, what: str, package: str | None = None) -> Any:
     """Import `module` or raise a one-line `MissingExtraError` naming the extra to install.
 
     Parameters
@@ -27,6 +27,8 @@ def import_optional(module: str, *, extra: str, what: str) -> Any:
         The ``fstack_dask`` extra that installs it, e.g. ``"tiff"``.
     what : str
         What needs it, for the message, e.g. ``"reading TIFF files"``.
+    package : str, optional
+        The name to install it by, when not `module` (``"pillow"`` for ``PIL``).
 
     Returns
     -------
@@ -37,7 +39,7 @@ def import_optional(module: str, *, extra: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(
-            f"{what} needs the package {module!r}, which is not installed; "
+            f"{what} needs the package {package or module!r}, which is not installed; "
             f'install it with: pip install "fstack_dask[{extra}]"'
         ) from exc
 

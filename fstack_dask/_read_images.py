@@ -257,7 +257,9 @@ def _probe_tiff(path: str) -> dict[str, Any]:
 
 
 def _probe_pillow(path: str) -> dict[str, Any]:
-    pil = import_optional("PIL.Image", extra="images", what="reading PNG and JPEG files")
+    pil = import_optional(
+        "PIL.Image", extra="images", what="reading PNG and JPEG files", package="pillow"
+    )
     try:
         with pil.open(path) as im:
             mode, size, tile = im.mode, im.size, im.tile

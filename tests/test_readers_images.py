@@ -256,3 +256,14 @@ def test_real_pcb_jpeg_planes():
     whole = np.stack([_pillow(f) for f in opened.files])
     _check_regions(opened.array, whole)
     assert opened.array.decodes == 7
+
+
+def test_missing_pillow_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from fstack_dask._read_common import MissingExtraError
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    with pytest.raises(MissingExtraError, match=r"'pillow'.*pip install \"fstack_dask\[images\]\""):
+        open_image_files(tmp_path)
