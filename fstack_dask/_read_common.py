@@ -1,0 +1,164 @@
+"""Small helpers the input readers share: optional imports, unit names, region keys.
+
+Kept apart from the readers so that each reader module holds one input kind only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+__all__ = ["MissingExtraError", "import_optional", "ngff_unit", "region_key"]
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency of one input kind is not installed."""
+
+
+def import_optional(module: str, *, extra: str, what: str, package: str | None = None) -> Any:
+    """Import `module` or raise a one-line `MissingExtraError` naming the extra to install.
+
+    Parameters
+    ----------
+    module : str
+        Module to import, e.g. ``"tifffile"``.
+    extra : str
+        The ``fstack_dask`` extra that installs it, e.g. ``"tiff"``.
+    what : str
+        What needs it, for the message, e.g. ``"reading TIFF files"``.
+    package : str, optional
+        The name to install it by, when not `module` (``"pillow"`` for ``PIL``).
+
+    Returns
+    -------
+    module
+        The imported module.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{what} needs the package {package or module!r}, which is not installed; "
+            f'install it with: pip install "fstack_dask[{extra}]"'
+        ) from exc
+
+
+# OME-NGFF 0.4/0.5 allow the UDUNITS-2 names below; files spell them many ways.
+_NGFF_UNITS = {
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer",
+    "mile", "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter",
+    "yard", "yoctometer", "yottameter", "zeptometer", "zettameter",
+    "attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond",
+    "gigasecond", "hectosecond", "hour", "kilosecond", "megasecond", "microsecond",
+    "millisecond", "minute", "nanosecond", "petasecond", "picosecond", "second",
+    "terasecond", "yoctosecond", "yottasecond", "zeptosecond", "zettasecond",
+}  # fmt: skip
+_UNIT_ALIASES = {
+    "\u00b5m": "micrometer",  # micro sign
+    "\u03bcm": "micrometer",  # Greek mu
+    "um": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "nm": "nanometer",
+    "pm": "picometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "dm": "decimeter",
+    "m": "meter",
+    "km": "kilometer",
+    "\u00e5": "angstrom",
+    "\u212b": "angstrom",
+    "a": "angstrom",
+    "in": "inch",
+    "s": "second",
+    "sec": "second",
+    "secs": "second",
+    "seconds": "second",
+    "ms": "millisecond",
+    "msec": "millisecond",
+    "\u00b5s": "microsecond",
+    "\u03bcs": "microsecond",
+    "us": "microsecond",
+    "ns": "nanosecond",
+    "ps": "picosecond",
+    "fs": "femtosecond",
+    "min": "minute",
+    "mins": "minute",
+    "minutes": "minute",
+    "h": "hour",
+    "hr": "hour",
+    "hours": "hour",
+    "d": "day",
+    "days": "day",
+}
+
+
+def ngff_unit(name: Any) -> str | None:
+    """The OME-NGFF unit name for a unit as files write it, or None when unknown.
+
+    Examples
+    --------
+    >>> ngff_unit("\u00b5m"), ngff_unit("micron"), ngff_unit("Second"), ngff_unit("pixel")
+    ('micrometer', 'micrometer', 'second', None)
+    """
+    if not isinstance(name, str):
+        return None
+    low = name.strip().lower()
+    if low in _NGFF_UNITS:
+        return low
+    if low.endswith("s") and low[:-1] in _NGFF_UNITS:  # "micrometers", "seconds"
+        return low[:-1]
+    return _UNIT_ALIASES.get(name.strip(), _UNIT_ALIASES.get(low))
+
+
+def positive_finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite number > 0 (a usable pixel size), else None."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
+
+
+def region_key(key: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Normalise an index into one step-1 slice per dimension, clipped to `shape`.
+
+    The readers fetch whole read units and crop them, so they only need
+    contiguous regions. Integers are allowed (they select a length-1 slice;
+    callers drop the dimension afterwards with `int_axes`).
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        fill = (slice(None),) * (len(shape) - len(key) + 1)
+        key = key[:at] + fill + key[at + 1 :]
+    if len(key) > len(shape):
+        raise IndexError(f"too many indices ({len(key)}) for {len(shape)} dimensions")
+    key = key + (slice(None),) * (len(shape) - len(key))
+    out = []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError(f"only step-1 slices are supported, got {k!r}")
+            out.append(slice(start, max(start, stop)))
+        else:
+            i = int(k)  # numpy integers too
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for a dimension of length {n}")
+            i %= n
+            out.append(slice(i, i + 1))
+    return tuple(out)
+
+
+def int_axes(key: Any, ndim: int) -> tuple[int, ...]:
+    """Dimensions that an index selects with an integer (to be squeezed from the result)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1 :]
+    return tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
