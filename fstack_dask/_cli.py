@@ -391,8 +391,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         fusion = _plan(args.src, kw)
         dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
                       writable=True)  # fmt: skip
-        protect = [fusion.source.location] if fusion.source.location else []
-        Destination(dst, protect=protect).check(overwrite=kw["overwrite"], resume=args.resume)
+        Destination(dst, protect=fusion.source.protected()).check(
+            overwrite=kw["overwrite"], resume=args.resume
+        )
     start = time.perf_counter()
     with _report_progress_notes(), config.cluster_context() as scheduler:
         out = fuse_zarr(

@@ -7,11 +7,11 @@ it before touching ``dst``, and ``fstack-dask info`` prints it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from ._kernel import block_memory
+from ._open import open_source
 from ._params import (
     check_alpha,
     check_chunks,
@@ -23,7 +23,7 @@ from ._params import (
     resolve_channels,
 )
 from ._plan import Layout, make_plan
-from ._read import Source, open_source
+from ._read import Source
 from ._state import METHOD
 from ._version import __version__
 from ._write import OutputSpec, output_spec
@@ -88,8 +88,6 @@ def plan_fusion(
 
     memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
     chunks = check_chunks(chunks)
-    if not isinstance(src, (str, os.PathLike)) and _is_array(src):
-        raise TypeError(_array_hint(src))
     source = open_source(src, axes=axes, level=level, storage_options=storage_options)
     nhsize = check_nhsize(nhsize)
     n_planes = source.size("z")
@@ -158,18 +156,6 @@ def with_block(fusion: Fusion, block: tuple[int, int]) -> Fusion:
         fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
         fusion.depth_affine, fusion.recipe,
     )  # fmt: skip
-
-
-def _is_array(obj: Any) -> bool:
-    return hasattr(obj, "shape") and hasattr(obj, "dtype") and not hasattr(obj, "store_path")
-
-
-def _array_hint(obj: Any) -> str:
-    return (
-        f"src is an in-memory {type(obj).__name__}; fuse_zarr reads stored stacks (a path or "
-        "URL). Fuse arrays with fstack_dask.fuse(array, axes=...) (lazy, dask) or "
-        "focus_stack(array), or store them first with fstack_dask.write_stack"
-    )
 
 
 def _rgb(channels: Any, source: Source) -> bool:

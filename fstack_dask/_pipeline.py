@@ -19,9 +19,10 @@ from ._destination import Destination, Target
 from ._errors import DestinationFullError, DestinationLockedError, with_outcome
 from ._fusion import Fusion, plan_fusion, with_block
 from ._locations import Location, remove_tree, resolve
+from ._open import open_source
 from ._params import DEFAULT_MEMORY_PER_TASK, check_flag
 from ._plan import Plan
-from ._read import Source, open_source
+from ._read import Source
 from ._resume import (
     check_resumable,
     check_source_files,
@@ -165,7 +166,7 @@ def fuse_zarr(
     )  # fmt: skip
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
-    destination = Destination(dst_loc, protect=[source.location] if source.location else [])
+    destination = Destination(dst_loc, protect=source.protected())
     mode = destination.check(overwrite=overwrite, resume=resume)
     stored = stored_record(destination, mode)
     if stored is not None and chunks is None and stored["params"].get("chunks"):

@@ -25,7 +25,7 @@ from ._locations import Location, resolve
 from ._ome import find_multiscales, parse_multiscale, parse_omero
 from ._params import parse_axes
 
-__all__ = ["Source", "SourceReadError", "open_source"]
+__all__ = ["Source", "SourceReadError", "SourceValueError", "open_zarr"]
 
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
 _SUPPORTED_KINDS = "iuf"
@@ -85,6 +85,9 @@ class Source:
     level: int = 0
     metadata_files: tuple[Location, ...] = ()
     data_root: Location | None = None  # the folder holding the data files (zarr: the array)
+    files: tuple[str, ...] = ()  # or the data files themselves (TIFF, plane files)
+    cached_reads: bool = True  # False: the reader caches itself, or the data is in memory
+    metadata_text: str = ""  # what identifies a non-Zarr source's metadata
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -99,14 +102,20 @@ class Source:
 
     @property
     def in_memory(self) -> bool:
-        """Data already decoded in memory: reading needs no cache."""
-        return isinstance(self.array, np.ndarray)
+        """Reads need no unit cache: the data is in memory, or the reader caches itself."""
+        return isinstance(self.array, np.ndarray) or not self.cached_reads
+
+    def protected(self) -> list[Location]:
+        """What a dst must never overlap: the store, or each of the source's files."""
+        if self.files:
+            return [resolve(f, name="src") for f in self.files]
+        return [self.location] if self.location is not None else []
 
     # -- identity, for resumes -------------------------------------------------------
 
     def metadata_digest(self) -> str:
         """sha256 of the metadata files (the array's and its OME group's)."""
-        h = hashlib.sha256()
+        h = hashlib.sha256(self.metadata_text.encode())
         for loc in self.metadata_files:
             h.update(loc.path.encode())
             try:
@@ -117,6 +126,12 @@ class Source:
 
     def data_files(self) -> Iterator[tuple[str, int, int]]:
         """(name relative to ``data_root``, size, mtime in ns) of every data file."""
+        for path in self.files:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            yield path, st.st_size, st.st_mtime_ns
         root = self.data_root
         if root is None:
             return
@@ -173,7 +188,7 @@ class Source:
 # ------------------------------------------------------------------------------ opening
 
 
-def open_source(
+def open_zarr(
     src: Any,
     *,
     axes: str | None = None,

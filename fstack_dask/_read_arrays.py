@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ._params import parse_axes
 from ._read_common import int_axes, ngff_unit, region_key
 from ._stack_meta import OpenedStack
-from ._utils import parse_axes
 
 __all__ = ["DIM_NAMES", "array_source"]
 

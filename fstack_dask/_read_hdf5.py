@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ._params import parse_axes
 from ._read_arrays import DIM_NAMES
 from ._read_common import import_optional, positive_finite
 from ._stack_meta import OpenedStack
-from ._utils import parse_axes
 
 __all__ = ["open_hdf5", "split_hdf5_path"]
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ._params import parse_axes
 from ._read_common import import_optional, int_axes, region_key
 from ._stack_meta import OpenedStack
-from ._utils import parse_axes
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._params import parse_axes
 from ._read_common import (
     MissingExtraError,
     import_optional,
@@ -25,7 +26,6 @@ from ._read_common import (
     region_key,
 )
 from ._stack_meta import OpenedStack
-from ._utils import parse_axes
 
 __all__ = ["open_tiff"]
 

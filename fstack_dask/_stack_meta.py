@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._utils import parse_axes
+from ._params import parse_axes
 
 __all__ = ["OpenedStack"]
 
