@@ -461,12 +461,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     config = _configure(args)
     import numpy as np
 
-    from ._run import _cpu_count
+    from ._params import cpu_count
 
     kw = config.fuse_kwargs()
     fusion = _plan(args.src, kw)
     source, layout = fusion.source, fusion.layout
-    workers = _cpu_count() if config.cluster.kind == "local" else 1
+    workers = cpu_count() if config.cluster.kind == "local" else 1
     plan, cache = fusion.plan(workers)
     axes, shape = source.axes, source.shape
     size_of = dict(zip(axes, shape, strict=True))

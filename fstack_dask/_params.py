@@ -7,6 +7,7 @@ all validate the same way and derive the halo from one place.
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -233,3 +234,11 @@ def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: An
     if channels == "auto":
         return n_c == 3 and np.dtype(dtype) == np.uint8
     return False
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity, which a batch scheduler sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

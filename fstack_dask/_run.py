@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._blocks import FuseJob, Outcome
+from ._params import cpu_count as _cpu_count
 from ._progress import Progress
 from ._read import SourceReadError, SourceValueError
 
@@ -70,13 +71,6 @@ class Scheduler:
     workers: int  # tasks at once in one process
     processes: int = 1
     client: Any = None
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
