@@ -53,7 +53,7 @@ class FuseJob:
     open_source: Callable[[], Source]
     plan: Plan
     output: Location
-    arrays: tuple[str, ...]
+    arrays: dict[str, str]  # output name ("0", "depth", ...) -> its level-0 array path
     kernel: dict[str, Any]
     dtype: np.dtype
     cache_bytes: int
@@ -76,10 +76,15 @@ class FuseJob:
             if found is None:
                 source = self.source if self.source is not None else self.open_source()
                 group = open_output(self.output, mode="r+")
-                arrays = {name: group[name] for name in self.arrays}
+                arrays = {name: group[path] for name, path in self.arrays.items()}
                 found = (source, arrays, UnitCache(self.cache_bytes))
                 _opened_by_token[self.token] = found
             return found
+
+    def cache_peak(self) -> int:
+        """The most bytes of decoded units this process's cache held for this run."""
+        found = _opened_by_token.get(self.token)
+        return found[2].peak_bytes if found is not None else 0
 
     def close(self) -> None:
         """Forget this run's opened source, output and cache in this process."""

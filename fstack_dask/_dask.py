@@ -9,6 +9,7 @@ uneven last chunks included, give the same bits as the whole image.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal, NamedTuple
 
 import dask.array as da
@@ -299,6 +300,11 @@ def fused_layers(
     with_maps: bool,
 ) -> Layers:
     """Validate, plan and build the one ``map_overlap`` of the fusion."""
+    if isinstance(stack, (str, os.PathLike)):
+        raise TypeError(
+            f"fuse takes an array (NumPy, Zarr or dask), got the path {os.fspath(stack)!r}; to "
+            "fuse a stored stack into a stored image, use fuse_zarr(src, dst)"
+        )
     if not isinstance(stack, da.Array):
         arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
         stack = da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")

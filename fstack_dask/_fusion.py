@@ -81,6 +81,7 @@ def plan_fusion(
     selectivity_map: bool = False,
     chunks: Any = None,
     memory_per_task: Any = None,
+    levels: int | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Fusion:
     """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all."""
@@ -116,6 +117,8 @@ def plan_fusion(
             memory_per_task=memory, task_bytes=fusion.task_bytes, unit_bytes=unit_bytes,
         )  # fmt: skip
         chunks = plan.block
+    levels = _check_levels(levels, layout.shape_yx, chunks)
+    _warn_many_files(layout, chunks, len(maps), levels)
     params = {
         "version": __version__,
         "method": METHOD,
@@ -132,11 +135,12 @@ def plan_fusion(
         "depth_map": bool(depth_map),
         "selectivity_map": bool(selectivity_map),
         "depth_unit": depth_unit,
+        "levels": levels,
         "complete": False,
     }
     spec = output_spec(
         source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
-        provenance=params, depth_unit=depth_unit,
+        provenance=params, depth_unit=depth_unit, levels=levels,
     )  # fmt: skip
     return Fusion(
         source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory, unit,
@@ -150,12 +154,47 @@ def with_block(fusion: Fusion, block: tuple[int, int]) -> Fusion:
     spec = output_spec(
         fusion.source, fusion.layout, block=block, dtype=fusion.spec.array("0").dtype,
         maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],
+        levels=params["levels"],
     )  # fmt: skip
     return Fusion(
         fusion.source, fusion.layout, params, fusion.kernel, tuple(block), fusion.halo,
         fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
         fusion.depth_affine, fusion.recipe,
     )  # fmt: skip
+
+
+MANY_FILES = 1_000_000
+
+
+def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels: int) -> None:
+    """Chunks so small that the output has millions of files strain every filesystem."""
+    import logging
+    import math
+    import warnings
+
+    (ny, nx), (by, bx) = layout.shape_yx, block
+    per_level = math.prod(layout.lead_shape) * math.ceil(ny / by) * math.ceil(nx / bx)
+    files = int(per_level * (1 + n_maps) * (4 / 3 if levels else 1))
+    if files > MANY_FILES:
+        message = (
+            f"chunks={block} make the output about {files:,} chunk files; filesystems and "
+            "object stores slow down with that many: consider larger chunks"
+        )
+        logging.getLogger("fstack_dask").warning(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]) -> int:
+    """Pyramid levels beyond 0: ``None`` until the image fits in one chunk, else as given."""
+    from ._pyramid import n_levels
+
+    if levels is None:
+        return n_levels(shape_yx, block)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise ValueError(f"levels must be None (automatic) or an integer >= 0, got {levels!r}")
+    if levels > 40:
+        raise ValueError(f"levels must be at most 40 (each halves the image), got {levels}")
+    return levels
 
 
 def _rgb(channels: Any, source: Source) -> bool:

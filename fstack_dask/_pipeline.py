@@ -52,6 +52,7 @@ def fuse_zarr(
     selectivity_map: bool = False,
     chunks: int | tuple[int, int] | None = None,
     memory_per_task: int | str = DEFAULT_MEMORY_PER_TASK,
+    levels: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -96,6 +97,10 @@ def fuse_zarr(
     chunks : int or (int, int), optional
         y/x block (and output chunk) size. Default: the largest whole multiple of the
         source's chunk (or shard) that fits ``memory_per_task``.
+    levels : int, optional
+        Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
+        (the image, and the depth and selectivity maps); default: until the image fits in
+        one chunk; 0 for none.
     memory_per_task : int or str, optional
         Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
     overwrite : bool, optional
@@ -162,7 +167,8 @@ def fuse_zarr(
     fusion = plan_fusion(
         src, axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus,
         alpha=alpha, sth=sth, depth_map=depth_map, selectivity_map=selectivity_map,
-        chunks=chunks, memory_per_task=memory_per_task, storage_options=storage_options,
+        chunks=chunks, memory_per_task=memory_per_task, levels=levels,
+        storage_options=storage_options,
     )  # fmt: skip
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
@@ -199,10 +205,24 @@ def fuse_zarr(
             job = _job(fusion, plan, target.output, cache_bytes)
             execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                     stall_timeout=stall_timeout)  # fmt: skip
+            _pyramid(fusion, target, done, sched, progress, stall_timeout)
             _finish(target, destination)
         except BaseException as exc:
             _fail(target, destination, exc, plan.n_blocks)
     return _open_result(dst_loc)
+
+
+def _pyramid(fusion: Fusion, target: Target, done, sched, progress, stall_timeout) -> None:
+    """Levels 1..N, each from the one below once that is complete (see ``_pyramid``)."""
+    from ._pyramid import PyramidJob, level_plan
+    from ._run import execute
+
+    for level in range(1, fusion.spec.levels + 1):
+        plan = level_plan(fusion.layout, fusion.block, level)
+        job = PyramidJob(target.output, level, ("", *fusion.maps), plan)
+        todo = [b for b in plan.blocks() if job.marker(b) not in done]
+        execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
+                stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip
 
 
 def _positive(value: Any, name: str) -> float:
@@ -231,7 +251,7 @@ def _job(fusion: Fusion, plan: Plan, output: Location, cache_bytes: int):
         open_source=_Reopen(*fusion.recipe),
         plan=plan,
         output=output,
-        arrays=("0", *fusion.maps),
+        arrays={"0": "0", **{m: f"{m}/0" for m in fusion.maps}},
         kernel=fusion.kernel,
         dtype=fusion.spec.array("0").dtype,
         cache_bytes=cache_bytes,

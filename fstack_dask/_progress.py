@@ -32,8 +32,10 @@ def _in_notebook() -> bool:
 class Progress:
     """Counts finished blocks; shows them as described in the module docstring."""
 
-    def __init__(self, total: int, *, enabled: bool = True, unit: str = "blocks") -> None:
-        self.total, self.unit, self.done = int(total), unit, 0
+    def __init__(
+        self, total: int, *, enabled: bool = True, unit: str = "blocks", label: str = "fusing"
+    ) -> None:
+        self.total, self.unit, self.done, self.label = int(total), unit, 0, label
         self.start = time.monotonic()
         self._bar = None
         self._last_line = self.start
@@ -49,7 +51,7 @@ class Progress:
             total=self.total,
             initial=self.done,
             unit=self.unit[:-1] if self.unit.endswith("s") else self.unit,
-            desc="fusing",
+            desc=self.label,
             file=sys.stderr,
             dynamic_ncols=True,
             smoothing=0.1,
@@ -74,8 +76,9 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         log.info(
-            "%d/%d %s (%.0f%%), %.0f s elapsed, about %.0f s left",
-            self.done, self.total, self.unit, 100 * self.done / self.total, elapsed, left,
+            "%s: %d/%d %s (%.0f%%), %.0f s elapsed, about %.0f s left",
+            self.label, self.done, self.total, self.unit, 100 * self.done / self.total,
+            elapsed, left,
         )  # fmt: skip
 
     def close(self) -> None:

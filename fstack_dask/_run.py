@@ -70,7 +70,7 @@ class Scheduler:
     kind: str
     workers: int  # tasks at once in one process
     processes: int = 1
-    client: Any = None
+    client: Any = None  # a distributed Client, or the process pool for "processes"
 
 
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
@@ -99,7 +99,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
         if name == "threads":
             return Scheduler("threads", n_local)
         if name == "processes":
-            return Scheduler("processes", 1, n_local)
+            return _processes(n_local, stack)
         if name in ("dask.distributed", "distributed"):
             client = _default_client()
             if client is None:
@@ -116,7 +116,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
         # a dask get function such as dask.threaded.get
         name = getattr(scheduler, "__module__", "")
         if "multiprocessing" in name:
-            return Scheduler("processes", 1, n_local)
+            return _processes(n_local, stack)
         if "local" in name and getattr(scheduler, "__name__", "") == "get_sync":
             return Scheduler("synchronous", 1)
         return Scheduler("threads", n_local)
@@ -126,6 +126,11 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
         "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
         f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
     )
+
+
+def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
+    """Worker processes, started once for the whole run (they are slow to start)."""
+    return Scheduler("processes", 1, n, stack.enter_context(_process_pool(n)))
 
 
 def _default_client() -> Any:
@@ -149,13 +154,14 @@ def _cluster(client: Any) -> Scheduler:
 
 
 def execute(
-    job: FuseJob,
+    job: Any,
     blocks: Iterator[tuple[int, ...]],
     *,
     n_blocks: int,
     scheduler: Scheduler,
     progress: bool,
     stall_timeout: float = 600.0,
+    label: str = "fusing",
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
 
@@ -168,7 +174,7 @@ def execute(
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
-    bar = Progress(n_blocks, enabled=progress)
+    bar = Progress(n_blocks, enabled=progress, label=label)
     try:
         if scheduler.kind == "synchronous":
             _run_synchronous(job, blocks, report, bar)
@@ -180,7 +186,7 @@ def execute(
         bar.close()
         report.wall_seconds = time.perf_counter() - start
         if scheduler.kind in ("synchronous", "threads"):
-            report.cache_peak_bytes = job.opened()[2].peak_bytes
+            report.cache_peak_bytes = job.cache_peak()
             job.close()
     if report.failures:
         _raise_failures(report.failures)
@@ -279,33 +285,32 @@ def _run_runs(job, blocks, report, bar, scheduler: Scheduler, stall_timeout: flo
     length = _run_length(job, scheduler.processes)
     window = 2 * scheduler.processes * scheduler.workers
     runs = _runs(job, blocks, length)
-    with contextlib.ExitStack() as stack:
-        if scheduler.kind == "processes":
-            pool = stack.enter_context(_process_pool(scheduler.processes))
-            submit = lambda run: pool.submit(job.run, run)  # noqa: E731
-            wait = _wait_local
-        else:
-            client = scheduler.client
-            submit = lambda run: client.submit(job.run, run, pure=False)  # noqa: E731
-            wait = _cluster_waiter(client, stall_timeout)
-        running: set[Any] = set()
-        try:
-            for run in runs:
-                running.add(submit(run))
-                if len(running) < window:
-                    continue
-                done, running = wait(running)
-                for future in done:
-                    if not _account(report, future.result(), bar):
-                        return
-            while running:
-                done, running = wait(running)
-                for future in done:
-                    if not _account(report, future.result(), bar):
-                        return
-        except BaseException:
-            _drain(running, scheduler)
-            raise
+    if scheduler.kind == "processes":
+        pool = scheduler.client
+        submit = lambda run: pool.submit(job.run, run)  # noqa: E731
+        wait = _wait_local
+    else:
+        client = scheduler.client
+        submit = lambda run: client.submit(job.run, run, pure=False)  # noqa: E731
+        wait = _cluster_waiter(client, stall_timeout)
+    running: set[Any] = set()
+    try:
+        for run in runs:
+            running.add(submit(run))
+            if len(running) < window:
+                continue
+            done, running = wait(running)
+            for future in done:
+                if not _account(report, future.result(), bar):
+                    return
+        while running:
+            done, running = wait(running)
+            for future in done:
+                if not _account(report, future.result(), bar):
+                    return
+    except BaseException:
+        _drain(running, scheduler)
+        raise
 
 
 def _wait_local(running: set[Any]) -> tuple[set[Any], set[Any]]:

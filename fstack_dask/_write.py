@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,6 @@ __all__ = ["ArraySpec", "OutputSpec", "create_output", "output_spec", "write_blo
 # NGFF allows only these axis letters' units to be carried over to the 2-D image.
 _CARRIED = ("t", "y", "x")
 _RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
-OWN_NAMES = ("zarr.json", "0", "depth", "selectivity")  # what a fresh output folder holds
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,22 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Everything :func:`create_output` writes, validated."""
+    """Everything :func:`create_output` writes, validated.
+
+    ``groups`` maps a group path (``""`` the root, ``"depth"``, ``"selectivity"``) to its
+    attributes; ``arrays`` are their levels (``"0"``, ``"1"``, ..., ``"depth/0"``, ...).
+    """
 
     arrays: tuple[ArraySpec, ...]
-    attributes: dict[str, Any]
-    map_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]]
+    levels: int = 0
 
     def array(self, path: str) -> ArraySpec:
         return next(a for a in self.arrays if a.path == path)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self.groups[""]
 
 
 def _jsonable(value: Any) -> Any:
@@ -100,6 +107,45 @@ def _channels(source: Any, layout: Layout, dtype: np.dtype) -> list[dict[str, An
     return out
 
 
+def _multiscale_arrays(
+    prefix: str, letters: str, size: dict[str, int], block: tuple[int, int], dtype: np.dtype,
+    fill: Any, levels: int,
+) -> list[ArraySpec]:  # fmt: skip
+    out = []
+    for level in range(levels + 1):
+        f = 2**level
+        level_size = {**size, "y": -(-size["y"] // f), "x": -(-size["x"] // f)}
+        chunk = {"y": block[0], "x": block[1]}
+        out.append(
+            ArraySpec(
+                f"{prefix}{level}",
+                letters,
+                tuple(level_size[a] for a in letters),
+                tuple(min(chunk.get(a, 1), level_size[a]) for a in letters),
+                dtype,
+                fill,
+            )
+        )
+    return out
+
+
+def _level_transforms(
+    scale0: list[float], shift0: list[float], letters: str, levels: int
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per level: y/x scale times 2^L, and the centre of the first 2^L x 2^L pixel block."""
+    scales, shifts = [], []
+    for level in range(levels + 1):
+        f = 2**level
+        scales.append([v * f if a in "yx" else v for a, v in zip(letters, scale0, strict=True)])
+        shifts.append(
+            [
+                t + (f - 1) / 2 * v if a in "yx" else t
+                for a, v, t in zip(letters, scale0, shift0, strict=True)
+            ]
+        )
+    return scales, shifts
+
+
 def output_spec(
     source: Any,
     layout: Layout,
@@ -109,14 +155,19 @@ def output_spec(
     maps: tuple[str, ...],
     provenance: Mapping[str, Any],
     depth_unit: str | None = None,
+    levels: int = 0,
 ) -> OutputSpec:
-    """The output's arrays and attributes for fusing ``source`` (validated, nothing written).
+    """The output's groups, arrays and attributes for fusing ``source`` (nothing written).
 
-    The fused image is array ``"0"`` with axes ``layout.image_axes`` (batch axes, ``c``,
-    ``y``, ``x``), chunked like the blocks along y/x and 1 along the other axes; each map
-    (``"depth"``, ``"selectivity"``, float32, NaN where undefined) is an array with the map
-    axes. The group is an NGFF 0.5 multiscale image whose scale, units and translation along
-    t, y and x come from the source, with an ``omero`` block for channels.
+    The root is an NGFF 0.5 multiscale image named ``"fused"``: arrays ``"0"`` (the fused
+    image, axes ``layout.image_axes``: batch axes, ``c``, ``y``, ``x``, in the input's dtype)
+    to ``str(levels)``, each a 2 x 2 mean of the one before, chunked like the blocks along y/x
+    and 1 along the other axes. Scale, units and translation along t, y and x come from the
+    source (per level, as NGFF defines them for downsampled levels), with an ``omero`` block
+    for channels. Each map (``"depth"``, ``"selectivity"``, float32, NaN where undefined) is
+    an NGFF multiscale image group of its own with the same levels, so that OME-Zarr readers
+    open ``dst/depth`` like any image; the depth map's unit is in its ``fstack_dask``
+    attributes.
 
     Raises
     ------
@@ -127,68 +178,64 @@ def output_spec(
     letters = layout.image_axes
     check_ngff_order(letters)
     size = {a: layout.size(a) for a in layout.axes}
-    chunk = {"y": block[0], "x": block[1]}
-    shape = tuple(size[a] for a in letters)
-    chunks = tuple(min(chunk.get(a, 1), size[a]) for a in letters)
-    arrays = [ArraySpec("0", letters, shape, chunks, dtype, 0)]
-    map_letters = layout.map_axes
-    for name in maps:
-        arrays.append(
-            ArraySpec(
-                name,
-                map_letters,
-                tuple(size[a] for a in map_letters),
-                tuple(min(chunk.get(a, 1), size[a]) for a in map_letters),
-                np.dtype(np.float32),
-                np.nan,
-            )
-        )
     where = source.description
     carried_scale = {a: v for a, v in source.scale.items() if a in _CARRIED}
-    scale = positive_scale(carried_scale, letters, f"the scale of {where}")
     units = {a: u for a, u in source.units.items() if a in _CARRIED}
-    shift = [float(source.translation.get(a, 0.0)) for a in letters]
-    if not all(math.isfinite(v) for v in shift):
+    shift_of = {a: float(source.translation.get(a, 0.0)) for a in _CARRIED}
+    if not all(math.isfinite(v) for v in shift_of.values()):
         raise ValueError(f"the translation of {where} must be finite, got {source.translation}")
-    ome: dict[str, Any] = {
-        "version": "0.5",
-        "multiscales": [
-            multiscale_entry(
-                name="fused",
-                letters=letters,
-                units=units,
-                scales=[scale],
-                translations=[shift],
-                paths=["0"],
-            )
-        ],
-    }
+
+    def image(name: str, prefix: str, axes: str, dt: np.dtype, fill: Any):
+        scale0 = positive_scale(carried_scale, axes, f"the scale of {where}")
+        shift0 = [shift_of.get(a, 0.0) for a in axes]
+        scales, shifts = _level_transforms(scale0, shift0, axes, levels)
+        entry = multiscale_entry(
+            name=name, letters=axes, units=units, scales=scales, translations=shifts,
+            paths=[str(k) for k in range(levels + 1)],
+        )  # fmt: skip
+        arrays = _multiscale_arrays(prefix, axes, size, block, dt, fill, levels)
+        return {"version": "0.5", "multiscales": [entry]}, arrays
+
+    ome, arrays = image("fused", "", letters, dtype, 0)
     channels = _channels(source, layout, dtype)
     if channels is not None:
         ome["omero"] = omero_entry(channels, rgb=layout.rgb)
-    attributes = {"ome": _jsonable(ome), "fstack_dask": _jsonable(dict(provenance))}
-    map_groups = {}
-    if "depth" in maps:
-        map_groups["depth"] = {"unit": depth_unit}
-    return OutputSpec(tuple(arrays), attributes, map_groups)
+    groups = {"": {"ome": _jsonable(ome), "fstack_dask": _jsonable(dict(provenance))}}
+    for name in maps:
+        map_ome, map_arrays = image(name, f"{name}/", layout.map_axes, np.dtype(np.float32),
+                                    np.nan)  # fmt: skip
+        about = {
+            "depth": "focus position of the plane with the highest focus measure",
+            "selectivity": "selectivity S in dB (Pertuz et al. 2013)",
+        }[name]
+        unit = depth_unit if name == "depth" else "dB"
+        groups[name] = {
+            "ome": _jsonable(map_ome),
+            "fstack_dask": {"map": name, "values": about, "unit": unit},
+        }
+        arrays += map_arrays
+    return OutputSpec(tuple(arrays), groups, levels)
 
 
 def create_output(location: Location, spec: OutputSpec) -> Any:
-    """Write the (empty) output group described by ``spec`` into ``location``.
+    """Write the (empty) output groups and arrays described by ``spec`` into ``location``.
 
     ``location`` must be a folder the caller owns (created by this run, or an empty folder
-    it checked). The provenance attribute is written last: a group that has it is complete
-    as a structure, even if the process creating it was killed.
+    it checked). The root's provenance attribute is written last: a group that has it is
+    complete as a structure, even if the process creating it was killed.
     """
     import zarr
 
-    attrs = dict(spec.attributes)
+    attrs = dict(spec.groups[""])
     provenance = attrs.pop("fstack_dask")
-    group = zarr.create_group(
+    root = zarr.create_group(
         store=location.zarr_store(read_only=False), zarr_format=3, attributes=attrs
     )
+    for path, group_attrs in spec.groups.items():
+        if path:
+            root.create_group(path, attributes=group_attrs)
     for a in spec.arrays:
-        group.create_array(
+        root.create_array(
             name=a.path,
             shape=a.shape,
             dtype=a.dtype,
@@ -197,8 +244,8 @@ def create_output(location: Location, spec: OutputSpec) -> Any:
             fill_value=a.fill_value,
             dimension_names=list(a.axes),
         )
-    group.attrs.update({"fstack_dask": provenance})
-    return group
+    root.attrs.update({"fstack_dask": provenance})
+    return root
 
 
 def open_output(location: Location, *, mode: str = "r+") -> Any:
