@@ -184,6 +184,12 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     )
     if full:
         g.add_argument(
+            "--levels",
+            metavar="N|auto",
+            help="multiscale levels besides full resolution, each 2x2 averaged (default auto: "
+            "until the image fits in one chunk; 0 for none)",
+        )
+        g.add_argument(
             "--dst-storage-options",
             metavar="JSON",
             help="fsspec options for a remote DST, as a JSON object",
@@ -348,6 +354,7 @@ def _configure(args: argparse.Namespace):
     put("input", "storage_options", "storage_options", "--storage-options")
     put("input", "channels", "channels", "--channels")
     put("output", "storage_options", "dst_storage_options", "--dst-storage-options")
+    put("output", "levels", "levels", "--levels")
     put("resources", "stall_timeout", "stall_timeout", "--stall-timeout")
     put("output", "depth_map", "depth_map", "--depth-map")
     put("output", "selectivity_map", "selectivity_map", "--selectivity-map")

@@ -93,6 +93,7 @@ class OutputConfig:
     chunks: int | tuple[int, int] | None = None
     overwrite: bool = False
     storage_options: Mapping[str, Any] | None = None
+    levels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Config:
             "selectivity_map": o.selectivity_map,
             "chunks": o.chunks,
             "memory_per_task": self.resources.memory_per_task,
+            "levels": o.levels,
             "overwrite": o.overwrite,
             "storage_options": None if i.storage_options is None else dict(i.storage_options),
             "dst_storage_options": None if o.storage_options is None else dict(o.storage_options),
@@ -340,6 +342,16 @@ def _level(value: Any, name: str) -> int:
     raise ValueError(f"{name} must be an integer >= 0, got {value!r} ({_type_name(value)})")
 
 
+def _levels(value: Any, name: str) -> int | None:
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():  # from the command line
+        value = int(value)
+    if _is_int(value) and 0 <= value <= 40:
+        return int(value)
+    raise ValueError(f"{name} must be auto, null or an integer from 0 to 40, got {value!r}")
+
+
 def _seconds(value: Any, name: str) -> float:
     if _is_real(value) and math.isfinite(value) and value > 0:
         return float(value)
@@ -455,6 +467,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "chunks": _chunks,
         "overwrite": _bool,
         "storage_options": _storage_options,
+        "levels": _levels,
     },
     "resources": {"memory_per_task": _memory, "stall_timeout": _seconds},
     "cluster": {
