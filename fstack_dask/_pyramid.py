@@ -129,9 +129,10 @@ class PyramidJob:
                     elif letter in lead:
                         src_sel.append(slice(lead[letter], lead[letter] + 1))
                         dst_sel.append(slice(lead[letter], lead[letter] + 1))
-                    else:
-                        src_sel.append(slice(None))
-                        dst_sel.append(slice(None))
+                    else:  # the colour channels of an RGB image: all of them
+                        k = axes.index(letter)
+                        src_sel.append(slice(0, below.shape[k]))
+                        dst_sel.append(slice(0, here.shape[k]))
                 data = downsample(below[tuple(src_sel)], dtype=here.dtype, nan_aware=bool(image))
                 keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
             make_durable(self.output, keys)
