@@ -24,7 +24,7 @@ import numpy as np
 
 from ._jit import jit
 
-__all__ = ["focus_measure_compiled"]
+__all__ = ["focus_measure_compiled", "plane_major"]
 
 # MATLAB's rgb2gray weights, as the reference uses them (same as _kernel._LUMA).
 _LR, _LG, _LB = 0.2989, 0.5870, 0.1140
@@ -182,7 +182,26 @@ def _focus_float(stack, rgb, rounded, divisor, n, fm):
     return fm
 
 
+def _copy_tiles(src, dst):
+    """``dst[...] = src`` for a strided (C, P, Y, X) view, in tiles of 16 pixels of a row.
+
+    The reference's layout is pixel-major (y, x, z[, c]): its plane-major view
+    has the planes innermost in memory. Copying 16 pixels of a row for every
+    plane and channel reads whole cache lines and writes short runs, about 5x
+    faster than NumPy's copy of the same view.
+    """
+    n_ch, n_planes, rows, width = src.shape
+    for y in range(rows):
+        for x0 in range(0, width, 16):
+            x1 = min(x0 + 16, width)
+            for p in range(n_planes):
+                for c in range(n_ch):
+                    for x in range(x0, x1):
+                        dst[c, p, y, x] = src[c, p, y, x]
+
+
 if jit is not None:
+    _copy_tiles = jit(_copy_tiles)
     _load_row = jit(_load_row)
     _prefix_window_int = jit(_prefix_window_int)
     _column_sums = jit(_column_sums)
@@ -204,5 +223,14 @@ if jit is not None:
         rounded = stack.dtype.kind in "iu"
         return _focus_float(stack, rgb, rounded, float(divisor), n, fm)
 
+    def plane_major(values: np.ndarray) -> np.ndarray:
+        """``values`` (C, P, Y, X) as a C-contiguous array (itself if it is one)."""
+        if values.flags.c_contiguous:
+            return values
+        out = np.empty(values.shape, values.dtype)
+        _copy_tiles(values, out)
+        return out
+
 else:  # pragma: no cover
     focus_measure_compiled = None
+    plane_major = np.ascontiguousarray

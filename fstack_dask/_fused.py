@@ -28,17 +28,33 @@ from ._jit import jit
 __all__ = ["blend_compiled"]
 
 
-def _fit_row(fm, focus, r, arg_row, u, s2, amp):
-    """The reference's Gaussian fit at each pixel of row ``r`` (see ``_kernel._gauss3p``)."""
+def _fit_row(fm, focus, r, arg_row, g, u, s2, amp):
+    """The reference's Gaussian fit at each pixel of row ``r`` (see ``_kernel._gauss3p``).
+
+    ``g`` (5, X) is scratch: the gathered samples first, in a loop of their own,
+    so that the arithmetic loop after it vectorises.
+    """
     n_planes = fm.shape[0]
     width = u.shape[0]
     for x in range(width):
         i = arg_row[x]
         ic = min(max(i, 2), n_planes - 3)
         outer = ic + 2 if i <= 1 else ic - 2
-        y1 = _pixel.log(np.float64(fm[outer, r, x]))
-        y2 = _pixel.log(np.float64(fm[ic, r, x]))
-        u[x], s2[x], amp[x] = _pixel.gauss_fit(focus[ic - 2], focus[ic], focus[ic + 2], y1, y2)
+        g[0, x] = focus[ic - 2]
+        g[1, x] = focus[ic]
+        g[2, x] = focus[ic + 2]
+        g[3, x] = fm[outer, r, x]
+        g[4, x] = fm[ic, r, x]
+    for x in range(width):
+        g[3, x] = _pixel.log(g[3, x])
+        g[4, x] = _pixel.log(g[4, x])
+    for x in range(width):
+        uu, ss, la = _pixel.gauss_fit(g[0, x], g[1, x], g[2, x], g[3, x], g[4, x])
+        u[x] = uu
+        s2[x] = ss
+        amp[x] = la
+    for x in range(width):
+        amp[x] = _pixel.exp(amp[x])
 
 
 def _err_row(fm, focus, r, u, s2, amp, err):
@@ -160,6 +176,7 @@ def _blend(
     lo = n // 2
     hi = n - 1 - lo
     fit = n_planes >= 5
+    g = np.empty((5, width), np.float64)
     u = np.empty(width, np.float64)
     s2 = np.empty(width, np.float64)
     amp = np.empty(width, np.float64)
@@ -190,7 +207,7 @@ def _blend(
                         fmax_row[x] = row[x]
                         arg_row[x] = p
             if fit:
-                _fit_row(fm, focus, r, arg_row, u, s2, amp)
+                _fit_row(fm, focus, r, arg_row, g, u, s2, amp)
                 _err_row(fm, focus, r, u, s2, amp, err)
                 qr = q[r % n]
                 for x in range(width):

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.signal import medfilt2d
 
-from ._compiled import focus_measure_compiled
+from ._compiled import focus_measure_compiled, plane_major
 from ._fused import blend_compiled
 
 
@@ -389,7 +389,7 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     values = stack if rgb else stack[None]
     if native == np.float16:  # numba has no float16 arithmetic; float32 holds it exactly
         values = values.astype(np.float32)
-    values = np.ascontiguousarray(values)
+    values = plane_major(values)  # the reference's layout is pixel-major: one tiled copy
     n_ch, n_planes, h, w = values.shape
     fm = np.empty((n_planes, h, w), fm_dtype(native))
     exact = _exact_int_ok(native, nhsize)

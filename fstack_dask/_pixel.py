@@ -164,9 +164,10 @@ def log(x):
     hfsq = 0.5 * f * f
     # log(m) = f - hfsq + s (hfsq + R), as fdlibm arranges it to keep the roundings small.
     y = e * _LN2_HI - ((hfsq - (s * (hfsq + r) + e * _LN2_LO)) - f)
-    y = y if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
-    y = x if x == np.inf else y
-    return y if x == x else x
+    # 0 -> -inf, negative or NaN -> NaN, +inf -> +inf (few selects: LLVM then vectorises).
+    ok = (x > 0.0) & (x < np.inf)
+    special = -np.inf if x == 0.0 else (x if x > 0.0 else np.nan)
+    return y if ok else special
 
 
 def log10(x):
@@ -182,9 +183,11 @@ def round_half_even(x):
 
 
 def gauss_fit(x1, x2, x3, y1, y2):
-    """``(u, s_squared, amp)`` of the reference's fit, with ``y3 = y1`` (see ``_kernel._gauss3p``).
+    """``(u, s_squared, log_amp)`` of the reference's fit, with ``y3 = y1`` (``_kernel._gauss3p``).
 
-    The same expressions in the same order as the reference (and the NumPy engine).
+    The same expressions in the same order as the reference (and the NumPy
+    engine); the amplitude is ``exp(log_amp)``, left to the caller so that the
+    compiled loops stay small enough to vectorise.
     """
     y3 = y1
     c = ((y1 - y2) * (x2 - x3) - (y2 - y3) * (x1 - x2)) / (
@@ -194,8 +197,7 @@ def gauss_fit(x1, x2, x3, y1, y2):
     s_squared = -1 / (2 * c)
     u = b * s_squared
     a = y1 - b * (x1 + 1) - c * ((x1 + 1) * (x1 + 1))
-    amp = exp(a + (u * u) / (2 * s_squared))
-    return u, s_squared, amp
+    return u, s_squared, a + (u * u) / (2 * s_squared)
 
 
 def model(fp, u, s_squared, amp):
