@@ -67,21 +67,15 @@ def _prefix_window_int(row, lo, hi, prefix, out):
         out[x] = prefix[x + n] - prefix[x]
 
 
-def _focus_int(stack, rgb, n, scale, fm):
-    """Exact-integer focus measure of every plane into ``fm`` (P, Y, X)."""
+def _focus_int(stack, rgb, n, scale, fm, a_rows, h1, h2, v1, v2, d2, p32, p64, fl):
+    """Exact-integer focus measure of every plane into ``fm`` (P, Y, X).
+
+    The row buffers are passed in (allocated by the caller, where tracemalloc sees them).
+    """
     n_planes, rows, width = fm.shape
     lo = n // 2
     hi = n - 1 - lo
     ring = n + 1  # running column sums need rows y - 1 - lo .. y + hi
-    a_rows = np.empty((ring, width), np.int32)
-    h1 = np.empty((ring, width), np.int32)
-    h2 = np.empty((ring, width), np.int64)
-    v1 = np.empty(width, np.int32)
-    v2 = np.empty(width, np.int64)
-    d2 = np.empty(width, np.int64)
-    p32 = np.empty(width + n, np.int32)
-    p64 = np.empty(width + n, np.int64)
-    fl = np.empty(width, np.float64)
     nn = np.int32(n * n)
     for p in range(n_planes):
         for r in range(rows + 2 * hi):
@@ -149,17 +143,12 @@ def _box_float_row(rows_buf, ring, y, lo, hi, rows, vs, pad, out):
             out[x] += pad[x + k]
 
 
-def _focus_float(stack, rgb, rounded, divisor, n, fm):
+def _focus_float(stack, rgb, rounded, divisor, n, fm, a_rows, dev2, vs, pad, acc):
     """Float64 focus measure of every plane (fixed-order sums) into ``fm`` (P, Y, X)."""
     n_planes, rows, width = fm.shape
     lo = n // 2
     hi = n - 1 - lo
     ring = n + 1
-    a_rows = np.empty((ring, width), np.float64)
-    dev2 = np.empty((ring, width), np.float64)
-    vs = np.empty(width, np.float64)
-    pad = np.empty(width + n, np.float64)
-    acc = np.empty(width, np.float64)
     inv_area = 1.0 / (n * n)
     for p in range(n_planes):
         for r in range(rows + 2 * hi):
@@ -218,10 +207,25 @@ if jit is not None:
         the float path divides the samples by ``divisor`` (the integer dtype's
         maximum, as ``im2double``; 1 for floats).
         """
+        width = fm.shape[2]
+        ring = n + 1
         if exact_scale is not None:
-            return _focus_int(stack, rgb, n, float(exact_scale), fm)
-        rounded = stack.dtype.kind in "iu"
-        return _focus_float(stack, rgb, rounded, float(divisor), n, fm)
+            _focus_int(
+                stack, rgb, n, float(exact_scale), fm,
+                np.empty((ring, width), np.int32), np.empty((ring, width), np.int32),
+                np.empty((ring, width), np.int64), np.empty(width, np.int32),
+                np.empty(width, np.int64), np.empty(width, np.int64),
+                np.empty(width + n, np.int32), np.empty(width + n, np.int64),
+                np.empty(width, np.float64),
+            )  # fmt: skip
+        else:
+            rounded = stack.dtype.kind in "iu"
+            _focus_float(
+                stack, rgb, rounded, float(divisor), n, fm,
+                np.empty((ring, width)), np.empty((ring, width)), np.empty(width),
+                np.empty(width + n), np.empty(width),
+            )  # fmt: skip
+        return fm
 
     def plane_major(values: np.ndarray) -> np.ndarray:
         """``values`` (C, P, Y, X) as a C-contiguous array (itself if it is one)."""

@@ -169,28 +169,24 @@ def _store_row(fused, y, out, lo_val, hi_val, top, is_int):
 
 
 def _blend(
-    values, fm, focus, n, alpha, sth, out, lo_val, hi_val, top, is_int, fmax, arg, sel, want_sel
-):
+    values, fm, focus, n, alpha, sth, out, lo_val, hi_val, top, is_int, fmax, arg, sel, want_sel,
+    work, q, phi_ring, g, num, fused,
+):  # fmt: skip
     n_planes, rows, width = fm.shape
-    n_ch = values.shape[0]
     lo = n // 2
     hi = n - 1 - lo
     fit = n_planes >= 5
-    g = np.empty((5, width), np.float64)
-    u = np.empty(width, np.float64)
-    s2 = np.empty(width, np.float64)
-    amp = np.empty(width, np.float64)
-    err = np.empty(width, np.float64)
-    q = np.empty((n, width), np.float64)
-    vs = np.empty(width, np.float64)
-    pad = np.empty(width + n, np.float64)
-    s_row = np.empty(width, np.float64)
-    phi_ring = np.empty((3, width), np.float64)
-    phi = np.empty(width, np.float64)
-    num = np.empty((n_ch, width), np.float64)
-    wrow = np.empty(width, np.float64)
-    den = np.empty(width, np.float64)
-    fused = np.empty((n_ch, width), np.float64)
+    # Row buffers, passed in (allocated by the caller, where tracemalloc sees them).
+    u = work[0, :width]
+    s2 = work[1, :width]
+    amp = work[2, :width]
+    err = work[3, :width]
+    vs = work[4, :width]
+    s_row = work[5, :width]
+    phi = work[6, :width]
+    den = work[7, :width]
+    wrow = work[8, :width]
+    pad = work[9]
     phi_full = _pixel.phi_from_s(np.inf, alpha, sth)  # fewer than 5 planes: S = +inf
     for r in range(rows + hi + 1):
         if r < rows:
@@ -267,9 +263,12 @@ if jit is not None:
         want_sel = sel is not None
         if sel is None:
             sel = np.empty((1, 1), np.float32)
+        n_ch, width = values.shape[0], fm.shape[2]
         _blend(
             values, fm, focus, n, float(alpha), float(sth), out, lo_val, hi_val,
             dtype.type(top), is_int, fmax, arg, sel, want_sel,
+            np.empty((10, width + n)), np.empty((n, width)), np.empty((3, width)),
+            np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)),
         )  # fmt: skip
 
 else:  # pragma: no cover

@@ -24,6 +24,8 @@ uses one engine only.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from ._jit import jit
@@ -264,6 +266,27 @@ PY_FUNCS = {
         "median9",
     )
 }
+
+
+def compile_for(decorate):
+    """Every function of :data:`PY_FUNCS` decorated for one target, calling each other.
+
+    ``decorate`` is e.g. ``numba.cuda.jit(device=True)``, or the identity for
+    plain Python on NumPy scalars. Each function gets a fresh namespace in
+    which the names of the others are their versions for the same target.
+
+    Returns
+    -------
+    dict
+        Function name to decorated function.
+    """
+    namespace = dict(globals())
+    out = {}
+    for name, func in PY_FUNCS.items():
+        fresh = types.FunctionType(func.__code__, namespace, name, func.__defaults__)
+        out[name] = namespace[name] = decorate(fresh)
+    return out
+
 
 if jit is not None:
     # Replace each function by its compiled version: the compiled callers (and these
