@@ -174,8 +174,11 @@ def focus_measure(
         compiled = USE_COMPILED
     fm = np.empty((n_planes, h, w), dtype=fm_dtype(dtype))
     exact = _exact_int_ok(dtype, n)
-    scale = float(n**6) * float(np.iinfo(dtype).max) ** 2 if exact else None
-    if compiled and focus_measure_compiled is not None:
+    wide = dtype.kind in "iu" and dtype.itemsize == 8
+    scale = float(n**6) * float(np.iinfo(dtype).max) ** 2 if exact or wide else None
+    if wide:
+        _focus_measure_wide(grey, n, scale, fm)
+    elif compiled and focus_measure_compiled is not None:
         stack = np.ascontiguousarray(grey)[None]
         divisor = _float_divisor(dtype)
         focus_measure_compiled(stack, False, n, fm, exact_scale=scale, divisor=divisor)
@@ -198,6 +201,26 @@ def focus_measure(
         arg[fm[p] > fmax] = p  # strict: the first maximum wins, as np.argmax
         np.maximum(fmax, fm[p], out=fmax)
     return fm, fmax, arg
+
+
+def _focus_measure_wide(grey: np.ndarray, n: int, scale: float, fm: np.ndarray) -> None:
+    """Focus measure of 64-bit integers, ``D = n^2 a - sum(a)`` exact before one rounding.
+
+    Their window sums do not fit int64 and would lose the low bits in float64
+    (near 2**63 the variations are below float64's resolution of the sum). So
+    each sample is split as ``a = 2**32 hi + lo``; the exact int64 ``D`` of each
+    half gives ``D = 2**32 D_hi + D_lo``, rounded once to float64; then
+    ``fm = sum(D^2) / (n^6 max^2)`` in fixed-order float64 sums. Both engines use
+    this code for these rare dtypes.
+    """
+    nn = n * n
+    for p in range(grey.shape[0]):
+        a = grey[p]
+        hi = (a >> 32).astype(np.int64)  # arithmetic shift for int64, logical for uint64
+        lo = (a & 0xFFFFFFFF).astype(np.int64)
+        d = (nn * hi - _box_sum_int(hi, n)).astype(np.float64) * 2.0**32
+        d += (nn * lo - _box_sum_int(lo, n)).astype(np.float64)
+        fm[p] = _box_sum_float(d * d, n) / scale
 
 
 def _gauss3p(focus: np.ndarray, fm: np.ndarray, arg: np.ndarray):
@@ -391,12 +414,17 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
         values = values.astype(np.float32)
     values = plane_major(values)  # the reference's layout is pixel-major: one tiled copy
     n_ch, n_planes, h, w = values.shape
-    fm = np.empty((n_planes, h, w), fm_dtype(native))
-    exact = _exact_int_ok(native, nhsize)
-    scale = float(nhsize**6) * float(np.iinfo(native).max) ** 2 if exact else None
-    focus_measure_compiled(
-        values, rgb, nhsize, fm, exact_scale=scale, divisor=_float_divisor(native)
-    )
+    if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
+        grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
+        fm = focus_measure(grey, nhsize, compiled=False)[0]
+        del grey
+    else:
+        fm = np.empty((n_planes, h, w), fm_dtype(native))
+        exact = _exact_int_ok(native, nhsize)
+        scale = float(nhsize**6) * float(np.iinfo(native).max) ** 2 if exact else None
+        focus_measure_compiled(
+            values, rgb, nhsize, fm, exact_scale=scale, divisor=_float_divisor(native)
+        )
     fmax = np.empty((h, w), fm.dtype)
     arg = np.empty((h, w), np.intp)
     out = np.empty((n_ch, h, w), np.float64 if native == np.float16 else native)
@@ -421,15 +449,41 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def block_memory(
-    shape_yx: tuple[int, int], n_planes: int, n_channels: int, itemsize: int, rgb: bool
+    shape_yx: tuple[int, int],
+    n_planes: int,
+    n_channels: int,
+    itemsize: int,
+    rgb: bool,
+    *,
+    nhsize: int = 9,
+    engine: str | None = None,
+    float16: bool = False,
 ) -> int:
     """Upper estimate, in bytes, of what one :func:`fuse_block` call holds.
 
-    The input block (and the copy Dask makes when it concatenates the halo),
-    the luminance for RGB, the float32 focus measure, the int64 temporaries of
-    one plane and about twenty 2-D float64 maps (measured with tracemalloc in
-    ``tests/test_kernel_memory.py``).
+    Both engines hold the input block and the copy Dask makes when it
+    concatenates the halo (``2 C P b`` per pixel) and the focus measure
+    (``P f``, ``f`` = 4 bytes for samples of up to 2 bytes, else 8, see
+    :func:`fm_dtype`). The compiled engine adds only 2-D maps (``fmax``, the
+    arg-max, the output, the selectivity and the depth map being made) and
+    row buffers of ``O(nhsize)`` rows (``float16=True``: the samples are
+    widened to float32 first, ``4 C P`` more). The NumPy engine adds the luminance for RGB, the
+    int64 temporaries of one plane and about twenty 2-D float64 maps.
+    Measured with tracemalloc in ``tests/test_kernel_memory.py``.
     """
-    pixels = int(shape_yx[0]) * int(shape_yx[1])
-    per_column = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + 4)
-    return pixels * (per_column + 8 * (8 + 20 + n_channels + 2))
+    rows, cols = int(shape_yx[0]), int(shape_yx[1])
+    pixels = rows * cols
+    f = 4 if itemsize <= 2 else 8
+    engine = ENGINE if engine is None else engine
+    if engine == "numpy":
+        per_pixel = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + f)
+        return pixels * (per_pixel + 8 * (8 + 20 + n_channels + 2))
+    # fmax, arg-max, output (float64 before a float16 cast), selectivity, depth map in making.
+    per_pixel = n_planes * (2 * n_channels * itemsize + f) + f + 8 + 10 * n_channels + 4 + 13
+    if float16:
+        per_pixel += 4 * n_channels * n_planes
+    if itemsize == 8:  # 64-bit integers: the NumPy focus measure (luminance, plane temporaries)
+        per_pixel += (8 * n_planes if rgb else 0) + 80
+    n = int(nhsize)
+    row_buffers = cols * (32 * n + 200 + 32 * n_channels) + 200 * n
+    return pixels * per_pixel + row_buffers

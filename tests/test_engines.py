@@ -14,8 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from fstack_dask import focus_stack, synthetic_stack
-from fstack_dask import _kernel
+from fstack_dask import _kernel, focus_stack, synthetic_stack
 from fstack_dask._focus_stack import _fuse_in_bands, band_bounds
 from fstack_dask._kernel import fuse_block
 from fstack_dask._samples import sample_stack
@@ -141,9 +140,7 @@ def test_engine_argument_and_switch():
     block = plane_first(synthetic_stack((20, 20), 6, dtype="uint8", seed=0).stack)
     with pytest.raises(ValueError, match="engine"):
         fuse_block(block, engine="cuda")
-    code = (
-        "import numpy as np; from fstack_dask import _kernel; print(_kernel.ENGINE)"
-    )
+    code = "import numpy as np; from fstack_dask import _kernel; print(_kernel.ENGINE)"
     env = {**os.environ, "FSTACK_DASK_ENGINE": "numpy"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "numpy", out.stderr

@@ -1,4 +1,4 @@
-"""The per-pixel scalar mathematics (`_pixel`): accuracy, special values, one source for all targets."""
+"""Per-pixel scalar mathematics (`_pixel`): accuracy, special values, one source for all targets."""
 
 from __future__ import annotations
 
