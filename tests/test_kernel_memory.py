@@ -22,6 +22,7 @@ ENGINES = ["numpy"] + (["compiled"] if _fused.blend_compiled is not None else []
         (7, "uint8", True, 9),
         (9, "float32", False, 15),
         (6, "float16", False, 3),
+        (5, "int64", True, 5),
     ],
 )
 def test_block_memory_bounds_allocations(engine, planes, dtype, rgb, nhsize):
