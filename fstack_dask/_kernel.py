@@ -381,7 +381,8 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
             grey = np.stack([luminance(stack[:, p]) for p in range(n_planes)])
         else:
             grey = stack
-        fm, fmax, arg = focus_measure(grey, nhsize, compiled=False)
+        # The focus measure is bit-identical either way: compiled when numba is there.
+        fm, fmax, arg = focus_measure(grey, nhsize)
         del grey
         s_raw = selectivity(fm, fmax.astype(np.float64), arg, focus, nhsize)
         s_used = np.where(np.isnan(s_raw), -np.inf, s_raw)
