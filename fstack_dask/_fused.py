@@ -117,24 +117,25 @@ def _median_row(phi_ring, y, rows, out):
         out[x] = _pixel.median9(a0, a1, a2, b0, b1, b2, c0, c1, c2)
 
 
-def _blend_row(values, fm, fmax, y, phi, wrow, num, den, fused):
+def _blend_row(values, fm, fmax, y, phi, wrow, inv, add, num, den, fused):
     """Weighted mean of the planes at row ``y`` into ``fused`` (C, X), float64."""
     n_ch = values.shape[0]
     width = den.shape[0]
     fmax_row = fmax[y]
     for x in range(width):
         den[x] = 0.0
+        # fm / fmax as fm * (1 / fmax), in float64 as the NumPy engine; no contrast: all 1.
+        flat = fmax_row[x] == 0
+        inv[x] = 0.0 if flat else 1.0 / np.float64(fmax_row[x])
+        add[x] = 1.0 if flat else 0.0
     for c in range(n_ch):
         for x in range(width):
             num[c, x] = 0.0
-    one = fmax_row.dtype.type(1.0)
     for p in range(fm.shape[0]):
         row = fm[p, y]
         # Weights first, in a loop of their own (innermost loops are the ones that vectorise).
         for x in range(width):
-            # In the focus measure's own precision, as the NumPy engine; no contrast: all 1.
-            fmn = row[x] / fmax_row[x] if fmax_row[x] != 0 else one
-            w = _pixel.weight(phi[x], np.float64(fmn))
+            w = _pixel.weight(phi[x], np.float64(row[x]) * inv[x] + add[x])
             wrow[x] = w
             den[x] += w
         for c in range(n_ch):
@@ -187,6 +188,8 @@ def _blend(
     den = work[7, :width]
     wrow = work[8, :width]
     pad = work[9]
+    inv = work[10, :width]
+    add = work[11, :width]
     phi_full = _pixel.phi_from_s(np.inf, alpha, sth)  # fewer than 5 planes: S = +inf
     for r in range(rows + hi + 1):
         if r < rows:
@@ -228,7 +231,7 @@ def _blend(
         ym = y - 1
         if 0 <= ym < rows:
             _median_row(phi_ring, ym, rows, phi)
-            _blend_row(values, fm, fmax, ym, phi, wrow, num, den, fused)
+            _blend_row(values, fm, fmax, ym, phi, wrow, inv, add, num, den, fused)
             _store_row(fused, ym, out, lo_val, hi_val, top, is_int)
 
 
@@ -267,7 +270,7 @@ if jit is not None:
         _blend(
             values, fm, focus, n, float(alpha), float(sth), out, lo_val, hi_val,
             dtype.type(top), is_int, fmax, arg, sel, want_sel,
-            np.empty((10, width + n)), np.empty((n, width)), np.empty((3, width)),
+            np.empty((12, width + n)), np.empty((n, width)), np.empty((3, width)),
             np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)),
         )  # fmt: skip
 

@@ -391,13 +391,16 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
         phi = medfilt2d(phi, 3)
 
         flat = fmax == 0
+        # fmn = fm / fmax as fm * (1 / fmax) in float64 (one division per pixel, not per
+        # voxel); no contrast anywhere (fmax = 0): fmn = 1, all planes equally sharp.
+        inv = np.where(flat, 0.0, 1.0 / fmax.astype(np.float64))
+        add = flat.astype(np.float64)
         values = stack if rgb else stack[None]
         num = np.zeros((values.shape[0],) + fmax.shape)
         den = np.zeros(fmax.shape)
         for p in range(n_planes):
-            fmn = fm[p] / fmax
-            fmn[flat] = 1.0  # no contrast anywhere: all planes equally sharp
-            weight = 0.5 + 0.5 * np.tanh(phi * (fmn.astype(np.float64) - 1))
+            fmn = fm[p] * inv + add  # float64
+            weight = 0.5 + 0.5 * np.tanh(phi * (fmn - 1))
             den += weight
             for ch in range(values.shape[0]):
                 num[ch] += values[ch, p].astype(np.float64) * weight
