@@ -80,10 +80,15 @@ def _focus_int(stack, rgb, n, scale, fm, a_rows, h1, h2, v1, v2, d2, p32, p64, f
     for p in range(n_planes):
         for r in range(rows + 2 * hi):
             if r < rows:
-                _load_row(stack, rgb, True, 1.0, p, r, fl)
                 a = a_rows[r % ring]
-                for x in range(width):
-                    a[x] = np.int32(fl[x])
+                if rgb:
+                    _load_row(stack, rgb, True, 1.0, p, r, fl)
+                    for x in range(width):
+                        a[x] = np.int32(fl[x])
+                else:
+                    src = stack[0, p, r]
+                    for x in range(width):
+                        a[x] = np.int32(src[x])
                 _prefix_window_int(a, lo, hi, p32, h1[r % ring])
             y1 = r - hi
             if 0 <= y1 < rows:

@@ -32,7 +32,6 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import medfilt2d
 
 from ._compiled import focus_measure_compiled, plane_major
 from ._fused import blend_compiled
@@ -374,6 +373,8 @@ def check_samples(stack: np.ndarray, n: int) -> None:
 
 def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     """The NumPy engine: the specification, whole planes at a time."""
+    from scipy.signal import medfilt2d  # here: importing scipy.signal takes 0.2-2 s
+
     native = stack.dtype
     n_planes = focus.shape[0]
     with np.errstate(all="ignore"):
