@@ -178,7 +178,8 @@ def focus_measure(
     if wide:
         _focus_measure_wide(grey, n, scale, fm)
     elif compiled and focus_measure_compiled is not None:
-        stack = np.ascontiguousarray(grey)[None]
+        # numba has no float16 arithmetic; float32 holds float16 samples exactly.
+        stack = np.ascontiguousarray(grey, np.float32 if dtype == np.float16 else None)[None]
         divisor = _float_divisor(dtype)
         focus_measure_compiled(stack, False, n, fm, exact_scale=scale, divisor=divisor)
     elif exact:
