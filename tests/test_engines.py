@@ -180,3 +180,23 @@ def test_bad_workers(workers):
     stack = synthetic_stack((12, 12), 6, dtype="uint8", seed=0).stack
     with pytest.raises((TypeError, ValueError), match="workers"):
         focus_stack(stack, workers=workers)
+
+
+def test_without_numba_the_numpy_engine_runs_alone(tmp_path):
+    code = (
+        "import sys; sys.modules['numba'] = None\n"  # as if numba were not installed
+        "import numpy as np\n"
+        "from fstack_dask import _kernel, focus_stack, synthetic_stack\n"
+        "s = synthetic_stack((40, 30), 6, dtype='uint16', seed=3).stack\n"
+        "np.save(sys.argv[1], focus_stack(s))\n"
+        "print(_kernel.ENGINE)\n"
+    )
+    path = tmp_path / "out.npy"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "numpy"
+    without = np.load(path)
+    stack = synthetic_stack((40, 30), 6, dtype="uint16", seed=3).stack
+    assert_same_rounded(without, focus_stack(stack))
