@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ._kernel import fuse_block
-from ._params import check_alpha, check_dtype, check_focus, check_nhsize, check_sth
+from ._params import (
+    check_alpha,
+    check_dtype,
+    check_focus,
+    check_nhsize,
+    check_sth,
+    overlap_depth,
+)
 
 __all__ = ["focus_stack"]
 
@@ -18,6 +28,8 @@ def focus_stack(
     focus: Any = None,
     alpha: float = 0.2,
     sth: float = 13,
+    *,
+    workers: int | None = None,
 ) -> np.ndarray:
     """All-in-focus image of an in-memory focus stack (Pertuz et al. 2013).
 
@@ -42,6 +54,11 @@ def focus_stack(
         Steepness of the selectivity-to-sharpening map, in ``(0, 1]``.
     sth : float, optional
         Selectivity threshold in dB.
+    workers : int, optional
+        Threads to fuse with (default: the CPUs this process may use). The
+        image is cut into horizontal bands with a halo of
+        :func:`fstack_dask.overlap_depth` rows, so the result is the same,
+        bit for bit, whatever the number of threads.
 
     Returns
     -------
@@ -97,8 +114,67 @@ def focus_stack(
     focus = check_focus(focus, im_stack.shape[2])
     alpha = check_alpha(alpha)
     sth = check_sth(sth)
+    workers = _check_workers(workers)
 
-    # Plane-first (and channel-first) so each plane is contiguous in the kernel.
+    # Plane-first (and channel-first) views; the kernel makes each band's planes contiguous.
     planes = np.moveaxis(im_stack, (2, 3), (1, 0)) if rgb else np.moveaxis(im_stack, 2, 0)
-    result = fuse_block(planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb)
-    return np.moveaxis(result.image, 0, -1) if rgb else result.image
+    fused = _fuse_in_bands(
+        planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, workers=workers
+    )
+    return np.moveaxis(fused, 0, -1) if rgb else fused
+
+
+def _check_workers(workers: Any) -> int:
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, numbers.Integral):
+        raise TypeError(f"workers must be an integer >= 1 or None, got {workers!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be an integer >= 1 or None, got {workers}")
+    return int(workers)
+
+
+def band_bounds(rows: int, n_bands: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, h0, h1)`` per band: its rows ``[y0, y1)`` and, with the halo, ``[h0, h1)``."""
+    edges = np.linspace(0, rows, n_bands + 1).round().astype(int)
+    return [
+        (int(y0), int(y1), max(0, int(y0) - halo), min(rows, int(y1) + halo))
+        for y0, y1 in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def _fuse_in_bands(planes, *, nhsize, focus, alpha, sth, rgb, workers, engine=None):
+    """Fuse ``planes`` ((P, Y, X) or (3, P, Y, X)) in horizontal bands on a thread pool.
+
+    Each band carries a halo of :func:`overlap_depth` rows, which is the whole
+    receptive field of an output pixel, and crops it: every pixel is computed
+    as in one whole-image call, bit for bit. The compiled kernel releases the
+    GIL, so the bands run in parallel.
+    """
+    rows = planes.shape[-2]
+    halo = overlap_depth(nhsize)
+    # Bands of at least 4 halos, so the rows computed twice stay a small share.
+    n_bands = max(1, min(workers, rows // (4 * halo)))
+    bounds = band_bounds(rows, n_bands, halo)
+
+    def run(bound):
+        y0, y1, h0, h1 = bound
+        res = fuse_block(
+            planes[..., h0:h1, :],
+            nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, engine=engine,
+        )  # fmt: skip
+        return res.image[..., y0 - h0 : y1 - h0, :]
+
+    if n_bands == 1:
+        return run(bounds[0])
+    shape = planes.shape[:-3] + planes.shape[-2:] if rgb else planes.shape[-2:]
+    out = None
+    with ThreadPoolExecutor(max_workers=min(workers, n_bands)) as pool:
+        for (y0, y1, _, _), band in zip(bounds, pool.map(run, bounds), strict=True):
+            if out is None:
+                out = np.empty(shape, band.dtype)
+            out[..., y0:y1, :] = band
+    return out

@@ -1,4 +1,13 @@
-"""Per-block numerical kernel of the Pertuz et al. (2013) fusion. Pure NumPy.
+"""Per-block numerical kernel of the Pertuz et al. (2013) fusion.
+
+This module is the readable, reference-exact specification of the per-block
+numerics, in NumPy (the ``"numpy"`` engine), and the entry point
+:func:`fuse_block`, which runs either it or the compiled engine
+(:mod:`fstack_dask._compiled` and :mod:`fstack_dask._fused`, numba): one
+engine per call, chosen by ``engine=`` or the module-level :data:`ENGINE`.
+The two engines compute the same operations in the same order; they differ
+only in the last bits of ``exp``/``tanh``/``log`` (NumPy's versus
+:mod:`fstack_dask._pixel`), so they are compared by their rounded output.
 
 Layout inside this module is plane-first: a grey block is ``(P, Y, X)``, an
 RGB block ``(3, P, Y, X)``, so each plane is one contiguous 2-D array.
@@ -19,14 +28,28 @@ relies on them for bit-identical output across chunkings:
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import medfilt2d
 
-from ._compiled import focus_measure_int
+from ._compiled import focus_measure_compiled, plane_major
+from ._fused import blend_compiled
 
-#: Use the compiled focus measure when numba is installed (same bits either way).
+
+def _default_engine() -> str:
+    choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
+    if choice in ("numpy", "compiled"):
+        return choice
+    return "compiled" if blend_compiled is not None else "numpy"
+
+
+#: The engine :func:`fuse_block` uses when it is not given one: ``"compiled"``
+#: (numba) when numba is installed, else ``"numpy"``. The environment variable
+#: ``FSTACK_DASK_ENGINE=numpy`` (or ``compiled``) sets it in every process.
+ENGINE = _default_engine()
+
+#: Use the compiled focus measure in :func:`focus_measure` (same bits either way).
 USE_COMPILED = True
 
 # MATLAB's rgb2gray weights, as the reference uses them.
@@ -103,6 +126,26 @@ def _exact_int_ok(dtype: np.dtype, n: int) -> bool:
     return n**6 * value_range**2 <= _INT64_MAX
 
 
+def fm_dtype(dtype: np.dtype) -> np.dtype:
+    """dtype of the focus measure for samples of ``dtype``.
+
+    float32 (half the memory of the largest array) for 8- and 16-bit integers
+    and float16, whose local variances it holds to ~1e-7 relative over their
+    whole range (the parity tests show it keeps the reference's numbers).
+    float64 for wider integers and for float32/float64 samples, whose squared
+    deviations span more than float32's exponent range.
+    """
+    dtype = np.dtype(dtype)
+    if (dtype.kind in "iu" and dtype.itemsize <= 2) or dtype == np.float16:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _float_divisor(dtype: np.dtype) -> float:
+    # MATLAB's im2double scales integers to [0, 1] (signed: [-1, 1]); floats stay as they are.
+    return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+
+
 def focus_measure(
     grey: np.ndarray, n: int, *, compiled: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,26 +157,32 @@ def focus_measure(
     with ``D = n^2 a - sum(a)``, ``fm = sum(D^2) / (n^6 max^2)``, rounded once.
     Float data is used as is (MATLAB's ``im2double`` leaves floats alone).
 
-    ``fm`` is stored as float32 (half the memory of the largest array; the
-    parity tests show it keeps the reference's numbers). With numba installed
-    the integer path is compiled (``compiled=None`` follows ``USE_COMPILED``);
-    both paths give the same bits.
+    ``fm`` has dtype :func:`fm_dtype`. With numba installed the compiled code
+    of :mod:`fstack_dask._compiled` computes it (``compiled=None`` follows
+    ``USE_COMPILED``); both paths give the same bits.
 
     Returns
     -------
-    fm : (P, Y, X) float32
-    fmax : (Y, X) float32
+    fm : (P, Y, X) float32 or float64
+    fmax : (Y, X), fm's dtype
     arg : (Y, X) intp, the first plane reaching ``fmax``
     """
     n_planes, h, w = grey.shape
     dtype = grey.dtype
     if compiled is None:
         compiled = USE_COMPILED
-    fm = np.empty((n_planes, h, w), dtype=np.float32)
-    if _exact_int_ok(dtype, n):
-        scale = float(n**6) * float(np.iinfo(dtype).max) ** 2
-        if compiled and focus_measure_int is not None:
-            return focus_measure_int(grey, n, scale)
+    fm = np.empty((n_planes, h, w), dtype=fm_dtype(dtype))
+    exact = _exact_int_ok(dtype, n)
+    wide = dtype.kind in "iu" and dtype.itemsize == 8
+    scale = float(n**6) * float(np.iinfo(dtype).max) ** 2 if exact or wide else None
+    if wide:
+        _focus_measure_wide(grey, n, scale, fm)
+    elif compiled and focus_measure_compiled is not None:
+        # numba has no float16 arithmetic; float32 holds float16 samples exactly.
+        stack = np.ascontiguousarray(grey, np.float32 if dtype == np.float16 else None)[None]
+        divisor = _float_divisor(dtype)
+        focus_measure_compiled(stack, False, n, fm, exact_scale=scale, divisor=divisor)
+    elif exact:
         for p in range(n_planes):
             a = grey[p].astype(np.int64)
             d = n * n * a - _box_sum_int(a, n)
@@ -143,7 +192,7 @@ def focus_measure(
         for p in range(n_planes):
             a = grey[p].astype(np.float64)
             if dtype.kind in "iu":
-                a /= float(np.iinfo(dtype).max)
+                a /= _float_divisor(dtype)
             dev = a - _box_sum_float(a, n) * inv_area
             fm[p] = _box_sum_float(dev * dev, n) * inv_area
     fmax = fm[0].copy()
@@ -152,6 +201,26 @@ def focus_measure(
         arg[fm[p] > fmax] = p  # strict: the first maximum wins, as np.argmax
         np.maximum(fmax, fm[p], out=fmax)
     return fm, fmax, arg
+
+
+def _focus_measure_wide(grey: np.ndarray, n: int, scale: float, fm: np.ndarray) -> None:
+    """Focus measure of 64-bit integers, ``D = n^2 a - sum(a)`` exact before one rounding.
+
+    Their window sums do not fit int64 and would lose the low bits in float64
+    (near 2**63 the variations are below float64's resolution of the sum). So
+    each sample is split as ``a = 2**32 hi + lo``; the exact int64 ``D`` of each
+    half gives ``D = 2**32 D_hi + D_lo``, rounded once to float64; then
+    ``fm = sum(D^2) / (n^6 max^2)`` in fixed-order float64 sums. Both engines use
+    this code for these rare dtypes.
+    """
+    nn = n * n
+    for p in range(grey.shape[0]):
+        a = grey[p]
+        hi = (a >> 32).astype(np.int64)  # arithmetic shift for int64, logical for uint64
+        lo = (a & 0xFFFFFFFF).astype(np.int64)
+        d = (nn * hi - _box_sum_int(hi, n)).astype(np.float64) * 2.0**32
+        d += (nn * lo - _box_sum_int(lo, n)).astype(np.float64)
+        fm[p] = _box_sum_float(d * d, n) / scale
 
 
 def _gauss3p(focus: np.ndarray, fm: np.ndarray, arg: np.ndarray):
@@ -217,12 +286,16 @@ def fuse_block(
     rgb: bool = False,
     with_depth: bool = False,
     with_selectivity: bool = False,
+    engine: str | None = None,
 ) -> BlockResult:
     """Fuse one block: ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB.
 
-    Arguments are assumed valid (the public entry points check them). The
-    fused image has the input's dtype in native byte order: integers are
-    rounded half to even and clipped to the dtype's range.
+    Arguments are assumed valid (the public entry points check them); the
+    samples are checked here (non-finite floats, float64 beyond
+    :func:`float64_limit`: ``ValueError`` naming ``im_stack``). The fused image
+    has the input's dtype in native byte order: integers are rounded half to
+    even and clipped to the dtype's range (64-bit integers are fused in float64,
+    so to float64's precision: about 1 part in 2**53).
 
     Where no plane has any contrast in the focus window (``max fm == 0``:
     flat background, saturation) every plane is equally in focus and the
@@ -230,6 +303,10 @@ def fuse_block(
     ``-inf`` (no selectivity: ``phi = 0``, equal weights). The reference
     instead returns garbage there and fills undefined ``S`` with the whole
     image's minimum, a non-local step.
+
+    ``engine`` is ``"compiled"`` (numba) or ``"numpy"``; None follows
+    :data:`ENGINE`. Both compute the same numbers up to the last bits of the
+    transcendental functions; never mix them within one image.
 
     References
     ----------
@@ -245,14 +322,68 @@ def fuse_block(
     n_planes = stack.shape[1] if rgb else stack.shape[0]
     if focus is None:
         focus = np.arange(n_planes, dtype=np.float64)
-    if stack.dtype.kind == "f" and not np.all(np.isfinite(stack)):
-        raise ValueError("im_stack contains NaN or infinite values; they cannot be fused")
+    focus = np.ascontiguousarray(focus, dtype=np.float64)
+    check_samples(stack, nhsize)
+    engine = ENGINE if engine is None else engine
+    if engine == "compiled":
+        if blend_compiled is None:
+            raise ValueError("engine='compiled' needs numba, which is not installed")
+        fuse = _fuse_compiled
+    elif engine == "numpy":
+        fuse = _fuse_numpy
+    else:
+        raise ValueError(f"engine must be 'compiled' or 'numpy', got {engine!r}")
+    image, fmax, arg, s_raw = fuse(
+        stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity
+    )
+    depth = None
+    if with_depth:
+        depth = focus[arg].astype(np.float32)
+        depth[fmax == 0] = np.nan
+    return BlockResult(image, depth, s_raw)
 
+
+def float64_limit(n: int) -> float:
+    """Largest magnitude of float64 samples whose local variance cannot overflow.
+
+    Squared deviations of up to twice the magnitude are summed over ``n^2``
+    pixels in float64: ``4 n^2 m^2 <= 2**1022``.
+    """
+    return 2.0**510 / n
+
+
+def check_samples(stack: np.ndarray, n: int) -> None:
+    """Refuse samples the fusion cannot compute with (``ValueError`` naming ``im_stack``).
+
+    Non-finite floats; float64 values beyond :func:`float64_limit` (float32 and
+    narrower always fit: their squares are taken in float64).
+    """
+    if stack.dtype.kind != "f" or stack.size == 0:
+        return
+    hi, lo = stack.max(), stack.min()  # NaN propagates through both
+    if not (np.isfinite(hi) and np.isfinite(lo)):
+        raise ValueError("im_stack contains NaN or infinite values; they cannot be fused")
+    limit = float64_limit(n)
+    biggest = max(abs(float(hi)), abs(float(lo)))
+    if biggest > limit:
+        raise ValueError(
+            f"im_stack has values of magnitude {biggest:.3g}, beyond {limit:.3g}: their local "
+            f"variance (nhsize={n}) would overflow float64; rescale the data"
+        )
+
+
+def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+    """The NumPy engine: the specification, whole planes at a time."""
+    from scipy.signal import medfilt2d  # here: importing scipy.signal takes 0.2-2 s
+
+    native = stack.dtype
+    n_planes = focus.shape[0]
     with np.errstate(all="ignore"):
         if rgb:
             grey = np.stack([luminance(stack[:, p]) for p in range(n_planes)])
         else:
             grey = stack
+        # The focus measure is bit-identical either way: compiled when numba is there.
         fm, fmax, arg = focus_measure(grey, nhsize)
         del grey
         s_raw = selectivity(fm, fmax.astype(np.float64), arg, focus, nhsize)
@@ -262,44 +393,103 @@ def fuse_block(
         phi = medfilt2d(phi, 3)
 
         flat = fmax == 0
+        # fmn = fm / fmax as fm * (1 / fmax) in float64 (one division per pixel, not per
+        # voxel); no contrast anywhere (fmax = 0): fmn = 1, all planes equally sharp.
+        inv = np.where(flat, 0.0, 1.0 / fmax.astype(np.float64))
+        add = flat.astype(np.float64)
         values = stack if rgb else stack[None]
         num = np.zeros((values.shape[0],) + fmax.shape)
         den = np.zeros(fmax.shape)
         for p in range(n_planes):
-            fmn = fm[p] / fmax
-            fmn[flat] = 1.0  # no contrast anywhere: all planes equally sharp
-            weight = 0.5 + 0.5 * np.tanh(phi * (fmn.astype(np.float64) - 1))
+            fmn = fm[p] * inv + add  # float64
+            weight = 0.5 + 0.5 * np.tanh(phi * (fmn - 1))
             den += weight
             for ch in range(values.shape[0]):
                 num[ch] += values[ch, p].astype(np.float64) * weight
         fused = num / den
-
     image = _to_dtype(fused if rgb else fused[0], native)
-    depth = None
-    if with_depth:
-        depth = focus[arg].astype(np.float32)
-        depth[flat] = np.nan
     sel = s_raw.astype(np.float32) if with_selectivity else None
-    return BlockResult(image, depth, sel)
+    return image, fmax, arg, sel
+
+
+def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+    """The compiled engine: two compiled passes, no (P, Y, X) float64 temporaries."""
+    native = stack.dtype
+    values = stack if rgb else stack[None]
+    if native == np.float16:  # numba has no float16 arithmetic; float32 holds it exactly
+        values = values.astype(np.float32)
+    values = plane_major(values)  # the reference's layout is pixel-major: one tiled copy
+    n_ch, n_planes, h, w = values.shape
+    if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
+        grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
+        fm = focus_measure(grey, nhsize, compiled=False)[0]
+        del grey
+    else:
+        fm = np.empty((n_planes, h, w), fm_dtype(native))
+        exact = _exact_int_ok(native, nhsize)
+        scale = float(nhsize**6) * float(np.iinfo(native).max) ** 2 if exact else None
+        focus_measure_compiled(
+            values, rgb, nhsize, fm, exact_scale=scale, divisor=_float_divisor(native)
+        )
+    fmax = np.empty((h, w), fm.dtype)
+    arg = np.empty((h, w), np.intp)
+    out = np.empty((n_ch, h, w), np.float64 if native == np.float16 else native)
+    sel = np.empty((h, w), np.float32) if with_selectivity else None
+    blend_compiled(values, fm, focus, nhsize, alpha, sth, out, fmax, arg, sel)
+    image = out if rgb else out[0]
+    return image.astype(native, copy=False), fmax, arg, sel
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round half to even and clip into an integer dtype; cast into a float dtype."""
     if dtype.kind == "f":
         return values.astype(dtype)
     info = np.iinfo(dtype)
-    return np.clip(np.round(values), info.min, info.max).astype(dtype)
+    top = float(info.max)
+    if int(top) > info.max:  # 64-bit: the maximum is no float64; it would round up and wrap
+        top = float(np.nextafter(top, 0.0))
+    rounded = np.round(values)
+    out = np.clip(rounded, float(info.min), top).astype(dtype)
+    out[rounded > top] = info.max
+    return out
 
 
 def block_memory(
-    shape_yx: tuple[int, int], n_planes: int, n_channels: int, itemsize: int, rgb: bool
+    shape_yx: tuple[int, int],
+    n_planes: int,
+    n_channels: int,
+    itemsize: int,
+    rgb: bool,
+    *,
+    nhsize: int = 9,
+    engine: str | None = None,
+    float16: bool = False,
 ) -> int:
     """Upper estimate, in bytes, of what one :func:`fuse_block` call holds.
 
-    The input block (and the copy Dask makes when it concatenates the halo),
-    the luminance for RGB, the float32 focus measure, the int64 temporaries of
-    one plane and about twenty 2-D float64 maps (measured with tracemalloc in
-    ``tests/test_kernel_memory.py``).
+    Both engines hold the input block and the copy Dask makes when it
+    concatenates the halo (``2 C P b`` per pixel) and the focus measure
+    (``P f``, ``f`` = 4 bytes for samples of up to 2 bytes, else 8, see
+    :func:`fm_dtype`). The compiled engine adds only 2-D maps (``fmax``, the
+    arg-max, the output, the selectivity and the depth map being made) and
+    row buffers of ``O(nhsize)`` rows (``float16=True``: the samples are
+    widened to float32 first, ``4 C P`` more). The NumPy engine adds the luminance for RGB, the
+    int64 temporaries of one plane and about twenty 2-D float64 maps.
+    Measured with tracemalloc in ``tests/test_kernel_memory.py``.
     """
-    pixels = int(shape_yx[0]) * int(shape_yx[1])
-    per_column = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + 4)
-    return pixels * (per_column + 8 * (8 + 20 + n_channels + 2))
+    rows, cols = int(shape_yx[0]), int(shape_yx[1])
+    pixels = rows * cols
+    f = 4 if itemsize <= 2 else 8
+    engine = ENGINE if engine is None else engine
+    if engine == "numpy":
+        per_pixel = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + f)
+        return pixels * (per_pixel + 8 * (8 + 20 + n_channels + 2))
+    # fmax, arg-max, output (float64 before a float16 cast), selectivity, depth map in making.
+    per_pixel = n_planes * (2 * n_channels * itemsize + f) + f + 8 + 10 * n_channels + 4 + 13
+    if float16:
+        per_pixel += 4 * n_channels * n_planes
+    if itemsize == 8:  # 64-bit integers: the NumPy focus measure (luminance, plane temporaries)
+        per_pixel += (8 * n_planes if rgb else 0) + 80
+    n = int(nhsize)
+    row_buffers = cols * (32 * n + 200 + 32 * n_channels) + 200 * n
+    return pixels * per_pixel + row_buffers

@@ -174,23 +174,6 @@ def test_alpha_one_is_allowed():
     assert focus_stack(GOOD, alpha=1.0).shape == (12, 12)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
-@pytest.mark.parametrize("nhsize", [1, 4, 9])
-def test_compiled_and_numpy_focus_measure_are_bit_identical(dtype, nhsize):
-    from fstack_dask import _kernel
-    from fstack_dask._compiled import focus_measure_int
-
-    if focus_measure_int is None:
-        pytest.skip("numba is not installed")
-    stack = synthetic_stack((37, 53), 6, dtype=dtype, noise=0.05, seed=nhsize).stack
-    grey = np.ascontiguousarray(np.moveaxis(stack, 2, 0))
-    compiled = _kernel.focus_measure(grey, nhsize, compiled=True)
-    numpy_path = _kernel.focus_measure(grey, nhsize, compiled=False)
-    for a, b in zip(compiled, numpy_path, strict=True):
-        assert a.dtype == b.dtype
-        assert np.array_equal(a, b)
-
-
 def test_compiled_code_is_not_cached_inside_the_package():
     # numba files beside the module outlive `pip uninstall` and shadow a later install.
     import pathlib
