@@ -130,7 +130,14 @@ class FuseJob:
         plan = self.plan
         region = plan.region(block)
         stack = fetch_block(source, region, cache)
-        result = fuse_block(stack, **self.kernel)
+        try:
+            result = fuse_block(stack, **self.kernel)
+        except ValueError as exc:  # samples the kernel refuses: say where they are
+            text = str(exc).replace("im_stack has", "has")
+            raise SourceValueError(
+                f"block {plan.name(block)} (y {region.y}, x {region.x}) of "
+                f"{source.description} {text}"
+            ) from exc
         del stack
         (y0, y1), (x0, x1) = plan.core(block)
         crop = (

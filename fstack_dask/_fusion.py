@@ -56,7 +56,7 @@ class Fusion:
         shape = (block[0] + 2 * self.halo, block[1] + 2 * self.halo)
         lay = self.layout
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
-                            lay.rgb)  # fmt: skip
+                            lay.rgb, nhsize=self.kernel["nhsize"])  # fmt: skip
 
     def plan(self, workers: int):
         """The block order and the unit cache's budget for ``workers`` tasks per process."""

@@ -10,7 +10,9 @@ import zarr
 
 from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
 
-ome_zarr_models = pytest.importorskip("ome_zarr_models", reason="needs ome-zarr-models (test extra)")
+ome_zarr_models = pytest.importorskip(
+    "ome_zarr_models", reason="needs ome-zarr-models (test extra)"
+)
 ome_zarr_reader = pytest.importorskip("ome_zarr.reader", reason="needs ome-zarr (test extra)")
 
 SHAPE, PLANES = (200, 150), 7

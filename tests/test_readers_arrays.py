@@ -180,38 +180,3 @@ def test_ngff_unit_names():
     assert ngff_unit("nm") == "nanometer" and ngff_unit("Millimeters") == "millimeter"
     assert ngff_unit("sec") == ngff_unit("s") == "second" and ngff_unit("ms") == "millisecond"
     assert ngff_unit("pixel") is None and ngff_unit(None) is None
-
-
-def test_ngff_level_of_a_real_pyramid(tmp_path):
-    import zarr
-
-    from fstack_dask._ome_level import ngff_level
-
-    data = _stack((4, 32, 48))
-    group = zarr.open_group(tmp_path / "img.ome.zarr", mode="w", zarr_format=3)
-    datasets = []
-    for level in range(3):
-        f = 2**level
-        group.create_array(str(level), data=data[:, ::f, ::f], chunks=(1, 16, 16))
-        datasets.append(
-            {
-                "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [2.0, 0.5 * f, 0.5 * f]},
-                    {"type": "translation", "translation": [0.0, 0.25 * (f - 1), 0.25 * (f - 1)]},
-                ],
-            }
-        )
-    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
-    group.attrs["ome"] = {
-        "version": "0.5",
-        "multiscales": [{"axes": axes, "datasets": datasets}],
-    }
-    ms = zarr.open_group(tmp_path / "img.ome.zarr", mode="r").attrs["ome"]["multiscales"][0]
-    path, scale, shift = ngff_level(ms, 2, 3, "img.ome.zarr")
-    assert (path, scale, shift) == ("2", [2.0, 2.0, 2.0], [0.0, 0.75, 0.75])
-    np.testing.assert_array_equal(group[path][:, 2:5, 1:9], data[:, ::4, ::4][:, 2:5, 1:9])
-    with pytest.raises(ValueError, match=r"^level=3 is out of range: .* 3 resolution level"):
-        ngff_level(ms, 3, 3, "img.ome.zarr")
-    with pytest.raises(TypeError, match=r"^level must be an integer"):
-        ngff_level(ms, "1", 3, "img.ome.zarr")
