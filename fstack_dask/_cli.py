@@ -390,6 +390,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     kw = config.fuse_kwargs()
     if config.cluster.kind != "local":
+        _quiet_distributed()
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
         # fuse_zarr checks all this again.
         from ._destination import Destination
@@ -603,13 +604,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     previous = _on_sigterm_raise()
     try:
-        _quiet_distributed()
         return int(args.func(args))
     except KeyboardInterrupt as exc:
         hint = (
             "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
         )
-        _quiet_distributed(logging.CRITICAL)  # a cluster shutting down must not print
         if isinstance(exc, _Terminated):
             _error(f"terminated{hint}")
             return EXIT_TERMINATED
@@ -618,7 +617,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.traceback:
             raise
-        _quiet_distributed(logging.CRITICAL)
         _error(_message(exc))
         return _exit_code(exc)
     finally:
@@ -641,7 +639,17 @@ def _on_sigterm_raise():
         return signal.SIG_DFL
 
 
-def _quiet_distributed(level: int = logging.ERROR) -> None:
-    """distributed logs warnings and shutdown noise to stderr; errors are ours to report."""
-    for name in ("distributed", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(level)
+def _quiet_distributed() -> None:
+    """distributed logs warnings, errors and shutdown noise to stderr; on the command line
+    the one-line error is ours to write.
+
+    distributed sets its loggers' levels when it is imported, so this imports it first (the
+    command line calls it only for runs on a cluster).
+    """
+    import distributed  # noqa: F401 - sets its loggers up, which we then turn down
+
+    names = ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
+             "distributed.scheduler", "distributed.core", "distributed.comm", "tornado",
+             "tornado.application", "asyncio")  # fmt: skip
+    for logger in names:
+        logging.getLogger(logger).setLevel(logging.CRITICAL)

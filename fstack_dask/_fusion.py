@@ -148,9 +148,10 @@ def plan_fusion(
     )  # fmt: skip
 
 
-def with_block(fusion: Fusion, block: tuple[int, int]) -> Fusion:
-    """The same fusion with another block size (a resume uses the interrupted run's)."""
-    params = {**fusion.params, "chunks": [int(block[0]), int(block[1])]}
+def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
+    """The same fusion with another block size and number of levels (a resume uses the
+    interrupted run's when the caller left them automatic)."""
+    params = {**fusion.params, "chunks": [int(block[0]), int(block[1])], "levels": int(levels)}
     spec = output_spec(
         fusion.source, fusion.layout, block=block, dtype=fusion.spec.array("0").dtype,
         maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],

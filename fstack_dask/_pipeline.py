@@ -175,8 +175,10 @@ def fuse_zarr(
     destination = Destination(dst_loc, protect=source.protected())
     mode = destination.check(overwrite=overwrite, resume=resume)
     stored = stored_record(destination, mode)
-    if stored is not None and chunks is None and stored["params"].get("chunks"):
-        fusion = with_block(fusion, tuple(stored["params"]["chunks"]))
+    if stored is not None and stored["params"].get("chunks"):
+        old = stored["params"]
+        block = tuple(old["chunks"]) if chunks is None else fusion.block
+        fusion = with_block(fusion, block, old.get("levels", 0) if levels is None else levels)
     identity = source_identity(source)
     files = source_files(source.data_files())
     if stored is not None:

@@ -308,9 +308,30 @@ def _run_runs(job, blocks, report, bar, scheduler: Scheduler, stall_timeout: flo
             for future in done:
                 if not _account(report, future.result(), bar):
                     return
-    except BaseException:
+    except BaseException as exc:
         _drain(running, scheduler)
+        if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
+            address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+            raise SchedulerLostError(
+                f"lost the connection to the dask scheduler at {address} (it stopped, or the "
+                "network failed)"
+            ) from exc
         raise
+
+
+class SchedulerLostError(RuntimeError):
+    """The dask scheduler went away during a run."""
+
+
+def _lost(client: Any, exc: BaseException) -> bool:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    return (
+        "scheduler-connection-lost" in text
+        or "CommClosedError" in text
+        or getattr(client, "status", "running") not in ("running", "connecting")
+    )
 
 
 def _wait_local(running: set[Any]) -> tuple[set[Any], set[Any]]:
@@ -348,8 +369,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         cause = "the workers are frozen, overloaded or unreachable"
     return (
         f"no block finished for {seconds:g} s: {cause}; lower --memory-per-task "
-        "(memory_per_task=) or give each worker more memory; finished blocks are kept for "
-        "--resume"
+        "(memory_per_task=) or give each worker more memory"
     )
 
 

@@ -1,0 +1,227 @@
+"""Failures end cleanly, in one line (issue 8.5): signals, Ctrl-C at any moment, lost or
+paused clusters.
+
+Everything is real: the CLI runs in a subprocess; clusters are a ``dask scheduler`` and
+``dask worker`` processes started here, which the tests pause (a tiny memory limit) or kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from fstack_dask import synthetic_stack, write_stack
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A stack whose fusion takes a few seconds in 256 small blocks."""
+    path = tmp_path_factory.mktemp("src") / "stack.ome.zarr"
+    data = synthetic_stack((512, 512), 11, dtype="uint16", seed=2).stack.transpose(2, 0, 1)
+    write_stack(path, np.ascontiguousarray(data), axes="zyx", chunks=(11, 32, 32))
+    return path
+
+
+def _popen(*args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def _wait_for_blocks(dst: Path, proc, n=1, timeout=TIMEOUT):
+    done = dst / ".fstack_dask" / "done"
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if done.is_dir() and len(os.listdir(done)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("no block was finished in time")
+
+
+def _stderr_is_one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ worker processes
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_orphan_worker_processes_after_the_run_is_killed(stack, tmp_path, sig):
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--scheduler", "processes", "--chunks", "32",
+                  "--no-progress")  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the processes scheduler should have started worker processes"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert "terminated" in _stderr_is_one_line(err) and "--resume" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"orphan worker processes: {alive}"
+    # and the run resumes to the end
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _wait_for_library(proc, name: str, timeout=TIMEOUT) -> None:
+    """Until the child has mapped a shared library (it is importing the module using it)."""
+    child = psutil.Process(proc.pid)
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if any(name in m.path for m in child.memory_maps()):
+                return
+        except psutil.Error:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    raise AssertionError(f"the child never loaded {name}")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "_multiarray_umath",  # NumPy is being imported
+        "numcodecs/zstd",  # zarr's codecs are being imported
+        "llvmlite",  # numba is being imported
+        "block",  # the first block is written
+    ],
+)
+def test_ctrl_c_at_any_moment_prints_one_line(stack, tmp_path, moment):
+    """SIGINT while modules import, or while blocks run: one line, exit 130.
+
+    (A signal during the interpreter's own start-up, before any of our code runs, is
+    CPython's to report.)"""
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--chunks", "32", "--no-progress")
+    if moment == "block":
+        _wait_for_blocks(dst, proc)
+    else:
+        _wait_for_library(proc, moment)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    # 130, or (rarely, when the signal lands inside a C extension's import) the interpreter
+    # ending itself by SIGINT after our message: both after one line, without a traceback
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    assert "interrupted" in _stderr_is_one_line(err)
+
+
+# ------------------------------------------------------------------------ clusters
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Cluster:
+    """A real dask scheduler and one worker, in their own processes."""
+
+    def __init__(self, tmp: Path, worker_env=None):
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        log = open(tmp / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log = log
+        self.scheduler = subprocess.Popen(
+            ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--dashboard-address", ":0"], stdout=log, stderr=log,
+        )  # fmt: skip
+        self.worker = subprocess.Popen(
+            ["dask", "worker", self.address, "--nworkers", "1", "--nthreads", "2",
+             "--memory-limit", "2GB", "--no-dashboard"],
+            stdout=log, stderr=log, env={**os.environ, **(worker_env or {})},
+        )  # fmt: skip
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(self.address, timeout=5) as client:
+                    if client.scheduler_info(n_workers=-1)["workers"]:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("the test cluster did not start")
+            time.sleep(0.5)
+
+    def stop(self):
+        for p in (self.worker, self.scheduler):
+            for child in psutil.Process(p.pid).children(recursive=True):
+                child.kill()
+            p.kill()
+            p.wait()
+        self.log.close()
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    c = _Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def test_ctrl_c_on_a_distributed_run_is_one_line(stack, tmp_path, cluster):
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--scheduler", cluster.address, "--chunks", "32",
+                  "--no-progress")  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    assert "interrupted" in _stderr_is_one_line(err) and "--resume" in err
+
+
+def test_a_lost_scheduler_is_one_line(stack, tmp_path, cluster):
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--scheduler", cluster.address, "--chunks", "32",
+                  "--no-progress", "--stall-timeout", "30")  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    cluster.scheduler.kill()
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1, err
+    line = _stderr_is_one_line(err)
+    assert "--resume" in line
+
+
+def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp_path):
+    # a pause threshold of 1 % of 2 GB: the worker is paused as soon as it starts
+    paused = _Cluster(tmp_path, worker_env={"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"})
+    try:
+        proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", paused.address,
+                      "--stall-timeout", "5", "--no-progress")  # fmt: skip
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        paused.stop()
+    assert proc.returncode == 1, err
+    line = _stderr_is_one_line(err)
+    assert "paused" in line and "--memory-per-task" in line
+    assert "nothing was written" in line
+    assert not (tmp_path / "out.zarr").exists()
