@@ -163,7 +163,7 @@ class Location:
         if not getattr(fs, "async_impl", False):
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-            fs = AsyncFileSystemWrapper(fs)
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
 
 
