@@ -230,12 +230,14 @@ def make_plan(
                     if fits is None or score > fits[0]:
                         fits = (score, (sy, sx))
         if fits is None:
-            smallest = (min(ny, max(2 * halo, 16)), min(nx, max(2 * halo, 16)))
-            need = task_bytes(smallest)
+            # The smallest block actually considered (a divisor of the source's unit), so
+            # that the size suggested below is one that works.
+            smallest = (min(_candidates(ny, uy, halo)), min(_candidates(nx, ux, halo)))
+            need = math.ceil(task_bytes(smallest) / (1 - MIN_CACHE_FRACTION))
             raise ValueError(
                 f"memory_per_task={memory_per_task} bytes cannot hold the smallest block "
                 f"({smallest[0]} x {smallest[1]} px with a {halo} px halo, "
-                f"{layout.n_planes} planes); give at least {math.ceil(need / 0.75)} bytes"
+                f"{layout.n_planes} planes); give at least {need} bytes"
             )
         block = _enough_blocks(layout, fits[1], (uy, ux), workers)
     by, bx = block
