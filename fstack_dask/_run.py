@@ -214,9 +214,22 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
 
 
 def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
-    for block in blocks:
-        if not _account(report, job.run([block], announce=True), bar):
-            return
+    # The next blocks' reads are announced ahead, as for threads: a block announcing only
+    # its own reads would find the units it shares with its neighbours already dropped.
+    announced: deque[tuple[int, ...]] = deque()
+    ahead = _lookahead(job, 1)
+    it = iter(blocks)
+    try:
+        while True:
+            while len(announced) < ahead and (block := next(it, None)) is not None:
+                job.expect([block])
+                announced.append(block)
+            if not announced:
+                return
+            if not _account(report, job.run([announced.popleft()], announce=False), bar):
+                return
+    finally:
+        job.forget(list(announced))
 
 
 def _lookahead(job: FuseJob, workers: int) -> int:
