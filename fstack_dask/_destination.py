@@ -243,7 +243,8 @@ class Destination:
             folder, owned=owned_output, protect=self.protect, only=names, keep_folder=keep_folder
         )
         if kept:
-            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.spec)
+            # folder.url, not .spec: a staging folder carries the spec of dst.
+            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
         return kept
 
     def remove_our_entries(self, folder: Location, *, keep_state: bool) -> None:
