@@ -337,7 +337,10 @@ def _cluster_waiter(client: Any, stall_timeout: float) -> Callable[[set[Any]], t
 
     def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
         try:
-            result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
+            # distributed.wait uses the default client: make it ours (with an address, our
+            # client is not the default; another one may be).
+            with client.as_current():
+                result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             raise StalledError(_stall_message(client, stall_timeout)) from None
         return set(result.done), set(result.not_done)
@@ -380,7 +383,8 @@ def _drain(running: set[Any], scheduler: Scheduler) -> None:
         from distributed import wait
 
         client.cancel(list(running))
-        wait(list(running), timeout=60)
+        with client.as_current():
+            wait(list(running), timeout=60)
 
 
 @contextlib.contextmanager
