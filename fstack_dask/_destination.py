@@ -252,6 +252,11 @@ class Destination:
         reason = owned_output(folder)
         if reason is not None:
             raise PermissionError(f"refusing to clear {folder.spec!r}: {reason}")
+        done = OutputState(folder).done_folder
+        if keep_state and done.exists():
+            # The markers vouch for data about to be removed: they go first, so that a marker
+            # never outlives its block's data (a later run would skip that block).
+            remove_tree(done, owned=lambda _loc: None, protect=self.protect)
         for name in our_entries(folder.listdir()):
             if keep_state and name == STATE_DIR:
                 continue
