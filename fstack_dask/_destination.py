@@ -233,14 +233,21 @@ class Destination:
 
     # -- removing ----------------------------------------------------------------------------
 
-    def remove(self, folder: Location, *, keep_folder: bool = False) -> list[str]:
+    def remove(
+        self, folder: Location, *, keep_folder: bool = False, written_by_us: bool = False
+    ) -> list[str]:
         """Remove our entries of ``folder``, and the folder when nothing else is left (unless
-        ``keep_folder``); returns the entries that were not ours and were kept."""
+        ``keep_folder``); returns the entries that were not ours and were kept.
+
+        ``written_by_us``: this run created the folder, or found it empty, so the entries
+        with our names are its own even before they mark the folder as an output (a run
+        that failed while writing its run record)."""
         if not folder.exists():
             return []
         names = our_entries(folder.listdir())
+        owned = (lambda _loc: None) if written_by_us else owned_output
         kept = remove_tree(
-            folder, owned=owned_output, protect=self.protect, only=names, keep_folder=keep_folder
+            folder, owned=owned, protect=self.protect, only=names, keep_folder=keep_folder
         )
         if kept:
             # folder.url, not .spec: a staging folder carries the spec of dst.
