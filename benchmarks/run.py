@@ -8,7 +8,7 @@ Usage::
 
     python benchmarks/run.py                       # all sizes, reference where it fits
     python benchmarks/run.py --sizes grey2048 --repeat 3
-    python benchmarks/run.py --graph-only          # graph build for 100 000^2 x 40
+    python benchmarks/run.py --graph-only          # planning a 100 000^2 x 40 run
 
 The reference is coppafish 0.1.6 ``extract/fstack.py`` (``pip install --no-deps
 coppafish==0.1.6 opencv-python-headless``), run in memory on the same data.
@@ -64,19 +64,18 @@ def ensure_stack(name: str, cache: Path) -> Path:
         return path
     code = f"""
 import numpy as np, zarr, json, shutil
-from fstack_dask import synthetic_stack
-from fstack_dask._io import write_ome_zarr_stack
+from fstack_dask import synthetic_stack, write_stack
 ny, nx, planes, rgb = {ny}, {nx}, {planes}, {rgb}
 tile = min(ny, 2048)
 d = synthetic_stack((tile, tile), planes, rgb=rgb, dtype="{dtype}", noise=0.02, seed=0).stack
 zyx = np.moveaxis(d, (3, 2), (0, 1)) if rgb else np.moveaxis(d, 2, 0)
 axes = "czyx" if rgb else "zyx"
 if ny == tile:
-    write_ome_zarr_stack("{path}.tmp", np.ascontiguousarray(zyx), axes=axes,
-                         chunks=(1,) * (zyx.ndim - 3) + (planes, {SOURCE_CHUNK}, {SOURCE_CHUNK}))
+    write_stack("{path}.tmp", np.ascontiguousarray(zyx), axes=axes,
+                chunks=(1,) * (zyx.ndim - 3) + (planes, {SOURCE_CHUNK}, {SOURCE_CHUNK}))
 else:  # larger sizes: tile the 2048^2 stack (periodic content, same statistics)
     small = np.ascontiguousarray(zyx)
-    write_ome_zarr_stack("{path}.tmp", small[..., :1, :1], axes=axes)
+    write_stack("{path}.tmp", small[..., :1, :1], axes=axes)
     g = zarr.open_group("{path}.tmp", mode="r+")
     del g["0"]
     arr = g.create_array("0", shape=small.shape[:-2] + (ny, nx), dtype=small.dtype,
@@ -142,29 +141,29 @@ print(json.dumps({{"wall_s": t2 - t1, "read_s": t1 - t0, "write_s": t3 - t2,
 
 
 def graph_build(ny: int = 100_000, nx: int = 100_000, planes: int = 40) -> dict:
-    """Build (not compute) fuse_zarr's graph for a huge stack; count its tasks."""
+    """Plan (not compute) fuse_zarr's run for a huge stack, and walk every block of it.
+
+    There is no task graph any more: the run walks the plan lazily and keeps a bounded
+    window of blocks in flight, so what is measured is the planning (from metadata) and
+    the walk over every block (one task each). The result keeps the keys of the graph
+    era: ``tasks`` are the blocks, ``materialize_s`` is the walk.
+    """
     code = f"""
-import json, tempfile, time, zarr, numpy as np, dask.array as da
-from fstack_dask._dask import fused_layers
-from fstack_dask._io import open_source
-from fstack_dask._pipeline import _default_chunks
-tmp = tempfile.mkdtemp()
-arr = zarr.create_array(tmp + "/big.zarr", shape=({planes}, {ny}, {nx}), dtype="uint16",
-                        chunks=({planes}, 1024, 1024), dimension_names=["z", "y", "x"])
-t = time.perf_counter()
-source = open_source(tmp + "/big.zarr")
-chunks = _default_chunks(source, channels="auto", nhsize=9, budget=256 * 2**20)
-layers = fused_layers(da.from_zarr(source.array), axes="zyx", nhsize=9, focus=None, alpha=0.2,
-                      sth=13, channels="auto", chunks=chunks, memory_per_task=256 * 2**20,
-                      with_maps=True)
-t_build = time.perf_counter() - t
-n_blocks = int(np.prod(layers.array.numblocks))
-t = time.perf_counter()
-n_tasks = len(layers.array.__dask_graph__()) + n_blocks  # + one write per block
-t_mat = time.perf_counter() - t
-print(json.dumps({{"build_s": t_build, "materialize_s": t_mat, "tasks": n_tasks,
-                  "blocks": n_blocks, "tasks_per_block": n_tasks / n_blocks,
-                  "block": [c[0] for c in layers.array.chunks[-2:]]}}))
+import json, tempfile, time, zarr
+from fstack_dask._fusion import plan_fusion
+with tempfile.TemporaryDirectory() as tmp:
+    zarr.create_array(tmp + "/big.zarr", shape=({planes}, {ny}, {nx}), dtype="uint16",
+                      chunks=({planes}, 1024, 1024), dimension_names=["z", "y", "x"])
+    t = time.perf_counter()
+    fusion = plan_fusion(tmp + "/big.zarr", memory_per_task=256 * 2**20)
+    plan, cache_bytes = fusion.plan(2)
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    n_walked = sum(1 for _ in plan.blocks())
+    t_walk = time.perf_counter() - t
+print(json.dumps({{"build_s": t_build, "materialize_s": t_walk, "tasks": n_walked,
+                  "blocks": plan.n_blocks, "tasks_per_block": n_walked / plan.n_blocks,
+                  "block": list(plan.block), "strip": plan.strip}}))
 """
     return _child(code)
 

@@ -237,17 +237,25 @@ class Destination:
 
     # -- removing ----------------------------------------------------------------------------
 
-    def remove(self, folder: Location, *, keep_folder: bool = False) -> list[str]:
+    def remove(
+        self, folder: Location, *, keep_folder: bool = False, written_by_us: bool = False
+    ) -> list[str]:
         """Remove our entries of ``folder``, and the folder when nothing else is left (unless
-        ``keep_folder``); returns the entries that were not ours and were kept."""
+        ``keep_folder``); returns the entries that were not ours and were kept.
+
+        ``written_by_us``: this run created the folder, or found it empty, so the entries
+        with our names are its own even before they mark the folder as an output (a run
+        that failed while writing its run record)."""
         if not folder.exists():
             return []
         names = our_entries(folder.listdir())
+        owned = (lambda _loc: None) if written_by_us else owned_output
         kept = remove_tree(
-            folder, owned=owned_output, protect=self.protect, only=names, keep_folder=keep_folder
+            folder, owned=owned, protect=self.protect, only=names, keep_folder=keep_folder
         )
         if kept:
-            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.spec)
+            # folder.url, not .spec: a staging folder carries the spec of dst.
+            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
         return kept
 
     def remove_our_entries(self, folder: Location, *, keep_state: bool) -> None:
@@ -255,6 +263,11 @@ class Destination:
         reason = owned_output(folder)
         if reason is not None:
             raise PermissionError(f"refusing to clear {folder.spec!r}: {reason}")
+        done = OutputState(folder).done_folder
+        if keep_state and done.exists():
+            # The markers vouch for data about to be removed: they go first, so that a marker
+            # never outlives its block's data (a later run would skip that block).
+            remove_tree(done, owned=lambda _loc: None, protect=self.protect)
         for name in our_entries(folder.listdir()):
             if keep_state and name == STATE_DIR:
                 continue

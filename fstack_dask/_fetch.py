@@ -93,7 +93,8 @@ class UnitCache:
         if entry is None:
             return
         entry.pending -= 1
-        if entry.pending <= 0 and entry.ready.is_set():
+        # Not used (never taken, or dropped by _trim): no decode is in flight, so it can go.
+        if entry.pending <= 0 and (entry.ready.is_set() or not entry.used):
             del self._entries[key]
             self.held_bytes -= entry.nbytes
 
@@ -106,6 +107,7 @@ class UnitCache:
                 entry.pending = 1
             owner = entry.array is None and entry.error is None and not entry.used
             entry.used = time.monotonic()
+            ready = entry.ready  # _trim may give the entry a new event
         if owner:
             try:
                 array = decode()
@@ -116,21 +118,29 @@ class UnitCache:
                 entry.array = array
                 if array is not None:
                     entry.nbytes = array.nbytes
-                    self.decoded_bytes += array.nbytes
-                    _local.decoded = getattr(_local, "decoded", 0) + array.nbytes
+                    self._count(array)
                     self.held_bytes += array.nbytes
                     self.peak_bytes = max(self.peak_bytes, self.held_bytes)
-                entry.ready.set()
+                ready.set()
                 self._trim()
         else:
-            entry.ready.wait()
+            ready.wait()
+            array = entry.array
         try:
             if entry.error is not None:
                 raise entry.error
-            return entry.array
+            if array is None:  # dropped by _trim before this reader got it: decode again
+                array = decode()
+                with self._lock:
+                    self._count(array)
+            return array
         finally:
             with self._lock:
                 self._release(key)
+
+    def _count(self, array: np.ndarray) -> None:
+        self.decoded_bytes += array.nbytes
+        _local.decoded = getattr(_local, "decoded", 0) + array.nbytes
 
     def _trim(self) -> None:
         if self.held_bytes <= self.max_bytes:

@@ -163,7 +163,7 @@ class Location:
         if not getattr(fs, "async_impl", False):
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-            fs = AsyncFileSystemWrapper(fs)
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
 
 
@@ -359,9 +359,9 @@ def remove_tree(
         return []
     fs = location.fs
     if only is None:
-        if location.is_local and not os.path.islink(location.path):
+        if location.is_local and os.path.isdir(location.path) and not os.path.islink(location.path):
             shutil.rmtree(location.path)
-        elif location.is_local:
+        elif location.is_local:  # a file (e.g. an output's zarr.json) or a symlink
             os.unlink(location.path)
         else:
             fs.rm(location.path, recursive=True)

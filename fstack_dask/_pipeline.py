@@ -311,7 +311,11 @@ def _fail(target: Target, destination: Destination, exc: BaseException, n_blocks
     Destination.release(target)
     if worthless:
         with contextlib.suppress(Exception):
-            destination.remove(target.output, keep_folder=target.mode == "empty")
+            destination.remove(
+                target.output,
+                keep_folder=target.mode == "empty",
+                written_by_us=target.created is not None or target.mode == "empty",
+            )
         left = (
             "the previous output in dst is unchanged" if target.staged else ("nothing was written")
         )

@@ -178,6 +178,18 @@ def _largest(fits, hi: int) -> int:
     return lo
 
 
+def _smallest(n: int, unit: int, halo: int) -> int:
+    """The smallest block side :func:`_choose_block` tries along one axis."""
+    floor = max(2 * halo, 16)
+    best = min(unit, n)
+    for d in range(2, unit + 1):
+        size = min(n, math.ceil(unit / d))
+        if size < floor:
+            break
+        best = size
+    return best
+
+
 def _choose_block(ny, nx, uy, ux, halo, fits) -> tuple[int, int] | None:
     """The largest square-ish block of whole units that fits; else an even divisor of a unit.
 
@@ -247,12 +259,14 @@ def make_plan(
         budget = memory_per_task * (1 - MIN_CACHE_FRACTION)
         chosen = _choose_block(ny, nx, uy, ux, halo, lambda b: task_bytes(b) <= budget)
         if chosen is None:
-            smallest = (min(ny, max(2 * halo, 16)), min(nx, max(2 * halo, 16)))
-            need = task_bytes(smallest)
+            # The smallest block actually considered (an even divisor of the source's unit),
+            # so that the size suggested below is one that works.
+            smallest = (_smallest(ny, uy, halo), _smallest(nx, ux, halo))
+            need = math.ceil(task_bytes(smallest) / (1 - MIN_CACHE_FRACTION))
             raise ValueError(
                 f"memory_per_task={memory_per_task} bytes cannot hold the smallest block "
                 f"({smallest[0]} x {smallest[1]} px with a {halo} px halo, "
-                f"{layout.n_planes} planes); give at least {math.ceil(need / 0.75)} bytes"
+                f"{layout.n_planes} planes); give at least {need} bytes"
             )
         block = _enough_blocks(layout, chosen, (uy, ux), workers)
     by, bx = block

@@ -368,9 +368,16 @@ def _array_source(
         except ValueError as exc:
             raise ValueError(f"{where}: axes from {origin} are unusable: {exc}") from exc
     else:
+        names = getattr(array.metadata, "dimension_names", None) or array.attrs.get(
+            "_ARRAY_DIMENSIONS"
+        )
+        named = (
+            f"names its dimensions {list(names)}, which are not all single letters"
+            if names and any(n is not None for n in names)
+            else "does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS)"
+        )
         raise ValueError(
-            f"{where} does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS); "
-            f"pass axes= with one letter per dimension, e.g. axes='zyx'"
+            f"{where} {named}; pass axes= with one letter per dimension, e.g. axes='zyx'"
         )
     _check_dtype_and_shape(array, chosen, where)
     return Source(

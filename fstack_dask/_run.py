@@ -214,9 +214,22 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
 
 
 def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
-    for block in blocks:
-        if not _account(report, job.run([block], announce=True), bar):
-            return
+    # The next blocks' reads are announced ahead, as for threads: a block announcing only
+    # its own reads would find the units it shares with its neighbours already dropped.
+    announced: deque[tuple[int, ...]] = deque()
+    ahead = _lookahead(job, 1)
+    it = iter(blocks)
+    try:
+        while True:
+            while len(announced) < ahead and (block := next(it, None)) is not None:
+                job.expect([block])
+                announced.append(block)
+            if not announced:
+                return
+            if not _account(report, job.run([announced.popleft()], announce=False), bar):
+                return
+    finally:
+        job.forget(list(announced))
 
 
 def _lookahead(job: FuseJob, workers: int) -> int:
@@ -344,7 +357,10 @@ def _cluster_waiter(client: Any, stall_timeout: float) -> Callable[[set[Any]], t
 
     def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
         try:
-            result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
+            # distributed.wait uses the default client: make it ours (with an address, our
+            # client is not the default; another one may be).
+            with client.as_current():
+                result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             raise StalledError(_stall_message(client, stall_timeout)) from None
         return set(result.done), set(result.not_done)
@@ -386,7 +402,8 @@ def _drain(running: set[Any], scheduler: Scheduler) -> None:
         from distributed import wait
 
         client.cancel(list(running))
-        wait(list(running), timeout=60)
+        with client.as_current():
+            wait(list(running), timeout=60)
 
 
 @contextlib.contextmanager

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import zarr
 
-from fstack_dask import focus_stack, synthetic_stack
-from fstack_dask._io import open_source, write_ome_zarr_stack
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._kernel import block_memory
-from fstack_dask._pipeline import STATE_DIR, _default_chunks
+from fstack_dask._read import open_source
+from fstack_dask._state import STATE_DIR
 from fstack_dask._version import __version__
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +50,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     stack = synthetic_stack((64, 64), 7, dtype="uint16", noise=0.02, seed=7).stack
     src = root / "stack.ome.zarr"
-    write_ome_zarr_stack(
+    write_stack(
         src,
         stack.transpose(2, 0, 1),
         axes="zyx",
@@ -118,7 +118,7 @@ def test_options_override_the_config(data, tmp_path):
     assert attrs["nhsize"] == 7  # option beats file
     assert attrs["sth"] == 11  # file beats default
     assert attrs["depth_map"] is False and attrs["selectivity_map"] is True
-    assert attrs["chunks"] == [[32, 32], [32, 32]]
+    assert attrs["chunks"] == [32, 32]
     assert "depth" not in out and "selectivity" in out
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack, nhsize=7, sth=11))
 
@@ -196,15 +196,18 @@ def test_info_prints_the_plan(data):
     assert info["halo"].startswith("13 px")
     assert info["chunks (y, x)"] == "32, 32"
     assert info["tasks"] == "4"
-    mib = block_memory((32 + 13, 32 + 13), 7, 1, 2, False) / 2**20
+    # An upper bound: a block with its halo on every side.
+    mib = block_memory((32 + 2 * 13, 32 + 2 * 13), 7, 1, 2, False) / 2**20
     assert info["memory per task"].startswith(f"{mib:.1f} MiB")
 
 
-def test_info_default_plan_matches_fuse(data):
+def test_info_default_plan_matches_fuse(data, tmp_path):
     _, src, _ = data
     res = ok(cli("info", src, "--nhsize", "5", "--memory-per-task", "2MiB"))
     info = _info(res.stdout)
-    cy, cx = _default_chunks(open_source(src), channels="auto", nhsize=5, budget=2 * 2**20)
+    out = fuse_zarr(src, tmp_path / "out.zarr", nhsize=5, memory_per_task="2MiB", progress=False)
+    cy, cx = out.attrs["fstack_dask"]["chunks"]  # what fuse really did
+    assert out["0"].chunks == (cy, cx)
     assert info["chunks (y, x)"] == f"{cy}, {cx}"
     assert info["halo"].startswith("7 px")
     n_tasks = -(-64 // cy) * -(-64 // cx)

@@ -66,16 +66,19 @@ def test_all_keys_are_read(tmp_path):
         tmp_path,
         """
 algorithm: {nhsize: 5, alpha: 0.5, sth: 10.5, focus: [0, 0.5, 1.5]}
-input: {axes: ZYX, channels: independent}
-output: {depth_map: true, selectivity_map: true, chunks: [64, 32], overwrite: true}
-resources: {memory_per_task: 1GiB}
+input: {axes: ZYX, channels: independent, level: 1, storage_options: {anon: true}}
+output: {depth_map: true, selectivity_map: true, chunks: [64, 32], overwrite: true,
+         storage_options: {key: k}}
+resources: {memory_per_task: 1GiB, stall_timeout: 90}
 cluster: {kind: local, scheduler: processes}
 """,
     )
     cfg = load_config(path)
     assert cfg.fuse_kwargs() == {
         "axes": "zyx",
+        "level": 1,
         "channels": "independent",
+        "storage_options": {"anon": True},
         "nhsize": 5,
         "focus": [0.0, 0.5, 1.5],
         "alpha": 0.5,
@@ -85,6 +88,8 @@ cluster: {kind: local, scheduler: processes}
         "chunks": (64, 32),
         "memory_per_task": 2**30,
         "overwrite": True,
+        "dst_storage_options": {"key": "k"},
+        "stall_timeout": 90.0,
     }
     assert cfg.cluster.scheduler == "processes"
 

@@ -7,23 +7,41 @@ scheduler.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import math
 import os
+import re
 import socket
+import sys
 from pathlib import Path
 
-import dask.array as da
+import dask
 import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest as _tree
 from distributed import Client, default_client
 
-from fstack_dask import _dask, _pipeline, focus_stack, fuse_zarr, overlap_depth, synthetic_stack
-from fstack_dask._io import open_source, write_ome_zarr_stack
+from fstack_dask import (
+    DestinationLockedError,
+    _blocks,
+    _progress,
+    _run,
+    focus_stack,
+    fuse_zarr,
+    overlap_depth,
+    synthetic_stack,
+    write_stack,
+)
+from fstack_dask._fusion import MIN_BLOCKS_PER_IMAGE
 from fstack_dask._kernel import block_memory, fuse_block
+from fstack_dask._lock import _pid_start
+from fstack_dask._read import open_source
+from fstack_dask._state import STATE_DIR
 
-STATE = _pipeline.STATE_DIR
+STATE = STATE_DIR
 HALO = overlap_depth(9)
 NGFF_TYPE = {"t": "time", "c": "channel", "y": "space", "x": "space"}
 
@@ -169,23 +187,25 @@ def test_ome_zarr_groups(tmp_path, zarr_format, version, axes):
     if "t" in axes:
         scale["t"], units["t"] = 30.0, "second"
     path = tmp_path / "in.ome.zarr"
-    write_ome_zarr_stack(path, data, axes=axes, scale=scale, units=units, zarr_format=zarr_format)
+    write_stack(path, data, axes=axes, scale=scale, units=units, zarr_format=zarr_format)
     assert open_source(path).ome_version == version
     out = fuse_zarr(path, tmp_path / "out.zarr", chunks=24, progress=False)  # axes from metadata
     expected, out_axes = _truth(data, axes, False)
+    # The image keeps the y/x pixel size and the time step; z is fused away, c has none.
+    kept = {a: v for a, v in scale.items() if a in "tyx"}
     _check_output(
         out,
         expected,
         out_axes,
-        scale={"y": 0.325, "x": 0.5},  # only y/x: t and c carry no pixel size of the image
-        units={"y": "micrometer", "x": "nanometer"},
+        scale=kept,
+        units={a: u for a, u in units.items() if a in "tyx"},
         dst=tmp_path / "out.zarr",
     )
 
 
 def test_file_urls(tmp_path):
     data = _make("czyx", sizes={"c": 2})
-    write_ome_zarr_stack(tmp_path / "in.zarr", data, axes="czyx", scale={"y": 0.5, "x": 0.5})
+    write_stack(tmp_path / "in.zarr", data, axes="czyx", scale={"y": 0.5, "x": 0.5})
     src = (tmp_path / "in.zarr").resolve().as_uri()
     dst = (tmp_path / "out.zarr").resolve().as_uri()
     assert src.startswith("file://")
@@ -310,54 +330,58 @@ def test_depth_and_selectivity_maps_on_request(tmp_path, depth_map, selectivity_
 # ------------------------------------------------------------------ chunk-aligned writes
 
 
-def _blocks_per_chunk(block_sizes, chunk, extent):
-    """For one axis: the block index writing each zarr chunk; fails if blocks share one."""
-    edges = np.concatenate([[0], np.cumsum(block_sizes)])
-    assert edges[-1] == extent
-    for e in edges[1:-1]:
-        assert e % chunk == 0, f"block boundary {e} is inside a zarr chunk of {chunk}"
-    n_chunks = -(-extent // chunk)
-    owner = []
-    for i in range(n_chunks):
-        lo, hi = i * chunk, min((i + 1) * chunk, extent)
-        writers = [b for b in range(len(block_sizes)) if edges[b] < hi and lo < edges[b + 1]]
-        assert len(writers) == 1, f"zarr chunk {i} is written by blocks {writers}"
-        owner.append(writers[0])
-    return owner
+def _chunks_of(region, chunks, shape):
+    """The zarr chunks a write covers; fails if it covers only part of one."""
+    ranges = []
+    for s, c, n in zip(region, chunks, shape, strict=True):
+        assert s.start % c == 0, f"a write starts at {s.start}, inside a chunk of {c}"
+        assert s.stop % c == 0 or s.stop == n, f"a write ends at {s.stop}, inside a chunk of {c}"
+        ranges.append(range(s.start // c, (s.stop - 1) // c + 1))
+    return set(np.ndindex(*(len(r) for r in ranges))), ranges
 
 
 @pytest.mark.parametrize(
     "chunks",
     [
-        (64, 32),  # uneven last blocks: 150 = 64+64+22, 70 = 32+32+6 (6 < halo: merged)
+        (64, 32),  # uneven last blocks: 150 = 64+64+22, 70 = 32+32+6 (6 < halo)
         (50, 70),  # even
-        (7, 11),  # every chunk smaller than the halo: blocks are unions of chunks
+        (7, 11),  # every block smaller than the halo: each reads its own halo
         (145, 64),  # last blocks 5 and 6 pixels, smaller than the halo
         (24, 57),
     ],
 )
-def test_every_zarr_chunk_is_written_by_one_task(tmp_path, chunks):
+def test_every_zarr_chunk_is_written_by_one_task(tmp_path, monkeypatch, chunks):
     data = _make("czyx", sizes={"c": 2}, shape=(150, 70))
     src = _plain(tmp_path / "in.zarr", data, names="czyx", chunks=(1, 7, 40, 40))
-    layers = _dask.fused_layers(
-        da.from_zarr(zarr.open_array(str(src), mode="r")), axes="czyx", nhsize=9, focus=None,
-        alpha=0.2, sth=13, channels="auto", chunks=chunks, memory_per_task=2**28, with_maps=True,
-    )  # fmt: skip
-    block_y, block_x = layers.array.chunks[-2:]
+    writes = []  # every task's (array name, region) writes, as the tasks make them
+    write_block = _blocks.write_block
+
+    def recording(arrays, regions, values):
+        writes.append(dict(regions))
+        return write_block(arrays, regions, values)
+
+    monkeypatch.setattr(_blocks, "write_block", recording)
     out = fuse_zarr(
         src, tmp_path / "out.zarr", chunks=chunks, depth_map=True, selectivity_map=True,
         progress=False,
     )  # fmt: skip
-    assert out.attrs["fstack_dask"]["chunks"] == [list(block_y), list(block_x)]
-    if min(chunks) < HALO:
-        assert layers.array.chunks[-2:] != layers.out_chunks  # dask merged small blocks
-    assert layers.array.chunks[0] == (1, 1)  # one channel per task
+    assert out.attrs["fstack_dask"]["chunks"] == list(chunks)
+    n_blocks = 2 * math.ceil(150 / chunks[0]) * math.ceil(70 / chunks[1])  # one channel each
+    assert len(writes) == n_blocks
     for name in ("0", "depth", "selectivity"):
         arr = out[name]
         assert arr.chunks == (1, min(chunks[0], 150), min(chunks[1], 70))
         assert tuple(arr.metadata.dimension_names) == ("c", "y", "x")
-        _blocks_per_chunk(block_y, arr.chunks[1], arr.shape[1])
-        _blocks_per_chunk(block_x, arr.chunks[2], arr.shape[2])
+        owner = {}
+        for task, regions in enumerate(writes):
+            local, ranges = _chunks_of(regions[name], arr.chunks, arr.shape)
+            for index in local:
+                key = tuple(r[i] for r, i in zip(ranges, index, strict=True))
+                assert key not in owner, f"{name} chunk {key} written by tasks {owner[key]}, {task}"
+                owner[key] = task
+        assert len(owner) == math.prod(
+            math.ceil(n / c) for n, c in zip(arr.shape, arr.chunks, strict=True)
+        )
     expected, _ = _truth(data, "czyx", False)
     np.testing.assert_array_equal(out["0"][...], expected, strict=True)
 
@@ -424,7 +448,7 @@ def test_refusals_write_nothing(tmp_path, src_czyx, dst_of, kwargs, exc, match):
     assert dst_of is not None or not dst.exists()
 
 
-def test_existing_dst_is_refused_without_overwrite_and_replaced_with_it(tmp_path, src_czyx):
+def test_existing_dst_is_refused_without_overwrite_and_replaced_with_it(tmp_path, src_czyx, caplog):
     dst = tmp_path / "out.zarr"
     first = fuse_zarr(
         src_czyx, dst, axes="czyx", chunks=16, depth_map=True, selectivity_map=True,
@@ -443,9 +467,14 @@ def test_existing_dst_is_refused_without_overwrite_and_replaced_with_it(tmp_path
     out = fuse_zarr(src2, dst, overwrite=True, chunks=(20, 30), progress=False)
     _check_output(out, _truth(other, "zyx", False)[0], "yx", dst=dst)
     assert sorted(out.array_keys()) == ["0"]  # the old depth/selectivity are gone
-    assert not (dst / "stray.txt").exists()
+    assert sorted(os.listdir(dst)) == ["0", "zarr.json"]
     assert out.attrs["fstack_dask"]["src_shape"] == [7, 30, 50]
     assert _tree(tmp_path / "data") == src_before
+    # A file that fstack_dask did not write is never deleted: it is kept (with the old
+    # output's folder, swapped aside), and the warning says where.
+    (kept,) = [p for p in tmp_path.rglob("stray.txt")]
+    assert kept.read_text() == "left by someone"
+    assert f"kept ['stray.txt'] in {kept.parent}" in caplog.text
 
 
 def test_dst_that_is_not_a_zarr_store_is_never_overwritten(tmp_path, src_czyx):
@@ -453,8 +482,9 @@ def test_dst_that_is_not_a_zarr_store_is_never_overwritten(tmp_path, src_czyx):
     dst.mkdir()
     (dst / "notes.txt").write_text("keep me")
     before = _tree(tmp_path)
-    with pytest.raises(ValueError, match="not a Zarr store"):
-        fuse_zarr(src_czyx, dst, axes="czyx", overwrite=True, progress=False)
+    for kwargs in ({"overwrite": True}, {"resume": True}, {}):
+        with pytest.raises(FileExistsError, match="not an fstack_dask output"):
+            fuse_zarr(src_czyx, dst, axes="czyx", progress=False, **kwargs)
     assert _tree(tmp_path) == before
 
 
@@ -465,7 +495,7 @@ def test_remote_dst_equal_to_remote_src_is_refused():
 
     base = f"memory://fstack-fuse-{uuid.uuid4().hex}"
     data = _make("zyx", shape=(30, 30))
-    write_ome_zarr_stack(f"{base}/in.zarr", data, axes="zyx")
+    write_stack(f"{base}/in.zarr", data, axes="zyx")
     fs = fsspec.filesystem("memory")
     root = base.split("://", 1)[1]
 
@@ -487,17 +517,14 @@ def test_remote_dst_equal_to_remote_src_is_refused():
 
 
 def _haloed_block_memory(out, n_planes, itemsize):
-    """Estimated memory of the largest task: every compute block with its halo."""
-    block_y, block_x = out.attrs["fstack_dask"]["chunks"]  # the blocks tasks compute
+    """Memory of the largest task: the largest block with its halo (clipped to the image)."""
+    by, bx = out.attrs["fstack_dask"]["chunks"]  # the blocks tasks compute
+    ny, nx = out["0"].shape[-2:]
 
-    def haloed(sizes):  # a halo on every side that is not the image edge
-        return [b + HALO * ((i > 0) + (i < len(sizes) - 1)) for i, b in enumerate(sizes)]
+    def haloed(n, b):
+        return max(min(n, s + b + HALO) - max(0, s - HALO) for s in range(0, n, b))
 
-    return max(
-        block_memory((hy, hx), n_planes, 1, itemsize, False)
-        for hy in haloed(block_y)
-        for hx in haloed(block_x)
-    )
+    return block_memory((haloed(ny, by), haloed(nx, bx)), n_planes, 1, itemsize, False)
 
 
 @pytest.mark.parametrize("src_chunk", [40, 64])
@@ -506,25 +533,22 @@ def test_chunks_follow_memory_per_task_and_the_source_grid(tmp_path, src_chunk):
     src = _plain(tmp_path / "in.zarr", data, names="zyx", chunks=(7, src_chunk, src_chunk))
     expected = _truth(data, "zyx", False)[0]
     per_pixel = block_memory((1, 1), 7, 1, 2, False)
-    budgets = [per_pixel * side**2 for side in (60, 110, 200, 400)]
+    budgets = [per_pixel * side**2 for side in (80, 110, 200, 400)]
     sizes = []
-    aligned_somewhere = False
     for k, budget in enumerate(budgets):
         dst = tmp_path / f"out{k}.zarr"
         out = fuse_zarr(src, dst, memory_per_task=budget, progress=False)
         np.testing.assert_array_equal(out["0"][...], expected, strict=True)
         assert _haloed_block_memory(out, 7, 2) <= budget
         cy, cx = out["0"].chunks
-        for c, n in ((cy, 300), (cx, 260)):
-            if src_chunk <= c < n:  # blocks on the source's chunk grid
-                assert c % src_chunk == 0
-                aligned_somewhere = True
+        for c, n in ((cy, 300), (cx, 260)):  # on the source's chunk grid, or a divisor of it
+            assert c % src_chunk == 0 or src_chunk % c == 0 or c == n, (c, src_chunk)
         sizes.append((cy, cx))
-    assert aligned_somewhere
-    for small, big in zip(sizes, sizes[1:], strict=False):  # smaller budget, smaller chunks
-        assert small[0] <= big[0] and small[1] <= big[1]
-    assert sizes[0][0] * sizes[0][1] < sizes[-1][0] * sizes[-1][1]
-    assert sizes[-1] == (300, 260)  # a budget for the whole image: one block
+    areas = [cy * cx for cy, cx in sizes]
+    assert areas == sorted(areas) and areas[0] < areas[-1]  # smaller budget, smaller blocks
+    # Even a budget for the whole image leaves enough blocks to keep many workers busy.
+    n_blocks = math.ceil(300 / sizes[-1][0]) * math.ceil(260 / sizes[-1][1])
+    assert n_blocks >= MIN_BLOCKS_PER_IMAGE
 
 
 def test_budget_too_small_for_the_halo_is_refused_or_respected(tmp_path):
@@ -536,8 +560,29 @@ def test_budget_too_small_for_the_halo_is_refused_or_respected(tmp_path):
     except ValueError as exc:
         assert "memory_per_task" in str(exc)
         assert not (tmp_path / "out.zarr").exists()
+        # The message says what is enough, and it is.
+        enough = int(re.search(r"give at least (\d+) bytes", str(exc))[1])
+        out = fuse_zarr(src, tmp_path / "out.zarr", memory_per_task=enough, progress=False)
+        assert _haloed_block_memory(out, 7, 2) <= enough
+        with pytest.raises(ValueError, match="memory_per_task"):
+            fuse_zarr(src, tmp_path / "less.zarr", memory_per_task=enough - 1, progress=False)
     else:
         assert _haloed_block_memory(out, 7, 2) <= budget
+    np.testing.assert_array_equal(out["0"][...], _truth(data, "zyx", False)[0], strict=True)
+
+
+def test_memory_per_task_as_a_size_string(tmp_path):
+    data = _make("zyx", shape=(60, 60), dtype="uint16")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    a = fuse_zarr(src, tmp_path / "a.zarr", memory_per_task="3MiB", progress=False)
+    b = fuse_zarr(src, tmp_path / "b.zarr", memory_per_task=3 * 2**20, progress=False)
+    assert a["0"].chunks == b["0"].chunks
+    assert _tree(tmp_path / "a.zarr") == _tree(tmp_path / "b.zarr")
+    before = _tree(tmp_path)
+    for bad, exc in (("lots", ValueError), ("0B", ValueError), (True, TypeError)):
+        with pytest.raises(exc, match="memory_per_task"):
+            fuse_zarr(src, tmp_path / "c.zarr", memory_per_task=bad, progress=False)
+    assert _tree(tmp_path) == before
 
 
 # -------------------------------------------------------------------------- schedulers
@@ -571,25 +616,47 @@ def test_all_schedulers_write_identical_bytes(tmp_path, local_cluster):
 # ---------------------------------------------------------------------------- progress
 
 
-def test_progress_bar_local(tmp_path, capfd, monkeypatch):
-    data = _make("zyx", shape=(64, 64))
-    src = _plain(tmp_path / "in.zarr", data, names="zyx")
-    monkeypatch.setattr(_pipeline, "PROGRESS_MINIMUM", 0.0)  # show it even for a fast run
-    fuse_zarr(src, tmp_path / "quiet.zarr", chunks=32, progress=False, scheduler="threads")
-    quiet = capfd.readouterr()
-    assert "Completed" not in quiet.err + quiet.out
-    fuse_zarr(src, tmp_path / "loud.zarr", chunks=32, progress=True, scheduler="threads")
-    loud = capfd.readouterr()
-    assert "100% Completed" in loud.err
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the progress bar draws itself."""
+
+    def isatty(self) -> bool:
+        return True
 
 
-def test_progress_with_distributed(tmp_path, capfd, local_cluster):
+def test_progress_bar_on_a_terminal_lines_in_a_log(tmp_path, monkeypatch, caplog):
     data = _make("zyx", shape=(64, 64))
     src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)  # show it even for a fast run
+    monkeypatch.setattr(_progress, "LOG_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="fstack_dask.progress")
+    for progress in (False, True):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        fuse_zarr(src, tmp_path / f"tty{progress}.zarr", chunks=32, progress=progress)
+        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        if progress:
+            assert re.search(r"fusing: 100%.* 4/4", terminal.getvalue()), terminal.getvalue()
+        else:
+            assert terminal.getvalue() == ""
+    assert caplog.text == ""  # a terminal gets a bar, not log lines
+    # Not a terminal (a batch job's log): plain lines through the logger.
+    fuse_zarr(src, tmp_path / "quiet.zarr", chunks=32, progress=False)
+    assert caplog.text == ""
+    fuse_zarr(src, tmp_path / "loud.zarr", chunks=32, progress=True)
+    assert "4/4 blocks (100%)" in caplog.text
+
+
+def test_progress_with_distributed(tmp_path, monkeypatch, local_cluster):
+    data = _make("zyx", shape=(64, 64))
+    src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     with Client(local_cluster) as client:
         out = fuse_zarr(src, tmp_path / "out.zarr", chunks=32, progress=True, scheduler=client)
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)
     _check_output(out, _truth(data, "zyx", False)[0], "yx", dst=tmp_path / "out.zarr")
-    assert "Completed" in capfd.readouterr().out
+    assert re.search(r"fusing: 100%.* 4/4", terminal.getvalue()), terminal.getvalue()
 
 
 # ------------------------------------------------------------------------------ resume
@@ -618,8 +685,8 @@ def _corrupt(src: Path, a: int, b: int):
 
 
 def _markers(dst: Path) -> set[tuple[int, int]]:
-    """Blocks with a done-marker (names are the block index, K axis first)."""
-    return {tuple(map(int, p.name.split("_")[1:])) for p in (dst / STATE / "done").iterdir()}
+    """Blocks (y, x) with a done-marker (names are the block index, y and x last)."""
+    return {tuple(map(int, p.name.split("_")[-2:])) for p in (dst / STATE / "done").iterdir()}
 
 
 def _chunk_stats(dst: Path, blocks):
@@ -662,26 +729,19 @@ def test_failed_run_releases_the_lock_and_resumes(tmp_path, grid_src, fail_with)
     assert not (dst / STATE).exists()
 
 
-def test_resume_computes_only_missing_blocks(tmp_path, grid_src):
+def test_resume_computes_only_missing_blocks(tmp_path, grid_src, caplog):
     src, expected = grid_src
     src_tree = _tree(src)
     dst = tmp_path / "out.zarr"
-    fuse_zarr(src, dst, chunks=BLOCK, progress=False)
-
-    # A finished output marked incomplete, as if the run had died before its last
-    # steps; then three blocks lose their marker and their region, as writes cut short.
-    group = zarr.open_group(str(dst), mode="r+")
-    group.attrs["fstack_dask"] = {**group.attrs["fstack_dask"], "complete": False}
-    done_dir = dst / STATE / "done"
-    done_dir.mkdir(parents=True)
-    missing = {(1, 3), (4, 0), (4, 4)}
-    for i in range(GRID):
-        for j in range(GRID):
-            if (i, j) in missing:
-                group["0"][BLOCK * i : BLOCK * (i + 1), BLOCK * j : BLOCK * (j + 1)] = 0
-            else:
-                (done_dir / f"0_{i}_{j}").touch()
-    assert not np.array_equal(group["0"][...], expected)
+    # A run that could not finish: the blocks reading a corrupt chunk are missing.
+    restore = _corrupt(src, 1, 3)
+    with pytest.raises(RuntimeError, match="chunk"):
+        fuse_zarr(src, dst, chunks=BLOCK, progress=False, scheduler="synchronous")
+    restore()  # repaired: no finished block read it, so the resume may use it
+    assert _tree(src) == src_tree
+    done = _markers(dst)
+    missing = {(i, j) for i in range(GRID) for j in range(GRID)} - done
+    assert missing == _needs(1, 3)
 
     # Different parameters: refused before anything is written.
     before = _tree(dst)
@@ -696,26 +756,33 @@ def test_resume_computes_only_missing_blocks(tmp_path, grid_src):
     # A live lock (held by this very process) refuses a second writer.
     lock = dst / STATE / "lock"
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "pid_start": _pipeline._pid_start(os.getpid())}))  # fmt: skip
-    with pytest.raises(_pipeline.DestinationLockedError):
+                                "pid_start": _pid_start(os.getpid())}))  # fmt: skip
+    with pytest.raises(DestinationLockedError):
         fuse_zarr(src, dst, chunks=BLOCK, resume=True, progress=False)
     lock.unlink()
     assert _tree(dst) == before
 
-    # Make a source chunk that only finished blocks read unreadable: recomputing
-    # any finished block would fail the resume.
-    done = {(i, j) for i in range(GRID) for j in range(GRID)} - missing
+    # A source chunk that finished blocks read has changed since: resuming would mix two
+    # versions of the data, so it is refused.
     spare = next((a, b) for a in range(GRID) for b in range(GRID) if _needs(a, b) <= done)
+    chunk = src / "c" / "0" / str(spare[0]) / str(spare[1])
+    stat = chunk.stat()
     restore = _corrupt(src, *spare)
-    kept = _chunk_stats(dst, done)
-    out = fuse_zarr(src, dst, chunks=BLOCK, resume=True, progress=False, scheduler="synchronous")
+    with pytest.raises(ValueError, match=r"source file .* changed since the run began"):
+        fuse_zarr(src, dst, chunks=BLOCK, resume=True, progress=False)
     restore()
-    assert _tree(src) == src_tree
+    os.utime(chunk, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the very same file again
+    assert _tree(dst) == before and _tree(src) == src_tree
 
+    kept = _chunk_stats(dst, done)
+    caplog.set_level(logging.INFO, logger="fstack_dask")
+    out = fuse_zarr(src, dst, chunks=BLOCK, resume=True, progress=False, scheduler="synchronous")
+    assert f"{len(missing)} of {GRID * GRID} blocks left" in caplog.text
     np.testing.assert_array_equal(out["0"][...], expected, strict=True)
     assert _chunk_stats(dst, done) == kept  # finished blocks were not rewritten
     assert out.attrs["fstack_dask"]["complete"] is True
     assert not (dst / STATE).exists()
+    assert _tree(src) == src_tree
 
     # Resuming a complete output changes nothing.
     before = _tree(dst)
@@ -736,19 +803,66 @@ def test_resume_into_something_that_is_not_our_output_is_refused(tmp_path):
     other = tmp_path / "other.zarr"
     zarr.create_group(str(other), attributes={"mine": True})
     before = _tree(tmp_path)
-    with pytest.raises(ValueError, match="not an fstack_dask output"):
+    with pytest.raises(FileExistsError, match="not an fstack_dask output"):
         fuse_zarr(src, other, resume=True, progress=False)
     assert _tree(tmp_path) == before
 
 
-def test_many_batches_keep_the_bits(tmp_path, monkeypatch, capfd):
-    data = _make("zyx", shape=(200, 180), dtype="uint16")
-    src = _plain(tmp_path / "in.zarr", data, names="zyx")
-    groups = []
-    batched = _pipeline._batched
-    monkeypatch.setattr(_pipeline, "BATCH_BUDGET_PER_TASK", 1e-9)  # one block per batch
-    monkeypatch.setattr(_pipeline, "_batched", lambda *a: groups.append(batched(*a)) or groups[-1])
-    out = fuse_zarr(src, tmp_path / "out.zarr", chunks=40, depth_map=True)
-    assert len(groups[0]) == 25 and all(len(g) == 1 for g in groups[0])
-    assert np.array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
-    assert "25/25 blocks" in capfd.readouterr().err  # one bar over all batches
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_many_blocks_in_a_narrow_strip_keep_the_bits(tmp_path, monkeypatch, scheduler):
+    """Blocks run strip by strip; with a memory budget that makes the strips narrower than
+    the image, the output is still the in-memory result, each source unit is decoded at
+    most once per strip that reads it, and the decoded units held stay within the cache's
+    budget."""
+    shape, unit, block = (120, 400), 40, 40
+    data = _make("zyx", shape=shape, dtype="uint16")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx", chunks=(7, unit, unit))
+    runs = []
+    execute = _run.execute
+
+    def recording(job, blocks, **kwargs):
+        report = execute(job, blocks, **kwargs)
+        runs.append((job, report))
+        return report
+
+    monkeypatch.setattr(_run, "execute", recording)
+    # A budget that leaves the cache (what the workers' tasks leave of their budgets) room
+    # for 4 rows of 4 units: strips of 2 blocks, where the image has 10 columns of blocks.
+    task = block_memory((block + 2 * HALO,) * 2, 7, 1, 2, False)
+    workers = 1 if scheduler == "synchronous" else 2
+    memory = task + 4 * 4 * (7 * unit * unit * 2) // workers
+    with dask.config.set(num_workers=workers):
+        out = fuse_zarr(
+            src, tmp_path / "out.zarr", chunks=block, memory_per_task=memory, depth_map=True,
+            progress=False, scheduler=scheduler,
+        )  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+    ((job, report),) = runs
+    plan = job.plan
+    assert plan.grid == (3, 10)
+    assert 1 < plan.strip < plan.grid[1], plan.strip
+    assert report.done == plan.n_blocks == 30
+    # Each strip decodes at most the unit columns its blocks (with their halo) read, once
+    # each (fewer when the next strip's first reads are announced before a strip ends).
+    most = 0
+    for s0 in range(0, plan.grid[1], plan.strip):
+        s1 = min(s0 + plan.strip, plan.grid[1])
+        lo, hi = max(0, s0 * block - HALO), min(shape[1], s1 * block + HALO)
+        first, last = lo // unit * unit, min(shape[1], ((hi - 1) // unit + 1) * unit)
+        most += data[:, :, first:last].nbytes
+    assert data.nbytes <= report.decoded_bytes <= most < 2 * data.nbytes
+    assert 0 < report.cache_peak_bytes <= job.cache_bytes
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_a_cache_smaller_than_one_unit_still_gives_the_bits(tmp_path, scheduler):
+    """A unit (a source chunk with every plane) larger than what the budget leaves for the
+    cache is decoded again where it is needed: slower, never wrong."""
+    data = _make("zyx", shape=(120, 120), dtype="uint16")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx", chunks=(7, 120, 120))
+    task = block_memory((40 + 2 * HALO,) * 2, 7, 1, 2, False)  # nothing left for the cache
+    out = fuse_zarr(
+        src, tmp_path / "out.zarr", chunks=40, memory_per_task=task, progress=False,
+        scheduler=scheduler,
+    )  # fmt: skip
+    _check_output(out, _truth(data, "zyx", False)[0], "yx", dst=tmp_path / "out.zarr")

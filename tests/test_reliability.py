@@ -7,8 +7,8 @@ cannot be caused for real at a chosen point (an I/O error in the middle of one b
 writes; a kill at an exact line).
 
 Every test checks that the source is never modified (sha256 of every file) and that
-nothing is left behind: no lock, no temporary files in dst's parent or in the
-temporary directory.
+nothing is left behind: no lock, no temporary files in dst's parent or in the test's own
+temporary directory (TMPDIR of this process and of every child).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,15 +31,18 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest as _tree
 
-from fstack_dask import _pipeline, fuse_zarr, synthetic_stack
+from fstack_dask import DestinationLockedError, SourceReadError, fuse_zarr, synthetic_stack
 from fstack_dask._cli import main
+from fstack_dask._lock import LOCK_STALE_AFTER, _pid_start
+from fstack_dask._state import STATE_DIR
 
-STATE = _pipeline.STATE_DIR
+STATE = STATE_DIR
 GRID, BLOCK, PLANES = 12, 40, 9  # 480 x 480 x 9: 144 blocks of 40 x 40, about 1 s to fuse
 N_BLOCKS = GRID * GRID
 FUSE_OPTS = ["--chunks", str(BLOCK), "--depth-map", "--selectivity-map", "--no-progress"]
@@ -60,12 +64,12 @@ def _write_zyx(path, data, chunks=None):
 
 
 def _markers(dst: Path) -> set[tuple[int, int]]:
-    """Blocks (y, x) with a done-marker (names are the block index, K axis first)."""
+    """Blocks (y, x) with a done-marker (names are the block index, y and x last)."""
     try:
         names = os.listdir(dst / STATE / "done")
     except FileNotFoundError:
         return set()
-    return {tuple(map(int, n.split("_")[1:])) for n in names}
+    return {tuple(map(int, n.split("_")[-2:])) for n in names}
 
 
 def _chunk_stats(dst: Path, blocks) -> dict:
@@ -99,7 +103,7 @@ def popen_cli(*args, tmp: Path) -> subprocess.Popen:
 
 # A Python child calling fuse_zarr; the "point" optionally kills it (SIGKILL, itself) at an
 # exact place: while creating dst (after array "0", before "depth"), or after every block
-# is written but before the output is marked complete.
+# is written but before the output is marked complete (_pipeline._finish).
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
@@ -121,13 +125,10 @@ CHILD = textwrap.dedent(
 
         zarr.Group.create_array = create_array_then_die
     elif point == "written":
-        run = _pipeline._run
-
-        def run_then_die(*args, **kwargs):
-            run(*args, **kwargs)
+        def die_before_finishing(*args, **kwargs):
             die()
 
-        _pipeline._run = run_then_die
+        _pipeline._finish = die_before_finishing
     fuse_zarr(src, dst, chunks=40, depth_map=True, selectivity_map=True, progress=False,
               scheduler=scheduler)
     """
@@ -196,13 +197,16 @@ def _tmpfs(where: Path, options: str):
 
 
 @pytest.fixture(autouse=True)
-def _nothing_left_in_tmp():
-    """No test leaves files in the system temporary directory (children get their own)."""
-    tmp = tempfile.gettempdir()
-    before = set(os.listdir(tmp))
-    yield
-    after = {n for n in set(os.listdir(tmp)) - before if not n.startswith("pytest-of-")}
-    assert not after, f"left in {tmp}: {sorted(after)}"
+def child_tmp(tmp_path, monkeypatch):
+    """This test's own temporary directory, TMPDIR of this process and of every child (so
+    that other users of /tmp cannot make the check fail): nothing may be left in it."""
+    folder = tmp_path / "child-tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    left = sorted(os.listdir(folder))
+    assert not left, f"left in {folder}: {left}"
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -298,7 +302,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, stack, caplog, how, sche
         start = time.monotonic()
         res = cli(*args, "--resume", tmp=child_tmp)
         assert res.returncode == 0, res.stderr
-        assert time.monotonic() - start < _pipeline.LOCK_STALE_AFTER  # no wait for the lock
+        assert time.monotonic() - start < LOCK_STALE_AFTER  # no wait for the lock
         notes = res.stderr
     else:
         caplog.set_level(logging.INFO, logger="fstack_dask")
@@ -385,6 +389,7 @@ def test_killing_a_worker_mid_run_still_gives_the_full_output(tmp_path, stack):
 
     dst = tmp_path / "fused.zarr"
     with (
+        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),  # the scheduler's
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
@@ -449,18 +454,23 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, stack):
 
 @pytest.fixture
 def unfinished(tmp_path):
-    """A small unfinished output (every block done, not yet marked complete) and its src."""
-    data = synthetic_stack((80, 80), 7, dtype="uint16", seed=1).stack
+    """A small unfinished output, its src, and a pristine copy of the output: a run that
+    could not read one corner chunk of src (its 4 blocks are missing, the 5 others done);
+    the chunk was repaired since."""
+    data = synthetic_stack((120, 120), 7, dtype="uint16", seed=1).stack
     src = tmp_path / "small.zarr"
     _write_zyx(src, data, chunks=(7, 40, 40))
     dst = tmp_path / "fused.zarr"
-    fuse_zarr(str(src), dst, chunks=40, progress=False)
-    group = zarr.open_group(str(dst), mode="r+")
-    group.attrs["fstack_dask"] = {**group.attrs["fstack_dask"], "complete": False}
-    (dst / STATE / "done").mkdir(parents=True)
-    for name in ("0_0_0", "0_0_1", "0_1_0", "0_1_1"):
-        (dst / STATE / "done" / name).touch()
-    return src, dst
+    chunk = src / "c" / "0" / "2" / "2"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not a zstd frame" * 4)
+    with pytest.raises(SourceReadError, match="kept with 5 of 9 blocks done"):
+        fuse_zarr(str(src), dst, chunks=40, progress=False, scheduler="synchronous")
+    chunk.write_bytes(good)
+    assert len(_markers(dst)) == 5 and not (dst / STATE / "lock").exists()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(dst, pristine)
+    return src, dst, pristine
 
 
 def _write_lock(dst: Path, *, age: float = 0.0, raw: bytes | None = None, **info) -> Path:
@@ -474,10 +484,10 @@ def _write_lock(dst: Path, *, age: float = 0.0, raw: bytes | None = None, **info
 def test_lock_staleness_rules(tmp_path, unfinished, caplog):
     """Same host: live iff the pid exists with the recorded start time. Another host (or an
     unreadable lock): live iff its heartbeat (mtime) is younger than LOCK_STALE_AFTER."""
-    src, dst = unfinished
+    src, dst, pristine = unfinished
     src_tree = _tree(src)
     host = socket.gethostname()
-    stale_age = _pipeline.LOCK_STALE_AFTER + 5
+    stale_age = LOCK_STALE_AFTER + 5
     sleeper = subprocess.Popen(["sleep", "60"])
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -485,7 +495,7 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
         live_pid = {
             "host": host,
             "pid": sleeper.pid,
-            "pid_start": _pipeline._pid_start(sleeper.pid),
+            "pid_start": _pid_start(sleeper.pid),
         }
         live = [
             live_pid,
@@ -496,11 +506,11 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
             _write_lock(dst, **info)
             before = _tree(dst)
             for kwargs in ({"resume": True}, {"overwrite": True}, {}):
-                with pytest.raises(_pipeline.DestinationLockedError, match="being written by"):
+                with pytest.raises(DestinationLockedError, match="being written by"):
                     fuse_zarr(str(src), dst, chunks=40, progress=False, **kwargs)
             assert _tree(dst) == before  # refused before writing or deleting anything
         _write_lock(dst, raw=b"\x00garbage", age=1.0)  # unreadable and young: maybe live
-        with pytest.raises(_pipeline.DestinationLockedError, match="unreadable lock"):
+        with pytest.raises(DestinationLockedError, match="unreadable lock"):
             fuse_zarr(str(src), dst, chunks=40, resume=True, progress=False)
 
         caplog.set_level(logging.INFO, logger="fstack_dask")
@@ -511,9 +521,8 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
             ({"raw": b"\x00garbage"}, stale_age),
         ]
         for info, age in stale:
-            group = zarr.open_group(str(dst), mode="r+")
-            group.attrs["fstack_dask"] = {**group.attrs["fstack_dask"], "complete": False}
-            (dst / STATE / "done").mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dst)  # the unfinished output again
+            shutil.copytree(pristine, dst)
             _write_lock(dst, age=age, **info)
             caplog.clear()
             start = time.monotonic()
@@ -531,7 +540,7 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
 def test_overwrite_replaces_an_unfinished_run_under_its_lock(tmp_path, unfinished):
     """--overwrite of a killed run's dst: its lock is taken over, its old markers go too (a
     block they claim is recomputed), and the new output is whole."""
-    src, dst = unfinished
+    src, dst, _ = unfinished
     src_tree = _tree(src)
     expected = fuse_zarr(str(src), tmp_path / "expected.zarr", chunks=40, progress=False)
     group = zarr.open_group(str(dst), mode="r+")
@@ -665,16 +674,24 @@ def test_corrupt_source_chunk(tmp_path, kind):
     assert os.listdir(child_tmp) == []
 
 
-def test_dst_not_writable(tmp_path):
+def test_dst_not_writable(tmp_path, capsys):
     data = synthetic_stack((40, 40), 5, dtype="uint16", seed=4).stack
     src = tmp_path / "in.zarr"
     _write_zyx(src, data)
     src_tree = _tree(src)
     child_tmp = tmp_path / "child-tmp"
     # /proc cannot hold new folders, even for root.
-    res = cli("fuse", src, "/proc/fstack-dask-test/fused.zarr", "--no-progress", tmp=child_tmp)
+    res = cli("fuse", src, "/proc/fstack-dask-test.zarr", "--no-progress", tmp=child_tmp)
     _one_error_line(res, 1, "cannot be created")
-    assert not os.path.exists("/proc/fstack-dask-test")
+    assert not os.path.exists("/proc/fstack-dask-test.zarr")
+    # A parent folder that does not exist is not created (a typo): refused up front.
+    for dst in ("/proc/fstack-dask-test/fused.zarr", str(tmp_path / "typo" / "fused.zarr")):
+        assert main(["fuse", str(src), dst, "--no-progress"]) == 2
+        out, err = capsys.readouterr()
+        parent = os.path.dirname(dst)
+        assert out == "" and len(err.splitlines()) == 1, err
+        assert f"cannot be created: its parent folder '{parent}' does not exist" in err
+        assert not os.path.exists(parent)
     with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         res = cli("fuse", src, ro / "fused.zarr", "--no-progress", tmp=child_tmp)
         _one_error_line(res, 1, "not writable")
