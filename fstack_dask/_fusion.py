@@ -58,12 +58,13 @@ class Fusion:
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
                             lay.rgb, nhsize=self.kernel["nhsize"])  # fmt: skip
 
-    def plan(self, workers: int):
-        """The block order and the unit cache's budget for ``workers`` tasks per process."""
+    def plan(self, workers: int, processes: int = 1):
+        """The block order and the unit cache's budget for ``workers`` tasks per process
+        and ``processes`` processes."""
         return make_plan(
             self.layout, unit_shape=self.unit, halo=self.halo, workers=workers,
             memory_per_task=self.memory_per_task, task_bytes=self.task_bytes,
-            unit_bytes=self.unit_bytes, block=self.block,
+            unit_bytes=self.unit_bytes, block=self.block, processes=processes,
         )  # fmt: skip
 
 

@@ -102,12 +102,12 @@ class Location:
 
     def child(self, *names: str) -> Location:
         path = posixpath.join(self.path, *names)
-        return Location(self.spec, self.protocol, path, self.storage_options)
+        spec = posixpath.join(self.spec, *names)  # messages name what is meant
+        return Location(spec, self.protocol, path, self.storage_options)
 
     def sibling(self, name: str) -> Location:
-        return Location(self.spec, self.protocol, self.parent_path(), self.storage_options).child(
-            name
-        )
+        parent = posixpath.dirname(self.spec.rstrip("/")) or "."
+        return Location(parent, self.protocol, self.parent_path(), self.storage_options).child(name)
 
     def parent_path(self) -> str:
         return posixpath.dirname(self.path.rstrip("/")) or "/"

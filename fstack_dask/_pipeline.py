@@ -195,7 +195,7 @@ def fuse_zarr(
 
     with contextlib.ExitStack() as stack:
         sched = resolve_scheduler(scheduler, stack)  # after every check: it may connect
-        plan, cache_bytes = fusion.plan(sched.workers)
+        plan, cache_bytes = fusion.plan(sched.workers, sched.processes)
         target = destination.take(mode)
         try:
             _prepare(target, destination, fusion, identity, files, stored)

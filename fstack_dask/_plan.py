@@ -227,6 +227,7 @@ def make_plan(
     task_bytes,
     unit_bytes: int,
     block: tuple[int, int] | None = None,
+    processes: int = 1,
 ) -> tuple[Plan, int]:
     """Choose the block size and strip width; return the plan and the cache's byte budget.
 
@@ -247,6 +248,9 @@ def make_plan(
         Bytes of one decoded read unit (all planes).
     block : (int, int), optional
         A block size chosen by the user (it is also the output's chunk size).
+    processes : int
+        Processes that share the work without sharing a cache (worker processes, cluster
+        workers): each gets strips of its own, so strips are at most 1/processes of the width.
 
     Raises
     ------
@@ -276,6 +280,8 @@ def make_plan(
     strip = max(1, math.ceil(nx / bx))
     while strip > 1 and unit_rows * (math.ceil(strip * bx / ux) + 2) * unit_bytes > cache:
         strip -= 1
+    if processes > 1:
+        strip = min(strip, math.ceil(math.ceil(nx / bx) / processes))
     unit_lead = tuple(unit_shape.get(a, 1) for a in layout.lead_axes)
     return Plan(layout, (by, bx), halo, strip, unit_lead), cache
 

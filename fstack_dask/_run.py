@@ -209,7 +209,8 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
             report.done += 1
         else:
             report.failures.append(outcome.error)
-    bar.advance(len(outcomes))
+    with contextlib.suppress(Exception):  # a broken display must not fail the run
+        bar.advance(len(outcomes))
     return len(report.failures) < FAILED_BLOCKS_LIMIT
 
 
@@ -287,11 +288,15 @@ def _strip_of(job: FuseJob, block: tuple[int, ...]) -> tuple[int, ...]:
     return (*block[:-2], block[-1] // job.plan.strip)
 
 
-def _run_length(job: FuseJob, processes: int) -> int:
-    """Blocks per task: long enough to reuse units down a strip, short enough that every
-    process gets several tasks."""
-    per_process = job.plan.n_blocks / max(1, 3 * processes)
-    return max(1, min(int(per_process), 4 * job.plan.strip))
+def _run_length(job: Any, processes: int) -> int:
+    """Blocks per task: a whole strip (top to bottom, so units are reused down it), split
+    when there are fewer strips than processes."""
+    plan = job.plan
+    ny, nx = plan.grid
+    n_strips = -(-nx // plan.strip) * plan.n_images
+    per_strip = plan.strip * ny
+    segments = max(1, -(-processes // n_strips))
+    return max(1, -(-per_strip // segments))
 
 
 def _run_runs(job, blocks, report, bar, scheduler: Scheduler, stall_timeout: float) -> None:

@@ -172,11 +172,15 @@ def _write_atomic(location: Location, body: bytes) -> None:
         location.fs.pipe_file(location.path, body)
         return
     aside = f"{location.path}.{uuid.uuid4().hex}.tmp"
-    with open(aside, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(aside, location.path)
+    try:
+        with open(aside, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(aside, location.path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
     fsync_dir(os.path.dirname(location.path))
 
 
