@@ -100,7 +100,7 @@ def run_demo(
     fused = out["0"][...]
     if rgb:
         fused = fused.transpose(1, 2, 0)  # cyx -> yxc, like the truth
-    depth = out["depth"][...] / Z_STEP  # micrometer -> planes, like the truth
+    depth = out["depth"]["0"][...] / Z_STEP  # micrometer -> planes, like the truth
     print(
         f"wrote {fused_path}: all-in-focus image + depth, selectivity maps in {seconds:.2f} s",
         flush=True,

@@ -85,7 +85,8 @@ def open_source(
     if os.path.isfile(path) and lower.endswith(_TIFF):
         from ._read_tiff import open_tiff
 
-        return _from_opened(open_tiff(path, level=level, axes=axes), location)
+        with _reading(location.spec):
+            return _from_opened(open_tiff(path, level=level, axes=axes), location)
     if lower.endswith(_HDF5) or _inside_hdf5(path):
         from ._read_hdf5 import open_hdf5
 
@@ -96,12 +97,13 @@ def open_source(
 
         if any(_is_image(n) for n in os.listdir(path)):
             _level0(level, "plane files")
-            return _from_opened(open_image_files(path, axes=axes), location)
+            with _reading(location.spec):
+                return _from_opened(open_image_files(path, axes=axes), location)
     if os.path.isfile(path):
         raise ValueError(
-            f"src {location.spec!r} is a file fstack_dask cannot read as a focus stack; expected "
-            "a Zarr or OME-Zarr store, a TIFF file, an HDF5 dataset, or a folder or glob of "
-            "plane files (TIFF, PNG, JPEG)"
+            f"src {location.spec!r} is not a Zarr array or group, nor a file fstack_dask can "
+            "read as a focus stack: expected a Zarr or OME-Zarr store, a TIFF file, an HDF5 "
+            "dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
         )
     return open_zarr(location, axes=axes, level=level)
 
@@ -119,6 +121,23 @@ def _inside_hdf5(path: str) -> bool:
             return head.lower().endswith(_HDF5)
         head = os.path.dirname(head)
     return False
+
+
+def _reading(what: str):
+    """Errors of a reader's own making (a damaged file) as one ValueError naming ``what``."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (ValueError, TypeError, OSError, ImportError):
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"src {what!r} cannot be read: {text}") from exc
+
+    return guard()
 
 
 def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) -> Source:

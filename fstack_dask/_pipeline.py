@@ -155,7 +155,7 @@ def fuse_zarr(
     >>> stack = synthetic_stack((64, 64), 7, seed=0).stack.transpose(2, 0, 1)  # z, y, x
     >>> write_stack(tmp / "in.zarr", stack, axes="zyx")
     >>> out = fuse_zarr(tmp / "in.zarr", tmp / "out.zarr", depth_map=True, progress=False)
-    >>> out["0"].shape, out["depth"].dtype == "float32"
+    >>> out["0"].shape, out["depth"]["0"].dtype == "float32"
     ((64, 64), True)
     """
     for name, value in (
@@ -201,7 +201,7 @@ def fuse_zarr(
             _prepare(target, destination, fusion, identity, files, stored)
             done = target.state.done()
             todo = (b for b in plan.blocks() if plan.name(b) not in done)
-            n_todo = plan.n_blocks - len(done)
+            n_todo = plan.n_blocks - sum(not n.startswith("L") for n in done)  # L1_...: levels
             if mode in ("resume", "resume-staged"):
                 log.info("resuming %s: %d of %d blocks left", dst_loc.spec, n_todo, plan.n_blocks)
             job = _job(fusion, plan, target.output, cache_bytes)

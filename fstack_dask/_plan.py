@@ -210,10 +210,10 @@ def _choose_block(ny, nx, uy, ux, halo, fits) -> tuple[int, int] | None:
     smallest = max(2 * halo, 16)
     for d in range(2, max(uy, ux) + 1):
         by, bx = min(ny, math.ceil(uy / d)), min(nx, math.ceil(ux / d))
-        if fits((by, bx)):
-            return by, bx
         if max(by, bx) < smallest:
             return None
+        if fits((by, bx)):
+            return by, bx
     return None
 
 

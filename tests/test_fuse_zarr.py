@@ -38,7 +38,7 @@ from fstack_dask import (
 from fstack_dask._fusion import MIN_BLOCKS_PER_IMAGE
 from fstack_dask._kernel import block_memory, fuse_block
 from fstack_dask._lock import _pid_start
-from fstack_dask._read import open_source
+from fstack_dask._open import open_source
 from fstack_dask._state import STATE_DIR
 
 STATE = STATE_DIR
@@ -245,7 +245,8 @@ def test_rgb_shares_one_weight_map_independent_does_not(tmp_path):
     auto = fuse_zarr(src, tmp_path / "auto.zarr", chunks=24, depth_map=True, progress=False)
     np.testing.assert_array_equal(auto["0"][...], rgb_truth, strict=True)
     assert auto.attrs["fstack_dask"]["channels"] == "rgb"
-    assert tuple(auto["depth"].metadata.dimension_names) == ("y", "x")  # one map for 3 channels
+    # one map for 3 channels
+    assert tuple(auto["depth"]["0"].metadata.dimension_names) == ("y", "x")
 
     indep = fuse_zarr(
         src, tmp_path / "indep.zarr", channels="independent", chunks=24, depth_map=True,
@@ -253,7 +254,7 @@ def test_rgb_shares_one_weight_map_independent_does_not(tmp_path):
     )  # fmt: skip
     np.testing.assert_array_equal(indep["0"][...], indep_truth, strict=True)
     assert indep.attrs["fstack_dask"]["channels"] == "independent"
-    assert tuple(indep["depth"].metadata.dimension_names) == ("c", "y", "x")
+    assert tuple(indep["depth"]["0"].metadata.dimension_names) == ("c", "y", "x")
 
 
 @pytest.mark.parametrize(
@@ -281,7 +282,7 @@ def test_batch_axes_are_fused_index_by_index(tmp_path):
     src = _plain(tmp_path / "in.zarr", tzyx, names="tzyx")
     out = fuse_zarr(src, tmp_path / "out.zarr", chunks=(16, 40), depth_map=True, progress=False)
     _check_output(out, np.stack([focus_stack(s) for s in stacks]), "tyx")
-    assert out["depth"].shape == (3, 50, 40)
+    assert out["depth"]["0"].shape == (3, 50, 40)
     assert out["0"].chunks == (1, 16, 40)
 
 
@@ -309,19 +310,19 @@ def test_depth_and_selectivity_maps_on_request(tmp_path, depth_map, selectivity_
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack, focus=focus), strict=True)
     assert ("depth" in out) == bool(depth_map)
     assert ("selectivity" in out) == bool(selectivity_map)
-    assert sorted(out.array_keys()) == sorted(
-        ["0"] + ["depth"] * depth_map + ["selectivity"] * selectivity_map
-    )
+    levels = [str(k) for k in range(out.attrs["fstack_dask"]["levels"] + 1)]
+    assert sorted(out.array_keys()) == levels
+    assert sorted(out.group_keys()) == ["depth"] * depth_map + ["selectivity"] * selectivity_map
     if depth_map:
-        depth = out["depth"][...]
+        depth = out["depth"]["0"][...]
         assert depth.dtype == np.float32 and depth.shape == stack.shape[:2]
-        assert tuple(out["depth"].metadata.dimension_names) == ("y", "x")
+        assert tuple(out["depth"]["0"].metadata.dimension_names) == ("y", "x")
         np.testing.assert_array_equal(depth, whole.depth, strict=True)
         assert np.isnan(depth[20:40, 30:50]).all()  # flat patch: no contrast
         assert np.isnan(depth).mean() < 0.2
         assert set(np.unique(depth[~np.isnan(depth)])) <= set(focus.astype(np.float32))
     if selectivity_map:
-        sel = out["selectivity"][...]
+        sel = out["selectivity"]["0"][...]
         assert sel.dtype == np.float32 and sel.shape == stack.shape[:2]
         np.testing.assert_array_equal(sel, whole.selectivity, strict=True)
         assert np.isfinite(sel).mean() > 0.5
@@ -369,7 +370,7 @@ def test_every_zarr_chunk_is_written_by_one_task(tmp_path, monkeypatch, chunks):
     n_blocks = 2 * math.ceil(150 / chunks[0]) * math.ceil(70 / chunks[1])  # one channel each
     assert len(writes) == n_blocks
     for name in ("0", "depth", "selectivity"):
-        arr = out[name]
+        arr = out["0"] if name == "0" else out[name]["0"]
         assert arr.chunks == (1, min(chunks[0], 150), min(chunks[1], 70))
         assert tuple(arr.metadata.dimension_names) == ("c", "y", "x")
         owner = {}
@@ -464,17 +465,16 @@ def test_existing_dst_is_refused_without_overwrite_and_replaced_with_it(tmp_path
     other = _make("zyx", shape=(30, 50), dtype="float32", seed=9)
     src2 = _plain(tmp_path / "data" / "other.zarr", other, names="zyx")
     src_before = _tree(tmp_path / "data")
-    out = fuse_zarr(src2, dst, overwrite=True, chunks=(20, 30), progress=False)
+    out = fuse_zarr(src2, dst, overwrite=True, chunks=(20, 30), levels=0, progress=False)
     _check_output(out, _truth(other, "zyx", False)[0], "yx", dst=dst)
     assert sorted(out.array_keys()) == ["0"]  # the old depth/selectivity are gone
-    assert sorted(os.listdir(dst)) == ["0", "zarr.json"]
     assert out.attrs["fstack_dask"]["src_shape"] == [7, 30, 50]
     assert _tree(tmp_path / "data") == src_before
-    # A file that fstack_dask did not write is never deleted: it is kept (with the old
-    # output's folder, swapped aside), and the warning says where.
-    (kept,) = [p for p in tmp_path.rglob("stray.txt")]
-    assert kept.read_text() == "left by someone"
-    assert f"kept ['stray.txt'] in {kept.parent}" in caplog.text
+    # A file that fstack_dask did not write is never deleted: it stays where it was put,
+    # and nothing is left beside dst.
+    assert sorted(os.listdir(dst)) == ["0", "stray.txt", "zarr.json"]
+    assert (dst / "stray.txt").read_text() == "left by someone"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_dst_that_is_not_a_zarr_store_is_never_overwritten(tmp_path, src_czyx):
@@ -532,8 +532,10 @@ def test_chunks_follow_memory_per_task_and_the_source_grid(tmp_path, src_chunk):
     data = _make("zyx", shape=(300, 260), n_planes=7, dtype="uint16")
     src = _plain(tmp_path / "in.zarr", data, names="zyx", chunks=(7, src_chunk, src_chunk))
     expected = _truth(data, "zyx", False)[0]
-    per_pixel = block_memory((1, 1), 7, 1, 2, False)
-    budgets = [per_pixel * side**2 for side in (80, 110, 200, 400)]
+    from fstack_dask._fusion import plan_fusion
+
+    task_bytes = plan_fusion(src).task_bytes  # what a task holds for a block of a given size
+    budgets = [int(task_bytes((side, side)) / 0.75) + 1 for side in (40, 64, 128, 256)]
     sizes = []
     for k, budget in enumerate(budgets):
         dst = tmp_path / f"out{k}.zarr"
@@ -834,7 +836,7 @@ def test_many_blocks_in_a_narrow_strip_keep_the_bits(tmp_path, monkeypatch, sche
     with dask.config.set(num_workers=workers):
         out = fuse_zarr(
             src, tmp_path / "out.zarr", chunks=block, memory_per_task=memory, depth_map=True,
-            progress=False, scheduler=scheduler,
+            progress=False, scheduler=scheduler, levels=0,
         )  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
     ((job, report),) = runs

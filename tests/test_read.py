@@ -12,8 +12,9 @@ import pytest
 import zarr
 
 from fstack_dask import write_stack
+from fstack_dask._open import open_source
 from fstack_dask._params import parse_axes
-from fstack_dask._read import Source, open_source
+from fstack_dask._read import Source
 
 
 def _stack(shape=(4, 6, 5), dtype="uint16"):
@@ -439,8 +440,8 @@ def test_open_missing(tmp_path):
 def test_open_non_zarr_directory(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "image.tif").write_bytes(b"II*\x00")
-    with pytest.raises(ValueError, match="is not a Zarr array or group"):
+    (plain / "image.tif").write_bytes(b"II*\x00")  # looks like a folder of planes: a bad one
+    with pytest.raises(ValueError, match="plain' cannot be read"):
         open_source(plain)
     assert sorted(os.listdir(plain)) == ["image.tif"]
 
@@ -469,7 +470,9 @@ def test_open_damaged_metadata_names_the_file(tmp_path, name):
 
 def test_open_rejects_non_path_src():
     with pytest.raises(TypeError, match="src must be"):
-        open_source(np.zeros((2, 2, 2)))  # type: ignore[arg-type]
+        open_source(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="axes is required"):
+        open_source(np.zeros((2, 2, 2)))  # arrays are sources too, with their axes
 
 
 @pytest.mark.parametrize("dtype", ["bool", "complex64", "str"])

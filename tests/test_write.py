@@ -16,8 +16,8 @@ from conftest import tree_digest as _tree
 
 from fstack_dask import fuse_zarr, write_stack
 from fstack_dask._locations import resolve
+from fstack_dask._open import open_source
 from fstack_dask._plan import Layout
-from fstack_dask._read import open_source
 from fstack_dask._write import create_output, output_spec, write_block
 
 
@@ -99,7 +99,7 @@ def test_create_output_multichannel_round_trip(tmp_path):
     assert [type(c).__name__ for c in image.compressors] == ["ZstdCodec"]
 
     for name in ("depth", "selectivity"):
-        extra = reopened[name]
+        extra = reopened[name]["0"]
         assert extra.shape == (3, 100, 70)  # channels fused independently: one map each
         assert extra.chunks == (1, 32, 64)
         assert extra.dtype == np.float32
@@ -155,7 +155,7 @@ def test_create_output_rgb_and_translation(tmp_path):
     ]  # fmt: skip
     assert group["0"].metadata.dimension_names == ("c", "y", "x")
     assert group["0"].chunks == (1, 12, 10)  # 1 along every axis but y and x
-    assert group["depth"].metadata.dimension_names == ("y", "x")  # one map for 3 channels
+    assert group["depth"]["0"].metadata.dimension_names == ("y", "x")  # one map for 3 channels
 
 
 def _ome_with_scale(path: Path, scale: list) -> None:
@@ -203,14 +203,14 @@ def test_write_block_reports_the_chunk_files_it_wrote(tmp_path):
     dst = tmp_path / "fused.zarr"
     dst.mkdir()
     group = create_output(resolve(dst, name="dst"), _spec(source, block=(16, 16), maps=("depth",)))
-    arrays = {name: group[name] for name in ("0", "depth")}
+    arrays = {"0": group["0"], "depth": group["depth"]["0"]}
     regions = {name: (slice(1, 2), slice(16, 40), slice(0, 16)) for name in arrays}
     data = {
         "0": np.full((1, 24, 16), 3, np.uint16),
         "depth": np.full((1, 24, 16), 1.5, np.float32),
     }
     keys = write_block(arrays, regions, data)
-    assert sorted(keys) == ["0/c/1/1/0", "0/c/1/2/0", "depth/c/1/1/0", "depth/c/1/2/0"]
+    assert sorted(keys) == ["0/c/1/1/0", "0/c/1/2/0", "depth/0/c/1/1/0", "depth/0/c/1/2/0"]
     written = {
         os.path.relpath(os.path.join(d, f), dst)
         for d, _, files in os.walk(dst)
