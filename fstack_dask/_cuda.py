@@ -21,6 +21,7 @@ sets that up). See :func:`device_block_memory` for what a block holds on the GPU
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any
 
@@ -31,6 +32,10 @@ from ._device import require_device, simulated
 __all__ = ["device_block_memory", "fuse_cuda", "host_block_memory"]
 
 THREADS_PER_BLOCK = 256
+#: Send the samples through a pinned (page-locked) buffer, asynchronously (default), or
+#: straight from the block's pageable memory (``FSTACK_DASK_CUDA_PINNED=0``; the driver then
+#: stages the copy itself). Both give the same bits; benchmarks/gpu.py times both.
+PINNED = os.environ.get("FSTACK_DASK_CUDA_PINNED", "1").strip() != "0"
 _build_lock = threading.Lock()
 _built: dict[str, Any] = {}
 _local = threading.local()
@@ -193,40 +198,76 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     by ``fuse_block``.
     """
     from ._compiled import _copy_tiles
-    from ._kernel import fm_dtype, focus_measure, luminance
-    from ._pixel import phi_from_s
+    from ._kernel import focus_measure, luminance
 
-    _, kernels = _target()
     ws = workspace()
     native = stack.dtype
     values = stack if rgb else stack[None]
-    float16 = native == np.float16
-    if float16:  # as the CPU engine: numba has no float16 arithmetic; float32 holds it exactly
+    if native == np.float16:  # as the CPU engine: no float16 arithmetic; float32 holds it
         values = values.astype(np.float32)
-    n_ch, n_planes, rows, width = values.shape
-    n = int(nhsize)
-    lo, hi = n // 2, n - 1 - n // 2
-    fm_dt = fm_dtype(native)
-    out_dt = np.dtype(np.float64) if float16 else native
+    n_planes = values.shape[1]
     stream = ws.stream
 
     # The samples, through a pinned buffer (one tiled copy for the reference's layout).
-    h_values = ws.on_host("values", values.shape, values.dtype)
-    if values.flags.c_contiguous:
-        np.copyto(h_values, values)
-    else:
-        _copy_tiles(values, h_values)
     d_values = ws.on_device("values", values.shape, values.dtype)
-    d_values.copy_to_device(h_values, stream=stream)
-    d_fm = ws.on_device("fm", (n_planes, rows, width), fm_dt)
-
+    if PINNED:
+        h_values = ws.on_host("values", values.shape, values.dtype)
+        if values.flags.c_contiguous:
+            np.copyto(h_values, values)
+        else:
+            _copy_tiles(values, h_values)
+        d_values.copy_to_device(h_values, stream=stream)
+    else:
+        d_values.copy_to_device(np.ascontiguousarray(values), stream=stream)
+    host_fm = None
     if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
         grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
-        d_fm.copy_to_device(np.ascontiguousarray(focus_measure(grey, n, compiled=False)[0]),
-                            stream=stream)  # fmt: skip
+        host_fm = np.ascontiguousarray(focus_measure(grey, int(nhsize), compiled=False)[0])
         del grey
+    d = device_pass(ws, d_values, native, rgb, nhsize, focus, alpha, sth,
+                    with_selectivity=with_selectivity, host_fm=host_fm)  # fmt: skip
+
+    n_ch, _, rows, width = values.shape
+    h_out = ws.on_host("out", d["out"].shape, d["out"].dtype)
+    h_fmax = ws.on_host("fmax", (rows, width), d["fmax"].dtype)
+    h_arg = ws.on_host("arg", (rows, width), np.int32)
+    d["out"].copy_to_host(h_out, stream=stream)
+    d["fmax"].copy_to_host(h_fmax, stream=stream)
+    d["arg"].copy_to_host(h_arg, stream=stream)
+    if with_selectivity:
+        h_sel = ws.on_host("sel", (rows, width), np.float32)
+        d["sel"].copy_to_host(h_sel, stream=stream)
+    stream.synchronize()
+    image = (h_out if rgb else h_out[0]).astype(native)  # a copy: the pinned buffer is reused
+    sel = h_sel.copy() if with_selectivity else None
+    return image, h_fmax.copy(), h_arg.astype(np.intp), sel
+
+
+def device_pass(
+    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None
+) -> dict[str, Any]:
+    """Every kernel of one block whose samples ``d_values`` (C, P, Y, X) are on the GPU.
+
+    Queued on the workspace's stream (nothing waits). ``native`` is the input's dtype (the
+    samples may be float16 widened to float32); ``host_fm``, if given, is the focus measure
+    computed on the host (64-bit integers). Returns the device arrays ``out`` (C, Y, X),
+    ``fmax``, ``arg`` and ``sel``.
+    """
+    from ._kernel import fm_dtype
+    from ._pixel import phi_from_s
+
+    _, kernels = _target()
+    stream = ws.stream
+    n_ch, n_planes, rows, width = d_values.shape
+    n = int(nhsize)
+    lo, hi = n // 2, n - 1 - n // 2
+    fm_dt = fm_dtype(native)
+    out_dt = np.dtype(np.float64) if native == np.float16 else np.dtype(native)
+    d_fm = ws.on_device("fm", (n_planes, rows, width), fm_dt)
+    if host_fm is not None:
+        d_fm.copy_to_device(host_fm, stream=stream)
     else:
-        _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi)
+        _focus_measure(ws, kernels, d_values, d_fm, np.dtype(native), rgb, n, lo, hi)
 
     fit = n_planes >= 5
     d_focus = ws.on_device("focus", (n_planes,), np.float64)
@@ -252,20 +293,7 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     lo_val, hi_val, top, is_int = _store_limits(out_dt)
     ws.launch(kernels["blend"], pixels, d_values, d_fm, d_fmax, d_phi, d_out, lo_val, hi_val,
               top, is_int)  # fmt: skip
-
-    h_out = ws.on_host("out", (n_ch, rows, width), out_dt)
-    h_fmax = ws.on_host("fmax", (rows, width), fm_dt)
-    h_arg = ws.on_host("arg", (rows, width), np.int32)
-    d_out.copy_to_host(h_out, stream=stream)
-    d_fmax.copy_to_host(h_fmax, stream=stream)
-    d_arg.copy_to_host(h_arg, stream=stream)
-    if with_selectivity:
-        h_sel = ws.on_host("sel", (rows, width), np.float32)
-        d_sel.copy_to_host(h_sel, stream=stream)
-    stream.synchronize()
-    image = (h_out if rgb else h_out[0]).astype(native)  # a copy: the pinned buffer is reused
-    sel = h_sel.copy() if with_selectivity else None
-    return image, h_fmax.copy(), h_arg.astype(np.intp), sel
+    return {"out": d_out, "fmax": d_fmax, "arg": d_arg, "sel": d_sel}
 
 
 def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi) -> None:
