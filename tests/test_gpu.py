@@ -306,3 +306,19 @@ def test_gpu_cli_and_distributed_worker(tmp_path):
 def test_gpu_problem_is_one_line_or_none():
     problem = cuda_problem()
     assert problem is None or "\n" not in problem
+
+
+def test_info_prints_gpu_memory_per_task(tmp_path):
+    """`fstack-dask info --device cuda` needs no GPU: it prints the formula's bytes per task."""
+    from fstack_dask._cuda import device_block_memory
+    from fstack_dask._params import overlap_depth
+
+    zyx = np.moveaxis(synthetic_stack((300, 280), 9, dtype="uint16", seed=2).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(9, 128, 128))
+    done = _run(["-m", "fstack_dask", "info", str(tmp_path / "in.zarr"), "--device", "cuda",
+                 "--chunks", "128"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    halo = overlap_depth(9)
+    gpu = device_block_memory((128 + 2 * halo, 128 + 2 * halo), 9, 1, 2)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("device:"))
+    assert f"cuda: {gpu / 2**20:.1f} MiB of GPU memory per task" in line, line
