@@ -14,7 +14,10 @@ library they vectorise (LLVM turns the per-voxel loops into SIMD code), and
 they give the same bits on every CPU: they use only IEEE additions,
 multiplications and divisions, which are correctly rounded everywhere. They
 are compiled without ``fastmath`` (no reassociation, no contraction into fused
-multiply-adds), so each result is a fixed sequence of roundings.
+multiply-adds), so each result is a fixed sequence of roundings. CUDA's compiler contracts
+``a * b + c`` even without ``fastmath``; the CUDA kernels (:mod:`fstack_dask._cuda_kernels`)
+therefore compile these sources with every product replaced by ``libdevice.dmul_rn``
+(:func:`compile_for`), which is never contracted, and get the same roundings.
 
 NumPy's own ``exp``/``tanh``/``log`` (used by the NumPy engine in
 :mod:`fstack_dask._kernel`) differ from these in the last bit now and then;
