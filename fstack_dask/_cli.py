@@ -180,7 +180,14 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g.add_argument(
         "--memory-per-task",
         metavar="SIZE",
-        help="memory one task may use, e.g. 256MiB, 1GiB, 500MB (default 256MiB)",
+        help="memory one task may use, e.g. 256MiB, 1GiB, 500MB (default 256MiB); with "
+        "--device cuda, on the host and on the GPU",
+    )
+    g.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where each block is fused: cpu (default) or cuda, the CUDA GPU of each worker "
+        '(pip install "fstack_dask[gpu]")',
     )
     if full:
         g.add_argument(
@@ -361,6 +368,7 @@ def _configure(args: argparse.Namespace):
     put("output", "chunks", "chunks", "--chunks")
     put("output", "overwrite", "overwrite", "--overwrite")
     put("resources", "memory_per_task", "memory_per_task", "--memory-per-task")
+    put("resources", "device", "device", "--device")
     cluster = _cluster_override(getattr(args, "scheduler", None))
     if cluster is not None:
         sections["cluster"] = cluster
@@ -372,7 +380,7 @@ def _configure(args: argparse.Namespace):
 
 _PLAN_KEYS = (
     "axes", "level", "channels", "nhsize", "focus", "alpha", "sth", "depth_map",
-    "selectivity_map", "chunks", "memory_per_task", "storage_options",
+    "selectivity_map", "chunks", "memory_per_task", "storage_options", "device",
 )  # fmt: skip
 
 
@@ -518,6 +526,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ),
         ("memory per process", f"<= {workers} x {_mib(fusion.memory_per_task)} "
          f"(tasks {_mib(workers * task)}, decoded-chunk cache {_mib(cache)})"),
+        ("device", _device_line(fusion, workers)),
     ]  # fmt: skip
     width = max(len(k) for k, _ in lines) + 2
     for key, value in lines:
@@ -530,6 +539,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
             flush=True,
         )
     return EXIT_OK
+
+
+def _device_line(fusion: Any, workers: int) -> str:
+    if fusion.params["device"] != "cuda":
+        return "cpu"
+    from ._cuda import device_block_memory
+
+    lay, halo = fusion.layout, fusion.halo
+    shape = (fusion.block[0] + 2 * halo, fusion.block[1] + 2 * halo)
+    gpu = device_block_memory(shape, lay.n_planes, lay.n_channels, fusion.source.dtype.itemsize,
+                              float16=fusion.source.dtype == "float16")  # fmt: skip
+    return (
+        f"cuda: {_mib(gpu)} of GPU memory per task, <= {workers} x {_mib(gpu)} per process "
+        "(one process per GPU)"
+    )
 
 
 # ------------------------------------------------------------------------ main
@@ -553,6 +577,8 @@ _API_TO_OPTION = (
     ("omit axes= or pass axes=", "omit --axes or pass --axes "),
     ("e.g. axes='zyx'", "e.g. --axes zyx"),
     ("overwrite=True", "--overwrite"),
+    ("device='cuda'", "--device cuda"),
+    ("use device='cpu'", "use --device cpu"),
 )
 
 

@@ -5,7 +5,7 @@ A configuration file has up to five sections, all optional::
     algorithm: {nhsize: 9, alpha: 0.2, sth: 13, focus: null}
     input:     {axes: null, channels: auto}
     output:    {depth_map: false, selectivity_map: false, chunks: null, overwrite: false}
-    resources: {memory_per_task: 256MiB}
+    resources: {memory_per_task: 256MiB, device: cpu}
     cluster:   {kind: local, scheduler: threads}     # or distributed / slurm / pbs
 
 Every key is checked when the file is read: an unknown key, a value of the
@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ._device import DEVICES
 from ._params import (
     DEFAULT_MEMORY_PER_TASK,
     MAX_CHUNK,
@@ -98,10 +99,11 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Per-task memory budget, in bytes."""
+    """Per-task memory budget, in bytes; the stall timeout; where blocks are fused."""
 
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK
     stall_timeout: float = 600.0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Config:
             "storage_options": None if i.storage_options is None else dict(i.storage_options),
             "dst_storage_options": None if o.storage_options is None else dict(o.storage_options),
             "stall_timeout": self.resources.stall_timeout,
+            "device": self.resources.device,
         }
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
@@ -385,6 +388,12 @@ def _memory(value: Any, name: str) -> int:
         raise ValueError(str(exc)) from None
 
 
+def _device(value: Any, name: str) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in DEVICES:
+        raise ValueError(f"{name} must be cpu or cuda, got {value!r} ({_type_name(value)})")
+    return value.strip().lower()
+
+
 def _kind(value: Any, name: str) -> str:
     if not isinstance(value, str) or value not in CLUSTER_KINDS:
         raise ValueError(f"{name} must be one of {', '.join(CLUSTER_KINDS)}, got {value!r}")
@@ -469,7 +478,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "storage_options": _storage_options,
         "levels": _levels,
     },
-    "resources": {"memory_per_task": _memory, "stall_timeout": _seconds},
+    "resources": {"memory_per_task": _memory, "stall_timeout": _seconds, "device": _device},
     "cluster": {
         "kind": _kind,
         "scheduler": _scheduler,

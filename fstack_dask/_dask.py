@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 import dask.array as da
 import numpy as np
 
+from ._device import check_device, engine_for, require_device_for_graph
 from ._kernel import block_memory, fuse_block
 from ._params import (
     DEFAULT_MEMORY_PER_TASK,
@@ -74,6 +75,7 @@ def plan_chunks(
     rgb: bool,
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
     align: tuple[int, int] = (1, 1),
+    engine: str | None = None,
 ) -> tuple[int, int]:
     """y/x block size whose task fits in ``memory_per_task`` bytes.
 
@@ -86,7 +88,8 @@ def plan_chunks(
 
     def fits(side: int) -> bool:
         shape = (side + 2 * halo, side + 2 * halo)
-        return block_memory(shape, n_planes, n_channels, itemsize, rgb) <= memory_per_task
+        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
+        return need <= memory_per_task
 
     lo, hi = 1, max(shape_yx)
     if fits(hi):
@@ -97,7 +100,8 @@ def plan_chunks(
     side = lo
     if side < halo and side < max(shape_yx):
         # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
-        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb)
+        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb,
+                            engine=engine)  # fmt: skip
         raise ValueError(
             f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
             f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
@@ -127,7 +131,8 @@ def _merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     return tuple(merged)
 
 
-def _fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, block_info=None):
+def _fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
+                block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge)."""
     info = block_info[0]
     loc, nchunks = info["chunk-location"], info["num-chunks"]
@@ -150,6 +155,7 @@ def _fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, block_inf
         rgb=rgb,
         with_depth=n_out > (3 if rgb else 1),
         with_selectivity=n_out > (3 if rgb else 1),
+        engine=engine,
     )
     (y0, y1), (x0, x1) = crops
     image = res.image if rgb else res.image[None]
@@ -174,6 +180,7 @@ def fuse(
     chunks: int | tuple[int, int] | None = None,
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
     return_maps: bool = False,
+    device: str = "cpu",
 ) -> da.Array | FusionResult:
     """Lazy all-in-focus fusion of a focus stack of any size (Pertuz et al. 2013).
 
@@ -206,6 +213,11 @@ def fuse(
         Bytes one task may use, for choosing ``chunks`` (default 256 MiB).
     return_maps : bool, optional
         Also return the depth and selectivity maps (see :class:`FusionResult`).
+    device : {"cpu", "cuda"}, optional
+        Where the blocks are fused: ``"cuda"`` on a CUDA GPU (``pip install
+        "fstack_dask[gpu]"``), checked when the graph is built, on the workers of the
+        active distributed Client if there is one, else in this process: without it,
+        a ``ValueError`` naming ``device``.
 
     Returns
     -------
@@ -241,6 +253,7 @@ def fuse(
         chunks=chunks,
         memory_per_task=memory_per_task,
         with_maps=return_maps,
+        device=device,
     )
     fused = layers.array
     if fused.chunks[-2:] != layers.out_chunks:
@@ -298,6 +311,7 @@ def fused_layers(
     chunks: int | tuple[int, int] | None,
     memory_per_task: int,
     with_maps: bool,
+    device: str = "cpu",
 ) -> Layers:
     """Validate, plan and build the one ``map_overlap`` of the fusion."""
     if isinstance(stack, (str, os.PathLike)):
@@ -318,6 +332,9 @@ def fused_layers(
     alpha = check_alpha(alpha)
     sth = check_sth(sth)
     rgb = resolve_channels(channels, axes, stack.shape, dtype)
+    device = check_device(device)
+    require_device_for_graph(device)
+    engine = engine_for(device)
     plan = _plan(axes, stack.shape, rgb)
     halo = overlap_depth(nhsize)
 
@@ -336,6 +353,7 @@ def fused_layers(
                 nhsize=nhsize,
                 rgb=rgb,
                 memory_per_task=memory_per_task,
+                engine=engine,
             )
             out_chunks = da.core.normalize_chunks(side, (ny, nx))
     else:
@@ -374,6 +392,7 @@ def fused_layers(
         sth=sth,
         rgb=rgb,
         n_out=n_out,
+        engine=engine,
         token="fstack-fuse",
     )
     return Layers(

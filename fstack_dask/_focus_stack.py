@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._device import check_device, engine_for, require_device
 from ._kernel import fuse_block
 from ._params import (
     check_alpha,
@@ -30,6 +31,7 @@ def focus_stack(
     sth: float = 13,
     *,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """All-in-focus image of an in-memory focus stack (Pertuz et al. 2013).
 
@@ -59,6 +61,10 @@ def focus_stack(
         image is cut into horizontal bands with a halo of
         :func:`fstack_dask.overlap_depth` rows, so the result is the same,
         bit for bit, whatever the number of threads.
+    device : {"cpu", "cuda"}, optional
+        ``"cuda"``: fuse on the CUDA GPU (``pip install "fstack_dask[gpu]"``),
+        in as few bands as fit in half its free memory; without numba's CUDA
+        target or a GPU, a ``ValueError`` naming ``device``.
 
     Returns
     -------
@@ -115,12 +121,15 @@ def focus_stack(
     alpha = check_alpha(alpha)
     sth = check_sth(sth)
     workers = _check_workers(workers)
+    device = check_device(device)
+    require_device(device)
 
     # Plane-first (and channel-first) views; the kernel makes each band's planes contiguous.
     planes = np.moveaxis(im_stack, (2, 3), (1, 0)) if rgb else np.moveaxis(im_stack, 2, 0)
     fused = _fuse_in_bands(
-        planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, workers=workers
-    )
+        planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, workers=workers,
+        engine=engine_for(device),
+    )  # fmt: skip
     return np.moveaxis(fused, 0, -1) if rgb else fused
 
 
@@ -156,8 +165,13 @@ def _fuse_in_bands(planes, *, nhsize, focus, alpha, sth, rgb, workers, engine=No
     """
     rows = planes.shape[-2]
     halo = overlap_depth(nhsize)
-    # Bands of at least 4 halos, so the rows computed twice stay a small share.
-    n_bands = max(1, min(workers, rows // (4 * halo)))
+    if engine == "cuda":  # one GPU: as few bands as its memory allows, one after the other
+        from ._cuda import gpu_bands
+
+        n_bands, workers = gpu_bands(planes, rgb, halo), 1
+    else:
+        # Bands of at least 4 halos, so the rows computed twice stay a small share.
+        n_bands = max(1, min(workers, rows // (4 * halo)))
     bounds = band_bounds(rows, n_bands, halo)
 
     def run(bound):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._device import check_device, engine_for
 from ._kernel import block_memory
 from ._open import open_source
 from ._params import (
@@ -56,7 +57,8 @@ class Fusion:
         shape = (block[0] + 2 * self.halo, block[1] + 2 * self.halo)
         lay = self.layout
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
-                            lay.rgb, nhsize=self.kernel["nhsize"])  # fmt: skip
+                            lay.rgb, nhsize=self.kernel["nhsize"],
+                            engine=self.kernel.get("engine"))  # fmt: skip
 
     def plan(self, workers: int, processes: int = 1):
         """The block order and the unit cache's budget for ``workers`` tasks per process
@@ -84,10 +86,16 @@ def plan_fusion(
     memory_per_task: Any = None,
     levels: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> Fusion:
-    """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all."""
+    """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all.
+
+    ``device`` is only checked here (``"cpu"`` or ``"cuda"``); whether a GPU is there is
+    checked where the tasks will run, once the scheduler is known (``_device``).
+    """
     from ._params import DEFAULT_MEMORY_PER_TASK
 
+    device = check_device(device)
     memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
     chunks = check_chunks(chunks)
     source = open_source(src, axes=axes, level=level, storage_options=storage_options)
@@ -108,6 +116,8 @@ def plan_fusion(
         "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
         "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
     }  # fmt: skip
+    if engine_for(device) is not None:  # one engine for the whole run, chosen here
+        kernel["engine"] = engine_for(device)
     fusion = Fusion(
         source, layout, {}, kernel, (1, 1), halo, maps, None, memory, unit, unit_bytes,
         depth_affine, (src, axes, level, storage_options),
@@ -137,6 +147,7 @@ def plan_fusion(
         "selectivity_map": bool(selectivity_map),
         "depth_unit": depth_unit,
         "levels": levels,
+        "device": device,  # GPU and CPU may differ in the last place: resume on the same
         "complete": False,
     }
     spec = output_spec(

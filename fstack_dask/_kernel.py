@@ -306,7 +306,8 @@ def fuse_block(
 
     ``engine`` is ``"compiled"`` (numba) or ``"numpy"``; None follows
     :data:`ENGINE`. Both compute the same numbers up to the last bits of the
-    transcendental functions; never mix them within one image.
+    transcendental functions; never mix them within one image. ``"cuda"`` runs
+    the compiled engine's operations on a CUDA GPU (:mod:`fstack_dask._cuda`).
 
     References
     ----------
@@ -331,8 +332,10 @@ def fuse_block(
         fuse = _fuse_compiled
     elif engine == "numpy":
         fuse = _fuse_numpy
+    elif engine == "cuda":  # the GPU (device="cuda"); imported only when asked for
+        from ._cuda import fuse_cuda as fuse
     else:
-        raise ValueError(f"engine must be 'compiled' or 'numpy', got {engine!r}")
+        raise ValueError(f"engine must be 'compiled', 'numpy' or 'cuda', got {engine!r}")
     image, fmax, arg, s_raw = fuse(
         stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity
     )
@@ -475,12 +478,22 @@ def block_memory(
     row buffers of ``O(nhsize)`` rows (``float16=True``: the samples are
     widened to float32 first, ``4 C P`` more). The NumPy engine adds the luminance for RGB, the
     int64 temporaries of one plane and about twenty 2-D float64 maps.
-    Measured with tracemalloc in ``tests/test_kernel_memory.py``.
+    Measured with tracemalloc in ``tests/test_kernel_memory.py``. The ``"cuda"``
+    engine: the larger of its host and GPU memory (``_cuda.host_block_memory``,
+    ``_cuda.device_block_memory``), so that ``memory_per_task`` bounds both.
     """
     rows, cols = int(shape_yx[0]), int(shape_yx[1])
     pixels = rows * cols
     f = 4 if itemsize <= 2 else 8
     engine = ENGINE if engine is None else engine
+    if engine == "cuda":  # the larger of what the block holds on the host and on the GPU
+        from ._cuda import device_block_memory, host_block_memory
+
+        shape = (rows, cols)
+        return max(
+            host_block_memory(shape, n_planes, n_channels, itemsize, rgb, float16=float16),
+            device_block_memory(shape, n_planes, n_channels, itemsize, float16=float16),
+        )
     if engine == "numpy":
         per_pixel = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + f)
         return pixels * (per_pixel + 8 * (8 + 20 + n_channels + 2))

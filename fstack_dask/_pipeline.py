@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._destination import Destination, Target
+from ._device import require_device
 from ._errors import DestinationFullError, DestinationLockedError, with_outcome
 from ._fusion import Fusion, plan_fusion, with_block
 from ._locations import Location, remove_tree, resolve
@@ -60,6 +61,7 @@ def fuse_zarr(
     storage_options: dict[str, Any] | None = None,
     dst_storage_options: dict[str, Any] | None = None,
     stall_timeout: float = 600.0,
+    device: str = "cpu",
 ) -> Any:
     """Fuse a focus stack stored as Zarr into an OME-Zarr 0.5 all-in-focus image.
 
@@ -121,6 +123,11 @@ def fuse_zarr(
     stall_timeout : float, optional
         On a cluster, seconds without any finished block before the run fails (workers
         paused for memory, frozen or lost).
+    device : {"cpu", "cuda"}, optional
+        Where each block is fused: ``"cuda"`` on the CUDA GPU of each worker (``pip install
+        "fstack_dask[gpu]"``; without it, or without a GPU where the tasks run, a
+        ``ValueError`` naming ``device``, before anything is written). Recorded in the
+        output's provenance; a run is resumed only on the same device.
 
     Returns
     -------
@@ -168,7 +175,7 @@ def fuse_zarr(
         src, axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus,
         alpha=alpha, sth=sth, depth_map=depth_map, selectivity_map=selectivity_map,
         chunks=chunks, memory_per_task=memory_per_task, levels=levels,
-        storage_options=storage_options,
+        storage_options=storage_options, device=device,
     )  # fmt: skip
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
@@ -195,6 +202,7 @@ def fuse_zarr(
 
     with contextlib.ExitStack() as stack:
         sched = resolve_scheduler(scheduler, stack)  # after every check: it may connect
+        require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
         plan, cache_bytes = fusion.plan(sched.workers, sched.processes)
         target = destination.take(mode)
         try:

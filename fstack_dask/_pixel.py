@@ -14,7 +14,10 @@ library they vectorise (LLVM turns the per-voxel loops into SIMD code), and
 they give the same bits on every CPU: they use only IEEE additions,
 multiplications and divisions, which are correctly rounded everywhere. They
 are compiled without ``fastmath`` (no reassociation, no contraction into fused
-multiply-adds), so each result is a fixed sequence of roundings.
+multiply-adds), so each result is a fixed sequence of roundings. CUDA's compiler contracts
+``a * b + c`` even without ``fastmath``; the CUDA kernels (:mod:`fstack_dask._cuda_kernels`)
+therefore compile these sources with every product replaced by ``libdevice.dmul_rn``
+(:func:`compile_for`), which is never contracted, and get the same roundings.
 
 NumPy's own ``exp``/``tanh``/``log`` (used by the NumPy engine in
 :mod:`fstack_dask._kernel`) differ from these in the last bit now and then;
@@ -24,6 +27,9 @@ uses one engine only.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 import types
 
 import numpy as np
@@ -268,12 +274,19 @@ PY_FUNCS = {
 }
 
 
-def compile_for(decorate):
+def compile_for(decorate, *, multiply=None):
     """Every function of :data:`PY_FUNCS` decorated for one target, calling each other.
 
     ``decorate`` is e.g. ``numba.cuda.jit(device=True)``, or the identity for
     plain Python on NumPy scalars. Each function gets a fresh namespace in
     which the names of the others are their versions for the same target.
+
+    ``multiply``, if given, replaces every product ``a * b`` of the sources (all
+    of them on floats) by ``multiply(a, b)``. The CUDA target passes a multiply
+    that is never fused with a following addition (``libdevice.dmul_rn``): NVVM
+    contracts ``a * b + c`` into one fused multiply-add by default, which rounds
+    once instead of twice and so changes the last bits; with it, each function
+    does the same IEEE roundings as the CPU code, in the same order.
 
     Returns
     -------
@@ -281,11 +294,50 @@ def compile_for(decorate):
         Function name to decorated function.
     """
     namespace = dict(globals())
+    if multiply is not None:
+        namespace["_multiply"] = multiply
     out = {}
     for name, func in PY_FUNCS.items():
-        fresh = types.FunctionType(func.__code__, namespace, name, func.__defaults__)
+        if multiply is None:
+            fresh = types.FunctionType(func.__code__, namespace, name, func.__defaults__)
+        else:
+            fresh = _with_calls_for_products(func, namespace)
         out[name] = namespace[name] = decorate(fresh)
     return out
+
+
+class _ProductsToCalls(ast.NodeTransformer):
+    """``a * b`` -> ``_multiply(a, b)`` (and ``a *= b`` -> ``a = _multiply(a, b)``)."""
+
+    def visit_BinOp(self, node):
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Mult):
+            call = ast.Call(ast.Name("_multiply", ast.Load()), [node.left, node.right], [])
+            return ast.copy_location(call, node)
+        return node
+
+    def visit_AugAssign(self, node):
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Mult) and isinstance(node.target, ast.Name):
+            value = ast.Call(
+                ast.Name("_multiply", ast.Load()),
+                [ast.Name(node.target.id, ast.Load()), node.value],
+                [],
+            )
+            return ast.copy_location(ast.Assign([node.target], value), node)
+        return node
+
+
+def _with_calls_for_products(func, namespace):
+    """``func`` recompiled from its source with every product a call of ``_multiply``."""
+    lines, first = inspect.getsourcelines(func)
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    tree = ast.fix_missing_locations(_ProductsToCalls().visit(tree))
+    ast.increment_lineno(tree, first - 1)  # tracebacks point at the real lines
+    code = compile(tree, inspect.getsourcefile(func), "exec")
+    scope: dict = {}
+    exec(code, namespace, scope)  # noqa: S102 - our own source, transformed
+    return scope[func.__name__]
 
 
 if jit is not None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 COMPARED = (
     "src_axes", "src_shape", "level", "nhsize", "focus", "alpha", "sth", "channels", "chunks",
-    "depth_map", "selectivity_map", "depth_unit", "levels",
+    "depth_map", "selectivity_map", "depth_unit", "levels", "device",
 )  # fmt: skip
 
 

@@ -72,3 +72,24 @@ def tree_digest(root) -> dict[str, str]:
             with open(os.path.join(dirpath, f), "rb") as fh:
                 out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
     return out
+
+
+def _gpu_skip_reason() -> str | None:
+    """Why the ``gpu`` tests cannot run here, or None where a CUDA GPU is usable."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return "NUMBA_ENABLE_CUDASIM is set: the gpu tests need a real GPU"
+    from fstack_dask._device import cuda_problem
+
+    problem = cuda_problem()
+    return None if problem is None else f"no CUDA GPU: device='cuda' {problem}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``gpu`` tests, with the reason, where no GPU is usable."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _gpu_skip_reason()  # imports numba's CUDA target only when gpu tests are collected
+    if reason is not None:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

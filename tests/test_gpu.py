@@ -1,0 +1,324 @@
+"""``device="cuda"``: the CUDA kernel against the CPU engine, the checks, the refusals.
+
+Three kinds of test:
+
+* numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, in subprocesses, tiny stacks): the
+  CUDA source run as Python on a CPU. It does no fused multiply-adds, as our kernels on a
+  GPU do none (``libdevice.dmul_rn``), so it must give the CPU engine's bits exactly;
+* compiling the kernels to PTX for sm_90 (needs numba-cuda with NVVM, no GPU): they compile
+  for the real target and contain no fused multiply-add and no unrounded product;
+* ``gpu``: on a real GPU (skipped with the reason where there is none), the contract:
+  >= 99.9 % of pixels identical to the CPU, none more than one level apart, and bit for bit
+  across chunkings; run by ``benchmarks/gpu_check.sh``.
+
+The argument checks and the refusals without a GPU run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fstack_dask import focus_stack, fuse, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._config import config_from_mapping
+from fstack_dask._device import check_device, cuda_problem
+
+HERE = pathlib.Path(__file__).resolve().parent
+SIM_ENV = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+HAS_CUDA_TARGET = importlib.util.find_spec("numba.cuda") is not None
+needs_cuda_target = pytest.mark.skipif(
+    not HAS_CUDA_TARGET, reason="numba has no CUDA target here (pip install numba-cuda)"
+)
+
+
+def _run(args: list[str], env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _json(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def gpu_usable() -> bool:
+    """Whether a real GPU is usable here (then the refusal tests do not apply)."""
+    if not HAS_CUDA_TARGET:
+        return False
+    code = "from fstack_dask._device import cuda_problem; print(cuda_problem() is None)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    return _run(["-c", code], env=env).stdout.strip() == "True"
+
+
+# ------------------------------------------------------------------ the simulator
+
+
+@needs_cuda_target
+def test_simulated_kernel_gives_the_cpu_engines_bits():
+    """Every dtype and edge case of the CPU path: grey and RGB, P < 5, one plane, flat and
+    saturated regions, float16/32/64, signed, 32- and 64-bit integers, big-endian, even
+    window, uneven focus: image, depth and selectivity bit for bit."""
+    results = _json(_run([str(HERE / "cuda_cases.py")], env=SIM_ENV))
+    assert len(results) == 13
+    for name, r in results.items():
+        assert r["same_dtype"], name
+        assert r["bits"] and r["depth_bits"] and r["selectivity_bits"], (name, r)
+
+
+@needs_cuda_target
+def test_simulated_pipeline_fuse_zarr_fuse_focus_stack():
+    """device='cuda' through fuse_zarr (4 blocks with halos), fuse (two chunkings) and
+    focus_stack, against the CPU; provenance; a cuda run is not resumed on the cpu; the
+    device memory of one block against its formula."""
+    found = _json(_run([str(HERE / "cuda_pipeline.py")], env=SIM_ENV))
+    for name in ("0", "depth", "selectivity"):
+        assert found["fuse_zarr"][name] == {"identical": 1.0, "max_diff": 0.0}, name
+    assert found["provenance_device"] == "cuda"
+    assert "started with different device" in found["resume_on_cpu"]
+    assert found["fuse_chunkings_bits"] == [True, True]
+    assert found["fuse_zarr_vs_focus_stack_bits"]
+    for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
+        assert found[name] == {"identical": 1.0, "max_diff": 0.0}, name
+    # The formula is an upper bound, and not a loose one.
+    assert 0.95 * found["device_formula"] <= found["device_bytes"] <= found["device_formula"]
+
+
+# ------------------------------------------------------------------ the real target, no GPU
+
+PTX = textwrap.dedent(
+    """
+    import json, re
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher as dispatcher
+    # Device functions compile for the current GPU's architecture; there is none here.
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
+    from numba import cuda, types as nt
+    from fstack_dask._cuda_kernels import build
+
+    kernels = build(cuda, simulator=False)
+    I, F, B = nt.int64, nt.float64, nt.boolean
+    a3 = lambda t: t[:, :, ::1]
+    a2 = lambda t: t[:, ::1]
+    found = {}
+    for stack in (nt.uint16[:, :, :, ::1], nt.uint8[:, :, :, ::1], nt.float32[:, :, :, ::1]):
+        out = stack.dtype
+        sigs = {
+            "int_rows": (stack, B, I, I, I, a3(nt.int32)),
+            "int_deviation": (stack, B, I, I, I, a3(nt.int32), a3(nt.int32)),
+            "int_square_rows": (I, I, a3(nt.int32), a3(nt.int64)),
+            "int_measure": (I, I, I, F, a3(nt.int64), a3(nt.float32)),
+            "float_columns": (stack, B, B, F, I, I, I, a3(F)),
+            "float_deviation": (stack, B, B, F, I, I, I, F, a3(F), a3(F)),
+            "float_column_sums": (I, I, a3(F), a3(F)),
+            "float_measure": (I, I, I, F, a3(F), a3(F)),
+            "fit_error": (a3(nt.float32), F[::1], B, a2(nt.float32), a2(nt.int32), a2(F)),
+            "selectivity_phi": (I, I, F, B, F, F, F, a3(F), a2(F), a2(nt.float32), B),
+            "blend": (stack, a3(nt.float32), a2(nt.float32), a2(F), a3(out), F, F, out, B),
+        }
+        for name, sig in sigs.items():
+            ptx, _ = cuda.compile_ptx(kernels[name].py_func, sig, cc=(9, 0))
+            ops = re.findall(r"^\\s*((?:fma|mad|mul)(?:\\.[a-z]+)*\\.f(?:32|64))\\s", ptx, re.M)
+            found[f"{name}[{stack.dtype}]"] = sorted(set(ops))
+    print(json.dumps(found))
+    """
+)
+
+
+def _nvvm_missing() -> str | None:
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "numba-cuda is not installed (numba's built-in CUDA target is not checked)"
+    for lib in ("nvidia.cuda_nvcc", "nvidia.cuda_nvrtc"):
+        if importlib.util.find_spec(lib.split(".")[0]) is None:
+            return "NVVM/NVRTC are not installed (nvidia-cuda-nvcc-cu12, nvidia-cuda-nvrtc-cu12)"
+    return None
+
+
+@pytest.mark.skipif(_nvvm_missing() is not None, reason=str(_nvvm_missing()))
+def test_kernels_compile_for_sm90_without_fused_multiply_adds():
+    """NVVM contracts a * b + c into one fused multiply-add unless told not to; every float
+    product here is libdevice's dmul_rn, so the PTX has only correctly rounded products."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = _run(["-c", PTX], env=env, timeout=900)
+    if done.returncode != 0 and "DynamicLibNotFoundError" in done.stderr:
+        pytest.skip("NVVM or NVRTC cannot be loaded here: " + done.stderr.splitlines()[-1])
+    found = _json(done)
+    assert len(found) == 33
+    for kernel, ops in found.items():
+        assert all(op.startswith("mul.rn.") for op in ops), (kernel, ops)
+    assert "mul.rn.f64" in found["blend[uint16]"]  # the products are there, as dmul_rn
+
+
+# ------------------------------------------------------------------ checks, no GPU needed
+
+
+def test_device_argument_is_checked(tmp_path):
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    assert check_device(" CUDA ") == "cuda"
+    with pytest.raises(ValueError, match=r"^device must be 'cpu' or 'cuda', got 'gpu'$"):
+        focus_stack(stack, device="gpu")
+    with pytest.raises(TypeError, match="^device must be 'cpu' or 'cuda', got 1"):
+        focus_stack(stack, device=1)
+    with pytest.raises(ValueError, match="^device must be"):
+        fuse(stack, axes="yxz", device="tpu")
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    with pytest.raises(ValueError, match="^device must be"):
+        fuse_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", device="cuda:0", progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_config_key_resources_device():
+    assert config_from_mapping({"resources": {"device": "cuda"}}).fuse_kwargs()["device"] == "cuda"
+    assert config_from_mapping({}).fuse_kwargs()["device"] == "cpu"
+    with pytest.raises(ValueError, match=r"resources\.device must be cpu or cuda, got 'gpu'"):
+        config_from_mapping({"resources": {"device": "gpu"}}, "run.yaml")
+
+
+def test_cpu_run_is_not_resumed_on_cuda(tmp_path):
+    """The device is part of what a resume compares (last bits may differ between them)."""
+    from fstack_dask._resume import check_resumable
+
+    class Dst:
+        class dst:  # noqa: N801 - stands for a Location
+            spec = "out.zarr"
+
+    with pytest.raises(ValueError, match="started with different device"):
+        check_resumable(Dst, {"params": {"device": "cpu"}}, {"device": "cuda"}, None, "resume")
+    check_resumable(Dst, {"params": {}}, {"device": "cpu"}, None, "resume")  # older runs
+
+
+def test_cuda_without_gpu_is_a_one_line_error(tmp_path, gpu_usable):
+    if gpu_usable:
+        pytest.skip("a CUDA GPU is usable here")
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    with pytest.raises(ValueError) as info:
+        focus_stack(stack, device="cuda")
+    message = str(info.value)
+    assert message.startswith("device='cuda' ") and "\n" not in message
+    assert ("no usable CUDA GPU" in message) or ("fstack_dask[gpu]" in message)
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    with pytest.raises(ValueError, match="^device='cuda' "):
+        fuse_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", device="cuda", progress=False)
+    assert not (tmp_path / "out.zarr").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="^device='cuda' "):
+        fuse(stack, axes="yxz", device="cuda")
+
+
+def test_cuda_without_numbas_cuda_target_names_the_extra():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba.cuda"] = None  # as if numba-cuda were not installed
+        import numpy as np
+        from fstack_dask import focus_stack
+        try:
+            focus_stack(np.zeros((8, 8, 5), np.uint8), device="cuda")
+        except ValueError as exc:
+            print(exc)
+        """
+    )
+    out = _run(["-c", code]).stdout.strip()
+    assert out.startswith("device='cuda' needs numba's CUDA target"), out
+    assert 'pip install "fstack_dask[gpu]"' in out and "\n" not in out
+
+
+def test_cli_refuses_cuda_without_gpu(tmp_path, gpu_usable):
+    if gpu_usable:
+        pytest.skip("a CUDA GPU is usable here")
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    src, dst = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
+    args = ["-m", "fstack_dask", "fuse", src, dst, "--device", "cuda", "--no-progress"]
+    done = _run(args, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: --device cuda "), lines
+    assert not (tmp_path / "out.zarr").exists()
+    bad = _run(["-m", "fstack_dask", "fuse", "a", "b", "--device", "gpu"], env=env)
+    assert bad.returncode == 2 and "--device" in bad.stderr
+
+
+# ------------------------------------------------------------------ on a real GPU
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_against_cpu_engine():
+    """Every case of the simulator test at 20x the sides, on the GPU: the contract (and,
+    as no fused multiply-add is left, expected bit for bit: reported by the benchmark)."""
+    sys.path.insert(0, str(HERE))
+    from cuda_cases import cases, compare
+
+    for name, (block, kwargs) in cases(scale=20).items():
+        r = compare(block, kwargs)
+        assert r["same_dtype"], name
+        assert r["identical"] >= 0.999 and r["max_diff"] <= 1, (name, r)
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline():
+    """fuse_zarr on threads (several streams at once), fuse across chunkings bit for bit,
+    focus_stack and the shipped real stacks, against the CPU."""
+    found = _json(_run([str(HERE / "cuda_pipeline.py"), "--gpu"]))
+    for name in ("0", "depth", "selectivity"):
+        r = found["fuse_zarr"][name]
+        assert r["identical"] >= 0.999 and r["max_diff"] <= (1 if name == "0" else 1e-3), name
+    assert all(found["fuse_chunkings_bits"]) and found["fuse_zarr_vs_focus_stack_bits"]
+    assert "started with different device" in found["resume_on_cpu"]
+    for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
+        r = found[name]
+        assert r["identical"] >= 0.999 and r["max_diff"] <= 1, (name, r)
+
+
+@pytest.mark.gpu
+def test_gpu_cli_and_distributed_worker(tmp_path):
+    """The CLI with --device cuda, and one dask-distributed worker process using the GPU."""
+    from distributed import Client, LocalCluster
+
+    zyx = np.moveaxis(synthetic_stack((300, 280), 9, dtype="uint16", seed=2).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(9, 128, 128))
+    done = _run(["-m", "fstack_dask", "fuse", str(tmp_path / "in.zarr"),
+                 str(tmp_path / "cli.zarr"), "--device", "cuda", "--no-progress"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        out = fuse_zarr(tmp_path / "in.zarr", tmp_path / "dist.zarr", device="cuda",
+                        scheduler=client, progress=False)  # fmt: skip
+        dist = out["0"][...]
+    import zarr
+
+    cli = zarr.open_group(tmp_path / "cli.zarr")["0"][...]
+    assert np.array_equal(dist, cli)  # one implementation, whatever the scheduler
+    cpu = focus_stack(np.moveaxis(zyx, 0, 2))
+    assert np.mean(dist == cpu) >= 0.999
+    assert np.abs(dist.astype(np.int64) - cpu).max() <= 1
+
+
+def test_gpu_problem_is_one_line_or_none():
+    problem = cuda_problem()
+    assert problem is None or "\n" not in problem
+
+
+def test_info_prints_gpu_memory_per_task(tmp_path):
+    """`fstack-dask info --device cuda` needs no GPU: it prints the formula's bytes per task."""
+    from fstack_dask._cuda import device_block_memory
+    from fstack_dask._params import overlap_depth
+
+    zyx = np.moveaxis(synthetic_stack((300, 280), 9, dtype="uint16", seed=2).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(9, 128, 128))
+    done = _run(["-m", "fstack_dask", "info", str(tmp_path / "in.zarr"), "--device", "cuda",
+                 "--chunks", "128"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    halo = overlap_depth(9)
+    gpu = device_block_memory((128 + 2 * halo, 128 + 2 * halo), 9, 1, 2)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("device:"))
+    assert f"cuda: {gpu / 2**20:.1f} MiB of GPU memory per task" in line, line
