@@ -68,8 +68,8 @@ def test_all_keys_are_read(tmp_path):
 algorithm: {nhsize: 5, alpha: 0.5, sth: 10.5, focus: [0, 0.5, 1.5]}
 input: {axes: ZYX, channels: independent, level: 1, storage_options: {anon: true}}
 output: {depth_map: true, selectivity_map: true, chunks: [64, 32], overwrite: true,
-         storage_options: {key: k}}
-resources: {memory_per_task: 1GiB, stall_timeout: 90}
+         storage_options: {key: k}, levels: 3}
+resources: {memory_per_task: 1GiB, stall_timeout: 90, device: cpu}
 cluster: {kind: local, scheduler: processes}
 """,
     )
@@ -90,6 +90,8 @@ cluster: {kind: local, scheduler: processes}
         "overwrite": True,
         "dst_storage_options": {"key": "k"},
         "stall_timeout": 90.0,
+        "levels": 3,
+        "device": "cpu",
     }
     assert cfg.cluster.scheduler == "processes"
 
