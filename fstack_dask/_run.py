@@ -62,6 +62,13 @@ class RunReport:
     scheduler: str = "threads"
     cache_peak_bytes: int = 0
 
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the wall time during which the workers were computing blocks."""
+        if self.wall_seconds <= 0 or self.workers <= 0:
+            return 0.0
+        return self.block_seconds / (self.wall_seconds * self.workers)
+
 
 @dataclass(frozen=True)
 class Scheduler:
@@ -134,6 +141,8 @@ def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
 
 
 def _default_client() -> Any:
+    if "distributed" not in sys.modules:
+        return None  # no Client can exist: importing distributed to ask would cost 0.5 s
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -188,6 +197,12 @@ def execute(
         if scheduler.kind in ("synchronous", "threads"):
             report.cache_peak_bytes = job.cache_peak()
             job.close()
+    log.debug(
+        "%s: %d blocks in %.2f s on %d %s worker(s), %.0f%% busy, %.2f GB decoded",
+        label, report.done, report.wall_seconds, report.workers, report.scheduler,
+        100 * report.busy_fraction, report.decoded_bytes / 1e9,
+        extra={"fstack_report": report},
+    )  # fmt: skip
     if report.failures:
         _raise_failures(report.failures)
     return report
