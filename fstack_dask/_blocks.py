@@ -77,7 +77,7 @@ class FuseJob:
                 source = self.source if self.source is not None else self.open_source()
                 group = open_output(self.output, mode="r+")
                 arrays = {name: group[path] for name, path in self.arrays.items()}
-                found = (source, arrays, UnitCache(self.cache_bytes))
+                found = (source, arrays, UnitCache(self.cache_bytes, self.plan.halo))
                 _opened_by_token[self.token] = found
             return found
 
@@ -94,11 +94,15 @@ class FuseJob:
     def expect(self, blocks: Sequence[tuple[int, ...]]) -> None:
         """Announce the units these blocks will read (so the cache keeps them)."""
         source, _, cache = self.opened()
-        cache.expect(k for b in blocks for k in units_of(source, self.plan.region(b)))
+        cache.expect(
+            r for b in blocks for r in units_of(source, self.plan.region(b), self.plan.halo)
+        )
 
     def forget(self, blocks: Sequence[tuple[int, ...]]) -> None:
         source, _, cache = self.opened()
-        cache.forget(k for b in blocks for k in units_of(source, self.plan.region(b)))
+        cache.forget(
+            r for b in blocks for r in units_of(source, self.plan.region(b), self.plan.halo)
+        )
 
     # -- the work ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,99 +44,131 @@ class BlockRegion:
 
 
 class _Entry:
-    __slots__ = ("array", "error", "nbytes", "pending", "ready", "used")
+    __slots__ = ("busy", "error", "frame", "full", "pending", "used")
 
     def __init__(self) -> None:
-        self.array: np.ndarray | None = None
+        self.full: np.ndarray | None = None
+        self.frame: _Frame | None = None
         self.error: BaseException | None = None
-        self.ready = threading.Event()
-        self.pending = 0
-        self.nbytes = 0
+        self.busy = False  # a reader is decoding it
+        self.pending = {"full": 0, "frame": 0}
         self.used = 0.0
+
+    def nbytes(self) -> int:
+        frame = self.frame.nbytes if self.frame is not None else 0
+        return (self.full.nbytes if self.full is not None else 0) + frame
 
 
 class UnitCache:
     """Decoded read units shared by the threads of one process.
 
+    A unit is kept whole while reads of its interior are announced (its own blocks); once
+    only halo reads are left, it keeps only its *frame*, the bands of ``halo`` pixels along
+    its four edges (a tenth of a 512-pixel unit for the default halo), which is all the
+    neighbouring blocks still read of it.
+
     Parameters
     ----------
     max_bytes : int
-        A safety cap: beyond it the least recently used units nobody is waiting for are
+        A safety cap: beyond it the least recently used units nobody is decoding are
         dropped (they are decoded again if needed: only speed suffers, never results).
+    halo : int
+        Width of the frames (0: units are only kept whole).
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = int(max_bytes)
+    def __init__(self, max_bytes: int, halo: int = 0) -> None:
+        self.max_bytes, self.halo = int(max_bytes), int(halo)
         self._lock = threading.Lock()
+        self._decoded = threading.Condition(self._lock)
         self._entries: dict[Any, _Entry] = {}
         self.held_bytes = 0
         self.peak_bytes = 0
         self.decoded_bytes = 0
 
-    def expect(self, keys: Iterable[Any]) -> None:
-        """Announce one future read of each unit in ``keys``."""
+    def expect(self, reads: Iterable[tuple[Any, str]]) -> None:
+        """Announce future reads: ``(key, "full" or "frame")`` each."""
         with self._lock:
-            for key in keys:
+            for key, kind in reads:
                 entry = self._entries.get(key)
                 if entry is None:
                     entry = self._entries[key] = _Entry()
-                entry.pending += 1
+                entry.pending[kind] += 1
 
-    def forget(self, keys: Iterable[Any]) -> None:
+    def forget(self, reads: Iterable[tuple[Any, str]]) -> None:
         """Withdraw announced reads that will not happen (a block that was cancelled)."""
         with self._lock:
-            for key in keys:
-                self._release(key)
+            for key, kind in reads:
+                self._release(key, kind)
 
-    def _release(self, key: Any) -> None:
+    def _release(self, key: Any, kind: str) -> None:
         entry = self._entries.get(key)
         if entry is None:
             return
-        entry.pending -= 1
-        # Not used (never taken, or dropped by _trim): no decode is in flight, so it can go.
-        if entry.pending <= 0 and (entry.ready.is_set() or not entry.used):
+        entry.pending[kind] -= 1
+        if entry.busy:
+            return
+        before = entry.nbytes()
+        if entry.pending["full"] <= 0:
+            entry.full = None  # only the neighbours' halos are read from now on
+        if entry.pending["frame"] <= 0 and entry.pending["full"] <= 0:
             del self._entries[key]
-            self.held_bytes -= entry.nbytes
+            entry.frame = None
+        self.held_bytes -= before - entry.nbytes()
 
-    def take(self, key: Any, decode: Any) -> np.ndarray:
-        """The decoded unit ``key`` (decoded by ``decode()`` if nobody has), for one read."""
+    def take(
+        self,
+        key: Any,
+        kind: str,
+        local: tuple[int, int, int, int],
+        decode: Any,
+        yx: tuple[int, int],
+    ) -> tuple[np.ndarray, int, int]:
+        """One read of unit ``key``: ``(array, y0, x0)``, the array holding at least the
+        unit-local rows and columns ``local`` (y0, y1, x0, x1), its first row and column
+        being the unit's ``y0`` and ``x0``; ``decode()`` decodes the whole unit, ``yx`` are
+        its y and x axes."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:  # an unannounced read: decode it for this reader only
                 entry = self._entries[key] = _Entry()
-                entry.pending = 1
-            owner = entry.array is None and entry.error is None and not entry.used
+                entry.pending[kind] = 1
             entry.used = time.monotonic()
-            ready = entry.ready  # _trim may give the entry a new event
-        if owner:
+            while entry.busy:
+                self._decoded.wait()
             try:
-                array = decode()
-            except BaseException as exc:
-                entry.error = exc
-                array = None
-            with self._lock:
-                entry.array = array
-                if array is not None:
-                    entry.nbytes = array.nbytes
-                    self._count(array)
-                    self.held_bytes += array.nbytes
-                    self.peak_bytes = max(self.peak_bytes, self.held_bytes)
-                ready.set()
-                self._trim()
-        else:
-            ready.wait()
-            array = entry.array
+                if entry.error is not None:
+                    raise entry.error
+                if kind == "frame" and entry.frame is not None:
+                    result = entry.frame.pick(local)
+                    self._release(key, kind)
+                    return result
+                if entry.full is not None:
+                    full = entry.full  # before _release, which may drop it from the cache
+                    self._release(key, kind)
+                    return full, 0, 0
+                entry.busy = True
+            except BaseException:
+                self._release(key, kind)
+                raise
         try:
-            if entry.error is not None:
-                raise entry.error
-            if array is None:  # dropped by _trim before this reader got it: decode again
-                array = decode()
-                with self._lock:
-                    self._count(array)
-            return array
-        finally:
+            full = decode()
+            frame = _frame(full, yx, self.halo)
+        except BaseException as exc:
             with self._lock:
-                self._release(key)
+                entry.error, entry.busy = exc, False
+                self._decoded.notify_all()
+                self._release(key, kind)
+            raise
+        with self._lock:
+            before = entry.nbytes()
+            entry.full, entry.frame, entry.busy = full, frame, False
+            self._count(full)
+            self.held_bytes += entry.nbytes() - before
+            self._decoded.notify_all()
+            self._release(key, kind)
+            self._trim()
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        return full, 0, 0
 
     def _count(self, array: np.ndarray) -> None:
         self.decoded_bytes += array.nbytes
@@ -145,20 +177,73 @@ class UnitCache:
     def _trim(self) -> None:
         if self.held_bytes <= self.max_bytes:
             return
-        idle = sorted(
-            (e.used, k)
-            for k, e in self._entries.items()
-            if e.ready.is_set() and e.array is not None
-        )
-        for _, key in idle:
-            if self.held_bytes <= self.max_bytes:
-                break
-            entry = self._entries[key]
-            # Dropping it loses only speed: the readers still announced decode it again.
-            entry.array, entry.used = None, 0.0
-            entry.ready = threading.Event()
-            self.held_bytes -= entry.nbytes
-            entry.nbytes = 0
+        idle = sorted((e.used, k) for k, e in self._entries.items() if not e.busy and e.nbytes())
+        for part in ("full", "frame"):  # whole units first: frames are small
+            for _, key in idle:
+                if self.held_bytes <= self.max_bytes:
+                    return
+                entry = self._entries[key]
+                before = entry.nbytes()
+                setattr(entry, part, None)  # decoded again if read again: only speed suffers
+                self.held_bytes -= before - entry.nbytes()
+
+
+class _Frame(NamedTuple):
+    """The bands of ``h`` pixels along the four edges of a ``ny x nx`` unit."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    ny: int
+    nx: int
+    h: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.top.nbytes + self.bottom.nbytes + self.left.nbytes + self.right.nbytes
+
+    def pick(self, local: tuple[int, int, int, int]) -> tuple[np.ndarray, int, int]:
+        y0, y1, x0, x1 = local
+        if y1 <= self.h:
+            return self.top, 0, 0
+        if y0 >= self.ny - self.h:
+            return self.bottom, self.ny - self.h, 0
+        if x1 <= self.h:
+            return self.left, 0, 0
+        if x0 >= self.nx - self.h:
+            return self.right, 0, self.nx - self.h
+        raise AssertionError("a read outside the frame was announced as a frame read")
+
+
+def has_frame(ny: int, nx: int, halo: int) -> bool:
+    return halo > 0 and 2 * halo < ny and 2 * halo < nx
+
+
+def read_kind(local: tuple[int, int, int, int], ny: int, nx: int, halo: int) -> str:
+    """``"frame"`` for a read within ``halo`` of a unit's edge (a neighbour's halo), else
+    ``"full"``."""
+    y0, y1, x0, x1 = local
+    if has_frame(ny, nx, halo) and (y1 <= halo or y0 >= ny - halo or x1 <= halo or x0 >= nx - halo):
+        return "frame"
+    return "full"
+
+
+def _frame(full: np.ndarray, yx: tuple[int, int], halo: int) -> _Frame | None:
+    ay, ax = yx
+    ny, nx = full.shape[ay], full.shape[ax]
+    if not has_frame(ny, nx, halo):
+        return None
+
+    def band(axis: int, lo: int, hi: int) -> np.ndarray:
+        index = [slice(None)] * full.ndim
+        index[axis] = slice(lo, hi)
+        return full[tuple(index)].copy()
+
+    return _Frame(
+        band(ay, 0, halo), band(ay, ny - halo, ny), band(ax, 0, halo), band(ax, nx - halo, nx),
+        ny, nx, halo,
+    )  # fmt: skip
 
 
 def decoded_by_this_thread() -> int:
@@ -196,11 +281,26 @@ def _units(source: Source, region: BlockRegion) -> list[tuple[tuple[int, ...], t
     ]
 
 
-def units_of(source: Source, region: BlockRegion) -> list[tuple[int, ...]]:
-    """Cache keys of the units a block reads (for :meth:`UnitCache.expect`)."""
+def _reads(source: Source, region: BlockRegion, halo: int):
+    """(key, unit selection, unit-local y/x read, read kind) of every unit a block reads."""
+    ay, ax = source.axes.index("y"), source.axes.index("x")
+    out = []
+    for key, sel in _units(source, region):
+        sy, sx = sel[ay], sel[ax]
+        local = (
+            max(region.y[0], sy.start) - sy.start, min(region.y[1], sy.stop) - sy.start,
+            max(region.x[0], sx.start) - sx.start, min(region.x[1], sx.stop) - sx.start,
+        )  # fmt: skip
+        kind = read_kind(local, sy.stop - sy.start, sx.stop - sx.start, halo)
+        out.append((key, sel, local, kind))
+    return out
+
+
+def units_of(source: Source, region: BlockRegion, halo: int = 0) -> list[tuple[Any, str]]:
+    """The reads a block makes, ``(key, kind)``, for :meth:`UnitCache.expect`."""
     if source.in_memory:
         return []
-    return [key for key, _ in _units(source, region)]
+    return [(key, kind) for key, _, _, kind in _reads(source, region, halo)]
 
 
 # ------------------------------------------------------------------------------- reading
@@ -231,14 +331,18 @@ def fetch_block(source: Source, region: BlockRegion, cache: UnitCache | None) ->
         _check_finite(source, out, sel)
         return out
 
-    for key, unit_sel in _units(source, region):
-        data = cache.take(key, lambda s=unit_sel: _decode(source, s))
-        # The part of the unit inside the block, in unit-local and block-local coordinates.
+    yx = (source.axes.index("y"), source.axes.index("x"))
+    for key, unit_sel, local_yx, kind in _reads(source, region, cache.halo):
+        data, oy, ox = cache.take(key, kind, local_yx, lambda s=unit_sel: _decode(source, s), yx)
+        offset = {"y": oy, "x": ox}
+        # The part of the unit inside the block, in the held array's and the block's
+        # coordinates (a unit may be held as its frame only: offsets say where that starts).
         local, dest = [], {}
         for letter, s in zip(source.axes, unit_sel, strict=True):
             if letter in want:
                 lo, hi = max(want[letter][0], s.start), min(want[letter][1], s.stop)
-                local.append(slice(lo - s.start, hi - s.start))
+                shift = s.start + offset[letter]
+                local.append(slice(lo - shift, hi - shift))
                 dest[letter] = slice(lo - want[letter][0], hi - want[letter][0])
             elif letter in lead:
                 local.append(lead[letter] - s.start)
