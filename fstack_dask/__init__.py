@@ -5,7 +5,8 @@ IEEE Trans. Image Process. 22(3):1242-1251, 2013, as its reference
 implementation (coppafish's ``extract/fstack.py``) computes it.
 """
 
-from ._dask import FusionResult, fuse
+from ._auto import AutoParameters, auto_parameters
+from ._dask import FusionResult, auto_parameters_for, fuse
 from ._focus_stack import focus_stack
 from ._pipeline import DestinationFullError, DestinationLockedError, fuse_zarr
 from ._synthetic import SyntheticStack, synthetic_stack
@@ -13,11 +14,14 @@ from ._utils import overlap_depth
 from ._version import __version__
 
 __all__ = [
+    "AutoParameters",
     "DestinationFullError",
     "DestinationLockedError",
     "FusionResult",
     "__version__",
     "SyntheticStack",
+    "auto_parameters",
+    "auto_parameters_for",
     "focus_stack",
     "fuse",
     "fuse_zarr",
