@@ -25,14 +25,19 @@ sample and one simulation:
 
 With ``snr = texture / noise**2``:
 
-* ``nhsize`` is the ladder value (5, 7, 9, 11, 15, 21, 31) nearest, in log scale, to
+* ``nhsize`` is the ladder value (9, 11, 15, 21, 31) nearest, in log scale, to
   ``70 / sqrt(snr) * max(1, curve_width / 8)``: a noisier focus measure needs a wider
   window to average its noise down, and so do broad focus curves, whose planes differ
-  little;
-* ``sth = noise_selectivity - 14 * log10(snr)`` (``log10(snr)`` clipped to [0, 4]; ``sth``
-  to [-20, 40]), rounded to 0.1 dB: where noise dominates, pixels whose selectivity is
-  no better than noise's are averaged (the plane mean is the best estimate there);
-  the cleaner the stack, the fewer pixels are averaged.
+  little. The ladder starts at the reference's 9: smaller windows score higher on
+  clean synthetic stacks (at PSNRs above 45 dB), but on real photographs they let the
+  choice follow specular highlights and the slight misregistration between planes
+  (``benchmarks/QUALITY.md``);
+* ``sth = noise_selectivity - 14 * log10(snr) - 4 * max(0, log2(4 / curve_width))``
+  (``log10(snr)`` clipped to [0, 4]; ``sth`` to [-20, 40]), rounded to 0.1 dB: where
+  noise dominates, pixels whose selectivity is no better than noise's are averaged
+  (the plane mean is the best estimate there); the cleaner the stack, the fewer pixels
+  are averaged; and the fewer planes a pixel stays in focus for (strong blur between
+  planes), the more an average of planes blurs, so the lower the threshold.
 
 References
 ----------
@@ -64,15 +69,16 @@ log = logging.getLogger("fstack_dask")
 
 AUTO = "auto"
 #: Version of the rule, stored with the result (provenance).
-RULE = "fstack_dask.auto/1"
+RULE = "fstack_dask.auto/2"
 #: Window sizes ``nhsize="auto"`` chooses from.
-NHSIZE_LADDER = (5, 7, 9, 11, 15, 21, 31)
+NHSIZE_LADDER = (9, 11, 15, 21, 31)
 #: At most TILE_GRID x TILE_GRID tiles of TILE x TILE pixels, fewer and smaller when
 #: they would hold more than SAMPLE_BUDGET bytes; never fewer than 2 x 2 of MIN_TILE.
 TILE, MIN_TILE, TILE_GRID = 128, 64, 4
 SAMPLE_BUDGET = 64 * 2**20
 # Fitted constants of the rule (benchmarks/auto_sweep.py, training seeds only).
 _NH_SCALE, _WIDTH_KNEE, _STH_PER_DECADE = 70.0, 8.0, 14.0
+_NARROW_WIDTH, _STH_PER_HALVING = 4.0, 4.0
 _FEATURE_WINDOW = 9
 # The simulated noise stack: S is a 2-D window average, so its 95th percentile needs
 # many windows: up to 12 windows a side, within ~4 M voxels (at least 64 px a side).
@@ -402,7 +408,8 @@ def auto_parameters(
         else:
             s_noise = noise_selectivity(n_planes, int(nhsize), focus_arr)
             decades = min(max(math.log10(snr), 0.0), 4.0) if snr > 0 else 0.0
-            sth = s_noise - _STH_PER_DECADE * decades
+            halvings = max(0.0, math.log2(_NARROW_WIDTH / max(width, 1.0)))
+            sth = s_noise - _STH_PER_DECADE * decades - _STH_PER_HALVING * halvings
             sth = round(min(max(sth, _STH_RANGE[0]), _STH_RANGE[1]), 1)
     chosen = AutoParameters(
         nhsize=int(nhsize),
