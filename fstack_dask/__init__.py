@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING
 from ._version import __version__
 
 __all__ = [
+    "AutoParameters",
     "DestinationFullError",
     "DestinationLockedError",
     "FusionResult",
     "SourceReadError",
     "SourceValueError",
     "SyntheticStack",
+    "AutoParameters",
     "__version__",
+    "auto_parameters",
+    "auto_parameters_for",
     "focus_stack",
     "fuse",
     "fuse_zarr",
@@ -32,6 +36,9 @@ __all__ = [
 ]
 
 _WHERE = {
+    "AutoParameters": "._auto",
+    "auto_parameters": "._auto",
+    "auto_parameters_for": "._dask",
     "DestinationFullError": "._errors",
     "DestinationLockedError": "._errors",
     "SourceReadError": "._errors",
@@ -47,7 +54,8 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._dask import FusionResult, fuse
+    from ._auto import AutoParameters, auto_parameters
+    from ._dask import FusionResult, auto_parameters_for, fuse
     from ._errors import (
         DestinationFullError,
         DestinationLockedError,

@@ -15,6 +15,14 @@ from typing import Any, Literal, NamedTuple
 import dask.array as da
 import numpy as np
 
+from ._auto import (
+    AUTO,
+    AutoParameters,
+    auto_parameters,
+    check_nhsize_or_auto,
+    check_sth_or_auto,
+    sample_tiles,
+)
 from ._device import check_device, engine_for, require_device_for_graph
 from ._kernel import block_memory, fuse_block
 from ._params import (
@@ -22,14 +30,12 @@ from ._params import (
     check_alpha,
     check_dtype,
     check_focus,
-    check_nhsize,
-    check_sth,
     overlap_depth,
     parse_axes,
     resolve_channels,
 )
 
-__all__ = ["FusionResult", "fuse"]
+__all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
 Channels = Literal["auto", "rgb", "independent"]
 
@@ -172,10 +178,10 @@ def fuse(
     stack: Any,
     *,
     axes: str = "zyx",
-    nhsize: int = 9,
+    nhsize: int | str = 9,
     focus: Any = None,
     alpha: float = 0.2,
-    sth: float = 13,
+    sth: float | str = 13,
     channels: Channels = "auto",
     chunks: int | tuple[int, int] | None = None,
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
@@ -198,7 +204,11 @@ def fuse(
         optionally ``c`` (channels); any other letter is a batch axis fused
         index by index. ``"yxz"`` and ``"yxzc"`` are the reference's layouts.
     nhsize, focus, alpha, sth
-        As in :func:`focus_stack`.
+        As in :func:`focus_stack`. ``"auto"`` for ``nhsize`` and/or ``sth`` chooses
+        them from a fixed sample of the stack (:func:`auto_parameters_for`) before
+        the graph is built, so the halo follows the chosen ``nhsize`` and the
+        result is the same for any chunking; the choice is logged on the
+        ``fstack_dask`` logger.
     channels : {"auto", "rgb", "independent"}, optional
         ``"rgb"``: one weight map from the luminance, shared by the three
         channels, as the reference does for colour images. ``"independent"``:
@@ -299,14 +309,103 @@ class Layers(NamedTuple):
         return arr[(slice(None),) * k_ax + (k[name],)]
 
 
+def _as_dask(stack: Any) -> da.Array:
+    if isinstance(stack, da.Array):
+        return stack
+    arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
+    return da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")
+
+
+def auto_parameters_for(
+    stack: Any,
+    *,
+    axes: str = "zyx",
+    channels: Channels = "auto",
+    focus: Any = None,
+    nhsize: int | str = "auto",
+    sth: float | str = "auto",
+) -> AutoParameters:
+    """The ``nhsize`` / ``sth`` that ``"auto"`` chooses for a stack, with the evidence.
+
+    What :func:`fuse` and :func:`focus_stack` use when given ``"auto"``: a fixed
+    grid of at most 16 tiles of 128 x 128 px (all planes), independent of
+    chunking, at most 64 MiB; the first index of any batch axis.
+
+    Parameters
+    ----------
+    stack : array_like or dask.array.Array
+        The focus stack (NumPy, Zarr or Dask).
+    axes, channels, focus
+        As in :func:`fuse`.
+    nhsize, sth : int / float or "auto", optional
+        A fixed value is kept and used in choosing the other.
+
+    Returns
+    -------
+    AutoParameters
+        ``nhsize``, ``sth`` and the measurements they come from.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
+
+    Examples
+    --------
+    >>> from fstack_dask import auto_parameters_for, synthetic_stack
+    >>> stack = synthetic_stack((128, 128), 11, noise=0.05, seed=2).stack  # (y, x, z)
+    >>> chosen = auto_parameters_for(stack, axes="yxz")
+    >>> chosen.nhsize > 9
+    True
+    """
+    stack = _as_dask(stack)
+    dtype = check_dtype(stack.dtype, "stack")
+    axes = parse_axes(axes, stack.ndim)
+    if 0 in stack.shape:
+        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    nhsize = check_nhsize_or_auto(nhsize)
+    sth = check_sth_or_auto(sth)
+    focus = check_focus(focus, stack.shape[axes.index("z")])
+    rgb = resolve_channels(channels, axes, stack.shape, dtype)
+    plan = _plan(axes, stack.shape, rgb)
+    x = stack.transpose(plan.order)
+    return _auto_for_plan(x, plan, rgb, focus, nhsize, sth)
+
+
+def _auto_for_plan(x, plan: _Plan, rgb: bool, focus, nhsize, sth) -> AutoParameters:
+    n_batch = x.ndim - 3 - (1 if "c" in plan.canon_axes else 0)
+    sub = x[(0,) * n_batch]  # ([c], z, y, x)
+    n_planes, ny, nx = sub.shape[-3:]
+    n_channels = sub.shape[0] if sub.ndim == 4 else 1
+    tiles = sample_tiles(
+        (ny, nx), n_planes=n_planes, n_channels=n_channels, itemsize=x.dtype.itemsize
+    )
+    # One compute for all tiles: chunks shared by several tiles are read once.
+    blocks = da.compute(*[sub[..., y0:y1, x0:x1] for y0, y1, x0, x1 in tiles])
+    cache = dict(zip(tiles, blocks, strict=True))
+    return auto_parameters(
+        lambda y0, y1, x0, x1: cache[(y0, y1, x0, x1)],
+        shape_yx=(ny, nx),
+        n_planes=n_planes,
+        dtype=x.dtype,
+        rgb=rgb,
+        n_channels=n_channels,
+        focus=focus,
+        nhsize=nhsize,
+        sth=sth,
+    )
+
+
 def fused_layers(
     stack: Any,
     *,
     axes: str,
-    nhsize: int,
+    nhsize: int | str,
     focus: Any,
     alpha: float,
-    sth: float,
+    sth: float | str,
     channels: Channels,
     chunks: int | tuple[int, int] | None,
     memory_per_task: int,
@@ -319,26 +418,28 @@ def fused_layers(
             f"fuse takes an array (NumPy, Zarr or dask), got the path {os.fspath(stack)!r}; to "
             "fuse a stored stack into a stored image, use fuse_zarr(src, dst)"
         )
-    if not isinstance(stack, da.Array):
-        arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
-        stack = da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")
+    stack = _as_dask(stack)
     dtype = check_dtype(stack.dtype, "stack")
     axes = parse_axes(axes, stack.ndim)
     if 0 in stack.shape:
         raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
-    nhsize = check_nhsize(nhsize)
+    nhsize = check_nhsize_or_auto(nhsize)
     n_planes = stack.shape[axes.index("z")]
     focus = check_focus(focus, n_planes)
     alpha = check_alpha(alpha)
-    sth = check_sth(sth)
+    sth = check_sth_or_auto(sth)
     rgb = resolve_channels(channels, axes, stack.shape, dtype)
     device = check_device(device)
     require_device_for_graph(device)
     engine = engine_for(device)
     plan = _plan(axes, stack.shape, rgb)
-    halo = overlap_depth(nhsize)
 
     x = stack.transpose(plan.order)
+    if AUTO in (nhsize, sth):
+        # Resolved before the graph exists: the halo follows the chosen nhsize.
+        chosen = _auto_for_plan(x, plan, rgb, focus, nhsize, sth)
+        nhsize, sth = chosen.nhsize, chosen.sth
+    halo = overlap_depth(nhsize)
     ny, nx = x.shape[-2:]
     if chunks is None:
         if len(x.chunks[-1]) > 1 or len(x.chunks[-2]) > 1:

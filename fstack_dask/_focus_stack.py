@@ -9,26 +9,20 @@ from typing import Any
 
 import numpy as np
 
+from ._auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
 from ._device import check_device, engine_for, require_device
 from ._kernel import fuse_block
-from ._params import (
-    check_alpha,
-    check_dtype,
-    check_focus,
-    check_nhsize,
-    check_sth,
-    overlap_depth,
-)
+from ._params import check_alpha, check_dtype, check_focus, overlap_depth
 
 __all__ = ["focus_stack"]
 
 
 def focus_stack(
     im_stack: Any,
-    nhsize: int = 9,
+    nhsize: int | str = 9,
     focus: Any = None,
     alpha: float = 0.2,
-    sth: float = 13,
+    sth: float | str = 13,
     *,
     workers: int | None = None,
     device: str = "cpu",
@@ -47,15 +41,18 @@ def focus_stack(
         ``[M, N, P]`` grey stack or ``[M, N, P, 3]`` RGB stack: element
         ``[:, :, p]`` is the image at focus plane ``p``. Integer or floating
         dtype, any byte order. Floats are used unscaled and must be finite.
-    nhsize : int, optional
-        Side of the square focus-measure window, in pixels (>= 1).
+    nhsize : int or "auto", optional
+        Side of the square focus-measure window, in pixels (>= 1). ``"auto"``
+        chooses it from the data (:func:`fstack_dask.auto_parameters`); the default
+        9 is the reference's.
     focus : array_like of float, optional
         Focus position of each plane, strictly monotonic, length ``P``.
         Defaults to ``arange(P)``.
     alpha : float, optional
         Steepness of the selectivity-to-sharpening map, in ``(0, 1]``.
-    sth : float, optional
-        Selectivity threshold in dB.
+    sth : float or "auto", optional
+        Selectivity threshold in dB. ``"auto"`` chooses it from the data; the
+        default 13 is the reference's.
     workers : int, optional
         Threads to fuse with (default: the CPUs this process may use). The
         image is cut into horizontal bands with a halo of
@@ -116,16 +113,23 @@ def focus_stack(
         raise ValueError(f"im_stack's RGB axis (last) must have length 3, got {im_stack.shape[3]}")
     if 0 in im_stack.shape:
         raise ValueError(f"im_stack must not have an empty axis, got shape {im_stack.shape}")
-    nhsize = check_nhsize(nhsize)
+    nhsize = check_nhsize_or_auto(nhsize)
     focus = check_focus(focus, im_stack.shape[2])
     alpha = check_alpha(alpha)
-    sth = check_sth(sth)
+    sth = check_sth_or_auto(sth)
     workers = _check_workers(workers)
     device = check_device(device)
     require_device(device)
 
     # Plane-first (and channel-first) views; the kernel makes each band's planes contiguous.
     planes = np.moveaxis(im_stack, (2, 3), (1, 0)) if rgb else np.moveaxis(im_stack, 2, 0)
+    if AUTO in (nhsize, sth):
+        chosen = auto_parameters(
+            lambda y0, y1, x0, x1: planes[..., y0:y1, x0:x1],
+            shape_yx=im_stack.shape[:2], n_planes=im_stack.shape[2], dtype=im_stack.dtype,
+            rgb=rgb, focus=focus, nhsize=nhsize, sth=sth,
+        )  # fmt: skip
+        nhsize, sth = chosen.nhsize, chosen.sth
     fused = _fuse_in_bands(
         planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, workers=workers,
         engine=engine_for(device),
