@@ -125,7 +125,16 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
 def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g = p.add_argument_group("algorithm (Pertuz et al. 2013)")
     g.add_argument(
-        "--nhsize", type=int, metavar="N", help="focus-measure window size in pixels (default 9)"
+        "--nhsize",
+        metavar="N|auto",
+        help="focus-measure window size in pixels (default 9), or auto: chosen from the data",
+    )
+    g.add_argument(
+        "--auto",
+        action="store_true",
+        default=None,
+        help="choose --nhsize and --sth from the data (noise level and texture of a fixed "
+        "sample of tiles) instead of the reference's 9 and 13; for noisy stacks",
     )
     if full:
         g.add_argument(
@@ -135,7 +144,9 @@ def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
             help="steepness of the selectivity-to-weight map, in (0, 1] (default 0.2)",
         )
         g.add_argument(
-            "--sth", type=float, metavar="S", help="selectivity threshold in dB (default 13)"
+            "--sth",
+            metavar="S|auto",
+            help="selectivity threshold in dB (default 13), or auto: chosen from the data",
         )
         g.add_argument(
             "--focus",
@@ -343,6 +354,7 @@ def configure(args: argparse.Namespace):
     put("algorithm", "alpha", "alpha", "--alpha")
     put("algorithm", "sth", "sth", "--sth")
     put("algorithm", "focus", "focus", "--focus")
+    put("algorithm", "auto", "auto", "--auto")
     put("input", "axes", "axes", "--axes")
     put("input", "level", "level", "--level")
     put("input", "storage_options", "storage_options", "--storage-options")

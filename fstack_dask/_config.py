@@ -63,10 +63,11 @@ _JOBQUEUE_CLASS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 class AlgorithmConfig:
     """Parameters of the fusion (Pertuz et al. 2013), as in :func:`focus_stack`."""
 
-    nhsize: int = 9
+    nhsize: int | str | None = None  # None: 9, or "auto" when ``auto`` is on
     alpha: float = 0.2
-    sth: float = 13.0
+    sth: float | str | None = None  # None: 13, or "auto" when ``auto`` is on
     focus: tuple[float, ...] | None = None
+    auto: bool = False  # choose nhsize and sth from the data, unless they are given
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,10 @@ class Config:
             "axes": i.axes,
             "level": i.level,
             "channels": i.channels,
-            "nhsize": a.nhsize,
+            "nhsize": a.nhsize if a.nhsize is not None else ("auto" if a.auto else 9),
             "focus": None if a.focus is None else list(a.focus),
             "alpha": a.alpha,
-            "sth": a.sth,
+            "sth": a.sth if a.sth is not None else ("auto" if a.auto else 13.0),
             "depth_map": o.depth_map,
             "selectivity_map": o.selectivity_map,
             "chunks": o.chunks,

@@ -49,9 +49,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _nhsize(value: Any, name: str) -> int:
+def _nhsize(value: Any, name: str) -> int | str:
+    if value == "auto":
+        return "auto"
+    if name.startswith("--") and isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # the command line gives text; a config file's '9' stays refused
     if not _is_int(value):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r} ({_type_name(value)})")
+        raise ValueError(
+            f"{name} must be an integer >= 1 or auto, got {value!r} ({_type_name(value)})"
+        )
     try:
         return check_nhsize(value)
     except (TypeError, ValueError) as exc:
@@ -67,10 +73,17 @@ def _alpha(value: Any, name: str) -> float:
         raise ValueError(f"{name}: {exc}") from None
 
 
-def _sth(value: Any, name: str) -> float:
+def _sth(value: Any, name: str) -> float | str:
+    if value == "auto":
+        return "auto"
+    if name.startswith("--") and isinstance(value, str):  # the command line gives text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if not _is_real(value):
         raise ValueError(
-            f"{name} must be a finite number (dB), got {value!r} ({_type_name(value)})"
+            f"{name} must be a finite number (dB) or auto, got {value!r} ({_type_name(value)})"
         )
     try:
         return check_sth(value)
@@ -258,7 +271,13 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
 
 
 _SCHEMA: dict[str, dict[str, Any]] = {
-    "algorithm": {"nhsize": _nhsize, "alpha": _alpha, "sth": _sth, "focus": _focus},
+    "algorithm": {
+        "nhsize": _nhsize,
+        "alpha": _alpha,
+        "sth": _sth,
+        "focus": _focus,
+        "auto": _bool,
+    },
     "input": {
         "axes": _axes,
         "channels": _channels,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._auto import AUTO, AutoParameters, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
 from ._device import check_device, engine_for
 from ._kernel import block_memory
 from ._open import open_source
@@ -18,8 +19,6 @@ from ._params import (
     check_chunks,
     check_focus,
     check_memory,
-    check_nhsize,
-    check_sth,
     overlap_depth,
     resolve_channels,
 )
@@ -99,14 +98,18 @@ def plan_fusion(
     memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
     chunks = check_chunks(chunks)
     source = open_source(src, axes=axes, level=level, storage_options=storage_options)
-    nhsize = check_nhsize(nhsize)
+    nhsize = check_nhsize_or_auto(nhsize)
     n_planes = source.size("z")
     focus_given = focus is not None
     focus = check_focus(focus, n_planes)
-    alpha, sth = check_alpha(alpha), check_sth(sth)
+    alpha, sth = check_alpha(alpha), check_sth_or_auto(sth)
     rgb = _rgb(channels, source)
     layout = Layout(source.axes, source.shape, rgb)
     _check_plausible(layout, source)
+    chosen = None
+    if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
+        chosen = _auto(source, layout, focus, nhsize, sth)
+        nhsize, sth = chosen.nhsize, chosen.sth
     halo = overlap_depth(nhsize)
     maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
     depth_unit, depth_affine = _depth_units(source, focus_given)
@@ -147,6 +150,7 @@ def plan_fusion(
         "selectivity_map": bool(selectivity_map),
         "depth_unit": depth_unit,
         "levels": levels,
+        "auto": None if chosen is None else chosen.as_dict(),
         "device": device,  # GPU and CPU may differ in the last place: resume on the same
         "complete": False,
     }
@@ -215,6 +219,32 @@ def _rgb(channels: Any, source: Source) -> bool:
     if channels == "auto" and source.rgb and "c" in source.axes and source.size("c") == 3:
         return True  # the format says these are colour samples
     return rgb
+
+
+def _auto(source: Source, layout: Layout, focus, nhsize, sth) -> AutoParameters:
+    """``"auto"`` parameters from tiles of the first image (batch index 0), every channel
+    pooled when they are fused independently."""
+    import numpy as np
+
+    from ._fetch import BlockRegion, fetch_block
+
+    batch = {a: 0 for a in layout.lead_axes if a != "c"}
+    channels = list(range(layout.size("c"))) if "c" in layout.lead_axes else [None]
+
+    def read_tile(y0: int, y1: int, x0: int, x1: int):
+        tiles = []
+        for c in channels:
+            lead = {**batch, **({"c": c} if c is not None else {})}
+            region = BlockRegion(tuple((a, lead[a]) for a in layout.lead_axes), (y0, y1),
+                                 (x0, x1), layout.rgb)  # fmt: skip
+            tiles.append(fetch_block(source, region, None))
+        return tiles[0] if channels == [None] else np.stack(tiles)
+
+    n_channels = None if channels == [None] else len(channels)
+    return auto_parameters(
+        read_tile, shape_yx=layout.shape_yx, n_planes=layout.n_planes, dtype=source.dtype,
+        rgb=layout.rgb, n_channels=n_channels, focus=focus, nhsize=nhsize, sth=sth,
+    )  # fmt: skip
 
 
 def _check_plausible(layout: Layout, source: Source) -> None:

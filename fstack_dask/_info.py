@@ -22,6 +22,17 @@ def plan_from_options(src: str, kw: dict[str, Any]):
     return plan_fusion(src, **{k: kw[k] for k in _PLAN_KEYS if k in kw})
 
 
+def _parameters(params: dict[str, Any]) -> str:
+    auto = params.get("auto") or {}
+    text = f"nhsize {params['nhsize']}, sth {params['sth']:g} dB, alpha {params['alpha']:g}"
+    if auto:
+        text += (
+            f" (nhsize and sth chosen from the data: noise {auto['noise']:.3g}, texture/noise^2 "
+            f"{auto['snr']:.3g}, {auto['tiles']} tiles read)"
+        )
+    return text
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -67,6 +78,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("scale", scale),
         ("channels", channels),
         ("output", f"{out.axes} {out.shape} {np.dtype(out.dtype)}"),
+        ("parameters", _parameters(fusion.params)),
         ("halo", f"{fusion.halo} px (nhsize {fusion.params['nhsize']})"),
         ("chunks (y, x)", f"{fusion.block[0]}, {fusion.block[1]}"),
         ("blocks", f"{ny} x {nx} (y x x) per image, {blocks.n_images} image(s)"),

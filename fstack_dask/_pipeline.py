@@ -45,10 +45,10 @@ def fuse_zarr(
     axes: str | None = None,
     level: int = 0,
     channels: str = "auto",
-    nhsize: int = 9,
+    nhsize: int | str = 9,
     focus: Any = None,
     alpha: float = 0.2,
-    sth: float = 13,
+    sth: float | str = 13,
     depth_map: bool = False,
     selectivity_map: bool = False,
     chunks: int | tuple[int, int] | None = None,
@@ -90,7 +90,9 @@ def fuse_zarr(
         See :func:`fuse`. Default ``"auto"``: RGB for 3 uint8 channels or a colour format,
         otherwise each channel is fused on its own.
     nhsize, focus, alpha, sth
-        As in :func:`focus_stack`.
+        As in :func:`focus_stack`; ``"auto"`` for ``nhsize`` and/or ``sth`` chooses them from
+        a fixed sample of tiles of the stack (the same whatever the chunking), logs the
+        choice and stores it in the output's provenance.
     depth_map, selectivity_map : bool, optional
         Also write ``depth`` (position of the sharpest plane, float32, NaN where no plane
         has contrast: in the source's physical z units when it has a z scale and ``focus``
