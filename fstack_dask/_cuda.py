@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._device import require_device, simulated
+from ._fused import even_step
 
 __all__ = ["device_block_memory", "fuse_cuda", "host_block_memory"]
 
@@ -282,7 +283,8 @@ def device_pass(
     d_sel = ws.on_device("sel", (rows, width), np.float32)
     d_out = ws.on_device("out", (n_ch, rows, width), out_dt)
     pixels = rows * width
-    ws.launch(kernels["fit_error"], pixels, d_fm, d_focus, fit, d_fmax, d_arg, d_q[0])
+    ws.launch(kernels["fit_error"], pixels, d_fm, d_focus, even_step(focus), fit, d_fmax, d_arg,
+              d_q[0])  # fmt: skip
     if fit:
         ws.launch(kernels["float_column_sums"], pixels, lo, hi, d_q, d_vs)
     phi_full = float(phi_from_s(np.inf, float(alpha), float(sth)))

@@ -36,7 +36,7 @@ _LR, _LG, _LB = 0.2989, 0.5870, 0.1140
 
 # Bound per target by build(): numba.cuda, the products' multiply, and _pixel's functions as
 # device functions. None here: this module's functions only run as built.
-cuda = mul = exp = log = log10 = gauss_fit = model = phi_from_s = weight = median9 = None
+cuda = mul = exp = log = log10 = gauss_fit = model = misfit = phi_from_s = weight = median9 = None
 round_half_even = None
 
 
@@ -207,11 +207,12 @@ def float_measure(p0, lo, hi, inv_area, t1, fm):
 # ------------------------------------------------------------------ selectivity and blend
 
 
-def fit_error(fm, focus, fit, fmax, arg, q):
+def fit_error(fm, focus, plane_step, fit, fmax, arg, q):
     """Maximum focus measure and its plane; the Gaussian fit's misfit ``q = err / (P fmax)``.
 
     As ``_fused._blend``: the first maximum wins; the fit as ``_fused._fit_row``; the
-    absolute misfit summed over the planes in plane order.
+    absolute misfit as ``_pixel.misfit`` (``plane_step``: the spacing of evenly spaced
+    focus positions, else 0).
     """
     n_planes, rows, width = fm.shape
     start = cuda.grid(1)
@@ -235,9 +236,7 @@ def fit_error(fm, focus, fit, fmax, arg, q):
             y2 = log(np.float64(fm[ic, y, x]))
             u, s2, la = gauss_fit(focus[ic - 2], focus[ic], focus[ic + 2], y1, y2)
             amp = exp(la)
-            err = 0.0
-            for p in range(n_planes):
-                err += abs(np.float64(fm[p, y, x]) - model(focus[p], u, s2, amp))
+            err = misfit(fm, y, x, focus, plane_step, u, s2, amp)
             q[y, x] = err / mul(np.float64(n_planes), np.float64(best))
 
 

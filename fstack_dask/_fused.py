@@ -57,16 +57,10 @@ def _fit_row(fm, focus, r, arg_row, g, u, s2, amp):
         amp[x] = _pixel.exp(amp[x])
 
 
-def _err_row(fm, focus, r, u, s2, amp, err):
-    """Summed absolute misfit of the Gaussian over the planes, in plane order."""
-    width = err.shape[0]
-    for x in range(width):
-        err[x] = 0.0
-    for p in range(fm.shape[0]):
-        fp = focus[p]
-        row = fm[p, r]
-        for x in range(width):
-            err[x] += abs(np.float64(row[x]) - _pixel.model(fp, u[x], s2[x], amp[x]))
+def _err_row(fm, focus, step, r, u, s2, amp, err):
+    """Summed absolute misfit of the Gaussian over the planes (``_pixel.misfit``)."""
+    for x in range(err.shape[0]):
+        err[x] = _pixel.misfit(fm, r, x, focus, step, u[x], s2[x], amp[x])
 
 
 def _box_mean_row(q, y, lo, hi, rows, vs, pad, out):
@@ -170,8 +164,8 @@ def _store_row(fused, y, out, lo_val, hi_val, top, is_int):
 
 
 def _blend(
-    values, fm, focus, n, alpha, sth, out, lo_val, hi_val, top, is_int, fmax, arg, sel, want_sel,
-    work, q, phi_ring, g, num, fused,
+    values, fm, focus, step, n, alpha, sth, out, lo_val, hi_val, top, is_int, fmax, arg, sel,
+    want_sel, work, q, phi_ring, g, num, fused,
 ):  # fmt: skip
     n_planes, rows, width = fm.shape
     lo = n // 2
@@ -207,7 +201,7 @@ def _blend(
                         arg_row[x] = p
             if fit:
                 _fit_row(fm, focus, r, arg_row, g, u, s2, amp)
-                _err_row(fm, focus, r, u, s2, amp, err)
+                _err_row(fm, focus, step, r, u, s2, amp, err)
                 qr = q[r % n]
                 for x in range(width):
                     qr[x] = err[x] / (n_planes * np.float64(fmax_row[x]))
@@ -233,6 +227,14 @@ def _blend(
             _median_row(phi_ring, ym, rows, phi)
             _blend_row(values, fm, fmax, ym, phi, wrow, inv, add, num, den, fused)
             _store_row(fused, ym, out, lo_val, hi_val, top, is_int)
+
+
+def even_step(focus: np.ndarray) -> float:
+    """The spacing of evenly spaced focus positions (exactly), else 0.0."""
+    if focus.shape[0] < 2:
+        return 0.0
+    steps = np.diff(focus)
+    return float(steps[0]) if np.all(steps == steps[0]) else 0.0
 
 
 if jit is not None:
@@ -268,7 +270,7 @@ if jit is not None:
             sel = np.empty((1, 1), np.float32)
         n_ch, width = values.shape[0], fm.shape[2]
         _blend(
-            values, fm, focus, n, float(alpha), float(sth), out, lo_val, hi_val,
+            values, fm, focus, even_step(focus), n, float(alpha), float(sth), out, lo_val, hi_val,
             dtype.type(top), is_int, fmax, arg, sel, want_sel,
             np.empty((12, width + n)), np.empty((n, width)), np.empty((3, width)),
             np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)),

@@ -214,6 +214,49 @@ def model(fp, u, s_squared, amp):
     return amp * exp(-(t * t) / (2 * s_squared))
 
 
+def misfit(fm, y, x, focus, step, u, s_squared, amp):
+    """The reference's ``err`` at one pixel: ``sum_p |fm[p] - model(focus[p])|``.
+
+    With evenly spaced planes (``step != 0``) the Gaussian is evaluated by a recurrence
+    from the plane nearest its centre, outwards both ways: the ratio of neighbouring values
+    is itself a geometric sequence, so each plane costs two products instead of an
+    ``exp`` (4 ``exp`` per pixel instead of one per voxel). Outwards from the centre the
+    values shrink (or, for an inverted fit, grow) monotonically, so underflow to 0 (or
+    overflow to inf) happens where the direct formula's would. The sum runs from the centre
+    plane up, then down: a fixed order for each pixel, whatever block it lies in. Other
+    spacings, and fits that are not finite, use the direct formula plane by plane.
+    """
+    n_planes = fm.shape[0]
+    err = 0.0
+    finite = u - u == 0.0 and s_squared - s_squared == 0.0 and amp - amp == 0.0
+    if step == 0.0 or not finite or s_squared == 0.0:
+        for p in range(n_planes):
+            err += abs(np.float64(fm[p, y, x]) - model(focus[p], u, s_squared, amp))
+        return err
+    centre = (u - 1.0 - focus[0]) / step
+    centre = centre if centre > 0.0 else 0.0
+    top = n_planes - 1.0
+    centre = centre if centre < top else top
+    start = int(centre + 0.5)
+    g0 = model(focus[start], u, s_squared, amp)
+    t = focus[start] + 1.0 - u
+    two = 2.0 * s_squared
+    c = exp(-(step * step) / s_squared)
+    g = g0
+    r = exp(-(step * (2.0 * t + step)) / two)
+    for p in range(start, n_planes):
+        err += abs(np.float64(fm[p, y, x]) - g)
+        g = g * r
+        r = r * c
+    g = g0
+    r = exp((step * (2.0 * t - step)) / two)
+    for p in range(start - 1, -1, -1):
+        g = g * r
+        r = r * c
+        err += abs(np.float64(fm[p, y, x]) - g)
+    return err
+
+
 def phi_from_s(s, alpha, sth):
     """The sharpening parameter ``phi = 0.5 (1 + tanh(alpha (S - sth))) / alpha``; NaN S -> 0."""
     s = s if s == s else -np.inf
@@ -267,6 +310,7 @@ PY_FUNCS = {
         "round_half_even",
         "gauss_fit",
         "model",
+        "misfit",
         "phi_from_s",
         "weight",
         "median9",
