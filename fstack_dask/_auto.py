@@ -58,7 +58,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
 from ._kernel import focus_measure, luminance, selectivity
 from ._params import check_nhsize, check_sth
@@ -230,6 +229,8 @@ def _noise_std(plane: np.ndarray) -> float:
 
 def _tile_features(grey: np.ndarray) -> tuple[float, float, float]:
     """(noise, texture, curve width) of one ``(P, Y, X)`` float64 tile."""
+    from scipy.ndimage import uniform_filter  # here: scipy takes 0.4 s to import
+
     noise = min(_noise_std(p) for p in grey)
     n = _FEATURE_WINDOW
     var = np.empty(grey.shape)
