@@ -273,12 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="make a synthetic focus stack, fuse it and write PNG previews",
+        help="write a synthetic focus stack as TIFF planes, fuse it, write PNG previews",
         description=_wrap(
-            "Write a synthetic focus stack with known ground truth to DIR/stack.ome.zarr, "
-            "fuse it into DIR/fused.ome.zarr (with depth and selectivity maps), write PNG "
-            "previews (plane.png: the middle plane, fused.png, depth.png, truth.png) and print "
-            "the PSNR of the fused image and of the middle plane against the ground truth."
+            "Write a synthetic focus stack with known ground truth as a folder of TIFF planes, "
+            "DIR/planes/ (as a microscope saves them), fuse that folder into "
+            "DIR/fused.ome.zarr (a multiscale OME-Zarr with depth and selectivity maps), write "
+            "PNG previews (plane.png: the middle plane, fused.png, depth.png, truth.png) and "
+            "print the PSNR of the fused image and of the middle plane against the ground "
+            "truth. The same as 'fstack-dask fuse DIR/planes DIR/fused.ome.zarr' on your data."
         ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
     demo.add_argument(
-        "--overwrite", action="store_true", help="replace the stores of an earlier demo in DIR"
+        "--overwrite", action="store_true", help="replace what an earlier demo wrote in DIR"
     )
     demo.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 

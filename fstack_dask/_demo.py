@@ -1,21 +1,23 @@
-"""``fstack-dask demo``: a synthetic stack with known ground truth, fused end to end.
+"""``fstack-dask demo``: what a user does with their own data, on a synthetic stack.
 
-Writes DIR/stack.ome.zarr (the synthetic stack, marked as the demo's own so that a later
-``--overwrite`` may replace it and nothing else), fuses it into DIR/fused.ome.zarr with depth
-and selectivity maps, writes PNG previews and prints the PSNR against the ground truth.
+Writes DIR/planes/ (one TIFF file per focal plane, as a microscope or a camera saves them, with
+the pixel size in the files), fuses that folder into DIR/fused.ome.zarr (a multiscale OME-Zarr
+with depth and selectivity maps), writes PNG previews and prints the PSNR against the known
+ground truth. ``--overwrite`` replaces only what an earlier demo wrote.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = ["run_demo"]
 
-DEMO_MARK = "fstack_dask_demo"
-Z_STEP, PIXEL = 2.0, 0.65  # micrometer
+PIXEL_UM = 0.65  # the synthetic camera's pixel size, in micrometres
+MARK = "fstack-dask demo plane"  # the TIFF ImageDescription of the planes the demo writes
 
 
 def _psnr(estimate: Any, truth: Any, peak: float) -> float:
@@ -25,16 +27,36 @@ def _psnr(estimate: Any, truth: Any, peak: float) -> float:
     return math.inf if err == 0 else float(10 * np.log10(peak**2 / err))
 
 
-def _demo_stack_owner(location: Any) -> str | None:
-    """For remove_tree: only a stack the demo wrote may be replaced."""
-    import json
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` holds only plane files an earlier demo wrote."""
+    import tifffile
 
-    try:
-        meta = json.loads(location.child("zarr.json").read_bytes())
-    except (FileNotFoundError, ValueError):
-        return "it is not a stack written by fstack-dask demo"
-    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    return None if attrs.get(DEMO_MARK) is True else "it is not a stack written by fstack-dask demo"
+    names = sorted(os.listdir(folder))
+    for name in names:
+        if not name.endswith(".tif"):
+            return False
+        with tifffile.TiffFile(folder / name) as tif:
+            if tif.pages[0].description != MARK:
+                return False
+    return True
+
+
+def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
+    """One TIFF per plane (``stack`` is (y, x, z[, c])), the pixel size in its resolution tags."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_cm = 1e4 / PIXEL_UM
+    for p in range(stack.shape[2]):
+        path = folder / f"plane_{p:03d}.tif"
+        tifffile.imwrite(
+            path, stack[:, :, p], photometric="rgb" if rgb else "minisblack",
+            resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", description=MARK,
+            metadata=None,
+        )  # fmt: skip
+        paths.append(path)
+    return paths
 
 
 def run_demo(
@@ -49,60 +71,55 @@ def run_demo(
     scheduler: Any,
 ) -> None:
     import numpy as np
-    import zarr
 
     from ._locations import remove_tree, resolve
     from ._pipeline import fuse_zarr
     from ._png import to_uint8, write_png
+    from ._read_common import import_optional
     from ._synthetic import synthetic_stack
-    from ._write_stack import write_stack
 
+    import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
     out_dir = Path(directory)
-    stack_path, fused_path = out_dir / "stack.ome.zarr", out_dir / "fused.ome.zarr"
+    planes_dir, fused_path = out_dir / "planes", out_dir / "fused.ome.zarr"
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")
-    stack_loc = resolve(stack_path, name="DIR")
-    if stack_loc.exists():
+    if planes_dir.exists():
         if not overwrite:
             raise FileExistsError(
-                f"{str(stack_path)!r} already exists; choose another DIR or pass --overwrite"
+                f"{str(planes_dir)!r} already exists; choose another DIR or pass --overwrite"
             )
-        reason = _demo_stack_owner(stack_loc)
-        if reason is not None:
-            raise FileExistsError(f"{str(stack_path)!r} exists and {reason}; refusing to delete it")
+        if not planes_dir.is_dir() or not _ours(planes_dir):
+            raise FileExistsError(
+                f"{str(planes_dir)!r} holds files the demo did not write; refusing to delete them"
+            )
     synth = synthetic_stack(
         (size, size), planes, rgb=rgb, dtype="uint8" if rgb else "uint16", seed=seed
     )
     stack = synth.stack  # (y, x, z[, c])
-    data = stack.transpose(3, 2, 0, 1) if rgb else stack.transpose(2, 0, 1)
-    axes = "czyx" if rgb else "zyx"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if stack_loc.exists():
-        remove_tree(stack_loc, owned=_demo_stack_owner)
-    write_stack(
-        stack_path, data, axes=axes, scale={"z": Z_STEP, "y": PIXEL, "x": PIXEL},
-        units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
-    )  # fmt: skip
-    group = zarr.open_group(str(stack_path), mode="r+")
-    group.attrs[DEMO_MARK] = True
-    print(
-        f"wrote {stack_path}: synthetic focus stack, {axes} {data.shape} {data.dtype} "
-        f"(seed {seed})",
-        flush=True,
-    )
+    if planes_dir.exists():  # checked again right before: only the demo's own plane files
+        remove_tree(
+            resolve(planes_dir, name="DIR"),
+            owned=lambda loc: None if _ours(Path(loc.path)) else "it holds other files",
+        )
+    write_planes(planes_dir, stack, rgb)
+    kind = "RGB uint8" if rgb else "grey uint16"
+    print(f"wrote {planes_dir}/: {planes} TIFF planes of {size} x {size} px ({kind}, seed {seed})")
 
     start = time.perf_counter()
     out = fuse_zarr(
-        stack_path, fused_path, depth_map=True, selectivity_map=True, overwrite=overwrite,
+        planes_dir, fused_path, depth_map=True, selectivity_map=True, overwrite=overwrite,
         progress=progress, scheduler=scheduler,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     fused = out["0"][...]
     if rgb:
         fused = fused.transpose(1, 2, 0)  # cyx -> yxc, like the truth
-    depth = out["depth"]["0"][...] / Z_STEP  # micrometer -> planes, like the truth
+    depth = out["depth"]["0"][...]  # plane numbers: TIFF planes carry no z step
+    levels = len(out.attrs["ome"]["multiscales"][0]["datasets"])
     print(
-        f"wrote {fused_path}: all-in-focus image + depth, selectivity maps in {seconds:.2f} s",
+        f"wrote {fused_path}: all-in-focus image ({levels} levels) + depth, selectivity maps "
+        f"in {seconds:.2f} s",
         flush=True,
     )
     middle = planes // 2

@@ -160,9 +160,11 @@ def test_demo_writes_stores_and_previews(tmp_path, rgb):
     for name in ("plane.png", "fused.png", "depth.png", "truth.png"):
         assert (out_dir / name).read_bytes()[:8] == PNG_SIGNATURE, name
         assert str(out_dir / name) in res.stdout
-    stack = open_source(out_dir / "stack.ome.zarr")
-    assert stack.axes == ("czyx" if rgb else "zyx")
-    assert stack.scale["y"] == stack.scale["x"] == 0.65
+    planes = sorted(p.name for p in (out_dir / "planes").iterdir())  # a folder of TIFF planes
+    assert planes == [f"plane_{p:03d}.tif" for p in range(7)]
+    stack = open_source(out_dir / "planes")
+    assert stack.axes == ("zyxc" if rgb else "zyx") and stack.rgb == rgb
+    assert stack.scale["y"] == pytest.approx(0.65) and stack.units["y"] == "micrometer"
     fused = _fused(out_dir / "fused.ome.zarr")
     assert "0" in set(fused.array_keys())
     assert {"depth", "selectivity"} <= set(fused.group_keys())  # multiscale images of their own
@@ -170,12 +172,19 @@ def test_demo_writes_stores_and_previews(tmp_path, rgb):
     assert match, res.stdout
     assert float(match[1]) > float(match[2]) + 3
 
-    # A second run refuses to replace it without --overwrite, and writes nothing.
+    # A second run refuses to replace it without --overwrite, and writes nothing; with it,
+    # it replaces only what the demo wrote.
     before = sorted(p.name for p in out_dir.iterdir())
     again = cli(*args)
     assert again.returncode == 2
     assert again.stderr.startswith("fstack-dask: error:") and "--overwrite" in again.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == before
+    (out_dir / "planes" / "notes.txt").write_text("mine")
+    refused = cli(*args, "--overwrite")
+    assert refused.returncode == 2 and "did not write" in refused.stderr
+    assert (out_dir / "planes" / "notes.txt").read_text() == "mine"
+    (out_dir / "planes" / "notes.txt").unlink()
+    ok(cli(*args, "--overwrite"))
 
 
 def _info(stdout: str) -> dict[str, str]:
