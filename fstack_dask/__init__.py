@@ -31,6 +31,7 @@ __all__ = [
     "fuse",
     "fuse_zarr",
     "overlap_depth",
+    "sample_stack",
     "synthetic_stack",
     "write_stack",
 ]
@@ -50,6 +51,7 @@ _WHERE = {
     "SyntheticStack": "._synthetic",
     "synthetic_stack": "._synthetic",
     "overlap_depth": "._params",
+    "sample_stack": "._samples",
     "write_stack": "._write_stack",
 }
 
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._focus_stack import focus_stack
     from ._params import overlap_depth
     from ._pipeline import fuse_zarr
+    from ._samples import sample_stack
     from ._synthetic import SyntheticStack, synthetic_stack
     from ._write_stack import write_stack
 
