@@ -36,10 +36,23 @@ def _synthetic(name: str) -> tuple[np.ndarray, str]:
 
 
 def stack_path(name: str, layout: str, cache: Path) -> Path:
-    """The cached stack ``name`` in ``layout`` (written on first use), an OME-Zarr 0.5 image."""
+    """The cached stack ``name`` in ``layout`` (written on first use, by a child process: the
+    benchmark's own process must stay small, since a child it forks starts with its memory
+    counted in the child's peak), an OME-Zarr 0.5 image."""
+    import subprocess
+    import sys
+
     path = cache / f"{name}.{layout}.ome.zarr"
-    if (path / "zarr.json").exists():
-        return path
+    if not (path / "zarr.json").exists():
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " + (
+            f"from _stacks import write; write({name!r}, {layout!r}, {str(path)!r})"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+    return path
+
+
+def write(name: str, layout: str, path_text: str) -> None:
+    path = Path(path_text)
     from fstack_dask import write_stack
 
     print(f"  generating {path.name} ...", flush=True)

@@ -179,6 +179,7 @@ def fuse_zarr(
         chunks=chunks, memory_per_task=memory_per_task, levels=levels,
         storage_options=storage_options, device=device,
     )  # fmt: skip
+    _warm_up(fusion)
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
     destination = Destination(dst_loc, protect=source.protected())
@@ -235,6 +236,31 @@ def _pyramid(fusion: Fusion, target: Target, done, sched, progress, stall_timeou
         todo = [b for b in plan.blocks() if job.marker(b) not in done]
         execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip
+
+
+def _warm_up(fusion: Fusion) -> None:
+    """Load the compiled kernel for this run's types in the background (about 0.5 s from the
+    disk cache, or a compilation on first use), while the rest of the run is prepared."""
+    if fusion.params.get("device", "cpu") != "cpu":
+        return
+    import threading
+
+    import numpy as np
+
+    from ._kernel import fuse_block
+
+    lay = fusion.layout
+    shape = ((lay.n_channels,) if lay.rgb else ()) + (max(5, lay.n_planes), 8, 8)
+    tiny = np.zeros(shape, fusion.source.dtype.newbyteorder("="))
+    kernel = {**fusion.kernel, "focus": np.arange(shape[-3], dtype=np.float64)}
+
+    def load() -> None:
+        try:
+            fuse_block(tiny, **kernel)
+        except Exception:  # the run itself will meet (and report) any problem
+            pass
+
+    threading.Thread(target=load, name="fstack-dask-warm-up", daemon=True).start()
 
 
 def _positive(value: Any, name: str) -> float:
