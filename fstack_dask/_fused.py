@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _pixel
+from ._compiled import _box_float_row
 from ._jit import jit
 
 __all__ = ["blend_compiled"]
@@ -64,29 +65,12 @@ def _err_row(fm, focus, step, r, u, s2, amp, err):
 
 
 def _box_mean_row(q, y, lo, hi, rows, vs, pad, out):
-    """``n x n`` mean of ``q`` at row ``y``: rows then columns, each in a fixed order."""
+    """``n x n`` mean of ``q`` (a ring of ``n`` rows) at row ``y``: the focus measure's
+    fixed-order window sum (``_compiled._box_float_row``), then divided by the area."""
     n = lo + hi + 1
-    width = vs.shape[0]
-    first = q[min(max(y - lo, 0), rows - 1) % n]
-    for x in range(width):
-        vs[x] = first[x]
-    for k in range(1, n):
-        src = q[min(max(y - lo + k, 0), rows - 1) % n]
-        for x in range(width):
-            vs[x] += src[x]
-    for j in range(lo):
-        pad[j] = vs[0]
-    for x in range(width):
-        pad[lo + x] = vs[x]
-    for j in range(hi):
-        pad[lo + width + j] = vs[width - 1]
-    for x in range(width):
-        out[x] = pad[x]
-    for k in range(1, n):
-        for x in range(width):
-            out[x] += pad[x + k]
+    _box_float_row(q, n, y, lo, hi, rows, vs, pad, out)
     inv_area = 1.0 / (n * n)
-    for x in range(width):
+    for x in range(vs.shape[0]):
         out[x] *= inv_area
 
 

@@ -21,6 +21,7 @@ are chosen so that ``workers x memory_per_task`` bounds a process, whatever the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,12 +118,12 @@ class Plan:
         lead_shape = self.layout.lead_shape
         groups = [_split(n, u) for n, u in zip(lead_shape, self.unit_lead, strict=True)]
         ny, nx = self.grid
-        for group in _product(groups):
+        for group in itertools.product(*groups):
             for s0 in range(0, nx, self.strip):
                 for j in range(ny):
                     for i in range(s0, min(s0 + self.strip, nx)):
-                        for lead in _product([[(k, k + 1) for k in range(a, b)] for a, b in group]):
-                            yield (*(a for a, _ in lead), j, i)
+                        for lead in itertools.product(*[range(a, b) for a, b in group]):
+                            yield (*lead, j, i)
 
     def core(self, block: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
         """The block's own y and x ranges (what it writes)."""
@@ -155,15 +156,6 @@ class Plan:
         rows = range(max(0, (y[0] - h) // by), min(ny, (y[1] - 1 + h) // by + 1))
         cols = range(max(0, (x[0] - h) // bx), min(nx, (x[1] - 1 + h) // bx + 1))
         return rows, cols
-
-
-def _product(lists: list[list[tuple[int, int]]]) -> Iterator[tuple[tuple[int, int], ...]]:
-    if not lists:
-        yield ()
-        return
-    for first in lists[0]:
-        for rest in _product(lists[1:]):
-            yield (first, *rest)
 
 
 # ---------------------------------------------------------------------------- choosing

@@ -9,6 +9,7 @@ corrupt chunk, say), so a resume can never mix two versions of the data.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -101,7 +102,7 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
         }
         rows, cols = plan.blocks_reading(extent["y"], extent["x"])
         lead_ranges = [range(*extent[a]) for a in plan.layout.lead_axes]
-        for lead in _product(lead_ranges):
+        for lead in itertools.product(*lead_ranges):
             for j in rows:
                 for i in cols:
                     if plan.name((*lead, j, i)) in done:
@@ -115,15 +116,6 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
         "source files changed since the run began (%s); only blocks not yet done read them",
         ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""),
     )
-
-
-def _product(ranges: list[range]):
-    if not ranges:
-        yield ()
-        return
-    for k in ranges[0]:
-        for rest in _product(ranges[1:]):
-            yield (k, *rest)
 
 
 def source_identity(source: Source) -> dict[str, Any]:
