@@ -118,7 +118,8 @@ def run_demo(
     depth = out["depth"]["0"][...]  # plane numbers: TIFF planes carry no z step
     levels = len(out.attrs["ome"]["multiscales"][0]["datasets"])
     print(
-        f"wrote {fused_path}: all-in-focus image ({levels} levels) + depth, selectivity maps "
+        f"wrote {fused_path}: all-in-focus image ({levels} level{'s' if levels > 1 else ''}) "
+        "+ depth, selectivity maps "
         f"in {seconds:.2f} s",
         flush=True,
     )
