@@ -47,6 +47,27 @@ def _clamp(i, n):
     return min(max(i, 0), n - 1)
 
 
+def _cell(i, rows, width):
+    """Plane group, row and column of the ``i``-th element of a (groups, rows, width) grid."""
+    return i // (rows * width), (i // width) % rows, i % width
+
+
+def _along_row(a, g, y, x, lo, n, width):
+    """``a[g, y, x - lo .. x - lo + n - 1]`` added in that order (edges replicated)."""
+    acc = a[g, y, _clamp(x - lo, width)]
+    for k in range(1, n):
+        acc += a[g, y, _clamp(x - lo + k, width)]
+    return acc
+
+
+def _down_column(a, g, y, x, lo, n, rows):
+    """``a[g, y - lo .. y - lo + n - 1, x]`` added in that order (edges replicated)."""
+    acc = a[g, _clamp(y - lo, rows), x]
+    for k in range(1, n):
+        acc += a[g, _clamp(y - lo + k, rows), x]
+    return acc
+
+
 def _int_sample(stack, rgb, p, y, x):
     """Sample (or rounded luminance) as int32, as ``_compiled._focus_int`` loads it."""
     if rgb:
@@ -78,9 +99,7 @@ def int_rows(stack, rgb, p0, lo, hi, h1):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
+        g, y, x = _cell(i, rows, width)
         s = np.int64(0)
         for k in range(-lo, hi + 1):
             s += _int_sample(stack, rgb, p0 + g, y, _clamp(x + k, width))
@@ -94,9 +113,7 @@ def int_deviation(stack, rgb, p0, lo, hi, h1, d):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
+        g, y, x = _cell(i, rows, width)
         s = np.int64(0)
         for k in range(-lo, hi + 1):
             s += np.int64(h1[g, _clamp(y + k, rows), x])
@@ -109,9 +126,7 @@ def int_square_rows(lo, hi, d, h2):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
+        g, y, x = _cell(i, rows, width)
         s = np.int64(0)
         for k in range(-lo, hi + 1):
             v = np.int64(d[g, y, _clamp(x + k, width)])
@@ -125,9 +140,7 @@ def int_measure(p0, lo, hi, scale, h2, fm):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
+        g, y, x = _cell(i, rows, width)
         s = np.int64(0)
         for k in range(-lo, hi + 1):
             s += h2[g, _clamp(y + k, rows), x]
@@ -144,9 +157,7 @@ def float_columns(stack, rgb, rounded, divisor, p0, lo, hi, t1):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
+        g, y, x = _cell(i, rows, width)
         p = p0 + g
         s = _float_sample(stack, rgb, rounded, divisor, p, _clamp(y - lo, rows), x)
         for k in range(1, n):
@@ -161,12 +172,8 @@ def float_deviation(stack, rgb, rounded, divisor, p0, lo, hi, inv_area, t1, t2):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
-        acc = t1[g, y, _clamp(x - lo, width)]
-        for k in range(1, n):
-            acc += t1[g, y, _clamp(x - lo + k, width)]
+        g, y, x = _cell(i, rows, width)
+        acc = _along_row(t1, g, y, x, lo, n, width)
         a = _float_sample(stack, rgb, rounded, divisor, p0 + g, y, x)
         dev = a - mul(acc, inv_area)
         t2[g, y, x] = mul(dev, dev)
@@ -179,13 +186,8 @@ def float_column_sums(lo, hi, src, dst):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
-        s = src[g, _clamp(y - lo, rows), x]
-        for k in range(1, n):
-            s += src[g, _clamp(y - lo + k, rows), x]
-        dst[g, y, x] = s
+        g, y, x = _cell(i, rows, width)
+        dst[g, y, x] = _down_column(src, g, y, x, lo, n, rows)
 
 
 def float_measure(p0, lo, hi, inv_area, t1, fm):
@@ -195,13 +197,8 @@ def float_measure(p0, lo, hi, inv_area, t1, fm):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
-        g = i // (rows * width)
-        y = (i // width) % rows
-        x = i % width
-        acc = t1[g, y, _clamp(x - lo, width)]
-        for k in range(1, n):
-            acc += t1[g, y, _clamp(x - lo + k, width)]
-        fm[p0 + g, y, x] = mul(acc, inv_area)
+        g, y, x = _cell(i, rows, width)
+        fm[p0 + g, y, x] = mul(_along_row(t1, g, y, x, lo, n, width), inv_area)
 
 
 # ------------------------------------------------------------------ selectivity and blend
@@ -318,7 +315,7 @@ def blend(values, fm, fmax, phi, out, lo_val, hi_val, top, is_int):
                 out[c, y, x] = v
 
 
-_DEVICE_FUNCS = ("_clamp", "_int_sample", "_float_sample")
+_DEVICE_FUNCS = ("_clamp", "_cell", "_along_row", "_down_column", "_int_sample", "_float_sample")
 KERNELS = (
     "int_rows", "int_deviation", "int_square_rows", "int_measure", "float_columns",
     "float_deviation", "float_column_sums", "float_measure", "fit_error", "selectivity_phi",
