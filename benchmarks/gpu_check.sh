@@ -16,6 +16,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH="$PWD"
 fi
+# numba-cuda finds NVVM and libdevice in the nvidia-* wheels, else under CUDA_HOME; an image
+# whose toolkit is in /usr/local/cuda (nvcc) may have no nvidia-cuda-nvcc wheel.
+if [ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ] && [ -d /usr/local/cuda ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   "$PY" - <<'PYEOF'
@@ -27,6 +32,11 @@ for name in ("numpy", "numba", "numba-cuda", "cuda-bindings", "dask", "distribut
         print(name, "MISSING")
 from fstack_dask._device import cuda_problem
 print("cuda_problem:", cuda_problem())
+try:
+    from numba.cuda.cudadrv import nvvm
+    print("NVVM", nvvm.NVVM().get_version())
+except Exception as e:  # the PTX test and the kernels will say more
+    print("NVVM not loaded:", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
 PYEOF
 } 2>&1 | tee "$OUT/env.txt"
 status=0
