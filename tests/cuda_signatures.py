@@ -26,9 +26,9 @@ def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore", RuntimeWarning)
     seen: dict[tuple, None] = {}
     launch = _cuda._Workspace.launch
+    names = {id(k): name for name, k in _cuda._target()[1].items()}
 
     def recording(self, kernel, work, *args):
-        names = {id(k): name for name, k in _cuda._target()[1].items()}
         seen[(names[id(kernel)], tuple(numba.typeof(a) for a in args))] = None
         return launch(self, kernel, work, *args)
 
