@@ -26,6 +26,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from clusters import Cluster
 
 from fstack_dask import focus_stack, fuse, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._config import config_from_mapping
@@ -91,6 +92,56 @@ def test_simulated_pipeline_fuse_zarr_fuse_focus_stack():
         assert found[name] == {"identical": 1.0, "max_diff": 0.0}, name
     # The formula is an upper bound, and not a loose one.
     assert 0.95 * found["device_formula"] <= found["device_bytes"] <= found["device_formula"]
+
+
+@needs_cuda_target
+def test_one_worker_per_gpu_as_the_readme_starts_them(tmp_path):
+    """README "Several GPUs", run as written, with numba's simulator standing in for the
+    GPUs: a ``dask scheduler`` and ``CUDA_VISIBLE_DEVICES=i dask worker ...`` per GPU, then
+    ``fstack-dask fuse --scheduler ADDRESS --device cuda`` from a process that has no GPU.
+
+    A worker without a GPU among them makes the run a one-line refusal (exit 2) naming
+    that worker, before anything is written; once it is retired, both GPU workers fuse
+    blocks, and the output is the CPU's, bit for bit."""
+    from distributed import Client
+
+    zyx = np.moveaxis(synthetic_stack((30, 28), 6, dtype="uint16", seed=3).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(6, 16, 16))
+    gpus = [{"NUMBA_ENABLE_CUDASIM": "1", "CUDA_VISIBLE_DEVICES": str(i)} for i in range(2)]
+    no_gpu = {"NUMBA_ENABLE_CUDASIM": "0", "CUDA_VISIBLE_DEVICES": ""}
+    # The simulator runs one kernel at a time in a process: one thread per worker.
+    cluster = Cluster(tmp_path, [*gpus, no_gpu], nthreads=1)
+    planner_env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    planner_env["CUDA_VISIBLE_DEVICES"] = ""  # the login node: no GPU where we plan
+    args = ["-m", "fstack_dask", "fuse", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"),
+            "--scheduler", cluster.address, "--device", "cuda", "--chunks", "16",
+            "--nhsize", "5", "--no-progress"]  # fmt: skip
+    try:
+        with Client(cluster.address) as client:
+            envs = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+            lacking = next(w for w, env in envs.items() if env == "")
+            refused = _run(args, env=planner_env)
+            assert refused.returncode == 2, refused.stderr
+            line = refused.stderr.strip()
+            assert "\n" not in line and line.startswith("fstack-dask: error: --device cuda ")
+            assert f"(on worker {lacking})" in line, line
+            assert not (tmp_path / "out.zarr").exists()
+
+            client.retire_workers([lacking], close_workers=True)
+            before = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            done = _run(args, env=planner_env)
+            assert done.returncode == 0, done.stderr
+            after = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            assert sorted(envs[w] for w in after) == ["0", "1"]
+            assert all(after[w] > before[w] for w in after), (before, after)
+    finally:
+        cluster.stop()
+    fuse_zarr(tmp_path / "in.zarr", tmp_path / "cpu.zarr", chunks=32, nhsize=5, progress=False)
+    import zarr
+
+    gpu_out = zarr.open_group(tmp_path / "out.zarr")
+    assert gpu_out.attrs["fstack_dask"]["device"] == "cuda"
+    assert np.array_equal(gpu_out["0"][...], zarr.open_group(tmp_path / "cpu.zarr")["0"][...])
 
 
 # ------------------------------------------------------------------ the real target, no GPU

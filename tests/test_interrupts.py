@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from clusters import Cluster
 
 from fstack_dask import synthetic_stack, write_stack
 
@@ -135,55 +135,9 @@ def test_ctrl_c_at_any_moment_prints_one_line(stack, tmp_path, moment):
 # ------------------------------------------------------------------------ clusters
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Cluster:
-    """A real dask scheduler and one worker, in their own processes."""
-
-    def __init__(self, tmp: Path, worker_env=None):
-        self.port = _free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        log = open(tmp / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
-        self.log = log
-        self.scheduler = subprocess.Popen(
-            ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-             "--dashboard-address", ":0"], stdout=log, stderr=log,
-        )  # fmt: skip
-        self.worker = subprocess.Popen(
-            ["dask", "worker", self.address, "--nworkers", "1", "--nthreads", "2",
-             "--memory-limit", "2GB", "--no-dashboard"],
-            stdout=log, stderr=log, env={**os.environ, **(worker_env or {})},
-        )  # fmt: skip
-        from distributed import Client
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(self.address, timeout=5) as client:
-                    if client.scheduler_info(n_workers=-1)["workers"]:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the test cluster did not start")
-            time.sleep(0.5)
-
-    def stop(self):
-        for p in (self.worker, self.scheduler):
-            for child in psutil.Process(p.pid).children(recursive=True):
-                child.kill()
-            p.kill()
-            p.wait()
-        self.log.close()
-
-
 @pytest.fixture()
 def cluster(tmp_path):
-    c = _Cluster(tmp_path)
+    c = Cluster(tmp_path)
     yield c
     c.stop()
 
@@ -213,7 +167,7 @@ def test_a_lost_scheduler_is_one_line(stack, tmp_path, cluster):
 
 def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp_path):
     # a pause threshold of 1 % of 2 GB: the worker is paused as soon as it starts
-    paused = _Cluster(tmp_path, worker_env={"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"})
+    paused = Cluster(tmp_path, [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}])
     try:
         proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", paused.address,
                       "--stall-timeout", "5", "--no-progress")  # fmt: skip
