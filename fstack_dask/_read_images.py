@@ -5,8 +5,9 @@ each file's header (to refuse mixed shapes, dtypes and colour modes early);
 pixels are decoded when a region is asked for: TIFF through tifffile (tiled or
 striped planes read only the tiles or strips a region overlaps, through
 tifffile's Zarr store), PNG and JPEG through Pillow, which can only decode a
-whole file. Whole decoded planes are kept in a small LRU cache, so reading a
-stack region by region decodes each file once while the cache holds the stack.
+whole file, turned upright by their EXIF orientation as viewers show them.
+Whole decoded planes are kept in a small LRU cache, so reading a stack region
+by region decodes each file once while the cache holds the stack.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ _FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jp
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DIGITS = re.compile(r"(\d+)")
 # Pillow modes we read, as (samples per pixel, alpha present).
+# The EXIF orientation tag; values that turn or mirror the stored pixels, and (5-8) those
+# that also swap rows and columns.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TURNED = frozenset(range(2, 9))
+_EXIF_TRANSPOSED = frozenset(range(5, 9))
 _PIL_MODES = {"L": (1, False), "I;16": (1, False), "I;16B": (1, False), "I;16L": (1, False),
               "I": (1, False),
               "LA": (1, True), "RGB": (3, False), "RGBA": (3, True)}  # fmt: skip
@@ -83,6 +89,9 @@ def open_image_files(
     OpenedStack
         ``kind`` is ``"tiff files"``, ``"png files"`` or ``"jpeg files"``. Alpha
         channels are dropped (noted in ``description``): fusion uses colour only.
+        PNG and JPEG planes are turned upright by their EXIF orientation, as
+        viewers show them (noted too; a portrait plane's rows and columns swap);
+        a TIFF Orientation tag is not applied, as in tifffile and Fiji.
 
     Raises
     ------
@@ -116,9 +125,9 @@ def open_image_files(
                 f"pass a glob pattern that selects one format"
             )
     probe = _probe_tiff if fmt == "tiff" else _probe_pillow
-    first = probe(files[0])
-    for f in files[1:]:
-        other = probe(f)
+    probes = [probe(f) for f in files]
+    first = probes[0]
+    for f, other in zip(files[1:], probes[1:], strict=True):
         if other["shape"] != first["shape"] or other["dtype"] != first["dtype"]:
             raise ValueError(
                 f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}, but "
@@ -137,8 +146,13 @@ def open_image_files(
     )
     kind = f"{fmt} files"
     description = f"{len(files)} {fmt.upper()} files {where}"
+    notes = []
     if first["alpha"]:
-        description += ": alpha channel dropped"
+        notes.append("alpha channel dropped")
+    if any(p["turned"] for p in probes):
+        notes.append("turned upright by their EXIF orientation")
+    if notes:
+        description += ": " + ", ".join(notes)
     scale, units = first["scale"], first["units"]
     return OpenedStack(
         array=array,
@@ -253,6 +267,7 @@ def _probe_tiff(path: str) -> dict[str, Any]:
         "alpha": alpha,
         "scale": {index[a]: v for a, v in scale.items() if a in index},
         "units": {index[a]: v for a, v in units.items() if a in index},
+        "turned": False,  # a TIFF Orientation tag is not applied, as in tifffile and Fiji
     }
 
 
@@ -263,6 +278,7 @@ def _probe_pillow(path: str) -> dict[str, Any]:
     try:
         with pil.open(path) as im:
             mode, size, tile = im.mode, im.size, im.tile
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except (pil.UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"file {path!r} is not a readable image: {exc}") from exc
     if mode not in _PIL_MODES:
@@ -281,10 +297,11 @@ def _probe_pillow(path: str) -> dict[str, Any]:
     samples, alpha = _PIL_MODES[mode]
     if mode == "I" and not (isinstance(raw, str) and raw.startswith("I;16")):
         raise ValueError(f"file {path!r} holds 32-bit integers; expected 8- or 16-bit planes")
-    shape = (size[1], size[0]) + ((3,) if samples == 3 else ())
+    rows, cols = (size[0], size[1]) if orientation in _EXIF_TRANSPOSED else (size[1], size[0])
+    shape = (rows, cols) + ((3,) if samples == 3 else ())
     dtype = np.dtype(np.uint16 if mode.startswith("I") else np.uint8)
     return {"shape": shape, "dtype": dtype, "mode": mode, "chunk": shape, "alpha": alpha,
-            "scale": {}, "units": {}}  # fmt: skip
+            "scale": {}, "units": {}, "turned": orientation in _EXIF_TURNED}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- array
@@ -391,10 +408,11 @@ class _PlaneFiles:
 
             plane = tifffile.imread(path)
         else:
-            from PIL import Image
+            from PIL import Image, ImageOps
 
             with Image.open(path) as im:
-                plane = np.asarray(im)
+                # Upright as every viewer shows it: the EXIF orientation applied.
+                plane = np.asarray(ImageOps.exif_transpose(im))
             if plane.dtype != self.dtype and self.dtype == np.uint16:
                 # 16-bit grey PNG: big-endian "I;16B", or int32 "I" in older Pillow.
                 plane = plane.astype(np.uint16)

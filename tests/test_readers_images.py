@@ -120,6 +120,40 @@ def test_jpeg_rgb_planes(tmp_path):
     np.testing.assert_array_equal(opened.array[3, 5:9, 7:20, 1], whole[3, 5:9, 7:20, 1])
 
 
+def _with_orientation(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_exif_orientation_turns_planes_upright(tmp_path):
+    """Planes as viewers show them: a camera's portrait JPEGs (orientation 6: turn the
+    stored pixels a quarter clockwise) and 16-bit PNGs stored upside down (3)."""
+    stored = _planes(4, (24, 40, 3), dtype="uint8", seed=3)
+    for k, plane in enumerate(stored):
+        Image.fromarray(plane).save(tmp_path / f"p{k}.jpg", exif=_with_orientation(6), quality=95)
+    opened = open_image_files(str(tmp_path / "p*.jpg"))
+    assert opened.array.shape == (4, 40, 24, 3)  # rows and columns swapped
+    assert "turned upright by their EXIF orientation" in opened.description
+    raw = np.stack([_pillow(f) for f in opened.files])  # the stored (lossy) pixels
+    np.testing.assert_array_equal(opened.array[...], np.rot90(raw, k=-1, axes=(1, 2)))
+
+    grey = _planes(3, (20, 30), seed=4)
+    for k, plane in enumerate(grey):
+        Image.fromarray(plane).save(tmp_path / f"g{k}.png", exif=_with_orientation(3))
+    Image.fromarray(grey[0]).save(tmp_path / "h0.png", exif=_with_orientation(1))
+    upside_down = open_image_files(str(tmp_path / "g*.png"))
+    assert upside_down.array.dtype == np.uint16 and upside_down.array.shape == (3, 20, 30)
+    np.testing.assert_array_equal(upside_down.array[:, 2:9, 5:], grey[:, ::-1, ::-1][:, 2:9, 5:])
+    plain = open_image_files(str(tmp_path / "h*.png"))  # orientation 1: as stored, no note
+    np.testing.assert_array_equal(plain.array[0], grey[0])
+    assert "EXIF" not in plain.description
+    # A portrait plane among landscape ones no longer matches their shape.
+    Image.fromarray(stored[0]).save(tmp_path / "p9.jpg")
+    with pytest.raises(ValueError, match=r"p9\.jpg' has shape \(24, 40, 3\)"):
+        open_image_files(str(tmp_path / "p*.jpg"))
+
+
 def test_alpha_is_dropped(tmp_path):
     rgba = _planes(3, (16, 20, 4), dtype="uint8")
     for k, plane in enumerate(rgba):
