@@ -9,6 +9,7 @@ costs only its own blocks, and every write is idempotent (the same bytes to the 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from ._read import Source, SourceReadError, SourceValueError
 from ._state import OutputState
 from ._write import make_durable, open_output, write_block
 
-__all__ = ["FuseJob", "Outcome"]
+__all__ = ["FuseJob", "Outcome", "close_on_workers"]
 
 _opened_lock = threading.Lock()
 _opened_by_token: dict[str, tuple[Source, dict[str, Any], UnitCache]] = {}
@@ -70,11 +71,18 @@ class FuseJob:
 
     # -- per process -------------------------------------------------------------------
 
-    def opened(self) -> tuple[Source, dict[str, Any], UnitCache]:
+    def opened(self, data: Any = None) -> tuple[Source, dict[str, Any], UnitCache]:
+        """This run's source, output arrays and unit cache in this process (opened once);
+        ``data``: the in-memory source's array, where the task brought it."""
         with _opened_lock:
             found = _opened_by_token.get(self.token)
             if found is None:
-                source = self.source if self.source is not None else self.open_source()
+                if self.source is not None:
+                    source = self.source
+                elif data is not None:
+                    source = self.open_source(data)
+                else:
+                    source = self.open_source()
                 group = open_output(self.output, mode="r+")
                 arrays = {name: group[path] for name, path in self.arrays.items()}
                 found = (source, arrays, UnitCache(self.cache_bytes, self.plan.halo))
@@ -106,13 +114,19 @@ class FuseJob:
 
     # -- the work ----------------------------------------------------------------------
 
-    def run(self, blocks: Sequence[tuple[int, ...]], *, announce: bool = True) -> list[Outcome]:
+    def run(
+        self, blocks: Sequence[tuple[int, ...]], data: Any = None, *, announce: bool = True
+    ) -> list[Outcome]:
         """Fuse and write ``blocks`` in order, in this process.
 
         With ``announce`` (a task sent to another process), the blocks' reads are announced
         to this process's cache first, so consecutive blocks share their units. A block
         whose source cannot be read or holds NaN fails alone; any other error stops the run.
+        ``data`` is the in-memory source's array where the task brings it (a cluster's
+        scattered copy, :mod:`fstack_dask._share`).
         """
+        if data is not None:
+            self.opened(data)
         if announce:
             self.expect(blocks)
         out = []
@@ -187,3 +201,20 @@ class FuseJob:
             decoded_by_this_thread() - decoded,
             time.perf_counter() - start,
         )
+
+
+def _close_run(token: str) -> None:
+    with _opened_lock:
+        _opened_by_token.pop(token, None)
+
+
+def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None:
+    """Make a cluster's workers forget ``job``'s opened source, output and cache.
+
+    Worker processes of our own pools end with the run; a cluster's workers live on, and
+    would keep each run's source (an in-memory array's copy, say) for good.
+    """
+    if scheduler.kind != "distributed" or getattr(scheduler.client, "status", None) != "running":
+        return  # a lost scheduler: nothing to tell, and no waiting for it
+    with contextlib.suppress(Exception):  # best effort: the run's outcome stands either way
+        scheduler.client.run(_close_run, job.token, wait=wait)

@@ -31,6 +31,7 @@ from ._resume import (
     stored_folder,
     stored_record,
 )
+from ._share import Shared, shared_recipe
 from ._state import STATE_DIR, OutputState, provenance, source_files
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr"]
@@ -201,6 +202,7 @@ def fuse_zarr(
         log.info("%s is already complete; nothing to resume", dst_loc.spec)
         return _open_result(dst_loc)
 
+    from ._blocks import close_on_workers
     from ._run import execute, resolve_scheduler
 
     with contextlib.ExitStack() as stack:
@@ -215,9 +217,15 @@ def fuse_zarr(
             n_todo = plan.n_blocks - sum(not n.startswith("L") for n in done)  # L1_...: levels
             if mode in ("resume", "resume-staged"):
                 log.info("resuming %s: %d of %d blocks left", dst_loc.spec, n_todo, plan.n_blocks)
-            job = _job(fusion, plan, target.output, cache_bytes)
-            execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
-                    stall_timeout=stall_timeout)  # fmt: skip
+            with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
+                job = _job(fusion, recipe, plan, target.output, cache_bytes)
+                try:
+                    execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
+                            stall_timeout=stall_timeout, task_args=task_args)  # fmt: skip
+                except BaseException:
+                    close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster
+                    raise
+                close_on_workers(job, sched)
             _pyramid(fusion, target, done, sched, progress, stall_timeout)
             _finish(target, destination)
         except BaseException as exc:
@@ -281,12 +289,12 @@ def _prepare(target: Target, destination, fusion: Fusion, identity, files, store
     create_output(target.output, fusion.spec)
 
 
-def _job(fusion: Fusion, plan: Plan, output: Location, cache_bytes: int):
+def _job(fusion: Fusion, recipe: tuple, plan: Plan, output: Location, cache_bytes: int):
     from ._blocks import FuseJob
 
     return FuseJob(
         token=uuid.uuid4().hex,
-        open_source=_Reopen(*fusion.recipe),
+        open_source=_Reopen(*recipe),
         plan=plan,
         output=output,
         arrays={"0": "0", **{m: f"{m}/0" for m in fusion.maps}},
@@ -304,9 +312,10 @@ class _Reopen:
     def __init__(self, src, axes, level, storage_options):
         self.src, self.axes, self.level, self.storage_options = src, axes, level, storage_options
 
-    def __call__(self) -> Source:
+    def __call__(self, data: Any = None) -> Source:
+        src = self.src.resolve(data) if isinstance(self.src, Shared) else self.src
         return open_source(
-            self.src, axes=self.axes, level=self.level, storage_options=self.storage_options
+            src, axes=self.axes, level=self.level, storage_options=self.storage_options
         )
 
 

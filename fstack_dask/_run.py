@@ -171,6 +171,7 @@ def execute(
     progress: bool,
     stall_timeout: float = 600.0,
     label: str = "fusing",
+    task_args: tuple[Any, ...] = (),
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
 
@@ -180,6 +181,9 @@ def execute(
     problem is raised at the end, or once ``FAILED_BLOCKS_LIMIT`` blocks failed. Any other
     error stops the run. Either way, the tasks already running are waited for before this
     returns, so that no write lands after the caller has released the lock.
+
+    ``task_args`` follow the blocks in each task sent to a cluster (``job.run(blocks,
+    *task_args)``): Futures there, which dask resolves on the worker.
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
@@ -190,7 +194,7 @@ def execute(
         elif scheduler.kind == "threads":
             _run_threads(job, blocks, report, bar, scheduler.workers)
         else:
-            _run_runs(job, blocks, report, bar, scheduler, stall_timeout)
+            _run_runs(job, blocks, report, bar, scheduler, stall_timeout, task_args)
     finally:
         bar.close()
         report.wall_seconds = time.perf_counter() - start
@@ -314,7 +318,9 @@ def _run_length(job: Any, processes: int) -> int:
     return max(1, -(-per_strip // segments))
 
 
-def _run_runs(job, blocks, report, bar, scheduler: Scheduler, stall_timeout: float) -> None:
+def _run_runs(
+    job, blocks, report, bar, scheduler: Scheduler, stall_timeout: float, task_args=()
+) -> None:
     length = _run_length(job, scheduler.processes)
     window = 2 * scheduler.processes * scheduler.workers
     runs = _runs(job, blocks, length)
@@ -324,7 +330,7 @@ def _run_runs(job, blocks, report, bar, scheduler: Scheduler, stall_timeout: flo
         wait = _wait_local
     else:
         client = scheduler.client
-        submit = lambda run: client.submit(job.run, run, pure=False)  # noqa: E731
+        submit = lambda run: client.submit(job.run, run, *task_args, pure=False)  # noqa: E731
         wait = _cluster_waiter(client, stall_timeout)
     running: set[Any] = set()
     try:

@@ -617,6 +617,54 @@ def test_all_schedulers_write_identical_bytes(tmp_path, local_cluster):
     np.testing.assert_array_equal(out["0"][...], _truth(data, "czyx", False)[0], strict=True)
 
 
+def _shm_blocks() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm to look into")
+def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
+    """A NumPy source (13 MB) on worker processes and on a cluster, and a DataArray on
+    worker processes: the same bytes as on threads. Worker processes attach one copy in
+    shared memory, removed after the run; cluster workers get one scattered copy each
+    (distributed would otherwise warn of a large graph: the array in every task), and
+    forget the run when it ends."""
+    import pickle
+    import warnings
+
+    import xarray
+
+    from fstack_dask import _blocks
+    from fstack_dask._pipeline import _Reopen
+    from fstack_dask._share import shared_recipe
+
+    zyx = np.moveaxis(synthetic_stack((1100, 1000), 6, dtype="uint16", seed=5).stack, 2, 0)
+    kwargs = {"chunks": 512, "levels": 0, "progress": False}
+    fuse_zarr(zyx, tmp_path / "threads", axes="zyx", scheduler="threads", **kwargs)
+    reference = _tree(tmp_path / "threads")
+    assert any(k.startswith("0/c/") for k in reference)
+
+    before = _shm_blocks()
+    with shared_recipe((zyx, "zyx", 0, None), "processes") as (recipe, task_args):
+        assert len(pickle.dumps(_Reopen(*recipe))) < 4096 and task_args == ()
+        assert len(_shm_blocks() - before) == 1
+    assert _shm_blocks() == before
+    fuse_zarr(zyx, tmp_path / "processes", axes="zyx", scheduler="processes", **kwargs)
+    assert _tree(tmp_path / "processes") == reference
+    labelled = xarray.DataArray(zyx, dims=("z", "y", "x"), attrs={"note": "kept"})
+    fuse_zarr(labelled, tmp_path / "xarray", scheduler="processes", **kwargs)
+    chunks = {k: v for k, v in reference.items() if k.startswith("0/")}  # zarr.json: "xarray"
+    assert {k: v for k, v in _tree(tmp_path / "xarray").items() if k.startswith("0/")} == chunks
+    assert _shm_blocks() == before  # removed after each run
+
+    with Client(local_cluster) as client, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fuse_zarr(zyx, tmp_path / "cluster", axes="zyx", scheduler=client, **kwargs)
+        held = client.run(lambda: len(_blocks._opened_by_token))
+    assert not [w for w in seen if "large graph" in str(w.message)], [str(w.message) for w in seen]
+    assert _tree(tmp_path / "cluster") == reference
+    assert set(held.values()) == {0}, held  # no worker keeps the run's source
+
+
 # ---------------------------------------------------------------------------- progress
 
 
