@@ -17,6 +17,8 @@ travels, and workers compute the regions they read).
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Shared", "shared_recipe"]
+
+log = logging.getLogger("fstack_dask")
 
 
 # Shared-memory blocks attached in this process: the arrays on them need the mappings.
@@ -74,6 +78,16 @@ class Shared:
         return xarray.DataArray(data, dims=dims, coords=coords, attrs=attrs, name=name)
 
 
+def _shared_memory_room() -> int | None:
+    """Bytes free for shared memory (Linux's /dev/shm), or None where there is no such
+    folder to ask."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def _numpy_data(src: Any) -> tuple[np.ndarray | None, tuple[Any, ...] | None]:
     """The NumPy array behind ``src`` (and what rebuilds a DataArray), or None."""
     if isinstance(src, np.ndarray):
@@ -99,6 +113,17 @@ def shared_recipe(
     if kind == "processes":
         from multiprocessing import shared_memory
 
+        room = _shared_memory_room()
+        if room is not None and data.nbytes > room:
+            # Filling a block beyond the room kills the process (SIGBUS): a container's
+            # /dev/shm is 64 MiB unless it is given more.
+            log.warning(
+                "the in-memory source (%.1f MiB) does not fit in shared memory (%.1f MiB "
+                "free in /dev/shm): it is sent to the worker processes with every task",
+                data.nbytes / 2**20, room / 2**20,
+            )  # fmt: skip
+            yield recipe, ()
+            return
         block = shared_memory.SharedMemory(create=True, size=max(1, data.nbytes))
         try:
             copy = np.ndarray(data.shape, data.dtype, buffer=block.buf)

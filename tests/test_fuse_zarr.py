@@ -665,6 +665,26 @@ def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
     assert set(held.values()) == {0}, held  # no worker keeps the run's source
 
 
+def test_in_memory_source_too_big_for_shared_memory_travels_with_the_tasks(
+    tmp_path, monkeypatch, caplog
+):
+    """A container's /dev/shm is 64 MiB unless it is given more, and filling a shared block
+    beyond it kills the process: a larger source is sent with the tasks as before, said."""
+    from fstack_dask import _share
+
+    zyx = np.moveaxis(synthetic_stack((64, 60), 5, dtype="uint16", seed=6).stack, 2, 0)
+    monkeypatch.setattr(_share, "_shared_memory_room", lambda: zyx.nbytes - 1)
+    before = _shm_blocks() if os.path.isdir("/dev/shm") else set()
+    with _share.shared_recipe((zyx, "zyx", 0, None), "processes") as (recipe, task_args):
+        assert recipe[0] is zyx and task_args == ()
+    assert "does not fit in shared memory" in caplog.text
+    assert (_shm_blocks() if os.path.isdir("/dev/shm") else set()) == before
+    kwargs = {"chunks": 32, "levels": 0, "progress": False}
+    fuse_zarr(zyx, tmp_path / "processes", axes="zyx", scheduler="processes", **kwargs)
+    fuse_zarr(zyx, tmp_path / "threads", axes="zyx", scheduler="threads", **kwargs)
+    assert _tree(tmp_path / "processes") == _tree(tmp_path / "threads")
+
+
 # ---------------------------------------------------------------------------- progress
 
 
