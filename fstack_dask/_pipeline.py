@@ -280,9 +280,10 @@ def _positive(value: Any, name: str) -> float:
 def _prepare(target: Target, destination, fusion: Fusion, identity, files, stored) -> None:
     from ._write import create_output
 
-    if stored is not None and not target.needs_create:
+    if stored is not None:  # our run, killed: its writes cut short left temporary files
         target.state.remove_partial_files()
-        return
+        if not target.needs_create:
+            return
     record = {"run_id": uuid.uuid4().hex, "params": fusion.params, "source": identity,
               "dst": destination.dst.url}  # fmt: skip
     target.state.write_record(record, files)

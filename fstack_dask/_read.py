@@ -136,18 +136,7 @@ class Source:
         if root is None:
             return
         if root.is_local:
-            base = root.path
-            for folder, dirs, files in os.walk(base):
-                dirs.sort()
-                for name in sorted(files):
-                    if name in _METADATA_FILES or name.endswith(".partial"):
-                        continue
-                    path = os.path.join(folder, name)
-                    try:
-                        st = os.stat(path)
-                    except FileNotFoundError:
-                        continue
-                    yield os.path.relpath(path, base), st.st_size, st.st_mtime_ns
+            yield from _local_data_files(root.path)
             return
         fs = root.fs
         for path, info in sorted(fs.find(root.path, detail=True).items()):
@@ -483,3 +472,34 @@ def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
     omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
     rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
     return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"
+
+
+def _local_data_files(base: str) -> Iterator[tuple[str, int, int]]:
+    """``Source.data_files`` of a local store, in ``os.walk``'s top-down sorted order.
+
+    ``os.scandir`` entries, each stat'ed through its folder: a store has a file per chunk
+    (millions of them, for big stacks), and this is 2.5x faster than ``os.walk`` plus an
+    ``os.stat`` of each joined path (``benchmarks/listing.py``). Symbolic links to folders
+    are neither followed nor listed, as ``os.walk`` does.
+    """
+    folders = [(base, "")]
+    while folders:
+        folder, rel = folders.pop()
+        files, subfolders = [], []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        if not entry.is_symlink():
+                            subfolders.append((entry.path, rel + entry.name + os.sep))
+                    elif entry.name not in _METADATA_FILES and not entry.name.endswith(".partial"):
+                        files.append(entry)
+        except FileNotFoundError:
+            continue
+        for entry in sorted(files, key=lambda e: e.name):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            yield rel + entry.name, st.st_size, st.st_mtime_ns
+        folders.extend(sorted(subfolders, reverse=True))

@@ -488,3 +488,28 @@ def test_open_zero_length_axis(tmp_path):
     zarr.create_array(path, shape=(0, 3, 4), dtype="uint8", dimension_names="zyx")
     with pytest.raises(ValueError, match="length 0 along axis 'z'"):
         open_source(path)
+
+
+def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
+    """The resume fingerprint's listing: every chunk file (not metadata, not ``.partial``)
+    with its size and modification time, in ``os.walk``'s sorted top-down order; a
+    symbolic link to a folder is neither followed nor listed, as ``os.walk`` does."""
+    zyx = np.random.default_rng(0).integers(1, 9, (3, 70, 50), dtype=np.uint16)
+    write_stack(tmp_path / "s.zarr", zyx, axes="zyx", chunks=(1, 16, 16))
+    source = open_source(tmp_path / "s.zarr")
+    root = source.data_root.path
+    (Path(root) / "c" / "0" / "x.partial").write_bytes(b"a write in progress")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "7").write_bytes(b"not part of the store")
+    os.symlink(tmp_path / "elsewhere", Path(root) / "c" / "linked")
+    expected = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name != "zarr.json" and not name.endswith(".partial"):
+                st = os.stat(os.path.join(folder, name))
+                rel = os.path.relpath(os.path.join(folder, name), root)
+                expected.append((rel, st.st_size, st.st_mtime_ns))
+    listed = list(source.data_files())
+    assert len(listed) == 3 * 5 * 4  # every chunk file, once
+    assert listed == expected

@@ -124,6 +124,18 @@ CHILD = textwrap.dedent(
             return create_array(self, name, **kwargs)
 
         zarr.Group.create_array = create_array_then_die
+    elif point == "mid-write":  # in zarr's write of the root's provenance, before its rename
+        import pathlib
+
+        replace = pathlib.Path.replace
+
+        def replace_or_die(self, target):
+            root = pathlib.Path(target) == pathlib.Path(dst) / "zarr.json"
+            if root and self.name.endswith(".partial") and b'"complete"' in self.read_bytes():
+                die()
+            return replace(self, target)
+
+        pathlib.Path.replace = replace_or_die
     elif point == "written":
         def die_before_finishing(*args, **kwargs):
             die()
@@ -323,10 +335,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, stack, caplog, how, sche
     assert os.listdir(child_tmp) == []
 
 
-@pytest.mark.parametrize("point", ["creating", "written"])
+@pytest.mark.parametrize("point", ["creating", "mid-write", "written"])
 def test_kill_at_fixed_points_then_resume(tmp_path, stack, caplog, point):
-    """Killed while creating dst (some arrays, no provenance yet), or after every block but
-    before the output is marked complete: both resume to the same bytes."""
+    """Killed while creating dst (some arrays, no provenance yet; or inside zarr's write of
+    the provenance, its temporary file left behind), or after every block but before the
+    output is marked complete: all resume to the same bytes, no temporary file left."""
     dst = tmp_path / "fused.zarr"
     child_tmp = tmp_path / "child-tmp"
     proc = popen_child(point, stack["src"], dst, "threads", child_tmp)
@@ -341,6 +354,10 @@ def test_kill_at_fixed_points_then_resume(tmp_path, stack, caplog, point):
         res = cli("fuse", stack["src"], dst, *FUSE_OPTS, tmp=child_tmp)
         _one_error_line(res, 2, "unfinished", "--resume")
         assert _tree(dst) == before
+    elif point == "mid-write":
+        left = [p.relative_to(dst).as_posix() for p in dst.rglob("*.partial")]
+        assert len(left) == 1 and left[0].startswith("zarr."), left  # the root's, cut short
+        assert "fstack_dask" not in zarr.open_group(str(dst), mode="r").attrs
     else:
         assert _markers(dst) == {(i, j) for i in range(GRID) for j in range(GRID)}
     caplog.set_level(logging.INFO, logger="fstack_dask")
