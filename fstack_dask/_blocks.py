@@ -51,7 +51,7 @@ class FuseJob:
     """
 
     token: str
-    open_source: Callable[[], Source]
+    open_source: Callable[..., Source]  # (data=None): data as in run()
     plan: Plan
     output: Location
     arrays: dict[str, str]  # output name ("0", "depth", ...) -> its level-0 array path
@@ -77,12 +77,7 @@ class FuseJob:
         with _opened_lock:
             found = _opened_by_token.get(self.token)
             if found is None:
-                if self.source is not None:
-                    source = self.source
-                elif data is not None:
-                    source = self.open_source(data)
-                else:
-                    source = self.open_source()
+                source = self.source if self.source is not None else self.open_source(data)
                 group = open_output(self.output, mode="r+")
                 arrays = {name: group[path] for name, path in self.arrays.items()}
                 found = (source, arrays, UnitCache(self.cache_bytes, self.plan.halo))

@@ -32,12 +32,12 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 _FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DIGITS = re.compile(r"(\d+)")
-# Pillow modes we read, as (samples per pixel, alpha present).
 # The EXIF orientation tag; values that turn or mirror the stored pixels, and (5-8) those
 # that also swap rows and columns.
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TURNED = frozenset(range(2, 9))
 _EXIF_TRANSPOSED = frozenset(range(5, 9))
+# Pillow modes we read, as (samples per pixel, alpha present).
 _PIL_MODES = {"L": (1, False), "I;16": (1, False), "I;16B": (1, False), "I;16L": (1, False),
               "I": (1, False),
               "LA": (1, True), "RGB": (3, False), "RGBA": (3, True)}  # fmt: skip
