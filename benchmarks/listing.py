@@ -27,7 +27,7 @@ from fstack_dask._open import open_source
 from fstack_dask._read import _METADATA_FILES
 
 
-def _os_walk(root: str) -> list[tuple[str, int, int]]:
+def _os_walk(root: str) -> list[tuple[str, int, int, int, int]]:
     out = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -36,7 +36,9 @@ def _os_walk(root: str) -> list[tuple[str, int, int]]:
                 continue
             path = os.path.join(folder, name)
             st = os.stat(path)
-            out.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+            out.append(
+                (os.path.relpath(path, root), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            )
     return out
 
 

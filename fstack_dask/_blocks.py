@@ -21,9 +21,10 @@ import numpy as np
 from ._fetch import UnitCache, decoded_by_this_thread, fetch_block, units_of
 from ._kernel import fuse_block
 from ._locations import Location
+from ._lock import Lease
 from ._plan import Plan
 from ._read import Source, SourceReadError, SourceValueError
-from ._state import OutputState
+from ._state import OutputState, input_digest
 from ._write import make_durable, open_output, write_block
 
 __all__ = ["FuseJob", "Outcome", "close_on_workers"]
@@ -59,6 +60,7 @@ class FuseJob:
     dtype: np.dtype
     cache_bytes: int
     depth_affine: tuple[float, float] | None = None  # depth = offset + step * plane
+    lease: Lease | None = None  # checked before each block's writes and its marker
     source: Source | None = field(default=None, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class FuseJob:
         plan = self.plan
         region = plan.region(block)
         stack = fetch_block(source, region, cache)
+        digest = input_digest(stack)  # what the marker vouches for (see _resume)
         try:
             result = fuse_block(stack, **self.kernel)
         except ValueError as exc:  # samples the kernel refuses: say where they are
@@ -187,9 +190,13 @@ class FuseJob:
                     shape.append(array.shape[axes.index(letter)])
             regions[name] = tuple(sel)
             shaped[name] = np.ascontiguousarray(values).reshape(shape)
+        if self.lease is not None:
+            self.lease.check()  # a run whose lock was taken over writes nothing more
         keys = write_block(arrays, regions, shaped)
         make_durable(self.output, keys)  # the data first ...
-        OutputState(self.output).mark_done(plan.name(block))  # ... then the marker
+        if self.lease is not None:
+            self.lease.check()
+        OutputState(self.output).mark_done(plan.name(block), digest)  # ... then the marker
         return Outcome(
             plan.name(block),
             None,

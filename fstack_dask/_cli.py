@@ -49,9 +49,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         fusion = plan_from_options(args.src, kw)
         dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
                       writable=True)  # fmt: skip
-        Destination(dst, protect=fusion.source.protected()).check(
-            overwrite=kw["overwrite"], resume=args.resume
+        destination = Destination(
+            dst, protect=fusion.source.protected(), entries=fusion.spec.entries
         )
+        destination.check(overwrite=kw["overwrite"], resume=args.resume)
     start = time.perf_counter()
     with _report_progress_notes(), config.cluster_context() as scheduler:
         out = fuse_zarr(

@@ -119,8 +119,9 @@ def plan_fusion(
         "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
         "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
     }  # fmt: skip
-    if engine_for(device) is not None:  # one engine for the whole run, chosen here
-        kernel["engine"] = engine_for(device)
+    # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
+    # the engines differ in the last bits of exp/log/tanh.
+    kernel["engine"] = engine_for(device) or _cpu_engine()
     fusion = Fusion(
         source, layout, {}, kernel, (1, 1), halo, maps, None, memory, unit, unit_bytes,
         depth_affine, (src, axes, level, storage_options),
@@ -152,6 +153,7 @@ def plan_fusion(
         "levels": levels,
         "auto": None if chosen is None else chosen.as_dict(),
         "device": device,  # GPU and CPU may differ in the last place: resume on the same
+        "engine": kernel["engine"],
         "complete": False,
     }
     spec = output_spec(
@@ -162,6 +164,12 @@ def plan_fusion(
         source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory, unit,
         unit_bytes, depth_affine, fusion.recipe,
     )  # fmt: skip
+
+
+def _cpu_engine() -> str:
+    from . import _kernel
+
+    return _kernel.ENGINE  # read now: FSTACK_DASK_ENGINE, or a test's choice
 
 
 def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:

@@ -20,6 +20,7 @@ from ._device import require_device
 from ._errors import DestinationFullError, DestinationLockedError, with_outcome
 from ._fusion import Fusion, plan_fusion, with_block
 from ._locations import Location, remove_tree, resolve
+from ._lock import LeaseLostError
 from ._open import open_source
 from ._params import DEFAULT_MEMORY_PER_TASK, check_flag
 from ._plan import Plan
@@ -32,7 +33,7 @@ from ._resume import (
     stored_record,
 )
 from ._share import Shared, shared_recipe
-from ._state import STATE_DIR, OutputState, provenance, source_files
+from ._state import STATE_DIR, OutputState, provenance, recorded_entries, source_files
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr"]
 
@@ -183,13 +184,14 @@ def fuse_zarr(
     _warm_up(fusion)
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
-    destination = Destination(dst_loc, protect=source.protected())
+    destination = Destination(dst_loc, protect=source.protected(), entries=fusion.spec.entries)
     mode = destination.check(overwrite=overwrite, resume=resume)
     stored = stored_record(destination, mode)
     if stored is not None and stored["params"].get("chunks"):
         old = stored["params"]
         block = tuple(old["chunks"]) if chunks is None else fusion.block
         fusion = with_block(fusion, block, old.get("levels", 0) if levels is None else levels)
+        destination.entries = fusion.spec.entries
     identity = source_identity(source)
     files = source_files(source.data_files())
     if stored is not None:
@@ -199,6 +201,7 @@ def fuse_zarr(
             check_source_files(OutputState(folder), f"dst {dst_loc.spec!r}", source,
                                fusion.plan(1)[0], files)  # fmt: skip
     if mode == "complete":
+        _tidy_complete(destination)
         log.info("%s is already complete; nothing to resume", dst_loc.spec)
         return _open_result(dst_loc)
 
@@ -209,16 +212,16 @@ def fuse_zarr(
         sched = resolve_scheduler(scheduler, stack)  # after every check: it may connect
         require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
         plan, cache_bytes = fusion.plan(sched.workers, sched.processes)
-        target = destination.take(mode)
+        target = _take(destination, mode)
         try:
             _prepare(target, destination, fusion, identity, files, stored)
             done = target.state.done()
             todo = (b for b in plan.blocks() if plan.name(b) not in done)
-            n_todo = plan.n_blocks - sum(not n.startswith("L") for n in done)  # L1_...: levels
+            n_todo = plan.n_blocks - target.state.n_done()
             if mode in ("resume", "resume-staged"):
                 log.info("resuming %s: %d of %d blocks left", dst_loc.spec, n_todo, plan.n_blocks)
             with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
-                job = _job(fusion, recipe, plan, target.output, cache_bytes)
+                job = _job(fusion, recipe, plan, target, cache_bytes)
                 try:
                     execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                             stall_timeout=stall_timeout, task_args=task_args)  # fmt: skip
@@ -240,7 +243,7 @@ def _pyramid(fusion: Fusion, target: Target, done, sched, progress, stall_timeou
 
     for level in range(1, fusion.spec.levels + 1):
         plan = level_plan(fusion.layout, fusion.block, level)
-        job = PyramidJob(target.output, level, ("", *fusion.maps), plan)
+        job = PyramidJob(target.output, level, ("", *fusion.maps), plan, lease=target.lease)
         todo = [b for b in plan.blocks() if job.marker(b) not in done]
         execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip
@@ -278,26 +281,59 @@ def _positive(value: Any, name: str) -> float:
 
 
 def _prepare(target: Target, destination, fusion: Fusion, identity, files, stored) -> None:
+    """Write the run record (what this run writes: the claim's content), then the output's
+    structure; a resume only clears what its killed writes left."""
     from ._write import create_output
 
     if stored is not None:  # our run, killed: its writes cut short left temporary files
-        target.state.remove_partial_files()
+        target.state.remove_partial_files(recorded_entries(target.output) or ())
         if not target.needs_create:
             return
-    record = {"run_id": uuid.uuid4().hex, "params": fusion.params, "source": identity,
+    params = fusion.spec.attributes["fstack_dask"]  # the parameters, with the entries
+    record = {"run_id": target.run_id, "params": params, "source": identity,
               "dst": destination.dst.url}  # fmt: skip
     target.state.write_record(record, files)
-    create_output(target.output, fusion.spec)
+    create_output(target.output, fusion.spec, extra={"source_identity": identity})
 
 
-def _job(fusion: Fusion, recipe: tuple, plan: Plan, output: Location, cache_bytes: int):
+def _take(destination: Destination, mode: str) -> Target:
+    """Claim dst (see ``_destination``); a full disk there is told like one while writing."""
+    from ._errors import is_no_space
+
+    try:
+        return destination.take(mode)
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        unchanged = mode not in ("new", "empty")
+        left = "dst is unchanged" if unchanged else "nothing was written"
+        raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
+
+
+def _tidy_complete(destination: Destination) -> None:
+    """A resume of a complete output: under its lock, put back what an overwrite killed
+    after its swap left, and drop a state folder left by a kill after the output was marked
+    complete (its markers vouch for nothing more)."""
+    target = destination.take("complete")
+    try:
+        state = target.state
+        for name in ("done", "run.json", "source-files.npz"):
+            entry = state.folder.child(name)
+            if entry.exists():
+                remove_tree(entry, owned=lambda _loc: None, protect=destination.protect)
+    finally:
+        Destination.release(target)
+
+
+def _job(fusion: Fusion, recipe: tuple, plan: Plan, target: Target, cache_bytes: int):
     from ._blocks import FuseJob
 
     return FuseJob(
         token=uuid.uuid4().hex,
         open_source=_Reopen(*recipe),
         plan=plan,
-        output=output,
+        output=target.output,
+        lease=target.lease,
         arrays={"0": "0", **{m: f"{m}/0" for m in fusion.maps}},
         kernel=fusion.kernel,
         dtype=fusion.spec.array("0").dtype,
@@ -324,6 +360,7 @@ def _finish(target: Target, destination: Destination) -> None:
     """Mark the output complete, swap a staged output in, drop the state folder."""
     import zarr
 
+    target.check_lease()  # never mark complete what another run has taken over
     group = zarr.open_group(store=target.output.zarr_store(read_only=False), mode="r+")
     attrs = dict(group.attrs["fstack_dask"])
     attrs["complete"] = True
@@ -338,15 +375,24 @@ def _finish(target: Target, destination: Destination) -> None:
 def _fail(target: Target, destination: Destination, exc: BaseException, n_blocks: int):
     """Release the locks, remove what is worthless, and raise ``exc`` saying what is left.
 
-    Nothing finished: what this run created goes (a staged overwrite's folder, a new dst,
-    our entries in an empty folder), so a failure before any output leaves nothing behind.
-    Otherwise the finished blocks stay, marked incomplete, for ``resume=True``. An
-    interrupted run (Ctrl-C) keeps everything for a resume.
+    Nothing finished: what this run wrote goes (by its record: a staged overwrite's folder,
+    a new dst, its entries in an empty folder), so a failure before any output leaves
+    nothing behind. Otherwise the finished blocks stay, marked incomplete, for
+    ``resume=True``. An interrupted run (Ctrl-C) keeps everything for a resume. A run whose
+    lock was taken over touches nothing more: dst is the other run's now.
     """
     for lock in target.locks:
         lock.stop_heartbeat()
+    if isinstance(exc, LeaseLostError) or _lost(target):
+        Destination.release(target)  # removes no lock that is not ours
+        if isinstance(exc, LeaseLostError):
+            raise exc
+        raise LeaseLostError(
+            f"dst {destination.dst.spec!r} was taken over by another run while this one was "
+            f"stopped or cut off ({' '.join(str(exc).split())}); this run stopped writing"
+        ) from exc
     with contextlib.suppress(Exception):
-        target.state.remove_partial_files()
+        target.state.remove_partial_files(target.entries)
     n_done = target.state.n_done() if target.output.exists() else 0
     interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
     worthless = (
@@ -356,15 +402,12 @@ def _fail(target: Target, destination: Destination, exc: BaseException, n_blocks
     )
     Destination.release(target)
     if worthless:
+        kept: list[str] = []
         with contextlib.suppress(Exception):
-            destination.remove(
-                target.output,
-                keep_folder=target.mode == "empty",
-                written_by_us=target.created is not None or target.mode == "empty",
-            )
-        left = (
-            "the previous output in dst is unchanged" if target.staged else ("nothing was written")
-        )
+            kept = destination.remove_run(target)
+        left = "the previous output in dst is unchanged" if target.staged else "nothing was written"
+        if kept and target.staged:
+            left += f"; {target.output.url!r} is left with {', '.join(kept)}, not written by us"
     elif target.staged:
         left = (
             f"the previous output in dst is unchanged; the new one is kept beside it in "
@@ -379,6 +422,11 @@ def _fail(target: Target, destination: Destination, exc: BaseException, n_blocks
     if interrupted:
         raise exc
     raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
+
+
+def _lost(target: Target) -> bool:
+    """Whether the heartbeat found this run's lock taken over (a failure may follow)."""
+    return any(lock.lost for lock in target.locks)
 
 
 def _open_result(location: Location) -> Any:

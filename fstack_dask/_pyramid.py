@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._locations import Location
+from ._lock import Lease
 from ._plan import Layout, Plan
 from ._state import OutputState
 from ._write import make_durable, open_output, write_block
@@ -86,6 +87,7 @@ class PyramidJob:
     images: tuple[str, ...]  # "" for the fused image, "depth", "selectivity"
     plan: Plan  # the level's blocks (no halo)
     token: str = "pyramid"
+    lease: Lease | None = None  # checked before each block's writes and its marker
 
     def expect(self, blocks: Sequence[tuple[int, ...]]) -> None:
         """Nothing to announce: a block reads exactly the four chunks below it."""
@@ -134,8 +136,12 @@ class PyramidJob:
                         src_sel.append(slice(0, below.shape[k]))
                         dst_sel.append(slice(0, here.shape[k]))
                 data = downsample(below[tuple(src_sel)], dtype=here.dtype, nan_aware=bool(image))
+                if self.lease is not None and not keys:
+                    self.lease.check()  # a run whose lock was taken over writes nothing more
                 keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
             make_durable(self.output, keys)
+            if self.lease is not None:
+                self.lease.check()
             OutputState(self.output).mark_done(self.marker(block))
             outcomes.append(Outcome(self.marker(block), None, 0, time.perf_counter() - start))
         return outcomes

@@ -124,14 +124,18 @@ class Source:
                 h.update(b"<missing>")
         return h.hexdigest()
 
-    def data_files(self) -> Iterator[tuple[str, int, int]]:
-        """(name relative to ``data_root``, size, mtime in ns) of every data file."""
+    def data_files(self) -> Iterator[tuple[str, int, int, int, int]]:
+        """(name relative to ``data_root``, size, mtime in ns, ctime in ns, inode) of every
+        data file (ctime and inode 0 where the store has none).
+
+        The ctime and the inode tell a file rewritten with its old size and mtime (``cp -p``,
+        ``touch -r``) from the one a run read: no user call can set them back."""
         for path in self.files:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            yield path, st.st_size, st.st_mtime_ns
+            yield path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
         root = self.data_root
         if root is None:
             return
@@ -148,7 +152,7 @@ class Source:
                 stamp = int(stamp.timestamp() * 1e9)
             elif not isinstance(stamp, (int, float)):
                 stamp = int(hashlib.sha256(str(stamp).encode()).hexdigest()[:15], 16)
-            yield name, int(info.get("size") or 0), int(stamp)
+            yield name, int(info.get("size") or 0), int(stamp), 0, 0
 
     def unit_of_file(self, name: str) -> tuple[int, ...] | None:
         """The unit (chunk or shard grid index) a data file holds, or None if unknown."""
@@ -474,7 +478,7 @@ def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
     return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"
 
 
-def _local_data_files(base: str) -> Iterator[tuple[str, int, int]]:
+def _local_data_files(base: str) -> Iterator[tuple[str, int, int, int, int]]:
     """``Source.data_files`` of a local store, in ``os.walk``'s top-down sorted order.
 
     ``os.scandir`` entries, each stat'ed through its folder: a store has a file per chunk
@@ -501,5 +505,5 @@ def _local_data_files(base: str) -> Iterator[tuple[str, int, int]]:
                 st = entry.stat()
             except FileNotFoundError:
                 continue
-            yield rel + entry.name, st.st_size, st.st_mtime_ns
+            yield rel + entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
         folders.extend(sorted(subfolders, reverse=True))

@@ -1,10 +1,13 @@
 """Resuming: is this the same run, on the same source, and which blocks are left?
 
-A resume continues only the run its state folder describes: the same parameters, and a
-source with the same identity (location, format, shape, dtype, axes, chunking, metadata).
-The source's data files are compared one by one (size and modification time): a file that
-changed since the run began is accepted only if no finished block has read it (a repaired
-corrupt chunk, say), so a resume can never mix two versions of the data.
+A resume continues only the run its state folder describes: the same parameters and
+engine, and a source with the same identity (location, format, shape, dtype, axes,
+chunking, metadata). A complete output is "already complete" only for the source it was
+computed from. The source's data files are compared one by one by their size, modification
+and change time and inode; the finished blocks that read a file that changed are read again,
+and their samples' sha256 compared with the one their done-marker recorded: a block whose
+input really changed refuses the resume (so a resume can never mix two versions of the
+data), while a file only touched, copied back or re-saved with the same content is accepted.
 """
 
 from __future__ import annotations
@@ -14,17 +17,30 @@ import logging
 from typing import Any
 
 from ._destination import Destination
+from ._fetch import UnitCache, fetch_block
 from ._plan import Plan
 from ._read import Source
-from ._state import OutputState, changed_files, identity_differences, provenance
+from ._state import (
+    OutputState,
+    changed_files,
+    identity_differences,
+    input_digest,
+    provenance,
+)
 
-__all__ = ["check_resumable", "check_source_files", "source_identity", "stored_record"]
+__all__ = [
+    "check_complete_source",
+    "check_resumable",
+    "check_source_files",
+    "source_identity",
+    "stored_record",
+]
 
 log = logging.getLogger(__name__)
 
 COMPARED = (
     "src_axes", "src_shape", "level", "nhsize", "focus", "alpha", "sth", "channels", "chunks",
-    "depth_map", "selectivity_map", "depth_unit", "levels", "device",
+    "depth_map", "selectivity_map", "depth_unit", "levels", "device", "engine",
 )  # fmt: skip
 
 
@@ -38,19 +54,13 @@ def stored_folder(destination: Destination, mode: str):
 
 
 def stored_record(destination: Destination, mode: str) -> dict[str, Any] | None:
-    if mode == "resume":
-        folder = destination.dst
-    elif mode == "resume-staged":
-        folder = destination.staged_run()
-    elif mode == "complete":
-        folder = destination.dst
-    else:
+    folder = stored_folder(destination, mode)
+    if folder is None:
         return None
-    state = OutputState(folder)
-    record = state.record()
+    record = OutputState(folder).record()
     if record is None and mode == "complete":
         attrs = provenance(folder) or {}
-        return {"params": attrs, "source": None}
+        return {"params": attrs, "source": attrs.get("source_identity")}
     if record is None:
         raise ValueError(
             f"dst {destination.dst.spec!r} holds an fstack_dask output without its run record; "
@@ -62,39 +72,59 @@ def stored_record(destination: Destination, mode: str) -> dict[str, Any] | None:
 def check_resumable(destination, stored, params, identity, mode) -> None:
     """Refuse a resume with other parameters or another source (reads only)."""
     what = f"dst {destination.dst.spec!r}"
-    if mode != "complete" and stored.get("source") is not None:
+    if stored.get("source") is not None:
         changes = identity_differences(stored["source"], identity)
+        if changes and mode == "complete":
+            raise ValueError(
+                f"{what} is complete, but was computed from another source "
+                f"({'; '.join(changes)}); nothing to resume: fuse into another dst, or "
+                "recompute it with overwrite=True and resume=False"
+            )
         if changes:
             raise ValueError(
                 f"cannot resume {what}: the source changed since the run began "
                 f"({'; '.join(changes)}); start over with overwrite=True and resume=False"
             )
+    elif mode == "complete":
+        check_complete_source(what, stored.get("params") or {}, identity)
     old = stored.get("params") or {}
     differs = [k for k in COMPARED if k in old and old.get(k) != params.get(k)]
     if differs:
+        shown = "; ".join(f"{k} was {old.get(k)!r}, now {params.get(k)!r}" for k in differs)
         raise ValueError(
-            f"{what} was started with different {', '.join(differs)}; resume with the same "
-            "parameters, or start over with overwrite=True and resume=False"
+            f"{what} was started with different {', '.join(differs)} ({shown}); resume with "
+            "the same parameters, or start over with overwrite=True and resume=False"
         )
 
 
+def check_complete_source(what: str, params: dict[str, Any], identity: dict[str, Any]) -> None:
+    """An output written before provenance kept the source's identity: compare its location."""
+    stored = params.get("src")
+    if stored is not None and identity.get("location") is not None:
+        if stored != identity["location"]:
+            raise ValueError(
+                f"{what} is complete, but was computed from another source ({stored!r}, not "
+                f"{identity['location']!r}); nothing to resume: fuse into another dst, or "
+                "recompute it with overwrite=True and resume=False"
+            )
+
+
 def check_source_files(state: OutputState, what: str, source: Source, plan: Plan, files) -> None:
-    """Refuse a resume when a source file changed that a finished block has read."""
+    """Refuse a resume when the data a finished block read has changed (see the module
+    docstring); reads the source again only for the finished blocks of changed files."""
     old = state.files()
     if old is None:
         return
     changed = changed_files(old, files)
     if not changed:
         return
-    done = state.done()
+    done = {n for n in state.done() if not n.startswith("L")}
+    suspects: dict[str, str] = {}  # finished block -> a changed file it read
     for name in changed:
         unit = source.unit_of_file(name)
-        if unit is None:
-            if done:
-                raise ValueError(
-                    f"cannot resume {what}: the source file {name!r} changed "
-                    "since the run began; start over with overwrite=True and resume=False"
-                )
+        if unit is None:  # a file every block may read (a TIFF, a plane file)
+            for block in done:
+                suspects.setdefault(block, name)
             continue
         extent = {
             a: (u * s, min((u + 1) * s, n))
@@ -105,17 +135,38 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
         for lead in itertools.product(*lead_ranges):
             for j in rows:
                 for i in cols:
-                    if plan.name((*lead, j, i)) in done:
-                        raise ValueError(
-                            f"cannot resume {what}: the source file {name!r} "
-                            f"changed since the run began, and finished block "
-                            f"{plan.name((*lead, j, i))} was computed from it; start over with "
-                            "overwrite=True and resume=False"
-                        )
+                    block = plan.name((*lead, j, i))
+                    if block in done:
+                        suspects.setdefault(block, name)
+    if suspects:
+        log.debug(
+            "source files changed since the run began (%s): reading the %d finished block(s) "
+            "that read them again", _few(changed), len(suspects),
+        )  # fmt: skip
+    cache = UnitCache(0, plan.halo)
+    for block, name in sorted(suspects.items()):
+        recorded = state.marker_digest(block)
+        if recorded is not None:
+            index = tuple(int(k) for k in block.split("_"))
+            try:
+                current = input_digest(fetch_block(source, plan.region(index), cache))
+            except Exception:  # unreadable now: it is not what the block read
+                current = None
+            if current == recorded:
+                continue
+        raise ValueError(
+            f"cannot resume {what}: the source file {name!r} changed since the run began, "
+            f"and finished block {block} was computed from its old content; start over with "
+            "overwrite=True and resume=False"
+        )
     log.info(
-        "source files changed since the run began (%s); only blocks not yet done read them",
-        ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""),
-    )
+        "source files changed since the run began (%s); the blocks already done read the same "
+        "samples as before, and only blocks not yet done read the rest", _few(changed),
+    )  # fmt: skip
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
 def source_identity(source: Source) -> dict[str, Any]:

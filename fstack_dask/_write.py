@@ -58,6 +58,11 @@ class OutputSpec:
     def attributes(self) -> dict[str, Any]:
         return self.groups[""]
 
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The top-level entries the output has: what its record says fstack_dask wrote."""
+        return tuple(self.attributes["fstack_dask"]["entries"])
+
 
 def _jsonable(value: Any) -> Any:
     """Strict JSON (zarr would write bare NaN)."""
@@ -200,7 +205,10 @@ def output_spec(
     channels = _channels(source, layout, dtype)
     if channels is not None:
         ome["omero"] = omero_entry(channels, rgb=layout.rgb)
-    groups = {"": {"ome": _jsonable(ome), "fstack_dask": _jsonable(dict(provenance))}}
+    # Ownership by record: the output lists what it holds of ours (levels, maps).
+    entries = ["zarr.json", *(str(k) for k in range(levels + 1)), *maps]
+    provenance = {**provenance, "entries": entries}
+    groups = {"": {"ome": _jsonable(ome), "fstack_dask": _jsonable(provenance)}}
     for name in maps:
         map_ome, map_arrays = image(name, f"{name}/", layout.map_axes, np.dtype(np.float32),
                                     np.nan)  # fmt: skip
@@ -217,17 +225,20 @@ def output_spec(
     return OutputSpec(tuple(arrays), groups, levels)
 
 
-def create_output(location: Location, spec: OutputSpec) -> Any:
+def create_output(
+    location: Location, spec: OutputSpec, extra: Mapping[str, Any] | None = None
+) -> Any:
     """Write the (empty) output groups and arrays described by ``spec`` into ``location``.
 
     ``location`` must be a folder the caller owns (created by this run, or an empty folder
-    it checked). The root's provenance attribute is written last: a group that has it is
-    complete as a structure, even if the process creating it was killed.
+    it claimed). The root's provenance attribute (with ``extra``: the run's id, the source's
+    identity) is written last: a group that has it is complete as a structure, even if the
+    process creating it was killed.
     """
     import zarr
 
     attrs = dict(spec.groups[""])
-    provenance = attrs.pop("fstack_dask")
+    provenance = {**attrs.pop("fstack_dask"), **_jsonable(dict(extra or {}))}
     root = zarr.create_group(
         store=location.zarr_store(read_only=False), zarr_format=3, attributes=attrs
     )

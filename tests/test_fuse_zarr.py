@@ -37,7 +37,6 @@ from fstack_dask import (
 )
 from fstack_dask._fusion import MIN_BLOCKS_PER_IMAGE
 from fstack_dask._kernel import block_memory, fuse_block
-from fstack_dask._lock import _pid_start
 from fstack_dask._open import open_source
 from fstack_dask._state import STATE_DIR
 
@@ -827,8 +826,7 @@ def test_resume_computes_only_missing_blocks(tmp_path, grid_src, caplog):
 
     # A live lock (held by this very process) refuses a second writer.
     lock = dst / STATE / "lock"
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "pid_start": _pid_start(os.getpid())}))  # fmt: skip
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     with pytest.raises(DestinationLockedError):
         fuse_zarr(src, dst, chunks=BLOCK, resume=True, progress=False)
     lock.unlink()

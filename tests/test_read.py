@@ -492,7 +492,7 @@ def test_open_zero_length_axis(tmp_path):
 
 def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
     """The resume fingerprint's listing: every chunk file (not metadata, not ``.partial``)
-    with its size and modification time, in ``os.walk``'s sorted top-down order; a
+    with its size, modification and change time and inode, in ``os.walk``'s sorted top-down order; a
     symbolic link to a folder is neither followed nor listed, as ``os.walk`` does."""
     zyx = np.random.default_rng(0).integers(1, 9, (3, 70, 50), dtype=np.uint16)
     write_stack(tmp_path / "s.zarr", zyx, axes="zyx", chunks=(1, 16, 16))
@@ -509,7 +509,7 @@ def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
             if name != "zarr.json" and not name.endswith(".partial"):
                 st = os.stat(os.path.join(folder, name))
                 rel = os.path.relpath(os.path.join(folder, name), root)
-                expected.append((rel, st.st_size, st.st_mtime_ns))
+                expected.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     listed = list(source.data_files())
     assert len(listed) == 3 * 5 * 4  # every chunk file, once
     assert listed == expected

@@ -39,7 +39,7 @@ from conftest import tree_digest as _tree
 
 from fstack_dask import DestinationLockedError, SourceReadError, fuse_zarr, synthetic_stack
 from fstack_dask._cli import main
-from fstack_dask._lock import LOCK_STALE_AFTER, _pid_start
+from fstack_dask._lock import LOCK_STALE_AFTER, machine_id
 from fstack_dask._state import STATE_DIR
 
 STATE = STATE_DIR
@@ -501,43 +501,55 @@ def _write_lock(dst: Path, *, age: float = 0.0, raw: bytes | None = None, **info
     return lock
 
 
+def _hold_flock(lock: Path) -> subprocess.Popen:
+    """Another live process holding the lock file's flock, as a running fstack_dask does."""
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 def test_lock_staleness_rules(tmp_path, unfinished, caplog):
-    """Same host: live iff the pid exists with the recorded start time. Another host (or an
-    unreadable lock): live iff its heartbeat (mtime) is younger than LOCK_STALE_AFTER."""
+    """This machine: live iff a process holds the lock file's flock, whatever its heartbeat
+    and whatever pid it names. Another machine (or an unreadable lock): live iff its
+    heartbeat (mtime) is younger than LOCK_STALE_AFTER. A pid never decides."""
     src, dst, pristine = unfinished
     src_tree = _tree(src)
-    host = socket.gethostname()
+    host, here = socket.gethostname(), machine_id()
     stale_age = LOCK_STALE_AFTER + 5
-    sleeper = subprocess.Popen(["sleep", "60"])
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    holder = None
     try:
-        live_pid = {
-            "host": host,
-            "pid": sleeper.pid,
-            "pid_start": _pid_start(sleeper.pid),
-        }
         live = [
-            live_pid,
-            {"host": host, "pid": sleeper.pid},  # no start time recorded: the pid decides
-            {"host": "other-node.example", "pid": 1},  # heartbeat 0 s ago
+            # held: its run is alive (suspended, say), though its heartbeat is old and the
+            # pid it names is long gone
+            ({"host": host, "machine": here, "pid": 2**22 + 1}, stale_age, True),
+            ({"host": "other-node.example", "machine": "other", "pid": 1}, 0.0, False),
         ]
-        for info in live:
-            _write_lock(dst, **info)
+        for info, age, held in live:
+            lock = _write_lock(dst, age=age, **info)
+            holder = _hold_flock(lock) if held else None
             before = _tree(dst)
             for kwargs in ({"resume": True}, {"overwrite": True}, {}):
                 with pytest.raises(DestinationLockedError, match="being written by"):
                     fuse_zarr(str(src), dst, chunks=40, progress=False, **kwargs)
             assert _tree(dst) == before  # refused before writing or deleting anything
+            if holder is not None:
+                holder.kill()
+                holder.wait()
         _write_lock(dst, raw=b"\x00garbage", age=1.0)  # unreadable and young: maybe live
         with pytest.raises(DestinationLockedError, match="unreadable lock"):
             fuse_zarr(str(src), dst, chunks=40, resume=True, progress=False)
 
         caplog.set_level(logging.INFO, logger="fstack_dask")
         stale = [
-            ({"host": host, "pid": dead.pid, "pid_start": "1"}, 0.0),  # pid gone
-            ({**live_pid, "pid_start": "1"}, 0.0),  # pid recycled by another process
-            ({"host": "other-node.example", "pid": 1}, stale_age),  # no heartbeat for long
+            # this machine, nobody holds it: its run is gone, though the pid it names (this
+            # very test process) is alive and the heartbeat is fresh
+            ({"host": host, "machine": here, "pid": os.getpid()}, 0.0),
+            ({"host": "other-node.example", "machine": "other", "pid": 1}, stale_age),
             ({"raw": b"\x00garbage"}, stale_age),
         ]
         for info, age in stale:
@@ -552,8 +564,9 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
             assert out.attrs["fstack_dask"]["complete"] is True
             assert not (dst / STATE).exists()
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
     assert _tree(src) == src_tree
 
 
@@ -565,7 +578,7 @@ def test_overwrite_replaces_an_unfinished_run_under_its_lock(tmp_path, unfinishe
     expected = fuse_zarr(str(src), tmp_path / "expected.zarr", chunks=40, progress=False)
     group = zarr.open_group(str(dst), mode="r+")
     group["0"][:40, :40] = 0  # a marked block whose data is gone: only a recompute restores it
-    _write_lock(dst, host=socket.gethostname(), pid=2**22 + 1)  # no such pid
+    _write_lock(dst, host=socket.gethostname(), machine=machine_id(), pid=2**22 + 1)  # unheld
     with pytest.raises(FileExistsError, match="unfinished"):
         fuse_zarr(str(src), dst, chunks=40, progress=False)
     out = fuse_zarr(str(src), dst, chunks=40, overwrite=True, progress=False)

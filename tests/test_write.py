@@ -85,6 +85,7 @@ def test_create_output_multichannel_round_trip(tmp_path):
         "threshold": 0.5,
         "missing": "NaN",
         "src": str(tmp_path / "src.zarr"),
+        "entries": ["zarr.json", "0", "depth", "selectivity"],  # what is ours, by record
     }
     # The group metadata is strict JSON (no bare NaN).
     json.loads((dst / "zarr.json").read_text(), parse_constant=pytest.fail)
@@ -119,7 +120,7 @@ def test_create_output_single_channel_defaults(tmp_path):
     create_output(resolve(str(dst), name="dst"), _spec(source, block=(64, 8)))
     group = zarr.open_group(str(dst), mode="r")
     attrs = group.attrs.asdict()
-    assert attrs["fstack_dask"] == {"method": "test"}
+    assert attrs["fstack_dask"] == {"method": "test", "entries": ["zarr.json", "0"]}
     assert "omero" not in attrs["ome"]
     (ms,) = attrs["ome"]["multiscales"]
     assert ms["axes"] == [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]

@@ -1,0 +1,52 @@
+"""Helpers of the data-safety tests: small real stores, the real CLI, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fstack_dask import synthetic_stack, write_stack
+
+SHAPE, PLANES, CHUNK = (96, 80), 7, 32
+CACHE = os.path.join(os.path.expanduser("~"), ".cache")  # numba's cache, outside HOME=tmp
+
+
+def small_stack(seed: int = 0, dtype: str = "uint16"):
+    """A (z, y, x) synthetic focus stack of 7 planes of 96 x 80."""
+    return synthetic_stack(SHAPE, PLANES, dtype=dtype, seed=seed).stack.transpose(2, 0, 1)
+
+
+def write_src(path: Path, seed: int = 0, **kw) -> Path:
+    write_stack(path, small_stack(seed), axes="zyx", chunks=(PLANES, CHUNK, CHUNK), **kw)
+    return path
+
+
+def cli(*args, cwd=None, env=None, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE, **(env or {})},
+    )  # fmt: skip
+
+
+def popen_cli(*args, env=None, prefix=()) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "fstack_dask", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE, **(env or {})},
+    )  # fmt: skip
+
+
+def one_line_error(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: "), proc.stderr
+    return lines[0]
+
+
+def digest_of(root: Path, names) -> dict:
+    """sha256 of every file under each of ``names`` inside ``root``."""
+    from conftest import tree_digest
+
+    return {name: tree_digest(root / name) for name in names}
