@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="replace an existing DST (a Zarr store or an empty directory)",
+        help="replace DST if it is an earlier fstack_dask output (the new output is written "
+        "beside it and swapped in once complete); an empty folder is written into, and "
+        "anything else (a file, another Zarr store, a folder with other files) is refused",
     )
     run.add_argument(
         "--resume",

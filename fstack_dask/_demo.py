@@ -3,7 +3,9 @@
 Writes DIR/planes/ (one TIFF file per focal plane, as a microscope or a camera saves them, with
 the pixel size in the files), fuses that folder into DIR/fused.ome.zarr (a multiscale OME-Zarr
 with depth and selectivity maps), writes PNG previews and prints the PSNR against the known
-ground truth. ``--overwrite`` replaces only what an earlier demo wrote.
+ground truth. ``--overwrite`` replaces only what an earlier demo wrote: its plane files carry
+:data:`MARK` and its previews :data:`PNG_MARK`, and a file in DIR with one of the demo's names
+but without the mark is never replaced (the demo refuses before writing anything).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ __all__ = ["run_demo"]
 
 PIXEL_UM = 0.65  # the synthetic camera's pixel size, in micrometres
 MARK = "fstack-dask demo plane"  # the TIFF ImageDescription of the planes the demo writes
+PNG_MARK = "fstack-dask demo preview"  # the PNG tEXt Description of the previews it writes
+PREVIEWS = ("plane.png", "fused.png", "depth.png", "truth.png")
 
 
 def _psnr(estimate: Any, truth: Any, peak: float) -> float:
@@ -39,6 +43,33 @@ def _ours(folder: Path) -> bool:
             if tif.pages[0].description != MARK:
                 return False
     return True
+
+
+def _our_png(path: Path) -> bool:
+    """Whether ``path`` is a preview an earlier demo wrote (a file, not a link, with our mark)."""
+    from ._png import read_png_text
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return read_png_text(path).get("Description") == PNG_MARK
+    except OSError:
+        return False
+
+
+def _not_ours(out_dir: Path) -> list[str]:
+    """The previews' names in ``out_dir`` taken by files the demo did not write."""
+    return [n for n in PREVIEWS if os.path.lexists(out_dir / n) and not _our_png(out_dir / n)]
+
+
+def _refuse_foreign(out_dir: Path, names: list[str]) -> None:
+    if names:
+        them = "it" if len(names) == 1 else "them"
+        raise FileExistsError(
+            f"DIR {str(out_dir)!r} holds {', '.join(names)}, which the demo did not write; "
+            f"refusing to replace {them} (also with --overwrite): move {them} or choose another "
+            "DIR"
+        )
 
 
 def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
@@ -77,17 +108,22 @@ def run_demo(
     from ._png import to_uint8, write_png
     from ._read_common import import_optional
     from ._synthetic import synthetic_stack
+    from ._version import __version__
 
     import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
     out_dir = Path(directory)
     planes_dir, fused_path = out_dir / "planes", out_dir / "fused.ome.zarr"
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")
+    # Everything is checked before anything is written.
+    _refuse_foreign(out_dir, _not_ours(out_dir))
+    earlier = [n for n in ("planes", "fused.ome.zarr", *PREVIEWS) if os.path.lexists(out_dir / n)]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"DIR {str(out_dir)!r} already holds {', '.join(earlier)}; choose another DIR or "
+            "pass --overwrite"
+        )
     if planes_dir.exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{str(planes_dir)!r} already exists; choose another DIR or pass --overwrite"
-            )
         if not planes_dir.is_dir() or not _ours(planes_dir):
             raise FileExistsError(
                 f"{str(planes_dir)!r} holds files the demo did not write; refusing to delete them"
@@ -131,8 +167,12 @@ def run_demo(
         "depth.png": (depth, "depth map (focus position of the sharpest plane)"),
         "truth.png": (synth.all_in_focus, "ground truth all-in-focus image"),
     }
+    mark = {"Software": f"fstack-dask {__version__}", "Description": PNG_MARK}
     for name, (image, what) in previews.items():
-        write_png(out_dir / name, to_uint8(image))
+        path = out_dir / name
+        if os.path.lexists(path) and not _our_png(path):  # checked again right before
+            _refuse_foreign(out_dir, [name])
+        write_png(path, to_uint8(image), text=mark)
         print(f"wrote {out_dir / name}: {what}", flush=True)
     peak = float(np.iinfo(stack.dtype).max)
     ok = np.isfinite(depth)

@@ -1,14 +1,28 @@
 """Where data lives: every path or URL resolved once, compared by place, deleted with care.
 
 A user can name one folder in many ways: ``out.zarr``, ``./out.zarr/``, ``~/x/../out.zarr``,
-``file:out.zarr``, ``file:///abs/out.zarr``, ``local://out.zarr``, or through a symlink. Every
-location given to fstack_dask goes through :func:`resolve` once, which returns a
-:class:`Location`: the filesystem and the canonical absolute path. Every check ("is dst inside
-src?"), every write and every delete then uses that one result, so two spellings of one place
-always compare equal and a check can never look at another place than the write.
+``file:out.zarr``, ``file:///abs/out.zarr``, ``local://out.zarr``, through a symlink, or
+through one of fsspec's wrappers: ``simplecache::file:///abs/out.zarr``,
+``simplecache:///abs/out.zarr`` with ``target_protocol``, ``dir://out.zarr`` with a ``path``.
+Every location given to fstack_dask goes through :func:`resolve` once, which returns a
+:class:`Location`: the filesystem the data lives on and the canonical absolute path in it.
+Every check ("is dst inside src?"), every write and every delete then uses that one result, so
+two spellings of one place always compare equal and a check can never look at another place
+than the write.
+
+Wrappers are unwrapped by fsspec itself (:func:`fsspec.core.url_to_fs`, then the cache
+filesystems' target and ``dir``'s prefix). A source on a remote filesystem is still read
+through its cache wrappers (caching remote data is why one writes ``simplecache::s3://``); a
+local one is read directly, and a destination is written directly. A filesystem we cannot see
+through (``zip``, ``reference``, an unknown wrapper) is refused as a destination; as a source
+it keeps its own protocol and path and is taken to overlap every place it may read (its archive
+or reference file, the whole filesystem it reads through), so that no dst is judged apart from
+it by accident.
 
 Spellings we do not understand (an unknown URL scheme, ``foo:bar`` that is neither a path nor
-a URL, chained ``a::b`` URLs) are refused rather than guessed at.
+a URL, a chained ``a::b`` URL fsspec cannot open or that goes through a filesystem we cannot see
+through) are refused rather than guessed at; so are symlink loops and, as a destination, a
+dangling symlink (the folder would be created elsewhere).
 
 Deleting goes through :func:`remove_tree` alone, which re-checks, right before it removes
 anything, that the caller's ownership test still passes and that the target is none of the
@@ -18,10 +32,13 @@ their parents, and the protected locations the caller names, such as the source)
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import posixpath
 import re
 import shutil
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +48,9 @@ __all__ = ["Location", "remove_tree", "resolve"]
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(.*)$", re.DOTALL)
 _LOCAL_SCHEMES = ("file", "local")
 _READ_ONLY_SCHEMES = ("http", "https")
+# Options by which an fsspec filesystem reads through another one (a file, a filesystem).
+_WRAPPER_OPTIONS = ("fs", "fo", "target_protocol", "target_options", "remote_protocol",
+                    "remote_options")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,19 +62,30 @@ class Location:
     spec : str
         The location as the user gave it, for messages.
     protocol : str
-        ``"file"`` for the local filesystem, else the fsspec protocol (``"s3"``, ...).
+        ``"file"`` for the local filesystem, else the fsspec protocol (``"s3"``, ...) of the
+        filesystem the data lives on (never a wrapper's that fstack_dask can see through).
     path : str
         Canonical path: for local data the absolute path with symlinks, ``~``, ``..`` and
-        repeated or trailing slashes resolved; for other filesystems fsspec's path,
+        repeated or trailing slashes resolved; for HTTP the whole URL (as fsspec's HTTP
+        filesystem takes it) with its path normalised; for other filesystems fsspec's path,
         normalised the same way.
     storage_options : dict
-        fsspec options (empty for local paths).
+        fsspec options of that filesystem (empty for local paths).
+    via : tuple of (str, dict)
+        Cache wrappers a source is read through, outermost first: their protocol and own
+        options (``simplecache::s3://...``). Not part of the place's identity.
+    reads_from : tuple of Location
+        For a source on a filesystem fstack_dask cannot see through (``zip``,
+        ``reference``): the places it may read, a ``Location`` with an empty path standing
+        for a whole filesystem. It overlaps whatever overlaps one of them.
     """
 
     spec: str
     protocol: str
     path: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    via: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    reads_from: tuple[Location, ...] = ()
 
     # -- identity --------------------------------------------------------------------
 
@@ -82,9 +113,19 @@ class Location:
         return hash((self._family(), self.path))
 
     def contains(self, other: Location) -> bool:
-        """Whether ``other`` is this location or lies inside it."""
-        if self._family() != other._family():
+        """Whether ``other`` is this location or lies inside it (or may: see ``reads_from``).
+
+        Storage options are not compared: they say how a place is reached (credentials, a
+        cache), rarely which place it is, and a false "apart" could let a run delete its source.
+        """
+        if any(place.contains(other) for place in self.reads_from):
+            return True
+        if any(self.contains(place) for place in other.reads_from):
+            return True
+        if self.protocol != other.protocol:
             return False
+        if not self.path:  # a whole filesystem
+            return True
         base = self.path.rstrip("/")
         return other.path == self.path or other.path.startswith(base + "/")
 
@@ -94,7 +135,9 @@ class Location:
     @property
     def url(self) -> str:
         """A URL fsspec and zarr understand (a plain path for local data)."""
-        return self.path if self.is_local else f"{self.protocol}://{self.path.lstrip('/')}"
+        if self.is_local or self.protocol == "http":  # HTTP paths are whole URLs
+            return self.path
+        return f"{self.protocol}://{self.path.lstrip('/')}"
 
     @property
     def name(self) -> str:
@@ -103,11 +146,11 @@ class Location:
     def child(self, *names: str) -> Location:
         path = posixpath.join(self.path, *names)
         spec = posixpath.join(self.spec, *names)  # messages name what is meant
-        return Location(spec, self.protocol, path, self.storage_options)
+        return dataclasses.replace(self, spec=spec, path=path)
 
     def sibling(self, name: str) -> Location:
         parent = posixpath.dirname(self.spec.rstrip("/")) or "."
-        return Location(parent, self.protocol, self.parent_path(), self.storage_options).child(name)
+        return dataclasses.replace(self, spec=parent, path=self.parent_path()).child(name)
 
     def parent_path(self) -> str:
         return posixpath.dirname(self.path.rstrip("/")) or "/"
@@ -119,12 +162,16 @@ class Location:
 
     @property
     def fs(self) -> Any:
-        """The fsspec filesystem (created lazily; fsspec caches instances)."""
+        """The fsspec filesystem, inside the cache wrappers of ``via`` (created lazily;
+        fsspec caches instances)."""
         import fsspec
 
         if self.is_local:
             return fsspec.filesystem("file")
-        return fsspec.filesystem(self.protocol, **dict(self.storage_options))
+        fs = fsspec.filesystem(self.protocol, **dict(self.storage_options))
+        for protocol, options in reversed(self.via):
+            fs = fsspec.filesystem(protocol, fs=fs, **dict(options))
+        return fs
 
     def exists(self) -> bool:
         if self.is_local:
@@ -155,6 +202,7 @@ class Location:
 
     def zarr_store(self, *, read_only: bool) -> Any:
         """A zarr store rooted here (LocalStore, or FsspecStore on this filesystem)."""
+        import fsspec
         import zarr.storage
 
         if self.is_local:
@@ -164,6 +212,8 @@ class Location:
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
+        elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
+            fs = fsspec.filesystem(self.protocol, **{**self.storage_options, "asynchronous": True})
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
 
 
@@ -188,32 +238,40 @@ def resolve(
     ----------
     spec : str, os.PathLike or Location
         A local path (relative, with ``~``, ``..``, symlinks, trailing slashes), a local URL
-        (``file:``, ``file://``, ``local:``, ``local://``) or an fsspec URL (``s3://...``).
+        (``file:``, ``file://``, ``local:``, ``local://``), an fsspec URL (``s3://...``,
+        ``https://...``) or a chained or wrapper URL fsspec understands
+        (``simplecache::s3://...``, ``dir://...``).
     name : str
         The parameter's name, for messages (``"src"``, ``"dst"``).
     storage_options : mapping, optional
-        fsspec options; only for remote URLs.
+        fsspec options; only for URLs.
     writable : bool
-        The location will be written: read-only protocols (HTTP) are refused.
+        The location will be written: read-only protocols (HTTP), filesystems fstack_dask
+        cannot see through and dangling symlinks are refused.
 
     Returns
     -------
     Location
+        The place the data lives: a wrapper or chained URL resolves to the place of the
+        filesystem it wraps (a local ``Location`` for local data).
 
     Raises
     ------
     TypeError
         If ``spec`` is not a str or os.PathLike.
     ValueError
-        If ``spec`` is empty, uses a scheme we do not understand, is a chained URL, or is
-        read-only where ``writable``; or ``storage_options`` are given for a local path.
+        If ``spec`` is empty, uses a scheme we do not understand, is a chained URL fsspec
+        cannot open or one through a filesystem we cannot see through, is a symlink loop, or
+        where ``writable`` is read-only, a dangling symlink, or a filesystem we cannot see
+        through; or if ``storage_options`` are given for a local path.
 
     Examples
     --------
     >>> import os
     >>> a = resolve("out.zarr", name="dst")
     >>> b = resolve(f"file://{os.getcwd()}/x/../out.zarr/", name="dst")
-    >>> a == b, a.path == os.path.join(os.path.realpath(os.getcwd()), "out.zarr")
+    >>> c = resolve(f"simplecache::file://{os.getcwd()}/out.zarr", name="dst")
+    >>> a == b == c, a.path == os.path.join(os.path.realpath(os.getcwd()), "out.zarr")
     (True, True)
     """
     if isinstance(spec, Location):
@@ -233,21 +291,19 @@ def resolve(
 
     match = None if is_pathlike else _SCHEME.match(spec)
     if match is None:
-        return _local(spec, spec, name, options)
+        return _local(spec, spec, name, options, writable)
     scheme, rest = match.group(1).lower(), match.group(2)
     if "::" in spec:
-        raise ValueError(
-            f"{name} {spec!r} is a chained fsspec URL; fstack_dask does not support those: "
-            f"give the store's own URL"
-        )
+        return _unwrap(spec, name, options, writable)
     if scheme in _LOCAL_SCHEMES:
-        return _local(spec, rest[2:] if rest.startswith("//") else rest, name, options)
+        path = rest[2:] if rest.startswith("//") else rest
+        return _local(spec, path, name, options, writable)
     if not rest.startswith("//"):
         raise _unknown_scheme(name, spec, scheme)
     return _remote(spec, scheme, name, options, writable)
 
 
-def _local(spec: str, path: str, name: str, options: Mapping[str, Any]) -> Location:
+def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable: bool) -> Location:
     if options:
         raise ValueError(
             f"storage_options only apply to URLs such as 's3://...', but {name} {spec!r} is a "
@@ -255,10 +311,53 @@ def _local(spec: str, path: str, name: str, options: Mapping[str, Any]) -> Locat
         )
     if not path:
         raise ValueError(f"{name} {spec!r} names no path")
+    expanded = os.path.expanduser(path)
     # realpath, not abspath: 'link/..' must mean the parent of the link's target, as the OS
     # would take it, and symlinked spellings must compare equal.
-    canonical = os.path.realpath(os.path.expanduser(path))
+    canonical = os.path.realpath(expanded)
+    try:
+        os.stat(canonical)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(
+                f"{name} {spec!r} is a symlink loop: {canonical!r} never leads to a file or "
+                f"folder; remove the link or choose another {name}"
+            ) from None
+        if writable and exc.errno == errno.ENOENT and _ends_in_symlink(expanded):
+            # Writing would create the link's target, somewhere the user did not name.
+            raise ValueError(
+                f"{name} {spec!r} is a dangling symlink to {canonical!r}, which does not "
+                f"exist; fstack_dask does not create a folder through a symlink: create "
+                f"{canonical!r} first, or give it as {name}"
+            ) from None
     return Location(spec, "file", canonical, {})
+
+
+def _ends_in_symlink(path: str) -> bool:
+    """Whether the last component of ``path``, where the OS finds it, is a symlink."""
+    head, tail = os.path.split(path.rstrip("/"))
+    if tail in ("", ".", ".."):
+        return False
+    return os.path.islink(os.path.join(os.path.realpath(head or "."), tail))
+
+
+def _first(protocol: str | tuple[str, ...]) -> str:
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_wrapper(cls: type, options: Mapping[str, Any]) -> bool:
+    """Whether a filesystem reads through another one (a cache, a prefix, an archive)."""
+    from fsspec.archive import AbstractArchiveFileSystem
+    from fsspec.implementations.chained import ChainedFileSystem
+    from fsspec.implementations.reference import ReferenceFileSystem
+
+    wrappers = (ChainedFileSystem, AbstractArchiveFileSystem, ReferenceFileSystem)
+    return issubclass(cls, wrappers) or any(key in options for key in _WRAPPER_OPTIONS)
 
 
 def _remote(
@@ -267,10 +366,7 @@ def _remote(
     import fsspec
 
     if writable and scheme in _READ_ONLY_SCHEMES:
-        raise ValueError(
-            f"{name} {spec!r} is an HTTP URL, which is read-only; write to a local path or an "
-            f"object store such as s3://bucket/key"
-        )
+        raise _read_only(name, spec)
     try:
         cls = fsspec.get_filesystem_class(scheme)
     except (ValueError, ImportError) as exc:
@@ -279,17 +375,227 @@ def _remote(
             f"{name} {spec!r} uses the protocol {scheme!r}, which fsspec does not know or "
             f"cannot load{known}; expected a local path or a URL such as s3://bucket/key"
         ) from None
-    path = str(cls._strip_protocol(spec))
+    if _is_wrapper(cls, options):
+        return _unwrap(spec, name, options, writable)
+    protocol = _first(cls.protocol)
+    if protocol == "http":
+        return Location(spec, protocol, _http_url(spec, spec, name), dict(options))
+    return _place(spec, protocol, str(cls._strip_protocol(spec)), name, options, writable)
+
+
+def _read_only(name: str, spec: str) -> ValueError:
+    return ValueError(
+        f"{name} {spec!r} is an HTTP URL, which is read-only; write to a local path or an "
+        f"object store such as s3://bucket/key"
+    )
+
+
+def _http_url(spec: str, url: str, name: str) -> str:
+    """The whole URL, as fsspec's HTTP filesystem takes paths, with its path normalised."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.netloc:
+        raise ValueError(f"{name} {spec!r} names no host")
+    path = posixpath.normpath("/" + parts.path.lstrip("/")) if parts.path.strip("/") else ""
+    # the fragment never reaches the server
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, parts.query, ""))
+
+
+def _place(
+    spec: str,
+    protocol: str,
+    path: str,
+    name: str,
+    options: Mapping[str, Any],
+    writable: bool,
+    **extra: Any,
+) -> Location:
+    """A path on a non-HTTP fsspec filesystem, normalised."""
+    if protocol in _LOCAL_SCHEMES:  # e.g. 'file' registered under another name
+        return _local(spec, path, name, options, writable)
     rooted = path.startswith("/")
     path = posixpath.normpath(path) if path else path
     if path in (".", "") or (not rooted and path.startswith("..")):
         raise ValueError(f"{name} {spec!r} names no place inside its store")
     if not rooted:
         path = path.lstrip("/")
-    protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
-    if protocol in _LOCAL_SCHEMES:  # e.g. 'file' registered under another name
-        return _local(spec, path, name, options)
-    return Location(spec, protocol, path, dict(options))
+    return Location(spec, protocol, path, dict(options), **extra)
+
+
+def _links(spec: str, name: str) -> list[str]:
+    """The protocols a URL goes through, outermost first, each one fsspec knows (fsspec
+    itself takes an unknown one-letter link for a drive letter, and ``a::b`` for a path)."""
+    import fsspec
+
+    parts = spec.split("::")
+    protocols = []
+    for i, part in enumerate(parts):
+        match = _SCHEME.match(part)
+        last = i == len(parts) - 1
+        if match is not None and match.group(2).startswith("//"):
+            protocol = match.group(1).lower()
+        elif match is None and last and len(parts) > 1:
+            protocol = "file"  # a local path at the end: simplecache::/abs/path
+        elif re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", part) and not last:
+            protocol = part.lower()
+        else:
+            protocol = ""
+        if protocol not in fsspec.available_protocols():
+            raise ValueError(
+                f"{name} {spec!r} is a chained URL whose link {part!r} names no protocol "
+                "fsspec knows; expected links such as 'simplecache::s3://bucket/key'"
+            )
+        protocols.append(protocol)
+    return protocols
+
+
+def _hidden_by(classes: list[type], options: Mapping[str, Any]) -> str | None:
+    """The first filesystem among ``classes`` (and, for a wrapper URL, the targets its
+    options name) that hides where its data lives, or None."""
+    import fsspec
+    from fsspec.implementations.cached import CachingFileSystem
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    seethrough = (CachingFileSystem, DirFileSystem)
+    seen = list(classes)
+    while len(classes) == 1 and issubclass(seen[-1], seethrough):  # its target: in options
+        inner, target = options.get("fs"), options.get("target_protocol")
+        if inner is not None:
+            seen.append(type(inner))
+            break
+        if not target:
+            break
+        try:
+            seen.append(fsspec.get_filesystem_class(target))
+        except (ValueError, ImportError):
+            break  # url_to_fs says what is wrong
+        options = options.get("target_options") or {}
+    for cls in seen:
+        if not issubclass(cls, seethrough) and _is_wrapper(cls, {}):
+            return _first(cls.protocol)
+    return None
+
+
+def _unwrap(spec: str, name: str, options: Mapping[str, Any], writable: bool) -> Location:
+    """A chained or wrapper URL: the place fsspec itself reaches through the wrappers."""
+    import fsspec
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    try:
+        classes = [fsspec.get_filesystem_class(p) for p in _links(spec, name)]
+    except ImportError as exc:  # a protocol whose package is not installed
+        raise ValueError(
+            f"{name} {spec!r} needs a package fsspec cannot load ({_one_line(exc)})"
+        ) from None
+    if len(classes) == 1 and issubclass(classes[0], DirFileSystem):
+        if not (options.get("path") or options.get("fo")):
+            raise ValueError(
+                f"{name} {spec!r} is a dir:// URL without its folder; pass storage_options "
+                "such as {'path': '/abs/folder', 'target_protocol': 'file'}, or give the path "
+                "itself"
+            )
+    hidden = _hidden_by(classes, options) if writable else None
+    if hidden is not None:  # refused before fsspec opens it: opening an archive to write
+        raise _hides(name, spec, hidden)  # would already change it
+    try:
+        fs, path = fsspec.core.url_to_fs(spec, **options)
+    except Exception as exc:  # fsspec's classes raise what they like on bad URLs and options
+        keys = f" (storage_options {sorted(options)})" if options else ""  # values: secrets
+        raise ValueError(
+            f"{name} {spec!r} cannot be opened by fsspec{keys}: {_one_line(exc)}"
+        ) from None
+    return _located(spec, name, fs, path, writable)
+
+
+def _hides(name: str, spec: str, protocol: str) -> ValueError:
+    return ValueError(
+        f"{name} {spec!r} goes through fsspec's {protocol!r} filesystem, which hides where its "
+        "data lives; write to a local path or a URL such as s3://bucket/key"
+    )
+
+
+def _peel(fs: Any, path: str) -> tuple[Any, str, tuple[tuple[str, dict[str, Any]], ...]]:
+    """Follow the cache and ``dir`` wrappers down to the filesystem that holds the data."""
+    from fsspec.implementations.cached import CachingFileSystem
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    via = []
+    while isinstance(fs, (CachingFileSystem, DirFileSystem)):
+        if isinstance(fs, DirFileSystem):
+            path = fs._join(path)  # the folder prefix, as dir's own methods add it
+        else:
+            own = {k: v for k, v in fs.storage_options.items() if k not in _WRAPPER_OPTIONS}
+            via.append((_first(type(fs).protocol), own))
+        fs = fs.fs
+        path = fs._strip_protocol(path)
+    return fs, path, tuple(via)
+
+
+def _located(spec: str, name: str, fs: Any, path: str, writable: bool) -> Location:
+    """The :class:`Location` of ``path`` on the filesystem ``fs`` (an instance)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, path, via = _peel(fs, path)
+    except Exception as exc:  # e.g. dir's path escaping its folder
+        raise ValueError(f"{name} {spec!r} cannot be located: {_one_line(exc)}") from None
+    if isinstance(fs, LocalFileSystem):
+        # Read local files directly: a cache would only copy them.
+        return _local(spec, path, name, {}, writable)
+    protocol = _first(fs.protocol)
+    inner = dict(fs.storage_options)
+    via = () if writable else via  # a destination is written directly
+    if protocol == "http":
+        if writable:
+            raise _read_only(name, spec)
+        return Location(spec, protocol, _http_url(spec, path, name), inner, via)
+    if not _is_wrapper(type(fs), inner):
+        return _place(spec, protocol, path, name, inner, writable, via=via)
+    if writable:
+        raise _hides(name, spec, protocol)
+    if "::" in spec:
+        raise ValueError(
+            f"{name} {spec!r} goes through fsspec's {protocol!r} filesystem, which hides where "
+            "its data lives; fstack_dask reads such a source only from its own URL with "
+            "storage_options, not from a chained URL"
+        )
+    # Kept as it is, but overlapping every place it may read (see the module docstring).
+    return _place(spec, protocol, path, name, inner, False, via=via, reads_from=_behind(fs))
+
+
+def _behind(fs: Any) -> tuple[Location, ...]:
+    """The places a filesystem we cannot see through may read: the file its ``fo`` names
+    (an archive, a reference file), else the whole filesystems it reads through."""
+    import fsspec
+    from fsspec.implementations.reference import ReferenceFileSystem
+
+    options = fs.storage_options
+    places: list[Location] = []
+    target = options.get("target_protocol")
+    fo = options.get("fo")
+    if isinstance(fo, (str, os.PathLike)):
+        kw = dict(options.get("target_options") or {})
+        if target:
+            kw["protocol"] = target  # as fsspec.open(fo, protocol=target_protocol)
+        try:
+            fo_fs, fo_path = fsspec.core.url_to_fs(os.fspath(fo), **kw)
+            places.append(_located(os.fspath(fo), "src", fo_fs, fo_path, False))
+        except (ValueError, ImportError, OSError):
+            pass
+    protocols = [] if places else [target or "file"]
+    remote = options.get("remote_protocol")
+    if remote is None and isinstance(fs, ReferenceFileSystem):
+        remote = "file"  # references without a remote_protocol may name local files
+    protocols += [remote] + list(getattr(fs, "fss", None) or ())
+    inner = getattr(fs, "fs", None)
+    if isinstance(inner, fsspec.AbstractFileSystem):
+        protocols.append(_first(inner.protocol))
+    for protocol in dict.fromkeys(p for p in protocols if isinstance(p, str)):
+        try:
+            canonical = _first(fsspec.get_filesystem_class(protocol).protocol)
+        except (ValueError, ImportError):
+            canonical = protocol
+        places.append(Location(f"{protocol}://", canonical, "", {}))  # the whole filesystem
+    return tuple(places)
 
 
 # ----------------------------------------------------------------------------- deleting

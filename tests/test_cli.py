@@ -187,6 +187,49 @@ def test_demo_writes_stores_and_previews(tmp_path, rgb):
     ok(cli(*args, "--overwrite"))
 
 
+def test_demo_never_replaces_files_it_did_not_write(tmp_path):
+    """PNGs of the preview names that the demo did not write (no mark) are refused before
+    anything is written, also with --overwrite; the demo's own are replaced with it."""
+    from conftest import tree_digest
+
+    from fstack_dask._png import write_png
+
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    write_png(out_dir / "fused.png", np.full((4, 4), 7, np.uint8))  # a real PNG, not the demo's
+    (out_dir / "truth.png").write_bytes(b"my notes")
+    (out_dir / "notes.txt").write_text("mine")
+    args = ["demo", out_dir, "--size", "32", "--planes", "5", "--no-progress"]
+    before = tree_digest(tmp_path)
+    for flags in ([], ["--overwrite"]):
+        res = cli(*args, *flags)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: "), res.stderr
+        assert "holds fused.png, truth.png, which the demo did not write" in lines[0]
+        assert res.stdout == "" and tree_digest(tmp_path) == before
+    # moved away: the demo writes its previews, marked as its own
+    from fstack_dask._demo import PNG_MARK, PREVIEWS
+    from fstack_dask._png import read_png_text
+
+    (out_dir / "fused.png").unlink()
+    (out_dir / "truth.png").unlink()
+    ok(cli(*args, "--seed", "1"))
+    assert all(read_png_text(out_dir / n)["Description"] == PNG_MARK for n in PREVIEWS)
+    # one replaced by a file of the user's: refused, nothing changed
+    write_png(out_dir / "depth.png", np.zeros((3, 3), np.uint8))
+    before = tree_digest(tmp_path)
+    res = cli(*args, "--seed", "2", "--overwrite")
+    assert res.returncode == 2 and "holds depth.png, which the demo did not write" in res.stderr
+    assert tree_digest(tmp_path) == before
+    # the demo's own previews and planes are replaced with --overwrite; the user's file stays
+    (out_dir / "depth.png").unlink()
+    old = {n: (out_dir / n).read_bytes() for n in ("fused.png", "planes/plane_000.tif")}
+    ok(cli(*args, "--seed", "2", "--overwrite"))
+    assert all((out_dir / n).read_bytes() != body for n, body in old.items())
+    assert (out_dir / "notes.txt").read_text() == "mine"
+
+
 def _info(stdout: str) -> dict[str, str]:
     return dict(
         (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in stdout.splitlines())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fstack_dask import _png
-from fstack_dask._png import to_uint8, write_png
+from fstack_dask._png import read_png_text, to_uint8, write_png
 
 
 def _decode_png(data: bytes) -> tuple[dict, np.ndarray, list[bytes]]:
@@ -92,6 +92,53 @@ def test_write_png_rejects_bad_images(tmp_path, image, exc):
     with pytest.raises(exc, match="image"):
         write_png(tmp_path / "bad.png", image)
     assert not (tmp_path / "bad.png").exists()
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(kind, body) of every chunk, each CRC checked."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, out = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
+        out.append((kind, body))
+        pos += 12 + length
+    return out
+
+
+def test_text_chunks_are_written_and_read_back(tmp_path):
+    image = np.random.default_rng(4).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    text = {"Software": "fstack-dask 0.1.0", "Description": "a preview, \xe9t\xe9 (Latin-1)"}
+    path = tmp_path / "t.png"
+    write_png(path, image, text=text)
+    chunks = _chunks(path.read_bytes())
+    assert [k for k, _ in chunks] == [b"IHDR", b"tEXt", b"tEXt", b"IDAT", b"IEND"]
+    assert chunks[1][1] == b"Software\x00fstack-dask 0.1.0"
+    assert read_png_text(path) == text
+    image_module = pytest.importorskip("PIL.Image")  # an independent reader
+    with image_module.open(path) as im:
+        assert im.text == text
+        np.testing.assert_array_equal(np.asarray(im), image)
+    # no text: none read; not a PNG, or cut short: nothing of ours
+    write_png(tmp_path / "plain.png", image)
+    assert read_png_text(tmp_path / "plain.png") == {}
+    (tmp_path / "not.png").write_bytes(b"GIF89a...")
+    assert read_png_text(tmp_path / "not.png") == {}
+    (tmp_path / "cut.png").write_bytes(path.read_bytes()[:40])
+    assert read_png_text(tmp_path / "cut.png") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [{"": "x"}, {" Lead": "x"}, {"Two  spaces": "x"}, {"K" * 80: "x"}, {"Tab\t": "x"},
+     {"Key": "nul\x00"}, {"Key": "snowman \u2603"}, {"Key": 3}],
+)  # fmt: skip
+def test_text_png_cannot_hold_is_refused_before_writing(tmp_path, text):
+    with pytest.raises(ValueError, match="text"):
+        write_png(tmp_path / "t.png", np.zeros((2, 2), np.uint8), text=text)
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_to_uint8_stretch():

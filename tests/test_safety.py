@@ -89,7 +89,11 @@ def test_every_spelling_of_one_place_is_one_location(tmp_path, monkeypatch):
     [
         ("foo:bar", ValueError, "neither a local path nor a URL"),
         ("c:/data/out.zarr", ValueError, "neither a local path nor a URL"),
-        ("simplecache::file:///tmp/x", ValueError, "chained"),
+        # chained URLs resolve to the place they wrap (tests/test_locations.py), but every
+        # link must be a protocol fsspec knows: fsspec itself reads 'a::b' as a local path
+        ("a::b", ValueError, "chained URL whose link 'a' names no protocol"),
+        ("simplecache::nosuchprotocol://x", ValueError, "chained URL whose link"),
+        ("dir://out.zarr", ValueError, "dir:// URL without its folder"),
         ("nosuchprotocol://bucket/x", ValueError, "fsspec does not know"),
         ("", ValueError, "non-empty"),
         ("memory://", ValueError, "names no place"),

@@ -1,0 +1,401 @@
+"""Every spelling resolves to the place the data lives: fsspec's wrapper and chained URLs,
+``dir://``, HTTP, filesystems we cannot see through, symlink loops and dangling symlinks.
+
+Real stores on disk and in fsspec's memory filesystem, a real HTTP server, the real CLI in a
+subprocess where exit codes matter, and sha256 snapshots (``tree_digest``) of the whole test
+folder before and after every refused run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest
+
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._locations import resolve
+
+SHAPE, PLANES, CHUNK = (64, 48), 5, 32
+CACHE = os.path.join(os.path.expanduser("~"), ".cache")  # numba's cache, for the subprocesses
+
+
+def _stack(seed=0):
+    return synthetic_stack(SHAPE, PLANES, dtype="uint16", seed=seed).stack.transpose(2, 0, 1)
+
+
+def _write(path, seed=0):
+    write_stack(str(path), _stack(seed), axes="zyx", chunks=(PLANES, CHUNK, CHUNK))
+    return path
+
+
+def cli(*args, cwd=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+    )  # fmt: skip
+
+
+def run_main(*args, capsys):
+    """The CLI's main() in this process (the same code as the subprocess, much faster)."""
+    from fstack_dask._cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def _snapshot(root) -> dict[str, str]:
+    """``tree_digest`` that records where each symlink points instead of reading through it
+    (a loop or a dangling link cannot be read)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            key = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[key] = "-> " + os.readlink(path)
+            elif name in dirs:
+                out[key + "/"] = "dir"
+            else:
+                with open(path, "rb") as fh:
+                    out[key] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _one_line_error(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: "), proc.stderr
+    return lines[0]
+
+
+def _expected(seed=0):
+    return focus_stack(_stack(seed).transpose(1, 2, 0))
+
+
+def _fused(path):
+    return zarr.open_group(str(path), mode="r")["0"][...]
+
+
+@pytest.fixture()
+def src(tmp_path):
+    return _write(tmp_path / "stack.zarr")
+
+
+@pytest.fixture()
+def old_output(tmp_path):
+    """An fstack_dask output ``old.zarr`` (a real CLI run) holding a source in ``2024/``."""
+    old = tmp_path / "old.zarr"
+    proc = cli("fuse", _write(tmp_path / "first.zarr", seed=1), old, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    inner = _write(old / "2024" / "stack.zarr")
+    return old, inner
+
+
+# ------------------------------------------------------------------ 1. wrappers and chains
+
+
+def test_a_source_inside_an_output_is_protected_through_wrappers(old_output, tmp_path, capsys):
+    """The issue's scenario: `fuse simplecache://$PWD/old.zarr/2024/stack.zarr old.zarr
+    --overwrite` read the source as a remote store, and the overwrite deleted it."""
+    old, inner = old_output
+    before = tree_digest(tmp_path)
+    local = ["--storage-options", json.dumps({"target_protocol": "file"})]
+    for spelling, options in (
+        (f"simplecache://{inner}", local),
+        (f"simplecache::file://{inner}", []),
+    ):
+        proc = cli("fuse", spelling, old, "--overwrite", *options, "--no-progress")
+        assert proc.returncode == 2, proc.stderr
+        assert f"dst '{old}' contains the source" in _one_line_error(proc)
+        assert tree_digest(tmp_path) == before
+    dir_options = json.dumps({"path": str(old), "target_protocol": "file"})
+    others = [
+        (f"filecache::{inner}", []),
+        (f"blockcache::file://{inner}", []),
+        ("dir://2024/stack.zarr", ["--storage-options", dir_options]),
+    ]
+    for spelling, options in others:
+        for flags in (["--overwrite"], ["--resume"], []):
+            proc = run_main("fuse", spelling, old, *flags, *options, "--no-progress", capsys=capsys)
+            assert proc.returncode == 2, (spelling, proc.stderr)
+            assert "contains the source" in _one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    # and each spelling reads the source (locally, without copying it into a cache)
+    for n, (spelling, options) in enumerate(others):
+        kw = {"storage_options": json.loads(options[1])} if options else {}
+        out = fuse_zarr(spelling, tmp_path / f"new{n}.zarr", progress=False, **kw)
+        np.testing.assert_array_equal(out["0"][...], _expected())
+
+
+def test_wrapper_spellings_resolve_to_the_underlying_place(tmp_path, monkeypatch):
+    target = tmp_path / "data" / "stack.zarr"
+    target.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    canonical = resolve(str(target), name="src")
+    local_fs = fsspec.filesystem("file")
+    spellings = [
+        (f"simplecache://{target}", {"target_protocol": "file"}),
+        ("simplecache://data/stack.zarr", {"target_protocol": "file"}),  # relative, as fsspec
+        (f"simplecache::file://{target}", {}),
+        (f"simplecache::{target}", {}),
+        (f"filecache::file://{target}", {"filecache": {"cache_storage": str(tmp_path / "c")}}),
+        (f"blockcache::file://{target}", {}),
+        ("dir://stack.zarr", {"path": str(tmp_path / "data"), "target_protocol": "file"}),
+        ("dir://data/stack.zarr", {"path": str(tmp_path)}),
+        ("dir://stack.zarr", {"path": str(tmp_path / "data"), "fs": local_fs}),
+        ("simplecache://stack.zarr", {"target_protocol": "dir",
+                                      "target_options": {"path": str(tmp_path / "data")}}),
+    ]  # fmt: skip
+    for spelling, options in spellings:
+        for writable in (False, True):
+            loc = resolve(spelling, name="src", storage_options=options, writable=writable)
+            assert loc == canonical and loc.is_local and loc.via == (), (spelling, loc)
+            assert canonical.contains(loc) and loc.contains(canonical)
+    inner = resolve(f"simplecache::file://{target}/0", name="dst", writable=True)
+    assert canonical.contains(inner) and not inner.contains(canonical)
+
+
+def test_a_remote_source_is_still_read_through_its_cache():
+    base = f"memory://fstack-loc-{uuid.uuid4().hex}"
+    _write(f"{base}/stack.zarr")
+    src = resolve(f"simplecache::{base}/stack.zarr", name="src")
+    assert src == resolve(f"{base}/stack.zarr", name="src") and src.url == f"{base}/stack.zarr"
+    assert src.via == (("simplecache", {}),) and type(src.fs).__name__ == "SimpleCacheFileSystem"
+    # a destination is written directly, never through a cache
+    dst = resolve(f"simplecache::{base}/out.zarr", name="dst", writable=True)
+    assert dst.via == () and type(dst.fs).__name__ == "MemoryFileSystem"
+    out = fuse_zarr(f"simplecache::{base}/stack.zarr", f"{base}/out.zarr", progress=False)
+    np.testing.assert_array_equal(out["0"][...], _expected())
+    # the cached source, inside dst: refused, and nothing in the store changed
+    fs = fsspec.filesystem("memory")
+    _write(f"{base}/out.zarr/2024/stack.zarr", seed=2)
+    before = {p: fs.cat_file(p) for p in fs.find(base)}
+    with pytest.raises(ValueError, match="contains the source"):
+        fuse_zarr(f"simplecache::{base}/out.zarr/2024/stack.zarr", f"{base}/out.zarr",
+                  overwrite=True, progress=False)  # fmt: skip
+    assert {p: fs.cat_file(p) for p in fs.find(base)} == before
+
+
+def test_storage_options_do_not_make_one_place_two():
+    """Credentials (or a cache's options) say how a place is reached, not which place it is:
+    a source given with some options is inside a dst given with others."""
+    base = f"memory://fstack-loc-{uuid.uuid4().hex}"
+    dst = resolve(f"{base}/out.zarr", name="dst", writable=True)
+    inside = f"{base}/out.zarr/2024/stack.zarr"
+    for spelling, options in (
+        (inside, {"use_listings_cache": False}),
+        (f"simplecache::{inside}", {"memory": {"use_listings_cache": False}}),
+    ):
+        src = resolve(spelling, name="src", storage_options=options)
+        assert dict(src.storage_options) == {"use_listings_cache": False}
+        assert dict(dst.storage_options) == {}
+        assert dst.contains(src) and dst.overlaps(src) and not src.contains(dst)
+
+
+# ------------------------------------------------------- 2. places we cannot see through
+
+
+def _zip_of(folder: Path, archive: Path) -> Path:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                path = Path(root) / name
+                zf.write(path, path.relative_to(folder.parent).as_posix())
+    return archive
+
+
+def test_a_source_in_an_archive_inside_dst_is_protected(old_output, tmp_path):
+    """A zip:// source keeps its own protocol, but overlaps its archive file: a dst holding
+    the archive is refused (the overwrite would have deleted old.zarr/2024/)."""
+    old, inner = old_output
+    archive = _zip_of(inner, old / "2024" / "a.zip")
+    options = json.dumps({"fo": str(archive)})
+    before = tree_digest(tmp_path)
+    for dst in (old, old / "2024"):
+        proc = cli("fuse", "zip://stack.zarr", dst, "--overwrite", "--storage-options", options,
+                   "--no-progress")  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "contains the source" in _one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    out = fuse_zarr("zip://stack.zarr", tmp_path / "elsewhere.zarr", progress=False,
+                    storage_options={"fo": str(archive)})  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], _expected())
+
+
+def test_filesystems_we_cannot_see_through_are_refused_as_dst(src, tmp_path):
+    archive = _zip_of(src, tmp_path / "a.zip")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"version": 1, "refs": {}}))
+    before = tree_digest(tmp_path)
+    for spelling, options in [
+        ("zip://out.zarr", {"fo": str(archive), "mode": "w"}),  # opening it would truncate it
+        ("simplecache://out.zarr", {"target_protocol": "zip",
+                                    "target_options": {"fo": str(archive), "mode": "w"}}),
+        (f"simplecache::zip://out.zarr::file://{archive}", {"zip": {"mode": "w"}}),
+        ("reference://out.zarr", {"fo": str(refs)}),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match="hides where its data lives") as info:
+            resolve(spelling, name="dst", storage_options=options, writable=True)
+        assert str(info.value).startswith(f"dst {spelling!r}")
+    proc = cli("fuse", src, "zip://out.zarr", "--dst-storage-options",
+               json.dumps({"fo": str(archive), "mode": "w"}), "--no-progress")  # fmt: skip
+    assert proc.returncode == 2 and "hides where its data lives" in _one_line_error(proc)
+    # as a chained source it is refused too (fstack_dask reads it only from its own URL)
+    with pytest.raises(ValueError, match="not from a chained URL"):
+        resolve(f"zip://stack.zarr::file://{archive}", name="src")
+    assert tree_digest(tmp_path) == before
+
+
+def test_references_may_read_anywhere_on_their_filesystem(tmp_path):
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"version": 1, "refs": {"stack.zarr/zarr.json": "{}"}}))
+    src = resolve("reference://stack.zarr", name="src",
+                  storage_options={"fo": str(refs), "remote_protocol": "file"})  # fmt: skip
+    assert src.protocol == "reference"
+    far = resolve(tmp_path / "far" / "away.zarr", name="dst", writable=True)
+    assert far.overlaps(src)  # its references can name any local file
+    remote = resolve("reference://stack.zarr", name="src",
+                     storage_options={"fo": str(refs), "remote_protocol": "memory"})  # fmt: skip
+    assert not far.overlaps(remote) and resolve(refs, name="dst").overlaps(remote)
+    assert resolve("memory://any/where", name="dst", writable=True).overlaps(remote)
+
+
+# ----------------------------------------------------------------------------- 3. HTTP
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    """A real HTTP server (python -m http.server) on a free port, serving a tmp folder."""
+    root = tmp_path / "served"
+    root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+         str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield root, f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_an_http_source_fuses_like_the_local_one(http_root, tmp_path):
+    root, base = http_root
+    local = _write(root / "stack.zarr")
+    expected = fuse_zarr(local, tmp_path / "local.zarr", depth_map=True, progress=False)
+    proc = cli("fuse", f"{base}/stack.zarr", tmp_path / "http.zarr", "--depth-map",
+               "--chunks", CHUNK, "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no warnings either
+    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    np.testing.assert_array_equal(out["depth"]["0"][...], expected["depth"]["0"][...])
+    assert out.attrs["fstack_dask"]["src"] == f"{base}/stack.zarr"
+    # through a cache, and on worker processes
+    out = fuse_zarr(f"simplecache::{base}/stack.zarr", tmp_path / "cached.zarr",
+                    scheduler="processes", progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_http_urls_keep_their_host():
+    loc = resolve("http://127.0.0.1:8000//data/./stack.zarr/#top", name="src")
+    assert loc.url == loc.path == "http://127.0.0.1:8000/data/stack.zarr"
+    assert loc.child("zarr.json").url == "http://127.0.0.1:8000/data/stack.zarr/zarr.json"
+    secure = resolve("https://example.org/a/stack.zarr", name="src")
+    assert secure.url == "https://example.org/a/stack.zarr" and not secure.is_local
+    assert resolve("simplecache::https://example.org/a/stack.zarr", name="src") == secure
+    for spelling in ("https://example.org/out.zarr", "simplecache::https://example.org/out.zarr"):
+        with pytest.raises(ValueError, match="read-only"):
+            resolve(spelling, name="dst", writable=True)
+
+
+# ------------------------------------------------------------------------------ 4. dir://
+
+
+def test_dir_urls_resolve_or_say_what_they_lack(src, tmp_path):
+    before = tree_digest(tmp_path)
+    for args in (["dir://stack.zarr", tmp_path / "out.zarr"], [src, "dir://out.zarr"]):
+        proc = cli("fuse", *args, "--no-progress", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "is a dir:// URL without its folder" in _one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    folder = json.dumps({"path": str(tmp_path), "target_protocol": "file"})
+    dst_folder = json.dumps({"path": str(tmp_path)})  # fsspec's default target: local files
+    proc = cli("fuse", "dir://stack.zarr", "dir://out.zarr", "--storage-options", folder,
+               "--dst-storage-options", dst_folder, "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(_fused(tmp_path / "out.zarr"), _expected())
+    with pytest.raises(ValueError, match="escapes") as info:
+        resolve("dir://../x", name="dst", storage_options={"path": str(tmp_path)})
+    assert len(str(info.value).splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- 5. symlinks
+
+
+def test_a_symlink_loop_is_named_as_such(src, tmp_path, capsys):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "ping").symlink_to("pong")
+    (tmp_path / "pong").symlink_to("ping")
+    before = _snapshot(tmp_path)
+    proc = cli("fuse", src, tmp_path / "loop", "--no-progress")
+    assert proc.returncode == 2
+    assert "is a symlink loop" in _one_line_error(proc)
+    for dst in ("ping", "loop/out.zarr", "loop/"):
+        for flags in ([], ["--overwrite"], ["--resume"]):
+            proc = run_main(
+                "fuse", src, f"{tmp_path}/{dst}", *flags, "--no-progress", capsys=capsys
+            )
+            assert proc.returncode == 2 and "symlink loop" in _one_line_error(proc), dst
+    proc = run_main("fuse", tmp_path / "ping", tmp_path / "out.zarr", capsys=capsys)
+    assert proc.returncode == 2 and "src" in _one_line_error(proc) and "loop" in proc.stderr
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_dangling_symlink_as_dst_is_refused_not_followed(src, tmp_path, capsys):
+    """The folder would be created where the link points, somewhere the user did not name."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out.zarr").symlink_to(tmp_path / "elsewhere" / "out.zarr")
+    (tmp_path / "chain").symlink_to("out.zarr")
+    before = _snapshot(tmp_path)
+    proc = cli("fuse", src, tmp_path / "out.zarr", "--no-progress")
+    assert proc.returncode == 2
+    line = _one_line_error(proc)
+    assert "is a dangling symlink to" in line and str(tmp_path / "elsewhere" / "out.zarr") in line
+    for dst in (tmp_path / "chain", f"{tmp_path}/out.zarr/", f"file://{tmp_path}/out.zarr"):
+        for flags in ([], ["--overwrite"]):
+            proc = run_main("fuse", src, dst, *flags, "--no-progress", capsys=capsys)
+            assert proc.returncode == 2 and "dangling symlink" in _one_line_error(proc), dst
+    assert _snapshot(tmp_path) == before
+    assert not (tmp_path / "elsewhere" / "out.zarr").exists()
+    # a symlink to an existing (empty) folder is written through, as before
+    (tmp_path / "elsewhere" / "out.zarr").mkdir()
+    assert cli("fuse", src, tmp_path / "out.zarr", "--no-progress").returncode == 0
+    np.testing.assert_array_equal(_fused(tmp_path / "elsewhere" / "out.zarr"), _expected())
