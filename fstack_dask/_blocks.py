@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ._errors import SourceReadError, SourceValueError
 from ._fetch import UnitCache, decoded_by_this_thread, fetch_block, units_of
 from ._kernel import fuse_block
 from ._locations import Location
 from ._lock import Lease
 from ._plan import Plan
-from ._read import Source, SourceReadError, SourceValueError
+from ._read import Source
 from ._state import OutputState, input_digest
 from ._write import make_durable, open_output, write_block
 

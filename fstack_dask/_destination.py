@@ -38,8 +38,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ._errors import DestinationLockedError
 from ._locations import Location, remove_tree
-from ._lock import DestinationLock, DestinationLockedError, Lease, live_lock, locked_message
+from ._lock import DestinationLock, Lease, live_lock, locked_message
 from ._state import (
     STATE_DIR,
     OutputState,

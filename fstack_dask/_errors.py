@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import errno
 
-from ._lock import DestinationLockedError
-from ._read import SourceReadError, SourceValueError
-
 __all__ = [
     "DestinationFullError",
     "DestinationLockedError",
+    "LeaseLostError",
     "SourceReadError",
     "SourceValueError",
     "is_no_space",
     "with_outcome",
 ]
+
+
+class SourceReadError(RuntimeError):
+    """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
+
+
+class SourceValueError(ValueError):
+    """A chunk of the source holds values that cannot be fused (NaN or infinity)."""
+
+
+class DestinationLockedError(RuntimeError):
+    """Another live run is writing the same destination."""
+
+
+class LeaseLostError(DestinationLockedError):
+    """This run's lock was taken over by another run: it stopped writing."""
 
 
 class DestinationFullError(OSError):

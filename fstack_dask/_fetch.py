@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._read import Source, SourceReadError, SourceValueError
+from ._errors import SourceReadError, SourceValueError
+from ._read import Source
 
 __all__ = ["BlockRegion", "UnitCache", "fetch_block", "units_of"]
 

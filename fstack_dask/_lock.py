@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import DestinationLockedError, LeaseLostError
 from ._locations import Location
 
 try:  # POSIX: the kernel's own record of a live holder, and the takeover's mutual exclusion
@@ -40,14 +41,7 @@ try:  # POSIX: the kernel's own record of a live holder, and the takeover's mutu
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = [
-    "DestinationLock",
-    "DestinationLockedError",
-    "LOCK_STALE_AFTER",
-    "Lease",
-    "LeaseLostError",
-    "live_lock",
-]
+__all__ = ["DestinationLock", "LOCK_STALE_AFTER", "Lease", "live_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +58,6 @@ def _seconds_from_env(name: str, default: float) -> float:
 #: (``FSTACK_DASK_LOCK_STALE_AFTER``; raise it for filesystems with slow metadata).
 LOCK_STALE_AFTER = _seconds_from_env("FSTACK_DASK_LOCK_STALE_AFTER", 60.0)
 HEARTBEAT_EVERY = LOCK_STALE_AFTER / 6
-
-
-class DestinationLockedError(RuntimeError):
-    """Another live run is writing the same destination."""
-
-
-class LeaseLostError(DestinationLockedError):
-    """This run's lock was taken over by another run: it stopped writing."""
 
 
 def machine_id() -> str:

@@ -17,10 +17,9 @@ from typing import Any
 
 from ._destination import Destination, Target
 from ._device import require_device
-from ._errors import DestinationFullError, DestinationLockedError, with_outcome
+from ._errors import DestinationFullError, DestinationLockedError, LeaseLostError, with_outcome
 from ._fusion import Fusion, plan_fusion, with_block
 from ._locations import Location, remove_tree, resolve
-from ._lock import LeaseLostError
 from ._open import open_source
 from ._params import DEFAULT_MEMORY_PER_TASK, check_flag
 from ._plan import Plan

@@ -25,18 +25,10 @@ from ._locations import Location, resolve
 from ._ome import find_multiscales, parse_multiscale, parse_omero
 from ._params import parse_axes
 
-__all__ = ["Source", "SourceReadError", "SourceValueError", "open_zarr"]
+__all__ = ["Source", "open_zarr"]
 
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
 _SUPPORTED_KINDS = "iuf"
-
-
-class SourceReadError(RuntimeError):
-    """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
-
-
-class SourceValueError(ValueError):
-    """A chunk of the source holds values that cannot be fused (NaN or infinity)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._blocks import FuseJob, Outcome
+from ._errors import SourceReadError, SourceValueError
 from ._params import cpu_count as _cpu_count
 from ._progress import Progress
-from ._read import SourceReadError, SourceValueError
 
 __all__ = ["RunReport", "execute", "resolve_scheduler"]
 

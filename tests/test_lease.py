@@ -27,8 +27,9 @@ from safety_util import CACHE, CHUNK, cli, one_line_error, popen_cli, small_stac
 
 from fstack_dask import DestinationLockedError, focus_stack, fuse_zarr
 from fstack_dask._destination import Destination
+from fstack_dask._errors import LeaseLostError
 from fstack_dask._locations import resolve
-from fstack_dask._lock import Lease, LeaseLostError
+from fstack_dask._lock import Lease
 from fstack_dask._state import STATE_DIR
 
 FUSE = ("--chunks", CHUNK, "--no-progress")
