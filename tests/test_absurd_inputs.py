@@ -8,10 +8,16 @@ searches it replaced, on a grid of shapes, chunks and memory budgets.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import re
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
+import zarr
+from conftest import tree_digest
 
 from fstack_dask._kernel import block_memory
 from fstack_dask._plan import Layout, Plan, _choose_block, _smallest, make_plan
@@ -261,3 +267,94 @@ def test_lead_axes_are_not_listed_before_the_first_block():
     assert peak < 2**16, peak  # a list of 10^6 ranges would take some 100 MB
     huge = Plan(Layout("tzyx", (2**31 - 1, 3, 64, 64), False), (64, 64), 4, 1, (1,))
     assert next(huge.blocks()) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- the CLI, on absurd metadata
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)],
+        capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
+    )  # fmt: skip
+
+
+def _assert_refused(root, src, pattern, commands=("fuse", "info")):
+    """``fuse`` and ``info``: exit 2, one line matching ``pattern``, nothing written."""
+    before = tree_digest(root)
+    for command in commands:
+        args = (src, root / "out.ome.zarr", "--no-progress") if command == "fuse" else (src,)
+        res = _cli(command, *args, cwd=root)
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: "), res.stderr
+        assert re.search(pattern, lines[0]), lines[0]
+        assert res.stdout == ""
+    assert tree_digest(root) == before
+
+
+def _metadata_only(path, shape, chunks, axes="zyx", **kw):
+    """A Zarr array with no chunk written: every read gives its fill value."""
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16",
+                      dimension_names=axes, **kw)  # fmt: skip
+    return path
+
+
+def test_cli_refuses_absurd_shapes_and_plans_the_largest_accepted(tmp_path):
+    """10^12 x 10^12 px (used to plan forever in fuse and info); more voxels than 2**53; and
+    a 10^6 x 10^6 x 21 stack, and one 2**31 - 1 px high, still planned."""
+    root = tmp_path / "refused"
+    root.mkdir()
+    huge = _metadata_only(root / "huge.zarr", (21, 10**12, 10**12), (21, 64, 64))
+    _assert_refused(
+        root, huge, r"src '.*huge\.zarr' has length 1000000000000 along axis 'y' .*2\*\*31 - 1"
+    )
+    voxels = _metadata_only(root / "voxels.zarr", (9, 2**25, 2**25), (9, 64, 64))
+    _assert_refused(root, voxels, r"src '.*voxels\.zarr' has shape .* at most 2\*\*53 ")
+    for shape, chunks in (
+        ((21, 10**6, 10**6), (21, 1024, 1024)),
+        ((2, 2**31 - 1, 2**21), (2, 64, 64)),
+    ):
+        ok = _metadata_only(tmp_path / f"{shape[1]}.zarr", shape, chunks)
+        res = _cli("info", ok, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert f"shape:              {shape}" in res.stdout and "strip:" in res.stdout
+
+
+@pytest.mark.parametrize("where", ["chunk_grid", "zarr v2", "sharding"])
+def test_cli_refuses_zero_chunks_when_opening(tmp_path, where):
+    """A zero chunk used to fail only while reading (exit 1, a dst left behind)."""
+    src = tmp_path / "zero.zarr"
+    if where == "zarr v2":
+        zarr.create_array(str(src), shape=(4, 40, 40), chunks=(4, 16, 16), dtype="uint16",
+                          zarr_format=2, attributes={"_ARRAY_DIMENSIONS": list("zyx")})  # fmt: skip
+        zarr.open_array(str(src), mode="r+")[:] = 7
+        name, key, chunk = ".zarray", ("chunks",), [4, 0, 16]
+    else:
+        shards = (4, 32, 32) if where == "sharding" else None
+        _metadata_only(src, (4, 40, 40), (4, 16, 16), shards=shards)
+        zarr.open_array(str(src), mode="r+")[:] = 7
+        if where == "sharding":
+            name, key, chunk = (
+                "zarr.json",
+                ("codecs", 0, "configuration", "chunk_shape"),
+                [4, 16, 0],
+            )
+        else:
+            name, key, chunk = (
+                "zarr.json",
+                ("chunk_grid", "configuration", "chunk_shape"),
+                [4, 0, 16],
+            )
+    meta = json.loads((src / name).read_text())
+    node = meta
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = chunk
+    (src / name).write_text(json.dumps(meta))
+    pattern = (
+        rf"src '.*zero\.zarr': {re.escape(name)} gives .*chunk shape.* {re.escape(str(chunk))}"
+    )
+    _assert_refused(
+        tmp_path, src, pattern, commands=("fuse",) if where == "zarr v2" else ("fuse", "info")
+    )
