@@ -227,8 +227,9 @@ def open_zarr(
     FileNotFoundError
         If ``src`` does not exist.
     ValueError
-        If ``src`` is not a Zarr array or image group, its metadata is malformed, ``axes``
-        disagree with it, or an axis has length 0.
+        If ``src`` is not a Zarr array or image group, its metadata is malformed (a chunk
+        shape with a 0, a shape that is not integers), ``axes`` disagree with it, or an axis
+        has length 0 or a shape is beyond what fstack_dask reads (:func:`check_extent`).
     TypeError
         If ``src`` has an unsupported type or dtype.
     """
@@ -336,8 +337,10 @@ def _stated_shapes(name: str, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         found.append(("chunk shape", config.get("chunk_shape")))
     codecs = meta.get("codecs")
     for codec in codecs if isinstance(codecs, list) else []:
-        config = codec.get("configuration") if isinstance(codec, dict) else None
-        if codec.get("name") == "sharding_indexed" and isinstance(config, dict):
+        if not isinstance(codec, dict) or codec.get("name") != "sharding_indexed":
+            continue
+        config = codec.get("configuration")
+        if isinstance(config, dict):
             found.append(("inner chunk shape (sharding)", config.get("chunk_shape")))
     return found
 
@@ -400,6 +403,15 @@ def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
 def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:
     """Refuse a shape beyond what fstack_dask reads (``MAX_LENGTH`` along an axis,
     ``MAX_CHANNELS`` channels, ``MAX_VOXELS`` in all): such metadata is damaged.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The source's shape, as its metadata states it.
+    axes : str
+        One letter per dimension.
+    where : str
+        How messages name the source, e.g. ``"src 'stack.zarr'"``.
 
     Raises
     ------
