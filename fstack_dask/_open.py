@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._locations import resolve
-from ._read import Source, open_zarr
+from ._read import Source, check_extent, open_zarr
 from ._stack_meta import OpenedStack
 
 __all__ = ["open_source"]
@@ -157,6 +157,7 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
             channels.append(ch)
     spec = location.spec if location is not None else stack.description
     where = f"src {spec!r}" if location is not None else f"src ({stack.description})"
+    check_extent(shape, stack.axes, where)
     # whole-plane formats cache decoded planes in the reader; arrays need no cache
     own_cache = in_memory or stack.kind.endswith(" files") and units[-2:] == shape[-2:]
     meta = repr(

@@ -1,8 +1,9 @@
 """Planning a run: which blocks, how large, in which order, and how much memory that takes.
 
 Everything here is arithmetic on shapes (no data, no dask, no stores), and every plan is
-computed lazily: iterating over the blocks of a 10^6 x 10^6 image holds one block at a time,
-so planning is O(1) in the image size.
+computed lazily: iterating over the blocks of a 10^6 x 10^6 image holds one block at a time.
+Every search (block size, strip width, the smallest divisor of a unit) is a bisection, so
+planning costs O(log) in the image size and the unit size.
 
 **Blocks.** A block is a y/x rectangle of one image (one index of every batch axis, and of the
 channel axis unless the channels are fused together as RGB). Its size is a whole multiple of
@@ -82,8 +83,19 @@ class Layout:
         return self.size("y"), self.size("x")
 
 
-def _split(n: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + size, n)) for s in range(0, n, size)]
+def _groups(shape: tuple[int, ...], unit: tuple[int, ...]) -> Iterator[tuple[tuple[int, int], ...]]:
+    """The unit-sized ranges of every lead axis, as ``itertools.product`` orders them.
+
+    Generated, not listed: a batch axis of a billion time points must not be materialised
+    before the first block runs.
+    """
+    if not shape:
+        yield ()
+        return
+    n, size = shape[0], unit[0]
+    for s in range(0, n, size):
+        for rest in _groups(shape[1:], unit[1:]):
+            yield ((s, min(s + size, n)), *rest)
 
 
 @dataclass(frozen=True)
@@ -115,10 +127,8 @@ class Plan:
         Lead indices that share a source unit (e.g. a chunk of 10 time points) are
         innermost, so their blocks read the unit while it is held.
         """
-        lead_shape = self.layout.lead_shape
-        groups = [_split(n, u) for n, u in zip(lead_shape, self.unit_lead, strict=True)]
         ny, nx = self.grid
-        for group in itertools.product(*groups):
+        for group in _groups(self.layout.lead_shape, self.unit_lead):
             for s0 in range(0, nx, self.strip):
                 for j in range(ny):
                     for i in range(s0, min(s0 + self.strip, nx)):
@@ -170,16 +180,22 @@ def _largest(fits, hi: int) -> int:
     return lo
 
 
+def _divided(n: int, unit: int, d: int) -> int:
+    """A unit split into ``d`` even parts, clipped to the image: never grows with ``d``."""
+    return min(n, -(-unit // d))
+
+
 def _smallest(n: int, unit: int, halo: int) -> int:
-    """The smallest block side :func:`_choose_block` tries along one axis."""
+    """The smallest block side :func:`_choose_block` tries along one axis.
+
+    The last of the divisors ``d = 2, 3, ...`` of the unit whose part is still at least
+    ``max(2 * halo, 16)`` px (the unit itself if none is), found by bisection: a unit can be
+    as large as the image.
+    """
     floor = max(2 * halo, 16)
-    best = min(unit, n)
-    for d in range(2, unit + 1):
-        size = min(n, math.ceil(unit / d))
-        if size < floor:
-            break
-        best = size
-    return best
+    # k = d - 1 over [1, unit - 1]; parts shrink as d grows, so fits is true up to a point
+    k = _largest(lambda k: _divided(n, unit, k + 1) >= floor, unit - 1)
+    return _divided(n, unit, k + 1) if k else min(unit, n)
 
 
 def _choose_block(ny, nx, uy, ux, halo, fits) -> tuple[int, int] | None:
@@ -197,16 +213,20 @@ def _choose_block(ny, nx, uy, ux, halo, fits) -> tuple[int, int] | None:
         elif bx >= nx and ky_max > k:
             by = min(ny, _largest(lambda m: fits((m * uy, bx)), ky_max) * uy)
         return by, bx
+
     # not even one unit fits: split units evenly (each unit is still decoded once and
-    # shared by its blocks through the cache)
-    smallest = max(2 * halo, 16)
-    for d in range(2, max(uy, ux) + 1):
-        by, bx = min(ny, math.ceil(uy / d)), min(nx, math.ceil(ux / d))
-        if max(by, bx) < smallest:
-            return None
-        if fits((by, bx)):
-            return by, bx
-    return None
+    # shared by its blocks through the cache). The first divisor d = 2, 3, ... that fits,
+    # by bisection: blocks shrink as d grows, so fits turns true once and stays true.
+    def split(d: int) -> tuple[int, int]:
+        return _divided(ny, uy, d), _divided(nx, ux, d)
+
+    top = max(uy, ux)
+    if top < 2 or not fits(split(top)):
+        return None
+    d = top - _largest(lambda k: fits(split(top - k + 1)), top - 1) + 1
+    by, bx = split(d)
+    # the divisors before d were all too large, so d is reached unless it is too small
+    return (by, bx) if max(by, bx) >= max(2 * halo, 16) else None
 
 
 def make_plan(
@@ -269,9 +289,15 @@ def make_plan(
     cache = max(0, workers * memory_per_task - workers * task_bytes(block))
     # A strip's units for two rows of blocks (plus the halo's neighbours) must fit the cache.
     unit_rows = 2 * math.ceil(by / uy) + 2
-    strip = max(1, math.ceil(nx / bx))
-    while strip > 1 and unit_rows * (math.ceil(strip * bx / ux) + 2) * unit_bytes > cache:
-        strip -= 1
+    # the widest strip (at most the image) whose units fit, else one block; bisection, as
+    # a strip's units only grow with its width
+    strip = max(
+        1,
+        _largest(
+            lambda s: unit_rows * (math.ceil(s * bx / ux) + 2) * unit_bytes <= cache,
+            max(1, math.ceil(nx / bx)),
+        ),
+    )
     if processes > 1:
         strip = min(strip, math.ceil(math.ceil(nx / bx) / processes))
     unit_lead = tuple(unit_shape.get(a, 1) for a in layout.lead_axes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,10 +26,19 @@ from ._locations import Location, resolve
 from ._ome import find_multiscales, parse_multiscale, parse_omero
 from ._params import parse_axes
 
-__all__ = ["Source", "open_zarr"]
+__all__ = ["MAX_CHANNELS", "MAX_LENGTH", "MAX_VOXELS", "Source", "check_extent", "open_zarr"]
 
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
 _SUPPORTED_KINDS = "iuf"
+
+# The largest stack fstack_dask reads (README, "Bad input"). Far beyond any real one (a
+# 10^6 x 10^6 x 21 whole-slide stack has 2.1e13 voxels), so that metadata claiming more is
+# damaged or not a focus stack: 2**31 - 1 along an axis is what int32-indexed tools (Fiji,
+# Bio-Formats) can hold, 2**53 voxels keeps every count exact in a float64 (JSON readers of
+# zarr.json), and one OME channel entry is written per channel.
+MAX_LENGTH = 2**31 - 1
+MAX_VOXELS = 2**53
+MAX_CHANNELS = 2**16
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,8 +214,9 @@ def open_zarr(
     FileNotFoundError
         If ``src`` does not exist.
     ValueError
-        If ``src`` is not a Zarr array or image group, its metadata is malformed, ``axes``
-        disagree with it, or an axis has length 0.
+        If ``src`` is not a Zarr array or image group, its metadata is malformed (a chunk
+        shape with a 0, a shape that is not integers), ``axes`` disagree with it, or an axis
+        has length 0 or a shape is beyond what fstack_dask reads (:func:`check_extent`).
     TypeError
         If ``src`` has an unsupported type or dtype.
     """
@@ -274,8 +285,10 @@ def _open_node(location: Location, where: str) -> Any:
         raise ValueError(f"{where} has unreadable Zarr metadata: {_one_line(exc)}") from exc
 
 
-def _check_metadata_json(location: Location, where: str) -> None:
-    """Metadata that is not a JSON object: name the file (zarr's own message does not)."""
+def _check_metadata_json(location: Location, where: str, folder: str = "") -> None:
+    """Metadata that is not a JSON object, or an array's that states no usable shape or chunk
+    shape: name the file (zarr's own message does not). ``folder``: the array's path in an
+    image group, for messages."""
     for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
         meta = location.child(name)
         try:
@@ -286,14 +299,55 @@ def _check_metadata_json(location: Location, where: str) -> None:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(
-                f"{where}: {name} is not valid JSON ({_one_line(exc)}); the store's metadata "
-                "is damaged"
+                f"{where}: {folder}{name} is not valid JSON ({_one_line(exc)}); the store's "
+                "metadata is damaged"
             ) from None
         if not isinstance(value, dict):
             raise ValueError(
-                f"{where}: {name} holds a JSON {type(value).__name__}, expected an object; "
-                "the store's metadata is damaged"
+                f"{where}: {folder}{name} holds a JSON {type(value).__name__}, expected an "
+                "object; the store's metadata is damaged"
             )
+        for what, values in _stated_shapes(name, value):
+            _check_stated(what, values, f"{where}: {folder}{name}")
+
+
+def _stated_shapes(name: str, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(what, value) of every shape and chunk shape an array's metadata file states."""
+    if name == ".zarray":
+        return [("shape", meta.get("shape")), ("chunk shape", meta.get("chunks"))]
+    if name != "zarr.json" or meta.get("node_type") != "array":
+        return []
+    found = [("shape", meta.get("shape"))]
+    grid = meta.get("chunk_grid")
+    config = grid.get("configuration") if isinstance(grid, dict) else None
+    if isinstance(config, dict):
+        found.append(("chunk shape", config.get("chunk_shape")))
+    codecs = meta.get("codecs")
+    for codec in codecs if isinstance(codecs, list) else []:
+        if not isinstance(codec, dict) or codec.get("name") != "sharding_indexed":
+            continue
+        config = codec.get("configuration")
+        if isinstance(config, dict):
+            found.append(("inner chunk shape (sharding)", config.get("chunk_shape")))
+    return found
+
+
+def _check_stated(what: str, values: Any, where: str) -> None:
+    """Integers, and chunks of at least one element: zarr reads a JSON ``true`` as 1, and a
+    zero chunk only fails when a chunk is read (a division by zero)."""
+    if not isinstance(values, list):
+        return  # missing or not a list: zarr's own message says so
+    text = json.dumps(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(
+            f"{where} gives {what} {text}; expected a list of integers >= 0 (the metadata "
+            "is damaged)"
+        )
+    if what != "shape" and 0 in values:
+        raise ValueError(
+            f"{where} gives {what} {text}; every chunk must be at least 1 element along "
+            "each axis (the metadata is damaged)"
+        )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -322,6 +376,54 @@ def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
                 f"{where} has length 0 along axis {letter!r} (shape {tuple(array.shape)}); "
                 f"expected at least one element per axis"
             )
+    check_extent(tuple(int(n) for n in array.shape), axes, where)
+    # an array opened elsewhere (a zarr.Array given in Python) skipped the metadata file check
+    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    for chunks in (getattr(grid, "chunk_shape", None), getattr(array, "chunks", None)):
+        if chunks is not None and any(int(c) < 1 for c in chunks):
+            raise ValueError(
+                f"{where} has chunk shape {tuple(int(c) for c in chunks)}; every chunk must be "
+                "at least 1 element along each axis (the metadata is damaged)"
+            )
+
+
+def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:
+    """Refuse a shape beyond what fstack_dask reads (``MAX_LENGTH`` along an axis,
+    ``MAX_CHANNELS`` channels, ``MAX_VOXELS`` in all): such metadata is damaged.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The source's shape, as its metadata states it.
+    axes : str
+        One letter per dimension.
+    where : str
+        How messages name the source, e.g. ``"src 'stack.zarr'"``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where``, the axis (or the voxel count) and the bound.
+    """
+    for letter, length in zip(axes, shape, strict=True):
+        if length > MAX_LENGTH:
+            raise ValueError(
+                f"{where} has length {length} along axis {letter!r} (shape {shape}); "
+                f"fstack_dask reads at most 2**31 - 1 = {MAX_LENGTH} along an axis (damaged "
+                "metadata?)"
+            )
+    if "c" in axes and shape[axes.index("c")] > MAX_CHANNELS:
+        raise ValueError(
+            f"{where} has {shape[axes.index('c')]} channels along axis 'c' (shape {shape}); "
+            f"fstack_dask reads at most 2**16 = {MAX_CHANNELS} channels (damaged metadata, or "
+            "the wrong axes?)"
+        )
+    voxels = math.prod(shape)
+    if voxels > MAX_VOXELS:
+        raise ValueError(
+            f"{where} has shape {shape}, {voxels:.3g} voxels; fstack_dask reads at most "
+            f"2**53 = {MAX_VOXELS:.3g} voxels (damaged metadata?)"
+        )
 
 
 def _unit_shape(array: Any) -> tuple[int, ...]:
@@ -397,6 +499,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
     datasets = first.get("datasets") if isinstance(first, Mapping) else None
     path0 = datasets[0].get("path") if isinstance(datasets, list) and datasets else None
+    if isinstance(path0, str):  # before zarr parses it (a zero chunk divides by zero there)
+        _check_metadata_json(location.child(path0), where, f"{path0}/")
     if not isinstance(path0, str) or path0 not in group:
         raise ValueError(
             f"{where} has malformed OME-NGFF multiscales metadata: level-0 dataset "
@@ -410,6 +514,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
             f"(0 to {len(ms.paths) - 1})"
         )
     path = ms.paths[level]
+    if path != path0:
+        _check_metadata_json(location.child(path), where, f"{path}/")
     array = group.get(path)
     if not isinstance(array, zarr.Array):
         raise ValueError(f"{where} has no array at level {level} (dataset path {path!r})")

@@ -224,9 +224,16 @@ def _check_images(files: list[str], where: str) -> None:
 
 
 def _probe_tiff(path: str) -> dict[str, Any]:
-    from ._read_tiff import _imagej_metadata, _resolution_metadata, _tifffile
+    from ._read_tiff import _tifffile, held_log
 
     tifffile = _tifffile()
+    with held_log():
+        return _probe_tiff_file(tifffile, path)
+
+
+def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
+    """`_probe_tiff`, with tifffile's log held."""
+    from ._read_tiff import _imagej_metadata, _resolution_metadata, check_data
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -244,6 +251,9 @@ def _probe_tiff(path: str) -> dict[str, Any]:
                     f"file {path!r} has {page.samplesperpixel} samples per pixel but is not RGB; "
                     f"expected grey or RGB planes"
                 )
+            # the tags only (parsed already): a plane whose header claims more rows than its
+            # strips hold would be read with zeros
+            check_data(ser, f"file {path!r}")
             alpha = colour and len(page.extrasamples) > 0
             shape = tuple(ser.shape[:2]) + ((3,) if colour else ())
             if page.is_tiled or len(page.dataoffsets) > 1:

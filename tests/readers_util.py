@@ -76,3 +76,24 @@ def read_concurrently(array, keys, threads=8):
     if errors:
         raise errors[0]
     return results
+
+
+def patch_tiff_tag(path, tag: str, value: int, *, pages=None, index: int = 0) -> None:
+    """Rewrite one value of a tag in place (entry `index` of an array tag such as
+    StripByteCounts) in every page, or in `pages`: a TIFF whose header lies about its data."""
+    import struct
+
+    import tifffile
+
+    spots = []
+    with tifffile.TiffFile(path) as tif:
+        for k, page in enumerate(tif.pages):
+            if pages is not None and k not in pages:
+                continue
+            entry = page.tags[tag]
+            code = tif.byteorder + {3: "H", 4: "I", 16: "Q"}[int(entry.dtype)]
+            spots.append((entry.valueoffset + index * struct.calcsize(code), code))
+    with open(path, "r+b") as fh:
+        for offset, code in spots:
+            fh.seek(offset)
+            fh.write(struct.pack(code, value))

@@ -3,7 +3,10 @@ OME-NGFF metadata, pyramid levels, and the refusals, which never modify the sour
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import zarr
 from fstack_dask import write_stack
 from fstack_dask._open import open_source
 from fstack_dask._params import parse_axes
-from fstack_dask._read import Source
+from fstack_dask._read import MAX_CHANNELS, MAX_LENGTH, MAX_VOXELS, Source
 
 
 def _stack(shape=(4, 6, 5), dtype="uint16"):
@@ -488,6 +491,126 @@ def test_open_zero_length_axis(tmp_path):
     zarr.create_array(path, shape=(0, 3, 4), dtype="uint8", dimension_names="zyx")
     with pytest.raises(ValueError, match="length 0 along axis 'z'"):
         open_source(path)
+
+
+def _edit_metadata(path: Path, name: str, edit) -> None:
+    meta = json.loads((path / name).read_text())
+    edit(meta)
+    (path / name).write_text(json.dumps(meta))
+
+
+def _set(*keys):
+    """An edit that sets meta[keys[0]]...[keys[-2]] to keys[-1]."""
+
+    def edit(meta):
+        node = meta
+        for k in keys[:-2]:
+            node = node[k]
+        node[keys[-2]] = keys[-1]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("fmt", "edit", "message"),
+    [
+        (3, _set("chunk_grid", "configuration", "chunk_shape", [3, 0, 4]),
+         r"zarr\.json gives chunk shape \[3, 0, 4\]; every chunk must be at least 1"),
+        (2, _set("chunks", [3, 5, 0]),
+         r"\.zarray gives chunk shape \[3, 5, 0\]; every chunk must be at least 1"),
+        (3, _set("shape", [3, True, 8]),
+         r"zarr\.json gives shape \[3, true, 8\]; expected a list of integers >= 0"),
+        (3, _set("chunk_grid", "configuration", "chunk_shape", [3, True, 4]),
+         r"zarr\.json gives chunk shape \[3, true, 4\]; expected a list of integers"),
+        (2, _set("shape", [3, 10, -8]), r"\.zarray gives shape \[3, 10, -8\]; expected"),
+    ],
+)  # fmt: skip
+def test_zero_or_non_integer_chunks_and_shapes_are_refused_at_open(tmp_path, fmt, edit, message):
+    """zarr reads a JSON ``true`` as 1 and a zero chunk fails only when a chunk is read."""
+    path = tmp_path / "bad.zarr"
+    kw = (
+        {"dimension_names": "zyx"}
+        if fmt == 3
+        else {"attributes": {"_ARRAY_DIMENSIONS": list("zyx")}}
+    )
+    zarr.create_array(str(path), shape=(3, 10, 8), chunks=(3, 5, 4), dtype="uint8",
+                      zarr_format=fmt, **kw)  # fmt: skip
+    _edit_metadata(path, "zarr.json" if fmt == 3 else ".zarray", edit)
+    before = _snapshot(path)
+    with pytest.raises(ValueError, match=rf"^src '.*bad\.zarr': {message}") as info:
+        open_source(path)
+    assert "\n" not in str(info.value)
+    assert _snapshot(path) == before
+
+
+def test_zero_inner_chunks_of_a_sharded_level_in_an_ome_image_are_refused(tmp_path):
+    """Inside an OME-Zarr image too (the level's own zarr.json), where zarr divided by zero."""
+    path = tmp_path / "img.ome.zarr"
+    write_stack(path, _stack((3, 16, 16)), axes="zyx", chunks=(3, 8, 8))
+    level = path / "0"
+    inner = {"z": 3, "y": 0, "x": 8}
+    meta = json.loads((level / "zarr.json").read_text())
+    meta["codecs"] = [{"name": "sharding_indexed", "configuration": {
+        "chunk_shape": [inner[a] for a in "zyx"], "codecs": meta["codecs"],
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                         {"name": "crc32c"}]}}]  # fmt: skip
+    (level / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"0/zarr\.json gives inner chunk shape \(sharding\) \[3, 0, 8\]"
+    ):
+        open_source(path)
+
+
+def test_zero_chunks_of_an_open_zarr_array_are_refused(tmp_path):
+    path = tmp_path / "a.zarr"
+    zarr.create_array(str(path), shape=(3, 10, 8), chunks=(3, 5, 4), dtype="uint8",
+                      dimension_names="zyx")  # fmt: skip
+    _edit_metadata(path, "zarr.json", _set("chunk_grid", "configuration", "chunk_shape", [3, 0, 4]))
+    array = zarr.open_array(str(path), mode="r")  # zarr itself lets it through
+    with pytest.raises(ValueError, match=r"has chunk shape \(3, 0, 4\); every chunk"):
+        open_source(array)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "message"),
+    [
+        ((2, MAX_LENGTH + 1, 64), "zyx", r"length 2147483648 along axis 'y' .*at most 2\*\*31 - 1"),
+        ((2, 64, 10**12), "zyx", r"length 1000000000000 along axis 'x' .*at most 2\*\*31 - 1"),
+        (
+            (MAX_LENGTH + 1, 4, 4),
+            "zyx",
+            r"length 2147483648 along axis 'z' .*at most 2\*\*31 - 1 = 2147483647",
+        ),
+        ((3, MAX_LENGTH, MAX_LENGTH), "zyx", r"shape .*, 1\.38e\+19 voxels; .*at most 2\*\*53"),
+        ((MAX_CHANNELS + 1, 2, 8, 8), "czyx", r"65537 channels along axis 'c' .*at most 2\*\*16"),
+    ],
+)
+def test_absurd_shapes_are_refused_from_metadata(tmp_path, shape, axes, message):
+    path = tmp_path / "huge.zarr"
+    zarr.create_array(str(path), shape=shape, chunks=(1,) * (len(shape) - 2) + (64, 64),
+                      dtype="uint16", dimension_names=axes)  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^src '.*huge\.zarr' has {message}") as info:
+        open_source(path)
+    assert "\n" not in str(info.value)
+
+
+def test_shapes_up_to_the_bounds_open_and_one_more_is_refused(tmp_path):
+    """2**31 - 1 along y, 2**53 voxels, 2**16 channels open (metadata only); one more not."""
+    for (shape, axes), past, bound in (
+        (((2, MAX_LENGTH, 2**21), "zyx"), (2, MAX_LENGTH + 1, 2**21), "2**31 - 1"),
+        (((8, 2**25, 2**25), "zyx"), (9, 2**25, 2**25), "2**53"),  # exactly 2**53 voxels
+        (((MAX_CHANNELS, 2, 8, 8), "czyx"), (MAX_CHANNELS + 1, 2, 8, 8), "2**16"),
+    ):
+        assert math.prod(shape) <= MAX_VOXELS
+        for n, s in enumerate((shape, past)):
+            path = tmp_path / f"{bound}-{n}.zarr"
+            zarr.create_array(str(path), shape=s, chunks=(1,) * (len(s) - 2) + (64, 64),
+                              dtype="uint16", dimension_names=axes)  # fmt: skip
+            if n == 0:
+                assert open_source(path).shape == shape
+            else:
+                with pytest.raises(ValueError, match=rf"at most {re.escape(bound)} "):
+                    open_source(path)
 
 
 def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):

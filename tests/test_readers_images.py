@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from readers_util import need, read_concurrently, realdata, regions
+from conftest import tree_digest
+from readers_util import need, patch_tiff_tag, read_concurrently, realdata, regions
 
 tifffile = need("tifffile")
 Image = need("PIL.Image")
@@ -223,6 +228,70 @@ def test_refusals_name_the_offending_file(tmp_path):
     (mode / "deep.png").write_bytes(imagecodecs.png_encode(np.zeros((6, 6, 3), np.uint16)))
     with pytest.raises(ValueError, match=r"^file .*deep\.png' is a 16-bit colour PNG"):
         open_image_files([mode / "deep.png"])
+
+
+def _plane_folder(folder, planes, **kw):
+    folder.mkdir()
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(folder / f"p{k + 1}.tif", plane, **kw)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("how", "write", "message"),
+    [
+        ("image length", {"rowsperstrip": 8},  # every plane, so their shapes agree
+         r"^file '.*p1\.tif', page 0: the header describes 60000 x 56 px in strips of 8 rows, "
+         r"7500 strips, but the page lists 5 strip offsets"),
+        ("truncated", {},  # one strip, read whole
+         r"^file '.*p3\.tif', page 0: strip 0 of 1 lies at bytes 256 to 4736, beyond the end "
+         r"of the file \(4236 bytes\)"),
+        ("truncated", {"tile": (16, 16), "compression": "zlib"},  # read by region
+         r"^file '.*p3\.tif', page 0: tile \d+ of 12 lies at bytes \d+ to \d+, beyond the end"),
+        ("byte count", {"rowsperstrip": 8},
+         r"^file '.*p3\.tif', page 0: uncompressed strip 1 of 5 holds 100 bytes, but its 8 "
+         r"row\(s\) of 56 px of uint16 need 896"),
+    ],
+)  # fmt: skip
+def test_plane_files_whose_header_does_not_match_their_data_are_refused(
+    tmp_path, how, write, message
+):
+    """Checked from the tags every plane's header probe parses: tifffile reads what a plane
+    lacks as zeros (or fails mid-run, reading that region)."""
+    planes = _planes(4, (40, 56))
+    folder = _plane_folder(tmp_path / "s", planes, **write)
+    np.testing.assert_array_equal(open_image_files(folder).array[...], planes)  # sound
+    if how == "image length":
+        for f in folder.iterdir():
+            patch_tiff_tag(f, "ImageLength", 60000)
+    elif how == "truncated":
+        os.truncate(folder / "p3.tif", os.path.getsize(folder / "p3.tif") - 500)
+    else:
+        patch_tiff_tag(folder / "p3.tif", "StripByteCounts", 100, index=1)
+    before = tree_digest(folder)
+    with pytest.raises(ValueError, match=message) as info:
+        open_image_files(folder)
+    assert "\n" not in str(info.value)
+    assert tree_digest(folder) == before
+
+
+def test_cli_refuses_a_truncated_tiff_plane_and_writes_nothing(tmp_path):
+    folder = _plane_folder(tmp_path / "s", _planes(4, (40, 56)), tile=(16, 16))
+    os.truncate(folder / "p2.tif", os.path.getsize(folder / "p2.tif") - 500)
+    before = tree_digest(tmp_path)
+    for args in (("fuse", folder, tmp_path / "out.ome.zarr", "--no-progress"), ("info", folder)):
+        res = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", *map(str, args)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1, res.stderr
+        assert re.match(
+            r"fstack-dask: error: file '.*p2\.tif', page 0: tile \d+ of 12 lies", lines[0]
+        )
+        assert res.stdout == ""
+    assert tree_digest(tmp_path) == before
 
 
 def test_refusals_of_spec(tmp_path):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import subprocess
 import sys
 
 import numpy as np
 import pytest
-from readers_util import need, read_concurrently, regions
+from conftest import tree_digest
+from readers_util import need, patch_tiff_tag, read_concurrently, regions
 
 tifffile = need("tifffile")
 
@@ -269,3 +273,100 @@ def test_old_tifffile_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(tifffile, "__version__", "2025.5.10")  # before its Zarr 3 store
     with pytest.raises(MissingExtraError, match=r"needs tifffile >= 2025\.5\.26 .*found 2025"):
         open_tiff(tmp_path / "any.tif")
+
+
+# ------------------------------------------------------ headers that claim more than the file
+
+
+def _write_for(case, path):
+    """Write a sound TIFF for `case` (see below); return its data."""
+    data = _data((5, 256, 200))
+    zyx = {"axes": "ZYX"}
+    if case in ("image length", "image length short", "truncated contiguous"):
+        tifffile.imwrite(path, data, rowsperstrip=16, metadata=zyx)
+    elif case == "ome image length":
+        tifffile.imwrite(path, data, ome=True, tile=(64, 64), compression="zlib", metadata=zyx)
+    elif case == "imagej image length":
+        tifffile.imwrite(path, data, imagej=True, metadata=zyx)
+    elif case == "tile byte count":
+        tifffile.imwrite(path, data, tile=(64, 64), metadata=zyx)
+    elif case in ("zero byte count", "truncated compressed"):
+        tifffile.imwrite(path, data, rowsperstrip=16, compression="zlib", metadata=zyx)
+    return data
+
+
+def _lie(case, path):
+    """Make the header disagree with the data: patch a tag in place, or cut the file."""
+    if case in ("image length", "ome image length", "imagej image length"):
+        patch_tiff_tag(path, "ImageLength", 60000)
+    elif case == "image length short":  # the rest would be dropped unseen
+        patch_tiff_tag(path, "ImageLength", 100)
+    elif case == "tile byte count":
+        patch_tiff_tag(path, "TileByteCounts", 8000, pages=[0], index=5)
+    elif case == "zero byte count":
+        patch_tiff_tag(path, "StripByteCounts", 0, pages=[1], index=3)
+    else:  # the last 30000 bytes lost, as an interrupted copy leaves it
+        os.truncate(path, os.path.getsize(path) - 30000)
+
+
+LIES = {
+    "image length": r"page 0: the header describes 60000 x 200 px in strips of 16 rows, "
+    r"3750 strips, but the page lists 16 strip offsets and 16 byte counts",
+    "image length short": r"page 0: the header describes 100 x 200 px in strips of 16 rows, "
+    r"7 strips, but the page lists 16 strip offsets and 16 byte counts",
+    "ome image length": r"page 0: the header describes 60000 x 200 px in tiles of 64 x 64 px, "
+    r"3752 tiles, but the page lists 16 tile offsets",
+    "imagej image length": r"page 0: the header describes 60000 x 200 px in strips of "
+    r"256 rows, 235 strips, but the page lists 1 strip offsets",
+    "tile byte count": r"page 0: uncompressed tile 5 of 16 holds 8000 bytes, but a 64 x 64 px "
+    r"tile of uint16 need 8192",
+    "zero byte count": r"page 1: strip 3 of 16 has no data \(byte count 0\)",
+    "truncated compressed": r"page 4: strip \d+ of 16 lies at bytes \d+ to \d+, beyond the end "
+    r"of the file \(\d+ bytes\)",
+    "truncated contiguous": r"the header describes shape \(5, 256, 200\) stored from byte \d+ "
+    r"on, which would end at byte 512\d+, beyond the end of the file",
+}
+
+
+@pytest.mark.parametrize("case", list(LIES))
+def test_a_header_that_does_not_match_the_data_is_refused(tmp_path, case):
+    """tifffile only warns, and reads what is missing as zeros (a 60000-row image from 256)."""
+    path = tmp_path / "lie.tif"
+    data = _write_for(case, path)
+    sound = open_tiff(path)  # every page checked, and nothing refused while the file is whole
+    _check_regions(sound, data)
+    sound.array.close()
+    _lie(case, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"TIFF '{re.escape(str(path))}' \(series 0\)") as info:
+        open_tiff(path)
+    assert re.search(LIES[case], str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_a_missing_companion_file_of_a_multifile_ome_tiff_is_refused(tmp_path):
+    """Its planes would be read as zeros."""
+    test_multifile_ome_tiff_lists_every_file(tmp_path)
+    os.remove(tmp_path / "part1.ome.tif")
+    with pytest.raises(ValueError, match=r"page 2 of the series is missing from the file"):
+        open_tiff(tmp_path / "part0.ome.tif")
+
+
+def test_cli_refuses_a_lying_tiff_and_writes_nothing(tmp_path):
+    """``fuse`` and ``info``: exit 2, one line naming the file and the page, nothing written."""
+    src = tmp_path / "lie.tif"
+    _write_for("image length", src)
+    _lie("image length", src)
+    before = tree_digest(tmp_path)
+    for args in (("fuse", src, tmp_path / "out.ome.zarr", "--no-progress"), ("info", src)):
+        res = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", *map(str, args)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith(f"fstack-dask: error: TIFF '{src}' (series 0), page 0: ")
+        assert res.stdout == ""
+    assert tree_digest(tmp_path) == before
