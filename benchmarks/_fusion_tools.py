@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import medfilt2d
 
-from fstack_dask._kernel import focus_measure, luminance, selectivity
+from fstack_dask._algorithm.numpy_engine import focus_measure, luminance, selectivity
 
 
 def to_planes(stack: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -87,8 +87,8 @@ def stack(size: int, planes: int, dtype: str = "uint16", rgb: bool = False) -> n
 
 def kernel_speed(block: np.ndarray, repeat: int) -> dict:
     """Gvox/s of the kernels alone (samples on the GPU), and of the block with transfers."""
-    from fstack_dask import _cuda
-    from fstack_dask._kernel import fuse_block
+    from fstack_dask._algorithm import cuda as _cuda
+    from fstack_dask._algorithm.block import fuse_block
 
     ws = _cuda.workspace()
     n_planes = block.shape[0]
@@ -139,7 +139,7 @@ def kernel_speed(block: np.ndarray, repeat: int) -> dict:
 
 def agreement(block: np.ndarray, rgb: bool = False, **kw) -> dict:
     """GPU against the compiled CPU engine on one block (image, depth, selectivity)."""
-    from fstack_dask._kernel import fuse_block
+    from fstack_dask._algorithm.block import fuse_block
 
     kw = {"rgb": rgb, "with_depth": True, "with_selectivity": True, **kw}
     t = time.perf_counter()

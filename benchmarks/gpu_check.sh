@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 11 in one go, on a machine with a CUDA GPU, from the repository root:
 # install the carried wheels (benchmarks/gpu_wheels.sh) offline, print the environment, run the
-# GPU tests (tests/test_gpu.py -m gpu, and the PTX check), then the benchmark
+# GPU tests (tests/algorithm/test_gpu.py -m gpu, and the PTX check), then the benchmark
 # (benchmarks/gpu.py). Everything goes to $OUT (default /tmp/gpu_check): env.txt, pytest.txt,
 # bench.txt, gpu.json, gpu.md. Record a run with: python benchmarks/gpu.py --record gpu.json
 set -uo pipefail
@@ -30,7 +30,7 @@ for name in ("numpy", "numba", "numba-cuda", "cuda-bindings", "dask", "distribut
         print(name, md.version(name))
     except md.PackageNotFoundError:
         print(name, "MISSING")
-from fstack_dask._device import cuda_problem
+from fstack_dask._algorithm.device import cuda_problem
 print("cuda_problem:", cuda_problem())
 try:
     from numba.cuda.cudadrv import nvvm
@@ -41,8 +41,8 @@ PYEOF
 } 2>&1 | tee "$OUT/env.txt"
 status=0
 pytest=("$PY" -m pytest -p no:cacheprovider -o addopts="" -q -rs)
-timeout 240 "${pytest[@]}" -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/pytest.txt" || status=1
-timeout 60 "${pytest[@]}" tests/test_gpu.py::test_kernels_compile_for_sm90_without_fused_multiply_adds \
+timeout 240 "${pytest[@]}" -m gpu tests/algorithm/test_gpu.py 2>&1 | tee "$OUT/pytest.txt" || status=1
+timeout 60 "${pytest[@]}" tests/algorithm/test_gpu.py::test_kernels_compile_for_sm90_without_fused_multiply_adds \
   2>&1 | tee -a "$OUT/pytest.txt" || status=1
 timeout 240 "$PY" benchmarks/gpu.py --out "$OUT" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt" || status=1
 exit $status

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from fstack_dask import _share, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._sources import share as _share
 
 
 class _PeakChildrenPss:

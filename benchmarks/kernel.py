@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fstack_dask import _kernel, focus_stack, synthetic_stack
-from fstack_dask._kernel import fuse_block
+from fstack_dask import focus_stack, synthetic_stack
+from fstack_dask._algorithm import block as _kernel
+from fstack_dask._algorithm.block import fuse_block
 
 
 def timed(func, repeats):

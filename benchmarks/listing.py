@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from fstack_dask import write_stack
-from fstack_dask._open import open_source
-from fstack_dask._read import _METADATA_FILES
+from fstack_dask._sources.open import open_source
+from fstack_dask._sources.source import _METADATA_FILES
 
 
 def _os_walk(root: str) -> list[tuple[str, int, int, int, int]]:

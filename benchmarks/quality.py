@@ -47,7 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _fusion_tools import focusweave_fuse, psnr, round_to, to_planes  # noqa: E402
 
 from fstack_dask import auto_parameters, focus_stack, synthetic_stack  # noqa: E402
-from fstack_dask._kernel import luminance  # noqa: E402
+from fstack_dask._algorithm.block import luminance  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent

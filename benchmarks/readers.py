@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fstack_dask._read_images import open_image_files  # noqa: E402
-from fstack_dask._read_tiff import open_tiff  # noqa: E402
+from fstack_dask._sources.images import open_image_files  # noqa: E402
+from fstack_dask._sources.tiff import open_tiff  # noqa: E402
 
 
 def best(fn, repeats, setup=None):

@@ -43,7 +43,7 @@ from _stacks import SIZES, stack_path  # noqa: E402
 
 SCENARIOS = ("process", "workers", "layouts", "cluster", "memory", "planning", "memory_fuse")
 
-# A child collects fuse_zarr's run reports (logged at DEBUG by fstack_dask._run).
+# A child collects fuse_zarr's run reports (logged at DEBUG by fstack_dask._runs.schedulers).
 REPORTS = """
 import logging
 class _Reports(logging.Handler):
@@ -52,8 +52,8 @@ class _Reports(logging.Handler):
     def emit(self, record):
         if hasattr(record, "fstack_report"): self.items.append(record.fstack_report)
 reports = _Reports()
-logging.getLogger("fstack_dask._run").addHandler(reports)
-logging.getLogger("fstack_dask._run").setLevel(logging.DEBUG)
+logging.getLogger("fstack_dask._runs.schedulers").addHandler(reports)
+logging.getLogger("fstack_dask._runs.schedulers").setLevel(logging.DEBUG)
 """
 
 
@@ -262,7 +262,8 @@ def scenario_cluster(cache: Path, repeat: int) -> dict:
 MEMORY = (
     REPORTS
     + """
-import json, resource, shutil, time, dask, fstack_dask, fstack_dask._pipeline, fstack_dask._blocks
+import json, resource, shutil, time, dask, fstack_dask
+import fstack_dask._runs.fuse_zarr, fstack_dask._runs.blocks
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 shutil.rmtree("{dst}", ignore_errors=True)
 with dask.config.set(num_workers=2):

@@ -23,7 +23,6 @@ __all__ = [
     "SourceReadError",
     "SourceValueError",
     "SyntheticStack",
-    "AutoParameters",
     "__version__",
     "auto_parameters",
     "auto_parameters_for",
@@ -37,39 +36,39 @@ __all__ = [
 ]
 
 _WHERE = {
-    "AutoParameters": "._auto",
-    "auto_parameters": "._auto",
-    "auto_parameters_for": "._dask",
+    "AutoParameters": "._algorithm.auto",
+    "auto_parameters": "._algorithm.auto",
+    "auto_parameters_for": "._runs.lazy",
     "DestinationFullError": "._errors",
     "DestinationLockedError": "._errors",
     "SourceReadError": "._errors",
     "SourceValueError": "._errors",
-    "FusionResult": "._dask",
-    "fuse": "._dask",
-    "focus_stack": "._focus_stack",
-    "fuse_zarr": "._pipeline",
+    "FusionResult": "._runs.lazy",
+    "fuse": "._runs.lazy",
+    "focus_stack": "._algorithm.focus_stack",
+    "fuse_zarr": "._runs.fuse_zarr",
     "SyntheticStack": "._synthetic",
     "synthetic_stack": "._synthetic",
     "overlap_depth": "._params",
     "sample_stack": "._samples",
-    "write_stack": "._write_stack",
+    "write_stack": "._outputs.write_stack",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._auto import AutoParameters, auto_parameters
-    from ._dask import FusionResult, auto_parameters_for, fuse
+    from ._algorithm.auto import AutoParameters, auto_parameters
+    from ._algorithm.focus_stack import focus_stack
     from ._errors import (
         DestinationFullError,
         DestinationLockedError,
         SourceReadError,
         SourceValueError,
     )
-    from ._focus_stack import focus_stack
+    from ._outputs.write_stack import write_stack
     from ._params import overlap_depth
-    from ._pipeline import fuse_zarr
+    from ._runs.fuse_zarr import fuse_zarr
+    from ._runs.lazy import FusionResult, auto_parameters_for, fuse
     from ._samples import sample_stack
     from ._synthetic import SyntheticStack, synthetic_stack
-    from ._write_stack import write_stack
 
 
 def __getattr__(name: str):

@@ -331,33 +331,60 @@ def synthetic_stack(
     dt = _check_dtype(dtype)
     noise = _check_nonneg_real("noise", noise)
     max_sigma = _check_nonneg_real("max_sigma", max_sigma)
-    # Independent streams: changing `noise` leaves texture and depth unchanged.
-    if isinstance(seed, np.random.Generator):
-        rng_tex, rng_depth, rng_noise = seed.spawn(3)
-    else:
-        ss_tex, ss_depth, ss_noise = np.random.SeedSequence(_check_int("seed", seed, 0)).spawn(3)
-        rng_tex, rng_depth = np.random.default_rng(ss_tex), np.random.default_rng(ss_depth)
-        # SFC64 draws normals ~1.6x faster than PCG64; the noise is M * N * P draws.
-        rng_noise = np.random.Generator(np.random.SFC64(ss_noise))
-
+    rng_tex, rng_depth, rng_noise = _streams(seed)
     c = 3 if rgb else 1
     tex = _texture((m, n), c, rng_tex)
     depth = _depth((m, n), p, rng_depth)
+    levels = _blur_levels(tex, max_sigma)
+    all_in_focus = np.empty((m, n, c), dtype=dt)
+    _quantise(tex, dt, all_in_focus)
+    del tex
+    stack = _render(levels, depth, p, dt, noise, rng_noise)
+    if not rgb:
+        stack = stack[..., 0]  # trailing length-1 axis: contiguous view
+        all_in_focus = all_in_focus[..., 0]
+    return SyntheticStack(stack, all_in_focus, depth)
 
-    # Level l has sigma = max_sigma * (l / (L - 1))**2: quadratic spacing is dense
-    # near focus, where fine detail changes fastest, and its inverse is a sqrt.
+
+def _streams(seed: int | np.random.Generator) -> tuple[np.random.Generator, ...]:
+    """Independent streams for texture, depth and noise: changing ``noise`` leaves texture
+    and depth unchanged."""
+    if isinstance(seed, np.random.Generator):
+        return tuple(seed.spawn(3))
+    ss_tex, ss_depth, ss_noise = np.random.SeedSequence(_check_int("seed", seed, 0)).spawn(3)
+    # SFC64 draws normals ~1.6x faster than PCG64; the noise is M * N * P draws.
+    noise = np.random.Generator(np.random.SFC64(ss_noise))
+    return np.random.default_rng(ss_tex), np.random.default_rng(ss_depth), noise
+
+
+def _blur_levels(tex: np.ndarray, max_sigma: float) -> np.ndarray:
+    """The texture blurred at the sigma levels, ``(M, N, L, C)`` float32.
+
+    Level l has sigma = max_sigma * (l / (L - 1))**2: quadratic spacing is dense near focus,
+    where fine detail changes fastest, and its inverse is a sqrt. The two levels a pixel
+    interpolates between are adjacent in memory, and a row block of levels is one
+    contiguous slab.
+    """
+    m, n, c = tex.shape
     n_lev = _N_LEVELS if max_sigma > 0 else 2  # two identical levels when no blur
-    # (M, N, L, C): the two levels a pixel interpolates between are adjacent in
-    # memory, and a row block of levels is one contiguous slab.
     levels = np.empty((m, n, n_lev, c), dtype=np.float32)
     for i in range(n_lev):
         s = max_sigma * (i / (n_lev - 1)) ** 2
         levels[:, :, i, :] = gaussian_filter(tex, (s, s, 0)) if s > 0 else tex
+    return levels
 
-    all_in_focus = np.empty((m, n, c), dtype=dt)
-    _quantise(tex, dt, all_in_focus)
-    del tex
 
+def _render(
+    levels: np.ndarray,
+    depth: np.ndarray,
+    p: int,
+    dt: np.dtype,
+    noise: float,
+    rng_noise: np.random.Generator,
+) -> np.ndarray:
+    """The ``(M, N, P, C)`` stack: per pixel and plane, the two blur levels around its sigma
+    interpolated linearly in sigma, plus noise, quantised; in row blocks."""
+    m, n, n_lev, c = levels.shape
     stack = np.empty((m, n, p, c), dtype=dt)
     planes = np.arange(p, dtype=np.float32)
     rows = max(1, _BLOCK_ELEMENTS // (n * p * c))
@@ -400,8 +427,4 @@ def synthetic_stack(
         if noise > 0:
             lo += np.float32(noise) * rng_noise.standard_normal(lo.shape, dtype=np.float32)
         _quantise(lo, dt, stack[r0:r1].reshape(npix * p, c))
-
-    if not rgb:
-        stack = stack[..., 0]  # trailing length-1 axis: contiguous view
-        all_in_focus = all_in_focus[..., 0]
-    return SyntheticStack(stack, all_in_focus, depth)
+    return stack

@@ -78,7 +78,7 @@ def _gpu_skip_reason() -> str | None:
     """Why the ``gpu`` tests cannot run here, or None where a CUDA GPU is usable."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return "NUMBA_ENABLE_CUDASIM is set: the gpu tests need a real GPU"
-    from fstack_dask._device import cuda_problem
+    from fstack_dask._algorithm.device import cuda_problem
 
     problem = cuda_problem()
     return None if problem is None else f"no CUDA GPU: device='cuda' {problem}"

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from fstack_dask import synthetic_stack
-from fstack_dask._kernel import fuse_block
+from fstack_dask._algorithm.block import fuse_block
 
 
 def _grey(shape, planes, dtype, seed):

@@ -83,8 +83,8 @@ def main(argv: list[str]) -> int:
         found[name] = _contract(focus_stack(ref, device="cuda"), focus_stack(ref))
 
     if not gpu:  # what one block holds on the (simulated) device, against the formula
-        from fstack_dask import _cuda
-        from fstack_dask._kernel import fuse_block
+        from fstack_dask._algorithm import cuda as _cuda
+        from fstack_dask._algorithm.block import fuse_block
 
         block = zyx[:, :24, :20].copy()
         fuse_block(block, engine="cuda", nhsize=5)

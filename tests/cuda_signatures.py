@@ -16,8 +16,8 @@ import warnings
 
 import numba
 
-from fstack_dask import _cuda
-from fstack_dask._kernel import fuse_block
+from fstack_dask._algorithm import cuda as _cuda
+from fstack_dask._algorithm.block import fuse_block
 
 
 def main(argv: list[str]) -> int:

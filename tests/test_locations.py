@@ -51,7 +51,7 @@ def cli(*args, cwd=None, timeout=120):
 
 def run_main(*args, capsys):
     """The CLI's main() in this process (the same code as the subprocess, much faster)."""
-    from fstack_dask._cli import main
+    from fstack_dask._cli.main import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

@@ -1,0 +1,264 @@
+"""One block through one engine: :func:`fuse_block`, the engines' choice, memory per block.
+
+:func:`fuse_block` fuses a ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB block with one engine
+per call, chosen by ``engine=`` or the module-level :data:`ENGINE`: the NumPy engine
+(:mod:`.numpy_engine`, the readable, reference-exact specification), the compiled engine
+(:mod:`.compiled` and :mod:`.fused`, numba), or the CUDA engine (:mod:`.cuda`). The NumPy
+and compiled engines compute the same operations in the same order; they differ only in the
+last bits of ``exp``/``tanh``/``log`` (NumPy's versus :mod:`.pixel`), so they are compared
+by their rounded output, and one run uses one of them.
+
+Two properties every engine keeps, because the chunked pipeline relies on them for
+bit-identical output across chunkings:
+
+* Each output pixel depends only on its neighbourhood, through arithmetic whose
+  order does not depend on where the block starts. Integer window sums use
+  exact int64 running sums (exact, hence position-free); float window sums add
+  the ``n`` terms in a fixed order relative to the output pixel.
+* Border rules (replicated edge for the box windows, zeros for the 3 x 3
+  median) are applied at the block's edge. Called on the whole image they are
+  the reference's rules; called on a block with a halo of
+  :func:`fstack_dask.overlap_depth` pixels, the halo absorbs them and the caller
+  crops it away.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from .compiled import focus_measure_compiled, plane_major
+from .fused import blend_compiled
+from .numpy_engine import (
+    _exact_int_ok,
+    _float_divisor,
+    _fuse_numpy,
+    fm_dtype,
+    focus_measure,
+    luminance,
+)
+
+
+def _default_engine() -> str:
+    choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
+    if choice in ("numpy", "compiled"):
+        return choice
+    return "compiled" if blend_compiled is not None else "numpy"
+
+
+#: The engine :func:`fuse_block` uses when it is not given one: ``"compiled"``
+#: (numba) when numba is installed, else ``"numpy"``. The environment variable
+#: ``FSTACK_DASK_ENGINE=numpy`` (or ``compiled``) sets it in every process.
+ENGINE = _default_engine()
+
+
+class BlockResult(NamedTuple):
+    """What :func:`fuse_block` returns; optional maps are ``None`` unless asked for."""
+
+    image: np.ndarray
+    depth: np.ndarray | None
+    selectivity: np.ndarray | None
+
+
+def fuse_block(
+    stack: np.ndarray,
+    *,
+    nhsize: int = 9,
+    focus: np.ndarray | None = None,
+    alpha: float = 0.2,
+    sth: float = 13.0,
+    rgb: bool = False,
+    with_depth: bool = False,
+    with_selectivity: bool = False,
+    engine: str | None = None,
+) -> BlockResult:
+    """Fuse one block: ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB.
+
+    Arguments are assumed valid (the public entry points check them); the
+    samples are checked here (non-finite floats, float64 beyond
+    :func:`float64_limit`: ``ValueError`` naming ``im_stack``). The fused image
+    has the input's dtype in native byte order: integers are rounded half to
+    even and clipped to the dtype's range (64-bit integers are fused in float64,
+    so to float64's precision: about 1 part in 2**53).
+
+    Where no plane has any contrast in the focus window (``max fm == 0``:
+    flat background, saturation) every plane is equally in focus and the
+    result is the plane mean; where ``S`` is undefined it is taken as
+    ``-inf`` (no selectivity: ``phi = 0``, equal weights). The reference
+    instead returns garbage there and fills undefined ``S`` with the whole
+    image's minimum, a non-local step.
+
+    ``engine`` is ``"compiled"`` (numba) or ``"numpy"``; None follows
+    :data:`ENGINE`. Both compute the same numbers up to the last bits of the
+    transcendental functions; never mix them within one image. ``"cuda"`` runs
+    the compiled engine's operations on a CUDA GPU (:mod:`fstack_dask._algorithm.cuda`).
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013.
+    """
+    stack = np.asarray(stack)
+    native = stack.dtype.newbyteorder("=")
+    if stack.dtype != native:
+        stack = stack.astype(native)
+    n_planes = stack.shape[1] if rgb else stack.shape[0]
+    if focus is None:
+        focus = np.arange(n_planes, dtype=np.float64)
+    focus = np.ascontiguousarray(focus, dtype=np.float64)
+    check_samples(stack, nhsize)
+    engine = ENGINE if engine is None else engine
+    if engine == "compiled":
+        if blend_compiled is None:
+            raise ValueError("engine='compiled' needs numba, which is not installed")
+        fuse = _fuse_compiled
+    elif engine == "numpy":
+        fuse = _fuse_numpy
+    elif engine == "cuda":  # the GPU (device="cuda"); imported only when asked for
+        from .cuda import fuse_cuda as fuse
+    else:
+        raise ValueError(f"engine must be 'compiled', 'numpy' or 'cuda', got {engine!r}")
+    image, fmax, arg, s_raw = fuse(
+        stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity
+    )
+    depth = None
+    if with_depth:
+        depth = focus[arg].astype(np.float32)
+        depth[fmax == 0] = np.nan
+    return BlockResult(image, depth, s_raw)
+
+
+def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) -> None:
+    """Load the compiled kernel for these types in a background thread (about 0.5 s from
+    numba's disk cache, or a compilation on first use), while a run is being prepared.
+
+    ``kernel`` holds :func:`fuse_block`'s keyword arguments (``rgb`` among them); only the
+    compiled engine has anything to load."""
+    import threading
+
+    engine = kernel.get("engine") or ENGINE
+    if engine != "compiled":
+        return
+    shape = ((n_channels,) if kernel.get("rgb") else ()) + (max(5, n_planes), 8, 8)
+    tiny = np.zeros(shape, np.dtype(dtype).newbyteorder("="))
+    kwargs = {**kernel, "focus": np.arange(shape[-3], dtype=np.float64)}
+
+    def load() -> None:
+        try:
+            fuse_block(tiny, **kwargs)
+        except Exception:  # the run itself will meet (and report) any problem
+            pass
+
+    threading.Thread(target=load, name="fstack-dask-warm-up", daemon=True).start()
+
+
+def float64_limit(n: int) -> float:
+    """Largest magnitude of float64 samples whose local variance cannot overflow.
+
+    Squared deviations of up to twice the magnitude are summed over ``n^2``
+    pixels in float64: ``4 n^2 m^2 <= 2**1022``.
+    """
+    return 2.0**510 / n
+
+
+def check_samples(stack: np.ndarray, n: int) -> None:
+    """Refuse samples the fusion cannot compute with (``ValueError`` naming ``im_stack``).
+
+    Non-finite floats; float64 values beyond :func:`float64_limit` (float32 and
+    narrower always fit: their squares are taken in float64).
+    """
+    if stack.dtype.kind != "f" or stack.size == 0:
+        return
+    hi, lo = stack.max(), stack.min()  # NaN propagates through both
+    if not (np.isfinite(hi) and np.isfinite(lo)):
+        raise ValueError("im_stack contains NaN or infinite values; they cannot be fused")
+    limit = float64_limit(n)
+    biggest = max(abs(float(hi)), abs(float(lo)))
+    if biggest > limit:
+        raise ValueError(
+            f"im_stack has values of magnitude {biggest:.3g}, beyond {limit:.3g}: their local "
+            f"variance (nhsize={n}) would overflow float64; rescale the data"
+        )
+
+
+def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+    """The compiled engine: two compiled passes, no (P, Y, X) float64 temporaries."""
+    native = stack.dtype
+    values = stack if rgb else stack[None]
+    if native == np.float16:  # numba has no float16 arithmetic; float32 holds it exactly
+        values = values.astype(np.float32)
+    values = plane_major(values)  # the reference's layout is pixel-major: one tiled copy
+    n_ch, n_planes, h, w = values.shape
+    if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
+        grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
+        fm = focus_measure(grey, nhsize, compiled=False)[0]
+        del grey
+    else:
+        fm = np.empty((n_planes, h, w), fm_dtype(native))
+        exact = _exact_int_ok(native, nhsize)
+        scale = float(nhsize**6) * float(np.iinfo(native).max) ** 2 if exact else None
+        focus_measure_compiled(
+            values, rgb, nhsize, fm, exact_scale=scale, divisor=_float_divisor(native)
+        )
+    fmax = np.empty((h, w), fm.dtype)
+    arg = np.empty((h, w), np.intp)
+    out = np.empty((n_ch, h, w), np.float64 if native == np.float16 else native)
+    sel = np.empty((h, w), np.float32) if with_selectivity else None
+    blend_compiled(values, fm, focus, nhsize, alpha, sth, out, fmax, arg, sel)
+    image = out if rgb else out[0]
+    return image.astype(native, copy=False), fmax, arg, sel
+
+
+def block_memory(
+    shape_yx: tuple[int, int],
+    n_planes: int,
+    n_channels: int,
+    itemsize: int,
+    rgb: bool,
+    *,
+    nhsize: int = 9,
+    engine: str | None = None,
+    float16: bool = False,
+) -> int:
+    """Upper estimate, in bytes, of what one :func:`fuse_block` call holds.
+
+    Both engines hold the input block and the copy Dask makes when it
+    concatenates the halo (``2 C P b`` per pixel) and the focus measure
+    (``P f``, ``f`` = 4 bytes for samples of up to 2 bytes, else 8, see
+    :func:`fm_dtype`). The compiled engine adds only 2-D maps (``fmax``, the
+    arg-max, the output, the selectivity and the depth map being made) and
+    row buffers of ``O(nhsize)`` rows (``float16=True``: the samples are
+    widened to float32 first, ``4 C P`` more). The NumPy engine adds the luminance for RGB, the
+    int64 temporaries of one plane and about twenty 2-D float64 maps.
+    Measured with tracemalloc in ``tests/test_kernel_memory.py``. The ``"cuda"``
+    engine: the larger of its host and GPU memory (``cuda.host_block_memory``,
+    ``cuda.device_block_memory``), so that ``memory_per_task`` bounds both.
+    """
+    rows, cols = int(shape_yx[0]), int(shape_yx[1])
+    pixels = rows * cols
+    f = 4 if itemsize <= 2 else 8
+    engine = ENGINE if engine is None else engine
+    if engine == "cuda":  # the larger of what the block holds on the host and on the GPU
+        from .cuda import device_block_memory, host_block_memory
+
+        shape = (rows, cols)
+        return max(
+            host_block_memory(shape, n_planes, n_channels, itemsize, rgb, float16=float16),
+            device_block_memory(shape, n_planes, n_channels, itemsize, float16=float16),
+        )
+    if engine == "numpy":
+        per_pixel = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + f)
+        return pixels * (per_pixel + 8 * (8 + 20 + n_channels + 2))
+    # fmax, arg-max, output (float64 before a float16 cast), selectivity, depth map in making.
+    per_pixel = n_planes * (2 * n_channels * itemsize + f) + f + 8 + 10 * n_channels + 4 + 13
+    if float16:
+        per_pixel += 4 * n_channels * n_planes
+    if itemsize == 8:  # 64-bit integers: the NumPy focus measure (luminance, plane temporaries)
+        per_pixel += (8 * n_planes if rgb else 0) + 80
+    n = int(nhsize)
+    row_buffers = cols * (32 * n + 200 + 32 * n_channels) + 200 * n
+    return pixels * per_pixel + row_buffers

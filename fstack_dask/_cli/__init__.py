@@ -1,0 +1,12 @@
+"""The command line: ``fstack-dask fuse | info | demo``, its options and config files.
+
+What lives here: ``main`` and the commands (``main``), the argument parser (``args``),
+config files and their keys (``config``, ``config_values``), ``info`` (``info``) and
+``demo`` (``demo``).
+
+May import: everything below it (runs, sources, the algorithm, outputs, the shared modules).
+"""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,378 @@
+"""The ``fstack-dask`` command line's options: the parser, exit statuses, and how the
+options and a ``--config`` file combine into one validated configuration."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any, NoReturn
+
+from .._version import __version__
+
+__all__ = ["UsageError", "build_parser", "cluster_override", "configure"]
+
+PROG = "fstack-dask"
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the run itself failed: I/O, permissions, a locked dst, the cluster, a task
+EXIT_USAGE = 2  # the command cannot run as given: options, config, src or dst refused up front
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+EXIT_CODES = f"""\
+exit status:
+  {EXIT_OK}    success
+  {EXIT_USAGE}    usage or validation error, found before anything is written: bad option or
+       config file, missing or unreadable src (FileNotFoundError, ValueError,
+       TypeError), dst exists without --overwrite or lies inside src
+  {EXIT_FAILURE}    runtime failure: I/O or permission error, no space left on the device,
+       dst locked by another run, a corrupt source chunk, cluster or task failure
+       (OSError, RuntimeError, anything unexpected); finished blocks are kept
+       for --resume, and a dst with none is removed
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a fuse run can be continued with --resume
+
+Errors are reported as one line, "fstack-dask: error: <message>", on stderr
+(--traceback shows the full traceback instead)."""
+
+PRECEDENCE = (
+    "Values are taken from, in increasing priority: the built-in defaults, the --config "
+    "YAML file, then the options given here."
+)
+
+SCHEDULER_HELP = (
+    "synchronous, threads or processes (a local Dask scheduler), or the address of a "
+    "running distributed scheduler such as tcp://host:8786; overrides the config's "
+    "cluster section (default: threads)"
+)
+
+
+def _wrap(*paragraphs: str) -> str:
+    """Paragraphs filled to 79 columns (the help formatter keeps them as they are)."""
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line instead of usage + message + exit.
+
+    Abbreviated options are refused: ``--nhsiz`` must not silently mean ``--nhsize``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def _csv_numbers(text: str) -> list[float]:
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,1,2.5, got {text!r}"
+        ) from None
+
+
+def _chunks_arg(text: str) -> Any:
+    if text.strip().lower() == "auto":
+        return "auto"
+    parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected N, NY,NX (positive integers) or auto, got {text!r}"
+        )
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument(
+        "--axes",
+        help="axes of a plain Zarr array without dimension names, one letter per dimension, "
+        "e.g. zyx, czyx, yxz (z: focus, c: channel, other letters: batch)",
+    )
+    g.add_argument(
+        "--level",
+        type=int,
+        metavar="N",
+        help="pyramid level of an OME-Zarr source to fuse (default 0: full resolution)",
+    )
+    g.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for a remote SRC, as a JSON object, e.g. '{\"anon\": true}'",
+    )
+    g.add_argument(
+        "--channels",
+        choices=("auto", "rgb", "independent"),
+        help="rgb: one weight map shared by 3 colour channels; independent: each channel "
+        "fused on its own; auto (default): rgb for 3 uint8 channels",
+    )
+
+
+def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
+    g = p.add_argument_group("algorithm (Pertuz et al. 2013)")
+    g.add_argument(
+        "--nhsize",
+        metavar="N|auto",
+        help="focus-measure window size in pixels (default 9), or auto: chosen from the data",
+    )
+    g.add_argument(
+        "--auto",
+        action="store_true",
+        default=None,
+        help="choose --nhsize and --sth from the data (noise level and texture of a fixed "
+        "sample of tiles) instead of the reference's 9 and 13; for noisy stacks",
+    )
+    if full:
+        g.add_argument(
+            "--alpha",
+            type=float,
+            metavar="A",
+            help="steepness of the selectivity-to-weight map, in (0, 1] (default 0.2)",
+        )
+        g.add_argument(
+            "--sth",
+            metavar="S|auto",
+            help="selectivity threshold in dB (default 13), or auto: chosen from the data",
+        )
+        g.add_argument(
+            "--focus",
+            type=_csv_numbers,
+            metavar="F0,F1,...",
+            help="focus position of each plane, strictly monotonic (default 0,1,2,...)",
+        )
+
+
+def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
+    g = p.add_argument_group("output and resources")
+    if full:
+        g.add_argument(
+            "--depth-map",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="also write the depth map (array 'depth', float32)",
+        )
+        g.add_argument(
+            "--selectivity-map",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="also write the selectivity map (array 'selectivity', float32, dB)",
+        )
+    g.add_argument(
+        "--chunks",
+        type=_chunks_arg,
+        metavar="N|NY,NX",
+        help="y/x block and output chunk size (default auto: the largest block that fits "
+        "--memory-per-task, aligned to the source chunks)",
+    )
+    g.add_argument(
+        "--memory-per-task",
+        metavar="SIZE",
+        help="memory one task may use, e.g. 256MiB, 1GiB, 500MB (default 256MiB); with "
+        "--device cuda, on the host and on the GPU",
+    )
+    g.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where each block is fused: cpu (default) or cuda, the CUDA GPU of each worker "
+        '(pip install "fstack_dask[gpu]")',
+    )
+    if full:
+        g.add_argument(
+            "--levels",
+            metavar="N|auto",
+            help="multiscale levels besides full resolution, each 2x2 averaged (default auto: "
+            "until the image fits in one chunk; 0 for none)",
+        )
+        g.add_argument(
+            "--dst-storage-options",
+            metavar="JSON",
+            help="fsspec options for a remote DST, as a JSON object",
+        )
+        g.add_argument(
+            "--stall-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="on a cluster, fail when no block finishes for this long (default 600)",
+        )
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML configuration file (see configs/README.md); options given here override it",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=_wrap(
+            "Out-of-core all-in-focus fusion of focus stacks stored as Zarr / OME-Zarr "
+            "(Pertuz et al. 2013), with Dask.",
+            "Commands: fuse (fuse a stack), demo (try it on a synthetic stack), info (what a "
+            "fuse run would do). 'fstack-dask COMMAND --help' lists each command's options.",
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, show the full Python traceback instead of one line",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    fuse = sub.add_parser(
+        "fuse",
+        help="fuse a focus stack (Zarr / OME-Zarr) into an OME-Zarr all-in-focus image",
+        description=_wrap(
+            "Fuse the focus stack SRC into the OME-Zarr 0.5 all-in-focus image DST. Prints one "
+            "line at the end: the output, its axes, shape and dtype, and the time taken.",
+            PRECEDENCE,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fuse.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
+    fuse.add_argument("dst", metavar="DST", help="output OME-Zarr image group (path or URL)")
+    _add_config_option(fuse)
+    _add_input_options(fuse)
+    _add_algorithm_options(fuse, full=True)
+    _add_layout_options(fuse, full=True)
+    run = fuse.add_argument_group("run")
+    run.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replace DST if it is an earlier fstack_dask output (the new output is written "
+        "beside it and swapped in once complete); an empty folder is written into, and "
+        "anything else (a file, another Zarr store, a folder with other files) is refused",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into DST (same parameters): only missing blocks "
+        "are computed",
+    )
+    run.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    run.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
+
+    demo = sub.add_parser(
+        "demo",
+        help="write a synthetic focus stack as TIFF planes, fuse it, write PNG previews",
+        description=_wrap(
+            "Write a synthetic focus stack with known ground truth as a folder of TIFF planes, "
+            "DIR/planes/ (as a microscope saves them), fuse that folder into "
+            "DIR/fused.ome.zarr (a multiscale OME-Zarr with depth and selectivity maps), write "
+            "PNG previews (plane.png: the middle plane, fused.png, depth.png, truth.png) and "
+            "print the PSNR of the fused image and of the middle plane against the ground "
+            "truth. The same as 'fstack-dask fuse DIR/planes DIR/fused.ome.zarr' on your data."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
+    demo.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    demo.add_argument("--planes", type=int, default=21, help="number of focal planes (default 21)")
+    demo.add_argument(
+        "--rgb", action="store_true", help="colour (uint8 RGB) stack instead of grey uint16"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier demo wrote in DIR"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+    info = sub.add_parser(
+        "info",
+        help="describe a focus stack and how fuse would process it (chunks, tasks, memory)",
+        description=_wrap(
+            "Print the axes, shape, dtype, chunks, OME version and scale of SRC, and the "
+            "blocks, halo, task count and memory per task that fuse would use with the same "
+            "options. Reads metadata only.",
+            PRECEDENCE,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
+    _add_config_option(info)
+    _add_input_options(info)
+    _add_algorithm_options(info, full=False)
+    _add_layout_options(info, full=False)
+    return parser
+
+
+def cluster_override(value: str | None) -> dict[str, Any] | None:
+    """``--scheduler`` as a replacement cluster section, or None when not given."""
+    from .config_values import LOCAL_SCHEDULERS
+
+    if value is None:
+        return None
+    if value in LOCAL_SCHEDULERS:
+        return {"kind": "local", "scheduler": value}
+    if ":" in value and value.strip() == value and " " not in value:
+        return {"kind": "distributed", "address": value}
+    raise UsageError(
+        f"--scheduler must be synchronous, threads, processes or a scheduler address such as "
+        f"tcp://host:8786, got {value!r}"
+    )
+
+
+def configure(args: argparse.Namespace):
+    """The config file (if any) with the command-line options applied on top."""
+    from .config import Config, check_value, load_config
+
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+
+    def given(attr: str) -> bool:
+        return getattr(args, attr, None) is not None
+
+    sections: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, attr: str, option: str) -> None:
+        if given(attr):
+            value = getattr(args, attr)
+            if section == "output" and key == "chunks" and value == "auto":
+                value = None
+            sections.setdefault(section, {})[key] = check_value[f"{section}.{key}"](value, option)
+
+    put("algorithm", "nhsize", "nhsize", "--nhsize")
+    put("algorithm", "alpha", "alpha", "--alpha")
+    put("algorithm", "sth", "sth", "--sth")
+    put("algorithm", "focus", "focus", "--focus")
+    put("algorithm", "auto", "auto", "--auto")
+    put("input", "axes", "axes", "--axes")
+    put("input", "level", "level", "--level")
+    put("input", "storage_options", "storage_options", "--storage-options")
+    put("input", "channels", "channels", "--channels")
+    put("output", "storage_options", "dst_storage_options", "--dst-storage-options")
+    put("output", "levels", "levels", "--levels")
+    put("resources", "stall_timeout", "stall_timeout", "--stall-timeout")
+    put("output", "depth_map", "depth_map", "--depth-map")
+    put("output", "selectivity_map", "selectivity_map", "--selectivity-map")
+    put("output", "chunks", "chunks", "--chunks")
+    put("output", "overwrite", "overwrite", "--overwrite")
+    put("resources", "memory_per_task", "memory_per_task", "--memory-per-task")
+    put("resources", "device", "device", "--device")
+    cluster = cluster_override(getattr(args, "scheduler", None))
+    if cluster is not None:
+        sections["cluster"] = cluster
+    return config.with_overrides(**sections)

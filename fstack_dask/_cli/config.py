@@ -1,0 +1,388 @@
+"""YAML run configurations for the command line: loading, strict validation, clusters.
+
+A configuration file has up to five sections, all optional::
+
+    algorithm: {nhsize: 9, alpha: 0.2, sth: 13, focus: null}
+    input:     {axes: null, channels: auto}
+    output:    {depth_map: false, selectivity_map: false, chunks: null, overwrite: false}
+    resources: {memory_per_task: 256MiB, device: cpu}
+    cluster:   {kind: local, scheduler: threads}     # or distributed / slurm / pbs
+
+Every key is checked when the file is read: an unknown key, a value of the
+wrong type or out of range, or a key that does not apply to the chosen
+``cluster.kind`` is a :class:`ValueError` naming the key and the file, so a
+typo fails at once instead of after a cluster has been queued for. See
+``configs/README.md`` for the table of keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .._params import (
+    DEFAULT_MEMORY_PER_TASK,
+)
+from .config_values import (
+    _CLUSTER_KEYS_FOR,
+    _SCHEMA,
+    _SECTIONS,
+    _type_name,
+    check_value,
+)
+
+__all__ = [
+    "AlgorithmConfig",
+    "ClusterConfig",
+    "Config",
+    "InputConfig",
+    "OutputConfig",
+    "ResourcesConfig",
+    "check_value",
+    "config_from_mapping",
+    "load_config",
+    "open_scheduler",
+]
+
+
+_JOBQUEUE_CLASS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+# ---------------------------------------------------------------- the config
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """Parameters of the fusion (Pertuz et al. 2013), as in :func:`focus_stack`."""
+
+    nhsize: int | str | None = None  # None: 9, or "auto" when ``auto`` is on
+    alpha: float = 0.2
+    sth: float | str | None = None  # None: 13, or "auto" when ``auto`` is on
+    focus: tuple[float, ...] | None = None
+    auto: bool = False  # choose nhsize and sth from the data, unless they are given
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How to read the source: axes of a plain array, channel handling."""
+
+    axes: str | None = None
+    channels: str = "auto"
+    level: int = 0
+    storage_options: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What to write: extra maps, y/x chunks, whether to replace ``dst``."""
+
+    depth_map: bool = False
+    selectivity_map: bool = False
+    chunks: int | tuple[int, int] | None = None
+    overwrite: bool = False
+    storage_options: Mapping[str, Any] | None = None
+    levels: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-task memory budget, in bytes; the stall timeout; where blocks are fused."""
+
+    memory_per_task: int = DEFAULT_MEMORY_PER_TASK
+    stall_timeout: float = 600.0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the tasks run.
+
+    ``kind`` is ``"local"`` (a local Dask scheduler named by ``scheduler``),
+    ``"distributed"`` (a running scheduler at ``address``), or ``"slurm"`` /
+    ``"pbs"`` (a dask-jobqueue cluster built from ``jobqueue`` and scaled to
+    ``jobs`` batch jobs).
+    """
+
+    kind: str = "local"
+    scheduler: str = "threads"
+    address: str | None = None
+    jobs: int = 10
+    jobqueue: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated run configuration; build it with :func:`load_config`.
+
+    Examples
+    --------
+    >>> cfg = Config()
+    >>> cfg.fuse_kwargs()["nhsize"], cfg.cluster.kind, cfg.cluster.scheduler
+    (9, 'local', 'threads')
+    >>> with cfg.cluster_context() as scheduler:
+    ...     scheduler
+    'threads'
+    """
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    path: str | None = field(default=None, compare=False)
+    """The file it was read from, for messages; None for defaults."""
+
+    def fuse_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`fuse_zarr`, all but scheduler, resume and progress."""
+        a, i, o = self.algorithm, self.input, self.output
+        return {
+            "axes": i.axes,
+            "level": i.level,
+            "channels": i.channels,
+            "nhsize": a.nhsize if a.nhsize is not None else ("auto" if a.auto else 9),
+            "focus": None if a.focus is None else list(a.focus),
+            "alpha": a.alpha,
+            "sth": a.sth if a.sth is not None else ("auto" if a.auto else 13.0),
+            "depth_map": o.depth_map,
+            "selectivity_map": o.selectivity_map,
+            "chunks": o.chunks,
+            "memory_per_task": self.resources.memory_per_task,
+            "levels": o.levels,
+            "overwrite": o.overwrite,
+            "storage_options": None if i.storage_options is None else dict(i.storage_options),
+            "dst_storage_options": None if o.storage_options is None else dict(o.storage_options),
+            "stall_timeout": self.resources.stall_timeout,
+            "device": self.resources.device,
+        }
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some values replaced, e.g. ``with_overrides(algorithm={"nhsize": 5})``.
+
+        Values must already be validated (the command line validates its own).
+        ``cluster`` replaces the whole cluster section, as a command-line
+        ``--scheduler`` does.
+        """
+        changes: dict[str, Any] = {}
+        for name, values in sections.items():
+            if name not in _SECTIONS:
+                raise ValueError(f"unknown config section {name!r}; expected one of {_SECTIONS}")
+            if name == "cluster":
+                changes[name] = ClusterConfig(**values)
+            else:
+                changes[name] = dataclasses.replace(getattr(self, name), **values)
+        return dataclasses.replace(self, **changes)
+
+    def cluster_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context manager yielding what to pass to ``fuse_zarr(scheduler=...)``; see
+        :func:`open_scheduler`."""
+        return open_scheduler(self)
+
+
+@contextlib.contextmanager
+def open_scheduler(config: Config) -> Iterator[Any]:
+    """Yield the ``scheduler=`` for :func:`fuse_zarr` described by ``config.cluster``.
+
+    * ``local``: the scheduler name (``"synchronous"``, ``"threads"`` or
+      ``"processes"``).
+    * ``distributed``: a ``distributed.Client`` connected to ``address``
+      (the scheduler itself is left running).
+    * ``slurm`` / ``pbs``: a ``dask_jobqueue`` cluster built with
+      ``**jobqueue``, scaled to ``jobs`` batch jobs, and a ``Client`` on it;
+      on exit the client and the cluster are closed, which cancels the jobs.
+
+    Raises
+    ------
+    RuntimeError
+        If ``slurm``/``pbs`` is asked for and ``dask_jobqueue`` is not installed.
+    """
+    c = config.cluster
+    if c.kind == "local":
+        yield c.scheduler
+        return
+    from distributed import Client
+
+    if c.kind == "distributed":
+        with Client(c.address) as client:
+            yield client
+        return
+    cls = _jobqueue_class(c.kind)
+    with cls(**dict(c.jobqueue)) as cluster:
+        cluster.scale(jobs=c.jobs)
+        with Client(cluster) as client:
+            yield client
+
+
+def _jobqueue_class(kind: str) -> Any:
+    name = _JOBQUEUE_CLASS[kind]
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise RuntimeError(
+            f"cluster kind {kind!r} needs dask-jobqueue, which is not installed; "
+            f'install it with: pip install "fstack_dask[jobqueue]"'
+        ) from exc
+    return getattr(dask_jobqueue, name)
+
+
+# ------------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (plain safe_load keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        with contextlib.suppress(TypeError):
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _unknown(key: str, where: str, allowed: tuple[str, ...], path: str) -> ValueError:
+    hint = difflib.get_close_matches(str(key), allowed, n=1)
+    maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+    label = f"{where}.{key}" if where else str(key)
+    return ValueError(
+        f"config file {path!r}: unknown key {label!r}{maybe}; expected one of: {', '.join(allowed)}"
+    )
+
+
+def config_from_mapping(data: Any, path: str = "<mapping>") -> Config:
+    """Validate a mapping with the file schema (``None`` means all defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"config file {path!r} must hold a mapping of sections "
+            f"({', '.join(_SECTIONS)}), got {_type_name(data)}"
+        )
+    sections: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise _unknown(section, "", _SECTIONS, path)
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise ValueError(
+                f"config file {path!r}: {section} must be a mapping of keys, "
+                f"got {body!r} ({_type_name(body)})"
+            )
+        allowed = tuple(_SCHEMA[section])
+        values = {}
+        for key, value in body.items():
+            if key not in _SCHEMA[section]:
+                raise _unknown(key, section, allowed, path)
+            try:
+                values[key] = _SCHEMA[section][key](value, f"{section}.{key}")
+            except ValueError as exc:
+                raise ValueError(f"config file {path!r}: {exc}") from None
+        sections[section] = values
+
+    cluster = sections.get("cluster", {})
+    kind = cluster.get("kind", ClusterConfig.kind)
+    for key, kinds in _CLUSTER_KEYS_FOR.items():
+        if key in cluster and kind not in kinds:
+            raise ValueError(
+                f"config file {path!r}: cluster.{key} only applies to cluster.kind "
+                f"{' or '.join(kinds)}, but kind is {kind!r}; remove it or change the kind"
+            )
+    if kind == "distributed" and cluster.get("address") is None:
+        raise ValueError(
+            f"config file {path!r}: cluster.kind 'distributed' needs cluster.address, "
+            f"e.g. tcp://scheduler:8786"
+        )
+    built = {
+        "algorithm": AlgorithmConfig(**sections.get("algorithm", {})),
+        "input": InputConfig(**sections.get("input", {})),
+        "output": OutputConfig(**sections.get("output", {})),
+        "resources": ResourcesConfig(**sections.get("resources", {})),
+        "cluster": ClusterConfig(**cluster),
+    }
+    return Config(**built, path=path)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML configuration file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The YAML file. Every section and key is optional; missing ones keep
+        the defaults of :func:`fuse_zarr` (``cluster.scheduler`` defaults to
+        ``"threads"``).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not valid YAML, or has an unknown key, a duplicate key, a
+        value of the wrong type or out of range, or a cluster key that does
+        not apply to ``cluster.kind``; the message names the file and the key.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.yaml"
+    >>> _ = p.write_text("algorithm: {nhsize: 5}\\nresources: {memory_per_task: 1GiB}\\n")
+    >>> cfg = load_config(p)
+    >>> cfg.algorithm.nhsize, cfg.resources.memory_per_task
+    (5, 1073741824)
+    >>> _ = p.write_text("algorithm: {nhsiz: 5}\\n")
+    >>> load_config(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: config file '...': unknown key 'algorithm.nhsiz' (did you mean 'nhsize'?); ...
+    """
+    text_path = os.fspath(path)
+    if os.path.isdir(text_path):
+        raise ValueError(f"config file {text_path!r} is a directory, expected a YAML file")
+    try:
+        with open(text_path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {text_path!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {text_path!r} is not UTF-8 text: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(
+            f"config file {text_path!r} is not valid YAML: {_yaml_message(exc)}"
+        ) from None
+    return config_from_mapping(data, text_path)
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    """One line: the problem and where."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = exc.problem or exc.context or "syntax error"
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{problem}{where}"
+    return " ".join(str(exc).split())

@@ -1,0 +1,187 @@
+"""``fstack-dask demo``: what a user does with their own data, on a synthetic stack.
+
+Writes DIR/planes/ (one TIFF file per focal plane, as a microscope or a camera saves them, with
+the pixel size in the files), fuses that folder into DIR/fused.ome.zarr (a multiscale OME-Zarr
+with depth and selectivity maps), writes PNG previews and prints the PSNR against the known
+ground truth. ``--overwrite`` replaces only what an earlier demo wrote: its plane files carry
+:data:`MARK` and its previews :data:`PNG_MARK`, and a file in DIR with one of the demo's names
+but without the mark is never replaced (the demo refuses before writing anything).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_demo"]
+
+PIXEL_UM = 0.65  # the synthetic camera's pixel size, in micrometres
+MARK = "fstack-dask demo plane"  # the TIFF ImageDescription of the planes the demo writes
+PNG_MARK = "fstack-dask demo preview"  # the PNG tEXt Description of the previews it writes
+PREVIEWS = ("plane.png", "fused.png", "depth.png", "truth.png")
+
+
+def _psnr(estimate: Any, truth: Any, peak: float) -> float:
+    import numpy as np
+
+    err = np.mean((np.asarray(estimate, dtype=np.float64) - np.asarray(truth, np.float64)) ** 2)
+    return math.inf if err == 0 else float(10 * np.log10(peak**2 / err))
+
+
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` holds only plane files an earlier demo wrote."""
+    import tifffile
+
+    names = sorted(os.listdir(folder))
+    for name in names:
+        if not name.endswith(".tif"):
+            return False
+        with tifffile.TiffFile(folder / name) as tif:
+            if tif.pages[0].description != MARK:
+                return False
+    return True
+
+
+def _our_png(path: Path) -> bool:
+    """Whether ``path`` is a preview an earlier demo wrote (a file, not a link, with our mark)."""
+    from .._outputs.png import read_png_text
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return read_png_text(path).get("Description") == PNG_MARK
+    except OSError:
+        return False
+
+
+def _not_ours(out_dir: Path) -> list[str]:
+    """The previews' names in ``out_dir`` taken by files the demo did not write."""
+    return [n for n in PREVIEWS if os.path.lexists(out_dir / n) and not _our_png(out_dir / n)]
+
+
+def _refuse_foreign(out_dir: Path, names: list[str]) -> None:
+    if names:
+        them = "it" if len(names) == 1 else "them"
+        raise FileExistsError(
+            f"DIR {str(out_dir)!r} holds {', '.join(names)}, which the demo did not write; "
+            f"refusing to replace {them} (also with --overwrite): move {them} or choose another "
+            "DIR"
+        )
+
+
+def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
+    """One TIFF per plane (``stack`` is (y, x, z[, c])), the pixel size in its resolution tags."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_cm = 1e4 / PIXEL_UM
+    for p in range(stack.shape[2]):
+        path = folder / f"plane_{p:03d}.tif"
+        tifffile.imwrite(
+            path, stack[:, :, p], photometric="rgb" if rgb else "minisblack",
+            resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", description=MARK,
+            metadata=None,
+        )  # fmt: skip
+        paths.append(path)
+    return paths
+
+
+def run_demo(
+    directory: str,
+    *,
+    size: int,
+    planes: int,
+    rgb: bool,
+    seed: int,
+    overwrite: bool,
+    progress: bool,
+    scheduler: Any,
+) -> None:
+    import numpy as np
+
+    from .._locations import remove_tree, resolve
+    from .._outputs.png import to_uint8, write_png
+    from .._runs.fuse_zarr import fuse_zarr
+    from .._sources.common import import_optional
+    from .._synthetic import synthetic_stack
+    from .._version import __version__
+
+    import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
+    out_dir = Path(directory)
+    planes_dir, fused_path = out_dir / "planes", out_dir / "fused.ome.zarr"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")
+    # Everything is checked before anything is written.
+    _refuse_foreign(out_dir, _not_ours(out_dir))
+    earlier = [n for n in ("planes", "fused.ome.zarr", *PREVIEWS) if os.path.lexists(out_dir / n)]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"DIR {str(out_dir)!r} already holds {', '.join(earlier)}; choose another DIR or "
+            "pass --overwrite"
+        )
+    if planes_dir.exists():
+        if not planes_dir.is_dir() or not _ours(planes_dir):
+            raise FileExistsError(
+                f"{str(planes_dir)!r} holds files the demo did not write; refusing to delete them"
+            )
+    synth = synthetic_stack(
+        (size, size), planes, rgb=rgb, dtype="uint8" if rgb else "uint16", seed=seed
+    )
+    stack = synth.stack  # (y, x, z[, c])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if planes_dir.exists():  # checked again right before: only the demo's own plane files
+        remove_tree(
+            resolve(planes_dir, name="DIR"),
+            owned=lambda loc: None if _ours(Path(loc.path)) else "it holds other files",
+        )
+    write_planes(planes_dir, stack, rgb)
+    kind = "RGB uint8" if rgb else "grey uint16"
+    print(f"wrote {planes_dir}/: {planes} TIFF planes of {size} x {size} px ({kind}, seed {seed})")
+
+    start = time.perf_counter()
+    out = fuse_zarr(
+        planes_dir, fused_path, depth_map=True, selectivity_map=True, overwrite=overwrite,
+        progress=progress, scheduler=scheduler,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    fused = out["0"][...]
+    if rgb:
+        fused = fused.transpose(1, 2, 0)  # cyx -> yxc, like the truth
+    depth = out["depth"]["0"][...]  # plane numbers: TIFF planes carry no z step
+    levels = len(out.attrs["ome"]["multiscales"][0]["datasets"])
+    print(
+        f"wrote {fused_path}: all-in-focus image ({levels} level{'s' if levels > 1 else ''}) "
+        "+ depth, selectivity maps "
+        f"in {seconds:.2f} s",
+        flush=True,
+    )
+    middle = planes // 2
+    plane = stack[:, :, middle]
+    previews = {
+        "plane.png": (plane, f"middle plane (z = {middle})"),
+        "fused.png": (fused, "fused all-in-focus image"),
+        "depth.png": (depth, "depth map (focus position of the sharpest plane)"),
+        "truth.png": (synth.all_in_focus, "ground truth all-in-focus image"),
+    }
+    mark = {"Software": f"fstack-dask {__version__}", "Description": PNG_MARK}
+    for name, (image, what) in previews.items():
+        path = out_dir / name
+        if os.path.lexists(path) and not _our_png(path):  # checked again right before
+            _refuse_foreign(out_dir, [name])
+        write_png(path, to_uint8(image), text=mark)
+        print(f"wrote {out_dir / name}: {what}", flush=True)
+    peak = float(np.iinfo(stack.dtype).max)
+    ok = np.isfinite(depth)
+    depth_rmse = (
+        float(np.sqrt(np.mean((depth[ok] - synth.depth[ok]) ** 2))) if ok.any() else math.nan
+    )
+    print(
+        f"PSNR against the ground truth: fused {_psnr(fused, synth.all_in_focus, peak):.2f} dB, "
+        f"middle plane {_psnr(plane, synth.all_in_focus, peak):.2f} dB; "
+        f"depth RMSE {depth_rmse:.2f} planes",
+        flush=True,
+    )

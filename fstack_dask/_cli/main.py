@@ -1,0 +1,246 @@
+"""The ``fstack-dask`` command line: ``fuse``, ``demo`` and ``info``.
+
+Run ``fstack-dask --help`` (or ``python -m fstack_dask --help``). Options on
+the command line override the values of a ``--config`` YAML file, which
+override the defaults (see ``configs/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+from .args import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    PROG,
+    UsageError,
+    build_parser,
+    cluster_override,
+    configure,
+)
+
+__all__ = ["main"]
+
+# -------------------------------------------------------------------- commands
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    config = configure(args)
+    from .._runs.fuse_zarr import fuse_zarr
+
+    kw = config.fuse_kwargs()
+    if config.cluster.kind != "local":
+        _quiet_distributed()
+        # Refuse bad input before connecting to a scheduler or queueing batch jobs;
+        # fuse_zarr checks all this again.
+        from .._locations import resolve
+        from .._outputs.destination import Destination
+        from .info import plan_from_options
+
+        fusion = plan_from_options(args.src, kw)
+        dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
+                      writable=True)  # fmt: skip
+        destination = Destination(
+            dst, protect=fusion.source.protected(), entries=fusion.spec.entries
+        )
+        destination.check(overwrite=kw["overwrite"], resume=args.resume)
+    start = time.perf_counter()
+    with _report_progress_notes(), config.cluster_context() as scheduler:
+        out = fuse_zarr(
+            args.src,
+            args.dst,
+            **kw,
+            resume=args.resume,
+            progress=not args.no_progress,
+            scheduler=scheduler,
+        )
+    seconds = time.perf_counter() - start
+    image = out["0"]
+    axes = "".join(image.metadata.dimension_names or ())
+    extras = [name for name in ("depth", "selectivity") if name in out]
+    plus = f" + {', '.join(extras)}" if extras else ""
+    print(
+        f"wrote {args.dst}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _report_progress_notes() -> Iterator[None]:
+    """Show fstack_dask's INFO notes (resuming, a stale lock taken over) on stderr."""
+    logger = logging.getLogger("fstack_dask")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setLevel(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    for option, value, low in (("--size", args.size, 1), ("--planes", args.planes, 1)):
+        if value < low:
+            raise UsageError(f"{option} must be an integer >= {low}, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
+    cluster = cluster_override(args.scheduler)
+    from .config import Config
+    from .demo import run_demo
+
+    config = Config() if cluster is None else Config().with_overrides(cluster=cluster)
+    with config.cluster_context() as scheduler:
+        run_demo(
+            args.dir, size=args.size, planes=args.planes, rgb=bool(args.rgb), seed=args.seed,
+            overwrite=args.overwrite, progress=not args.no_progress, scheduler=scheduler,
+        )  # fmt: skip
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ main
+
+
+def _exit_code(exc: BaseException) -> int:
+    from .._errors import DestinationLockedError, SourceValueError
+
+    if isinstance(exc, (DestinationLockedError, SourceValueError, PermissionError)):
+        return EXIT_FAILURE
+    if isinstance(exc, (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError)):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+# The library's messages name Python parameters; on the command line, name the options.
+_API_TO_OPTION = (
+    ("overwrite=True and resume=False", "--overwrite and without --resume"),
+    ("resume=True", "--resume"),
+    ("pass axes= with", "pass --axes with"),
+    ("omit axes= or pass axes=", "omit --axes or pass --axes "),
+    ("e.g. axes='zyx'", "e.g. --axes zyx"),
+    ("overwrite=True", "--overwrite"),
+    ("device='cuda'", "--device cuda"),
+    ("use device='cpu'", "use --device cpu"),
+)
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the exception holds
+    for api, option in _API_TO_OPTION:
+        text = text.replace(api, option)
+    if isinstance(exc, (UsageError, ValueError, TypeError, OSError, RuntimeError)) and text:
+        if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
+            text = f"{text}: {exc.filename!r}"
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fstack-dask`` command line and return its exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments, without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a usage or validation error, 1 for a runtime
+        failure, 130 when interrupted (see ``fstack-dask --help``).
+
+    Examples
+    --------
+    >>> main(["--version"])
+    fstack-dask 0.1.0
+    0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    previous = _on_sigterm_raise()
+    try:
+        return int(_COMMANDS[args.command](args))
+    except KeyboardInterrupt as exc:
+        hint = (
+            "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
+        )
+        if isinstance(exc, _Terminated):
+            _error(f"terminated{hint}")
+            return EXIT_TERMINATED
+        _error(f"interrupted{hint}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.traceback:
+            raise
+        _error(_message(exc))
+        return _exit_code(exc)
+    finally:
+        with contextlib.suppress(ValueError):  # not in the main thread
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import cmd_info
+
+    return cmd_info(args)
+
+
+_COMMANDS = {"fuse": _cmd_fuse, "demo": _cmd_demo, "info": _cmd_info}
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption so that a run stops cleanly (locks released,
+    worker processes ended, finished blocks kept for --resume)."""
+
+
+def _on_sigterm_raise():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+        return signal.SIG_DFL
+
+
+def _quiet_distributed() -> None:
+    """distributed logs warnings, errors and shutdown noise to stderr; on the command line
+    the one-line error is ours to write.
+
+    distributed sets its loggers' levels when it is imported, so this imports it first (the
+    command line calls it only for runs on a cluster).
+    """
+    import distributed  # noqa: F401 - sets its loggers up, which we then turn down
+
+    names = ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
+             "distributed.scheduler", "distributed.core", "distributed.comm", "tornado",
+             "tornado.application", "asyncio")  # fmt: skip
+    for logger in names:
+        logging.getLogger(logger).setLevel(logging.CRITICAL)

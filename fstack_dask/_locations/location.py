@@ -1,0 +1,174 @@
+"""A resolved place: the filesystem data lives on and its canonical path there."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, eq=False)
+class Location:
+    """A resolved place: a filesystem and a canonical absolute path in it.
+
+    Attributes
+    ----------
+    spec : str
+        The location as the user gave it, for messages.
+    protocol : str
+        ``"file"`` for the local filesystem, else the fsspec protocol (``"s3"``, ...) of the
+        filesystem the data lives on (never a wrapper's that fstack_dask can see through).
+    path : str
+        Canonical path: for local data the absolute path with symlinks, ``~``, ``..`` and
+        repeated or trailing slashes resolved; for HTTP the whole URL (as fsspec's HTTP
+        filesystem takes it) with its path normalised; for other filesystems fsspec's path,
+        normalised the same way.
+    storage_options : dict
+        fsspec options of that filesystem (empty for local paths).
+    via : tuple of (str, dict)
+        Cache wrappers a source is read through, outermost first: their protocol and own
+        options (``simplecache::s3://...``). Not part of the place's identity.
+    reads_from : tuple of Location
+        For a source on a filesystem fstack_dask cannot see through (``zip``,
+        ``reference``): the places it may read, a ``Location`` with an empty path standing
+        for a whole filesystem. It overlaps whatever overlaps one of them.
+    """
+
+    spec: str
+    protocol: str
+    path: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    via: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    reads_from: tuple[Location, ...] = ()
+
+    # -- identity --------------------------------------------------------------------
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def local(self) -> str | None:
+        """The local path, or None for a remote location."""
+        return self.path if self.is_local else None
+
+    def _family(self) -> tuple[Any, ...]:
+        # Two remote locations are the same store only with the same protocol and options.
+        if self.is_local:
+            return ("file",)
+        return (self.protocol, repr(sorted(self.storage_options.items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Location):
+            return NotImplemented
+        return self._family() == other._family() and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash((self._family(), self.path))
+
+    def contains(self, other: Location) -> bool:
+        """Whether ``other`` is this location or lies inside it (or may: see ``reads_from``).
+
+        Storage options are not compared: they say how a place is reached (credentials, a
+        cache), rarely which place it is, and a false "apart" could let a run delete its source.
+        """
+        if any(place.contains(other) for place in self.reads_from):
+            return True
+        if any(self.contains(place) for place in other.reads_from):
+            return True
+        if self.protocol != other.protocol:
+            return False
+        if not self.path:  # a whole filesystem
+            return True
+        base = self.path.rstrip("/")
+        return other.path == self.path or other.path.startswith(base + "/")
+
+    def overlaps(self, other: Location) -> bool:
+        return self.contains(other) or other.contains(self)
+
+    @property
+    def url(self) -> str:
+        """A URL fsspec and zarr understand (a plain path for local data)."""
+        if self.is_local or self.protocol == "http":  # HTTP paths are whole URLs
+            return self.path
+        return f"{self.protocol}://{self.path.lstrip('/')}"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def child(self, *names: str) -> Location:
+        path = posixpath.join(self.path, *names)
+        spec = posixpath.join(self.spec, *names)  # messages name what is meant
+        return dataclasses.replace(self, spec=spec, path=path)
+
+    def sibling(self, name: str) -> Location:
+        parent = posixpath.dirname(self.spec.rstrip("/")) or "."
+        return dataclasses.replace(self, spec=parent, path=self.parent_path()).child(name)
+
+    def parent_path(self) -> str:
+        return posixpath.dirname(self.path.rstrip("/")) or "/"
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    # -- access ----------------------------------------------------------------------
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, inside the cache wrappers of ``via`` (created lazily;
+        fsspec caches instances)."""
+        import fsspec
+
+        if self.is_local:
+            return fsspec.filesystem("file")
+        fs = fsspec.filesystem(self.protocol, **dict(self.storage_options))
+        for protocol, options in reversed(self.via):
+            fs = fsspec.filesystem(protocol, fs=fs, **dict(options))
+        return fs
+
+    def exists(self) -> bool:
+        if self.is_local:
+            return os.path.lexists(self.path)
+        return bool(self.fs.exists(self.path))
+
+    def isdir(self) -> bool:
+        if self.is_local:
+            return os.path.isdir(self.path)
+        return bool(self.fs.isdir(self.path))
+
+    def isfile(self) -> bool:
+        if self.is_local:
+            return os.path.isfile(self.path)
+        return bool(self.fs.isfile(self.path))
+
+    def listdir(self) -> list[str]:
+        """Names of the entries of a folder."""
+        if self.is_local:
+            return sorted(os.listdir(self.path))
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, False))
+
+    def read_bytes(self) -> bytes:
+        if self.is_local:
+            with open(self.path, "rb") as fh:
+                return fh.read()
+        return self.fs.cat_file(self.path)
+
+    def zarr_store(self, *, read_only: bool) -> Any:
+        """A zarr store rooted here (LocalStore, or FsspecStore on this filesystem)."""
+        import fsspec
+        import zarr.storage
+
+        if self.is_local:
+            return zarr.storage.LocalStore(self.path, read_only=read_only)
+        fs = self.fs
+        if not getattr(fs, "async_impl", False):
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
+        elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
+            fs = fsspec.filesystem(self.protocol, **{**self.storage_options, "asynchronous": True})
+        return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)

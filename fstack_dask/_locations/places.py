@@ -1,0 +1,106 @@
+"""Local paths and plain URLs as places: canonical paths, symlinks, HTTP URLs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from .location import Location
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(.*)$", re.DOTALL)
+
+
+_LOCAL_SCHEMES = ("file", "local")
+
+
+_READ_ONLY_SCHEMES = ("http", "https")
+
+
+def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable: bool) -> Location:
+    if options:
+        raise ValueError(
+            f"storage_options only apply to URLs such as 's3://...', but {name} {spec!r} is a "
+            f"local path"
+        )
+    if not path:
+        raise ValueError(f"{name} {spec!r} names no path")
+    expanded = os.path.expanduser(path)
+    # realpath, not abspath: 'link/..' must mean the parent of the link's target, as the OS
+    # would take it, and symlinked spellings must compare equal.
+    canonical = os.path.realpath(expanded)
+    try:
+        os.stat(canonical)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(
+                f"{name} {spec!r} is a symlink loop: {canonical!r} never leads to a file or "
+                f"folder; remove the link or choose another {name}"
+            ) from None
+        if writable and exc.errno == errno.ENOENT and _ends_in_symlink(expanded):
+            # Writing would create the link's target, somewhere the user did not name.
+            raise ValueError(
+                f"{name} {spec!r} is a dangling symlink to {canonical!r}, which does not "
+                f"exist; fstack_dask does not create a folder through a symlink: create "
+                f"{canonical!r} first, or give it as {name}"
+            ) from None
+    return Location(spec, "file", canonical, {})
+
+
+def _ends_in_symlink(path: str) -> bool:
+    """Whether the last component of ``path``, where the OS finds it, is a symlink."""
+    head, tail = os.path.split(path.rstrip("/"))
+    if tail in ("", ".", ".."):
+        return False
+    return os.path.islink(os.path.join(os.path.realpath(head or "."), tail))
+
+
+def _first(protocol: str | tuple[str, ...]) -> str:
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_only(name: str, spec: str) -> ValueError:
+    return ValueError(
+        f"{name} {spec!r} is an HTTP URL, which is read-only; write to a local path or an "
+        f"object store such as s3://bucket/key"
+    )
+
+
+def _http_url(spec: str, url: str, name: str) -> str:
+    """The whole URL, as fsspec's HTTP filesystem takes paths, with its path normalised."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.netloc:
+        raise ValueError(f"{name} {spec!r} names no host")
+    path = posixpath.normpath("/" + parts.path.lstrip("/")) if parts.path.strip("/") else ""
+    # the fragment never reaches the server
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, parts.query, ""))
+
+
+def _place(
+    spec: str,
+    protocol: str,
+    path: str,
+    name: str,
+    options: Mapping[str, Any],
+    writable: bool,
+    **extra: Any,
+) -> Location:
+    """A path on a non-HTTP fsspec filesystem, normalised."""
+    if protocol in _LOCAL_SCHEMES:  # e.g. 'file' registered under another name
+        return _local(spec, path, name, options, writable)
+    rooted = path.startswith("/")
+    path = posixpath.normpath(path) if path else path
+    if path in (".", "") or (not rooted and path.startswith("..")):
+        raise ValueError(f"{name} {spec!r} names no place inside its store")
+    if not rooted:
+        path = path.lstrip("/")
+    return Location(spec, protocol, path, dict(options), **extra)

@@ -1,0 +1,102 @@
+"""The one way fstack_dask deletes anything: :func:`remove_tree`, which checks again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+
+from .location import Location
+
+
+def _never_removed() -> list[Location]:
+    """The filesystem root, the home and working folders: never removed, nor their parents."""
+    places = ["/", os.path.expanduser("~"), os.getcwd()]
+    return [Location(p, "file", os.path.realpath(p), {}) for p in places]
+
+
+def remove_tree(
+    location: Location,
+    *,
+    owned: Callable[[Location], str | None],
+    protect: Iterable[Location] = (),
+    only: Iterable[str] | None = None,
+    keep_folder: bool = False,
+) -> list[str]:
+    """Delete ``location`` (or only its entries named in ``only``), after checking again.
+
+    The one way fstack_dask deletes anything. Right before removing, ``owned(location)``
+    must return None (it returns the reason otherwise: this is what makes the removal of
+    something that is not ours impossible even if it changed since the caller looked), and
+    the location must neither be, nor contain, nor lie inside... the filesystem root, the home
+    or working folder (nor contain them), nor any ``protect`` location.
+
+    Parameters
+    ----------
+    location : Location
+        The folder to remove.
+    owned : callable
+        Ownership test, ``owned(location) -> None`` if it may be removed, else a reason.
+    protect : iterable of Location
+        Places that must survive (the source): refused if ``location`` overlaps any.
+    only : iterable of str, optional
+        Remove only these entries of the folder, then the folder itself if it is left empty
+        (unless ``keep_folder``); entries not named are kept (files a user put there).
+    keep_folder : bool
+        With ``only``: keep the folder even when it is left empty (it was there before).
+
+    Returns
+    -------
+    list of str
+        The entries that were kept (not ours); empty if the whole folder went.
+
+    Raises
+    ------
+    PermissionError
+        If a check fails; nothing is removed then.
+    """
+    for place in _never_removed():
+        if location.contains(place):
+            raise PermissionError(
+                f"refusing to delete {location.spec!r}: it is or contains {place.path!r}"
+            )
+    for place in protect:
+        if location.overlaps(place):
+            raise PermissionError(
+                f"refusing to delete {location.spec!r}: it overlaps {place.spec!r}, which must "
+                "be kept"
+            )
+    reason = owned(location)
+    if reason is not None:
+        raise PermissionError(f"refusing to delete {location.spec!r}: {reason}")
+    if not location.exists():
+        return []
+    fs = location.fs
+    if only is None:
+        if location.is_local and os.path.isdir(location.path) and not os.path.islink(location.path):
+            shutil.rmtree(location.path)
+        elif location.is_local:  # a file (e.g. an output's zarr.json) or a symlink
+            os.unlink(location.path)
+        else:
+            fs.rm(location.path, recursive=True)
+        return []
+    wanted = set(only)
+    kept = []
+    for entry in location.listdir():
+        if entry not in wanted:
+            kept.append(entry)
+            continue
+        target = location.child(entry)
+        if target.is_local:
+            if os.path.isdir(target.path) and not os.path.islink(target.path):
+                shutil.rmtree(target.path)
+            else:
+                os.unlink(target.path)
+        else:
+            fs.rm(target.path, recursive=True)
+    if not kept and not keep_folder:
+        if location.is_local:
+            os.rmdir(location.path)
+        elif fs.exists(location.path):
+            fs.rm(location.path, recursive=True)
+    return kept

@@ -1,0 +1,129 @@
+"""Every path or URL resolved once into a :class:`~.location.Location`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .location import Location
+from .places import (
+    _LOCAL_SCHEMES,
+    _READ_ONLY_SCHEMES,
+    _SCHEME,
+    _first,
+    _http_url,
+    _local,
+    _place,
+    _read_only,
+)
+from .wrappers import _is_wrapper, _unwrap
+
+
+def _unknown_scheme(name: str, spec: str, scheme: str) -> ValueError:
+    return ValueError(
+        f"{name} {spec!r} starts with {scheme + ':'!r} but is neither a local path nor a URL "
+        f"that fstack_dask understands; write './{spec}' for a local path, or a URL such as "
+        f"'file:///abs/path', 's3://bucket/key' or 'memory://name'"
+    )
+
+
+def resolve(
+    spec: Any,
+    *,
+    name: str,
+    storage_options: Mapping[str, Any] | None = None,
+    writable: bool = False,
+) -> Location:
+    """Resolve a path or URL into a :class:`Location`, once.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or Location
+        A local path (relative, with ``~``, ``..``, symlinks, trailing slashes), a local URL
+        (``file:``, ``file://``, ``local:``, ``local://``), an fsspec URL (``s3://...``,
+        ``https://...``) or a chained or wrapper URL fsspec understands
+        (``simplecache::s3://...``, ``dir://...``).
+    name : str
+        The parameter's name, for messages (``"src"``, ``"dst"``).
+    storage_options : mapping, optional
+        fsspec options; only for URLs.
+    writable : bool
+        The location will be written: read-only protocols (HTTP), filesystems fstack_dask
+        cannot see through and dangling symlinks are refused.
+
+    Returns
+    -------
+    Location
+        The place the data lives: a wrapper or chained URL resolves to the place of the
+        filesystem it wraps (a local ``Location`` for local data).
+
+    Raises
+    ------
+    TypeError
+        If ``spec`` is not a str or os.PathLike.
+    ValueError
+        If ``spec`` is empty, uses a scheme we do not understand, is a chained URL fsspec
+        cannot open or one through a filesystem we cannot see through, is a symlink loop, or
+        where ``writable`` is read-only, a dangling symlink, or a filesystem we cannot see
+        through; or if ``storage_options`` are given for a local path.
+
+    Examples
+    --------
+    >>> import os
+    >>> a = resolve("out.zarr", name="dst")
+    >>> b = resolve(f"file://{os.getcwd()}/x/../out.zarr/", name="dst")
+    >>> c = resolve(f"simplecache::file://{os.getcwd()}/out.zarr", name="dst")
+    >>> a == b == c, a.path == os.path.join(os.path.realpath(os.getcwd()), "out.zarr")
+    (True, True)
+    """
+    if isinstance(spec, Location):
+        return spec
+    is_pathlike = isinstance(spec, os.PathLike)
+    if is_pathlike:
+        spec = os.fspath(spec)
+    if isinstance(spec, bytes) or not isinstance(spec, str):
+        raise TypeError(
+            f"{name} must be a local path (str or os.PathLike) or a URL, got {type(spec).__name__}"
+        )
+    if not spec.strip():
+        raise ValueError(f"{name} must be a non-empty path or URL, got {spec!r}")
+    if "\x00" in spec:
+        raise ValueError(f"{name} {spec!r} contains a NUL character")
+    options = dict(storage_options or {})
+
+    match = None if is_pathlike else _SCHEME.match(spec)
+    if match is None:
+        return _local(spec, spec, name, options, writable)
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if "::" in spec:
+        return _unwrap(spec, name, options, writable)
+    if scheme in _LOCAL_SCHEMES:
+        path = rest[2:] if rest.startswith("//") else rest
+        return _local(spec, path, name, options, writable)
+    if not rest.startswith("//"):
+        raise _unknown_scheme(name, spec, scheme)
+    return _remote(spec, scheme, name, options, writable)
+
+
+def _remote(
+    spec: str, scheme: str, name: str, options: Mapping[str, Any], writable: bool
+) -> Location:
+    import fsspec
+
+    if writable and scheme in _READ_ONLY_SCHEMES:
+        raise _read_only(name, spec)
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except (ValueError, ImportError) as exc:
+        known = f" ({exc})" if isinstance(exc, ImportError) else ""
+        raise ValueError(
+            f"{name} {spec!r} uses the protocol {scheme!r}, which fsspec does not know or "
+            f"cannot load{known}; expected a local path or a URL such as s3://bucket/key"
+        ) from None
+    if _is_wrapper(cls, options):
+        return _unwrap(spec, name, options, writable)
+    protocol = _first(cls.protocol)
+    if protocol == "http":
+        return Location(spec, protocol, _http_url(spec, spec, name), dict(options))
+    return _place(spec, protocol, str(cls._strip_protocol(spec)), name, options, writable)

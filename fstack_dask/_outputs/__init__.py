@@ -1,0 +1,12 @@
+"""Outputs: the OME-Zarr image a run writes, and everything that keeps users' data safe.
+
+What lives here: the output's description and durable block writes (``write``), the
+pyramid's levels and their 2 x 2 means (``pyramid``), ``write_stack``, PNG previews
+(``png``), what a run may do with ``dst`` and how it claims, swaps and removes
+(``destination``), a destination's life through one run (``lifecycle``), the state folder,
+run record, done-markers and ownership by record (``state``), and the lock as a lease
+(``lock``).
+
+May import: the shared top-level modules only. Never sources, the algorithm, runs or the
+CLI: a run hands this part plain values (a spec, a record, a block's arrays).
+"""

@@ -1,0 +1,516 @@
+"""The destination's life: deciding what a run may do with ``dst``, claiming the folder it
+writes into, and leaving ``dst`` in a clean state however the run ends.
+
+=====================  =============================================================
+dst is                 a run
+=====================  =============================================================
+absent                 creates it (its parent folder must exist)
+an empty folder        writes into it
+our unfinished output  continues it with ``resume``; starts over in place with
+                       ``overwrite`` (there is no good output to protect)
+our complete output    writes the new output *beside* it with ``overwrite`` and swaps
+                       the two only once the new one is complete, so a failed run
+                       leaves the old output intact; ``resume`` has nothing to do
+anything else          is refused: a file, a folder with other content, any Zarr store
+                       without our provenance
+=====================  =============================================================
+
+Nothing is decided by a check that a later step trusts blindly. A folder is *claimed* by an
+exclusive create: ``dst`` itself when it is new, the state folder ``.fstack_dask`` inside an
+empty ``dst`` (and the folder is listed again once it is ours), the staging folder of an
+overwrite; the lock is taken before an existing output is touched, and its kind is checked
+again under the lock. What is removed is what the output's record says fstack_dask wrote
+(:func:`~fstack_dask._outputs.state.recorded_entries`), through
+:func:`~fstack_dask._locations.remove_tree`, which checks ownership again right before it
+deletes. Anything else inside an output (a user's ``notes.txt`` or ``2024/``) is kept, moved
+along with an overwrite, or, where this run would write an entry of that name, the run is
+refused before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .._errors import DestinationLockedError
+from .._locations import Location, remove_tree
+from .lock import DestinationLock, Lease, live_lock, locked_message
+from .state import (
+    STATE_DIR,
+    OutputState,
+    classify,
+    foreign_entries,
+    owned_output,
+    provenance,
+    recorded_entries,
+    run_record,
+)
+
+__all__ = ["Destination", "Target"]
+
+log = logging.getLogger(__name__)
+
+STAGING = ".fstack-staging-"
+
+
+@dataclass
+class Target:
+    """Where a run writes, what it claimed, and what it must undo when it fails."""
+
+    output: Location  # the folder the arrays go into (dst, or a staging folder beside it)
+    dst: Location
+    mode: str  # "new", "empty", "replace", "resume", "staged", "resume-staged", "complete"
+    entries: tuple[str, ...] = ()  # the top-level entries this run writes
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: list[Location] = field(default_factory=list)  # folders this run created
+    locks: list[DestinationLock] = field(default_factory=list)
+    needs_create: bool = True
+
+    @property
+    def state(self) -> OutputState:
+        return OutputState(self.output)
+
+    @property
+    def staged(self) -> bool:
+        return self.output != self.dst
+
+    @property
+    def lease(self) -> Lease:
+        """The lock of the folder this run writes into, for its tasks to check."""
+        return self.locks[-1].lease
+
+    def check_lease(self) -> None:
+        for lock in self.locks:
+            lock.check()
+
+
+class Destination:
+    """The checks and moves around one ``dst``; see the module docstring.
+
+    ``entries`` are the top-level entries the run will write (its output's), checked against
+    what a user may have put into an existing output.
+    """
+
+    def __init__(
+        self, dst: Location, *, protect: Iterable[Location] = (), entries: Iterable[str] = ()
+    ):
+        self.dst = dst
+        self.protect = list(protect)
+        self.entries = tuple(entries)
+        self.kind = classify(dst)
+
+    def what(self) -> str:
+        return f"dst {self.dst.spec!r}"
+
+    # -- before anything is written ------------------------------------------------------
+
+    def check(self, *, overwrite: bool, resume: bool) -> str:
+        """The mode this run will use, or an exception if ``dst`` must not be touched.
+
+        Reads only. Modes: ``"new"``, ``"empty"``, ``"replace"``, ``"resume"``,
+        ``"staged"``, ``"resume-staged"``, ``"complete"`` (resume of a finished output).
+        """
+        what, kind = self.what(), self.kind
+        for place in self.protect:
+            if self.dst.overlaps(place):
+                inside = (
+                    "is the source or lies inside it"
+                    if place.contains(self.dst)
+                    else ("contains the source")
+                )
+                raise ValueError(
+                    f"{what} {inside} ({place.spec!r}); expected an output location outside "
+                    "the input"
+                )
+        info = live_lock(OutputState(self.dst).lock) if kind in ("complete", "unfinished") else None
+        if info is not None:
+            raise DestinationLockedError(locked_message(what, info))
+        if kind == "file":
+            raise FileExistsError(
+                f"{what} is an existing file; choose a folder path for the output"
+            )
+        if kind == "other":
+            raise FileExistsError(self._not_ours(overwrite=overwrite, resume=resume))
+        if kind == "absent":
+            parent = self.dst.parent_path()
+            if self.dst.is_local and not os.path.isdir(parent):
+                missing = "does not exist" if not os.path.lexists(parent) else "is not a folder"
+                raise FileNotFoundError(
+                    f"{what} cannot be created: its parent folder {parent!r} {missing}; create "
+                    "it first (a typo in the path?)"
+                )
+            if self.dst.is_local and not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{what} cannot be created: {parent!r} is not writable")
+            return "new"
+        if kind == "empty":
+            if self.dst.is_local and not os.access(self.dst.path, os.W_OK | os.X_OK):
+                raise PermissionError(f"{what} is not writable")
+            return "empty"
+        if kind == "unfinished":
+            if resume:
+                return "resume"
+            if overwrite:
+                self._refuse_collisions()
+                return "replace"
+            raise FileExistsError(
+                f"{what} holds an unfinished fstack_dask run; continue it with resume=True, "
+                "or start over with overwrite=True"
+            )
+        # complete
+        if resume:
+            staged = self.staged_run()
+            return "resume-staged" if staged is not None else "complete"
+        if overwrite:
+            self._refuse_collisions()
+            return "staged"
+        raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
+
+    def _not_ours(self, *, overwrite: bool, resume: bool) -> str:
+        what = self.what()
+        action = "resume into" if resume else "replace" if overwrite else "write into"
+        names = self.dst.listdir()
+        if names == [STATE_DIR] and not self.dst.child(STATE_DIR).listdir():
+            # left by a run that could not even take its lock (a full disk, say)
+            clear = f"rmdir {self.dst.child(STATE_DIR).path!r}" if self.dst.is_local else "rm"
+            return (
+                f"{what} holds only an empty {STATE_DIR!r} folder, which is not an fstack_dask "
+                f"output; refusing to {action} it: if a failed run left it, remove it ({clear}) "
+                "and run again"
+            )
+        zarr = any(self.dst.child(n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
+        detail = "a Zarr store" if zarr else "a folder with other content"
+        return (
+            f"{what} exists and is {detail}, not an fstack_dask output; refusing to {action} "
+            "it (only fstack_dask outputs and empty folders are ever replaced): choose another "
+            "dst"
+        )
+
+    def _refuse_collisions(self) -> None:
+        """Refuse when a user's entry in our output has the name of one this run writes."""
+        clash = sorted(set(foreign_entries(self.dst)) & set(self.entries))
+        if clash:
+            raise FileExistsError(
+                f"{self.what()} holds {', '.join(map(repr, clash))}, which fstack_dask did not "
+                "write, where this run would write its own; move it out of dst first (nothing "
+                "was written)"
+            )
+
+    def staging_folders(self) -> list[Location]:
+        """Our staging folders beside ``dst`` (from ``overwrite`` runs)."""
+        prefix = f".{self.dst.name}{STAGING}"
+        parent = Location(self.dst.spec, self.dst.protocol, self.dst.parent_path(),
+                          self.dst.storage_options)  # fmt: skip
+        try:
+            names = parent.listdir()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [parent.child(n) for n in names if n.startswith(prefix)]
+
+    def staged_run(self) -> Location | None:
+        """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
+        for folder in sorted(self.staging_folders(), key=lambda f: f.name):
+            if run_record(folder) is not None and live_lock(OutputState(folder).lock) is None:
+                return folder
+        return None
+
+    # -- taking dst ------------------------------------------------------------------------
+
+    def take(self, mode: str) -> Target:
+        """Claim the folder the run writes into and take the lock(s) (see the module
+        docstring); on failure, undo exactly what this call created."""
+        what = self.what()
+        target = Target(self.dst, self.dst, mode, self.entries)
+        try:
+            if mode == "new":
+                _make_folder(self.dst, what)
+                target.created.append(self.dst)
+                self._claim(target, self.dst)
+            elif mode == "empty":
+                self._claim(target, self.dst)
+                others = [n for n in self.dst.listdir() if n != STATE_DIR]
+                if others:  # it was empty when checked: something else is writing there
+                    raise FileExistsError(
+                        f"{what} was empty when this run started and now holds "
+                        f"{', '.join(map(repr, others[:3]))}; refusing to write into it "
+                        "(nothing was written)"
+                    )
+            elif mode in ("replace", "resume", "complete"):
+                self._lock(target, self.dst)
+                if self.kind != classify(self.dst):
+                    raise DestinationLockedError(f"{what} changed while this run started")
+                self.recover()
+                if mode == "replace":
+                    self._refuse_collisions()
+                    self.clear(self.dst)
+                if mode in ("resume", "complete"):
+                    target.needs_create = provenance(self.dst) is None
+                    if target.needs_create:  # killed while creating: start the structure again
+                        self.clear(self.dst)
+            elif mode in ("staged", "resume-staged"):
+                self._lock(target, self.dst)
+                self.recover()
+                staging = self.staged_run() if mode == "resume-staged" else None
+                self.remove_stale_staging(keep=staging)
+                if mode == "resume-staged":
+                    if staging is None:
+                        raise FileExistsError(f"{what}: the interrupted overwrite is gone")
+                    target.output = staging
+                    self._lock(target, staging)
+                    target.needs_create = provenance(staging) is None
+                    if target.needs_create:
+                        self.clear(staging)
+                else:
+                    self._refuse_collisions()
+                    staging = self.dst.sibling(f".{self.dst.name}{STAGING}{uuid.uuid4().hex[:12]}")
+                    _make_folder(staging, what)
+                    target.output = staging
+                    target.created.append(staging)
+                    self._claim(target, staging)
+            else:  # pragma: no cover - modes come from check()
+                raise ValueError(f"unknown mode {mode!r}")
+        except BaseException:
+            self.undo_take(target)
+            raise
+        return target
+
+    def _claim(self, target: Target, folder: Location) -> None:
+        """Create ``folder``'s state folder exclusively (of two runs, one goes on) and lock."""
+        _make_folder(folder.child(STATE_DIR), self.what())
+        target.created.append(folder.child(STATE_DIR))
+        self._take_lock(target, folder)
+
+    def _lock(self, target: Target, folder: Location) -> None:
+        """Lock an existing output (its state folder is created if a finished run removed it)."""
+        state = folder.child(STATE_DIR)
+        if not state.exists():
+            _make_folder(state, self.what())
+            target.created.append(state)
+        self._take_lock(target, folder)
+
+    def _take_lock(self, target: Target, folder: Location) -> None:
+        lock = DestinationLock(OutputState(folder).lock, self.what())
+        lock.acquire()
+        target.locks.append(lock)
+
+    @staticmethod
+    def release(target: Target) -> None:
+        for lock in reversed(target.locks):
+            lock.release()
+            if lock.lock.is_local:  # a state folder that held only the lock goes with it
+                with contextlib.suppress(OSError):
+                    os.rmdir(lock.lock.parent_path())
+        target.locks.clear()
+
+    def undo_take(self, target: Target) -> None:
+        """Remove what a failed :meth:`take` created: its locks, then its folders while they
+        are empty (only ``rmdir``: whatever appeared inside them is kept)."""
+        self.release(target)
+        for folder in reversed(target.created):
+            with contextlib.suppress(OSError):
+                if folder.is_local:
+                    os.rmdir(folder.path)
+                elif not folder.listdir():
+                    folder.fs.rmdir(folder.path)
+        target.created.clear()
+
+    # -- removing ----------------------------------------------------------------------------
+
+    def _remove_entries(
+        self, folder: Location, names: Iterable[str], *, keep_folder: bool, owned=owned_output
+    ) -> list[str]:
+        names = [n for n in names if folder.child(n).exists()]
+        kept = remove_tree(
+            folder, owned=owned, protect=self.protect, only=names, keep_folder=keep_folder
+        )
+        if kept:
+            # folder.url, not .spec: a staging folder carries the spec of dst.
+            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
+        return kept
+
+    def remove(self, folder: Location, *, keep_folder: bool = False) -> list[str]:
+        """Remove the entries our record lists in ``folder``, and the folder when nothing else
+        is left (unless ``keep_folder``); returns the entries that were kept."""
+        if not folder.exists():
+            return []
+        entries = recorded_entries(folder)
+        if entries is None:
+            raise PermissionError(
+                f"refusing to delete {folder.url!r}: it is not an fstack_dask output"
+            )
+        return self._remove_entries(folder, sorted(entries), keep_folder=keep_folder)
+
+    def remove_run(self, target: Target) -> list[str]:
+        """Remove what a run that finished no block wrote into ``target.output``: the
+        entries it declared, while the folder's record is still this run's, and its state;
+        the folder itself if this run created it and nothing else is left."""
+        folder = target.output
+        if not folder.exists():
+            return []
+
+        def ours(loc: Location) -> str | None:
+            if (run_record(loc) or {}).get("run_id") == target.run_id:
+                return None
+            return "its run record is not this run's (another run or program wrote it)"
+
+        claimed = folder.child(STATE_DIR) in target.created or target.mode == "replace"
+        names = list(target.entries) if ours(folder) is None else []
+        keep = folder not in target.created and target.mode != "replace"
+        if names:
+            kept = self._remove_entries(folder, [*names, STATE_DIR], keep_folder=keep, owned=ours)
+        elif claimed and folder.child(STATE_DIR).exists():  # the claim alone: no record yet
+            state = folder.child(STATE_DIR)
+            remove_tree(state, owned=lambda _loc: None, protect=self.protect)
+            kept = folder.listdir()
+        else:
+            kept = folder.listdir()
+        if not kept and not keep and folder.exists():
+            with contextlib.suppress(OSError):
+                os.rmdir(folder.path) if folder.is_local else folder.fs.rmdir(folder.path)
+        return kept
+
+    def clear(self, folder: Location) -> None:
+        """Empty our output of what its record says we wrote, keeping the folder and the
+        state folder (which holds this run's lock)."""
+        entries = recorded_entries(folder)
+        if entries is None:
+            raise PermissionError(f"refusing to clear {folder.spec!r}: it is not ours")
+        done = OutputState(folder).done_folder
+        if done.exists():
+            # The markers vouch for data about to be removed: they go first, so that a marker
+            # never outlives its block's data (a later run would skip that block).
+            remove_tree(done, owned=lambda _loc: None, protect=self.protect)
+        self._remove_entries(folder, sorted(entries - {STATE_DIR}), keep_folder=True)
+
+    def remove_stale_staging(self, keep: Location | None = None) -> None:
+        """Remove interrupted overwrites beside dst (only their recorded entries)."""
+        for folder in self.staging_folders():
+            if folder == keep:
+                continue
+            if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
+                with contextlib.suppress(Exception):
+                    self.remove(folder)
+
+    def recover(self) -> None:
+        """Finish what an overwrite killed right after its swap left behind: the previous
+        output beside dst (complete, without run record). Entries a user had put into it go
+        back into dst; its own entries are removed."""
+        if not self.dst.exists() or recorded_entries(self.dst) is None:
+            return
+        for folder in self.staging_folders():
+            attrs = provenance(folder)
+            if attrs is None or attrs.get("complete") is not True or run_record(folder):
+                continue  # a staged run: resumable, or being finished by its run
+            if live_lock(OutputState(folder).lock) is not None:
+                continue
+            for name in foreign_entries(folder):
+                if not self.dst.child(name).exists():
+                    _move(folder.child(name), self.dst.child(name))
+                    log.warning("restored %s into %s (left by an interrupted overwrite)",
+                                name, self.dst.spec)  # fmt: skip
+            with contextlib.suppress(Exception):
+                self.remove(folder)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def swap_in(self, target: Target) -> None:
+        """Put a complete staged output in dst's place, then remove the old output.
+
+        Once the two are exchanged the run has succeeded: a failure to tidy the old output
+        away is a warning naming what is left and how to remove it, not a failed run."""
+        target.check_lease()
+        for lock in target.locks:
+            lock.stop_heartbeat()
+        staging = target.output
+        old = _exchange(staging, self.dst)
+        # Each lock file moved with its folder.
+        for lock in target.locks:
+            moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
+            lock.moved_to(OutputState(moved_to).lock)
+        target.output = self.dst
+        target.created = []
+        try:
+            # Files a user put into the old output stay where they were put.
+            for name in foreign_entries(old):
+                if not self.dst.child(name).exists():
+                    _move(old.child(name), self.dst.child(name))
+            for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
+                lock.release()
+                target.locks.remove(lock)
+            self.remove(old)
+        except Exception as exc:
+            left = ", ".join(old.listdir()) if old.exists() else ""
+            log.warning(
+                "the new output is in place, but the previous one, moved to %s, could not be "
+                "removed (%s); it holds %s: remove it with: rm -r %r (move out first what you "
+                "want to keep)", old.url, " ".join(str(exc).split()), left or "nothing", old.url,
+            )  # fmt: skip
+
+
+def _make_folder(folder: Location, what: str) -> None:
+    """Create ``folder`` exclusively (of two runs starting together, exactly one goes on)."""
+    if not folder.is_local:
+        if folder.exists():
+            raise DestinationLockedError(
+                f"{what} was claimed by another run starting at the same time; a second run "
+                "into the same dst is refused"
+            )
+        folder.fs.makedirs(folder.path, exist_ok=True)
+        return
+    try:
+        os.mkdir(folder.path)
+    except FileExistsError:
+        raise DestinationLockedError(
+            f"{what} was created or claimed by another run or program while this run started; "
+            "a second run into the same dst is refused (nothing was written)"
+        ) from None
+    except OSError as exc:
+        from .._errors import is_no_space
+
+        if is_no_space(exc):
+            raise
+        raise PermissionError(f"{what} cannot be created: {exc.strerror or exc}") from exc
+
+
+def _move(src: Location, dst: Location) -> None:
+    if src.is_local:
+        os.rename(src.path, dst.path)
+    else:
+        src.fs.mv(src.path, dst.path, recursive=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(new: Location, dst: Location) -> Location:
+    """Swap two folders; returns where the old content of ``dst`` now is.
+
+    On Linux one atomic ``renameat2(RENAME_EXCHANGE)``; elsewhere (or where the filesystem
+    does not support it) two renames, with the old output moved aside first.
+    """
+    if new.is_local and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+        if fn is not None:
+            at_fdcwd = -100
+            rc = fn(at_fdcwd, os.fsencode(new.path), at_fdcwd, os.fsencode(dst.path),
+                    _RENAME_EXCHANGE)  # fmt: skip
+            if rc == 0:
+                from .write import fsync_dir
+
+                fsync_dir(os.path.dirname(dst.path))
+                return new
+    aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
+    if new.is_local:
+        os.rename(dst.path, aside.path)
+        os.rename(new.path, dst.path)
+    else:
+        fs = dst.fs
+        fs.mv(dst.path, aside.path, recursive=True)
+        fs.mv(new.path, dst.path, recursive=True)
+    return aside

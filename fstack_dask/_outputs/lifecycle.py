@@ -1,0 +1,147 @@
+"""A destination's life through one run: claimed, prepared, then finished or failed.
+
+:func:`claim` takes ``dst`` as :class:`~.destination.Destination` decides, :func:`prepare`
+writes the run record and the output's empty structure, :func:`finish` marks the output
+complete (swapping a staged overwrite into place) and :func:`fail` leaves ``dst`` as the
+table in :mod:`.destination` says, raising one message that tells what is left on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import LeaseLostError, is_no_space, with_outcome
+from .._locations import Location, remove_tree
+from .destination import Destination, Target
+from .state import recorded_entries
+from .write import OutputSpec, create_output
+
+__all__ = ["claim", "fail", "finish", "open_result", "prepare", "tidy_complete"]
+
+
+def claim(destination: Destination, mode: str) -> Target:
+    """Claim dst (see :meth:`.Destination.take`); a full disk there is told like one while
+    writing, with what is left."""
+    try:
+        return destination.take(mode)
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        left = "nothing was written" if mode in ("new", "empty") else "dst is unchanged"
+        raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
+
+
+def prepare(
+    target: Target,
+    spec: OutputSpec,
+    *,
+    identity: Mapping[str, Any],
+    files: Mapping[str, Any],
+    resuming: bool,
+) -> None:
+    """Write the run record (what this run writes: its claim's content), then the output's
+    structure; a resume only clears what its killed writes left."""
+    if resuming:  # our run, killed: its writes cut short left temporary files
+        target.state.remove_partial_files(recorded_entries(target.output) or ())
+        if not target.needs_create:
+            return
+    record = {
+        "run_id": target.run_id,
+        "params": spec.attributes["fstack_dask"],  # the parameters, with the entries
+        "source": dict(identity),
+        "dst": target.dst.url,
+    }
+    target.state.write_record(record, files)
+    create_output(target.output, spec, extra={"source_identity": dict(identity)})
+
+
+def finish(target: Target, destination: Destination) -> None:
+    """Mark the output complete, swap a staged output in, drop the state folder."""
+    import zarr
+
+    target.check_lease()  # never mark complete what another run has taken over
+    group = zarr.open_group(store=target.output.zarr_store(read_only=False), mode="r+")
+    attrs = dict(group.attrs["fstack_dask"])
+    attrs["complete"] = True
+    group.attrs["fstack_dask"] = attrs
+    if target.staged:
+        destination.swap_in(target)
+    Destination.release(target)
+    remove_tree(target.state.folder, owned=lambda _loc: None, protect=destination.protect)
+
+
+def fail(target: Target, destination: Destination, exc: BaseException, n_blocks: int):
+    """Release the locks, remove what is worthless, and raise ``exc`` saying what is left.
+
+    Nothing finished: what this run wrote goes (by its record: a staged overwrite's folder,
+    a new dst, its entries in an empty folder), so a failure before any output leaves
+    nothing behind. Otherwise the finished blocks stay, marked incomplete, for
+    ``resume=True``. An interrupted run (Ctrl-C) keeps everything for a resume. A run whose
+    lock was taken over touches nothing more: dst is the other run's now.
+    """
+    for lock in target.locks:
+        lock.stop_heartbeat()
+    if isinstance(exc, LeaseLostError) or any(lock.lost for lock in target.locks):
+        Destination.release(target)  # removes no lock that is not ours
+        if isinstance(exc, LeaseLostError):
+            raise exc
+        raise LeaseLostError(
+            f"dst {destination.dst.spec!r} was taken over by another run while this one was "
+            f"stopped or cut off ({' '.join(str(exc).split())}); this run stopped writing"
+        ) from exc
+    with contextlib.suppress(Exception):
+        target.state.remove_partial_files(target.entries)
+    n_done = target.state.n_done() if target.output.exists() else 0
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    Destination.release(target)
+    if interrupted:
+        raise exc
+    left = _left(target, destination, n_done, n_blocks)
+    raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
+
+
+def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:
+    """What a failed run leaves, after removing what is worthless (nothing finished)."""
+    if n_done == 0 and (target.staged or target.mode in ("new", "empty", "replace")):
+        kept: list[str] = []
+        with contextlib.suppress(Exception):
+            kept = destination.remove_run(target)
+        if not target.staged:
+            return "nothing was written"
+        left = "the previous output in dst is unchanged"
+        if kept:
+            left += f"; {target.output.url!r} is left with {', '.join(kept)}, not written by us"
+        return left
+    if target.staged:
+        return (
+            f"the previous output in dst is unchanged; the new one is kept beside it in "
+            f"{target.output.path!r} with {n_done} of {n_blocks} blocks done; rerun with "
+            "resume=True to continue it (or overwrite=True to start over)"
+        )
+    return (
+        f"dst {destination.dst.spec!r} is kept with {n_done} of {n_blocks} blocks done; "
+        "rerun with resume=True to continue"
+    )
+
+
+def tidy_complete(destination: Destination) -> None:
+    """A resume of a complete output: under its lock, put back what an overwrite killed
+    after its swap left, and drop a state folder left by a kill after the output was marked
+    complete (its markers vouch for nothing more)."""
+    target = destination.take("complete")
+    try:
+        for name in ("done", "run.json", "source-files.npz"):
+            entry = target.state.folder.child(name)
+            if entry.exists():
+                remove_tree(entry, owned=lambda _loc: None, protect=destination.protect)
+    finally:
+        Destination.release(target)
+
+
+def open_result(location: Location) -> Any:
+    """The output group, opened read-only."""
+    import zarr
+
+    return zarr.open_group(store=location.zarr_store(read_only=True), mode="r")

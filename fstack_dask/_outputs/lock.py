@@ -1,0 +1,322 @@
+"""One writer at a time: the lock of an output, a lease renewed by a heartbeat.
+
+A run holds ``<state folder>/lock``, created exclusively, whose body names a random
+``token`` (and, for messages, the host and pid). The holder renews it every
+``HEARTBEAT_EVERY`` seconds (the file's mtime), and everything that writes for the run checks,
+before each block's data and done-marker and before the run finishes, that the lock still
+carries its token: a run whose lock was taken over stops writing (:class:`LeaseLostError`).
+
+When is a lock *stale*, so that ``resume``/``overwrite`` may take it over?
+
+* Written on this machine's kernel (the lock's ``boot_id`` is ours): the holder keeps an
+  ``flock`` on the lock file for as long as it lives, and the kernel drops it when the process
+  dies, whatever PID namespace or container it ran in. Stale at once when nobody holds it;
+  live while somebody does (a suspended run too), however old its heartbeat.
+* Written elsewhere (another host on a shared filesystem, an object store) or unreadable:
+  stale when its heartbeat is older than ``LOCK_STALE_AFTER`` seconds, and by that alone.
+
+PIDs are never used to decide: two containers on one host can both be "pid 1".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import DestinationLockedError, LeaseLostError
+from .._locations import Location
+
+try:  # POSIX: the kernel's own record of a live holder, and the takeover's mutual exclusion
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["DestinationLock", "LOCK_STALE_AFTER", "Lease", "live_lock"]
+
+log = logging.getLogger(__name__)
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+#: Seconds without a heartbeat before a lock written on another host is stale
+#: (``FSTACK_DASK_LOCK_STALE_AFTER``; raise it for filesystems with slow metadata).
+LOCK_STALE_AFTER = _seconds_from_env("FSTACK_DASK_LOCK_STALE_AFTER", 60.0)
+HEARTBEAT_EVERY = LOCK_STALE_AFTER / 6
+
+
+def machine_id() -> str:
+    """What identifies this machine's running kernel: its boot id (all containers and PID
+    namespaces of one host share it; another host, or a reboot, has another).
+
+    ``FSTACK_DASK_LOCK_MACHINE`` overrides it (the tests use it to play two hosts)."""
+    override = os.environ.get("FSTACK_DASK_LOCK_MACHINE")
+    if override:
+        return override
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return f"host:{socket.gethostname()}"
+
+
+def _held_by_someone(path: str) -> bool | None:
+    """Whether a process holds the ``flock`` of the file at ``path`` (None: cannot tell)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        return None  # the filesystem has no flock
+    finally:
+        os.close(fd)  # releases what we took
+    return False
+
+
+def read_lock(lock: Location) -> dict[str, Any] | None:
+    """The lock's content with its heartbeat (``mtime``) and, for a local lock, whether a
+    process holds it (``held``); None if there is no lock."""
+    try:
+        raw = lock.read_bytes()
+        if lock.is_local:
+            mtime = os.stat(lock.path).st_mtime
+        else:
+            mtime = lock.fs.modified(lock.path).timestamp()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except ValueError:  # torn or not ours: only its age can tell
+        info = {"host": None, "pid": None}
+    info["mtime"] = mtime
+    info["held"] = _held_by_someone(lock.path) if lock.is_local else None
+    return info
+
+
+def lock_is_live(info: Mapping[str, Any]) -> bool:
+    """Whether the lock's holder may still be running (see the module docstring)."""
+    if info.get("machine") == machine_id() and info.get("held") is not None:
+        return bool(info["held"])  # this kernel shows a live holder's flock
+    return time.time() - float(info.get("mtime", 0.0)) < LOCK_STALE_AFTER
+
+
+def _owner(info: Mapping[str, Any]) -> str:
+    if not info.get("host"):
+        return "another run (unreadable lock)"
+    return f"pid {info.get('pid')} on {info.get('host')}"
+
+
+def locked_message(what: str, info: Mapping[str, Any]) -> str:
+    return (
+        f"{what} is being written by {_owner(info)}; a second run into the same dst is refused "
+        f"(wait for it to finish; a lock without heartbeat for {LOCK_STALE_AFTER:g} s is stale)"
+    )
+
+
+def live_lock(lock: Location) -> dict[str, Any] | None:
+    """The lock's content if a live run holds it, else None."""
+    info = read_lock(lock)
+    return info if info is not None and lock_is_live(info) else None
+
+
+def _token_of(raw: bytes) -> str | None:
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    return info.get("token") if isinstance(info, dict) else None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a task needs to check that its run still holds the lock (picklable)."""
+
+    lock: Location
+    token: str
+    what: str
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` unless the lock still carries this run's token."""
+        try:
+            raw = self.lock.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise LeaseLostError(
+                f"{self.what}: this run's lock was taken over and is gone (another run judged "
+                f"it stale after {LOCK_STALE_AFTER:g} s without a heartbeat: was this run "
+                "suspended, or its host unreachable?); this run stopped writing"
+            ) from None
+        if _token_of(raw) != self.token:
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                info = {}
+            raise LeaseLostError(
+                f"{self.what} was taken over by {_owner(info)} after this run's lock went "
+                f"{LOCK_STALE_AFTER:g} s without a heartbeat (suspended, or its host "
+                "unreachable); this run stopped writing"
+            )
+
+
+class DestinationLock:
+    """A lock file, an ``flock`` on it for this process's lifetime, and a heartbeat thread.
+
+    Taken with an exclusive create (locally: written aside and flock'ed, then hard-linked
+    into place, so it is never seen half-written nor without its flock). A stale lock is taken
+    over; locally the check and the takeover happen under ``flock`` on the lock's folder, so
+    two runs cannot both take over.
+    """
+
+    def __init__(self, lock: Location, what: str):
+        self.lock, self.what = lock, what
+        self.token = uuid.uuid4().hex
+        self.body = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "machine": machine_id(),
+                "pid": os.getpid(),  # for messages only
+                "started": time.time(),
+                "token": self.token,
+            }
+        ).encode()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fd: int | None = None  # holds the flock while this run lives
+        self.held = False
+        self.lost = False
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.lock, self.token, self.what)
+
+    def acquire(self) -> None:
+        folder = Location(self.lock.spec, self.lock.protocol, self.lock.parent_path(),
+                          self.lock.storage_options)  # fmt: skip
+        with self._guard(folder):
+            for _ in range(2):
+                if self._create():
+                    break
+                info = read_lock(self.lock)
+                if info is not None and lock_is_live(info):
+                    raise DestinationLockedError(locked_message(self.what, info))
+                if info is not None:
+                    log.info(
+                        "taking over the stale lock of %s (%s)", _owner(info), self.what
+                    )  # fmt: skip
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock.fs.rm_file(self.lock.path)
+            else:
+                raise DestinationLockedError(f"could not take the lock of {self.what}")
+        self.held = True
+        self._thread = threading.Thread(target=self._beat, name="fstack-dask-lock", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def _guard(self, folder: Location) -> Iterator[None]:
+        if not folder.is_local or fcntl is None:
+            yield
+            return
+        fd = os.open(folder.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _create(self) -> bool:
+        """Exclusively create the lock file with our body; False if one exists."""
+        if not self.lock.is_local:
+            try:
+                with self.lock.fs.open(self.lock.path, "xb") as fh:
+                    fh.write(self.body)
+            except FileExistsError:
+                return False
+            return True
+        aside = f"{self.lock.path}.{uuid.uuid4().hex}.tmp"
+        fd = None
+        try:
+            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, self.body)
+            os.fsync(fd)
+            if fcntl is not None:  # held before the lock is visible: never seen unheld
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.link(aside, self.lock.path)  # atomic, and fails if the lock exists
+        except FileExistsError:
+            if fd is not None:
+                os.close(fd)
+            return False
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+        self._fd = fd
+        return True
+
+    def mine(self) -> bool:
+        try:
+            return _token_of(self.lock.read_bytes()) == self.token
+        except Exception:
+            return False
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` unless this run still holds the lock."""
+        self.lease.check()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            with contextlib.suppress(Exception):
+                if not self.mine():  # never refresh a lock someone else holds now
+                    self.lost = True
+                    return
+                if self._fd is not None:
+                    os.utime(self._fd)  # our own inode, never a successor's
+                elif self.lock.is_local:
+                    os.utime(self.lock.path)
+                else:
+                    self.lock.fs.touch(self.lock.path, truncate=False)
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def release(self) -> None:
+        self.stop_heartbeat()
+        if self.held and self.mine():
+            with contextlib.suppress(FileNotFoundError):
+                self.lock.fs.rm_file(self.lock.path)
+        self.held = False
+        if self._fd is not None:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+
+    def moved_to(self, lock: Location) -> None:
+        """The lock file now lives at ``lock`` (its folder was renamed)."""
+        self.lock = lock

@@ -1,0 +1,67 @@
+"""The multiscale pyramid of an output: how many levels, their shapes, the 2 x 2 mean.
+
+Each level-``L`` pixel is the mean of the (up to) 2 x 2 level-``L - 1`` pixels it covers,
+summed in a fixed order, so the pyramid is bit-identical whatever the chunking and the
+scheduler, like level 0. Integer images are rounded half to even; the depth and selectivity
+maps average their finite values (NaN where none is). The passes that compute the levels
+block by block are in ``_runs.pyramid``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["downsample", "level_shape", "n_levels"]
+
+
+def n_levels(shape_yx: tuple[int, int], block: tuple[int, int]) -> int:
+    """Levels beyond 0 until the image fits in one block (chunk): 0 if it already does."""
+    ratio = max(shape_yx[0] / block[0], shape_yx[1] / block[1])
+    return max(0, math.ceil(math.log2(ratio))) if ratio > 1 else 0
+
+
+def level_shape(shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
+    f = 2**level
+    return math.ceil(shape_yx[0] / f), math.ceil(shape_yx[1] / f)
+
+
+def _pair_sum(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of neighbouring pairs along ``axis`` (a trailing odd element alone), and counts."""
+    even = np.take(a, np.arange(0, a.shape[axis], 2), axis=axis)
+    odd = np.take(a, np.arange(1, a.shape[axis], 2), axis=axis)
+    total = even.copy()
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(0, odd.shape[axis])
+    total[tuple(index)] += odd
+    return total, odd.shape[axis]
+
+
+def downsample(values: np.ndarray, *, dtype: np.dtype, nan_aware: bool) -> np.ndarray:
+    """2 x 2 mean over the last two axes (odd edges average what they have).
+
+    Examples
+    --------
+    >>> downsample(np.array([[1, 2, 3], [3, 4, 5]], np.uint8), dtype=np.uint8, nan_aware=False)
+    array([[2, 4]], dtype=uint8)
+    """
+    f = values.astype(np.float64)
+    finite = np.isfinite(f) if nan_aware else None
+    if nan_aware:
+        f = np.where(finite, f, 0.0)
+    s, _ = _pair_sum(f, f.ndim - 2)
+    s, _ = _pair_sum(s, f.ndim - 1)
+    if nan_aware:
+        n = finite.astype(np.float64)
+    else:
+        n = np.ones(f.shape[-2:], np.float64)
+    n, _ = _pair_sum(n, n.ndim - 2)
+    n, _ = _pair_sum(n, n.ndim - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / n
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.round(mean), info.min, info.max).astype(dtype)
+    return mean.astype(dtype)

@@ -1,0 +1,315 @@
+"""What a run keeps in its output folder: ownership, the run record, done-markers, the source's
+fingerprint, and the checks that decide what may be resumed, replaced or deleted.
+
+An output folder is *ours* when its ``zarr.json`` carries our provenance attribute (a complete
+or an unfinished output), or when it holds our run record ``.fstack_dask/run.json`` (a run
+killed while creating the output). Nothing else is ever resumed into, replaced or deleted:
+an empty ``.fstack_dask/`` folder, or any Zarr store without our provenance, is not ours.
+
+Ownership is by record, never by name: the provenance and the run record list the entries
+the run writes (``zarr.json``, its levels ``0``..``N``, ``depth``, ``selectivity``, and the
+state folder); only those are ever removed, and anything else inside an output (a user's
+``2024/`` or ``notes.txt``) is kept.
+
+The run record stores what identifies the source (canonical location, shape, dtype, axes,
+read units, a digest of its metadata files) and ``source-files.npz`` the size, modification
+and change time and inode of each of its data files; each done-marker holds the sha256 of the
+samples its block read. A resume can thus tell whether the source changed since the run
+began, which finished blocks a change would affect, and, by reading those blocks again,
+whether their content really changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._locations import Location
+from .write import fsync_dir
+
+__all__ = ["OutputState", "classify", "input_digest", "owned_output", "recorded_entries"]
+
+STATE_DIR = ".fstack_dask"
+RUN_FILE = "run.json"
+FILES_FILE = "source-files.npz"
+METHOD = "Pertuz et al. 2013 noise-robust selective all-in-focus fusion"
+RUN_KIND = "fstack_dask run"
+# zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
+ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _read_json(location: Location) -> Any:
+    try:
+        return json.loads(location.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+        return None
+
+
+def provenance(location: Location) -> dict[str, Any] | None:
+    """Our provenance attribute of the output at ``location``, or None if it has none."""
+    meta = _read_json(location.child("zarr.json"))
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    ours = attrs.get("fstack_dask") if isinstance(attrs, dict) else None
+    if isinstance(ours, dict) and ours.get("method") == METHOD:
+        return ours
+    return None
+
+
+def run_record(location: Location) -> dict[str, Any] | None:
+    record = _read_json(location.child(STATE_DIR, RUN_FILE))
+    if isinstance(record, dict) and record.get("kind") == RUN_KIND:
+        return record
+    return None
+
+
+def entries_of(params: Mapping[str, Any]) -> list[str]:
+    """The top-level entries an output with these parameters has (its record, or for outputs
+    written before records listed them, what its levels and maps imply)."""
+    listed = params.get("entries")
+    if isinstance(listed, list) and all(isinstance(e, str) for e in listed):
+        return list(listed)
+    try:
+        levels = int(params.get("levels") or 0)
+    except (TypeError, ValueError):
+        levels = 0
+    maps = [m for m in ("depth", "selectivity") if params.get(f"{m}_map")]
+    return ["zarr.json", *(str(k) for k in range(levels + 1)), *maps]
+
+
+def recorded_entries(location: Location) -> set[str] | None:
+    """The entries of the output at ``location`` that fstack_dask wrote, by its own record
+    (provenance and run record), with the state folder; None if it is not our output."""
+    ours = provenance(location)
+    record = run_record(location)
+    if ours is None and record is None:
+        return None
+    entries = {STATE_DIR}
+    if ours is not None:
+        entries.update(entries_of(ours))
+    if record is not None and isinstance(record.get("params"), dict):
+        entries.update(entries_of(record["params"]))
+    return entries
+
+
+def foreign_entries(location: Location) -> list[str]:
+    """Entries of our output at ``location`` that fstack_dask did not write."""
+    entries = recorded_entries(location) or set()
+    return [
+        n
+        for n in location.listdir()
+        if n not in entries and not (n.startswith("zarr.") and ZARR_PARTIAL.search(n))
+    ]
+
+
+def classify(location: Location) -> str:
+    """``"absent"``, ``"file"``, ``"empty"``, ``"complete"`` / ``"unfinished"`` (ours), or
+    ``"other"`` (exists, and is not ours)."""
+    if not location.exists():
+        return "absent"
+    if not location.isdir():
+        return "file"
+    if not location.listdir():
+        return "empty"
+    attrs = provenance(location)
+    if attrs is not None:
+        return "complete" if attrs.get("complete") is True else "unfinished"
+    if run_record(location) is not None:
+        return "unfinished"
+    return "other"
+
+
+def owned_output(location: Location) -> str | None:
+    """For :func:`~fstack_dask._locations.remove_tree`: None if ``location`` is ours."""
+    kind = classify(location)
+    if kind in ("complete", "unfinished", "absent", "empty"):
+        return None
+    if kind == "file":
+        return "it is a file, not an fstack_dask output"
+    return "it is not an fstack_dask output (no fstack_dask provenance or run record)"
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """The state folder of one output (or of its staging folder)."""
+
+    output: Location
+
+    @property
+    def folder(self) -> Location:
+        return self.output.child(STATE_DIR)
+
+    @property
+    def lock(self) -> Location:
+        return self.folder.child("lock")
+
+    @property
+    def done_folder(self) -> Location:
+        return self.folder.child("done")
+
+    # -- the record --------------------------------------------------------------------
+
+    def write_record(self, record: Mapping[str, Any], files: Any = None) -> None:
+        """Write ``run.json`` (and the source's file list) atomically and durably."""
+        fs = self.folder.fs
+        fs.makedirs(self.done_folder.path, exist_ok=True)
+        body = json.dumps({"kind": RUN_KIND, **record}, indent=1).encode()
+        if files is not None:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **files)
+            _write_atomic(self.folder.child(FILES_FILE), buffer.getvalue())
+        _write_atomic(self.folder.child(RUN_FILE), body)
+
+    def record(self) -> dict[str, Any] | None:
+        return run_record(self.output)
+
+    def files(self) -> dict[str, np.ndarray] | None:
+        try:
+            raw = self.folder.child(FILES_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    # -- done-markers ------------------------------------------------------------------
+
+    def mark_done(self, name: str, digest: str = "") -> None:
+        """Record a finished block (after its data is durable), durably, with the digest of
+        the samples it read (:func:`input_digest`; empty for pyramid blocks)."""
+        marker = self.done_folder.child(name)
+        if marker.is_local:
+            fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, digest.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.done_folder.path)
+        else:
+            marker.fs.pipe_file(marker.path, digest.encode())
+
+    def marker_digest(self, name: str) -> str | None:
+        """The input digest a done-marker holds (None: none recorded, or no marker)."""
+        try:
+            text = self.done_folder.child(name).read_bytes().decode("ascii", "replace").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return text or None
+
+    def done(self) -> set[str]:
+        try:
+            return set(self.done_folder.listdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def n_done(self) -> int:
+        """Finished blocks of level 0 (pyramid levels' markers are named ``L1_...``)."""
+        return sum(not n.startswith("L") for n in self.done())
+
+    def remove_partial_files(self, entries: Iterable[str]) -> None:
+        """Delete the temporary files of zarr writes that a kill interrupted: inside our
+        ``entries`` only (and ``zarr.json``'s beside them), never a user's ``*.partial``."""
+        if not self.output.is_local:
+            return
+        base = self.output.path
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(base):
+                if name.startswith("zarr.") and ZARR_PARTIAL.search(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(base, name))
+        for entry in entries:
+            top = os.path.join(base, entry)
+            if entry == STATE_DIR or not os.path.isdir(top) or os.path.islink(top):
+                continue
+            for root, _dirs, files in os.walk(top):
+                for name in files:
+                    if ZARR_PARTIAL.search(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(root, name))
+
+
+def _write_atomic(location: Location, body: bytes) -> None:
+    if not location.is_local:
+        location.fs.pipe_file(location.path, body)
+        return
+    aside = f"{location.path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(aside, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(aside, location.path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+    fsync_dir(os.path.dirname(location.path))
+
+
+# --------------------------------------------------------------------- source identity
+
+
+_STAT_FIELDS = ("sizes", "stamps", "ctimes", "inodes")
+
+
+def source_files(entries: Iterable[tuple]) -> dict[str, np.ndarray]:
+    """The (name, size, mtime, ctime, inode) list of a source's data files, as compact
+    arrays."""
+    rows = list(entries)
+    out = {"names": np.array([r[0] for r in rows], dtype=str)}
+    for k, key in enumerate(_STAT_FIELDS, start=1):
+        out[key] = np.array([r[k] for r in rows], dtype=np.int64)
+    return out
+
+
+def changed_files(old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of data files added, removed, or with another size, modification or change
+    time or inode (the last two only where both lists have them: older records lack them)."""
+    keys = [k for k in _STAT_FIELDS if k in old and k in new]
+
+    def table(files: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        stats = zip(*(files[k].tolist() for k in keys), strict=True)
+        return dict(zip(files["names"].tolist(), stats, strict=True))
+
+    before, after = table(old), table(new)
+    changed = [n for n, v in after.items() if before.get(n) != v]
+    changed += [n for n in before if n not in after]
+    return sorted(changed)
+
+
+def input_digest(samples: np.ndarray) -> str:
+    """sha256 of a block's input samples (with their shape and dtype): what its done-marker
+    vouches for, so that a resume can tell whether the source under it changed."""
+    h = hashlib.sha256(f"{samples.dtype.str}{samples.shape}".encode())
+    h.update(np.ascontiguousarray(samples))
+    return h.hexdigest()
+
+
+def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between two source identities, as phrases for a message."""
+    out = []
+    for key, what in (
+        ("location", "location"),
+        ("kind", "format"),
+        ("shape", "shape"),
+        ("dtype", "dtype"),
+        ("axes", "axes"),
+        ("unit_shape", "chunking"),
+        ("level", "level"),
+        ("metadata_sha256", "metadata"),
+        ("content", "content"),
+    ):
+        if stored.get(key) != current.get(key):
+            if key in ("metadata_sha256", "content"):
+                out.append(f"its {what} changed")
+            else:
+                out.append(f"its {what} was {stored.get(key)!r} and is now {current.get(key)!r}")
+    return out

@@ -1,0 +1,322 @@
+"""Writing the fused OME-Zarr 0.5 image: its description, its arrays, durable block writes.
+
+:func:`output_spec` builds the whole description of the output (arrays, chunks, NGFF and
+provenance attributes) in memory and validates it, so that a problem found in the source's
+metadata (a zero pixel size, say) stops a run before anything on disk is touched.
+:func:`create_output` then writes it into a folder the run owns, and :func:`write_block`
+writes one block's regions and makes them durable (fsync) before the caller records the
+block as done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._layout import Layout
+from .._locations import Location
+from .._ngff import check_ngff_order, multiscale_entry, omero_entry, positive_scale
+
+__all__ = ["ArraySpec", "OutputSpec", "create_output", "output_spec", "write_block"]
+
+# NGFF allows only these axis letters' units to be carried over to the 2-D image.
+_CARRIED = ("t", "y", "x")
+_RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    path: str
+    axes: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything :func:`create_output` writes, validated.
+
+    ``groups`` maps a group path (``""`` the root, ``"depth"``, ``"selectivity"``) to its
+    attributes; ``arrays`` are their levels (``"0"``, ``"1"``, ..., ``"depth/0"``, ...).
+    """
+
+    arrays: tuple[ArraySpec, ...]
+    groups: dict[str, dict[str, Any]]
+    levels: int = 0
+
+    def array(self, path: str) -> ArraySpec:
+        return next(a for a in self.arrays if a.path == path)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self.groups[""]
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The top-level entries the output has: what its record says fstack_dask wrote."""
+        return tuple(self.attributes["fstack_dask"]["entries"])
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict JSON (zarr would write bare NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def _channels(source: Any, layout: Layout, dtype: np.dtype) -> list[dict[str, Any]] | None:
+    if "c" not in layout.axes:
+        return None
+    n = layout.size("c")
+    given = source.channels if source.channels and len(source.channels) == n else None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = float(info.min), float(info.max)
+    else:
+        lo, hi = 0.0, 1.0
+    out = []
+    for k in range(n):
+        ch = dict(given[k]) if given else {}
+        if layout.rgb:
+            ch.setdefault("label", "RGB"[k] if n == 3 else f"c{k}")
+            ch["color"] = _RGB_COLOURS[k] if n == 3 else ch.get("color", "FFFFFF")
+        else:
+            ch.setdefault("label", f"c{k}")
+            ch.setdefault("color", "FFFFFF")
+        window = dict(ch.get("window") or {})
+        window.setdefault("min", lo)
+        window.setdefault("max", hi)
+        window.setdefault("start", window["min"])
+        window.setdefault("end", window["max"])
+        ch["window"] = window
+        out.append(ch)
+    return out
+
+
+def _multiscale_arrays(
+    prefix: str, letters: str, size: dict[str, int], block: tuple[int, int], dtype: np.dtype,
+    fill: Any, levels: int,
+) -> list[ArraySpec]:  # fmt: skip
+    out = []
+    for level in range(levels + 1):
+        f = 2**level
+        level_size = {**size, "y": -(-size["y"] // f), "x": -(-size["x"] // f)}
+        chunk = {"y": block[0], "x": block[1]}
+        out.append(
+            ArraySpec(
+                f"{prefix}{level}",
+                letters,
+                tuple(level_size[a] for a in letters),
+                tuple(min(chunk.get(a, 1), level_size[a]) for a in letters),
+                dtype,
+                fill,
+            )
+        )
+    return out
+
+
+def _level_transforms(
+    scale0: list[float], shift0: list[float], letters: str, levels: int
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per level: y/x scale times 2^L, and the centre of the first 2^L x 2^L pixel block."""
+    scales, shifts = [], []
+    for level in range(levels + 1):
+        f = 2**level
+        scales.append([v * f if a in "yx" else v for a, v in zip(letters, scale0, strict=True)])
+        shifts.append(
+            [
+                t + (f - 1) / 2 * v if a in "yx" else t
+                for a, v, t in zip(letters, scale0, shift0, strict=True)
+            ]
+        )
+    return scales, shifts
+
+
+def output_spec(
+    source: Any,
+    layout: Layout,
+    *,
+    block: tuple[int, int],
+    dtype: np.dtype,
+    maps: tuple[str, ...],
+    provenance: Mapping[str, Any],
+    depth_unit: str | None = None,
+    levels: int = 0,
+) -> OutputSpec:
+    """The output's groups, arrays and attributes for fusing ``source`` (nothing written).
+
+    The root is an NGFF 0.5 multiscale image named ``"fused"``: arrays ``"0"`` (the fused
+    image, axes ``layout.image_axes``: batch axes, ``c``, ``y``, ``x``, in the input's dtype)
+    to ``str(levels)``, each a 2 x 2 mean of the one before, chunked like the blocks along y/x
+    and 1 along the other axes. Scale, units and translation along t, y and x come from the
+    source (per level, as NGFF defines them for downsampled levels), with an ``omero`` block
+    for channels. Each map (``"depth"``, ``"selectivity"``, float32, NaN where undefined) is
+    an NGFF multiscale image group of its own with the same levels, so that OME-Zarr readers
+    open ``dst/depth`` like any image; the depth map's unit is in its ``fstack_dask``
+    attributes.
+
+    Raises
+    ------
+    ValueError
+        If the source's metadata cannot make a valid NGFF description (a pixel size that is
+        zero, negative or not finite; axes out of NGFF order).
+    """
+    letters = layout.image_axes
+    check_ngff_order(letters)
+    size = {a: layout.size(a) for a in layout.axes}
+    where = source.description
+    carried_scale = {a: v for a, v in source.scale.items() if a in _CARRIED}
+    units = {a: u for a, u in source.units.items() if a in _CARRIED}
+    shift_of = {a: float(source.translation.get(a, 0.0)) for a in _CARRIED}
+    if not all(math.isfinite(v) for v in shift_of.values()):
+        raise ValueError(f"the translation of {where} must be finite, got {source.translation}")
+
+    def image(name: str, prefix: str, axes: str, dt: np.dtype, fill: Any):
+        scale0 = positive_scale(carried_scale, axes, f"the scale of {where}")
+        shift0 = [shift_of.get(a, 0.0) for a in axes]
+        scales, shifts = _level_transforms(scale0, shift0, axes, levels)
+        entry = multiscale_entry(
+            name=name, letters=axes, units=units, scales=scales, translations=shifts,
+            paths=[str(k) for k in range(levels + 1)],
+        )  # fmt: skip
+        arrays = _multiscale_arrays(prefix, axes, size, block, dt, fill, levels)
+        return {"version": "0.5", "multiscales": [entry]}, arrays
+
+    ome, arrays = image("fused", "", letters, dtype, 0)
+    channels = _channels(source, layout, dtype)
+    if channels is not None:
+        ome["omero"] = omero_entry(channels, rgb=layout.rgb)
+    # Ownership by record: the output lists what it holds of ours (levels, maps).
+    entries = ["zarr.json", *(str(k) for k in range(levels + 1)), *maps]
+    provenance = {**provenance, "entries": entries}
+    groups = {"": {"ome": _jsonable(ome), "fstack_dask": _jsonable(provenance)}}
+    for name in maps:
+        map_ome, map_arrays = image(name, f"{name}/", layout.map_axes, np.dtype(np.float32),
+                                    np.nan)  # fmt: skip
+        about = {
+            "depth": "focus position of the plane with the highest focus measure",
+            "selectivity": "selectivity S in dB (Pertuz et al. 2013)",
+        }[name]
+        unit = depth_unit if name == "depth" else "dB"
+        groups[name] = {
+            "ome": _jsonable(map_ome),
+            "fstack_dask": {"map": name, "values": about, "unit": unit},
+        }
+        arrays += map_arrays
+    return OutputSpec(tuple(arrays), groups, levels)
+
+
+def create_output(
+    location: Location, spec: OutputSpec, extra: Mapping[str, Any] | None = None
+) -> Any:
+    """Write the (empty) output groups and arrays described by ``spec`` into ``location``.
+
+    ``location`` must be a folder the caller owns (created by this run, or an empty folder
+    it claimed). The root's provenance attribute (with ``extra``: the run's id, the source's
+    identity) is written last: a group that has it is complete as a structure, even if the
+    process creating it was killed.
+    """
+    import zarr
+
+    attrs = dict(spec.groups[""])
+    provenance = {**attrs.pop("fstack_dask"), **_jsonable(dict(extra or {}))}
+    root = zarr.create_group(
+        store=location.zarr_store(read_only=False), zarr_format=3, attributes=attrs
+    )
+    for path, group_attrs in spec.groups.items():
+        if path:
+            root.create_group(path, attributes=group_attrs)
+    for a in spec.arrays:
+        root.create_array(
+            name=a.path,
+            shape=a.shape,
+            dtype=a.dtype,
+            chunks=a.chunks,
+            shards=None,
+            fill_value=a.fill_value,
+            dimension_names=list(a.axes),
+        )
+    root.attrs.update({"fstack_dask": provenance})
+    return root
+
+
+def open_output(location: Location, *, mode: str = "r+") -> Any:
+    import zarr
+
+    return zarr.open_group(store=location.zarr_store(read_only=mode == "r"), mode=mode)
+
+
+def write_block(
+    arrays: Mapping[str, Any], regions: Mapping[str, tuple[slice, ...]], data: Mapping[str, Any]
+) -> list[str]:
+    """Write each array's region; return the chunk keys written (for :func:`make_durable`)."""
+    keys = []
+    for name, values in data.items():
+        array = arrays[name]
+        region = regions[name]
+        array[region] = values
+        ranges = [
+            range(s.start // c, (s.stop - 1) // c + 1)
+            for s, c in zip(region, array.chunks, strict=True)
+        ]
+        for index in np.ndindex(*(len(r) for r in ranges)):
+            coords = tuple(r[i] for r, i in zip(ranges, index, strict=True))
+            keys.append(f"{array.path}/{array.metadata.encode_chunk_key(coords)}")
+    return keys
+
+
+def make_durable(location: Location, keys: list[str]) -> None:
+    """fsync the written chunk files and their folders (local filesystems only).
+
+    Object stores make a write durable when the request returns; on a local filesystem a
+    power cut could otherwise leave a done-marker on disk whose chunk files were still in
+    the page cache.
+    """
+    if not location.is_local:
+        return
+    folders = set()
+    for key in keys:
+        path = os.path.join(location.path, *key.split("/"))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # an all-fill chunk zarr chose not to store
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(os.path.dirname(path))
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync directories
+    finally:
+        os.close(fd)

@@ -1,0 +1,223 @@
+"""One block's work: read it with its halo, fuse it, write its regions durably, mark it done.
+
+A :class:`FuseJob` holds everything a task needs and nothing it could share by accident: it
+is pickled to worker processes and cluster workers as it is, and each process opens the
+source and the output once (:func:`_opened`) and keeps one unit cache per run. Tasks never
+exchange data: each reads from the source and writes to the output itself, so a lost worker
+costs only its own blocks, and every write is idempotent (the same bytes to the same chunks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._algorithm.block import fuse_block
+from .._errors import SourceReadError, SourceValueError
+from .._locations import Location
+from .._outputs.lock import Lease
+from .._outputs.state import OutputState, input_digest
+from .._outputs.write import make_durable, open_output, write_block
+from .._sources.fetch import UnitCache, decoded_by_this_thread, fetch_block, units_of
+from .._sources.source import Source
+from .plan import Plan
+
+__all__ = ["FuseJob", "Outcome", "close_on_workers"]
+
+_opened_lock = threading.Lock()
+_opened_by_token: dict[str, tuple[Source, dict[str, Any], UnitCache]] = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one block's task reports back."""
+
+    name: str
+    error: BaseException | None = None
+    decoded: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class FuseJob:
+    """Everything needed to fuse and write any block of one run.
+
+    ``open_source`` rebuilds the :class:`Source` in a process that does not have it yet
+    (a picklable callable); in the process that planned the run, ``source`` is used as is.
+    """
+
+    token: str
+    open_source: Callable[..., Source]  # (data=None): data as in run()
+    plan: Plan
+    output: Location
+    arrays: dict[str, str]  # output name ("0", "depth", ...) -> its level-0 array path
+    kernel: dict[str, Any]
+    dtype: np.dtype
+    cache_bytes: int
+    depth_affine: tuple[float, float] | None = None  # depth = offset + step * plane
+    lease: Lease | None = None  # checked before each block's writes and its marker
+    source: Source | None = field(default=None, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["source"] = None  # reopened in the worker
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # -- per process -------------------------------------------------------------------
+
+    def opened(self, data: Any = None) -> tuple[Source, dict[str, Any], UnitCache]:
+        """This run's source, output arrays and unit cache in this process (opened once);
+        ``data``: the in-memory source's array, where the task brought it."""
+        with _opened_lock:
+            found = _opened_by_token.get(self.token)
+            if found is None:
+                source = self.source if self.source is not None else self.open_source(data)
+                group = open_output(self.output, mode="r+")
+                arrays = {name: group[path] for name, path in self.arrays.items()}
+                found = (source, arrays, UnitCache(self.cache_bytes, self.plan.halo))
+                _opened_by_token[self.token] = found
+            return found
+
+    def cache_peak(self) -> int:
+        """The most bytes of decoded units this process's cache held for this run."""
+        found = _opened_by_token.get(self.token)
+        return found[2].peak_bytes if found is not None else 0
+
+    def close(self) -> None:
+        """Forget this run's opened source, output and cache in this process."""
+        with _opened_lock:
+            _opened_by_token.pop(self.token, None)
+
+    def expect(self, blocks: Sequence[tuple[int, ...]]) -> None:
+        """Announce the units these blocks will read (so the cache keeps them)."""
+        source, _, cache = self.opened()
+        cache.expect(
+            r for b in blocks for r in units_of(source, self.plan.region(b), self.plan.halo)
+        )
+
+    def forget(self, blocks: Sequence[tuple[int, ...]]) -> None:
+        source, _, cache = self.opened()
+        cache.forget(
+            r for b in blocks for r in units_of(source, self.plan.region(b), self.plan.halo)
+        )
+
+    # -- the work ----------------------------------------------------------------------
+
+    def run(
+        self, blocks: Sequence[tuple[int, ...]], data: Any = None, *, announce: bool = True
+    ) -> list[Outcome]:
+        """Fuse and write ``blocks`` in order, in this process.
+
+        With ``announce`` (a task sent to another process), the blocks' reads are announced
+        to this process's cache first, so consecutive blocks share their units. A block
+        whose source cannot be read or holds NaN fails alone; any other error stops the run.
+        ``data`` is the in-memory source's array where the task brings it (a cluster's
+        scattered copy, :mod:`fstack_dask._sources.share`).
+        """
+        if data is not None:
+            self.opened(data)
+        if announce:
+            self.expect(blocks)
+        out = []
+        for k, block in enumerate(blocks):
+            try:
+                out.append(self.run_block(block))
+            except (SourceReadError, SourceValueError) as exc:
+                out.append(Outcome(self.plan.name(block), exc))
+            except BaseException:
+                if announce:
+                    self.forget(blocks[k + 1 :])
+                raise
+        return out
+
+    def run_block(self, block: tuple[int, ...]) -> Outcome:
+        start = time.perf_counter()
+        decoded = decoded_by_this_thread()
+        source, arrays, cache = self.opened()
+        plan = self.plan
+        region = plan.region(block)
+        stack = fetch_block(source, region, cache)
+        digest = input_digest(stack)  # what the marker vouches for (see _resume)
+        try:
+            result = fuse_block(stack, **self.kernel)
+        except ValueError as exc:  # samples the kernel refuses: say where they are
+            text = str(exc).replace("im_stack has", "has")
+            raise SourceValueError(
+                f"block {plan.name(block)} (y {region.y}, x {region.x}) of "
+                f"{source.description} {text}"
+            ) from exc
+        del stack
+        (y0, y1), (x0, x1) = plan.core(block)
+        crop = (
+            slice(y0 - region.y[0], y1 - region.y[0]),
+            slice(x0 - region.x[0], x1 - region.x[0]),
+        )
+        data: dict[str, Any] = {"0": result.image[(Ellipsis, *crop)]}
+        if "depth" in arrays:
+            depth = result.depth[crop]
+            if self.depth_affine is not None:
+                offset, step = self.depth_affine
+                depth = (offset + step * depth.astype(np.float64)).astype(np.float32)
+            data["depth"] = depth
+        if "selectivity" in arrays:
+            data["selectivity"] = result.selectivity[crop]
+        regions, shaped = {}, {}
+        lead = dict(region.lead)
+        for name, values in data.items():
+            array = arrays[name]
+            axes = "".join(array.metadata.dimension_names)
+            sel, shape = [], []
+            for letter in axes:
+                if letter == "y":
+                    sel.append(slice(y0, y1))
+                    shape.append(y1 - y0)
+                elif letter == "x":
+                    sel.append(slice(x0, x1))
+                    shape.append(x1 - x0)
+                elif letter in lead:
+                    sel.append(slice(lead[letter], lead[letter] + 1))
+                    shape.append(1)
+                else:  # the colour channels of an RGB image
+                    sel.append(slice(0, array.shape[axes.index(letter)]))
+                    shape.append(array.shape[axes.index(letter)])
+            regions[name] = tuple(sel)
+            shaped[name] = np.ascontiguousarray(values).reshape(shape)
+        if self.lease is not None:
+            self.lease.check()  # a run whose lock was taken over writes nothing more
+        keys = write_block(arrays, regions, shaped)
+        make_durable(self.output, keys)  # the data first ...
+        if self.lease is not None:
+            self.lease.check()
+        OutputState(self.output).mark_done(plan.name(block), digest)  # ... then the marker
+        return Outcome(
+            plan.name(block),
+            None,
+            decoded_by_this_thread() - decoded,
+            time.perf_counter() - start,
+        )
+
+
+def _close_run(token: str) -> None:
+    with _opened_lock:
+        _opened_by_token.pop(token, None)
+
+
+def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None:
+    """Make a cluster's workers forget ``job``'s opened source, output and cache.
+
+    Worker processes of our own pools end with the run; a cluster's workers live on, and
+    would keep each run's source (an in-memory array's copy, say) for good.
+    """
+    if scheduler.kind != "distributed" or getattr(scheduler.client, "status", None) != "running":
+        return  # a lost scheduler: nothing to tell, and no waiting for it
+    with contextlib.suppress(Exception):  # best effort: the run's outcome stands either way
+        scheduler.client.run(_close_run, job.token, wait=wait)

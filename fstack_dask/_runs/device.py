@@ -1,0 +1,46 @@
+"""Where ``device="cuda"`` is checked: where the tasks will run, once the scheduler is known.
+
+The process that plans a run (a login node, say) may have no GPU while its workers do: on a
+distributed cluster each worker is asked, before anything is written, and a worker without a
+usable GPU refuses the run in one line naming it. The engine itself is only ever handed the
+device as a plain value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._algorithm.device import cuda_problem, require_here
+
+__all__ = ["require_device", "require_device_for_graph"]
+
+
+def require_device(device: str, scheduler: Any = None) -> None:
+    """Refuse ``device="cuda"`` where the tasks cannot use a GPU (``ValueError`` naming it).
+
+    ``scheduler`` is a :class:`~fstack_dask._runs.schedulers.Scheduler`; on a distributed
+    cluster each worker is asked (the process that plans the run may have no GPU, its
+    workers do); otherwise this process is.
+    """
+    if device != "cuda":
+        return
+    client = getattr(scheduler, "client", None)
+    if getattr(scheduler, "kind", None) == "distributed" and client is not None:
+        answers = client.run(cuda_problem)
+        for worker, problem in sorted(answers.items()):
+            if problem is not None:
+                raise ValueError(f"device='cuda' {problem} (on worker {worker})")
+        return
+    require_here(device)
+
+
+def require_device_for_graph(device: str) -> None:
+    """As :func:`require_device`, for a lazy graph: the active distributed Client's workers
+    if there is one (they will compute it), else this process."""
+    if device != "cuda":
+        return
+    from .schedulers import Scheduler, _default_client
+
+    client = _default_client()
+    scheduler = Scheduler("distributed", 1, 1, client) if client is not None else None
+    require_device(device, scheduler)

@@ -1,0 +1,204 @@
+"""``fuse_zarr``: a run as its story, each step a function of its part.
+
+open and plan (``fusion``: sources, algorithm) -> examine ``dst`` (``resume``: reads only)
+-> connect to the scheduler and check the device where the tasks run -> claim and prepare
+``dst`` (``_outputs.lifecycle``) -> fuse the blocks, then the pyramid (``passes``) -> finish;
+or, on any failure, leave ``dst`` as the table in ``_outputs.destination`` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from .._algorithm.block import warm_up
+from .._errors import DestinationFullError, DestinationLockedError
+from .._outputs import lifecycle
+from .._params import DEFAULT_MEMORY_PER_TASK, check_flag
+from . import schedulers
+from .device import require_device
+from .fusion import plan_fusion
+from .passes import fuse_blocks, pyramid_levels
+from .resume import examine
+
+__all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr"]
+
+log = logging.getLogger("fstack_dask")
+
+
+def fuse_zarr(
+    src: Any,
+    dst: str | os.PathLike[str],
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    channels: str = "auto",
+    nhsize: int | str = 9,
+    focus: Any = None,
+    alpha: float = 0.2,
+    sth: float | str = 13,
+    depth_map: bool = False,
+    selectivity_map: bool = False,
+    chunks: int | tuple[int, int] | None = None,
+    memory_per_task: int | str = DEFAULT_MEMORY_PER_TASK,
+    levels: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    scheduler: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    dst_storage_options: dict[str, Any] | None = None,
+    stall_timeout: float = 600.0,
+    device: str = "cpu",
+) -> Any:
+    """Fuse a focus stack stored as Zarr into an OME-Zarr 0.5 all-in-focus image.
+
+    Out of core: each task reads one y/x block of the stack with its halo straight from
+    the source, fuses it (Pertuz et al. 2013, as :func:`focus_stack`) and writes its own
+    region of the output, so memory is bounded by ``memory_per_task`` per worker whatever
+    the image size, and the output is bit-identical to the in-memory result whatever the
+    chunking and the scheduler.
+
+    Parameters
+    ----------
+    src : str, os.PathLike or zarr.Array
+        A Zarr v2/v3 array, or an OME-Zarr image group (NGFF 0.1-0.5; axes from its
+        metadata), as a local path or an fsspec URL.
+    dst : str or os.PathLike
+        Where to write the OME-Zarr 0.5 image group (Zarr v3): a new path (its parent folder
+        must exist), an empty folder, or an earlier fstack_dask output (with ``overwrite``
+        or ``resume``). Array ``"0"`` is the fused image in the input's dtype with axes
+        (batch..., ``c`` if any, ``y``, ``x``) and the input's y/x scale.
+    axes : str, optional
+        Axes of a plain array without dimension names (e.g. ``"zyx"``, ``"czyx"``,
+        ``"tczyx"``, ``"yxz"``); must agree with stored dimension names.
+    level : int, optional
+        Pyramid level of an OME-Zarr source (0: full resolution).
+    channels : {"auto", "rgb", "independent"}, optional
+        See :func:`fuse`. Default ``"auto"``: RGB for 3 uint8 channels or a colour format,
+        otherwise each channel is fused on its own.
+    nhsize, focus, alpha, sth
+        As in :func:`focus_stack`; ``"auto"`` for ``nhsize`` and/or ``sth`` chooses them from
+        a fixed sample of tiles of the stack (the same whatever the chunking), logs the
+        choice and stores it in the output's provenance.
+    depth_map, selectivity_map : bool, optional
+        Also write ``depth`` (position of the sharpest plane, float32, NaN where no plane
+        has contrast: in the source's physical z units when it has a z scale and ``focus``
+        is not given, else in ``focus`` units) and ``selectivity`` (S in dB, float32, NaN
+        where undefined).
+    chunks : int or (int, int), optional
+        y/x block (and output chunk) size. Default: the largest whole multiple of the
+        source's chunk (or shard) that fits ``memory_per_task``.
+    levels : int, optional
+        Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
+        (the image, and the depth and selectivity maps); default: until the image fits in
+        one chunk; 0 for none.
+    memory_per_task : int or str, optional
+        Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
+    overwrite : bool, optional
+        Replace an existing ``dst`` that is an fstack_dask output (the new output is written
+        beside it and swapped in only once complete).
+    resume : bool, optional
+        Continue an interrupted run into ``dst``: only blocks not yet written are computed.
+        Parameters must match, and the source must not have changed in the blocks already
+        written.
+    progress : bool, optional
+        Show a progress bar (a line every 30 s when stderr is not a terminal).
+    scheduler : optional
+        ``"synchronous"``, ``"threads"``, ``"processes"``, a ``distributed.Client`` or a
+        scheduler address; default: ``dask.config``'s scheduler, else the active ``Client``,
+        else threads.
+    storage_options, dst_storage_options : dict, optional
+        fsspec options for URL ``src`` and ``dst``.
+    stall_timeout : float, optional
+        On a cluster, seconds without any finished block before the run fails (workers
+        paused for memory, frozen or lost).
+    device : {"cpu", "cuda"}, optional
+        Where each block is fused: ``"cuda"`` on the CUDA GPU of each worker (``pip install
+        "fstack_dask[gpu]"``; without it, or without a GPU where the tasks run, a
+        ``ValueError`` naming ``device``, before anything is written). Recorded in the
+        output's provenance; a run is resumed only on the same device.
+
+    Returns
+    -------
+    zarr.Group
+        The output group, opened read-only.
+
+    Raises
+    ------
+    FileNotFoundError, FileExistsError, ValueError, TypeError
+        For bad input or a refused destination, before anything is written.
+    PermissionError
+        If ``dst`` cannot be created.
+    DestinationLockedError
+        If another live run is writing ``dst``.
+    SourceReadError, SourceValueError
+        If source chunks cannot be read, or hold NaN or infinity; names the source and the
+        chunk. The blocks that do not read them are still written.
+    DestinationFullError
+        If the device holding ``dst`` fills up.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of all-in-focus
+       images by noise-robust selective fusion of limited depth-of-field images", IEEE
+       Trans. Image Process. 22(3):1242-1251, 2013. doi:10.1109/TIP.2012.2231087
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> stack = synthetic_stack((64, 64), 7, seed=0).stack.transpose(2, 0, 1)  # z, y, x
+    >>> write_stack(tmp / "in.zarr", stack, axes="zyx")
+    >>> out = fuse_zarr(tmp / "in.zarr", tmp / "out.zarr", depth_map=True, progress=False)
+    >>> out["0"].shape, out["depth"]["0"].dtype == "float32"
+    ((64, 64), True)
+    """
+    for name, value in (
+        ("depth_map", depth_map), ("selectivity_map", selectivity_map),
+        ("overwrite", overwrite), ("resume", resume), ("progress", progress),
+    ):  # fmt: skip
+        check_flag(value, name)
+    stall_timeout = _positive(stall_timeout, "stall_timeout")
+    fusion = plan_fusion(
+        src, axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus,
+        alpha=alpha, sth=sth, depth_map=depth_map, selectivity_map=selectivity_map,
+        chunks=chunks, memory_per_task=memory_per_task, levels=levels,
+        storage_options=storage_options, device=device,
+    )  # fmt: skip
+    lay = fusion.layout
+    warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
+            kernel=fusion.kernel)  # fmt: skip
+    prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
+                    resume=resume, chunks=chunks, levels=levels)  # fmt: skip
+    fusion, destination = prior.fusion, prior.destination
+    if prior.mode == "complete":
+        lifecycle.tidy_complete(destination)
+        log.info("%s is already complete; nothing to resume", destination.dst.spec)
+        return lifecycle.open_result(destination.dst)
+    with contextlib.ExitStack() as stack:
+        sched = schedulers.resolve_scheduler(scheduler, stack)  # after every check: it may connect
+        require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
+        plan, cache_bytes = fusion.plan(sched.workers, sched.processes)
+        target = lifecycle.claim(destination, prior.mode)
+        try:
+            lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
+                              resuming=prior.resuming)  # fmt: skip
+            done = fuse_blocks(fusion, plan, target, sched, cache_bytes=cache_bytes,
+                               progress=progress, stall_timeout=stall_timeout,
+                               resuming=prior.resuming)  # fmt: skip
+            pyramid_levels(fusion, target, sched, done=done, progress=progress,
+                           stall_timeout=stall_timeout)  # fmt: skip
+            lifecycle.finish(target, destination)
+        except BaseException as exc:
+            lifecycle.fail(target, destination, exc, plan.n_blocks)
+    return lifecycle.open_result(destination.dst)
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)

@@ -1,0 +1,285 @@
+"""What a fusion run will compute, decided from the source's metadata alone.
+
+:func:`plan_fusion` opens the source, checks every parameter, chooses the blocks and builds
+the output's description; it reads no pixel data and writes nothing. ``fuse_zarr`` runs
+it before touching ``dst``, and ``fstack-dask info`` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._algorithm.auto import (
+    AUTO,
+    AutoParameters,
+    auto_parameters,
+    check_nhsize_or_auto,
+    check_sth_or_auto,
+)
+from .._algorithm.block import block_memory
+from .._algorithm.device import check_device, engine_for
+from .._layout import Layout
+from .._outputs.state import METHOD
+from .._outputs.write import OutputSpec, output_spec
+from .._params import (
+    check_alpha,
+    check_chunks,
+    check_focus,
+    check_memory,
+    overlap_depth,
+    resolve_channels,
+)
+from .._sources.open import open_source
+from .._sources.source import Source
+from .._version import __version__
+from .plan import make_plan
+
+__all__ = ["Fusion", "plan_fusion"]
+
+MIN_BLOCKS_PER_IMAGE = 16  # so that a many-core node has work on a mid-size image
+
+
+@dataclass(frozen=True, eq=False)
+class Fusion:
+    """A planned fusion: the source, the parameters, the blocks and the output."""
+
+    source: Source
+    layout: Layout
+    params: dict[str, Any]
+    kernel: dict[str, Any]
+    block: tuple[int, int]
+    halo: int
+    maps: tuple[str, ...]
+    spec: OutputSpec
+    memory_per_task: int
+    unit: dict[str, int]
+    unit_bytes: int
+    depth_affine: tuple[float, float] | None
+    recipe: tuple[Any, ...]  # how a worker process opens the source again
+
+    def task_bytes(self, block: tuple[int, int]) -> int:
+        """Bytes one task holds for a block of that size (with its halo)."""
+        shape = (block[0] + 2 * self.halo, block[1] + 2 * self.halo)
+        lay = self.layout
+        return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
+                            lay.rgb, nhsize=self.kernel["nhsize"],
+                            engine=self.kernel.get("engine"))  # fmt: skip
+
+    def plan(self, workers: int, processes: int = 1):
+        """The block order and the unit cache's budget for ``workers`` tasks per process
+        and ``processes`` processes."""
+        return make_plan(
+            self.layout, unit_shape=self.unit, halo=self.halo, workers=workers,
+            memory_per_task=self.memory_per_task, task_bytes=self.task_bytes,
+            unit_bytes=self.unit_bytes, block=self.block, processes=processes,
+        )  # fmt: skip
+
+
+def plan_fusion(
+    src: Any,
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    channels: str = "auto",
+    nhsize: int = 9,
+    focus: Any = None,
+    alpha: float = 0.2,
+    sth: float = 13,
+    depth_map: bool = False,
+    selectivity_map: bool = False,
+    chunks: Any = None,
+    memory_per_task: Any = None,
+    levels: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> Fusion:
+    """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all.
+
+    ``device`` is only checked here (``"cpu"`` or ``"cuda"``); whether a GPU is there is
+    checked where the tasks will run, once the scheduler is known (``_algorithm.device``).
+    """
+    from .._params import DEFAULT_MEMORY_PER_TASK
+
+    device = check_device(device)
+    memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
+    chunks = check_chunks(chunks)
+    source = open_source(src, axes=axes, level=level, storage_options=storage_options)
+    nhsize = check_nhsize_or_auto(nhsize)
+    n_planes = source.size("z")
+    focus_given = focus is not None
+    focus = check_focus(focus, n_planes)
+    alpha, sth = check_alpha(alpha), check_sth_or_auto(sth)
+    rgb = _rgb(channels, source)
+    layout = Layout(source.axes, source.shape, rgb)
+    _check_plausible(layout, source)
+    chosen = None
+    if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
+        chosen = _auto(source, layout, focus, nhsize, sth)
+        nhsize, sth = chosen.nhsize, chosen.sth
+    halo = overlap_depth(nhsize)
+    maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
+    depth_unit, depth_affine = _depth_units(source, focus_given)
+    unit = dict(zip(source.axes, source.unit_shape, strict=True))
+    unit_bytes = source.dtype.itemsize * layout.n_channels * n_planes * unit["y"] * unit["x"]
+    kernel = {
+        "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
+        "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
+    }  # fmt: skip
+    # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
+    # the engines differ in the last bits of exp/log/tanh.
+    kernel["engine"] = engine_for(device) or _cpu_engine()
+    fusion = Fusion(
+        source, layout, {}, kernel, (1, 1), halo, maps, None, memory, unit, unit_bytes,
+        depth_affine, (src, axes, level, storage_options),
+    )  # fmt: skip
+    if chunks is None:
+        plan, _ = make_plan(
+            layout, unit_shape=unit, halo=halo, workers=MIN_BLOCKS_PER_IMAGE // 2,
+            memory_per_task=memory, task_bytes=fusion.task_bytes, unit_bytes=unit_bytes,
+        )  # fmt: skip
+        chunks = plan.block
+    levels = _check_levels(levels, layout.shape_yx, chunks)
+    _warn_many_files(layout, chunks, len(maps), levels)
+    params = {
+        "version": __version__,
+        "method": METHOD,
+        "src": source.location.url if source.location is not None else source.description,
+        "src_axes": source.axes,
+        "src_shape": list(source.shape),
+        "level": int(source.level),
+        "nhsize": nhsize,
+        "focus": focus.tolist(),
+        "alpha": alpha,
+        "sth": sth,
+        "channels": "rgb" if rgb else "independent",
+        "chunks": [int(chunks[0]), int(chunks[1])],
+        "depth_map": bool(depth_map),
+        "selectivity_map": bool(selectivity_map),
+        "depth_unit": depth_unit,
+        "levels": levels,
+        "auto": None if chosen is None else chosen.as_dict(),
+        "device": device,  # GPU and CPU may differ in the last place: resume on the same
+        "engine": kernel["engine"],
+        "complete": False,
+    }
+    spec = output_spec(
+        source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
+        provenance=params, depth_unit=depth_unit, levels=levels,
+    )  # fmt: skip
+    return Fusion(
+        source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory, unit,
+        unit_bytes, depth_affine, fusion.recipe,
+    )  # fmt: skip
+
+
+def _cpu_engine() -> str:
+    from .._algorithm import block as _kernel
+
+    return _kernel.ENGINE  # read now: FSTACK_DASK_ENGINE, or a test's choice
+
+
+def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
+    """The same fusion with another block size and number of levels (a resume uses the
+    interrupted run's when the caller left them automatic)."""
+    params = {**fusion.params, "chunks": [int(block[0]), int(block[1])], "levels": int(levels)}
+    spec = output_spec(
+        fusion.source, fusion.layout, block=block, dtype=fusion.spec.array("0").dtype,
+        maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],
+        levels=params["levels"],
+    )  # fmt: skip
+    return Fusion(
+        fusion.source, fusion.layout, params, fusion.kernel, tuple(block), fusion.halo,
+        fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
+        fusion.depth_affine, fusion.recipe,
+    )  # fmt: skip
+
+
+MANY_FILES = 1_000_000
+
+
+def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels: int) -> None:
+    """Chunks so small that the output has millions of files strain every filesystem."""
+    import logging
+    import math
+    import warnings
+
+    (ny, nx), (by, bx) = layout.shape_yx, block
+    per_level = math.prod(layout.lead_shape) * math.ceil(ny / by) * math.ceil(nx / bx)
+    files = int(per_level * (1 + n_maps) * (4 / 3 if levels else 1))
+    if files > MANY_FILES:
+        message = (
+            f"chunks={block} make the output about {files:,} chunk files; filesystems and "
+            "object stores slow down with that many: consider larger chunks"
+        )
+        logging.getLogger("fstack_dask").warning(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]) -> int:
+    """Pyramid levels beyond 0: ``None`` until the image fits in one chunk, else as given."""
+    from .._outputs.pyramid import n_levels
+
+    if levels is None:
+        return n_levels(shape_yx, block)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise ValueError(f"levels must be None (automatic) or an integer >= 0, got {levels!r}")
+    if levels > 40:
+        raise ValueError(f"levels must be at most 40 (each halves the image), got {levels}")
+    return levels
+
+
+def _rgb(channels: Any, source: Source) -> bool:
+    rgb = resolve_channels(channels, source.axes, source.shape, source.dtype)
+    if channels == "auto" and source.rgb and "c" in source.axes and source.size("c") == 3:
+        return True  # the format says these are colour samples
+    return rgb
+
+
+def _auto(source: Source, layout: Layout, focus, nhsize, sth) -> AutoParameters:
+    """``"auto"`` parameters from tiles of the first image (batch index 0), every channel
+    pooled when they are fused independently."""
+    import numpy as np
+
+    from .._sources.fetch import BlockRegion, fetch_block
+
+    batch = {a: 0 for a in layout.lead_axes if a != "c"}
+    channels = list(range(layout.size("c"))) if "c" in layout.lead_axes else [None]
+
+    def read_tile(y0: int, y1: int, x0: int, x1: int):
+        tiles = []
+        for c in channels:
+            lead = {**batch, **({"c": c} if c is not None else {})}
+            region = BlockRegion(tuple((a, lead[a]) for a in layout.lead_axes), (y0, y1),
+                                 (x0, x1), layout.rgb)  # fmt: skip
+            tiles.append(fetch_block(source, region, None))
+        return tiles[0] if channels == [None] else np.stack(tiles)
+
+    n_channels = None if channels == [None] else len(channels)
+    return auto_parameters(
+        read_tile, shape_yx=layout.shape_yx, n_planes=layout.n_planes, dtype=source.dtype,
+        rgb=layout.rgb, n_channels=n_channels, focus=focus, nhsize=nhsize, sth=sth,
+    )  # fmt: skip
+
+
+def _check_plausible(layout: Layout, source: Source) -> None:
+    """Refuse axes that make a stack with more focus planes than pixels per plane."""
+    ny, nx = layout.shape_yx
+    if ny * nx < layout.n_planes:
+        raise ValueError(
+            f"axes {source.axes!r} make {source.description} a stack of {layout.n_planes} "
+            f"focus planes of {ny} x {nx} pixels, more planes than pixels per plane; check "
+            f"axes (z is the focus axis, y and x the image), e.g. axes='zyx'"
+        )
+
+
+def _depth_units(
+    source: Source, focus_given: bool
+) -> tuple[str | None, tuple[float, float] | None]:
+    """The depth map's unit, and the plane-to-position map when the source has a z scale."""
+    unit = source.units.get("z")
+    if focus_given:
+        return unit, None
+    if "z" in source.scale:
+        return unit, (float(source.translation.get("z", 0.0)), float(source.scale["z"]))
+    return None, None

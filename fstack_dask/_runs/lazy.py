@@ -1,0 +1,516 @@
+"""Dask graph building: the chunked, haloed fusion of a focus stack.
+
+No numerics here (those are in ``_algorithm``) and no Zarr I/O (``_sources``, ``_outputs``). The
+graph is one ``map_overlap`` over y and x with z (and RGB channels) in one
+chunk. ``boundary="none"`` leaves the true image edge to the kernel's own
+border rules; the block function crops its own halo, so chunks of any size,
+uneven last chunks included, give the same bits as the whole image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, NamedTuple
+
+import dask.array as da
+import numpy as np
+
+from .._algorithm.auto import (
+    AUTO,
+    AutoParameters,
+    auto_parameters,
+    check_nhsize_or_auto,
+    check_sth_or_auto,
+    sample_tiles,
+)
+from .._algorithm.block import block_memory, fuse_block
+from .._algorithm.device import check_device, engine_for
+from .._params import (
+    DEFAULT_MEMORY_PER_TASK,
+    check_alpha,
+    check_dtype,
+    check_focus,
+    overlap_depth,
+    parse_axes,
+    resolve_channels,
+)
+from .device import require_device_for_graph
+
+__all__ = ["FusionResult", "auto_parameters_for", "fuse"]
+
+Channels = Literal["auto", "rgb", "independent"]
+
+
+class FusionResult(NamedTuple):
+    """Lazy outputs of :func:`fuse` with ``return_maps=True``, sharing one graph.
+
+    ``image`` has the input's axes without z; ``depth`` (float32, focus units
+    of the plane with the highest focus measure; NaN where no plane has
+    contrast) and ``selectivity`` (float32, S in dB; NaN where undefined) have
+    the image's axes, without the channel axis in RGB mode.
+    """
+
+    image: da.Array
+    depth: da.Array
+    selectivity: da.Array
+
+
+class _Plan(NamedTuple):
+    order: tuple[int, ...]  # transpose into canonical (batch..., [c], z, y, x)
+    canon_axes: str
+    out_axes: str  # image axes in the user's order, z removed
+    rgb: bool
+    n_channels: int | None
+
+
+def _plan(axes: str, shape: tuple[int, ...], rgb: bool) -> _Plan:
+    batch = [a for a in axes if a not in "czyx"]
+    canon = "".join(batch) + ("c" if "c" in axes else "") + "zyx"
+    order = tuple(axes.index(a) for a in canon)
+    out_axes = axes.replace("z", "")
+    n_channels = shape[axes.index("c")] if "c" in axes else None
+    return _Plan(order, canon, out_axes, rgb, n_channels)
+
+
+def plan_chunks(
+    shape_yx: tuple[int, int],
+    *,
+    n_planes: int,
+    n_channels: int,
+    itemsize: int,
+    nhsize: int,
+    rgb: bool,
+    memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
+    align: tuple[int, int] = (1, 1),
+    engine: str | None = None,
+) -> tuple[int, int]:
+    """y/x block size whose task fits in ``memory_per_task`` bytes.
+
+    The largest square block (halo included) under the budget, then balanced
+    so the last block is not a sliver, and rounded to a multiple of ``align``
+    (the source's chunk grid, so that each source chunk is read by one task)
+    where that keeps the block at least two halos wide.
+    """
+    halo = overlap_depth(nhsize)
+
+    def fits(side: int) -> bool:
+        shape = (side + 2 * halo, side + 2 * halo)
+        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
+        return need <= memory_per_task
+
+    lo, hi = 1, max(shape_yx)
+    if fits(hi):
+        lo = hi
+    while lo < hi:  # largest side that fits (at least 1)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    side = lo
+    if side < halo and side < max(shape_yx):
+        # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
+        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb,
+                            engine=engine)  # fmt: skip
+        raise ValueError(
+            f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
+            f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
+        )
+    out = []
+    for n, a in zip(shape_yx, align, strict=True):
+        s = -(-n // -(-n // min(side, n)))  # balanced: ceil(n / ceil(n / side))
+        if a > 1 and s < n and (s // a) * a >= 2 * halo:
+            s = (s // a) * a
+        out.append(s)
+    return out[0], out[1]
+
+
+def _merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
+    """Merge chunks smaller than ``minimum`` into a neighbour (keeps boundaries otherwise)."""
+    if len(chunks) == 1:
+        return chunks
+    merged: list[int] = []
+    for c in chunks:
+        if merged and merged[-1] < minimum:
+            merged[-1] += c
+        else:
+            merged.append(c)
+    if len(merged) > 1 and merged[-1] < minimum:
+        last = merged.pop()
+        merged[-1] += last
+    return tuple(merged)
+
+
+def _fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
+                block_info=None):  # fmt: skip
+    """Fuse one overlapped block and crop its halo (sides that are not the image edge)."""
+    info = block_info[0]
+    loc, nchunks = info["chunk-location"], info["num-chunks"]
+    ndim = block.ndim
+    y_ax, x_ax = ndim - 2, ndim - 1
+    crops = []
+    for ax in (y_ax, x_ax):
+        lo = halo if loc[ax] > 0 else 0
+        hi = halo if loc[ax] < nchunks[ax] - 1 else 0
+        crops.append((lo, block.shape[ax] - hi))
+
+    lead = block.shape[: ndim - (4 if rgb else 3)]  # batch (and independent c) axes, all 1
+    core = block.reshape(block.shape[len(lead) :])
+    res = fuse_block(
+        core,
+        nhsize=nhsize,
+        focus=focus,
+        alpha=alpha,
+        sth=sth,
+        rgb=rgb,
+        with_depth=n_out > (3 if rgb else 1),
+        with_selectivity=n_out > (3 if rgb else 1),
+        engine=engine,
+    )
+    (y0, y1), (x0, x1) = crops
+    image = res.image if rgb else res.image[None]
+    layers = [image.astype(np.float64)]
+    if res.depth is not None:
+        layers += [res.depth[None].astype(np.float64), res.selectivity[None].astype(np.float64)]
+    out = np.concatenate(layers)[:, y0:y1, x0:x1]
+    # canonical output: (batch..., [c: 1], K, y, x)
+    extra = (1,) if rgb else ()
+    return out.reshape(lead + extra + out.shape)
+
+
+def fuse(
+    stack: Any,
+    *,
+    axes: str = "zyx",
+    nhsize: int | str = 9,
+    focus: Any = None,
+    alpha: float = 0.2,
+    sth: float | str = 13,
+    channels: Channels = "auto",
+    chunks: int | tuple[int, int] | None = None,
+    memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
+    return_maps: bool = False,
+    device: str = "cpu",
+) -> da.Array | FusionResult:
+    """Lazy all-in-focus fusion of a focus stack of any size (Pertuz et al. 2013).
+
+    Builds a Dask graph and computes nothing. Each y/x block is fused with a
+    halo of :func:`overlap_depth` pixels that is cropped afterwards, so the
+    result is bit-identical to :func:`focus_stack` on the whole image for any
+    chunking and any scheduler.
+
+    Parameters
+    ----------
+    stack : array_like or dask.array.Array
+        The focus stack: a NumPy, Zarr or Dask array.
+    axes : str, optional
+        One letter per dimension of ``stack``: ``z`` (focus), ``y``, ``x``,
+        optionally ``c`` (channels); any other letter is a batch axis fused
+        index by index. ``"yxz"`` and ``"yxzc"`` are the reference's layouts.
+    nhsize, focus, alpha, sth
+        As in :func:`focus_stack`. ``"auto"`` for ``nhsize`` and/or ``sth`` chooses
+        them from a fixed sample of the stack (:func:`auto_parameters_for`) before
+        the graph is built, so the halo follows the chosen ``nhsize`` and the
+        result is the same for any chunking; the choice is logged on the
+        ``fstack_dask`` logger.
+    channels : {"auto", "rgb", "independent"}, optional
+        ``"rgb"``: one weight map from the luminance, shared by the three
+        channels, as the reference does for colour images. ``"independent"``:
+        each channel fused on its own focus measure (fluorescence).
+        ``"auto"`` (default) picks ``"rgb"`` for a uint8 channel axis of
+        length 3 and ``"independent"`` otherwise.
+    chunks : int or (int, int), optional
+        y/x block size. Default: the input's chunks for a Dask array, else a
+        size that fits ``memory_per_task``. The output keeps these chunks;
+        blocks smaller than the halo are merged for computing only.
+    memory_per_task : int, optional
+        Bytes one task may use, for choosing ``chunks`` (default 256 MiB).
+    return_maps : bool, optional
+        Also return the depth and selectivity maps (see :class:`FusionResult`).
+    device : {"cpu", "cuda"}, optional
+        Where the blocks are fused: ``"cuda"`` on a CUDA GPU (``pip install
+        "fstack_dask[gpu]"``), checked when the graph is built, on the workers of the
+        active distributed Client if there is one, else in this process: without it,
+        a ``ValueError`` naming ``device``.
+
+    Returns
+    -------
+    dask.array.Array or FusionResult
+        The fused image, axes as ``axes`` without ``z``, in the input's dtype.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fstack_dask import focus_stack, fuse, synthetic_stack
+    >>> stack = synthetic_stack((96, 80), 9, dtype="uint16", seed=3).stack  # (y, x, z)
+    >>> lazy = fuse(stack, axes="yxz", chunks=32)
+    >>> lazy.chunks
+    ((32, 32, 32), (32, 32, 16))
+    >>> bool((lazy.compute() == focus_stack(stack)).all())
+    True
+    """
+    layers = fused_layers(
+        stack,
+        axes=axes,
+        nhsize=nhsize,
+        focus=focus,
+        alpha=alpha,
+        sth=sth,
+        channels=channels,
+        chunks=chunks,
+        memory_per_task=memory_per_task,
+        with_maps=return_maps,
+        device=device,
+    )
+    fused = layers.array
+    if fused.chunks[-2:] != layers.out_chunks:
+        fused = fused.rechunk(fused.chunks[:-2] + layers.out_chunks)
+    plan = layers.plan
+    image = _to_user_order(
+        layers.split(fused, "image").astype(layers.dtype), layers.image_axes, plan.out_axes
+    )
+    if not return_maps:
+        return image
+    user_map_axes = plan.out_axes.replace("c", "") if plan.rgb else plan.out_axes
+    depth, sel = (
+        _to_user_order(layers.split(fused, name).astype(np.float32), layers.map_axes, user_map_axes)
+        for name in ("depth", "selectivity")
+    )
+    return FusionResult(image, depth, sel)
+
+
+class Layers(NamedTuple):
+    """The fused layers of every block, stacked along a K axis where z was.
+
+    ``array`` is float64 with canonical axes ``(batch..., [c], K, y, x)`` in the
+    computing chunks; K holds the image channel(s), then depth and selectivity
+    when asked for. ``out_chunks`` are the y/x chunks the caller asked for.
+    """
+
+    array: da.Array
+    plan: _Plan
+    dtype: np.dtype
+    n_img: int
+    out_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    image_axes: str  # canonical axes of the image, e.g. "tcyx"
+    map_axes: str  # canonical axes of depth/selectivity
+
+    def split(self, arr: da.Array, name: str) -> da.Array:
+        """Select one output from a K-stacked array (or block) with canonical axes."""
+        k_ax = arr.ndim - 3
+        k = {"image": slice(0, self.n_img), "depth": self.n_img, "selectivity": self.n_img + 1}
+        if self.plan.rgb:  # (batch..., c=1, K, y, x): the colour channels are K[0:3]
+            return arr[(slice(None),) * (k_ax - 1) + (0, k[name])]
+        if name == "image":
+            return arr[(slice(None),) * k_ax + (0,)]
+        return arr[(slice(None),) * k_ax + (k[name],)]
+
+
+def _as_dask(stack: Any) -> da.Array:
+    if isinstance(stack, da.Array):
+        return stack
+    arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
+    return da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")
+
+
+def auto_parameters_for(
+    stack: Any,
+    *,
+    axes: str = "zyx",
+    channels: Channels = "auto",
+    focus: Any = None,
+    nhsize: int | str = "auto",
+    sth: float | str = "auto",
+) -> AutoParameters:
+    """The ``nhsize`` / ``sth`` that ``"auto"`` chooses for a stack, with the evidence.
+
+    What :func:`fuse` and :func:`focus_stack` use when given ``"auto"``: a fixed
+    grid of at most 16 tiles of 128 x 128 px (all planes), independent of
+    chunking, at most 64 MiB; the first index of any batch axis.
+
+    Parameters
+    ----------
+    stack : array_like or dask.array.Array
+        The focus stack (NumPy, Zarr or Dask).
+    axes, channels, focus
+        As in :func:`fuse`.
+    nhsize, sth : int / float or "auto", optional
+        A fixed value is kept and used in choosing the other.
+
+    Returns
+    -------
+    AutoParameters
+        ``nhsize``, ``sth`` and the measurements they come from.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
+
+    Examples
+    --------
+    >>> from fstack_dask import auto_parameters_for, synthetic_stack
+    >>> stack = synthetic_stack((128, 128), 11, noise=0.05, seed=2).stack  # (y, x, z)
+    >>> chosen = auto_parameters_for(stack, axes="yxz")
+    >>> chosen.nhsize > 9
+    True
+    """
+    stack = _as_dask(stack)
+    dtype = check_dtype(stack.dtype, "stack")
+    axes = parse_axes(axes, stack.ndim)
+    if 0 in stack.shape:
+        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    nhsize = check_nhsize_or_auto(nhsize)
+    sth = check_sth_or_auto(sth)
+    focus = check_focus(focus, stack.shape[axes.index("z")])
+    rgb = resolve_channels(channels, axes, stack.shape, dtype)
+    plan = _plan(axes, stack.shape, rgb)
+    x = stack.transpose(plan.order)
+    return _auto_for_plan(x, plan, rgb, focus, nhsize, sth)
+
+
+def _auto_for_plan(x, plan: _Plan, rgb: bool, focus, nhsize, sth) -> AutoParameters:
+    n_batch = x.ndim - 3 - (1 if "c" in plan.canon_axes else 0)
+    sub = x[(0,) * n_batch]  # ([c], z, y, x)
+    n_planes, ny, nx = sub.shape[-3:]
+    n_channels = sub.shape[0] if sub.ndim == 4 else 1
+    tiles = sample_tiles(
+        (ny, nx), n_planes=n_planes, n_channels=n_channels, itemsize=x.dtype.itemsize
+    )
+    # One compute for all tiles: chunks shared by several tiles are read once.
+    blocks = da.compute(*[sub[..., y0:y1, x0:x1] for y0, y1, x0, x1 in tiles])
+    cache = dict(zip(tiles, blocks, strict=True))
+    return auto_parameters(
+        lambda y0, y1, x0, x1: cache[(y0, y1, x0, x1)],
+        shape_yx=(ny, nx),
+        n_planes=n_planes,
+        dtype=x.dtype,
+        rgb=rgb,
+        n_channels=n_channels,
+        focus=focus,
+        nhsize=nhsize,
+        sth=sth,
+    )
+
+
+def fused_layers(
+    stack: Any,
+    *,
+    axes: str,
+    nhsize: int | str,
+    focus: Any,
+    alpha: float,
+    sth: float | str,
+    channels: Channels,
+    chunks: int | tuple[int, int] | None,
+    memory_per_task: int,
+    with_maps: bool,
+    device: str = "cpu",
+) -> Layers:
+    """Validate, plan and build the one ``map_overlap`` of the fusion."""
+    if isinstance(stack, (str, os.PathLike)):
+        raise TypeError(
+            f"fuse takes an array (NumPy, Zarr or dask), got the path {os.fspath(stack)!r}; to "
+            "fuse a stored stack into a stored image, use fuse_zarr(src, dst)"
+        )
+    stack = _as_dask(stack)
+    dtype = check_dtype(stack.dtype, "stack")
+    axes = parse_axes(axes, stack.ndim)
+    if 0 in stack.shape:
+        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    nhsize = check_nhsize_or_auto(nhsize)
+    n_planes = stack.shape[axes.index("z")]
+    focus = check_focus(focus, n_planes)
+    alpha = check_alpha(alpha)
+    sth = check_sth_or_auto(sth)
+    rgb = resolve_channels(channels, axes, stack.shape, dtype)
+    device = check_device(device)
+    require_device_for_graph(device)
+    engine = engine_for(device)
+    plan = _plan(axes, stack.shape, rgb)
+
+    x = stack.transpose(plan.order)
+    if AUTO in (nhsize, sth):
+        # Resolved before the graph exists: the halo follows the chosen nhsize.
+        chosen = _auto_for_plan(x, plan, rgb, focus, nhsize, sth)
+        nhsize, sth = chosen.nhsize, chosen.sth
+    halo = overlap_depth(nhsize)
+    ny, nx = x.shape[-2:]
+    if chunks is None:
+        if len(x.chunks[-1]) > 1 or len(x.chunks[-2]) > 1:
+            out_chunks = (x.chunks[-2], x.chunks[-1])
+        else:
+            n_c = plan.n_channels if rgb else 1
+            side = plan_chunks(
+                (ny, nx),
+                n_planes=n_planes,
+                n_channels=n_c,
+                itemsize=dtype.itemsize,
+                nhsize=nhsize,
+                rgb=rgb,
+                memory_per_task=memory_per_task,
+                engine=engine,
+            )
+            out_chunks = da.core.normalize_chunks(side, (ny, nx))
+    else:
+        cy, cx = (chunks, chunks) if np.ndim(chunks) == 0 else chunks
+        out_chunks = da.core.normalize_chunks((int(cy), int(cx)), (ny, nx))
+
+    n_lead = x.ndim - 3 - (1 if "c" in plan.canon_axes else 0)
+    lead_chunks: tuple[Any, ...] = (1,) * n_lead
+    if "c" in plan.canon_axes:
+        lead_chunks += (-1,) if rgb else (1,)
+    compute_chunks = tuple(_merge_small(c, halo) for c in out_chunks)
+    x = x.rechunk(lead_chunks + (-1,) + compute_chunks)
+
+    n_img = 3 if rgb else 1
+    n_out = n_img + (2 if with_maps else 0)
+    out_chunks_canon = x.chunks[:n_lead]
+    if "c" in plan.canon_axes:
+        out_chunks_canon += ((1,),) if rgb else (x.chunks[n_lead],)
+    out_chunks_canon += ((n_out,),) + compute_chunks
+
+    fused = da.map_overlap(
+        _fuse_chunk,
+        x,
+        # an axis in one chunk needs no halo (and dask refuses one deeper than the chunk)
+        depth={ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)},
+        boundary="none",
+        trim=False,
+        allow_rechunk=False,
+        chunks=out_chunks_canon,
+        dtype=np.float64,
+        meta=np.empty((0,) * x.ndim, dtype=np.float64),
+        halo=halo,
+        nhsize=nhsize,
+        focus=focus,
+        alpha=alpha,
+        sth=sth,
+        rgb=rgb,
+        n_out=n_out,
+        engine=engine,
+        token="fstack-fuse",
+    )
+    return Layers(
+        fused,
+        plan,
+        dtype.newbyteorder("="),
+        n_img,
+        tuple(out_chunks),
+        plan.canon_axes.replace("z", ""),
+        plan.canon_axes.replace("z", "").replace("c", "")
+        if rgb
+        else plan.canon_axes.replace("z", ""),
+    )
+
+
+def _to_user_order(arr: da.Array, have: str, want: str) -> da.Array:
+    if have == want:
+        return arr
+    return arr.transpose(tuple(have.index(a) for a in want))

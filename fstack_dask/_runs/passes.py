@@ -1,0 +1,85 @@
+"""The passes of a run: level 0's blocks, then each level of the pyramid from the one below.
+
+Each pass hands its blocks, lazily and in the plan's order, to the runner
+(:func:`~.schedulers.execute`), which keeps a bounded window of tasks in flight on any
+scheduler; blocks with a done-marker (a resumed run's) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from .._outputs.destination import Target
+from .._sources.open import Reopen
+from .._sources.share import shared_recipe
+from . import schedulers
+from .blocks import FuseJob, close_on_workers
+from .fusion import Fusion
+from .plan import Plan
+from .pyramid import PyramidJob, level_plan
+from .schedulers import Scheduler
+
+__all__ = ["fuse_blocks", "pyramid_levels"]
+
+log = logging.getLogger(__name__)
+
+
+def fuse_blocks(
+    fusion: Fusion,
+    plan: Plan,
+    target: Target,
+    sched: Scheduler,
+    *,
+    cache_bytes: int,
+    progress: bool,
+    stall_timeout: float,
+    resuming: bool,
+) -> set[str]:
+    """Fuse and write every level-0 block without a done-marker; returns the markers found
+    before (a resumed run's, pyramid levels' included)."""
+    done = target.state.done()
+    todo = (b for b in plan.blocks() if plan.name(b) not in done)
+    n_todo = plan.n_blocks - target.state.n_done()
+    if resuming:
+        log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
+    with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
+        job = FuseJob(
+            token=uuid.uuid4().hex,
+            open_source=Reopen(*recipe),
+            plan=plan,
+            output=target.output,
+            lease=target.lease,
+            arrays={"0": "0", **{m: f"{m}/0" for m in fusion.maps}},
+            kernel=fusion.kernel,
+            dtype=fusion.spec.array("0").dtype,
+            cache_bytes=cache_bytes,
+            depth_affine=fusion.depth_affine,
+            source=fusion.source,
+        )
+        try:
+            schedulers.execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
+                    stall_timeout=stall_timeout, task_args=task_args)  # fmt: skip
+        except BaseException:
+            close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster
+            raise
+        close_on_workers(job, sched)
+    return done
+
+
+def pyramid_levels(
+    fusion: Fusion,
+    target: Target,
+    sched: Scheduler,
+    *,
+    done: set[str],
+    progress: bool,
+    stall_timeout: float,
+) -> None:
+    """Levels 1..N, each from the one below once that is complete (``_outputs.pyramid``)."""
+    for level in range(1, fusion.spec.levels + 1):
+        plan = level_plan(fusion.layout, fusion.block, level)
+        job = PyramidJob(target.output, level, ("", *fusion.maps), plan, lease=target.lease)
+        todo = [b for b in plan.blocks() if job.marker(b) not in done]
+        schedulers.execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
+                stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip

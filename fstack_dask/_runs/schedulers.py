@@ -1,0 +1,457 @@
+"""Getting the blocks of a run computed, on any scheduler, with every worker busy and memory
+bounded.
+
+Tasks are independent (each reads its own block and halo from the source and writes its own
+output chunks), so there is no barrier anywhere: a bounded window of tasks is kept in flight
+and a new one is submitted as soon as one finishes. The driver walks the plan lazily, so it
+holds O(tasks in flight), whatever the image size.
+
+* ``synchronous``: one block after the other in this thread.
+* ``threads`` (default): a thread pool in this process. The kernel and the codecs release the
+  GIL; all threads share one cache of decoded units, and the driver announces the reads of
+  the next blocks (a strip's row ahead) so units stay until their last reader has them.
+* ``processes``: worker processes (spawned; they exit with their parent), each given runs of
+  consecutive blocks of one strip, so consecutive blocks share that process's cache.
+* a ``distributed.Client``: the same runs as tasks on the cluster. No data moves between
+  workers: each task reads from the store and writes to it. What a cluster pays instead is
+  decoding the units on the border between two workers' runs twice.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import SourceReadError, SourceValueError
+from .._params import cpu_count as _cpu_count
+from .blocks import FuseJob, Outcome
+from .progress import Progress
+
+__all__ = ["RunReport", "execute", "resolve_scheduler"]
+
+log = logging.getLogger(__name__)
+
+FAILED_BLOCKS_LIMIT = 64  # blocks spoilt by unreadable source data before a run stops
+LOCAL_SCHEDULERS = ("synchronous", "sync", "single-threaded", "threads", "processes")
+
+
+class StalledError(RuntimeError):
+    """No block finished for too long on a cluster (workers paused, frozen or lost)."""
+
+
+@dataclass
+class RunReport:
+    """What :func:`execute` did."""
+
+    done: int = 0
+    failures: list[BaseException] = field(default_factory=list)
+    decoded_bytes: int = 0
+    block_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    workers: int = 1
+    scheduler: str = "threads"
+    cache_peak_bytes: int = 0
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the wall time during which the workers were computing blocks."""
+        if self.wall_seconds <= 0 or self.workers <= 0:
+            return 0.0
+        return self.block_seconds / (self.wall_seconds * self.workers)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Where tasks run: ``kind`` is synchronous, threads, processes or distributed."""
+
+    kind: str
+    workers: int  # tasks at once in one process
+    processes: int = 1
+    client: Any = None  # a distributed Client, or the process pool for "processes"
+
+
+def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
+    """The scheduler to use, as dask would choose it.
+
+    An explicit ``scheduler`` wins; then ``dask.config``'s ``scheduler`` (so
+    ``dask.config.set(scheduler="threads")`` is honoured even while a Client exists, as in
+    dask); then the active ``distributed`` Client; then threads. ``num_workers`` from
+    dask's config sets the local worker count.
+    """
+    import dask
+
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None) or dask.config.get("get", None)
+    if scheduler is None:
+        client = _default_client()
+        if client is not None:
+            scheduler = client
+    if scheduler is None:
+        scheduler = "threads"
+    n_local = int(dask.config.get("num_workers", None) or _cpu_count())
+    if isinstance(scheduler, str):
+        name = scheduler.lower()
+        if name in ("synchronous", "sync", "single-threaded"):
+            return Scheduler("synchronous", 1)
+        if name == "threads":
+            return Scheduler("threads", n_local)
+        if name == "processes":
+            return _processes(n_local, stack)
+        if name in ("dask.distributed", "distributed"):
+            client = _default_client()
+            if client is None:
+                raise ValueError(
+                    f"scheduler={scheduler!r} needs a running distributed Client; none exists"
+                )
+            return _cluster(client)
+        from distributed import Client
+
+        # Our own connection to an address, closed when done (not made the default).
+        client = stack.enter_context(Client(scheduler, set_as_default=False, timeout="30s"))
+        return _cluster(client)
+    if callable(scheduler) and not hasattr(scheduler, "submit"):
+        # a dask get function such as dask.threaded.get
+        name = getattr(scheduler, "__module__", "")
+        if "multiprocessing" in name:
+            return _processes(n_local, stack)
+        if "local" in name and getattr(scheduler, "__name__", "") == "get_sync":
+            return Scheduler("synchronous", 1)
+        return Scheduler("threads", n_local)
+    if hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info"):
+        return _cluster(scheduler)
+    raise TypeError(
+        "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
+        f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
+    )
+
+
+def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
+    """Worker processes, started once for the whole run (they are slow to start)."""
+    return Scheduler("processes", 1, n, stack.enter_context(_process_pool(n)))
+
+
+def _default_client() -> Any:
+    if "distributed" not in sys.modules:
+        return None  # no Client can exist: importing distributed to ask would cost 0.5 s
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _cluster(client: Any) -> Scheduler:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    threads = [int(w.get("nthreads", 1)) for w in workers.values()] or [1]
+    return Scheduler("distributed", max(threads), max(1, len(workers)), client)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def execute(
+    job: Any,
+    blocks: Iterator[tuple[int, ...]],
+    *,
+    n_blocks: int,
+    scheduler: Scheduler,
+    progress: bool,
+    stall_timeout: float = 600.0,
+    label: str = "fusing",
+    task_args: tuple[Any, ...] = (),
+) -> RunReport:
+    """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
+
+    A block whose source cannot be read or holds NaN spoils only itself: the others are
+    still written (so that a resume after repairing the source computes only the spoilt
+    ones), and a :class:`SourceReadError` or :class:`SourceValueError` naming the first
+    problem is raised at the end, or once ``FAILED_BLOCKS_LIMIT`` blocks failed. Any other
+    error stops the run. Either way, the tasks already running are waited for before this
+    returns, so that no write lands after the caller has released the lock.
+
+    ``task_args`` follow the blocks in each task sent to a cluster (``job.run(blocks,
+    *task_args)``): Futures there, which dask resolves on the worker.
+    """
+    report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
+    start = time.perf_counter()
+    bar = Progress(n_blocks, enabled=progress, label=label)
+    try:
+        if scheduler.kind == "synchronous":
+            _run_synchronous(job, blocks, report, bar)
+        elif scheduler.kind == "threads":
+            _run_threads(job, blocks, report, bar, scheduler.workers)
+        else:
+            _run_runs(job, blocks, report, bar, scheduler, stall_timeout, task_args)
+    finally:
+        bar.close()
+        report.wall_seconds = time.perf_counter() - start
+        if scheduler.kind in ("synchronous", "threads"):
+            report.cache_peak_bytes = job.cache_peak()
+            job.close()
+    log.debug(
+        "%s: %d blocks in %.2f s on %d %s worker(s), %.0f%% busy, %.2f GB decoded",
+        label, report.done, report.wall_seconds, report.workers, report.scheduler,
+        100 * report.busy_fraction, report.decoded_bytes / 1e9,
+        extra={"fstack_report": report},
+    )  # fmt: skip
+    if report.failures:
+        _raise_failures(report.failures)
+    return report
+
+
+def _raise_failures(failures: list[BaseException]) -> None:
+    unique = list(dict.fromkeys(str(e) for e in failures))
+    more = f" (and {len(unique) - 1} more)" if len(unique) > 1 else ""
+    cls = SourceValueError if isinstance(failures[0], SourceValueError) else SourceReadError
+    raise cls(f"{unique[0]}{more}; {len(failures)} block(s) could not be computed") from failures[0]
+
+
+def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
+    """Add outcomes to the report; False once too many blocks failed."""
+    for outcome in outcomes:
+        report.decoded_bytes += outcome.decoded
+        report.block_seconds += outcome.seconds
+        if outcome.error is None:
+            report.done += 1
+        else:
+            report.failures.append(outcome.error)
+    with contextlib.suppress(Exception):  # a broken display must not fail the run
+        bar.advance(len(outcomes))
+    return len(report.failures) < FAILED_BLOCKS_LIMIT
+
+
+def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
+    # The next blocks' reads are announced ahead, as for threads: a block announcing only
+    # its own reads would find the units it shares with its neighbours already dropped.
+    announced: deque[tuple[int, ...]] = deque()
+    ahead = _lookahead(job, 1)
+    it = iter(blocks)
+    try:
+        while True:
+            while len(announced) < ahead and (block := next(it, None)) is not None:
+                job.expect([block])
+                announced.append(block)
+            if not announced:
+                return
+            if not _account(report, job.run([announced.popleft()], announce=False), bar):
+                return
+    finally:
+        job.forget(list(announced))
+
+
+def _lookahead(job: FuseJob, workers: int) -> int:
+    """Blocks announced ahead of the running ones: one row of a strip, and the workers'."""
+    return job.plan.strip + 2 * workers + 1
+
+
+def _run_threads(job: FuseJob, blocks, report: RunReport, bar: Progress, workers: int) -> None:
+    announced: deque[tuple[int, ...]] = deque()
+    ahead = _lookahead(job, workers)
+    it = iter(blocks)
+
+    def refill() -> None:
+        while len(announced) < ahead:
+            block = next(it, None)
+            if block is None:
+                return
+            job.expect([block])
+            announced.append(block)
+
+    pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fstack-dask")
+    running: set[cf.Future] = set()
+    try:
+        refill()
+        while announced or running:
+            while announced and len(running) < 2 * workers:
+                block = announced.popleft()
+                running.add(pool.submit(job.run, [block], announce=False))
+                refill()
+            done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                if not _account(report, future.result(), bar):
+                    return
+    finally:
+        for future in running:
+            future.cancel()
+        job.forget(list(announced))
+        pool.shutdown(wait=True, cancel_futures=True)  # no write lands after we return
+
+
+def _runs(job: FuseJob, blocks, n_tasks_hint: int) -> Iterator[list[tuple[int, ...]]]:
+    """Consecutive blocks of one strip row-band, grouped into runs for one task each."""
+    size = max(1, n_tasks_hint)
+    run: list[tuple[int, ...]] = []
+    for block in blocks:
+        if run and (len(run) >= size or _strip_of(job, block) != _strip_of(job, run[-1])):
+            yield run
+            run = []
+        run.append(block)
+    if run:
+        yield run
+
+
+def _strip_of(job: FuseJob, block: tuple[int, ...]) -> tuple[int, ...]:
+    return (*block[:-2], block[-1] // job.plan.strip)
+
+
+def _run_length(job: Any, processes: int) -> int:
+    """Blocks per task: a whole strip (top to bottom, so units are reused down it), split
+    when there are fewer strips than processes."""
+    plan = job.plan
+    ny, nx = plan.grid
+    n_strips = -(-nx // plan.strip) * plan.n_images
+    per_strip = plan.strip * ny
+    segments = max(1, -(-processes // n_strips))
+    return max(1, -(-per_strip // segments))
+
+
+def _run_runs(
+    job, blocks, report, bar, scheduler: Scheduler, stall_timeout: float, task_args=()
+) -> None:
+    length = _run_length(job, scheduler.processes)
+    window = 2 * scheduler.processes * scheduler.workers
+    runs = _runs(job, blocks, length)
+    if scheduler.kind == "processes":
+        pool = scheduler.client
+        submit = lambda run: pool.submit(job.run, run)  # noqa: E731
+        wait = _wait_local
+    else:
+        client = scheduler.client
+        submit = lambda run: client.submit(job.run, run, *task_args, pure=False)  # noqa: E731
+        wait = _cluster_waiter(client, stall_timeout)
+    running: set[Any] = set()
+    try:
+        for run in runs:
+            running.add(submit(run))
+            if len(running) < window:
+                continue
+            done, running = wait(running)
+            for future in done:
+                if not _account(report, future.result(), bar):
+                    return
+        while running:
+            done, running = wait(running)
+            for future in done:
+                if not _account(report, future.result(), bar):
+                    return
+    except BaseException as exc:
+        _drain(running, scheduler)
+        if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
+            address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+            raise SchedulerLostError(
+                f"lost the connection to the dask scheduler at {address} (it stopped, or the "
+                "network failed)"
+            ) from exc
+        raise
+
+
+class SchedulerLostError(RuntimeError):
+    """The dask scheduler went away during a run."""
+
+
+def _lost(client: Any, exc: BaseException) -> bool:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    return (
+        "scheduler-connection-lost" in text
+        or "CommClosedError" in text
+        or getattr(client, "status", "running") not in ("running", "connecting")
+    )
+
+
+def _wait_local(running: set[Any]) -> tuple[set[Any], set[Any]]:
+    done, rest = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+    return set(done), set(rest)
+
+
+def _cluster_waiter(client: Any, stall_timeout: float) -> Callable[[set[Any]], tuple]:
+    from distributed import wait
+
+    def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
+        try:
+            # distributed.wait uses the default client: make it ours (with an address, our
+            # client is not the default; another one may be).
+            with client.as_current():
+                result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            raise StalledError(_stall_message(client, stall_timeout)) from None
+        return set(result.done), set(result.not_done)
+
+    return waiter
+
+
+def _stall_message(client: Any, seconds: float) -> str:
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except Exception:
+        workers = {}
+    paused = [a for a, w in workers.items() if str(w.get("status", "")).endswith("paused")]
+    if not workers:
+        cause = "the cluster has no workers left"
+    elif paused:
+        cause = (
+            f"{len(paused)} of {len(workers)} worker(s) are paused because their memory use is "
+            "above dask's pause threshold"
+        )
+    else:
+        cause = "the workers are frozen, overloaded or unreachable"
+    return (
+        f"no block finished for {seconds:g} s: {cause}; lower --memory-per-task "
+        "(memory_per_task=) or give each worker more memory"
+    )
+
+
+def _drain(running: set[Any], scheduler: Scheduler) -> None:
+    """After an error: cancel what has not started and wait for what is running."""
+    if scheduler.kind == "processes":
+        for future in running:
+            future.cancel()
+        with contextlib.suppress(Exception):
+            cf.wait(running, timeout=600)
+        return
+    client = scheduler.client
+    with contextlib.suppress(Exception):
+        from distributed import wait
+
+        client.cancel(list(running))
+        with client.as_current():
+            wait(list(running), timeout=60)
+
+
+@contextlib.contextmanager
+def _process_pool(processes: int) -> Iterator[cf.ProcessPoolExecutor]:
+    context = multiprocessing.get_context("spawn")  # no forked copies of our lock's thread
+    pool = cf.ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker processes end with their parent, even when it is SIGKILLed (Linux)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

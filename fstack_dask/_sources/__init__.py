@@ -1,0 +1,13 @@
+"""Sources: every reader of a focus stack, each returning one :class:`~.source.Source`.
+
+What lives here: which reader for which input (``open``), the ``Source`` description and
+its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``), TIFF (``tiff``, with
+``tiff_checks`` for headers that lie), folders and globs of plane files (``images``), HDF5
+(``hdf5``), arrays in memory (``arrays``), what the readers share (``common``,
+``stack_meta``), an in-memory source handed to worker processes once (``share``), and
+reading one block with its halo through a cache that decodes each stored unit about once
+(``fetch``).
+
+May import: the shared top-level modules only (``fstack_dask._locations``, ``_ngff``,
+``_params``, ``_errors``, ...). Never the algorithm, outputs, runs or the CLI.
+"""

@@ -1,0 +1,428 @@
+"""Reading a block with its halo from a source, decoding each stored unit about once.
+
+A block's haloed region reaches into its neighbours' chunks. Reading it straight from the
+store would decode those chunks again for every neighbour (up to 9 times for a block of one
+chunk). Instead every process keeps a :class:`UnitCache` of decoded read units (a chunk, or a
+shard, with every plane): the code that plans the blocks announces, with
+:meth:`UnitCache.expect`, which units the next blocks will read, and a unit is dropped as
+soon as the last announced reader has taken its part. Blocks run in an order that reuses
+units (see ``_runs.plan``), so the cache holds about two rows of units of a strip of blocks:
+bounded by the plan, not by the image. Reads nobody announced are decoded and not kept.
+
+A unit that cannot be decoded raises :class:`SourceReadError`, and float data holding NaN or
+infinity raises :class:`SourceValueError`, both naming the source and the chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._errors import SourceReadError, SourceValueError
+from .source import Source
+
+__all__ = ["BlockRegion", "UnitCache", "fetch_block", "units_of"]
+
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class BlockRegion:
+    """A block's haloed read: ``lead`` indices (letter -> index of batch and independent
+    channel axes), the y and x ranges (halo included, clipped to the image), and whether the
+    channel axis is read whole (RGB)."""
+
+    lead: tuple[tuple[str, int], ...]
+    y: tuple[int, int]
+    x: tuple[int, int]
+    rgb: bool
+
+
+class _Entry:
+    __slots__ = ("busy", "error", "frame", "full", "pending", "used")
+
+    def __init__(self) -> None:
+        self.full: np.ndarray | None = None
+        self.frame: _Frame | None = None
+        self.error: BaseException | None = None
+        self.busy = False  # a reader is decoding it
+        self.pending = {"full": 0, "frame": 0}
+        self.used = 0.0
+
+    def nbytes(self) -> int:
+        frame = self.frame.nbytes if self.frame is not None else 0
+        return (self.full.nbytes if self.full is not None else 0) + frame
+
+
+class UnitCache:
+    """Decoded read units shared by the threads of one process.
+
+    A unit is kept whole while reads of its interior are announced (its own blocks); once
+    only halo reads are left, it keeps only its *frame*, the bands of ``halo`` pixels along
+    its four edges (a tenth of a 512-pixel unit for the default halo), which is all the
+    neighbouring blocks still read of it.
+
+    Parameters
+    ----------
+    max_bytes : int
+        A safety cap: beyond it the least recently used units nobody is decoding are
+        dropped (they are decoded again if needed: only speed suffers, never results).
+    halo : int
+        Width of the frames (0: units are only kept whole).
+    """
+
+    def __init__(self, max_bytes: int, halo: int = 0) -> None:
+        self.max_bytes, self.halo = int(max_bytes), int(halo)
+        self._lock = threading.Lock()
+        self._decoded = threading.Condition(self._lock)
+        self._entries: dict[Any, _Entry] = {}
+        self.held_bytes = 0
+        self.peak_bytes = 0
+        self.decoded_bytes = 0
+
+    def expect(self, reads: Iterable[tuple[Any, str]]) -> None:
+        """Announce future reads: ``(key, "full" or "frame")`` each."""
+        with self._lock:
+            for key, kind in reads:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry()
+                entry.pending[kind] += 1
+
+    def forget(self, reads: Iterable[tuple[Any, str]]) -> None:
+        """Withdraw announced reads that will not happen (a block that was cancelled)."""
+        with self._lock:
+            for key, kind in reads:
+                self._release(key, kind)
+
+    def _release(self, key: Any, kind: str) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.pending[kind] -= 1
+        if entry.busy:
+            return
+        before = entry.nbytes()
+        if entry.pending["full"] <= 0:
+            entry.full = None  # only the neighbours' halos are read from now on
+        if entry.pending["frame"] <= 0 and entry.pending["full"] <= 0:
+            del self._entries[key]
+            entry.frame = None
+        self.held_bytes -= before - entry.nbytes()
+
+    def take(
+        self,
+        key: Any,
+        kind: str,
+        local: tuple[int, int, int, int],
+        decode: Any,
+        yx: tuple[int, int],
+    ) -> tuple[np.ndarray, int, int]:
+        """One read of unit ``key``: ``(array, y0, x0)``, the array holding at least the
+        unit-local rows and columns ``local`` (y0, y1, x0, x1), its first row and column
+        being the unit's ``y0`` and ``x0``; ``decode()`` decodes the whole unit, ``yx`` are
+        its y and x axes."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:  # an unannounced read: decode it for this reader only
+                entry = self._entries[key] = _Entry()
+                entry.pending[kind] = 1
+            entry.used = time.monotonic()
+            while entry.busy:
+                self._decoded.wait()
+            try:
+                if entry.error is not None:
+                    raise entry.error
+                if kind == "frame" and entry.frame is not None:
+                    result = entry.frame.pick(local)
+                    self._release(key, kind)
+                    return result
+                if entry.full is not None:
+                    full = entry.full  # before _release, which may drop it from the cache
+                    self._release(key, kind)
+                    return full, 0, 0
+                entry.busy = True
+            except BaseException:
+                self._release(key, kind)
+                raise
+        try:
+            full = decode()
+            frame = _frame(full, yx, self.halo)
+        except BaseException as exc:
+            with self._lock:
+                entry.error, entry.busy = exc, False
+                self._decoded.notify_all()
+                self._release(key, kind)
+            raise
+        with self._lock:
+            before = entry.nbytes()
+            entry.full, entry.frame, entry.busy = full, frame, False
+            self._count(full)
+            self.held_bytes += entry.nbytes() - before
+            self._decoded.notify_all()
+            self._release(key, kind)
+            self._trim()
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        return full, 0, 0
+
+    def _count(self, array: np.ndarray) -> None:
+        self.decoded_bytes += array.nbytes
+        _local.decoded = getattr(_local, "decoded", 0) + array.nbytes
+
+    def _trim(self) -> None:
+        if self.held_bytes <= self.max_bytes:
+            return
+        idle = sorted((e.used, k) for k, e in self._entries.items() if not e.busy and e.nbytes())
+        for part in ("full", "frame"):  # whole units first: frames are small
+            for _, key in idle:
+                if self.held_bytes <= self.max_bytes:
+                    return
+                entry = self._entries[key]
+                before = entry.nbytes()
+                setattr(entry, part, None)  # decoded again if read again: only speed suffers
+                self.held_bytes -= before - entry.nbytes()
+
+
+class _Frame(NamedTuple):
+    """The bands of ``h`` pixels along the four edges of a ``ny x nx`` unit."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    ny: int
+    nx: int
+    h: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.top.nbytes + self.bottom.nbytes + self.left.nbytes + self.right.nbytes
+
+    def pick(self, local: tuple[int, int, int, int]) -> tuple[np.ndarray, int, int]:
+        y0, y1, x0, x1 = local
+        if y1 <= self.h:
+            return self.top, 0, 0
+        if y0 >= self.ny - self.h:
+            return self.bottom, self.ny - self.h, 0
+        if x1 <= self.h:
+            return self.left, 0, 0
+        if x0 >= self.nx - self.h:
+            return self.right, 0, self.nx - self.h
+        raise AssertionError("a read outside the frame was announced as a frame read")
+
+
+def has_frame(ny: int, nx: int, halo: int) -> bool:
+    return halo > 0 and 2 * halo < ny and 2 * halo < nx
+
+
+def read_kind(local: tuple[int, int, int, int], ny: int, nx: int, halo: int) -> str:
+    """``"frame"`` for a read within ``halo`` of a unit's edge (a neighbour's halo), else
+    ``"full"``."""
+    y0, y1, x0, x1 = local
+    if has_frame(ny, nx, halo) and (y1 <= halo or y0 >= ny - halo or x1 <= halo or x0 >= nx - halo):
+        return "frame"
+    return "full"
+
+
+def _frame(full: np.ndarray, yx: tuple[int, int], halo: int) -> _Frame | None:
+    ay, ax = yx
+    ny, nx = full.shape[ay], full.shape[ax]
+    if not has_frame(ny, nx, halo):
+        return None
+
+    def band(axis: int, lo: int, hi: int) -> np.ndarray:
+        index = [slice(None)] * full.ndim
+        index[axis] = slice(lo, hi)
+        return full[tuple(index)].copy()
+
+    return _Frame(
+        band(ay, 0, halo), band(ay, ny - halo, ny), band(ax, 0, halo), band(ax, nx - halo, nx),
+        ny, nx, halo,
+    )  # fmt: skip
+
+
+def decoded_by_this_thread() -> int:
+    """Bytes this thread has decoded so far (for per-task statistics)."""
+    return int(getattr(_local, "decoded", 0))
+
+
+# ------------------------------------------------------------------------------ geometry
+
+
+def _units(source: Source, region: BlockRegion) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """(cache key, selection) of every unit the region touches.
+
+    A unit is one chunk (or shard) along y, x and the lead axes, and the whole axis along z
+    (and along c for RGB): one read fetches every plane at once, however z is chunked.
+    """
+    lead = dict(region.lead)
+    per_axis = []
+    for letter, n, u in zip(source.axes, source.shape, source.unit_shape, strict=True):
+        if letter == "y":
+            lo, hi = region.y
+        elif letter == "x":
+            lo, hi = region.x
+        elif letter in lead:
+            lo, hi = lead[letter], lead[letter] + 1
+        else:
+            per_axis.append([(None, slice(0, n))])
+            continue
+        per_axis.append(
+            [(i, slice(i * u, min((i + 1) * u, n))) for i in range(lo // u, (hi - 1) // u + 1)]
+        )
+    return [
+        (tuple(i for i, _ in combo if i is not None), tuple(s for _, s in combo))
+        for combo in itertools.product(*per_axis)
+    ]
+
+
+def _reads(source: Source, region: BlockRegion, halo: int):
+    """(key, unit selection, unit-local y/x read, read kind) of every unit a block reads."""
+    ay, ax = source.axes.index("y"), source.axes.index("x")
+    out = []
+    for key, sel in _units(source, region):
+        sy, sx = sel[ay], sel[ax]
+        local = (
+            max(region.y[0], sy.start) - sy.start, min(region.y[1], sy.stop) - sy.start,
+            max(region.x[0], sx.start) - sx.start, min(region.x[1], sx.stop) - sx.start,
+        )  # fmt: skip
+        kind = read_kind(local, sy.stop - sy.start, sx.stop - sx.start, halo)
+        out.append((key, sel, local, kind))
+    return out
+
+
+def units_of(source: Source, region: BlockRegion, halo: int = 0) -> list[tuple[Any, str]]:
+    """The reads a block makes, ``(key, kind)``, for :meth:`UnitCache.expect`."""
+    if source.in_memory:
+        return []
+    return [(key, kind) for key, _, _, kind in _reads(source, region, halo)]
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def fetch_block(source: Source, region: BlockRegion, cache: UnitCache | None) -> np.ndarray:
+    """The haloed block, plane-first: ``(P, Y, X)``, or ``(3, P, Y, X)`` for RGB.
+
+    Native byte order, C-contiguous. Reads go through ``cache`` (units shared with other
+    blocks); with ``cache=None`` or an in-memory source, straight from the array.
+    """
+    lead = dict(region.lead)
+    (y0, y1), (x0, x1) = region.y, region.x
+    canon = ("c" if region.rgb else "") + "zyx"
+    dims = {"z": source.size("z"), "y": y1 - y0, "x": x1 - x0}
+    if region.rgb:
+        dims["c"] = source.size("c")
+    out = np.empty(tuple(dims[a] for a in canon), dtype=source.dtype.newbyteorder("="))
+    want = {"y": (y0, y1), "x": (x0, x1)}
+
+    if source.in_memory or cache is None:
+        sel = tuple(
+            _axis_sel(letter, n, lead, want)
+            for letter, n in zip(source.axes, source.shape, strict=True)
+        )
+        part = _read(source, sel)
+        out[...] = _to_canon(part, source.axes, lead, canon)
+        _check_finite(source, out, sel)
+        return out
+
+    yx = (source.axes.index("y"), source.axes.index("x"))
+    for key, unit_sel, local_yx, kind in _reads(source, region, cache.halo):
+        data, oy, ox = cache.take(key, kind, local_yx, lambda s=unit_sel: _decode(source, s), yx)
+        offset = {"y": oy, "x": ox}
+        # The part of the unit inside the block, in the held array's and the block's
+        # coordinates (a unit may be held as its frame only: offsets say where that starts).
+        local, dest = [], {}
+        for letter, s in zip(source.axes, unit_sel, strict=True):
+            if letter in want:
+                lo, hi = max(want[letter][0], s.start), min(want[letter][1], s.stop)
+                shift = s.start + offset[letter]
+                local.append(slice(lo - shift, hi - shift))
+                dest[letter] = slice(lo - want[letter][0], hi - want[letter][0])
+            elif letter in lead:
+                local.append(lead[letter] - s.start)
+            else:
+                local.append(slice(None))
+        part = data[tuple(local)]
+        out[tuple(dest.get(a, slice(None)) for a in canon)] = _to_canon(
+            part, source.axes, lead, canon
+        )
+    return out
+
+
+def _axis_sel(letter: str, n: int, lead: dict[str, int], want: dict[str, tuple[int, int]]):
+    if letter in want:
+        return slice(*want[letter])
+    if letter in lead:
+        return slice(lead[letter], lead[letter] + 1)
+    return slice(0, n)
+
+
+def _to_canon(part: np.ndarray, axes: str, lead: dict[str, int], canon: str) -> np.ndarray:
+    """Drop the (length-1 or indexed) lead axes and order the rest as ``canon``."""
+    kept = [a for a in axes if a not in lead]
+    if part.ndim != len(kept):  # lead axes still present with length 1
+        part = part.reshape([n for a, n in zip(axes, part.shape, strict=True) if a not in lead])
+    return part.transpose([kept.index(a) for a in canon])
+
+
+def _read(source: Source, sel: tuple[slice, ...]) -> np.ndarray:
+    try:
+        return np.asarray(source.array[sel])
+    except Exception as exc:
+        raise SourceReadError(
+            f"cannot read {_where(source, sel)} of {source.description} ({_reason(exc)}); the "
+            f"source is corrupt, truncated or unreadable"
+        ) from exc
+
+
+def _decode(source: Source, sel: tuple[slice, ...]) -> np.ndarray:
+    data = _read(source, sel)
+    _check_finite(source, data, sel)
+    return data
+
+
+def _check_finite(source: Source, data: np.ndarray, sel: tuple[slice, ...]) -> None:
+    if data.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    first = np.argwhere(bad)[0]
+    where = tuple(int(s.start) + int(i) for s, i in zip(sel, first, strict=True))
+    value = data[tuple(first)]
+    raise SourceValueError(
+        f"{_where(source, tuple(slice(w, w + 1) for w in where))} of {source.description} holds "
+        f"{value} at {dict(zip(source.axes, where, strict=True))}; NaN and infinite values "
+        "cannot be fused: replace them (e.g. by 0) in the source"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _where(source: Source, sel: tuple[slice, ...]) -> str:
+    """'chunk <key>' for the (first) stored chunk or shard a read covered."""
+    try:
+        first = tuple(int(s.start or 0) // u for s, u in zip(sel, source.unit_shape, strict=True))
+        last = tuple(
+            max(int(s.stop) - 1, int(s.start or 0)) // u
+            for s, u in zip(sel, source.unit_shape, strict=True)
+        )
+        meta = source.array.metadata
+        name = meta.encode_chunk_key(first)
+        prefix = source.array.path.strip("/")
+        key = f"{prefix}/{name}" if prefix else name
+        if first != last:
+            return f"chunks {key!r} to {meta.encode_chunk_key(last)!r}"
+        return f"chunk {key!r}"
+    except Exception:  # not a zarr array, or a key we cannot map
+        return f"region {tuple((s.start, s.stop) for s in sel)}"

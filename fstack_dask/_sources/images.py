@@ -1,0 +1,454 @@
+"""A focus stack stored as one image file per plane: TIFF, PNG or JPEG, read lazily.
+
+Planes come from a folder, a glob pattern or a list of files. Opening reads only
+each file's header (to refuse mixed shapes, dtypes and colour modes early);
+pixels are decoded when a region is asked for: TIFF through tifffile (tiled or
+striped planes read only the tiles or strips a region overlaps, through
+tifffile's Zarr store), PNG and JPEG through Pillow, which can only decode a
+whole file, turned upright by their EXIF orientation as viewers show them.
+Whole decoded planes are kept in a small LRU cache, so reading a stack region
+by region decodes each file once while the cache holds the stack.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._params import parse_axes
+from .common import import_optional, int_axes, region_key
+from .stack_meta import OpenedStack
+
+__all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
+
+DEFAULT_CACHE_BYTES = 256 * 2**20
+_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_DIGITS = re.compile(r"(\d+)")
+# The EXIF orientation tag; values that turn or mirror the stored pixels, and (5-8) those
+# that also swap rows and columns.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TURNED = frozenset(range(2, 9))
+_EXIF_TRANSPOSED = frozenset(range(5, 9))
+# Pillow modes we read, as (samples per pixel, alpha present).
+_PIL_MODES = {"L": (1, False), "I;16": (1, False), "I;16B": (1, False), "I;16L": (1, False),
+              "I": (1, False),
+              "LA": (1, True), "RGB": (3, False), "RGBA": (3, True)}  # fmt: skip
+
+
+def natural_key(path: str) -> tuple[Any, ...]:
+    """Sort key putting ``plane2`` before ``plane10``: digit runs compare as integers.
+
+    Text compares case-insensitively, then the exact name breaks ties. Signs and
+    decimal points are text (``z-2`` sorts after ``z-1``).
+
+    Examples
+    --------
+    >>> sorted(["p10.tif", "p9.tif", "P1.tif"], key=natural_key)
+    ['P1.tif', 'p9.tif', 'p10.tif']
+    """
+    parts = _DIGITS.split(path)
+    # split() alternates text (even places) and digits (odd places), so tuples
+    # compare str with str and int with int.
+    return (tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), path)
+
+
+def open_image_files(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    axes: str | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> OpenedStack:
+    """Open a stack of plane files (TIFF, PNG or JPEG; grey or RGB) lazily.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or sequence of them
+        A folder (its TIFF, PNG or JPEG files, other files ignored), a glob
+        pattern such as ``"/data/stack/plane_*.png"`` (every match must be an
+        image file) or a list of files. Folders and patterns are read in
+        natural sort order (`natural_key`: ``plane2`` before ``plane10``); a
+        list keeps its order. All files must have one format, shape, dtype and
+        colour mode.
+    axes : str, optional
+        Letters for the dimensions, by default ``"zyx"`` (grey) or ``"zyxc"``
+        (colour): planes, rows, columns, RGB samples.
+    cache_bytes : int, default 256 MiB
+        Bytes of whole decoded planes kept for files that can only be decoded
+        whole (PNG, JPEG, single-strip TIFF); 0 disables the cache.
+
+    Returns
+    -------
+    OpenedStack
+        ``kind`` is ``"tiff files"``, ``"png files"`` or ``"jpeg files"``. Alpha
+        channels are dropped (noted in ``description``): fusion uses colour only.
+        PNG and JPEG planes are turned upright by their EXIF orientation, as
+        viewers show them (noted too; a portrait plane's rows and columns swap);
+        a TIFF Orientation tag is not applied, as in tifffile and Fiji.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder, or a listed file, does not exist.
+    ValueError
+        If nothing matches, formats are mixed, a file is not a single plane,
+        or a file's shape, dtype or mode differs from the first (the message
+        names the first offending file).
+    TypeError
+        If `spec`, `axes` or `cache_bytes` has the wrong type.
+    MissingExtraError
+        If tifffile (TIFF, ``[tiff]``) or Pillow (PNG/JPEG, ``[images]``) is missing.
+
+    References
+    ----------
+    S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of all-in-focus
+    images by noise-robust selective fusion of limited depth-of-field images",
+    IEEE Trans. Image Process. 22(3):1242-1251, 2013 (the fusion these stacks feed).
+    """
+    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, (int, np.integer)):
+        raise TypeError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+    if cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes}")
+    files, where = _list_files(spec)
+    fmt = _FORMATS[os.path.splitext(files[0])[1].lower()]
+    for f in files:
+        if _FORMATS[os.path.splitext(f)[1].lower()] != fmt:
+            raise ValueError(
+                f"spec {where} mixes formats: {files[0]!r} is {fmt.upper()} but {f!r} is not; "
+                f"pass a glob pattern that selects one format"
+            )
+    probe = _probe_tiff if fmt == "tiff" else _probe_pillow
+    probes = [probe(f) for f in files]
+    first = probes[0]
+    for f, other in zip(files[1:], probes[1:], strict=True):
+        if other["shape"] != first["shape"] or other["dtype"] != first["dtype"]:
+            raise ValueError(
+                f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}, but "
+                f"{files[0]!r} has shape {first['shape']} and dtype {first['dtype']}; "
+                f"every plane of spec {where} must match"
+            )
+        if other["mode"] != first["mode"]:
+            raise ValueError(
+                f"file {f!r} is {other['mode']} but {files[0]!r} is {first['mode']}; "
+                f"every plane of spec {where} must have the same colour mode"
+            )
+    rgb = len(first["shape"]) == 3  # (y, x, samples)
+    letters = parse_axes("zyxc" if rgb else "zyx" if axes is None else axes, 3 + rgb)
+    array = _PlaneFiles(
+        files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes
+    )
+    kind = f"{fmt} files"
+    description = f"{len(files)} {fmt.upper()} files {where}"
+    notes = []
+    if first["alpha"]:
+        notes.append("alpha channel dropped")
+    if any(p["turned"] for p in probes):
+        notes.append("turned upright by their EXIF orientation")
+    if notes:
+        description += ": " + ", ".join(notes)
+    scale, units = first["scale"], first["units"]
+    return OpenedStack(
+        array=array,
+        axes=letters,
+        kind=kind,
+        scale={letters[i]: v for i, v in scale.items()},
+        units={letters[i]: v for i, v in units.items()},
+        translation={},
+        channel_names=None,
+        channel_colors=None,
+        rgb=rgb and letters[-1] == "c",
+        files=tuple(files),
+        description=description,
+    )
+
+
+def _list_files(spec: Any) -> tuple[list[str], str]:
+    """The plane files in stack order, and how to name `spec` in messages."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.path.expanduser(os.fspath(spec))
+        if os.path.isdir(text):
+            where = f"folder {os.path.abspath(text)!r}"
+            names = [os.path.join(text, n) for n in os.listdir(text)]
+            files = [f for f in names if os.path.isfile(f) and _is_image(f)]
+            if not files:
+                raise ValueError(f"spec {where} holds no TIFF, PNG or JPEG files")
+        elif _GLOB_CHARS.search(text):
+            where = f"pattern {text!r}"
+            files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
+            if not files:
+                raise ValueError(f"spec {where} matches no files")
+            _check_images(files, where)
+        elif os.path.exists(text):
+            raise ValueError(
+                f"spec {text!r} is a file; expected a folder, a glob pattern or a list of files"
+            )
+        else:
+            raise FileNotFoundError(f"spec {text!r} does not exist; expected a folder of planes")
+        return sorted((os.path.abspath(f) for f in files), key=natural_key), where
+    if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
+        files = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in spec]
+        if not files:
+            raise ValueError("spec is an empty list; expected at least one plane file")
+        where = f"(a list of {len(files)} files)"
+        for f in files:
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"file {f!r} listed in spec does not exist")
+        _check_images(files, where)
+        return files, where
+    raise TypeError(
+        f"spec must be a folder, a glob pattern or a list of file paths, got {type(spec).__name__}"
+    )
+
+
+def _is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in _FORMATS
+
+
+def _check_images(files: list[str], where: str) -> None:
+    for f in files:
+        if not _is_image(f):
+            raise ValueError(
+                f"file {f!r} of spec {where} is not a TIFF, PNG or JPEG file "
+                f"(by its extension: .tif, .tiff, .png, .jpg, .jpeg)"
+            )
+
+
+# ------------------------------------------------------------------- header probes
+
+
+def _probe_tiff(path: str) -> dict[str, Any]:
+    from .tiff import _tifffile
+    from .tiff_checks import held_log
+
+    tifffile = _tifffile()
+    with held_log():
+        return _probe_tiff_file(tifffile, path)
+
+
+def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
+    """`_probe_tiff`, with tifffile's log held."""
+    from .tiff import _imagej_metadata, _resolution_metadata
+    from .tiff_checks import check_data
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ser = tif.series[0]
+            page = ser.keyframe
+            colour = page.photometric in (2, 6)  # RGB, or YCbCr (JPEG) decoded to RGB
+            plane_ndim = 2 + (page.samplesperpixel > 1)
+            if len(ser.shape) != plane_ndim or (plane_ndim == 3 and ser.axes[-1] != "S"):
+                raise ValueError(
+                    f"file {path!r} holds {ser.shape} ({ser.axes}), not one plane; open a "
+                    f"multi-page TIFF as one stack instead (open_tiff)"
+                )
+            if plane_ndim == 3 and not colour:
+                raise ValueError(
+                    f"file {path!r} has {page.samplesperpixel} samples per pixel but is not RGB; "
+                    f"expected grey or RGB planes"
+                )
+            # the tags only (parsed already): a plane whose header claims more rows than its
+            # strips hold would be read with zeros
+            check_data(ser, f"file {path!r}")
+            alpha = colour and len(page.extrasamples) > 0
+            shape = tuple(ser.shape[:2]) + ((3,) if colour else ())
+            if page.is_tiled or len(page.dataoffsets) > 1:
+                chunk = tuple(page.chunks[:2]) + shape[2:]
+            else:
+                chunk = shape
+            if tif.is_imagej:
+                scale, units, *_ = _imagej_metadata(tif.imagej_metadata or {}, page)
+            else:
+                scale, units = _resolution_metadata(page)
+            mode = f"{'RGB' if colour else 'grey'}{'A' if alpha else ''} {page.dtype}"
+            dtype = np.dtype(page.dtype)
+    except tifffile.TiffFileError as exc:
+        raise ValueError(f"file {path!r} is not a readable TIFF file: {exc}") from exc
+    index = {"Y": 1, "X": 2}
+    return {
+        "shape": shape,
+        "dtype": dtype,
+        "mode": mode,
+        "chunk": chunk,
+        "alpha": alpha,
+        "scale": {index[a]: v for a, v in scale.items() if a in index},
+        "units": {index[a]: v for a, v in units.items() if a in index},
+        "turned": False,  # a TIFF Orientation tag is not applied, as in tifffile and Fiji
+    }
+
+
+def _probe_pillow(path: str) -> dict[str, Any]:
+    pil = import_optional(
+        "PIL.Image", extra="images", what="reading PNG and JPEG files", package="pillow"
+    )
+    try:
+        with pil.open(path) as im:
+            mode, size, tile = im.mode, im.size, im.tile
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except (pil.UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"file {path!r} is not a readable image: {exc}") from exc
+    if mode not in _PIL_MODES:
+        raise ValueError(
+            f"file {path!r} has Pillow mode {mode!r}; expected grey (L, I;16) or colour "
+            f"(RGB, RGBA) planes"
+        )
+    raw = tile[0].args if tile else None
+    raw = raw[0] if isinstance(raw, tuple) else raw
+    if mode in ("RGB", "RGBA") and isinstance(raw, str) and ";16" in raw:
+        # Pillow has no 16-bit colour mode and would silently keep 8 of the 16 bits.
+        raise ValueError(
+            f"file {path!r} is a 16-bit colour PNG, which Pillow can only read as 8 bits; "
+            f"convert the planes to 16-bit RGB TIFF"
+        )
+    samples, alpha = _PIL_MODES[mode]
+    if mode == "I" and not (isinstance(raw, str) and raw.startswith("I;16")):
+        raise ValueError(f"file {path!r} holds 32-bit integers; expected 8- or 16-bit planes")
+    rows, cols = (size[0], size[1]) if orientation in _EXIF_TRANSPOSED else (size[1], size[0])
+    shape = (rows, cols) + ((3,) if samples == 3 else ())
+    dtype = np.dtype(np.uint16 if mode.startswith("I") else np.uint8)
+    return {"shape": shape, "dtype": dtype, "mode": mode, "chunk": shape, "alpha": alpha,
+            "scale": {}, "units": {}, "turned": orientation in _EXIF_TURNED}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- array
+
+
+class _PlaneFiles:
+    """A (z, y, x[, c]) array over one file per plane, decoding on demand.
+
+    Thread-safe: each read opens its own file; the cache is guarded by a lock,
+    and concurrent requests for one uncached plane decode it once (the later
+    requests wait for the first). ``decodes`` counts whole-file decodes and
+    region reads, for tests and diagnostics. Pickles by file list (no cache).
+    """
+
+    def __init__(
+        self,
+        files: list[str],
+        fmt: str,
+        plane: tuple[int, ...],
+        dtype: np.dtype,
+        chunk: tuple[int, ...],
+        alpha: bool,
+        cache_bytes: int,
+    ):
+        self.files, self.fmt, self.alpha, self.cache_bytes = tuple(files), fmt, alpha, cache_bytes
+        self.shape = (len(files), *plane)
+        self.dtype = dtype
+        self.ndim = len(self.shape)
+        self.chunks = (1, *chunk)
+        # Files whose read unit is the whole plane are decoded whole and cached.
+        self.whole = chunk == plane
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+        self._pending: dict[int, threading.Event] = {}
+        self.decodes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("files", "fmt", "alpha", "cache_bytes", "shape", "dtype", "ndim", "chunks", "whole")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        stats = [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files]
+        return (type(self).__name__, self.files, tuple(stats))
+
+    def __repr__(self) -> str:
+        return f"<{len(self.files)} {self.fmt.upper()} files {self.shape} {self.dtype}>"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        region = region_key(key, self.shape)
+        zs, rest = region[0], region[1:]
+        out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
+        for i, z in enumerate(range(zs.start, zs.stop)):
+            if self.whole:
+                out[i] = self._plane(z)[rest]
+            else:
+                out[i] = self._read_region(z, rest)
+        squeeze = int_axes(key, self.ndim)
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+    def _plane(self, z: int) -> np.ndarray:
+        """Plane `z` decoded whole, from the cache when it is there."""
+        while True:
+            with self._lock:
+                if z in self._cache:
+                    self._cache.move_to_end(z)
+                    return self._cache[z]
+                wait = self._pending.get(z)
+                if wait is None:
+                    done = self._pending[z] = threading.Event()
+                    break
+            wait.wait()  # another thread decodes it; then look again
+        try:
+            plane = self._decode(z)
+            with self._lock:
+                self.decodes += 1
+                if plane.nbytes <= self.cache_bytes:
+                    self._cache[z] = plane
+                    self._cached_bytes += plane.nbytes
+                    while self._cached_bytes > self.cache_bytes:
+                        _, old = self._cache.popitem(last=False)
+                        self._cached_bytes -= old.nbytes
+            return plane
+        finally:
+            with self._lock:
+                del self._pending[z]
+            done.set()
+
+    def _decode(self, z: int) -> np.ndarray:
+        path = self.files[z]
+        if self.fmt == "tiff":
+            import tifffile
+
+            plane = tifffile.imread(path)
+        else:
+            from PIL import Image, ImageOps
+
+            with Image.open(path) as im:
+                # Upright as every viewer shows it: the EXIF orientation applied.
+                plane = np.asarray(ImageOps.exif_transpose(im))
+            if plane.dtype != self.dtype and self.dtype == np.uint16:
+                # 16-bit grey PNG: big-endian "I;16B", or int32 "I" in older Pillow.
+                plane = plane.astype(np.uint16)
+        if self.alpha:  # RGBA -> RGB, grey + alpha -> grey
+            plane = plane[..., :3] if self.ndim == 4 else plane[..., 0]
+        plane = self._checked(plane, z)
+        plane.setflags(write=False)  # shared through the cache
+        return plane
+
+    def _read_region(self, z: int, rest: tuple[slice, ...]) -> np.ndarray:
+        """Only the tiles or strips of TIFF plane `z` that `rest` overlaps."""
+        import tifffile
+
+        # rest's sample slice lies within RGB, so it also drops any alpha sample.
+        plane = tifffile.imread(self.files[z], selection=rest)
+        with self._lock:
+            self.decodes += 1
+        return plane
+
+    def _checked(self, plane: np.ndarray, z: int) -> np.ndarray:
+        if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
+            # The file changed since it was opened.
+            raise ValueError(
+                f"file {self.files[z]!r} now decodes to shape {plane.shape} and dtype "
+                f"{plane.dtype}, expected {self.shape[1:]} and {self.dtype}"
+            )
+        return plane

@@ -1,0 +1,198 @@
+"""Which reader opens which input: one entry point, :func:`open_source`, for every kind.
+
+=============================================  ===========================================
+input                                          reader
+=============================================  ===========================================
+a Zarr v2/v3 array, an OME-Zarr image (any     ``zarr.open_zarr`` (local path or URL)
+level), an open ``zarr.Array``
+a ``.tif``/``.tiff`` file (OME-TIFF, ImageJ)   ``tiff.open_tiff`` (tifffile's Zarr
+                                               interface)
+a folder, a glob or a list of plane files      ``images.open_image_files``
+(TIFF, PNG, JPEG)
+an HDF5 dataset (``file.h5/group/dataset``)    ``hdf5.open_hdf5``
+a NumPy, dask or xarray array                  ``arrays.array_source``
+=============================================  ===========================================
+
+Every reader's result becomes one :class:`~.source.Source`, so the rest of the
+pipeline never knows where the data came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._locations import resolve
+from .share import Shared
+from .source import Source, check_extent
+from .stack_meta import OpenedStack
+from .zarr import open_zarr
+
+__all__ = ["Reopen", "open_source"]
+
+_TIFF = (".tif", ".tiff", ".btf", ".tf8")
+_HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
+_ZARR_META = ("zarr.json", ".zarray", ".zgroup")
+
+
+def _is_in_memory_array(obj: Any) -> bool:
+    if isinstance(obj, np.ndarray):
+        return True
+    kind = type(obj).__module__.split(".")[0]
+    return kind in ("dask", "xarray") and hasattr(obj, "shape")
+
+
+def open_source(
+    src: Any,
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Source:
+    """Open any supported focus stack; see the module docstring for what goes where.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``src`` does not exist.
+    ValueError, TypeError
+        If it is none of the supported inputs, or its metadata or ``axes`` are unusable.
+    """
+    if _is_in_memory_array(src):
+        from .arrays import array_source
+
+        if level:
+            raise ValueError(f"level={level} applies to pyramids; an in-memory array has none")
+        return _from_opened(array_source(src, axes=axes), None, in_memory=True)
+    if isinstance(src, (list, tuple)):
+        from .images import open_image_files
+
+        return _from_opened(open_image_files(list(src), axes=axes), None)
+    if not isinstance(src, (str, os.PathLike)):
+        return open_zarr(src, axes=axes, level=level, storage_options=storage_options)
+    text = os.fspath(src)
+    if isinstance(text, str) and any(ch in text for ch in "*?[") and not os.path.exists(text):
+        from .images import open_image_files
+
+        _level0(level, "plane files")
+        return _from_opened(open_image_files(text, axes=axes), None)
+    location = resolve(src, name="src", storage_options=storage_options)
+    if not location.is_local:
+        return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
+    path = location.path
+    lower = path.lower()
+    if os.path.isfile(path) and lower.endswith(_TIFF):
+        from .tiff import open_tiff
+
+        with _reading(location.spec):
+            return _from_opened(open_tiff(path, level=level, axes=axes), location)
+    if lower.endswith(_HDF5) or _inside_hdf5(path):
+        from .hdf5 import open_hdf5
+
+        _level0(level, "an HDF5 dataset")
+        return _from_opened(open_hdf5(path, axes=axes), location)
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in _ZARR_META):
+        from .images import _is_image, open_image_files
+
+        if any(_is_image(n) for n in os.listdir(path)):
+            _level0(level, "plane files")
+            with _reading(location.spec):
+                return _from_opened(open_image_files(path, axes=axes), location)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"src {location.spec!r} is not a Zarr array or group, nor a file fstack_dask can "
+            "read as a focus stack: expected a Zarr or OME-Zarr store, a TIFF file, an HDF5 "
+            "dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
+        )
+    return open_zarr(location, axes=axes, level=level)
+
+
+def _level0(level: int, what: str) -> None:
+    if level:
+        raise ValueError(f"level={level} applies to pyramids; {what} have a single level")
+
+
+def _inside_hdf5(path: str) -> bool:
+    """``file.h5/group/dataset``: a path that runs through an HDF5 file."""
+    head = path
+    while head and head != os.path.dirname(head):
+        if os.path.isfile(head):
+            return head.lower().endswith(_HDF5)
+        head = os.path.dirname(head)
+    return False
+
+
+def _reading(what: str):
+    """Errors of a reader's own making (a damaged file) as one ValueError naming ``what``."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (ValueError, TypeError, OSError, ImportError):
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"src {what!r} cannot be read: {text}") from exc
+
+    return guard()
+
+
+def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) -> Source:
+    array = stack.array
+    shape = tuple(int(n) for n in array.shape)
+    units = tuple(max(1, min(int(c), n)) for c, n in zip(array.chunks, shape, strict=True))
+    channels = None
+    if "c" in stack.axes and (stack.channel_names or stack.channel_colors):
+        n = shape[stack.axes.index("c")]
+        channels = []
+        for k in range(n):
+            ch: dict[str, Any] = {}
+            if stack.channel_names:
+                ch["label"] = stack.channel_names[k]
+            if stack.channel_colors:
+                ch["color"] = stack.channel_colors[k]
+            channels.append(ch)
+    spec = location.spec if location is not None else stack.description
+    where = f"src {spec!r}" if location is not None else f"src ({stack.description})"
+    check_extent(shape, stack.axes, where)
+    # whole-plane formats cache decoded planes in the reader; arrays need no cache
+    own_cache = in_memory or stack.kind.endswith(" files") and units[-2:] == shape[-2:]
+    meta = repr(
+        (stack.kind, shape, str(array.dtype), stack.axes, stack.scale, stack.units,
+         stack.translation, stack.channel_names, stack.channel_colors, stack.rgb)
+    )  # fmt: skip
+    return Source(
+        array=array,
+        axes=stack.axes,
+        unit_shape=units,
+        description=where,
+        location=location,
+        kind=stack.kind,
+        scale=dict(stack.scale),
+        units=dict(stack.units),
+        translation=dict(stack.translation),
+        channels=channels,
+        rgb=stack.rgb,
+        files=tuple(stack.files),
+        cached_reads=not own_cache,
+        metadata_text=meta,
+    )
+
+
+class Reopen:
+    """Opens the source again in a worker process (a picklable recipe); ``data`` is an
+    in-memory source's array where the task brought it (``share``)."""
+
+    def __init__(self, src: Any, axes: Any, level: int, storage_options: Any):
+        self.src, self.axes, self.level, self.storage_options = src, axes, level, storage_options
+
+    def __call__(self, data: Any = None) -> Source:
+        src = self.src.resolve(data) if isinstance(self.src, Shared) else self.src
+        return open_source(
+            src, axes=self.axes, level=self.level, storage_options=self.storage_options
+        )

@@ -1,0 +1,142 @@
+"""An in-memory source handed to worker processes once, not with every task.
+
+Each task of a run on worker processes or a cluster carries the run's
+:class:`~fstack_dask._runs.blocks.FuseJob`, whose recipe opens the source again in the
+worker. For a store that recipe is a path; for an in-memory NumPy array it would be
+the array itself, pickled into every task and kept by every worker process. Instead:
+
+* worker processes on this machine (``scheduler="processes"``) attach one copy of the
+  array in shared memory (:mod:`multiprocessing.shared_memory`), read-only;
+* cluster workers fetch one scattered copy each (``Client.scatter``; each task names
+  the Future, which dask resolves to the worker's copy).
+
+Either way a task carries only a name. dask-backed arrays are not copied (their graph
+travels, and workers compute the regions they read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Shared", "shared_recipe"]
+
+log = logging.getLogger("fstack_dask")
+
+
+# Shared-memory blocks attached in this process: the arrays on them need the mappings.
+_attached: list[Any] = []
+
+
+@dataclass(frozen=True)
+class _InSharedMemory:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def data(self) -> np.ndarray:
+        from multiprocessing import shared_memory
+
+        block = shared_memory.SharedMemory(name=self.name)
+        _attached.append(block)
+        array = np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf)
+        array.flags.writeable = False
+        return array
+
+
+@dataclass(frozen=True)
+class _Scattered:
+    """The array comes with each task, as an argument: dask resolves a scattered Future
+    there to the worker's copy, fetched once per worker."""
+
+    def data(self) -> np.ndarray:
+        raise ValueError("the source's scattered copy did not come with the task")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A picklable stand-in for an in-memory source: ``resolve()`` gives the array again
+    (a DataArray rebuilt around it with its dims, coordinates and attributes); ``data``
+    is the array where the task brought it."""
+
+    where: _InSharedMemory | _Scattered
+    xarray: tuple[Any, ...] | None = None  # dims, coords, attrs, name
+
+    def resolve(self, data: np.ndarray | None = None) -> Any:
+        data = self.where.data() if data is None else data
+        if self.xarray is None:
+            return data
+        import xarray
+
+        dims, coords, attrs, name = self.xarray
+        return xarray.DataArray(data, dims=dims, coords=coords, attrs=attrs, name=name)
+
+
+def _shared_memory_room() -> int | None:
+    """Bytes free for shared memory (Linux's /dev/shm), or None where there is no such
+    folder to ask."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _numpy_data(src: Any) -> tuple[np.ndarray | None, tuple[Any, ...] | None]:
+    """The NumPy array behind ``src`` (and what rebuilds a DataArray), or None."""
+    if isinstance(src, np.ndarray):
+        return src, None
+    if type(src).__module__.split(".")[0] == "xarray" and isinstance(
+        getattr(src, "data", None), np.ndarray
+    ):
+        return src.data, (src.dims, src.coords, src.attrs, src.name)
+    return None, None
+
+
+@contextlib.contextmanager
+def shared_recipe(
+    recipe: tuple[Any, ...], kind: str, client: Any = None
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """``(recipe, task_args)``: ``recipe`` (src first) for tasks on a scheduler of ``kind``,
+    its in-memory array shared while the block runs (removed or released after), and the
+    arguments each task takes after its blocks (the scattered array, on a cluster)."""
+    data, xarray_parts = _numpy_data(recipe[0])
+    if data is None or kind not in ("processes", "distributed"):
+        yield recipe, ()
+        return
+    if kind == "processes":
+        from multiprocessing import shared_memory
+
+        room = _shared_memory_room()
+        if room is not None and data.nbytes > room:
+            # Filling a block beyond the room kills the process (SIGBUS): a container's
+            # /dev/shm is 64 MiB unless it is given more.
+            log.warning(
+                "the in-memory source (%.1f MiB) does not fit in shared memory (%.1f MiB "
+                "free in /dev/shm): it is sent to the worker processes with every task",
+                data.nbytes / 2**20, room / 2**20,
+            )  # fmt: skip
+            yield recipe, ()
+            return
+        block = shared_memory.SharedMemory(create=True, size=max(1, data.nbytes))
+        try:
+            copy = np.ndarray(data.shape, data.dtype, buffer=block.buf)
+            copy[...] = data
+            del copy  # no view may outlive the block's close()
+            where = _InSharedMemory(block.name, tuple(data.shape), data.dtype.str)
+            yield (Shared(where, xarray_parts), *recipe[1:]), ()
+        finally:
+            block.close()
+            block.unlink()
+        return
+    future = client.scatter(data, hash=False)
+    try:
+        yield (Shared(_Scattered(), xarray_parts), *recipe[1:]), (future,)
+    finally:
+        future.release()

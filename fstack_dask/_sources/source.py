@@ -1,0 +1,253 @@
+"""What a reader returns: a :class:`Source`, the stack to fuse, and what identifies it.
+
+A :class:`Source` is the level to fuse (an array-like: ``shape``, ``dtype``, ``__getitem__``
+of slices), its axes, how it is best read (``unit_shape``: a chunk, or a shard, along each
+axis), its physical metadata (scale, units, translation, channels) and, for resumes, how to
+list the files it is made of. Every reader also refuses, from metadata alone, a stack larger
+than fstack_dask reads (:func:`check_extent`).
+
+Axes are strings with one letter per array dimension: ``z`` is the focus axis, ``y`` and
+``x`` the image plane, ``c`` the optional channel axis and any other letter (e.g. ``t``) an
+independent batch axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._locations import Location, resolve
+
+__all__ = ["MAX_CHANNELS", "MAX_LENGTH", "MAX_VOXELS", "Source", "check_extent"]
+
+
+_METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+
+
+# The largest stack fstack_dask reads (README, "Bad input"). Far beyond any real one (a
+# 10^6 x 10^6 x 21 whole-slide stack has 2.1e13 voxels), so that metadata claiming more is
+# damaged or not a focus stack: 2**31 - 1 along an axis is what int32-indexed tools (Fiji,
+# Bio-Formats) can hold, 2**53 voxels keeps every count exact in a float64 (JSON readers of
+# zarr.json), and one OME channel entry is written per channel.
+MAX_LENGTH = 2**31 - 1
+
+
+MAX_VOXELS = 2**53
+
+
+MAX_CHANNELS = 2**16
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """An opened input focus stack (one resolution level).
+
+    Attributes
+    ----------
+    array : zarr.Array or array-like
+        The data: ``shape``, ``dtype``, ``ndim`` and ``__getitem__`` with a tuple of slices.
+    axes : str
+        One letter per dimension of ``array``.
+    unit_shape : tuple of int
+        What one efficient read covers along each axis (a chunk, or a shard when the array
+        is sharded): blocks are aligned to it and each unit is decoded about once.
+    description : str
+        How messages name it, e.g. ``"src 'stack.zarr'"``.
+    location : Location or None
+        Where it is stored (None for data in memory).
+    kind : str
+        ``"zarr"``, ``"ome-zarr"``, ``"tiff"``, ...
+    scale, units, translation : dict
+        Physical pixel size, unit and offset per axis letter (only what is known).
+    channels : list of dict or None
+        Per channel: ``label``, ``color`` (``"RRGGBB"``), ``window``, as OME's ``omero``.
+    rgb : bool
+        The format stores colour samples (used by ``channels="auto"``).
+    ome_version : str or None
+        OME-NGFF version of an OME-Zarr source.
+    level : int
+        The pyramid level opened (0: full resolution).
+    """
+
+    array: Any
+    axes: str
+    unit_shape: tuple[int, ...]
+    description: str
+    location: Location | None = None
+    kind: str = "zarr"
+    scale: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    translation: dict[str, float] = field(default_factory=dict)
+    channels: list[dict[str, Any]] | None = None
+    rgb: bool = False
+    ome_version: str | None = None
+    level: int = 0
+    metadata_files: tuple[Location, ...] = ()
+    data_root: Location | None = None  # the folder holding the data files (zarr: the array)
+    files: tuple[str, ...] = ()  # or the data files themselves (TIFF, plane files)
+    cached_reads: bool = True  # False: the reader caches itself, or the data is in memory
+    metadata_text: str = ""  # what identifies a non-Zarr source's metadata
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def size(self, letter: str) -> int:
+        return self.shape[self.axes.index(letter)]
+
+    @property
+    def in_memory(self) -> bool:
+        """Reads need no unit cache: the data is in memory, or the reader caches itself."""
+        return isinstance(self.array, np.ndarray) or not self.cached_reads
+
+    def protected(self) -> list[Location]:
+        """What a dst must never overlap: the store, or each of the source's files."""
+        if self.files:
+            return [resolve(f, name="src") for f in self.files]
+        return [self.location] if self.location is not None else []
+
+    # -- identity, for resumes -------------------------------------------------------
+
+    def metadata_digest(self) -> str:
+        """sha256 of the metadata files (the array's and its OME group's)."""
+        h = hashlib.sha256(self.metadata_text.encode())
+        for loc in self.metadata_files:
+            h.update(loc.path.encode())
+            try:
+                h.update(loc.read_bytes())
+            except FileNotFoundError:
+                h.update(b"<missing>")
+        return h.hexdigest()
+
+    def data_files(self) -> Iterator[tuple[str, int, int, int, int]]:
+        """(name relative to ``data_root``, size, mtime in ns, ctime in ns, inode) of every
+        data file (ctime and inode 0 where the store has none).
+
+        The ctime and the inode tell a file rewritten with its old size and mtime (``cp -p``,
+        ``touch -r``) from the one a run read: no user call can set them back."""
+        for path in self.files:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            yield path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        root = self.data_root
+        if root is None:
+            return
+        if root.is_local:
+            yield from _local_data_files(root.path)
+            return
+        fs = root.fs
+        for path, info in sorted(fs.find(root.path, detail=True).items()):
+            name = path[len(root.path.rstrip("/")) + 1 :]
+            if name.rsplit("/", 1)[-1] in _METADATA_FILES:
+                continue
+            stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or 0
+            if hasattr(stamp, "timestamp"):
+                stamp = int(stamp.timestamp() * 1e9)
+            elif not isinstance(stamp, (int, float)):
+                stamp = int(hashlib.sha256(str(stamp).encode()).hexdigest()[:15], 16)
+            yield name, int(info.get("size") or 0), int(stamp), 0, 0
+
+    def unit_of_file(self, name: str) -> tuple[int, ...] | None:
+        """The unit (chunk or shard grid index) a data file holds, or None if unknown."""
+        meta = getattr(self.array, "metadata", None)
+        if meta is None:
+            return None
+        name = name.replace(os.sep, "/")
+        if getattr(meta, "zarr_format", 3) == 2:
+            sep = meta.dimension_separator or "."
+            parts = name.split(sep)
+        else:
+            encoding = meta.chunk_key_encoding
+            sep = encoding.separator
+            if encoding.name == "default":
+                if not name.startswith("c"):
+                    return None
+                name = name[2:] if name.startswith("c" + sep) else name[1:]
+            parts = name.split(sep) if name else []
+        try:
+            index = tuple(int(p) for p in parts)
+        except ValueError:
+            return None
+        return index if len(index) == len(self.shape) else None
+
+
+def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:
+    """Refuse a shape beyond what fstack_dask reads (``MAX_LENGTH`` along an axis,
+    ``MAX_CHANNELS`` channels, ``MAX_VOXELS`` in all): such metadata is damaged.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The source's shape, as its metadata states it.
+    axes : str
+        One letter per dimension.
+    where : str
+        How messages name the source, e.g. ``"src 'stack.zarr'"``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where``, the axis (or the voxel count) and the bound.
+    """
+    for letter, length in zip(axes, shape, strict=True):
+        if length > MAX_LENGTH:
+            raise ValueError(
+                f"{where} has length {length} along axis {letter!r} (shape {shape}); "
+                f"fstack_dask reads at most 2**31 - 1 = {MAX_LENGTH} along an axis (damaged "
+                "metadata?)"
+            )
+    if "c" in axes and shape[axes.index("c")] > MAX_CHANNELS:
+        raise ValueError(
+            f"{where} has {shape[axes.index('c')]} channels along axis 'c' (shape {shape}); "
+            f"fstack_dask reads at most 2**16 = {MAX_CHANNELS} channels (damaged metadata, or "
+            "the wrong axes?)"
+        )
+    voxels = math.prod(shape)
+    if voxels > MAX_VOXELS:
+        raise ValueError(
+            f"{where} has shape {shape}, {voxels:.3g} voxels; fstack_dask reads at most "
+            f"2**53 = {MAX_VOXELS:.3g} voxels (damaged metadata?)"
+        )
+
+
+def _local_data_files(base: str) -> Iterator[tuple[str, int, int, int, int]]:
+    """``Source.data_files`` of a local store, in ``os.walk``'s top-down sorted order.
+
+    ``os.scandir`` entries, each stat'ed through its folder: a store has a file per chunk
+    (millions of them, for big stacks), and this is 2.5x faster than ``os.walk`` plus an
+    ``os.stat`` of each joined path (``benchmarks/listing.py``). Symbolic links to folders
+    are neither followed nor listed, as ``os.walk`` does.
+    """
+    folders = [(base, "")]
+    while folders:
+        folder, rel = folders.pop()
+        files, subfolders = [], []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        if not entry.is_symlink():
+                            subfolders.append((entry.path, rel + entry.name + os.sep))
+                    elif entry.name not in _METADATA_FILES and not entry.name.endswith(".partial"):
+                        files.append(entry)
+        except FileNotFoundError:
+            continue
+        for entry in sorted(files, key=lambda e: e.name):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            yield rel + entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        folders.extend(sorted(subfolders, reverse=True))

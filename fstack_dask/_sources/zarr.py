@@ -1,0 +1,382 @@
+"""Opening focus stacks stored as Zarr: v2/v3 arrays and OME-Zarr images (NGFF 0.1-0.5,
+also in a bioformats2raw layout), as one :class:`~.source.Source`.
+
+The metadata is checked before anything is trusted (JSON that parses, shapes and chunks that
+make sense, at most :data:`~.source.MAX_LENGTH` along an axis); nothing here reads pixel
+data (``fetch`` does that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._locations import Location, resolve
+from .._ngff import find_multiscales, parse_multiscale, parse_omero
+from .._params import parse_axes
+from .source import Source, check_extent
+
+__all__ = ["open_zarr"]
+
+_SUPPORTED_KINDS = "iuf"
+
+
+# ------------------------------------------------------------------------------ opening
+
+
+def open_zarr(
+    src: Any,
+    *,
+    axes: str | None = None,
+    level: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Source:
+    """Open a focus stack from a Zarr array or an OME-Zarr image group.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, Location or zarr.Array
+        An open zarr array, a local path or an fsspec URL of a Zarr v2/v3 array or an
+        OME-Zarr image group (NGFF 0.1-0.5, also inside a bioformats2raw layout).
+    axes : str, optional
+        Axes of a plain array without dimension names; if the array names its dimensions
+        (or the OME metadata does), ``axes`` must agree with them.
+    level : int, optional
+        Pyramid level of an OME-Zarr image (0: full resolution).
+    storage_options : mapping, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    Source
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``src`` does not exist.
+    ValueError
+        If ``src`` is not a Zarr array or image group, its metadata is malformed (a chunk
+        shape with a 0, a shape that is not integers), ``axes`` disagree with it, or an axis
+        has length 0 or a shape is beyond what fstack_dask reads (:func:`check_extent`).
+    TypeError
+        If ``src`` has an unsupported type or dtype.
+    """
+    import zarr
+
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise TypeError(f"level must be an integer >= 0, got {level!r}")
+    if isinstance(src, zarr.Group):
+        raise TypeError(
+            "src is an open zarr.Group; pass its path or URL (OME-Zarr) or one of its arrays"
+        )
+    if isinstance(src, zarr.Array):
+        location = _node_location(src)
+        where = f"src {location.spec if location else str(src.store_path)!r}"
+        source = _array_source(src, where, axes, location, metadata_files=())
+        return source
+
+    location = resolve(src, name="src", storage_options=storage_options)
+    where = f"src {location.spec!r}"
+    node = _open_node(location, where)
+    if isinstance(node, zarr.Group):
+        return _ome_source(node, location, where, axes, int(level))
+    if level:
+        raise ValueError(f"level={level} needs an OME-Zarr image with levels; {where} is an array")
+    meta = [location.child(f) for f in ("zarr.json", ".zarray", ".zattrs")]
+    return _array_source(node, where, axes, location, metadata_files=tuple(meta))
+
+
+def _node_location(node: Any) -> Location | None:
+    import zarr.storage
+
+    store = node.store
+    if isinstance(store, zarr.storage.LocalStore):
+        base = os.fspath(store.root)
+    elif isinstance(store, zarr.storage.FsspecStore) and "file" in _protocols(store.fs):
+        base = store.path
+    else:
+        return None
+    path = os.path.join(base, node.path) if node.path else base
+    return resolve(path, name="src")
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def _open_node(location: Location, where: str) -> Any:
+    import zarr
+
+    if not location.exists():
+        raise FileNotFoundError(f"{where} does not exist; expected a Zarr array or group")
+    if location.is_local and not os.path.isdir(location.path):
+        raise ValueError(
+            f"{where} is not a Zarr array or group; expected a directory holding "
+            f"zarr.json (zarr v3) or .zarray/.zgroup (zarr v2)"
+        )
+    _check_metadata_json(location, where)
+    try:
+        return zarr.open(store=location.zarr_store(read_only=True), mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+        raise ValueError(
+            f"{where} is not a Zarr array or group; expected zarr.json (zarr v3) "
+            f"or .zarray/.zgroup (zarr v2) metadata"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where} has unreadable Zarr metadata: {_one_line(exc)}") from exc
+
+
+def _check_metadata_json(location: Location, where: str, folder: str = "") -> None:
+    """Metadata that is not a JSON object, or an array's that states no usable shape or chunk
+    shape: name the file (zarr's own message does not). ``folder``: the array's path in an
+    image group, for messages."""
+    for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
+        meta = location.child(name)
+        try:
+            raw = meta.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{where}: {folder}{name} is not valid JSON ({_one_line(exc)}); the store's "
+                "metadata is damaged"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where}: {folder}{name} holds a JSON {type(value).__name__}, expected an "
+                "object; the store's metadata is damaged"
+            )
+        for what, values in _stated_shapes(name, value):
+            _check_stated(what, values, f"{where}: {folder}{name}")
+
+
+def _stated_shapes(name: str, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(what, value) of every shape and chunk shape an array's metadata file states."""
+    if name == ".zarray":
+        return [("shape", meta.get("shape")), ("chunk shape", meta.get("chunks"))]
+    if name != "zarr.json" or meta.get("node_type") != "array":
+        return []
+    found = [("shape", meta.get("shape"))]
+    grid = meta.get("chunk_grid")
+    config = grid.get("configuration") if isinstance(grid, dict) else None
+    if isinstance(config, dict):
+        found.append(("chunk shape", config.get("chunk_shape")))
+    codecs = meta.get("codecs")
+    for codec in codecs if isinstance(codecs, list) else []:
+        if not isinstance(codec, dict) or codec.get("name") != "sharding_indexed":
+            continue
+        config = codec.get("configuration")
+        if isinstance(config, dict):
+            found.append(("inner chunk shape (sharding)", config.get("chunk_shape")))
+    return found
+
+
+def _check_stated(what: str, values: Any, where: str) -> None:
+    """Integers, and chunks of at least one element: zarr reads a JSON ``true`` as 1, and a
+    zero chunk only fails when a chunk is read (a division by zero)."""
+    if not isinstance(values, list):
+        return  # missing or not a list: zarr's own message says so
+    text = json.dumps(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(
+            f"{where} gives {what} {text}; expected a list of integers >= 0 (the metadata "
+            "is damaged)"
+        )
+    if what != "shape" and 0 in values:
+        raise ValueError(
+            f"{where} gives {what} {text}; every chunk must be at least 1 element along "
+            "each axis (the metadata is damaged)"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _stored_axes(array: Any) -> tuple[str | None, str]:
+    """Single-letter axes an array names itself (dimension_names or _ARRAY_DIMENSIONS)."""
+    names = getattr(array.metadata, "dimension_names", None)
+    origin = "dimension_names"
+    if not names or any(n is None for n in names):
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+        origin = "_ARRAY_DIMENSIONS"
+    if not names or not all(isinstance(n, str) and len(n) == 1 for n in names):
+        return None, origin
+    return "".join(names).lower(), origin
+
+
+def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(f"{where} has dtype {dtype}; expected an integer or floating-point dtype")
+    for letter, length in zip(axes, array.shape, strict=True):
+        if length == 0:
+            raise ValueError(
+                f"{where} has length 0 along axis {letter!r} (shape {tuple(array.shape)}); "
+                f"expected at least one element per axis"
+            )
+    check_extent(tuple(int(n) for n in array.shape), axes, where)
+    # an array opened elsewhere (a zarr.Array given in Python) skipped the metadata file check
+    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    for chunks in (getattr(grid, "chunk_shape", None), getattr(array, "chunks", None)):
+        if chunks is not None and any(int(c) < 1 for c in chunks):
+            raise ValueError(
+                f"{where} has chunk shape {tuple(int(c) for c in chunks)}; every chunk must be "
+                "at least 1 element along each axis (the metadata is damaged)"
+            )
+
+
+def _unit_shape(array: Any) -> tuple[int, ...]:
+    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    shape = getattr(grid, "chunk_shape", None)
+    if shape is None:
+        shape = getattr(array, "chunks", None) or array.shape
+    return tuple(max(1, min(int(c), int(n))) for c, n in zip(shape, array.shape, strict=True))
+
+
+def _array_source(
+    array: Any,
+    where: str,
+    axes: str | None,
+    location: Location | None,
+    metadata_files: tuple[Location, ...],
+) -> Source:
+    stored, origin = _stored_axes(array)
+    if axes is not None:
+        chosen = parse_axes(axes, array.ndim)
+        if stored is not None and stored != chosen:
+            raise ValueError(
+                f"axes {axes!r} contradicts the {origin} of {where}, which name its "
+                f"dimensions {stored!r}; omit axes= or pass axes={stored!r}"
+            )
+    elif stored is not None:
+        try:
+            chosen = parse_axes(stored, array.ndim)
+        except ValueError as exc:
+            raise ValueError(f"{where}: axes from {origin} are unusable: {exc}") from exc
+    else:
+        names = getattr(array.metadata, "dimension_names", None) or array.attrs.get(
+            "_ARRAY_DIMENSIONS"
+        )
+        named = (
+            f"names its dimensions {list(names)}, which are not all single letters"
+            if names and any(n is not None for n in names)
+            else "does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS)"
+        )
+        raise ValueError(
+            f"{where} {named}; pass axes= with one letter per dimension, e.g. axes='zyx'"
+        )
+    _check_dtype_and_shape(array, chosen, where)
+    return Source(
+        array=array,
+        axes=chosen,
+        unit_shape=_unit_shape(array),
+        description=where,
+        location=location,
+        kind="zarr",
+        metadata_files=metadata_files,
+        data_root=location,
+    )
+
+
+def _ome_source(group: Any, location: Location, where: str, axes: str | None, level: int):
+    import zarr
+
+    attrs = group.attrs.asdict()
+    multiscales, version = find_multiscales(attrs)
+    ome = attrs.get("ome")
+    layout = "bioformats2raw.layout"
+    is_bf2raw = layout in attrs or (isinstance(ome, Mapping) and layout in ome)
+    if multiscales is None and is_bf2raw and "0" in group:
+        child = group["0"]  # bioformats2raw: the first series is the image group "0"
+        if isinstance(child, zarr.Group):
+            return _ome_source(child, location.child("0"), f"{where[:-1]}/0'", axes, level)
+    if multiscales is None:
+        raise ValueError(
+            f"{where} is a Zarr group without OME-NGFF multiscales metadata; "
+            f"pass the array path (e.g. {location.spec.rstrip('/') + '/0'!r}) instead"
+        )
+    first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
+    datasets = first.get("datasets") if isinstance(first, Mapping) else None
+    path0 = datasets[0].get("path") if isinstance(datasets, list) and datasets else None
+    if isinstance(path0, str):  # before zarr parses it (a zero chunk divides by zero there)
+        _check_metadata_json(location.child(path0), where, f"{path0}/")
+    if not isinstance(path0, str) or path0 not in group:
+        raise ValueError(
+            f"{where} has malformed OME-NGFF multiscales metadata: level-0 dataset "
+            f"{path0!r} is not in the group"
+        )
+    ndim = group[path0].ndim
+    ms = parse_multiscale(multiscales, ndim=ndim, where=where, version=version)
+    if level >= len(ms.paths):
+        raise ValueError(
+            f"level={level} is not in {where}, which has {len(ms.paths)} level(s) "
+            f"(0 to {len(ms.paths) - 1})"
+        )
+    path = ms.paths[level]
+    if path != path0:
+        _check_metadata_json(location.child(path), where, f"{path}/")
+    array = group.get(path)
+    if not isinstance(array, zarr.Array):
+        raise ValueError(f"{where} has no array at level {level} (dataset path {path!r})")
+
+    if ms.names is not None and all(len(n) == 1 for n in ms.names):
+        letters = "".join(ms.names).lower()
+        try:
+            meta_axes = parse_axes(letters, array.ndim)
+        except ValueError as exc:
+            raise ValueError(f"{where}: axes from OME-NGFF metadata are unusable: {exc}") from exc
+        if axes is not None and parse_axes(axes, array.ndim) != meta_axes:
+            raise ValueError(
+                f"axes {axes!r} disagrees with the OME-NGFF metadata of {where}, which "
+                f"declares {meta_axes!r}; omit axes= or pass axes={meta_axes!r}"
+            )
+    elif axes is not None:  # names that are not letters (e.g. "depth"): the caller's win
+        meta_axes = parse_axes(axes, array.ndim)
+    else:
+        raise ValueError(
+            f"{where} has OME-NGFF axes {list(ms.names or [])} that are not single letters; "
+            f"pass axes= with one letter per dimension, e.g. axes='zyx'"
+        )
+    _check_dtype_and_shape(array, meta_axes, where)
+    by_letter = dict(zip(ms.names or meta_axes, meta_axes, strict=True))
+    units = {by_letter[n]: u for n, u in ms.units.items() if n in by_letter}
+    scale_vec, shift_vec = ms.scales[level], ms.translations[level]
+    scale = {} if scale_vec is None else dict(zip(meta_axes, scale_vec, strict=True))
+    shift = {} if shift_vec is None else dict(zip(meta_axes, shift_vec, strict=True))
+    array_loc = location.child(path)
+    meta = tuple(
+        loc.child(f)
+        for loc in (location, array_loc)
+        for f in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+    )
+    return Source(
+        array=array,
+        axes=meta_axes,
+        unit_shape=_unit_shape(array),
+        description=where,
+        location=location,
+        kind="ome-zarr",
+        scale=scale,
+        units=units,
+        translation=shift,
+        channels=parse_omero(attrs),
+        rgb=_omero_is_rgb(attrs),
+        ome_version=ms.version,
+        level=level,
+        metadata_files=meta,
+        data_root=array_loc,
+    )
+
+
+def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
+    ome = attrs.get("ome")
+    omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
+    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
+    return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"

@@ -1,0 +1,132 @@
+"""Samples at the edges of their dtype: fused to float64 precision or refused; never wrapped, NaN.
+
+The fusion is scale-free (the focus measure enters only through ratios at one
+pixel), so a pattern shifted and scaled into any corner of a dtype's range must
+fuse to the same pattern, shifted and scaled, up to the dtype's (or float64's)
+resolution there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fstack_dask import focus_stack, synthetic_stack
+from fstack_dask._algorithm.block import float64_limit
+
+ENGINES = ["compiled", "numpy"]
+
+
+@pytest.fixture(scope="module")
+def pattern():
+    """A uint16 stack (values 0 .. 65535) and its fusion."""
+    stack = synthetic_stack((48, 40), 7, dtype="uint16", noise=0.02, seed=4).stack
+    return stack, focus_stack(stack)
+
+
+def fused(stack, engine):
+    from fstack_dask._algorithm.block import fuse_block
+
+    planes = np.moveaxis(stack, 2, 0)
+    return fuse_block(planes, engine=engine).image
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("dtype", "offset", "step"),
+    [
+        ("uint32", 2**32 - 65536, 1),  # top of the range, exact in float64
+        ("int32", -(2**31), 1),  # bottom
+        ("int32", 2**31 - 65536, 1),
+        ("uint64", 2**64 - 65536 * 2048, 2048),  # float64 spacing there: 2048
+        ("int64", 2**63 - 65536 * 1024, 1024),
+        ("int64", -(2**63), 1024),
+    ],
+)
+def test_wide_integers_near_their_limits(pattern, engine, dtype, offset, step):
+    base, expected = pattern
+    info = np.iinfo(dtype)
+    values = np.array(offset, dtype=object) + base.astype(object) * step  # exact integers
+    assert values.max() <= info.max and values.min() >= info.min
+    stack = values.astype(dtype)
+    out = fused(stack, engine)
+    assert out.dtype == np.dtype(dtype)
+    # Back in pattern units: equal to the uint16 fusion up to its rounding (one level) for
+    # 32-bit data, exact in float64. 64-bit samples are blended in float64: near the ends
+    # of the range one level here is one float64 ulp of the magnitude, and the weighted
+    # sum of 7 planes is good to a few ulps (measured: at most 6, 60 % within one).
+    back = (out.astype(object) - offset) / step
+    diff = np.abs(back.astype(np.float64) - expected)
+    if step == 1:
+        assert diff.max() <= 1.0
+        assert np.mean(diff == 0) > 0.9
+    else:
+        assert diff.max() <= 8.0
+        assert np.mean(diff <= 2) > 0.8
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", ["uint64", "int64", "uint32", "int32", "int16", "uint8"])
+def test_flat_stack_at_the_maximum_is_not_wrapped(engine, dtype):
+    info = np.iinfo(dtype)
+    for value in (info.max, info.min, info.max - 1, info.min + 1):
+        stack = np.full((12, 10, 6), value, dtype)
+        out = fused(stack, engine)
+        if info.bits < 64 or value in (info.max, info.min):
+            assert (out == value).all(), (value, out[0, 0])
+        else:  # float64 precision: max - 1 is no float64 (it rounds to 2**63 or 2**64)
+            gap = np.abs(out.astype(object) - int(value))
+            assert (gap <= 2 ** (info.bits - 53)).all(), (value, out[0, 0])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_saturated_and_empty_planes_mixed_at_64_bit(engine):
+    # Plane mean of max and min: must be in range, not wrapped.
+    stack = np.empty((8, 8, 6), np.int64)
+    stack[..., :3] = np.iinfo(np.int64).max
+    stack[..., 3:] = np.iinfo(np.int64).min
+    out = fused(stack, engine)
+    assert (np.abs(out.astype(np.float64)) <= 2048).all()  # mean 0 to float64 precision
+    ustack = np.full((8, 8, 6), np.iinfo(np.uint64).max, np.uint64)
+    ustack[..., 0] = 0
+    uout = fused(ustack, engine)
+    want = np.round(np.float64(np.iinfo(np.uint64).max) * 5 / 6)
+    assert np.allclose(uout.astype(np.float64), want, rtol=1e-15)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [
+        ("float32", 2.0**110),  # values up to ~8e37, squares far beyond float32
+        ("float32", 2.0**-120),  # values ~1e-32, squares far below float32
+        ("float64", 2.0**490),  # ~3e147
+        ("float64", 2.0**-500),
+        ("float16", 1.0),  # 0 .. 1 in float16, and near its top:
+        ("float16", 2.0**15 / 65535),
+    ],
+)
+def test_floats_near_their_range(pattern, engine, dtype, scale):
+    base, _ = pattern
+    unit = base.astype(np.float64) / 65535
+    stack = (unit * (scale if dtype != "float16" else 65535 * scale)).astype(dtype)
+    out = fused(stack, engine)
+    assert out.dtype == np.dtype(dtype) and np.isfinite(out).all()
+    # The same fusion as the same samples at unit scale (power-of-two scales are exact).
+    ref = fused((stack.astype(np.float64) / (scale if dtype != "float16" else 1.0)), engine)
+    got = out.astype(np.float64) / (scale if dtype != "float16" else 1.0)
+    rtol = {"float16": 2e-3, "float32": 2e-6, "float64": 1e-12}[dtype]
+    assert np.allclose(got, ref, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_float64_beyond_the_limit_is_refused(pattern, engine):
+    base, _ = pattern
+    stack = base.astype(np.float64) * (2.0 * float64_limit(9) / 65535)
+    with pytest.raises(ValueError, match="im_stack"):
+        fused(stack, engine)
+    with pytest.raises(ValueError, match="im_stack"):
+        focus_stack(-stack)
+    # Just under the limit is fused, finite.
+    under = base.astype(np.float64) * (0.5 * float64_limit(9) / 65535)
+    assert np.isfinite(fused(under, engine)).all()

@@ -1,0 +1,367 @@
+"""``device="cuda"``: the CUDA kernel against the CPU engine, the checks, the refusals.
+
+Three kinds of test:
+
+* numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, in subprocesses, tiny stacks): the
+  CUDA source run as Python on a CPU. It does no fused multiply-adds, as our kernels on a
+  GPU do none (``libdevice.dmul_rn``), so it must give the CPU engine's bits exactly;
+* compiling the kernels to PTX for sm_90 (needs numba-cuda with NVVM, no GPU): they compile
+  for the real target and contain no fused multiply-add and no unrounded product;
+* ``gpu``: on a real GPU (skipped with the reason where there is none), the contract:
+  >= 99.9 % of pixels identical to the CPU, none more than one level apart, and bit for bit
+  across chunkings; run by ``benchmarks/gpu_check.sh``.
+
+The argument checks and the refusals without a GPU run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from clusters import Cluster
+
+from fstack_dask import focus_stack, fuse, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._algorithm.device import check_device, cuda_problem
+from fstack_dask._cli.config import config_from_mapping
+
+HERE = pathlib.Path(__file__).resolve().parents[1]  # the helpers, in tests/
+SIM_ENV = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+HAS_CUDA_TARGET = importlib.util.find_spec("numba.cuda") is not None
+needs_cuda_target = pytest.mark.skipif(
+    not HAS_CUDA_TARGET, reason="numba has no CUDA target here (pip install numba-cuda)"
+)
+
+
+def _run(args: list[str], env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _json(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def gpu_usable() -> bool:
+    """Whether a real GPU is usable here (then the refusal tests do not apply)."""
+    if not HAS_CUDA_TARGET:
+        return False
+    code = "from fstack_dask._algorithm.device import cuda_problem; print(cuda_problem() is None)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    return _run(["-c", code], env=env).stdout.strip() == "True"
+
+
+# ------------------------------------------------------------------ the simulator
+
+
+@needs_cuda_target
+def test_simulated_kernel_gives_the_cpu_engines_bits():
+    """Every dtype and edge case of the CPU path: grey and RGB, P < 5, one plane, flat and
+    saturated regions, float16/32/64, signed, 32- and 64-bit integers, big-endian, even
+    window, uneven focus: image, depth and selectivity bit for bit."""
+    results = _json(_run([str(HERE / "cuda_cases.py")], env=SIM_ENV))
+    assert len(results) == 13
+    for name, r in results.items():
+        assert r["same_dtype"], name
+        assert r["bits"] and r["depth_bits"] and r["selectivity_bits"], (name, r)
+
+
+@needs_cuda_target
+def test_simulated_pipeline_fuse_zarr_fuse_focus_stack():
+    """device='cuda' through fuse_zarr (4 blocks with halos), fuse (two chunkings) and
+    focus_stack, against the CPU; provenance; a cuda run is not resumed on the cpu; the
+    device memory of one block against its formula."""
+    found = _json(_run([str(HERE / "cuda_pipeline.py")], env=SIM_ENV))
+    for name in ("0", "depth", "selectivity"):
+        assert found["fuse_zarr"][name] == {"identical": 1.0, "max_diff": 0.0}, name
+    assert found["provenance_device"] == "cuda"
+    assert "started with different device" in found["resume_on_cpu"]
+    assert found["fuse_chunkings_bits"] == [True, True]
+    assert found["fuse_zarr_vs_focus_stack_bits"]
+    for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
+        assert found[name] == {"identical": 1.0, "max_diff": 0.0}, name
+    # The formula is an upper bound, and not a loose one.
+    assert 0.95 * found["device_formula"] <= found["device_bytes"] <= found["device_formula"]
+
+
+@needs_cuda_target
+def test_one_worker_per_gpu_as_the_readme_starts_them(tmp_path):
+    """README "Several GPUs", run as written, with numba's simulator standing in for the
+    GPUs: a ``dask scheduler`` and ``CUDA_VISIBLE_DEVICES=i dask worker ...`` per GPU, then
+    ``fstack-dask fuse --scheduler ADDRESS --device cuda`` from a process that has no GPU.
+
+    A worker without a GPU among them makes the run a one-line refusal (exit 2) naming
+    that worker, before anything is written; once it is retired, both GPU workers fuse
+    blocks, and the output is the CPU's, bit for bit."""
+    from distributed import Client
+
+    zyx = np.moveaxis(synthetic_stack((30, 28), 6, dtype="uint16", seed=3).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(6, 16, 16))
+    gpus = [{"NUMBA_ENABLE_CUDASIM": "1", "CUDA_VISIBLE_DEVICES": str(i)} for i in range(2)]
+    no_gpu = {"NUMBA_ENABLE_CUDASIM": "0", "CUDA_VISIBLE_DEVICES": ""}
+    # The simulator runs one kernel at a time in a process: one thread per worker.
+    cluster = Cluster(tmp_path, [*gpus, no_gpu], nthreads=1)
+    planner_env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    planner_env["CUDA_VISIBLE_DEVICES"] = ""  # the login node: no GPU where we plan
+    args = ["-m", "fstack_dask", "fuse", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"),
+            "--scheduler", cluster.address, "--device", "cuda", "--chunks", "16",
+            "--nhsize", "5", "--no-progress"]  # fmt: skip
+    try:
+        with Client(cluster.address) as client:
+            envs = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+            lacking = next(w for w, env in envs.items() if env == "")
+            refused = _run(args, env=planner_env)
+            assert refused.returncode == 2, refused.stderr
+            line = refused.stderr.strip()
+            assert "\n" not in line and line.startswith("fstack-dask: error: --device cuda ")
+            assert f"(on worker {lacking})" in line, line
+            assert not (tmp_path / "out.zarr").exists()
+
+            client.retire_workers([lacking], close_workers=True)
+            before = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            done = _run(args, env=planner_env)
+            assert done.returncode == 0, done.stderr
+            after = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            assert sorted(envs[w] for w in after) == ["0", "1"]
+            assert all(after[w] > before[w] for w in after), (before, after)
+    finally:
+        cluster.stop()
+    fuse_zarr(tmp_path / "in.zarr", tmp_path / "cpu.zarr", chunks=32, nhsize=5, progress=False)
+    import zarr
+
+    gpu_out = zarr.open_group(tmp_path / "out.zarr")
+    assert gpu_out.attrs["fstack_dask"]["device"] == "cuda"
+    assert np.array_equal(gpu_out["0"][...], zarr.open_group(tmp_path / "cpu.zarr")["0"][...])
+
+
+# ------------------------------------------------------------------ the real target, no GPU
+
+PTX = textwrap.dedent(
+    """
+    import json, pickle, re, sys
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher as dispatcher
+    # Device functions compile for the current GPU's architecture; there is none here.
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
+    from numba import cuda
+    from numba.cuda.cudadrv import nvvm
+    from fstack_dask._algorithm.cuda_kernels import build
+
+    try:
+        nvvm.NVVM()
+    except Exception as e:  # no libNVVM anywhere numba-cuda looks: nothing to check here
+        print(json.dumps({"no NVVM": f"{type(e).__name__}: {e}"}))
+        sys.exit()
+    kernels = build(cuda, simulator=False)
+    found = {}
+    for name, sig in pickle.load(open(sys.argv[1], "rb")):
+        ptx, _ = cuda.compile_ptx(kernels[name].py_func, sig, cc=(9, 0))
+        ops = re.findall(r"^\\s*((?:fma|mad|mul)(?:\\.[a-z]+)*\\.f(?:32|64))\\s", ptx, re.M)
+        found[f"{name}{sig}"] = sorted(set(ops))
+    print(json.dumps(found))
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason="numba-cuda is not installed (numba's built-in CUDA target is not checked)",
+)
+def test_kernels_compile_for_sm90_without_fused_multiply_adds(tmp_path):
+    """NVVM contracts a * b + c into one fused multiply-add unless told not to; every float
+    product here is libdevice's dmul_rn, so the PTX has only correctly rounded products.
+
+    The signatures compiled are those the engine launches on every case of the simulator's
+    test (recorded there by ``cuda_signatures.py``), so they cannot drift from the code."""
+    from fstack_dask._algorithm.cuda_kernels import KERNELS
+
+    sigs = tmp_path / "signatures.pkl"
+    recorded = _run([str(HERE / "cuda_signatures.py"), str(sigs)], env=SIM_ENV)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = _run(["-c", PTX, str(sigs)], env=env, timeout=900)
+    found = _json(done)
+    if "no NVVM" in found:
+        pytest.skip("NVVM cannot be loaded here: " + found["no NVVM"].splitlines()[0])
+    assert len(found) == int(recorded.stdout.split()[-1]) >= len(KERNELS)
+    assert {key.split("(")[0] for key in found} == set(KERNELS)  # every kernel is launched
+    for kernel, ops in found.items():
+        assert all(op.startswith("mul.rn.") for op in ops), (kernel, ops)
+    blend_uint16 = next(k for k in found if k.startswith("blend(Array(uint16,"))
+    assert "mul.rn.f64" in found[blend_uint16]  # the products are there, as dmul_rn
+
+
+# ------------------------------------------------------------------ checks, no GPU needed
+
+
+def test_device_argument_is_checked(tmp_path):
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    assert check_device(" CUDA ") == "cuda"
+    with pytest.raises(ValueError, match=r"^device must be 'cpu' or 'cuda', got 'gpu'$"):
+        focus_stack(stack, device="gpu")
+    with pytest.raises(TypeError, match="^device must be 'cpu' or 'cuda', got 1"):
+        focus_stack(stack, device=1)
+    with pytest.raises(ValueError, match="^device must be"):
+        fuse(stack, axes="yxz", device="tpu")
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    with pytest.raises(ValueError, match="^device must be"):
+        fuse_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", device="cuda:0", progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_config_key_resources_device():
+    assert config_from_mapping({"resources": {"device": "cuda"}}).fuse_kwargs()["device"] == "cuda"
+    assert config_from_mapping({}).fuse_kwargs()["device"] == "cpu"
+    with pytest.raises(ValueError, match=r"resources\.device must be cpu or cuda, got 'gpu'"):
+        config_from_mapping({"resources": {"device": "gpu"}}, "run.yaml")
+
+
+def test_cpu_run_is_not_resumed_on_cuda(tmp_path):
+    """The device is part of what a resume compares (last bits may differ between them)."""
+    from fstack_dask._runs.resume import check_resumable
+
+    class Dst:
+        class dst:  # noqa: N801 - stands for a Location
+            spec = "out.zarr"
+
+    with pytest.raises(ValueError, match="started with different device"):
+        check_resumable(Dst, {"params": {"device": "cpu"}}, {"device": "cuda"}, None, "resume")
+    check_resumable(Dst, {"params": {}}, {"device": "cpu"}, None, "resume")  # older runs
+
+
+def test_cuda_without_gpu_is_a_one_line_error(tmp_path, gpu_usable):
+    if gpu_usable:
+        pytest.skip("a CUDA GPU is usable here")
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    with pytest.raises(ValueError) as info:
+        focus_stack(stack, device="cuda")
+    message = str(info.value)
+    assert message.startswith("device='cuda' ") and "\n" not in message
+    assert ("no usable CUDA GPU" in message) or ("fstack_dask[gpu]" in message)
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    with pytest.raises(ValueError, match="^device='cuda' "):
+        fuse_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", device="cuda", progress=False)
+    assert not (tmp_path / "out.zarr").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match="^device='cuda' "):
+        fuse(stack, axes="yxz", device="cuda")
+
+
+def test_cuda_without_numbas_cuda_target_names_the_extra():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba.cuda"] = None  # as if numba-cuda were not installed
+        import numpy as np
+        from fstack_dask import focus_stack
+        try:
+            focus_stack(np.zeros((8, 8, 5), np.uint8), device="cuda")
+        except ValueError as exc:
+            print(exc)
+        """
+    )
+    out = _run(["-c", code]).stdout.strip()
+    assert out.startswith("device='cuda' needs numba's CUDA target"), out
+    assert 'pip install "fstack_dask[gpu]"' in out and "\n" not in out
+
+
+def test_cli_refuses_cuda_without_gpu(tmp_path, gpu_usable):
+    if gpu_usable:
+        pytest.skip("a CUDA GPU is usable here")
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    src, dst = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
+    args = ["-m", "fstack_dask", "fuse", src, dst, "--device", "cuda", "--no-progress"]
+    done = _run(args, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: --device cuda "), lines
+    assert not (tmp_path / "out.zarr").exists()
+    bad = _run(["-m", "fstack_dask", "fuse", "a", "b", "--device", "gpu"], env=env)
+    assert bad.returncode == 2 and "--device" in bad.stderr
+
+
+# ------------------------------------------------------------------ on a real GPU
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_against_cpu_engine():
+    """Every case of the simulator test at 20x the sides, on the GPU: the contract (and,
+    as no fused multiply-add is left, expected bit for bit: reported by the benchmark)."""
+    sys.path.insert(0, str(HERE))
+    from cuda_cases import cases, compare
+
+    for name, (block, kwargs) in cases(scale=20).items():
+        r = compare(block, kwargs)
+        assert r["same_dtype"], name
+        assert r["identical"] >= 0.999 and r["max_diff"] <= 1, (name, r)
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline():
+    """fuse_zarr on threads (several streams at once), fuse across chunkings bit for bit,
+    focus_stack and the shipped real stacks, against the CPU."""
+    found = _json(_run([str(HERE / "cuda_pipeline.py"), "--gpu"]))
+    for name in ("0", "depth", "selectivity"):
+        r = found["fuse_zarr"][name]
+        assert r["identical"] >= 0.999 and r["max_diff"] <= (1 if name == "0" else 1e-3), name
+    assert all(found["fuse_chunkings_bits"]) and found["fuse_zarr_vs_focus_stack_bits"]
+    assert "started with different device" in found["resume_on_cpu"]
+    for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
+        r = found[name]
+        assert r["identical"] >= 0.999 and r["max_diff"] <= 1, (name, r)
+
+
+@pytest.mark.gpu
+def test_gpu_cli_and_distributed_worker(tmp_path):
+    """The CLI with --device cuda, and one dask-distributed worker process using the GPU."""
+    from distributed import Client, LocalCluster
+
+    zyx = np.moveaxis(synthetic_stack((300, 280), 9, dtype="uint16", seed=2).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(9, 128, 128))
+    done = _run(["-m", "fstack_dask", "fuse", str(tmp_path / "in.zarr"),
+                 str(tmp_path / "cli.zarr"), "--device", "cuda", "--no-progress"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        out = fuse_zarr(tmp_path / "in.zarr", tmp_path / "dist.zarr", device="cuda",
+                        scheduler=client, progress=False)  # fmt: skip
+        dist = out["0"][...]
+    import zarr
+
+    cli = zarr.open_group(tmp_path / "cli.zarr")["0"][...]
+    assert np.array_equal(dist, cli)  # one implementation, whatever the scheduler
+    cpu = focus_stack(np.moveaxis(zyx, 0, 2))
+    assert np.mean(dist == cpu) >= 0.999
+    assert np.abs(dist.astype(np.int64) - cpu).max() <= 1
+
+
+def test_gpu_problem_is_one_line_or_none():
+    problem = cuda_problem()
+    assert problem is None or "\n" not in problem
+
+
+def test_info_prints_gpu_memory_per_task(tmp_path):
+    """`fstack-dask info --device cuda` needs no GPU: it prints the formula's bytes per task."""
+    from fstack_dask._algorithm.cuda import device_block_memory
+    from fstack_dask._params import overlap_depth
+
+    zyx = np.moveaxis(synthetic_stack((300, 280), 9, dtype="uint16", seed=2).stack, 2, 0)
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(9, 128, 128))
+    done = _run(["-m", "fstack_dask", "info", str(tmp_path / "in.zarr"), "--device", "cuda",
+                 "--chunks", "128"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    halo = overlap_depth(9)
+    gpu = device_block_memory((128 + 2 * halo, 128 + 2 * halo), 9, 1, 2)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("device:"))
+    assert f"cuda: {gpu / 2**20:.1f} MiB of GPU memory per task" in line, line

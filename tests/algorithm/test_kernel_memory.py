@@ -1,0 +1,67 @@
+"""The per-task memory model that chooses chunk sizes is an upper bound of what a task allocates."""
+
+from __future__ import annotations
+
+import inspect
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from fstack_dask import synthetic_stack
+from fstack_dask._algorithm import compiled as _compiled
+from fstack_dask._algorithm import fused as _fused
+from fstack_dask._algorithm.block import ENGINE, block_memory, fuse_block
+
+ENGINES = ["numpy"] + (["compiled"] if _fused.blend_compiled is not None else [])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("planes", "dtype", "rgb", "nhsize"),
+    [
+        (21, "uint16", False, 9),
+        (7, "uint8", True, 9),
+        (9, "float32", False, 15),
+        (6, "float16", False, 3),
+        (5, "int64", True, 5),
+    ],
+)
+def test_block_memory_bounds_allocations(engine, planes, dtype, rgb, nhsize):
+    stack = synthetic_stack((160, 120), planes, rgb=rgb, dtype=dtype, seed=0).stack
+    block = np.ascontiguousarray(
+        np.moveaxis(stack, (3, 2), (0, 1)) if rgb else np.moveaxis(stack, 2, 0)
+    )
+    kwargs = {"rgb": rgb, "nhsize": nhsize, "with_depth": True, "with_selectivity": True}
+    fuse_block(block, engine=engine, **kwargs)  # compile / warm up
+    tracemalloc.start()
+    fuse_block(block, engine=engine, **kwargs)
+    peak = tracemalloc.get_traced_memory()[1] + block.nbytes  # plus the input itself
+    tracemalloc.stop()
+    estimate = block_memory(
+        (160, 120), planes, 3 if rgb else 1, np.dtype(dtype).itemsize, rgb,
+        nhsize=nhsize, engine=engine, float16=dtype == "float16",
+    )  # fmt: skip
+    assert peak <= estimate, (peak, estimate)
+    assert peak >= 0.3 * estimate, "the model should not be wildly pessimistic"
+
+
+def test_default_engine_is_the_models_default():
+    args = ((100, 100), 10, 1, 2, False)
+    assert block_memory(*args) == block_memory(*args, engine=ENGINE)
+    if "compiled" in ENGINES:
+        # The compiled engine holds no (P, Y, X) float64 temporaries: well under the NumPy one.
+        assert block_memory(*args, engine="compiled") < 0.7 * block_memory(*args, engine="numpy")
+
+
+@pytest.mark.skipif("compiled" not in ENGINES, reason="numba is not installed")
+def test_compiled_functions_allocate_nothing_themselves():
+    # tracemalloc sees NumPy's allocations, not numba's: so every buffer the compiled
+    # functions use is allocated by their Python callers, and the test above is complete.
+    for module in (_compiled, _fused):
+        for name, obj in vars(module).items():
+            func = getattr(obj, "py_func", None)
+            if func is not None:
+                source = inspect.getsource(func)
+                for maker in ("np.empty", "np.zeros", "np.ones", ".copy(", "np.full"):
+                    assert maker not in source, (name, maker)

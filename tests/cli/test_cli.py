@@ -1,0 +1,400 @@
+"""The ``fstack-dask`` command line, run for real in subprocesses on real Zarr stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._algorithm.block import block_memory
+from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._sources.open import open_source
+from fstack_dask._version import __version__
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIMEOUT = 120
+
+
+def cli(*args, cwd=None, exe: list[str] | None = None, env: dict[str, str] | None = None):
+    """Run the CLI in a fresh interpreter; return the CompletedProcess."""
+    cmd = (exe or [sys.executable, "-m", "fstack_dask"]) + [str(a) for a in args]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 64 x 64 x 7 uint16 stack in the reference layout, and the same as OME-Zarr (z, y, x)."""
+    root = tmp_path_factory.mktemp("cli")
+    stack = synthetic_stack((64, 64), 7, dtype="uint16", noise=0.02, seed=7).stack
+    src = root / "stack.ome.zarr"
+    write_stack(
+        src,
+        stack.transpose(2, 0, 1),
+        axes="zyx",
+        chunks=(1, 32, 32),
+        scale={"y": 0.65, "x": 0.65},
+        units={"y": "micrometer", "x": "micrometer"},
+    )
+    return root, src, stack
+
+
+def _fused(dst: pathlib.Path) -> zarr.Group:
+    return zarr.open_group(dst, mode="r")
+
+
+def test_fuse_round_trip_equals_focus_stack(data, tmp_path):
+    _, src, stack = data
+    dst = tmp_path / "fused.ome.zarr"
+    res = ok(cli("fuse", src, dst, "--chunks", "32", "--depth-map", "--no-progress"))
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert str(dst) in lines[0] and "(64, 64)" in lines[0] and "uint16" in lines[0]
+    assert re.search(r"in \d+\.\d+ s$", lines[0])
+    out = _fused(dst)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+    assert out["0"].chunks == (32, 32)
+    assert "depth" in out and "selectivity" not in out
+    scale = out.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale["scale"] == [0.65, 0.65]
+
+
+def test_entry_point_and_synchronous_scheduler(data, tmp_path):
+    _, src, stack = data
+    exe = shutil.which("fstack-dask", path=os.path.dirname(sys.executable)) or shutil.which(
+        "fstack-dask"
+    )
+    if exe is None:
+        pytest.skip("the fstack-dask entry point is not installed (pip install -e .)")
+    dst = tmp_path / "fused.ome.zarr"
+    ok(cli("fuse", src, dst, "--scheduler", "synchronous", "--no-progress", exe=[exe]))
+    np.testing.assert_array_equal(_fused(dst)["0"][...], focus_stack(stack))
+    assert ok(cli("--version", exe=[exe])).stdout.strip() == f"fstack-dask {__version__}"
+
+
+def test_processes_scheduler(data, tmp_path):
+    _, src, stack = data
+    dst = tmp_path / "fused.ome.zarr"
+    ok(cli("fuse", src, dst, "--scheduler", "processes", "--chunks", "32", "--no-progress"))
+    np.testing.assert_array_equal(_fused(dst)["0"][...], focus_stack(stack))
+
+
+def test_options_override_the_config(data, tmp_path):
+    _, src, stack = data
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "algorithm: {nhsize: 5, sth: 11}\n"
+        "output: {depth_map: true, selectivity_map: true, chunks: 32}\n"
+        "resources: {memory_per_task: 64MiB}\n"
+        "cluster: {kind: local, scheduler: synchronous}\n"
+    )
+    dst = tmp_path / "fused.ome.zarr"
+    args = ("--config", config, "--nhsize", "7", "--no-depth-map", "--no-progress")
+    ok(cli("fuse", src, dst, *args))
+    out = _fused(dst)
+    attrs = out.attrs["fstack_dask"]
+    assert attrs["nhsize"] == 7  # option beats file
+    assert attrs["sth"] == 11  # file beats default
+    assert attrs["depth_map"] is False and attrs["selectivity_map"] is True
+    assert attrs["chunks"] == [32, 32]
+    assert "depth" not in out and "selectivity" in out
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack, nhsize=7, sth=11))
+
+    # --overwrite and --chunks auto undo the file's values.
+    ok(
+        cli(
+            "fuse", src, dst, "--config", config, "--overwrite", "--chunks", "auto", "--no-progress"
+        )
+    )
+    assert _fused(dst).attrs["fstack_dask"]["nhsize"] == 5
+
+
+def test_distributed_scheduler_from_config(data, tmp_path):
+    from distributed import LocalCluster
+
+    _, src, stack = data
+    dst = tmp_path / "fused.ome.zarr"
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=":0",
+    ) as cluster:
+        config = tmp_path / "dist.yaml"
+        config.write_text(
+            f"cluster: {{kind: distributed, address: '{cluster.scheduler_address}'}}\n"
+        )
+        ok(cli("fuse", src, dst, "--config", config, "--chunks", "32", "--no-progress"))
+    np.testing.assert_array_equal(_fused(dst)["0"][...], focus_stack(stack))
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+def test_demo_writes_stores_and_previews(tmp_path, rgb):
+    out_dir = tmp_path / "demo"
+    args = ["demo", out_dir, "--size", "64", "--planes", "7", "--seed", "3", "--no-progress"]
+    res = ok(cli(*args, *(["--rgb"] if rgb else [])))
+    for name in ("plane.png", "fused.png", "depth.png", "truth.png"):
+        assert (out_dir / name).read_bytes()[:8] == PNG_SIGNATURE, name
+        assert str(out_dir / name) in res.stdout
+    planes = sorted(p.name for p in (out_dir / "planes").iterdir())  # a folder of TIFF planes
+    assert planes == [f"plane_{p:03d}.tif" for p in range(7)]
+    stack = open_source(out_dir / "planes")
+    assert stack.axes == ("zyxc" if rgb else "zyx") and stack.rgb == rgb
+    assert stack.scale["y"] == pytest.approx(0.65) and stack.units["y"] == "micrometer"
+    fused = _fused(out_dir / "fused.ome.zarr")
+    assert "0" in set(fused.array_keys())
+    assert {"depth", "selectivity"} <= set(fused.group_keys())  # multiscale images of their own
+    match = re.search(r"fused ([\d.]+) dB, middle plane ([\d.]+) dB", res.stdout)
+    assert match, res.stdout
+    assert float(match[1]) > float(match[2]) + 3
+
+    # A second run refuses to replace it without --overwrite, and writes nothing; with it,
+    # it replaces only what the demo wrote.
+    before = sorted(p.name for p in out_dir.iterdir())
+    again = cli(*args)
+    assert again.returncode == 2
+    assert again.stderr.startswith("fstack-dask: error:") and "--overwrite" in again.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == before
+    (out_dir / "planes" / "notes.txt").write_text("mine")
+    refused = cli(*args, "--overwrite")
+    assert refused.returncode == 2 and "did not write" in refused.stderr
+    assert (out_dir / "planes" / "notes.txt").read_text() == "mine"
+    (out_dir / "planes" / "notes.txt").unlink()
+    ok(cli(*args, "--overwrite"))
+
+
+def test_demo_never_replaces_files_it_did_not_write(tmp_path):
+    """PNGs of the preview names that the demo did not write (no mark) are refused before
+    anything is written, also with --overwrite; the demo's own are replaced with it."""
+    from conftest import tree_digest
+
+    from fstack_dask._outputs.png import write_png
+
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    write_png(out_dir / "fused.png", np.full((4, 4), 7, np.uint8))  # a real PNG, not the demo's
+    (out_dir / "truth.png").write_bytes(b"my notes")
+    (out_dir / "notes.txt").write_text("mine")
+    args = ["demo", out_dir, "--size", "32", "--planes", "5", "--no-progress"]
+    before = tree_digest(tmp_path)
+    for flags in ([], ["--overwrite"]):
+        res = cli(*args, *flags)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fstack-dask: error: "), res.stderr
+        assert "holds fused.png, truth.png, which the demo did not write" in lines[0]
+        assert res.stdout == "" and tree_digest(tmp_path) == before
+    # moved away: the demo writes its previews, marked as its own
+    from fstack_dask._cli.demo import PNG_MARK, PREVIEWS
+    from fstack_dask._outputs.png import read_png_text
+
+    (out_dir / "fused.png").unlink()
+    (out_dir / "truth.png").unlink()
+    ok(cli(*args, "--seed", "1"))
+    assert all(read_png_text(out_dir / n)["Description"] == PNG_MARK for n in PREVIEWS)
+    # one replaced by a file of the user's: refused, nothing changed
+    write_png(out_dir / "depth.png", np.zeros((3, 3), np.uint8))
+    before = tree_digest(tmp_path)
+    res = cli(*args, "--seed", "2", "--overwrite")
+    assert res.returncode == 2 and "holds depth.png, which the demo did not write" in res.stderr
+    assert tree_digest(tmp_path) == before
+    # the demo's own previews and planes are replaced with --overwrite; the user's file stays
+    (out_dir / "depth.png").unlink()
+    old = {n: (out_dir / n).read_bytes() for n in ("fused.png", "planes/plane_000.tif")}
+    ok(cli(*args, "--seed", "2", "--overwrite"))
+    assert all((out_dir / n).read_bytes() != body for n, body in old.items())
+    assert (out_dir / "notes.txt").read_text() == "mine"
+
+
+def _info(stdout: str) -> dict[str, str]:
+    return dict(
+        (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in stdout.splitlines())
+    )
+
+
+def test_info_prints_the_plan(data):
+    _, src, _ = data
+    res = ok(cli("info", src, "--chunks", "32"))
+    info = _info(res.stdout)
+    assert info["axes"] == "zyx"
+    assert info["shape"] == "(7, 64, 64)"
+    assert info["dtype"] == "uint16"
+    assert info["source chunks"] == "(1, 32, 32)"
+    assert info["format"] == "OME-NGFF 0.5"
+    assert "y=0.65 micrometer" in info["scale"]
+    assert info["halo"].startswith("13 px")
+    assert info["chunks (y, x)"] == "32, 32"
+    assert info["tasks"] == "4"
+    # An upper bound: a block with its halo on every side.
+    mib = block_memory((32 + 2 * 13, 32 + 2 * 13), 7, 1, 2, False) / 2**20
+    assert info["memory per task"].startswith(f"{mib:.1f} MiB")
+
+
+def test_info_default_plan_matches_fuse(data, tmp_path):
+    _, src, _ = data
+    res = ok(cli("info", src, "--nhsize", "5", "--memory-per-task", "2MiB"))
+    info = _info(res.stdout)
+    out = fuse_zarr(src, tmp_path / "out.zarr", nhsize=5, memory_per_task="2MiB", progress=False)
+    cy, cx = out.attrs["fstack_dask"]["chunks"]  # what fuse really did
+    assert out["0"].chunks == (cy, cx)
+    assert info["chunks (y, x)"] == f"{cy}, {cx}"
+    assert info["halo"].startswith("7 px")
+    n_tasks = -(-64 // cy) * -(-64 // cx)
+    assert info["tasks"] == str(n_tasks)
+    assert "budget 2.0 MiB" in info["memory per task"]
+
+
+def _tree(path: pathlib.Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+# Run for real in a subprocess: (argv with the fixture's paths as {fields}, exit status).
+ERROR_CASES = {
+    "missing src": (["fuse", "{root}/nope.zarr", "{dst}"], 2),
+    "bad axes": (["fuse", "{src}", "{dst}", "--axes", "zyq"], 2),
+    "bad nhsize": (["fuse", "{src}", "{dst}", "--nhsize", "0"], 2),
+    "dst exists": (["fuse", "{src}", "{existing}"], 2),
+    "dst inside src": (["fuse", "{src}", "{src}/fused.zarr"], 2),
+    "bad config key": (["fuse", "{src}", "{dst}", "--config", "{bad_key}"], 2),
+    "bad yaml": (["fuse", "{src}", "{dst}", "--config", "{bad_yaml}"], 2),
+    "dst locked": (["fuse", "{src}", "{existing}", "--resume"], 1),
+    "scheduler unreachable": (["fuse", "{src}", "{dst}", "--config", "{unreachable}"], 1),
+}
+# The same checks in-process through main(), for more cases at less cost.
+MORE_ERROR_CASES = {
+    "axes disagree": (["fuse", "{src}", "{dst}", "--axes", "yxz"], 2),
+    "non-integer nhsize": (["fuse", "{src}", "{dst}", "--nhsize", "nine"], 2),
+    "bad alpha": (["fuse", "{src}", "{dst}", "--alpha", "2"], 2),
+    "focus length": (["fuse", "{src}", "{dst}", "--focus", "0,1,2"], 2),
+    "focus not numbers": (["fuse", "{src}", "{dst}", "--focus", "a,b"], 2),
+    "rgb without c": (["fuse", "{src}", "{dst}", "--channels", "rgb"], 2),
+    "bad chunks": (["fuse", "{src}", "{dst}", "--chunks", "0"], 2),
+    "bad scheduler": (["fuse", "{src}", "{dst}", "--scheduler", "thread"], 2),
+    "bad memory": (["fuse", "{src}", "{dst}", "--memory-per-task", "lots"], 2),
+    "missing config": (["fuse", "{src}", "{dst}", "--config", "{root}/nope.yaml"], 2),
+    "abbreviated option": (["fuse", "{src}", "{dst}", "--nhsiz", "3"], 2),
+    "unknown option": (["fuse", "{src}", "{dst}", "--bogus"], 2),
+    "no command": ([], 2),
+    "info missing src": (["info", "{root}/nope.zarr"], 2),
+    "info bad config": (["info", "{src}", "--config", "{bad_yaml}"], 2),
+    "demo bad size": (["demo", "{root}/demo", "--size", "0"], 2),
+    # checked before connecting to the (here unreachable) scheduler
+    "cluster and missing src": (["fuse", "{root}/nope", "{dst}", "--config", "{unreachable}"], 2),
+    "cluster and dst exists": (["fuse", "{src}", "{existing}", "--config", "{unreachable}"], 2),
+}
+
+
+@pytest.fixture(scope="module")
+def error_env(data, tmp_path_factory):
+    _, src, _ = data
+    root = tmp_path_factory.mktemp("errors")
+    existing = root / "existing.ome.zarr"
+    ok(cli("fuse", src, existing, "--no-progress"))
+    (root / "bad_key.yaml").write_text("algorithm:\n  nhsiz: 5\n")
+    (root / "bad_yaml.yaml").write_text("algorithm: {nhsize: 5\n")
+    # nothing listens on the discard port: connecting fails
+    (root / "unreachable.yaml").write_text(
+        "cluster: {kind: distributed, address: 'tcp://127.0.0.1:9'}\n"
+    )
+    return {
+        "root": root,
+        "src": src,
+        "dst": root / "out.ome.zarr",
+        "existing": existing,
+        "bad_key": root / "bad_key.yaml",
+        "bad_yaml": root / "bad_yaml.yaml",
+        "unreachable": root / "unreachable.yaml",
+    }
+
+
+def _snapshot(env) -> dict[str, list[str]]:
+    return {k: _tree(env[k]) for k in ("root", "src")}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_are_one_line_with_the_documented_status(error_env, case):
+    argv_template, status = ERROR_CASES[case]
+    env = error_env
+    before = _snapshot(env)
+    lock = env["existing"] / STATE_DIR / "lock"
+    if case == "dst locked":  # held by this (live) test process
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    try:
+        res = cli(
+            *(a.format(**env) for a in argv_template),
+            cwd=env["root"],
+            env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"},
+        )
+    finally:
+        if lock.exists():
+            shutil.rmtree(lock.parent)
+    assert res.returncode == status, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("fstack-dask: error: ")
+    assert res.stdout == ""
+    assert _snapshot(env) == before  # nothing written
+
+
+@pytest.mark.parametrize("case", list(MORE_ERROR_CASES))
+def test_more_errors_in_process(error_env, case, capsys, monkeypatch):
+    from fstack_dask._cli.main import main
+
+    argv_template, status = MORE_ERROR_CASES[case]
+    env = error_env
+    monkeypatch.chdir(env["root"])
+    before = _snapshot(env)
+    assert main([a.format(**env) for a in argv_template]) == status
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fstack-dask: error: ")
+    assert out == ""
+    assert _snapshot(env) == before
+
+
+def test_help_documents_the_exit_status():
+    res = ok(cli("fuse", "--help"))
+    assert "exit status" in res.stdout and "--config" in res.stdout
+    assert re.search(r"^\s+2\s+usage or validation error", res.stdout, re.M)
+    assert re.search(r"^\s+1\s+runtime failure", res.stdout, re.M)
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys, data, tmp_path):
+    import fstack_dask._runs.fuse_zarr as pipeline
+    from fstack_dask._cli.main import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fuse_zarr", interrupted)
+    _, src, _ = data
+    assert main(["fuse", str(src), str(tmp_path / "x.zarr"), "--no-progress"]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("fstack-dask: error: interrupted")
+    assert "--resume" in err[0]

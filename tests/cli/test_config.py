@@ -1,0 +1,301 @@
+"""YAML configurations: strict loading, defaults, fuse_zarr keywords and cluster contexts."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pathlib
+import sys
+import types
+
+import pytest
+
+from fstack_dask import fuse_zarr
+from fstack_dask._cli.config import (
+    ClusterConfig,
+    Config,
+    config_from_mapping,
+    load_config,
+    open_scheduler,
+)
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def _write(tmp_path: pathlib.Path, text: str, name: str = "run.yaml") -> pathlib.Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.path == str(path)
+    kwargs = cfg.fuse_kwargs()
+    assert set(kwargs) <= set(inspect.signature(fuse_zarr).parameters)
+
+
+def test_shipped_configs_are_all_there():
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"local.yaml", "distributed.yaml", "algorithm.yaml", "slurm.yaml", "pbs.yaml"} <= names
+    assert (CONFIGS / "README.md").is_file()
+
+
+def test_jobqueue_configs_keep_their_sections():
+    for name, kind in (("slurm.yaml", "slurm"), ("pbs.yaml", "pbs")):
+        cfg = load_config(CONFIGS / name)
+        assert cfg.cluster.kind == kind
+        assert cfg.cluster.jobs == 10
+        assert cfg.cluster.jobqueue["walltime"] == "04:00:00"
+        assert cfg.cluster.jobqueue["cores"] == 8
+
+
+def test_defaults_match_fuse_zarr(tmp_path):
+    params = inspect.signature(fuse_zarr).parameters
+    for cfg in (Config(), load_config(_write(tmp_path, "")), load_config(_write(tmp_path, "{}"))):
+        kwargs = cfg.fuse_kwargs()
+        for key, value in kwargs.items():
+            assert value == params[key].default, key
+        assert cfg.cluster == ClusterConfig()
+        assert cfg.cluster.kind == "local" and cfg.cluster.scheduler == "threads"
+
+
+def test_all_keys_are_read(tmp_path):
+    path = _write(
+        tmp_path,
+        """
+algorithm: {nhsize: 5, alpha: 0.5, sth: 10.5, focus: [0, 0.5, 1.5]}
+input: {axes: ZYX, channels: independent, level: 1, storage_options: {anon: true}}
+output: {depth_map: true, selectivity_map: true, chunks: [64, 32], overwrite: true,
+         storage_options: {key: k}, levels: 3}
+resources: {memory_per_task: 1GiB, stall_timeout: 90, device: cpu}
+cluster: {kind: local, scheduler: processes}
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.fuse_kwargs() == {
+        "axes": "zyx",
+        "level": 1,
+        "channels": "independent",
+        "storage_options": {"anon": True},
+        "nhsize": 5,
+        "focus": [0.0, 0.5, 1.5],
+        "alpha": 0.5,
+        "sth": 10.5,
+        "depth_map": True,
+        "selectivity_map": True,
+        "chunks": (64, 32),
+        "memory_per_task": 2**30,
+        "overwrite": True,
+        "dst_storage_options": {"key": "k"},
+        "stall_timeout": 90.0,
+        "levels": 3,
+        "device": "cpu",
+    }
+    assert cfg.cluster.scheduler == "processes"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("256MiB", 256 * 2**20), ("1GiB", 2**30), ("500MB", 500_000_000), ("1000", 1000)],
+)
+def test_memory_sizes(tmp_path, text, expected):
+    cfg = load_config(_write(tmp_path, f"resources: {{memory_per_task: {text}}}"))
+    assert cfg.resources.memory_per_task == expected
+
+
+def test_chunks_int_and_null(tmp_path):
+    assert load_config(_write(tmp_path, "output: {chunks: 128}")).output.chunks == 128
+    assert load_config(_write(tmp_path, "output: {chunks: null}")).output.chunks is None
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.algorithm.nhsize = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.cluster = ClusterConfig()  # type: ignore[misc]
+
+
+def test_with_overrides_replaces_values_and_the_cluster():
+    cfg = config_from_mapping({"algorithm": {"nhsize": 5, "sth": 7}, "cluster": {"kind": "slurm"}})
+    new = cfg.with_overrides(algorithm={"nhsize": 3}, cluster={"kind": "local"})
+    assert (new.algorithm.nhsize, new.algorithm.sth) == (3, 7.0)
+    assert new.cluster == ClusterConfig()
+    assert cfg.algorithm.nhsize == 5  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("algoritm: {nhsize: 9}", "'algoritm'"),
+        ("algorithm: {nhsiz: 9}", "'algorithm.nhsiz'"),
+        ("output: {depth: true}", "'output.depth'"),
+        ("cluster: {kind: slurm, job: 3}", "'cluster.job'"),
+    ],
+)
+def test_unknown_keys_name_the_key_and_the_file(tmp_path, text, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match="unknown key") as info:
+        load_config(path)
+    assert key in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'nhsize'"):
+        load_config(_write(tmp_path, "algorithm: {nhsiz: 9}"))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("algorithm: {nhsize: '9'}", "algorithm.nhsize"),
+        ("algorithm: {nhsize: 0}", "algorithm.nhsize"),
+        ("algorithm: {nhsize: 2.5}", "algorithm.nhsize"),
+        ("algorithm: {alpha: true}", "algorithm.alpha"),
+        ("algorithm: {alpha: 1.5}", "algorithm.alpha"),
+        ("algorithm: {sth: high}", "algorithm.sth"),
+        ("algorithm: {focus: 3}", "algorithm.focus"),
+        ("algorithm: {focus: [0, 2, 1]}", "algorithm.focus"),
+        ("input: {axes: 3}", "input.axes"),
+        ("input: {axes: zzx}", "input.axes"),
+        ("input: {channels: colour}", "input.channels"),
+        ("output: {depth_map: 1}", "output.depth_map"),
+        ("output: {overwrite: 'no'}", "output.overwrite"),
+        ("output: {chunks: [1, 2, 3]}", "output.chunks"),
+        ("output: {chunks: 0}", "output.chunks"),
+        ("resources: {memory_per_task: lots}", "resources.memory_per_task"),
+        ("resources: {memory_per_task: 0}", "resources.memory_per_task"),
+        ("resources: {memory_per_task: ''}", "resources.memory_per_task"),
+        ("cluster: {kind: kubernetes}", "cluster.kind"),
+        ("cluster: {scheduler: thread}", "cluster.scheduler"),
+        ("cluster: {kind: distributed, address: 8786}", "cluster.address"),
+        ("cluster: {kind: slurm, jobs: 0}", "cluster.jobs"),
+        ("cluster: {kind: slurm, jobqueue: [cores]}", "cluster.jobqueue"),
+        ("algorithm: 9", "algorithm"),
+    ],
+)
+def test_wrong_values_name_the_key(tmp_path, text, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert key in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unquoted_walltime_gets_a_helpful_error(tmp_path):
+    text = "cluster:\n  kind: slurm\n  jobqueue:\n    walltime: 4:00:00\n"
+    with pytest.raises(ValueError) as info:
+        load_config(_write(tmp_path, text))
+    message = str(info.value)
+    assert "cluster.jobqueue.walltime" in message
+    assert "14400" in message and "Quote it" in message and '"4:00:00"' in message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("cluster: {kind: local, address: 'tcp://h:1'}", "cluster.address only applies"),
+        ("cluster: {kind: slurm, scheduler: threads}", "cluster.scheduler only applies"),
+        ("cluster: {kind: distributed, address: 'tcp://h:1', jobs: 2}", "cluster.jobs only"),
+        ("cluster: {jobqueue: {cores: 1}}", "cluster.jobqueue only applies"),
+        ("cluster: {kind: distributed}", "needs cluster.address"),
+    ],
+)
+def test_cluster_keys_must_fit_the_kind(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("algorithm: {nhsize: 9\n", "not valid YAML"),
+        ("algorithm: {nhsize: 9}\nalgorithm: {nhsize: 5}\n", "duplicate key 'algorithm'"),
+        ("algorithm:\n  nhsize: 9\n  nhsize: 5\n", "duplicate key 'nhsize'"),
+        ("- algorithm\n", "must hold a mapping"),
+    ],
+)
+def test_bad_files(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_local_cluster_context_yields_the_scheduler_name():
+    cfg = config_from_mapping({"cluster": {"scheduler": "synchronous"}})
+    with cfg.cluster_context() as scheduler:
+        assert scheduler == "synchronous"
+
+
+def test_distributed_cluster_context_yields_a_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        cfg = config_from_mapping(
+            {"cluster": {"kind": "distributed", "address": cluster.scheduler_address}}
+        )
+        with cfg.cluster_context() as client:
+            assert isinstance(client, Client)
+            assert client.submit(sum, [1, 2]).result() == 3
+        assert client.status == "closed"
+        assert cluster.status.name == "running"  # the scheduler is left running
+
+
+def _fake_jobqueue(calls: dict) -> types.ModuleType:
+    """A dask_jobqueue stand-in whose clusters are real LocalClusters, recording their use."""
+    from distributed import LocalCluster
+
+    class _Fake(LocalCluster):
+        def __init__(self, **kwargs):
+            calls["kwargs"] = kwargs
+            super().__init__(n_workers=0, processes=False, dashboard_address=":0")
+
+        def scale(self, n=0, jobs=None, **kwargs):
+            if jobs is None:  # LocalCluster's own calls
+                return super().scale(n, **kwargs)
+            calls.setdefault("jobs", []).append(jobs)
+            return super().scale(1)
+
+        def close(self, *args, **kwargs):
+            calls["closed"] = True
+            return super().close(*args, **kwargs)
+
+    module = types.ModuleType("dask_jobqueue")
+    module.SLURMCluster = type("SLURMCluster", (_Fake,), {})
+    module.PBSCluster = type("PBSCluster", (_Fake,), {})
+    return module
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_jobqueue_cluster_context(monkeypatch, kind):
+    from distributed import Client
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", _fake_jobqueue(calls))
+    cfg = load_config(CONFIGS / f"{kind}.yaml")
+    with open_scheduler(cfg) as client:
+        assert isinstance(client, Client)
+        assert client.submit(sum, [2, 3]).result(timeout=30) == 5
+        assert (
+            client.cluster.__class__.__name__
+            == {"slurm": "SLURMCluster", "pbs": "PBSCluster"}[kind]
+        )
+    assert calls["kwargs"] == dict(cfg.cluster.jobqueue)  # verbatim
+    assert calls["jobs"] == [10]
+    assert calls.get("closed") is True
+    assert client.status == "closed"
+
+
+def test_jobqueue_missing_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # import fails
+    cfg = config_from_mapping({"cluster": {"kind": "slurm"}})
+    with pytest.raises(RuntimeError, match=r"pip install \"fstack_dask\[jobqueue\]\""):
+        with cfg.cluster_context():
+            pass

@@ -1,0 +1,117 @@
+"""Mistakes that were silent or raw (issue 10.5) and the scheduler dask's config names
+(issue 9.4): each is one line naming what to change, with nothing written."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest
+
+from fstack_dask import fuse, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._cli.main import main
+
+
+@pytest.fixture()
+def src(tmp_path):
+    path = tmp_path / "stack.ome.zarr"
+    data = synthetic_stack((64, 48), 7, dtype="uint16", seed=1).stack.transpose(2, 0, 1)
+    write_stack(path, data, axes="zyx", chunks=(7, 32, 32))
+    return path
+
+
+def test_axes_that_make_an_absurd_image_are_refused(tmp_path):
+    path = tmp_path / "plain.zarr"
+    zarr.create_array(str(path), shape=(3, 4, 4000), dtype="uint16")  # z is the last axis
+    before = tree_digest(tmp_path)
+    with pytest.raises(ValueError, match=r"4000 focus planes of 3 x 4 pixels.*check axes"):
+        fuse_zarr(path, tmp_path / "out.zarr", axes="yxz")
+    assert tree_digest(tmp_path) == before
+    out = fuse_zarr(path, tmp_path / "ok.zarr", axes="zyx", progress=False)  # as it is stored
+    assert out["0"].shape == (4, 4000)
+
+
+def test_axes_contradicting_stored_names_are_refused(tmp_path, capsys):
+    path = tmp_path / "named.zarr"
+    arr = zarr.create_array(str(path), shape=(5, 30, 40), dtype="uint16",
+                            dimension_names=["z", "y", "x"])  # fmt: skip
+    arr[...] = 1
+    code = main(["fuse", str(path), str(tmp_path / "out.zarr"), "--axes", "yxz"])
+    err = capsys.readouterr().err
+    assert code == 2 and "contradicts the dimension_names" in err and "'zyx'" in err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_fuse_given_a_path_and_fuse_zarr_given_an_array(src, tmp_path):
+    with pytest.raises(TypeError, match=r"fuse takes an array.*fuse_zarr"):
+        fuse(str(src), axes="zyx")
+    data = zarr.open_group(str(src))["0"][...]
+    out = fuse_zarr(data, tmp_path / "from_array.zarr", axes="zyx", progress=False)
+    assert out["0"].shape == (64, 48)  # arrays are sources too, with the resumable writer
+    with pytest.raises(ValueError, match="axes is required"):
+        fuse_zarr(data, tmp_path / "no_axes.zarr")
+
+
+def test_chunks_that_make_a_million_files_warn(src, tmp_path, caplog):
+    zarr.create_array(str(tmp_path / "wide.zarr"), shape=(3, 4000, 4000), dtype="uint8",
+                      dimension_names=list("zyx"))  # fmt: skip
+    from fstack_dask._runs.fusion import plan_fusion
+
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="chunk files"):
+        plan_fusion(tmp_path / "wide.zarr", chunks=3, levels=0)
+    assert "1,779,556 chunk files" in caplog.text  # ceil(4000 / 3) ** 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_fusion(tmp_path / "wide.zarr", chunks=64)  # a sane size: no warning
+
+
+def test_storage_options_reach_remote_src_and_dst(src, capsys):
+    """The CLI's --storage-options / --dst-storage-options go to fsspec (here its memory
+    filesystem, in this process); for a local path they are refused."""
+    data = zarr.open_group(str(src))["0"][...]
+    write_stack("memory://fstack-test/stack.zarr", data, axes="zyx")
+    code = main(["fuse", "memory://fstack-test/stack.zarr", "memory://fstack-test/out.zarr",
+                 "--storage-options", '{"skip_instance_cache": false}',
+                 "--dst-storage-options", "{}", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = zarr.open_group("memory://fstack-test/out.zarr", mode="r")
+    assert out["0"].shape == (64, 48)
+    code = main(["fuse", str(src), "/tmp/never.zarr", "--storage-options", '{"anon": true}'])
+    assert code == 2 and "only apply to URLs" in capsys.readouterr().err
+    code = main(["fuse", str(src), "/tmp/never.zarr", "--storage-options", "{not json"])
+    assert code == 2 and "JSON object" in capsys.readouterr().err
+
+
+def _scheduler_of_the_run(caplog) -> str:
+    reports = [r.fstack_report for r in caplog.records if hasattr(r, "fstack_report")]
+    return reports[0].scheduler
+
+
+def test_dask_config_scheduler_is_honoured_even_with_a_client(src, tmp_path, caplog):
+    """As in dask: an explicit scheduler= wins, then dask.config's scheduler, then the active
+    Client, then threads."""
+    from distributed import Client, LocalCluster
+
+    caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster):  # fmt: skip
+        runs = {}
+        for name, config, scheduler in (
+            ("client", {}, None),
+            ("config", {"scheduler": "synchronous"}, None),
+            ("explicit", {"scheduler": "synchronous"}, "threads"),
+        ):
+            caplog.clear()
+            with dask.config.set(**config):
+                out = fuse_zarr(src, tmp_path / f"{name}.zarr", scheduler=scheduler,
+                                progress=False, levels=0)  # fmt: skip
+            runs[name] = (_scheduler_of_the_run(caplog), out["0"][...])
+    assert runs["client"][0] == "distributed"
+    assert runs["config"][0] == "synchronous"
+    assert runs["explicit"][0] == "threads"
+    for _, image in runs.values():
+        np.testing.assert_array_equal(image, runs["client"][1])

@@ -1,0 +1,169 @@
+"""What a run may do with ``dst`` (fstack_dask._outputs.destination), checked before anything is
+written: real folders, real stores, and nothing ever changes on disk during a check."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest as _tree
+
+from fstack_dask import fuse_zarr, write_stack
+from fstack_dask._locations import resolve
+from fstack_dask._outputs.destination import Destination
+
+
+def _stack(shape=(5, 16, 12), dtype="uint16"):
+    return (np.arange(np.prod(shape)) % 251).reshape(shape).astype(dtype)
+
+
+def _source_store(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "src.zarr"
+    write_stack(path, _stack(), axes="zyx")
+    return path
+
+
+def check(dst, *, src=None, overwrite=False, resume=False, storage_options=None) -> str:
+    """The mode a run into ``dst`` would use (the check fuse_zarr makes first)."""
+    protect = [] if src is None else [resolve(src, name="src")]
+    location = resolve(dst, name="dst", storage_options=storage_options, writable=True)
+    return Destination(location, protect=protect).check(overwrite=overwrite, resume=resume)
+
+
+def test_new_dst(tmp_path):
+    src = _source_store(tmp_path)
+    dst = tmp_path / "fused.zarr"
+    assert check(dst, src=src) == "new"
+    assert check(str(dst), overwrite=True) == "new"
+    assert check(dst.as_uri(), src=src, resume=True) == "new"
+    assert not dst.exists()
+
+
+def test_dst_whose_parent_is_missing_is_refused(tmp_path):
+    """A typo in the parent path must not create a tree of folders (it did before)."""
+    src = _source_store(tmp_path)
+    dst = tmp_path / "out" / "deeper" / "fused.zarr"
+    for overwrite in (False, True):
+        with pytest.raises(FileNotFoundError, match=r"dst .*parent folder .*out/deeper.* does not"):
+            check(dst, src=src, overwrite=overwrite)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    src = _source_store(tmp_path)
+    dst = tmp_path / "fused.zarr"
+    fuse_zarr(src, dst, progress=False)
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match=r"dst .*fused.zarr.*overwrite=True") as info:
+        check(dst, src=src)
+    assert "\n" not in str(info.value)
+    # Overwriting a complete output writes beside it and swaps at the end.
+    assert check(dst, src=src, overwrite=True) == "staged"
+    assert check(dst, src=src, resume=True) == "complete"  # nothing left to do
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "inside_via_dots"])
+def test_dst_in_the_source_is_refused(tmp_path, where):
+    src = _source_store(tmp_path)
+    dst = {
+        "equal": src,
+        "inside": src / "fused",
+        "inside_via_dots": tmp_path / "x" / ".." / "src.zarr" / "0" / "fused",
+    }[where]
+    before = _tree(src)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="dst .*is the source or lies inside it"):
+            check(dst, src=src, overwrite=overwrite, resume=not overwrite)
+    assert _tree(src) == before
+    assert not (tmp_path / "x").exists()
+
+
+def test_dst_containing_the_source_is_refused(tmp_path):
+    src = _source_store(tmp_path / "project")
+    with pytest.raises(ValueError, match="dst .*contains the source"):
+        check(tmp_path / "project", src=src, overwrite=True)
+    assert src.exists()
+
+
+def test_symlinked_source_is_recognised(tmp_path):
+    src = _source_store(tmp_path)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(src, target_is_directory=True)
+    with pytest.raises(ValueError, match="dst .*source"):
+        check(link / "fused", src=src)
+    with pytest.raises(ValueError, match="dst .*source"):
+        check(src / "fused", src=link)
+
+
+def test_what_is_not_ours_is_never_replaced(tmp_path):
+    victim = tmp_path / "documents"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    other_zarr = tmp_path / "other.zarr"
+    write_stack(other_zarr, _stack(), axes="zyx")
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    before = _tree(tmp_path)
+    for overwrite, resume in ((False, False), (True, False), (False, True)):
+        with pytest.raises(FileExistsError, match="dst .*a folder with other content"):
+            check(victim, overwrite=overwrite, resume=resume)
+        with pytest.raises(FileExistsError, match="dst .*a Zarr store, not an fstack_dask output"):
+            check(other_zarr, overwrite=overwrite, resume=resume)
+        with pytest.raises(FileExistsError, match="dst .*an existing file"):
+            check(a_file, overwrite=overwrite, resume=resume)
+    assert _tree(tmp_path) == before
+    # An empty directory may be written into, with or without overwrite.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check(empty) == check(empty, overwrite=True) == "empty"
+
+
+def test_dst_whose_parent_is_a_file(tmp_path):
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"dst .*parent folder .*a.txt.* is not a folder"):
+        check(a_file / "fused.zarr")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions"
+)
+def test_unwritable_parent(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="dst .*not writable"):
+            check(locked / "fused.zarr")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_memory_url():
+    base = f"memory://fstack-test-{uuid.uuid4().hex}"
+    write_stack(f"{base}/in.zarr", _stack(), axes="zyx")
+    url = f"{base}/out.zarr"
+    assert check(url) == "new"
+    fuse_zarr(f"{base}/in.zarr", url, progress=False, scheduler="synchronous")
+    with pytest.raises(FileExistsError, match="dst"):
+        check(url)
+    assert check(url, overwrite=True) == "staged"
+    with pytest.raises(ValueError, match="dst .*source"):
+        check(f"{base}/in.zarr/fused", src=f"{base}/in.zarr")
+    assert zarr.open_group(url, mode="r")["0"].shape == (16, 12)
+
+
+def test_file_urls(tmp_path):
+    src = _source_store(tmp_path)
+    with pytest.raises(ValueError, match="dst .*source"):
+        check((src / "fused").as_uri(), src=src)
+    with pytest.raises(ValueError, match="dst .*source"):
+        check(f"file:{src}/fused", src=src.as_uri())
+    with pytest.raises(FileExistsError, match="dst"):  # a store, but not an output of ours
+        check(src.as_uri())

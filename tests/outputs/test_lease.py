@@ -1,0 +1,224 @@
+"""One writer at a time across PID namespaces and hosts (issue 22): the lock is a lease.
+
+Real processes: runs in their own PID namespaces (``unshare``, where we may), runs really
+stopped with SIGSTOP and continued with SIGCONT, and two "hosts" played by two values of
+``FSTACK_DASK_LOCK_MACHINE`` (what identifies a machine's kernel for the lock) with a short
+``FSTACK_DASK_LOCK_STALE_AFTER``, so that a lease runs out in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+from conftest import tree_digest
+from safety_util import CACHE, CHUNK, cli, one_line_error, popen_cli, small_stack, write_src
+
+from fstack_dask import DestinationLockedError, focus_stack, fuse_zarr
+from fstack_dask._errors import LeaseLostError
+from fstack_dask._locations import resolve
+from fstack_dask._outputs.destination import Destination
+from fstack_dask._outputs.lock import Lease
+from fstack_dask._outputs.state import STATE_DIR
+
+FUSE = ("--chunks", CHUNK, "--no-progress")
+STALE = 2.0  # seconds: the lease of these tests' runs
+
+# A CLI run that stops itself (a real SIGSTOP) before its block number N + 1, at a point
+# where it has checked nothing yet: what a run does when its host freezes between blocks.
+STOPS_ITSELF = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask._runs.blocks import FuseJob
+    from fstack_dask._cli.main import main
+
+    n = int(sys.argv[1])
+    real, calls = FuseJob.run_block, [0]
+
+    def run_block(self, block):
+        calls[0] += 1
+        if calls[0] == n + 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return real(self, block)
+
+    FuseJob.run_block = run_block
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def _stops_itself(n: int, *args, env) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", STOPS_ITSELF, str(n), *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE, **env})  # fmt: skip
+
+
+def _wait_stopped(proc, timeout=120.0) -> psutil.Process:
+    target = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if target.status() == psutil.STATUS_STOPPED:
+            return target
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run never stopped")
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _out, err = proc.communicate(timeout=180)
+    return proc.returncode, err
+
+
+def _expected(seed: int) -> np.ndarray:
+    return focus_stack(small_stack(seed).transpose(1, 2, 0))
+
+
+def test_a_run_stopped_past_its_lease_on_another_host_loses_it_and_writes_nothing_more(
+    tmp_path,
+):
+    """Host A's run is suspended longer than its lease; host B's `--overwrite` takes the lock
+    over and completes. When A continues, it stops at its next block with a one-line error
+    (the old code went on, marked the output complete with B's provenance, and left pixels
+    from neither source)."""
+    a_src = write_src(tmp_path / "a.zarr", seed=0)
+    b_src = write_src(tmp_path / "b.zarr", seed=5)
+    dst = tmp_path / "out.zarr"
+    lease = {"FSTACK_DASK_LOCK_STALE_AFTER": str(STALE)}
+    host_a = _stops_itself(2, "fuse", a_src, dst, *FUSE, "--scheduler", "synchronous",
+                           env={**lease, "FSTACK_DASK_LOCK_MACHINE": "host-a"})  # fmt: skip
+    _wait_stopped(host_a)
+    assert len(os.listdir(dst / STATE_DIR / "done")) == 2
+    time.sleep(STALE + 0.5)  # no heartbeat from A for longer than its lease
+    host_b = cli("fuse", b_src, dst, "--overwrite", *FUSE,
+                 env={**lease, "FSTACK_DASK_LOCK_MACHINE": "host-b"})  # fmt: skip
+    assert host_b.returncode == 0, host_b.stderr
+    assert "taking over the stale lock" in host_b.stderr
+    finished_by_b = tree_digest(dst)
+    os.kill(host_a.pid, signal.SIGCONT)
+    code, err = _finish(host_a)
+    assert code == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("fstack-dask: error: ") and "taken over" in line
+    assert "stopped writing" in line
+    assert tree_digest(dst) == finished_by_b  # not one byte from A after it lost the lock
+    out = zarr.open_group(str(dst), mode="r")
+    assert out.attrs["fstack_dask"]["src"] == str(b_src)
+    np.testing.assert_array_equal(out["0"][...], _expected(5))
+
+
+def test_a_stopped_run_on_this_machine_keeps_its_lock_however_old_its_heartbeat(tmp_path):
+    """On one machine the kernel tells a live holder (its flock), stopped or not: a second
+    run is refused even after the heartbeat ran out, and the first finishes normally."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    lease = {"FSTACK_DASK_LOCK_STALE_AFTER": str(STALE)}
+    first = _stops_itself(2, "fuse", src, dst, *FUSE, "--scheduler", "synchronous", env=lease)
+    _wait_stopped(first)
+    time.sleep(STALE + 0.5)
+    before = tree_digest(tmp_path)
+    for flag in ("--overwrite", "--resume"):
+        proc = cli("fuse", src, dst, flag, *FUSE, env=lease)
+        assert proc.returncode == 1, proc.stderr
+        assert "is being written by pid" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    os.kill(first.pid, signal.SIGCONT)
+    code, err = _finish(first)
+    assert code == 0, err
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], _expected(0))
+
+
+def _unshare_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare for PID namespaces")
+def test_runs_in_two_pid_namespaces_do_not_take_each_others_lock(tmp_path):
+    """Two containers on one host: each run is "pid 1" of its own PID namespace, on the same
+    host name. The old code took the live run's lock for a stale one (its pid 1 was alive,
+    with another start time) and deleted its output."""
+    src = write_src(tmp_path / "src.zarr")
+    other = write_src(tmp_path / "other.zarr", seed=7)
+    dst = tmp_path / "out.zarr"
+    # A shell is each namespace's init (pid 1: the kernel shields it from its own SIGSTOP),
+    # and the run its pid 2, in both namespaces.
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", '"$@"; exit $?', "sh"]
+    first = subprocess.Popen(
+        [*namespace, sys.executable, "-c", STOPS_ITSELF, "2", "fuse", str(src), str(dst),
+         *map(str, FUSE), "--scheduler", "synchronous"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+    )  # fmt: skip
+    python = _wait_child(first)
+    _wait_stopped_process(python)
+    lock = json.loads((dst / STATE_DIR / "lock").read_text())
+    assert lock["pid"] == 2  # as the run sees itself in its namespace
+    before = tree_digest(tmp_path)
+    for flag in ("--overwrite", "--resume"):
+        second = popen_cli("fuse", other, dst, flag, *FUSE, prefix=namespace)
+        code, err = _finish(second)
+        assert code == 1, err
+        assert "is being written by pid 2" in err
+    assert tree_digest(tmp_path) == before
+    os.kill(python.pid, signal.SIGCONT)
+    code, err = _finish(first)
+    assert code == 0, err
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], _expected(0))
+
+
+def _wait_child(proc, timeout=60.0) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "python" in p.name()]  # fmt: skip
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(proc.communicate())
+
+
+def _wait_stopped_process(process: psutil.Process, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.status() == psutil.STATUS_STOPPED:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run never stopped")
+
+
+def test_a_lease_taken_over_is_refused_to_its_old_holder(tmp_path):
+    """In one process: the token in the lock decides, whatever else the lock says."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    destination = Destination(resolve(dst, name="dst"))
+    target = destination.take("complete")
+    try:
+        lease = target.lease
+        lease.check()  # ours
+        body = json.loads((dst / STATE_DIR / "lock").read_text())
+        stolen = {**body, "token": "another run's", "pid": 4242, "host": "node-7"}
+        (dst / STATE_DIR / "lock").write_text(json.dumps(stolen))
+        with pytest.raises(LeaseLostError, match="taken over by pid 4242 on node-7"):
+            lease.check()
+        with pytest.raises(DestinationLockedError):  # a LeaseLostError is one
+            Lease(lease.lock, lease.token, lease.what).check()
+        (dst / STATE_DIR / "lock").unlink()
+        with pytest.raises(LeaseLostError, match="taken over and is gone"):
+            lease.check()
+    finally:
+        Destination.release(target)
+    assert not Path(dst / STATE_DIR).exists()

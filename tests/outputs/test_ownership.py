@@ -1,0 +1,353 @@
+"""Never destroy what is not ours, part two (issue 22): ownership by record, claims without
+check-then-act, leftovers.
+
+Real stores on disk, the real CLI in a subprocess, real racing processes, a real tmpfs with
+few inodes, and sha256 snapshots of what users put around and inside outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest
+from safety_util import CHUNK, cli, digest_of, one_line_error, small_stack, write_src
+
+from fstack_dask import SourceValueError, focus_stack, fuse_zarr, write_stack
+from fstack_dask._outputs.destination import Destination
+from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._runs.blocks import FuseJob
+
+FUSE = ("--chunks", CHUNK, "--no-progress")
+
+
+def _user_files(folder: Path, names) -> None:
+    for name in names:
+        if "." in name:
+            (folder / name).write_bytes(os.urandom(64))
+        else:
+            (folder / name / "sub").mkdir(parents=True)
+            (folder / name / "sub" / "data.bin").write_bytes(os.urandom(256))
+
+
+def _interrupted(src: Path, dst: Path, monkeypatch, n_blocks: int = 2, **kw) -> None:
+    """An unfinished output: the run stops (as Ctrl-C would) after ``n_blocks`` blocks."""
+    real = FuseJob.run_block
+    calls = {"n": 0}
+
+    def run_block(self, block):
+        if calls["n"] >= n_blocks:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, block)
+
+    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, **kw)
+    monkeypatch.setattr(FuseJob, "run_block", real)
+
+
+def _hidden(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------ 1. ownership by record
+
+
+USERS = ["2024", "7", "depth", "selectivity", "notes.txt", "sub.partial"]
+
+
+def test_overwrite_keeps_user_folders_that_only_look_like_ours(tmp_path):
+    """`mkdir out.zarr/2024 out.zarr/depth`, then `--overwrite`: the issue's reproduction
+    deleted both (digits and map names counted as ours). Now only what the output's record
+    lists goes; the user's entries move with the overwrite, byte for byte."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, "--levels", "1", *FUSE).returncode == 0
+    _user_files(dst, USERS)
+    before = digest_of(dst, USERS)
+    proc = cli("fuse", src, dst, "--overwrite", "--levels", "1", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, USERS) == before
+    out = zarr.open_group(str(dst), mode="r")
+    assert out.attrs["fstack_dask"]["entries"] == ["zarr.json", "0", "1"]
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(out["0"][...], expected)
+    assert _hidden(tmp_path) == []
+
+
+def test_overwrite_of_an_unfinished_output_in_place_keeps_user_folders(tmp_path, monkeypatch):
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch, levels=1)
+    _user_files(dst, USERS)
+    before = digest_of(dst, USERS)
+    proc = cli("fuse", src, dst, "--overwrite", "--levels", "1", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, USERS) == before
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
+@pytest.mark.parametrize("state", ["complete", "unfinished"])
+def test_a_user_entry_where_this_run_would_write_refuses_the_run(tmp_path, monkeypatch, state):
+    """The user's `depth/` in an output without a depth map, then `--overwrite --depth-map`:
+    refused before anything is written, naming it."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if state == "complete":
+        fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    else:
+        _interrupted(src, dst, monkeypatch)
+    _user_files(dst, ["depth"])
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--overwrite", "--depth-map", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "'depth'" in line and "did not write" in line
+    assert tree_digest(tmp_path) == before
+
+
+def test_resume_removes_only_zarrs_own_temporary_files(tmp_path, monkeypatch):
+    """`*.partial` anywhere in an output was removed by `--resume`; now only zarr's own
+    temporary files inside our entries (`<stem>.<32 hex>.partial`) go."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch)
+    (dst / "sub").mkdir()
+    (dst / "sub" / "dataset.tar.partial").write_bytes(b"a download in progress")
+    (dst / "notes.partial").write_bytes(b"mine")
+    (dst / f"notes.{'a' * 32}.partial").write_bytes(b"mine too, though zarr-like")
+    ours = dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial"
+    ours.write_bytes(b"a chunk write cut short")
+    users = ["sub", "notes.partial", f"notes.{'a' * 32}.partial"]
+    before = digest_of(dst, users)
+    proc = cli("fuse", src, dst, "--resume", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, users) == before
+    assert not ours.exists()
+
+
+# ------------------------------------------------------------ 3. claims, not check-then-act
+
+
+OTHER_RUN = textwrap.dedent(
+    """
+    import sys
+    from fstack_dask import fuse_zarr
+    fuse_zarr(sys.argv[1], sys.argv[2], progress=False)
+    """
+)
+
+
+def _while_the_scheduler_starts(monkeypatch, action):
+    """Run ``action`` after every check, while the run connects to its scheduler."""
+    from fstack_dask._runs import schedulers as _run
+
+    real = _run.resolve_scheduler
+
+    def resolve_scheduler(*args, **kwargs):
+        action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_run, "resolve_scheduler", resolve_scheduler)
+
+
+def test_an_ome_zarr_landing_in_the_empty_dst_is_not_touched(tmp_path, monkeypatch):
+    """dst is empty at the check; the user's OME-Zarr lands in it while the run waits for
+    its scheduler. The run claims the folder, sees it is no longer empty, and refuses; the
+    user's files are untouched (the old code wrote over them and, failing, deleted them)."""
+    src = write_src(tmp_path / "src.zarr")
+    theirs = tmp_path / "theirs.ome.zarr"
+    write_stack(theirs, small_stack(seed=4), axes="zyx")
+    dst = tmp_path / "out.zarr"
+    dst.mkdir()
+    _while_the_scheduler_starts(
+        monkeypatch, lambda: shutil.copytree(theirs, dst, dirs_exist_ok=True)
+    )
+    with pytest.raises(FileExistsError, match="was empty when this run started and now holds"):
+        fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    assert tree_digest(dst) == tree_digest(theirs)
+
+
+def test_another_run_completing_into_the_empty_dst_meanwhile_is_kept(tmp_path, monkeypatch):
+    src = write_src(tmp_path / "src.zarr")
+    other_src = write_src(tmp_path / "other.zarr", seed=3)
+    dst = tmp_path / "out.zarr"
+    dst.mkdir()
+
+    def other_run():
+        proc = subprocess.run([sys.executable, "-c", OTHER_RUN, str(other_src), str(dst)],
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+    _while_the_scheduler_starts(monkeypatch, other_run)
+    with pytest.raises(FileExistsError, match="now holds"):
+        fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    out = zarr.open_group(str(dst), mode="r")
+    assert out.attrs["fstack_dask"]["complete"] is True
+    assert out.attrs["fstack_dask"]["src"] == str(other_src)
+    expected = focus_stack(small_stack(seed=3).transpose(1, 2, 0))
+    np.testing.assert_array_equal(out["0"][...], expected)
+
+
+def test_a_dst_created_by_someone_else_meanwhile_is_not_touched(tmp_path, monkeypatch):
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+
+    def theirs():
+        dst.mkdir()
+        (dst / "zarr.json").write_text("{}")
+
+    _while_the_scheduler_starts(monkeypatch, theirs)
+    with pytest.raises(RuntimeError, match="created or claimed by another run or program"):
+        fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    assert os.listdir(dst) == ["zarr.json"] and (dst / "zarr.json").read_text() == "{}"
+
+
+def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monkeypatch):
+    """A run that finished no block removes what its record says it wrote, not a file that
+    appeared in its folder meanwhile."""
+    data = small_stack().astype(np.float32)
+    data[:] = np.nan
+    src = tmp_path / "nan.zarr"
+    write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
+    dst = tmp_path / "out.zarr"
+    real = FuseJob.run_block
+
+    def run_block(self, block):
+        if not (dst / "2024").exists():  # a user's folder, named as the old code's "ours"
+            _user_files(dst, ["2024", "notes.txt"])
+        return real(self, block)
+
+    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    with pytest.raises(SourceValueError, match="nothing was written"):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
+
+
+# ---------------------------------------------------------------------------- 8. leftovers
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """A real tmpfs (root only): its inode count is what we choose."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=4096", "tmpfs",
+                           str(mount)], capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+
+    def limit(extra_inodes: int) -> None:
+        st = os.statvfs(mount)
+        used = st.f_files - st.f_ffree
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={used + extra_inodes}", str(mount)],
+                       check=True)  # fmt: skip
+
+    yield mount, limit
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("case", ["new", "empty", "overwrite"])
+def test_no_inode_left_for_the_lock_leaves_nothing_behind(tmp_path, tmpfs, case):
+    """The disk (here: its inodes) fills up while the lock is created: one line, exit 1, and
+    no `.fstack_dask/` or staging folder that would lock the user out of the next run."""
+    mount, limit = tmpfs
+    src = write_src(tmp_path / "src.zarr")
+    dst = mount / "out.zarr"
+    if case == "empty":
+        dst.mkdir()
+    if case == "overwrite":
+        assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(mount)
+    limit(2)  # dst (or the staging folder) and the state folder, not the lock file
+    flags = ["--overwrite"] if case == "overwrite" else []
+    proc = cli("fuse", src, dst, *flags, *FUSE)
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left on device" in one_line_error(proc)
+    assert tree_digest(mount) == before
+    limit(10_000)
+    proc = cli("fuse", src, dst, *(flags or ["--overwrite"]), *FUSE)  # the next run works
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_folder_holding_only_an_empty_state_folder_says_how_to_clear_it(tmp_path):
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    (dst / STATE_DIR).mkdir(parents=True)
+    proc = cli("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert f"rmdir '{dst / STATE_DIR}'" in line
+
+
+def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
+    tmp_path, monkeypatch, caplog
+):
+    """The old code reported "21 of 16 blocks done" and kept the old output hidden for good."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real = Destination.remove
+
+    def remove(self, folder, **kwargs):
+        if ".fstack-staging-" in folder.path:
+            raise OSError(5, "Input/output error")
+        return real(self, folder, **kwargs)
+
+    monkeypatch.setattr(Destination, "remove", remove)
+    out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    assert out.attrs["fstack_dask"]["complete"] is True and out.attrs["fstack_dask"]["nhsize"] == 5
+    (hidden,) = _hidden(tmp_path)
+    assert f"rm -r '{tmp_path / hidden}'" in caplog.text
+    monkeypatch.setattr(Destination, "remove", real)
+    fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)  # complete: tidies
+    assert _hidden(tmp_path) == []
+
+
+KILLED_AFTER_EXCHANGE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask import fuse_zarr
+    from fstack_dask._outputs import destination as _destination
+
+    exchange = _destination._exchange
+
+    def exchange_then_die(new, dst):
+        exchange(new, dst)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _destination._exchange = exchange_then_die
+    fuse_zarr(sys.argv[1], sys.argv[2], chunks=32, nhsize=5, overwrite=True, progress=False)
+    """
+)
+
+
+def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
+    """Killed between the exchange and moving the user's files along: the next run puts
+    them back into dst and removes the previous output."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    _user_files(dst, ["notes.txt", "2024"])
+    before = digest_of(dst, ["notes.txt", "2024"])
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EXCHANGE, str(src), str(dst)],
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    assert not (dst / "notes.txt").exists() and len(_hidden(tmp_path)) == 1
+    proc = cli("fuse", src, dst, "--resume", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, ["notes.txt", "2024"]) == before
+    assert _hidden(tmp_path) == [] and not (dst / STATE_DIR).exists()
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)

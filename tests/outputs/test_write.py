@@ -1,0 +1,285 @@
+"""Writing (fstack_dask._outputs.write, fstack_dask.write_stack) on real Zarr stores on disk: the
+output's description, validated before anything is written; the output group; durable block
+writes; and storing an in-memory stack as OME-Zarr."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest as _tree
+
+from fstack_dask import fuse_zarr, write_stack
+from fstack_dask._layout import Layout
+from fstack_dask._locations import resolve
+from fstack_dask._outputs.write import create_output, output_spec, write_block
+from fstack_dask._sources.open import open_source
+
+
+def _stack(shape=(4, 6, 5), dtype="uint16"):
+    return (np.arange(np.prod(shape)) % 251).reshape(shape).astype(dtype)
+
+
+def _spec(source, *, rgb=False, block=(32, 64), maps=(), provenance=None, dtype=None):
+    layout = Layout(source.axes, source.shape, rgb)
+    return output_spec(
+        source, layout, block=block, dtype=np.dtype(dtype or source.dtype), maps=maps,
+        provenance=provenance or {"method": "test"},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------ output_spec + create_output
+
+
+def test_create_output_multichannel_round_trip(tmp_path):
+    src_path = tmp_path / "src.zarr"
+    write_stack(
+        src_path, _stack((3, 4, 100, 70)), axes="czyx",
+        scale={"z": 5.0, "y": 0.25, "x": 0.5},
+        units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
+    )  # fmt: skip
+    source = open_source(src_path)
+    provenance = {
+        "method": "laplacian",
+        "window": (5, 5),
+        "threshold": np.float32(0.5),
+        "missing": float("nan"),
+        "src": tmp_path / "src.zarr",
+    }
+    spec = _spec(source, maps=("depth", "selectivity"), provenance=provenance)
+    dst = tmp_path / "fused.ome.zarr"
+    assert not dst.exists()  # the spec is built in memory
+    dst.mkdir()
+    group = create_output(resolve(dst, name="dst"), spec)
+    assert isinstance(group, zarr.Group)
+
+    reopened = zarr.open_group(str(dst), mode="r")
+    assert reopened.metadata.zarr_format == 3
+    attrs = reopened.attrs.asdict()
+    assert set(attrs) == {"ome", "fstack_dask"}
+    ome = attrs["ome"]
+    assert ome["version"] == "0.5"
+    (ms,) = ome["multiscales"]
+    assert "version" not in ms  # 0.5 keeps the version only at ome level
+    assert ms["axes"] == [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    # Only the y/x pixel size is carried over (z is fused away, c has none).
+    assert ms["datasets"] == [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.25, 0.5]}]}
+    ]
+    # One omero entry per channel, with the dtype's range as the window.
+    channels = ome["omero"]["channels"]
+    assert [c["label"] for c in channels] == ["c0", "c1", "c2"]
+    assert all(c["window"] == {"min": 0, "max": 65535, "start": 0, "end": 65535} for c in channels)
+    assert attrs["fstack_dask"] == {
+        "method": "laplacian",
+        "window": [5, 5],
+        "threshold": 0.5,
+        "missing": "NaN",
+        "src": str(tmp_path / "src.zarr"),
+        "entries": ["zarr.json", "0", "depth", "selectivity"],  # what is ours, by record
+    }
+    # The group metadata is strict JSON (no bare NaN).
+    json.loads((dst / "zarr.json").read_text(), parse_constant=pytest.fail)
+
+    image = reopened["0"]
+    assert image.shape == (3, 100, 70)
+    assert image.chunks == (1, 32, 64)
+    assert image.shards is None
+    assert image.dtype == np.uint16
+    assert image.metadata.dimension_names == ("c", "y", "x")
+    assert image.fill_value == 0
+    assert [type(c).__name__ for c in image.compressors] == ["ZstdCodec"]
+
+    for name in ("depth", "selectivity"):
+        extra = reopened[name]["0"]
+        assert extra.shape == (3, 100, 70)  # channels fused independently: one map each
+        assert extra.chunks == (1, 32, 64)
+        assert extra.dtype == np.float32
+        assert extra.metadata.dimension_names == ("c", "y", "x")
+        assert np.isnan(extra.fill_value)
+
+    group["0"][0, :2, :2] = 7
+    assert reopened["0"][0, 0, 0] == 7
+
+
+def test_create_output_single_channel_defaults(tmp_path):
+    src_path = tmp_path / "src.zarr"
+    zarr.create_array(str(src_path), shape=(3, 10, 20), dtype="float32", dimension_names="zyx")
+    source = open_source(src_path)
+    dst = tmp_path / "fused.zarr"
+    dst.mkdir()
+    create_output(resolve(str(dst), name="dst"), _spec(source, block=(64, 8)))
+    group = zarr.open_group(str(dst), mode="r")
+    attrs = group.attrs.asdict()
+    assert attrs["fstack_dask"] == {"method": "test", "entries": ["zarr.json", "0"]}
+    assert "omero" not in attrs["ome"]
+    (ms,) = attrs["ome"]["multiscales"]
+    assert ms["axes"] == [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    assert ms["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 1.0]}
+    ]
+    image = group["0"]
+    assert image.shape == (10, 20)
+    assert image.chunks == (10, 8)  # clipped to the image
+    assert image.metadata.dimension_names == ("y", "x")
+    assert list(group.array_keys()) == ["0"]
+
+
+def test_create_output_rgb_and_translation(tmp_path):
+    src_path = tmp_path / "rgb.zarr"
+    write_stack(
+        src_path, _stack((3, 4, 12, 10), "uint8"), axes="czyx",
+        translation={"z": 7.0, "y": 100.0, "x": -2.0},
+    )  # fmt: skip
+    source = open_source(src_path)
+    dst = tmp_path / "fused.zarr"
+    dst.mkdir()
+    create_output(resolve(dst, name="dst"), _spec(source, rgb=True, maps=("depth",)))
+    group = zarr.open_group(str(dst), mode="r")
+    ome = group.attrs["ome"]
+    assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]},
+        {"type": "translation", "translation": [0.0, 100.0, -2.0]},
+    ]
+    assert ome["omero"]["rdefs"] == {"model": "color"}
+    assert [(c["label"], c["color"]) for c in ome["omero"]["channels"]] == [
+        ("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"),
+    ]  # fmt: skip
+    assert group["0"].metadata.dimension_names == ("c", "y", "x")
+    assert group["0"].chunks == (1, 12, 10)  # 1 along every axis but y and x
+    assert group["depth"]["0"].metadata.dimension_names == ("y", "x")  # one map for 3 channels
+
+
+def _ome_with_scale(path: Path, scale: list) -> None:
+    group = zarr.create_group(
+        str(path),
+        attributes={
+            "ome": {
+                "version": "0.5",
+                "multiscales": [
+                    {
+                        "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                        "datasets": [
+                            {
+                                "path": "0",
+                                "coordinateTransformations": [{"type": "scale", "scale": scale}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        },
+    )
+    group.create_array("0", shape=(5, 16, 16), dtype="uint16", dimension_names="zyx")
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5])
+def test_output_spec_refuses_bad_metadata_before_anything_is_written(tmp_path, bad):
+    src = tmp_path / "in.zarr"
+    _ome_with_scale(src, [1.0, bad, 0.5])
+    source = open_source(src)
+    with pytest.raises(ValueError, match=r"scale of src .*\['y'\] must be a positive finite"):
+        _spec(source)
+    dst = tmp_path / "out.zarr"
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="positive finite pixel size"):
+        fuse_zarr(src, dst, progress=False)
+    assert _tree(tmp_path) == before and not dst.exists()
+
+
+def test_write_block_reports_the_chunk_files_it_wrote(tmp_path):
+    """The keys write_block returns are the files make_durable syncs: they must exist."""
+    src_path = tmp_path / "src.zarr"
+    write_stack(src_path, _stack((2, 3, 40, 30)), axes="czyx")
+    source = open_source(src_path)
+    dst = tmp_path / "fused.zarr"
+    dst.mkdir()
+    group = create_output(resolve(dst, name="dst"), _spec(source, block=(16, 16), maps=("depth",)))
+    arrays = {"0": group["0"], "depth": group["depth"]["0"]}
+    regions = {name: (slice(1, 2), slice(16, 40), slice(0, 16)) for name in arrays}
+    data = {
+        "0": np.full((1, 24, 16), 3, np.uint16),
+        "depth": np.full((1, 24, 16), 1.5, np.float32),
+    }
+    keys = write_block(arrays, regions, data)
+    assert sorted(keys) == ["0/c/1/1/0", "0/c/1/2/0", "depth/0/c/1/1/0", "depth/0/c/1/2/0"]
+    written = {
+        os.path.relpath(os.path.join(d, f), dst)
+        for d, _, files in os.walk(dst)
+        for f in files
+        if "/c/" in os.path.join(d, f)
+    }
+    assert written == set(keys)
+    assert (group["0"][1, 16:40, :16] == 3).all() and (group["0"][0] == 0).all()
+
+
+# ------------------------------------------------------------------------ write_stack
+
+
+def test_write_stack_metadata_on_disk(tmp_path):
+    v2 = tmp_path / "v2.zarr"
+    v3 = tmp_path / "v3.zarr"
+    write_stack(v2, _stack(), axes="zyx", zarr_format=2)
+    write_stack(v3, _stack(), axes="zyx", zarr_format=3)
+
+    zattrs = json.loads((v2 / ".zattrs").read_text())
+    ms = zattrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert all(a["type"] == "space" for a in ms["axes"])
+    assert ms["datasets"][0]["path"] == "0"
+    zarray = json.loads((v2 / "0" / ".zarray").read_text())
+    assert zarray["dimension_separator"] == "/"
+
+    meta = json.loads((v3 / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
+    ome = meta["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    assert "version" not in ome["multiscales"][0]
+    arr_meta = json.loads((v3 / "0" / "zarr.json").read_text())
+    assert arr_meta["dimension_names"] == ["z", "y", "x"]
+
+
+def test_write_stack_round_trip_with_dask_and_metadata(tmp_path):
+    data = _stack((2, 5, 40, 30))
+    path = tmp_path / "stack.ome.zarr"
+    write_stack(
+        path, da.from_array(data, chunks=(1, 5, 16, 16)), axes="czyx", chunks=(1, 5, 16, 16),
+        scale={"z": 2.0, "y": 0.5, "x": 0.5}, units={"y": "micrometer", "x": "micrometer"},
+        translation={"y": 3.0},
+    )  # fmt: skip
+    source = open_source(path)
+    assert source.axes == "czyx" and source.unit_shape == (1, 5, 16, 16)
+    assert source.scale == {"c": 1.0, "z": 2.0, "y": 0.5, "x": 0.5}
+    assert source.units == {"y": "micrometer", "x": "micrometer"}
+    assert source.translation == {"c": 0.0, "z": 0.0, "y": 3.0, "x": 0.0}
+    np.testing.assert_array_equal(source.array[...], data)
+
+
+def test_write_stack_refusals(tmp_path):
+    data = _stack()
+    with pytest.raises(ValueError, match="axes 'yxzc' cannot be written as OME-NGFF"):
+        write_stack(tmp_path / "a.zarr", _stack((4, 6, 5, 2)), axes="yxzc")
+    with pytest.raises(ValueError, match="zarr_format"):
+        write_stack(tmp_path / "a.zarr", data, axes="zyx", zarr_format=4)
+    with pytest.raises(ValueError, match="scale"):
+        write_stack(tmp_path / "a.zarr", data, axes="zyx", scale={"t": 1.0})
+    with pytest.raises(ValueError, match="scale"):
+        write_stack(tmp_path / "a.zarr", data, axes="zyx", scale={"y": 0.0})
+    with pytest.raises(ValueError, match="chunks"):
+        write_stack(tmp_path / "a.zarr", data, axes="zyx", chunks=(1, 2))
+    assert not (tmp_path / "a.zarr").exists()
+    write_stack(tmp_path / "a.zarr", data, axes="zyx")
+    before = _tree(tmp_path / "a.zarr")
+    with pytest.raises(FileExistsError, match="path"):
+        write_stack(tmp_path / "a.zarr", data, axes="zyx")
+    assert _tree(tmp_path / "a.zarr") == before

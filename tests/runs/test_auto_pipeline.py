@@ -1,0 +1,84 @@
+"""``"auto"`` parameters through the stored-stack path: fuse_zarr, the CLI, config and info
+(issue 12.1): the choice is made once from a fixed sample, recorded, and the output is
+bit-identical across chunkings and schedulers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from fstack_dask import auto_parameters_for, focus_stack, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._cli.config import config_from_mapping
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    data = synthetic_stack((160, 140), 9, dtype="uint16", noise=0.06, seed=11).stack
+    path = tmp_path_factory.mktemp("auto") / "noisy.ome.zarr"
+    write_stack(path, data.transpose(2, 0, 1), axes="zyx", chunks=(9, 48, 48))
+    return path, data
+
+
+def test_fuse_zarr_auto_is_recorded_and_chunk_invariant(noisy, tmp_path):
+    src, data = noisy
+    chosen = auto_parameters_for(data, axes="yxz")
+    outs = []
+    for chunks, scheduler in ((48, "threads"), ((37, 100), "synchronous"), (160, "threads")):
+        out = fuse_zarr(src, tmp_path / f"o{len(outs)}.zarr", nhsize="auto", sth="auto",
+                        chunks=chunks, scheduler=scheduler, progress=False, levels=0)  # fmt: skip
+        attrs = out.attrs["fstack_dask"]
+        assert (attrs["nhsize"], attrs["sth"]) == (chosen.nhsize, chosen.sth)
+        assert attrs["auto"]["tiles"] == chosen.as_dict()["tiles"]
+        outs.append(out["0"][...])
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
+    np.testing.assert_array_equal(outs[0], focus_stack(data, nhsize=chosen.nhsize, sth=chosen.sth))
+    assert chosen.nhsize != 9 or chosen.sth != 13  # the noisy stack moved the parameters
+
+
+def test_auto_resume_chooses_the_same_and_is_accepted(noisy, tmp_path):
+    src, _ = noisy
+    dst = tmp_path / "o.zarr"
+    fuse_zarr(src, dst, nhsize="auto", sth="auto", progress=False)
+    # a resume of a complete output with the same (automatic) parameters has nothing to do
+    again = fuse_zarr(src, dst, nhsize="auto", sth="auto", resume=True, progress=False)
+    assert again.attrs["fstack_dask"]["complete"] is True
+
+
+def test_cli_auto_switch_config_and_info(noisy, tmp_path):
+    src, data = noisy
+    chosen = auto_parameters_for(data, axes="yxz")
+    run = [sys.executable, "-m", "fstack_dask"]
+    done = subprocess.run([*run, "fuse", src, tmp_path / "a.zarr", "--auto", "--no-progress"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"nhsize={chosen.nhsize}" in done.stderr  # the choice is logged
+    attrs = zarr.open_group(str(tmp_path / "a.zarr")).attrs["fstack_dask"]
+    assert (attrs["nhsize"], attrs["sth"]) == (chosen.nhsize, chosen.sth)
+    info = subprocess.run([*run, "info", src, "--auto"], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert f"nhsize {chosen.nhsize}, sth {chosen.sth:g} dB" in info.stdout
+    # a fixed value beside the switch is kept; the other is chosen
+    cmd = [*run, "fuse", src, tmp_path / "b.zarr", "--auto", "--nhsize", "15", "--no-progress"]
+    half = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert half.returncode == 0, half.stderr
+    assert zarr.open_group(str(tmp_path / "b.zarr")).attrs["fstack_dask"]["nhsize"] == 15
+    bad = subprocess.run([*run, "fuse", src, tmp_path / "c.zarr", "--sth", "loud"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--sth" in bad.stderr
+
+
+def test_config_auto_switch():
+    cfg = config_from_mapping({"algorithm": {"auto": True}})
+    assert (cfg.fuse_kwargs()["nhsize"], cfg.fuse_kwargs()["sth"]) == ("auto", "auto")
+    cfg = config_from_mapping({"algorithm": {"auto": True, "sth": 10}})
+    assert (cfg.fuse_kwargs()["nhsize"], cfg.fuse_kwargs()["sth"]) == ("auto", 10.0)
+    cfg = config_from_mapping({"algorithm": {"nhsize": "auto"}})
+    assert (cfg.fuse_kwargs()["nhsize"], cfg.fuse_kwargs()["sth"]) == ("auto", 13.0)
+    assert config_from_mapping({}).fuse_kwargs()["nhsize"] == 9  # the reference's, always
+    with pytest.raises(ValueError, match="algorithm.auto must be"):
+        config_from_mapping({"algorithm": {"auto": "yes"}})

@@ -1,0 +1,116 @@
+"""A resume cannot be fooled by size and mtime (issue 22): content digests of what finished
+blocks read, the source of a complete output, the engine.
+
+Real stores with uncompressed chunks (every chunk file has the same size, so a replaced one
+keeps its size), replaced the way users and tools do (`cp -p`, `touch -r`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest
+from safety_util import CHUNK, PLANES, cli, one_line_error, small_stack, write_src
+
+from fstack_dask import focus_stack, fuse_zarr
+from fstack_dask._runs.blocks import FuseJob
+
+FUSE = ("--chunks", CHUNK, "--no-progress")
+
+
+def _raw_src(path, seed=0):
+    """A zyx stack with uncompressed chunks: every chunk file has the same size."""
+    data = small_stack(seed)
+    arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype,
+                            chunks=(PLANES, CHUNK, CHUNK), compressors=None,
+                            dimension_names=["z", "y", "x"])  # fmt: skip
+    arr[...] = data
+    return path
+
+
+def _unfinished(src, dst, monkeypatch, n_blocks=2):
+    real = FuseJob.run_block
+    calls = {"n": 0}
+
+    def run_block(self, block):
+        if calls["n"] >= n_blocks:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, block)
+
+    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    monkeypatch.setattr(FuseJob, "run_block", real)
+
+
+def test_a_chunk_replaced_with_its_size_and_mtime_is_found(tmp_path, monkeypatch):
+    """The adversarial case: a chunk a finished block read is replaced by another of the
+    same size, its old mtime put back (`cp` then `touch -r`). The old code resumed and
+    mixed the two sources; now the finished block is read again and its digest differs."""
+    src, other = _raw_src(tmp_path / "src.zarr"), _raw_src(tmp_path / "other.zarr", seed=4)
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1: they read chunk c/0/0/0
+    chunk = src / "c" / "0" / "0" / "0"
+    backup = tmp_path / "chunk.orig"
+    subprocess.run(["cp", "-p", str(chunk), str(backup)], check=True)
+    shutil.copyfile(other / "c" / "0" / "0" / "0", chunk)
+    subprocess.run(["touch", "-r", str(backup), str(chunk)], check=True)
+    assert os.stat(chunk).st_size == os.stat(backup).st_size
+    assert os.stat(chunk).st_mtime_ns == os.stat(backup).st_mtime_ns
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "'c/0/0/0' changed since the run began" in line and "finished block 0_0" in line
+    assert tree_digest(tmp_path) == before
+    # The original content, copied back with its times (`cp -p`): the same samples, so the
+    # resume goes on, and the output is the uninterrupted run's.
+    subprocess.run(["cp", "-p", str(backup), str(chunk)], check=True)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_group(str(dst), mode="r")["0"][...]
+    np.testing.assert_array_equal(out, focus_stack(small_stack().transpose(1, 2, 0)))
+
+
+def test_resume_of_a_complete_output_from_another_source_is_refused(tmp_path):
+    """The old code said "already complete" and exited 0 for any source of the same shape."""
+    src = write_src(tmp_path / "src.zarr")
+    other = write_src(tmp_path / "other.zarr", seed=4)
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", other, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "is complete, but was computed from another source" in line and "other.zarr" in line
+    assert tree_digest(tmp_path) == before
+    proc = cli("fuse", src, dst, "--resume", *FUSE)  # its own source: nothing to do
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(tmp_path) == before
+
+
+def test_resume_under_another_engine_is_refused(tmp_path, monkeypatch):
+    """The NumPy and compiled engines differ in the last bits of exp/log/tanh: a resume must
+    not mix them (the old code did, when FSTACK_DASK_ENGINE differed between the runs)."""
+    from fstack_dask._algorithm import block as _kernel
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    monkeypatch.setattr(_kernel, "ENGINE", "numpy")
+    _unfinished(src, dst, monkeypatch)
+    monkeypatch.undo()
+    assert _kernel.ENGINE == "compiled"
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    assert "different engine (engine was 'numpy', now 'compiled')" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    proc = cli("fuse", src, dst, "--resume", *FUSE, env={"FSTACK_DASK_ENGINE": "numpy"})
+    assert proc.returncode == 0, proc.stderr
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["engine"] == "numpy"

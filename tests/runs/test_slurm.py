@@ -1,0 +1,143 @@
+"""End-to-end check against a REAL SLURM cluster through dask-jobqueue.
+
+Needs a running SLURM (CI: ``bash .ci/setup-slurm.sh`` starts a single-node one)
+and ``dask_jobqueue`` (``pip install "fstack_dask[jobqueue]"``); otherwise the
+module is skipped with the reason. The cluster is built from the
+``cluster.jobqueue`` section of ``configs/slurm.yaml``, shrunk to fit a CI box.
+
+Environment:
+  FSTACK_SLURM_PARTITION  partition to submit to (default ``debug``)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "slurm.yaml"
+PARTITION = os.environ.get("FSTACK_SLURM_PARTITION", "debug")
+BUDGET_S = 90  # whole test: submit, wait for the worker, compute, close
+
+
+def _run(*cmd: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _slurm_skip_reason() -> str | None:
+    """None when a SLURM controller answers and PARTITION exists, else why not."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not on PATH (no SLURM client; CI runs .ci/setup-slurm.sh)"
+    try:
+        res = _run("sinfo", "-h", "-o", "%R %a %T")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo does not respond: {exc!r}"
+    if res.returncode != 0:
+        return f"sinfo failed (rc={res.returncode}): {res.stderr.strip()[:200]}"
+    parts = {line.split()[0] for line in res.stdout.splitlines() if line.strip()}
+    if PARTITION not in parts:
+        return f"SLURM partition {PARTITION!r} not found (have: {sorted(parts)})"
+    return None
+
+
+def _jobqueue_skip_reason() -> str | None:
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        return 'dask_jobqueue not installed (pip install "fstack_dask[jobqueue]")'
+    return None
+
+
+_NO_JOBQUEUE = _jobqueue_skip_reason()
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(_NO_JOBQUEUE is not None, reason=f"SLURM test skipped: {_NO_JOBQUEUE}"),
+]
+
+
+@pytest.fixture(scope="module")
+def slurm_available():
+    """Skip unless SLURM answers. A fixture, not a collection-time skipif: with the
+    controller down ``sinfo`` takes ~10 s to give up, which deselected runs
+    (``-m "not slurm"``) should not pay."""
+    reason = _slurm_skip_reason()
+    if reason is not None:
+        pytest.skip(f"SLURM test skipped: {reason}")
+
+
+def _jobqueue_kwargs(tmp_path: Path) -> dict:
+    """``cluster.jobqueue`` from configs/slurm.yaml, overridden to fit this machine."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    assert cfg["cluster"]["kind"] == "slurm"
+    kwargs = dict(cfg["cluster"]["jobqueue"])
+    kwargs.update(
+        cores=1,
+        processes=1,
+        memory="2GiB",
+        queue=PARTITION,
+        walltime="00:05:00",
+        account=None,
+        python=sys.executable,  # the job runs on this host: same interpreter/venv
+        local_directory=str(tmp_path / "worker-space"),
+        log_directory=str(tmp_path / "logs"),  # slurm-*.out, instead of the cwd
+        death_timeout=30,
+        # Free dashboard port: several clusters/sessions may share the host.
+        scheduler_options={"dashboard_address": ":0"},
+    )
+    return kwargs
+
+
+def _job_states(job_ids: list[str]) -> dict[str, str]:
+    res = _run("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T")
+    return dict(line.split() for line in res.stdout.splitlines() if line.strip())
+
+
+def test_slurmcluster_from_config_computes(slurm_available, tmp_path):
+    import dask.array as da
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    t0 = time.monotonic()
+    kwargs = _jobqueue_kwargs(tmp_path)
+    job_ids: list[str] = []
+    with SLURMCluster(**kwargs) as cluster:
+        script = cluster.job_script()
+        assert f"#SBATCH -p {PARTITION}" in script
+        assert sys.executable in script
+        cluster.scale(jobs=1)
+        with Client(cluster) as client:
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-2000:]}"
+                    for p in sorted((tmp_path / "logs").glob("*"))
+                )
+                squeue = _run("squeue", "-o", "%i %P %j %T %R").stdout
+                pytest.fail(f"no dask worker within 60 s\nsqueue:\n{squeue}\n{logs}")
+            job_ids = [str(job.job_id) for job in cluster.workers.values() if job.job_id]
+            assert len(job_ids) == 1, cluster.workers
+            assert _job_states(job_ids).get(job_ids[0]) == "RUNNING"
+
+            x = da.ones((1000, 1000), chunks=100)
+            total = client.compute(x.sum()).result(timeout=30)
+            assert total == 1_000_000
+
+            # The work really ran inside the SLURM job.
+            (worker_addr,) = client.scheduler_info()["workers"]
+            env = client.run(lambda: os.environ.get("SLURM_JOB_ID"), workers=[worker_addr])
+            assert env[worker_addr] == job_ids[0]
+
+    # close() scancels the job; it must leave PENDING/RUNNING promptly.
+    deadline = time.monotonic() + 20
+    while _job_states(job_ids).get(job_ids[0]) in {"PENDING", "RUNNING"}:
+        assert time.monotonic() < deadline, f"job {job_ids[0]} still alive after close()"
+        time.sleep(0.5)
+    elapsed = time.monotonic() - t0
+    assert elapsed < BUDGET_S, f"took {elapsed:.1f} s (budget {BUDGET_S} s)"

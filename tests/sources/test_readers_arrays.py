@@ -1,0 +1,182 @@
+"""array_source (NumPy, dask, xarray), open_hdf5, and the OpenedStack contract."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import dask.array as da
+import numpy as np
+import pytest
+from readers_util import need, read_concurrently, regions
+
+from fstack_dask._sources.arrays import array_source
+from fstack_dask._sources.common import MissingExtraError, ngff_unit
+from fstack_dask._sources.stack_meta import OpenedStack
+
+
+def _stack(shape=(2, 5, 24, 30), dtype="uint16"):
+    return (np.arange(np.prod(shape)) % 4093).reshape(shape).astype(dtype)
+
+
+def test_numpy_needs_axes():
+    data = _stack()
+    with pytest.raises(ValueError, match=r"^axes is required for a numpy array"):
+        array_source(data)
+    with pytest.raises(ValueError, match=r"^axes 'zyx' has 3 letters"):
+        array_source(data, axes="zyx")
+    opened = array_source(data, axes="CZYX")
+    assert (opened.kind, opened.axes, opened.files, opened.rgb) == ("numpy", "czyx", (), False)
+    assert opened.array.chunks == data.shape
+    np.testing.assert_array_equal(opened.array[1, 2:4, 3:9], data[1, 2:4, 3:9])
+    with pytest.raises(TypeError, match=r"^obj must be a numpy.ndarray"):
+        array_source([[1, 2]], axes="yx")
+
+
+def test_dask_regions_and_chunks():
+    data = _stack()
+    lazy = da.from_array(data, chunks=(1, 5, 10, 16))
+    opened = array_source(lazy, axes="czyx")
+    assert opened.kind == "dask"
+    assert opened.array.chunks == (1, 5, 10, 16)
+    assert opened.array.dask_array is lazy
+    keys = [(slice(None), slice(None), ys, xs) for ys, xs in regions((24, 30), n=20)]
+    for key, got in zip(keys, read_concurrently(opened.array, keys, threads=4), strict=True):
+        np.testing.assert_array_equal(got, data[key])
+    np.testing.assert_array_equal(opened.array[0, 1], data[0, 1])
+    # Reading inside a task of another threaded computation must not deadlock.
+    outer = da.from_array(opened.array, chunks=(2, 5, 12, 15))
+    np.testing.assert_array_equal(outer.compute(scheduler="threads"), data)
+
+
+def test_xarray_dims_scale_units_channel_names():
+    xr = need("xarray")
+    data = _stack()
+    arr = xr.DataArray(
+        data,
+        dims=("channel", "focus", "y", "x"),
+        coords={
+            "channel": ["DAPI", "GFP"],
+            "focus": 10.0 + 0.25 * np.arange(5),
+            "y": 0.1 * np.arange(24),
+            "x": 5 + 0.1 * np.arange(30),
+        },
+        name="raw",
+    )
+    arr.coords["focus"].attrs["units"] = "\u00b5m"
+    arr.coords["y"].attrs["units"] = "micrometers"
+    arr.coords["x"].attrs["units"] = "um"
+    opened = array_source(arr)
+    assert (opened.kind, opened.axes) == ("xarray", "czyx")
+    assert opened.scale == pytest.approx({"z": 0.25, "y": 0.1, "x": 0.1})
+    assert opened.translation == pytest.approx({"z": 10.0, "y": 0.0, "x": 5.0})
+    assert opened.units == {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    assert opened.channel_names == ("DAPI", "GFP")
+    assert "'raw'" in opened.description
+    np.testing.assert_array_equal(opened.array[:, 1:3, 4:20, 2:3], data[:, 1:3, 4:20, 2:3])
+    assert array_source(arr, axes="czyx").axes == "czyx"  # agreeing axes are fine
+    with pytest.raises(ValueError, match=r"^axes 'zcyx' contradicts the xarray dims"):
+        array_source(arr, axes="zcyx")
+
+
+def test_xarray_uneven_coords_and_dask_backing():
+    xr = need("xarray")
+    data = _stack((6, 24, 30))
+    arr = xr.DataArray(data, dims=("Z", "Y", "X"), coords={"Z": [0, 1, 2, 4, 8, 16]})
+    opened = array_source(arr.chunk({"Z": 2, "Y": 12}))
+    assert opened.axes == "zyx" and opened.scale == {}  # uneven z: no scale
+    assert opened.array.chunks == (2, 12, 30)
+    np.testing.assert_array_equal(opened.array[1:5, 3:20], data[1:5, 3:20])
+    unnamed = xr.DataArray(data)
+    with pytest.raises(ValueError, match=r"^axes is required: xarray dims \('dim_0'"):
+        array_source(unnamed)
+    assert array_source(unnamed, axes="zyx").axes == "zyx"
+    with pytest.raises(ValueError, match=r"^axes from xarray dims \('t', 'y', 'x'\) are unusable"):
+        array_source(xr.DataArray(data, dims=("t", "y", "x")))
+
+
+def test_hdf5_dataset(tmp_path):
+    h5py = need("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _stack((7, 40, 50))
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("raw/ch0", data=data, chunks=(1, 16, 16), compression="gzip")
+        ds.attrs["element_size_um"] = [0.5, 0.1, 0.1]
+        f.create_dataset("meta/flat", data=np.zeros(4))
+    opens = [
+        open_hdf5(path, axes="zyx"),  # the only dataset of >= 3 dimensions
+        open_hdf5(f"{path}/raw/ch0", axes="zyx"),
+        open_hdf5(path, dataset="/raw/ch0", axes="zyx"),
+    ]
+    for opened in opens:
+        assert (opened.kind, opened.axes, opened.files) == ("hdf5", "zyx", (str(path),))
+        assert opened.array.chunks == (1, 16, 16)
+        assert opened.scale == {"z": 0.5, "y": 0.1, "x": 0.1}
+        assert opened.units == dict.fromkeys("zyx", "micrometer")
+        keys = [(slice(None), ys, xs) for ys, xs in regions((40, 50), n=12)]
+        for key, got in zip(keys, read_concurrently(opened.array, keys, threads=4), strict=True):
+            np.testing.assert_array_equal(got, data[key])
+    clone = pickle.loads(pickle.dumps(opened.array))
+    np.testing.assert_array_equal(clone[3:5, 1:2], data[3:5, 1:2])
+    for array in [clone] + [o.array for o in opens]:
+        array.close()  # HDF5 refuses to open a file for writing while it is open for reading
+
+    with pytest.raises(ValueError, match=r"^axes is required: HDF5 dataset '/raw/ch0'"):
+        open_hdf5(path)
+    with h5py.File(path, "a") as f:
+        for i, label in enumerate(("depth", "y", "x")):
+            f["raw/ch0"].dims[i].label = label
+        f.create_dataset("raw/ch1", data=data)
+    assert open_hdf5(f"{path}/raw/ch0").axes == "zyx"  # from the dimension labels
+    with pytest.raises(ValueError, match=r"^axes 'yzx' contradicts the dimension labels"):
+        open_hdf5(f"{path}/raw/ch0", axes="yzx")
+    with pytest.raises(ValueError, match=r"^HDF5 file .* holds 2 datasets .*'/raw/ch0'"):
+        open_hdf5(path, axes="zyx")
+    with pytest.raises(ValueError, match=r"^dataset '/nope' of HDF5 file .* is missing"):
+        open_hdf5(path, dataset="/nope", axes="zyx")
+    with pytest.raises(ValueError, match=r"^dataset '/raw' of HDF5 file .* is a group"):
+        open_hdf5(f"{path}/raw", axes="zyx")
+    with pytest.raises(FileNotFoundError, match=r"^path .* does not exist"):
+        open_hdf5(tmp_path / "none.h5")
+    (tmp_path / "text.h5").write_text("not HDF5")
+    with pytest.raises(ValueError, match=r"^path .* is not a readable HDF5 file"):
+        open_hdf5(tmp_path / "text.h5")
+
+
+def test_missing_h5py_names_the_extra(monkeypatch, tmp_path):
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[hdf5\]"'):
+        open_hdf5(tmp_path / "a.h5")
+
+
+def test_opened_stack_refuses_inconsistent_fields():
+    array = array_source(_stack((3, 4, 5)), axes="zyx").array
+    fields = dict(
+        kind="numpy",
+        scale={},
+        units={},
+        translation={},
+        channel_names=None,
+        channel_colors=None,
+        rgb=False,
+        files=(),
+        description="",
+    )
+    assert OpenedStack(array=array, axes="zyx", **fields).axes == "zyx"
+    with pytest.raises(ValueError, match=r"lower case"):
+        OpenedStack(array=array, axes="ZYX", **fields)
+    with pytest.raises(ValueError, match=r"^scale names axes \['t'\]"):
+        OpenedStack(array=array, axes="zyx", **{**fields, "scale": {"t": 1.0}})
+    with pytest.raises(ValueError, match=r"^rgb=True needs a 'c' axis"):
+        OpenedStack(array=array, axes="zyx", **{**fields, "rgb": True})
+
+
+def test_ngff_unit_names():
+    assert ngff_unit("\u00b5m") == ngff_unit("\u03bcm") == ngff_unit("micron") == "micrometer"
+    assert ngff_unit("nm") == "nanometer" and ngff_unit("Millimeters") == "millimeter"
+    assert ngff_unit("sec") == ngff_unit("s") == "second" and ngff_unit("ms") == "millisecond"
+    assert ngff_unit("pixel") is None and ngff_unit(None) is None

@@ -1,0 +1,372 @@
+"""open_image_files on real plane files (TIFF, PNG, JPEG) and on the real stacks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tree_digest
+from readers_util import need, patch_tiff_tag, read_concurrently, realdata, regions
+
+tifffile = need("tifffile")
+Image = need("PIL.Image")
+
+from fstack_dask._sources.images import natural_key, open_image_files  # noqa: E402
+
+
+def _planes(n, shape, dtype="uint16", seed=0):
+    top = 255 if dtype == "uint8" else 60000
+    return np.random.default_rng(seed).integers(0, top, (n, *shape)).astype(dtype)
+
+
+def _write_shuffled(folder, planes, name, write):
+    """Write plane k as name.format(k + 1), in a shuffled order (so mtime order is no help)."""
+    folder.mkdir(exist_ok=True)
+    order = list(range(len(planes)))
+    random.Random(0).shuffle(order)
+    for k in order:
+        write(folder / name.format(k + 1), planes[k])
+    return folder
+
+
+def _pillow(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _check_regions(array, whole):
+    for ys, xs in regions(whole.shape[1:3]):
+        np.testing.assert_array_equal(array[:, ys, xs], whole[:, ys, xs])
+        np.testing.assert_array_equal(array[2:4, ys, xs], whole[2:4, ys, xs])
+
+
+def test_tiff_planes_folder_natural_order_and_decodes(tmp_path):
+    planes = _planes(12, (40, 56))
+    folder = _write_shuffled(tmp_path / "stack", planes, "plane{}.tif", tifffile.imwrite)
+    (folder / "README.txt").write_text("not a plane: ignored in a folder")
+    opened = open_image_files(folder)
+    assert opened.kind == "tiff files"
+    assert (opened.axes, opened.rgb) == ("zyx", False)
+    assert opened.array.shape == (12, 40, 56) and opened.array.dtype == np.uint16
+    assert opened.array.chunks == (1, 40, 56)  # one strip per file: the plane is the read unit
+    names = [f.rsplit("/", 1)[1] for f in opened.files]
+    assert names == [f"plane{k}.tif" for k in range(1, 13)]  # plane2 before plane10
+    assert opened.array.decodes == 0  # opening reads headers only
+    whole = np.stack([tifffile.imread(f) for f in opened.files])
+    np.testing.assert_array_equal(whole, planes)
+    _check_regions(opened.array, whole)
+    # Region after region, every file was decoded once: the cache held the stack.
+    assert opened.array.decodes == 12
+
+
+def test_without_cache_each_region_decodes_each_file(tmp_path):
+    planes = _planes(5, (20, 30))
+    folder = _write_shuffled(tmp_path / "s", planes, "z{}.tif", tifffile.imwrite)
+    opened = open_image_files(folder, cache_bytes=0)
+    opened.array[:, :10, :10]
+    opened.array[:, 10:, 10:]
+    assert opened.array.decodes == 10
+    # A cache smaller than the stack still helps when regions are read plane by plane.
+    small = open_image_files(folder, cache_bytes=2 * planes[0].nbytes)
+    for z in range(5):
+        for ys, xs in regions((20, 30), n=3):
+            np.testing.assert_array_equal(small.array[z, ys, xs], planes[z, ys, xs])
+    assert small.array.decodes == 5
+
+
+def test_tiled_tiff_planes_are_read_by_region(tmp_path):
+    planes = _planes(4, (96, 128))
+    folder = tmp_path / "tiled"
+    folder.mkdir()
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(folder / f"t_{k:03d}.tiff", plane, tile=(32, 32), compression="zlib")
+    opened = open_image_files(folder)
+    assert opened.array.chunks == (1, 32, 32)  # the tiles are the read unit
+    opened.array[:, 40:50, 40:50]
+    opened.array[:, 40:50, 40:50]
+    assert opened.array.decodes == 8  # region reads through tifffile, nothing cached
+    _check_regions(opened.array, planes)
+
+
+def test_png16_planes_by_glob(tmp_path):
+    planes = _planes(11, (33, 45))
+    folder = _write_shuffled(
+        tmp_path / "png", planes, "focus_{}.png", lambda p, a: Image.fromarray(a).save(p)
+    )
+    Image.fromarray(planes[0]).save(folder / "other_1.png")  # not matched by the pattern
+    opened = open_image_files(str(folder / "focus_*.png"))
+    assert opened.kind == "png files"
+    assert opened.array.shape == (11, 33, 45) and opened.array.dtype == np.uint16
+    assert opened.array.chunks == (1, 33, 45)
+    assert [f.rsplit("_", 1)[1] for f in opened.files] == [f"{k}.png" for k in range(1, 12)]
+    whole = np.stack([_pillow(f) for f in opened.files])
+    np.testing.assert_array_equal(whole, planes)  # PNG is lossless: the written values
+    _check_regions(opened.array, whole)
+
+
+def test_jpeg_rgb_planes(tmp_path):
+    planes = _planes(10, (48, 64, 3), dtype="uint8")
+    folder = _write_shuffled(
+        tmp_path / "jpg", planes, "IMG_{}.JPG", lambda p, a: Image.fromarray(a).save(p, "JPEG")
+    )
+    opened = open_image_files(folder)
+    assert opened.kind == "jpeg files"
+    assert (opened.axes, opened.rgb) == ("zyxc", True)
+    assert opened.array.shape == (10, 48, 64, 3) and opened.array.chunks == (1, 48, 64, 3)
+    assert [f.rsplit("_", 1)[1] for f in opened.files] == [f"{k}.JPG" for k in range(1, 11)]
+    whole = np.stack([_pillow(f) for f in opened.files])  # lossy: compare with the decoder
+    _check_regions(opened.array, whole)
+    np.testing.assert_array_equal(opened.array[3, 5:9, 7:20, 1], whole[3, 5:9, 7:20, 1])
+
+
+def _with_orientation(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_exif_orientation_turns_planes_upright(tmp_path):
+    """Planes as viewers show them: a camera's portrait JPEGs (orientation 6: turn the
+    stored pixels a quarter clockwise) and 16-bit PNGs stored upside down (3)."""
+    stored = _planes(4, (24, 40, 3), dtype="uint8", seed=3)
+    for k, plane in enumerate(stored):
+        Image.fromarray(plane).save(tmp_path / f"p{k}.jpg", exif=_with_orientation(6), quality=95)
+    opened = open_image_files(str(tmp_path / "p*.jpg"))
+    assert opened.array.shape == (4, 40, 24, 3)  # rows and columns swapped
+    assert "turned upright by their EXIF orientation" in opened.description
+    raw = np.stack([_pillow(f) for f in opened.files])  # the stored (lossy) pixels
+    np.testing.assert_array_equal(opened.array[...], np.rot90(raw, k=-1, axes=(1, 2)))
+
+    grey = _planes(3, (20, 30), seed=4)
+    for k, plane in enumerate(grey):
+        Image.fromarray(plane).save(tmp_path / f"g{k}.png", exif=_with_orientation(3))
+    Image.fromarray(grey[0]).save(tmp_path / "h0.png", exif=_with_orientation(1))
+    upside_down = open_image_files(str(tmp_path / "g*.png"))
+    assert upside_down.array.dtype == np.uint16 and upside_down.array.shape == (3, 20, 30)
+    np.testing.assert_array_equal(upside_down.array[:, 2:9, 5:], grey[:, ::-1, ::-1][:, 2:9, 5:])
+    plain = open_image_files(str(tmp_path / "h*.png"))  # orientation 1: as stored, no note
+    np.testing.assert_array_equal(plain.array[0], grey[0])
+    assert "EXIF" not in plain.description
+    # A portrait plane among landscape ones no longer matches their shape.
+    Image.fromarray(stored[0]).save(tmp_path / "p9.jpg")
+    with pytest.raises(ValueError, match=r"p9\.jpg' has shape \(24, 40, 3\)"):
+        open_image_files(str(tmp_path / "p*.jpg"))
+
+
+def test_alpha_is_dropped(tmp_path):
+    rgba = _planes(3, (16, 20, 4), dtype="uint8")
+    for k, plane in enumerate(rgba):
+        Image.fromarray(plane, "RGBA").save(tmp_path / f"c{k}.png")
+        Image.fromarray(plane[..., :2], "LA").save(tmp_path / f"g{k}.png")
+    colour = open_image_files(str(tmp_path / "c*.png"))
+    assert (colour.axes, colour.rgb, colour.array.shape) == ("zyxc", True, (3, 16, 20, 3))
+    assert "alpha channel dropped" in colour.description
+    np.testing.assert_array_equal(colour.array[...], rgba[..., :3])
+    grey = open_image_files(str(tmp_path / "g*.png"))
+    assert (grey.axes, grey.rgb, grey.array.shape) == ("zyx", False, (3, 16, 20))
+    np.testing.assert_array_equal(grey.array[:, 2:5], rgba[:, 2:5, :, 0])
+
+
+def test_list_keeps_its_order_and_arrays_pickle(tmp_path):
+    planes = _planes(3, (8, 9))
+    files = []
+    for k, plane in enumerate(planes):
+        files.append(tmp_path / f"p{k}.tif")
+        tifffile.imwrite(files[-1], plane)
+    opened = open_image_files([files[2], files[0], files[1]])
+    np.testing.assert_array_equal(opened.array[...], planes[[2, 0, 1]])
+    clone = pickle.loads(pickle.dumps(opened.array))
+    assert clone.decodes == 0  # the cache does not travel
+    np.testing.assert_array_equal(clone[1], planes[0])
+
+
+def test_concurrent_reads_decode_each_file_once(tmp_path):
+    planes = _planes(6, (64, 64), dtype="uint8")
+    for k, plane in enumerate(planes):
+        Image.fromarray(plane).save(tmp_path / f"s{k}.png")
+    opened = open_image_files(tmp_path)
+    keys = [(slice(None), ys, xs) for ys, xs in regions((64, 64), n=30, seed=2)]
+    for key, got in zip(keys, read_concurrently(opened.array, keys), strict=True):
+        np.testing.assert_array_equal(got, planes[key])
+    assert opened.array.decodes == 6
+
+
+def test_refusals_name_the_offending_file(tmp_path):
+    base = _planes(3, (10, 12))
+    for k, plane in enumerate(base):
+        tifffile.imwrite(tmp_path / f"a{k}.tif", plane)
+    tifffile.imwrite(tmp_path / "a3.tif", base[0][:, :11])
+    with pytest.raises(ValueError, match=r"^file '.*a3\.tif' has shape \(10, 11\)"):
+        open_image_files(tmp_path)
+    tifffile.imwrite(tmp_path / "a3.tif", base[0].astype("uint8"))
+    with pytest.raises(ValueError, match=r"^file '.*a3\.tif' has shape .* dtype uint8"):
+        open_image_files(tmp_path)
+    tifffile.imwrite(tmp_path / "a3.tif", np.stack([base[:3]] * 2), photometric="minisblack")
+    with pytest.raises(ValueError, match=r"^file '.*a3\.tif' holds .* not one plane"):
+        open_image_files(tmp_path)
+    (tmp_path / "a3.tif").unlink()
+    Image.fromarray(base[0].astype("uint8")).save(tmp_path / "a4.png")
+    with pytest.raises(ValueError, match=r"^spec folder .* mixes formats: .*a4\.png"):
+        open_image_files(tmp_path)
+
+    mode = tmp_path / "mode"
+    mode.mkdir()
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(mode / "m1.jpg")
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(mode / "m2.jpg")
+    with pytest.raises(ValueError, match=r"^file .*m2\.jpg' has shape \(6, 6, 3\)"):
+        open_image_files(mode)
+    Image.fromarray(np.zeros((6, 6), np.uint8)).convert("P").save(mode / "m0.png")
+    with pytest.raises(ValueError, match=r"^file .*m0\.png' has Pillow mode 'P'"):
+        open_image_files(str(mode / "*.png"))
+    imagecodecs = need("imagecodecs")
+    (mode / "deep.png").write_bytes(imagecodecs.png_encode(np.zeros((6, 6, 3), np.uint16)))
+    with pytest.raises(ValueError, match=r"^file .*deep\.png' is a 16-bit colour PNG"):
+        open_image_files([mode / "deep.png"])
+
+
+def _plane_folder(folder, planes, **kw):
+    folder.mkdir()
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(folder / f"p{k + 1}.tif", plane, **kw)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("how", "write", "message"),
+    [
+        ("image length", {"rowsperstrip": 8},  # every plane, so their shapes agree
+         r"^file '.*p1\.tif', page 0: the header describes 60000 x 56 px in strips of 8 rows, "
+         r"7500 strips, but the page lists 5 strip offsets"),
+        ("truncated", {},  # one strip, read whole
+         r"^file '.*p3\.tif', page 0: strip 0 of 1 lies at bytes 256 to 4736, beyond the end "
+         r"of the file \(4236 bytes\)"),
+        ("truncated", {"tile": (16, 16), "compression": "zlib"},  # read by region
+         r"^file '.*p3\.tif', page 0: tile \d+ of 12 lies at bytes \d+ to \d+, beyond the end"),
+        ("byte count", {"rowsperstrip": 8},
+         r"^file '.*p3\.tif', page 0: uncompressed strip 1 of 5 holds 100 bytes, but its 8 "
+         r"row\(s\) of 56 px of uint16 need 896"),
+    ],
+)  # fmt: skip
+def test_plane_files_whose_header_does_not_match_their_data_are_refused(
+    tmp_path, how, write, message
+):
+    """Checked from the tags every plane's header probe parses: tifffile reads what a plane
+    lacks as zeros (or fails mid-run, reading that region)."""
+    planes = _planes(4, (40, 56))
+    folder = _plane_folder(tmp_path / "s", planes, **write)
+    np.testing.assert_array_equal(open_image_files(folder).array[...], planes)  # sound
+    if how == "image length":
+        for f in folder.iterdir():
+            patch_tiff_tag(f, "ImageLength", 60000)
+    elif how == "truncated":
+        os.truncate(folder / "p3.tif", os.path.getsize(folder / "p3.tif") - 500)
+    else:
+        patch_tiff_tag(folder / "p3.tif", "StripByteCounts", 100, index=1)
+    before = tree_digest(folder)
+    with pytest.raises(ValueError, match=message) as info:
+        open_image_files(folder)
+    assert "\n" not in str(info.value)
+    assert tree_digest(folder) == before
+
+
+def test_cli_refuses_a_truncated_tiff_plane_and_writes_nothing(tmp_path):
+    folder = _plane_folder(tmp_path / "s", _planes(4, (40, 56)), tile=(16, 16))
+    os.truncate(folder / "p2.tif", os.path.getsize(folder / "p2.tif") - 500)
+    before = tree_digest(tmp_path)
+    for args in (("fuse", folder, tmp_path / "out.ome.zarr", "--no-progress"), ("info", folder)):
+        res = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", *map(str, args)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1, res.stderr
+        assert re.match(
+            r"fstack-dask: error: file '.*p2\.tif', page 0: tile \d+ of 12 lies", lines[0]
+        )
+        assert res.stdout == ""
+    assert tree_digest(tmp_path) == before
+
+
+def test_refusals_of_spec(tmp_path):
+    with pytest.raises(ValueError, match=r"^spec folder .* holds no TIFF, PNG or JPEG files"):
+        open_image_files(tmp_path)
+    with pytest.raises(ValueError, match=r"^spec pattern .* matches no files"):
+        open_image_files(str(tmp_path / "*.png"))
+    with pytest.raises(FileNotFoundError, match=r"^spec .* does not exist"):
+        open_image_files(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"^file .*notes\.txt' of spec pattern .* is not a TIFF"):
+        open_image_files(str(tmp_path / "*"))
+    with pytest.raises(ValueError, match=r"^spec .* is a file; expected a folder"):
+        open_image_files(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match=r"^spec is an empty list"):
+        open_image_files([])
+    with pytest.raises(FileNotFoundError, match=r"^file .*gone\.png' listed in spec"):
+        open_image_files([tmp_path / "gone.png"])
+    with pytest.raises(TypeError, match=r"^spec must be a folder"):
+        open_image_files(3)
+    with pytest.raises(TypeError, match=r"^cache_bytes must be an integer"):
+        open_image_files(tmp_path, cache_bytes=1.5)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "bad.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match=r"^file .*bad\.png' is not a readable image"):
+        open_image_files([tmp_path / "bad.png"])
+
+
+def test_natural_key():
+    names = ["z10.tif", "z9.tif", "z1.tif", "Z2.tif", "z2b.tif", "a.tif"]
+    assert sorted(names, key=natural_key) == [
+        "a.tif",
+        "z1.tif",
+        "Z2.tif",
+        "z2b.tif",
+        "z9.tif",
+        "z10.tif",
+    ]
+
+
+def test_real_lightsheet_tiff_planes():
+    folder = realdata("dfnn_mitochondria_lightsheet")
+    opened = open_image_files(folder)  # LICENSE and the text files are ignored
+    assert opened.kind == "tiff files"
+    assert (opened.axes, opened.array.shape, opened.array.dtype) == ("zyx", (34, 800, 512), "u2")
+    assert opened.array.chunks == (1, 800, 512)
+    assert [f[-8:-4] for f in opened.files] == [f"{k:04d}" for k in range(32, 66)]
+    assert opened.scale == {}  # ImageJ 'unit=' is empty: uncalibrated
+    whole = np.stack([tifffile.imread(f) for f in opened.files])
+    _check_regions(opened.array, whole)
+    assert opened.array.decodes == 34
+
+
+def test_real_pcb_jpeg_planes():
+    folder = realdata("petteri_pcb")
+    # A glob: the folder also holds expected.jpg, the other tool's fused result.
+    opened = open_image_files(str(folder / "pcb_*.jpg"))
+    assert opened.kind == "jpeg files" and opened.rgb
+    assert (opened.axes, opened.array.shape, opened.array.dtype) == (
+        "zyxc",
+        (7, 1536, 2048, 3),
+        "u1",
+    )
+    assert [f.rsplit("/", 1)[1] for f in opened.files] == [f"pcb_{k:03d}.jpg" for k in range(1, 8)]
+    whole = np.stack([_pillow(f) for f in opened.files])
+    _check_regions(opened.array, whole)
+    assert opened.array.decodes == 7
+
+
+def test_missing_pillow_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from fstack_dask._sources.common import MissingExtraError
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    with pytest.raises(MissingExtraError, match=r"'pillow'.*pip install \"fstack_dask\[images\]\""):
+        open_image_files(tmp_path)

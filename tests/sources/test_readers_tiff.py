@@ -1,0 +1,372 @@
+"""open_tiff on real TIFF files written with tifffile: OME-TIFF, ImageJ hyperstacks, plain."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tree_digest
+from readers_util import need, patch_tiff_tag, read_concurrently, regions
+
+tifffile = need("tifffile")
+
+from fstack_dask._sources.common import MissingExtraError  # noqa: E402
+from fstack_dask._sources.tiff import open_tiff  # noqa: E402
+
+
+def _data(shape, dtype="uint16", seed=0):
+    return np.random.default_rng(seed).integers(0, 4000, shape).astype(dtype)
+
+
+def _check_regions(opened, reference, lead=()):
+    """Sub-regions read through the reader equal the same regions of the whole file."""
+    yx = tuple(reference.shape[opened.axes.index(a)] for a in "yx")
+    y, x = opened.axes.index("y"), opened.axes.index("x")
+    for ys, xs in regions(yx):
+        key = [slice(None)] * reference.ndim
+        key[y], key[x] = ys, xs
+        for i, s in enumerate(lead):
+            key[i] = s
+        np.testing.assert_array_equal(opened.array[tuple(key)], reference[tuple(key)])
+
+
+def test_ome_tiff_axes_sizes_channels(tmp_path):
+    data = _data((2, 5, 3, 70, 90))  # TZCYX
+    path = tmp_path / "s.ome.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        tile=(32, 32),
+        compression="zlib",
+        metadata={
+            "axes": "TZCYX",
+            "PhysicalSizeX": 0.325,
+            "PhysicalSizeY": 0.325,
+            "PhysicalSizeXUnit": "\u00b5m",
+            "PhysicalSizeYUnit": "\u00b5m",
+            "PhysicalSizeZ": 250.0,
+            "PhysicalSizeZUnit": "nm",
+            "TimeIncrement": 1.5,
+            "TimeIncrementUnit": "ms",
+            "Channel": {"Name": ["DAPI", "GFP", "mCherry"], "Color": [65535, -16776961, -1]},
+        },
+    )
+    opened = open_tiff(path)
+    assert opened.kind == "ome-tiff"
+    assert opened.axes == "tzcyx"
+    assert opened.array.shape == data.shape
+    assert opened.array.dtype == np.uint16
+    assert opened.array.chunks == (1, 1, 1, 32, 32)  # the file's tiles
+    assert opened.scale == {"x": 0.325, "y": 0.325, "z": 250.0, "t": 1.5}
+    assert opened.units == {
+        "x": "micrometer",
+        "y": "micrometer",
+        "z": "nanometer",
+        "t": "millisecond",
+    }
+    assert opened.channel_names == ("DAPI", "GFP", "mCherry")
+    # OME colours are signed RGBA integers: 65535 = 0x0000FFFF (blue, opaque),
+    # -16776961 = 0xFF0000FF (red), -1 = white.
+    assert opened.channel_colors == ("0000FF", "FF0000", "FFFFFF")
+    assert opened.rgb is False
+    assert opened.files == (str(path),)
+    assert "OME-TIFF" in opened.description and "series 0" in opened.description
+    whole = tifffile.imread(path)
+    _check_regions(opened, whole, lead=(slice(1, 2), slice(1, 4)))
+    _check_regions(opened, whole)
+
+
+def test_imagej_hyperstack_spacing_unit_interval_luts(tmp_path):
+    data = _data((3, 6, 2, 40, 50))  # TZCYX
+    path = tmp_path / "hyper.tif"
+    red = np.zeros((3, 256), np.uint8)
+    red[0] = np.arange(256)
+    green = np.zeros((3, 256), np.uint8)
+    green[1] = np.arange(256)
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.2, 1 / 0.2),
+        metadata={
+            "axes": "TZCYX",
+            "spacing": 0.75,
+            "unit": "micron",
+            "finterval": 30.0,
+            "LUTs": [red, green],
+        },
+    )
+    opened = open_tiff(path)
+    assert opened.kind == "imagej-tiff"
+    assert opened.axes == "tzcyx"
+    assert opened.array.shape == data.shape
+    assert opened.array.chunks == (1, 1, 1, 40, 50)  # ImageJ writes one strip per page
+    assert opened.scale == pytest.approx({"x": 0.2, "y": 0.2, "z": 0.75, "t": 30.0})
+    assert opened.units == {"x": "micrometer", "y": "micrometer", "z": "micrometer", "t": "second"}
+    assert opened.channel_colors == ("FF0000", "00FF00")
+    _check_regions(opened, tifffile.imread(path))
+
+
+def test_imagej_frames_need_axes(tmp_path):
+    """A z-stack that ImageJ saved as frames (a common mistake) is refused, then relabelled."""
+    data = _data((7, 30, 40))
+    path = tmp_path / "frames.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX", "finterval": 2.0})
+    with pytest.raises(ValueError, match=r"^axes of ImageJ TIFF .*'TYX'.*pass axes="):
+        open_tiff(path)
+    opened = open_tiff(path, axes="zyx")
+    assert opened.axes == "zyx"
+    assert "axes 'zyx' given; the file's axes read 'tyx'" in opened.description
+    assert opened.scale == {"z": 2.0}  # the stated interval now belongs to the z axis
+    np.testing.assert_array_equal(opened.array[2:5, 3:9, :], data[2:5, 3:9, :])
+
+
+def test_plain_multipage_tiff_is_a_page_sequence(tmp_path):
+    data = _data((9, 33, 47), dtype="float32")
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for plane in data:  # separate pages without shape metadata: tifffile's axes 'IYX'
+            tw.write(plane, metadata=None, resolution=(2000, 2000), resolutionunit="CENTIMETER")
+    opened = open_tiff(path)
+    assert opened.kind == "tiff"
+    assert opened.axes == "zyx"
+    assert opened.array.dtype == np.float32
+    assert "page sequence axis 'I' read as the focus axis z" in opened.description
+    assert opened.scale == pytest.approx({"x": 5.0, "y": 5.0})  # 2000 px/cm = 5 um
+    assert opened.units == {"x": "micrometer", "y": "micrometer"}
+    _check_regions(opened, tifffile.imread(path))
+
+
+def test_rgb_and_rgba_pages(tmp_path):
+    rgba = _data((4, 20, 30, 4), dtype="uint8")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgba[..., :3], photometric="rgb", metadata=None)
+    tifffile.imwrite(
+        tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"], metadata=None
+    )
+    for name in ("rgb.tif", "rgba.tif"):
+        opened = open_tiff(tmp_path / name)
+        assert (opened.axes, opened.rgb, opened.array.shape) == ("zyxc", True, (4, 20, 30, 3))
+        np.testing.assert_array_equal(opened.array[1:3, 5:9], rgba[1:3, 5:9, :, :3])
+        np.testing.assert_array_equal(opened.array[...], rgba[..., :3])
+    assert "alpha" in open_tiff(tmp_path / "rgba.tif").description
+
+
+def test_pyramid_levels(tmp_path):
+    data = _data((4, 256, 192))
+    path = tmp_path / "pyramid.ome.tif"
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(data, subifds=2, tile=(64, 64), metadata=meta)
+        tw.write(data[:, ::2, ::2], subfiletype=1, tile=(64, 64))
+        tw.write(data[:, ::4, ::4], subfiletype=1, tile=(64, 64))
+    for level in range(3):
+        opened = open_tiff(path, level=level)
+        f = 2**level
+        assert opened.array.shape == (4, 256 // f, 192 // f)
+        assert opened.scale == {"x": 0.5 * f, "y": 0.5 * f, "z": 2.0}
+        _check_regions(opened, data[:, ::f, ::f])
+    with pytest.raises(ValueError, match=r"^level=3 is out of range.*3 pyramid level"):
+        open_tiff(path, level=3)
+    with pytest.raises(ValueError, match=r"^series=1 is out of range"):
+        open_tiff(path, series=1)
+
+
+def test_multifile_ome_tiff_lists_every_file(tmp_path):
+    """A multi-file OME-TIFF (its OME-XML points at planes in other files): resume must
+    fingerprint every file."""
+    data = _data((4, 16, 20))
+    ns = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+    tiffdata = "".join(
+        f'<TiffData FirstZ="{2 * i}" IFD="0" PlaneCount="2">'
+        f'<UUID FileName="part{i}.ome.tif">urn:uuid:{i}</UUID></TiffData>'
+        for i in range(2)
+    )
+    for i in range(2):
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{ns}" UUID="urn:uuid:{i}">'
+            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+            'SizeX="20" SizeY="16" SizeZ="4" SizeC="1" SizeT="1" PhysicalSizeZ="1.5">'
+            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
+        )
+        tifffile.imwrite(
+            tmp_path / f"part{i}.ome.tif",
+            data[2 * i : 2 * i + 2],
+            description=xml,
+            metadata=None,
+            photometric="minisblack",
+        )
+    opened = open_tiff(tmp_path / "part0.ome.tif")
+    assert (opened.kind, opened.axes, opened.array.shape) == ("ome-tiff", "zyx", (4, 16, 20))
+    assert opened.files == (str(tmp_path / "part0.ome.tif"), str(tmp_path / "part1.ome.tif"))
+    assert opened.scale == {"z": 1.5}
+    _check_regions(opened, data)
+
+
+def test_small_strips_are_read_as_whole_pages(tmp_path):
+    data = _data((3, 64, 80))
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, data, rowsperstrip=1, photometric="minisblack", metadata={"axes": "ZYX"})
+    opened = open_tiff(path)
+    assert opened.array.chunks == (1, 64, 80)  # not 64 one-row chunks per page
+    _check_regions(opened, data)
+
+
+def test_reads_are_thread_safe_and_arrays_pickle(tmp_path):
+    data = _data((6, 96, 128))
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(path, data, compression="zlib", tile=(32, 32), metadata={"axes": "ZYX"})
+    opened = open_tiff(path)
+    keys = [(slice(None), ys, xs) for ys, xs in regions((96, 128), n=40, seed=1)]
+    for key, got in zip(keys, read_concurrently(opened.array, keys), strict=True):
+        np.testing.assert_array_equal(got, data[key])
+    clone = pickle.loads(pickle.dumps(opened.array))  # reopens the file by path
+    np.testing.assert_array_equal(clone[2:4, 10:50, 7:9], data[2:4, 10:50, 7:9])
+    np.testing.assert_array_equal(opened.array[3], data[3])  # integer index drops the axis
+
+
+def test_dask_reads_regions(tmp_path):
+    da = pytest.importorskip("dask.array")
+    from dask.base import tokenize
+
+    data = _data((5, 64, 64))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, tile=(32, 32), metadata={"axes": "ZYX"})
+    opened = open_tiff(path)
+    lazy = da.from_array(opened.array, chunks=(5, 32, 32))
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads"), data)
+    assert tokenize(opened.array) == tokenize(open_tiff(path).array)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^path .* does not exist"):
+        open_tiff(tmp_path / "missing.tif")
+    (tmp_path / "notes.tif").write_text("not a TIFF")
+    with pytest.raises(ValueError, match=r"^path .* is not a readable TIFF file"):
+        open_tiff(tmp_path / "notes.tif")
+    with pytest.raises(ValueError, match=r"^path .* is not a file"):
+        open_tiff(tmp_path)
+    tifffile.imwrite(tmp_path / "s.tif", _data((5, 8, 8)), metadata={"axes": "ZYX"})
+    with pytest.raises(TypeError, match=r"^series must be an integer"):
+        open_tiff(tmp_path / "s.tif", series="0")
+    with pytest.raises(ValueError, match=r"^level must be an integer >= 0"):
+        open_tiff(tmp_path / "s.tif", level=-1)
+    with pytest.raises(ValueError, match=r"^axes 'zy' has 2 letters"):
+        open_tiff(tmp_path / "s.tif", axes="zy")
+    tifffile.imwrite(tmp_path / "one.tif", _data((8, 8)))
+    with pytest.raises(ValueError, match=r"^axes of TIFF .* 'YX' .*lacks 'z'"):
+        open_tiff(tmp_path / "one.tif")
+
+
+def test_missing_tifffile_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[tiff\]"'):
+        open_tiff(tmp_path / "any.tif")
+
+
+def test_old_tifffile_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(tifffile, "__version__", "2025.5.10")  # before its Zarr 3 store
+    with pytest.raises(MissingExtraError, match=r"needs tifffile >= 2025\.5\.26 .*found 2025"):
+        open_tiff(tmp_path / "any.tif")
+
+
+# ------------------------------------------------------ headers that claim more than the file
+
+
+def _write_for(case, path):
+    """Write a sound TIFF for `case` (see below); return its data."""
+    data = _data((5, 256, 200))
+    zyx = {"axes": "ZYX"}
+    if case in ("image length", "image length short", "truncated contiguous"):
+        tifffile.imwrite(path, data, rowsperstrip=16, metadata=zyx)
+    elif case == "ome image length":
+        tifffile.imwrite(path, data, ome=True, tile=(64, 64), compression="zlib", metadata=zyx)
+    elif case == "imagej image length":
+        tifffile.imwrite(path, data, imagej=True, metadata=zyx)
+    elif case == "tile byte count":
+        tifffile.imwrite(path, data, tile=(64, 64), metadata=zyx)
+    elif case in ("zero byte count", "truncated compressed"):
+        tifffile.imwrite(path, data, rowsperstrip=16, compression="zlib", metadata=zyx)
+    return data
+
+
+def _lie(case, path):
+    """Make the header disagree with the data: patch a tag in place, or cut the file."""
+    if case in ("image length", "ome image length", "imagej image length"):
+        patch_tiff_tag(path, "ImageLength", 60000)
+    elif case == "image length short":  # the rest would be dropped unseen
+        patch_tiff_tag(path, "ImageLength", 100)
+    elif case == "tile byte count":
+        patch_tiff_tag(path, "TileByteCounts", 8000, pages=[0], index=5)
+    elif case == "zero byte count":
+        patch_tiff_tag(path, "StripByteCounts", 0, pages=[1], index=3)
+    else:  # the last 30000 bytes lost, as an interrupted copy leaves it
+        os.truncate(path, os.path.getsize(path) - 30000)
+
+
+LIES = {
+    "image length": r"page 0: the header describes 60000 x 200 px in strips of 16 rows, "
+    r"3750 strips, but the page lists 16 strip offsets and 16 byte counts",
+    "image length short": r"page 0: the header describes 100 x 200 px in strips of 16 rows, "
+    r"7 strips, but the page lists 16 strip offsets and 16 byte counts",
+    "ome image length": r"page 0: the header describes 60000 x 200 px in tiles of 64 x 64 px, "
+    r"3752 tiles, but the page lists 16 tile offsets",
+    "imagej image length": r"page 0: the header describes 60000 x 200 px in strips of "
+    r"256 rows, 235 strips, but the page lists 1 strip offsets",
+    "tile byte count": r"page 0: uncompressed tile 5 of 16 holds 8000 bytes, but a 64 x 64 px "
+    r"tile of uint16 need 8192",
+    "zero byte count": r"page 1: strip 3 of 16 has no data \(byte count 0\)",
+    "truncated compressed": r"page 4: strip \d+ of 16 lies at bytes \d+ to \d+, beyond the end "
+    r"of the file \(\d+ bytes\)",
+    "truncated contiguous": r"the header describes shape \(5, 256, 200\) stored from byte \d+ "
+    r"on, which would end at byte 512\d+, beyond the end of the file",
+}
+
+
+@pytest.mark.parametrize("case", list(LIES))
+def test_a_header_that_does_not_match_the_data_is_refused(tmp_path, case):
+    """tifffile only warns, and reads what is missing as zeros (a 60000-row image from 256)."""
+    path = tmp_path / "lie.tif"
+    data = _write_for(case, path)
+    sound = open_tiff(path)  # every page checked, and nothing refused while the file is whole
+    _check_regions(sound, data)
+    sound.array.close()
+    _lie(case, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"TIFF '{re.escape(str(path))}' \(series 0\)") as info:
+        open_tiff(path)
+    assert re.search(LIES[case], str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_a_missing_companion_file_of_a_multifile_ome_tiff_is_refused(tmp_path):
+    """Its planes would be read as zeros."""
+    test_multifile_ome_tiff_lists_every_file(tmp_path)
+    os.remove(tmp_path / "part1.ome.tif")
+    with pytest.raises(ValueError, match=r"page 2 of the series is missing from the file"):
+        open_tiff(tmp_path / "part0.ome.tif")
+
+
+def test_cli_refuses_a_lying_tiff_and_writes_nothing(tmp_path):
+    """``fuse`` and ``info``: exit 2, one line naming the file and the page, nothing written."""
+    src = tmp_path / "lie.tif"
+    _write_for("image length", src)
+    _lie("image length", src)
+    before = tree_digest(tmp_path)
+    for args in (("fuse", src, tmp_path / "out.ome.zarr", "--no-progress"), ("info", src)):
+        res = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", *map(str, args)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith(f"fstack-dask: error: TIFF '{src}' (series 0), page 0: ")
+        assert res.stdout == ""
+    assert tree_digest(tmp_path) == before
