@@ -20,6 +20,8 @@ SIZES = {
     "rgb2048": ((2048, 2048), 21, "uint8", True),
     "u8_2048x32": ((2048, 2048), 32, "uint8", False),
     "u8_8192x32": ((8192, 8192), 32, "uint8", False),
+    "grey4096": ((4096, 4096), 51, "uint16", False),
+    "grey4096x16384": ((4096, 16384), 51, "uint16", False),
 }
 CHUNK = 512
 LAYOUTS = ("whole-z", "z-chunked", "sharded")

@@ -65,7 +65,8 @@ class Target:
 
     output: Location  # the folder the arrays go into (dst, or a staging folder beside it)
     dst: Location
-    mode: str  # "new", "empty", "replace", "resume", "staged", "resume-staged", "complete"
+    mode: str  # "new", "empty", "claimed", "replace", "resume", "staged", "resume-staged",
+    # "complete"
     entries: tuple[str, ...] = ()  # the top-level entries this run writes
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: list[Location] = field(default_factory=list)  # folders this run created
@@ -113,7 +114,7 @@ class Destination:
     def check(self, *, overwrite: bool, resume: bool) -> str:
         """The mode this run will use, or an exception if ``dst`` must not be touched.
 
-        Reads only. Modes: ``"new"``, ``"empty"``, ``"replace"``, ``"resume"``,
+        Reads only. Modes: ``"new"``, ``"empty"``, ``"claimed"``, ``"replace"``, ``"resume"``,
         ``"staged"``, ``"resume-staged"``, ``"complete"`` (resume of a finished output).
         """
         what, kind = self.what(), self.kind
@@ -128,7 +129,8 @@ class Destination:
                     f"{what} {inside} ({place.spec!r}); expected an output location outside "
                     "the input"
                 )
-        info = live_lock(OutputState(self.dst).lock) if kind in ("complete", "unfinished") else None
+        ours = ("complete", "unfinished", "claimed")
+        info = live_lock(OutputState(self.dst).lock) if kind in ours else None
         if info is not None:
             raise DestinationLockedError(locked_message(what, info))
         if kind == "file":
@@ -148,10 +150,10 @@ class Destination:
             if self.dst.is_local and not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(f"{what} cannot be created: {parent!r} is not writable")
             return "new"
-        if kind == "empty":
+        if kind in ("empty", "claimed"):  # claimed: a killed run's claim, nothing more
             if self.dst.is_local and not os.access(self.dst.path, os.W_OK | os.X_OK):
                 raise PermissionError(f"{what} is not writable")
-            return "empty"
+            return kind
         if kind == "unfinished":
             if resume:
                 return "resume"
@@ -174,15 +176,6 @@ class Destination:
     def _not_ours(self, *, overwrite: bool, resume: bool) -> str:
         what = self.what()
         action = "resume into" if resume else "replace" if overwrite else "write into"
-        names = self.dst.listdir()
-        if names == [STATE_DIR] and not self.dst.child(STATE_DIR).listdir():
-            # left by a run that could not even take its lock (a full disk, say)
-            clear = f"rmdir {self.dst.child(STATE_DIR).path!r}" if self.dst.is_local else "rm"
-            return (
-                f"{what} holds only an empty {STATE_DIR!r} folder, which is not an fstack_dask "
-                f"output; refusing to {action} it: if a failed run left it, remove it ({clear}) "
-                "and run again"
-            )
         zarr = any(self.dst.child(n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
         detail = "a Zarr store" if zarr else "a folder with other content"
         return (
@@ -240,6 +233,16 @@ class Destination:
                         f"{', '.join(map(repr, others[:3]))}; refusing to write into it "
                         "(nothing was written)"
                     )
+            elif mode == "claimed":  # a killed run's claim: take it over, then as if empty
+                self._lock(target, self.dst)
+                if classify(self.dst) != "claimed":
+                    raise DestinationLockedError(f"{what} changed while this run started")
+                target.created.append(self.dst.child(STATE_DIR))
+                state = OutputState(self.dst).folder
+                for name in state.listdir():
+                    if name != "lock":
+                        remove_tree(state.child(name), owned=lambda _loc: None,
+                                    protect=self.protect)  # fmt: skip
             elif mode in ("replace", "resume", "complete"):
                 self._lock(target, self.dst)
                 if self.kind != classify(self.dst):

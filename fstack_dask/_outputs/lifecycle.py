@@ -29,7 +29,7 @@ def claim(destination: Destination, mode: str) -> Target:
     except OSError as exc:
         if not is_no_space(exc):
             raise
-        left = "nothing was written" if mode in ("new", "empty") else "dst is unchanged"
+        left = "nothing was written" if mode in ("new", "empty", "claimed") else "dst is unchanged"
         raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
 
 
@@ -104,7 +104,7 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
 
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:
     """What a failed run leaves, after removing what is worthless (nothing finished)."""
-    if n_done == 0 and (target.staged or target.mode in ("new", "empty", "replace")):
+    if n_done == 0 and (target.staged or target.mode in ("new", "empty", "claimed", "replace")):
         kept: list[str] = []
         with contextlib.suppress(Exception):
             kept = destination.remove_run(target)

@@ -112,8 +112,9 @@ def foreign_entries(location: Location) -> list[str]:
 
 
 def classify(location: Location) -> str:
-    """``"absent"``, ``"file"``, ``"empty"``, ``"complete"`` / ``"unfinished"`` (ours), or
-    ``"other"`` (exists, and is not ours)."""
+    """``"absent"``, ``"file"``, ``"empty"``, ``"complete"`` / ``"unfinished"`` (ours),
+    ``"claimed"`` (only what a run killed while claiming it left), or ``"other"`` (exists,
+    and is not ours)."""
     if not location.exists():
         return "absent"
     if not location.isdir():
@@ -125,7 +126,37 @@ def classify(location: Location) -> str:
         return "complete" if attrs.get("complete") is True else "unfinished"
     if run_record(location) is not None:
         return "unfinished"
+    if _only_a_claim(location):
+        return "claimed"
     return "other"
+
+
+_CLAIM_LEFTOVER = re.compile(r"^(lock|run\.json|source-files\.npz)\.[0-9a-f.]+\.tmp$")
+
+
+def _only_a_claim(location: Location) -> bool:
+    """Whether ``location`` holds nothing but the state folder of a run killed while it
+    claimed the folder (before its run record): its lock, an empty ``done/``, temporary
+    files of its own writes, or nothing at all."""
+    if location.listdir() != [STATE_DIR]:
+        return False
+    state = location.child(STATE_DIR)
+    try:
+        names = state.listdir()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    for name in names:
+        entry = state.child(name)
+        if name == "done":
+            if not entry.isdir() or entry.listdir():
+                return False
+        elif name == "lock":
+            body = _read_json(entry)
+            if not (isinstance(body, dict) and "token" in body):
+                return False
+        elif not _CLAIM_LEFTOVER.match(name):
+            return False
+    return True
 
 
 def owned_output(location: Location) -> str | None:

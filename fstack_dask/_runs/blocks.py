@@ -142,10 +142,20 @@ class FuseJob:
     def run_block(self, block: tuple[int, ...]) -> Outcome:
         start = time.perf_counter()
         decoded = decoded_by_this_thread()
-        source, arrays, cache = self.opened()
+        source, _, cache = self.opened()
+        stack = fetch_block(source, self.plan.region(block), cache)
+        return self.fuse_and_write(block, stack, start=start, decoded=decoded)
+
+    def fuse_and_write(
+        self, block: tuple[int, ...], stack: np.ndarray, *, start: float, decoded: int
+    ) -> Outcome:
+        """Fuse a block's haloed samples and write its regions, durably, then its marker.
+
+        ``start`` and ``decoded`` (this thread's decoded bytes when the block began) are
+        for the block's statistics."""
+        source, arrays, _ = self.opened()
         plan = self.plan
         region = plan.region(block)
-        stack = fetch_block(source, region, cache)
         digest = input_digest(stack)  # what the marker vouches for (see _resume)
         try:
             result = fuse_block(stack, **self.kernel)

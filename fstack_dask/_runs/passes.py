@@ -13,7 +13,7 @@ import uuid
 from .._outputs.destination import Target
 from .._sources.open import Reopen
 from .._sources.share import shared_recipe
-from . import schedulers
+from . import exchange, schedulers
 from .blocks import FuseJob, close_on_workers
 from .fusion import Fusion
 from .plan import Plan
@@ -57,9 +57,14 @@ def fuse_blocks(
             depth_affine=fusion.depth_affine,
             source=fusion.source,
         )
+        unit = (fusion.unit["y"], fusion.unit["x"])
+        halo_exchange = exchange.ENABLED and exchange.applies(plan, unit)
         try:
-            schedulers.execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
-                    stall_timeout=stall_timeout, task_args=task_args)  # fmt: skip
+            schedulers.execute(
+                job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
+                stall_timeout=stall_timeout, task_args=task_args,
+                exchange_with=(done, cache_bytes * sched.processes) if halo_exchange else None,
+            )  # fmt: skip
         except BaseException:
             close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster
             raise

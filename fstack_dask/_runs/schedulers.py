@@ -22,9 +22,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import multiprocessing
-import os
-import signal
 import sys
 import time
 from collections import deque
@@ -34,7 +31,9 @@ from typing import Any
 
 from .._errors import SourceReadError, SourceValueError
 from .._params import cpu_count as _cpu_count
+from . import exchange
 from .blocks import FuseJob, Outcome
+from .pool import process_pool
 from .progress import Progress
 
 __all__ = ["RunReport", "execute", "resolve_scheduler"]
@@ -137,7 +136,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
     """Worker processes, started once for the whole run (they are slow to start)."""
-    return Scheduler("processes", 1, n, stack.enter_context(_process_pool(n)))
+    return Scheduler("processes", 1, n, stack.enter_context(process_pool(n)))
 
 
 def _default_client() -> Any:
@@ -172,6 +171,7 @@ def execute(
     stall_timeout: float = 600.0,
     label: str = "fusing",
     task_args: tuple[Any, ...] = (),
+    exchange_with: tuple[set[str], int] | None = None,
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
 
@@ -184,12 +184,18 @@ def execute(
 
     ``task_args`` follow the blocks in each task sent to a cluster (``job.run(blocks,
     *task_args)``): Futures there, which dask resolves on the worker.
+
+    ``exchange_with`` (the blocks already done, and the bytes of the workers' memory left for
+    decoded cores) runs a :class:`~.blocks.FuseJob` by halo exchange (:mod:`.exchange`), each
+    source unit decoded once on any scheduler; ``blocks`` is then not read.
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
     bar = Progress(n_blocks, enabled=progress, label=label)
     try:
-        if scheduler.kind == "synchronous":
+        if exchange_with is not None:
+            _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, task_args)
+        elif scheduler.kind == "synchronous":
             _run_synchronous(job, blocks, report, bar)
         elif scheduler.kind == "threads":
             _run_threads(job, blocks, report, bar, scheduler.workers)
@@ -199,7 +205,7 @@ def execute(
         bar.close()
         report.wall_seconds = time.perf_counter() - start
         if scheduler.kind in ("synchronous", "threads"):
-            report.cache_peak_bytes = job.cache_peak()
+            report.cache_peak_bytes = max(report.cache_peak_bytes, job.cache_peak())
             job.close()
     log.debug(
         "%s: %d blocks in %.2f s on %d %s worker(s), %.0f%% busy, %.2f GB decoded",
@@ -231,6 +237,37 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
     with contextlib.suppress(Exception):  # a broken display must not fail the run
         bar.advance(len(outcomes))
     return len(report.failures) < FAILED_BLOCKS_LIMIT
+
+
+def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, task_args) -> None:
+    from .runners import runner_for
+
+    done, budget = exchange_with
+    waiter = (
+        _cluster_waiter(scheduler.client, stall_timeout)
+        if scheduler.kind == "distributed"
+        else None
+    )
+    runner = runner_for(scheduler, waiter)
+    try:
+        exchange.run_exchange(
+            job, runner, done=done, budget=budget, task_args=task_args,
+            on_outcomes=lambda outcomes: _account(report, outcomes, bar),
+        )  # fmt: skip
+    except BaseException as exc:
+        if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
+            address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+            raise SchedulerLostError(
+                f"lost the connection to the dask scheduler at {address} (it stopped, or the "
+                "network failed)"
+            ) from exc
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            for nbytes, seconds, peak in runner.counts(job.token):
+                report.decoded_bytes += nbytes
+                report.block_seconds += seconds
+                report.cache_peak_bytes = max(report.cache_peak_bytes, peak)
 
 
 def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
@@ -430,28 +467,3 @@ def _drain(running: set[Any], scheduler: Scheduler) -> None:
         client.cancel(list(running))
         with client.as_current():
             wait(list(running), timeout=60)
-
-
-@contextlib.contextmanager
-def _process_pool(processes: int) -> Iterator[cf.ProcessPoolExecutor]:
-    context = multiprocessing.get_context("spawn")  # no forked copies of our lock's thread
-    pool = cf.ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
-    )
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Worker processes end with their parent, even when it is SIGKILLed (Linux)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)

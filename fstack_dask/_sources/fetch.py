@@ -27,7 +27,7 @@ import numpy as np
 from .._errors import SourceReadError, SourceValueError
 from .source import Source
 
-__all__ = ["BlockRegion", "UnitCache", "fetch_block", "units_of"]
+__all__ = ["BlockRegion", "UnitCache", "count_decoded", "fetch_block", "units_of"]
 
 _local = threading.local()
 
@@ -245,6 +245,11 @@ def _frame(full: np.ndarray, yx: tuple[int, int], halo: int) -> _Frame | None:
         band(ay, 0, halo), band(ay, ny - halo, ny), band(ax, 0, halo), band(ax, nx - halo, nx),
         ny, nx, halo,
     )  # fmt: skip
+
+
+def count_decoded(nbytes: int) -> None:
+    """Count bytes decoded outside the cache (a block's core read straight from the store)."""
+    _local.decoded = getattr(_local, "decoded", 0) + int(nbytes)
 
 
 def decoded_by_this_thread() -> int:

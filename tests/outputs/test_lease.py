@@ -44,15 +44,15 @@ STOPS_ITSELF = textwrap.dedent(
     from fstack_dask._cli.main import main
 
     n = int(sys.argv[1])
-    real, calls = FuseJob.run_block, [0]
+    real, calls = FuseJob.fuse_and_write, [0]
 
-    def run_block(self, block):
+    def run_block(self, block, *args, **kwargs):
         calls[0] += 1
         if calls[0] == n + 1:
             os.kill(os.getpid(), signal.SIGSTOP)
-        return real(self, block)
+        return real(self, block, *args, **kwargs)
 
-    FuseJob.run_block = run_block
+    FuseJob.fuse_and_write = run_block
     sys.exit(main(sys.argv[2:]))
     """
 )

@@ -7,6 +7,7 @@ few inodes, and sha256 snapshots of what users put around and inside outputs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,19 +40,19 @@ def _user_files(folder: Path, names) -> None:
 
 def _interrupted(src: Path, dst: Path, monkeypatch, n_blocks: int = 2, **kw) -> None:
     """An unfinished output: the run stops (as Ctrl-C would) after ``n_blocks`` blocks."""
-    real = FuseJob.run_block
+    real = FuseJob.fuse_and_write
     calls = {"n": 0}
 
-    def run_block(self, block):
+    def run_block(self, block, *args, **kwargs):
         if calls["n"] >= n_blocks:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return real(self, block)
+        return real(self, block, *args, **kwargs)
 
-    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
     with pytest.raises(KeyboardInterrupt):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, **kw)
-    monkeypatch.setattr(FuseJob, "run_block", real)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
 
 
 def _hidden(folder: Path) -> list[str]:
@@ -220,14 +221,15 @@ def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monke
     src = tmp_path / "nan.zarr"
     write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
     dst = tmp_path / "out.zarr"
-    real = FuseJob.run_block
+    from fstack_dask._runs import schedulers
 
-    def run_block(self, block):
-        if not (dst / "2024").exists():  # a user's folder, named as the old code's "ours"
-            _user_files(dst, ["2024", "notes.txt"])
-        return real(self, block)
+    real = schedulers.execute
 
-    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    def execute(*args, **kwargs):  # the blocks' pass begins: the run has claimed dst
+        _user_files(dst, ["2024", "notes.txt"])  # a user's folder, named as the old "ours"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schedulers, "execute", execute)
     with pytest.raises(SourceValueError, match="nothing was written"):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
     assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
@@ -281,14 +283,33 @@ def test_no_inode_left_for_the_lock_leaves_nothing_behind(tmp_path, tmpfs, case)
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_folder_holding_only_an_empty_state_folder_says_how_to_clear_it(tmp_path):
+@pytest.mark.parametrize("left", ["empty state folder", "stale lock", "lock and record tmp"])
+def test_what_a_run_killed_while_claiming_left_does_not_lock_the_user_out(tmp_path, left):
+    """A run killed (SIGKILL, no clean-up) between creating its state folder and writing its
+    run record leaves only that: the next run takes the claim over, with or without flags.
+    A state folder that holds anything else is not ours, and stays refused."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
-    (dst / STATE_DIR).mkdir(parents=True)
-    proc = cli("fuse", src, dst, "--overwrite", *FUSE)
-    assert proc.returncode == 2
-    line = one_line_error(proc)
-    assert f"rmdir '{dst / STATE_DIR}'" in line
+    state = dst / STATE_DIR
+    state.mkdir(parents=True)
+    if left != "empty state folder":
+        body = {"host": "h", "machine": "another boot", "pid": 7, "token": "0" * 32}
+        (state / "lock").write_text(json.dumps(body))
+        os.utime(state / "lock", (0, 0))  # its heartbeat long gone
+    if left == "lock and record tmp":
+        (state / "done").mkdir()
+        (state / f"run.json.{'ab' * 16}.tmp").write_text("{")
+    proc = cli("fuse", src, dst, *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+    other = tmp_path / "other.zarr"
+    (other / STATE_DIR).mkdir(parents=True)
+    (other / STATE_DIR / "notes.txt").write_text("not ours")
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, other, "--overwrite", *FUSE)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
 
 
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(

@@ -244,17 +244,17 @@ def _write_src(tmp_path, name="src.zarr", data=None, **kw):
 
 def _interrupt_after(monkeypatch, n_blocks: int):
     """Make the next run stop (as Ctrl-C would) after n_blocks blocks are written."""
-    real = FuseJob.run_block
+    real = FuseJob.fuse_and_write
     calls = {"n": 0}
 
-    def run_block(self, block):
+    def run_block(self, block, *args, **kwargs):
         if calls["n"] >= n_blocks:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return real(self, block)
+        return real(self, block, *args, **kwargs)
 
-    monkeypatch.setattr(FuseJob, "run_block", run_block)
-    return lambda: monkeypatch.setattr(FuseJob, "run_block", real)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
+    return lambda: monkeypatch.setattr(FuseJob, "fuse_and_write", real)
 
 
 def _unfinished(src, dst, monkeypatch, n_blocks=2, **kw):

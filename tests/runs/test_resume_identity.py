@@ -34,19 +34,19 @@ def _raw_src(path, seed=0):
 
 
 def _unfinished(src, dst, monkeypatch, n_blocks=2):
-    real = FuseJob.run_block
+    real = FuseJob.fuse_and_write
     calls = {"n": 0}
 
-    def run_block(self, block):
+    def run_block(self, block, *args, **kwargs):
         if calls["n"] >= n_blocks:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return real(self, block)
+        return real(self, block, *args, **kwargs)
 
-    monkeypatch.setattr(FuseJob, "run_block", run_block)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
     with pytest.raises(KeyboardInterrupt):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    monkeypatch.setattr(FuseJob, "run_block", real)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
 
 
 def test_a_chunk_replaced_with_its_size_and_mtime_is_found(tmp_path, monkeypatch):

@@ -1,0 +1,365 @@
+"""Halo exchange: each block's own units decoded once; its neighbours get only edge bands.
+
+A block's halo reaches ``halo`` pixels into its eight neighbours, but a stored chunk can only
+be decoded whole: read from the store, every block would decode its neighbours' chunks again
+(up to nine decodes of each). When blocks are whole multiples of the source's read unit, a
+run instead goes in two kinds of tasks, one row of one strip (a few adjacent columns) each:
+
+* **decode**: read each block's *core* (its own units, decoded once), keep it in the worker
+  process's registry with its four edge bands (``halo`` pixels wide), and return the bands
+  that blocks on other workers will need;
+* **fuse**: assemble each block's haloed samples from its core and its neighbours' bands
+  (from the registry, or handed over from other workers), then fuse, write and mark it done
+  as :meth:`~.blocks.FuseJob.fuse_and_write` does. The samples are those a direct read gives,
+  so the output's bits are the same.
+
+**Order and memory.** Columns go in *waves*, as wide as two rows of cores fit in the
+workers' memory; in a wave every strip goes down its rows, fusing row ``j`` once it and its
+neighbour strips have decoded row ``j + 1``, so each strip holds about two rows of cores. A
+wave also decodes the column on each side of it for their bands only (decoded again by the
+next wave): waves as wide as memory allows keep that at ``2 / wave width``. Strips stay on
+one worker (their registry), so only the bands on a border between two workers travel, each
+one a tenth of a 512-pixel block for the default halo. A worker that is lost costs only
+decodes again: a fuse that misses something in its registry reads it from the store.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blocks import FuseJob, Outcome
+from .halo import decode_rows, fuse_rows, neighbours
+from .plan import Plan
+
+__all__ = ["ENABLED", "Runner", "applies", "run_exchange", "wave_width", "waves"]
+
+Block = tuple[int, ...]
+
+#: Halo exchange where it applies (``FSTACK_DASK_HALO_EXCHANGE=0``: every block reads its halo
+#: from the store through the unit cache, as before; the same bits either way).
+ENABLED = os.environ.get("FSTACK_DASK_HALO_EXCHANGE", "1").strip() not in ("0", "false", "no")
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
+    """Whether halo exchange can run this plan: its blocks are whole multiples of the
+    source's read unit (so a core decodes only its own units) and at least a halo wide (so a
+    halo ends in the neighbours' bands)."""
+    (by, bx), (ny, nx) = plan.block, plan.layout.shape_yx
+    uy, ux = unit_yx
+
+    def aligned(b: int, u: int, n: int) -> bool:
+        return b % u == 0 or b >= n
+
+    full_y, full_x = min(by, ny), min(bx, nx)
+    return aligned(by, uy, ny) and aligned(bx, ux, nx) and min(full_y, full_x) >= plan.halo
+
+
+@dataclass
+class Wave:
+    """Columns ``cols`` of one image fused together, decoded with a column on each side."""
+
+    lead: tuple[int, ...]
+    cols: tuple[int, int]
+    decode_cols: tuple[int, int]
+    rows: tuple[int, int]
+    carried: bool = False  # the wave before it hands over its last column's right bands
+
+
+def waves(plan: Plan, done: set[str], width: int) -> Iterator[Wave]:
+    """The waves of a run, lazily: per image (lead indices), columns in groups of
+    ``width``, each with the rows that hold a block left to fuse (and one row around)."""
+    ny, nx = plan.grid
+    width = max(1, min(width, nx))
+    for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
+        previous = None
+        for c0 in range(0, nx, width):
+            c1 = min(nx, c0 + width)
+            todo = [
+                j for j in range(ny)
+                if any(plan.name((*lead, j, i)) not in done for i in range(c0, c1))
+            ]  # fmt: skip
+            if not todo:
+                continue
+            rows = (max(0, todo[0] - 1), min(ny, todo[-1] + 2))
+            carried = previous == c0
+            decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
+            yield Wave(tuple(lead), (c0, c1), decode, rows, carried)
+            previous = c1
+
+
+def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
+    """Columns per wave: what two rows of cores and a row of bands take fits ``budget``
+    bytes (the workers' memory left once their tasks are counted), at least one."""
+    (by, bx), h = plan.block, plan.halo
+    bands = core_bytes * 2 * (min(h, by) / by + min(h, bx) / bx)
+    # a column holds the core being fused, the core below it, and the bands of the one above
+    # (a held core's bands are views of it)
+    per_column = 2 * core_bytes + bands
+    # kept free: a core decoded for its bands only (the column beside the wave), and the
+    # bands of a column (that one's, and those the wave before handed over)
+    room = budget - core_bytes - 2 * bands
+    return max(1, int(room // max(1, per_column)))
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+class Runner(abc.ABC):
+    """Where the tasks run. :meth:`submit` puts ``fn(*args)`` on ``slot`` (one of
+    ``slots``, each running ``threads`` tasks at once); :meth:`wait` returns the finished
+    handles; :meth:`result` a finished task's result, raising what it raised (:meth:`check`
+    only raises); :meth:`handed` what a task on another slot is given of a finished decode
+    (its result; on a cluster its future, which dask moves between workers itself)."""
+
+    slots: list[Any] = [None]
+    threads: int = 1
+
+    @abc.abstractmethod
+    def submit(self, slot: Any, fn: Callable, *args: Any) -> Any:
+        """Run ``fn(*args)`` on ``slot``; returns a handle (a future)."""
+
+    def wait(self, handles: set[Any]) -> tuple[set[Any], set[Any]]:
+        done, rest = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+        return set(done), set(rest)
+
+    def result(self, handle: Any) -> Any:
+        return handle.result()
+
+    def check(self, handle: Any) -> None:
+        handle.result()
+
+    def handed(self, handle: Any) -> Any:
+        return handle.result()
+
+    @abc.abstractmethod
+    def close(self, running: set[Any]) -> None:
+        """Cancel what has not started and wait for what runs (also at a normal end)."""
+
+    @abc.abstractmethod
+    def counts(self, token: str) -> list[tuple[int, float, int]]:
+        """:func:`forget_run` of every process: each one's bytes decoded, seconds and peak
+        bytes held for the run (which it then forgets)."""
+
+
+@dataclass
+class _Strip:
+    cols: tuple[int, int]
+    slot: Any
+    lead: tuple[int, ...] = ()
+    last_column: int | None = None  # the wave's last fused column, if this strip has it
+    decoded: dict[int, Any] = field(default_factory=dict)  # finished decodes: row -> handle
+    next_decode: int = 0
+    next_fuse: int = 0
+    fusing: bool = False
+
+
+@dataclass
+class _WaveState:
+    wave: Wave
+    strips: list[_Strip]
+    strip_of: dict[int, int]  # column -> strip index
+
+    def fused(self, plan: Plan, done: set[str], block: Block) -> bool:
+        *_, j, i = block
+        return (
+            self.wave.cols[0] <= i < self.wave.cols[1]
+            and self.wave.rows[0] <= j < self.wave.rows[1]
+            and plan.name(block) not in done
+        )
+
+    def finished(self) -> bool:
+        return all(s.next_fuse >= self.wave.rows[1] for s in self.strips)
+
+
+def run_exchange(
+    job: FuseJob,
+    runner: Runner,
+    *,
+    done: set[str],
+    budget: int,
+    on_outcomes: Callable[[list[Outcome]], bool],
+    task_args: tuple[Any, ...] = (),
+) -> None:
+    """Run every block of ``job.plan`` not in ``done`` by halo exchange (see the module
+    docstring). ``on_outcomes`` gets each fuse's outcomes and returns False to stop.
+    Returns once nothing runs any more (the caller collects the decodes' counts from the
+    workers with :func:`forget_run`)."""
+    plan = job.plan
+    width = wave_width(plan, budget, _core_bytes(job))
+    pending = waves(plan, done, width)
+    capacity = max(1, len(runner.slots) * runner.threads)
+    active: list[_WaveState] = []
+    running: dict[Any, tuple[str, _Strip, int]] = {}
+    carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and (not active or _admissible(active, width, capacity)):
+                wave = next(pending, None)
+                if wave is None:
+                    exhausted = True
+                else:
+                    active.append(_wave_state(wave, runner, capacity))
+            if not active and not running:
+                return
+            while any([_submit_ready(job, runner, s, done, running, carry, task_args)
+                        for s in active]):  # fmt: skip
+                pass  # a row with nothing to do moves a strip on: look again
+            active = _unfinished(active, carry)
+            if not running:
+                if active:
+                    raise AssertionError("halo exchange: no task can run")  # a planning bug
+                continue
+            finished, _ = runner.wait(set(running))
+            for handle in finished:
+                kind, strip, row = running.pop(handle)
+                if kind == "decode":
+                    runner.check(handle)  # raises what the task raised
+                    strip.decoded[row] = handle
+                    if strip.last_column is not None:  # the next wave's left neighbours
+                        carry[(strip.lead, strip.last_column, row)] = handle
+                else:
+                    strip.fusing = False
+                    strip.next_fuse = row + 1
+                    if not on_outcomes(runner.result(handle)):
+                        return
+            for state in active:
+                _prune(state)
+            active = _unfinished(active, carry)
+    finally:
+        runner.close(set(running))  # cancelled or waited for: no write lands after we return
+
+
+def _unfinished(active: list[_WaveState], carry: dict[tuple, Any]) -> list[_WaveState]:
+    """The waves still running; a finished one lets go of the bands it was handed."""
+    for state in active:
+        if state.finished() and state.wave.carried:
+            left = state.wave.cols[0] - 1
+            for key in [k for k in carry if k[0] == state.wave.lead and k[1] == left]:
+                del carry[key]
+    return [state for state in active if not state.finished()]
+
+
+def _admissible(active: list[_WaveState], width: int, capacity: int) -> bool:
+    strips = sum(len(s.strips) for s in active)
+    cols = sum(s.wave.cols[1] - s.wave.cols[0] for s in active)
+    return cols < width and strips < 2 * capacity
+
+
+def _wave_state(wave: Wave, runner: Runner, capacity: int) -> _WaveState:
+    """The wave's decoded columns in strips, at most one per task slot, spread over the
+    slots in contiguous groups (neighbouring strips share their bands on one worker)."""
+    d0, d1 = wave.decode_cols
+    n = d1 - d0
+    count = max(1, min(n, capacity))
+    bounds = [d0 + (n * k) // count for k in range(count + 1)]
+    slots = runner.slots
+    strips, strip_of = [], {}
+    last = wave.cols[1] - 1
+    for k in range(count):
+        slot = slots[(k * len(slots)) // count]
+        has_last = bounds[k] <= last < bounds[k + 1]
+        strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead,
+                             last if has_last else None, next_decode=wave.rows[0],
+                             next_fuse=wave.rows[0]))  # fmt: skip
+        strip_of.update({i: k for i in range(bounds[k], bounds[k + 1])})
+    return _WaveState(wave, strips, strip_of)
+
+
+def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_args) -> bool:
+    """Submit what can run now; returns whether a strip moved on (submitted, or skipped a
+    row with nothing to do)."""
+    plan, wave, strips = job.plan, state.wave, state.strips
+    moved = False
+    last = wave.rows[1]
+
+    def slot_of(block: Block) -> Any:
+        return strips[state.strip_of[block[-1]]].slot
+
+    for k, strip in enumerate(strips):
+        # decode one row ahead of the row being fused
+        while strip.next_decode < last and strip.next_decode <= strip.next_fuse + 1:
+            row = strip.next_decode
+            strip.next_decode += 1
+            moved = True
+            blocks = [(*wave.lead, row, i) for i in range(*strip.cols)]
+            readers = {b: [n for n in neighbours(plan, b) if state.fused(plan, done, n)]
+                       for b in blocks}  # fmt: skip
+            needed = [b for b in blocks if state.fused(plan, done, b) or readers[b]]
+            if not needed:
+                strip.decoded[row] = None
+                continue
+            keep = [state.fused(plan, done, b) for b in needed]
+            uses = [sum(slot_of(n) == strip.slot for n in readers[b]) for b in needed]
+            export = [
+                any(slot_of(n) != strip.slot for n in readers[b])
+                or ("right" if _next_wave_reads(plan, wave, done, b) else False)
+                for b in needed
+            ]
+            handle = runner.submit(strip.slot, decode_rows, job, needed, keep, uses, export,
+                                   *task_args)  # fmt: skip
+            running[handle] = ("decode", strip, row)
+        # fuse a row once it and its neighbour strips have decoded the rows around it
+        row = strip.next_fuse
+        if strip.fusing or row >= last:
+            continue
+        around = strips[max(0, k - 1) : k + 2]
+        rows = range(max(wave.rows[0], row - 1), min(last, row + 2))
+        if not all(r in s.decoded for s in around for r in rows):
+            continue
+        c0, c1 = max(strip.cols[0], wave.cols[0]), min(strip.cols[1], wave.cols[1])
+        blocks = [(*wave.lead, row, i) for i in range(c0, c1)]
+        blocks = [b for b in blocks if state.fused(plan, done, b)]
+        moved = True
+        if not blocks:
+            strip.next_fuse = row + 1
+            continue
+        remote = [runner.handed(s.decoded[r]) for s in around if s.slot != strip.slot
+                  for r in rows if s.decoded[r] is not None]  # fmt: skip
+        if wave.carried and k == 0:  # the bands the wave before left of its last column
+            left = wave.cols[0] - 1
+            remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
+                       if (wave.lead, left, r) in carry]  # fmt: skip
+        handle = runner.submit(strip.slot, fuse_rows, job, blocks, remote, *task_args)
+        strip.fusing = True
+        running[handle] = ("fuse", strip, row)
+    return moved
+
+
+def _next_wave_reads(plan: Plan, wave: Wave, done: set[str], block: Block) -> bool:
+    """Whether ``block``, in the wave's last column, is a left neighbour of a block the next
+    wave fuses (which then reads its right band, handed over, not decoded again)."""
+    *lead, j, i = block
+    ny, nx = plan.grid
+    if i != wave.cols[1] - 1 or i + 1 >= nx:
+        return False
+    return any(
+        plan.name((*lead, r, i + 1)) not in done for r in range(max(0, j - 1), min(ny, j + 2))
+    )
+
+
+def _prune(state: _WaveState) -> None:
+    """Forget decodes no fuse will read any more: row r once this strip and its neighbours
+    have fused row r + 1."""
+    strips = state.strips
+    for k, strip in enumerate(strips):
+        around = strips[max(0, k - 1) : k + 2]
+        fused_to = min(s.next_fuse for s in around)
+        for row in [r for r in strip.decoded if r + 1 < fused_to]:
+            del strip.decoded[row]
+
+
+def _core_bytes(job: FuseJob) -> int:
+    lay = job.plan.layout
+    source, _, _ = job.opened()
+    by, bx = job.plan.block
+    return lay.n_channels * lay.n_planes * by * bx * source.dtype.itemsize
