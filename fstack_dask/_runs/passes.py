@@ -41,6 +41,8 @@ def fuse_blocks(
     done = target.state.done()
     todo = (b for b in plan.blocks() if plan.name(b) not in done)
     n_todo = plan.n_blocks - target.state.n_done()
+    for note in fusion.source.notes:  # the files read, in the run's log
+        log.info("%s: %s", fusion.source.description, note)
     if resuming:
         log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
