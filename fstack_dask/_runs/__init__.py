@@ -4,9 +4,9 @@ What lives here: ``fuse_zarr`` as a sequence of named steps (``fuse_zarr``), the
 plan from metadata (``fusion``), blocks, their order and memory (``plan``), one block's work
 (``blocks``), the pyramid's blocks (``pyramid``), the passes over level 0 and then each
 level (``passes``), what ``dst`` holds and whether a resume continues this run (``resume``), the
-schedulers and the bounded window of tasks in flight (``schedulers``), progress
-(``progress``), where ``device="cuda"`` is checked once the scheduler is known (``device``),
-and the lazy ``fuse`` graph (``lazy``).
+schedulers and the bounded window of tasks in flight (``schedulers``), how tasks of many
+blocks report each block (``reports``), progress (``progress``), where ``device="cuda"`` is
+checked once the scheduler is known (``device``), and the lazy ``fuse`` graph (``lazy``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """

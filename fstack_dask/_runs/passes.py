@@ -61,7 +61,8 @@ def fuse_blocks(
         )
         try:
             schedulers.execute(job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
-                    stall_timeout=stall_timeout, task_args=task_args)  # fmt: skip
+                    stall_timeout=stall_timeout, task_args=task_args,
+                    done_before=plan.n_blocks - n_todo)  # fmt: skip
         except BaseException:
             close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster
             raise
@@ -84,4 +85,5 @@ def pyramid_levels(
         job = PyramidJob(target.output, level, ("", *fusion.maps), plan, lease=target.lease)
         todo = [b for b in plan.blocks() if job.marker(b) not in done]
         schedulers.execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
-                stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip
+                stall_timeout=stall_timeout, label=f"level {level}",
+                done_before=plan.n_blocks - len(todo))  # fmt: skip

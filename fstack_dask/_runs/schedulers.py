@@ -15,18 +15,24 @@ holds O(tasks in flight), whatever the image size.
 * a ``distributed.Client``: the same runs as tasks on the cluster. No data moves between
   workers: each task reads from the store and writes to it. What a cluster pays instead is
   decoding the units on the border between two workers' runs twice.
+
+A task of many blocks reports each block as it finishes (worker processes through a queue,
+cluster workers as events on a topic of their scheduler), so progress moves block by block
+on every scheduler, and an interrupted run's last count is what is on disk.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from typing import Any
 
 from .._errors import SourceReadError, SourceValueError
 from .._params import cpu_count as _cpu_count
+from . import reports as reports_
 from .blocks import FuseJob, Outcome
 from .progress import Progress
 
@@ -43,6 +50,9 @@ log = logging.getLogger(__name__)
 
 FAILED_BLOCKS_LIMIT = 64  # blocks spoilt by unreadable source data before a run stops
 LOCAL_SCHEDULERS = ("synchronous", "sync", "single-threaded", "threads", "processes")
+POLL = 0.25  # seconds between looks at the blocks reported while tasks of many blocks run
+
+_run_ids = itertools.count()  # one per task of many blocks, unique in this process
 
 
 class StalledError(RuntimeError):
@@ -78,6 +88,7 @@ class Scheduler:
     workers: int  # tasks at once in one process
     processes: int = 1
     client: Any = None  # a distributed Client, or the process pool for "processes"
+    ticks: Any = None  # "processes": the queue its workers report finished blocks on
 
 
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
@@ -137,7 +148,8 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
     """Worker processes, started once for the whole run (they are slow to start)."""
-    return Scheduler("processes", 1, n, stack.enter_context(_process_pool(n)))
+    pool, ticks = stack.enter_context(_process_pool(n))
+    return Scheduler("processes", 1, n, pool, ticks)
 
 
 def _default_client() -> Any:
@@ -172,8 +184,12 @@ def execute(
     stall_timeout: float = 600.0,
     label: str = "fusing",
     task_args: tuple[Any, ...] = (),
+    done_before: int = 0,
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
+
+    ``n_blocks`` blocks are to do; ``done_before`` were done before (a resumed run's), so
+    progress counts from there.
 
     A block whose source cannot be read or holds NaN spoils only itself: the others are
     still written (so that a resume after repairing the source computes only the spoilt
@@ -187,7 +203,7 @@ def execute(
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
-    bar = Progress(n_blocks, enabled=progress, label=label)
+    bar = Progress(n_blocks + done_before, done=done_before, enabled=progress, label=label)
     try:
         if scheduler.kind == "synchronous":
             _run_synchronous(job, blocks, report, bar)
@@ -219,8 +235,9 @@ def _raise_failures(failures: list[BaseException]) -> None:
     raise cls(f"{unique[0]}{more}; {len(failures)} block(s) could not be computed") from failures[0]
 
 
-def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
-    """Add outcomes to the report; False once too many blocks failed."""
+def _account(report: RunReport, outcomes: list[Outcome], bar: Progress, shown: int = 0) -> bool:
+    """Add outcomes to the report (``shown`` of them already counted by the bar, as their
+    blocks finished); False once too many blocks failed."""
     for outcome in outcomes:
         report.decoded_bytes += outcome.decoded
         report.block_seconds += outcome.seconds
@@ -228,8 +245,9 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
             report.done += 1
         else:
             report.failures.append(outcome.error)
-    with contextlib.suppress(Exception):  # a broken display must not fail the run
-        bar.advance(len(outcomes))
+    if len(outcomes) > shown:
+        with contextlib.suppress(Exception):  # a broken display must not fail the run
+            bar.advance(len(outcomes) - shown)
     return len(report.failures) < FAILED_BLOCKS_LIMIT
 
 
@@ -324,31 +342,57 @@ def _run_runs(
     length = _run_length(job, scheduler.processes)
     window = 2 * scheduler.processes * scheduler.workers
     runs = _runs(job, blocks, length)
-    if scheduler.kind == "processes":
-        pool = scheduler.client
-        submit = lambda run: pool.submit(job.run, run)  # noqa: E731
-        wait = _wait_local
-    else:
-        client = scheduler.client
-        submit = lambda run: client.submit(job.run, run, *task_args, pure=False)  # noqa: E731
-        wait = _cluster_waiter(client, stall_timeout)
+    ticks = reports_.Ticks(bar)
+    with contextlib.ExitStack() as stack:
+        if scheduler.kind == "processes":
+            pool = scheduler.client
+            submit = lambda run, rid: pool.submit(reports_.run_in_process, job, run, rid)  # noqa: E731
+            reports = reports_.queue_reports(scheduler.ticks)
+            wait = _local_waiter(reports, ticks)
+        else:
+            client = scheduler.client
+            topic = f"fstack-dask-progress-{uuid.uuid4().hex}"
+            reports = stack.enter_context(reports_.topic_reports(client, topic))
+            submit = lambda run, rid: client.submit(  # noqa: E731
+                reports_.run_on_worker, job, run, topic, rid, *task_args, pure=False
+            )
+            wait = _cluster_waiter(client, stall_timeout, reports, ticks)
+        _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports)
+
+
+def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports) -> None:
+    """Keep ``window`` tasks in flight until every run is done (see ``_run_runs``)."""
     running: set[Any] = set()
+
+    def collect(done: set[Any]) -> bool:
+        for run_id in reports():  # reported before their tasks' results: one by one
+            ticks.tick(run_id)
+        for future in done:
+            outcomes = future.result()
+            if not _account(report, outcomes, bar, shown=ticks.finished(future)):
+                return False
+        return True
+
     try:
         for run in runs:
-            running.add(submit(run))
+            run_id = next(_run_ids)
+            future = submit(run, run_id)
+            ticks.started(future, run_id, len(run))
+            running.add(future)
             if len(running) < window:
                 continue
             done, running = wait(running)
-            for future in done:
-                if not _account(report, future.result(), bar):
-                    return
+            if not collect(done):
+                return
         while running:
             done, running = wait(running)
-            for future in done:
-                if not _account(report, future.result(), bar):
-                    return
+            if not collect(done):
+                return
     except BaseException as exc:
         _drain(running, scheduler)
+        with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
+            for run_id in reports():
+                ticks.tick(run_id)
         if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
             address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
             raise SchedulerLostError(
@@ -373,23 +417,46 @@ def _lost(client: Any, exc: BaseException) -> bool:
     )
 
 
-def _wait_local(running: set[Any]) -> tuple[set[Any], set[Any]]:
-    done, rest = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-    return set(done), set(rest)
+def _local_waiter(reports: Callable[[], list[Any]], ticks: reports_.Ticks) -> Callable:
+    """Wait for the first of the running tasks to finish, counting reported blocks."""
+
+    def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
+        while True:
+            done, rest = cf.wait(running, timeout=POLL, return_when=cf.FIRST_COMPLETED)
+            if done:
+                return set(done), set(rest)
+            for run_id in reports():
+                ticks.tick(run_id)
+
+    return waiter
 
 
-def _cluster_waiter(client: Any, stall_timeout: float) -> Callable[[set[Any]], tuple]:
+def _cluster_waiter(
+    client: Any, stall_timeout: float, reports: Callable[[], list[Any]], ticks: reports_.Ticks
+) -> Callable[[set[Any]], tuple]:
+    """Wait for the first of the running tasks to finish, counting reported blocks; fail
+    when no block finished for ``stall_timeout`` seconds."""
     from distributed import wait
 
     def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
-        try:
-            # distributed.wait uses the default client: make it ours (with an address, our
-            # client is not the default; another one may be).
-            with client.as_current():
-                result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            raise StalledError(_stall_message(client, stall_timeout)) from None
-        return set(result.done), set(result.not_done)
+        last = time.monotonic()
+        while True:
+            try:
+                # distributed.wait uses the default client: make it ours (with an address,
+                # our client is not the default; another one may be).
+                with client.as_current():
+                    result = wait(list(running), timeout=POLL, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                now = time.monotonic()
+                reported = reports()
+                for run_id in reported:
+                    ticks.tick(run_id)
+                if reported:
+                    last = now
+                elif now - last >= stall_timeout:
+                    raise StalledError(_stall_message(client, stall_timeout)) from None
+                continue
+            return set(result.done), set(result.not_done)
 
     return waiter
 
@@ -433,19 +500,29 @@ def _drain(running: set[Any], scheduler: Scheduler) -> None:
 
 
 @contextlib.contextmanager
-def _process_pool(processes: int) -> Iterator[cf.ProcessPoolExecutor]:
+def _process_pool(processes: int) -> Iterator[tuple[cf.ProcessPoolExecutor, Any]]:
+    """The pool, and the queue its workers report finished blocks on (written whole and
+    in order by each put, so a task's reports are there before its result)."""
     context = multiprocessing.get_context("spawn")  # no forked copies of our lock's thread
+    ticks = context.SimpleQueue()
     pool = cf.ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+        processes,
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(), ticks),
     )
     try:
-        yield pool
+        yield pool, ticks
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            ticks.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker processes end with their parent, even when it is SIGKILLed (Linux)."""
+def _die_with_parent(parent: int, ticks: Any = None) -> None:
+    """Worker processes end with their parent, even when it is SIGKILLed (Linux); they
+    report finished blocks on ``ticks``."""
+    reports_.set_worker_ticks(ticks)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
