@@ -364,9 +364,12 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
     """Keep ``window`` tasks in flight until every run is done (see ``_run_runs``)."""
     running: set[Any] = set()
 
-    def collect(done: set[Any]) -> bool:
-        for run_id in reports():  # reported before their tasks' results: one by one
+    def count() -> None:
+        for run_id in reports():
             ticks.tick(run_id)
+
+    def collect(done: set[Any]) -> bool:
+        count()  # the blocks reported before their tasks' results: one by one
         for future in done:
             outcomes = future.result()
             if not _account(report, outcomes, bar, shown=ticks.finished(future)):
@@ -383,16 +386,18 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
                 continue
             done, running = wait(running)
             if not collect(done):
-                return
-        while running:
-            done, running = wait(running)
-            if not collect(done):
-                return
+                break
+        else:
+            while running:
+                done, running = wait(running)
+                if not collect(done):
+                    break
+        if running:  # too many blocks failed: no task may still write once this returns
+            _drain(running, scheduler, count)
     except BaseException as exc:
-        _drain(running, scheduler)
+        _drain(running, scheduler, count)
         with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
-            for run_id in reports():
-                ticks.tick(run_id)
+            count()
         if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
             address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
             raise SchedulerLostError(
@@ -482,13 +487,17 @@ def _stall_message(client: Any, seconds: float) -> str:
     )
 
 
-def _drain(running: set[Any], scheduler: Scheduler) -> None:
-    """After an error: cancel what has not started and wait for what is running."""
+def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -> None:
+    """After an error: cancel what has not started and wait for what is running, counting
+    the blocks it reports (``count``: our worker processes would block on a full queue)."""
     if scheduler.kind == "processes":
         for future in running:
             future.cancel()
+        end = time.monotonic() + 600
         with contextlib.suppress(Exception):
-            cf.wait(running, timeout=600)
+            while running and time.monotonic() < end:
+                count()
+                _, running = cf.wait(running, timeout=POLL)
         return
     client = scheduler.client
     with contextlib.suppress(Exception):
