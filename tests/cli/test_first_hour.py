@@ -5,6 +5,7 @@ nothing written), and every message true to what the tool reads."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -197,8 +198,12 @@ def test_messages_and_help_name_every_reader(tmp_path):
         "OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), an HDF5 dataset, or a "
         "folder or glob of plane files (TIFF, PNG, JPEG)"
     ]
+    readme = " ".join((pathlib.Path(__file__).parents[2] / "README.md").read_text().split())
     for command in ("fuse", "info"):
         text = " ".join(cli(command, "--help").stdout.split())
+        src = text.split("positional arguments: SRC ", 1)[1]
+        src = src.split(" DST ")[0].split(" options:")[0].split("; or an fstack_dask")[0]
+        assert f"SRC {src}" in readme  # the README's command line says what --help says
         assert "SRC the focus stack: a folder of TIFF, PNG or JPEG planes" in text
         assert "a multi-page TIFF (OME-TIFF, ImageJ), an HDF5 dataset" in text
         assert "Zarr array or OME-Zarr image (path or URL)" in text
