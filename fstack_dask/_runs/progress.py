@@ -12,7 +12,7 @@ plain lines otherwise.
 
 The count starts from the blocks a resumed run finds done, and the ETA is computed from the
 blocks this run finished. Worker processes and cluster workers report each block as it
-finishes (``schedulers``), so the count moves block by block on every scheduler.
+finishes (``reports``), so the count moves block by block on every scheduler.
 """
 
 from __future__ import annotations
