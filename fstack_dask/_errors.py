@@ -7,14 +7,18 @@ or the finished blocks and how to continue (``resume=True``).
 from __future__ import annotations
 
 import errno
+import logging
+import warnings
 
 __all__ = [
     "DestinationFullError",
     "DestinationLockedError",
+    "FstackDaskWarning",
     "LeaseLostError",
     "SourceReadError",
     "SourceValueError",
     "is_no_space",
+    "warn",
     "with_outcome",
 ]
 
@@ -46,6 +50,36 @@ class DestinationFullError(OSError):
 
     def __reduce__(self):
         return type(self), (self.strerror,)
+
+
+class FstackDaskWarning(UserWarning):
+    """Something that may make the result other than the user meant (an odd file among the
+    planes, too few planes, unlikely axes): the run goes on, and says so."""
+
+
+# Shown every time, not once per place in the code: a notebook cell run again on the same
+# folder must warn again. Appended, so that a user's own filter still wins.
+warnings.filterwarnings("always", category=FstackDaskWarning, append=True)
+
+
+def warn(message: str) -> None:
+    """Warn the user, once, wherever they look.
+
+    A Python warning (:class:`FstackDaskWarning`: shown in scripts and notebooks, and
+    catchable), and a record on the ``fstack_dask`` logger when logging is set up (a batch
+    job's log, the command line, which shows the record and not the warning). Without any
+    logging set-up the record is not made, so that Python's last-resort handler does not print
+    the message a second time.
+
+    Parameters
+    ----------
+    message : str
+        One line naming what is concerned (the files, the axes, the planes) and what to do.
+    """
+    logger = logging.getLogger("fstack_dask")
+    if logger.hasHandlers():
+        logger.warning(message)
+    warnings.warn(message, FstackDaskWarning, stacklevel=3)
 
 
 def is_no_space(exc: BaseException | None) -> bool:

@@ -29,13 +29,21 @@ exit status:
        (OSError, RuntimeError, anything unexpected); finished blocks are kept
        for --resume, and a dst with none is removed
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a fuse run can be continued with --resume
+  {EXIT_TERMINATED}  terminated (SIGTERM, e.g. a batch job's time limit); likewise
 
 Errors are reported as one line, "fstack-dask: error: <message>", on stderr
-(--traceback shows the full traceback instead)."""
+(--traceback shows the full traceback instead). Warnings ("fstack-dask: warning:
+...", e.g. a file not named like the other planes) leave the status at 0."""
 
 PRECEDENCE = (
     "Values are taken from, in increasing priority: the built-in defaults, the --config "
     "YAML file, then the options given here."
+)
+
+SRC_HELP = (
+    "the focus stack: a folder of TIFF, PNG or JPEG planes (one per file, in name order), a "
+    "quoted glob of them ('planes/*.tif'), a multi-page TIFF (OME-TIFF, ImageJ), an HDF5 "
+    "dataset (file.h5/group/dataset), or a Zarr array or OME-Zarr image (path or URL)"
 )
 
 SCHEDULER_HELP = (
@@ -100,8 +108,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
     g.add_argument(
         "--axes",
-        help="axes of a plain Zarr array without dimension names, one letter per dimension, "
-        "e.g. zyx, czyx, yxz (z: focus, c: channel, other letters: batch)",
+        help="axes of an array without dimension names (a plain Zarr or HDF5 array, an "
+        "unlabelled TIFF), one letter per dimension, e.g. zyx, czyx, yxz (z: focus, c: "
+        "channel, other letters: batch); plane files have a fixed order and refuse it",
     )
     g.add_argument(
         "--level",
@@ -222,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description=_wrap(
-            "Out-of-core all-in-focus fusion of focus stacks stored as Zarr / OME-Zarr "
-            "(Pertuz et al. 2013), with Dask.",
+            "Out-of-core all-in-focus fusion of focus stacks (Pertuz et al. 2013), with Dask: "
+            "folders or globs of TIFF, PNG or JPEG planes, multi-page TIFF (OME-TIFF, ImageJ), "
+            "HDF5, Zarr or OME-Zarr in; a multiscale OME-Zarr image out.",
             "Commands: fuse (fuse a stack), demo (try it on a synthetic stack), info (what a "
             "fuse run would do). 'fstack-dask COMMAND --help' lists each command's options.",
         ),
@@ -240,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuse = sub.add_parser(
         "fuse",
-        help="fuse a focus stack (Zarr / OME-Zarr) into an OME-Zarr all-in-focus image",
+        help="fuse a focus stack into an OME-Zarr all-in-focus image",
         description=_wrap(
             "Fuse the focus stack SRC into the OME-Zarr 0.5 all-in-focus image DST. Prints one "
             "line at the end: the output, its axes, shape and dtype, and the time taken.",
@@ -249,8 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fuse.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
-    fuse.add_argument("dst", metavar="DST", help="output OME-Zarr image group (path or URL)")
+    fuse.add_argument("src", metavar="SRC", help=SRC_HELP)
+    fuse.add_argument(
+        "dst",
+        metavar="DST",
+        help="output OME-Zarr image group, a folder such as fused.ome.zarr (path or URL)",
+    )
     _add_config_option(fuse)
     _add_input_options(fuse)
     _add_algorithm_options(fuse, full=True)
@@ -270,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run into DST (same parameters): only missing blocks "
         "are computed",
     )
-    run.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="do not show progress (a bar on a terminal, else a line every 30 s)",
+    )
     run.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
 
     demo = sub.add_parser(
@@ -304,15 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
         "info",
         help="describe a focus stack and how fuse would process it (chunks, tasks, memory)",
         description=_wrap(
-            "Print the axes, shape, dtype, chunks, OME version and scale of SRC, and the "
-            "blocks, halo, task count and memory per task that fuse would use with the same "
-            "options. Reads metadata only.",
+            "Print the axes, shape, dtype, chunks, OME version and scale of SRC (for plane "
+            "files: how many, the first and the last), and the blocks, halo, task count and "
+            "memory per task that fuse would use with the same options; warn as fuse would. "
+            "For an fstack_dask output: its levels, scale, source, parameters, and whether it "
+            "is complete or can be resumed. Reads metadata only.",
             PRECEDENCE,
         ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    info.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
+    info.add_argument("src", metavar="SRC", help=SRC_HELP + "; or an fstack_dask output")
     _add_config_option(info)
     _add_input_options(info)
     _add_algorithm_options(info, full=False)

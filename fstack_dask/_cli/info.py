@@ -22,13 +22,26 @@ def plan_from_options(src: str, kw: dict[str, Any]):
     return plan_fusion(src, **{k: kw[k] for k in _PLAN_KEYS if k in kw})
 
 
+def _number(value: Any) -> float:
+    """A float from provenance, where non-finite values are stored as strings ("inf")."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _parameters(params: dict[str, Any]) -> str:
     auto = params.get("auto") or {}
-    text = f"nhsize {params['nhsize']}, sth {params['sth']:g} dB, alpha {params['alpha']:g}"
+    text = (
+        f"nhsize {params['nhsize']}, sth {_number(params['sth']):g} dB, "
+        f"alpha {_number(params['alpha']):g}"
+    )
     if auto:
+        # A stack without measurable noise (a clean or piecewise-flat image) has an infinite
+        # texture/noise^2, stored as the string "inf".
         text += (
-            f" (nhsize and sth chosen from the data: noise {auto['noise']:.3g}, texture/noise^2 "
-            f"{auto['snr']:.3g}, {auto['tiles']} tiles read)"
+            f" (nhsize and sth chosen from the data: noise {_number(auto['noise']):.3g}, "
+            f"texture/noise^2 {_number(auto['snr']):.3g}, {auto['tiles']} tiles read)"
         )
     return text
 
@@ -39,12 +52,22 @@ def _mib(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     config = configure(args)
+    import warnings
+
     import numpy as np
 
+    from .._errors import FstackDaskWarning
     from .._params import cpu_count
 
     kw = config.fuse_kwargs()
-    fusion = plan_from_options(args.src, kw)
+    output = _our_output(args.src, kw.get("storage_options"))
+    if output is not None:
+        _print(describe_output(*output))
+        return EXIT_OK
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FstackDaskWarning)
+        fusion = plan_from_options(args.src, kw)
+    told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
     source, layout = fusion.source, fusion.layout
     workers = cpu_count() if config.cluster.kind == "local" else 1
     blocks, cache = fusion.plan(workers)
@@ -93,9 +116,10 @@ def cmd_info(args: argparse.Namespace) -> int:
          f"(tasks {_mib(workers * task)}, decoded-chunk cache {_mib(cache)})"),
         ("device", _device_line(fusion, workers)),
     ]  # fmt: skip
-    width = max(len(k) for k, _ in lines) + 2
-    for key, value in lines:
-        print(f"{key + ':':<{width}}{value}")
+    lines[1:1] = [("files", note) for note in source.notes]
+    _print(lines)
+    for message in told:  # odd file names, few planes, unlikely axes: as a run warns
+        print(f"warning: {message}")
     if task > fusion.memory_per_task:
         print(
             f"warning: a task needs about {_mib(task)}, more than the "
@@ -104,6 +128,147 @@ def cmd_info(args: argparse.Namespace) -> int:
             flush=True,
         )
     return EXIT_OK
+
+
+def _print(lines: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in lines) + 2
+    for key, value in lines:
+        print(f"{key + ':':<{width}}{value}", flush=True)
+
+
+# ------------------------------------------------------------------ our own outputs
+
+
+def _our_output(src: str, storage_options: Any) -> tuple[Any, str] | None:
+    """(location, "complete" or "unfinished") when ``src`` is an fstack_dask output."""
+    from .._locations import resolve
+    from .._outputs.state import classify
+
+    try:
+        location = resolve(src, name="src", storage_options=storage_options)
+        kind = classify(location)
+    except (ValueError, TypeError, OSError):
+        return None  # not a place: a glob, say; planning says what is wrong with it
+    return (location, kind) if kind in ("complete", "unfinished") else None
+
+
+def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
+    """``info``'s lines for an fstack_dask output: its image and levels, scale, maps, what
+    it was fused from and with which parameters, and whether it is done or can be resumed.
+
+    Reads metadata and the done-markers only.
+    """
+    from .._outputs.lock import live_lock
+    from .._outputs.state import OutputState, provenance, run_record
+
+    params = provenance(location)
+    if params is None:  # a run killed while creating the output: its record only
+        params = (run_record(location) or {}).get("params") or {}
+    lines = [
+        ("output", location.url),
+        ("format", "fstack_dask output, OME-Zarr 0.5 (a multiscale image)"),
+        ("state", _state(location, kind, params, OutputState, live_lock)),
+    ]
+    lines += _images(location)
+    lines += [
+        ("fused from", f"{params.get('src', '?')} (axes {params.get('src_axes', '?')}, shape "
+                       f"{tuple(params.get('src_shape') or ())}, level {params.get('level', 0)})"),
+        ("parameters", _output_parameters(params)),
+        ("provenance", f"fstack_dask {params.get('version', '?')}: {params.get('method', '?')}; "
+                       f"device {params.get('device', 'cpu')}, engine {params.get('engine', '?')}"),
+    ]  # fmt: skip
+    return lines
+
+
+def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, live: Any) -> str:
+    if kind == "complete":
+        return "complete"
+    state = state_of(location)
+    holder = live(state.lock)
+    total = _level0_blocks(params)
+    done = f"{state.n_done()} of {total if total else '?'} blocks of level 0 done"
+    if holder is not None:
+        return (
+            f"being written now by pid {holder.get('pid', '?')} on {holder.get('host', '?')}: "
+            f"{done}"
+        )
+    return (
+        f"unfinished: {done}; resumable: run the same fuse command again with --resume "
+        "(resume=True), which computes only the blocks left"
+    )
+
+
+def _level0_blocks(params: dict[str, Any]) -> int | None:
+    """Blocks of level 0 in the run these parameters describe (None if they do not say)."""
+    import math
+
+    from .._layout import Layout
+
+    try:
+        axes, shape = params["src_axes"], tuple(int(n) for n in params["src_shape"])
+        by, bx = (int(n) for n in params["chunks"])
+        layout = Layout(axes, shape, params.get("channels") == "rgb")
+    except (KeyError, TypeError, ValueError):
+        return None
+    ny, nx = layout.shape_yx
+    return math.prod(layout.lead_shape) * -(-ny // by) * -(-nx // bx)
+
+
+def _images(location: Any) -> list[tuple[str, str]]:
+    """The fused image's levels and scale, and the maps, from the output's metadata."""
+    from .._outputs.write import open_output
+
+    try:
+        group = open_output(location, mode="r")
+    except Exception:  # a run killed before it wrote its metadata
+        return [("image", "not written yet")]
+    lines = []
+    for name in ("", "depth", "selectivity"):
+        if name and name not in group:
+            continue
+        node = group[name] if name else group
+        multiscales = (node.attrs.get("ome") or {}).get("multiscales") or [{}]
+        axes = [a["name"] for a in multiscales[0].get("axes", [])]
+        units = {a["name"]: a["unit"] for a in multiscales[0].get("axes", []) if a.get("unit")}
+        datasets = multiscales[0].get("datasets", [])
+        if not datasets:
+            continue
+        base = node[datasets[0]["path"]]
+        shapes = ", ".join(f"{d['path']}: {tuple(node[d['path']].shape)}" for d in datasets)
+        if not name:
+            lines.append(("image", f"{''.join(axes)} {tuple(base.shape)} {base.dtype}, chunks "
+                                   f"{tuple(base.chunks)}"))  # fmt: skip
+            lines.append(("levels", shapes))
+            lines.append(("scale", _scale(axes, units, datasets[0])))
+        else:
+            unit = node.attrs.get("unit") or ("dB" if name == "selectivity" else None)
+            lines.append((name, f"{base.dtype}{f', {unit}' if unit else ''}, {len(datasets)} "
+                                "level(s)"))  # fmt: skip
+    return lines
+
+
+def _scale(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> str:
+    scale = next((t.get("scale") for t in dataset.get("coordinateTransformations", [])
+                  if t.get("type") == "scale"), None)  # fmt: skip
+    if not scale:
+        return "unknown"
+    return ", ".join(
+        f"{a}={v:g}" + (f" {units[a]}" if a in units else "")
+        for a, v in zip(axes, scale, strict=False)
+        if a in "yx"
+    )
+
+
+def _output_parameters(params: dict[str, Any]) -> str:
+    if "nhsize" not in params:
+        return "unknown"
+    text = _parameters(params)
+    maps = [m for m in ("depth", "selectivity") if params.get(f"{m}_map")]
+    chunks = params.get("chunks") or ["?", "?"]
+    return (
+        f"{text}, channels {params.get('channels', '?')}, chunks {chunks[0]} x {chunks[1]}, "
+        f"maps {', '.join(maps) if maps else 'none'}"
+    )
 
 
 def _device_line(fusion: Any, workers: int) -> str:

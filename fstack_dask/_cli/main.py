@@ -13,7 +13,9 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .args import (
     EXIT_FAILURE,
@@ -35,9 +37,14 @@ __all__ = ["main"]
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
     config = configure(args)
+    kw = config.fuse_kwargs()
+    with _report_progress_notes():
+        return _fuse(args, config, kw)
+
+
+def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
     from .._runs.fuse_zarr import fuse_zarr
 
-    kw = config.fuse_kwargs()
     if config.cluster.kind != "local":
         _quiet_distributed()
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
@@ -54,7 +61,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         )
         destination.check(overwrite=kw["overwrite"], resume=args.resume)
     start = time.perf_counter()
-    with _report_progress_notes(), config.cluster_context() as scheduler:
+    with config.cluster_context() as scheduler:
         out = fuse_zarr(
             args.src,
             args.dst,
@@ -76,21 +83,55 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _report_progress_notes() -> Iterator[None]:
-    """Show fstack_dask's INFO notes (resuming, a stale lock taken over) on stderr."""
+def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
+    """Show fstack_dask's notes (the files read, resuming, a stale lock taken over, progress
+    lines) and warnings on stderr, each once, as ``fstack-dask: ...`` lines.
+
+    A warning is both logged and raised as a Python warning (``_errors.warn``); here the log
+    record is the one shown, so the Python warning is silenced.
+    """
+    from .._errors import FstackDaskWarning
+
     logger = logging.getLogger("fstack_dask")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    handler.setLevel(logging.INFO)
-    level = logger.level
+    handler.setFormatter(_Formatter())
+    handler.addFilter(_Once())
+    handler.setLevel(level)
+    old_level = logger.level
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FstackDaskWarning)
+            yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(old_level)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"{PROG}: {kind}{record.getMessage()}"
+
+
+class _Once(logging.Filter):
+    """Each message once: a run on a cluster plans twice (its checks come before connecting),
+    and would say the same things twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "fstack_dask.progress":
+            return True  # progress lines may repeat
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -131,6 +172,7 @@ _API_TO_OPTION = (
     ("resume=True", "--resume"),
     ("pass axes= with", "pass --axes with"),
     ("omit axes= or pass axes=", "omit --axes or pass --axes "),
+    ("omit axes=", "omit --axes"),
     ("e.g. axes='zyx'", "e.g. --axes zyx"),
     ("overwrite=True", "--overwrite"),
     ("device='cuda'", "--device cuda"),
@@ -165,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         0 on success, 2 for a usage or validation error, 1 for a runtime
-        failure, 130 when interrupted (see ``fstack-dask --help``).
+        failure, 130 when interrupted, 143 when terminated (see ``fstack-dask --help``).
 
     Examples
     --------

@@ -118,6 +118,7 @@ class Destination:
         ``"staged"``, ``"resume-staged"``, ``"complete"`` (resume of a finished output).
         """
         what, kind = self.what(), self.kind
+        _refuse_image_name(self.dst, what)
         for place in self.protect:
             if self.dst.overlaps(place):
                 inside = (
@@ -453,6 +454,26 @@ class Destination:
                 "removed (%s); it holds %s: remove it with: rm -r %r (move out first what you "
                 "want to keep)", old.url, " ".join(str(exc).split()), left or "nothing", old.url,
             )  # fmt: skip
+
+
+# Names of single-image formats: a Zarr folder with such a name opens in no image viewer.
+# (.tif/.tiff are not here: those names are for OME-TIFF output.)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jp2", ".gif", ".bmp", ".webp", ".heic")
+
+
+def _refuse_image_name(dst: Location, what: str) -> None:
+    """Refuse a dst named like a PNG or JPEG file: the run writes a folder, which no PNG or
+    JPEG reader opens, and the user wanted a picture."""
+    path = dst.path.rstrip("/")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        stem = os.path.basename(path)[: -len(suffix)] or "fused"
+        raise ValueError(
+            f"{what} names a {suffix[1:].upper()} file, but fstack_dask writes OME-Zarr (or "
+            f"OME-TIFF for a dst ending in .ome.tif): choose a name such as "
+            f"{stem + '.ome.zarr'!r}, and see the README's 'Reading the result' for viewing "
+            "or saving it as a picture"
+        )
 
 
 def _make_folder(folder: Location, what: str) -> None:

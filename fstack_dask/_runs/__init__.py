@@ -4,11 +4,13 @@ What lives here: ``fuse_zarr`` as a sequence of named steps (``fuse_zarr``), the
 plan from metadata (``fusion``), blocks, their order and memory (``plan``), one block's work
 (``blocks``), the pyramid's blocks (``pyramid``), the passes over level 0 and then each
 level (``passes``), what ``dst`` holds and whether a resume continues this run (``resume``), the
-schedulers and the bounded window of tasks in flight (``schedulers``), halo exchange, which
-decodes each source unit once on any scheduler: its waves and driver (``exchange``), what a
-worker does (``halo``) and where its tasks run (``runners``), our worker processes
-(``pool``), progress (``progress``), where ``device="cuda"`` is checked once the scheduler is
-known (``device``), and the lazy ``fuse`` graph (``lazy``).
+schedulers and the bounded window of tasks in flight (``schedulers``), how tasks of many
+blocks report each block (``reports``), waiting for tasks, a stalled cluster and a lost
+scheduler (``waiting``), halo exchange, which decodes each source unit once
+on any scheduler: its waves and driver (``exchange``), what a worker does (``halo``) and
+where its tasks run (``runners``), our worker processes (``pool``), progress
+(``progress``), where ``device="cuda"`` is checked once the scheduler is known (``device``),
+and the lazy ``fuse`` graph (``lazy``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """

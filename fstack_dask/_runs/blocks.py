@@ -113,7 +113,12 @@ class FuseJob:
     # -- the work ----------------------------------------------------------------------
 
     def run(
-        self, blocks: Sequence[tuple[int, ...]], data: Any = None, *, announce: bool = True
+        self,
+        blocks: Sequence[tuple[int, ...]],
+        data: Any = None,
+        *,
+        announce: bool = True,
+        on_block: Callable[[], None] | None = None,
     ) -> list[Outcome]:
         """Fuse and write ``blocks`` in order, in this process.
 
@@ -121,7 +126,8 @@ class FuseJob:
         to this process's cache first, so consecutive blocks share their units. A block
         whose source cannot be read or holds NaN fails alone; any other error stops the run.
         ``data`` is the in-memory source's array where the task brings it (a cluster's
-        scattered copy, :mod:`fstack_dask._sources.share`).
+        scattered copy, :mod:`fstack_dask._sources.share`). ``on_block`` is called after
+        each block, written or failed (a task of many blocks reports its progress so).
         """
         if data is not None:
             self.opened(data)
@@ -137,6 +143,8 @@ class FuseJob:
                 if announce:
                     self.forget(blocks[k + 1 :])
                 raise
+            if on_block is not None:
+                on_block()
         return out
 
     def run_block(self, block: tuple[int, ...]) -> Outcome:

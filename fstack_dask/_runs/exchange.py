@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -140,6 +141,14 @@ class Runner(abc.ABC):
     def handed(self, handle: Any) -> Any:
         return handle.result()
 
+    def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
+        """Submit a fuse (:func:`.halo.fuse_rows`), its blocks reported as they end."""
+        return self.submit(slot, fuse_rows, job, blocks, remote, *task_args)
+
+    def shown(self, handle: Any) -> int:
+        """How many of a finished fuse's blocks were reported (and counted) already."""
+        return 0
+
     @abc.abstractmethod
     def close(self, running: set[Any]) -> None:
         """Cancel what has not started and wait for what runs (also at a normal end)."""
@@ -186,11 +195,12 @@ def run_exchange(
     *,
     done: set[str],
     budget: int,
-    on_outcomes: Callable[[list[Outcome]], bool],
+    on_outcomes: Callable[[list[Outcome], int], bool],
     task_args: tuple[Any, ...] = (),
 ) -> None:
     """Run every block of ``job.plan`` not in ``done`` by halo exchange (see the module
-    docstring). ``on_outcomes`` gets each fuse's outcomes and returns False to stop.
+    docstring). ``on_outcomes`` gets each fuse's outcomes (and how many of them progress has
+    shown already) and returns False to stop.
     Returns once nothing runs any more (the caller collects the decodes' counts from the
     workers with :func:`forget_run`)."""
     plan = job.plan
@@ -230,13 +240,17 @@ def run_exchange(
                 else:
                     strip.fusing = False
                     strip.next_fuse = row + 1
-                    if not on_outcomes(runner.result(handle)):
+                    if not on_outcomes(runner.result(handle), runner.shown(handle)):
                         return
             for state in active:
                 _prune(state)
             active = _unfinished(active, carry)
     finally:
         runner.close(set(running))  # cancelled or waited for: no write lands after we return
+        for handle, (kind, _, _) in running.items():  # stopped early: count what got done
+            if kind == "fuse":
+                with contextlib.suppress(BaseException):
+                    on_outcomes(runner.result(handle), runner.shown(handle))
 
 
 def _unfinished(active: list[_WaveState], carry: dict[tuple, Any]) -> list[_WaveState]:
@@ -329,7 +343,7 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_arg
             left = wave.cols[0] - 1
             remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
                        if (wave.lead, left, r) in carry]  # fmt: skip
-        handle = runner.submit(strip.slot, fuse_rows, job, blocks, remote, *task_args)
+        handle = runner.submit_fuse(strip.slot, job, blocks, remote, task_args)
         strip.fusing = True
         running[handle] = ("fuse", strip, row)
     return moved

@@ -113,6 +113,7 @@ def plan_fusion(
     rgb = _rgb(channels, source)
     layout = Layout(source.axes, source.shape, rgb)
     _check_plausible(layout, source)
+    _tell(source, layout, axes_given=axes is not None)
     chosen = None
     if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
         chosen = _auto(source, layout, focus, nhsize, sth)
@@ -200,9 +201,9 @@ MANY_FILES = 1_000_000
 
 def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels: int) -> None:
     """Chunks so small that the output has millions of files strain every filesystem."""
-    import logging
     import math
-    import warnings
+
+    from .._errors import warn
 
     (ny, nx), (by, bx) = layout.shape_yx, block
     per_level = math.prod(layout.lead_shape) * math.ceil(ny / by) * math.ceil(nx / bx)
@@ -212,8 +213,7 @@ def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels
             f"chunks={block} make the output about {files:,} chunk files; filesystems and "
             "object stores slow down with that many: consider larger chunks"
         )
-        logging.getLogger("fstack_dask").warning(message)
-        warnings.warn(message, stacklevel=3)
+        warn(message)
 
 
 def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]) -> int:
@@ -270,6 +270,53 @@ def _check_plausible(layout: Layout, source: Source) -> None:
             f"axes {source.axes!r} make {source.description} a stack of {layout.n_planes} "
             f"focus planes of {ny} x {nx} pixels, more planes than pixels per plane; check "
             f"axes (z is the focus axis, y and x the image), e.g. axes='zyx'"
+        )
+
+
+MIN_FIT_PLANES = 5  # the reference's 3-point fit samples planes two apart
+
+
+def _tell(source: Source, layout: Layout, *, axes_given: bool) -> None:
+    """Warn where the result may not be what was meant (``info`` shows these too).
+
+    Here, where the run is planned, and not in the reader: worker processes open the
+    source again, and would say it all once more. (The source's notes, the files it reads,
+    are logged when the fusion starts: ``passes.fuse_blocks``.)
+    """
+    from .._errors import warn
+
+    for message in source.warnings:
+        warn(message)
+    planes, (ny, nx) = layout.n_planes, layout.shape_yx
+    if planes == 1:
+        warn(
+            f"{source.description} has 1 focus plane: the output is that plane unchanged; check "
+            "the source (a focus stack has several planes)"
+        )
+    elif planes < MIN_FIT_PLANES:
+        warn(
+            f"{source.description} has {planes} focus planes: with fewer than {MIN_FIT_PLANES} "
+            "the selectivity fit is not defined, so every pixel takes the sharpest weighting "
+            "towards its plane of highest local contrast (README, 'Differences from the "
+            "reference'); check that the source holds the whole stack"
+        )
+    if axes_given and planes > min(ny, nx):
+        # Legitimate stacks have far fewer planes than pixels along either side; more planes
+        # than that is nearly always a focus axis given to the wrong dimension.
+        # the shortest of the three as z, the other two as y and x in their order
+        places = sorted(source.axes.index(a) for a in "zyx")
+        shortest = min(places, key=lambda i: source.shape[i])
+        image = iter("yx")
+        letters = list(source.axes)
+        for place in places:
+            letters[place] = "z" if place == shortest else next(image)
+        swap = "".join(letters)
+        side = "rows" if ny < nx else "columns"
+        warn(
+            f"axes {source.axes!r} make {source.description} a stack of {planes} focus planes "
+            f"of {ny} x {nx} pixels, more planes than the image has {side}; if the focus axis "
+            f"is another one, give the axes accordingly (with the shortest axis as the focus "
+            f"axis: {swap!r})"
         )
 
 

@@ -247,10 +247,13 @@ def fuse_rows(
     blocks: list[Block],
     remote: list[dict[Block, Bands]],
     data: Any = None,
+    *,
+    on_block: Any = None,
 ) -> list[Outcome]:
     """Fuse and write ``blocks`` (one strip's row) from their cores and their neighbours'
     bands: this worker's registry, or ``remote`` (handed over from other workers). What is
-    missing (a lost worker's) is read from the store."""
+    missing (a lost worker's) is read from the store. ``on_block()`` is called after each
+    block (progress)."""
     if data is not None:
         job.opened(data)
     handed = {}
@@ -262,6 +265,8 @@ def fuse_rows(
             outcomes.append(_fuse_one(job, block, handed))
         except (SourceReadError, SourceValueError) as exc:
             outcomes.append(Outcome(job.plan.name(block), exc))
+        if on_block is not None:
+            on_block()
     return outcomes
 
 

@@ -41,6 +41,8 @@ def fuse_blocks(
     done = target.state.done()
     todo = (b for b in plan.blocks() if plan.name(b) not in done)
     n_todo = plan.n_blocks - target.state.n_done()
+    for note in fusion.source.notes:  # the files read, in the run's log
+        log.info("%s: %s", fusion.source.description, note)
     if resuming:
         log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
@@ -63,6 +65,7 @@ def fuse_blocks(
             schedulers.execute(
                 job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, task_args=task_args,
+                done_before=plan.n_blocks - n_todo,
                 exchange_with=(done, cache_bytes * sched.processes) if halo_exchange else None,
             )  # fmt: skip
         except BaseException:
@@ -87,4 +90,5 @@ def pyramid_levels(
         job = PyramidJob(target.output, level, ("", *fusion.maps), plan, lease=target.lease)
         todo = [b for b in plan.blocks() if job.marker(b) not in done]
         schedulers.execute(job, iter(todo), n_blocks=len(todo), scheduler=sched, progress=progress,
-                stall_timeout=stall_timeout, label=f"level {level}")  # fmt: skip
+                stall_timeout=stall_timeout, label=f"level {level}",
+                done_before=plan.n_blocks - len(todo))  # fmt: skip

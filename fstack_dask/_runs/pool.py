@@ -26,10 +26,16 @@ class ProcessPool:
 
     def __init__(self, processes: int):
         context = multiprocessing.get_context("spawn")  # no forked copies of our lock's thread
+        # where the workers report finished blocks (written whole and in order by each put,
+        # so a task's reports are there before its result)
+        self.ticks = context.SimpleQueue()
         self.executors = [
             cf.ProcessPoolExecutor(
-                1, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
-            )
+                1,
+                mp_context=context,
+                initializer=_die_with_parent,
+                initargs=(os.getpid(), self.ticks),
+            )  # fmt: skip
             for _ in range(max(1, int(processes)))
         ]
         self._busy = [0] * len(self.executors)
@@ -56,6 +62,8 @@ class ProcessPool:
     def shutdown(self) -> None:
         for executor in self.executors:
             executor.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.ticks.close()
 
 
 @contextlib.contextmanager
@@ -67,8 +75,12 @@ def process_pool(processes: int) -> Iterator[ProcessPool]:
         pool.shutdown()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker processes end with their parent, even when it is SIGKILLed (Linux)."""
+def _die_with_parent(parent: int, ticks: Any = None) -> None:
+    """Worker processes end with their parent, even when it is SIGKILLed (Linux); they
+    report finished blocks on ``ticks``."""
+    from . import reports
+
+    reports.set_worker_ticks(ticks)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):

@@ -1,9 +1,18 @@
-"""Progress of a run: a tqdm bar with an ETA on a terminal or in a notebook, plain lines
-otherwise.
+"""Progress of a run, wherever it runs: a bar with an ETA on a terminal or in a notebook,
+plain lines otherwise.
 
-A bar redrawn with carriage returns turns a batch job's log into one enormous line, so when
-stderr is not a terminal we log a line at most every ``LOG_EVERY`` seconds (and at the end)
-through the ``fstack_dask`` logger instead.
+* A terminal: tqdm's text bar on stderr.
+* Jupyter: tqdm's widget when ipywidgets is installed; without it the same text bar, which a
+  notebook shows as one line updated in place (``tqdm.auto`` would warn instead).
+* A stderr that is not a terminal (a batch job's log, a file): a bar redrawn with carriage
+  returns would make the log one enormous line, so a plain line is written at most every
+  ``LOG_EVERY`` seconds, and one at the end. It goes to the ``fstack_dask.progress`` logger
+  when logging is set up to show it (the command line does), else straight to stderr: a
+  script without any logging set-up still shows its progress.
+
+The count starts from the blocks a resumed run finds done, and the ETA is computed from the
+blocks this run finished. Worker processes and cluster workers report each block as it
+finishes (``reports``), so the count moves block by block on every scheduler.
 """
 
 from __future__ import annotations
@@ -29,24 +38,53 @@ def _in_notebook() -> bool:
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
 
 
+def _has_widgets() -> bool:
+    """Whether tqdm's notebook widget can be drawn (it needs ipywidgets)."""
+    try:
+        import ipywidgets  # noqa: F401 - tqdm.notebook imports it too
+    except ImportError:
+        return False
+    return True
+
+
 class Progress:
-    """Counts finished blocks; shows them as described in the module docstring."""
+    """Counts finished blocks; shows them as described in the module docstring.
+
+    Parameters
+    ----------
+    total : int
+        Blocks of the whole pass, those done before included.
+    done : int, optional
+        Blocks already done when the run starts (a resume's).
+    enabled : bool, optional
+        False: count, show nothing.
+    unit, label : str, optional
+        How the count and the pass are named (``"blocks"``, ``"fusing"``).
+    """
 
     def __init__(
-        self, total: int, *, enabled: bool = True, unit: str = "blocks", label: str = "fusing"
+        self,
+        total: int,
+        *,
+        done: int = 0,
+        enabled: bool = True,
+        unit: str = "blocks",
+        label: str = "fusing",
     ) -> None:
-        self.total, self.unit, self.done, self.label = int(total), unit, 0, label
+        self.total, self.unit, self.label = int(total), unit, label
+        self.initial = self.done = min(int(done), self.total)
         self.start = time.monotonic()
         self._bar = None
         self._last_line = self.start
-        self.enabled = enabled and total > 0
+        self._last_count = -1  # the count the last plain line showed
+        self.enabled = enabled and self.total > self.initial
         self._tty = sys.stderr.isatty() or _in_notebook()
 
     def _make_bar(self) -> None:
-        if _in_notebook():
-            from tqdm.auto import tqdm
+        if _in_notebook() and _has_widgets():
+            from tqdm.notebook import tqdm
         else:
-            from tqdm import tqdm
+            from tqdm.std import tqdm
         self._bar = tqdm(
             total=self.total,
             initial=self.done,
@@ -58,7 +96,10 @@ class Progress:
         )
 
     def advance(self, n: int) -> None:
-        self.done += n
+        """Count ``n`` more finished blocks."""
+        if n <= 0:
+            return
+        self.done = min(self.done + n, self.total)
         if not self.enabled:
             return
         now = time.monotonic()
@@ -68,22 +109,40 @@ class Progress:
             elif self._bar is not None:
                 self._bar.update(n)
         elif now - self._last_line >= LOG_EVERY:
-            self._last_line = now
-            self._log(now)
+            self._last_line, self._last_count = now, self.done
+            self._emit(self._line(now))
 
-    def _log(self, now: float) -> None:
+    def _line(self, now: float, *, final: bool = False) -> str:
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        log.info(
-            "%s: %d/%d %s (%.0f%%), %.0f s elapsed, about %.0f s left",
-            self.label, self.done, self.total, self.unit, 100 * self.done / self.total,
-            elapsed, left,
-        )  # fmt: skip
+        text = (
+            f"{self.label}: {self.done}/{self.total} {self.unit} "
+            f"({100 * self.done / self.total:.0f}%)"
+        )
+        if self.initial:
+            text += f", {self.initial} done before this run"
+        text += f", {elapsed:.0f} s elapsed"
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
+        if not final and rate > 0 and self.done < self.total:
+            # no estimate before the first block: a guess would be a number made up
+            text += f", about {(self.total - self.done) / rate:.0f} s left"
+        return text
+
+    @staticmethod
+    def _emit(text: str) -> None:
+        if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+            log.info("%s", text)
+        else:  # nobody set logging up: an INFO record would be dropped
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """End the bar, or write the last line (what is done, also after an interruption)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and not self._tty and time.monotonic() - self.start >= SHOW_AFTER:
-            self._log(time.monotonic())
+        elif (
+            self.enabled
+            and not self._tty
+            and time.monotonic() - self.start >= SHOW_AFTER
+            and self.done != self._last_count  # not said just before
+        ):
+            self._emit(self._line(time.monotonic(), final=True))

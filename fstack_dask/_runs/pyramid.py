@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,14 @@ class PyramidJob:
             out[image] = (node[str(self.level - 1)], node[str(self.level)])
         return out
 
-    def run(self, blocks: Sequence[tuple[int, ...]], *, announce: bool = True) -> list:
+    def run(
+        self,
+        blocks: Sequence[tuple[int, ...]],
+        *,
+        announce: bool = True,
+        on_block: Callable[[], None] | None = None,
+    ) -> list:
+        """Downsample and write ``blocks``; ``on_block`` is called after each (progress)."""
         from .blocks import Outcome
 
         arrays = self._arrays()
@@ -90,6 +97,8 @@ class PyramidJob:
                 self.lease.check()
             OutputState(self.output).mark_done(self.marker(block))
             outcomes.append(Outcome(self.marker(block), None, 0, time.perf_counter() - start))
+            if on_block is not None:
+                on_block()
         return outcomes
 
     def marker(self, block: tuple[int, ...]) -> str:

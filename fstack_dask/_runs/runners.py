@@ -6,43 +6,55 @@
 * a distributed cluster: a task pinned to its strip's worker (another one only if that one
   is gone); a fuse is given the futures of its neighbours' decodes on other workers, and
   dask moves their bands between workers itself, never through this process.
+
+Each fuse reports its blocks as they end (:mod:`.reports`), so progress moves block by block.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import reports
 from .exchange import Runner
-from .halo import forget_run
+from .halo import forget_run, fuse_rows
 
 __all__ = ["runner_for"]
 
-
-class _Synchronous(Runner):
-    def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
-        future: cf.Future = cf.Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # handed over as a task's error is
-            future.set_exception(exc)
-        return future
-
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
-        return [forget_run(token)]
-
-    def close(self, running: set[Any]) -> None:
-        return None
+_fuse_ids = itertools.count()
 
 
-class _Threads(Runner):
-    def __init__(self, workers: int):
-        self.threads = max(1, workers)
+class _InProcess(Runner):
+    """Synchronous and threads: tasks in this process, blocks counted as they end."""
+
+    def __init__(self, bar: Any, workers: int):
+        self.bar, self.threads = bar, max(1, workers)
         self.pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="fstack-dask")
+        self._shown: dict[Any, list[int]] = {}
+        self._lock = threading.Lock()
 
     def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
         return self.pool.submit(fn, *args)
+
+    def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
+        counted = [0]
+
+        def on_block() -> None:
+            with self._lock, contextlib.suppress(Exception):  # never fails the block
+                counted[0] += 1
+                self.bar.advance(1)
+
+        future = self.pool.submit(fuse_rows, job, blocks, remote, *task_args, on_block=on_block)
+        self._shown[future] = counted
+        return future
+
+    def shown(self, handle: Any) -> int:
+        with self._lock:
+            return self._shown.pop(handle, [0])[0]
 
     def counts(self, token: str) -> list[tuple[int, float, int]]:
         return [forget_run(token)]
@@ -51,13 +63,36 @@ class _Threads(Runner):
         self.pool.shutdown(wait=True, cancel_futures=True)  # no write lands after we return
 
 
-class _Processes(Runner):
-    def __init__(self, pool: Any):
-        self.pool = pool
+class _Reported(Runner):
+    """Processes and clusters: blocks reported by the workers, counted by ``ticks``."""
+
+    waiter: Callable
+    ticks: reports.Ticks
+    reports: Callable[[], list[Any]]
+
+    def wait(self, handles: set[Any]) -> tuple[set[Any], set[Any]]:
+        return self.waiter(handles)
+
+    def shown(self, handle: Any) -> int:
+        for run_id in self.reports():  # the blocks reported before the task's result
+            self.ticks.tick(run_id)
+        return self.ticks.finished(handle)
+
+
+class _Processes(_Reported):
+    def __init__(self, pool: Any, waiter: Callable, ticks: reports.Ticks, reported: Callable):
+        self.pool, self.waiter, self.ticks, self.reports = pool, waiter, ticks, reported
         self.slots = pool.slots
 
     def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
         return self.pool.submit_to(slot, fn, *args)
+
+    def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
+        run_id = next(_fuse_ids)
+        future = self.pool.submit_to(slot, reports.fuse_rows_in_process, job, blocks, remote,
+                                     run_id, *task_args)  # fmt: skip
+        self.ticks.started(future, run_id, len(blocks))
+        return future
 
     def counts(self, token: str) -> list[tuple[int, float, int]]:
         return [f.result() for f in [self.pool.submit_to(k, forget_run, token) for k in self.slots]]
@@ -68,9 +103,11 @@ class _Processes(Runner):
         cf.wait(running, timeout=600)
 
 
-class _Cluster(Runner):
-    def __init__(self, client: Any, waiter: Callable, threads: int):
-        self.client, self.waiter = client, waiter
+class _Cluster(_Reported):
+    def __init__(self, client: Any, waiter: Callable, ticks: reports.Ticks, reported: Callable,
+                 topic: str, threads: int):  # fmt: skip
+        self.client, self.waiter, self.ticks, self.topic = client, waiter, ticks, topic
+        self.reports = reported
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         self.slots = sorted(workers) or [None]
         self.threads = max(1, threads)
@@ -79,8 +116,12 @@ class _Cluster(Runner):
         pinned = {"workers": [slot], "allow_other_workers": True} if slot is not None else {}
         return self.client.submit(fn, *args, pure=False, **pinned)
 
-    def wait(self, handles: set[Any]) -> tuple[set[Any], set[Any]]:
-        return self.waiter(handles)
+    def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
+        run_id = next(_fuse_ids)
+        future = self.submit(slot, reports.fuse_rows_on_worker, job, blocks, remote,
+                             self.topic, run_id, *task_args)  # fmt: skip
+        self.ticks.started(future, run_id, len(blocks))
+        return future
 
     def check(self, handle: Any) -> None:
         if handle.status != "finished":  # an error: raise it (a result would fetch bands)
@@ -93,8 +134,6 @@ class _Cluster(Runner):
         return list(self.client.run(forget_run, token).values())
 
     def close(self, running: set[Any]) -> None:
-        import contextlib
-
         from distributed import wait
 
         # Best effort: the run's own error (an interrupt, a stall, a lost scheduler) is what
@@ -105,12 +144,16 @@ class _Cluster(Runner):
                 wait(list(running), timeout=60)
 
 
-def runner_for(scheduler: Any, waiter: Callable | None = None) -> Runner:
-    """The runner of a :class:`~.schedulers.Scheduler`."""
+def runner_for(scheduler: Any, bar: Any, waiter: Callable | None = None,
+               ticks: reports.Ticks | None = None, reported: Callable = list,
+               topic: str = "") -> Runner:  # fmt: skip
+    """The runner of a :class:`~.schedulers.Scheduler` (``waiter``, ``ticks``,
+    ``reported``, ``topic``: how the processes and a cluster wait and count their blocks'
+    reports)."""
     if scheduler.kind == "synchronous":
-        return _Synchronous()
+        return _InProcess(bar, 1)
     if scheduler.kind == "threads":
-        return _Threads(scheduler.workers)
+        return _InProcess(bar, scheduler.workers)
     if scheduler.kind == "processes":
-        return _Processes(scheduler.client)
-    return _Cluster(scheduler.client, waiter, scheduler.workers)
+        return _Processes(scheduler.client, waiter, ticks, reported)
+    return _Cluster(scheduler.client, waiter, ticks, reported, topic, scheduler.workers)

@@ -15,15 +15,21 @@ holds O(tasks in flight), whatever the image size.
 * a ``distributed.Client``: the same runs as tasks on the cluster. No data moves between
   workers: each task reads from the store and writes to it. What a cluster pays instead is
   decoding the units on the border between two workers' runs twice.
+
+A task of many blocks reports each block as it finishes (worker processes through a queue,
+cluster workers as events on a topic of their scheduler), so progress moves block by block
+on every scheduler, and an interrupted run's last count is what is on disk.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import itertools
 import logging
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,9 +38,11 @@ from typing import Any
 from .._errors import SourceReadError, SourceValueError
 from .._params import cpu_count as _cpu_count
 from . import exchange
+from . import reports as reports_
 from .blocks import FuseJob, Outcome
 from .pool import process_pool
 from .progress import Progress
+from .waiting import POLL, SchedulerLostError, cluster_waiter, local_waiter, lost
 
 __all__ = ["RunReport", "execute", "resolve_scheduler"]
 
@@ -43,9 +51,7 @@ log = logging.getLogger(__name__)
 FAILED_BLOCKS_LIMIT = 64  # blocks spoilt by unreadable source data before a run stops
 LOCAL_SCHEDULERS = ("synchronous", "sync", "single-threaded", "threads", "processes")
 
-
-class StalledError(RuntimeError):
-    """No block finished for too long on a cluster (workers paused, frozen or lost)."""
+_run_ids = itertools.count()  # one per task of many blocks, unique in this process
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Scheduler:
     workers: int  # tasks at once in one process
     processes: int = 1
     client: Any = None  # a distributed Client, or the process pool for "processes"
+    ticks: Any = None  # "processes": the queue its workers report finished blocks on
 
 
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
@@ -136,7 +143,8 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
     """Worker processes, started once for the whole run (they are slow to start)."""
-    return Scheduler("processes", 1, n, stack.enter_context(process_pool(n)))
+    pool = stack.enter_context(process_pool(n))
+    return Scheduler("processes", 1, n, pool, pool.ticks)
 
 
 def _default_client() -> Any:
@@ -171,9 +179,13 @@ def execute(
     stall_timeout: float = 600.0,
     label: str = "fusing",
     task_args: tuple[Any, ...] = (),
+    done_before: int = 0,
     exchange_with: tuple[set[str], int] | None = None,
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
+
+    ``n_blocks`` blocks are to do; ``done_before`` were done before (a resumed run's), so
+    progress counts from there.
 
     A block whose source cannot be read or holds NaN spoils only itself: the others are
     still written (so that a resume after repairing the source computes only the spoilt
@@ -191,7 +203,7 @@ def execute(
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
-    bar = Progress(n_blocks, enabled=progress, label=label)
+    bar = Progress(n_blocks + done_before, done=done_before, enabled=progress, label=label)
     try:
         if exchange_with is not None:
             _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, task_args)
@@ -225,8 +237,9 @@ def _raise_failures(failures: list[BaseException]) -> None:
     raise cls(f"{unique[0]}{more}; {len(failures)} block(s) could not be computed") from failures[0]
 
 
-def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
-    """Add outcomes to the report; False once too many blocks failed."""
+def _account(report: RunReport, outcomes: list[Outcome], bar: Progress, shown: int = 0) -> bool:
+    """Add outcomes to the report (``shown`` of them already counted by the bar, as their
+    blocks finished); False once too many blocks failed."""
     for outcome in outcomes:
         report.decoded_bytes += outcome.decoded
         report.block_seconds += outcome.seconds
@@ -234,40 +247,47 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress) -> bool:
             report.done += 1
         else:
             report.failures.append(outcome.error)
-    with contextlib.suppress(Exception):  # a broken display must not fail the run
-        bar.advance(len(outcomes))
+    if len(outcomes) > shown:
+        with contextlib.suppress(Exception):  # a broken display must not fail the run
+            bar.advance(len(outcomes) - shown)
     return len(report.failures) < FAILED_BLOCKS_LIMIT
 
 
 def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, task_args) -> None:
+    """Run ``job`` by halo exchange (:mod:`.exchange`) on ``scheduler``."""
     from .runners import runner_for
 
     done, budget = exchange_with
-    waiter = (
-        _cluster_waiter(scheduler.client, stall_timeout)
-        if scheduler.kind == "distributed"
-        else None
-    )
-    runner = runner_for(scheduler, waiter)
-    try:
-        exchange.run_exchange(
-            job, runner, done=done, budget=budget, task_args=task_args,
-            on_outcomes=lambda outcomes: _account(report, outcomes, bar),
-        )  # fmt: skip
-    except BaseException as exc:
-        if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
-            address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
-            raise SchedulerLostError(
-                f"lost the connection to the dask scheduler at {address} (it stopped, or the "
-                "network failed)"
-            ) from exc
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            for nbytes, seconds, peak in runner.counts(job.token):
-                report.decoded_bytes += nbytes
-                report.block_seconds += seconds
-                report.cache_peak_bytes = max(report.cache_peak_bytes, peak)
+    ticks = reports_.Ticks(bar)
+    with contextlib.ExitStack() as stack:
+        waiter, reports, topic = None, list, ""
+        if scheduler.kind == "processes":
+            reports = reports_.queue_reports(scheduler.ticks)
+            waiter = local_waiter(reports, ticks)
+        elif scheduler.kind == "distributed":
+            topic = f"fstack-dask-progress-{uuid.uuid4().hex}"
+            reports = stack.enter_context(reports_.topic_reports(scheduler.client, topic))
+            waiter = cluster_waiter(scheduler.client, stall_timeout, reports, ticks)
+        runner = runner_for(scheduler, bar, waiter, ticks, reports, topic)
+        try:
+            exchange.run_exchange(
+                job, runner, done=done, budget=budget, task_args=task_args,
+                on_outcomes=lambda outcomes, shown: _account(report, outcomes, bar, shown),
+            )  # fmt: skip
+        except BaseException as exc:
+            if scheduler.kind == "distributed" and lost(scheduler.client, exc):
+                address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+                raise SchedulerLostError(
+                    f"lost the connection to the dask scheduler at {address} (it stopped, or "
+                    "the network failed)"
+                ) from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                for nbytes, seconds, peak in runner.counts(job.token):
+                    report.decoded_bytes += nbytes
+                    report.block_seconds += seconds
+                    report.cache_peak_bytes = max(report.cache_peak_bytes, peak)
 
 
 def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
@@ -361,32 +381,63 @@ def _run_runs(
     length = _run_length(job, scheduler.processes)
     window = 2 * scheduler.processes * scheduler.workers
     runs = _runs(job, blocks, length)
-    if scheduler.kind == "processes":
-        pool = scheduler.client
-        submit = lambda run: pool.submit(job.run, run)  # noqa: E731
-        wait = _wait_local
-    else:
-        client = scheduler.client
-        submit = lambda run: client.submit(job.run, run, *task_args, pure=False)  # noqa: E731
-        wait = _cluster_waiter(client, stall_timeout)
+    ticks = reports_.Ticks(bar)
+    with contextlib.ExitStack() as stack:
+        if scheduler.kind == "processes":
+            pool = scheduler.client
+            submit = lambda run, rid: pool.submit(reports_.run_in_process, job, run, rid)  # noqa: E731
+            reports = reports_.queue_reports(scheduler.ticks)
+            wait = local_waiter(reports, ticks)
+        else:
+            client = scheduler.client
+            topic = f"fstack-dask-progress-{uuid.uuid4().hex}"
+            reports = stack.enter_context(reports_.topic_reports(client, topic))
+            submit = lambda run, rid: client.submit(  # noqa: E731
+                reports_.run_on_worker, job, run, topic, rid, *task_args, pure=False
+            )
+            wait = cluster_waiter(client, stall_timeout, reports, ticks)
+        _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports)
+
+
+def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports) -> None:
+    """Keep ``window`` tasks in flight until every run is done (see ``_run_runs``)."""
     running: set[Any] = set()
+
+    def count() -> None:
+        for run_id in reports():
+            ticks.tick(run_id)
+
+    def collect(done: set[Any]) -> bool:
+        count()  # the blocks reported before their tasks' results: one by one
+        for future in done:
+            outcomes = future.result()
+            if not _account(report, outcomes, bar, shown=ticks.finished(future)):
+                return False
+        return True
+
     try:
         for run in runs:
-            running.add(submit(run))
+            run_id = next(_run_ids)
+            future = submit(run, run_id)
+            ticks.started(future, run_id, len(run))
+            running.add(future)
             if len(running) < window:
                 continue
             done, running = wait(running)
-            for future in done:
-                if not _account(report, future.result(), bar):
-                    return
-        while running:
-            done, running = wait(running)
-            for future in done:
-                if not _account(report, future.result(), bar):
-                    return
+            if not collect(done):
+                break
+        else:
+            while running:
+                done, running = wait(running)
+                if not collect(done):
+                    break
+        if running:  # too many blocks failed: no task may still write once this returns
+            _drain(running, scheduler, count)
     except BaseException as exc:
-        _drain(running, scheduler)
-        if scheduler.kind == "distributed" and _lost(scheduler.client, exc):
+        _drain(running, scheduler, count)
+        with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
+            count()
+        if scheduler.kind == "distributed" and lost(scheduler.client, exc):
             address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
             raise SchedulerLostError(
                 f"lost the connection to the dask scheduler at {address} (it stopped, or the "
@@ -395,70 +446,17 @@ def _run_runs(
         raise
 
 
-class SchedulerLostError(RuntimeError):
-    """The dask scheduler went away during a run."""
-
-
-def _lost(client: Any, exc: BaseException) -> bool:
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return False
-    text = f"{type(exc).__name__} {exc}"
-    return (
-        "scheduler-connection-lost" in text
-        or "CommClosedError" in text
-        or getattr(client, "status", "running") not in ("running", "connecting")
-    )
-
-
-def _wait_local(running: set[Any]) -> tuple[set[Any], set[Any]]:
-    done, rest = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-    return set(done), set(rest)
-
-
-def _cluster_waiter(client: Any, stall_timeout: float) -> Callable[[set[Any]], tuple]:
-    from distributed import wait
-
-    def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
-        try:
-            # distributed.wait uses the default client: make it ours (with an address, our
-            # client is not the default; another one may be).
-            with client.as_current():
-                result = wait(list(running), timeout=stall_timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            raise StalledError(_stall_message(client, stall_timeout)) from None
-        return set(result.done), set(result.not_done)
-
-    return waiter
-
-
-def _stall_message(client: Any, seconds: float) -> str:
-    try:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    except Exception:
-        workers = {}
-    paused = [a for a, w in workers.items() if str(w.get("status", "")).endswith("paused")]
-    if not workers:
-        cause = "the cluster has no workers left"
-    elif paused:
-        cause = (
-            f"{len(paused)} of {len(workers)} worker(s) are paused because their memory use is "
-            "above dask's pause threshold"
-        )
-    else:
-        cause = "the workers are frozen, overloaded or unreachable"
-    return (
-        f"no block finished for {seconds:g} s: {cause}; lower --memory-per-task "
-        "(memory_per_task=) or give each worker more memory"
-    )
-
-
-def _drain(running: set[Any], scheduler: Scheduler) -> None:
-    """After an error: cancel what has not started and wait for what is running."""
+def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -> None:
+    """After an error: cancel what has not started and wait for what is running, counting
+    the blocks it reports (``count``: our worker processes would block on a full queue)."""
     if scheduler.kind == "processes":
         for future in running:
             future.cancel()
+        end = time.monotonic() + 600
         with contextlib.suppress(Exception):
-            cf.wait(running, timeout=600)
+            while running and time.monotonic() < end:
+                count()
+                _, running = cf.wait(running, timeout=POLL)
         return
     client = scheduler.client
     with contextlib.suppress(Exception):

@@ -9,11 +9,29 @@ import importlib
 import math
 from typing import Any
 
-__all__ = ["MissingExtraError", "import_optional", "ngff_unit", "region_key"]
+__all__ = [
+    "MissingExtraError",
+    "UnreadableFileError",
+    "import_optional",
+    "ngff_unit",
+    "region_key",
+]
 
 
 class MissingExtraError(ImportError):
     """An optional dependency of one input kind is not installed."""
+
+
+class UnreadableFileError(OSError):
+    """One file of a source cannot be decoded (truncated, corrupt): messages name the file,
+    not the region of the stack that needed it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"file {path!r} cannot be decoded ({reason})")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # raised in worker processes, shown by the driver
+        return type(self), (self.path, self.reason)
 
 
 def import_optional(module: str, *, extra: str, what: str, package: str | None = None) -> Any:

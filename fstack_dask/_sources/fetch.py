@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import SourceReadError, SourceValueError
+from .common import UnreadableFileError
 from .source import Source
 
 __all__ = ["BlockRegion", "UnitCache", "count_decoded", "fetch_block", "units_of"]
@@ -380,6 +381,11 @@ def _to_canon(part: np.ndarray, axes: str, lead: dict[str, int], canon: str) -> 
 def _read(source: Source, sel: tuple[slice, ...]) -> np.ndarray:
     try:
         return np.asarray(source.array[sel])
+    except UnreadableFileError as exc:  # a plane file: name it, not the stack's region
+        raise SourceReadError(
+            f"cannot read file {exc.path!r} of {source.description} ({exc.reason}); the file "
+            "is corrupt, truncated or unreadable"
+        ) from exc
     except Exception as exc:
         raise SourceReadError(
             f"cannot read {_where(source, sel)} of {source.description} ({_reason(exc)}); the "

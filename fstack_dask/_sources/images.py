@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .._params import parse_axes
-from .common import import_optional, int_axes, region_key
+from .common import UnreadableFileError, import_optional, int_axes, region_key
+from .plane_names import files_used, is_litter, odd_names, odd_names_warning
 from .stack_meta import OpenedStack
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
@@ -65,24 +66,28 @@ def open_image_files(
     *,
     axes: str | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    name: str = "spec",
 ) -> OpenedStack:
     """Open a stack of plane files (TIFF, PNG or JPEG; grey or RGB) lazily.
 
     Parameters
     ----------
     spec : str, os.PathLike or sequence of them
-        A folder (its TIFF, PNG or JPEG files, other files ignored), a glob
-        pattern such as ``"/data/stack/plane_*.png"`` (every match must be an
-        image file) or a list of files. Folders and patterns are read in
-        natural sort order (`natural_key`: ``plane2`` before ``plane10``); a
-        list keeps its order. All files must have one format, shape, dtype and
-        colour mode.
+        A folder (its TIFF, PNG or JPEG files; other files, hidden files such as
+        macOS's ``._plane1.jpg`` and ``Thumbs.db``/``desktop.ini`` are skipped),
+        a glob pattern such as ``"/data/stack/plane_*.png"`` (every match must be
+        an image file; the same litter is skipped) or a list of files, at least
+        two. Folders and patterns are read in natural sort order (`natural_key`:
+        ``plane2`` before ``plane10``); a list keeps its order. All files must
+        have one format, shape, dtype and colour mode.
     axes : str, optional
-        Letters for the dimensions, by default ``"zyx"`` (grey) or ``"zyxc"``
-        (colour): planes, rows, columns, RGB samples.
+        ``"zyx"`` (grey) or ``"zyxc"`` (colour), the only order plane files have:
+        planes, rows, columns, RGB samples; anything else is refused.
     cache_bytes : int, default 256 MiB
         Bytes of whole decoded planes kept for files that can only be decoded
         whole (PNG, JPEG, single-strip TIFF); 0 disables the cache.
+    name : str, default "spec"
+        How messages name `spec` (``"src"`` when it is a run's source).
 
     Returns
     -------
@@ -92,15 +97,21 @@ def open_image_files(
         PNG and JPEG planes are turned upright by their EXIF orientation, as
         viewers show them (noted too; a portrait plane's rows and columns swap);
         a TIFF Orientation tag is not applied, as in tifffile and Fiji.
+        ``notes`` lists the files used (count, first, last, litter skipped);
+        ``warnings`` names files of a folder or pattern whose names break the
+        pattern most of the others share (another tool's result saved beside
+        the planes, say: it is used, as a plane, and named), and a dropped
+        alpha channel.
 
     Raises
     ------
     FileNotFoundError
         If the folder, or a listed file, does not exist.
     ValueError
-        If nothing matches, formats are mixed, a file is not a single plane,
-        or a file's shape, dtype or mode differs from the first (the message
-        names the first offending file).
+        If nothing matches, only one file does, formats are mixed, a file is
+        not a single plane, a file's shape, dtype or mode differs from the
+        first (the message names the first offending file), or `axes` is not
+        the planes' order.
     TypeError
         If `spec`, `axes` or `cache_bytes` has the wrong type.
     MissingExtraError
@@ -116,12 +127,13 @@ def open_image_files(
         raise TypeError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
     if cache_bytes < 0:
         raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes}")
-    files, where = _list_files(spec)
+    files, place, skipped = _list_files(spec, name)
+    where = f"{name} {place}"
     fmt = _FORMATS[os.path.splitext(files[0])[1].lower()]
     for f in files:
         if _FORMATS[os.path.splitext(f)[1].lower()] != fmt:
             raise ValueError(
-                f"spec {where} mixes formats: {files[0]!r} is {fmt.upper()} but {f!r} is not; "
+                f"{where} mixes formats: {files[0]!r} is {fmt.upper()} but {f!r} is not; "
                 f"pass a glob pattern that selects one format"
             )
     probe = _probe_tiff if fmt == "tiff" else _probe_pillow
@@ -132,20 +144,32 @@ def open_image_files(
             raise ValueError(
                 f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}, but "
                 f"{files[0]!r} has shape {first['shape']} and dtype {first['dtype']}; "
-                f"every plane of spec {where} must match"
+                f"every plane of {where} must match"
             )
         if other["mode"] != first["mode"]:
             raise ValueError(
                 f"file {f!r} is {other['mode']} but {files[0]!r} is {first['mode']}; "
-                f"every plane of spec {where} must have the same colour mode"
+                f"every plane of {where} must have the same colour mode"
             )
+    if len(files) == 1:
+        raise ValueError(
+            f"{where} gives one file, {files[0]!r}; a focus stack needs at least 2 planes "
+            "(one file per plane): check the folder or the pattern"
+        )
     rgb = len(first["shape"]) == 3  # (y, x, samples)
-    letters = parse_axes("zyxc" if rgb else "zyx" if axes is None else axes, 3 + rgb)
+    letters = "zyxc" if rgb else "zyx"
+    if axes is not None and parse_axes(axes, len(axes) if isinstance(axes, str) else 0) != letters:
+        # The order is fixed by the files; any other letters would make a wrong picture.
+        raise ValueError(
+            f"axes {axes!r} cannot apply to {where}: plane files are always read as "
+            f"{letters!r} (one plane per file, in name order, then rows, columns"
+            f"{', colour samples' if rgb else ''}); omit axes="
+        )
     array = _PlaneFiles(
         files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes
     )
     kind = f"{fmt} files"
-    description = f"{len(files)} {fmt.upper()} files {where}"
+    description = f"{len(files)} {fmt.upper()} files {place}"
     notes = []
     if first["alpha"]:
         notes.append("alpha channel dropped")
@@ -153,6 +177,17 @@ def open_image_files(
         notes.append("turned upright by their EXIF orientation")
     if notes:
         description += ": " + ", ".join(notes)
+    warnings = []
+    if not isinstance(spec, Sequence) or isinstance(spec, str):  # a list is the user's choice
+        odd = odd_names(files)
+        if odd:
+            warnings.append(odd_names_warning(files, odd, where))
+    if first["alpha"]:
+        warnings.append(
+            f"the {fmt.upper()} files of {where} have an alpha channel, which is dropped: "
+            "fusion uses the colour (or grey) samples only, and transparent pixels are fused "
+            "with the colour they hold"
+        )
     scale, units = first["scale"], first["units"]
     return OpenedStack(
         array=array,
@@ -166,44 +201,54 @@ def open_image_files(
         rgb=rgb and letters[-1] == "c",
         files=tuple(files),
         description=description,
+        notes=(files_used(files, fmt, skipped),),
+        warnings=tuple(warnings),
     )
 
 
-def _list_files(spec: Any) -> tuple[list[str], str]:
-    """The plane files in stack order, and how to name `spec` in messages."""
+def _list_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
+    """The plane files in stack order, how to name `spec` in messages, and the platform
+    litter skipped (hidden files, Thumbs.db, ...)."""
+    skipped: list[str] = []
     if isinstance(spec, (str, os.PathLike)):
         text = os.path.expanduser(os.fspath(spec))
         if os.path.isdir(text):
             where = f"folder {os.path.abspath(text)!r}"
             names = [os.path.join(text, n) for n in os.listdir(text)]
             files = [f for f in names if os.path.isfile(f) and _is_image(f)]
+            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            files = [f for f in files if not is_litter(f)]
             if not files:
-                raise ValueError(f"spec {where} holds no TIFF, PNG or JPEG files")
+                raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
         elif _GLOB_CHARS.search(text):
             where = f"pattern {text!r}"
             files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
+            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            files = [f for f in files if not is_litter(f)]
             if not files:
-                raise ValueError(f"spec {where} matches no files")
-            _check_images(files, where)
+                raise ValueError(f"{name} {where} matches no files")
+            _check_images(files, f"{name} {where}")
         elif os.path.exists(text):
             raise ValueError(
-                f"spec {text!r} is a file; expected a folder, a glob pattern or a list of files"
+                f"{name} {text!r} is a file; expected a folder, a glob pattern or a list of files"
             )
         else:
-            raise FileNotFoundError(f"spec {text!r} does not exist; expected a folder of planes")
-        return sorted((os.path.abspath(f) for f in files), key=natural_key), where
+            raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
+        files = sorted((os.path.abspath(f) for f in files), key=natural_key)
+        return files, where, [os.path.abspath(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in spec]
         if not files:
-            raise ValueError("spec is an empty list; expected at least one plane file")
+            raise ValueError(f"{name} is an empty list; expected at least two plane files")
         where = f"(a list of {len(files)} files)"
         for f in files:
             if not os.path.isfile(f):
-                raise FileNotFoundError(f"file {f!r} listed in spec does not exist")
-        _check_images(files, where)
-        return files, where
+                raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
+        _check_images(files, f"{name} {where}")
+        return files, where, []
     raise TypeError(
-        f"spec must be a folder, a glob pattern or a list of file paths, got {type(spec).__name__}"
+        f"{name} must be a folder, a glob pattern or a list of file paths, got "
+        f"{type(spec).__name__}"
     )
 
 
@@ -215,7 +260,7 @@ def _check_images(files: list[str], where: str) -> None:
     for f in files:
         if not _is_image(f):
             raise ValueError(
-                f"file {f!r} of spec {where} is not a TIFF, PNG or JPEG file "
+                f"file {f!r} of {where} is not a TIFF, PNG or JPEG file "
                 f"(by its extension: .tif, .tiff, .png, .jpg, .jpeg)"
             )
 
@@ -415,19 +460,24 @@ class _PlaneFiles:
 
     def _decode(self, z: int) -> np.ndarray:
         path = self.files[z]
-        if self.fmt == "tiff":
-            import tifffile
+        try:
+            if self.fmt == "tiff":
+                import tifffile
 
-            plane = tifffile.imread(path)
-        else:
-            from PIL import Image, ImageOps
+                plane = tifffile.imread(path)
+            else:
+                from PIL import Image, ImageOps
 
-            with Image.open(path) as im:
-                # Upright as every viewer shows it: the EXIF orientation applied.
-                plane = np.asarray(ImageOps.exif_transpose(im))
-            if plane.dtype != self.dtype and self.dtype == np.uint16:
-                # 16-bit grey PNG: big-endian "I;16B", or int32 "I" in older Pillow.
-                plane = plane.astype(np.uint16)
+                with Image.open(path) as im:
+                    # Upright as every viewer shows it: the EXIF orientation applied.
+                    plane = np.asarray(ImageOps.exif_transpose(im))
+        except (ImportError, MemoryError):
+            raise
+        except Exception as exc:  # a truncated or corrupt file: say which
+            raise UnreadableFileError(path, _reason(exc)) from exc
+        if self.fmt != "tiff" and plane.dtype != self.dtype and self.dtype == np.uint16:
+            # 16-bit grey PNG: big-endian "I;16B", or int32 "I" in older Pillow.
+            plane = plane.astype(np.uint16)
         if self.alpha:  # RGBA -> RGB, grey + alpha -> grey
             plane = plane[..., :3] if self.ndim == 4 else plane[..., 0]
         plane = self._checked(plane, z)
@@ -439,7 +489,12 @@ class _PlaneFiles:
         import tifffile
 
         # rest's sample slice lies within RGB, so it also drops any alpha sample.
-        plane = tifffile.imread(self.files[z], selection=rest)
+        try:
+            plane = tifffile.imread(self.files[z], selection=rest)
+        except (ImportError, MemoryError):
+            raise
+        except Exception as exc:
+            raise UnreadableFileError(self.files[z], _reason(exc)) from exc
         with self._lock:
             self.decodes += 1
         return plane
@@ -452,3 +507,8 @@ class _PlaneFiles:
                 f"{plane.dtype}, expected {self.shape[1:]} and {self.dtype}"
             )
         return plane
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

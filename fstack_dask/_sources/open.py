@@ -70,7 +70,7 @@ def open_source(
     if isinstance(src, (list, tuple)):
         from .images import open_image_files
 
-        return _from_opened(open_image_files(list(src), axes=axes), None)
+        return _from_opened(open_image_files(list(src), axes=axes, name="src"), None)
     if not isinstance(src, (str, os.PathLike)):
         return open_zarr(src, axes=axes, level=level, storage_options=storage_options)
     text = os.fspath(src)
@@ -78,7 +78,7 @@ def open_source(
         from .images import open_image_files
 
         _level0(level, "plane files")
-        return _from_opened(open_image_files(text, axes=axes), None)
+        return _from_opened(open_image_files(text, axes=axes, name="src"), None)
     location = resolve(src, name="src", storage_options=storage_options)
     if not location.is_local:
         return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
@@ -100,14 +100,21 @@ def open_source(
         if any(_is_image(n) for n in os.listdir(path)):
             _level0(level, "plane files")
             with _reading(location.spec):
-                return _from_opened(open_image_files(path, axes=axes), location)
+                return _from_opened(open_image_files(path, axes=axes, name="src"), location)
     if os.path.isfile(path):
         raise ValueError(
             f"src {location.spec!r} is not a Zarr array or group, nor a file fstack_dask can "
-            "read as a focus stack: expected a Zarr or OME-Zarr store, a TIFF file, an HDF5 "
-            "dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
+            f"read as a focus stack: expected {_READABLE}"
         )
+    if not os.path.lexists(path):  # every local reader, not only Zarr's
+        raise FileNotFoundError(f"src {location.spec!r} does not exist; expected {_READABLE}")
     return open_zarr(location, axes=axes, level=level)
+
+
+_READABLE = (
+    "a Zarr or OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), an HDF5 dataset, "
+    "or a folder or glob of plane files (TIFF, PNG, JPEG)"
+)
 
 
 def _level0(level: int, what: str) -> None:
@@ -181,6 +188,8 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
         files=tuple(stack.files),
         cached_reads=not own_cache,
         metadata_text=meta,
+        notes=tuple(stack.notes),
+        warnings=tuple(stack.warnings),
     )
 
 

@@ -73,6 +73,10 @@ class Source:
         OME-NGFF version of an OME-Zarr source.
     level : int
         The pyramid level opened (0: full resolution).
+    notes, warnings : tuple of str
+        How the input was read (the plane files used), and what may make the result other
+        than the user meant; the run logs the first and warns with the second where it is
+        planned (never in worker processes, which open the source again).
     """
 
     array: Any
@@ -93,6 +97,8 @@ class Source:
     files: tuple[str, ...] = ()  # or the data files themselves (TIFF, plane files)
     cached_reads: bool = True  # False: the reader caches itself, or the data is in memory
     metadata_text: str = ""  # what identifies a non-Zarr source's metadata
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -54,6 +54,13 @@ class OpenedStack:
         fingerprints); empty for in-memory arrays.
     description : str
         A short phrase for messages, e.g. ``"OME-TIFF '/data/s.ome.tif' (series 0)"``.
+    notes : tuple of str
+        What a run's log and ``fstack-dask info`` say about how the input was read (the
+        plane files used, the files skipped).
+    warnings : tuple of str
+        What may make the result other than the user meant (a file not named like the
+        other planes, an alpha channel dropped): the run warns with each, once, where it
+        is planned.
     """
 
     array: Any
@@ -67,6 +74,8 @@ class OpenedStack:
     rgb: bool
     files: tuple[str, ...]
     description: str
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A reader bug should fail here, not as a wrong picture in the output.

@@ -9,6 +9,7 @@ physical sizes from the OME-XML or the ImageJ description and resolution tags.
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -118,12 +119,18 @@ def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | No
         keyframe = ser.keyframe
         native = ser.axes
         colour = keyframe.photometric in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
+        _refuse_single_image(native, colour, ser.levels[level].shape, description, path)
         letters, rgb, note = _map_axes(native, colour, axes, ser.levels[level].ndim, description)
         n_colour = len(keyframe.extrasamples) if rgb else 0
         drop = (native.index("S"), 3) if n_colour else None
         array = _TiffArray(path, series, level, drop=drop, whole_pages=_whole_pages(ser, level))
+        warnings = []
         if n_colour:
             note.append(f"{n_colour} extra sample(s) (alpha) dropped")
+            warnings.append(
+                f"{description} has {n_colour} extra sample(s) per pixel (alpha), which are "
+                "dropped: fusion uses the colour samples only"
+            )
         scale, units, translation, names, colors = _metadata(tif, ser, kind)
         files = _series_files(ser.levels[level], path)
     finally:
@@ -149,6 +156,24 @@ def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | No
         rgb=rgb,
         files=files,
         description=description,
+        warnings=tuple(warnings),
+    )
+
+
+def _refuse_single_image(
+    native: str, colour: bool, shape: tuple[int, ...], where: str, path: str
+) -> None:
+    """A TIFF of one 2-D image (grey, or colour samples) is a plane, not a stack: no axes
+    can make it one, so say what to give instead."""
+    planar = native.replace("S", "") if colour else native
+    if len(planar) != 2:
+        return
+    rows, cols = (shape[native.index(a)] for a in planar)
+    folder = glob.escape(os.path.dirname(path))
+    raise ValueError(
+        f"{where} is a single 2-D image ({rows} x {cols} px), not a focus stack: give the folder "
+        f"of the planes, a pattern matching them (e.g. '{folder}/*{os.path.splitext(path)[1]}') "
+        "or a multi-page TIFF"
     )
 
 

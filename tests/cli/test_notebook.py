@@ -88,3 +88,29 @@ def test_quickstart_notebook_runs(kernel_for_this_python, tmp_path):
         assert len(image.data["image/png"]) > 1000  # base64 PNG, not an empty stub
     # the working directory is the temporary one: nothing lands in the repository
     assert not any(p.suffix == ".zarr" for p in NOTEBOOK.parent.iterdir())
+
+
+def test_progress_in_a_notebook_without_ipywidgets(kernel_for_this_python, tmp_path):
+    """In Jupyter without ipywidgets, tqdm.auto warned 'IProgress not found'; the bar is now
+    tqdm's text bar, which a notebook shows as one line updated in place."""
+    cell = """
+import sys
+sys.modules["ipywidgets"] = None  # as where it is not installed
+import fstack_dask
+from fstack_dask._runs import progress
+progress.SHOW_AFTER = 0.0  # a bar even for this short run
+stack = fstack_dask.sample_stack("mitochondria_lightsheet")
+fstack_dask.write_stack("stack.zarr", stack, axes="zyx", chunks=(34, 64, 64))
+out = fstack_dask.fuse_zarr("stack.zarr", "out.zarr", chunks=64, levels=0)
+"""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name=kernel_for_this_python,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )  # fmt: skip
+    client.execute()
+    outputs = [out for _, out in _outputs(nb)]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "IProgress" not in text and "Warning" not in text, text
+    assert "fusing: 100%" in text and "4/4" in text, text
+    assert all(out.output_type == "stream" and out.name == "stderr" for out in outputs), outputs

@@ -44,6 +44,23 @@ def test_new_dst(tmp_path):
     assert not dst.exists()
 
 
+@pytest.mark.parametrize("name", ["fused.png", "fused.jpg", "Fused.JPEG", "out/fused.webp"])
+def test_dst_named_like_a_picture_is_refused(tmp_path, name):
+    """A Zarr folder named fused.png opens in no PNG reader: refused before anything is
+    written, saying what is written instead."""
+    src = _source_store(tmp_path)
+    (tmp_path / "out").mkdir()
+    before = _tree(tmp_path)
+    for kw in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(ValueError, match=r"names a (PNG|JPG|JPEG|WEBP) file, but fstack_dask "
+                           r"writes OME-Zarr .*such as '(fused|Fused)\.ome\.zarr'"):  # fmt: skip
+            check(tmp_path / name, src=src, **kw)
+    with pytest.raises(ValueError, match=r"^dst '.*' names a"):
+        fuse_zarr(src, tmp_path / name, progress=False)
+    assert _tree(tmp_path) == before
+    assert check(tmp_path / "fused.ome.zarr", src=src) == "new"
+
+
 def test_dst_whose_parent_is_missing_is_refused(tmp_path):
     """A typo in the parent path must not create a tree of folders (it did before)."""
     src = _source_store(tmp_path)

@@ -146,7 +146,8 @@ def test_exif_orientation_turns_planes_upright(tmp_path):
     grey = _planes(3, (20, 30), seed=4)
     for k, plane in enumerate(grey):
         Image.fromarray(plane).save(tmp_path / f"g{k}.png", exif=_with_orientation(3))
-    Image.fromarray(grey[0]).save(tmp_path / "h0.png", exif=_with_orientation(1))
+    for k in range(2):  # a stack has at least two planes
+        Image.fromarray(grey[k]).save(tmp_path / f"h{k}.png", exif=_with_orientation(1))
     upside_down = open_image_files(str(tmp_path / "g*.png"))
     assert upside_down.array.dtype == np.uint16 and upside_down.array.shape == (3, 20, 30)
     np.testing.assert_array_equal(upside_down.array[:, 2:9, 5:], grey[:, ::-1, ::-1][:, 2:9, 5:])
@@ -370,3 +371,91 @@ def test_missing_pillow_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     with pytest.raises(MissingExtraError, match=r"'pillow'.*pip install \"fstack_dask\[images\]\""):
         open_image_files(tmp_path)
+
+
+# ------------------------------------------------- the first hour (issue 18): what was used
+
+
+def test_real_pcb_folder_names_the_other_tools_result():
+    """The real folder holds expected.jpg, focus-stack's own fused result, beside the seven
+    planes: it is read as a plane (a user may want it), and named in a warning."""
+    opened = open_image_files(realdata("petteri_pcb"))
+    assert [os.path.basename(f) for f in opened.files][:2] == ["expected.jpg", "pcb_001.jpg"]
+    assert opened.notes == (
+        "8 JPEG files, in this order: first 'expected.jpg', last 'pcb_007.jpg'",
+    )
+    (warning,) = opened.warnings
+    assert warning.startswith(f"spec folder '{realdata('petteri_pcb')}': ")
+    assert "'expected.jpg' is not named like the other 7 files ('pcb_001.jpg' ... " in warning
+    assert "is fused as plane 1 of 8" in warning
+    assert f"'{realdata('petteri_pcb')}/pcb_*.jpg'" in warning  # the pattern that selects them
+    assert open_image_files(str(realdata("petteri_pcb") / "pcb_*.jpg")).warnings == ()
+
+
+def test_odd_names_need_a_pattern_most_files_share():
+    from fstack_dask._sources.plane_names import odd_names
+
+    name = "/d/cell2G2Dz0p3um_ch0_stack0001_488nm_0003524msec_0002913748msecAbs{:04d}.tif"
+    lightsheet = [name.format(k) for k in range(32, 41)]
+    assert odd_names(lightsheet) == []  # many numbers, one varies: one pattern
+    assert odd_names([*lightsheet, "/d/MAX_projection.tif"]) == ["/d/MAX_projection.tif"]
+    assert odd_names(["/d/near.tif", "/d/far.tif", "/d/mid.tif"]) == []  # no pattern to break
+    assert odd_names(["/d/a1.tif", "/d/b.tif"]) == []  # one against one: no majority
+
+
+def test_platform_litter_is_skipped_and_said(tmp_path):
+    planes = _planes(3, (10, 12), dtype="uint8")
+    for k, plane in enumerate(planes):
+        Image.fromarray(plane).save(tmp_path / f"step{k}.png")
+    # what macOS and Windows leave behind when a folder is copied
+    (tmp_path / "._step0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # AppleDouble
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    for spec in (tmp_path, str(tmp_path / "*")):  # a folder, and a glob that matches them all
+        opened = open_image_files(spec)
+        assert [os.path.basename(f) for f in opened.files] == [f"step{k}.png" for k in range(3)]
+        np.testing.assert_array_equal(opened.array[...], planes)
+        assert opened.warnings == ()
+    (note,) = open_image_files(tmp_path).notes
+    assert note.endswith("; skipped 1 hidden or system file ('._step0.png')")
+
+
+def test_axes_and_a_single_file_are_refused_for_plane_files(tmp_path):
+    for k, plane in enumerate(_planes(3, (10, 12))):
+        tifffile.imwrite(tmp_path / f"z{k}.tif", plane)
+    assert open_image_files(tmp_path, axes="ZYX").axes == "zyx"  # the planes' own order
+    for axes in ("yxz", "zxy", "tzyx"):
+        with pytest.raises(ValueError, match=rf"^axes '{axes}' cannot apply to spec folder .*"
+                           r"always read as 'zyx' .*omit axes="):  # fmt: skip
+            open_image_files(tmp_path, axes=axes)
+    for spec in (str(tmp_path / "z1*"), [tmp_path / "z1.tif"]):
+        with pytest.raises(ValueError, match=r"gives one file, .*z1\.tif'; a focus stack needs"):
+            open_image_files(spec)
+
+
+def test_a_truncated_plane_is_named_when_it_is_read(tmp_path):
+    from fstack_dask._errors import SourceReadError
+    from fstack_dask._sources.fetch import BlockRegion, fetch_block
+    from fstack_dask._sources.open import open_source
+
+    for k, plane in enumerate(_planes(3, (64, 80, 3), dtype="uint8")):
+        Image.fromarray(plane).save(tmp_path / f"p{k}.jpg", quality=90)
+    whole = (tmp_path / "p1.jpg").read_bytes()
+    (tmp_path / "p1.jpg").write_bytes(whole[: len(whole) // 2])  # an interrupted copy
+    source = open_source(tmp_path)  # the header is whole: opening succeeds
+    region = BlockRegion((), (0, 64), (0, 80), True)
+    with pytest.raises(SourceReadError, match=r"^cannot read file '.*p1\.jpg' of src '.*' \("
+                       r"OSError: image file is truncated.*the file is corrupt"):  # fmt: skip
+        fetch_block(source, region, None)
+
+
+def test_pillow_is_a_dependency_of_the_plain_install():
+    """A folder of JPEG or PNG planes is a first-hour input: the plain install reads it."""
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    names = [re.split(r"[<>=!~;\[ ]", d)[0].lower() for d in project["dependencies"]]
+    assert "pillow" in names

@@ -258,9 +258,11 @@ def test_bad_input(tmp_path):
         open_tiff(tmp_path / "s.tif", level=-1)
     with pytest.raises(ValueError, match=r"^axes 'zy' has 2 letters"):
         open_tiff(tmp_path / "s.tif", axes="zy")
-    tifffile.imwrite(tmp_path / "one.tif", _data((8, 8)))
-    with pytest.raises(ValueError, match=r"^axes of TIFF .* 'YX' .*lacks 'z'"):
-        open_tiff(tmp_path / "one.tif")
+    tifffile.imwrite(tmp_path / "one.tif", _data((8, 6)))
+    for axes in (None, "zyx"):  # no axes make one image a stack: say what to give instead
+        with pytest.raises(ValueError, match=r"^TIFF .* single 2-D image \(8 x 6 px\), not a "
+                           r"focus stack: give the folder of the planes"):  # fmt: skip
+            open_tiff(tmp_path / "one.tif", axes=axes)
 
 
 def test_missing_tifffile_names_the_extra(monkeypatch, tmp_path):

@@ -1,0 +1,99 @@
+"""Waiting for a run's tasks: counting the blocks they report while they run, and telling a
+cluster that stalled or a scheduler that went away from a slow run."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import reports as reports_
+
+__all__ = ["SchedulerLostError", "StalledError", "cluster_waiter", "local_waiter", "lost"]
+
+POLL = 0.25  # seconds between looks at the blocks reported while tasks of many blocks run
+
+
+class StalledError(RuntimeError):
+    """No block finished for too long on a cluster (workers paused, frozen or lost)."""
+
+
+class SchedulerLostError(RuntimeError):
+    """The dask scheduler went away during a run."""
+
+
+def lost(client: Any, exc: BaseException) -> bool:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    return (
+        "scheduler-connection-lost" in text
+        or "CommClosedError" in text
+        or getattr(client, "status", "running") not in ("running", "connecting")
+    )
+
+
+def local_waiter(reports: Callable[[], list[Any]], ticks: reports_.Ticks) -> Callable:
+    """Wait for the first of the running tasks to finish, counting reported blocks."""
+
+    def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
+        while True:
+            done, rest = cf.wait(running, timeout=POLL, return_when=cf.FIRST_COMPLETED)
+            if done:
+                return set(done), set(rest)
+            for run_id in reports():
+                ticks.tick(run_id)
+
+    return waiter
+
+
+def cluster_waiter(
+    client: Any, stall_timeout: float, reports: Callable[[], list[Any]], ticks: reports_.Ticks
+) -> Callable[[set[Any]], tuple]:
+    """Wait for the first of the running tasks to finish, counting reported blocks; fail
+    when no block finished for ``stall_timeout`` seconds."""
+    from distributed import wait
+
+    def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
+        last = time.monotonic()
+        while True:
+            try:
+                # distributed.wait uses the default client: make it ours (with an address,
+                # our client is not the default; another one may be).
+                with client.as_current():
+                    result = wait(list(running), timeout=POLL, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                now = time.monotonic()
+                reported = reports()
+                for run_id in reported:
+                    ticks.tick(run_id)
+                if reported:
+                    last = now
+                elif now - last >= stall_timeout:
+                    raise StalledError(_stall_message(client, stall_timeout)) from None
+                continue
+            return set(result.done), set(result.not_done)
+
+    return waiter
+
+
+def _stall_message(client: Any, seconds: float) -> str:
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except Exception:
+        workers = {}
+    paused = [a for a, w in workers.items() if str(w.get("status", "")).endswith("paused")]
+    if not workers:
+        cause = "the cluster has no workers left"
+    elif paused:
+        cause = (
+            f"{len(paused)} of {len(workers)} worker(s) are paused because their memory use is "
+            "above dask's pause threshold"
+        )
+    else:
+        cause = "the workers are frozen, overloaded or unreachable"
+    return (
+        f"no block finished for {seconds:g} s: {cause}; lower --memory-per-task "
+        "(memory_per_task=) or give each worker more memory"
+    )
