@@ -104,6 +104,12 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         "e.g. zyx, czyx, yxz (z: focus, c: channel, other letters: batch)",
     )
     g.add_argument(
+        "--scene",
+        metavar="N|NAME",
+        help="the scene (CZI), position (ND2) or image (LIF) to fuse when SRC holds several: "
+        "its index or name (the same as SRC/N)",
+    )
+    g.add_argument(
         "--level",
         type=int,
         metavar="N",
@@ -318,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_algorithm_options(info, full=False)
     _add_layout_options(info, full=False)
     return parser
+
+
+def scene_src(src: str, scene: str | None) -> str:
+    """SRC with ``--scene`` appended as the path through the file that names it."""
+    if scene is None:
+        return src
+    import os
+
+    from .._sources.open import VENDOR_FORMATS
+
+    if os.path.splitext(src.rstrip("/"))[1].lower() not in VENDOR_FORMATS:
+        raise UsageError(
+            f"--scene applies to CZI, ND2 and LIF files, and SRC {src!r} is none; name the "
+            "image another way (--level, or the path to it)"
+        )
+    if not scene.strip() or "/" in scene:
+        raise UsageError(f"--scene must be a scene's index or name, got {scene!r}")
+    return f"{src.rstrip('/')}/{scene}"
 
 
 def cluster_override(value: str | None) -> dict[str, Any] | None:

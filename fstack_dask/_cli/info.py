@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .._runs.fusion import plan_fusion
-from .args import EXIT_OK, configure
+from .args import EXIT_OK, configure, scene_src
 
 __all__ = ["cmd_info"]
 
@@ -44,7 +44,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .._params import cpu_count
 
     kw = config.fuse_kwargs()
-    fusion = plan_from_options(args.src, kw)
+    fusion = plan_from_options(scene_src(args.src, args.scene), kw)
     source, layout = fusion.source, fusion.layout
     workers = cpu_count() if config.cluster.kind == "local" else 1
     blocks, cache = fusion.plan(workers)

@@ -26,6 +26,7 @@ from .args import (
     build_parser,
     cluster_override,
     configure,
+    scene_src,
 )
 
 __all__ = ["main"]
@@ -38,6 +39,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from .._runs.fuse_zarr import fuse_zarr
 
     kw = config.fuse_kwargs()
+    args.src = scene_src(args.src, args.scene)
     if config.cluster.kind != "local":
         _quiet_distributed()
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
