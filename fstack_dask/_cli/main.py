@@ -51,10 +51,18 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         fusion = plan_from_options(args.src, kw)
         dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
                       writable=True)  # fmt: skip
-        destination = Destination(
-            dst, protect=fusion.source.protected(), entries=fusion.spec.entries
-        )
-        destination.check(overwrite=kw["overwrite"], resume=args.resume)
+        from .._runs.fuse_zarr import is_tiff_destination
+
+        if is_tiff_destination(args.dst):
+            from .._runs.tiff_output import check_tiff_destination
+
+            check_tiff_destination(dst, fusion.source.protected(), overwrite=kw["overwrite"],
+                                   resume=args.resume)  # fmt: skip
+        else:
+            destination = Destination(
+                dst, protect=fusion.source.protected(), entries=fusion.spec.entries
+            )
+            destination.check(overwrite=kw["overwrite"], resume=args.resume)
     start = time.perf_counter()
     with _report_progress_notes(), config.cluster_context() as scheduler:
         out = fuse_zarr(
@@ -67,8 +75,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - start
     image = out["0"]
-    axes = "".join(image.metadata.dimension_names or ())
-    extras = [name for name in ("depth", "selectivity") if name in out]
+    # OME-Zarr names its dimensions; a TIFF dst's Zarr view (tifffile's) lists them as an
+    # attribute, and holds the maps as images of their own
+    names = getattr(image.metadata, "dimension_names", None) or image.attrs.get(
+        "_ARRAY_DIMENSIONS", ()
+    )
+    axes = "".join(names).lower()
+    extras = [name for name in ("depth", "selectivity") if name in out or kw.get(f"{name}_map")]
     plus = f" + {', '.join(extras)}" if extras else ""
     print(
         f"wrote {args.dst}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
