@@ -39,7 +39,7 @@ _TIFF = (".tif", ".tiff", ".btf", ".tf8")
 _HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
 _ZARR_META = ("zarr.json", ".zarray", ".zgroup")
 # Microscope vendors' formats, each read by its own library (an optional extra).
-VENDOR_FORMATS = {".czi": "czi"}
+VENDOR_FORMATS = {".czi": "czi", ".nd2": "nd2", ".lif": "lif"}
 
 
 def _is_in_memory_array(obj: Any) -> bool:
@@ -137,9 +137,17 @@ def _vendor_file(path: str) -> tuple[str, str | None, str] | None:
 
 def open_vendor(path: str, scene: str | None, kind: str, *, axes: str | None) -> OpenedStack:
     """Open one scene of a CZI, ND2 or LIF file with its format's reader."""
-    from .czi import open_czi
+    if kind == "czi":
+        from .czi import open_czi
 
-    return open_czi(path, scene=scene, axes=axes)
+        return open_czi(path, scene=scene, axes=axes)
+    if kind == "nd2":
+        from .nd2 import open_nd2
+
+        return open_nd2(path, scene=scene, axes=axes)
+    from .lif import open_lif
+
+    return open_lif(path, scene=scene, axes=axes)
 
 
 def _level0(level: int, what: str) -> None:
