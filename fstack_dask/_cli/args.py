@@ -255,8 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fuse.add_argument("src", metavar="SRC", help="Zarr array or OME-Zarr image (path or URL)")
-    fuse.add_argument("dst", metavar="DST", help="output OME-Zarr image group (path or URL)")
+    fuse.add_argument(
+        "src",
+        metavar="SRC",
+        help="the focus stack: Zarr or OME-Zarr (path or URL), TIFF, a folder or glob of plane "
+        "files, HDF5, or a CZI, ND2 or LIF file",
+    )
+    fuse.add_argument(
+        "dst",
+        metavar="DST",
+        help="output OME-Zarr image group (path or URL), or a pyramidal OME-TIFF (a local "
+        "path ending in .tif or .tiff)",
+    )
     _add_config_option(fuse)
     _add_input_options(fuse)
     _add_algorithm_options(fuse, full=True)

@@ -132,7 +132,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _exit_code(exc: BaseException) -> int:
     from .._errors import DestinationLockedError, SourceValueError
+    from .._sources.common import MissingExtraError
 
+    if isinstance(exc, MissingExtraError):  # found before anything is written: install it
+        return EXIT_USAGE
     if isinstance(exc, (DestinationLockedError, SourceValueError, PermissionError)):
         return EXIT_FAILURE
     if isinstance(exc, (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError)):
@@ -157,7 +160,10 @@ def _message(exc: BaseException) -> str:
     text = " ".join(str(exc).split())  # one line, whatever the exception holds
     for api, option in _API_TO_OPTION:
         text = text.replace(api, option)
-    if isinstance(exc, (UsageError, ValueError, TypeError, OSError, RuntimeError)) and text:
+    from .._sources.common import MissingExtraError
+
+    told = (UsageError, ValueError, TypeError, OSError, RuntimeError, MissingExtraError)
+    if isinstance(exc, told) and text:
         if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
             text = f"{text}: {exc.filename!r}"
         return text

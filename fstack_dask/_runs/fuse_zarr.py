@@ -57,7 +57,10 @@ def fuse_zarr(
     ----------
     src : str, os.PathLike or zarr.Array
         A Zarr v2/v3 array, or an OME-Zarr image group (NGFF 0.1-0.5; axes from its
-        metadata), as a local path or an fsspec URL.
+        metadata), as a local path or an fsspec URL; or any input of the README's table: a
+        TIFF, plane files, HDF5, an array, or a CZI, ND2 or LIF file, one of whose scenes
+        (positions, images) is named after the file when it has several
+        (``"slide.czi/1"``).
     dst : str or os.PathLike
         Where to write the OME-Zarr 0.5 image group (Zarr v3): a new path (its parent folder
         must exist), an empty folder, or an earlier fstack_dask output (with ``overwrite``

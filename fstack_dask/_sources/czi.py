@@ -6,7 +6,7 @@ overlaps as ZEN does (a tile with a higher M index drawn over a lower one where 
 overlap; pixels no tile covers are 0), one plane (Z, C, T) at a time. A read unit is a
 512 x 512 px region of one scene with every plane, so a block reads only the tiles its
 region overlaps, never a whole plane: memory is bounded by the blocks in flight and the
-cache of decoded tiles (:data:`TILE_CACHE_BYTES` per process, libCZI's own subblock
+cache of decoded tiles (:data:`TILE_CACHE_BYTES`, 128 MiB per process, libCZI's own subblock
 cache, which keeps a tile shared by neighbouring regions from being decoded again), even
 on a mosaic wider than memory. ``benchmarks/vendor.py`` measures it against bioio-czi and
 against Zarr with the same codec family.
@@ -34,10 +34,11 @@ from .vendor import RegionArray, Scene, choose_scene
 __all__ = ["TILE_CACHE_BYTES", "UNIT", "open_czi"]
 
 UNIT = 512  # px along y and x of a read unit: blocks align to it
-# libCZI's cache of decoded tiles, per process. Enough for two rows of 2048 x 2048 uint16
-# tiles of 8 planes across four tiles; beyond it tiles are decoded again (only speed
-# suffers, never results).
-TILE_CACHE_BYTES = 256 * 2**20
+# libCZI's cache of decoded tiles, per process: beyond it tiles are decoded again (only speed
+# suffers, never results). On a 7464^2 x 8 uint16 mosaic of 1024^2 Zstd tiles (benchmarks/
+# vendor.py) a run took 18.7-19.1 CPU-s with 64, 128 or 256 MiB, 24-26 with 0 or 32 MiB, and
+# peaked at 630, 690 and 830 MiB: the middle one keeps a margin for wider strips of tiles.
+TILE_CACHE_BYTES = 128 * 2**20
 
 _GREY = {"Gray8": np.uint8, "Gray16": np.uint16, "Gray32Float": np.float32}
 _COLOUR = {"Bgr24": np.uint8, "Bgr48": np.uint16, "Bgr96Float": np.float32}

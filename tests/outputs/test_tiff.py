@@ -247,3 +247,31 @@ def test_what_a_tiff_cannot_hold_is_refused_before_anything_is_written(tmp_path)
     with pytest.raises(ValueError, match=r"a TIFF dst must be a local path"):
         fstack_dask.fuse_zarr(tmp_path / "s.zarr", "memory://o.tif", axes="zyx", progress=False)
     assert tree_digest(tmp_path) == before
+
+
+def test_the_conversion_holds_a_chunk_at_a_time_not_the_image(tmp_path):
+    """tracemalloc's peak while converting a 3072 x 4096 uint16 store (24 MiB, chunks of
+    512 x 512) stays within a few chunk rows' worth of tiles, far below the image."""
+    import tracemalloc
+
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.tiff import write_tiff
+
+    store = tmp_path / "work.ome.zarr"
+    rng = np.random.default_rng(0)
+    group = zarr.create_group(str(store), zarr_format=3)
+    image = rng.integers(0, 60000, (3072, 4096), dtype=np.uint16)
+    group.create_array("0", data=image, chunks=(512, 512), dimension_names=["y", "x"])
+    group.attrs.update({
+        "ome": {"version": "0.5", "multiscales": [{"name": "fused", "axes": [
+            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0]}]}]}]},
+        "fstack_dask": {"method": "x", "channels": "independent"},
+    })  # fmt: skip
+    tracemalloc.start()
+    write_tiff(resolve(store, name="dst"), str(tmp_path / "out.tif"), maxworkers=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 6 * 2**20 < image.nbytes / 2, peak  # measured: 2.7 MiB of 24 MiB
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), image)

@@ -159,6 +159,26 @@ def test_missing_pylibczirw_names_the_extra(monkeypatch, tmp_path):
         open_source(path)
 
 
+def test_cli_without_pylibczirw_exits_2_naming_the_extra(tmp_path):
+    path = tmp_path / "m.czi"
+    write_czi_mosaic(path, n_planes=2, n_channels=1)
+    code = (
+        "import sys; sys.modules['pylibCZIrw'] = None; sys.modules['pylibCZIrw.czi'] = None\n"
+        "from fstack_dask._cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    before = tree_digest(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-c", code, "fuse", str(path), str(tmp_path / "o.ome.tif")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [
+        "fstack-dask: error: reading CZI files needs the package 'pylibCZIrw', which is not "
+        'installed; install it with: pip install "fstack_dask[czi]"'
+    ]
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_file_that_is_not_a_czi_is_refused(tmp_path):
     (tmp_path / "notes.czi").write_text("not a CZI")
     with pytest.raises(ValueError, match=r"is not a readable CZI file"):
