@@ -6,8 +6,9 @@ overlaps as ZEN does (a tile with a higher M index drawn over a lower one where 
 overlap; pixels no tile covers are 0), one plane (Z, C, T) at a time. A read unit is a
 512 x 512 px region of one scene with every plane, so a block reads only the tiles its
 region overlaps, never a whole plane: memory is bounded by the blocks in flight and the
-cache of decoded tiles (:data:`TILE_CACHE_BYTES`, 128 MiB per process, libCZI's own subblock
-cache, which keeps a tile shared by neighbouring regions from being decoded again), even
+cache of decoded tiles (libCZI's own subblock cache, which keeps a tile shared by neighbouring
+regions from being decoded again: two rows of tiles across the scene, of every plane, between
+64 and :data:`TILE_CACHE_MAX` = 512 MiB per process), even
 on a mosaic wider than memory. ``benchmarks/vendor.py`` measures it against bioio-czi and
 against Zarr with the same codec family.
 
@@ -31,14 +32,17 @@ from .common import import_optional
 from .stack_meta import OpenedStack
 from .vendor import RegionArray, Scene, choose_scene
 
-__all__ = ["TILE_CACHE_BYTES", "UNIT", "open_czi"]
+__all__ = ["TILE_CACHE_MAX", "UNIT", "open_czi"]
 
 UNIT = 512  # px along y and x of a read unit: blocks align to it
 # libCZI's cache of decoded tiles, per process: beyond it tiles are decoded again (only speed
-# suffers, never results). On a 7464^2 x 8 uint16 mosaic of 1024^2 Zstd tiles (benchmarks/
-# vendor.py) a run took 18.7-19.1 CPU-s with 64, 128 or 256 MiB, 24-26 with 0 or 32 MiB, and
-# peaked at 630, 690 and 830 MiB: the middle one keeps a margin for wider strips of tiles.
-TILE_CACHE_BYTES = 128 * 2**20
+# suffers, never results). A tile is read by the units of two or three rows of units, so the
+# cache is sized for two rows of tiles across the scene, of every plane a unit holds, within
+# these bounds. On a 7464^2 x 8 uint16 mosaic of 1024^2 Zstd tiles (benchmarks/vendor.py),
+# a fuse took 18.7-19.1 CPU-s with 64-256 MiB and 24-26 with 0 or 32 MiB; reading the units
+# in rows across the whole width took 1.7x the CPU time of Zarr with 128 MiB, 0.9x with 256.
+TILE_CACHE_MIN = 64 * 2**20
+TILE_CACHE_MAX = 512 * 2**20
 
 _GREY = {"Gray8": np.uint8, "Gray16": np.uint16, "Gray32Float": np.float32}
 _COLOUR = {"Bgr24": np.uint8, "Bgr48": np.uint16, "Bgr96Float": np.float32}
@@ -92,6 +96,7 @@ def open_czi(path: str, *, scene: str | None = None, axes: str | None = None) ->
         xml = reader.raw_metadata
         pixel_types = dict(reader.pixel_types)
         rects = _scene_rects(reader)
+        tile = _tile_size(reader)
     finally:
         reader.close()
     meta = _metadata(xml)
@@ -123,10 +128,11 @@ def open_czi(path: str, *, scene: str | None = None, axes: str | None = None) ->
     if axes is not None:
         letters = parse_axes(axes, len(shape))
     chunks = tuple(1 for _ in dims[:-1]) + (sizes["Z"], UNIT, UNIT) + ((3,) if rgb else ())
-    array = _CziArray(
-        path, index, (x, y), dims, shape, pixel_type, rgb,
-        np.dtype((_COLOUR if rgb else _GREY)[pixel_type]), chunks,
-    )  # fmt: skip
+    dtype = np.dtype((_COLOUR if rgb else _GREY)[pixel_type])
+    tile_bytes = tile[0] * tile[1] * dtype.itemsize * (3 if rgb else 1)
+    across = -(-w // max(1, tile[1])) + 1
+    cache = min(TILE_CACHE_MAX, max(TILE_CACHE_MIN, 2 * across * tile_bytes * sizes["Z"]))
+    array = _CziArray(path, index, (x, y), dims, shape, pixel_type, rgb, dtype, chunks, cache)
     scale = {a: v for a, v in meta["scale"].items() if a in letters}
     names = colors = None
     if "c" in letters and not rgb and len(meta["names"]) == sizes["C"]:
@@ -145,6 +151,23 @@ def _scene_rects(reader: Any) -> dict[int, Any]:
         return dict(reader.scenes_bounding_rectangle_no_pyramid)
     except ValueError:  # scene count and bounding boxes disagree: no usable scenes
         return {}
+
+
+def _tile_size(reader: Any) -> tuple[int, int]:
+    """The largest height and width of (up to 256 of) the first plane's layer-0 tiles."""
+    found: list[tuple[int, int]] = []
+
+    def take(_index: int, info: Any) -> bool:
+        found.append((int(info.logicalRect.h), int(info.logicalRect.w)))
+        return len(found) < 256
+
+    try:
+        reader.enumerate_subblocks_subset(take, plane={"Z": 0, "C": 0, "T": 0}, only_layer0=True)
+    except Exception:  # an older pylibCZIrw, or a file it cannot enumerate: one unit
+        return UNIT, UNIT
+    if not found:
+        return UNIT, UNIT
+    return max(h for h, _ in found), max(w for _, w in found)
 
 
 def _pixel_type(types: dict[int, str], n_channels: int, where: str) -> tuple[str, bool]:
@@ -222,9 +245,11 @@ class _CziArray(RegionArray):
         rgb: bool,
         dtype: np.dtype,
         chunks: tuple[int, ...],
+        cache_bytes: int = TILE_CACHE_MIN,
     ):
         super().__init__()
         self.path, self.scene, self.origin, self.dims = path, scene, origin, list(dims)
+        self.cache_bytes = int(cache_bytes)
         self.shape, self.pixel_type, self.rgb = tuple(shape), pixel_type, rgb
         self.dtype, self.chunks = (
             dtype,
@@ -236,7 +261,7 @@ class _CziArray(RegionArray):
 
     def _open(self) -> Any:
         pyczi = _pyczi()
-        cache = pyczi.CacheOptions(max_memory_usage=TILE_CACHE_BYTES)
+        cache = pyczi.CacheOptions(max_memory_usage=self.cache_bytes)
         return pyczi.CziReader(self.path, cache_options=cache)
 
     def _read(self, reader: Any, region: tuple[slice, ...]) -> np.ndarray:
