@@ -94,7 +94,7 @@ def fuse_zarr(
     levels : int, optional
         Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
         (the image, and the depth and selectivity maps); default: until the image fits in
-        one chunk; 0 for none.
+        one chunk (for a TIFF dst: in one 512 px tile); 0 for none.
     memory_per_task : int or str, optional
         Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
     overwrite : bool, optional

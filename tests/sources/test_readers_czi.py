@@ -6,6 +6,7 @@ plane=...)``, the way ZEN composes a mosaic) and fused in memory by ``focus_stac
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -183,3 +184,26 @@ def test_a_file_that_is_not_a_czi_is_refused(tmp_path):
     (tmp_path / "notes.czi").write_text("not a CZI")
     with pytest.raises(ValueError, match=r"is not a readable CZI file"):
         open_source(tmp_path / "notes.czi")
+
+
+def test_a_czi_scene_to_a_pyramidal_ome_tiff(tmp_path):
+    """The scanner's file to the slide viewer's: one command, the vendor's planes fused."""
+    tifffile = need("tifffile")
+    path = tmp_path / "slide.czi"
+    write_czi_mosaic(path, scenes=((0, 0), (300, 700)), grid=(3, 11), n_planes=4, n_channels=2)
+    dst = tmp_path / "scene1.ome.tif"
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(path), str(dst), "--scene", "1",
+         "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    vendor = _vendor_planes(path, 1, (4,), channels=2)  # 2 x 4 x 128 x 584
+    expected = np.stack([fstack_dask.focus_stack(np.moveaxis(p, 0, -1)) for p in vendor])
+    with tifffile.TiffFile(dst) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+        xml = tif.ome_metadata
+    np.testing.assert_array_equal(levels[0], expected)
+    assert [level.shape for level in levels] == [(2, 128, 584), (2, 64, 292)]  # fits one tile
+    assert 'PhysicalSizeX="0.65"' in xml and 'Name="DAPI"' in xml and 'Name="GFP"' in xml
+    assert sorted(os.listdir(tmp_path)) == ["scene1.ome.tif", "slide.czi"]
