@@ -43,7 +43,8 @@ PRECEDENCE = (
 SRC_HELP = (
     "the focus stack: a folder of TIFF, PNG or JPEG planes (one per file, in name order), a "
     "quoted glob of them ('planes/*.tif'), a multi-page TIFF (OME-TIFF, ImageJ), an HDF5 "
-    "dataset (file.h5/group/dataset), or a Zarr array or OME-Zarr image (path or URL)"
+    "dataset (file.h5/group/dataset), a CZI, ND2 or LIF file, or a Zarr array or OME-Zarr "
+    "image (path or URL)"
 )
 
 SCHEDULER_HELP = (
@@ -111,6 +112,12 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         help="axes of an array without dimension names (a plain Zarr or HDF5 array, an "
         "unlabelled TIFF), one letter per dimension, e.g. zyx, czyx, yxz (z: focus, c: "
         "channel, other letters: batch); plane files have a fixed order and refuse it",
+    )
+    g.add_argument(
+        "--scene",
+        metavar="N|NAME",
+        help="the scene (CZI), position (ND2) or image (LIF) to fuse when SRC holds several: "
+        "its index or name (the same as SRC/N)",
     )
     g.add_argument(
         "--level",
@@ -263,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument(
         "dst",
         metavar="DST",
-        help="output OME-Zarr image group, a folder such as fused.ome.zarr (path or URL)",
+        help="output OME-Zarr image group, a folder such as fused.ome.zarr (path or URL), or a "
+        "pyramidal OME-TIFF (a local path ending in .tif or .tiff)",
     )
     _add_config_option(fuse)
     _add_input_options(fuse)
@@ -338,6 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_algorithm_options(info, full=False)
     _add_layout_options(info, full=False)
     return parser
+
+
+def scene_src(src: str, scene: str | None) -> str:
+    """SRC with ``--scene`` appended as the path through the file that names it."""
+    if scene is None:
+        return src
+    import os
+
+    from .._sources.open import VENDOR_FORMATS
+
+    if os.path.splitext(src.rstrip("/"))[1].lower() not in VENDOR_FORMATS:
+        raise UsageError(
+            f"--scene applies to CZI, ND2 and LIF files, and SRC {src!r} is none; name the "
+            "image another way (--level, or the path to it)"
+        )
+    if not scene.strip() or "/" in scene:
+        raise UsageError(f"--scene must be a scene's index or name, got {scene!r}")
+    return f"{src.rstrip('/')}/{scene}"
 
 
 def cluster_override(value: str | None) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .._runs.fusion import plan_fusion
-from .args import EXIT_OK, configure
+from .args import EXIT_OK, configure, scene_src
 
 __all__ = ["cmd_info"]
 
@@ -66,7 +66,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FstackDaskWarning)
-        fusion = plan_from_options(args.src, kw)
+        fusion = plan_from_options(scene_src(args.src, args.scene), kw)
     told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
     source, layout = fusion.source, fusion.layout
     workers = cpu_count() if config.cluster.kind == "local" else 1

@@ -28,6 +28,7 @@ from .args import (
     build_parser,
     cluster_override,
     configure,
+    scene_src,
 )
 
 __all__ = ["main"]
@@ -45,6 +46,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
     from .._runs.fuse_zarr import fuse_zarr
 
+    args.src = scene_src(args.src, args.scene)
     if config.cluster.kind != "local":
         _quiet_distributed()
         # Refuse bad input before connecting to a scheduler or queueing batch jobs;
@@ -56,10 +58,18 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
         fusion = plan_from_options(args.src, kw)
         dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
                       writable=True)  # fmt: skip
-        destination = Destination(
-            dst, protect=fusion.source.protected(), entries=fusion.spec.entries
-        )
-        destination.check(overwrite=kw["overwrite"], resume=args.resume)
+        from .._runs.fuse_zarr import is_tiff_destination
+
+        if is_tiff_destination(args.dst):
+            from .._runs.tiff_output import check_tiff_destination
+
+            check_tiff_destination(dst, fusion.source.protected(), overwrite=kw["overwrite"],
+                                   resume=args.resume)  # fmt: skip
+        else:
+            destination = Destination(
+                dst, protect=fusion.source.protected(), entries=fusion.spec.entries
+            )
+            destination.check(overwrite=kw["overwrite"], resume=args.resume)
     start = time.perf_counter()
     with config.cluster_context() as scheduler:
         out = fuse_zarr(
@@ -72,8 +82,13 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
         )
     seconds = time.perf_counter() - start
     image = out["0"]
-    axes = "".join(image.metadata.dimension_names or ())
-    extras = [name for name in ("depth", "selectivity") if name in out]
+    # OME-Zarr names its dimensions; a TIFF dst's Zarr view (tifffile's) lists them as an
+    # attribute, and holds the maps as images of their own
+    names = getattr(image.metadata, "dimension_names", None) or image.attrs.get(
+        "_ARRAY_DIMENSIONS", ()
+    )
+    axes = "".join(names).lower()
+    extras = [name for name in ("depth", "selectivity") if name in out or kw.get(f"{name}_map")]
     plus = f" + {', '.join(extras)}" if extras else ""
     print(
         f"wrote {args.dst}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
@@ -158,7 +173,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _exit_code(exc: BaseException) -> int:
     from .._errors import DestinationLockedError, SourceValueError
+    from .._sources.common import MissingExtraError
 
+    if isinstance(exc, MissingExtraError):  # found before anything is written: install it
+        return EXIT_USAGE
     if isinstance(exc, (DestinationLockedError, SourceValueError, PermissionError)):
         return EXIT_FAILURE
     if isinstance(exc, (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError)):
@@ -184,7 +202,10 @@ def _message(exc: BaseException) -> str:
     text = " ".join(str(exc).split())  # one line, whatever the exception holds
     for api, option in _API_TO_OPTION:
         text = text.replace(api, option)
-    if isinstance(exc, (UsageError, ValueError, TypeError, OSError, RuntimeError)) and text:
+    from .._sources.common import MissingExtraError
+
+    told = (UsageError, ValueError, TypeError, OSError, RuntimeError, MissingExtraError)
+    if isinstance(exc, told) and text:
         if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
             text = f"{text}: {exc.filename!r}"
         return text

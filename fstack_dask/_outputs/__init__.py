@@ -1,7 +1,8 @@
 """Outputs: the OME-Zarr image a run writes, and everything that keeps users' data safe.
 
 What lives here: the output's description and durable block writes (``write``), the
-pyramid's levels and their 2 x 2 means (``pyramid``), ``write_stack``, PNG previews
+pyramid's levels and their 2 x 2 means (``pyramid``), the pyramidal OME-TIFF converted from a
+finished OME-Zarr store and moved into place (``tiff``), ``write_stack``, PNG previews
 (``png``), what a run may do with ``dst`` and how it claims, swaps and removes
 (``destination``), a destination's life through one run (``lifecycle``), the state folder,
 run record, done-markers and ownership by record (``state``), and the lock as a lease

@@ -24,6 +24,9 @@ from .._ngff import check_ngff_order, multiscale_entry, omero_entry, positive_sc
 
 __all__ = ["ArraySpec", "OutputSpec", "create_output", "output_spec", "write_block"]
 
+# The TIFF a TIFF dst's working store converts itself into, before it is moved into place
+# (``_outputs.tiff``): one of the store's entries, so that it is ours by record.
+TIFF_PARTIAL = "fused.tif.partial"
 # NGFF allows only these axis letters' units to be carried over to the 2-D image.
 _CARRIED = ("t", "y", "x")
 _RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
@@ -207,6 +210,8 @@ def output_spec(
         ome["omero"] = omero_entry(channels, rgb=layout.rgb)
     # Ownership by record: the output lists what it holds of ours (levels, maps).
     entries = ["zarr.json", *(str(k) for k in range(levels + 1)), *maps]
+    if provenance.get("output") == "ome-tiff":  # the working store of a TIFF dst
+        entries.append(TIFF_PARTIAL)
     provenance = {**provenance, "entries": entries}
     groups = {"": {"ome": _jsonable(ome), "fstack_dask": _jsonable(provenance)}}
     for name in maps:

@@ -8,22 +8,14 @@ or, on any failure, leave ``dst`` as the table in ``_outputs.destination`` says.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any
 
-from .._algorithm.block import warm_up
 from .._errors import DestinationFullError, DestinationLockedError
-from .._outputs import lifecycle
 from .._params import DEFAULT_MEMORY_PER_TASK, check_flag
-from . import schedulers
-from .device import require_device
-from .fusion import plan_fusion
-from .passes import fuse_blocks, pyramid_levels
-from .resume import examine
 
-__all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr"]
+__all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_tiff_destination"]
 
 log = logging.getLogger("fstack_dask")
 
@@ -65,12 +57,20 @@ def fuse_zarr(
     ----------
     src : str, os.PathLike or zarr.Array
         A Zarr v2/v3 array, or an OME-Zarr image group (NGFF 0.1-0.5; axes from its
-        metadata), as a local path or an fsspec URL.
+        metadata), as a local path or an fsspec URL; or any input of the README's table: a
+        TIFF, plane files, HDF5, an array, or a CZI, ND2 or LIF file, one of whose scenes
+        (positions, images) is named after the file when it has several
+        (``"slide.czi/1"``).
     dst : str or os.PathLike
         Where to write the OME-Zarr 0.5 image group (Zarr v3): a new path (its parent folder
         must exist), an empty folder, or an earlier fstack_dask output (with ``overwrite``
         or ``resume``). Array ``"0"`` is the fused image in the input's dtype with axes
-        (batch..., ``c`` if any, ``y``, ``x``) and the input's y/x scale.
+        (batch..., ``c`` if any, ``y``, ``x``) and the input's y/x scale. A local path ending
+        in ``.tif`` or ``.tiff`` (``.ome.tif``) writes a pyramidal OME-TIFF instead (tiled
+        BigTIFF, the levels as SubIFDs, until the last fits one 512 px tile), holding
+        exactly what the OME-Zarr output of the same run holds; it is assembled beside dst
+        and moved into place only when complete, and only a TIFF fstack_dask wrote is ever
+        replaced.
     axes : str, optional
         Axes of a plain array without dimension names (e.g. ``"zyx"``, ``"czyx"``,
         ``"tczyx"``, ``"yxz"``); must agree with stored dimension names.
@@ -94,7 +94,7 @@ def fuse_zarr(
     levels : int, optional
         Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
         (the image, and the depth and selectivity maps); default: until the image fits in
-        one chunk; 0 for none.
+        one chunk (for a TIFF dst: in one 512 px tile); 0 for none.
     memory_per_task : int or str, optional
         Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
     overwrite : bool, optional
@@ -124,7 +124,8 @@ def fuse_zarr(
     Returns
     -------
     zarr.Group
-        The output group, opened read-only.
+        The output group, opened read-only (for a TIFF dst: tifffile's Zarr view of its
+        first image, arrays ``"0"``, ``"1"``, ... the pyramid's levels).
 
     Raises
     ------
@@ -163,39 +164,31 @@ def fuse_zarr(
     ):  # fmt: skip
         check_flag(value, name)
     stall_timeout = _positive(stall_timeout, "stall_timeout")
-    fusion = plan_fusion(
-        src, axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus,
-        alpha=alpha, sth=sth, depth_map=depth_map, selectivity_map=selectivity_map,
-        chunks=chunks, memory_per_task=memory_per_task, levels=levels,
-        storage_options=storage_options, device=device,
+    plan = dict(
+        axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus, alpha=alpha,
+        sth=sth, depth_map=depth_map, selectivity_map=selectivity_map, chunks=chunks,
+        memory_per_task=memory_per_task, levels=levels, storage_options=storage_options,
+        device=device,
     )  # fmt: skip
-    lay = fusion.layout
-    warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
-            kernel=fusion.kernel)  # fmt: skip
-    prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
-                    resume=resume, chunks=chunks, levels=levels)  # fmt: skip
-    fusion, destination = prior.fusion, prior.destination
-    if prior.mode == "complete":
-        lifecycle.tidy_complete(destination)
-        log.info("%s is already complete; nothing to resume", destination.dst.spec)
-        return lifecycle.open_result(destination.dst)
-    with contextlib.ExitStack() as stack:
-        sched = schedulers.resolve_scheduler(scheduler, stack)  # after every check: it may connect
-        require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
-        plan, cache_bytes = fusion.plan(sched.workers, sched.processes)
-        target = lifecycle.claim(destination, prior.mode)
-        try:
-            lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
-                              resuming=prior.resuming)  # fmt: skip
-            done = fuse_blocks(fusion, plan, target, sched, cache_bytes=cache_bytes,
-                               progress=progress, stall_timeout=stall_timeout,
-                               resuming=prior.resuming)  # fmt: skip
-            pyramid_levels(fusion, target, sched, done=done, progress=progress,
-                           stall_timeout=stall_timeout)  # fmt: skip
-            lifecycle.finish(target, destination)
-        except BaseException as exc:
-            lifecycle.fail(target, destination, exc, plan.n_blocks)
-    return lifecycle.open_result(destination.dst)
+    run = dict(
+        overwrite=overwrite, resume=resume, progress=progress, scheduler=scheduler,
+        dst_storage_options=dst_storage_options, stall_timeout=stall_timeout,
+    )  # fmt: skip
+    if is_tiff_destination(dst):
+        from .tiff_output import fuse_to_tiff
+
+        return fuse_to_tiff(src, dst, plan=plan, **run)
+    from .run import run_fusion
+
+    return run_fusion(src, dst, plan=plan, **run)
+
+
+def is_tiff_destination(dst: Any) -> bool:
+    """A dst path ending in ``.tif`` or ``.tiff`` (``.ome.tif``, ``.ome.tiff``)."""
+    if not isinstance(dst, (str, os.PathLike)):
+        return False
+    name = os.fspath(dst)
+    return isinstance(name, str) and name.rstrip("/").lower().endswith((".tif", ".tiff"))
 
 
 def _positive(value: Any, name: str) -> float:

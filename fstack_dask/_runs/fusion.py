@@ -93,11 +93,14 @@ def plan_fusion(
     levels: int | None = None,
     storage_options: dict[str, Any] | None = None,
     device: str = "cpu",
+    output: str = "ome-zarr",
 ) -> Fusion:
     """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all.
 
     ``device`` is only checked here (``"cpu"`` or ``"cuda"``); whether a GPU is there is
     checked where the tasks will run, once the scheduler is known (``_algorithm.device``).
+    ``output="ome-tiff"`` plans the working store of a TIFF dst: its levels (by default) go
+    on until the image fits one TIFF tile, and what a TIFF cannot hold is refused.
     """
     from .._params import DEFAULT_MEMORY_PER_TASK
 
@@ -140,6 +143,12 @@ def plan_fusion(
             memory_per_task=memory, task_bytes=fusion.task_bytes, unit_bytes=unit_bytes,
         )  # fmt: skip
         chunks = plan.block
+    if output == "ome-tiff":
+        from .._outputs.tiff import check_tiff_output, tiff_levels
+
+        check_tiff_output(source.dtype, layout.image_axes, source.description)
+        if levels is None:
+            levels = tiff_levels(layout.shape_yx)
     levels = _check_levels(levels, layout.shape_yx, chunks)
     _warn_many_files(layout, chunks, len(maps), levels)
     params = {
@@ -164,6 +173,8 @@ def plan_fusion(
         "engine": kernel["engine"],
         "complete": False,
     }
+    if output == "ome-tiff":
+        params["output"] = output
     spec = output_spec(
         source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
         provenance=params, depth_unit=depth_unit, levels=levels,

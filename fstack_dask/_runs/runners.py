@@ -79,6 +79,38 @@ class _Reported(Runner):
         return self.ticks.finished(handle)
 
 
+class _Synchronous(_InProcess):
+    """Each task runs as it is submitted, in this thread (as dask's synchronous scheduler:
+    a debugger, a signal, a profiler see the work where it happens)."""
+
+    def __init__(self, bar: Any):
+        super().__init__(bar, 1)
+        self.pool.shutdown()
+
+    def submit(self, slot: Any, fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed over as a task's error is
+            future.set_exception(exc)
+        return future
+
+    def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
+        counted = [0]
+
+        def on_block() -> None:
+            with contextlib.suppress(Exception):  # never fails the block
+                counted[0] += 1
+                self.bar.advance(1)
+
+        future = self.submit(slot, fuse_rows, job, blocks, remote, *task_args, on_block=on_block)
+        self._shown[future] = counted
+        return future
+
+    def close(self, running: set[Any]) -> None:
+        return None
+
+
 class _Processes(_Reported):
     def __init__(self, pool: Any, waiter: Callable, ticks: reports.Ticks, reported: Callable):
         self.pool, self.waiter, self.ticks, self.reports = pool, waiter, ticks, reported
@@ -151,7 +183,7 @@ def runner_for(scheduler: Any, bar: Any, waiter: Callable | None = None,
     ``reported``, ``topic``: how the processes and a cluster wait and count their blocks'
     reports)."""
     if scheduler.kind == "synchronous":
-        return _InProcess(bar, 1)
+        return _Synchronous(bar)
     if scheduler.kind == "threads":
         return _InProcess(bar, scheduler.workers)
     if scheduler.kind == "processes":

@@ -4,7 +4,9 @@ What lives here: which reader for which input (``open``), the ``Source`` descrip
 its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``), TIFF (``tiff``, with
 ``tiff_checks`` for headers that lie), folders and globs of plane files (``images``, with
 ``plane_names`` for the files used, names that break the others' pattern, litter), HDF5
-(``hdf5``), arrays in memory (``arrays``), what the readers share (``common``,
+(``hdf5``), microscope vendors' files, each through its own library (``czi``, ``nd2``,
+``lif``, with what they share, scenes and region reads, in ``vendor``), arrays in memory
+(``arrays``), what the readers share (``common``,
 ``stack_meta``), an in-memory source handed to worker processes once (``share``), and
 reading one block with its halo through a cache that decodes each stored unit about once
 (``fetch``).

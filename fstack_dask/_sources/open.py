@@ -10,6 +10,8 @@ a ``.tif``/``.tiff`` file (OME-TIFF, ImageJ)   ``tiff.open_tiff`` (tifffile's Za
 a folder, a glob or a list of plane files      ``images.open_image_files``
 (TIFF, PNG, JPEG)
 an HDF5 dataset (``file.h5/group/dataset``)    ``hdf5.open_hdf5``
+a CZI, ND2 or LIF file, or one scene of it     ``czi.open_czi``, ``nd2.open_nd2``,
+(``slide.czi/1``)                              ``lif.open_lif``
 a NumPy, dask or xarray array                  ``arrays.array_source``
 =============================================  ===========================================
 
@@ -36,6 +38,8 @@ __all__ = ["Reopen", "open_source"]
 _TIFF = (".tif", ".tiff", ".btf", ".tf8")
 _HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
 _ZARR_META = ("zarr.json", ".zarray", ".zgroup")
+# Microscope vendors' formats, each read by its own library (an optional extra).
+VENDOR_FORMATS = {".czi": "czi", ".nd2": "nd2", ".lif": "lif"}
 
 
 def _is_in_memory_array(obj: Any) -> bool:
@@ -84,6 +88,11 @@ def open_source(
         return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
     path = location.path
     lower = path.lower()
+    vendor = _vendor_file(path)
+    if vendor is not None:
+        _level0(level, f"{vendor[2].upper()} files")
+        with _reading(location.spec):
+            return _from_opened(open_vendor(*vendor, axes=axes), location)
     if os.path.isfile(path) and lower.endswith(_TIFF):
         from .tiff import open_tiff
 
@@ -112,9 +121,40 @@ def open_source(
 
 
 _READABLE = (
-    "a Zarr or OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), an HDF5 dataset, "
-    "or a folder or glob of plane files (TIFF, PNG, JPEG)"
+    "a Zarr or OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), a CZI, ND2 or LIF "
+    "file, an HDF5 dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
 )
+
+
+def _vendor_file(path: str) -> tuple[str, str | None, str] | None:
+    """(file, scene, format) for a vendor file, or a path through one (``slide.czi/1``)."""
+    from .vendor import split_scene
+
+    kind = VENDOR_FORMATS.get(os.path.splitext(path)[1].lower())
+    if kind is not None and os.path.isfile(path):
+        return path, None, kind
+    if os.path.exists(path):
+        return None
+    file, scene = split_scene(path)
+    kind = VENDOR_FORMATS.get(os.path.splitext(file)[1].lower())
+    if kind is None or scene is None or not os.path.isfile(file):
+        return None
+    return file, scene, kind
+
+
+def open_vendor(path: str, scene: str | None, kind: str, *, axes: str | None) -> OpenedStack:
+    """Open one scene of a CZI, ND2 or LIF file with its format's reader."""
+    if kind == "czi":
+        from .czi import open_czi
+
+        return open_czi(path, scene=scene, axes=axes)
+    if kind == "nd2":
+        from .nd2 import open_nd2
+
+        return open_nd2(path, scene=scene, axes=axes)
+    from .lif import open_lif
+
+    return open_lif(path, scene=scene, axes=axes)
 
 
 def _level0(level: int, what: str) -> None:

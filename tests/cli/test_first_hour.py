@@ -195,8 +195,8 @@ def test_messages_and_help_name_every_reader(tmp_path):
     assert res.returncode == 2
     assert res.stderr.splitlines() == [
         f"fstack-dask: error: src '{tmp_path}/nothere' does not exist; expected a Zarr or "
-        "OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), an HDF5 dataset, or a "
-        "folder or glob of plane files (TIFF, PNG, JPEG)"
+        "OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), a CZI, ND2 or LIF file, an "
+        "HDF5 dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
     ]
     readme = " ".join((pathlib.Path(__file__).parents[2] / "README.md").read_text().split())
     for command in ("fuse", "info"):
@@ -206,7 +206,7 @@ def test_messages_and_help_name_every_reader(tmp_path):
         assert f"SRC {src}" in readme  # the README's command line says what --help says
         assert "SRC the focus stack: a folder of TIFF, PNG or JPEG planes" in text
         assert "a multi-page TIFF (OME-TIFF, ImageJ), an HDF5 dataset" in text
-        assert "Zarr array or OME-Zarr image (path or URL)" in text
+        assert "a CZI, ND2 or LIF file, or a Zarr array or OME-Zarr image (path or URL)" in text
         for status in ("0 success", "2 usage", "1 runtime failure", "130 interrupted",
                        "143 terminated"):  # fmt: skip
             assert status in text

@@ -1,0 +1,291 @@
+"""The pyramidal OME-TIFF output: a finished OME-Zarr working store converted tile by tile.
+
+A run into ``fused.ome.tif`` fuses into a hidden OME-Zarr working store beside it (the
+resumable, lease-locked machinery of every run), then :func:`write_tiff` converts that store
+into a temporary TIFF inside it (an entry its record lists, :data:`PARTIAL`), and
+:func:`place_tiff` moves the finished file into place. The TIFF holds exactly the working
+store's arrays: a tiled BigTIFF, one page per image plane (batch index and channel) with the
+pyramid's levels as its SubIFDs, the same 2 x 2 means as the OME-Zarr levels; the depth and
+selectivity maps follow as images of their own. The OME-XML carries the physical pixel sizes,
+the channels' names and colours, and our provenance (a ``CommentAnnotation`` in the
+:data:`NAMESPACE` namespace), which is how a later run knows the file is ours: ownership is by
+record, never by name, and a TIFF without it is never replaced.
+
+Tiles are read from the store one tile row of one chunk at a time (a chunk is decoded once
+per tile row it holds), so memory is bounded by a chunk, whatever the image's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .._locations import Location
+from .pyramid import n_levels
+from .state import METHOD
+from .write import TIFF_PARTIAL, fsync_dir, open_output
+
+__all__ = ["NAMESPACE", "PARTIAL", "TILE", "place_tiff", "tiff_levels", "tiff_owner", "write_tiff"]
+
+TILE = 512  # px: what slide viewers read; QuPath's and bfconvert's default
+PARTIAL = TIFF_PARTIAL  # the TIFF being written, inside the working store
+NAMESPACE = "fstack_dask/provenance"
+COMPRESSION = "zlib"  # lossless, read by libtiff (OpenSlide), Bio-Formats, tifffile
+# OME-XML pixel types: 64-bit integers and float16 have none.
+TIFF_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 float32 float64".split())
+_OME_AXES = {"t": "T", "c": "C", "y": "Y", "x": "X"}
+
+
+def tiff_levels(shape_yx: tuple[int, int]) -> int:
+    """Levels beyond full resolution until the image fits in one tile."""
+    return n_levels(shape_yx, (TILE, TILE))
+
+
+def tiff_owner(path: str) -> dict[str, Any] | None:
+    """Our provenance in the TIFF at ``path`` (it is ours), or None (not a TIFF, or not one
+    fstack_dask wrote)."""
+    import logging
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    quiet = logging.getLogger("tifffile")
+    was = quiet.disabled
+    quiet.disabled = True  # tifffile logs what it finds wrong with a file that is not ours
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.pages.first.description if tif.pages else ""
+    except Exception:  # not a TIFF, truncated, unreadable: not ours
+        return None
+    finally:
+        quiet.disabled = was
+    if "<OME" not in xml[:2000] or NAMESPACE not in xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("CommentAnnotation") and element.get("Namespace") == NAMESPACE:
+            value = next((e.text for e in element if e.tag.endswith("Value")), None)
+            try:
+                record = json.loads(value or "")
+            except ValueError:
+                return None
+            if isinstance(record, dict) and record.get("method") == METHOD:
+                return record
+    return None
+
+
+def check_tiff_output(dtype: np.dtype, image_axes: str, where: str) -> None:
+    """Refuse, before anything is written, what an OME-TIFF cannot hold.
+
+    Raises
+    ------
+    ValueError
+        For a dtype without an OME pixel type, or an axis besides t, c, y and x.
+    """
+    if np.dtype(dtype).name not in TIFF_DTYPES:
+        raise ValueError(
+            f"{where}: an OME-TIFF cannot hold dtype {np.dtype(dtype).name} (OME-XML has no "
+            "such pixel type); write an OME-Zarr dst (.ome.zarr) instead"
+        )
+    extra = [a for a in image_axes if a not in _OME_AXES]
+    if extra:
+        raise ValueError(
+            f"{where}: the fused image has axes {image_axes!r}, and an OME-TIFF dst holds only "
+            f"t, c, y and x (not {extra[0]!r}); write an OME-Zarr dst (.ome.zarr) instead"
+        )
+
+
+def write_tiff(
+    store: Location, path: str, *, check: Callable[[], None] | None = None, maxworkers: int = 2
+) -> None:
+    """Write the complete OME-Zarr output at ``store`` into a pyramidal OME-TIFF at ``path``
+    and make it durable (fsync).
+
+    ``check`` runs before each image and at the end (the run's lease: a run whose lock was
+    taken over writes nothing more).
+    """
+    import tifffile
+
+    group = open_output(store, mode="r")
+    provenance = dict(group.attrs["fstack_dask"])
+    provenance["complete"] = True
+    provenance["format"] = "ome-tiff"
+    record = json.dumps(provenance, separators=(",", ":"), allow_nan=False)
+    rgb = provenance.get("channels") == "rgb"
+    images = [("", "fused")] + [(m, m) for m in ("depth", "selectivity") if m in group]
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        for k, (name, label) in enumerate(images):
+            if check is not None:
+                check()
+            node = group[name] if name else group
+            meta = _ome_metadata(node, label, rgb=rgb and not name)
+            if k == 0:
+                meta["CommentAnnotation"] = {"Namespace": NAMESPACE, "Value": record}
+            _write_image(tif, node, meta, rgb=rgb and not name, maxworkers=maxworkers)
+    if check is not None:
+        check()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
+    """tifffile's OME metadata of one multiscale image: axes, pixel sizes, channels."""
+    ome = node.attrs["ome"]
+    multiscale = ome["multiscales"][0]
+    axes = [a["name"] for a in multiscale["axes"]]
+    scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    units = {a["name"]: a.get("unit") for a in multiscale["axes"]}
+    meta: dict[str, Any] = {
+        "axes": "".join(_OME_AXES[a] for a in axes if not (rgb and a == "c"))
+        + ("S" if rgb else ""),
+        "Name": label,
+    }
+    for a, size in zip(axes, scale, strict=True):
+        unit = _OME_UNITS.get(units.get(a) or "")
+        if a in "yx" and unit is not None:
+            meta[f"PhysicalSize{a.upper()}"] = float(size)
+            meta[f"PhysicalSize{a.upper()}Unit"] = unit
+        elif a == "t" and units.get(a) in _OME_TIME_UNITS:
+            meta["TimeIncrement"] = float(size)
+            meta["TimeIncrementUnit"] = _OME_TIME_UNITS[units[a]]
+    channels = (ome.get("omero") or {}).get("channels") or []
+    if channels and not rgb and "c" in axes:
+        meta["Channel"] = {
+            "Name": [str(c.get("label", f"c{i}")) for i, c in enumerate(channels)],
+            "Color": [_ome_colour(c.get("color")) for c in channels],
+        }
+    return meta
+
+
+def _ome_colour(hex_rgb: Any) -> int:
+    """``"RRGGBB"`` as OME's signed 32-bit RGBA integer (opaque)."""
+    try:
+        value = (int(str(hex_rgb), 16) << 8) | 0xFF
+    except ValueError:
+        value = 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+_OME_UNITS = {"nanometer": "nm", "micrometer": "\u00b5m", "millimeter": "mm",
+              "centimeter": "cm", "meter": "m", "angstrom": "\u00c5"}  # fmt: skip
+_OME_TIME_UNITS = {"second": "s", "millisecond": "ms", "microsecond": "\u00b5s",
+                   "minute": "min", "hour": "h"}  # fmt: skip
+
+
+def _write_image(tif: Any, node: Any, meta: dict[str, Any], *, rgb: bool, maxworkers: int):
+    """One multiscale image: level 0 as pages, the other levels as their SubIFDs."""
+    n = 0
+    while str(n + 1) in node:
+        n += 1
+    for level in range(n + 1):
+        array = node[str(level)]
+        shape = tuple(array.shape)
+        if rgb:  # ours: [t] c y x; the TIFF's: [t] y x samples
+            shape = shape[:-3] + shape[-2:] + (shape[-3],)
+        options = dict(
+            shape=shape, dtype=array.dtype, tile=(TILE, TILE), compression=COMPRESSION,
+            photometric="rgb" if rgb else "minisblack", maxworkers=maxworkers,
+        )  # fmt: skip
+        if level == 0:
+            tif.write(_tiles(array, rgb=rgb), subifds=n, metadata=meta,
+                      software="fstack_dask", **options)  # fmt: skip
+        else:
+            tif.write(_tiles(array, rgb=rgb), subfiletype=1, metadata=None, **options)
+
+
+def _tiles(array: Any, *, rgb: bool) -> Iterator[np.ndarray]:
+    """Every tile of every plane, in the TIFF's order (plane by plane, rows of tiles), read
+    one tile row of one chunk at a time."""
+    lead = array.shape[:-3] if rgb else array.shape[:-2]
+    ny, nx = array.shape[-2:]
+    chunk_x = max(TILE, array.chunks[-1] // TILE * TILE)  # whole tiles per read
+    for index in np.ndindex(*lead):
+        for y0 in range(0, ny, TILE):
+            for cx in range(0, nx, chunk_x):
+                part = np.asarray(array[(*index, ..., slice(y0, y0 + TILE),
+                                         slice(cx, cx + chunk_x))])  # fmt: skip
+                if rgb:
+                    part = np.moveaxis(part, 0, -1)
+                for x0 in range(0, part.shape[1], TILE):
+                    yield np.ascontiguousarray(part[:, x0 : x0 + TILE])
+
+
+# ------------------------------------------------------------------------ into place
+
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: str, dst: str, flags: int) -> bool:
+    """Linux's ``renameat2``; False where the system or filesystem lacks it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not here
+        return False
+    raise OSError(err, os.strerror(err), dst)
+
+
+def place_tiff(partial: str, dst: str, *, where: str) -> None:
+    """Move the finished TIFF ``partial`` to ``dst`` (same filesystem), never over what is
+    not ours.
+
+    ``dst`` absent: moved only if nothing appeared there meanwhile (``RENAME_NOREPLACE``, or a
+    hard link, which fails on an existing name). ``dst`` ours: exchanged with the new file
+    atomically and checked to be ours once more, swapped back if it is not.
+
+    Raises
+    ------
+    FileExistsError
+        If ``dst`` appeared meanwhile, or is no longer a TIFF fstack_dask wrote.
+    """
+    parent = os.path.dirname(dst)
+    if not os.path.lexists(dst):
+        try:
+            if not _renameat2(partial, dst, _RENAME_NOREPLACE):
+                os.link(partial, dst)  # fails if dst appeared meanwhile
+                os.unlink(partial)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{where} appeared while this run wrote it; refusing to replace it (the new "
+                "TIFF is kept in the working store: rerun with resume=True once dst is moved)"
+            ) from None
+    else:
+        if tiff_owner(dst) is None:
+            raise FileExistsError(_not_ours(where))
+        if _renameat2(partial, dst, _RENAME_EXCHANGE):
+            if tiff_owner(partial) is None:  # replaced meanwhile by a user's file: undo
+                _renameat2(partial, dst, _RENAME_EXCHANGE)
+                raise FileExistsError(_not_ours(where))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)  # the previous output, now in the working store
+        else:
+            os.replace(partial, dst)
+    fsync_dir(parent)
+
+
+def _not_ours(where: str) -> str:
+    return (
+        f"{where} exists and is not a TIFF fstack_dask wrote; refusing to replace it (only "
+        "fstack_dask outputs are ever replaced): choose another dst"
+    )

@@ -1,0 +1,82 @@
+"""One run into an OME-Zarr destination, as its story, each step a function of its part.
+
+open and plan (``fusion``: sources, algorithm) -> examine ``dst`` (``resume``: reads only)
+-> connect to the scheduler and check the device where the tasks run -> claim and prepare
+``dst`` (``_outputs.lifecycle``) -> fuse the blocks, then the pyramid (``passes``) -> finish;
+or, on any failure, leave ``dst`` as the table in ``_outputs.destination`` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from .._algorithm.block import warm_up
+from .._outputs import lifecycle
+from .._outputs.destination import Destination
+from . import schedulers
+from .device import require_device
+from .fusion import plan_fusion
+from .passes import fuse_blocks, pyramid_levels
+from .resume import examine
+
+__all__ = ["run_fusion"]
+
+log = logging.getLogger("fstack_dask")
+
+
+def run_fusion(
+    src: Any,
+    dst: Any,
+    *,
+    plan: dict[str, Any],
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    scheduler: Any,
+    dst_storage_options: dict[str, Any] | None,
+    stall_timeout: float,
+    output: str = "ome-zarr",
+    finishing: Any = None,
+) -> Any:
+    """The run into an OME-Zarr ``dst`` (a path, or a ``Location``): plan, examine, claim,
+    fuse, the pyramid, finish. ``finishing(target)``, if given, runs once every block is
+    written, under the run's lock, before the output is marked complete (the TIFF
+    conversion), and also on a resume of a complete output."""
+    fusion = plan_fusion(src, **plan, output=output)
+    lay = fusion.layout
+    warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
+            kernel=fusion.kernel)  # fmt: skip
+    prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
+                    resume=resume, chunks=plan["chunks"], levels=plan["levels"])  # fmt: skip
+    fusion, destination = prior.fusion, prior.destination
+    if prior.mode == "complete":
+        if finishing is not None:
+            target = lifecycle.claim(destination, "complete")
+            try:
+                finishing(target)
+            finally:
+                Destination.release(target)
+        lifecycle.tidy_complete(destination)
+        log.info("%s is already complete; nothing to resume", destination.dst.spec)
+        return lifecycle.open_result(destination.dst)
+    with contextlib.ExitStack() as stack:
+        sched = schedulers.resolve_scheduler(scheduler, stack)  # after every check: it may connect
+        require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
+        blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
+        target = lifecycle.claim(destination, prior.mode)
+        try:
+            lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
+                              resuming=prior.resuming)  # fmt: skip
+            done = fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes,
+                               progress=progress, stall_timeout=stall_timeout,
+                               resuming=prior.resuming)  # fmt: skip
+            pyramid_levels(fusion, target, sched, done=done, progress=progress,
+                           stall_timeout=stall_timeout)  # fmt: skip
+            if finishing is not None:
+                finishing(target)
+            lifecycle.finish(target, destination)
+        except BaseException as exc:
+            lifecycle.fail(target, destination, exc, blocks.n_blocks)
+    return lifecycle.open_result(destination.dst)

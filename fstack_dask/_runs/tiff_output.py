@@ -1,0 +1,166 @@
+"""A run into a TIFF dst: fuse into a hidden OME-Zarr working store, convert, move into place.
+
+The working store ``.NAME.fstack-work`` beside ``dst`` is an ordinary fstack_dask output,
+written by the same resumable, lease-locked run as any OME-Zarr dst (its messages name
+``dst``). Once every block and level is written, and while the run still holds its lock, the
+store is converted tile by tile into a temporary TIFF inside it (an entry of its record), made
+durable and moved into place (``_outputs.tiff.place_tiff``: never over a file that is not
+ours); then the store is marked complete and removed.
+
+=====================  ==================================================================
+dst is                 a run
+=====================  ==================================================================
+absent                 fuses, converts, moves the TIFF into place
+a TIFF we wrote        ``overwrite``: as above, the old TIFF replaced only by the finished
+                       new one; ``resume``: nothing to do (the same source and parameters),
+                       or continues an interrupted overwrite; else refused
+anything else          refused, with or without ``overwrite``/``resume``
+=====================  ==================================================================
+
+An interrupted run leaves the working store: ``resume`` continues the fusion where it
+stopped, or, all blocks done, converts again (a partial TIFF is rewritten from the store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from .._locations import Location, resolve
+from .._outputs.destination import Destination
+from .._outputs.state import classify
+from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
+from .fusion import plan_fusion, with_block
+from .resume import check_resumable, source_identity
+from .run import run_fusion
+
+__all__ = ["WORK", "fuse_to_tiff", "working_store"]
+
+log = logging.getLogger("fstack_dask")
+
+WORK = ".fstack-work"
+
+
+def working_store(tiff: Location) -> Location:
+    """The hidden OME-Zarr store beside a TIFF dst; messages name the TIFF."""
+    return dataclasses.replace(tiff.sibling(f".{tiff.name}{WORK}"), spec=tiff.spec)
+
+
+def fuse_to_tiff(
+    src: Any,
+    dst: Any,
+    *,
+    plan: dict[str, Any],
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    scheduler: Any,
+    dst_storage_options: dict[str, Any] | None,
+    stall_timeout: float,
+) -> Any:
+    """``fuse_zarr`` into a TIFF dst (see the module docstring)."""
+    tiff = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
+    where = f"dst {tiff.spec!r}"
+    if not tiff.is_local:
+        raise ValueError(
+            f"{where}: a TIFF dst must be a local path (tifffile writes local files); write an "
+            "OME-Zarr dst (.ome.zarr) to an object store instead"
+        )
+    fusion = plan_fusion(src, **plan, output="ome-tiff")  # refuses bad input, reads metadata
+    work = working_store(tiff)
+    owner = check_tiff_destination(
+        tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
+    )
+    if owner is not None and resume and classify(work) == "absent":
+        _check_complete(tiff, work, owner, fusion, plan)
+        log.info("%s is already complete; nothing to resume", tiff.spec)
+        return open_tiff_result(tiff.path)
+    if classify(work) == "complete" and not resume:
+        # left by a run killed after it moved its TIFF into place: nothing in it is needed
+        Destination(work, protect=fusion.source.protected()).remove(work)
+
+    def convert(target: Any) -> None:
+        partial = os.path.join(target.output.path, PARTIAL)
+        log.info("writing %s", tiff.spec)
+        write_tiff(target.output, partial, check=target.check_lease)
+        target.check_lease()  # never move into place what another run has taken over
+        place_tiff(partial, tiff.path, where=where)
+
+    run_fusion(
+        src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
+        scheduler=scheduler, dst_storage_options=None, stall_timeout=stall_timeout,
+        output="ome-tiff", finishing=convert,
+    )  # fmt: skip
+    try:
+        Destination(work, protect=fusion.source.protected()).remove(work)
+    except Exception as exc:  # the TIFF is in place: the run succeeded
+        log.warning(
+            "%s is written, but its working store %s could not be removed (%s): remove it "
+            "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
+        )  # fmt: skip
+    return open_tiff_result(tiff.path)
+
+
+def check_tiff_destination(
+    tiff: Location, protect: list[Location], *, overwrite: bool, resume: bool
+) -> dict[str, Any] | None:
+    """What a run may do with a TIFF dst (reads only): its provenance if it is a TIFF we
+    wrote, None if it is absent; anything else is refused.
+
+    Raises
+    ------
+    ValueError
+        If dst is the source or lies inside it.
+    FileExistsError
+        If dst exists and is not a TIFF fstack_dask wrote (with or without ``overwrite``),
+        or is ours and neither ``overwrite`` nor ``resume`` lets the run replace it.
+    FileNotFoundError
+        If its parent folder does not exist.
+    """
+    where = f"dst {tiff.spec!r}"
+    for place in protect:
+        if tiff.overlaps(place):
+            raise ValueError(
+                f"{where} is the source or lies inside it ({place.spec!r}); expected an output "
+                "location outside the input"
+            )
+    parent = tiff.parent_path()
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(
+            f"{where} cannot be created: its parent folder {parent!r} does not exist; create "
+            "it first (a typo in the path?)"
+        )
+    if not os.path.lexists(tiff.path):
+        return None
+    owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None
+    if owner is None:
+        kind = "a folder" if os.path.isdir(tiff.path) else "a file"
+        raise FileExistsError(
+            f"{where} exists and is {kind} fstack_dask did not write; refusing to replace it "
+            "(only fstack_dask outputs are ever replaced): choose another dst"
+        )
+    if not overwrite and not resume:
+        raise FileExistsError(f"{where} already exists; choose another path or pass overwrite=True")
+    return owner
+
+
+def _check_complete(tiff, work, owner, fusion, plan) -> None:
+    """A resume of a finished TIFF: refused unless it was made from this source with these
+    parameters."""
+    if plan["chunks"] is None and owner.get("chunks"):
+        levels = owner.get("levels", 0) if plan["levels"] is None else plan["levels"]
+        fusion = with_block(fusion, tuple(owner["chunks"]), levels)
+    stored = {"params": owner, "source": owner.get("source_identity")}
+    destination = Destination(work, protect=fusion.source.protected())
+    check_resumable(destination, stored, fusion.params, source_identity(fusion.source),
+                    "complete")  # fmt: skip
+
+
+def open_tiff_result(path: str) -> Any:
+    """The TIFF's first image as a read-only zarr group (tifffile's Zarr store)."""
+    import tifffile
+    import zarr
+
+    return zarr.open_group(tifffile.imread(path, aszarr=True, multiscales=True), mode="r")

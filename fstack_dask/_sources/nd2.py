@@ -1,0 +1,183 @@
+"""Nikon ND2 files (NIS-Elements: z-stacks with T, positions and channels), read through nd2.
+
+nd2 (Talley Lambert, BSD-3-Clause) reads a frame, one index of the T, position and Z loops
+with every channel, as a NumPy view of a memory map of the file when the file is
+uncompressed (NIS-Elements' default), so a block copies only the rows and columns of its
+region, never a whole plane: read units are 512 x 512 px of every plane. Frames compressed
+losslessly (zlib) or as JPEG 2000 (legacy files) can only be decoded whole: a read unit is
+then the whole frame of every plane, and memory holds the frames of every plane of the image
+being read (a camera frame times the planes).
+
+Positions (the P loop) are the scenes: one is named after the file (``cells.nd2/2``,
+``--scene 2``). Pixel sizes and the z step come from ``voxel_size()`` (micrometres), channel
+names and colours from the channels' metadata; RGB files are fused as colour.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from .._params import parse_axes
+from .common import import_optional, positive_finite
+from .stack_meta import OpenedStack
+from .vendor import RegionArray, Scene, choose_scene
+
+__all__ = ["open_nd2"]
+
+UNIT = 512  # px along y and x of a read unit of an uncompressed file
+_FRAME = ("C", "Y", "X", "S")  # what one read_frame returns; the other dims are loops
+_LETTERS = {"T": "t", "Z": "z", "C": "c", "Y": "y", "X": "x", "S": "c"}
+
+
+def _nd2() -> Any:
+    return import_optional("nd2", extra="nd2", what="reading ND2 files")
+
+
+def open_nd2(path: str, *, scene: str | None = None, axes: str | None = None) -> OpenedStack:
+    """Open one position of an ND2 file lazily.
+
+    Parameters
+    ----------
+    path : str
+        The ND2 file.
+    scene : str, optional
+        The position's index or name; needed when the file has several.
+    axes : str, optional
+        Our letters for its dimensions, overriding ``[t]z[c]yx`` (RGB ``[t]zyxc``).
+
+    Returns
+    -------
+    OpenedStack
+        ``kind`` ``"nd2"``; the array reads regions of frames on demand.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a readable ND2, the position is missing or ambiguous (the
+        message lists them), or its loops cannot be mapped onto a focus stack.
+    MissingExtraError
+        If nd2 is not installed (``pip install "fstack_dask[nd2]"``).
+    """
+    nd2 = _nd2()
+    where = f"ND2 {path!r}"
+    try:
+        f = nd2.ND2File(path)
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise ValueError(f"{where} is not a readable ND2 file ({text})") from exc
+    with f:
+        sizes = dict(f.sizes)
+        dtype = np.dtype(f.dtype)
+        rgb = bool(f.is_rgb)
+        compressed = bool(f.is_legacy) or (
+            getattr(f.attributes, "compressionType", None) not in (None, "none")
+        )
+        voxel = f.voxel_size()
+        channels = list((f.metadata.channels or []) if f.metadata else [])
+        names = _position_names(f, sizes.get("P", 1))
+    if rgb and sizes.get("C", 1) > 1:
+        raise ValueError(f"{where} has {sizes['C']} channels of RGB pixels; fstack_dask fuses "
+                         "colour images of one channel")  # fmt: skip
+    loops = [d for d in sizes if d not in _FRAME]  # in the file's order: seq index
+    other = [d for d in loops if d not in ("T", "P", "Z")]
+    if other:
+        raise ValueError(
+            f"{where} has a {other[0]!r} loop, which fstack_dask cannot fuse (T, positions, "
+            "Z and channels only)"
+        )
+    position = 0
+    if "P" in sizes:
+        scenes = [Scene(k, names[k], f"position {k}") for k in range(sizes["P"])]
+        chosen = choose_scene(scenes, scene, path=path, where=where, word="position")
+        position = chosen.index
+        where += f" (position {position}{' ' + repr(chosen.name) if chosen.name else ''})"
+    elif scene is not None and scene != "0":
+        raise ValueError(f"{where} has one position; it has no position {scene!r}")
+    dims = [d for d in loops if d != "P"]
+    if "Z" not in dims:
+        dims.insert(0, "Z")  # a single plane: a stack of one
+        sizes["Z"] = 1
+    frame = [d for d in ("C", "Y", "X", "S") if d in sizes and not (d == "C" and rgb)]
+    if "C" in frame and sizes["C"] == 1:
+        frame.remove("C")
+    order = dims + frame
+    letters = "".join(_LETTERS[d] for d in order)
+    shape = tuple(sizes[d] for d in order)
+    if axes is not None:
+        letters = parse_axes(axes, len(shape))
+    unit = {"Y": sizes["Y"], "X": sizes["X"]} if compressed else {"Y": UNIT, "X": UNIT}
+    chunks = tuple(unit.get(d, sizes[d] if d in ("Z", "C", "S") else 1) for d in order)
+    array = _Nd2Array(path, position, loops, [sizes[d] for d in loops], order, shape, dtype,
+                      chunks, rgb)  # fmt: skip
+    scale = {}
+    for a, v in (("x", voxel.x), ("y", voxel.y), ("z", voxel.z)):
+        v = positive_finite(v)
+        if v is not None and a in letters and not (a == "z" and sizes["Z"] == 1):
+            scale[a] = v
+    names_c = colors = None
+    if "c" in letters and not rgb and len(channels) == sizes.get("C", 0):
+        names_c = tuple(ch.channel.name or f"C{k}" for k, ch in enumerate(channels))
+        colors = tuple(_colour(ch.channel.color) for ch in channels)
+    return OpenedStack(
+        array=array, axes=letters, kind="nd2", scale=scale,
+        units={a: "micrometer" for a in scale}, translation={}, channel_names=names_c,
+        channel_colors=colors, rgb=rgb, files=(path,), description=where,
+    )  # fmt: skip
+
+
+def _position_names(f: Any, n: int) -> list[str]:
+    """The XY positions' names from the experiment, or empty names."""
+    names = [""] * n
+    for loop in f.experiment or []:
+        if getattr(loop, "type", "") == "XYPosLoop":
+            points = getattr(loop.parameters, "points", []) or []
+            for k, p in enumerate(points[:n]):
+                names[k] = getattr(p, "name", "") or ""
+    return names
+
+
+def _colour(color: Any) -> str:
+    try:
+        return f"{int(color.r):02X}{int(color.g):02X}{int(color.b):02X}"
+    except (AttributeError, TypeError, ValueError):
+        return "FFFFFF"
+
+
+class _Nd2Array(RegionArray):
+    """Regions of one position: each frame (one T and Z index) read with ``read_frame``."""
+
+    def __init__(self, path, position, loops, loop_sizes, order, shape, dtype, chunks, rgb):
+        super().__init__()
+        self.path, self.position = path, int(position)
+        self.loops, self.loop_sizes = list(loops), [int(n) for n in loop_sizes]
+        self.order, self.shape, self.dtype = list(order), tuple(shape), np.dtype(dtype)
+        self.chunks = tuple(min(c, n) for c, n in zip(chunks, self.shape, strict=True))
+        self.rgb = rgb
+
+    def recipe(self) -> tuple[Any, ...]:
+        return (self.position,)
+
+    def _open(self) -> Any:
+        return _nd2().ND2File(self.path)
+
+    def _read(self, reader: Any, region: tuple[slice, ...]) -> np.ndarray:
+        sel = dict(zip(self.order, region, strict=True))
+        out = np.empty(tuple(s.stop - s.start for s in region), self.dtype)
+        if out.size == 0:
+            return out
+        walk = [d for d in self.order if d in self.loops]
+        for index in itertools.product(*(range(sel[d].start, sel[d].stop) for d in walk)):
+            at = dict(zip(walk, index, strict=True))
+            coords = [self.position if d == "P" else at.get(d, 0) for d in self.loops]
+            seq = int(np.ravel_multi_index(coords, self.loop_sizes)) if coords else 0
+            frame = np.asarray(reader.read_frame(seq))
+            frame_dims = [d for d in self.order if d not in self.loops]
+            frame = frame.reshape([self.shape[self.order.index(d)] for d in frame_dims])
+            part = frame[tuple(sel[d] for d in frame_dims)]
+            dest = tuple(index[walk.index(d)] - sel[d].start if d in walk else slice(None)
+                         for d in self.order)  # fmt: skip
+            out[dest] = part
+        return out

@@ -1,0 +1,277 @@
+"""The pyramidal OME-TIFF output: what it holds (exactly the OME-Zarr output of the same run),
+how slide viewers' readers open it, and the safety contract (claimed beside dst, moved into
+place when complete, ours by record, resumable).
+
+Real files and processes: the TIFFs are read back with tifffile, tiffslide and OpenSlide
+(openslide-bin), runs are killed with SIGKILL at a chosen point of the conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import zarr
+from conftest import tree_digest
+from readers_util import need
+
+import fstack_dask
+from fstack_dask import synthetic_stack, write_stack
+from fstack_dask._outputs.tiff import NAMESPACE, TILE, tiff_owner
+
+tifffile = need("tifffile")
+
+TIMEOUT = 300
+
+
+def _grey_source(path, shape=(300, 700), planes=7, channels=2):
+    stacks = [
+        np.moveaxis(synthetic_stack(shape, planes, seed=s).stack, -1, 0) for s in range(channels)
+    ]
+    data = np.round(np.stack(stacks) * 3000).astype(np.uint16)  # c, z, y, x
+    if channels == 1:
+        data = data[0]
+    write_stack(path, data, axes="czyx"[-data.ndim :], scale={"y": 0.5, "x": 0.5, "z": 2.0},
+                units={a: "micrometer" for a in "zyx"})  # fmt: skip
+    return data
+
+
+def _rgb_source(path, shape=(300, 700), planes=5):
+    s = synthetic_stack(shape, planes, seed=3, rgb=True).stack  # [M, N, P, 3]
+    data = np.round(np.moveaxis(s, (2, 3), (0, 1)) * 255).astype(np.uint8)  # z, c, y, x
+    write_stack(path, np.moveaxis(data, 1, 0), axes="czyx", scale={"y": 0.25, "x": 0.25},
+                units={"y": "micrometer", "x": "micrometer"})  # fmt: skip
+    return data
+
+
+def _levels_of(path, series=0):
+    with tifffile.TiffFile(path) as tif:
+        return [level.asarray() for level in tif.series[series].levels]
+
+
+def _cli(*args, cwd, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_the_tiff_holds_exactly_the_ome_zarr_output_of_the_same_run(tmp_path):
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src)
+    opts = dict(chunks=128, depth_map=True, selectivity_map=True, progress=False)
+    out = fstack_dask.fuse_zarr(src, tmp_path / "fused.ome.tif", **opts)
+    assert sorted(os.listdir(tmp_path)) == ["fused.ome.tif", "stack.ome.zarr"]  # store gone
+    n = len(_levels_of(tmp_path / "fused.ome.tif")) - 1
+    assert n == 1  # 700 px wide: one more level fits in one 512 px tile
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "fused.ome.zarr", levels=n, **opts)
+    for series, node in enumerate((ref, ref["depth"], ref["selectivity"])):
+        levels = _levels_of(tmp_path / "fused.ome.tif", series)
+        assert len(levels) == n + 1
+        for k, level in enumerate(levels):
+            np.testing.assert_array_equal(level, node[str(k)][:])  # NaN == NaN for the maps
+    np.testing.assert_array_equal(out["0"][:], ref["0"][:])
+    with tifffile.TiffFile(tmp_path / "fused.ome.tif") as tif:
+        assert tif.is_bigtiff and tif.is_ome
+        page = tif.pages.first
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (TILE, TILE)
+        assert page.tags["Software"].value == "fstack_dask"
+        assert len(page.tags["SubIFDs"].value) == n
+        assert [s.name for s in tif.series] == ["fused", "depth", "selectivity"]
+        xml = tif.ome_metadata
+    assert 'PhysicalSizeX="0.5"' in xml and 'PhysicalSizeXUnit="\u00b5m"' in xml
+    assert 'Name="c0"' in xml and 'Color="-1"' in xml  # the source's channels: white
+    owner = tiff_owner(str(tmp_path / "fused.ome.tif"))
+    assert owner["complete"] is True and owner["format"] == "ome-tiff" and NAMESPACE in xml
+    assert owner["source_identity"]["location"] == str(src)
+
+
+def test_rgb_output_opens_in_openslide_and_tiffslide(tmp_path):
+    openslide = need("openslide")
+    tiffslide = need("tiffslide")
+    src = tmp_path / "he.ome.zarr"
+    _rgb_source(src, shape=(1100, 600))
+    dst = tmp_path / "he.ome.tiff"
+    fstack_dask.fuse_zarr(src, dst, chunks=200, progress=False)
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "he.ome.zarr2", chunks=200, levels=2,
+                                progress=False)  # fmt: skip
+    level0 = np.moveaxis(ref["0"][:], 0, -1)
+    slide = openslide.OpenSlide(str(dst))
+    assert slide.dimensions == (600, 1100)
+    region = np.asarray(slide.read_region((37, 501), 0, (400, 300)))
+    np.testing.assert_array_equal(region[..., :3], level0[501:801, 37:437])
+    assert (region[..., 3] == 255).all()
+    slide.close()
+    ts = tiffslide.TiffSlide(str(dst))
+    # levels until the last fits one tile: 1100 -> 550 -> 275 rows
+    assert ts.level_dimensions == ((600, 1100), (300, 550), (150, 275))
+    np.testing.assert_array_equal(
+        np.asarray(ts.read_region((0, 0), 2, (150, 275)))[..., :3],
+        np.moveaxis(ref["2"][:], 0, -1),
+    )
+    ts.close()
+    for k, level in enumerate(_levels_of(dst)):
+        np.testing.assert_array_equal(level, np.moveaxis(ref[str(k)][:], 0, -1))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "scheduler"), [(64, "threads"), ((100, 300), "synchronous"), (512, "processes")]
+)
+def test_same_bytes_of_pixels_whatever_the_chunking_and_scheduler(tmp_path, chunks, scheduler):
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(260, 530), planes=6, channels=1)
+    first = tmp_path / "a.tif"
+    fstack_dask.fuse_zarr(src, first, chunks=128, progress=False, scheduler="threads")
+    other = tmp_path / "b.tif"
+    fstack_dask.fuse_zarr(src, other, chunks=chunks, progress=False, scheduler=scheduler)
+    for a, b in zip(_levels_of(first), _levels_of(other), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_tiff_fstack_dask_did_not_write_is_never_replaced(tmp_path):
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    tifffile.imwrite(tmp_path / "theirs.ome.tif", np.zeros((4, 8, 8), np.uint16), ome=True)
+    (tmp_path / "notes.tif").write_text("a text file with a TIFF name")
+    (tmp_path / "folder.tiff").mkdir()
+    before = tree_digest(tmp_path)
+    for name in ("theirs.ome.tif", "notes.tif", "folder.tiff"):
+        for flags in ((), ("--overwrite",), ("--resume",)):
+            res = _cli("fuse", src, tmp_path / name, "--no-progress", *flags, cwd=tmp_path)
+            assert res.returncode == 2, res.stderr
+            assert len(res.stderr.splitlines()) == 1
+            assert "fstack_dask did not write; refusing to replace it" in res.stderr
+    res = _cli("fuse", src, tmp_path / "missing" / "x.tif", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "parent folder" in res.stderr
+    res = _cli("fuse", src, src / "inside.tif", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "is the source or lies inside it" in res.stderr
+    assert tree_digest(tmp_path) == before  # nothing written, nothing changed
+
+
+def test_overwrite_resume_and_already_exists(tmp_path):
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    dst = tmp_path / "out.tif"
+    assert _cli("fuse", src, dst, "--no-progress", cwd=tmp_path).returncode == 0
+    first = dst.read_bytes()
+    res = _cli("fuse", src, dst, "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "already exists" in res.stderr and "--overwrite" in res.stderr
+    res = _cli("fuse", src, dst, "--no-progress", "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+    res = _cli("fuse", src, dst, "--no-progress", "--resume", "--nhsize", "5", cwd=tmp_path)
+    assert res.returncode == 2 and "different nhsize" in res.stderr
+    assert dst.read_bytes() == first
+    res = _cli("fuse", src, dst, "--no-progress", "--overwrite", "--nhsize", "5", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert tiff_owner(str(dst))["nhsize"] == 5
+    assert sorted(os.listdir(tmp_path)) == ["out.tif", "stack.ome.zarr"]
+
+
+def test_a_failed_overwrite_leaves_the_old_tiff_and_resume_finishes(tmp_path, monkeypatch):
+    import fstack_dask._outputs.tiff as tiff_out
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(200, 300), planes=5, channels=1)
+    dst = tmp_path / "out.ome.tif"
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    old = dst.read_bytes()
+    tiles = tiff_out._tiles
+
+    def failing(array, *, rgb):
+        yield from []
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(tiff_out, "_tiles", failing)
+    with pytest.raises(OSError, match=r"Input/output error.*blocks done; rerun with resume"):
+        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True, nhsize=5)
+    assert dst.read_bytes() == old  # the previous output, untouched
+    work = tmp_path / ".out.ome.tif.fstack-work"
+    assert work.is_dir() and (work / "fused.tif.partial").exists()
+    monkeypatch.setattr(tiff_out, "_tiles", tiles)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True, nhsize=5)
+    assert not work.exists() and tiff_owner(str(dst))["nhsize"] == 5
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "ref.tif", chunks=64, progress=False, nhsize=5)
+    np.testing.assert_array_equal(_levels_of(dst)[0], ref["0"][:])
+
+
+_KILL_IN_CONVERSION = """
+import os, signal, sys
+import fstack_dask._outputs.tiff as tiff_out
+tiles = tiff_out._tiles
+def die_midway(array, *, rgb):
+    for k, tile in enumerate(tiles(array, rgb=rgb)):
+        if k == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield tile
+tiff_out._tiles = die_midway
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_the_conversion_then_resume(tmp_path):
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(600, 700), planes=5, channels=1)
+    dst = tmp_path / "out.ome.tif"
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_KILL_IN_CONVERSION), "fuse", str(src), str(dst),
+         "--chunks", "128", "--no-progress"],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not dst.exists()  # nothing half-written at dst
+    assert (tmp_path / ".out.ome.tif.fstack-work" / "fused.tif.partial").exists()
+    res = _cli("fuse", src, dst, "--chunks", "128", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "unfinished fstack_dask run" in res.stderr
+    res = _cli("fuse", src, dst, "--chunks", "128", "--no-progress", "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stderr and "0 of 30 blocks left" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["out.ome.tif", "stack.ome.zarr"]
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "ref.ome.zarr", chunks=128, levels=1,
+                                progress=False)  # fmt: skip
+    for k, level in enumerate(_levels_of(dst)):
+        np.testing.assert_array_equal(level, ref[str(k)][:])
+
+
+def test_what_a_tiff_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+    data = np.random.default_rng(0).integers(0, 9, (5, 40, 40)).astype(np.int64)
+    zarr.save_array(str(tmp_path / "s.zarr"), data)
+    before = tree_digest(tmp_path)
+    with pytest.raises(ValueError, match=r"an OME-TIFF cannot hold dtype int64"):
+        fstack_dask.fuse_zarr(tmp_path / "s.zarr", tmp_path / "o.tif", axes="zyx", progress=False)
+    with pytest.raises(ValueError, match=r"a TIFF dst must be a local path"):
+        fstack_dask.fuse_zarr(tmp_path / "s.zarr", "memory://o.tif", axes="zyx", progress=False)
+    assert tree_digest(tmp_path) == before
+
+
+def test_the_conversion_holds_a_chunk_at_a_time_not_the_image(tmp_path):
+    """tracemalloc's peak while converting a 3072 x 4096 uint16 store (24 MiB, chunks of
+    512 x 512) stays within a few chunk rows' worth of tiles, far below the image."""
+    import tracemalloc
+
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.tiff import write_tiff
+
+    store = tmp_path / "work.ome.zarr"
+    rng = np.random.default_rng(0)
+    group = zarr.create_group(str(store), zarr_format=3)
+    image = rng.integers(0, 60000, (3072, 4096), dtype=np.uint16)
+    group.create_array("0", data=image, chunks=(512, 512), dimension_names=["y", "x"])
+    group.attrs.update({
+        "ome": {"version": "0.5", "multiscales": [{"name": "fused", "axes": [
+            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0]}]}]}]},
+        "fstack_dask": {"method": "x", "channels": "independent"},
+    })  # fmt: skip
+    tracemalloc.start()
+    write_tiff(resolve(store, name="dst"), str(tmp_path / "out.tif"), maxworkers=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 6 * 2**20 < image.nbytes / 2, peak  # measured: 2.7 MiB of 24 MiB
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), image)

@@ -1,0 +1,87 @@
+"""A LIF file written by Leica LAS X (readlif's test file, GPL-3.0: tests/data/README.md),
+read through liffile's memory map; compared with the planes liffile reads into memory
+(``asarray()``, its other code path) fused in memory."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from readers_util import need, regions
+
+liffile = need("liffile")
+
+import fstack_dask  # noqa: E402
+from fstack_dask._sources.common import MissingExtraError  # noqa: E402
+from fstack_dask._sources.open import open_source  # noqa: E402
+
+LIF = (
+    pathlib.Path(__file__).resolve().parents[1] / "data" / "LeicaLASX_wavelength-sweep_example.lif"
+)
+
+
+def _planes(index):
+    with liffile.LifFile(LIF) as lif:
+        return lif.images[index].asarray()  # T, lambda, Z, Y, X read into memory
+
+
+def test_images_are_listed_and_named_by_index_name_or_path():
+    with pytest.raises(ValueError, match=r"holds 3 images: 0 'x_y_lambdaEmi' \(20\u03bb x 64Y "
+                       r"x 64X\), 1 .*, 2 'x_y_z_t_lambdaEmi' \(2T x 10\u03bb x 11Z x 64Y x "
+                       r"64X\); name one after the file, e\.g\. src '.*\.lif/2' \(command "
+                       r"line: --scene 2\)$"):  # fmt: skip
+        open_source(LIF)
+    by_index = open_source(f"{LIF}/2")
+    by_name = open_source(f"{LIF}/x_y_z_t_lambdaEmi")
+    assert by_index.axes == by_name.axes == "tczyx"  # the wavelengths are the channels
+    assert by_index.shape == (2, 10, 11, 64, 64) and by_index.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"\(image 0 'x_y_lambdaEmi'\) has dimensions "
+                       r"'\u03bbYX' without a focus axis Z"):  # fmt: skip
+        open_source(f"{LIF}/0")
+
+
+def test_regions_equal_liffile_and_metadata_is_carried():
+    src = open_source(f"{LIF}/2")
+    planes = _planes(2)
+    for ys, xs in regions((64, 64), n=8):
+        np.testing.assert_array_equal(src.array[1, 3:7, :, ys, xs], planes[1, 3:7, :, ys, xs])
+    clone = pickle.loads(pickle.dumps(src.array))
+    np.testing.assert_array_equal(clone[0, 9, 10], planes[0, 9, 10])
+    assert src.scale == pytest.approx({"t": 80.91, "z": 0.50020, "y": 0.104814, "x": 0.104814},
+                                      rel=1e-4)  # fmt: skip
+    assert src.units == {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    assert [c["label"] for c in src.channels][:2] == ["550 nm", "555 nm"]
+
+
+def test_fused_image_equals_the_planes_fused_in_memory(tmp_path):
+    out = fstack_dask.fuse_zarr(f"{LIF}/2", tmp_path / "out.ome.zarr", chunks=32,
+                                progress=False)  # fmt: skip
+    planes = _planes(2)
+    expected = np.stack([
+        np.stack([fstack_dask.focus_stack(np.moveaxis(planes[t, c], 0, -1)) for c in range(10)])
+        for t in range(2)
+    ])  # fmt: skip
+    np.testing.assert_array_equal(out["0"][:], expected)
+    ome = out.attrs["ome"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["t", "c", "y", "x"]
+    assert ome["omero"]["channels"][0]["label"] == "550 nm"
+
+
+def test_cli_fuses_the_image_named_by_scene(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(LIF), str(tmp_path / "o.ome.zarr"),
+         "--scene", "x_y_z_t_lambdaEmi", "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "tcyx (2, 10, 64, 64) uint8" in res.stdout
+
+
+def test_missing_liffile_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "liffile", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[lif\]"$'):
+        open_source(f"{LIF}/2")

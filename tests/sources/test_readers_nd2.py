@@ -1,0 +1,128 @@
+"""The ND2 reader's mapping of nd2's frames onto a focus stack.
+
+No ND2 file can be shipped (tests/data/README.md): these tests serve frames through a
+stand-in for ``nd2.ND2File`` that behaves as nd2 0.12 documents and implements it
+(``sizes`` in loop order, ``read_frame(seq_index)`` with the sequence index raveled over the
+loops in that order, a frame ``(C, Y, X)`` or ``(Y, X, S)`` with single channels squeezed),
+so they check our positions, loop order, channels and metadata, not nd2 itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from readers_util import need
+
+nd2 = need("nd2")
+
+import fstack_dask  # noqa: E402
+from fstack_dask._sources.common import MissingExtraError  # noqa: E402
+from fstack_dask._sources.open import open_source  # noqa: E402
+
+
+class _StandIn:
+    """nd2.ND2File over an array ``data[T, P, Z, C, Y, X]`` (RGB: ``[..., Y, X, S]``)."""
+
+    def __init__(self, sizes, data, *, rgb=False, compression=None, names=("", "", "")):
+        self.sizes, self.data, self.is_rgb, self.is_legacy = sizes, data, rgb, False
+        self.dtype = data.dtype
+        self.attributes = types.SimpleNamespace(compressionType=compression)
+        ns = types.SimpleNamespace
+        self.metadata = ns(channels=[
+            ns(channel=ns(name=n, color=ns(r=r, g=g, b=b)))
+            for n, (r, g, b) in zip(("DAPI", "GFP"), ((0, 0, 255), (0, 255, 0)), strict=True)
+        ])  # fmt: skip
+        points = [types.SimpleNamespace(name=n) for n in names]
+        self.experiment = [
+            types.SimpleNamespace(type="XYPosLoop", parameters=types.SimpleNamespace(points=points))
+        ]
+        self.reads = []
+
+    def __call__(self, path):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        pass
+
+    def voxel_size(self):
+        return types.SimpleNamespace(x=0.325, y=0.325, z=1.5)
+
+    def read_frame(self, seq):
+        loops = [n for d, n in self.sizes.items() if d not in "CYXS"]
+        index = np.unravel_index(seq, loops)
+        self.reads.append(tuple(int(i) for i in index))
+        return self.data[index].squeeze()
+
+
+def _data(shape, seed=0):
+    from fstack_dask import synthetic_stack
+
+    t, p, z, c, y, x = shape
+    out = np.empty(shape, np.uint16)
+    for k in np.ndindex(t, p, c):
+        s = synthetic_stack((y, x), z, seed=int(np.ravel_multi_index(k, (t, p, c)))).stack
+        out[k[0], k[1], :, k[2]] = np.round(np.moveaxis(s, -1, 0) * 4000)
+    return out
+
+
+@pytest.fixture
+def nd2_file(tmp_path, monkeypatch):
+    path = tmp_path / "cells.nd2"
+    path.write_bytes(b"")  # the stand-in serves the frames
+    sizes = {"T": 2, "P": 3, "Z": 6, "C": 2, "Y": 40, "X": 50}
+    stand_in = _StandIn(sizes, _data(tuple(sizes.values())), names=("A1", "A2", "B1"))
+    monkeypatch.setattr(nd2, "ND2File", stand_in)
+    return path, stand_in
+
+
+def test_positions_are_the_scenes_and_frames_map_onto_tzcyx(nd2_file):
+    path, f = nd2_file
+    with pytest.raises(ValueError, match=r"holds 3 positions: 0 'A1' \(position 0\), 1 "
+                       r"'A2' \(position 1\), 2 'B1' \(position 2\); name one after"):  # fmt: skip
+        open_source(path)
+    src = open_source(f"{path}/B1")
+    assert (src.axes, src.shape) == ("tzcyx", (2, 6, 2, 40, 50))
+    np.testing.assert_array_equal(src.array[...], f.data[:, 2])
+    np.testing.assert_array_equal(src.array[1, 2:4, 1, 5:30, 7:9], f.data[1, 2, 2:4, 1, 5:30, 7:9])
+    assert {p for _, p, _ in f.reads} == {2}  # only frames of that position were read
+    assert src.scale == {"x": 0.325, "y": 0.325, "z": 1.5}
+    assert [c["label"] for c in src.channels] == ["DAPI", "GFP"]
+    assert [c["color"] for c in src.channels] == ["0000FF", "00FF00"]
+    assert src.unit_shape == (1, 6, 2, 40, 50)  # a frame holds every channel; 512 px units
+
+
+def test_fused_position_equals_its_frames_fused_in_memory(nd2_file, tmp_path):
+    path, f = nd2_file
+    out = fstack_dask.fuse_zarr(f"{path}/1", tmp_path / "o.ome.zarr", chunks=16, progress=False)
+    expected = np.stack([
+        np.stack([fstack_dask.focus_stack(np.moveaxis(f.data[t, 1, :, c], 0, -1))
+                  for c in range(2)])
+        for t in range(2)
+    ])  # fmt: skip
+    np.testing.assert_array_equal(out["0"][:], expected)
+
+
+def test_compressed_frames_are_read_whole(tmp_path, monkeypatch):
+    path = tmp_path / "z.nd2"
+    path.write_bytes(b"")
+    sizes = {"Z": 4, "Y": 700, "X": 600}
+    data = np.arange(4 * 700 * 600, dtype=np.uint16).reshape(1, 1, 4, 1, 700, 600)
+    monkeypatch.setattr(nd2, "ND2File", _StandIn(sizes, data, compression="lossless"))
+    assert open_source(path).unit_shape == (4, 700, 600)
+    monkeypatch.setattr(nd2, "ND2File", _StandIn(sizes, data))
+    assert open_source(path).unit_shape == (4, 512, 512)
+
+
+def test_missing_nd2_names_the_extra(nd2_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nd2", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[nd2\]"$'):
+        open_source(f"{nd2_file[0]}/0")
