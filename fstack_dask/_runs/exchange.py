@@ -141,6 +141,9 @@ class Runner(abc.ABC):
     def handed(self, handle: Any) -> Any:
         return handle.result()
 
+    def refresh(self) -> None:  # noqa: B027 - most runners' slots never change
+        """Look again at which slots there are (a cluster's workers come and go)."""
+
     def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
         """Submit a fuse (:func:`.halo.fuse_rows`), its blocks reported as they end."""
         return self.submit(slot, fuse_rows, job, blocks, remote, *task_args)
@@ -167,8 +170,9 @@ class _Strip:
     last_column: int | None = None  # the wave's last fused column, if this strip has it
     decoded: dict[int, Any] = field(default_factory=dict)  # finished decodes: row -> handle
     next_decode: int = 0
-    next_fuse: int = 0
-    fusing: bool = False
+    next_fuse: int = 0  # rows before it are fused
+    fusing: set[int] = field(default_factory=set)  # rows being fused
+    fused: set[int] = field(default_factory=set)  # rows fused after next_fuse
 
 
 @dataclass
@@ -176,6 +180,7 @@ class _WaveState:
     wave: Wave
     strips: list[_Strip]
     strip_of: dict[int, int]  # column -> strip index
+    depth: int = 1  # rows a strip decodes ahead of its first row not fused
 
     def fused(self, plan: Plan, done: set[str], block: Block) -> bool:
         *_, j, i = block
@@ -204,7 +209,8 @@ def run_exchange(
     Returns once nothing runs any more (the caller collects the decodes' counts from the
     workers with :func:`forget_run`)."""
     plan = job.plan
-    width = wave_width(plan, budget, _core_bytes(job))
+    width = wave_width(plan, budget, core_bytes(job))
+    depth = _depth(plan, budget, core_bytes(job))
     pending = waves(plan, done, width)
     capacity = max(1, len(runner.slots) * runner.threads)
     active: list[_WaveState] = []
@@ -218,7 +224,9 @@ def run_exchange(
                 if wave is None:
                     exhausted = True
                 else:
-                    active.append(_wave_state(wave, runner, capacity))
+                    runner.refresh()  # workers that joined (an adaptive cluster) take part
+                    capacity = max(1, len(runner.slots) * runner.threads)
+                    active.append(_wave_state(wave, runner, capacity, depth))
             if not active and not running:
                 return
             while any([_submit_ready(job, runner, s, done, running, carry, task_args)
@@ -238,8 +246,7 @@ def run_exchange(
                     if strip.last_column is not None:  # the next wave's left neighbours
                         carry[(strip.lead, strip.last_column, row)] = handle
                 else:
-                    strip.fusing = False
-                    strip.next_fuse = row + 1
+                    _fused(strip, row)
                     if not on_outcomes(runner.result(handle), runner.shown(handle)):
                         return
             for state in active:
@@ -269,7 +276,24 @@ def _admissible(active: list[_WaveState], width: int, capacity: int) -> bool:
     return cols < width and strips < 2 * capacity
 
 
-def _wave_state(wave: Wave, runner: Runner, capacity: int) -> _WaveState:
+def _depth(plan: Plan, budget: int, core: int) -> int:
+    """Rows a strip may decode ahead: as many as the wave's columns' cores fit, so that
+    several of a strip's rows are fused at once where memory allows (many threads on a
+    narrow image); at least one."""
+    cols = min(plan.grid[1], wave_width(plan, budget, core) + 2)
+    rows = int(budget // max(1, cols * core)) - 1
+    return max(1, min(rows, plan.grid[0]))
+
+
+def _fused(strip: _Strip, row: int) -> None:
+    strip.fusing.discard(row)
+    strip.fused.add(row)
+    while strip.next_fuse in strip.fused:
+        strip.fused.discard(strip.next_fuse)
+        strip.next_fuse += 1
+
+
+def _wave_state(wave: Wave, runner: Runner, capacity: int, depth: int = 1) -> _WaveState:
     """The wave's decoded columns in strips, at most one per task slot, spread over the
     slots in contiguous groups (neighbouring strips share their bands on one worker)."""
     d0, d1 = wave.decode_cols
@@ -286,7 +310,7 @@ def _wave_state(wave: Wave, runner: Runner, capacity: int) -> _WaveState:
                              last if has_last else None, next_decode=wave.rows[0],
                              next_fuse=wave.rows[0]))  # fmt: skip
         strip_of.update({i: k for i in range(bounds[k], bounds[k + 1])})
-    return _WaveState(wave, strips, strip_of)
+    return _WaveState(wave, strips, strip_of, depth)
 
 
 def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_args) -> bool:
@@ -300,8 +324,8 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_arg
         return strips[state.strip_of[block[-1]]].slot
 
     for k, strip in enumerate(strips):
-        # decode one row ahead of the row being fused
-        while strip.next_decode < last and strip.next_decode <= strip.next_fuse + 1:
+        # decode ahead of the first row not fused (one row, or more where memory allows)
+        while strip.next_decode < last and strip.next_decode <= strip.next_fuse + state.depth:
             row = strip.next_decode
             strip.next_decode += 1
             moved = True
@@ -322,30 +346,30 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_arg
             handle = runner.submit(strip.slot, decode_rows, job, needed, keep, uses, export,
                                    *task_args)  # fmt: skip
             running[handle] = ("decode", strip, row)
-        # fuse a row once it and its neighbour strips have decoded the rows around it
-        row = strip.next_fuse
-        if strip.fusing or row >= last:
-            continue
+        # fuse each row once it and its neighbour strips have decoded the rows around it
         around = strips[max(0, k - 1) : k + 2]
-        rows = range(max(wave.rows[0], row - 1), min(last, row + 2))
-        if not all(r in s.decoded for s in around for r in rows):
-            continue
-        c0, c1 = max(strip.cols[0], wave.cols[0]), min(strip.cols[1], wave.cols[1])
-        blocks = [(*wave.lead, row, i) for i in range(c0, c1)]
-        blocks = [b for b in blocks if state.fused(plan, done, b)]
-        moved = True
-        if not blocks:
-            strip.next_fuse = row + 1
-            continue
-        remote = [runner.handed(s.decoded[r]) for s in around if s.slot != strip.slot
-                  for r in rows if s.decoded[r] is not None]  # fmt: skip
-        if wave.carried and k == 0:  # the bands the wave before left of its last column
-            left = wave.cols[0] - 1
-            remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
-                       if (wave.lead, left, r) in carry]  # fmt: skip
-        handle = runner.submit_fuse(strip.slot, job, blocks, remote, task_args)
-        strip.fusing = True
-        running[handle] = ("fuse", strip, row)
+        for row in range(strip.next_fuse, min(last, strip.next_decode)):
+            if row in strip.fusing or row in strip.fused:
+                continue
+            rows = range(max(wave.rows[0], row - 1), min(last, row + 2))
+            if not all(r in s.decoded for s in around for r in rows):
+                continue
+            c0, c1 = max(strip.cols[0], wave.cols[0]), min(strip.cols[1], wave.cols[1])
+            blocks = [(*wave.lead, row, i) for i in range(c0, c1)]
+            blocks = [b for b in blocks if state.fused(plan, done, b)]
+            moved = True
+            if not blocks:
+                _fused(strip, row)
+                continue
+            remote = [runner.handed(s.decoded[r]) for s in around if s.slot != strip.slot
+                      for r in rows if s.decoded[r] is not None]  # fmt: skip
+            if wave.carried and k == 0:  # the bands the wave before left of its last column
+                left = wave.cols[0] - 1
+                remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
+                           if (wave.lead, left, r) in carry]  # fmt: skip
+            handle = runner.submit_fuse(strip.slot, job, blocks, remote, task_args)
+            strip.fusing.add(row)
+            running[handle] = ("fuse", strip, row)
     return moved
 
 
@@ -372,8 +396,58 @@ def _prune(state: _WaveState) -> None:
             del strip.decoded[row]
 
 
-def _core_bytes(job: FuseJob) -> int:
+def core_bytes(job: Any) -> int:
+    """Bytes of one block's decoded core (a job's ``itemsize``, else its source's)."""
     lay = job.plan.layout
-    source, _, _ = job.opened()
+    itemsize = getattr(job, "itemsize", None)
+    if itemsize is None:
+        itemsize = job.opened()[0].dtype.itemsize
     by, bx = job.plan.block
-    return lay.n_channels * lay.n_planes * by * bx * source.dtype.itemsize
+    return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
+
+
+class _DryRunner(Runner):
+    """Runs nothing: counts, per slot, the blocks each decode would read."""
+
+    def __init__(self, slots: list[Any], threads: int):
+        self.slots, self.threads = list(slots), threads
+        self.decoded: dict[Any, list[Block]] = {slot: [] for slot in self.slots}
+
+    def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        if fn is decode_rows:
+            self.decoded[slot].extend(args[1])
+            future.set_result({})
+        else:
+            future.set_result([Outcome(Plan.name(b)) for b in args[1]])
+        return future
+
+    def close(self, running: set[Any]) -> None:
+        return None
+
+    def counts(self, token: str) -> list[tuple[int, float, int]]:
+        return []
+
+
+@dataclass(frozen=True)
+class _PlannedJob:
+    plan: Plan
+    itemsize: int
+    token: str = "dry-run"
+
+
+def dry_run(plan: Plan, *, itemsize: int, slots: list[Any], threads: int, budget: int) -> dict:
+    """The blocks each slot (worker) would decode in a run of ``plan`` by halo exchange,
+    with ``budget`` bytes of the workers' memory for cores: nothing is read or computed.
+    Returns ``{slot: decoded pixels}``, to compare with the image's pixels."""
+    runner = _DryRunner(slots, threads)
+    run_exchange(_PlannedJob(plan, itemsize), runner, done=set(), budget=budget,
+                 on_outcomes=lambda outcomes, shown: True)  # fmt: skip
+    area = {}
+    for slot, blocks in runner.decoded.items():
+        total = 0
+        for block in blocks:
+            (y0, y1), (x0, x1) = plan.core(block)
+            total += (y1 - y0) * (x1 - x0)
+        area[slot] = total
+    return area

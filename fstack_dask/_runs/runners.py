@@ -89,10 +89,7 @@ class _Synchronous(_InProcess):
 
     def submit(self, slot: Any, fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
         future: cf.Future = cf.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed over as a task's error is
-            future.set_exception(exc)
+        future.set_result(fn(*args, **kwargs))  # a failure stops the run here and now
         return future
 
     def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
@@ -140,9 +137,17 @@ class _Cluster(_Reported):
                  topic: str, threads: int):  # fmt: skip
         self.client, self.waiter, self.ticks, self.topic = client, waiter, ticks, topic
         self.reports = reported
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        self.slots = sorted(workers) or [None]
         self.threads = max(1, threads)
+        self.refresh()
+
+    def refresh(self) -> None:
+        with contextlib.suppress(Exception):  # keep the workers known before
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            self.slots = sorted(workers) or [None]
+            threads = [int(w.get("nthreads", 1)) for w in workers.values()]
+            self.threads = max([self.threads, *threads])
+        if not getattr(self, "slots", None):
+            self.slots = [None]
 
     def submit(self, slot: Any, fn: Callable, *args: Any) -> Any:
         pinned = {"workers": [slot], "allow_other_workers": True} if slot is not None else {}
