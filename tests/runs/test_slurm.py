@@ -141,3 +141,30 @@ def test_slurmcluster_from_config_computes(slurm_available, tmp_path):
         time.sleep(0.5)
     elapsed = time.monotonic() - t0
     assert elapsed < BUDGET_S, f"took {elapsed:.1f} s (budget {BUDGET_S} s)"
+
+
+def test_two_slurm_jobs_feed_one_run(slurm_available, tmp_path):
+    """Two batch jobs of a SLURMCluster, each a dask worker, fuse one stack together (each
+    unit decoded once, the bands crossing between them): the threads scheduler's bytes."""
+    import numpy as np
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+
+    src = tmp_path / "stack.zarr"
+    data = synthetic_stack((128, 128), 7, seed=3).stack.transpose(2, 0, 1)
+    write_stack(src, data, axes="zyx", chunks=(7, 32, 32))
+    expected = fuse_zarr(src, tmp_path / "threads.zarr", chunks=32, progress=False,
+                         scheduler="threads")["0"][...]  # fmt: skip
+    with SLURMCluster(**_jobqueue_kwargs(tmp_path)) as cluster:
+        cluster.scale(jobs=2)
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=90)
+            jobs = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+            assert len(set(jobs.values())) == 2, jobs  # two batch jobs, one worker each
+            out = fuse_zarr(src, tmp_path / "out.zarr", chunks=32, progress=False,
+                            scheduler=client)  # fmt: skip
+            ran = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            np.testing.assert_array_equal(out["0"][...], expected)
+    assert all(n > 0 for n in ran.values()), ran  # both jobs' workers fused blocks
