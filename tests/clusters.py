@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,12 +36,14 @@ class Cluster:
         log = open(tmp / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
         self.log = log
         self.scheduler = subprocess.Popen(
-            ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-             "--dashboard-address", ":0"], stdout=log, stderr=log,
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
+             "--port", str(self.port), "--dashboard-address", ":0"], stdout=log, stderr=log,
         )  # fmt: skip
         self.workers = [
             subprocess.Popen(
                 [
+                    sys.executable,
+                    "-m",
                     "dask",
                     "worker",
                     self.address,

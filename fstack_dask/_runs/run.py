@@ -64,6 +64,8 @@ def run_fusion(
     with contextlib.ExitStack() as stack:
         sched = schedulers.resolve_scheduler(scheduler, stack)  # after every check: it may connect
         require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
+        schedulers.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
+                                n_channels=lay.n_channels, kernel=fusion.kernel)  # fmt: skip
         blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
         target = lifecycle.claim(destination, prior.mode)
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import itertools
 import logging
 import sys
@@ -145,6 +146,21 @@ def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
     """Worker processes, started once for the whole run (they are slow to start)."""
     pool = stack.enter_context(process_pool(n))
     return Scheduler("processes", 1, n, pool, pool.ticks)
+
+
+def warm_workers(scheduler: Scheduler, dtype: Any, **kernel: Any) -> None:
+    """Have every worker process load the compiled kernel now, in the background, while the
+    run claims dst and decodes its first rows (a fresh worker would otherwise pay numba's
+    import and the kernel's loading, a second or more, at its first block). Best effort."""
+    from .._algorithm.block import warm_up
+
+    task = functools.partial(warm_up, dtype, **kernel)
+    with contextlib.suppress(Exception):
+        if scheduler.kind == "distributed":
+            scheduler.client.run(task, wait=False)
+        elif scheduler.kind == "processes":
+            for slot in scheduler.client.slots:
+                scheduler.client.submit_to(slot, task)
 
 
 def _default_client() -> Any:

@@ -18,6 +18,7 @@ from clusters import Cluster
 from conftest import tree_digest
 
 from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._runs.runners import _Cluster
 
 PLANES, SIDE, CHUNK = 7, 128, 32
 
@@ -75,7 +76,7 @@ def test_workers_whose_scratch_is_not_the_drivers_give_the_same_bytes(stack, tmp
     assert tree_digest(driver_tmp) == before  # the workers wrote nothing where the driver is
 
 
-def test_a_cluster_that_grows_during_the_run(stack, tmp_path, caplog):
+def test_a_cluster_that_grows_during_the_run(stack, tmp_path, caplog, monkeypatch):
     """``cluster.adapt()`` from 1 worker to 4 while the run goes: the same bytes, and the
     workers that joined take part (from the next image's wave on)."""
     from distributed import Client, LocalCluster
@@ -95,10 +96,21 @@ def test_a_cluster_that_grows_during_the_run(stack, tmp_path, caplog):
             grown.set()
 
         threading.Thread(target=grow, daemon=True).start()
+        # The second image's wave waits for the new workers (which take seconds to start
+        # on a busy machine; the run would otherwise be over before they joined).
+        refresh, calls = _Cluster.refresh, []
+
+        def refresh_after_growth(runner) -> None:
+            calls.append(1)
+            if len(calls) == 3:  # 1: the runner's start, 2: the first wave, 3: the second
+                grown.wait(120)
+            refresh(runner)
+
+        monkeypatch.setattr(_Cluster, "refresh", refresh_after_growth)
         fuse_zarr(stack, dst, chunks=CHUNK, scheduler=client, progress=False, levels=0)
         assert grown.wait(120)
         ran = client.run(lambda dask_worker: dask_worker.state.executed_count)
-    assert len(ran) == 4 and sum(n > 0 for n in ran.values()) >= 2, ran
+    assert len(calls) >= 3 and len(ran) == 4 and sum(n > 0 for n in ran.values()) >= 2, ran
     # Workers that join may steal a strip's fuse from the worker holding its cores, which
     # then reads them again: bounded, and the bits are the same.
     assert _decoded(caplog) <= 2 * 6 * PLANES * SIDE * SIDE * 2
