@@ -291,6 +291,86 @@ def test_cli_refuses_cuda_without_gpu(tmp_path, gpu_usable):
     assert bad.returncode == 2 and "--device" in bad.stderr
 
 
+# ------------------------------------------------------------------ the smoke test
+
+SMOKE_SIM = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from fstack_dask import focus_stack, synthetic_stack
+    from fstack_dask._algorithm import device
+
+    found = {"problem": device.cuda_problem(), "steps": dict(device._smoke)}
+    stack = synthetic_stack((12, 10), 5, dtype="uint16", seed=1).stack
+    found["run_bits"] = bool(np.array_equal(focus_stack(stack, nhsize=3, device="cuda"),
+                                            focus_stack(stack, nhsize=3)))
+    # The run step, as on a GPU, with a kernel that computes the wrong number.
+    def wrong(out, x):
+        out[0] = x * 2.0
+    device._tiny_kernel = wrong
+    from numba import cuda
+    found["wrong"] = device._smoke_step("run", cuda)
+    print(json.dumps(found))
+    """
+)
+
+
+@needs_cuda_target
+def test_smoke_test_passes_in_the_simulator_and_a_run_works():
+    """In numba's simulator the tiny kernel runs (once per process) and a run follows; the
+    launch step turns a kernel that computes the wrong number into a one-line problem."""
+    found = _json(_run(["-c", SMOKE_SIM], env=SIM_ENV))
+    assert found["problem"] is None and found["steps"] == {"simulator": None}
+    assert found["run_bits"]
+    wrong = found["wrong"]
+    assert "\n" not in wrong
+    assert wrong.startswith("cannot run a kernel on the GPU here: numba-cuda "), wrong
+    assert "(RuntimeError: a kernel computing 41.0 gave 40.0)" in wrong, wrong
+
+
+# NumPy 2.5 as numba-cuda 0.30 meets it: np.row_stack is gone (numba-cuda overloads it
+# when its CUDA target first initialises, numba only below 2.5) and the version says 2.5.
+NUMPY_25 = textwrap.dedent(
+    """
+    import runpy, sys
+    import numpy
+    del numpy.row_stack
+    numpy.__version__ = "2.5.2"
+    sys.argv = ["fstack-dask", *sys.argv[1:]]
+    runpy.run_module("fstack_dask", run_name="__main__")
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda is not installed"
+)
+def test_numpy_25_is_refused_before_anything_is_written(tmp_path):
+    """numba-cuda 0.30 cannot compile with NumPy 2.5 (AttributeError on np.row_stack at its
+    first compilation, GPU or not): --device cuda exits 2 with one line naming both versions
+    and writes nothing, instead of failing with the first block. With the real NumPy (< 2.5)
+    the same check compiles, and the run is refused for want of a GPU only (or runs)."""
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    from importlib.metadata import version
+
+    args = ["fuse", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), "--device", "cuda",
+            "--no-progress"]  # fmt: skip
+    done = _run(["-c", NUMPY_25, *args], env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    target = f"numba-cuda {version('numba-cuda')}"
+    assert lines == [
+        f"fstack-dask: error: --device cuda cannot compile for the GPU here: {target} with "
+        "NumPy 2.5.2 (AttributeError: module 'numpy' has no attribute 'row_stack'); use "
+        f"NumPy < 2.5 with {target}, or --device cpu"
+    ], lines
+    assert not (tmp_path / "out.zarr").exists()
+    real = _run(["-m", "fstack_dask", *args], env=env)
+    assert "cannot compile" not in real.stderr, real.stderr
+
+
 # ------------------------------------------------------------------ on a real GPU
 
 
