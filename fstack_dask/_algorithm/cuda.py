@@ -49,11 +49,22 @@ def _target() -> tuple[Any, dict]:
             require_here("cuda")  # a one-line ValueError naming device, not numba's own
             from numba import cuda
 
-            from .cuda_kernels import build
-
             _built["cuda"] = cuda
-            _built["kernels"] = build(cuda, simulator=simulated())
+            _built["kernels"] = build_kernels(cuda, simulator=simulated())
         return _built["cuda"], _built["kernels"]
+
+
+def build_kernels(cuda: Any, *, simulator: bool) -> dict:
+    """The kernels for ``cuda``; on a GPU with numba-cuda's disk cache in
+    :func:`.jit.cuda_cache_dir`, so that a new process loads what an earlier one compiled."""
+    from .cuda_kernels import build, source_digest
+
+    cache_dir = None
+    if not simulator:
+        from .jit import cuda_cache_dir
+
+        cache_dir = cuda_cache_dir(source_digest())
+    return build(cuda, simulator=simulator, cache_dir=cache_dir)
 
 
 def plane_groups(n_planes: int, fm_itemsize: int) -> int:

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -199,6 +200,83 @@ def test_kernels_compile_for_sm90_without_fused_multiply_adds(tmp_path):
         assert all(op.startswith("mul.rn.") for op in ops), (kernel, ops)
     blend_uint16 = next(k for k in found if k.startswith("blend(Array(uint16,"))
     assert "mul.rn.f64" in found[blend_uint16]  # the products are there, as dmul_rn
+
+
+CACHE = textwrap.dedent(
+    """
+    import json, pickle, sys
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher as dispatcher
+    from numba.cuda.cudadrv import devices, nvvm
+    # No GPU here: the device says it is an sm_90, and binding a kernel to it stops at its
+    # cubin (linked by nvJitLink, which needs no driver): what numba-cuda caches on disk.
+    fake = SimpleNamespace(compute_capability=(9, 0), id=0)
+    dispatcher.get_current_device = lambda: fake
+    devices.get_context = lambda devnum=None: SimpleNamespace(device=fake)
+    dispatcher._Kernel.bind = lambda self: self._codelibrary.get_cubin()
+    compiled = []
+    compile_ir = nvvm.compile_ir
+    def counting(*args, **kwargs):
+        compiled.append(1)
+        return compile_ir(*args, **kwargs)
+    nvvm.compile_ir = counting
+    from numba import cuda
+    from fstack_dask._algorithm.cuda import build_kernels
+
+    try:
+        nvvm.NVVM()
+    except Exception as e:  # no libNVVM anywhere numba-cuda looks: nothing to check here
+        print(json.dumps({"no NVVM": f"{type(e).__name__}: {e}"}))
+        sys.exit()
+    kernels = build_kernels(cuda, simulator=False)
+    launched = pickle.load(open(sys.argv[1], "rb"))
+    for name, sig in launched:
+        kernels[name].compile(sig)
+    used = [kernels[name] for name in dict(launched)]
+    print(json.dumps({
+        "signatures": len(launched),
+        "hits": sum(sum(k._cache_hits.values()) for k in used),
+        "misses": sum(sum(k._cache_misses.values()) for k in used),
+        "nvvm_compilations": len(compiled),
+        "cubins_sm90": all((9, 0, "a") in o._codelibrary._cubin_cache
+                           for k in used for o in k.overloads.values()),
+        "paths": sorted({k._cache.cache_path for k in used}),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason="numba-cuda is not installed (numba's built-in CUDA target is not checked)",
+)
+def test_kernels_are_cached_on_disk_and_loaded_by_a_new_process(tmp_path):
+    """numba-cuda's real compile path, on a pretend sm_90 (no GPU): the first process compiles
+    the kernels a uint16 block launches and writes them to the disk cache, beside the CPU
+    engine's in a folder named after the kernels' sources; a new process loads every one of
+    them, cubin included, without compiling anything (no NVVM call)."""
+    from fstack_dask._algorithm.cuda_kernels import source_digest
+
+    sigs = tmp_path / "signatures.pkl"
+    recorded = _run([str(HERE / "cuda_signatures.py"), str(sigs), "uint16"], env=SIM_ENV)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    n = int(recorded.stdout.split()[-1])
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CACHE_DIR")
+    }
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    first = _json(_run(["-c", CACHE, str(sigs)], env=env, timeout=900))
+    if "no NVVM" in first:
+        pytest.skip("NVVM cannot be loaded here: " + first["no NVVM"].splitlines()[0])
+    folder = tmp_path / "cache" / "fstack_dask" / "numba" / f"cuda-{source_digest()}"
+    assert first["signatures"] == n >= 8
+    assert first["misses"] == n and first["hits"] == 0 and first["nvvm_compilations"] >= n
+    assert all(pathlib.Path(p).is_relative_to(folder) for p in first["paths"]), first["paths"]
+    kernels = {name for name, _ in pickle.loads(sigs.read_bytes())}
+    assert len(list(folder.rglob("cuda_kernels.*.nbi"))) == len(kernels)  # an index each
+    again = _json(_run(["-c", CACHE, str(sigs)], env=env, timeout=900))
+    assert again["hits"] == n and again["misses"] == 0, again
+    assert again["nvvm_compilations"] == 0 and again["cubins_sm90"], again
 
 
 # ------------------------------------------------------------------ checks, no GPU needed
