@@ -9,11 +9,16 @@ numba's simulator, and on a GPU the contract is >= 99.9 % of pixels identical, n
 than one level apart).
 
 Each thread that fuses blocks (a worker thread of the threaded scheduler, a dask worker's
-thread) has its own CUDA stream, device buffers and pinned (page-locked) host buffers,
-kept between blocks and grown only for a larger block. The block is copied into the pinned
-buffer, sent asynchronously, fused, and its results come back the same way; the thread
-then waits on its own stream only, so the transfers of one thread overlap the kernels of
-the others. On a dask-distributed cluster, run one worker per GPU: each worker's tasks use
+thread) has its own two CUDA streams (one for the kernels, one for the samples' transfer),
+device buffers and pinned (page-locked) host buffers, kept between blocks and grown only
+for a larger block. The samples go to the GPU a group of planes at a time (the focus
+measure's groups, :func:`plane_groups`): the thread copies a group into the pinned buffer
+and queues its transfer, and the focus measure of that group waits for that transfer only,
+so the thread's copy of the next group, the transfer of this one and the kernels of the
+previous one can run at once, where the whole block used to be copied, then sent, then
+fused. The results come back through pinned buffers; the thread then waits on its own
+streams only, so one thread's transfers also overlap the others' kernels. On a
+dask-distributed cluster, run one worker per GPU: each worker's tasks use
 the GPU that ``CUDA_VISIBLE_DEVICES`` shows it as device 0 (``dask_cuda.LocalCUDACluster``
 sets that up). See :func:`device_block_memory` for what a block holds on the GPU.
 """
@@ -150,11 +155,13 @@ def gpu_bands(planes: np.ndarray, rgb: bool, halo: int) -> int:
 
 
 class _Workspace:
-    """One thread's stream and buffers, kept between blocks (grown, never shrunk)."""
+    """One thread's streams and buffers, kept between blocks (grown, never shrunk)."""
 
     def __init__(self, cuda: Any) -> None:
         self.cuda = cuda
-        self.stream = cuda.stream()
+        self.stream = cuda.stream()  # the kernels, and the results' transfers
+        self.copy_stream = cuda.stream()  # the samples' transfers, a group of planes each
+        self.events: list[Any] = []
         self.device: dict[str, Any] = {}
         self.pinned: dict[str, np.ndarray] = {}
         self.blocks = 1 if simulated() else _max_blocks(cuda)
@@ -177,6 +184,13 @@ class _Workspace:
             self.pinned.pop(name, None)
             have = self.pinned[name] = self.cuda.pinned_array(max(size, 1), dtype)
         return have[:size].reshape(shape)
+
+    def event(self, i: int) -> Any:
+        """The ``i``-th event, reused block after block (a wait takes the state it has then)."""
+        while len(self.events) <= i:  # untimed: cheaper to record (the simulator has one kind)
+            kwargs = {} if simulated() else {"timing": False}
+            self.events.append(self.cuda.event(**kwargs))
+        return self.events[i]
 
     def device_bytes(self) -> int:
         return sum(int(a.size) * a.dtype.itemsize for a in self.device.values())
@@ -209,7 +223,6 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     ``stack`` is ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB in native byte order, checked
     by ``fuse_block``.
     """
-    from .compiled import _copy_tiles
     from .numpy_engine import focus_measure, luminance
 
     ws = workspace()
@@ -218,26 +231,25 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     if native == np.float16:  # as the CPU engine: no float16 arithmetic; float32 holds it
         values = values.astype(np.float32)
     n_planes = values.shape[1]
-    stream = ws.stream
-
-    # The samples, through a pinned buffer (one tiled copy for the reference's layout).
     d_values = ws.on_device("values", values.shape, values.dtype)
-    if PINNED:
-        h_values = ws.on_host("values", values.shape, values.dtype)
-        if values.flags.c_contiguous:
-            np.copyto(h_values, values)
-        else:
-            _copy_tiles(values, h_values)
-        d_values.copy_to_device(h_values, stream=stream)
-    else:
-        d_values.copy_to_device(np.ascontiguousarray(values), stream=stream)
+    h_values = ws.on_host("values", values.shape, values.dtype) if PINNED else None
+    sent = [0]  # groups of planes sent so far (each with its event)
+
+    def send(p0: int, p1: int) -> None:
+        """Planes ``p0:p1`` to the GPU; the kernels' stream waits for them, nothing else."""
+        _send_planes(ws, values, h_values, d_values, p0, p1, sent[0])
+        sent[0] += 1
+
     host_fm = None
     if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
         grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
         host_fm = np.ascontiguousarray(focus_measure(grey, int(nhsize), compiled=False)[0])
         del grey
+        send(0, n_planes)
     d = device_pass(ws, d_values, native, rgb, nhsize, focus, alpha, sth,
-                    with_selectivity=with_selectivity, host_fm=host_fm)  # fmt: skip
+                    with_selectivity=with_selectivity, host_fm=host_fm,
+                    ready=None if host_fm is not None else send)  # fmt: skip
+    stream = ws.stream
 
     n_ch, _, rows, width = values.shape
     h_out = ws.on_host("out", d["out"].shape, d["out"].dtype)
@@ -255,15 +267,43 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     return image, h_fmax.copy(), h_arg.astype(np.intp), sel
 
 
+def _send_planes(ws, values, h_values, d_values, p0, p1, i) -> None:
+    """Queue ``values[:, p0:p1]`` to ``d_values`` on the copy stream, through the pinned
+    ``h_values`` (None: from pageable memory), and make the kernels' stream wait for it.
+
+    Each channel's slab is contiguous on both sides. The pinned buffer is free to fill: the
+    previous block's transfers were all waited for before its results came back.
+    """
+    src = values[:, p0:p1]
+    if h_values is not None:
+        dst = h_values[:, p0:p1]
+        if src.flags.c_contiguous:
+            np.copyto(dst, src)
+        else:  # the reference's pixel-major layout: one tiled copy, every channel at once
+            from .compiled import _copy_tiles
+
+            _copy_tiles(src, dst)
+        src = dst
+    copy = ws.copy_stream
+    for c in range(values.shape[0]):
+        d_values[c, p0:p1].copy_to_device(np.ascontiguousarray(src[c]), stream=copy)
+    event = ws.event(i)
+    event.record(copy)
+    event.wait(ws.stream)
+
+
 def device_pass(
-    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None
-) -> dict[str, Any]:
+    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None,
+    ready=None,
+) -> dict[str, Any]:  # fmt: skip
     """Every kernel of one block whose samples ``d_values`` (C, P, Y, X) are on the GPU.
 
     Queued on the workspace's stream (nothing waits). ``native`` is the input's dtype (the
     samples may be float16 widened to float32); ``host_fm``, if given, is the focus measure
-    computed on the host (64-bit integers). Returns the device arrays ``out`` (C, Y, X),
-    ``fmax``, ``arg`` and ``sel``.
+    computed on the host (64-bit integers). ``ready(p0, p1)``, if given, is called before
+    the kernels that read planes ``p0:p1`` are queued (the samples are then sent a group of
+    planes at a time; else they must be on the GPU already). Returns the device arrays
+    ``out`` (C, Y, X), ``fmax``, ``arg`` and ``sel``.
     """
     from .numpy_engine import fm_dtype
     from .pixel import phi_from_s
@@ -279,7 +319,7 @@ def device_pass(
     if host_fm is not None:
         d_fm.copy_to_device(host_fm, stream=stream)
     else:
-        _focus_measure(ws, kernels, d_values, d_fm, np.dtype(native), rgb, n, lo, hi)
+        _focus_measure(ws, kernels, d_values, d_fm, np.dtype(native), rgb, n, lo, hi, ready)
 
     fit = n_planes >= 5
     d_focus = ws.on_device("focus", (n_planes,), np.float64)
@@ -309,8 +349,9 @@ def device_pass(
     return {"out": d_out, "fmax": d_fmax, "arg": d_arg, "sel": d_sel}
 
 
-def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi) -> None:
-    """The focus measure of every plane into ``d_fm``, a group of planes at a time."""
+def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi, ready=None) -> None:
+    """The focus measure of every plane into ``d_fm``, a group of planes at a time
+    (``ready(p0, p1)`` first, if given: see :func:`device_pass`)."""
     from .numpy_engine import _exact_int_ok, _float_divisor
 
     n_planes, rows, width = d_fm.shape
@@ -318,6 +359,8 @@ def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi) -> None:
     exact = _exact_int_ok(native, n)
     for p0 in range(0, n_planes, groups):
         g = min(groups, n_planes - p0)
+        if ready is not None:
+            ready(p0, p0 + g)
         voxels = g * rows * width
         if exact:
             scale = float(n**6) * float(np.iinfo(native).max) ** 2
