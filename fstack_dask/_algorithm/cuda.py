@@ -217,11 +217,13 @@ def workspace() -> _Workspace:
     return ws
 
 
-def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_depth=True):
     """Fuse one block on the GPU: ``(image, fmax, arg, selectivity)`` as the CPU engines.
 
     ``stack`` is ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB in native byte order, checked
-    by ``fuse_block``.
+    by ``fuse_block``. ``fmax`` and ``arg`` serve only the depth map: without it
+    (``with_depth=False``) they stay on the GPU and are returned as None, which spares two
+    transfers and two host copies of the block's size (an int64 ``arg`` is 8 bytes a pixel).
     """
     from .numpy_engine import focus_measure, luminance
 
@@ -253,17 +255,21 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
 
     n_ch, _, rows, width = values.shape
     h_out = ws.on_host("out", d["out"].shape, d["out"].dtype)
-    h_fmax = ws.on_host("fmax", (rows, width), d["fmax"].dtype)
-    h_arg = ws.on_host("arg", (rows, width), np.int32)
     d["out"].copy_to_host(h_out, stream=stream)
-    d["fmax"].copy_to_host(h_fmax, stream=stream)
-    d["arg"].copy_to_host(h_arg, stream=stream)
+    if with_depth:
+        h_fmax = ws.on_host("fmax", (rows, width), d["fmax"].dtype)
+        h_arg = ws.on_host("arg", (rows, width), np.int32)
+        d["fmax"].copy_to_host(h_fmax, stream=stream)
+        d["arg"].copy_to_host(h_arg, stream=stream)
     if with_selectivity:
         h_sel = ws.on_host("sel", (rows, width), np.float32)
         d["sel"].copy_to_host(h_sel, stream=stream)
     stream.synchronize()
-    image = (h_out if rgb else h_out[0]).astype(native)  # a copy: the pinned buffer is reused
+    # Copies: the pinned buffers are this thread's, and its next block reuses them.
+    image = (h_out if rgb else h_out[0]).astype(native)
     sel = h_sel.copy() if with_selectivity else None
+    if not with_depth:
+        return image, None, None, sel
     return image, h_fmax.copy(), h_arg.astype(np.intp), sel
 
 
