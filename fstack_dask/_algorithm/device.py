@@ -61,8 +61,8 @@ def cuda_problem() -> str | None:
     launched on the GPU and its result copied back: the failures that would otherwise
     come with the first block, after the run has begun writing (numba-cuda 0.30 with
     NumPy 2.5, no NVVM, a driver too old for the compiled code). Both steps run once per
-    process (about 0.1 s once numba's CUDA target is initialised, which the first block
-    needs anyway). Picklable by reference, so that a cluster can run it on each worker.
+    process; most of their cost is initialising numba's CUDA target, which the first block
+    would pay anyway. Picklable by reference, so that a cluster can run it on each worker.
     """
     if importlib.util.find_spec("numba") is None:
         return f"needs numba and its CUDA target, which are not installed: {INSTALL_HINT}"
