@@ -28,7 +28,7 @@ INSTALL_HINT = 'pip install "fstack_dask[gpu]"'
 #: which numba-cuda overloads when its CUDA target first initialises (numba-cuda issue 907,
 #: closed without a fix: numba-cuda is in maintenance mode). The ``gpu`` extras bound it.
 NUMPY_BELOW = (2, 5)
-_SMOKE_CC = (7, 5)  # compiled for without a GPU: the oldest that CUDA 12's and 13's NVVM take
+_SMOKE_CC = (7, 5)  # no GPU to ask: numba-cuda's default (CUDA 13's NVVM takes nothing older)
 _smoke_lock = threading.Lock()
 _smoke: dict[str, str | None] = {}  # the smoke test's steps, once per process
 
