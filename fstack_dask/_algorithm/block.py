@@ -122,8 +122,10 @@ def fuse_block(
         from .cuda import fuse_cuda as fuse
     else:
         raise ValueError(f"engine must be 'compiled', 'numpy' or 'cuda', got {engine!r}")
+    # The GPU keeps the arg-max and maximum on the device unless the depth map needs them.
+    extra = {"with_depth": with_depth} if engine == "cuda" else {}
     image, fmax, arg, s_raw = fuse(
-        stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity
+        stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity, **extra
     )
     depth = None
     if with_depth:

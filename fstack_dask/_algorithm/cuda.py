@@ -9,11 +9,16 @@ numba's simulator, and on a GPU the contract is >= 99.9 % of pixels identical, n
 than one level apart).
 
 Each thread that fuses blocks (a worker thread of the threaded scheduler, a dask worker's
-thread) has its own CUDA stream, device buffers and pinned (page-locked) host buffers,
-kept between blocks and grown only for a larger block. The block is copied into the pinned
-buffer, sent asynchronously, fused, and its results come back the same way; the thread
-then waits on its own stream only, so the transfers of one thread overlap the kernels of
-the others. On a dask-distributed cluster, run one worker per GPU: each worker's tasks use
+thread) has its own two CUDA streams (one for the kernels, one for the samples' transfer),
+device buffers and pinned (page-locked) host buffers, kept between blocks and grown only
+for a larger block. The samples go to the GPU a group of planes at a time (the focus
+measure's groups, :func:`plane_groups`): the thread copies a group into the pinned buffer
+and queues its transfer, and the focus measure of that group waits for that transfer only,
+so the thread's copy of the next group, the transfer of this one and the kernels of the
+previous one can run at once, where the whole block used to be copied, then sent, then
+fused. The results come back through pinned buffers; the thread then waits on its own
+streams only, so one thread's transfers also overlap the others' kernels. On a
+dask-distributed cluster, run one worker per GPU: each worker's tasks use
 the GPU that ``CUDA_VISIBLE_DEVICES`` shows it as device 0 (``dask_cuda.LocalCUDACluster``
 sets that up). See :func:`device_block_memory` for what a block holds on the GPU.
 """
@@ -49,11 +54,22 @@ def _target() -> tuple[Any, dict]:
             require_here("cuda")  # a one-line ValueError naming device, not numba's own
             from numba import cuda
 
-            from .cuda_kernels import build
-
             _built["cuda"] = cuda
-            _built["kernels"] = build(cuda, simulator=simulated())
+            _built["kernels"] = build_kernels(cuda, simulator=simulated())
         return _built["cuda"], _built["kernels"]
+
+
+def build_kernels(cuda: Any, *, simulator: bool) -> dict:
+    """The kernels for ``cuda``; on a GPU with numba-cuda's disk cache in
+    :func:`.jit.cuda_cache_dir`, so that a new process loads what an earlier one compiled."""
+    from .cuda_kernels import build, source_digest
+
+    cache_dir = None
+    if not simulator:
+        from .jit import cuda_cache_dir
+
+        cache_dir = cuda_cache_dir(source_digest())
+    return build(cuda, simulator=simulator, cache_dir=cache_dir)
 
 
 def plane_groups(n_planes: int, fm_itemsize: int) -> int:
@@ -139,11 +155,13 @@ def gpu_bands(planes: np.ndarray, rgb: bool, halo: int) -> int:
 
 
 class _Workspace:
-    """One thread's stream and buffers, kept between blocks (grown, never shrunk)."""
+    """One thread's streams and buffers, kept between blocks (grown, never shrunk)."""
 
     def __init__(self, cuda: Any) -> None:
         self.cuda = cuda
-        self.stream = cuda.stream()
+        self.stream = cuda.stream()  # the kernels, and the results' transfers
+        self.copy_stream = cuda.stream()  # the samples' transfers, a group of planes each
+        self.events: list[Any] = []
         self.device: dict[str, Any] = {}
         self.pinned: dict[str, np.ndarray] = {}
         self.blocks = 1 if simulated() else _max_blocks(cuda)
@@ -166,6 +184,13 @@ class _Workspace:
             self.pinned.pop(name, None)
             have = self.pinned[name] = self.cuda.pinned_array(max(size, 1), dtype)
         return have[:size].reshape(shape)
+
+    def event(self, i: int) -> Any:
+        """The ``i``-th event, reused block after block (a wait takes the state it has then)."""
+        while len(self.events) <= i:  # untimed: cheaper to record (the simulator has one kind)
+            kwargs = {} if simulated() else {"timing": False}
+            self.events.append(self.cuda.event(**kwargs))
+        return self.events[i]
 
     def device_bytes(self) -> int:
         return sum(int(a.size) * a.dtype.itemsize for a in self.device.values())
@@ -192,13 +217,14 @@ def workspace() -> _Workspace:
     return ws
 
 
-def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_depth=True):
     """Fuse one block on the GPU: ``(image, fmax, arg, selectivity)`` as the CPU engines.
 
     ``stack`` is ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB in native byte order, checked
-    by ``fuse_block``.
+    by ``fuse_block``. ``fmax`` and ``arg`` serve only the depth map: without it
+    (``with_depth=False``) they stay on the GPU and are returned as None, which spares two
+    transfers and two host copies of the block's size (an int64 ``arg`` is 8 bytes a pixel).
     """
-    from .compiled import _copy_tiles
     from .numpy_engine import focus_measure, luminance
 
     ws = workspace()
@@ -207,52 +233,83 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     if native == np.float16:  # as the CPU engine: no float16 arithmetic; float32 holds it
         values = values.astype(np.float32)
     n_planes = values.shape[1]
-    stream = ws.stream
-
-    # The samples, through a pinned buffer (one tiled copy for the reference's layout).
     d_values = ws.on_device("values", values.shape, values.dtype)
-    if PINNED:
-        h_values = ws.on_host("values", values.shape, values.dtype)
-        if values.flags.c_contiguous:
-            np.copyto(h_values, values)
-        else:
-            _copy_tiles(values, h_values)
-        d_values.copy_to_device(h_values, stream=stream)
-    else:
-        d_values.copy_to_device(np.ascontiguousarray(values), stream=stream)
+    h_values = ws.on_host("values", values.shape, values.dtype) if PINNED else None
+    sent = [0]  # groups of planes sent so far (each with its event)
+
+    def send(p0: int, p1: int) -> None:
+        """Planes ``p0:p1`` to the GPU; the kernels' stream waits for them, nothing else."""
+        _send_planes(ws, values, h_values, d_values, p0, p1, sent[0])
+        sent[0] += 1
+
     host_fm = None
     if native.kind in "iu" and native.itemsize == 8:  # rare: the shared NumPy code, same bits
         grey = np.stack([luminance(values[:, p]) for p in range(n_planes)]) if rgb else values[0]
         host_fm = np.ascontiguousarray(focus_measure(grey, int(nhsize), compiled=False)[0])
         del grey
+        send(0, n_planes)
     d = device_pass(ws, d_values, native, rgb, nhsize, focus, alpha, sth,
-                    with_selectivity=with_selectivity, host_fm=host_fm)  # fmt: skip
+                    with_selectivity=with_selectivity, host_fm=host_fm,
+                    ready=None if host_fm is not None else send)  # fmt: skip
+    stream = ws.stream
 
     n_ch, _, rows, width = values.shape
     h_out = ws.on_host("out", d["out"].shape, d["out"].dtype)
-    h_fmax = ws.on_host("fmax", (rows, width), d["fmax"].dtype)
-    h_arg = ws.on_host("arg", (rows, width), np.int32)
     d["out"].copy_to_host(h_out, stream=stream)
-    d["fmax"].copy_to_host(h_fmax, stream=stream)
-    d["arg"].copy_to_host(h_arg, stream=stream)
+    if with_depth:
+        h_fmax = ws.on_host("fmax", (rows, width), d["fmax"].dtype)
+        h_arg = ws.on_host("arg", (rows, width), np.int32)
+        d["fmax"].copy_to_host(h_fmax, stream=stream)
+        d["arg"].copy_to_host(h_arg, stream=stream)
     if with_selectivity:
         h_sel = ws.on_host("sel", (rows, width), np.float32)
         d["sel"].copy_to_host(h_sel, stream=stream)
     stream.synchronize()
-    image = (h_out if rgb else h_out[0]).astype(native)  # a copy: the pinned buffer is reused
+    # Copies: the pinned buffers are this thread's, and its next block reuses them.
+    image = (h_out if rgb else h_out[0]).astype(native)
     sel = h_sel.copy() if with_selectivity else None
+    if not with_depth:
+        return image, None, None, sel
     return image, h_fmax.copy(), h_arg.astype(np.intp), sel
 
 
+def _send_planes(ws, values, h_values, d_values, p0, p1, i) -> None:
+    """Queue ``values[:, p0:p1]`` to ``d_values`` on the copy stream, through the pinned
+    ``h_values`` (None: from pageable memory), and make the kernels' stream wait for it.
+
+    Each channel's slab is contiguous on both sides. The pinned buffer is free to fill: the
+    previous block's transfers were all waited for before its results came back.
+    """
+    src = values[:, p0:p1]
+    if h_values is not None:
+        dst = h_values[:, p0:p1]
+        if src.flags.c_contiguous:
+            np.copyto(dst, src)
+        else:  # the reference's pixel-major layout: one tiled copy, every channel at once
+            from .compiled import _copy_tiles
+
+            _copy_tiles(src, dst)
+        src = dst
+    copy = ws.copy_stream
+    for c in range(values.shape[0]):
+        d_values[c, p0:p1].copy_to_device(np.ascontiguousarray(src[c]), stream=copy)
+    event = ws.event(i)
+    event.record(copy)
+    event.wait(ws.stream)
+
+
 def device_pass(
-    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None
-) -> dict[str, Any]:
+    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None,
+    ready=None,
+) -> dict[str, Any]:  # fmt: skip
     """Every kernel of one block whose samples ``d_values`` (C, P, Y, X) are on the GPU.
 
     Queued on the workspace's stream (nothing waits). ``native`` is the input's dtype (the
     samples may be float16 widened to float32); ``host_fm``, if given, is the focus measure
-    computed on the host (64-bit integers). Returns the device arrays ``out`` (C, Y, X),
-    ``fmax``, ``arg`` and ``sel``.
+    computed on the host (64-bit integers). ``ready(p0, p1)``, if given, is called before
+    the kernels that read planes ``p0:p1`` are queued (the samples are then sent a group of
+    planes at a time; else they must be on the GPU already). Returns the device arrays
+    ``out`` (C, Y, X), ``fmax``, ``arg`` and ``sel``.
     """
     from .numpy_engine import fm_dtype
     from .pixel import phi_from_s
@@ -268,7 +325,7 @@ def device_pass(
     if host_fm is not None:
         d_fm.copy_to_device(host_fm, stream=stream)
     else:
-        _focus_measure(ws, kernels, d_values, d_fm, np.dtype(native), rgb, n, lo, hi)
+        _focus_measure(ws, kernels, d_values, d_fm, np.dtype(native), rgb, n, lo, hi, ready)
 
     fit = n_planes >= 5
     d_focus = ws.on_device("focus", (n_planes,), np.float64)
@@ -298,8 +355,9 @@ def device_pass(
     return {"out": d_out, "fmax": d_fmax, "arg": d_arg, "sel": d_sel}
 
 
-def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi) -> None:
-    """The focus measure of every plane into ``d_fm``, a group of planes at a time."""
+def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi, ready=None) -> None:
+    """The focus measure of every plane into ``d_fm``, a group of planes at a time
+    (``ready(p0, p1)`` first, if given: see :func:`device_pass`)."""
     from .numpy_engine import _exact_int_ok, _float_divisor
 
     n_planes, rows, width = d_fm.shape
@@ -307,6 +365,8 @@ def _focus_measure(ws, kernels, d_values, d_fm, native, rgb, n, lo, hi) -> None:
     exact = _exact_int_ok(native, n)
     for p0 in range(0, n_planes, groups):
         g = min(groups, n_planes - p0)
+        if ready is not None:
+            ready(p0, p0 + g)
         voxels = g * rows * width
         if exact:
             scale = float(n**6) * float(np.iinfo(native).max) ** 2

@@ -25,11 +25,14 @@ simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs this source as Python on NumP
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import pathlib
 import types
 
 import numpy as np
 
-__all__ = ["KERNELS", "build"]
+__all__ = ["KERNELS", "build", "source_digest"]
 
 # MATLAB's rgb2gray weights, as the reference uses them (same as _compiled's).
 _LR, _LG, _LB = 0.2989, 0.5870, 0.1140
@@ -327,12 +330,18 @@ def _plain_multiply(a, b):
     return a * b
 
 
-def build(cuda, *, simulator: bool) -> dict:
+def build(cuda, *, simulator: bool, cache_dir: str | None = None) -> dict:
     """The kernels compiled for ``cuda`` (``numba.cuda``, or its simulator).
 
     On a GPU every product, here and in :mod:`.pixel`, is
     ``libdevice.dmul_rn`` (never contracted into a fused multiply-add); the
     simulator runs Python, which does not contract.
+
+    ``cache_dir``: on a GPU, the kernels are ``cuda.jit(cache=True)`` with numba-cuda's
+    disk cache in that folder, so that a new process loads those it compiled before
+    (per signature and compute capability) instead of compiling them again. It must be
+    one folder per :func:`source_digest` (numba checks only the kernel's own bytecode and
+    this file's time stamp).
 
     Returns
     -------
@@ -356,7 +365,27 @@ def build(cuda, *, simulator: bool) -> dict:
     namespace["cuda"] = cuda
     for name in _DEVICE_FUNCS:
         namespace[name] = device(_rebind(globals()[name], namespace))
-    return {name: cuda.jit(_rebind(globals()[name], namespace)) for name in KERNELS}
+    cached = cache_dir is not None and not simulator
+    # Only kernels are cached: a cached kernel holds the device functions it calls.
+    kernel = cuda.jit(cache=True) if cached else cuda.jit
+    if cached:
+        from .jit import cuda_cache_folder
+
+        folder = cuda_cache_folder(cache_dir)
+    else:
+        folder = contextlib.nullcontext()
+    with folder:
+        return {name: kernel(_rebind(globals()[name], namespace)) for name in KERNELS}
+
+
+def source_digest() -> str:
+    """A hash of the sources the compiled kernels come from: this file and :mod:`.pixel`."""
+    from . import pixel as _pixel
+
+    digest = hashlib.sha256()
+    for module in (__file__, _pixel.__file__):
+        digest.update(pathlib.Path(module).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _as_is(func):

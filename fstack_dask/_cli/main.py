@@ -195,6 +195,7 @@ _API_TO_OPTION = (
     ("overwrite=True", "--overwrite"),
     ("device='cuda'", "--device cuda"),
     ("use device='cpu'", "use --device cpu"),
+    ("or device='cpu'", "or --device cpu"),
 )
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,83 @@ def test_kernels_compile_for_sm90_without_fused_multiply_adds(tmp_path):
     assert "mul.rn.f64" in found[blend_uint16]  # the products are there, as dmul_rn
 
 
+CACHE = textwrap.dedent(
+    """
+    import json, pickle, sys
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher as dispatcher
+    from numba.cuda.cudadrv import devices, nvvm
+    # No GPU here: the device says it is an sm_90, and binding a kernel to it stops at its
+    # cubin (linked by nvJitLink, which needs no driver): what numba-cuda caches on disk.
+    fake = SimpleNamespace(compute_capability=(9, 0), id=0)
+    dispatcher.get_current_device = lambda: fake
+    devices.get_context = lambda devnum=None: SimpleNamespace(device=fake)
+    dispatcher._Kernel.bind = lambda self: self._codelibrary.get_cubin()
+    compiled = []
+    compile_ir = nvvm.compile_ir
+    def counting(*args, **kwargs):
+        compiled.append(1)
+        return compile_ir(*args, **kwargs)
+    nvvm.compile_ir = counting
+    from numba import cuda
+    from fstack_dask._algorithm.cuda import build_kernels
+
+    try:
+        nvvm.NVVM()
+    except Exception as e:  # no libNVVM anywhere numba-cuda looks: nothing to check here
+        print(json.dumps({"no NVVM": f"{type(e).__name__}: {e}"}))
+        sys.exit()
+    kernels = build_kernels(cuda, simulator=False)
+    launched = pickle.load(open(sys.argv[1], "rb"))
+    for name, sig in launched:
+        kernels[name].compile(sig)
+    used = [kernels[name] for name in dict(launched)]
+    print(json.dumps({
+        "signatures": len(launched),
+        "hits": sum(sum(k._cache_hits.values()) for k in used),
+        "misses": sum(sum(k._cache_misses.values()) for k in used),
+        "nvvm_compilations": len(compiled),
+        "cubins_sm90": all((9, 0, "a") in o._codelibrary._cubin_cache
+                           for k in used for o in k.overloads.values()),
+        "paths": sorted({k._cache.cache_path for k in used}),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason="numba-cuda is not installed (numba's built-in CUDA target is not checked)",
+)
+def test_kernels_are_cached_on_disk_and_loaded_by_a_new_process(tmp_path):
+    """numba-cuda's real compile path, on a pretend sm_90 (no GPU): the first process compiles
+    the kernels a uint16 block launches and writes them to the disk cache, beside the CPU
+    engine's in a folder named after the kernels' sources; a new process loads every one of
+    them, cubin included, without compiling anything (no NVVM call)."""
+    from fstack_dask._algorithm.cuda_kernels import source_digest
+
+    sigs = tmp_path / "signatures.pkl"
+    recorded = _run([str(HERE / "cuda_signatures.py"), str(sigs), "uint16"], env=SIM_ENV)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    n = int(recorded.stdout.split()[-1])
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CACHE_DIR")
+    }
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    first = _json(_run(["-c", CACHE, str(sigs)], env=env, timeout=900))
+    if "no NVVM" in first:
+        pytest.skip("NVVM cannot be loaded here: " + first["no NVVM"].splitlines()[0])
+    folder = tmp_path / "cache" / "fstack_dask" / "numba" / f"cuda-{source_digest()}"
+    assert first["signatures"] == n >= 8
+    assert first["misses"] == n and first["hits"] == 0 and first["nvvm_compilations"] >= n
+    assert all(pathlib.Path(p).is_relative_to(folder) for p in first["paths"]), first["paths"]
+    kernels = {name for name, _ in pickle.loads(sigs.read_bytes())}
+    assert len(list(folder.rglob("cuda_kernels.*.nbi"))) == len(kernels)  # an index each
+    again = _json(_run(["-c", CACHE, str(sigs)], env=env, timeout=900))
+    assert again["hits"] == n and again["misses"] == 0, again
+    assert again["nvvm_compilations"] == 0 and again["cubins_sm90"], again
+
+
 # ------------------------------------------------------------------ checks, no GPU needed
 
 
@@ -289,6 +367,86 @@ def test_cli_refuses_cuda_without_gpu(tmp_path, gpu_usable):
     assert not (tmp_path / "out.zarr").exists()
     bad = _run(["-m", "fstack_dask", "fuse", "a", "b", "--device", "gpu"], env=env)
     assert bad.returncode == 2 and "--device" in bad.stderr
+
+
+# ------------------------------------------------------------------ the smoke test
+
+SMOKE_SIM = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from fstack_dask import focus_stack, synthetic_stack
+    from fstack_dask._algorithm import device
+
+    found = {"problem": device.cuda_problem(), "steps": dict(device._smoke)}
+    stack = synthetic_stack((12, 10), 5, dtype="uint16", seed=1).stack
+    found["run_bits"] = bool(np.array_equal(focus_stack(stack, nhsize=3, device="cuda"),
+                                            focus_stack(stack, nhsize=3)))
+    # The run step, as on a GPU, with a kernel that computes the wrong number.
+    def wrong(out, x):
+        out[0] = x * 2.0
+    device._tiny_kernel = wrong
+    from numba import cuda
+    found["wrong"] = device._smoke_step("run", cuda)
+    print(json.dumps(found))
+    """
+)
+
+
+@needs_cuda_target
+def test_smoke_test_passes_in_the_simulator_and_a_run_works():
+    """In numba's simulator the tiny kernel runs (once per process) and a run follows; the
+    launch step turns a kernel that computes the wrong number into a one-line problem."""
+    found = _json(_run(["-c", SMOKE_SIM], env=SIM_ENV))
+    assert found["problem"] is None and found["steps"] == {"simulator": None}
+    assert found["run_bits"]
+    wrong = found["wrong"]
+    assert "\n" not in wrong
+    assert wrong.startswith("cannot run a kernel on the GPU here: numba-cuda "), wrong
+    assert "(RuntimeError: a kernel computing 41.0 gave 40.0)" in wrong, wrong
+
+
+# NumPy 2.5 as numba-cuda 0.30 meets it: np.row_stack is gone (numba-cuda overloads it
+# when its CUDA target first initialises, numba only below 2.5) and the version says 2.5.
+NUMPY_25 = textwrap.dedent(
+    """
+    import runpy, sys
+    import numpy
+    del numpy.row_stack
+    numpy.__version__ = "2.5.2"
+    sys.argv = ["fstack-dask", *sys.argv[1:]]
+    runpy.run_module("fstack_dask", run_name="__main__")
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda is not installed"
+)
+def test_numpy_25_is_refused_before_anything_is_written(tmp_path):
+    """numba-cuda 0.30 cannot compile with NumPy 2.5 (AttributeError on np.row_stack at its
+    first compilation, GPU or not): --device cuda exits 2 with one line naming both versions
+    and writes nothing, instead of failing with the first block. With the real NumPy (< 2.5)
+    the same check compiles, and the run is refused for want of a GPU only (or runs)."""
+    stack = synthetic_stack((16, 16), 5, dtype="uint8", seed=0).stack
+    write_stack(tmp_path / "in.zarr", np.moveaxis(stack, 2, 0), axes="zyx")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    from importlib.metadata import version
+
+    args = ["fuse", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), "--device", "cuda",
+            "--no-progress"]  # fmt: skip
+    done = _run(["-c", NUMPY_25, *args], env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    target = f"numba-cuda {version('numba-cuda')}"
+    assert lines == [
+        f"fstack-dask: error: --device cuda cannot compile for the GPU here: {target} with "
+        "NumPy 2.5.2 (AttributeError: module 'numpy' has no attribute 'row_stack'); use "
+        f"NumPy < 2.5 with {target}, or --device cpu"
+    ], lines
+    assert not (tmp_path / "out.zarr").exists()
+    real = _run(["-m", "fstack_dask", *args], env=env)
+    assert "cannot compile" not in real.stderr, real.stderr
 
 
 # ------------------------------------------------------------------ on a real GPU
