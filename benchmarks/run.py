@@ -57,11 +57,12 @@ logging.getLogger("fstack_dask._runs.schedulers").setLevel(logging.DEBUG)
 """
 
 
-def child(code: str, timeout: float = 3600) -> dict:
-    """Run ``code`` in a fresh interpreter; its last stdout line is JSON. Adds peak RSS."""
+def child(code: str, timeout: float = 3600, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter (its environment updated with ``env``); its last
+    stdout line is JSON. Adds peak RSS."""
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     start = time.perf_counter()
     _, status, usage = os.wait4(proc.pid, 0)

@@ -44,6 +44,11 @@ THREADS_PER_BLOCK = 256
 PINNED = os.environ.get("FSTACK_DASK_CUDA_PINNED", "1").strip() != "0"
 _build_lock = threading.Lock()
 _built: dict[str, Any] = {}
+# numba-cuda 0.30 loads a kernel's module into the context at its first launch without a
+# lock: two host threads launching the same new kernel at once fail with "key already in
+# dictionary" and can crash the process (seen on an H200 with 16 threads). Launches are
+# queued under one lock; they hold the GIL for most of their few microseconds anyway.
+_launch_lock = threading.Lock()
 _local = threading.local()
 
 
@@ -197,7 +202,8 @@ class _Workspace:
 
     def launch(self, kernel: Any, work: int, *args: Any) -> None:
         blocks = max(1, min(self.blocks, -(-work // self.threads)))
-        kernel[blocks, self.threads, self.stream](*args)
+        with _launch_lock:
+            kernel[blocks, self.threads, self.stream](*args)
 
 
 def _max_blocks(cuda: Any) -> int:
@@ -283,8 +289,9 @@ def _send_planes(ws, values, h_values, d_values, p0, p1, i) -> None:
     src = values[:, p0:p1]
     if h_values is not None:
         dst = h_values[:, p0:p1]
-        if src.flags.c_contiguous:
-            np.copyto(dst, src)
+        if all(src[c].flags.c_contiguous for c in range(src.shape[0])):
+            for c in range(src.shape[0]):  # a group of an RGB block: a slab per channel
+                np.copyto(dst[c], src[c])
         else:  # the reference's pixel-major layout: one tiled copy, every channel at once
             from .compiled import _copy_tiles
 

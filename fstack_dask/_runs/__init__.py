@@ -10,7 +10,8 @@ schedulers and the bounded window of tasks in flight (``schedulers``), how tasks
 blocks report each block (``reports``), waiting for tasks, a stalled cluster and a lost
 scheduler (``waiting``), halo exchange, which decodes each source unit once
 on any scheduler: its waves and driver (``exchange``), what a worker does (``halo``) and
-where its tasks run (``runners``), our worker processes (``pool``), progress
+where its tasks run (``runners``), a dry run of its plan that counts each worker's decodes
+and fuses without reading anything (``dry_run``), our worker processes (``pool``), progress
 (``progress``), where ``device="cuda"`` is checked once the scheduler is known (``device``),
 and the lazy ``fuse`` graph (``lazy``).
 

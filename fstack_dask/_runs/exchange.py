@@ -17,7 +17,11 @@ run instead goes in two kinds of tasks, one row of one strip (a few adjacent col
 workers' memory; in a wave every strip goes down its rows, fusing row ``j`` once it and its
 neighbour strips have decoded row ``j + 1``, so each strip holds about two rows of cores. A
 wave also decodes the column on each side of it for their bands only (decoded again by the
-next wave): waves as wide as memory allows keep that at ``2 / wave width``. Strips stay on
+next wave): waves as wide as memory allows keep that at ``2 / wave width``. An image
+whose columns do not share out evenly over the task slots (196 columns on 64 or 256
+workers) goes in *row segments*, each with its own part of the slots, decoding the row on
+each side of it for its bands only: every slot about equally busy, at two rows decoded again
+per segment boundary, kept under 14 % of the image. Strips stay on
 one worker (their registry), so only the bands on a border between two workers travel, each
 one a tenth of a 512-pixel block for the default halo. A worker that is lost costs only
 decodes again: a fuse that misses something in its registry reads it from the store.
@@ -38,7 +42,16 @@ from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
 
-__all__ = ["ENABLED", "Runner", "applies", "run_exchange", "wave_width", "waves"]
+__all__ = [
+    "ENABLED",
+    "Runner",
+    "applies",
+    "core_bytes",
+    "run_exchange",
+    "segments",
+    "wave_width",
+    "waves",
+]
 
 Block = tuple[int, ...]
 
@@ -64,24 +77,39 @@ def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
     return aligned(by, uy, ny) and aligned(bx, ux, nx) and min(full_y, full_x) >= plan.halo
 
 
+#: Most of an image decoded again by row segments (two rows per segment boundary).
+SEGMENT_EXTRA_DECODES = 0.14
+
+
 @dataclass
 class Wave:
-    """Columns ``cols`` of one image fused together, decoded with a column on each side."""
+    """Columns ``cols`` and rows ``fuse_rows`` of one image fused together, decoded with a
+    column and a row on each side (``decode_cols``, ``rows``)."""
 
     lead: tuple[int, ...]
     cols: tuple[int, int]
     decode_cols: tuple[int, int]
     rows: tuple[int, int]
     carried: bool = False  # the wave before it hands over its last column's right bands
+    fuse_rows: tuple[int, int] | None = None  # None: all of ``rows``
+    segment: tuple[int, int] = (0, 1)  # (index, count) of its image's row segments
+
+    def __post_init__(self) -> None:
+        if self.fuse_rows is None:
+            self.fuse_rows = self.rows
 
 
-def waves(plan: Plan, done: set[str], width: int) -> Iterator[Wave]:
+def waves(
+    plan: Plan, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
+) -> Iterator[Wave]:
     """The waves of a run, lazily: per image (lead indices), columns in groups of
-    ``width``, each with the rows that hold a block left to fuse (and one row around)."""
+    ``width``, each with the rows that hold a block left to fuse (and one row around); an
+    image in one group goes in ``segments()`` row segments (asked image by image: the
+    workers may change)."""
     ny, nx = plan.grid
     width = max(1, min(width, nx))
     for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
-        previous = None
+        previous = None  # the last wave's columns and rows
         for c0 in range(0, nx, width):
             c1 = min(nx, c0 + width)
             todo = [
@@ -90,11 +118,39 @@ def waves(plan: Plan, done: set[str], width: int) -> Iterator[Wave]:
             ]  # fmt: skip
             if not todo:
                 continue
-            rows = (max(0, todo[0] - 1), min(ny, todo[-1] + 2))
-            carried = previous == c0
+            r0, r1 = todo[0], todo[-1] + 1
+            # the wave before hands over its last column where it decoded every row needed
+            carried = (
+                previous is not None
+                and previous[0] == c0
+                and (previous[1][0] <= max(0, r0 - 1) and previous[1][1] >= min(ny, r1 + 1))
+            )
             decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
-            yield Wave(tuple(lead), (c0, c1), decode, rows, carried)
-            previous = c1
+            count = max(1, min(segments(), r1 - r0)) if width >= nx else 1
+            for k in range(count):
+                s0, s1 = r0 + (r1 - r0) * k // count, r0 + (r1 - r0) * (k + 1) // count
+                rows = (max(0, s0 - 1), min(ny, s1 + 1))
+                yield Wave(tuple(lead), (c0, c1), decode, rows, carried, fuse_rows=(s0, s1),
+                           segment=(k, count))  # fmt: skip
+            previous = (c1, (max(0, r0 - 1), min(ny, r1 + 1)))
+
+
+def segments(plan: Plan, width: int, capacity: int) -> int:
+    """Row segments for an image in one wave. A wave's strips go down its rows together, so
+    its longest strip (in blocks) paces it: the fewest segments whose longest strip is
+    within 3 % of the shortest possible, with at most :data:`SEGMENT_EXTRA_DECODES` of the
+    image decoded again (two rows per segment boundary)."""
+    ny, nx = plan.grid
+    if width < nx:
+        return 1
+    most = max(1, min(ny, 1 + int(SEGMENT_EXTRA_DECODES / 2 * ny)))
+
+    def longest(k: int) -> int:
+        strips = max(1, min(nx, capacity // k))
+        return -(-nx // strips) * -(-ny // k)
+
+    best = min(longest(k) for k in range(1, most + 1))
+    return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
 
 
 def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
@@ -186,7 +242,7 @@ class _WaveState:
         *_, j, i = block
         return (
             self.wave.cols[0] <= i < self.wave.cols[1]
-            and self.wave.rows[0] <= j < self.wave.rows[1]
+            and self.wave.fuse_rows[0] <= j < self.wave.fuse_rows[1]
             and plan.name(block) not in done
         )
 
@@ -211,8 +267,8 @@ def run_exchange(
     plan = job.plan
     width = wave_width(plan, budget, core_bytes(job))
     depth = _depth(plan, budget, core_bytes(job))
-    pending = waves(plan, done, width)
     capacity = max(1, len(runner.slots) * runner.threads)
+    pending = waves(plan, done, width, lambda: segments(plan, width, capacity))
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
@@ -220,13 +276,13 @@ def run_exchange(
     try:
         while True:
             while not exhausted and (not active or _admissible(active, width, capacity)):
+                runner.refresh()  # workers that joined (an adaptive cluster) take part
+                capacity = max(1, len(runner.slots) * runner.threads)
                 wave = next(pending, None)
                 if wave is None:
                     exhausted = True
                 else:
-                    runner.refresh()  # workers that joined (an adaptive cluster) take part
-                    capacity = max(1, len(runner.slots) * runner.threads)
-                    active.append(_wave_state(wave, runner, capacity, depth))
+                    active.append(_wave_state(wave, runner, capacity, depth, plan.grid[1]))
             if not active and not running:
                 return
             while any([_submit_ready(job, runner, s, done, running, carry, task_args)
@@ -272,7 +328,8 @@ def _unfinished(active: list[_WaveState], carry: dict[tuple, Any]) -> list[_Wave
 
 def _admissible(active: list[_WaveState], width: int, capacity: int) -> bool:
     strips = sum(len(s.strips) for s in active)
-    cols = sum(s.wave.cols[1] - s.wave.cols[0] for s in active)
+    # a row segment holds its share of its columns' memory (its depth is shared out)
+    cols = sum((s.wave.cols[1] - s.wave.cols[0]) / s.wave.segment[1] for s in active)
     return cols < width and strips < 2 * capacity
 
 
@@ -293,19 +350,27 @@ def _fused(strip: _Strip, row: int) -> None:
         strip.next_fuse += 1
 
 
-def _wave_state(wave: Wave, runner: Runner, capacity: int, depth: int = 1) -> _WaveState:
+def _wave_state(
+    wave: Wave, runner: Runner, capacity: int, depth: int = 1, nx: int | None = None
+) -> _WaveState:
     """The wave's decoded columns in strips, at most one per task slot, spread over the
-    slots in contiguous groups (neighbouring strips share their bands on one worker)."""
+    slots in contiguous groups (neighbouring strips share their bands on one worker); a row
+    segment gets its part of the slots, of the task slots and of the rows decoded ahead."""
     d0, d1 = wave.decode_cols
     n = d1 - d0
-    count = max(1, min(n, capacity))
+    part, parts = wave.segment
+    n_slots = len(runner.slots)
+    slots = runner.slots[n_slots * part // parts : n_slots * (part + 1) // parts]
+    slots = slots or runner.slots
+    depth = max(1, (depth + 1) // parts - 1)
+    count = max(1, min(n, capacity // parts))
     bounds = [d0 + (n * k) // count for k in range(count + 1)]
-    slots = runner.slots
     strips, strip_of = [], {}
-    last = wave.cols[1] - 1
+    # its last column's decodes go to the next wave (none after an image's last column)
+    last = wave.cols[1] - 1 if nx is None or wave.cols[1] < nx else None
     for k in range(count):
         slot = slots[(k * len(slots)) // count]
-        has_last = bounds[k] <= last < bounds[k + 1]
+        has_last = last is not None and bounds[k] <= last < bounds[k + 1]
         strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead,
                              last if has_last else None, next_decode=wave.rows[0],
                              next_fuse=wave.rows[0]))  # fmt: skip
@@ -404,50 +469,3 @@ def core_bytes(job: Any) -> int:
         itemsize = job.opened()[0].dtype.itemsize
     by, bx = job.plan.block
     return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
-
-
-class _DryRunner(Runner):
-    """Runs nothing: counts, per slot, the blocks each decode would read."""
-
-    def __init__(self, slots: list[Any], threads: int):
-        self.slots, self.threads = list(slots), threads
-        self.decoded: dict[Any, list[Block]] = {slot: [] for slot in self.slots}
-
-    def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
-        future: cf.Future = cf.Future()
-        if fn is decode_rows:
-            self.decoded[slot].extend(args[1])
-            future.set_result({})
-        else:
-            future.set_result([Outcome(Plan.name(b)) for b in args[1]])
-        return future
-
-    def close(self, running: set[Any]) -> None:
-        return None
-
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
-        return []
-
-
-@dataclass(frozen=True)
-class _PlannedJob:
-    plan: Plan
-    itemsize: int
-    token: str = "dry-run"
-
-
-def dry_run(plan: Plan, *, itemsize: int, slots: list[Any], threads: int, budget: int) -> dict:
-    """The blocks each slot (worker) would decode in a run of ``plan`` by halo exchange,
-    with ``budget`` bytes of the workers' memory for cores: nothing is read or computed.
-    Returns ``{slot: decoded pixels}``, to compare with the image's pixels."""
-    runner = _DryRunner(slots, threads)
-    run_exchange(_PlannedJob(plan, itemsize), runner, done=set(), budget=budget,
-                 on_outcomes=lambda outcomes, shown: True)  # fmt: skip
-    area = {}
-    for slot, blocks in runner.decoded.items():
-        total = 0
-        for block in blocks:
-            (y0, y1), (x0, x1) = plan.core(block)
-            total += (y1 - y0) * (x1 - x0)
-        area[slot] = total
-    return area

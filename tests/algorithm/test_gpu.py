@@ -95,6 +95,40 @@ def test_simulated_pipeline_fuse_zarr_fuse_focus_stack():
     assert 0.95 * found["device_formula"] <= found["device_bytes"] <= found["device_formula"]
 
 
+LAUNCHES_AND_RGB_COPY = """
+import json, numpy as np
+from fstack_dask import synthetic_stack
+from fstack_dask._algorithm import compiled, cuda
+from fstack_dask._algorithm.block import fuse_block
+
+held = []
+class Kernel:  # stands for a numba-cuda kernel: records whether the launch lock is held
+    def __getitem__(self, config):
+        return lambda *args: held.append(cuda._launch_lock.locked())
+ws = cuda.workspace()
+ws.launch(Kernel(), 100, 1, 2)
+
+def refuse(src, dst):
+    raise AssertionError("a contiguous RGB block went through the tiled copy")
+compiled._copy_tiles = refuse
+s = synthetic_stack((24, 20), 6, rgb=True, seed=1).stack
+block = np.ascontiguousarray(np.moveaxis(s, (2, 3), (1, 0)))  # (3, P, Y, X), a slab a channel
+gpu = fuse_block(block, rgb=True, engine="cuda").image
+cpu = fuse_block(block, rgb=True, engine="compiled").image
+print(json.dumps({"held": held, "rgb_bits": bool(np.array_equal(gpu, cpu))}))
+"""
+
+
+@needs_cuda_target
+def test_launches_are_serialised_and_rgb_groups_copied_a_channel_at_a_time():
+    """Kernel launches hold the launch lock (numba-cuda 0.30 loads a kernel's module at its
+    first launch without one: 16 threads at once crashed on an H200); a contiguous RGB block
+    is staged into pinned memory a channel slab at a time (the tiled copy took 7.2 s for a
+    3 x 51 x 4096^2 block on the H200), with the CPU engine's bits."""
+    found = _json(_run(["-c", LAUNCHES_AND_RGB_COPY], env=SIM_ENV))
+    assert found == {"held": [True], "rgb_bits": True}
+
+
 @needs_cuda_target
 def test_one_worker_per_gpu_as_the_readme_starts_them(tmp_path):
     """README "Several GPUs", run as written, with numba's simulator standing in for the

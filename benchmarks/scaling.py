@@ -1,0 +1,327 @@
+"""Decode each chunk once, on any scheduler at any scale (issue 21): measured and planned.
+
+Scenarios (``--only``):
+
+* ``measured``: each run in a fresh child process on a cached benchmark stack (512-px Zstd
+  chunks; ``fuse_zarr`` with its defaults and ``levels=0``), wall time, decoded / stored
+  bytes and a digest of the output on the threads scheduler with W threads, our worker
+  processes (W; a new pool every run, so always fresh) and a ``distributed.LocalCluster``
+  of W single-thread worker processes, with halo exchange and without it
+  (``FSTACK_DASK_HALO_EXCHANGE=0``: each block reads its halo through the unit cache).
+  On the cluster the first run on fresh workers is timed apart from the warm ones.
+* ``planned``: a dry run of halo exchange's plan (``_runs.exchange.dry_run``: nothing is
+  read or computed) for a 100 000 x 100 000 x 21 uint16 stack in 512-px chunks on 16, 64
+  and 256 single-thread workers and on 4 workers x 4 threads, at the default memory per
+  task: the pixels each worker would decode against the image's.
+* ``driver``: a metadata-only source (no chunk stored: decoding is filling zeros) in tiny
+  blocks, >= 100 000 of them, fused on a cluster of a ``dask scheduler`` and W ``dask
+  worker`` processes started apart from the driver (as on an HPC cluster): the driver
+  process's CPU seconds per block, its peak memory, and the scheduler's CPU seconds.
+
+Usage::
+
+    python benchmarks/scaling.py --json benchmarks/scaling.json      # everything, ~10 min
+    python benchmarks/scaling.py --only planned
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _stacks import stack_path  # noqa: E402
+from run import REPORTS, child, machine  # noqa: E402
+
+SCENARIOS = ("measured", "compute", "planned", "driver")
+KINDS = ("threads", "processes", "cluster", "cluster4x4")
+
+# One run: "kind" is threads, processes or cluster; a cluster's child runs fresh then warm.
+FUSE = (
+    REPORTS
+    + """
+import hashlib, json, os, shutil, time, dask, zarr, fstack_dask
+
+def once(scheduler):
+    shutil.rmtree("{dst}", ignore_errors=True)
+    reports.items.clear()
+    with dask.config.set(num_workers={w}):
+        t = time.perf_counter()
+        g = fstack_dask.fuse_zarr("{src}", "{dst}", scheduler=scheduler, progress=False,
+                                  levels=0)
+        wall = time.perf_counter() - t
+    r = reports.items[-1]
+    nbytes = zarr.open_group("{src}", mode="r")["0"].nbytes
+    digest = hashlib.sha256(g["0"][...].tobytes()).hexdigest()[:16]
+    return {{"wall_s": wall, "decoded_ratio": r.decoded_bytes / nbytes, "digest": digest}}
+
+if __name__ == "__main__":
+    if "{kind}".startswith("cluster"):
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers={w} // {tpw}, threads_per_worker={tpw}, processes=True,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            runs = [once(client) for _ in range({repeat} + 1)]
+        out = dict(min(runs[1:], key=lambda r: r["wall_s"]), fresh_s=runs[0]["wall_s"],
+                   all_wall_s=[r["wall_s"] for r in runs[1:]],
+                   digests=sorted({{r["digest"] for r in runs}}))
+    else:
+        out = once("{kind}")
+    print(json.dumps(out))
+"""
+)
+
+
+def _fuse(kind: str, src: Path, dst: Path, w: int, repeat: int, exchange: bool) -> dict:
+    tpw = 4 if kind == "cluster4x4" else 1  # threads per cluster worker
+    code = FUSE.format(kind=kind, src=src, dst=dst, w=w, repeat=repeat, tpw=tpw)
+    env = {} if exchange else {"FSTACK_DASK_HALO_EXCHANGE": "0"}
+    return child(code, env=env)
+
+
+def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
+    out = {}
+    workers, repeat = args.workers, args.repeat
+    local = [k for k in args.kinds if not k.startswith("cluster")]
+    for name in args.stacks:
+        src = stack_path(name, "whole-z", cache)
+        dst = cache / "scaling.fused.zarr"
+        runs: dict[str, list[dict]] = {}
+        variants = (True, False) if args.without_exchange else (True,)
+        for _ in range(repeat):  # interleaved: drift on a shared machine hits all alike
+            for kind in local:
+                for exchange in variants:
+                    key = f"{kind} {'exchange' if exchange else 'no exchange'}"
+                    runs.setdefault(key, []).append(_fuse(kind, src, dst, workers, 1, exchange))
+        for kind in args.kinds:  # one child per cluster: fresh workers, then warm runs
+            if kind.startswith("cluster"):
+                for exchange in variants:
+                    key = f"{kind} {'exchange' if exchange else 'no exchange'}"
+                    runs[key] = [_fuse(kind, src, dst, workers, repeat, exchange)]
+        table = {}
+        for key, found in runs.items():
+            best = min(found, key=lambda r: r["wall_s"])
+            table[key] = {
+                "wall_s": best["wall_s"],
+                "all_wall_s": best.get("all_wall_s", [r["wall_s"] for r in found]),
+                "decoded_ratio": max(r["decoded_ratio"] for r in found),
+                "digests": sorted({d for r in found for d in r.get("digests", [r["digest"]])}),
+                "fresh_s": best.get("fresh_s"),
+                "peak_rss_mib": best["peak_rss_mib"],
+            }
+            print(f"  {name} W={workers} {key}: {json.dumps(table[key])}", flush=True)
+        threads = table["threads exchange"]["wall_s"]
+        for row in table.values():
+            row["vs_threads"] = row["wall_s"] / threads
+        digests = {d for row in table.values() for d in row["digests"]}
+        out[f"{name} W={workers}"] = {"runs": table, "identical": len(digests) == 1}
+        _save(args, "measured", out)
+    return out
+
+
+# The compute bound: the same blocks (the plan's, with their halos) already in memory, fused
+# by fuse_block on W threads; nothing read, written or scheduled.
+COMPUTE = (
+    REPORTS
+    + """
+import json, time, numpy as np, zarr
+from concurrent.futures import ThreadPoolExecutor
+from fstack_dask._algorithm.block import fuse_block
+from fstack_dask._runs.fusion import plan_fusion
+
+if __name__ == "__main__":
+    plan, _ = plan_fusion("{src}").plan({w}, 1)
+    data = zarr.open_group("{src}", mode="r")["0"][...]
+    blocks = []
+    for b in plan.blocks():
+        r = plan.region(b)
+        blocks.append(np.ascontiguousarray(data[:, r.y[0]:r.y[1], r.x[0]:r.x[1]]))
+    del data
+    fuse_block(blocks[0][:, :64, :64])  # compiled before the clock starts
+    walls = []
+    with ThreadPoolExecutor({w}) as pool:
+        for _ in range({repeat}):
+            t = time.perf_counter()
+            list(pool.map(lambda b: fuse_block(b).image, blocks))
+            walls.append(time.perf_counter() - t)
+    print(json.dumps({{"wall_s": min(walls), "all_wall_s": walls, "blocks": len(blocks),
+                      "block": list(plan.block)}}))
+"""
+)
+
+
+def scenario_compute(cache: Path, args: argparse.Namespace) -> dict:
+    out = {}
+    for name in args.stacks:
+        src = stack_path(name, "whole-z", cache)
+        r = child(COMPUTE.format(src=src, w=args.workers, repeat=args.repeat))
+        out[f"{name} W={args.workers}"] = r
+        print(f"  compute bound {name} W={args.workers}: {json.dumps(r)}", flush=True)
+        _save(args, "compute", out)
+    return out
+
+
+def _stack_meta(path: Path, shape: tuple[int, ...], chunk: int) -> None:
+    """A Zarr array with its metadata and no chunk: every read is the fill value."""
+    import zarr
+
+    zarr.create_array(str(path), shape=shape, chunks=(shape[0], chunk, chunk), dtype="uint16",
+                      dimension_names=list("zyx"), overwrite=True)  # fmt: skip
+
+
+def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
+    from fstack_dask._runs.dry_run import dry_run
+    from fstack_dask._runs.exchange import segments
+    from fstack_dask._runs.fusion import plan_fusion
+
+    n, planes, chunk = 100_000, 21, 512
+    src = cache / "planned.zarr"
+    _stack_meta(src, (planes, n, n), chunk)
+    fusion = plan_fusion(str(src))
+    out = {}
+    for n_workers, threads in ((16, 1), (64, 1), (256, 1), (4, 4)):
+        plan, cache_bytes = fusion.plan(n_workers * threads, n_workers)
+        t = time.perf_counter()
+        run = dry_run(plan, itemsize=2, slots=list(range(n_workers)), threads=threads,
+                      budget=cache_bytes * n_workers)  # fmt: skip
+        seconds = time.perf_counter() - t
+        fused = sorted(run.fused.values())
+        key = f"{n_workers} x {threads}"
+        out[key] = {
+            "decoded_ratio": run.decoded_ratio(plan),
+            "fused_once": set(run.fuses.values()) == {1} and len(run.fuses) == plan.n_blocks,
+            "block": list(plan.block),
+            "grid": list(plan.grid),
+            "row_segments": segments(plan, plan.grid[1], n_workers * threads),
+            "idle_workers": sum(f == 0 for f in fused),
+            "busiest_vs_even": fused[-1] / (plan.n_blocks / n_workers),
+            "dry_run_s": seconds,
+        }
+        print(f"  planned {n}^2 x {planes}, {key}: {json.dumps(out[key])}", flush=True)
+    shutil.rmtree(src, ignore_errors=True)
+    return out
+
+
+DRIVER = (
+    REPORTS
+    + """
+import json, resource, time, fstack_dask
+from distributed import Client
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+if __name__ == "__main__":
+    with Client("{address}") as client:
+        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        c0, t0 = cpu(), time.perf_counter()
+        fstack_dask.fuse_zarr("{src}", "{dst}", chunks={block}, scheduler=client,
+                              progress=False, levels=0, overwrite=True)
+        wall, spent = time.perf_counter() - t0, cpu() - c0
+    r = reports.items[-1]
+    print(json.dumps({{"wall_s": wall, "driver_cpu_s": spent, "blocks": r.done,
+                      "base_rss_mib": base_rss}}))
+"""
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scenario_driver(cache: Path, args: argparse.Namespace) -> dict:
+    workers = args.workers
+    import psutil
+
+    side, planes, block = 10240, 5, 32  # 320 x 320 = 102 400 blocks
+    src, dst = cache / "driver.zarr", cache / "driver.fused.zarr"
+    _stack_meta(src, (planes, side, side), block)
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log = open(cache / "driver.cluster.log", "w")  # noqa: SIM115 - closed below
+    dask = [sys.executable, "-m", "dask"]
+    scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--dashboard-address", ":0"],
+                                 stdout=log, stderr=log)  # fmt: skip
+    procs = [scheduler] + [
+        subprocess.Popen(
+            [*dask, "worker", address, "--nthreads", "1", "--no-dashboard"], stdout=log, stderr=log
+        )  # fmt: skip
+        for _ in range(workers)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        before = psutil.Process(scheduler.pid).cpu_times()
+        r = child(DRIVER.format(address=address, src=src, dst=dst, block=block))
+        after = psutil.Process(scheduler.pid).cpu_times()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+        log.close()
+    sched_cpu = (after.user + after.system) - (before.user + before.system)
+    out = {
+        "image": f"{side}^2 x {planes} uint16, {block}-px blocks, metadata only",
+        "workers": f"{workers} x 1 thread",
+        "blocks": r["blocks"],
+        "wall_s": r["wall_s"],
+        "driver_cpu_s": r["driver_cpu_s"],
+        "driver_ms_per_block": 1000 * r["driver_cpu_s"] / r["blocks"],
+        "driver_peak_rss_mib": r["peak_rss_mib"],
+        "scheduler_cpu_s": sched_cpu,
+        "scheduler_ms_per_block": 1000 * sched_cpu / r["blocks"],
+    }
+    print(f"  driver: {json.dumps(out)}", flush=True)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    return out
+
+
+def _save(args: argparse.Namespace, scenario: str, found: dict) -> None:
+    """Merge ``found`` into the JSON file (after each stack: a run cut short keeps the rest)."""
+    if not args.json:
+        return
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    results["machine"] = machine()
+    results.setdefault(scenario, {}).update(found)
+    results[scenario + "_measured"] = time.strftime("%Y-%m-%d %H:%M")
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--cache", type=Path, default=HERE / "_cache")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="W")
+    parser.add_argument("--stacks", nargs="+", default=["grey2048"], help="_stacks names")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=["threads", "processes", "cluster"],
+        help="schedulers measured (cluster4x4: W/4 workers x 4 threads)",
+    )  # fmt: skip
+    parser.add_argument("--without-exchange", action=argparse.BooleanOptionalAction,
+                        default=True, help="also measure each with halo exchange off")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write (update) the results here")
+    args = parser.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}", flush=True)
+    for name in args.only:
+        print(f"{name} ...", flush=True)
+        found = globals()[f"scenario_{name}"](args.cache, args)
+        _save(args, name, found)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Halo exchange (issue 21): the driver's order over any plan, and the bits of real runs.
+
+The dry run drives :func:`run_exchange` with tasks that do nothing, so hypothesis can try
+many grids, budgets, worker counts and resumed runs in milliseconds: every block left is
+fused exactly once, after its own and its neighbours' cores were decoded, and each core is
+decoded about once. Real runs on stores on disk then compare the output with the whole
+image fused in memory, over plans drawn the same way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack
+from fstack_dask._algorithm.block import block_memory
+from fstack_dask._layout import Layout
+from fstack_dask._params import overlap_depth
+from fstack_dask._runs import exchange
+from fstack_dask._runs.dry_run import dry_run
+from fstack_dask._runs.plan import Plan
+
+HALO = overlap_depth(9)
+
+
+def _plan(leads: int, rows: int, cols: int, block: int, *, edge: int = 0) -> Plan:
+    """A plan of ``leads`` images of ``rows`` x ``cols`` blocks (the last ones ``edge`` px
+    short of a whole block, when given)."""
+    shape = (leads, 7, rows * block - edge, cols * block - edge)
+    return Plan(Layout("tzyx", shape, False), (block, block), HALO, cols, (1,))
+
+
+@st.composite
+def dry_runs(draw):
+    block = draw(st.sampled_from([16, 32, 64]))
+    edge = draw(st.integers(0, min(block - HALO, block - 1)))
+    plan = _plan(draw(st.integers(1, 3)), draw(st.integers(1, 24)), draw(st.integers(1, 24)),
+                 block, edge=edge)  # fmt: skip
+    core = 7 * block * block * 2
+    budget = core * draw(st.integers(1, 200))  # from one core (narrow waves) to many
+    slots = draw(st.integers(1, 40))
+    threads = draw(st.integers(1, 4))
+    names = [Plan.name(b) for b in plan.blocks()]
+    done = set(draw(st.lists(st.sampled_from(names), max_size=len(names), unique=True)))
+    return plan, budget, slots, threads, done
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=dry_runs())
+def test_every_block_is_fused_once_after_the_decodes_around_it(case):
+    plan, budget, slots, threads, done = case
+    # the dry runner raises if a fuse comes before its block's or a neighbour's decode
+    run = dry_run(plan, itemsize=2, slots=list(range(slots)), threads=threads, budget=budget,
+                  done=done)  # fmt: skip
+    left = {b for b in plan.blocks() if Plan.name(b) not in done}
+    assert set(run.fuses) == left and set(run.fuses.values()) <= {1}
+    assert sum(run.fused.values()) == len(left)
+    if not done:  # a wave decodes a column on each side, row segments a row: about once
+        ny, nx = plan.grid
+        width = exchange.wave_width(plan, budget, 7 * plan.block[0] * plan.block[1] * 2)
+        waves = -(-nx // min(nx, width))
+        most = 1 + 2 * waves / nx + exchange.SEGMENT_EXTRA_DECODES
+        assert sum(run.decodes.values()) <= most * plan.n_blocks, (width, run.decodes)
+
+
+@pytest.mark.parametrize(
+    ("slots", "threads", "cut"), [(64, 1, False), (100, 1, True), (16, 4, False), (256, 1, True)]
+)
+def test_workers_that_outnumber_or_do_not_divide_the_columns_are_all_busy(slots, threads, cut):
+    """60 columns of 120 blocks on 64, 100 or 256 single-thread workers (or 16 x 4): the
+    busiest worker fuses at most 10 % more than an even share (100 workers would be 1.67x
+    with a strip per column: row segments cut the image where that helps), and each core is
+    still decoded about once."""
+    plan = _plan(1, 120, 60, 64)
+    budget = 60 * 120 * 7 * 64 * 64 * 2  # the whole image: one wave
+    run = dry_run(plan, itemsize=2, slots=list(range(slots)), threads=threads, budget=budget)
+    assert max(run.fused.values()) <= 1.1 * plan.n_blocks / slots, sorted(run.fused.values())
+    assert run.decoded_ratio(plan) <= 1 + exchange.SEGMENT_EXTRA_DECODES
+    assert (exchange.segments(plan, 60, slots * threads) > 1) == cut
+
+
+def test_one_worker_per_column_needs_no_segments():
+    plan = _plan(1, 120, 60, 64)
+    assert exchange.segments(plan, 60, 60) == 1
+    assert exchange.segments(plan, 30, 200) == 1  # two waves: segments only in one
+    assert exchange.segments(_plan(1, 8, 4, 64), 4, 100) == 1  # too few rows to cut
+
+
+def _stack(shape, planes, seed):
+    return np.moveaxis(synthetic_stack(shape, planes, seed=seed, noise=0.02).stack, -1, 0)
+
+
+@st.composite
+def real_runs(draw):
+    unit = draw(st.sampled_from([16, 24]))
+    block = unit * draw(st.integers(1, 2))
+    rows, cols = draw(st.integers(1, 18)), draw(st.integers(1, 4))
+    edge = draw(st.integers(0, unit - HALO))  # the last blocks a bit short
+    shape = (max(block, rows * block - edge), max(block, cols * block - edge))
+    leads = draw(st.integers(1, 2))
+    threads = draw(st.integers(1, 3))
+    scheduler = draw(st.sampled_from(["threads", "synchronous"]))
+    cores = draw(st.integers(2, 40))  # cores of decoded units the workers' memory holds
+    return unit, block, shape, leads, threads, scheduler, cores
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=real_runs())
+def test_any_plan_gives_the_whole_image_in_memory(case):
+    unit, block, shape, leads, threads, scheduler, cores = case
+    planes = 5
+    data = np.stack([_stack(shape, planes, seed) for seed in range(leads)])
+    task = block_memory((block + 2 * HALO,) * 2, planes, 1, 2, False)
+    workers = 1 if scheduler == "synchronous" else threads
+    memory = task + cores * planes * block * block * 2 // workers
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.zarr"
+        zarr.create_array(str(src), data=data, chunks=(1, planes, unit, unit),
+                          dimension_names=list("tzyx"))  # fmt: skip
+        with dask.config.set(num_workers=workers):
+            out = fuse_zarr(src, Path(tmp) / "out.zarr", chunks=block, memory_per_task=memory,
+                            scheduler=scheduler, progress=False, levels=0)  # fmt: skip
+        got = out["0"][...]
+    for t in range(leads):
+        want = focus_stack(np.moveaxis(data[t], 0, -1))
+        np.testing.assert_array_equal(got[t], want)
+
+
+def test_row_segments_in_a_real_run(tmp_path, monkeypatch):
+    """An image of 2 x 20 blocks on 6 threads: cut into row segments, the same bits."""
+    used = []
+    segments = exchange.segments
+
+    def recording(plan, width, capacity):
+        used.append(segments(plan, width, capacity))
+        return used[-1]
+
+    monkeypatch.setattr(exchange, "segments", recording)
+    data = _stack((20 * 16, 2 * 16), 5, seed=3)
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), data=data, chunks=(5, 16, 16), dimension_names=list("zyx"))
+    with dask.config.set(num_workers=6):
+        out = fuse_zarr(src, tmp_path / "out.zarr", chunks=16, scheduler="threads",
+                        progress=False, levels=0)  # fmt: skip
+    assert used and max(used) > 1, used
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
