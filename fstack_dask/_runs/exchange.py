@@ -109,7 +109,7 @@ def waves(
     ny, nx = plan.grid
     width = max(1, min(width, nx))
     for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
-        previous = None  # the last wave's columns and rows
+        previous = None  # where the last wave's columns end
         for c0 in range(0, nx, width):
             c1 = min(nx, c0 + width)
             todo = [
@@ -119,11 +119,12 @@ def waves(
             if not todo:
                 continue
             r0, r1 = todo[0], todo[-1] + 1
-            # the wave before hands over its last column where it decoded every row needed
-            carried = (
-                previous is not None
-                and previous[0] == c0
-                and (previous[1][0] <= max(0, r0 - 1) and previous[1][1] >= min(ny, r1 + 1))
+            need = range(max(0, r0 - 1), min(ny, r1 + 1))
+            # the wave before hands over its last column where it decoded every row needed:
+            # rows it fused there (a block done before, with no neighbour to fuse in that
+            # wave, is not decoded)
+            carried = previous == c0 and all(
+                plan.name((*lead, j, c0 - 1)) not in done for j in need
             )
             decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
             count = max(1, min(segments(), r1 - r0)) if width >= nx else 1
@@ -132,7 +133,7 @@ def waves(
                 rows = (max(0, s0 - 1), min(ny, s1 + 1))
                 yield Wave(tuple(lead), (c0, c1), decode, rows, carried, fuse_rows=(s0, s1),
                            segment=(k, count))  # fmt: skip
-            previous = (c1, (max(0, r0 - 1), min(ny, r1 + 1)))
+            previous = c1
 
 
 def segments(plan: Plan, width: int, capacity: int) -> int:

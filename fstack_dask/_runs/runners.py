@@ -5,7 +5,9 @@
 * processes: our worker processes (:mod:`.pool`), a task sent to the process of its strip;
 * a distributed cluster: a task pinned to its strip's worker (another one only if that one
   is gone); a fuse is given the futures of its neighbours' decodes on other workers, and
-  dask moves their bands between workers itself, never through this process.
+  dask moves their bands between workers itself, never through this process. Our tasks
+  are kept out of dask's work stealing (:func:`_unstealable`): an idle worker that stole a
+  decode would hold the core in its own registry, and the strip's fuse would decode it again.
 
 Each fuse reports its blocks as they end (:mod:`.reports`), so progress moves block by block.
 """
@@ -16,6 +18,7 @@ import concurrent.futures as cf
 import contextlib
 import itertools
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,34 @@ from .halo import forget_run, fuse_rows
 __all__ = ["runner_for"]
 
 _fuse_ids = itertools.count()
+#: The key prefix of our tasks on a cluster (``TASK_PREFIX-<function>-<hex>``), which the
+#: scheduler's work stealing is told to leave alone.
+TASK_PREFIX = "fstack-dask"
+_PREFIXES = tuple(f"{TASK_PREFIX}-{name}" for name in ("decode", "fuse", "task"))
+
+
+def _never_steal(prefixes: tuple[str, ...], dask_scheduler: Any = None) -> bool:
+    """On the scheduler: work stealing skips tasks whose prefix is among its "fast tasks"
+    (tasks too short to be worth moving); ours are added there."""
+    from distributed import stealing
+
+    stealing.fast_tasks.update(prefixes)
+    return True
+
+
+def _unstealable(client: Any) -> bool:
+    """Keep our tasks where they are pinned (loosely, so a lost worker's go elsewhere).
+
+    dask has no per-task switch for this: strict restrictions (``allow_other_workers=False``)
+    would leave a lost worker's tasks waiting forever. So the scheduler's set of tasks that
+    work stealing never moves (``distributed.stealing.fast_tasks``) gets our key prefixes.
+    Best effort: a scheduler that refuses to run functions (or a future dask without that
+    set) still runs everything, at the cost of decodes repeated where tasks were stolen.
+    """
+    try:
+        return bool(client.run_on_scheduler(_never_steal, _PREFIXES))
+    except Exception:
+        return False
 
 
 class _InProcess(Runner):
@@ -138,6 +169,7 @@ class _Cluster(_Reported):
         self.client, self.waiter, self.ticks, self.topic = client, waiter, ticks, topic
         self.reports = reported
         self.threads = max(1, threads)
+        self.unstealable = _unstealable(client)
         self.refresh()
 
     def refresh(self) -> None:
@@ -151,7 +183,9 @@ class _Cluster(_Reported):
 
     def submit(self, slot: Any, fn: Callable, *args: Any) -> Any:
         pinned = {"workers": [slot], "allow_other_workers": True} if slot is not None else {}
-        return self.client.submit(fn, *args, pure=False, **pinned)
+        kind = "decode" if "decode" in fn.__name__ else "fuse" if "fuse" in fn.__name__ else "task"
+        key = f"{TASK_PREFIX}-{kind}-{uuid.uuid4().hex}"
+        return self.client.submit(fn, *args, key=key, pure=False, **pinned)
 
     def submit_fuse(self, slot: Any, job: Any, blocks: list, remote: list, task_args: tuple):
         run_id = next(_fuse_ids)

@@ -157,10 +157,17 @@ def warm_workers(scheduler: Scheduler, dtype: Any, **kernel: Any) -> None:
     task = functools.partial(warm_up, dtype, **kernel)
     with contextlib.suppress(Exception):
         if scheduler.kind == "distributed":
-            scheduler.client.run(task, wait=False)
+            # Client.run without waiting takes only a coroutine function (a plain one fails
+            # on every worker with "Combination not supported", and nothing is loaded).
+            scheduler.client.run(_warm_up_in_background, task, wait=False)
         elif scheduler.kind == "processes":
             for slot in scheduler.client.slots:
                 scheduler.client.submit_to(slot, task)
+
+
+async def _warm_up_in_background(task: Callable[[], None]) -> None:
+    """On a worker: ``task`` (which starts a thread of its own and returns)."""
+    task()
 
 
 def _default_client() -> Any:

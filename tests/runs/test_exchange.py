@@ -16,7 +16,7 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fstack_dask import focus_stack, fuse_zarr, synthetic_stack
@@ -54,6 +54,9 @@ def dry_runs(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(case=dry_runs())
+# found by this test: a resumed column whose middle blocks were done is not decoded there, so
+# the next wave may not take its bands as handed over
+@example(case=(_plan(1, 5, 2, 16), 3584, 1, 1, {"0_1_0", "0_2_0", "0_3_0"}))
 def test_every_block_is_fused_once_after_the_decodes_around_it(case):
     plan, budget, slots, threads, done = case
     # the dry runner raises if a fuse comes before its block's or a neighbour's decode
