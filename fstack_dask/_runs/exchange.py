@@ -144,7 +144,9 @@ def segments(plan: Plan, width: int, capacity: int) -> int:
     ny, nx = plan.grid
     if width < nx:
         return 1
-    most = max(1, min(ny, 1 + int(SEGMENT_EXTRA_DECODES / 2 * ny)))
+    # each segment needs a task slot of its own: more segments than slots run one after
+    # another, their extra decodes bought for nothing
+    most = max(1, min(ny, capacity, 1 + int(SEGMENT_EXTRA_DECODES / 2 * ny)))
 
     def longest(k: int) -> int:
         strips = max(1, min(nx, capacity // k))
@@ -361,8 +363,9 @@ def _wave_state(
     n = d1 - d0
     part, parts = wave.segment
     n_slots = len(runner.slots)
-    slots = runner.slots[n_slots * part // parts : n_slots * (part + 1) // parts]
-    slots = slots or runner.slots
+    lo = n_slots * part // parts
+    # fewer slots than segments (slots of several threads): segments share a slot, in turn
+    slots = runner.slots[lo : n_slots * (part + 1) // parts] or [runner.slots[lo]]
     depth = max(1, (depth + 1) // parts - 1)
     count = max(1, min(n, capacity // parts))
     bounds = [d0 + (n * k) // count for k in range(count + 1)]

@@ -154,3 +154,18 @@ def test_row_segments_in_a_real_run(tmp_path, monkeypatch):
                         progress=False, levels=0)  # fmt: skip
     assert used and max(used) > 1, used
     np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+
+
+@pytest.mark.parametrize(("slots", "threads"), [(2, 1), (3, 1), (2, 4)])
+def test_an_image_in_one_wave_on_few_slots_is_shared_evenly(slots, threads):
+    """A whole image in one wave (tiny blocks, ample memory) on fewer slots than the rows
+    would allow segments for: never more segments than task slots, and segments that
+    outnumber the slots (slots of several threads) spread over them. Before, 64 x 64 blocks
+    on 2 slots went in 5 segments, 4 of them on the first slot (and 102 400 blocks on 2
+    workers were fused 97 920 by one of them)."""
+    plan = _plan(1, 64, 64, 16)
+    run = dry_run(plan, itemsize=2, slots=list(range(slots)), threads=threads,
+                  budget=10**9)  # fmt: skip
+    assert exchange.segments(plan, 64, slots * threads) <= slots * threads
+    assert max(run.fused.values()) <= 1.1 * plan.n_blocks / slots, run.fused
+    assert run.decoded_ratio(plan) <= 1 + exchange.SEGMENT_EXTRA_DECODES
