@@ -10,6 +10,7 @@ line listing them.
 
 from __future__ import annotations
 
+import abc
 import os
 import threading
 from typing import Any
@@ -73,7 +74,7 @@ def choose_scene(
     raise ValueError(f"{where} has no {word} {spec!r}; it holds {listed}; {hint}")
 
 
-class RegionArray:
+class RegionArray(abc.ABC):
     """A lazily read array of one image of a vendor file (``shape``, ``dtype``, ``chunks``,
     ``__getitem__`` of step-1 slices).
 
@@ -97,16 +98,18 @@ class RegionArray:
     def ndim(self) -> int:
         return len(self.shape)
 
-    def _open(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _open(self) -> Any:
+        """Open the vendor's reader (once per array, in the process that reads)."""
 
     def _close(self, reader: Any) -> None:
         close = getattr(reader, "close", None)
         if close is not None:
             close()
 
-    def _read(self, reader: Any, region: tuple[slice, ...]) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _read(self, reader: Any, region: tuple[slice, ...]) -> np.ndarray:
+        """The samples of ``region`` (a slice per axis) through ``reader``."""
 
     def __getitem__(self, key: Any) -> np.ndarray:
         region = region_key(key, self.shape)
