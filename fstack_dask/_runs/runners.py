@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import itertools
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .halo import forget_run, fuse_rows
 
 __all__ = ["runner_for"]
 
+log = logging.getLogger(__name__)
 _fuse_ids = itertools.count()
 #: The key prefix of our tasks on a cluster (``TASK_PREFIX-<function>-<hex>``), which the
 #: scheduler's work stealing is told to leave alone.
@@ -169,7 +171,9 @@ class _Cluster(_Reported):
         self.client, self.waiter, self.ticks, self.topic = client, waiter, ticks, topic
         self.reports = reported
         self.threads = max(1, threads)
-        self.unstealable = _unstealable(client)
+        if not _unstealable(client):
+            log.info("this cluster's scheduler did not let us keep our tasks out of work "
+                     "stealing: a stolen task's units may be decoded twice")  # fmt: skip
         self.refresh()
 
     def refresh(self) -> None:
