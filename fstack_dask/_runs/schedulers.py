@@ -298,12 +298,7 @@ def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, tas
                 on_outcomes=lambda outcomes, shown: _account(report, outcomes, bar, shown),
             )  # fmt: skip
         except BaseException as exc:
-            if scheduler.kind == "distributed" and lost(scheduler.client, exc):
-                address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
-                raise SchedulerLostError(
-                    f"lost the connection to the dask scheduler at {address} (it stopped, or "
-                    "the network failed)"
-                ) from exc
+            _raise_if_lost(scheduler, exc)
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -460,13 +455,18 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
         _drain(running, scheduler, count)
         with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
             count()
-        if scheduler.kind == "distributed" and lost(scheduler.client, exc):
-            address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
-            raise SchedulerLostError(
-                f"lost the connection to the dask scheduler at {address} (it stopped, or the "
-                "network failed)"
-            ) from exc
+        _raise_if_lost(scheduler, exc)
         raise
+
+
+def _raise_if_lost(scheduler: Scheduler, exc: BaseException) -> None:
+    """A cluster run's failure because its scheduler went away, said as such."""
+    if scheduler.kind == "distributed" and lost(scheduler.client, exc):
+        address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+        raise SchedulerLostError(
+            f"lost the connection to the dask scheduler at {address} (it stopped, or the "
+            "network failed)"
+        ) from exc
 
 
 def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -> None:
