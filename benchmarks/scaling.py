@@ -10,6 +10,11 @@ Scenarios (``--only``):
   exchange and without it (``FSTACK_DASK_HALO_EXCHANGE=0``: each block reads its halo
   through the unit cache). Each in a child process: its first run (a new process, new
   workers: the kernels loaded) timed apart from the warm ones that follow.
+* ``paired``: threads and a LocalCluster of W single-thread workers alternated in one child
+  (the 2-core VM's speed drifts by 30 % from minute to minute: a ratio is taken within each
+  pair): a threads run with no cluster alive, then a new cluster's first run and a warm run;
+  the cluster with our allocator setting (``_runs.allocator``) and without it (its ``hold``
+  made a no-op on the workers); each process's user and system CPU seconds.
 * ``compute``: the compute bound, the plan's blocks with their halos already in memory,
   fused by ``fuse_block`` on W threads (nothing read, written or scheduled).
 * ``planned``: a dry run of halo exchange's plan (``_runs.exchange.dry_run``: nothing is
@@ -44,7 +49,7 @@ sys.path.insert(0, str(HERE))
 from _stacks import stack_path  # noqa: E402
 from run import REPORTS, child, machine  # noqa: E402
 
-SCENARIOS = ("measured", "compute", "planned", "driver")
+SCENARIOS = ("measured", "paired", "compute", "planned", "driver")
 KINDS = ("threads", "processes", "cluster", "cluster4x4")
 
 # One run: "kind" is threads, processes or cluster; a cluster's child runs fresh then warm.
@@ -120,6 +125,71 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
         digests = {d for row in table.values() for d in row["digests"]}
         out[f"{name} W={workers}"] = {"runs": table, "identical": len(digests) == 1}
         _save(args, "measured", out)
+    return out
+
+
+# Threads and a cluster alternated; "plain": the workers' allocator left as the nanny set it.
+PAIRED = """
+import json, os, shutil, statistics, time, dask, psutil, fstack_dask
+from distributed import Client, LocalCluster
+
+def once(scheduler, procs):
+    shutil.rmtree("{dst}", ignore_errors=True)
+    before = [p.cpu_times() for p in procs]
+    with dask.config.set(num_workers={w}):
+        t = time.perf_counter()
+        fstack_dask.fuse_zarr("{src}", "{dst}", scheduler=scheduler, progress=False, levels=0)
+        wall = time.perf_counter() - t
+    after = [p.cpu_times() for p in procs]
+    return dict(wall_s=wall, user_s=[a.user - b.user for a, b in zip(after, before)],
+                system_s=[a.system - b.system for a, b in zip(after, before)])
+
+def plain():
+    from fstack_dask._runs import allocator
+    allocator.hold = lambda token: None
+
+if __name__ == "__main__":
+    me = psutil.Process()
+    out = {{}}
+    once("threads", [me])  # this process's first run: the kernels loaded
+    for variant in ("allocator held", "plain"):
+        pairs = []
+        for _ in range({repeat}):
+            threads = once("threads", [me])  # no cluster alive (an idle one costs ~7 %)
+            with LocalCluster(n_workers={w}, threads_per_worker=1, processes=True,
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
+                if variant == "plain":
+                    client.run(plain)
+                procs = [me] + [psutil.Process(p) for p in client.run(os.getpid).values()]
+                fresh = once(client, procs)  # new workers: the kernels loaded
+                pairs.append((threads, once(client, procs), fresh))
+        ratios = [c["wall_s"] / t["wall_s"] for t, c, _ in pairs]
+        out[variant] = dict(
+            median_ratio=statistics.median(ratios), ratios=ratios,
+            threads_s=[t["wall_s"] for t, _, _ in pairs],
+            cluster_s=[c["wall_s"] for _, c, _ in pairs],
+            cluster_fresh_s=[f["wall_s"] for _, _, f in pairs],
+            threads_cpu=[[t["user_s"][0], t["system_s"][0]] for t, _, _ in pairs],
+            cluster_workers_cpu=[[sum(c["user_s"][1:]), sum(c["system_s"][1:])]
+                                 for _, c, _ in pairs],
+            cluster_driver_cpu=[[c["user_s"][0], c["system_s"][0]] for _, c, _ in pairs])
+    print(json.dumps(out))
+"""
+
+
+def scenario_paired(cache: Path, args: argparse.Namespace) -> dict:
+    out = {}
+    for name in args.stacks:
+        src = stack_path(name, "whole-z", cache)
+        dst = cache / "scaling.fused.zarr"
+        found = child(PAIRED.format(src=src, dst=dst, w=args.workers, repeat=args.repeat))
+        for variant, row in found.items():
+            if isinstance(row, dict):
+                print(f"  {name} W={args.workers} cluster/threads, {variant}: median "
+                      f"{row['median_ratio']:.2f} of {[round(r, 2) for r in row['ratios']]}",
+                      flush=True)  # fmt: skip
+        out[f"{name} W={args.workers}"] = found
+        _save(args, "paired", out)
     return out
 
 

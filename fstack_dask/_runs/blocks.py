@@ -26,6 +26,7 @@ from .._outputs.state import OutputState, input_digest
 from .._outputs.write import make_durable, open_output, write_block
 from .._sources.fetch import UnitCache, decoded_by_this_thread, fetch_block, units_of
 from .._sources.source import Source
+from . import allocator
 from .plan import Plan
 
 __all__ = ["FuseJob", "Outcome", "close_on_workers"]
@@ -93,9 +94,9 @@ class FuseJob:
         return found[2].peak_bytes if found is not None else 0
 
     def close(self) -> None:
-        """Forget this run's opened source, output and cache in this process."""
-        with _opened_lock:
-            _opened_by_token.pop(self.token, None)
+        """Forget this run's opened source, output and cache in this process, and give its
+        allocator back its own setting (:mod:`.allocator`)."""
+        _close_run(self.token)
 
     def expect(self, blocks: Sequence[tuple[int, ...]]) -> None:
         """Announce the units these blocks will read (so the cache keeps them)."""
@@ -129,6 +130,7 @@ class FuseJob:
         scattered copy, :mod:`fstack_dask._sources.share`). ``on_block`` is called after
         each block, written or failed (a task of many blocks reports its progress so).
         """
+        allocator.hold(self.token)
         if data is not None:
             self.opened(data)
         if announce:
@@ -227,6 +229,7 @@ class FuseJob:
 def _close_run(token: str) -> None:
     with _opened_lock:
         _opened_by_token.pop(token, None)
+    allocator.release(token)
 
 
 def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None:

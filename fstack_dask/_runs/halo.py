@@ -23,6 +23,7 @@ import numpy as np
 
 from .._errors import SourceReadError, SourceValueError
 from .._sources.fetch import BlockRegion, count_decoded, decoded_by_this_thread, fetch_block
+from . import allocator
 from .blocks import FuseJob, Outcome
 from .plan import Plan
 
@@ -222,6 +223,7 @@ def decode_rows(
     as its error, which every block that needs it reports. The bytes decoded and the seconds
     are counted in this process (:func:`forget_run` returns them)."""
     start, decoded = time.perf_counter(), decoded_by_this_thread()
+    allocator.hold(job.token)
     if data is not None:
         job.opened(data)
     out = {}
@@ -254,6 +256,7 @@ def fuse_rows(
     bands: this worker's registry, or ``remote`` (handed over from other workers). What is
     missing (a lost worker's) is read from the store. ``on_block()`` is called after each
     block (progress)."""
+    allocator.hold(job.token)
     if data is not None:
         job.opened(data)
     handed = {}
