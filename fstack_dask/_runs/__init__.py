@@ -11,7 +11,8 @@ blocks report each block (``reports``), waiting for tasks, a stalled cluster and
 scheduler (``waiting``), halo exchange, which decodes each source unit once
 on any scheduler: its waves and driver (``exchange``), what a worker does (``halo``) and
 where its tasks run (``runners``), a dry run of its plan that counts each worker's decodes
-and fuses without reading anything (``dry_run``), our worker processes (``pool``), progress
+and fuses without reading anything (``dry_run``), our worker processes (``pool``), a worker
+process's C allocator while a run's tasks use it (``allocator``), progress
 (``progress``), where ``device="cuda"`` is checked once the scheduler is known (``device``),
 and the lazy ``fuse`` graph (``lazy``).
 
