@@ -22,6 +22,7 @@ SIZES = {
     "u8_8192x32": ((8192, 8192), 32, "uint8", False),
     "grey4096": ((4096, 4096), 51, "uint16", False),
     "grey4096x16384": ((4096, 16384), 51, "uint16", False),
+    "grey4096x512": ((4096, 512), 51, "uint16", False),  # one block wide: more workers than columns
 }
 CHUNK = 512
 LAYOUTS = ("whole-z", "z-chunked", "sharded")
@@ -30,8 +31,8 @@ LAYOUTS = ("whole-z", "z-chunked", "sharded")
 def _synthetic(name: str) -> tuple[np.ndarray, str]:
     from fstack_dask import synthetic_stack
 
-    (ny, _), planes, dtype, rgb = SIZES[name]
-    tile = min(ny, 2048)
+    (ny, nx), planes, dtype, rgb = SIZES[name]
+    tile = min(ny, nx, 2048)
     data = synthetic_stack((tile, tile), planes, rgb=rgb, dtype=dtype, noise=0.02, seed=0).stack
     zyx = np.moveaxis(data, (3, 2), (0, 1)) if rgb else np.moveaxis(data, 2, 0)
     return np.ascontiguousarray(zyx), ("czyx" if rgb else "zyx")

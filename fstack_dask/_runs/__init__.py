@@ -2,19 +2,19 @@
 
 What lives here: ``fuse_zarr``, choosing the run for its dst (``fuse_zarr``), one run into
 an OME-Zarr store as a sequence of named steps (``run``), a run into a TIFF dst through a
-working store beside it (``tiff_output``), the fusion's
-plan from metadata (``fusion``), blocks, their order and memory (``plan``), one block's work
-(``blocks``), the pyramid's blocks (``pyramid``), the passes over level 0 and then each
-level (``passes``), what ``dst`` holds and whether a resume continues this run (``resume``), the
-schedulers and the bounded window of tasks in flight (``schedulers``), how tasks of many
-blocks report each block (``reports``), waiting for tasks, a stalled cluster and a lost
-scheduler (``waiting``), halo exchange, which decodes each source unit once
-on any scheduler: its waves and driver (``exchange``), what a worker does (``halo``) and
-where its tasks run (``runners``), a dry run of its plan that counts each worker's decodes
-and fuses without reading anything (``dry_run``), our worker processes (``pool``), a worker
-process's C allocator while a run's tasks use it (``allocator``), progress
-(``progress``), where ``device="cuda"`` is checked once the scheduler is known (``device``),
-and the lazy ``fuse`` graph (``lazy``).
+working store beside it (``tiff_output``), the fusion's plan from metadata (``fusion``),
+blocks, their order and memory (``plan``), one block's work (``blocks``), the pyramid's
+blocks (``pyramid``), the passes over level 0 and then each level (``passes``), what ``dst``
+holds and whether a resume continues this run (``resume``), the schedulers and the bounded
+window of tasks in flight (``schedulers``), how tasks of many blocks report each block
+(``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), halo
+exchange, which decodes each source unit once on any scheduler: its plan of waves and row
+segments (``waves``), its driver (``exchange``), what a worker does (``halo``) and where its
+tasks run (``runners``), a dry run of its plan that counts each worker's decodes and fuses
+without reading anything (``dry_run``), our worker processes (``pool``), a worker process's
+C allocator while a run's tasks use it (``allocator``), progress (``progress``), where
+``device="cuda"`` is checked once the scheduler is known (``device``), and the lazy ``fuse``
+graph (``lazy``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """

@@ -41,27 +41,43 @@ class DryRun:
 
 class _DryRunner(Runner):
     """Runs nothing: each task is finished when submitted. Raises if a fuse comes before a
-    decode of every block around it (a driver bug a real run would pay for with reads)."""
+    decode of every block around it, or would not find its core in its worker's registry or
+    a neighbour's bands there or handed over (driver bugs a real run would pay for with
+    reads from the store)."""
 
     def __init__(self, plan: Plan, slots: list[Any], threads: int):
         self.plan, self.slots, self.threads = plan, list(slots), threads
         self.run = DryRun({slot: 0 for slot in self.slots}, {slot: 0 for slot in self.slots})
+        self.cores: set[tuple[Any, Block]] = set()  # (slot, block): a core kept there
+        self.bands: set[tuple[Any, Block]] = set()  # (slot, block): its bands kept there
 
     def submit(self, slot: Any, fn: Callable, *args: Any) -> cf.Future:
         future: cf.Future = cf.Future()
         blocks: list[Block] = args[1]
         if fn is decode_rows:
-            for block in blocks:
+            keep, uses, export = args[2:5]
+            for block, kept, n in zip(blocks, keep, uses, strict=True):
                 (y0, y1), (x0, x1) = self.plan.core(block)
                 self.run.decoded[slot] += (y1 - y0) * (x1 - x0)
                 self.run.decodes[block] += 1
-            future.set_result({})
+                if kept:
+                    self.cores.add((slot, block))
+                if kept or n > 0:
+                    self.bands.add((slot, block))
+            future.set_result({b: True for b, e in zip(blocks, export, strict=True) if e})
             return future
+        handed = {b for found in args[2] for b in found}
         for block in blocks:
             missing = [n for n in [block, *neighbours(self.plan, block)]
                        if not self.run.decodes[n]]  # fmt: skip
             if missing:
                 raise AssertionError(f"block {block} fused before {missing} were decoded")
+            if (slot, block) not in self.cores:
+                raise AssertionError(f"block {block}'s core is not kept where it is fused")
+            lost = [n for n in neighbours(self.plan, block)
+                    if n not in handed and (slot, n) not in self.bands]  # fmt: skip
+            if lost:
+                raise AssertionError(f"block {block} is fused without the bands of {lost}")
             self.run.fuses[block] += 1
         self.run.fused[slot] += len(blocks)
         future.set_result([Outcome(Plan.name(b)) for b in blocks])

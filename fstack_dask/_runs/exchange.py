@@ -17,11 +17,13 @@ run instead goes in two kinds of tasks, one row of one strip (a few adjacent col
 workers' memory; in a wave every strip goes down its rows, fusing row ``j`` once it and its
 neighbour strips have decoded row ``j + 1``, so each strip holds about two rows of cores. A
 wave also decodes the column on each side of it for their bands only (decoded again by the
-next wave): waves as wide as memory allows keep that at ``2 / wave width``. An image
-whose columns do not share out evenly over the task slots (196 columns on 64 or 256
-workers) goes in *row segments*, each with its own part of the slots, decoding the row on
-each side of it for its bands only: every slot about equally busy, at two rows decoded again
-per segment boundary, kept under 14 % of the image. Strips stay on
+next wave): waves as wide as memory allows keep that at ``2 / wave width``. An image whose
+columns do not share out evenly over the task slots (196 columns on 64 or 256 workers, or 8
+columns on 16) goes in *row segments*, each with its own part of the slots, so that every
+slot is about equally busy. A segment's border row is decoded once, by its own segment,
+which hands its bands to the segment across the border; segments go alternately up and down
+their rows (segment 0 up, 1 down, 2 up... :mod:`.waves`), so two segments reach their shared
+border together, both first or both last, and neither waits for the other. Strips stay on
 one worker (their registry), so only the bands on a border between two workers travel, each
 one a tenth of a 512-pixel block for the default halo. A worker that is lost costs only
 decodes again: a fuse that misses something in its registry reads it from the store.
@@ -32,15 +34,16 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import contextlib
-import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
+from .waves import Wave, segments, wave_width, waves
+from .waves import depth as rows_ahead
 
 __all__ = [
     "ENABLED",
@@ -75,99 +78,6 @@ def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
 
     full_y, full_x = min(by, ny), min(bx, nx)
     return aligned(by, uy, ny) and aligned(bx, ux, nx) and min(full_y, full_x) >= plan.halo
-
-
-#: Most of an image decoded again by row segments (two rows per segment boundary).
-SEGMENT_EXTRA_DECODES = 0.14
-
-
-@dataclass
-class Wave:
-    """Columns ``cols`` and rows ``fuse_rows`` of one image fused together, decoded with a
-    column and a row on each side (``decode_cols``, ``rows``)."""
-
-    lead: tuple[int, ...]
-    cols: tuple[int, int]
-    decode_cols: tuple[int, int]
-    rows: tuple[int, int]
-    carried: bool = False  # the wave before it hands over its last column's right bands
-    fuse_rows: tuple[int, int] | None = None  # None: all of ``rows``
-    segment: tuple[int, int] = (0, 1)  # (index, count) of its image's row segments
-
-    def __post_init__(self) -> None:
-        if self.fuse_rows is None:
-            self.fuse_rows = self.rows
-
-
-def waves(
-    plan: Plan, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
-) -> Iterator[Wave]:
-    """The waves of a run, lazily: per image (lead indices), columns in groups of
-    ``width``, each with the rows that hold a block left to fuse (and one row around); an
-    image in one group goes in ``segments()`` row segments (asked image by image: the
-    workers may change)."""
-    ny, nx = plan.grid
-    width = max(1, min(width, nx))
-    for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
-        previous = None  # where the last wave's columns end
-        for c0 in range(0, nx, width):
-            c1 = min(nx, c0 + width)
-            todo = [
-                j for j in range(ny)
-                if any(plan.name((*lead, j, i)) not in done for i in range(c0, c1))
-            ]  # fmt: skip
-            if not todo:
-                continue
-            r0, r1 = todo[0], todo[-1] + 1
-            need = range(max(0, r0 - 1), min(ny, r1 + 1))
-            # the wave before hands over its last column where it decoded every row needed:
-            # rows it fused there (a block done before, with no neighbour to fuse in that
-            # wave, is not decoded)
-            carried = previous == c0 and all(
-                plan.name((*lead, j, c0 - 1)) not in done for j in need
-            )
-            decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
-            count = max(1, min(segments(), r1 - r0)) if width >= nx else 1
-            for k in range(count):
-                s0, s1 = r0 + (r1 - r0) * k // count, r0 + (r1 - r0) * (k + 1) // count
-                rows = (max(0, s0 - 1), min(ny, s1 + 1))
-                yield Wave(tuple(lead), (c0, c1), decode, rows, carried, fuse_rows=(s0, s1),
-                           segment=(k, count))  # fmt: skip
-            previous = c1
-
-
-def segments(plan: Plan, width: int, capacity: int) -> int:
-    """Row segments for an image in one wave. A wave's strips go down its rows together, so
-    its longest strip (in blocks) paces it: the fewest segments whose longest strip is
-    within 3 % of the shortest possible, with at most :data:`SEGMENT_EXTRA_DECODES` of the
-    image decoded again (two rows per segment boundary)."""
-    ny, nx = plan.grid
-    if width < nx:
-        return 1
-    # each segment needs a task slot of its own: more segments than slots run one after
-    # another, their extra decodes bought for nothing
-    most = max(1, min(ny, capacity, 1 + int(SEGMENT_EXTRA_DECODES / 2 * ny)))
-
-    def longest(k: int) -> int:
-        strips = max(1, min(nx, capacity // k))
-        return -(-nx // strips) * -(-ny // k)
-
-    best = min(longest(k) for k in range(1, most + 1))
-    return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
-
-
-def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
-    """Columns per wave: what two rows of cores and a row of bands take fits ``budget``
-    bytes (the workers' memory left once their tasks are counted), at least one."""
-    (by, bx), h = plan.block, plan.halo
-    bands = core_bytes * 2 * (min(h, by) / by + min(h, bx) / bx)
-    # a column holds the core being fused, the core below it, and the bands of the one above
-    # (a held core's bands are views of it)
-    per_column = 2 * core_bytes + bands
-    # kept free: a core decoded for its bands only (the column beside the wave), and the
-    # bands of a column (that one's, and those the wave before handed over)
-    room = budget - core_bytes - 2 * bands
-    return max(1, int(room // max(1, per_column)))
 
 
 # ------------------------------------------------------------------------------ driver
@@ -228,10 +138,13 @@ class _Strip:
     lead: tuple[int, ...] = ()
     last_column: int | None = None  # the wave's last fused column, if this strip has it
     decoded: dict[int, Any] = field(default_factory=dict)  # finished decodes: row -> handle
+    # positions in the wave's order (:meth:`Wave.order`)
     next_decode: int = 0
     next_fuse: int = 0  # rows before it are fused
-    fusing: set[int] = field(default_factory=set)  # rows being fused
-    fused: set[int] = field(default_factory=set)  # rows fused after next_fuse
+    fusing: set[int] = field(default_factory=set)  # positions being fused
+    fused: set[int] = field(default_factory=set)  # positions fused after next_fuse
+    # rows whose decodes it lends to other row segments, with the sides they go to
+    lends: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -240,6 +153,10 @@ class _WaveState:
     strips: list[_Strip]
     strip_of: dict[int, int]  # column -> strip index
     depth: int = 1  # rows a strip decodes ahead of its first row not fused
+    order: list[int] = field(default_factory=list)  # the wave's rows, as its strips go
+
+    def __post_init__(self) -> None:
+        self.order = self.wave.order()
 
     def fused(self, plan: Plan, done: set[str], block: Block) -> bool:
         *_, j, i = block
@@ -250,7 +167,7 @@ class _WaveState:
         )
 
     def finished(self) -> bool:
-        return all(s.next_fuse >= self.wave.rows[1] for s in self.strips)
+        return all(s.next_fuse >= len(self.order) for s in self.strips)
 
 
 def run_exchange(
@@ -269,16 +186,20 @@ def run_exchange(
     workers with :func:`forget_run`)."""
     plan = job.plan
     width = wave_width(plan, budget, core_bytes(job))
-    depth = _depth(plan, budget, core_bytes(job))
+    depth = rows_ahead(plan, budget, core_bytes(job))
     capacity = max(1, len(runner.slots) * runner.threads)
     pending = waves(plan, done, width, lambda: segments(plan, width, capacity))
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
+    lent: dict[tuple, list] = {}  # (lead, row, side) -> [(columns, decode)]: borders
     exhausted = False
     try:
         while True:
-            while not exhausted and (not active or _admissible(active, width, capacity)):
+            # an image's row segments go together (each may wait for its neighbours' borders)
+            while not exhausted and (
+                not active or _admissible(active, width, capacity) or _more_segments(active)
+            ):
                 runner.refresh()  # workers that joined (an adaptive cluster) take part
                 capacity = max(1, len(runner.slots) * runner.threads)
                 wave = next(pending, None)
@@ -288,29 +209,31 @@ def run_exchange(
                     active.append(_wave_state(wave, runner, capacity, depth, plan.grid[1]))
             if not active and not running:
                 return
-            while any([_submit_ready(job, runner, s, done, running, carry, task_args)
+            while any([_submit_ready(job, runner, s, done, running, carry, lent, task_args)
                         for s in active]):  # fmt: skip
                 pass  # a row with nothing to do moves a strip on: look again
-            active = _unfinished(active, carry)
+            active = _unfinished(active, carry, lent)
             if not running:
                 if active:
                     raise AssertionError("halo exchange: no task can run")  # a planning bug
                 continue
             finished, _ = runner.wait(set(running))
             for handle in finished:
-                kind, strip, row = running.pop(handle)
+                kind, strip, row = running.pop(handle)  # a fuse's: its position
                 if kind == "decode":
                     runner.check(handle)  # raises what the task raised
                     strip.decoded[row] = handle
                     if strip.last_column is not None:  # the next wave's left neighbours
                         carry[(strip.lead, strip.last_column, row)] = handle
+                    for side in strip.lends.get(row, ()):  # the next segment's border row
+                        lent.setdefault((strip.lead, row, side), []).append((strip.cols, handle))
                 else:
                     _fused(strip, row)
                     if not on_outcomes(runner.result(handle), runner.shown(handle)):
                         return
             for state in active:
                 _prune(state)
-            active = _unfinished(active, carry)
+            active = _unfinished(active, carry, lent)
     finally:
         runner.close(set(running))  # cancelled or waited for: no write lands after we return
         for handle, (kind, _, _) in running.items():  # stopped early: count what got done
@@ -319,13 +242,21 @@ def run_exchange(
                     on_outcomes(runner.result(handle), runner.shown(handle))
 
 
-def _unfinished(active: list[_WaveState], carry: dict[tuple, Any]) -> list[_WaveState]:
+def _unfinished(
+    active: list[_WaveState], carry: dict[tuple, Any], lent: dict[tuple, list]
+) -> list[_WaveState]:
     """The waves still running; a finished one lets go of the bands it was handed."""
     for state in active:
-        if state.finished() and state.wave.carried:
-            left = state.wave.cols[0] - 1
-            for key in [k for k in carry if k[0] == state.wave.lead and k[1] == left]:
+        if not state.finished():
+            continue
+        wave = state.wave
+        if wave.carried:
+            left = wave.cols[0] - 1
+            for key in [k for k in carry if k[0] == wave.lead and k[1] == left]:
                 del carry[key]
+        for row in state.order:
+            if wave.borrowed(row):
+                lent.pop((wave.lead, row, wave.lender(row)), None)
     return [state for state in active if not state.finished()]
 
 
@@ -336,18 +267,15 @@ def _admissible(active: list[_WaveState], width: int, capacity: int) -> bool:
     return cols < width and strips < 2 * capacity
 
 
-def _depth(plan: Plan, budget: int, core: int) -> int:
-    """Rows a strip may decode ahead: as many as the wave's columns' cores fit, so that
-    several of a strip's rows are fused at once where memory allows (many threads on a
-    narrow image); at least one."""
-    cols = min(plan.grid[1], wave_width(plan, budget, core) + 2)
-    rows = int(budget // max(1, cols * core)) - 1
-    return max(1, min(rows, plan.grid[0]))
+def _more_segments(active: list[_WaveState]) -> bool:
+    """Whether the last wave admitted is a row segment whose image has more."""
+    index, count = active[-1].wave.segment
+    return index + 1 < count
 
 
-def _fused(strip: _Strip, row: int) -> None:
-    strip.fusing.discard(row)
-    strip.fused.add(row)
+def _fused(strip: _Strip, position: int) -> None:
+    strip.fusing.discard(position)
+    strip.fused.add(position)
     while strip.next_fuse in strip.fused:
         strip.fused.discard(strip.next_fuse)
         strip.next_fuse += 1
@@ -376,39 +304,45 @@ def _wave_state(
         slot = slots[(k * len(slots)) // count]
         has_last = last is not None and bounds[k] <= last < bounds[k + 1]
         strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead,
-                             last if has_last else None, next_decode=wave.rows[0],
-                             next_fuse=wave.rows[0]))  # fmt: skip
+                             last if has_last else None, lends=wave.lent()))  # fmt: skip
         strip_of.update({i: k for i in range(bounds[k], bounds[k + 1])})
     return _WaveState(wave, strips, strip_of, depth)
 
 
-def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_args) -> bool:
+def _submit_ready(job, runner, state: _WaveState, done, running, carry, lent, task_args) -> bool:
     """Submit what can run now; returns whether a strip moved on (submitted, or skipped a
     row with nothing to do)."""
-    plan, wave, strips = job.plan, state.wave, state.strips
+    plan, wave, strips, order = job.plan, state.wave, state.strips, state.order
     moved = False
-    last = wave.rows[1]
 
     def slot_of(block: Block) -> Any:
         return strips[state.strip_of[block[-1]]].slot
 
     for k, strip in enumerate(strips):
         # decode ahead of the first row not fused (one row, or more where memory allows)
-        while strip.next_decode < last and strip.next_decode <= strip.next_fuse + state.depth:
-            row = strip.next_decode
+        while strip.next_decode < len(order) and strip.next_decode <= strip.next_fuse + state.depth:
+            row = order[strip.next_decode]
             strip.next_decode += 1
             moved = True
+            if wave.borrowed(row):
+                continue  # the next segment decodes it and lends its bands
             blocks = [(*wave.lead, row, i) for i in range(*strip.cols)]
             readers = {b: [n for n in neighbours(plan, b) if state.fused(plan, done, n)]
                        for b in blocks}  # fmt: skip
-            needed = [b for b in blocks if state.fused(plan, done, b) or readers[b]]
+            borrowers = {b: row in strip.lends and _borrowed_by(plan, wave, done, b)
+                         for b in blocks}  # fmt: skip
+            needed = [b for b in blocks
+                      if state.fused(plan, done, b) or readers[b] or borrowers[b]]  # fmt: skip
             if not needed:
                 strip.decoded[row] = None
+                for side in strip.lends.get(row, ()):
+                    lent.setdefault((wave.lead, row, side), []).append((strip.cols, None))
                 continue
             keep = [state.fused(plan, done, b) for b in needed]
             uses = [sum(slot_of(n) == strip.slot for n in readers[b]) for b in needed]
             export = [
                 any(slot_of(n) != strip.slot for n in readers[b])
+                or borrowers[b]
                 or ("right" if _next_wave_reads(plan, wave, done, b) else False)
                 for b in needed
             ]
@@ -417,29 +351,62 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, task_arg
             running[handle] = ("decode", strip, row)
         # fuse each row once it and its neighbour strips have decoded the rows around it
         around = strips[max(0, k - 1) : k + 2]
-        for row in range(strip.next_fuse, min(last, strip.next_decode)):
-            if row in strip.fusing or row in strip.fused:
+        c0, c1 = max(strip.cols[0], wave.cols[0]), min(strip.cols[1], wave.cols[1])
+        for position in range(strip.next_fuse, min(len(order), strip.next_decode)):
+            if position in strip.fusing or position in strip.fused:
                 continue
-            rows = range(max(wave.rows[0], row - 1), min(last, row + 2))
-            if not all(r in s.decoded for s in around for r in rows):
+            row = order[position]
+            if wave.borrowed(row):  # the next segment's to fuse
+                _fused(strip, position)
+                moved = True
                 continue
-            c0, c1 = max(strip.cols[0], wave.cols[0]), min(strip.cols[1], wave.cols[1])
+            rows = range(max(wave.rows[0], row - 1), min(wave.rows[1], row + 2))
+            own = [r for r in rows if not wave.borrowed(r)]
+            if not all(r in s.decoded for s in around for r in own):
+                continue
+            lenders = _lenders(plan, wave, rows, lent, (c0, c1))
+            if lenders is None:  # the next segment has not decoded a border row yet
+                continue
             blocks = [(*wave.lead, row, i) for i in range(c0, c1)]
             blocks = [b for b in blocks if state.fused(plan, done, b)]
             moved = True
             if not blocks:
-                _fused(strip, row)
+                _fused(strip, position)
                 continue
             remote = [runner.handed(s.decoded[r]) for s in around if s.slot != strip.slot
-                      for r in rows if s.decoded[r] is not None]  # fmt: skip
+                      for r in own if s.decoded[r] is not None]  # fmt: skip
+            remote += [runner.handed(h) for _, h in lenders if h is not None]
             if wave.carried and k == 0:  # the bands the wave before left of its last column
                 left = wave.cols[0] - 1
                 remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
                            if (wave.lead, left, r) in carry]  # fmt: skip
             handle = runner.submit_fuse(strip.slot, job, blocks, remote, task_args)
-            strip.fusing.add(row)
-            running[handle] = ("fuse", strip, row)
+            strip.fusing.add(position)
+            running[handle] = ("fuse", strip, position)
     return moved
+
+
+def _borrowed_by(plan: Plan, wave: Wave, done: set[str], block: Block) -> bool:
+    """Whether a block the next segment fuses is beside ``block`` (on its border row)."""
+    return any(wave.borrowed(n[-2]) and plan.name(n) not in done for n in neighbours(plan, block))
+
+
+def _lenders(plan: Plan, wave: Wave, rows: range, lent: dict[tuple, list],
+             cols: tuple[int, int]) -> list | None:  # fmt: skip
+    """The next segment's decodes of the border rows among ``rows`` over the columns
+    ``cols`` and one on each side (the fused blocks' neighbours there), or None while one
+    of those is not decoded yet."""
+    lo, hi = max(0, cols[0] - 1), min(plan.grid[1], cols[1] + 1)
+    found = []
+    for r in rows:
+        if not wave.borrowed(r):
+            continue
+        lenders = [(c, h) for c, h in lent.get((wave.lead, r, wave.lender(r)), [])
+                   if c[0] < hi and c[1] > lo]  # fmt: skip
+        if sum(min(hi, c1) - max(lo, c0) for (c0, c1), _ in lenders) < hi - lo:
+            return None
+        found += lenders
+    return found
 
 
 def _next_wave_reads(plan: Plan, wave: Wave, done: set[str], block: Block) -> bool:
@@ -455,13 +422,13 @@ def _next_wave_reads(plan: Plan, wave: Wave, done: set[str], block: Block) -> bo
 
 
 def _prune(state: _WaveState) -> None:
-    """Forget decodes no fuse will read any more: row r once this strip and its neighbours
-    have fused row r + 1."""
-    strips = state.strips
+    """Forget decodes no fuse will read any more: a row once this strip and its neighbours
+    have fused the row after it (in the wave's order)."""
+    strips, position = state.strips, {row: k for k, row in enumerate(state.order)}
     for k, strip in enumerate(strips):
         around = strips[max(0, k - 1) : k + 2]
         fused_to = min(s.next_fuse for s in around)
-        for row in [r for r in strip.decoded if r + 1 < fused_to]:
+        for row in [r for r in strip.decoded if position[r] + 1 < fused_to]:
             del strip.decoded[row]
 
 

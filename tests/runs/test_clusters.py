@@ -148,8 +148,9 @@ def test_idle_workers_do_not_steal_a_strips_tasks(tmp_path, caplog):
     ):  # fmt: skip
         out = fuse_zarr(src, tmp_path / "out.zarr", chunks=CHUNK, scheduler=client,
                         progress=False, levels=0)  # fmt: skip
-    # 16 rows of blocks on 4 workers go in two row segments: two rows decoded again (1.125)
-    assert _decoded(caplog) <= 1.15 * data.nbytes
+    # 16 rows of blocks on 4 workers go in two row segments, which lend each other the
+    # border rows' bands across workers: every unit decoded once
+    assert _decoded(caplog) == data.nbytes
     threads = fuse_zarr(src, tmp_path / "threads.zarr", chunks=CHUNK, scheduler="threads",
                         progress=False, levels=0)  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], threads["0"][...])

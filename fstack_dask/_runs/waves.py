@@ -1,0 +1,146 @@
+"""Halo exchange's plan (:mod:`.exchange`): the waves of columns an image is fused in, its
+row segments, and how far ahead a strip decodes; from the plan and the workers' memory
+alone, nothing read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .plan import Plan
+
+__all__ = ["Wave", "depth", "segments", "wave_width", "waves"]
+
+
+@dataclass
+class Wave:
+    """Columns ``cols`` and rows ``fuse_rows`` of one image fused together, decoded with a
+    column and a row on each side (``decode_cols``, ``rows``)."""
+
+    lead: tuple[int, ...]
+    cols: tuple[int, int]
+    decode_cols: tuple[int, int]
+    rows: tuple[int, int]
+    carried: bool = False  # the wave before it hands over its last column's right bands
+    fuse_rows: tuple[int, int] | None = None  # None: all of ``rows``
+    segment: tuple[int, int] = (0, 1)  # (index, count) of its image's row segments
+    span: tuple[int, int] | None = None  # the rows all its image's segments fuse
+
+    def __post_init__(self) -> None:
+        if self.fuse_rows is None:
+            self.fuse_rows = self.rows
+        if self.span is None:
+            self.span = self.fuse_rows
+
+    @property
+    def upward(self) -> bool:
+        """Whether its strips go up its rows (even segments of several; see the module
+        docstring)."""
+        return self.segment[1] > 1 and self.segment[0] % 2 == 0
+
+    def order(self) -> list[int]:
+        """Its rows in the order its strips decode and fuse them."""
+        rows = list(range(*self.rows))
+        return rows[::-1] if self.upward else rows
+
+    def borrowed(self, row: int) -> bool:
+        """Whether ``row`` is decoded by the next segment, which lends its bands."""
+        return not self.fuse_rows[0] <= row < self.fuse_rows[1] and (
+            self.span[0] <= row < self.span[1]
+        )
+
+    def lent(self) -> dict[int, list[str]]:
+        """Its rows whose bands it lends, each with the side (``"up"``, ``"down"``) of the
+        segment that borrows it (a segment of one row lends it to both)."""
+        (f0, f1), (s0, s1) = self.fuse_rows, self.span
+        found: dict[int, list[str]] = {}
+        for row, other, side in ((f0, f0 - 1, "up"), (f1 - 1, f1, "down")):
+            if s0 <= other < s1:
+                found.setdefault(row, []).append(side)
+        return found
+
+    def lender(self, row: int) -> str:
+        """The side its border row ``row`` was lent to it from (see :meth:`lent`)."""
+        return "up" if row >= self.fuse_rows[1] else "down"
+
+
+def waves(
+    plan: Plan, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
+) -> Iterator[Wave]:
+    """The waves of a run, lazily: per image (lead indices), columns in groups of
+    ``width``, each with the rows that hold a block left to fuse (and one row around); an
+    image in one group goes in ``segments()`` row segments (asked image by image: the
+    workers may change)."""
+    ny, nx = plan.grid
+    width = max(1, min(width, nx))
+    for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
+        previous = None  # where the last wave's columns end
+        for c0 in range(0, nx, width):
+            c1 = min(nx, c0 + width)
+            todo = [
+                j for j in range(ny)
+                if any(plan.name((*lead, j, i)) not in done for i in range(c0, c1))
+            ]  # fmt: skip
+            if not todo:
+                continue
+            r0, r1 = todo[0], todo[-1] + 1
+            need = range(max(0, r0 - 1), min(ny, r1 + 1))
+            # the wave before hands over its last column where it decoded every row needed:
+            # rows it fused there (a block done before, with no neighbour to fuse in that
+            # wave, is not decoded)
+            carried = previous == c0 and all(
+                plan.name((*lead, j, c0 - 1)) not in done for j in need
+            )
+            decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
+            count = max(1, min(segments(), r1 - r0)) if width >= nx else 1
+            for k in range(count):
+                s0, s1 = r0 + (r1 - r0) * k // count, r0 + (r1 - r0) * (k + 1) // count
+                rows = (max(0, s0 - 1), min(ny, s1 + 1))
+                yield Wave(tuple(lead), (c0, c1), decode, rows, carried, fuse_rows=(s0, s1),
+                           segment=(k, count), span=(r0, r1))  # fmt: skip
+            previous = c1
+
+
+def segments(plan: Plan, width: int, capacity: int) -> int:
+    """Row segments for an image in one wave. A wave's strips go down its rows together, so
+    its longest strip (in blocks) paces it: the fewest segments whose longest strip is
+    within 3 % of the shortest possible (segments lend each other their border rows, so no
+    row is decoded twice)."""
+    ny, nx = plan.grid
+    if width < nx:
+        return 1
+    # each segment needs a task slot of its own: more segments than slots run one after
+    # another
+    most = max(1, min(ny, capacity))
+
+    def longest(k: int) -> int:
+        strips = max(1, min(nx, capacity // k))
+        return -(-nx // strips) * -(-ny // k)
+
+    best = min(longest(k) for k in range(1, most + 1))
+    return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
+
+
+def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
+    """Columns per wave: what two rows of cores and a row of bands take fits ``budget``
+    bytes (the workers' memory left once their tasks are counted), at least one."""
+    (by, bx), h = plan.block, plan.halo
+    bands = core_bytes * 2 * (min(h, by) / by + min(h, bx) / bx)
+    # a column holds the core being fused, the core below it, and the bands of the one above
+    # (a held core's bands are views of it)
+    per_column = 2 * core_bytes + bands
+    # kept free: a core decoded for its bands only (the column beside the wave), and the
+    # bands of a column (that one's, and those the wave before handed over)
+    room = budget - core_bytes - 2 * bands
+    return max(1, int(room // max(1, per_column)))
+
+
+def depth(plan: Plan, budget: int, core: int) -> int:
+    """Rows a strip may decode ahead: as many as the wave's columns' cores fit, so that
+    several of a strip's rows are fused at once where memory allows (many threads on a
+    narrow image); at least one."""
+    cols = min(plan.grid[1], wave_width(plan, budget, core) + 2)
+    rows = int(budget // max(1, cols * core)) - 1
+    return max(1, min(rows, plan.grid[0]))
