@@ -15,6 +15,9 @@ Scenarios (``--only``):
   pair): a threads run with no cluster alive, then a new cluster's first run and a warm run;
   the cluster with our allocator setting (``_runs.allocator``) and without it (its ``hold``
   made a no-op on the workers); each process's user and system CPU seconds.
+* ``fresh``: a new LocalCluster of W single-thread workers, its first run then a warm one,
+  each block's own seconds (from its outcome: assembling, fusing, writing; the kernel's
+  loading too where a worker pays it): a fresh worker's first block against a warm block.
 * ``compute``: the compute bound, the plan's blocks with their halos already in memory,
   fused by ``fuse_block`` on W threads (nothing read, written or scheduled).
 * ``planned``: a dry run of halo exchange's plan (``_runs.dry_run``: nothing is read or
@@ -50,7 +53,7 @@ sys.path.insert(0, str(HERE))
 from _stacks import stack_path  # noqa: E402
 from run import REPORTS, child, machine  # noqa: E402
 
-SCENARIOS = ("measured", "paired", "compute", "planned", "driver")
+SCENARIOS = ("measured", "paired", "fresh", "compute", "planned", "driver")
 KINDS = ("threads", "processes", "cluster", "cluster4x4")
 
 # One run: "kind" is threads, processes or cluster; a cluster's child runs fresh then warm.
@@ -191,6 +194,57 @@ def scenario_paired(cache: Path, args: argparse.Namespace) -> dict:
                       flush=True)  # fmt: skip
         out[f"{name} W={args.workers}"] = found
         _save(args, "paired", out)
+    return out
+
+
+# A fresh cluster's first blocks against warm ones (each block's seconds, as its outcome says).
+FRESH = """
+import json, shutil, statistics, time, dask, fstack_dask
+from distributed import Client, LocalCluster
+from fstack_dask._runs import schedulers
+
+seconds = []
+account = schedulers._account
+def counting(report, outcomes, bar, shown=0):
+    seconds.extend(o.seconds for o in outcomes if o.error is None)
+    return account(report, outcomes, bar, shown)
+schedulers._account = counting
+
+def once(client):
+    shutil.rmtree("{dst}", ignore_errors=True)
+    seconds.clear()
+    t = time.perf_counter()
+    fstack_dask.fuse_zarr("{src}", "{dst}", scheduler=client, progress=False, levels=0)
+    return time.perf_counter() - t, list(seconds)
+
+if __name__ == "__main__":
+    rows = []
+    for _ in range({repeat}):
+        with LocalCluster(n_workers={w}, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            fresh_s, fresh = once(client)
+            warm_s, warm = once(client)
+        typical = statistics.median(warm)
+        rows.append(dict(fresh_s=fresh_s, warm_s=warm_s, warm_block_median_s=typical,
+                         first_blocks_s=fresh[:{w}], fresh_block_median_s=statistics.median(fresh),
+                         first_block_extra_s=max(fresh[:{w}]) - typical))
+    print(json.dumps(dict(runs=rows)))
+"""
+
+
+def scenario_fresh(cache: Path, args: argparse.Namespace) -> dict:
+    out = {}
+    for name in args.stacks:
+        src = stack_path(name, "whole-z", cache)
+        dst = cache / "scaling.fused.zarr"
+        found = child(FRESH.format(src=src, dst=dst, w=args.workers, repeat=args.repeat))
+        for row in found["runs"]:
+            print(f"  {name} W={args.workers} fresh cluster: first blocks "
+                  f"{[round(x, 2) for x in row['first_blocks_s']]} s, a warm block "
+                  f"{row['warm_block_median_s']:.2f} s: +{row['first_block_extra_s']:.2f} s",
+                  flush=True)  # fmt: skip
+        out[f"{name} W={args.workers}"] = found
+        _save(args, "fresh", out)
     return out
 
 
