@@ -181,20 +181,28 @@ if __name__ == "__main__":
 """
 
 
-def scenario_paired(cache: Path, args: argparse.Namespace) -> dict:
+def _per_stack(cache: Path, args: argparse.Namespace, scenario: str, code: str, show) -> dict:
+    """``code`` (formatted with the stack, dst, W and repeats) in a child per stack; each
+    result shown by ``show(name, found)`` and saved under ``scenario``."""
     out = {}
     for name in args.stacks:
         src = stack_path(name, "whole-z", cache)
         dst = cache / "scaling.fused.zarr"
-        found = child(PAIRED.format(src=src, dst=dst, w=args.workers, repeat=args.repeat))
+        found = child(code.format(src=src, dst=dst, w=args.workers, repeat=args.repeat))
+        show(f"{name} W={args.workers}", found)
+        out[f"{name} W={args.workers}"] = found
+        _save(args, scenario, out)
+    return out
+
+
+def scenario_paired(cache: Path, args: argparse.Namespace) -> dict:
+    def show(label: str, found: dict) -> None:
         for variant, row in found.items():
             if isinstance(row, dict):
-                print(f"  {name} W={args.workers} cluster/threads, {variant}: median "
-                      f"{row['median_ratio']:.2f} of {[round(r, 2) for r in row['ratios']]}",
-                      flush=True)  # fmt: skip
-        out[f"{name} W={args.workers}"] = found
-        _save(args, "paired", out)
-    return out
+                print(f"  {label} cluster/threads, {variant}: median {row['median_ratio']:.2f} "
+                      f"of {[round(r, 2) for r in row['ratios']]}", flush=True)  # fmt: skip
+
+    return _per_stack(cache, args, "paired", PAIRED, show)
 
 
 # A fresh cluster's first blocks against warm ones (each block's seconds, as its outcome says).
@@ -233,19 +241,14 @@ if __name__ == "__main__":
 
 
 def scenario_fresh(cache: Path, args: argparse.Namespace) -> dict:
-    out = {}
-    for name in args.stacks:
-        src = stack_path(name, "whole-z", cache)
-        dst = cache / "scaling.fused.zarr"
-        found = child(FRESH.format(src=src, dst=dst, w=args.workers, repeat=args.repeat))
+    def show(label: str, found: dict) -> None:
         for row in found["runs"]:
-            print(f"  {name} W={args.workers} fresh cluster: first blocks "
+            print(f"  {label} fresh cluster: first blocks "
                   f"{[round(x, 2) for x in row['first_blocks_s']]} s, a warm block "
                   f"{row['warm_block_median_s']:.2f} s: +{row['first_block_extra_s']:.2f} s",
                   flush=True)  # fmt: skip
-        out[f"{name} W={args.workers}"] = found
-        _save(args, "fresh", out)
-    return out
+
+    return _per_stack(cache, args, "fresh", FRESH, show)
 
 
 # The compute bound: the same blocks (the plan's, with their halos) already in memory, fused

@@ -65,10 +65,10 @@ def test_a_run_gives_a_nanny_worker_heap_arrays_and_gives_back_its_setting(clien
     assert found["after"] == set()
 
 
-def _record_mallopt() -> None:
-    """On a worker: record the allocator calls (still made) for the test to read."""
+def _recording_libc(calls: list):
+    """A stand-in for ``allocator._libc`` that records each call in ``calls`` and still
+    makes it."""
     real = ctypes.CDLL(None)
-    calls = []
 
     class Recorder:
         def mallopt(self, param, value):
@@ -79,8 +79,13 @@ def _record_mallopt() -> None:
             calls.append(("trim", pad))
             return real.malloc_trim(pad)
 
-    allocator._libc = Recorder
-    allocator.calls = calls
+    return Recorder
+
+
+def _record_mallopt() -> None:
+    """On a worker: record the allocator calls (still made) for the test to read."""
+    allocator.calls = []
+    allocator._libc = _recording_libc(allocator.calls)
 
 
 def _recorded() -> list:
@@ -123,20 +128,12 @@ def test_the_threads_scheduler_in_a_process_with_the_variable_is_helped_too(tmp_
     """A driver started with the variable (a notebook inside a dask worker's environment):
     the threads scheduler's run holds this process's allocator and gives it back."""
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    real, calls = ctypes.CDLL(None), []
-
-    class Recorder:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return real.mallopt(param, value)
-
-        def malloc_trim(self, pad):
-            return real.malloc_trim(pad)
-
-    monkeypatch.setattr(allocator, "_libc", Recorder)
+    calls = []
+    monkeypatch.setattr(allocator, "_libc", _recording_libc(calls))
     data = synthetic_stack((64, 64), 5, seed=4).stack.transpose(2, 0, 1)
     src = tmp_path / "in.zarr"
     write_stack(src, data, axes="zyx", chunks=(5, 32, 32))
     fuse_zarr(src, tmp_path / "out.zarr", chunks=32, scheduler="threads", progress=False)
-    assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20), (-3, 128 * 2**10), (-1, 65536)]
+    assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20), (-3, 128 * 2**10), (-1, 65536),
+                     ("trim", 0)]  # fmt: skip
     assert allocator.held() == set()
