@@ -5,7 +5,7 @@ engine, and a source with the same identity (location, format, shape, dtype, axe
 chunking, metadata). A complete output is "already complete" only for the source it was
 computed from. The source's data files are compared one by one by their size, modification
 and change time and inode; the finished blocks that read a file that changed are read again,
-and their samples' sha256 compared with the one their done-marker recorded: a block whose
+and their samples' digest compared with the one their done-marker recorded: a block whose
 input really changed refuses the resume (so a resume can never mix two versions of the
 data), while a file only touched, copied back or re-saved with the same content is accepted.
 """
@@ -24,7 +24,7 @@ from .._outputs.state import (
     OutputState,
     changed_files,
     identity_differences,
-    input_digest,
+    input_unchanged,
     provenance,
     source_files,
 )
@@ -208,10 +208,11 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
         if recorded is not None:
             index = tuple(int(k) for k in block.split("_"))
             try:
-                current = input_digest(fetch_block(source, plan.region(index), cache))
+                samples = fetch_block(source, plan.region(index), cache)
+                unchanged = input_unchanged(recorded, samples)
             except Exception:  # unreadable now: it is not what the block read
-                current = None
-            if current == recorded:
+                unchanged = False
+            if unchanged:
                 continue
         raise ValueError(
             f"cannot resume {what}: the source file {name!r} changed since the run began, "

@@ -313,11 +313,14 @@ def units_of(source: Source, region: BlockRegion, halo: int = 0) -> list[tuple[A
 # ------------------------------------------------------------------------------- reading
 
 
-def fetch_block(source: Source, region: BlockRegion, cache: UnitCache | None) -> np.ndarray:
+def fetch_block(
+    source: Source, region: BlockRegion, cache: UnitCache | None, out: np.ndarray | None = None
+) -> np.ndarray:
     """The haloed block, plane-first: ``(P, Y, X)``, or ``(3, P, Y, X)`` for RGB.
 
-    Native byte order, C-contiguous. Reads go through ``cache`` (units shared with other
-    blocks); with ``cache=None`` or an in-memory source, straight from the array.
+    Native byte order, C-contiguous (or ``out``, filled: any view of that shape and dtype).
+    Reads go through ``cache`` (units shared with other blocks); with ``cache=None`` or an
+    in-memory source, straight from the array: a Zarr array then decodes into ``out`` itself.
     """
     lead = dict(region.lead)
     (y0, y1), (x0, x1) = region.y, region.x
@@ -325,7 +328,12 @@ def fetch_block(source: Source, region: BlockRegion, cache: UnitCache | None) ->
     dims = {"z": source.size("z"), "y": y1 - y0, "x": x1 - x0}
     if region.rgb:
         dims["c"] = source.size("c")
-    out = np.empty(tuple(dims[a] for a in canon), dtype=source.dtype.newbyteorder("="))
+    shape, dtype = tuple(dims[a] for a in canon), source.dtype.newbyteorder("=")
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    elif out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"out must have shape {shape} and dtype {dtype}, got {out.shape} "
+                         f"and {out.dtype}")  # fmt: skip
     want = {"y": (y0, y1), "x": (x0, x1)}
 
     if source.in_memory or cache is None:
@@ -333,8 +341,10 @@ def fetch_block(source: Source, region: BlockRegion, cache: UnitCache | None) ->
             _axis_sel(letter, n, lead, want)
             for letter, n in zip(source.axes, source.shape, strict=True)
         )
-        part = _read(source, sel)
-        out[...] = _to_canon(part, source.axes, lead, canon)
+        if _decodes_into(source):  # one copy fewer: the chunks land in out
+            _read(source, sel, into=_from_canon(out, source.axes, lead, canon))
+        else:
+            out[...] = _to_canon(_read(source, sel), source.axes, lead, canon)
         _check_finite(source, out, sel)
         return out
 
@@ -378,8 +388,31 @@ def _to_canon(part: np.ndarray, axes: str, lead: dict[str, int], canon: str) -> 
     return part.transpose([kept.index(a) for a in canon])
 
 
-def _read(source: Source, sel: tuple[slice, ...]) -> np.ndarray:
+def _from_canon(out: np.ndarray, axes: str, lead: dict[str, int], canon: str) -> np.ndarray:
+    """The view of ``out`` (ordered as ``canon``) that a read of the source's ``axes`` fills:
+    :func:`_to_canon`'s inverse, the lead axes as length 1."""
+    kept = [a for a in axes if a not in lead]
+    view = out.transpose([canon.index(a) for a in kept])
+    return np.expand_dims(view, tuple(i for i, a in enumerate(axes) if a in lead))
+
+
+def _decodes_into(source: Source) -> bool:
+    """Whether the source's array is a Zarr array of native byte order, which decodes into a
+    buffer it is given."""
+    import zarr
+
+    return isinstance(source.array, zarr.Array) and source.dtype.isnative
+
+
+def _read(source: Source, sel: tuple[slice, ...], into: np.ndarray | None = None) -> np.ndarray:
+    """``source.array[sel]``; with ``into``, decoded into that view (a Zarr array's ``out``)."""
     try:
+        if into is not None:
+            from zarr.core.buffer import default_buffer_prototype
+
+            nd = default_buffer_prototype().nd_buffer.from_numpy_array(into)
+            source.array.get_basic_selection(sel, out=nd)
+            return into
         return np.asarray(source.array[sel])
     except UnreadableFileError as exc:  # a plane file: name it, not the stack's region
         raise SourceReadError(

@@ -7,6 +7,7 @@ keeps its size), replaced the way users and tools do (`cp -p`, `touch -r`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,28 +35,46 @@ def _raw_src(path, seed=0):
 
 
 def _unfinished(src, dst, monkeypatch, n_blocks=2):
+    """Fuse ``n_blocks`` blocks then stop; returns each finished block's haloed samples."""
     real = FuseJob.fuse_and_write
-    calls = {"n": 0}
+    read = {}
 
-    def run_block(self, block, *args, **kwargs):
-        if calls["n"] >= n_blocks:
+    def run_block(self, block, stack, *args, **kwargs):
+        if len(read) >= n_blocks:
             raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(self, block, *args, **kwargs)
+        read[self.plan.name(block)] = np.array(stack)
+        return real(self, block, stack, *args, **kwargs)
 
     monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
     with pytest.raises(KeyboardInterrupt):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
     monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    return read
 
 
-def test_a_chunk_replaced_with_its_size_and_mtime_is_found(tmp_path, monkeypatch):
+def _as_older_versions_wrote(dst, read):
+    """Done-markers as versions before 2026-12 wrote them: the bare sha256 of the samples
+    with their dtype and shape (computed here, not by the package)."""
+    for name, samples in read.items():
+        h = hashlib.sha256(f"{samples.dtype.str}{samples.shape}".encode())
+        h.update(np.ascontiguousarray(samples))
+        marker = dst / ".fstack_dask" / "done" / name
+        assert marker.read_text().startswith("xxh3-128:")  # what this version writes
+        marker.write_text(h.hexdigest())
+
+
+@pytest.mark.parametrize("markers", ["xxh3", "older sha256"])
+def test_a_chunk_replaced_with_its_size_and_mtime_is_found(tmp_path, monkeypatch, markers):
     """The adversarial case: a chunk a finished block read is replaced by another of the
     same size, its old mtime put back (`cp` then `touch -r`). The old code resumed and
-    mixed the two sources; now the finished block is read again and its digest differs."""
+    mixed the two sources; now the finished block is read again and its digest differs.
+    The same holds for an unfinished output of an older version, whose markers hold sha256."""
     src, other = _raw_src(tmp_path / "src.zarr"), _raw_src(tmp_path / "other.zarr", seed=4)
     dst = tmp_path / "out.zarr"
-    _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1: they read chunk c/0/0/0
+    read = _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1: they read chunk c/0/0/0
+    assert sorted(read) == ["0_0", "0_1"]
+    if markers == "older sha256":
+        _as_older_versions_wrote(dst, read)
     chunk = src / "c" / "0" / "0" / "0"
     backup = tmp_path / "chunk.orig"
     subprocess.run(["cp", "-p", str(chunk), str(backup)], check=True)

@@ -636,3 +636,46 @@ def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
     listed = list(source.data_files())
     assert len(listed) == 3 * 5 * 4  # every chunk file, once
     assert listed == expected
+
+
+# ------------------------------------------------------------------- reading a block
+
+
+@pytest.mark.parametrize(
+    ("axes", "dtype", "rgb"),
+    [("zyx", "<u2", False), ("yxz", "<f4", False), ("tzcyx", "<u2", False),
+     ("yxzc", "|u1", True), ("zyx", ">u2", False)],
+)  # fmt: skip
+def test_a_block_decoded_into_a_view_is_the_array_s_region(tmp_path, axes, dtype, rgb):
+    """Zarr decodes a block's region straight into the buffer it is given (a view in the
+    middle of a larger one, as a haloed block's core), in any axis order; a big-endian Zarr 2
+    array goes through a copy. Either way the samples are the array's, plane-first, and nothing
+    around the view is touched."""
+    from fstack_dask._sources.fetch import BlockRegion, _decodes_into, fetch_block
+
+    sizes = {"t": 2, "z": 5, "c": 3 if rgb else 2, "y": 30, "x": 26}
+    data = _stack(tuple(sizes[a] for a in axes), dtype)
+    path = tmp_path / "in.zarr"
+    chunks = tuple(8 if a in "yx" else 1 if a in "tc" and not rgb else sizes[a] for a in axes)
+    if dtype == ">u2":  # Zarr 2 keeps the byte order in the dtype (3 in a codec)
+        zarr.create_array(str(path), data=data, chunks=chunks, zarr_format=2,
+                          attributes={"_ARRAY_DIMENSIONS": list(axes)})  # fmt: skip
+    else:
+        zarr.create_array(str(path), data=data, chunks=chunks, dimension_names=list(axes))
+    source = open_source(path)
+    assert _decodes_into(source) == (dtype != ">u2")
+    lead = (("t", 1), ("c", 1)) if "t" in axes else ()
+    region = BlockRegion(lead, (5, 21), (3, 17), rgb)
+    canon = ("c" if rgb else "") + "zyx"
+    kept = [a for a in axes if a not in dict(lead)]
+    index = tuple(dict(lead).get(a, slice(None)) for a in axes)
+    expected = data[index].transpose([kept.index(a) for a in canon])[..., 5:21, 3:17]
+    np.testing.assert_array_equal(fetch_block(source, region, None), expected)
+    native = np.dtype(dtype).newbyteorder("=")
+    frame = np.full(expected.shape[:-2] + (20, 18), 7, native)
+    view = frame[..., 2:-2, 2:-2]
+    assert fetch_block(source, region, None, view) is view
+    np.testing.assert_array_equal(view, expected)
+    assert (frame[..., :2, :] == 7).all() and (frame[..., :, -2:] == 7).all()
+    with pytest.raises(ValueError, match="out must have shape"):
+        fetch_block(source, region, None, frame)
