@@ -25,7 +25,7 @@ bit-identical output across chunkings:
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -132,6 +132,21 @@ def fuse_block(
         depth = focus[arg].astype(np.float32)
         depth[fmax == 0] = np.nan
     return BlockResult(image, depth, s_raw)
+
+
+def block_buffer(shape: tuple[int, ...], dtype: Any, *, engine: str | None = None) -> np.ndarray:
+    """An empty buffer for a block's samples, ``(P, Y, X)`` or ``(3, P, Y, X)``, where
+    ``engine`` wants them: for the GPU, this thread's pinned staging buffer
+    (:func:`.cuda.staging_buffer`: the block is then sent without another copy); else a
+    new array."""
+    engine = ENGINE if engine is None else engine
+    if engine == "cuda":
+        from .cuda import staging_buffer
+
+        pinned = staging_buffer(shape, dtype)
+        if pinned is not None:
+            return pinned
+    return np.empty(shape, dtype)
 
 
 def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) -> None:

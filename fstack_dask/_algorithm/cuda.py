@@ -16,11 +16,13 @@ measure's groups, :func:`plane_groups`): the thread copies a group into the pinn
 and queues its transfer, and the focus measure of that group waits for that transfer only,
 so the thread's copy of the next group, the transfer of this one and the kernels of the
 previous one can run at once, where the whole block used to be copied, then sent, then
-fused. The results come back through pinned buffers; the thread then waits on its own
-streams only, so one thread's transfers also overlap the others' kernels. On a
-dask-distributed cluster, run one worker per GPU: each worker's tasks use
-the GPU that ``CUDA_VISIBLE_DEVICES`` shows it as device 0 (``dask_cuda.LocalCUDACluster``
-sets that up). See :func:`device_block_memory` for what a block holds on the GPU.
+fused. In a run (``fuse_zarr``), the pipeline assembles each block's haloed samples in that
+pinned buffer itself (:func:`staging_buffer`), and the copy is skipped. The results come
+back through pinned buffers; the thread then waits on its own streams only, so one
+thread's transfers also overlap the others' kernels. On a dask-distributed cluster, run one
+worker per GPU: each worker's tasks use the GPU that ``CUDA_VISIBLE_DEVICES`` shows it as
+device 0 (``dask_cuda.LocalCUDACluster`` sets that up). See :func:`device_block_memory` for
+what a block holds on the GPU.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from .device import require_here, simulated
 from .fused import even_step
 
-__all__ = ["device_block_memory", "fuse_cuda", "host_block_memory"]
+__all__ = ["device_block_memory", "fuse_cuda", "host_block_memory", "staging_buffer"]
 
 THREADS_PER_BLOCK = 256
 #: Send the samples through a pinned (page-locked) buffer, asynchronously (default), or
@@ -164,6 +166,7 @@ class _Workspace:
 
     def __init__(self, cuda: Any) -> None:
         self.cuda = cuda
+        self.staged_bytes = 0  # samples copied into the pinned buffer before being sent
         self.stream = cuda.stream()  # the kernels, and the results' transfers
         self.copy_stream = cuda.stream()  # the samples' transfers, a group of planes each
         self.events: list[Any] = []
@@ -221,6 +224,23 @@ def workspace() -> _Workspace:
     if ws is None:
         ws = _local.workspace = _Workspace(cuda)
     return ws
+
+
+def staging_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
+    """This thread's pinned buffer for a block's samples, ``(P, Y, X)`` or ``(3, P, Y, X)``:
+    a block assembled in it (the pipeline's halo and core copies land there) is sent to the
+    GPU as it is, without :func:`fuse_cuda`'s staging copy. None where the samples are
+    staged otherwise (float16, widened to float32 first; ``FSTACK_DASK_CUDA_PINNED=0``).
+
+    The buffer is the thread's until its next block: fuse the block on the same thread
+    before asking for another.
+    """
+    dtype = np.dtype(dtype)
+    if not PINNED or dtype == np.float16 or not dtype.isnative:
+        return None
+    grey = len(shape) == 3
+    held = workspace().on_host("values", ((1,) if grey else ()) + tuple(shape), dtype)
+    return held[0] if grey else held
 
 
 def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_depth=True):
@@ -287,8 +307,9 @@ def _send_planes(ws, values, h_values, d_values, p0, p1, i) -> None:
     previous block's transfers were all waited for before its results came back.
     """
     src = values[:, p0:p1]
-    if h_values is not None:
+    if h_values is not None and not _same_memory(values, h_values):
         dst = h_values[:, p0:p1]
+        ws.staged_bytes += src.nbytes
         if all(src[c].flags.c_contiguous for c in range(src.shape[0])):
             for c in range(src.shape[0]):  # a group of an RGB block: a slab per channel
                 np.copyto(dst[c], src[c])
@@ -297,12 +318,25 @@ def _send_planes(ws, values, h_values, d_values, p0, p1, i) -> None:
 
             _copy_tiles(src, dst)
         src = dst
+    elif h_values is not None:  # assembled in the pinned buffer (staging_buffer): sent as is
+        src = h_values[:, p0:p1]
     copy = ws.copy_stream
     for c in range(values.shape[0]):
         d_values[c, p0:p1].copy_to_device(np.ascontiguousarray(src[c]), stream=copy)
     event = ws.event(i)
     event.record(copy)
     event.wait(ws.stream)
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements (one buffer, one layout; the stride of
+    an axis of length 1 does not matter)."""
+
+    def layout(x: np.ndarray) -> tuple:
+        strides = tuple(st for n, st in zip(x.shape, x.strides, strict=True) if n > 1)
+        return x.__array_interface__["data"][0], x.shape, strides, x.dtype
+
+    return layout(a) == layout(b)
 
 
 def device_pass(

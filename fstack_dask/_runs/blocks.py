@@ -18,13 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .._algorithm.block import fuse_block
+from .._algorithm.block import block_buffer, fuse_block
 from .._errors import SourceReadError, SourceValueError
 from .._locations import Location
 from .._outputs.lock import Lease
 from .._outputs.state import OutputState, input_digest
 from .._outputs.write import make_durable, open_output, write_block
-from .._sources.fetch import UnitCache, decoded_by_this_thread, fetch_block, units_of
+from .._sources.fetch import (
+    BlockRegion,
+    UnitCache,
+    block_shape,
+    decoded_by_this_thread,
+    fetch_block,
+    units_of,
+)
 from .._sources.source import Source
 from . import allocator
 from .plan import Plan
@@ -153,8 +160,16 @@ class FuseJob:
         start = time.perf_counter()
         decoded = decoded_by_this_thread()
         source, _, cache = self.opened()
-        stack = fetch_block(source, self.plan.region(block), cache)
+        region = self.plan.region(block)
+        stack = fetch_block(source, region, cache, self.block_buffer(region))
         return self.fuse_and_write(block, stack, start=start, decoded=decoded)
+
+    def block_buffer(self, region: BlockRegion) -> np.ndarray:
+        """Where a block's haloed samples are assembled: where its engine wants them (the
+        GPU: this thread's pinned buffer, sent without another copy), fused on this thread."""
+        source = self.opened()[0]
+        return block_buffer(block_shape(source, region), source.dtype.newbyteorder("="),
+                            engine=self.kernel.get("engine"))  # fmt: skip
 
     def fuse_and_write(
         self, block: tuple[int, ...], stack: np.ndarray, *, start: float, decoded: int

@@ -280,9 +280,7 @@ def _fuse_one(job: FuseJob, block: Block, handed: dict[Block, Bands]) -> Outcome
     core = _take_core(job.token, block)
     if core is None:  # not decoded on this worker (it was lost, or the task moved)
         core = _read_core(job, block)
-    source, _, _ = job.opened()
-    out = np.empty(core.shape[:-2] + (region.y[1] - region.y[0], region.x[1] - region.x[0]),
-                   core.dtype)  # fmt: skip
+    out = job.block_buffer(region)
     _paste(out, region, core, *plan.core(block))
     del core
     for other in neighbours(plan, block):

@@ -28,7 +28,7 @@ from .._errors import SourceReadError, SourceValueError
 from .common import UnreadableFileError
 from .source import Source
 
-__all__ = ["BlockRegion", "UnitCache", "count_decoded", "fetch_block", "units_of"]
+__all__ = ["BlockRegion", "UnitCache", "block_shape", "count_decoded", "fetch_block", "units_of"]
 
 _local = threading.local()
 
@@ -313,6 +313,12 @@ def units_of(source: Source, region: BlockRegion, halo: int = 0) -> list[tuple[A
 # ------------------------------------------------------------------------------- reading
 
 
+def block_shape(source: Source, region: BlockRegion) -> tuple[int, ...]:
+    """The shape :func:`fetch_block` gives: ``(P, Y, X)``, or ``(3, P, Y, X)`` for RGB."""
+    rows, cols = region.y[1] - region.y[0], region.x[1] - region.x[0]
+    return ((source.size("c"),) if region.rgb else ()) + (source.size("z"), rows, cols)
+
+
 def fetch_block(
     source: Source, region: BlockRegion, cache: UnitCache | None, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -325,10 +331,7 @@ def fetch_block(
     lead = dict(region.lead)
     (y0, y1), (x0, x1) = region.y, region.x
     canon = ("c" if region.rgb else "") + "zyx"
-    dims = {"z": source.size("z"), "y": y1 - y0, "x": x1 - x0}
-    if region.rgb:
-        dims["c"] = source.size("c")
-    shape, dtype = tuple(dims[a] for a in canon), source.dtype.newbyteorder("=")
+    shape, dtype = block_shape(source, region), source.dtype.newbyteorder("=")
     if out is None:
         out = np.empty(shape, dtype=dtype)
     elif out.shape != shape or out.dtype != dtype:

@@ -129,6 +129,57 @@ def test_launches_are_serialised_and_rgb_groups_copied_a_channel_at_a_time():
     assert found == {"held": [True], "rgb_bits": True}
 
 
+ASSEMBLED_IN_PINNED_MEMORY = """
+import json, os, pathlib, sys, tempfile, numpy as np, zarr
+from fstack_dask import synthetic_stack, write_stack, fuse_zarr
+from fstack_dask._algorithm import cuda
+from fstack_dask._algorithm.block import block_buffer, fuse_block
+
+tmp = pathlib.Path(tempfile.mkdtemp())
+zyx = np.moveaxis(synthetic_stack((28, 22), 6, dtype="uint16", seed=11).stack, 2, 0)
+write_stack(tmp / "in.zarr", zyx, axes="zyx", chunks=(6, 16, 16))
+ws = cuda.workspace()
+found = {}
+for exchange in ("1", "0"):  # halo exchange's assembly, and the unit cache's
+    os.environ["FSTACK_DASK_HALO_EXCHANGE"] = exchange
+    for device in ("cuda", "cpu"):
+        fuse_zarr(tmp / "in.zarr", tmp / f"{device}{exchange}.zarr", device=device, chunks=16,
+                  scheduler="synchronous", progress=False, nhsize=5)
+    found[f"staged exchange={exchange}"] = ws.staged_bytes
+    found[f"bits exchange={exchange}"] = bool(np.array_equal(
+        zarr.open_group(tmp / f"cuda{exchange}.zarr")["0"][...],
+        zarr.open_group(tmp / f"cpu{exchange}.zarr")["0"][...]))
+rgb = synthetic_stack((20, 18), 6, rgb=True).stack
+rgb = np.ascontiguousarray(np.moveaxis(rgb, (2, 3), (1, 0)))
+for name, block, is_rgb in (("grey", zyx[:, :20, :18].copy(), False), ("rgb", rgb, True)):
+    before = ws.staged_bytes
+    plain = fuse_block(block, rgb=is_rgb, engine="cuda", nhsize=5).image
+    found[f"{name} staged from a plain array"] = [ws.staged_bytes - before, block.nbytes]
+    pinned = block_buffer(block.shape, block.dtype, engine="cuda")
+    pinned[...] = block
+    before = ws.staged_bytes
+    fused = fuse_block(pinned, rgb=is_rgb, engine="cuda", nhsize=5).image
+    found[f"{name} staged in place"] = ws.staged_bytes - before
+    found[f"{name} bits"] = bool(np.array_equal(plain, fused))
+print(json.dumps(found))
+"""
+
+
+@needs_cuda_target
+def test_blocks_are_assembled_in_pinned_memory_and_sent_without_a_staging_copy():
+    """With device='cuda' a block's haloed samples are assembled in the thread's pinned
+    buffer, so fuse_cuda sends them without copying them again (issue 19: fewer host
+    copies); a block given as a plain array is staged whole; the bits are the CPU's."""
+    found = _json(_run(["-c", ASSEMBLED_IN_PINNED_MEMORY], env=SIM_ENV))
+    assert found["staged exchange=1"] == found["staged exchange=0"] == 0, found
+    assert found["bits exchange=1"] and found["bits exchange=0"], found
+    for name in ("grey", "rgb"):
+        staged, nbytes = found[f"{name} staged from a plain array"]
+        assert staged == nbytes > 0, found
+        assert found[f"{name} staged in place"] == 0, found
+        assert found[f"{name} bits"], found
+
+
 @needs_cuda_target
 def test_one_worker_per_gpu_as_the_readme_starts_them(tmp_path):
     """README "Several GPUs", run as written, with numba's simulator standing in for the
