@@ -16,7 +16,8 @@ rm -rf .whl && mkdir .whl
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --abi cp312 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-  "dask[array]==2026.8.0" "distributed==2026.8.0" "zarr==3.1.6" "numcodecs==0.16.6"
+  "dask[array]==2026.8.0" "distributed==2026.8.0" "zarr==3.1.6" "numcodecs==0.16.6" \
+  "xxhash==3.6.0"
 # Already on the GPU machine's image (benchmarks/gpu_check.sh prints their versions there).
 image_has="click cloudpickle fsspec jinja2 markupsafe msgpack numpy packaging psutil pyyaml
 sortedcontainers toolz typing_extensions zipp numba llvmlite scipy"

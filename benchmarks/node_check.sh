@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Everything a lent 16-core GPU node is needed for, in one lease (at most ~9.5 minutes):
 #   1. benchmarks/gpu_check.sh (issue 19: the GPU's figures and tests; wheels from .whl/);
-#   2. benchmarks/scaling.py at W = 16 (issue 21): the compute bound and threads, processes,
+#   2. benchmarks/pipeline.py at W = 16 (issue 19): the host pipeline without a kernel, the
+#      ceiling of any engine end to end, against a read-only pass (~30 s);
+#   3. benchmarks/scaling.py at W = 16 (issue 21): the compute bound and threads, processes,
 #      16 x 1 and 4 x 4 LocalClusters on grey4096, then threads and 16 x 1 on grey4096x16384,
 #      each stack's figures saved as soon as they are measured, within what time is left.
 # The logs and JSON files end up in $OUT/node.tgz (the device tool returns at most 8 files),
-# with checks.txt, gpu.json and scaling.json beside it.
+# with checks.txt, gpu.json, pipeline.json and scaling.json beside it.
 #   run(command="OUT=$OUT bash benchmarks/node_check.sh", carry=[".whl"], timeout_s=600)
 set -uo pipefail
 OUT="${OUT:-/tmp/node_check}"
@@ -15,7 +17,7 @@ export PYTHONUNBUFFERED=1
 budget=${BUDGET_S:-570}
 finish() {
   tar czf "$OUT/node.tgz" -C "$WORK" .
-  for f in checks.txt gpu.json scaling.json; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
+  for f in checks.txt gpu.json pipeline.json scaling.json; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
   echo "node_check.sh: $SECONDS s"
 }
 trap finish EXIT
@@ -37,6 +39,9 @@ scaling() {
     --no-without-exchange --json "$WORK/scaling.json" "$@" >>"$WORK/scaling.log" 2>&1
   echo "scaling.py $*: exit $? at $SECONDS s"
 }
+timeout $((budget - SECONDS > 20 ? 120 : 1)) "$PY" benchmarks/pipeline.py --cache /tmp/scaling_cache \
+  --workers 16 --stacks grey4096 --rounds 2 --json "$WORK/pipeline.json" >"$WORK/pipeline.log" 2>&1
+echo "pipeline.py: exit $? at $SECONDS s"; grep -E "^  " "$WORK/pipeline.log"
 scaling --only compute measured --stacks grey4096 --repeat 2 \
   --kinds threads processes cluster cluster4x4
 scaling --only measured compute --stacks grey4096x16384 --repeat 1 --kinds threads cluster
