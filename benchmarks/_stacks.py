@@ -23,6 +23,7 @@ SIZES = {
     "grey4096": ((4096, 4096), 51, "uint16", False),
     "grey4096x16384": ((4096, 16384), 51, "uint16", False),
     "grey4096x512": ((4096, 512), 51, "uint16", False),  # one block wide: more workers than columns
+    "f32_2048": ((2048, 2048), 51, "float32", False),  # float samples: checked for NaN
 }
 CHUNK = 512
 LAYOUTS = ("whole-z", "z-chunked", "sharded")

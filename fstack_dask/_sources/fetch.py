@@ -436,11 +436,13 @@ def _decode(source: Source, sel: tuple[slice, ...]) -> np.ndarray:
 
 
 def _check_finite(source: Source, data: np.ndarray, sel: tuple[slice, ...]) -> None:
-    if data.dtype.kind != "f":
+    if data.dtype.kind != "f" or data.size == 0:
+        return
+    # NaN propagates through max and min, and either meets any infinity: two vectorised
+    # passes (about 19 GB/s a core) instead of a mask (2.5 GB/s); the mask only to say where
+    if np.isfinite(data.max()) and np.isfinite(data.min()):
         return
     bad = ~np.isfinite(data)
-    if not bad.any():
-        return
     first = np.argwhere(bad)[0]
     where = tuple(int(s.start) + int(i) for s, i in zip(sel, first, strict=True))
     value = data[tuple(first)]

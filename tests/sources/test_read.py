@@ -679,3 +679,25 @@ def test_a_block_decoded_into_a_view_is_the_array_s_region(tmp_path, axes, dtype
     assert (frame[..., :2, :] == 7).all() and (frame[..., :, -2:] == 7).all()
     with pytest.raises(ValueError, match="out must have shape"):
         fetch_block(source, region, None, frame)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_a_block_holding_a_non_finite_value_names_where(tmp_path, value, dtype):
+    """NaN, +inf or -inf anywhere in a float block is refused, naming the chunk, the value
+    and its position; a finite block of the same dtype passes."""
+    from fstack_dask._errors import SourceValueError
+    from fstack_dask._sources.fetch import BlockRegion, fetch_block
+
+    data = _stack((5, 30, 26), dtype)
+    path = tmp_path / "in.zarr"
+    arr = zarr.create_array(str(path), data=data, chunks=(5, 8, 8), dimension_names=list("zyx"))
+    region = BlockRegion((), (5, 21), (3, 17), False)
+    np.testing.assert_array_equal(fetch_block(open_source(path), region, None),
+                                  data[:, 5:21, 3:17])  # fmt: skip
+    arr[3, 12, 9] = value
+    with pytest.raises(SourceValueError) as info:
+        fetch_block(open_source(path), region, None)
+    text = str(info.value)
+    assert "chunk 'c/0/1/1'" in text and f"holds {data.dtype.type(value)}" in text, text
+    assert "{'z': 3, 'y': 12, 'x': 9}" in text, text
