@@ -21,7 +21,8 @@ as soon as it is measured, so that a run cut short keeps what it had):
    ``--planes``), Zarr to Zarr (Zstd, chunks of all planes x 512 x 512, written once) on the
    threads scheduler with ``--workers`` threads: a read-only pass over the store
    (``da.from_zarr(a).max()``), ``fuse_zarr(device="cuda")`` with its pyramid and with
-   ``levels=0``, and ``fuse_zarr(device="cpu")`` the same two ways. Targets: read-only
+   ``levels=0`` (and with twice ``--workers`` threads), and ``fuse_zarr(device="cpu")`` the
+   same two ways. Targets: read-only
    time / cuda time >= 0.7 and cpu time / cuda time >= 2.5, pyramid included.
 
 The stacks are ``synthetic_stack`` at 1024^2 (or smaller) tiled to the size asked for
@@ -261,23 +262,26 @@ def end_to_end(zyx: np.ndarray, workers: int, repeat: int) -> dict:
             da.from_zarr(arr).max().compute(scheduler="threads", num_workers=workers)
             return time.perf_counter() - t
 
-        def fuse(device: str, **kw) -> float:
+        def fuse(device: str, threads: int = workers, **kw) -> float:
             dst = tmp / f"{device}{kw.get('levels', '')}.ome.zarr"
             shutil.rmtree(dst, ignore_errors=True)
             t = time.perf_counter()
-            with dask.config.set(num_workers=workers):
+            with dask.config.set(num_workers=threads):
                 fuse_zarr(src, dst, device=device, scheduler="threads", progress=False, **kw)
             return time.perf_counter() - t
 
         tiny = np.ascontiguousarray(zyx[:, :64, :64])
         fuse_block(tiny, engine="cuda")  # kernels compiled (or loaded) before timing
         fuse_block(tiny, engine="compiled")
-        runs: dict = {"read_only": [], "cuda": [], "cuda_levels0": [], "cpu": [],
-                      "cpu_levels0": []}  # fmt: skip
+        runs: dict = {"read_only": [], "cuda": [], "cuda_levels0": [], "cuda_levels0_2x": [],
+                      "cpu": [], "cpu_levels0": []}  # fmt: skip
         for _ in range(repeat):
             runs["read_only"].append(read_only())
             runs["cuda"].append(fuse("cuda"))
             runs["cuda_levels0"].append(fuse("cuda", levels=0))
+            # twice as many host threads: one waiting for its block on the GPU leaves its
+            # core to another's decoding (RESULTS, "The host's share of a block")
+            runs["cuda_levels0_2x"].append(fuse("cuda", threads=2 * workers, levels=0))
         runs["cpu"].append(fuse("cpu"))
         runs["cpu_levels0"].append(fuse("cpu", levels=0))
         for key, values in runs.items():
@@ -433,6 +437,12 @@ def markdown(r: dict, checks: str = "") -> str:
             f'| `fuse_zarr(device="cuda")` | {e["cuda_s"]:.2f} | {e["cuda_gvox_s"]:.3f} |',
             f'| `fuse_zarr(device="cuda", levels=0)` | {e["cuda_levels0_s"]:.2f} | '
             f"{e['cuda_levels0_gvox_s']:.3f} |",
+            *(
+                [f'| same, {2 * w} threads | {e["cuda_levels0_2x_s"]:.2f} | '
+                 f"{e['cuda_levels0_2x_gvox_s']:.3f} |"]  # fmt: skip
+                if "cuda_levels0_2x_s" in e
+                else []
+            ),
             f'| `fuse_zarr(device="cpu")` | {e["cpu_s"]:.2f} | {e["cpu_gvox_s"]:.3f} |',
             f'| `fuse_zarr(device="cpu", levels=0)` | {e["cpu_levels0_s"]:.2f} | '
             f"{e['cpu_levels0_gvox_s']:.3f} |",
