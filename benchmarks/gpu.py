@@ -438,8 +438,10 @@ def markdown(r: dict, checks: str = "") -> str:
             f'| `fuse_zarr(device="cuda", levels=0)` | {e["cuda_levels0_s"]:.2f} | '
             f"{e['cuda_levels0_gvox_s']:.3f} |",
             *(
-                [f'| same, {2 * w} threads | {e["cuda_levels0_2x_s"]:.2f} | '
-                 f"{e['cuda_levels0_2x_gvox_s']:.3f} |"]  # fmt: skip
+                [
+                    f"| same, {2 * w} threads | {e['cuda_levels0_2x_s']:.2f} | "
+                    f"{e['cuda_levels0_2x_gvox_s']:.3f} |"
+                ]
                 if "cuda_levels0_2x_s" in e
                 else []
             ),
