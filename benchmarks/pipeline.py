@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=HERE / "_cache")
     parser.add_argument("--stacks", nargs="+", default=["grey2048"], help="_stacks names")
+    parser.add_argument("--layout", default="whole-z", help="_stacks layout (sharded: units of "
+                        "several blocks)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="W threads")
     parser.add_argument("--rounds", type=int, default=3, help="child processes per tree")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each in a child (best)")
@@ -125,10 +127,11 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}", flush=True)
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     for name in args.stacks:
-        src = stack_path(name, "whole-z", args.cache)
+        src = stack_path(name, args.layout, args.cache)
         found = measure(src, args.cache / "pipeline.fused.zarr", args.workers, args.rounds,
                         args.repeat, trees)  # fmt: skip
-        results[f"{name} W={args.workers}"] = found
+        key = name if args.layout == "whole-z" else f"{name} {args.layout}"
+        results[f"{key} W={args.workers}"] = found
         results["machine"] = machine()
         results["measured"] = time.strftime("%Y-%m-%d %H:%M")
         if args.json:

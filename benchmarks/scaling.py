@@ -24,7 +24,8 @@ Scenarios (``--only``):
   computed) for a 100 000 x 100 000 x 21 uint16 stack in 512-px chunks on 16, 64 and 256
   single-thread workers and on 4 workers x 4 threads, and for the 16-core node's
   4096 x 4096 x 51 stack on 16 x 1 and 4 x 4, at the default memory per task: the pixels
-  each worker would decode against the image's, and the blocks each would fuse.
+  each worker would decode against the image's, and the blocks each would fuse; the same in
+  1024-px units (large chunks or shards), whose 512-px blocks go by cells of one unit.
 * ``driver``: a metadata-only source (no chunk stored: decoding is filling zeros) in tiny
   blocks, >= 100 000 of them, fused on a cluster of a ``dask scheduler`` and W ``dask
   worker`` processes started apart from the driver (as on an HPC cluster): the driver
@@ -103,7 +104,7 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
     out = {}
     workers, repeat = args.workers, args.repeat
     for name in args.stacks:
-        src = stack_path(name, "whole-z", cache)
+        src = stack_path(name, args.layout, cache)
         dst = cache / "scaling.fused.zarr"
         runs: dict[str, list[dict]] = {}
         variants = (True, False) if args.without_exchange else (True,)
@@ -127,7 +128,8 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
         for row in table.values():
             row["vs_threads"] = row["wall_s"] / threads
         digests = {d for row in table.values() for d in row["digests"]}
-        out[f"{name} W={workers}"] = {"runs": table, "identical": len(digests) == 1}
+        label = name if args.layout == "whole-z" else f"{name} {args.layout}"
+        out[f"{label} W={workers}"] = {"runs": table, "identical": len(digests) == 1}
         _save(args, "measured", out)
     return out
 
@@ -308,19 +310,23 @@ def _stack_meta(path: Path, shape: tuple[int, ...], chunk: int) -> None:
 
 def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
     from fstack_dask._runs.dry_run import dry_run
-    from fstack_dask._runs.exchange import segments
+    from fstack_dask._runs.exchange import cells, segments
     from fstack_dask._runs.fusion import plan_fusion
 
     out = {}
-    # the 100 000^2 stack at HPC scale, and the 16-core node's 4096^2 x 51 (8 x 8 blocks)
-    for n, planes, n_workers, threads in (
-        (100_000, 21, 16, 1), (100_000, 21, 64, 1), (100_000, 21, 256, 1),
-        (100_000, 21, 4, 4), (4096, 51, 16, 1), (4096, 51, 4, 4),
+    # the 100 000^2 stack at HPC scale, and the 16-core node's 4096^2 x 51 (8 x 8 blocks); in
+    # 512-px chunks, and in 1024-px units (large chunks or shards: 512-px blocks, by cells)
+    for n, planes, n_workers, threads, unit in (
+        (100_000, 21, 16, 1, 512), (100_000, 21, 64, 1, 512), (100_000, 21, 256, 1, 512),
+        (100_000, 21, 4, 4, 512), (4096, 51, 16, 1, 512), (4096, 51, 4, 4, 512),
+        (100_000, 21, 16, 1, 1024), (100_000, 21, 64, 1, 1024), (100_000, 21, 256, 1, 1024),
+        (4096, 51, 16, 1, 1024), (4096, 51, 4, 4, 1024),
     ):  # fmt: skip
-        src = cache / f"planned{n}.zarr"
+        src = cache / f"planned{n}_{unit}.zarr"
         if not src.exists():
-            _stack_meta(src, (planes, n, n), 512)
-        plan, cache_bytes = plan_fusion(str(src)).plan(n_workers * threads, n_workers)
+            _stack_meta(src, (planes, n, n), unit)
+        blocks, cache_bytes = plan_fusion(str(src)).plan(n_workers * threads, n_workers)
+        plan = cells(blocks, (unit, unit))  # the grid halo exchange decodes and fuses by
         t = time.perf_counter()
         run = dry_run(plan, itemsize=2, slots=list(range(n_workers)), threads=threads,
                       budget=cache_bytes * n_workers)  # fmt: skip
@@ -329,10 +335,13 @@ def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
         key = f"{n_workers} x {threads}"
         if n != 100_000:
             key = f"{n}^2 x {planes}, {key}"
+        if unit != 512:
+            key += f", {unit}-px units"
         out[key] = {
             "decoded_ratio": run.decoded_ratio(plan),
             "fused_once": set(run.fuses.values()) == {1} and len(run.fuses) == plan.n_blocks,
-            "block": list(plan.block),
+            "block": list(blocks.block),
+            "cell": list(plan.block),
             "grid": list(plan.grid),
             "row_segments": segments(plan, plan.grid[1], n_workers * threads),
             "idle_workers": sum(f == 0 for f in fused),
@@ -443,6 +452,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="W")
     parser.add_argument("--stacks", nargs="+", default=["grey2048"], help="_stacks names")
+    parser.add_argument("--layout", default="whole-z", help="_stacks layout of 'measured'")
     parser.add_argument(
         "--kinds", nargs="+", choices=KINDS, default=["threads", "processes", "cluster"],
         help="schedulers measured (cluster4x4: W/4 workers x 4 threads)",

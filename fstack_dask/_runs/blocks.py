@@ -71,6 +71,9 @@ class FuseJob:
     depth_affine: tuple[float, float] | None = None  # depth = offset + step * plane
     lease: Lease | None = None  # checked before each block's writes and its marker
     source: Source | None = field(default=None, compare=False)
+    # halo exchange's grid where its cells are whole units holding several blocks each
+    # (:func:`.exchange.cells`); None: the plan's blocks themselves
+    cells: Plan | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -3,7 +3,10 @@
 A block's halo reaches ``halo`` pixels into its eight neighbours, but a stored chunk can only
 be decoded whole: read from the store, every block would decode its neighbours' chunks again
 (up to nine decodes of each). When blocks are whole multiples of the source's read unit, a
-run instead goes in two kinds of tasks, one row of one strip (a few adjacent columns) each:
+run instead goes in two kinds of tasks, one row of one strip (a few adjacent columns) each.
+Where a block is an even divisor of the unit (large chunks, shards, many float planes), the
+same goes by *cells* of one unit (:func:`cells`): a cell's core is decoded once and its blocks
+are fused from it, one fuse per row of its blocks (so that several threads share a cell).
 
 * **decode**: read each block's *core* (its own units, decoded once), keep it in the worker
   process's registry with its four edge bands (``halo`` pixels wide), and return the bands
@@ -34,6 +37,7 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import contextlib
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,14 +46,16 @@ from typing import Any
 from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
-from .waves import Wave, segments, wave_width, waves
+from .waves import Wave, blocks_of, cells, every_slot_fuses, grid_of, segments, wave_width, waves
 from .waves import depth as rows_ahead
 
 __all__ = [
     "ENABLED",
     "Runner",
     "applies",
+    "cells",
     "core_bytes",
+    "every_slot_fuses",
     "run_exchange",
     "segments",
     "wave_width",
@@ -67,17 +73,14 @@ ENABLED = os.environ.get("FSTACK_DASK_HALO_EXCHANGE", "1").strip() not in ("0", 
 
 
 def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
-    """Whether halo exchange can run this plan: its blocks are whole multiples of the
-    source's read unit (so a core decodes only its own units) and at least a halo wide (so a
-    halo ends in the neighbours' bands)."""
-    (by, bx), (ny, nx) = plan.block, plan.layout.shape_yx
-    uy, ux = unit_yx
-
-    def aligned(b: int, u: int, n: int) -> bool:
-        return b % u == 0 or b >= n
-
-    full_y, full_x = min(by, ny), min(bx, nx)
-    return aligned(by, uy, ny) and aligned(bx, ux, nx) and min(full_y, full_x) >= plan.halo
+    """Whether halo exchange can run this plan: its blocks are whole multiples or even
+    divisors of the source's read unit (so a core decodes only its own units, :func:`cells`)
+    and its cells at least a halo wide (so a halo ends in the neighbours' bands)."""
+    grid = cells(plan, unit_yx)
+    if grid is None:
+        return False
+    (cy, cx), (ny, nx) = grid.block, plan.layout.shape_yx
+    return min(cy, ny, cx, nx) >= plan.halo
 
 
 # ------------------------------------------------------------------------------ driver
@@ -145,6 +148,7 @@ class _Strip:
     fused: set[int] = field(default_factory=set)  # positions fused after next_fuse
     # rows whose decodes it lends to other row segments, with the sides they go to
     lends: dict[int, list[str]] = field(default_factory=dict)
+    parts: dict[int, int] = field(default_factory=dict)  # position -> its fuses running
 
 
 @dataclass
@@ -184,7 +188,10 @@ def run_exchange(
     shown already) and returns False to stop.
     Returns once nothing runs any more (the caller collects the decodes' counts from the
     workers with :func:`forget_run`)."""
-    plan = job.plan
+    plan = grid_of(job)  # the plan's blocks, or the cells that hold several of them
+    blocks_done = done
+    if plan is not job.plan:
+        done = _cells_done(job, plan, done)
     width = wave_width(plan, budget, core_bytes(job))
     depth = rows_ahead(plan, budget, core_bytes(job))
     capacity = max(1, len(runner.slots) * runner.threads)
@@ -209,8 +216,8 @@ def run_exchange(
                     active.append(_wave_state(wave, runner, capacity, depth, plan.grid[1]))
             if not active and not running:
                 return
-            while any([_submit_ready(job, runner, s, done, running, carry, lent, task_args)
-                        for s in active]):  # fmt: skip
+            while any([_submit_ready(job, runner, s, (done, blocks_done), running, carry, lent,
+                                     task_args) for s in active]):  # fmt: skip
                 pass  # a row with nothing to do moves a strip on: look again
             active = _unfinished(active, carry, lent)
             if not running:
@@ -228,7 +235,10 @@ def run_exchange(
                     for side in strip.lends.get(row, ()):  # the next segment's border row
                         lent.setdefault((strip.lead, row, side), []).append((strip.cols, handle))
                 else:
-                    _fused(strip, row)
+                    strip.parts[row] -= 1
+                    if not strip.parts[row]:  # a row of cells goes in one fuse per block row
+                        del strip.parts[row]
+                        _fused(strip, row)
                     if not on_outcomes(runner.result(handle), runner.shown(handle)):
                         return
             for state in active:
@@ -309,14 +319,21 @@ def _wave_state(
     return _WaveState(wave, strips, strip_of, depth)
 
 
-def _submit_ready(job, runner, state: _WaveState, done, running, carry, lent, task_args) -> bool:
+def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, task_args) -> bool:
     """Submit what can run now; returns whether a strip moved on (submitted, or skipped a
-    row with nothing to do)."""
-    plan, wave, strips, order = job.plan, state.wave, state.strips, state.order
+    row with nothing to do). ``dones``: the names of the cells done, and of the blocks."""
+    done, blocks_done = dones
+    plan, wave, strips, order = grid_of(job), state.wave, state.strips, state.order
     moved = False
 
     def slot_of(block: Block) -> Any:
         return strips[state.strip_of[block[-1]]].slot
+
+    def parts(cell: Block) -> int:
+        """Fuses that read a cell's core: one per row of its blocks left to fuse."""
+        if plan is job.plan:
+            return 1
+        return len({b[-2] for b in blocks_of(job, cell) if job.plan.name(b) not in blocks_done})
 
     for k, strip in enumerate(strips):
         # decode ahead of the first row not fused (one row, or more where memory allows)
@@ -338,8 +355,8 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, lent, ta
                 for side in strip.lends.get(row, ()):
                     lent.setdefault((wave.lead, row, side), []).append((strip.cols, None))
                 continue
-            keep = [state.fused(plan, done, b) for b in needed]
-            uses = [sum(slot_of(n) == strip.slot for n in readers[b]) for b in needed]
+            keep = [parts(b) if state.fused(plan, done, b) else 0 for b in needed]
+            uses = [sum(parts(n) for n in readers[b] if slot_of(n) == strip.slot) for b in needed]
             export = [
                 any(slot_of(n) != strip.slot for n in readers[b])
                 or borrowers[b]
@@ -380,10 +397,26 @@ def _submit_ready(job, runner, state: _WaveState, done, running, carry, lent, ta
                 left = wave.cols[0] - 1
                 remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
                            if (wave.lead, left, r) in carry]  # fmt: skip
-            handle = runner.submit_fuse(strip.slot, job, blocks, remote, task_args)
             strip.fusing.add(position)
-            running[handle] = ("fuse", strip, position)
+            for part in _block_rows(job, blocks, blocks_done):
+                handle = runner.submit_fuse(strip.slot, job, part, remote, task_args)
+                strip.parts[position] = strip.parts.get(position, 0) + 1
+                running[handle] = ("fuse", strip, position)
     return moved
+
+
+def _block_rows(job: Any, cells: list[Block], blocks_done: set[str]) -> list[list[Block]]:
+    """The fuses of a row of cells: one per row of the plan's blocks in them (so that a
+    cell's blocks are fused by several threads at once), each with the blocks left to
+    fuse; a row of blocks is one fuse."""
+    if grid_of(job) is job.plan:
+        return [cells]
+    rows: dict[int, list[Block]] = {}
+    for cell in cells:
+        for block in blocks_of(job, cell):
+            if job.plan.name(block) not in blocks_done:
+                rows.setdefault(block[-2], []).append(block)
+    return list(rows.values())
 
 
 def _borrowed_by(plan: Plan, wave: Wave, done: set[str], block: Block) -> bool:
@@ -433,10 +466,22 @@ def _prune(state: _WaveState) -> None:
 
 
 def core_bytes(job: Any) -> int:
-    """Bytes of one block's decoded core (a job's ``itemsize``, else its source's)."""
+    """Bytes of one block's (or cell's) decoded core (a job's ``itemsize``, else its
+    source's)."""
     lay = job.plan.layout
     itemsize = getattr(job, "itemsize", None)
     if itemsize is None:
         itemsize = job.opened()[0].dtype.itemsize
-    by, bx = job.plan.block
+    by, bx = grid_of(job).block
     return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
+
+
+def _cells_done(job: Any, grid: Plan, done: set[str]) -> set[str]:
+    """The names of the cells whose every block is in ``done``."""
+    found = set()
+    for lead in itertools.product(*[range(n) for n in grid.layout.lead_shape]):
+        for j, i in itertools.product(*[range(n) for n in grid.grid]):
+            cell = (*lead, j, i)
+            if all(job.plan.name(b) in done for b in blocks_of(job, cell)):
+                found.add(grid.name(cell))
+    return found

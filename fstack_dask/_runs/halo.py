@@ -1,5 +1,8 @@
 """What a worker does in halo exchange (:mod:`.exchange`): decode cores, fuse blocks.
 
+Where the grid is of cells (:func:`.exchange.cells`: units of several blocks), "block" below is
+a cell for decoding, and a fuse fuses the blocks of its cells from the cells' cores.
+
 **decode** (:func:`decode_rows`) reads each block's *core*, its own units, each decoded once,
 and keeps it in this process's registry with its four edge bands (``halo`` pixels wide; views
 of the core while it is held), returning the bands that blocks on other workers will need.
@@ -26,6 +29,7 @@ from .._sources.fetch import BlockRegion, count_decoded, decoded_by_this_thread,
 from . import allocator
 from .blocks import FuseJob, Outcome
 from .plan import Plan
+from .waves import cell_of, grid_of
 
 __all__ = ["Bands", "decode_rows", "forget_run", "fuse_rows", "neighbours"]
 
@@ -116,6 +120,7 @@ class _Held:
     core: np.ndarray | None
     bands: Bands
     uses: int  # fuses on this worker still to read the bands (the block's own not counted)
+    core_uses: int = 1  # fuses still to read the core (a cell's blocks go in several)
 
     def nbytes(self) -> int:
         if self.core is not None:
@@ -162,11 +167,14 @@ def _take_core(token: str, block: Block) -> np.ndarray | None:
         held = _registry.get((token, block))
         if held is None:
             return None
-        before = held.nbytes()
-        core, held.core = held.core, None
-        if held.uses > 0:  # neighbours still read the bands: they outlive the core
-            held.bands = held.bands.copied()
-        _drop(token, block, held, before)
+        core = held.core
+        held.core_uses -= 1
+        if held.core_uses <= 0:  # its last fuse: let it go
+            before = held.nbytes()
+            held.core = None
+            if held.uses > 0:  # neighbours still read the bands: they outlive the core
+                held.bands = held.bands.copied()
+            _drop(token, block, held, before)
         return core
 
 
@@ -202,7 +210,7 @@ def _core_region(plan: Plan, block: Block) -> BlockRegion:
 
 def _read_core(job: FuseJob, block: Block) -> np.ndarray:
     source, _, _ = job.opened()
-    core = fetch_block(source, _core_region(job.plan, block), None)
+    core = fetch_block(source, _core_region(grid_of(job), block), None)
     if not source.in_memory:
         count_decoded(core.nbytes)
     return core
@@ -217,7 +225,8 @@ def decode_rows(
     data: Any = None,
 ) -> dict[Block, Bands]:
     """Decode the cores of ``blocks`` (one strip's row); keep each core that this worker will
-    fuse (``keep_core``) and each block's bands for ``uses`` fuses here; return the bands of the
+    fuse (``keep_core``: a count of the fuses that read it, or True for one) and each block's
+    bands for ``uses`` fuses here; return the bands of the
     blocks that fuses on other workers read (``export``: True, or ``"right"`` for the next
     wave, which reads only their right band). A core that cannot be read is kept
     as its error, which every block that needs it reports. The bytes decoded and the seconds
@@ -226,15 +235,15 @@ def decode_rows(
     allocator.hold(job.token)
     if data is not None:
         job.opened(data)
-    out = {}
+    out, grid = {}, grid_of(job)
     for block, keep, n, exported in zip(blocks, keep_core, uses, export, strict=True):
         try:
             core = _read_core(job, block)
-            bands = Bands.of(core, *job.plan.core(block), job.plan.halo, copy=not keep)
+            bands = Bands.of(core, *grid.core(block), grid.halo, copy=not keep)
         except (SourceReadError, SourceValueError) as exc:
-            core, bands = None, Bands(*job.plan.core(block), error=exc)
+            core, bands = None, Bands(*grid.core(block), error=exc)
         if keep or n > 0:
-            _keep(job.token, block, _Held(core if keep else None, bands, n))
+            _keep(job.token, block, _Held(core if keep else None, bands, n, int(keep)))
         if exported:
             out[block] = bands.right_only() if exported == "right" else bands.copied()
     with _lock:
@@ -252,7 +261,8 @@ def fuse_rows(
     *,
     on_block: Any = None,
 ) -> list[Outcome]:
-    """Fuse and write ``blocks`` (one strip's row) from their cores and their neighbours'
+    """Fuse and write ``blocks`` (one strip's row; where the grid is of cells, the blocks
+    left to fuse of a row of cells, cell by cell) from their cores and their neighbours'
     bands: this worker's registry, or ``remote`` (handed over from other workers). What is
     missing (a lost worker's) is read from the store. ``on_block()`` is called after each
     block (progress)."""
@@ -262,36 +272,60 @@ def fuse_rows(
     handed = {}
     for found in remote:
         handed.update(found)
-    outcomes = []
-    for block in blocks:
-        try:
-            outcomes.append(_fuse_one(job, block, handed))
-        except (SourceReadError, SourceValueError) as exc:
-            outcomes.append(Outcome(job.plan.name(block), exc))
-        if on_block is not None:
-            on_block()
+    outcomes: list[Outcome] = []
+    for cell, group in itertools.groupby(blocks, key=lambda b: cell_of(job, b)):
+        _fuse_cell(job, cell, list(group), handed, outcomes, on_block)
     return outcomes
 
 
-def _fuse_one(job: FuseJob, block: Block, handed: dict[Block, Bands]) -> Outcome:
+def _fuse_cell(job: FuseJob, cell: Block, blocks: list[Block], handed: dict[Block, Bands],
+               outcomes: list[Outcome], on_block: Any) -> None:  # fmt: skip
+    """Fuse ``blocks``, all in ``cell``, from the cell's core and its neighbours' bands, each
+    taken once; a block whose samples cannot be read fails alone."""
     start, decoded = time.perf_counter(), decoded_by_this_thread()
-    plan = job.plan
-    region = plan.region(block)
-    core = _take_core(job.token, block)
+    plan, grid = job.plan, grid_of(job)
+    core, failed = _take_core(job.token, cell), None
     if core is None:  # not decoded on this worker (it was lost, or the task moved)
-        core = _read_core(job, block)
-    out = job.block_buffer(region)
-    _paste(out, region, core, *plan.core(block))
-    del core
-    for other in neighbours(plan, block):
+        try:
+            core = _read_core(job, cell)
+        except (SourceReadError, SourceValueError) as exc:
+            failed = exc
+    # the bands are taken even when the core failed: each was kept for this fuse
+    around = []
+    for other in neighbours(grid, cell):
         bands = handed.get(other) or _take_bands(job.token, other)
         if bands is None:
-            core = _read_core(job, other)
-            bands = Bands.of(core, *plan.core(other), plan.halo, copy=False)
-        if bands.error is not None:
-            raise bands.error
-        _paste_bands(out, region, bands)
-    return job.fuse_and_write(block, out, start=start, decoded=decoded)
+            try:
+                other_core = _read_core(job, other)
+                bands = Bands.of(other_core, *grid.core(other), grid.halo, copy=True)
+            except (SourceReadError, SourceValueError) as exc:
+                bands = Bands(*grid.core(other), error=exc)
+        around.append(bands)
+    for block in blocks:
+        try:
+            if failed is not None:
+                raise failed
+            region = plan.region(block)
+            out = job.block_buffer(region)
+            _paste(out, region, core, *grid.core(cell))
+            for bands in around:
+                if _overlaps(bands, region):
+                    if bands.error is not None:
+                        raise bands.error
+                    _paste_bands(out, region, bands)
+            outcomes.append(job.fuse_and_write(block, out, start=start, decoded=decoded))
+        except (SourceReadError, SourceValueError) as exc:
+            outcomes.append(Outcome(plan.name(block), exc))
+        if on_block is not None:
+            on_block()
+        start, decoded = time.perf_counter(), decoded_by_this_thread()
+
+
+def _overlaps(bands: Bands, region: BlockRegion) -> bool:
+    """Whether a neighbour's core (whose bands these are) meets the haloed region."""
+    return max(bands.y[0], region.y[0]) < min(bands.y[1], region.y[1]) and max(
+        bands.x[0], region.x[0]
+    ) < min(bands.x[1], region.x[1])
 
 
 def neighbours(plan: Plan, block: Block) -> list[Block]:

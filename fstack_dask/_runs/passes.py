@@ -8,6 +8,7 @@ scheduler; blocks with a done-marker (a resumed run's) are skipped.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 from .._outputs.destination import Target
@@ -45,6 +46,22 @@ def fuse_blocks(
         log.info("%s: %s", fusion.source.description, note)
     if resuming:
         log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
+    unit = (fusion.unit["y"], fusion.unit["x"])
+    cells = (
+        exchange.cells(plan, unit) if exchange.ENABLED and exchange.applies(plan, unit) else None
+    )
+    if cells is not None:
+        lay = fusion.layout
+        core = lay.n_channels * lay.n_planes * math.prod(cells.block) * fusion.source.dtype.itemsize
+        # Waves narrower than the worker processes would fuse on one of them at a time: the
+        # unit cache then keeps every process fusing (decoding more: measured faster).
+        if not exchange.every_slot_fuses(cells, cache_bytes * sched.processes, core,
+                                         sched.processes):  # fmt: skip
+            log.info("halo exchange would leave worker processes idle here (units of %s px "
+                     "for memory_per_task=%d); blocks read through the unit cache",
+                     cells.block, fusion.memory_per_task)  # fmt: skip
+            cells = None
+    halo_exchange = cells is not None
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
         job = FuseJob(
             token=uuid.uuid4().hex,
@@ -58,9 +75,8 @@ def fuse_blocks(
             cache_bytes=cache_bytes,
             depth_affine=fusion.depth_affine,
             source=fusion.source,
+            cells=cells if cells is not plan else None,
         )
-        unit = (fusion.unit["y"], fusion.unit["x"])
-        halo_exchange = exchange.ENABLED and exchange.applies(plan, unit)
         try:
             schedulers.execute(
                 job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,

@@ -1,17 +1,32 @@
-"""Halo exchange's plan (:mod:`.exchange`): the waves of columns an image is fused in, its
-row segments, and how far ahead a strip decodes; from the plan and the workers' memory
-alone, nothing read.
+"""Halo exchange's plan (:mod:`.exchange`): its grid (the blocks, or cells of one unit), the
+waves of columns an image is fused in, its row segments, and how far ahead a strip decodes;
+from the plan and the workers' memory alone, nothing read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .plan import Plan
 
-__all__ = ["Wave", "depth", "segments", "wave_width", "waves"]
+Block = tuple[int, ...]
+
+__all__ = [
+    "Wave",
+    "blocks_of",
+    "cell_of",
+    "cells",
+    "depth",
+    "every_slot_fuses",
+    "grid_of",
+    "segments",
+    "wave_width",
+    "waves",
+]
 
 
 @dataclass
@@ -137,6 +152,14 @@ def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
     return max(1, int(room // max(1, per_column)))
 
 
+def every_slot_fuses(plan: Plan, budget: int, core_bytes: int, slots: int) -> bool:
+    """Whether a wave is as wide as the slots (worker processes) that share it, or the whole
+    image: its columns go in strips, one slot each, so a wave narrower than the slots (units
+    large for the workers' memory) leaves some only decoding the columns beside it, and the
+    fusing goes one slot at a time. Threads share one slot: always true there."""
+    return slots <= 1 or wave_width(plan, budget, core_bytes) >= min(plan.grid[1], slots)
+
+
 def depth(plan: Plan, budget: int, core: int) -> int:
     """Rows a strip may decode ahead: as many as the wave's columns' cores fit, so that
     several of a strip's rows are fused at once where memory allows (many threads on a
@@ -144,3 +167,54 @@ def depth(plan: Plan, budget: int, core: int) -> int:
     cols = min(plan.grid[1], wave_width(plan, budget, core) + 2)
     rows = int(budget // max(1, cols * core)) - 1
     return max(1, min(rows, plan.grid[0]))
+
+
+# ------------------------------------------------------------------------------ cells
+
+
+def cells(plan: Plan, unit_yx: tuple[int, int]) -> Plan | None:
+    """The grid halo exchange decodes and fuses by: ``plan`` itself where its blocks are
+    whole multiples of the source's read unit; where a block is an even divisor of the unit
+    (large chunks, shards, many float planes), *cells* of one unit, each fused as the blocks
+    that tile it, so that a unit is still decoded once, by one task; else None (the unit
+    cache reads such blocks)."""
+    (by, bx), (ny, nx) = plan.block, plan.layout.shape_yx
+    uy, ux = min(unit_yx[0], ny), min(unit_yx[1], nx)
+
+    def side(b: int, u: int, n: int) -> int | None:
+        if b % u == 0 or b >= n:
+            return b
+        return u if u % b == 0 else None
+
+    cy, cx = side(by, uy, ny), side(bx, ux, nx)
+    if cy is None or cx is None:
+        return None
+    return plan if (cy, cx) == (by, bx) else dataclasses.replace(plan, block=(cy, cx))
+
+
+def grid_of(job: Any) -> Plan:
+    """The grid the cores are decoded by: the job's cells (whole units of several blocks
+    each), else its plan's blocks."""
+    return getattr(job, "cells", None) or job.plan
+
+
+def blocks_of(job: Any, cell: Block) -> list[Block]:
+    """The plan's blocks that tile a cell of :func:`grid_of` (the cell itself where the grid
+    is the plan's)."""
+    grid, plan = grid_of(job), job.plan
+    if grid is plan:
+        return [cell]
+    (y0, y1), (x0, x1) = grid.core(cell)
+    (by, bx), (ny, nx) = plan.block, plan.grid
+    rows = range(y0 // by, min(ny, -(-y1 // by)))
+    cols = range(x0 // bx, min(nx, -(-x1 // bx)))
+    return [(*cell[:-2], j, i) for j in rows for i in cols]
+
+
+def cell_of(job: Any, block: Block) -> Block:
+    grid, plan = grid_of(job), job.plan
+    if grid is plan:
+        return block
+    (by, bx), (cy, cx) = plan.block, grid.block
+    *lead, j, i = block
+    return (*lead, j * by // cy, i * bx // cx)

@@ -124,16 +124,21 @@ class UnitCache:
         local: tuple[int, int, int, int],
         decode: Any,
         yx: tuple[int, int],
-    ) -> tuple[np.ndarray, int, int]:
+        *,
+        wait: bool = True,
+    ) -> tuple[np.ndarray, int, int] | None:
         """One read of unit ``key``: ``(array, y0, x0)``, the array holding at least the
         unit-local rows and columns ``local`` (y0, y1, x0, x1), its first row and column
         being the unit's ``y0`` and ``x0``; ``decode()`` decodes the whole unit, ``yx`` are
-        its y and x axes."""
+        its y and x axes. With ``wait=False``, ``None`` (and nothing taken) while another
+        reader is decoding the unit."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:  # an unannounced read: decode it for this reader only
                 entry = self._entries[key] = _Entry()
                 entry.pending[kind] = 1
+            if entry.busy and not wait:
+                return None
             entry.used = time.monotonic()
             while entry.busy:
                 self._decoded.wait()
@@ -352,27 +357,44 @@ def fetch_block(
         return out
 
     yx = (source.axes.index("y"), source.axes.index("x"))
-    for key, unit_sel, local_yx, kind in _reads(source, region, cache.halo):
-        data, oy, ox = cache.take(key, kind, local_yx, lambda s=unit_sel: _decode(source, s), yx)
-        offset = {"y": oy, "x": ox}
-        # The part of the unit inside the block, in the held array's and the block's
-        # coordinates (a unit may be held as its frame only: offsets say where that starts).
-        local, dest = [], {}
-        for letter, s in zip(source.axes, unit_sel, strict=True):
-            if letter in want:
-                lo, hi = max(want[letter][0], s.start), min(want[letter][1], s.stop)
-                shift = s.start + offset[letter]
-                local.append(slice(lo - shift, hi - shift))
-                dest[letter] = slice(lo - want[letter][0], hi - want[letter][0])
-            elif letter in lead:
-                local.append(lead[letter] - s.start)
-            else:
-                local.append(slice(None))
-        part = data[tuple(local)]
-        out[tuple(dest.get(a, slice(None)) for a in canon)] = _to_canon(
-            part, source.axes, lead, canon
-        )
+    # Units another thread is decoding come last: meanwhile this thread decodes (or copies)
+    # the block's other units, instead of waiting while neighbouring blocks, which share
+    # units, would otherwise decode them one thread at a time.
+    later = []
+    for read in _reads(source, region, cache.halo):
+        key, unit_sel, local_yx, kind = read
+        taken = cache.take(key, kind, local_yx, lambda s=unit_sel: _decode(source, s), yx,
+                           wait=False)  # fmt: skip
+        if taken is None:
+            later.append(read)
+        else:
+            _place(out, taken, source, unit_sel, lead, want, canon)
+    for key, unit_sel, local_yx, kind in later:
+        taken = cache.take(key, kind, local_yx, lambda s=unit_sel: _decode(source, s), yx)
+        _place(out, taken, source, unit_sel, lead, want, canon)
     return out
+
+
+def _place(out, taken, source: Source, unit_sel, lead, want, canon) -> None:
+    """Copy a unit's part inside the block into ``out``; ``taken`` is what
+    :meth:`UnitCache.take` gave."""
+    data, oy, ox = taken
+    offset = {"y": oy, "x": ox}
+    # The part of the unit inside the block, in the held array's and the block's
+    # coordinates (a unit may be held as its frame only: offsets say where that starts).
+    local, dest = [], {}
+    for letter, s in zip(source.axes, unit_sel, strict=True):
+        if letter in want:
+            lo, hi = max(want[letter][0], s.start), min(want[letter][1], s.stop)
+            shift = s.start + offset[letter]
+            local.append(slice(lo - shift, hi - shift))
+            dest[letter] = slice(lo - want[letter][0], hi - want[letter][0])
+        elif letter in lead:
+            local.append(lead[letter] - s.start)
+        else:
+            local.append(slice(None))
+    part = data[tuple(local)]
+    out[tuple(dest.get(a, slice(None)) for a in canon)] = _to_canon(part, source.axes, lead, canon)
 
 
 def _axis_sel(letter: str, n: int, lead: dict[str, int], want: dict[str, tuple[int, int]]):

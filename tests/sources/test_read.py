@@ -701,3 +701,53 @@ def test_a_block_holding_a_non_finite_value_names_where(tmp_path, value, dtype):
     text = str(info.value)
     assert "chunk 'c/0/1/1'" in text and f"holds {data.dtype.type(value)}" in text, text
     assert "{'z': 3, 'y': 12, 'x': 9}" in text, text
+
+
+def test_a_block_decodes_its_other_units_while_another_thread_decodes_one(tmp_path, monkeypatch):
+    """Two blocks that share a unit, read at once through the unit cache: the second decodes
+    its other unit while the first is still decoding the shared one, instead of waiting
+    (blocks smaller than their chunks, on W threads, had decoded about one at a time)."""
+    import threading
+
+    from fstack_dask._sources import fetch
+
+    data = _stack((3, 32, 64))
+    path = tmp_path / "s.zarr"
+    zarr.create_array(str(path), data=data, chunks=(3, 32, 32), dimension_names=list("zyx"))
+    source = open_source(path)
+    cache = fetch.UnitCache(10**9, halo=4)
+    first = fetch.BlockRegion((), (0, 32), (0, 20), False)  # unit 0 only
+    second = fetch.BlockRegion((), (0, 32), (12, 44), False)  # units 0 and 1
+    cache.expect(fetch.units_of(source, first, 4) + fetch.units_of(source, second, 4))
+    release, decoded = threading.Event(), []
+    decode = fetch._decode
+
+    def slow_first(src, sel):
+        if threading.current_thread().name == "first":
+            release.wait(30)  # decoding unit 0 until the test lets it go
+        decoded.append((threading.current_thread().name, sel[-1].start))
+        return decode(src, sel)
+
+    monkeypatch.setattr(fetch, "_decode", slow_first)
+    got = {}
+
+    def read(name, region):
+        got[name] = fetch.fetch_block(source, region, cache)
+
+    threads = [threading.Thread(target=read, args=(n, r), name=n)
+               for n, r in (("first", first), ("second", second))]  # fmt: skip
+    threads[0].start()
+    while not cache._entries[(0, 0)].busy:  # the first thread has begun decoding unit 0
+        threading.Event().wait(0.01)
+    threads[1].start()
+    for _ in range(500):
+        if ("second", 32) in decoded:
+            break
+        threading.Event().wait(0.01)
+    assert decoded == [("second", 32)]  # unit 1, while unit 0 is still being decoded
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert decoded == [("second", 32), ("first", 0)]
+    np.testing.assert_array_equal(got["first"], data[:, :, 0:20])
+    np.testing.assert_array_equal(got["second"], data[:, :, 12:44])
