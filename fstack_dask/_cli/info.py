@@ -107,6 +107,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("blocks", f"{ny} x {nx} (y x x) per image, {blocks.n_images} image(s)"),
         ("tasks", str(blocks.n_blocks)),
         ("strip", f"{blocks.strip} block(s) wide (the order that shares decoded chunks)"),
+        ("decoding", _decoding_line(fusion, blocks, cache, workers)),
         (
             "memory per task",
             f"{_mib(task)} (block with halo and the kernel's arrays; budget "
@@ -269,6 +270,27 @@ def _output_parameters(params: dict[str, Any]) -> str:
         f"{text}, channels {params.get('channels', '?')}, chunks {chunks[0]} x {chunks[1]}, "
         f"maps {', '.join(maps) if maps else 'none'}"
     )
+
+
+def _decoding_line(fusion: Any, blocks: Any, cache: int, workers: int) -> str:
+    """How the run will decode the source's units, and about how many times (one process
+    of ``workers`` threads): halo exchange's waves decode the column beside each again."""
+    from .._runs import exchange
+
+    unit = (fusion.unit["y"], fusion.unit["x"])
+    if not (exchange.ENABLED and exchange.applies(blocks, unit)):
+        return "through the unit cache (blocks neither whole units nor even divisors of one)"
+    grid = exchange.cells(blocks, unit)
+    core = exchange.core_size(grid, fusion.source.dtype.itemsize)
+    n = grid.grid[1]
+    width = min(n, exchange.wave_width(grid, cache, core))
+    ratio = 1 + (-(-n // width) - 1) / n
+    what = "blocks"
+    if grid is not blocks:
+        per = (grid.block[0] // blocks.block[0]) * (grid.block[1] // blocks.block[1])
+        what = f"cells of {grid.block[0]} x {grid.block[1]} px ({per} blocks each)"
+    return (f"halo exchange by {what}, waves of {width} of {n} column(s): about {ratio:.2f} x "
+            f"the stored bytes decoded on {workers} thread(s)")  # fmt: skip
 
 
 def _device_line(fusion: Any, workers: int) -> str:

@@ -46,7 +46,17 @@ from typing import Any
 from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
-from .waves import Wave, blocks_of, cells, every_slot_fuses, grid_of, segments, wave_width, waves
+from .waves import (
+    Wave,
+    blocks_of,
+    cells,
+    core_size,
+    every_slot_fuses,
+    grid_of,
+    segments,
+    wave_width,
+    waves,
+)
 from .waves import depth as rows_ahead
 
 __all__ = [
@@ -55,6 +65,7 @@ __all__ = [
     "applies",
     "cells",
     "core_bytes",
+    "core_size",
     "every_slot_fuses",
     "run_exchange",
     "segments",
@@ -468,12 +479,10 @@ def _prune(state: _WaveState) -> None:
 def core_bytes(job: Any) -> int:
     """Bytes of one block's (or cell's) decoded core (a job's ``itemsize``, else its
     source's)."""
-    lay = job.plan.layout
     itemsize = getattr(job, "itemsize", None)
     if itemsize is None:
         itemsize = job.opened()[0].dtype.itemsize
-    by, bx = grid_of(job).block
-    return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
+    return core_size(grid_of(job), itemsize)
 
 
 def _cells_done(job: Any, grid: Plan, done: set[str]) -> set[str]:

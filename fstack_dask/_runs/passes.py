@@ -8,7 +8,6 @@ scheduler; blocks with a done-marker (a resumed run's) are skipped.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 
 from .._outputs.destination import Target
@@ -51,8 +50,7 @@ def fuse_blocks(
         exchange.cells(plan, unit) if exchange.ENABLED and exchange.applies(plan, unit) else None
     )
     if cells is not None:
-        lay = fusion.layout
-        core = lay.n_channels * lay.n_planes * math.prod(cells.block) * fusion.source.dtype.itemsize
+        core = exchange.core_size(cells, fusion.source.dtype.itemsize)
         # Waves narrower than the worker processes would fuse on one of them at a time: the
         # unit cache then keeps every process fusing (decoding more: measured faster).
         if not exchange.every_slot_fuses(cells, cache_bytes * sched.processes, core,

@@ -20,6 +20,7 @@ __all__ = [
     "blocks_of",
     "cell_of",
     "cells",
+    "core_size",
     "depth",
     "every_slot_fuses",
     "grid_of",
@@ -150,6 +151,12 @@ def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
     # bands of a column (that one's, and those the wave before handed over)
     room = budget - core_bytes - 2 * bands
     return max(1, int(room // max(1, per_column)))
+
+
+def core_size(plan: Plan, itemsize: int) -> int:
+    """Bytes of one block's decoded core (all planes and channels) of ``plan``'s grid."""
+    lay, (by, bx) = plan.layout, plan.block
+    return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
 
 
 def every_slot_fuses(plan: Plan, budget: int, core_bytes: int, slots: int) -> bool:
