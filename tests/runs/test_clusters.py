@@ -130,6 +130,25 @@ def test_the_worker_processes_scheduler_decodes_each_unit_once(stack, tmp_path, 
     np.testing.assert_array_equal(out["0"][...], _reference(stack, tmp_path))
 
 
+def test_blocks_of_half_a_chunk_go_by_cells_on_a_cluster(stack, tmp_path, caplog):
+    """Blocks of half a chunk on 2 cluster worker processes: halo exchange by cells of one
+    chunk, the cells' bands handed between workers by dask; every unit decoded once and the
+    threads scheduler's bits (at whole-chunk blocks)."""
+    from distributed import Client, LocalCluster
+
+    caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                     dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        out = fuse_zarr(stack, tmp_path / "out.zarr", chunks=CHUNK // 2, scheduler=client,
+                        progress=False, levels=0)  # fmt: skip
+    assert out["0"].chunks == (1, CHUNK // 2, CHUNK // 2)
+    assert _decoded(caplog) == 6 * PLANES * SIDE * SIDE * 2
+    np.testing.assert_array_equal(out["0"][...], _reference(stack, tmp_path))
+
+
 def test_idle_workers_do_not_steal_a_strips_tasks(tmp_path, caplog):
     """Four worker processes and two columns of blocks: two workers have no strip. dask's
     work stealing would hand them queued decodes, whose cores then sit in the wrong
