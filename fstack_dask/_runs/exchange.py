@@ -20,11 +20,12 @@ are fused from it, one fuse per row of its blocks (so that several threads share
 workers' memory; in a wave every strip goes down its rows, fusing row ``j`` once it and its
 neighbour strips have decoded row ``j + 1``, so each strip holds about two rows of cores. A
 wave also decodes the column on each side of it for their bands only (decoded again by the
-next wave): waves as wide as memory allows keep that at ``2 / wave width``. An image whose
-columns do not share out evenly over the task slots (196 columns on 64 or 256 workers, or 8
-columns on 16) goes in *row segments*, each with its own part of the slots, so that every
-slot is about equally busy. A segment's border row is decoded once, by its own segment,
-which hands its bands to the segment across the border; segments go alternately up and down
+next wave): waves as wide as memory allows keep that at ``2 / wave width``. A wave whose
+columns do not share out evenly over the task slots (196 columns on 64 or 256 workers, 8
+columns on 16, or a wave narrower than the slots where memory is short) goes in *row
+segments*, each with its own part of the slots, so that every slot is about equally busy.
+A segment's border row is decoded once, by its own segment, which hands its bands to the
+segment across the border; segments go alternately up and down
 their rows (segment 0 up, 1 down, 2 up... :mod:`.waves`), so two segments reach their shared
 border together, both first or both last, and neither waits for the other. Strips stay on
 one worker (their registry), so only the bands on a border between two workers travel, each
@@ -51,7 +52,6 @@ from .waves import (
     blocks_of,
     cells,
     core_size,
-    every_slot_fuses,
     grid_of,
     segments,
     wave_width,
@@ -66,7 +66,6 @@ __all__ = [
     "cells",
     "core_bytes",
     "core_size",
-    "every_slot_fuses",
     "run_exchange",
     "segments",
     "wave_width",
@@ -150,6 +149,7 @@ class _Strip:
     cols: tuple[int, int]
     slot: Any
     lead: tuple[int, ...] = ()
+    wave: tuple[int, int] = (0, 0)  # its wave's columns (its row segments share them)
     last_column: int | None = None  # the wave's last fused column, if this strip has it
     decoded: dict[int, Any] = field(default_factory=dict)  # finished decodes: row -> handle
     # positions in the wave's order (:meth:`Wave.order`)
@@ -210,7 +210,7 @@ def run_exchange(
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
-    lent: dict[tuple, list] = {}  # (lead, row, side) -> [(columns, decode)]: borders
+    lent: dict[tuple, list] = {}  # (lead, wave columns, row, side) -> [(columns, decode)]
     exhausted = False
     try:
         while True:
@@ -244,7 +244,8 @@ def run_exchange(
                     if strip.last_column is not None:  # the next wave's left neighbours
                         carry[(strip.lead, strip.last_column, row)] = handle
                     for side in strip.lends.get(row, ()):  # the next segment's border row
-                        lent.setdefault((strip.lead, row, side), []).append((strip.cols, handle))
+                        key = (strip.lead, strip.wave, row, side)
+                        lent.setdefault(key, []).append((strip.cols, handle))
                 else:
                     strip.parts[row] -= 1
                     if not strip.parts[row]:  # a row of cells goes in one fuse per block row
@@ -271,13 +272,16 @@ def _unfinished(
         if not state.finished():
             continue
         wave = state.wave
-        if wave.carried:
+        # the bands handed over from the wave before serve all the row segments of this one
+        siblings = any(not other.finished() and other.wave.lead == wave.lead
+                       and other.wave.cols == wave.cols for other in active)  # fmt: skip
+        if wave.carried and not siblings:
             left = wave.cols[0] - 1
             for key in [k for k in carry if k[0] == wave.lead and k[1] == left]:
                 del carry[key]
         for row in state.order:
             if wave.borrowed(row):
-                lent.pop((wave.lead, row, wave.lender(row)), None)
+                lent.pop((wave.lead, wave.cols, row, wave.lender(row)), None)
     return [state for state in active if not state.finished()]
 
 
@@ -324,7 +328,7 @@ def _wave_state(
     for k in range(count):
         slot = slots[(k * len(slots)) // count]
         has_last = last is not None and bounds[k] <= last < bounds[k + 1]
-        strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead,
+        strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead, wave.cols,
                              last if has_last else None, lends=wave.lent()))  # fmt: skip
         strip_of.update({i: k for i in range(bounds[k], bounds[k + 1])})
     return _WaveState(wave, strips, strip_of, depth)
@@ -364,7 +368,9 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
             if not needed:
                 strip.decoded[row] = None
                 for side in strip.lends.get(row, ()):
-                    lent.setdefault((wave.lead, row, side), []).append((strip.cols, None))
+                    lent.setdefault((wave.lead, wave.cols, row, side), []).append(
+                        (strip.cols, None)
+                    )
                 continue
             keep = [parts(b) if state.fused(plan, done, b) else 0 for b in needed]
             uses = [sum(parts(n) for n in readers[b] if slot_of(n) == strip.slot) for b in needed]
@@ -439,13 +445,14 @@ def _lenders(plan: Plan, wave: Wave, rows: range, lent: dict[tuple, list],
              cols: tuple[int, int]) -> list | None:  # fmt: skip
     """The next segment's decodes of the border rows among ``rows`` over the columns
     ``cols`` and one on each side (the fused blocks' neighbours there), or None while one
-    of those is not decoded yet."""
-    lo, hi = max(0, cols[0] - 1), min(plan.grid[1], cols[1] + 1)
+    of those is not decoded yet. Only the wave's decoded columns are lent: the column left
+    of a carried wave comes from the wave before (its bands, handed over)."""
+    lo, hi = max(wave.decode_cols[0], cols[0] - 1), min(wave.decode_cols[1], cols[1] + 1)
     found = []
     for r in rows:
         if not wave.borrowed(r):
             continue
-        lenders = [(c, h) for c, h in lent.get((wave.lead, r, wave.lender(r)), [])
+        lenders = [(c, h) for c, h in lent.get((wave.lead, wave.cols, r, wave.lender(r)), [])
                    if c[0] < hi and c[1] > lo]  # fmt: skip
         if sum(min(hi, c1) - max(lo, c0) for (c0, c1), _ in lenders) < hi - lo:
             return None

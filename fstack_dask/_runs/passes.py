@@ -46,19 +46,9 @@ def fuse_blocks(
     if resuming:
         log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
     unit = (fusion.unit["y"], fusion.unit["x"])
-    cells = (
-        exchange.cells(plan, unit) if exchange.ENABLED and exchange.applies(plan, unit) else None
-    )
-    if cells is not None:
-        core = exchange.core_size(cells, fusion.source.dtype.itemsize)
-        # Waves narrower than the worker processes would fuse on one of them at a time: the
-        # unit cache then keeps every process fusing (decoding more: measured faster).
-        if not exchange.every_slot_fuses(cells, cache_bytes * sched.processes, core,
-                                         sched.processes):  # fmt: skip
-            log.info("halo exchange would leave worker processes idle here (units of %s px "
-                     "for memory_per_task=%d); blocks read through the unit cache",
-                     cells.block, fusion.memory_per_task)  # fmt: skip
-            cells = None
+    cells = None
+    if exchange.ENABLED and exchange.applies(plan, unit):
+        cells = exchange.cells(plan, unit)
     halo_exchange = cells is not None
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
         job = FuseJob(

@@ -22,7 +22,6 @@ __all__ = [
     "cells",
     "core_size",
     "depth",
-    "every_slot_fuses",
     "grid_of",
     "segments",
     "wave_width",
@@ -86,9 +85,9 @@ def waves(
     plan: Plan, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
 ) -> Iterator[Wave]:
     """The waves of a run, lazily: per image (lead indices), columns in groups of
-    ``width``, each with the rows that hold a block left to fuse (and one row around); an
-    image in one group goes in ``segments()`` row segments (asked image by image: the
-    workers may change)."""
+    ``width``, each with the rows that hold a block left to fuse (and one row around); each
+    wave goes in ``segments()`` row segments (asked image by image: the workers may
+    change), which share the bands the wave before handed over."""
     ny, nx = plan.grid
     width = max(1, min(width, nx))
     for lead in itertools.product(*[range(n) for n in plan.layout.lead_shape]):
@@ -110,7 +109,7 @@ def waves(
                 plan.name((*lead, j, c0 - 1)) not in done for j in need
             )
             decode = (c0 if carried else max(0, c0 - 1), min(nx, c1 + 1))
-            count = max(1, min(segments(), r1 - r0)) if width >= nx else 1
+            count = max(1, min(segments(), r1 - r0))
             for k in range(count):
                 s0, s1 = r0 + (r1 - r0) * k // count, r0 + (r1 - r0) * (k + 1) // count
                 rows = (max(0, s0 - 1), min(ny, s1 + 1))
@@ -120,20 +119,19 @@ def waves(
 
 
 def segments(plan: Plan, width: int, capacity: int) -> int:
-    """Row segments for an image in one wave. A wave's strips go down its rows together, so
-    its longest strip (in blocks) paces it: the fewest segments whose longest strip is
-    within 3 % of the shortest possible (segments lend each other their border rows, so no
-    row is decoded twice)."""
+    """Row segments for a wave of ``width`` columns (or the whole image). A wave's strips go
+    down its rows together, so its longest strip (in blocks) paces it: the fewest segments
+    whose longest strip is within 3 % of the shortest possible (segments lend each other
+    their border rows, so no row is decoded twice)."""
     ny, nx = plan.grid
-    if width < nx:
-        return 1
+    cols = min(width, nx)  # a wave's (narrower than the image where memory is short)
     # each segment needs a task slot of its own: more segments than slots run one after
     # another
     most = max(1, min(ny, capacity))
 
     def longest(k: int) -> int:
-        strips = max(1, min(nx, capacity // k))
-        return -(-nx // strips) * -(-ny // k)
+        strips = max(1, min(cols, capacity // k))
+        return -(-cols // strips) * -(-ny // k)
 
     best = min(longest(k) for k in range(1, most + 1))
     return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
@@ -157,14 +155,6 @@ def core_size(plan: Plan, itemsize: int) -> int:
     """Bytes of one block's decoded core (all planes and channels) of ``plan``'s grid."""
     lay, (by, bx) = plan.layout, plan.block
     return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
-
-
-def every_slot_fuses(plan: Plan, budget: int, core_bytes: int, slots: int) -> bool:
-    """Whether a wave is as wide as the slots (worker processes) that share it, or the whole
-    image: its columns go in strips, one slot each, so a wave narrower than the slots (units
-    large for the workers' memory) leaves some only decoding the columns beside it, and the
-    fusing goes one slot at a time. Threads share one slot: always true there."""
-    return slots <= 1 or wave_width(plan, budget, core_bytes) >= min(plan.grid[1], slots)
 
 
 def depth(plan: Plan, budget: int, core: int) -> int:

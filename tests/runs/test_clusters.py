@@ -4,6 +4,7 @@ scheduler's bytes, every source unit decoded once (halo exchange)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -130,18 +131,25 @@ def test_the_worker_processes_scheduler_decodes_each_unit_once(stack, tmp_path, 
     np.testing.assert_array_equal(out["0"][...], _reference(stack, tmp_path))
 
 
+@contextlib.contextmanager
+def _single_thread_workers(n: int):
+    """A Client of a LocalCluster of ``n`` single-thread worker processes."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                     dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        yield client
+
+
 def test_blocks_of_half_a_chunk_go_by_cells_on_a_cluster(stack, tmp_path, caplog):
     """Blocks of half a chunk on 2 cluster worker processes: halo exchange by cells of one
     chunk, the cells' bands handed between workers by dask; every unit decoded once and the
     threads scheduler's bits (at whole-chunk blocks)."""
-    from distributed import Client, LocalCluster
-
     caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with _single_thread_workers(2) as client:
         out = fuse_zarr(stack, tmp_path / "out.zarr", chunks=CHUNK // 2, scheduler=client,
                         progress=False, levels=0)  # fmt: skip
     assert out["0"].chunks == (1, CHUNK // 2, CHUNK // 2)
@@ -154,17 +162,11 @@ def test_idle_workers_do_not_steal_a_strips_tasks(tmp_path, caplog):
     work stealing would hand them queued decodes, whose cores then sit in the wrong
     worker's registry and are decoded again by the fuse (1.4 x the image here, 2.1 x on 8
     workers and 4 columns, before); our tasks are kept where they are pinned."""
-    from distributed import Client, LocalCluster
-
     data = synthetic_stack((512, 64), PLANES, seed=3).stack.transpose(2, 0, 1)
     src = tmp_path / "tall.zarr"
     write_stack(src, data, axes="zyx", chunks=(PLANES, CHUNK, CHUNK))
     caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
-    with (
-        LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
-                     dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with _single_thread_workers(4) as client:
         out = fuse_zarr(src, tmp_path / "out.zarr", chunks=CHUNK, scheduler=client,
                         progress=False, levels=0)  # fmt: skip
     # 16 rows of blocks on 4 workers go in two row segments, which lend each other the
@@ -179,8 +181,6 @@ def test_cluster_workers_load_the_kernel_while_the_run_is_prepared():
     """``warm_workers`` on a cluster: each worker loads the compiled kernel for the run's
     types before its first task (it did nothing before: ``Client.run`` without waiting
     refused the plain function on every worker)."""
-    from distributed import Client, LocalCluster
-
     from fstack_dask._runs.schedulers import Scheduler, warm_workers
 
     def loaded() -> bool:
@@ -188,11 +188,7 @@ def test_cluster_workers_load_the_kernel_while_the_run_is_prepared():
 
         return bool(fused._blend.signatures)  # the compiled blend, loaded for some types
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with _single_thread_workers(2) as client:
         assert not any(client.run(loaded).values())
         warm_workers(Scheduler("distributed", 1, 2, client), np.dtype("uint16"), n_planes=7,
                      n_channels=1, kernel={"nhsize": 9, "alpha": 0.2, "sth": 13.0})  # fmt: skip
