@@ -301,7 +301,7 @@ def _fuse_cell(job: FuseJob, cell: Block, blocks: list[Block], handed: dict[Bloc
             except (SourceReadError, SourceValueError) as exc:
                 bands = Bands(*grid.core(other), error=exc)
         around.append(bands)
-    for block in blocks:
+    for k, block in enumerate(blocks):
         try:
             if failed is not None:
                 raise failed
@@ -313,6 +313,8 @@ def _fuse_cell(job: FuseJob, cell: Block, blocks: list[Block], handed: dict[Bloc
                     if bands.error is not None:
                         raise bands.error
                     _paste_bands(out, region, bands)
+            if k == len(blocks) - 1:  # the kernel runs without them (the task's memory)
+                core, around = None, []
             outcomes.append(job.fuse_and_write(block, out, start=start, decoded=decoded))
         except (SourceReadError, SourceValueError) as exc:
             outcomes.append(Outcome(plan.name(block), exc))
