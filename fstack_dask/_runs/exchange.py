@@ -348,7 +348,7 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
         """Fuses that read a cell's core: one per row of its blocks left to fuse."""
         if plan is job.plan:
             return 1
-        return len({b[-2] for b in blocks_of(job, cell) if job.plan.name(b) not in blocks_done})
+        return len({b[-2] for b in _left(job, cell, blocks_done)})
 
     for k, strip in enumerate(strips):
         # decode ahead of the first row not fused (one row, or more where memory allows)
@@ -430,10 +430,14 @@ def _block_rows(job: Any, cells: list[Block], blocks_done: set[str]) -> list[lis
         return [cells]
     rows: dict[int, list[Block]] = {}
     for cell in cells:
-        for block in blocks_of(job, cell):
-            if job.plan.name(block) not in blocks_done:
-                rows.setdefault(block[-2], []).append(block)
+        for block in _left(job, cell, blocks_done):
+            rows.setdefault(block[-2], []).append(block)
     return list(rows.values())
+
+
+def _left(job: Any, cell: Block, blocks_done: set[str]) -> list[Block]:
+    """A cell's blocks left to fuse."""
+    return [b for b in blocks_of(job, cell) if job.plan.name(b) not in blocks_done]
 
 
 def _borrowed_by(plan: Plan, wave: Wave, done: set[str], block: Block) -> bool:
