@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
                         help="a tree of the package to measure (default: this one)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write (update) the results here")
+    parser.add_argument("--tag", help="appended to the result's key (keeps earlier results)")
     args = parser.parse_args(argv)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": str(HERE.parent)}
     trees = {label: Path(path).resolve() for label, path in trees.items()}
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
         found = measure(src, args.cache / "pipeline.fused.zarr", args.workers, args.rounds,
                         args.repeat, trees)  # fmt: skip
         key = name if args.layout == "whole-z" else f"{name} {args.layout}"
-        results[f"{key} W={args.workers}"] = found
+        key = f"{key} W={args.workers}" + (f" ({args.tag})" if args.tag else "")
+        results[key] = found
         results["machine"] = machine()
         results["measured"] = time.strftime("%Y-%m-%d %H:%M")
         if args.json:

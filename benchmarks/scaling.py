@@ -87,7 +87,7 @@ if __name__ == "__main__":
     out = dict(min(runs[1:], key=lambda r: r["wall_s"]), fresh_s=runs[0]["wall_s"],
                all_wall_s=[r["wall_s"] for r in runs[1:]],
                decoded_ratio=max(r["decoded_ratio"] for r in runs),
-               digests=sorted({{r["digest"] for r in runs}}))
+               digests=sorted({{r["digest"] for r in runs}}), package=fstack_dask.__file__)
     print(json.dumps(out))
 """
 )
@@ -122,6 +122,7 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
                 "digests": sorted({d for r in found for d in r.get("digests", [r["digest"]])}),
                 "fresh_s": best.get("fresh_s"),
                 "peak_rss_mib": best["peak_rss_mib"],
+                "package": best.get("package"),
             }
             print(f"  {name} W={workers} {key}: {json.dumps(table[key])}", flush=True)
         threads = table["threads exchange"]["wall_s"]
@@ -129,7 +130,8 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
             row["vs_threads"] = row["wall_s"] / threads
         digests = {d for row in table.values() for d in row["digests"]}
         label = name if args.layout == "whole-z" else f"{name} {args.layout}"
-        out[f"{label} W={workers}"] = {"runs": table, "identical": len(digests) == 1}
+        key = f"{label} W={workers}" + (f" ({args.tag})" if args.tag else "")
+        out[key] = {"runs": table, "identical": len(digests) == 1}
         _save(args, "measured", out)
     return out
 
@@ -460,6 +462,7 @@ def main(argv=None) -> int:
     parser.add_argument("--without-exchange", action=argparse.BooleanOptionalAction,
                         default=True, help="also measure each with halo exchange off")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write (update) the results here")
+    parser.add_argument("--tag", help="appended to 'measured' keys (keeps earlier results)")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .._runs.fusion import plan_fusion
+from .._runs.reading import read_by
 from .args import EXIT_OK, configure, scene_src
 
 __all__ = ["cmd_info"]
@@ -70,6 +71,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
     source, layout = fusion.source, fusion.layout
     workers = cpu_count() if config.cluster.kind == "local" else 1
+    fusion = read_by(fusion, workers)  # as a run on these workers reads a sharded source
+    source = fusion.source
     blocks, cache = fusion.plan(workers)
     axes, shape = source.axes, source.shape
     size_of = dict(zip(axes, shape, strict=True))
@@ -97,7 +100,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("axes", axes),
         ("shape", str(shape)),
         ("dtype", str(np.dtype(source.dtype))),
-        ("source chunks", str(tuple(int(c) for c in source.unit_shape))),
+        ("source chunks", _chunks_line(source)),
         ("scale", scale),
         ("channels", channels),
         ("output", f"{out.axes} {out.shape} {np.dtype(out.dtype)}"),
@@ -272,19 +275,26 @@ def _output_parameters(params: dict[str, Any]) -> str:
     )
 
 
+def _chunks_line(source: Any) -> str:
+    shape = str(tuple(int(c) for c in source.unit_shape))
+    if source.inner_shape is None:
+        return shape
+    inner = str(tuple(int(c) for c in source.inner_shape))
+    read = "chunks" if source.by_inner_chunks else "whole shards"
+    return f"{inner} in shards of {shape} (read by {read})"
+
+
 def _decoding_line(fusion: Any, blocks: Any, cache: int, workers: int) -> str:
     """How the run will decode the source's units, and about how many times (one process
     of ``workers`` threads): halo exchange's waves decode the column beside each again."""
     from .._runs import exchange
 
     unit = (fusion.unit["y"], fusion.unit["x"])
-    if not (exchange.ENABLED and exchange.applies(blocks, unit)):
+    found = exchange.decoding(blocks, unit, cache, fusion.source.dtype.itemsize)
+    if not exchange.ENABLED or found is None:
         return "through the unit cache (blocks neither whole units nor even divisors of one)"
-    grid = exchange.cells(blocks, unit)
-    core = exchange.core_size(grid, fusion.source.dtype.itemsize)
+    grid, width, ratio = found
     n = grid.grid[1]
-    width = min(n, exchange.wave_width(grid, cache, core))
-    ratio = 1 + (-(-n // width) - 1) / n
     what = "blocks"
     if grid is not blocks:
         per = (grid.block[0] // blocks.block[0]) * (grid.block[1] // blocks.block[1])

@@ -3,7 +3,8 @@
 What lives here: ``fuse_zarr``, choosing the run for its dst (``fuse_zarr``), one run into
 an OME-Zarr store as a sequence of named steps (``run``), a run into a TIFF dst through a
 working store beside it (``tiff_output``), the fusion's plan from metadata (``fusion``),
-blocks, their order and memory (``plan``), one block's work (``blocks``), the pyramid's
+blocks, their order and memory (``plan``), reading a sharded source by shards or by their
+chunks (``reading``), one block's work (``blocks``), the pyramid's
 blocks (``pyramid``), the passes over level 0 and then each level (``passes``), what ``dst``
 holds and whether a resume continues this run (``resume``), the schedulers and the bounded
 window of tasks in flight (``schedulers``), how tasks of many blocks report each block

@@ -52,6 +52,8 @@ from .waves import (
     blocks_of,
     cells,
     core_size,
+    decoding,
+    exchange_grid,
     grid_of,
     segments,
     wave_width,
@@ -66,6 +68,7 @@ __all__ = [
     "cells",
     "core_bytes",
     "core_size",
+    "decoding",
     "run_exchange",
     "segments",
     "wave_width",
@@ -83,14 +86,8 @@ ENABLED = os.environ.get("FSTACK_DASK_HALO_EXCHANGE", "1").strip() not in ("0", 
 
 
 def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
-    """Whether halo exchange can run this plan: its blocks are whole multiples or even
-    divisors of the source's read unit (so a core decodes only its own units, :func:`cells`)
-    and its cells at least a halo wide (so a halo ends in the neighbours' bands)."""
-    grid = cells(plan, unit_yx)
-    if grid is None:
-        return False
-    (cy, cx), (ny, nx) = grid.block, plan.layout.shape_yx
-    return min(cy, ny, cx, nx) >= plan.halo
+    """Whether halo exchange can run this plan (:func:`.waves.exchange_grid`)."""
+    return exchange_grid(plan, unit_yx) is not None
 
 
 # ------------------------------------------------------------------------------ driver

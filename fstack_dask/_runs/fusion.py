@@ -7,7 +7,7 @@ it before touching ``dst``, and ``fstack-dask info`` prints it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._algorithm.auto import (
@@ -34,6 +34,7 @@ from .._sources.open import open_source
 from .._sources.source import Source
 from .._version import __version__
 from .plan import make_plan
+from .reading import auto_block, read_by, reading
 
 __all__ = ["Fusion", "plan_fusion"]
 
@@ -124,8 +125,6 @@ def plan_fusion(
     halo = overlap_depth(nhsize)
     maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
     depth_unit, depth_affine = _depth_units(source, focus_given)
-    unit = dict(zip(source.axes, source.unit_shape, strict=True))
-    unit_bytes = source.dtype.itemsize * layout.n_channels * n_planes * unit["y"] * unit["x"]
     kernel = {
         "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
         "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
@@ -133,16 +132,17 @@ def plan_fusion(
     # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
     # the engines differ in the last bits of exp/log/tanh.
     kernel["engine"] = engine_for(device) or _cpu_engine()
-    fusion = Fusion(
-        source, layout, {}, kernel, (1, 1), halo, maps, None, memory, unit, unit_bytes,
-        depth_affine, (src, axes, level, storage_options),
+    fusion = reading(
+        Fusion(
+            source, layout, {}, kernel, (1, 1), halo, maps, None, memory, {}, 0,
+            depth_affine, (src, axes, level, storage_options),
+        ),
+        by_inner_chunks=False,
     )  # fmt: skip
     if chunks is None:
-        plan, _ = make_plan(
-            layout, unit_shape=unit, halo=halo, workers=MIN_BLOCKS_PER_IMAGE // 2,
-            memory_per_task=memory, task_bytes=fusion.task_bytes, unit_bytes=unit_bytes,
-        )  # fmt: skip
-        chunks = plan.block
+        chunks = auto_block(fusion, MIN_BLOCKS_PER_IMAGE // 2)
+    # how a run on as many workers would read (each run decides for its own: read_by)
+    fusion = read_by(replace(fusion, block=tuple(chunks)), MIN_BLOCKS_PER_IMAGE // 2)
     if output == "ome-tiff":
         from .._outputs.tiff import check_tiff_output, tiff_levels
 
@@ -180,8 +180,8 @@ def plan_fusion(
         provenance=params, depth_unit=depth_unit, levels=levels,
     )  # fmt: skip
     return Fusion(
-        source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory, unit,
-        unit_bytes, depth_affine, fusion.recipe,
+        fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
+        fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
     )  # fmt: skip
 
 
@@ -195,6 +195,7 @@ def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
     """The same fusion with another block size and number of levels (a resume uses the
     interrupted run's when the caller left them automatic)."""
     params = {**fusion.params, "chunks": [int(block[0]), int(block[1])], "levels": int(levels)}
+    fusion = read_by(replace(fusion, block=tuple(block)), MIN_BLOCKS_PER_IMAGE // 2)
     spec = output_spec(
         fusion.source, fusion.layout, block=block, dtype=fusion.spec.array("0").dtype,
         maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],

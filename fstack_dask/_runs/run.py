@@ -19,6 +19,7 @@ from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
 from .passes import fuse_blocks, pyramid_levels
+from .reading import read_by
 from .resume import examine
 
 __all__ = ["run_fusion"]
@@ -66,6 +67,7 @@ def run_fusion(
         require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
         schedulers.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
                                 n_channels=lay.n_channels, kernel=fusion.kernel)  # fmt: skip
+        fusion = read_by(fusion, sched.workers, sched.processes)  # shards, or their chunks
         blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
         target = lifecycle.claim(destination, prior.mode)
         try:

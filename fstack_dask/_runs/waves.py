@@ -21,7 +21,9 @@ __all__ = [
     "cell_of",
     "cells",
     "core_size",
+    "decoding",
     "depth",
+    "exchange_grid",
     "grid_of",
     "segments",
     "wave_width",
@@ -187,6 +189,31 @@ def cells(plan: Plan, unit_yx: tuple[int, int]) -> Plan | None:
     if cy is None or cx is None:
         return None
     return plan if (cy, cx) == (by, bx) else dataclasses.replace(plan, block=(cy, cx))
+
+
+def exchange_grid(plan: Plan, unit_yx: tuple[int, int]) -> Plan | None:
+    """:func:`cells`, where halo exchange can run the plan: its blocks whole multiples or
+    even divisors of the read unit (so a core decodes only its own units) and its cells at
+    least a halo wide (so a halo ends in the neighbours' bands); else None."""
+    grid = cells(plan, unit_yx)
+    if grid is None or min(*grid.block, *plan.layout.shape_yx) < plan.halo:
+        return None
+    return grid
+
+
+def decoding(
+    plan: Plan, unit_yx: tuple[int, int], budget: int, itemsize: int
+) -> tuple[Plan, int, float] | None:
+    """Halo exchange's grid for ``plan``, its waves' width in columns with ``budget`` bytes
+    beside the tasks, and about how many times it decodes the stored bytes (each wave decodes
+    the column beside it again: ``1 + (waves - 1) / columns``); None where exchange does not
+    apply (:func:`exchange_grid`)."""
+    grid = exchange_grid(plan, unit_yx)
+    if grid is None:
+        return None
+    n = grid.grid[1]
+    width = min(n, wave_width(grid, budget, core_size(grid, itemsize)))
+    return grid, width, 1 + (-(-n // width) - 1) / n
 
 
 def grid_of(job: Any) -> Plan:

@@ -269,12 +269,13 @@ def decoded_by_this_thread() -> int:
 def _units(source: Source, region: BlockRegion) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
     """(cache key, selection) of every unit the region touches.
 
-    A unit is one chunk (or shard) along y, x and the lead axes, and the whole axis along z
-    (and along c for RGB): one read fetches every plane at once, however z is chunked.
+    A unit is one read unit (``Source.read_shape``: a chunk, a shard, or a shard's chunk)
+    along y, x and the lead axes, and the whole axis along z (and along c for RGB): one read
+    fetches every plane at once, however z is chunked.
     """
     lead = dict(region.lead)
     per_axis = []
-    for letter, n, u in zip(source.axes, source.shape, source.unit_shape, strict=True):
+    for letter, n, u in zip(source.axes, source.shape, source.read_shape, strict=True):
         if letter == "y":
             lo, hi = region.y
         elif letter == "x":

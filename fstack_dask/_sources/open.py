@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -237,11 +238,15 @@ class Reopen:
     """Opens the source again in a worker process (a picklable recipe); ``data`` is an
     in-memory source's array where the task brought it (``share``)."""
 
-    def __init__(self, src: Any, axes: Any, level: int, storage_options: Any):
+    def __init__(
+        self, src: Any, axes: Any, level: int, storage_options: Any, by_inner_chunks=False
+    ):
         self.src, self.axes, self.level, self.storage_options = src, axes, level, storage_options
+        self.by_inner_chunks = by_inner_chunks  # as the run planned its reads
 
     def __call__(self, data: Any = None) -> Source:
         src = self.src.resolve(data) if isinstance(self.src, Shared) else self.src
-        return open_source(
+        source = open_source(
             src, axes=self.axes, level=self.level, storage_options=self.storage_options
         )
+        return replace(source, by_inner_chunks=self.by_inner_chunks)

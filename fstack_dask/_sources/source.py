@@ -1,10 +1,11 @@
 """What a reader returns: a :class:`Source`, the stack to fuse, and what identifies it.
 
 A :class:`Source` is the level to fuse (an array-like: ``shape``, ``dtype``, ``__getitem__``
-of slices), its axes, how it is best read (``unit_shape``: a chunk, or a shard, along each
-axis), its physical metadata (scale, units, translation, channels) and, for resumes, how to
-list the files it is made of. Every reader also refuses, from metadata alone, a stack larger
-than fstack_dask reads (:func:`check_extent`).
+of slices), its axes, how it is stored and read (``unit_shape``: a chunk, or a shard, along
+each axis; ``read_shape``: what a run's reads are planned by), its physical metadata (scale,
+units, translation, channels) and, for resumes, how to list the files it is made of.
+Every reader also refuses, from metadata alone, a stack larger than fstack_dask reads
+(:func:`check_extent`).
 
 Axes are strings with one letter per array dimension: ``z`` is the focus axis, ``y`` and
 ``x`` the image plane, ``c`` the optional channel axis and any other letter (e.g. ``t``) an
@@ -55,8 +56,14 @@ class Source:
     axes : str
         One letter per dimension of ``array``.
     unit_shape : tuple of int
-        What one efficient read covers along each axis (a chunk, or a shard when the array
-        is sharded): blocks are aligned to it and each unit is decoded about once.
+        What one stored data file holds along each axis (a chunk, or a shard when the array
+        is sharded): resumes map the files to it, and messages name its files.
+    inner_shape : tuple of int or None
+        A sharded array's chunks, which zarr reads and decodes alone (a read of part of a
+        shard decodes only the chunks it covers); None where the array is not sharded.
+    by_inner_chunks : bool
+        Runs plan their reads by ``inner_shape`` rather than by whole shards (see
+        :attr:`read_shape`).
     description : str
         How messages name it, e.g. ``"src 'stack.zarr'"``.
     location : Location or None
@@ -83,6 +90,8 @@ class Source:
     axes: str
     unit_shape: tuple[int, ...]
     description: str
+    inner_shape: tuple[int, ...] | None = None
+    by_inner_chunks: bool = False
     location: Location | None = None
     kind: str = "zarr"
     scale: dict[str, float] = field(default_factory=dict)
@@ -103,6 +112,14 @@ class Source:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def read_shape(self) -> tuple[int, ...]:
+        """What one read decodes along each axis: blocks are aligned to it, and each is
+        decoded about once (a shard, or its chunks where the run reads by them)."""
+        if self.by_inner_chunks and self.inner_shape is not None:
+            return self.inner_shape
+        return self.unit_shape
 
     @property
     def dtype(self) -> np.dtype:

@@ -240,6 +240,16 @@ def _unit_shape(array: Any) -> tuple[int, ...]:
     return tuple(max(1, min(int(c), int(n))) for c, n in zip(shape, array.shape, strict=True))
 
 
+def _inner_shape(array: Any) -> tuple[int, ...] | None:
+    """A sharded array's chunks (zarr's ``chunks``, where ``shards`` is set), else None."""
+    if getattr(array, "shards", None) is None:
+        return None
+    inner = tuple(
+        max(1, min(int(c), int(n))) for c, n in zip(array.chunks, array.shape, strict=True)
+    )
+    return None if inner == _unit_shape(array) else inner
+
+
 def _array_source(
     array: Any,
     where: str,
@@ -277,6 +287,7 @@ def _array_source(
         array=array,
         axes=chosen,
         unit_shape=_unit_shape(array),
+        inner_shape=_inner_shape(array),
         description=where,
         location=location,
         kind="zarr",
@@ -360,6 +371,7 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         array=array,
         axes=meta_axes,
         unit_shape=_unit_shape(array),
+        inner_shape=_inner_shape(array),
         description=where,
         location=location,
         kind="ome-zarr",

@@ -219,17 +219,16 @@ def test_an_image_in_one_wave_on_few_slots_is_shared_evenly(slots, threads):
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
 def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, caplog, scheduler):
-    """Shards of 2 x 2 blocks (large chunks or shards, many float planes: a block is an
-    even divisor of the unit): halo exchange by cells of one shard, each decoded once and its
-    blocks fused from it, a task per row of blocks. Before, such blocks went through the unit
-    cache, whose strips of one block decoded the 4096^2 sharded benchmark stack 2.5 times.
-    A corrupt shard spoils only the blocks that read it; the resume then fuses cells of which
+    """Chunks of 2 x 2 blocks (large chunks, many float planes: a block is an even divisor
+    of the unit): halo exchange by cells of one chunk, each decoded once and its blocks
+    fused from it, a task per row of blocks. Before, such blocks went through the unit cache,
+    whose strips of one block decoded the 4096^2 benchmark stack in 1024-px units 2.5 times.
+    A corrupt chunk spoils only the blocks that read it; the resume then fuses cells of which
     some blocks are done, and every core and band is taken by as many fuses as it was kept
     for (nothing is left in the registry, nothing read twice)."""
-    data = _stack((7 * 32 - 7, 3 * 32), 5, seed=4)  # 7 x 3 shards, the last row short
+    data = _stack((7 * 32 - 7, 3 * 32), 5, seed=4)  # 7 x 3 chunks, the last row short
     src = tmp_path / "in.zarr"
-    zarr.create_array(str(src), data=data, chunks=(5, 16, 16), shards=(5, 32, 32),
-                      dimension_names=list("zyx"))  # fmt: skip
+    zarr.create_array(str(src), data=data, chunks=(5, 32, 32), dimension_names=list("zyx"))
     fused_rows, left = [], []
     if scheduler == "threads":
         fuse_cell, forget_run = halo._fuse_cell, runners.forget_run
@@ -246,17 +245,17 @@ def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, capl
         monkeypatch.setattr(runners, "forget_run", leftovers)
     caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
     want = focus_stack(np.moveaxis(data, 0, -1))
-    shard = src / "c" / "0" / "2" / "1"
-    good = shard.read_bytes()
-    shard.write_bytes(b"not zstd" * 8)
+    chunk = src / "c" / "0" / "2" / "1"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not zstd" * 8)
     dst = tmp_path / "out.zarr"
     with dask.config.set(num_workers=3), pytest.raises(RuntimeError, match="chunk"):
         fuse_zarr(src, dst, chunks=16, scheduler=scheduler, progress=False, levels=0)
     done = {tuple(map(int, p.name.split("_"))) for p in (dst / ".fstack_dask" / "done").iterdir()}
-    # the shard's 4 blocks and those of its 8 neighbours' that reach into it: 4 x 4 blocks
+    # the chunk's 4 blocks and those of its 8 neighbours' that reach into it: 4 x 4 blocks
     spoilt = {(j, i) for j in range(3, 7) for i in range(1, 5)}
     assert done == {(j, i) for j in range(14) for i in range(6)} - spoilt
-    shard.write_bytes(good)
+    chunk.write_bytes(good)
     caplog.clear()
     with dask.config.set(num_workers=3):
         out = fuse_zarr(src, dst, chunks=16, scheduler=scheduler, progress=False, levels=0,
@@ -264,7 +263,7 @@ def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, capl
     np.testing.assert_array_equal(out["0"][...], want, strict=True)
     (report,) = [r.fstack_report for r in caplog.records if hasattr(r, "fstack_report")]
     # the resume decodes the cells left and their neighbours for their bands, each once:
-    # the first 5 rows of shards
+    # the first 5 rows of chunks
     assert report.decoded_bytes == data[:, : 5 * 32].nbytes
     if scheduler == "threads":
         assert max(fused_rows) == 2, fused_rows  # a task fuses a row of a cell's blocks
@@ -275,13 +274,13 @@ def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, capl
 def test_waves_of_one_cell_on_two_workers(tmp_path, monkeypatch, caplog, scheduler):
     """Units large for the workers' memory make waves one column wide. A wave's columns are
     strips of one slot each, so on 2 worker processes one of them only decoded the column
-    beside the wave while the other fused every block (the 4096^2 sharded stack took 18.9 s
-    so on 2 processes); such waves now go in row segments too. Real runs by cells on threads
-    and on worker processes: the same bits, each wave's neighbour column decoded again."""
+    beside the wave while the other fused every block (the 4096^2 sharded stack, then read
+    by shards, took 18.9 s so on 2 processes); such waves now go in row segments too. Real
+    runs by cells on threads and on worker processes: the same bits, each wave's neighbour
+    column decoded again."""
     data = _stack((4 * 32, 4 * 32), 5, seed=5)
     src = tmp_path / "in.zarr"
-    zarr.create_array(str(src), data=data, chunks=(5, 16, 16), shards=(5, 32, 32),
-                      dimension_names=list("zyx"))  # fmt: skip
+    zarr.create_array(str(src), data=data, chunks=(5, 32, 32), dimension_names=list("zyx"))
     exchanged = []
     run_exchange = exchange.run_exchange
 
