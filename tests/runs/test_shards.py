@@ -128,3 +128,20 @@ def test_info_says_how_a_sharded_source_is_read(tmp_path):
         f"({PLANES}, {CHUNK}, {CHUNK}) in shards of ({PLANES}, {SHARD}, {SHARD}) (read by chunks)"
     )
     assert "by whole shards" in info(2**30)["source chunks"]
+
+
+def test_a_sharded_store_behind_fsspec_is_read_by_its_chunks(tmp_path, caplog):
+    """Byte-range reads of a shard's chunks through an fsspec store (``memory://``, as
+    ``s3://`` goes): the same bits as the whole image, each chunk decoded once."""
+    import uuid
+
+    data = np.moveaxis(synthetic_stack((SHARD, 2 * SHARD), PLANES, seed=7).stack, -1, 0)
+    url = f"memory://fstack-shards-{uuid.uuid4().hex}/in.zarr"
+    zarr.create_array(url, data=data, chunks=(PLANES, CHUNK, CHUNK),
+                      shards=(PLANES, SHARD, SHARD), dimension_names=list("zyx"))  # fmt: skip
+    caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
+    with dask.config.set(num_workers=2):
+        out = fuse_zarr(url, tmp_path / "out.zarr", chunks=CHUNK, memory_per_task=_memory(1.5),
+                        progress=False, levels=0)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+    assert _decoded(caplog) == data.nbytes
