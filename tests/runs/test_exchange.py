@@ -151,13 +151,15 @@ def real_runs(draw):
     threads = draw(st.integers(1, 3))
     scheduler = draw(st.sampled_from(["threads", "synchronous"]))
     cores = draw(st.integers(2, 40))  # cores of decoded units the workers' memory holds
-    return unit, block, shape, leads, threads, scheduler, cores
+    # the units in shards of 2 x 2: read by shards or by their chunks, as each run decides
+    sharded = draw(st.booleans())
+    return unit, block, shape, leads, threads, scheduler, cores, sharded
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=real_runs())
 def test_any_plan_gives_the_whole_image_in_memory(case):
-    unit, block, shape, leads, threads, scheduler, cores = case
+    unit, block, shape, leads, threads, scheduler, cores, sharded = case
     planes = 5
     data = np.stack([_stack(shape, planes, seed) for seed in range(leads)])
     task = block_memory((block + 2 * HALO,) * 2, planes, 1, 2, False)
@@ -165,7 +167,8 @@ def test_any_plan_gives_the_whole_image_in_memory(case):
     memory = task + cores * planes * block * block * 2 // workers
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.zarr"
-        zarr.create_array(str(src), data=data, chunks=(1, planes, unit, unit),
+        shards = (1, planes, 2 * unit, 2 * unit) if sharded else None
+        zarr.create_array(str(src), data=data, chunks=(1, planes, unit, unit), shards=shards,
                           dimension_names=list("tzyx"))  # fmt: skip
         with dask.config.set(num_workers=workers):
             out = fuse_zarr(src, Path(tmp) / "out.zarr", chunks=block, memory_per_task=memory,
