@@ -327,7 +327,10 @@ def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
         src = cache / f"planned{n}_{unit}.zarr"
         if not src.exists():
             _stack_meta(src, (planes, n, n), unit)
-        blocks, cache_bytes = plan_fusion(str(src)).plan(n_workers * threads, n_workers)
+        # as a run on n_workers processes of `threads` tasks each plans it (Scheduler.workers
+        # is the tasks in one process); before 2026-12-05 this passed every worker's tasks as
+        # one process's, so the waves' budget was n_workers x too large
+        blocks, cache_bytes = plan_fusion(str(src)).plan(threads, n_workers)
         plan = cells(blocks, (unit, unit))  # the grid halo exchange decodes and fuses by
         t = time.perf_counter()
         run = dry_run(plan, itemsize=2, slots=list(range(n_workers)), threads=threads,
