@@ -69,10 +69,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", FstackDaskWarning)
         fusion = plan_from_options(scene_src(args.src, args.scene), kw)
     told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
-    source, layout = fusion.source, fusion.layout
     workers = cpu_count() if config.cluster.kind == "local" else 1
     fusion = read_by(fusion, workers)  # as a run on these workers reads a sharded source
-    source = fusion.source
+    source, layout = fusion.source, fusion.layout
     blocks, cache = fusion.plan(workers)
     axes, shape = source.axes, source.shape
     size_of = dict(zip(axes, shape, strict=True))
