@@ -285,20 +285,26 @@ def _chunks_line(source: Any) -> str:
 
 def _decoding_line(fusion: Any, blocks: Any, cache: int, workers: int) -> str:
     """How the run will decode the source's units, and about how many times (one process
-    of ``workers`` threads): halo exchange's waves decode the column beside each again."""
+    of ``workers`` threads): halo exchange's waves decode the column (row) beside each again."""
     from .._runs import exchange
 
     unit = (fusion.unit["y"], fusion.unit["x"])
     found = exchange.decoding(blocks, unit, cache, fusion.source.dtype.itemsize)
-    if not exchange.ENABLED or found is None:
-        return "through the unit cache (blocks neither whole units nor even divisors of one)"
-    grid, width, ratio = found
-    n = grid.grid[1]
+    if not exchange.ENABLED:
+        return "through the unit cache (halo exchange turned off)"
+    if found is None:
+        why = "blocks neither whole units nor even divisors of one"
+        if exchange.exchange_grid(blocks, unit) is not None:
+            why = "memory for fewer than two rows of a wave of one column"
+        return f"through the unit cache ({why})"
+    grid, width, ratio, across = found
+    n = grid.grid[0 if across else 1]
     what = "blocks"
     if grid is not blocks:
         per = (grid.block[0] // blocks.block[0]) * (grid.block[1] // blocks.block[1])
         what = f"cells of {grid.block[0]} x {grid.block[1]} px ({per} blocks each)"
-    return (f"halo exchange by {what}, waves of {width} of {n} column(s): about {ratio:.2f} x "
+    lines = "row(s)" if across else "column(s)"
+    return (f"halo exchange by {what}, waves of {width} of {n} {lines}: about {ratio:.2f} x "
             f"the stored bytes decoded on {workers} thread(s)")  # fmt: skip
 
 

@@ -17,13 +17,16 @@ are fused from it, one fuse per row of its blocks (so that several threads share
   so the output's bits are the same.
 
 **Order and memory.** Columns go in *waves*, as wide as two rows of cores fit in the
-workers' memory; in a wave every strip goes down its rows, fusing row ``j`` once it and its
-neighbour strips have decoded row ``j + 1``, so each strip holds about two rows of cores. A
-wave also decodes the column on each side of it for their bands only (decoded again by the
-next wave): waves as wide as memory allows keep that at ``2 / wave width``. A wave whose
-columns do not share out evenly over the task slots (196 columns on 64 or 256 workers, 8
-columns on 16, or a wave narrower than the slots where memory is short) goes in *row
-segments*, each with its own part of the slots, so that every slot is about equally busy.
+workers' memory (an image much wider than tall goes across, in waves of rows where that
+decodes less: :func:`.waves.oriented`); in a wave every strip goes down its rows, fusing row
+``j`` once it and its neighbour strips have decoded row ``j + 1``, so each strip holds about
+two rows of cores. A wave also decodes the column on each side of it for their bands only
+(decoded again by the next wave): waves as wide as memory allows keep that at
+``2 / wave width``. A wave waits while the waves running hold the memory it needs, and halo
+exchange runs only where its smallest wave fits (else the unit cache reads the blocks,
+within its memory). A wave whose columns do not share out evenly over the task slots (196
+columns on 64 or 256 workers, 8 columns on 16) goes in *row segments* where memory holds two
+rows of each, each with its own part of the slots, so that every slot is about equally busy.
 A segment's border row is decoded once, by its own segment, which hands its bands to the
 segment across the border; segments go alternately up and down
 their rows (segment 0 up, 1 down, 2 up... :mod:`.waves`), so two segments reach their shared
@@ -48,6 +51,7 @@ from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
 from .waves import (
+    Across,
     Wave,
     blocks_of,
     cells,
@@ -55,6 +59,10 @@ from .waves import (
     decoding,
     exchange_grid,
     grid_of,
+    handed_band,
+    oriented,
+    placed,
+    row_bytes,
     segments,
     wave_width,
     waves,
@@ -85,9 +93,10 @@ ENABLED = os.environ.get("FSTACK_DASK_HALO_EXCHANGE", "1").strip() not in ("0", 
 # ---------------------------------------------------------------------------- planning
 
 
-def applies(plan: Plan, unit_yx: tuple[int, int]) -> bool:
-    """Whether halo exchange can run this plan (:func:`.waves.exchange_grid`)."""
-    return exchange_grid(plan, unit_yx) is not None
+def applies(plan: Plan, unit_yx: tuple[int, int], budget: float, itemsize: int) -> bool:
+    """Whether halo exchange can run this plan with ``budget`` bytes of the workers' memory
+    beside their tasks (:func:`.waves.exchange_grid`)."""
+    return exchange_grid(plan, unit_yx, budget, itemsize) is not None
 
 
 # ------------------------------------------------------------------------------ driver
@@ -162,6 +171,7 @@ class _Strip:
 @dataclass
 class _WaveState:
     wave: Wave
+    grid: Plan | Across  # the grid the driver goes over (:func:`.waves.oriented`)
     strips: list[_Strip]
     strip_of: dict[int, int]  # column -> strip index
     depth: int = 1  # rows a strip decodes ahead of its first row not fused
@@ -196,19 +206,23 @@ def run_exchange(
     shown already) and returns False to stop.
     Returns once nothing runs any more (the caller collects the decodes' counts from the
     workers with :func:`forget_run`)."""
-    plan = grid_of(job)  # the plan's blocks, or the cells that hold several of them
+    grid = grid_of(job)  # the plan's blocks, or the cells that hold several of them
     blocks_done = done
-    if plan is not job.plan:
-        done = _cells_done(job, plan, done)
+    if grid is not job.plan:
+        done = _cells_done(job, grid, done)
+    plan = oriented(grid, budget, core_bytes(job))  # waves down its columns, or across
     width = wave_width(plan, budget, core_bytes(job))
     depth = rows_ahead(plan, budget, core_bytes(job))
     capacity = max(1, len(runner.slots) * runner.threads)
-    pending = waves(plan, done, width, lambda: segments(plan, width, capacity))
+    # a segment holds two rows of its columns' cores at least: as many as the depth allows
+    fit = max(1, (depth + 1) // 2)
+    pending = waves(plan, done, width, lambda: min(fit, segments(plan, width, capacity)))
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
     lent: dict[tuple, list] = {}  # (lead, wave columns, row, side) -> [(columns, decode)]
-    exhausted = False
+    per_row = tuple(row_bytes(plan, core_bytes(job), fused=f) for f in (True, False))
+    exhausted, upcoming = False, None
     try:
         while True:
             # an image's row segments go together (each may wait for its neighbours' borders)
@@ -217,11 +231,20 @@ def run_exchange(
             ):
                 runner.refresh()  # workers that joined (an adaptive cluster) take part
                 capacity = max(1, len(runner.slots) * runner.threads)
-                wave = next(pending, None)
-                if wave is None:
+                upcoming = upcoming or next(pending, None)
+                if upcoming is None:
                     exhausted = True
-                else:
-                    active.append(_wave_state(wave, runner, capacity, depth, plan.grid[1]))
+                    break
+                state = _wave_state(upcoming, plan, runner, capacity, depth)
+                # a wave waits while the memory the waves running hold leaves no room for it
+                if (
+                    active
+                    and not _more_segments(active)
+                    and (sum(_held(s, *per_row) for s in active) + _held(state, *per_row) > budget)
+                ):
+                    break
+                active.append(state)
+                upcoming = None
             if not active and not running:
                 return
             while any([_submit_ready(job, runner, s, (done, blocks_done), running, carry, lent,
@@ -282,6 +305,16 @@ def _unfinished(
     return [state for state in active if not state.finished()]
 
 
+def _held(state: _WaveState, row: float, side: float) -> float:
+    """The most bytes a wave (or row segment) holds: for each of the rows it decodes ahead
+    and the one being fused, a row of cores and bands in each of its columns (``row``) and
+    of bands in the columns decoded beside it (``side``; :func:`.waves.row_bytes`)."""
+    d0, d1 = state.wave.decode_cols
+    c0, c1 = state.wave.cols
+    columns = (c1 - c0) * row + (d1 - d0 - (c1 - c0)) * side
+    return columns * min(state.depth + 1, len(state.order))
+
+
 def _admissible(active: list[_WaveState], width: int, capacity: int) -> bool:
     strips = sum(len(s.strips) for s in active)
     # a row segment holds its share of its columns' memory (its depth is shared out)
@@ -304,7 +337,7 @@ def _fused(strip: _Strip, position: int) -> None:
 
 
 def _wave_state(
-    wave: Wave, runner: Runner, capacity: int, depth: int = 1, nx: int | None = None
+    wave: Wave, grid: Plan | Across, runner: Runner, capacity: int, depth: int = 1
 ) -> _WaveState:
     """The wave's decoded columns in strips, at most one per task slot, spread over the
     slots in contiguous groups (neighbouring strips share their bands on one worker); a row
@@ -321,21 +354,21 @@ def _wave_state(
     bounds = [d0 + (n * k) // count for k in range(count + 1)]
     strips, strip_of = [], {}
     # its last column's decodes go to the next wave (none after an image's last column)
-    last = wave.cols[1] - 1 if nx is None or wave.cols[1] < nx else None
+    last = wave.cols[1] - 1 if wave.cols[1] < grid.grid[1] else None
     for k in range(count):
         slot = slots[(k * len(slots)) // count]
         has_last = last is not None and bounds[k] <= last < bounds[k + 1]
         strips.append(_Strip((bounds[k], bounds[k + 1]), slot, wave.lead, wave.cols,
                              last if has_last else None, lends=wave.lent()))  # fmt: skip
         strip_of.update({i: k for i in range(bounds[k], bounds[k + 1])})
-    return _WaveState(wave, strips, strip_of, depth)
+    return _WaveState(wave, grid, strips, strip_of, depth)
 
 
 def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, task_args) -> bool:
     """Submit what can run now; returns whether a strip moved on (submitted, or skipped a
     row with nothing to do). ``dones``: the names of the cells done, and of the blocks."""
     done, blocks_done = dones
-    plan, wave, strips, order = grid_of(job), state.wave, state.strips, state.order
+    plan, wave, strips, order = state.grid, state.wave, state.strips, state.order
     moved = False
 
     def slot_of(block: Block) -> Any:
@@ -343,9 +376,9 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
 
     def parts(cell: Block) -> int:
         """Fuses that read a cell's core: one per row of its blocks left to fuse."""
-        if plan is job.plan:
+        if grid_of(job) is job.plan:
             return 1
-        return len({b[-2] for b in _left(job, cell, blocks_done)})
+        return len({placed(plan, b)[-2] for b in _left(job, placed(plan, cell), blocks_done)})
 
     for k, strip in enumerate(strips):
         # decode ahead of the first row not fused (one row, or more where memory allows)
@@ -374,11 +407,11 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
             export = [
                 any(slot_of(n) != strip.slot for n in readers[b])
                 or borrowers[b]
-                or ("right" if _next_wave_reads(plan, wave, done, b) else False)
+                or (handed_band(plan) if _next_wave_reads(plan, wave, done, b) else False)
                 for b in needed
             ]
-            handle = runner.submit(strip.slot, decode_rows, job, needed, keep, uses, export,
-                                   *task_args)  # fmt: skip
+            handle = runner.submit(strip.slot, decode_rows, job, [placed(plan, b) for b in needed],
+                                   keep, uses, export, *task_args)  # fmt: skip
             running[handle] = ("decode", strip, row)
         # fuse each row once it and its neighbour strips have decoded the rows around it
         around = strips[max(0, k - 1) : k + 2]
@@ -412,23 +445,25 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
                 remote += [runner.handed(carry[(wave.lead, left, r)]) for r in rows
                            if (wave.lead, left, r) in carry]  # fmt: skip
             strip.fusing.add(position)
-            for part in _block_rows(job, blocks, blocks_done):
+            for part in _block_rows(job, plan, blocks, blocks_done):
                 handle = runner.submit_fuse(strip.slot, job, part, remote, task_args)
                 strip.parts[position] = strip.parts.get(position, 0) + 1
                 running[handle] = ("fuse", strip, position)
     return moved
 
 
-def _block_rows(job: Any, cells: list[Block], blocks_done: set[str]) -> list[list[Block]]:
-    """The fuses of a row of cells: one per row of the plan's blocks in them (so that a
-    cell's blocks are fused by several threads at once), each with the blocks left to
-    fuse; a row of blocks is one fuse."""
+def _block_rows(
+    job: Any, grid: Plan | Across, cells: list[Block], blocks_done: set[str]
+) -> list[list[Block]]:
+    """The fuses of a row of ``grid``'s cells: one per row of the plan's blocks in them (so
+    that a cell's blocks are fused by several threads at once), each with the blocks left to
+    fuse; a row of blocks is one fuse. The plan's blocks (rows, columns across)."""
     if grid_of(job) is job.plan:
-        return [cells]
+        return [[placed(grid, c) for c in cells]]
     rows: dict[int, list[Block]] = {}
     for cell in cells:
-        for block in _left(job, cell, blocks_done):
-            rows.setdefault(block[-2], []).append(block)
+        for block in _left(job, placed(grid, cell), blocks_done):
+            rows.setdefault(placed(grid, block)[-2], []).append(block)
     return list(rows.values())
 
 

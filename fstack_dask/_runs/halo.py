@@ -68,21 +68,26 @@ class Bands:
         return Bands(self.y, self.x, *(np.array(b) for b in (self.top, self.bottom,
                                                               self.left, self.right)))  # fmt: skip
 
-    def right_only(self) -> Bands:
-        """Only the right band (all a block in the next column needs), copied."""
+    def only(self, side: str) -> Bands:
+        """Only the band on ``side`` (``"right"``, ``"bottom"``...), copied: all a block in
+        the next wave needs of its neighbour in the wave before."""
         if self.error is not None:
             return self
-        return Bands(self.y, self.x, right=np.array(self.right))
+        return Bands(self.y, self.x, **{side: np.array(getattr(self, side))})
 
     def pieces(self) -> Iterator[tuple[np.ndarray, tuple[int, int], tuple[int, int]]]:
-        """Each band with the image rows and columns it holds."""
+        """Each band it has with the image rows and columns it holds."""
         (y0, y1), (x0, x1) = self.y, self.x
-        if self.top is not None:
-            yield self.top, (y0, y0 + self.top.shape[-2]), (x0, x1)
-            yield self.bottom, (y1 - self.bottom.shape[-2], y1), (x0, x1)
-            yield self.left, (y0, y1), (x0, x0 + self.left.shape[-1])
-        if self.right is not None:
-            yield self.right, (y0, y1), (x1 - self.right.shape[-1], x1)
+        extents = {
+            "top": lambda p: ((y0, y0 + p.shape[-2]), (x0, x1)),
+            "bottom": lambda p: ((y1 - p.shape[-2], y1), (x0, x1)),
+            "left": lambda p: ((y0, y1), (x0, x0 + p.shape[-1])),
+            "right": lambda p: ((y0, y1), (x1 - p.shape[-1], x1)),
+        }
+        for side, extent in extents.items():
+            part = getattr(self, side)
+            if part is not None:
+                yield part, *extent(part)
 
 
 def _paste(out: np.ndarray, region: BlockRegion, part: np.ndarray, y, x) -> tuple[int, int]:
@@ -227,8 +232,8 @@ def decode_rows(
     """Decode the cores of ``blocks`` (one strip's row); keep each core that this worker will
     fuse (``keep_core``: a count of the fuses that read it, or True for one) and each block's
     bands for ``uses`` fuses here; return the bands of the
-    blocks that fuses on other workers read (``export``: True, or ``"right"`` for the next
-    wave, which reads only their right band). A core that cannot be read is kept
+    blocks that fuses on other workers read (``export``: True, or the one band the next wave
+    reads, ``"right"`` or ``"bottom"``). A core that cannot be read is kept
     as its error, which every block that needs it reports. The bytes decoded and the seconds
     are counted in this process (:func:`forget_run` returns them)."""
     start, decoded = time.perf_counter(), decoded_by_this_thread()
@@ -245,7 +250,7 @@ def decode_rows(
         if keep or n > 0:
             _keep(job.token, block, _Held(core if keep else None, bands, n, int(keep)))
         if exported:
-            out[block] = bands.right_only() if exported == "right" else bands.copied()
+            out[block] = bands.only(exported) if isinstance(exported, str) else bands.copied()
     with _lock:
         counts = _counts.setdefault(job.token, _Counts())
         counts.decoded += decoded_by_this_thread() - decoded

@@ -47,7 +47,8 @@ def fuse_blocks(
         log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
     unit = (fusion.unit["y"], fusion.unit["x"])
     cells = None
-    if exchange.ENABLED and exchange.applies(plan, unit):
+    budget, itemsize = cache_bytes * sched.processes, fusion.source.dtype.itemsize
+    if exchange.ENABLED and exchange.applies(plan, unit, budget, itemsize):
         cells = exchange.cells(plan, unit)
     halo_exchange = cells is not None
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
@@ -70,7 +71,7 @@ def fuse_blocks(
                 job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, task_args=task_args,
                 done_before=plan.n_blocks - n_todo,
-                exchange_with=(done, cache_bytes * sched.processes) if halo_exchange else None,
+                exchange_with=(done, budget) if halo_exchange else None,
             )  # fmt: skip
         except BaseException:
             close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster

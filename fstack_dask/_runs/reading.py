@@ -82,4 +82,4 @@ def _decoded(fusion: Fusion, workers: int, processes: int) -> float | None:
     plan, cache = fusion.plan(workers, processes)
     unit = (fusion.unit["y"], fusion.unit["x"])
     found = decoding(plan, unit, cache * processes, fusion.source.dtype.itemsize)
-    return None if found is None else found[2]
+    return None if found is None else found.ratio

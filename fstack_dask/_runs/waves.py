@@ -1,6 +1,10 @@
-"""Halo exchange's plan (:mod:`.exchange`): its grid (the blocks, or cells of one unit), the
-waves of columns an image is fused in, its row segments, and how far ahead a strip decodes;
-from the plan and the workers' memory alone, nothing read.
+"""Halo exchange's plan (:mod:`.exchange`): its grid (the blocks, or cells of one unit), which
+way its waves go over the image, the waves of columns an image is fused in, its row segments,
+and how far ahead a strip decodes; from the plan and the workers' memory alone, nothing read.
+
+The driver and the functions here speak of columns and rows of a grid. Where waves across the
+image decode less (:func:`oriented`), that grid is the plan's seen across (:class:`Across`):
+its "columns" are the image's rows, and :func:`placed` turns its blocks back into the plan's.
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .plan import Plan
 
 Block = tuple[int, ...]
 
 __all__ = [
+    "Across",
+    "Decoding",
     "Wave",
     "blocks_of",
     "cell_of",
@@ -25,6 +31,11 @@ __all__ = [
     "depth",
     "exchange_grid",
     "grid_of",
+    "handed_band",
+    "least_memory",
+    "oriented",
+    "placed",
+    "row_bytes",
     "segments",
     "wave_width",
     "waves",
@@ -84,7 +95,7 @@ class Wave:
 
 
 def waves(
-    plan: Plan, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
+    plan: Plan | Across, done: set[str], width: int, segments: Callable[[], int] = lambda: 1
 ) -> Iterator[Wave]:
     """The waves of a run, lazily: per image (lead indices), columns in groups of
     ``width``, each with the rows that hold a block left to fuse (and one row around); each
@@ -120,7 +131,7 @@ def waves(
             previous = c1
 
 
-def segments(plan: Plan, width: int, capacity: int) -> int:
+def segments(plan: Plan | Across, width: int, capacity: int) -> int:
     """Row segments for a wave of ``width`` columns (or the whole image). A wave's strips go
     down its rows together, so its longest strip (in blocks) paces it: the fewest segments
     whose longest strip is within 3 % of the shortest possible (segments lend each other
@@ -139,11 +150,10 @@ def segments(plan: Plan, width: int, capacity: int) -> int:
     return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
 
 
-def wave_width(plan: Plan, budget: int, core_bytes: int) -> int:
+def wave_width(plan: Plan | Across, budget: int, core_bytes: int) -> int:
     """Columns per wave: what two rows of cores and a row of bands take fits ``budget``
     bytes (the workers' memory left once their tasks are counted), at least one."""
-    (by, bx), h = plan.block, plan.halo
-    bands = core_bytes * 2 * (min(h, by) / by + min(h, bx) / bx)
+    bands = _bands(plan, core_bytes)
     # a column holds the core being fused, the core below it, and the bands of the one above
     # (a held core's bands are views of it)
     per_column = 2 * core_bytes + bands
@@ -159,13 +169,34 @@ def core_size(plan: Plan, itemsize: int) -> int:
     return lay.n_channels * lay.n_planes * by * bx * int(itemsize)
 
 
-def depth(plan: Plan, budget: int, core: int) -> int:
+def depth(plan: Plan | Across, budget: int, core: int) -> int:
     """Rows a strip may decode ahead: as many as the wave's columns' cores fit, so that
     several of a strip's rows are fused at once where memory allows (many threads on a
-    narrow image); at least one."""
+    narrow image); at least one. A column holds its rows from the one being fused to the
+    last decoded ahead (``depth + 1``, :func:`row_bytes` each)."""
     cols = min(plan.grid[1], wave_width(plan, budget, core) + 2)
-    rows = int(budget // max(1, cols * core)) - 1
+    rows = int(budget / cols // max(1.0, row_bytes(plan, core))) - 1
     return max(1, min(rows, plan.grid[0]))
+
+
+def row_bytes(plan: Plan | Across, core: int, *, fused: bool = True) -> float:
+    """What a strip's column holds for each row it decodes ahead (:func:`depth`): the row's
+    core and bands, and the bands of a row that its neighbour strips, up to ``depth`` rows
+    behind, have still to read; a column decoded for its bands only (beside a wave) holds
+    only bands."""
+    return (core if fused else 0) + 2 * _bands(plan, core)
+
+
+def least_memory(plan: Plan | Across, core: int) -> float:
+    """The fewest bytes halo exchange runs in: a wave of one column, two rows of it, and of
+    the column decoded on each side for its bands (:func:`row_bytes`)."""
+    return 2 * (row_bytes(plan, core) + 2 * row_bytes(plan, core, fused=False))
+
+
+def _bands(plan: Plan | Across, core: int) -> float:
+    """Bytes of a core's four edge bands (``halo`` pixels wide)."""
+    (by, bx), h = plan.block, plan.halo
+    return core * 2 * (min(h, by) / by + min(h, bx) / bx)
 
 
 # ------------------------------------------------------------------------------ cells
@@ -191,29 +222,109 @@ def cells(plan: Plan, unit_yx: tuple[int, int]) -> Plan | None:
     return plan if (cy, cx) == (by, bx) else dataclasses.replace(plan, block=(cy, cx))
 
 
-def exchange_grid(plan: Plan, unit_yx: tuple[int, int]) -> Plan | None:
+def exchange_grid(
+    plan: Plan, unit_yx: tuple[int, int], budget: float | None = None, itemsize: int = 1
+) -> Plan | None:
     """:func:`cells`, where halo exchange can run the plan: its blocks whole multiples or
-    even divisors of the read unit (so a core decodes only its own units) and its cells at
-    least a halo wide (so a halo ends in the neighbours' bands); else None."""
+    even divisors of the read unit (so a core decodes only its own units), its cells at
+    least a halo wide (so a halo ends in the neighbours' bands) and, where ``budget`` (bytes
+    of the workers' memory beside their tasks) is given, room for its smallest wave
+    (:func:`least_memory`); else None (the unit cache reads the blocks)."""
     grid = cells(plan, unit_yx)
     if grid is None or min(*grid.block, *plan.layout.shape_yx) < plan.halo:
+        return None
+    if budget is not None and budget < least_memory(grid, core_size(grid, itemsize)):
         return None
     return grid
 
 
-def decoding(
-    plan: Plan, unit_yx: tuple[int, int], budget: int, itemsize: int
-) -> tuple[Plan, int, float] | None:
-    """Halo exchange's grid for ``plan``, its waves' width in columns with ``budget`` bytes
-    beside the tasks, and about how many times it decodes the stored bytes (each wave decodes
-    the column beside it again: ``1 + (waves - 1) / columns``); None where exchange does not
-    apply (:func:`exchange_grid`)."""
-    grid = exchange_grid(plan, unit_yx)
+class Decoding(NamedTuple):
+    """How halo exchange would decode a plan (:func:`decoding`)."""
+
+    grid: Plan  # the blocks, or cells of one unit (not seen across)
+    width: int  # the waves' width, in columns (rows where ``across``)
+    ratio: float  # about how many times the stored bytes are decoded
+    across: bool  # waves go over the image's rows (:class:`Across`)
+
+
+def decoding(plan: Plan, unit_yx: tuple[int, int], budget: int, itemsize: int) -> Decoding | None:
+    """How halo exchange would run ``plan`` with ``budget`` bytes beside the tasks: its grid,
+    which way and how wide its waves go (:func:`oriented`), and about how many times it
+    decodes the stored bytes (each wave decodes the column beside it again:
+    ``1 + (waves - 1) / columns``); None where exchange does not apply
+    (:func:`exchange_grid`)."""
+    grid = exchange_grid(plan, unit_yx, budget, itemsize)
     if grid is None:
         return None
+    view = oriented(grid, budget, core_size(grid, itemsize))
+    width, ratio = _times(view, budget, core_size(grid, itemsize))
+    return Decoding(grid, width, ratio, isinstance(view, Across))
+
+
+# ------------------------------------------------------------------------ which way
+
+
+@dataclass(frozen=True)
+class Across:
+    """``plan``'s grid seen across: its rows are this view's columns, so that halo exchange's
+    waves take groups of the image's rows and its strips go along them. Only what the driver
+    asks of a grid; blocks are in this view's order (:func:`placed` gives the plan's)."""
+
+    plan: Plan
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        ny, nx = self.plan.grid
+        return nx, ny
+
+    @property
+    def block(self) -> tuple[int, int]:
+        by, bx = self.plan.block
+        return bx, by
+
+    @property
+    def halo(self) -> int:
+        return self.plan.halo
+
+    @property
+    def layout(self) -> Any:
+        return self.plan.layout
+
+    def name(self, block: Block) -> str:
+        return Plan.name(placed(self, block))
+
+
+def placed(grid: Plan | Across, block: Block) -> Block:
+    """A block of the driver's ``grid`` as the plan's (or its cells') block: the same, or
+    with its row and column swapped where the grid is seen :class:`Across` (and back)."""
+    if isinstance(grid, Across):
+        *lead, a, b = block
+        return (*lead, b, a)
+    return block
+
+
+def handed_band(grid: Plan | Across) -> str:
+    """The band of its last column's blocks a wave hands to the next (which lies beside
+    that column): their right band, or their bottom band across."""
+    return "bottom" if isinstance(grid, Across) else "right"
+
+
+def oriented(grid: Plan, budget: int, core: int) -> Plan | Across:
+    """``grid`` as halo exchange's waves go over it: groups of its columns, each strip going
+    down the rows; or, where that decodes less, :class:`Across`: groups of its rows, each strip
+    going along them. Each wave decodes the column beside it again, so an image much wider than
+    tall, with memory for waves narrower than it, decodes less across (32 x 8 blocks in waves
+    of 4: 1 + 7 / 32 = 1.22 x the stored bytes down, 1 + 1 / 8 = 1.125 across). Ties go down
+    the columns. ``core``: bytes of one decoded core."""
+    across = Across(grid)
+    return across if _times(across, budget, core)[1] < _times(grid, budget, core)[1] else grid
+
+
+def _times(grid: Plan | Across, budget: int, core: int) -> tuple[int, float]:
+    """Waves' width (in ``grid``'s columns) and about how many times they decode the image."""
     n = grid.grid[1]
-    width = min(n, wave_width(grid, budget, core_size(grid, itemsize)))
-    return grid, width, 1 + (-(-n // width) - 1) / n
+    width = min(n, wave_width(grid, budget, core))
+    return width, 1 + (-(-n // width) - 1) / n
 
 
 def grid_of(job: Any) -> Plan:

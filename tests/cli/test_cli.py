@@ -254,8 +254,8 @@ def test_info_prints_the_plan(data):
     assert info["memory per task"].startswith(f"{mib:.1f} MiB")
     assert info["decoding"].startswith("halo exchange by blocks, waves of 2 of 2 column(s)")
     assert "about 1.00 x the stored bytes decoded" in info["decoding"]
-    # blocks half a chunk: by cells of one chunk; a task too large for more than one column
-    res = ok(cli("info", src, "--chunks", "16", "--memory-per-task", "150KiB"))
+    # blocks half a chunk: by cells of one chunk
+    res = ok(cli("info", src, "--chunks", "16", "--memory-per-task", "1MiB"))
     decoding = _info(res.stdout)["decoding"]
     assert decoding.startswith("halo exchange by cells of 32 x 32 px (4 blocks each), waves of"), (
         decoding

@@ -10,8 +10,12 @@ image fused in memory, over plans drawn the same way.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -24,7 +28,7 @@ from fstack_dask import focus_stack, fuse_zarr, synthetic_stack
 from fstack_dask._algorithm.block import block_memory
 from fstack_dask._layout import Layout
 from fstack_dask._params import overlap_depth
-from fstack_dask._runs import exchange, halo, runners
+from fstack_dask._runs import exchange, halo, runners, schedulers, waves
 from fstack_dask._runs.dry_run import dry_run
 from fstack_dask._runs.plan import Plan
 
@@ -67,11 +71,11 @@ def test_every_block_is_fused_once_after_the_decodes_around_it(case):
     assert set(run.fuses) == left and set(run.fuses.values()) <= {1}
     assert sum(run.fused.values()) == len(left)
     if not done:  # a wave decodes a column on each side; row segments lend their borders
-        ny, nx = plan.grid
-        width = exchange.wave_width(plan, budget, 7 * plan.block[0] * plan.block[1] * 2)
-        waves = -(-nx // min(nx, width))
-        most = 1 + 2 * waves / nx
-        assert sum(run.decodes.values()) <= most * plan.n_blocks, (width, run.decodes)
+        core = 7 * plan.block[0] * plan.block[1] * 2
+        view = waves.oriented(plan, budget, core)  # its columns: the image's rows, across
+        n = view.grid[1]
+        most = 1 + 2 * -(-n // min(n, exchange.wave_width(view, budget, core))) / n
+        assert sum(run.decodes.values()) <= most * plan.n_blocks, (n, run.decodes)
 
 
 @pytest.mark.parametrize(
@@ -97,12 +101,13 @@ def test_one_worker_per_column_needs_no_segments():
 
 
 @pytest.mark.parametrize("slots", [2, 64, 200])
-def test_waves_narrower_than_the_image_go_in_row_segments_too(slots):
-    """Memory for waves of 30 of 60 columns, on 2, 64 or 200 single-thread workers: each
-    wave goes in row segments, so that every worker fuses its share. Before, only a wave as
-    wide as the image was cut: 18 of 64 workers and 143 of 200 sat idle and the busiest
-    fused 2.1 x and 6.7 x an even share (on 2, one fused while the other only decoded
-    beside a wave of one column, below)."""
+def test_waves_narrower_than_the_image_go_whole(slots):
+    """Memory for waves of 30 of 60 columns (two rows of their cores): a row segment holds
+    two rows of its columns too, so such a wave in segments would hold up to twice the
+    memory. It goes whole, a strip per column where the workers outnumber its columns, and
+    the workers beyond them wait (before, it went in segments: every worker busy, and the
+    cores held over the budget). Where memory holds segments they share the rows out
+    (:func:`test_workers_that_outnumber_or_do_not_divide_the_columns_are_all_busy`)."""
     plan = _plan(1, 120, 60, 64)
     core = 7 * 64 * 64 * 2
     budget = next(b for b in range(core, 200 * core, core // 4)
@@ -110,14 +115,15 @@ def test_waves_narrower_than_the_image_go_in_row_segments_too(slots):
     assert exchange.wave_width(plan, budget, core) == 30
     run = dry_run(plan, itemsize=2, slots=list(range(slots)), threads=1, budget=budget)
     fused = sorted(run.fused.values())
-    assert fused[-1] <= 1.1 * plan.n_blocks / slots, fused
-    assert sum(f == 0 for f in fused) <= 2, fused
+    # two waves: at most a column of each per worker, and two workers share each wave
+    assert fused[-1] == max(2 * 120, plan.n_blocks // slots), fused
+    assert sum(fused) == plan.n_blocks
     assert run.decoded_ratio(plan) <= 1 + 1 / 60 + 1e-9  # the column beside the first wave
-    narrow = _plan(1, 6, 4, 32)  # waves of one column on 2 workers
-    tight = 3 * 7 * 32 * 32 * 2
-    assert exchange.wave_width(narrow, tight, 7 * 32 * 32 * 2) == 1
-    run = dry_run(narrow, itemsize=2, slots=[0, 1], threads=1, budget=tight)
-    assert sorted(run.fused.values()) == [narrow.n_blocks // 2] * 2
+    # a wave of one column on 2 workers would need more than its memory: no halo exchange
+    narrow, unit = _plan(1, 6, 4, 32), (32, 32)
+    least = waves.least_memory(narrow, 7 * 32 * 32 * 2)
+    assert waves.exchange_grid(narrow, unit, least, 2) is narrow
+    assert waves.exchange_grid(narrow, unit, least - 1, 2) is None
 
 
 @pytest.mark.parametrize(
@@ -145,6 +151,8 @@ def real_runs(draw):
     # whole units, or (large units) an even divisor: cells of several blocks
     block = unit * draw(st.integers(1, 2)) if unit < 32 else unit // draw(st.integers(1, 2))
     rows, cols = draw(st.integers(1, 18)), draw(st.integers(1, 4))
+    if draw(st.booleans()):  # wide images: their waves may go across the rows
+        rows, cols = cols, rows
     edge = draw(st.integers(0, unit - HALO))  # the last blocks a bit short
     shape = (max(block, rows * block - edge), max(block, cols * block - edge))
     leads = draw(st.integers(1, 2))
@@ -170,13 +178,31 @@ def test_any_plan_gives_the_whole_image_in_memory(case):
         shards = (1, planes, 2 * unit, 2 * unit) if sharded else None
         zarr.create_array(str(src), data=data, chunks=(1, planes, unit, unit), shards=shards,
                           dimension_names=list("tzyx"))  # fmt: skip
-        with dask.config.set(num_workers=workers):
+        runs = []
+        with dask.config.set(num_workers=workers), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(schedulers, "execute", _recording(runs))
             out = fuse_zarr(src, Path(tmp) / "out.zarr", chunks=block, memory_per_task=memory,
                             scheduler=scheduler, progress=False, levels=0)  # fmt: skip
         got = out["0"][...]
     for t in range(leads):
         want = focus_stack(np.moveaxis(data[t], 0, -1))
         np.testing.assert_array_equal(got[t], want)
+    # the cores and bands held stay within what the tasks leave of the memory (halo
+    # exchange runs only where its smallest wave fits; the unit cache keeps to its own)
+    ((job, report),) = runs
+    assert report.cache_peak_bytes <= job.cache_bytes, (report.cache_peak_bytes, job.cache_bytes)
+
+
+def _recording(runs: list) -> Any:
+    """``schedulers.execute``, keeping each run's job and report."""
+    execute = schedulers.execute
+
+    def recording(job, blocks, **kwargs):
+        report = execute(job, blocks, **kwargs)
+        runs.append((job, report))
+        return report
+
+    return recording
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
@@ -274,31 +300,86 @@ def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, capl
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
-def test_waves_of_one_cell_on_two_workers(tmp_path, monkeypatch, caplog, scheduler):
-    """Units large for the workers' memory make waves one column wide. A wave's columns are
-    strips of one slot each, so on 2 worker processes one of them only decoded the column
-    beside the wave while the other fused every block (the 4096^2 sharded stack, then read
-    by shards, took 18.9 s so on 2 processes); such waves now go in row segments too. Real
-    runs by cells on threads and on worker processes: the same bits, each wave's neighbour
-    column decoded again."""
+def test_memory_below_the_smallest_wave_goes_through_the_unit_cache(
+    tmp_path, monkeypatch, caplog, scheduler
+):
+    """Room for two decoded chunks beside each of 2 tasks, where halo exchange's smallest
+    wave (two rows of a column and of the columns beside it, with their bands) needs more:
+    before, its waves of one cell held 3.4 x that memory (decoding 1.75 x the stored bytes).
+    Now the unit cache runs the blocks within it, decoding again what it cannot keep (9.7 x
+    here): the same bits, on threads and on worker processes."""
     data = _stack((4 * 32, 4 * 32), 5, seed=5)
     src = tmp_path / "in.zarr"
     zarr.create_array(str(src), data=data, chunks=(5, 32, 32), dimension_names=list("zyx"))
-    exchanged = []
-    run_exchange = exchange.run_exchange
-
-    def recording(job, *args, **kwargs):
-        exchanged.append(job.cells.block)
-        return run_exchange(job, *args, **kwargs)
-
-    monkeypatch.setattr(exchange, "run_exchange", recording)
+    exchanged, runs = [], []
+    monkeypatch.setattr(exchange, "run_exchange", lambda *a, **k: exchanged.append(a))
+    monkeypatch.setattr(schedulers, "execute", _recording(runs))
     caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
-    # room for two cores of 32 px beside each task: waves of one cell
     memory = block_memory((16 + 2 * HALO,) * 2, 5, 1, 2, False) + 2 * 5 * 32 * 32 * 2
     with dask.config.set(num_workers=2):
         out = fuse_zarr(src, tmp_path / "out.zarr", chunks=16, memory_per_task=memory,
                         scheduler=scheduler, progress=False, levels=0)  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
-    assert exchanged == [(32, 32)]
+    assert exchanged == []
+    ((job, report),) = runs
+    assert report.decoded_bytes >= data.nbytes
+    if scheduler == "threads":  # one process: its cache's peak against its budget
+        assert 0 < report.cache_peak_bytes <= job.cache_bytes
+
+
+@pytest.mark.parametrize("slots", [2, 16])
+def test_a_wide_image_goes_in_waves_across_its_rows(slots, monkeypatch):
+    """An image of 8 x 32 blocks with memory for waves of 4: waves of 4 of its 32 columns
+    decode the column beside each of the 8 waves again (1 + 7 / 32 = 1.22 x the image, the
+    4096 x 16384 stack on 2 workers); waves of 4 of its 8 rows, 1 + 1 / 8. The same image
+    standing up goes down its columns, as before; every block is fused once, and on 2
+    workers shared out evenly (16 workers would need memory for more than 4 columns)."""
+    core = 7 * 64 * 64 * 2
+    wide, tall = _plan(1, 8, 32, 64), _plan(1, 32, 8, 64)
+    budget = next(b for b in range(core, 200 * core, core // 4)
+                  if exchange.wave_width(wide, b, core) == 4)  # fmt: skip
+    assert isinstance(waves.oriented(wide, budget, core), waves.Across)
+    assert waves.oriented(tall, budget, core) is tall
+    for plan in (wide, tall):
+        run = dry_run(plan, itemsize=2, slots=list(range(slots)), threads=1, budget=budget)
+        assert run.decoded_ratio(plan) == 1 + 1 / 8
+        assert set(run.fuses) == set(plan.blocks()) and set(run.fuses.values()) == {1}
+        if slots == 2:
+            assert max(run.fused.values()) <= 1.1 * plan.n_blocks / slots, run.fused
+    # down its columns, as before
+    monkeypatch.setattr(exchange, "oriented", lambda grid, budget, core: grid)
+    run = dry_run(wide, itemsize=2, slots=list(range(slots)), threads=1, budget=budget)
+    assert run.decoded_ratio(wide) == 1 + 7 / 32
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_waves_across_a_wide_image_in_a_real_run(tmp_path, caplog, scheduler):
+    """4 x 16 chunks on 2 threads or worker processes with memory for waves of 3: waves of
+    rows, whose carried bands are the bottom ones (handed across processes): the same bits,
+    and the row beside the first wave decoded again (1.25 x; down the columns, 1 + 5 / 16).
+    ``fstack-dask info`` says so (on one CPU with the same memory beside its one task)."""
+    data = _stack((4 * 64, 16 * 64), 5, seed=6)
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), data=data, chunks=(5, 64, 64), dimension_names=list("zyx"))
+    # room for 6 cores beside each task: 12 on 2 workers, waves 3 wide
+    task, core = block_memory((64 + 2 * HALO,) * 2, 5, 1, 2, False), 5 * 64 * 64 * 2
+    memory = task + 6 * core
+    caplog.set_level(logging.DEBUG, logger="fstack_dask._runs.schedulers")
+    with dask.config.set(num_workers=2):
+        out = fuse_zarr(src, tmp_path / "out.zarr", chunks=64, memory_per_task=memory,
+                        scheduler=scheduler, progress=False, levels=0)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
     (report,) = [r.fstack_report for r in caplog.records if hasattr(r, "fstack_report")]
-    assert report.decoded_bytes == data.nbytes * 7 // 4  # 4 waves: 3 columns decoded again
+    assert report.decoded_bytes == data.nbytes * 5 // 4
+    if scheduler == "threads":
+        text = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", "info", str(src), "--chunks", "64",
+             "--memory-per-task", str(task + 12 * core)],
+            check=True, capture_output=True, text=True, preexec_fn=_one_cpu,
+        ).stdout  # fmt: skip
+        (line,) = [x for x in text.splitlines() if x.startswith("decoding")]
+        assert "waves of 3 of 4 row(s): about 1.25 x" in line, line
+
+
+def _one_cpu() -> None:  # info plans for the CPUs it may use: the same on any machine
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

@@ -94,10 +94,10 @@ def test_whole_shards_are_read_as_shards_where_a_task_holds_one(tmp_path):
     assert large.block[0] % SHARD == 0 and not read_by(large, 2).source.by_inner_chunks
     small = plan_fusion(src, memory_per_task=_memory(1.5))
     assert small.block == (CHUNK, CHUNK) and read_by(small, 2).source.by_inner_chunks
-    # one task, half a shard of room: by shards 1.5 x, by chunks 1.875 x (bands of 13 px on
-    # 32-px cores take the room)
+    # one task with room for 7 shards: either way each unit is decoded once (by shards in
+    # one wave of 2 columns; by chunks the bands of 13 px on 32-px cores take more room)
     assert not read_by(
-        plan_fusion(src, chunks=CHUNK, memory_per_task=_memory(0.5)), 1
+        plan_fusion(src, chunks=CHUNK, memory_per_task=_memory(7)), 1
     ).source.by_inner_chunks
 
 
