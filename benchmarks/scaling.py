@@ -311,8 +311,9 @@ def _stack_meta(path: Path, shape: tuple[int, ...], chunk: int) -> None:
 
 
 def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
+    from fstack_dask._runs import waves
     from fstack_dask._runs.dry_run import dry_run
-    from fstack_dask._runs.exchange import cells, segments
+    from fstack_dask._runs.exchange import cells
     from fstack_dask._runs.fusion import plan_fusion
 
     out = {}
@@ -348,7 +349,7 @@ def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
             "block": list(blocks.block),
             "cell": list(plan.block),
             "grid": list(plan.grid),
-            "row_segments": segments(plan, plan.grid[1], n_workers * threads),
+            "row_segments": _segments(waves, plan, cache_bytes * n_workers, n_workers * threads),
             "idle_workers": sum(f == 0 for f in fused),
             "busiest_vs_even": fused[-1] / (plan.n_blocks / n_workers),
             "dry_run_s": seconds,
@@ -358,6 +359,14 @@ def scenario_planned(cache: Path, args: argparse.Namespace) -> dict:
     for src in cache.glob("planned*.zarr"):
         shutil.rmtree(src, ignore_errors=True)
     return out
+
+
+def _segments(waves, plan, budget: int, capacity: int) -> int:
+    """The row segments the driver gives a wave of ``plan`` (as many as the memory holds)."""
+    core = waves.core_size(plan, 2)
+    view = waves.oriented(plan, budget, core)
+    width = waves.wave_width(view, budget, core)
+    return waves.segments_in_memory(view, width, capacity, waves.depth(view, budget, core))
 
 
 DRIVER = (

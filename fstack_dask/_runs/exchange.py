@@ -64,6 +64,7 @@ from .waves import (
     placed,
     row_bytes,
     segments,
+    segments_in_memory,
     wave_width,
     waves,
 )
@@ -214,9 +215,7 @@ def run_exchange(
     width = wave_width(plan, budget, core_bytes(job))
     depth = rows_ahead(plan, budget, core_bytes(job))
     capacity = max(1, len(runner.slots) * runner.threads)
-    # a segment holds two rows of its columns' cores at least: as many as the depth allows
-    fit = max(1, (depth + 1) // 2)
-    pending = waves(plan, done, width, lambda: min(fit, segments(plan, width, capacity)))
+    pending = waves(plan, done, width, lambda: segments_in_memory(plan, width, capacity, depth))
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column

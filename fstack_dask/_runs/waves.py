@@ -37,6 +37,7 @@ __all__ = [
     "placed",
     "row_bytes",
     "segments",
+    "segments_in_memory",
     "wave_width",
     "waves",
 ]
@@ -148,6 +149,12 @@ def segments(plan: Plan | Across, width: int, capacity: int) -> int:
 
     best = min(longest(k) for k in range(1, most + 1))
     return next(k for k in range(1, most + 1) if longest(k) <= 1.03 * best)
+
+
+def segments_in_memory(plan: Plan | Across, width: int, capacity: int, depth: int) -> int:
+    """:func:`segments`, no more than the memory holds: a segment holds two rows of its
+    columns at least, where the wave's memory holds ``depth + 1`` (:func:`depth`)."""
+    return min(max(1, (depth + 1) // 2), segments(plan, width, capacity))
 
 
 def wave_width(plan: Plan | Across, budget: int, core_bytes: int) -> int:

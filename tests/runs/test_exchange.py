@@ -211,13 +211,13 @@ def test_row_segments_in_a_real_run(tmp_path, monkeypatch, caplog, scheduler):
     which lend each other their border rows (across processes), the same bits and every
     unit decoded once."""
     used = []
-    segments = exchange.segments
+    segments = exchange.segments_in_memory
 
-    def recording(plan, width, capacity):
-        used.append(segments(plan, width, capacity))
+    def recording(plan, width, capacity, depth):
+        used.append(segments(plan, width, capacity, depth))
         return used[-1]
 
-    monkeypatch.setattr(exchange, "segments", recording)
+    monkeypatch.setattr(exchange, "segments_in_memory", recording)
     data = _stack((20 * 16, 2 * 16), 5, seed=3)
     src = tmp_path / "in.zarr"
     zarr.create_array(str(src), data=data, chunks=(5, 16, 16), dimension_names=list("zyx"))
