@@ -211,16 +211,16 @@ def run_exchange(
     blocks_done = done
     if grid is not job.plan:
         done = _cells_done(job, grid, done)
-    plan = oriented(grid, budget, core_bytes(job))  # waves down its columns, or across
-    width = wave_width(plan, budget, core_bytes(job))
-    depth = rows_ahead(plan, budget, core_bytes(job))
+    core = core_bytes(job)
+    plan = oriented(grid, budget, core)  # waves down its columns, or across
+    width, depth = wave_width(plan, budget, core), rows_ahead(plan, budget, core)
     capacity = max(1, len(runner.slots) * runner.threads)
     pending = waves(plan, done, width, lambda: segments_in_memory(plan, width, capacity, depth))
     active: list[_WaveState] = []
     running: dict[Any, tuple[str, _Strip, int]] = {}
     carry: dict[tuple, Any] = {}  # (lead, column, row) -> decode of a wave's last column
     lent: dict[tuple, list] = {}  # (lead, wave columns, row, side) -> [(columns, decode)]
-    per_row = tuple(row_bytes(plan, core_bytes(job), fused=f) for f in (True, False))
+    per_row = tuple(row_bytes(plan, core, fused=f) for f in (True, False))
     exhausted, upcoming = False, None
     try:
         while True:
