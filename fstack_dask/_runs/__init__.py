@@ -13,7 +13,7 @@ exchange, which decodes each source unit once on any scheduler: its plan of wave
 segments (``waves``), its driver (``exchange``), what a worker does (``halo``) and where its
 tasks run (``runners``), a dry run of its plan that counts each worker's decodes and fuses
 without reading anything (``dry_run``), our worker processes (``pool``), a worker process's
-C allocator while a run's tasks use it (``allocator``), progress (``progress``), where
+C allocator while a run's tasks use it and the held cores' own mappings (``allocator``), progress (``progress``), where
 ``device="cuda"`` is checked once the scheduler is known (``device``), and the lazy ``fuse``
 graph (``lazy``).
 

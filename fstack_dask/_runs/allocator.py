@@ -1,4 +1,5 @@
-"""The C allocator of a worker process while a run's tasks use it (glibc only).
+"""The C allocator while a run's tasks use it: a worker process's thresholds (glibc only), and
+arrays held across tasks in mappings of their own.
 
 distributed's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (its config's
 ``distributed.nanny.pre-spawn-environ``), so that memory freed by tasks goes back to the
@@ -15,17 +16,30 @@ up to 64 MiB), which is what the threads scheduler has. When the run closes in t
 (:func:`release`; on a cluster :func:`~.blocks.close_on_workers`), the process's own
 setting is restored and the heap trimmed. A process whose environment sets neither variable
 is left alone (glibc adapts by itself there). Elsewhere than glibc, nothing is done.
+
+Arrays held across tasks (halo exchange's cores, kept until their last fuse) are each given
+a mapping of their own (:func:`outside_heap`), used again for the run's next such array once
+let go. From the heap they sat among the blocks' temporaries in glibc's per-thread arenas
+and kept freed memory around them from being reused or returned: on 8192^2 x 32 uint8 at
+2 x 256 MiB the process peaked up to 70 MiB over its bound, which limiting glibc to one
+arena also removed (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
+import math
+import mmap
 import os
 import sys
 import threading
+import weakref
 
-__all__ = ["held", "hold", "release"]
+import numpy as np
+
+__all__ = ["forget", "held", "hold", "outside_heap", "release"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 #: glibc's adaptive thresholds at their largest (64-bit): mmap above 32 MiB, trim above twice
@@ -36,8 +50,12 @@ _TRIM = 2 * _MMAP_MAX
 _MMAP_DEFAULT = _TRIM_DEFAULT = 128 * 2**10
 _ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
+#: Smaller arrays come from the heap, as glibc's own default threshold gives them.
+_OWN_MAPPING = 128 * 2**10
+
 _lock = threading.Lock()
 _runs: set[str] = set()
+_free: dict[str, collections.deque[mmap.mmap]] = {}  # by run: mappings whose arrays are gone
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -99,3 +117,49 @@ def _environment_value(name: str, default: int) -> int:
     with contextlib.suppress(KeyError, ValueError):
         return int(os.environ[name])
     return default
+
+
+def outside_heap(shape: tuple[int, ...], dtype: np.dtype | str, token: str) -> np.ndarray:
+    """An uninitialised C-contiguous array for data that outlives the task that made it (see
+    the module docstring): in an anonymous mapping of its own (from 128 KiB; smaller ones
+    from the heap), taken from those run ``token``'s arrays left free in this process where
+    one is large enough. A fresh mapping is faulted page by page (20 ms to fill 26 MiB here,
+    against 5 ms for the heap's reused pages), so each is used again once its array is let go,
+    until :func:`forget` drops them; where the kernel allows, with 2 MiB pages."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if nbytes < _OWN_MAPPING or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(shape, dtype)
+    with _lock:
+        free = _free.setdefault(token, collections.deque())
+    mapping = _reused(free, nbytes)
+    if mapping is None:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+    array = np.frombuffer(mapping, dtype, count=count)
+    # Every view of ``array`` has it as its base (NumPy's base of a view is the first array up
+    # the chain that does not own its memory's object): the mapping is free once it is gone.
+    weakref.finalize(array, free.append, mapping)
+    return array.reshape(shape)
+
+
+def _reused(free: collections.deque, nbytes: int) -> mmap.mmap | None:
+    """A free mapping of at least ``nbytes``; one too small is dropped (unmapped), so the
+    free ones never outnumber the arrays held at once. Free-threaded: ``append`` and ``pop``
+    of a deque are atomic, and finalizers may append while this runs."""
+    while True:
+        try:
+            mapping = free.pop()
+        except IndexError:
+            return None
+        if len(mapping) >= nbytes:
+            return mapping
+
+
+def forget(token: str) -> None:
+    """Run ``token`` is over in this process: its free mappings are unmapped (those still in
+    use are when their arrays go)."""
+    with _lock:
+        _free.pop(token, None)

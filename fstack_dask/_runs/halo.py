@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from .._errors import SourceReadError, SourceValueError
-from .._sources.fetch import BlockRegion, count_decoded, decoded_by_this_thread, fetch_block
+from .._sources.fetch import (
+    BlockRegion,
+    block_shape,
+    count_decoded,
+    decoded_by_this_thread,
+    fetch_block,
+)
 from . import allocator
 from .blocks import FuseJob, Outcome
 from .plan import Plan
@@ -201,6 +207,7 @@ def forget_run(token: str) -> tuple[int, float, int]:
         for key in [k for k in _registry if k[0] == token]:
             del _registry[key]
         counts = _counts.pop(token, _Counts())
+    allocator.forget(token)
     return counts.decoded, counts.seconds, counts.peak
 
 
@@ -213,9 +220,16 @@ def _core_region(plan: Plan, block: Block) -> BlockRegion:
     return BlockRegion(lead, (y0, y1), (x0, x1), plan.layout.rgb)
 
 
-def _read_core(job: FuseJob, block: Block) -> np.ndarray:
+def _read_core(job: FuseJob, block: Block, *, kept: bool = False) -> np.ndarray:
+    """The block's core; one ``kept`` for later fuses in a mapping of its own, off the heap
+    its thread's temporaries come from (:func:`.allocator.outside_heap`)."""
     source, _, _ = job.opened()
-    core = fetch_block(source, _core_region(grid_of(job), block), None)
+    region = _core_region(grid_of(job), block)
+    out = None
+    if kept and not source.in_memory:
+        shape, dtype = block_shape(source, region), source.dtype.newbyteorder("=")
+        out = allocator.outside_heap(shape, dtype, job.token)
+    core = fetch_block(source, region, None, out=out)
     if not source.in_memory:
         count_decoded(core.nbytes)
     return core
@@ -243,7 +257,7 @@ def decode_rows(
     out, grid = {}, grid_of(job)
     for block, keep, n, exported in zip(blocks, keep_core, uses, export, strict=True):
         try:
-            core = _read_core(job, block)
+            core = _read_core(job, block, kept=bool(keep))
             bands = Bands.of(core, *grid.core(block), grid.halo, copy=not keep)
         except (SourceReadError, SourceValueError) as exc:
             core, bands = None, Bands(*grid.core(block), error=exc)

@@ -4,12 +4,14 @@ distributed's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which 
 array from 128 KiB up a fresh mmap, faulted page by page: a cluster worker paid about a
 third more CPU than a thread for the same blocks. These tests use real worker processes and
 count the page faults the kernel reports (``ru_minflt``): a run's tasks give their worker
-glibc's adaptive limits, and the run's end gives it its own setting back.
+glibc's adaptive limits, and the run's end gives it its own setting back. Halo exchange's
+kept cores are each given a mapping of their own, off the arenas the blocks' temporaries use.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import resource
 import sys
@@ -18,8 +20,8 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from fstack_dask import fuse_zarr, synthetic_stack, write_stack
-from fstack_dask._runs import allocator
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._runs import allocator, halo
 
 pytestmark = pytest.mark.skipif(
     allocator._libc() is None, reason="glibc's allocator only (Linux with glibc)"
@@ -137,3 +139,64 @@ def test_the_threads_scheduler_in_a_process_with_the_variable_is_helped_too(tmp_
     assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20), (-3, 128 * 2**10), (-1, 65536),
                      ("trim", 0)]  # fmt: skip
     assert allocator.held() == set()
+
+
+def _mapping_of(array: np.ndarray):
+    """The mmap an array's memory lies in, or None (the heap)."""
+    base = array
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def test_an_array_held_across_tasks_has_a_mapping_of_its_own_used_again():
+    """From 128 KiB: a writable mapping of its own, which the run's next array of at most its
+    size gets once every view of the first is gone (not before); one too small for the next
+    is unmapped; the run's end drops the free ones. Smaller arrays come from the heap."""
+    big = allocator.outside_heap((4, 256, 128), np.dtype("uint16"), "run-3")
+    assert big.shape == (4, 256, 128) and big.dtype == np.uint16 and big.flags.c_contiguous
+    first = _mapping_of(big)
+    assert first is not None and len(first) == big.nbytes
+    view = big[1:, 5:]
+    big[...] = 7
+    del big
+    other = allocator.outside_heap((4, 256, 128), "uint16", "run-3")
+    second = _mapping_of(other)
+    assert second is not first  # a view still reads the first
+    assert int(view.sum()) == 7 * view.size
+    del view, other  # both free now, the second last
+    smaller = allocator.outside_heap((3, 256, 128), "uint16", "run-3")
+    assert _mapping_of(smaller) is second and smaller.shape == (3, 256, 128)
+    del smaller
+    larger = allocator.outside_heap((5, 256, 128), "uint16", "run-3")
+    assert len(_mapping_of(larger)) == larger.nbytes  # none free was large enough
+    assert all(len(m) >= larger.nbytes for m in allocator._free["run-3"])  # smaller unmapped
+    allocator.forget("run-3")
+    assert "run-3" not in allocator._free
+    small = allocator.outside_heap((2, 127, 256), "uint16", "run-3")  # 1 KiB short of 128 KiB
+    assert _mapping_of(small) is None and small.shape == (2, 127, 256)
+    assert "run-3" not in allocator._free
+
+
+def test_halo_exchange_keeps_its_cores_outside_the_heap(tmp_path, monkeypatch):
+    """A real run on threads: every core kept for a later fuse is in a mapping of its own
+        (the bands handed over are copies, not counted), and the output is the same bits; the
+    run's end drops the mappings left free."""
+    monkeypatch.setenv("FSTACK_DASK_HALO_EXCHANGE", "1")
+    kept = []
+    keep = halo._keep
+
+    def recording(token, block, held):
+        if held.core is not None:
+            kept.append(_mapping_of(held.core) is not None)
+        keep(token, block, held)
+
+    monkeypatch.setattr(halo, "_keep", recording)
+    data = synthetic_stack((256, 384), 5, seed=5).stack.transpose(2, 0, 1)
+    src = tmp_path / "in.zarr"
+    write_stack(src, data, axes="zyx", chunks=(5, 128, 128))  # cores of 160 KiB
+    out = fuse_zarr(src, tmp_path / "out.zarr", chunks=128, scheduler="threads", levels=0,
+                    progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+    assert len(kept) == 6 and all(kept), kept
+    assert allocator._free == {}
