@@ -12,10 +12,10 @@ window of tasks in flight (``schedulers``), how tasks of many blocks report each
 exchange, which decodes each source unit once on any scheduler: its plan of waves and row
 segments (``waves``), its driver (``exchange``), what a worker does (``halo``) and where its
 tasks run (``runners``), a dry run of its plan that counts each worker's decodes and fuses
-without reading anything (``dry_run``), our worker processes (``pool``), a worker process's
-C allocator while a run's tasks use it and the held cores' own mappings (``allocator``), progress (``progress``), where
-``device="cuda"`` is checked once the scheduler is known (``device``), and the lazy ``fuse``
-graph (``lazy``).
+without reading anything (``dry_run``), our worker processes (``pool``), the C allocator
+while a run's tasks use it: a worker's thresholds and the kept cores' own mappings
+(``allocator``), progress (``progress``), where ``device="cuda"`` is checked once the
+scheduler is known (``device``), and the lazy ``fuse`` graph (``lazy``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """
