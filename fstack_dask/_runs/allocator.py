@@ -21,7 +21,7 @@ Arrays held across tasks (halo exchange's cores, kept until their last fuse) are
 a mapping of their own (:func:`outside_heap`), used again for the run's next such array once
 let go. From the heap they sat among the blocks' temporaries in glibc's per-thread arenas
 and kept freed memory around them from being reused or returned: on 8192^2 x 32 uint8 at
-2 x 256 MiB the process peaked up to 70 MiB over its bound, which limiting glibc to one
+2 x 256 MiB the process peaked up to 80 MiB over its bound, which limiting glibc to one
 arena also removed (``benchmarks/RESULTS.md``).
 """
 
