@@ -30,7 +30,7 @@ from .._params import (
     overlap_depth,
     resolve_channels,
 )
-from .._sources.open import open_source
+from .._sources.open import open_source, portable
 from .._sources.source import Source
 from .._version import __version__
 from .plan import make_plan
@@ -135,7 +135,7 @@ def plan_fusion(
     fusion = reading(
         Fusion(
             source, layout, {}, kernel, (1, 1), halo, maps, None, memory, {}, 0,
-            depth_affine, (src, axes, level, storage_options),
+            depth_affine, (portable(src, storage_options), axes, level, storage_options),
         ),
         by_inner_chunks=False,
     )  # fmt: skip

@@ -54,7 +54,11 @@ def fuse_blocks(
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
         job = FuseJob(
             token=uuid.uuid4().hex,
-            open_source=Reopen(*recipe, by_inner_chunks=fusion.source.by_inner_chunks),
+            open_source=Reopen(
+                *recipe,
+                by_inner_chunks=fusion.source.by_inner_chunks,
+                expected=fusion.source.identity(),
+            ),
             plan=plan,
             output=target.output,
             lease=target.lease,

@@ -230,17 +230,7 @@ def _few(names: list[str]) -> str:
 
 
 def source_identity(source: Source) -> dict[str, Any]:
-    return {
-        "location": source.location.url if source.location is not None else None,
-        "kind": source.kind,
-        "shape": list(source.shape),
-        "dtype": str(source.dtype),
-        "axes": source.axes,
-        "unit_shape": list(source.unit_shape),
-        "level": int(source.level),
-        "metadata_sha256": source.metadata_digest(),
-        "content": _content_token(source),
-    }
+    return {**source.identity(), "content": _content_token(source)}
 
 
 def _content_token(source: Source) -> str | None:

@@ -34,7 +34,7 @@ from .source import Source, check_extent
 from .stack_meta import OpenedStack
 from .zarr import open_zarr
 
-__all__ = ["Reopen", "open_source"]
+__all__ = ["Reopen", "open_source", "portable"]
 
 _TIFF = (".tif", ".tiff", ".btf", ".tf8")
 _HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
@@ -234,19 +234,102 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
     )
 
 
+def portable(src: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """``src`` as every process reads it, wherever it runs: a local path made absolute (as
+    :func:`open_source` resolved it here), a relative glob or list of plane files made
+    absolute, and an open Zarr array on a relative local store opened again on the absolute
+    one.
+
+    A worker process or cluster worker resolves a relative path against its own working
+    directory, which is where it was started, not where this process is now: it would read
+    another stack of the same name and write its fusion into this run's output. URLs and
+    in-memory arrays are the same everywhere and are returned as they are.
+    """
+    if _is_in_memory_array(src) or isinstance(src, Shared):
+        return src
+    if isinstance(src, (list, tuple)):
+        return [_absolute(p, storage_options) for p in src]
+    if isinstance(src, (str, os.PathLike)):
+        text = os.fspath(src)
+        if isinstance(text, str) and any(c in text for c in "*?[") and not os.path.exists(text):
+            return os.path.abspath(os.path.expanduser(text))  # a glob (as open_source reads it)
+        return _absolute(src, storage_options)
+    return _zarr_on_absolute_store(src)
+
+
+def _absolute(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """A local path or local URL as the absolute path :func:`resolve` gives it; anything
+    else as it is (a remote URL, or what opening will refuse)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return path
+    try:
+        location = resolve(path, name="src", storage_options=storage_options)
+    except (ValueError, TypeError, OSError):
+        return path  # opening it reports the problem
+    return location.path if location.is_local else path
+
+
+def _zarr_on_absolute_store(node: Any) -> Any:
+    """A Zarr array or store on a local store with a relative root, on the absolute root."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    store = node if isinstance(node, LocalStore) else getattr(node, "store", None)
+    if not isinstance(store, LocalStore) or os.path.isabs(os.fspath(store.root)):
+        return node
+    absolute = LocalStore(os.path.abspath(os.fspath(store.root)), read_only=True)
+    if node is store:
+        return absolute
+    return zarr.open_array(store=absolute, path=node.path, mode="r")
+
+
 class Reopen:
     """Opens the source again in a worker process (a picklable recipe); ``data`` is an
-    in-memory source's array where the task brought it (``share``)."""
+    in-memory source's array where the task brought it (``share``).
+
+    ``expected`` is the :meth:`~.source.Source.identity` of the source the run was planned
+    from: a worker that opens another one (a path that names other data there, a source
+    changed since) stops the run, before it reads or writes anything, rather than fuse
+    another stack into the output.
+    """
 
     def __init__(
-        self, src: Any, axes: Any, level: int, storage_options: Any, by_inner_chunks=False
+        self,
+        src: Any,
+        axes: Any,
+        level: int,
+        storage_options: Any,
+        by_inner_chunks: bool = False,
+        expected: Mapping[str, Any] | None = None,
     ):
         self.src, self.axes, self.level, self.storage_options = src, axes, level, storage_options
         self.by_inner_chunks = by_inner_chunks  # as the run planned its reads
+        self.expected = None if expected is None else dict(expected)
 
     def __call__(self, data: Any = None) -> Source:
         src = self.src.resolve(data) if isinstance(self.src, Shared) else self.src
         source = open_source(
             src, axes=self.axes, level=self.level, storage_options=self.storage_options
         )
-        return replace(source, by_inner_chunks=self.by_inner_chunks)
+        source = replace(source, by_inner_chunks=self.by_inner_chunks)
+        if self.expected is not None:
+            _check_same_source(self.expected, source)
+        return source
+
+
+_WHAT = {"kind": "format", "unit_shape": "chunking", "metadata_sha256": "metadata"}
+
+
+def _check_same_source(expected: Mapping[str, Any], source: Source) -> None:
+    found = source.identity()
+    differ = [_WHAT.get(key, key) for key, value in expected.items() if found.get(key) != value]
+    if not differ:
+        return
+    where = f"{found['location']!r}" if found["location"] is not None else "a copy of it"
+    planned = f"{expected['location']!r}" if expected["location"] is not None else "in memory"
+    raise ValueError(
+        f"src: a worker opened {where}, but this run was planned from {planned} "
+        f"({', '.join(differ)} differ); every worker must see src as this process does: "
+        f"pass an absolute path or a URL that all workers reach, and do not change src "
+        f"during a run"
+    )

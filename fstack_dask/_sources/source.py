@@ -139,7 +139,25 @@ class Source:
             return [resolve(f, name="src") for f in self.files]
         return [self.location] if self.location is not None else []
 
-    # -- identity, for resumes -------------------------------------------------------
+    # -- identity, for resumes and for worker processes -------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """What tells this source from another without reading its data: where it is, its
+        format, shape, dtype, axes, units of reading, level and metadata.
+
+        A resume compares it with the interrupted run's; a worker process or cluster worker
+        that opened the source again compares its own with the one the run was planned
+        from (:class:`~.open.Reopen`)."""
+        return {
+            "location": self.location.url if self.location is not None else None,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": str(self.dtype),
+            "axes": self.axes,
+            "unit_shape": list(self.unit_shape),
+            "level": int(self.level),
+            "metadata_sha256": self.metadata_digest(),
+        }
 
     def metadata_digest(self) -> str:
         """sha256 of the metadata files (the array's and its OME group's)."""
