@@ -39,7 +39,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["forget", "held", "hold", "outside_heap", "release"]
+__all__ = ["forget", "held", "hold", "outside_heap", "release", "trim"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 #: glibc's adaptive thresholds at their largest (64-bit): mmap above 32 MiB, trim above twice
@@ -104,6 +104,13 @@ def release(token: str) -> None:
                                                            _MMAP_DEFAULT))  # fmt: skip
         libc.mallopt(_M_TRIM_THRESHOLD, _environment_value("MALLOC_TRIM_THRESHOLD_",
                                                            _TRIM_DEFAULT))  # fmt: skip
+        libc.malloc_trim(0)
+
+
+def trim() -> None:
+    """Give the heap's free memory back to the system (glibc; elsewhere nothing)."""
+    libc = _libc()
+    if libc is not None:
         libc.malloc_trim(0)
 
 

@@ -9,6 +9,7 @@ costs only its own blocks, and every write is idempotent (the same bytes to the 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import threading
 import time
@@ -32,6 +33,7 @@ from .._sources.fetch import (
     fetch_block,
     units_of,
 )
+from .._sources.share import release_attached
 from .._sources.source import Source
 from . import allocator
 from .plan import Plan
@@ -251,12 +253,29 @@ def _close_run(token: str) -> None:
 
 
 def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None:
-    """Make a cluster's workers forget ``job``'s opened source, output and cache.
+    """Make the worker processes forget ``job``'s opened source, output and cache.
 
-    Worker processes of our own pools end with the run; a cluster's workers live on, and
-    would keep each run's source (an in-memory array's copy, say) for good.
+    A cluster's workers live on, and so do our own worker processes, kept for the next run
+    (:mod:`.pool`): they would keep each run's source (an in-memory array's copy, say) for
+    good.
     """
+    if scheduler.kind == "processes":
+        with contextlib.suppress(Exception):  # best effort: the run's outcome stands
+            pool = scheduler.client
+            ends = [pool.submit_to(slot, _end_run_in_process, job.token) for slot in pool.slots]
+            if wait:
+                cf.wait(ends, timeout=60)
+        return
     if scheduler.kind != "distributed" or getattr(scheduler.client, "status", None) != "running":
         return  # a lost scheduler: nothing to tell, and no waiting for it
     with contextlib.suppress(Exception):  # best effort: the run's outcome stands either way
         scheduler.client.run(_close_run, job.token, wait=wait)
+
+
+def _end_run_in_process(token: str) -> None:
+    """In a worker process of ours, at a run's end: forget the run, unmap its in-memory
+    source's shared copy, and give the freed heap back (the process may wait, idle, for
+    the next run)."""
+    _close_run(token)
+    release_attached()
+    allocator.trim()

@@ -1,10 +1,20 @@
-"""Worker processes for ``scheduler="processes"``: spawned once per run, each addressable,
+"""Worker processes for ``scheduler="processes"``: spawned once, kept for the next run,
 ending with their parent even when it is SIGKILLed.
 
 Each process is a one-worker executor of its own, so that a task can be sent to the process
 that holds what it needs (halo exchange keeps a block's decoded core in the process that
 decoded it, for the task that fuses it); :meth:`ProcessPool.submit` without a process picks
 the least busy one.
+
+Starting the processes costs more than a small run's work (each imports NumPy, zarr, dask and
+numba and loads the compiled kernel: 2-3 s of a 2-core machine, ``benchmarks/RESULTS.md``), so
+a run in the main thread that ends cleanly keeps its pool for the next one, as joblib's loky
+keeps its executor: idle for up to ``FSTACK_DASK_PROCESS_POOL_IDLE`` seconds (300; 0 ends the
+processes with each run). Only a pool whose tasks all ended is kept (a process dies with the
+thread that started it, so another thread's would not live), and a run takes it only when
+nothing the processes inherited at their start has changed since (the thread, the working
+folder, ``sys.path``, the environment): otherwise a new pool is started. What a run
+leaves in a process is forgotten at its end (:func:`~.blocks.close_on_workers`).
 """
 
 from __future__ import annotations
@@ -15,10 +25,15 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ProcessPool", "process_pool"]
+__all__ = ["ProcessPool", "end_kept", "kept", "process_pool"]
+
+#: How long a pool waits, idle, for the next run (seconds); 0: none is kept.
+IDLE_ENV = "FSTACK_DASK_PROCESS_POOL_IDLE"
+DEFAULT_IDLE_S = 300.0
 
 
 class ProcessPool:
@@ -39,6 +54,8 @@ class ProcessPool:
             for _ in range(max(1, int(processes)))
         ]
         self._busy = [0] * len(self.executors)
+        self._submitted: list[cf.Future] = []
+        self.started_with = _inherited(len(self.executors))
 
     @property
     def slots(self) -> list[int]:
@@ -52,12 +69,27 @@ class ProcessPool:
     def submit_to(self, slot: int, fn: Callable, *args: Any) -> cf.Future:
         """Run ``fn(*args)`` in process ``slot``."""
         future = self.executors[slot].submit(fn, *args)
+        self._submitted.append(future)
         self._busy[slot] += 1
         future.add_done_callback(lambda _f, k=slot: self._done(k))
         return future
 
     def _done(self, slot: int) -> None:
         self._busy[slot] -= 1
+
+    def reusable(self) -> bool:
+        """Every task ended, and every process is alive (a run may take the pool)."""
+        if not all(f.done() for f in self._submitted):
+            return False
+        self._submitted.clear()
+        return all(_alive(executor) for executor in self.executors)
+
+    def drain(self) -> None:
+        """Drop reports left from an earlier run (each is ignored anyway: its id is not
+        this run's)."""
+        with contextlib.suppress(Exception):
+            while not self.ticks.empty():
+                self.ticks.get()
 
     def shutdown(self) -> None:
         for executor in self.executors:
@@ -68,11 +100,102 @@ class ProcessPool:
 
 @contextlib.contextmanager
 def process_pool(processes: int) -> Iterator[ProcessPool]:
-    pool = ProcessPool(processes)
+    """A pool of ``processes`` worker processes for one run: the one kept from an earlier
+    run where it may be taken (see the module docstring), else a new one. Kept for the next
+    run if this one ends without an error and with every task ended; shut down otherwise
+    (its running tasks waited for, so that no write lands after the run)."""
+    idle = idle_seconds()
+    # only the main thread's pool is kept: a process dies with the thread that started it
+    main = threading.current_thread() is threading.main_thread()
+    pool = (_take(processes) if main else None) or ProcessPool(processes)
+    ended = False
     try:
         yield pool
+        ended = True
     finally:
-        pool.shutdown()
+        if ended and idle > 0 and main and pool.reusable():
+            _keep(pool, idle)
+        else:
+            pool.shutdown()
+
+
+def idle_seconds() -> float:
+    """``FSTACK_DASK_PROCESS_POOL_IDLE``, read when a run starts its pool."""
+    text = os.environ.get(IDLE_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_IDLE_S
+    except ValueError:
+        raise ValueError(
+            f"{IDLE_ENV} must be a number of seconds (0: no pool kept), got {text!r}"
+        ) from None
+
+
+def end_kept() -> None:
+    """End the kept pool's processes now, if there is one."""
+    global _kept
+    with _kept_lock:
+        found, _kept = _kept, None
+    if found is not None:
+        found[1].cancel()
+        found[0].shutdown()
+
+
+def kept() -> ProcessPool | None:
+    """The pool waiting for the next run, if any (for tests)."""
+    with _kept_lock:
+        return _kept[0] if _kept is not None else None
+
+
+def _inherited(processes: int) -> tuple[Any, ...]:
+    """What a spawned process takes from this one when it starts, and keeps: a pool is
+    taken only where all of it is the same (a process started in another thread would be
+    killed when that thread ends, ``_die_with_parent``)."""
+    environment = tuple(sorted(os.environ.items()))
+    return processes, threading.get_ident(), os.getcwd(), tuple(sys.path), environment
+
+
+def _alive(executor: cf.ProcessPoolExecutor) -> bool:
+    if getattr(executor, "_broken", False) or getattr(executor, "_shutdown_thread", False):
+        return False
+    processes = getattr(executor, "_processes", None) or {}
+    return all(p.is_alive() for p in processes.values())
+
+
+_kept_lock = threading.Lock()
+_kept: tuple[ProcessPool, threading.Timer] | None = None
+
+
+def _take(processes: int) -> ProcessPool | None:
+    global _kept
+    with _kept_lock:
+        found, _kept = _kept, None
+    if found is None:
+        return None
+    pool, timer = found
+    timer.cancel()
+    if pool.started_with == _inherited(processes) and pool.reusable():
+        pool.drain()
+        return pool
+    pool.shutdown()
+    return None
+
+
+def _keep(pool: ProcessPool, idle: float) -> None:
+    global _kept
+    timer = threading.Timer(idle, _expire, args=(pool,))
+    timer.daemon = True  # an idle pool never holds the interpreter's exit up
+    with _kept_lock:
+        _kept = (pool, timer)  # none was kept: the main thread's run took it
+    timer.start()
+
+
+def _expire(pool: ProcessPool) -> None:
+    global _kept
+    with _kept_lock:
+        if _kept is None or _kept[0] is not pool:
+            return  # taken by a run meanwhile
+        _kept = None
+    pool.shutdown()
 
 
 def _die_with_parent(parent: int, ticks: Any = None) -> None:

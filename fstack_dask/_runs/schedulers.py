@@ -143,7 +143,8 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
 
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
-    """Worker processes, started once for the whole run (they are slow to start)."""
+    """Worker processes for the whole run, kept from an earlier run where they may be
+    (:mod:`.pool`: they are slow to start)."""
     pool = stack.enter_context(process_pool(n))
     return Scheduler("processes", 1, n, pool, pool.ticks)
 

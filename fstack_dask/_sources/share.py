@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Shared", "shared_recipe"]
+__all__ = ["Shared", "release_attached", "shared_recipe"]
 
 log = logging.getLogger("fstack_dask")
 
@@ -48,6 +48,22 @@ class _InSharedMemory:
         array = np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf)
         array.flags.writeable = False
         return array
+
+
+def release_attached() -> None:
+    """Unmap the shared-memory copies this process attached whose arrays are gone (at a
+    run's end: a worker process kept for later runs would otherwise keep every run's
+    source mapped, its memory not freed though the driver unlinked it)."""
+    import gc
+
+    gc.collect()  # arrays in reference cycles still hold their block's buffer
+    kept = []
+    for block in _attached:
+        try:
+            block.close()
+        except BufferError:  # an array on it is still alive here: it stays mapped
+            kept.append(block)
+    _attached[:] = kept
 
 
 @dataclass(frozen=True)

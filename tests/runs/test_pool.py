@@ -1,0 +1,135 @@
+"""``scheduler="processes"``: the worker processes a run leaves for the next one.
+
+Real spawned processes, real Zarr stores. A run in the main thread that ends cleanly keeps
+its pool (``_runs/pool.py``); the next run takes it only where nothing the processes
+inherited changed, finds nothing of the last run in them, and gives the same bytes. A failed
+run, an idle pool past its time, or ``FSTACK_DASK_PROCESS_POOL_IDLE=0`` ends the processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from fstack_dask import SourceValueError, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._runs import pool as pools
+
+PLANES, SIDE, CHUNK = 5, 96, 32
+
+
+@pytest.fixture(autouse=True)
+def no_kept_pool(monkeypatch):
+    monkeypatch.delenv(pools.IDLE_ENV, raising=False)
+    pools.end_kept()
+    yield
+    pools.end_kept()
+
+
+@pytest.fixture()
+def zyx():
+    return synthetic_stack((SIDE, SIDE), PLANES, seed=3).stack.transpose(2, 0, 1).copy()
+
+
+def _pids(pool) -> list[int]:
+    return sorted(p.pid for ex in pool.executors for p in ex._processes.values())
+
+
+def _left_in_process() -> dict[str, int]:
+    """What runs left in a worker process (all of it is per run)."""
+    from fstack_dask._runs import allocator, blocks, halo
+    from fstack_dask._sources import share
+
+    return {
+        "opened": len(blocks._opened_by_token),
+        "held": len(halo._registry) + len(halo._counts),
+        "mappings": sum(len(q) for q in allocator._free.values()),
+        "shared": len(share._attached),
+    }
+
+
+def _fuse(src, dst, **kwargs):
+    return fuse_zarr(src, dst, axes="zyx", chunks=CHUNK, levels=0, scheduler="processes",
+                     progress=False, **kwargs)["0"][...]  # fmt: skip
+
+
+def test_the_next_run_takes_the_processes_and_finds_nothing_of_the_last(zyx, tmp_path):
+    """Two runs of an in-memory source (shared with the processes) and one of a store:
+    the same processes, the threads scheduler's bytes, and after each run nothing of it
+    left in any process (its source, cores, mappings, the shared copy)."""
+    expected = fuse_zarr(zyx, tmp_path / "threads.zarr", axes="zyx", chunks=CHUNK, levels=0,
+                         scheduler="threads", progress=False)["0"][...]  # fmt: skip
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(PLANES, CHUNK, CHUNK))
+    outputs, pids = [], None
+    for k, src in enumerate((zyx, zyx, tmp_path / "in.zarr")):
+        outputs.append(_fuse(src, tmp_path / f"p{k}.zarr"))
+        pool = pools.kept()
+        assert pool is not None
+        assert pids is None or _pids(pool) == pids  # the same processes
+        pids = _pids(pool)
+        for slot in pool.slots:
+            assert pool.submit_to(slot, _left_in_process).result() == {
+                "opened": 0, "held": 0, "mappings": 0, "shared": 0}  # fmt: skip
+    for out in outputs:
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_processes_whose_inheritance_changed_are_not_taken(zyx, tmp_path, monkeypatch):
+    """A variable set in the environment since the processes started: a new pool, and the
+    old processes end."""
+    _fuse(zyx, tmp_path / "p1.zarr")
+    old = _pids(pools.kept())
+    monkeypatch.setenv("FSTACK_DASK_TEST_MARK", "1")
+    _fuse(zyx, tmp_path / "p2.zarr")
+    assert not set(_pids(pools.kept())) & set(old)
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in old if psutil.pid_exists(p)],
+                                 timeout=30)  # fmt: skip
+    assert not alive
+
+
+def test_a_failed_run_ends_its_processes(tmp_path):
+    """A source with NaN fails the run: its processes end, none is kept."""
+    bad = np.full((PLANES, SIDE, SIDE), np.nan, np.float32)
+    with pytest.raises(SourceValueError):
+        _fuse(bad, tmp_path / "bad.zarr")
+    assert pools.kept() is None
+
+
+def test_idle_processes_end_after_their_time_or_with_the_run(zyx, tmp_path, monkeypatch):
+    """``FSTACK_DASK_PROCESS_POOL_IDLE``: 1 s keeps the pool that long; 0 keeps none; a
+    value that is not a number is refused before anything is written."""
+    monkeypatch.setenv(pools.IDLE_ENV, "1")
+    _fuse(zyx, tmp_path / "p1.zarr")
+    pool = pools.kept()
+    pids = _pids(pool)
+    deadline = time.monotonic() + 30
+    while pools.kept() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pools.kept() is None
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
+                                 timeout=30)  # fmt: skip
+    assert not alive
+    monkeypatch.setenv(pools.IDLE_ENV, "0")
+    _fuse(zyx, tmp_path / "p2.zarr")
+    assert pools.kept() is None
+    monkeypatch.setenv(pools.IDLE_ENV, "soon")
+    with pytest.raises(ValueError, match=pools.IDLE_ENV):
+        _fuse(zyx, tmp_path / "p3.zarr")
+    assert not (tmp_path / "p3.zarr").exists()
+
+
+def test_a_run_in_another_thread_keeps_no_processes(zyx, tmp_path):
+    """Processes die with the thread that started them: a run in another thread neither
+    takes nor keeps a pool."""
+    _fuse(zyx, tmp_path / "main.zarr")
+    kept = pools.kept()
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(a=_fuse(zyx, tmp_path / "t.zarr")))
+    thread.start()
+    thread.join()
+    assert pools.kept() is kept  # the main thread's, untouched
+    np.testing.assert_array_equal(out["a"], zarr.open_group(str(tmp_path / "main.zarr"))["0"][...])
