@@ -5,7 +5,8 @@
 #      ceiling of any engine end to end, against a read-only pass (~30 s);
 #   3. benchmarks/scaling.py at W = 16 (issue 21): the compute bound and threads, processes,
 #      16 x 1 and 4 x 4 LocalClusters on grey4096, then threads and 16 x 1 on grey4096x16384,
-#      each stack's figures saved as soon as they are measured, within what time is left.
+#      each stack's figures saved as soon as they are measured, within what time is left;
+#      then grey4096 stored in shards, threads and 16 x 1, if time is still left.
 # The logs and JSON files end up in $OUT/node.tgz (the device tool returns at most 8 files),
 # with checks.txt, gpu.json, pipeline.json and scaling.json beside it.
 #   run(command="OUT=$OUT bash benchmarks/node_check.sh", carry=[".whl"], timeout_s=600)
@@ -45,4 +46,6 @@ echo "pipeline.py: exit $? at $SECONDS s"; grep -E "^  " "$WORK/pipeline.log"
 scaling --only compute measured --stacks grey4096 --repeat 2 \
   --kinds threads processes cluster cluster4x4
 scaling --only measured compute --stacks grey4096x16384 --repeat 1 --kinds threads cluster
+# then, while time is left: the sharded layout (shards read by their chunks) at W = 16
+scaling --only measured --stacks grey4096 --layout sharded --repeat 1 --kinds threads cluster
 grep -E "^  " "$WORK/scaling.log" | cut -c1-400
