@@ -8,13 +8,13 @@ the least busy one.
 
 Starting the processes costs more than a small run's work (each imports NumPy, zarr, dask and
 numba and loads the compiled kernel: 2-3 s of a 2-core machine, ``benchmarks/RESULTS.md``), so
-a run in the main thread that ends cleanly keeps its pool for the next one, as joblib's loky
-keeps its executor: idle for up to ``FSTACK_DASK_PROCESS_POOL_IDLE`` seconds (300; 0 ends the
-processes with each run). Only a pool whose tasks all ended is kept (a process dies with the
-thread that started it, so another thread's would not live), and a run takes it only when
-nothing the processes inherited at their start has changed since (the thread, the working
-folder, ``sys.path``, the environment): otherwise a new pool is started. What a run
-leaves in a process is forgotten at its end (:func:`~.blocks.close_on_workers`).
+a run that ends cleanly keeps its pool for the next one, as joblib's loky keeps its executor:
+idle for up to ``FSTACK_DASK_PROCESS_POOL_IDLE`` seconds (300; 0 ends the processes with each
+run). Only a pool whose tasks all ended is kept, and only in the main thread (a process dies
+with the thread that started it). A run takes it only when nothing the processes inherited at
+their start has changed since (the working folder, ``sys.path``, the environment); otherwise
+a new pool is started. What a run leaves in a process is forgotten at its end
+(:func:`~.blocks.close_on_workers`).
 """
 
 from __future__ import annotations
@@ -148,10 +148,9 @@ def kept() -> ProcessPool | None:
 
 def _inherited(processes: int) -> tuple[Any, ...]:
     """What a spawned process takes from this one when it starts, and keeps: a pool is
-    taken only where all of it is the same (a process started in another thread would be
-    killed when that thread ends, ``_die_with_parent``)."""
+    taken only where all of it is the same."""
     environment = tuple(sorted(os.environ.items()))
-    return processes, threading.get_ident(), os.getcwd(), tuple(sys.path), environment
+    return processes, os.getcwd(), tuple(sys.path), environment
 
 
 def _alive(executor: cf.ProcessPoolExecutor) -> bool:
