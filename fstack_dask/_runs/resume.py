@@ -8,6 +8,8 @@ and change time and inode; the finished blocks that read a file that changed are
 and their samples' digest compared with the one their done-marker recorded: a block whose
 input really changed refuses the resume (so a resume can never mix two versions of the
 data), while a file only touched, copied back or re-saved with the same content is accepted.
+Where the files cannot show every change (a dask or xarray array backed by anything, files
+without modification times: :func:`fingerprinted`), every finished block is read again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .._locations import resolve
 from .._outputs.destination import Destination
@@ -39,6 +43,7 @@ __all__ = [
     "check_resumable",
     "check_source_files",
     "examine",
+    "fingerprinted",
     "source_identity",
     "stored_record",
 ]
@@ -175,10 +180,17 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
     if old is None:
         return
     changed = changed_files(old, files)
-    if not changed:
+    shown = fingerprinted(source, files)
+    if not changed and shown:
         return
     done = {n for n in state.done() if not n.startswith("L")}
     suspects: dict[str, str] = {}  # finished block -> a changed file it read
+    if not shown:  # no file can say what changed: every finished block is read again
+        suspects = dict.fromkeys(done, "")
+        log.info(
+            "the source's files cannot show every change of its data (%s): reading the %d "
+            "finished block(s) again", _unshown(source), len(done),
+        )  # fmt: skip
     for name in changed:
         unit = source.unit_of_file(name)
         if unit is None:  # a file every block may read (a TIFF, a plane file)
@@ -214,15 +226,35 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
                 unchanged = False
             if unchanged:
                 continue
+        because = f"the source file {name!r}" if name else "the source's data"
         raise ValueError(
-            f"cannot resume {what}: the source file {name!r} changed since the run began, "
-            f"and finished block {block} was computed from its old content; start over with "
+            f"cannot resume {what}: {because} changed since the run began, and finished "
+            f"block {block} was computed from its old content; start over with "
             "overwrite=True and resume=False"
         )
     log.info(
-        "source files changed since the run began (%s); the blocks already done read the same "
-        "samples as before, and only blocks not yet done read the rest", _few(changed),
+        "source %s since the run began; the blocks already done read the same samples as "
+        "before, and only blocks not yet done read the rest",
+        f"files changed ({_few(changed)})" if changed else "unchanged, as far as its data shows",
     )  # fmt: skip
+
+
+def fingerprinted(source: Source, files: dict[str, Any]) -> bool:
+    """Whether the sizes and times of the source's data files show every change of its data
+    (what a resume relies on to read again only the finished blocks of changed files).
+
+    Not for a dask-backed or Zarr array in memory (its token is its graph's or store's name,
+    not its data: only a NumPy array's hashes its samples), nor for a store whose files have no
+    modification time (zip archives, HTTP: only their sizes would be compared)."""
+    if source.files or source.data_root is not None:
+        return bool(np.all(files["stamps"] != 0))
+    return isinstance(source.array, np.ndarray)
+
+
+def _unshown(source: Source) -> str:
+    if source.files or source.data_root is not None:
+        return "some have no modification time"
+    return f"{source.kind} data in memory"
 
 
 def _few(names: list[str]) -> str:

@@ -111,6 +111,7 @@ def open_hdf5(
             scale = {a: v for a, s in zip(letters, size, strict=True) if (v := positive_finite(s))}
         scale.pop("c", None)
         array = _H5Array(file, name, node)
+        files = (file, *_files_holding(node, file))
     return OpenedStack(
         array=array,
         axes=letters,
@@ -121,9 +122,24 @@ def open_hdf5(
         channel_names=None,
         channel_colors=None,
         rgb=False,
-        files=(file,),
+        files=files,
         description=f"HDF5 dataset {name!r} of {file!r}",
     )
+
+
+def _files_holding(node: Any, file: str) -> tuple[str, ...]:
+    """The other files a dataset's samples are in (a virtual dataset's sources, external
+    storage), named relative to ``file``'s folder where not absolute: a resume compares them
+    as the source's files, and no dst may overlap them."""
+    names = []
+    if node.is_virtual:
+        names += [v.file_name for v in node.virtual_sources() if v.file_name != "."]
+    for entry in node.external or ():
+        name = entry[0]
+        names.append(name.decode() if isinstance(name, bytes) else name)
+    folder = os.path.dirname(os.path.abspath(file))
+    paths = {os.path.normpath(os.path.join(folder, n)) for n in names}
+    return tuple(sorted(p for p in paths if p != os.path.abspath(file)))
 
 
 def _only_dataset(h5: Any, file: str) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import zipfile
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def _raw_src(path, seed=0):
     return path
 
 
-def _unfinished(src, dst, monkeypatch, n_blocks=2):
+def _unfinished(src, dst, monkeypatch, n_blocks=2, **kwargs):
     """Fuse ``n_blocks`` blocks then stop; returns each finished block's haloed samples."""
     real = FuseJob.fuse_and_write
     read = {}
@@ -47,7 +48,7 @@ def _unfinished(src, dst, monkeypatch, n_blocks=2):
 
     monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
     with pytest.raises(KeyboardInterrupt):
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, **kwargs)
     monkeypatch.setattr(FuseJob, "fuse_and_write", real)
     return read
 
@@ -95,6 +96,108 @@ def test_a_chunk_replaced_with_its_size_and_mtime_is_found(tmp_path, monkeypatch
     assert proc.returncode == 0, proc.stderr
     out = zarr.open_group(str(dst), mode="r")["0"][...]
     np.testing.assert_array_equal(out, focus_stack(small_stack().transpose(1, 2, 0)))
+
+
+def _zipped(store, archive):
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(store.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(store.parent))
+
+
+def _sources_whose_files_cannot_tell(tmp_path):
+    """Sources whose changes their files' sizes and times did not show (found by an
+    adversarial run, 2026-12-05): ``kind -> (open it, replace its data by seed 4's)``.
+    Uncompressed chunks throughout, so that every replaced chunk keeps its size."""
+    import dask.array as da
+    import h5py
+    import xarray as xr
+
+    store = _raw_src(tmp_path / "src.zarr")
+    new = small_stack(4)
+
+    def in_place():
+        zarr.open_array(str(store), mode="r+")[...] = new
+
+    # a store assembled by links: its first chunk row is a symlinked folder
+    linked = _raw_src(tmp_path / "linked.zarr")
+    shutil.move(linked / "c" / "0" / "0", tmp_path / "row0")
+    os.symlink(tmp_path / "row0", linked / "c" / "0" / "0")
+    # a zip archive of the store, replaced by another one of the same sizes
+    _zipped(store, tmp_path / "stack.zip")
+    other = _raw_src(tmp_path / "other" / "src.zarr", seed=4)
+
+    def rezip():
+        _zipped(other, tmp_path / "stack.zip")
+
+    # an HDF5 virtual dataset of one file per plane
+    layout = h5py.VirtualLayout(shape=(PLANES, *new.shape[1:]), dtype=new.dtype)
+    for z in range(PLANES):
+        with h5py.File(tmp_path / f"plane{z}.h5", "w") as f:
+            f["p"] = small_stack()[z]
+        layout[z] = h5py.VirtualSource(f"plane{z}.h5", "p", shape=new.shape[1:])
+    with h5py.File(tmp_path / "vds.h5", "w") as f:
+        f.create_virtual_dataset("stack", layout)
+
+    def planes_rewritten():  # each plane file written anew, then moved in place
+        for z in range(PLANES):
+            with h5py.File(tmp_path / "plane.tmp", "w") as f:
+                f["p"] = new[z]
+            os.replace(tmp_path / "plane.tmp", tmp_path / f"plane{z}.h5")
+
+    zarr_kw = {"axes": "zyx"}
+    return {
+        "dask": (lambda: da.from_zarr(str(store)), in_place, zarr_kw),
+        "xarray": (
+            lambda: xr.DataArray(da.from_zarr(str(store)), dims=("z", "y", "x")),
+            in_place,
+            {},
+        ),  # fmt: skip
+        "symlinked chunk folder": (
+            lambda: linked,
+            lambda: zarr.open_array(str(linked), mode="r+").__setitem__(Ellipsis, new),
+            {},
+        ),  # fmt: skip
+        "zip archive": (
+            lambda: "zip://src.zarr",
+            rezip,
+            {"storage_options": {"fo": str(tmp_path / "stack.zip")}},
+        ),  # fmt: skip
+        "hdf5 virtual dataset": (
+            lambda: f"{tmp_path / 'vds.h5'}/stack",
+            planes_rewritten,
+            zarr_kw,
+        ),  # fmt: skip
+    }
+
+
+KINDS = ["dask", "xarray", "symlinked chunk folder", "zip archive", "hdf5 virtual dataset"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_source_whose_files_cannot_show_a_change_is_read_again(tmp_path, monkeypatch, kind):
+    """Unchanged, the resume reads every finished block again and goes on: the uninterrupted
+    run's bytes. Changed in place (the same shape, dtype and chunk sizes), it is refused,
+    and nothing is written: the old code resumed and mixed the two versions."""
+    sources = _sources_whose_files_cannot_tell(tmp_path)
+    open_src, change, kwargs = sources[kind]
+    whole = focus_stack(small_stack().transpose(1, 2, 0))
+    dst = tmp_path / "out.zarr"
+    _unfinished(open_src(), dst, monkeypatch, **kwargs)
+    fuse_zarr(open_src(), dst, chunks=CHUNK, resume=True, progress=False, **kwargs)
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], whole)
+    dst2 = tmp_path / "out2.zarr"
+    _unfinished(open_src(), dst2, monkeypatch, **kwargs)
+    change()
+    before = tree_digest(dst2)
+    refused = "changed since the run began, and finished block 0_"
+    if kind.startswith("hdf5"):  # HDF5 keeps a virtual dataset's files open in this process
+        proc = cli("fuse", open_src(), dst2, "--resume", "--axes", "zyx", *FUSE)
+        assert proc.returncode == 2 and refused in one_line_error(proc), proc.stderr
+    else:
+        with pytest.raises(ValueError, match=refused):
+            fuse_zarr(open_src(), dst2, chunks=CHUNK, resume=True, progress=False, **kwargs)
+    assert tree_digest(dst2) == before
 
 
 def test_resume_of_a_complete_output_from_another_source_is_refused(tmp_path):

@@ -615,8 +615,10 @@ def test_shapes_up_to_the_bounds_open_and_one_more_is_refused(tmp_path):
 
 def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
     """The resume fingerprint's listing: every chunk file (not metadata, not ``.partial``)
-    with its size, modification and change time and inode, in ``os.walk``'s sorted top-down order; a
-    symbolic link to a folder is neither followed nor listed, as ``os.walk`` does."""
+    with its size, modification and change time and inode, in ``os.walk``'s sorted top-down
+    order. A symbolic link to a folder is followed (a store assembled by links reads its
+    chunks through them: a resume that did not list them mixed two versions of the data),
+    and a link back to a folder already listed is not listed again."""
     zyx = np.random.default_rng(0).integers(1, 9, (3, 70, 50), dtype=np.uint16)
     write_stack(tmp_path / "s.zarr", zyx, axes="zyx", chunks=(1, 16, 16))
     source = open_source(tmp_path / "s.zarr")
@@ -625,6 +627,7 @@ def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "7").write_bytes(b"not part of the store")
     os.symlink(tmp_path / "elsewhere", Path(root) / "c" / "linked")
+    os.symlink(Path(root) / "c", Path(root) / "c" / "loop")
     expected = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -633,8 +636,10 @@ def test_data_files_of_a_local_store_as_os_walk_lists_them(tmp_path):
                 st = os.stat(os.path.join(folder, name))
                 rel = os.path.relpath(os.path.join(folder, name), root)
                 expected.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    st = os.stat(tmp_path / "elsewhere" / "7")
+    expected.append(("c/linked/7", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     listed = list(source.data_files())
-    assert len(listed) == 3 * 5 * 4  # every chunk file, once
+    assert len(listed) == 3 * 5 * 4 + 1  # every chunk file and the linked one, once
     assert listed == expected
 
 
