@@ -4,8 +4,9 @@ Writes DIR/planes/ (one TIFF file per focal plane, as a microscope or a camera s
 the pixel size in the files), fuses that folder into DIR/fused.ome.zarr (a multiscale OME-Zarr
 with depth and selectivity maps), writes PNG previews and prints the PSNR against the known
 ground truth. ``--overwrite`` replaces only what an earlier demo wrote: its plane files carry
-:data:`MARK` and its previews :data:`PNG_MARK`, and a file in DIR with one of the demo's names
-but without the mark is never replaced (the demo refuses before writing anything).
+:data:`MARK`, its previews :data:`PNG_MARK`, and its fused output records DIR/planes as its
+source; a file in DIR with one of the demo's names but without the mark (a user's own result
+in DIR/fused.ome.zarr, say) is never replaced (the demo refuses before writing anything).
 """
 
 from __future__ import annotations
@@ -57,9 +58,27 @@ def _our_png(path: Path) -> bool:
         return False
 
 
+def _our_fused(path: Path, planes_dir: Path) -> bool:
+    """Whether ``path`` is an output an earlier demo wrote: fstack_dask's, fused from the
+    demo's plane folder (a user's own result there is any other source's)."""
+    from .._locations import resolve
+    from .._outputs.state import provenance
+
+    if path.is_symlink() or not path.is_dir():
+        return False
+    ours = provenance(resolve(path, name="DIR")) or {}
+    identity = ours.get("source_identity") or {}
+    return identity.get("location", ours.get("src")) == resolve(planes_dir, name="DIR").url
+
+
 def _not_ours(out_dir: Path) -> list[str]:
-    """The previews' names in ``out_dir`` taken by files the demo did not write."""
-    return [n for n in PREVIEWS if os.path.lexists(out_dir / n) and not _our_png(out_dir / n)]
+    """The demo's names in ``out_dir`` taken by what the demo did not write (the previews,
+    the fused output; the plane folder is checked file by file)."""
+    names = [n for n in PREVIEWS if os.path.lexists(out_dir / n) and not _our_png(out_dir / n)]
+    fused = out_dir / "fused.ome.zarr"
+    if os.path.lexists(fused) and not _our_fused(fused, out_dir / "planes"):
+        names.append(fused.name)
+    return names
 
 
 def _refuse_foreign(out_dir: Path, names: list[str]) -> None:

@@ -230,6 +230,23 @@ def test_demo_never_replaces_files_it_did_not_write(tmp_path):
     assert (out_dir / "notes.txt").read_text() == "mine"
 
 
+def test_demo_never_replaces_a_result_of_the_users_own(tmp_path, data):
+    """DIR/fused.ome.zarr fused by the user from their own stack (an fstack_dask output, but
+    not the demo's: its source is not DIR/planes) is refused before anything is written,
+    also with --overwrite; an adversarial run found the demo replacing it with its own."""
+    from conftest import tree_digest
+
+    _, src, _ = data
+    out_dir = tmp_path / "project"
+    out_dir.mkdir()
+    ok(cli("fuse", src, out_dir / "fused.ome.zarr", "--chunks", "32", "--no-progress"))
+    before = tree_digest(tmp_path)
+    res = cli("demo", out_dir, "--size", "32", "--planes", "5", "--no-progress", "--overwrite")
+    assert res.returncode == 2, res.stderr
+    assert "holds fused.ome.zarr, which the demo did not write" in res.stderr
+    assert tree_digest(tmp_path) == before
+
+
 def _info(stdout: str) -> dict[str, str]:
     return dict(
         (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in stdout.splitlines())
