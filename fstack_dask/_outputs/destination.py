@@ -352,7 +352,7 @@ class Destination:
     def remove_run(self, target: Target) -> list[str]:
         """Remove what a run that finished no block wrote into ``target.output``: the
         entries it declared, while the folder's record is still this run's, and its state;
-        the folder itself if this run created it and nothing else is left."""
+        the folder itself only if this run created it and nothing else is left."""
         folder = target.output
         if not folder.exists():
             return []
@@ -364,7 +364,10 @@ class Destination:
 
         claimed = folder.child(STATE_DIR) in target.created or target.mode == "replace"
         names = list(target.entries) if ours(folder) is None else []
-        keep = folder not in target.created and target.mode != "replace"
+        # A folder this run did not create stays, also when replacing our unfinished output:
+        # whether its first run made it or the user did (an empty folder, or one reached by a
+        # link) is not known, and an empty folder left costs nothing.
+        keep = folder not in target.created
         if names:
             kept = self._remove_entries(folder, [*names, STATE_DIR], keep_folder=keep, owned=ours)
         elif claimed and folder.child(STATE_DIR).exists():  # the claim alone: no record yet

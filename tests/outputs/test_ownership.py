@@ -235,6 +235,30 @@ def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monke
     assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
 
 
+def test_a_failed_overwrite_keeps_the_users_own_folder(tmp_path, monkeypatch):
+    """The user's empty folder (setgid, reached through a link), given as dst to a run that
+    was interrupted; an overwrite that fails before its first block removes what the runs
+    wrote, not the folder: the old code removed it (the link left dangling, the next run
+    refused)."""
+    src = write_src(tmp_path / "src.zarr")
+    nan = small_stack().astype(np.float32)
+    nan[:] = np.nan
+    write_stack(tmp_path / "nan.zarr", nan, axes="zyx", chunks=(7, CHUNK, CHUNK))
+    folder = tmp_path / "scratch" / "results"
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o2775)
+    link = tmp_path / "results"
+    os.symlink(folder, link)
+    _interrupted(src, link, monkeypatch, n_blocks=1)
+    with pytest.raises(SourceValueError, match="nothing was written"):
+        fuse_zarr(tmp_path / "nan.zarr", link, chunks=CHUNK, overwrite=True,
+                  scheduler="synchronous", progress=False)  # fmt: skip
+    assert folder.is_dir() and os.stat(folder).st_mode & 0o7777 == 0o2775
+    assert os.listdir(folder) == []
+    out = fuse_zarr(src, link, chunks=CHUNK, scheduler="synchronous", progress=False)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
+
+
 # ---------------------------------------------------------------------------- 8. leftovers
 
 
