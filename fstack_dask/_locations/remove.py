@@ -22,6 +22,7 @@ def remove_tree(
     protect: Iterable[Location] = (),
     only: Iterable[str] | None = None,
     keep_folder: bool = False,
+    ours_within: Callable[[str, str], bool] | None = None,
 ) -> list[str]:
     """Delete ``location`` (or only its entries named in ``only``), after checking again.
 
@@ -44,6 +45,10 @@ def remove_tree(
         (unless ``keep_folder``); entries not named are kept (files a user put there).
     keep_folder : bool
         With ``only``: keep the folder even when it is left empty (it was there before).
+    ours_within : callable, optional
+        With ``only``, on a local filesystem: ``ours_within(entry, path)`` says whether a file
+        inside a named entry (``path`` relative to it, ``/``-separated) is ours; the others,
+        and the folders holding them, are kept (a user's file put inside an output's array).
 
     Returns
     -------
@@ -89,7 +94,12 @@ def remove_tree(
         target = location.child(entry)
         if target.is_local:
             if os.path.isdir(target.path) and not os.path.islink(target.path):
-                shutil.rmtree(target.path)
+                if ours_within is None:
+                    shutil.rmtree(target.path)
+                else:
+                    kept += [
+                        f"{entry}/{rel}" for rel in _remove_ours(target.path, entry, ours_within)
+                    ]
             else:
                 os.unlink(target.path)
         else:
@@ -99,4 +109,26 @@ def remove_tree(
             os.rmdir(location.path)
         elif fs.exists(location.path):
             fs.rm(location.path, recursive=True)
+    return kept
+
+
+def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list[str]:
+    """Delete the files under ``top`` that ``ours`` claims, then the folders left empty;
+    returns the files kept (links are never ours: we write none)."""
+    kept = []
+    for root, dirs, files in os.walk(top, topdown=False):
+        rel_root = os.path.relpath(root, top).replace(os.sep, "/")
+        prefix = "" if rel_root == "." else rel_root + "/"
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        for name in sorted(files) + sorted(links):
+            path = os.path.join(root, name)
+            if name in files and not os.path.islink(path) and ours(entry, prefix + name):
+                os.unlink(path)
+            else:
+                kept.append(prefix + name)
+        if root != top or not kept:
+            try:
+                os.rmdir(root)
+            except OSError:  # a kept file (or folder) inside
+                pass
     return kept

@@ -50,6 +50,7 @@ from .state import (
     provenance,
     recorded_entries,
     run_record,
+    written_by_us,
 )
 
 __all__ = ["Destination", "Target"]
@@ -329,9 +330,8 @@ class Destination:
         self, folder: Location, names: Iterable[str], *, keep_folder: bool, owned=owned_output
     ) -> list[str]:
         names = [n for n in names if folder.child(n).exists()]
-        kept = remove_tree(
-            folder, owned=owned, protect=self.protect, only=names, keep_folder=keep_folder
-        )
+        kept = remove_tree(folder, owned=owned, protect=self.protect, only=names,
+                           keep_folder=keep_folder, ours_within=written_by_us)  # fmt: skip
         if kept:
             # folder.url, not .spec: a staging folder carries the spec of dst.
             log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)

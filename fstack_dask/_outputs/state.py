@@ -53,6 +53,18 @@ METHOD = "Pertuz et al. 2013 noise-robust selective all-in-focus fusion"
 RUN_KIND = "fstack_dask run"
 # zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
 ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_CHUNK_KEY = re.compile(r"(^|/)c(/[0-9]+)+$")  # Zarr v3's default chunk keys: c/0/1/2
+
+
+def written_by_us(entry: str, path: str) -> bool:
+    """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
+    in the state folder; in a Zarr node (an array, a group of levels), its ``zarr.json`` and
+    chunk files, and zarr's temporary files of either. A user's file put inside (notes in an
+    array's folder) is not, and is never removed."""
+    if entry == STATE_DIR:
+        return True
+    path = ZARR_PARTIAL.sub("", path)
+    return path.rsplit("/", 1)[-1] == "zarr.json" or bool(_CHUNK_KEY.search(path))
 
 
 def _read_json(location: Location) -> Any:

@@ -235,6 +235,34 @@ def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monke
     assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, monkeypatch,
+                                                                   finished):  # fmt: skip
+    """Notes put inside an output's arrays (``0/annotations/cells.csv``, ``depth/0/x.txt``)
+    and a link there: an overwrite removes the chunks and metadata around them, not them (the
+    old code removed each of our entries whole), and says where they are."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if finished:
+        fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, progress=False)
+    else:
+        _interrupted(src, dst, monkeypatch, n_blocks=1, depth_map=True)
+    (dst / "0" / "annotations").mkdir()
+    (dst / "0" / "annotations" / "cells.csv").write_text("x,y\n1,2\n")
+    (dst / "depth" / "0" / "x.txt").write_text("mine")
+    os.symlink(tmp_path / "src.zarr", dst / "0" / "c" / "mylink")
+    proc = cli("fuse", src, dst, "--overwrite", "--depth-map", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "0/annotations/cells.csv" in proc.stderr and "depth/0/x.txt" in proc.stderr
+    found = {p.name: p for p in tmp_path.rglob("*") if p.name in ("cells.csv", "x.txt")}
+    assert found["cells.csv"].read_text() == "x,y\n1,2\n" and found["x.txt"].read_text() == "mine"
+    assert [p for p in tmp_path.rglob("mylink") if p.is_symlink()]
+    assert (tmp_path / "src.zarr" / "zarr.json").exists()
+    out = zarr.open_group(str(dst), mode="r")
+    assert out.attrs["fstack_dask"]["complete"] is True
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
+
+
 def test_a_failed_overwrite_keeps_the_users_own_folder(tmp_path, monkeypatch):
     """The user's empty folder (setgid, reached through a link), given as dst to a run that
     was interrupted; an overwrite that fails before its first block removes what the runs
