@@ -18,7 +18,7 @@ from .destination import Destination, Target
 from .state import recorded_entries
 from .write import OutputSpec, create_output
 
-__all__ = ["claim", "fail", "finish", "open_result", "prepare", "tidy_complete"]
+__all__ = ["claim", "fail", "finish", "open_result", "prepare", "record_source", "tidy_complete"]
 
 
 def claim(destination: Destination, mode: str) -> Target:
@@ -55,6 +55,19 @@ def prepare(
     }
     target.state.write_record(record, files)
     create_output(target.output, spec, extra={"source_identity": dict(identity)})
+
+
+def record_source(target: Target, identity: Mapping[str, Any]) -> None:
+    """Keep with the output the identity of the source as this run found it (a resume's: its
+    files may differ from the first run's, in what no finished block read), for a later
+    resume of the complete output to compare."""
+    import zarr
+
+    group = zarr.open_group(store=target.output.zarr_store(read_only=False), mode="r+")
+    attrs = dict(group.attrs["fstack_dask"])
+    if attrs.get("source_identity") != dict(identity):
+        attrs["source_identity"] = dict(identity)
+        group.attrs["fstack_dask"] = attrs
 
 
 def finish(target: Target, destination: Destination) -> None:

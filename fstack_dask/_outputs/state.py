@@ -320,6 +320,17 @@ def source_files(entries: Iterable[tuple]) -> dict[str, np.ndarray]:
     return out
 
 
+def files_digest(files: Mapping[str, np.ndarray]) -> str:
+    """sha256 of a source's data files' names, sizes and modification times: kept with a
+    complete output, whose state folder (the list itself) is gone, so that a later resume can
+    tell the files were rewritten since."""
+    h = hashlib.sha256()
+    for key in ("names", "sizes", "stamps"):
+        h.update(key.encode())
+        h.update("\0".join(map(str, files[key].tolist())).encode())
+    return h.hexdigest()
+
+
 def changed_files(old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> list[str]:
     """Names of data files added, removed, or with another size, modification or change
     time or inode (the last two only where both lists have them: older records lack them)."""

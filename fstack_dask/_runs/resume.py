@@ -27,6 +27,7 @@ from .._outputs.destination import Destination
 from .._outputs.state import (
     OutputState,
     changed_files,
+    files_digest,
     identity_differences,
     input_unchanged,
     provenance,
@@ -97,8 +98,8 @@ def examine(
         block = tuple(old["chunks"]) if chunks is None else fusion.block
         fusion = with_block(fusion, block, old.get("levels", 0) if levels is None else levels)
         destination.entries = fusion.spec.entries
-    identity = source_identity(source)
     files = source_files(source.data_files())
+    identity = source_identity(source, files)
     if stored is not None:
         check_resumable(destination, stored, fusion.params, identity, mode)
         folder = stored_folder(destination, mode)
@@ -138,6 +139,14 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
     what = f"dst {destination.dst.spec!r}"
     if stored.get("source") is not None:
         changes = identity_differences(stored["source"], identity)
+        before = stored["source"].get("files_sha256")
+        if mode == "complete" and not changes and before not in (None, identity["files_sha256"]):
+            raise ValueError(
+                f"{what} is complete, but the source's files were rewritten since it was "
+                "computed (their sizes or modification times differ): it may not be this "
+                "source's result; nothing to resume: fuse into another dst, or recompute it "
+                "with overwrite=True and resume=False"
+            )
         if changes and mode == "complete":
             raise ValueError(
                 f"{what} is complete, but was computed from another source "
@@ -261,8 +270,12 @@ def _few(names: list[str]) -> str:
     return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
-def source_identity(source: Source) -> dict[str, Any]:
-    return {**source.identity(), "content": _content_token(source)}
+def source_identity(source: Source, files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run records of its source: :meth:`Source.identity`, a digest of its data if
+    in memory, and of its files' list (``files``: listed now, where not given)."""
+    files = source_files(source.data_files()) if files is None else files
+    return {**source.identity(), "content": _content_token(source),
+            "files_sha256": files_digest(files)}  # fmt: skip
 
 
 def _content_token(source: Source) -> str | None:

@@ -78,6 +78,7 @@ def run_fusion(
                                resuming=prior.resuming)  # fmt: skip
             pyramid_levels(fusion, target, sched, done=done, progress=progress,
                            stall_timeout=stall_timeout)  # fmt: skip
+            lifecycle.record_source(target, prior.identity)
             if finishing is not None:
                 finishing(target)
             lifecycle.finish(target, destination)

@@ -217,6 +217,38 @@ def test_resume_of_a_complete_output_from_another_source_is_refused(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("dst_name", ["out.zarr", "out.ome.tif"])
+def test_resume_of_a_complete_output_whose_source_was_rewritten_is_refused(tmp_path, dst_name):
+    """The same store, its chunks rewritten in place with another stack's: the old code said
+    "already complete" (exit 0) and kept the result of the old data."""
+    src = _raw_src(tmp_path / "src.zarr")
+    dst = tmp_path / dst_name
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    assert cli("fuse", src, dst, "--resume", *FUSE).returncode == 0  # unchanged: complete
+    zarr.open_array(str(src), mode="r+")[...] = small_stack(4)
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    assert "is complete, but the source's files were rewritten" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_complete_resumed_output_keeps_the_source_it_was_finished_from(tmp_path, monkeypatch):
+    """A chunk only unfinished blocks read is rewritten before the resume, which accepts it;
+    the output it completes records the source as the resume found it, so a later resume
+    finds it complete rather than rewritten."""
+    src = _raw_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1: chunk row 2 is not read
+    new = small_stack()
+    new[:, 64:, 64:] = small_stack(4)[:, 64:, 64:]
+    zarr.open_array(str(src), mode="r+")[:, 64:, 64:] = new[:, 64:, 64:]
+    assert cli("fuse", src, dst, "--resume", *FUSE).returncode == 0
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "already complete" in proc.stderr
+
+
 def test_resume_under_another_engine_is_refused(tmp_path, monkeypatch):
     """The NumPy and compiled engines differ in the last bits of exp/log/tanh: a resume must
     not mix them (the old code did, when FSTACK_DASK_ENGINE differed between the runs)."""
