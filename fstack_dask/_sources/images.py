@@ -138,6 +138,17 @@ def open_image_files(
             )
     probe = _probe_tiff if fmt == "tiff" else _probe_pillow
     probes = [probe(f) for f in files]
+    fused = [f for f, p in zip(files, probes, strict=True) if p.get("fused")]
+    if fused and isinstance(spec, Sequence) and not isinstance(spec, str):
+        raise ValueError(
+            f"file {fused[0]!r} listed in {name} is an all-in-focus image fstack_dask wrote, "
+            "not a focal plane; leave it out of the list"
+        )
+    if fused:  # a folder or pattern: our earlier result saved beside the planes
+        probes = [p for p in probes if not p.get("fused")]
+        files = [f for f in files if f not in fused]
+        if not files:
+            raise ValueError(f"{where} holds only images fstack_dask fused, no focal planes")
     first = probes[0]
     for f, other in zip(files[1:], probes[1:], strict=True):
         if other["shape"] != first["shape"] or other["dtype"] != first["dtype"]:
@@ -178,6 +189,11 @@ def open_image_files(
     if notes:
         description += ": " + ", ".join(notes)
     warnings = []
+    if fused:
+        names = ", ".join(repr(os.path.basename(f)) for f in fused)
+        warnings.append(
+            f"{where}: skipped {names}, an all-in-focus image fstack_dask wrote, not a plane"
+        )
     if not isinstance(spec, Sequence) or isinstance(spec, str):  # a list is the user's choice
         odd = odd_names(files)
         if odd:
@@ -268,6 +284,11 @@ def _check_images(files: list[str], where: str) -> None:
 # ------------------------------------------------------------------- header probes
 
 
+#: In the OME-XML of every OME-TIFF fstack_dask writes (``_outputs.tiff.NAMESPACE``, the
+#: namespace of its provenance): a fused image saved beside the planes is not read as one.
+FUSED_MARK = "fstack_dask/provenance"
+
+
 def _probe_tiff(path: str) -> dict[str, Any]:
     from .tiff import _tifffile
     from .tiff_checks import held_log
@@ -284,6 +305,8 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if tif.pages and FUSED_MARK in (tif.pages.first.description or "")[:65536]:
+                return {"fused": True}  # an all-in-focus image we wrote beside the planes
             ser = tif.series[0]
             page = ser.keyframe
             colour = page.photometric in (2, 6)  # RGB, or YCbCr (JPEG) decoded to RGB
@@ -317,6 +340,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
         raise ValueError(f"file {path!r} is not a readable TIFF file: {exc}") from exc
     index = {"Y": 1, "X": 2}
     return {
+        "fused": False,
         "shape": shape,
         "dtype": dtype,
         "mode": mode,

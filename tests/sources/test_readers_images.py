@@ -459,3 +459,31 @@ def test_pillow_is_a_dependency_of_the_plain_install():
     project = tomllib.loads(pyproject.read_text())["project"]
     names = [re.split(r"[<>=!~;\[ ]", d)[0].lower() for d in project["dependencies"]]
     assert "pillow" in names
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_a_fused_tiff_saved_beside_the_planes_is_not_read_as_one(tmp_path, rgb):
+    """``fuse planes planes/fused.ome.tif``, then another run on ``planes``: the fused
+    image (our provenance in its OME-XML) is skipped with a warning, not fused as plane 1 of
+    6 (found by an adversarial run, 2026-12-05); listed by name, it is refused."""
+    from fstack_dask import fuse_zarr
+    from fstack_dask._outputs.tiff import NAMESPACE
+    from fstack_dask._sources.images import FUSED_MARK
+
+    assert FUSED_MARK == NAMESPACE  # the reader knows what the writer writes
+    shape = (48, 40, 3) if rgb else (48, 40)
+    planes = _planes(5, shape, dtype="uint8" if rgb else "uint16")
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(folder / f"z{k}.tif", plane, photometric="rgb" if rgb else None)
+    expected = fuse_zarr(folder, tmp_path / "first.zarr", levels=0, progress=False)["0"][...]
+    fuse_zarr(folder, folder / "fused.ome.tif", levels=0, progress=False)
+    opened = open_image_files(str(folder))
+    assert opened.array.shape[0] == 5 and "fused.ome.tif" not in " ".join(opened.files)
+    assert any("skipped 'fused.ome.tif'" in w for w in opened.warnings)
+    again = fuse_zarr(f"{folder}/*.tif", tmp_path / "again.zarr", levels=0, progress=False)
+    np.testing.assert_array_equal(again["0"][...], expected)
+    listed = [folder / f"z{k}.tif" for k in range(5)] + [folder / "fused.ome.tif"]
+    with pytest.raises(ValueError, match="is an all-in-focus image fstack_dask wrote"):
+        open_image_files(listed)
