@@ -108,6 +108,10 @@ class Destination:
         self.kind = classify(dst)
 
     def what(self) -> str:
+        """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
+        (a TIFF dst's working store, ``.NAME.fstack-work``)."""
+        if self.dst.path.rstrip("/").endswith(".fstack-work"):  # _runs.tiff_output.WORK
+            return f"dst {self.dst.spec!r} (its working folder {self.dst.path!r})"
         return f"dst {self.dst.spec!r}"
 
     # -- before anything is written ------------------------------------------------------

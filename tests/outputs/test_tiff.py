@@ -151,6 +151,15 @@ def test_a_tiff_fstack_dask_did_not_write_is_never_replaced(tmp_path):
     res = _cli("fuse", src, src / "inside.tif", "--no-progress", cwd=tmp_path)
     assert res.returncode == 2 and "is the source or lies inside it" in res.stderr
     assert tree_digest(tmp_path) == before  # nothing written, nothing changed
+    # a user's folder where the working store would go: the message names it (it said that
+    # the TIFF, which does not exist, was "a folder with other content")
+    (tmp_path / ".new.ome.tif.fstack-work").mkdir()
+    (tmp_path / ".new.ome.tif.fstack-work" / "mine.txt").write_text("mine")
+    before = tree_digest(tmp_path)
+    res = _cli("fuse", src, tmp_path / "new.ome.tif", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "(its working folder '" in res.stderr and ".new.ome.tif.fstack-work')" in res.stderr
+    assert tree_digest(tmp_path) == before
 
 
 def test_overwrite_resume_and_already_exists(tmp_path):
