@@ -135,7 +135,7 @@ def plan_fusion(
     fusion = reading(
         Fusion(
             source, layout, {}, kernel, (1, 1), halo, maps, None, memory, {}, 0,
-            depth_affine, (portable(src, storage_options), axes, level, storage_options),
+            depth_affine, (_portable(src, source, storage_options), axes, level, storage_options),
         ),
         by_inner_chunks=False,
     )  # fmt: skip
@@ -183,6 +183,13 @@ def plan_fusion(
         fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
         fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
     )  # fmt: skip
+
+
+def _portable(src: Any, source: Source, storage_options: Any) -> Any:
+    """``src`` as the workers open it (:func:`~.._sources.open.portable`): a glob or list of
+    plane files (no location of its own) as the files listed here."""
+    planes = source.files if source.location is None else ()
+    return portable(src, storage_options, planes=planes)
 
 
 def _cpu_engine() -> str:

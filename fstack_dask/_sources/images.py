@@ -250,10 +250,10 @@ def _list_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             )
         else:
             raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
-        files = sorted((os.path.abspath(f) for f in files), key=natural_key)
-        return files, where, [os.path.abspath(f) for f in skipped]
+        files = sorted((_absolute(f) for f in files), key=natural_key)
+        return files, where, [_absolute(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
-        files = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in spec]
+        files = [_absolute(os.path.expanduser(os.fspath(f))) for f in spec]
         if not files:
             raise ValueError(f"{name} is an empty list; expected at least two plane files")
         where = f"(a list of {len(files)} files)"
@@ -266,6 +266,14 @@ def _list_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
         f"{type(spec).__name__}"
     )
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute as the OS reads it: its folder resolved (``link/..`` is the
+    parent of the link's target, not of the link), its name kept (a plane file may be a link
+    whose target's name would sort otherwise)."""
+    head, name = os.path.split(path)
+    return os.path.join(os.path.realpath(head or "."), name)
 
 
 def _is_image(path: str) -> bool:

@@ -234,7 +234,9 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
     )
 
 
-def portable(src: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+def portable(
+    src: Any, storage_options: Mapping[str, Any] | None = None, *, planes: Any = ()
+) -> Any:
     """``src`` as every process reads it, wherever it runs: a local path made absolute (as
     :func:`open_source` resolved it here), a relative glob or list of plane files made
     absolute, and an open Zarr array on a relative local store opened again on the absolute
@@ -243,10 +245,14 @@ def portable(src: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
     A worker process or cluster worker resolves a relative path against its own working
     directory, which is where it was started, not where this process is now: it would read
     another stack of the same name and write its fusion into this run's output. URLs and
-    in-memory arrays are the same everywhere and are returned as they are.
+    in-memory arrays are the same everywhere and are returned as they are. ``planes``: the
+    files a glob or list of plane files opened here, which the workers then read rather than
+    list again (a plane added meanwhile; ``link/..``, which only the OS reads right).
     """
     if _is_in_memory_array(src) or isinstance(src, Shared):
         return src
+    if planes:  # a glob or list of plane files: the very files this process listed
+        return list(planes)
     if isinstance(src, (list, tuple)):
         return [_absolute(p, storage_options) for p in src]
     if isinstance(src, (str, os.PathLike)):

@@ -104,7 +104,7 @@ def test_a_worker_that_opens_another_source_stops_the_run(folders, monkeypatch):
     from distributed import Client, LocalCluster
 
     root, _ = folders
-    monkeypatch.setattr(fusion, "portable", lambda src, storage_options=None: src)
+    monkeypatch.setattr(fusion, "portable", lambda src, storage_options=None, planes=(): src)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
         monkeypatch.chdir(root / "b")

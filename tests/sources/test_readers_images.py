@@ -487,3 +487,31 @@ def test_a_fused_tiff_saved_beside_the_planes_is_not_read_as_one(tmp_path, rgb):
     listed = [folder / f"z{k}.tif" for k in range(5)] + [folder / "fused.ome.tif"]
     with pytest.raises(ValueError, match="is an all-in-focus image fstack_dask wrote"):
         open_image_files(listed)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_planes_named_through_a_link_and_dots_are_the_ones_the_os_names(tmp_path, monkeypatch,
+                                                                       scheduler):  # fmt: skip
+    """``home/exp1 -> data/exp1``: from ``home``, ``exp1/../planes/*.tif`` is ``data/planes``
+    to the OS. The files were made absolute lexically (``home/planes``, a decoy of the same
+    names here) and the decoy was fused (found by an adversarial run, 2026-12-05)."""
+    from fstack_dask import fuse_zarr
+
+    (tmp_path / "data" / "exp1").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    os.symlink(tmp_path / "data" / "exp1", tmp_path / "home" / "exp1")
+    meant, decoy = _planes(5, (48, 40)), np.full((5, 48, 40), 7, np.uint16)
+    for folder, planes in ((tmp_path / "data" / "planes", meant),
+                           (tmp_path / "home" / "planes", decoy)):  # fmt: skip
+        folder.mkdir()
+        for k, plane in enumerate(planes):
+            tifffile.imwrite(folder / f"p{k}.tif", plane)
+    expected = fuse_zarr(tmp_path / "data" / "planes", tmp_path / "expected.zarr", levels=0,
+                         progress=False)["0"][...]  # fmt: skip
+    monkeypatch.chdir(tmp_path / "home")
+    for k, src in enumerate(
+        ("exp1/../planes/*.tif", [f"exp1/../planes/p{k}.tif" for k in range(5)])
+    ):
+        out = fuse_zarr(src, tmp_path / f"out{k}.zarr", levels=0, scheduler=scheduler,
+                        progress=False)  # fmt: skip
+        np.testing.assert_array_equal(out["0"][...], expected)
