@@ -102,8 +102,11 @@ def remove_tree(
                     ]
             else:
                 os.unlink(target.path)
-        else:
+        elif ours_within is None or not fs.isdir(target.path):
             fs.rm(target.path, recursive=True)
+        else:
+            kept += [f"{entry}/{rel}" for rel in _remove_ours_remote(fs, target.path, entry,
+                                                                      ours_within)]  # fmt: skip
     if not kept and not keep_folder:
         if location.is_local:
             os.rmdir(location.path)
@@ -131,4 +134,18 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
                 os.rmdir(root)
             except OSError:  # a kept file (or folder) inside
                 pass
+    return kept
+
+
+def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], bool]) -> list[str]:
+    """:func:`_remove_ours` on an fsspec filesystem (object stores have no folders to keep:
+    a kept file keeps its prefix)."""
+    top = top.rstrip("/")
+    found = [(path, path[len(top) + 1 :]) for path in sorted(fs.find(top))]
+    mine = [path for path, rel in found if ours(entry, rel)]
+    kept = [rel for _path, rel in found if not ours(entry, rel)]
+    if mine:
+        fs.rm(mine)
+    if not kept and fs.exists(top):  # what is left are empty folders (where a store has them)
+        fs.rm(top, recursive=True)
     return kept

@@ -263,6 +263,26 @@ def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, mo
     np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
 
 
+def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite_on_fsspec(tmp_path):
+    """The same on a filesystem fsspec reaches (``memory://`` here; S3 alike): the old code
+    removed each entry of ours there whole (a second adversarial run, 2026-12-05)."""
+    import uuid
+
+    import fsspec
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = f"memory://fstack-own-{uuid.uuid4().hex}/out.ome.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{dst}/0/annotations/cells.csv", b"x,y\n1,2\n")
+    fs.pipe(f"{dst}/notes.txt", b"mine")
+    out = fuse_zarr(src, dst, chunks=CHUNK, overwrite=True, nhsize=5, progress=False)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    kept = [p for p in fs.find(dst.rsplit("/", 1)[0]) if p.endswith("/0/annotations/cells.csv")]
+    assert len(kept) == 1 and fs.cat(kept[0]) == b"x,y\n1,2\n"
+    assert fs.cat(f"{dst}/notes.txt") == b"mine"
+
+
 def test_a_failed_overwrite_keeps_the_users_own_folder(tmp_path, monkeypatch):
     """The user's empty folder (setgid, reached through a link), given as dst to a run that
     was interrupted; an overwrite that fails before its first block removes what the runs
