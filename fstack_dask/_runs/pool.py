@@ -10,11 +10,12 @@ Starting the processes costs more than a small run's work (each imports NumPy, z
 numba and loads the compiled kernel: 2-3 s of a 2-core machine, ``benchmarks/RESULTS.md``), so
 a run that ends cleanly keeps its pool for the next one, as joblib's loky keeps its executor:
 idle for up to ``FSTACK_DASK_PROCESS_POOL_IDLE`` seconds (300; 0 ends the processes with each
-run). Only a pool whose tasks all ended is kept, and only in the main thread (a process dies
-with the thread that started it). A run takes it only when nothing the processes inherited at
-their start has changed since (the working folder, ``sys.path``, the environment); otherwise
-a new pool is started. What a run leaves in a process is forgotten at its end
-(:func:`~.blocks.close_on_workers`).
+run). Only a pool whose tasks all ended is kept, only in the main thread (a process dies with
+the thread that started it), and not in a multiprocessing child (whose exit would wait for the
+kept processes forever). A run takes it only when nothing the processes inherited at their
+start has changed since (the working folder, ``sys.path``, the environment); otherwise a new
+pool is started; a forked child never takes its parent's. What a run leaves in a process is
+forgotten at its end (:func:`~.blocks.close_on_workers`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class ProcessPool:
         self._busy = [0] * len(self.executors)
         self._submitted: list[cf.Future] = []
         self.started_with = _inherited(len(self.executors))
+        self.parent = (
+            os.getpid()
+        )  # a forked child sees this pool, but its processes are not its own
 
     @property
     def slots(self) -> list[int]:
@@ -105,8 +109,11 @@ def process_pool(processes: int) -> Iterator[ProcessPool]:
     run if this one ends without an error and with every task ended; shut down otherwise
     (its running tasks waited for, so that no write lands after the run)."""
     idle = idle_seconds()
-    # only the main thread's pool is kept: a process dies with the thread that started it
+    # only the main thread's pool is kept: a process dies with the thread that started it;
+    # and not in a multiprocessing child, whose exit joins its children without telling the
+    # pool to end (it would wait forever)
     main = threading.current_thread() is threading.main_thread()
+    main = main and multiprocessing.parent_process() is None
     pool = (_take(processes) if main else None) or ProcessPool(processes)
     ended = False
     try:
@@ -171,6 +178,8 @@ def _take(processes: int) -> ProcessPool | None:
     if found is None:
         return None
     pool, timer = found
+    if pool.parent != os.getpid():  # we are a fork of the process that kept it: not ours
+        return None
     timer.cancel()
     if pool.started_with == _inherited(processes) and pool.reusable():
         pool.drain()

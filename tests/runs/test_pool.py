@@ -133,3 +133,31 @@ def test_a_run_in_another_thread_keeps_no_processes(zyx, tmp_path):
     thread.join()
     assert pools.kept() is kept  # the main thread's, untouched
     np.testing.assert_array_equal(out["a"], zarr.open_group(str(tmp_path / "main.zarr"))["0"][...])
+
+
+def _fuse_in_fork(zyx, dst, expected, results) -> None:
+    try:
+        out = _fuse(zyx, dst)
+        results.put(bool(np.array_equal(out, expected)))
+    except BaseException as exc:  # reported to the parent, which asserts
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_forked_child_starts_processes_of_its_own(zyx, tmp_path):
+    """A process forked while a pool is kept sees the pool, whose processes are its
+    parent's: it starts its own (it failed with "can only test a child process"), and the
+    parent's pool is still there for the parent's next run."""
+    import multiprocessing
+
+    expected = _fuse(zyx, tmp_path / "parent.zarr")
+    kept = pools.kept()
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    child = context.Process(target=_fuse_in_fork,
+                            args=(zyx, tmp_path / "child.zarr", expected, results))  # fmt: skip
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0 and results.get() is True
+    assert pools.kept() is kept
+    np.testing.assert_array_equal(_fuse(zyx, tmp_path / "again.zarr"), expected)
+    assert pools.kept() is kept
