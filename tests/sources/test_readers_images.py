@@ -467,6 +467,7 @@ def test_a_fused_tiff_saved_beside_the_planes_is_not_read_as_one(tmp_path, rgb):
     image (our provenance in its OME-XML) is skipped with a warning, not fused as plane 1 of
     6 (found by an adversarial run, 2026-12-05); listed by name, it is refused."""
     from fstack_dask import fuse_zarr
+    from fstack_dask._errors import FstackDaskWarning
     from fstack_dask._outputs.tiff import NAMESPACE
     from fstack_dask._sources.images import FUSED_MARK
 
@@ -482,7 +483,8 @@ def test_a_fused_tiff_saved_beside_the_planes_is_not_read_as_one(tmp_path, rgb):
     opened = open_image_files(str(folder))
     assert opened.array.shape[0] == 5 and "fused.ome.tif" not in " ".join(opened.files)
     assert any("skipped 'fused.ome.tif'" in w for w in opened.warnings)
-    again = fuse_zarr(f"{folder}/*.tif", tmp_path / "again.zarr", levels=0, progress=False)
+    with pytest.warns(FstackDaskWarning, match="skipped 'fused.ome.tif', an all-in-focus"):
+        again = fuse_zarr(f"{folder}/*.tif", tmp_path / "again.zarr", levels=0, progress=False)
     np.testing.assert_array_equal(again["0"][...], expected)
     listed = [folder / f"z{k}.tif" for k in range(5)] + [folder / "fused.ome.tif"]
     with pytest.raises(ValueError, match="is an all-in-focus image fstack_dask wrote"):
