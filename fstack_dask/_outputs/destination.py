@@ -45,6 +45,7 @@ from .state import (
     STATE_DIR,
     OutputState,
     classify,
+    copied_provenance,
     foreign_entries,
     owned_output,
     provenance,
@@ -184,6 +185,8 @@ class Destination:
         action = "resume into" if resume else "replace" if overwrite else "write into"
         zarr = any(self.dst.child(n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
         detail = "a Zarr store" if zarr else "a folder with other content"
+        if copied_provenance(self.dst):  # xarray's to_zarr(attrs=ds.attrs) of an output, say
+            detail = "a Zarr store with the attributes of an fstack_dask output copied in"
         return (
             f"{what} exists and is {detail}, not an fstack_dask output; refusing to {action} "
             "it (only fstack_dask outputs and empty folders are ever replaced): choose another "

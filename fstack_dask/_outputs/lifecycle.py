@@ -15,7 +15,7 @@ from typing import Any
 from .._errors import LeaseLostError, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from .destination import Destination, Target
-from .state import recorded_entries
+from .state import new_output_id, recorded_entries, write_output_id
 from .write import OutputSpec, create_output
 
 __all__ = ["claim", "fail", "finish", "open_result", "prepare", "record_source", "tidy_complete"]
@@ -54,7 +54,10 @@ def prepare(
         "dst": target.dst.url,
     }
     target.state.write_record(record, files)
-    create_output(target.output, spec, extra={"source_identity": dict(identity)})
+    oid = new_output_id(record["params"])
+    write_output_id(target.output, oid)  # before the provenance that names it
+    extra = {"source_identity": dict(identity), "output_id": oid}
+    create_output(target.output, spec, extra=extra)
 
 
 def record_source(target: Target, identity: Mapping[str, Any]) -> None:

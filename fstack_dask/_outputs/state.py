@@ -2,9 +2,16 @@
 fingerprint, and the checks that decide what may be resumed, replaced or deleted.
 
 An output folder is *ours* when its ``zarr.json`` carries our provenance attribute (a complete
-or an unfinished output), or when it holds our run record ``.fstack_dask/run.json`` (a run
-killed while creating the output). Nothing else is ever resumed into, replaced or deleted:
-an empty ``.fstack_dask/`` folder, or any Zarr store without our provenance, is not ours.
+or an unfinished output) with the output's id that the id file ``0/.fstack_dask-output``
+holds too, or when it holds our run record ``.fstack_dask/run.json`` (a run killed while
+creating the output). Nothing else is ever resumed into, replaced or deleted: an empty
+``.fstack_dask/`` folder, or any Zarr store without our provenance, is not ours. Nor is a
+store whose group attributes were copied from an output of ours (``xarray``'s
+``to_zarr(..., attrs=ds.attrs)``, ``zarr.create_group(attributes=...)``): Zarr writers copy
+attributes and arrays, not files that are neither, so the id file is missing there. It lies
+in the full-resolution array's folder because Zarr lists a group's folder (and warns of any
+entry there that is not a Zarr node) but never an array's. (Outputs written before ids,
+2026-12, carry none and are known by their provenance alone.)
 
 Ownership is by record, never by name: the provenance and the run record list the entries
 the run writes (``zarr.json``, its levels ``0``..``N``, ``depth``, ``selectivity``, and the
@@ -48,22 +55,27 @@ __all__ = [
 
 STATE_DIR = ".fstack_dask"
 RUN_FILE = "run.json"
+ID_FILE = ("0", ".fstack_dask-output")  # the output's id, in its full-resolution array
+ID_KIND = "fstack_dask output"
 FILES_FILE = "source-files.npz"
 METHOD = "Pertuz et al. 2013 noise-robust selective all-in-focus fusion"
 RUN_KIND = "fstack_dask run"
 # zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
 ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
 _CHUNK_KEY = re.compile(r"(^|/)c(/[0-9]+)+$")  # Zarr v3's default chunk keys: c/0/1/2
 
 
 def written_by_us(entry: str, path: str) -> bool:
     """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
     in the state folder; in a Zarr node (an array, a group of levels), its ``zarr.json`` and
-    chunk files, and zarr's temporary files of either. A user's file put inside (notes in an
-    array's folder) is not, and is never removed."""
+    chunk files, and zarr's temporary files of either; the output's id file. A user's file
+    put inside (notes in an array's folder) is not, and is never removed."""
     if entry == STATE_DIR:
         return True
     path = ZARR_PARTIAL.sub("", path)
+    if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
+        return True
     return path.rsplit("/", 1)[-1] == "zarr.json" or bool(_CHUNK_KEY.search(path))
 
 
@@ -74,14 +86,56 @@ def _read_json(location: Location) -> Any:
         return None
 
 
-def provenance(location: Location) -> dict[str, Any] | None:
-    """Our provenance attribute of the output at ``location``, or None if it has none."""
+def provenance_attribute(location: Location) -> dict[str, Any] | None:
+    """The provenance attribute in ``location``'s ``zarr.json``, ours or copied from ours."""
     meta = _read_json(location.child("zarr.json"))
     attrs = meta.get("attributes") if isinstance(meta, dict) else None
     ours = attrs.get("fstack_dask") if isinstance(attrs, dict) else None
     if isinstance(ours, dict) and ours.get("method") == METHOD:
         return ours
     return None
+
+
+def output_id(location: Location) -> str | None:
+    """The id in the output's id file, or None."""
+    body = _read_json(location.child(*ID_FILE))
+    if isinstance(body, dict) and body.get("kind") == ID_KIND:
+        found = body.get("output_id")
+        return found if isinstance(found, str) else None
+    return None
+
+
+def new_output_id(params: Mapping[str, Any]) -> str:
+    """The id of an output created with ``params``: their digest, not a random id, so that
+    two runs of the same job write the same bytes (a resume after the source's files were
+    touched, too). It need not be unique, only absent where attributes were copied."""
+    body = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def write_output_id(location: Location, output_id: str) -> None:
+    """Write the id file of the output about to be created at ``location`` (before its
+    provenance names the id)."""
+    folder = location.child(ID_FILE[0])
+    folder.fs.makedirs(folder.path, exist_ok=True)
+    _write_atomic(
+        location.child(*ID_FILE), json.dumps({"kind": ID_KIND, "output_id": output_id}).encode()
+    )
+
+
+def provenance(location: Location) -> dict[str, Any] | None:
+    """Our provenance attribute of the output at ``location``, or None if it has none, or if
+    the attribute names an output id that the output's own id file does not hold (attributes
+    copied into a store that is not ours)."""
+    ours = provenance_attribute(location)
+    if ours is None or "output_id" not in ours:  # none, or an output from before ids
+        return ours
+    return ours if output_id(location) == ours["output_id"] else None
+
+
+def copied_provenance(location: Location) -> bool:
+    """Whether ``location``'s ``zarr.json`` carries our provenance without being our output."""
+    return provenance(location) is None and provenance_attribute(location) is not None
 
 
 def run_record(location: Location) -> dict[str, Any] | None:

@@ -8,8 +8,10 @@ store's arrays: a tiled BigTIFF, one page per image plane (batch index and chann
 pyramid's levels as its SubIFDs, the same 2 x 2 means as the OME-Zarr levels; the depth and
 selectivity maps follow as images of their own. The OME-XML carries the physical pixel sizes,
 the channels' names and colours, and our provenance (a ``CommentAnnotation`` in the
-:data:`NAMESPACE` namespace), which is how a later run knows the file is ours: ownership is by
-record, never by name, and a TIFF without it is never replaced.
+:data:`NAMESPACE` namespace) naming the output's id, which the first page's private tag
+:data:`ID_TAG` holds too: that is how a later run knows the file is ours. Ownership is by
+record, never by name, and a TIFF without both (a user's TIFF saved with our OME-XML copied
+into it) is never replaced.
 
 Tiles are read from the store one tile row of one chunk at a time (a chunk is decoded once
 per tile row it holds), so memory is bounded by a chunk, whatever the image's size.
@@ -37,6 +39,9 @@ __all__ = ["NAMESPACE", "PARTIAL", "TILE", "place_tiff", "tiff_levels", "tiff_ow
 TILE = 512  # px: what slide viewers read; QuPath's and bfconvert's default
 PARTIAL = TIFF_PARTIAL  # the TIFF being written, inside the working store
 NAMESPACE = "fstack_dask/provenance"
+#: A private TIFF tag (in the range TIFF 6.0 leaves free for reuse) holding the output's id on
+#: the first page, for the provenance to name: OME writers copy the OME-XML, not such tags.
+ID_TAG = 65117
 COMPRESSION = "zlib"  # lossless, read by libtiff (OpenSlide), Bio-Formats, tifffile
 # OME-XML pixel types: 64-bit integers and float16 have none.
 TIFF_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 float32 float64".split())
@@ -62,6 +67,8 @@ def tiff_owner(path: str) -> dict[str, Any] | None:
     try:
         with tifffile.TiffFile(path) as tif:
             xml = tif.pages.first.description if tif.pages else ""
+            tag = tif.pages.first.tags.get(ID_TAG) if tif.pages else None
+            tagged = tag.value if tag is not None else None
     except Exception:  # not a TIFF, truncated, unreadable: not ours
         return None
     finally:
@@ -80,7 +87,10 @@ def tiff_owner(path: str) -> dict[str, Any] | None:
             except ValueError:
                 return None
             if isinstance(record, dict) and record.get("method") == METHOD:
-                return record
+                # OME-XML copied into a user's TIFF (bioio, Bio-Formats keep annotations) comes
+                # without our private tag; a TIFF from before ids has neither
+                copied = "output_id" in record and tagged != record["output_id"]
+                return None if copied else record
     return None
 
 
@@ -129,9 +139,12 @@ def write_tiff(
                 check()
             node = group[name] if name else group
             meta = _ome_metadata(node, label, rgb=rgb and not name)
+            tags = []
             if k == 0:
                 meta["CommentAnnotation"] = {"Namespace": NAMESPACE, "Value": record}
-            _write_image(tif, node, meta, rgb=rgb and not name, maxworkers=maxworkers)
+                if provenance.get("output_id"):
+                    tags = [(ID_TAG, "s", 0, provenance["output_id"], True)]
+            _write_image(tif, node, meta, rgb=rgb and not name, maxworkers=maxworkers, tags=tags)
     if check is not None:
         check()
     fd = os.open(path, os.O_RDONLY)
@@ -185,8 +198,11 @@ _OME_TIME_UNITS = {"second": "s", "millisecond": "ms", "microsecond": "\u00b5s",
                    "minute": "min", "hour": "h"}  # fmt: skip
 
 
-def _write_image(tif: Any, node: Any, meta: dict[str, Any], *, rgb: bool, maxworkers: int):
-    """One multiscale image: level 0 as pages, the other levels as their SubIFDs."""
+def _write_image(
+    tif: Any, node: Any, meta: dict[str, Any], *, rgb: bool, maxworkers: int, tags: list
+) -> None:
+    """One multiscale image: level 0 as pages (the first with ``tags``), the other levels as
+    their SubIFDs."""
     n = 0
     while str(n + 1) in node:
         n += 1
@@ -200,7 +216,7 @@ def _write_image(tif: Any, node: Any, meta: dict[str, Any], *, rgb: bool, maxwor
             photometric="rgb" if rgb else "minisblack", maxworkers=maxworkers,
         )  # fmt: skip
         if level == 0:
-            tif.write(_tiles(array, rgb=rgb), subifds=n, metadata=meta,
+            tif.write(_tiles(array, rgb=rgb), subifds=n, metadata=meta, extratags=tags,
                       software="fstack_dask", **options)  # fmt: skip
         else:
             tif.write(_tiles(array, rgb=rgb), subfiletype=1, metadata=None, **options)

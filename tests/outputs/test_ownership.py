@@ -235,6 +235,76 @@ def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monke
     assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
 
 
+def _copy_attributes(ours: Path, mine: Path, how: str) -> None:
+    """A user's own store, made from an output of ours with its group attributes copied."""
+    if how == "xarray":  # process the fused image, keep its attributes
+        import xarray as xr
+
+        levels = [k for k in zarr.open_group(str(ours), mode="r").array_keys() if k != "0"]
+        ds = xr.open_zarr(ours, consolidated=False, drop_variables=levels)
+        processed = (ds // 2).astype(ds["0"].dtype)
+        processed.attrs = dict(ds.attrs)
+        processed.to_zarr(mine, zarr_format=3, consolidated=False)
+    else:  # zarr: a new group with the same attributes, the user's own array in it
+        group = zarr.open_group(str(ours), mode="r")
+        mine_group = zarr.create_group(str(mine), attributes=dict(group.attrs))
+        mine_group.create_array("0", data=np.full(group["0"].shape, 7, group["0"].dtype))
+
+
+@pytest.mark.parametrize("how", ["xarray", "zarr"])
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_store_with_our_attributes_copied_in_is_not_ours(tmp_path, monkeypatch, how,
+                                                          finished):  # fmt: skip
+    """``xr.open_zarr(ours)`` processed and saved with ``attrs=ds.attrs``, or a group created
+    with our attributes: the old code took it for our output, and ``--overwrite`` replaced
+    the user's ``0`` and attributes (a second adversarial run, 2026-12-05). The attributes
+    name the output's id; the id file in ``0/`` that no Zarr writer copies is not there."""
+    src = write_src(tmp_path / "src.zarr")
+    ours, mine = tmp_path / "ours.zarr", tmp_path / "mine.zarr"
+    if finished:
+        fuse_zarr(src, ours, chunks=CHUNK, progress=False)
+    else:
+        _interrupted(src, ours, monkeypatch, n_blocks=1)
+    _copy_attributes(ours, mine, how)
+    assert zarr.open_group(str(mine), mode="r").attrs["fstack_dask"]["output_id"]
+    before = tree_digest(tmp_path)
+    for flags in (["--overwrite"], ["--resume"], []):
+        proc = cli("fuse", src, mine, *flags, *FUSE)
+        assert proc.returncode == 2, proc.stderr
+        assert "attributes of an fstack_dask output copied in" in one_line_error(proc)
+    with pytest.raises(FileExistsError, match="not an fstack_dask output"):
+        fuse_zarr(src, mine, chunks=CHUNK, overwrite=True, progress=False)
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("how", ["copied whole", "written before ids"])
+def test_an_output_whose_id_file_is_with_it_is_ours(tmp_path, how):
+    """A whole copy of an output (``cp -r``: the id file goes along) is an output of ours, and
+    an output written before ids (no id in its attributes, no id file) is known by its
+    provenance as before: both are replaced and resumed, and the id file is no user file."""
+    src = write_src(tmp_path / "src.zarr")
+    ours, dst = tmp_path / "ours.zarr", tmp_path / "out.zarr"
+    fuse_zarr(src, ours, chunks=CHUNK, progress=False)
+    shutil.copytree(ours, dst)
+    if how == "written before ids":
+        meta = json.loads((dst / "zarr.json").read_text())
+        del meta["attributes"]["fstack_dask"]["output_id"]
+        (dst / "zarr.json").write_text(json.dumps(meta))
+        (dst / "0" / ".fstack_dask-output").unlink()
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
+    proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "not written by us" not in proc.stderr and "did not write" not in proc.stderr
+    out = zarr.open_group(str(dst), mode="r")
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    assert (
+        out.attrs["fstack_dask"]["output_id"]
+        != zarr.open_group(str(ours)).attrs["fstack_dask"]["output_id"]
+    )
+    assert _hidden(tmp_path) == [] and sorted(os.listdir(dst)) == ["0", "1", "2", "zarr.json"]
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, monkeypatch,
                                                                    finished):  # fmt: skip

@@ -162,6 +162,28 @@ def test_a_tiff_fstack_dask_did_not_write_is_never_replaced(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+def test_a_tiff_with_our_ome_xml_copied_in_is_not_ours(tmp_path):
+    """A user's processed image saved with the OME-XML of our TIFF (what OME writers that keep
+    the metadata, bioio's or Bio-Formats', do): the provenance in it names the output's id,
+    and the private tag that holds it on our first page is not copied. Refused, unchanged."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    ours = tmp_path / "out.ome.tif"
+    assert _cli("fuse", src, ours, "--no-progress", cwd=tmp_path).returncode == 0
+    with tifffile.TiffFile(ours) as tif:
+        xml, fused = tif.pages.first.description, tif.pages.first.asarray()
+    assert tiff_owner(str(ours))["output_id"] in xml
+    theirs = tmp_path / "theirs.ome.tif"
+    tifffile.imwrite(theirs, fused // 2, description=xml.encode(), metadata=None)
+    assert tiff_owner(str(theirs)) is None
+    before = tree_digest(tmp_path)
+    for flags in (("--overwrite",), ("--resume",)):
+        res = _cli("fuse", src, theirs, "--no-progress", *flags, cwd=tmp_path)
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
+        assert "fstack_dask did not write; refusing to replace it" in res.stderr
+    assert tree_digest(tmp_path) == before
+
+
 def test_overwrite_resume_and_already_exists(tmp_path):
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(64, 80), planes=5, channels=1)
