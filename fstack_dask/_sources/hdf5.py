@@ -98,7 +98,7 @@ def open_hdf5(
     with h5:
         if name is None:
             name = _only_dataset(h5, file)
-        node = h5.get(name)
+        node = _get(h5, name)
         if not isinstance(node, h5py.Dataset):
             what = "missing" if node is None else "a group"
             raise ValueError(f"dataset {name!r} of HDF5 file {file!r} is {what}")
@@ -111,7 +111,8 @@ def open_hdf5(
             scale = {a: v for a, s in zip(letters, size, strict=True) if (v := positive_finite(s))}
         scale.pop("c", None)
         array = _H5Array(file, name, node)
-        files = (file, *_files_holding(node, file))
+        holder = os.path.abspath(node.file.filename)  # another file, through an ExternalLink
+        files = tuple(dict.fromkeys((file, holder, *_files_holding(node, holder))))
     return OpenedStack(
         array=array,
         axes=letters,
@@ -129,8 +130,9 @@ def open_hdf5(
 
 def _files_holding(node: Any, file: str) -> tuple[str, ...]:
     """The other files a dataset's samples are in (a virtual dataset's sources, external
-    storage), named relative to ``file``'s folder where not absolute: a resume compares them
-    as the source's files, and no dst may overlap them."""
+    storage), named relative to the folder of ``file``, the file holding the dataset, where not
+    absolute (as :func:`_open_dataset` has HDF5 find them): a resume compares them as the
+    source's files, and no dst may overlap them."""
     names = []
     if node.is_virtual:
         names += [v.file_name for v in node.virtual_sources() if v.file_name != "."]
@@ -173,6 +175,34 @@ def _axes(labels: list[str], axes: str | None, ndim: int, where: str) -> str:
     return parse_axes("".join(mapped), ndim)  # type: ignore[arg-type]
 
 
+def _open_dataset(h5: Any, name: str, *, external: bool) -> Any:
+    """Dataset ``name`` of the open file ``h5``; one with ``external`` storage has the files
+    it names by relative paths found beside the file holding it: HDF5 looks for them in the
+    working folder otherwise, which differs between runs and workers (a third adversarial run,
+    2026-12-05, had a decoy of the same name read).
+
+    Only such datasets get the prefix: HDF5 refuses to open a dataset that is open already
+    (in a user's notebook, say) with another prefix."""
+    import h5py
+
+    if not external:
+        return h5[name]
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_efile_prefix(b"${ORIGIN}")
+    return h5py.Dataset(h5py.h5d.open(h5.id, name.encode(), dapl))
+
+
+def _get(h5: Any, name: str) -> Any:
+    """``h5.get(name)``; for a dataset with external storage that this process holds open with
+    our prefix (an earlier run's), opened with it again."""
+    try:
+        return h5[name]
+    except KeyError as exc:
+        if "external file prefix" not in str(exc):
+            return None
+        return _open_dataset(h5, name, external=True)
+
+
 class _H5Array:
     """A read-only HDF5 dataset; h5py serialises its calls, so reads are thread-safe.
 
@@ -187,15 +217,18 @@ class _H5Array:
         self.shape = tuple(int(n) for n in node.shape)
         self.dtype, self.ndim = dtype, len(self.shape)
         self.chunks = tuple(int(c) for c in (node.chunks or self.shape))
+        self.external = bool(node.external)
         self._lock = threading.Lock()
         self._ds: Any = None
+        self._h5: Any = None
 
     def _dataset(self) -> Any:
         with self._lock:
             if self._ds is None:
                 import h5py
 
-                self._ds = h5py.File(self.file, "r")[self.name]
+                self._h5 = h5py.File(self.file, "r")  # held: the dataset does not hold it
+                self._ds = _open_dataset(self._h5, self.name, external=self.external)
             return self._ds
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -209,14 +242,14 @@ class _H5Array:
         """Close this process's file handle (a later read reopens it)."""
         with self._lock:
             if self._ds is not None:
-                self._ds.file.close()
-            self._ds = None
+                self._h5.close()
+            self._ds = self._h5 = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_ds")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_ds", "_h5")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=threading.Lock(), _ds=None)
+        self.__dict__.update(state, _lock=threading.Lock(), _ds=None, _h5=None)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         st = os.stat(self.file)

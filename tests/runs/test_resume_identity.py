@@ -145,6 +145,17 @@ def _sources_whose_files_cannot_tell(tmp_path):
                 f["p"] = new[z]
             os.replace(tmp_path / "plane.tmp", tmp_path / f"plane{z}.h5")
 
+    # an HDF5 file whose dataset is an ExternalLink to another file's (a third run, 2026-12-05)
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f["stack"] = small_stack()
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f["stack"] = h5py.ExternalLink("data.h5", "/stack")
+
+    def linked_file_rewritten():
+        with h5py.File(tmp_path / "data.tmp", "w") as f:
+            f["stack"] = new
+        os.replace(tmp_path / "data.tmp", tmp_path / "data.h5")
+
     zarr_kw = {"axes": "zyx"}
     return {
         "dask": (lambda: da.from_zarr(str(store)), in_place, zarr_kw),
@@ -168,10 +179,22 @@ def _sources_whose_files_cannot_tell(tmp_path):
             planes_rewritten,
             zarr_kw,
         ),  # fmt: skip
+        "hdf5 external link": (
+            lambda: f"{tmp_path / 'master.h5'}/stack",
+            linked_file_rewritten,
+            zarr_kw,
+        ),  # fmt: skip
     }
 
 
-KINDS = ["dask", "xarray", "symlinked chunk folder", "zip archive", "hdf5 virtual dataset"]
+KINDS = [
+    "dask",
+    "xarray",
+    "symlinked chunk folder",
+    "zip archive",
+    "hdf5 virtual dataset",
+    "hdf5 external link",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -191,7 +214,7 @@ def test_a_source_whose_files_cannot_show_a_change_is_read_again(tmp_path, monke
     change()
     before = tree_digest(dst2)
     refused = "changed since the run began, and finished block 0_"
-    if kind.startswith("hdf5"):  # HDF5 keeps a virtual dataset's files open in this process
+    if kind.startswith("hdf5"):  # HDF5 keeps a linked dataset's files open in this process
         proc = cli("fuse", open_src(), dst2, "--resume", "--axes", "zyx", *FUSE)
         assert proc.returncode == 2 and refused in one_line_error(proc), proc.stderr
     else:

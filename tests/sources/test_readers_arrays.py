@@ -145,6 +145,51 @@ def test_hdf5_dataset(tmp_path):
         open_hdf5(tmp_path / "text.h5")
 
 
+@pytest.mark.parametrize("where", ["the file's folder", "another folder"])
+def test_hdf5_external_storage_is_read_beside_the_file_from_any_folder(tmp_path, monkeypatch,
+                                                                        where):  # fmt: skip
+    """A dataset whose samples are in ``raw.bin`` (HDF5 external storage, a relative name),
+    opened from another working folder that holds a decoy ``raw.bin``: HDF5 looked in the
+    working folder and read the decoy (a third adversarial run, 2026-12-05). The file read
+    is the one beside the HDF5 file, and the one the source lists."""
+    h5py = need("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _stack((4, 24, 30))
+    (tmp_path / "X").mkdir()
+    (tmp_path / "Y").mkdir()
+    data.tofile(tmp_path / "X" / "raw.bin")
+    (65535 - data).tofile(tmp_path / "Y" / "raw.bin")  # a decoy of the same name
+    with h5py.File(tmp_path / "X" / "data.h5", "w") as f:
+        f.create_dataset("data", shape=data.shape, dtype=data.dtype,
+                         external=[("raw.bin", 0, data.nbytes)])  # fmt: skip
+    monkeypatch.chdir(tmp_path / ("X" if where == "the file's folder" else "Y"))
+    opened = open_hdf5(tmp_path / "X" / "data.h5", dataset="data", axes="zyx")
+    assert str(tmp_path / "X" / "raw.bin") in opened.files
+    np.testing.assert_array_equal(opened.array[...], data)
+    clone = pickle.loads(pickle.dumps(opened.array))
+    np.testing.assert_array_equal(clone[1:3, 5:9], data[1:3, 5:9])
+    for array in (opened.array, clone):
+        array.close()
+
+
+def test_hdf5_external_link_lists_the_file_holding_the_data(tmp_path):
+    """``master.h5``'s dataset is an ExternalLink into ``data.h5``: the source's files are
+    both (they were ``master.h5`` alone, so a rewritten ``data.h5`` went unseen)."""
+    h5py = need("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _stack((4, 24, 30))
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f["stack"] = data
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f["stack"] = h5py.ExternalLink("data.h5", "/stack")
+    opened = open_hdf5(f"{tmp_path / 'master.h5'}/stack", axes="zyx")
+    assert opened.files == (str(tmp_path / "master.h5"), str(tmp_path / "data.h5"))
+    np.testing.assert_array_equal(opened.array[...], data)
+    opened.array.close()
+
+
 def test_missing_h5py_names_the_extra(monkeypatch, tmp_path):
     from fstack_dask._sources.hdf5 import open_hdf5
 
