@@ -63,20 +63,25 @@ RUN_KIND = "fstack_dask run"
 # zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
 ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 _ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
-_CHUNK_KEY = re.compile(r"(^|/)c(/[0-9]+)+$")  # Zarr v3's default chunk keys: c/0/1/2
+_ARRAY_KEY = re.compile(r"zarr\.json|c(/[0-9]+)+")  # Zarr v3's default chunk keys: c/0/1/2
 
 
 def written_by_us(entry: str, path: str) -> bool:
     """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
-    in the state folder; in a Zarr node (an array, a group of levels), its ``zarr.json`` and
-    chunk files, and zarr's temporary files of either; the output's id file. A user's file
-    put inside (notes in an array's folder) is not, and is never removed."""
+    in the state folder; in a level (an array) or a map (a group of levels), the keys Zarr
+    writes for them (``zarr.json``, chunk files ``c/0/1``, zarr's temporary files of either),
+    and the output's id file. A user's file put inside (notes in an array's folder, a Zarr
+    store of the user's at ``0/annotations/cells.zarr``) is not, and is never removed."""
     if entry == STATE_DIR:
         return True
     path = ZARR_PARTIAL.sub("", path)
     if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
         return True
-    return path.rsplit("/", 1)[-1] == "zarr.json" or bool(_CHUNK_KEY.search(path))
+    if entry.isdigit():  # a level: one array
+        return bool(_ARRAY_KEY.fullmatch(path))
+    # a map: a group of levels (a user's Zarr array nested anywhere deeper is not ours)
+    level, _, key = path.partition("/")
+    return path == "zarr.json" or (level.isdigit() and bool(_ARRAY_KEY.fullmatch(key)))
 
 
 def _read_json(location: Location) -> Any:

@@ -320,12 +320,21 @@ def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, mo
     (dst / "0" / "annotations").mkdir()
     (dst / "0" / "annotations" / "cells.csv").write_text("x,y\n1,2\n")
     (dst / "depth" / "0" / "x.txt").write_text("mine")
+    # a user's own Zarr arrays nested in ours (a third adversarial run: their zarr.json and
+    # chunks were taken for ours, since those names were matched at any depth)
+    theirs = ["0/notes/zarr.json", "0/notes/c/1", "depth/0/cells/c/0/0", "depth/cells/zarr.json"]
+    for name in theirs:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).write_text(f"mine: {name}")
     os.symlink(tmp_path / "src.zarr", dst / "0" / "c" / "mylink")
     proc = cli("fuse", src, dst, "--overwrite", "--depth-map", *FUSE)
     assert proc.returncode == 0, proc.stderr
     assert "0/annotations/cells.csv" in proc.stderr and "depth/0/x.txt" in proc.stderr
     found = {p.name: p for p in tmp_path.rglob("*") if p.name in ("cells.csv", "x.txt")}
     assert found["cells.csv"].read_text() == "x,y\n1,2\n" and found["x.txt"].read_text() == "mine"
+    for name in theirs:
+        (kept,) = [p for p in tmp_path.rglob("*") if p.as_posix().endswith(f"/{name}")]
+        assert kept.read_text() == f"mine: {name}" and name in proc.stderr
     assert [p for p in tmp_path.rglob("mylink") if p.is_symlink()]
     assert (tmp_path / "src.zarr" / "zarr.json").exists()
     out = zarr.open_group(str(dst), mode="r")
