@@ -38,7 +38,7 @@ def _ours(folder: Path) -> bool:
 
     names = sorted(os.listdir(folder))
     for name in names:
-        if not name.endswith(".tif"):
+        if not name.endswith(".tif") or (folder / name).is_symlink():
             return False
         with tifffile.TiffFile(folder / name) as tif:
             if tif.pages[0].description != MARK:
@@ -75,6 +75,8 @@ def _not_ours(out_dir: Path) -> list[str]:
     """The demo's names in ``out_dir`` taken by what the demo did not write (the previews,
     the fused output; the plane folder is checked file by file)."""
     names = [n for n in PREVIEWS if os.path.lexists(out_dir / n) and not _our_png(out_dir / n)]
+    if (out_dir / "planes").is_symlink():  # another folder's planes, whatever they hold
+        names.append("planes")
     fused = out_dir / "fused.ome.zarr"
     if os.path.lexists(fused) and not _our_fused(fused, out_dir / "planes"):
         names.append(fused.name)

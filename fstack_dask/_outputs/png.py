@@ -7,9 +7,11 @@ previews with one, so that it never replaces a PNG it did not write).
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import struct
+import uuid
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -72,14 +74,22 @@ def write_png(
     data = zlib.compress(raw.tobytes(), 6)
     del raw
 
-    with open(path, "wb") as fh:
-        fh.write(_SIGNATURE)
-        fh.write(_chunk(b"IHDR", ihdr))
-        for body in texts:
-            fh.write(_chunk(b"tEXt", body))
-        for start in range(0, len(data), _IDAT_CHUNK):
-            fh.write(_chunk(b"IDAT", data[start : start + _IDAT_CHUNK]))
-        fh.write(_chunk(b"IEND", b""))
+    # Written aside, then renamed over ``path``: a file replaced keeps its old content for
+    # its other hard links (a user's backup), and a crash leaves no truncated PNG.
+    aside = f"{os.fspath(path)}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(aside, "wb") as fh:
+            fh.write(_SIGNATURE)
+            fh.write(_chunk(b"IHDR", ihdr))
+            for body in texts:
+                fh.write(_chunk(b"tEXt", body))
+            for start in range(0, len(data), _IDAT_CHUNK):
+                fh.write(_chunk(b"IDAT", data[start : start + _IDAT_CHUNK]))
+            fh.write(_chunk(b"IEND", b""))
+        os.replace(aside, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
 
 
 def _text_chunk(key: str, value: str) -> bytes:

@@ -247,6 +247,31 @@ def test_demo_never_replaces_a_result_of_the_users_own(tmp_path, data):
     assert tree_digest(tmp_path) == before
 
 
+def test_demo_overwrite_never_reaches_another_folder_or_a_backup(tmp_path):
+    """A third adversarial run: ``B/planes`` a link to ``A/planes`` had ``demo B --overwrite``
+    delete A's planes, and previews rewritten in place changed a hard-linked backup
+    (``cp -al``). The link is refused before anything is written; previews are replaced by
+    new files, the backup keeps the old ones."""
+    from conftest import tree_digest
+
+    args = ["--size", "32", "--planes", "5", "--no-progress"]
+    ok(cli("demo", tmp_path / "A", *args))
+    (tmp_path / "B").mkdir()
+    os.symlink(tmp_path / "A" / "planes", tmp_path / "B" / "planes")
+    before = tree_digest(tmp_path)
+    res = cli("demo", tmp_path / "B", *args, "--overwrite")
+    assert res.returncode == 2, res.stderr
+    assert "holds planes, which the demo did not write" in res.stderr
+    assert tree_digest(tmp_path) == before
+    shutil.copytree(tmp_path / "A", tmp_path / "snapshot", copy_function=os.link)
+    old = tree_digest(tmp_path / "snapshot")
+    ok(cli("demo", tmp_path / "A", *args, "--seed", "7", "--overwrite"))
+    assert tree_digest(tmp_path / "snapshot") == old
+    assert (tmp_path / "A" / "fused.png").read_bytes() != (
+        tmp_path / "snapshot" / "fused.png"
+    ).read_bytes()
+
+
 def _info(stdout: str) -> dict[str, str]:
     return dict(
         (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in stdout.splitlines())
