@@ -384,12 +384,21 @@ def test_a_dangling_symlink_as_dst_is_refused_not_followed(src, tmp_path, capsys
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out.zarr").symlink_to(tmp_path / "elsewhere" / "out.zarr")
     (tmp_path / "chain").symlink_to("out.zarr")
+    (tmp_path / "x").mkdir()
     before = _snapshot(tmp_path)
     proc = cli("fuse", src, tmp_path / "out.zarr", "--no-progress")
     assert proc.returncode == 2
     line = _one_line_error(proc)
     assert "is a dangling symlink to" in line and str(tmp_path / "elsewhere" / "out.zarr") in line
-    for dst in (tmp_path / "chain", f"{tmp_path}/out.zarr/", f"file://{tmp_path}/out.zarr"):
+    spellings = [
+        tmp_path / "chain",
+        f"{tmp_path}/out.zarr/",
+        f"file://{tmp_path}/out.zarr",
+        f"{tmp_path}/out.zarr/.",
+        f"{tmp_path}/out.zarr/x/..",
+        f"{tmp_path}/x/../out.zarr/.",
+    ]
+    for dst in spellings:  # the last three: a third adversarial run wrote through them
         for flags in ([], ["--overwrite"]):
             proc = run_main("fuse", src, dst, *flags, "--no-progress", capsys=capsys)
             assert proc.returncode == 2 and "dangling symlink" in _one_line_error(proc), dst

@@ -41,7 +41,7 @@ def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable
                 f"{name} {spec!r} is a symlink loop: {canonical!r} never leads to a file or "
                 f"folder; remove the link or choose another {name}"
             ) from None
-        if writable and exc.errno == errno.ENOENT and _ends_in_symlink(expanded):
+        if writable and exc.errno == errno.ENOENT and _through_dangling_symlink(expanded):
             # Writing would create the link's target, somewhere the user did not name.
             raise ValueError(
                 f"{name} {spec!r} is a dangling symlink to {canonical!r}, which does not "
@@ -51,12 +51,23 @@ def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable
     return Location(spec, "file", canonical, {})
 
 
-def _ends_in_symlink(path: str) -> bool:
-    """Whether the last component of ``path``, where the OS finds it, is a symlink."""
-    head, tail = os.path.split(path.rstrip("/"))
-    if tail in ("", ".", ".."):
-        return False
-    return os.path.islink(os.path.join(os.path.realpath(head or "."), tail))
+def _through_dangling_symlink(path: str) -> bool:
+    """Whether the OS, walking ``path`` component by component, meets a symlink to nothing
+    (``link``, and also ``link/.`` or ``link/x/..``, which a third adversarial run wrote
+    through)."""
+    here = "/" if path.startswith("/") else os.getcwd()
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":  # as the OS does: the parent of where the walk has arrived
+            here = os.path.dirname(here)
+            continue
+        here = os.path.join(here, part)
+        if os.path.islink(here):
+            if not os.path.exists(here):
+                return True
+            here = os.path.realpath(here)
+    return False
 
 
 def _first(protocol: str | tuple[str, ...]) -> str:
