@@ -133,6 +133,11 @@ def write_tiff(
     record = json.dumps(provenance, separators=(",", ":"), allow_nan=False)
     rgb = provenance.get("channels") == "rgb"
     images = [("", "fused")] + [(m, m) for m in ("depth", "selectivity") if m in group]
+    # A file left at ``path`` is unlinked, not rewritten in place: after an overwrite killed
+    # right after its exchange it is the previous TIFF, whose inode a user's hard-linked
+    # backup may share (a third adversarial run, 2026-12-05).
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for k, (name, label) in enumerate(images):
             if check is not None:

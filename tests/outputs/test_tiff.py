@@ -184,6 +184,26 @@ def test_a_tiff_with_our_ome_xml_copied_in_is_not_ours(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+def test_a_file_left_where_the_tiff_is_written_is_replaced_not_rewritten(tmp_path):
+    """After an overwrite killed right after its exchange, the working store's partial TIFF
+    is the previous TIFF; a resume wrote the new one into that inode, changing the user's
+    hard-linked backup of the old TIFF (a third adversarial run)."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.tiff import write_tiff
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    store = tmp_path / "out.ome.zarr"
+    fstack_dask.fuse_zarr(src, store, progress=False)
+    backup, partial = tmp_path / "backup.tif", tmp_path / "fused.tif.partial"
+    tifffile.imwrite(backup, np.ones((8, 8), np.uint16))
+    os.link(backup, partial)
+    before = backup.read_bytes()
+    write_tiff(resolve(store, name="dst"), str(partial))
+    assert backup.read_bytes() == before
+    np.testing.assert_array_equal(_levels_of(partial)[0], zarr.open_group(str(store))["0"][...])
+
+
 def test_overwrite_resume_and_already_exists(tmp_path):
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(64, 80), planes=5, channels=1)
