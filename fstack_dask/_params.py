@@ -88,6 +88,11 @@ def check_focus(focus: Any, n_planes: int) -> np.ndarray:
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"focus must be finite, got {arr.tolist()}")
+    if np.any(np.abs(arr) > np.finfo(np.float32).max):  # the depth map's dtype: inf there
+        raise ValueError(
+            f"focus must lie within float32's range (|value| <= 3.4e38, the depth map's "
+            f"dtype), got {arr.tolist()}"
+        )
     steps = np.diff(arr)
     if n_planes > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
         # The 3-point fit divides by differences of focus positions.

@@ -341,6 +341,11 @@ MORE_ERROR_CASES = {
     "bad alpha": (["fuse", "{src}", "{dst}", "--alpha", "2"], 2),
     "focus length": (["fuse", "{src}", "{dst}", "--focus", "0,1,2"], 2),
     "focus not numbers": (["fuse", "{src}", "{dst}", "--focus", "a,b"], 2),
+    # beyond float32, the depth map's dtype: all inf, exit 0 (a third adversarial run)
+    "focus beyond float32": (
+        ["fuse", "{src}", "{dst}", "--depth-map", "--focus", ",".join(f"{k}e39" for k in range(7))],
+        2,
+    ),  # fmt: skip
     "rgb without c": (["fuse", "{src}", "{dst}", "--channels", "rgb"], 2),
     "bad chunks": (["fuse", "{src}", "{dst}", "--chunks", "0"], 2),
     "bad scheduler": (["fuse", "{src}", "{dst}", "--scheduler", "thread"], 2),
