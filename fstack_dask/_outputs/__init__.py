@@ -4,9 +4,10 @@ What lives here: the output's description and durable block writes (``write``), 
 pyramid's levels and their 2 x 2 means (``pyramid``), the pyramidal OME-TIFF converted from a
 finished OME-Zarr store and moved into place (``tiff``), ``write_stack``, PNG previews
 (``png``), what a run may do with ``dst`` and how it claims, swaps and removes
-(``destination``), a destination's life through one run (``lifecycle``), the state folder,
-run record, done-markers and ownership by record (``state``), and the lock as a lease
-(``lock``).
+(``destination``), the folder moves behind that: exclusive creates, the atomic exchange, what
+a replaced folder keeps (``folders``), a destination's life through one run (``lifecycle``),
+the state folder, run record, done-markers and ownership by record (``state``), and the lock
+as a lease (``lock``).
 
 May import: the shared top-level modules only. Never sources, the algorithm, runs or the
 CLI: a run hands this part plain values (a spec, a record, a block's arrays).

@@ -30,16 +30,16 @@ refused before it starts.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
+from . import folders
+from .folders import STAGING
 from .lock import DestinationLock, Lease, live_lock, locked_message
 from .state import (
     STATE_DIR,
@@ -57,8 +57,6 @@ from .state import (
 __all__ = ["Destination", "Target"]
 
 log = logging.getLogger(__name__)
-
-STAGING = ".fstack-staging-"
 
 
 @dataclass
@@ -174,9 +172,13 @@ class Destination:
         # complete
         if resume:
             staged = self.staged_run()
-            return "resume-staged" if staged is not None else "complete"
+            if staged is None:
+                return "complete"
+            self._refuse_unswappable()
+            return "resume-staged"
         if overwrite:
             self._refuse_collisions()
+            self._refuse_unswappable()
             return "staged"
         raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
 
@@ -192,6 +194,15 @@ class Destination:
             "it (only fstack_dask outputs and empty folders are ever replaced): choose another "
             "dst"
         )
+
+    def _refuse_unswappable(self) -> None:
+        """Refuse, before anything is computed, an overwrite whose swap would fail."""
+        why = folders.unswappable(self.dst)
+        if why is not None:
+            raise ValueError(
+                f"{self.what()} {why}; an overwrite writes the new output beside dst and "
+                "swaps the two: remove the old output yourself, or choose another dst"
+            )
 
     def _refuse_collisions(self) -> None:
         """Refuse when a user's entry in our output has the name of one this run writes."""
@@ -230,7 +241,7 @@ class Destination:
         target = Target(self.dst, self.dst, mode, self.entries)
         try:
             if mode == "new":
-                _make_folder(self.dst, what)
+                folders.make_folder(self.dst, what)
                 target.created.append(self.dst)
                 self._claim(target, self.dst)
             elif mode == "empty":
@@ -280,7 +291,9 @@ class Destination:
                 else:
                     self._refuse_collisions()
                     staging = self.dst.sibling(f".{self.dst.name}{STAGING}{uuid.uuid4().hex[:12]}")
-                    _make_folder(staging, what)
+                    folders.make_folder(staging, what)
+                    if staging.is_local:  # it will replace dst
+                        folders.take_on_looks(staging.path, self.dst.path)
                     target.output = staging
                     target.created.append(staging)
                     self._claim(target, staging)
@@ -293,7 +306,7 @@ class Destination:
 
     def _claim(self, target: Target, folder: Location) -> None:
         """Create ``folder``'s state folder exclusively (of two runs, one goes on) and lock."""
-        _make_folder(folder.child(STATE_DIR), self.what())
+        folders.make_folder(folder.child(STATE_DIR), self.what())
         target.created.append(folder.child(STATE_DIR))
         self._take_lock(target, folder)
 
@@ -301,7 +314,7 @@ class Destination:
         """Lock an existing output (its state folder is created if a finished run removed it)."""
         state = folder.child(STATE_DIR)
         if not state.exists():
-            _make_folder(state, self.what())
+            folders.make_folder(state, self.what())
             target.created.append(state)
         self._take_lock(target, folder)
 
@@ -424,7 +437,7 @@ class Destination:
                 continue
             for name in foreign_entries(folder):
                 if not self.dst.child(name).exists():
-                    _move(folder.child(name), self.dst.child(name))
+                    folders.move(folder.child(name), self.dst.child(name))
                     log.warning("restored %s into %s (left by an interrupted overwrite)",
                                 name, self.dst.spec)  # fmt: skip
             with contextlib.suppress(Exception):
@@ -441,7 +454,7 @@ class Destination:
         for lock in target.locks:
             lock.stop_heartbeat()
         staging = target.output
-        old = _exchange(staging, self.dst)
+        old = folders.exchange(staging, self.dst)
         # Each lock file moved with its folder.
         for lock in target.locks:
             moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
@@ -452,7 +465,7 @@ class Destination:
             # Files a user put into the old output stay where they were put.
             for name in foreign_entries(old):
                 if not self.dst.child(name).exists():
-                    _move(old.child(name), self.dst.child(name))
+                    folders.move(old.child(name), self.dst.child(name))
             for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
                 lock.release()
                 target.locks.remove(lock)
@@ -484,67 +497,3 @@ def _refuse_image_name(dst: Location, what: str) -> None:
             f"{stem + '.ome.zarr'!r}, and see the README's 'Reading the result' for viewing "
             "or saving it as a picture"
         )
-
-
-def _make_folder(folder: Location, what: str) -> None:
-    """Create ``folder`` exclusively (of two runs starting together, exactly one goes on)."""
-    if not folder.is_local:
-        if folder.exists():
-            raise DestinationLockedError(
-                f"{what} was claimed by another run starting at the same time; a second run "
-                "into the same dst is refused"
-            )
-        folder.fs.makedirs(folder.path, exist_ok=True)
-        return
-    try:
-        os.mkdir(folder.path)
-    except FileExistsError:
-        raise DestinationLockedError(
-            f"{what} was created or claimed by another run or program while this run started; "
-            "a second run into the same dst is refused (nothing was written)"
-        ) from None
-    except OSError as exc:
-        from .._errors import is_no_space
-
-        if is_no_space(exc):
-            raise
-        raise PermissionError(f"{what} cannot be created: {exc.strerror or exc}") from exc
-
-
-def _move(src: Location, dst: Location) -> None:
-    if src.is_local:
-        os.rename(src.path, dst.path)
-    else:
-        src.fs.mv(src.path, dst.path, recursive=True)
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(new: Location, dst: Location) -> Location:
-    """Swap two folders; returns where the old content of ``dst`` now is.
-
-    On Linux one atomic ``renameat2(RENAME_EXCHANGE)``; elsewhere (or where the filesystem
-    does not support it) two renames, with the old output moved aside first.
-    """
-    if new.is_local and sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "renameat2", None)
-        if fn is not None:
-            at_fdcwd = -100
-            rc = fn(at_fdcwd, os.fsencode(new.path), at_fdcwd, os.fsencode(dst.path),
-                    _RENAME_EXCHANGE)  # fmt: skip
-            if rc == 0:
-                from .write import fsync_dir
-
-                fsync_dir(os.path.dirname(dst.path))
-                return new
-    aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
-    if new.is_local:
-        os.rename(dst.path, aside.path)
-        os.rename(new.path, dst.path)
-    else:
-        fs = dst.fs
-        fs.mv(dst.path, aside.path, recursive=True)
-        fs.mv(new.path, dst.path, recursive=True)
-    return aside

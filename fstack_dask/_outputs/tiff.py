@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location
+from .folders import take_on_looks
 from .pyramid import n_levels
 from .state import METHOD
 from .write import TIFF_PARTIAL, fsync_dir, open_output
@@ -294,6 +295,7 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
     else:
         if tiff_owner(dst) is None:
             raise FileExistsError(_not_ours(where))
+        take_on_looks(partial, dst)  # a TIFF kept private (600) stays so
         if _renameat2(partial, dst, _RENAME_EXCHANGE):
             if tiff_owner(partial) is None:  # replaced meanwhile by a user's file: undo
                 _renameat2(partial, dst, _RENAME_EXCHANGE)

@@ -491,15 +491,15 @@ KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
     from fstack_dask import fuse_zarr
-    from fstack_dask._outputs import destination as _destination
+    from fstack_dask._outputs import folders
 
-    exchange = _destination._exchange
+    exchange = folders.exchange
 
     def exchange_then_die(new, dst):
         exchange(new, dst)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    _destination._exchange = exchange_then_die
+    folders.exchange = exchange_then_die
     fuse_zarr(sys.argv[1], sys.argv[2], chunks=32, nhsize=5, overwrite=True, progress=False)
     """
 )
@@ -523,3 +523,56 @@ def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
     assert _hidden(tmp_path) == [] and not (dst / STATE_DIR).exists()
     expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
+# ------------------------------------------- 4. what an overwrite's swap must not change
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o2775])
+def test_an_overwrite_keeps_the_folders_permissions_and_group(tmp_path, mode):
+    """An overwrite replaces dst by the new output's folder: the old code left it 755 with
+    the user's primary group, a private folder (700) made readable to all, a setgid project
+    folder's group lost (a third adversarial run). The new folder takes the old one's mode,
+    group and ACLs; the files inside inherit the setgid group."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    dst.mkdir()
+    group = os.getgid() if os.geteuid() != 0 else 1  # root may give any group (1: daemon)
+    os.chown(dst, -1, group)
+    os.chmod(dst, mode)
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    inode = dst.stat().st_ino
+    proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    st = dst.stat()
+    assert st.st_ino != inode  # another folder, which looks as the old one did
+    assert (st.st_mode & 0o7777, st.st_gid) == (mode, group)
+    if mode & 0o2000:
+        assert (dst / "0" / "zarr.json").stat().st_gid == group
+
+
+def test_an_overwrite_keeps_a_private_tiff_private(tmp_path):
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.ome.tif"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    os.chmod(dst, 0o600)
+    assert cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE).returncode == 0
+    assert dst.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_overwrite_that_cannot_swap_dst_is_refused_before_it_computes(tmp_path, tmpfs):
+    """A mount point cannot be renamed: the old code computed the whole output, then failed
+    with EBUSY, every time (and its --resume too). The working folder would be swapped away
+    from under the user's shell. Both refused at once, nothing written."""
+    mount, _limit = tmpfs
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    for out in (mount, dst):
+        assert cli("fuse", src, out, *FUSE).returncode == 0
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, mount, "--overwrite", *FUSE)
+    assert proc.returncode == 2 and "is a mount point" in one_line_error(proc)
+    for cwd, spelled in ((dst, "."), (dst / "0", dst)):
+        proc = cli("fuse", src, spelled, "--overwrite", *FUSE, cwd=cwd)
+        assert proc.returncode == 2 and "working folder" in one_line_error(proc), proc.stderr
+    assert tree_digest(tmp_path) == before

@@ -1,0 +1,119 @@
+"""Moving whole folders for a destination: the exclusive create that claims one, renames, the
+atomic exchange that puts a staged output in dst's place, and what a replaced folder keeps.
+
+An overwrite replaces ``dst`` as a whole (the new output is written beside it and the two are
+exchanged), so the folder at ``dst`` afterwards is another folder: :func:`take_on_looks` gives
+it the old folder's permissions, group, setgid bit and ACLs, a user's private results staying
+private (a third adversarial run, 2026-12-05, found 700 become 755). A mount point, or the
+working folder, cannot be exchanged: :func:`unswappable` says so before a run starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import stat
+import sys
+import uuid
+
+from .._errors import DestinationLockedError
+from .._locations import Location
+
+__all__ = ["exchange", "make_folder", "move", "take_on_looks", "unswappable"]
+
+STAGING = ".fstack-staging-"
+_RENAME_EXCHANGE = 2
+
+
+def make_folder(folder: Location, what: str) -> None:
+    """Create ``folder`` exclusively (of two runs starting together, exactly one goes on)."""
+    if not folder.is_local:
+        if folder.exists():
+            raise DestinationLockedError(
+                f"{what} was claimed by another run starting at the same time; a second run "
+                "into the same dst is refused"
+            )
+        folder.fs.makedirs(folder.path, exist_ok=True)
+        return
+    try:
+        os.mkdir(folder.path)
+    except FileExistsError:
+        raise DestinationLockedError(
+            f"{what} was created or claimed by another run or program while this run started; "
+            "a second run into the same dst is refused (nothing was written)"
+        ) from None
+    except OSError as exc:
+        from .._errors import is_no_space
+
+        if is_no_space(exc):
+            raise
+        raise PermissionError(f"{what} cannot be created: {exc.strerror or exc}") from exc
+
+
+def move(src: Location, dst: Location) -> None:
+    if src.is_local:
+        os.rename(src.path, dst.path)
+    else:
+        src.fs.mv(src.path, dst.path, recursive=True)
+
+
+def exchange(new: Location, dst: Location) -> Location:
+    """Swap two folders; returns where the old content of ``dst`` now is.
+
+    On Linux one atomic ``renameat2(RENAME_EXCHANGE)``; elsewhere (or where the filesystem
+    does not support it) two renames, with the old output moved aside first.
+    """
+    if new.is_local and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+        if fn is not None:
+            at_fdcwd = -100
+            rc = fn(at_fdcwd, os.fsencode(new.path), at_fdcwd, os.fsencode(dst.path),
+                    _RENAME_EXCHANGE)  # fmt: skip
+            if rc == 0:
+                from .write import fsync_dir
+
+                fsync_dir(os.path.dirname(dst.path))
+                return new
+    aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
+    if new.is_local:
+        os.rename(dst.path, aside.path)
+        os.rename(new.path, dst.path)
+    else:
+        fs = dst.fs
+        fs.mv(dst.path, aside.path, recursive=True)
+        fs.mv(new.path, dst.path, recursive=True)
+    return aside
+
+
+def take_on_looks(path: str, like: str) -> None:
+    """Give the new local file or folder at ``path`` (a staging folder before the run writes
+    into it; a finished TIFF) the owner, group, mode (setgid included) and extended
+    attributes (ACLs among them) of ``like``, which it will replace, as far as this user may:
+    files created inside a folder then inherit its group and default ACL. The owner keeps
+    write and search permission on a folder: the run writes into it.
+    """
+    st = os.stat(like)
+    for uid in (st.st_uid, -1):  # a user may give a file of theirs any group of theirs
+        with contextlib.suppress(OSError):
+            os.chown(path, uid, st.st_gid)
+            break
+    with contextlib.suppress(OSError):  # copystat skips what it may not copy (EPERM, ENOTSUP)
+        shutil.copystat(like, path)
+    if stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(OSError):
+            os.chmod(path, (st.st_mode & 0o7777) | 0o700)
+
+
+def unswappable(dst: Location) -> str | None:
+    """Why an overwrite cannot exchange ``dst`` for the new output, or None."""
+    if not dst.is_local:
+        return None
+    if os.path.ismount(dst.path):
+        return "is a mount point, which cannot be replaced by another folder"
+    cwd = os.path.realpath(os.getcwd())
+    if cwd == dst.path or cwd.startswith(dst.path.rstrip("/") + "/"):
+        return "is (or holds) the working folder, which would be swapped away"
+    return None
