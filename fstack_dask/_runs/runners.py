@@ -206,6 +206,8 @@ class _Cluster(_Reported):
         return handle  # dask resolves it on the worker, moving only what that worker lacks
 
     def counts(self, token: str) -> list[tuple[int, float, int]]:
+        if self.client.status != "running":
+            return []  # the scheduler is gone: the call would wait out the connect timeout
         return list(self.client.run(forget_run, token).values())
 
     def close(self, running: set[Any]) -> None:
@@ -213,6 +215,8 @@ class _Cluster(_Reported):
 
         # Best effort: the run's own error (an interrupt, a stall, a lost scheduler) is what
         # is reported, not the cancellation of the tasks it leaves.
+        if self.client.status != "running":
+            return  # the scheduler is gone: each call would wait out dask's connect timeout
         with contextlib.suppress(Exception):
             self.client.cancel(list(running))
             with self.client.as_current():

@@ -483,6 +483,8 @@ def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -
                 _, running = cf.wait(running, timeout=POLL)
         return
     client = scheduler.client
+    if client.status != "running":
+        return  # the scheduler is gone: each call would wait out dask's connect timeout
     with contextlib.suppress(Exception):
         from distributed import wait
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +60,14 @@ def test_workers_whose_scratch_is_not_the_drivers_give_the_same_bytes(stack, tmp
         folder.mkdir()
         envs.append({"TMPDIR": str(folder), "HOME": str(folder),
                      "XDG_CACHE_HOME": str(folder / "cache"), "NUMBA_CACHE_DIR": ""})  # fmt: skip
+    # node1's numba cache starts empty (it compiles the kernels into its own disk); node0's
+    # starts with a copy of this process's compiled kernels (a node that ran us before), so
+    # that the two workers do not both compile every kernel at once on a small machine
+    from fstack_dask._algorithm import fused
+
+    kernels = Path(fused._blend._cache._cache_path)
+    if kernels.is_dir():
+        shutil.copytree(kernels, scratch[0] / "cache" / "fstack_dask" / "numba" / kernels.name)
     cluster = Cluster(tmp_path, envs, nthreads=1)
     driver_tmp = tmp_path / "driver-tmp"
     driver_tmp.mkdir()

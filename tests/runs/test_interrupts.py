@@ -162,7 +162,7 @@ def test_a_lost_scheduler_is_one_line(stack, tmp_path, cluster):
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 1, err
     line = _stderr_is_one_line(err)
-    assert "--resume" in line
+    assert "lost the connection to the dask scheduler" in line and "--resume" in line, line
 
 
 def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp_path):
