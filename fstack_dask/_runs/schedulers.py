@@ -145,6 +145,14 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
     """Worker processes for the whole run, kept from an earlier run where they may be
     (:mod:`.pool`: they are slow to start)."""
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:  # Python forbids it children
+        raise ValueError(
+            "scheduler='processes' cannot start worker processes here: this process is a "
+            "daemonic one (a multiprocessing.Pool worker, say), which may have none; use "
+            "scheduler='threads'"
+        )
     pool = stack.enter_context(process_pool(n))
     return Scheduler("processes", 1, n, pool, pool.ticks)
 

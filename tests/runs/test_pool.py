@@ -161,3 +161,23 @@ def test_a_forked_child_starts_processes_of_its_own(zyx, tmp_path):
     assert pools.kept() is kept
     np.testing.assert_array_equal(_fuse(zyx, tmp_path / "again.zarr"), expected)
     assert pools.kept() is kept
+
+
+def _fuse_in_a_pool_worker(zyx, dst) -> str:
+    try:
+        fuse_zarr(zyx, dst, axes="zyx", scheduler="processes", progress=False)
+    except ValueError as exc:
+        return str(exc)
+    return "fused"
+
+
+def test_processes_in_a_daemonic_process_is_a_one_line_error(zyx, tmp_path):
+    """fuse_zarr(scheduler="processes") inside a multiprocessing.Pool worker (daemonic: it
+    may have no children) failed with an AssertionError from multiprocessing; now a
+    ValueError naming the scheduler, before anything is written."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as workers:
+        said = workers.apply(_fuse_in_a_pool_worker, (zyx, tmp_path / "out.zarr"))
+    assert said.startswith("scheduler='processes' cannot start worker processes here"), said
+    assert not (tmp_path / "out.zarr").exists()
