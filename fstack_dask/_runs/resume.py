@@ -90,7 +90,10 @@ def examine(
     """
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
-    destination = Destination(dst_loc, protect=source.protected(), entries=fusion.spec.entries)
+    links: list[str] = []  # folders a local store's links lead to: the source is there too
+    files = source_files(source.data_files(links))
+    protect = [*source.protected(), *(resolve(p, name="src") for p in links)]
+    destination = Destination(dst_loc, protect=protect, entries=fusion.spec.entries)
     mode = destination.check(overwrite=overwrite, resume=resume)
     stored = stored_record(destination, mode)
     if stored is not None and stored["params"].get("chunks"):
@@ -98,7 +101,6 @@ def examine(
         block = tuple(old["chunks"]) if chunks is None else fusion.block
         fusion = with_block(fusion, block, old.get("levels", 0) if levels is None else levels)
         destination.entries = fusion.spec.entries
-    files = source_files(source.data_files())
     identity = source_identity(source, files)
     if stored is not None:
         check_resumable(destination, stored, fusion.params, identity, mode)

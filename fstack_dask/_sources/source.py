@@ -171,12 +171,16 @@ class Source:
                 h.update(b"<missing>")
         return h.hexdigest()
 
-    def data_files(self) -> Iterator[tuple[str, int, int, int, int]]:
+    def data_files(
+        self, links: list[str] | None = None
+    ) -> Iterator[tuple[str, int, int, int, int]]:
         """(name relative to ``data_root``, size, mtime in ns, ctime in ns, inode) of every
         data file (ctime and inode 0 where the store has none).
 
         The ctime and the inode tell a file rewritten with its old size and mtime (``cp -p``,
-        ``touch -r``) from the one a run read: no user call can set them back."""
+        ``touch -r``) from the one a run read: no user call can set them back. ``links``
+        gets the real path of each folder a symbolic link in a local store leads to: the
+        source is there too, and no dst may overlap it."""
         for path in self.files:
             try:
                 st = os.stat(path)
@@ -187,7 +191,7 @@ class Source:
         if root is None:
             return
         if root.is_local:
-            yield from _local_data_files(root.path)
+            yield from _local_data_files(root.path, links)
             return
         fs = root.fs
         for path, info in sorted(fs.find(root.path, detail=True).items()):
@@ -264,14 +268,16 @@ def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:
         )
 
 
-def _local_data_files(base: str) -> Iterator[tuple[str, int, int, int, int]]:
+def _local_data_files(
+    base: str, links: list[str] | None = None
+) -> Iterator[tuple[str, int, int, int, int]]:
     """``Source.data_files`` of a local store, in ``os.walk``'s top-down sorted order.
 
     ``os.scandir`` entries, each stat'ed through its folder: a store has a file per chunk
     (millions of them, for big stacks), and this is 2.5x faster than ``os.walk`` plus an
     ``os.stat`` of each joined path (``benchmarks/listing.py``). Symbolic links to folders
     are followed (a store assembled from others by links reads its chunks through them), each
-    folder listed once.
+    folder listed once, and their real paths added to ``links``.
     """
     folders = [(base, "")]
     seen: set[tuple[int, int]] = set()
@@ -285,6 +291,8 @@ def _local_data_files(base: str) -> Iterator[tuple[str, int, int, int, int]]:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.is_dir():
+                        if links is not None and entry.is_symlink():
+                            links.append(os.path.realpath(entry.path))
                         st = entry.stat()
                         if (st.st_dev, st.st_ino) not in seen:  # a link loop is listed once
                             seen.add((st.st_dev, st.st_ino))

@@ -118,6 +118,29 @@ def test_symlinked_source_is_recognised(tmp_path):
         check(src / "fused", src=link)
 
 
+def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path):
+    """A store whose chunk folder is a link into the output about to be replaced (here the
+    output's own level 0 read as a source): ``--overwrite`` deleted the source's chunks (a
+    third adversarial run). The folders a source's links lead to are the source too."""
+    import json
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60000, (2, 6, 64, 64), dtype=np.uint16)
+    write_stack(tmp_path / "tz.zarr", data, axes="tzyx", chunks=(1, 6, 32, 32))
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(tmp_path / "tz.zarr", dst, chunks=32, levels=0, progress=False)
+    src = tmp_path / "linked.zarr"
+    src.mkdir()
+    meta = json.loads((dst / "0" / "zarr.json").read_text())
+    meta.update(dimension_names=["z", "y", "x"], attributes={})
+    (src / "zarr.json").write_text(json.dumps(meta))
+    os.symlink(dst / "0" / "c", src / "c")
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="dst .*contains the source"):
+        fuse_zarr(src, dst, chunks=32, overwrite=True, progress=False)
+    assert _tree(tmp_path) == before
+
+
 def test_what_is_not_ours_is_never_replaced(tmp_path):
     victim = tmp_path / "documents"
     victim.mkdir()
