@@ -123,17 +123,7 @@ class Destination:
         """
         what, kind = self.what(), self.kind
         _refuse_image_name(self.dst, what)
-        for place in self.protect:
-            if self.dst.overlaps(place):
-                inside = (
-                    "is the source or lies inside it"
-                    if place.contains(self.dst)
-                    else ("contains the source")
-                )
-                raise ValueError(
-                    f"{what} {inside} ({place.spec!r}); expected an output location outside "
-                    "the input"
-                )
+        self.protect_also(self.protect)
         ours = ("complete", "unfinished", "claimed")
         info = live_lock(OutputState(self.dst).lock) if kind in ours else None
         if info is not None:
@@ -181,6 +171,23 @@ class Destination:
             self._refuse_unswappable()
             return "staged"
         raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
+
+    def protect_also(self, places: Iterable[Location]) -> None:
+        """Refuse a dst that overlaps one of ``places`` (the source), and keep them protected
+        from every removal."""
+        for place in places:
+            if self.dst.overlaps(place):
+                inside = (
+                    "is the source or lies inside it"
+                    if place.contains(self.dst)
+                    else ("contains the source")
+                )
+                raise ValueError(
+                    f"{self.what()} {inside} ({place.spec!r}); expected an output location "
+                    "outside the input"
+                )
+            if place not in self.protect:
+                self.protect.append(place)
 
     def _not_ours(self, *, overwrite: bool, resume: bool) -> str:
         what = self.what()

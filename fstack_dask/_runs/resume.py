@@ -90,11 +90,11 @@ def examine(
     """
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     source = fusion.source
+    destination = Destination(dst_loc, protect=source.protected(), entries=fusion.spec.entries)
+    mode = destination.check(overwrite=overwrite, resume=resume)
     links: list[str] = []  # folders a local store's links lead to: the source is there too
     files = source_files(source.data_files(links))
-    protect = [*source.protected(), *(resolve(p, name="src") for p in links)]
-    destination = Destination(dst_loc, protect=protect, entries=fusion.spec.entries)
-    mode = destination.check(overwrite=overwrite, resume=resume)
+    destination.protect_also(resolve(p, name="src") for p in links)
     stored = stored_record(destination, mode)
     if stored is not None and stored["params"].get("chunks"):
         old = stored["params"]
