@@ -95,6 +95,11 @@ def examine(
     links: list[str] = []  # folders a local store's links lead to: the source is there too
     files = source_files(source.data_files(links))
     destination.protect_also(resolve(p, name="src") for p in links)
+    missing, stored = source.missing_units(files["names"].tolist())
+    if missing:  # Zarr's meaning, and an interrupted copy's mark (a third adversarial run)
+        log.warning("%s: %d of its %d chunk files are missing, and read as the fill value %s "
+                    "(never written, or lost in an interrupted copy?)", source.description,
+                    missing, stored, source.array.fill_value)  # fmt: skip
     stored = stored_record(destination, mode)
     if stored is not None and stored["params"].get("chunks"):
         old = stored["params"]

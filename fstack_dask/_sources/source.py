@@ -18,7 +18,8 @@ import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,21 @@ class Source:
         if self.files:
             return [resolve(f, name="src") for f in self.files]
         return [self.location] if self.location is not None else []
+
+    def missing_units(self, names: Iterable[str]) -> tuple[int, int]:
+        """(missing, stored) chunk (or shard) files of a Zarr array source, among its data
+        files ``names`` (relative to ``data_root``); (0, 0) for other sources. A missing one
+        reads as the fill value, as Zarr means it, and is also what an interrupted copy
+        leaves."""
+        encode = getattr(getattr(self.array, "metadata", None), "encode_chunk_key", None)
+        if encode is None or self.data_root is None:
+            return 0, 0
+        grid = getattr(self.array, "shards", None) or self.array.chunks
+        stored = math.prod(-(-n // g) for n, g in zip(self.array.shape, grid, strict=True))
+        key = encode((0,) * len(grid))  # c/0/0/0, 0.0.0, ...: its coordinates' places
+        pattern = re.compile("".join(r"\d+" if ch == "0" else re.escape(ch) for ch in key))
+        found = sum(1 for name in names if pattern.fullmatch(name.replace(os.sep, "/")))
+        return max(0, stored - found), stored
 
     # -- identity, for resumes and for worker processes -------------------------------
 

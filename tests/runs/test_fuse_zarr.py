@@ -938,3 +938,26 @@ def test_a_cache_smaller_than_one_unit_still_gives_the_bits(tmp_path, scheduler)
         scheduler=scheduler,
     )  # fmt: skip
     _check_output(out, _truth(data, "zyx", False)[0], "yx", dst=tmp_path / "out.zarr")
+
+
+@pytest.mark.parametrize("shards", [None, (5, 32, 32)])
+def test_a_source_missing_chunk_files_is_fused_with_a_warning(tmp_path, caplog, shards):
+    """A chunk file missing from a store reads as the fill value (Zarr's meaning), and is what
+    an interrupted copy leaves: the run exited 0 with a block of zeros and said nothing (a
+    third adversarial run). It says how many are missing; a whole store gets no warning."""
+    import logging
+
+    data = np.random.default_rng(0).integers(1, 1000, (5, 64, 64)).astype(np.uint16)
+    src = tmp_path / "src.zarr"
+    chunks = (5, 16, 16) if shards else (5, 32, 32)
+    array = zarr.create_array(str(src), shape=data.shape, chunks=chunks, shards=shards,
+                              dtype=data.dtype, dimension_names=["z", "y", "x"])  # fmt: skip
+    array[...] = data
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        fuse_zarr(src, tmp_path / "whole.zarr", progress=False)
+    assert "chunk files are missing" not in caplog.text
+    os.remove(src / "c" / "0" / "1" / "1")
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, tmp_path / "holed.zarr", progress=False)
+    assert "1 of its 4 chunk files are missing, and read as the fill value 0" in caplog.text
+    assert out["0"][32:, 32:].max() == 0  # as Zarr reads it: fused, and said
