@@ -21,10 +21,27 @@ import uuid
 from .._errors import DestinationLockedError
 from .._locations import Location
 
-__all__ = ["exchange", "make_folder", "move", "take_on_looks", "unswappable"]
+__all__ = ["exchange", "make_folder", "move", "renameat2", "take_on_looks", "unswappable"]
 
 STAGING = ".fstack-staging-"
-_RENAME_EXCHANGE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def renameat2(src: str, dst: str, flags: int) -> bool:
+    """Linux's ``renameat2``; False where the system or filesystem lacks it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not here
+        return False
+    raise OSError(err, os.strerror(err), dst)
 
 
 def make_folder(folder: Location, what: str) -> None:
@@ -65,18 +82,11 @@ def exchange(new: Location, dst: Location) -> Location:
     On Linux one atomic ``renameat2(RENAME_EXCHANGE)``; elsewhere (or where the filesystem
     does not support it) two renames, with the old output moved aside first.
     """
-    if new.is_local and sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "renameat2", None)
-        if fn is not None:
-            at_fdcwd = -100
-            rc = fn(at_fdcwd, os.fsencode(new.path), at_fdcwd, os.fsencode(dst.path),
-                    _RENAME_EXCHANGE)  # fmt: skip
-            if rc == 0:
-                from .write import fsync_dir
+    if new.is_local and renameat2(new.path, dst.path, RENAME_EXCHANGE):
+        from .write import fsync_dir
 
-                fsync_dir(os.path.dirname(dst.path))
-                return new
+        fsync_dir(os.path.dirname(dst.path))
+        return new
     aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
     if new.is_local:
         os.rename(dst.path, aside.path)

@@ -20,17 +20,15 @@ per tile row it holds), so memory is bounded by a chunk, whatever the image's si
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from .._locations import Location
-from .folders import take_on_looks
+from .folders import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, take_on_looks
 from .pyramid import n_levels
 from .state import METHOD
 from .write import TIFF_PARTIAL, fsync_dir, open_output
@@ -248,26 +246,6 @@ def _tiles(array: Any, *, rgb: bool) -> Iterator[np.ndarray]:
 # ------------------------------------------------------------------------ into place
 
 
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-
-
-def _renameat2(src: str, dst: str, flags: int) -> bool:
-    """Linux's ``renameat2``; False where the system or filesystem lacks it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not here
-        return False
-    raise OSError(err, os.strerror(err), dst)
-
-
 def place_tiff(partial: str, dst: str, *, where: str) -> None:
     """Move the finished TIFF ``partial`` to ``dst`` (same filesystem), never over what is
     not ours.
@@ -284,7 +262,7 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
     parent = os.path.dirname(dst)
     if not os.path.lexists(dst):
         try:
-            if not _renameat2(partial, dst, _RENAME_NOREPLACE):
+            if not renameat2(partial, dst, RENAME_NOREPLACE):
                 os.link(partial, dst)  # fails if dst appeared meanwhile
                 os.unlink(partial)
         except FileExistsError:
@@ -296,9 +274,9 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
         if tiff_owner(dst) is None:
             raise FileExistsError(_not_ours(where))
         take_on_looks(partial, dst)  # a TIFF kept private (600) stays so
-        if _renameat2(partial, dst, _RENAME_EXCHANGE):
+        if renameat2(partial, dst, RENAME_EXCHANGE):
             if tiff_owner(partial) is None:  # replaced meanwhile by a user's file: undo
-                _renameat2(partial, dst, _RENAME_EXCHANGE)
+                renameat2(partial, dst, RENAME_EXCHANGE)
                 raise FileExistsError(_not_ours(where))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)  # the previous output, now in the working store
