@@ -9,6 +9,7 @@ table in :mod:`.destination` says, raising one message that tells what is left o
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ from .._locations import Location, remove_tree
 from .destination import Destination, Target
 from .state import new_output_id, recorded_entries, write_output_id
 from .write import OutputSpec, create_output
+
+log = logging.getLogger(__name__)
 
 __all__ = ["claim", "fail", "finish", "open_result", "prepare", "record_source", "tidy_complete"]
 
@@ -45,6 +48,11 @@ def prepare(
     structure; a resume only clears what its killed writes left."""
     if resuming:  # our run, killed: its writes cut short left temporary files
         target.state.remove_partial_files(recorded_entries(target.output) or ())
+        lost = target.state.drop_markers_without_data()
+        if lost:
+            log.warning("%d finished blocks of %s lost chunk files since they were written "
+                        "(%s); they are fused again", len(lost), target.dst.spec,
+                        ", ".join(lost[:3]) + (" ..." if len(lost) > 3 else ""))  # fmt: skip
         if not target.needs_create:
             return
     record = {

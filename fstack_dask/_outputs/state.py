@@ -291,28 +291,52 @@ class OutputState:
 
     # -- done-markers ------------------------------------------------------------------
 
-    def mark_done(self, name: str, digest: str = "") -> None:
+    def mark_done(self, name: str, digest: str = "", stored: list[str] | None = None) -> None:
         """Record a finished block (after its data is durable), durably, with the digest of
-        the samples it read (:func:`input_digest`; empty for pyramid blocks)."""
+        the samples it read (:func:`input_digest`; empty for pyramid blocks) on its first
+        line and the chunk keys it stored (where known) on its second."""
         marker = self.done_folder.child(name)
+        body = (digest if stored is None else f"{digest}\n{' '.join(stored)}").encode()
         if marker.is_local:
             fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, digest.encode())
+                os.write(fd, body)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             fsync_dir(self.done_folder.path)
         else:
-            marker.fs.pipe_file(marker.path, digest.encode())
+            marker.fs.pipe_file(marker.path, body)
+
+    def _marker_lines(self, name: str) -> list[str]:
+        try:
+            text = self.done_folder.child(name).read_bytes().decode("ascii", "replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return text.split("\n")
 
     def marker_digest(self, name: str) -> str | None:
         """The input digest a done-marker holds (None: none recorded, or no marker)."""
-        try:
-            text = self.done_folder.child(name).read_bytes().decode("ascii", "replace").strip()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return text or None
+        lines = self._marker_lines(name)
+        return (lines[0].strip() or None) if lines else None
+
+    def drop_markers_without_data(self) -> list[str]:
+        """Remove the done-markers of blocks whose stored chunk files are gone (an unfinished
+        output copied in part, say), so that those blocks are fused again; returns their
+        names. Local outputs, and markers that list their keys (from 2026-12-05), only."""
+        if not self.output.is_local:
+            return []
+        dropped = []
+        for name in sorted(self.done()):
+            lines = self._marker_lines(name)
+            keys = lines[1].split() if len(lines) > 1 else []
+            if any(not os.path.exists(os.path.join(self.output.path, k)) for k in keys):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.done_folder.child(name).path)
+                dropped.append(name)
+        if dropped:
+            fsync_dir(self.done_folder.path)
+        return dropped
 
     def done(self) -> set[str]:
         try:

@@ -289,16 +289,17 @@ def write_block(
     return keys
 
 
-def make_durable(location: Location, keys: list[str]) -> None:
-    """fsync the written chunk files and their folders (local filesystems only).
+def make_durable(location: Location, keys: list[str]) -> list[str] | None:
+    """fsync the written chunk files and their folders (local filesystems only); returns the
+    keys stored (None where not known: an object store).
 
     Object stores make a write durable when the request returns; on a local filesystem a
     power cut could otherwise leave a done-marker on disk whose chunk files were still in
     the page cache.
     """
     if not location.is_local:
-        return
-    folders = set()
+        return None
+    folders, stored = set(), []
     for key in keys:
         path = os.path.join(location.path, *key.split("/"))
         try:
@@ -310,8 +311,10 @@ def make_durable(location: Location, keys: list[str]) -> None:
         finally:
             os.close(fd)
         folders.add(os.path.dirname(path))
+        stored.append(key)
     for folder in folders:
         fsync_dir(folder)
+    return stored
 
 
 def fsync_dir(path: str) -> None:

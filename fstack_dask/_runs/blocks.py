@@ -234,10 +234,10 @@ class FuseJob:
         if self.lease is not None:
             self.lease.check()  # a run whose lock was taken over writes nothing more
         keys = write_block(arrays, regions, shaped)
-        make_durable(self.output, keys)  # the data first ...
+        stored = make_durable(self.output, keys)  # the data first ...
         if self.lease is not None:
             self.lease.check()
-        OutputState(self.output).mark_done(plan.name(block), digest)  # ... then the marker
+        OutputState(self.output).mark_done(plan.name(block), digest, stored)  # ... the marker
         return Outcome(
             plan.name(block),
             None,

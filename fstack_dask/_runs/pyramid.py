@@ -92,10 +92,10 @@ class PyramidJob:
                 if self.lease is not None and not keys:
                     self.lease.check()  # a run whose lock was taken over writes nothing more
                 keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
-            make_durable(self.output, keys)
+            stored = make_durable(self.output, keys)
             if self.lease is not None:
                 self.lease.check()
-            OutputState(self.output).mark_done(self.marker(block))
+            OutputState(self.output).mark_done(self.marker(block), stored=stored)
             outcomes.append(Outcome(self.marker(block), None, 0, time.perf_counter() - start))
             if on_block is not None:
                 on_block()

@@ -291,3 +291,28 @@ def test_resume_under_another_engine_is_refused(tmp_path, monkeypatch):
     proc = cli("fuse", src, dst, "--resume", *FUSE, env={"FSTACK_DASK_ENGINE": "numpy"})
     assert proc.returncode == 0, proc.stderr
     assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["engine"] == "numpy"
+
+
+@pytest.mark.parametrize("lost", ["0/c/0/1", "depth/0/c/0/0"])
+def test_a_finished_block_whose_chunk_file_is_gone_is_fused_again(tmp_path, monkeypatch, caplog,
+                                                                  lost):  # fmt: skip
+    """An unfinished output copied in part (or a chunk file deleted): the resume trusted the
+    done-marker and finished with the fill value where the block was (a third adversarial
+    run). Markers list the chunk files their block stored; a block missing one is fused
+    again, with a warning, and the output is the uninterrupted run's."""
+    import logging
+
+    src = _raw_src(tmp_path / "src.zarr")
+    whole = fuse_zarr(src, tmp_path / "whole.zarr", chunks=CHUNK, depth_map=True,
+                      progress=False)  # fmt: skip
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch, depth_map=True)  # blocks 0_0 and 0_1
+    os.remove(dst / lost)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, resume=True, progress=False)
+    block = "0_1" if lost.startswith("0/") else "0_0"
+    assert f"1 finished blocks of {dst} lost chunk files since they were written ({block})" in (
+        caplog.text
+    )
+    for name in ("0", "depth/0"):
+        np.testing.assert_array_equal(out[name][...], whole[name][...])
