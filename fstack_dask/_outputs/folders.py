@@ -112,6 +112,7 @@ def take_on_looks(path: str, like: str) -> None:
             break
     with contextlib.suppress(OSError):  # copystat skips what it may not copy (EPERM, ENOTSUP)
         shutil.copystat(like, path)
+        os.utime(path)  # not the old times: a sync tool comparing mtimes would skip new data
     if stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(OSError):
             os.chmod(path, (st.st_mode & 0o7777) | 0o700)
@@ -123,6 +124,13 @@ def unswappable(dst: Location) -> str | None:
         return None
     if os.path.ismount(dst.path):
         return "is a mount point, which cannot be replaced by another folder"
+    mounted = [n for n in sorted(os.listdir(dst.path)) if os.path.ismount(dst.child(n).path)]
+    if mounted:  # it could not be moved back into the new output
+        return f"holds a mount point ({mounted[0]!r}), which cannot be moved to the new output"
+    parent = os.stat(os.path.dirname(dst.path))
+    if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (0, parent.st_uid):
+        if os.stat(dst.path).st_uid != os.geteuid():  # a sticky folder: only its owner moves it
+            return "belongs to another user in a sticky folder, which only its owner may move"
     cwd = os.path.realpath(os.getcwd())
     if cwd == dst.path or cwd.startswith(dst.path.rstrip("/") + "/"):
         return "is (or holds) the working folder, which would be swapped away"

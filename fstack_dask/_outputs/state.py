@@ -135,7 +135,8 @@ def provenance(location: Location) -> dict[str, Any] | None:
     ours = provenance_attribute(location)
     if ours is None or "output_id" not in ours:  # none, or an output from before ids
         return ours
-    return ours if output_id(location) == ours["output_id"] else None
+    named = ours["output_id"]  # a copy may carry null: it must match an id file's string
+    return ours if isinstance(named, str) and named and output_id(location) == named else None
 
 
 def copied_provenance(location: Location) -> bool:

@@ -88,7 +88,9 @@ def tiff_owner(path: str) -> dict[str, Any] | None:
             if isinstance(record, dict) and record.get("method") == METHOD:
                 # OME-XML copied into a user's TIFF (bioio, Bio-Formats keep annotations) comes
                 # without our private tag; a TIFF from before ids has neither
-                copied = "output_id" in record and tagged != record["output_id"]
+                copied = "output_id" in record and not (
+                    isinstance(tagged, str) and tagged and tagged == record["output_id"]
+                )
                 return None if copied else record
     return None
 

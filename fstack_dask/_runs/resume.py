@@ -94,7 +94,7 @@ def examine(
     mode = destination.check(overwrite=overwrite, resume=resume)
     links: list[str] = []  # folders a local store's links lead to: the source is there too
     files = source_files(source.data_files(links))
-    destination.protect_also(resolve(p, name="src") for p in links)
+    destination.protect_also(resolve(p, name="src") for p in sorted(set(links)))
     missing, stored = source.missing_units(files["names"].tolist())
     if missing:  # Zarr's meaning, and an interrupted copy's mark (a third adversarial run)
         log.warning("%s: %d of its %d chunk files are missing, and read as the fill value %s "

@@ -196,7 +196,8 @@ class Source:
         The ctime and the inode tell a file rewritten with its old size and mtime (``cp -p``,
         ``touch -r``) from the one a run read: no user call can set them back. ``links``
         gets the real path of each folder a symbolic link in a local store leads to: the
-        source is there too, and no dst may overlap it."""
+        source is there too, and no dst may overlap it (for a link to a file: the folder the
+        file lies in)."""
         for path in self.files:
             try:
                 st = os.stat(path)
@@ -293,7 +294,8 @@ def _local_data_files(
     (millions of them, for big stacks), and this is 2.5x faster than ``os.walk`` plus an
     ``os.stat`` of each joined path (``benchmarks/listing.py``). Symbolic links to folders
     are followed (a store assembled from others by links reads its chunks through them), each
-    folder listed once, and their real paths added to ``links``.
+    folder listed once, and their real paths added to ``links``; for a link to a file, the
+    real path of the folder it lies in.
     """
     folders = [(base, "")]
     seen: set[tuple[int, int]] = set()
@@ -315,6 +317,8 @@ def _local_data_files(
                             subfolders.append((entry.path, rel + entry.name + os.sep))
                     elif entry.name not in _METADATA_FILES and not entry.name.endswith(".partial"):
                         files.append(entry)
+                        if links is not None and entry.is_symlink():  # the folder it lies in
+                            links.append(os.path.dirname(os.path.realpath(entry.path)))
         except FileNotFoundError:
             continue
         for entry in sorted(files, key=lambda e: e.name):

@@ -4,6 +4,7 @@ written: real folders, real stores, and nothing ever changes on disk during a ch
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def test_symlinked_source_is_recognised(tmp_path):
         check(src / "fused", src=link)
 
 
-def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path):
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path, link):
     """A store whose chunk folder is a link into the output about to be replaced (here the
     output's own level 0 read as a source): ``--overwrite`` deleted the source's chunks (a
     third adversarial run). The folders a source's links lead to are the source too."""
@@ -134,7 +136,12 @@ def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path)
     meta = json.loads((dst / "0" / "zarr.json").read_text())
     meta.update(dimension_names=["z", "y", "x"], attributes={})
     (src / "zarr.json").write_text(json.dumps(meta))
-    os.symlink(dst / "0" / "c", src / "c")
+    if link == "folder":
+        os.symlink(dst / "0" / "c", src / "c")
+    else:  # one chunk file linked (a fourth adversarial run: file links were not followed)
+        shutil.copytree(dst / "0" / "c", src / "c")
+        os.remove(src / "c" / "0" / "0" / "0")
+        os.symlink(dst / "0" / "c" / "0" / "0" / "0", src / "c" / "0" / "0" / "0")
     before = _tree(tmp_path)
     with pytest.raises(ValueError, match="dst .*contains the source"):
         fuse_zarr(src, dst, chunks=32, overwrite=True, progress=False)

@@ -277,6 +277,23 @@ def test_a_store_with_our_attributes_copied_in_is_not_ours(tmp_path, monkeypatch
     assert tree_digest(tmp_path) == before
 
 
+def test_copied_attributes_with_a_null_id_are_not_ours(tmp_path):
+    """``"output_id": null`` in copied attributes matched the missing id file (None == None),
+    and the store was replaced (a fourth adversarial run). An id must be a non-empty string
+    that the id file holds too."""
+    src = write_src(tmp_path / "src.zarr")
+    ours, mine = tmp_path / "ours.zarr", tmp_path / "mine.zarr"
+    fuse_zarr(src, ours, chunks=CHUNK, progress=False)
+    attrs = dict(zarr.open_group(str(ours), mode="r").attrs)
+    attrs["fstack_dask"] = {**attrs["fstack_dask"], "output_id": None}
+    group = zarr.create_group(str(mine), attributes=attrs)
+    group.create_array("0", data=np.full((8, 8), 7, np.uint16))
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, mine, "--overwrite", *FUSE)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize("how", ["copied whole", "written before ids"])
 def test_an_output_whose_id_file_is_with_it_is_ours(tmp_path, how):
     """A whole copy of an output (``cp -r``: the id file goes along) is an output of ours, and
@@ -556,8 +573,10 @@ def test_an_overwrite_keeps_a_private_tiff_private(tmp_path):
     dst = tmp_path / "out.ome.tif"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
     os.chmod(dst, 0o600)
+    os.utime(dst, (1_577_836_800, 1_577_836_800))  # 2020: the new file is not dated so
     assert cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE).returncode == 0
     assert dst.stat().st_mode & 0o777 == 0o600
+    assert dst.stat().st_mtime > 1_700_000_000  # a sync tool comparing mtimes sees it new
 
 
 def test_an_overwrite_that_cannot_swap_dst_is_refused_before_it_computes(tmp_path, tmpfs):
@@ -576,3 +595,48 @@ def test_an_overwrite_that_cannot_swap_dst_is_refused_before_it_computes(tmp_pat
         proc = cli("fuse", src, spelled, "--overwrite", *FUSE, cwd=cwd)
         assert proc.returncode == 2 and "working folder" in one_line_error(proc), proc.stderr
     assert tree_digest(tmp_path) == before
+
+
+def test_an_overwrite_of_an_output_holding_a_mount_point_is_refused(tmp_path):
+    """A filesystem mounted inside the output (``out.zarr/ann``) could not be moved into the
+    new output: the swap left it stranded in the old output's hidden folder, which the
+    warning told the user to ``rm -r`` (a fourth adversarial run). Refused before anything
+    is computed."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    (dst / "ann").mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dst / "ann")],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        (dst / "ann" / "cells.csv").write_text("x,y")
+        before = tree_digest(tmp_path)
+        proc = cli("fuse", src, dst, "--overwrite", *FUSE)
+        assert proc.returncode == 2 and "holds a mount point ('ann')" in one_line_error(proc)
+        assert tree_digest(tmp_path) == before
+    finally:
+        subprocess.run(["umount", "-l", str(dst / "ann")], check=False)
+
+
+def test_an_output_of_another_user_in_a_sticky_folder_cannot_be_swapped(tmp_path, monkeypatch):
+    """In a sticky folder (``/tmp``, a shared project folder: 1777) only a folder's owner may
+    rename it: another user's overwrite computed everything, then failed at the swap, and its
+    --resume failed the same way (a fourth adversarial run, as a second user). The check,
+    here as user 1000 looking at root's folders."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.folders import unswappable
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (shared / "out.zarr").mkdir()
+    dst = resolve(shared / "out.zarr", name="dst")
+    assert unswappable(dst) is None  # its owner (root) may
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "belongs to another user in a sticky folder" in unswappable(dst)
+    os.chmod(shared, 0o777)
+    assert unswappable(dst) is None
