@@ -95,6 +95,10 @@ def examine(
     links: list[str] = []  # folders a local store's links lead to: the source is there too
     files = source_files(source.data_files(links))
     destination.protect_also(resolve(p, name="src") for p in sorted(set(links)))
+    absent = [f for f in source.files if not os.path.exists(f)]  # an HDF5 VDS's, say
+    if absent:
+        log.warning("%s: %d of its files are missing (%s), and read as the fill value",
+                    source.description, len(absent), _few(absent))  # fmt: skip
     missing, stored = source.missing_units(files["names"].tolist())
     if missing:  # Zarr's meaning, and an interrupted copy's mark (a third adversarial run)
         log.warning("%s: %d of its %d chunk files are missing, and read as the fill value %s "

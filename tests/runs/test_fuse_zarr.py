@@ -961,3 +961,25 @@ def test_a_source_missing_chunk_files_is_fused_with_a_warning(tmp_path, caplog, 
         out = fuse_zarr(src, tmp_path / "holed.zarr", progress=False)
     assert "1 of its 4 chunk files are missing, and read as the fill value 0" in caplog.text
     assert out["0"][32:, 32:].max() == 0  # as Zarr reads it: fused, and said
+
+
+def test_an_hdf5_virtual_dataset_missing_a_source_file_is_fused_with_a_warning(tmp_path, caplog):
+    """HDF5 reads a virtual dataset's missing source file as the fill value: the run exited 0
+    and said nothing (a fourth adversarial run). It names the missing file."""
+    import logging
+
+    import h5py
+
+    data = np.random.default_rng(0).integers(1, 1000, (4, 32, 32)).astype(np.uint16)
+    layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+    for z in range(4):
+        with h5py.File(tmp_path / f"plane{z}.h5", "w") as f:
+            f["p"] = data[z]
+        layout[z] = h5py.VirtualSource(f"plane{z}.h5", "p", shape=data.shape[1:])
+    with h5py.File(tmp_path / "vds.h5", "w") as f:
+        f.create_virtual_dataset("stack", layout)
+    os.rename(tmp_path / "plane2.h5", tmp_path / "moved.h5")
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        fuse_zarr(f"{tmp_path / 'vds.h5'}/stack", tmp_path / "out.zarr", axes="zyx",
+                  progress=False)  # fmt: skip
+    assert f"1 of its files are missing ({tmp_path / 'plane2.h5'})" in caplog.text
