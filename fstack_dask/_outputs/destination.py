@@ -105,6 +105,9 @@ class Destination:
         self.protect = list(protect)
         self.entries = tuple(entries)
         self.kind = classify(dst)
+        # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
+        # working store takes those of the TIFF it will replace)
+        self.looks_like: str | None = None
 
     def what(self) -> str:
         """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
@@ -250,6 +253,8 @@ class Destination:
             if mode == "new":
                 folders.make_folder(self.dst, what)
                 target.created.append(self.dst)
+                if self.dst.is_local and self.looks_like and os.path.exists(self.looks_like):
+                    folders.take_on_looks(self.dst.path, self.looks_like)
                 self._claim(target, self.dst)
             elif mode == "empty":
                 self._claim(target, self.dst)

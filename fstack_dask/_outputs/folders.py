@@ -113,9 +113,12 @@ def take_on_looks(path: str, like: str) -> None:
     with contextlib.suppress(OSError):  # copystat skips what it may not copy (EPERM, ENOTSUP)
         shutil.copystat(like, path)
         os.utime(path)  # not the old times: a sync tool comparing mtimes would skip new data
-    if stat.S_ISDIR(st.st_mode):
+    if os.path.isdir(path):  # (``like`` may be a file: a TIFF for its working store)
+        mode = st.st_mode & 0o7777
+        if not stat.S_ISDIR(st.st_mode):  # who may read the file may enter the folder
+            mode |= (mode & 0o444) >> 2
         with contextlib.suppress(OSError):
-            os.chmod(path, (st.st_mode & 0o7777) | 0o700)
+            os.chmod(path, mode | 0o700)
 
 
 def unswappable(dst: Location) -> str | None:

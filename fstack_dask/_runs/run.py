@@ -40,11 +40,13 @@ def run_fusion(
     stall_timeout: float,
     output: str = "ome-zarr",
     finishing: Any = None,
+    looks_like: str | None = None,
 ) -> Any:
     """The run into an OME-Zarr ``dst`` (a path, or a ``Location``): plan, examine, claim,
     fuse, the pyramid, finish. ``finishing(target)``, if given, runs once every block is
     written, under the run's lock, before the output is marked complete (the TIFF
-    conversion), and also on a resume of a complete output."""
+    conversion), and also on a resume of a complete output. A new ``dst`` takes the owner,
+    group, mode and ACLs of ``looks_like`` (the TIFF a working store will replace)."""
     fusion = plan_fusion(src, **plan, output=output)
     lay = fusion.layout
     warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
@@ -52,6 +54,7 @@ def run_fusion(
     prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
                     resume=resume, chunks=plan["chunks"], levels=plan["levels"])  # fmt: skip
     fusion, destination = prior.fusion, prior.destination
+    destination.looks_like = looks_like
     if prior.mode == "complete":
         if finishing is not None:
             target = lifecycle.claim(destination, "complete")

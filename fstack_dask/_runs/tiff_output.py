@@ -92,6 +92,7 @@ def fuse_to_tiff(
         src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
         scheduler=scheduler, dst_storage_options=None, stall_timeout=stall_timeout,
         output="ome-tiff", finishing=convert,
+        looks_like=tiff.path if os.path.isfile(tiff.path) else None,  # a private TIFF's too
     )  # fmt: skip
     try:
         Destination(work, protect=fusion.source.protected()).remove(work)

@@ -568,11 +568,24 @@ def test_an_overwrite_keeps_the_folders_permissions_and_group(tmp_path, mode):
         assert (dst / "0" / "zarr.json").stat().st_gid == group
 
 
-def test_an_overwrite_keeps_a_private_tiff_private(tmp_path):
+def test_an_overwrite_keeps_a_private_tiff_private(tmp_path, monkeypatch):
+    """The new TIFF takes the old one's mode, and so does the working store the run fuses
+    into beside it (a fourth adversarial run found it 755 for the whole run)."""
+    from fstack_dask._runs import tiff_output
+
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.ome.tif"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
     os.chmod(dst, 0o600)
+    seen, real = [], tiff_output.write_tiff
+
+    def write_tiff(store, path, **kwargs):
+        seen.append(os.stat(store.path).st_mode & 0o7777)
+        return real(store, path, **kwargs)
+
+    monkeypatch.setattr(tiff_output, "write_tiff", write_tiff)
+    fuse_zarr(src, dst, chunks=CHUNK, overwrite=True, nhsize=3, progress=False)
+    assert seen == [0o700] and dst.stat().st_mode & 0o777 == 0o600
     os.utime(dst, (1_577_836_800, 1_577_836_800))  # 2020: the new file is not dated so
     assert cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE).returncode == 0
     assert dst.stat().st_mode & 0o777 == 0o600
