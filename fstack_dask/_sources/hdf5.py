@@ -112,6 +112,7 @@ def open_hdf5(
         scale.pop("c", None)
         array = _H5Array(file, name, node)
         holder = os.path.abspath(node.file.filename)  # another file, through an ExternalLink
+        _refuse_short_external(node, holder, f"dataset {name!r} of HDF5 file {file!r}")
         files = tuple(dict.fromkeys((file, holder, *_files_holding(node, holder))))
     return OpenedStack(
         array=array,
@@ -142,6 +143,25 @@ def _files_holding(node: Any, file: str) -> tuple[str, ...]:
     folder = os.path.dirname(os.path.abspath(file))
     paths = {os.path.normpath(os.path.join(folder, n)) for n in names}
     return tuple(sorted(p for p in paths if p != os.path.abspath(file)))
+
+
+def _refuse_short_external(node: Any, holder: str, where: str) -> None:
+    """Refuse external storage whose file holds fewer bytes than the dataset keeps there (a
+    truncated copy): HDF5 would read the rest as the fill value, without a word."""
+    import h5py
+
+    folder = os.path.dirname(holder)
+    for name, offset, size in node.external or ():
+        name = name.decode() if isinstance(name, bytes) else name
+        path = os.path.join(folder, name)
+        if size == h5py.h5f.UNLIMITED or not os.path.isfile(path):
+            continue  # unlimited: as much as there is; missing: HDF5 itself refuses
+        if os.path.getsize(path) < offset + size:
+            raise ValueError(
+                f"{where} keeps {size} bytes at offset {offset} of external file {path!r}, "
+                f"which holds {os.path.getsize(path)}: truncated? (HDF5 would read the rest "
+                "as zeros)"
+            )
 
 
 def _only_dataset(h5: Any, file: str) -> str:

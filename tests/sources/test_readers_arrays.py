@@ -173,6 +173,24 @@ def test_hdf5_external_storage_is_read_beside_the_file_from_any_folder(tmp_path,
         array.close()
 
 
+def test_hdf5_external_storage_cut_short_is_refused(tmp_path):
+    """HDF5 reads what an external file lacks as zeros: a truncated copy was fused without a
+    word (a fourth adversarial run). Refused, naming the file and the bytes."""
+    h5py = need("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _stack((4, 24, 30))
+    data.tofile(tmp_path / "raw.bin")
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f.create_dataset("data", shape=data.shape, dtype=data.dtype,
+                         external=[("raw.bin", 0, data.nbytes)])  # fmt: skip
+    open_hdf5(tmp_path / "data.h5", dataset="data", axes="zyx").array.close()  # whole: fine
+    with open(tmp_path / "raw.bin", "r+b") as fh:
+        fh.truncate(data.nbytes // 2)
+    with pytest.raises(ValueError, match=rf"keeps {data.nbytes} bytes at offset 0 of external"):
+        open_hdf5(tmp_path / "data.h5", dataset="data", axes="zyx")
+
+
 def test_hdf5_external_link_lists_the_file_holding_the_data(tmp_path):
     """``master.h5``'s dataset is an ExternalLink into ``data.h5``: the source's files are
     both (they were ``master.h5`` alone, so a rewritten ``data.h5`` went unseen)."""
