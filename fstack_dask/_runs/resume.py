@@ -95,7 +95,8 @@ def examine(
     links: list[str] = []  # folders a local store's links lead to: the source is there too
     files = source_files(source.data_files(links))
     destination.protect_also(resolve(p, name="src") for p in sorted(set(links)))
-    absent = [f for f in source.files if not os.path.exists(f)]  # an HDF5 VDS's, say
+    listed = set(files["names"].tolist())  # data_files skips what it cannot find
+    absent = [f for f in source.files if f not in listed]  # an HDF5 VDS's, say
     if absent:
         log.warning("%s: %d of its files are missing (%s), and read as the fill value",
                     source.description, len(absent), _few(absent))  # fmt: skip
