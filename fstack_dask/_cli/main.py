@@ -213,6 +213,18 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _quiet_abandoned_coroutines() -> None:
+    """Keep an interrupt's report to its one line.
+
+    A signal can land between zarr creating a coroutine and its event loop running it; the
+    coroutine, dropped with the interrupted frames, would add Python's "coroutine ... was
+    never awaited" warning (three more lines) as the command exits.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
+    )
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
@@ -252,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
+        _quiet_abandoned_coroutines()
         hint = (
             "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
         )
