@@ -616,12 +616,30 @@ def test_all_schedulers_write_identical_bytes(tmp_path, local_cluster):
     np.testing.assert_array_equal(out["0"][...], _truth(data, "czyx", False)[0], strict=True)
 
 
-def _shm_blocks() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+@pytest.fixture()
+def shm_created(monkeypatch) -> list[str]:
+    """The names of the shared-memory blocks this process creates. (Other test processes,
+    under pytest-xdist, create and remove their own in the same /dev/shm meanwhile.)"""
+    from multiprocessing import shared_memory
+
+    created: list[str] = []
+
+    class Recorded(shared_memory.SharedMemory):
+        def __init__(self, name=None, create=False, size=0, **kwargs):
+            super().__init__(name, create, size, **kwargs)
+            if create:
+                created.append(self.name)
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", Recorded)
+    return created
+
+
+def _in_dev_shm(names: list[str]) -> list[str]:
+    return [n for n in names if os.path.exists(os.path.join("/dev/shm", n.lstrip("/")))]
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm to look into")
-def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
+def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster, shm_created):
     """A NumPy source (13 MB) on worker processes and on a cluster, and a DataArray on
     worker processes: the same bytes as on threads. Worker processes attach one copy in
     shared memory, removed after the run; cluster workers get one scattered copy each
@@ -642,11 +660,10 @@ def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
     reference = _tree(tmp_path / "threads")
     assert any(k.startswith("0/c/") for k in reference)
 
-    before = _shm_blocks()
     with shared_recipe((zyx, "zyx", 0, None), "processes") as (recipe, task_args):
         assert len(pickle.dumps(_Reopen(*recipe))) < 4096 and task_args == ()
-        assert len(_shm_blocks() - before) == 1
-    assert _shm_blocks() == before
+        assert len(shm_created) == 1 and _in_dev_shm(shm_created) == shm_created
+    assert _in_dev_shm(shm_created) == []
     fuse_zarr(zyx, tmp_path / "processes", axes="zyx", scheduler="processes", **kwargs)
     assert _tree(tmp_path / "processes") == reference
     labelled = xarray.DataArray(zyx, dims=("z", "y", "x"), attrs={"note": "kept"})
@@ -655,7 +672,7 @@ def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
     chunks = {k: v for k, v in reference.items() if k.startswith(("0/c/", "0/zarr.json"))}
     assert {k: v for k, v in _tree(tmp_path / "xarray").items()
             if k.startswith(("0/c/", "0/zarr.json"))} == chunks  # fmt: skip
-    assert _shm_blocks() == before  # removed after each run
+    assert len(shm_created) == 3 and _in_dev_shm(shm_created) == []  # removed after each run
 
     with Client(local_cluster) as client, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -667,7 +684,7 @@ def test_in_memory_source_goes_to_workers_once(tmp_path, local_cluster):
 
 
 def test_in_memory_source_too_big_for_shared_memory_travels_with_the_tasks(
-    tmp_path, monkeypatch, caplog
+    tmp_path, monkeypatch, caplog, shm_created
 ):
     """A container's /dev/shm is 64 MiB unless it is given more, and filling a shared block
     beyond it kills the process: a larger source is sent with the tasks as before, said."""
@@ -675,11 +692,10 @@ def test_in_memory_source_too_big_for_shared_memory_travels_with_the_tasks(
 
     zyx = np.moveaxis(synthetic_stack((64, 60), 5, dtype="uint16", seed=6).stack, 2, 0)
     monkeypatch.setattr(_share, "_shared_memory_room", lambda: zyx.nbytes - 1)
-    before = _shm_blocks() if os.path.isdir("/dev/shm") else set()
     with _share.shared_recipe((zyx, "zyx", 0, None), "processes") as (recipe, task_args):
         assert recipe[0] is zyx and task_args == ()
     assert "does not fit in shared memory" in caplog.text
-    assert (_shm_blocks() if os.path.isdir("/dev/shm") else set()) == before
+    assert shm_created == []
     kwargs = {"chunks": 32, "levels": 0, "progress": False}
     fuse_zarr(zyx, tmp_path / "processes", axes="zyx", scheduler="processes", **kwargs)
     fuse_zarr(zyx, tmp_path / "threads", axes="zyx", scheduler="threads", **kwargs)
