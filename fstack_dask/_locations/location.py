@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import posixpath
@@ -84,7 +85,9 @@ class Location:
         if not self.path:  # a whole filesystem
             return True
         base = self.path.rstrip("/")
-        return other.path == self.path or other.path.startswith(base + "/")
+        if other.path == self.path or other.path.startswith(base + "/"):
+            return True
+        return self.is_local and _within_as_the_os_sees_it(self.path, other.path)
 
     def overlaps(self, other: Location) -> bool:
         return self.contains(other) or other.contains(self)
@@ -172,3 +175,25 @@ class Location:
         elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
             fs = fsspec.filesystem(self.protocol, **{**self.storage_options, "asynchronous": True})
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
+
+
+def _within_as_the_os_sees_it(outer: str, inner: str) -> bool:
+    """Whether local ``inner``, or a folder above it, is the file or folder ``outer`` by its
+    device and inode: the same place under another name, which canonical paths cannot show
+    (a bind mount, as Apptainer and Docker give host folders; a fifth adversarial run,
+    2026-12-05, fused into a source reached so)."""
+    try:
+        st = os.stat(outer)
+    except OSError:  # not there (yet): nothing can lie inside it
+        return False
+    identity = (st.st_dev, st.st_ino)
+    path = inner
+    while True:
+        with contextlib.suppress(OSError):
+            here = os.stat(path)
+            if (here.st_dev, here.st_ino) == identity:
+                return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent

@@ -148,6 +148,51 @@ def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path,
     assert _tree(tmp_path) == before
 
 
+@pytest.fixture()
+def bind_mount(tmp_path):
+    """``tmp_path/real`` bound at ``tmp_path/bound`` (``mount --bind``, as Apptainer and Docker
+    give host folders under other names): one folder, two canonical paths."""
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a bind mount needs root")
+    real, bound = tmp_path / "real", tmp_path / "bound"
+    real.mkdir()
+    bound.mkdir()
+    proc = subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True,
+                          text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    try:
+        yield real, bound
+    finally:
+        # lazily: a file the failed runs opened through it may wait for the collector
+        subprocess.run(["umount", "--lazy", str(bound)], check=True)
+
+
+def test_a_source_reached_through_a_bind_mount_is_still_the_source(bind_mount):
+    """Canonical paths differ through a bind mount, so a string comparison let a run write a
+    group into its source, and ``--overwrite`` replace a TIFF source with its own fusion (a
+    fifth adversarial run). The folders are compared by device and inode too."""
+    real, bound = bind_mount
+    write_stack(real / "stack.ome.zarr", _stack((5, 64, 64)), axes="zyx", chunks=(5, 32, 32))
+    fuse_zarr(np.stack([_stack((5, 64, 64))] * 6), real / "chan.ome.tif", axes="czyx",
+              chunks=32, progress=False)  # an earlier output: a TIFF of 6 pages  # fmt: skip
+    before = _tree(real)
+    with pytest.raises(ValueError, match="dst .*source"):
+        fuse_zarr(bound / "stack.ome.zarr", real / "stack.ome.zarr" / "fused.ome.zarr",
+                  progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="dst .*source"):
+        fuse_zarr(real / "stack.ome.zarr", bound / "stack.ome.zarr" / "fused.ome.zarr",
+                  progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="dst .*source"):
+        fuse_zarr(bound / "chan.ome.tif", real / "chan.ome.tif", axes="zyx", chunks=32,
+                  overwrite=True, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="dst .*source"):
+        check(bound, src=real / "stack.ome.zarr", overwrite=True)  # dst holds the source
+    assert _tree(real) == before
+
+
 def test_what_is_not_ours_is_never_replaced(tmp_path):
     victim = tmp_path / "documents"
     victim.mkdir()
