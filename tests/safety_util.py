@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from fstack_dask import synthetic_stack, write_stack
@@ -50,3 +51,24 @@ def digest_of(root: Path, names) -> dict:
     from conftest import tree_digest
 
     return {name: tree_digest(root / name) for name in names}
+
+
+# A CLI run, SIGKILLed once it has deleted the first file whose path matches argv[1] (a
+# removal cut short); the CLI's arguments follow.
+KILLED_WHILE_REMOVING = textwrap.dedent(
+    """
+    import os, re, signal, sys, types
+    from fstack_dask._locations import remove
+
+    pattern = re.compile(sys.argv[1])
+
+    def unlink_then_die(path):
+        os.unlink(path)
+        if pattern.search(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    remove.os = types.SimpleNamespace(**{**vars(os), "unlink": unlink_then_die})
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)

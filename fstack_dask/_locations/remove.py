@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 
 from .location import Location
@@ -41,8 +43,9 @@ def remove_tree(
     protect : iterable of Location
         Places that must survive (the source): refused if ``location`` overlaps any.
     only : iterable of str, optional
-        Remove only these entries of the folder, then the folder itself if it is left empty
-        (unless ``keep_folder``); entries not named are kept (files a user put there).
+        Remove only these entries of the folder, in this order, then the folder itself if it
+        is left empty (unless ``keep_folder``); entries not named are kept (files a user put
+        there).
     keep_folder : bool
         With ``only``: keep the folder even when it is left empty (it was there before).
     ours_within : callable, optional
@@ -79,29 +82,26 @@ def remove_tree(
     fs = location.fs
     if only is None:
         if location.is_local and os.path.isdir(location.path) and not os.path.islink(location.path):
-            shutil.rmtree(location.path)
+            _rmtree(location.path)
         elif location.is_local:  # a file (e.g. an output's zarr.json) or a symlink
-            os.unlink(location.path)
+            _unlink(location.path)
         else:
             fs.rm(location.path, recursive=True)
         return []
-    wanted = set(only)
-    kept = []
-    for entry in location.listdir():
-        if entry not in wanted:
-            kept.append(entry)
-            continue
+    listed = location.listdir()
+    kept = [entry for entry in listed if entry not in set(only)]
+    for entry in [e for e in dict.fromkeys(only) if e in listed]:
         target = location.child(entry)
         if target.is_local:
             if os.path.isdir(target.path) and not os.path.islink(target.path):
                 if ours_within is None:
-                    shutil.rmtree(target.path)
+                    _rmtree(target.path)
                 else:
                     kept += [
                         f"{entry}/{rel}" for rel in _remove_ours(target.path, entry, ours_within)
                     ]
             else:
-                os.unlink(target.path)
+                _unlink(target.path)
         elif ours_within is None or not fs.isdir(target.path):
             fs.rm(target.path, recursive=True)
         else:
@@ -109,7 +109,8 @@ def remove_tree(
                                                                       ours_within)]  # fmt: skip
     if not kept and not keep_folder:
         if location.is_local:
-            os.rmdir(location.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(location.path)
         elif fs.exists(location.path):
             fs.rm(location.path, recursive=True)
     return kept
@@ -126,7 +127,7 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
         for name in sorted(files) + sorted(links):
             path = os.path.join(root, name)
             if name in files and not os.path.islink(path) and ours(entry, prefix + name):
-                os.unlink(path)
+                _unlink(path)
             else:
                 kept.append(prefix + name)
         if root != top or not kept:
@@ -149,3 +150,24 @@ def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], boo
     if not kept and fs.exists(top):  # what is left are empty folders (where a store has them)
         fs.rm(top, recursive=True)
     return kept
+
+
+# Two runs may remove the same output of ours at once (a resume that finds a complete TIFF
+# working store while the run that placed the TIFF still removes it): what the other removed
+# is removed.
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _rmtree(path: str) -> None:
+    def gone_is_removed(function: Callable, where: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise exc
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=gone_is_removed)
+    else:
+        shutil.rmtree(path, onerror=lambda f, where, info: gone_is_removed(f, where, info[1]))

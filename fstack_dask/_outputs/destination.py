@@ -42,6 +42,8 @@ from . import folders
 from .folders import STAGING
 from .lock import DestinationLock, Lease, live_lock, locked_message
 from .state import (
+    ID_FILE,
+    RUN_FILE,
     STATE_DIR,
     OutputState,
     classify,
@@ -379,7 +381,22 @@ class Destination:
             raise PermissionError(
                 f"refusing to delete {folder.url!r}: it is not an fstack_dask output"
             )
-        return self._remove_entries(folder, sorted(entries), keep_folder=keep_folder)
+        # What shows the folder to be ours goes last (the done-markers first: none may outlive
+        # its data), so that a run killed while removing leaves an output the next run still
+        # knows as ours, and removes, not one it must refuse (a fifth adversarial run).
+        proofs = {f"{STATE_DIR}/{RUN_FILE}", "/".join(ID_FILE)}
+        first = remove_tree(folder, owned=owned_output, protect=self.protect,
+                            only=sorted(entries - {"zarr.json"}), keep_folder=True,
+                            ours_within=lambda entry, path: f"{entry}/{path}" not in proofs
+                            and written_by_us(entry, path))  # fmt: skip
+        then = remove_tree(folder, owned=owned_output, protect=self.protect,
+                           only=[STATE_DIR, ID_FILE[0], "zarr.json"], keep_folder=keep_folder,
+                           ours_within=written_by_us)  # fmt: skip
+        # (entries beside ours, and the proofs, are listed by the second pass, if left)
+        kept = sorted({k for k in first if "/" in k and k not in proofs} | set(then))
+        if kept:
+            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
+        return kept
 
     def remove_run(self, target: Target) -> list[str]:
         """Remove what a run that finished no block wrote into ``target.output``: the

@@ -177,7 +177,8 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
     if differs:
         shown = "; ".join(f"{k} was {old.get(k)!r}, now {params.get(k)!r}" for k in differs)
         raise ValueError(
-            f"{what} was started with different {', '.join(differs)} ({shown}); resume with "
+            f"{what} was {'written' if mode == 'complete' else 'started'} with different "
+            f"{', '.join(differs)} ({shown}); resume with "
             "the same parameters, or start over with overwrite=True and resume=False"
         )
 

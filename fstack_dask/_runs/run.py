@@ -14,7 +14,6 @@ from typing import Any
 
 from .._algorithm.block import warm_up
 from .._outputs import lifecycle
-from .._outputs.destination import Destination
 from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
@@ -45,7 +44,7 @@ def run_fusion(
     """The run into an OME-Zarr ``dst`` (a path, or a ``Location``): plan, examine, claim,
     fuse, the pyramid, finish. ``finishing(target)``, if given, runs once every block is
     written, under the run's lock, before the output is marked complete (the TIFF
-    conversion), and also on a resume of a complete output. A new ``dst`` takes the owner,
+    conversion); never on a resume of a complete output. A new ``dst`` takes the owner,
     group, mode and ACLs of ``looks_like`` (the TIFF a working store will replace)."""
     fusion = plan_fusion(src, **plan, output=output)
     lay = fusion.layout
@@ -56,12 +55,6 @@ def run_fusion(
     fusion, destination = prior.fusion, prior.destination
     destination.looks_like = looks_like
     if prior.mode == "complete":
-        if finishing is not None:
-            target = lifecycle.claim(destination, "complete")
-            try:
-                finishing(target)
-            finally:
-                Destination.release(target)
         lifecycle.tidy_complete(destination)
         log.info("%s is already complete; nothing to resume", destination.dst.spec)
         return lifecycle.open_result(destination.dst)

@@ -18,7 +18,9 @@ anything else          refused, with or without ``overwrite``/``resume``
 =====================  ==================================================================
 
 An interrupted run leaves the working store: ``resume`` continues the fusion where it
-stopped, or, all blocks done, converts again (a partial TIFF is rewritten from the store).
+stopped, or, all blocks done, converts again (a partial TIFF is rewritten from the store). A
+working store marked complete had its TIFF moved into place: the next run removes it, and
+never converts it again (its removal may have been cut short).
 """
 
 from __future__ import annotations
@@ -73,13 +75,16 @@ def fuse_to_tiff(
     owner = check_tiff_destination(
         tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
     )
+    if classify(work) == "complete":
+        # Its TIFF was moved into place (the conversion comes before the store is marked
+        # complete), and its removal cut short: what is left may lack chunks, so it is never
+        # converted again (a resume did, over the good TIFF: a fifth adversarial run), only
+        # removed.
+        Destination(work, protect=fusion.source.protected()).remove(work)
     if owner is not None and resume and classify(work) == "absent":
         _check_complete(tiff, work, owner, fusion, plan)
         log.info("%s is already complete; nothing to resume", tiff.spec)
         return open_tiff_result(tiff.path)
-    if classify(work) == "complete" and not resume:
-        # left by a run killed after it moved its TIFF into place: nothing in it is needed
-        Destination(work, protect=fusion.source.protected()).remove(work)
 
     def convert(target: Any) -> None:
         partial = os.path.join(target.output.path, PARTIAL)

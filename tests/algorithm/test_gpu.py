@@ -86,7 +86,7 @@ def test_simulated_pipeline_fuse_zarr_fuse_focus_stack():
     for name in ("0", "depth", "selectivity"):
         assert found["fuse_zarr"][name] == {"identical": 1.0, "max_diff": 0.0}, name
     assert found["provenance_device"] == "cuda"
-    assert "started with different device" in found["resume_on_cpu"]
+    assert "written with different device" in found["resume_on_cpu"]
     assert found["fuse_chunkings_bits"] == [True, True]
     assert found["fuse_zarr_vs_focus_stack_bits"]
     for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
@@ -559,7 +559,7 @@ def test_gpu_pipeline():
         r = found["fuse_zarr"][name]
         assert r["identical"] >= 0.999 and r["max_diff"] <= (1 if name == "0" else 1e-3), name
     assert all(found["fuse_chunkings_bits"]) and found["fuse_zarr_vs_focus_stack_bits"]
-    assert "started with different device" in found["resume_on_cpu"]
+    assert "written with different device" in found["resume_on_cpu"]
     for name in ("focus_stack", "mitochondria_lightsheet", "pcb"):
         r = found[name]
         assert r["identical"] >= 0.999 and r["max_diff"] <= 1, (name, r)

@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest
-from safety_util import CHUNK, cli, digest_of, one_line_error, small_stack, write_src
+from safety_util import (
+    CHUNK,
+    KILLED_WHILE_REMOVING,
+    cli,
+    digest_of,
+    one_line_error,
+    small_stack,
+    write_src,
+)
 
 from fstack_dask import SourceValueError, focus_stack, fuse_zarr, write_stack
 from fstack_dask._outputs.destination import Destination
@@ -538,6 +546,29 @@ def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert digest_of(dst, ["notes.txt", "2024"]) == before
     assert _hidden(tmp_path) == [] and not (dst / STATE_DIR).exists()
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
+def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
+    """Killed while removing the swapped-out previous output (here as its level 1 goes):
+    the old code had removed its id file first, so the rest was no output of ours any more,
+    and stayed hidden beside dst for good (a fifth adversarial run). What shows it ours now
+    goes last, and the next run removes the rest."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_REMOVING, r"fstack-staging-[0-9a-f]+/1/",
+         "fuse", str(src), str(dst), "--overwrite", "--nhsize", "5", *map(str, FUSE)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    (hidden,) = _hidden(tmp_path)
+    assert not (tmp_path / hidden / "0" / "c").exists()  # level 0's chunks went first
+    proc = cli("fuse", src, dst, "--resume", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert _hidden(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
     expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 

@@ -215,7 +215,7 @@ def test_overwrite_resume_and_already_exists(tmp_path):
     res = _cli("fuse", src, dst, "--no-progress", "--resume", cwd=tmp_path)
     assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
     res = _cli("fuse", src, dst, "--no-progress", "--resume", "--nhsize", "5", cwd=tmp_path)
-    assert res.returncode == 2 and "different nhsize" in res.stderr
+    assert res.returncode == 2 and "was written with different nhsize" in res.stderr
     assert dst.read_bytes() == first
     res = _cli("fuse", src, dst, "--no-progress", "--overwrite", "--nhsize", "5", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -287,6 +287,35 @@ def test_sigkill_during_the_conversion_then_resume(tmp_path):
                                 progress=False)  # fmt: skip
     for k, level in enumerate(_levels_of(dst)):
         np.testing.assert_array_equal(level, ref[str(k)][:])
+
+
+@pytest.mark.parametrize("at", [r"fstack-work/0/c/", r"fstack-work/1/"])
+def test_a_kill_while_the_working_store_is_removed_then_resume(tmp_path, at):
+    """Killed after the TIFF is in place, while its working store (marked complete) is
+    removed: after its first chunk, or once level 0 is gone. The old code converted what was
+    left again on ``--resume``, the CLI's own advice after SIGTERM, and swapped a TIFF with
+    zeros for the good one, exit 0; killed after the id file went, it refused every later
+    run (a fifth adversarial run). The store is removed, never converted again."""
+    from safety_util import KILLED_WHILE_REMOVING
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(600, 700), planes=5, channels=1)  # 2 levels in the TIFF
+    dst = tmp_path / "out.ome.tif"
+    args = ("fuse", src, dst, "--chunks", "128", "--no-progress")
+    child = [sys.executable, "-c", KILLED_WHILE_REMOVING, at, *map(str, args)]
+    proc = subprocess.run(child, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (tmp_path / ".out.ome.tif.fstack-work" / "zarr.json").exists()
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "ref.ome.zarr", chunks=128, levels=1,
+                                progress=False)  # fmt: skip
+    expected = [ref[str(k)][:] for k in range(2)]
+    for level, want in zip(_levels_of(dst), expected, strict=True):
+        np.testing.assert_array_equal(level, want)  # in place before the removal began
+    res = _cli(*args, "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["out.ome.tif", "ref.ome.zarr", "stack.ome.zarr"]
+    for level, want in zip(_levels_of(dst), expected, strict=True):
+        np.testing.assert_array_equal(level, want)
 
 
 def test_what_a_tiff_cannot_hold_is_refused_before_anything_is_written(tmp_path):
