@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+_BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
+
 
 @dataclass(frozen=True, eq=False)
 class Location:
@@ -114,6 +116,19 @@ class Location:
 
     def parent_path(self) -> str:
         return posixpath.dirname(self.path.rstrip("/")) or "/"
+
+    def missing_bucket(self) -> str | None:
+        """This location's bucket, on an object store that has buckets, when it does not
+        exist; else None. (s3fs creates the bucket a write names, so a mistyped one would be
+        created: a sixth adversarial run.)"""
+        if self.protocol not in _BUCKET_PROTOCOLS:
+            return None
+        bucket = self.path.lstrip("/").split("/", 1)[0]
+        try:
+            there = self.fs.exists(bucket)
+        except Exception:  # cannot tell (no right to list buckets): the writes will say
+            return None
+        return None if there else bucket
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"

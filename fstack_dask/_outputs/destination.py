@@ -149,6 +149,12 @@ class Destination:
                 )
             if self.dst.is_local and not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(f"{what} cannot be created: {parent!r} is not writable")
+            bucket = self.dst.missing_bucket()
+            if bucket is not None:
+                raise FileNotFoundError(
+                    f"{what} cannot be created: its bucket {bucket!r} does not exist; create it "
+                    "first (a typo in the URL?)"
+                )
             return "new"
         if kind in ("empty", "claimed"):  # claimed: a killed run's claim, nothing more
             if self.dst.is_local and not os.access(self.dst.path, os.W_OK | os.X_OK):
@@ -366,9 +372,10 @@ class Destination:
         names = [n for n in names if folder.child(n).exists()]
         kept = remove_tree(folder, owned=owned, protect=self.protect, only=names,
                            keep_folder=keep_folder, ours_within=written_by_us)  # fmt: skip
-        if kept:
+        theirs = [k for k in kept if k != STATE_DIR]  # (ours: a clear keeps it on purpose)
+        if theirs:
             # folder.url, not .spec: a staging folder carries the spec of dst.
-            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
+            log.warning("kept %s in %s: fstack_dask did not write them", theirs, folder.url)
         return kept
 
     def remove(self, folder: Location, *, keep_folder: bool = False) -> list[str]:

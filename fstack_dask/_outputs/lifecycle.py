@@ -129,9 +129,14 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:
     """What a failed run leaves, after removing what is worthless (nothing finished)."""
     if n_done == 0 and (target.staged or target.mode in ("new", "empty", "claimed", "replace")):
-        kept: list[str] = []
-        with contextlib.suppress(Exception):
+        try:
             kept = destination.remove_run(target)
+        except Exception as exc:  # e.g. credentials that may write but not read back
+            unchanged = "the previous output in dst is unchanged; " if target.staged else ""
+            return (
+                f"{unchanged}what this run wrote in {target.output.url!r} could not be removed "
+                f"({' '.join(str(exc).split()) or type(exc).__name__}): remove it by hand"
+            )
         if not target.staged:
             return "nothing was written"
         left = "the previous output in dst is unchanged"

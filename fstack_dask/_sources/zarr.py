@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,16 @@ def _node_location(node: Any) -> Location | None:
         base = os.fspath(store.root)
     elif isinstance(store, zarr.storage.FsspecStore) and "file" in _protocols(store.fs):
         base = store.path
+    elif isinstance(store, zarr.storage.FsspecStore):  # an opened remote node is a place too
+        where = posixpath.join(store.path, node.path).rstrip("/")
+        protocol = _protocols(store.fs)[0]
+        # zarr's instance is asynchronous; ours is not
+        options = {k: v for k, v in store.fs.storage_options.items()
+                   if k not in ("asynchronous", "loop")}  # fmt: skip
+        try:
+            return resolve(f"{protocol}://{where.lstrip('/')}", name="src", storage_options=options)
+        except Exception:  # cannot be resolved again: compared by its path alone
+            return Location(f"{protocol}://{where}", protocol, where, {})
     else:
         return None
     path = os.path.join(base, node.path) if node.path else base

@@ -8,6 +8,7 @@ few inodes, and sha256 snapshots of what users put around and inside outputs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -61,6 +62,19 @@ def _interrupted(src: Path, dst: Path, monkeypatch, n_blocks: int = 2, **kw) -> 
     with pytest.raises(KeyboardInterrupt):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, **kw)
     monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+
+
+def test_an_overwrite_of_an_unfinished_output_keeps_nothing_of_the_users(tmp_path, monkeypatch,
+                                                                         caplog):  # fmt: skip
+    """Clearing our unfinished output keeps its state folder on purpose (it holds the run's
+    lock): it was reported as the user's, "kept ['.fstack_dask'] ...: fstack_dask did not
+    write them" (a sixth adversarial run)."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch)
+    caplog.set_level(logging.WARNING, logger="fstack_dask")
+    fuse_zarr(src, dst, chunks=CHUNK, overwrite=True, progress=False)
+    assert "did not write" not in caplog.text, caplog.text
 
 
 def _hidden(folder: Path) -> list[str]:

@@ -399,6 +399,27 @@ def test_a_fresh_run_with_nan_keeps_finished_blocks_and_says_how_to_resume(tmp_p
     np.testing.assert_array_equal(out, focus_stack(data.transpose(1, 2, 0)))
 
 
+def test_a_failed_run_whose_writes_cannot_be_removed_says_what_is_left(tmp_path, monkeypatch):
+    """Credentials that may write but not read back (an S3 put-only policy): the clean-up
+    of a run that finished nothing failed, silently, and the message said "nothing was
+    written" over five objects and a lock (a sixth adversarial run)."""
+    from fstack_dask._outputs.destination import Destination
+
+    bad = _float_src(tmp_path, "nan.zarr", nan_at=(slice(None), slice(None)))
+
+    def forbidden(self, target):
+        raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(Destination, "remove_run", forbidden)
+    dst = tmp_path / "out.zarr"
+    with pytest.raises(ValueError) as failed:
+        fuse_zarr(bad, dst, progress=False)
+    assert "nothing was written" not in str(failed.value)
+    assert f"what this run wrote in {str(dst)!r} could not be removed (Forbidden)" in str(
+        failed.value
+    )
+
+
 def test_a_fresh_run_with_nan_everywhere_leaves_nothing(tmp_path):
     bad = _float_src(tmp_path, "nan.zarr", nan_at=(slice(None), slice(None)))
     before = tree_digest(tmp_path)

@@ -1,0 +1,162 @@
+"""Outputs on an object store: a real S3 API (moto's server, over HTTP, through s3fs), where
+there is no rename, no flock, and folders are only key prefixes.
+
+A sixth adversarial run (2026-12-05) found on S3 what ``memory://`` had hidden: the lock's
+heartbeat failed there, every overwrite failed, an opened remote array was no place, and a
+mistyped bucket was created. Every key's ETag is compared before and after."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from fstack_dask import focus_stack, fuse_zarr, write_stack
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+SHAPE = (7, 96, 80)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server of this module's own, and the storage options that reach it."""
+    port = _free_port()
+    server = shutil.which("moto_server") or ""
+    cmd = [server] if server else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen([*cmd, "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.skip("moto's S3 server did not start")
+        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def bucket(s3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **s3)
+    name = f"b{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    return fs, name
+
+
+def _keys(fs, bucket: str) -> dict[str, str]:
+    """Every object in the bucket and its ETag."""
+    return {info["name"]: info["ETag"] for info in fs.find(bucket, detail=True).values()}
+
+
+def _stack():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4000, SHAPE).astype(np.uint16)
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", *map(str, args)], capture_output=True,
+        text=True, timeout=300, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_an_overwrite_on_s3_replaces_our_output_and_keeps_the_users_objects(s3, bucket):
+    """``fs.mv`` failed on S3's folder placeholders after copying everything: every
+    overwrite ended with an error and one more copy of the old output (and of the user's
+    notes) beside dst. Now the old output is replaced, the user's object kept in dst, and no
+    key outside dst changes."""
+    fs, b = bucket
+    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    opts = ("--chunks", "32", "--levels", "1", "--no-progress", "--storage-options",
+            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
+    assert _cli("fuse", src, dst, *opts).returncode == 0
+    fs.pipe(f"{b}/out.zarr/notes.txt", b"the user's notes")
+    fs.pipe(f"{b}/out.zarr-backup/x", b"beside")
+    before = _keys(fs, b)
+    res = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
+    assert res.returncode == 0, res.stderr
+    after = _keys(fs, b)
+    assert {k: v for k, v in after.items() if not k.startswith(f"{b}/out.zarr/")} == {
+        k: v for k, v in before.items() if not k.startswith(f"{b}/out.zarr/")
+    }  # nothing beside dst, no staging prefix left
+    assert after[f"{b}/out.zarr/notes.txt"] == before[f"{b}/out.zarr/notes.txt"]
+    import zarr
+
+    out = zarr.open_group(dst, mode="r", storage_options=s3)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    expected = focus_stack(_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(out["0"][...], expected)
+
+
+def test_the_lock_of_an_s3_run_keeps_beating(s3, bucket, monkeypatch):
+    """The heartbeat touched the lock, which s3fs refuses for an existing object (and the
+    error was swallowed): after 60 s any second run took over a live run's dst. It is
+    rewritten now, and stays live."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs import lock as _lock
+
+    fs, b = bucket
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.3)
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 2.0)  # S3 dates objects to the second
+    where = resolve(f"s3://{b}/out.zarr/.fstack_dask/lock", name="dst", storage_options=s3)
+    held = _lock.DestinationLock(where, "dst 'out.zarr'")
+    held.acquire()
+    try:
+        time.sleep(4.0)
+        info = _lock.read_lock(where)
+        assert info is not None and info["token"] == held.token
+        assert _lock.lock_is_live(info), time.time() - info["mtime"]
+        assert not held.lost
+    finally:
+        held.release()
+    assert not fs.exists(f"{b}/out.zarr/.fstack_dask/lock")
+
+
+def test_an_opened_remote_array_is_the_source_it_reads(s3, bucket):
+    """A ``zarr.Array`` opened on S3 had no place, so no overlap check ran: a dst inside it
+    was written into the source's store."""
+    import zarr
+
+    fs, b = bucket
+    src = f"s3://{b}/src.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    before = _keys(fs, b)
+    array = zarr.open_array(f"{src}/0", mode="r", storage_options=s3)
+    with pytest.raises(ValueError, match="dst .*source"):
+        fuse_zarr(array, f"{src}/0/fused", axes="zyx", dst_storage_options=s3, progress=False)
+    assert _keys(fs, b) == before
+
+
+def test_a_dst_in_a_bucket_that_does_not_exist_is_refused(s3, bucket):
+    """s3fs creates the bucket a write names: a typo in the bucket was created, silently."""
+    fs, b = bucket
+    write_stack(f"s3://{b}/src.zarr", _stack(), axes="zyx", storage_options=s3)
+    typo = f"{b}x"
+    with pytest.raises(FileNotFoundError, match=f"bucket '{typo}' does not exist"):
+        fuse_zarr(f"s3://{b}/src.zarr", f"s3://{typo}/out.zarr", storage_options=s3,
+                  dst_storage_options=s3, progress=False)  # fmt: skip
+    assert not fs.exists(typo)
