@@ -160,3 +160,56 @@ def test_a_dst_in_a_bucket_that_does_not_exist_is_refused(s3, bucket):
         fuse_zarr(f"s3://{b}/src.zarr", f"s3://{typo}/out.zarr", storage_options=s3,
                   dst_storage_options=s3, progress=False)  # fmt: skip
     assert not fs.exists(typo)
+
+
+KILLED_IN_THE_SWAP = """
+import os, signal, sys
+from fstack_dask._outputs import folders
+
+move = folders._move_objects
+
+def move_then_die(fs, src, dst):
+    remove = fs.rm
+
+    def rm(paths, *args, **kwargs):  # the first delete: the old output's root zarr.json
+        remove(paths, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    fs.rm = rm
+    move(fs, src, dst)
+
+folders._move_objects = move_then_die
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
+    """No rename on S3: the swap copies. Killed once the old output is copied aside and its
+    root zarr.json deleted: dst is refused by the next runs (never taken for a complete output
+    with chunks missing), and both outputs are whole beside it."""
+    fs, b = bucket
+    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    opts = ("--chunks", "32", "--levels", "0", "--no-progress", "--storage-options",
+            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
+    assert _cli("fuse", src, dst, *opts).returncode == 0
+    old = {k[len(f"{b}/out.zarr/") :]: v for k, v in _keys(fs, b).items()
+           if k.startswith(f"{b}/out.zarr/")}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_THE_SWAP, "fuse", src, dst, *opts, "--overwrite",
+         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    keys = _keys(fs, b)
+    assert f"{b}/out.zarr/zarr.json" not in keys and f"{b}/out.zarr/0/zarr.json" in keys
+    (aside,) = {k.split("/")[1] for k in keys if "fstack-staging-old-" in k}
+    assert {k[len(f"{b}/{aside}/") :]: v for k, v in keys.items()
+            if k.startswith(f"{b}/{aside}/") and "/.fstack_dask/" not in k} == old  # fmt: skip
+    (new,) = {k.split("/")[1] for k in keys if "fstack-staging-" in k} - {aside}
+    staged = json.loads(fs.cat(f"{b}/{new}/zarr.json"))["attributes"]["fstack_dask"]
+    assert staged["complete"] is True and staged["nhsize"] == 5
+    for flag in ("--resume", "--overwrite"):
+        res = _cli("fuse", src, dst, *opts, flag, "--nhsize", "5")
+        assert res.returncode == 2 and "not an fstack_dask output" in res.stderr, res.stderr
+    assert _keys(fs, b) == keys
