@@ -196,6 +196,8 @@ _API_TO_OPTION = (
     ("device='cuda'", "--device cuda"),
     ("use device='cpu'", "use --device cpu"),
     ("or device='cpu'", "or --device cpu"),
+    ("check dst_storage_options=", "check --dst-storage-options"),
+    ("check storage_options=", "check --storage-options"),
 )
 
 

@@ -32,6 +32,6 @@ their parents, and the protected locations the caller names, such as the source)
 
 from .location import Location
 from .remove import remove_tree
-from .resolve import resolve
+from .resolve import reach, resolve
 
-__all__ = ["Location", "remove_tree", "resolve"]
+__all__ = ["Location", "reach", "remove_tree", "resolve"]

@@ -127,3 +127,28 @@ def _remote(
     if protocol == "http":
         return Location(spec, protocol, _http_url(spec, spec, name), dict(options))
     return _place(spec, protocol, str(cls._strip_protocol(spec)), name, options, writable)
+
+
+def reach(location: Location, *, name: str) -> None:
+    """Ask a remote ``location`` once whether it exists, so that an endpoint that does not
+    answer, missing credentials or a wrong storage option is told naming the parameter
+    (botocore's ``EndpointConnectionError`` or ``NoCredentialsError`` named neither: a sixth
+    adversarial run).
+
+    Raises
+    ------
+    ValueError
+        If the filesystem cannot be created or does not answer.
+    """
+    if location.is_local:
+        return
+    option = "storage_options" if name == "src" else f"{name}_storage_options"
+    try:
+        location.exists()
+    except Exception as exc:
+        told = " ".join(f"{type(exc).__name__}: {exc}".split())
+        also = "; dst does not inherit src's options" if name != "src" else ""
+        raise ValueError(
+            f"{name} {location.spec!r} cannot be reached ({told}); check {option}= (the "
+            f"endpoint, the credentials{also})"
+        ) from exc

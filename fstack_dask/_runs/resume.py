@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._locations import resolve
+from .._locations import reach, resolve
 from .._outputs.destination import Destination
 from .._outputs.state import (
     OutputState,
@@ -89,6 +89,7 @@ def examine(
     A resume with the block size and levels left automatic takes the interrupted run's.
     """
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
+    reach(dst_loc, name="dst")
     source = fusion.source
     destination = Destination(dst_loc, protect=source.protected(), entries=fusion.spec.entries)
     mode = destination.check(overwrite=overwrite, resume=resume)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .._locations import resolve
+from .._locations import reach, resolve
 from .share import Shared
 from .source import Source, check_extent
 from .stack_meta import OpenedStack
@@ -86,6 +86,7 @@ def open_source(
         return _from_opened(open_image_files(text, axes=axes, name="src"), None)
     location = resolve(src, name="src", storage_options=storage_options)
     if not location.is_local:
+        reach(location, name="src")
         return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
     path = location.path
     lower = path.lower()

@@ -213,3 +213,30 @@ def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
         res = _cli("fuse", src, dst, *opts, flag, "--nhsize", "5")
         assert res.returncode == 2 and "not an fstack_dask output" in res.stderr, res.stderr
     assert _keys(fs, b) == keys
+
+
+def test_an_unreachable_store_is_one_line_naming_its_option(s3, bucket):
+    """botocore's errors named neither the parameter nor the option, with exit 1; a typo in
+    an option gave fsspec's TypeError about ``AioSession``."""
+    fs, b = bucket
+    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
+    write_stack(src, _stack(), axes="zyx", storage_options=s3)
+    nowhere = json.dumps({**s3, "endpoint_url": "http://127.0.0.1:1",
+                          "config_kwargs": {"retries": {"max_attempts": 1}}})  # fmt: skip
+    typo = json.dumps({"endpointurl": s3["endpoint_url"], "key": "k", "secret": "s"})
+    good = json.dumps(s3)
+    cases = [
+        (("--storage-options", nowhere, "--dst-storage-options", good), "src", "--storage-options"),
+        (("--storage-options", good, "--dst-storage-options", nowhere), "dst",
+         "--dst-storage-options"),
+        (("--storage-options", good, "--dst-storage-options", typo), "dst",
+         "--dst-storage-options"),
+    ]  # fmt: skip
+    before = _keys(fs, b)
+    for options, name, option in cases:
+        res = _cli("fuse", src, dst, *options, "--no-progress")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert f"{name} 's3://{b}/" in lines[0] and "cannot be reached" in lines[0], lines[0]
+        assert f"check {option} " in lines[0], lines[0]
+    assert _keys(fs, b) == before
