@@ -83,17 +83,24 @@ def _cli(*args, env=None):
     )  # fmt: skip
 
 
+def _fused_once(b: str, s3: dict, *, levels: int) -> tuple[str, str, tuple[str, ...]]:
+    """A source in bucket ``b``, fused once into ``out.zarr`` beside it by the CLI: the
+    source's URL, dst's, and the CLI options used."""
+    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    opts = ("--chunks", "32", "--levels", str(levels), "--no-progress", "--storage-options",
+            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
+    assert _cli("fuse", src, dst, *opts).returncode == 0
+    return src, dst, opts
+
+
 def test_an_overwrite_on_s3_replaces_our_output_and_keeps_the_users_objects(s3, bucket):
     """``fs.mv`` failed on S3's folder placeholders after copying everything: every
     overwrite ended with an error and one more copy of the old output (and of the user's
     notes) beside dst. Now the old output is replaced, the user's object kept in dst, and no
     key outside dst changes."""
     fs, b = bucket
-    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
-    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
-    opts = ("--chunks", "32", "--levels", "1", "--no-progress", "--storage-options",
-            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
-    assert _cli("fuse", src, dst, *opts).returncode == 0
+    src, dst, opts = _fused_once(b, s3, levels=1)
     fs.pipe(f"{b}/out.zarr/notes.txt", b"the user's notes")
     fs.pipe(f"{b}/out.zarr-backup/x", b"beside")
     before = _keys(fs, b)
@@ -189,11 +196,7 @@ def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
     root zarr.json deleted: dst is refused by the next runs (never taken for a complete output
     with chunks missing), and both outputs are whole beside it."""
     fs, b = bucket
-    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
-    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
-    opts = ("--chunks", "32", "--levels", "0", "--no-progress", "--storage-options",
-            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
-    assert _cli("fuse", src, dst, *opts).returncode == 0
+    src, dst, opts = _fused_once(b, s3, levels=0)
     old = {k[len(f"{b}/out.zarr/") :]: v for k, v in _keys(fs, b).items()
            if k.startswith(f"{b}/out.zarr/")}  # fmt: skip
     proc = subprocess.run(
