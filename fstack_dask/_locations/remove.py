@@ -88,9 +88,10 @@ def remove_tree(
         else:
             fs.rm(location.path, recursive=True)
         return []
+    order = list(dict.fromkeys(only))
     listed = location.listdir()
-    kept = [entry for entry in listed if entry not in set(only)]
-    for entry in [e for e in dict.fromkeys(only) if e in listed]:
+    kept = [entry for entry in listed if entry not in set(order)]
+    for entry in [e for e in order if e in listed]:
         target = location.child(entry)
         if target.is_local:
             if os.path.isdir(target.path) and not os.path.islink(target.path):
