@@ -31,7 +31,7 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
-from .remove import remove_tree
+from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
-__all__ = ["Location", "reach", "remove_tree", "resolve"]
+__all__ = ["Location", "mounts_within", "reach", "remove_tree", "resolve"]

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from .._errors import DestinationLockedError
-from .._locations import Location
+from .._locations import Location, mounts_within
 
 __all__ = ["exchange", "make_folder", "move", "renameat2", "take_on_looks", "unswappable"]
 
@@ -151,7 +151,9 @@ def unswappable(dst: Location) -> str | None:
         return None
     if os.path.ismount(dst.path):
         return "is a mount point, which cannot be replaced by another folder"
-    mounted = [n for n in sorted(os.listdir(dst.path)) if os.path.ismount(dst.child(n).path)]
+    mounted = [os.path.relpath(m, dst.path) for m in mounts_within(dst.path)] or [
+        n for n in sorted(os.listdir(dst.path)) if os.path.ismount(dst.child(n).path)
+    ]  # (ismount where there is no /proc: it does not see a folder bound there)
     if mounted:  # it could not be moved back into the new output
         return f"holds a mount point ({mounted[0]!r}), which cannot be moved to the new output"
     parent = os.stat(os.path.dirname(dst.path))

@@ -680,6 +680,40 @@ def test_an_overwrite_of_an_output_holding_a_mount_point_is_refused(tmp_path):
         subprocess.run(["umount", "-l", str(dst / "ann")], check=False)
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monkeypatch,
+                                                                  finished):  # fmt: skip
+    """The source bound (``mount --bind``) at ``out.zarr/depth/7``: ``--overwrite`` walked
+    into it and deleted the source's files, exit 0 (a seventh adversarial run). A bind mount
+    of the same filesystem is no mount point to ``os.path.ismount``; the mount table tells.
+    Refused, before anything is computed (finished) or removed (unfinished: cleared in
+    place)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a bind mount needs root")
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if finished:
+        fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, progress=False)
+    else:
+        _interrupted(src, dst, monkeypatch, depth_map=True)
+    inside = dst / "depth" / "7"
+    inside.mkdir()
+    proc = subprocess.run(["mount", "--bind", str(src), str(inside)], capture_output=True,
+                          text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    try:
+        before = tree_digest(src)
+        with pytest.raises((ValueError, PermissionError), match="depth/7"):
+            fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, overwrite=True, progress=False)
+        assert tree_digest(src) == before
+    finally:
+        from fstack_dask._locations import mounts_within
+
+        for point in mounts_within(os.path.realpath(tmp_path)):  # wherever a swap took it
+            subprocess.run(["umount", "-l", point], check=False)
+
+
 def test_an_output_of_another_user_in_a_sticky_folder_cannot_be_swapped(tmp_path, monkeypatch):
     """In a sticky folder (``/tmp``, a shared project folder: 1777) only a folder's owner may
     rename it: another user's overwrite computed everything, then failed at the swap, and its
