@@ -49,11 +49,11 @@ from .state import (
     classify,
     copied_provenance,
     foreign_entries,
+    ours_within,
     owned_output,
     provenance,
     recorded_entries,
     run_record,
-    written_by_us,
 )
 
 __all__ = ["Destination", "Target"]
@@ -371,7 +371,7 @@ class Destination:
     ) -> list[str]:
         names = [n for n in names if folder.child(n).exists()]
         kept = remove_tree(folder, owned=owned, protect=self.protect, only=names,
-                           keep_folder=keep_folder, ours_within=written_by_us)  # fmt: skip
+                           keep_folder=keep_folder, ours_within=ours_within(folder))  # fmt: skip
         theirs = [k for k in kept if k != STATE_DIR]  # (ours: a clear keeps it on purpose)
         if theirs:
             # folder.url, not .spec: a staging folder carries the spec of dst.
@@ -392,13 +392,14 @@ class Destination:
         # its data), so that a run killed while removing leaves an output the next run still
         # knows as ours, and removes, not one it must refuse (a fifth adversarial run).
         proofs = {f"{STATE_DIR}/{RUN_FILE}", "/".join(ID_FILE)}
+        ours = ours_within(folder)
         first = remove_tree(folder, owned=owned_output, protect=self.protect,
                             only=sorted(entries - {"zarr.json"}), keep_folder=True,
                             ours_within=lambda entry, path: f"{entry}/{path}" not in proofs
-                            and written_by_us(entry, path))  # fmt: skip
+                            and ours(entry, path))  # fmt: skip
         then = remove_tree(folder, owned=owned_output, protect=self.protect,
                            only=[STATE_DIR, ID_FILE[0], "zarr.json"], keep_folder=keep_folder,
-                           ours_within=written_by_us)  # fmt: skip
+                           ours_within=ours)  # fmt: skip
         # (entries beside ours, and the proofs, are listed by the second pass, if left)
         kept = sorted({k for k in first if "/" in k and k not in proofs} | set(then))
         if kept:

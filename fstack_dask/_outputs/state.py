@@ -35,7 +35,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,55 @@ def written_by_us(entry: str, path: str) -> bool:
     # a map: a group of levels (a user's Zarr array nested anywhere deeper is not ours)
     level, _, key = path.partition("/")
     return path == "zarr.json" or (level.isdigit() and bool(_ARRAY_KEY.fullmatch(key)))
+
+
+def ours_within(location: Location) -> Callable[[str, str], bool]:
+    """:func:`written_by_us`, narrowed to the output at ``location``: a level or a map's level
+    only up to the levels its record lists, a chunk key only within its array's chunk grid
+    (``depth/7/zarr.json`` or ``0/c/99``, named like ours, are a user's: a seventh
+    adversarial run saw them deleted). An array whose metadata is gone is judged by name."""
+    params = provenance(location) or (run_record(location) or {}).get("params") or {}
+    try:
+        levels = int(params.get("levels") or 0)
+    except (TypeError, ValueError):
+        levels = 0
+    grids: dict[str, tuple[int, ...] | None] = {}
+
+    def grid(array: str) -> tuple[int, ...] | None:
+        if array not in grids:  # read before the first of its files goes
+            meta = _read_json(location.child(*array.split("/"), "zarr.json")) or {}
+            try:
+                chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+                grids[array] = tuple(-(-int(n) // int(c)) for n, c in
+                                     zip(meta["shape"], chunks, strict=True))  # fmt: skip
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                grids[array] = None
+        return grids[array]
+
+    def ours(entry: str, path: str) -> bool:
+        if entry == STATE_DIR or not written_by_us(entry, path):
+            return entry == STATE_DIR
+        path = ZARR_PARTIAL.sub("", path)
+        if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
+            return True
+        array, key = entry, path
+        if not entry.isdigit():  # a map: its levels' arrays
+            if path == "zarr.json":
+                return True
+            level, _, key = path.partition("/")
+            array = f"{entry}/{level}"
+        if int(array.rpartition("/")[2]) > levels:
+            return False
+        if key == "zarr.json":
+            return True
+        indices, shape = key.split("/")[1:], grid(array)
+        if shape is None:
+            return True
+        return len(indices) == len(shape) and all(
+            int(i) < n for i, n in zip(indices, shape, strict=True)
+        )
+
+    return ours
 
 
 def _read_json(location: Location) -> Any:

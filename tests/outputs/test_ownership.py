@@ -362,6 +362,9 @@ def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, mo
     # a user's own Zarr arrays nested in ours (a third adversarial run: their zarr.json and
     # chunks were taken for ours, since those names were matched at any depth)
     theirs = ["0/notes/zarr.json", "0/notes/c/1", "depth/0/cells/c/0/0", "depth/cells/zarr.json"]
+    # named as ours would be, beyond the output's levels or its arrays' chunk grids (a seventh
+    # adversarial run: matched by name alone, they were deleted)
+    theirs += ["depth/7/zarr.json", "depth/7/c/0/0", "0/c/99", "0/c/5/0", "1/c/9/0/0"]
     for name in theirs:
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         (dst / name).write_text(f"mine: {name}")
