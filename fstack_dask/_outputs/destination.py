@@ -388,10 +388,11 @@ class Destination:
             raise PermissionError(
                 f"refusing to delete {folder.url!r}: it is not an fstack_dask output"
             )
-        # What shows the folder to be ours goes last (the done-markers first: none may outlive
-        # its data), so that a run killed while removing leaves an output the next run still
-        # knows as ours, and removes, not one it must refuse (a fifth adversarial run).
-        proofs = {f"{STATE_DIR}/{RUN_FILE}", "/".join(ID_FILE)}
+        # What shows the folder to be ours, and the lock a remover may hold, go last (the
+        # done-markers first: none may outlive its data), so that a run killed while removing
+        # leaves an output the next run still knows as ours, and removes, not one it must
+        # refuse (a fifth adversarial run).
+        proofs = {f"{STATE_DIR}/{RUN_FILE}", f"{STATE_DIR}/lock", "/".join(ID_FILE)}
         ours = ours_within(folder)
         first = remove_tree(folder, owned=owned_output, protect=self.protect,
                             only=sorted(entries - {"zarr.json"}), keep_folder=True,

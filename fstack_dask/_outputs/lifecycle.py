@@ -21,7 +21,16 @@ from .write import OutputSpec, create_output
 
 log = logging.getLogger(__name__)
 
-__all__ = ["claim", "fail", "finish", "open_result", "prepare", "record_source", "tidy_complete"]
+__all__ = [
+    "claim",
+    "fail",
+    "finish",
+    "open_result",
+    "prepare",
+    "record_source",
+    "remove_finished",
+    "tidy_complete",
+]
 
 
 def claim(destination: Destination, mode: str) -> Target:
@@ -165,6 +174,18 @@ def tidy_complete(destination: Destination) -> None:
             entry = target.state.folder.child(name)
             if entry.exists():
                 remove_tree(entry, owned=lambda _loc: None, protect=destination.protect)
+    finally:
+        Destination.release(target)
+
+
+def remove_finished(destination: Destination) -> None:
+    """Remove a complete output of ours, under its lock: a run writing there now is refused
+    (:class:`DestinationLockedError`), and what it writes never removed. (Two runs removing
+    a TIFF's working store at once, the second then fusing into a new one between the first's
+    passes, lost it: a seventh adversarial run.)"""
+    target = destination.take("complete")
+    try:
+        destination.remove(destination.dst)
     finally:
         Destination.release(target)
 

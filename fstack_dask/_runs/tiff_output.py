@@ -32,6 +32,7 @@ from typing import Any
 
 from .._locations import Location, resolve
 from .._outputs.destination import Destination
+from .._outputs.lifecycle import remove_finished
 from .._outputs.state import classify
 from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
 from .fusion import plan_fusion, with_block
@@ -80,7 +81,7 @@ def fuse_to_tiff(
         # complete), and its removal cut short: what is left may lack chunks, so it is never
         # converted again (a resume did, over the good TIFF: a fifth adversarial run), only
         # removed.
-        Destination(work, protect=fusion.source.protected()).remove(work)
+        remove_finished(Destination(work, protect=fusion.source.protected()))
     if owner is not None and resume and classify(work) == "absent":
         _check_complete(tiff, work, owner, fusion, plan)
         log.info("%s is already complete; nothing to resume", tiff.spec)
@@ -100,7 +101,7 @@ def fuse_to_tiff(
         looks_like=tiff.path if os.path.isfile(tiff.path) else None,  # a private TIFF's too
     )  # fmt: skip
     try:
-        Destination(work, protect=fusion.source.protected()).remove(work)
+        remove_finished(Destination(work, protect=fusion.source.protected()))
     except Exception as exc:  # the TIFF is in place: the run succeeded
         log.warning(
             "%s is written, but its working store %s could not be removed (%s): remove it "

@@ -318,6 +318,34 @@ def test_a_kill_while_the_working_store_is_removed_then_resume(tmp_path, at):
         np.testing.assert_array_equal(level, want)
 
 
+def test_a_second_run_while_the_working_store_is_removed_is_refused(tmp_path, monkeypatch):
+    """The working store was removed without its lock: a second ``--overwrite`` meanwhile
+    removed it too, fused into a new one, and the first run's removal then took that one's
+    files (a seventh adversarial run). The removal holds the store's lock now."""
+    from fstack_dask._errors import DestinationLockedError
+    from fstack_dask._outputs.destination import Destination
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(200, 300), planes=5, channels=1)
+    dst = tmp_path / "out.ome.tif"
+    kwargs = {"chunks": 64, "levels": 0, "progress": False}
+    fstack_dask.fuse_zarr(src, dst, **kwargs)
+    real, second = Destination.remove, []
+
+    def remove(self, folder, **kw):
+        if folder.name.endswith(".fstack-work") and not second:  # the first run's removal
+            second.append("started")
+            with pytest.raises(DestinationLockedError, match="being written by"):
+                fstack_dask.fuse_zarr(src, dst, overwrite=True, **kwargs)
+        return real(self, folder, **kw)
+
+    monkeypatch.setattr(Destination, "remove", remove)
+    fstack_dask.fuse_zarr(src, dst, overwrite=True, nhsize=5, **kwargs)
+    assert second and sorted(os.listdir(tmp_path)) == ["out.ome.tif", "stack.ome.zarr"]
+    ref = fstack_dask.fuse_zarr(src, tmp_path / "ref.ome.zarr", nhsize=5, **kwargs)
+    np.testing.assert_array_equal(_levels_of(dst)[0], ref["0"][:])
+
+
 def test_what_a_tiff_cannot_hold_is_refused_before_anything_is_written(tmp_path):
     data = np.random.default_rng(0).integers(0, 9, (5, 40, 40)).astype(np.int64)
     zarr.save_array(str(tmp_path / "s.zarr"), data)
