@@ -204,6 +204,7 @@ class DestinationLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # holds the flock while this run lives
+        self._beaten = 0.0  # when the lock was last taken or refreshed (monotonic)
         self.held = False
         self.lost = False
 
@@ -230,6 +231,7 @@ class DestinationLock:
             else:
                 raise DestinationLockedError(f"could not take the lock of {self.what}")
         self.held = True
+        self._beaten = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="fstack-dask-lock", daemon=True)
         self._thread.start()
 
@@ -291,7 +293,13 @@ class DestinationLock:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
             with contextlib.suppress(Exception):
-                if not self.mine():  # never refresh a lock someone else holds now
+                # On an object store the check below and the rewrite are not one step: a run
+                # stalled past the stale age (a suspended process) may have been taken over
+                # meanwhile, and never rewrites then (it overwrote the lock of the run that took
+                # over: a seventh adversarial run). Locally it touches its own inode only.
+                stalled = (not self.lock.is_local
+                           and time.monotonic() - self._beaten >= LOCK_STALE_AFTER)  # fmt: skip
+                if stalled or not self.mine():  # never refresh a lock someone else holds now
                     self.lost = True
                     return
                 if self._fd is not None:
@@ -301,6 +309,7 @@ class DestinationLock:
                 else:  # rewritten: s3fs cannot touch an existing object (it raised here, and
                     # the lock of every S3 run went stale after 60 s: a sixth adversarial run)
                     self.lock.fs.pipe_file(self.lock.path, self.body)
+                self._beaten = time.monotonic()
 
     def stop_heartbeat(self) -> None:
         self._stop.set()

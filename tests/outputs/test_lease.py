@@ -222,3 +222,29 @@ def test_a_lease_taken_over_is_refused_to_its_old_holder(tmp_path):
     finally:
         Destination.release(target)
     assert not Path(dst / STATE_DIR).exists()
+
+
+def test_a_stalled_run_never_rewrites_an_object_store_lock(monkeypatch):
+    """On an object store the heartbeat reads the lock (still ours?) and then rewrites it: not
+    one step. A run stalled in between past the stale age, whose lock another run took over
+    meanwhile, wrote its own back over it, and the run that took over lost (a seventh
+    adversarial run). After such a stall it rewrites nothing and counts the lock lost. (The
+    interleaving is made by hand: the ownership check passed, then the takeover.)"""
+    import uuid
+
+    from fstack_dask._outputs import lock as _lock
+
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
+    where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
+    held = _lock.DestinationLock(where, "dst 'out.zarr'")
+    held.acquire()
+    try:
+        taker = _lock.DestinationLock(where, "dst 'out.zarr'")
+        held._beaten = time.monotonic() - 2 * _lock.LOCK_STALE_AFTER  # suspended that long
+        where.fs.pipe_file(where.path, taker.body)  # the other run took it over
+        monkeypatch.setattr(held, "mine", lambda: True)  # as checked before the takeover
+        time.sleep(0.5)
+        assert json.loads(where.read_bytes())["token"] == taker.token
+        assert held.lost
+    finally:
+        held.stop_heartbeat()
