@@ -123,12 +123,21 @@ class Location:
         created: a sixth adversarial run.)"""
         if self.protocol not in _BUCKET_PROTOCOLS:
             return None
-        bucket = self.path.lstrip("/").split("/", 1)[0]
+        bucket, _, key = self.path.lstrip("/").partition("/")
         try:
-            there = self.fs.exists(bucket)
-        except Exception:  # cannot tell (no right to list buckets): the writes will say
+            if self.fs.exists(bucket):
+                return None
+            # s3fs's probes need rights on the bucket itself, which credentials for a prefix
+            # lack (it says False then): a listing under dst's own prefix tells
+            probe = getattr(self.fs, "call_s3", None)
+            if probe is not None:
+                probe("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+                return None
+        except FileNotFoundError:  # NoSuchBucket
+            return bucket
+        except Exception:  # cannot tell: the writes will say
             return None
-        return None if there else bucket
+        return bucket
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"

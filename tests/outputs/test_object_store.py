@@ -243,3 +243,26 @@ def test_an_unreachable_store_is_one_line_naming_its_option(s3, bucket):
         assert f"{name} 's3://{b}/" in lines[0] and "cannot be reached" in lines[0], lines[0]
         assert f"check {option} " in lines[0], lines[0]
     assert _keys(fs, b) == before
+
+
+def test_credentials_for_a_prefix_are_not_told_their_bucket_is_missing(s3, bucket, monkeypatch):
+    """Credentials limited to a prefix may not ask about the bucket itself (HeadBucket,
+    GetBucketLocation: refused here, on the real server, as such a policy refuses them); s3fs
+    then says the bucket does not exist, and so did the bucket check (a seventh adversarial
+    run). A listing under dst's prefix tells."""
+    import s3fs
+
+    fs, b = bucket
+    write_stack(f"s3://{b}/src.zarr", _stack(), axes="zyx", storage_options=s3)
+    call = s3fs.S3FileSystem._call_s3
+
+    async def refused(self, method, *args, **kwargs):
+        if method in ("head_bucket", "get_bucket_location"):
+            raise PermissionError("Access Denied")
+        return await call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", refused)
+    opts = {**s3, "skip_instance_cache": True}  # not an instance that knows the bucket
+    out = fuse_zarr(f"s3://{b}/src.zarr", f"s3://{b}/mine/out.zarr", storage_options=s3,
+                    dst_storage_options=opts, chunks=32, levels=0, progress=False)  # fmt: skip
+    assert out.attrs["fstack_dask"]["complete"] is True
