@@ -246,8 +246,11 @@ class Destination:
     def staged_run(self) -> Location | None:
         """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
         for folder in sorted(self.staging_folders(), key=lambda f: f.name):
-            if run_record(folder) is not None and live_lock(OutputState(folder).lock) is None:
-                return folder
+            if run_record(folder) is None or live_lock(OutputState(folder).lock) is not None:
+                continue
+            if provenance(folder) is not None and not folder.child("0", "zarr.json").exists():
+                continue  # its removal was cut short (the record goes last): not resumable
+            return folder
         return None
 
     # -- taking dst ------------------------------------------------------------------------
@@ -291,6 +294,8 @@ class Destination:
                 if mode == "replace":
                     self._refuse_collisions()
                     self.clear(self.dst)
+                if mode == "complete":  # none beside it is resumable: what is left goes
+                    self.remove_stale_staging()
                 if mode in ("resume", "complete"):
                     target.needs_create = provenance(self.dst) is None
                     if target.needs_create:  # killed while creating: start the structure again
@@ -401,8 +406,10 @@ class Destination:
         then = remove_tree(folder, owned=owned_output, protect=self.protect,
                            only=[STATE_DIR, ID_FILE[0], "zarr.json"], keep_folder=keep_folder,
                            ours_within=ours)  # fmt: skip
-        # (entries beside ours, and the proofs, are listed by the second pass, if left)
-        kept = sorted({k for k in first if "/" in k and k not in proofs} | set(then))
+        # (entries beside ours, and the proofs, are listed by the second pass, if left; an
+        # entry of ours is listed there too when the first kept a user's file inside it)
+        inside = {k for k in first if "/" in k and k not in proofs}
+        kept = sorted(inside | {k for k in then if not any(n.startswith(f"{k}/") for n in inside)})
         if kept:
             log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
         return kept

@@ -372,6 +372,7 @@ def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, mo
     proc = cli("fuse", src, dst, "--overwrite", "--depth-map", *FUSE)
     assert proc.returncode == 0, proc.stderr
     assert "0/annotations/cells.csv" in proc.stderr and "depth/0/x.txt" in proc.stderr
+    assert "'depth'" not in proc.stderr and "'0'" not in proc.stderr  # the files, not around
     found = {p.name: p for p in tmp_path.rglob("*") if p.name in ("cells.csv", "x.txt")}
     assert found["cells.csv"].read_text() == "x,y\n1,2\n" and found["x.txt"].read_text() == "mine"
     for name in theirs:
@@ -588,6 +589,32 @@ def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
     assert _hidden(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
     expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
+def test_a_stale_overwrite_whose_removal_was_cut_short_is_not_resumed(tmp_path, monkeypatch):
+    """An interrupted ``--overwrite`` leaves its staging folder; a later overwrite removing
+    it as stale is killed between its two passes (only the record, the id and the root
+    metadata left). ``--resume`` took that for a resumable run and failed on it, the same
+    way every time (a seventh adversarial run): now it is removed, and dst reported
+    complete."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, progress=False)
+    _interrupted(src, dst, monkeypatch, overwrite=True, nhsize=5, depth_map=True)
+    (stale,) = _hidden(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_REMOVING, rf"{stale}/depth/zarr\.json$",
+         "fuse", str(src), str(dst), "--overwrite", "--depth-map", "--nhsize", "7",
+         *map(str, FUSE)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(f.relative_to(tmp_path / stale).as_posix()
+                  for f in (tmp_path / stale).rglob("*") if f.is_file())  # fmt: skip
+    assert left == [".fstack_dask/run.json", "0/.fstack_dask-output", "zarr.json"], left
+    proc = cli("fuse", src, dst, "--resume", "--depth-map", *FUSE)
+    assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
+    assert stale not in os.listdir(tmp_path)
 
 
 # ------------------------------------------- 4. what an overwrite's swap must not change
