@@ -408,3 +408,17 @@ def test_a_dangling_symlink_as_dst_is_refused_not_followed(src, tmp_path, capsys
     (tmp_path / "elsewhere" / "out.zarr").mkdir()
     assert cli("fuse", src, tmp_path / "out.zarr", "--no-progress").returncode == 0
     np.testing.assert_array_equal(_fused(tmp_path / "elsewhere" / "out.zarr"), _expected())
+
+
+def test_a_path_through_a_folder_that_cannot_be_read_names_the_parameter():
+    """``os.path.realpath`` raises where a folder on the way may not be read (a seventh
+    adversarial run: ``/proc/1/root/...``, a raw PermissionError)."""
+    path = "/proc/1/root/tmp/x.zarr"
+    try:
+        os.path.realpath(path)
+    except OSError:
+        pass
+    else:
+        pytest.skip("this machine lets the path be resolved")
+    with pytest.raises(PermissionError, match=r"^src '/proc/1/root/tmp/x.zarr' cannot be resolved"):
+        resolve(path, name="src")

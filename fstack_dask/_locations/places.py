@@ -32,7 +32,12 @@ def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable
     expanded = os.path.expanduser(path)
     # realpath, not abspath: 'link/..' must mean the parent of the link's target, as the OS
     # would take it, and symlinked spellings must compare equal.
-    canonical = os.path.realpath(expanded)
+    try:
+        canonical = os.path.realpath(expanded)
+    except OSError as exc:  # a folder on the way that may not be read (/proc/1/root, ...)
+        raise PermissionError(
+            f"{name} {spec!r} cannot be resolved: {exc.strerror or exc} ({exc.filename!r})"
+        ) from None
     try:
         os.stat(canonical)
     except OSError as exc:
