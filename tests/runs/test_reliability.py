@@ -449,6 +449,15 @@ def test_killing_a_worker_mid_run_still_gives_the_full_output(tmp_path, stack):
 # ------------------------------------------------------------- 3. concurrent writers
 
 
+def _wait_stopped(pid: int) -> None:
+    import psutil
+
+    deadline = time.monotonic() + TIMEOUT
+    while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, "the process did not stop"
+        time.sleep(0.001)
+
+
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, stack):
     dst = tmp_path / "fused.zarr"
     child_tmp = tmp_path / "child-tmp"
@@ -460,6 +469,8 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, stack):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.0005)
         first.send_signal(signal.SIGSTOP)  # alive but making no progress (a slow run)
+        # The signal is not taken at once: a busy machine saw a chunk written after it was sent.
+        _wait_stopped(first.pid)
         before = _tree(dst)
         for extra in ([], ["--resume"], ["--overwrite"]):
             res = cli("fuse", stack["src"], dst, *FUSE_OPTS, *extra, tmp=child_tmp)
