@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from fstack_dask import synthetic_stack, write_stack
 
@@ -72,3 +75,22 @@ KILLED_WHILE_REMOVING = textwrap.dedent(
     sys.exit(main(sys.argv[2:]))
     """
 )
+
+
+def bind_or_skip(folder: Path, at: Path) -> None:
+    """``mount --bind folder at`` (root only: elsewhere the test is skipped)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a bind mount needs root")
+    proc = subprocess.run(["mount", "--bind", str(folder), str(at)], capture_output=True,
+                          text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+
+
+def unmount_all_under(folder: Path) -> None:
+    """Lazily (a file a failed run opened there may wait for the collector), wherever a swap
+    took them."""
+    from fstack_dask._locations import mounts_within
+
+    for point in reversed(mounts_within(os.path.realpath(folder))):
+        subprocess.run(["umount", "--lazy", point], check=False)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest as _tree
+from safety_util import bind_or_skip, unmount_all_under
 
 from fstack_dask import fuse_zarr, write_stack
 from fstack_dask._locations import resolve
@@ -152,22 +153,14 @@ def test_a_source_whose_chunks_are_linked_from_inside_dst_is_protected(tmp_path,
 def bind_mount(tmp_path):
     """``tmp_path/real`` bound at ``tmp_path/bound`` (``mount --bind``, as Apptainer and Docker
     give host folders under other names): one folder, two canonical paths."""
-    import subprocess
-
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a bind mount needs root")
     real, bound = tmp_path / "real", tmp_path / "bound"
     real.mkdir()
     bound.mkdir()
-    proc = subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    bind_or_skip(real, bound)
     try:
         yield real, bound
     finally:
-        # lazily: a file the failed runs opened through it may wait for the collector
-        subprocess.run(["umount", "--lazy", str(bound)], check=True)
+        unmount_all_under(tmp_path)
 
 
 def test_a_source_reached_through_a_bind_mount_is_still_the_source(bind_mount):

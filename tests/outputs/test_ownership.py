@@ -23,10 +23,12 @@ from conftest import tree_digest
 from safety_util import (
     CHUNK,
     KILLED_WHILE_REMOVING,
+    bind_or_skip,
     cli,
     digest_of,
     one_line_error,
     small_stack,
+    unmount_all_under,
     write_src,
 )
 
@@ -718,8 +720,6 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
     of the same filesystem is no mount point to ``os.path.ismount``; the mount table tells.
     Refused, before anything is computed (finished) or removed (unfinished: cleared in
     place)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a bind mount needs root")
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     if finished:
@@ -728,20 +728,14 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
         _interrupted(src, dst, monkeypatch, depth_map=True)
     inside = dst / "depth" / "7"
     inside.mkdir()
-    proc = subprocess.run(["mount", "--bind", str(src), str(inside)], capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    bind_or_skip(src, inside)
     try:
         before = tree_digest(src)
         with pytest.raises((ValueError, PermissionError), match="depth/7"):
             fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, overwrite=True, progress=False)
         assert tree_digest(src) == before
     finally:
-        from fstack_dask._locations import mounts_within
-
-        for point in mounts_within(os.path.realpath(tmp_path)):  # wherever a swap took it
-            subprocess.run(["umount", "-l", point], check=False)
+        unmount_all_under(tmp_path)
 
 
 def test_an_output_of_another_user_in_a_sticky_folder_cannot_be_swapped(tmp_path, monkeypatch):
