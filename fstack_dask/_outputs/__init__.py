@@ -3,8 +3,9 @@
 What lives here: the output's description and durable block writes (``write``), the
 pyramid's levels and their 2 x 2 means (``pyramid``), the pyramidal OME-TIFF converted from a
 finished OME-Zarr store and moved into place (``tiff``), ``write_stack``, PNG previews
-(``png``), what a run may do with ``dst`` and how it claims, swaps and removes
-(``destination``), the folder moves behind that: exclusive creates, the atomic exchange, what
+(``png``), what a run may do with ``dst`` and how it claims and swaps (``destination``),
+which files of an output are ours and the order a removal takes them in (``removal``), the
+folder moves behind that: exclusive creates, the atomic exchange, what
 a replaced folder keeps (``folders``), a destination's life through one run (``lifecycle``),
 the state folder, run record, done-markers and ownership by record (``state``), and the lock
 as a lease (``lock``).

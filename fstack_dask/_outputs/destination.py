@@ -41,15 +41,13 @@ from .._locations import Location, remove_tree
 from . import folders
 from .folders import STAGING
 from .lock import DestinationLock, Lease, live_lock, locked_message
+from .removal import clear_output, remove_entries, remove_output
 from .state import (
-    ID_FILE,
-    RUN_FILE,
     STATE_DIR,
     OutputState,
     classify,
     copied_provenance,
     foreign_entries,
-    ours_within,
     owned_output,
     provenance,
     recorded_entries,
@@ -374,45 +372,12 @@ class Destination:
     def _remove_entries(
         self, folder: Location, names: Iterable[str], *, keep_folder: bool, owned=owned_output
     ) -> list[str]:
-        names = [n for n in names if folder.child(n).exists()]
-        kept = remove_tree(folder, owned=owned, protect=self.protect, only=names,
-                           keep_folder=keep_folder, ours_within=ours_within(folder))  # fmt: skip
-        theirs = [k for k in kept if k != STATE_DIR]  # (ours: a clear keeps it on purpose)
-        if theirs:
-            # folder.url, not .spec: a staging folder carries the spec of dst.
-            log.warning("kept %s in %s: fstack_dask did not write them", theirs, folder.url)
-        return kept
+        return remove_entries(folder, names, protect=self.protect, keep_folder=keep_folder,
+                              owned=owned)  # fmt: skip
 
     def remove(self, folder: Location, *, keep_folder: bool = False) -> list[str]:
-        """Remove the entries our record lists in ``folder``, and the folder when nothing else
-        is left (unless ``keep_folder``); returns the entries that were kept."""
-        if not folder.exists():
-            return []
-        entries = recorded_entries(folder)
-        if entries is None:
-            raise PermissionError(
-                f"refusing to delete {folder.url!r}: it is not an fstack_dask output"
-            )
-        # What shows the folder to be ours, and the lock a remover may hold, go last (the
-        # done-markers first: none may outlive its data), so that a run killed while removing
-        # leaves an output the next run still knows as ours, and removes, not one it must
-        # refuse (a fifth adversarial run).
-        proofs = {f"{STATE_DIR}/{RUN_FILE}", f"{STATE_DIR}/lock", "/".join(ID_FILE)}
-        ours = ours_within(folder)
-        first = remove_tree(folder, owned=owned_output, protect=self.protect,
-                            only=sorted(entries - {"zarr.json"}), keep_folder=True,
-                            ours_within=lambda entry, path: f"{entry}/{path}" not in proofs
-                            and ours(entry, path))  # fmt: skip
-        then = remove_tree(folder, owned=owned_output, protect=self.protect,
-                           only=[STATE_DIR, ID_FILE[0], "zarr.json"], keep_folder=keep_folder,
-                           ours_within=ours)  # fmt: skip
-        # (entries beside ours, and the proofs, are listed by the second pass, if left; an
-        # entry of ours is listed there too when the first kept a user's file inside it)
-        inside = {k for k in first if "/" in k and k not in proofs}
-        kept = sorted(inside | {k for k in then if not any(n.startswith(f"{k}/") for n in inside)})
-        if kept:
-            log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
-        return kept
+        """Remove our output at ``folder`` (:func:`.removal.remove_output`)."""
+        return remove_output(folder, protect=self.protect, keep_folder=keep_folder)
 
     def remove_run(self, target: Target) -> list[str]:
         """Remove what a run that finished no block wrote into ``target.output``: the
@@ -447,17 +412,8 @@ class Destination:
         return kept
 
     def clear(self, folder: Location) -> None:
-        """Empty our output of what its record says we wrote, keeping the folder and the
-        state folder (which holds this run's lock)."""
-        entries = recorded_entries(folder)
-        if entries is None:
-            raise PermissionError(f"refusing to clear {folder.spec!r}: it is not ours")
-        done = OutputState(folder).done_folder
-        if done.exists():
-            # The markers vouch for data about to be removed: they go first, so that a marker
-            # never outlives its block's data (a later run would skip that block).
-            remove_tree(done, owned=lambda _loc: None, protect=self.protect)
-        self._remove_entries(folder, sorted(entries - {STATE_DIR}), keep_folder=True)
+        """Empty our output (:func:`.removal.clear_output`), keeping its state folder."""
+        clear_output(folder, protect=self.protect)
 
     def remove_stale_staging(self, keep: Location | None = None) -> None:
         """Remove interrupted overwrites beside dst (only their recorded entries)."""

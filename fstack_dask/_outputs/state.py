@@ -35,7 +35,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,75 +62,6 @@ METHOD = "Pertuz et al. 2013 noise-robust selective all-in-focus fusion"
 RUN_KIND = "fstack_dask run"
 # zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
 ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
-_ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
-_ARRAY_KEY = re.compile(r"zarr\.json|c(/[0-9]+)+")  # Zarr v3's default chunk keys: c/0/1/2
-
-
-def written_by_us(entry: str, path: str) -> bool:
-    """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
-    in the state folder; in a level (an array) or a map (a group of levels), the keys Zarr
-    writes for them (``zarr.json``, chunk files ``c/0/1``, zarr's temporary files of either),
-    and the output's id file. A user's file put inside (notes in an array's folder, a Zarr
-    store of the user's at ``0/annotations/cells.zarr``) is not, and is never removed."""
-    if entry == STATE_DIR:
-        return True
-    path = ZARR_PARTIAL.sub("", path)
-    if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
-        return True
-    if entry.isdigit():  # a level: one array
-        return bool(_ARRAY_KEY.fullmatch(path))
-    # a map: a group of levels (a user's Zarr array nested anywhere deeper is not ours)
-    level, _, key = path.partition("/")
-    return path == "zarr.json" or (level.isdigit() and bool(_ARRAY_KEY.fullmatch(key)))
-
-
-def ours_within(location: Location) -> Callable[[str, str], bool]:
-    """:func:`written_by_us`, narrowed to the output at ``location``: a level or a map's level
-    only up to the levels its record lists, a chunk key only within its array's chunk grid
-    (``depth/7/zarr.json`` or ``0/c/99``, named like ours, are a user's: a seventh
-    adversarial run saw them deleted). An array whose metadata is gone is judged by name."""
-    params = provenance(location) or (run_record(location) or {}).get("params") or {}
-    try:
-        levels = int(params.get("levels") or 0)
-    except (TypeError, ValueError):
-        levels = 0
-    grids: dict[str, tuple[int, ...] | None] = {}
-
-    def grid(array: str) -> tuple[int, ...] | None:
-        if array not in grids:  # read before the first of its files goes
-            meta = _read_json(location.child(*array.split("/"), "zarr.json")) or {}
-            try:
-                chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-                grids[array] = tuple(-(-int(n) // int(c)) for n, c in
-                                     zip(meta["shape"], chunks, strict=True))  # fmt: skip
-            except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                grids[array] = None
-        return grids[array]
-
-    def ours(entry: str, path: str) -> bool:
-        if entry == STATE_DIR or not written_by_us(entry, path):
-            return entry == STATE_DIR
-        path = ZARR_PARTIAL.sub("", path)
-        if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
-            return True
-        array, key = entry, path
-        if not entry.isdigit():  # a map: its levels' arrays
-            if path == "zarr.json":
-                return True
-            level, _, key = path.partition("/")
-            array = f"{entry}/{level}"
-        if int(array.rpartition("/")[2]) > levels:
-            return False
-        if key == "zarr.json":
-            return True
-        indices, shape = key.split("/")[1:], grid(array)
-        if shape is None:
-            return True
-        return len(indices) == len(shape) and all(
-            int(i) < n for i, n in zip(indices, shape, strict=True)
-        )
-
-    return ours
 
 
 def _read_json(location: Location) -> Any:

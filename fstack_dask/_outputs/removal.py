@@ -1,0 +1,169 @@
+"""Removing an output of ours: which of its files are ours, and in which order they go.
+
+Inside our entries only what a run writes is ours: the state folder, the id file, and for
+each array (a level, or a map's level) its ``zarr.json`` and chunk keys within its chunk
+grid, up to the levels the output's record lists; a user's file or Zarr array put inside is
+kept, and a warning names it. An output goes in two passes: the done-markers first (none may
+outlive its data), then the data, then what shows the folder ours and the lock a remover may
+hold, so that a run killed while removing leaves a folder the next run still knows as ours.
+Every deletion goes through :func:`~fstack_dask._locations.remove_tree`, which checks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+from .._locations import Location, remove_tree
+from .state import (
+    ID_FILE,
+    RUN_FILE,
+    STATE_DIR,
+    ZARR_PARTIAL,
+    OutputState,
+    _read_json,
+    owned_output,
+    provenance,
+    recorded_entries,
+    run_record,
+)
+
+__all__ = ["clear_output", "ours_within", "remove_entries", "remove_output", "written_by_us"]
+
+log = logging.getLogger(__name__)
+
+_ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
+_ARRAY_KEY = re.compile(r"zarr\.json|c(/[0-9]+)+")  # Zarr v3's default chunk keys: c/0/1/2
+
+
+def written_by_us(entry: str, path: str) -> bool:
+    """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
+    in the state folder; in a level (an array) or a map (a group of levels), the keys Zarr
+    writes for them (``zarr.json``, chunk files ``c/0/1``, zarr's temporary files of either),
+    and the output's id file. A user's file put inside (notes in an array's folder, a Zarr
+    store of the user's at ``0/annotations/cells.zarr``) is not, and is never removed."""
+    if entry == STATE_DIR:
+        return True
+    path = ZARR_PARTIAL.sub("", path)
+    if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
+        return True
+    if entry.isdigit():  # a level: one array
+        return bool(_ARRAY_KEY.fullmatch(path))
+    # a map: a group of levels (a user's Zarr array nested anywhere deeper is not ours)
+    level, _, key = path.partition("/")
+    return path == "zarr.json" or (level.isdigit() and bool(_ARRAY_KEY.fullmatch(key)))
+
+
+def ours_within(location: Location) -> Callable[[str, str], bool]:
+    """:func:`written_by_us`, narrowed to the output at ``location``: a level or a map's level
+    only up to the levels its record lists, a chunk key only within its array's chunk grid
+    (``depth/7/zarr.json`` or ``0/c/99``, named like ours, are a user's: a seventh
+    adversarial run saw them deleted). An array whose metadata is gone is judged by name."""
+    params = provenance(location) or (run_record(location) or {}).get("params") or {}
+    try:
+        levels = int(params.get("levels") or 0)
+    except (TypeError, ValueError):
+        levels = 0
+    grids: dict[str, tuple[int, ...] | None] = {}
+
+    def grid(array: str) -> tuple[int, ...] | None:
+        if array not in grids:  # read before the first of its files goes
+            meta = _read_json(location.child(*array.split("/"), "zarr.json")) or {}
+            try:
+                chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+                grids[array] = tuple(-(-int(n) // int(c)) for n, c in
+                                     zip(meta["shape"], chunks, strict=True))  # fmt: skip
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                grids[array] = None
+        return grids[array]
+
+    def ours(entry: str, path: str) -> bool:
+        if entry == STATE_DIR or not written_by_us(entry, path):
+            return entry == STATE_DIR
+        path = ZARR_PARTIAL.sub("", path)
+        if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
+            return True
+        array, key = entry, path
+        if not entry.isdigit():  # a map: its levels' arrays
+            if path == "zarr.json":
+                return True
+            level, _, key = path.partition("/")
+            array = f"{entry}/{level}"
+        if int(array.rpartition("/")[2]) > levels:
+            return False
+        if key == "zarr.json":
+            return True
+        indices, shape = key.split("/")[1:], grid(array)
+        if shape is None:
+            return True
+        return len(indices) == len(shape) and all(
+            int(i) < n for i, n in zip(indices, shape, strict=True)
+        )
+
+    return ours
+
+
+def remove_entries(
+    folder: Location,
+    names: Iterable[str],
+    *,
+    protect: Iterable[Location],
+    keep_folder: bool,
+    owned: Callable[[Location], str | None] = owned_output,
+) -> list[str]:
+    """Remove these entries of our output at ``folder`` (only our files within them); returns
+    what was kept, and warns of it."""
+    names = [n for n in names if folder.child(n).exists()]
+    kept = remove_tree(folder, owned=owned, protect=protect, only=names,
+                       keep_folder=keep_folder, ours_within=ours_within(folder))  # fmt: skip
+    theirs = [k for k in kept if k != STATE_DIR]  # (ours: a clear keeps it on purpose)
+    if theirs:
+        # folder.url, not .spec: a staging folder carries the spec of dst.
+        log.warning("kept %s in %s: fstack_dask did not write them", theirs, folder.url)
+    return kept
+
+
+def remove_output(
+    folder: Location, *, protect: Iterable[Location], keep_folder: bool = False
+) -> list[str]:
+    """Remove the entries our record lists in ``folder``, and the folder when nothing else is
+    left (unless ``keep_folder``), in two passes (the module docstring); returns the entries
+    that were kept."""
+    if not folder.exists():
+        return []
+    entries = recorded_entries(folder)
+    if entries is None:
+        raise PermissionError(f"refusing to delete {folder.url!r}: it is not an fstack_dask output")
+    # (a fifth adversarial run: the id file went first, and a run killed then left a folder
+    # every later run refused)
+    proofs = {f"{STATE_DIR}/{RUN_FILE}", f"{STATE_DIR}/lock", "/".join(ID_FILE)}
+    ours = ours_within(folder)
+    first = remove_tree(folder, owned=owned_output, protect=protect,
+                        only=sorted(entries - {"zarr.json"}), keep_folder=True,
+                        ours_within=lambda entry, path: f"{entry}/{path}" not in proofs
+                        and ours(entry, path))  # fmt: skip
+    then = remove_tree(folder, owned=owned_output, protect=protect,
+                       only=[STATE_DIR, ID_FILE[0], "zarr.json"], keep_folder=keep_folder,
+                       ours_within=ours)  # fmt: skip
+    # (entries beside ours, and the proofs, are listed by the second pass, if left; an
+    # entry of ours is listed there too when the first kept a user's file inside it)
+    inside = {k for k in first if "/" in k and k not in proofs}
+    kept = sorted(inside | {k for k in then if not any(n.startswith(f"{k}/") for n in inside)})
+    if kept:
+        log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
+    return kept
+
+
+def clear_output(folder: Location, *, protect: Iterable[Location]) -> None:
+    """Empty our output of what its record says we wrote, keeping the folder and the state
+    folder (which holds this run's lock)."""
+    entries = recorded_entries(folder)
+    if entries is None:
+        raise PermissionError(f"refusing to clear {folder.spec!r}: it is not ours")
+    done = OutputState(folder).done_folder
+    if done.exists():
+        # The markers vouch for data about to be removed: they go first, so that a marker
+        # never outlives its block's data (a later run would skip that block).
+        remove_tree(done, owned=lambda _loc: None, protect=protect)
+    remove_entries(folder, sorted(entries - {STATE_DIR}), protect=protect, keep_folder=True)
