@@ -90,8 +90,10 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
     axes = "".join(names).lower()
     extras = [name for name in ("depth", "selectivity") if name in out or kw.get(f"{name}_map")]
     plus = f" + {', '.join(extras)}" if extras else ""
+    # a name with a newline or other control character is shown quoted: one line, as errors
+    shown = args.dst if args.dst.isprintable() else repr(args.dst)
     print(
-        f"wrote {args.dst}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
+        f"wrote {shown}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
         flush=True,
     )
     return EXIT_OK

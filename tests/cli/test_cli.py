@@ -81,6 +81,14 @@ def test_fuse_round_trip_equals_focus_stack(data, tmp_path):
     assert scale["scale"] == [0.65, 0.65]
 
 
+def test_a_dst_named_with_a_newline_is_reported_on_one_line(data, tmp_path):
+    """The success line printed the name raw, on two lines (a fifth adversarial run)."""
+    _, src, _ = data
+    dst = tmp_path / "two\nlines.ome.zarr"
+    res = ok(cli("fuse", src, dst, "--chunks", "32", "--no-progress"))
+    assert res.stdout.count("\n") == 1 and repr(str(dst)) in res.stdout, res.stdout
+
+
 def test_entry_point_and_synchronous_scheduler(data, tmp_path):
     _, src, stack = data
     exe = shutil.which("fstack-dask", path=os.path.dirname(sys.executable)) or shutil.which(
