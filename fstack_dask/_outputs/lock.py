@@ -16,6 +16,12 @@ When is a lock *stale*, so that ``resume``/``overwrite`` may take it over?
   stale when its heartbeat is older than ``LOCK_STALE_AFTER`` seconds, and by that alone.
 
 PIDs are never used to decide: two containers on one host can both be "pid 1".
+
+On S3 each step is one conditional request (``If-None-Match`` to create, ``If-Match`` on the
+ETag read to take over, renew and remove: AWS S3, MinIO, moto), so two runs taking over one
+stale lock cannot both get it, and a run never renews or removes a lock that is no longer the
+one it wrote. Each renewal rewrites the body with a new ``beat``, so a lock renewed after a
+taker read it is not taken over.
 """
 
 from __future__ import annotations
@@ -94,15 +100,46 @@ def _held_by_someone(path: str) -> bool | None:
     return False
 
 
+def _s3_object(lock: Location) -> tuple[Any, str, str] | None:
+    """s3fs's filesystem, the bucket and the key where the lock is an S3 object (conditional
+    requests make each step of the lock one request there); else None."""
+    if lock.is_local or lock.via:
+        return None
+    fs = lock.fs
+    if not callable(getattr(fs, "call_s3", None)):
+        return None
+    bucket, _, key = lock.path.lstrip("/").partition("/")
+    return fs, bucket, key
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether S3 refused a conditional request: the object is not the one named, or gone."""
+    if isinstance(exc, FileNotFoundError | FileExistsError):
+        return True
+    response = getattr(exc.__cause__, "response", None) or getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") in (
+        "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404"
+    )  # fmt: skip
+
+
 def read_lock(lock: Location) -> dict[str, Any] | None:
-    """The lock's content with its heartbeat (``mtime``) and, for a local lock, whether a
-    process holds it (``held``); None if there is no lock."""
+    """The lock's content with its heartbeat (``mtime``), for a local lock whether a process
+    holds it (``held``), and on S3 the ``etag`` its age was read with; None if there is no
+    lock."""
+    s3 = _s3_object(lock)
+    etag = None
     try:
-        raw = lock.read_bytes()
-        if lock.is_local:
-            mtime = os.stat(lock.path).st_mtime
+        if s3 is not None:  # the age and the ETag of one version, from one request
+            fs, bucket, key = s3
+            head = fs.call_s3("head_object", Bucket=bucket, Key=key)
+            mtime, etag = head["LastModified"].timestamp(), head["ETag"]
+            raw = lock.read_bytes()
         else:
-            mtime = lock.fs.modified(lock.path).timestamp()
+            raw = lock.read_bytes()
+            if lock.is_local:
+                mtime = os.stat(lock.path).st_mtime
+            else:
+                mtime = lock.fs.modified(lock.path).timestamp()
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
@@ -113,6 +150,8 @@ def read_lock(lock: Location) -> dict[str, Any] | None:
         info = {"host": None, "pid": None}
     info["mtime"] = mtime
     info["held"] = _held_by_someone(lock.path) if lock.is_local else None
+    if etag is not None:
+        info["etag"] = etag
     return info
 
 
@@ -192,15 +231,15 @@ class DestinationLock:
     def __init__(self, lock: Location, what: str):
         self.lock, self.what = lock, what
         self.token = uuid.uuid4().hex
-        self.body = json.dumps(
-            {
-                "host": socket.gethostname(),
-                "machine": machine_id(),
-                "pid": os.getpid(),  # for messages only
-                "started": time.time(),
-                "token": self.token,
-            }
-        ).encode()
+        self._fields = {
+            "host": socket.gethostname(),
+            "machine": machine_id(),
+            "pid": os.getpid(),  # for messages only
+            "started": time.time(),
+            "token": self.token,
+        }
+        self.body = json.dumps(self._fields).encode()
+        self._etag: str | None = None  # on S3: the ETag of the version this run last wrote
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # holds the flock while this run lives
@@ -226,8 +265,8 @@ class DestinationLock:
                     log.info(
                         "taking over the stale lock of %s (%s)", _owner(info), self.what
                     )  # fmt: skip
-                with contextlib.suppress(FileNotFoundError):
-                    self.lock.fs.rm_file(self.lock.path)
+                if self._take_over(info):
+                    break
             else:
                 raise DestinationLockedError(f"could not take the lock of {self.what}")
         self.held = True
@@ -247,8 +286,43 @@ class DestinationLock:
         finally:
             os.close(fd)  # releases the flock
 
+    def _put(self, **condition: str) -> None:
+        """Write this run's body, with a new beat, to the S3 lock if ``condition`` holds
+        (raises if it does not), and keep the new version's ETag."""
+        fs, bucket, key = _s3_object(self.lock)  # type: ignore[misc]
+        body = json.dumps({**self._fields, "beat": time.time()}).encode()
+        try:
+            out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **condition)
+        finally:
+            fs.invalidate_cache(self.lock.path)
+        self._etag = out["ETag"]
+
+    def _take_over(self, info: dict[str, Any] | None) -> bool:
+        """Replace the stale lock ``info`` was read from; True if this run holds it now."""
+        if _s3_object(self.lock) is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.lock.fs.rm_file(self.lock.path)
+            return False  # the next exclusive create decides
+        if info is None or "etag" not in info:
+            return False
+        try:  # only the version judged stale: a run that took it over or renewed it since wins
+            self._put(IfMatch=info["etag"])
+        except OSError as exc:
+            if _refused(exc):
+                return False
+            raise
+        return True
+
     def _create(self) -> bool:
         """Exclusively create the lock file with our body; False if one exists."""
+        if _s3_object(self.lock) is not None:
+            try:
+                self._put(IfNoneMatch="*")
+            except OSError as exc:
+                if _refused(exc):
+                    return False
+                raise
+            return True
         if not self.lock.is_local:
             try:
                 with self.lock.fs.open(self.lock.path, "xb") as fh:
@@ -302,7 +376,15 @@ class DestinationLock:
                 if stalled or not self.mine():  # never refresh a lock someone else holds now
                     self.lost = True
                     return
-                if self._fd is not None:
+                if self._etag is not None:  # only the version this run wrote last
+                    try:
+                        self._put(IfMatch=self._etag)
+                    except OSError as exc:
+                        if _refused(exc):
+                            self.lost = True
+                            return
+                        raise
+                elif self._fd is not None:
                     os.utime(self._fd)  # our own inode, never a successor's
                 elif self.lock.is_local:
                     os.utime(self.lock.path)
@@ -320,9 +402,21 @@ class DestinationLock:
     def release(self) -> None:
         self.stop_heartbeat()
         if self.held and self.mine():
-            with contextlib.suppress(FileNotFoundError):
-                self.lock.fs.rm_file(self.lock.path)
+            s3 = _s3_object(self.lock)
+            if s3 is not None and self._etag is not None:
+                fs, bucket, key = s3
+                try:  # not a lock another run wrote after the check above
+                    fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
+                except OSError as exc:
+                    if not _refused(exc):
+                        raise
+                finally:
+                    fs.invalidate_cache(self.lock.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock.fs.rm_file(self.lock.path)
         self.held = False
+        self._etag = None
         if self._fd is not None:
             os.close(self._fd)  # drops the flock
             self._fd = None
@@ -330,3 +424,6 @@ class DestinationLock:
     def moved_to(self, lock: Location) -> None:
         """The lock file now lives at ``lock`` (its folder was renamed)."""
         self.lock = lock
+        if self._etag is not None:  # a copy: its ETag need not be the original's (SSE-KMS)
+            info = read_lock(lock)
+            self._etag = info.get("etag") if info is not None else None

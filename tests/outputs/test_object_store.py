@@ -266,3 +266,73 @@ def test_credentials_for_a_prefix_are_not_told_their_bucket_is_missing(s3, bucke
     out = fuse_zarr(f"s3://{b}/src.zarr", f"s3://{b}/mine/out.zarr", storage_options=s3,
                     dst_storage_options=opts, chunks=32, levels=0, progress=False)  # fmt: skip
     assert out.attrs["fstack_dask"]["complete"] is True
+
+
+def _s3_lock(s3: dict, b: str):
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs import lock as _lock
+
+    where = resolve(f"s3://{b}/out.zarr/.fstack_dask/lock", name="dst", storage_options=s3)
+    return where, (lambda: _lock.DestinationLock(where, "dst 'out.zarr'"))
+
+
+def test_two_runs_taking_over_one_stale_s3_lock_do_not_both_get_it(s3, bucket, monkeypatch):
+    """A stale lock was taken over by deleting it and creating one's own: a run that judged
+    it stale, then lost the race, deleted the lock of the run that won and took it too, and
+    both wrote. The takeover is now one request, conditional on the ETag judged stale."""
+    from fstack_dask._errors import DestinationLockedError
+    from fstack_dask._outputs import lock as _lock
+
+    fs, b = bucket
+    where, new_lock = _s3_lock(s3, b)
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 1.0)
+    fs.pipe(where.path, b'{"host": "node-7", "pid": 1, "token": "a crashed run"}')
+    time.sleep(2.1)  # S3 dates objects to the second
+    first, second = new_lock(), new_lock()
+    read = _lock.read_lock
+
+    def read_then_the_second_run_takes_over(lock):
+        info = read(lock)  # judged stale by the first run ...
+        monkeypatch.setattr(_lock, "read_lock", read)
+        second.acquire()  # ... and taken over by the second before the first acts
+        return info
+
+    monkeypatch.setattr(_lock, "read_lock", read_then_the_second_run_takes_over)
+    try:
+        with pytest.raises(DestinationLockedError, match="is being written by"):
+            first.acquire()
+        assert json.loads(fs.cat(where.path))["token"] == second.token
+        assert not first.held and second.mine()
+    finally:
+        second.release()
+    assert not fs.exists(where.path)
+
+
+@pytest.mark.parametrize("step", ["renew", "release"])
+def test_an_s3_lock_taken_over_after_its_check_is_neither_renewed_nor_removed(
+    s3, bucket, monkeypatch, step
+):
+    """The heartbeat and the release each checked the token, then wrote or deleted: a run
+    that took the lock over in between lost it to a rewrite, or saw it deleted. Both are
+    conditional on the ETag this run wrote now. (The interleaving is made by hand: the
+    check passes, then the takeover.)"""
+    from fstack_dask._outputs import lock as _lock
+
+    fs, b = bucket
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
+    where, new_lock = _s3_lock(s3, b)
+    held, taker = new_lock(), new_lock()
+    monkeypatch.setattr(held, "mine", lambda: True)  # as checked before the takeover
+    held.acquire()
+    try:
+        if step == "release":
+            held.stop_heartbeat()
+        fs.pipe(where.path, taker.body)  # another run took it over
+        if step == "renew":
+            time.sleep(0.5)  # ten heartbeats, none of them stalled
+            assert held.lost
+        else:
+            held.release()
+        assert json.loads(fs.cat(where.path))["token"] == taker.token
+    finally:
+        held.stop_heartbeat()
