@@ -41,7 +41,7 @@ from .._locations import Location, remove_tree
 from . import folders
 from .folders import STAGING
 from .lock import DestinationLock, Lease, live_lock, locked_message
-from .removal import clear_output, remove_entries, remove_output
+from .removal import clear_output, copy_of, remove_entries, remove_output
 from .state import (
     STATE_DIR,
     OutputState,
@@ -432,6 +432,14 @@ class Destination:
             return
         for folder in self.staging_folders():
             attrs = provenance(folder)
+            if attrs is None and not folder.is_local and copy_of(folder, self.dst) is None:
+                # the previous output's copy aside, cut short (dst itself was kept whole)
+                with contextlib.suppress(Exception):
+                    remove_tree(folder, owned=lambda f: copy_of(f, self.dst),
+                                protect=self.protect)  # fmt: skip
+                    log.info("removed %s, a partial copy of dst left by an interrupted "
+                             "overwrite", folder.url)  # fmt: skip
+                continue
             if attrs is None or attrs.get("complete") is not True or run_record(folder):
                 continue  # a staged run: resumable, or being finished by its run
             if live_lock(OutputState(folder).lock) is not None:

@@ -29,7 +29,14 @@ from .state import (
     run_record,
 )
 
-__all__ = ["clear_output", "ours_within", "remove_entries", "remove_output", "written_by_us"]
+__all__ = [
+    "clear_output",
+    "copy_of",
+    "ours_within",
+    "remove_entries",
+    "remove_output",
+    "written_by_us",
+]
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +174,33 @@ def clear_output(folder: Location, *, protect: Iterable[Location]) -> None:
         # never outlives its block's data (a later run would skip that block).
         remove_tree(done, owned=lambda _loc: None, protect=protect)
     remove_entries(folder, sorted(entries - {STATE_DIR}), protect=protect, keep_folder=True)
+
+
+_CHECKSUMS = ("ETag", "md5Hash", "crc32c")  # what S3's and GCS's listings say of an object
+
+
+def copy_of(folder: Location, original: Location) -> str | None:
+    """None where every object under ``folder`` (on an object store) is a copy of the object
+    at the same place in ``original``: the same size and checksum (S3's ETag, GCS's MD5), so
+    that removing it loses nothing; else the reason it is not. A lock is no data: a copy of
+    one need not match. (A copy made aside by an overwrite killed before it finished had no
+    root ``zarr.json``, was never known as ours, and stayed for good: an adversarial run.)"""
+    if folder.is_local:
+        return "not on an object store (a local swap renames, it never copies)"
+    fs = folder.fs
+    copies = fs.find(folder.path, detail=True)
+    originals = fs.find(original.path, detail=True)
+    base, orig = folder.path.rstrip("/") + "/", original.path.rstrip("/") + "/"
+    for key, info in copies.items():
+        rel = key[len(base) :] if key.startswith(base) else None
+        if rel is None:
+            return f"{key!r} is not inside it"
+        if rel == f"{STATE_DIR}/lock":
+            continue
+        match = originals.get(orig + rel)
+        if match is None or match.get("size") != info.get("size"):
+            return f"{rel!r} differs from {original.url!r}'s"
+        sums = [name for name in _CHECKSUMS if info.get(name) and match.get(name)]
+        if not sums or any(info[name] != match[name] for name in sums):
+            return f"{rel!r} cannot be shown to be a copy of {original.url!r}'s"
+    return None

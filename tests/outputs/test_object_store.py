@@ -336,3 +336,55 @@ def test_an_s3_lock_taken_over_after_its_check_is_neither_renewed_nor_removed(
         assert json.loads(fs.cat(where.path))["token"] == taker.token
     finally:
         held.stop_heartbeat()
+
+
+KILLED_IN_THE_COPY_ASIDE = """
+import os, signal, sys
+from fstack_dask._outputs import folders
+
+move = folders._move_objects
+
+def move_then_die(fs, src, dst):
+    copy = fs.copy
+
+    def copy_half(paths, targets, *args, **kwargs):  # the old output's objects, copied aside
+        half = len(paths) // 2
+        copy(paths[:half], targets[:half], *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    fs.copy = copy_half
+    move(fs, src, dst)
+
+folders._move_objects = move_then_die
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["a copy", "an object changed"])
+def test_a_partial_copy_aside_left_by_a_kill_goes_with_the_next_run(s3, bucket, changed):
+    """Killed while the old output was copied aside (dst still whole): the partial copy,
+    without a root zarr.json, was never known as ours and stayed beside dst for good. The next
+    run removes it where every object in it is a copy of dst's object at the same place, and
+    keeps it whole where one is not."""
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=1)
+    fs.pipe(f"{b}/out.zarr/notes.txt", b"the user's notes")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_THE_COPY_ASIDE, "fuse", src, dst, *opts, "--overwrite",
+         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    keys = _keys(fs, b)
+    (aside,) = {k.split("/")[1] for k in keys if "fstack-staging-old-" in k}
+    copied = sorted(k for k in keys if k.startswith(f"{b}/{aside}/"))
+    assert copied and f"{b}/{aside}/zarr.json" not in copied  # partial
+    if changed:
+        fs.pipe(copied[-1], b"not what dst holds")
+    time.sleep(3.0)  # the killed run's lock goes stale (S3 dates objects to the second)
+    res = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5",
+               env={"FSTACK_DASK_LOCK_STALE_AFTER": "2"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    left = {k for k in _keys(fs, b) if not k.startswith((f"{b}/out.zarr/", f"{b}/src.zarr/"))}
+    assert left == (set(copied) if changed else set())  # not shown a copy: kept whole
+    assert fs.cat(f"{b}/out.zarr/notes.txt") == b"the user's notes"
