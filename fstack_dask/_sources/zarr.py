@@ -88,7 +88,18 @@ def open_zarr(
     if level:
         raise ValueError(f"level={level} needs an OME-Zarr image with levels; {where} is an array")
     meta = [location.child(f) for f in ("zarr.json", ".zarray", ".zattrs")]
-    return _array_source(node, where, axes, location, metadata_files=tuple(meta))
+    return _array_source(node, where, axes, location,
+                         metadata_files=(*meta, *_consolidated(location)))  # fmt: skip
+
+
+def _consolidated(location: Location) -> tuple[Location, ...]:
+    """Zarr v2's consolidated metadata where the store has it: zarr reads the arrays'
+    metadata from it, not from their own ``.zarray`` (an eighth adversarial run: a stale
+    ``.zmetadata`` consolidated again between a run and its resume mixed two readings of the
+    same chunks). Zarr v3 keeps it inside ``zarr.json``. Only where it exists, so that the
+    identity of every other source is as before."""
+    zmetadata = location.child(".zmetadata")
+    return (zmetadata,) if zmetadata.exists() else ()
 
 
 def _node_location(node: Any) -> Location | None:
@@ -377,7 +388,7 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         loc.child(f)
         for loc in (location, array_loc)
         for f in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
-    )
+    ) + _consolidated(location)
     return Source(
         array=array,
         axes=meta_axes,

@@ -316,3 +316,51 @@ def test_a_finished_block_whose_chunk_file_is_gone_is_fused_again(tmp_path, monk
     )
     for name in ("0", "depth/0"):
         np.testing.assert_array_equal(out[name][...], whole[name][...])
+
+
+def _consolidated_v2_group(path, order):
+    """A Zarr v2 OME-Zarr image whose consolidated metadata gives the array's ``order``
+    (its own ``.zarray`` says "C"): zarr reads the array through ``.zmetadata``."""
+    import json
+
+    data = small_stack()
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = group.create_array("0", shape=data.shape, chunks=(PLANES, CHUNK, CHUNK),
+                             dtype=data.dtype)  # fmt: skip
+    arr[...] = data
+    axes = [{"name": n, "type": "space"} for n in "zyx"]
+    scale = [{"type": "scale", "scale": [1, 1, 1]}]
+    level = {"path": "0", "coordinateTransformations": scale}
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [level]}]
+    zarr.consolidate_metadata(str(path))
+    meta = json.loads((path / ".zmetadata").read_text())
+    meta["metadata"]["0/.zarray"]["order"] = order
+    (path / ".zmetadata").write_text(json.dumps(meta))
+    return path
+
+
+def test_consolidated_metadata_changed_between_a_run_and_its_resume_is_refused(
+    tmp_path, monkeypatch
+):
+    """Zarr reads a v2 group's arrays through ``.zmetadata``, which the source's identity did
+    not cover: a run began on stale consolidated metadata (order "F"), the user consolidated
+    again, and the resume fused the rest from the other reading of the same chunks, exit 0
+    (an eighth adversarial run). Refused now, and nothing is written; a complete output's
+    resume says so too."""
+    src = _consolidated_v2_group(tmp_path / "src.zarr", order="F")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    zarr.consolidate_metadata(str(src))  # the user repairs it: only .zmetadata changes
+    assert zarr.open_group(str(src), mode="r")["0"].metadata.order == "C"
+    before = tree_digest(dst)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2 and "its metadata changed" in one_line_error(proc), proc.stderr
+    assert tree_digest(dst) == before
+    done = tmp_path / "done.zarr"
+    assert (
+        cli("fuse", _consolidated_v2_group(tmp_path / "src2.zarr", "F"), done, *FUSE).returncode
+        == 0
+    )
+    zarr.consolidate_metadata(str(tmp_path / "src2.zarr"))
+    proc = cli("fuse", tmp_path / "src2.zarr", done, "--resume", *FUSE)
+    assert proc.returncode == 2 and "is complete, but" in one_line_error(proc), proc.stderr
