@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -231,15 +232,19 @@ class Destination:
             )
 
     def staging_folders(self) -> list[Location]:
-        """Our staging folders beside ``dst`` (from ``overwrite`` runs)."""
+        """Our staging folders beside ``dst`` (from ``overwrite`` runs): only the names runs
+        give them, ``.NAME.fstack-staging-`` and 12 hex digits, or ``old-`` and 12 (a user's
+        output at ``.NAME.fstack-staging-nhsize5`` was removed as one: an eighth adversarial
+        run)."""
         prefix = f".{self.dst.name}{STAGING}"
+        ours = re.compile(re.escape(prefix) + r"(old-)?[0-9a-f]{12}")
         parent = Location(self.dst.spec, self.dst.protocol, self.dst.parent_path(),
                           self.dst.storage_options)  # fmt: skip
         try:
             names = parent.listdir()
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return [parent.child(n) for n in names if n.startswith(prefix)]
+        return [parent.child(n) for n in names if ours.fullmatch(n)]
 
     def staged_run(self) -> Location | None:
         """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""

@@ -33,7 +33,7 @@ from typing import Any
 from .._locations import Location, resolve
 from .._outputs.destination import Destination
 from .._outputs.lifecycle import remove_finished
-from .._outputs.state import classify
+from .._outputs.state import classify, provenance
 from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
 from .fusion import plan_fusion, with_block
 from .resume import check_resumable, source_identity
@@ -76,6 +76,7 @@ def fuse_to_tiff(
     owner = check_tiff_destination(
         tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
     )
+    _refuse_another_output_at(work, where)
     if classify(work) == "complete":
         # Its TIFF was moved into place (the conversion comes before the store is marked
         # complete), and its removal cut short: what is left may lack chunks, so it is never
@@ -108,6 +109,19 @@ def fuse_to_tiff(
             "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
         )  # fmt: skip
     return open_tiff_result(tiff.path)
+
+
+def _refuse_another_output_at(work: Location, where: str) -> None:
+    """An fstack_dask output at the working store's name that no TIFF run wrote (their
+    provenance says ``output: ome-tiff``) is a user's result: a plain run into the TIFF
+    removed it as a finished working store (an eighth adversarial run)."""
+    attrs = provenance(work)
+    if attrs is not None and attrs.get("output") != "ome-tiff":
+        raise FileExistsError(
+            f"{where}: its working folder {work.path!r} holds an OME-Zarr output of "
+            "fstack_dask's that is not a TIFF's working store; move it away, or fuse into "
+            "another dst (nothing was written)"
+        )
 
 
 def check_tiff_destination(

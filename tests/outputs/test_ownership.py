@@ -756,3 +756,39 @@ def test_an_output_of_another_user_in_a_sticky_folder_cannot_be_swapped(tmp_path
     assert "belongs to another user in a sticky folder" in unswappable(dst)
     os.chmod(shared, 0o777)
     assert unswappable(dst) is None
+
+
+@pytest.mark.parametrize(
+    ("dst_name", "theirs", "flags"),
+    [
+        ("out.zarr", ".out.zarr.fstack-staging-nhsize5", ("--overwrite",)),
+        ("out.zarr", ".out.zarr.fstack-staging-old-results", ("--overwrite",)),
+        ("out.tif", ".out.tif.fstack-work", ()),
+        ("out.tif", ".out.tif.fstack-work", ("--overwrite",)),
+    ],
+    ids=["staging-like", "old-staging-like", "tiff working store, plain run", "... overwrite"],
+)
+def test_a_users_output_at_a_name_like_a_runs_own_is_never_removed(
+    tmp_path, dst_name, theirs, flags
+):
+    """An output the user wrote at a hidden name like the folders a run leaves beside dst
+    was removed by the next run into dst: by ``--overwrite`` as an interrupted overwrite's
+    leftover, and by a plain run into a TIFF as its finished working store (which then exited
+    2, "nothing was written", an eighth adversarial run). Names of runs' own carry 12 hex
+    digits, and a working store says it is one."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / dst_name
+    if dst_name.endswith(".zarr"):
+        assert cli("fuse", src, dst, *FUSE).returncode == 0
+    assert cli("fuse", src, tmp_path / theirs, "--nhsize", "5", *FUSE).returncode == 0
+    (tmp_path / theirs / "notes.txt").write_text("the user's notes")
+    before = tree_digest(tmp_path / theirs)
+    proc = cli("fuse", src, dst, *flags, *FUSE)
+    if dst_name.endswith(".tif"):
+        assert proc.returncode == 2, proc.stderr
+        line = one_line_error(proc)
+        assert "is not a TIFF's working store" in line and "nothing was written" in line
+        assert not dst.exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+    assert tree_digest(tmp_path / theirs) == before
