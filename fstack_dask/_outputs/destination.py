@@ -449,13 +449,35 @@ class Destination:
                 continue  # a staged run: resumable, or being finished by its run
             if live_lock(OutputState(folder).lock) is not None:
                 continue
-            for name in foreign_entries(folder):
-                if not self.dst.child(name).exists():
-                    folders.move(folder.child(name), self.dst.child(name))
-                    log.warning("restored %s into %s (left by an interrupted overwrite)",
-                                name, self.dst.spec)  # fmt: skip
+            if self._give_back(folder, restored=True):
+                continue  # kept whole, and said so again by every run until it is moved
             with contextlib.suppress(Exception):
                 self.remove(folder)
+
+    def _give_back(self, old: Location, *, restored: bool = False) -> list[str]:
+        """Move the entries a user put into our previous output at ``old`` back into dst;
+        returns those that could not be moved, each named in a warning. (One that could not,
+        a read-only folder, failed every later overwrite: an eighth adversarial run.)"""
+        stuck = []
+        for name in foreign_entries(old):
+            if self.dst.child(name).exists():
+                continue
+            try:
+                folders.move(old.child(name), self.dst.child(name))
+            except OSError as exc:
+                stuck.append(name)
+                log.warning(
+                    "%r, which was in %s, could not be moved back into it (%s): it is in %s "
+                    "with the previous output, which is kept; move it yourself: mv %r %r%s",
+                    name, self.dst.spec, exc.strerror or exc, old.url, old.child(name).url,
+                    self.dst.child(name).url, " (a read-only folder moves once it may be "
+                    "written: chmod u+w)" if isinstance(exc, PermissionError) else "",
+                )  # fmt: skip
+                continue
+            if restored:
+                log.warning("restored %s into %s (left by an interrupted overwrite)",
+                            name, self.dst.spec)  # fmt: skip
+        return stuck
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -477,13 +499,12 @@ class Destination:
         target.created = []
         try:
             # Files a user put into the old output stay where they were put.
-            for name in foreign_entries(old):
-                if not self.dst.child(name).exists():
-                    folders.move(old.child(name), self.dst.child(name))
+            stuck = self._give_back(old)
             for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
                 lock.release()
                 target.locks.remove(lock)
-            self.remove(old)
+            if not stuck:
+                self.remove(old)
         except Exception as exc:
             left = ", ".join(old.listdir()) if old.exists() else ""
             log.warning(

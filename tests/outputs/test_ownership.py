@@ -792,3 +792,36 @@ def test_a_users_output_at_a_name_like_a_runs_own_is_never_removed(
     else:
         assert proc.returncode == 0, proc.stderr
     assert tree_digest(tmp_path / theirs) == before
+
+
+def test_a_users_folder_that_cannot_be_moved_back_does_not_stop_later_overwrites(tmp_path):
+    """A user's read-only folder inside an output cannot be moved into the new one (renaming
+    a folder to another parent needs write permission on it). The first overwrite said so;
+    every later overwrite then failed, exit 1, with a raw ``Permission denied``, trying to
+    move it again (an eighth adversarial run). Now each run warns, naming the folder and how
+    to move it, keeps the previous output that holds it, and succeeds. (As an ordinary user:
+    root without the capabilities that bypass file permissions.)"""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to play an ordinary user")
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    user = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable,
+            "-m", "fstack_dask", "fuse", str(src), str(dst), *map(str, FUSE)]  # fmt: skip
+    run = lambda *flags: subprocess.run([*user, *flags], capture_output=True, text=True,  # noqa: E731
+                                        timeout=300, check=False)  # fmt: skip
+    assert run().returncode == 0
+    (dst / "notes").mkdir()
+    (dst / "notes" / "n.txt").write_text("important")
+    (dst / "notes").chmod(0o555)
+    try:
+        for nhsize in (7, 5, 3):
+            proc = run("--overwrite", "--nhsize", str(nhsize))
+            assert proc.returncode == 0, proc.stderr
+            assert "'notes', which was in" in proc.stderr and "chmod u+w" in proc.stderr
+            assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == nhsize
+        (kept,) = tmp_path.glob(".out.zarr.fstack-staging-*/notes/n.txt")
+        assert kept.read_text() == "important"
+    finally:
+        for folder in tmp_path.glob("**/notes"):
+            folder.chmod(0o755)
