@@ -206,10 +206,17 @@ class Destination:
         detail = "a Zarr store" if zarr else "a folder with other content"
         if copied_provenance(self.dst):  # xarray's to_zarr(attrs=ds.attrs) of an output, say
             detail = "a Zarr store with the attributes of an fstack_dask output copied in"
+        elif not zarr:  # what to move out (a file a user left in a TIFF's working folder)
+            with contextlib.suppress(OSError):
+                names = sorted(self.dst.listdir())
+                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                detail += f" ({', '.join(map(repr, names[:3]))}{more})" if names else ""
+        end = "choose another dst"
+        if self.dst.path.rstrip("/").endswith(".fstack-work"):  # _runs.tiff_output.WORK
+            end = "move out what it holds, or choose another dst"
         return (
             f"{what} exists and is {detail}, not an fstack_dask output; refusing to {action} "
-            "it (only fstack_dask outputs and empty folders are ever replaced): choose another "
-            "dst"
+            f"it (only fstack_dask outputs and empty folders are ever replaced): {end}"
         )
 
     def _refuse_unswappable(self) -> None:

@@ -77,6 +77,7 @@ def fuse_to_tiff(
         tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
     )
     _refuse_another_output_at(work, where)
+    _refuse_another_filesystem(work, tiff, where)
     if classify(work) == "complete":
         # Its TIFF was moved into place (the conversion comes before the store is marked
         # complete), and its removal cut short: what is left may lack chunks, so it is never
@@ -121,6 +122,24 @@ def _refuse_another_output_at(work: Location, where: str) -> None:
             f"{where}: its working folder {work.path!r} holds an OME-Zarr output of "
             "fstack_dask's that is not a TIFF's working store; move it away, or fuse into "
             "another dst (nothing was written)"
+        )
+
+
+def _refuse_another_filesystem(work: Location, tiff: Location, where: str) -> None:
+    """The finished TIFF is renamed from the working store into place, which cannot cross
+    filesystems: a working store that leads elsewhere (a symlink to scratch) failed only once
+    everything was fused, and again on every resume (an eighth adversarial run)."""
+    real = os.path.realpath(work.path)
+    try:
+        here = os.stat(os.path.dirname(tiff.path)).st_dev
+        there = os.stat(real if os.path.exists(real) else os.path.dirname(real)).st_dev
+    except OSError:
+        return  # the checks of dst say what is wrong
+    if there != here:
+        raise ValueError(
+            f"{where}: its working folder {work.path!r} leads to another filesystem "
+            f"({real!r}), from which the finished TIFF cannot be moved into place; remove that "
+            "link, or write the TIFF on that filesystem (nothing was written)"
         )
 
 

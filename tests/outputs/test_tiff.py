@@ -383,3 +383,46 @@ def test_the_conversion_holds_a_chunk_at_a_time_not_the_image(tmp_path):
     tracemalloc.stop()
     assert peak < 6 * 2**20 < image.nbytes / 2, peak  # measured: 2.7 MiB of 24 MiB
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), image)
+
+
+def test_a_working_folder_on_another_filesystem_is_refused_before_anything_is_written(tmp_path):
+    """The working folder a symlink to scratch on another filesystem: the whole fusion ran,
+    then the TIFF could not be renamed into place (``Invalid cross-device link``, exit 1), and
+    every resume did it all again (an eighth adversarial run). Refused at once now."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(scratch)],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        src = tmp_path / "stack.ome.zarr"
+        _grey_source(src, shape=(64, 80), planes=5, channels=1)
+        (scratch / "work").mkdir()
+        (tmp_path / ".out.tif.fstack-work").symlink_to(scratch / "work")
+        for flags in ((), ("--resume",)):
+            res = _cli("fuse", src, tmp_path / "out.tif", "--no-progress", *flags, cwd=tmp_path)
+            assert res.returncode == 2, res.stderr
+            assert "leads to another filesystem" in res.stderr and len(res.stderr.splitlines()) == 1
+            assert os.listdir(scratch / "work") == [] and not (tmp_path / "out.tif").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)], check=False)
+
+
+def test_a_file_left_in_the_working_folder_is_named_by_the_refusal(tmp_path):
+    """A user's file in an interrupted run's working folder is kept when the resume removes
+    the store; every later run into the TIFF is then refused, and the refusal said only "a
+    folder with other content" (an eighth adversarial run): it names the file now."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    work = tmp_path / ".out.tif.fstack-work"
+    work.mkdir()
+    (work / "mine.txt").write_text("the user's")
+    res = _cli("fuse", src, tmp_path / "out.tif", "--no-progress", "--overwrite", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "('mine.txt')" in res.stderr and "move out what it holds" in res.stderr
+    assert os.listdir(work) == ["mine.txt"]
