@@ -149,6 +149,15 @@ def unswappable(dst: Location) -> str | None:
     """Why an overwrite cannot exchange ``dst`` for the new output, or None."""
     if not dst.is_local:
         return None
+    longest = len(os.fsencode(f".{dst.name}{STAGING}old-{'0' * 12}"))
+    with contextlib.suppress(OSError, ValueError):  # (a dst whose own name is that long
+        # was written, then every overwrite failed "cannot be created": an eighth adversarial run)
+        most = os.pathconf(os.path.dirname(dst.path), "PC_NAME_MAX")
+        if longest > most:
+            return (
+                f"has a name too long for the folders an overwrite writes beside it (up to "
+                f"{longest} bytes, where its filesystem allows {most})"
+            )
     if os.path.ismount(dst.path):
         return "is a mount point, which cannot be replaced by another folder"
     mounted = [os.path.relpath(m, dst.path) for m in mounts_within(dst.path)] or [

@@ -252,3 +252,20 @@ def test_file_urls(tmp_path):
         check(f"file:{src}/fused", src=src.as_uri())
     with pytest.raises(FileExistsError, match="dst"):  # a store, but not an output of ours
         check(src.as_uri())
+
+
+def test_an_overwrite_of_a_dst_whose_name_leaves_no_room_for_its_staging_is_refused(tmp_path):
+    """A 244-byte dst name fits; the staging folder beside it (23 bytes more) does not: every
+    overwrite failed, exit 1, saying dst "cannot be created" (an eighth adversarial run). It
+    is refused before anything is computed, saying why."""
+    src = _source_store(tmp_path)
+    dst = tmp_path / ("a" * 235 + ".ome.zarr")
+    fuse_zarr(src, dst, chunks=8, progress=False)
+    before = _tree(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"has a name too long for the folders an overwrite "
+        r"writes beside it \(up to 277 bytes, where its filesystem allows 255\)",
+    ):
+        fuse_zarr(src, dst, chunks=8, progress=False, overwrite=True, nhsize=3)  # fmt: skip
+    assert _tree(tmp_path) == before
