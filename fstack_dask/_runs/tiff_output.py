@@ -25,6 +25,7 @@ never converts it again (its removal may have been cut short).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -92,7 +93,14 @@ def fuse_to_tiff(
     def convert(target: Any) -> None:
         partial = os.path.join(target.output.path, PARTIAL)
         log.info("writing %s", tiff.spec)
-        write_tiff(target.output, partial, check=target.check_lease)
+        try:
+            write_tiff(target.output, partial, check=target.check_lease)
+        except BaseException:
+            # A resume writes it again from the start: kept, it held the space a full disk
+            # needed back (an eighth adversarial run).
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
         target.check_lease()  # never move into place what another run has taken over
         place_tiff(partial, tiff.path, where=where)
 
