@@ -38,11 +38,15 @@ def _ours(folder: Path) -> bool:
 
     names = sorted(os.listdir(folder))
     for name in names:
-        if not name.endswith(".tif") or (folder / name).is_symlink():
+        path = folder / name
+        if not name.endswith(".tif") or path.is_symlink() or not path.is_file():
             return False
-        with tifffile.TiffFile(folder / name) as tif:
-            if tif.pages[0].description != MARK:
-                return False
+        try:  # (a user's folder or text file named *.tif raised: an eighth adversarial run)
+            with tifffile.TiffFile(path) as tif:
+                if tif.pages[0].description != MARK:
+                    return False
+        except (OSError, ValueError, IndexError):  # not a TIFF (tifffile's error is a
+            return False  # ValueError), or one without pages
     return True
 
 

@@ -238,6 +238,29 @@ def test_demo_never_replaces_files_it_did_not_write(tmp_path):
     assert (out_dir / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("theirs", ["a folder", "a text file"])
+def test_demo_overwrite_refuses_a_plane_folder_holding_a_tif_name_of_the_users(tmp_path, theirs):
+    """A user's folder, or a file that is no TIFF, named ``*.tif`` in the demo's plane folder:
+    the data were kept, but ``--overwrite`` said ``[Errno 21] Is a directory`` (exit 1) or
+    tifffile's ``not a TIFF file`` (an eighth adversarial run). One line naming the folder."""
+    from conftest import tree_digest
+
+    out_dir = tmp_path / "demo"
+    args = ["demo", out_dir, "--size", "32", "--planes", "5", "--no-progress"]
+    ok(cli(*args))
+    if theirs == "a folder":
+        (out_dir / "planes" / "sub.tif").mkdir()
+        (out_dir / "planes" / "sub.tif" / "data.txt").write_text("precious")
+    else:
+        (out_dir / "planes" / "zz_user.tif").write_text("precious")
+    before = tree_digest(tmp_path)
+    res = cli(*args, "--overwrite")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].endswith("planes' holds files the demo did not write; refusing to delete them")
+    assert tree_digest(tmp_path) == before
+
+
 def test_demo_never_replaces_a_result_of_the_users_own(tmp_path, data):
     """DIR/fused.ome.zarr fused by the user from their own stack (an fstack_dask output, but
     not the demo's: its source is not DIR/planes) is refused before anything is written,
