@@ -32,17 +32,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
-from . import folders
+from . import folders, leftovers
 from .folders import STAGING
 from .lock import DestinationLock, Lease, live_lock, locked_message
-from .removal import clear_output, copy_of, remove_entries, remove_output
+from .removal import clear_output, remove_entries, remove_output
 from .state import (
     STATE_DIR,
     OutputState,
@@ -51,7 +50,6 @@ from .state import (
     foreign_entries,
     owned_output,
     provenance,
-    recorded_entries,
     run_record,
 )
 
@@ -239,29 +237,12 @@ class Destination:
             )
 
     def staging_folders(self) -> list[Location]:
-        """Our staging folders beside ``dst`` (from ``overwrite`` runs): only the names runs
-        give them, ``.NAME.fstack-staging-`` and 12 hex digits, or ``old-`` and 12 (a user's
-        output at ``.NAME.fstack-staging-nhsize5`` was removed as one: an eighth adversarial
-        run)."""
-        prefix = f".{self.dst.name}{STAGING}"
-        ours = re.compile(re.escape(prefix) + r"(old-)?[0-9a-f]{12}")
-        parent = Location(self.dst.spec, self.dst.protocol, self.dst.parent_path(),
-                          self.dst.storage_options)  # fmt: skip
-        try:
-            names = parent.listdir()
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [parent.child(n) for n in names if ours.fullmatch(n)]
+        """Our staging folders beside ``dst`` (:func:`.leftovers.staging_folders`)."""
+        return leftovers.staging_folders(self.dst)
 
     def staged_run(self) -> Location | None:
         """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
-        for folder in sorted(self.staging_folders(), key=lambda f: f.name):
-            if run_record(folder) is None or live_lock(OutputState(folder).lock) is not None:
-                continue
-            if provenance(folder) is not None and not folder.child("0", "zarr.json").exists():
-                continue  # its removal was cut short (the record goes last): not resumable
-            return folder
-        return None
+        return leftovers.staged_run(self.dst)
 
     # -- taking dst ------------------------------------------------------------------------
 
@@ -428,63 +409,12 @@ class Destination:
         clear_output(folder, protect=self.protect)
 
     def remove_stale_staging(self, keep: Location | None = None) -> None:
-        """Remove interrupted overwrites beside dst (only their recorded entries)."""
-        for folder in self.staging_folders():
-            if folder == keep:
-                continue
-            if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
-                with contextlib.suppress(Exception):
-                    self.remove(folder)
+        """Remove interrupted overwrites beside dst (:func:`.leftovers.remove_stale`)."""
+        leftovers.remove_stale(self.dst, protect=self.protect, keep=keep)
 
     def recover(self) -> None:
-        """Finish what an overwrite killed right after its swap left behind: the previous
-        output beside dst (complete, without run record). Entries a user had put into it go
-        back into dst; its own entries are removed."""
-        if not self.dst.exists() or recorded_entries(self.dst) is None:
-            return
-        for folder in self.staging_folders():
-            attrs = provenance(folder)
-            if attrs is None and not folder.is_local and copy_of(folder, self.dst) is None:
-                # the previous output's copy aside, cut short (dst itself was kept whole)
-                with contextlib.suppress(Exception):
-                    remove_tree(folder, owned=lambda f: copy_of(f, self.dst),
-                                protect=self.protect)  # fmt: skip
-                    log.info("removed %s, a partial copy of dst left by an interrupted "
-                             "overwrite", folder.url)  # fmt: skip
-                continue
-            if attrs is None or attrs.get("complete") is not True or run_record(folder):
-                continue  # a staged run: resumable, or being finished by its run
-            if live_lock(OutputState(folder).lock) is not None:
-                continue
-            if self._give_back(folder, restored=True):
-                continue  # kept whole, and said so again by every run until it is moved
-            with contextlib.suppress(Exception):
-                self.remove(folder)
-
-    def _give_back(self, old: Location, *, restored: bool = False) -> list[str]:
-        """Move the entries a user put into our previous output at ``old`` back into dst;
-        returns those that could not be moved, each named in a warning. (One that could not,
-        a read-only folder, failed every later overwrite: an eighth adversarial run.)"""
-        stuck = []
-        for name in foreign_entries(old):
-            if self.dst.child(name).exists():
-                continue
-            try:
-                folders.move(old.child(name), self.dst.child(name))
-            except OSError as exc:
-                stuck.append(name)
-                log.warning(
-                    "%r, which was in %s, could not be moved back into it (%s): it is in %s "
-                    "with the previous output, which is kept; move it yourself: mv %r %r%s",
-                    name, self.dst.spec, exc.strerror or exc, old.url, old.child(name).url,
-                    self.dst.child(name).url, " (a read-only folder moves once it may be "
-                    "written: chmod u+w)" if isinstance(exc, PermissionError) else "",
-                )  # fmt: skip
-                continue
-            if restored:
-                log.warning("restored %s into %s (left by an interrupted overwrite)",
-                            name, self.dst.spec)  # fmt: skip
-        return stuck
+        """Finish what an interrupted overwrite left beside dst (:func:`.leftovers.recover`)."""
+        leftovers.recover(self.dst, protect=self.protect)
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -506,7 +436,7 @@ class Destination:
         target.created = []
         try:
             # Files a user put into the old output stay where they were put.
-            stuck = self._give_back(old)
+            stuck = leftovers.give_back(old, self.dst)
             for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
                 lock.release()
                 target.locks.remove(lock)

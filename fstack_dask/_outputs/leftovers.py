@@ -1,0 +1,124 @@
+"""What an overwrite leaves beside ``dst`` when it is cut short, and what becomes of it.
+
+An overwrite writes the new output into a staging folder beside dst,
+``.NAME.fstack-staging-`` and 12 hex digits, and swaps the two once it is complete; the
+previous output is then beside dst (``...-staging-old-`` and 12 hex digits on an object
+store, where the swap copies) until it is removed. A run killed on the way leaves:
+
+=====================================  ===========================================================
+beside dst                             the next run into dst
+=====================================  ===========================================================
+a staging folder with its run record   ``resume``: continues it (:func:`staged_run`); otherwise
+                                       removed (:func:`remove_stale`)
+the previous output, complete          entries a user had put into it go back into dst, then it
+                                       is removed (:func:`recover`); one that cannot be moved is
+                                       named in a warning and the folder kept
+on an object store, a partial copy     removed where every object is a copy of dst's at the same
+of dst (killed while copying aside)    place, else kept
+=====================================  ===========================================================
+
+Only folders with the names runs give are considered: a user's output at
+``.NAME.fstack-staging-nhsize5`` is not one (an eighth adversarial run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterable
+
+from .._locations import Location, remove_tree
+from . import folders
+from .folders import STAGING
+from .lock import live_lock
+from .removal import copy_of, remove_output
+from .state import OutputState, foreign_entries, provenance, recorded_entries, run_record
+
+__all__ = ["give_back", "recover", "remove_stale", "staged_run", "staging_folders"]
+
+log = logging.getLogger(__name__)
+
+
+def staging_folders(dst: Location) -> list[Location]:
+    """The staging folders of overwrites beside ``dst``: only the names runs give them,
+    ``.NAME.fstack-staging-`` and 12 hex digits, or ``old-`` and 12."""
+    prefix = f".{dst.name}{STAGING}"
+    ours = re.compile(re.escape(prefix) + r"(old-)?[0-9a-f]{12}")
+    parent = Location(dst.spec, dst.protocol, dst.parent_path(), dst.storage_options)
+    try:
+        names = parent.listdir()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [parent.child(n) for n in names if ours.fullmatch(n)]
+
+
+def staged_run(dst: Location) -> Location | None:
+    """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
+    for folder in sorted(staging_folders(dst), key=lambda f: f.name):
+        if run_record(folder) is None or live_lock(OutputState(folder).lock) is not None:
+            continue
+        if provenance(folder) is not None and not folder.child("0", "zarr.json").exists():
+            continue  # its removal was cut short (the record goes last): not resumable
+        return folder
+    return None
+
+
+def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location | None) -> None:
+    """Remove interrupted overwrites beside dst but ``keep`` (only their recorded entries)."""
+    for folder in staging_folders(dst):
+        if folder == keep:
+            continue
+        if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
+            with contextlib.suppress(Exception):
+                remove_output(folder, protect=protect)
+
+
+def recover(dst: Location, *, protect: Iterable[Location]) -> None:
+    """Finish what an overwrite killed after its swap left behind: the previous output beside
+    dst (complete, without run record), whose entries a user had put into it go back into dst
+    and whose own entries are removed; and on an object store a partial copy of dst."""
+    if not dst.exists() or recorded_entries(dst) is None:
+        return
+    for folder in staging_folders(dst):
+        attrs = provenance(folder)
+        if attrs is None and not folder.is_local and copy_of(folder, dst) is None:
+            # the previous output's copy aside, cut short (dst itself was kept whole)
+            with contextlib.suppress(Exception):
+                remove_tree(folder, owned=lambda f: copy_of(f, dst), protect=protect)
+                log.info("removed %s, a partial copy of dst left by an interrupted overwrite",
+                         folder.url)  # fmt: skip
+            continue
+        if attrs is None or attrs.get("complete") is not True or run_record(folder):
+            continue  # a staged run: resumable, or being finished by its run
+        if live_lock(OutputState(folder).lock) is not None:
+            continue
+        if give_back(folder, dst, restored=True):
+            continue  # kept whole, and said so again by every run until it is moved
+        with contextlib.suppress(Exception):
+            remove_output(folder, protect=protect)
+
+
+def give_back(old: Location, dst: Location, *, restored: bool = False) -> list[str]:
+    """Move the entries a user put into our previous output at ``old`` back into ``dst``;
+    returns those that could not be moved, each named in a warning. (One that could not, a
+    read-only folder, failed every later overwrite: an eighth adversarial run.)"""
+    stuck = []
+    for name in foreign_entries(old):
+        if dst.child(name).exists():
+            continue
+        try:
+            folders.move(old.child(name), dst.child(name))
+        except OSError as exc:
+            stuck.append(name)
+            log.warning(
+                "%r, which was in %s, could not be moved back into it (%s): it is in %s with "
+                "the previous output, which is kept; move it yourself: mv %r %r%s",
+                name, dst.spec, exc.strerror or exc, old.url, old.child(name).url,
+                dst.child(name).url, " (a read-only folder moves once it may be written: "
+                "chmod u+w)" if isinstance(exc, PermissionError) else "",
+            )  # fmt: skip
+            continue
+        if restored:
+            log.warning("restored %s into %s (left by an interrupted overwrite)", name, dst.spec)
+    return stuck
