@@ -165,6 +165,9 @@ def unswappable(dst: Location) -> str | None:
     ]  # (ismount where there is no /proc: it does not see a folder bound there)
     if mounted:  # it could not be moved back into the new output
         return f"holds a mount point ({mounted[0]!r}), which cannot be moved to the new output"
+    if not os.access(os.path.dirname(dst.path), os.W_OK | os.X_OK):  # (it said "dst cannot
+        # be created": an eighth adversarial run)
+        return f"lies in {os.path.dirname(dst.path)!r}, which this user may not write"
     parent = os.stat(os.path.dirname(dst.path))
     if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (0, parent.st_uid):
         if os.stat(dst.path).st_uid != os.geteuid():  # a sticky folder: only its owner moves it

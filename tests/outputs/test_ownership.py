@@ -825,3 +825,30 @@ def test_a_users_folder_that_cannot_be_moved_back_does_not_stop_later_overwrites
     finally:
         for folder in tmp_path.glob("**/notes"):
             folder.chmod(0o755)
+
+
+def test_an_overwrite_in_a_folder_the_user_may_not_write_says_so(tmp_path):
+    """dst's folder not writable: an overwrite, which writes beside dst, said "dst cannot be
+    created: Permission denied", exit 1 (an eighth adversarial run). Refused first, naming
+    the folder, exit 2, nothing changed. (As an ordinary user, as above.)"""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to play an ordinary user")
+    src = write_src(tmp_path / "src.zarr")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    dst = folder / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(folder)
+    folder.chmod(0o555)
+    try:
+        proc = subprocess.run(
+            [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable,
+             "-m", "fstack_dask", "fuse", str(src), str(dst), "--overwrite", "--nhsize", "5",
+             *map(str, FUSE)], capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert f"lies in '{folder}', which this user may not write" in one_line_error(proc)
+    assert tree_digest(folder) == before
