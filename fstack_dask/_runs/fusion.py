@@ -109,80 +109,86 @@ def plan_fusion(
     memory = check_memory(DEFAULT_MEMORY_PER_TASK if memory_per_task is None else memory_per_task)
     chunks = check_chunks(chunks)
     source = open_source(src, axes=axes, level=level, storage_options=storage_options)
-    nhsize = check_nhsize_or_auto(nhsize)
-    n_planes = source.size("z")
-    focus_given = focus is not None
-    focus = check_focus(focus, n_planes)
-    alpha, sth = check_alpha(alpha), check_sth_or_auto(sth)
-    rgb = _rgb(channels, source)
-    layout = Layout(source.axes, source.shape, rgb)
-    _check_plausible(layout, source)
-    _tell(source, layout, axes_given=axes is not None)
-    chosen = None
-    if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
-        chosen = _auto(source, layout, focus, nhsize, sth)
-        nhsize, sth = chosen.nhsize, chosen.sth
-    halo = overlap_depth(nhsize)
-    maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
-    depth_unit, depth_affine = _depth_units(source, focus_given)
-    kernel = {
-        "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
-        "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
-    }  # fmt: skip
-    # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
-    # the engines differ in the last bits of exp/log/tanh.
-    kernel["engine"] = engine_for(device) or _cpu_engine()
-    fusion = reading(
-        Fusion(
-            source, layout, {}, kernel, (1, 1), halo, maps, None, memory, {}, 0,
-            depth_affine, (_portable(src, source, storage_options), axes, level, storage_options),
-        ),
-        by_inner_chunks=False,
-    )  # fmt: skip
-    if chunks is None:
-        chunks = auto_block(fusion, MIN_BLOCKS_PER_IMAGE // 2)
-    # how a run on as many workers would read (each run decides for its own: read_by)
-    fusion = read_by(replace(fusion, block=tuple(chunks)), MIN_BLOCKS_PER_IMAGE // 2)
-    if output == "ome-tiff":
-        from .._outputs.tiff import check_tiff_output, tiff_levels
+    try:
+        nhsize = check_nhsize_or_auto(nhsize)
+        n_planes = source.size("z")
+        focus_given = focus is not None
+        focus = check_focus(focus, n_planes)
+        alpha, sth = check_alpha(alpha), check_sth_or_auto(sth)
+        rgb = _rgb(channels, source)
+        layout = Layout(source.axes, source.shape, rgb)
+        _check_plausible(layout, source)
+        _tell(source, layout, axes_given=axes is not None)
+        chosen = None
+        if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
+            chosen = _auto(source, layout, focus, nhsize, sth)
+            nhsize, sth = chosen.nhsize, chosen.sth
+        halo = overlap_depth(nhsize)
+        maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
+        depth_unit, depth_affine = _depth_units(source, focus_given)
+        kernel = {
+            "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth, "rgb": rgb,
+            "with_depth": "depth" in maps, "with_selectivity": "selectivity" in maps,
+        }  # fmt: skip
+        # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
+        # the engines differ in the last bits of exp/log/tanh.
+        kernel["engine"] = engine_for(device) or _cpu_engine()
+        recipe = (_portable(src, source, storage_options), axes, level, storage_options)
+        fusion = reading(
+            Fusion(
+                source, layout, {}, kernel, (1, 1), halo, maps, None, memory, {}, 0,
+                depth_affine, recipe,
+            ),
+            by_inner_chunks=False,
+        )  # fmt: skip
+        if chunks is None:
+            chunks = auto_block(fusion, MIN_BLOCKS_PER_IMAGE // 2)
+        # how a run on as many workers would read (each run decides for its own: read_by)
+        fusion = read_by(replace(fusion, block=tuple(chunks)), MIN_BLOCKS_PER_IMAGE // 2)
+        if output == "ome-tiff":
+            from .._outputs.tiff import check_tiff_output, tiff_levels
 
-        check_tiff_output(source.dtype, layout.image_axes, source.description)
-        if levels is None:
-            levels = tiff_levels(layout.shape_yx)
-    levels = _check_levels(levels, layout.shape_yx, chunks)
-    _warn_many_files(layout, chunks, len(maps), levels)
-    params = {
-        "version": __version__,
-        "method": METHOD,
-        "src": source.location.url if source.location is not None else source.description,
-        "src_axes": source.axes,
-        "src_shape": list(source.shape),
-        "level": int(source.level),
-        "nhsize": nhsize,
-        "focus": focus.tolist(),
-        "alpha": alpha,
-        "sth": sth,
-        "channels": "rgb" if rgb else "independent",
-        "chunks": [int(chunks[0]), int(chunks[1])],
-        "depth_map": bool(depth_map),
-        "selectivity_map": bool(selectivity_map),
-        "depth_unit": depth_unit,
-        "levels": levels,
-        "auto": None if chosen is None else chosen.as_dict(),
-        "device": device,  # GPU and CPU may differ in the last place: resume on the same
-        "engine": kernel["engine"],
-        "complete": False,
-    }
-    if output == "ome-tiff":
-        params["output"] = output
-    spec = output_spec(
-        source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
-        provenance=params, depth_unit=depth_unit, levels=levels,
-    )  # fmt: skip
-    return Fusion(
-        fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
-        fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
-    )  # fmt: skip
+            check_tiff_output(source.dtype, layout.image_axes, source.description)
+            if levels is None:
+                levels = tiff_levels(layout.shape_yx)
+        levels = _check_levels(levels, layout.shape_yx, chunks)
+        _warn_many_files(layout, chunks, len(maps), levels)
+        params = {
+            "version": __version__,
+            "method": METHOD,
+            "src": source.location.url if source.location is not None else source.description,
+            "src_axes": source.axes,
+            "src_shape": list(source.shape),
+            "level": int(source.level),
+            "nhsize": nhsize,
+            "focus": focus.tolist(),
+            "alpha": alpha,
+            "sth": sth,
+            "channels": "rgb" if rgb else "independent",
+            "chunks": [int(chunks[0]), int(chunks[1])],
+            "depth_map": bool(depth_map),
+            "selectivity_map": bool(selectivity_map),
+            "depth_unit": depth_unit,
+            "levels": levels,
+            "auto": None if chosen is None else chosen.as_dict(),
+            "device": device,  # GPU and CPU may differ in the last place: resume on the same
+            "engine": kernel["engine"],
+            "complete": False,
+        }
+        if output == "ome-tiff":
+            params["output"] = output
+        spec = output_spec(
+            source, layout, block=chunks, dtype=source.dtype.newbyteorder("="), maps=maps,
+            provenance=params, depth_unit=depth_unit, levels=levels,
+        )  # fmt: skip
+        return Fusion(
+            fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
+            fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
+        )  # fmt: skip
+
+    except BaseException:
+        source.close()  # its files, not left open by a kept traceback
+        raise
 
 
 def _portable(src: Any, source: Source, storage_options: Any) -> Any:

@@ -47,37 +47,39 @@ def run_fusion(
     conversion); never on a resume of a complete output. A new ``dst`` takes the owner,
     group, mode and ACLs of ``looks_like`` (the TIFF a working store will replace)."""
     fusion = plan_fusion(src, **plan, output=output)
-    lay = fusion.layout
-    warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
-            kernel=fusion.kernel)  # fmt: skip
-    prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
-                    resume=resume, chunks=plan["chunks"], levels=plan["levels"])  # fmt: skip
-    fusion, destination = prior.fusion, prior.destination
-    destination.looks_like = looks_like
-    if prior.mode == "complete":
-        lifecycle.tidy_complete(destination)
-        log.info("%s is already complete; nothing to resume", destination.dst.spec)
+    with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
+        lay = fusion.layout
+        warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
+                kernel=fusion.kernel)  # fmt: skip
+        prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
+                        resume=resume, chunks=plan["chunks"], levels=plan["levels"])  # fmt: skip
+        fusion, destination = prior.fusion, prior.destination
+        destination.looks_like = looks_like
+        if prior.mode == "complete":
+            lifecycle.tidy_complete(destination)
+            log.info("%s is already complete; nothing to resume", destination.dst.spec)
+            return lifecycle.open_result(destination.dst)
+        with contextlib.ExitStack() as stack:
+            # after every check: it may connect
+            sched = schedulers.resolve_scheduler(scheduler, stack)
+            require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
+            schedulers.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
+                                    n_channels=lay.n_channels, kernel=fusion.kernel)  # fmt: skip
+            fusion = read_by(fusion, sched.workers, sched.processes)  # shards, or their chunks
+            blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
+            target = lifecycle.claim(destination, prior.mode)
+            try:
+                lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
+                                  resuming=prior.resuming)  # fmt: skip
+                done = fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes,
+                                   progress=progress, stall_timeout=stall_timeout,
+                                   resuming=prior.resuming)  # fmt: skip
+                pyramid_levels(fusion, target, sched, done=done, progress=progress,
+                               stall_timeout=stall_timeout)  # fmt: skip
+                lifecycle.record_source(target, prior.identity)
+                if finishing is not None:
+                    finishing(target)
+                lifecycle.finish(target, destination)
+            except BaseException as exc:
+                lifecycle.fail(target, destination, exc, blocks.n_blocks)
         return lifecycle.open_result(destination.dst)
-    with contextlib.ExitStack() as stack:
-        sched = schedulers.resolve_scheduler(scheduler, stack)  # after every check: it may connect
-        require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
-        schedulers.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
-                                n_channels=lay.n_channels, kernel=fusion.kernel)  # fmt: skip
-        fusion = read_by(fusion, sched.workers, sched.processes)  # shards, or their chunks
-        blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
-        target = lifecycle.claim(destination, prior.mode)
-        try:
-            lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
-                              resuming=prior.resuming)  # fmt: skip
-            done = fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes,
-                               progress=progress, stall_timeout=stall_timeout,
-                               resuming=prior.resuming)  # fmt: skip
-            pyramid_levels(fusion, target, sched, done=done, progress=progress,
-                           stall_timeout=stall_timeout)  # fmt: skip
-            lifecycle.record_source(target, prior.identity)
-            if finishing is not None:
-                finishing(target)
-            lifecycle.finish(target, destination)
-        except BaseException as exc:
-            lifecycle.fail(target, destination, exc, blocks.n_blocks)
-    return lifecycle.open_result(destination.dst)

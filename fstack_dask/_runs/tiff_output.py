@@ -73,51 +73,52 @@ def fuse_to_tiff(
             "OME-Zarr dst (.ome.zarr) to an object store instead"
         )
     fusion = plan_fusion(src, **plan, output="ome-tiff")  # refuses bad input, reads metadata
-    work = working_store(tiff)
-    owner = check_tiff_destination(
-        tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
-    )
-    _refuse_another_output_at(work, where)
-    _refuse_another_filesystem(work, tiff, where)
-    if classify(work) == "complete":
-        # Its TIFF was moved into place (the conversion comes before the store is marked
-        # complete), and its removal cut short: what is left may lack chunks, so it is never
-        # converted again (a resume did, over the good TIFF: a fifth adversarial run), only
-        # removed.
-        remove_finished(Destination(work, protect=fusion.source.protected()))
-    if owner is not None and resume and classify(work) == "absent":
-        _check_complete(tiff, work, owner, fusion, plan)
-        log.info("%s is already complete; nothing to resume", tiff.spec)
-        return open_tiff_result(tiff.path)
+    with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
+        work = working_store(tiff)
+        owner = check_tiff_destination(
+            tiff, fusion.source.protected(), overwrite=overwrite, resume=resume
+        )
+        _refuse_another_output_at(work, where)
+        _refuse_another_filesystem(work, tiff, where)
+        if classify(work) == "complete":
+            # Its TIFF was moved into place (the conversion comes before the store is marked
+            # complete), and its removal cut short: what is left may lack chunks, so it is never
+            # converted again (a resume did, over the good TIFF: a fifth adversarial run), only
+            # removed.
+            remove_finished(Destination(work, protect=fusion.source.protected()))
+        if owner is not None and resume and classify(work) == "absent":
+            _check_complete(tiff, work, owner, fusion, plan)
+            log.info("%s is already complete; nothing to resume", tiff.spec)
+            return open_tiff_result(tiff.path)
 
-    def convert(target: Any) -> None:
-        partial = os.path.join(target.output.path, PARTIAL)
-        log.info("writing %s", tiff.spec)
-        try:
-            write_tiff(target.output, partial, check=target.check_lease)
-        except BaseException:
-            # A resume writes it again from the start: kept, it held the space a full disk
-            # needed back (an eighth adversarial run).
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
-        target.check_lease()  # never move into place what another run has taken over
-        place_tiff(partial, tiff.path, where=where)
+        def convert(target: Any) -> None:
+            partial = os.path.join(target.output.path, PARTIAL)
+            log.info("writing %s", tiff.spec)
+            try:
+                write_tiff(target.output, partial, check=target.check_lease)
+            except BaseException:
+                # A resume writes it again from the start: kept, it held the space a full disk
+                # needed back (an eighth adversarial run).
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
+            target.check_lease()  # never move into place what another run has taken over
+            place_tiff(partial, tiff.path, where=where)
 
-    run_fusion(
-        src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
-        scheduler=scheduler, dst_storage_options=None, stall_timeout=stall_timeout,
-        output="ome-tiff", finishing=convert,
-        looks_like=tiff.path if os.path.isfile(tiff.path) else None,  # a private TIFF's too
-    )  # fmt: skip
-    try:
-        remove_finished(Destination(work, protect=fusion.source.protected()))
-    except Exception as exc:  # the TIFF is in place: the run succeeded
-        log.warning(
-            "%s is written, but its working store %s could not be removed (%s): remove it "
-            "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
+        run_fusion(
+            src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
+            scheduler=scheduler, dst_storage_options=None, stall_timeout=stall_timeout,
+            output="ome-tiff", finishing=convert,
+            looks_like=tiff.path if os.path.isfile(tiff.path) else None,  # a private TIFF's too
         )  # fmt: skip
-    return open_tiff_result(tiff.path)
+        try:
+            remove_finished(Destination(work, protect=fusion.source.protected()))
+        except Exception as exc:  # the TIFF is in place: the run succeeded
+            log.warning(
+                "%s is written, but its working store %s could not be removed (%s): remove it "
+                "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
+            )  # fmt: skip
+        return open_tiff_result(tiff.path)
 
 
 def _refuse_another_output_at(work: Location, where: str) -> None:

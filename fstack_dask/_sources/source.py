@@ -135,6 +135,15 @@ class Source:
         """Reads need no unit cache: the data is in memory, or the reader caches itself."""
         return isinstance(self.array, np.ndarray) or not self.cached_reads
 
+    def close(self) -> None:
+        """Close the files this process opened to read the source (a later read opens them
+        again). An array the caller passed in (an h5py dataset, say) is theirs: left open.
+        (Kept open, a refused run's file stayed open for as long as Jupyter kept its
+        traceback.)"""
+        close = getattr(self.array, "close", None)
+        if callable(close) and type(self.array).__module__.startswith("fstack_dask."):
+            close()
+
     def protected(self) -> list[Location]:
         """What a dst must never overlap: the store, or each of the source's files."""
         if self.files:
