@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._dtypes import to_dtype
 from .compiled import focus_measure_compiled
 
 __all__ = ["focus_measure", "fm_dtype", "luminance", "selectivity"]
@@ -278,20 +279,6 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
             for ch in range(values.shape[0]):
                 num[ch] += values[ch, p].astype(np.float64) * weight
         fused = num / den
-    image = _to_dtype(fused if rgb else fused[0], native)
+    image = to_dtype(fused if rgb else fused[0], native)
     sel = s_raw.astype(np.float32) if with_selectivity else None
     return image, fmax, arg, sel
-
-
-def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round half to even and clip into an integer dtype; cast into a float dtype."""
-    if dtype.kind == "f":
-        return values.astype(dtype)
-    info = np.iinfo(dtype)
-    top = float(info.max)
-    if int(top) > info.max:  # 64-bit: the maximum is no float64; it would round up and wrap
-        top = float(np.nextafter(top, 0.0))
-    rounded = np.round(values)
-    out = np.clip(rounded, float(info.min), top).astype(dtype)
-    out[rounded > top] = info.max
-    return out

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from .._dtypes import to_dtype
+
 __all__ = ["downsample", "level_shape", "n_levels"]
 
 
@@ -60,8 +62,4 @@ def downsample(values: np.ndarray, *, dtype: np.dtype, nan_aware: bool) -> np.nd
     n, _ = _pair_sum(n, n.ndim - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.round(mean), info.min, info.max).astype(dtype)
-    return mean.astype(dtype)
+    return to_dtype(mean, np.dtype(dtype))  # (a 64-bit maximum wrapped: an adversarial run)

@@ -130,3 +130,21 @@ def test_float64_beyond_the_limit_is_refused(pattern, engine):
     # Just under the limit is fused, finite.
     under = base.astype(np.float64) * (0.5 * float64_limit(9) / 65535)
     assert np.isfinite(fused(under, engine)).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint64", "int64"])
+def test_pyramid_levels_of_a_saturated_64_bit_image_are_not_wrapped(tmp_path, dtype):
+    """Level 0 was clipped without wrapping, the levels above were not: their 2 x 2 means
+    were clipped to the dtype's maximum in float64, where it rounds up to 2**64 or 2**63, and
+    the cast wrapped a saturated region to 0 or to the minimum (an adversarial run)."""
+    import zarr
+
+    from fstack_dask import fuse_zarr
+
+    info = np.iinfo(dtype)
+    stack = np.full((6, 64, 64), info.max, dtype)
+    stack[:, :, :32] = np.random.default_rng(0).integers(0, 1000, (6, 64, 32))
+    fuse_zarr(stack, tmp_path / "out.zarr", axes="zyx", chunks=32, levels=2, progress=False)
+    out = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    for level, right in (("0", 40), ("1", 20), ("2", 10)):
+        assert out[level][0, right] == info.max, level
