@@ -48,6 +48,9 @@ def cases(scale: int = 1) -> dict[str, tuple[np.ndarray, dict]]:
         {"nhsize": 3, "focus": [0.0, 0.5, 1.5, 2.0, 3.5, 4.0], "alpha": 0.5, "sth": 3.0},
     )
     out["float16"] = (rng.random((5, ny, nx)).astype(np.float16), {"nhsize": 3})
+    tiny = rng.random((5, ny, nx)) * 2.0**-512  # variances flushed to 0 in part (compiled.TINY)
+    tiny[:, : ny // 2] *= 2.0**20
+    out["float64 tiny"] = (tiny, {"nhsize": 3})
     signed = _grey((ny, nx), 5, "uint16", 6).astype(np.int32) - 30000
     out["int16 negative"] = (signed.astype(np.int16), {"nhsize": 3})
     out["int32"] = (rng.integers(-(2**31), 2**31 - 1, (5, ny, nx), dtype=np.int32), {"nhsize": 3})

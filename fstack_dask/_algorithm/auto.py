@@ -393,7 +393,7 @@ def auto_parameters(
     noise = float(np.median(noises))
     texture = float(np.median(textures))
     width = float(np.median(widths))
-    if noise > 0:
+    if noise * noise > 0:  # (not noise > 0: a noise below 1e-154 squares to 0 in float64)
         snr = texture / noise**2
     else:
         snr = math.inf if texture > 0 else 0.0

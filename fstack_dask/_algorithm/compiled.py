@@ -26,6 +26,11 @@ from .jit import jit
 
 __all__ = ["focus_measure_compiled", "plane_major"]
 
+#: float64's smallest normal number. A local variance below it is flushed to 0, no contrast:
+#: as a subnormal, ``1 / fmax`` overflowed and tiny float64 samples (about 1e-154) fused to
+#: NaN (an adversarial run). Every engine flushes the same values.
+TINY = 2.2250738585072014e-308
+
 # MATLAB's rgb2gray weights, as the reference uses them (same as _kernel._LUMA).
 _LR, _LG, _LB = 0.2989, 0.5870, 0.1140
 
@@ -172,7 +177,8 @@ def _focus_float(stack, rgb, rounded, divisor, n, fm, a_rows, dev2, vs, pad, acc
                 _box_float_row(dev2, ring, y2, lo, hi, rows, vs, pad, acc)
                 out = fm[p, y2]
                 for x in range(width):
-                    out[x] = acc[x] * inv_area
+                    v = acc[x] * inv_area
+                    out[x] = v if v >= TINY else 0.0  # see TINY
     return fm
 
 

@@ -201,7 +201,8 @@ def float_measure(p0, lo, hi, inv_area, t1, fm):
     step = cuda.gridsize(1)
     for i in range(start, groups * rows * width, step):
         g, y, x = _cell(i, rows, width)
-        fm[p0 + g, y, x] = mul(_along_row(t1, g, y, x, lo, n, width), inv_area)
+        v = mul(_along_row(t1, g, y, x, lo, n, width), inv_area)
+        fm[p0 + g, y, x] = v if v >= 2.2250738585072014e-308 else 0.0  # compiled.TINY
 
 
 # ------------------------------------------------------------------ selectivity and blend

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._dtypes import to_dtype
-from .compiled import focus_measure_compiled
+from .compiled import TINY, focus_measure_compiled
 
 __all__ = ["focus_measure", "fm_dtype", "luminance", "selectivity"]
 
@@ -162,7 +162,8 @@ def focus_measure(
             if dtype.kind in "iu":
                 a /= _float_divisor(dtype)
             dev = a - _box_sum_float(a, n) * inv_area
-            fm[p] = _box_sum_float(dev * dev, n) * inv_area
+            v = _box_sum_float(dev * dev, n) * inv_area
+            fm[p] = np.where(v >= TINY, v, 0.0)  # as the compiled engine: see TINY
     fmax = fm[0].copy()
     arg = np.zeros((h, w), dtype=np.intp)
     for p in range(1, n_planes):  # plane by plane: contiguous, unlike argmax over axis 0

@@ -132,6 +132,21 @@ def test_float64_beyond_the_limit_is_refused(pattern, engine):
     assert np.isfinite(fused(under, engine)).all()
 
 
+@pytest.mark.parametrize("exponent", [505, 510, 520, 540, 700, 1000])
+def test_float64_too_small_for_its_variance_is_flat_not_nan(pattern, exponent):
+    """Samples of about 1e-154 and below (normal float64 numbers) have a local variance
+    below float64's smallest normal: as a subnormal, ``1 / fmax`` overflowed and the fusion
+    gave NaN pixels, or the plane mean (an adversarial run). A variance that small is
+    flushed to 0 (no contrast there) by every engine alike (to float64's last bits, where
+    their exp and tanh differ): finite, never NaN; ``nhsize="auto"`` no longer divides by 0."""
+    base, _ = pattern
+    stack = base.astype(np.float64) / 65535 * 2.0**-exponent
+    outs = [fused(stack, engine) for engine in ENGINES]
+    assert all(np.isfinite(out).all() for out in outs)
+    assert np.allclose(outs[0], outs[1], rtol=1e-12, atol=0)
+    assert np.isfinite(focus_stack(stack, "auto", sth="auto")).all()
+
+
 @pytest.mark.parametrize("dtype", ["uint64", "int64"])
 def test_pyramid_levels_of_a_saturated_64_bit_image_are_not_wrapped(tmp_path, dtype):
     """Level 0 was clipped without wrapping, the levels above were not: their 2 x 2 means
