@@ -126,8 +126,7 @@ def block_speed(block: np.ndarray, rgb: bool, repeat: int) -> dict:
     def once() -> float:
         ws.stream.synchronize()
         t = time.perf_counter()
-        _cuda.device_pass(ws, d_values, block.dtype, rgb, 9, focus, 0.2, 13.0,
-                          with_selectivity=False)  # fmt: skip
+        _cuda.device_pass(ws, d_values, block.dtype, rgb, 9, focus, 0.2, 13.0)
         ws.stream.synchronize()
         return time.perf_counter() - t
 

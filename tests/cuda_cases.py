@@ -51,6 +51,9 @@ def cases(scale: int = 1) -> dict[str, tuple[np.ndarray, dict]]:
     tiny = rng.random((5, ny, nx)) * 2.0**-512  # variances flushed to 0 in part (compiled.TINY)
     tiny[:, : ny // 2] *= 2.0**20
     out["float64 tiny"] = (tiny, {"nhsize": 3})
+    dark = _grey((ny, nx), 6, "uint16", 9)
+    dark[0] = 0  # a dark frame: S undefined where the fit reads it, taken as s_fill
+    out["dark frame, S filled"] = (dark, {"nhsize": 3, "s_fill": 11.25})
     signed = _grey((ny, nx), 5, "uint16", 6).astype(np.int32) - 30000
     out["int16 negative"] = (signed.astype(np.int16), {"nhsize": 3})
     out["int32"] = (rng.integers(-(2**31), 2**31 - 1, (5, ny, nx), dtype=np.int32), {"nhsize": 3})

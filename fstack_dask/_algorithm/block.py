@@ -60,6 +60,7 @@ class BlockResult(NamedTuple):
     image: np.ndarray
     depth: np.ndarray | None
     selectivity: np.ndarray | None
+    s: np.ndarray  # S in dB, float64, NaN where undefined (as computed, before any fill)
 
 
 def fuse_block(
@@ -73,6 +74,7 @@ def fuse_block(
     with_depth: bool = False,
     with_selectivity: bool = False,
     engine: str | None = None,
+    s_fill: float = -np.inf,
 ) -> BlockResult:
     """Fuse one block: ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB.
 
@@ -85,10 +87,11 @@ def fuse_block(
 
     Where no plane has any contrast in the focus window (``max fm == 0``:
     flat background, saturation) every plane is equally in focus and the
-    result is the plane mean; where ``S`` is undefined it is taken as
-    ``-inf`` (no selectivity: ``phi = 0``, equal weights). The reference
-    instead returns garbage there and fills undefined ``S`` with the whole
-    image's minimum, a non-local step.
+    result is the plane mean (the reference returns garbage there). Where
+    ``S`` is undefined (NaN) it is taken as ``s_fill``: the reference fills it
+    with the whole image's smallest ``S``, which a chunked run finds before it
+    fuses the blocks that need it (``BlockResult.s`` holds ``S`` as computed);
+    ``-inf`` (no selectivity: ``phi = 0``, equal weights) by default.
 
     ``engine`` is ``"compiled"`` (numba) or ``"numpy"``; None follows
     :data:`ENGINE`. Both compute the same numbers up to the last bits of the
@@ -125,13 +128,36 @@ def fuse_block(
     # The GPU keeps the arg-max and maximum on the device unless the depth map needs them.
     extra = {"with_depth": with_depth} if engine == "cuda" else {}
     image, fmax, arg, s_raw = fuse(
-        stack, nhsize, focus, alpha, sth, rgb, with_selectivity=with_selectivity, **extra
+        stack, nhsize, focus, alpha, sth, rgb, s_fill=float(s_fill), **extra
     )
     depth = None
     if with_depth:
         depth = focus[arg].astype(np.float32)
         depth[fmax == 0] = np.nan
-    return BlockResult(image, depth, s_raw)
+    sel = s_raw.astype(np.float32) if with_selectivity else None
+    return BlockResult(image, depth, sel, s_raw)
+
+
+def selectivity_stats(s: np.ndarray, core: tuple[slice, slice]) -> tuple[float, bool]:
+    """What filling undefined ``S`` as the reference does (with its image's smallest ``S``)
+    needs from a block whose ``S`` (:attr:`BlockResult.s`) is known: the smallest defined
+    ``S`` of its ``core`` pixels (NaN if none is), and whether any ``S`` within one pixel of
+    the core (the reach of the 3 x 3 median of ``phi``) is undefined: only then does the
+    block's output depend on the fill.
+
+    Examples
+    --------
+    >>> s = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]])
+    >>> selectivity_stats(s, (slice(1, 2), slice(2, 3)))
+    (6.0, True)
+    """
+    rows, cols = s.shape
+    inner = s[core]
+    defined = inner[~np.isnan(inner)]
+    smallest = float(defined.min()) if defined.size else float("nan")
+    (y0, y1, _), (x0, x1, _) = core[0].indices(rows), core[1].indices(cols)
+    ring = s[max(0, y0 - 1) : min(rows, y1 + 1), max(0, x0 - 1) : min(cols, x1 + 1)]
+    return smallest, bool(np.isnan(ring).any())
 
 
 def block_buffer(shape: tuple[int, ...], dtype: Any, *, engine: str | None = None) -> np.ndarray:
@@ -202,7 +228,7 @@ def check_samples(stack: np.ndarray, n: int) -> None:
         )
 
 
-def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
     """The compiled engine: two compiled passes, no (P, Y, X) float64 temporaries."""
     native = stack.dtype
     values = stack if rgb else stack[None]
@@ -224,8 +250,8 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
     fmax = np.empty((h, w), fm.dtype)
     arg = np.empty((h, w), np.intp)
     out = np.empty((n_ch, h, w), np.float64 if native == np.float16 else native)
-    sel = np.empty((h, w), np.float32) if with_selectivity else None
-    blend_compiled(values, fm, focus, nhsize, alpha, sth, out, fmax, arg, sel)
+    sel = np.empty((h, w), np.float64)
+    blend_compiled(values, fm, focus, nhsize, alpha, sth, s_fill, out, fmax, arg, sel)
     image = out if rgb else out[0]
     return image.astype(native, copy=False), fmax, arg, sel
 
@@ -270,8 +296,9 @@ def block_memory(
     if engine == "numpy":
         per_pixel = n_planes * (2 * n_channels * itemsize + (itemsize if rgb else 0) + f)
         return pixels * (per_pixel + 8 * (8 + 20 + n_channels + 2))
-    # fmax, arg-max, output (float64 before a float16 cast), selectivity, depth map in making.
-    per_pixel = n_planes * (2 * n_channels * itemsize + f) + f + 8 + 10 * n_channels + 4 + 13
+    # fmax, arg-max, output (float64 before a float16 cast), S (float64) and the selectivity
+    # map (float32), depth map in making.
+    per_pixel = n_planes * (2 * n_channels * itemsize + f) + f + 8 + 10 * n_channels + 12 + 13
     if float16:
         per_pixel += 4 * n_channels * n_planes
     if itemsize == 8:  # 64-bit integers: the NumPy focus measure (luminance, plane temporaries)

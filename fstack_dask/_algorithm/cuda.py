@@ -103,7 +103,7 @@ def device_block_memory(
     (4 for samples of up to 16 bits, else 8), ``G`` = :func:`plane_groups` and ``o`` bytes
     per output sample (8 for float16)::
 
-        C P b  +  P f  +  16 G  +  f + 4 + 8 + 8 + 8 + 4  +  C o
+        C P b  +  P f  +  16 G  +  f + 4 + 8 + 8 + 8 + 8  +  C o
         stack     fm      temps    fmax, arg, q, column sums, phi, S   output
 
     with ``16 G <= P f + 16``: about ``P (C b + 2 f)`` bytes a pixel. The same buffers of
@@ -114,7 +114,7 @@ def device_block_memory(
     f = 4 if itemsize <= 2 else 8
     o = 8 if float16 else itemsize
     groups = plane_groups(n_planes, f)
-    per_pixel = n_channels * n_planes * b + n_planes * f + 16 * groups + f + 32 + n_channels * o
+    per_pixel = n_channels * n_planes * b + n_planes * f + 16 * groups + f + 36 + n_channels * o
     return rows * cols * per_pixel + 8 * n_planes + 64  # + the focus positions, odd bytes
 
 
@@ -131,13 +131,14 @@ def host_block_memory(
 
     The input block and Dask's halo copy (``2 C P s``, ``s`` its bytes per sample), the
     pinned copy sent to the GPU (``C P b``) and the 2-D results (pinned and returned:
-    image, fmax, arg-max, selectivity, depth). 64-bit integers add the host's focus measure
+    image, fmax, arg-max, ``S`` in float64, depth; and the selectivity map in float32).
+    64-bit integers add the host's focus measure
     (``P`` float64, and the luminance for RGB) and its temporaries.
     """
     rows, cols = int(shape_yx[0]), int(shape_yx[1])
     b = 4 if float16 else itemsize
     o = 8 if float16 else itemsize
-    per_pixel = n_planes * n_channels * (2 * itemsize + b) + 2 * (n_channels * o + 8 + 4 + 4) + 4
+    per_pixel = n_planes * n_channels * (2 * itemsize + b) + 2 * (n_channels * o + 8 + 4 + 8) + 8
     if itemsize == 8 and not float16:  # 64-bit integers: the NumPy focus measure on the host
         per_pixel += 8 * n_planes + (8 * n_planes if rgb else 0) + 80
     return rows * cols * per_pixel
@@ -243,7 +244,7 @@ def staging_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
     return held[0] if grey else held
 
 
-def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_depth=True):
+def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, with_depth=True):
     """Fuse one block on the GPU: ``(image, fmax, arg, selectivity)`` as the CPU engines.
 
     ``stack`` is ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB in native byte order, checked
@@ -274,9 +275,8 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_d
         host_fm = np.ascontiguousarray(focus_measure(grey, int(nhsize), compiled=False)[0])
         del grey
         send(0, n_planes)
-    d = device_pass(ws, d_values, native, rgb, nhsize, focus, alpha, sth,
-                    with_selectivity=with_selectivity, host_fm=host_fm,
-                    ready=None if host_fm is not None else send)  # fmt: skip
+    d = device_pass(ws, d_values, native, rgb, nhsize, focus, alpha, sth, s_fill=s_fill,
+                    host_fm=host_fm, ready=None if host_fm is not None else send)  # fmt: skip
     stream = ws.stream
 
     n_ch, _, rows, width = values.shape
@@ -287,13 +287,12 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity, with_d
         h_arg = ws.on_host("arg", (rows, width), np.int32)
         d["fmax"].copy_to_host(h_fmax, stream=stream)
         d["arg"].copy_to_host(h_arg, stream=stream)
-    if with_selectivity:
-        h_sel = ws.on_host("sel", (rows, width), np.float32)
-        d["sel"].copy_to_host(h_sel, stream=stream)
+    h_sel = ws.on_host("sel", (rows, width), np.float64)  # S: whether it needs the fill
+    d["sel"].copy_to_host(h_sel, stream=stream)
     stream.synchronize()
     # Copies: the pinned buffers are this thread's, and its next block reuses them.
     image = (h_out if rgb else h_out[0]).astype(native)
-    sel = h_sel.copy() if with_selectivity else None
+    sel = h_sel.copy()
     if not with_depth:
         return image, None, None, sel
     return image, h_fmax.copy(), h_arg.astype(np.intp), sel
@@ -340,7 +339,7 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def device_pass(
-    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, with_selectivity, host_fm=None,
+    ws, d_values, native, rgb, nhsize, focus, alpha, sth, *, s_fill=-np.inf, host_fm=None,
     ready=None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every kernel of one block whose samples ``d_values`` (C, P, Y, X) are on the GPU.
@@ -378,17 +377,17 @@ def device_pass(
     d_q = ws.on_device("q", (1, rows, width), np.float64)
     d_vs = ws.on_device("vs", (1, rows, width), np.float64)
     d_phi = ws.on_device("phi", (rows, width), np.float64)
-    d_sel = ws.on_device("sel", (rows, width), np.float32)
+    d_sel = ws.on_device("sel", (rows, width), np.float64)
     d_out = ws.on_device("out", (n_ch, rows, width), out_dt)
     pixels = rows * width
     ws.launch(kernels["fit_error"], pixels, d_fm, d_focus, even_step(focus), fit, d_fmax, d_arg,
               d_q[0])  # fmt: skip
     if fit:
         ws.launch(kernels["float_column_sums"], pixels, lo, hi, d_q, d_vs)
-    phi_full = float(phi_from_s(np.inf, float(alpha), float(sth)))
+    phi_full = float(phi_from_s(np.inf, float(alpha), float(sth), float(s_fill)))
     ws.launch(
         kernels["selectivity_phi"], pixels, lo, hi, 1.0 / (n * n), fit, phi_full,
-        float(alpha), float(sth), d_vs, d_phi, d_sel, bool(with_selectivity),
+        float(alpha), float(sth), float(s_fill), d_vs, d_phi, d_sel,
     )  # fmt: skip
     lo_val, hi_val, top, is_int = _store_limits(out_dt)
     ws.launch(kernels["blend"], pixels, d_values, d_fm, d_fmax, d_phi, d_out, lo_val, hi_val,

@@ -241,9 +241,10 @@ def fit_error(fm, focus, plane_step, fit, fmax, arg, q):
             q[y, x] = err / mul(np.float64(n_planes), np.float64(best))
 
 
-def selectivity_phi(lo, hi, inv_area, fit, phi_full, alpha, sth, vs, phi, sel, want_sel):
+def selectivity_phi(lo, hi, inv_area, fit, phi_full, alpha, sth, s_fill, vs, phi, sel):
     """``S`` in dB from the box mean of ``q`` (column sums ``vs`` added along the row), and
-    ``phi``; fewer than 5 planes: ``S = +inf``, ``phi = phi_full``."""
+    ``phi`` (an undefined ``S`` taken as ``s_fill``); fewer than 5 planes: ``S = +inf``,
+    ``phi = phi_full``."""
     rows, width = phi.shape
     n = lo + hi + 1
     start = cuda.grid(1)
@@ -257,12 +258,11 @@ def selectivity_phi(lo, hi, inv_area, fit, phi_full, alpha, sth, vs, phi, sel, w
                 acc += vs[0, y, _clamp(x - lo + k, width)]
             acc = mul(acc, inv_area)
             s = mul(20.0, log10(1 / acc))
-            phi[y, x] = phi_from_s(s, alpha, sth)
+            phi[y, x] = phi_from_s(s, alpha, sth, s_fill)
         else:
             s = np.inf
             phi[y, x] = phi_full
-        if want_sel:
-            sel[y, x] = s
+        sel[y, x] = s
 
 
 def blend(values, fm, fmax, phi, out, lo_val, hi_val, top, is_int):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._params import check_alpha, check_dtype, check_focus, overlap_depth
 from .auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
-from .block import fuse_block
+from .block import fuse_block, selectivity_stats
 from .device import check_device, engine_for, require_here
 
 __all__ = ["focus_stack"]
@@ -178,21 +178,33 @@ def _fuse_in_bands(planes, *, nhsize, focus, alpha, sth, rgb, workers, engine=No
         n_bands = max(1, min(workers, rows // (4 * halo)))
     bounds = band_bounds(rows, n_bands, halo)
 
-    def run(bound):
+    def run(bound, fill=-np.inf):
         y0, y1, h0, h1 = bound
         res = fuse_block(
             planes[..., h0:h1, :],
             nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, engine=engine,
+            s_fill=fill,
         )  # fmt: skip
-        return res.image[..., y0 - h0 : y1 - h0, :]
+        core = (slice(y0 - h0, y1 - h0), slice(None))
+        return (res.image[..., core[0], :], *selectivity_stats(res.s, core))
 
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, n_bands))) as pool:
+        bands = list(pool.map(run, bounds))
+        # Undefined S is the image's smallest S, as the reference fills it: the bands that
+        # need it are fused again once every band's is known.
+        again = [k for k, (_, _, undefined) in enumerate(bands) if undefined]
+        if again:
+            defined = [s_min for _, s_min, _ in bands if s_min == s_min]
+            fill = min(defined) if defined else -np.inf  # (the reference's would be NaN)
+            redone = pool.map(lambda k: run(bounds[k], fill), again)
+            for k, band in zip(again, redone, strict=True):
+                bands[k] = band
     if n_bands == 1:
-        return run(bounds[0])
+        return bands[0][0]
     shape = planes.shape[:-3] + planes.shape[-2:] if rgb else planes.shape[-2:]
     out = None
-    with ThreadPoolExecutor(max_workers=min(workers, n_bands)) as pool:
-        for (y0, y1, _, _), band in zip(bounds, pool.map(run, bounds), strict=True):
-            if out is None:
-                out = np.empty(shape, band.dtype)
-            out[..., y0:y1, :] = band
+    for (y0, y1, _, _), (band, _, _) in zip(bounds, bands, strict=True):
+        if out is None:
+            out = np.empty(shape, band.dtype)
+        out[..., y0:y1, :] = band
     return out

@@ -148,8 +148,8 @@ def _store_row(fused, y, out, lo_val, hi_val, top, is_int):
 
 
 def _blend(
-    values, fm, focus, step, n, alpha, sth, out, lo_val, hi_val, top, is_int, fmax, arg, sel,
-    want_sel, work, q, phi_ring, g, num, fused,
+    values, fm, focus, step, n, alpha, sth, s_fill, out, lo_val, hi_val, top, is_int, fmax, arg,
+    sel, work, q, phi_ring, g, num, fused,
 ):  # fmt: skip
     n_planes, rows, width = fm.shape
     lo = n // 2
@@ -168,7 +168,7 @@ def _blend(
     pad = work[9]
     inv = work[10, :width]
     add = work[11, :width]
-    phi_full = _pixel.phi_from_s(np.inf, alpha, sth)  # fewer than 5 planes: S = +inf
+    phi_full = _pixel.phi_from_s(np.inf, alpha, sth, s_fill)  # fewer than 5 planes: S = +inf
     for r in range(rows + hi + 1):
         if r < rows:
             fmax_row = fmax[r]
@@ -197,15 +197,14 @@ def _blend(
                 for x in range(width):
                     s = 20 * _pixel.log10(1 / s_row[x])
                     s_row[x] = s
-                    ring_row[x] = _pixel.phi_from_s(s, alpha, sth)
+                    ring_row[x] = _pixel.phi_from_s(s, alpha, sth, s_fill)
             else:
                 for x in range(width):
                     s_row[x] = np.inf
                     ring_row[x] = phi_full
-            if want_sel:
-                sel_row = sel[y]
-                for x in range(width):
-                    sel_row[x] = s_row[x]
+            sel_row = sel[y]
+            for x in range(width):
+                sel_row[x] = s_row[x]
         ym = y - 1
         if 0 <= ym < rows:
             _median_row(phi_ring, ym, rows, phi)
@@ -230,12 +229,13 @@ if jit is not None:
     _store_row = jit(_store_row)
     _blend = jit(_blend)
 
-    def blend_compiled(values, fm, focus, n, alpha, sth, out, fmax, arg, sel):
+    def blend_compiled(values, fm, focus, n, alpha, sth, s_fill, out, fmax, arg, sel):
         """Selectivity, weights and blend of a block whose focus measure ``fm`` is done.
 
         ``values`` (C, P, Y, X) are the samples to blend; ``out`` (C, Y, X) receives
         the result in its own dtype; ``fmax`` (Y, X, fm's dtype) and ``arg`` (Y, X)
-        are filled; ``sel`` (Y, X) float32 receives ``S`` in dB unless it is None.
+        are filled; ``sel`` (Y, X) float64 receives ``S`` in dB (NaN where undefined, there
+        taken as ``s_fill``).
         """
         dtype = out.dtype
         is_int = dtype.kind in "iu"
@@ -249,13 +249,10 @@ if jit is not None:
         else:
             lo_val = hi_val = 0.0
             top = 0
-        want_sel = sel is not None
-        if sel is None:
-            sel = np.empty((1, 1), np.float32)
         n_ch, width = values.shape[0], fm.shape[2]
         _blend(
-            values, fm, focus, even_step(focus), n, float(alpha), float(sth), out, lo_val, hi_val,
-            dtype.type(top), is_int, fmax, arg, sel, want_sel,
+            values, fm, focus, even_step(focus), n, float(alpha), float(sth), float(s_fill), out,
+            lo_val, hi_val, dtype.type(top), is_int, fmax, arg, sel,
             np.empty((12, width + n)), np.empty((n, width)), np.empty((3, width)),
             np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)),
         )  # fmt: skip

@@ -245,7 +245,7 @@ def selectivity(fm: np.ndarray, fmax: np.ndarray, arg: np.ndarray, focus, n: int
     return 20 * np.log10(1 / inv_psnr)
 
 
-def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
+def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
     """The NumPy engine: the specification, whole planes at a time."""
     from scipy.signal import medfilt2d  # here: importing scipy.signal takes 0.2-2 s
 
@@ -260,7 +260,7 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
         fm, fmax, arg = focus_measure(grey, nhsize)
         del grey
         s_raw = selectivity(fm, fmax.astype(np.float64), arg, focus, nhsize)
-        s_used = np.where(np.isnan(s_raw), -np.inf, s_raw)
+        s_used = np.where(np.isnan(s_raw), s_fill, s_raw)
 
         phi = 0.5 * (1 + np.tanh(alpha * (s_used - sth))) / alpha
         phi = medfilt2d(phi, 3)
@@ -281,5 +281,4 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
                 num[ch] += values[ch, p].astype(np.float64) * weight
         fused = num / den
     image = to_dtype(fused if rgb else fused[0], native)
-    sel = s_raw.astype(np.float32) if with_selectivity else None
-    return image, fmax, arg, sel
+    return image, fmax, arg, s_raw

@@ -257,9 +257,10 @@ def misfit(fm, y, x, focus, step, u, s_squared, amp):
     return err
 
 
-def phi_from_s(s, alpha, sth):
-    """The sharpening parameter ``phi = 0.5 (1 + tanh(alpha (S - sth))) / alpha``; NaN S -> 0."""
-    s = s if s == s else -np.inf
+def phi_from_s(s, alpha, sth, fill):
+    """The sharpening parameter ``phi = 0.5 (1 + tanh(alpha (S - sth))) / alpha``; an undefined
+    (NaN) ``S`` is taken as ``fill`` (the image's smallest ``S``, as the reference fills it)."""
+    s = s if s == s else fill
     return 0.5 * (1 + tanh(alpha * (s - sth))) / alpha
 
 

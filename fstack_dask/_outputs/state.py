@@ -272,12 +272,23 @@ class OutputState:
 
     # -- done-markers ------------------------------------------------------------------
 
-    def mark_done(self, name: str, digest: str = "", stored: list[str] | None = None) -> None:
+    def mark_done(
+        self,
+        name: str,
+        digest: str = "",
+        stored: list[str] | None = None,
+        s_min: float | None = None,
+    ) -> None:
         """Record a finished block (after its data is durable), durably, with the digest of
         the samples it read (:func:`input_digest`; empty for pyramid blocks) on its first
-        line and the chunk keys it stored (where known) on its second."""
+        line, the chunk keys it stored (where known) on its second, and on a third the
+        smallest selectivity ``S`` of its pixels (``s_min``, exact: a later run of the same
+        output needs its image's smallest ``S`` to fill undefined ones)."""
         marker = self.done_folder.child(name)
-        body = (digest if stored is None else f"{digest}\n{' '.join(stored)}").encode()
+        text = digest if stored is None else f"{digest}\n{' '.join(stored)}"
+        if s_min is not None:
+            text = (text if stored is not None else f"{text}\n") + f"\ns_min {s_min.hex()}"
+        body = text.encode()
         if marker.is_local:
             fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -300,6 +311,14 @@ class OutputState:
         """The input digest a done-marker holds (None: none recorded, or no marker)."""
         lines = self._marker_lines(name)
         return (lines[0].strip() or None) if lines else None
+
+    def marker_s_min(self, name: str) -> float | None:
+        """The smallest ``S`` a block's done-marker records (NaN: none defined; None: no
+        marker, or one written before markers recorded it)."""
+        for line in self._marker_lines(name)[2:]:
+            if line.startswith("s_min "):
+                return float.fromhex(line[len("s_min ") :].strip())
+        return None
 
     def drop_markers_without_data(self) -> list[str]:
         """Remove the done-markers of blocks whose stored chunk files are gone (an unfinished

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._algorithm.block import block_buffer, fuse_block
+from .._algorithm.block import block_buffer, fuse_block, selectivity_stats
 from .._errors import SourceReadError, SourceValueError
 from .._locations import Location
 from .._outputs.lock import Lease
@@ -46,12 +46,16 @@ _opened_by_token: dict[str, tuple[Source, dict[str, Any], UnitCache]] = {}
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one block's task reports back."""
+    """What one block's task reports back: with ``deferred``, a block that needs its image's
+    smallest ``S`` (``s_min``: the block's own, per image ``lead``) and was not written."""
 
     name: str
     error: BaseException | None = None
     decoded: int = 0
     seconds: float = 0.0
+    lead: tuple[int, ...] = ()
+    s_min: float = float("nan")
+    deferred: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +80,10 @@ class FuseJob:
     # halo exchange's grid where its cells are whole units holding several blocks each
     # (:func:`.exchange.cells`); None: the plan's blocks themselves
     cells: Plan | None = None
+    # The smallest S of each image (by its lead indices) that fills undefined ones, as the
+    # reference does. None: not known yet, and a block that needs it is deferred (its
+    # Outcome says so; nothing is written). An output begun before this rule: {} (-inf).
+    fills: dict[tuple[int, ...], float] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -187,8 +195,10 @@ class FuseJob:
         plan = self.plan
         region = plan.region(block)
         digest = input_digest(stack)  # what the marker vouches for (see _resume)
+        lead_key = tuple(int(i) for i in block[:-2])
+        fill = -np.inf if self.fills is None else self.fills.get(lead_key, -np.inf)
         try:
-            result = fuse_block(stack, **self.kernel)
+            result = fuse_block(stack, **self.kernel, s_fill=fill)
         except ValueError as exc:  # samples the kernel refuses: say where they are
             text = str(exc).replace("im_stack has", "has")
             raise SourceValueError(
@@ -201,6 +211,10 @@ class FuseJob:
             slice(y0 - region.y[0], y1 - region.y[0]),
             slice(x0 - region.x[0], x1 - region.x[0]),
         )
+        s_min, undefined = selectivity_stats(result.s, crop)
+        if undefined and self.fills is None:  # fused again once its image's smallest S is known
+            return Outcome(plan.name(block), None, decoded_by_this_thread() - decoded,
+                           time.perf_counter() - start, lead_key, s_min, deferred=True)  # fmt: skip
         data: dict[str, Any] = {"0": result.image[(Ellipsis, *crop)]}
         if "depth" in arrays:
             depth = result.depth[crop]
@@ -237,12 +251,14 @@ class FuseJob:
         stored = make_durable(self.output, keys)  # the data first ...
         if self.lease is not None:
             self.lease.check()
-        OutputState(self.output).mark_done(plan.name(block), digest, stored)  # ... the marker
+        OutputState(self.output).mark_done(plan.name(block), digest, stored, s_min)  # the marker
         return Outcome(
             plan.name(block),
             None,
             decoded_by_this_thread() - decoded,
             time.perf_counter() - start,
+            lead_key,
+            s_min,
         )
 
 

@@ -58,6 +58,10 @@ class Fusion:
     unit_bytes: int
     depth_affine: tuple[float, float] | None
     recipe: tuple[Any, ...]  # how a worker process opens the source again
+    # Undefined S filled with each image's smallest S, as the reference does (None: found
+    # by the run, see ``run.fill_undefined``); {}: taken as -inf, the rule of outputs begun
+    # before 2026-12-05, which a resume of one keeps.
+    fills: dict[tuple[int, ...], float] | None = None
 
     def task_bytes(self, block: tuple[int, int]) -> int:
         """Bytes one task holds for a block of that size (with its halo)."""
@@ -175,6 +179,7 @@ def plan_fusion(
             "engine": kernel["engine"],
             "complete": False,
         }
+        params["undefined_selectivity"] = "image minimum"  # absent: -inf (earlier outputs)
         if output == "ome-tiff":
             params["output"] = output
         spec = output_spec(
@@ -217,7 +222,7 @@ def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
     return Fusion(
         fusion.source, fusion.layout, params, fusion.kernel, tuple(block), fusion.halo,
         fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
-        fusion.depth_affine, fusion.recipe,
+        fusion.depth_affine, fusion.recipe, fusion.fills,
     )  # fmt: skip
 
 

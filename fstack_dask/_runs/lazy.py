@@ -23,7 +23,7 @@ from .._algorithm.auto import (
     check_sth_or_auto,
     sample_tiles,
 )
-from .._algorithm.block import block_memory, fuse_block
+from .._algorithm.block import block_memory
 from .._algorithm.device import check_device, engine_for
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
@@ -35,6 +35,7 @@ from .._params import (
     resolve_channels,
 )
 from .device import require_device_for_graph
+from .lazy_chunks import chunk_stats, fuse_chunk
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
@@ -136,43 +137,6 @@ def _merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
         last = merged.pop()
         merged[-1] += last
     return tuple(merged)
-
-
-def _fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-                block_info=None):  # fmt: skip
-    """Fuse one overlapped block and crop its halo (sides that are not the image edge)."""
-    info = block_info[0]
-    loc, nchunks = info["chunk-location"], info["num-chunks"]
-    ndim = block.ndim
-    y_ax, x_ax = ndim - 2, ndim - 1
-    crops = []
-    for ax in (y_ax, x_ax):
-        lo = halo if loc[ax] > 0 else 0
-        hi = halo if loc[ax] < nchunks[ax] - 1 else 0
-        crops.append((lo, block.shape[ax] - hi))
-
-    lead = block.shape[: ndim - (4 if rgb else 3)]  # batch (and independent c) axes, all 1
-    core = block.reshape(block.shape[len(lead) :])
-    res = fuse_block(
-        core,
-        nhsize=nhsize,
-        focus=focus,
-        alpha=alpha,
-        sth=sth,
-        rgb=rgb,
-        with_depth=n_out > (3 if rgb else 1),
-        with_selectivity=n_out > (3 if rgb else 1),
-        engine=engine,
-    )
-    (y0, y1), (x0, x1) = crops
-    image = res.image if rgb else res.image[None]
-    layers = [image.astype(np.float64)]
-    if res.depth is not None:
-        layers += [res.depth[None].astype(np.float64), res.selectivity[None].astype(np.float64)]
-    out = np.concatenate(layers)[:, y0:y1, x0:x1]
-    # canonical output: (batch..., [c: 1], K, y, x)
-    extra = (1,) if rgb else ()
-    return out.reshape(lead + extra + out.shape)
 
 
 def fuse(
@@ -476,26 +440,24 @@ def fused_layers(
         out_chunks_canon += ((1,),) if rgb else (x.chunks[n_lead],)
     out_chunks_canon += ((n_out,),) + compute_chunks
 
+    # an axis in one chunk needs no halo (and dask refuses one deeper than the chunk)
+    depth = {ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)}
+    kernel = {"halo": halo, "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth,
+              "rgb": rgb, "engine": engine}  # fmt: skip
     fused = da.map_overlap(
-        _fuse_chunk,
+        fuse_chunk,
         x,
-        # an axis in one chunk needs no halo (and dask refuses one deeper than the chunk)
-        depth={ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)},
+        depth=depth,
         boundary="none",
         trim=False,
         allow_rechunk=False,
         chunks=out_chunks_canon,
         dtype=np.float64,
         meta=np.empty((0,) * x.ndim, dtype=np.float64),
-        halo=halo,
-        nhsize=nhsize,
-        focus=focus,
-        alpha=alpha,
-        sth=sth,
-        rgb=rgb,
         n_out=n_out,
-        engine=engine,
+        fills=_image_minimums(x, depth, kernel, out_chunks_canon, n_planes),
         token="fstack-fuse",
+        **kernel,
     )
     return Layers(
         fused,
@@ -508,6 +470,25 @@ def fused_layers(
         if rgb
         else plan.canon_axes.replace("z", ""),
     )
+
+
+def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
+    """Each image's smallest S (lead chunk indices; -inf where none is defined), to fill
+    undefined S as the reference does: a first map_overlap over the same blocks, which the
+    fusion's blocks wait for. None with fewer than 5 planes (S is +inf, never undefined)."""
+    if n_planes < 5:
+        return None
+    k_ax = len(out_chunks) - 3  # the layers' axis
+    stats_chunks = out_chunks[:k_ax] + ((2,),) + tuple((1,) * len(c) for c in out_chunks[-2:])
+    stats = da.map_overlap(
+        chunk_stats, x, depth=depth, boundary="none", trim=False, allow_rechunk=False,
+        chunks=stats_chunks, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64),
+        token="fstack-selectivity", **kernel,
+    )  # fmt: skip
+    s_min = stats[(slice(None),) * k_ax + (0,)]
+    defined = ~da.isnan(s_min)
+    smallest = da.where(defined, s_min, np.inf).min(axis=(-2, -1))
+    return da.where(defined.any(axis=(-2, -1)), smallest, -np.inf)
 
 
 def _to_user_order(arr: da.Array, have: str, want: str) -> da.Array:

@@ -8,6 +8,7 @@ scheduler; blocks with a done-marker (a resumed run's) are skipped.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 from .._outputs.destination import Target
@@ -20,7 +21,7 @@ from .plan import Plan
 from .pyramid import PyramidJob, level_plan
 from .schedulers import Scheduler
 
-__all__ = ["fuse_blocks", "pyramid_levels"]
+__all__ = ["fuse_blocks", "image_minimums", "pyramid_levels"]
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,20 @@ def fuse_blocks(
     progress: bool,
     stall_timeout: float,
     resuming: bool,
-) -> set[str]:
+    fills: dict[tuple[int, ...], float] | None = None,
+    label: str = "fusing",
+) -> tuple[set[str], schedulers.RunReport]:
     """Fuse and write every level-0 block without a done-marker; returns the markers found
-    before (a resumed run's, pyramid levels' included)."""
+    before (a resumed run's, pyramid levels' included) and the run's report. With ``fills``
+    None, a block that needs its image's smallest S is not written (``report.deferred``)."""
     done = target.state.done()
     todo = (b for b in plan.blocks() if plan.name(b) not in done)
     n_todo = plan.n_blocks - target.state.n_done()
-    for note in fusion.source.notes:  # the files read, in the run's log
-        log.info("%s: %s", fusion.source.description, note)
-    if resuming:
-        log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
+    if fills is None or fills == fusion.fills:  # (a second pass is announced by its caller)
+        for note in fusion.source.notes:  # the files read, in the run's log
+            log.info("%s: %s", fusion.source.description, note)
+        if resuming:
+            log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
     unit = (fusion.unit["y"], fusion.unit["x"])
     cells = None
     budget, itemsize = cache_bytes * sched.processes, fusion.source.dtype.itemsize
@@ -69,19 +74,40 @@ def fuse_blocks(
             depth_affine=fusion.depth_affine,
             source=fusion.source,
             cells=cells if cells is not plan else None,
+            fills=fills,
         )
         try:
-            schedulers.execute(
+            report = schedulers.execute(
                 job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, task_args=task_args,
-                done_before=plan.n_blocks - n_todo,
+                done_before=plan.n_blocks - n_todo, label=label,
                 exchange_with=(done, budget) if halo_exchange else None,
             )  # fmt: skip
         except BaseException:
             close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster
             raise
         close_on_workers(job, sched)
-    return done
+    return done, report
+
+
+def image_minimums(
+    plan: Plan, target: Target, done: set[str], report: schedulers.RunReport
+) -> dict[tuple[int, ...], float]:
+    """Each image's smallest S (by its lead indices): over the blocks this run fused
+    (``report``) and those done before it (``done``, from their markers); -inf for an
+    image with no S defined anywhere (the reference's fill would be NaN there)."""
+    smallest = dict(report.s_min)
+    state = target.state
+    for block in plan.blocks():
+        name = plan.name(block)
+        if name not in done:
+            continue
+        value = state.marker_s_min(name)
+        if value is not None and value == value:
+            lead = tuple(int(i) for i in block[:-2])
+            smallest[lead] = min(smallest.get(lead, math.inf), value)
+    leads = {tuple(int(i) for i in b[:-2]) for b in plan.blocks()}
+    return {lead: smallest.get(lead, -math.inf) for lead in leads}
 
 
 def pyramid_levels(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -112,6 +112,11 @@ def examine(
         block = tuple(old["chunks"]) if chunks is None else fusion.block
         fusion = with_block(fusion, block, old.get("levels", 0) if levels is None else levels)
         destination.entries = fusion.spec.entries
+    if stored is not None and "undefined_selectivity" not in stored["params"]:
+        # Begun before undefined S took its image's smallest S (2026-12-05): finished by the
+        # rule it was begun with, -inf, so that no image mixes the two.
+        params = {k: v for k, v in fusion.params.items() if k != "undefined_selectivity"}
+        fusion = replace(fusion, params=params, fills={})
     identity = source_identity(source, files)
     if stored is not None:
         check_resumable(destination, stored, fusion.params, identity, mode)

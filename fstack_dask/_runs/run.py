@@ -17,7 +17,7 @@ from .._outputs import lifecycle
 from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
-from .passes import fuse_blocks, pyramid_levels
+from .passes import fuse_blocks, image_minimums, pyramid_levels
 from .reading import read_by
 from .resume import examine
 
@@ -71,9 +71,9 @@ def run_fusion(
             try:
                 lifecycle.prepare(target, fusion.spec, identity=prior.identity, files=prior.files,
                                   resuming=prior.resuming)  # fmt: skip
-                done = fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes,
-                                   progress=progress, stall_timeout=stall_timeout,
-                                   resuming=prior.resuming)  # fmt: skip
+                done = fill_undefined(fusion, blocks, target, sched, cache_bytes=cache_bytes,
+                                      progress=progress, stall_timeout=stall_timeout,
+                                      resuming=prior.resuming)  # fmt: skip
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
                                stall_timeout=stall_timeout)  # fmt: skip
                 lifecycle.record_source(target, prior.identity)
@@ -83,3 +83,26 @@ def run_fusion(
             except BaseException as exc:
                 lifecycle.fail(target, destination, exc, blocks.n_blocks)
         return lifecycle.open_result(destination.dst)
+
+
+def fill_undefined(fusion, blocks, target, sched, *, cache_bytes, progress, stall_timeout,
+                   resuming) -> set[str]:  # fmt: skip
+    """Level 0's blocks, then those whose pixels need their image's smallest selectivity.
+
+    The reference fills an undefined ``S`` (where the Gaussian fit fails: a plane without
+    contrast in the fit's three, a flat region's neighbours) with the smallest ``S`` of the
+    whole image, known only once every block is fused. A block that needs it is not written
+    in the first pass; its image's smallest ``S`` (exact: a minimum) then fuses it in a
+    second. Returns the markers found before the run (``fuse_blocks``)."""
+    done, report = fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes,
+                               progress=progress, stall_timeout=stall_timeout,
+                               resuming=resuming, fills=fusion.fills)  # fmt: skip
+    if report.deferred:
+        fills = image_minimums(blocks, target, done, report)
+        log.info("%d block(s) hold pixels whose selectivity is undefined: fused again with "
+                 "their image's smallest selectivity, as the reference fills it",
+                 report.deferred)  # fmt: skip
+        fuse_blocks(fusion, blocks, target, sched, cache_bytes=cache_bytes, progress=progress,
+                    stall_timeout=stall_timeout, resuming=True, fills=fills,
+                    label="undefined S")  # fmt: skip
+    return done

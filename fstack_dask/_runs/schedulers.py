@@ -28,6 +28,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import sys
 import time
 import uuid
@@ -67,6 +68,9 @@ class RunReport:
     workers: int = 1
     scheduler: str = "threads"
     cache_peak_bytes: int = 0
+    # per image (its lead indices): the smallest S of the blocks written or deferred
+    s_min: dict[tuple[int, ...], float] = field(default_factory=dict)
+    deferred: int = 0  # blocks that need their image's smallest S, not written yet
 
     @property
     def busy_fraction(self) -> float:
@@ -277,6 +281,10 @@ def _account(report: RunReport, outcomes: list[Outcome], bar: Progress, shown: i
         report.block_seconds += outcome.seconds
         if outcome.error is None:
             report.done += 1
+            if outcome.s_min == outcome.s_min:  # not NaN: some S of the block is defined
+                known = report.s_min.get(outcome.lead, math.inf)
+                report.s_min[outcome.lead] = min(known, outcome.s_min)
+            report.deferred += outcome.deferred
         else:
             report.failures.append(outcome.error)
     if len(outcomes) > shown:

@@ -69,10 +69,10 @@ def gpu_usable() -> bool:
 def test_simulated_kernel_gives_the_cpu_engines_bits():
     """Every dtype and edge case of the CPU path: grey and RGB, P < 5, one plane, flat and
     saturated regions, float16/32/64 (and float64 too small for its variance), signed, 32-
-    and 64-bit integers, big-endian, even window, uneven focus: image, depth and selectivity
-    bit for bit."""
+    and 64-bit integers, big-endian, even window, uneven focus, undefined S filled: image,
+    depth and selectivity bit for bit."""
     results = _json(_run([str(HERE / "cuda_cases.py")], env=SIM_ENV))
-    assert len(results) == 14
+    assert len(results) == 15
     for name, r in results.items():
         assert r["same_dtype"], name
         assert r["bits"] and r["depth_bits"] and r["selectivity_bits"], (name, r)

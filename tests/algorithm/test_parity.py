@@ -106,3 +106,22 @@ def test_real_rgb_photographs(reference):
     zyxc = sample_stack("pcb")
     stack = np.ascontiguousarray(np.moveaxis(zyxc, 0, 2))
     assert_parity(focus_stack(stack), reference_float(reference, stack))
+
+
+@pytest.mark.parametrize("where", ["first plane", "last plane", "a region of every plane"])
+def test_undefined_selectivity_is_filled_with_the_images_smallest(reference, where):
+    """Where the Gaussian fit fails (a blank plane among the fit's three: a dark or shutter
+    frame; the neighbours of a region without contrast: a mosaic's zero padding), ``S`` is
+    undefined and the reference fills it with the whole image's smallest ``S``. A local
+    rule (``S = -inf``: the plane mean) missed the bar by far: 90.6 % identical, 69 levels
+    off, 7.5 dB worse against the truth for a blank first plane (an adversarial run)."""
+    stack = synthetic_stack((128, 128), 7, dtype="uint8", noise=0.01, seed=2).stack.copy()
+    if where == "first plane":
+        stack[..., 0] = 0
+    elif where == "last plane":
+        stack[..., -1] = 0
+    else:
+        stack[40:70, 50:80, :] = 0
+    ours = focus_stack(stack)
+    ref_values = reference_float(reference, stack)
+    assert assert_parity(ours, ref_values) == 1.0

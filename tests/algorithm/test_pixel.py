@@ -126,7 +126,7 @@ SIMULATED = textwrap.dedent(
             out[2, i] = log_d(x[i])
             out[3, i] = weight_d(2.0, x[i])
             out[4, i] = median_d(x[i], 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
-            out[5, i] = phi_d(x[i], 0.2, 13.0)
+            out[5, i] = phi_d(x[i], 0.2, 13.0, 11.5)
 
     x = np.random.default_rng(0).uniform(-30, 30, 100)
     x[:4] = [0.0, np.inf, -np.inf, np.nan]
@@ -136,7 +136,7 @@ SIMULATED = textwrap.dedent(
         cpu = np.array([[f(v) for v in x] for f in (
             _pixel.exp, _pixel.tanh, _pixel.log, lambda v: _pixel.weight(2.0, v),
             lambda v: _pixel.median9(v, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
-            lambda v: _pixel.phi_from_s(v, 0.2, 13.0),
+            lambda v: _pixel.phi_from_s(v, 0.2, 13.0, 11.5),
         )])
     print("same bits" if np.array_equal(out, cpu, equal_nan=True) else "DIFFERENT")
     """
