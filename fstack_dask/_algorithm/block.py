@@ -75,6 +75,7 @@ def fuse_block(
     with_selectivity: bool = False,
     engine: str | None = None,
     s_fill: float = -np.inf,
+    selectivity_only: bool = False,
 ) -> BlockResult:
     """Fuse one block: ``(P, Y, X)`` grey or ``(3, P, Y, X)`` RGB.
 
@@ -92,6 +93,8 @@ def fuse_block(
     with the whole image's smallest ``S``, which a chunked run finds before it
     fuses the blocks that need it (``BlockResult.s`` holds ``S`` as computed);
     ``-inf`` (no selectivity: ``phi = 0``, equal weights) by default.
+    ``selectivity_only=True`` computes ``S`` alone (the image is then not computed: its
+    array holds nothing meaningful), for a pass that looks for the image's smallest ``S``.
 
     ``engine`` is ``"compiled"`` (numba) or ``"numpy"``; None follows
     :data:`ENGINE`. Both compute the same numbers up to the last bits of the
@@ -127,6 +130,8 @@ def fuse_block(
         raise ValueError(f"engine must be 'compiled', 'numpy' or 'cuda', got {engine!r}")
     # The GPU keeps the arg-max and maximum on the device unless the depth map needs them.
     extra = {"with_depth": with_depth} if engine == "cuda" else {}
+    if selectivity_only and engine != "cuda":  # (the GPU computes all: S is the same)
+        extra["blend"] = False
     image, fmax, arg, s_raw = fuse(
         stack, nhsize, focus, alpha, sth, rgb, s_fill=float(s_fill), **extra
     )
@@ -228,7 +233,7 @@ def check_samples(stack: np.ndarray, n: int) -> None:
         )
 
 
-def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
+def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True):
     """The compiled engine: two compiled passes, no (P, Y, X) float64 temporaries."""
     native = stack.dtype
     values = stack if rgb else stack[None]
@@ -251,7 +256,7 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
     arg = np.empty((h, w), np.intp)
     out = np.empty((n_ch, h, w), np.float64 if native == np.float16 else native)
     sel = np.empty((h, w), np.float64)
-    blend_compiled(values, fm, focus, nhsize, alpha, sth, s_fill, out, fmax, arg, sel)
+    blend_compiled(values, fm, focus, nhsize, alpha, sth, s_fill, out, fmax, arg, sel, blend)
     image = out if rgb else out[0]
     return image.astype(native, copy=False), fmax, arg, sel
 

@@ -149,7 +149,7 @@ def _store_row(fused, y, out, lo_val, hi_val, top, is_int):
 
 def _blend(
     values, fm, focus, step, n, alpha, sth, s_fill, out, lo_val, hi_val, top, is_int, fmax, arg,
-    sel, work, q, phi_ring, g, num, fused,
+    sel, work, q, phi_ring, g, num, fused, blend,
 ):  # fmt: skip
     n_planes, rows, width = fm.shape
     lo = n // 2
@@ -206,7 +206,7 @@ def _blend(
             for x in range(width):
                 sel_row[x] = s_row[x]
         ym = y - 1
-        if 0 <= ym < rows:
+        if blend and 0 <= ym < rows:
             _median_row(phi_ring, ym, rows, phi)
             _blend_row(values, fm, fmax, ym, phi, wrow, inv, add, num, den, fused)
             _store_row(fused, ym, out, lo_val, hi_val, top, is_int)
@@ -229,13 +229,13 @@ if jit is not None:
     _store_row = jit(_store_row)
     _blend = jit(_blend)
 
-    def blend_compiled(values, fm, focus, n, alpha, sth, s_fill, out, fmax, arg, sel):
+    def blend_compiled(values, fm, focus, n, alpha, sth, s_fill, out, fmax, arg, sel, blend=True):
         """Selectivity, weights and blend of a block whose focus measure ``fm`` is done.
 
         ``values`` (C, P, Y, X) are the samples to blend; ``out`` (C, Y, X) receives
         the result in its own dtype; ``fmax`` (Y, X, fm's dtype) and ``arg`` (Y, X)
         are filled; ``sel`` (Y, X) float64 receives ``S`` in dB (NaN where undefined, there
-        taken as ``s_fill``).
+        taken as ``s_fill``). ``blend=False``: ``S`` only, ``out`` left as it is.
         """
         dtype = out.dtype
         is_int = dtype.kind in "iu"
@@ -254,7 +254,7 @@ if jit is not None:
             values, fm, focus, even_step(focus), n, float(alpha), float(sth), float(s_fill), out,
             lo_val, hi_val, dtype.type(top), is_int, fmax, arg, sel,
             np.empty((12, width + n)), np.empty((n, width)), np.empty((3, width)),
-            np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)),
+            np.empty((5, width)), np.empty((n_ch, width)), np.empty((n_ch, width)), bool(blend),
         )  # fmt: skip
 
 else:  # pragma: no cover

@@ -245,7 +245,7 @@ def selectivity(fm: np.ndarray, fmax: np.ndarray, arg: np.ndarray, focus, n: int
     return 20 * np.log10(1 / inv_psnr)
 
 
-def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
+def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True):
     """The NumPy engine: the specification, whole planes at a time."""
     from scipy.signal import medfilt2d  # here: importing scipy.signal takes 0.2-2 s
 
@@ -260,6 +260,8 @@ def _fuse_numpy(stack, nhsize, focus, alpha, sth, rgb, *, s_fill):
         fm, fmax, arg = focus_measure(grey, nhsize)
         del grey
         s_raw = selectivity(fm, fmax.astype(np.float64), arg, focus, nhsize)
+        if not blend:
+            return np.zeros(stack.shape[-2:], stack.dtype), fmax, arg, s_raw
         s_used = np.where(np.isnan(s_raw), s_fill, s_raw)
 
         phi = 0.5 * (1 + np.tanh(alpha * (s_used - sth))) / alpha

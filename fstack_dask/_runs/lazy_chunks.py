@@ -30,8 +30,9 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
     (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``."""
     (y0, y1), (x0, x1) = _crops(block, halo, block_info[0])
     lead = block.shape[: block.ndim - (4 if rgb else 3)]
-    res = fuse_block(block.reshape(block.shape[len(lead) :]), nhsize=nhsize, focus=focus,
-                     alpha=alpha, sth=sth, rgb=rgb, engine=engine)  # fmt: skip
+    core = block.reshape(block.shape[len(lead) :])
+    res = fuse_block(core, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
+                     engine=engine, selectivity_only=True)  # fmt: skip
     s_min, undefined = selectivity_stats(res.s, (slice(y0, y1), slice(x0, x1)))
     return np.array([s_min, float(undefined)]).reshape(lead + ((1,) if rgb else ()) + (2, 1, 1))
 
