@@ -56,12 +56,21 @@ def overlap_depth(nhsize: int) -> int:
     return 3 * (check_nhsize(nhsize) // 2) + 1
 
 
+#: The smallest ``alpha``: ``phi`` reaches ``1 / alpha``, and from about 1e-17 on the
+#: weights of every plane round to 0 and the fusion to NaN (an adversarial run). Far below any
+#: useful value (the paper's range is (0, 1]; the reference's default 0.2).
+MIN_ALPHA = 1e-6
+
+
 def check_alpha(alpha: Any) -> float:
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a real number in (0, 1], got {alpha!r}")
+        raise TypeError(f"alpha must be a real number in [{MIN_ALPHA:g}, 1], got {alpha!r}")
     alpha = float(alpha)
-    if not (0.0 < alpha <= 1.0):
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    if not (MIN_ALPHA <= alpha <= 1.0):
+        raise ValueError(
+            f"alpha must be in [{MIN_ALPHA:g}, 1] (smaller values make every weight round "
+            f"to 0 or 1), got {alpha}"
+        )
     return alpha
 
 

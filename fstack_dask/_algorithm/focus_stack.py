@@ -49,7 +49,7 @@ def focus_stack(
         Focus position of each plane, strictly monotonic, length ``P``.
         Defaults to ``arange(P)``.
     alpha : float, optional
-        Steepness of the selectivity-to-sharpening map, in ``(0, 1]``.
+        Steepness of the selectivity-to-sharpening map, in ``[1e-6, 1]``.
     sth : float or "auto", optional
         Selectivity threshold in dB. ``"auto"`` chooses it from the data; the
         default 13 is the reference's.

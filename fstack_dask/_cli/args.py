@@ -157,7 +157,7 @@ def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
             "--alpha",
             type=float,
             metavar="A",
-            help="steepness of the selectivity-to-weight map, in (0, 1] (default 0.2)",
+            help="steepness of the selectivity-to-weight map, in [1e-6, 1] (default 0.2)",
         )
         g.add_argument(
             "--sth",

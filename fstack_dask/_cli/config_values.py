@@ -66,7 +66,9 @@ def _nhsize(value: Any, name: str) -> int | str:
 
 def _alpha(value: Any, name: str) -> float:
     if not _is_real(value):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r} ({_type_name(value)})")
+        raise ValueError(
+            f"{name} must be a number in [1e-06, 1], got {value!r} ({_type_name(value)})"
+        )
     try:
         return check_alpha(value)
     except (TypeError, ValueError) as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from .._algorithm.auto import (
     AUTO,
     AutoParameters,
@@ -353,10 +355,26 @@ def _tell(source: Source, layout: Layout, *, axes_given: bool) -> None:
 def _depth_units(
     source: Source, focus_given: bool
 ) -> tuple[str | None, tuple[float, float] | None]:
-    """The depth map's unit, and the plane-to-position map when the source has a z scale."""
+    """The depth map's unit, and the plane-to-position map when the source has a z scale.
+
+    With ``focus`` given the depth is in its units, which fstack_dask cannot name (it was
+    labelled with the source's z unit). A z scale whose positions float32 cannot hold apart
+    (``1e38``: inf; ``1e-300``: all 0; both silently, an adversarial run) gives plane
+    numbers instead, with a warning."""
     unit = source.units.get("z")
     if focus_given:
-        return unit, None
-    if "z" in source.scale:
-        return unit, (float(source.translation.get("z", 0.0)), float(source.scale["z"]))
+        return None, None
+    if "z" not in source.scale:
+        return None, None
+    offset, step = float(source.translation.get("z", 0.0)), float(source.scale["z"])
+    with np.errstate(all="ignore"):
+        depths = (offset + step * np.arange(source.size("z"), dtype=np.float64)).astype(np.float32)
+    if np.isfinite(depths).all() and (len(depths) < 2 or np.unique(depths).size == len(depths)):
+        return unit, (offset, step)
+    from .._errors import warn
+
+    warn(
+        f"{source.description}: its z scale {step:g} (translation {offset:g}) gives positions "
+        "that float32 cannot hold apart; the depth map is in plane numbers instead"
+    )
     return None, None

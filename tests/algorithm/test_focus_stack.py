@@ -174,6 +174,17 @@ def test_alpha_one_is_allowed():
     assert focus_stack(GOOD, alpha=1.0).shape == (12, 12)
 
 
+@pytest.mark.parametrize("alpha", [1e-16, 1e-300, 5e-324])
+def test_an_alpha_whose_weights_round_away_is_refused(alpha):
+    """From about 1e-17 every plane's weight rounds to 0 and the fusion gave NaN (float
+    input) or silently 0 (integers), exit 0 (an adversarial run). The smallest alpha
+    accepted still fuses to finite values."""
+    stack = (np.random.default_rng(0).random((64, 64, 5)) * 60000).astype(np.float32)
+    with pytest.raises(ValueError, match=r"alpha must be in \[1e-06, 1\]"):
+        focus_stack(stack, alpha=alpha)
+    assert np.isfinite(focus_stack(stack, alpha=1e-6)).all()
+
+
 def test_compiled_code_is_not_cached_inside_the_package():
     # numba files beside the module outlive `pip uninstall` and shadow a later install.
     import pathlib

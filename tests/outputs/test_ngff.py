@@ -132,3 +132,37 @@ def test_levels_zero_writes_one_level(tmp_path):
     assert len(out.attrs["ome"]["multiscales"][0]["datasets"]) == 1
     with pytest.raises(ValueError, match="levels must be"):
         fuse_zarr(src, tmp_path / "p.zarr", levels=-1)
+
+
+@pytest.mark.parametrize(
+    ("given", "unit", "planes"),
+    [
+        ({"scale": 1e38}, None, True),  # float32: inf
+        ({"scale": 1e-300}, None, True),  # float32: all 0
+        ({"scale": 2.0, "focus": [0.0, 0.5, 1.5, 2.0, 3.5, 4.0]}, None, False),
+        ({"scale": 2.0}, "micrometer", False),
+    ],
+    ids=["z scale 1e38", "z scale 1e-300", "focus given", "z scale"],
+)
+def test_the_depth_maps_unit_is_what_its_values_are(tmp_path, given, unit, planes):
+    """A z scale float32 cannot hold apart gave a depth map of inf or of zeros, silently;
+    with ``focus`` given, the depth (in its units) was labelled with the source's z unit
+    (adversarial runs). Plane numbers, with a warning; no unit where it is not known."""
+    import warnings
+
+    data = _grey(seed=3)[:6]
+    path = tmp_path / "in.ome.zarr"
+    write_stack(path, data, axes="zyx", scale={"z": given["scale"], "y": 1.0, "x": 1.0},
+                units={"z": "micrometer", "y": "micrometer", "x": "micrometer"})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fuse_zarr(path, tmp_path / "out.zarr", depth_map=True, focus=given.get("focus"),
+                        progress=False, levels=0)  # fmt: skip
+    said = [str(w.message) for w in caught if "float32 cannot hold apart" in str(w.message)]
+    assert bool(said) == planes
+    assert out["depth"].attrs["fstack_dask"]["unit"] == unit
+    values = out["depth"]["0"][...]
+    finite = values[np.isfinite(values)]
+    assert finite.size and np.isfinite(values[~np.isnan(values)]).all()
+    if planes:
+        assert np.all(np.isin(finite, np.arange(6)))
