@@ -30,7 +30,7 @@ import numpy as np
 
 from .._locations import reach, resolve
 from .share import Shared
-from .source import Source, check_extent
+from .source import Source, check_dtype_and_extent
 from .stack_meta import OpenedStack
 from .zarr import open_zarr
 
@@ -208,7 +208,7 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
             channels.append(ch)
     spec = location.spec if location is not None else stack.description
     where = f"src {spec!r}" if location is not None else f"src ({stack.description})"
-    check_extent(shape, stack.axes, where)
+    check_dtype_and_extent(array.dtype, shape, stack.axes, where)
     # whole-plane formats cache decoded planes in the reader; arrays need no cache
     own_cache = in_memory or stack.kind.endswith(" files") and units[-2:] == shape[-2:]
     meta = repr(

@@ -27,7 +27,14 @@ import numpy as np
 
 from .._locations import Location, resolve
 
-__all__ = ["MAX_CHANNELS", "MAX_LENGTH", "MAX_VOXELS", "Source", "check_extent"]
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_LENGTH",
+    "MAX_VOXELS",
+    "Source",
+    "check_dtype_and_extent",
+    "check_extent",
+]
 
 
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
@@ -253,6 +260,23 @@ class Source:
         except ValueError:
             return None
         return index if len(index) == len(self.shape) else None
+
+
+def check_dtype_and_extent(dtype: Any, shape: tuple[int, ...], axes: str, where: str) -> None:
+    """Refuse samples that are not integers or floats (bool, complex, strings, objects) and
+    an axis of length 0, whatever reader opened them (an in-memory array skipped these
+    checks: an empty z axis wrote a complete image of zeros, a bool array a bool image, an
+    adversarial run); then :func:`check_extent`."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(f"{where} has dtype {dtype}; expected an integer or floating-point dtype")
+    for letter, length in zip(axes, shape, strict=True):
+        if length == 0:
+            raise ValueError(
+                f"{where} has length 0 along axis {letter!r} (shape {tuple(shape)}); "
+                f"expected at least one element per axis"
+            )
+    check_extent(tuple(int(n) for n in shape), axes, where)
 
 
 def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:

@@ -19,11 +19,9 @@ import numpy as np
 from .._locations import Location, resolve
 from .._ngff import find_multiscales, parse_multiscale, parse_omero
 from .._params import parse_axes
-from .source import Source, check_extent
+from .source import Source, check_dtype_and_extent
 
 __all__ = ["open_zarr"]
-
-_SUPPORTED_KINDS = "iuf"
 
 
 # ------------------------------------------------------------------------------ opening
@@ -234,16 +232,7 @@ def _stored_axes(array: Any) -> tuple[str | None, str]:
 
 
 def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
-    dtype = np.dtype(array.dtype)
-    if dtype.kind not in _SUPPORTED_KINDS:
-        raise TypeError(f"{where} has dtype {dtype}; expected an integer or floating-point dtype")
-    for letter, length in zip(axes, array.shape, strict=True):
-        if length == 0:
-            raise ValueError(
-                f"{where} has length 0 along axis {letter!r} (shape {tuple(array.shape)}); "
-                f"expected at least one element per axis"
-            )
-    check_extent(tuple(int(n) for n in array.shape), axes, where)
+    check_dtype_and_extent(array.dtype, tuple(int(n) for n in array.shape), axes, where)
     # an array opened elsewhere (a zarr.Array given in Python) skipped the metadata file check
     grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
     for chunks in (getattr(grid, "chunk_shape", None), getattr(array, "chunks", None)):

@@ -359,3 +359,39 @@ def test_cli_refuses_zero_chunks_when_opening(tmp_path, where):
     _assert_refused(
         tmp_path, src, pattern, commands=("fuse",) if where == "zarr v2" else ("fuse", "info")
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "exc", "says"),
+    [
+        (
+            "numpy",
+            lambda np: np.zeros((0, 16, 16), "uint16"),
+            ValueError,
+            "length 0 along axis 'z'",
+        ),
+        ("dask", lambda np: np.zeros((0, 16, 16), "uint16"), ValueError, "length 0 along axis 'z'"),
+        ("numpy", lambda np: np.zeros((5, 16, 16), bool), TypeError, "has dtype bool"),
+        ("numpy", lambda np: np.zeros((5, 16, 16), "complex64"), TypeError, "has dtype complex64"),
+        ("numpy", lambda np: np.zeros((5, 16, 16), "U5"), TypeError, "has dtype <U5"),
+        ("numpy", lambda np: np.zeros((5, 16, 16), object), TypeError, "has dtype object"),
+    ],
+)
+def test_an_in_memory_array_is_refused_as_a_stored_one_would_be(tmp_path, kind, make, exc, says):
+    """An in-memory array skipped the checks of stored sources: an empty z axis wrote a
+    complete image of zeros (depth_map=True: a raw IndexError), a bool array a bool image,
+    complex, string or object arrays numba's or zarr's errors (an adversarial run)."""
+    import numpy as np
+
+    from fstack_dask import fuse_zarr
+
+    data = make(np)
+    if kind == "dask":
+        import dask.array as da
+
+        data = da.from_array(data)
+    for depth_map in (False, True):
+        with pytest.raises(exc, match=f"src \\({kind} array .*{re.escape(says)}"):
+            fuse_zarr(data, tmp_path / "out.zarr", axes="zyx", depth_map=depth_map,
+                      progress=False)  # fmt: skip
+        assert not (tmp_path / "out.zarr").exists()
