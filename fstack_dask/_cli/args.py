@@ -314,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
-    demo.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    demo.add_argument("--planes", type=int, default=21, help="number of focal planes (default 21)")
+    demo.add_argument("--size", type=int, default=512,
+                      help="image side in pixels, 32 to 4096 (default 512)")  # fmt: skip
+    demo.add_argument("--planes", type=int, default=21,
+                      help="number of focal planes, 5 to 200 (default 21)")  # fmt: skip
     demo.add_argument(
         "--rgb", action="store_true", help="colour (uint8 RGB) stack instead of grey uint16"
     )

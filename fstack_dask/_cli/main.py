@@ -151,10 +151,17 @@ class _Once(logging.Filter):
         return True
 
 
+#: The demo's range: a stack the fusion is defined on (5 planes or more for the
+#: selectivity fit; an image that is one), made in memory in seconds. (Beyond it: a MemoryError
+#: or an error about --axes, after the planes were written: an adversarial run.)
+DEMO_LIMITS = {"--size": (32, 4096), "--planes": (5, 200)}
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    for option, value, low in (("--size", args.size, 1), ("--planes", args.planes, 1)):
-        if value < low:
-            raise UsageError(f"{option} must be an integer >= {low}, got {value}")
+    for option, value in (("--size", args.size), ("--planes", args.planes)):
+        low, high = DEMO_LIMITS[option]
+        if not low <= value <= high:
+            raise UsageError(f"{option} must be an integer from {low} to {high}, got {value}")
     if args.seed < 0:
         raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     cluster = cluster_override(args.scheduler)
@@ -162,7 +169,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     config = Config() if cluster is None else Config().with_overrides(cluster=cluster)
-    with config.cluster_context() as scheduler:
+    with config.cluster_context() as scheduler, _report_progress_notes(logging.WARNING):
         run_demo(
             args.dir, size=args.size, planes=args.planes, rgb=bool(args.rgb), seed=args.seed,
             overwrite=args.overwrite, progress=not args.no_progress, scheduler=scheduler,

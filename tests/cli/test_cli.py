@@ -388,6 +388,10 @@ MORE_ERROR_CASES = {
     "info missing src": (["info", "{root}/nope.zarr"], 2),
     "info bad config": (["info", "{src}", "--config", "{bad_yaml}"], 2),
     "demo bad size": (["demo", "{root}/demo", "--size", "0"], 2),
+    # these wrote the planes, then refused (or a MemoryError, exit 1): an adversarial run
+    "demo size too small to fuse": (["demo", "{root}/demo", "--size", "2"], 2),
+    "demo one plane": (["demo", "{root}/demo", "--planes", "1"], 2),
+    "demo size beyond memory": (["demo", "{root}/demo", "--size", "100000000"], 2),
     # checked before connecting to the (here unreachable) scheduler
     "cluster and missing src": (["fuse", "{root}/nope", "{dst}", "--config", "{unreachable}"], 2),
     "cluster and dst exists": (["fuse", "{src}", "{existing}", "--config", "{unreachable}"], 2),
