@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .._locations import resolve
-from .._ngff import check_ngff_order, multiscale_entry, positive_scale
+from .._locations import remove_tree, resolve
+from .._ngff import SPACE_UNITS, TIME_UNITS, check_ngff_order, multiscale_entry, positive_scale
 from .._params import parse_axes
+from .destination import IMAGE_SUFFIXES
 
 __all__ = ["write_stack"]
 
@@ -88,18 +89,29 @@ def write_stack(
         or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks)
     ):
         raise ValueError(f"chunks must be {data.ndim} positive ints (one per axis), got {chunks!r}")
-    scale = dict(scale or {})
-    unknown = sorted(set(scale) - set(ax))
-    if unknown:
-        raise ValueError(f"scale has axes {unknown} that are not in axes {ax!r}")
-    scale_vec = positive_scale(scale, ax, "scale")
-    shift = dict(translation or {})
-    shift_vec = [float(shift.get(a, 0.0)) for a in ax]
+    # a chunk beyond its axis holds nothing more, and numpy was asked for a buffer of its size
+    # ("array is too big", after the store was created: an adversarial run)
+    chunks = tuple(min(int(c), int(n)) for c, n in zip(chunks, data.shape, strict=True))
+    scale_vec = positive_scale(_reals(scale, ax, "scale"), ax, "scale")
+    shift = _reals(translation, ax, "translation")
+    shift_vec = [shift.get(a, 0.0) for a in ax]
+    units = _units(units, ax)
     location = resolve(path, name="path", storage_options=storage_options, writable=True)
     if location.exists():
         raise FileExistsError(f"path {location.spec!r} already exists; expected a new location")
+    if location.is_local and not os.path.isdir(os.path.dirname(location.path)):
+        raise FileNotFoundError(
+            f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "
+            "not exist; create it first (a typo in the path?)"
+        )
+    suffix = os.path.splitext(location.path.rstrip("/"))[1].lower()
+    if suffix in (*IMAGE_SUFFIXES, ".tif", ".tiff"):  # (it wrote a Zarr folder of that name)
+        raise ValueError(
+            f"path {location.spec!r} names a {suffix[1:].upper()} file, but write_stack writes "
+            "an OME-Zarr store: choose a name such as 'stack.ome.zarr'"
+        )
     multiscale = multiscale_entry(
-        name="image", letters=ax, units=units or {}, scales=[scale_vec],
+        name="image", letters=ax, units=units, scales=[scale_vec],
         translations=[shift_vec], paths=["0"],
     )  # fmt: skip
     if zarr_format == 3:
@@ -112,17 +124,61 @@ def write_stack(
             "chunk_key_encoding": {"name": "v2", "separator": "/"},
             "attributes": {"_ARRAY_DIMENSIONS": list(ax)},
         }
-    group = zarr.create_group(
-        store=location.zarr_store(read_only=False), zarr_format=zarr_format, attributes=attrs
-    )
-    array = group.create_array(
-        name="0",
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=tuple(int(c) for c in chunks),
-        **array_kwargs,
-    )
-    if hasattr(data, "dask"):
-        data.store(array, lock=False)
-    else:
-        array[...] = data
+    try:
+        group = zarr.create_group(
+            store=location.zarr_store(read_only=False), zarr_format=zarr_format, attributes=attrs
+        )
+        array = group.create_array(
+            name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
+        )
+        if hasattr(data, "dask"):
+            data.store(array, lock=False)
+        else:
+            array[...] = data
+    except BaseException:
+        # this call created the store: a half-written one would refuse the retry
+        try:
+            remove_tree(location, owned=lambda loc: None if _began(loc) else "not this call's")
+        except Exception:  # (what is left, the error below says nothing of)
+            pass
+        raise
+
+
+def _reals(values: Mapping[str, Any] | None, letters: str, name: str) -> dict[str, float]:
+    """``values`` per axis as finite floats: a string, a bool or NaN was written as given (a
+    string scale as 1, NaN as non-standard JSON: an adversarial run)."""
+    out = {}
+    for letter, value in dict(values or {}).items():
+        if letter not in letters:
+            raise ValueError(f"{name} has axis {letter!r}, which is not in axes {letters!r}")
+        if isinstance(value, (bool, np.bool_, str, bytes)) or not np.isscalar(value):
+            raise TypeError(f"{name}[{letter!r}] must be a real number, got {value!r}")
+        number = float(value)
+        if not np.isfinite(number):
+            raise ValueError(f"{name}[{letter!r}] must be finite, got {value!r}")
+        out[letter] = number
+    return out
+
+
+def _units(units: Mapping[str, str] | None, letters: str) -> dict[str, str]:
+    """Units that OME-NGFF names (UDUNITS-2: ``micrometer``, ``second``, ...), for the axes
+    given: space units for z, y and x, time units for t."""
+    out = {}
+    for letter, unit in dict(units or {}).items():
+        if letter not in letters:
+            raise ValueError(f"units has axis {letter!r}, which is not in axes {letters!r}")
+        allowed = TIME_UNITS if letter == "t" else SPACE_UNITS if letter in "zyx" else None
+        if not isinstance(unit, str) or (allowed is not None and unit not in allowed):
+            kind = "a time" if letter == "t" else "a length"
+            raise ValueError(
+                f"units[{letter!r}] must be {kind} unit as OME-NGFF names it (e.g. "
+                f"{'second' if letter == 't' else 'micrometer'!r}), got {unit!r}"
+            )
+        out[letter] = unit
+    return out
+
+
+def _began(location: Any) -> bool:
+    """Whether ``location`` holds the group metadata this call writes first (and no more than
+    a Zarr store's own files): what it may remove after a failure."""
+    return location.child("zarr.json").exists() or location.child(".zgroup").exists()

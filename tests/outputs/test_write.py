@@ -283,3 +283,47 @@ def test_write_stack_refusals(tmp_path):
     with pytest.raises(FileExistsError, match="path"):
         write_stack(tmp_path / "a.zarr", data, axes="zyx")
     assert _tree(tmp_path / "a.zarr") == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "says"),
+    [
+        ({"translation": {"y": float("nan")}}, ValueError, r"translation\['y'\] must be finite"),
+        ({"units": {"y": 5}}, ValueError, r"units\['y'\] must be a length unit"),
+        ({"units": {"y": "parsec-ish"}}, ValueError, r"units\['y'\] must be a length unit"),
+        ({"units": {"t": "micrometer"}}, ValueError, r"axis 't', which is not in axes"),
+        ({"units": {"q": "micrometer"}}, ValueError, r"axis 'q', which is not in axes"),
+        ({"scale": {"y": "1"}}, TypeError, r"scale\['y'\] must be a real number"),
+        ({"scale": {"y": True}}, TypeError, r"scale\['y'\] must be a real number"),
+        ({"path": "missing/deeper/s.ome.zarr"}, FileNotFoundError, "parent folder"),
+        ({"path": "s.png"}, ValueError, "names a PNG file"),
+        ({"path": "s.tif"}, ValueError, "names a TIF file"),
+    ],
+)
+def test_write_stack_refuses_what_it_wrote_as_given(tmp_path, kwargs, exc, says):
+    """Metadata no reader understands (NaN as non-standard JSON, a unit that is no unit, a
+    string scale written as 1), a missing parent folder created, an image file's name made a
+    Zarr folder: all were written (an adversarial run). Refused, nothing written."""
+    kwargs = dict(kwargs)
+    path = tmp_path / kwargs.pop("path", "s.ome.zarr")
+    with pytest.raises(exc, match=says):
+        write_stack(path, _stack(), axes="zyx", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_stack_leaves_nothing_when_writing_fails_and_clamps_huge_chunks(tmp_path):
+    """Chunks of 10**12 created the store, then numpy refused a buffer of that size, and the
+    half-written store refused every retry (an adversarial run). A chunk holds at most its
+    axis now; a write that fails part-way removes the store it began."""
+    data = _stack()
+    write_stack(tmp_path / "a.ome.zarr", data, axes="zyx", chunks=(10**12,) * 3)
+    assert zarr.open_group(str(tmp_path / "a.ome.zarr"), mode="r")["0"].chunks == data.shape
+
+    def broken(block):
+        raise OSError("the source's disk went away")
+
+    failing = da.from_array(data, chunks=(data.shape[0], 4, 4)).map_blocks(broken, dtype=data.dtype)
+    with pytest.raises(OSError, match="went away"):
+        write_stack(tmp_path / "b.ome.zarr", failing, axes="zyx")
+    assert not (tmp_path / "b.ome.zarr").exists()
+    write_stack(tmp_path / "b.ome.zarr", data, axes="zyx")  # the retry
