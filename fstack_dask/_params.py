@@ -17,14 +17,37 @@ __all__ = ["overlap_depth", "parse_axes"]
 DEFAULT_MEMORY_PER_TASK = 256 * 2**20  # bytes one task may hold
 
 
+#: The largest focus window: 4095 px (a halo of 6142 px); beyond, a number that large
+#: overflowed in float conversions (an adversarial run). ``M / 200`` for the widest images.
+MAX_NHSIZE = 4095
+
+#: The largest ``memory_per_task``: 1 PiB, beyond any node (and an OverflowError beyond).
+MAX_MEMORY = 2**50
+
+
 def check_nhsize(nhsize: Any) -> int:
     """Return ``nhsize`` as an int, or raise naming the parameter."""
     if isinstance(nhsize, (bool, np.bool_)) or not isinstance(nhsize, numbers.Integral):
-        raise TypeError(f"nhsize must be an integer >= 1, got {nhsize!r} ({type(nhsize).__name__})")
+        raise TypeError(
+            f"nhsize must be an integer from 1 to {MAX_NHSIZE}, got {nhsize!r} "
+            f"({type(nhsize).__name__})"
+        )
     nhsize = int(nhsize)
-    if nhsize < 1:
-        raise ValueError(f"nhsize must be an integer >= 1, got {nhsize}")
+    if not 1 <= nhsize <= MAX_NHSIZE:
+        shown = nhsize if abs(nhsize) < 10**30 else f"a number of {len(str(abs(nhsize)))} digits"
+        raise ValueError(f"nhsize must be an integer from 1 to {MAX_NHSIZE}, got {shown}")
     return nhsize
+
+
+def _finite(value: numbers.Real, name: str, expected: str) -> float:
+    """``float(value)``, refusing what float64 cannot hold (a 400-digit int: OverflowError)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be {expected}, got a number beyond float64") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be {expected}, got {number}")
+    return number
 
 
 def overlap_depth(nhsize: int) -> int:
@@ -65,7 +88,7 @@ MIN_ALPHA = 1e-6
 def check_alpha(alpha: Any) -> float:
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a real number in [{MIN_ALPHA:g}, 1], got {alpha!r}")
-    alpha = float(alpha)
+    alpha = _finite(alpha, "alpha", f"in [{MIN_ALPHA:g}, 1]")
     if not (MIN_ALPHA <= alpha <= 1.0):
         raise ValueError(
             f"alpha must be in [{MIN_ALPHA:g}, 1] (smaller values make every weight round "
@@ -77,10 +100,7 @@ def check_alpha(alpha: Any) -> float:
 def check_sth(sth: Any) -> float:
     if isinstance(sth, (bool, np.bool_)) or not isinstance(sth, numbers.Real):
         raise TypeError(f"sth must be a finite real number, got {sth!r}")
-    sth = float(sth)
-    if not np.isfinite(sth):
-        raise ValueError(f"sth must be a finite real number, got {sth}")
-    return sth
+    return _finite(sth, "sth", "a finite real number")
 
 
 def check_focus(focus: Any, n_planes: int) -> np.ndarray:
@@ -215,6 +235,10 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
 
         try:
             n = parse_bytes(value.strip())
+        except OverflowError:  # (a 400-digit size: dask's int(inf))
+            raise ValueError(
+                f"{name} must be at most 1 PiB ({MAX_MEMORY} bytes), got a number beyond float64"
+            ) from None
         except (ValueError, TypeError):
             n = None
         if n is None:
@@ -229,6 +253,9 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
         )
     if n < 1:
         raise ValueError(f"{name} must be a positive size, got {value!r}")
+    if n > MAX_MEMORY:
+        shown = value if len(str(value)) < 30 else f"a number of {len(str(value))} digits"
+        raise ValueError(f"{name} must be at most 1 PiB ({MAX_MEMORY} bytes), got {shown}")
     return int(n)
 
 

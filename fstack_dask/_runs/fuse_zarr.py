@@ -194,4 +194,8 @@ def is_tiff_destination(dst: Any) -> bool:
 def _positive(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a 400-digit int
+        raise ValueError(f"{name} must be a positive number of seconds, got a number beyond "
+                         "float64") from None  # fmt: skip

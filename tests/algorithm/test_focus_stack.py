@@ -154,6 +154,11 @@ GOOD = synthetic_stack((12, 12), 6, dtype="uint8", seed=0).stack
         ({"alpha": 1.5}, ValueError, "alpha"),
         ({"alpha": float("nan")}, ValueError, "alpha"),
         ({"alpha": "0.2"}, TypeError, "alpha"),
+        # numbers beyond float64 raised OverflowError, naming nothing (an adversarial run)
+        ({"alpha": 10**400}, ValueError, "alpha"),
+        ({"sth": 10**400}, ValueError, "sth"),
+        ({"nhsize": 10**400}, ValueError, "nhsize"),
+        ({"nhsize": 4096}, ValueError, "nhsize must be an integer from 1 to 4095"),
         ({"sth": float("inf")}, ValueError, "sth"),
         ({"sth": None}, TypeError, "sth"),
         ({"focus": np.arange(5)}, ValueError, "focus"),

@@ -391,6 +391,9 @@ MORE_ERROR_CASES = {
     # these wrote the planes, then refused (or a MemoryError, exit 1): an adversarial run
     "demo size too small to fuse": (["demo", "{root}/demo", "--size", "2"], 2),
     "demo one plane": (["demo", "{root}/demo", "--planes", "1"], 2),
+    # OverflowError, exit 1, naming no option (an adversarial run)
+    "nhsize of 400 digits": (["fuse", "{src}", "{dst}", "--nhsize", "9" * 400], 2),
+    "memory of 400 digits": (["fuse", "{src}", "{dst}", "--memory-per-task", "9" * 400], 2),
     "demo size beyond memory": (["demo", "{root}/demo", "--size", "100000000"], 2),
     # checked before connecting to the (here unreachable) scheduler
     "cluster and missing src": (["fuse", "{root}/nope", "{dst}", "--config", "{unreachable}"], 2),

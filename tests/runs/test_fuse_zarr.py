@@ -582,9 +582,14 @@ def test_memory_per_task_as_a_size_string(tmp_path):
     assert a["0"].chunks == b["0"].chunks
     assert _tree(tmp_path / "a.zarr") == _tree(tmp_path / "b.zarr")
     before = _tree(tmp_path)
-    for bad, exc in (("lots", ValueError), ("0B", ValueError), (True, TypeError)):
+    # (10**400, "9" * 400: OverflowError, naming nothing; 2**60: accepted; an adversarial run)
+    bads = [("lots", ValueError), ("0B", ValueError), (True, TypeError), (10**400, ValueError),
+            ("9" * 400, ValueError), (2**60, ValueError)]  # fmt: skip
+    for bad, exc in bads:
         with pytest.raises(exc, match="memory_per_task"):
             fuse_zarr(src, tmp_path / "c.zarr", memory_per_task=bad, progress=False)
+    with pytest.raises(ValueError, match="stall_timeout"):
+        fuse_zarr(src, tmp_path / "c.zarr", stall_timeout=10**400, progress=False)
     assert _tree(tmp_path) == before
 
 
