@@ -376,7 +376,9 @@ def cluster_override(value: str | None) -> dict[str, Any] | None:
         return None
     if value in LOCAL_SCHEDULERS:
         return {"kind": "local", "scheduler": value}
-    if ":" in value and value.strip() == value and " " not in value:
+    from .._runs.schedulers import is_address
+
+    if is_address(value):  # (distributed's own messages, naming no option, before)
         return {"kind": "distributed", "address": value}
     raise UsageError(
         f"--scheduler must be synchronous, threads, processes or a scheduler address such as "

@@ -217,9 +217,11 @@ def _scheduler(value: Any, name: str) -> str:
 
 
 def _address(value: Any, name: str) -> str | None:
+    from .._runs.schedulers import is_address
+
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not is_address(value.strip()):
         raise ValueError(
             f"{name} must be a scheduler address such as tcp://scheduler:8786, "
             f"got {value!r} ({_type_name(value)})"

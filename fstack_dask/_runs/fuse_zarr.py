@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .._errors import DestinationFullError, DestinationLockedError
 from .._params import DEFAULT_MEMORY_PER_TASK, check_flag
+from .schedulers import check_scheduler
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_tiff_destination"]
 
@@ -164,6 +166,12 @@ def fuse_zarr(
     ):  # fmt: skip
         check_flag(value, name)
     stall_timeout = _positive(stall_timeout, "stall_timeout")
+    for name, value in (("storage_options", storage_options),
+                        ("dst_storage_options", dst_storage_options)):  # fmt: skip
+        if value is not None and not isinstance(value, Mapping):  # (dict()'s error, or 0 and
+            # [] taken as none: an adversarial run)
+            raise TypeError(f"{name} must be a dict of fsspec options or None, got {value!r}")
+    check_scheduler(scheduler)
     plan = dict(
         axes=axes, level=level, channels=channels, nhsize=nhsize, focus=focus, alpha=alpha,
         sth=sth, depth_map=depth_map, selectivity_map=selectivity_map, chunks=chunks,

@@ -29,6 +29,7 @@ import functools
 import itertools
 import logging
 import math
+import re
 import sys
 import time
 import uuid
@@ -91,6 +92,32 @@ class Scheduler:
     ticks: Any = None  # "processes": the queue its workers report finished blocks on
 
 
+NAMES = ("synchronous", "sync", "single-threaded", "threads", "processes", "distributed",
+         "dask.distributed")  # fmt: skip
+# a distributed scheduler's address: host and port (inproc addresses: an in-process cluster's)
+_ADDRESS = re.compile(
+    r"(tcp|tls|ucx|ws|wss)://(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):\d{1,5}/?|inproc://\S+/\d+/\d+"
+)
+
+
+def is_address(text: str) -> bool:
+    """Whether ``text`` is a distributed scheduler's address (``tcp://host:8786``)."""
+    return bool(_ADDRESS.fullmatch(text))
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse, before anything is done, a scheduler name that is neither one of dask's nor
+    a scheduler's address (``'thread'`` was taken for an address: "missing port number",
+    naming nothing, then a 60 s wait at exit for the Client it left; an adversarial run)."""
+    if isinstance(scheduler, str) and scheduler.lower() not in NAMES:
+        if not _ADDRESS.fullmatch(scheduler):
+            raise ValueError(
+                "scheduler must be 'synchronous', 'threads', 'processes', 'distributed', a "
+                f"scheduler address such as 'tcp://host:8786', or a distributed.Client, got "
+                f"{scheduler!r}"
+            )
+
+
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
     """The scheduler to use, as dask would choose it.
 
@@ -127,9 +154,16 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
             return _cluster(client)
         from distributed import Client
 
+        check_scheduler(scheduler)
         # Our own connection to an address, closed when done (not made the default).
-        client = stack.enter_context(Client(scheduler, set_as_default=False, timeout="30s"))
-        return _cluster(client)
+        try:
+            client = Client(scheduler, set_as_default=False, timeout="30s")
+        except Exception as exc:
+            raise ConnectionError(
+                f"scheduler {scheduler!r}: no distributed scheduler could be reached there "
+                f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'})"
+            ) from exc
+        return _cluster(stack.enter_context(client))
     if callable(scheduler) and not hasattr(scheduler, "submit"):
         # a dask get function such as dask.threaded.get
         name = getattr(scheduler, "__module__", "")

@@ -394,6 +394,10 @@ MORE_ERROR_CASES = {
     # OverflowError, exit 1, naming no option (an adversarial run)
     "nhsize of 400 digits": (["fuse", "{src}", "{dst}", "--nhsize", "9" * 400], 2),
     "memory of 400 digits": (["fuse", "{src}", "{dst}", "--memory-per-task", "9" * 400], 2),
+    # distributed's own messages (an unpacking error among them), naming no option
+    "scheduler inproc://x": (["fuse", "{src}", "{dst}", "--scheduler", "inproc://x"], 2),
+    "scheduler without host": (["fuse", "{src}", "{dst}", "--scheduler", "tcp://"], 2),
+    "scheduler http": (["fuse", "{src}", "{dst}", "--scheduler", "http://127.0.0.1:9"], 2),
     "demo size beyond memory": (["demo", "{root}/demo", "--size", "100000000"], 2),
     # checked before connecting to the (here unreachable) scheduler
     "cluster and missing src": (["fuse", "{root}/nope", "{dst}", "--config", "{unreachable}"], 2),
@@ -491,3 +495,15 @@ def test_keyboard_interrupt_exits_130(monkeypatch, capsys, data, tmp_path):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("fstack-dask: error: interrupted")
     assert "--resume" in err[0]
+
+
+@pytest.mark.parametrize("address", ["inproc://x", "tcp://", "tcp://[::1", "http://127.0.0.1:9"])
+def test_a_malformed_scheduler_address_names_the_option(error_env, capsys, address):
+    """distributed's own messages named no option (``inproc://x``: "not enough values to
+    unpack"; an adversarial run)."""
+    from fstack_dask._cli.main import main
+
+    env = error_env
+    assert main(["fuse", str(env["src"]), str(env["dst"]), "--scheduler", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scheduler must be synchronous, threads" in err, err

@@ -1004,3 +1004,27 @@ def test_an_hdf5_virtual_dataset_missing_a_source_file_is_fused_with_a_warning(t
         fuse_zarr(f"{tmp_path / 'vds.h5'}/stack", tmp_path / "out.zarr", axes="zyx",
                   progress=False)  # fmt: skip
     assert f"1 of its files are missing ({tmp_path / 'plane2.h5'})" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "says"),
+    [
+        ({"scheduler": "thread"}, ValueError, "scheduler must be 'synchronous'"),
+        ({"scheduler": "procs"}, ValueError, "scheduler must be 'synchronous'"),
+        ({"scheduler": "inproc://x"}, ValueError, "scheduler must be 'synchronous'"),
+        ({"storage_options": [1]}, TypeError, "storage_options must be a dict"),
+        ({"storage_options": 0}, TypeError, "storage_options must be a dict"),
+        ({"dst_storage_options": "x"}, TypeError, "dst_storage_options must be a dict"),
+        ({"dst_storage_options": []}, TypeError, "dst_storage_options must be a dict"),
+    ],
+)
+def test_scheduler_and_storage_options_of_the_wrong_kind_are_refused(tmp_path, kwargs, exc, says):
+    """``scheduler="thread"`` was taken for an address ("missing port number", then a 60 s
+    wait at exit for the Client left behind); storage options of the wrong type gave
+    ``dict()``'s errors, and falsy ones were taken as none (an adversarial run)."""
+    data = _make("zyx", shape=(40, 40), dtype="uint16")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    before = _tree(tmp_path)
+    with pytest.raises(exc, match=says):
+        fuse_zarr(src, tmp_path / "out.zarr", progress=False, **kwargs)
+    assert _tree(tmp_path) == before
