@@ -17,8 +17,8 @@ def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
     Examples
     --------
-    >>> to_dtype(np.array([2.0**64, -1.0, 2.5]), np.dtype("uint64"))
-    array([18446744073709551615,                    0,                    2], dtype=uint64)
+    >>> to_dtype(np.array([2.0**64, -1.0, 2.5]), np.dtype("uint64")).tolist()
+    [18446744073709551615, 0, 2]
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "f":

@@ -37,6 +37,8 @@ def _stack(seed=0):
 
 
 def _write(path, seed=0):
+    if "://" not in str(path):  # write_stack, as fuse_zarr, creates no missing parent
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_stack(str(path), _stack(seed), axes="zyx", chunks=(PLANES, CHUNK, CHUNK))
     return path
 

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from .._params import check_nhsize, check_sth
+from .._params import MAX_NHSIZE, check_nhsize, check_sth
 from .numpy_engine import focus_measure, luminance, selectivity
 
 __all__ = ["AUTO", "AutoParameters", "auto_parameters", "sample_tiles"]
@@ -139,10 +139,13 @@ def check_nhsize_or_auto(nhsize: Any) -> int | str:
         if nhsize == AUTO:
             return AUTO
         # A string other than "auto" is a wrong type, as "9" always was.
-        raise TypeError(f"nhsize must be an integer >= 1 or 'auto', got {nhsize!r} (str)")
+        raise TypeError(
+            f"nhsize must be an integer from 1 to {MAX_NHSIZE} or 'auto', got {nhsize!r} (str)"
+        )
     if isinstance(nhsize, (bool, np.bool_)) or not isinstance(nhsize, numbers.Integral):
         raise TypeError(
-            f"nhsize must be an integer >= 1 or 'auto', got {nhsize!r} ({type(nhsize).__name__})"
+            f"nhsize must be an integer from 1 to {MAX_NHSIZE} or 'auto', got {nhsize!r} "
+            f"({type(nhsize).__name__})"
         )
     return check_nhsize(nhsize)
 

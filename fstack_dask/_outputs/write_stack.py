@@ -78,38 +78,12 @@ def write_stack(
     check_ngff_order(ax)
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
-    if chunks is None:
-        chunks = tuple(
-            min(n, 512) if a in "yx" else (n if a in "zc" else 1)
-            for a, n in zip(ax, data.shape, strict=True)
-        )
-    if (
-        not isinstance(chunks, (tuple, list))
-        or len(chunks) != data.ndim
-        or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks)
-    ):
-        raise ValueError(f"chunks must be {data.ndim} positive ints (one per axis), got {chunks!r}")
-    # a chunk beyond its axis holds nothing more, and numpy was asked for a buffer of its size
-    # ("array is too big", after the store was created: an adversarial run)
-    chunks = tuple(min(int(c), int(n)) for c, n in zip(chunks, data.shape, strict=True))
+    chunks = _chunks(chunks, ax, data.shape)
     scale_vec = positive_scale(_reals(scale, ax, "scale"), ax, "scale")
     shift = _reals(translation, ax, "translation")
     shift_vec = [shift.get(a, 0.0) for a in ax]
     units = _units(units, ax)
-    location = resolve(path, name="path", storage_options=storage_options, writable=True)
-    if location.exists():
-        raise FileExistsError(f"path {location.spec!r} already exists; expected a new location")
-    if location.is_local and not os.path.isdir(os.path.dirname(location.path)):
-        raise FileNotFoundError(
-            f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "
-            "not exist; create it first (a typo in the path?)"
-        )
-    suffix = os.path.splitext(location.path.rstrip("/"))[1].lower()
-    if suffix in (*IMAGE_SUFFIXES, ".tif", ".tiff"):  # (it wrote a Zarr folder of that name)
-        raise ValueError(
-            f"path {location.spec!r} names a {suffix[1:].upper()} file, but write_stack writes "
-            "an OME-Zarr store: choose a name such as 'stack.ome.zarr'"
-        )
+    location = _new_store(path, storage_options)
     multiscale = multiscale_entry(
         name="image", letters=ax, units=units, scales=[scale_vec],
         translations=[shift_vec], paths=["0"],
@@ -182,3 +156,43 @@ def _began(location: Any) -> bool:
     """Whether ``location`` holds the group metadata this call writes first (and no more than
     a Zarr store's own files): what it may remove after a failure."""
     return location.child("zarr.json").exists() or location.child(".zgroup").exists()
+
+
+def _chunks(chunks: Any, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The chunk shape: given (positive ints, one per axis) or by default; a chunk beyond its
+    axis holds nothing more, and numpy was asked for a buffer of its size ("array is too big",
+    after the store was created: an adversarial run), so it is cut to the axis."""
+    if chunks is None:
+        chunks = tuple(
+            min(n, 512) if a in "yx" else (n if a in "zc" else 1)
+            for a, n in zip(axes, shape, strict=True)
+        )
+    if (
+        not isinstance(chunks, (tuple, list))
+        or len(chunks) != len(shape)
+        or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks)
+    ):
+        raise ValueError(
+            f"chunks must be {len(shape)} positive ints (one per axis), got {chunks!r}"
+        )
+    return tuple(min(int(c), int(n)) for c, n in zip(chunks, shape, strict=True))
+
+
+def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """Where the store goes: a new location, in a folder that exists (as fuse_zarr's dst), not
+    named like an image file (it wrote a Zarr folder of that name: an adversarial run)."""
+    location = resolve(path, name="path", storage_options=storage_options, writable=True)
+    if location.exists():
+        raise FileExistsError(f"path {location.spec!r} already exists; expected a new location")
+    if location.is_local and not os.path.isdir(os.path.dirname(location.path)):
+        raise FileNotFoundError(
+            f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "
+            "not exist; create it first (a typo in the path?)"
+        )
+    suffix = os.path.splitext(location.path.rstrip("/"))[1].lower()
+    if suffix in (*IMAGE_SUFFIXES, ".tif", ".tiff"):
+        raise ValueError(
+            f"path {location.spec!r} names a {suffix[1:].upper()} file, but write_stack writes "
+            "an OME-Zarr store: choose a name such as 'stack.ome.zarr'"
+        )
+    return location

@@ -151,6 +151,7 @@ def plan_fusion(
             chunks = auto_block(fusion, MIN_BLOCKS_PER_IMAGE // 2)
         # how a run on as many workers would read (each run decides for its own: read_by)
         fusion = read_by(replace(fusion, block=tuple(chunks)), MIN_BLOCKS_PER_IMAGE // 2)
+        _check_unit_fits(fusion)
         if output == "ome-tiff":
             from .._outputs.tiff import check_tiff_output, tiff_levels
 
@@ -229,6 +230,26 @@ def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
 
 
 MANY_FILES = 1_000_000
+
+
+def _check_unit_fits(fusion: Fusion) -> None:
+    """A Zarr source's read unit (a chunk, or a shard's chunk, with every plane) is decoded
+    whole: one larger than ``memory_per_task`` cannot be held within it (a chunk of 93 GiB
+    failed at run time with a MemoryError, exit 1; per-plane chunks of 2048^2 held 482 MiB for
+    a budget of 16: adversarial runs). Other readers decode regions, or cache whole planes
+    within a budget of their own."""
+    source = fusion.source
+    if source.kind not in ("zarr", "ome-zarr") or fusion.unit_bytes <= fusion.memory_per_task:
+        return
+    from dask.utils import format_bytes
+
+    mib = -(-fusion.unit_bytes // 2**20)
+    raise ValueError(
+        f"the chunks of {source.description} ({fusion.unit['y']} x {fusion.unit['x']} px, with "
+        f"every plane {format_bytes(fusion.unit_bytes)} decoded) are larger than memory_per_task "
+        f"({format_bytes(fusion.memory_per_task)}) lets a task hold; give memory_per_task="
+        f"{mib}MiB or more, or rechunk the source"
+    )
 
 
 def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels: int) -> None:

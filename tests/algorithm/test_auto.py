@@ -55,12 +55,12 @@ def clean():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"nhsize": "Auto"}, TypeError, "nhsize must be an integer >= 1 or 'auto'"),
+        ({"nhsize": "Auto"}, TypeError, "nhsize must be an integer from 1 to 4095 or 'auto'"),
         ({"nhsize": "nine"}, TypeError, "nhsize"),
         ({"nhsize": 2.5}, TypeError, "nhsize"),
         ({"nhsize": None}, TypeError, "nhsize"),
         ({"nhsize": True}, TypeError, "nhsize"),
-        ({"nhsize": 0}, ValueError, "nhsize must be an integer >= 1"),
+        ({"nhsize": 0}, ValueError, "nhsize must be an integer from 1 to 4095"),
         ({"sth": "automatic"}, TypeError, "sth must be a finite real number or 'auto'"),
         ({"sth": None}, TypeError, "sth"),
         ({"sth": float("nan")}, ValueError, "sth"),

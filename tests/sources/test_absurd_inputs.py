@@ -395,3 +395,37 @@ def test_an_in_memory_array_is_refused_as_a_stored_one_would_be(tmp_path, kind, 
             fuse_zarr(data, tmp_path / "out.zarr", axes="zyx", depth_map=depth_map,
                       progress=False)  # fmt: skip
         assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_chunk_larger_than_memory_per_task_is_refused_before_anything_is_written(tmp_path):
+    """A chunk is decoded whole: one of 93 GiB (metadata only) was planned as "memory per
+    process <= 2 x 256 MiB" and failed at run time with a MemoryError, exit 1; whole-plane
+    chunks held 482 MiB for a budget of 16 (adversarial runs). Refused, naming what to give,
+    and what it names is enough."""
+    import numpy as np
+
+    from fstack_dask import fuse_zarr
+
+    meta_only = tmp_path / "huge.zarr"
+    zarr.open_array(str(meta_only), mode="w", shape=(5, 64, 64), dtype="u2", chunks=(5, 64, 64))
+    meta = json.loads((meta_only / "zarr.json").read_text())
+    meta["shape"] = [5, 10**5, 10**5]
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [5, 10**5, 10**5]
+    (meta_only / "zarr.json").write_text(json.dumps(meta))
+    for command in ("info", "fuse"):
+        argv = [sys.executable, "-m", "fstack_dask", command, str(meta_only), "--axes", "zyx"]
+        if command == "fuse":
+            argv += [str(tmp_path / "out.zarr"), "--no-progress"]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 2 and "93.13 GiB decoded" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()
+
+    planes = np.random.default_rng(0).integers(0, 999, (21, 256, 256), dtype="uint16")
+    src = tmp_path / "planes.zarr"
+    zarr.create_array(str(src), data=planes, chunks=(1, 256, 256), dimension_names=list("zyx"))
+    with pytest.raises(ValueError, match=r"give memory_per_task=(\d+)MiB") as refused:
+        fuse_zarr(src, tmp_path / "out.zarr", memory_per_task="1MiB", progress=False)
+    enough = re.search(r"memory_per_task=(\d+)MiB", str(refused.value))[1]
+    assert not (tmp_path / "out.zarr").exists()
+    fuse_zarr(src, tmp_path / "out.zarr", memory_per_task=f"{enough}MiB", progress=False)
