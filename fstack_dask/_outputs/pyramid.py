@@ -49,7 +49,9 @@ def downsample(values: np.ndarray, *, dtype: np.dtype, nan_aware: bool) -> np.nd
     array([[2, 4]], dtype=uint8)
     """
     f = values.astype(np.float64)
-    finite = np.isfinite(f) if nan_aware else None
+    # only NaN is left out: selectivity is +inf with fewer than 5 planes (a mean over it is
+    # +inf), and leaving it out made a level NaN or dropped it (an adversarial run)
+    finite = ~np.isnan(f) if nan_aware else None
     if nan_aware:
         f = np.where(finite, f, 0.0)
     s, _ = _pair_sum(f, f.ndim - 2)

@@ -7,6 +7,7 @@ it before touching ``dst``, and ``fstack-dask info`` prints it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -277,8 +278,14 @@ def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]
         return n_levels(shape_yx, block)
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
         raise ValueError(f"levels must be None (automatic) or an integer >= 0, got {levels!r}")
-    if levels > 40:
-        raise ValueError(f"levels must be at most 40 (each halves the image), got {levels}")
+    # level N of the last useful one is 1 x 1; beyond, copies of it (34 of them for
+    # levels=40 on 64 px, with translations far outside the image: adversarial runs)
+    most = max(1, math.ceil(math.log2(max(shape_yx)))) if max(shape_yx) > 1 else 0
+    if levels > most:
+        raise ValueError(
+            f"levels must be at most {most} for a {shape_yx[0]} x {shape_yx[1]} image (each "
+            f"halves it; level {most} is 1 px wide), got {levels}"
+        )
     return levels
 
 

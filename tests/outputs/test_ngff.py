@@ -166,3 +166,31 @@ def test_the_depth_maps_unit_is_what_its_values_are(tmp_path, given, unit, plane
     assert finite.size and np.isfinite(values[~np.isnan(values)]).all()
     if planes:
         assert np.all(np.isin(finite, np.arange(6)))
+
+
+def test_selectivity_of_few_planes_stays_inf_in_every_level(tmp_path):
+    """With fewer than 5 planes the selectivity is +inf everywhere (documented); its 2 x 2
+    means left +inf out as if it were NaN: level 1 and above were NaN (an adversarial run)."""
+    data = _grey(seed=4)[:4]
+    path = tmp_path / "in.ome.zarr"
+    write_stack(path, data, axes="zyx")
+    out = fuse_zarr(path, tmp_path / "out.zarr", selectivity_map=True, chunks=64, levels=2,
+                    progress=False)  # fmt: skip
+    for level in ("0", "1", "2"):
+        assert np.isposinf(out["selectivity"][level][...]).all(), level
+
+
+@pytest.mark.parametrize(("levels", "ok"), [(7, True), (8, False), (40, False)])
+def test_levels_beyond_a_1_px_level_are_refused(tmp_path, levels, ok):
+    """levels=40 on a 64 px image wrote 34 levels of 1 x 1, with translations far outside
+    the image (an adversarial run). A 100 px image halves to 1 px at level 7."""
+    data = _grey(seed=5)[:, :100, :100]
+    path = tmp_path / "in.ome.zarr"
+    write_stack(path, data, axes="zyx")
+    if ok:
+        out = fuse_zarr(path, tmp_path / "out.zarr", levels=levels, progress=False)
+        assert out[str(levels)].shape == (1, 1)
+    else:
+        with pytest.raises(ValueError, match="levels must be at most 7 for a 100 x 100 image"):
+            fuse_zarr(path, tmp_path / "out.zarr", levels=levels, progress=False)
+        assert not (tmp_path / "out.zarr").exists()
