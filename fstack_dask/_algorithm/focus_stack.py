@@ -101,6 +101,11 @@ def focus_stack(
     >>> fused.shape, fused.dtype
     ((64, 64), dtype('uint8'))
     """
+    if isinstance(im_stack, np.ma.MaskedArray):  # np.asarray drops the mask, silently
+        raise TypeError(
+            "im_stack is a masked array, whose mask the fusion would ignore; pass "
+            "im_stack.filled(value), or im_stack.data to fuse the values under the mask too"
+        )
     im_stack = np.asarray(im_stack)
     check_dtype(im_stack.dtype, "im_stack")
     if im_stack.ndim not in (3, 4):

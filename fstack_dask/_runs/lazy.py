@@ -34,6 +34,7 @@ from .._params import (
     parse_axes,
     resolve_channels,
 )
+from .._sources.arrays import check_plain_array
 from .device import require_device_for_graph
 from .lazy_chunks import chunk_stats, fuse_chunk
 
@@ -275,6 +276,7 @@ class Layers(NamedTuple):
 
 
 def _as_dask(stack: Any) -> da.Array:
+    check_plain_array(stack, "stack")
     if isinstance(stack, da.Array):
         return stack
     arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)

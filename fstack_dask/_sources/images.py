@@ -258,6 +258,11 @@ def _list_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             raise ValueError(f"{name} is an empty list; expected at least two plane files")
         where = f"(a list of {len(files)} files)"
         for f in files:
+            if os.path.isdir(f):  # (it said "does not exist": an adversarial run)
+                raise ValueError(
+                    f"{f!r}, listed in {name}, is a folder: a list names plane files (TIFF, "
+                    f"PNG, JPEG); give a folder or a Zarr store as {name} itself"
+                )
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
         _check_images(files, f"{name} {where}")

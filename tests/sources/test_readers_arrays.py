@@ -243,3 +243,29 @@ def test_ngff_unit_names():
     assert ngff_unit("nm") == "nanometer" and ngff_unit("Millimeters") == "millimeter"
     assert ngff_unit("sec") == ngff_unit("s") == "second" and ngff_unit("ms") == "millisecond"
     assert ngff_unit("pixel") is None and ngff_unit(None) is None
+
+
+def test_what_an_array_source_would_lose_or_cannot_plan_is_refused(tmp_path):
+    """A masked array's mask was dropped silently; a dask array with unknown chunk sizes
+    gave NumPy's or dask's errors naming nothing; a folder in a list of planes was said not
+    to exist (an adversarial run)."""
+    from fstack_dask import focus_stack, fuse, fuse_zarr
+
+    stack = np.random.default_rng(0).integers(0, 60000, (5, 64, 64), dtype="uint16")
+    masked = np.ma.masked_greater(stack, 30000)
+    with pytest.raises(TypeError, match="src is a masked array"):
+        fuse_zarr(masked, tmp_path / "a.zarr", axes="zyx", progress=False)
+    with pytest.raises(TypeError, match="stack is a masked array"):
+        fuse(masked, axes="zyx")
+    with pytest.raises(TypeError, match="im_stack is a masked array"):
+        focus_stack(np.ma.masked_greater(np.moveaxis(stack, 0, -1), 30000))
+    x = da.from_array(stack, chunks=(5, 32, 32))
+    unknown = x[x[:, 0, 0] >= 0]
+    with pytest.raises(ValueError, match="src is a dask array with unknown chunk sizes"):
+        fuse_zarr(unknown, tmp_path / "b.zarr", axes="zyx", progress=False)
+    with pytest.raises(ValueError, match="stack is a dask array with unknown chunk sizes"):
+        fuse(x[:, x[0, :, 0] >= 0, :], axes="zyx")
+    (tmp_path / "planes").mkdir()
+    with pytest.raises(ValueError, match="listed in src, is a folder"):
+        fuse_zarr([tmp_path / "planes"], tmp_path / "c.zarr", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["planes"]
