@@ -126,6 +126,18 @@ def check_focus(focus: Any, n_planes: int) -> np.ndarray:
     if n_planes > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
         # The 3-point fit divides by differences of focus positions.
         raise ValueError(f"focus must be strictly monotonic, got {arr.tolist()}")
+    if n_planes > 1 and np.abs(steps).min() < 1e-6 * (np.abs(arr).max() + 1.0):
+        from ._errors import warn
+
+        # The reference's fit adds 1 to each position (MATLAB's index): steps far below
+        # that 1 (metres, or large offsets) cancel to a few digits, and the engines and the
+        # reference then differ by many levels (an adversarial run).
+        warn(
+            f"focus steps of {np.abs(steps).min():.3g} at positions up to "
+            f"{np.abs(arr).max():.3g} leave the reference's Gaussian fit (which adds 1 to each "
+            "position) a few significant digits: the result is that of an ill-conditioned fit; "
+            "give focus in plane numbers or in micrometres"
+        )
     return arr
 
 

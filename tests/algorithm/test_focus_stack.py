@@ -200,3 +200,29 @@ def test_compiled_code_is_not_cached_inside_the_package():
     fuse_block(np.zeros((5, 16, 16), np.uint16))
     package = pathlib.Path(fstack_dask.__file__).parent
     assert not [*package.rglob("*.nbi"), *package.rglob("*.nbc")]
+
+
+@pytest.mark.parametrize(
+    ("focus", "warned"),
+    [
+        (np.arange(5) * 0.2e-6, True),  # metres: steps of 2e-7 beside the fit's + 1
+        (1e8 + np.arange(5), True),  # a large offset
+        (np.arange(5) * 0.2, False),  # micrometres
+    ],
+)
+def test_focus_steps_the_fit_cannot_resolve_are_warned_of(focus, warned):
+    """Focus in metres left the reference's fit (positions + 1) a few digits: 1 % of pixels
+    identical to the reference, engines 1657 levels apart, silently (an adversarial run)."""
+    import warnings
+
+    from fstack_dask._errors import FstackDaskWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        focus_stack(GOOD, focus=focus)
+    said = [
+        w
+        for w in caught
+        if issubclass(w.category, FstackDaskWarning) and "ill-cond" in str(w.message)
+    ]
+    assert bool(said) == warned
