@@ -205,9 +205,9 @@ def test_compiled_code_is_not_cached_inside_the_package():
 @pytest.mark.parametrize(
     ("focus", "warned"),
     [
-        (np.arange(5) * 0.2e-6, True),  # metres: steps of 2e-7 beside the fit's + 1
-        (1e8 + np.arange(5), True),  # a large offset
-        (np.arange(5) * 0.2, False),  # micrometres
+        (np.arange(6) * 0.2e-6, True),  # metres: steps of 2e-7 beside the fit's + 1
+        (1e8 + np.arange(6), True),  # a large offset
+        (np.arange(6) * 0.2, False),  # micrometres
     ],
 )
 def test_focus_steps_the_fit_cannot_resolve_are_warned_of(focus, warned):
