@@ -12,9 +12,7 @@ by region decodes each file once while the cache holds the stack.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,15 +22,19 @@ import numpy as np
 
 from .._params import parse_axes
 from .common import UnreadableFileError, import_optional, int_axes, region_key
-from .plane_names import files_used, is_litter, odd_names, odd_names_warning
+from .plane_names import (
+    FORMATS,
+    files_used,
+    list_plane_files,
+    natural_key,
+    odd_names,
+    odd_names_warning,
+)
 from .stack_meta import OpenedStack
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
-_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_DIGITS = re.compile(r"(\d+)")
 # The EXIF orientation tag; values that turn or mirror the stored pixels, and (5-8) those
 # that also swap rows and columns.
 _EXIF_ORIENTATION = 0x0112
@@ -42,23 +44,6 @@ _EXIF_TRANSPOSED = frozenset(range(5, 9))
 _PIL_MODES = {"L": (1, False), "I;16": (1, False), "I;16B": (1, False), "I;16L": (1, False),
               "I": (1, False),
               "LA": (1, True), "RGB": (3, False), "RGBA": (3, True)}  # fmt: skip
-
-
-def natural_key(path: str) -> tuple[Any, ...]:
-    """Sort key putting ``plane2`` before ``plane10``: digit runs compare as integers.
-
-    Text compares case-insensitively, then the exact name breaks ties. Signs and
-    decimal points are text (``z-2`` sorts after ``z-1``).
-
-    Examples
-    --------
-    >>> sorted(["p10.tif", "p9.tif", "P1.tif"], key=natural_key)
-    ['P1.tif', 'p9.tif', 'p10.tif']
-    """
-    parts = _DIGITS.split(path)
-    # split() alternates text (even places) and digits (odd places), so tuples
-    # compare str with str and int with int.
-    return (tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), path)
 
 
 def open_image_files(
@@ -127,11 +112,11 @@ def open_image_files(
         raise TypeError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
     if cache_bytes < 0:
         raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes}")
-    files, place, skipped = _list_files(spec, name)
+    files, place, skipped = list_plane_files(spec, name)
     where = f"{name} {place}"
-    fmt = _FORMATS[os.path.splitext(files[0])[1].lower()]
+    fmt = FORMATS[os.path.splitext(files[0])[1].lower()]
     for f in files:
-        if _FORMATS[os.path.splitext(f)[1].lower()] != fmt:
+        if FORMATS[os.path.splitext(f)[1].lower()] != fmt:
             raise ValueError(
                 f"{where} mixes formats: {files[0]!r} is {fmt.upper()} but {f!r} is not; "
                 f"pass a glob pattern that selects one format"
@@ -220,78 +205,6 @@ def open_image_files(
         notes=(files_used(files, fmt, skipped),),
         warnings=tuple(warnings),
     )
-
-
-def _list_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
-    """The plane files in stack order, how to name `spec` in messages, and the platform
-    litter skipped (hidden files, Thumbs.db, ...)."""
-    skipped: list[str] = []
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.path.expanduser(os.fspath(spec))
-        if os.path.isdir(text):
-            where = f"folder {os.path.abspath(text)!r}"
-            names = [os.path.join(text, n) for n in os.listdir(text)]
-            files = [f for f in names if os.path.isfile(f) and _is_image(f)]
-            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
-            files = [f for f in files if not is_litter(f)]
-            if not files:
-                raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
-        elif _GLOB_CHARS.search(text):
-            where = f"pattern {text!r}"
-            files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
-            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
-            files = [f for f in files if not is_litter(f)]
-            if not files:
-                raise ValueError(f"{name} {where} matches no files")
-            _check_images(files, f"{name} {where}")
-        elif os.path.exists(text):
-            raise ValueError(
-                f"{name} {text!r} is a file; expected a folder, a glob pattern or a list of files"
-            )
-        else:
-            raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
-        files = sorted((_absolute(f) for f in files), key=natural_key)
-        return files, where, [_absolute(f) for f in skipped]
-    if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
-        files = [_absolute(os.path.expanduser(os.fspath(f))) for f in spec]
-        if not files:
-            raise ValueError(f"{name} is an empty list; expected at least two plane files")
-        where = f"(a list of {len(files)} files)"
-        for f in files:
-            if os.path.isdir(f):  # (it said "does not exist": an adversarial run)
-                raise ValueError(
-                    f"{f!r}, listed in {name}, is a folder: a list names plane files (TIFF, "
-                    f"PNG, JPEG); give a folder or a Zarr store as {name} itself"
-                )
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
-        _check_images(files, f"{name} {where}")
-        return files, where, []
-    raise TypeError(
-        f"{name} must be a folder, a glob pattern or a list of file paths, got "
-        f"{type(spec).__name__}"
-    )
-
-
-def _absolute(path: str) -> str:
-    """``path`` made absolute as the OS reads it: its folder resolved (``link/..`` is the
-    parent of the link's target, not of the link), its name kept (a plane file may be a link
-    whose target's name would sort otherwise)."""
-    head, name = os.path.split(path)
-    return os.path.join(os.path.realpath(head or "."), name)
-
-
-def _is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in _FORMATS
-
-
-def _check_images(files: list[str], where: str) -> None:
-    for f in files:
-        if not _is_image(f):
-            raise ValueError(
-                f"file {f!r} of {where} is not a TIFF, PNG or JPEG file "
-                f"(by its extension: .tif, .tiff, .png, .jpg, .jpeg)"
-            )
 
 
 # ------------------------------------------------------------------- header probes

@@ -106,9 +106,10 @@ def open_source(
         _level0(level, "an HDF5 dataset")
         return _from_opened(open_hdf5(path, axes=axes), location)
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in _ZARR_META):
-        from .images import _is_image, open_image_files
+        from .images import open_image_files
+        from .plane_names import is_image
 
-        if any(_is_image(n) for n in os.listdir(path)):
+        if any(is_image(n) for n in os.listdir(path)):
             _level0(level, "plane files")
             with _reading(location.spec):
                 return _from_opened(open_image_files(path, axes=axes, name="src"), location)

@@ -1,6 +1,7 @@
-"""What the names of a folder's plane files say: which files are used, in which order, and
-which break the pattern most of the others share (another tool's result saved beside the
-planes); which files are platform litter, never planes.
+"""What the names of a stack's plane files say: which files a folder, a glob or a list names,
+in which order (natural: ``plane2`` before ``plane10``), which are used, which break the
+pattern most of the others share (another tool's result saved beside the planes), and which
+are platform litter, never planes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,19 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["files_used", "is_litter", "odd_names", "odd_names_warning"]
+__all__ = [
+    "FORMATS",
+    "absolute",
+    "files_used",
+    "is_image",
+    "is_litter",
+    "list_plane_files",
+    "natural_key",
+    "odd_names",
+    "odd_names_warning",
+]
 
 _DIGITS = re.compile(r"(\d+)")
 # Files that operating systems leave in folders and that are never planes: macOS's
@@ -108,3 +120,96 @@ def _glob_for(files: Sequence[str]) -> str:
 def is_litter(path: str) -> bool:
     name = os.path.basename(path)
     return name.startswith(".") or name.casefold() in _LITTER
+
+
+FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def natural_key(path: str) -> tuple[Any, ...]:
+    """Sort key putting ``plane2`` before ``plane10``: digit runs compare as integers.
+
+    Text compares case-insensitively, then the exact name breaks ties. Signs and
+    decimal points are text (``z-2`` sorts after ``z-1``).
+
+    Examples
+    --------
+    >>> sorted(["p10.tif", "p9.tif", "P1.tif"], key=natural_key)
+    ['P1.tif', 'p9.tif', 'p10.tif']
+    """
+    parts = _DIGITS.split(path)
+    # split() alternates text (even places) and digits (odd places), so tuples
+    # compare str with str and int with int.
+    return (tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), path)
+
+
+def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
+    """The plane files in stack order, how to name `spec` in messages, and the platform
+    litter skipped (hidden files, Thumbs.db, ...)."""
+    skipped: list[str] = []
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.path.expanduser(os.fspath(spec))
+        if os.path.isdir(text):
+            where = f"folder {os.path.abspath(text)!r}"
+            names = [os.path.join(text, n) for n in os.listdir(text)]
+            files = [f for f in names if os.path.isfile(f) and is_image(f)]
+            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            files = [f for f in files if not is_litter(f)]
+            if not files:
+                raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
+        elif GLOB_CHARS.search(text):
+            where = f"pattern {text!r}"
+            files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
+            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            files = [f for f in files if not is_litter(f)]
+            if not files:
+                raise ValueError(f"{name} {where} matches no files")
+            check_images(files, f"{name} {where}")
+        elif os.path.exists(text):
+            raise ValueError(
+                f"{name} {text!r} is a file; expected a folder, a glob pattern or a list of files"
+            )
+        else:
+            raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
+        files = sorted((absolute(f) for f in files), key=natural_key)
+        return files, where, [absolute(f) for f in skipped]
+    if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
+        files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]
+        if not files:
+            raise ValueError(f"{name} is an empty list; expected at least two plane files")
+        where = f"(a list of {len(files)} files)"
+        for f in files:
+            if os.path.isdir(f):  # (it said "does not exist": an adversarial run)
+                raise ValueError(
+                    f"{f!r}, listed in {name}, is a folder: a list names plane files (TIFF, "
+                    f"PNG, JPEG); give a folder or a Zarr store as {name} itself"
+                )
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
+        check_images(files, f"{name} {where}")
+        return files, where, []
+    raise TypeError(
+        f"{name} must be a folder, a glob pattern or a list of file paths, got "
+        f"{type(spec).__name__}"
+    )
+
+
+def absolute(path: str) -> str:
+    """``path`` made absolute as the OS reads it: its folder resolved (``link/..`` is the
+    parent of the link's target, not of the link), its name kept (a plane file may be a link
+    whose target's name would sort otherwise)."""
+    head, name = os.path.split(path)
+    return os.path.join(os.path.realpath(head or "."), name)
+
+
+def is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in FORMATS
+
+
+def check_images(files: list[str], where: str) -> None:
+    for f in files:
+        if not is_image(f):
+            raise ValueError(
+                f"file {f!r} of {where} is not a TIFF, PNG or JPEG file "
+                f"(by its extension: .tif, .tiff, .png, .jpg, .jpeg)"
+            )
