@@ -98,8 +98,13 @@ def test_any_chunking_of_a_store_matches_the_whole_image(tmp_path_factory, data,
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack, nhsize))
 
 
-def _stopped_in_the_second_pass(monkeypatch, after: int) -> None:
-    """The run stops (as Ctrl-C would) after ``after`` blocks of its second pass."""
+def _stopped_in_the_second_pass(tmp_path, monkeypatch, after: int):
+    """A run into ``out.zarr`` that stops (as Ctrl-C would) after ``after`` blocks of its
+    second pass; returns the stack (y, x, z), the source and dst."""
+    stack = _blank_first_plane()
+    src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    zarr.create_array(str(src), data=_planes(stack), chunks=(7, 16, 16),
+                      dimension_names=list("zyx"))  # fmt: skip
     real = FuseJob.fuse_and_write
     count = {"n": 0}
 
@@ -111,19 +116,16 @@ def _stopped_in_the_second_pass(monkeypatch, after: int) -> None:
         return real(self, block, stack, **kwargs)
 
     monkeypatch.setattr(FuseJob, "fuse_and_write", fuse_and_write)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=16, scheduler="synchronous", progress=False, levels=0)
+    monkeypatch.undo()
+    return stack, src, dst
 
 
 def test_a_run_stopped_in_its_second_pass_resumes_to_the_same_bits(tmp_path, monkeypatch):
     """The blocks done before the stop keep their smallest S in their markers: the resume's
     fill is the same minimum, over every block of the image."""
-    stack = _blank_first_plane()
-    src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
-    zarr.create_array(str(src), data=_planes(stack), chunks=(7, 16, 16),
-                      dimension_names=list("zyx"))  # fmt: skip
-    _stopped_in_the_second_pass(monkeypatch, after=2)
-    with pytest.raises(KeyboardInterrupt):
-        fuse_zarr(src, dst, chunks=16, scheduler="synchronous", progress=False, levels=0)
-    monkeypatch.undo()
+    stack, src, dst = _stopped_in_the_second_pass(tmp_path, monkeypatch, after=2)
     markers = list((dst / ".fstack_dask" / "done").iterdir())
     assert markers and all("s_min " in m.read_text() for m in markers)
     out = fuse_zarr(src, dst, chunks=16, resume=True, progress=False, levels=0)
@@ -133,14 +135,7 @@ def test_a_run_stopped_in_its_second_pass_resumes_to_the_same_bits(tmp_path, mon
 def test_an_output_begun_before_the_rule_is_finished_by_its_own(tmp_path, monkeypatch):
     """An unfinished output whose record does not name the rule (written before it) is
     finished with S = -inf where undefined, as it was begun: never two rules in one image."""
-    stack = _blank_first_plane()
-    src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
-    zarr.create_array(str(src), data=_planes(stack), chunks=(7, 16, 16),
-                      dimension_names=list("zyx"))  # fmt: skip
-    _stopped_in_the_second_pass(monkeypatch, after=0)
-    with pytest.raises(KeyboardInterrupt):
-        fuse_zarr(src, dst, chunks=16, scheduler="synchronous", progress=False, levels=0)
-    monkeypatch.undo()
+    stack, src, dst = _stopped_in_the_second_pass(tmp_path, monkeypatch, after=0)
     record_path = dst / ".fstack_dask" / "run.json"
     record = json.loads(record_path.read_text())
     del record["params"]["undefined_selectivity"]
