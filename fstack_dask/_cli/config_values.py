@@ -186,7 +186,7 @@ def _storage_options(value: Any, name: str) -> Mapping[str, Any] | None:
             ) from None
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise ValueError(
-            f"{name} must be a mapping of fsspec options such as {{anon: true}}, got {value!r}"
+            f'{name} must be a mapping of fsspec options such as {{"anon": true}}, got {value!r}'
         )
     return types.MappingProxyType(dict(value))
 

@@ -207,6 +207,10 @@ _API_TO_OPTION = (
     ("or device='cpu'", "or --device cpu"),
     ("check dst_storage_options=", "check --dst-storage-options"),
     ("check storage_options=", "check --storage-options"),
+    ("dst_storage_options only apply", "--dst-storage-options only apply"),
+    ("storage_options only apply", "--storage-options only apply"),
+    ("give memory_per_task=", "give --memory-per-task "),
+    ("memory_per_task=", "--memory-per-task "),
 )
 
 

@@ -23,9 +23,9 @@ _READ_ONLY_SCHEMES = ("http", "https")
 
 def _local(spec: str, path: str, name: str, options: Mapping[str, Any], writable: bool) -> Location:
     if options:
+        option = "dst_storage_options" if name == "dst" else "storage_options"
         raise ValueError(
-            f"storage_options only apply to URLs such as 's3://...', but {name} {spec!r} is a "
-            f"local path"
+            f"{option} only apply to URLs such as 's3://...', but {name} {spec!r} is a local path"
         )
     if not path:
         raise ValueError(f"{name} {spec!r} names no path")

@@ -102,6 +102,8 @@ def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | No
     except tifffile.TiffFileError as exc:
         raise ValueError(f"path {path!r} is not a readable TIFF file: {exc}") from exc
     try:
+        if not tif.series:  # (it said "series=0 is out of range", naming no option)
+            raise ValueError(f"TIFF {path!r} holds no image (no pages)")
         if series >= len(tif.series):
             raise ValueError(
                 f"series={series} is out of range: TIFF {path!r} has {len(tif.series)} series"

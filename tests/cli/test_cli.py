@@ -507,3 +507,31 @@ def test_a_malformed_scheduler_address_names_the_option(error_env, capsys, addre
     assert main(["fuse", str(env["src"]), str(env["dst"]), "--scheduler", address]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--scheduler must be synchronous, threads" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--dst-storage-options", '{"a": 1}'], "--dst-storage-options only apply to URLs"),
+        (["--dst-storage-options", "null"], 'such as {"anon": true}'),
+        (["--memory-per-task", "1"], "--memory-per-task 1 bytes cannot hold"),
+    ],
+)
+def test_messages_name_the_option_as_it_was_given(error_env, capsys, argv, says):
+    """They named ``storage_options`` for --dst-storage-options, the Python spelling
+    ``memory_per_task=``, and an example that is not JSON (an adversarial run)."""
+    from fstack_dask._cli.main import main
+
+    env = error_env
+    assert main(["fuse", str(env["src"]), str(env["dst"]), *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_tiff_without_pages_says_so(tmp_path):
+    """It said "series=0 is out of range", naming no option (an adversarial run)."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "empty.tif"
+    with tifffile.TiffWriter(path):
+        pass
+    res = cli("fuse", path, tmp_path / "out.zarr", "--no-progress")
+    assert res.returncode == 2 and "holds no image (no pages)" in res.stderr, res.stderr
