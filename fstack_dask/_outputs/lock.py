@@ -354,11 +354,17 @@ class DestinationLock:
         self._fd = fd
         return True
 
-    def mine(self) -> bool:
+    def _still_mine(self) -> bool | None:
+        """Whether the lock carries this run's token; None where it could not be read."""
         try:
             return _token_of(self.lock.read_bytes()) == self.token
-        except Exception:
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except Exception:
+            return None
+
+    def mine(self) -> bool:
+        return self._still_mine() is True
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` unless this run still holds the lock."""
@@ -373,7 +379,10 @@ class DestinationLock:
                 # over: a seventh adversarial run). Locally it touches its own inode only.
                 stalled = (not self.lock.is_local
                            and time.monotonic() - self._beaten >= LOCK_STALE_AFTER)  # fmt: skip
-                if stalled or not self.mine():  # never refresh a lock someone else holds now
+                ours = self._still_mine()
+                if ours is None:  # a failed read (a network error) says nothing: the next beat
+                    continue  # asks again (it stopped the heartbeat for good: a review)
+                if stalled or not ours:  # never refresh a lock someone else holds now
                     self.lost = True
                     return
                 if self._etag is not None:  # only the version this run wrote last

@@ -240,14 +240,20 @@ def _check_unit_fits(fusion: Fusion) -> None:
     a budget of 16: adversarial runs). Other readers decode regions, or cache whole planes
     within a budget of their own."""
     source = fusion.source
-    if source.kind not in ("zarr", "ome-zarr") or fusion.unit_bytes <= fusion.memory_per_task:
+    if source.kind not in ("zarr", "ome-zarr"):
+        return
+    # a chunk spanning several time points (or channels fused apart) is decoded with them all
+    lead = math.prod(n for a, n in zip(source.axes, source.unit_shape, strict=True)
+                     if a not in "zyxc" or (a == "c" and not fusion.layout.rgb))  # fmt: skip
+    decoded = fusion.unit_bytes * lead
+    if decoded <= fusion.memory_per_task:
         return
     from dask.utils import format_bytes
 
-    mib = -(-fusion.unit_bytes // 2**20)
+    mib = -(-decoded // 2**20)
     raise ValueError(
         f"the chunks of {source.description} ({fusion.unit['y']} x {fusion.unit['x']} px, with "
-        f"every plane {format_bytes(fusion.unit_bytes)} decoded) are larger than memory_per_task "
+        f"every plane {format_bytes(decoded)} decoded) are larger than memory_per_task "
         f"({format_bytes(fusion.memory_per_task)}) lets a task hold; give memory_per_task="
         f"{mib}MiB or more, or rechunk the source"
     )

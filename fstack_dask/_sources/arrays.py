@@ -83,7 +83,8 @@ def check_plain_array(obj: Any, name: str) -> None:
     """Refuse what an array source would lose or cannot plan: a masked array's mask (dropped
     silently), a dask array's unknown chunk sizes (NaN, after boolean indexing: raw errors
     from NumPy or dask; an adversarial run)."""
-    if isinstance(obj, np.ma.MaskedArray):
+    meta = getattr(getattr(obj, "data", obj), "_meta", None)  # a dask array's chunk type
+    if isinstance(obj, np.ma.MaskedArray) or isinstance(meta, np.ma.MaskedArray):
         raise TypeError(
             f"{name} is a masked array, whose mask the fusion would ignore; pass "
             f"{name}.filled(value), or {name}.data to fuse the values under the mask too"

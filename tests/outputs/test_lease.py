@@ -242,9 +242,40 @@ def test_a_stalled_run_never_rewrites_an_object_store_lock(monkeypatch):
         taker = _lock.DestinationLock(where, "dst 'out.zarr'")
         held._beaten = time.monotonic() - 2 * _lock.LOCK_STALE_AFTER  # suspended that long
         where.fs.pipe_file(where.path, taker.body)  # the other run took it over
-        monkeypatch.setattr(held, "mine", lambda: True)  # as checked before the takeover
+        monkeypatch.setattr(held, "_still_mine", lambda: True)  # as checked before the takeover
         time.sleep(0.5)
         assert json.loads(where.read_bytes())["token"] == taker.token
         assert held.lost
     finally:
         held.stop_heartbeat()
+
+
+def test_a_lock_that_cannot_be_read_once_keeps_beating(monkeypatch):
+    """One failed read of the lock (a network error on an object store) stopped the heartbeat
+    for good, and the live run's lock went stale (found reviewing the heartbeat). A read
+    that fails says nothing; the next beat asks again."""
+    import uuid
+
+    from fstack_dask._outputs import lock as _lock
+
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
+    where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
+    held = _lock.DestinationLock(where, "dst 'out.zarr'")
+    held.acquire()
+    try:
+        from fstack_dask._locations import Location
+
+        real, failures = Location.read_bytes, {"n": 0}
+
+        def flaky(self):
+            if self == where and failures["n"] < 3:
+                failures["n"] += 1
+                raise ConnectionError("the store did not answer")
+            return real(self)
+
+        monkeypatch.setattr(Location, "read_bytes", flaky)
+        beaten = held._beaten
+        time.sleep(0.6)
+        assert failures["n"] == 3 and not held.lost and held._beaten > beaten
+    finally:
+        held.release()

@@ -322,7 +322,7 @@ def test_an_s3_lock_taken_over_after_its_check_is_neither_renewed_nor_removed(
     monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
     where, new_lock = _s3_lock(s3, b)
     held, taker = new_lock(), new_lock()
-    monkeypatch.setattr(held, "mine", lambda: True)  # as checked before the takeover
+    monkeypatch.setattr(held, "_still_mine", lambda: True)  # as checked before the takeover
     held.acquire()
     try:
         if step == "release":

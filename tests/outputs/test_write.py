@@ -327,3 +327,25 @@ def test_write_stack_leaves_nothing_when_writing_fails_and_clamps_huge_chunks(tm
         write_stack(tmp_path / "b.ome.zarr", failing, axes="zyx")
     assert not (tmp_path / "b.ome.zarr").exists()
     write_stack(tmp_path / "b.ome.zarr", data, axes="zyx")  # the retry
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "says"),
+    [
+        (lambda: np.zeros((0, 8, 8), "uint16"), ValueError, "stack must not have an empty axis"),
+        (lambda: np.zeros((5, 8, 8), bool), TypeError, "stack must have an integer or floating"),
+        (lambda: np.ma.masked_greater(np.arange(320).reshape(5, 8, 8), 9), TypeError, "masked"),
+        (lambda: da.ma.masked_greater(da.ones((5, 8, 8), chunks=4), 0), TypeError, "masked"),
+        (
+            lambda: (lambda x: x[x[:, 0, 0] >= 0])(da.ones((5, 8, 8), chunks=4)),
+            ValueError,
+            "unknown chunk sizes",
+        ),
+    ],
+)
+def test_write_stack_refuses_what_a_fusion_would_refuse_later(tmp_path, make, exc, says):
+    """An empty axis blamed chunks the user did not give; bool stacks and masked arrays were
+    written (the mask lost), and refused only by the fusion (a ninth adversarial run)."""
+    with pytest.raises(exc, match=says):
+        write_stack(tmp_path / "s.ome.zarr", make(), axes="zyx")
+    assert os.listdir(tmp_path) == []

@@ -429,3 +429,19 @@ def test_a_chunk_larger_than_memory_per_task_is_refused_before_anything_is_writt
     enough = re.search(r"memory_per_task=(\d+)MiB", str(refused.value))[1]
     assert not (tmp_path / "out.zarr").exists()
     fuse_zarr(src, tmp_path / "out.zarr", memory_per_task=f"{enough}MiB", progress=False)
+
+
+def test_a_chunk_of_several_time_points_counts_them_all(tmp_path):
+    """A chunk spanning 8 time points is decoded with all 8: the check counted one (a
+    ninth adversarial run, reading the code)."""
+    import numpy as np
+
+    from fstack_dask import fuse_zarr
+
+    data = np.random.default_rng(1).integers(0, 999, (8, 5, 128, 128), dtype="uint16")
+    src = tmp_path / "t.zarr"
+    zarr.create_array(str(src), data=data, chunks=(8, 5, 128, 128), dimension_names=list("tzyx"))
+    with pytest.raises(ValueError, match=r"1.25 MiB decoded.*give memory_per_task=2MiB"):
+        fuse_zarr(src, tmp_path / "out.zarr", memory_per_task="1MiB", progress=False)
+    out = fuse_zarr(src, tmp_path / "out.zarr", memory_per_task="2MiB", progress=False)
+    assert out["0"].shape == (8, 128, 128)

@@ -259,6 +259,11 @@ def test_what_an_array_source_would_lose_or_cannot_plan_is_refused(tmp_path):
         fuse(masked, axes="zyx")
     with pytest.raises(TypeError, match="im_stack is a masked array"):
         focus_stack(np.ma.masked_greater(np.moveaxis(stack, 0, -1), 30000))
+    lazy_masked = da.ma.masked_greater(da.from_array(stack, chunks=(5, 32, 32)), 30000)
+    with pytest.raises(TypeError, match="src is a masked array"):  # (a ninth run: accepted)
+        fuse_zarr(lazy_masked, tmp_path / "a.zarr", axes="zyx", progress=False)
+    with pytest.raises(TypeError, match="stack is a masked array"):
+        fuse(lazy_masked, axes="zyx")
     x = da.from_array(stack, chunks=(5, 32, 32))
     unknown = x[x[:, 0, 0] >= 0]
     with pytest.raises(ValueError, match="src is a dask array with unknown chunk sizes"):
