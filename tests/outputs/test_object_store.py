@@ -285,9 +285,11 @@ def test_two_runs_taking_over_one_stale_s3_lock_do_not_both_get_it(s3, bucket, m
 
     fs, b = bucket
     where, new_lock = _s3_lock(s3, b)
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 1.0)
+    # stale after 5 s: a lock written by the run that wins stays live long enough for the
+    # other to see it so on a loaded machine (S3 dates objects to the second)
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 5.0)
     fs.pipe(where.path, b'{"host": "node-7", "pid": 1, "token": "a crashed run"}')
-    time.sleep(2.1)  # S3 dates objects to the second
+    time.sleep(6.2)
     first, second = new_lock(), new_lock()
     read = _lock.read_lock
 
