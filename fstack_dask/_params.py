@@ -255,8 +255,8 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
             n = None
         if n is None:
             raise ValueError(
-                f"{name} must be a size such as 256MiB, 1GiB, 500MB or a number of bytes, "
-                f"got {value!r}"
+                f"{name} must be a size such as 256MiB, 1GiB, 500MB or a number of bytes "
+                f"(units B to PiB, at most 1 PiB), got {value!r}"
             ) from None
     else:
         raise TypeError(

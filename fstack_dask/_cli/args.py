@@ -94,9 +94,9 @@ def _chunks_arg(text: str) -> Any:
     if text.strip().lower() == "auto":
         return "auto"
     parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
+    # ASCII digits only: int() also reads "٦٤" and "1_0" (an adversarial run)
+    values = [int(p) for p in parts if p.isascii() and p.isdigit()]
+    if len(values) != len(parts):
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(
@@ -202,6 +202,7 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     )
     g.add_argument(
         "--device",
+        type=str.lower,  # as device= in Python, whatever the case
         choices=("cpu", "cuda"),
         help="where each block is fused: cpu (default) or cuda, the CUDA GPU of each worker "
         '(pip install "fstack_dask[gpu]")',

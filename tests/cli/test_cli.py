@@ -393,6 +393,9 @@ MORE_ERROR_CASES = {
     "demo one plane": (["demo", "{root}/demo", "--planes", "1"], 2),
     # OverflowError, exit 1, naming no option (an adversarial run)
     "nhsize of 400 digits": (["fuse", "{src}", "{dst}", "--nhsize", "9" * 400], 2),
+    # int() reads other scripts' digits and underscores (an adversarial run)
+    "chunks in Arabic-Indic digits": (["fuse", "{src}", "{dst}", "--chunks", "\u0666\u0664"], 2),
+    "chunks with an underscore": (["fuse", "{src}", "{dst}", "--chunks", "1_0"], 2),
     "memory of 400 digits": (["fuse", "{src}", "{dst}", "--memory-per-task", "9" * 400], 2),
     # distributed's own messages (an unpacking error among them), naming no option
     "scheduler inproc://x": (["fuse", "{src}", "{dst}", "--scheduler", "inproc://x"], 2),
@@ -535,3 +538,10 @@ def test_a_tiff_without_pages_says_so(tmp_path):
         pass
     res = cli("fuse", path, tmp_path / "out.zarr", "--no-progress")
     assert res.returncode == 2 and "holds no image (no pages)" in res.stderr, res.stderr
+
+
+def test_device_is_read_whatever_its_case(error_env, tmp_path):
+    """``device='CPU'`` was accepted in Python and ``--device CPU`` refused (an adversarial
+    run): both read it as ``cpu``."""
+    res = cli("fuse", error_env["src"], tmp_path / "out.zarr", "--device", "CPU", "--no-progress")
+    assert res.returncode == 0, res.stderr
