@@ -141,6 +141,26 @@ def check_focus(focus: Any, n_planes: int) -> np.ndarray:
     return arr
 
 
+def check_plain_array(obj: Any, name: str) -> None:
+    """Refuse what a fusion of an array would lose or cannot plan: a masked array's mask (dropped
+    silently), a dask array's unknown chunk sizes (NaN, after boolean indexing: raw errors
+    from NumPy or dask; an adversarial run)."""
+    meta = getattr(getattr(obj, "data", obj), "_meta", None)  # a dask array's chunk type
+    if isinstance(obj, np.ma.MaskedArray) or isinstance(meta, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, whose mask the fusion would ignore; pass "
+            f"{name}.filled(value), or {name}.data to fuse the values under the mask too"
+        )
+    chunks = getattr(getattr(obj, "data", obj), "chunks", None)
+    if isinstance(chunks, tuple) and any(
+        isinstance(c, float) and np.isnan(c) for axis in chunks for c in axis
+    ):
+        raise ValueError(
+            f"{name} is a dask array with unknown chunk sizes (NaN: after boolean indexing?); "
+            f"call {name}.compute_chunk_sizes() first"
+        )
+
+
 def check_dtype(dtype: Any, name: str = "im_stack") -> np.dtype:
     """Accept integer and floating dtypes (any byte order); refuse the rest."""
     dtype = np.dtype(dtype)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._params import check_alpha, check_dtype, check_focus, overlap_depth
+from .._params import check_alpha, check_dtype, check_focus, check_plain_array, overlap_depth
 from .auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
 from .block import fuse_block, selectivity_stats
 from .device import check_device, engine_for, require_here
@@ -101,11 +101,7 @@ def focus_stack(
     >>> fused.shape, fused.dtype
     ((64, 64), dtype('uint8'))
     """
-    if isinstance(im_stack, np.ma.MaskedArray):  # np.asarray drops the mask, silently
-        raise TypeError(
-            "im_stack is a masked array, whose mask the fusion would ignore; pass "
-            "im_stack.filled(value), or im_stack.data to fuse the values under the mask too"
-        )
+    check_plain_array(im_stack, "im_stack")  # np.asarray would drop a mask, silently
     im_stack = np.asarray(im_stack)
     check_dtype(im_stack.dtype, "im_stack")
     if im_stack.ndim not in (3, 4):

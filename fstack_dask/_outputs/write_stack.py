@@ -10,7 +10,7 @@ import numpy as np
 
 from .._locations import remove_tree, resolve
 from .._ngff import SPACE_UNITS, TIME_UNITS, check_ngff_order, multiscale_entry, positive_scale
-from .._params import check_dtype, parse_axes
+from .._params import check_dtype, check_plain_array, parse_axes
 from .destination import IMAGE_SUFFIXES
 
 __all__ = ["write_stack"]
@@ -73,7 +73,9 @@ def write_stack(
     """
     import zarr
 
-    _check_samples(stack)
+    # what a fusion would refuse later, refused before anything is written (a ninth run)
+    check_plain_array(stack, "stack")
+    check_dtype(getattr(stack, "dtype", np.asarray(stack).dtype), "stack")
     data = stack if hasattr(stack, "dask") else np.asarray(stack)
     ax = parse_axes(axes, data.ndim)
     if 0 in data.shape:  # (it blamed chunks, which the user did not give: a ninth run)
@@ -199,22 +201,3 @@ def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
             "an OME-Zarr store: choose a name such as 'stack.ome.zarr'"
         )
     return location
-
-
-def _check_samples(stack: Any) -> None:
-    """What ``fuse``/``fuse_zarr`` would refuse later is refused here, before anything is
-    written: samples that are not numbers (bool too), a masked array (its mask would be
-    lost), a dask array of unknown chunk sizes (a ninth adversarial run)."""
-    check_dtype(getattr(stack, "dtype", np.asarray(stack).dtype), "stack")
-    meta = getattr(stack, "_meta", None)
-    if isinstance(stack, np.ma.MaskedArray) or isinstance(meta, np.ma.MaskedArray):
-        raise TypeError(
-            "stack is a masked array, whose mask write_stack would not keep; pass "
-            "stack.filled(value)"
-        )
-    chunks = getattr(stack, "chunks", None)
-    if hasattr(stack, "dask") and any(np.isnan(c) for axis in chunks for c in axis):
-        raise ValueError(
-            "stack is a dask array with unknown chunk sizes (NaN: after boolean indexing?); "
-            "call stack.compute_chunk_sizes() first"
-        )

@@ -30,11 +30,11 @@ from .._params import (
     check_alpha,
     check_dtype,
     check_focus,
+    check_plain_array,
     overlap_depth,
     parse_axes,
     resolve_channels,
 )
-from .._sources.arrays import check_plain_array
 from .device import require_device_for_graph
 from .lazy_chunks import chunk_stats, fuse_chunk
 

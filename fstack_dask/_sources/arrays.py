@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._params import parse_axes
+from .._params import check_plain_array, parse_axes
 from .common import int_axes, ngff_unit, region_key
 from .stack_meta import OpenedStack
 
@@ -77,26 +77,6 @@ def array_source(obj: Any, *, axes: str | None = None) -> OpenedStack:
         )
     letters = parse_axes(axes, obj.ndim)
     return _stack(_wrap(obj, kind), letters, kind, f"{kind} array {tuple(obj.shape)}")
-
-
-def check_plain_array(obj: Any, name: str) -> None:
-    """Refuse what an array source would lose or cannot plan: a masked array's mask (dropped
-    silently), a dask array's unknown chunk sizes (NaN, after boolean indexing: raw errors
-    from NumPy or dask; an adversarial run)."""
-    meta = getattr(getattr(obj, "data", obj), "_meta", None)  # a dask array's chunk type
-    if isinstance(obj, np.ma.MaskedArray) or isinstance(meta, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name} is a masked array, whose mask the fusion would ignore; pass "
-            f"{name}.filled(value), or {name}.data to fuse the values under the mask too"
-        )
-    chunks = getattr(getattr(obj, "data", obj), "chunks", None)
-    if isinstance(chunks, tuple) and any(
-        isinstance(c, float) and np.isnan(c) for axis in chunks for c in axis
-    ):
-        raise ValueError(
-            f"{name} is a dask array with unknown chunk sizes (NaN: after boolean indexing?); "
-            f"call {name}.compute_chunk_sizes() first"
-        )
 
 
 def _kind(obj: Any) -> str:
