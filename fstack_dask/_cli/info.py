@@ -317,7 +317,14 @@ def _device_line(fusion: Any, workers: int) -> str:
     shape = (fusion.block[0] + 2 * halo, fusion.block[1] + 2 * halo)
     gpu = device_block_memory(shape, lay.n_planes, lay.n_channels, fusion.source.dtype.itemsize,
                               float16=fusion.source.dtype == "float16")  # fmt: skip
-    return (
+    line = (
         f"cuda: {_mib(gpu)} of GPU memory per task, <= {workers} x {_mib(gpu)} per process "
         "(one process per GPU)"
     )
+    from .._algorithm.device import cuda_problem
+
+    # info plans a GPU job from anywhere (a login node); fuse would refuse here, so say why
+    problem = cuda_problem()
+    if problem is None:
+        return line
+    return f"{line}; cannot run here: fstack_dask {problem.split('; use ')[0]}"

@@ -609,3 +609,9 @@ def test_info_prints_gpu_memory_per_task(tmp_path):
     gpu = device_block_memory((128 + 2 * halo, 128 + 2 * halo), 9, 1, 2)
     line = next(x for x in done.stdout.splitlines() if x.startswith("device:"))
     assert f"cuda: {gpu / 2**20:.1f} MiB of GPU memory per task" in line, line
+    # where fuse --device cuda would be refused, info says so (it exited 0 in silence before)
+    problem = cuda_problem()
+    if problem is None:
+        assert "cannot run here" not in line, line
+    else:
+        assert f"cannot run here: fstack_dask {problem.split('; use ')[0]}" in line, line
