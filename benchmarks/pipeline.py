@@ -48,11 +48,12 @@ import fstack_dask._algorithm.block as block
 
 compiled = block._fuse_compiled
 
-def free(stack, nhsize, focus, alpha, sth, rgb, *, with_selectivity):
-    # no arithmetic: the middle plane, and 2-D maps of the sizes the engines return
+def free(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True):
+    # no arithmetic: the middle plane, and 2-D maps of the sizes the engines return (S defined
+    # everywhere, so that no block waits for its image's smallest S)
     middle = np.array(stack[:, stack.shape[1] // 2] if rgb else stack[stack.shape[0] // 2])
     yx = stack.shape[-2:]
-    return middle, np.zeros(yx, np.float32), np.zeros(yx, np.intp), None
+    return middle, np.zeros(yx, np.float32), np.zeros(yx, np.intp), np.ones(yx, np.float64)
 
 def fuse(kernel):
     block._fuse_compiled = kernel
