@@ -134,7 +134,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         "--channels",
         choices=("auto", "rgb", "independent"),
         help="rgb: one weight map shared by 3 colour channels; independent: each channel "
-        "fused on its own; auto (default): rgb for 3 uint8 channels",
+        "fused on its own; auto (default): rgb for colour samples, and for 3 uint8 channels "
+        "unless the format says they are separate (OME/ImageJ TIFF pages, omero colours)",
     )
 
 

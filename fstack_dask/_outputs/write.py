@@ -101,7 +101,8 @@ def _channels(source: Any, layout: Layout, dtype: np.dtype) -> list[dict[str, An
         ch = dict(given[k]) if given else {}
         if layout.rgb:
             ch.setdefault("label", "RGB"[k] if n == 3 else f"c{k}")
-            ch["color"] = _RGB_COLOURS[k] if n == 3 else ch.get("color", "FFFFFF")
+            # the input's colours where it gives them (channels="rgb" on named channels)
+            ch.setdefault("color", _RGB_COLOURS[k] if n == 3 else "FFFFFF")
         else:
             ch.setdefault("label", f"c{k}")
             ch.setdefault("color", "FFFFFF")

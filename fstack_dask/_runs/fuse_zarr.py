@@ -79,8 +79,10 @@ def fuse_zarr(
     level : int, optional
         Pyramid level of an OME-Zarr source (0: full resolution).
     channels : {"auto", "rgb", "independent"}, optional
-        See :func:`fuse`. Default ``"auto"``: RGB for 3 uint8 channels or a colour format,
-        otherwise each channel is fused on its own.
+        See :func:`fuse`. Default ``"auto"``: RGB for colour samples, and for 3 uint8
+        channels unless the format says they are separate channels (pages of an OME or
+        ImageJ TIFF, a vendor file's channels, OME-Zarr ``omero`` in grey or coloured
+        otherwise than red, green, blue); otherwise each channel is fused on its own.
     nhsize, focus, alpha, sth
         As in :func:`focus_stack`; ``"auto"`` for ``nhsize`` and/or ``sth`` chooses them from
         a fixed sample of tiles of the stack (the same whatever the chunking), logs the

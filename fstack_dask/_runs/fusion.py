@@ -297,6 +297,8 @@ def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]
 
 def _rgb(channels: Any, source: Source) -> bool:
     rgb = resolve_channels(channels, source.axes, source.shape, source.dtype)
+    if channels == "auto" and source.separate_channels:
+        return False  # 3 uint8 channels that the format says are not colour (fluorescence)
     if channels == "auto" and source.rgb and "c" in source.axes and source.size("c") == 3:
         return True  # the format says these are colour samples
     return rgb

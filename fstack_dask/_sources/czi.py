@@ -142,6 +142,7 @@ def open_czi(path: str, *, scene: str | None = None, axes: str | None = None) ->
         array=array, axes=letters, kind="czi", scale=scale,
         units={a: "micrometer" for a in scale}, translation={}, channel_names=names,
         channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
 
 

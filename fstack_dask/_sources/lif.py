@@ -111,6 +111,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
     return OpenedStack(
         array=array, axes=letters, kind="lif", scale=scale, units=units, translation={},
         channel_names=names, channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
 
 

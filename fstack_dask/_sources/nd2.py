@@ -125,6 +125,7 @@ def open_nd2(path: str, *, scene: str | None = None, axes: str | None = None) ->
         array=array, axes=letters, kind="nd2", scale=scale,
         units={a: "micrometer" for a in scale}, translation={}, channel_names=names_c,
         channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
 
 

@@ -215,7 +215,7 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
     meta = repr(
         (stack.kind, shape, str(array.dtype), stack.axes, stack.scale, stack.units,
          stack.translation, stack.channel_names, stack.channel_colors, stack.rgb)
-    )  # fmt: skip
+    ) + (" separate channels" if stack.separate_channels else "")  # fmt: skip
     return Source(
         array=array,
         axes=stack.axes,
@@ -228,6 +228,7 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
         translation=dict(stack.translation),
         channels=channels,
         rgb=stack.rgb,
+        separate_channels=stack.separate_channels,
         files=tuple(stack.files),
         cached_reads=not own_cache,
         metadata_text=meta,

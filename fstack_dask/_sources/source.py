@@ -85,6 +85,9 @@ class Source:
         Per channel: ``label``, ``color`` (``"RRGGBB"``), ``window``, as OME's ``omero``.
     rgb : bool
         The format stores colour samples (used by ``channels="auto"``).
+    separate_channels : bool
+        The format says ``c`` holds separate channels, not colour samples (used by
+        ``channels="auto"``: see :class:`.stack_meta.OpenedStack`).
     ome_version : str or None
         OME-NGFF version of an OME-Zarr source.
     level : int
@@ -108,6 +111,7 @@ class Source:
     translation: dict[str, float] = field(default_factory=dict)
     channels: list[dict[str, Any]] | None = None
     rgb: bool = False
+    separate_channels: bool = False  # the format says c holds channels, not colour
     ome_version: str | None = None
     level: int = 0
     metadata_files: tuple[Location, ...] = ()

@@ -49,6 +49,11 @@ class OpenedStack:
     rgb : bool
         The format stores colour samples (photometric RGB, colour JPEG/PNG);
         the ``c`` axis then holds R, G, B in that order.
+    separate_channels : bool
+        The format says its ``c`` axis holds separate channels (fluorescence: channels in
+        their own pages or planes where the format has a way to store colour samples, or
+        metadata that names or colours them otherwise): ``channels="auto"`` then fuses them
+        independently even when there are 3 of uint8.
     files : tuple of str
         Absolute paths of the files the data is read from (for resume
         fingerprints); empty for in-memory arrays.
@@ -76,6 +81,7 @@ class OpenedStack:
     description: str
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    separate_channels: bool = False
 
     def __post_init__(self) -> None:
         # A reader bug should fail here, not as a wrong picture in the output.
@@ -96,3 +102,5 @@ class OpenedStack:
                     raise ValueError(f"{name} has {len(value)} entries for {n_channels} channels")
         if self.rgb and "c" not in self.axes:
             raise ValueError("rgb=True needs a 'c' axis holding the colour samples")
+        if self.separate_channels and (self.rgb or "c" not in self.axes):
+            raise ValueError("separate_channels=True needs a 'c' axis of channels, not colour")

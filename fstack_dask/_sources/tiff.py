@@ -159,6 +159,8 @@ def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | No
         files=files,
         description=description,
         warnings=tuple(warnings),
+        # OME and ImageJ store colour as RGB samples: channels in pages are separate ones
+        separate_channels=kind != "tiff" and "c" in letters and not rgb,
     )
 
 

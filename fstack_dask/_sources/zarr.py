@@ -373,6 +373,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     scale = {} if scale_vec is None else dict(zip(meta_axes, scale_vec, strict=True))
     shift = {} if shift_vec is None else dict(zip(meta_axes, shift_vec, strict=True))
     array_loc = location.child(path)
+    channels = parse_omero(attrs)
+    separate = "c" in meta_axes and _omero_says_separate(attrs, channels)
     meta = tuple(
         loc.child(f)
         for loc in (location, array_loc)
@@ -389,8 +391,9 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         scale=scale,
         units=units,
         translation=shift,
-        channels=parse_omero(attrs),
-        rgb=_omero_is_rgb(attrs),
+        channels=channels,
+        rgb="c" in meta_axes and _omero_is_rgb(attrs) and not separate,
+        separate_channels=separate,
         ome_version=ms.version,
         level=level,
         metadata_files=meta,
@@ -403,3 +406,18 @@ def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
     omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
     rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
     return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"
+
+
+_RGB = ("FF0000", "00FF00", "0000FF")
+
+
+def _omero_says_separate(attrs: Mapping[str, Any], channels: list[dict[str, Any]] | None) -> bool:
+    """Whether ``omero`` says the channels are not colour samples: rendered in grey, or
+    coloured otherwise than red, green, blue (a fluorescence image's DAPI, GFP, Cy5)."""
+    ome = attrs.get("ome")
+    omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
+    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
+    if isinstance(rdefs, Mapping) and rdefs.get("model") == "greyscale":
+        return True
+    colours = [str(ch.get("color", "")).upper() for ch in channels or ()]
+    return bool(colours) and all(colours) and tuple(colours) != _RGB
