@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import reach, resolve
+from .._ngff import SPACE_UNITS, TIME_UNITS
 from .share import Shared
 from .source import Source, check_dtype_and_extent
 from .stack_meta import OpenedStack
@@ -192,8 +193,29 @@ def _reading(what: str):
     return guard()
 
 
+def _units_of_their_kind(stack: OpenedStack) -> tuple[dict, dict, dict, tuple[str, ...]]:
+    """The stack's scale, units and translation, less those of an axis whose unit is not
+    of its kind (a file's frames read as z with ``axes``: their interval in seconds is no
+    focus step), and a warning for each axis left without."""
+    scale, units, shift = dict(stack.scale), dict(stack.units), dict(stack.translation)
+    warnings = []
+    for a, unit in stack.units.items():
+        if (a in "zyx" and unit in TIME_UNITS) or (a == "t" and unit in SPACE_UNITS):
+            value = scale.pop(a, None)
+            del units[a]
+            shift.pop(a, None)
+            step = f"a step of {value:g} {unit}" if value is not None else f"the unit {unit}"
+            warnings.append(
+                f"{stack.description}: the axis read as {a!r} has {step}, which is not a "
+                f"{'time' if a == 't' else 'length'}: it is not used as {a}'s scale"
+                + (" (the depth map is in plane numbers)" if a == "z" else "")
+            )
+    return scale, units, shift, tuple(warnings)
+
+
 def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) -> Source:
     array = stack.array
+    scale, physical_units, shift, unit_warnings = _units_of_their_kind(stack)
     shape = tuple(int(n) for n in array.shape)
     units = tuple(max(1, min(int(c), n)) for c, n in zip(array.chunks, shape, strict=True))
     channels = None
@@ -223,9 +245,9 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
         description=where,
         location=location,
         kind=stack.kind,
-        scale=dict(stack.scale),
-        units=dict(stack.units),
-        translation=dict(stack.translation),
+        scale=scale,
+        units=physical_units,
+        translation=shift,
         channels=channels,
         rgb=stack.rgb,
         separate_channels=stack.separate_channels,
@@ -233,7 +255,7 @@ def _from_opened(stack: OpenedStack, location: Any, *, in_memory: bool = False) 
         cached_reads=not own_cache,
         metadata_text=meta,
         notes=tuple(stack.notes),
-        warnings=tuple(stack.warnings),
+        warnings=tuple(stack.warnings) + unit_warnings,
     )
 
 

@@ -123,8 +123,16 @@ def test_imagej_frames_need_axes(tmp_path):
     opened = open_tiff(path, axes="zyx")
     assert opened.axes == "zyx"
     assert "axes 'zyx' given; the file's axes read 'tyx'" in opened.description
-    assert opened.scale == {"z": 2.0}  # the stated interval now belongs to the z axis
+    assert opened.scale == {"z": 2.0} and opened.units == {"z": "second"}  # as the file says
     np.testing.assert_array_equal(opened.array[2:5, 3:9, :], data[2:5, 3:9, :])
+    # but a frame interval is no focus step: the source has no z scale, and says why (it
+    # had z = 2 seconds, and a depth map in seconds: an interop run)
+    from fstack_dask._sources.open import open_source
+
+    source = open_source(path, axes="zyx")
+    assert "z" not in source.scale and "z" not in source.units and "z" not in source.translation
+    assert any("the axis read as 'z' has a step of 2 second, which is not a length" in w
+               for w in source.warnings)  # fmt: skip
 
 
 def test_plain_multipage_tiff_is_a_page_sequence(tmp_path):
