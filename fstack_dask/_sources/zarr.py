@@ -19,6 +19,7 @@ import numpy as np
 from .._locations import Location, resolve
 from .._ngff import find_multiscales, parse_multiscale, parse_omero
 from .._params import parse_axes
+from .common import ngff_unit
 from .source import Source, check_dtype_and_extent
 
 __all__ = ["open_zarr"]
@@ -368,7 +369,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         )
     _check_dtype_and_shape(array, meta_axes, where)
     by_letter = dict(zip(ms.names or meta_axes, meta_axes, strict=True))
-    units = {by_letter[n]: u for n, u in ms.units.items() if n in by_letter}
+    # "µm", "um", "micron": the names NGFF asks for, as the other readers give them
+    units = {by_letter[n]: ngff_unit(u) or u for n, u in ms.units.items() if n in by_letter}
     scale_vec, shift_vec = ms.scales[level], ms.translations[level]
     scale = {} if scale_vec is None else dict(zip(meta_axes, scale_vec, strict=True))
     shift = {} if shift_vec is None else dict(zip(meta_axes, shift_vec, strict=True))

@@ -428,3 +428,36 @@ def test_a_file_left_in_the_working_folder_is_named_by_the_refusal(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "('mine.txt')" in res.stderr and "move out what it holds" in res.stderr
     assert os.listdir(work) == ["mine.txt"]
+
+
+def test_every_ngff_unit_reaches_the_tiff_and_its_resolution_tags(tmp_path):
+    """An interop run found pixel sizes in 20 of the 26 NGFF lengths (and 18 of 23 times)
+    dropped from the OME-TIFF in silence, the spellings "\u00b5m"/"um"/"micron" of an OME-Zarr
+    source carried into the output unread, and TIFF resolution tags of 1/1 without a unit,
+    so that readers of plain tags (OpenSlide, tiffslide, Pillow) saw no pixel size."""
+    src = tmp_path / "stack.ome.zarr"
+    data = np.round(np.moveaxis(synthetic_stack((300, 700), 5, seed=1).stack, -1, 0) * 999)
+    g = zarr.open_group(src, mode="w")
+    a = g.create_array("0", shape=(2, 5, 300, 700), chunks=(1, 5, 300, 700), dtype="u2",
+                       dimension_names=list("tzyx"))  # fmt: skip
+    a[...] = np.stack([data, data[::-1]]).astype(np.uint16)
+    units = {"t": "day", "z": "\u00b5m", "y": "inch", "x": "inch"}
+    axes = [{"name": n, "type": "time" if n == "t" else "space", "unit": units[n]} for n in "tzyx"]
+    scale = [{"type": "scale", "scale": [0.5, 2.0, 1e-4, 2e-4]}]
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": scale}]}]}  # fmt: skip
+    zarr_out = fstack_dask.fuse_zarr(src, tmp_path / "o.ome.zarr", progress=False, depth_map=True)
+    written = {a["name"]: a.get("unit") for a in zarr_out.attrs["ome"]["multiscales"][0]["axes"]}
+    assert written == {"t": "day", "y": "inch", "x": "inch"}
+    assert zarr_out["depth"].attrs["fstack_dask"]["unit"] == "micrometer"  # read as NGFF names
+    fstack_dask.fuse_zarr(src, tmp_path / "o.ome.tif", progress=False)
+    with tifffile.TiffFile(tmp_path / "o.ome.tif") as tif:
+        xml = tif.ome_metadata
+        pages = [tif.pages.first] + [tif.series[0].levels[1].keyframe]
+        found = [(p.resolution, p.resolutionunit) for p in pages]
+    assert 'PhysicalSizeX="0.0002"' in xml and 'PhysicalSizeXUnit="in"' in xml
+    assert 'PhysicalSizeYUnit="in"' in xml and 'TimeIncrementUnit="d"' in xml
+    for level, (resolution, unit) in enumerate(found):  # pixels per centimetre, level by level
+        assert unit == tifffile.RESUNIT.CENTIMETER
+        expected = (1 / (2e-4 * 2.54 * 2**level), 1 / (1e-4 * 2.54 * 2**level))
+        np.testing.assert_allclose(resolution, expected, rtol=1e-6)
