@@ -358,12 +358,12 @@ def scene_src(src: str, scene: str | None) -> str:
         return src
     import os
 
-    from .._sources.open import VENDOR_FORMATS
+    from .._sources.open import _TIFF, VENDOR_FORMATS
 
-    if os.path.splitext(src.rstrip("/"))[1].lower() not in VENDOR_FORMATS:
+    if os.path.splitext(src.rstrip("/"))[1].lower() not in (*VENDOR_FORMATS, *_TIFF):
         raise UsageError(
-            f"--scene applies to CZI, ND2 and LIF files, and SRC {src!r} is none; name the "
-            "image another way (--level, or the path to it)"
+            f"--scene applies to CZI, ND2, LIF and TIFF files (a TIFF's series), and SRC "
+            f"{src!r} is none; name the image another way (--level, or the path to it)"
         )
     if not scene.strip() or "/" in scene:
         raise UsageError(f"--scene must be a scene's index or name, got {scene!r}")

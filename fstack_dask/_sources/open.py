@@ -96,11 +96,12 @@ def open_source(
         _level0(level, f"{vendor[2].upper()} files")
         with _reading(location.spec):
             return _from_opened(open_vendor(*vendor, axes=axes), location)
-    if os.path.isfile(path) and lower.endswith(_TIFF):
+    tiff = _tiff_file(path)
+    if tiff is not None:
         from .tiff import open_tiff
 
         with _reading(location.spec):
-            return _from_opened(open_tiff(path, level=level, axes=axes), location)
+            return _from_opened(open_tiff(tiff[0], scene=tiff[1], level=level, axes=axes), location)
     if lower.endswith(_HDF5) or _inside_hdf5(path):
         from .hdf5 import open_hdf5
 
@@ -144,6 +145,18 @@ def _vendor_file(path: str) -> tuple[str, str | None, str] | None:
     if kind is None or scene is None or not os.path.isfile(file):
         return None
     return file, scene, kind
+
+
+def _tiff_file(path: str) -> tuple[str, str | None] | None:
+    """(file, series) for a TIFF file, or a path through one to a series (``s.ome.tif/1``)."""
+    from .vendor import split_scene
+
+    if os.path.isfile(path):
+        return (path, None) if path.lower().endswith(_TIFF) else None
+    if os.path.exists(path):
+        return None
+    file, scene = split_scene(path)
+    return (file, scene) if scene is not None and file.lower().endswith(_TIFF) else None
 
 
 def open_vendor(path: str, scene: str | None, kind: str, *, axes: str | None) -> OpenedStack:

@@ -43,7 +43,8 @@ _IMAGEJ_NO_UNIT = {"", "pixel", "pixels", "inch"}
 def open_tiff(
     path: str | os.PathLike[str],
     *,
-    series: int = 0,
+    series: int | None = None,
+    scene: str | None = None,
     level: int = 0,
     axes: str | None = None,
 ) -> OpenedStack:
@@ -53,8 +54,13 @@ def open_tiff(
     ----------
     path : str or os.PathLike
         The TIFF file.
-    series : int, default 0
-        Which image series (an OME-TIFF may hold several images).
+    series : int, optional
+        Which image series (an OME-TIFF may hold several images). Default: the one series
+        that holds a stack (more than one plane), else series 0; a file with several
+        stacks is refused, naming them, until one is chosen.
+    scene : str, optional
+        The series by index or name, as for vendor files (``src 'file.ome.tif/1'``,
+        ``--scene 1``); ignored if ``series`` is given.
     level : int, default 0
         Pyramid level (0 is full resolution) when the series has sub-resolutions.
     axes : str, optional
@@ -89,13 +95,15 @@ def open_tiff(
     """
     tifffile = _tifffile()
     path = _check_path(path)
-    series = _check_index(series, "series")
+    series = None if series is None else _check_index(series, "series")
     level = _check_index(level, "level")
     with held_log():
-        return _open_tiff(tifffile, path, series, level, axes)
+        return _open_tiff(tifffile, path, series, scene, level, axes)
 
 
-def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | None) -> OpenedStack:
+def _open_tiff(
+    tifffile: Any, path: str, series: int | None, scene: str | None, level: int, axes: str | None
+) -> OpenedStack:
     """`open_tiff` once its arguments are checked."""
     try:
         tif = tifffile.TiffFile(path)
@@ -104,6 +112,8 @@ def _open_tiff(tifffile: Any, path: str, series: int, level: int, axes: str | No
     try:
         if not tif.series:  # (it said "series=0 is out of range", naming no option)
             raise ValueError(f"TIFF {path!r} holds no image (no pages)")
+        if series is None:
+            series = _choose_series(tif.series, scene, path)
         if series >= len(tif.series):
             raise ValueError(
                 f"series={series} is out of range: TIFF {path!r} has {len(tif.series)} series"
@@ -219,6 +229,27 @@ def _check_path(path: Any) -> str:
     if not os.path.isfile(path):
         raise ValueError(f"path {path!r} is not a file; expected a TIFF file")
     return path
+
+
+def _choose_series(found: list, scene: str | None, path: str) -> int:
+    """The series ``scene`` names, else the only one holding a stack (more than one plane
+    besides y, x and colour samples), else 0. Several stacks and none named: refused, as a
+    vendor file's scenes are (a multi-position OME-TIFF was fused from its first position
+    in silence)."""
+    from .vendor import Scene, choose_scene
+
+    scenes = [Scene(k, s.name or "", f"{s.axes} {'x'.join(map(str, s.shape))}")
+              for k, s in enumerate(found)]  # fmt: skip
+    stacks = [
+        scene_
+        for scene_, s in zip(scenes, found, strict=True)
+        if np.prod([n for a, n in zip(s.axes, s.shape, strict=True) if a not in "YXS"]) > 1
+    ]
+    if scene is None and len(stacks) <= 1:
+        return stacks[0].index if stacks else 0
+    where = f"TIFF {path!r}"
+    return choose_scene(stacks if scene is None else scenes, scene, path=path, where=where,
+                        word="series").index  # fmt: skip
 
 
 def _check_index(value: Any, name: str) -> int:

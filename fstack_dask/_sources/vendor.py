@@ -67,7 +67,8 @@ def choose_scene(
     if spec is None:
         if len(scenes) == 1:
             return scenes[0]
-        raise ValueError(f"{where} holds {len(scenes)} {word}s: {listed}; {hint}")
+        plural = word if word.endswith("s") else f"{word}s"  # (series)
+        raise ValueError(f"{where} holds {len(scenes)} {plural}: {listed}; {hint}")
     for s in scenes:
         if spec == str(s.index) or (s.name and spec == s.name):
             return s

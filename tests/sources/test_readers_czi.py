@@ -142,7 +142,7 @@ def test_cli_scene_option_and_its_refusals(tmp_path):
     res = run("info", path, "--scene", "4")
     assert res.returncode == 2 and "has no scene '4'" in res.stderr, res.stderr
     res = run("info", tmp_path / "other.zarr", "--scene", "1")
-    assert res.returncode == 2 and "--scene applies to CZI, ND2 and LIF files" in res.stderr
+    assert res.returncode == 2 and "--scene applies to CZI, ND2, LIF and TIFF files" in res.stderr
     assert tree_digest(tmp_path) == before  # nothing written
     res = run("fuse", path, tmp_path / "out.ome.zarr", "--scene", "1", "--no-progress")
     assert res.returncode == 0, res.stderr

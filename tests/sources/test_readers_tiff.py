@@ -380,3 +380,39 @@ def test_cli_refuses_a_lying_tiff_and_writes_nothing(tmp_path):
         assert lines[0].startswith(f"fstack-dask: error: TIFF '{src}' (series 0), page 0: ")
         assert res.stdout == ""
     assert tree_digest(tmp_path) == before
+
+
+def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
+    """A two-position OME-TIFF was fused from its first position in silence, and no option
+    chose the other (an interop run): now its stacks are named, as a CZI's scenes are, and
+    one is chosen by index or name, after the file or with --scene."""
+    from fstack_dask._sources.open import open_source
+
+    a, b = _data((6, 40, 50), seed=1), _data((4, 30, 20), seed=2)
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(a, metadata={"axes": "ZYX", "Name": "pos0"})
+        tif.write(b, metadata={"axes": "ZYX", "Name": "pos1"})
+    with pytest.raises(ValueError, match=r"holds 2 series: 0 'pos0' \(ZYX 6x40x50\), 1 'pos1'"):
+        open_source(path)
+    for spec in ("1", "pos1"):
+        source = open_source(f"{path}/{spec}")
+        np.testing.assert_array_equal(np.asarray(source.array[...]), b)
+    with pytest.raises(ValueError, match=r"has no series '2'"):
+        open_source(f"{path}/2")
+    res = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(path),
+                          str(tmp_path / "o.ome.zarr"), "--scene", "pos1", "--no-progress"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    import zarr
+
+    import fstack_dask
+
+    expected = fstack_dask.focus_stack(np.moveaxis(b, 0, -1))
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "o.ome.zarr")["0"][...], expected)
+    # one stack beside a 2-D image (a thumbnail, a label) is read without asking
+    one = tmp_path / "thumb_first.ome.tif"
+    with tifffile.TiffWriter(one, ome=True) as tif:
+        tif.write(b[0], metadata={"axes": "YX", "Name": "thumbnail"})
+        tif.write(a, metadata={"axes": "ZYX", "Name": "stack"})
+    np.testing.assert_array_equal(np.asarray(open_source(one).array[...]), a)
