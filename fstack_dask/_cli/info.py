@@ -115,21 +115,14 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{_mib(task)} (block with halo and the kernel's arrays; budget "
             f"{_mib(fusion.memory_per_task)})",
         ),
-        ("memory per process", f"<= {workers} x {_mib(fusion.memory_per_task)} "
+        ("memory per process", f"<= {workers} x {_mib(max(task, fusion.memory_per_task))} "
          f"(tasks {_mib(workers * task)}, decoded-chunk cache {_mib(cache)})"),
         ("device", _device_line(fusion, workers)),
     ]  # fmt: skip
     lines[1:1] = [("files", note) for note in source.notes]
     _print(lines)
-    for message in told:  # odd file names, few planes, unlikely axes: as a run warns
+    for message in told:  # odd file names, few planes, chunks over budget: as a run warns
         print(f"warning: {message}")
-    if task > fusion.memory_per_task:
-        print(
-            f"warning: a task needs about {_mib(task)}, more than the "
-            f"{_mib(fusion.memory_per_task)} budget; choose smaller --chunks "
-            f"or a larger --memory-per-task",
-            flush=True,
-        )
     return EXIT_OK
 
 

@@ -153,6 +153,7 @@ def plan_fusion(
         # how a run on as many workers would read (each run decides for its own: read_by)
         fusion = read_by(replace(fusion, block=tuple(chunks)), MIN_BLOCKS_PER_IMAGE // 2)
         _check_unit_fits(fusion)
+        _warn_over_budget(fusion)
         if output == "ome-tiff":
             from .._outputs.tiff import check_tiff_output, tiff_levels
 
@@ -257,6 +258,22 @@ def _check_unit_fits(fusion: Fusion) -> None:
         f"({format_bytes(fusion.memory_per_task)}) lets a task hold; give memory_per_task="
         f"{mib}MiB or more, or rechunk the source"
     )
+
+
+def _warn_over_budget(fusion: Fusion) -> None:
+    """Chunks given larger than ``memory_per_task`` holds: said by the run, not only by
+    ``info`` (a run went on in silence with 7 times the memory asked for)."""
+    from dask.utils import format_bytes
+
+    from .._errors import warn
+
+    task = fusion.task_bytes(fusion.block)
+    if task > fusion.memory_per_task:
+        warn(
+            f"chunks={tuple(fusion.block)} need about {format_bytes(task)} per task, more than "
+            f"memory_per_task ({format_bytes(fusion.memory_per_task)}); choose smaller chunks "
+            "or a larger memory_per_task"
+        )
 
 
 def _warn_many_files(layout: Layout, block: tuple[int, int], n_maps: int, levels: int) -> None:

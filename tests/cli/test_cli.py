@@ -545,3 +545,18 @@ def test_device_is_read_whatever_its_case(error_env, tmp_path):
     run): both read it as ``cpu``."""
     res = cli("fuse", error_env["src"], tmp_path / "out.zarr", "--device", "CPU", "--no-progress")
     assert res.returncode == 0, res.stderr
+
+
+def test_chunks_over_memory_per_task_are_warned_of_by_the_run_as_by_info(data, tmp_path):
+    """``info`` warned that ``--chunks 64`` need more than ``--memory-per-task`` lets a task
+    hold, and the run itself went on in silence (a documentation run)."""
+    _, src, _ = data
+    over = ("--chunks", "64", "--memory-per-task", "200KiB")
+    warning = "fstack-dask: warning: chunks=(64, 64) need about "
+    res = cli("fuse", src, tmp_path / "out.zarr", *over, "--no-progress")
+    assert res.returncode == 0 and warning in res.stderr, res.stderr
+    assert "more than memory_per_task (200.00 kiB)" in res.stderr
+    res = cli("info", src, *over)
+    assert res.returncode == 0 and res.stdout.count("warning: chunks=(64, 64) need about ") == 1
+    res = cli("fuse", src, tmp_path / "fits.zarr", "--chunks", "64", "--no-progress")
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
