@@ -123,7 +123,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         "--level",
         type=int,
         metavar="N",
-        help="pyramid level of an OME-Zarr source to fuse (default 0: full resolution)",
+        help="pyramid level of an OME-Zarr or pyramidal TIFF source to fuse (default 0: full "
+        "resolution)",
     )
     g.add_argument(
         "--storage-options",
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Out-of-core all-in-focus fusion of focus stacks (Pertuz et al. 2013), with Dask: "
             "folders or globs of TIFF, PNG or JPEG planes, multi-page TIFF (OME-TIFF, ImageJ), "
-            "HDF5, Zarr or OME-Zarr in; a multiscale OME-Zarr image out.",
+            "HDF5, Zarr or OME-Zarr, CZI, ND2 or LIF in; a multiscale OME-Zarr image or a "
+            "pyramidal OME-TIFF out.",
             "Commands: fuse (fuse a stack), demo (try it on a synthetic stack), info (what a "
             "fuse run would do). 'fstack-dask COMMAND --help' lists each command's options.",
         ),
@@ -259,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuse = sub.add_parser(
         "fuse",
-        help="fuse a focus stack into an OME-Zarr all-in-focus image",
+        help="fuse a focus stack into an all-in-focus OME-Zarr image or OME-TIFF",
         description=_wrap(
-            "Fuse the focus stack SRC into the OME-Zarr 0.5 all-in-focus image DST. Prints one "
-            "line at the end: the output, its axes, shape and dtype, and the time taken.",
+            "Fuse the focus stack SRC into the all-in-focus image DST: an OME-Zarr 0.5 image, or "
+            "a pyramidal OME-TIFF where DST ends in .tif or .tiff. Prints one line at the end: "
+            "the output, its axes, shape and dtype, and the time taken.",
             PRECEDENCE,
         ),
         epilog=EXIT_CODES,
@@ -310,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
             "DIR/fused.ome.zarr (a multiscale OME-Zarr with depth and selectivity maps), write "
             "PNG previews (plane.png: the middle plane, fused.png, depth.png, truth.png) and "
             "print the PSNR of the fused image and of the middle plane against the ground "
-            "truth. The same as 'fstack-dask fuse DIR/planes DIR/fused.ome.zarr' on your data."
+            "truth. The same as 'fstack-dask fuse DIR/planes DIR/fused.ome.zarr --depth-map "
+            "--selectivity-map' on your data."
         ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -324,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rgb", action="store_true", help="colour (uint8 RGB) stack instead of grey uint16"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--scheduler", metavar="NAME|ADDRESS", help=SCHEDULER_HELP)
+    demo.add_argument(
+        "--scheduler",
+        metavar="NAME|ADDRESS",
+        help=SCHEDULER_HELP.split("; overrides")[0] + " (default: threads)",
+    )
     demo.add_argument(
         "--overwrite", action="store_true", help="replace what an earlier demo wrote in DIR"
     )

@@ -119,11 +119,40 @@ def process_pool(processes: int) -> Iterator[ProcessPool]:
     try:
         yield pool
         ended = True
+    except cf.process.BrokenProcessPool as exc:
+        hint = _unguarded_script()
+        if hint is None:
+            raise
+        raise type(exc)(f"{exc}; {hint}") from exc
     finally:
         if ended and idle > 0 and main and pool.reusable():
             _keep(pool, idle)
         else:
             pool.shutdown()
+
+
+def _unguarded_script() -> str | None:
+    """Why the processes may have died at their start: spawned processes import the script
+    that started them, and one without ``if __name__ == "__main__":`` runs its fusion again
+    in each of them, which multiprocessing refuses (a wall of tracebacks, then a broken pool).
+    None where ``__main__`` is no script file or names ``__name__``."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        return None  # python -c, a notebook, python -m: not imported again by name
+    import tokenize
+
+    try:  # the name in the code, not in a comment or a string
+        with tokenize.open(path) as f:
+            if any(t.string == "__name__" for t in tokenize.generate_tokens(f.readline)):
+                return None
+    except (OSError, SyntaxError, tokenize.TokenError):
+        return None
+    return (
+        f"worker processes start by importing the script that started them ({path!r}), "
+        "which runs fstack_dask again in each unless it does so under "
+        "'if __name__ == \"__main__\":'; put the run there, or use scheduler='threads'"
+    )
 
 
 def idle_seconds() -> float:

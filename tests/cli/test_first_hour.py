@@ -294,3 +294,27 @@ def test_dst_named_like_a_picture_is_refused(lightsheet, tmp_path):
             "it as a picture"
         ]
     assert tree_digest(tmp_path) == before
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    text = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    after = text.split(f"\n{heading}\n", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("side", [64, 300])
+def test_the_readme_s_reading_the_result_runs_as_written(tmp_path, side):
+    """It read ``group["1"]``, which an image in one chunk (the demo's) does not have."""
+    pytest.importorskip("PIL")
+    from fstack_dask import synthetic_stack
+
+    stack = synthetic_stack((side, side), 7, dtype="uint16", seed=1).stack.transpose(2, 0, 1)
+    write_stack(tmp_path / "s.ome.zarr", stack, axes="zyx")
+    fuse_zarr(tmp_path / "s.ome.zarr", tmp_path / "fused.ome.zarr", chunks=128, depth_map=True,
+              progress=False)  # fmt: skip
+    code = _readme_block("## Reading the result")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fused.png").is_file()

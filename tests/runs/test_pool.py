@@ -181,3 +181,39 @@ def test_processes_in_a_daemonic_process_is_a_one_line_error(zyx, tmp_path):
         said = workers.apply(_fuse_in_a_pool_worker, (zyx, tmp_path / "out.zarr"))
     assert said.startswith("scheduler='processes' cannot start worker processes here"), said
     assert not (tmp_path / "out.zarr").exists()
+
+
+_SCRIPT = """
+import sys
+import numpy as np
+import fstack_dask
+
+stack = np.moveaxis(fstack_dask.synthetic_stack((48, 48), 5, seed=1).stack, -1, 0).copy()
+{body}
+"""
+_RUN = "fstack_dask.fuse_zarr(stack, sys.argv[1], axes='zyx', chunks=32, scheduler='processes', progress=False)"  # noqa: E501
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_is_told_why_its_processes_died(tmp_path, guarded):
+    """Spawned processes import the script that started them: one that fuses at its top level
+    fuses again in each, which multiprocessing refuses; the run ended in pages of tracebacks
+    and a bare broken pool (a documentation run). The last line now says what to do."""
+    import os
+    import subprocess
+    import sys
+
+    body = f"if __name__ == '__main__':\n    {_RUN}" if guarded else _RUN
+    script = tmp_path / "fuse_it.py"
+    script.write_text(_SCRIPT.format(body=body))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out.ome.zarr")], capture_output=True,
+        text=True, timeout=300, check=False, env={**os.environ, pools.IDLE_ENV: "0"},
+    )  # fmt: skip
+    if guarded:
+        assert done.returncode == 0, done.stderr
+        return
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "BrokenProcessPool" in last, done.stderr[-2000:]
+    assert f"importing the script that started them ({str(script)!r})" in last, last
+    assert "'if __name__ == \"__main__\":'" in last and not (tmp_path / "out.ome.zarr").exists()
