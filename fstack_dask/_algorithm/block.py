@@ -43,9 +43,21 @@ from .numpy_engine import (
 
 def _default_engine() -> str:
     choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
+    default = "compiled" if blend_compiled is not None else "numpy"
     if choice in ("numpy", "compiled"):
         return choice
-    return "compiled" if blend_compiled is not None else "numpy"
+    if choice:  # a typo ran the default engine in silence
+        import warnings
+
+        from .._errors import FstackDaskWarning
+
+        warnings.warn(
+            f"FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got {choice!r}; the default "
+            f"engine ({default!r}) is used",
+            FstackDaskWarning,
+            stacklevel=2,
+        )
+    return default
 
 
 #: The engine :func:`fuse_block` uses when it is not given one: ``"compiled"``

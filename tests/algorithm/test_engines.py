@@ -147,7 +147,12 @@ def test_engine_argument_and_switch():
     assert out.stdout.strip() == "numpy", out.stderr
     env["FSTACK_DASK_ENGINE"] = ""
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "compiled" and not out.stderr, out.stderr
+    # a typo ran the default in silence (a documentation run): now it says so
+    env["FSTACK_DASK_ENGINE"] = "nump"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "compiled", out.stderr
+    assert "FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got 'nump'" in out.stderr
 
 
 # ------------------------------------------------------------ bands on threads
