@@ -21,6 +21,7 @@ pipeline never knows where the data came from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -115,6 +116,7 @@ def open_source(
             _level0(level, "plane files")
             with _reading(location.spec):
                 return _from_opened(open_image_files(path, axes=axes, name="src"), location)
+        _refuse_planes_one_folder_down(path, location.spec)
     if os.path.isfile(path):
         raise ValueError(
             f"src {location.spec!r} is not a Zarr array or group, nor a file fstack_dask can "
@@ -123,6 +125,34 @@ def open_source(
     if not os.path.lexists(path):  # every local reader, not only Zarr's
         raise FileNotFoundError(f"src {location.spec!r} does not exist; expected {_READABLE}")
     return open_zarr(location, axes=axes, level=level)
+
+
+def _refuse_planes_one_folder_down(path: str, spec: str) -> None:
+    """A folder of a folder of planes (a microscope's export folder) is named as such; it was
+    refused as "not a Zarr array or group", which pointed nowhere."""
+    from .plane_names import is_image
+
+    found = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if not entry.is_dir() or entry.name.startswith("."):
+                    continue
+                if any(os.path.exists(os.path.join(entry.path, m)) for m in _ZARR_META):
+                    continue
+                with contextlib.suppress(OSError):  # a folder we may not read: not named
+                    if any(is_image(n) for n in os.listdir(entry.path)):
+                        found.append(entry.name)
+    except OSError:
+        return  # the Zarr reader says what it says
+    if found:
+        found.sort()
+        names = ", ".join(repr(n) for n in found[:5]) + (" ..." if len(found) > 5 else "")
+        raise ValueError(
+            f"src {spec!r} holds neither plane files nor Zarr metadata, but its folder(s) "
+            f"{names} hold plane files: give one of them, e.g. src "
+            f"'{os.path.join(spec, found[0])}'"
+        )
 
 
 _READABLE = (

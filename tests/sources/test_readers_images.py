@@ -517,3 +517,21 @@ def test_planes_named_through_a_link_and_dots_are_the_ones_the_os_names(tmp_path
         out = fuse_zarr(src, tmp_path / f"out{k}.zarr", levels=0, scheduler=scheduler,
                         progress=False)  # fmt: skip
         np.testing.assert_array_equal(out["0"][...], expected)
+
+
+def test_a_folder_of_folders_of_planes_names_them(tmp_path):
+    """A microscope's export folder, the planes one folder down, was refused as "not a Zarr
+    array or group; expected zarr.json", which pointed nowhere (a documentation run)."""
+    from fstack_dask._sources.open import open_source
+
+    for stack in ("stack_b", "stack_a"):
+        (tmp_path / "export" / stack).mkdir(parents=True)
+        for k, plane in enumerate(_planes(3, (10, 12))):
+            tifffile.imwrite(tmp_path / "export" / stack / f"z{k}.tif", plane)
+    (tmp_path / "export" / "notes").mkdir()
+    expected = rf"src '{re.escape(str(tmp_path / 'export'))}' holds neither plane files nor "
+    with pytest.raises(ValueError, match=expected + r".* folder\(s\) 'stack_a', 'stack_b' hold"):
+        open_source(tmp_path / "export")
+    assert open_source(tmp_path / "export" / "stack_a").shape == (3, 10, 12)
+    with pytest.raises(ValueError, match=r"is not a Zarr array or group"):  # nothing below
+        open_source(tmp_path / "export" / "notes")
