@@ -14,6 +14,7 @@ from typing import Any
 
 from .._algorithm.block import warm_up
 from .._outputs import lifecycle
+from .._outputs.display import fit_float_windows
 from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
@@ -76,6 +77,8 @@ def run_fusion(
                                       resuming=prior.resuming)  # fmt: skip
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
                                stall_timeout=stall_timeout)  # fmt: skip
+                given = [k for k, ch in enumerate(fusion.source.channels or ()) if "window" in ch]
+                fit_float_windows(target.output, given=given)
                 lifecycle.record_source(target, prior.identity)
                 if finishing is not None:
                     finishing(target)

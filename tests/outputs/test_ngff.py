@@ -194,3 +194,33 @@ def test_levels_beyond_a_1_px_level_are_refused(tmp_path, levels, ok):
         with pytest.raises(ValueError, match="levels must be at most 7 for a 100 x 100 image"):
             fuse_zarr(path, tmp_path / "out.zarr", levels=levels, progress=False)
         assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("levels", [None, 0])
+def test_a_float_images_display_windows_come_from_its_data(tmp_path, levels):
+    """A float image's ``omero`` window was 0..1 whatever its values, so that napari showed
+    a fused image of values in the thousands saturated white (an interop run). Each channel's
+    window now spans its coarsest level's values (the image itself with ``levels=0``, read a
+    few chunks at a time), except where the source gave one; ome-zarr-py reads it as the
+    channel's contrast limits, and the output still validates."""
+    data = np.stack([_grey(1).astype(np.float32) * 5e4, _grey(2).astype(np.float32) * 3.0 - 1])
+    src = _write(tmp_path, "floats", data, "czyx")
+    root = zarr.open_group(src, mode="r+")
+    ome = dict(root.attrs["ome"])  # the source gives channel 1's window, not channel 0's
+    ome["omero"] = {"channels": [{"label": "a"}, {"label": "b", "window": {
+        "min": -5.0, "max": 5.0, "start": -1.0, "end": 2.0}}]}  # fmt: skip
+    root.attrs["ome"] = ome
+    dst = tmp_path / "fused.ome.zarr"
+    out = fuse_zarr(src, dst, chunks=64, levels=levels, progress=False)
+    windows = [c["window"] for c in out.attrs["ome"]["omero"]["channels"]]
+    coarsest = out[out.attrs["ome"]["multiscales"][0]["datasets"][-1]["path"]][0]
+    low, high = float(np.nanmin(coarsest)), float(np.nanmax(coarsest))
+    assert windows[0] == {"min": low, "max": high, "start": low, "end": high}
+    assert high > 1e3  # the values, not 0..1
+    assert windows[1] == {"min": -5.0, "max": 5.0, "start": -1.0, "end": 2.0}  # as given
+    from ome_zarr.io import parse_url
+    from ome_zarr_models import open_ome_zarr
+
+    assert type(open_ome_zarr(zarr.open_group(str(dst), mode="r"))).__name__ == "Image"
+    (node,) = list(ome_zarr_reader.Reader(parse_url(str(dst)))())
+    assert node.metadata["contrast_limits"][0] == [low, high]
