@@ -226,7 +226,7 @@ def _probe_tiff(path: str) -> dict[str, Any]:
 
 def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
     """`_probe_tiff`, with tifffile's log held."""
-    from .tiff import _imagej_metadata, _resolution_metadata
+    from .tiff import _imagej_metadata, _ome_metadata, _resolution_metadata
     from .tiff_checks import check_data
 
     try:
@@ -256,7 +256,10 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
                 chunk = tuple(page.chunks[:2]) + shape[2:]
             else:
                 chunk = shape
-            if tif.is_imagej:
+            ome = _ome_metadata(tif.ome_metadata, 0) if tif.is_ome else None
+            if ome is not None:  # an image sequence's OME-TIFF planes (their tags say 1/1)
+                scale, units, *_ = ome
+            elif tif.is_imagej:
                 scale, units, *_ = _imagej_metadata(tif.imagej_metadata or {}, page)
             else:
                 scale, units = _resolution_metadata(page)

@@ -535,3 +535,15 @@ def test_a_folder_of_folders_of_planes_names_them(tmp_path):
     assert open_source(tmp_path / "export" / "stack_a").shape == (3, 10, 12)
     with pytest.raises(ValueError, match=r"is not a Zarr array or group"):  # nothing below
         open_source(tmp_path / "export" / "notes")
+
+
+def test_ome_tiff_planes_give_their_pixel_size(tmp_path):
+    """A folder of single-plane OME-TIFFs (an image sequence's export) lost the pixel size of
+    their OME-XML, which the same planes as one OME-TIFF kept (an interop run)."""
+    for k, plane in enumerate(_planes(3, (10, 12))):
+        tifffile.imwrite(tmp_path / f"z{k}.ome.tif", plane, metadata={
+            "axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.5,
+            "PhysicalSizeXUnit": "nm", "PhysicalSizeYUnit": "nm"})  # fmt: skip
+    opened = open_image_files(tmp_path)
+    assert opened.scale == {"y": 0.5, "x": 0.65}
+    assert opened.units == {"y": "nanometer", "x": "nanometer"}
