@@ -2,7 +2,8 @@
 
 What lives here: which reader for which input (``open``), the ``Source`` description and
 its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``), TIFF (``tiff``, with
-``tiff_checks`` for headers that lie), folders and globs of plane files (``images``, with
+``tiff_checks`` for headers that lie and ``tiff_array`` for reading a series by region),
+folders and globs of plane files (``images``, with
 ``plane_names`` for the files used, names that break the others' pattern, litter), HDF5
 (``hdf5``), microscope vendors' files, each through its own library (``czi``, ``nd2``,
 ``lif``, with what they share, scenes and region reads, in ``vendor``), arrays in memory

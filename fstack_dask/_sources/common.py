@@ -15,7 +15,12 @@ __all__ = [
     "import_optional",
     "ngff_unit",
     "region_key",
+    "region_unit",
 ]
+
+#: px along y and x of a read unit of a source read by any region at no decoding cost
+#: (memory-mapped or contiguous data), as the vendor readers' regions
+REGION_UNIT = 512
 
 
 class MissingExtraError(ImportError):
@@ -138,6 +143,24 @@ def positive_finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) and out > 0 else None
+
+
+def region_unit(axes: str, shape: tuple[int, ...], *, rgb: bool = False) -> tuple[int, ...]:
+    """The read unit of data that any region of is read without decoding more (contiguous
+    HDF5, uncompressed TIFF): every plane and colour sample of :data:`REGION_UNIT` px,
+    one of every other axis. Its whole shape as the unit made every block read the whole
+    stack (an adversarial run: 50 reads of it at 4096^2, memory growing with the image).
+    ``rgb``: the ``c`` axis holds colour samples, read together.
+
+    Examples
+    --------
+    >>> region_unit("tzyx", (3, 21, 4096, 300))
+    (1, 21, 512, 300)
+    """
+    return tuple(
+        min(REGION_UNIT, n) if a in "yx" else n if a == "z" or (a == "c" and rgb) else 1
+        for a, n in zip(axes, shape, strict=True)
+    )
 
 
 def region_key(key: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._params import parse_axes
 from .arrays import DIM_NAMES
-from .common import import_optional, positive_finite
+from .common import import_optional, positive_finite, region_unit
 from .stack_meta import OpenedStack
 
 __all__ = ["open_hdf5", "split_hdf5_path"]
@@ -111,6 +111,8 @@ def open_hdf5(
             scale = {a: v for a, s in zip(letters, size, strict=True) if (v := positive_finite(s))}
         scale.pop("c", None)
         array = _H5Array(file, name, node)
+        if node.chunks is None:  # contiguous: any region is one read, nothing to decode
+            array.chunks = region_unit(letters, array.shape)
         holder = os.path.abspath(node.file.filename)  # another file, through an ExternalLink
         _refuse_short_external(node, holder, f"dataset {name!r} of HDF5 file {file!r}")
         files = tuple(dict.fromkeys((file, holder, *_files_holding(node, holder))))

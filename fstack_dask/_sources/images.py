@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._params import parse_axes
-from .common import UnreadableFileError, import_optional, int_axes, region_key
+from .common import REGION_UNIT, UnreadableFileError, import_optional, int_axes, region_key
 from .plane_names import (
     FORMATS,
     files_used,
@@ -31,6 +31,7 @@ from .plane_names import (
     odd_names_warning,
 )
 from .stack_meta import OpenedStack
+from .tiff_array import contiguous, read_contiguous
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
 
@@ -252,7 +253,9 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             check_data(ser, f"file {path!r}")
             alpha = colour and len(page.extrasamples) > 0
             shape = tuple(ser.shape[:2]) + ((3,) if colour else ())
-            if page.is_tiled or len(page.dataoffsets) > 1:
+            if contiguous(ser, 0) is not None:  # uncompressed: any region is read alone
+                chunk = tuple(min(REGION_UNIT, n) for n in shape[:2]) + shape[2:]
+            elif page.is_tiled or len(page.dataoffsets) > 1:
                 chunk = tuple(page.chunks[:2]) + shape[2:]
             else:
                 chunk = shape
@@ -443,7 +446,9 @@ class _PlaneFiles:
 
         # rest's sample slice lies within RGB, so it also drops any alpha sample.
         try:
-            plane = tifffile.imread(self.files[z], selection=rest)
+            plane = read_contiguous(self.files[z], rest)  # uncompressed: its rows only
+            if plane is None:
+                plane = tifffile.imread(self.files[z], selection=rest)
         except (ImportError, MemoryError):
             raise
         except Exception as exc:

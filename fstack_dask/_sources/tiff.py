@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -21,12 +20,12 @@ from .._params import parse_axes
 from .common import (
     MissingExtraError,
     import_optional,
-    int_axes,
     ngff_unit,
     positive_finite,
-    region_key,
+    region_unit,
 )
 from .stack_meta import OpenedStack
+from .tiff_array import TiffArray, contiguous, whole_pages
 from .tiff_checks import check_data, held_log
 
 __all__ = ["open_tiff"]
@@ -135,7 +134,13 @@ def _open_tiff(
         letters, rgb, note = _map_axes(native, colour, axes, ser.levels[level].ndim, description)
         n_colour = len(keyframe.extrasamples) if rgb else 0
         drop = (native.index("S"), 3) if n_colour else None
-        array = _TiffArray(path, series, level, drop=drop, whole_pages=_whole_pages(ser, level))
+        shape = list(ser.levels[level].shape)
+        if drop is not None:
+            shape[drop[0]] = drop[1]
+        offset = contiguous(ser, level)
+        unit = None if offset is None else region_unit(letters, tuple(shape), rgb=rgb)
+        array = TiffArray(path, series, level, drop=drop, whole_pages=whole_pages(ser, level),
+                          offset=offset, unit=unit)  # fmt: skip
         warnings = []
         if n_colour:
             note.append(f"{n_colour} extra sample(s) (alpha) dropped")
@@ -425,107 +430,3 @@ def _level_scale(scale: dict[str, float], ser: Any, level: int, native: str) -> 
 
 
 # ------------------------------------------------------------------ header against data
-
-
-# ---------------------------------------------------------------------------- array
-
-# zarr costs about 0.3 ms per chunk (measured: 10240 one-row strips of 2 KiB took 3 s to
-# read, the same 20 pages read whole 0.05 s), so pages cut into tiny strips are read whole
-# (tifffile's chunkmode 2) unless a page is too large to hold.
-_SMALL_STRIP = 64 * 2**10
-_LARGEST_WHOLE_PAGE = 64 * 2**20
-
-
-def _whole_pages(ser: Any, level: int) -> bool:
-    page = ser.levels[level].keyframe
-    if page.is_tiled or len(page.dataoffsets) <= 1:
-        return False
-    strip = page.nbytes / len(page.dataoffsets)
-    return strip < _SMALL_STRIP and page.nbytes <= _LARGEST_WHOLE_PAGE
-
-
-class _TiffArray:
-    """A read-only view of one TIFF series level, through tifffile's Zarr 3 store.
-
-    Reads are thread-safe: the zarr array serves every thread from zarr's one
-    event loop, where tifffile's store reads the file under its lock; decoding
-    runs in worker threads. Pickling keeps only the path, so each process
-    (dask ``processes`` or ``distributed`` workers) opens its own file handle.
-    ``drop=(axis, n)`` keeps the first `n` entries of `axis` (RGB of RGBA).
-    """
-
-    def __init__(
-        self,
-        path: str,
-        series: int,
-        level: int,
-        *,
-        drop: tuple[int, int] | None = None,
-        whole_pages: bool = False,
-    ):
-        self.path, self.series, self.level, self.drop = path, series, level, drop
-        self.whole_pages = whole_pages
-        self._lock = threading.Lock()
-        self._tif: Any = None
-        self._zarr: Any = None
-        z = self._open()
-        shape = list(z.shape)
-        if drop is not None:
-            shape[drop[0]] = drop[1]
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(z.dtype)
-        self.ndim = len(self.shape)
-        self.chunks = tuple(min(int(c), n) for c, n in zip(z.chunks, self.shape, strict=True))
-
-    def _open(self) -> Any:
-        with self._lock:
-            if self._zarr is None:
-                import tifffile
-                import zarr
-
-                tif = tifffile.TiffFile(self.path)
-                try:
-                    # maxworkers > 1 makes the store decode in a worker thread
-                    # instead of on zarr's event loop, so threads decode in parallel.
-                    store = tif.series[self.series].aszarr(
-                        level=self.level, maxworkers=2, chunkmode=2 if self.whole_pages else 0
-                    )
-                    self._zarr = zarr.open_array(store, mode="r", zarr_format=2)
-                except BaseException:
-                    tif.close()
-                    raise
-                self._tif = tif
-            return self._zarr
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        region = region_key(key, self.shape)
-        out = np.asarray(self._open()[region])
-        squeeze = int_axes(key, self.ndim)
-        return out.squeeze(axis=squeeze) if squeeze else out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._tif is not None:
-                self._tif.close()
-            self._tif = self._zarr = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_lock=None, _tif=None, _zarr=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __dask_tokenize__(self) -> tuple[Any, ...]:
-        st = os.stat(self.path)
-        return (type(self).__name__, self.path, self.series, self.level, self.drop,
-                self.whole_pages, st.st_size, st.st_mtime_ns)  # fmt: skip
-
-    def __repr__(self) -> str:
-        return f"<TIFF {self.path!r} series {self.series} level {self.level} {self.shape}>"

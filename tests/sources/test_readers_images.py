@@ -547,3 +547,22 @@ def test_ome_tiff_planes_give_their_pixel_size(tmp_path):
     opened = open_image_files(tmp_path)
     assert opened.scale == {"y": 0.5, "x": 0.65}
     assert opened.units == {"y": "nanometer", "x": "nanometer"}
+
+
+@pytest.mark.parametrize("colour", ["grey", "rgba"])
+def test_uncompressed_tiff_planes_are_read_by_region(tmp_path, colour):
+    """One uncompressed strip per file (tifffile's default, the demo's planes) was decoded
+    whole, so a stack larger than the plane cache decoded every file again for every block
+    (an adversarial run: 548 decodes of 21 files). Their rows are read alone now."""
+    rng = np.random.default_rng(3)
+    shape = (700, 600) if colour == "grey" else (700, 600, 4)
+    planes = [rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(3)]
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(tmp_path / f"z{k}.tif", plane,
+                         photometric="minisblack" if colour == "grey" else "rgb")  # fmt: skip
+    opened = open_image_files(tmp_path, cache_bytes=0)
+    stack = np.stack(planes)[..., :3] if colour == "rgba" else np.stack(planes)
+    assert opened.array.chunks == (1, 512, 512) + stack.shape[3:]
+    assert not opened.array.whole
+    got = opened.array[:, 100:650, 590:]
+    np.testing.assert_array_equal(got, stack[:, 100:650, 590:])

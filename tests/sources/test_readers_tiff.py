@@ -106,7 +106,8 @@ def test_imagej_hyperstack_spacing_unit_interval_luts(tmp_path):
     assert opened.kind == "imagej-tiff"
     assert opened.axes == "tzcyx"
     assert opened.array.shape == data.shape
-    assert opened.array.chunks == (1, 1, 1, 40, 50)  # ImageJ writes one strip per page
+    # ImageJ writes one uncompressed strip per page: memory-mapped, read by region
+    assert opened.array.chunks == (1, 6, 1, 40, 50)
     assert opened.scale == pytest.approx({"x": 0.2, "y": 0.2, "z": 0.75, "t": 30.0})
     assert opened.units == {"x": "micrometer", "y": "micrometer", "z": "micrometer", "t": "second"}
     assert opened.channel_colors == ("FF0000", "00FF00")
@@ -219,7 +220,8 @@ def test_multifile_ome_tiff_lists_every_file(tmp_path):
 def test_small_strips_are_read_as_whole_pages(tmp_path):
     data = _data((3, 64, 80))
     path = tmp_path / "strips.tif"
-    tifffile.imwrite(path, data, rowsperstrip=1, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(path, data, rowsperstrip=1, photometric="minisblack", compression="zlib",
+                     metadata={"axes": "ZYX"})  # fmt: skip
     opened = open_tiff(path)
     assert opened.array.chunks == (1, 64, 80)  # not 64 one-row chunks per page
     _check_regions(opened, data)
@@ -416,3 +418,43 @@ def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
         tif.write(b[0], metadata={"axes": "YX", "Name": "thumbnail"})
         tif.write(a, metadata={"axes": "ZYX", "Name": "stack"})
     np.testing.assert_array_equal(np.asarray(open_source(one).array[...]), a)
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_uncompressed_tiffs_are_read_by_region_not_by_page(tmp_path, byteorder):
+    """tifffile's default, one uncompressed strip per page, was one unit of a whole plane
+    that every block decoded (an adversarial run: 50 reads of the whole stack at 4096^2,
+    memory growing with the image). Its samples lie contiguous in the file: memory-mapped,
+    a block reads its region of every plane. Big-endian samples go the decoding way."""
+    data = _data((5, 1100, 1300))
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, data, byteorder=byteorder, metadata={"axes": "ZYX"})
+    opened = open_tiff(path)
+    mapped = byteorder == "<" or sys.byteorder == "big"
+    assert opened.array.chunks == ((5, 512, 512) if mapped else (1, 1100, 1300))
+    _check_regions(opened, data)
+    clone = pickle.loads(pickle.dumps(opened.array))  # maps the file again in a new process
+    got = clone[:, 600:700, 1250:]
+    assert type(got) is np.ndarray and got.dtype == np.dtype("uint16")  # a copy, not a map
+    np.testing.assert_array_equal(got, data[:, 600:700, 1250:])
+    rgba = tmp_path / "rgba.tif"
+    colours = np.random.default_rng(1).integers(0, 255, (5, 600, 700, 4), dtype=np.uint8)
+    tifffile.imwrite(rgba, colours, photometric="rgb", extrasamples=["unassalpha"],
+                     metadata={"axes": "ZYXS"})  # fmt: skip
+    opened = open_tiff(rgba)
+    assert opened.axes == "zyxc" and opened.array.chunks == (5, 512, 512, 3)
+    np.testing.assert_array_equal(opened.array[:, 500:, 10:20], colours[:, 500:, 10:20, :3])
+
+
+def test_a_contiguous_hdf5_dataset_is_read_by_region(tmp_path):
+    """h5py's default layout (no chunks) was one unit of the whole stack, read by every
+    block (the same adversarial run)."""
+    h5py = pytest.importorskip("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _data((2, 5, 700, 900))
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("stack", data=data)
+    opened = open_hdf5(tmp_path / "s.h5", axes="tzyx")
+    assert opened.array.chunks == (1, 5, 512, 512)
+    _check_regions(opened, data, lead=(1,))
