@@ -11,7 +11,7 @@ import numpy as np
 
 from .._params import check_alpha, check_dtype, check_focus, check_plain_array, overlap_depth
 from .auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
-from .block import fuse_block, selectivity_stats
+from .block import block_memory, fuse_block, selectivity_stats
 from .device import check_device, engine_for, require_here
 
 __all__ = ["focus_stack"]
@@ -57,7 +57,9 @@ def focus_stack(
         Threads to fuse with (default: the CPUs this process may use). The
         image is cut into horizontal bands with a halo of
         :func:`fstack_dask.overlap_depth` rows, so the result is the same,
-        bit for bit, whatever the number of threads.
+        bit for bit, whatever the number of threads; as many more bands as it
+        takes for each to need at most 256 MiB of working memory, so that the
+        call holds about ``workers x 256 MiB`` beside its input and output.
     device : {"cpu", "cuda"}, optional
         ``"cuda"``: fuse on the CUDA GPU (``pip install "fstack_dask[gpu]"``),
         in as few bands as fit in half its free memory; without numba's CUDA
@@ -160,6 +162,27 @@ def band_bounds(rows: int, n_bands: int, halo: int) -> list[tuple[int, int, int,
     ]
 
 
+def _bands_within_budget(planes, rgb, nhsize, halo, n_bands, engine) -> int:
+    """At least ``n_bands``, and as many more as it takes for one band's kernel to hold at
+    most ``DEFAULT_MEMORY_PER_TASK`` (while bands stay 4 halos high): one band per thread held
+    the kernel's working set for the whole image, 3.6 x the input beside it (an adversarial
+    run: 2.4 GiB for a 672 MiB stack)."""
+    from .._params import DEFAULT_MEMORY_PER_TASK
+
+    rows, cols = planes.shape[-2:]
+    n_planes, n_channels = planes.shape[-3], planes.shape[0] if rgb else 1
+    most = max(n_bands, rows // (4 * halo))
+    float16 = planes.dtype == np.float16
+    while n_bands < most:
+        need = block_memory((-(-rows // n_bands) + 2 * halo, cols), n_planes, n_channels,
+                            planes.dtype.itemsize, rgb, nhsize=nhsize, engine=engine,
+                            float16=float16)  # fmt: skip
+        if need <= DEFAULT_MEMORY_PER_TASK:
+            break
+        n_bands += 1
+    return n_bands
+
+
 def _fuse_in_bands(planes, *, nhsize, focus, alpha, sth, rgb, workers, engine=None):
     """Fuse ``planes`` ((P, Y, X) or (3, P, Y, X)) in horizontal bands on a thread pool.
 
@@ -177,6 +200,7 @@ def _fuse_in_bands(planes, *, nhsize, focus, alpha, sth, rgb, workers, engine=No
     else:
         # Bands of at least 4 halos, so the rows computed twice stay a small share.
         n_bands = max(1, min(workers, rows // (4 * halo)))
+        n_bands = _bands_within_budget(planes, rgb, nhsize, halo, n_bands, engine)
     bounds = band_bounds(rows, n_bands, halo)
 
     def run(bound, fill=-np.inf):

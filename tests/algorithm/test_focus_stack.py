@@ -226,3 +226,24 @@ def test_focus_steps_the_fit_cannot_resolve_are_warned_of(focus, warned):
         if issubclass(w.category, FstackDaskWarning) and "ill-cond" in str(w.message)
     ]
     assert bool(said) == warned
+
+
+def test_bands_hold_at_most_the_memory_per_task_each(monkeypatch):
+    """One band per thread held the kernel's working set for the whole image: 2.4 GiB beside
+    a 672 MiB stack (an adversarial run). Bands are now cut until each fits the default
+    memory per task (here lowered to 6 MiB), and give the same bits."""
+    import tracemalloc
+
+    import fstack_dask._params as params
+
+    stack = (synthetic_stack((600, 512), 11, seed=4).stack * 4000).astype(np.uint16)
+    expected = focus_stack(stack, workers=1)
+    monkeypatch.setattr(params, "DEFAULT_MEMORY_PER_TASK", 6 * 2**20)
+    tracemalloc.start()
+    try:
+        got = focus_stack(stack, workers=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert peak < 2 * 6 * 2**20 * 1.3 + 2 * got.nbytes, peak / 2**20  # before: 27 MiB
