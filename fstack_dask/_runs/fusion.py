@@ -238,10 +238,11 @@ def _check_unit_fits(fusion: Fusion) -> None:
     """A Zarr source's read unit (a chunk, or a shard's chunk, with every plane) is decoded
     whole: one larger than ``memory_per_task`` cannot be held within it (a chunk of 93 GiB
     failed at run time with a MemoryError, exit 1; per-plane chunks of 2048^2 held 482 MiB for
-    a budget of 16: adversarial runs). Other readers decode regions, or cache whole planes
-    within a budget of their own."""
+    a budget of 16: adversarial runs). A dask array's chunk is computed whole by each read
+    too (one of 21 x 4096^2 held 2.9 GiB at a budget of 128 MiB). Other readers decode
+    regions, or cache whole planes within a budget of their own."""
     source = fusion.source
-    if source.kind not in ("zarr", "ome-zarr"):
+    if source.kind not in ("zarr", "ome-zarr") and not hasattr(source.array, "dask_array"):
         return
     # a chunk spanning several time points (or channels fused apart) is decoded with them all
     lead = math.prod(n for a, n in zip(source.axes, source.unit_shape, strict=True)

@@ -445,3 +445,24 @@ def test_a_chunk_of_several_time_points_counts_them_all(tmp_path):
         fuse_zarr(src, tmp_path / "out.zarr", memory_per_task="1MiB", progress=False)
     out = fuse_zarr(src, tmp_path / "out.zarr", memory_per_task="2MiB", progress=False)
     assert out["0"].shape == (8, 128, 128)
+
+
+def test_a_dask_arrays_chunk_larger_than_memory_per_task_is_refused(tmp_path):
+    """Each read of a dask array computes its chunks whole: one chunk of 21 x 4096^2 held
+    2.9 GiB at a budget of 128 MiB, where the same store given as a path was refused (an
+    adversarial run). Refused the same, and fused once rechunked."""
+    import dask.array as da
+    import numpy as np
+
+    from fstack_dask import focus_stack, fuse_zarr
+
+    data = np.random.default_rng(1).integers(0, 999, (7, 300, 300), dtype="uint16")
+    x = da.from_array(data, chunks=(7, 300, 300))
+    dst = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match=r"chunks of src \(dask array .* are larger than "
+                       r"memory_per_task \(1.00 MiB\).*or rechunk the source"):  # fmt: skip
+        fuse_zarr(x, dst, axes="zyx", memory_per_task="1MiB", progress=False)
+    assert not dst.exists()
+    out = fuse_zarr(x.rechunk((7, 100, 100)), dst, axes="zyx", memory_per_task="1MiB",
+                    progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
