@@ -61,6 +61,14 @@ def _old_choose_block(ny, nx, uy, ux, halo, fits):
         if max(by, bx) < smallest:
             return None
         if fits((by, bx)):
+            # since 2026-12-05: the first exact divisor of both units up to 2 d, if its
+            # blocks are not too small (halo exchange by cells needs exact divisors)
+            for e in range(d, min(2 * d, max(uy, ux)) + 1):
+                if uy % e == 0 and ux % e == 0:
+                    ey, ex = min(ny, math.ceil(uy / e)), min(nx, math.ceil(ux / e))
+                    if max(ey, ex) >= smallest:
+                        return ey, ex
+                    break
             return by, bx
     return None
 
@@ -466,3 +474,19 @@ def test_a_dask_arrays_chunk_larger_than_memory_per_task_is_refused(tmp_path):
     out = fuse_zarr(x.rechunk((7, 100, 100)), dst, axes="zyx", memory_per_task="1MiB",
                     progress=False)  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(data, 0, -1)))
+
+
+def test_a_unit_too_large_for_a_task_is_split_by_an_exact_divisor():
+    """A 2048 px unit was split in 3 (683 px blocks), which halo exchange cannot tile by
+    cells: the unit cache decoded 5-7 x the stored bytes (an adversarial run). Split in 4."""
+    from fstack_dask._runs.waves import cells
+
+    block = _choose_block(4096, 4096, 2048, 2048, 13, lambda b: max(b) <= 700)
+    assert block == (512, 512)
+    layout = Layout("zyx", (21, 4096, 4096), False)
+    plan, _ = make_plan(layout, unit_shape={"z": 21, "y": 2048, "x": 2048}, halo=13, workers=2,
+                        memory_per_task=2**30, task_bytes=lambda b: 2**30 * max(b) // 800,
+                        unit_bytes=21 * 2048 * 2048 * 2)  # fmt: skip
+    assert plan.block == (512, 512) and cells(plan, (2048, 2048)).block == (2048, 2048)
+    # no exact divisor within twice the first that fits: the first, as before
+    assert _choose_block(4096, 4096, 2047, 2047, 13, lambda b: max(b) <= 700) == (683, 683)
