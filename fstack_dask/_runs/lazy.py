@@ -200,6 +200,13 @@ def fuse(
     dask.array.Array or FusionResult
         The fused image, axes as ``axes`` without ``z``, in the input's dtype.
 
+    Notes
+    -----
+    The graph's memory is what dask's scheduler holds while it runs it, which grows with the
+    image (21 planes written with ``to_zarr`` on 2 threads: 530 MiB at 2048^2, 1563 MiB at
+    8192^2, ``benchmarks/RESULTS.md``); :func:`fuse_zarr` holds memory bounded by its
+    ``memory_per_task`` whatever the image.
+
     References
     ----------
     .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
