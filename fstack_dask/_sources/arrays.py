@@ -110,6 +110,7 @@ def _stack(array: Any, letters: str, kind: str, description: str, **meta: Any) -
         rgb=False,  # an array does not say it holds colour: channels="auto" decides
         files=(),
         description=description,
+        warnings=meta.get("warnings", ()),
     )
 
 
@@ -141,6 +142,7 @@ def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
     units: dict[str, str] = {}
     translation: dict[str, float] = {}
     names = None
+    told = []
     for dim, letter in zip(dims, letters, strict=True):
         if dim not in da.coords:
             continue
@@ -152,6 +154,13 @@ def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
             continue
         spacing = _even_step(values)
         if spacing is None:
+            if values.ndim == 1 and values.size > 1 and values.dtype.kind in "iuf":
+                # (a descending or uneven coordinate was dropped in silence: an interop run)
+                told.append(
+                    f"the coordinate of dim {dim!r} is not evenly increasing "
+                    f"({values[0]:g}, {values[1]:g}, ...): it gives {letter} no scale"
+                    + (" (the depth map is in plane numbers)" if letter == "z" else "")
+                )
             continue
         first, step = spacing
         translation[letter] = first
@@ -162,9 +171,11 @@ def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
             units[letter] = unit
     wrapped = _wrap(da.data, "dask" if _is_dask(da.data) else "numpy")
     name = f" {da.name!r}" if da.name is not None else ""
+    description = f"xarray DataArray{name} {dict(da.sizes)}"
     return _stack(
-        wrapped, letters, "xarray", f"xarray DataArray{name} {dict(da.sizes)}",
-        scale=scale, units=units, translation=translation, channel_names=names,
+        wrapped, letters, "xarray", description, scale=scale, units=units,
+        translation=translation, channel_names=names,
+        warnings=tuple(f"{description}: {t}" for t in told),
     )  # fmt: skip
 
 

@@ -85,6 +85,13 @@ def test_xarray_uneven_coords_and_dask_backing():
     arr = xr.DataArray(data, dims=("Z", "Y", "X"), coords={"Z": [0, 1, 2, 4, 8, 16]})
     opened = array_source(arr.chunk({"Z": 2, "Y": 12}))
     assert opened.axes == "zyx" and opened.scale == {}  # uneven z: no scale
+    # and it says so (it was dropped in silence, and so was a descending one: interop run)
+    assert opened.warnings == (
+        f"{opened.description}: the coordinate of dim 'Z' is not evenly increasing (0, 1, "
+        "...): it gives z no scale (the depth map is in plane numbers)",
+    )
+    falling = array_source(xr.DataArray(data, dims=("z", "y", "x"), coords={"y": -np.arange(24.0)}))
+    assert "coordinate of dim 'y' is not evenly increasing (-0, -1, ...)" in falling.warnings[0]
     assert opened.array.chunks == (2, 12, 30)
     np.testing.assert_array_equal(opened.array[1:5, 3:20], data[1:5, 3:20])
     unnamed = xr.DataArray(data)
