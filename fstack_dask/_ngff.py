@@ -24,6 +24,8 @@ __all__ = [
     "omero_entry",
     "parse_multiscale",
     "parse_omero",
+    "OME_LENGTHS",
+    "OME_TIMES",
 ]
 
 NGFF_MAX_NDIM = 5
@@ -37,6 +39,29 @@ TIME_UNITS = (
     "kilosecond megasecond microsecond millisecond minute nanosecond petasecond picosecond "
     "second terasecond yoctosecond yottasecond zeptosecond zettasecond"
 ).split()
+
+# Every OME-NGFF unit as OME-XML's UnitsLength symbol, with its size in metres (the TIFF
+# resolution tags), and as UnitsTime: written into OME-TIFFs (an interop run found 6 of 26
+# lengths written, the others' pixel sizes dropped) and read from them, case and all.
+OME_LENGTHS = {
+    "yottameter": ("Ym", 1e24), "zettameter": ("Zm", 1e21), "exameter": ("Em", 1e18),
+    "petameter": ("Pm", 1e15), "terameter": ("Tm", 1e12), "gigameter": ("Gm", 1e9),
+    "megameter": ("Mm", 1e6), "kilometer": ("km", 1e3), "hectometer": ("hm", 1e2),
+    "meter": ("m", 1.0), "decimeter": ("dm", 1e-1), "centimeter": ("cm", 1e-2),
+    "millimeter": ("mm", 1e-3), "micrometer": ("\u00b5m", 1e-6), "nanometer": ("nm", 1e-9),
+    "picometer": ("pm", 1e-12), "femtometer": ("fm", 1e-15), "attometer": ("am", 1e-18),
+    "zeptometer": ("zm", 1e-21), "yoctometer": ("ym", 1e-24), "angstrom": ("\u00c5", 1e-10),
+    "inch": ("in", 0.0254), "foot": ("ft", 0.3048), "yard": ("yd", 0.9144),
+    "mile": ("mi", 1609.344), "parsec": ("pc", 3.0856775814913673e16),
+}  # fmt: skip
+OME_TIMES = {
+    "yottasecond": "Ys", "zettasecond": "Zs", "exasecond": "Es", "petasecond": "Ps",
+    "terasecond": "Ts", "gigasecond": "Gs", "megasecond": "Ms", "kilosecond": "ks",
+    "hectosecond": "hs", "second": "s", "decisecond": "ds", "centisecond": "cs",
+    "millisecond": "ms", "microsecond": "\u00b5s", "nanosecond": "ns", "picosecond": "ps",
+    "femtosecond": "fs", "attosecond": "as", "zeptosecond": "zs", "yoctosecond": "ys",
+    "minute": "min", "hour": "h", "day": "d",
+}  # fmt: skip
 
 
 def axis_type(letter: str) -> str | None:
@@ -190,8 +215,8 @@ def parse_omero(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         entry: dict[str, Any] = {}
         if isinstance(ch.get("label"), str):
             entry["label"] = ch["label"]
-        if isinstance(ch.get("color"), str):
-            entry["color"] = ch["color"]
+        if isinstance(ch.get("color"), str):  # RRGGBB, as omero writes it ("#FF0000" too)
+            entry["color"] = ch["color"].strip().lstrip("#").upper()
         if isinstance(ch.get("window"), Mapping):
             entry["window"] = dict(ch["window"])
         out.append(entry)

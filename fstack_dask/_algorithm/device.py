@@ -44,8 +44,18 @@ def check_device(device: Any, name: str = "device") -> str:
 
 
 def engine_for(device: str) -> str | None:
-    """The :func:`.block.fuse_block` engine of a device (None: the CPU default)."""
-    return "cuda" if device == "cuda" else None
+    """The :func:`.block.fuse_block` engine of a device (None: the CPU default, which
+    ``FSTACK_DASK_ENGINE`` chooses: a value it does not know is warned of here, where every
+    run picks its engine, so that the command line shows it too)."""
+    if device == "cuda":
+        return "cuda"
+    choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
+    if choice not in ("", "numpy", "compiled"):  # a typo ran the default in silence
+        from .._errors import warn
+
+        warn(f"FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got {choice!r}; the default "
+             "engine is used")  # fmt: skip
+    return None
 
 
 def simulated() -> bool:

@@ -375,6 +375,10 @@ def scene_src(src: str, scene: str | None) -> str:
         )
     if not scene.strip() or "/" in scene:
         raise UsageError(f"--scene must be a scene's index or name, got {scene!r}")
+    if any(ch in src for ch in "*?[") and not os.path.exists(src):
+        raise UsageError(
+            f"--scene applies to one file, and SRC {src!r} is a pattern of plane files"
+        )
     return f"{src.rstrip('/')}/{scene}"
 
 

@@ -3,14 +3,19 @@
 An integer image's ``omero`` window is its dtype's range, known before anything is fused. A
 float image has no such range: the window ``0..1`` written at the start showed a fused
 image of values in the thousands saturated white in napari (an interop run). Once the image
-and its pyramid are written, each channel's window is set from the values of its coarsest
-level (the 2 x 2 means of the pyramid, a few chunks), except where the source gave one.
+and its pyramid are written, each channel's ``min``/``max`` (the range a viewer's slider
+spans) is set to the smallest and largest finite value of its full-resolution image, read
+chunk by chunk on threads, and ``start``/``end`` (the contrast shown) to those of its
+coarsest level (the pyramid's 2 x 2 means: a bright spot does not set the contrast of the
+whole image), except where the source gave a window.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,9 +29,10 @@ MOST_CHUNKS = 16
 
 
 def fit_float_windows(location: Location, *, given: Collection[int] = ()) -> None:
-    """Set the ``omero`` window (min, max, start, end) of each channel of the float image at
-    ``location`` to the finite values of its coarsest level; channels in ``given`` (their
-    window came from the source) and integer images are left as they are.
+    """Set the ``omero`` window of each channel of the float image at ``location``: ``min``
+    and ``max`` to the finite values of its full resolution, ``start`` and ``end`` to those of
+    its coarsest level; channels in ``given`` (their window came from the source) and integer
+    images are left as they are.
 
     Examples
     --------
@@ -48,7 +54,8 @@ def fit_float_windows(location: Location, *, given: Collection[int] = ()) -> Non
     group = zarr.open_group(store=location.zarr_store(read_only=False), mode="r+")
     ome = dict(group.attrs["ome"])
     channels = (ome.get("omero") or {}).get("channels")
-    coarsest = group[ome["multiscales"][0]["datasets"][-1]["path"]]
+    datasets = ome["multiscales"][0]["datasets"]
+    full, coarsest = group[datasets[0]["path"]], group[datasets[-1]["path"]]
     if not channels or coarsest.dtype.kind != "f":
         return
     c_axis = list(coarsest.metadata.dimension_names or ()).index("c") if len(channels) > 1 else None
@@ -56,31 +63,42 @@ def fit_float_windows(location: Location, *, given: Collection[int] = ()) -> Non
     for k, channel in enumerate(channels):
         if k in given:
             continue
-        low, high = _finite_range(coarsest, c_axis, k)
+        low, high = _finite_range(full, c_axis, k, most=None)
         if low is None:
             continue  # no finite value: the window written at the start stays
-        channel["window"] = {"min": low, "max": high, "start": low, "end": high}
+        start, end = _finite_range(coarsest, c_axis, k, most=MOST_CHUNKS)
+        if start is None:
+            start, end = low, high
+        channel["window"] = {"min": low, "max": high, "start": start, "end": end}
         changed = True
     if changed:
         group.attrs["ome"] = ome
 
 
-def _finite_range(array, c_axis: int | None, k: int) -> tuple[float | None, float | None]:
-    """The smallest and largest finite value of channel ``k``, read chunk by chunk from at
-    most :data:`MOST_CHUNKS` chunks spread over the array."""
+def _finite_range(
+    array, c_axis: int | None, k: int, *, most: int | None
+) -> tuple[float | None, float | None]:
+    """The smallest and largest finite value of channel ``k``, read a chunk at a time on
+    threads, from every chunk or at most ``most`` chunks spread over the array."""
     grid = [math.ceil(n / c) for n, c in zip(array.shape, array.chunks, strict=True)]
     if c_axis is not None:
         grid[c_axis] = 1
     indices = list(np.ndindex(*grid))
-    step = max(1, math.ceil(len(indices) / MOST_CHUNKS))
-    low, high = math.inf, -math.inf
-    for index in indices[::step]:
+    if most is not None:
+        indices = indices[:: max(1, math.ceil(len(indices) / most))]
+
+    def one(index: tuple[int, ...]) -> tuple[float, float]:
         region = tuple(
             slice(k, k + 1) if axis == c_axis else slice(i * c, (i + 1) * c)
             for axis, (i, c) in enumerate(zip(index, array.chunks, strict=True))
         )
-        values = np.asarray(array[region], dtype=np.float64)
+        values = np.asarray(array[region])
         values = values[np.isfinite(values)]
-        if values.size:
-            low, high = min(low, float(values.min())), max(high, float(values.max()))
+        if not values.size:
+            return math.inf, -math.inf
+        return float(values.min()), float(values.max())
+
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(indices)))) as pool:
+        found = list(pool.map(one, indices))
+    low, high = min(f[0] for f in found), max(f[1] for f in found)
     return (low, high) if low <= high else (None, None)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location
+from .._ngff import OME_LENGTHS, OME_TIMES
 from .folders import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, take_on_looks
 from .pyramid import n_levels
 from .state import METHOD
@@ -177,9 +178,9 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
         if a in "yx" and unit is not None:
             meta[f"PhysicalSize{a.upper()}"] = float(size)
             meta[f"PhysicalSize{a.upper()}Unit"] = unit
-        elif a == "t" and units.get(a) in _OME_TIME_UNITS:
+        elif a == "t" and units.get(a) in OME_TIMES:
             meta["TimeIncrement"] = float(size)
-            meta["TimeIncrementUnit"] = _OME_TIME_UNITS[units[a]]
+            meta["TimeIncrementUnit"] = OME_TIMES[units[a]]
     channels = (ome.get("omero") or {}).get("channels") or []
     if channels and not rgb and "c" in axes:
         meta["Channel"] = {
@@ -198,29 +199,7 @@ def _ome_colour(hex_rgb: Any) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-# Every OME-NGFF unit as OME-XML's UnitsLength symbol, with its size in metres (for the TIFF
-# resolution tags), and as UnitsTime (an interop run found 6 of 26 lengths written, the
-# others' pixel sizes dropped in silence).
-_OME_LENGTHS = {
-    "yottameter": ("Ym", 1e24), "zettameter": ("Zm", 1e21), "exameter": ("Em", 1e18),
-    "petameter": ("Pm", 1e15), "terameter": ("Tm", 1e12), "gigameter": ("Gm", 1e9),
-    "megameter": ("Mm", 1e6), "kilometer": ("km", 1e3), "hectometer": ("hm", 1e2),
-    "meter": ("m", 1.0), "decimeter": ("dm", 1e-1), "centimeter": ("cm", 1e-2),
-    "millimeter": ("mm", 1e-3), "micrometer": ("\u00b5m", 1e-6), "nanometer": ("nm", 1e-9),
-    "picometer": ("pm", 1e-12), "femtometer": ("fm", 1e-15), "attometer": ("am", 1e-18),
-    "zeptometer": ("zm", 1e-21), "yoctometer": ("ym", 1e-24), "angstrom": ("\u00c5", 1e-10),
-    "inch": ("in", 0.0254), "foot": ("ft", 0.3048), "yard": ("yd", 0.9144),
-    "mile": ("mi", 1609.344), "parsec": ("pc", 3.0856775814913673e16),
-}  # fmt: skip
-_OME_UNITS = {name: symbol for name, (symbol, _) in _OME_LENGTHS.items()}
-_OME_TIME_UNITS = {
-    "yottasecond": "Ys", "zettasecond": "Zs", "exasecond": "Es", "petasecond": "Ps",
-    "terasecond": "Ts", "gigasecond": "Gs", "megasecond": "Ms", "kilosecond": "ks",
-    "hectosecond": "hs", "second": "s", "decisecond": "ds", "centisecond": "cs",
-    "millisecond": "ms", "microsecond": "\u00b5s", "nanosecond": "ns", "picosecond": "ps",
-    "femtosecond": "fs", "attosecond": "as", "zeptosecond": "zs", "yoctosecond": "ys",
-    "minute": "min", "hour": "h", "day": "d",
-}  # fmt: skip
+_OME_UNITS = {name: symbol for name, (symbol, _) in OME_LENGTHS.items()}
 
 
 def _resolution(node: Any, level: int) -> dict[str, Any]:
@@ -234,7 +213,7 @@ def _resolution(node: Any, level: int) -> dict[str, Any]:
     scale = dict(zip(axes, transforms[0]["scale"], strict=True))
     per_cm = []
     for a in "xy":
-        length = _OME_LENGTHS.get(units.get(a) or "")
+        length = OME_LENGTHS.get(units.get(a) or "")
         if length is None or not 0 < float(scale[a]) < float("inf"):
             return {}
         per_cm.append(1e-2 / (float(scale[a]) * length[1]))

@@ -9,6 +9,8 @@ import importlib
 import math
 from typing import Any
 
+from .._ngff import OME_LENGTHS, OME_TIMES
+
 __all__ = [
     "MissingExtraError",
     "UnreadableFileError",
@@ -118,6 +120,12 @@ _UNIT_ALIASES = {
 }
 
 
+_OME_SYMBOLS = {
+    **{symbol: name for name, (symbol, _) in OME_LENGTHS.items()},
+    **{symbol: name for name, symbol in OME_TIMES.items()},
+}
+
+
 def ngff_unit(name: Any) -> str | None:
     """The OME-NGFF unit name for a unit as files write it, or None when unknown.
 
@@ -125,9 +133,13 @@ def ngff_unit(name: Any) -> str | None:
     --------
     >>> ngff_unit("\u00b5m"), ngff_unit("micron"), ngff_unit("Second"), ngff_unit("pixel")
     ('micrometer', 'micrometer', 'second', None)
+    >>> ngff_unit("Mm"), ngff_unit("mm"), ngff_unit("ft")  # OME's symbols, case and all
+    ('megameter', 'millimeter', 'foot')
     """
     if not isinstance(name, str):
         return None
+    if name.strip() in _OME_SYMBOLS:  # "Mm" is a megametre, "mm" a millimetre
+        return _OME_SYMBOLS[name.strip()]
     low = name.strip().lower()
     if low in _NGFF_UNITS:
         return low

@@ -31,7 +31,7 @@ from .plane_names import (
     odd_names_warning,
 )
 from .stack_meta import OpenedStack
-from .tiff_array import contiguous, read_contiguous
+from .tiff_array import FileChangedError, contiguous, read_contiguous
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
 
@@ -446,10 +446,11 @@ class _PlaneFiles:
 
         # rest's sample slice lies within RGB, so it also drops any alpha sample.
         try:
-            plane = read_contiguous(self.files[z], rest)  # uncompressed: its rows only
+            # uncompressed: its rows only (and the plane checked, as a decoded one is)
+            plane = read_contiguous(self.files[z], rest, (self.shape[1:], self.dtype))
             if plane is None:
                 plane = tifffile.imread(self.files[z], selection=rest)
-        except (ImportError, MemoryError):
+        except (ImportError, MemoryError, FileChangedError):
             raise
         except Exception as exc:
             raise UnreadableFileError(self.files[z], _reason(exc)) from exc

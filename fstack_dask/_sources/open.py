@@ -88,6 +88,12 @@ def open_source(
         return _from_opened(open_image_files(text, axes=axes, name="src"), None)
     location = resolve(src, name="src", storage_options=storage_options)
     if not location.is_local:
+        ext = os.path.splitext(location.spec.split("?")[0].rstrip("/"))[1].lower()
+        if ext in _TIFF or ext in VENDOR_FORMATS or ext in _HDF5:
+            raise ValueError(
+                f"src {location.spec!r}: {ext} files are read from a local path only (a "
+                "mounted filesystem too); copy it here, or convert it to Zarr"
+            )
         reach(location, name="src")
         return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
     path = location.path

@@ -174,8 +174,12 @@ def _open_tiff(
         files=files,
         description=description,
         warnings=tuple(warnings),
-        # OME and ImageJ store colour as RGB samples: channels in pages are separate ones
-        separate_channels=kind != "tiff" and "c" in letters and not rgb,
+        # OME and ImageJ store colour as RGB samples: channels in pages are separate ones,
+        # unless coloured red, green, blue (as an OME-Zarr's omero is read)
+        separate_channels=kind != "tiff"
+        and "c" in letters
+        and not rgb
+        and colors != ("FF0000", "00FF00", "0000FF"),
     )
 
 

@@ -13,7 +13,12 @@ import numpy as np
 
 from .common import int_axes, region_key
 
-__all__ = ["TiffArray", "contiguous", "read_contiguous", "whole_pages"]
+__all__ = ["FileChangedError", "TiffArray", "contiguous", "read_contiguous", "whole_pages"]
+
+
+class FileChangedError(ValueError):
+    """A file decodes otherwise than when the stack was opened (it was replaced since)."""
+
 
 # zarr costs about 0.3 ms per chunk (measured: 10240 one-row strips of 2 KiB took 3 s to
 # read, the same 20 pages read whole 0.05 s), so pages cut into tiny strips are read whole
@@ -45,16 +50,31 @@ def contiguous(ser: Any, level: int) -> int | None:
     return int(data.dataoffset)
 
 
-def read_contiguous(path: str, region: tuple[slice, ...]) -> np.ndarray | None:
+def read_contiguous(
+    path: str, region: tuple[slice, ...], expect: tuple[tuple[int, ...], np.dtype]
+) -> np.ndarray | None:
     """``region`` of the first series of the TIFF at ``path`` if its samples lie contiguous
     (:func:`contiguous`), read by rows; else None. A region of fewer colour samples than the
-    file holds (RGB of RGBA) reads them all, then keeps those asked for."""
+    file holds (RGB of RGBA) reads them all, then keeps those asked for.
+
+    Raises
+    ------
+    FileChangedError
+        If the file's plane is not ``expect`` (its shape, without any alpha sample, and
+        dtype, as probed when the stack was opened): the file was replaced since.
+    """
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         ser = tif.series[0]
         offset = contiguous(ser, 0)
         shape, dtype = tuple(ser.shape), np.dtype(ser.dtype)
+    seen = shape[:2] + ((min(shape[2], 3),) if len(shape) == 3 else ())
+    if (seen, dtype) != (tuple(expect[0]), np.dtype(expect[1])):
+        raise FileChangedError(
+            f"file {path!r} now decodes to shape {seen} and dtype {dtype}, expected "
+            f"{tuple(expect[0])} and {np.dtype(expect[1])}"
+        )
     if offset is None:
         return None
     rows = _Rows(path, offset, shape, dtype)
@@ -195,10 +215,11 @@ class TiffArray:
         self._lock = threading.Lock()
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
+        # what the file is, not how it is read: a run's record of its source (its token)
+        # stays that of runs begun when the class was _TiffArray and read by pages
         st = os.stat(self.path)
-        return (type(self).__name__, self.path, self.series, self.level, self.drop,
-                self.whole_pages, self.offset, self.unit, st.st_size,
-                st.st_mtime_ns)  # fmt: skip
+        return ("_TiffArray", self.path, self.series, self.level, self.drop, self.whole_pages,
+                st.st_size, st.st_mtime_ns)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<TIFF {self.path!r} series {self.series} level {self.level} {self.shape}>"

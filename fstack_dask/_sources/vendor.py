@@ -69,8 +69,13 @@ def choose_scene(
             return scenes[0]
         plural = word if word.endswith("s") else f"{word}s"  # (series)
         raise ValueError(f"{where} holds {len(scenes)} {plural}: {listed}; {hint}")
+    # an index first: a series named "2" must not stand for index 2 (the refusal above names
+    # them by index; positions numbered from 1 fused the one before, an adversarial run)
     for s in scenes:
-        if spec == str(s.index) or (s.name and spec == s.name):
+        if spec == str(s.index):
+            return s
+    for s in scenes:
+        if s.name and spec == s.name:
             return s
     raise ValueError(f"{where} has no {word} {spec!r}; it holds {listed}; {hint}")
 

@@ -560,3 +560,11 @@ def test_chunks_over_memory_per_task_are_warned_of_by_the_run_as_by_info(data, t
     assert res.returncode == 0 and res.stdout.count("warning: chunks=(64, 64) need about ") == 1
     res = cli("fuse", src, tmp_path / "fits.zarr", "--chunks", "64", "--no-progress")
     assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+
+
+def test_an_engine_typo_is_warned_of_on_the_command_line(data, tmp_path):
+    """The warning given at import was lost on the command line (an adversarial run)."""
+    _, src, _ = data
+    res = cli("fuse", src, tmp_path / "o.zarr", "--no-progress", env={"FSTACK_DASK_ENGINE": "nump"})
+    assert res.returncode == 0, res.stderr
+    assert "warning: FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got 'nump'" in res.stderr

@@ -461,3 +461,16 @@ def test_every_ngff_unit_reaches_the_tiff_and_its_resolution_tags(tmp_path):
         assert unit == tifffile.RESUNIT.CENTIMETER
         expected = (1 / (2e-4 * 2.54 * 2**level), 1 / (1e-4 * 2.54 * 2**level))
         np.testing.assert_allclose(resolution, expected, rtol=1e-6)
+
+
+def test_every_ome_symbol_written_reads_back_as_its_unit():
+    """OME-XML symbols were read without regard to case ("Mm", a megametre, as "mm"), and 30
+    of those the writer emits read back as another unit or none (an adversarial run)."""
+    from fstack_dask._ngff import OME_LENGTHS, OME_TIMES
+    from fstack_dask._sources.common import ngff_unit
+
+    for name, (symbol, _) in OME_LENGTHS.items():
+        assert ngff_unit(symbol) == name, symbol
+    for name, symbol in OME_TIMES.items():
+        assert ngff_unit(symbol) == name, symbol
+    assert ngff_unit("um") == ngff_unit("UM") == "micrometer"  # spellings of files stay read

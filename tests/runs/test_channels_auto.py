@@ -56,10 +56,19 @@ def _write(kind, d):
             p, STACK, metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP", "Cy5"]}}
         )
         return p
+    if kind == "ome-tiff red, green, blue":  # as an omero of those colours is read
+        p = d / "rgb.ome.tif"
+        colours = [-16776961, 16711935, 65535]  # OME's RGBA integers of FF0000, 00FF00, 0000FF
+        tifffile.imwrite(p, STACK, metadata={"axes": "ZCYX", "Channel": {"Color": colours}})
+        return p
     if kind == "ome-zarr greyscale":
         return _ome_zarr(d / "grey.ome.zarr", rdefs="greyscale")
     if kind == "ome-zarr coloured":
         return _ome_zarr(d / "colours.ome.zarr", colours=MAGENTA_BLUE_GREEN)
+    if kind == "ome-zarr rgb, #rrggbb":  # (read as RGB before; then independent: a '#' slip)
+        return _ome_zarr(
+            d / "rgbh.ome.zarr", rdefs="color", colours=("#ff0000", "#00ff00", "#0000ff")
+        )
     if kind == "ome-zarr rgb":
         return _ome_zarr(d / "rgb.ome.zarr", rdefs="color", colours=("FF0000", "00FF00", "0000FF"))
     if kind == "ome-zarr silent":
@@ -80,6 +89,8 @@ def _write(kind, d):
         ("ome-zarr coloured", "independent", MAGENTA_BLUE_GREEN),
         # what says colour, or says nothing, stays RGB (the reference's colour path)
         ("ome-zarr rgb", "rgb", ("FF0000", "00FF00", "0000FF")),
+        ("ome-zarr rgb, #rrggbb", "rgb", ("FF0000", "00FF00", "0000FF")),
+        ("ome-tiff red, green, blue", "rgb", ("FF0000", "00FF00", "0000FF")),
         ("ome-zarr silent", "rgb", ("FF0000", "00FF00", "0000FF")),
         ("rgb samples", "rgb", ("FF0000", "00FF00", "0000FF")),
     ],

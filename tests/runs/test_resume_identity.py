@@ -364,3 +364,34 @@ def test_consolidated_metadata_changed_between_a_run_and_its_resume_is_refused(
     zarr.consolidate_metadata(str(tmp_path / "src2.zarr"))
     proc = cli("fuse", tmp_path / "src2.zarr", done, "--resume", *FUSE)
     assert proc.returncode == 2 and "is complete, but" in one_line_error(proc), proc.stderr
+
+
+def test_a_file_read_another_way_is_still_the_same_source(tmp_path):
+    """An output begun from an uncompressed TIFF when it was read by pages could not be
+    resumed once it was read by region: "its chunking was [1, 1024, 1024] and is now [21,
+    512, 512]; its content changed" (an adversarial run). A reader's units are ours to
+    choose for every format but Zarr, whose chunking is the data's."""
+    tifffile = pytest.importorskip("tifffile")
+    from dask.base import tokenize
+
+    from fstack_dask._outputs.state import identity_differences
+    from fstack_dask._sources.tiff_array import TiffArray
+
+    old, new = (
+        {"kind": "tiff", "unit_shape": [1, 64, 64]},
+        {"kind": "tiff", "unit_shape": [5, 64, 64]},
+    )
+    assert identity_differences(old, new) == []
+    zarr_old, zarr_new = {**old, "kind": "zarr"}, {**new, "kind": "zarr"}
+    assert identity_differences(zarr_old, zarr_new) == [
+        "its chunking was [1, 64, 64] and is now [5, 64, 64]"
+    ]
+    path = str(tmp_path / "s.tif")
+    tifffile.imwrite(path, np.zeros((5, 64, 64), np.uint16))
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.series[0].dataoffset
+    by_pages, by_rows = (
+        TiffArray(path, 0, 0),
+        TiffArray(path, 0, 0, offset=offset, unit=(5, 64, 64)),
+    )
+    assert tokenize(by_pages) == tokenize(by_rows)

@@ -458,3 +458,35 @@ def test_a_contiguous_hdf5_dataset_is_read_by_region(tmp_path):
     opened = open_hdf5(tmp_path / "s.h5", axes="tzyx")
     assert opened.array.chunks == (1, 5, 512, 512)
     _check_regions(opened, data, lead=(1,))
+
+
+def test_a_series_index_wins_over_a_name_of_digits(tmp_path):
+    """Positions named "1", "2", "3" (numbered from 1): src 'f.ome.tif/2' fused the series
+    named "2", index 1, where the refusal had named index 2 (an adversarial run)."""
+    from fstack_dask._sources.open import open_source
+
+    stacks = [_data((5, 20, 30), seed=k) for k in range(3)]
+    path = tmp_path / "multi.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for k, stack in enumerate(stacks):
+            tif.write(stack, metadata={"axes": "ZYX", "Name": str(k + 1)})
+    for k in range(3):
+        np.testing.assert_array_equal(np.asarray(open_source(f"{path}/{k}").array[...]), stacks[k])
+    with tifffile.TiffWriter(tmp_path / "named.ome.tif", ome=True) as tif:
+        for k, stack in enumerate(stacks[:2]):
+            tif.write(stack, metadata={"axes": "ZYX", "Name": f"pos{k}"})
+    got = open_source(f"{tmp_path / 'named.ome.tif'}/pos1").array[...]
+    np.testing.assert_array_equal(np.asarray(got), stacks[1])  # a name where no index is
+
+
+def test_scene_on_a_pattern_and_a_remote_tiff_say_what_they_cannot(tmp_path):
+    """Both gave messages that pointed elsewhere ("matches no files", "expected a Zarr
+    array or group")."""
+    for args, message in (
+        (["info", str(tmp_path / "*.tif"), "--scene", "1"], "is a pattern of plane files"),
+        (["info", "https://example.org/d/s.ome.tif"], ".tif files are read from a local path"),
+    ):
+        res = subprocess.run([sys.executable, "-m", "fstack_dask", *args], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
