@@ -253,11 +253,17 @@ def _check_unit_fits(fusion: Fusion) -> None:
     from dask.utils import format_bytes
 
     mib = -(-decoded // 2**20)
+    other = (
+        "or give fuse_zarr the files the array reads (a folder or glob of planes, a TIFF, a "
+        "Zarr path), which it reads by region"
+        if hasattr(source.array, "dask_array")
+        else "or rechunk the source"
+    )
     raise ValueError(
         f"the chunks of {source.description} ({fusion.unit['y']} x {fusion.unit['x']} px, with "
         f"every plane {format_bytes(decoded)} decoded) are larger than memory_per_task "
         f"({format_bytes(fusion.memory_per_task)}) lets a task hold; give memory_per_task="
-        f"{mib}MiB or more, or rechunk the source"
+        f"{mib}MiB or more, {other}"
     )
 
 

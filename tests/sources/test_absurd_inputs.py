@@ -468,7 +468,7 @@ def test_a_dask_arrays_chunk_larger_than_memory_per_task_is_refused(tmp_path):
     x = da.from_array(data, chunks=(7, 300, 300))
     dst = tmp_path / "out.zarr"
     with pytest.raises(ValueError, match=r"chunks of src \(dask array .* are larger than "
-                       r"memory_per_task \(1.00 MiB\).*or rechunk the source"):  # fmt: skip
+                       r"memory_per_task \(1.00 MiB\).*or give fuse_zarr the files the array reads"):  # fmt: skip
         fuse_zarr(x, dst, axes="zyx", memory_per_task="1MiB", progress=False)
     assert not dst.exists()
     out = fuse_zarr(x.rechunk((7, 100, 100)), dst, axes="zyx", memory_per_task="1MiB",
