@@ -467,8 +467,8 @@ def test_a_dask_arrays_chunk_larger_than_memory_per_task_is_refused(tmp_path):
     data = np.random.default_rng(1).integers(0, 999, (7, 300, 300), dtype="uint16")
     x = da.from_array(data, chunks=(7, 300, 300))
     dst = tmp_path / "out.zarr"
-    with pytest.raises(ValueError, match=r"chunks of src \(dask array .* are larger than "
-                       r"memory_per_task \(1.00 MiB\).*or give fuse_zarr the files the array reads"):  # fmt: skip
+    expected = r"chunks of src \(dask array .* memory_per_task \(1.00 MiB\).*the files the array"
+    with pytest.raises(ValueError, match=expected):
         fuse_zarr(x, dst, axes="zyx", memory_per_task="1MiB", progress=False)
     assert not dst.exists()
     out = fuse_zarr(x.rechunk((7, 100, 100)), dst, axes="zyx", memory_per_task="1MiB",
