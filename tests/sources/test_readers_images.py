@@ -566,3 +566,16 @@ def test_uncompressed_tiff_planes_are_read_by_region(tmp_path, colour):
     assert not opened.array.whole
     got = opened.array[:, 100:650, 590:]
     np.testing.assert_array_equal(got, stack[:, 100:650, 590:])
+
+
+def test_a_plane_replaced_after_opening_is_refused_on_the_region_path(tmp_path):
+    """Rows read by region skipped the check a decoded plane gets: a narrower or another
+    dtype's file was read at its new layout (an adversarial run)."""
+    planes = _planes(3, (300, 700))
+    for k, plane in enumerate(planes):
+        tifffile.imwrite(tmp_path / f"z{k}.tif", plane)
+    opened = open_image_files(tmp_path, cache_bytes=0)
+    for replacement in (planes[2][:, :350].copy(), planes[2].astype(np.uint8)):
+        tifffile.imwrite(tmp_path / "z2.tif", replacement)
+        with pytest.raises(ValueError, match=r"z2\.tif' now decodes to shape"):
+            opened.array[2:3, 0:100, 0:512]
