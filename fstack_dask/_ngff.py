@@ -24,6 +24,7 @@ __all__ = [
     "omero_entry",
     "parse_multiscale",
     "parse_omero",
+    "omero_model",
     "OME_LENGTHS",
     "OME_TIMES",
 ]
@@ -199,12 +200,24 @@ def parse_multiscale(
     return Multiscale(tuple(paths), names, units, types, tuple(scales), tuple(shifts), version)
 
 
-def parse_omero(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The ``omero`` channel list (label, color, window) of a group's attributes, if any."""
+def _omero(attrs: Mapping[str, Any]) -> Any:
+    """The ``omero`` block: under ``ome`` (NGFF 0.5), else at the top (0.4 and before)."""
     ome = attrs.get("ome")
     omero = ome.get("omero") if isinstance(ome, Mapping) else None
-    if omero is None:
-        omero = attrs.get("omero")
+    return attrs.get("omero") if omero is None else omero
+
+
+def omero_model(attrs: Mapping[str, Any]) -> str | None:
+    """The ``omero`` rendering model (``rdefs.model``: "color", "greyscale"), if stated."""
+    omero = _omero(attrs)
+    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
+    model = rdefs.get("model") if isinstance(rdefs, Mapping) else None
+    return model if isinstance(model, str) else None
+
+
+def parse_omero(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``omero`` channel list (label, color, window) of a group's attributes, if any."""
+    omero = _omero(attrs)
     channels = omero.get("channels") if isinstance(omero, Mapping) else None
     if not isinstance(channels, list):
         return None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location, resolve
-from .._ngff import find_multiscales, parse_multiscale, parse_omero
+from .._ngff import find_multiscales, omero_model, parse_multiscale, parse_omero
 from .._params import parse_axes
 from .common import ngff_unit
 from .source import Source, check_dtype_and_extent
@@ -404,10 +404,7 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
 
 
 def _omero_is_rgb(attrs: Mapping[str, Any]) -> bool:
-    ome = attrs.get("ome")
-    omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
-    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
-    return isinstance(rdefs, Mapping) and rdefs.get("model") == "color"
+    return omero_model(attrs) == "color"
 
 
 _RGB = ("FF0000", "00FF00", "0000FF")
@@ -416,10 +413,7 @@ _RGB = ("FF0000", "00FF00", "0000FF")
 def _omero_says_separate(attrs: Mapping[str, Any], channels: list[dict[str, Any]] | None) -> bool:
     """Whether ``omero`` says the channels are not colour samples: rendered in grey, or
     coloured otherwise than red, green, blue (a fluorescence image's DAPI, GFP, Cy5)."""
-    ome = attrs.get("ome")
-    omero = ome.get("omero") if isinstance(ome, Mapping) else attrs.get("omero")
-    rdefs = omero.get("rdefs") if isinstance(omero, Mapping) else None
-    if isinstance(rdefs, Mapping) and rdefs.get("model") == "greyscale":
+    if omero_model(attrs) == "greyscale":
         return True
     colours = [str(ch.get("color", "")).upper() for ch in channels or ()]
     return bool(colours) and all(colours) and tuple(colours) != _RGB
