@@ -6,10 +6,36 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Send every temporary folder of the run (the doctests' ``tempfile.mkdtemp()``, scripts run
+    in subprocesses, dask's scratch space) into one folder that is removed at the end, so a run
+    of the suite leaves nothing in the system's temporary folder. ``tmp_path`` is pytest's own
+    and kept as pytest keeps it."""
+    config._fstack_saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    # pytest's own tmp_path root stays where it was (it keeps the last runs for debugging).
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    config._fstack_tmp = tempfile.mkdtemp(prefix="fstack-dask-tests-")
+    tempfile.tempdir = os.environ["TMPDIR"] = config._fstack_tmp
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_fstack_tmp", None)
+    if folder is None:
+        return
+    tempfile.tempdir, saved = config._fstack_saved
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load_reference():

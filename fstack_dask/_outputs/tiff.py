@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -181,6 +182,7 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
         elif a == "t" and units.get(a) in OME_TIMES:
             meta["TimeIncrement"] = float(size)
             meta["TimeIncrementUnit"] = OME_TIMES[units[a]]
+    meta.update(_positions(node, axes, units, rgb=rgb))
     channels = (ome.get("omero") or {}).get("channels") or []
     if channels and not rgb and "c" in axes:
         meta["Channel"] = {
@@ -188,6 +190,26 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
             "Color": [_ome_colour(c.get("color")) for c in channels],
         }
     return meta
+
+
+def _positions(node: Any, axes: list[str], units: dict, *, rgb: bool) -> dict[str, Any]:
+    """OME's Plane PositionX/PositionY of every plane: the image's translation in y and x (the
+    stage position a source recorded), where those axes have length units."""
+    transforms = node.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    shift = next((t["translation"] for t in transforms if t["type"] == "translation"), None)
+    shift = dict(zip(axes, shift or (), strict=False))
+    if not any(shift.get(a) for a in "yx"):  # none recorded (0 is NGFF's default)
+        return {}
+    planes = math.prod(n for a, n in zip(axes, node["0"].shape, strict=True)
+                       if a not in "yx" and not (rgb and a == "c"))  # fmt: skip
+    out: dict[str, list] = {}
+    for a in "xy":
+        unit = _OME_UNITS.get(units.get(a) or "")
+        if unit is None:
+            return {}
+        out[f"Position{a.upper()}"] = [float(shift[a])] * planes
+        out[f"Position{a.upper()}Unit"] = [unit] * planes
+    return {"Plane": out}
 
 
 def _ome_colour(hex_rgb: Any) -> int:

@@ -474,3 +474,46 @@ def test_every_ome_symbol_written_reads_back_as_its_unit():
     for name, symbol in OME_TIMES.items():
         assert ngff_unit(symbol) == name, symbol
     assert ngff_unit("um") == ngff_unit("UM") == "micrometer"  # spellings of files stay read
+
+
+def test_the_stage_position_reaches_the_ome_tiff_and_reads_back(tmp_path):
+    """The OME-Zarr output kept a source's translation (its stage position) while the OME-TIFF
+    dropped it: OME-TIFF readers (QuPath, Bio-Formats) place tiles by Plane PositionX/Y
+    (an interop run, 2026-12-05). Every plane of every image carries it, and fstack_dask
+    reads it back as the same translation; an image without one gets no positions."""
+    src = tmp_path / "stack.ome.zarr"
+    data = np.round(np.moveaxis(synthetic_stack((96, 128), 5, seed=2).stack, -1, 0) * 999)
+    g = zarr.open_group(src, mode="w")
+    a = g.create_array("0", shape=(2, 5, 96, 128), chunks=(1, 5, 96, 128), dtype="u2",
+                       dimension_names=list("czyx"))  # fmt: skip
+    a[...] = np.stack([data, data[::-1]]).astype(np.uint16)
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"
+    ]
+    transforms = [{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]},
+                  {"type": "translation", "translation": [0.0, 7.0, 1500.25, -320.5]}]  # fmt: skip
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": transforms}]}]}  # fmt: skip
+    out = tmp_path / "o.ome.tif"
+    fstack_dask.fuse_zarr(src, out, progress=False, depth_map=True, channels="independent")
+    with tifffile.TiffFile(out) as tif:
+        ome = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    for image in ome:  # the fused image (two channels) and the depth map's
+        planes = image["Pixels"]["Plane"]
+        planes = planes if isinstance(planes, list) else [planes]
+        assert len(planes) == image["Pixels"]["SizeC"]
+        for plane in planes:
+            assert (plane["PositionX"], plane["PositionY"]) == (-320.5, 1500.25)
+            assert plane["PositionXUnit"] == plane["PositionYUnit"] == "\u00b5m"
+    with pytest.warns(UserWarning, match="2 focus planes"):  # the channels read as planes
+        again = fstack_dask.fuse_zarr(f"{out}/0", tmp_path / "again.ome.zarr", progress=False,
+                                      channels="independent", axes="zyx")  # fmt: skip
+    shift = again.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert shift[1]["translation"][-2:] == [1500.25, -320.5]
+
+    # No translation: no positions.
+    g.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"] = transforms[:1]
+    g.attrs["ome"] = dict(g.attrs["ome"])
+    fstack_dask.fuse_zarr(src, tmp_path / "plain.ome.tif", progress=False)
+    with tifffile.TiffFile(tmp_path / "plain.ome.tif") as tif:
+        assert "Position" not in tif.ome_metadata
