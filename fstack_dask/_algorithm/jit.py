@@ -1,7 +1,8 @@
 """numba set-up shared by the compiled modules: one decorator, one cache folder.
 
 Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/fstack_dask/numba``,
-else ``~/.cache/fstack_dask/numba``; ``NUMBA_CACHE_DIR`` overrides), not beside the
+else ``~/.cache/fstack_dask/numba``, else a private folder of the user's in the temporary
+folder; ``NUMBA_CACHE_DIR`` overrides; where none is writable nothing is cached), not beside the
 package: numba's files in an installed package's ``__pycache__`` outlive ``pip uninstall``
 and turn the left-over folder into an empty namespace package that shadows a later
 (editable) install. The CUDA kernels are cached in a subfolder of it named after their
@@ -13,7 +14,9 @@ sources (:func:`cuda_cache_dir`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import stat
 import tempfile
 
 try:
@@ -24,24 +27,73 @@ except ImportError:  # pragma: no cover - numba is a dependency; the fallback is
 __all__ = ["cuda_cache_dir", "cuda_cache_folder", "jit"]
 
 
-def _user_cache_dir() -> str | None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "fstack_dask", "numba")
+def _writable(path: str) -> bool:
     try:
         os.makedirs(path, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
     except OSError:
-        return None  # not writable: numba's own choice
+        return False
+    return True
+
+
+def _private_temp_cache() -> str | None:
+    """A folder of this user's alone in the temporary folder (mode 700, owned by us, not a
+    link): numba's cache files are pickles, so a folder that another user could have made or
+    could write into would let them run code as us."""
+    path = os.path.join(tempfile.gettempdir(), f"fstack_dask-numba-{os.getuid()}")
+    with contextlib.suppress(FileExistsError, OSError):
+        os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    ours = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+    if not ours or st.st_mode & 0o077 or not _writable(path):
+        return None
     return path
+
+
+def _user_cache_dir() -> str | None:
+    """The first writable of: ``$XDG_CACHE_HOME/fstack_dask/numba``, ``~/.cache/...``, and a
+    private folder in the temporary folder (a read-only home on compute nodes, a container
+    run without one). Relative places are skipped (an unset HOME leaves ``~`` as it is: the
+    cache would land in the working folder). None: nowhere, and nothing is cached."""
+    homes = [os.environ.get("XDG_CACHE_HOME", ""), os.path.join(os.path.expanduser("~"), ".cache")]
+    for base in homes:
+        path = os.path.join(base, "fstack_dask", "numba")
+        if os.path.isabs(base) and _writable(path):
+            return path
+    return _private_temp_cache()
+
+
+def _cache_dir() -> str | None:
+    """Where our compiled code is cached: ``NUMBA_CACHE_DIR`` where it is writable, else
+    :func:`_user_cache_dir`."""
+    given = os.environ.get("NUMBA_CACHE_DIR", "").strip()
+    if given and os.path.isabs(given) and _writable(given):
+        return given
+    return _user_cache_dir()
+
+
+@functools.cache
+def _chosen_cache_dir() -> str | None:
+    found = _cache_dir()
+    if found is None:
+        from .._errors import warn
+
+        warn(
+            "no writable folder for the compiled kernels' cache (NUMBA_CACHE_DIR, "
+            "XDG_CACHE_HOME, ~/.cache and the temporary folder are not writable): every new "
+            "process compiles them again (about 10 s); set NUMBA_CACHE_DIR to a writable folder"
+        )
+    return found
 
 
 @contextlib.contextmanager
 def _cache_dir_for_our_functions():
     """numba picks a function's cache folder when it is decorated: set it for ours only."""
     saved = numba.config.CACHE_DIR
-    chosen = saved or _user_cache_dir()
-    if chosen:
-        numba.config.CACHE_DIR = chosen
+    numba.config.CACHE_DIR = _chosen_cache_dir() or saved
     try:
         yield
     finally:
@@ -57,7 +109,7 @@ def cuda_cache_dir(digest: str) -> str | None:
     those sources keeps a changed :mod:`.pixel` from loading kernels compiled from the old
     one. None where no folder is writable (then nothing is cached).
     """
-    base = os.environ.get("NUMBA_CACHE_DIR", "").strip() or _user_cache_dir()
+    base = _chosen_cache_dir()
     if not base:
         return None
     path = os.path.join(base, f"cuda-{digest}")
@@ -105,7 +157,8 @@ if numba is not None:
         every CPU).
         """
         with _cache_dir_for_our_functions():
-            return numba.njit(cache=True, nogil=True, error_model="numpy")(func)
+            cache = _chosen_cache_dir() is not None  # else numba raises: no locator
+            return numba.njit(cache=cache, nogil=True, error_model="numpy")(func)
 
 else:  # pragma: no cover
     jit = None
