@@ -130,6 +130,8 @@ class Destination:
         info = live_lock(OutputState(self.dst).lock) if kind in ours else None
         if info is not None:
             raise DestinationLockedError(locked_message(what, info))
+        if kind in ours:  # a lock watched for its heartbeat takes seconds: its run may be done
+            self.kind = kind = classify(self.dst)
         if kind == "file":
             raise FileExistsError(
                 f"{what} is an existing file; choose a folder path for the output"

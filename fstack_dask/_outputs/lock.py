@@ -13,7 +13,11 @@ When is a lock *stale*, so that ``resume``/``overwrite`` may take it over?
   dies, whatever PID namespace or container it ran in. Stale at once when nobody holds it;
   live while somebody does (a suspended run too), however old its heartbeat.
 * Written elsewhere (another host on a shared filesystem, an object store) or unreadable:
-  stale when its heartbeat is older than ``LOCK_STALE_AFTER`` seconds, and by that alone.
+  live while its heartbeat is younger than ``LOCK_STALE_AFTER`` seconds. One that looks older,
+  or is dated in the future, is watched for two heartbeats before it is judged stale: the
+  file's time comes from its file server's or its writer's clock, not this machine's, and
+  clocks that disagree must neither hand a live run's output to another run nor keep a dead
+  run's output locked (an HPC run, 2026-12-05).
 
 PIDs are never used to decide: two containers on one host can both be "pid 1".
 
@@ -79,6 +83,9 @@ def machine_id() -> str:
             return fh.read().strip()
     except OSError:
         return f"host:{socket.gethostname()}"
+
+
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 
 
 def _held_by_someone(path: str) -> bool | None:
@@ -155,11 +162,48 @@ def read_lock(lock: Location) -> dict[str, Any] | None:
     return info
 
 
-def lock_is_live(info: Mapping[str, Any]) -> bool:
-    """Whether the lock's holder may still be running (see the module docstring)."""
+def lock_is_live(info: Mapping[str, Any], lock: Location | None = None) -> bool:
+    """Whether the lock's holder may still be running (see the module docstring).
+
+    A heartbeat is dated by the clock of whoever stamped the file (a file server, another
+    node), not by this machine's: with ``lock`` given, a lock that looks stale or is dated in
+    the future is watched (:func:`_heartbeat_moves`) before it is judged stale, so that clocks
+    that disagree neither make a live run's lock look stale nor keep a dead one's live."""
     if info.get("machine") == machine_id() and info.get("held") is not None:
         return bool(info["held"])  # this kernel shows a live holder's flock
-    return time.time() - float(info.get("mtime", 0.0)) < LOCK_STALE_AFTER
+    age = time.time() - float(info.get("mtime", 0.0))
+    if -HEARTBEAT_EVERY <= age < LOCK_STALE_AFTER:
+        return True
+    if lock is None:
+        return age < LOCK_STALE_AFTER
+    return _heartbeat_moves(lock, info, age)
+
+
+def _heartbeat_moves(lock: Location, info: Mapping[str, Any], age: float) -> bool:
+    """Whether the lock's heartbeat changes (or the lock is replaced) within two heartbeats:
+    its holder renews it every ``HEARTBEAT_EVERY`` seconds whatever the clocks say."""
+    seen = (info.get("mtime"), info.get("etag"))
+    if (lock.path, *seen) in _WATCHED_STALE:  # this process watched this very heartbeat
+        return False
+    window = 2 * HEARTBEAT_EVERY + min(1.0, HEARTBEAT_EVERY)
+    log.info(
+        "the lock of %s has a heartbeat %s by this machine's clock; watching it for %.0f s "
+        "before judging it stale (clocks may disagree)",
+        _owner(info), f"{age:.0f} s old" if age >= 0 else f"dated {-age:.0f} s ahead", window,
+    )  # fmt: skip
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        time.sleep(min(HEARTBEAT_EVERY / 4, max(deadline - time.monotonic(), 0.0)))
+        now = read_lock(lock)
+        if now is None:
+            return False  # gone: released
+        if (now.get("mtime"), now.get("etag")) != seen:
+            return True
+    _WATCHED_STALE.add((lock.path, *seen))
+    return False
+
+
+_WATCHED_STALE: set[tuple[Any, ...]] = set()
 
 
 def _owner(info: Mapping[str, Any]) -> str:
@@ -178,7 +222,7 @@ def locked_message(what: str, info: Mapping[str, Any]) -> str:
 def live_lock(lock: Location) -> dict[str, Any] | None:
     """The lock's content if a live run holds it, else None."""
     info = read_lock(lock)
-    return info if info is not None and lock_is_live(info) else None
+    return info if info is not None and lock_is_live(info, lock) else None
 
 
 def _token_of(raw: bytes) -> str | None:
@@ -259,7 +303,7 @@ class DestinationLock:
                 if self._create():
                     break
                 info = read_lock(self.lock)
-                if info is not None and lock_is_live(info):
+                if info is not None and lock_is_live(info, self.lock):
                     raise DestinationLockedError(locked_message(self.what, info))
                 if info is not None:
                     log.info(
@@ -281,7 +325,13 @@ class DestinationLock:
             return
         fd = os.open(folder.path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_FLOCK:
+                    raise
+                # A filesystem without flock (Lustre mounted -o noflock): the exclusive create
+                # still decides, and a run whose lock another took over stops at its lease check.
             yield
         finally:
             os.close(fd)  # releases the flock

@@ -9,6 +9,7 @@ stopped with SIGSTOP and continued with SIGCONT, and two "hosts" played by two v
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -279,3 +280,89 @@ def test_a_lock_that_cannot_be_read_once_keeps_beating(monkeypatch):
         assert failures["n"] == 3 and not held.lost and held._beaten > beaten
     finally:
         held.release()
+
+
+# A live run on "another host": it holds the lock of dst (with its heartbeat) until killed.
+HOLDS_THE_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.lock import DestinationLock
+
+    held = DestinationLock(resolve(sys.argv[1], name="dst"), "dst")
+    held.acquire()
+    print("held", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+class _SkewedClock:
+    """This process's wall clock ``skew`` seconds off (the lock module's ``time``)."""
+
+    def __init__(self, skew: float):
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("skew", [120.0, -1800.0])
+def test_clocks_that_disagree_neither_take_a_live_lock_nor_keep_a_dead_one(
+    tmp_path, monkeypatch, caplog, skew
+):
+    """The heartbeat is the file's mtime, stamped by the file server's or the writer's clock.
+    An HPC run found that a node whose clock was 120 s ahead took over a live run's lock
+    (killing that run), and that a dead run's lock dated 30 min ahead kept its output locked
+    for 31 min. A lock that looks stale, or is dated ahead, is now watched for two heartbeats:
+    the live one is refused, the dead one taken over once watched (once per process)."""
+    from fstack_dask._outputs import lock as _lock
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    lock = dst / STATE_DIR / "lock"
+    lock.parent.mkdir(parents=True)
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", STALE)
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", STALE / 6)
+    monkeypatch.setattr(_lock, "time", _SkewedClock(skew))
+    caplog.set_level(logging.INFO, logger="fstack_dask")
+    env = {**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": str(STALE),
+           "FSTACK_DASK_LOCK_MACHINE": "host-a"}  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(lock)], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for flag in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(DestinationLockedError, match="being written by pid"):
+                fuse_zarr(src, dst, chunks=CHUNK, progress=False, **flag)
+        assert "watching it for" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is dead now; its lock stays, dated by its clock, with no heartbeat.
+    caplog.clear()
+    start = time.monotonic()
+    out = fuse_zarr(src, dst, chunks=CHUNK, progress=False, resume=True)
+    assert time.monotonic() - start < 30
+    assert caplog.text.count("watching it for") == 1  # watched once, not by every step
+    assert "taking over the stale lock" in caplog.text
+    np.testing.assert_array_equal(out["0"][...], _expected(0))
+
+
+def test_a_filesystem_without_flock_still_takes_the_lock(tmp_path, monkeypatch):
+    """Lustre mounted with -o noflock answers flock with ENOSYS: every run failed with a bare
+    "[Errno 38] Function not implemented" (an HPC run). The exclusive create decides."""
+    import errno
+
+    from fstack_dask._outputs import lock as _lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(_lock.fcntl, "flock", no_flock)
+    src = write_src(tmp_path / "src.zarr")
+    out = fuse_zarr(src, tmp_path / "out.zarr", chunks=CHUNK, progress=False)
+    np.testing.assert_array_equal(out["0"][...], _expected(0))

@@ -288,6 +288,7 @@ def test_two_runs_taking_over_one_stale_s3_lock_do_not_both_get_it(s3, bucket, m
     # stale after 5 s: a lock written by the run that wins stays live long enough for the
     # other to see it so on a loaded machine (S3 dates objects to the second)
     monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 5.0)
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 5.0 / 6)  # a stale-looking lock is watched
     fs.pipe(where.path, b'{"host": "node-7", "pid": 1, "token": "a crashed run"}')
     time.sleep(6.2)
     first, second = new_lock(), new_lock()

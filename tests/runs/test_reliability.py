@@ -525,10 +525,15 @@ def _hold_flock(lock: Path) -> subprocess.Popen:
     return proc
 
 
-def test_lock_staleness_rules(tmp_path, unfinished, caplog):
+def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
     """This machine: live iff a process holds the lock file's flock, whatever its heartbeat
-    and whatever pid it names. Another machine (or an unreadable lock): live iff its
-    heartbeat (mtime) is younger than LOCK_STALE_AFTER. A pid never decides."""
+    and whatever pid it names. Another machine (or an unreadable lock): live while its
+    heartbeat (mtime) is younger than LOCK_STALE_AFTER, and stale once an older one has not
+    moved for two heartbeats (watched: a lease of 6 s here, 60 s by default). A pid never
+    decides."""
+    from fstack_dask._outputs import lock as _lock
+
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 1.0)
     src, dst, pristine = unfinished
     src_tree = _tree(src)
     host, here = socket.gethostname(), machine_id()
@@ -571,7 +576,7 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog):
             caplog.clear()
             start = time.monotonic()
             out = fuse_zarr(str(src), dst, chunks=40, resume=True, progress=False)
-            assert time.monotonic() - start < 10  # taken over at once, no waiting
+            assert time.monotonic() - start < 10  # no waiting for LOCK_STALE_AFTER
             assert "taking over the stale lock" in caplog.text, info
             assert out.attrs["fstack_dask"]["complete"] is True
             assert not (dst / STATE).exists()
