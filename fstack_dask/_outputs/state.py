@@ -468,9 +468,24 @@ def input_unchanged(recorded: str, samples: np.ndarray) -> bool:
     return input_digest(samples, algorithm) == recorded
 
 
+def _last_name(location: Any) -> str | None:
+    """The last name of a location (``src.ome.zarr`` of ``/lustre/p/src.ome.zarr``)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
+
+
 def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """What differs between two source identities, as phrases for a message."""
+    """What differs between two source identities, as phrases for a message.
+
+    The same metadata under the same name at another location (the same files through another
+    mount) is the same source: each data file is still compared (size, times, inode) and the blocks
+    that read one that differs are computed again."""
     out = []
+    content = stored.get("metadata_content_sha256")
+    moved = (
+        content is not None
+        and content == current.get("metadata_content_sha256")
+        and _last_name(stored.get("location")) == _last_name(current.get("location"))
+    )
     for key, what in (
         ("location", "location"),
         ("kind", "format"),
@@ -485,6 +500,8 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
         if key == "unit_shape" and stored.get("kind") not in ("zarr", "ome-zarr"):
             # how another format's reader cuts it is ours to choose, not the data's: a file
             # read by region since 2026-12-05 resumes what was begun reading it by pages
+            continue
+        if key in ("location", "metadata_sha256") and moved:
             continue
         if stored.get(key) != current.get(key):
             if key in ("metadata_sha256", "content"):

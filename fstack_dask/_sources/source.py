@@ -194,13 +194,21 @@ class Source:
             "unit_shape": list(self.unit_shape),
             "level": int(self.level),
             "metadata_sha256": self.metadata_digest(),
+            "metadata_content_sha256": self.metadata_digest(where=False),
         }
 
-    def metadata_digest(self) -> str:
-        """sha256 of the metadata files (the array's and its OME group's)."""
+    def metadata_digest(self, *, where: bool = True) -> str:
+        """sha256 of the metadata files (the array's and its OME group's): with their paths,
+        or (``where=False``) with their paths below the source's location only, the same for
+        the same files reached through another mount (a requeued job on a node that mounts the
+        project space elsewhere, a container's bind mount)."""
         h = hashlib.sha256(self.metadata_text.encode())
+        root = self.location.path.rstrip("/") if self.location is not None else ""
         for loc in self.metadata_files:
-            h.update(loc.path.encode())
+            path = loc.path
+            if not where and root and path.startswith(root):
+                path = path[len(root) :]
+            h.update(path.encode())
             try:
                 h.update(loc.read_bytes())
             except FileNotFoundError:

@@ -395,3 +395,45 @@ def test_a_file_read_another_way_is_still_the_same_source(tmp_path):
         TiffArray(path, 0, 0, offset=offset, unit=(5, 64, 64)),
     )
     assert tokenize(by_pages) == tokenize(by_rows)
+
+
+def test_the_same_files_at_another_path_resume(tmp_path, monkeypatch):
+    """A requeued job on a node that mounts the project space at another path (or a
+    container's bind mount) was refused: "its location was ... ; its metadata changed", the
+    metadata digest holding the files' paths (an HPC run, 2026-12-05). The same store moved to
+    another folder under the same name resumes now, and the blocks finished before are kept;
+    another store with the same metadata under the same name is still refused (its chunk
+    files differ under finished blocks), and the same store under another name too."""
+    name = "src.ome.zarr"
+    here, there = tmp_path / "mnt-a", tmp_path / "mnt-b"
+    here.mkdir()
+    write_src(here / name)
+    dst = tmp_path / "out.zarr"
+    assert len(_unfinished(here / name, dst, monkeypatch)) == 2
+    os.rename(here, there)  # the same files (inodes, times), reached at another path
+    fused = []
+    real = FuseJob.fuse_and_write
+
+    def counting(self, block, *args, **kwargs):
+        fused.append(block)
+        return real(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", counting)
+    out = fuse_zarr(there / name, dst, chunks=CHUNK, resume=True, progress=False)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(out["0"][...], expected)
+    n_blocks = -(-expected.shape[0] // CHUNK) * -(-expected.shape[1] // CHUNK)
+    assert len(fused) == n_blocks - 2
+
+    again = tmp_path / "again.zarr"
+    _unfinished(there / name, again, monkeypatch)
+    other = tmp_path / "other" / name
+    other.parent.mkdir()
+    write_src(other, seed=3)
+    with pytest.raises(ValueError, match="changed since the run began"):
+        fuse_zarr(other, again, chunks=CHUNK, resume=True, progress=False)
+    renamed = there / f"renamed-{name}"
+    os.rename(there / name, renamed)
+    with pytest.raises(ValueError, match="its location was"):
+        fuse_zarr(renamed, again, chunks=CHUNK, resume=True, progress=False)
