@@ -16,7 +16,8 @@ from typing import Any
 from .._errors import LeaseLostError, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from .destination import Destination, Target
-from .state import new_output_id, recorded_entries, write_output_id
+from . import leftovers
+from .state import OutputState, new_output_id, recorded_entries, write_output_id
 from .write import OutputSpec, create_output
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,13 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
 def tidy_complete(destination: Destination) -> None:
     """A resume of a complete output: under its lock, put back what an overwrite killed
     after its swap left, and drop a state folder left by a kill after the output was marked
-    complete (its markers vouch for nothing more)."""
+    complete (its markers vouch for nothing more). Where there is nothing of the kind (no
+    state folder in it, no staging folder beside it) nothing is taken or written: a complete
+    output on a read-only mount, or a collaborator's, is "already complete" too (an HPC run,
+    2026-12-05: the lock's folder could not be created)."""
+    state = OutputState(destination.dst).folder
+    if not state.exists() and not leftovers.staging_folders(destination.dst):
+        return
     target = destination.take("complete")
     try:
         for name in ("done", "run.json", "source-files.npz"):

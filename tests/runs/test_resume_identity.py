@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -437,3 +438,37 @@ def test_the_same_files_at_another_path_resume(tmp_path, monkeypatch):
     os.rename(there / name, renamed)
     with pytest.raises(ValueError, match="its location was"):
         fuse_zarr(renamed, again, chunks=CHUNK, resume=True, progress=False)
+
+
+def _unshare_ro_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-m", "sh", "-c", "mount --bind / /mnt && mount -o remount,bind,ro /mnt"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def test_resume_of_a_complete_output_writes_nothing_into_it(tmp_path):
+    """A pipeline or a requeued job reruns with --resume over a complete output it cannot
+    write (a read-only archive mount, a collaborator's output): it failed, "cannot be created:
+    Read-only file system", because the lock's folder was made inside the output first (an
+    HPC run, 2026-12-05). Nothing is created or removed in it now (its folder's mtime holds),
+    and on a real read-only mount (where we may make one) the run says "already complete"."""
+    src = write_src(tmp_path / "src.zarr")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    dst = archive / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(dst), os.stat(dst).st_mtime_ns
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "already complete; nothing to resume" in proc.stderr
+    assert (tree_digest(dst), os.stat(dst).st_mtime_ns) == before
+    if not _unshare_ro_works():
+        return
+    script = f'mount --bind "{archive}" "{archive}" && mount -o remount,bind,ro "{archive}" && '
+    script += " ".join(f'"{a}"' for a in (sys.executable, "-m", "fstack_dask", "fuse", src,
+                                           dst, "--resume", *FUSE))  # fmt: skip
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          timeout=180, env={**os.environ})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "already complete; nothing to resume" in proc.stderr
