@@ -15,8 +15,8 @@ from typing import Any
 
 from .._errors import LeaseLostError, is_no_space, with_outcome
 from .._locations import Location, remove_tree
-from .destination import Destination, Target
 from . import leftovers
+from .destination import Destination, Target
 from .state import OutputState, new_output_id, recorded_entries, write_output_id
 from .write import OutputSpec, create_output
 
