@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
 from . import folders, leftovers
-from .folders import STAGING
+from .folders import STAGING, path_too_long
 from .lock import DestinationLock, Lease, live_lock, locked_message
 from .removal import clear_output, remove_entries, remove_output
 from .state import (
@@ -125,6 +125,9 @@ class Destination:
         """
         what, kind = self.what(), self.kind
         _refuse_image_name(self.dst, what)
+        too_long = path_too_long(self.dst)
+        if too_long is not None:
+            raise ValueError(f"{what} {too_long}; choose a shorter name or path")
         self.protect_also(self.protect)
         ours = ("complete", "unfinished", "claimed")
         info = live_lock(OutputState(self.dst).lock) if kind in ours else None

@@ -145,6 +145,39 @@ def take_on_looks(path: str, like: str) -> None:
             os.chmod(path, mode | 0o700)
 
 
+#: More than the longest path a run writes below its output's folder (a state folder's
+#: temporary record, a pyramid level's chunk key of a t, c, y, x image).
+_DEEPEST = 160
+
+
+def path_too_long(dst: Location) -> str | None:
+    """Why the filesystem cannot hold ``dst``'s name, or the paths of the files a run writes
+    in it, or None (a name of 242-255 bytes for a TIFF, whose working folder's name is 14
+    bytes longer, and a path near PATH_MAX gave a raw "File name too long" mid-run: an HPC
+    run, 2026-12-05)."""
+    if not dst.is_local:
+        return None
+    path = dst.path.rstrip("/")
+    parent = os.path.dirname(path)
+    while parent and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    try:
+        most_name = os.pathconf(parent or "/", "PC_NAME_MAX")
+        most_path = os.pathconf(parent or "/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return None
+    name = len(os.fsencode(os.path.basename(path)))
+    if name > most_name:
+        return f"has a name of {name} bytes, where its filesystem allows {most_name}"
+    length = len(os.fsencode(path))
+    if length + _DEEPEST > most_path:
+        return (
+            f"lies at a path of {length} bytes: the files a run writes in it would pass the "
+            f"{most_path} bytes a path may have here"
+        )
+    return None
+
+
 def unswappable(dst: Location) -> str | None:
     """Why an overwrite cannot exchange ``dst`` for the new output, or None."""
     if not dst.is_local:

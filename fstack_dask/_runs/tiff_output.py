@@ -33,6 +33,7 @@ from typing import Any
 
 from .._locations import Location, resolve
 from .._outputs.destination import Destination
+from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
 from .._outputs.state import classify, provenance
 from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
@@ -181,6 +182,10 @@ def check_tiff_destination(
             f"{where} cannot be created: its parent folder {parent!r} does not exist; create "
             "it first (a typo in the path?)"
         )
+    for place, whose in ((tiff, ""), (working_store(tiff), "its working folder beside it ")):
+        too_long = path_too_long(place)
+        if too_long is not None:
+            raise ValueError(f"{where}: {whose}{too_long}; choose a shorter name or path")
     if not os.path.lexists(tiff.path):
         return None
     owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None

@@ -269,3 +269,23 @@ def test_an_overwrite_of_a_dst_whose_name_leaves_no_room_for_its_staging_is_refu
     ):
         fuse_zarr(src, dst, chunks=8, progress=False, overwrite=True, nhsize=3)  # fmt: skip
     assert _tree(tmp_path) == before
+
+
+def test_names_and_paths_too_long_for_the_filesystem_are_refused_before_writing(tmp_path):
+    """A TIFF dst named with 242-255 bytes (its working folder's name is 13 bytes longer) and
+    a dst whose files' paths would pass PATH_MAX failed mid-run with a raw "[Errno 36] File
+    name too long" (an HPC run, 2026-12-05): one line naming dst now, nothing written."""
+    src = tmp_path / "src.zarr"
+    write_stack(src, np.arange(5 * 40 * 40, dtype=np.uint16).reshape(5, 40, 40), axes="zyx")
+    deep = tmp_path
+    while len(os.fsencode(deep)) < 4000:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    before = _tree(tmp_path)
+    tiff = tmp_path / ("b" * 242 + ".ome.tif")
+    with pytest.raises(ValueError, match="its working folder beside it has a name of 263 bytes"):
+        fuse_zarr(src, tiff, progress=False)
+    for name in ("o.ome.zarr", "o.ome.tif"):
+        with pytest.raises(ValueError, match="lies at a path of .* bytes"):
+            fuse_zarr(src, deep / name, progress=False)
+    assert _tree(tmp_path) == before
