@@ -268,6 +268,10 @@ def _close_run(token: str) -> None:
     allocator.release(token)
 
 
+async def _close_run_soon(token: str) -> None:
+    _close_run(token)
+
+
 def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None:
     """Make the worker processes forget ``job``'s opened source, output and cache.
 
@@ -285,7 +289,10 @@ def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None
     if scheduler.kind != "distributed" or getattr(scheduler.client, "status", None) != "running":
         return  # a lost scheduler: nothing to tell, and no waiting for it
     with contextlib.suppress(Exception):  # best effort: the run's outcome stands either way
-        scheduler.client.run(_close_run, job.token, wait=wait)
+        # distributed runs only a coroutine function without waiting: the plain one was
+        # refused on every worker, so a failed or interrupted run was never forgotten there
+        # (850 MiB after three failed runs: a helper's run, 2026-12-05)
+        scheduler.client.run(_close_run if wait else _close_run_soon, job.token, wait=wait)
 
 
 def _end_run_in_process(token: str) -> None:

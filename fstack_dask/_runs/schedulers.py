@@ -288,7 +288,10 @@ def execute(
         report.wall_seconds = time.perf_counter() - start
         if scheduler.kind in ("synchronous", "threads"):
             report.cache_peak_bytes = max(report.cache_peak_bytes, job.cache_peak())
-            job.close()
+        # Every scheduler: the driver opens the run too (halo exchange's planning), and a
+        # kernel or service that lives on kept each run's source (a helper's run found an
+        # in-memory stack per call kept with worker processes and on a cluster).
+        job.close()
     log.debug(
         "%s: %d blocks in %.2f s on %d %s worker(s), %.0f%% busy, %.2f GB decoded",
         label, report.done, report.wall_seconds, report.workers, report.scheduler,

@@ -1,0 +1,71 @@
+"""A Jupyter kernel or a service that calls the library many times, fails and is interrupted:
+what each call leaves behind (a helper's run as that user, 2026-12-05)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+from fstack_dask import SourceValueError, fuse_zarr, synthetic_stack
+
+
+def _stack(seed: int = 0, dtype: str = "uint16") -> np.ndarray:
+    data = synthetic_stack((512, 512), 7, dtype=dtype, seed=seed).stack
+    return np.ascontiguousarray(data.transpose(2, 0, 1))
+
+
+def _runs_kept() -> int:
+
+    module = sys.modules.get("fstack_dask._runs.blocks")
+    return len(module._opened_by_token) if module is not None else 0
+
+
+@pytest.mark.parametrize("kind", ["processes", "cluster"])
+def test_a_run_forgets_its_source_in_the_calling_process(tmp_path, local_cluster, kind):
+    """With worker processes or a cluster the calling process kept every run's opened source
+    (an in-memory stack: all of it), output arrays and unit cache: a kernel grew by one stack
+    per call."""
+    from distributed import Client
+
+    with Client(local_cluster) if kind == "cluster" else _nothing() as client:
+        scheduler = client if kind == "cluster" else "processes"
+        alive = []
+        for k in range(2):
+            stack = _stack(k)
+            alive.append(weakref.ref(stack))
+            fuse_zarr(stack, tmp_path / f"o{k}.zarr", axes="zyx", chunks=128, levels=0,
+                      progress=False, scheduler=scheduler)  # fmt: skip
+            del stack
+        gc.collect()
+        assert [ref() for ref in alive] == [None, None]
+        assert _runs_kept() == 0
+
+
+def test_a_failed_run_is_forgotten_on_the_cluster_s_workers(tmp_path, local_cluster):
+    """A run that failed (or was interrupted) asked the workers to forget it without waiting,
+    which distributed refuses for a plain function: each worker kept every failed run's
+    source (a retried run grew them to 850 MiB)."""
+    from distributed import Client
+
+    stack = _stack(dtype="float32")
+    stack[3, 250, 260] = np.nan  # one block fails, the run raises
+    with Client(local_cluster) as client:
+        before = client.run(_runs_kept)
+        for k in range(2):
+            with pytest.raises(SourceValueError):
+                fuse_zarr(stack, tmp_path / f"o{k}.zarr", axes="zyx", chunks=128, levels=0,
+                          progress=False, scheduler=client)  # fmt: skip
+        client.run(lambda: None)  # the forgetting was sent before this: it has run
+        assert client.run(_runs_kept) == before
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
