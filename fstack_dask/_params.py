@@ -152,9 +152,9 @@ def check_plain_array(obj: Any, name: str) -> None:
             f"{name}.filled(value), or {name}.data to fuse the values under the mask too"
         )
     chunks = getattr(getattr(obj, "data", obj), "chunks", None)
-    if isinstance(chunks, tuple) and any(
-        isinstance(c, float) and np.isnan(c) for axis in chunks for c in axis
-    ):
+    # (a Zarr array's or an HDF5 dataset's chunks are a tuple of ints: only dask's hold NaN)
+    axes = [axis for axis in chunks if isinstance(axis, tuple)] if isinstance(chunks, tuple) else []
+    if any(isinstance(c, float) and np.isnan(c) for axis in axes for c in axis):
         raise ValueError(
             f"{name} is a dask array with unknown chunk sizes (NaN: after boolean indexing?); "
             f"call {name}.compute_chunk_sizes() first"

@@ -9,8 +9,9 @@ import weakref
 
 import numpy as np
 import pytest
+import zarr
 
-from fstack_dask import SourceValueError, fuse_zarr, synthetic_stack
+from fstack_dask import SourceValueError, focus_stack, fuse_zarr, synthetic_stack
 
 
 def _stack(seed: int = 0, dtype: str = "uint16") -> np.ndarray:
@@ -69,3 +70,32 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_zarr_arrays_and_hdf5_datasets_go_to_every_array_api(tmp_path):
+    """``fuse``, ``focus_stack`` and ``write_stack`` on a ``zarr.Array`` (v2, v3) or an h5py
+    dataset failed with "'int' object is not iterable": their chunks are a tuple of ints, not
+    dask's tuple of tuples. The README promises any dask, NumPy or Zarr array."""
+    from fstack_dask import fuse, write_stack
+
+    stack = np.ascontiguousarray(_stack()[:, :96, :128].transpose(1, 2, 0))  # (y, x, z)
+    expected = focus_stack(stack)
+    arrays = {}
+    for fmt in (2, 3):
+        arrays[f"zarr v{fmt}"] = zarr.create_array(
+            tmp_path / f"v{fmt}.zarr", shape=stack.shape, dtype=stack.dtype,
+            chunks=(48, 64, 7), zarr_format=fmt,
+        )  # fmt: skip
+        arrays[f"zarr v{fmt}"][...] = stack
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("s", data=stack, chunks=(48, 64, 7))
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        arrays["h5py"] = f["s"]
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(focus_stack(array), expected, err_msg=name)
+            lazy = fuse(array, axes="yxz", chunks=48)
+            np.testing.assert_array_equal(lazy.compute(), expected, err_msg=name)
+            path = tmp_path / f"w-{name}.ome.zarr"
+            write_stack(path, array, axes="yxz")
+            np.testing.assert_array_equal(zarr.open_group(path)["0"][...], stack, err_msg=name)
