@@ -17,6 +17,7 @@ finishes (``reports``), so the count moves block by block on every scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -45,6 +46,14 @@ def _has_widgets() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _writable(stream: object) -> bool:
+    """Whether ``stream`` can be written (not None, not closed, asked without raising)."""
+    try:
+        return stream is not None and not getattr(stream, "closed", False)
+    except (ValueError, OSError):
+        return False
 
 
 class Progress:
@@ -77,8 +86,10 @@ class Progress:
         self._bar = None
         self._last_line = self.start
         self._last_count = -1  # the count the last plain line showed
-        self.enabled = enabled and self.total > self.initial
-        self._tty = sys.stderr.isatty() or _in_notebook()
+        # No stderr (pythonw, a service wrapper) or a closed one: nothing to show, and the run
+        # must not fail for it, with or without progress (a helper's run, 2026-12-05).
+        self.enabled = enabled and self.total > self.initial and _writable(sys.stderr)
+        self._tty = self.enabled and (sys.stderr.isatty() or _in_notebook())
 
     def _make_bar(self) -> None:
         if _in_notebook() and _has_widgets():
@@ -131,8 +142,9 @@ class Progress:
     def _emit(text: str) -> None:
         if log.isEnabledFor(logging.INFO) and log.hasHandlers():
             log.info("%s", text)
-        else:  # nobody set logging up: an INFO record would be dropped
-            print(text, file=sys.stderr, flush=True)
+        elif _writable(sys.stderr):  # nobody set logging up: an INFO record would be dropped
+            with contextlib.suppress(ValueError, OSError):  # closed meanwhile: not the run's
+                print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """End the bar, or write the last line (what is done, also after an interruption)."""

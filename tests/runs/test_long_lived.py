@@ -99,3 +99,24 @@ def test_zarr_arrays_and_hdf5_datasets_go_to_every_array_api(tmp_path):
             path = tmp_path / f"w-{name}.ome.zarr"
             write_stack(path, array, axes="yxz")
             np.testing.assert_array_equal(zarr.open_group(path)["0"][...], stack, err_msg=name)
+
+
+@pytest.mark.parametrize("stderr", ["none", "closed"])
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_process_without_a_usable_stderr_still_runs(tmp_path, monkeypatch, stderr, progress):
+    """pythonw and some service wrappers have no sys.stderr, and a closed one happens: every
+    run failed ("'NoneType' object has no attribute 'isatty'", "I/O operation on closed
+    file"), with progress=False too, though a display must never fail a run."""
+    import io
+
+    if stderr == "none":
+        monkeypatch.setattr(sys, "stderr", None)
+    else:
+        closed = io.StringIO()
+        closed.close()
+        monkeypatch.setattr(sys, "stderr", closed)
+    monkeypatch.setattr("fstack_dask._runs.progress.SHOW_AFTER", 0.0)
+    stack = _stack()[:, :96, :128]
+    out = fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", chunks=48, progress=progress,
+                    scheduler="threads")  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
