@@ -28,8 +28,11 @@ from .._algorithm.device import check_device, engine_for
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
     check_alpha,
+    check_chunks,
     check_dtype,
+    check_flag,
     check_focus,
+    check_memory,
     check_plain_array,
     overlap_depth,
     parse_axes,
@@ -392,6 +395,11 @@ def fused_layers(
             f"fuse takes an array (NumPy, Zarr or dask), got the path {os.fspath(stack)!r}; to "
             "fuse a stored stack into a stored image, use fuse_zarr(src, dst)"
         )
+    # the same rules as fuse_zarr's (chunks=0 was a ZeroDivisionError, chunks=True 1-px
+    # tasks, memory_per_task="1GiB" a comparison error: a helper's run, 2026-12-05)
+    chunks = check_chunks(chunks)
+    memory_per_task = check_memory(memory_per_task)
+    with_maps = check_flag(with_maps, "return_maps")
     stack = _as_dask(stack)
     dtype = check_dtype(stack.dtype, "stack")
     axes = parse_axes(axes, stack.ndim)

@@ -152,6 +152,15 @@ def test_property_any_chunking_matches_whole_image(data, stack, nhsize):
         ({"nhsize": 0}, ValueError, "nhsize"),
         ({"alpha": 2}, ValueError, "alpha"),
         ({"focus": [1, 2]}, ValueError, "focus"),
+        # the rules of fuse_zarr (a helper's run, 2026-12-05: ZeroDivisionError, unpacking
+        # errors, 1-px tasks from True, a comparison error for "1GiB", "no" taken as True)
+        ({"chunks": 0}, ValueError, "chunks"),
+        ({"chunks": (0, 64)}, ValueError, "chunks"),
+        ({"chunks": (64, 64, 64)}, ValueError, "chunks"),
+        ({"chunks": True}, ValueError, "chunks"),
+        ({"chunks": "1KiB"}, ValueError, "chunks"),
+        ({"memory_per_task": "lots"}, ValueError, "memory_per_task"),
+        ({"return_maps": "no"}, TypeError, "return_maps"),
     ],
 )
 def test_fuse_bad_arguments(kwargs, exc, name):
@@ -159,3 +168,10 @@ def test_fuse_bad_arguments(kwargs, exc, name):
     args = {"axes": "zyx", **kwargs}
     with pytest.raises(exc, match=name):
         fuse(stack, **args)
+
+
+def test_fuse_takes_memory_per_task_as_fuse_zarr_does():
+    stack = synthetic_stack((256, 200), 5, dtype="uint16", seed=1).stack
+    lazy = fuse(stack, axes="yxz", memory_per_task="2MiB")
+    assert len(lazy.chunks[0]) > 1  # a budget that small cuts the image
+    assert np.array_equal(lazy.compute(), focus_stack(stack))
