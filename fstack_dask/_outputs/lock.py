@@ -298,25 +298,35 @@ class DestinationLock:
     def acquire(self) -> None:
         folder = Location(self.lock.spec, self.lock.protocol, self.lock.parent_path(),
                           self.lock.storage_options)  # fmt: skip
-        with self._guard(folder):
-            for _ in range(2):
-                if self._create():
-                    break
-                info = read_lock(self.lock)
-                if info is not None and lock_is_live(info, self.lock):
-                    raise DestinationLockedError(locked_message(self.what, info))
-                if info is not None:
-                    log.info(
-                        "taking over the stale lock of %s (%s)", _owner(info), self.what
-                    )  # fmt: skip
-                if self._take_over(info):
-                    break
-            else:
-                raise DestinationLockedError(f"could not take the lock of {self.what}")
-        self.held = True
-        self._beaten = time.monotonic()
-        self._thread = threading.Thread(target=self._beat, name="fstack-dask-lock", daemon=True)
-        self._thread.start()
+        try:
+            with self._guard(folder):
+                for _ in range(2):
+                    if self._create():
+                        self.held = True
+                        break
+                    info = read_lock(self.lock)
+                    if info is not None and lock_is_live(info, self.lock):
+                        raise DestinationLockedError(locked_message(self.what, info))
+                    if info is not None:
+                        log.info(
+                            "taking over the stale lock of %s (%s)", _owner(info), self.what
+                        )  # fmt: skip
+                    if self._take_over(info):
+                        self.held = True
+                        break
+                else:
+                    raise DestinationLockedError(f"could not take the lock of {self.what}")
+            self._beaten = time.monotonic()
+            self._thread = threading.Thread(target=self._beat, name="fstack-dask-lock",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+        except BaseException:
+            # Ctrl-C after the lock was made (in a kernel, or a service): released here, not
+            # left held by a process that lives on and refuses every later run into dst as
+            # "being written by" itself (a helper's run, 2026-12-05)
+            if self.held:
+                self.release()
+            raise
 
     @contextlib.contextmanager
     def _guard(self, folder: Location) -> Iterator[None]:
@@ -455,7 +465,8 @@ class DestinationLock:
     def stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            if self._thread.ident is not None:  # started
+                self._thread.join()
             self._thread = None
 
     def release(self) -> None:

@@ -120,3 +120,29 @@ def test_a_process_without_a_usable_stderr_still_runs(tmp_path, monkeypatch, std
     out = fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", chunks=48, progress=progress,
                     scheduler="threads")  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+
+
+def test_an_interrupt_while_the_lock_is_taken_does_not_lock_out_the_process(tmp_path, monkeypatch):
+    """A Ctrl-C landing in the lock's acquisition after the lock file was made (while its
+    heartbeat thread started) left it held by the kernel itself: every later run into dst,
+    with resume or overwrite, was refused as "being written by" its own pid until a restart."""
+    import threading
+    import types
+
+    from fstack_dask._outputs import lock as _lock
+
+    class InterruptedStart(threading.Thread):
+        def start(self):
+            if self.name == "fstack-dask-lock":
+                raise KeyboardInterrupt
+            super().start()
+
+    stack = _stack()[:, :96, :128]
+    dst = tmp_path / "o.zarr"
+    fake = types.SimpleNamespace(Thread=InterruptedStart, Event=threading.Event)
+    with monkeypatch.context() as patch:
+        patch.setattr(_lock, "threading", fake)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False)
+    out = fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False, overwrite=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
