@@ -6,9 +6,16 @@ or the finished blocks and how to continue (``resume=True``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "DestinationFullError",
@@ -17,6 +24,7 @@ __all__ = [
     "LeaseLostError",
     "SourceReadError",
     "SourceValueError",
+    "finish_despite_interrupts",
     "is_no_space",
     "warn",
     "with_outcome",
@@ -114,3 +122,37 @@ def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
 
 def _text(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``step(*args, **kwargs)`` carried to its end however often Ctrl-C comes meanwhile, then
+    an interrupt raised if one came: for the waits that make sure no task still writes once a
+    run has released its lock, and that no worker process is left behind. (A second Ctrl-C in
+    such a wait left a worker process alive for the kernel's life, and once let tasks write
+    after the lock was released: a helper's run, 2026-12-05.)
+
+    In the main thread SIGINT is held back meanwhile rather than caught and retried: a
+    ``Thread.join`` interrupted by it marks the thread stopped while it runs on (CPython
+    3.11), so a retried ``ProcessPoolExecutor.shutdown`` returned with its processes alive.
+    """
+    held: list[int] = []
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):  # (an embedded interpreter)
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    interrupted: KeyboardInterrupt | None = None
+    try:
+        while True:
+            try:
+                result = step(*args, **kwargs)
+                break
+            except KeyboardInterrupt as exc:  # not the main thread: only a retry is left
+                interrupted = interrupted or exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted is not None:
+        raise interrupted
+    if held:
+        raise KeyboardInterrupt
+    return result

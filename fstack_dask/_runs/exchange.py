@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import finish_despite_interrupts
 from .blocks import FuseJob, Outcome
 from .halo import decode_rows, fuse_rows, neighbours
 from .plan import Plan
@@ -276,7 +277,8 @@ def run_exchange(
                 _prune(state)
             active = _unfinished(active, carry, lent)
     finally:
-        runner.close(set(running))  # cancelled or waited for: no write lands after we return
+        # cancelled or waited for, even through a second Ctrl-C: no write lands after we return
+        finish_despite_interrupts(runner.close, set(running))
         for handle, (kind, _, _) in running.items():  # stopped early: count what got done
             if kind == "fuse":
                 with contextlib.suppress(BaseException):

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._errors import finish_despite_interrupts
+
 __all__ = ["ProcessPool", "end_kept", "kept", "process_pool"]
 
 #: How long a pool waits, idle, for the next run (seconds); 0: none is kept.
@@ -96,6 +98,9 @@ class ProcessPool:
                 self.ticks.get()
 
     def shutdown(self) -> None:
+        finish_despite_interrupts(self._shutdown)  # every one, through a second Ctrl-C too
+
+    def _shutdown(self) -> None:
         for executor in self.executors:
             executor.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):

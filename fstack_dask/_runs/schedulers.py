@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import SourceReadError, SourceValueError
+from .._errors import SourceReadError, SourceValueError, finish_despite_interrupts
 from .._params import cpu_count as _cpu_count
 from . import exchange
 from . import reports as reports_
@@ -416,7 +416,8 @@ def _run_threads(job: FuseJob, blocks, report: RunReport, bar: Progress, workers
         for future in running:
             future.cancel()
         job.forget(list(announced))
-        pool.shutdown(wait=True, cancel_futures=True)  # no write lands after we return
+        # no write lands after we return, even through a second Ctrl-C
+        finish_despite_interrupts(pool.shutdown, wait=True, cancel_futures=True)
 
 
 def _runs(job: FuseJob, blocks, n_tasks_hint: int) -> Iterator[list[tuple[int, ...]]]:
@@ -506,7 +507,7 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
         if running:  # too many blocks failed: no task may still write once this returns
             _drain(running, scheduler, count)
     except BaseException as exc:
-        _drain(running, scheduler, count)
+        finish_despite_interrupts(_drain, running, scheduler, count)
         with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
             count()
         _raise_if_lost(scheduler, exc)

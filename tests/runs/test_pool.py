@@ -217,3 +217,34 @@ def test_a_script_without_a_main_guard_is_told_why_its_processes_died(tmp_path, 
     assert done.returncode == 1 and "BrokenProcessPool" in last, done.stderr[-2000:]
     assert f"importing the script that started them ({str(script)!r})" in last, last
     assert "'if __name__ == \"__main__\":'" in last and not (tmp_path / "out.ome.zarr").exists()
+
+
+def test_a_second_ctrl_c_while_the_pool_shuts_down_leaves_no_process():
+    """An impatient user's second Ctrl-C, landing while the pool's first process was being
+    joined, cut the shutdown short: the other processes lived on, idle, for the kernel's
+    life (a helper's run, 2026-12-05; five after six interrupted cells). The shutdown now
+    ends every process, then the interrupt is raised."""
+    import os
+    import signal
+
+    import psutil
+
+    from fstack_dask._runs.pool import ProcessPool
+
+    pool = ProcessPool(3)
+    for slot in pool.slots:  # each process started
+        pool.submit_to(slot, abs, -slot).result(timeout=120)
+    children = {p.pid for p in psutil.Process().children()} - {None}
+    first = pool.executors[0]
+    real = first.shutdown
+
+    def interrupted_shutdown(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the first process is joined
+        return real(*args, **kwargs)
+
+    first.shutdown = interrupted_shutdown
+    with pytest.raises(KeyboardInterrupt):
+        pool.shutdown()
+    alive = [p for p in psutil.Process().children() if p.pid in children and p.is_running()
+             and p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert not [p for p in alive if "resource_tracker" not in " ".join(p.cmdline())]
