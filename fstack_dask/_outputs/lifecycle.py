@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import LeaseLostError, is_no_space, with_outcome
+from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
@@ -128,6 +128,7 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
     with contextlib.suppress(Exception):
         target.state.remove_partial_files(target.entries)
     n_done = target.state.n_done() if target.output.exists() else 0
+    exc = as_interrupt(exc)
     interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
     Destination.release(target)
     if interrupted:
