@@ -175,3 +175,50 @@ def test_a_ctrl_c_inside_the_compiled_kernel_is_an_interrupt(tmp_path, monkeypat
     monkeypatch.setattr(FuseJob, "fuse_and_write", real)
     out = fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False, resume=True)
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+
+
+def _global_state() -> dict:
+    import copy
+    import logging
+    import os
+    import signal
+    import warnings
+
+    import dask
+
+    named = {"": logging.getLogger(), "fstack_dask": logging.getLogger("fstack_dask")}
+    loggers = {name: (lg.level, list(lg.handlers)) for name, lg in named.items()}
+    umask = os.umask(0)
+    os.umask(umask)
+    return {
+        "dask": copy.deepcopy(dask.config.config), "loggers": loggers,
+        "warnings": list(warnings.filters), "numpy": np.geterr(),
+        "signals": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)],
+        "environ": dict(os.environ), "cwd": os.getcwd(), "umask": umask,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("ends", ["finished", "failed", "interrupted"])
+def test_a_run_leaves_the_process_s_global_state_as_it_found_it(tmp_path, monkeypatch, ends):
+    from fstack_dask._runs.blocks import FuseJob
+
+    stack = _stack(dtype="float32")[:, :96, :128]
+    if ends == "failed":
+        stack[2, 10, 10] = np.nan
+    if ends == "interrupted":
+        real = FuseJob.fuse_and_write
+
+        def run_block(self, *args, **kwargs):
+            if len(list((tmp_path / "o.zarr" / ".fstack_dask" / "done").iterdir())) >= 2:
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
+    before = _global_state()
+    for scheduler in ("threads", "processes"):
+        try:
+            fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", chunks=48, progress=True,
+                      scheduler=scheduler, overwrite=True)  # fmt: skip
+        except (SourceValueError, KeyboardInterrupt):
+            assert ends != "finished"
+        assert _global_state() == before, scheduler
