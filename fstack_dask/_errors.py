@@ -126,29 +126,45 @@ def _text(exc: BaseException) -> str:
 
 
 def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``step(*args, **kwargs)`` carried to its end however often Ctrl-C comes meanwhile, then
-    an interrupt raised if one came: for the waits that make sure no task still writes once a
-    run has released its lock, and that no worker process is left behind. (A second Ctrl-C in
-    such a wait left a worker process alive for the kernel's life, and once let tasks write
-    after the lock was released: a helper's run, 2026-12-05.)
+    """``step(*args, **kwargs)`` carried to its end through one more Ctrl-C, then an interrupt
+    raised if one came: for the waits that make sure no task still writes once a run has
+    released its lock, and that no worker process is left behind. (A second Ctrl-C in such a
+    wait left a worker process alive for the kernel's life, and once let tasks write after
+    the lock was released: a helper's run, 2026-12-05.)
 
-    In the main thread SIGINT is held back meanwhile rather than caught and retried: a
-    ``Thread.join`` interrupted by it marks the thread stopped while it runs on (CPython
-    3.11), so a retried ``ProcessPoolExecutor.shutdown`` returned with its processes alive.
+    In the main thread, with Python's own SIGINT handler in place, the first SIGINT meanwhile
+    is held back rather than caught and retried (CPython 3.11 marks a ``Thread.join``
+    interrupted by it as stopped while the thread runs on, and a retried
+    ``ProcessPoolExecutor.shutdown`` returned with its processes alive); a further one stops
+    the wait at once (a task hung on a dead mount must not make the run unstoppable). A
+    caller's own SIGINT handler, or SIG_IGN, is left as it is.
     """
     held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt  # pressed again: stop waiting
+        held.append(signum)
+        logging.getLogger("fstack_dask").warning(
+            "interrupted: waiting for the running tasks to end, so that nothing is written "
+            "after the run's lock is released (Ctrl-C again to stop without waiting)"
+        )
+
     previous: Any = None
     if threading.current_thread() is threading.main_thread():
         with contextlib.suppress(ValueError, OSError):  # (an embedded interpreter)
-            previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                previous = signal.signal(signal.SIGINT, hold)
     interrupted: KeyboardInterrupt | None = None
     try:
         while True:
             try:
                 result = step(*args, **kwargs)
                 break
-            except KeyboardInterrupt as exc:  # not the main thread: only a retry is left
-                interrupted = interrupted or exc
+            except KeyboardInterrupt as exc:
+                if held or previous is None and interrupted is not None:
+                    raise  # asked twice: stop waiting
+                interrupted = exc  # (not held back: not the main thread, or a caller's handler)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

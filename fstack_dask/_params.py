@@ -243,6 +243,8 @@ def check_chunks(chunks: Any, name: str = "chunks") -> tuple[int, int] | None:
     if chunks is None:
         return None
     pair = (chunks, chunks) if isinstance(chunks, (numbers.Integral,)) else chunks
+    if isinstance(pair, np.ndarray) and pair.ndim == 1:  # (y, x) as an array of ints
+        pair = tuple(pair.tolist())
     ok = isinstance(pair, (tuple, list)) and len(pair) == 2
     if not ok or not all(
         isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)) and c >= 1

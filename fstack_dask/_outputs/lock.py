@@ -14,7 +14,8 @@ When is a lock *stale*, so that ``resume``/``overwrite`` may take it over?
   live while somebody does (a suspended run too), however old its heartbeat.
 * Written elsewhere (another host on a shared filesystem, an object store) or unreadable:
   live while its heartbeat is younger than ``LOCK_STALE_AFTER`` seconds. One that looks older,
-  or is dated in the future, is watched for two heartbeats before it is judged stale: the
+  or is dated in the future, is watched for ``LOCK_STALE_AFTER`` seconds before it is judged
+  stale: the
   file's time comes from its file server's or its writer's clock, not this machine's, and
   clocks that disagree must neither hand a live run's output to another run nor keep a dead
   run's output locked (an HPC run, 2026-12-05).
@@ -180,12 +181,16 @@ def lock_is_live(info: Mapping[str, Any], lock: Location | None = None) -> bool:
 
 
 def _heartbeat_moves(lock: Location, info: Mapping[str, Any], age: float) -> bool:
-    """Whether the lock's heartbeat changes (or the lock is replaced) within two heartbeats:
-    its holder renews it every ``HEARTBEAT_EVERY`` seconds whatever the clocks say."""
+    """Whether the lock's heartbeat changes (or the lock is replaced) within
+    ``LOCK_STALE_AFTER`` seconds of watching: its holder renews it every ``HEARTBEAT_EVERY``
+    seconds whatever the clocks say, and a holder stalled for less than the stale age (a
+    pause, a slow metadata server) keeps its lock as it would with clocks that agree (a
+    shorter watch took a lock dated ahead from a holder paused for 3 s of its 6: a review,
+    2026-12-05)."""
     seen = (info.get("mtime"), info.get("etag"))
     if (lock.path, *seen) in _WATCHED_STALE:  # this process watched this very heartbeat
         return False
-    window = 2 * HEARTBEAT_EVERY + min(1.0, HEARTBEAT_EVERY)
+    window = LOCK_STALE_AFTER
     log.info(
         "the lock of %s has a heartbeat %s by this machine's clock; watching it for %.0f s "
         "before judging it stale (clocks may disagree)",

@@ -473,6 +473,10 @@ def _last_name(location: Any) -> str | None:
     return str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
 
 
+def _is_local_path(location: Any) -> bool:
+    return isinstance(location, str) and location.startswith("/")
+
+
 def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """What differs between two source identities, as phrases for a message.
 
@@ -485,6 +489,11 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
         content is not None
         and content == current.get("metadata_content_sha256")
         and _last_name(stored.get("location")) == _last_name(current.get("location"))
+        # only a local store's chunk files carry what tells them apart (change time and inode,
+        # mtimes in ns): on an object store, two stores of one name written in the same second
+        # were resumed into one output (a review, 2026-12-05)
+        and _is_local_path(stored.get("location"))
+        and _is_local_path(current.get("location"))
     )
     for key, what in (
         ("location", "location"),

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -317,7 +318,7 @@ def test_clocks_that_disagree_neither_take_a_live_lock_nor_keep_a_dead_one(
     """The heartbeat is the file's mtime, stamped by the file server's or the writer's clock.
     An HPC run found that a node whose clock was 120 s ahead took over a live run's lock
     (killing that run), and that a dead run's lock dated 30 min ahead kept its output locked
-    for 31 min. A lock that looks stale, or is dated ahead, is now watched for two heartbeats:
+    for 31 min. A lock that looks stale, or is dated ahead, is now watched for the stale age:
     the live one is refused, the dead one taken over once watched (once per process)."""
     from fstack_dask._outputs import lock as _lock
 
@@ -366,3 +367,31 @@ def test_a_filesystem_without_flock_still_takes_the_lock(tmp_path, monkeypatch):
     src = write_src(tmp_path / "src.zarr")
     out = fuse_zarr(src, tmp_path / "out.zarr", chunks=CHUNK, progress=False)
     np.testing.assert_array_equal(out["0"][...], _expected(0))
+
+
+def test_a_lock_dated_ahead_keeps_the_stale_age_as_its_grace(tmp_path, monkeypatch):
+    """Watching a lock dated ahead for two heartbeats only gave its holder a third of the
+    stale age: a holder paused for 3 s of its 6 lost its lock (a review, 2026-12-05). It is
+    watched for the whole stale age now."""
+    from fstack_dask._outputs import lock as _lock
+
+    stale = 3.0
+    lock = tmp_path / "out.zarr" / STATE_DIR / "lock"
+    lock.parent.mkdir(parents=True)
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", stale)
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", stale / 6)
+    monkeypatch.setattr(_lock, "time", _SkewedClock(-1800.0))  # its clock 30 min ahead
+    env = {**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": str(stale),
+           "FSTACK_DASK_LOCK_MACHINE": "host-a"}  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(lock)], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)  # a pause of 2 s: less than the stale age
+        wake = threading.Timer(2.0, os.kill, (holder.pid, signal.SIGCONT))
+        wake.start()
+        assert _lock.live_lock(resolve(str(lock), name="dst")) is not None
+        wake.join()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -495,7 +495,7 @@ def test_what_a_run_killed_while_claiming_left_does_not_lock_the_user_out(tmp_pa
     if left == "lock and record tmp":
         (state / "done").mkdir()
         (state / f"run.json.{'ab' * 16}.tmp").write_text("{")
-    # A short lease: the dead lock is watched for two heartbeats before it is taken over.
+    # A short lease: the dead lock is watched for its stale age before it is taken over.
     proc = cli("fuse", src, dst, *FUSE, env={"FSTACK_DASK_LOCK_STALE_AFTER": "3"})
     assert proc.returncode == 0, proc.stderr
     expected = focus_stack(small_stack().transpose(1, 2, 0))

@@ -222,3 +222,58 @@ def test_a_run_leaves_the_process_s_global_state_as_it_found_it(tmp_path, monkey
         except (SourceValueError, KeyboardInterrupt):
             assert ends != "finished"
         assert _global_state() == before, scheduler
+
+
+def test_cleanup_waits_hold_one_ctrl_c_and_respect_the_caller_s_handler():
+    """The waits that end a run's tasks hold back one Ctrl-C; a second stops them at once (a
+    task hung on a dead mount must not make a run unstoppable), and a caller's own SIGINT
+    handler, or SIG_IGN, is left to do what it does (a review of this change, 2026-12-05)."""
+    import os
+    import signal
+    import time
+
+    from fstack_dask._errors import finish_despite_interrupts
+
+    def step(presses: int, reached: list) -> str:
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # delivered here
+        reached.append(True)
+        return "done"
+
+    reached: list = []
+    with pytest.raises(KeyboardInterrupt):  # one press: waited for, then raised
+        finish_despite_interrupts(step, 1, reached)
+    assert reached == [True]
+    reached.clear()
+    with pytest.raises(KeyboardInterrupt):  # two: the wait stops at once
+        finish_despite_interrupts(step, 2, reached)
+    assert reached == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    calls: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        assert finish_despite_interrupts(step, 2, reached) == "done"  # theirs, not ours
+        assert len(calls) == 2
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        assert finish_despite_interrupts(step, 1, reached) == "done"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_store_of_the_same_name_elsewhere_on_an_object_store_is_another_source():
+    """Relocation (the same store reached at another path) is judged by the chunk files'
+    change times and inodes, which only local files have: two S3 stores of one name written
+    in the same second were resumed into one output (a review, 2026-12-05)."""
+    from fstack_dask._outputs.state import identity_differences
+
+    def identity(location):
+        return {"location": location, "kind": "ome-zarr", "metadata_sha256": location,
+                "metadata_content_sha256": "same metadata"}  # fmt: skip
+
+    assert identity_differences(identity("/lustre/p/src.zarr"), identity("/data/p/src.zarr")) == []
+    for a, b in [("s3://bkt/a/src.zarr", "s3://bkt/b/src.zarr"),
+                 ("/lustre/p/src.zarr", "s3://bkt/p/src.zarr"),
+                 ("/lustre/p/src.zarr", "/lustre/p/other.zarr")]:  # fmt: skip
+        assert "its location was" in " ".join(identity_differences(identity(a), identity(b)))

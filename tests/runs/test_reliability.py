@@ -529,11 +529,10 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
     """This machine: live iff a process holds the lock file's flock, whatever its heartbeat
     and whatever pid it names. Another machine (or an unreadable lock): live while its
     heartbeat (mtime) is younger than LOCK_STALE_AFTER, and stale once an older one has not
-    moved for two heartbeats (watched: a lease of 6 s here, 60 s by default). A pid never
+    moved while watched for the stale age (3 s here, 60 s by default). A pid never
     decides."""
     from fstack_dask._outputs import lock as _lock
 
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 1.0)
     src, dst, pristine = unfinished
     src_tree = _tree(src)
     host, here = socket.gethostname(), machine_id()
@@ -562,6 +561,8 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
             fuse_zarr(str(src), dst, chunks=40, resume=True, progress=False)
 
         caplog.set_level(logging.INFO, logger="fstack_dask")
+        monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 3.0)  # the locks below are older still
+        monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.5)
         stale = [
             # this machine, nobody holds it: its run is gone, though the pid it names (this
             # very test process) is alive and the heartbeat is fresh
