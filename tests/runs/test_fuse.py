@@ -170,6 +170,14 @@ def test_fuse_bad_arguments(kwargs, exc, name):
         fuse(stack, **args)
 
 
+def test_fuse_takes_chunks_as_a_numpy_array():
+    """Taken before fuse() checked its chunks (a review, 2026-12-05): still taken."""
+    stack = synthetic_stack((64, 48), 5, dtype="uint16", seed=2).stack
+    lazy = fuse(stack, axes="yxz", chunks=np.asarray([32, 24]))
+    assert lazy.chunks == ((32, 32), (24, 24))
+    assert np.array_equal(lazy.compute(), focus_stack(stack))
+
+
 def test_fuse_takes_memory_per_task_as_fuse_zarr_does():
     stack = synthetic_stack((256, 200), 5, dtype="uint16", seed=1).stack
     lazy = fuse(stack, axes="yxz", memory_per_task="2MiB")
