@@ -8,6 +8,7 @@ stopped with SIGSTOP and continued with SIGCONT, and two "hosts" played by two v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -311,6 +312,31 @@ class _SkewedClock:
         return getattr(time, name)
 
 
+def _skewed_lease(monkeypatch, skew: float, stale: float) -> None:
+    """This process's lock rules with a lease of ``stale`` seconds and a clock ``skew`` off."""
+    from fstack_dask._outputs import lock as _lock
+
+    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", stale)
+    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", stale / 6)
+    monkeypatch.setattr(_lock, "time", _SkewedClock(skew))
+
+
+@contextlib.contextmanager
+def _holder_on_another_host(lock: Path, stale: float):
+    """A live run on "host-a" holding ``lock`` with its heartbeat, killed at the end."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": str(stale),
+           "FSTACK_DASK_LOCK_MACHINE": "host-a"}  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(lock)], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.parametrize("skew", [120.0, -1800.0])
 def test_clocks_that_disagree_neither_take_a_live_lock_nor_keep_a_dead_one(
     tmp_path, monkeypatch, caplog, skew
@@ -320,29 +346,15 @@ def test_clocks_that_disagree_neither_take_a_live_lock_nor_keep_a_dead_one(
     (killing that run), and that a dead run's lock dated 30 min ahead kept its output locked
     for 31 min. A lock that looks stale, or is dated ahead, is now watched for the stale age:
     the live one is refused, the dead one taken over once watched (once per process)."""
-    from fstack_dask._outputs import lock as _lock
-
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
-    lock = dst / STATE_DIR / "lock"
-    lock.parent.mkdir(parents=True)
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", STALE)
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", STALE / 6)
-    monkeypatch.setattr(_lock, "time", _SkewedClock(skew))
+    _skewed_lease(monkeypatch, skew, STALE)
     caplog.set_level(logging.INFO, logger="fstack_dask")
-    env = {**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": str(STALE),
-           "FSTACK_DASK_LOCK_MACHINE": "host-a"}  # fmt: skip
-    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(lock)], env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _holder_on_another_host(dst / STATE_DIR / "lock", STALE):
         for flag in ({"resume": True}, {"overwrite": True}):
             with pytest.raises(DestinationLockedError, match="being written by pid"):
                 fuse_zarr(src, dst, chunks=CHUNK, progress=False, **flag)
         assert "watching it for" in caplog.text
-    finally:
-        holder.kill()
-        holder.wait()
     # The holder is dead now; its lock stays, dated by its clock, with no heartbeat.
     caplog.clear()
     start = time.monotonic()
@@ -375,23 +387,11 @@ def test_a_lock_dated_ahead_keeps_the_stale_age_as_its_grace(tmp_path, monkeypat
     watched for the whole stale age now."""
     from fstack_dask._outputs import lock as _lock
 
-    stale = 3.0
     lock = tmp_path / "out.zarr" / STATE_DIR / "lock"
-    lock.parent.mkdir(parents=True)
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", stale)
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", stale / 6)
-    monkeypatch.setattr(_lock, "time", _SkewedClock(-1800.0))  # its clock 30 min ahead
-    env = {**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": str(stale),
-           "FSTACK_DASK_LOCK_MACHINE": "host-a"}  # fmt: skip
-    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(lock)], env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    _skewed_lease(monkeypatch, -1800.0, 3.0)  # its clock 30 min ahead
+    with _holder_on_another_host(lock, 3.0) as holder:
         os.kill(holder.pid, signal.SIGSTOP)  # a pause of 2 s: less than the stale age
         wake = threading.Timer(2.0, os.kill, (holder.pid, signal.SIGCONT))
         wake.start()
         assert _lock.live_lock(resolve(str(lock), name="dst")) is not None
         wake.join()
-    finally:
-        holder.kill()
-        holder.wait()

@@ -430,22 +430,29 @@ def test_a_file_left_in_the_working_folder_is_named_by_the_refusal(tmp_path):
     assert os.listdir(work) == ["mine.txt"]
 
 
+def _two_stacks(src, shape_yx, *, seed, axes, transforms) -> zarr.Group:
+    """An OME-Zarr image of two 5-plane uint16 stacks along its first axis (a synthetic stack
+    and the same reversed), with NGFF ``axes`` and ``transforms``."""
+    data = np.round(np.moveaxis(synthetic_stack(shape_yx, 5, seed=seed).stack, -1, 0) * 999)
+    g = zarr.open_group(src, mode="w")
+    a = g.create_array("0", shape=(2, 5, *shape_yx), chunks=(1, 5, *shape_yx), dtype="u2",
+                       dimension_names=[ax["name"] for ax in axes])  # fmt: skip
+    a[...] = np.stack([data, data[::-1]]).astype(np.uint16)
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": transforms}]}]}  # fmt: skip
+    return g
+
+
 def test_every_ngff_unit_reaches_the_tiff_and_its_resolution_tags(tmp_path):
     """An interop run found pixel sizes in 20 of the 26 NGFF lengths (and 18 of 23 times)
     dropped from the OME-TIFF in silence, the spellings "\u00b5m"/"um"/"micron" of an OME-Zarr
     source carried into the output unread, and TIFF resolution tags of 1/1 without a unit,
     so that readers of plain tags (OpenSlide, tiffslide, Pillow) saw no pixel size."""
     src = tmp_path / "stack.ome.zarr"
-    data = np.round(np.moveaxis(synthetic_stack((300, 700), 5, seed=1).stack, -1, 0) * 999)
-    g = zarr.open_group(src, mode="w")
-    a = g.create_array("0", shape=(2, 5, 300, 700), chunks=(1, 5, 300, 700), dtype="u2",
-                       dimension_names=list("tzyx"))  # fmt: skip
-    a[...] = np.stack([data, data[::-1]]).astype(np.uint16)
     units = {"t": "day", "z": "\u00b5m", "y": "inch", "x": "inch"}
     axes = [{"name": n, "type": "time" if n == "t" else "space", "unit": units[n]} for n in "tzyx"]
     scale = [{"type": "scale", "scale": [0.5, 2.0, 1e-4, 2e-4]}]
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
-        {"path": "0", "coordinateTransformations": scale}]}]}  # fmt: skip
+    _two_stacks(src, (300, 700), seed=1, axes=axes, transforms=scale)
     zarr_out = fstack_dask.fuse_zarr(src, tmp_path / "o.ome.zarr", progress=False, depth_map=True)
     written = {a["name"]: a.get("unit") for a in zarr_out.attrs["ome"]["multiscales"][0]["axes"]}
     assert written == {"t": "day", "y": "inch", "x": "inch"}
@@ -482,18 +489,12 @@ def test_the_stage_position_reaches_the_ome_tiff_and_reads_back(tmp_path):
     (an interop run, 2026-12-05). Every plane of every image carries it, and fstack_dask
     reads it back as the same translation; an image without one gets no positions."""
     src = tmp_path / "stack.ome.zarr"
-    data = np.round(np.moveaxis(synthetic_stack((96, 128), 5, seed=2).stack, -1, 0) * 999)
-    g = zarr.open_group(src, mode="w")
-    a = g.create_array("0", shape=(2, 5, 96, 128), chunks=(1, 5, 96, 128), dtype="u2",
-                       dimension_names=list("czyx"))  # fmt: skip
-    a[...] = np.stack([data, data[::-1]]).astype(np.uint16)
     axes = [{"name": "c", "type": "channel"}] + [
         {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"
     ]
     transforms = [{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]},
                   {"type": "translation", "translation": [0.0, 7.0, 1500.25, -320.5]}]  # fmt: skip
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
-        {"path": "0", "coordinateTransformations": transforms}]}]}  # fmt: skip
+    g = _two_stacks(src, (96, 128), seed=2, axes=axes, transforms=transforms)
     out = tmp_path / "o.ome.tif"
     fstack_dask.fuse_zarr(src, out, progress=False, depth_map=True, channels="independent")
     with tifffile.TiffFile(out) as tif:
