@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fp_env import with_ieee_arithmetic
 from .._params import MAX_NHSIZE, check_nhsize, check_sth
 from .numpy_engine import focus_measure, luminance, selectivity
 
@@ -300,6 +301,7 @@ def _ladder(x: float) -> int:
     return min(NHSIZE_LADDER, key=lambda n: abs(math.log(n) - math.log(x)))
 
 
+@with_ieee_arithmetic
 def auto_parameters(
     read_tile: ReadTile,
     *,

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._fp_env import with_ieee_arithmetic
 from .compiled import focus_measure_compiled, plane_major
 from .fused import blend_compiled
 from .numpy_engine import (
@@ -64,6 +65,7 @@ class BlockResult(NamedTuple):
     s: np.ndarray  # S in dB, float64, NaN where undefined (as computed, before any fill)
 
 
+@with_ieee_arithmetic
 def fuse_block(
     stack: np.ndarray,
     *,

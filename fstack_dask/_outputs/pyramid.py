@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .._dtypes import to_dtype
+from .._fp_env import with_ieee_arithmetic
 
 __all__ = ["downsample", "level_shape", "n_levels"]
 
@@ -40,6 +41,7 @@ def _pair_sum(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return total, odd.shape[axis]
 
 
+@with_ieee_arithmetic
 def downsample(values: np.ndarray, *, dtype: np.dtype, nan_aware: bool) -> np.ndarray:
     """2 x 2 mean over the last two axes (odd edges average what they have).
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .._algorithm.block import block_buffer, fuse_block, selectivity_stats
 from .._errors import SourceReadError, SourceValueError
+from .._fp_env import with_ieee_arithmetic
 from .._locations import Location
 from .._outputs.lock import Lease
 from .._outputs.state import OutputState, input_digest
@@ -184,6 +185,7 @@ class FuseJob:
         return block_buffer(block_shape(source, region), source.dtype.newbyteorder("="),
                             engine=self.kernel.get("engine"))  # fmt: skip
 
+    @with_ieee_arithmetic
     def fuse_and_write(
         self, block: tuple[int, ...], stack: np.ndarray, *, start: float, decoded: int
     ) -> Outcome:

@@ -3,16 +3,29 @@
 The process that plans a run (a login node, say) may have no GPU while its workers do: on a
 distributed cluster each worker is asked, before anything is written, and a worker without a
 usable GPU refuses the run in one line naming it. The engine itself is only ever handed the
-device as a plain value.
+device as a plain value, and every run names its engine where it is planned (:func:`run_engine`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._algorithm.device import cuda_problem, require_here
+from .._algorithm import block as _kernel
+from .._algorithm.device import cuda_problem, engine_for, require_here
 
-__all__ = ["require_device", "require_device_for_graph"]
+__all__ = ["require_device", "require_device_for_graph", "run_engine"]
+
+
+def run_engine(device: str) -> str:
+    """The engine every task of a run uses, chosen once where the run is planned.
+
+    On the CPU: this process's :data:`~fstack_dask._algorithm.block.ENGINE`
+    (``FSTACK_DASK_ENGINE``, or NumPy where numba is missing), read now. Left to each worker,
+    a cluster whose workers differed (one without numba, one with the variable set) fused its
+    blocks with two engines, whose last bits differ, into one output (an adversarial run on
+    mixed nodes, 2026-12-05); a worker that cannot run the named engine now refuses.
+    """
+    return engine_for(device) or _kernel.ENGINE
 
 
 def require_device(device: str, scheduler: Any = None) -> None:

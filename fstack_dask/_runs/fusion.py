@@ -21,7 +21,7 @@ from .._algorithm.auto import (
     check_sth_or_auto,
 )
 from .._algorithm.block import block_memory
-from .._algorithm.device import check_device, engine_for
+from .._algorithm.device import check_device
 from .._layout import Layout
 from .._outputs.state import METHOD
 from .._outputs.write import OutputSpec, output_spec
@@ -36,6 +36,7 @@ from .._params import (
 from .._sources.open import open_source, portable
 from .._sources.source import Source
 from .._version import __version__
+from .device import run_engine
 from .plan import make_plan
 from .reading import auto_block, read_by, reading
 
@@ -139,7 +140,7 @@ def plan_fusion(
         }  # fmt: skip
         # One engine for the whole run, chosen here (every worker uses it, a resume compares it):
         # the engines differ in the last bits of exp/log/tanh.
-        kernel["engine"] = engine_for(device) or _cpu_engine()
+        kernel["engine"] = run_engine(device)
         recipe = (_portable(src, source, storage_options), axes, level, storage_options)
         fusion = reading(
             Fusion(
@@ -206,12 +207,6 @@ def _portable(src: Any, source: Source, storage_options: Any) -> Any:
     plane files (no location of its own) as the files listed here."""
     planes = source.files if source.location is None else ()
     return portable(src, storage_options, planes=planes)
-
-
-def _cpu_engine() -> str:
-    from .._algorithm import block as _kernel
-
-    return _kernel.ENGINE  # read now: FSTACK_DASK_ENGINE, or a test's choice
 
 
 def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:

@@ -24,7 +24,7 @@ from .._algorithm.auto import (
     sample_tiles,
 )
 from .._algorithm.block import block_memory
-from .._algorithm.device import check_device, engine_for
+from .._algorithm.device import check_device
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
     check_alpha,
@@ -38,8 +38,8 @@ from .._params import (
     parse_axes,
     resolve_channels,
 )
-from .device import require_device_for_graph
-from .lazy_chunks import chunk_stats, fuse_chunk
+from .device import require_device_for_graph, run_engine
+from .lazy_chunks import cast_chunk, chunk_stats, fuse_chunk
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
@@ -246,13 +246,13 @@ def fuse(
         fused = fused.rechunk(fused.chunks[:-2] + layers.out_chunks)
     plan = layers.plan
     image = _to_user_order(
-        layers.split(fused, "image").astype(layers.dtype), layers.image_axes, plan.out_axes
+        _cast(layers.split(fused, "image"), layers.dtype), layers.image_axes, plan.out_axes
     )
     if not return_maps:
         return image
     user_map_axes = plan.out_axes.replace("c", "") if plan.rgb else plan.out_axes
     depth, sel = (
-        _to_user_order(layers.split(fused, name).astype(np.float32), layers.map_axes, user_map_axes)
+        _to_user_order(_cast(layers.split(fused, name), np.float32), layers.map_axes, user_map_axes)
         for name in ("depth", "selectivity")
     )
     return FusionResult(image, depth, sel)
@@ -413,7 +413,7 @@ def fused_layers(
     rgb = resolve_channels(channels, axes, stack.shape, dtype)
     device = check_device(device)
     require_device_for_graph(device)
-    engine = engine_for(device)
+    engine = run_engine(device)
     plan = _plan(axes, stack.shape, rgb)
 
     x = stack.transpose(plan.order)
@@ -506,6 +506,12 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
     defined = ~da.isnan(s_min)
     smallest = da.where(defined, s_min, np.inf).min(axis=(-2, -1))
     return da.where(defined.any(axis=(-2, -1)), smallest, -np.inf)
+
+
+def _cast(arr: da.Array, dtype: np.dtype) -> da.Array:
+    """``arr.astype(dtype)``, in tasks that run in IEEE arithmetic (:func:`.cast_chunk`)."""
+    dtype = np.dtype(dtype)
+    return arr.map_blocks(cast_chunk, to=dtype, dtype=dtype, meta=np.empty((0,) * arr.ndim, dtype))
 
 
 def _to_user_order(arr: da.Array, have: str, want: str) -> da.Array:

@@ -1,6 +1,7 @@
 """What each task of the lazy graph (:mod:`.lazy`) runs on its overlapped block: the fusion,
-cropped to the block's own pixels, and the block's smallest ``S`` for the graph's first pass.
-Plain NumPy in, NumPy out: no dask here.
+cropped to the block's own pixels, the block's smallest ``S`` for the graph's first pass, and
+the layers' cast to the output's dtypes. Plain NumPy in, NumPy out: no dask here. Each runs in
+IEEE arithmetic (:mod:`fstack_dask._fp_env`), whatever the worker's thread was left in.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._algorithm.block import fuse_block, selectivity_stats
+from .._fp_env import with_ieee_arithmetic
 
-__all__ = ["chunk_stats", "fuse_chunk"]
+__all__ = ["cast_chunk", "chunk_stats", "fuse_chunk"]
 
 
 def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
@@ -24,6 +26,7 @@ def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
     return crops
 
 
+@with_ieee_arithmetic
 def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
                  block_info=None):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
@@ -37,6 +40,7 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
     return np.array([s_min, float(undefined)]).reshape(lead + ((1,) if rgb else ()) + (2, 1, 1))
 
 
+@with_ieee_arithmetic
 def fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
                 fills=None, block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
@@ -69,3 +73,10 @@ def fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=Non
     # canonical output: (batch..., [c: 1], K, y, x)
     extra = (1,) if rgb else ()
     return out.reshape(lead + extra + out.shape)
+
+
+@with_ieee_arithmetic
+def cast_chunk(block: np.ndarray, *, to: np.dtype) -> np.ndarray:
+    """A block of the fused float64 layers in the output's dtype (a float32 image's subnormal
+    values kept, which a thread that flushes them would turn to 0)."""
+    return block.astype(to)
