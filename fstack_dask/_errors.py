@@ -24,6 +24,7 @@ __all__ = [
     "LeaseLostError",
     "SourceReadError",
     "SourceValueError",
+    "StopWaiting",
     "as_interrupt",
     "finish_despite_interrupts",
     "is_no_space",
@@ -125,6 +126,11 @@ def _text(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class StopWaiting(KeyboardInterrupt):
+    """An interruption that ends :func:`finish_despite_interrupts`'s waits at once (the
+    command line's second SIGTERM, or its grace period's end)."""
+
+
 def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``step(*args, **kwargs)`` carried to its end through one more Ctrl-C, then an interrupt
     raised if one came: for the waits that make sure no task still writes once a run has
@@ -136,8 +142,9 @@ def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any)
     is held back rather than caught and retried (CPython 3.11 marks a ``Thread.join``
     interrupted by it as stopped while the thread runs on, and a retried
     ``ProcessPoolExecutor.shutdown`` returned with its processes alive); a further one stops
-    the wait at once (a task hung on a dead mount must not make the run unstoppable). A
-    caller's own SIGINT handler, or SIG_IGN, is left as it is.
+    the wait at once (a task hung on a dead mount must not make the run unstoppable), as does
+    a :class:`StopWaiting` (the command line's second SIGTERM). A caller's own SIGINT handler,
+    or SIG_IGN, is left as it is.
     """
     held: list[int] = []
 
@@ -164,6 +171,8 @@ def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any)
             except KeyboardInterrupt as exc:
                 if held or previous is None and interrupted is not None:
                     raise  # asked twice: stop waiting
+                if isinstance(exc, StopWaiting):
+                    raise
                 interrupted = exc  # (not held back: not the main thread, or a caller's handler)
     finally:
         if previous is not None:

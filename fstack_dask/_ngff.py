@@ -11,6 +11,7 @@ coordinateTransformations, omero).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,8 +216,20 @@ def omero_model(attrs: Mapping[str, Any]) -> str | None:
     return model if isinstance(model, str) else None
 
 
+_WINDOW = ("min", "max", "start", "end")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_omero(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The ``omero`` channel list (label, color, window) of a group's attributes, if any."""
+    """The ``omero`` channel list (label, color, window) of a group's attributes, if any.
+
+    Only what the output can carry on: a colour of 6 hex digits, window values that are finite
+    numbers; anything else is left out, and the output's defaults take its place (a colour
+    "NOT-A-COLOUR" and windows "NaN" or "high" were copied into outputs, which viewers then
+    refused: an adversarial run, 2026-12-05)."""
     omero = _omero(attrs)
     channels = omero.get("channels") if isinstance(omero, Mapping) else None
     if not isinstance(channels, list):
@@ -229,9 +242,13 @@ def parse_omero(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         if isinstance(ch.get("label"), str):
             entry["label"] = ch["label"]
         if isinstance(ch.get("color"), str):  # RRGGBB, as omero writes it ("#FF0000" too)
-            entry["color"] = ch["color"].strip().lstrip("#").upper()
+            color = ch["color"].strip().lstrip("#").upper()
+            if re.fullmatch(r"[0-9A-F]{6}", color):
+                entry["color"] = color
         if isinstance(ch.get("window"), Mapping):
-            entry["window"] = dict(ch["window"])
+            window = {k: v for k, v in ch["window"].items() if k in _WINDOW and _finite(v)}
+            if window:
+                entry["window"] = window
         out.append(entry)
     return out
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ from .args import (
     configure,
     scene_src,
 )
+from .stopping import Terminated, leave, on_sigterm_raise
 
 __all__ = ["main"]
 
@@ -257,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 for a usage or validation error, 1 for a runtime
         failure, 130 when interrupted, 143 when terminated (see ``fstack-dask --help``).
+        Called as the program (``argv`` None), an interrupted run whose task never returned
+        (a read on a dead mount) ends the process at once (:func:`.stopping.leave`).
 
     Examples
     --------
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
-    previous = _on_sigterm_raise()
+    restore = on_sigterm_raise()
     try:
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
@@ -283,19 +285,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = (
             "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
         )
-        if isinstance(exc, _Terminated):
-            _error(f"terminated{hint}")
-            return EXIT_TERMINATED
-        _error(f"interrupted{hint}")
-        return EXIT_INTERRUPTED
+        terminated = isinstance(exc, Terminated)
+        _error(f"{'terminated' if terminated else 'interrupted'}{hint}")
+        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        if argv is None:  # the program itself (not a caller's): end, even with a task stuck
+            leave(code)
+        return code
     except Exception as exc:
         if args.traceback:
             raise
         _error(_message(exc))
         return _exit_code(exc)
     finally:
-        with contextlib.suppress(ValueError):  # not in the main thread
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -305,21 +307,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"fuse": _cmd_fuse, "demo": _cmd_demo, "info": _cmd_info}
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interruption so that a run stops cleanly (locks released,
-    worker processes ended, finished blocks kept for --resume)."""
-
-
-def _on_sigterm_raise():
-    def handler(signum, frame):
-        raise _Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. called from a test thread)
-        return signal.SIG_DFL
 
 
 def _quiet_distributed() -> None:

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "Source",
     "check_dtype_and_extent",
     "check_extent",
+    "not_a_file",
 ]
 
 
@@ -236,7 +238,7 @@ class Source:
         if root is None:
             return
         if root.is_local:
-            yield from _local_data_files(root.path, links)
+            yield from _local_data_files(root.path, links, where=self.description)
             return
         fs = root.fs
         for path, info in sorted(fs.find(root.path, detail=True).items()):
@@ -331,7 +333,7 @@ def check_extent(shape: tuple[int, ...], axes: str, where: str) -> None:
 
 
 def _local_data_files(
-    base: str, links: list[str] | None = None
+    base: str, links: list[str] | None = None, *, where: str = "src"
 ) -> Iterator[tuple[str, int, int, int, int]]:
     """``Source.data_files`` of a local store, in ``os.walk``'s top-down sorted order.
 
@@ -341,6 +343,10 @@ def _local_data_files(
     are followed (a store assembled from others by links reads its chunks through them), each
     folder listed once, and their real paths added to ``links``; for a link to a file, the
     real path of the folder it lies in.
+
+    A data file that is not a regular file (a named pipe, a device such as a link to
+    ``/dev/zero``, a socket) is refused here, naming it: reading one never ends, or never
+    stops (an adversarial run, 2026-12-05).
     """
     folders = [(base, "")]
     seen: set[tuple[int, int]] = set()
@@ -371,5 +377,18 @@ def _local_data_files(
                 st = entry.stat()
             except FileNotFoundError:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(
+                    f"{where}: {rel + entry.name!r} is {not_a_file(st.st_mode)}, not a regular "
+                    "file; a store's chunks must be files"
+                )
             yield rel + entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
         folders.extend(sorted(subfolders, reverse=True))
+
+
+def not_a_file(mode: int) -> str:
+    """What a file of ``mode`` (``st_mode``, followed through links) is, where not a file."""
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a folder"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from .._locations import Location, resolve
 from .._ngff import find_multiscales, omero_model, parse_multiscale, parse_omero
 from .._params import parse_axes
 from .common import ngff_unit
-from .source import Source, check_dtype_and_extent
+from .source import Source, check_dtype_and_extent, not_a_file
 
 __all__ = ["open_zarr"]
 
@@ -157,6 +158,16 @@ def _check_metadata_json(location: Location, where: str, folder: str = "") -> No
     image group, for messages."""
     for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
         meta = location.child(name)
+        if meta.is_local:  # a named pipe's read never ends, /dev/zero's never stops
+            try:
+                mode = os.stat(meta.path).st_mode
+            except OSError:
+                mode = stat.S_IFREG
+            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                raise ValueError(
+                    f"{where}: {folder}{name} is {not_a_file(mode)}, not a regular file; the "
+                    "store's metadata must be files"
+                )
         try:
             raw = meta.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -308,6 +319,13 @@ def _array_source(
     )
 
 
+def _plain_key(path: str) -> bool:
+    """A dataset path zarr can look up in its group: relative, with no empty, ``.`` or ``..``
+    part (zarr raised its own error for those, naming no source)."""
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
 def _ome_source(group: Any, location: Location, where: str, axes: str | None, level: int):
     import zarr
 
@@ -328,12 +346,17 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
     datasets = first.get("datasets") if isinstance(first, Mapping) else None
     path0 = datasets[0].get("path") if isinstance(datasets, list) and datasets else None
-    if isinstance(path0, str):  # before zarr parses it (a zero chunk divides by zero there)
-        _check_metadata_json(location.child(path0), where, f"{path0}/")
-    if not isinstance(path0, str) or path0 not in group:
+    if isinstance(path0, str) and _plain_key(path0):  # before zarr parses it (a zero chunk
+        _check_metadata_json(location.child(path0), where, f"{path0}/")  # divides by zero)
+    if not isinstance(path0, str) or not _plain_key(path0) or path0 not in group:
         raise ValueError(
             f"{where} has malformed OME-NGFF multiscales metadata: level-0 dataset "
             f"{path0!r} is not in the group"
+        )
+    if not isinstance(group[path0], zarr.Array):  # "" or a subgroup: an AttributeError was raised
+        raise ValueError(
+            f"{where} has malformed OME-NGFF multiscales metadata: level-0 dataset "
+            f"{path0!r} is a group, not an array"
         )
     ndim = group[path0].ndim
     ms = parse_multiscale(multiscales, ndim=ndim, where=where, version=version)

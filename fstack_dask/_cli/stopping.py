@@ -1,0 +1,112 @@
+"""How the command line stops when told to: SIGTERM as an interruption, and an end that does
+not wait for a task that never returns.
+
+A run that is interrupted or terminated waits for its running tasks to end, so that nothing
+is written once its lock is released (``_errors.finish_despite_interrupts``). A task blocked
+in a read that never returns (a dead network mount, a hung device) would make that wait, and
+then the interpreter's own join of the worker threads at exit, last for ever: a run that
+ignored SIGTERM and a double Ctrl-C was found by an adversarial run (2026-12-05). So:
+
+* a second Ctrl-C or SIGTERM stops the wait, and SIGTERM alone stops it after
+  :data:`TERMINATION_GRACE` seconds (a scheduler's ``kill`` is not repeated);
+* the program then ends without joining threads that are still running (:func:`leave`):
+  ending the process is what stops them writing. Worker processes of ours are ended first.
+
+A resume afterwards redoes the blocks those tasks had not finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import StopWaiting
+
+__all__ = ["TERMINATION_GRACE", "Terminated", "leave", "on_sigterm_raise"]
+
+#: Seconds a terminated run waits for its running tasks to end before it stops waiting.
+TERMINATION_GRACE = 60.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption so that a run stops cleanly (locks released,
+    worker processes ended, finished blocks kept for --resume)."""
+
+
+class TerminatedNow(Terminated, StopWaiting):
+    """A second SIGTERM: the running tasks are not waited for."""
+
+
+def on_sigterm_raise() -> Callable[[], None]:
+    """Raise :class:`Terminated` on SIGTERM in the main thread, until the function returned
+    is called (it puts the previous handler back).
+
+    The first SIGTERM also starts a timer that, :data:`TERMINATION_GRACE` seconds later,
+    delivers a second one if the run has not ended: it stops the wait for tasks that do not
+    end."""
+    main_thread = threading.main_thread().ident
+    timer: list[threading.Timer] = []
+
+    def again() -> None:
+        logging.getLogger("fstack_dask").warning(
+            "running tasks did not end within %.0f s of SIGTERM (a read that does not "
+            "return?): stopping without waiting for them", TERMINATION_GRACE
+        )  # fmt: skip
+        if main_thread is not None:
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        if timer:  # a second SIGTERM, or the grace period's end
+            raise TerminatedNow()
+        timer.append(threading.Timer(TERMINATION_GRACE, again))
+        timer[0].daemon = True
+        timer[0].start()
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+        return lambda: None
+
+    def restore() -> None:
+        for t in timer:
+            t.cancel()
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _still_running() -> list[threading.Thread]:
+    """Threads the interpreter would join at exit (not daemons), other than this one."""
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not me and t.is_alive() and not t.daemon]
+
+
+def leave(code: int) -> None:
+    """End the program with ``code`` now where a thread is still running (an interrupted
+    run's task that never returned); otherwise return, and the program ends as usual."""
+    running = _still_running()
+    if not running:
+        return
+    with contextlib.suppress(Exception):  # (no usable stderr: a service)
+        print(
+            f"fstack-dask: {len(running)} task(s) had not ended (a read that does not "
+            "return?); exiting without waiting for them",
+            file=sys.stderr,
+            flush=True,
+        )
+    for child in multiprocessing.active_children():  # our worker processes: they may write
+        child.kill()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(code)
