@@ -131,8 +131,13 @@ def test_channel_metadata_a_viewer_would_refuse_is_not_copied_to_the_output(tmp_
     g.create_array("0", shape=data.shape, chunks=(1, 6, 32, 32), dtype=data.dtype)[...] = data
     axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space"} for n in "zyx"]
     ct = [{"type": "scale", "scale": [1.0, 1.0, 0.5, 0.5]}]
-    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
-                               "datasets": [{"path": "0", "coordinateTransformations": ct}]}]
+    g.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": ct}],
+        }
+    ]
     bad = {"start": float("nan"), "end": "high", "min": float("-inf"), "max": 1e999}
     g.attrs["omero"] = {"channels": [
         {"label": "a", "color": "not-a-colour", "window": bad},
