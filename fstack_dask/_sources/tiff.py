@@ -111,6 +111,7 @@ def _open_tiff(
     try:
         if not tif.series:  # (it said "series=0 is out of range", naming no option)
             raise ValueError(f"TIFF {path!r} holds no image (no pages)")
+        chosen = series is None and scene is None
         if series is None:
             series = _choose_series(tif.series, scene, path)
         if series >= len(tif.series):
@@ -118,6 +119,8 @@ def _open_tiff(
                 f"series={series} is out of range: TIFF {path!r} has {len(tif.series)} series"
             )
         ser = tif.series[series]
+        if chosen:
+            _refuse_dropped_pages(tif, ser, path)
         if level >= len(ser.levels):
             raise ValueError(
                 f"level={level} is out of range: series {series} of TIFF {path!r} has "
@@ -259,6 +262,33 @@ def _choose_series(found: list, scene: str | None, path: str) -> int:
     where = f"TIFF {path!r}"
     return choose_scene(stacks if scene is None else scenes, scene, path=path, where=where,
                         word="series").index  # fmt: skip
+
+
+def _refuse_dropped_pages(tif: Any, ser: Any, path: str) -> None:
+    """Without ImageJ, OME or shaped metadata, tifffile groups pages into series by shape and
+    storage: a plane of another shape (saved rotated, or with other settings) became a series
+    of its own and the stack was fused without it, in silence. Every page of the main chain
+    must be in the series read, but reduced-resolution ones (pyramid levels, thumbnails)."""
+    if ser.kind != "generic":
+        return
+    held = {p.index for p in ser.pages if p is not None}
+    page = next((p for p in tif.pages if p.index not in held and p.shape and not p.is_reduced),
+                None)  # fmt: skip
+    if page is None:
+        return
+    this, those = _page_form(page), _page_form(ser.keyframe)
+    if this == those:
+        this += " stored otherwise (compression, strips or tiles)"
+    raise ValueError(
+        f"TIFF {path!r}: page {page.index} is {this}, but the {len(held)} pages of the stack "
+        f"beside it are {those}; every plane of a stack must have one shape and type (the "
+        "stack is not fused without one of its planes)"
+    )
+
+
+def _page_form(page: Any) -> str:
+    samples = f" x {page.samplesperpixel} samples" if page.samplesperpixel > 1 else ""
+    return f"{page.imagelength} x {page.imagewidth} px{samples} {page.dtype}"
 
 
 def _check_index(value: Any, name: str) -> int:

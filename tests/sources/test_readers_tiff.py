@@ -384,6 +384,44 @@ def test_cli_refuses_a_lying_tiff_and_writes_nothing(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+def test_a_page_of_another_shape_is_refused_not_dropped(tmp_path):
+    """Without ImageJ, OME or shaped metadata tifffile groups pages by shape: page 3 of six,
+    64 x 48 among 48 x 64, became a series of its own, and the other five were fused with
+    exit 0 and no word (an adversarial run). Now refused, naming the page and both shapes; a
+    reduced-resolution page (a thumbnail) is still left out."""
+    from PIL import Image
+
+    planes = [_data((64, 48) if i == 3 else (48, 64), dtype="uint8", seed=i) for i in range(6)]
+    pil, tf = tmp_path / "pillow.tif", tmp_path / "tifffile.tif"
+    images = [Image.fromarray(p) for p in planes]
+    images[0].save(pil, save_all=True, append_images=images[1:])
+    with tifffile.TiffWriter(tf) as tw:
+        for plane in planes:
+            tw.write(plane, metadata=None)
+    for path in (pil, tf):
+        with pytest.raises(ValueError, match=rf"^TIFF '{re.escape(str(path))}': page 3 is "
+                           r"64 x 48 px uint8, but the 5 pages of the stack beside it are "
+                           r"48 x 64 px uint8; every plane"):  # fmt: skip
+            open_tiff(path)
+    res = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(pil),
+                          str(tmp_path / "o.ome.zarr"), "--no-progress"],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [f"fstack-dask: error: TIFF '{pil}': page 3 is 64 x 48 "
+                                       "px uint8, but the 5 pages of the stack beside it are "
+                                       "48 x 64 px uint8; every plane of a stack must have one "
+                                       "shape and type (the stack is not fused without one of "
+                                       "its planes)"]  # fmt: skip
+    assert not (tmp_path / "o.ome.zarr").exists()
+    thumb = tmp_path / "thumb.tif"
+    stack = np.stack([p for p in planes if p.shape == (48, 64)])
+    with tifffile.TiffWriter(thumb) as tw:
+        for plane in stack:
+            tw.write(plane, metadata=None)
+        tw.write(stack[0, ::4, ::4], subfiletype=1, metadata=None)  # reduced resolution
+    np.testing.assert_array_equal(open_tiff(thumb).array[...], stack)
+
+
 def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
     """A two-position OME-TIFF was fused from its first position in silence, and no option
     chose the other (an interop run): now its stacks are named, as a CZI's scenes are, and
