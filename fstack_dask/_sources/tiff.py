@@ -112,6 +112,11 @@ def _open_tiff(
         if not tif.series:  # (it said "series=0 is out of range", naming no option)
             raise ValueError(f"TIFF {path!r} holds no image (no pages)")
         chosen = series is None and scene is None
+        pagewise = chosen and _one_page_series(tif.series)
+        note = [f"its {len(tif.series)} pages, saved as a series each, read as one"] * pagewise
+        if pagewise:
+            tif.close()
+            tif = tifffile.TiffFile(path, is_shaped=False)  # the pages as one generic series
         if series is None:
             series = _choose_series(tif.series, scene, path)
         if series >= len(tif.series):
@@ -134,7 +139,8 @@ def _open_tiff(
         native = ser.axes
         colour = keyframe.photometric in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
         _refuse_single_image(native, colour, ser.levels[level].shape, description, path)
-        letters, rgb, note = _map_axes(native, colour, axes, ser.levels[level].ndim, description)
+        letters, rgb, mapped = _map_axes(native, colour, axes, ser.levels[level].ndim, description)
+        note += mapped
         n_colour = len(keyframe.extrasamples) if rgb else 0
         drop = (native.index("S"), 3) if n_colour else None
         shape = list(ser.levels[level].shape)
@@ -143,7 +149,7 @@ def _open_tiff(
         offset = contiguous(ser, level)
         unit = None if offset is None else region_unit(letters, tuple(shape), rgb=rgb)
         array = TiffArray(path, series, level, drop=drop, whole_pages=whole_pages(ser, level),
-                          offset=offset, unit=unit)  # fmt: skip
+                          offset=offset, unit=unit, generic=pagewise)  # fmt: skip
         warnings = []
         if n_colour:
             note.append(f"{n_colour} extra sample(s) (alpha) dropped")
@@ -262,6 +268,17 @@ def _choose_series(found: list, scene: str | None, path: str) -> int:
     where = f"TIFF {path!r}"
     return choose_scene(stacks if scene is None else scenes, scene, path=path, where=where,
                         word="series").index  # fmt: skip
+
+
+def _one_page_series(found: list) -> bool:
+    """Whether a tifffile-shaped file is pages written one by one (``TiffWriter.write`` once per
+    plane, tifffile's default then saves each as a series of its own): at least two series, each
+    one page of one level, all alike (shape, type and storage, as tifffile groups pages)."""
+    return (
+        len(found) > 1
+        and all(s.kind == "shaped" and len(s.pages) == 1 and len(s.levels) == 1 for s in found)
+        and len({s.keyframe.hash for s in found}) == 1
+    )
 
 
 def _refuse_dropped_pages(tif: Any, ser: Any, path: str) -> None:

@@ -129,8 +129,11 @@ class TiffArray:
     serves every thread from zarr's one event loop, where tifffile's store reads the file
     under its lock; decoding runs in worker threads. Pickling keeps only the path, so each
     process (dask ``processes`` or ``distributed`` workers) opens its own file handle.
-    ``drop=(axis, n)`` keeps the first `n` entries of `axis` (RGB of RGBA).
+    ``drop=(axis, n)`` keeps the first `n` entries of `axis` (RGB of RGBA). ``generic`` reads
+    the file without its tifffile shape metadata (pages written one by one: one series).
     """
+
+    generic = False  # (an instance pickled before it was an attribute)
 
     def __init__(
         self,
@@ -142,8 +145,10 @@ class TiffArray:
         whole_pages: bool = False,
         offset: int | None = None,
         unit: tuple[int, ...] | None = None,
+        generic: bool = False,
     ):
         self.path, self.series, self.level, self.drop = path, series, level, drop
+        self.generic = generic
         self.whole_pages, self.offset, self.unit = whole_pages, offset, unit
         self._lock = threading.Lock()
         self._tif: Any = None
@@ -164,7 +169,7 @@ class TiffArray:
                 import tifffile
                 import zarr
 
-                tif = tifffile.TiffFile(self.path)
+                tif = tifffile.TiffFile(self.path, **({"is_shaped": False} if self.generic else {}))
                 try:
                     # maxworkers > 1 makes the store decode in a worker thread
                     # instead of on zarr's event loop, so threads decode in parallel.
@@ -219,7 +224,7 @@ class TiffArray:
         # stays that of runs begun when the class was _TiffArray and read by pages
         st = os.stat(self.path)
         return ("_TiffArray", self.path, self.series, self.level, self.drop, self.whole_pages,
-                st.st_size, st.st_mtime_ns)  # fmt: skip
+                st.st_size, st.st_mtime_ns) + (("generic",) if self.generic else ())  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<TIFF {self.path!r} series {self.series} level {self.level} {self.shape}>"

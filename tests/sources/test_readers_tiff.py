@@ -422,6 +422,34 @@ def test_a_page_of_another_shape_is_refused_not_dropped(tmp_path):
     np.testing.assert_array_equal(open_tiff(thumb).array[...], stack)
 
 
+def test_pages_written_one_by_one_are_one_stack(tmp_path):
+    """``TiffWriter.write`` once per plane, tifffile's defaults: each page is a 'shaped' series
+    of its own, and the file was refused as "a single 2-D image" (an adversarial run; Fiji
+    opens it as a stack). Its pages are read as z, in page order, region by region."""
+    from fstack_dask._sources.open import open_source
+
+    data = _data((6, 48, 64), dtype="uint8")
+    path = tmp_path / "loop.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for plane in data:
+            tw.write(plane)
+    opened = open_tiff(path)
+    assert (opened.kind, opened.axes, opened.array.shape) == ("tiff", "zyx", (6, 48, 64))
+    assert "its 6 pages, saved as a series each, read as one" in opened.description
+    _check_regions(opened, data)
+    again = pickle.loads(pickle.dumps(opened.array))
+    np.testing.assert_array_equal(again[2:5, 7:30], data[2:5, 7:30])
+    np.testing.assert_array_equal(np.asarray(open_source(path).array[...]), data)
+    with pytest.raises(ValueError, match=r"\(series 4\) is a single 2-D image"):
+        open_tiff(path, series=4)  # one page chosen: a plane
+    # pages of two shapes are no such stack: the first one is read, and refused, as before
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tw:
+        tw.write(data[0])
+        tw.write(data[1, :40])
+    with pytest.raises(ValueError, match=r"\(series 0\) is a single 2-D image"):
+        open_tiff(tmp_path / "two.tif")
+
+
 def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
     """A two-position OME-TIFF was fused from its first position in silence, and no option
     chose the other (an interop run): now its stacks are named, as a CZI's scenes are, and
