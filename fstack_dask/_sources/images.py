@@ -29,6 +29,7 @@ from .plane_names import (
     natural_key,
     odd_names,
     odd_names_warning,
+    order_warning,
 )
 from .stack_meta import OpenedStack
 from .tiff_array import FileChangedError, contiguous, read_contiguous
@@ -64,7 +65,9 @@ def open_image_files(
         a glob pattern such as ``"/data/stack/plane_*.png"`` (every match must be
         an image file; the same litter is skipped) or a list of files, at least
         two. Folders and patterns are read in natural sort order (`natural_key`:
-        ``plane2`` before ``plane10``); a list keeps its order. All files must
+        ``plane2`` before ``plane10``, ``z0.5um`` before ``z1um``, and ``z-3``
+        before ``z0`` where the names hold signed and unsigned numbers at that
+        place); a list keeps its order. All files must
         have one format, shape, dtype and colour mode.
     axes : str, optional
         ``"zyx"`` (grey) or ``"zyxc"`` (colour), the only order plane files have:
@@ -86,8 +89,9 @@ def open_image_files(
         ``notes`` lists the files used (count, first, last, litter skipped);
         ``warnings`` names files of a folder or pattern whose names break the
         pattern most of the others share (another tool's result saved beside
-        the planes, say: it is used, as a plane, and named), and a dropped
-        alpha channel.
+        the planes, say: it is used, as a plane, and named), names whose
+        decimal numbers might count on instead (``x1.9``, ``x1.10``), and a
+        dropped alpha channel.
 
     Raises
     ------
@@ -184,6 +188,9 @@ def open_image_files(
         odd = odd_names(files)
         if odd:
             warnings.append(odd_names_warning(files, odd, where))
+        order = order_warning(files, where)
+        if order:
+            warnings.append(order)
     if first["alpha"]:
         warnings.append(
             f"the {fmt.upper()} files of {where} have an alpha channel, which is dropped: "

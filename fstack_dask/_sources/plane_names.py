@@ -1,7 +1,7 @@
 """What the names of a stack's plane files say: which files a folder, a glob or a list names,
-in which order (natural: ``plane2`` before ``plane10``), which are used, which break the
-pattern most of the others share (another tool's result saved beside the planes), and which
-are platform litter, never planes.
+in which order (natural: ``plane2`` before ``plane10``, ``z0.5um`` before ``z1um``, ``z-3``
+before ``z0``), which are used, which break the pattern most of the others share (another
+tool's result saved beside the planes), and which are platform litter, never planes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import glob
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from decimal import Decimal
 from typing import Any
 
 __all__ = [
@@ -23,9 +24,16 @@ __all__ = [
     "natural_key",
     "odd_names",
     "odd_names_warning",
+    "order_warning",
+    "sort_planes",
 ]
 
 _DIGITS = re.compile(r"(\d+)")
+# A number in a plane file's name: digits, a decimal fraction (focus positions written with
+# %g: "z0.5um", "z1um") and a sign ("z-3"). The sign counts only at a place where the names
+# hold signed and unsigned forms (or both signs): a "-" in every name is a separator
+# ("stack-001", "2024-05-01").
+_NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?)")
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
 # metadata) and .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden files (a leading dot)
@@ -62,8 +70,9 @@ def files_used(files: Sequence[str], fmt: str, skipped: Sequence[str] = ()) -> s
 def odd_names(files: Sequence[str]) -> list[str]:
     """The files whose names break the pattern that most of the others share.
 
-    A name's pattern is the name with every run of digits as one placeholder
-    (``pcb_001.jpg`` and ``pcb_017.jpg`` share ``pcb_#.jpg``). When more than half
+    A name's pattern is the name with every number (its sign and decimals included) as
+    one placeholder (``pcb_001.jpg`` and ``pcb_017.jpg`` share ``pcb_#.jpg``, ``z-3.tif``
+    and ``z0.5.tif`` share ``z#.tif``). When more than half
     of the files share one pattern, the rest are odd: ``expected.jpg`` among
     ``pcb_001.jpg .. pcb_007.jpg``. Without such a majority (names without a common
     pattern) nothing is odd.
@@ -83,7 +92,22 @@ def odd_names(files: Sequence[str]) -> list[str]:
 
 
 def _pattern(path: str) -> str:
-    return _DIGITS.sub("#", os.path.basename(path).casefold())
+    return "#".join(_parts(path)[0::2]).casefold()
+
+
+def _parts(path: str) -> list[str]:
+    """The file name split into text, number, text, ..., text; the extension's dot is text."""
+    name = os.path.basename(path)
+    stem, ext = os.path.splitext(name)
+    if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
+        stem, ext = name, ""
+    parts = _NUMBER.split(stem)
+    parts[-1] += ext
+    return parts
+
+
+def _sign(number: str) -> str:
+    return number[0] if number[0] in "+-" else ""
 
 
 def odd_names_warning(files: Sequence[str], odd: Sequence[str], where: str) -> str:
@@ -108,12 +132,17 @@ def _some_names(paths: Sequence[str]) -> str:
 
 
 def _glob_for(files: Sequence[str]) -> str:
-    """A glob matching `files` (names of one pattern): the numbers that vary become ``*``."""
-    parts = [_DIGITS.split(os.path.basename(f)) for f in files]
+    """A glob matching `files` (names of one pattern): the numbers that vary become ``*``
+    (their sign too, where it varies: ``z*.tif`` for ``z-1.tif``, ``z0.tif``, ``z1.tif``)."""
+    parts = [_parts(f) for f in files]
     out = []
     for i, part in enumerate(parts[0]):
-        same = all(len(p) == len(parts[0]) and p[i] == part for p in parts)
-        out.append(glob.escape(part) if same or i % 2 == 0 else "*")
+        column = [p[i] if len(p) == len(parts[0]) else "" for p in parts]
+        if i % 2 == 0 or len(set(column)) == 1:
+            out.append(glob.escape(part))
+        else:
+            signs = {_sign(c) for c in column}
+            out.append(f"{signs.pop()}*" if len(signs) == 1 else "*")
     return os.path.join(os.path.dirname(files[0]), "".join(out))
 
 
@@ -126,21 +155,85 @@ FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpe
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def natural_key(path: str) -> tuple[Any, ...]:
-    """Sort key putting ``plane2`` before ``plane10``: digit runs compare as integers.
+def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
+    """Sort key putting ``plane2`` before ``plane10``: numbers compare as numbers.
 
-    Text compares case-insensitively, then the exact name breaks ties. Signs and
-    decimal points are text (``z-2`` sorts after ``z-1``).
+    In the file name, digits with a decimal fraction are one number (``z0.5um`` before
+    ``z1um``; the extension's dot is not a decimal point), and a ``-`` or ``+`` before the
+    number at each place in `signed` (0: the name's first number) is its sign; elsewhere a
+    sign is text (``stack-2`` before ``stack-10``). `sort_planes` finds the signed places of
+    a folder's names. Text compares case-insensitively, then the exact name breaks ties.
 
     Examples
     --------
-    >>> sorted(["p10.tif", "p9.tif", "P1.tif"], key=natural_key)
-    ['P1.tif', 'p9.tif', 'p10.tif']
+    >>> sorted(["p10.tif", "p9.tif", "P1.tif", "p1.5.tif"], key=natural_key)
+    ['P1.tif', 'p1.5.tif', 'p9.tif', 'p10.tif']
+    >>> sorted(["z1.tif", "z-2.tif", "z0.tif"], key=lambda f: natural_key(f, signed={0}))
+    ['z-2.tif', 'z0.tif', 'z1.tif']
     """
-    parts = _DIGITS.split(path)
-    # split() alternates text (even places) and digits (odd places), so tuples
-    # compare str with str and int with int.
-    return (tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), path)
+    # split() alternates text (even places) and numbers (odd places), so tuples
+    # compare str with str and numbers with numbers.
+    folder = _DIGITS.split(os.path.dirname(path))
+    key: list[Any] = [int(p) if i % 2 else p.casefold() for i, p in enumerate(folder)]
+    parts = _parts(path)
+    name: list[Any] = [parts[0].casefold()]
+    for place, (number, text) in enumerate(zip(parts[1::2], parts[2::2], strict=True)):
+        sign = _sign(number)
+        value = Decimal(number[len(sign) :]) if "." in number else int(number[len(sign) :])
+        if place in signed:
+            value = -value if sign == "-" else value
+        else:
+            name[-1] += sign  # a separator, compared as text
+        name += [value, text.casefold()]
+    return (tuple(key), tuple(name), path)
+
+
+def sort_planes(files: Sequence[str]) -> list[str]:
+    """`files` in `natural_key` order, a sign read as one where the names that share a
+    pattern hold signed and unsigned numbers at that place (``z-3`` ... ``z0`` ... ``z3``).
+
+    Examples
+    --------
+    >>> sort_planes(["z1.tif", "z-2.tif", "z0.tif", "z-1.tif"])
+    ['z-2.tif', 'z-1.tif', 'z0.tif', 'z1.tif']
+    >>> sort_planes(["stack-10.tif", "stack-9.tif"])  # a "-" in every name: a separator
+    ['stack-9.tif', 'stack-10.tif']
+    """
+    signs: dict[tuple[str, int], set[str]] = {}
+    for f in files:
+        for place, number in enumerate(_parts(f)[1::2]):
+            signs.setdefault((_pattern(f), place), set()).add(_sign(number))
+    signed: dict[str, set[int]] = {}
+    for (pattern, place), found in signs.items():
+        if len(found) > 1:
+            signed.setdefault(pattern, set()).add(place)
+    return sorted(files, key=lambda f: natural_key(f, signed.get(_pattern(f), ())))
+
+
+def order_warning(files: Sequence[str], where: str) -> str | None:
+    """A warning where the names' decimal numbers might not be decimals: digits after the
+    dot that count on (``x1.9``, ``x1.10``: sections, versions) give another order. Said
+    only where a fraction ends in 0 (``%g`` never writes one) and the two orders differ."""
+    places: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for f in files:
+        for place, number in enumerate(_parts(f)[1::2]):
+            places.setdefault((_pattern(f), place), []).append((number.lstrip("+-"), f))
+    for found in places.values():
+        if not any("." in n and n.endswith("0") for n, _ in found):
+            continue
+        found.sort(key=lambda nf: Decimal(nf[0]))
+        counted = [tuple(int(d) for d in n.split(".")) for n, _ in found]
+        for k in range(len(found) - 1):
+            if counted[k] > counted[k + 1]:
+                (a, first), (b, then) = found[k], found[k + 1]
+                return (
+                    f"{where}: {os.path.basename(first)!r} is ordered before "
+                    f"{os.path.basename(then)!r}, reading {a} and {b} as decimal numbers; if "
+                    f"the digits after the dot count on instead ({b} before {a}), the planes "
+                    f"are out of focus order: rename them, or pass the files as a list in "
+                    f"focus order"
+                )
+    return None
 
 
 def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
@@ -153,14 +246,14 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             where = f"folder {os.path.abspath(text)!r}"
             names = [os.path.join(text, n) for n in os.listdir(text)]
             files = [f for f in names if os.path.isfile(f) and is_image(f)]
-            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            skipped = sort_planes([f for f in files if is_litter(f)])
             files = [f for f in files if not is_litter(f)]
             if not files:
                 raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
         elif GLOB_CHARS.search(text):
             where = f"pattern {text!r}"
             files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
-            skipped = sorted((f for f in files if is_litter(f)), key=natural_key)
+            skipped = sort_planes([f for f in files if is_litter(f)])
             files = [f for f in files if not is_litter(f)]
             if not files:
                 raise ValueError(f"{name} {where} matches no files")
@@ -171,7 +264,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             )
         else:
             raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
-        files = sorted((absolute(f) for f in files), key=natural_key)
+        files = sort_planes([absolute(f) for f in files])
         return files, where, [absolute(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]

@@ -333,6 +333,51 @@ def test_natural_key():
     ]
 
 
+@pytest.mark.parametrize(
+    ("names", "warned"),
+    [
+        (["img_z0.5um", "img_z1um", "img_z1.5um", "img_z2um", "img_z2.5um", "img_z10um"], False),
+        (["z-3", "z-2", "z-1", "z0", "z1", "z2", "z3"], False),
+        (["stack_z-02um", "stack_z-01um", "stack_z+00um", "stack_z+01um", "stack_z+02um"], False),
+        (["z-1.5", "z-1", "z-0.5", "z0", "z0.5", "z1", "z1.5"], False),
+        (["stack-1", "stack-2", "stack-9", "stack-10", "stack-11"], False),  # separators
+        (["2024-05-01_z003", "2024-05-01_z010", "2024-05-02_z001", "2024-12-01_z002"], False),
+        (["scan_2024.05.01_z1", "scan_2024.05.01_z2", "scan_2024.05.01_z10"], False),
+        (["cell_t-1_z-1", "cell_t-1_z0", "cell_t-1_z1", "cell_t-2_z-1", "cell_t-2_z1"], False),
+        (["x1.1", "x1.10", "x1.2", "x1.9"], True),  # sections, or decimals? said
+    ],
+)  # fmt: skip
+def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
+    """Focus positions written with %g ("0.5um", "1um") and signed ones ("z-3" ... "z3", a
+    stack centred on focus) were fused out of order (0.5, 1.5, 1, ...; z0 ... z3, z-1 ...
+    z-3), silently or with a warning suggesting a glob that selected the same files. A "-"
+    in every name at its place is a separator (a date, "stack-1"), not a sign."""
+    planes = _planes(len(names), (6, 7))
+    order = list(range(len(names)))
+    random.Random(1).shuffle(order)
+    for k in order:  # written shuffled: the directory order is no help
+        tifffile.imwrite(tmp_path / f"{names[k]}.tif", planes[k])
+    opened = open_image_files(tmp_path)
+    assert [os.path.basename(f)[:-4] for f in opened.files] == names
+    np.testing.assert_array_equal(opened.array[...], planes)
+    assert len(opened.warnings) == warned
+    if warned:
+        assert opened.warnings[0].startswith(
+            f"spec folder '{tmp_path}': 'x1.10.tif' is ordered before 'x1.2.tif', reading 1.10 "
+            "and 1.2 as decimal numbers; if the digits after the dot count on instead"
+        )
+
+
+def test_odd_names_warning_keeps_signed_planes_in_its_pattern():
+    """The glob suggested for the planes once dropped the negative ones (z+01um, z-01um)."""
+    from fstack_dask._sources.plane_names import _glob_for, odd_names
+
+    names = [f"/d/stack_z{z:+03d}um.tif" for z in range(-3, 4)]
+    assert odd_names([*names, "/d/MAX_stack.tif"]) == ["/d/MAX_stack.tif"]
+    assert _glob_for(names) == "/d/stack_z*um.tif"
+    assert _glob_for(["/d/stack-001.tif", "/d/stack-002.tif"]) == "/d/stack-*.tif"
+
+
 def test_real_lightsheet_tiff_planes():
     folder = realdata("dfnn_mitochondria_lightsheet")
     opened = open_image_files(folder)  # LICENSE and the text files are ignored
