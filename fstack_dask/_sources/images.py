@@ -5,7 +5,8 @@ each file's header (to refuse mixed shapes, dtypes and colour modes early);
 pixels are decoded when a region is asked for: TIFF through tifffile (tiled or
 striped planes read only the tiles or strips a region overlaps, through
 tifffile's Zarr store), PNG and JPEG through Pillow, which can only decode a
-whole file, turned upright by their EXIF orientation as viewers show them.
+whole file, turned upright by their EXIF orientation as viewers show them (all by the
+first plane's: one camera's pixels are laid out alike in every plane).
 Whole decoded planes are kept in a small LRU cache, so reading a stack region
 by region decodes each file once while the cache holds the stack.
 """
@@ -42,6 +43,12 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TURNED = frozenset(range(2, 9))
 _EXIF_TRANSPOSED = frozenset(range(5, 9))
+# How Pillow turns the stored pixels upright, for each orientation (as ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+                   6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
+_EXIF_SAYS = {1: "as stored", 2: "mirrored", 3: "turned 180 degrees", 4: "flipped",
+              5: "transposed", 6: "turned 90 degrees clockwise", 7: "transversed",
+              8: "turned 90 degrees anticlockwise"}  # fmt: skip
 # Pillow modes we read, as (samples per pixel, alpha present).
 _PIL_MODES = {"L": (1, False), "I;16": (1, False), "I;16B": (1, False), "I;16L": (1, False),
               "I": (1, False),
@@ -85,13 +92,17 @@ def open_image_files(
         channels are dropped (noted in ``description``): fusion uses colour only.
         PNG and JPEG planes are turned upright by their EXIF orientation, as
         viewers show them (noted too; a portrait plane's rows and columns swap);
-        a TIFF Orientation tag is not applied, as in tifffile and Fiji.
+        every plane by the first plane's, with a warning naming the planes whose
+        orientation differs (one camera lays its pixels out alike in every plane:
+        only the tag flipped). A TIFF Orientation tag is not applied, as in
+        tifffile and Fiji.
         ``notes`` lists the files used (count, first, last, litter skipped);
         ``warnings`` names files of a folder or pattern whose names break the
         pattern most of the others share (another tool's result saved beside
         the planes, say: it is used, as a plane, and named), names whose
-        decimal numbers might count on instead (``x1.9``, ``x1.10``), and a
-        dropped alpha channel.
+        decimal numbers might count on instead (``x1.9``, ``x1.10``), planes
+        whose EXIF orientation differs from the first's, and a dropped alpha
+        channel.
 
     Raises
     ------
@@ -139,12 +150,15 @@ def open_image_files(
         files = [f for f in files if f not in fused]
         if not files:
             raise ValueError(f"{where} holds only images fstack_dask fused, no focal planes")
+    probes, turned_alike = _one_orientation(files, probes, where)
     first = probes[0]
     for f, other in zip(files[1:], probes[1:], strict=True):
         if other["shape"] != first["shape"] or other["dtype"] != first["dtype"]:
+            ours, its = first.get("orientation", 1), other.get("orientation", 1)
+            turned = "" if its == ours else f" (turned by EXIF orientation {ours}, not {its})"
             raise ValueError(
-                f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}, but "
-                f"{files[0]!r} has shape {first['shape']} and dtype {first['dtype']}; "
+                f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}{turned}, "
+                f"but {files[0]!r} has shape {first['shape']} and dtype {first['dtype']}; "
                 f"every plane of {where} must match"
             )
         if other["mode"] != first["mode"]:
@@ -167,8 +181,9 @@ def open_image_files(
             f"{', colour samples' if rgb else ''}); omit axes="
         )
     array = _PlaneFiles(
-        files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes
-    )
+        files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes,
+        first.get("orientation", 1),
+    )  # fmt: skip
     kind = f"{fmt} files"
     description = f"{len(files)} {fmt.upper()} files {place}"
     notes = []
@@ -191,6 +206,8 @@ def open_image_files(
         order = order_warning(files, where)
         if order:
             warnings.append(order)
+    if turned_alike:
+        warnings.append(turned_alike)
     if first["alpha"]:
         warnings.append(
             f"the {fmt.upper()} files of {where} have an alpha channel, which is dropped: "
@@ -213,6 +230,39 @@ def open_image_files(
         notes=(files_used(files, fmt, skipped),),
         warnings=tuple(warnings),
     )
+
+
+def _one_orientation(
+    files: list[str], probes: list[dict[str, Any]], where: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The probes with every plane turned by the first plane's EXIF orientation, and a
+    warning naming the planes whose own orientation differs (None where all agree).
+
+    A focus stack is one field seen by one camera: its pixels are laid out alike in every
+    plane, and a tag that differs (an orientation sensor flipping on a copy stand) would turn
+    that plane against the others, its detail fused in the opposite corner.
+    """
+    ours = probes[0].get("orientation", 1)
+    differ = [(f, p["orientation"]) for f, p in zip(files, probes, strict=True)
+              if p.get("orientation", 1) != ours]  # fmt: skip
+    if not differ:
+        return probes, None
+    # PNG and JPEG are decoded whole: the plane is the read unit
+    probes = [dict(p, shape=(shape := _upright_shape(p["stored"], ours)), chunk=shape,
+                   turned=ours in _EXIF_TURNED) for p in probes]  # fmt: skip
+    shown = ", ".join(f"{os.path.basename(f)!r} ({o}: {_EXIF_SAYS[o]})" for f, o in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    one = len(differ) == 1
+    return probes, (
+        f"{where}: the EXIF orientation of {shown}{more} differs from that of "
+        f"{os.path.basename(files[0])!r} ({ours}: {_EXIF_SAYS[ours]}); the planes of a focus "
+        f"stack share one camera's pixel layout, so {'it is' if one else 'they are'} turned "
+        f"as {os.path.basename(files[0])!r} is, not by {'its' if one else 'their'} own tag"
+    )
+
+
+def _upright_shape(stored: tuple[int, ...], orientation: int) -> tuple[int, ...]:
+    return (stored[1], stored[0], *stored[2:]) if orientation in _EXIF_TRANSPOSED else stored
 
 
 # ------------------------------------------------------------------- header probes
@@ -301,6 +351,8 @@ def _probe_pillow(path: str) -> dict[str, Any]:
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except (pil.UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"file {path!r} is not a readable image: {exc}") from exc
+    if not isinstance(orientation, int) or orientation not in _EXIF_SAYS:
+        orientation = 1  # out of the standard's 1-8: as stored, as Pillow reads it
     if mode not in _PIL_MODES:
         raise ValueError(
             f"file {path!r} has Pillow mode {mode!r}; expected grey (L, I;16) or colour "
@@ -317,11 +369,12 @@ def _probe_pillow(path: str) -> dict[str, Any]:
     samples, alpha = _PIL_MODES[mode]
     if mode == "I" and not (isinstance(raw, str) and raw.startswith("I;16")):
         raise ValueError(f"file {path!r} holds 32-bit integers; expected 8- or 16-bit planes")
-    rows, cols = (size[0], size[1]) if orientation in _EXIF_TRANSPOSED else (size[1], size[0])
-    shape = (rows, cols) + ((3,) if samples == 3 else ())
+    stored = (size[1], size[0]) + ((3,) if samples == 3 else ())
+    shape = _upright_shape(stored, orientation)
     dtype = np.dtype(np.uint16 if mode.startswith("I") else np.uint8)
     return {"shape": shape, "dtype": dtype, "mode": mode, "chunk": shape, "alpha": alpha,
-            "scale": {}, "units": {}, "turned": orientation in _EXIF_TURNED}  # fmt: skip
+            "scale": {}, "units": {}, "turned": orientation in _EXIF_TURNED,
+            "orientation": orientation, "stored": stored}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- array
@@ -345,8 +398,10 @@ class _PlaneFiles:
         chunk: tuple[int, ...],
         alpha: bool,
         cache_bytes: int,
+        orientation: int = 1,
     ):
         self.files, self.fmt, self.alpha, self.cache_bytes = tuple(files), fmt, alpha, cache_bytes
+        self.orientation = orientation  # EXIF, applied to every PNG or JPEG plane
         self.shape = (len(files), *plane)
         self.dtype = dtype
         self.ndim = len(self.shape)
@@ -363,7 +418,8 @@ class _PlaneFiles:
         self.decodes = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("files", "fmt", "alpha", "cache_bytes", "shape", "dtype", "ndim", "chunks", "whole")
+        keep = ("files", "fmt", "alpha", "cache_bytes", "shape", "dtype", "ndim", "chunks", "whole",
+                "orientation")  # fmt: skip
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -429,11 +485,14 @@ class _PlaneFiles:
 
                 plane = tifffile.imread(path)
             else:
-                from PIL import Image, ImageOps
+                from PIL import Image
 
                 with Image.open(path) as im:
-                    # Upright as every viewer shows it: the EXIF orientation applied.
-                    plane = np.asarray(ImageOps.exif_transpose(im))
+                    # Upright as viewers show the first plane: its EXIF orientation applied
+                    # (to every plane, whatever the plane's own tag says).
+                    method = _EXIF_TRANSPOSE.get(self.orientation)
+                    upright = im.transpose(getattr(Image.Transpose, method)) if method else im
+                    plane = np.asarray(upright)
         except (ImportError, MemoryError):
             raise
         except Exception as exc:  # a truncated or corrupt file: say which

@@ -154,10 +154,32 @@ def test_exif_orientation_turns_planes_upright(tmp_path):
     plain = open_image_files(str(tmp_path / "h*.png"))  # orientation 1: as stored, no note
     np.testing.assert_array_equal(plain.array[0], grey[0])
     assert "EXIF" not in plain.description
-    # A portrait plane among landscape ones no longer matches their shape.
-    Image.fromarray(stored[0]).save(tmp_path / "p9.jpg")
-    with pytest.raises(ValueError, match=r"p9\.jpg' has shape \(24, 40, 3\)"):
+    # Pixels stored turned (rows and columns swapped) do not match the others' shape.
+    Image.fromarray(np.ascontiguousarray(np.rot90(stored[0], k=-1))).save(tmp_path / "p9.jpg")
+    with pytest.raises(ValueError, match=r"^file .*p9\.jpg' has shape \(24, 40, 3\) and dtype "
+                       r"uint8 \(turned by EXIF orientation 6, not 1\), but .*p0\.jpg' has "
+                       r"shape \(40, 24, 3\)"):  # fmt: skip
         open_image_files(str(tmp_path / "p*.jpg"))
+
+
+@pytest.mark.parametrize(("ours", "odd", "turn"), [(1, 3, 0), (1, 6, 0), (6, 1, -1), (8, 3, 1)])
+def test_a_plane_whose_exif_orientation_differs_is_turned_as_the_first(tmp_path, ours, odd, turn):
+    """One camera lays its pixels out alike in every plane; an orientation sensor flipping
+    between frames changes only the tag. Turned by its own tag, plane 3 of 6 was fused a half
+    or quarter turn against the others (its detail in the opposite corner), silently: now
+    every plane is turned by the first plane's orientation, and plane 3 is named."""
+    stored = _planes(6, (24, 40), dtype="uint8", seed=5)
+    for k, plane in enumerate(stored):
+        tag = _with_orientation(odd if k == 2 else ours)
+        Image.fromarray(plane).save(tmp_path / f"p{k + 1:02d}.png", exif=tag)
+    opened = open_image_files(tmp_path)
+    np.testing.assert_array_equal(opened.array[...], np.rot90(stored, k=turn, axes=(1, 2)))
+    (warning,) = opened.warnings
+    assert warning.startswith(f"spec folder '{tmp_path}': the EXIF orientation of 'p03.png' ")
+    assert f"({odd}: " in warning and f"from that of 'p01.png' ({ours}: " in warning
+    assert "\n" not in warning
+    again = pickle.loads(pickle.dumps(opened.array))  # workers turn it alike
+    np.testing.assert_array_equal(again[2], opened.array[2])
 
 
 def test_alpha_is_dropped(tmp_path):
