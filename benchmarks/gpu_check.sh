@@ -75,7 +75,7 @@ sys.exit(0 if tuple(int(v) for v in numpy.__version__.split(".")[:2]) >= (2, 5) 
   then
     tmp="$(mktemp -d)"
     PYTHONPATH="$BASE" "$PY" -c "import numpy as np; from fstack_dask import write_stack
-write_stack('$tmp/in.zarr', np.zeros((5, 16, 16), np.uint16), axes='zyx')"
+write_stack('$tmp/in.zarr', np.arange(5 * 16 * 16, dtype=np.uint16).reshape(5, 16, 16), axes='zyx')"
     PYTHONPATH="$BASE" timeout 120 "$PY" -m fstack_dask fuse "$tmp/in.zarr" "$tmp/out.zarr" \
       --device cuda --no-progress 2>"$tmp/err"
     rc=$?
@@ -93,7 +93,11 @@ write_stack('$tmp/in.zarr', np.zeros((5, 16, 16), np.uint16), axes='zyx')"
 } 2>&1 | tee "$OUT/numpy25.txt"
 
 status=0
-timeout 210 "$PY" benchmarks/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.txt" || status=1
+timeout -k 10 210 "$PY" benchmarks/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.txt"
+bench=${PIPESTATUS[0]}
+[ "$bench" -eq 0 ] || status=1
+# a crash or a timeout (124) is said here, not only in bench.txt
+echo "benchmarks/gpu.py: exit $bench$([ "$bench" -eq 124 ] && echo ' (timed out at 210 s)')" >>"$OUT/checks.txt"
 pytest=("$PY" -m pytest -p no:cacheprovider -o addopts="" -q -rs)
 timeout 120 "${pytest[@]}" -m gpu tests/algorithm/test_gpu.py 2>&1 | tee "$OUT/pytest.txt" || status=1
 echo "GPU tests (pytest -m gpu tests/algorithm/test_gpu.py): $(tail -n 1 "$OUT/pytest.txt")" >>"$OUT/checks.txt"

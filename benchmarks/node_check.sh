@@ -16,15 +16,24 @@ WORK=/tmp/node_work
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 export PYTHONUNBUFFERED=1
 budget=${BUDGET_S:-570}
-finish() {
+# what exists so far, copied to $OUT after every step: a run stopped at the tool's limit (no
+# EXIT trap runs on SIGKILL) still returns what it had
+save() {
+  for f in checks.txt gpu.json pipeline.json scaling.json; do
+    if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$OUT/"; fi
+  done
   tar czf "$OUT/node.tgz" -C "$WORK" .
-  for f in checks.txt gpu.json pipeline.json scaling.json; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
+}
+finish() {
+  save
   echo "node_check.sh: $SECONDS s"
 }
 trap finish EXIT
+trap 'exit 143' TERM INT HUP  # SIGTERM: the EXIT trap runs (bash skips it on an untrapped signal)
 
-timeout 330 env OUT="$WORK" bash benchmarks/gpu_check.sh >"$WORK/gpu_check.log" 2>&1
+timeout -k 10 330 env OUT="$WORK" bash benchmarks/gpu_check.sh >"$WORK/gpu_check.log" 2>&1
 echo "gpu_check.sh: exit $? after $SECONDS s"
+save
 tail -n 5 "$WORK/checks.txt" 2>/dev/null
 
 if [ -d /tmp/site ]; then
@@ -36,13 +45,14 @@ PY="${PYTHON:-python3}"
 scaling() {
   local left=$((budget - SECONDS))
   [ "$left" -gt 20 ] || { echo "no time left for scaling $*"; return; }
-  timeout "$left" "$PY" benchmarks/scaling.py --cache /tmp/scaling_cache --workers 16 \
+  timeout -k 10 "$left" "$PY" benchmarks/scaling.py --cache /tmp/scaling_cache --workers 16 \
     --no-without-exchange --json "$WORK/scaling.json" "$@" >>"$WORK/scaling.log" 2>&1
   echo "scaling.py $*: exit $? at $SECONDS s"
+  save
 }
-timeout $((budget - SECONDS > 20 ? 120 : 1)) "$PY" benchmarks/pipeline.py --cache /tmp/scaling_cache \
+timeout -k 10 $((budget - SECONDS > 20 ? 120 : 1)) "$PY" benchmarks/pipeline.py --cache /tmp/scaling_cache \
   --workers 16 --stacks grey4096 --rounds 2 --json "$WORK/pipeline.json" >"$WORK/pipeline.log" 2>&1
-echo "pipeline.py: exit $? at $SECONDS s"; grep -E "^  " "$WORK/pipeline.log"
+echo "pipeline.py: exit $? at $SECONDS s"; save; grep -E "^  " "$WORK/pipeline.log"
 scaling --only compute measured --stacks grey4096 --repeat 2 \
   --kinds threads processes cluster cluster4x4
 scaling --only measured compute --stacks grey4096x16384 --repeat 1 --kinds threads cluster

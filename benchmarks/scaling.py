@@ -106,33 +106,31 @@ def scenario_measured(cache: Path, args: argparse.Namespace) -> dict:
     for name in args.stacks:
         src = stack_path(name, args.layout, cache)
         dst = cache / "scaling.fused.zarr"
-        runs: dict[str, list[dict]] = {}
+        label = name if args.layout == "whole-z" else f"{name} {args.layout}"
+        key = f"{label} W={workers}" + (f" ({args.tag})" if args.tag else "")
+        table: dict[str, dict] = {}
         variants = (True, False) if args.without_exchange else (True,)
         for kind in args.kinds:  # one child each: a new process's first run, then warm ones
             for exchange in variants:
-                key = f"{kind} {'exchange' if exchange else 'no exchange'}"
-                runs[key] = [_fuse(kind, src, dst, workers, repeat, exchange)]
-        table = {}
-        for key, found in runs.items():
-            best = min(found, key=lambda r: r["wall_s"])
-            table[key] = {
-                "wall_s": best["wall_s"],
-                "all_wall_s": best.get("all_wall_s", [r["wall_s"] for r in found]),
-                "decoded_ratio": max(r["decoded_ratio"] for r in found),
-                "digests": sorted({d for r in found for d in r.get("digests", [r["digest"]])}),
-                "fresh_s": best.get("fresh_s"),
-                "peak_rss_mib": best["peak_rss_mib"],
-                "package": best.get("package"),
-            }
-            print(f"  {name} W={workers} {key}: {json.dumps(table[key])}", flush=True)
-        threads = table["threads exchange"]["wall_s"]
-        for row in table.values():
-            row["vs_threads"] = row["wall_s"] / threads
-        digests = {d for row in table.values() for d in row["digests"]}
-        label = name if args.layout == "whole-z" else f"{name} {args.layout}"
-        key = f"{label} W={workers}" + (f" ({args.tag})" if args.tag else "")
-        out[key] = {"runs": table, "identical": len(digests) == 1}
-        _save(args, "measured", out)
+                run = f"{kind} {'exchange' if exchange else 'no exchange'}"
+                found = _fuse(kind, src, dst, workers, repeat, exchange)
+                table[run] = {
+                    "wall_s": found["wall_s"],
+                    "all_wall_s": found.get("all_wall_s", [found["wall_s"]]),
+                    "decoded_ratio": found["decoded_ratio"],
+                    "digests": sorted(found.get("digests", [found.get("digest")])),
+                    "fresh_s": found.get("fresh_s"),
+                    "peak_rss_mib": found["peak_rss_mib"],
+                    "package": found.get("package"),
+                }
+                print(f"  {label} W={workers} {run}: {json.dumps(table[run])}", flush=True)
+                # saved after every kind: a run cut short (node_check.sh's timeout) keeps it
+                base = table.get("threads exchange", {}).get("wall_s")
+                for row in table.values():
+                    row["vs_threads"] = row["wall_s"] / base if base else None
+                digests = {d for row in table.values() for d in row["digests"]}
+                out[key] = {"runs": table, "identical": len(digests) == 1}
+                _save(args, "measured", out)
     return out
 
 
@@ -476,6 +474,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write (update) the results here")
     parser.add_argument("--tag", help="appended to 'measured' keys (keeps earlier results)")
     args = parser.parse_args(argv)
+    if "cluster4x4" in args.kinds and "measured" in args.only and args.workers < 4:
+        parser.error("--kinds cluster4x4 needs --workers 4 or more (W/4 workers of 4 threads)")
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
     for name in args.only:
