@@ -233,7 +233,8 @@ def _add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML configuration file (see configs/README.md); options given here override it",
+        help="YAML configuration file (keys: configs/README.md in the fstack_dask repository); "
+        "options given here override it",
     )
 
 

@@ -31,6 +31,7 @@ import yaml
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
 )
+from .._sources.common import import_optional
 from .config_values import (
     _CLUSTER_KEYS_FOR,
     _SCHEMA,
@@ -230,13 +231,9 @@ def open_scheduler(config: Config) -> Iterator[Any]:
 
 def _jobqueue_class(kind: str) -> Any:
     name = _JOBQUEUE_CLASS[kind]
-    try:
-        import dask_jobqueue
-    except ImportError as exc:
-        raise RuntimeError(
-            f"cluster kind {kind!r} needs dask-jobqueue, which is not installed; "
-            f'install it with: pip install "fstack_dask[jobqueue]"'
-        ) from exc
+    dask_jobqueue = import_optional(
+        "dask_jobqueue", extra="jobqueue", what=f"cluster kind {kind!r}", package="dask-jobqueue"
+    )  # a missing extra is bad input, exit 2, as every other one (was a RuntimeError: 1)
     return getattr(dask_jobqueue, name)
 
 

@@ -45,8 +45,8 @@ def _ours(folder: Path) -> bool:
             with tifffile.TiffFile(path) as tif:
                 if tif.pages[0].description != MARK:
                     return False
-        except (OSError, ValueError, IndexError):  # not a TIFF (tifffile's error is a
-            return False  # ValueError), or one without pages
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError):  # not a TIFF (a
+            return False  # ValueError since tifffile 2025.9.20), or one without pages
     return True
 
 

@@ -473,7 +473,6 @@ def fused_layers(
         meta=np.empty((0,) * x.ndim, dtype=np.float64),
         n_out=n_out,
         fills=_image_minimums(x, depth, kernel, out_chunks_canon, n_planes),
-        token="fstack-fuse",
         **kernel,
     )
     return Layers(
@@ -500,7 +499,7 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
     stats = da.map_overlap(
         chunk_stats, x, depth=depth, boundary="none", trim=False, allow_rechunk=False,
         chunks=stats_chunks, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64),
-        token="fstack-selectivity", **kernel,
+        **kernel,
     )  # fmt: skip
     s_min = stats[(slice(None),) * k_ax + (0,)]
     defined = ~da.isnan(s_min)

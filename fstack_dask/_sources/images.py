@@ -358,7 +358,8 @@ def _probe_pillow(path: str) -> dict[str, Any]:
             f"file {path!r} has Pillow mode {mode!r}; expected grey (L, I;16) or colour "
             f"(RGB, RGBA) planes"
         )
-    raw = tile[0].args if tile else None
+    raw = tile[0][3] if tile else None  # the decoder's args (Pillow 11's _Tile.args; before
+    # Pillow 11 a plain tuple, without .args: every PNG/JPEG folder failed there)
     raw = raw[0] if isinstance(raw, tuple) else raw
     if mode in ("RGB", "RGBA") and isinstance(raw, str) and ";16" in raw:
         # Pillow has no 16-bit colour mode and would silently keep 8 of the 16 bits.

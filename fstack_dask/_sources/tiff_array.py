@@ -176,7 +176,9 @@ class TiffArray:
                     store = tif.series[self.series].aszarr(
                         level=self.level, maxworkers=2, chunkmode=2 if self.whole_pages else 0
                     )
-                    self._zarr = zarr.open_array(store, mode="r", zarr_format=2)
+                    # the store's own format: tifffile 2026.11 (Python 3.12+) writes Zarr v3
+                    # metadata, and a v2 opening found "no array" in every TIFF
+                    self._zarr = zarr.open_array(store, mode="r")
                     if self.offset is not None:  # the store gave the shape and dtype
                         self._zarr = _Rows(self.path, self.offset, self._zarr.shape,
                                            np.dtype(self._zarr.dtype))  # fmt: skip

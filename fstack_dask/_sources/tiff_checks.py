@@ -16,7 +16,9 @@ import operator
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["check_data", "held_log"]
+from .common import MissingExtraError
+
+__all__ = ["check_codec", "check_data", "held_log"]
 
 _PHOTOMETRIC_YCBCR = 6  # JPEG-compressed colour: tifffile decodes it to RGB
 
@@ -72,8 +74,12 @@ def check_data(level: Any, where: str) -> None:
     Raises
     ------
     ValueError
-        Naming `where`, the page and what does not match.
+        Naming `where`, the page and what does not match, or a compression tifffile cannot
+        decode.
+    MissingExtraError
+        Where decoding it needs imagecodecs, which is not installed.
     """
+    check_codec(level.keyframe, where)
     if level.dataoffset is not None:
         # A contiguous series is read from its first page's strips, shifted page by page:
         # those strips, and the end of the last page, are what must be in the file.
@@ -94,6 +100,36 @@ def check_data(level: Any, where: str) -> None:
                 "companion file that should hold it); refusing to read it as zeros"
             )
         _check_page(page, where)
+
+
+def check_codec(page: Any, where: str) -> None:
+    """Refuse a page whose compression or predictor tifffile cannot decode here, before any
+    block is read: without imagecodecs an LZW TIFF failed block by block as "corrupt", exit 1,
+    and ``info`` found it fine (an adversarial run, 2026-12-05)."""
+    import importlib.util
+
+    import tifffile
+
+    needs = []
+    tables = (("compression", tifffile.TIFF.DECOMPRESSORS, page.compression),
+              ("predictor", tifffile.TIFF.UNPREDICTORS, page.predictor))  # fmt: skip
+    for what, table, key in tables:
+        try:
+            table[key]
+        except (KeyError, ImportError, NotImplementedError):
+            needs.append(f"{what} {_name(key)}")
+    if not needs:
+        return
+    if importlib.util.find_spec("imagecodecs") is None:
+        raise MissingExtraError(
+            f"{where} uses {' and '.join(needs)}, which needs the package 'imagecodecs', which "
+            'is not installed; install it with: pip install "fstack_dask[tiff]"'
+        )
+    raise ValueError(f"{where} uses {' and '.join(needs)}, which tifffile cannot decode")
+
+
+def _name(value: Any) -> str:
+    return getattr(value, "name", None) or str(value)
 
 
 def _check_page(page: Any, where: str) -> None:
