@@ -567,6 +567,8 @@ def test_zero_chunks_of_an_open_zarr_array_are_refused(tmp_path):
                       dimension_names="zyx")  # fmt: skip
     _edit_metadata(path, "zarr.json", _set("chunk_grid", "configuration", "chunk_shape", [3, 0, 4]))
     array = zarr.open_array(str(path), mode="r")  # zarr itself lets it through
+    if 0 not in array.chunks:  # zarr 3.4 (Python 3.12+) reads it as 1, with its own warning
+        pytest.skip(f"zarr {zarr.__version__} repairs a zero chunk shape itself")
     with pytest.raises(ValueError, match=r"has chunk shape \(3, 0, 4\); every chunk"):
         open_source(array)
 
