@@ -267,17 +267,19 @@ def _check_unit_fits(fusion: Fusion) -> None:
 
 
 def _padding(source: Source) -> float:
-    """How much more than its share of the image a Zarr read unit decodes: a chunk stated
-    larger than the array is stored and decoded at its stated size (a chunk of 6 x 8192^2
-    over a 64^2 image held 950 MB, 5 times the budget: an adversarial run, 2026-12-05)."""
-    array = source.array
-    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
-    stated = getattr(grid, "chunk_shape", None)
-    if stated is None or (source.by_inner_chunks and source.inner_shape is not None):
-        stated = getattr(array, "chunks", None)
-    if stated is None or len(stated) != len(source.read_shape):
-        return 1.0
-    return math.prod(max(1.0, int(c) / r) for c, r in zip(stated, source.read_shape, strict=True))
+    """How much more than its share of the image a Zarr read unit decodes: zarr decodes
+    whole chunks (a sharded array's inner chunks) at their stated size, so a chunk stated
+    larger than the array is decoded at that size (a chunk of 6 x 8192^2 over a 64^2 image
+    held 950 MB, 5 times the budget: an adversarial run, 2026-12-05), and a unit decodes the
+    chunks that cover it. A shard larger than the image decodes only the chunks inside it."""
+    import zarr
+
+    array, read = source.array, source.read_shape
+    if not isinstance(array, zarr.Array) or len(array.chunks) != len(read):
+        return 1.0  # a dask array's chunks are computed at their own size
+    return math.prod(
+        math.ceil(r / int(c)) * int(c) / r for c, r in zip(array.chunks, read, strict=True)
+    )
 
 
 def _warn_over_budget(fusion: Fusion) -> None:

@@ -115,7 +115,9 @@ def check_codec(page: Any, where: str) -> None:
               ("predictor", tifffile.TIFF.UNPREDICTORS, page.predictor))  # fmt: skip
     for what, table, key in tables:
         try:
-            table[key]
+            codec = table[key]
+            if what == "compression":
+                _load(codec)
         except (KeyError, ImportError, NotImplementedError):
             needs.append(f"{what} {_name(key)}")
     if not needs:
@@ -126,6 +128,19 @@ def check_codec(page: Any, where: str) -> None:
             'is not installed; install it with: pip install "fstack_dask[tiff]"'
         )
     raise ValueError(f"{where} uses {' and '.join(needs)}, which tifffile cannot decode")
+
+
+def _load(decode: Any) -> None:
+    """Call a decoder on no data, for the module it loads at its first call: tifffile's own
+    ZSTD decoder imports ``compression.zstd`` (Python 3.14's) only then, and without it and
+    imagecodecs a ZSTD TIFF failed block by block (a review, 2026-12-05). An error about the
+    data itself is what an empty input gives."""
+    try:
+        decode(b"")
+    except ImportError:
+        raise
+    except Exception:
+        pass
 
 
 def _name(value: Any) -> str:

@@ -93,6 +93,18 @@ def test_a_chunk_stated_larger_than_the_array_counts_at_its_stated_size(tmp_path
     assert a["0"][...].tobytes() == b["0"][...].tobytes()
 
 
+def test_a_shard_larger_than_the_image_decodes_only_its_chunks(tmp_path):
+    """Shards of 8 x 8192^2 with 512^2 chunks over a 1000^2 image: zarr decodes the chunks
+    inside the image, not the stated shard, so the run goes on (the first rule for chunks
+    stated larger than the array refused it, asking for 1 GiB: a review, 2026-12-05)."""
+    shape = (8, 1000, 1000)
+    src = _store(tmp_path / "s.zarr", shape=shape, chunks=(8, 512, 512), shards=(8, 8192, 8192))
+    plain = _store(tmp_path / "p.zarr", shape=shape, chunks=(8, 500, 500))
+    a = fuse_zarr(src, tmp_path / "a.ome.zarr", progress=False, levels=0)
+    b = fuse_zarr(plain, tmp_path / "b.ome.zarr", progress=False, levels=0)
+    assert a["0"][...].tobytes() == b["0"][...].tobytes()
+
+
 def test_an_hdf5_filter_that_cannot_be_decoded_is_refused_when_opened(tmp_path):
     """Every block failed at run time as "corrupt", exit 1, where the file is fine and only
     its filter plugin (Blosc, Zstd, LZ4, bitshuffle) is missing."""
