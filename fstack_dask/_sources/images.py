@@ -94,7 +94,8 @@ def open_image_files(
         viewers show them (noted too; a portrait plane's rows and columns swap);
         every plane by the first plane's, with a warning naming the planes whose
         orientation differs (one camera lays its pixels out alike in every plane:
-        only the tag flipped). A TIFF Orientation tag is not applied, as in
+        only the tag flipped); where their stored sizes differ, each by its own
+        (software turned some). A TIFF Orientation tag is not applied, as in
         tifffile and Fiji.
         ``notes`` lists the files used (count, first, last, litter skipped);
         ``warnings`` names files of a folder or pattern whose names break the
@@ -150,12 +151,13 @@ def open_image_files(
         files = [f for f in files if f not in fused]
         if not files:
             raise ValueError(f"{where} holds only images fstack_dask fused, no focal planes")
-    probes, turned_alike = _one_orientation(files, probes, where)
+    probes, turned_alike, orientation = _one_orientation(files, probes, where)
     first = probes[0]
     for f, other in zip(files[1:], probes[1:], strict=True):
         if other["shape"] != first["shape"] or other["dtype"] != first["dtype"]:
             ours, its = first.get("orientation", 1), other.get("orientation", 1)
-            turned = "" if its == ours else f" (turned by EXIF orientation {ours}, not {its})"
+            alike = its != ours and isinstance(orientation, int)  # turned by the first's tag
+            turned = f" (turned by EXIF orientation {ours}, not {its})" if alike else ""
             raise ValueError(
                 f"file {f!r} has shape {other['shape']} and dtype {other['dtype']}{turned}, "
                 f"but {files[0]!r} has shape {first['shape']} and dtype {first['dtype']}; "
@@ -182,7 +184,7 @@ def open_image_files(
         )
     array = _PlaneFiles(
         files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes,
-        first.get("orientation", 1),
+        orientation,
     )  # fmt: skip
     kind = f"{fmt} files"
     description = f"{len(files)} {fmt.upper()} files {place}"
@@ -234,31 +236,38 @@ def open_image_files(
 
 def _one_orientation(
     files: list[str], probes: list[dict[str, Any]], where: str
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The probes with every plane turned by the first plane's EXIF orientation, and a
-    warning naming the planes whose own orientation differs (None where all agree).
+) -> tuple[list[dict[str, Any]], str | None, int | tuple[int, ...]]:
+    """The probes with every plane turned by the first plane's EXIF orientation, a warning
+    naming the planes whose own orientation differs (None where all agree), and the
+    orientation to decode by: one for every plane, or one per plane.
 
     A focus stack is one field seen by one camera: its pixels are laid out alike in every
     plane, and a tag that differs (an orientation sensor flipping on a copy stand) would turn
-    that plane against the others, its detail fused in the opposite corner.
+    that plane against the others, its detail fused in the opposite corner. Where the planes'
+    stored shapes differ, though, their pixels are not laid out alike: software turned some
+    (Explorer, Preview, ``jpegtran -rotate`` store the turned pixels and reset the tag), and
+    each is turned by its own tag (the first rule refused such a stack: a review, 2026-12-05).
     """
     ours = probes[0].get("orientation", 1)
     differ = [(f, p["orientation"]) for f, p in zip(files, probes, strict=True)
               if p.get("orientation", 1) != ours]  # fmt: skip
     if not differ:
-        return probes, None
+        return probes, None, ours
+    if len({p["stored"] for p in probes}) > 1:
+        return probes, None, tuple(p.get("orientation", 1) for p in probes)
     # PNG and JPEG are decoded whole: the plane is the read unit
     probes = [dict(p, shape=(shape := _upright_shape(p["stored"], ours)), chunk=shape,
                    turned=ours in _EXIF_TURNED) for p in probes]  # fmt: skip
     shown = ", ".join(f"{os.path.basename(f)!r} ({o}: {_EXIF_SAYS[o]})" for f, o in differ[:5])
     more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
     one = len(differ) == 1
-    return probes, (
+    warning = (
         f"{where}: the EXIF orientation of {shown}{more} differs from that of "
         f"{os.path.basename(files[0])!r} ({ours}: {_EXIF_SAYS[ours]}); the planes of a focus "
         f"stack share one camera's pixel layout, so {'it is' if one else 'they are'} turned "
         f"as {os.path.basename(files[0])!r} is, not by {'its' if one else 'their'} own tag"
     )
+    return probes, warning, ours
 
 
 def _upright_shape(stored: tuple[int, ...], orientation: int) -> tuple[int, ...]:
@@ -399,10 +408,10 @@ class _PlaneFiles:
         chunk: tuple[int, ...],
         alpha: bool,
         cache_bytes: int,
-        orientation: int = 1,
+        orientation: int | tuple[int, ...] = 1,
     ):
         self.files, self.fmt, self.alpha, self.cache_bytes = tuple(files), fmt, alpha, cache_bytes
-        self.orientation = orientation  # EXIF, applied to every PNG or JPEG plane
+        self.orientation = orientation  # EXIF: of every PNG or JPEG plane, or one per plane
         self.shape = (len(files), *plane)
         self.dtype = dtype
         self.ndim = len(self.shape)
@@ -491,7 +500,8 @@ class _PlaneFiles:
                 with Image.open(path) as im:
                     # Upright as viewers show the first plane: its EXIF orientation applied
                     # (to every plane, whatever the plane's own tag says).
-                    method = _EXIF_TRANSPOSE.get(self.orientation)
+                    turn = self.orientation
+                    method = _EXIF_TRANSPOSE.get(turn if isinstance(turn, int) else turn[z])
                     upright = im.transpose(getattr(Image.Transpose, method)) if method else im
                     plane = np.asarray(upright)
         except (ImportError, MemoryError):
