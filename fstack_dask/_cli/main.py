@@ -29,7 +29,7 @@ from .args import (
     configure,
     scene_src,
 )
-from .stopping import Terminated, leave, on_sigterm_raise
+from .stopping import Terminated, leave, on_sigterm_raise, quiet_broken_pools
 
 __all__ = ["main"]
 
@@ -278,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("interrupted")
         return EXIT_INTERRUPTED
     restore = on_sigterm_raise()
+    unquiet = quiet_broken_pools() if argv is None else (lambda: None)
     try:
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
@@ -298,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(exc)
     finally:
         restore()
+        unquiet()
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

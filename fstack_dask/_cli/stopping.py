@@ -17,6 +17,7 @@ A resume afterwards redoes the blocks those tasks had not finished.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing
@@ -29,7 +30,7 @@ from typing import Any
 
 from .._errors import StopWaiting
 
-__all__ = ["TERMINATION_GRACE", "Terminated", "leave", "on_sigterm_raise"]
+__all__ = ["TERMINATION_GRACE", "Terminated", "leave", "on_sigterm_raise", "quiet_broken_pools"]
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
 TERMINATION_GRACE = 60.0
@@ -110,3 +111,25 @@ def leave(code: int) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     os._exit(code)
+
+
+def quiet_broken_pools() -> Callable[[], None]:
+    """Keep CPython 3.11's failure of a process pool's manager thread, when a signal to the
+    process group ended the pool's processes (``InvalidStateError: CANCELLED`` on each queued
+    future, a traceback apiece), off the program's stderr: the one-line "terminated" says it.
+    Returns the function that puts the previous hook back. For the program only (a library
+    leaves the process's hooks alone)."""
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        manager = type(args.thread).__name__ == "_ExecutorManagerThread"
+        if manager and isinstance(args.exc_value, cf.InvalidStateError):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+    def restore() -> None:
+        threading.excepthook = previous
+
+    return restore

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,6 +59,7 @@ class ProcessPool:
         ]
         self._busy = [0] * len(self.executors)
         self._submitted: list[cf.Future] = []
+        self._slot: dict[cf.Future, int] = {}
         self.started_with = _inherited(len(self.executors))
         self.parent = (
             os.getpid()
@@ -76,6 +78,7 @@ class ProcessPool:
         """Run ``fn(*args)`` in process ``slot``."""
         future = self.executors[slot].submit(fn, *args)
         self._submitted.append(future)
+        self._slot[future] = slot
         self._busy[slot] += 1
         future.add_done_callback(lambda _f, k=slot: self._done(k))
         return future
@@ -88,7 +91,26 @@ class ProcessPool:
         if not all(f.done() for f in self._submitted):
             return False
         self._submitted.clear()
+        self._slot.clear()
         return all(_alive(executor) for executor in self.executors)
+
+    def cancel(self, futures: set[cf.Future]) -> None:
+        """Cancel ``futures`` not started, but not those of a process that died: Python 3.11's
+        executor, finding its process gone, fails on each cancelled future with a traceback
+        on stderr (``InvalidStateError: CANCELLED``)."""
+        for future in futures:
+            if _alive(self.executors[self._slot.get(future, 0)]):
+                future.cancel()
+
+    def wait(self, futures: set[cf.Future], timeout: float = 600) -> None:
+        """Wait for ``futures`` to end, but not for those of a process that died: SIGTERM to
+        the process group (scancel, systemd, ``timeout``) ends the workers too, and Python
+        3.11's executor then leaves their futures pending for ever (its manager thread fails
+        on a cancelled one). A run so stopped waited for 60 s (a review, 2026-12-05)."""
+        pending, end = set(futures), time.monotonic() + timeout
+        while pending and time.monotonic() < end:
+            _, pending = cf.wait(pending, timeout=0.2)
+            pending = {f for f in pending if _alive(self.executors[self._slot.get(f, 0)])}
 
     def drain(self) -> None:
         """Drop reports left from an earlier run (each is ignored anyway: its id is not
@@ -102,6 +124,13 @@ class ProcessPool:
 
     def _shutdown(self) -> None:
         for executor in self.executors:
+            if not _alive(executor):
+                # its process is gone (a signal to the process group): the feeder thread of
+                # its task queue may be blocked writing to it, and the interpreter's exit
+                # would join that thread for ever (Python 3.11 leaves it so)
+                queue = getattr(executor, "_call_queue", None)
+                with contextlib.suppress(Exception):
+                    queue.cancel_join_thread()
             executor.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.ticks.close()

@@ -160,9 +160,8 @@ class _Processes(_Reported):
         return [f.result() for f in [self.pool.submit_to(k, forget_run, token) for k in self.slots]]
 
     def close(self, running: set[Any]) -> None:
-        for future in running:
-            future.cancel()
-        cf.wait(running, timeout=600)
+        self.pool.cancel(running)
+        self.pool.wait(running)
 
 
 class _Cluster(_Reported):

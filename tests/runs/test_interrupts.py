@@ -88,6 +88,35 @@ def test_no_orphan_worker_processes_after_the_run_is_killed(stack, tmp_path, sig
     assert done.returncode == 0, done.stderr
 
 
+def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_path):
+    """scancel, systemd, docker stop and timeout(1) signal the whole group, so the worker
+    processes die too: Python 3.11's pool then left its futures pending for ever, and the
+    run waited 60 s (its grace period) and printed a traceback per future (a review,
+    2026-12-05). Now: exit 143 at once, one line, and it resumes."""
+    dst = tmp_path / "out.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
+         "processes", "--chunks", "32", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the run did not end within 30 s of SIGTERM to its group") from None
+    assert proc.returncode == 143, err
+    assert time.monotonic() - start < 15
+    assert "terminated" in _stderr_is_one_line(err)
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def _wait_for_library(proc, name: str, timeout=TIMEOUT) -> None:
     """Until the child has mapped a shared library (it is importing the module using it)."""
     child = psutil.Process(proc.pid)
