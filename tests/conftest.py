@@ -87,6 +87,18 @@ def local_cluster():
         yield cluster
 
 
+def synthetic_store(path, yx, planes, *, chunk, seed):
+    """A synthetic uint16 stack saved at ``path`` as OME-Zarr (z, y, x), in chunks of
+    ``chunk`` px with every plane."""
+    import numpy as np
+
+    from fstack_dask import synthetic_stack, write_stack
+
+    data = synthetic_stack(yx, planes, dtype="uint16", seed=seed).stack.transpose(2, 0, 1)
+    write_stack(path, np.ascontiguousarray(data), axes="zyx", chunks=(planes, chunk, chunk))
+    return path
+
+
 def tree_digest(root) -> dict[str, str]:
     """sha256 of every file and the name of every folder below root (to prove nothing changed)."""
     out = {}

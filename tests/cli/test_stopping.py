@@ -14,10 +14,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-
-from fstack_dask import synthetic_stack, write_stack
+from conftest import synthetic_store
 
 TIMEOUT = 60
 
@@ -45,10 +43,8 @@ sys.exit(main())
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "stack.ome.zarr"
-    data = synthetic_stack((128, 128), 7, dtype="uint16", seed=4).stack.transpose(2, 0, 1)
-    write_stack(path, np.ascontiguousarray(data), axes="zyx", chunks=(7, 32, 32))
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("src") / "stack.ome.zarr", (128, 128), 7,
+                           chunk=32, seed=4)  # fmt: skip
 
 
 def _start_and_wait_for_the_hang(src, dst):

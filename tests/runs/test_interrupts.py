@@ -14,12 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 from clusters import Cluster
-
-from fstack_dask import synthetic_stack, write_stack
+from conftest import synthetic_store
 
 TIMEOUT = 120
 
@@ -27,10 +25,8 @@ TIMEOUT = 120
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """A stack whose fusion takes a few seconds in 256 small blocks."""
-    path = tmp_path_factory.mktemp("src") / "stack.ome.zarr"
-    data = synthetic_stack((512, 512), 11, dtype="uint16", seed=2).stack.transpose(2, 0, 1)
-    write_stack(path, np.ascontiguousarray(data), axes="zyx", chunks=(11, 32, 32))
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("src") / "stack.ome.zarr", (512, 512), 11,
+                           chunk=32, seed=2)  # fmt: skip
 
 
 def _popen(*args, env=None):
