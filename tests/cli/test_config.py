@@ -18,6 +18,7 @@ from fstack_dask._cli.config import (
     load_config,
     open_scheduler,
 )
+from fstack_dask._sources.common import MissingExtraError
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -296,6 +297,7 @@ def test_jobqueue_cluster_context(monkeypatch, kind):
 def test_jobqueue_missing_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # import fails
     cfg = config_from_mapping({"cluster": {"kind": "slurm"}})
-    with pytest.raises(RuntimeError, match=r"pip install \"fstack_dask\[jobqueue\]\""):
+    # a missing extra, as every other one (exit 2; it was a RuntimeError, exit 1)
+    with pytest.raises(MissingExtraError, match=r"pip install \"fstack_dask\[jobqueue\]\""):
         with cfg.cluster_context():
             pass
