@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import functools
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -48,19 +47,11 @@ def in_ieee_arithmetic() -> bool:
 
 
 _FENV_BYTES = 64  # at least sizeof(fenv_t) on every platform (32 on x86-64 glibc, 8 on Arm)
-_lock = threading.Lock()
-_libm: list[Any] = []
 
 
+@functools.cache
 def _fenv_functions() -> tuple[Any, Any, Any] | None:
     """(fegetenv, fesetenv, FE_DFL_ENV) from the C library, or None where there are none."""
-    with _lock:
-        if not _libm:
-            _libm.append(_load_fenv())
-        return _libm[0]
-
-
-def _load_fenv() -> tuple[Any, Any, Any] | None:
     names = [ctypes.util.find_library("m"), ctypes.util.find_library("c"), None]
     for name in names:
         try:
