@@ -22,6 +22,7 @@ __all__ = [
     "DestinationLockedError",
     "FstackDaskWarning",
     "LeaseLostError",
+    "SourceChangedError",
     "SourceReadError",
     "SourceValueError",
     "StopWaiting",
@@ -35,6 +36,12 @@ __all__ = [
 
 class SourceReadError(RuntimeError):
     """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
+
+
+class SourceChangedError(SourceReadError):
+    """Another program changed the source while the run read it (a microscope still writing
+    it, a copy or removal under way): the blocks read from a version it no longer holds are
+    not kept."""
 
 
 class SourceValueError(ValueError):
@@ -110,6 +117,8 @@ def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
             f"no space left on device while writing dst {dst!r}: free space or choose another "
             f"dst; {left}"
         )
+    if isinstance(exc, SourceChangedError):  # nothing to repair: let the writer finish
+        return type(exc)(f"{exc}; {left}")
     if isinstance(exc, (SourceReadError, SourceValueError)):
         left = left.replace("rerun with", "repair the source and rerun with")
         return type(exc)(f"{exc}; {left}")

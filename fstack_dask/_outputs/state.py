@@ -278,16 +278,20 @@ class OutputState:
         digest: str = "",
         stored: list[str] | None = None,
         s_min: float | None = None,
+        filled: bool = False,
     ) -> None:
         """Record a finished block (after its data is durable), durably, with the digest of
         the samples it read (:func:`input_digest`; empty for pyramid blocks) on its first
         line, the chunk keys it stored (where known) on its second, and on a third the
         smallest selectivity ``S`` of its pixels (``s_min``, exact: a later run of the same
-        output needs its image's smallest ``S`` to fill undefined ones)."""
+        output needs its image's smallest ``S`` to fill undefined ones); ``filled`` (a line
+        of its own) says its pixels depend on that smallest ``S``."""
         marker = self.done_folder.child(name)
         text = digest if stored is None else f"{digest}\n{' '.join(stored)}"
         if s_min is not None:
             text = (text if stored is not None else f"{text}\n") + f"\ns_min {s_min.hex()}"
+        if filled:
+            text += "\nfilled"
         body = text.encode()
         if marker.is_local:
             fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -320,6 +324,11 @@ class OutputState:
                 return float.fromhex(line[len("s_min ") :].strip())
         return None
 
+    def marker_filled(self, name: str) -> bool:
+        """Whether a block's pixels were fused with its image's smallest ``S`` (markers
+        written before 2026-12-06 do not say: False)."""
+        return "filled" in (line.strip() for line in self._marker_lines(name)[2:])
+
     def drop_markers_without_data(self) -> list[str]:
         """Remove the done-markers of blocks whose stored chunk files are gone (an unfinished
         output copied in part, say), so that those blocks are fused again; returns their
@@ -337,6 +346,18 @@ class OutputState:
         if dropped:
             fsync_dir(self.done_folder.path)
         return dropped
+
+    def drop_markers(self, names: Iterable[str]) -> None:
+        """Remove these done-markers, durably: their blocks are fused again by a resume."""
+        for name in names:
+            marker = self.done_folder.child(name)
+            with contextlib.suppress(FileNotFoundError):
+                if marker.is_local:
+                    os.unlink(marker.path)
+                else:
+                    marker.fs.rm(marker.path)
+        if self.done_folder.is_local:
+            fsync_dir(self.done_folder.path)
 
     def done(self) -> set[str]:
         try:

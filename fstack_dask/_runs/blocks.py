@@ -253,7 +253,8 @@ class FuseJob:
         stored = make_durable(self.output, keys)  # the data first ...
         if self.lease is not None:
             self.lease.check()
-        OutputState(self.output).mark_done(plan.name(block), digest, stored, s_min)  # the marker
+        marker = OutputState(self.output)  # ... then the marker
+        marker.mark_done(plan.name(block), digest, stored, s_min, filled=undefined)
         return Outcome(
             plan.name(block),
             None,

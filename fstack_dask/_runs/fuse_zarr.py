@@ -141,7 +141,8 @@ def fuse_zarr(
         If another live run is writing ``dst``.
     SourceReadError, SourceValueError
         If source chunks cannot be read, or hold NaN or infinity; names the source and the
-        chunk. The blocks that do not read them are still written.
+        chunk. The blocks that do not read them are still written. A ``SourceReadError``
+        too where another program changed the source while the run read it.
     DestinationFullError
         If the device holding ``dst`` fills up.
 

@@ -14,6 +14,7 @@ without modification times: :func:`fingerprinted`), every finished block is read
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import SourceChangedError, SourceReadError
 from .._locations import reach, resolve
 from .._outputs.destination import Destination
 from .._outputs.state import (
@@ -34,6 +36,7 @@ from .._outputs.state import (
     source_files,
 )
 from .._sources.fetch import UnitCache, fetch_block
+from .._sources.open import Reopen
 from .._sources.source import Source
 from .fusion import Fusion, with_block
 from .plan import Plan
@@ -41,6 +44,7 @@ from .plan import Plan
 __all__ = [
     "Prior",
     "check_complete_source",
+    "check_source_after_run",
     "check_resumable",
     "check_source_files",
     "examine",
@@ -219,6 +223,112 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
             "the source's files cannot show every change of its data (%s): reading the %d "
             "finished block(s) again", _unshown(source), len(done),
         )  # fmt: skip
+    for block, name in _blocks_reading(source, plan, changed, done).items():
+        suspects.setdefault(block, name)
+    if suspects:
+        log.debug(
+            "source files changed since the run began (%s): reading the %d finished block(s) "
+            "that read them again", _few(changed), len(suspects),
+        )  # fmt: skip
+    for block, name in _read_otherwise(state, source, plan, suspects, first=True):
+        because = f"the source file {name!r}" if name else "the source's data"
+        raise ValueError(
+            f"cannot resume {what}: {because} changed since the run began, and finished "
+            f"block {block} was computed from its old content; start over with "
+            "overwrite=True and resume=False"
+        )
+    log.info(
+        "source %s since the run began; the blocks already done read the same samples as "
+        "before, and only blocks not yet done read the rest",
+        f"files changed ({_few(changed)})" if changed else "unchanged, as far as its data shows",
+    )  # fmt: skip
+
+
+def check_source_after_run(src, fusion: Fusion, state: OutputState, plan: Plan, identity, files):
+    """The source's identity to keep with the output, once every block is fused: raises
+    :class:`SourceChangedError` where another program changed the source while this run
+    read it (a microscope still writing it, a copy or a removal under way), rather than
+    mark complete an output fused from two versions of it, or from the fill values its
+    removed chunks read as. ``identity`` and ``files`` are what the run began from.
+
+    Its files are listed again; the finished blocks that read one that changed are read
+    again from the source opened afresh, and those whose samples differ from their
+    marker's digest are dropped, so that a resume fuses them from the source as it is
+    then. A source whose shape or metadata changed (opened again as ``src``, the user's
+    spelling: a folder is listed again), or that is gone, keeps no block; one that cannot
+    be opened for another reason (a network error) keeps them all, for a resume to check.
+    A source in memory is not checked (its data would be read again whole)."""
+    source = fusion.source
+    if source.data_root is None and not source.files:
+        return identity
+    done = {n for n in state.done() if not n.startswith("L")}
+    where = source.description
+    try:
+        fresh = Reopen(src, *fusion.recipe[1:], by_inner_chunks=source.by_inner_chunks)()
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if not _gone(source):  # a network error, expired credentials: keep the blocks
+            raise SourceReadError(
+                f"{where} could not be opened again to check that it did not change while "
+                f"this run read it ({reason}); resume=True checks it again"
+            ) from exc
+        # gone: a store's chunks read as the fill value since, and a store moved back later
+        # would look unchanged to a resume
+        state.drop_markers(state.done())
+        raise SourceChangedError(
+            f"{where} cannot be opened any more ({reason}): it was moved or removed while "
+            "this run read it, and the blocks fused are not kept; fuse it again once it is "
+            "back (with overwrite=True and resume=False where dst is kept)"
+        ) from exc
+    with contextlib.closing(fresh):
+        root = fresh.data_root
+        if root is not None and not root.is_local:  # (fsspec keeps the listings it made)
+            root.fs.invalidate_cache()
+        now = source_files(fresh.data_files())
+        changes = identity_differences(identity, {**identity, **fresh.identity()})
+        if changes:
+            state.drop_markers(state.done())
+            raise SourceChangedError(
+                f"{where} changed while this run read it ({'; '.join(changes)}), and the "
+                "blocks fused are not kept; fuse it again once nothing writes to it (with "
+                "overwrite=True and resume=False where dst is kept)"
+            )
+        changed = changed_files(files, now)
+        suspects = _blocks_reading(fresh, plan, changed, done)
+        otherwise = _read_otherwise(state, fresh, plan, suspects, first=False)
+    if otherwise:
+        # the blocks filled with an image's smallest S go too: a dropped block may hold it
+        images = {b.rsplit("_", 2)[0] if b.count("_") > 1 else "" for b, _ in otherwise}
+        filled = [n for n in done if (n.rsplit("_", 2)[0] if n.count("_") > 1 else "") in images
+                  and state.marker_filled(n)]  # fmt: skip
+        state.drop_markers([b for b, _ in otherwise] + filled
+                           + [n for n in state.done() if n[0] == "L"])  # fmt: skip
+        names = sorted({name for _, name in otherwise})
+        raise SourceChangedError(
+            f"{where} changed while this run read it: {_few(names)} changed after "
+            f"{len(otherwise)} finished block(s) ({_few([b for b, _ in otherwise])}) read "
+            "it, and their results are dropped; once nothing writes to the source, "
+            "resume=True fuses them again from it"
+        )
+    if changed:
+        log.info("%s: files changed while the run read them (%s); every finished block read "
+                 "what they hold now", where, _few(changed))  # fmt: skip
+    return {**identity, "files_sha256": files_digest(now)}
+
+
+def _gone(source: Source) -> bool:
+    """Whether the source's store, or one of its files, is no longer where it was."""
+    try:
+        if any(not os.path.exists(f) for f in source.files):
+            return True
+        return source.location is not None and not source.location.exists()
+    except Exception:  # cannot tell (a network error): not known to be gone
+        return False
+
+
+def _blocks_reading(source: Source, plan: Plan, changed: list[str], done: set[str]):
+    """{finished block: the first of the ``changed`` files it read}."""
+    suspects: dict[str, str] = {}
     for name in changed:
         unit = source.unit_of_file(name)
         if unit is None:  # a file every block may read (a TIFF, a plane file)
@@ -237,12 +347,14 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
                     block = plan.name((*lead, j, i))
                     if block in done:
                         suspects.setdefault(block, name)
-    if suspects:
-        log.debug(
-            "source files changed since the run began (%s): reading the %d finished block(s) "
-            "that read them again", _few(changed), len(suspects),
-        )  # fmt: skip
+    return suspects
+
+
+def _read_otherwise(state, source, plan, suspects, *, first: bool) -> list[tuple[str, str]]:
+    """The (block, file) of ``suspects`` whose samples, read from ``source`` now, are not
+    those their done-marker vouches for (only the first, with ``first``)."""
     cache = UnitCache(0, plan.halo)
+    found = []
     for block, name in sorted(suspects.items()):
         recorded = state.marker_digest(block)
         if recorded is not None:
@@ -254,17 +366,10 @@ def check_source_files(state: OutputState, what: str, source: Source, plan: Plan
                 unchanged = False
             if unchanged:
                 continue
-        because = f"the source file {name!r}" if name else "the source's data"
-        raise ValueError(
-            f"cannot resume {what}: {because} changed since the run began, and finished "
-            f"block {block} was computed from its old content; start over with "
-            "overwrite=True and resume=False"
-        )
-    log.info(
-        "source %s since the run began; the blocks already done read the same samples as "
-        "before, and only blocks not yet done read the rest",
-        f"files changed ({_few(changed)})" if changed else "unchanged, as far as its data shows",
-    )  # fmt: skip
+        found.append((block, name))
+        if first:
+            break
+    return found
 
 
 def fingerprinted(source: Source, files: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from .device import require_device
 from .fusion import plan_fusion
 from .passes import fuse_blocks, image_minimums, pyramid_levels
 from .reading import read_by
-from .resume import examine
+from .resume import check_source_after_run, examine
 
 __all__ = ["run_fusion"]
 
@@ -75,11 +75,14 @@ def run_fusion(
                 done = fill_undefined(fusion, blocks, target, sched, cache_bytes=cache_bytes,
                                       progress=progress, stall_timeout=stall_timeout,
                                       resuming=prior.resuming)  # fmt: skip
+                # another program may have written the source meanwhile (still acquired)
+                identity = check_source_after_run(src, fusion, target.state, blocks,
+                                                  prior.identity, prior.files)  # fmt: skip
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
                                stall_timeout=stall_timeout)  # fmt: skip
                 given = [k for k, ch in enumerate(fusion.source.channels or ()) if "window" in ch]
                 fit_float_windows(target.output, given=given)
-                lifecycle.record_source(target, prior.identity)
+                lifecycle.record_source(target, identity)
                 if finishing is not None:
                     finishing(target)
                 lifecycle.finish(target, destination)

@@ -1,0 +1,177 @@
+"""Another program writes the source while a run reads it (a microscope still acquiring, a
+copy or a removal under way): the run never marks complete an output fused from two versions
+of it, or from the fill values its removed chunks read as, and a resume once the writer is
+done gives what a fresh run gives (an adversarial run on live data, 2026-12-06: each case
+finished "complete", exit 0).
+
+Real stores and plane folders on disk, changed by the test after the run's third block.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from safety_util import CHUNK, small_stack, write_src
+
+from fstack_dask import SourceReadError, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask._cli.main import main
+from fstack_dask._outputs.state import OutputState
+
+
+def _while_running(monkeypatch, change, after=3):
+    """Run ``change()`` once ``after`` level-0 blocks are finished (their markers written)."""
+    real = OutputState.mark_done
+    count = []
+
+    def mark_done(self, name, *args, **kwargs):
+        real(self, name, *args, **kwargs)
+        if not name.startswith("L"):
+            count.append(name)
+            if len(count) == after:
+                change()
+
+    monkeypatch.setattr(OutputState, "mark_done", mark_done)
+    return count
+
+
+def _fuse(src, dst, **kwargs):
+    return fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, **kwargs)
+
+
+def test_a_chunk_rewritten_under_finished_blocks_is_not_marked_complete(
+    tmp_path, monkeypatch, capsys
+):
+    """Chunk 0 is rewritten (planes reversed) after the blocks that read it are done: the run
+    fails in one line, exit 1, naming the file; those blocks are dropped, and ``--resume``
+    then gives the bits of a fresh run of the source as it is now."""
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+
+    def rewrite():
+        arr = zarr.open_array(src / "0", mode="r+")
+        arr[:, :CHUNK, :CHUNK] = arr[:, :CHUNK, :CHUNK][::-1]
+
+    _while_running(monkeypatch, rewrite)
+    argv = ["fuse", str(src), str(dst), "--chunks", str(CHUNK), "--scheduler", "synchronous",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed while this run read it: c/0/0/0 changed after" in err[0]
+    assert "--resume fuses them again" in err[0]
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is False
+    monkeypatch.undo()
+    _fuse(src, dst, resume=True)
+    fresh = _fuse(src, tmp_path / "fresh.zarr")
+    assert np.array_equal(zarr.open_group(dst, mode="r")["0"][...], fresh["0"][...])
+
+
+def test_blocks_filled_with_the_smallest_selectivity_a_dropped_block_held_go_too(
+    tmp_path, monkeypatch
+):
+    """Plane 0 dark (selectivity undefined where the fit reads it: filled with the image's
+    smallest, held by a low-contrast patch); the patch is then rewritten with the stack's
+    own texture, after every block is done. The blocks that read it are dropped, and so are
+    those filled with the smallest selectivity it held: the resume gives a fresh run's bits
+    (keeping them left 726 pixels filled with the old smallest)."""
+    stack = synthetic_stack((96, 80), 7, dtype="uint8", noise=0.01, seed=2).stack
+    data = np.ascontiguousarray(np.moveaxis(stack, 2, 0))
+    data[0] = 0
+    normal = data[:, 64:96, 64:80].copy()
+    rng = np.random.default_rng(1)
+    texture = rng.integers(50, 200, (32, 16))
+    data[:, 64:96, 64:80] = texture + rng.integers(0, 3, (7, 32, 16))
+    src, dst = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
+
+    def rewrite():
+        zarr.open_array(src / "0", mode="r+")[:, 64:96, 64:80] = normal
+
+    _while_running(monkeypatch, rewrite, after=9)
+    with pytest.raises(SourceReadError, match="c/0/2/2 changed after 4 finished block"):
+        _fuse(src, dst)
+    monkeypatch.undo()
+    _fuse(src, dst, resume=True)
+    fresh = _fuse(src, tmp_path / "fresh.zarr")
+    assert np.array_equal(zarr.open_group(dst, mode="r")["0"][...], fresh["0"][...])
+
+
+def _append_planes(src):
+    arr = zarr.open_array(src / "0", mode="r+")
+    arr.append(np.asarray(small_stack(1)[:2]), axis=0)
+
+
+def _remove(src):
+    shutil.rmtree(src)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (_append_planes, r"changed while this run read it \(its shape was \[7, 96, 80\] and is "
+                         r"now \[9, 96, 80\]"),
+        (_remove, "cannot be opened any more .* moved or removed while this run read it"),
+    ],
+    ids=["planes appended", "store removed"],
+)  # fmt: skip
+def test_a_store_changed_or_removed_while_it_is_read_leaves_nothing(
+    tmp_path, monkeypatch, change, match
+):
+    """Planes appended (zarr.json rewritten) or the store removed mid-run: its chunks read
+    as the fill value from then on, silently. Now nothing is kept of a new dst."""
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    _while_running(monkeypatch, lambda: change(src))
+    with pytest.raises(SourceReadError, match=f"{match}.*; nothing was written$"):
+        _fuse(src, dst)
+    assert not dst.exists()
+
+
+def test_a_source_that_cannot_be_opened_again_for_a_while_keeps_every_block(tmp_path, monkeypatch):
+    """The check cannot open the source (a network error, expired credentials) though it is
+    there: the run fails, keeping every block, and a resume checks it again and finishes."""
+    from fstack_dask._sources import open as opening
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+
+    def unreachable(self, data=None):
+        raise OSError("Service Unavailable")
+
+    monkeypatch.setattr(opening.Reopen, "__call__", unreachable)
+    with pytest.raises(SourceReadError, match="could not be opened again to check .*"
+                       r"\(Service Unavailable\); .* is kept with 9 of 9 blocks done"):  # fmt: skip
+        _fuse(src, dst)
+    monkeypatch.undo()
+    out = _fuse(src, dst, resume=True)
+    fresh = _fuse(src, tmp_path / "fresh.zarr")
+    assert np.array_equal(out["0"][...], fresh["0"][...])
+
+
+def test_plane_files_saved_into_the_folder_while_it_is_fused(tmp_path, monkeypatch):
+    """The folder holds more planes at the end of the run than it listed: refused."""
+    planes, dst = tmp_path / "planes", tmp_path / "out.zarr"
+    planes.mkdir()
+    stack = small_stack(0)
+    for z in range(5):
+        tifffile.imwrite(planes / f"z{z:02d}.tif", stack[z])
+    _while_running(monkeypatch, lambda: tifffile.imwrite(planes / "z05.tif", stack[5]))
+    with pytest.raises(SourceReadError, match=r"its shape was \[5, 96, 80\] and is now \[6, "):
+        _fuse(planes, dst)
+    assert not dst.exists()
+
+
+def test_a_chunk_only_touched_while_it_is_read_still_completes(tmp_path, monkeypatch, caplog):
+    """A file whose times change but not its samples (a backup tool, ``touch``) does not
+    fail the run, and the output records the files as the run left them."""
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    chunk = src / "0" / "c" / "0" / "0" / "0"
+    _while_running(monkeypatch, lambda: os.utime(chunk, ns=(1, 1)))
+    out = _fuse(src, dst)
+    assert out.attrs["fstack_dask"]["complete"] is True
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="fstack_dask"):
+        _fuse(src, dst, resume=True)  # its files as the run left them: "already complete"
+    assert "already complete; nothing to resume" in caplog.text
