@@ -36,6 +36,7 @@ import errno
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -251,6 +252,14 @@ class Lease:
         try:
             raw = self.lock.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
+            output = posixpath.dirname(posixpath.dirname(self.lock.path.rstrip("/")))
+            if not self.lock.fs.exists(posixpath.join(output, "zarr.json")):
+                # no run that takes a lock over removes or moves the output's metadata
+                raise LeaseLostError(
+                    f"{self.what}: the folder this run writes, {output!r}, is gone (moved or "
+                    "removed by another program while this run wrote it); this run stopped "
+                    "writing"
+                ) from None
             raise LeaseLostError(
                 f"{self.what}: this run's lock was taken over and is gone (another run judged "
                 f"it stale after {LOCK_STALE_AFTER:g} s without a heartbeat: was this run "

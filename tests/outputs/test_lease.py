@@ -227,6 +227,27 @@ def test_a_lease_taken_over_is_refused_to_its_old_holder(tmp_path):
     assert not Path(dst / STATE_DIR).exists()
 
 
+def test_a_dst_moved_away_while_it_is_written_says_so(tmp_path, monkeypatch):
+    """Another program moves dst away (``mv``) after the run's third block: the run stops
+    writing and says that dst is gone, not that another run judged its lock stale (what it
+    said: an adversarial run, 2026-12-06); nothing is written at the old path again."""
+    from fstack_dask._outputs.state import OutputState
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    real, done = OutputState.mark_done, []
+
+    def mark_done(self, name, *args, **kwargs):
+        real(self, name, *args, **kwargs)
+        done.append(name)
+        if len(done) == 3:
+            dst.rename(tmp_path / "moved.zarr")
+
+    monkeypatch.setattr(OutputState, "mark_done", mark_done)
+    with pytest.raises(LeaseLostError, match=r"out.zarr', is gone \(moved or removed by anoth"):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    assert not dst.exists() and len(done) == 3
+
+
 def test_a_stalled_run_never_rewrites_an_object_store_lock(monkeypatch):
     """On an object store the heartbeat reads the lock (still ours?) and then rewrites it: not
     one step. A run stalled in between past the stale age, whose lock another run took over
