@@ -11,7 +11,7 @@ and the command line start quickly and a Ctrl-C during start-up is handled by th
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
@@ -71,13 +71,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._synthetic import SyntheticStack, synthetic_stack
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fstack_dask' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which take a module's __getattr__ for "any name exists":
+    # they would pass a misspelled fstack_dask.fuze(...); they see the imports above.
+    def __getattr__(name: str) -> Any:
+        module = _WHERE.get(name)
+        if module is None:
+            raise AttributeError(f"module 'fstack_dask' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

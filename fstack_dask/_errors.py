@@ -59,13 +59,13 @@ class LeaseLostError(DestinationLockedError):
 class DestinationFullError(OSError):
     """The device holding the destination is full (ENOSPC) or over quota."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str) -> None:
         super().__init__(errno.ENOSPC, message)
 
     def __str__(self) -> str:
         return str(self.strerror)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DestinationFullError], tuple[str]]:
         return type(self), (self.strerror,)
 
 

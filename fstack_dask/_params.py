@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -291,6 +291,9 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
         shown = value if len(str(value)) < 30 else f"a number of {len(str(value))} digits"
         raise ValueError(f"{name} must be at most 1 PiB ({MAX_MEMORY} bytes), got {shown}")
     return int(n)
+
+
+Channels = Literal["auto", "rgb", "independent"]  # the channels= a type checker accepts
 
 
 def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: Any) -> bool:

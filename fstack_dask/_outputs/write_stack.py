@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,8 +25,8 @@ def write_stack(
     scale: Mapping[str, float] | None = None,
     units: Mapping[str, str] | None = None,
     translation: Mapping[str, float] | None = None,
-    zarr_format: int = 3,
-    storage_options: dict[str, Any] | None = None,
+    zarr_format: Literal[2, 3] = 3,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Save a focus stack as a single-level OME-Zarr image group.
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import DestinationFullError, DestinationLockedError
-from .._params import DEFAULT_MEMORY_PER_TASK, check_flag
+from .._params import DEFAULT_MEMORY_PER_TASK, Channels, check_flag
 from .schedulers import check_scheduler
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_tiff_destination"]
@@ -28,7 +28,7 @@ def fuse_zarr(
     *,
     axes: str | None = None,
     level: int = 0,
-    channels: str = "auto",
+    channels: Channels = "auto",
     nhsize: int | str = 9,
     focus: Any = None,
     alpha: float = 0.2,
@@ -42,11 +42,11 @@ def fuse_zarr(
     resume: bool = False,
     progress: bool = True,
     scheduler: Any = None,
-    storage_options: dict[str, Any] | None = None,
-    dst_storage_options: dict[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    dst_storage_options: Mapping[str, Any] | None = None,
     stall_timeout: float = 600.0,
     device: str = "cpu",
-) -> Any:
+) -> Any:  # a zarr.Group; typed so, out["0"][:] fails type checkers (zarr: Array | Group)
     """Fuse a focus stack stored as Zarr into an OME-Zarr 0.5 all-in-focus image.
 
     Out of core: each task reads one y/x block of the stack with its halo straight from
@@ -95,12 +95,12 @@ def fuse_zarr(
     chunks : int or (int, int), optional
         y/x block (and output chunk) size. Default: the largest whole multiple of the
         source's chunk (or shard) that fits ``memory_per_task``.
+    memory_per_task : int or str, optional
+        Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
     levels : int, optional
         Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
         (the image, and the depth and selectivity maps); default: until the image fits in
         one chunk (for a TIFF dst: in one 512 px tile); 0 for none.
-    memory_per_task : int or str, optional
-        Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
     overwrite : bool, optional
         Replace an existing ``dst`` that is an fstack_dask output (the new output is written
         beside it and swapped in only once complete).

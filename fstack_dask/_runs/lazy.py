@@ -10,10 +10,11 @@ uneven last chunks included, give the same bits as the whole image.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import dask.array as da
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .._algorithm.auto import (
     AUTO,
@@ -23,10 +24,10 @@ from .._algorithm.auto import (
     check_sth_or_auto,
     sample_tiles,
 )
-from .._algorithm.block import block_memory
 from .._algorithm.device import check_device
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
+    Channels,
     check_alpha,
     check_chunks,
     check_dtype,
@@ -39,11 +40,9 @@ from .._params import (
     resolve_channels,
 )
 from .device import require_device_for_graph, run_engine
-from .lazy_chunks import cast_chunk, chunk_stats, fuse_chunk
+from .lazy_chunks import cast_chunk, chunk_stats, fuse_chunk, merge_small, plan_chunks
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
-
-Channels = Literal["auto", "rgb", "independent"]
 
 
 class FusionResult(NamedTuple):
@@ -77,70 +76,56 @@ def _plan(axes: str, shape: tuple[int, ...], rgb: bool) -> _Plan:
     return _Plan(order, canon, out_axes, rgb, n_channels)
 
 
-def plan_chunks(
-    shape_yx: tuple[int, int],
+# What fuse returns, as type checkers see it: the image alone, or with the maps
+@overload
+def fuse(
+    stack: Any,
     *,
-    n_planes: int,
-    n_channels: int,
-    itemsize: int,
-    nhsize: int,
-    rgb: bool,
-    memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
-    align: tuple[int, int] = (1, 1),
-    engine: str | None = None,
-) -> tuple[int, int]:
-    """y/x block size whose task fits in ``memory_per_task`` bytes.
-
-    The largest square block (halo included) under the budget, then balanced
-    so the last block is not a sliver, and rounded to a multiple of ``align``
-    (the source's chunk grid, so that each source chunk is read by one task)
-    where that keeps the block at least two halos wide.
-    """
-    halo = overlap_depth(nhsize)
-
-    def fits(side: int) -> bool:
-        shape = (side + 2 * halo, side + 2 * halo)
-        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
-        return need <= memory_per_task
-
-    lo, hi = 1, max(shape_yx)
-    if fits(hi):
-        lo = hi
-    while lo < hi:  # largest side that fits (at least 1)
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    side = lo
-    if side < halo and side < max(shape_yx):
-        # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
-        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb,
-                            engine=engine)  # fmt: skip
-        raise ValueError(
-            f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
-            f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
-        )
-    out = []
-    for n, a in zip(shape_yx, align, strict=True):
-        s = -(-n // -(-n // min(side, n)))  # balanced: ceil(n / ceil(n / side))
-        if a > 1 and s < n and (s // a) * a >= 2 * halo:
-            s = (s // a) * a
-        out.append(s)
-    return out[0], out[1]
+    axes: str = ...,
+    nhsize: int | str = ...,
+    focus: Any = ...,
+    alpha: float = ...,
+    sth: float | str = ...,
+    channels: Channels = ...,
+    chunks: int | tuple[int, int] | None = ...,
+    memory_per_task: int | str = ...,
+    return_maps: Literal[False] = ...,
+    device: str = ...,
+) -> da.Array: ...
 
 
-def _merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
-    """Merge chunks smaller than ``minimum`` into a neighbour (keeps boundaries otherwise)."""
-    if len(chunks) == 1:
-        return chunks
-    merged: list[int] = []
-    for c in chunks:
-        if merged and merged[-1] < minimum:
-            merged[-1] += c
-        else:
-            merged.append(c)
-    if len(merged) > 1 and merged[-1] < minimum:
-        last = merged.pop()
-        merged[-1] += last
-    return tuple(merged)
+@overload
+def fuse(
+    stack: Any,
+    *,
+    axes: str = ...,
+    nhsize: int | str = ...,
+    focus: Any = ...,
+    alpha: float = ...,
+    sth: float | str = ...,
+    channels: Channels = ...,
+    chunks: int | tuple[int, int] | None = ...,
+    memory_per_task: int | str = ...,
+    return_maps: Literal[True],
+    device: str = ...,
+) -> FusionResult: ...
+
+
+@overload
+def fuse(
+    stack: Any,
+    *,
+    axes: str = ...,
+    nhsize: int | str = ...,
+    focus: Any = ...,
+    alpha: float = ...,
+    sth: float | str = ...,
+    channels: Channels = ...,
+    chunks: int | tuple[int, int] | None = ...,
+    memory_per_task: int | str = ...,
+    return_maps: bool,
+    device: str = ...,
+) -> da.Array | FusionResult: ...
 
 
 def fuse(
@@ -153,7 +138,7 @@ def fuse(
     sth: float | str = 13,
     channels: Channels = "auto",
     chunks: int | tuple[int, int] | None = None,
-    memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
+    memory_per_task: int | str = DEFAULT_MEMORY_PER_TASK,
     return_maps: bool = False,
     device: str = "cpu",
 ) -> da.Array | FusionResult:
@@ -188,8 +173,8 @@ def fuse(
         y/x block size. Default: the input's chunks for a Dask array, else a
         size that fits ``memory_per_task``. The output keeps these chunks;
         blocks smaller than the halo are merged for computing only.
-    memory_per_task : int, optional
-        Bytes one task may use, for choosing ``chunks`` (default 256 MiB).
+    memory_per_task : int or str, optional
+        Bytes one task may use, for choosing ``chunks`` (default 256 MiB), e.g. ``"1GiB"``.
     return_maps : bool, optional
         Also return the depth and selectivity maps (see :class:`FusionResult`).
     device : {"cpu", "cuda"}, optional
@@ -201,7 +186,8 @@ def fuse(
     Returns
     -------
     dask.array.Array or FusionResult
-        The fused image, axes as ``axes`` without ``z``, in the input's dtype.
+        The fused image, axes as ``axes`` without ``z``, in the input's dtype; with
+        ``return_maps=True``, a :class:`FusionResult` of the image and its maps.
 
     Notes
     -----
@@ -385,7 +371,7 @@ def fused_layers(
     sth: float | str,
     channels: Channels,
     chunks: int | tuple[int, int] | None,
-    memory_per_task: int,
+    memory_per_task: int | str,
     with_maps: bool,
     device: str = "cpu",
 ) -> Layers:
@@ -447,7 +433,7 @@ def fused_layers(
     lead_chunks: tuple[Any, ...] = (1,) * n_lead
     if "c" in plan.canon_axes:
         lead_chunks += (-1,) if rgb else (1,)
-    compute_chunks = tuple(_merge_small(c, halo) for c in out_chunks)
+    compute_chunks = tuple(merge_small(c, halo) for c in out_chunks)
     x = x.rechunk(lead_chunks + (-1,) + compute_chunks)
 
     n_img = 3 if rgb else 1
@@ -507,7 +493,7 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
     return da.where(defined.any(axis=(-2, -1)), smallest, -np.inf)
 
 
-def _cast(arr: da.Array, dtype: np.dtype) -> da.Array:
+def _cast(arr: da.Array, dtype: DTypeLike) -> da.Array:
     """``arr.astype(dtype)``, in tasks that run in IEEE arithmetic (:func:`.cast_chunk`)."""
     dtype = np.dtype(dtype)
     return arr.map_blocks(cast_chunk, to=dtype, dtype=dtype, meta=np.empty((0,) * arr.ndim, dtype))

@@ -1,17 +1,20 @@
-"""What each task of the lazy graph (:mod:`.lazy`) runs on its overlapped block: the fusion,
-cropped to the block's own pixels, the block's smallest ``S`` for the graph's first pass, and
-the layers' cast to the output's dtypes. Plain NumPy in, NumPy out: no dask here. Each runs in
-IEEE arithmetic (:mod:`fstack_dask._fp_env`), whatever the worker's thread was left in.
+"""The blocks of the lazy graph (:mod:`.lazy`) and what each of its tasks runs on its
+overlapped block. The blocks: the y/x size that fits ``memory_per_task``, and blocks narrower
+than a halo merged into a neighbour. The tasks: the fusion, cropped to the block's own pixels,
+the block's smallest ``S`` for the graph's first pass, and the layers' cast to the output's
+dtypes. Plain NumPy in, NumPy out: no dask here. Each task runs in IEEE arithmetic
+(:mod:`fstack_dask._fp_env`), whatever the worker's thread was left in.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._algorithm.block import fuse_block, selectivity_stats
+from .._algorithm.block import block_memory, fuse_block, selectivity_stats
 from .._fp_env import with_ieee_arithmetic
+from .._params import DEFAULT_MEMORY_PER_TASK, overlap_depth
 
-__all__ = ["cast_chunk", "chunk_stats", "fuse_chunk"]
+__all__ = ["cast_chunk", "chunk_stats", "fuse_chunk", "merge_small", "plan_chunks"]
 
 
 def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
@@ -80,3 +83,69 @@ def cast_chunk(block: np.ndarray, *, to: np.dtype) -> np.ndarray:
     """A block of the fused float64 layers in the output's dtype (a float32 image's subnormal
     values kept, which a thread that flushes them would turn to 0)."""
     return block.astype(to)
+
+
+def plan_chunks(
+    shape_yx: tuple[int, int],
+    *,
+    n_planes: int,
+    n_channels: int,
+    itemsize: int,
+    nhsize: int,
+    rgb: bool,
+    memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
+    align: tuple[int, int] = (1, 1),
+    engine: str | None = None,
+) -> tuple[int, int]:
+    """y/x block size whose task fits in ``memory_per_task`` bytes.
+
+    The largest square block (halo included) under the budget, then balanced
+    so the last block is not a sliver, and rounded to a multiple of ``align``
+    (the source's chunk grid, so that each source chunk is read by one task)
+    where that keeps the block at least two halos wide.
+    """
+    halo = overlap_depth(nhsize)
+
+    def fits(side: int) -> bool:
+        shape = (side + 2 * halo, side + 2 * halo)
+        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
+        return need <= memory_per_task
+
+    lo, hi = 1, max(shape_yx)
+    if fits(hi):
+        lo = hi
+    while lo < hi:  # largest side that fits (at least 1)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    side = lo
+    if side < halo and side < max(shape_yx):
+        # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
+        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb,
+                            engine=engine)  # fmt: skip
+        raise ValueError(
+            f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
+            f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
+        )
+    out = []
+    for n, a in zip(shape_yx, align, strict=True):
+        s = -(-n // -(-n // min(side, n)))  # balanced: ceil(n / ceil(n / side))
+        if a > 1 and s < n and (s // a) * a >= 2 * halo:
+            s = (s // a) * a
+        out.append(s)
+    return out[0], out[1]
+
+
+def merge_small(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
+    """Merge chunks smaller than ``minimum`` into a neighbour (keeps boundaries otherwise)."""
+    if len(chunks) == 1:
+        return chunks
+    merged: list[int] = []
+    for c in chunks:
+        if merged and merged[-1] < minimum:
+            merged[-1] += c
+        else:
+            merged.append(c)
+    if len(merged) > 1 and merged[-1] < minimum:
+        last = merged.pop()
+        merged[-1] += last
+    return tuple(merged)
