@@ -81,8 +81,17 @@ def write_stack(
     if 0 in data.shape:  # (it blamed chunks, which the user did not give: a ninth run)
         raise ValueError(f"stack must not have an empty axis, got shape {data.shape}")
     check_ngff_order(ax)
-    if zarr_format not in (2, 3):
+    # np.int64(3) failed in zarr's JSON after the folder was made (left behind, empty)
+    if isinstance(zarr_format, bool) or zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
+    zarr_format = 3 if zarr_format == 3 else 2
+    for name, value, what in (
+        ("scale", scale, "by axis letter"), ("units", units, "by axis letter"),
+        ("translation", translation, "by axis letter"),
+        ("storage_options", storage_options, "of fsspec options"),
+    ):  # fmt: skip
+        if value is not None and not isinstance(value, Mapping):  # (0, [] or "" was none)
+            raise TypeError(f"{name} must be a dict {what} or None, got {value!r}")
     chunks = _chunks(chunks, ax, data.shape)
     scale_vec = positive_scale(_reals(scale, ax, "scale"), ax, "scale")
     shift = _reals(translation, ax, "translation")
@@ -132,7 +141,10 @@ def _reals(values: Mapping[str, Any] | None, letters: str, name: str) -> dict[st
             raise ValueError(f"{name} has axis {letter!r}, which is not in axes {letters!r}")
         if isinstance(value, (bool, np.bool_, str, bytes)) or not np.isscalar(value):
             raise TypeError(f"{name}[{letter!r}] must be a real number, got {value!r}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit int
+            number = float("inf")
         if not np.isfinite(number):
             raise ValueError(f"{name}[{letter!r}] must be finite, got {value!r}")
         out[letter] = number

@@ -298,6 +298,12 @@ def test_write_stack_refusals(tmp_path):
         ({"path": "missing/deeper/s.ome.zarr"}, FileNotFoundError, "parent folder"),
         ({"path": "s.png"}, ValueError, "names a PNG file"),
         ({"path": "s.tif"}, ValueError, "names a TIF file"),
+        # a falsy non-dict was taken for none, and 10**400 was an OverflowError naming nothing
+        ({"scale": 0}, TypeError, "scale must be a dict by axis letter or None, got 0"),
+        ({"units": []}, TypeError, r"units must be a dict by axis letter or None, got \[\]"),
+        ({"translation": ""}, TypeError, "translation must be a dict"),
+        ({"storage_options": 0}, TypeError, "storage_options must be a dict of fsspec options"),
+        ({"scale": {"y": 10**400}}, ValueError, r"scale\['y'\] must be finite"),
     ],
 )
 def test_write_stack_refuses_what_it_wrote_as_given(tmp_path, kwargs, exc, says):
@@ -309,6 +315,18 @@ def test_write_stack_refuses_what_it_wrote_as_given(tmp_path, kwargs, exc, says)
     with pytest.raises(exc, match=says):
         write_stack(path, _stack(), axes="zyx", **kwargs)
     assert os.listdir(tmp_path) == []
+
+
+def test_write_stack_takes_numpy_integers_for_zarr_format(tmp_path):
+    """zarr_format=np.int64(3) (read from an array or a config) failed in zarr's JSON encoder,
+    after the folder was made, and left it behind; a bool is no format."""
+    write_stack(tmp_path / "v3.zarr", _stack(), axes="zyx", zarr_format=np.int64(3))
+    write_stack(tmp_path / "v2.zarr", _stack(), axes="zyx", zarr_format=np.int64(2))
+    assert zarr.open_group(str(tmp_path / "v3.zarr"), mode="r").metadata.zarr_format == 3
+    assert zarr.open_group(str(tmp_path / "v2.zarr"), mode="r").metadata.zarr_format == 2
+    with pytest.raises(ValueError, match="zarr_format must be 2"):
+        write_stack(tmp_path / "b.zarr", _stack(), axes="zyx", zarr_format=True)
+    assert sorted(os.listdir(tmp_path)) == ["v2.zarr", "v3.zarr"]
 
 
 def test_write_stack_leaves_nothing_when_writing_fails_and_clamps_huge_chunks(tmp_path):
