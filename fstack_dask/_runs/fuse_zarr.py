@@ -9,6 +9,7 @@ or, on any failure, leave ``dst`` as the table in ``_outputs.destination`` says.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -203,7 +204,8 @@ def is_tiff_destination(dst: Any) -> bool:
 
 
 def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    # numbers.Real: NumPy's integers and floats too (np.int64(60) was refused)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     try:
         return float(value)

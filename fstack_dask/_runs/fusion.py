@@ -8,6 +8,7 @@ it before touching ``dst``, and ``fstack-dask info`` prints it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -321,8 +322,10 @@ def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]
 
     if levels is None:
         return n_levels(shape_yx, block)
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+    # NumPy's integers too (np.int64(2) was refused), not bools
+    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 0:
         raise ValueError(f"levels must be None (automatic) or an integer >= 0, got {levels!r}")
+    levels = int(levels)
     # level N of the last useful one is 1 x 1; beyond, copies of it (34 of them for
     # levels=40 on 64 px, with translations far outside the image: adversarial runs)
     most = max(1, math.ceil(math.log2(max(shape_yx)))) if max(shape_yx) > 1 else 0

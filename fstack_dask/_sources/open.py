@@ -68,6 +68,10 @@ def open_source(
     ValueError, TypeError
         If it is none of the supported inputs, or its metadata or ``axes`` are unusable.
     """
+    # for every input, as the Zarr reader checks it (level=[] or None was level 0 for an
+    # array, a TIFF or plane files; "1" blamed the array for having no pyramid)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise TypeError(f"level must be an integer >= 0, got {level!r}")
     if _is_in_memory_array(src):
         from .arrays import array_source
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import tree_digest as _tree
 from distributed import Client, default_client
@@ -590,6 +591,23 @@ def test_memory_per_task_as_a_size_string(tmp_path):
             fuse_zarr(src, tmp_path / "c.zarr", memory_per_task=bad, progress=False)
     with pytest.raises(ValueError, match="stall_timeout"):
         fuse_zarr(src, tmp_path / "c.zarr", stall_timeout=10**400, progress=False)
+    assert _tree(tmp_path) == before
+
+
+def test_numpy_integers_are_integers_and_level_is_checked_for_every_source(tmp_path):
+    """stall_timeout=np.int64(60) and levels=np.int64(1) (read from an array or a config) were
+    refused as not numbers; level=[] or None was taken as level 0 for an in-memory array or a
+    TIFF, where only a Zarr source checked it. Nothing is written on a refusal."""
+    data = _make("zyx", shape=(40, 40), dtype="uint16")
+    out = fuse_zarr(data, tmp_path / "a.zarr", axes="zyx", stall_timeout=np.int64(60),
+                    levels=np.int64(1), level=np.int64(0), progress=False)  # fmt: skip
+    assert sorted(out.array_keys()) == ["0", "1"]
+    tifffile.imwrite(tmp_path / "s.tif", data)
+    before = _tree(tmp_path)
+    for src in (data, tmp_path / "s.tif"):
+        for bad in ([], None, "1", True, -1):
+            with pytest.raises(TypeError, match=r"^level must be an integer >= 0, got "):
+                fuse_zarr(src, tmp_path / "b.zarr", axes="zyx", level=bad, progress=False)
     assert _tree(tmp_path) == before
 
 
