@@ -33,7 +33,7 @@ def sample_stack(name: str) -> np.ndarray:
     >>> sample_stack("pcb").shape
     (7, 192, 256, 3)
     """
-    if name not in SAMPLES:
+    if not isinstance(name, str) or name not in SAMPLES:  # (a list: "unhashable type")
         raise ValueError(f"name must be one of {sorted(SAMPLES)}, got {name!r}")
     with resources.files("fstack_dask").joinpath(f"data/{name}.npz").open("rb") as fh:
         with np.load(fh) as data:

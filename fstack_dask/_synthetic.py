@@ -48,7 +48,11 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 def _check_nonneg_real(name: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a finite real number >= 0, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a 400-digit int
+        raise ValueError(f"{name} must be a finite real number >= 0, got a number beyond "
+                         "float64") from None  # fmt: skip
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite real number >= 0, got {value}")
     return value

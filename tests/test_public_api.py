@@ -11,7 +11,7 @@ import dask.array as da
 import pytest
 
 import fstack_dask
-from fstack_dask import FusionResult, fuse, fuse_zarr
+from fstack_dask import FusionResult, fuse, fuse_zarr, sample_stack
 
 INIT = pathlib.Path(fstack_dask.__file__)
 
@@ -72,3 +72,10 @@ def test_public_annotations_resolve_and_say_what_comes_back():
     hints = typing.get_type_hints(fuse_zarr)
     assert hints["return"] is typing.Any
     assert hints["channels"] == typing.get_type_hints(fuse)["channels"]
+
+
+@pytest.mark.parametrize("bad", [[], {}, None, 3])
+def test_sample_stack_names_its_parameter(bad):
+    """``sample_stack([])`` was ``TypeError: unhashable type: 'list'``."""
+    with pytest.raises(ValueError, match=r"^name must be one of \['mitochondria_lightsheet'"):
+        sample_stack(bad)

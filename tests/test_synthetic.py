@@ -133,6 +133,9 @@ def test_tiny_and_non_square_images():
         ({"max_sigma": float("inf")}, ValueError, "max_sigma"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 1.5}, TypeError, "seed"),
+        # (an OverflowError naming nothing)
+        ({"noise": 10**400}, ValueError, "noise must be a finite real number >= 0"),
+        ({"max_sigma": 10**400}, ValueError, "max_sigma must be a finite real number >= 0"),
     ],
 )
 def test_argument_errors_name_the_parameter(kwargs, exc, match):
