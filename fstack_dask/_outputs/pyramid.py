@@ -30,7 +30,7 @@ def level_shape(shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
     return math.ceil(shape_yx[0] / f), math.ceil(shape_yx[1] / f)
 
 
-def _pair_sum(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def _pair_sum(a: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     """Sum of neighbouring pairs along ``axis`` (a trailing odd element alone), and counts."""
     even = np.take(a, np.arange(0, a.shape[axis], 2), axis=axis)
     odd = np.take(a, np.arange(1, a.shape[axis], 2), axis=axis)

@@ -57,7 +57,7 @@ class Fusion:
     block: tuple[int, int]
     halo: int
     maps: tuple[str, ...]
-    spec: OutputSpec
+    spec: OutputSpec | None  # (None while the blocks are chosen, before the output is)
     memory_per_task: int
     unit: dict[str, int]
     unit_bytes: int

@@ -238,7 +238,7 @@ def _read_core(job: FuseJob, block: Block, *, kept: bool = False) -> np.ndarray:
 def decode_rows(
     job: FuseJob,
     blocks: list[Block],
-    keep_core: list[bool],
+    keep_core: list[int],  # (True counts as 1)
     uses: list[int],
     export: list[bool | str],
     data: Any = None,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import SourceChangedError, SourceReadError
-from .._locations import reach, resolve
+from .._locations import Location, reach, resolve
 from .._outputs.destination import Destination
 from .._outputs.state import (
     OutputState,
@@ -80,7 +80,7 @@ class Prior:
 
 def examine(
     fusion: Fusion,
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | Location,  # (a TIFF dst's working store: a Location)
     *,
     dst_storage_options: dict[str, Any] | None,
     overwrite: bool,

@@ -45,6 +45,7 @@ from . import reports as reports_
 from .blocks import FuseJob, Outcome
 from .pool import process_pool
 from .progress import Progress
+from .pyramid import PyramidJob
 from .waiting import POLL, SchedulerLostError, cluster_waiter, local_waiter, lost
 
 __all__ = ["RunReport", "execute", "resolve_scheduler"]
@@ -55,6 +56,7 @@ FAILED_BLOCKS_LIMIT = 64  # blocks spoilt by unreadable source data before a run
 LOCAL_SCHEDULERS = ("synchronous", "sync", "single-threaded", "threads", "processes")
 
 _run_ids = itertools.count()  # one per task of many blocks, unique in this process
+Job = FuseJob | PyramidJob  # what a pass runs: the fusion's blocks, or a pyramid level's
 
 
 @dataclass
@@ -362,7 +364,7 @@ def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, tas
                     report.cache_peak_bytes = max(report.cache_peak_bytes, peak)
 
 
-def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> None:
+def _run_synchronous(job: Job, blocks, report: RunReport, bar: Progress) -> None:
     # The next blocks' reads are announced ahead, as for threads: a block announcing only
     # its own reads would find the units it shares with its neighbours already dropped.
     announced: deque[tuple[int, ...]] = deque()
@@ -381,12 +383,12 @@ def _run_synchronous(job: FuseJob, blocks, report: RunReport, bar: Progress) -> 
         job.forget(list(announced))
 
 
-def _lookahead(job: FuseJob, workers: int) -> int:
+def _lookahead(job: Job, workers: int) -> int:
     """Blocks announced ahead of the running ones: one row of a strip, and the workers'."""
     return job.plan.strip + 2 * workers + 1
 
 
-def _run_threads(job: FuseJob, blocks, report: RunReport, bar: Progress, workers: int) -> None:
+def _run_threads(job: Job, blocks, report: RunReport, bar: Progress, workers: int) -> None:
     announced: deque[tuple[int, ...]] = deque()
     ahead = _lookahead(job, workers)
     it = iter(blocks)
@@ -420,7 +422,7 @@ def _run_threads(job: FuseJob, blocks, report: RunReport, bar: Progress, workers
         finish_despite_interrupts(pool.shutdown, wait=True, cancel_futures=True)
 
 
-def _runs(job: FuseJob, blocks, n_tasks_hint: int) -> Iterator[list[tuple[int, ...]]]:
+def _runs(job: Job, blocks, n_tasks_hint: int) -> Iterator[list[tuple[int, ...]]]:
     """Consecutive blocks of one strip row-band, grouped into runs for one task each."""
     size = max(1, n_tasks_hint)
     run: list[tuple[int, ...]] = []
@@ -433,7 +435,7 @@ def _runs(job: FuseJob, blocks, n_tasks_hint: int) -> Iterator[list[tuple[int, .
         yield run
 
 
-def _strip_of(job: FuseJob, block: tuple[int, ...]) -> tuple[int, ...]:
+def _strip_of(job: Job, block: tuple[int, ...]) -> tuple[int, ...]:
     return (*block[:-2], block[-1] // job.plan.strip)
 
 
