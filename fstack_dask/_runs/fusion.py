@@ -92,10 +92,10 @@ def plan_fusion(
     axes: str | None = None,
     level: int = 0,
     channels: str = "auto",
-    nhsize: int = 9,
+    nhsize: int | str = 9,  # or "auto"
     focus: Any = None,
     alpha: float = 0.2,
-    sth: float = 13,
+    sth: float | str = 13,  # or "auto"
     depth_map: bool = False,
     selectivity_map: bool = False,
     chunks: Any = None,
