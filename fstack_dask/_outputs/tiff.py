@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,8 @@ COMPRESSION = "zlib"  # lossless, read by libtiff (OpenSlide), Bio-Formats, tiff
 # OME-XML pixel types: 64-bit integers and float16 have none.
 TIFF_DTYPES = frozenset("uint8 uint16 uint32 int8 int16 int32 float32 float64".split())
 _OME_AXES = {"t": "T", "c": "C", "y": "Y", "x": "X"}
+# What XML 1.0 cannot hold, even escaped: control characters, lone surrogates, U+FFFE/FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def tiff_levels(shape_yx: tuple[int, int]) -> int:
@@ -185,8 +188,12 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
     meta.update(_positions(node, axes, units, rgb=rgb))
     channels = (ome.get("omero") or {}).get("channels") or []
     if channels and not rgb and "c" in axes:
+        # a source's channel name (an OME-Zarr label, a vendor file's name) may hold any
+        # character; one XML cannot hold made the whole OME-XML unreadable (an adversarial run
+        # on names, 2026-12-06): replaced, as a decoder shows a byte it cannot read
+        names = [str(c.get("label", f"c{i}")) for i, c in enumerate(channels)]
         meta["Channel"] = {
-            "Name": [str(c.get("label", f"c{i}")) for i, c in enumerate(channels)],
+            "Name": [_NOT_XML.sub("\ufffd", name) for name in names],
             "Color": [_ome_colour(c.get("color")) for c in channels],
         }
     return meta

@@ -518,3 +518,28 @@ def test_the_stage_position_reaches_the_ome_tiff_and_reads_back(tmp_path):
     fstack_dask.fuse_zarr(src, tmp_path / "plain.ome.tif", progress=False)
     with tifffile.TiffFile(tmp_path / "plain.ome.tif") as tif:
         assert "Position" not in tif.ome_metadata
+
+
+def test_a_channel_name_xml_cannot_hold_leaves_the_ome_xml_readable(tmp_path):
+    """A source's channel label holding a control character (an OME-Zarr label "\\x1b...")
+    was written into the OME-XML as it was: not well-formed XML, so readers lost the channels
+    and pixel sizes (tifffile read "iyx"), and a later --overwrite refused the file as not
+    ours (an adversarial run on names, 2026-12-06). Such characters become U+FFFD; XML's
+    special characters are escaped and read back as they were."""
+    src = tmp_path / "stack.ome.zarr"
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"
+    ]
+    g = _two_stacks(src, (64, 64), seed=4, axes=axes,
+                    transforms=[{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]}])  # fmt: skip
+    label = 'a<b&c]]>"\x1b[2J\x00\ufffe\u202ez'
+    g.attrs["ome"] = {**g.attrs["ome"], "omero": {"channels": [{"label": label}, {"label": "b"}]}}
+    out = tmp_path / "o.ome.tif"
+    fstack_dask.fuse_zarr(src, out, progress=False)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].kind == "ome" and tif.series[0].axes == "CYX"
+        names = [c["Name"] for c in tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"][
+            "Pixels"]["Channel"]]  # fmt: skip
+    assert names == ['a<b&c]]>"\ufffd[2J\ufffd\ufffd\u202ez', "b"]
+    assert tiff_owner(str(out)) is not None  # ours, so --overwrite replaces it
+    fstack_dask.fuse_zarr(src, out, progress=False, overwrite=True)
