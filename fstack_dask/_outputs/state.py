@@ -431,7 +431,7 @@ def files_digest(files: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for key in ("names", "sizes", "stamps"):
         h.update(key.encode())
-        h.update("\0".join(map(str, files[key].tolist())).encode())
+        h.update("\0".join(map(str, files[key].tolist())).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -210,7 +210,7 @@ class Source:
             path = loc.path
             if not where and root and path.startswith(root):
                 path = path[len(root) :]
-            h.update(path.encode())
+            h.update(path.encode("utf-8", "surrogateescape"))
             try:
                 h.update(loc.read_bytes())
             except FileNotFoundError:

@@ -161,3 +161,41 @@ def test_channel_metadata_a_viewer_would_refuse_is_not_copied_to_the_output(tmp_
     assert a["label"] == "a" and a["color"] == "FFFFFF"  # the defaults of a channel without
     assert a["window"] == {"min": 0.0, "max": 65535.0, "start": 0.0, "end": 65535.0}
     assert b["color"] == "00FF00" and b["window"]["end"] == 900
+
+
+def test_folder_and_plane_names_that_are_not_utf8_fuse_and_resume(tmp_path, monkeypatch):
+    """A folder or plane name in another encoding (b"\\xff", from an old share or a zip) is a
+    str with surrogates in Python; the digest of the source's files encoded it as UTF-8 and
+    every run failed with "'utf-8' codec can't encode characters ... surrogates not allowed",
+    naming nothing (an adversarial run on names, 2026-12-06). Such a source fuses, and an
+    interrupted run resumes."""
+    import tifffile
+
+    from fstack_dask._runs.blocks import FuseJob
+
+    folder = tmp_path / os.fsdecode(b"planes\xff\xfe")
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        plane = rng.integers(0, 60000, (64, 64), dtype=np.uint16)
+        tifffile.imwrite(folder / os.fsdecode(b"p%d\xe9.tif" % k), plane)
+    before = tree_digest(folder)
+    whole = fuse_zarr(folder, tmp_path / "whole.ome.zarr", chunks=32, progress=False)
+    real = FuseJob.fuse_and_write
+    done = []
+
+    def stop_after_two(self, *args, **kwargs):
+        if len(done) >= 2:
+            raise KeyboardInterrupt
+        done.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", stop_after_two)
+    dst = folder / os.fsdecode(b"out\xff.ome.zarr")  # dst too
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(folder, dst, chunks=32, scheduler="synchronous", progress=False)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    out = fuse_zarr(folder, dst, chunks=32, progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], whole["0"][...])
+    assert out.attrs["fstack_dask"]["src"] == str(folder)
+    assert {k: v for k, v in tree_digest(folder).items() if dst.name not in k} == before
