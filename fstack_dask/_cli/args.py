@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from .._version import __version__
 
-__all__ = ["UsageError", "build_parser", "cluster_override", "configure"]
+__all__ = ["UsageError", "build_parser", "cluster_override", "configure", "printable", "shown"]
 
 PROG = "fstack-dask"
 EXIT_OK = 0
@@ -57,6 +57,23 @@ SCHEDULER_HELP = (
 def _wrap(*paragraphs: str) -> str:
     """Paragraphs filled to 79 columns (the help formatter keeps them as they are)."""
     return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
+def printable(text: str) -> str:
+    """``text`` with each character a terminal acts on or cannot show (a newline, ESC, BEL,
+    a right-to-left override, a byte of a name that is not UTF-8) written as a Python string
+    literal writes it: a crafted file name or metadata value cannot clear the screen, forge a
+    line of output, or stop a strict UTF-8 stdout (an adversarial run on names, 2026-12-06)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shown(path: object) -> str:
+    """A path as a message shows it: as it is, or quoted as Python quotes it where it holds
+    a character :func:`printable` would escape."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 class UsageError(Exception):

@@ -134,6 +134,7 @@ def run_demo(
     from .._sources.common import import_optional
     from .._synthetic import synthetic_stack
     from .._version import __version__
+    from .args import shown
 
     import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
     out_dir = Path(directory)
@@ -165,7 +166,10 @@ def run_demo(
         )
     write_planes(planes_dir, stack, rgb)
     kind = "RGB uint8" if rgb else "grey uint16"
-    print(f"wrote {planes_dir}/: {planes} TIFF planes of {size} x {size} px ({kind}, seed {seed})")
+    print(
+        f"wrote {shown(f'{planes_dir}/')}: {planes} TIFF planes of {size} x {size} px "
+        f"({kind}, seed {seed})"
+    )
 
     start = time.perf_counter()
     out = fuse_zarr(
@@ -179,8 +183,8 @@ def run_demo(
     depth = out["depth"]["0"][...]  # plane numbers: TIFF planes carry no z step
     levels = len(out.attrs["ome"]["multiscales"][0]["datasets"])
     print(
-        f"wrote {fused_path}: all-in-focus image ({levels} level{'s' if levels > 1 else ''}) "
-        "+ depth, selectivity maps "
+        f"wrote {shown(fused_path)}: all-in-focus image "
+        f"({levels} level{'s' if levels > 1 else ''}) + depth, selectivity maps "
         f"in {seconds:.2f} s",
         flush=True,
     )
@@ -198,7 +202,7 @@ def run_demo(
         if os.path.lexists(path) and not _our_png(path):  # checked again right before
             _refuse_foreign(out_dir, [name])
         write_png(path, to_uint8(image), text=mark)
-        print(f"wrote {out_dir / name}: {what}", flush=True)
+        print(f"wrote {shown(out_dir / name)}: {what}", flush=True)
     peak = float(np.iinfo(stack.dtype).max)
     ok = np.isfinite(depth)
     depth_rmse = (

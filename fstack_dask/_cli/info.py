@@ -7,7 +7,7 @@ from typing import Any
 
 from .._runs.fusion import plan_fusion
 from .._runs.reading import read_by
-from .args import EXIT_OK, configure, scene_src
+from .args import EXIT_OK, configure, printable, scene_src, shown
 
 __all__ = ["cmd_info"]
 
@@ -94,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     ny, nx = blocks.grid
     fmt = f"OME-NGFF {source.ome_version}" if source.ome_version else source.kind
     lines = [
-        ("source", source.location.url if source.location else source.description),
+        ("source", shown(source.location.url) if source.location else source.description),
         ("format", fmt + (f", level {source.level}" if source.level else "")),
         ("axes", axes),
         ("shape", str(shape)),
@@ -122,14 +122,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines[1:1] = [("files", note) for note in source.notes]
     _print(lines)
     for message in told:  # odd file names, few planes, chunks over budget: as a run warns
-        print(f"warning: {message}")
+        print(f"warning: {printable(message)}")
     return EXIT_OK
 
 
 def _print(lines: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in lines) + 2
     for key, value in lines:
-        print(f"{key + ':':<{width}}{value}", flush=True)
+        # values from a file's metadata and names, which may hold any character
+        print(f"{key + ':':<{width}}{printable(value)}", flush=True)
 
 
 # ------------------------------------------------------------------ our own outputs
@@ -161,14 +162,15 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
     if params is None:  # a run killed while creating the output: its record only
         params = (run_record(location) or {}).get("params") or {}
     lines = [
-        ("output", location.url),
+        ("output", shown(location.url)),
         ("format", "fstack_dask output, OME-Zarr 0.5 (a multiscale image)"),
         ("state", _state(location, kind, params, OutputState, live_lock)),
     ]
     lines += _images(location)
     lines += [
-        ("fused from", f"{params.get('src', '?')} (axes {params.get('src_axes', '?')}, shape "
-                       f"{tuple(params.get('src_shape') or ())}, level {params.get('level', 0)})"),
+        ("fused from", f"{shown(params.get('src', '?'))} (axes {params.get('src_axes', '?')}, "
+                       f"shape {tuple(params.get('src_shape') or ())}, "
+                       f"level {params.get('level', 0)})"),
         ("parameters", _output_parameters(params)),
         ("provenance", f"fstack_dask {params.get('version', '?')}: {params.get('method', '?')}; "
                        f"device {params.get('device', 'cpu')}, engine {params.get('engine', '?')}"),

@@ -27,7 +27,9 @@ from .args import (
     build_parser,
     cluster_override,
     configure,
+    printable,
     scene_src,
+    shown,
 )
 from .stopping import Terminated, leave, on_sigterm_raise, quiet_broken_pools
 
@@ -91,9 +93,9 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
     extras = [name for name in ("depth", "selectivity") if name in out or kw.get(f"{name}_map")]
     plus = f" + {', '.join(extras)}" if extras else ""
     # a name with a newline or other control character is shown quoted: one line, as errors
-    shown = args.dst if args.dst.isprintable() else repr(args.dst)
     print(
-        f"wrote {shown}: {axes} {tuple(image.shape)} {image.dtype}{plus} in {seconds:.2f} s",
+        f"wrote {shown(args.dst)}: {axes} {tuple(image.shape)} {image.dtype}{plus} "
+        f"in {seconds:.2f} s",
         flush=True,
     )
     return EXIT_OK
@@ -130,7 +132,7 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         kind = "warning: " if record.levelno >= logging.WARNING else ""
-        return f"{PROG}: {kind}{record.getMessage()}"
+        return f"{PROG}: {kind}{printable(record.getMessage())}"
 
 
 class _Once(logging.Filter):
@@ -241,7 +243,7 @@ def _quiet_abandoned_coroutines() -> None:
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

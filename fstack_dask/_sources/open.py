@@ -161,7 +161,7 @@ def _refuse_planes_one_folder_down(path: str, spec: str) -> None:
         raise ValueError(
             f"src {spec!r} holds neither plane files nor Zarr metadata, but its folder(s) "
             f"{names} hold plane files: give one of them, e.g. src "
-            f"'{os.path.join(spec, found[0])}'"
+            f"{os.path.join(spec, found[0])!r}"
         )
 
 

@@ -201,10 +201,10 @@ def _refuse_single_image(
     if len(planar) != 2:
         return
     rows, cols = (shape[native.index(a)] for a in planar)
-    folder = glob.escape(os.path.dirname(path))
+    pattern = f"{glob.escape(os.path.dirname(path))}/*{os.path.splitext(path)[1]}"
     raise ValueError(
         f"{where} is a single 2-D image ({rows} x {cols} px), not a focus stack: give the folder "
-        f"of the planes, a pattern matching them (e.g. '{folder}/*{os.path.splitext(path)[1]}') "
+        f"of the planes, a pattern matching them (e.g. {pattern!r}) "
         "or a multi-page TIFF"
     )
 

@@ -63,7 +63,8 @@ def choose_scene(
     """
     listed = ", ".join(repr(s) for s in scenes[:12]) + (" ..." if len(scenes) > 12 else "")
     example = scenes[-1].index if scenes else 0
-    hint = f"name one after the file, e.g. src '{path}/{example}' (command line: --scene {example})"
+    named = f"{path}/{example}"
+    hint = f"name one after the file, e.g. src {named!r} (command line: --scene {example})"
     if spec is None:
         if len(scenes) == 1:
             return scenes[0]
