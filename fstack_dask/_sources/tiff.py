@@ -135,6 +135,8 @@ def _open_tiff(
         label = {"ome-tiff": "OME-TIFF", "imagej-tiff": "ImageJ TIFF", "tiff": "TIFF"}[kind]
         description = f"{label} {path!r} (series {series}" + (f", level {level})" if level else ")")
         check_data(ser.levels[level], description)
+        if axes is None:  # (a header that lies about the data is named first, above)
+            _refuse_unread_ome(tif, ser, path)
         keyframe = ser.keyframe
         native = ser.axes
         colour = keyframe.photometric in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
@@ -278,6 +280,25 @@ def _one_page_series(found: list) -> bool:
         len(found) > 1
         and all(s.kind == "shaped" and len(s.pages) == 1 and len(s.levels) == 1 for s in found)
         and len({s.keyframe.hash for s in found}) == 1
+    )
+
+
+def _refuse_unread_ome(tif: Any, ser: Any, path: str) -> None:
+    """An OME-TIFF whose OME-XML tifffile could not read (not well-formed: a channel name
+    with a control character, as tifffile itself writes one) came back as a generic series of
+    all its pages, and its channels were fused as focus planes of one stack (an adversarial
+    run on names, 2026-12-06): without the axes, nothing says which pages are which."""
+    if not (tif.is_ome and ser.kind == "generic"):
+        return
+    try:
+        ET.fromstring(tif.ome_metadata)
+        why = "tifffile could not map it to the pages"
+    except ET.ParseError as exc:
+        why = f"not well-formed XML: {exc}"
+    raise ValueError(
+        f"OME-TIFF {path!r}: its OME-XML cannot be read ({why}), so which of its "
+        f"{len(ser.pages)} pages are channels, times or focus planes is unknown; repair the "
+        "OME-XML, or, if every page is a focus plane of one stack, say so, e.g. axes='zyx'"
     )
 
 

@@ -556,3 +556,25 @@ def test_scene_on_a_pattern_and_a_remote_tiff_say_what_they_cannot(tmp_path):
                              text=True, check=False)  # fmt: skip
         assert res.returncode == 2 and message in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_ome_tiff_whose_ome_xml_cannot_be_read_is_refused_until_axes_are_given(tmp_path):
+    """tifffile writes a channel name as it is, a control character too: the OME-XML is then
+    not well-formed, tifffile reads the file as one generic series of all its pages, and its
+    2 channels of 6 planes were fused as 12 focus planes of one stack, in silence (an
+    adversarial run on names, 2026-12-06). Refused, naming the file and why; axes say what
+    the pages are."""
+    data = _data((2, 6, 32, 40))  # CZYX
+    path = tmp_path / "s.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "CZYX", "Channel": {"Name": ["DAPI\x1b[2J", "GFP"]}})  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        open_tiff(str(path))
+    message = str(info.value)
+    assert f"OME-TIFF {str(path)!r}: its OME-XML cannot be read (not well-formed" in message
+    assert "12 pages" in message and "axes='zyx'" in message and "\n" not in message
+    opened = open_tiff(str(path), axes="zyx")  # every page a plane, as the user says
+    assert opened.axes == "zyx" and opened.array.shape == (12, 32, 40)
+    # A well-formed OME-TIFF is read by its OME-XML, as before.
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "CZYX"})
+    assert open_tiff(str(path)).axes == "czyx"
