@@ -55,6 +55,9 @@ __all__ = [
 
 
 _JOBQUEUE_CLASS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+# A config file is a few lines; more is not one (``--config /dev/zero`` read until the memory
+# ran out: an adversarial run on names, 2026-12-06).
+_MAX_CONFIG_CHARS = 1 << 20
 
 
 # ---------------------------------------------------------------- the config
@@ -369,11 +372,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ValueError(f"config file {text_path!r} is a directory, expected a YAML file")
     try:
         with open(text_path, encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(_MAX_CONFIG_CHARS + 1)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {text_path!r} does not exist") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"config file {text_path!r} is not UTF-8 text: {exc}") from None
+    if len(text) > _MAX_CONFIG_CHARS:
+        raise ValueError(
+            f"config file {text_path!r} holds more than {_MAX_CONFIG_CHARS} characters, expected "
+            "a YAML file of a few options (see configs/README.md)"
+        )
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -224,6 +224,19 @@ def test_bad_files(tmp_path, text, match):
         load_config(_write(tmp_path, text))
 
 
+@pytest.mark.parametrize("kind", ["/dev/zero", "huge"])
+def test_a_config_file_that_is_not_a_few_lines_is_refused(tmp_path, kind):
+    """``--config /dev/zero`` was read until the memory ran out (a MemoryError, or the OOM
+    killer); a file of many megabytes was read whole (an adversarial run on names,
+    2026-12-06)."""
+    path = "/dev/zero"
+    if kind == "huge":
+        path = tmp_path / "huge.yaml"
+        path.write_text("# " + "x" * (2 << 20) + "\nalgorithm: {nhsize: 5}\n")
+    with pytest.raises(ValueError, match=r"config file '.*' holds more than 1048576 characters"):
+        load_config(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
