@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -193,11 +194,18 @@ def idle_seconds() -> float:
     """``FSTACK_DASK_PROCESS_POOL_IDLE``, read when a run starts its pool."""
     text = os.environ.get(IDLE_ENV, "").strip()
     try:
-        return max(0.0, float(text)) if text else DEFAULT_IDLE_S
+        value = float(text) if text else DEFAULT_IDLE_S
     except ValueError:
+        value = math.nan
+    value = 0.0 if value < 0 else value  # keeps none, as 0
+    # "inf" or 1e308 passed, and the pool's idle timer died at its start with a traceback
+    # (an adversarial run on names, 2026-12-06)
+    if not 0 <= value <= threading.TIMEOUT_MAX:
         raise ValueError(
-            f"{IDLE_ENV} must be a number of seconds (0: no pool kept), got {text!r}"
-        ) from None
+            f"{IDLE_ENV} must be a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f} "
+            f"(0: no pool kept), got {text!r}"
+        )
+    return value
 
 
 def end_kept() -> None:

@@ -122,6 +122,18 @@ def test_idle_processes_end_after_their_time_or_with_the_run(zyx, tmp_path, monk
     assert not (tmp_path / "p3.zarr").exists()
 
 
+@pytest.mark.parametrize("text", ["inf", "1e308", "nan"])
+def test_an_idle_time_no_timer_can_wait_is_refused(monkeypatch, text):
+    """The values "inf" and 1e308 were taken: the pool's idle timer died at its start with a
+    traceback ("OverflowError: timestamp out of range") after the run; "nan" meant 0 (an
+    adversarial run on names, 2026-12-06)."""
+    monkeypatch.setenv(pools.IDLE_ENV, text)
+    with pytest.raises(ValueError, match=rf"{pools.IDLE_ENV} must be a number of seconds from 0"):
+        pools.idle_seconds()
+    monkeypatch.setenv(pools.IDLE_ENV, "-5")  # as before: keeps none, as 0
+    assert pools.idle_seconds() == 0.0
+
+
 def test_a_run_in_another_thread_keeps_no_processes(zyx, tmp_path):
     """Processes die with the thread that started them: a run in another thread neither
     takes nor keeps a pool."""
