@@ -174,7 +174,7 @@ def _check_metadata_json(location: Location, where: str, folder: str = "") -> No
             continue
         try:
             value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested 100000 deep)
             raise ValueError(
                 f"{where}: {folder}{name} is not valid JSON ({_one_line(exc)}); the store's "
                 "metadata is damaged"

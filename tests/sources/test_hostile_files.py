@@ -66,6 +66,17 @@ def test_a_chunk_that_is_not_a_file_is_refused_before_it_is_read(tmp_path, kind)
     assert chunk.is_fifo() if kind == "fifo" else chunk.is_symlink()
 
 
+def test_metadata_nested_deeper_than_json_can_parse_is_refused(tmp_path):
+    """A zarr.json holding a value nested 100000 deep failed with "maximum recursion depth
+    exceeded while decoding a JSON array", exit 1, naming no file (an adversarial run on
+    names and metadata, 2026-12-06)."""
+    src = _store(tmp_path / "s.zarr")
+    meta = json.loads((src / "zarr.json").read_text())
+    text = json.dumps(meta)[:-1] + ', "x": ' + "[" * 100000 + "]" * 100000 + "}"
+    (src / "zarr.json").write_text(text)
+    _refused(tmp_path, src, "zarr.json is not valid JSON", "recursion")
+
+
 def test_metadata_that_is_not_a_file_is_refused(tmp_path):
     src = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=2)
     _store(tmp_path / "g.zarr" / "0", zarr_format=2)
