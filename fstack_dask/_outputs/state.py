@@ -67,7 +67,7 @@ ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 def _read_json(location: Location) -> Any:
     try:
         return json.loads(location.read_bytes())
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, RecursionError):
         return None
 
 

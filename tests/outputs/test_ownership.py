@@ -318,6 +318,24 @@ def test_copied_attributes_with_a_null_id_are_not_ours(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("where", "how"), [("zarr.json", "--overwrite"), (f"{STATE_DIR}/run.json", "--resume")]
+)
+def test_a_dst_whose_json_is_nested_too_deep_to_read_is_not_ours(tmp_path, where, how):
+    """A dst's zarr.json (or a run record) nested 100000 deep stopped --overwrite, --resume
+    and info with "maximum recursion depth exceeded while decoding a JSON array", exit 1
+    (an adversarial run on names and metadata, 2026-12-06): it is not ours, and said so."""
+    src = write_src(tmp_path / "src.zarr")
+    mine = tmp_path / "mine.zarr"
+    (mine / where).parent.mkdir(parents=True)
+    deep = "[" * 100000 + "]" * 100000
+    (mine / where).write_text('{"zarr_format": 3, "node_type": "group", "x": ' + deep + "}")
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, mine, how, *FUSE)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize("how", ["copied whole", "written before ids"])
 def test_an_output_whose_id_file_is_with_it_is_ours(tmp_path, how):
     """A whole copy of an output (``cp -r``: the id file goes along) is an output of ours, and
