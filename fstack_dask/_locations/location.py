@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import posixpath
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,8 +181,24 @@ class Location:
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, False))
 
     def read_bytes(self) -> bytes:
+        """The file's bytes.
+
+        Raises
+        ------
+        ValueError
+            Where a local path is not a regular file: a named pipe's read never returned and
+            /dev/zero's never ended (a dst's ``zarr.json`` or lock so made hung ``--overwrite``
+            and ``info``: an adversarial run on names, 2026-12-06).
+        """
         if self.is_local:
-            with open(self.path, "rb") as fh:
+            # O_NONBLOCK: opening a named pipe with no writer would wait for one
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            with open(fd, "rb") as fh:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):  # as open() says of a folder
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
+                if not stat.S_ISREG(mode):
+                    raise ValueError(f"{self.spec!r} is {_kind(mode)}, not a regular file")
                 return fh.read()
         return self.fs.cat_file(self.path)
 
@@ -199,6 +217,12 @@ class Location:
         elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
             fs = fsspec.filesystem(self.protocol, **{**self.storage_options, "asynchronous": True})
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _within_as_the_os_sees_it(outer: str, inner: str) -> bool:

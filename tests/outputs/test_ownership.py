@@ -336,6 +336,20 @@ def test_a_dst_whose_json_is_nested_too_deep_to_read_is_not_ours(tmp_path, where
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("where", ["zarr.json", f"{STATE_DIR}/lock"])
+def test_a_dst_whose_metadata_or_lock_is_a_named_pipe_is_refused_not_waited_on(tmp_path, where):
+    """A named pipe at a dst's zarr.json or lock: --overwrite waited for a writer forever (and
+    a link to /dev/zero read until the memory ran out; an adversarial run on names,
+    2026-12-06). Such a dst is not ours: refused at once, the pipe left as it was."""
+    src = write_src(tmp_path / "src.zarr")
+    mine = tmp_path / "mine.zarr"
+    (mine / where).parent.mkdir(parents=True)
+    os.mkfifo(mine / where)
+    proc = cli("fuse", src, mine, "--overwrite", *FUSE, timeout=60)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert (mine / where).is_fifo() and sorted(os.listdir(mine)) == [where.split("/")[0]]
+
+
 @pytest.mark.parametrize("how", ["copied whole", "written before ids"])
 def test_an_output_whose_id_file_is_with_it_is_ours(tmp_path, how):
     """A whole copy of an output (``cp -r``: the id file goes along) is an output of ours, and
