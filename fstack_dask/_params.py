@@ -314,6 +314,26 @@ def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: An
     return False
 
 
+def local_workers(value: Any) -> int:
+    """dask's ``num_workers`` (``DASK_NUM_WORKERS``), or every core where it is unset or 0.
+
+    "abc" stopped a run with "invalid literal for int()", and -1 with "max_workers must be
+    greater than 0" once planned, neither naming the setting (an adversarial run on names,
+    2026-12-06)."""
+    if not value:  # None, 0 or "": unset
+        return cpu_count()
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or number != value and str(number) != str(value).strip():
+        raise ValueError(
+            f"dask's num_workers config (DASK_NUM_WORKERS) must be a positive integer, got "
+            f"{value!r}"
+        )
+    return number
+
+
 def cpu_count() -> int:
     """CPUs this process may use (its affinity, which a batch scheduler sets)."""
     try:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import SourceReadError, SourceValueError, finish_despite_interrupts
-from .._params import cpu_count as _cpu_count
+from .._params import local_workers
 from . import exchange
 from . import reports as reports_
 from .blocks import FuseJob, Outcome
@@ -138,7 +138,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
             scheduler = client
     if scheduler is None:
         scheduler = "threads"
-    n_local = int(dask.config.get("num_workers", None) or _cpu_count())
+    n_local = local_workers(dask.config.get("num_workers", None))
     if isinstance(scheduler, str):
         name = scheduler.lower()
         if name in ("synchronous", "sync", "single-threaded"):

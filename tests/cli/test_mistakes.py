@@ -92,6 +92,22 @@ def _scheduler_of_the_run(caplog) -> str:
     return reports[0].scheduler
 
 
+@pytest.mark.parametrize("value", ["abc", -1, 2.5])
+def test_a_dask_num_workers_that_is_no_count_is_refused_naming_it(src, tmp_path, value):
+    """DASK_NUM_WORKERS=abc stopped the run with "invalid literal for int()", and -1 with
+    "max_workers must be greater than 0" once planned, neither naming the setting (an
+    adversarial run on names, 2026-12-06)."""
+    before = tree_digest(tmp_path)
+    with dask.config.set(num_workers=value), pytest.raises(ValueError) as info:
+        fuse_zarr(src, tmp_path / "out.zarr", progress=False)
+    assert str(info.value) == (
+        f"dask's num_workers config (DASK_NUM_WORKERS) must be a positive integer, got {value!r}"
+    )
+    assert tree_digest(tmp_path) == before
+    with dask.config.set(num_workers=2):
+        fuse_zarr(src, tmp_path / "out.zarr", progress=False)
+
+
 def test_dask_config_scheduler_is_honoured_even_with_a_client(src, tmp_path, caplog):
     """As in dask: an explicit scheduler= wins, then dask.config's scheduler, then the active
     Client, then threads."""
