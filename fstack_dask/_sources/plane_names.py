@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Collection, Sequence
 from decimal import Decimal
@@ -96,8 +97,13 @@ def _pattern(path: str) -> str:
 
 
 def _parts(path: str) -> list[str]:
-    """The file name split into text, number, text, ..., text; the extension's dot is text."""
-    name = os.path.basename(path)
+    """The file name split into text, number, text, ..., text; the extension's dot is text.
+
+    The name as it reads (NFC): "café" spelled with a combining accent (as macOS saves names)
+    among names spelled with "é" was ordered apart from them, and warned about as named
+    unlike them, in a message showing the same name (an adversarial run on names,
+    2026-12-06)."""
+    name = unicodedata.normalize("NFC", os.path.basename(path))
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""

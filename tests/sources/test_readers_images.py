@@ -405,6 +405,21 @@ def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
         )
 
 
+def test_names_spelled_with_combining_accents_sort_as_they_read(tmp_path):
+    """The name "cafe\u0301_2" (macOS's spelling of "café_2") sorted before "café_1" ("e" before
+    "é") and was warned about as named unlike the others, in a message that showed the same
+    name: plane 2 fused as plane 1 (an adversarial run on names, 2026-12-06)."""
+    planes = _planes(5, (6, 7))
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    names = [f"{nfd if k == 2 else nfc}_{k}" for k in range(1, 6)]
+    for k, name in enumerate(names):
+        tifffile.imwrite(tmp_path / f"{name}.tif", planes[k])
+    opened = open_image_files(tmp_path)
+    assert [os.path.basename(f)[:-4] for f in opened.files] == names  # as spelled on disk
+    np.testing.assert_array_equal(opened.array[...], planes)
+    assert not opened.warnings
+
+
 def test_odd_names_warning_keeps_signed_planes_in_its_pattern():
     """The glob suggested for the planes once dropped the negative ones (z+01um, z-01um)."""
     from fstack_dask._sources.plane_names import _glob_for, odd_names
