@@ -284,14 +284,19 @@ class OutputState:
         the samples it read (:func:`input_digest`; empty for pyramid blocks) on its first
         line, the chunk keys it stored (where known) on its second, and on a third the
         smallest selectivity ``S`` of its pixels (``s_min``, exact: a later run of the same
-        output needs its image's smallest ``S`` to fill undefined ones); ``filled`` (a line
-        of its own) says its pixels depend on that smallest ``S``."""
+        output needs its image's smallest ``S`` to fill undefined ones); then ``filled`` (a
+        line of its own) where its pixels depend on that smallest ``S``, and the stored files'
+        sizes (local outputs: a copy cut short leaves a chunk file shorter)."""
         marker = self.done_folder.child(name)
         text = digest if stored is None else f"{digest}\n{' '.join(stored)}"
-        if s_min is not None:
-            text = (text if stored is not None else f"{text}\n") + f"\ns_min {s_min.hex()}"
+        extra = [] if s_min is None else [f"s_min {s_min.hex()}"]
         if filled:
-            text += "\nfilled"
+            extra.append("filled")
+        if marker.is_local and stored:
+            sizes = [os.stat(os.path.join(self.output.path, k)).st_size for k in stored]
+            extra.append(f"sizes {' '.join(map(str, sizes))}")
+        if extra:  # from the third line on: the second holds the stored keys
+            text = (text if stored is not None else f"{text}\n") + "\n" + "\n".join(extra)
         body = text.encode()
         if marker.is_local:
             fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -330,16 +335,21 @@ class OutputState:
         return "filled" in (line.strip() for line in self._marker_lines(name)[2:])
 
     def drop_markers_without_data(self) -> list[str]:
-        """Remove the done-markers of blocks whose stored chunk files are gone (an unfinished
-        output copied in part, say), so that those blocks are fused again; returns their
-        names. Local outputs, and markers that list their keys (from 2026-12-05), only."""
+        """Remove the done-markers of blocks whose stored chunk files are gone or shorter or
+        longer than they were written (an unfinished output copied in part, a copy cut
+        short), so that those blocks are fused again; returns their names. Local outputs,
+        and markers that list their keys (from 2026-12-05; sizes from 2026-12-06), only."""
         if not self.output.is_local:
             return []
         dropped = []
         for name in sorted(self.done()):
             lines = self._marker_lines(name)
             keys = lines[1].split() if len(lines) > 1 else []
-            if any(not os.path.exists(os.path.join(self.output.path, k)) for k in keys):
+            sizes = next((ln.split()[1:] for ln in lines[2:] if ln.startswith("sizes ")), None)
+            if sizes is None or len(sizes) != len(keys):
+                sizes = [None] * len(keys)  # a marker from before sizes: only presence
+            paths = (os.path.join(self.output.path, k) for k in keys)
+            if not all(map(_holds, paths, sizes)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.done_folder.child(name).path)
                 dropped.append(name)
@@ -389,6 +399,15 @@ class OutputState:
                     if ZARR_PARTIAL.search(name):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(root, name))
+
+
+def _holds(path: str, size: str | None) -> bool:
+    """Whether the chunk file at ``path`` is there, with ``size`` bytes where it is known."""
+    try:
+        found = os.stat(path).st_size
+    except OSError:
+        return False
+    return size is None or str(found) == size
 
 
 def _write_atomic(location: Location, body: bytes) -> None:

@@ -319,6 +319,29 @@ def test_a_finished_block_whose_chunk_file_is_gone_is_fused_again(tmp_path, monk
         np.testing.assert_array_equal(out[name][...], whole[name][...])
 
 
+def test_a_finished_block_whose_chunk_file_was_cut_short_is_fused_again(tmp_path, monkeypatch,
+                                                                         caplog):  # fmt: skip
+    """An unfinished output copied by a ``cp`` that was killed: the file it was copying is
+    there, shorter. The resume trusted the done-marker and marked the output complete with an
+    unreadable chunk (an adversarial run on moved outputs). Markers keep their files' sizes;
+    a block whose file has another size is fused again, and the output reads as the
+    uninterrupted run's."""
+    import logging
+
+    src = _raw_src(tmp_path / "src.zarr")
+    whole = fuse_zarr(src, tmp_path / "whole.zarr", chunks=CHUNK, progress=False)
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1
+    chunk = dst / "0" / "c" / "0" / "1"
+    os.truncate(chunk, chunk.stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=CHUNK, resume=True, progress=False)
+    assert f"1 finished blocks of {dst} lost chunk files since they were written (0_1)" in (
+        caplog.text
+    )
+    np.testing.assert_array_equal(out["0"][...], whole["0"][...])
+
+
 def _consolidated_v2_group(path, order):
     """A Zarr v2 OME-Zarr image whose consolidated metadata gives the array's ``order``
     (its own ``.zarray`` says "C"): zarr reads the array through ``.zmetadata``."""
