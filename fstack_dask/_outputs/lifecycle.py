@@ -63,6 +63,7 @@ def prepare(
             log.warning("%d finished blocks of %s lost chunk files since they were written "
                         "(%s); they are fused again", len(lost), target.dst.spec,
                         ", ".join(lost[:3]) + (" ..." if len(lost) > 3 else ""))  # fmt: skip
+        _drop_older_levels(target.state)
         if not target.needs_create:
             return
     record = {
@@ -89,6 +90,21 @@ def record_source(target: Target, identity: Mapping[str, Any]) -> None:
     if attrs.get("source_identity") != dict(identity):
         attrs["source_identity"] = dict(identity)
         group.attrs["fstack_dask"] = attrs
+
+
+def _drop_older_levels(state: OutputState) -> None:
+    """A run begun before records named their numbers' generation (``numerics``) computes its
+    pyramid levels again: the rules for them changed since (the maps' +inf, 64-bit integers
+    clipped), and a level half by each version was two versions' numbers in one image."""
+    record = state.record()
+    if record is None or "numerics" in (record.get("params") or {}):
+        return
+    older = sorted(n for n in state.done() if n.startswith("L"))
+    for name in older:
+        state.done_folder.child(name).fs.rm_file(state.done_folder.child(name).path)
+    if older:
+        log.info("%d block(s) of the pyramid were computed by an earlier version of fstack_dask: "
+                 "computed again by this one", len(older))  # fmt: skip
 
 
 def finish(target: Target, destination: Destination) -> None:

@@ -183,6 +183,14 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
     elif mode == "complete":
         check_complete_source(what, stored.get("params") or {}, identity)
     old = stored.get("params") or {}
+    numerics = params.get("numerics")
+    if mode != "complete" and "numerics" in old and old["numerics"] != numerics:
+        raise ValueError(
+            f"cannot resume {what}: it was started by a version of fstack_dask that computes "
+            f"other bits (numerics {old['numerics']!r}, this version's {numerics!r}), "
+            "and one output would mix the two; finish it with that version, or start over with "
+            "overwrite=True and resume=False"
+        )
     differs = [k for k in COMPARED if k in old and old.get(k) != params.get(k)]
     if differs:
         shown = "; ".join(f"{k} was {old.get(k)!r}, now {params.get(k)!r}" for k in differs)

@@ -495,3 +495,74 @@ def test_resume_of_a_complete_output_writes_nothing_into_it(tmp_path):
                           timeout=180, env={**os.environ})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "already complete; nothing to resume" in proc.stderr
+
+
+def _stopped_in_the_pyramid(src, dst, monkeypatch):
+    """A run into ``dst`` that stops (as Ctrl-C would) once it marked its first block of
+    level 1: level 0 whole, the pyramid begun."""
+    from fstack_dask._outputs.state import OutputState
+
+    real = OutputState.mark_done
+
+    def mark_done(self, name, *args, **kwargs):
+        real(self, name, *args, **kwargs)
+        if name.startswith("L1_"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputState, "mark_done", mark_done)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=CHUNK, levels=1, scheduler="synchronous", progress=False)
+    monkeypatch.undo()
+
+
+def _as_begun_by(dst, numerics):
+    """The run record as a version of another generation of numbers wrote it (``None``: one
+    from before records named it)."""
+    import json
+
+    path = dst / ".fstack_dask" / "run.json"
+    record = json.loads(path.read_text())
+    if numerics is None:
+        record["params"].pop("numerics", None)
+    else:
+        record["params"]["numerics"] = numerics
+    path.write_text(json.dumps(record))
+
+
+def test_a_pyramid_begun_by_an_older_version_is_computed_again(tmp_path, monkeypatch):
+    """An unfinished output begun by a version from before records named the generation of
+    their numbers, stopped in its pyramid (whose rules changed since: the maps' +inf, 64-bit
+    integers clipped): the resume kept the older version's finished level-1 blocks and
+    computed the rest by its own rules, two versions' numbers in one level (an adversarial
+    run with older versions' real outputs). Its pyramid is computed again."""
+    src = write_src(tmp_path / "src.zarr")
+    whole = fuse_zarr(src, tmp_path / "whole.zarr", chunks=CHUNK, levels=1, progress=False)
+    dst = tmp_path / "out.zarr"
+    _stopped_in_the_pyramid(src, dst, monkeypatch)
+    done = sorted(p.name for p in (dst / ".fstack_dask" / "done").iterdir())
+    assert [n for n in done if n.startswith("L")] == ["L1_0_0"]
+    _as_begun_by(dst, None)
+    level = zarr.open_array(str(dst / "1"), mode="r+")
+    level[:CHUNK, :CHUNK] = 7  # what the older version's rule put there (other numbers)
+    marker = dst / ".fstack_dask" / "done" / "L1_0_0"  # as it wrote it: no sizes then
+    marker.write_text("\n".join(ln for ln in marker.read_text().split("\n")[:2]))
+    out = fuse_zarr(src, dst, chunks=CHUNK, levels=1, resume=True, progress=False)
+    for name in ("0", "1"):
+        np.testing.assert_array_equal(out[name][...], whole[name][...])
+    assert out.attrs["fstack_dask"]["numerics"] == 1  # what this version's records name
+
+
+def test_a_run_begun_by_a_version_computing_other_bits_is_not_resumed(tmp_path, monkeypatch):
+    """A record naming another generation of numbers (a version whose blocks' bits differ):
+    resumed, one output would hold both; refused in one line, nothing changed."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    _as_begun_by(dst, 0)
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "started by a version of fstack_dask that computes other bits" in line
+    assert "(numerics 0, this version's 1)" in line
+    assert tree_digest(tmp_path) == before
