@@ -43,6 +43,7 @@ from .folders import STAGING, path_too_long
 from .lock import DestinationLock, Lease, live_lock, locked_message
 from .removal import clear_output, remove_entries, remove_output
 from .state import (
+    ID_FILE,
     STATE_DIR,
     OutputState,
     classify,
@@ -208,7 +209,12 @@ class Destination:
         zarr = any(self.dst.child(n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
         detail = "a Zarr store" if zarr else "a folder with other content"
         if copied_provenance(self.dst):  # xarray's to_zarr(attrs=ds.attrs) of an output, say
-            detail = "a Zarr store with the attributes of an fstack_dask output copied in"
+            # or a copy of ours without hidden files (rsync --exclude='.*'): say which file
+            detail = (
+                "a Zarr store with the attributes of an fstack_dask output copied in, without "
+                f"its id file {'/'.join(ID_FILE)!r} (a copy that left out hidden files lacks "
+                "it too)"
+            )
         elif not zarr:  # what to move out (a file a user left in a TIFF's working folder)
             with contextlib.suppress(OSError):
                 names = sorted(self.dst.listdir())

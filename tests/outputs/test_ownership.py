@@ -350,6 +350,25 @@ def test_a_dst_whose_metadata_or_lock_is_a_named_pipe_is_refused_not_waited_on(t
     assert (mine / where).is_fifo() and sorted(os.listdir(mine)) == [where.split("/")[0]]
 
 
+def test_a_copy_without_hidden_files_is_refused_naming_the_id_file(tmp_path):
+    """An output copied without its hidden files (``rsync --exclude='.*'``, a tar of
+    ``$(ls)``) lacks its id file: refused as not ours, as it must be, but the message spoke
+    only of attributes copied in, which the user had not done (an adversarial run on moved
+    outputs). It names the id file and the copy's loss of it; nothing is changed."""
+    src = write_src(tmp_path / "src.zarr")
+    ours, copy = tmp_path / "ours.zarr", tmp_path / "copy.zarr"
+    fuse_zarr(src, ours, chunks=CHUNK, progress=False)
+    shutil.copytree(ours, copy, ignore=shutil.ignore_patterns(".*"))
+    before = tree_digest(tmp_path)
+    for flags in (["--overwrite"], ["--resume"]):
+        proc = cli("fuse", src, copy, *flags, *FUSE)
+        assert proc.returncode == 2, proc.stderr
+        line = one_line_error(proc)
+        assert "without its id file '0/.fstack_dask-output'" in line
+        assert "a copy that left out hidden files lacks it too" in line
+    assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize("how", ["copied whole", "written before ids"])
 def test_an_output_whose_id_file_is_with_it_is_ours(tmp_path, how):
     """A whole copy of an output (``cp -r``: the id file goes along) is an output of ours, and
