@@ -47,6 +47,7 @@ from typing import Any
 
 from .._errors import DestinationLockedError, LeaseLostError
 from .._locations import Location
+from .folders import RENAME_NOREPLACE, renameat2
 
 try:  # POSIX: the kernel's own record of a live holder, and the takeover's mutual exclusion
     import fcntl
@@ -281,7 +282,8 @@ class DestinationLock:
     """A lock file, an ``flock`` on it for this process's lifetime, and a heartbeat thread.
 
     Taken with an exclusive create (locally: written aside and flock'ed, then hard-linked
-    into place, so it is never seen half-written nor without its flock). A stale lock is taken
+    into place, so it is never seen half-written nor without its flock; on FAT, which has no
+    hard links, renamed without replacing: :func:`_publish`). A stale lock is taken
     over; locally the check and the takeover happen under ``flock`` on the lock's folder, so
     two runs cannot both take over.
     """
@@ -410,10 +412,8 @@ class DestinationLock:
             fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             os.write(fd, self.body)
             os.fsync(fd)
-            if fcntl is not None:  # held before the lock is visible: never seen unheld
-                with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.link(aside, self.lock.path)  # atomic, and fails if the lock exists
+            _hold(fd)  # before the lock is visible: never seen unheld
+            fd = _publish(aside, self.lock.path, fd, self.body)
         except FileExistsError:
             if fd is not None:
                 os.close(fd)
@@ -511,3 +511,39 @@ class DestinationLock:
         if self._etag is not None:  # a copy: its ETag need not be the original's (SSE-KMS)
             info = read_lock(lock)
             self._etag = info.get("etag") if info is not None else None
+
+
+def _hold(fd: int) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _publish(aside: str, path: str, fd: int, body: bytes) -> int:
+    """Give the written lock file ``aside`` (open as ``fd``) its name atomically, failing
+    with FileExistsError where a lock exists; returns the descriptor of the lock. Where the
+    filesystem has no hard links (FAT and exFAT: the USB drives and SD cards of microscopes;
+    every run there failed with "Operation not permitted", an adversarial run, 2026-12-06),
+    a rename that does not replace; where it lacks that too (some FUSE filesystems), the
+    lock is created exclusively and written in place: read torn meanwhile, its age says it
+    is live."""
+    try:
+        os.link(aside, path)
+        return fd
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+            raise
+    if renameat2(aside, path, RENAME_NOREPLACE):
+        return fd
+    new = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _hold(new)
+        os.write(new, body)
+        os.fsync(new)
+    except BaseException:
+        os.close(new)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)  # (the caller closes it where this raised)
+    return new

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +417,36 @@ def test_a_lock_dated_ahead_keeps_the_stale_age_as_its_grace(tmp_path, monkeypat
         wake.start()
         assert _lock.live_lock(resolve(str(lock), name="dst")) is not None
         wake.join()
+
+
+@pytest.mark.parametrize("lacks", ["hard links", "hard links and renameat2's flags"])
+def test_a_filesystem_without_hard_links_still_takes_the_lock_once(tmp_path, monkeypatch, lacks):
+    """FAT and exFAT (the USB drives and SD cards of microscopes) have no hard links: every
+    run there failed at its lock with "[Errno 1] Operation not permitted" (an adversarial
+    run, 2026-12-06). A rename that does not replace names the lock instead, or, where the
+    filesystem lacks that too, an exclusive create: either still admits one run."""
+    import errno
+
+    from fstack_dask._outputs import lock as _lock
+
+    def no_link(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted", src)
+
+    src = write_src(tmp_path / "src.zarr")
+    # in the lock's module only: zarr's own exclusive writes link too (zarr's to mend)
+    no_links = types.SimpleNamespace(**{**vars(os), "link": no_link})
+    monkeypatch.setattr(_lock, "os", no_links)
+    if lacks != "hard links":
+        monkeypatch.setattr(_lock, "renameat2", lambda *args: False)
+    dst = tmp_path / "out.zarr"
+    out = fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    np.testing.assert_array_equal(out["0"][...], _expected(0))
+    target = Destination(resolve(dst, name="dst")).take("complete")
+    try:
+        assert json.loads((dst / STATE_DIR / "lock").read_text())["token"] == target.lease.token
+        with pytest.raises(DestinationLockedError):
+            fuse_zarr(src, dst, chunks=CHUNK, overwrite=True, progress=False)
+        assert os.listdir(dst / STATE_DIR) == ["lock"]  # nothing aside left behind
+    finally:
+        Destination.release(target)
+    assert not (dst / STATE_DIR).exists()
