@@ -246,7 +246,7 @@ def _stored_axes(array: Any) -> tuple[str | None, str]:
 def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
     check_dtype_and_extent(array.dtype, tuple(int(n) for n in array.shape), axes, where)
     # an array opened elsewhere (a zarr.Array given in Python) skipped the metadata file check
-    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    grid = _chunk_grid(array)
     for chunks in (getattr(grid, "chunk_shape", None), getattr(array, "chunks", None)):
         if chunks is not None and any(int(c) < 1 for c in chunks):
             raise ValueError(
@@ -255,8 +255,15 @@ def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
             )
 
 
+def _chunk_grid(array: Any) -> Any:
+    """A Zarr v3 array's chunk grid; None for v2 (whose ``chunks`` say the same: zarr 3.4
+    deprecates ``chunk_grid`` on v2 metadata) and for arrays of other libraries."""
+    meta = getattr(array, "metadata", None)
+    return getattr(meta, "chunk_grid", None) if getattr(meta, "zarr_format", 3) == 3 else None
+
+
 def _unit_shape(array: Any) -> tuple[int, ...]:
-    grid = getattr(getattr(array, "metadata", None), "chunk_grid", None)
+    grid = _chunk_grid(array)
     shape = getattr(grid, "chunk_shape", None)
     if shape is None:
         shape = getattr(array, "chunks", None) or array.shape
