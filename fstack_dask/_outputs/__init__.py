@@ -9,8 +9,8 @@ which files of an output are ours and the order a removal takes them in (``remov
 an interrupted overwrite leaves beside dst and what becomes of it (``leftovers``), the
 folder moves behind that: exclusive creates, the atomic exchange, what
 a replaced folder keeps (``folders``), a destination's life through one run (``lifecycle``),
-the state folder, run record, done-markers and ownership by record (``state``), and the lock
-as a lease (``lock``).
+the state folder, run record, done-markers and ownership by record (``state``), the source's
+fingerprint kept with an output (``fingerprint``), and the lock as a lease (``lock``).
 
 May import: the shared top-level modules only. Never sources, the algorithm, runs or the
 CLI: a run hands this part plain values (a spec, a record, a block's arrays).

@@ -18,12 +18,11 @@ the run writes (``zarr.json``, its levels ``0``..``N``, ``depth``, ``selectivity
 state folder); only those are ever removed, and anything else inside an output (a user's
 ``2024/`` or ``notes.txt``) is kept.
 
-The run record stores what identifies the source (canonical location, shape, dtype, axes,
-read units, a digest of its metadata files) and ``source-files.npz`` the size, modification
-and change time and inode of each of its data files; each done-marker holds a digest of the
-samples its block read (:func:`input_digest`). A resume can thus tell whether the source
-changed since the run began, which finished blocks a change would affect, and, by reading
-those blocks again, whether their content really changed.
+The run record stores what identifies the source and ``source-files.npz`` its data files'
+fingerprint (:mod:`.fingerprint`); each done-marker holds a digest of the samples its block
+read. A resume can thus tell whether the source changed since the run began, which finished
+blocks a change would affect, and, by reading those blocks again, whether their content
+really changed.
 """
 
 from __future__ import annotations
@@ -47,8 +46,6 @@ from .write import fsync_dir
 __all__ = [
     "OutputState",
     "classify",
-    "input_digest",
-    "input_unchanged",
     "owned_output",
     "recorded_entries",
 ]
@@ -281,7 +278,7 @@ class OutputState:
         filled: bool = False,
     ) -> None:
         """Record a finished block (after its data is durable), durably, with the digest of
-        the samples it read (:func:`input_digest`; empty for pyramid blocks) on its first
+        the samples it read (``fingerprint.input_digest``; empty for pyramid blocks) on its first
         line, the chunk keys it stored (where known) on its second, and on a third the
         smallest selectivity ``S`` of its pixels (``s_min``, exact: a later run of the same
         output needs its image's smallest ``S`` to fill undefined ones); then ``filled`` (a
@@ -428,133 +425,3 @@ def _write_atomic(location: Location, body: bytes) -> None:
 
 
 # --------------------------------------------------------------------- source identity
-
-
-_STAT_FIELDS = ("sizes", "stamps", "ctimes", "inodes")
-
-
-def source_files(entries: Iterable[tuple]) -> dict[str, np.ndarray]:
-    """The (name, size, mtime, ctime, inode) list of a source's data files, as compact
-    arrays."""
-    rows = list(entries)
-    out = {"names": np.array([r[0] for r in rows], dtype=str)}
-    for k, key in enumerate(_STAT_FIELDS, start=1):
-        out[key] = np.array([r[k] for r in rows], dtype=np.int64)
-    return out
-
-
-def files_digest(files: Mapping[str, np.ndarray]) -> str:
-    """sha256 of a source's data files' names, sizes and modification times: kept with a
-    complete output, whose state folder (the list itself) is gone, so that a later resume can
-    tell the files were rewritten since."""
-    h = hashlib.sha256()
-    for key in ("names", "sizes", "stamps"):
-        h.update(key.encode())
-        h.update("\0".join(map(str, files[key].tolist())).encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
-
-
-def changed_files(old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of data files added, removed, or with another size, modification or change
-    time or inode (the last two only where both lists have them: older records lack them)."""
-    keys = [k for k in _STAT_FIELDS if k in old and k in new]
-
-    def table(files: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-        stats = zip(*(files[k].tolist() for k in keys), strict=True)
-        return dict(zip(files["names"].tolist(), stats, strict=True))
-
-    before, after = table(old), table(new)
-    changed = [n for n, v in after.items() if before.get(n) != v]
-    changed += [n for n in before if n not in after]
-    return sorted(changed)
-
-
-#: The done-markers' digest: xxHash's XXH3 (128 bits). A marker names it before its hex
-#: digest; one with a bare hex digest (written before 2026-12) holds a sha256.
-DIGEST = "xxh3-128"
-
-
-def input_digest(samples: np.ndarray, algorithm: str = DIGEST) -> str:
-    """A digest of a block's input samples (with their shape and dtype): what its done-marker
-    vouches for, so that a resume can tell whether the source under it changed.
-
-    XXH3 rather than sha256: it guards against accidental change, not an adversary (who could
-    rewrite the marker as easily), and it hashes at about 15 GB/s on one core against
-    sha256's 1.5 GB/s (with SHA instructions): every block of every run pays it, and sha256
-    cost a third as much as decoding the samples from Zstd (benchmarks/RESULTS.md, "The
-    host's share of a block").
-    """
-    head = f"{samples.dtype.str}{samples.shape}".encode()
-    data = np.ascontiguousarray(samples)
-    if algorithm == "sha256":
-        h = hashlib.sha256(head)
-        h.update(data)
-        return h.hexdigest()
-    if algorithm != DIGEST:
-        raise ValueError(f"algorithm must be {DIGEST!r} or 'sha256', got {algorithm!r}")
-    import xxhash
-
-    h = xxhash.xxh3_128(head)
-    h.update(data)
-    return f"{DIGEST}:{h.hexdigest()}"
-
-
-def input_unchanged(recorded: str, samples: np.ndarray) -> bool:
-    """Whether ``samples`` have the digest a done-marker recorded (with the marker's own
-    algorithm: a bare hex digest is an older marker's sha256)."""
-    algorithm = recorded.split(":", 1)[0] if ":" in recorded else "sha256"
-    if algorithm not in (DIGEST, "sha256"):
-        return False  # a marker from a later version: not vouched for here
-    return input_digest(samples, algorithm) == recorded
-
-
-def _last_name(location: Any) -> str | None:
-    """The last name of a location (``src.ome.zarr`` of ``/lustre/p/src.ome.zarr``)."""
-    return str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
-
-
-def _is_local_path(location: Any) -> bool:
-    return isinstance(location, str) and location.startswith("/")
-
-
-def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """What differs between two source identities, as phrases for a message.
-
-    The same metadata under the same name at another location (the same files through another
-    mount) is the same source: each data file is still compared (size, times, inode) and the blocks
-    that read one that differs are computed again."""
-    out = []
-    content = stored.get("metadata_content_sha256")
-    moved = (
-        content is not None
-        and content == current.get("metadata_content_sha256")
-        and _last_name(stored.get("location")) == _last_name(current.get("location"))
-        # only a local store's chunk files carry what tells them apart (change time and inode,
-        # mtimes in ns): on an object store, two stores of one name written in the same second
-        # were resumed into one output (a review, 2026-12-05)
-        and _is_local_path(stored.get("location"))
-        and _is_local_path(current.get("location"))
-    )
-    for key, what in (
-        ("location", "location"),
-        ("kind", "format"),
-        ("shape", "shape"),
-        ("dtype", "dtype"),
-        ("axes", "axes"),
-        ("unit_shape", "chunking"),
-        ("level", "level"),
-        ("metadata_sha256", "metadata"),
-        ("content", "content"),
-    ):
-        if key == "unit_shape" and stored.get("kind") not in ("zarr", "ome-zarr"):
-            # how another format's reader cuts it is ours to choose, not the data's: a file
-            # read by region since 2026-12-05 resumes what was begun reading it by pages
-            continue
-        if key in ("location", "metadata_sha256") and moved:
-            continue
-        if stored.get(key) != current.get(key):
-            if key in ("metadata_sha256", "content"):
-                out.append(f"its {what} changed")
-            else:
-                out.append(f"its {what} was {stored.get(key)!r} and is now {current.get(key)!r}")
-    return out

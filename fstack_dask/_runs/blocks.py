@@ -23,8 +23,9 @@ from .._algorithm.block import block_buffer, fuse_block, selectivity_stats
 from .._errors import SourceReadError, SourceValueError
 from .._fp_env import with_ieee_arithmetic
 from .._locations import Location
+from .._outputs.fingerprint import input_digest
 from .._outputs.lock import Lease
-from .._outputs.state import OutputState, input_digest
+from .._outputs.state import OutputState
 from .._outputs.write import make_durable, open_output, write_block
 from .._sources.fetch import (
     BlockRegion,

@@ -26,15 +26,14 @@ import numpy as np
 from .._errors import SourceChangedError, SourceReadError
 from .._locations import Location, reach, resolve
 from .._outputs.destination import Destination
-from .._outputs.state import (
-    OutputState,
+from .._outputs.fingerprint import (
     changed_files,
     files_digest,
     identity_differences,
     input_unchanged,
-    provenance,
     source_files,
 )
+from .._outputs.state import OutputState, provenance
 from .._sources.fetch import UnitCache, fetch_block
 from .._sources.open import Reopen
 from .._sources.source import Source

@@ -266,7 +266,7 @@ def test_a_store_of_the_same_name_elsewhere_on_an_object_store_is_another_source
     """Relocation (the same store reached at another path) is judged by the chunk files'
     change times and inodes, which only local files have: two S3 stores of one name written
     in the same second were resumed into one output (a review, 2026-12-05)."""
-    from fstack_dask._outputs.state import identity_differences
+    from fstack_dask._outputs.fingerprint import identity_differences
 
     def identity(location):
         return {"location": location, "kind": "ome-zarr", "metadata_sha256": location,

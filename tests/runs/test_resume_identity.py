@@ -398,7 +398,7 @@ def test_a_file_read_another_way_is_still_the_same_source(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     from dask.base import tokenize
 
-    from fstack_dask._outputs.state import identity_differences
+    from fstack_dask._outputs.fingerprint import identity_differences
     from fstack_dask._sources.tiff_array import TiffArray
 
     old, new = (
