@@ -42,7 +42,7 @@ def s3():
     proc = subprocess.Popen([*cmd, "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        for _ in range(200):
+        for _ in range(1200):  # up to a minute: a loaded machine starts moto slowly
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
