@@ -271,6 +271,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         else:
             raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
         files = sort_planes([absolute(f) for f in files])
+        _one_spelling(files, f"{name} {where}")
         return files, where, [absolute(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]
@@ -291,6 +292,23 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
         f"{type(spec).__name__}"
     )
+
+
+def _one_spelling(files: Sequence[str], where: str) -> None:
+    """Refuse two files whose names read the same (NFC) but are spelled apart (a precomposed
+    "\u00e9" and "e" with a combining accent, as macOS saves it): Linux keeps both, and both
+    were fused, one plane twice (an adversarial review, 2026-12-06)."""
+    seen: dict[tuple[str, str], str] = {}
+    for f in files:  # in one folder: two folders' names are shown whole elsewhere
+        key = (os.path.dirname(f), unicodedata.normalize("NFC", os.path.basename(f)))
+        if key in seen:
+            raise ValueError(
+                f"{where}: {ascii(os.path.basename(seen[key]))} and "
+                f"{ascii(os.path.basename(f))} are one name spelled two ways (Unicode composed "
+                "and decomposed accents: they look the same), so one plane would be fused "
+                "twice; remove one of them, or pass the files as a list"
+            )
+        seen[key] = f
 
 
 def absolute(path: str) -> str:

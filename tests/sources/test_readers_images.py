@@ -420,6 +420,27 @@ def test_names_spelled_with_combining_accents_sort_as_they_read(tmp_path):
     assert not opened.warnings
 
 
+def test_one_plane_name_spelled_both_ways_in_one_folder_is_refused(tmp_path):
+    """'caf\u00e9_1.tif' and 'cafe\u0301_1.tif' (one name, composed and decomposed: Linux keeps
+    both, a macOS copy synced beside the original) were both fused, one plane twice, exit 0
+    (a review, 2026-12-06): the CLI refuses the folder and a glob, exit 2, naming both; a list
+    is the user's own order."""
+    planes = _planes(4, (6, 7))
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    names = [f"{nfc}_1", f"{nfd}_1", f"{nfc}_2", f"{nfc}_3"]
+    for k, name in enumerate(names):
+        tifffile.imwrite(tmp_path / f"{name}.tif", planes[k])
+    done = subprocess.run([sys.executable, "-m", "fstack_dask", "info", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "caf\\xe9_1.tif" in done.stderr and "cafe\\u0301_1.tif" in done.stderr
+    assert "spelled two ways" in done.stderr
+    with pytest.raises(ValueError, match="spelled two ways"):
+        open_image_files(str(tmp_path / "*.tif"))
+    listed = [str(tmp_path / f"{n}.tif") for n in names]
+    assert open_image_files(listed).array.shape[0] == 4
+
+
 def test_odd_names_warning_keeps_signed_planes_in_its_pattern():
     """The glob suggested for the planes once dropped the negative ones (z+01um, z-01um)."""
     from fstack_dask._sources.plane_names import _glob_for, odd_names
