@@ -58,7 +58,12 @@ def prepare(
     structure; a resume only clears what its killed writes left."""
     if resuming:  # our run, killed: its writes cut short left temporary files
         target.state.remove_partial_files(recorded_entries(target.output) or ())
-        lost = target.state.drop_markers_without_data()
+        torn: list[str] = []
+        lost = target.state.drop_markers_without_data(torn)
+        if torn:
+            log.warning("%d done-markers of %s were cut short by a crash (%s); their blocks are "
+                        "fused again", len(torn), target.dst.spec,
+                        ", ".join(torn[:3]) + (" ..." if len(torn) > 3 else ""))  # fmt: skip
         if lost:
             log.warning("%d finished blocks of %s lost chunk files since they were written "
                         "(%s); they are fused again", len(lost), target.dst.spec,

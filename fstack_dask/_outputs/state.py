@@ -331,16 +331,29 @@ class OutputState:
         written before 2026-12-06 do not say: False)."""
         return "filled" in (line.strip() for line in self._marker_lines(name)[2:])
 
-    def drop_markers_without_data(self) -> list[str]:
+    def drop_markers_without_data(self, torn: list[str] | None = None) -> list[str]:
         """Remove the done-markers of blocks whose stored chunk files are gone or shorter or
         longer than they were written (an unfinished output copied in part, a copy cut
         short), so that those blocks are fused again; returns their names. Local outputs,
-        and markers that list their keys (from 2026-12-05; sizes from 2026-12-06), only."""
+        and markers that list their keys (from 2026-12-05; sizes from 2026-12-06), only.
+
+        With ``torn``, the markers a crash cut short (:func:`_torn`) go too, named there: of
+        runs begun since markers hold a digest and an ``s_min`` (2026-12-05: an earlier
+        run's markers are empty). (One pass: each marker is read once, 10^5 on NFS.)"""
         if not self.output.is_local:
             return []
+        if torn is not None and "undefined_selectivity" not in (
+            (self.record() or {}).get("params") or {}
+        ):
+            torn = None
         dropped = []
         for name in sorted(self.done()):
             lines = self._marker_lines(name)
+            if torn is not None and _torn(name, lines):
+                torn.append(name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.done_folder.child(name).path)
+                continue
             keys = lines[1].split() if len(lines) > 1 else []
             sizes = next((ln.split()[1:] for ln in lines[2:] if ln.startswith("sizes ")), None)
             if sizes is None or len(sizes) != len(keys):
@@ -350,7 +363,7 @@ class OutputState:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.done_folder.child(name).path)
                 dropped.append(name)
-        if dropped:
+        if dropped or torn:
             fsync_dir(self.done_folder.path)
         return dropped
 
@@ -396,6 +409,25 @@ class OutputState:
                     if ZARR_PARTIAL.search(name):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(root, name))
+
+
+def _torn(name: str, lines: list[str]) -> bool:
+    """Whether a done-marker was cut short by a crash (a kill between its creation and its
+    write, a power cut before its fsync: empty, or zeros): its block's digest and smallest
+    ``S`` are lost, and the resume's fill took a larger smallest ``S`` than the image's (a
+    review, 2026-12-06)."""
+    if not lines:  # gone meanwhile
+        return False
+    text = "\n".join(lines)
+    if not text or "\x00" in text or (not name.startswith("L") and not lines[0].strip()):
+        return True
+    for line in lines[2:]:
+        if line.startswith("s_min "):
+            try:
+                float.fromhex(line[len("s_min ") :].strip())
+            except ValueError:
+                return True
+    return False
 
 
 def _holds(path: str, size: str | None) -> bool:

@@ -155,3 +155,24 @@ def test_an_output_begun_before_the_rule_is_finished_by_its_own(tmp_path, monkey
     record_path.write_text(json.dumps(record))
     out = fuse_zarr(src, dst, chunks=16, resume=True, progress=False, levels=0)
     np.testing.assert_array_equal(out["0"][...], fuse_block(_planes(stack)).image)
+
+
+@pytest.mark.parametrize("torn", [b"", b"\0" * 40], ids=["empty", "zeros"])
+def test_a_done_marker_cut_short_by_a_crash_is_fused_again(tmp_path, monkeypatch, caplog, torn):
+    """A marker created but never written (a kill between the two; a power cut before its
+    fsync leaves zeros on some filesystems) counted its block as done, without the smallest S
+    it held: the resume filled undefined S with a larger one, other bits than a fresh run (a
+    review, 2026-12-06). Its block is fused again."""
+    stack, src, dst = _stopped_in_the_second_pass(tmp_path, monkeypatch, after=0)
+    done = dst / ".fstack_dask" / "done"
+
+    def s_min(marker):
+        line = next(ln for ln in marker.read_text().splitlines() if ln.startswith("s_min "))
+        return float.fromhex(line[len("s_min ") :])
+
+    lowest = min(done.iterdir(), key=s_min)  # the block holding the image's smallest S
+    lowest.write_bytes(torn)
+    with caplog.at_level("WARNING", logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=16, resume=True, progress=False, levels=0)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+    assert f"were cut short by a crash ({lowest.name})" in caplog.text
