@@ -388,6 +388,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ValueError(
             f"config file {text_path!r} is not valid YAML: {_yaml_message(exc)}"
         ) from None
+    except RecursionError:  # ('[' * 50000: "maximum recursion depth exceeded", exit 1)
+        raise ValueError(
+            f"config file {text_path!r} is nested too deeply to be read, expected a YAML file "
+            "of a few options (see configs/README.md)"
+        ) from None
     return config_from_mapping(data, text_path)
 
 

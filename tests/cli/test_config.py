@@ -237,6 +237,16 @@ def test_a_config_file_that_is_not_a_few_lines_is_refused(tmp_path, kind):
         load_config(path)
 
 
+def test_a_config_file_nested_too_deeply_is_refused_naming_it(tmp_path):
+    """YAML lists nested 50000 deep (well under the size limit) stopped the CLI with
+    'maximum recursion depth exceeded while calling a Python object', exit 1, naming no file
+    (a review, 2026-12-06)."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("algorithm: " + "[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(ValueError, match=r"config file '.*deep.yaml' is nested too deeply"):
+        load_config(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
