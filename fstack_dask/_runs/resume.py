@@ -338,6 +338,8 @@ def _blocks_reading(source: Source, plan: Plan, changed: list[str], done: set[st
     suspects: dict[str, str] = {}
     for name in changed:
         unit = source.unit_of_file(name)
+        if unit is None and _beside_chunks(source, name):
+            continue
         if unit is None:  # a file every block may read (a TIFF, a plane file)
             for block in done:
                 suspects.setdefault(block, name)
@@ -355,6 +357,14 @@ def _blocks_reading(source: Source, plan: Plan, changed: list[str], done: set[st
                     if block in done:
                         suspects.setdefault(block, name)
     return suspects
+
+
+def _beside_chunks(source: Source, name: str) -> bool:
+    """Whether ``name`` lies in a Zarr array's folder but is no chunk of it (Finder's
+    ``.DS_Store``, a note): Zarr reads no such file, and one saved there had every finished
+    block read again, a second read of the whole source (a review, 2026-12-06)."""
+    meta = getattr(source.array, "metadata", None)
+    return meta is not None and source.data_root is not None and name not in source.files
 
 
 def _read_otherwise(state, source, plan, suspects, *, first: bool) -> list[tuple[str, str]]:

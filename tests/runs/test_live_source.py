@@ -175,3 +175,19 @@ def test_a_chunk_only_touched_while_it_is_read_still_completes(tmp_path, monkeyp
     with caplog.at_level(logging.INFO, logger="fstack_dask"):
         _fuse(src, dst, resume=True)  # its files as the run left them: "already complete"
     assert "already complete; nothing to resume" in caplog.text
+
+
+def test_a_file_saved_beside_the_chunks_reads_no_block_again(tmp_path, monkeypatch):
+    """Finder's ``.DS_Store`` saved into the source's array folder mid-run (someone browsing
+    the store over SMB) had the check after the run read every finished block again, as if
+    each had read it: a second read of the whole source (a review, 2026-12-06). Zarr reads
+    only chunks: no block is read again, and the output is complete."""
+    import fstack_dask._runs.resume as resume
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    _while_running(monkeypatch, lambda: (src / "0" / ".DS_Store").write_bytes(b"Bud1"))
+    real, reads = resume.fetch_block, []
+    monkeypatch.setattr(resume, "fetch_block", lambda *a, **k: reads.append(1) or real(*a, **k))
+    out = _fuse(src, dst)
+    assert out.attrs["fstack_dask"]["complete"] is True
+    assert not reads
