@@ -184,6 +184,10 @@ def _storage_options(value: Any, name: str) -> Mapping[str, Any] | None:
             raise ValueError(
                 f'{name} must be a JSON object such as {{"anon": true}}: {exc}'
             ) from None
+        except RecursionError:  # ("[" * 60000: "maximum recursion depth exceeded", exit 1)
+            raise ValueError(
+                f'{name} must be a JSON object such as {{"anon": true}}: nested too deeply'
+            ) from None
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise ValueError(
             f'{name} must be a mapping of fsspec options such as {{"anon": true}}, got {value!r}'

@@ -530,6 +530,20 @@ def test_messages_name_the_option_as_it_was_given(error_env, capsys, argv, says)
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--storage-options", "--dst-storage-options"])
+def test_storage_options_nested_too_deeply_name_the_option(error_env, capsys, option):
+    """JSON nested 60000 deep (one argument fits it) stopped the run with 'maximum recursion
+    depth exceeded while decoding a JSON array', exit 1, naming no option (a review,
+    2026-12-06)."""
+    from fstack_dask._cli.main import main
+
+    env = error_env
+    assert main(["fuse", str(env["src"]), str(env["dst"]), option, "[" * 60000]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{option} must be a JSON object" in err, err
+    assert "nested too deeply" in err
+
+
 def test_a_tiff_without_pages_says_so(tmp_path):
     """It said "series=0 is out of range", naming no option (an adversarial run)."""
     tifffile = pytest.importorskip("tifffile")
