@@ -156,7 +156,7 @@ def read_lock(lock: Location) -> dict[str, Any] | None:
         info = json.loads(raw)
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
-    except ValueError:  # torn or not ours: only its age can tell
+    except (ValueError, RecursionError):  # torn or not ours: only its age can tell
         info = {"host": None, "pid": None}
     info["mtime"] = mtime
     info["held"] = _held_by_someone(lock.path) if lock.is_local else None
@@ -235,7 +235,7 @@ def live_lock(lock: Location) -> dict[str, Any] | None:
 def _token_of(raw: bytes) -> str | None:
     try:
         info = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested 100000 deep: not ours)
         return None
     return info.get("token") if isinstance(info, dict) else None
 
@@ -269,7 +269,7 @@ class Lease:
         if _token_of(raw) != self.token:
             try:
                 info = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 info = {}
             raise LeaseLostError(
                 f"{self.what} was taken over by {_owner(info)} after this run's lock went "

@@ -451,3 +451,33 @@ def test_a_filesystem_without_hard_links_still_takes_the_lock_once(tmp_path, mon
     finally:
         Destination.release(target)
     assert not (dst / STATE_DIR).exists()
+
+
+def test_a_lock_nested_too_deeply_to_parse_reads_as_unreadable(tmp_path, monkeypatch):
+    """An unfinished output whose lock holds JSON nested 100000 deep (damaged, or not ours)
+    stopped ``--resume``, ``--overwrite`` and ``info`` with 'maximum recursion depth exceeded
+    while decoding a JSON array', exit 1 (a review, 2026-12-06; its zarr.json and run record
+    were mended on the day). It reads as unreadable: its age decides, and this stale one is
+    taken over."""
+    from fstack_dask._runs.blocks import FuseJob
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    real, calls = FuseJob.fuse_and_write, []
+
+    def stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", stop)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    monkeypatch.undo()
+    lock = dst / STATE_DIR / "lock"
+    lock.write_text("[" * 100000)
+    os.utime(lock, (1, 1))
+    env = {"FSTACK_DASK_LOCK_STALE_AFTER": str(STALE)}
+    res = cli("fuse", src, dst, "--resume", *FUSE, env=env)
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["0"][...], _expected(0))
