@@ -88,7 +88,7 @@ def tiff_owner(path: str) -> dict[str, Any] | None:
             value = next((e.text for e in element if e.tag.endswith("Value")), None)
             try:
                 record = json.loads(value or "")
-            except ValueError:
+            except (ValueError, RecursionError):  # (nested 100000 deep: not ours)
                 return None
             if isinstance(record, dict) and record.get("method") == METHOD:
                 # OME-XML copied into a user's TIFF (bioio, Bio-Formats keep annotations) comes

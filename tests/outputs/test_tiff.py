@@ -184,6 +184,21 @@ def test_a_tiff_with_our_ome_xml_copied_in_is_not_ours(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+def test_a_tiff_whose_provenance_is_nested_too_deeply_is_not_ours(tmp_path):
+    """A TIFF at dst whose OME-XML holds our namespace's annotation with JSON nested 100000
+    deep (damaged, or crafted) stopped ``--overwrite`` with 'maximum recursion depth
+    exceeded', exit 1 (a review, 2026-12-06): it is not ours, refused, unchanged."""
+    theirs = tmp_path / "theirs.ome.tif"
+    xml = (
+        '<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        f'<StructuredAnnotations><CommentAnnotation Namespace="{NAMESPACE}"><Value>'
+        + "[" * 100000
+        + "</Value></CommentAnnotation></StructuredAnnotations></OME>"
+    )
+    tifffile.imwrite(theirs, np.zeros((8, 8), np.uint8), description=xml, metadata=None)
+    assert tiff_owner(str(theirs)) is None
+
+
 def test_a_file_left_where_the_tiff_is_written_is_replaced_not_rewritten(tmp_path):
     """After an overwrite killed right after its exchange, the working store's partial TIFF
     is the previous TIFF; a resume wrote the new one into that inode, changing the user's
