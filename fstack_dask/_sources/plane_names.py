@@ -96,14 +96,15 @@ def _pattern(path: str) -> str:
     return "#".join(_parts(path)[0::2]).casefold()
 
 
-def _parts(path: str) -> list[str]:
+def _parts(path: str, *, as_read: bool = True) -> list[str]:
     """The file name split into text, number, text, ..., text; the extension's dot is text.
 
     The name as it reads (NFC): "café" spelled with a combining accent (as macOS saves names)
     among names spelled with "é" was ordered apart from them, and warned about as named
     unlike them, in a message showing the same name (an adversarial run on names,
-    2026-12-06)."""
-    name = unicodedata.normalize("NFC", os.path.basename(path))
+    2026-12-06). ``as_read=False``: as spelled on disk, which a glob matches."""
+    name = os.path.basename(path)
+    name = unicodedata.normalize("NFC", name) if as_read else name
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""
@@ -140,11 +141,15 @@ def _some_names(paths: Sequence[str]) -> str:
 def _glob_for(files: Sequence[str]) -> str:
     """A glob matching `files` (names of one pattern): the numbers that vary become ``*``
     (their sign too, where it varies: ``z*.tif`` for ``z-1.tif``, ``z0.tif``, ``z1.tif``)."""
-    parts = [_parts(f) for f in files]
+    # as spelled: a glob matches bytes, and a name spelled composed (NFC) matched none of
+    # the planes macOS named decomposed (a review, 2026-12-06)
+    parts = [_parts(f, as_read=False) for f in files]
     out = []
     for i, part in enumerate(parts[0]):
         column = [p[i] if len(p) == len(parts[0]) else "" for p in parts]
-        if i % 2 == 0 or len(set(column)) == 1:
+        if i % 2 == 0 and len(set(column)) > 1:  # one text spelled two ways: either
+            out.append("*")
+        elif i % 2 == 0 or len(set(column)) == 1:
             out.append(glob.escape(part))
         else:
             signs = {_sign(c) for c in column}

@@ -451,6 +451,22 @@ def test_odd_names_warning_keeps_signed_planes_in_its_pattern():
     assert _glob_for(["/d/stack-001.tif", "/d/stack-002.tif"]) == "/d/stack-*.tif"
 
 
+def test_the_glob_suggested_for_decomposed_names_matches_them(tmp_path):
+    """Planes macOS named with a combining accent ('cafe\u0301_1.tif') beside a file named
+    unlike them: the warning suggested 'caf\u00e9_*.tif', spelled composed, which matches none
+    of them on Linux (a review, 2026-12-06, of the NFC ordering). It is spelled as on disk."""
+    import glob
+
+    nfd = "cafe\u0301"
+    for k in range(1, 6):
+        tifffile.imwrite(tmp_path / f"{nfd}_{k}.tif", np.full((6, 7), k, np.uint8))
+    tifffile.imwrite(tmp_path / "expected.tif", np.zeros((6, 7), np.uint8))
+    (warning,) = open_image_files(tmp_path).warnings
+    pattern = re.search(r"such as '(.*)'$", warning).group(1)
+    assert sorted(glob.glob(pattern)) == sorted(glob.glob(str(tmp_path / f"{nfd}_*.tif")))
+    assert len(glob.glob(pattern)) == 5
+
+
 def test_real_lightsheet_tiff_planes():
     folder = realdata("dfnn_mitochondria_lightsheet")
     opened = open_image_files(folder)  # LICENSE and the text files are ignored
