@@ -203,11 +203,21 @@ class Location:
         ValueError
             Where a local path is not a regular file: a named pipe's read never returned and
             /dev/zero's never ended (a dst's ``zarr.json`` or lock so made hung ``--overwrite``
-            and ``info``: an adversarial run on names, 2026-12-06).
+            and ``info``: an adversarial run on names, 2026-12-06); a socket cannot be opened
+            at all (``--overwrite`` stopped with "[Errno 6] No such device or address").
         """
         if self.is_local:
             # O_NONBLOCK: opening a named pipe with no writer would wait for one
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError as exc:  # a socket ("No such device or address"), a device so
+                if exc.errno not in (errno.ENXIO, errno.ENODEV):
+                    raise
+                try:
+                    kind = _kind(os.stat(self.path).st_mode)
+                except OSError:
+                    kind = "not a file"
+                raise ValueError(f"{self.spec!r} is {kind}, not a regular file") from None
             with open(fd, "rb") as fh:
                 mode = os.fstat(fd).st_mode
                 if stat.S_ISDIR(mode):  # as open() says of a folder

@@ -350,6 +350,26 @@ def test_a_dst_whose_metadata_or_lock_is_a_named_pipe_is_refused_not_waited_on(t
     assert (mine / where).is_fifo() and sorted(os.listdir(mine)) == [where.split("/")[0]]
 
 
+@pytest.mark.parametrize("where", ["zarr.json", f"{STATE_DIR}/lock"])
+def test_a_dst_whose_metadata_or_lock_is_a_socket_is_refused_in_one_line(
+    tmp_path, monkeypatch, where
+):
+    """A socket at a dst's zarr.json or lock cannot be opened at all: --overwrite stopped
+    with "[Errno 6] No such device or address", exit 1 (a review, 2026-12-06, of the named
+    pipes' refusal). Such a dst is not ours: refused, exit 2, the socket left as it was."""
+    import socket
+
+    src = write_src(tmp_path / "src.zarr")
+    mine = tmp_path / "mine.zarr"
+    (mine / where).parent.mkdir(parents=True)
+    monkeypatch.chdir(mine)  # a socket's path is at most 108 bytes: bound relative
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(where)
+    proc = cli("fuse", src, mine, "--overwrite", *FUSE, timeout=60)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert (mine / where).is_socket() and sorted(os.listdir(mine)) == [where.split("/")[0]]
+
+
 def test_a_copy_without_hidden_files_is_refused_naming_the_id_file(tmp_path):
     """An output copied without its hidden files (``rsync --exclude='.*'``, a tar of
     ``$(ls)``) lacks its id file: refused as not ours, as it must be, but the message spoke
