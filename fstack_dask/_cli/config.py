@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import errno
 import os
 import types
 from collections.abc import Iterator, Mapping
@@ -377,6 +378,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise FileNotFoundError(f"config file {text_path!r} does not exist") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"config file {text_path!r} is not UTF-8 text: {exc}") from None
+    except OSError as exc:  # a socket cannot be opened: "[Errno 6] No such device", exit 1
+        if exc.errno not in (errno.ENXIO, errno.ENODEV):
+            raise
+        raise ValueError(f"config file {text_path!r} is not a file, expected a YAML file") from None
     if len(text) > _MAX_CONFIG_CHARS:
         raise ValueError(
             f"config file {text_path!r} holds more than {_MAX_CONFIG_CHARS} characters, expected "

@@ -247,6 +247,18 @@ def test_a_config_file_nested_too_deeply_is_refused_naming_it(tmp_path):
         load_config(path)
 
 
+def test_a_config_file_that_is_a_socket_is_refused_naming_it(tmp_path, monkeypatch):
+    """``--config`` naming a UNIX socket stopped the CLI with "[Errno 6] No such device or
+    address", exit 1 (a review, 2026-12-06); a pipe (``--config <(...)``) is still read."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # a socket's path is at most 108 bytes: bound relative
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("sock.yaml")
+    with pytest.raises(ValueError, match=r"config file 'sock.yaml' is not a file, expected"):
+        load_config("sock.yaml")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
