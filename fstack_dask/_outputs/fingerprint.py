@@ -45,15 +45,24 @@ def files_digest(files: Mapping[str, np.ndarray]) -> str:
 
 def changed_files(old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> list[str]:
     """Names of data files added, removed, or with another size, modification or change
-    time or inode (the last two only where both lists have them: older records lack them)."""
+    time or inode (the last two only where both lists have them: older records lack them;
+    and only where both are known, not 0: an object store's inode column holds the object's
+    version, which records written before 2026-12-06 lack)."""
     keys = [k for k in _STAT_FIELDS if k in old and k in new]
+    known = [k in ("ctimes", "inodes") for k in keys]
 
     def table(files: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
         stats = zip(*(files[k].tolist() for k in keys), strict=True)
         return dict(zip(files["names"].tolist(), stats, strict=True))
 
+    def same(a: tuple[int, ...] | None, b: tuple[int, ...]) -> bool:
+        return a is not None and all(
+            x == y or (zero_unknown and 0 in (x, y))
+            for x, y, zero_unknown in zip(a, b, known, strict=True)
+        )
+
     before, after = table(old), table(new)
-    changed = [n for n, v in after.items() if before.get(n) != v]
+    changed = [n for n, v in after.items() if not same(before.get(n), v)]
     changed += [n for n in before if n not in after]
     return sorted(changed)
 

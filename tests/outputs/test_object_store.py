@@ -393,3 +393,27 @@ def test_a_partial_copy_aside_left_by_a_kill_goes_with_the_next_run(s3, bucket, 
     left = {k for k in _keys(fs, b) if not k.startswith((f"{b}/out.zarr/", f"{b}/src.zarr/"))}
     assert left == (set(copied) if changed else set())  # not shown a copy: kept whole
     assert fs.cat(f"{b}/out.zarr/notes.txt") == b"the user's notes"
+
+
+def test_a_chunk_rewritten_at_its_size_within_the_second_is_told_by_its_etag(s3, bucket):
+    """S3 lists LastModified in whole seconds, and no ctime or inode: a chunk rewritten with
+    its old size within the second of a run's listing looked unchanged, and a resume trusted
+    blocks read from the old bytes (a review, 2026-12-06). The listing's ETag now stands in
+    the inode's column; a record without one (0, written before) still compares by the rest."""
+    from fstack_dask._outputs.fingerprint import changed_files, source_files
+    from fstack_dask._sources.open import open_source
+
+    fs, b = bucket
+    src = f"s3://{b}/src.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 48, 40), storage_options=s3)
+    source = open_source(src, storage_options=s3)
+    before = source_files(source.data_files())
+    chunk = next(p for p in fs.find(f"{b}/src.zarr") if "/c/" in p)
+    old = fs.cat_file(chunk)
+    fs.pipe_file(chunk, bytes(reversed(old)))  # other bytes, the same size
+    after = source_files(open_source(src, storage_options=s3).data_files())
+    after["stamps"] = before["stamps"]  # the same second
+    names = [n for n in before["names"].tolist() if chunk.endswith("/" + n)]
+    assert len(names) == 1 and changed_files(before, after) == names
+    unversioned = {**before, "inodes": np.zeros_like(before["inodes"])}
+    assert changed_files(unversioned, source_files(source.data_files())) == []
