@@ -28,6 +28,7 @@ really changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -298,8 +299,13 @@ class OutputState:
         if marker.is_local:
             fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, body)
+                if os.write(fd, body) != len(body):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), marker.path)
                 os.fsync(fd)
+            except BaseException:  # a disk full left an empty marker: no marker, not done
+                with contextlib.suppress(OSError):
+                    os.unlink(marker.path)
+                raise
             finally:
                 os.close(fd)
             fsync_dir(self.done_folder.path)
