@@ -75,7 +75,8 @@ def write_stack(
 
     # what a fusion would refuse later, refused before anything is written (a ninth run)
     check_plain_array(stack, "stack")
-    check_dtype(getattr(stack, "dtype", np.asarray(stack).dtype), "stack")
+    # (getattr's default is evaluated first: np.asarray computed a whole dask stack in memory)
+    check_dtype(stack.dtype if hasattr(stack, "dtype") else np.asarray(stack).dtype, "stack")
     data = stack if hasattr(stack, "dask") else np.asarray(stack)
     ax = parse_axes(axes, data.ndim)
     if 0 in data.shape:  # (it blamed chunks, which the user did not give: a ninth run)

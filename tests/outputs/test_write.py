@@ -367,3 +367,19 @@ def test_write_stack_refuses_what_a_fusion_would_refuse_later(tmp_path, make, ex
     with pytest.raises(exc, match=says):
         write_stack(tmp_path / "s.ome.zarr", make(), axes="zyx")
     assert os.listdir(tmp_path) == []
+
+
+def test_write_stack_of_a_dask_stack_computes_each_chunk_once(tmp_path):
+    """``getattr(stack, "dtype", np.asarray(stack).dtype)`` evaluated its default: a dask
+    stack was computed whole in memory (an image larger than memory failed) before being
+    written chunk by chunk, each chunk computed twice."""
+    calls = []
+
+    def part(block_id=None):
+        calls.append(block_id)
+        return np.ones((5, 16, 16), np.uint16)
+
+    stack = da.map_blocks(part, chunks=((5,), (16,) * 3, (16,) * 2), dtype=np.uint16,
+                          meta=np.empty((0, 0, 0), np.uint16))  # fmt: skip
+    write_stack(tmp_path / "s.ome.zarr", stack, axes="zyx", chunks=(5, 16, 16))
+    assert sorted(calls) == sorted((0, i, j) for i in range(3) for j in range(2))
