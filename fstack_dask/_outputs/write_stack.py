@@ -114,9 +114,7 @@ def write_stack(
             "attributes": {"_ARRAY_DIMENSIONS": list(ax)},
         }
     try:
-        group = zarr.create_group(
-            store=location.zarr_store(read_only=False), zarr_format=zarr_format, attributes=attrs
-        )
+        group = zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format)
         array = group.create_array(
             name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
         )
@@ -124,6 +122,7 @@ def write_stack(
             data.store(array, lock=False)
         else:
             array[...] = data
+        group.attrs.update(attrs)  # last, as ome-zarr-py: a store a kill cut short is no image
     except BaseException:
         # this call created the store: a half-written one would refuse the retry
         try:

@@ -383,3 +383,43 @@ def test_write_stack_of_a_dask_stack_computes_each_chunk_once(tmp_path):
                           meta=np.empty((0, 0, 0), np.uint16))  # fmt: skip
     write_stack(tmp_path / "s.ome.zarr", stack, axes="zyx", chunks=(5, 16, 16))
     assert sorted(calls) == sorted((0, i, j) for i in range(3) for j in range(2))
+
+
+# write_stack of a dask stack that SIGKILLs itself at its argv[2]-th chunk written to the
+# store at argv[1]: a conversion killed midway
+KILLED_WRITE_STACK = """
+import os, signal, sys
+import dask, dask.array as da, numpy as np
+from fstack_dask import write_stack
+
+path, count = sys.argv[1], [0]
+
+def part(block_id=None):
+    count[0] += os.path.exists(os.path.join(path, "0", "zarr.json"))  # being written
+    if count[0] == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return np.full((5, 16, 16), 1000, np.uint16)
+
+stack = da.map_blocks(part, chunks=((5,), (16,) * 3, (16,) * 2), dtype=np.uint16,
+                      meta=np.empty((0, 0, 0), np.uint16))
+with dask.config.set(scheduler="synchronous"):
+    write_stack(path, stack, axes="zyx", chunks=(5, 16, 16))
+"""
+
+
+def test_a_killed_write_stack_leaves_no_image_that_could_be_fused(tmp_path):
+    """The multiscales metadata was written first: a write_stack killed midway left a store
+    that every reader took for a whole stack, mostly zeros, and fuse_zarr fused it (exit 0).
+    The image is declared last: what a kill leaves is a plain group, refused as a source."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.ome.zarr"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITE_STACK, str(path), "3"],
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert (path / "0" / "zarr.json").exists()  # killed while writing the data
+    assert "multiscales" not in json.dumps(json.loads((path / "zarr.json").read_text()))
+    with pytest.raises(ValueError, match="without OME-NGFF multiscales metadata"):
+        fuse_zarr(path, tmp_path / "out.ome.zarr", progress=False)
+    assert not (tmp_path / "out.ome.zarr").exists()
