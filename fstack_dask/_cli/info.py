@@ -163,7 +163,13 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
         params = (run_record(location) or {}).get("params") or {}
     lines = [
         ("output", shown(location.url)),
-        ("format", "fstack_dask output, OME-Zarr 0.5 (a multiscale image)"),
+        (
+            "format",
+            "fstack_dask output, OME-Zarr 0.5 (a multiscale image)"
+            if kind == "complete"
+            else "fstack_dask output, unfinished: a plain Zarr group, an OME-Zarr 0.5 "
+            "multiscale image once complete",
+        ),
         ("state", _state(location, kind, params, OutputState, live_lock)),
     ]
     lines += _images(location)
@@ -214,7 +220,7 @@ def _level0_blocks(params: dict[str, Any]) -> int | None:
 
 def _images(location: Any) -> list[tuple[str, str]]:
     """The fused image's levels and scale, and the maps, from the output's metadata."""
-    from .._outputs.write import open_output
+    from .._outputs.write import ngff_metadata, open_output
 
     try:
         group = open_output(location, mode="r")
@@ -225,7 +231,8 @@ def _images(location: Any) -> list[tuple[str, str]]:
         if name and name not in group:
             continue
         node = group[name] if name else group
-        multiscales = (node.attrs.get("ome") or {}).get("multiscales") or [{}]
+        # an unfinished output's waits in its private attribute (published when complete)
+        multiscales = ngff_metadata(node.attrs.asdict()).get("multiscales") or [{}]
         axes = [a["name"] for a in multiscales[0].get("axes", [])]
         units = {a["name"]: a["unit"] for a in multiscales[0].get("axes", []) if a.get("unit")}
         datasets = multiscales[0].get("datasets", [])

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._locations import Location
+from .write import ngff_metadata, set_ngff_metadata
 
 __all__ = ["fit_float_windows"]
 
@@ -52,7 +53,7 @@ def fit_float_windows(location: Location, *, given: Collection[int] = ()) -> Non
     import zarr
 
     group = zarr.open_group(store=location.zarr_store(read_only=False), mode="r+")
-    ome = dict(group.attrs["ome"])
+    ome = ngff_metadata(group.attrs.asdict())  # an unfinished output's, not yet published
     channels = (ome.get("omero") or {}).get("channels")
     datasets = ome["multiscales"][0]["datasets"]
     full, coarsest = group[datasets[0]["path"]], group[datasets[-1]["path"]]
@@ -72,7 +73,7 @@ def fit_float_windows(location: Location, *, given: Collection[int] = ()) -> Non
         channel["window"] = {"min": low, "max": high, "start": start, "end": end}
         changed = True
     if changed:
-        group.attrs["ome"] = ome
+        set_ngff_metadata(group, ome)
 
 
 def _finite_range(

@@ -18,7 +18,7 @@ from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
 from .state import OutputState, new_output_id, recorded_entries, write_output_id
-from .write import OutputSpec, create_output
+from .write import OutputSpec, create_output, publish
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,10 @@ def _drop_older_levels(state: OutputState) -> None:
 
 
 def finish(target: Target, destination: Destination) -> None:
-    """Mark the output complete, swap a staged output in, drop the state folder."""
-    import zarr
-
+    """Publish the output's NGFF metadata and mark it complete (:func:`.write.publish`),
+    swap a staged output in, drop the state folder."""
     target.check_lease()  # never mark complete what another run has taken over
-    group = zarr.open_group(store=target.output.zarr_store(read_only=False), mode="r+")
-    attrs = dict(group.attrs["fstack_dask"])
-    attrs["complete"] = True
-    group.attrs["fstack_dask"] = attrs
+    publish(target.output)
     if target.staged:
         destination.swap_in(target)
     Destination.release(target)

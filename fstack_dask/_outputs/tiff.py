@@ -34,7 +34,7 @@ from .._ngff import OME_LENGTHS, OME_TIMES
 from .folders import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, take_on_looks
 from .pyramid import n_levels
 from .state import METHOD
-from .write import TIFF_PARTIAL, fsync_dir, open_output
+from .write import PENDING, TIFF_PARTIAL, fsync_dir, ngff_metadata, open_output
 
 __all__ = ["NAMESPACE", "PARTIAL", "TILE", "place_tiff", "tiff_levels", "tiff_owner", "write_tiff"]
 
@@ -134,6 +134,7 @@ def write_tiff(
 
     group = open_output(store, mode="r")
     provenance = dict(group.attrs["fstack_dask"])
+    provenance.pop(PENDING, None)  # the store's NGFF metadata, not yet published: not a record
     provenance["complete"] = True
     provenance["format"] = "ome-tiff"
     record = json.dumps(provenance, separators=(",", ":"), allow_nan=False)
@@ -167,7 +168,7 @@ def write_tiff(
 
 def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
     """tifffile's OME metadata of one multiscale image: axes, pixel sizes, channels."""
-    ome = node.attrs["ome"]
+    ome = ngff_metadata(node.attrs.asdict())
     multiscale = ome["multiscales"][0]
     axes = [a["name"] for a in multiscale["axes"]]
     scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -202,7 +203,8 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
 def _positions(node: Any, axes: list[str], units: dict, *, rgb: bool) -> dict[str, Any]:
     """OME's Plane PositionX/PositionY of every plane: the image's translation in y and x (the
     stage position a source recorded), where those axes have length units."""
-    transforms = node.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    dataset = ngff_metadata(node.attrs.asdict())["multiscales"][0]["datasets"][0]
+    transforms = dataset["coordinateTransformations"]
     shift = next((t["translation"] for t in transforms if t["type"] == "translation"), None)
     shift = dict(zip(axes, shift or (), strict=False))
     if not any(shift.get(a) for a in "yx"):  # none recorded (0 is NGFF's default)
@@ -235,7 +237,7 @@ def _resolution(node: Any, level: int) -> dict[str, Any]:
     """tifffile's resolution options for one level: pixels per centimetre in x and y where
     their pixel sizes are lengths (readers of plain TIFF tags, such as OpenSlide's and
     tiffslide's, see no pixel size otherwise), else none."""
-    multiscale = node.attrs["ome"]["multiscales"][0]
+    multiscale = ngff_metadata(node.attrs.asdict())["multiscales"][0]
     axes = [a["name"] for a in multiscale["axes"]]
     units = {a["name"]: a.get("unit") for a in multiscale["axes"]}
     transforms = multiscale["datasets"][level]["coordinateTransformations"]

@@ -6,6 +6,15 @@ metadata (a zero pixel size, say) stops a run before anything on disk is touched
 :func:`create_output` then writes it into a folder the run owns, and :func:`write_block`
 writes one block's regions and makes them durable (fsync) before the caller records the
 block as done.
+
+Until the run completes, no group declares an image: each group's NGFF metadata (``ome``)
+waits in its private attribute (``fstack_dask.pending_ome``), and :func:`publish` moves it
+into place as the run's last write, the root last, in one atomic rewrite of each
+``zarr.json``. A viewer opening an unfinished output, or one a killed run left, finds a
+plain Zarr group, which readers that find images by their NGFF metadata (ome-zarr-py,
+ome-zarr-models) do not take for one, rather than an image mostly of fill values;
+ome-zarr-py's own writer, too, writes ``multiscales`` after the arrays. :func:`ngff_metadata`
+reads either place (outputs begun before 2026-12-06 have ``ome`` from the start).
 """
 
 from __future__ import annotations
@@ -22,7 +31,15 @@ from .._layout import Layout
 from .._locations import Location
 from .._ngff import check_ngff_order, multiscale_entry, omero_entry, positive_scale
 
-__all__ = ["ArraySpec", "OutputSpec", "create_output", "output_spec", "write_block"]
+__all__ = [
+    "ArraySpec",
+    "OutputSpec",
+    "create_output",
+    "ngff_metadata",
+    "output_spec",
+    "publish",
+    "write_block",
+]
 
 # The TIFF a TIFF dst's working store converts itself into, before it is moved into place
 # (``_outputs.tiff``): one of the store's entries, so that it is ours by record.
@@ -30,6 +47,9 @@ TIFF_PARTIAL = "fused.tif.partial"
 # NGFF allows only these axis letters' units to be carried over to the 2-D image.
 _CARRIED = ("t", "y", "x")
 _RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
+# Where a group's NGFF metadata waits, inside its private attribute, until the run completes.
+PENDING = "pending_ome"
+MAPS = ("depth", "selectivity")
 
 
 @dataclass(frozen=True)
@@ -239,18 +259,19 @@ def create_output(
     ``location`` must be a folder the caller owns (created by this run, or an empty folder
     it claimed). The root's provenance attribute (with ``extra``: the run's id, the source's
     identity) is written last: a group that has it is complete as a structure, even if the
-    process creating it was killed.
+    process creating it was killed. Each group's ``ome`` waits in its private attribute
+    until :func:`publish`.
     """
     import zarr
 
-    attrs = dict(spec.groups[""])
-    provenance = {**attrs.pop("fstack_dask"), **_jsonable(dict(extra or {}))}
-    root = zarr.create_group(
-        store=location.zarr_store(read_only=False), zarr_format=3, attributes=attrs
-    )
+    def pending(attrs: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+        return {"fstack_dask": {**attrs["fstack_dask"], **more, PENDING: attrs["ome"]}}
+
+    extra = _jsonable(dict(extra or {}))
+    root = zarr.create_group(store=location.zarr_store(read_only=False), zarr_format=3)
     for path, group_attrs in spec.groups.items():
         if path:
-            root.create_group(path, attributes=group_attrs)
+            root.create_group(path, attributes=pending(group_attrs, {}))
     for a in spec.arrays:
         root.create_array(
             name=a.path,
@@ -261,8 +282,47 @@ def create_output(
             fill_value=a.fill_value,
             dimension_names=list(a.axes),
         )
-    root.attrs.update({"fstack_dask": provenance})
+    root.attrs.update(pending(spec.groups[""], extra))
     return root
+
+
+def ngff_metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's NGFF 0.5 ``ome`` attribute: published, or waiting in our private attribute
+    (an unfinished output); ``{}`` where it has neither."""
+    ome = attrs.get("ome")
+    if ome is None:
+        ome = (attrs.get("fstack_dask") or {}).get(PENDING)
+    return dict(ome) if isinstance(ome, Mapping) else {}
+
+
+def set_ngff_metadata(group: Any, ome: Mapping[str, Any]) -> None:
+    """Rewrite a group's ``ome`` where it is: published, or still waiting (unfinished)."""
+    attrs = group.attrs.asdict()
+    if "ome" in attrs or PENDING not in (attrs.get("fstack_dask") or {}):
+        group.attrs["ome"] = dict(ome)
+    else:
+        group.attrs["fstack_dask"] = {**attrs["fstack_dask"], PENDING: dict(ome)}
+
+
+def publish(location: Location) -> None:
+    """The run's last write: each map group's NGFF metadata, then the root's with
+    ``complete: true``, each group in one atomic rewrite of its ``zarr.json``. A kill
+    between them leaves the root no image; a resume publishes again (idempotent). An output
+    begun before 2026-12-06 has its ``ome`` already, and is only marked complete."""
+    import zarr
+
+    root = zarr.open_group(store=location.zarr_store(read_only=False), mode="r+")
+    for path in [*(m for m in MAPS if m in root), ""]:
+        group = root[path] if path else root
+        attrs = group.attrs.asdict()
+        ours = dict(attrs.get("fstack_dask") or {})
+        update: dict[str, Any] = {}
+        if PENDING in ours:
+            update["ome"] = ours.pop(PENDING)
+        if not path:
+            ours["complete"] = True
+        if update or not path:
+            group.attrs.update({**update, "fstack_dask": ours})
 
 
 def open_output(location: Location, *, mode: str = "r+") -> Any:

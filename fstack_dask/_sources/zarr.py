@@ -345,6 +345,13 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         child = group["0"]  # bioformats2raw: the first series is the image group "0"
         if isinstance(child, zarr.Group):
             return _ome_source(child, location.child("0"), f"{where[:-1]}/0'", axes, level)
+    ours = attrs.get("fstack_dask")
+    if multiscales is None and isinstance(ours, Mapping) and ours.get("complete") is False:
+        # its metadata is published when its run completes (``_outputs.write.publish``)
+        raise ValueError(
+            f"{where} is an unfinished fstack_dask output, not an image yet; finish it with "
+            "--resume (resume=True), or fuse the stack it was fused from"
+        )
     if multiscales is None:
         raise ValueError(
             f"{where} is a Zarr group without OME-NGFF multiscales metadata; "

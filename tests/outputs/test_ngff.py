@@ -228,3 +228,95 @@ def test_a_float_images_display_windows_come_from_its_data(tmp_path, levels):
     assert node.metadata["contrast_limits"][0] == [low, high]
     if levels == 0:
         assert (low, high) == (float(full.min()), float(full.max()))
+
+
+# A CLI run that SIGKILLs itself once its argv[1]-th block is marked done (the CLI's arguments
+# follow): a run killed midway, at a chosen block.
+KILLED_AT_BLOCK = """
+import os, signal, sys
+from fstack_dask._outputs import state
+
+mark, count = state.OutputState.mark_done, [0]
+
+def mark_then_die(self, *args, **kwargs):
+    mark(self, *args, **kwargs)
+    count[0] += 1
+    if count[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+state.OutputState.mark_done = mark_then_die
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _begun_before_2026_12_06(dst):
+    """Make an unfinished output what the code before 2026-12-06 wrote: ``ome`` from the start."""
+    import json
+
+    from fstack_dask._outputs.write import PENDING
+
+    for meta in (dst / "zarr.json", dst / "depth" / "zarr.json"):
+        body = json.loads(meta.read_text())
+        body["attributes"]["ome"] = body["attributes"]["fstack_dask"].pop(PENDING)
+        meta.write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize("begun", ["now", "before 2026-12-06"])
+def test_a_killed_run_leaves_no_image_to_readers_and_resumes_to_the_same_bits(
+    tmp_path, capsys, begun
+):
+    """A viewer (ome-zarr-py, napari-ome-zarr, ome-zarr-models) opening an output while it was
+    written, or one a killed run left, saw a complete-looking multiscale image, mostly fill
+    values (only our private ``complete: false`` said otherwise). The NGFF metadata is now
+    the run's last write: an unfinished output is a plain Zarr group, no image; a resume
+    finishes it (one begun by the code before, with ``ome`` from the start, too), with the
+    bits and metadata of an uninterrupted run."""
+    import json
+    import subprocess
+    import sys
+
+    from ome_zarr.io import parse_url
+    from ome_zarr_models import open_ome_zarr
+
+    src = _write(tmp_path, "s", _grey(seed=6), "zyx")
+    dst, whole = tmp_path / "killed.ome.zarr", tmp_path / "whole.ome.zarr"
+    args = ["fuse", src, dst, "--chunks", "50", "--scheduler", "synchronous", "--depth-map",
+            "--no-progress"]  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_BLOCK, "3", *map(str, args)],
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert len(list((dst / ".fstack_dask" / "done").iterdir())) == 3  # of 12 blocks
+    if begun == "now":
+        for path in (dst, dst / "depth"):
+            attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+            assert "ome" not in attrs and "multiscales" not in attrs
+            assert not [n for n in ome_zarr_reader.Reader(parse_url(str(path)))() if n.specs]
+            with pytest.raises(Exception):  # noqa: B017 (any refusal: no image there)
+                open_ome_zarr(zarr.open_group(str(path), mode="r"))
+        from fstack_dask._cli.main import main
+
+        assert main(["info", str(dst)]) == 0
+        info = capsys.readouterr()
+        assert "levels:" in info.out, info.out + info.err  # read from the unpublished metadata
+        assert "3 of 12 blocks of level 0 done" in info.out
+        assert "unfinished: a plain Zarr group" in info.out
+        with pytest.raises(ValueError, match="is an unfinished fstack_dask output, not an image"):
+            fuse_zarr(dst, tmp_path / "again.ome.zarr", progress=False)  # no half image fused
+    else:
+        _begun_before_2026_12_06(dst)
+    resumed = subprocess.run([sys.executable, "-m", "fstack_dask", *map(str, args), "--resume"],
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    ref = fuse_zarr(src, whole, chunks=50, depth_map=True, progress=False)
+    out = zarr.open_group(str(dst), mode="r")
+    for key in ("0", "1", "2", "depth/0", "depth/2"):
+        np.testing.assert_array_equal(out[key][...], ref[key][...])
+    assert out.attrs["ome"] == ref.attrs["ome"]
+    assert out["depth"].attrs.asdict() == ref["depth"].attrs.asdict()
+    assert out.attrs["fstack_dask"]["complete"] is True
+    assert "pending_ome" not in out.attrs["fstack_dask"]
+    for path in ("", "depth"):
+        assert type(open_ome_zarr(out[path] if path else out)).__name__ == "Image"
+    (node,) = list(ome_zarr_reader.Reader(parse_url(str(dst)))())
+    assert [level.shape for level in node.data] == [(200, 150), (100, 75), (50, 38)]

@@ -17,7 +17,7 @@ from conftest import tree_digest as _tree
 from fstack_dask import fuse_zarr, write_stack
 from fstack_dask._layout import Layout
 from fstack_dask._locations import resolve
-from fstack_dask._outputs.write import create_output, output_spec, write_block
+from fstack_dask._outputs.write import PENDING, create_output, output_spec, publish, write_block
 from fstack_dask._sources.open import open_source
 
 
@@ -57,11 +57,16 @@ def test_create_output_multichannel_round_trip(tmp_path):
     dst.mkdir()
     group = create_output(resolve(dst, name="dst"), spec)
     assert isinstance(group, zarr.Group)
+    # no group declares an image until the run publishes its metadata, as its last write
+    for node in (zarr.open_group(str(dst), mode="r"), *(group[m] for m in spec.groups if m)):
+        assert "ome" not in node.attrs and PENDING in node.attrs["fstack_dask"]
+    publish(resolve(dst, name="dst"))
 
     reopened = zarr.open_group(str(dst), mode="r")
     assert reopened.metadata.zarr_format == 3
     attrs = reopened.attrs.asdict()
     assert set(attrs) == {"ome", "fstack_dask"}
+    assert all(reopened[m].attrs["ome"] == spec.groups[m]["ome"] for m in spec.groups if m)
     ome = attrs["ome"]
     assert ome["version"] == "0.5"
     (ms,) = ome["multiscales"]
@@ -86,6 +91,7 @@ def test_create_output_multichannel_round_trip(tmp_path):
         "missing": "NaN",
         "src": str(tmp_path / "src.zarr"),
         "entries": ["zarr.json", "0", "depth", "selectivity"],  # what is ours, by record
+        "complete": True,
     }
     # The group metadata is strict JSON (no bare NaN).
     json.loads((dst / "zarr.json").read_text(), parse_constant=pytest.fail)
@@ -118,9 +124,11 @@ def test_create_output_single_channel_defaults(tmp_path):
     dst = tmp_path / "fused.zarr"
     dst.mkdir()
     create_output(resolve(str(dst), name="dst"), _spec(source, block=(64, 8)))
+    publish(resolve(str(dst), name="dst"))
     group = zarr.open_group(str(dst), mode="r")
     attrs = group.attrs.asdict()
-    assert attrs["fstack_dask"] == {"method": "test", "entries": ["zarr.json", "0"]}
+    assert attrs["fstack_dask"] == {"method": "test", "entries": ["zarr.json", "0"],
+                                    "complete": True}  # fmt: skip
     assert "omero" not in attrs["ome"]
     (ms,) = attrs["ome"]["multiscales"]
     assert ms["axes"] == [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
@@ -144,6 +152,7 @@ def test_create_output_rgb_and_translation(tmp_path):
     dst = tmp_path / "fused.zarr"
     dst.mkdir()
     create_output(resolve(dst, name="dst"), _spec(source, rgb=True, maps=("depth",)))
+    publish(resolve(dst, name="dst"))
     group = zarr.open_group(str(dst), mode="r")
     ome = group.attrs["ome"]
     assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"] == [
