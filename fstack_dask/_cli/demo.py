@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,23 @@ def _psnr(estimate: Any, truth: Any, peak: float) -> float:
     return math.inf if err == 0 else float(10 * np.log10(peak**2 / err))
 
 
+# A plane being written, aside (:func:`write_planes`): what a demo killed meanwhile leaves.
+_ASIDE = re.compile(r"^\.plane_\d{3}\.tif\.[0-9a-f]{32}\.tmp$")
+
+
 def _ours(folder: Path) -> bool:
-    """Whether ``folder`` holds only plane files an earlier demo wrote."""
+    """Whether ``folder`` holds only plane files an earlier demo wrote (and planes it was
+    writing when it was killed)."""
     import tifffile
 
     names = sorted(os.listdir(folder))
     for name in names:
         path = folder / name
-        if not name.endswith(".tif") or path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file():
+            return False
+        if _ASIDE.match(name):
+            continue
+        if not name.endswith(".tif"):
             return False
         try:  # (a user's folder or text file named *.tif raised: an eighth adversarial run)
             with tifffile.TiffFile(path) as tif:
@@ -106,11 +117,15 @@ def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
     per_cm = 1e4 / PIXEL_UM
     for p in range(stack.shape[2]):
         path = folder / f"plane_{p:03d}.tif"
+        # written aside, then renamed: a demo killed meanwhile leaves no plane cut short, which
+        # a fusion of the folder would read and a rerun would refuse to replace as not its own
+        aside = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
         tifffile.imwrite(
-            path, stack[:, :, p], photometric="rgb" if rgb else "minisblack",
+            aside, stack[:, :, p], photometric="rgb" if rgb else "minisblack",
             resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", description=MARK,
             metadata=None,
         )  # fmt: skip
+        os.replace(aside, path)
         paths.append(path)
     return paths
 

@@ -261,6 +261,45 @@ def test_demo_overwrite_refuses_a_plane_folder_holding_a_tif_name_of_the_users(t
     assert tree_digest(tmp_path) == before
 
 
+# The demo, SIGKILLed once 200 bytes of its 3rd plane are on disk (the TIFF header and part
+# of its first IFD); its DIR is argv[1].
+DEMO_KILLED_WRITING_A_PLANE = """
+import io, os, signal, sys
+import tifffile
+
+real, count = tifffile.imwrite, [0]
+
+def imwrite(path, *args, **kwargs):
+    count[0] += 1
+    if count[0] == 3:
+        buffer = io.BytesIO()
+        real(buffer, *args, **kwargs)
+        with open(path, "wb") as fh:
+            fh.write(buffer.getvalue()[:200])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, *args, **kwargs)
+
+tifffile.imwrite = imwrite
+from fstack_dask._cli.main import main
+sys.exit(main(["demo", sys.argv[1], "--size", "32", "--planes", "5", "--no-progress"]))
+"""
+
+
+def test_a_demo_killed_while_writing_a_plane_is_replaced_by_overwrite(tmp_path):
+    """Planes were written in place: a demo killed meanwhile left ``plane_002.tif`` cut
+    short, which a fusion of the folder would read, and which ``demo --overwrite`` then
+    refused to replace as a file the demo did not write (the user had to delete the demo's
+    own folder by hand). Each plane is written aside and renamed: the folder holds whole
+    planes only, and the rerun replaces it."""
+    out_dir = tmp_path / "demo"
+    killed = cli(out_dir, exe=[sys.executable, "-c", DEMO_KILLED_WRITING_A_PLANE])
+    assert killed.returncode == -9, killed.stderr
+    planes = sorted(p.name for p in (out_dir / "planes").iterdir())
+    assert [n for n in planes if not n.startswith(".")] == ["plane_000.tif", "plane_001.tif"]
+    ok(cli("demo", out_dir, "--size", "32", "--planes", "5", "--no-progress", "--overwrite"))
+    assert sorted(os.listdir(out_dir / "planes")) == [f"plane_{k:03d}.tif" for k in range(5)]
+
+
 def test_demo_never_replaces_a_result_of_the_users_own(tmp_path, data):
     """DIR/fused.ome.zarr fused by the user from their own stack (an fstack_dask output, but
     not the demo's: its source is not DIR/planes) is refused before anything is written,
