@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import operator
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +27,19 @@ _PHOTOMETRIC_YCBCR = 6  # JPEG-compressed colour: tifffile decodes it to RGB
 _UNCOMPRESSED = 1
 
 
-class _Held(logging.Handler):
+class _Held(logging.Filter):
+    """Keeps back the records this thread logs (another thread's go out as they come)."""
+
     def __init__(self) -> None:
         super().__init__()
+        self.thread = threading.get_ident()
         self.records: list[logging.LogRecord] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
         self.records.append(record)
+        return False
 
 
 @contextlib.contextmanager
@@ -40,16 +47,18 @@ def held_log() -> Iterator[None]:
     """Hold tifffile's log records while a file is opened: logged as before once the file is
     accepted, dropped when it is refused (they would print lines beside the one-line error,
     e.g. tifffile's "incorrect StripByteCounts count" for a header that `check_data` names).
+
+    A filter on the logger, for this thread's records only: turning its ``propagate`` off and
+    back, as this did, left it off for good when two threads opened TIFFs at once (every later
+    tifffile warning in the process was lost), and held other threads' records.
     """
-    log = logging.getLogger("tifffile")
-    held, propagate = _Held(), log.propagate
-    log.addHandler(held)
-    log.propagate = False
+    log = logging.getLogger("tifffile")  # tifffile logs to this logger only
+    held = _Held()
+    log.addFilter(held)
     try:
         yield
     finally:
-        log.removeHandler(held)
-        log.propagate = propagate
+        log.removeFilter(held)
     for record in held.records:  # not reached when the file is refused
         log.handle(record)
 

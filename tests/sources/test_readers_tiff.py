@@ -578,3 +578,50 @@ def test_an_ome_tiff_whose_ome_xml_cannot_be_read_is_refused_until_axes_are_give
     # A well-formed OME-TIFF is read by its OME-XML, as before.
     tifffile.imwrite(path, data, ome=True, metadata={"axes": "CZYX"})
     assert open_tiff(str(path)).axes == "czyx"
+
+
+def test_tifffile_s_log_is_held_for_the_opening_thread_only(tmp_path):
+    """Two threads opening TIFFs at once (two fuse_zarr calls in a user's pipeline) left
+    tifffile's logger with ``propagate`` off for good, so every later tifffile warning in the
+    process was lost; and a record another thread logged meanwhile was held with the file's."""
+    import logging
+    import threading
+
+    from fstack_dask._sources.tiff_checks import held_log
+
+    log = logging.getLogger("tifffile")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with held_log():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with held_log():
+            b_in.set()
+            a_out.wait(10)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (log.propagate, log.handlers, log.filters) == (True, [], [])
+
+    seen: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(catch)
+    try:
+        with held_log():  # this thread's record waits for the file's verdict ...
+            log.warning("from the opening thread")
+            other = threading.Thread(target=log.warning, args=("from another thread",))
+            other.start()
+            other.join()
+            assert seen == ["from another thread"]  # ... another thread's goes out at once
+        assert seen == ["from another thread", "from the opening thread"]
+    finally:
+        logging.getLogger().removeHandler(catch)
