@@ -44,6 +44,8 @@ __all__ = ["FuseJob", "Outcome", "close_on_workers"]
 
 _opened_lock = threading.Lock()
 _opened_by_token: dict[str, tuple[Source, dict[str, Any], UnitCache]] = {}
+# Runs whose source this process opened itself (a worker's), closed when the run is forgotten
+_opened_here: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,10 @@ class FuseJob:
         with _opened_lock:
             found = _opened_by_token.get(self.token)
             if found is None:
-                source = self.source if self.source is not None else self.open_source(data)
+                source = self.source
+                if source is None:
+                    source = self.open_source(data)
+                    _opened_here.add(self.token)
                 group = open_output(self.output, mode="r+")
                 arrays = {name: group[path] for name, path in self.arrays.items()}
                 found = (source, arrays, UnitCache(self.cache_bytes, self.plan.halo))
@@ -268,7 +273,14 @@ class FuseJob:
 
 def _close_run(token: str) -> None:
     with _opened_lock:
-        _opened_by_token.pop(token, None)
+        found = _opened_by_token.pop(token, None)
+        ours = token in _opened_here
+        _opened_here.discard(token)
+    if found is not None and ours:
+        # Closed, not left to the garbage collector: a worker kept a TIFF source's file
+        # open after the run (a ResourceWarning per run; a cluster's worker held it on)
+        with contextlib.suppress(Exception):
+            found[0].close()
     allocator.release(token)
 
 
