@@ -304,3 +304,35 @@ def _descriptors_to(path: str) -> int:
 
     fds = os.listdir("/proc/self/fd")
     return sum(os.path.realpath(f"/proc/self/fd/{fd}") == path for fd in fds)
+
+
+_CTRL_C_IN_NUMBA_S_IMPORT = r"""
+import os, signal, sys, tempfile
+import numpy as np
+class Press:  # Ctrl-C half-way through numba's import, as a Jupyter user's first cell gets it
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba.core.decorators":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Press())
+try:
+    from fstack_dask import fuse_zarr
+except KeyboardInterrupt:
+    print("interrupted")
+from fstack_dask import fuse_zarr, synthetic_stack
+stack = synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1).copy()
+fuse_zarr(stack, tempfile.mkdtemp() + "/o.zarr", axes="zyx", progress=False,
+          scheduler="synchronous")
+print("fused")
+"""
+
+
+def test_a_ctrl_c_during_the_first_import_leaves_the_kernel_usable():
+    """Interrupted half-way, numba's import (seconds on a cold cache) left it unusable: every
+    later fuse_zarr in the kernel failed with "module 'numba' has no attribute 'core'"."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _CTRL_C_IN_NUMBA_S_IMPORT], capture_output=True,
+                         text=True, timeout=300, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["interrupted", "fused"]
