@@ -119,7 +119,8 @@ def write_stack(
             name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
         )
         if hasattr(data, "dask"):
-            data.store(array, lock=False)
+            # whole chunks per task: parts of one written at once, unlocked, were lost
+            data.rechunk(chunks).store(array, lock=False)
         else:
             array[...] = data
         group.attrs.update(attrs)  # last, as ome-zarr-py: a store a kill cut short is no image

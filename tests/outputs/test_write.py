@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -272,6 +273,16 @@ def test_write_stack_round_trip_with_dask_and_metadata(tmp_path):
     assert source.units == {"y": "micrometer", "x": "micrometer"}
     assert source.translation == {"c": 0.0, "z": 0.0, "y": 3.0, "x": 0.0}
     np.testing.assert_array_equal(source.array[...], data)
+
+
+def test_write_stack_of_dask_chunks_smaller_than_its_chunks_loses_nothing(tmp_path):
+    # 256 dask chunks went into each stored chunk, written at once without a lock: each
+    # task's read-modify-write of the chunk lost the others' parts (about half the pixels 0)
+    data = np.random.default_rng(1).integers(1, 255, size=(3, 256, 512), dtype=np.uint8)
+    path = tmp_path / "stack.ome.zarr"
+    with dask.config.set(scheduler="threads", num_workers=4):
+        write_stack(path, da.from_array(data, chunks=(3, 16, 16)), axes="zyx")
+    np.testing.assert_array_equal(zarr.open_array(str(path / "0"))[...], data)
 
 
 def test_write_stack_refusals(tmp_path):
