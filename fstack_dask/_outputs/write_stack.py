@@ -40,8 +40,8 @@ def write_stack(
     path : str or os.PathLike
         Local path or fsspec URL of the new group; must not exist.
     stack : array_like
-        The data, one dimension per letter of ``axes`` (a dask array is written chunk by
-        chunk).
+        The data, one dimension per letter of ``axes`` (a dask array, a ``zarr.Array`` or an
+        h5py dataset is written chunk by chunk, never held whole).
     axes : str
         Axes of ``stack`` in NGFF order ``[t][c]zyx`` (e.g. ``"zyx"``, ``"czyx"``).
     chunks : tuple of int, optional
@@ -77,7 +77,7 @@ def write_stack(
     check_plain_array(stack, "stack")
     # (getattr's default is evaluated first: np.asarray computed a whole dask stack in memory)
     check_dtype(stack.dtype if hasattr(stack, "dtype") else np.asarray(stack).dtype, "stack")
-    data = stack if hasattr(stack, "dask") else np.asarray(stack)
+    data = stack if hasattr(stack, "dask") or _stored(stack) else np.asarray(stack)
     ax = parse_axes(axes, data.ndim)
     if 0 in data.shape:  # (it blamed chunks, which the user did not give: a ninth run)
         raise ValueError(f"stack must not have an empty axis, got shape {data.shape}")
@@ -118,11 +118,7 @@ def write_stack(
         array = group.create_array(
             name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
         )
-        if hasattr(data, "dask"):
-            # whole chunks per task: parts of one written at once, unlocked, were lost
-            data.rechunk(chunks).store(array, lock=False)
-        else:
-            array[...] = data
+        _write(data, array, chunks)
         group.attrs.update(attrs)  # last, as ome-zarr-py: a store a kill cut short is no image
     except BaseException:
         # this call created the store: a half-written one would refuse the retry
@@ -131,6 +127,26 @@ def write_stack(
         except Exception:  # (what is left, the error below says nothing of)
             pass
         raise
+
+
+def _stored(stack: Any) -> bool:
+    """A stored array (a ``zarr.Array``, an h5py dataset): read by regions, never whole."""
+    return type(stack).__module__.split(".")[0] in ("zarr", "h5py") and hasattr(stack, "shape")
+
+
+def _write(data: Any, array: Any, chunks: tuple[int, ...]) -> None:
+    """Write a NumPy array at once; a dask array and a stored one a chunk per task, each task
+    whole chunks (parts of one written at once, without a lock, were lost: zeros)."""
+    import dask.array as da
+
+    here = {}
+    if _stored(data):  # (np.asarray read it whole first); in this process: an h5py dataset
+        data = da.from_array(data, chunks=chunks, asarray=True, name=False)  # (no content hash)
+        here = {"scheduler": "threads"}
+    if hasattr(data, "dask"):
+        data.rechunk(chunks).store(array, lock=False, **here)
+    else:
+        array[...] = data
 
 
 def _reals(values: Mapping[str, Any] | None, letters: str, name: str) -> dict[str, float]:

@@ -285,6 +285,35 @@ def test_write_stack_of_dask_chunks_smaller_than_its_chunks_loses_nothing(tmp_pa
     np.testing.assert_array_equal(zarr.open_array(str(path / "0"))[...], data)
 
 
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_write_stack_of_a_stored_array_reads_it_by_chunks(tmp_path, monkeypatch, kind):
+    # a zarr.Array or h5py dataset went through np.asarray: read whole into memory first
+    data = np.random.default_rng(2).integers(0, 255, size=(3, 96, 200), dtype=np.uint8)
+    if kind == "zarr":
+        source = zarr.create_array(tmp_path / "in.zarr", shape=data.shape, dtype=data.dtype,
+                                   chunks=(3, 96, 200))  # fmt: skip
+        source[...] = data
+    else:
+        h5py = pytest.importorskip("h5py")
+        source = h5py.File(tmp_path / "in.h5", "w").create_dataset("s", data=data)
+    reads = []
+    cls = type(source)
+    original = cls.__getitem__
+
+    def spy(self, key):
+        found = original(self, key)
+        where = str(getattr(self, "store_path", "")) or self.file.filename
+        if "in." in where:  # the source's reads, not the output's
+            reads.append(np.asarray(found).nbytes)
+        return found
+
+    monkeypatch.setattr(cls, "__getitem__", spy)
+    write_stack(tmp_path / "out.ome.zarr", source, axes="zyx", chunks=(3, 32, 64))
+    assert reads and max(reads) == 3 * 32 * 64  # one stored chunk at a time, never the whole
+    monkeypatch.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
+
+
 def test_write_stack_refusals(tmp_path):
     data = _stack()
     with pytest.raises(ValueError, match="axes 'yxzc' cannot be written as OME-NGFF"):
