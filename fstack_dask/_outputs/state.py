@@ -35,7 +35,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,6 +277,7 @@ class OutputState:
         stored: list[str] | None = None,
         s_min: float | None = None,
         filled: bool = False,
+        sizes: Sequence[int] | None = None,
     ) -> None:
         """Record a finished block (after its data is durable), durably, with the digest of
         the samples it read (``fingerprint.input_digest``; empty for pyramid blocks) on its first
@@ -284,14 +285,16 @@ class OutputState:
         smallest selectivity ``S`` of its pixels (``s_min``, exact: a later run of the same
         output needs its image's smallest ``S`` to fill undefined ones); then ``filled`` (a
         line of its own) where its pixels depend on that smallest ``S``, and the stored files'
-        sizes (local outputs: a copy cut short leaves a chunk file shorter)."""
+        sizes (local outputs: a copy cut short leaves a chunk file shorter; ``sizes``: as
+        :func:`.write.make_durable` found them, else a stat of each)."""
         marker = self.done_folder.child(name)
         text = digest if stored is None else f"{digest}\n{' '.join(stored)}"
         extra = [] if s_min is None else [f"s_min {s_min.hex()}"]
         if filled:
             extra.append("filled")
         if marker.is_local and stored:
-            sizes = [os.stat(os.path.join(self.output.path, k)).st_size for k in stored]
+            if sizes is None or len(sizes) != len(stored):
+                sizes = [os.stat(os.path.join(self.output.path, k)).st_size for k in stored]
             extra.append(f"sizes {' '.join(map(str, sizes))}")
         if extra:  # from the third line on: the second holds the stored keys
             text = (text if stored is not None else f"{text}\n") + "\n" + "\n".join(extra)

@@ -350,9 +350,12 @@ def write_block(
     return keys
 
 
-def make_durable(location: Location, keys: list[str]) -> list[str] | None:
+def make_durable(
+    location: Location, keys: list[str], sizes: list[int] | None = None
+) -> list[str] | None:
     """fsync the written chunk files and their folders (local filesystems only); returns the
-    keys stored (None where not known: an object store).
+    keys stored (None where not known: an object store), and appends their sizes to
+    ``sizes`` (taken from the open file: the done-marker records them without a stat each).
 
     Object stores make a write durable when the request returns; on a local filesystem a
     power cut could otherwise leave a done-marker on disk whose chunk files were still in
@@ -369,6 +372,8 @@ def make_durable(location: Location, keys: list[str]) -> list[str] | None:
             continue  # an all-fill chunk zarr chose not to store
         try:
             os.fsync(fd)
+            if sizes is not None:
+                sizes.append(os.fstat(fd).st_size)
         finally:
             os.close(fd)
         folders.add(os.path.dirname(path))

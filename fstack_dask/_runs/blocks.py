@@ -256,11 +256,12 @@ class FuseJob:
         if self.lease is not None:
             self.lease.check()  # a run whose lock was taken over writes nothing more
         keys = write_block(arrays, regions, shaped)
-        stored = make_durable(self.output, keys)  # the data first ...
+        sizes: list[int] = []
+        stored = make_durable(self.output, keys, sizes)  # the data first ...
         if self.lease is not None:
             self.lease.check()
         marker = OutputState(self.output)  # ... then the marker
-        marker.mark_done(plan.name(block), digest, stored, s_min, filled=undefined)
+        marker.mark_done(plan.name(block), digest, stored, s_min, filled=undefined, sizes=sizes)
         return Outcome(
             plan.name(block),
             None,

@@ -108,10 +108,11 @@ class PyramidJob:
                 if self.lease is not None and not keys:
                     self.lease.check()  # a run whose lock was taken over writes nothing more
                 keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
-            stored = make_durable(self.output, keys)
+            sizes: list[int] = []
+            stored = make_durable(self.output, keys, sizes)
             if self.lease is not None:
                 self.lease.check()
-            OutputState(self.output).mark_done(self.marker(block), stored=stored)
+            OutputState(self.output).mark_done(self.marker(block), stored=stored, sizes=sizes)
             outcomes.append(Outcome(self.marker(block), None, 0, time.perf_counter() - start))
             if on_block is not None:
                 on_block()

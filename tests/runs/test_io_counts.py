@@ -6,6 +6,8 @@ with strace)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +44,44 @@ def test_the_pyramid_opens_the_output_once_a_level_not_once_a_block(tmp_path, mo
     fuse_zarr(_src(tmp_path / "s.zarr"), tmp_path / "o.zarr", chunks=CHUNK, progress=False,
               scheduler="threads")  # fmt: skip
     assert len(calls) <= 2, f"{len(calls)} opens of the output for 2 levels of 5 blocks"
+
+
+def test_done_markers_record_the_sizes_without_a_stat_of_each_chunk(tmp_path, monkeypatch):
+    """mark_done stat'ed every chunk file that make_durable had just opened and fsync'ed
+    (one stat per chunk per block, a round trip each on NFS): the size is taken from the open
+    file, and the markers hold the same sizes as before."""
+    dst = tmp_path / "o.zarr"
+    stats = []
+    real = os.stat
+
+    def counted(path, *args, **kwargs):
+        if str(path).startswith(str(dst)) and re.search(r"/c/\d+/\d+$", str(path)):
+            stats.append(path)
+        return real(path, *args, **kwargs)
+
+    src = _src(tmp_path / "s.zarr")
+    monkeypatch.setattr(os, "stat", counted)
+    # a resume keeps the markers (a finished run removes them): stop after the last block
+    from fstack_dask._runs.blocks import FuseJob
+
+    seen = {}
+    real_mark = FuseJob.fuse_and_write
+
+    def keep_markers(self, block, *args, **kwargs):
+        out = real_mark(self, block, *args, **kwargs)
+        marker = dst / ".fstack_dask" / "done" / out.name
+        seen[out.name] = marker.read_text().split("\n")
+        return out
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", keep_markers)
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False, levels=0, scheduler="threads")
+    monkeypatch.setattr(os, "stat", real)
+    assert len(seen) == (SIDE // CHUNK) ** 2
+    assert not stats, f"{len(stats)} stats of chunk files, e.g. {stats[0]}"
+    for name, lines in seen.items():
+        keys = lines[1].split()
+        sizes = next(ln.split()[1:] for ln in lines[2:] if ln.startswith("sizes "))
+        assert sizes == [str((dst / k).stat().st_size) for k in keys], name
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
