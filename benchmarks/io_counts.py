@@ -193,10 +193,14 @@ def cases(work: Path, n: int) -> dict[str, tuple[str, str, list[str]]]:
     level0 = ["--chunks", "32", "--levels", "0"]
     half = str(work / f"half{n}.zarr")
     subprocess.run([sys.executable, "-c", _INTERRUPT, zarr, half, str(n // 2)], check=True)
+    old = str(work / f"old{n}.zarr")  # a finished output (default levels) to replace
+    fuse = [sys.executable, "-m", "fstack_dask", "fuse", "--no-progress", "--chunks", "32"]
+    subprocess.run([*fuse, zarr, old], check=True, capture_output=True)
     return {
         "zarr": (zarr, str(work / f"o{n}.zarr"), level0),
         "zarr default levels": (zarr, str(work / f"p{n}.zarr"), ["--chunks", "32"]),
         "--resume of half": (zarr, half, [*level0, "--resume"]),
+        "--overwrite of a finished output": (zarr, old, ["--chunks", "32", "--overwrite"]),
         "TIFF": (tiff_source(work / f"s{n}.tif", side), str(work / f"t{n}.zarr"), level0),
         "plane folder": (
             planes_source(work / f"planes{n}", side),
