@@ -537,6 +537,23 @@ def test_odd_names_need_a_pattern_most_files_share():
     assert odd_names(["/d/a1.tif", "/d/b.tif"]) == []  # one against one: no majority
 
 
+def test_the_odd_names_warning_of_a_huge_folder_is_linear():
+    """30 000 planes, 13 500 named another way (two acquisitions in one folder): the warning
+    rebuilt a set of the odd names for each file, 34 s here (20 000: 15 s) before it."""
+    import time
+
+    from fstack_dask._sources.plane_names import odd_names, odd_names_warning
+
+    k = 13_500
+    files = [f"/d/Pos0_z{i:05d}.tif" for i in range(30_000 - k)]
+    files += [f"/d/scan_z{i:05d}_b.tif" for i in range(k)]
+    start = time.perf_counter()
+    odd = odd_names(files)
+    warning = odd_names_warning(files, odd, "src")
+    assert len(odd) == k and "and 13495 more are not named like the other 16500 files" in warning
+    assert time.perf_counter() - start < 5  # about 0.2 s
+
+
 def test_platform_litter_is_skipped_and_said(tmp_path):
     planes = _planes(3, (10, 12), dtype="uint8")
     for k, plane in enumerate(planes):
