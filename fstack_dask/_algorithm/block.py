@@ -264,6 +264,13 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True)
     return image.astype(native, copy=False), fmax, arg, sel
 
 
+def haloed_shape(block: tuple[int, int], halo: int, shape_yx: tuple[int, int]) -> tuple[int, int]:
+    """The y/x shape a block's task reads: the block and its halo, clipped to the image, as
+    every read is (a halo deeper than a small or thin image reads no more than the image:
+    counted whole, nhsize 501 on a 100 x 100 stack asked for 298 MB per task)."""
+    return min(block[0] + 2 * halo, shape_yx[0]), min(block[1] + 2 * halo, shape_yx[1])
+
+
 def block_memory(
     shape_yx: tuple[int, int],
     n_planes: int,

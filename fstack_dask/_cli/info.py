@@ -313,10 +313,11 @@ def _decoding_line(fusion: Any, blocks: Any, cache: int, workers: int) -> str:
 def _device_line(fusion: Any, workers: int) -> str:
     if fusion.params["device"] != "cuda":
         return "cpu"
+    from .._algorithm.block import haloed_shape
     from .._algorithm.cuda import device_block_memory
 
-    lay, halo = fusion.layout, fusion.halo
-    shape = (fusion.block[0] + 2 * halo, fusion.block[1] + 2 * halo)
+    lay = fusion.layout
+    shape = haloed_shape(fusion.block, fusion.halo, lay.shape_yx)
     gpu = device_block_memory(shape, lay.n_planes, lay.n_channels, fusion.source.dtype.itemsize,
                               float16=fusion.source.dtype == "float16")  # fmt: skip
     line = (

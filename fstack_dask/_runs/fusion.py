@@ -21,7 +21,7 @@ from .._algorithm.auto import (
     check_nhsize_or_auto,
     check_sth_or_auto,
 )
-from .._algorithm.block import block_memory
+from .._algorithm.block import block_memory, haloed_shape
 from .._algorithm.device import check_device
 from .._layout import Layout
 from .._outputs.state import METHOD
@@ -70,8 +70,8 @@ class Fusion:
 
     def task_bytes(self, block: tuple[int, int]) -> int:
         """Bytes one task holds for a block of that size (with its halo)."""
-        shape = (block[0] + 2 * self.halo, block[1] + 2 * self.halo)
         lay = self.layout
+        shape = haloed_shape(block, self.halo, lay.shape_yx)
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
                             lay.rgb, nhsize=self.kernel["nhsize"],
                             engine=self.kernel.get("engine"))  # fmt: skip

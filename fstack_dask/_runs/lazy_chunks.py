@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._algorithm.block import block_memory, fuse_block, selectivity_stats
+from .._algorithm.block import block_memory, fuse_block, haloed_shape, selectivity_stats
 from .._fp_env import with_ieee_arithmetic
 from .._params import DEFAULT_MEMORY_PER_TASK, overlap_depth
 
@@ -107,7 +107,7 @@ def plan_chunks(
     halo = overlap_depth(nhsize)
 
     def fits(side: int) -> bool:
-        shape = (side + 2 * halo, side + 2 * halo)
+        shape = haloed_shape((side, side), halo, shape_yx)
         need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
         return need <= memory_per_task
 

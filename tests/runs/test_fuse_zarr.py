@@ -28,6 +28,7 @@ from distributed import Client, default_client
 from fstack_dask import (
     DestinationLockedError,
     focus_stack,
+    fuse,
     fuse_zarr,
     overlap_depth,
     synthetic_stack,
@@ -573,6 +574,26 @@ def test_budget_too_small_for_the_halo_is_refused_or_respected(tmp_path):
     else:
         assert _haloed_block_memory(out, 7, 2) <= budget
     np.testing.assert_array_equal(out["0"][...], _truth(data, "zyx", False)[0], strict=True)
+
+
+def test_a_halo_deeper_than_the_image_costs_only_the_image(tmp_path):
+    """A task reads its block and halo clipped to the image: nhsize 1001 (a 1501 px halo) on a
+    40 x 40 stack was refused as needing 638 MB per task (fuse_zarr, info), and nhsize 4095 by
+    the lazy fuse as needing 26 GB, where focus_stack fused it; and a thin strip's blocks were
+    planned 27 rows high for its one row, a fraction of the source's chunk."""
+    from fstack_dask._runs.fusion import plan_fusion
+
+    data = _make("zyx", shape=(40, 40), n_planes=5, dtype="uint8")
+    src = _plain(tmp_path / "in.zarr", data, names="zyx")
+    truth = focus_stack(np.moveaxis(data, 0, -1), nhsize=1001)
+    out = fuse_zarr(src, tmp_path / "out.zarr", nhsize=1001, progress=False)
+    np.testing.assert_array_equal(out["0"][...], truth, strict=True)
+    lazy = fuse(data, axes="zyx", nhsize=4095)
+    np.testing.assert_array_equal(lazy.compute(), focus_stack(np.moveaxis(data, 0, -1),
+                                  nhsize=4095), strict=True)  # fmt: skip
+    zarr.create_array(str(tmp_path / "thin.zarr"), shape=(5, 1, 2**21), dtype="uint8",
+                             chunks=(5, 1, 2**17), dimension_names=list("zyx"))  # fmt: skip
+    assert plan_fusion(str(tmp_path / "thin.zarr")).block == (1, 2**17)  # the source's chunk
 
 
 def test_memory_per_task_as_a_size_string(tmp_path):
