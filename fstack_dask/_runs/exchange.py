@@ -41,7 +41,6 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import contextlib
-import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,8 +53,10 @@ from .plan import Plan
 from .waves import (
     Across,
     Wave,
+    block_ranges,
     blocks_of,
     cells,
+    cells_done,
     core_size,
     decoding,
     exchange_grid,
@@ -211,7 +212,7 @@ def run_exchange(
     grid = grid_of(job)  # the plan's blocks, or the cells that hold several of them
     blocks_done = done
     if grid is not job.plan:
-        done = _cells_done(job, grid, done)
+        done = cells_done(job, done)
     core = core_bytes(job)
     plan = oriented(grid, budget, core)  # waves down its columns, or across
     width, depth = wave_width(plan, budget, core), rows_ahead(plan, budget, core)
@@ -379,6 +380,8 @@ def _submit_ready(job, runner, state: _WaveState, dones, running, carry, lent, t
         """Fuses that read a cell's core: one per row of its blocks left to fuse."""
         if grid_of(job) is job.plan:
             return 1
+        if not blocks_done:  # every row of the cell's blocks, without listing them (10^10)
+            return len(block_ranges(job, placed(plan, cell))[isinstance(plan, Across)])
         return len({placed(plan, b)[-2] for b in _left(job, placed(plan, cell), blocks_done)})
 
     for k, strip in enumerate(strips):
@@ -527,14 +530,3 @@ def core_bytes(job: Any) -> int:
     if itemsize is None:
         itemsize = job.opened()[0].dtype.itemsize
     return core_size(grid_of(job), itemsize)
-
-
-def _cells_done(job: Any, grid: Plan, done: set[str]) -> set[str]:
-    """The names of the cells whose every block is in ``done``."""
-    found = set()
-    for lead in itertools.product(*[range(n) for n in grid.layout.lead_shape]):
-        for j, i in itertools.product(*[range(n) for n in grid.grid]):
-            cell = (*lead, j, i)
-            if all(job.plan.name(b) in done for b in blocks_of(job, cell)):
-                found.add(grid.name(cell))
-    return found

@@ -299,6 +299,47 @@ def test_blocks_smaller_than_their_units_go_by_cells(tmp_path, monkeypatch, capl
         assert len(left) == 2 and not any(left), left  # the failed run's and the resume's
 
 
+class _Decoding(Exception):
+    pass
+
+
+def test_a_run_by_cells_of_many_blocks_starts_without_listing_every_block():
+    """Cells of 64 x 64 blocks of 1 px (``chunks=1``) over a 10^5 x 10^5 image, 10^10 blocks:
+    to find the cells a resume had done, the driver listed every block of every cell, for
+    hours before a fresh run's first decode; it counts the blocks done instead."""
+    import signal
+    import types
+
+    from fstack_dask._runs.dry_run import _DryRunner
+
+    layout = Layout("zyx", (7, 10**5, 10**5), False)
+    plan, cells = Plan(layout, (1, 1), HALO, 1, (1,)), Plan(layout, (64, 64), HALO, 1, (1,))
+    job = types.SimpleNamespace(plan=plan, cells=cells, itemsize=2, token="t")
+
+    class FirstDecode(_DryRunner):
+        def submit(self, slot, fn, *args):
+            raise _Decoding
+
+    def too_slow(*_):
+        raise TimeoutError("no decode within 20 s")
+
+    before = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        with pytest.raises(_Decoding):
+            exchange.run_exchange(job, FirstDecode(cells, ["w"], 1), done=set(), budget=2**30,
+                                  on_outcomes=lambda outcomes, shown: True)  # fmt: skip
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    # a resume: cell (0, 0) whole, one block of cell (0, 1), and names of no block of the plan
+    done = {Plan.name((j, i)) for j in range(64) for i in range(64)}
+    assert waves.cells_done(job, done | {"3_70", "00_1", "1_x", "0_0_0", "5_100000"}) == {"0_0"}
+    last = {Plan.name((j, i)) for j in range(99_968, 10**5) for i in range(99_968, 10**5)}
+    assert waves.cells_done(job, done | last) == {"0_0", "1562_1562"}  # a cell of 32 x 32
+    assert waves.cells_done(job, done | set(list(last)[1:])) == {"0_0"}
+
+
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
 def test_memory_below_the_smallest_wave_goes_through_the_unit_cache(
     tmp_path, monkeypatch, caplog, scheduler
