@@ -64,12 +64,15 @@ def _write_zyx(path, data, chunks=None):
 
 
 def _markers(dst: Path) -> set[tuple[int, int]]:
-    """Blocks (y, x) with a done-marker (names are the block index, y and x last)."""
+    """Blocks (y, x) with a done-marker (names are the block index, y and x last); not an
+    empty one, which a kill between its creation and its write leaves, and a resume drops as
+    cut short (its block is fused again)."""
     try:
         names = os.listdir(dst / STATE / "done")
     except FileNotFoundError:
         return set()
-    return {tuple(map(int, n.split("_")[-2:])) for n in names}
+    whole = [n for n in names if (dst / STATE / "done" / n).stat().st_size]
+    return {tuple(map(int, n.split("_")[-2:])) for n in whole}
 
 
 def _chunk_stats(dst: Path, blocks) -> dict:
