@@ -71,7 +71,7 @@ class Fusion:
     def task_bytes(self, block: tuple[int, int]) -> int:
         """Bytes one task holds for a block of that size (with its halo)."""
         lay = self.layout
-        shape = haloed_shape(block, self.halo, lay.shape_yx)
+        shape = haloed_shape(block, self.halo, lay.shape_yx, self.kernel.get("engine"))
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
                             lay.rgb, nhsize=self.kernel["nhsize"],
                             engine=self.kernel.get("engine"))  # fmt: skip

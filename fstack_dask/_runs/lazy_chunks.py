@@ -107,7 +107,7 @@ def plan_chunks(
     halo = overlap_depth(nhsize)
 
     def fits(side: int) -> bool:
-        shape = haloed_shape((side, side), halo, shape_yx)
+        shape = haloed_shape((side, side), halo, shape_yx, engine)
         need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
         return need <= memory_per_task
 

@@ -65,3 +65,24 @@ def test_compiled_functions_allocate_nothing_themselves():
                 source = inspect.getsource(func)
                 for maker in ("np.empty", "np.zeros", "np.ones", ".copy(", "np.full"):
                     assert maker not in source, (name, maker)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("shape", "nhsize"), [((40, 40), 1001), ((3, 3000), 101)])
+def test_a_halo_deeper_than_the_image_is_counted_as_each_engine_reads_it(engine, shape, nhsize):
+    """A halo deeper than the image is read clipped to it, and the compiled engine works on
+    what it read; the NumPy engine pads it by its windows (13 MB for a 40 x 40 image at
+    nhsize 1001, where the clipped shape counts 0.4 MB): the model counts its halo whole."""
+    from fstack_dask._algorithm.block import haloed_shape
+    from fstack_dask._params import overlap_depth
+
+    stack = synthetic_stack(shape, 5, dtype="uint8", seed=0).stack
+    block = np.ascontiguousarray(np.moveaxis(stack, 2, 0))
+    kwargs = {"rgb": False, "nhsize": nhsize, "with_depth": True, "with_selectivity": True}
+    fuse_block(block, engine=engine, **kwargs)  # compile / warm up
+    tracemalloc.start()
+    fuse_block(block, engine=engine, **kwargs)
+    peak = tracemalloc.get_traced_memory()[1] + block.nbytes
+    tracemalloc.stop()
+    counted = haloed_shape(shape, overlap_depth(nhsize), shape, engine)
+    assert peak <= block_memory(counted, 5, 1, 1, False, nhsize=nhsize, engine=engine), peak
