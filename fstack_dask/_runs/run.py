@@ -15,6 +15,7 @@ from typing import Any
 from .._algorithm.block import warm_up
 from .._outputs import lifecycle
 from .._outputs.display import fit_float_windows
+from .._params import local_workers
 from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
@@ -76,8 +77,11 @@ def run_fusion(
                                       progress=progress, stall_timeout=stall_timeout,
                                       resuming=prior.resuming)  # fmt: skip
                 # another program may have written the source meanwhile (still acquired)
-                identity = check_source_after_run(src, fusion, target.state, blocks,
-                                                  prior.identity, prior.files)  # fmt: skip
+                threads = sched.workers * sched.processes  # reads the source again with
+                if sched.kind == "distributed":  # (a cluster's workers are elsewhere)
+                    threads = local_workers(None)
+                identity = check_source_after_run(src, fusion, target.state, blocks, prior.identity,
+                                                  prior.files, threads=threads)  # fmt: skip
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
                                stall_timeout=stall_timeout)  # fmt: skip
                 given = [k for k, ch in enumerate(fusion.source.channels or ()) if "window" in ch]

@@ -566,3 +566,54 @@ def test_a_run_begun_by_a_version_computing_other_bits_is_not_resumed(tmp_path, 
     assert "started by a version of fstack_dask that computes other bits" in line
     assert "(numerics 0, this version's 1)" in line
     assert tree_digest(tmp_path) == before
+
+
+def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
+    tmp_path, monkeypatch
+):
+    """``chmod -R`` of the source between a run and its resume (its ctimes only): the
+    finished blocks are read again, on dask's ``num_workers`` threads, each chunk decoded
+    once; they read on one thread before, each decoding its neighbours' chunks again for
+    its halo (a review, 2026-12-06). The resume goes on, to the uninterrupted run's bits."""
+    import threading
+
+    import dask
+
+    import fstack_dask._runs.resume as resume
+    import fstack_dask._sources.fetch as fetch
+
+    src, dst = _raw_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    assert len(_unfinished(src, dst, monkeypatch, n_blocks=6)) == 6  # two rows of three
+    for path in (p for p in (src / "c").rglob("*") if p.is_file()):
+        os.chmod(path, os.stat(path).st_mode ^ 0o040)
+    real, real_check, checking, decoded, names = (
+        fetch._decode,
+        resume.check_source_files,
+        [],
+        [],
+        set(),
+    )
+
+    def decode(source, sel):
+        data = real(source, sel)
+        if checking:
+            decoded.append(data.nbytes)
+            names.add(threading.current_thread().name)
+        return data
+
+    def check(*args, **kwargs):  # only its decodes are counted
+        checking.append(True)
+        try:
+            return real_check(*args, **kwargs)
+        finally:
+            checking.clear()
+
+    monkeypatch.setattr(resume, "check_source_files", check)
+    monkeypatch.setattr(fetch, "_decode", decode)
+    with dask.config.set(num_workers=2):
+        out = fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False,
+                        resume=True)  # fmt: skip
+    stored = small_stack().nbytes  # (the six blocks' halos reach every chunk)
+    assert 0 < sum(decoded) <= stored, sum(decoded) / stored
+    assert all(n.startswith("fstack-recheck") for n in names), names
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
