@@ -278,6 +278,12 @@ def haloed_shape(
     return min(full[0], shape_yx[0]), min(full[1], shape_yx[1])
 
 
+def wide_int(dtype: Any) -> bool:
+    """Whether samples of ``dtype`` are 64-bit integers, whose focus measure (both engines')
+    is the NumPy one (``numpy_engine._focus_measure_wide``); False for None."""
+    return dtype is not None and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 8
+
+
 def block_memory(
     shape_yx: tuple[int, int],
     n_planes: int,
@@ -288,6 +294,7 @@ def block_memory(
     nhsize: int = 9,
     engine: str | None = None,
     float16: bool = False,
+    wide_int: bool = False,
 ) -> int:
     """Upper estimate, in bytes, of what one :func:`fuse_block` call holds.
 
@@ -327,4 +334,7 @@ def block_memory(
         per_pixel += (8 * n_planes if rgb else 0) + 80
     n = int(nhsize)
     row_buffers = cols * (32 * n + 200 + 32 * n_channels) + 200 * n
+    if wide_int:  # their window sums pad a plane by the window, two int64 planes at once (the
+        # 80 count the plane): a halo clipped to a small image left 10 times the rest uncounted
+        row_buffers += 16 * ((rows + n - 1) * (cols + n - 1) - pixels)
     return pixels * per_pixel + row_buffers

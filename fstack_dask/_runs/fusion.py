@@ -21,7 +21,7 @@ from .._algorithm.auto import (
     check_nhsize_or_auto,
     check_sth_or_auto,
 )
-from .._algorithm.block import block_memory, haloed_shape
+from .._algorithm.block import block_memory, haloed_shape, wide_int
 from .._algorithm.device import check_device
 from .._layout import Layout
 from .._outputs.state import METHOD
@@ -74,7 +74,8 @@ class Fusion:
         shape = haloed_shape(block, self.halo, lay.shape_yx, self.kernel.get("engine"))
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
                             lay.rgb, nhsize=self.kernel["nhsize"],
-                            engine=self.kernel.get("engine"))  # fmt: skip
+                            engine=self.kernel.get("engine"),
+                            wide_int=wide_int(self.source.dtype))  # fmt: skip
 
     def plan(self, workers: int, processes: int = 1):
         """The block order and the unit cache's budget for ``workers`` tasks per process

@@ -423,6 +423,7 @@ def fused_layers(
                 rgb=rgb,
                 memory_per_task=memory_per_task,
                 engine=engine,
+                dtype=dtype,
             )
             out_chunks = da.core.normalize_chunks(side, (ny, nx))
     else:

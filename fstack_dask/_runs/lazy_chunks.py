@@ -8,9 +8,17 @@ dtypes. Plain NumPy in, NumPy out: no dask here. Each task runs in IEEE arithmet
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .._algorithm.block import block_memory, fuse_block, haloed_shape, selectivity_stats
+from .._algorithm.block import (
+    block_memory,
+    fuse_block,
+    haloed_shape,
+    selectivity_stats,
+    wide_int,
+)
 from .._fp_env import with_ieee_arithmetic
 from .._params import DEFAULT_MEMORY_PER_TASK, overlap_depth
 
@@ -96,8 +104,10 @@ def plan_chunks(
     memory_per_task: int = DEFAULT_MEMORY_PER_TASK,
     align: tuple[int, int] = (1, 1),
     engine: str | None = None,
+    dtype: Any = None,
 ) -> tuple[int, int]:
-    """y/x block size whose task fits in ``memory_per_task`` bytes.
+    """y/x block size whose task fits in ``memory_per_task`` bytes (``dtype``: the samples',
+    where 64-bit integers' focus measure pads each plane, :func:`.block.block_memory`).
 
     The largest square block (halo included) under the budget, then balanced
     so the last block is not a sliver, and rounded to a multiple of ``align``
@@ -108,7 +118,8 @@ def plan_chunks(
 
     def fits(side: int) -> bool:
         shape = haloed_shape((side, side), halo, shape_yx, engine)
-        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine)
+        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine,
+                            wide_int=wide_int(dtype))  # fmt: skip
         return need <= memory_per_task
 
     lo, hi = 1, max(shape_yx)

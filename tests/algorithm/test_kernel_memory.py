@@ -86,3 +86,27 @@ def test_a_halo_deeper_than_the_image_is_counted_as_each_engine_reads_it(engine,
     tracemalloc.stop()
     counted = haloed_shape(shape, overlap_depth(nhsize), shape, engine)
     assert peak <= block_memory(counted, 5, 1, 1, False, nhsize=nhsize, engine=engine), peak
+
+
+@pytest.mark.skipif("compiled" not in ENGINES, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["int64", "uint64"])
+def test_a_deep_halo_on_64_bit_integers_is_counted_as_the_run_plans_it(tmp_path, dtype):
+    """The compiled engine (the default) takes 64-bit integers' focus measure from the NumPy
+    engine, whose window sums pad each plane by the window: a run planned the halo clipped to
+    a 40 x 40 image at nhsize 1001 as 1.9 MB a task, where the task held 18 MB."""
+    from fstack_dask import write_stack
+    from fstack_dask._runs.fusion import plan_fusion
+
+    stack = synthetic_stack((40, 40), 5, dtype="uint16", seed=0).stack.astype(dtype)
+    block = np.ascontiguousarray(np.moveaxis(stack, 2, 0))
+    write_stack(tmp_path / "s.ome.zarr", block, axes="zyx")
+    fusion = plan_fusion(str(tmp_path / "s.ome.zarr"), nhsize=1001, depth_map=True,
+                         selectivity_map=True)  # fmt: skip
+    assert fusion.kernel.get("engine") == "compiled"
+    kwargs = {"rgb": False, "nhsize": 1001, "with_depth": True, "with_selectivity": True}
+    fuse_block(block, engine="compiled", **kwargs)  # compile / warm up
+    tracemalloc.start()
+    fuse_block(block, engine="compiled", **kwargs)
+    peak = tracemalloc.get_traced_memory()[1] + block.nbytes
+    tracemalloc.stop()
+    assert peak <= fusion.task_bytes(fusion.block), peak
