@@ -75,6 +75,7 @@ class Fusion:
         return block_memory(shape, lay.n_planes, lay.n_channels, self.source.dtype.itemsize,
                             lay.rgb, nhsize=self.kernel["nhsize"],
                             engine=self.kernel.get("engine"),
+                            float16=self.source.dtype == np.float16,  # widened to float32
                             wide_int=wide_int(self.source.dtype))  # fmt: skip
 
     def plan(self, workers: int, processes: int = 1):

@@ -107,7 +107,8 @@ def plan_chunks(
     dtype: Any = None,
 ) -> tuple[int, int]:
     """y/x block size whose task fits in ``memory_per_task`` bytes (``dtype``: the samples',
-    where 64-bit integers' focus measure pads each plane, :func:`.block.block_memory`).
+    where float16 is widened and 64-bit integers' focus measure pads each plane,
+    :func:`.block.block_memory`).
 
     The largest square block (halo included) under the budget, then balanced
     so the last block is not a sliver, and rounded to a multiple of ``align``
@@ -119,6 +120,7 @@ def plan_chunks(
     def fits(side: int) -> bool:
         shape = haloed_shape((side, side), halo, shape_yx, engine)
         need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine,
+                            float16=dtype is not None and np.dtype(dtype) == np.float16,
                             wide_int=wide_int(dtype))  # fmt: skip
         return need <= memory_per_task
 
