@@ -117,12 +117,14 @@ def plan_chunks(
     """
     halo = overlap_depth(nhsize)
 
+    half = dtype is not None and np.dtype(dtype) == np.float16
+
+    def need(shape: tuple[int, int]) -> int:  # the compiled engine's rows: nhsize's, not 9's
+        return block_memory(shape, n_planes, n_channels, itemsize, rgb, nhsize=nhsize,
+                            engine=engine, float16=half, wide_int=wide_int(dtype))  # fmt: skip
+
     def fits(side: int) -> bool:
-        shape = haloed_shape((side, side), halo, shape_yx, engine)
-        need = block_memory(shape, n_planes, n_channels, itemsize, rgb, engine=engine,
-                            float16=dtype is not None and np.dtype(dtype) == np.float16,
-                            wide_int=wide_int(dtype))  # fmt: skip
-        return need <= memory_per_task
+        return need(haloed_shape((side, side), halo, shape_yx, engine)) <= memory_per_task
 
     lo, hi = 1, max(shape_yx)
     if fits(hi):
@@ -133,11 +135,10 @@ def plan_chunks(
     side = lo
     if side < halo and side < max(shape_yx):
         # Smaller blocks would be merged with a neighbour (they cannot carry a halo).
-        need = block_memory((3 * halo, 3 * halo), n_planes, n_channels, itemsize, rgb,
-                            engine=engine)  # fmt: skip
         raise ValueError(
             f"memory_per_task={memory_per_task} bytes cannot hold a block at least one halo "
-            f"({halo} px) wide for {n_planes} planes; give at least {need} bytes"
+            f"({halo} px) wide for {n_planes} planes; give at least "
+            f"{need((3 * halo, 3 * halo))} bytes"
         )
     out = []
     for n, a in zip(shape_yx, align, strict=True):

@@ -183,3 +183,21 @@ def test_fuse_takes_memory_per_task_as_fuse_zarr_does():
     lazy = fuse(stack, axes="yxz", memory_per_task="2MiB")
     assert len(lazy.chunks[0]) > 1  # a budget that small cuts the image
     assert np.array_equal(lazy.compute(), focus_stack(stack))
+
+
+def test_fuse_plans_its_chunks_for_the_nhsize_given(monkeypatch):
+    """The compiled engine's row buffers grow with nhsize; the lazy fuse's planner counted
+    them for nhsize 9: at nhsize 301 and 200 MiB a task, blocks of 741 px that the model
+    counts at 224 MB. Never computed: a stack of zeros 4 such blocks wide."""
+    from fstack_dask._algorithm import block
+
+    if block.blend_compiled is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(block, "ENGINE", "compiled")
+    budget, nhsize = 200 << 20, 301
+    stack = da.zeros((2964, 2964, 5), dtype="uint8", chunks=(2964, 2964, 5))
+    lazy = fuse(stack, axes="yxz", nhsize=nhsize, sth=13, memory_per_task=budget)
+    side, halo = lazy.chunks[0][0], overlap_depth(nhsize)
+    counted = block.block_memory((side + 2 * halo,) * 2, 5, 1, 1, False, nhsize=nhsize,
+                                 engine="compiled")  # fmt: skip
+    assert counted <= budget, (side, counted)
