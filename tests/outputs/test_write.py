@@ -286,6 +286,40 @@ def test_write_stack_of_dask_chunks_smaller_than_its_chunks_loses_nothing(tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_write_stack_of_a_stored_array_reads_one_stored_chunk_at_a_time(tmp_path, monkeypatch,
+                                                                         kind):  # fmt: skip
+    """A stack stored a plane a chunk: each task read its window of every plane at once, and
+    zarr decoded all those planes together (16 planes of 4096^2 uint16: a traced peak of
+    819 MiB for a 512 MiB stack); each read now spans one stored chunk (259 MiB there)."""
+    data = np.random.default_rng(3).integers(0, 255, size=(4, 96, 200), dtype=np.uint8)
+    if kind == "zarr":
+        source = zarr.create_array(tmp_path / "in.zarr", shape=data.shape, dtype=data.dtype,
+                                   chunks=(1, 96, 200))  # fmt: skip
+        source[...] = data
+    else:
+        h5py = pytest.importorskip("h5py")
+        source = h5py.File(tmp_path / "in.h5", "w").create_dataset(
+            "s", data=data, chunks=(1, 96, 200)
+        )
+    reads = []
+    cls = type(source)
+    original = cls.__getitem__
+
+    def spy(self, key):
+        found = original(self, key)
+        where = str(getattr(self, "store_path", "")) or self.file.filename
+        if "in." in where:  # the source's reads, not the output's
+            reads.append(np.asarray(found).shape)
+        return found
+
+    monkeypatch.setattr(cls, "__getitem__", spy)
+    write_stack(tmp_path / "out.ome.zarr", source, axes="zyx", chunks=(4, 32, 64))
+    assert reads and {r[0] for r in reads} == {1}, reads  # one plane, its stored chunk, a read
+    monkeypatch.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
 def test_write_stack_of_a_stored_array_reads_it_by_chunks(tmp_path, monkeypatch, kind):
     # a zarr.Array or h5py dataset went through np.asarray: read whole into memory first
     data = np.random.default_rng(2).integers(0, 255, size=(3, 96, 200), dtype=np.uint8)
