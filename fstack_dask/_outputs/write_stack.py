@@ -41,8 +41,11 @@ def write_stack(
     path : str or os.PathLike
         Local path or fsspec URL of the new group; must not exist.
     stack : array_like
-        The data, one dimension per letter of ``axes`` (a dask array, a ``zarr.Array`` or an
-        h5py dataset is written chunk by chunk, never held whole).
+        The data, one dimension per letter of ``axes`` (a ``zarr.Array`` or an h5py dataset
+        is read a stored chunk at a time, a dask array computed chunk by chunk; but a dask
+        array chunked a plane at a time, written into the default chunks of all planes, is
+        rechunked by dask, which may hold about twice the stack: give ``chunks`` of one
+        plane, or rechunk it yourself, for stacks near memory).
     axes : str
         Axes of ``stack`` in NGFF order ``[t][c]zyx`` (e.g. ``"zyx"``, ``"czyx"``).
     chunks : tuple of int, optional
