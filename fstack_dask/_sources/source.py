@@ -401,6 +401,7 @@ def _as_int(text: Any) -> int:
 def _object_version(info: Mapping[str, Any]) -> int:
     """An object's version as its store lists it (S3's and Azure's ETag, GCS's generation),
     in the inode's column: it tells a rewrite of the same size within the second that S3's
-    LastModified cannot (a review, 2026-12-06). 0 where the store lists none."""
-    tag = next((info[k] for k in ("ETag", "etag", "generation", "md5Hash") if info.get(k)), None)
+    LastModified cannot (a review, 2026-12-06). GCS's generation before its ETag, which a
+    change of the object's metadata alone changes too. 0 where the store lists none."""
+    tag = next((info[k] for k in ("generation", "ETag", "etag", "md5Hash") if info.get(k)), None)
     return 0 if tag is None else _as_int(tag)

@@ -417,3 +417,14 @@ def test_a_chunk_rewritten_at_its_size_within_the_second_is_told_by_its_etag(s3,
     assert len(names) == 1 and changed_files(before, after) == names
     unversioned = {**before, "inodes": np.zeros_like(before["inodes"])}
     assert changed_files(unversioned, source_files(source.data_files())) == []
+
+
+def test_a_gcs_object_s_version_is_its_generation_not_its_etag():
+    """GCS changes an object's ETag when only its metadata changes (a label, a storage
+    class): the generation, which only a rewrite changes, is its version."""
+    from fstack_dask._sources.source import _object_version
+
+    listed = {"name": "b/src.zarr/c/0/0/0", "size": 10, "generation": "1733480000000001"}
+    relabelled = _object_version({**listed, "etag": "CAE="})
+    assert relabelled == _object_version({**listed, "etag": "CAI="}) != 0
+    assert relabelled != _object_version({**listed, "generation": "1733480000000002"})
