@@ -52,17 +52,17 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
 
 
 @with_ieee_arithmetic
-def fuse_chunk(block, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-                fills=None, block_info=None):  # fmt: skip
+def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
+               block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
-    ``fills``: each image's smallest S, by its lead chunk indices (None: -inf)."""
+    ``fills``: its image's smallest S, one element (None: -inf)."""
     info = block_info[0]
     crops = _crops(block, halo, info)
     lead = block.shape[: block.ndim - (4 if rgb else 3)]  # batch (and independent c) axes, all 1
     core = block.reshape(block.shape[len(lead) :])
     fill = -np.inf
     if fills is not None:
-        fill = float(fills[tuple(info["chunk-location"][: fills.ndim])])
+        fill = float(fills.reshape(-1)[0])
     res = fuse_block(
         core,
         nhsize=nhsize,
