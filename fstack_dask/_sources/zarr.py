@@ -8,6 +8,7 @@ data (``fetch`` does that).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -82,6 +83,7 @@ def open_zarr(
 
     location = resolve(src, name="src", storage_options=storage_options)
     where = f"src {location.spec!r}"
+    _refuse_inside_unfinished(location, where)
     node = _open_node(location, where)
     if isinstance(node, zarr.Group):
         return _ome_source(node, location, where, axes, int(level))
@@ -90,6 +92,55 @@ def open_zarr(
     meta = [location.child(f) for f in ("zarr.json", ".zarray", ".zattrs")]
     return _array_source(node, where, axes, location,
                          metadata_files=(*meta, *_consolidated(location)))  # fmt: skip
+
+
+def _refuse_inside_unfinished(location: Location, where: str) -> None:
+    """Refuse an array or group inside an unfinished fstack_dask output (``out.zarr/0``,
+    ``out.zarr/depth``): its blocks not yet written read as fill values, and only its root
+    says it is unfinished (the root itself is refused by :func:`_ome_source`). The folders
+    above are looked at while they are Zarr groups."""
+    here = location
+    for _ in range(_MAX_NESTING):
+        parent = dataclasses.replace(
+            here, spec=posixpath.dirname(here.spec.rstrip("/")) or ".", path=here.parent_path()
+        )
+        if parent.path == here.path:
+            return
+        attrs = _group_attributes(parent)
+        if attrs is None:
+            return
+        ours = attrs.get("fstack_dask")
+        if isinstance(ours, Mapping) and ours.get("complete") is False:
+            raise ValueError(
+                f"{where} is inside {parent.spec!r}, an unfinished fstack_dask output whose "
+                "unwritten blocks read as fill values; finish it with resume=True first, or "
+                "fuse the stack it was fused from"
+            )
+        here = parent
+
+
+_MAX_NESTING = 8  # an output's deepest array is depth/<level>: two below its root
+
+
+def _group_attributes(location: Location) -> dict[str, Any] | None:
+    """A Zarr group's attributes (v3 ``zarr.json``, v2 ``.zgroup`` + ``.zattrs``), or None
+    where ``location`` is no readable group."""
+    for name in ("zarr.json", ".zgroup"):
+        try:
+            meta = json.loads(location.child(name).read_bytes())
+        except Exception:  # absent, not a file (a named pipe), damaged, or unreachable: the
+            continue  # check is only for a group we can read
+        if not isinstance(meta, dict) or (name == "zarr.json" and meta.get("node_type") != "group"):
+            return None
+        if name == "zarr.json":
+            attrs = meta.get("attributes")
+        else:
+            try:
+                attrs = json.loads(location.child(".zattrs").read_bytes())
+            except Exception:
+                attrs = {}
+        return attrs if isinstance(attrs, dict) else {}
+    return None
 
 
 def _consolidated(location: Location) -> tuple[Location, ...]:
@@ -350,7 +401,7 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         # its metadata is published when its run completes (``_outputs.write.publish``)
         raise ValueError(
             f"{where} is an unfinished fstack_dask output, not an image yet; finish it with "
-            "--resume (resume=True), or fuse the stack it was fused from"
+            "resume=True, or fuse the stack it was fused from"
         )
     if multiscales is None:
         raise ValueError(

@@ -320,3 +320,35 @@ def test_a_killed_run_leaves_no_image_to_readers_and_resumes_to_the_same_bits(
         assert type(open_ome_zarr(out[path] if path else out)).__name__ == "Image"
     (node,) = list(ome_zarr_reader.Reader(parse_url(str(dst)))())
     assert [level.shape for level in node.data] == [(200, 150), (100, 75), (50, 38)]
+
+
+@pytest.mark.parametrize("inside", ["0", "depth", "depth/0", "depth/1"])
+def test_a_path_inside_an_unfinished_output_is_refused_as_a_source(tmp_path, capsys, inside):
+    """Only the root of an unfinished output says it is unfinished (``complete: false``, its
+    NGFF metadata waiting under ``pending_ome``): its group was refused, but its arrays and
+    its map group were opened (a fourth adversarial run, 2026-12-06) and a half-written
+    output, mostly fill values, could be fused. Any path inside it is refused, naming it."""
+    import json
+
+    from fstack_dask._sources.zarr import open_zarr
+
+    src = _write(tmp_path, "s", _grey(seed=7), "zyx")
+    dst = tmp_path / "out.ome.zarr"
+    fuse_zarr(src, dst, chunks=64, depth_map=True, progress=False)
+    for path, key in ((dst, "ome"), (dst / "depth", None)):  # as a killed run leaves them
+        meta = path / "zarr.json"
+        doc = json.loads(meta.read_text())
+        ome = doc["attributes"].pop("ome")
+        if key:
+            doc["attributes"]["fstack_dask"].update(complete=False, pending_ome=ome)
+        meta.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"is inside '.*out\.ome\.zarr', an unfinished fstack"):
+        open_zarr(dst / inside, axes=None if inside == "depth" else "zyx")
+    with pytest.raises(ValueError, match="an unfinished fstack_dask output.*resume=True"):
+        fuse_zarr(dst / inside, tmp_path / "again.ome.zarr", progress=False)
+    from fstack_dask._cli.main import main
+
+    assert main(["fuse", str(dst / inside), str(tmp_path / "again.ome.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an unfinished fstack_dask output" in err and "with --resume first" in err, err
+    assert not (tmp_path / "again.ome.zarr").exists()
