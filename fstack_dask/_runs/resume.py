@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-import dask
 import numpy as np
 
 from .._errors import SourceChangedError, SourceReadError
@@ -37,7 +36,6 @@ from .._outputs.fingerprint import (
     source_files,
 )
 from .._outputs.state import OutputState, provenance
-from .._params import local_workers
 from .._sources.fetch import UnitCache, fetch_block, units_of
 from .._sources.open import Reopen
 from .._sources.source import Source
@@ -90,8 +88,10 @@ def examine(
     resume: bool,
     chunks: Any,
     levels: int | None,
+    threads: int,
 ) -> Prior:
-    """Check ``dst`` and, for a resume, that it continues this very run (reads only).
+    """Check ``dst`` and, for a resume, that it continues this very run (reads only;
+    a changed source's finished blocks are read again on ``threads`` threads).
 
     A resume with the block size and levels left automatic takes the interrupted run's.
     """
@@ -130,7 +130,7 @@ def examine(
         folder = stored_folder(destination, mode)
         if mode != "complete" and provenance(folder) is not None:
             check_source_files(OutputState(folder), f"dst {dst_loc.spec!r}", source, fusion,
-                               files)  # fmt: skip
+                               files, threads=threads)  # fmt: skip
     return Prior(destination, mode, fusion, identity, files)
 
 
@@ -217,11 +217,11 @@ def check_complete_source(what: str, params: dict[str, Any], identity: dict[str,
 
 
 def check_source_files(
-    state: OutputState, what: str, source: Source, fusion: Fusion, files
+    state: OutputState, what: str, source: Source, fusion: Fusion, files, *, threads: int
 ) -> None:
     """Refuse a resume when the data a finished block read has changed (see the module
     docstring); reads the source again only for the finished blocks of changed files, on
-    as many threads as dask's ``num_workers`` (every core where unset)."""
+    ``threads`` threads (the run's own workers: one for the synchronous scheduler)."""
     plan = fusion.plan(1)[0]
     old = state.files()
     if old is None:
@@ -245,7 +245,6 @@ def check_source_files(
             "source files changed since the run began (%s): reading the %d finished block(s) "
             "that read them again", _few(changed), len(suspects),
         )  # fmt: skip
-    threads = local_workers(dask.config.get("num_workers", None))
     budget = _budget(fusion, plan, threads)
     for block, name in _read_otherwise(
         state, source, plan, suspects, first=True, threads=threads, cache_bytes=budget

@@ -54,7 +54,8 @@ def run_fusion(
         warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
                 kernel=fusion.kernel)  # fmt: skip
         prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
-                        resume=resume, chunks=plan["chunks"], levels=plan["levels"])  # fmt: skip
+                        resume=resume, chunks=plan["chunks"], levels=plan["levels"],
+                        threads=_reading_threads(scheduler))  # fmt: skip
         fusion, destination = prior.fusion, prior.destination
         destination.looks_like = looks_like
         if prior.mode == "complete":
@@ -93,6 +94,22 @@ def run_fusion(
             except BaseException as exc:
                 lifecycle.fail(target, destination, exc, blocks.n_blocks)
         return lifecycle.open_result(destination.dst)
+
+
+def _reading_threads(scheduler: Any) -> int:
+    """The threads a resume reads the source again on, before the scheduler is resolved
+    (which may connect): the run's own, one for the synchronous scheduler (it read on
+    every core, whatever the run was told: a review, 2026-12-06)."""
+    import dask
+
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None) or dask.config.get("get", None)
+    name = scheduler.lower() if isinstance(scheduler, str) else ""
+    if name in ("synchronous", "sync", "single-threaded") or (
+        callable(scheduler) and getattr(scheduler, "__name__", "") == "get_sync"
+    ):
+        return 1
+    return local_workers(dask.config.get("num_workers", None))
 
 
 def fill_undefined(fusion, blocks, target, sched, *, cache_bytes, progress, stall_timeout,

@@ -568,6 +568,33 @@ def test_a_run_begun_by_a_version_computing_other_bits_is_not_resumed(tmp_path, 
     assert tree_digest(tmp_path) == before
 
 
+def test_a_synchronous_resume_checks_the_source_on_one_thread(tmp_path, monkeypatch):
+    """A resume reads a changed source's finished blocks again on the run's own workers, one
+    for the synchronous scheduler; it read on dask's ``num_workers`` threads (every core
+    where unset) whatever the run was told (a review, 2026-12-06)."""
+    import threading
+
+    import dask
+
+    import fstack_dask._runs.resume as resume
+
+    src, dst = _raw_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    assert len(_unfinished(src, dst, monkeypatch, n_blocks=6)) == 6
+    for path in (p for p in (src / "c").rglob("*") if p.is_file()):
+        os.chmod(path, os.stat(path).st_mode ^ 0o040)  # its ctimes: every block is a suspect
+    real, seen = resume.fetch_block, set()
+
+    def fetch_block(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resume, "fetch_block", fetch_block)  # (the check's reads only)
+    with dask.config.set(num_workers=4):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, resume=True)
+    assert len(seen) == 1, seen
+    assert all(n.startswith("fstack-recheck") for n in seen), seen
+
+
 def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
     tmp_path, monkeypatch
 ):
@@ -610,8 +637,8 @@ def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
 
     monkeypatch.setattr(resume, "check_source_files", check)
     monkeypatch.setattr(fetch, "_decode", decode)
-    with dask.config.set(num_workers=2):
-        out = fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False,
+    with dask.config.set(num_workers=2):  # the run's threads (synchronous: one)
+        out = fuse_zarr(src, dst, chunks=CHUNK, scheduler="threads", progress=False,
                         resume=True)  # fmt: skip
     stored = small_stack().nbytes  # (the six blocks' halos reach every chunk)
     assert 0 < sum(decoded) <= stored, sum(decoded) / stored
