@@ -22,6 +22,8 @@ import dataclasses
 import difflib
 import errno
 import os
+import select
+import stat
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -372,8 +374,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if os.path.isdir(text_path):
         raise ValueError(f"config file {text_path!r} is a directory, expected a YAML file")
     try:
-        with open(text_path, encoding="utf-8") as fh:
-            text = fh.read(_MAX_CONFIG_CHARS + 1)
+        text = _read_text(text_path)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {text_path!r} does not exist") from None
     except UnicodeDecodeError as exc:
@@ -399,6 +400,43 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             "of a few options (see configs/README.md)"
         ) from None
     return config_from_mapping(data, text_path)
+
+
+def _read_text(path: str) -> str:
+    """The file's text, at most one character more than a config may hold. A named pipe is
+    opened without waiting for a writer and read once one writes within
+    :data:`_PIPE_WAIT_S`: ``open()`` waited forever where no program wrote to it (a review,
+    2026-12-06). A pipe that has its writer (``--config <(...)``, ``/dev/stdin``) is read
+    as any file: it is no named one (its path leads to ``pipe:[...]``)."""
+    if not _is_named_pipe(path):
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(_MAX_CONFIG_CHARS + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        # Linux reports no hang-up before a first writer: no event means none came
+        if not poll.poll(_PIPE_WAIT_S * 1000):
+            raise ValueError(
+                f"config file {path!r} is a named pipe that no program wrote to within "
+                f"{_PIPE_WAIT_S:g} s, expected a YAML file"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding="utf-8") as fh:  # (closes fd)
+        return fh.read(_MAX_CONFIG_CHARS + 1)
+
+
+_PIPE_WAIT_S = 2.0
+
+
+def _is_named_pipe(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.lstat(os.path.realpath(path)).st_mode)
+    except OSError:
+        return False
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import pathlib
 import sys
 import types
@@ -257,6 +258,42 @@ def test_a_config_file_that_is_a_socket_is_refused_naming_it(tmp_path, monkeypat
         sock.bind("sock.yaml")
     with pytest.raises(ValueError, match=r"config file 'sock.yaml' is not a file, expected"):
         load_config("sock.yaml")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_config_that_is_a_named_pipe_nobody_writes_to_is_refused_not_waited_on(tmp_path):
+    """``--config`` naming a named pipe no program writes to waited forever in ``open()``
+    (a review, 2026-12-06): refused within ``_PIPE_WAIT_S``, exit 2, nothing written. One
+    a program writes to, and a pipe that has its writer (``--config <(...)``), are read."""
+    import subprocess
+    import threading
+    import time
+
+    from safety_util import cli, one_line_error
+
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+    began = time.monotonic()
+    proc = cli("fuse", "--config", fifo, tmp_path / "src.zarr", tmp_path / "out.zarr",
+               timeout=20)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "is a named pipe that no program wrote to within 2 s" in one_line_error(proc)
+    assert time.monotonic() - began < 20 and sorted(os.listdir(tmp_path)) == ["run.yaml"]
+
+    def write_later():
+        time.sleep(0.3)
+        fifo.write_text("algorithm: {nhsize: 5}\n")
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    assert load_config(fifo).algorithm.nhsize == 5
+    writer.join()
+    substituted = subprocess.run(  # bash's process substitution: /dev/fd/63
+        ["bash", "-c", f'"{sys.executable}" -c "import sys; from fstack_dask._cli.config '
+         'import load_config; print(load_config(sys.argv[1]).algorithm.nhsize)" '
+         '<(echo "algorithm: {nhsize: 7}")'],
+        capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert substituted.stdout.strip() == "7", substituted.stderr
 
 
 def test_missing_file(tmp_path):
