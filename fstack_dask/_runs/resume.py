@@ -109,7 +109,13 @@ def examine(
         log.warning("%s: %d of its files are missing (%s), and read as the fill value",
                     source.description, len(absent), _few(absent))  # fmt: skip
     missing, stored = source.missing_units(files["names"].tolist())
-    if missing:  # Zarr's meaning, and an interrupted copy's mark (a third adversarial run)
+    if missing and missing == stored:  # not refused: Zarr stores no chunk of an array all
+        # fill value (write_empty_chunks=False, its default): a blank stack is such a store
+        log.warning("%s: none of its %d chunk files is stored: every sample reads as the fill "
+                    "value %s, and the output is that constant (never written, or lost in an "
+                    "interrupted copy?)", source.description, stored,
+                    source.array.fill_value)  # fmt: skip
+    elif missing:  # Zarr's meaning, and an interrupted copy's mark (a third adversarial run)
         log.warning("%s: %d of its %d chunk files are missing, and read as the fill value %s "
                     "(never written, or lost in an interrupted copy?)", source.description,
                     missing, stored, source.array.fill_value)  # fmt: skip

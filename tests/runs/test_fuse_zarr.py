@@ -1023,6 +1023,28 @@ def test_a_source_missing_chunk_files_is_fused_with_a_warning(tmp_path, caplog, 
     assert out["0"][32:, 32:].max() == 0  # as Zarr reads it: fused, and said
 
 
+def test_a_source_with_no_chunk_stored_is_fused_saying_the_output_is_constant(tmp_path):
+    """No chunk file at all: every sample is the fill value. Not refused, for Zarr stores no
+    chunk of an array all fill value (``write_empty_chunks=False``, its default: a blank
+    stack written with zarr is such a store); it said only "4 of its 4 chunk files are
+    missing" (a review, 2026-12-06), now that the output is that constant. Exit 0."""
+    from safety_util import cli
+
+    data = np.zeros((5, 64, 64), np.uint16)
+    src = tmp_path / "src.zarr"
+    array = zarr.create_array(str(src), shape=data.shape, chunks=(5, 32, 32), dtype=data.dtype,
+                              dimension_names=["z", "y", "x"])  # fmt: skip
+    array[...] = data  # (stores nothing)
+    assert not (src / "c").exists()
+    proc = cli("fuse", src, tmp_path / "out.zarr", "--chunks", "32", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "none of its 4 chunk files is stored: every sample reads as the fill value 0, and the "
+        "output is that constant" in proc.stderr
+    ), proc.stderr
+    assert zarr.open_array(str(tmp_path / "out.zarr" / "0"), mode="r")[...].max() == 0
+
+
 def test_an_hdf5_virtual_dataset_missing_a_source_file_is_fused_with_a_warning(tmp_path, caplog):
     """HDF5 reads a virtual dataset's missing source file as the fill value: the run exited 0
     and said nothing (a fourth adversarial run). It names the missing file."""
