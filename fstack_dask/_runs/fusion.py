@@ -165,6 +165,7 @@ def plan_fusion(
             if levels is None:
                 levels = tiff_levels(layout.shape_yx)
         levels = _check_levels(levels, layout.shape_yx, chunks)
+        _warn_many_blocks(layout, chunks)
         _warn_many_files(layout, chunks, len(maps), levels)
         params = {
             "version": __version__,
@@ -231,6 +232,8 @@ def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
 
 
 MANY_FILES = 1_000_000
+MANY_BLOCKS = 1_000_000
+BLOCK_OVERHEAD_S = 0.005  # at least, a block (chunks=16: 14-24 ms, halo and pixels included)
 
 
 def _check_unit_fits(fusion: Fusion) -> None:
@@ -299,6 +302,25 @@ def _warn_over_budget(fusion: Fusion) -> None:
             f"chunks={tuple(fusion.block)} need about {format_bytes(task)} per task, more than "
             f"memory_per_task ({format_bytes(fusion.memory_per_task)}); choose smaller chunks "
             "or a larger memory_per_task"
+        )
+
+
+def _warn_many_blocks(layout: Layout, block: tuple[int, int]) -> None:
+    """Chunks so small that each block's own cost (scheduling, its halo, its files) outweighs
+    its pixels: ``--chunks 1`` planned 10^10 blocks in silence, months of overhead (a review,
+    2026-12-06)."""
+    import math
+
+    from .._errors import warn
+
+    (ny, nx), (by, bx) = layout.shape_yx, block
+    blocks = math.prod(layout.lead_shape) * math.ceil(ny / by) * math.ceil(nx / bx)
+    if blocks > MANY_BLOCKS:
+        hours = blocks * BLOCK_OVERHEAD_S / 3600
+        warn(
+            f"chunks={block} make {blocks:,} blocks, each costing {BLOCK_OVERHEAD_S * 1000:g} "
+            f"ms or more beyond its pixels (scheduling, its halo, its files): {hours:,.1f} h "
+            "or more of overhead alone; consider larger chunks"
         )
 
 

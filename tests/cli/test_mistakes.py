@@ -70,6 +70,27 @@ def test_chunks_that_make_a_million_files_warn(src, tmp_path, caplog):
         plan_fusion(tmp_path / "wide.zarr", chunks=64)  # a sane size: no warning
 
 
+def test_chunks_that_make_a_million_blocks_warn_of_their_overhead(tmp_path, capsys):
+    """``--chunks 1`` on a large image: each block costs milliseconds beyond its pixels, and
+    ``info`` and the run said nothing of the time (only of the chunk files; a review,
+    2026-12-06). Both warn, with the figure, naming chunks; a million blocks do not."""
+    zarr.create_array(str(tmp_path / "wide.zarr"), shape=(5, 4000, 4000), dtype="uint8",
+                      dimension_names=list("zyx"))  # fmt: skip
+    from fstack_dask._runs.fusion import plan_fusion
+
+    assert main(["info", str(tmp_path / "wide.zarr"), "--chunks", "3"]) == 0
+    said = capsys.readouterr()
+    line = [n for n in (said.out + said.err).splitlines() if "blocks, each costing" in n]
+    assert len(line) == 1, said
+    assert "chunks=(3, 3) make 1,779,556 blocks, each costing 5 ms or more" in line[0]
+    assert "2.5 h or more of overhead alone; consider larger chunks" in line[0]
+    with pytest.warns(UserWarning, match=r"chunks=\(3, 3\) make 1,779,556 blocks, each"):
+        plan_fusion(tmp_path / "wide.zarr", chunks=3, levels=0)  # as the run plans
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_fusion(tmp_path / "wide.zarr", chunks=(4, 8), levels=0)  # 500,000 blocks
+
+
 def test_storage_options_reach_remote_src_and_dst(src, capsys):
     """The CLI's --storage-options / --dst-storage-options go to fsspec (here its memory
     filesystem, in this process); for a local path they are refused."""
