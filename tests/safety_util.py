@@ -94,3 +94,23 @@ def unmount_all_under(folder: Path) -> None:
 
     for point in reversed(mounts_within(os.path.realpath(folder))):
         subprocess.run(["umount", "--lazy", point], check=False)
+
+
+def count_decodes(monkeypatch, while_: list) -> tuple[list[int], set[str]]:
+    """Patch the source's decoder to count the bytes it decodes and the threads decoding,
+    while ``while_`` is not empty: the counts of a source's check after or before a run."""
+    import threading
+
+    import fstack_dask._sources.fetch as fetch
+
+    real, decoded, names = fetch._decode, [], set()
+
+    def decode(source, sel):
+        data = real(source, sel)
+        if while_:
+            decoded.append(data.nbytes)
+            names.add(threading.current_thread().name)
+        return data
+
+    monkeypatch.setattr(fetch, "_decode", decode)
+    return decoded, names

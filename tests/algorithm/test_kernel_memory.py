@@ -16,6 +16,17 @@ from fstack_dask._algorithm.block import ENGINE, block_memory, fuse_block
 ENGINES = ["numpy"] + (["compiled"] if _fused.blend_compiled is not None else [])
 
 
+def _peak(block: np.ndarray, engine: str, **kwargs) -> int:
+    """What one fuse_block call allocates at its peak (warm), plus its input."""
+    fuse_block(block, engine=engine, **kwargs)  # compile / warm up
+    tracemalloc.start()
+    try:
+        fuse_block(block, engine=engine, **kwargs)
+        return tracemalloc.get_traced_memory()[1] + block.nbytes
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(
     ("planes", "dtype", "rgb", "nhsize"),
@@ -33,11 +44,7 @@ def test_block_memory_bounds_allocations(engine, planes, dtype, rgb, nhsize):
         np.moveaxis(stack, (3, 2), (0, 1)) if rgb else np.moveaxis(stack, 2, 0)
     )
     kwargs = {"rgb": rgb, "nhsize": nhsize, "with_depth": True, "with_selectivity": True}
-    fuse_block(block, engine=engine, **kwargs)  # compile / warm up
-    tracemalloc.start()
-    fuse_block(block, engine=engine, **kwargs)
-    peak = tracemalloc.get_traced_memory()[1] + block.nbytes  # plus the input itself
-    tracemalloc.stop()
+    peak = _peak(block, engine, **kwargs)  # (plus the input itself)
     estimate = block_memory(
         (160, 120), planes, 3 if rgb else 1, np.dtype(dtype).itemsize, rgb,
         nhsize=nhsize, engine=engine, float16=dtype == "float16",
@@ -79,11 +86,7 @@ def test_a_halo_deeper_than_the_image_is_counted_as_each_engine_reads_it(engine,
     stack = synthetic_stack(shape, 5, dtype="uint8", seed=0).stack
     block = np.ascontiguousarray(np.moveaxis(stack, 2, 0))
     kwargs = {"rgb": False, "nhsize": nhsize, "with_depth": True, "with_selectivity": True}
-    fuse_block(block, engine=engine, **kwargs)  # compile / warm up
-    tracemalloc.start()
-    fuse_block(block, engine=engine, **kwargs)
-    peak = tracemalloc.get_traced_memory()[1] + block.nbytes
-    tracemalloc.stop()
+    peak = _peak(block, engine, **kwargs)  # (plus the input itself)
     counted = haloed_shape(shape, overlap_depth(nhsize), shape, engine)
     assert peak <= block_memory(counted, 5, 1, 1, False, nhsize=nhsize, engine=engine), peak
 
@@ -104,11 +107,7 @@ def test_a_deep_halo_on_64_bit_integers_is_counted_as_the_run_plans_it(tmp_path,
                          selectivity_map=True)  # fmt: skip
     assert fusion.kernel.get("engine") == "compiled"
     kwargs = {"rgb": False, "nhsize": 1001, "with_depth": True, "with_selectivity": True}
-    fuse_block(block, engine="compiled", **kwargs)  # compile / warm up
-    tracemalloc.start()
-    fuse_block(block, engine="compiled", **kwargs)
-    peak = tracemalloc.get_traced_memory()[1] + block.nbytes
-    tracemalloc.stop()
+    peak = _peak(block, "compiled", **kwargs)  # (plus the input itself)
     assert peak <= fusion.task_bytes(fusion.block), peak
 
 
@@ -127,10 +126,6 @@ def test_a_float16_stack_is_counted_widened_as_the_run_plans_it(tmp_path):
                          selectivity_map=True)  # fmt: skip
     assert fusion.kernel.get("engine") == "compiled"
     kwargs = {"rgb": False, "nhsize": 9, "with_depth": True, "with_selectivity": True}
-    fuse_block(block, engine="compiled", **kwargs)  # compile / warm up
-    tracemalloc.start()
-    fuse_block(block, engine="compiled", **kwargs)
-    peak = tracemalloc.get_traced_memory()[1] + block.nbytes
-    tracemalloc.stop()
+    peak = _peak(block, "compiled", **kwargs)  # (plus the input itself)
     read = (160 - 2 * fusion.halo, 120 - 2 * fusion.halo)  # a block whose task reads all 160 x 120
     assert peak <= fusion.task_bytes(read), peak

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from safety_util import CHUNK, small_stack, write_src
+from safety_util import CHUNK, count_decodes, small_stack, write_src
 
 from fstack_dask import SourceReadError, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._cli.main import main
@@ -201,31 +201,18 @@ def test_a_chmod_of_every_chunk_reads_the_source_once_more_on_the_runs_threads(
     its neighbours' chunks again for its halo: 5.6 times the source's bytes here (a review,
     2026-12-06). Now the blocks are read on the run's threads, in its order, each chunk
     decoded once; nothing is dropped."""
-    import threading
-
     import dask
-
-    import fstack_dask._sources.fetch as fetch
 
     src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
     chunks = [p for p in (src / "0" / "c").rglob("*") if p.is_file()]
-    counting, decoded, names = [], [], set()
+    counting: list[bool] = []
+    decoded, names = count_decodes(monkeypatch, counting)
 
     def chmod_all():  # after the last block: only the check reads after this
         for path in chunks:
             os.chmod(path, os.stat(path).st_mode ^ 0o040)
         counting.append(True)
 
-    real = fetch._decode
-
-    def decode(source, sel):
-        data = real(source, sel)
-        if counting:
-            decoded.append(data.nbytes)
-            names.add(threading.current_thread().name)
-        return data
-
-    monkeypatch.setattr(fetch, "_decode", decode)
     _while_running(monkeypatch, chmod_all, after=len(chunks))  # a block per chunk
     with dask.config.set(num_workers=2):
         out = fuse_zarr(src, dst, chunks=CHUNK, scheduler="threads", progress=False)

@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest
-from safety_util import CHUNK, PLANES, cli, one_line_error, small_stack, write_src
+from safety_util import (
+    CHUNK,
+    PLANES,
+    cli,
+    count_decodes,
+    one_line_error,
+    small_stack,
+    write_src,
+)
 
 from fstack_dask import focus_stack, fuse_zarr
 from fstack_dask._runs.blocks import FuseJob
@@ -602,31 +610,16 @@ def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
     finished blocks are read again, on dask's ``num_workers`` threads, each chunk decoded
     once; they read on one thread before, each decoding its neighbours' chunks again for
     its halo (a review, 2026-12-06). The resume goes on, to the uninterrupted run's bits."""
-    import threading
-
     import dask
 
     import fstack_dask._runs.resume as resume
-    import fstack_dask._sources.fetch as fetch
 
     src, dst = _raw_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
     assert len(_unfinished(src, dst, monkeypatch, n_blocks=6)) == 6  # two rows of three
     for path in (p for p in (src / "c").rglob("*") if p.is_file()):
         os.chmod(path, os.stat(path).st_mode ^ 0o040)
-    real, real_check, checking, decoded, names = (
-        fetch._decode,
-        resume.check_source_files,
-        [],
-        [],
-        set(),
-    )
-
-    def decode(source, sel):
-        data = real(source, sel)
-        if checking:
-            decoded.append(data.nbytes)
-            names.add(threading.current_thread().name)
-        return data
+    real_check, checking = resume.check_source_files, []
+    decoded, names = count_decodes(monkeypatch, checking)
 
     def check(*args, **kwargs):  # only its decodes are counted
         checking.append(True)
@@ -636,7 +629,6 @@ def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
             checking.clear()
 
     monkeypatch.setattr(resume, "check_source_files", check)
-    monkeypatch.setattr(fetch, "_decode", decode)
     with dask.config.set(num_workers=2):  # the run's threads (synchronous: one)
         out = fuse_zarr(src, dst, chunks=CHUNK, scheduler="threads", progress=False,
                         resume=True)  # fmt: skip
