@@ -292,27 +292,8 @@ def test_write_stack_of_a_stored_array_reads_one_stored_chunk_at_a_time(tmp_path
     zarr decoded all those planes together (16 planes of 4096^2 uint16: a traced peak of
     819 MiB for a 512 MiB stack); each read now spans one stored chunk (259 MiB there)."""
     data = np.random.default_rng(3).integers(0, 255, size=(4, 96, 200), dtype=np.uint8)
-    if kind == "zarr":
-        source = zarr.create_array(tmp_path / "in.zarr", shape=data.shape, dtype=data.dtype,
-                                   chunks=(1, 96, 200))  # fmt: skip
-        source[...] = data
-    else:
-        h5py = pytest.importorskip("h5py")
-        source = h5py.File(tmp_path / "in.h5", "w").create_dataset(
-            "s", data=data, chunks=(1, 96, 200)
-        )
-    reads = []
-    cls = type(source)
-    original = cls.__getitem__
-
-    def spy(self, key):
-        found = original(self, key)
-        where = str(getattr(self, "store_path", "")) or self.file.filename
-        if "in." in where:  # the source's reads, not the output's
-            reads.append(np.asarray(found).shape)
-        return found
-
-    monkeypatch.setattr(cls, "__getitem__", spy)
+    source = _stored_source(tmp_path, kind, data, (1, 96, 200))
+    reads = _spied_reads(monkeypatch, source, lambda found: found.shape)
     write_stack(tmp_path / "out.ome.zarr", source, axes="zyx", chunks=(4, 32, 64))
     assert reads and {r[0] for r in reads} == {1}, reads  # one plane, its stored chunk, a read
     monkeypatch.undo()
@@ -323,25 +304,8 @@ def test_write_stack_of_a_stored_array_reads_one_stored_chunk_at_a_time(tmp_path
 def test_write_stack_of_a_stored_array_reads_it_by_chunks(tmp_path, monkeypatch, kind):
     # a zarr.Array or h5py dataset went through np.asarray: read whole into memory first
     data = np.random.default_rng(2).integers(0, 255, size=(3, 96, 200), dtype=np.uint8)
-    if kind == "zarr":
-        source = zarr.create_array(tmp_path / "in.zarr", shape=data.shape, dtype=data.dtype,
-                                   chunks=(3, 96, 200))  # fmt: skip
-        source[...] = data
-    else:
-        h5py = pytest.importorskip("h5py")
-        source = h5py.File(tmp_path / "in.h5", "w").create_dataset("s", data=data)
-    reads = []
-    cls = type(source)
-    original = cls.__getitem__
-
-    def spy(self, key):
-        found = original(self, key)
-        where = str(getattr(self, "store_path", "")) or self.file.filename
-        if "in." in where:  # the source's reads, not the output's
-            reads.append(np.asarray(found).nbytes)
-        return found
-
-    monkeypatch.setattr(cls, "__getitem__", spy)
+    source = _stored_source(tmp_path, kind, data, (3, 96, 200) if kind == "zarr" else None)
+    reads = _spied_reads(monkeypatch, source, lambda found: found.nbytes)
     write_stack(tmp_path / "out.ome.zarr", source, axes="zyx", chunks=(3, 32, 64))
     assert reads and max(reads) == 3 * 32 * 64  # one stored chunk at a time, never the whole
     monkeypatch.undo()
@@ -537,3 +501,31 @@ def test_pyramid_levels_are_computed_in_bands_of_bounded_memory(monkeypatch):
     whole = pyramid.downsample(depth, dtype=np.dtype(np.float32), nan_aware=True)
     np.testing.assert_array_equal(banded, whole, strict=True)
     assert banded.shape == (2, 601, 500)
+
+
+def _stored_source(tmp_path, kind: str, data: np.ndarray, chunks):
+    """``data`` as a zarr.Array or an h5py dataset stored in ``chunks``."""
+    if kind == "zarr":
+        source = zarr.create_array(tmp_path / "in.zarr", shape=data.shape, dtype=data.dtype,
+                                   chunks=chunks)  # fmt: skip
+        source[...] = data
+        return source
+    h5py = pytest.importorskip("h5py")
+    return h5py.File(tmp_path / "in.h5", "w").create_dataset("s", data=data, chunks=chunks)
+
+
+def _spied_reads(monkeypatch, source, measure) -> list:
+    """``measure`` of every read of ``source`` (not of the output), as they come."""
+    reads = []
+    cls = type(source)
+    original = cls.__getitem__
+
+    def spy(self, key):
+        found = original(self, key)
+        where = str(getattr(self, "store_path", "")) or self.file.filename
+        if "in." in where:  # the source's reads, not the output's
+            reads.append(measure(np.asarray(found)))
+        return found
+
+    monkeypatch.setattr(cls, "__getitem__", spy)
+    return reads
