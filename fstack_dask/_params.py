@@ -314,6 +314,17 @@ def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: An
     return False
 
 
+def is_synchronous(scheduler: Any) -> bool:
+    """Whether ``scheduler`` is dask's synchronous scheduler, by name or as its get."""
+    if isinstance(scheduler, str):
+        return scheduler.lower() in ("synchronous", "sync", "single-threaded")
+    return (
+        callable(scheduler)
+        and "local" in getattr(scheduler, "__module__", "")
+        and getattr(scheduler, "__name__", "") == "get_sync"
+    )
+
+
 def local_workers(value: Any) -> int:
     """dask's ``num_workers`` (``DASK_NUM_WORKERS``), or every core where it is unset or 0.
 

@@ -15,7 +15,7 @@ from typing import Any
 from .._algorithm.block import warm_up
 from .._outputs import lifecycle
 from .._outputs.display import fit_float_windows
-from .._params import local_workers
+from .._params import is_synchronous, local_workers
 from . import schedulers
 from .device import require_device
 from .fusion import plan_fusion
@@ -104,10 +104,7 @@ def _reading_threads(scheduler: Any) -> int:
 
     if scheduler is None:
         scheduler = dask.config.get("scheduler", None) or dask.config.get("get", None)
-    name = scheduler.lower() if isinstance(scheduler, str) else ""
-    if name in ("synchronous", "sync", "single-threaded") or (
-        callable(scheduler) and getattr(scheduler, "__name__", "") == "get_sync"
-    ):
+    if is_synchronous(scheduler):
         return 1
     return local_workers(dask.config.get("num_workers", None))
 

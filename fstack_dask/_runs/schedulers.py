@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import SourceReadError, SourceValueError, finish_despite_interrupts
-from .._params import local_workers
+from .._params import is_synchronous, local_workers
 from . import exchange
 from . import reports as reports_
 from .blocks import FuseJob, Outcome
@@ -139,10 +139,10 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
     if scheduler is None:
         scheduler = "threads"
     n_local = local_workers(dask.config.get("num_workers", None))
+    if is_synchronous(scheduler):
+        return Scheduler("synchronous", 1)
     if isinstance(scheduler, str):
         name = scheduler.lower()
-        if name in ("synchronous", "sync", "single-threaded"):
-            return Scheduler("synchronous", 1)
         if name == "threads":
             return Scheduler("threads", n_local)
         if name == "processes":
@@ -171,8 +171,6 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
         name = getattr(scheduler, "__module__", "")
         if "multiprocessing" in name:
             return _processes(n_local, stack)
-        if "local" in name and getattr(scheduler, "__name__", "") == "get_sync":
-            return Scheduler("synchronous", 1)
         return Scheduler("threads", n_local)
     if hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info"):
         return _cluster(scheduler)
