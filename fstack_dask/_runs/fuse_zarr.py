@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import DestinationFullError, DestinationLockedError
+from .._fp_env import with_ieee_arithmetic
 from .._params import DEFAULT_MEMORY_PER_TASK, Channels, check_flag
 from .schedulers import check_scheduler
 
@@ -23,6 +24,9 @@ __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_ti
 log = logging.getLogger("fstack_dask")
 
 
+# The whole run, not only its tasks: with a host's floating-point traps unmasked, Python's own
+# ``nan < x`` kills the process (SIGFPE) in the code that waits for the blocks.
+@with_ieee_arithmetic
 def fuse_zarr(
     src: Any,
     dst: str | os.PathLike[str],

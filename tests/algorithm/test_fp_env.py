@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import platform
+import subprocess
 import sys
 
 import dask
@@ -158,3 +159,38 @@ def test_where_the_environment_cannot_be_set_back_the_block_is_refused(monkeypat
         with pytest.raises(_fp_env.FloatingPointEnvironmentError, match="-ffast-math"):
             _kernel.fuse_block(stack)
     assert _kernel.fuse_block(stack).image.shape == (64, 64)  # IEEE: no library needed
+
+
+_TRAPPED = r"""
+import ctypes, ctypes.util, pathlib, sys
+import dask, numpy as np
+from fstack_dask import fuse, fuse_zarr
+tmp = pathlib.Path(sys.argv[1])
+libm = ctypes.CDLL(ctypes.util.find_library("m"))
+traps = 0x01 | 0x04 | 0x08  # FE_INVALID | FE_DIVBYZERO | FE_OVERFLOW on x86
+assert libm.feenableexcept(traps) != -1
+r = fuse(np.load(tmp / "stack.npy"), axes="zyx", chunks=32, return_maps=True)
+np.savez(tmp / "lazy.npz", *dask.compute(r.image, r.depth, r.selectivity, scheduler="threads"))
+fuse_zarr(tmp / "src.zarr", tmp / "b.ome.zarr", chunks=32, levels=1, depth_map=True)
+assert libm.fegetexcept() == traps  # the host's traps are given back
+"""
+
+
+def test_floating_point_traps_a_host_unmasked_neither_kill_the_run_nor_change_its_bits(tmp_path):
+    """A host library's ``feenableexcept(FE_INVALID | ...)``: a flat patch's 0/0 in the kernels,
+    or Python's ``nan < x`` in the run's own loop, killed the process with SIGFPE."""
+    stack = _subnormal_stack()
+    stack[:, :20, :20] = 0  # flat: its selectivity is 0/0
+    np.save(tmp_path / "stack.npy", stack)
+    write_stack(tmp_path / "src.zarr", stack, axes="zyx", chunks=(9, 32, 32))
+    child = subprocess.run([sys.executable, "-c", _TRAPPED, str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    r = fuse(stack, axes="zyx", chunks=32, return_maps=True)
+    expected = dask.compute(r.image, r.depth, r.selectivity, scheduler="sync")
+    got = np.load(tmp_path / "lazy.npz")
+    assert _bits(expected) == _bits(got[f"arr_{i}"] for i in range(3))
+    fuse_zarr(tmp_path / "src.zarr", tmp_path / "a.ome.zarr", chunks=32, levels=1, depth_map=True)
+    a, b = (zarr.open_group(tmp_path / n, mode="r") for n in ("a.ome.zarr", "b.ome.zarr"))
+    for name in ("0", "1", "depth/0"):
+        assert a[name][...].tobytes() == b[name][...].tobytes(), name
