@@ -282,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore = on_sigterm_raise()
     unquiet = quiet_broken_pools() if argv is None else (lambda: None)
     try:
+        from .._params import check_dask_config
+
+        check_dask_config()  # before any command imports dask, which would hang on it
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
         _quiet_abandoned_coroutines()

@@ -153,3 +153,45 @@ def test_dask_config_scheduler_is_honoured_even_with_a_client(src, tmp_path, cap
     assert runs["explicit"][0] == "threads"
     for _, image in runs.values():
         np.testing.assert_array_equal(image, runs["client"][1])
+
+
+def _cli_with_dask_config(config, src, tmp_path):
+    """``fstack-dask info src`` in a fresh process with ``DASK_CONFIG=config``; its address
+    space capped, so that a dask reading /dev/zero fails fast rather than fill the machine."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    env = dict(os.environ, DASK_CONFIG=str(config))
+    command = (
+        ["-m", "fstack_dask", "info", str(src)]
+        if src
+        else ["-c", "import fstack_dask as f; f.fuse"]
+    )
+    return subprocess.run([sys.executable, *command], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=20,
+                          preexec_fn=cap)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_dask_config_that_never_ends_is_refused_naming_it(src, tmp_path, kind):
+    """dask's import reads its configuration files to their end: DASK_CONFIG=/dev/zero (or a
+    FIFO) hung the command line, deaf to Ctrl-C, filling memory (an adversarial run)."""
+    import os
+
+    config = tmp_path / "dask.yaml"
+    if kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config = kind
+    done = _cli_with_dask_config(config, src, tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-500:]
+    assert len(lines) == 1 and str(config) in lines[0] and "DASK_CONFIG" in lines[0], lines
+    assert _cli_with_dask_config(os.devnull, src, tmp_path).returncode == 0  # reads empty
+    library = _cli_with_dask_config(config, None, tmp_path)  # the API's first name imports dask
+    assert "ValueError: dask's configuration" in library.stderr, library.stderr[-500:]
