@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._public import public
+
 T = TypeVar("T")
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 
+@public
 class SourceReadError(RuntimeError):
     """A chunk of the source could not be read or decoded (corrupt, truncated, unreadable)."""
 
@@ -44,10 +47,12 @@ class SourceChangedError(SourceReadError):
     not kept."""
 
 
+@public
 class SourceValueError(ValueError):
     """A chunk of the source holds values that cannot be fused (NaN or infinity)."""
 
 
+@public
 class DestinationLockedError(RuntimeError):
     """Another live run is writing the same destination."""
 
@@ -56,6 +61,7 @@ class LeaseLostError(DestinationLockedError):
     """This run's lock was taken over by another run: it stopped writing."""
 
 
+@public
 class DestinationFullError(OSError):
     """The device holding the destination is full (ENOSPC) or over quota."""
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._public import public
+
 __all__ = ["overlap_depth", "parse_axes"]
 
 DEFAULT_MEMORY_PER_TASK = 256 * 2**20  # bytes one task may hold
@@ -52,6 +54,7 @@ def _finite(value: numbers.Real, name: str, expected: str) -> float:
     return number
 
 
+@public
 def overlap_depth(nhsize: int) -> int:
     """Halo, in pixels, that makes a block's result independent of its neighbours.
 

@@ -6,12 +6,15 @@ from importlib import resources
 
 import numpy as np
 
+from ._public import public
+
 __all__ = ["SAMPLES", "sample_stack"]
 
 #: Names accepted by :func:`sample_stack`, with their axes.
 SAMPLES = {"mitochondria_lightsheet": "zyx", "pcb": "zyxc"}
 
 
+@public
 def sample_stack(name: str) -> np.ndarray:
     """Load a small real focus stack, plane-first (``zyx``, or ``zyxc`` for RGB).
 

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import gaussian_filter
 
+from ._public import public
+
 __all__ = ["SyntheticStack", "synthetic_stack"]
 
 # Texture occupies [_LO, _HI] of full scale (after a robust stretch, clipped to
@@ -26,6 +28,7 @@ _N_LEVELS = 12
 _BLOCK_ELEMENTS = 1 << 20
 
 
+@public
 class SyntheticStack(NamedTuple):
     """Result of :func:`synthetic_stack`."""
 
@@ -238,6 +241,7 @@ def _quantise(x: np.ndarray, dtype: np.dtype, out: np.ndarray) -> None:
     out[...] = x
 
 
+@public
 def synthetic_stack(
     shape: tuple[int, int] = (256, 256),
     n_planes: int = 21,

@@ -79,3 +79,60 @@ def test_sample_stack_names_its_parameter(bad):
     """``sample_stack([])`` was ``TypeError: unhashable type: 'list'``."""
     with pytest.raises(ValueError, match=r"^name must be one of \['mitochondria_lightsheet'"):
         sample_stack(bad)
+
+
+_UNPICKLE = r"""
+import pickle, sys
+objects = pickle.loads(sys.stdin.buffer.read())  # fstack_dask not imported before
+print(sorted(f"{type(o).__module__}.{type(o).__name__}" for o in objects[0]))
+print(sorted(f"{o.__module__}.{o.__qualname__}" for o in objects[1]))
+"""
+
+
+def test_public_names_live_in_fstack_dask_and_pickle_there(tmp_path):
+    """``fuse_zarr.__module__`` was ``fstack_dask._runs.fuse_zarr``: help(), Sphinx, tracebacks
+    (``fstack_dask._errors.SourceValueError``) and every pickle named private modules. The
+    pickles now name ``fstack_dask`` and load in a fresh process, which imports each on use."""
+    import pickle
+    import subprocess
+    import sys
+
+    import cloudpickle
+    import numpy as np
+
+    names = [n for n in fstack_dask.__all__ if n != "__version__"]
+    objects = [getattr(fstack_dask, n) for n in names]
+    assert {o.__module__ for o in objects} == {"fstack_dask"}
+    stack = fstack_dask.synthetic_stack((24, 24), 5, seed=1)
+    made = [stack, fstack_dask.auto_parameters_for(stack.stack, axes="yxz"),
+            fuse(stack.stack, axes="yxz", return_maps=True),
+            fstack_dask.SourceValueError("a"), fstack_dask.SourceReadError("b"),
+            fstack_dask.DestinationFullError("full"),
+            fstack_dask.DestinationLockedError("c")]  # fmt: skip
+    data = pickle.dumps((made, objects))
+    plain = [o for o in made if not isinstance(o, FusionResult)]  # (its graph: private tasks)
+    assert b"fstack_dask._" not in pickle.dumps((plain, objects))  # no private module named
+    assert b"fstack_dask._" not in cloudpickle.dumps(objects)  # as dask sends them: by name
+    child = subprocess.run([sys.executable, "-c", _UNPICKLE], input=data, capture_output=True,
+                           cwd=tmp_path, timeout=60)  # fmt: skip
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    kinds, functions = child.stdout.decode().splitlines()
+    assert kinds == str(sorted(f"fstack_dask.{type(o).__name__}" for o in made))
+    assert functions == str(sorted(f"fstack_dask.{n}" for n in names))
+    again = pickle.loads(pickle.dumps(made[2]))
+    assert np.array_equal(again.image.compute(), made[2].image.compute())
+
+
+def test_a_worker_process_s_error_comes_back_as_the_public_class(tmp_path):
+    """A real ``scheduler="processes"`` run: the worker's SourceValueError, pickled there,
+    is ``fstack_dask.SourceValueError`` here."""
+    import numpy as np
+
+    stack = fstack_dask.synthetic_stack((32, 32), 5, seed=2).stack
+    src = tmp_path / "nan.zarr"
+    bad = np.ascontiguousarray(stack.transpose(2, 0, 1)).astype(np.float32)
+    bad[2, 3, 4] = np.nan
+    fstack_dask.write_stack(src, bad, axes="zyx")
+    with pytest.raises(fstack_dask.SourceValueError, match="holds nan") as caught:
+        fuse_zarr(src, tmp_path / "out.zarr", scheduler="processes", progress=False)
+    assert type(caught.value).__module__ == "fstack_dask"

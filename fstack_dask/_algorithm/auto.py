@@ -61,6 +61,7 @@ import numpy as np
 
 from .._fp_env import with_ieee_arithmetic
 from .._params import MAX_NHSIZE, check_nhsize, check_sth
+from .._public import public
 from .numpy_engine import focus_measure, luminance, selectivity
 
 __all__ = ["AUTO", "AutoParameters", "auto_parameters", "sample_tiles"]
@@ -90,6 +91,7 @@ _STH_FEW_PLANES = 13.0  # below 5 planes there is no selectivity, sth is never u
 ReadTile = Callable[[int, int, int, int], Any]
 
 
+@public
 @dataclass(frozen=True)
 class AutoParameters:
     """Parameters chosen by :func:`auto_parameters`, with the measurements behind them.
@@ -301,6 +303,7 @@ def _ladder(x: float) -> int:
     return min(NHSIZE_LADDER, key=lambda n: abs(math.log(n) - math.log(x)))
 
 
+@public
 @with_ieee_arithmetic
 def auto_parameters(
     read_tile: ReadTile,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._params import check_alpha, check_dtype, check_focus, check_plain_array, overlap_depth
+from .._public import public
 from .auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
 from .block import block_memory, fuse_block, selectivity_stats
 from .device import check_device, engine_for, require_here
@@ -17,6 +18,7 @@ from .device import check_device, engine_for, require_here
 __all__ = ["focus_stack"]
 
 
+@public
 def focus_stack(
     im_stack: Any,
     nhsize: int | str = 9,

@@ -12,11 +12,13 @@ import numpy as np
 from .._locations import remove_tree, resolve
 from .._ngff import SPACE_UNITS, TIME_UNITS, check_ngff_order, multiscale_entry, positive_scale
 from .._params import check_dtype, check_plain_array, parse_axes
+from .._public import public
 from .destination import IMAGE_SUFFIXES
 
 __all__ = ["write_stack"]
 
 
+@public
 def write_stack(
     path: str | os.PathLike[str],
     stack: Any,

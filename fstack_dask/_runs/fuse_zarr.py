@@ -17,6 +17,7 @@ from typing import Any
 from .._errors import DestinationFullError, DestinationLockedError
 from .._fp_env import with_ieee_arithmetic
 from .._params import DEFAULT_MEMORY_PER_TASK, Channels, check_flag
+from .._public import public
 from .schedulers import check_scheduler
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_tiff_destination"]
@@ -26,6 +27,7 @@ log = logging.getLogger("fstack_dask")
 
 # The whole run, not only its tasks: with a host's floating-point traps unmasked, Python's own
 # ``nan < x`` kills the process (SIGFPE) in the code that waits for the blocks.
+@public
 @with_ieee_arithmetic
 def fuse_zarr(
     src: Any,

@@ -41,12 +41,14 @@ from .._params import (
     parse_axes,
     resolve_channels,
 )
+from .._public import public
 from .device import require_device_for_graph, run_engine
 from .lazy_chunks import cast_chunk, chunk_stats, fuse_chunk, merge_small, plan_chunks
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
 
+@public
 class FusionResult(NamedTuple):
     """Lazy outputs of :func:`fuse` with ``return_maps=True``, sharing one graph.
 
@@ -80,6 +82,7 @@ def _plan(axes: str, shape: tuple[int, ...], rgb: bool) -> _Plan:
 
 # What fuse returns, as type checkers see it: the image alone, or with the maps
 @overload
+@public
 def fuse(
     stack: Any,
     *,
@@ -97,6 +100,7 @@ def fuse(
 
 
 @overload
+@public
 def fuse(
     stack: Any,
     *,
@@ -114,6 +118,7 @@ def fuse(
 
 
 @overload
+@public
 def fuse(
     stack: Any,
     *,
@@ -130,6 +135,7 @@ def fuse(
 ) -> da.Array | FusionResult: ...
 
 
+@public
 def fuse(
     stack: Any,
     *,
@@ -281,6 +287,7 @@ def _as_dask(stack: Any) -> da.Array:
     return da.from_array(arr, chunks=arr.shape if isinstance(arr, np.ndarray) else "auto")
 
 
+@public
 def auto_parameters_for(
     stack: Any,
     *,
