@@ -79,8 +79,8 @@ def run_fusion(
                                       resuming=prior.resuming)  # fmt: skip
                 # another program may have written the source meanwhile (still acquired)
                 threads = sched.workers * sched.processes  # reads the source again with
-                if sched.kind == "distributed":  # (a cluster's workers are elsewhere)
-                    threads = local_workers(None)
+                if sched.kind == "distributed":  # this process reads: as the check before
+                    threads = _reading_threads(scheduler)
                 identity = check_source_after_run(src, fusion, target.state, blocks, prior.identity,
                                                   prior.files, threads=threads)  # fmt: skip
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
@@ -99,7 +99,10 @@ def run_fusion(
 def _reading_threads(scheduler: Any) -> int:
     """The threads a resume reads the source again on, before the scheduler is resolved
     (which may connect): the run's own, one for the synchronous scheduler (it read on
-    every core, whatever the run was told: a review, 2026-12-06)."""
+    every core, whatever the run was told: a review, 2026-12-06). With a cluster too: the
+    reads are this process's, not its workers' (a cluster's threads, and a cache of
+    ``memory_per_task`` each, would be asked of the machine the client runs on), so dask's
+    ``num_workers`` here, or this machine's cores."""
     import dask
 
     if scheduler is None:

@@ -220,3 +220,36 @@ def test_a_chmod_of_every_chunk_reads_the_source_once_more_on_the_runs_threads(
     stored = small_stack().nbytes
     assert stored <= sum(decoded) <= 1.25 * stored, sum(decoded) / stored
     assert names and all(n.startswith("fstack-recheck") for n in names), names
+
+
+def test_a_cluster_run_s_source_checks_read_on_the_threads_this_process_is_given(
+    tmp_path, monkeypatch
+):
+    """With a cluster, the checks of the source before a run (a resume's) and after it read
+    in this process, not on the workers: both on dask's ``num_workers`` here. The one after
+    the run took every core of the machine the client runs on, whatever ``num_workers``
+    said; sizing either from the cluster would ask its threads, and a cache of
+    ``memory_per_task`` each, of this one machine."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from fstack_dask import _params
+    from fstack_dask._runs import run
+
+    monkeypatch.setattr(_params, "cpu_count", lambda: 8)  # a large login node
+    asked: dict[str, int] = {}
+    for name in ("examine", "check_source_after_run"):
+        real = getattr(run, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            asked[_name] = kwargs["threads"]
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(run, name, spy)
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                           dashboard_address=":0")  # fmt: skip
+    with cluster, Client(cluster) as client, dask.config.set(num_workers=1):
+        out = fuse_zarr(src, dst, chunks=CHUNK, scheduler=client, progress=False)
+    assert out.attrs["fstack_dask"]["complete"] is True
+    assert asked == {"examine": 1, "check_source_after_run": 1}
