@@ -280,7 +280,10 @@ class Layers(NamedTuple):
 
 
 def _as_dask(stack: Any) -> da.Array:
+    from .._sources.zarr import refuse_array_inside_unfinished
+
     check_plain_array(stack, "stack")
+    refuse_array_inside_unfinished(stack, "stack")
     if isinstance(stack, da.Array):
         return stack
     arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)

@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import stat
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from .._params import parse_axes
 from .common import ngff_unit
 from .source import Source, check_dtype_and_extent, not_a_file
 
-__all__ = ["open_zarr"]
+__all__ = ["open_zarr", "refuse_array_inside_unfinished"]
 
 
 # ------------------------------------------------------------------------------ opening
@@ -78,6 +79,8 @@ def open_zarr(
     if isinstance(src, zarr.Array):
         location = _node_location(src)
         where = f"src {location.spec if location else str(src.store_path)!r}"
+        if location is not None:  # as its path would be
+            _refuse_inside_unfinished(location, where)
         source = _array_source(src, where, axes, location, metadata_files=())
         return source
 
@@ -117,6 +120,17 @@ def _refuse_inside_unfinished(location: Location, where: str) -> None:
                 "fuse the stack it was fused from"
             )
         here = parent
+
+
+def refuse_array_inside_unfinished(array: Any, name: str) -> None:
+    """:func:`_refuse_inside_unfinished` for a ``zarr.Array`` the caller opened (``fuse``'s
+    ``stack``): opened from ``out.zarr/0`` of an unfinished output, it was fused, its
+    unwritten blocks as fill values, where the path was refused (an adversarial run)."""
+    zarr = sys.modules.get("zarr")  # not imported: the array is no zarr.Array
+    if zarr is not None and isinstance(array, zarr.Array):
+        location = _node_location(array)
+        if location is not None:
+            _refuse_inside_unfinished(location, f"{name} {location.spec!r}")
 
 
 _MAX_NESTING = 8  # an output's deepest array is depth/<level>: two below its root

@@ -322,26 +322,33 @@ def test_a_killed_run_leaves_no_image_to_readers_and_resumes_to_the_same_bits(
     assert [level.shape for level in node.data] == [(200, 150), (100, 75), (50, 38)]
 
 
-@pytest.mark.parametrize("inside", ["0", "depth", "depth/0", "depth/1"])
-def test_a_path_inside_an_unfinished_output_is_refused_as_a_source(tmp_path, capsys, inside):
-    """Only the root of an unfinished output says it is unfinished (``complete: false``, its
-    NGFF metadata waiting under ``pending_ome``): its group was refused, but its arrays and
-    its map group were opened (a fourth adversarial run, 2026-12-06) and a half-written
-    output, mostly fill values, could be fused. Any path inside it is refused, naming it."""
+def _unfinished_output(tmp_path):
+    """A complete output with a depth map, its root and map group made as a killed run leaves
+    them (``complete: false``, their NGFF metadata pending)."""
     import json
-
-    from fstack_dask._sources.zarr import open_zarr
 
     src = _write(tmp_path, "s", _grey(seed=7), "zyx")
     dst = tmp_path / "out.ome.zarr"
     fuse_zarr(src, dst, chunks=64, depth_map=True, progress=False)
-    for path, key in ((dst, "ome"), (dst / "depth", None)):  # as a killed run leaves them
+    for path, key in ((dst, "ome"), (dst / "depth", None)):
         meta = path / "zarr.json"
         doc = json.loads(meta.read_text())
         ome = doc["attributes"].pop("ome")
         if key:
             doc["attributes"]["fstack_dask"].update(complete=False, pending_ome=ome)
         meta.write_text(json.dumps(doc))
+    return dst
+
+
+@pytest.mark.parametrize("inside", ["0", "depth", "depth/0", "depth/1"])
+def test_a_path_inside_an_unfinished_output_is_refused_as_a_source(tmp_path, capsys, inside):
+    """Only the root of an unfinished output says it is unfinished (``complete: false``, its
+    NGFF metadata waiting under ``pending_ome``): its group was refused, but its arrays and
+    its map group were opened (a fourth adversarial run, 2026-12-06) and a half-written
+    output, mostly fill values, could be fused. Any path inside it is refused, naming it."""
+    from fstack_dask._sources.zarr import open_zarr
+
+    dst = _unfinished_output(tmp_path)
     with pytest.raises(ValueError, match=r"is inside '.*out\.ome\.zarr', an unfinished fstack"):
         open_zarr(dst / inside, axes=None if inside == "depth" else "zyx")
     with pytest.raises(ValueError, match="an unfinished fstack_dask output.*resume=True"):
@@ -352,3 +359,23 @@ def test_a_path_inside_an_unfinished_output_is_refused_as_a_source(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "an unfinished fstack_dask output" in err and "with --resume first" in err, err
     assert not (tmp_path / "again.ome.zarr").exists()
+
+
+@pytest.mark.parametrize("inside", ["0", "depth/0"])
+def test_an_array_opened_inside_an_unfinished_output_is_refused_as_its_path_is(tmp_path, inside):
+    """``zarr.open_array("out.ome.zarr/0")`` of an unfinished output, passed as an object,
+    was taken by ``fuse`` (a (t, y, x) output's, axes="zyx", fused its unwritten blocks as
+    fill values), where its path was refused; ``fuse_zarr`` refused it only by its dimension
+    names. Both refuse it as unfinished, first."""
+    from fstack_dask import fuse
+
+    dst = _unfinished_output(tmp_path)
+    array = zarr.open_array(dst / inside, mode="r")
+    message = r"'.*out\.ome\.zarr', an unfinished fstack_dask output.*resume=True"
+    with pytest.raises(ValueError, match=r"^stack '.*' is inside " + message):
+        fuse(array, axes="zyx")  # refused before its axes are looked at
+    with pytest.raises(ValueError, match=r"^src '.*' is inside " + message):
+        fuse_zarr(array, tmp_path / "again.ome.zarr", axes="zyx", progress=False)
+    assert not (tmp_path / "again.ome.zarr").exists()
+    whole = zarr.open_array(tmp_path / "s.ome.zarr" / "0", mode="r")  # not an output: fused
+    assert fuse(whole, axes="zyx").shape == whole.shape[1:]
