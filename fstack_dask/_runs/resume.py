@@ -34,6 +34,7 @@ from .._outputs.fingerprint import (
     identity_differences,
     input_unchanged,
     source_files,
+    versions_digest,
 )
 from .._outputs.state import OutputState, provenance
 from .._sources.fetch import UnitCache, fetch_block, units_of
@@ -170,11 +171,10 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
     what = f"dst {destination.dst.spec!r}"
     if stored.get("source") is not None:
         changes = identity_differences(stored["source"], identity)
-        before = stored["source"].get("files_sha256")
-        if mode == "complete" and not changes and before not in (None, identity["files_sha256"]):
+        if mode == "complete" and not changes and _rewritten(stored["source"], identity):
             raise ValueError(
                 f"{what} is complete, but the source's files were rewritten since it was "
-                "computed (their sizes or modification times differ): it may not be this "
+                "computed (their sizes, modification times or versions differ): it may not be this "
                 "source's result; nothing to resume: fuse into another dst, or recompute it "
                 "with overwrite=True and resume=False"
             )
@@ -208,6 +208,14 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
             f"{', '.join(differs)} ({shown}); resume with "
             "the same parameters, or start over with overwrite=True and resume=False"
         )
+
+
+def _rewritten(stored: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether the source's files differ from those a complete output was computed from (an
+    object's version only where both runs listed versions: older records lack them)."""
+    return any(stored.get(key) not in (None, identity.get(key))
+               and (key == "files_sha256" or identity.get(key) is not None)
+               for key in ("files_sha256", "files_versions_sha256"))  # fmt: skip
 
 
 def check_complete_source(what: str, params: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -341,7 +349,7 @@ def check_source_after_run(src, fusion: Fusion, state: OutputState, plan: Plan, 
     if changed:
         log.info("%s: files changed while the run read them (%s); every finished block read "
                  "what they hold now", where, _few(changed))  # fmt: skip
-    return {**identity, "files_sha256": files_digest(now)}
+    return {**identity, **_digests(source, now)}
 
 
 def _gone(source: Source) -> bool:
@@ -493,8 +501,16 @@ def source_identity(source: Source, files: dict[str, Any] | None = None) -> dict
     """What a run records of its source: :meth:`Source.identity`, a digest of its data if
     in memory, and of its files' list (``files``: listed now, where not given)."""
     files = source_files(source.data_files()) if files is None else files
-    return {**source.identity(), "content": _content_token(source),
-            "files_sha256": files_digest(files)}  # fmt: skip
+    return {**source.identity(), "content": _content_token(source), **_digests(source, files)}
+
+
+def _digests(source: Source, files: dict[str, Any]) -> dict[str, str | None]:
+    """The digests of a source's files kept with its output; the objects' versions on an
+    object store alone (a local file's inode is no version: a copy of the source changes it)."""
+    digests: dict[str, str | None] = {"files_sha256": files_digest(files)}
+    if source.data_root is not None and not source.data_root.is_local:
+        digests["files_versions_sha256"] = versions_digest(files)
+    return digests
 
 
 def _content_token(source: Source) -> str | None:

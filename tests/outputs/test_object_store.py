@@ -428,3 +428,37 @@ def test_a_gcs_object_s_version_is_its_generation_not_its_etag():
     relabelled = _object_version({**listed, "etag": "CAE="})
     assert relabelled == _object_version({**listed, "etag": "CAI="}) != 0
     assert relabelled != _object_version({**listed, "generation": "1733480000000002"})
+
+
+def test_a_complete_output_s_source_rewritten_within_the_second_is_not_resumed(
+    s3, bucket, tmp_path, monkeypatch
+):
+    """A complete output keeps a digest of its source's listing (names, sizes, times), not
+    the objects' versions the unfinished one keeps: a chunk of an S3 source rewritten at its
+    size within the second of the run's listing left it as it was, and ``resume=True`` said
+    "already complete" of a result the source no longer gives. The versions' digest is kept
+    too; a record without one (written before) is still resumed."""
+    from fstack_dask._sources import source as _source
+
+    real = _source.Source.data_files
+
+    def one_second(self, *args, **kwargs):  # S3 dates objects to the second: all in one here
+        for name, size, _stamp, *rest in real(self, *args, **kwargs):
+            yield (name, size, 0, *rest)
+
+    monkeypatch.setattr(_source.Source, "data_files", one_second)
+    fs, b = bucket
+    src, dst = f"s3://{b}/src.zarr", tmp_path / "out.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 48, 40), storage_options=s3)
+    kw = {"chunks": 48, "storage_options": s3, "progress": False, "nhsize": 5}
+    fuse_zarr(src, dst, **kw)
+    fuse_zarr(src, dst, resume=True, **kw)  # unchanged: complete, nothing to do
+    chunk = next(p for p in fs.find(f"{b}/src.zarr") if "/c/" in p)
+    fs.pipe_file(chunk, bytes(reversed(fs.cat_file(chunk))))  # other bytes, the same size
+    with pytest.raises(ValueError, match=r"complete, but the source's files were rewritten"):
+        fuse_zarr(src, dst, resume=True, **kw)
+    meta = dst / "zarr.json"  # as an older version recorded it: no versions
+    doc = json.loads(meta.read_text())
+    assert doc["attributes"]["fstack_dask"]["source_identity"].pop("files_versions_sha256")
+    meta.write_text(json.dumps(doc))
+    fuse_zarr(src, dst, resume=True, **kw)
