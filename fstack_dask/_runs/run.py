@@ -51,8 +51,9 @@ def run_fusion(
     fusion = plan_fusion(src, **plan, output=output)
     with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
         lay = fusion.layout
-        warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
-                kernel=fusion.kernel)  # fmt: skip
+        if not _fused_elsewhere(scheduler):
+            warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
+                    kernel=fusion.kernel)  # fmt: skip
         prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
                         resume=resume, chunks=plan["chunks"], levels=plan["levels"],
                         threads=_reading_threads(scheduler))  # fmt: skip
@@ -110,6 +111,17 @@ def _reading_threads(scheduler: Any) -> int:
     if is_synchronous(scheduler):
         return 1
     return local_workers(dask.config.get("num_workers", None))
+
+
+def _fused_elsewhere(scheduler: Any) -> bool:
+    """Whether only our worker processes fuse (``scheduler="processes"``, given or in dask's
+    config): the kernel loaded here as well was never run (0.3 s of CPU a run: numba's cache,
+    and the SciPy its registries import; 2026-12-06). The workers load it (``warm_workers``)."""
+    import dask
+
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None) or dask.config.get("get", None)
+    return isinstance(scheduler, str) and scheduler.lower() == "processes"
 
 
 def fill_undefined(fusion, blocks, target, sched, *, cache_bytes, progress, stall_timeout,

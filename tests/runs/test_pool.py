@@ -116,6 +116,24 @@ def test_the_end_of_a_store_s_run_collects_nothing_in_the_processes(zyx, tmp_pat
         assert any(counts) == collects, counts  # (a process that read nothing attached nothing)
 
 
+def test_a_processes_run_runs_no_kernel_in_its_own_process(zyx, tmp_path, monkeypatch):
+    """With ``scheduler="processes"`` the workers fuse: the run's own process loaded the
+    compiled kernel all the same, in a warm-up that nothing used (0.3 s of CPU, numba's
+    cache and SciPy: 2026-12-06). The threads scheduler's run still loads it, and the bytes
+    are the same."""
+    from fstack_dask._algorithm import block
+
+    calls, real = [], block._fuse_compiled
+    monkeypatch.setattr(block, "_fuse_compiled", lambda *a, **k: calls.append(1) or real(*a, **k))
+    write_stack(tmp_path / "in.zarr", zyx, axes="zyx", chunks=(PLANES, CHUNK, CHUNK))
+    out = _fuse(tmp_path / "in.zarr", tmp_path / "p.zarr")
+    assert calls == []
+    expected = fuse_zarr(tmp_path / "in.zarr", tmp_path / "t.zarr", chunks=CHUNK, levels=0,
+                         scheduler="threads", progress=False)["0"][...]  # fmt: skip
+    assert calls  # here the blocks (and the warm-up) run in this process
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_processes_whose_inheritance_changed_are_not_taken(zyx, tmp_path, monkeypatch):
     """A variable set in the environment since the processes started: a new pool, and the
     old processes end."""
