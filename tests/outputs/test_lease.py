@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -481,3 +482,36 @@ def test_a_lock_nested_too_deeply_to_parse_reads_as_unreadable(tmp_path, monkeyp
     res = cli("fuse", src, dst, "--resume", *FUSE, env=env)
     assert res.returncode == 0, res.stderr
     np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["0"][...], _expected(0))
+
+
+def test_info_judges_a_lock_from_another_node_at_a_glance(tmp_path):
+    """`fstack-dask info` of an unfinished output whose lock a job on another node left (dead,
+    or its clock off) watched the lock for the whole stale age, 60 s, silently, and then
+    called the output plainly resumable. It answers at once now, saying what the heartbeat's
+    age is by this machine's clock."""
+    src = write_src(tmp_path / "src.zarr")
+    chunk = src / "0" / "c" / "0" / "2" / "2"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not zstd" * 8)  # the blocks that read it fail; the others are written
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE, "--scheduler", "synchronous").returncode == 1
+    chunk.write_bytes(good)
+    lock = dst / STATE_DIR / "lock"
+    body = {"host": "node-7", "machine": "node-7-boot", "pid": 4242, "token": "f" * 32}
+    lease = {"FSTACK_DASK_LOCK_STALE_AFTER": "15"}
+    for offset, said in (
+        (-600, r"was last renewed (60\d) s ago"),
+        (1800, r"was dated (1[78]\d\d) s ahead"),
+    ):
+        lock.write_text(json.dumps(body))
+        os.utime(lock, (time.time() + offset,) * 2)
+        start = time.monotonic()
+        res = cli("info", dst, env=lease)
+        assert time.monotonic() - start < 10, "info watched the lock"
+        assert res.returncode == 0, res.stderr
+        (state,) = [line for line in res.stdout.splitlines() if line.startswith("state:")]
+        assert re.search(f"its lock, from pid 4242 on node-7, {said} by this machine's", state)
+        assert "takes the lock over once it sees no heartbeat for 15 s" in state
+    os.utime(lock)  # renewed just now: its run is live
+    (state,) = [x for x in cli("info", dst).stdout.splitlines() if x.startswith("state:")]
+    assert "being written now by pid 4242 on node-7" in state
