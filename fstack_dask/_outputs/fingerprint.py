@@ -5,7 +5,8 @@ block read (in its done-marker), and the differences of two identities of a sour
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ __all__ = [
     "identity_differences",
     "input_digest",
     "input_unchanged",
+    "settled_files",
     "source_files",
     "versions_digest",
 ]
@@ -31,6 +33,37 @@ def source_files(entries: Iterable[tuple]) -> dict[str, np.ndarray]:
     for k, key in enumerate(_STAT_FIELDS, start=1):
         out[key] = np.array([r[k] for r in rows], dtype=np.int64)
     return out
+
+
+#: The coarsest timestamp granularity a data file's times may have (FAT's 2 s; Lustre, HFS+
+#: and ext3 stamp whole seconds), assumed where every time listed is a whole second; and a
+#: kernel tick's (1-10 ms; exFAT's 10 ms) where not.
+COARSE_NS, FINE_NS = 2_000_000_000, 20_000_000
+
+
+def settled_files(listing: Callable[[], Iterable[tuple]]) -> dict[str, np.ndarray]:
+    """:func:`source_files` of ``listing()``, listed again, once, where a file changed within
+    its filesystem's timestamp granularity of the listing: a rewrite of such a file after the
+    listing (same size, in place) could get the very times listed, and neither the end-of-run
+    check nor a resume would see it (git's "racily clean" files). After the wait any rewrite
+    gets later times. The wait is at most one granule (2 s where the times are whole seconds,
+    else 20 ms), measured on this machine's clock: a file server's clock behind it by more
+    than a granule is not covered."""
+    before = time.time_ns()  # before any file is listed: each was listed after it
+    files = source_files(listing())
+    # a change time where the file has one (no user call sets it); a remote object's
+    # modification time where no version tells its rewrites (the inode column)
+    stamps = np.where(files["ctimes"] != 0, files["ctimes"],
+                      np.where(files["inodes"] == 0, files["stamps"], 0))  # fmt: skip
+    stamps = stamps[stamps != 0]
+    if stamps.size == 0:
+        return files
+    granule = COARSE_NS if bool(np.all(stamps % 1_000_000_000 == 0)) else FINE_NS
+    wait = min(int(stamps.max()) + granule - before, granule)  # dated ahead: one granule
+    if wait <= 0:
+        return files
+    time.sleep(wait / 1e9)
+    return source_files(listing())
 
 
 def files_digest(files: Mapping[str, np.ndarray]) -> str:

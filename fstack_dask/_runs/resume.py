@@ -33,6 +33,7 @@ from .._outputs.fingerprint import (
     files_digest,
     identity_differences,
     input_unchanged,
+    settled_files,
     source_files,
     versions_digest,
 )
@@ -102,7 +103,7 @@ def examine(
     destination = Destination(dst_loc, protect=source.protected(), entries=fusion.spec.entries)
     mode = destination.check(overwrite=overwrite, resume=resume)
     links: list[str] = []  # folders a local store's links lead to: the source is there too
-    files = source_files(source.data_files(links))
+    files = settled_files(lambda: source.data_files(links))
     destination.protect_also(resolve(p, name="src") for p in sorted(set(links)))
     listed = set(files["names"].tolist())  # data_files skips what it cannot find
     absent = [f for f in source.files if f not in listed]  # an HDF5 VDS's, say

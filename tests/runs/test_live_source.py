@@ -253,3 +253,62 @@ def test_a_cluster_run_s_source_checks_read_on_the_threads_this_process_is_given
         out = fuse_zarr(src, dst, chunks=CHUNK, scheduler=client, progress=False)
     assert out.attrs["fstack_dask"]["complete"] is True
     assert asked == {"examine": 1, "check_source_after_run": 1}
+
+
+FAT_NS = 2_000_000_000  # FAT's timestamp granularity
+
+
+class _FatClock:
+    """The clock a simulated FAT filesystem stamps by, and the one the package waits on
+    (``fingerprint.time``): it stands still unless the package sleeps on it."""
+
+    def __init__(self):
+        self.ns = 1_800_000_000_500_000_000  # half a second into a 2-s granule
+
+    def time_ns(self) -> int:
+        return self.ns
+
+    def sleep(self, seconds: float) -> None:
+        self.ns += int(seconds * 1e9) + 1
+
+
+def test_a_chunk_rewritten_within_the_filesystems_timestamp_granule_is_noticed(
+    tmp_path, monkeypatch
+):
+    """On a filesystem with coarse times (FAT: 2 s, its ctime the mtime; Lustre, HFS+: whole
+    seconds) a chunk rewritten in place, same size, within the granule in which the run listed
+    it keeps the size, times and inode listed: the run marked complete an output fused from
+    both versions. A file changed within a granule of the listing is now listed again once
+    the granule is past (git's "racily clean" files), so the rewrite gets other times."""
+    from fstack_dask._errors import SourceChangedError
+    from fstack_dask._outputs import fingerprint
+    from fstack_dask._sources.source import Source
+
+    clock, stamped = _FatClock(), {}
+    real_files = Source.data_files
+
+    def fat_files(self, *args, **kwargs):  # each file's times: the clock's at its last change
+        for name, size, _mtime, ctime, ino in real_files(self, *args, **kwargs):
+            if stamped.get(name, (None,))[0] != ctime:
+                stamped[name] = (ctime, clock.ns // FAT_NS * FAT_NS)
+            yield name, size, stamped[name][1], stamped[name][1], ino
+
+    monkeypatch.setattr(Source, "data_files", fat_files)
+    monkeypatch.setattr(fingerprint, "time", clock, raising=False)
+    stack = small_stack()
+    src = tmp_path / "src.zarr"
+    chunks = (stack.shape[0], CHUNK, CHUNK)
+    arr = zarr.create_array(src, shape=stack.shape, chunks=chunks, dtype=stack.dtype,
+                            compressors=None, dimension_names=("z", "y", "x"))  # fmt: skip
+    arr[...] = stack
+    chunk = src / "c" / "0" / "0" / "0"
+    planes = np.frombuffer(chunk.read_bytes(), np.uint8).reshape(stack.shape[0], -1)
+
+    def rewrite():  # in place, same size: the planes reversed
+        with open(chunk, "r+b") as fh:
+            fh.write(planes[::-1].tobytes())
+
+    _while_running(monkeypatch, rewrite)
+    with pytest.raises(SourceChangedError, match=r"c/0/0/0 changed after \d finished block"):
+        _fuse(src, tmp_path / "out.zarr", axes="zyx")
+    assert clock.ns - 1_800_000_000_500_000_000 <= FAT_NS  # one granule at most
