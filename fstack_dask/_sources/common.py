@@ -5,8 +5,12 @@ Kept apart from the readers so that each reader module holds one input kind only
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import math
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from .._ngff import OME_LENGTHS, OME_TIMES
@@ -14,11 +18,38 @@ from .._ngff import OME_LENGTHS, OME_TIMES
 __all__ = [
     "MissingExtraError",
     "UnreadableFileError",
+    "file_stamp",
     "import_optional",
     "ngff_unit",
     "region_key",
     "region_unit",
+    "without_stamps",
 ]
+
+_NO_STAMPS = contextvars.ContextVar("fstack_dask_no_stamps", default=False)
+
+
+def file_stamp(path: str) -> tuple[int, ...]:
+    """(size, mtime in ns) of the file at ``path``, for a reader's dask token (a file changed
+    gets another key); nothing within :func:`without_stamps`."""
+    if _NO_STAMPS.get():
+        return ()
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def without_stamps() -> Iterator[None]:
+    """Tokens of what a reader reads, not of when its files were last written: a resume's
+    record of a file source, whose files are compared one by one (size, times, inode) and whose
+    finished blocks are read again where one differs, so that a file only touched (or copied
+    back unchanged) is accepted there, as for a store's chunk files."""
+    token = _NO_STAMPS.set(True)
+    try:
+        yield
+    finally:
+        _NO_STAMPS.reset(token)
+
 
 #: px along y and x of a read unit of a source read by any region at no decoding cost
 #: (memory-mapped or contiguous data), as the vendor readers' regions

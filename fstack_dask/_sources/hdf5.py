@@ -19,7 +19,7 @@ import numpy as np
 
 from .._params import parse_axes
 from .arrays import DIM_NAMES
-from .common import import_optional, positive_finite, region_unit
+from .common import file_stamp, import_optional, positive_finite, region_unit
 from .stack_meta import OpenedStack
 
 __all__ = ["open_hdf5", "split_hdf5_path"]
@@ -304,8 +304,7 @@ class _H5Array:
         self.__dict__.update(state, _lock=threading.Lock(), _ds=None, _h5=None)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        st = os.stat(self.file)
-        return (type(self).__name__, self.file, self.name, st.st_size, st.st_mtime_ns)
+        return (type(self).__name__, self.file, self.name, *file_stamp(self.file))
 
 
 def _load_plugins() -> None:

@@ -33,7 +33,7 @@ from .plane_names import (
     order_warning,
 )
 from .stack_meta import OpenedStack
-from .tiff_array import FileChangedError, contiguous, read_contiguous
+from .tiff_array import FileChangedError, contiguous, file_stamp, read_contiguous
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]
 
@@ -437,7 +437,7 @@ class _PlaneFiles:
         self._init_state()
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        stats = [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files]
+        stats = [file_stamp(f) for f in self.files]
         return (type(self).__name__, self.files, tuple(stats))
 
     def __repr__(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import int_axes, region_key
+from .common import file_stamp, int_axes, region_key
 
 __all__ = ["FileChangedError", "TiffArray", "contiguous", "read_contiguous", "whole_pages"]
 
@@ -224,9 +224,8 @@ class TiffArray:
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         # what the file is, not how it is read: a run's record of its source (its token)
         # stays that of runs begun when the class was _TiffArray and read by pages
-        st = os.stat(self.path)
         return ("_TiffArray", self.path, self.series, self.level, self.drop, self.whole_pages,
-                st.st_size, st.st_mtime_ns) + (("generic",) if self.generic else ())  # fmt: skip
+                *file_stamp(self.path)) + (("generic",) if self.generic else ())  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<TIFF {self.path!r} series {self.series} level {self.level} {self.shape}>"

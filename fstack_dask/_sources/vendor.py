@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import int_axes, region_key
+from .common import file_stamp, int_axes, region_key
 
 __all__ = ["RegionArray", "Scene", "choose_scene", "split_scene"]
 
@@ -147,8 +147,7 @@ class RegionArray(abc.ABC):
         self._lock = threading.Lock()
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        st = os.stat(self.path)
-        return (type(self).__name__, self.path, repr(self.recipe()), st.st_size, st.st_mtime_ns)
+        return (type(self).__name__, self.path, repr(self.recipe()), *file_stamp(self.path))
 
     def recipe(self) -> tuple[Any, ...]:
         """What selects this image in its file (for tokens and messages)."""

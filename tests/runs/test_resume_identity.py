@@ -636,3 +636,45 @@ def test_a_resume_after_a_chmod_of_every_chunk_reads_each_chunk_once_on_threads(
     assert 0 < sum(decoded) <= stored, sum(decoded) / stored
     assert all(n.startswith("fstack-recheck") for n in names), names
     np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
+
+
+def test_a_file_source_only_touched_resumes_and_one_rewritten_does_not(tmp_path, monkeypatch):
+    """A TIFF (as an HDF5, vendor or plane file) only touched between a run and its resume
+    (`touch`, a copy without -p, a file server's clock): the resume was refused, "its content
+    changed", since the reader's token held the file's mtime. Its file is compared as a
+    store's chunk files are: the finished blocks are read again and, the same, kept; a file
+    rewritten with other data of its size is still refused."""
+    tifffile = pytest.importorskip("tifffile")
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, small_stack(0))
+    for name in ("touched.zarr", "rewritten.zarr"):
+        _unfinished(src, tmp_path / name, monkeypatch, axes="zyx")
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
+    out = fuse_zarr(src, tmp_path / "touched.zarr", chunks=CHUNK, axes="zyx", progress=False,
+                    resume=True)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack(0).transpose(1, 2, 0)))
+    tifffile.imwrite(src, small_stack(4))  # the same size, other samples
+    assert os.stat(src).st_size == st.st_size
+    with pytest.raises(ValueError, match="stack.tif' changed since the run began"):
+        fuse_zarr(src, tmp_path / "rewritten.zarr", chunks=CHUNK, axes="zyx", progress=False,
+                  resume=True)  # fmt: skip
+
+
+def test_a_file_source_begun_by_an_older_version_still_resumes(tmp_path, monkeypatch):
+    """A run record written before 2026-12-06 holds the TIFF reader's token with the file's
+    mtime as its content: the resume of such a run, its file untouched, still goes on."""
+    import json
+
+    tifffile = pytest.importorskip("tifffile")
+    src, dst = tmp_path / "stack.tif", tmp_path / "out.zarr"
+    tifffile.imwrite(src, small_stack(0))
+    _unfinished(src, dst, monkeypatch, axes="zyx")
+    record = dst / ".fstack_dask" / "run.json"
+    body = json.loads(record.read_text())
+    source = body["source"]
+    assert source["content"] != source["content_with_times"]
+    source["content"] = source.pop("content_with_times")  # as older versions wrote it
+    record.write_text(json.dumps(body))
+    out = fuse_zarr(src, dst, chunks=CHUNK, axes="zyx", progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack(0).transpose(1, 2, 0)))
