@@ -64,7 +64,7 @@ def _seconds_from_env(name: str, default: float) -> float:
         value = float(os.environ.get(name, default))
     except ValueError:
         return default
-    return value if value > 0 else default
+    return min(value, threading.TIMEOUT_MAX) if value > 0 else default  # "inf": never
 
 
 #: Seconds without a heartbeat before a lock written on another host is stale

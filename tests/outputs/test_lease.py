@@ -515,3 +515,13 @@ def test_info_judges_a_lock_from_another_node_at_a_glance(tmp_path):
     os.utime(lock)  # renewed just now: its run is live
     (state,) = [x for x in cli("info", dst).stdout.splitlines() if x.startswith("state:")]
     assert "being written now by pid 4242 on node-7" in state
+
+
+def test_a_lease_that_never_runs_out_keeps_its_heartbeat_quiet(tmp_path):
+    """FSTACK_DASK_LOCK_STALE_AFTER=inf (a lock from another host is never judged stale)
+    printed the heartbeat thread's traceback (an OverflowError of its wait) in every run."""
+    src = write_src(tmp_path / "src.zarr")
+    res = cli("fuse", src, tmp_path / "out.zarr", *FUSE,
+              env={"FSTACK_DASK_LOCK_STALE_AFTER": "inf"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "Exception in thread" not in res.stderr, res.stderr
