@@ -31,7 +31,10 @@ def source_files(entries: Iterable[tuple]) -> dict[str, np.ndarray]:
     rows = list(entries)
     out = {"names": np.array([r[0] for r in rows], dtype=str)}
     for k, key in enumerate(_STAT_FIELDS, start=1):
-        out[key] = np.array([r[k] for r in rows], dtype=np.int64)
+        # wrapped into 64 bits, as C would: a time past 2262 in ns (a clock's or an NTFS
+        # volume's mistake) or an inode of 2**63 or more stopped every run with a bare
+        # "OverflowError: Python int too large to convert to C long" (an adversarial run)
+        out[key] = np.array([(r[k] + 2**63) % 2**64 - 2**63 for r in rows], dtype=np.int64)
     return out
 
 

@@ -678,3 +678,20 @@ def test_a_file_source_begun_by_an_older_version_still_resumes(tmp_path, monkeyp
     record.write_text(json.dumps(body))
     out = fuse_zarr(src, dst, chunks=CHUNK, axes="zyx", progress=False, resume=True)
     np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack(0).transpose(1, 2, 0)))
+
+
+def test_a_chunk_dated_past_2262_is_fused_and_resumed(tmp_path, monkeypatch):
+    """A chunk whose mtime in ns overflows 64 bits (`touch -d 2300-01-01`, a clock's or an
+    NTFS volume's mistake) stopped every run with a bare "OverflowError: Python int too large
+    to convert to C long". Its times are wrapped into 64 bits, as C would, and compared so."""
+    src, dst = _raw_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    chunk = src / "c" / "0" / "0" / "0"
+    far = 10_413_792_000 * 10**9  # 2300-01-01 in ns: more than 2**63
+    os.utime(chunk, ns=(far, far))
+    if os.stat(chunk).st_mtime_ns != far:
+        pytest.skip("this filesystem cannot store a time past 2262")
+    _unfinished(src, dst, monkeypatch)
+    out = fuse_zarr(src, dst, chunks=CHUNK, progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack(0).transpose(1, 2, 0)))
+    proc = cli("fuse", src, dst, "--resume", *FUSE)  # complete: its files' digest the same
+    assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
