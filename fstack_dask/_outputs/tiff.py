@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -154,6 +155,9 @@ def write_tiff(
             tags = []
             if k == 0:
                 meta["CommentAnnotation"] = {"Namespace": NAMESPACE, "Value": record}
+                # not tifffile's uuid1 (this moment and this host's MAC): two runs of one job
+                # write the same bytes, as into OME-Zarr (the only bytes that differed)
+                meta["UUID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{NAMESPACE}:{record}"))
                 if provenance.get("output_id"):
                     tags = [(ID_TAG, "s", 0, provenance["output_id"], True)]
             _write_image(tif, node, meta, rgb=rgb and not name, maxworkers=maxworkers, tags=tags)

@@ -133,6 +133,18 @@ def test_same_bytes_of_pixels_whatever_the_chunking_and_scheduler(tmp_path, chun
         np.testing.assert_array_equal(a, b)
 
 
+def test_two_runs_of_one_job_write_the_same_tiff_bytes(tmp_path):
+    """The OME-XML's UUID was tifffile's uuid1, the clock's time and the host's MAC: the only
+    bytes in which two runs of the same job differed (an OME-Zarr output's are the same)."""
+    src, dst = tmp_path / "stack.ome.zarr", tmp_path / "out.tif"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    first = dst.read_bytes()
+    dst.unlink()
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    assert dst.read_bytes() == first
+
+
 def test_a_tiff_fstack_dask_did_not_write_is_never_replaced(tmp_path):
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(64, 80), planes=5, channels=1)
