@@ -105,6 +105,10 @@ class Progress:
             dynamic_ncols=True,
             smoothing=0.1,
         )
+        # tqdm times by the wall clock: stepped back (NTP, a VM's clock) the bar stood still
+        # for as long, its elapsed time negative
+        self._bar._time = time.monotonic
+        self._bar.start_t = self._bar.last_print_t = time.monotonic()
 
     def advance(self, n: int) -> None:
         """Count ``n`` more finished blocks."""

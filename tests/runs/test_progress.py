@@ -154,3 +154,24 @@ def test_no_estimate_before_the_first_block(monkeypatch, last_line_only):
     (line,) = last_line_only()
     assert line.startswith("fusing: 0/384 blocks (0%), ") and "left" not in line
     assert "nan" not in line
+
+
+def test_the_bar_goes_on_when_the_wall_clock_steps_back(monkeypatch, capsys):
+    """tqdm times its bar by the wall clock: stepped back an hour (NTP) the bar stood still
+    for that hour, drawn again only at the end. It is timed by the monotonic clock now."""
+    import time
+
+    import tqdm.std
+
+    wall = [time.time()]
+    monkeypatch.setattr(tqdm.std, "time", lambda: wall[0])
+    bar = _progress.Progress(10)
+    bar.enabled = bar._tty = True  # a terminal's bar
+    bar._make_bar()
+    wall[0] -= 3600.0
+    for _ in range(3):
+        time.sleep(0.15)  # more than tqdm's least interval between two drawings
+        bar.advance(1)
+    err = capsys.readouterr().err
+    bar.close()
+    assert "1/10" in err and "2/10" in err, err
