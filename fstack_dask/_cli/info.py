@@ -193,7 +193,7 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
     holder = _holder(lock) if lock is not None else "gone"
     total = _level0_blocks(params)
     done = f"{state.n_done()} of {total if total else '?'} blocks of level 0 done"
-    owner = f"pid {(lock or {}).get('pid', '?')} on {(lock or {}).get('host', '?')}"
+    owner = f"pid {(lock or {}).get('pid') or '?'} on {(lock or {}).get('host') or '?'}"
     if holder == "live":
         return f"being written now by {owner}: {done}"
     if holder != "gone":

@@ -498,7 +498,7 @@ def test_info_judges_a_lock_from_another_node_at_a_glance(tmp_path):
     chunk.write_bytes(good)
     lock = dst / STATE_DIR / "lock"
     body = {"host": "node-7", "machine": "node-7-boot", "pid": 4242, "token": "f" * 32}
-    lease = {"FSTACK_DASK_LOCK_STALE_AFTER": "15"}
+    lease = {"FSTACK_DASK_LOCK_STALE_AFTER": "120"}  # what a watch would take at least
     for offset, said in (
         (-600, r"was last renewed (60\d) s ago"),
         (1800, r"was dated (1[78]\d\d) s ahead"),
@@ -507,14 +507,18 @@ def test_info_judges_a_lock_from_another_node_at_a_glance(tmp_path):
         os.utime(lock, (time.time() + offset,) * 2)
         start = time.monotonic()
         res = cli("info", dst, env=lease)
-        assert time.monotonic() - start < 10, "info watched the lock"
         assert res.returncode == 0, res.stderr
         (state,) = [line for line in res.stdout.splitlines() if line.startswith("state:")]
         assert re.search(f"its lock, from pid 4242 on node-7, {said} by this machine's", state)
-        assert "takes the lock over once it sees no heartbeat for 15 s" in state
+        assert "takes the lock over once it sees no heartbeat for 120 s" in state
+        assert time.monotonic() - start < 60, "info watched the lock"
     os.utime(lock)  # renewed just now: its run is live
     (state,) = [x for x in cli("info", dst).stdout.splitlines() if x.startswith("state:")]
     assert "being written now by pid 4242 on node-7" in state
+    lock.write_text('{"host": "node-7", "pi')  # torn: whose it is cannot be read
+    os.utime(lock, (time.time() - 600,) * 2)
+    (state,) = [x for x in cli("info", dst).stdout.splitlines() if x.startswith("state:")]
+    assert "its lock, from pid ? on ?, was last renewed" in state, state
 
 
 def test_a_lease_that_never_runs_out_keeps_its_heartbeat_quiet(tmp_path):
