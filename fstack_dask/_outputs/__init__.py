@@ -1,8 +1,8 @@
 """Outputs: the OME-Zarr image a run writes, and everything that keeps users' data safe.
 
 What lives here: the output's description and durable block writes (``write``), the
-pyramid's levels and their 2 x 2 means (``pyramid``), a float image's display windows from
-its data (``display``), the pyramidal OME-TIFF converted from a
+pyramid's levels and their 2 x 2 means (``pyramid``), the display windows from the image's
+data (``display``), the pyramidal OME-TIFF converted from a
 finished OME-Zarr store and moved into place (``tiff``), ``write_stack``, PNG previews
 (``png``), what a run may do with ``dst`` and how it claims and swaps (``destination``),
 which files of an output are ours and the order a removal takes them in (``removal``), what

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._algorithm.block import warm_up
 from .._outputs import lifecycle
-from .._outputs.display import fit_float_windows
+from .._outputs.display import fit_display_windows
 from .._params import is_synchronous, local_workers
 from . import schedulers
 from .device import require_device
@@ -87,7 +87,7 @@ def run_fusion(
                 pyramid_levels(fusion, target, sched, done=done, progress=progress,
                                stall_timeout=stall_timeout)  # fmt: skip
                 given = [k for k, ch in enumerate(fusion.source.channels or ()) if "window" in ch]
-                fit_float_windows(target.output, given=given)
+                fit_display_windows(target.output, given=given)
                 lifecycle.record_source(target, identity)
                 if finishing is not None:
                     finishing(target)

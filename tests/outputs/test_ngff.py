@@ -230,6 +230,36 @@ def test_a_float_images_display_windows_come_from_its_data(tmp_path, levels):
         assert (low, high) == (float(full.min()), float(full.max()))
 
 
+def test_an_integer_images_contrast_follows_its_values_not_its_dtype(tmp_path):
+    """A multichannel uint16 output of a 12-bit camera (values up to ~3000) had the window
+    0..65535, which napari-ome-zarr shows as the contrast: nearly black, where the source had
+    been shown by its values (a readers' run). Its start/end now span the coarsest level's
+    values and min/max stay the dtype's range; a constant channel keeps the dtype's range (a
+    window of no width shows nothing), and an RGB image keeps 0..255 (its colours as they
+    are)."""
+    twelve_bit = np.round(_grey(1).astype(np.float64) / 65535 * 3000).astype(np.uint16)
+    data = np.stack([twelve_bit, np.full_like(twelve_bit, 700)])
+    src = _write(tmp_path, "camera", data, "czyx")
+    dst = tmp_path / "fused.ome.zarr"
+    out = fuse_zarr(src, dst, chunks=64, progress=False)
+    coarsest = out[out.attrs["ome"]["multiscales"][0]["datasets"][-1]["path"]][0]
+    low, high = float(coarsest.min()), float(coarsest.max())
+    assert 0 < low < high <= 3000
+    windows = [c["window"] for c in out.attrs["ome"]["omero"]["channels"]]
+    assert windows == [
+        {"min": 0.0, "max": 65535.0, "start": low, "end": high},
+        {"min": 0.0, "max": 65535.0, "start": 0.0, "end": 65535.0},  # constant: as it was
+    ]
+    from ome_zarr.io import parse_url
+
+    (node,) = list(ome_zarr_reader.Reader(parse_url(str(dst)))())
+    assert node.metadata["contrast_limits"][0] == [low, high]
+    rgb_src = _write(tmp_path, "colour", CASES["czyx-rgb"][0](), "czyx")
+    rgb = fuse_zarr(rgb_src, tmp_path / "rgb.ome.zarr", channels="rgb", progress=False)
+    assert all(c["window"] == {"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0}
+               for c in rgb.attrs["ome"]["omero"]["channels"])  # fmt: skip
+
+
 # A CLI run that SIGKILLs itself once its argv[1]-th block is marked done (the CLI's arguments
 # follow): a run killed midway, at a chosen block.
 KILLED_AT_BLOCK = """

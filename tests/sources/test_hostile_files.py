@@ -170,7 +170,9 @@ def test_channel_metadata_a_viewer_would_refuse_is_not_copied_to_the_output(tmp_
     meta = json.loads((tmp_path / "o.ome.zarr" / "zarr.json").read_text())
     a, b = meta["attributes"]["ome"]["omero"]["channels"]
     assert a["label"] == "a" and a["color"] == "FFFFFF"  # the defaults of a channel without
-    assert a["window"] == {"min": 0.0, "max": 65535.0, "start": 0.0, "end": 65535.0}
+    # a window: the dtype's range, the contrast the fused image's own values (of 0..1000)
+    assert {k: a["window"][k] for k in ("min", "max")} == {"min": 0.0, "max": 65535.0}
+    assert 0 <= a["window"]["start"] < a["window"]["end"] < 1000
     assert b["color"] == "00FF00" and b["window"]["end"] == 900
 
 
