@@ -141,6 +141,8 @@ def write_tiff(
     record = json.dumps(provenance, separators=(",", ":"), allow_nan=False)
     rgb = provenance.get("channels") == "rgb"
     images = [("", "fused")] + [(m, m) for m in ("depth", "selectivity") if m in group]
+    # a map's channels are the fused image's: named alike (Bio-Formats showed them unnamed)
+    fused_channels = (ngff_metadata(group.attrs.asdict()).get("omero") or {}).get("channels")
     # A file left at ``path`` is unlinked, not rewritten in place: after an overwrite killed
     # right after its exchange it is the previous TIFF, whose inode a user's hard-linked
     # backup may share (a third adversarial run, 2026-12-05).
@@ -151,7 +153,8 @@ def write_tiff(
             if check is not None:
                 check()
             node = group[name] if name else group
-            meta = _ome_metadata(node, label, rgb=rgb and not name)
+            meta = _ome_metadata(node, label, rgb=rgb and not name,
+                                 channels=fused_channels if name else None)  # fmt: skip
             tags = []
             if k == 0:
                 meta["CommentAnnotation"] = {"Namespace": NAMESPACE, "Value": record}
@@ -170,9 +173,13 @@ def write_tiff(
         os.close(fd)
 
 
-def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
-    """tifffile's OME metadata of one multiscale image: axes, pixel sizes, channels."""
-    ome = ngff_metadata(node.attrs.asdict())
+def _ome_metadata(
+    node: Any, label: str, *, rgb: bool, channels: list | None = None
+) -> dict[str, Any]:
+    """tifffile's OME metadata of one multiscale image: axes, pixel sizes, channels (a map's:
+    the names of the fused image's ``channels``), and what a map's values are."""
+    attrs = node.attrs.asdict()
+    ome = ngff_metadata(attrs)
     multiscale = ome["multiscales"][0]
     axes = [a["name"] for a in multiscale["axes"]]
     scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -191,16 +198,24 @@ def _ome_metadata(node: Any, label: str, *, rgb: bool) -> dict[str, Any]:
             meta["TimeIncrement"] = float(size)
             meta["TimeIncrementUnit"] = OME_TIMES[units[a]]
     meta.update(_positions(node, axes, units, rgb=rgb))
-    channels = (ome.get("omero") or {}).get("channels") or []
+    about = attrs.get("fstack_dask") or {}
+    if about.get("map"):  # what its values are, kept in the map's Zarr attributes
+        unit = about.get("unit")
+        values = str(about.get("values"))
+        meta["Description"] = values + (f", in {unit}" if unit and unit not in values else "")
+    named = channels is not None  # a map's: names only, its values are not the fused image's
+    if channels is None:
+        channels = (ome.get("omero") or {}).get("channels") or []
+    elif "c" not in axes or len(channels) != node["0"].shape[axes.index("c")]:
+        channels = []
     if channels and not rgb and "c" in axes:
         # a source's channel name (an OME-Zarr label, a vendor file's name) may hold any
         # character; one XML cannot hold made the whole OME-XML unreadable (an adversarial run
         # on names, 2026-12-06): replaced, as a decoder shows a byte it cannot read
         names = [str(c.get("label", f"c{i}")) for i, c in enumerate(channels)]
-        meta["Channel"] = {
-            "Name": [_NOT_XML.sub("\ufffd", name) for name in names],
-            "Color": [_ome_colour(c.get("color")) for c in channels],
-        }
+        meta["Channel"] = {"Name": [_NOT_XML.sub("\ufffd", name) for name in names]}
+        if not named:
+            meta["Channel"]["Color"] = [_ome_colour(c.get("color")) for c in channels]
     return meta
 
 

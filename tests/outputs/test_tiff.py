@@ -570,3 +570,36 @@ def test_a_channel_name_xml_cannot_hold_leaves_the_ome_xml_readable(tmp_path):
     assert names == ['a<b&c]]>"\ufffd[2J\ufffd\ufffd\u202ez', "b"]
     assert tiff_owner(str(out)) is not None  # ours, so --overwrite replaces it
     fstack_dask.fuse_zarr(src, out, progress=False, overwrite=True)
+
+
+def test_the_maps_channels_are_named_and_their_values_described(tmp_path):
+    """Bio-Formats (Fiji's and QuPath's reader) showed the depth and selectivity maps of a
+    multichannel OME-TIFF with unnamed channels, bioio as "Channel:1:0", and nothing in the
+    OME-XML said what a map's values are or their unit (a readers' run): a map's channels now
+    carry the fused image's names (not its colours) and its Image a Description, as the map's
+    Zarr attributes say."""
+    import xml.etree.ElementTree as ET
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=2)
+    root = zarr.open_group(src, mode="r+")
+    root.attrs["ome"] = {**root.attrs["ome"], "omero": {"channels": [
+        {"label": "DAPI", "color": "0000FF"}, {"label": "GFP", "color": "00FF00"}]}}  # fmt: skip
+    dst = tmp_path / "fused.ome.tif"
+    fstack_dask.fuse_zarr(src, dst, depth_map=True, selectivity_map=True, progress=False)
+    with tifffile.TiffFile(dst) as tif:
+        ome = ET.fromstring(tif.ome_metadata)
+    ns = {"o": "http://www.openmicroscopy.org/Schemas/OME/2016-06"}
+    images = ome.findall("o:Image", ns)
+    assert [i.get("Name") for i in images] == ["fused", "depth", "selectivity"]
+    channels = [i.findall("o:Pixels/o:Channel", ns) for i in images]
+    assert [[c.get("Name") for c in cs] for cs in channels] == [["DAPI", "GFP"]] * 3
+    # blue and green, opaque (OME's signed RGBA); the maps' none (OME's default: white)
+    assert [c.get("Color") for c in channels[0]] == [str(0x0000FFFF), str(0x00FF00FF)]
+    assert all(c.get("Color") is None for cs in channels[1:] for c in cs)
+    described = [getattr(i.find("o:Description", ns), "text", None) for i in images]
+    assert described == [
+        None,
+        "focus position of the plane with the highest focus measure, in micrometer",
+        "selectivity S in dB (Pertuz et al. 2013)",
+    ]
