@@ -243,6 +243,14 @@ def output_spec(
             "selectivity": "selectivity S in dB (Pertuz et al. 2013)",
         }[name]
         unit = depth_unit if name == "depth" else "dB"
+        if channels is not None and "c" in layout.map_axes:
+            # named as the fused image's channels (napari showed "Image", "Image [1]" in
+            # magenta and green, bioio one name for two); windows from the data, once written
+            map_ome["omero"] = omero_entry([
+                {"label": ch["label"], "color": "FFFFFF",
+                 "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}}
+                for ch in channels
+            ])  # fmt: skip
         groups[name] = {
             "ome": _jsonable(map_ome),
             "fstack_dask": {"map": name, "values": about, "unit": unit},

@@ -88,6 +88,9 @@ def run_fusion(
                                stall_timeout=stall_timeout)  # fmt: skip
                 given = [k for k, ch in enumerate(fusion.source.channels or ()) if "window" in ch]
                 fit_display_windows(target.output, given=given)
+                for name in fusion.spec.groups:  # the maps' (their windows: their values)
+                    if name:
+                        fit_display_windows(target.output.child(name))
                 lifecycle.record_source(target, identity)
                 if finishing is not None:
                     finishing(target)

@@ -230,6 +230,43 @@ def test_a_float_images_display_windows_come_from_its_data(tmp_path, levels):
         assert (low, high) == (float(full.min()), float(full.max()))
 
 
+def test_a_multichannel_maps_channels_are_named_and_windowed_by_its_values(tmp_path):
+    """A multichannel output's depth and selectivity maps had no ``omero``: napari-ome-zarr
+    showed a map's channels as "Image", "Image [1]" in magenta and green, and bioio gave one
+    channel name for two (a readers' run). Each map now names its channels as the fused
+    image's, in grey, with windows from its own values; an RGB output's maps have no channel
+    axis and no ``omero``, as before. ome-zarr-py reads the names, and the maps validate."""
+    data = np.stack([_grey(1), _grey(2)])
+    src = _write(tmp_path, "two", data, "czyx")
+    root = zarr.open_group(src, mode="r+")
+    root.attrs["ome"] = {**root.attrs["ome"], "omero": {"channels": [
+        {"label": "DAPI", "color": "0000FF"}, {"label": "GFP", "color": "00FF00"}]}}  # fmt: skip
+    dst = tmp_path / "fused.ome.zarr"
+    out = fuse_zarr(src, dst, chunks=64, depth_map=True, selectivity_map=True, progress=False)
+    from ome_zarr.io import parse_url
+    from ome_zarr_models import open_ome_zarr
+
+    for name in ("depth", "selectivity"):
+        channels = out[name].attrs["ome"]["omero"]["channels"]
+        assert [(c["label"], c["color"]) for c in channels] == [("DAPI", "FFFFFF"),
+                                                                ("GFP", "FFFFFF")]  # fmt: skip
+        values = out[name]["0"][:]
+        for k, channel in enumerate(channels):
+            finite = values[k][np.isfinite(values[k])]
+            window = channel["window"]
+            assert (window["min"], window["max"]) == (float(finite.min()), float(finite.max()))
+            assert window["min"] <= window["start"] < window["end"] <= window["max"]
+        (node,) = list(ome_zarr_reader.Reader(parse_url(str(dst / name)))())
+        assert node.metadata["channel_names"] == ["DAPI", "GFP"]
+        assert type(open_ome_zarr(zarr.open_group(str(dst / name), mode="r"))).__name__ == "Image"
+    depth = out["depth"].attrs["ome"]["omero"]["channels"][0]["window"]
+    assert 10.0 <= depth["min"] and depth["max"] <= 22.0  # in um: z from 10, 7 planes 2 apart
+    rgb_src = _write(tmp_path, "colour", CASES["czyx-rgb"][0](), "czyx")
+    rgb = fuse_zarr(rgb_src, tmp_path / "rgb.ome.zarr", channels="rgb", depth_map=True,
+                    progress=False)  # fmt: skip
+    assert "omero" not in rgb["depth"].attrs["ome"]
+
+
 def test_an_integer_images_contrast_follows_its_values_not_its_dtype(tmp_path):
     """A multichannel uint16 output of a 12-bit camera (values up to ~3000) had the window
     0..65535, which napari-ome-zarr shows as the contrast: nearly black, where the source had
