@@ -270,7 +270,10 @@ def _images(location: Any) -> list[tuple[str, str]]:
             lines.append(("levels", shapes))
             lines.append(("scale", _scale(axes, units, datasets[0])))
         else:
-            unit = node.attrs.get("unit") or ("dB" if name == "selectivity" else None)
+            # kept in the map's fstack_dask attributes (read at the top level, the depth
+            # map's unit was never shown: a readers' run, 2026-12-06)
+            unit = (node.attrs.get("fstack_dask") or {}).get("unit")
+            unit = unit or ("dB" if name == "selectivity" else None)
             lines.append((name, f"{base.dtype}{f', {unit}' if unit else ''}, {len(datasets)} "
                                 "level(s)"))  # fmt: skip
     return lines

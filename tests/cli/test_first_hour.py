@@ -244,6 +244,22 @@ def test_info_describes_our_outputs(lightsheet, tmp_path):
     assert info["provenance"].startswith("fstack_dask ")
 
 
+def test_info_shows_the_depth_maps_unit(tmp_path):
+    """info read a map's unit from the top of its attributes, where it is not (it is under
+    ``fstack_dask``): a depth map in micrometres was shown without its unit."""
+    stack = (np.random.default_rng(0).random((5, 64, 64)) * 1000).astype(np.uint16)
+    write_stack(tmp_path / "s.zarr", stack, axes="zyx", scale={"z": 2.0, "y": 0.5, "x": 0.5},
+                units={a: "micrometer" for a in "zyx"})  # fmt: skip
+    out = fuse_zarr(tmp_path / "s.zarr", tmp_path / "o.ome.zarr", chunks=32, depth_map=True,
+                    selectivity_map=True, progress=False)  # fmt: skip
+    assert out["depth"].attrs["fstack_dask"]["unit"] == "micrometer"
+    res = cli("info", tmp_path / "o.ome.zarr")
+    assert res.returncode == 0, res.stderr
+    info = {k: v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines())}
+    assert info["depth"] == "float32, micrometer, 2 level(s)"
+    assert info["selectivity"] == "float32, dB, 2 level(s)"
+
+
 def test_info_and_resume_of_an_unfinished_run(tmp_path):
     """An interrupted run: info says how far it got and that it can be resumed; a resume
     with other parameters is refused showing both values."""
