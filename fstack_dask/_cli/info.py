@@ -66,6 +66,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if output is not None:
         _print(describe_output(*output))
         return EXIT_OK
+    ours = _our_tiff(args.src)  # refused as a source of several series, naming them
+    if ours is not None:
+        _print(ours)
+        return EXIT_OK
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FstackDaskWarning)
         fusion = plan_from_options(scene_src(args.src, args.scene), kw)
@@ -173,8 +177,12 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
         ),
         ("state", _state(location, kind, params, OutputState, read_lock)),
     ]
-    lines += _images(location)
-    lines += [
+    return lines + _images(location) + _made_of(params)
+
+
+def _made_of(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an output was fused from, with which parameters, by which version."""
+    return [
         ("fused from", f"{shown(params.get('src', '?'))} (axes {params.get('src_axes', '?')}, "
                        f"shape {tuple(params.get('src_shape') or ())}, "
                        f"level {params.get('level', 0)})"),
@@ -182,7 +190,53 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
         ("provenance", f"fstack_dask {params.get('version', '?')}: {params.get('method', '?')}; "
                        f"device {params.get('device', 'cpu')}, engine {params.get('engine', '?')}"),
     ]  # fmt: skip
-    return lines
+
+
+def _our_tiff(src: str) -> list[tuple[str, str]] | None:
+    """``info``'s lines for a pyramidal OME-TIFF fstack_dask wrote, or None (not one).
+
+    ``info fused.ome.tif`` took our own output for a source of three series and asked which
+    one to fuse (a readers' run, 2026-12-06).
+    """
+    import os
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    from .._outputs.tiff import tiff_owner
+
+    if not os.path.isfile(src) or not src.lower().endswith((".tif", ".tiff")):
+        return None
+    params = tiff_owner(src)
+    if params is None:
+        return None
+    lines = [
+        ("output", shown(src)),
+        ("format", "fstack_dask output, pyramidal OME-TIFF (BigTIFF, 512 x 512 px tiles)"),
+        ("state", "complete"),
+    ]
+    with tifffile.TiffFile(src) as tif:
+        pixels = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels"))
+        for k, series in enumerate(tif.series):
+            levels = ", ".join(f"{i}: {tuple(s.shape)}" for i, s in enumerate(series.levels))
+            if k == 0:
+                lines.append(("image", f"{series.axes.lower()} {tuple(series.shape)} "
+                                       f"{series.dtype}"))  # fmt: skip
+                lines.append(("levels", levels))
+                lines.append(("scale", _tiff_scale(pixels)))
+            else:
+                unit = params.get("depth_unit") if series.name == "depth" else "dB"
+                lines.append((series.name, f"{series.dtype}{f', {unit}' if unit else ''}, "
+                                           f"{len(series.levels)} level(s)"))  # fmt: skip
+    return lines + _made_of(params)
+
+
+def _tiff_scale(pixels: Any) -> str:
+    """The y/x pixel size an OME-XML ``Pixels`` element gives, with its units."""
+    sizes = [
+        (a, pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in "YX"
+    ]
+    return ", ".join(f"{a.lower()}={v} {u}" for a, v, u in sizes if v) or "none"
 
 
 def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read: Any) -> str:

@@ -260,6 +260,28 @@ def test_info_shows_the_depth_maps_unit(tmp_path):
     assert info["selectivity"] == "float32, dB, 2 level(s)"
 
 
+def test_info_describes_our_ome_tiff_output(tmp_path):
+    """``info fused.ome.tif`` took our own TIFF output for a source of three series and asked
+    which one to fuse; it describes it as it does an OME-Zarr output."""
+    stack = (np.random.default_rng(0).random((2, 5, 64, 80)) * 1000).astype(np.uint16)
+    write_stack(tmp_path / "s.zarr", stack, axes="czyx", scale={"z": 2.0, "y": 0.5, "x": 0.5},
+                units={a: "micrometer" for a in "zyx"})  # fmt: skip
+    dst = tmp_path / "fused.ome.tif"
+    fuse_zarr(tmp_path / "s.zarr", dst, depth_map=True, selectivity_map=True, progress=False)
+    res = cli("info", dst)
+    assert res.returncode == 0, res.stderr
+    info = {k: v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines())}
+    assert info["output"] == str(dst)
+    assert info["format"] == "fstack_dask output, pyramidal OME-TIFF (BigTIFF, 512 x 512 px tiles)"
+    assert info["state"] == "complete"
+    assert info["image"] == "cyx (2, 64, 80) uint16"
+    assert info["levels"] == "0: (2, 64, 80)"  # it fits one tile
+    assert info["scale"] == "y=0.5 \u00b5m, x=0.5 \u00b5m"
+    assert info["depth"] == "float32, micrometer, 1 level(s)"
+    assert info["selectivity"] == "float32, dB, 1 level(s)"
+    assert info["fused from"] == f"{tmp_path / 's.zarr'} (axes czyx, shape (2, 5, 64, 80), level 0)"
+
+
 def test_info_and_resume_of_an_unfinished_run(tmp_path):
     """An interrupted run: info says how far it got and that it can be resumed; a resume
     with other parameters is refused showing both values."""
