@@ -464,8 +464,10 @@ def fused_layers(
     # The minimums go in as an array argument, one element per image broadcast over its
     # blocks (as a keyword, dask materialised and optimised the first pass per block: 50 KB
     # and 10-20 ms a block). The fusion reads its own copy of the input, read only once the
-    # minimums are known: reads shared with the first pass were held until then.
-    bound = x if fills is None else bind(x, fills)
+    # minimums are known: reads shared with the first pass were held until then. Seeded by the
+    # minimums' name: bind's own seed is random, and fuse() of the same input twice was two
+    # graphs (computed twice in one dask.compute)
+    bound = x if fills is None else bind(x, fills, seed=fills.name)
     args = [da.overlap.overlap(bound, depth=depth, boundary="none", allow_rechunk=False)]
     if fills is not None:
         args.append(fills.reshape(fills.shape + (1, 1, 1)))

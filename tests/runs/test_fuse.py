@@ -244,3 +244,13 @@ def test_batch_images_are_filled_with_their_own_smallest_selectivity():
         whole = fuse(tzyx[t], axes="zyx", chunks=(48, 40), return_maps=True)
         np.testing.assert_array_equal(out.image[t].compute(), focus_stack(yxz))
         np.testing.assert_array_equal(out.selectivity[t].compute(), whole.selectivity.compute())
+
+
+def test_the_same_fusion_twice_is_the_same_graph():
+    """bind() names its copy of the input by a random seed unless given one: fuse() of the same
+    input twice (5 planes or more) made two graphs, computed twice in one dask.compute, and no
+    name of dask's caches matched across calls."""
+    x = da.from_array(np.random.default_rng(0).random((6, 64, 64)), chunks=(6, 32, 32))
+    first, second = fuse(x, nhsize=3, chunks=32), fuse(x, nhsize=3, chunks=32)
+    assert first.name == second.name
+    assert fuse(x, nhsize=5, chunks=32).name != first.name
