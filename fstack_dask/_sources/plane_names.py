@@ -149,13 +149,22 @@ def _glob_for(files: Sequence[str]) -> str:
     for i, part in enumerate(parts[0]):
         column = [p[i] if len(p) == len(parts[0]) else "" for p in parts]
         if i % 2 == 0 and len(set(column)) > 1:  # one text spelled two ways: either
-            out.append("*")
+            out.append(_either(column))
         elif i % 2 == 0 or len(set(column)) == 1:
             out.append(glob.escape(part))
         else:
             signs = {_sign(c) for c in column}
             out.append(f"{signs.pop()}*" if len(signs) == 1 else "*")
     return os.path.join(os.path.dirname(files[0]), "".join(out))
+
+
+def _either(texts: Sequence[str]) -> str:
+    """A glob matching each of ``texts`` (one text spelled apart: case, accents): what they
+    share at either end around a ``*``. A bare ``*`` (``**.tif`` for 'plane_1.tif' ...
+    'Plane_10.tif') matched the odd file the warning is about as well."""
+    head = os.path.commonprefix(list(texts))
+    tail = os.path.commonprefix([t[len(head) :][::-1] for t in texts])[::-1]
+    return glob.escape(head) + "*" + glob.escape(tail)
 
 
 def is_litter(path: str) -> bool:

@@ -467,6 +467,21 @@ def test_the_glob_suggested_for_decomposed_names_matches_them(tmp_path):
     assert len(glob.glob(pattern)) == 5
 
 
+def test_the_glob_suggested_for_names_spelled_apart_leaves_the_odd_file_out(tmp_path):
+    """Planes whose names vary in case ('plane_1.tif' ... 'Plane_10.tif', one pattern) beside
+    'result.tif': the text spelled two ways became a bare '*' (787b616), and the suggested
+    '**.tif' selected the odd file the warning is about too."""
+    import glob
+
+    names = [f"plane_{k}.tif" for k in range(1, 10)] + ["Plane_10.tif"]
+    for k, name in enumerate(names):
+        tifffile.imwrite(tmp_path / name, np.full((6, 7), k, np.uint8))
+    tifffile.imwrite(tmp_path / "result.tif", np.zeros((6, 7), np.uint8))
+    (warning,) = open_image_files(tmp_path).warnings
+    pattern = re.search(r"such as '(.*)'$", warning).group(1)
+    assert sorted(os.path.basename(p) for p in glob.glob(pattern)) == sorted(names)
+
+
 def test_real_lightsheet_tiff_planes():
     folder = realdata("dfnn_mitochondria_lightsheet")
     opened = open_image_files(folder)  # LICENSE and the text files are ignored
