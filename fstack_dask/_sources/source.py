@@ -245,7 +245,7 @@ class Source:
             name = path[len(root.path.rstrip("/")) + 1 :]
             if name.rsplit("/", 1)[-1] in _METADATA_FILES:
                 continue
-            stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or 0
+            stamp = _stamp(info)
             if hasattr(stamp, "timestamp"):
                 stamp = int(stamp.timestamp() * 1e9)
             elif not isinstance(stamp, (int, float)):
@@ -396,6 +396,16 @@ def not_a_file(mode: int) -> str:
 
 def _as_int(text: Any) -> int:
     return int(hashlib.sha256(str(text).encode()).hexdigest()[:15], 16)
+
+
+def _stamp(info: Mapping[str, Any]) -> Any:
+    """An object's modification time as its store lists it. On GCS (which lists a
+    ``generation``) its creation time, which each rewrite renews: gcsfs's ``mtime`` is the
+    object's ``updated``, which a change of its metadata alone moves too, and every such
+    file was read again as a suspect (what a086063 meant to end with the generation)."""
+    if info.get("generation") and info.get("ctime"):
+        return info["ctime"]
+    return info.get("mtime") or info.get("LastModified") or info.get("ETag") or 0
 
 
 def _object_version(info: Mapping[str, Any]) -> int:

@@ -462,3 +462,33 @@ def test_a_complete_output_s_source_rewritten_within_the_second_is_not_resumed(
     assert doc["attributes"]["fstack_dask"]["source_identity"].pop("files_versions_sha256")
     meta.write_text(json.dumps(doc))
     fuse_zarr(src, dst, resume=True, **kw)
+
+
+def test_a_gcs_object_s_metadata_change_alone_leaves_its_stamp(monkeypatch):
+    """gcsfs lists an object's ``updated`` as its mtime, which a change of its metadata alone
+    (a label, a content type) moves too: such files were read again as suspects, which the
+    generation (above) had meant to end. On GCS the stamp is the creation time, which each
+    rewrite renews."""
+    import datetime
+
+    import fsspec
+
+    from fstack_dask._outputs.fingerprint import changed_files, source_files
+    from fstack_dask._sources.open import open_source
+
+    src = f"memory://fstack-gcs-{uuid.uuid4().hex}/src.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 48, 40))
+    memory = type(fsspec.filesystem("memory"))
+    find = memory.find
+    t0 = datetime.datetime(2026, 12, 6, tzinfo=datetime.UTC)
+    later = {"updated": t0}
+
+    def as_gcs_lists(self, path, *args, **kwargs):
+        found = find(self, path, *args, **kwargs)
+        return {p: {**info, "generation": "1733480000000001", "ctime": t0,
+                    "mtime": later["updated"]} for p, info in found.items()}  # fmt: skip
+
+    monkeypatch.setattr(memory, "find", as_gcs_lists)
+    before = source_files(open_source(src).data_files())
+    later["updated"] = t0 + datetime.timedelta(hours=1)  # relabelled: the same generation
+    assert changed_files(before, source_files(open_source(src).data_files())) == []
