@@ -28,6 +28,7 @@ __all__ = [
     "omero_model",
     "OME_LENGTHS",
     "OME_TIMES",
+    "WRITE_STACK_UNFINISHED",
 ]
 
 NGFF_MAX_NDIM = 5
@@ -41,6 +42,11 @@ TIME_UNITS = (
     "kilosecond megasecond microsecond millisecond minute nanosecond petasecond picosecond "
     "second terasecond yoctosecond yottasecond zeptosecond zettasecond"
 ).split()
+
+# The attribute a store's group holds while write_stack writes it, replaced by its NGFF
+# metadata once its data is written: a store a kill cut short keeps it, and its array,
+# mostly fill values, is refused as a source (the group's error pointed at the array).
+WRITE_STACK_UNFINISHED = "fstack_dask_write_stack_unfinished"
 
 # Every OME-NGFF unit as OME-XML's UnitsLength symbol, with its size in metres (the TIFF
 # resolution tags), and as UnitsTime: written into OME-TIFFs (an interop run found 6 of 26

@@ -10,7 +10,14 @@ from typing import Any, Literal
 import numpy as np
 
 from .._locations import remove_tree, resolve
-from .._ngff import SPACE_UNITS, TIME_UNITS, check_ngff_order, multiscale_entry, positive_scale
+from .._ngff import (
+    SPACE_UNITS,
+    TIME_UNITS,
+    WRITE_STACK_UNFINISHED,
+    check_ngff_order,
+    multiscale_entry,
+    positive_scale,
+)
 from .._params import check_dtype, check_plain_array, parse_axes
 from .._public import public
 from .destination import IMAGE_SUFFIXES
@@ -120,12 +127,14 @@ def write_stack(
             "attributes": {"_ARRAY_DIMENSIONS": list(ax)},
         }
     try:
-        group = zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format)
+        group = zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format,
+                                  attributes={WRITE_STACK_UNFINISHED: True})  # fmt: skip
         array = group.create_array(
             name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
         )
         _write(data, array, chunks)
-        group.attrs.update(attrs)  # last, as ome-zarr-py: a store a kill cut short is no image
+        # last, as ome-zarr-py: a store a kill cut short is no image, and says it is unfinished
+        group.attrs.put(attrs)
     except BaseException:
         # this call created the store: a half-written one would refuse the retry
         try:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location, resolve
-from .._ngff import find_multiscales, omero_model, parse_multiscale, parse_omero
+from .._ngff import (
+    WRITE_STACK_UNFINISHED,
+    find_multiscales,
+    omero_model,
+    parse_multiscale,
+    parse_omero,
+)
 from .._params import parse_axes
 from .common import ngff_unit
 from .source import Source, check_dtype_and_extent, not_a_file
@@ -119,6 +125,8 @@ def _refuse_inside_unfinished(location: Location, where: str) -> None:
                 "unwritten blocks read as fill values; finish it with resume=True first, or "
                 "fuse the stack it was fused from"
             )
+        if attrs.get(WRITE_STACK_UNFINISHED):
+            raise ValueError(f"{where} is inside {parent.spec!r}, {_UNFINISHED_STACK}")
         here = parent
 
 
@@ -134,6 +142,12 @@ def refuse_array_inside_unfinished(array: Any, name: str) -> None:
 
 
 _MAX_NESTING = 8  # an output's deepest array is depth/<level>: two below its root
+
+
+_UNFINISHED_STACK = (
+    "a store that write_stack did not finish (killed while writing?) whose unwritten chunks "
+    "read as fill values; remove it and write the stack again"
+)
 
 
 def _group_attributes(location: Location) -> dict[str, Any] | None:
@@ -417,6 +431,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
             f"{where} is an unfinished fstack_dask output, not an image yet; finish it with "
             "resume=True, or fuse the stack it was fused from"
         )
+    if multiscales is None and attrs.get(WRITE_STACK_UNFINISHED):
+        raise ValueError(f"{where} is {_UNFINISHED_STACK}")
     if multiscales is None:
         raise ValueError(
             f"{where} is a Zarr group without OME-NGFF multiscales metadata; "

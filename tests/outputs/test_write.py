@@ -467,9 +467,32 @@ def test_a_killed_write_stack_leaves_no_image_that_could_be_fused(tmp_path):
     assert killed.returncode == -9, killed.stderr
     assert (path / "0" / "zarr.json").exists()  # killed while writing the data
     assert "multiscales" not in json.dumps(json.loads((path / "zarr.json").read_text()))
-    with pytest.raises(ValueError, match="without OME-NGFF multiscales metadata"):
+    with pytest.raises(ValueError, match="is a store that write_stack did not finish"):
         fuse_zarr(path, tmp_path / "out.ome.zarr", progress=False)
     assert not (tmp_path / "out.ome.zarr").exists()
+
+
+def test_the_array_of_a_killed_write_stack_is_refused_too(tmp_path):
+    """The group's error said to pass its array ('s.ome.zarr/0'), which fused the chunks
+    written, the rest as zeros, exit 0 (with only a warning of missing chunk files): the
+    group says it is unfinished until its data is written, and its array is refused too
+    (CLI: exit 2, nothing written). A finished store keeps no such mark."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.ome.zarr"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITE_STACK, str(path), "3"],
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    cli = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(path / "0"),
+                          str(tmp_path / "out.ome.zarr")],
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    assert "write_stack did not finish" in cli.stderr
+    assert not (tmp_path / "out.ome.zarr").exists()
+    write_stack(tmp_path / "whole.ome.zarr", np.ones((5, 16, 16), np.uint16), axes="zyx")
+    assert list(json.loads((tmp_path / "whole.ome.zarr" / "zarr.json").read_text())
+                ["attributes"]) == ["ome"]  # fmt: skip
 
 
 def test_pyramid_levels_are_computed_in_bands_of_bounded_memory(monkeypatch):
