@@ -35,7 +35,7 @@ def _psnr(estimate: Any, truth: Any, peak: float) -> float:
 
 
 # A plane being written, aside (:func:`write_planes`): what a demo killed meanwhile leaves.
-_ASIDE = re.compile(r"^\.plane_\d{3}\.tif\.[0-9a-f]{32}\.tmp$")
+_ASIDE = re.compile(r"\.plane_\d{3}\.tif\.[0-9a-f]{32}\.tmp")  # whole names: fullmatch
 
 
 def _ours(folder: Path) -> bool:
@@ -48,7 +48,7 @@ def _ours(folder: Path) -> bool:
         path = folder / name
         if path.is_symlink() or not path.is_file():
             return False
-        if _ASIDE.match(name):
+        if _ASIDE.fullmatch(name):  # ($ matched before a last newline: a user's name)
             continue
         if not name.endswith(".tif"):
             return False

@@ -238,11 +238,13 @@ def test_demo_never_replaces_files_it_did_not_write(tmp_path):
     assert (out_dir / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("theirs", ["a folder", "a text file"])
+@pytest.mark.parametrize("theirs", ["a folder", "a text file", "a name ending in a newline"])
 def test_demo_overwrite_refuses_a_plane_folder_holding_a_tif_name_of_the_users(tmp_path, theirs):
     """A user's folder, or a file that is no TIFF, named ``*.tif`` in the demo's plane folder:
     the data were kept, but ``--overwrite`` said ``[Errno 21] Is a directory`` (exit 1) or
-    tifffile's ``not a TIFF file`` (an eighth adversarial run). One line naming the folder."""
+    tifffile's ``not a TIFF file`` (an eighth adversarial run). One line naming the folder.
+    A file named as a plane written aside but for a last newline is the user's too: the
+    pattern's ``$`` matched before it, and ``--overwrite`` deleted it (a review of 40175d5)."""
     from conftest import tree_digest
 
     out_dir = tmp_path / "demo"
@@ -251,8 +253,10 @@ def test_demo_overwrite_refuses_a_plane_folder_holding_a_tif_name_of_the_users(t
     if theirs == "a folder":
         (out_dir / "planes" / "sub.tif").mkdir()
         (out_dir / "planes" / "sub.tif" / "data.txt").write_text("precious")
-    else:
+    elif theirs == "a text file":
         (out_dir / "planes" / "zz_user.tif").write_text("precious")
+    else:
+        (out_dir / "planes" / f".plane_001.tif.{'7' * 32}.tmp\n").write_text("precious")
     before = tree_digest(tmp_path)
     res = cli(*args, "--overwrite")
     lines = res.stderr.strip().splitlines()
