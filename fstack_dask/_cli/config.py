@@ -399,7 +399,31 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             f"config file {text_path!r} is nested too deeply to be read, expected a YAML file "
             "of a few options (see configs/README.md)"
         ) from None
+    if _expands_beyond(data, _MAX_CONFIG_CHARS):
+        raise ValueError(
+            f"config file {text_path!r} repeats its values (YAML aliases) beyond "
+            f"{_MAX_CONFIG_CHARS} in all, expected a YAML file of a few options (see "
+            "configs/README.md)"
+        )
     return config_from_mapping(data, text_path)
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values counted as its readers see them.
+    YAML aliases repeat a value without its text: 600 bytes of aliases of aliases held 10^9
+    values (a list may even hold itself), which fsspec's token of the storage options then
+    spelled out, GBs and minutes before anything was said (a review of d5c9341)."""
+    pending, seen = [data], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, Mapping):
+            pending += [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple)):
+            pending += value
+    return False
 
 
 def _read_text(path: str) -> str:

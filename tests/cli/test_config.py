@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import os
 import pathlib
+import subprocess
 import sys
 import types
 
@@ -294,6 +295,25 @@ def test_a_config_that_is_a_named_pipe_nobody_writes_to_is_refused_not_waited_on
          '<(echo "algorithm: {nhsize: 7}")'],
         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert substituted.stdout.strip() == "7", substituted.stderr
+
+
+def test_a_config_file_of_aliases_of_aliases_is_refused_naming_it(tmp_path):
+    """600 bytes of YAML aliases of aliases (a 'billion laughs') under input.storage_options
+    loaded as 10^9 values by reference, which fsspec's token of the options spelled out: the
+    CLI grew to GBs for minutes on an s3:// source, naming nothing. Refused in one line
+    naming the file (exit 2); a file that repeats a value a few times is read as before."""
+    lines = ["    a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
+    lines += [f"    a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 10) + "]" for k in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("input:\n  storage_options:\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"config file '.*laughs.yaml' repeats its values"):
+        load_config(path)
+    res = subprocess.run([sys.executable, "-m", "fstack_dask", "info", "s3://nowhere/src.zarr",
+                          "--config", str(path)], capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+    assert res.returncode == 2 and "repeats its values" in res.stderr, res.stderr
+    path.write_text("input:\n  storage_options:\n" + "\n".join(lines[:2]) + "\n")
+    assert load_config(path).input.storage_options["a1"][9] == ["x"] * 10
 
 
 def test_missing_file(tmp_path):
