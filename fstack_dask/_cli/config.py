@@ -394,6 +394,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ValueError(
             f"config file {text_path!r} is not valid YAML: {_yaml_message(exc)}"
         ) from None
+    except ValueError as exc:  # a value YAML reads but Python cannot hold: a 13th month,
+        # 5000 digits (the message named neither the file nor the key)
+        raise ValueError(f"config file {text_path!r} is not valid YAML: {exc}") from None
     except RecursionError:  # ('[' * 50000: "maximum recursion depth exceeded", exit 1)
         raise ValueError(
             f"config file {text_path!r} is nested too deeply to be read, expected a YAML file "

@@ -297,6 +297,16 @@ def test_a_config_that_is_a_named_pipe_nobody_writes_to_is_refused_not_waited_on
     assert substituted.stdout.strip() == "7", substituted.stderr
 
 
+@pytest.mark.parametrize("value", ["2026-13-01", "1" * 5000])
+def test_a_config_value_python_cannot_hold_is_refused_naming_the_file(tmp_path, value):
+    """A timestamp with a 13th month, an integer of 5000 digits: PyYAML's ValueError went out
+    as it was ('month must be in 1..12'), naming neither the file nor the key."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(f"algorithm:\n  nhsize: {value}\n")
+    with pytest.raises(ValueError, match=r"config file '.*odd.yaml' is not valid YAML: "):
+        load_config(path)
+
+
 def test_a_config_file_of_aliases_of_aliases_is_refused_naming_it(tmp_path):
     """600 bytes of YAML aliases of aliases (a 'billion laughs') under input.storage_options
     loaded as 10^9 values by reference, which fsspec's token of the options spelled out: the
