@@ -110,9 +110,10 @@ def _refuse_inside_unfinished(location: Location, where: str) -> None:
     above are looked at while they are Zarr groups."""
     here = location
     for _ in range(_MAX_NESTING):
-        parent = dataclasses.replace(
-            here, spec=posixpath.dirname(here.spec.rstrip("/")) or ".", path=here.parent_path()
-        )
+        spec = posixpath.dirname(here.spec.rstrip("/")) or "."
+        if here.is_local and os.path.realpath(os.path.expanduser(spec)) != here.parent_path():
+            spec = here.parent_path()  # a link's folder ('.' for 'link'), not the one it is in
+        parent = dataclasses.replace(here, spec=spec, path=here.parent_path())
         if parent.path == here.path:
             return
         attrs = _group_attributes(parent)

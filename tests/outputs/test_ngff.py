@@ -4,6 +4,8 @@ metadata carried over (scale, units, translation, channels, time step, depth uni
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -426,6 +428,10 @@ def test_a_path_inside_an_unfinished_output_is_refused_as_a_source(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "an unfinished fstack_dask output" in err and "with --resume first" in err, err
     assert not (tmp_path / "again.ome.zarr").exists()
+    # through a link: the output it leads into is named, not the link's folder ('.' once)
+    os.symlink(dst / inside, tmp_path / "link")
+    with pytest.raises(ValueError, match=r"is inside '.*out\.ome\.zarr', an unfinished fstack"):
+        open_zarr(tmp_path / "link", axes=None if inside == "depth" else "zyx")
 
 
 @pytest.mark.parametrize("inside", ["0", "depth/0"])
