@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -51,7 +52,7 @@ def write_stack(
         Local path or fsspec URL of the new group; must not exist.
     stack : array_like
         The data, one dimension per letter of ``axes`` (a ``zarr.Array`` or an h5py dataset
-        is read a stored chunk at a time, a dask array computed chunk by chunk; but a dask
+        is read a few stored chunks at a time, a dask array computed chunk by chunk; but a dask
         array chunked a plane at a time, written into the default chunks of all planes, is
         rechunked by dask, which may hold about twice the stack: give ``chunks`` of one
         plane, or rechunk it yourself, for stacks near memory).
@@ -166,10 +167,11 @@ def _write(data: Any, array: Any, chunks: tuple[int, ...]) -> None:
 
 
 class _ByItsChunks:
-    """A stored array read one of its stored chunks (or shards) at a time: zarr decodes all
-    the chunks a read spans at once, and a stack stored a plane a chunk had each task hold
-    every plane decoded (16 planes of 4096^2 uint16: a traced peak of 819 MiB for a 512 MiB
-    stack; 259 MiB read so)."""
+    """A stored array read a few of its stored chunks (or shards) at a time, as many as hold
+    no more than the region read (one where a chunk is larger): zarr decodes all the chunks
+    a read spans at once, and a stack stored a plane a chunk had each task hold every plane
+    decoded (16 planes of 4096^2 uint16: a traced peak of 819 MiB for a 512 MiB stack; 259
+    MiB read so)."""
 
     def __init__(self, array: Any) -> None:
         self.array, self.shape, self.dtype = array, tuple(array.shape), np.dtype(array.dtype)
@@ -181,6 +183,17 @@ class _ByItsChunks:
         spans = [range(*k.indices(n)) for k, n in zip(key, self.shape, strict=True)]
         out = np.empty(tuple(len(r) for r in spans), self.dtype)
         cuts = [_cuts(r.start, r.stop, c) for r, c in zip(spans, self.step, strict=True)]
+        # as many stored chunks a read as hold no more than the region: chunks smaller than
+        # it were read one by one, a zarr call each (16 x 2048^2 in chunks of 1 x 64 x 64:
+        # 21.8 s against 12.0 s read by regions)
+        room = out.nbytes // max(1, math.prod(self.step) * self.dtype.itemsize)
+        for axis in reversed(range(self.ndim)):
+            group = max(1, min(room, len(cuts[axis])))
+            room //= group
+            c = cuts[axis]
+            cuts[axis] = [
+                (c[k][0], c[min(k + group, len(c)) - 1][1]) for k in range(0, len(c), group)
+            ]
         for part in itertools.product(*cuts):
             at = zip(part, spans, strict=True)
             where = tuple(slice(a - r.start, b - r.start) for (a, b), r in at)

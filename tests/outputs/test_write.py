@@ -312,6 +312,22 @@ def test_write_stack_of_a_stored_array_reads_it_by_chunks(tmp_path, monkeypatch,
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
 
 
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_write_stack_reads_small_stored_chunks_a_region_at_a_time(tmp_path, monkeypatch, kind):
+    """Stored chunks smaller than the chunks written were read one by one since 3dcadb4, a
+    zarr call each (16 x 2048^2 in 1 x 64 x 64 chunks: 21.8 s, 12.0 s read by regions):
+    as many are read at once as hold no more than the region written."""
+    data = np.random.default_rng(3).integers(0, 255, size=(3, 96, 200), dtype=np.uint8)
+    source = _stored_source(tmp_path, kind, data, (1, 16, 16))
+    reads = _spied_reads(monkeypatch, source, lambda found: found.nbytes)
+    write_stack(tmp_path / "out.ome.zarr", source, axes="zyx", chunks=(3, 32, 64))
+    # a read a chunk written (3 for each of the last column's, 8 px wide: a region of 768 B
+    # holds 3 chunks of 256 B); 234 reads one stored chunk each
+    assert len(reads) == 9 + 3 * 3 and max(reads) <= 3 * 32 * 64, reads
+    monkeypatch.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
+
+
 def test_write_stack_refusals(tmp_path):
     data = _stack()
     with pytest.raises(ValueError, match="axes 'yxzc' cannot be written as OME-NGFF"):
