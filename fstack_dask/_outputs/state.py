@@ -193,8 +193,10 @@ _CLAIM_LEFTOVER = re.compile(r"^(lock|run\.json|source-files\.npz)\.[0-9a-f.]+\.
 
 def _only_a_claim(location: Location) -> bool:
     """Whether ``location`` holds nothing but the state folder of a run killed while it
-    claimed the folder (before its run record): its lock, an empty ``done/``, temporary
-    files of its own writes, or nothing at all."""
+    claimed the folder (before its run record): its lock, an empty ``done/``, the source's
+    file list (written just before the record: a run killed or terminated between the two
+    was refused by every later run, --resume included: an adversarial run, 2026-12-06),
+    temporary files of its own writes, or nothing at all."""
     if location.listdir() != [STATE_DIR]:
         return False
     state = location.child(STATE_DIR)
@@ -211,9 +213,20 @@ def _only_a_claim(location: Location) -> bool:
             body = _read_json(entry)
             if not (isinstance(body, dict) and "token" in body):
                 return False
+        elif name == FILES_FILE:
+            if not _is_npz(entry):
+                return False
         elif not _CLAIM_LEFTOVER.match(name):
             return False
     return True
+
+
+def _is_npz(location: Location) -> bool:
+    """Whether ``location`` is a file that NumPy's ``savez`` could have written (a zip)."""
+    try:
+        return location.read_bytes()[:4] == b"PK\x03\x04"  # (not a named pipe's wait)
+    except (OSError, ValueError):
+        return False
 
 
 def owned_output(location: Location) -> str | None:

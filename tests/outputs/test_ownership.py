@@ -580,6 +580,53 @@ def test_what_a_run_killed_while_claiming_left_does_not_lock_the_user_out(tmp_pa
     assert tree_digest(tmp_path) == before
 
 
+KILLED_BEFORE_THE_RECORD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask._outputs import state
+    from fstack_dask._cli.main import main
+
+    sig, write = getattr(signal, sys.argv[1]), state._write_atomic
+
+    def write_or_die(location, body):
+        if location.name == "run.json":  # the source's file list is written, the record not
+            os.kill(os.getpid(), sig)
+        return write(location, body)
+
+    state._write_atomic = write_or_die
+    sys.exit(main(["fuse", *sys.argv[2:]]))
+    """
+)
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_run_stopped_between_its_file_list_and_its_record_resumes(tmp_path, sig):
+    """Stopped after writing the source's file list but before its run record, a run left a
+    state folder that every later run refused as "not an fstack_dask output", --resume
+    included, though SIGTERM's own line said to rerun with --resume."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_THE_RECORD, sig, *map(str, (src, dst, *FUSE))],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == (-9 if sig == "SIGKILL" else 143), proc.stderr
+    assert (dst / STATE_DIR / "source-files.npz").is_file()
+    assert not (dst / STATE_DIR / "run.json").exists()
+    proc = cli("fuse", src, dst, *FUSE, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+    # a state folder whose "file list" is not one NumPy wrote is still not ours
+    other = tmp_path / "other.zarr"
+    (other / STATE_DIR).mkdir(parents=True)
+    (other / STATE_DIR / "source-files.npz").write_text("my notes")
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, other, "--resume", *FUSE)
+    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
     tmp_path, monkeypatch, caplog
 ):
