@@ -30,6 +30,9 @@ exit status:
        for --resume, and a dst with none is removed
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a fuse run can be continued with --resume
   {EXIT_TERMINATED}  terminated (SIGTERM, e.g. a batch job's time limit); likewise
+  128+N  stopped the same way by signal N: SIGHUP (the terminal or ssh session
+       gone), SIGUSR1 or SIGUSR2 (a batch system's warning, e.g. SLURM's --signal),
+       SIGXCPU (a CPU-time limit); an ignored one (nohup) stays ignored
 
 Errors are reported as one line, "fstack-dask: error: <message>", on stderr
 (--traceback shows the full traceback instead). Warnings ("fstack-dask: warning:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 import time
 import warnings
@@ -31,7 +32,12 @@ from .args import (
     scene_src,
     shown,
 )
-from .stopping import Terminated, leave, on_sigterm_raise, quiet_broken_pools
+from .stopping import (
+    Terminated,
+    leave,
+    on_stop_signals_raise,
+    quiet_broken_pools,
+)
 
 __all__ = ["main"]
 
@@ -258,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         0 on success, 2 for a usage or validation error, 1 for a runtime
-        failure, 130 when interrupted, 143 when terminated (see ``fstack-dask --help``).
+        failure, 130 when interrupted, 143 when terminated, 128 + N when stopped by another
+        signal N that ends a job (SIGHUP, SIGUSR1, SIGUSR2, SIGXCPU; see ``fstack-dask --help``).
         Called as the program (``argv`` None), an interrupted run whose task never returned
         (a read on a dead mount) ends the process at once (:func:`.stopping.leave`).
 
@@ -279,8 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
-    restore = on_sigterm_raise()
-    unquiet = quiet_broken_pools() if argv is None else (lambda: None)
+    restore = on_stop_signals_raise()
+    program = argv is None  # the program itself, not a caller's call: its process's hooks
+    unquiet = [quiet_broken_pools()] if program else []
     try:
         from .._params import check_dask_config
 
@@ -291,10 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = (
             "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
         )
-        terminated = isinstance(exc, Terminated)
-        _error(f"{'terminated' if terminated else 'interrupted'}{hint}")
-        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-        if argv is None:  # the program itself (not a caller's): end, even with a task stuck
+        _error(f"{_stopped(exc)}{hint}")
+        code = EXIT_INTERRUPTED
+        if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports one
+            code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
+        if program:  # end, even with a task stuck
             leave(code)
         return code
     except Exception as exc:
@@ -304,7 +313,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(exc)
     finally:
         restore()
-        unquiet()
+        for undo in reversed(unquiet):
+            undo()
+
+
+def _stopped(exc: KeyboardInterrupt) -> str:
+    """How the run was stopped: "interrupted" (Ctrl-C), "terminated" (SIGTERM), or
+    "terminated by SIGHUP" (another of the signals that end a job)."""
+    if not isinstance(exc, Terminated):
+        return "interrupted"
+    if exc.signum == signal.SIGTERM:
+        return "terminated"
+    return f"terminated by {signal.Signals(exc.signum).name}"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

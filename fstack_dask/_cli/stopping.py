@@ -1,5 +1,5 @@
-"""How the command line stops when told to: SIGTERM as an interruption, and an end that does
-not wait for a task that never returns.
+"""How the command line stops when told to: SIGTERM (and the other signals that end a job)
+as an interruption, and an end that does not wait for a task that never returns.
 
 A run that is interrupted or terminated waits for its running tasks to end, so that nothing
 is written once its lock is released (``_errors.finish_despite_interrupts``). A task blocked
@@ -13,6 +13,13 @@ ignored SIGTERM and a double Ctrl-C was found by an adversarial run (2026-12-05)
   ending the process is what stops them writing. Worker processes of ours are ended first.
 
 A resume afterwards redoes the blocks those tasks had not finished.
+
+The other signals whose default is to end the program without a word are taken the same
+way (:data:`STOP_SIGNALS`): SIGHUP (the terminal or ssh session gone), SIGUSR1 and SIGUSR2
+(the warnings of batch systems: SLURM's ``--signal``, SGE's ``-notify``, LSF's ``-wa``) and
+SIGXCPU (a CPU-time limit: LSF, PBS, ``ulimit -t``). They killed a run outright, its lock
+left and nothing said (an adversarial run, 2026-12-06); a signal its parent set to be
+ignored (``nohup``) stays ignored.
 """
 
 from __future__ import annotations
@@ -30,30 +37,47 @@ from typing import Any
 
 from .._errors import StopWaiting
 
-__all__ = ["TERMINATION_GRACE", "Terminated", "leave", "on_sigterm_raise", "quiet_broken_pools"]
+__all__ = [
+    "STOP_SIGNALS",
+    "TERMINATION_GRACE",
+    "Terminated",
+    "leave",
+    "on_stop_signals_raise",
+    "quiet_broken_pools",
+]
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
 TERMINATION_GRACE = 60.0
 
+#: The signals that stop a run as SIGTERM does (the program exits with 128 + the number).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interruption so that a run stops cleanly (locks released,
-    worker processes ended, finished blocks kept for --resume)."""
+    """SIGTERM (or another of :data:`STOP_SIGNALS`, its number in ``signum``), turned into an
+    interruption so that a run stops cleanly (locks released, worker processes ended,
+    finished blocks kept for --resume)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 class TerminatedNow(Terminated, StopWaiting):
-    """A second SIGTERM: the running tasks are not waited for."""
+    """A second signal: the running tasks are not waited for."""
 
 
-def on_sigterm_raise() -> Callable[[], None]:
-    """Raise :class:`Terminated` on SIGTERM in the main thread, until the function returned
-    is called (it puts the previous handler back).
+def on_stop_signals_raise() -> Callable[[], None]:
+    """Raise :class:`Terminated` on each of :data:`STOP_SIGNALS` in the main thread, until the
+    function returned is called (it puts the previous handlers back). SIGTERM's handler is
+    always replaced; another's only where it is the default (one ignored stays ignored).
 
-    The first SIGTERM also starts a timer that, :data:`TERMINATION_GRACE` seconds later,
+    The first signal also starts a timer that, :data:`TERMINATION_GRACE` seconds later,
     delivers a second one if the run has not ended: it stops the wait for tasks that do not
     end."""
     main_thread = threading.main_thread().ident
     timer: list[threading.Timer] = []
+    first: list[int] = []
 
     def again() -> None:
         logging.getLogger("fstack_dask").warning(
@@ -64,23 +88,31 @@ def on_sigterm_raise() -> Callable[[], None]:
             signal.pthread_kill(main_thread, signal.SIGTERM)
 
     def handler(signum: int, frame: Any) -> None:
-        if timer:  # a second SIGTERM, or the grace period's end
-            raise TerminatedNow()
+        if timer:  # a second signal, or the grace period's end
+            raise TerminatedNow(first[0])
+        first.append(signum)
         timer.append(threading.Timer(TERMINATION_GRACE, again))
         timer[0].daemon = True
         timer[0].start()
-        raise Terminated()
+        raise Terminated(signum)
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. called from a test thread)
-        return lambda: None
+    previous: dict[int, Any] = {}
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)  # (Windows has few of them)
+        if signum is None:
+            continue
+        try:
+            if name == "SIGTERM" or signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not in the main thread (e.g. called from a test thread)
+            return lambda: None
 
     def restore() -> None:
         for t in timer:
             t.cancel()
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, old)
 
     return restore
 

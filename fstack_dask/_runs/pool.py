@@ -45,6 +45,7 @@ class ProcessPool:
     """``processes`` single-worker process executors (see the module docstring)."""
 
     def __init__(self, processes: int):
+        _start_resource_tracker()
         context = multiprocessing.get_context("spawn")  # no forked copies of our lock's thread
         # where the workers report finished blocks (written whole and in order by each put,
         # so a task's reports are there before its result)
@@ -275,6 +276,29 @@ def _expire(pool: ProcessPool) -> None:
             return  # taken by a run meanwhile
         _kept = None
     pool.shutdown()
+
+
+#: Signals a batch system or a terminal sends a job's whole process group (SIGINT and SIGTERM
+#: aside, which multiprocessing's resource tracker ignores itself).
+_GROUP_SIGNALS = ("SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (which our pool's semaphores register with)
+    with :data:`_GROUP_SIGNALS` blocked, so that it outlives them as it outlives SIGTERM. A
+    terminal's hang-up killed it with the workers, and the run, stopping cleanly, then
+    printed a ``KeyError`` traceback for each semaphore it released (an adversarial run,
+    2026-12-06)."""
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        return
+    names = [getattr(signal, n) for n in _GROUP_SIGNALS if hasattr(signal, n)]
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, names)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _die_with_parent(parent: int, ticks: Any = None) -> None:

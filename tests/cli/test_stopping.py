@@ -1,6 +1,8 @@
 """A run told to stop ends, even with a task blocked in a read that never returns (a dead
 mount): SIGTERM alone after its grace period, or a third Ctrl-C, and the run resumes to the
-end afterwards (an adversarial run, 2026-12-05: such a run ignored both for ever).
+end afterwards (an adversarial run, 2026-12-05: such a run ignored both for ever). The other
+signals that end a job (a hang-up, a batch system's warning, a CPU-time limit) stop it as
+SIGTERM does.
 
 The real command line in a subprocess; the stuck read is the source's own read function
 replaced, in that process, by one that never returns after the first two reads.
@@ -14,7 +16,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import zarr
 from conftest import synthetic_store
 
 TIMEOUT = 60
@@ -97,3 +101,74 @@ def test_a_run_with_a_read_that_never_returns_still_stops(src, tmp_path, signals
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert not os.path.exists(dst / ".fstack_dask")  # the output is complete
+
+
+# ------------------------------------------------------------ the other signals that end a job
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A stack of 64 blocks (a second or more of work) and its uninterrupted fusion."""
+    from fstack_dask import fuse_zarr
+
+    root = tmp_path_factory.mktemp("many")
+    src = synthetic_store(root / "stack.ome.zarr", (128, 128), 7, chunk=16, seed=5)
+    fuse_zarr(str(src), str(root / "ref.ome.zarr"), chunks=16, progress=False)
+    return src, zarr.open_group(str(root / "ref.ome.zarr"), mode="r")["0"][...]
+
+
+def _fuse(src, dst, *more, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--chunks", "16",
+         "--no-progress", *more],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+def _first_block_done(dst, proc):
+    done = dst / ".fstack_dask" / "done"
+    start = time.monotonic()
+    while not (done.is_dir() and any(done.iterdir())):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - start < TIMEOUT, "no block was finished in time"
+        time.sleep(0.01)
+
+
+def _resumes_to_the_reference(src, dst, reference):
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--chunks", "16",
+         "--no-progress", "--resume"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU"])
+def test_the_signals_that_end_a_job_stop_a_run_as_sigterm_does(many, tmp_path, name):
+    """A hang-up (ssh gone), SLURM's --signal (SGE's -notify, LSF's -wa) warnings and a
+    CPU-time limit killed the run outright: nothing said, its lock left."""
+    src, reference = many
+    dst = tmp_path / "out.ome.zarr"
+    proc = _fuse(src, dst)
+    _first_block_done(dst, proc)
+    sig = getattr(signal, name)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"terminated by {name}" in lines[0] and "--resume" in lines[0]
+    assert not (dst / ".fstack_dask" / "lock").exists()  # released, as by SIGTERM
+    _resumes_to_the_reference(src, dst, reference)
+
+
+def test_a_hangup_ignored_by_nohup_stays_ignored(many, tmp_path):
+    src, reference = many
+    dst = tmp_path / "out.ome.zarr"
+    ignore = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - as nohup does
+    proc = _fuse(src, dst, preexec_fn=ignore)
+    _first_block_done(dst, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)

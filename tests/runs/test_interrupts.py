@@ -113,6 +113,35 @@ def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_pa
     assert done.returncode == 0, done.stderr
 
 
+def test_a_hangup_of_the_process_group_ends_a_processes_run_in_one_line(stack, tmp_path):
+    """A terminal that hangs up signals its whole foreground process group, multiprocessing's
+    resource tracker too, which (unlike SIGTERM) killed it: the run, stopping cleanly, then
+    printed a KeyError traceback for each semaphore of its pool it released."""
+    dst = tmp_path / "out.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
+         "processes", "--chunks", "32", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGHUP)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the run did not end within 30 s of SIGHUP to its group") from None
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "terminated by SIGHUP" in _stderr_is_one_line(err)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"processes left running: {alive}"
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def _wait_for_library(proc, name: str, timeout=TIMEOUT) -> None:
     """Until the child has mapped a shared library (it is importing the module using it)."""
     child = psutil.Process(proc.pid)
