@@ -37,6 +37,7 @@ from .stopping import (
     leave,
     on_stop_signals_raise,
     quiet_broken_pools,
+    quiet_gone_readers,
 )
 
 __all__ = ["main"]
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     restore = on_stop_signals_raise()
     program = argv is None  # the program itself, not a caller's call: its process's hooks
-    unquiet = [quiet_broken_pools()] if program else []
+    unquiet = [quiet_broken_pools(), quiet_gone_readers()] if program else []
     try:
         from .._params import check_dask_config
 

@@ -1,5 +1,6 @@
 """How the command line stops when told to: SIGTERM (and the other signals that end a job)
-as an interruption, and an end that does not wait for a task that never returns.
+as an interruption, an end that does not wait for a task that never returns, and output
+whose reader went away.
 
 A run that is interrupted or terminated waits for its running tasks to end, so that nothing
 is written once its lock is released (``_errors.finish_despite_interrupts``). A task blocked
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -44,6 +46,7 @@ __all__ = [
     "leave",
     "on_stop_signals_raise",
     "quiet_broken_pools",
+    "quiet_gone_readers",
 ]
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
@@ -163,5 +166,56 @@ def quiet_broken_pools() -> Callable[[], None]:
 
     def restore() -> None:
         threading.excepthook = previous
+
+    return restore
+
+
+class _Tolerant:
+    """A standard stream that drops what it is given once its reader is gone: a pipe whose
+    reader ended (``| head -1``: EPIPE) or a terminal that hung up (EIO). Its descriptor then
+    points at /dev/null, so that the interpreter's last flush at exit fails no more."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _gone(self, exc: OSError) -> None:
+        if exc.errno not in (errno.EPIPE, errno.EIO):
+            raise exc
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            self._gone(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._gone(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def quiet_gone_readers() -> Callable[[], None]:
+    """Keep a reader of stdout or stderr that went away (``fstack-dask fuse ... | head -1``,
+    an ssh session gone while the run goes on) from turning a run into a failure: until the
+    function returned is called, what they are given after that is dropped. (A finished
+    fusion exited 1, "error: [Errno 32] Broken pipe", or silently: an adversarial run,
+    2026-12-06.) For the program only, as :func:`quiet_broken_pools`."""
+    streams = sys.stdout, sys.stderr
+    if sys.stdout is not None:  # (None: no console, pythonw)
+        sys.stdout = _Tolerant(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = _Tolerant(sys.stderr)
+
+    def restore() -> None:
+        sys.stdout, sys.stderr = streams
 
     return restore

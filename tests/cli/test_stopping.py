@@ -2,7 +2,7 @@
 mount): SIGTERM alone after its grace period, or a third Ctrl-C, and the run resumes to the
 end afterwards (an adversarial run, 2026-12-05: such a run ignored both for ever). The other
 signals that end a job (a hang-up, a batch system's warning, a CPU-time limit) stop it as
-SIGTERM does.
+SIGTERM does, and a reader of its output that went away does not fail it.
 
 The real command line in a subprocess; the stuck read is the source's own read function
 replaced, in that process, by one that never returns after the first two reads.
@@ -10,10 +10,14 @@ replaced, in that process, by one that never returns after the first two reads.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import numpy as np
@@ -171,4 +175,33 @@ def test_a_hangup_ignored_by_nohup_stays_ignored(many, tmp_path):
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)
+
+
+@pytest.mark.parametrize("gone", ["stdout", "stdout and stderr", "terminal"])
+def test_a_reader_that_went_away_does_not_fail_the_run(many, tmp_path, gone):
+    """``fuse ... | head -1``, ``2>&1 | head -1``, or a terminal that hung up under a run
+    that goes on (disowned): the fusion finished, yet the command exited 1 ("error: [Errno
+    32] Broken pipe", or without a word)."""
+    src, reference = many
+    dst = tmp_path / "out.ome.zarr"
+    if gone == "terminal":
+        ours, theirs = pty.openpty()
+        fcntl.ioctl(theirs, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        streams = {"stdin": theirs, "stdout": theirs, "stderr": theirs}
+    else:
+        ours, theirs = os.pipe()
+        streams = {"stdout": theirs, "stderr": theirs if "stderr" in gone else subprocess.PIPE}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--chunks", "16"],
+        text=True, start_new_session=True, **streams,
+    )  # fmt: skip
+    os.close(theirs)
+    os.close(ours)  # the reader goes: EPIPE, or EIO on the terminal, on the next write
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "error" not in str(err)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)
