@@ -34,6 +34,7 @@ from .args import (
 )
 from .stopping import (
     Terminated,
+    deaf,
     leave,
     on_stop_signals_raise,
     quiet_broken_pools,
@@ -296,16 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_dask_config()  # before any command imports dask, which would hang on it
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
-        _quiet_abandoned_coroutines()
-        hint = (
-            "; rerun the same command with --resume to continue" if args.command == "fuse" else ""
-        )
-        _error(f"{_stopped(exc)}{hint}")
-        code = EXIT_INTERRUPTED
-        if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports one
-            code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
-        if program:  # end, even with a task stuck
-            leave(code)
+        with deaf():  # pressed again meanwhile: the program is ending as asked
+            _quiet_abandoned_coroutines()
+            hint = "; rerun the same command with --resume to continue"
+            _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")
+            code = EXIT_INTERRUPTED
+            if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports
+                code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
+            if program:  # end, even with a task stuck
+                leave(code)
         return code
     except Exception as exc:
         if args.traceback:

@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import StopWaiting
@@ -43,6 +43,7 @@ __all__ = [
     "STOP_SIGNALS",
     "TERMINATION_GRACE",
     "Terminated",
+    "deaf",
     "leave",
     "on_stop_signals_raise",
     "quiet_broken_pools",
@@ -118,6 +119,26 @@ def on_stop_signals_raise() -> Callable[[], None]:
                 signal.signal(signum, old)
 
     return restore
+
+
+@contextlib.contextmanager
+def deaf() -> Iterator[None]:
+    """Ignore Ctrl-C and :data:`STOP_SIGNALS` while the program says how it stopped, and
+    ends: a second Ctrl-C (or SIGTERM) landing there printed a traceback under the one line,
+    or instead of it, and could make the exit status 1 (an adversarial run, 2026-12-06).
+    The previous handlers are back afterwards (a caller's ``main([...])`` goes on)."""
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", *STOP_SIGNALS):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(ValueError, OSError):  # (not the main thread)
+                previous[signum] = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):  # (None: not Python's)
+                signal.signal(signum, old)
 
 
 def _still_running() -> list[threading.Thread]:

@@ -205,3 +205,48 @@ def test_a_reader_that_went_away_does_not_fail_the_run(many, tmp_path, gone):
     assert proc.returncode == 0, err
     assert "error" not in str(err)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)
+
+
+# ----------------------------------------------------- a second signal while the program ends
+
+AGAIN = """
+import importlib, os, signal, sys, threading
+cli = importlib.import_module("fstack_dask._cli.main")
+
+first, second = getattr(signal, sys.argv[1]), getattr(signal, sys.argv[2])
+
+def fuse(args):
+    threading.Thread(target=threading.Event().wait).start()  # a task that never returns
+    os.kill(os.getpid(), first)
+    threading.Event().wait(TIMEOUT)
+
+def again(real):
+    def pressed_again(*args):
+        os.kill(os.getpid(), second)  # while the program says how it stopped, and ends
+        return real(*args)
+    return pressed_again
+
+setattr(cli, sys.argv[3], again(getattr(cli, sys.argv[3])))
+cli._COMMANDS["fuse"] = fuse
+sys.argv = ["fstack-dask", "fuse", "in.zarr", "out.zarr"]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("where", ["_error", "leave"])
+@pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM")])
+def test_a_second_signal_while_the_program_ends_changes_nothing(signals, where):
+    """Ctrl-C (or SIGTERM) twice in quick succession, the second landing while the one line
+    is written or the program ends: a traceback, and with a task still running no end at all
+    (the interpreter joined its thread) until Ctrl-C came once more."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", AGAIN.replace("TIMEOUT", str(TIMEOUT)), *signals, where],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the program did not end after {signals} in {where}") from None
+    assert proc.returncode == (130 if signals[0] == "SIGINT" else 143), proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fstack-dask: error")]
+    assert len(errors) == 1 and "--resume" in errors[0], proc.stderr
