@@ -319,10 +319,10 @@ class Destination:
                     self._refuse_collisions()
                     staging = self.dst.sibling(f".{self.dst.name}{STAGING}{uuid.uuid4().hex[:12]}")
                     folders.make_folder(staging, what)
+                    target.created.append(staging)  # at once: a SIGTERM next left it for good
                     if staging.is_local:  # it will replace dst
                         folders.take_on_looks(staging.path, self.dst.path)
                     target.output = staging
-                    target.created.append(staging)
                     self._claim(target, staging)
             else:  # pragma: no cover - modes come from check()
                 raise ValueError(f"unknown mode {mode!r}")

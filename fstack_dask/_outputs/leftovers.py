@@ -15,6 +15,8 @@ the previous output, complete          entries a user had put into it go back in
                                        named in a warning and the folder kept
 on an object store, a partial copy     removed where every object is a copy of dst's at the same
 of dst (killed while copying aside)    place, else kept
+an empty staging folder (killed as     removed by the next overwrite (:func:`remove_stale`)
+it was created)
 =====================================  ===========================================================
 
 Only folders with the names runs give are considered: a user's output at
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterable
 
@@ -65,10 +68,16 @@ def staged_run(dst: Location) -> Location | None:
 
 
 def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location | None) -> None:
-    """Remove interrupted overwrites beside dst but ``keep`` (only their recorded entries)."""
+    """Remove interrupted overwrites beside dst but ``keep`` (only their recorded entries),
+    and empty staging folders: a run killed right after creating one (under dst's lock, which
+    the caller now holds) left it beside dst for good."""
     for folder in staging_folders(dst):
         if folder == keep:
             continue
+        if folder.is_local:
+            with contextlib.suppress(OSError):  # (only an empty one: rmdir)
+                os.rmdir(folder.path)
+                continue
         if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
             with contextlib.suppress(Exception):
                 remove_output(folder, protect=protect)

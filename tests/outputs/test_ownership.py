@@ -627,6 +627,47 @@ def test_a_run_stopped_between_its_file_list_and_its_record_resumes(tmp_path, si
     assert tree_digest(tmp_path) == before
 
 
+STOPPED_AS_THE_OVERWRITE_BEGINS = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask._outputs import folders
+    from fstack_dask._cli.main import main
+
+    sig, looks = getattr(signal, sys.argv[1]), folders.take_on_looks
+
+    def stop_then_look(path, like):
+        if ".fstack-staging-" in path:  # the staging folder is created, nothing is in it
+            os.kill(os.getpid(), sig)
+        return looks(path, like)
+
+    folders.take_on_looks = stop_then_look
+    sys.exit(main(["fuse", *sys.argv[2:]]))
+    """
+)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_an_overwrite_stopped_as_it_begins_leaves_no_staging_folder(tmp_path, sig):
+    """Stopped right after creating its staging folder, an overwrite left that empty hidden
+    folder beside dst for good: SIGTERM's clean-up did not know it yet, and no later run
+    removed one without a run record."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPED_AS_THE_OVERWRITE_BEGINS, sig,
+         *map(str, (src, dst, *FUSE, "--nhsize", "5", "--overwrite"))],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == (-9 if sig == "SIGKILL" else 143), proc.stderr
+    if sig == "SIGTERM":
+        assert _hidden(tmp_path) == []  # its clean-up removed it
+    proc = cli("fuse", src, dst, *FUSE, "--nhsize", "5", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert _hidden(tmp_path) == []
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
+
+
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
     tmp_path, monkeypatch, caplog
 ):
