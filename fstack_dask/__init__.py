@@ -78,7 +78,7 @@ if not TYPE_CHECKING:
         module = _WHERE.get(name)
         if module is None:
             raise AttributeError(f"module 'fstack_dask' has no attribute {name!r}")
-        from ._params import check_dask_config
+        from ._dask_config import check_dask_config
 
         check_dask_config()  # before dask's import, which would hang on it
         value = getattr(_import_through_one_ctrl_c(module), name)

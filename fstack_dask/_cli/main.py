@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     program = argv is None  # the program itself, not a caller's call: its process's hooks
     unquiet = [quiet_broken_pools(), quiet_gone_readers()] if program else []
     try:
-        from .._params import check_dask_config
+        from .._dask_config import check_dask_config
 
         check_dask_config()  # before any command imports dask, which would hang on it
         return int(_COMMANDS[args.command](args))
