@@ -16,7 +16,8 @@ without reading anything (``dry_run``), our worker processes (``pool``), the C a
 while a run's tasks use it: a worker's thresholds and the kept cores' own mappings
 (``allocator``), progress (``progress``), where ``device="cuda"`` is checked once the
 scheduler is known (``device``), and the lazy ``fuse`` graph (``lazy``) with its blocks and
-what its tasks run on each block (``lazy_chunks``).
+what its tasks run on each block (``lazy_chunks``) and its halo, dask's overlap with the strips
+copied out of each chunk (``lazy_overlap``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """

@@ -44,6 +44,7 @@ from .._params import (
 from .._public import public
 from .device import require_device_for_graph, run_engine
 from .lazy_chunks import cast_chunk, chunk_stats, fuse_chunk, merge_small, plan_chunks
+from .lazy_overlap import overlap
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
@@ -199,9 +200,10 @@ def fuse(
 
     Notes
     -----
-    The graph's memory is what dask's scheduler holds while it runs it, which grows with the
-    image (21 planes written with ``to_zarr`` on 2 threads: 530 MiB at 2048^2, 1563 MiB at
-    8192^2, ``benchmarks/RESULTS.md``); :func:`fuse_zarr` holds memory bounded by its
+    The graph's memory is what dask's scheduler holds while it runs it: input chunks that wait
+    for their own block, a few rows of them, so it grows with the image's width (21 planes of
+    uint16 written with ``to_zarr`` on 2 threads: 495 MiB at 2048^2, 1116 MiB at 8192^2,
+    ``benchmarks/RESULTS.md``); :func:`fuse_zarr` holds memory bounded by its
     ``memory_per_task`` whatever the image.
 
     References
@@ -468,7 +470,7 @@ def fused_layers(
     # minimums' name: bind's own seed is random, and fuse() of the same input twice was two
     # graphs (computed twice in one dask.compute)
     bound = x if fills is None else bind(x, fills, seed=fills.name)
-    args = [da.overlap.overlap(bound, depth=depth, boundary="none", allow_rechunk=False)]
+    args = [overlap(bound, depth)]
     if fills is not None:
         args.append(fills.reshape(fills.shape + (1, 1, 1)))
     fused = da.map_blocks(
@@ -501,9 +503,9 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
         return None
     k_ax = len(out_chunks) - 3  # the layers' axis
     stats_chunks = out_chunks[:k_ax] + ((2,),) + tuple((1,) * len(c) for c in out_chunks[-2:])
-    stats = da.map_overlap(
-        chunk_stats, x, depth=depth, boundary="none", trim=False, allow_rechunk=False,
-        chunks=stats_chunks, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64),
+    stats = da.map_blocks(
+        chunk_stats, overlap(x, depth), chunks=stats_chunks, dtype=np.float64,
+        meta=np.empty((0,) * x.ndim, np.float64),
         **kernel,
     )  # fmt: skip
     s_min = stats[(slice(None),) * k_ax + (0,)]
