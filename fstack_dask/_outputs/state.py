@@ -188,7 +188,9 @@ def classify(location: Location) -> str:
     return "other"
 
 
-_CLAIM_LEFTOVER = re.compile(r"^(lock|run\.json|source-files\.npz)\.[0-9a-f.]+\.tmp$")
+# matched whole (fullmatch): "$" also matches before a last newline, and a user's
+# "lock.0a.tmp\n" was taken for a leftover and deleted with the claim
+_CLAIM_LEFTOVER = re.compile(r"(lock|run\.json|source-files\.npz)\.[0-9a-f.]+\.tmp")
 
 
 def _only_a_claim(location: Location) -> bool:
@@ -216,7 +218,7 @@ def _only_a_claim(location: Location) -> bool:
         elif name == FILES_FILE:
             if not _is_npz(entry):
                 return False
-        elif not _CLAIM_LEFTOVER.match(name):
+        elif not _CLAIM_LEFTOVER.fullmatch(name):
             return False
     return True
 

@@ -627,6 +627,20 @@ def test_a_run_stopped_between_its_file_list_and_its_record_resumes(tmp_path, si
     assert tree_digest(tmp_path) == before
 
 
+def test_a_users_file_named_like_a_claims_leftover_but_for_a_newline_is_kept(tmp_path):
+    """A state folder holding a user's file named like a killed claim's temporary file but
+    for a last newline ('lock.0a.tmp\n': the pattern's $ matched before it) was taken over
+    as a claim leftover, and the file deleted with it: it is not ours, and stays refused."""
+    src = write_src(tmp_path / "src.zarr")
+    other = tmp_path / "other.zarr"
+    (other / STATE_DIR).mkdir(parents=True)
+    (other / STATE_DIR / "lock.0a.tmp\n").write_text("my notes")
+    before = tree_digest(tmp_path)
+    with pytest.raises(FileExistsError, match="not an fstack_dask output"):
+        fuse_zarr(src, other, chunks=CHUNK, progress=False, resume=True)
+    assert tree_digest(tmp_path) == before
+
+
 STOPPED_AS_THE_OVERWRITE_BEGINS = textwrap.dedent(
     """
     import os, signal, sys
