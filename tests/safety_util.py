@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +51,19 @@ def one_line_error(proc) -> str:
 
 
 def digest_of(root: Path, names) -> dict:
-    """sha256 of every file under each of ``names`` inside ``root``."""
+    """sha256 of every file under each of ``names`` inside ``root`` (a file's own; None for
+    one that is gone: a file's digest was {} whether it was there or not, and the checks of
+    a user's files kept held whatever became of them)."""
+    import hashlib
+
     from conftest import tree_digest
 
-    return {name: tree_digest(root / name) for name in names}
+    def digest(path: Path) -> Any:
+        if path.is_dir():
+            return tree_digest(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+    return {name: digest(root / name) for name in names}
 
 
 # A CLI run, SIGKILLed once it has deleted the first file whose path matches argv[1] (a

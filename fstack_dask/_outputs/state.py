@@ -59,7 +59,9 @@ FILES_FILE = "source-files.npz"
 METHOD = "Pertuz et al. 2013 noise-robust selective all-in-focus fusion"
 RUN_KIND = "fstack_dask run"
 # zarr's LocalStore writes a key through a temporary '<stem>.<32 hex digits>.partial' file
-ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+# (at the very end: \Z, as "$" also matches before a last newline, and a user's
+# 'zarr.json.<hex>.partial\n' was deleted by a resume's clean-up)
+ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
 
 
 def _read_json(location: Location) -> Any:

@@ -160,6 +160,26 @@ def test_resume_removes_only_zarrs_own_temporary_files(tmp_path, monkeypatch):
     assert not ours.exists()
 
 
+def test_resume_keeps_a_users_file_named_like_zarrs_temporary_but_for_a_newline(
+    tmp_path, monkeypatch
+):
+    """A user's 'zarr.json.<32 hex>.partial\n' in an output's root, or such a name in a
+    level, was deleted by a resume as a kill's temporary file: the pattern's $ matched
+    before the last newline. Zarr's own temporary files still go."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch)
+    (dst / f"zarr.json.{'a' * 32}.partial\n").write_bytes(b"mine")
+    (dst / "0" / f"notes.{'a' * 32}.partial\n").write_bytes(b"mine too")
+    ours = dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial"
+    ours.write_bytes(b"a chunk write cut short")
+    users = [f"zarr.json.{'a' * 32}.partial\n", f"0/notes.{'a' * 32}.partial\n"]
+    before = digest_of(dst, users)
+    fuse_zarr(src, dst, progress=False, resume=True)
+    assert digest_of(dst, users) == before
+    assert not ours.exists()
+
+
 # ------------------------------------------------------------ 3. claims, not check-then-act
 
 
