@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
 _ARRAY_KEY = re.compile(r"zarr\.json|c(/[0-9]+)+")  # Zarr v3's default chunk keys: c/0/1/2
+_LEVEL = re.compile(r"[0-9]+")  # a level's name: ASCII digits ('\u0663'.isdigit() and int() is 3)
 
 
 def written_by_us(entry: str, path: str) -> bool:
@@ -55,11 +56,11 @@ def written_by_us(entry: str, path: str) -> bool:
     path = ZARR_PARTIAL.sub("", path)
     if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
         return True
-    if entry.isdigit():  # a level: one array
+    if _LEVEL.fullmatch(entry):  # a level: one array
         return bool(_ARRAY_KEY.fullmatch(path))
     # a map: a group of levels (a user's Zarr array nested anywhere deeper is not ours)
     level, _, key = path.partition("/")
-    return path == "zarr.json" or (level.isdigit() and bool(_ARRAY_KEY.fullmatch(key)))
+    return path == "zarr.json" or bool(_LEVEL.fullmatch(level) and _ARRAY_KEY.fullmatch(key))
 
 
 def ours_within(location: Location) -> Callable[[str, str], bool]:
@@ -92,7 +93,7 @@ def ours_within(location: Location) -> Callable[[str, str], bool]:
         if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
             return True
         array, key = entry, path
-        if not entry.isdigit():  # a map: its levels' arrays
+        if not _LEVEL.fullmatch(entry):  # a map: its levels' arrays
             if path == "zarr.json":
                 return True
             level, _, key = path.partition("/")

@@ -478,6 +478,25 @@ def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite(tmp_path, mo
     np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack().transpose(1, 2, 0)))
 
 
+def test_a_users_folder_named_by_a_digit_not_ascii_inside_a_map_survives_an_overwrite(
+    tmp_path,
+):
+    """A user's Zarr folder in a map named by another script's digit ('\u0661', Arabic-Indic
+    one: str.isdigit() and int() make it 1; '\u00b2') was taken for the map's level 1, its
+    zarr.json deleted by an overwrite: a level's name is ASCII digits."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, progress=False)
+    theirs = ["depth/\u0661/zarr.json", "depth/\u0661/c/0/0", "depth/\u00b2/zarr.json"]
+    for name in theirs:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).write_text(f"mine: {name}")
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, progress=False, overwrite=True)
+    for name in theirs:
+        kept = [p for p in tmp_path.rglob("*") if p.as_posix().endswith(f"/{name}")]
+        assert [p.read_text() for p in kept] == [f"mine: {name}"], name
+
+
 def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite_on_fsspec(tmp_path):
     """The same on a filesystem fsspec reaches (``memory://`` here; S3 alike): the old code
     removed each entry of ours there whole (a second adversarial run, 2026-12-05)."""
