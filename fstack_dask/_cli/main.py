@@ -33,6 +33,7 @@ from .args import (
     shown,
 )
 from .stopping import (
+    STOP_SIGNALS,
     Terminated,
     deaf,
     leave,
@@ -269,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure, 130 when interrupted, 143 when terminated, 128 + N when stopped by another
         signal N that ends a job (SIGHUP, SIGUSR1, SIGUSR2, SIGXCPU; see ``fstack-dask --help``).
         Called as the program (``argv`` None), an interrupted run whose task never returned
-        (a read on a dead mount) ends the process at once (:func:`.stopping.leave`).
+        (a read on a dead mount) ends the process at once (:func:`.stopping.leave`). A
+        caller's ``main([...])`` handles SIGTERM alone, and leaves the process's other
+        handlers as they are (``faulthandler.register``'s, which Python reports as SIG_DFL).
 
     Examples
     --------
@@ -288,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
-    restore = on_stop_signals_raise()
     program = argv is None  # the program itself, not a caller's call: its process's hooks
+    stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
+    restore = on_stop_signals_raise(stops)
     unquiet = [quiet_broken_pools(), quiet_gone_readers()] if program else []
     try:
         from .._dask_config import check_dask_config
@@ -297,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_dask_config()  # before any command imports dask, which would hang on it
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
-        with deaf():  # pressed again meanwhile: the program is ending as asked
+        with deaf(stops):  # pressed again meanwhile: the program is ending as asked
             _quiet_abandoned_coroutines()
             hint = "; rerun the same command with --resume to continue"
             _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")

@@ -71,10 +71,13 @@ class TerminatedNow(Terminated, StopWaiting):
     """A second signal: the running tasks are not waited for."""
 
 
-def on_stop_signals_raise() -> Callable[[], None]:
-    """Raise :class:`Terminated` on each of :data:`STOP_SIGNALS` in the main thread, until the
-    function returned is called (it puts the previous handlers back). SIGTERM's handler is
-    always replaced; another's only where it is the default (one ignored stays ignored).
+def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[], None]:
+    """Raise :class:`Terminated` on each of ``names`` (:data:`STOP_SIGNALS`) in the main thread,
+    until the function returned is called (it puts the previous handlers back). SIGTERM's
+    handler is always replaced; another's only where it is the default (one ignored stays
+    ignored). A caller's process gives SIGTERM alone: a handler Python did not install
+    (``faulthandler.register``'s, a C library's) reads as the default, and was replaced by
+    SIG_DFL, killing the host at its next signal (a review, 2026-12-06).
 
     The first signal also starts a timer that, :data:`TERMINATION_GRACE` seconds later,
     delivers a second one if the run has not ended: it stops the wait for tasks that do not
@@ -101,7 +104,7 @@ def on_stop_signals_raise() -> Callable[[], None]:
         raise Terminated(signum)
 
     previous: dict[int, Any] = {}
-    for name in STOP_SIGNALS:
+    for name in names:
         signum = getattr(signal, name, None)  # (Windows has few of them)
         if signum is None:
             continue
@@ -122,13 +125,14 @@ def on_stop_signals_raise() -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def deaf() -> Iterator[None]:
-    """Ignore Ctrl-C and :data:`STOP_SIGNALS` while the program says how it stopped, and
-    ends: a second Ctrl-C (or SIGTERM) landing there printed a traceback under the one line,
-    or instead of it, and could make the exit status 1 (an adversarial run, 2026-12-06).
-    The previous handlers are back afterwards (a caller's ``main([...])`` goes on)."""
+def deaf(names: tuple[str, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Ignore Ctrl-C and ``names`` (:data:`STOP_SIGNALS`) while the program says how it
+    stopped, and ends: a second Ctrl-C (or SIGTERM) landing there printed a traceback under
+    the one line, or instead of it, and could make the exit status 1 (an adversarial run,
+    2026-12-06). The previous handlers are back afterwards (a caller's ``main([...])`` goes
+    on; it gives the signals it handled, see :func:`on_stop_signals_raise`)."""
     previous: dict[int, Any] = {}
-    for name in ("SIGINT", *STOP_SIGNALS):
+    for name in ("SIGINT", *names):
         signum = getattr(signal, name, None)
         if signum is not None:
             with contextlib.suppress(ValueError, OSError):  # (not the main thread)

@@ -250,3 +250,37 @@ def test_a_second_signal_while_the_program_ends_changes_nothing(signals, where):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("fstack-dask: error")]
     assert len(errors) == 1 and "--resume" in errors[0], proc.stderr
+
+
+# ------------------------------------------------------------ a host's handlers, kept
+
+HOST = """
+import faulthandler, importlib, os, signal, sys
+cli = importlib.import_module("fstack_dask._cli.main")
+for name in ("SIGHUP", "SIGUSR1"):  # C-level handlers: Python reports them as SIG_DFL
+    faulthandler.register(getattr(signal, name), all_threads=False)
+
+def terminated(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+
+cli._COMMANDS["fuse"] = terminated
+code = cli.main(sys.argv[1:])
+for name in ("SIGHUP", "SIGUSR1"):  # the host asks for its tracebacks
+    os.kill(os.getpid(), getattr(signal, name))
+print("host alive", code)
+"""
+
+
+@pytest.mark.parametrize("argv", [["info", "missing.zarr"], ["fuse", "in.zarr", "out.zarr"]])
+def test_main_called_by_a_host_keeps_its_handlers_python_cannot_see(tmp_path, argv):
+    """A host that has faulthandler dump its threads on SIGUSR1 or SIGHUP called main([...]):
+    main took those for the default (Python reports a handler it did not install as SIG_DFL),
+    replaced them, and put SIG_DFL back, so the host's next SIGUSR1 killed it. A caller's
+    main([...]) handles SIGTERM alone, as it did before the program took the others."""
+    proc = subprocess.run(
+        [sys.executable, "-c", HOST, *argv], cwd=tmp_path, capture_output=True, text=True,
+        timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["host", "alive", "2" if argv[0] == "info" else "143"]
