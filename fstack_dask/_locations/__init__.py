@@ -31,7 +31,15 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
+from .places import owner_and_mode
 from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
-__all__ = ["Location", "mounts_within", "reach", "remove_tree", "resolve"]
+__all__ = [
+    "Location",
+    "mounts_within",
+    "owner_and_mode",
+    "reach",
+    "remove_tree",
+    "resolve",
+]

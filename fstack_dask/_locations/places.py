@@ -120,3 +120,20 @@ def _place(
     if not rooted:
         path = path.lstrip("/")
     return Location(spec, protocol, path, dict(options), **extra)
+
+
+def owner_and_mode(st: os.stat_result) -> str:
+    """``owned by USER (group GROUP), mode 755``, with names where the system knows them."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"owned by {user} (group {group}), mode {stat.S_IMODE(st.st_mode):o}"

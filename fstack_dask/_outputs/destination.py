@@ -163,6 +163,9 @@ class Destination:
             if self.dst.is_local and not os.access(self.dst.path, os.W_OK | os.X_OK):
                 raise PermissionError(f"{what} is not writable")
             return kind
+        if resume or overwrite:  # (a complete output's resume with nothing staged writes nothing)
+            if kind == "unfinished" or overwrite or self.staged_run() is not None:
+                self._refuse_unwritable()
         if kind == "unfinished":
             if resume:
                 return "resume"
@@ -235,6 +238,15 @@ class Destination:
             raise ValueError(
                 f"{self.what()} {why}; an overwrite writes the new output beside dst and "
                 "swaps the two: remove the old output yourself, or choose another dst"
+            )
+
+    def _refuse_unwritable(self) -> None:
+        """Refuse, before anything is written, an output this user may not write into."""
+        why = folders.unwritable(self.dst, self.entries)
+        if why is not None:
+            raise PermissionError(
+                f"{self.what()} {why}; ask its owner to let you write it (chmod -R g+w, "
+                "for a group's folder) or choose another dst (nothing was written)"
             )
 
     def _refuse_collisions(self) -> None:

@@ -20,9 +20,17 @@ import uuid
 from typing import Any
 
 from .._errors import DestinationLockedError
-from .._locations import Location, mounts_within
+from .._locations import Location, mounts_within, owner_and_mode
 
-__all__ = ["exchange", "make_folder", "move", "renameat2", "take_on_looks", "unswappable"]
+__all__ = [
+    "exchange",
+    "make_folder",
+    "move",
+    "renameat2",
+    "take_on_looks",
+    "unswappable",
+    "unwritable",
+]
 
 STAGING = ".fstack-staging-"
 RENAME_NOREPLACE = 1
@@ -143,6 +151,26 @@ def take_on_looks(path: str, like: str) -> None:
             mode |= (mode & 0o444) >> 2
         with contextlib.suppress(OSError):
             os.chmod(path, mode | 0o700)
+
+
+def unwritable(dst: Location, entries: tuple[str, ...]) -> str | None:
+    """Which folder of the existing local output ``dst`` that a run writes into (or removes
+    from) this user may not write, described with its owner and mode, or None.
+
+    Another user's output in a group-shared folder, written under umask 022: a ``--resume``
+    or ``--overwrite`` failed with a raw ``Permission denied`` on a lock's temporary file, or
+    "dst cannot be created" (a twentieth adversarial run).
+    """
+    if not dst.is_local:
+        return None
+    names = ("", ".fstack_dask", ".fstack_dask/done")
+    names += tuple(x for e in entries for x in (e, f"{e}/c"))
+    for name in names:
+        path = os.path.join(dst.path, name) if name else dst.path
+        if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            st = os.stat(path)
+            return f"may not be written by this user: {path!r} is {owner_and_mode(st)}"
+    return None
 
 
 #: More than the longest path a run writes below its output's folder (a state folder's

@@ -1,0 +1,96 @@
+"""An ordinary user's permissions: another user's output in a group-shared folder, sources
+this user may not read, umasks.
+
+The suite runs as root, which ignores file permissions; these tests run the real CLI as an
+ordinary user (root without the capabilities that bypass them, through ``setpriv``), and give
+"another user's" files to uid 65534 (nobody)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tree_digest
+from safety_util import CACHE, CHUNK, one_line_error, write_src
+
+from fstack_dask import fuse_zarr
+from fstack_dask._runs.blocks import FuseJob
+
+FUSE = ("--chunks", CHUNK, "--no-progress")
+OTHER = 65534  # another user: nobody
+
+
+def as_user(*args, umask: int = 0o022) -> subprocess.CompletedProcess:
+    """The CLI run by an ordinary user (root without dac_override, dac_read_search, fowner)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to play an ordinary user")
+    code = (
+        f"import os, runpy; os.umask({umask}); runpy.run_module('fstack_dask', run_name='__main__')"
+    )
+    return subprocess.run(
+        [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable,
+         "-c", code, *map(str, args)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+    )  # fmt: skip
+
+
+def give_to_other_user(folder: Path) -> None:
+    """Another user's output, written under umask 022: readable, not writable, by others."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), OTHER, OTHER)
+    os.chown(folder, OTHER, OTHER)
+
+
+def _unfinished(src: Path, dst: Path, monkeypatch) -> None:
+    """An unfinished output: the run stops (as Ctrl-C would) after two blocks."""
+    real, calls = FuseJob.fuse_and_write, []
+
+    def run_block(self, *args, **kwargs):
+        if len(calls) >= 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["unfinished", "complete"])
+def test_another_users_output_is_refused_naming_the_folder_and_its_owner(tmp_path, monkeypatch,
+                                                                          complete):  # fmt: skip
+    """A colleague's output in the group's folder (theirs, 755): ``--resume`` and
+    ``--overwrite`` failed with a raw ``[Errno 13] Permission denied: '.../lock.<hex>.tmp'``,
+    or "dst cannot be created: Permission denied" (a twentieth adversarial run). Refused
+    first, naming the folder, its owner and mode, exit 1, nothing changed; the resume of a
+    complete output, which writes nothing, still says there is nothing to do."""
+    src = write_src(tmp_path / "src.zarr")
+    lab = tmp_path / "lab"
+    lab.mkdir(mode=0o777)
+    lab.chmod(0o777)  # the group's folder: anyone may create in it
+    dst = lab / "out.zarr"
+    if complete:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    else:
+        _unfinished(src, dst, monkeypatch)
+    give_to_other_user(dst)
+    before = tree_digest(tmp_path)
+    for flag in ("--overwrite", "--resume"):
+        proc = as_user("fuse", src, dst, flag, *FUSE)
+        if complete and flag == "--resume":
+            assert proc.returncode == 0 and "nothing to resume" in proc.stderr, proc.stderr
+            continue
+        assert proc.returncode == 1, proc.stderr
+        line = one_line_error(proc)
+        assert f"'{dst}' is owned by 65534" in line or f"'{dst}' is owned by nobody" in line
+        assert "may not be written by this user" in line and "mode 755" in line
+        assert sorted(os.listdir(lab)) == ["out.zarr"]  # no staging folder left
+        assert tree_digest(tmp_path) == before
