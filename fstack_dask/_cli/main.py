@@ -233,10 +233,26 @@ def _message(exc: BaseException) -> str:
 
     told = (UsageError, ValueError, TypeError, OSError, RuntimeError, MissingExtraError)
     if isinstance(exc, told) and text:
+        if _bare_permission_error(exc):  # say what this user may not do to which path
+            from .._locations import permission_missing
+
+            return f"permission denied: this user {permission_missing(exc.filename)}"
         if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
             text = f"{text}: {exc.filename!r}"
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _bare_permission_error(exc: BaseException) -> bool:
+    """An EACCES from the system, as Python words it (``[Errno 13] Permission denied: 'p'``),
+    on a local path: it names neither what was denied nor why (a twentieth adversarial run)."""
+    return (
+        isinstance(exc, PermissionError)
+        and isinstance(exc.filename, str)
+        and exc.filename2 is None
+        and str(exc) == f"[Errno {exc.errno}] {exc.strerror}: {exc.filename!r}"
+        and "://" not in exc.filename
+    )
 
 
 def _quiet_abandoned_coroutines() -> None:

@@ -31,7 +31,7 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
-from .places import owner_and_mode
+from .places import owner_and_mode, permission_missing
 from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
@@ -39,6 +39,7 @@ __all__ = [
     "Location",
     "mounts_within",
     "owner_and_mode",
+    "permission_missing",
     "reach",
     "remove_tree",
     "resolve",

@@ -137,3 +137,26 @@ def owner_and_mode(st: os.stat_result) -> str:
     except KeyError:
         group = str(st.st_gid)
     return f"owned by {user} (group {group}), mode {stat.S_IMODE(st.st_mode):o}"
+
+
+def permission_missing(path: str) -> str:
+    """What this user may not do to the local ``path`` (or the first folder above it that it
+    may not enter), for a one-line message: ``may not read '/p' (a file owned by ...)``."""
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts)):  # a folder on the way that this user may not enter
+        above = os.sep.join(parts[:i]) or os.sep
+        if os.path.isdir(above) and not os.access(above, os.X_OK):
+            return f"may not enter the folder {above!r} ({owner_and_mode(os.stat(above))})"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"may not reach {path!r}"
+    kind = "folder" if os.path.isdir(path) else "file"
+    if not os.access(path, os.R_OK):
+        doing = "list the folder" if kind == "folder" else "read the file"
+    elif kind == "folder" and not os.access(path, os.X_OK):
+        doing = "enter the folder"
+    else:
+        doing = f"write the {kind}"
+    return f"may not {doing} {path!r} ({owner_and_mode(st)})"

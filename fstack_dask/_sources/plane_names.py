@@ -257,6 +257,19 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
     return None
 
 
+def _refuse_unlisted(pattern: str, what: str) -> None:
+    """Say so when a pattern matches nothing because this user may not list its folder (a
+    folder of x without r: it said "matches no files", a twentieth adversarial run)."""
+    folder = os.path.dirname(pattern[: GLOB_CHARS.search(pattern).start()]) or "."
+    if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        from .._locations import permission_missing
+
+        raise PermissionError(
+            f"{what} matches no files: this user {permission_missing(folder)}, so its files "
+            "cannot be listed"
+        )
+
+
 def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
     """The plane files in stack order, how to name `spec` in messages, and the platform
     litter skipped (hidden files, Thumbs.db, ...)."""
@@ -277,6 +290,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             skipped = sort_planes([f for f in files if is_litter(f)])
             files = [f for f in files if not is_litter(f)]
             if not files:
+                _refuse_unlisted(text, f"{name} {where}")
                 raise ValueError(f"{name} {where} matches no files")
             check_images(files, f"{name} {where}")
         elif os.path.exists(text):

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import tifffile
 from conftest import tree_digest
-from safety_util import CACHE, CHUNK, one_line_error, write_src
+from safety_util import CACHE, CHUNK, one_line_error, small_stack, write_src
 
 from fstack_dask import fuse_zarr
 from fstack_dask._runs.blocks import FuseJob
@@ -94,3 +95,35 @@ def test_another_users_output_is_refused_naming_the_folder_and_its_owner(tmp_pat
         assert "may not be written by this user" in line and "mode 755" in line
         assert sorted(os.listdir(lab)) == ["out.zarr"]  # no staging folder left
         assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["file", "folder", "pattern", "zarr"])
+def test_a_source_this_user_may_not_read_is_named_with_what_is_missing(tmp_path, case):
+    """A plane this user may not read, a folder of planes it may enter but not list (x
+    without r), a Zarr chunk folder of another user's: each said only ``[Errno 13] Permission
+    denied: '...'``, and a pattern in the unlisted folder "matches no files" (a twentieth
+    adversarial run). Now one line says what this user may not do to which path, and its
+    owner and mode; exit 1, nothing written."""
+    planes = tmp_path / "planes"
+    planes.mkdir()
+    for i, plane in enumerate(small_stack()):
+        tifffile.imwrite(planes / f"p{i:02d}.tif", plane)
+    src, denied, doing = planes, planes / "p03.tif", "read the file"
+    if case == "file":
+        denied.chmod(0o000)
+    elif case in ("folder", "pattern"):
+        planes.chmod(0o311)
+        denied, doing = planes, "list the folder"
+        src = planes / "*.tif" if case == "pattern" else planes
+    else:
+        src = write_src(tmp_path / "src.zarr")
+        denied, doing = src / "0" / "c" / "0" / "1", "list the folder"
+        give_to_other_user(src)
+        denied.chmod(0o700)
+    dst = tmp_path / "out.zarr"
+    proc = as_user("fuse", src, dst, *FUSE)
+    planes.chmod(0o755)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"this user may not {doing} '{denied}' (owned by " in line, line
+    assert "[Errno" not in line and not dst.exists()
