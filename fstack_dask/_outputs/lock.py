@@ -409,7 +409,8 @@ class DestinationLock:
         aside = f"{self.lock.path}.{uuid.uuid4().hex}.tmp"
         fd = None
         try:
-            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            # the umask decides, as for the output's files (0o644: 644 under umask 002)
+            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             os.write(fd, self.body)
             os.fsync(fd)
             _hold(fd)  # before the lock is visible: never seen unheld
@@ -535,7 +536,7 @@ def _publish(aside: str, path: str, fd: int, body: bytes) -> int:
             raise
     if renameat2(aside, path, RENAME_NOREPLACE):
         return fd
-    new = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    new = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         _hold(new)
         os.write(new, body)

@@ -317,7 +317,9 @@ class OutputState:
             text = (text if stored is not None else f"{text}\n") + "\n" + "\n".join(extra)
         body = text.encode()
         if marker.is_local:
-            fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # the umask decides, as for the output's other files (0o644 made a group's
+            # lock and markers 644 under umask 002, where its files are 664)
+            fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 if os.write(fd, body) != len(body):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), marker.path)

@@ -127,3 +127,29 @@ def test_a_source_this_user_may_not_read_is_named_with_what_is_missing(tmp_path,
     line = one_line_error(proc)
     assert f"this user may not {doing} '{denied}' (owned by " in line, line
     assert "[Errno" not in line and not dst.exists()
+
+
+def test_the_lock_and_done_markers_follow_the_umask_like_the_other_files(tmp_path, monkeypatch):
+    """Under a group's umask 002 an output's files are 664, but its lock and done-markers were
+    created 644 (a twentieth adversarial run): they now follow the umask as the rest does, and
+    under 077 they stay private."""
+    src = write_src(tmp_path / "src.zarr")
+    real, seen = FuseJob.fuse_and_write, {}
+
+    def run_block(self, *args, **kwargs):
+        lock = Path(self.output.path) / ".fstack_dask" / "lock"
+        seen.setdefault(lock.parent.parent.name, lock.stat().st_mode & 0o777)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", run_block)
+    for umask, want in ((0o002, 0o664), (0o077, 0o600)):
+        dst = tmp_path / f"out{umask:o}.zarr"
+        old = os.umask(umask)
+        try:
+            _unfinished(src, dst, monkeypatch)
+        finally:
+            os.umask(old)
+        markers = list((dst / ".fstack_dask" / "done").iterdir())
+        assert markers and {m.stat().st_mode & 0o777 for m in markers} == {want}
+        assert seen[dst.name] == want
+        assert (dst / "zarr.json").stat().st_mode & 0o777 == want
