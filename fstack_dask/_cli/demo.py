@@ -108,6 +108,21 @@ def _refuse_foreign(out_dir: Path, names: list[str]) -> None:
         )
 
 
+def _refuse_unwritable(out_dir: Path, earlier: list[str]) -> None:
+    """Refuse, before anything is removed, a DIR whose files this user may not replace (a
+    demo --overwrite in a folder it may not write removed the planes, then failed on the
+    first rename: a twentieth adversarial run)."""
+    from .._locations import permission_missing
+
+    folders = [out_dir, *(out_dir / n for n in earlier if n in ("planes", "fused.ome.zarr"))]
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"DIR {str(out_dir)!r} cannot be written: this user "
+                f"{permission_missing(str(folder))}; nothing was changed"
+            )
+
+
 def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
     """One TIFF per plane (``stack`` is (y, x, z[, c])), the pixel size in its resolution tags."""
     import tifffile
@@ -164,6 +179,7 @@ def run_demo(
             f"DIR {str(out_dir)!r} already holds {', '.join(earlier)}; choose another DIR or "
             "pass --overwrite"
         )
+    _refuse_unwritable(out_dir, earlier)
     if planes_dir.exists():
         if not planes_dir.is_dir() or not _ours(planes_dir):
             raise FileExistsError(

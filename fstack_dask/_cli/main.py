@@ -252,7 +252,16 @@ def _bare_permission_error(exc: BaseException) -> bool:
         and exc.filename2 is None
         and str(exc) == f"[Errno {exc.errno}] {exc.strerror}: {exc.filename!r}"
         and "://" not in exc.filename
+        and _names_a_place(exc.filename)
     )
+
+
+def _names_a_place(name: str) -> bool:
+    """Whether ``name`` is a path from here (not a name within a folder opened by descriptor,
+    as a removal walking a tree gives)."""
+    import os
+
+    return os.path.isabs(name) or os.path.lexists(name) or os.path.isdir(os.path.dirname(name))
 
 
 def _quiet_abandoned_coroutines() -> None:

@@ -151,12 +151,24 @@ def permission_missing(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError:
+        parent = os.path.dirname(path)
+        if os.path.isdir(parent) and not os.access(parent, os.W_OK):  # mkdir, open(.., "w")
+            folder = f"the folder {parent!r} ({owner_and_mode(os.stat(parent))})"
+            return f"may not create {os.path.basename(path)!r} in {folder}"
         return f"may not reach {path!r}"
     kind = "folder" if os.path.isdir(path) else "file"
     if not os.access(path, os.R_OK):
         doing = "list the folder" if kind == "folder" else "read the file"
     elif kind == "folder" and not os.access(path, os.X_OK):
         doing = "enter the folder"
-    else:
+    elif not os.access(path, os.W_OK):
         doing = f"write the {kind}"
+    elif not os.access(os.path.dirname(path), os.W_OK):  # a rename or removal of path
+        parent = os.path.dirname(path)
+        return (
+            f"may not change the folder {parent!r} ({owner_and_mode(os.stat(parent))}), "
+            f"which holds {os.path.basename(path)!r}"
+        )
+    else:
+        return f"was refused access to {path!r} ({owner_and_mode(st)})"
     return f"may not {doing} {path!r} ({owner_and_mode(st)})"

@@ -153,3 +153,26 @@ def test_the_lock_and_done_markers_follow_the_umask_like_the_other_files(tmp_pat
         assert markers and {m.stat().st_mode & 0o777 for m in markers} == {want}
         assert seen[dst.name] == want
         assert (dst / "zarr.json").stat().st_mode & 0o777 == want
+
+
+@pytest.mark.parametrize("locked", ["DIR", "another user's planes"])
+def test_a_demo_overwrite_this_user_may_not_write_changes_nothing(tmp_path, locked):
+    """``demo DIR --overwrite`` where DIR (or its planes/, a colleague's) may not be written:
+    it removed the planes, then failed (``[Errno 13] Permission denied: '.../planes'``), the
+    previews and fused output left without their planes (a twentieth adversarial run). Now
+    refused first, naming the folder, its owner and mode; nothing changed."""
+    out = tmp_path / "demo"
+    args = ("demo", out, "--size", "64", "--planes", "7", "--no-progress")
+    assert as_user(*args).returncode == 0
+    folder = out if locked == "DIR" else out / "planes"
+    if locked == "DIR":
+        out.chmod(0o555)
+    else:
+        give_to_other_user(folder)
+    before = tree_digest(tmp_path)
+    proc = as_user(*args, "--overwrite")
+    out.chmod(0o755)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"this user may not write the folder '{folder}' (owned by " in line, line
+    assert "nothing was changed" in line and tree_digest(tmp_path) == before
