@@ -36,6 +36,7 @@ from .stopping import (
     STOP_SIGNALS,
     Terminated,
     deaf,
+    end_zarr_io,
     leave,
     on_stop_signals_raise,
     quiet_broken_pools,
@@ -320,12 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
     restore = on_stop_signals_raise(stops)
     unquiet = [quiet_broken_pools(), quiet_gone_readers()] if program else []
+    interrupted = False
     try:
         from .._dask_config import check_dask_config
 
         check_dask_config()  # before any command imports dask, which would hang on it
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
+        interrupted = True
         with deaf(stops):  # pressed again meanwhile: the program is ending as asked
             _quiet_abandoned_coroutines()
             hint = "; rerun the same command with --resume to continue"
@@ -345,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore()
         for undo in reversed(unquiet):
             undo()
+        if program:  # (after leave: no task of ours is running)
+            with deaf(stops):
+                end_zarr_io(interrupted=interrupted)
 
 
 def _stopped(exc: KeyboardInterrupt) -> str:
