@@ -123,7 +123,13 @@ def exchange(new: Location, dst: Location) -> Location:
     aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
     if new.is_local:
         os.rename(dst.path, aside.path)
-        os.rename(new.path, dst.path)
+        try:
+            os.rename(new.path, dst.path)
+        except BaseException:
+            # dst is never left missing (the old output hidden beside it): put it back; the
+            # staged output stays where it was, for a resume
+            os.rename(aside.path, dst.path)
+            raise
     else:
         _move_objects(dst.fs, dst.path, aside.path)
         _move_objects(dst.fs, new.path, dst.path)

@@ -745,6 +745,38 @@ def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_
     assert _hidden(tmp_path) == []
 
 
+def test_a_failed_second_rename_of_the_two_rename_swap_puts_the_old_output_back(
+    tmp_path, monkeypatch
+):
+    """Where renameat2(RENAME_EXCHANGE) is not supported (NFS, Lustre), the swap is two
+    renames: the old output aside, the staged one into dst. An I/O error on the second left
+    no dst at all, the old output hidden as '.NAME.fstack-staging-old-*', while the error
+    said "the previous output in dst is unchanged". It is put back; a resume then finishes."""
+    from fstack_dask._outputs import folders
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    before = tree_digest(dst)
+    real = os.rename
+
+    def rename(a, b, *args, **kwargs):
+        if "fstack-staging-" in a and "-old-" not in a and b == str(dst):
+            raise OSError(5, "Input/output error", a)
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(folders, "renameat2", lambda *args: False)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="the previous output in dst is unchanged"):
+        fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    assert tree_digest(dst) == before
+    assert [h for h in _hidden(tmp_path) if "-old-" in h] == []
+    monkeypatch.setattr(os, "rename", real)
+    out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
+    assert out.attrs["fstack_dask"]["complete"] is True and out.attrs["fstack_dask"]["nhsize"] == 5
+    assert _hidden(tmp_path) == []
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
