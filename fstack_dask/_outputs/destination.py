@@ -105,6 +105,8 @@ class Destination:
         self.protect = list(protect)
         self.entries = tuple(entries)
         self.kind = classify(dst)
+        if self.kind == "absent" and leftovers.restore(dst):  # an overwrite killed mid-swap
+            self.kind = classify(dst)
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
         # working store takes those of the TIFF it will replace)
         self.looks_like: str | None = None

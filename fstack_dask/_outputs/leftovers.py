@@ -13,6 +13,8 @@ a staging folder with its run record   ``resume``: continues it (:func:`staged_r
 the previous output, complete          entries a user had put into it go back into dst, then it
                                        is removed (:func:`recover`); one that cannot be moved is
                                        named in a warning and the folder kept
+the previous output, and no dst        renamed back to dst (:func:`restore`): killed between the
+(two-rename swap, killed between)      two renames of a swap without RENAME_EXCHANGE (NFS)
 on an object store, a partial copy     removed where every object is a copy of dst's at the same
 of dst (killed while copying aside)    place, else kept
 an empty staging folder (killed as     removed by the next overwrite (:func:`remove_stale`)
@@ -38,7 +40,7 @@ from .lock import live_lock
 from .removal import copy_of, remove_output
 from .state import OutputState, foreign_entries, provenance, recorded_entries, run_record
 
-__all__ = ["give_back", "recover", "remove_stale", "staged_run", "staging_folders"]
+__all__ = ["give_back", "recover", "remove_stale", "restore", "staged_run", "staging_folders"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,31 @@ def recover(dst: Location, *, protect: Iterable[Location]) -> None:
             continue  # kept whole, and said so again by every run until it is moved
         with contextlib.suppress(Exception):
             remove_output(folder, protect=protect)
+
+
+def restore(dst: Location) -> bool:
+    """Put back a local dst that an overwrite moved aside (``...-staging-old-``) and was
+    killed before moving the new output in: the old output, complete and ours, was hidden
+    and dst missing. Only where exactly one such folder is there and dst is absent; then a
+    resume swaps the staged output in, as after any interrupted overwrite."""
+    if not dst.is_local or os.path.lexists(dst.path):
+        return False
+    old = [f for f in staging_folders(dst) if f.name.startswith(f".{dst.name}{STAGING}old-")]
+    if len(old) != 1:
+        return False
+    attrs = provenance(old[0])
+    if attrs is None or attrs.get("complete") is not True or run_record(old[0]) is not None:
+        return False
+    if live_lock(OutputState(old[0]).lock) is not None:
+        return False
+    try:  # never over a dst created meanwhile (a rename would replace an empty folder)
+        if not folders.renameat2(old[0].path, dst.path, folders.RENAME_NOREPLACE):
+            os.rename(old[0].path, dst.path)
+    except OSError:
+        return False
+    log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
+                "it", dst.spec, old[0].url)  # fmt: skip
+    return True
 
 
 def give_back(old: Location, dst: Location, *, restored: bool = False) -> list[str]:

@@ -815,6 +815,46 @@ def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+KILLED_BETWEEN_THE_TWO_RENAMES = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask import fuse_zarr
+    from fstack_dask._outputs import folders
+
+    folders.renameat2 = lambda *args: False  # a filesystem without RENAME_EXCHANGE (NFS)
+    rename = os.rename
+
+    def rename_then_die(a, b, *args, **kwargs):
+        rename(a, b, *args, **kwargs)
+        if "-staging-old-" in b:  # the old output moved aside, the new one not yet in
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.rename = rename_then_die
+    fuse_zarr(sys.argv[1], sys.argv[2], chunks=32, nhsize=5, overwrite=True, progress=False)
+    """
+)
+
+
+def test_a_kill_between_the_two_renames_of_a_swap_gives_dst_back(tmp_path):
+    """Where the swap is two renames (no RENAME_EXCHANGE), a kill between them left no dst,
+    the old output hidden as '.NAME.fstack-staging-old-*'; the next --resume fused dst again
+    from scratch and left both hidden folders for good. It renames the old output back
+    (a warning), then swaps the finished staged output in, as after any cut-short overwrite."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    proc = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_THE_TWO_RENAMES, str(src),
+                           str(dst)], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    assert not dst.exists() and len(_hidden(tmp_path)) == 2
+    proc = cli("fuse", src, dst, "--resume", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: restored {dst} from " in proc.stderr
+    assert _hidden(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
 def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
     """Killed while removing the swapped-out previous output (here as its level 1 goes):
     the old code had removed its id file first, so the rest was no output of ours any more,
