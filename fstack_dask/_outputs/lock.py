@@ -424,7 +424,8 @@ class DestinationLock:
                 os.close(fd)
             raise
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            # the lock is taken or refused: a name left (EIO) goes with our state folder
+            with contextlib.suppress(OSError):
                 os.unlink(aside)
         self._fd = fd
         return True

@@ -454,6 +454,32 @@ def test_a_filesystem_without_hard_links_still_takes_the_lock_once(tmp_path, mon
     assert not (dst / STATE_DIR).exists()
 
 
+def test_an_io_error_removing_the_locks_temporary_name_does_not_fail_the_run(tmp_path, monkeypatch):
+    """The lock is written under a temporary name, linked to 'lock', and the temporary name
+    removed; an I/O error on that last unlink (a flaky NFS, strace's inject=unlink:error=EIO)
+    failed the run that held the lock ('[Errno 5] Input/output error: '.../lock.HEX.tmp'',
+    exit 1, nothing said of dst) and left the lock file and its second name in dst. The lock
+    is ours: the run goes on, and the name left goes with the state folder."""
+    import errno
+
+    from fstack_dask._outputs import lock as _lock
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith(".tmp") and "/lock." in str(path):
+            raise OSError(errno.EIO, "Input/output error", path)
+        return os.unlink(path, *args, **kwargs)
+
+    src = write_src(tmp_path / "src.zarr")
+    monkeypatch.setattr(_lock, "os", types.SimpleNamespace(**{**vars(os), "unlink": unlink}))
+    dst = tmp_path / "out.zarr"
+    out = fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    np.testing.assert_array_equal(out["0"][...], _expected(0))
+    assert out.attrs["fstack_dask"]["complete"] is True and not (dst / STATE_DIR).exists()
+    out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5 and not (dst / STATE_DIR).exists()
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+
+
 def test_a_lock_nested_too_deeply_to_parse_reads_as_unreadable(tmp_path, monkeypatch):
     """An unfinished output whose lock holds JSON nested 100000 deep (damaged, or not ours)
     stopped ``--resume``, ``--overwrite`` and ``info`` with 'maximum recursion depth exceeded
