@@ -777,6 +777,40 @@ def test_a_failed_second_rename_of_the_two_rename_swap_puts_the_old_output_back(
     assert _hidden(tmp_path) == []
 
 
+@pytest.mark.parametrize("how", ["fresh", "overwrite"])
+def test_an_io_error_tidying_a_complete_output_is_a_warning(tmp_path, monkeypatch, caplog, how):
+    """An I/O error removing the state folder once the output was published (and swapped in)
+    failed the run, exit 1, saying "nothing was written" (a fresh run) or "dst is kept with
+    0 of 9 blocks done; rerun with --resume" (an overwrite) of a complete output (strace's
+    inject=unlinkat:error=EIO at the done folder). It is a warning; a resume tidies up."""
+    from fstack_dask._outputs import lifecycle
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if how == "overwrite":
+        fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real = lifecycle.remove_tree
+
+    def remove_tree(folder, **kwargs):
+        if folder.path.endswith(STATE_DIR):
+            raise OSError(5, "Input/output error", "done")
+        return real(folder, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "remove_tree", remove_tree)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=how == "overwrite",
+                        progress=False)  # fmt: skip
+    assert out.attrs["fstack_dask"]["complete"] is True and out.attrs["fstack_dask"]["nhsize"] == 5
+    assert f"{dst} is complete, but its state folder" in caplog.text
+    assert (dst / STATE_DIR).exists() and not (dst / STATE_DIR / "lock").exists()
+    monkeypatch.setattr(lifecycle, "remove_tree", real)
+    fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
+    assert not (dst / STATE_DIR).exists()
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
