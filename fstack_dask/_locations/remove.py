@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -130,7 +131,7 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
     """Delete the files under ``top`` that ``ours`` claims, then the folders left empty;
     returns the files kept (links are never ours: we write none)."""
     kept = []
-    for root, dirs, files in os.walk(top, topdown=False):
+    for root, dirs, files in os.walk(top, topdown=False, onerror=_unless_gone):
         rel_root = os.path.relpath(root, top).replace(os.sep, "/")
         prefix = "" if rel_root == "." else rel_root + "/"
         links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
@@ -143,8 +144,10 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
         if root != top or not kept:
             try:
                 os.rmdir(root)
-            except OSError:  # a kept file (or folder) inside
-                pass
+            except OSError as exc:  # a kept file (or folder) inside; else (EIO) a failure,
+                # not a folder of someone else's ("kept [...]: fstack_dask did not write them")
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM):
+                    raise
     return kept
 
 
@@ -165,6 +168,14 @@ def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], boo
 # Two runs may remove the same output of ours at once (a resume that finds a complete TIFF
 # working store while the run that placed the TIFF still removes it): what the other removed
 # is removed.
+
+
+def _unless_gone(exc: OSError) -> None:
+    """A folder that could not be listed (EIO) fails the removal (os.walk skipped it, and its
+    rmdir then read as "a kept file inside"); one already gone was removed, and one we may
+    not read (a user's, locked) is kept, as before."""
+    if not isinstance(exc, (FileNotFoundError, PermissionError)):
+        raise exc
 
 
 def _unlink(path: str) -> None:

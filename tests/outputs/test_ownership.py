@@ -811,6 +811,37 @@ def test_an_io_error_tidying_a_complete_output_is_a_warning(tmp_path, monkeypatc
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+@pytest.mark.parametrize("call", ["rmdir", "scandir"])
+def test_an_io_error_removing_a_folder_of_the_previous_output_is_not_called_foreign(
+    tmp_path, monkeypatch, caplog, call
+):
+    """An rmdir failing with EIO (or a folder that could not be listed, which os.walk skips,
+    its rmdir then failing) while the swapped-out previous output was removed read as "a
+    kept file inside": the warning said "kept ['1'] in .NAME.fstack-staging-...: fstack_dask
+    did not write them" (it did), and the hidden folder, its proofs gone, stayed beside dst
+    for good. The failure is named in the usual warning, and the next run removes the rest."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real, failed = getattr(os, call), []
+
+    def fail_once(path, *args, **kwargs):
+        if ".fstack-staging-" in str(path) and str(path).endswith("/1/c") and not failed:
+            failed.append(path)
+            raise OSError(5, "Input/output error", path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, fail_once)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    assert failed and out.attrs["fstack_dask"]["nhsize"] == 5
+    assert "did not write them" not in caplog.text
+    assert "the previous one, moved to" in caplog.text and "Input/output error" in caplog.text
+    monkeypatch.setattr(os, call, real)
+    fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
