@@ -38,7 +38,15 @@ from . import folders
 from .folders import STAGING
 from .lock import live_lock
 from .removal import copy_of, remove_output
-from .state import OutputState, foreign_entries, provenance, recorded_entries, run_record
+from .state import (
+    STATE_DIR,
+    OutputState,
+    classify,
+    foreign_entries,
+    provenance,
+    recorded_entries,
+    run_record,
+)
 
 __all__ = ["give_back", "recover", "remove_stale", "restore", "staged_run", "staging_folders"]
 
@@ -77,12 +85,28 @@ def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location |
         if folder == keep:
             continue
         if folder.is_local:
+            _empty_cut_short(folder)
             with contextlib.suppress(OSError):  # (only an empty one: rmdir)
                 os.rmdir(folder.path)
                 continue
         if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
             with contextlib.suppress(Exception):
                 remove_output(folder, protect=protect)
+
+
+def _empty_cut_short(folder: Location) -> None:
+    """Empty the state folder of a local staging folder whose run was killed while claiming
+    it, before its run record (:func:`.state.classify`'s "claimed": SIGKILL while taking its
+    lock): it kept the staging folder beside dst for good. Not a live lock; the done folder
+    only while empty (rmdir)."""
+    if classify(folder) != "claimed" or live_lock(OutputState(folder).lock) is not None:
+        return
+    state = os.path.join(folder.path, STATE_DIR)
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(state), key=lambda n: n == "lock"):  # the lock last
+            path = os.path.join(state, name)
+            os.rmdir(path) if name == "done" else os.unlink(path)
+        os.rmdir(state)
 
 
 def recover(dst: Location, *, protect: Iterable[Location]) -> None:

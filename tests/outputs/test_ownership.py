@@ -721,6 +721,58 @@ def test_an_overwrite_stopped_as_it_begins_leaves_no_staging_folder(tmp_path, si
     assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
 
 
+KILLED_WHILE_CLAIMING_THE_STAGING_FOLDER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fstack_dask._outputs import lock, state
+    from fstack_dask._cli.main import main
+
+    point = sys.argv[1]
+
+    def die_at(fn, when):
+        def wrapped(*args, **kwargs):
+            if when(*args):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    staged = lambda path: ".fstack-staging-" in str(path)
+    if point == "state folder made":  # before the lock is written
+        create = lock.DestinationLock._create
+        lock.DestinationLock._create = die_at(create, lambda self: staged(self.lock.path))
+    elif point == "lock written aside":  # its temporary name, not yet linked
+        lock._publish = die_at(lock._publish, lambda aside, path, *a: staged(path))
+    else:  # the lock taken, the source's file list written aside, no run record
+        state.os.replace = die_at(os.replace, lambda a, b: staged(b) and "source-files" in b)
+    sys.exit(main(["fuse", *sys.argv[2:]]))
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["state folder made", "lock written aside", "lock taken"])
+def test_an_overwrite_killed_while_claiming_its_staging_folder_leaves_nothing(tmp_path, point):
+    """SIGKILL while an overwrite claimed its staging folder (strace's inject=flock or
+    inject=rename:signal=SIGKILL) left it holding only a state folder: empty, a lock's
+    temporary name, or a dead run's lock with an empty done folder and the source's file
+    list aside. No later run removed a staging folder that was not empty and had no run
+    record: hidden beside dst for good. The next overwrite empties and removes it."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_CLAIMING_THE_STAGING_FOLDER, point,
+         *map(str, (src, dst, *FUSE, "--nhsize", "5", "--overwrite"))],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    (hidden,) = _hidden(tmp_path)
+    assert os.listdir(tmp_path / hidden) == [STATE_DIR]
+    proc = cli("fuse", src, dst, *FUSE, "--nhsize", "5", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert _hidden(tmp_path) == []
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
+
+
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
     tmp_path, monkeypatch, caplog
 ):
