@@ -176,6 +176,9 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
                 f"({' '.join(str(exc).split()) or type(exc).__name__}): remove it by hand"
             )
         if not target.staged:
+            if kept and target.output.exists():  # (a fault removing it: not "nothing")
+                return (f"{target.output.url!r} is left with {', '.join(kept)}, which could "
+                        "not be removed: remove it by hand")  # fmt: skip
             return "nothing was written"
         left = "the previous output in dst is unchanged"
         if kept:

@@ -894,6 +894,29 @@ def test_an_io_error_removing_a_folder_of_the_previous_output_is_not_called_fore
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
 
 
+def test_a_failed_run_that_cannot_remove_what_it_wrote_does_not_say_nothing_was_written(
+    tmp_path, monkeypatch
+):
+    """A fault on every unlink of a temporary '.partial' zarr wrote while creating dst (ENOSPC
+    in the fault sweep) left it there, and the error still ended "nothing was written"; every
+    later run then refused dst as not ours. The error names what is left."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    real = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith(".partial") and "/depth/zarr." in str(path):
+            raise OSError(28, "No space left on device", path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OSError) as caught:
+        fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, progress=False)
+    assert "nothing was written" not in str(caught.value)
+    assert f"{str(dst)!r} is left with depth/zarr." in str(caught.value)
+    assert "which could not be removed: remove it by hand" in str(caught.value)
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
