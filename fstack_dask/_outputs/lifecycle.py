@@ -17,7 +17,7 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
-from .state import OutputState, new_output_id, recorded_entries, write_output_id
+from .state import STATE_DIR, OutputState, new_output_id, recorded_entries, write_output_id
 from .write import OutputSpec, create_output, publish
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,10 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
                 f"({' '.join(str(exc).split()) or type(exc).__name__}): remove it by hand"
             )
         if not target.staged:
-            if kept and target.output.exists():  # (a fault removing it: not "nothing")
-                return (f"{target.output.url!r} is left with {', '.join(kept)}, which could "
+            # a fault removing this run's own entries: not "nothing" (a user's file is kept)
+            ours = [k for k in kept if k.split("/")[0] in {*target.entries, STATE_DIR}]
+            if ours and target.output.exists():
+                return (f"{target.output.url!r} is left with {', '.join(ours)}, which could "
                         "not be removed: remove it by hand")  # fmt: skip
             return "nothing was written"
         left = "the previous output in dst is unchanged"

@@ -409,8 +409,7 @@ class DestinationLock:
         aside = f"{self.lock.path}.{uuid.uuid4().hex}.tmp"
         fd = None
         try:
-            # the umask decides, as for the output's files (0o644: 644 under umask 002)
-            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # as the umask says
             os.write(fd, self.body)
             os.fsync(fd)
             _hold(fd)  # before the lock is visible: never seen unheld

@@ -619,23 +619,33 @@ def test_what_a_run_killed_while_claiming_left_does_not_lock_the_user_out(tmp_pa
     assert tree_digest(tmp_path) == before
 
 
-KILLED_BEFORE_THE_RECORD = textwrap.dedent(
+STOP_AT = textwrap.dedent(
     """
-    import os, signal, sys
-    from fstack_dask._outputs import state
+    import importlib, os, signal, sys
     from fstack_dask._cli.main import main
 
-    sig, write = getattr(signal, sys.argv[1]), state._write_atomic
+    sig, module = getattr(signal, sys.argv[1]), importlib.import_module(sys.argv[2])
+    name, text = sys.argv[3], sys.argv[4]  # the function, the text of its first argument
+    real = getattr(module, name)
 
-    def write_or_die(location, body):
-        if location.name == "run.json":  # the source's file list is written, the record not
+    def stop_first(first, *args):
+        if text in str(first):
             os.kill(os.getpid(), sig)
-        return write(location, body)
+        return real(first, *args)
 
-    state._write_atomic = write_or_die
-    sys.exit(main(["fuse", *sys.argv[2:]]))
+    setattr(module, name, stop_first)
+    sys.exit(main(["fuse", *sys.argv[5:]]))
     """
 )
+
+
+def _stopped_at(sig: str, module: str, name: str, text: str, *args) -> subprocess.CompletedProcess:
+    """The CLI's ``fuse *args``, sent ``sig`` as ``module.name`` is called on a path holding
+    ``text``."""
+    return subprocess.run(
+        [sys.executable, "-c", STOP_AT, sig, module, name, text, *map(str, args)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
@@ -645,10 +655,9 @@ def test_a_run_stopped_between_its_file_list_and_its_record_resumes(tmp_path, si
     included, though SIGTERM's own line said to rerun with --resume."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_BEFORE_THE_RECORD, sig, *map(str, (src, dst, *FUSE))],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    # the source's file list is written, the record not
+    proc = _stopped_at(sig, "fstack_dask._outputs.state", "_write_atomic", "run.json", src, dst,
+                       *FUSE)  # fmt: skip
     assert proc.returncode == (-9 if sig == "SIGKILL" else 143), proc.stderr
     assert (dst / STATE_DIR / "source-files.npz").is_file()
     assert not (dst / STATE_DIR / "run.json").exists()
@@ -680,25 +689,6 @@ def test_a_users_file_named_like_a_claims_leftover_but_for_a_newline_is_kept(tmp
     assert tree_digest(tmp_path) == before
 
 
-STOPPED_AS_THE_OVERWRITE_BEGINS = textwrap.dedent(
-    """
-    import os, signal, sys
-    from fstack_dask._outputs import folders
-    from fstack_dask._cli.main import main
-
-    sig, looks = getattr(signal, sys.argv[1]), folders.take_on_looks
-
-    def stop_then_look(path, like):
-        if ".fstack-staging-" in path:  # the staging folder is created, nothing is in it
-            os.kill(os.getpid(), sig)
-        return looks(path, like)
-
-    folders.take_on_looks = stop_then_look
-    sys.exit(main(["fuse", *sys.argv[2:]]))
-    """
-)
-
-
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_an_overwrite_stopped_as_it_begins_leaves_no_staging_folder(tmp_path, sig):
     """Stopped right after creating its staging folder, an overwrite left that empty hidden
@@ -707,11 +697,9 @@ def test_an_overwrite_stopped_as_it_begins_leaves_no_staging_folder(tmp_path, si
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
-    proc = subprocess.run(
-        [sys.executable, "-c", STOPPED_AS_THE_OVERWRITE_BEGINS, sig,
-         *map(str, (src, dst, *FUSE, "--nhsize", "5", "--overwrite"))],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    # the staging folder is created, nothing is in it
+    proc = _stopped_at(sig, "fstack_dask._outputs.folders", "take_on_looks", ".fstack-staging-",
+                       src, dst, *FUSE, "--nhsize", "5", "--overwrite")  # fmt: skip
     assert proc.returncode == (-9 if sig == "SIGKILL" else 143), proc.stderr
     if sig == "SIGTERM":
         assert _hidden(tmp_path) == []  # its clean-up removed it

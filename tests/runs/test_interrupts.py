@@ -84,17 +84,22 @@ def test_no_orphan_worker_processes_after_the_run_is_killed(stack, tmp_path, sig
     assert done.returncode == 0, done.stderr
 
 
+def _processes_run_in_its_own_group(stack, dst) -> subprocess.Popen:
+    """A ``--scheduler processes`` run, the leader of its own process group (a job's)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
+         "processes", "--chunks", "32", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_path):
     """scancel, systemd, docker stop and timeout(1) signal the whole group, so the worker
     processes die too: Python 3.11's pool then left its futures pending for ever, and the
     run waited 60 s (its grace period) and printed a traceback per future (a review,
     2026-12-05). Now: exit 143 at once, one line, and it resumes."""
     dst = tmp_path / "out.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
-         "processes", "--chunks", "32", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = _processes_run_in_its_own_group(stack, dst)
     _wait_for_blocks(dst, proc)
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
@@ -118,11 +123,7 @@ def test_a_hangup_of_the_process_group_ends_a_processes_run_in_one_line(stack, t
     resource tracker too, which (unlike SIGTERM) killed it: the run, stopping cleanly, then
     printed a KeyError traceback for each semaphore of its pool it released."""
     dst = tmp_path / "out.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
-         "processes", "--chunks", "32", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = _processes_run_in_its_own_group(stack, dst)
     _wait_for_blocks(dst, proc)
     family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGHUP)
