@@ -295,10 +295,20 @@ def _start_resource_tracker() -> None:
         return
     names = [getattr(signal, n) for n in _GROUP_SIGNALS if hasattr(signal, n)]
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, names)
+    # Its report, at the end, of the semaphores of workers a hang-up killed (which it then
+    # removes, its job) added four lines of UserWarnings to a stopped run's one (in CI).
+    warnings = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [warnings, "ignore::UserWarning:multiprocessing.resource_tracker"])
+    )
     try:
         resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if warnings is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
 
 
 def _die_with_parent(parent: int, ticks: Any = None) -> None:
