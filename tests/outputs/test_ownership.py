@@ -610,11 +610,16 @@ def test_what_a_run_killed_while_claiming_left_does_not_lock_the_user_out(tmp_pa
     assert proc.returncode == 0, proc.stderr
     expected = focus_stack(small_stack().transpose(1, 2, 0))
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+    _a_state_folder_holding_is_not_ours(tmp_path, src, "notes.txt", "--overwrite")
+
+
+def _a_state_folder_holding_is_not_ours(tmp_path, src, name: str, flag: str) -> None:
+    """A folder whose state folder holds a user's file ``name`` is refused, unchanged."""
     other = tmp_path / "other.zarr"
     (other / STATE_DIR).mkdir(parents=True)
-    (other / STATE_DIR / "notes.txt").write_text("not ours")
+    (other / STATE_DIR / name).write_text("my notes")
     before = tree_digest(tmp_path)
-    proc = cli("fuse", src, other, "--overwrite", *FUSE)
+    proc = cli("fuse", src, other, flag, *FUSE)
     assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
     assert tree_digest(tmp_path) == before
 
@@ -666,13 +671,7 @@ def test_a_run_stopped_between_its_file_list_and_its_record_resumes(tmp_path, si
     expected = focus_stack(small_stack().transpose(1, 2, 0))
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
     # a state folder whose "file list" is not one NumPy wrote is still not ours
-    other = tmp_path / "other.zarr"
-    (other / STATE_DIR).mkdir(parents=True)
-    (other / STATE_DIR / "source-files.npz").write_text("my notes")
-    before = tree_digest(tmp_path)
-    proc = cli("fuse", src, other, "--resume", *FUSE)
-    assert proc.returncode == 2 and "not an fstack_dask output" in one_line_error(proc)
-    assert tree_digest(tmp_path) == before
+    _a_state_folder_holding_is_not_ours(tmp_path, src, "source-files.npz", "--resume")
 
 
 def test_a_users_file_named_like_a_claims_leftover_but_for_a_newline_is_kept(tmp_path):

@@ -77,6 +77,10 @@ def test_no_orphan_worker_processes_after_the_run_is_killed(stack, tmp_path, sig
     gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, f"orphan worker processes: {alive}"
     # and the run resumes to the end
+    _resumes_to_the_end(stack, dst)
+
+
+def _resumes_to_the_end(stack, dst) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
@@ -111,11 +115,7 @@ def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_pa
     assert proc.returncode == 143, err
     assert time.monotonic() - start < 15
     assert "terminated" in _stderr_is_one_line(err)
-    done = subprocess.run(
-        [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    _resumes_to_the_end(stack, dst)
 
 
 def test_a_hangup_of_the_process_group_ends_a_processes_run_in_one_line(stack, tmp_path):
@@ -136,11 +136,7 @@ def test_a_hangup_of_the_process_group_ends_a_processes_run_in_one_line(stack, t
     assert "terminated by SIGHUP" in _stderr_is_one_line(err)
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, f"processes left running: {alive}"
-    done = subprocess.run(
-        [sys.executable, "-m", "fstack_dask", "fuse", stack, dst, "--resume", "--no-progress"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    _resumes_to_the_end(stack, dst)
 
 
 def _wait_for_library(proc, name: str, timeout=TIMEOUT) -> None:
