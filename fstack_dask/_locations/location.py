@@ -195,8 +195,8 @@ class Location:
             return sorted(os.listdir(self.path))
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, False))
 
-    def read_bytes(self) -> bytes:
-        """The file's bytes.
+    def read_bytes(self, *, first: int | None = None) -> bytes:
+        """The file's bytes (its ``first`` bytes only, where given).
 
         Raises
         ------
@@ -224,9 +224,13 @@ class Location:
                     raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
                 if not stat.S_ISREG(st.st_mode):
                     raise ValueError(f"{self.spec!r} is {_kind(st.st_mode)}, not a regular file")
+                if first is not None:
+                    return os.read(fd, first)
                 return _read_all(fd, st.st_size)
             finally:
                 os.close(fd)
+        if first is not None:
+            return self.fs.cat_file(self.path, start=0, end=first)
         return self.fs.cat_file(self.path)
 
     def zarr_store(self, *, read_only: bool) -> Any:
