@@ -160,7 +160,7 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
 
     Reads metadata and the done-markers only.
     """
-    from .._outputs.lock import read_lock
+    from .._outputs.staleness import read_lock
     from .._outputs.state import OutputState, provenance, run_record
 
     params = provenance(location)
@@ -251,7 +251,7 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
     if holder == "live":
         return f"being written now by {owner}: {done}"
     if holder != "gone":
-        from .._outputs.lock import LOCK_STALE_AFTER
+        from .._outputs.staleness import LOCK_STALE_AFTER
 
         return (
             f"unfinished: {done}; its lock, from {owner}, was {holder} by this machine's "
@@ -270,7 +270,7 @@ def _holder(lock: dict[str, Any]) -> str:
     written on another machine that looks stale or is dated ahead: judged at a glance,
     without the watch of the stale age a run makes (``info`` waited that long, 60 s,
     silently, on every lock a job on another node left: an adversarial run, 2026-12-06)."""
-    from .._outputs.lock import HEARTBEAT_EVERY, LOCK_STALE_AFTER, machine_id
+    from .._outputs.staleness import HEARTBEAT_EVERY, LOCK_STALE_AFTER, machine_id
 
     if lock.get("machine") == machine_id() and lock.get("held") is not None:
         return "live" if lock["held"] else "gone"  # this kernel shows a live holder's flock

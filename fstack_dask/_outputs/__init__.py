@@ -10,7 +10,8 @@ an interrupted overwrite leaves beside dst and what becomes of it (``leftovers``
 folder moves behind that: exclusive creates, the atomic exchange, what
 a replaced folder keeps (``folders``), a destination's life through one run (``lifecycle``),
 the state folder, run record, done-markers and ownership by record (``state``), the source's
-fingerprint kept with an output (``fingerprint``), and the lock as a lease (``lock``).
+fingerprint kept with an output (``fingerprint``), the lock as a lease (``lock``), and
+when a lock's holder may still be running, so that it is live or stale (``staleness``).
 
 May import: the shared top-level modules only. Never sources, the algorithm, runs or the
 CLI: a run hands this part plain values (a spec, a record, a block's arrays).

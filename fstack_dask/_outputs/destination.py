@@ -40,8 +40,9 @@ from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
 from . import folders, leftovers
 from .folders import STAGING, path_too_long
-from .lock import DestinationLock, Lease, live_lock, locked_message
+from .lock import DestinationLock, Lease
 from .removal import clear_output, remove_entries, remove_output
+from .staleness import live_lock, locked_message
 from .state import (
     ID_FILE,
     STATE_DIR,

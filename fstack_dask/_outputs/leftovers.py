@@ -36,8 +36,8 @@ from collections.abc import Iterable
 from .._locations import Location, remove_tree
 from . import folders
 from .folders import STAGING
-from .lock import live_lock
 from .removal import copy_of, remove_output
+from .staleness import live_lock
 from .state import (
     STATE_DIR,
     OutputState,

@@ -260,8 +260,10 @@ def test_a_stalled_run_never_rewrites_an_object_store_lock(monkeypatch):
     import uuid
 
     from fstack_dask._outputs import lock as _lock
+    from fstack_dask._outputs import staleness as _staleness
 
     monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
+    monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.05)
     where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
     held = _lock.DestinationLock(where, "dst 'out.zarr'")
     held.acquire()
@@ -284,8 +286,10 @@ def test_a_lock_that_cannot_be_read_once_keeps_beating(monkeypatch):
     import uuid
 
     from fstack_dask._outputs import lock as _lock
+    from fstack_dask._outputs import staleness as _staleness
 
     monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
+    monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.05)
     where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
     held = _lock.DestinationLock(where, "dst 'out.zarr'")
     held.acquire()
@@ -339,10 +343,14 @@ class _SkewedClock:
 def _skewed_lease(monkeypatch, skew: float, stale: float) -> None:
     """This process's lock rules with a lease of ``stale`` seconds and a clock ``skew`` off."""
     from fstack_dask._outputs import lock as _lock
+    from fstack_dask._outputs import staleness as _staleness
 
     monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", stale)
+    monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", stale)
     monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", stale / 6)
+    monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", stale / 6)
     monkeypatch.setattr(_lock, "time", _SkewedClock(skew))
+    monkeypatch.setattr(_staleness, "time", _SkewedClock(skew))
 
 
 @contextlib.contextmanager
@@ -409,7 +417,7 @@ def test_a_lock_dated_ahead_keeps_the_stale_age_as_its_grace(tmp_path, monkeypat
     """Watching a lock dated ahead for two heartbeats only gave its holder a third of the
     stale age: a holder paused for 3 s of its 6 lost its lock (a review, 2026-12-05). It is
     watched for the whole stale age now."""
-    from fstack_dask._outputs import lock as _lock
+    from fstack_dask._outputs import staleness as _staleness
 
     lock = tmp_path / "out.zarr" / STATE_DIR / "lock"
     _skewed_lease(monkeypatch, -1800.0, 3.0)  # its clock 30 min ahead
@@ -417,7 +425,7 @@ def test_a_lock_dated_ahead_keeps_the_stale_age_as_its_grace(tmp_path, monkeypat
         os.kill(holder.pid, signal.SIGSTOP)  # a pause of 2 s: less than the stale age
         wake = threading.Timer(2.0, os.kill, (holder.pid, signal.SIGCONT))
         wake.start()
-        assert _lock.live_lock(resolve(str(lock), name="dst")) is not None
+        assert _staleness.live_lock(resolve(str(lock), name="dst")) is not None
         wake.join()
 
 

@@ -39,7 +39,7 @@ from conftest import tree_digest as _tree
 
 from fstack_dask import DestinationLockedError, SourceReadError, fuse_zarr, synthetic_stack
 from fstack_dask._cli.main import main
-from fstack_dask._outputs.lock import LOCK_STALE_AFTER, machine_id
+from fstack_dask._outputs.staleness import LOCK_STALE_AFTER, machine_id
 from fstack_dask._outputs.state import STATE_DIR
 
 STATE = STATE_DIR
@@ -535,6 +535,7 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
     moved while watched for the stale age (3 s here, 60 s by default). A pid never
     decides."""
     from fstack_dask._outputs import lock as _lock
+    from fstack_dask._outputs import staleness as _staleness
 
     src, dst, pristine = unfinished
     src_tree = _tree(src)
@@ -565,7 +566,9 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
 
         caplog.set_level(logging.INFO, logger="fstack_dask")
         monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 3.0)  # the locks below are older still
+        monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", 3.0)
         monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.5)
+        monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.5)
         stale = [
             # this machine, nobody holds it: its run is gone, though the pid it names (this
             # very test process) is alive and the heartbeat is fresh
