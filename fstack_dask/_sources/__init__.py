@@ -4,7 +4,9 @@ What lives here: which reader for which input (``open``), the ``Source`` descrip
 its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``), TIFF (``tiff``, with
 ``tiff_checks`` for headers that lie and ``tiff_array`` for reading a series by region),
 folders and globs of plane files (``images``, with
-``plane_names`` for the files used, names that break the others' pattern, litter), HDF5
+``plane_names`` for the files used, names that break the others' pattern, litter,
+``image_headers`` for what each file's header says and ``image_planes`` for the array that
+decodes the planes on demand), HDF5
 (``hdf5``), microscope vendors' files, each through its own library (``czi``, ``nd2``,
 ``lif``, with what they share, scenes and region reads, in ``vendor``), arrays in memory
 (``arrays``), what the readers share (``common``,

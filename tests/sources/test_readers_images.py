@@ -640,7 +640,7 @@ def test_a_fused_tiff_saved_beside_the_planes_is_not_read_as_one(tmp_path, rgb):
     from fstack_dask import fuse_zarr
     from fstack_dask._errors import FstackDaskWarning
     from fstack_dask._outputs.tiff import NAMESPACE
-    from fstack_dask._sources.images import FUSED_MARK
+    from fstack_dask._sources.image_headers import FUSED_MARK
 
     assert FUSED_MARK == NAMESPACE  # the reader knows what the writer writes
     shape = (48, 40, 3) if rgb else (48, 40)
