@@ -411,7 +411,7 @@ def cluster_override(value: str | None) -> dict[str, Any] | None:
         return None
     if value in LOCAL_SCHEDULERS:
         return {"kind": "local", "scheduler": value}
-    from .._runs.schedulers import is_address
+    from .._runs.scheduler_choice import is_address
 
     if is_address(value):  # (distributed's own messages, naming no option, before)
         return {"kind": "distributed", "address": value}

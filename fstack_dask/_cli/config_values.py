@@ -221,7 +221,7 @@ def _scheduler(value: Any, name: str) -> str:
 
 
 def _address(value: Any, name: str) -> str | None:
-    from .._runs.schedulers import is_address
+    from .._runs.scheduler_choice import is_address
 
     if value is None:
         return None

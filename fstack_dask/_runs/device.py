@@ -31,7 +31,7 @@ def run_engine(device: str) -> str:
 def require_device(device: str, scheduler: Any = None) -> None:
     """Refuse ``device="cuda"`` where the tasks cannot use a GPU (``ValueError`` naming it).
 
-    ``scheduler`` is a :class:`~fstack_dask._runs.schedulers.Scheduler`; on a distributed
+    ``scheduler`` is a :class:`~fstack_dask._runs.scheduler_choice.Scheduler`; on a distributed
     cluster each worker is asked (the process that plans the run may have no GPU, its
     workers do); otherwise this process is.
     """
@@ -52,7 +52,7 @@ def require_device_for_graph(device: str) -> None:
     if there is one (they will compute it), else this process."""
     if device != "cuda":
         return
-    from .schedulers import Scheduler, _default_client
+    from .scheduler_choice import Scheduler, _default_client
 
     client = _default_client()
     scheduler = Scheduler("distributed", 1, 1, client) if client is not None else None

@@ -18,7 +18,7 @@ from .._errors import DestinationFullError, DestinationLockedError
 from .._fp_env import with_ieee_arithmetic
 from .._params import DEFAULT_MEMORY_PER_TASK, Channels, check_flag
 from .._public import public
-from .schedulers import check_scheduler
+from .scheduler_choice import check_scheduler
 
 __all__ = ["DestinationFullError", "DestinationLockedError", "fuse_zarr", "is_tiff_destination"]
 

@@ -19,7 +19,7 @@ from .blocks import FuseJob, close_on_workers
 from .fusion import Fusion
 from .plan import Plan
 from .pyramid import PyramidJob, level_plan
-from .schedulers import Scheduler
+from .scheduler_choice import Scheduler
 
 __all__ = ["fuse_blocks", "image_minimums", "pyramid_levels"]
 

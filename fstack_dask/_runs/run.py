@@ -16,7 +16,7 @@ from .._algorithm.block import warm_up
 from .._outputs import lifecycle
 from .._outputs.display import fit_display_windows
 from .._params import is_synchronous, local_workers
-from . import schedulers
+from . import scheduler_choice
 from .device import require_device
 from .fusion import plan_fusion
 from .passes import fuse_blocks, image_minimums, pyramid_levels
@@ -65,10 +65,11 @@ def run_fusion(
             return lifecycle.open_result(destination.dst)
         with contextlib.ExitStack() as stack:
             # after every check: it may connect
-            sched = schedulers.resolve_scheduler(scheduler, stack)
+            sched = scheduler_choice.resolve_scheduler(scheduler, stack)
             require_device(fusion.params["device"], sched)  # where the tasks run; nothing written
-            schedulers.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
-                                    n_channels=lay.n_channels, kernel=fusion.kernel)  # fmt: skip
+            scheduler_choice.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
+                                          n_channels=lay.n_channels,
+                                          kernel=fusion.kernel)  # fmt: skip
             fusion = read_by(fusion, sched.workers, sched.processes)  # shards, or their chunks
             blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
             target = lifecycle.claim(destination, prior.mode)

@@ -225,7 +225,7 @@ class _Cluster(_Reported):
 def runner_for(scheduler: Any, bar: Any, waiter: Callable | None = None,
                ticks: reports.Ticks | None = None, reported: Callable = list,
                topic: str = "") -> Runner:  # fmt: skip
-    """The runner of a :class:`~.schedulers.Scheduler` (``waiter``, ``ticks``,
+    """The runner of a :class:`~.scheduler_choice.Scheduler` (``waiter``, ``ticks``,
     ``reported``, ``topic``: how the processes and a cluster wait and count their blocks'
     reports)."""
     if scheduler.kind == "synchronous":

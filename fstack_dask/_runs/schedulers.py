@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import functools
 import itertools
 import logging
 import math
-import re
-import sys
 import time
 import uuid
 from collections import deque
@@ -39,16 +36,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import SourceReadError, SourceValueError, finish_despite_interrupts
-from .._params import is_synchronous, local_workers
 from . import exchange
 from . import reports as reports_
 from .blocks import FuseJob, Outcome
-from .pool import process_pool
 from .progress import Progress
 from .pyramid import PyramidJob
+from .scheduler_choice import Scheduler
 from .waiting import POLL, SchedulerLostError, cluster_waiter, local_waiter, lost
 
-__all__ = ["RunReport", "execute", "resolve_scheduler"]
+__all__ = ["RunReport", "execute"]
 
 log = logging.getLogger(__name__)
 
@@ -81,159 +77,6 @@ class RunReport:
         if self.wall_seconds <= 0 or self.workers <= 0:
             return 0.0
         return self.block_seconds / (self.wall_seconds * self.workers)
-
-
-@dataclass(frozen=True)
-class Scheduler:
-    """Where tasks run: ``kind`` is synchronous, threads, processes or distributed."""
-
-    kind: str
-    workers: int  # tasks at once in one process
-    processes: int = 1
-    client: Any = None  # a distributed Client, or the process pool for "processes"
-    ticks: Any = None  # "processes": the queue its workers report finished blocks on
-
-
-NAMES = ("synchronous", "sync", "single-threaded", "threads", "processes", "distributed",
-         "dask.distributed")  # fmt: skip
-# a distributed scheduler's address: host and port (inproc addresses: an in-process cluster's)
-_ADDRESS = re.compile(
-    r"(tcp|tls|ucx|ws|wss)://(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):\d{1,5}/?|inproc://\S+/\d+/\d+"
-)
-
-
-def is_address(text: str) -> bool:
-    """Whether ``text`` is a distributed scheduler's address (``tcp://host:8786``)."""
-    return bool(_ADDRESS.fullmatch(text))
-
-
-def check_scheduler(scheduler: Any) -> None:
-    """Refuse, before anything is done, a scheduler name that is neither one of dask's nor
-    a scheduler's address (``'thread'`` was taken for an address: "missing port number",
-    naming nothing, then a 60 s wait at exit for the Client it left; an adversarial run)."""
-    if isinstance(scheduler, str) and scheduler.lower() not in NAMES:
-        if not _ADDRESS.fullmatch(scheduler):
-            raise ValueError(
-                "scheduler must be 'synchronous', 'threads', 'processes', 'distributed', a "
-                f"scheduler address such as 'tcp://host:8786', or a distributed.Client, got "
-                f"{scheduler!r}"
-            )
-
-
-def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
-    """The scheduler to use, as dask would choose it.
-
-    An explicit ``scheduler`` wins; then ``dask.config``'s ``scheduler`` (so
-    ``dask.config.set(scheduler="threads")`` is honoured even while a Client exists, as in
-    dask); then the active ``distributed`` Client; then threads. ``num_workers`` from
-    dask's config sets the local worker count.
-    """
-    import dask
-
-    if scheduler is None:
-        scheduler = dask.config.get("scheduler", None) or dask.config.get("get", None)
-    if scheduler is None:
-        client = _default_client()
-        if client is not None:
-            scheduler = client
-    if scheduler is None:
-        scheduler = "threads"
-    n_local = local_workers(dask.config.get("num_workers", None))
-    if is_synchronous(scheduler):
-        return Scheduler("synchronous", 1)
-    if isinstance(scheduler, str):
-        name = scheduler.lower()
-        if name == "threads":
-            return Scheduler("threads", n_local)
-        if name == "processes":
-            return _processes(n_local, stack)
-        if name in ("dask.distributed", "distributed"):
-            client = _default_client()
-            if client is None:
-                raise ValueError(
-                    f"scheduler={scheduler!r} needs a running distributed Client; none exists"
-                )
-            return _cluster(client)
-        from distributed import Client
-
-        check_scheduler(scheduler)
-        # Our own connection to an address, closed when done (not made the default).
-        try:
-            client = Client(scheduler, set_as_default=False, timeout="30s")
-        except Exception as exc:
-            raise ConnectionError(
-                f"scheduler {scheduler!r}: no distributed scheduler could be reached there "
-                f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'})"
-            ) from exc
-        return _cluster(stack.enter_context(client))
-    if callable(scheduler) and not hasattr(scheduler, "submit"):
-        # a dask get function such as dask.threaded.get
-        name = getattr(scheduler, "__module__", "")
-        if "multiprocessing" in name:
-            return _processes(n_local, stack)
-        return Scheduler("threads", n_local)
-    if hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info"):
-        return _cluster(scheduler)
-    raise TypeError(
-        "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
-        f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
-    )
-
-
-def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:
-    """Worker processes for the whole run, kept from an earlier run where they may be
-    (:mod:`.pool`: they are slow to start)."""
-    import multiprocessing
-
-    if multiprocessing.current_process().daemon:  # Python forbids it children
-        raise ValueError(
-            "scheduler='processes' cannot start worker processes here: this process is a "
-            "daemonic one (a multiprocessing.Pool worker, say), which may have none; use "
-            "scheduler='threads'"
-        )
-    pool = stack.enter_context(process_pool(n))
-    return Scheduler("processes", 1, n, pool, pool.ticks)
-
-
-def warm_workers(scheduler: Scheduler, dtype: Any, **kernel: Any) -> None:
-    """Have every worker process load the compiled kernel now, in the background, while the
-    run claims dst and decodes its first rows (a fresh worker would otherwise pay numba's
-    import and the kernel's loading, a second or more, at its first block). Best effort."""
-    from .._algorithm.block import warm_up
-
-    task = functools.partial(warm_up, dtype, **kernel)
-    with contextlib.suppress(Exception):
-        if scheduler.kind == "distributed":
-            # Client.run without waiting takes only a coroutine function (a plain one fails
-            # on every worker with "Combination not supported", and nothing is loaded).
-            scheduler.client.run(_warm_up_in_background, task, wait=False)
-        elif scheduler.kind == "processes":
-            for slot in scheduler.client.slots:
-                scheduler.client.submit_to(slot, task)
-
-
-async def _warm_up_in_background(task: Callable[[], None]) -> None:
-    """On a worker: ``task`` (which starts a thread of its own and returns)."""
-    task()
-
-
-def _default_client() -> Any:
-    if "distributed" not in sys.modules:
-        return None  # no Client can exist: importing distributed to ask would cost 0.5 s
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
-def _cluster(client: Any) -> Scheduler:
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    threads = [int(w.get("nthreads", 1)) for w in workers.values()] or [1]
-    return Scheduler("distributed", max(threads), max(1, len(workers)), client)
 
 
 # ---------------------------------------------------------------------------- running

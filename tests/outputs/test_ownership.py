@@ -194,7 +194,7 @@ OTHER_RUN = textwrap.dedent(
 
 def _while_the_scheduler_starts(monkeypatch, action):
     """Run ``action`` after every check, while the run connects to its scheduler."""
-    from fstack_dask._runs import schedulers as _run
+    from fstack_dask._runs import scheduler_choice as _run
 
     real = _run.resolve_scheduler
 

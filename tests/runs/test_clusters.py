@@ -191,7 +191,7 @@ def test_cluster_workers_load_the_kernel_while_the_run_is_prepared():
     """``warm_workers`` on a cluster: each worker loads the compiled kernel for the run's
     types before its first task (it did nothing before: ``Client.run`` without waiting
     refused the plain function on every worker)."""
-    from fstack_dask._runs.schedulers import Scheduler, warm_workers
+    from fstack_dask._runs.scheduler_choice import Scheduler, warm_workers
 
     def loaded() -> bool:
         from fstack_dask._algorithm import fused
