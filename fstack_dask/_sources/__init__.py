@@ -1,7 +1,9 @@
 """Sources: every reader of a focus stack, each returning one :class:`~.source.Source`.
 
 What lives here: which reader for which input (``open``), the ``Source`` description and
-its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``), TIFF (``tiff``, with
+its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``, with ``zarr_metadata``
+for its metadata files checked before zarr reads them and ``zarr_unfinished`` for a node
+inside an unfinished output), TIFF (``tiff``, with
 ``tiff_checks`` for headers that lie and ``tiff_array`` for reading a series by region),
 folders and globs of plane files (``images``, with
 ``plane_names`` for the files used, names that break the others' pattern, litter,

@@ -3,16 +3,14 @@ also in a bioformats2raw layout), as one :class:`~.source.Source`.
 
 The metadata is checked before anything is trusted (JSON that parses, shapes and chunks that
 make sense, at most :data:`~.source.MAX_LENGTH` along an axis); nothing here reads pixel
-data (``fetch`` does that).
+data (``fetch`` does that). The metadata files' own checks are ``zarr_metadata``'s, the
+refusal of a node inside an unfinished output ``zarr_unfinished``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import posixpath
-import stat
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +27,9 @@ from .._ngff import (
 )
 from .._params import parse_axes
 from .common import ngff_unit
-from .source import Source, check_dtype_and_extent, not_a_file
+from .source import Source, check_dtype_and_extent
+from .zarr_metadata import _check_metadata_json, _one_line
+from .zarr_unfinished import _UNFINISHED_STACK, _refuse_inside_unfinished
 
 __all__ = ["open_zarr", "refuse_array_inside_unfinished"]
 
@@ -103,34 +103,6 @@ def open_zarr(
                          metadata_files=(*meta, *_consolidated(location)))  # fmt: skip
 
 
-def _refuse_inside_unfinished(location: Location, where: str) -> None:
-    """Refuse an array or group inside an unfinished fstack_dask output (``out.zarr/0``,
-    ``out.zarr/depth``): its blocks not yet written read as fill values, and only its root
-    says it is unfinished (the root itself is refused by :func:`_ome_source`). The folders
-    above are looked at while they are Zarr groups."""
-    here = location
-    for _ in range(_MAX_NESTING):
-        spec = posixpath.dirname(here.spec.rstrip("/")) or "."
-        if here.is_local and os.path.realpath(os.path.expanduser(spec)) != here.parent_path():
-            spec = here.parent_path()  # a link's folder ('.' for 'link'), not the one it is in
-        parent = dataclasses.replace(here, spec=spec, path=here.parent_path())
-        if parent.path == here.path:
-            return
-        attrs = _group_attributes(parent)
-        if attrs is None:
-            return
-        ours = attrs.get("fstack_dask")
-        if isinstance(ours, Mapping) and ours.get("complete") is False:
-            raise ValueError(
-                f"{where} is inside {parent.spec!r}, an unfinished fstack_dask output whose "
-                "unwritten blocks read as fill values; finish it with resume=True first, or "
-                "fuse the stack it was fused from"
-            )
-        if attrs.get(WRITE_STACK_UNFINISHED):
-            raise ValueError(f"{where} is inside {parent.spec!r}, {_UNFINISHED_STACK}")
-        here = parent
-
-
 def refuse_array_inside_unfinished(array: Any, name: str) -> None:
     """:func:`_refuse_inside_unfinished` for a ``zarr.Array`` the caller opened (``fuse``'s
     ``stack``): opened from ``out.zarr/0`` of an unfinished output, it was fused, its
@@ -140,36 +112,6 @@ def refuse_array_inside_unfinished(array: Any, name: str) -> None:
         location = _node_location(array)
         if location is not None:
             _refuse_inside_unfinished(location, f"{name} {location.spec!r}")
-
-
-_MAX_NESTING = 8  # an output's deepest array is depth/<level>: two below its root
-
-
-_UNFINISHED_STACK = (
-    "a store that write_stack did not finish (killed while writing?) whose unwritten chunks "
-    "read as fill values; remove it and write the stack again"
-)
-
-
-def _group_attributes(location: Location) -> dict[str, Any] | None:
-    """A Zarr group's attributes (v3 ``zarr.json``, v2 ``.zgroup`` + ``.zattrs``), or None
-    where ``location`` is no readable group."""
-    for name in ("zarr.json", ".zgroup"):
-        try:
-            meta = json.loads(location.child(name).read_bytes())
-        except Exception:  # absent, not a file (a named pipe), damaged, or unreachable: the
-            continue  # check is only for a group we can read
-        if not isinstance(meta, dict) or (name == "zarr.json" and meta.get("node_type") != "group"):
-            return None
-        if name == "zarr.json":
-            attrs = meta.get("attributes")
-        else:
-            try:
-                attrs = json.loads(location.child(".zattrs").read_bytes())
-            except Exception:
-                attrs = {}
-        return attrs if isinstance(attrs, dict) else {}
-    return None
 
 
 def _consolidated(location: Location) -> tuple[Location, ...]:
@@ -230,85 +172,6 @@ def _open_node(location: Location, where: str) -> Any:
         ) from exc
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where} has unreadable Zarr metadata: {_one_line(exc)}") from exc
-
-
-def _check_metadata_json(location: Location, where: str, folder: str = "") -> None:
-    """Metadata that is not a JSON object, or an array's that states no usable shape or chunk
-    shape: name the file (zarr's own message does not). ``folder``: the array's path in an
-    image group, for messages."""
-    for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
-        meta = location.child(name)
-        if meta.is_local:  # a named pipe's read never ends, /dev/zero's never stops
-            try:
-                mode = os.stat(meta.path).st_mode
-            except OSError:
-                mode = stat.S_IFREG
-            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-                raise ValueError(
-                    f"{where}: {folder}{name} is {not_a_file(mode)}, not a regular file; the "
-                    "store's metadata must be files"
-                )
-        try:
-            raw = meta.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            continue
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested 100000 deep)
-            raise ValueError(
-                f"{where}: {folder}{name} is not valid JSON ({_one_line(exc)}); the store's "
-                "metadata is damaged"
-            ) from None
-        if not isinstance(value, dict):
-            raise ValueError(
-                f"{where}: {folder}{name} holds a JSON {type(value).__name__}, expected an "
-                "object; the store's metadata is damaged"
-            )
-        for what, values in _stated_shapes(name, value):
-            _check_stated(what, values, f"{where}: {folder}{name}")
-
-
-def _stated_shapes(name: str, meta: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(what, value) of every shape and chunk shape an array's metadata file states."""
-    if name == ".zarray":
-        return [("shape", meta.get("shape")), ("chunk shape", meta.get("chunks"))]
-    if name != "zarr.json" or meta.get("node_type") != "array":
-        return []
-    found = [("shape", meta.get("shape"))]
-    grid = meta.get("chunk_grid")
-    config = grid.get("configuration") if isinstance(grid, dict) else None
-    if isinstance(config, dict):
-        found.append(("chunk shape", config.get("chunk_shape")))
-    codecs = meta.get("codecs")
-    for codec in codecs if isinstance(codecs, list) else []:
-        if not isinstance(codec, dict) or codec.get("name") != "sharding_indexed":
-            continue
-        config = codec.get("configuration")
-        if isinstance(config, dict):
-            found.append(("inner chunk shape (sharding)", config.get("chunk_shape")))
-    return found
-
-
-def _check_stated(what: str, values: Any, where: str) -> None:
-    """Integers, and chunks of at least one element: zarr reads a JSON ``true`` as 1, and a
-    zero chunk only fails when a chunk is read (a division by zero)."""
-    if not isinstance(values, list):
-        return  # missing or not a list: zarr's own message says so
-    text = json.dumps(values)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        raise ValueError(
-            f"{where} gives {what} {text}; expected a list of integers >= 0 (the metadata "
-            "is damaged)"
-        )
-    if what != "shape" and 0 in values:
-        raise ValueError(
-            f"{where} gives {what} {text}; every chunk must be at least 1 element along "
-            "each axis (the metadata is damaged)"
-        )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _stored_axes(array: Any) -> tuple[str | None, str]:
