@@ -11,7 +11,8 @@ getting it ready (``scheduler_choice``), the bounded window of tasks in flight o
 (``schedulers``), how tasks of many blocks report each block
 (``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), halo
 exchange, which decodes each source unit once on any scheduler: its plan of waves and row
-segments (``waves``), its driver (``exchange``), what a worker does (``halo``) and where its
+segments (``waves``), its driver (``exchange``), a wave's strips as they run and what each
+submits next (``exchange_strips``), what a worker does (``halo``) and where its
 tasks run (``runners``), a dry run of its plan that counts each worker's decodes and fuses
 without reading anything (``dry_run``), our worker processes (``pool``), the C allocator
 while a run's tasks use it: a worker's thresholds and the kept cores' own mappings

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .blocks import Outcome
-from .exchange import Block, Runner, run_exchange
+from .exchange import Runner, run_exchange
+from .exchange_strips import Block
 from .halo import decode_rows, neighbours
 from .plan import Plan
 
