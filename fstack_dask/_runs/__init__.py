@@ -6,9 +6,10 @@ working store beside it (``tiff_output``), the fusion's plan from metadata (``fu
 blocks, their order and memory (``plan``), reading a sharded source by shards or by their
 chunks (``reading``), one block's work (``blocks``), the pyramid's
 blocks (``pyramid``), the passes over level 0 and then each level (``passes``), what ``dst``
-holds and whether a resume continues this run (``resume``), which scheduler a run gets and
-getting it ready (``scheduler_choice``), the bounded window of tasks in flight on it
-(``schedulers``), how tasks of many blocks report each block
+holds and whether a resume continues this run (``resume``), whether the source changed under
+a run, its finished blocks read again where its files did (``source_changes``), which
+scheduler a run gets and getting it ready (``scheduler_choice``), the bounded window of tasks
+in flight on it (``schedulers``), how tasks of many blocks report each block
 (``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), halo
 exchange, which decodes each source unit once on any scheduler: its plan of waves and row
 segments (``waves``), its driver (``exchange``), a wave's strips as they run and what each

@@ -21,7 +21,8 @@ from .device import require_device
 from .fusion import plan_fusion
 from .passes import fuse_blocks, image_minimums, pyramid_levels
 from .reading import read_by
-from .resume import check_source_after_run, examine
+from .resume import examine
+from .source_changes import check_source_after_run
 
 __all__ = ["run_fusion"]
 

@@ -38,8 +38,9 @@ from .._outputs.lifecycle import remove_finished
 from .._outputs.state import classify, provenance
 from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
 from .fusion import plan_fusion, with_block
-from .resume import check_resumable, source_identity
+from .resume import check_resumable
 from .run import run_fusion
+from .source_changes import source_identity
 
 __all__ = ["WORK", "fuse_to_tiff", "working_store"]
 

@@ -182,12 +182,12 @@ def test_a_file_saved_beside_the_chunks_reads_no_block_again(tmp_path, monkeypat
     the store over SMB) had the check after the run read every finished block again, as if
     each had read it: a second read of the whole source (a review, 2026-12-06). Zarr reads
     only chunks: no block is read again, and the output is complete."""
-    import fstack_dask._runs.resume as resume
+    import fstack_dask._runs.source_changes as changes
 
     src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
     _while_running(monkeypatch, lambda: (src / "0" / ".DS_Store").write_bytes(b"Bud1"))
-    real, reads = resume.fetch_block, []
-    monkeypatch.setattr(resume, "fetch_block", lambda *a, **k: reads.append(1) or real(*a, **k))
+    real, reads = changes.fetch_block, []
+    monkeypatch.setattr(changes, "fetch_block", lambda *a, **k: reads.append(1) or real(*a, **k))
     out = _fuse(src, dst)
     assert out.attrs["fstack_dask"]["complete"] is True
     assert not reads

@@ -584,19 +584,19 @@ def test_a_synchronous_resume_checks_the_source_on_one_thread(tmp_path, monkeypa
 
     import dask
 
-    import fstack_dask._runs.resume as resume
+    import fstack_dask._runs.source_changes as changes
 
     src, dst = _raw_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
     assert len(_unfinished(src, dst, monkeypatch, n_blocks=6)) == 6
     for path in (p for p in (src / "c").rglob("*") if p.is_file()):
         os.chmod(path, os.stat(path).st_mode ^ 0o040)  # its ctimes: every block is a suspect
-    real, seen = resume.fetch_block, set()
+    real, seen = changes.fetch_block, set()
 
     def fetch_block(*args, **kwargs):
         seen.add(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(resume, "fetch_block", fetch_block)  # (the check's reads only)
+    monkeypatch.setattr(changes, "fetch_block", fetch_block)  # (the check's reads only)
     with dask.config.set(num_workers=4):
         fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False, resume=True)
     assert len(seen) == 1, seen
