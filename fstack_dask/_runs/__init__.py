@@ -18,7 +18,8 @@ tasks run (``runners``), a dry run of its plan that counts each worker's decodes
 without reading anything (``dry_run``), our worker processes (``pool``), the C allocator
 while a run's tasks use it: a worker's thresholds and the kept cores' own mappings
 (``allocator``), progress (``progress``), where ``device="cuda"`` is checked once the
-scheduler is known (``device``), and the lazy ``fuse`` graph (``lazy``) with its blocks and
+scheduler is known (``device``), and the lazy ``fuse`` (``lazy``) with its graph, validated,
+planned and built as one ``map_overlap`` (``lazy_layers``), its blocks and
 what its tasks run on each block (``lazy_chunks``) and its halo, dask's overlap with the strips
 copied out of each chunk (``lazy_overlap``).
 
