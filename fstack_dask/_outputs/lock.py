@@ -33,10 +33,9 @@ from typing import Any
 
 from .._errors import DestinationLockedError, LeaseLostError
 from .._locations import Location
+from . import staleness
 from .folders import RENAME_NOREPLACE, renameat2
 from .staleness import (
-    HEARTBEAT_EVERY,
-    LOCK_STALE_AFTER,
     _owner,
     _s3_object,
     lock_is_live,
@@ -99,8 +98,8 @@ class Lease:
                 ) from None
             raise LeaseLostError(
                 f"{self.what}: this run's lock was taken over and is gone (another run judged "
-                f"it stale after {LOCK_STALE_AFTER:g} s without a heartbeat: was this run "
-                "suspended, or its host unreachable?); this run stopped writing"
+                f"it stale after {staleness.LOCK_STALE_AFTER:g} s without a heartbeat: was this "
+                "run suspended, or its host unreachable?); this run stopped writing"
             ) from None
         if _token_of(raw) != self.token:
             try:
@@ -109,7 +108,7 @@ class Lease:
                 info = {}
             raise LeaseLostError(
                 f"{self.what} was taken over by {_owner(info)} after this run's lock went "
-                f"{LOCK_STALE_AFTER:g} s without a heartbeat (suspended, or its host "
+                f"{staleness.LOCK_STALE_AFTER:g} s without a heartbeat (suspended, or its host "
                 "unreachable); this run stopped writing"
             )
 
@@ -282,14 +281,14 @@ class DestinationLock:
         self.lease.check()
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_EVERY):
+        while not self._stop.wait(staleness.HEARTBEAT_EVERY):
             with contextlib.suppress(Exception):
                 # On an object store the check below and the rewrite are not one step: a run
                 # stalled past the stale age (a suspended process) may have been taken over
                 # meanwhile, and never rewrites then (it overwrote the lock of the run that took
                 # over: a seventh adversarial run). Locally it touches its own inode only.
-                stalled = (not self.lock.is_local
-                           and time.monotonic() - self._beaten >= LOCK_STALE_AFTER)  # fmt: skip
+                waited = time.monotonic() - self._beaten
+                stalled = not self.lock.is_local and waited >= staleness.LOCK_STALE_AFTER
                 ours = self._still_mine()
                 if ours is None:  # a failed read (a network error) says nothing: the next beat
                     continue  # asks again (it stopped the heartbeat for good: a review)

@@ -262,14 +262,13 @@ def test_a_stalled_run_never_rewrites_an_object_store_lock(monkeypatch):
     from fstack_dask._outputs import lock as _lock
     from fstack_dask._outputs import staleness as _staleness
 
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.05)
     where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
     held = _lock.DestinationLock(where, "dst 'out.zarr'")
     held.acquire()
     try:
         taker = _lock.DestinationLock(where, "dst 'out.zarr'")
-        held._beaten = time.monotonic() - 2 * _lock.LOCK_STALE_AFTER  # suspended that long
+        held._beaten = time.monotonic() - 2 * _staleness.LOCK_STALE_AFTER  # suspended that long
         where.fs.pipe_file(where.path, taker.body)  # the other run took it over
         monkeypatch.setattr(held, "_still_mine", lambda: True)  # as checked before the takeover
         time.sleep(0.5)
@@ -288,7 +287,6 @@ def test_a_lock_that_cannot_be_read_once_keeps_beating(monkeypatch):
     from fstack_dask._outputs import lock as _lock
     from fstack_dask._outputs import staleness as _staleness
 
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.05)
     where = resolve(f"memory://lease-{uuid.uuid4().hex}/out.zarr/.fstack_dask/lock", name="dst")
     held = _lock.DestinationLock(where, "dst 'out.zarr'")
@@ -345,9 +343,7 @@ def _skewed_lease(monkeypatch, skew: float, stale: float) -> None:
     from fstack_dask._outputs import lock as _lock
     from fstack_dask._outputs import staleness as _staleness
 
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", stale)
     monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", stale)
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", stale / 6)
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", stale / 6)
     monkeypatch.setattr(_lock, "time", _SkewedClock(skew))
     monkeypatch.setattr(_staleness, "time", _SkewedClock(skew))

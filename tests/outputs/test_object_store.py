@@ -128,10 +128,8 @@ def test_the_lock_of_an_s3_run_keeps_beating(s3, bucket, monkeypatch):
     from fstack_dask._outputs import staleness as _staleness
 
     fs, b = bucket
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.3)
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.3)
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 2.0)  # S3 dates objects to the second
-    monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", 2.0)
+    monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", 2.0)  # S3 dates objects to the second
     where = resolve(f"s3://{b}/out.zarr/.fstack_dask/lock", name="dst", storage_options=s3)
     held = _lock.DestinationLock(where, "dst 'out.zarr'")
     held.acquire()
@@ -293,9 +291,7 @@ def test_two_runs_taking_over_one_stale_s3_lock_do_not_both_get_it(s3, bucket, m
     where, new_lock = _s3_lock(s3, b)
     # stale after 5 s: a lock written by the run that wins stays live long enough for the
     # other to see it so on a loaded machine (S3 dates objects to the second)
-    monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 5.0)
     monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", 5.0)
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 5.0 / 6)  # a stale-looking lock is watched
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 5.0 / 6)
     fs.pipe(where.path, b'{"host": "node-7", "pid": 1, "token": "a crashed run"}')
     time.sleep(6.2)
@@ -327,11 +323,9 @@ def test_an_s3_lock_taken_over_after_its_check_is_neither_renewed_nor_removed(
     that took the lock over in between lost it to a rewrite, or saw it deleted. Both are
     conditional on the ETag this run wrote now. (The interleaving is made by hand: the
     check passes, then the takeover.)"""
-    from fstack_dask._outputs import lock as _lock
     from fstack_dask._outputs import staleness as _staleness
 
     fs, b = bucket
-    monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.05)
     monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.05)
     where, new_lock = _s3_lock(s3, b)
     held, taker = new_lock(), new_lock()

@@ -534,7 +534,6 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
     heartbeat (mtime) is younger than LOCK_STALE_AFTER, and stale once an older one has not
     moved while watched for the stale age (3 s here, 60 s by default). A pid never
     decides."""
-    from fstack_dask._outputs import lock as _lock
     from fstack_dask._outputs import staleness as _staleness
 
     src, dst, pristine = unfinished
@@ -565,9 +564,7 @@ def test_lock_staleness_rules(tmp_path, unfinished, caplog, monkeypatch):
             fuse_zarr(str(src), dst, chunks=40, resume=True, progress=False)
 
         caplog.set_level(logging.INFO, logger="fstack_dask")
-        monkeypatch.setattr(_lock, "LOCK_STALE_AFTER", 3.0)  # the locks below are older still
         monkeypatch.setattr(_staleness, "LOCK_STALE_AFTER", 3.0)
-        monkeypatch.setattr(_lock, "HEARTBEAT_EVERY", 0.5)
         monkeypatch.setattr(_staleness, "HEARTBEAT_EVERY", 0.5)
         stale = [
             # this machine, nobody holds it: its run is gone, though the pid it names (this
