@@ -41,7 +41,7 @@ from .._locations import Location, remove_tree
 from . import folders, leftovers
 from .folders import STAGING, path_too_long
 from .lock import DestinationLock, Lease
-from .removal import clear_output, remove_entries, remove_output
+from .removal import clear_output, remove_entries, remove_output, unremovable
 from .staleness import live_lock, locked_message
 from .state import (
     ID_FILE,
@@ -168,7 +168,7 @@ class Destination:
             return kind
         if resume or overwrite:  # (a complete output's resume with nothing staged writes nothing)
             if kind == "unfinished" or overwrite or self.staged_run() is not None:
-                self._refuse_unwritable()
+                self._refuse_unwritable(removing=overwrite)
         if kind == "unfinished":
             if resume:
                 return "resume"
@@ -243,9 +243,13 @@ class Destination:
                 "swaps the two: remove the old output yourself, or choose another dst"
             )
 
-    def _refuse_unwritable(self) -> None:
-        """Refuse, before anything is written, an output this user may not write into."""
+    def _refuse_unwritable(self, *, removing: bool) -> None:
+        """Refuse, before anything is written, an output this user may not write into (or,
+        ``removing``, not remove: an overwrite removes the old output after its swap)."""
         why = folders.unwritable(self.dst, self.entries)
+        if why is None and removing:
+            missing = unremovable(self.dst)
+            why = None if missing is None else f"cannot be replaced: this user {missing}"
         if why is not None:
             raise PermissionError(
                 f"{self.what()} {why}; ask its owner to let you write it (chmod -R g+w, "

@@ -12,10 +12,11 @@ Every deletion goes through :func:`~fstack_dask._locations.remove_tree`, which c
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 
-from .._locations import Location, remove_tree
+from .._locations import Location, permission_missing, remove_tree
 from .state import (
     ID_FILE,
     RUN_FILE,
@@ -35,6 +36,7 @@ __all__ = [
     "ours_within",
     "remove_entries",
     "remove_output",
+    "unremovable",
     "written_by_us",
 ]
 
@@ -161,6 +163,50 @@ def remove_output(
     if kept:
         log.warning("kept %s in %s: fstack_dask did not write them", kept, folder.url)
     return kept
+
+
+def unremovable(folder: Location) -> str | None:
+    """What keeps this user from removing the files our local output at ``folder`` holds of
+    ours (a colleague's folder inside it, 755: an overwrite left the old output half
+    removed), for one line; or None. A walk of stat calls alone, no reads; on an object
+    store, which has no such permissions, none. (A user's folder beside our entries that
+    cannot be moved into the new output is kept with the old one, and a warning says so.)"""
+    entries = recorded_entries(folder) if folder.is_local else None
+    if entries is None:
+        return None
+    ours = ours_within(folder)
+    for entry in sorted(entries):
+        top = os.path.join(folder.path, entry)
+        if os.path.isdir(top) and not os.path.islink(top):
+            why = _blocking(top, entry, "", ours, False)[1]
+            if why is not None:
+                return why
+    return None
+
+
+def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool], count: bool):
+    """(whether the folder at ``path`` is left empty once our files go, what blocks them).
+    Its files are judged only where that matters (``count``: its parent may not be written;
+    or it may not be written itself): a walk of a writable output stats no file."""
+    if not os.access(path, os.R_OK | os.X_OK):
+        return False, permission_missing(path)
+    writable = os.access(path, os.W_OK | os.X_OK)
+    emptied, removes = True, False
+    with os.scandir(path) as found:
+        for item in found:
+            name = f"{rel}/{item.name}" if rel else item.name
+            if item.is_dir(follow_symlinks=False):
+                gone, why = _blocking(item.path, entry, name, ours, not writable)
+                if why is not None:
+                    return False, why
+            elif writable and not count:
+                continue
+            else:  # (a link is never ours)
+                gone = not item.is_symlink() and ours(entry, name)
+            removes, emptied = removes or gone, emptied and gone
+    if removes and not writable:
+        return False, permission_missing(path)
+    return emptied, None
 
 
 def clear_output(folder: Location, *, protect: Iterable[Location]) -> None:

@@ -176,3 +176,32 @@ def test_a_demo_overwrite_this_user_may_not_write_changes_nothing(tmp_path, lock
     line = one_line_error(proc)
     assert f"this user may not write the folder '{folder}' (owned by " in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("complete", "theirs"), [(False, "0/c/0"), (True, "0/c/1")], ids=["unfinished", "complete"]
+)
+def test_an_overwrite_this_user_may_not_remove_is_refused_before_anything_changes(
+    tmp_path, monkeypatch, complete, theirs
+):
+    """This user's own output holding a colleague's folder (755): ``--overwrite`` removed
+    what it could and failed on a raw ``Permission denied`` (unfinished), or swapped and
+    left the old output half removed beside dst with a warning, exit 0 (complete). Now
+    refused before anything is written, naming the folder, its owner and mode (a stat-only
+    walk); nothing changed."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if complete:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    else:
+        _unfinished(src, dst, monkeypatch)
+    folder = dst / theirs
+    give_to_other_user(folder)
+    before = tree_digest(tmp_path)
+    proc = as_user("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"'{dst}' cannot be replaced: this user may not write the folder '{folder}'" in line
+    assert "mode 755" in line and "nothing was written" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]  # no staging folder left
+    assert tree_digest(tmp_path) == before
