@@ -148,9 +148,16 @@ def _our_output(src: str, storage_options: Any) -> tuple[Any, str] | None:
 
     try:
         location = resolve(src, name="src", storage_options=storage_options)
-        kind = classify(location)
     except (ValueError, TypeError, OSError):
         return None  # not a place: a glob, say; planning says what is wrong with it
+    try:
+        kind = classify(location)
+    except PermissionError:  # a local output's part this user may not read: say which (it
+        if location.is_local:  # was taken for no output: "not an image yet", if unfinished)
+            raise
+        return None  # (a store's refusal: planning says how to reach it)
+    except (ValueError, TypeError, OSError):
+        return None
     return (location, kind) if kind in ("complete", "unfinished") else None
 
 

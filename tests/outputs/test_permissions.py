@@ -205,3 +205,20 @@ def test_an_overwrite_this_user_may_not_remove_is_refused_before_anything_change
     assert "mode 755" in line and "nothing was written" in line, line
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]  # no staging folder left
     assert tree_digest(tmp_path) == before
+
+
+def test_info_of_an_output_this_user_may_not_read_names_the_folder(tmp_path, monkeypatch):
+    """``info`` of a colleague's unfinished output whose level folder this user may not enter
+    said "src '...' is an unfinished fstack_dask output, not an image yet" (its id file could
+    not be read, so it was taken for no output): now it says what is denied, on which path,
+    with its owner and mode, exit 1."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    give_to_other_user(dst)
+    (dst / "0").chmod(0o700)
+    proc = as_user("info", dst)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"this user may not enter the folder '{dst / '0'}' (owned by " in line, line
+    assert "mode 700" in line and "not an image yet" not in line
