@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location
+from .._version import FORMAT
 from .write import fsync_dir
 
 __all__ = [
@@ -129,6 +130,21 @@ def run_record(location: Location) -> dict[str, Any] | None:
     if isinstance(record, dict) and record.get("kind") == RUN_KIND:
         return record
     return None
+
+
+def newer_format(params: Any) -> str | None:
+    """Why this version cannot read the output whose record (or provenance) holds ``params``:
+    a run begun by a newer version keeps its records in a format this one does not know
+    (records without a format hold the first); or None."""
+    found = params.get("format", 1) if isinstance(params, Mapping) else 1
+    if isinstance(found, int) and not isinstance(found, bool) and found <= FORMAT:
+        return None
+    version = params.get("version") if isinstance(params, Mapping) else None
+    return (
+        f"it was begun by fstack_dask {version or '(an unknown version)'}, which keeps its "
+        f"records in a format this version does not know (format {found!r}; this version reads "
+        f"format {FORMAT} and older)"
+    )
 
 
 def entries_of(params: Mapping[str, Any]) -> list[str]:

@@ -36,7 +36,7 @@ from .._params import (
 )
 from .._sources.open import open_source, portable
 from .._sources.source import Source
-from .._version import NUMERICS, __version__
+from .._version import FORMAT, NUMERICS, __version__
 from .device import run_engine
 from .plan import make_plan
 from .reading import auto_block, read_by, reading
@@ -170,6 +170,7 @@ def plan_fusion(
         params = {
             "version": __version__,
             "numerics": NUMERICS,  # a resume by a version computing other bits is refused
+            "format": FORMAT,  # and one by a version older than the output's records
             "method": METHOD,
             "src": source.location.url if source.location is not None else source.description,
             "src_axes": source.axes,

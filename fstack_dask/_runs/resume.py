@@ -26,7 +26,7 @@ from .._outputs.fingerprint import (
     identity_differences,
     settled_files,
 )
-from .._outputs.state import OutputState, provenance
+from .._outputs.state import OutputState, newer_format, provenance
 from .fusion import Fusion, with_block
 from .source_changes import _few, check_source_files, source_identity
 
@@ -145,6 +145,12 @@ def stored_record(destination: Destination, mode: str) -> dict[str, Any] | None:
         raise ValueError(
             f"dst {destination.dst.spec!r} holds an fstack_dask output without its run record; "
             "it cannot be resumed: start over with overwrite=True"
+        )
+    newer = newer_format(record.get("params")) if mode != "complete" else None
+    if newer is not None:  # before anything reads the record further
+        raise ValueError(
+            f"cannot resume dst {destination.dst.spec!r}: {newer}; resume it with "
+            "that version, or start over with overwrite=True and resume=False"
         )
     return record
 

@@ -530,8 +530,9 @@ def _as_begun_by(dst, numerics):
 
     path = dst / ".fstack_dask" / "run.json"
     record = json.loads(path.read_text())
-    if numerics is None:
+    if numerics is None:  # nor the format of its records
         record["params"].pop("numerics", None)
+        record["params"].pop("format", None)
     else:
         record["params"]["numerics"] = numerics
     path.write_text(json.dumps(record))
@@ -695,3 +696,28 @@ def test_a_chunk_dated_past_2262_is_fused_and_resumed(tmp_path, monkeypatch):
     np.testing.assert_array_equal(out["0"][...], focus_stack(small_stack(0).transpose(1, 2, 0)))
     proc = cli("fuse", src, dst, "--resume", *FUSE)  # complete: its files' digest the same
     assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("found", [2, "2", None], ids=["newer", "a string", "null"])
+def test_a_run_begun_by_a_newer_version_is_refused_naming_it(tmp_path, monkeypatch, found):
+    """An unfinished output begun by a newer version, whose records this version would
+    misread (an older version resuming a newer one's output failed with KeyError 'ome'): a
+    record's format newer than this version reads, or one it does not know, is refused in
+    one line naming the version, nothing changed; ``--overwrite`` still starts over."""
+    import json
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    path = dst / ".fstack_dask" / "run.json"
+    record = json.loads(path.read_text())
+    record["params"].update(format=found, version="9.0")
+    path.write_text(json.dumps(record))
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert f"cannot resume dst '{dst}': it was begun by fstack_dask 9.0" in line, line
+    assert f"does not know (format {found!r}; this version reads format 1 and older)" in line
+    assert "--overwrite and without --resume" in line and tree_digest(tmp_path) == before
+    assert cli("fuse", src, dst, "--overwrite", *FUSE).returncode == 0
