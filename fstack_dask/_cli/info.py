@@ -6,8 +6,6 @@ import argparse
 import time
 from typing import Any
 
-from .._runs.fusion import plan_fusion
-from .._runs.reading import read_by
 from .args import EXIT_OK, configure, printable, scene_src, shown
 
 __all__ = ["cmd_info"]
@@ -21,6 +19,10 @@ _PLAN_KEYS = (
 def plan_from_options(src: str, kw: dict[str, Any]):
     """Open ``src`` and plan the fusion as ``fuse_zarr`` will: validates the source and every
     parameter, reads no pixel data."""
+    # here, not at the top: planning imports the kernels (numba, SciPy: about 0.7 s), which
+    # info of an output of ours never needs
+    from .._runs.fusion import plan_fusion
+
     return plan_fusion(src, **{k: kw[k] for k in _PLAN_KEYS if k in kw})
 
 
@@ -74,6 +76,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", FstackDaskWarning)
         fusion = plan_from_options(scene_src(args.src, args.scene), kw)
     told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
+    from .._runs.reading import read_by
+
     workers = cpu_count() if config.cluster.kind == "local" else 1
     fusion = read_by(fusion, workers)  # as a run on these workers reads a sharded source
     source, layout = fusion.source, fusion.layout

@@ -625,3 +625,24 @@ def test_an_engine_typo_is_warned_of_on_the_command_line(data, tmp_path):
     res = cli("fuse", src, tmp_path / "o.zarr", "--no-progress", env={"FSTACK_DASK_ENGINE": "nump"})
     assert res.returncode == 0, res.stderr
     assert "warning: FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got 'nump'" in res.stderr
+
+
+_LOADED = (
+    "import atexit, runpy, sys\n"
+    "heavy = ('numba', 'scipy', 'dask', 'distributed')\n"
+    "atexit.register(lambda: print('loaded:', [m for m in heavy if m in sys.modules]))\n"
+    "runpy.run_module('fstack_dask', run_name='__main__')\n"
+)
+
+
+def test_commands_that_fuse_nothing_import_no_kernel(data, tmp_path):
+    """``--help``, a usage error and ``info`` of an output of ours fuse nothing, but ``info``
+    imported numba and SciPy (the kernels, through the planner: about 0.7 s of its 1.9 s):
+    none of the heavy packages is imported on those paths now."""
+    _root, src, _stack = data
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=(32, 32), scheduler="synchronous", progress=False)
+    for args, code in ((["--help"], 0), (["fuse", src], 2), (["info", dst], 0)):
+        proc = cli("-c", _LOADED, *args, exe=[sys.executable])
+        assert proc.returncode == code, proc.stderr
+        assert proc.stdout.splitlines()[-1] == "loaded: []", (args, proc.stdout[-300:])
