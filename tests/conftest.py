@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
 import warnings
 
@@ -24,6 +25,12 @@ def pytest_configure(config):
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
     config._fstack_tmp = tempfile.mkdtemp(prefix="fstack-dask-tests-")
     tempfile.tempdir = os.environ["TMPDIR"] = config._fstack_tmp
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell without job control (a script's '&'), or
+        # under nohup: the ignored Ctrl-C is inherited by every CLI the suite starts, and the
+        # tests that interrupt one saw it finish instead (exit 0: its Ctrl-C was ignored, as
+        # it should be there). Python's handler here leaves the children the default.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config):
