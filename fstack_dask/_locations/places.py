@@ -122,8 +122,10 @@ def _place(
     return Location(spec, protocol, path, dict(options), **extra)
 
 
-def owner_and_mode(st: os.stat_result) -> str:
-    """``owned by USER (group GROUP), mode 755``, with names where the system knows them."""
+def owner_and_mode(st: os.stat_result, path: str | None = None) -> str:
+    """``owned by USER (group GROUP), mode 755``, with names where the system knows them,
+    and ``, with an ACL`` where ``path`` has one: the mode alone does not say who may (a mode
+    777 folder refused to this user by its ACL read as a contradiction)."""
     import grp
     import pwd
     import stat
@@ -136,7 +138,20 @@ def owner_and_mode(st: os.stat_result) -> str:
         group = grp.getgrgid(st.st_gid).gr_name
     except KeyError:
         group = str(st.st_gid)
-    return f"owned by {user} (group {group}), mode {stat.S_IMODE(st.st_mode):o}"
+    acl = ", with an ACL (getfacl shows it)" if path is not None and _has_acl(path) else ""
+    return f"owned by {user} (group {group}), mode {stat.S_IMODE(st.st_mode):o}{acl}"
+
+
+_ACLS = ("system.posix_acl_access", "system.nfs4_acl")  # Linux's POSIX ACL, NFSv4's
+
+
+def _has_acl(path: str) -> bool:
+    """Whether ``path`` carries an access ACL (an extended attribute; none where the system
+    or the filesystem has no such attributes)."""
+    try:
+        return any(name in _ACLS for name in os.listxattr(path))
+    except (OSError, AttributeError):  # (AttributeError: no listxattr, as on macOS)
+        return False
 
 
 def permission_missing(path: str) -> str:
@@ -147,13 +162,13 @@ def permission_missing(path: str) -> str:
     for i in range(2, len(parts)):  # a folder on the way that this user may not enter
         above = os.sep.join(parts[:i]) or os.sep
         if os.path.isdir(above) and not os.access(above, os.X_OK):
-            return f"may not enter the folder {above!r} ({owner_and_mode(os.stat(above))})"
+            return f"may not enter the folder {above!r} ({owner_and_mode(os.stat(above), above)})"
     try:
         st = os.stat(path)
     except OSError:
         parent = os.path.dirname(path)
         if os.path.isdir(parent) and not os.access(parent, os.W_OK):  # mkdir, open(.., "w")
-            folder = f"the folder {parent!r} ({owner_and_mode(os.stat(parent))})"
+            folder = f"the folder {parent!r} ({owner_and_mode(os.stat(parent), parent)})"
             return f"may not create {os.path.basename(path)!r} in {folder}"
         return f"may not reach {path!r}"
     kind = "folder" if os.path.isdir(path) else "file"
@@ -166,9 +181,9 @@ def permission_missing(path: str) -> str:
     elif not os.access(os.path.dirname(path), os.W_OK):  # a rename or removal of path
         parent = os.path.dirname(path)
         return (
-            f"may not change the folder {parent!r} ({owner_and_mode(os.stat(parent))}), "
+            f"may not change the folder {parent!r} ({owner_and_mode(os.stat(parent), parent)}), "
             f"which holds {os.path.basename(path)!r}"
         )
     else:
-        return f"was refused access to {path!r} ({owner_and_mode(st)})"
-    return f"may not {doing} {path!r} ({owner_and_mode(st)})"
+        return f"was refused access to {path!r} ({owner_and_mode(st, path)})"
+    return f"may not {doing} {path!r} ({owner_and_mode(st, path)})"

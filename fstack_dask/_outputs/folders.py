@@ -175,7 +175,7 @@ def unwritable(dst: Location, entries: tuple[str, ...]) -> str | None:
         path = os.path.join(dst.path, name) if name else dst.path
         if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
             st = os.stat(path)
-            return f"may not be written by this user: {path!r} is {owner_and_mode(st)}"
+            return f"may not be written by this user: {path!r} is {owner_and_mode(st, path)}"
     return None
 
 

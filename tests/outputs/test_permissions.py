@@ -222,3 +222,42 @@ def test_info_of_an_output_this_user_may_not_read_names_the_folder(tmp_path, mon
     line = one_line_error(proc)
     assert f"this user may not enter the folder '{dst / '0'}' (owned by " in line, line
     assert "mode 700" in line and "not an image yet" not in line
+
+
+@pytest.mark.parametrize("case", ["plane", "dst"])
+def test_a_refusal_by_an_acl_says_there_is_one(tmp_path, case):
+    """A plane of mode 644, or an output folder of mode 777, that an ACL keeps from this user
+    (``setfacl -m u:USER:---``): the checks hold (they ask the system, which reads the ACL),
+    but the message named the mode alone, "mode 777", which says anyone may write it. It now
+    says there is an ACL. (A folder writable through an ACL alone is written as any other.)"""
+    setfacl = shutil.which("setfacl")
+    if setfacl is None:
+        pytest.skip("needs setfacl (the acl package)")
+    src = write_src(tmp_path / "src.zarr")
+    if case == "plane":
+        planes = tmp_path / "planes"
+        planes.mkdir()
+        for i, plane in enumerate(small_stack()):
+            tifffile.imwrite(planes / f"p{i:02d}.tif", plane)
+        give_to_other_user(planes)
+        denied, args = planes / "p03.tif", ("info", planes)
+        doing, mode, acl = "read the file", "644", "u:root:---"
+    else:
+        denied = tmp_path / "out.zarr"
+        fuse_zarr(src, denied, chunks=CHUNK, scheduler="synchronous", progress=False)
+        give_to_other_user(denied)
+        denied.chmod(0o777)
+        args, doing, mode, acl = (
+            ("fuse", src, denied, "--overwrite", *FUSE),
+            None,
+            "777",
+            "u:root:r-x",
+        )
+    subprocess.run([setfacl, "-m", acl, str(denied)], check=True)
+    before = tree_digest(tmp_path)
+    proc = as_user(*args)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    said = f"may not {doing} '{denied}'" if doing else f"'{denied}' is owned by"
+    assert said in line and f"mode {mode}, with an ACL (getfacl shows it)" in line, line
+    assert tree_digest(tmp_path) == before
