@@ -68,8 +68,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if output is not None:
         _print(describe_output(*output))
         return EXIT_OK
-    ours = _our_tiff(args.src)  # refused as a source of several series, naming them
-    if ours is not None:
+    ours = _our_tiff(args.src) or _tiff_run(args.src)  # (else refused as a source of
+    if ours is not None:  # several series, naming them; or as one that does not exist)
         _print(ours)
         return EXIT_OK
     with warnings.catch_warnings(record=True) as caught:
@@ -240,6 +240,31 @@ def _our_tiff(src: str) -> list[tuple[str, str]] | None:
                 lines.append((series.name, f"{series.dtype}{f', {unit}' if unit else ''}, "
                                            f"{len(series.levels)} level(s)"))  # fmt: skip
     return lines + _made_of(params)
+
+
+def _tiff_run(src: str) -> list[tuple[str, str]] | None:
+    """``info``'s lines for a TIFF dst not yet there whose interrupted run left its working
+    store: ``info fused.ome.tif`` said "src ... does not exist", where the README has it say
+    how far the run got and that ``--resume`` continues it (a README audit, 2026-12-06)."""
+    import os
+
+    from .._locations import resolve
+    from .._outputs.state import classify
+    from .._runs.tiff_output import working_store
+
+    if not src.lower().endswith((".tif", ".tiff")) or os.path.lexists(src):
+        return None
+    try:
+        work = working_store(resolve(src, name="src"))
+        kind = classify(work)
+    except (ValueError, TypeError, OSError):
+        return None
+    if kind != "unfinished":  # (a complete store's TIFF was in place: it is a leftover)
+        return None
+    lines = describe_output(work, kind)
+    lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
+    lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")
+    return lines
 
 
 def _tiff_scale(pixels: Any) -> str:
