@@ -6,8 +6,11 @@ process, as where it is not installed."""
 
 from __future__ import annotations
 
+import pathlib
+import re
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -66,3 +69,19 @@ def test_a_cluster_kind_without_dask_jobqueue_exits_2_naming_the_extra(tmp_path)
     assert res.returncode == 2, res.stderr
     assert "'dask-jobqueue'" in line and 'pip install "fstack_dask[jobqueue]"' in line, line
     assert tree_digest(tmp_path) == before
+
+
+def test_every_extra_named_exists_and_readers_holds_each_reader():
+    """The README: ``readers`` installs "all of them", the readers' extras; it lacked ``hdf5``'s
+    hdf5plugin, so an HDF5 file with Blosc or Zstd chunks was refused after ``pip install
+    "fstack_dask[readers]"`` (a README audit). And every ``fstack_dask[NAME]`` that a message
+    or the README tells a user to install is an extra of pyproject.toml."""
+    root = pathlib.Path(__file__).parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    each = ("tiff", "images", "hdf5", "xarray", "czi", "nd2", "lif")
+    assert {r for name in each for r in extras[name]} <= set(extras["readers"])
+    texts = [(root / "README.md").read_text()]
+    texts += [p.read_text() for p in (root / "fstack_dask").rglob("*.py")]
+    named = {n for text in texts for n in re.findall(r"fstack_dask\[([a-z0-9-]+)\]", text)}
+    assert named and named <= set(extras), named - set(extras)
