@@ -136,8 +136,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scene",
         metavar="N|NAME",
-        help="the scene (CZI), position (ND2) or image (LIF) to fuse when SRC holds several: "
-        "its index or name (the same as SRC/N)",
+        help="the scene (CZI), position (ND2), image (LIF) or series (TIFF) to fuse when SRC "
+        "holds several: its index or name (the same as SRC/N)",
     )
     g.add_argument(
         "--level",

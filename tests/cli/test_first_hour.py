@@ -212,6 +212,16 @@ def test_messages_and_help_name_every_reader(tmp_path):
             assert status in text
 
 
+def test_scene_help_names_every_file_that_takes_it():
+    """``--scene`` picks a TIFF's series too (the README, and its own refusal: "--scene
+    applies to CZI, ND2, LIF and TIFF files"), but its help named CZI, ND2 and LIF only (a
+    README audit)."""
+    for command in ("fuse", "info"):
+        text = " ".join(cli(command, "--help").stdout.split())
+        scene = text.split("--scene N|NAME ", 1)[1].split(" --level")[0]
+        assert all(f"({kind})" in scene for kind in ("CZI", "ND2", "LIF", "TIFF")), scene
+
+
 def test_info_auto_on_a_stack_without_measurable_noise(tmp_path):
     """A piecewise-flat stack has no noise to measure: texture/noise^2 is infinite, stored
     as the string "inf"; info formatted it as a number and crashed."""
