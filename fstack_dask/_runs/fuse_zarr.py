@@ -84,7 +84,7 @@ def fuse_zarr(
         Axes of a plain array without dimension names (e.g. ``"zyx"``, ``"czyx"``,
         ``"tczyx"``, ``"yxz"``); must agree with stored dimension names.
     level : int, optional
-        Pyramid level of an OME-Zarr source (0: full resolution).
+        Pyramid level of an OME-Zarr or pyramidal TIFF source (0: full resolution).
     channels : {"auto", "rgb", "independent"}, optional
         See :func:`fuse`. Default ``"auto"``: RGB for colour samples, and for 3 uint8
         channels unless the format says they are separate channels (pages of an OME or
