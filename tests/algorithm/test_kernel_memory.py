@@ -129,3 +129,29 @@ def test_a_float16_stack_is_counted_widened_as_the_run_plans_it(tmp_path):
     peak = _peak(block, "compiled", **kwargs)  # (plus the input itself)
     read = (160 - 2 * fusion.halo, 120 - 2 * fusion.halo)  # a block whose task reads all 160 x 120
     assert peak <= fusion.task_bytes(read), peak
+
+
+def test_the_readme_s_memory_formulas_are_the_models():
+    """The README's per-pixel formulas for a task on the CPU and on the GPU said ``10 C + 25 +
+    f`` and ``f + 32``, the model's before the selectivity was kept in float64 for the fill of
+    undefined S (a README audit): each is read from the README and checked against the model,
+    which the tests above check against what the engines allocate."""
+    import pathlib
+    import re
+
+    from fstack_dask._algorithm.cuda import device_block_memory, plane_groups
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    (cpu,) = re.findall(r"\[P \(2 C b \+ f\) \+ 10 C \+ (\d+) \+ f\] \+ row buffers", readme)
+    (gpu,) = re.findall(r"Y X \[C P b \+ P f \+ 16 G \+ f \+ (\d+) \+ C o\]", readme)
+    for planes, channels, b in ((21, 1, 2), (51, 3, 1), (7, 1, 4)):
+        f, rgb = 4 if b <= 2 else 8, channels == 3
+        model = [
+            block_memory((r, 64), planes, channels, b, rgb, engine="compiled") for r in (64, 65)
+        ]
+        per_pixel = planes * (2 * channels * b + f) + 10 * channels + int(cpu) + f
+        assert (model[1] - model[0]) // 64 == per_pixel, (planes, channels, b)
+        groups = plane_groups(planes, f)
+        per_pixel = channels * planes * b + planes * f + 16 * groups + f + int(gpu) + channels * b
+        gpu_model = [device_block_memory((r, 64), planes, channels, b) for r in (64, 65)]
+        assert (gpu_model[1] - gpu_model[0]) // 64 == per_pixel, (planes, channels, b)
