@@ -658,6 +658,7 @@ README_ROWS = {  # a row of the README's "Bad input" table: what it starts with,
     "`--scene` for a source": ["fuse", "{src}", "{dst}", "--scene", "1"],
     "dst's parent folder does not exist": ["fuse", "{src}", "{root}/nodir/out.zarr"],
     "dst equal to, inside, or containing src": ["fuse", "{src}", "{src}/sub"],
+    "a TIFF dst for what OME-XML cannot hold": ["fuse", "{root}/int64.zarr", "{root}/out.tif"],
 }
 
 
@@ -674,8 +675,9 @@ def test_the_readme_s_bad_input_table_quotes_what_the_program_prints(error_env, 
         (root / "damaged.zarr").mkdir()
         (root / "damaged.zarr" / "zarr.json").write_text("{not json")
         zarr.create_array(str(root / "empty.zarr"), shape=(0, 8, 8), dtype="uint16")
-        zarr.create_array(str(root / "complex.zarr"), shape=(5, 8, 8), dtype="complex64",
-                          dimension_names=["z", "y", "x"])  # fmt: skip
+        for name, dtype in (("complex", "complex64"), ("int64", "int64")):
+            zarr.create_array(str(root / f"{name}.zarr"), shape=(5, 8, 8), dtype=dtype,
+                              dimension_names=["z", "y", "x"])  # fmt: skip
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     (line,) = [s for s in readme.splitlines() if s.startswith(f"| {row}")]
     _, says, status, _ = line.split(" | ")
