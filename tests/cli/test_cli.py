@@ -649,43 +649,46 @@ def test_commands_that_fuse_nothing_import_no_kernel(data, tmp_path):
 
 
 README_ROWS = {  # a row of the README's "Bad input" table: what it starts with, and the argv
-    "src missing": ["fuse", "{root}/nothere", "{dst}"],
-    "src metadata damaged": ["fuse", "{root}/damaged.zarr", "{dst}"],
-    "a z axis of length 0": ["fuse", "{root}/empty.zarr", "{dst}", "--axes", "zyx"],
-    "complex, bool, object or string dtype": ["fuse", "{root}/complex.zarr", "{dst}"],
+    "src missing": ["fuse", "{mine}/nothere", "{dst}"],
+    "src metadata damaged": ["fuse", "{mine}/damaged.zarr", "{dst}"],
+    "a z axis of length 0": ["fuse", "{mine}/empty.zarr", "{dst}", "--axes", "zyx"],
+    "complex, bool, object or string dtype": ["fuse", "{mine}/complex.zarr", "{dst}"],
     "dst exists (without": ["fuse", "{src}", "{existing}"],
     "dst named like a picture": ["fuse", "{src}", "fused.png"],
     "`--scene` for a source": ["fuse", "{src}", "{dst}", "--scene", "1"],
-    "dst's parent folder does not exist": ["fuse", "{src}", "{root}/nodir/out.zarr"],
+    "dst's parent folder does not exist": ["fuse", "{src}", "{mine}/nodir/out.zarr"],
     "dst equal to, inside, or containing src": ["fuse", "{src}", "{src}/sub"],
-    "a TIFF dst for what OME-XML cannot hold": ["fuse", "{root}/int64.zarr", "{root}/out.tif"],
+    "a TIFF dst for what OME-XML cannot hold": ["fuse", "{mine}/int64.zarr", "{mine}/out.tif"],
+    "an HTTP dst": ["fuse", "{src}", "https://example.org/out.zarr"],
+    "a chained URL with a link": ["fuse", "a::b", "{dst}"],
+    "a symlink loop as src or dst": ["fuse", "{src}", "{mine}/loop"],
 }
 
 
 @pytest.mark.parametrize("row", list(README_ROWS))
-def test_the_readme_s_bad_input_table_quotes_what_the_program_prints(error_env, row, capsys,
-                                                                     monkeypatch):  # fmt: skip
+def test_the_readme_s_bad_input_table_quotes_what_the_program_prints(
+    error_env, row, capsys, monkeypatch, tmp_path
+):
     """The table's first quote of a row, ``'...'`` any quoted name and ``...`` any text, is
     what the program prints, with the row's exit status: the row "src missing" had lost the
     CZI, ND2 and LIF files the message names since (a README audit)."""
     from fstack_dask._cli.main import main
 
-    env, root = error_env, error_env["root"]
-    if not (root / "damaged.zarr").exists():
-        (root / "damaged.zarr").mkdir()
-        (root / "damaged.zarr" / "zarr.json").write_text("{not json")
-        zarr.create_array(str(root / "empty.zarr"), shape=(0, 8, 8), dtype="uint16")
-        for name, dtype in (("complex", "complex64"), ("int64", "int64")):
-            zarr.create_array(str(root / f"{name}.zarr"), shape=(5, 8, 8), dtype=dtype,
-                              dimension_names=["z", "y", "x"])  # fmt: skip
+    (tmp_path / "damaged.zarr").mkdir()
+    (tmp_path / "damaged.zarr" / "zarr.json").write_text("{not json")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    zarr.create_array(str(tmp_path / "empty.zarr"), shape=(0, 8, 8), dtype="uint16")
+    for name, dtype in (("complex", "complex64"), ("int64", "int64")):
+        zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=(5, 8, 8), dtype=dtype,
+                          dimension_names=["z", "y", "x"])  # fmt: skip
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     (line,) = [s for s in readme.splitlines() if s.startswith(f"| {row}")]
     _, says, status, _ = line.split(" | ")
     quote = re.escape(says.split("`")[1])
     quote = quote.replace(r"'\.\.\.'", "'[^']*'").replace(r"\(\.\.\.\)", r"\(.*\)")
-    monkeypatch.chdir(root)
-    code = main([a.format(**env) for a in README_ROWS[row]])
-    (err,) = capsys.readouterr().err.splitlines()
     quote = quote.replace(r"\ \.\.\.", ".*").replace(r"\.\.\.", ".*")  # (" ...": "; ...")
+    monkeypatch.chdir(tmp_path)
+    code = main([a.format(mine=tmp_path, **error_env) for a in README_ROWS[row]])
+    (err,) = capsys.readouterr().err.splitlines()
     assert re.search(quote, err), (says, err)
     assert str(code) == status
