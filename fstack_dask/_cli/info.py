@@ -239,7 +239,7 @@ def _our_tiff(src: str) -> list[tuple[str, str]] | None:
                 unit = params.get("depth_unit") if series.name == "depth" else "dB"
                 lines.append((series.name, f"{series.dtype}{f', {unit}' if unit else ''}, "
                                            f"{len(series.levels)} level(s)"))  # fmt: skip
-    return lines + _made_of(params)
+    return lines + _made_of(params) + _overwrite_under_way(src)
 
 
 def _tiff_run(src: str) -> list[tuple[str, str]] | None:
@@ -248,23 +248,38 @@ def _tiff_run(src: str) -> list[tuple[str, str]] | None:
     how far the run got and that ``--resume`` continues it (a README audit, 2026-12-06)."""
     import os
 
+    if not src.lower().endswith((".tif", ".tiff")) or os.path.lexists(src):
+        return None
+    work = _unfinished_work(src)
+    if work is None:  # (a complete store's TIFF was in place: it is a leftover)
+        return None
+    lines = describe_output(work, "unfinished")
+    lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
+    lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")
+    return lines
+
+
+def _overwrite_under_way(src: str) -> list[tuple[str, str]]:
+    """The line for an ``--overwrite`` of our TIFF interrupted in its working store: the
+    TIFF is still the old one, and ``--resume`` finishes the new."""
+    work = _unfinished_work(src)
+    if work is None:
+        return []
+    state = dict(describe_output(work, "unfinished"))["state"]
+    return [("overwrite", f"under way in {shown(work.url)}: {state}")]
+
+
+def _unfinished_work(src: str) -> Any:
+    """The working store beside a TIFF ``src`` where it holds an unfinished run, else None."""
     from .._locations import resolve
     from .._outputs.state import classify
     from .._runs.tiff_output import working_store
 
-    if not src.lower().endswith((".tif", ".tiff")) or os.path.lexists(src):
-        return None
     try:
         work = working_store(resolve(src, name="src"))
-        kind = classify(work)
+        return work if classify(work) == "unfinished" else None
     except (ValueError, TypeError, OSError):
         return None
-    if kind != "unfinished":  # (a complete store's TIFF was in place: it is a leftover)
-        return None
-    lines = describe_output(work, kind)
-    lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
-    lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")
-    return lines
 
 
 def _tiff_scale(pixels: Any) -> str:

@@ -292,31 +292,54 @@ def test_info_describes_our_ome_tiff_output(tmp_path):
     assert info["fused from"] == f"{tmp_path / 's.zarr'} (axes czyx, shape (2, 5, 64, 80), level 0)"
 
 
-def test_info_of_an_interrupted_run_into_a_tiff_says_how_far_it_got(tmp_path):
+def test_info_of_an_interrupted_run_into_a_tiff_says_how_far_it_got(tmp_path, capsys):
     """A run into ``fused.ome.tif`` that failed part-way keeps its blocks in the working store
     beside it; ``info fused.ome.tif`` said "src ... does not exist" (a README audit): it
     describes the run as it does an unfinished OME-Zarr dst."""
+    from fstack_dask._cli.main import main
+
     src = tmp_path / "stack.zarr"
     write_stack(src, sample_stack("mitochondria_lightsheet")[:, :96, :96], axes="zyx",
                 chunks=(34, 32, 32))  # fmt: skip
-    chunk = src / "0" / "c" / "0" / "2" / "2"
-    good = chunk.read_bytes()
-    chunk.write_bytes(b"not zstd" * 8)
+    (src / "0" / "c" / "0" / "2" / "2").write_bytes(b"not zstd" * 8)
     dst = tmp_path / "fused.ome.tif"
-    args = ("fuse", src, dst, "--chunks", "32", "--no-progress", "--scheduler", "synchronous")
-    assert cli(*args).returncode == 1
-    chunk.write_bytes(good)
+    args = ["fuse", str(src), str(dst), "--chunks", "32", "--no-progress"]
+    assert main([*args, "--scheduler", "synchronous"]) == 1
     work = tmp_path / ".fused.ome.tif.fstack-work"
     done = len(os.listdir(work / ".fstack_dask" / "done"))
     assert not dst.exists() and 0 < done < 9
-
-    res = cli("info", dst)
-    assert res.returncode == 0, res.stderr
-    info = {k: v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines())}
+    capsys.readouterr()
+    assert main(["info", str(dst)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    info = {k: v.strip() for k, v in (line.split(":", 1) for line in lines)}
     assert info["output"] == f"{dst} (not written yet; its run works in {work})"
     assert info["format"] == "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete"
     assert info["state"].startswith(f"unfinished: {done} of 9 blocks of level 0 done; resumable")
     assert info["fused from"] == f"{src} (axes zyx, shape (34, 96, 96), level 0)"
+
+
+def test_info_of_a_tiff_says_an_overwrite_of_it_is_under_way(tmp_path, capsys):
+    """An ``--overwrite`` of our TIFF that failed part-way leaves the old TIFF in place and the
+    new run in the working store, for ``--resume``: info showed the old TIFF "complete" and
+    nothing of the run (a README audit); it adds how far the overwrite got."""
+    from fstack_dask._cli.main import main
+
+    src = tmp_path / "stack.zarr"
+    write_stack(src, sample_stack("mitochondria_lightsheet")[:, :96, :96], axes="zyx",
+                chunks=(34, 32, 32))  # fmt: skip
+    dst = tmp_path / "fused.ome.tif"
+    fuse_zarr(src, dst, chunks=32, progress=False)
+    (src / "0" / "c" / "0" / "2" / "2").write_bytes(b"not zstd" * 8)
+    args = ["fuse", str(src), str(dst), "--chunks", "32", "--alpha", "0.3", "--overwrite"]
+    assert main([*args, "--no-progress", "--scheduler", "synchronous"]) == 1
+    capsys.readouterr()
+    assert main(["info", str(dst)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    info = {k: v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    assert info["state"] == "complete" and "alpha 0.2" in info["parameters"]
+    work = tmp_path / ".fused.ome.tif.fstack-work"
+    assert info["overwrite"].startswith(f"under way in {work}: unfinished: ")
+    assert " of 9 blocks of level 0 done; resumable" in info["overwrite"]
 
 
 def test_info_and_resume_of_an_unfinished_run(tmp_path):
