@@ -188,7 +188,19 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
         ),
         ("state", _state(location, kind, params, OutputState, read_lock)),
     ]
-    return lines + _images(location) + _made_of(params)
+    return lines + _images(location) + _made_of(params) + _staged(location, kind)
+
+
+def _staged(location: Any, kind: str) -> list[tuple[str, str]]:
+    """The line for an ``--overwrite`` of a complete output that failed or was interrupted in
+    its staging folder beside it (``--resume`` finishes it): info said only "complete"."""
+    from .._outputs.leftovers import staged_run
+
+    staged = staged_run(location) if kind == "complete" else None
+    if staged is None:
+        return []
+    state = dict(describe_output(staged, "unfinished"))["state"]
+    return [("overwrite", f"under way in {shown(staged.url)}: {state}")]
 
 
 def _made_of(params: dict[str, Any]) -> list[tuple[str, str]]:

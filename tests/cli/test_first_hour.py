@@ -318,16 +318,18 @@ def test_info_of_an_interrupted_run_into_a_tiff_says_how_far_it_got(tmp_path, ca
     assert info["fused from"] == f"{src} (axes zyx, shape (34, 96, 96), level 0)"
 
 
-def test_info_of_a_tiff_says_an_overwrite_of_it_is_under_way(tmp_path, capsys):
-    """An ``--overwrite`` of our TIFF that failed part-way leaves the old TIFF in place and the
-    new run in the working store, for ``--resume``: info showed the old TIFF "complete" and
-    nothing of the run (a README audit); it adds how far the overwrite got."""
+@pytest.mark.parametrize("name", ["fused.ome.tif", "fused.ome.zarr"])
+def test_info_says_an_overwrite_of_an_output_is_under_way(tmp_path, capsys, name):
+    """An ``--overwrite`` of our output that failed part-way leaves the old output in place and
+    the new run beside it (a TIFF's working store, an OME-Zarr's staging folder), for
+    ``--resume``: info showed the old output "complete" and nothing of the run (a README
+    audit); it adds how far the overwrite got."""
     from fstack_dask._cli.main import main
 
     src = tmp_path / "stack.zarr"
     write_stack(src, sample_stack("mitochondria_lightsheet")[:, :96, :96], axes="zyx",
                 chunks=(34, 32, 32))  # fmt: skip
-    dst = tmp_path / "fused.ome.tif"
+    dst = tmp_path / name
     fuse_zarr(src, dst, chunks=32, progress=False)
     (src / "0" / "c" / "0" / "2" / "2").write_bytes(b"not zstd" * 8)
     args = ["fuse", str(src), str(dst), "--chunks", "32", "--alpha", "0.3", "--overwrite"]
@@ -337,8 +339,9 @@ def test_info_of_a_tiff_says_an_overwrite_of_it_is_under_way(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     info = {k: v.strip() for k, v in (line.split(":", 1) for line in lines)}
     assert info["state"] == "complete" and "alpha 0.2" in info["parameters"]
-    work = tmp_path / ".fused.ome.tif.fstack-work"
-    assert info["overwrite"].startswith(f"under way in {work}: unfinished: ")
+    work = tmp_path / (".fused.ome.tif.fstack-work" if name.endswith(".tif") else f".{name}")
+    assert info["overwrite"].startswith(f"under way in {work}")  # (a staging folder: -HEX)
+    assert ": unfinished: " in info["overwrite"]
     assert " of 9 blocks of level 0 done; resumable" in info["overwrite"]
 
 
