@@ -288,7 +288,10 @@ def _unfinished_work(src: str) -> Any:
     from .._runs.tiff_output import working_store
 
     try:
-        work = working_store(resolve(src, name="src"))
+        tiff = resolve(src, name="src")
+        if not tiff.is_local:  # a TIFF dst is a local path: nothing to ask a server
+            return None
+        work = working_store(tiff)
         return work if classify(work) == "unfinished" else None
     except (ValueError, TypeError, OSError):
         return None
