@@ -234,7 +234,7 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
             "--levels",
             metavar="N|auto",
             help="multiscale levels besides full resolution, each 2x2 averaged (default auto: "
-            "until the image fits in one chunk; 0 for none)",
+            "until the image fits in one chunk, for a TIFF DST in one 512 px tile; 0 for none)",
         )
         g.add_argument(
             "--dst-storage-options",

@@ -222,6 +222,14 @@ def test_scene_help_names_every_file_that_takes_it():
         assert all(f"({kind})" in scene for kind in ("CZI", "ND2", "LIF", "TIFF")), scene
 
 
+def test_levels_help_gives_a_tiff_dst_s_default():
+    """A TIFF dst's levels go on until the image fits one 512 px tile (README, fuse_zarr's
+    docstring), where ``--help`` said "until the image fits in one chunk" only."""
+    text = " ".join(cli("fuse", "--help").stdout.split())
+    levels = text.split("--levels N|auto ", 1)[1].split(" --")[0]
+    assert "for a TIFF DST in one 512 px tile" in levels, levels
+
+
 def test_info_auto_on_a_stack_without_measurable_noise(tmp_path):
     """A piecewise-flat stack has no noise to measure: texture/noise^2 is infinite, stored
     as the string "inf"; info formatted it as a number and crashed."""
