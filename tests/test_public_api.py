@@ -136,3 +136,14 @@ def test_a_worker_process_s_error_comes_back_as_the_public_class(tmp_path):
     with pytest.raises(fstack_dask.SourceValueError, match="holds nan") as caught:
         fuse_zarr(src, tmp_path / "out.zarr", scheduler="processes", progress=False)
     assert type(caught.value).__module__ == "fstack_dask"
+
+
+def test_the_readme_names_the_public_api_as_it_is():
+    """The README's "Public API (`fstack_dask.__all__`): ..." left out ``__version__`` (a
+    README audit): its names are ``__all__``'s, besides the built-in errors it mentions."""
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    paragraph = readme.split("Public API (`fstack_dask.__all__`):", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([A-Za-z_]+)`", paragraph)) - {"ValueError", "TypeError"}
+    assert named == set(fstack_dask.__all__), named ^ set(fstack_dask.__all__)
