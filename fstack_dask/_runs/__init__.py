@@ -19,9 +19,10 @@ without reading anything (``dry_run``), our worker processes (``pool``), the C a
 while a run's tasks use it: a worker's thresholds and the kept cores' own mappings
 (``allocator``), progress (``progress``), where ``device="cuda"`` is checked once the
 scheduler is known (``device``), and the lazy ``fuse`` (``lazy``) with its graph, validated,
-planned and built as one ``map_overlap`` (``lazy_layers``), its blocks and
+planned and built as a ``map_overlap`` (``lazy_layers``), its blocks and
 what its tasks run on each block (``lazy_chunks``) and its halo, dask's overlap with the strips
-copied out of each chunk (``lazy_overlap``).
+copied out of each chunk (``lazy_overlap``), built in bands of block columns that each read
+their own input (``lazy_bands``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.
 """

@@ -37,13 +37,22 @@ def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
     return crops
 
 
+def _skipped(info: dict, skip: tuple[bool, bool]) -> bool:
+    """Whether a block is a band's halo column (:mod:`.lazy_bands`), dropped unfused."""
+    ax = len(info["chunk-location"]) - 1
+    loc, n = info["chunk-location"][ax], info["num-chunks"][ax]
+    return (skip[0] and loc == 0) or (skip[1] and loc == n - 1)
+
+
 @with_ieee_arithmetic
 def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
-                 block_info=None):  # fmt: skip
+                skip=(False, False), block_info=None):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
-    (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``."""
+    (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``skip``: :func:`_skipped`."""
     (y0, y1), (x0, x1) = _crops(block, halo, block_info[0])
     lead = block.shape[: block.ndim - (4 if rgb else 3)]
+    if _skipped(block_info[0], skip):
+        return np.zeros(lead + ((1,) if rgb else ()) + (2, 1, 1))
     core = block.reshape(block.shape[len(lead) :])
     res = fuse_block(core, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
                      engine=engine, selectivity_only=True)  # fmt: skip
@@ -53,12 +62,15 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
 
 @with_ieee_arithmetic
 def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-               block_info=None):  # fmt: skip
+               skip=(False, False), block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
-    ``fills``: its image's smallest S, one element (None: -inf)."""
+    ``fills``: its image's smallest S, one element (None: -inf); ``skip``: :func:`_skipped`."""
     info = block_info[0]
     crops = _crops(block, halo, info)
     lead = block.shape[: block.ndim - (4 if rgb else 3)]  # batch (and independent c) axes, all 1
+    if _skipped(info, skip):
+        (y0, y1), (x0, x1) = crops
+        return np.zeros(lead + ((1,) if rgb else ()) + (n_out, y1 - y0, x1 - x0))
     core = block.reshape(block.shape[len(lead) :])
     fill = -np.inf
     if fills is not None:

@@ -1,8 +1,8 @@
 """The graph of the lazy ``fuse``: a stack validated and planned (its axes in canonical
 order, the chunks it is computed in, the halo the chosen ``nhsize`` needs, ``"auto"``
-resolved first), then the one ``map_overlap`` whose blocks stack every fused layer (image,
-depth, selectivity) along a K axis where z was, after a first pass for each image's smallest
-S (5 planes or more).
+resolved first), then the ``map_overlap`` (built in bands of block columns, ``lazy_bands``) whose
+blocks stack every fused layer (image, depth, selectivity) along a K axis where z was, after a
+first pass for each image's smallest S (5 planes or more).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
-from dask.graph_manipulation import bind
 
 from .._algorithm.auto import (
     AUTO,
@@ -37,8 +36,8 @@ from .._params import (
     resolve_channels,
 )
 from .device import require_device_for_graph, run_engine
+from .lazy_bands import banded_map
 from .lazy_chunks import chunk_stats, fuse_chunk, merge_small, plan_chunks
-from .lazy_overlap import overlap
 
 __all__ = ["Layers", "fused_layers"]
 
@@ -213,22 +212,14 @@ def fused_layers(
     # The minimums go in as an array argument, one element per image broadcast over its
     # blocks (as a keyword, dask materialised and optimised the first pass per block: 50 KB
     # and 10-20 ms a block). The fusion reads its own copy of the input, read only once the
-    # minimums are known: reads shared with the first pass were held until then. Seeded by the
-    # minimums' name: bind's own seed is random, and fuse() of the same input twice was two
-    # graphs (computed twice in one dask.compute)
-    bound = x if fills is None else bind(x, fills, seed=fills.name)
-    args = [overlap(bound, depth)]
-    if fills is not None:
-        args.append(fills.reshape(fills.shape + (1, 1, 1)))
-    fused = da.map_blocks(
-        fuse_chunk,
-        *args,
-        chunks=out_chunks_canon,
-        dtype=np.float64,
-        meta=np.empty((0,) * x.ndim, dtype=np.float64),
-        n_out=n_out,
-        **kernel,
-    )
+    # minimums are known (reads shared with the first pass were held until then): the very
+    # argument the blocks take, else a band's reads ran before its reshape (lazy_bands)
+    fills = None if fills is None else fills.reshape(fills.shape + (1, 1, 1))
+    fused = banded_map(
+        fuse_chunk, x, depth, [] if fills is None else [fills], after=fills,
+        chunks=out_chunks_canon, dtype=np.float64,
+        meta=np.empty((0,) * x.ndim, dtype=np.float64), n_out=n_out, **kernel,
+    )  # fmt: skip
     return Layers(
         fused,
         plan,
@@ -250,10 +241,9 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
         return None
     k_ax = len(out_chunks) - 3  # the layers' axis
     stats_chunks = out_chunks[:k_ax] + ((2,),) + tuple((1,) * len(c) for c in out_chunks[-2:])
-    stats = da.map_blocks(
-        chunk_stats, overlap(x, depth), chunks=stats_chunks, dtype=np.float64,
-        meta=np.empty((0,) * x.ndim, np.float64),
-        **kernel,
+    stats = banded_map(
+        chunk_stats, x, depth, [], chunks=stats_chunks,
+        dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64), **kernel,
     )  # fmt: skip
     s_min = stats[(slice(None),) * k_ax + (0,)]
     defined = ~da.isnan(s_min)

@@ -1,0 +1,111 @@
+"""The lazy graph in bands of block columns (``fstack_dask._runs.lazy_bands``): the same bits as
+one graph over the whole image, memory held by the scheduler bounded by a band rather than by
+the image's width, and each chunk decoded about once a pass."""
+
+from __future__ import annotations
+
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from dask.callbacks import Callback
+
+from fstack_dask import focus_stack, fuse, synthetic_stack
+from fstack_dask._runs import lazy_bands
+
+
+def _zyx(shape, planes, dtype="uint8", seed=4):
+    yxz = synthetic_stack(shape, planes, dtype=dtype, noise=0.05, seed=seed).stack
+    return np.ascontiguousarray(np.moveaxis(yxz, 2, 0))
+
+
+@pytest.mark.parametrize("chunks", [32, (48, 40), (100, 64)])
+def test_bands_give_the_bits_of_one_graph(monkeypatch, chunks):
+    """Bands 64 px wide (2 block columns or more) against one overlap over the whole image:
+    image and both maps, a dark frame (undefined S filled), RGB and a batch axis."""
+    gray = _zyx((96, 300), 7)
+    gray[0, :20] = 0
+    rgb = np.stack([_zyx((64, 200), 6, seed=s) for s in (1, 2, 3)], -1)
+    batch = np.stack([_zyx((64, 200), 5, "uint16", seed=s) for s in (5, 6)])
+    for stack, axes in ((gray, "zyx"), (rgb, "zyxc"), (batch, "tzyx")):
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 10**9)
+        whole = dask.compute(*fuse(stack, axes=axes, chunks=chunks, return_maps=True))
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+        banded = fuse(stack, axes=axes, chunks=chunks, return_maps=True)
+        for got, want in zip(dask.compute(*banded), whole, strict=True):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        banded.image[0].compute(), focus_stack(np.moveaxis(batch[0], 0, 2))
+    )
+
+
+def _held_and_reads(tmp_path, width: int) -> tuple[int, int]:
+    """Peak bytes of NumPy data the threaded scheduler holds (a view counted by its base,
+    once) and chunks read, writing fuse() of a 7 x 128 x ``width`` Zarr stack in 32-px chunks."""
+    stack = _zyx((128, width), 7)
+    src = zarr.create_array(tmp_path / f"src{width}.zarr", shape=stack.shape,
+                            chunks=(7, 32, 32), dtype="uint8")  # fmt: skip
+    src[:] = stack
+    peak, reads, lock = [0], [0], threading.Lock()
+
+    class Held(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            bases = {}
+            for value in list(state["cache"].values()):
+                if isinstance(value, np.ndarray):
+                    base = value.base if isinstance(value.base, np.ndarray) else value
+                    bases[id(base)] = base.nbytes
+            peak[0] = max(peak[0], sum(bases.values()))
+
+    def counted(block):
+        with lock:  # tasks on two threads
+            reads[0] += 1
+        return block
+
+    lazy = da.from_zarr(src).map_blocks(counted, dtype=src.dtype)
+    with Held(), dask.config.set(scheduler="threads", num_workers=2):
+        fuse(lazy, chunks=32).to_zarr(tmp_path / f"dst{width}.zarr")
+    return peak[0], reads[0]
+
+
+def test_the_scheduler_holds_a_band_not_a_row_of_the_image(monkeypatch, tmp_path):
+    """One overlap over the image held, in dask's row-by-row order, the input chunks read for
+    the halo of the row above until their own block ran: a row of chunks, growing with the
+    image's width (21 x 2048 x 16384 uint16 in 512-px blocks: 449 MiB held against 91-124
+    at 2048 wide, benchmarks/RESULTS.md). In bands 4 block columns wide, 32 columns hold about
+    what 4 do (1.2 to 1.6 times here, 4.3 to 5.7 times before). Counted in bytes held, never
+    timed. Each chunk is read once a pass (two passes: the smallest S first), and the halo
+    columns beside each band once more, nothing else."""
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 128)
+    narrow, _ = _held_and_reads(tmp_path, 128)
+    wide, reads = _held_and_reads(tmp_path, 1024)
+    assert wide <= 2.5 * narrow, f"{wide} bytes held at 1024 px wide, {narrow} at 128"
+    rows, columns, bands = 4, 32, 8
+    assert reads <= 2 * rows * (columns + 2 * (bands - 1)) + 1, f"{reads} chunk reads"
+
+
+def test_a_stack_normalised_by_its_maximum_is_read_as_often_as_one_graph(monkeypatch):
+    """A band's own copy of its input reaches back to the source: for an input whose every
+    column depends on the whole image (a global maximum) a copy per band would read the whole
+    source again per band; such a graph stays one overlap, read as often as before."""
+    stack = _zyx((64, 320), 6)
+    reads, lock = [0], threading.Lock()
+
+    def counted(block):
+        with lock:  # tasks on two threads
+            reads[0] += 1
+        return block
+
+    source = da.from_array(stack, chunks=(6, 32, 32)).map_blocks(counted, dtype=stack.dtype)
+    normalised = source.astype(np.float32) / source.max()
+    counts, images = [], []
+    for width in (10**9, 64):
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", width)
+        reads[0] = 0
+        images.append(fuse(normalised, chunks=32).compute(scheduler="threads"))
+        counts.append(reads[0])
+    np.testing.assert_array_equal(images[1], images[0])
+    assert counts[1] <= counts[0], f"{counts[1]} source reads in bands, {counts[0]} in one graph"
