@@ -26,6 +26,8 @@ try:  # dask's task spec (2024.12 to 2026.8 at least): without it, one overlap, 
     from dask._task_spec import Task, TaskRef, convert_legacy_graph
 except ImportError:  # pragma: no cover - a dask that moved them
     convert_legacy_graph = None
+# Whether this dask lets a graph go in bands (an older one gets one overlap, as before)
+BANDS = convert_legacy_graph is not None
 
 __all__ = ["BAND_WIDTH", "banded_map"]
 
@@ -93,7 +95,7 @@ def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: 
     halo = depth[ax]
     band_columns = max(2, round(BAND_WIDTH * len(cols) / max(sum(cols), 1)))
     copies = None
-    if len(cols) > band_columns and halo and convert_legacy_graph is not None:
+    if len(cols) > band_columns and halo and BANDS:
         edges = np.cumsum((0, *cols)).tolist()
         starts = list(range(0, len(cols), band_columns))
         bounds = [(max(edges[b] - halo, 0), min(edges[min(b + band_columns, len(cols))] + halo,

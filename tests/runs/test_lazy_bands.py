@@ -71,6 +71,7 @@ def _held_and_reads(tmp_path, width: int) -> tuple[int, int]:
     return peak[0], reads[0]
 
 
+@pytest.mark.skipif(not lazy_bands.BANDS, reason="this dask has no task spec: one overlap")
 def test_the_scheduler_holds_a_band_not_a_row_of_the_image(monkeypatch, tmp_path):
     """One overlap over the image held, in dask's row-by-row order, the input chunks read for
     the halo of the row above until their own block ran: a row of chunks, growing with the
