@@ -17,7 +17,13 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
-from .state import STATE_DIR, OutputState, new_output_id, recorded_entries, write_output_id
+from .state import (
+    STATE_DIR,
+    OutputState,
+    new_output_id,
+    recorded_entries,
+    write_output_id,
+)
 from .write import OutputSpec, create_output, publish
 
 log = logging.getLogger(__name__)
@@ -164,13 +170,26 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
     raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
 
 
+def _previous(destination: Destination) -> str:
+    """What became of the previous output of a failed overwrite: unchanged in dst, or hidden
+    beside it where the two-rename swap (no RENAME_EXCHANGE: NFS) could not rename it back
+    (an I/O error on both: the error said "unchanged" of a dst that was gone)."""
+    if destination.dst.exists():
+        return "the previous output in dst is unchanged"
+    old = [f.url for f in leftovers.staging_folders(destination.dst) if "-old-" in f.name]
+    return (
+        f"dst is missing: the previous output is in {', '.join(map(repr, old)) or 'no folder'}"
+        " beside it, which the next run into dst puts back"
+    )
+
+
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:
     """What a failed run leaves, after removing what is worthless (nothing finished)."""
     if n_done == 0 and (target.staged or target.mode in ("new", "empty", "claimed", "replace")):
         try:
             kept = destination.remove_run(target)
         except Exception as exc:  # e.g. credentials that may write but not read back
-            unchanged = "the previous output in dst is unchanged; " if target.staged else ""
+            unchanged = f"{_previous(destination)}; " if target.staged else ""
             return (
                 f"{unchanged}what this run wrote in {target.output.url!r} could not be removed "
                 f"({' '.join(str(exc).split()) or type(exc).__name__}): remove it by hand"
@@ -182,13 +201,13 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
                 return (f"{target.output.url!r} is left with {', '.join(ours)}, which could "
                         "not be removed: remove it by hand")  # fmt: skip
             return "nothing was written"
-        left = "the previous output in dst is unchanged"
+        left = _previous(destination)
         if kept:
             left += f"; {target.output.url!r} is left with {', '.join(kept)}, not written by us"
         return left
     if target.staged:
         return (
-            f"the previous output in dst is unchanged; the new one is kept beside it in "
+            f"{_previous(destination)}; the new one is kept beside it in "
             f"{target.output.path!r} with {n_done} of {n_blocks} blocks done; rerun with "
             "resume=True to continue it (or overwrite=True to start over)"
         )

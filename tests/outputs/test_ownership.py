@@ -904,6 +904,37 @@ def test_a_failed_run_that_cannot_remove_what_it_wrote_does_not_say_nothing_was_
     assert "which could not be removed: remove it by hand" in str(caught.value)
 
 
+def test_a_swap_that_cannot_put_the_old_output_back_says_dst_is_missing(tmp_path, monkeypatch):
+    """The two-rename swap's second rename fails, and so does the rename back (the same
+    failing NFS server): dst is gone, the old output hidden beside it, and the error said
+    "the previous output in dst is unchanged". It says where the old output is; the next run
+    puts it back and a resume finishes."""
+    from fstack_dask._outputs import folders
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real = os.rename
+
+    def rename(a, b, *args, **kwargs):
+        if "fstack-staging-" in a and b == str(dst):  # the staged one in, the old one back
+            raise OSError(5, "Input/output error", a)
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(folders, "renameat2", lambda *args: False)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError) as caught:
+        fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    monkeypatch.setattr(os, "rename", real)
+    assert not dst.exists()
+    [old] = [h for h in _hidden(tmp_path) if "-old-" in h]
+    assert "unchanged" not in str(caught.value), caught.value
+    assert f"dst is missing: the previous output is in {str(tmp_path / old)!r}" in str(caught.value)
+    assert (tmp_path / old / "zarr.json").exists()
+    out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5 and _hidden(tmp_path) == []
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
