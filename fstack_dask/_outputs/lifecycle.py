@@ -17,8 +17,10 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
+from .removal import written_by_us
 from .state import (
     STATE_DIR,
+    ZARR_PARTIAL,
     OutputState,
     new_output_id,
     recorded_entries,
@@ -183,6 +185,17 @@ def _previous(destination: Destination) -> str:
     )
 
 
+def _ours_left(kept: str, entries: tuple[str, ...]) -> bool:
+    """Whether ``kept`` (a path in the output) is a file this run wrote and could not remove,
+    not a user's file inside one of its entries (``0/notes.txt``: kept on purpose, it was
+    told "left with 0/notes.txt ...: remove it by hand"). Zarr's temporary files count as
+    this run's, as for :meth:`.OutputState.remove_partial_files` (``zarr.<hex>.partial``)."""
+    entry, _, path = kept.partition("/")
+    if entry not in {*entries, STATE_DIR}:
+        return False
+    return not path or written_by_us(entry, path) or bool(ZARR_PARTIAL.search(path))
+
+
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:
     """What a failed run leaves, after removing what is worthless (nothing finished)."""
     if n_done == 0 and (target.staged or target.mode in ("new", "empty", "claimed", "replace")):
@@ -196,7 +209,7 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
             )
         if not target.staged:
             # a fault removing this run's own entries: not "nothing" (a user's file is kept)
-            ours = [k for k in kept if k.split("/")[0] in {*target.entries, STATE_DIR}]
+            ours = [k for k in kept if _ours_left(k, target.entries)]
             if ours and target.output.exists():
                 return (f"{target.output.url!r} is left with {', '.join(ours)}, which could "
                         "not be removed: remove it by hand")  # fmt: skip

@@ -279,6 +279,30 @@ def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monke
     assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
 
 
+def test_a_users_file_inside_an_entry_is_not_named_as_left_to_remove_by_hand(tmp_path, monkeypatch):
+    """A user's file put into the run's level folder while it ran (``0/notes.txt``) is kept
+    on purpose ("fstack_dask did not write them"); a run that then finished no block said
+    "... is left with 0/notes.txt, which could not be removed: remove it by hand"."""
+    data = small_stack().astype(np.float32)
+    data[:] = np.nan
+    src = tmp_path / "nan.zarr"
+    write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
+    dst = tmp_path / "out.zarr"
+    from fstack_dask._runs import schedulers
+
+    real = schedulers.execute
+
+    def execute(*args, **kwargs):  # the blocks' pass begins: the run has made dst/0
+        (dst / "0" / "notes.txt").write_text("mine")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schedulers, "execute", execute)
+    with pytest.raises(SourceValueError, match="nothing was written") as caught:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    assert "remove it by hand" not in str(caught.value)
+    assert (dst / "0" / "notes.txt").read_text() == "mine"
+
+
 def _copy_attributes(ours: Path, mine: Path, how: str) -> None:
     """A user's own store, made from an output of ours with its group attributes copied."""
     if how == "xarray":  # process the fused image, keep its attributes
