@@ -145,8 +145,10 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
             try:
                 os.rmdir(root)
             except OSError as exc:  # a kept file (or folder) inside; else (EIO) a failure,
-                # not a folder of someone else's ("kept [...]: fstack_dask did not write them")
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM):
+                # not a folder of someone else's ("kept [...]: fstack_dask did not write them");
+                # one already gone was removed (by another run removing the same output)
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM,
+                                     errno.ENOENT):  # fmt: skip
                     raise
     return kept
 

@@ -959,6 +959,30 @@ def test_a_swap_that_cannot_put_the_old_output_back_says_dst_is_missing(tmp_path
     assert out.attrs["fstack_dask"]["nhsize"] == 5 and _hidden(tmp_path) == []
 
 
+def test_a_folder_another_run_removed_first_is_removed(tmp_path, monkeypatch):
+    """Two runs may remove the same output of ours at once (a resume that finds a complete
+    TIFF working store while the run that placed the TIFF still removes it): since the rmdir
+    of a folder failing with EIO fails the removal, one the other run had already removed
+    (ENOENT) failed it too, "[Errno 2] No such file or directory: '.../0/c/2'"."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.removal import remove_output
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real = os.unlink
+
+    def unlink(path, *args, **kwargs):  # and the other run removes the folder it emptied
+        real(path, *args, **kwargs)
+        parent = os.path.dirname(str(path))
+        if parent.startswith(f"{dst}/") and not os.listdir(parent):
+            os.rmdir(parent)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert remove_output(resolve(str(dst), name="dst"), protect=[]) == []
+    assert sorted(os.listdir(tmp_path)) == ["src.zarr"]
+
+
 KILLED_AFTER_EXCHANGE = textwrap.dedent(
     """
     import os, signal, sys
