@@ -121,6 +121,19 @@ def _refuse_unwritable(out_dir: Path, earlier: list[str]) -> None:
                 f"DIR {str(out_dir)!r} cannot be written: this user "
                 f"{permission_missing(str(folder))}; nothing was changed"
             )
+    fused = out_dir / "fused.ome.zarr"
+    if "fused.ome.zarr" in earlier and fused.is_dir():
+        # the folders the overwrite writes into or removes from (its levels and maps), as
+        # fuse_zarr checks them: it refused only after the planes were replaced
+        from .._locations import resolve
+        from .._outputs.folders import unwritable
+
+        why = unwritable(resolve(fused, name="DIR"), tuple(sorted(os.listdir(fused))))
+        if why is not None:
+            raise PermissionError(
+                f"DIR {str(out_dir)!r} cannot be written: its fused.ome.zarr {why}; nothing "
+                "was changed"
+            )
 
 
 def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:

@@ -261,3 +261,23 @@ def test_a_refusal_by_an_acl_says_there_is_one(tmp_path, case):
     said = f"may not {doing} '{denied}'" if doing else f"'{denied}' is owned by"
     assert said in line and f"mode {mode}, with an ACL (getfacl shows it)" in line, line
     assert tree_digest(tmp_path) == before
+
+
+def test_a_demo_overwrite_of_a_fused_output_it_may_not_write_keeps_the_planes(tmp_path):
+    """A colleague's demo DIR, its three folders made group-writable but not what is inside
+    (the fused output's levels, 755): ``demo DIR --overwrite --seed 7`` passed the check of
+    the three, replaced the planes, then fuse_zarr refused the fused output with "(nothing
+    was written)", DIR left with the new planes beside the old fused image and previews."""
+    out = tmp_path / "demo"
+    args = ("demo", out, "--size", "64", "--planes", "7", "--no-progress")
+    assert as_user(*args).returncode == 0
+    give_to_other_user(out)
+    for folder in (out, out / "planes", out / "fused.ome.zarr"):
+        folder.chmod(0o777)
+    before = tree_digest(tmp_path)
+    proc = as_user(*args, "--seed", "7", "--overwrite")
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert "its fused.ome.zarr may not be written by this user" in line, line
+    assert f"{str(out / 'fused.ome.zarr' / '0')!r} is owned by " in line, line
+    assert "nothing was changed" in line and tree_digest(tmp_path) == before
