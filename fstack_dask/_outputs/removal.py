@@ -43,8 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ID_WRITES = re.escape(ID_FILE[1]) + r"(\.[0-9a-f]{32}\.tmp)?"  # the id file, or its .tmp
-_ARRAY_KEY = re.compile(r"zarr\.json|c(/[0-9]+)+")  # Zarr v3's default chunk keys: c/0/1/2
-_LEVEL = re.compile(r"[0-9]+")  # a level's name: ASCII digits ('\u0663'.isdigit() and int() is 3)
+_ARRAY_KEY = re.compile(r"zarr\.json|c(/(0|[1-9][0-9]*))+")  # Zarr v3's default chunk keys: c/0/1/2
+# a level's name as we give it, str(n): not "01" (int() is 1) nor "\u0663" (isdigit())
+_LEVEL = re.compile(r"0|[1-9][0-9]*")
 
 
 def written_by_us(entry: str, path: str) -> bool:

@@ -521,6 +521,25 @@ def test_a_users_folder_named_by_a_digit_not_ascii_inside_a_map_survives_an_over
         assert [p.read_text() for p in kept] == [f"mine: {name}"], name
 
 
+def test_a_users_folder_named_by_digits_we_never_give_a_level_survives_an_overwrite(tmp_path):
+    """A user's Zarr folder in a map named '01' or '00' (ASCII digits, but not a name we give
+    a level: str(n)) was taken for the map's level 1 or 0 (int('01') is 1), its zarr.json and
+    chunk files deleted by an overwrite; a file '0/c/0/00' in a level's chunk folder alike."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, progress=False)
+    theirs = ["depth/01/zarr.json", "depth/01/c/0/0", "depth/00/zarr.json", "0/c/0/00"]
+    for name in theirs:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).write_text(f"mine: {name}")
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, progress=False, overwrite=True)
+    roots = [dst, *(tmp_path / h for h in _hidden(tmp_path))]
+    for name in theirs:
+        assert [(r / name).read_text() for r in roots if (r / name).is_file()] == [
+            f"mine: {name}"
+        ], name
+
+
 def test_a_users_file_inside_an_array_of_ours_survives_an_overwrite_on_fsspec(tmp_path):
     """The same on a filesystem fsspec reaches (``memory://`` here; S3 alike): the old code
     removed each entry of ours there whole (a second adversarial run, 2026-12-05)."""
