@@ -31,7 +31,7 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
-from .places import owner_and_mode, permission_missing
+from .places import owner_and_mode, permission_missing, read_only_mount
 from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
@@ -41,6 +41,7 @@ __all__ = [
     "owner_and_mode",
     "permission_missing",
     "reach",
+    "read_only_mount",
     "remove_tree",
     "resolve",
 ]

@@ -122,6 +122,9 @@ def _place(
     return Location(spec, protocol, path, dict(options), **extra)
 
 
+_READ_ONLY = "it is on a read-only filesystem (remount it read-write, or choose another place)"
+
+
 def owner_and_mode(st: os.stat_result, path: str | None = None) -> str:
     """``owned by USER (group GROUP), mode 755``, with names where the system knows them,
     and ``, with an ACL`` where ``path`` has one: the mode alone does not say who may (a mode
@@ -154,6 +157,14 @@ def _has_acl(path: str) -> bool:
         return False
 
 
+def read_only_mount(path: str) -> bool:
+    """Whether the local ``path`` lies on a filesystem mounted read-only (``statvfs``)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (Windows has no statvfs)
+        return False
+
+
 def permission_missing(path: str) -> str:
     """What this user may not do to the local ``path`` (or the first folder above it that it
     may not enter), for a one-line message: ``may not read '/p' (a file owned by ...)``."""
@@ -168,6 +179,8 @@ def permission_missing(path: str) -> str:
     except OSError:
         parent = os.path.dirname(path)
         if os.path.isdir(parent) and not os.access(parent, os.W_OK):  # mkdir, open(.., "w")
+            if read_only_mount(parent):
+                return f"may not create {os.path.basename(path)!r} in {parent!r}: {_READ_ONLY}"
             folder = f"the folder {parent!r} ({owner_and_mode(os.stat(parent), parent)})"
             return f"may not create {os.path.basename(path)!r} in {folder}"
         return f"may not reach {path!r}"
@@ -177,9 +190,13 @@ def permission_missing(path: str) -> str:
     elif kind == "folder" and not os.access(path, os.X_OK):
         doing = "enter the folder"
     elif not os.access(path, os.W_OK):
+        if read_only_mount(path):  # (its owner and mode say nothing of why)
+            return f"may not write {path!r}: {_READ_ONLY}"
         doing = f"write the {kind}"
     elif not os.access(os.path.dirname(path), os.W_OK):  # a rename or removal of path
         parent = os.path.dirname(path)
+        if read_only_mount(parent):
+            return f"may not change the folder {parent!r}: {_READ_ONLY}"
         return (
             f"may not change the folder {parent!r} ({owner_and_mode(os.stat(parent), parent)}), "
             f"which holds {os.path.basename(path)!r}"

@@ -249,12 +249,16 @@ class Destination:
         why = folders.unwritable(self.dst, self.entries)
         if why is None and removing:
             missing = unremovable(self.dst)
-            why = None if missing is None else f"cannot be replaced: this user {missing}"
-        if why is not None:
-            raise PermissionError(
-                f"{self.what()} {why}; ask its owner to let you write it (chmod -R g+w, "
-                "for a group's folder) or choose another dst (nothing was written)"
+            why = (
+                None
+                if missing is None
+                else (
+                    f"cannot be replaced: this user {missing}; ask its owner to let you remove it "
+                    "(chmod -R g+w, for a group's folder) or choose another dst"
+                )
             )
+        if why is not None:
+            raise PermissionError(f"{self.what()} {why} (nothing was written)")
 
     def _refuse_collisions(self) -> None:
         """Refuse when a user's entry in our output has the name of one this run writes."""

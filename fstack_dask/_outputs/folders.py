@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from .._errors import DestinationLockedError
-from .._locations import Location, mounts_within, owner_and_mode
+from .._locations import Location, mounts_within, owner_and_mode, read_only_mount
 
 __all__ = [
     "exchange",
@@ -174,8 +174,15 @@ def unwritable(dst: Location, entries: tuple[str, ...]) -> str | None:
     for name in names:
         path = os.path.join(dst.path, name) if name else dst.path
         if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            if read_only_mount(path):  # (no owner can help: it said "ask its owner")
+                return (f"is on a read-only filesystem ({path!r} may not be written); "
+                        "remount it read-write or choose another dst")  # fmt: skip
             st = os.stat(path)
-            return f"may not be written by this user: {path!r} is {owner_and_mode(st, path)}"
+            return (
+                f"may not be written by this user: {path!r} is {owner_and_mode(st, path)}; ask its "
+                "owner to let you write it (chmod -R g+w, for a group's folder) or choose "
+                "another dst"
+            )
     return None
 
 

@@ -281,3 +281,43 @@ def test_a_demo_overwrite_of_a_fused_output_it_may_not_write_keeps_the_planes(tm
     assert "its fused.ome.zarr may not be written by this user" in line, line
     assert f"{str(out / 'fused.ome.zarr' / '0')!r} is owned by " in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
+
+
+@pytest.fixture()
+def read_only_view(tmp_path):
+    """``tmp_path/rw`` seen read-only at ``tmp_path/ro`` (a read-only bind mount: root only)."""
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount")
+    bind = subprocess.run(["mount", "--bind", rw, ro], capture_output=True, check=False)
+    if bind.returncode != 0:
+        pytest.skip(f"mount --bind refused: {bind.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", ro], check=True, capture_output=True)
+        yield rw, ro
+    finally:
+        subprocess.run(["umount", ro], check=False, capture_output=True)
+
+
+def test_an_output_on_a_read_only_filesystem_is_not_blamed_on_its_owner(read_only_view,
+                                                                       monkeypatch):  # fmt: skip
+    """An unfinished output on a read-only mount (a snapshot, a project space mounted
+    read-only on compute nodes): ``--resume`` said "may not be written by this user: ... is
+    owned by root (group root), mode 755; ask its owner to let you write it (chmod -R g+w
+    ...)", which no owner can do. It says the filesystem is read-only."""
+    rw, ro = read_only_view
+    src = write_src(rw / "src.zarr")
+    _unfinished(src, rw / "out.zarr", monkeypatch)
+    before = tree_digest(rw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", ro / "src.zarr", ro / "out.zarr",
+         *map(str, FUSE), "--resume"], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"dst '{ro / 'out.zarr'}' is on a read-only filesystem" in line, line
+    assert "owner" not in line and "nothing was written" in line, line
+    assert tree_digest(rw) == before
