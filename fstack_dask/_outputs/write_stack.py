@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -59,7 +60,8 @@ def write_stack(
         after a failure): each source chunk is read once, the time is linear in the voxels,
         and the memory is a source chunk and a chunk of ``chunks`` (about three copies of
         each) per thread, never the stack; the disk needs the stack once more, uncompressed,
-        while it runs.
+        while it runs. (A dask array whose chunks are only cut into smaller ones, gathering
+        none, is written in one pass, without that temporary.)
     axes : str
         Axes of ``stack`` in NGFF order ``[t][c]zyx`` (e.g. ``"zyx"``, ``"czyx"``).
     chunks : tuple of int, optional
@@ -182,7 +184,10 @@ def _write(data: Any, array: Any, chunks: tuple[int, ...], group: Any) -> None:
                              meta=np.empty((0,) * data.ndim, data.dtype))  # fmt: skip
     if hasattr(data, "dask"):
         step = tuple(map(max, data.chunksize, (1,) * data.ndim))
-        if _spans(step, chunks) > 2:
+        # (dask's rechunk holds pieces only where chunks written gather several of its chunks:
+        # its chunks cut into smaller ones, each computed once, need no temporary the size
+        # of the stack on disk)
+        if _spans(step, chunks) > 2 and any(map(operator.lt, step, chunks)):
             _two_pass(data, step, array, chunks, group, here)
             return
         data.rechunk(chunks).store(array, lock=False, **here)

@@ -607,3 +607,24 @@ def test_write_stack_of_a_dask_stack_of_planes_holds_no_more_than_a_few_planes(t
     )
     out = zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))
     np.testing.assert_array_equal(out[...], data)
+
+
+def test_write_stack_of_a_dask_array_in_larger_chunks_needs_no_temporary(tmp_path, monkeypatch):
+    """A dask array whose chunks are only cut into smaller ones (da.from_zarr of a store in
+    chunks of 2048^2 into the default 512^2) went through the two-pass rechunk's temporary
+    uncompressed array, the stack once more on disk (a stack larger than the free disk
+    failed with ENOSPC) and an extra write and read of it, where dask's rechunk computes each
+    chunk once and holds nothing more; the same bytes either way."""
+    data = np.random.default_rng(6).integers(0, 4000, size=(4, 256, 192), dtype=np.uint16)
+    stack = da.from_array(data, chunks=(4, 128, 96))
+    made = []
+    real = zarr.Group.create_array
+
+    def create_array(self, name, *args, **kwargs):
+        made.append(name)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_array", create_array)
+    write_stack(tmp_path / "out.ome.zarr", stack, axes="zyx", chunks=(4, 32, 32))
+    assert made == ["0"], made
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
