@@ -48,6 +48,16 @@ _ARRAY_KEY = re.compile(r"zarr\.json|c(/(0|[1-9][0-9]*))+")  # Zarr v3's default
 _LEVEL = re.compile(r"0|[1-9][0-9]*")
 
 
+def _written(path: str) -> str:
+    """The key a temporary file of zarr's was written for: ``c/0/1.<hex>.partial`` is
+    ``c/0/1``'s, and ``zarr.<hex>.partial`` (``Path.with_suffix`` of ``zarr.json``) is
+    ``zarr.json``'s (taken for a user's file, it stayed in the output for good)."""
+    key = ZARR_PARTIAL.sub("", path)
+    if key != path and key.rpartition("/")[2] == "zarr":
+        return f"{key}.json"
+    return key
+
+
 def written_by_us(entry: str, path: str) -> bool:
     """Whether the file at ``path`` inside our output's ``entry`` is one a run writes: anything
     in the state folder; in a level (an array) or a map (a group of levels), the keys Zarr
@@ -56,7 +66,7 @@ def written_by_us(entry: str, path: str) -> bool:
     store of the user's at ``0/annotations/cells.zarr``) is not, and is never removed."""
     if entry == STATE_DIR:
         return True
-    path = ZARR_PARTIAL.sub("", path)
+    path = _written(path)
     if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
         return True
     if _LEVEL.fullmatch(entry):  # a level: one array
@@ -92,7 +102,7 @@ def ours_within(location: Location) -> Callable[[str, str], bool]:
     def ours(entry: str, path: str) -> bool:
         if entry == STATE_DIR or not written_by_us(entry, path):
             return entry == STATE_DIR
-        path = ZARR_PARTIAL.sub("", path)
+        path = _written(path)
         if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
             return True
         array, key = entry, path

@@ -924,6 +924,24 @@ def test_an_io_error_removing_a_folder_of_the_previous_output_is_not_called_fore
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
 
 
+def test_zarrs_temporary_file_of_a_zarr_json_is_ours_for_an_overwrite(
+    tmp_path, monkeypatch, caplog
+):
+    """zarr writes zarr.json through 'zarr.<32 hex>.partial' (Path.with_suffix), which a kill
+    leaves. An --overwrite of that unfinished output took it for a user's file ("kept
+    ['0/zarr.<hex>.partial'] ...: fstack_dask did not write them"): it stayed in the output."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch, depth_map=True)
+    left = ["0/zarr.0123456789abcdef0123456789abcdef.partial", "depth/zarr.%s.partial" % ("f" * 32)]
+    for name in left:  # a kill while zarr wrote the level's (the map's) zarr.json
+        (dst / name).write_bytes(b'{"zarr_for')
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, overwrite=True, progress=False)
+    assert "did not write" not in caplog.text, caplog.text
+    assert [n for n in left if (dst / n).exists()] == []
+
+
 def test_a_failed_run_that_cannot_remove_what_it_wrote_does_not_say_nothing_was_written(
     tmp_path, monkeypatch
 ):
@@ -943,8 +961,10 @@ def test_a_failed_run_that_cannot_remove_what_it_wrote_does_not_say_nothing_was_
     with pytest.raises(OSError) as caught:
         fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, progress=False)
     assert "nothing was written" not in str(caught.value)
-    assert f"{str(dst)!r} is left with depth/zarr." in str(caught.value)
-    assert "which could not be removed: remove it by hand" in str(caught.value)
+    # (zarr's temporary file of depth/zarr.json is this run's: its removal's error names it)
+    assert f"{str(dst / 'depth')}/zarr." in str(caught.value)
+    assert "could not be removed" in str(caught.value)
+    assert str(caught.value).endswith("remove it by hand")
 
 
 def test_a_swap_that_cannot_put_the_old_output_back_says_dst_is_missing(tmp_path, monkeypatch):
