@@ -137,12 +137,19 @@ def recover(dst: Location, *, protect: Iterable[Location]) -> None:
 def restore(dst: Location) -> bool:
     """Put back a local dst that an overwrite moved aside (``...-staging-old-``) and was
     killed before moving the new output in: the old output, complete and ours, was hidden
-    and dst missing. Only where exactly one such folder is there and dst is absent; then a
-    resume swaps the staged output in, as after any interrupted overwrite."""
+    and dst missing. Only where exactly one such folder is there, the staged output beside
+    it, and dst is absent; then a resume swaps the staged output in, as after any
+    interrupted overwrite."""
     if not dst.is_local or os.path.lexists(dst.path):
         return False
-    old = [f for f in staging_folders(dst) if f.name.startswith(f".{dst.name}{STAGING}old-")]
+    found = staging_folders(dst)
+    old = [f for f in found if f.name.startswith(f".{dst.name}{STAGING}old-")]
     if len(old) != 1:
+        return False
+    # Between the two renames the staged output is still beside it; without it, the swap was
+    # done and dst removed since (by the user: a fresh run put the old output back, then
+    # refused dst as existing)
+    if not any(run_record(f) is not None for f in found if f not in old):
         return False
     attrs = provenance(old[0])
     if attrs is None or attrs.get("complete") is not True or run_record(old[0]) is not None:

@@ -1100,6 +1100,32 @@ def test_a_kill_between_the_two_renames_of_a_swap_gives_dst_back(tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+def test_a_dst_removed_after_a_swap_the_kill_cut_short_is_not_put_back(tmp_path):
+    """The two-rename swap done, the run killed before removing the old output (hidden as
+    '.NAME.fstack-staging-old-*'); the user then removes dst and starts afresh. The fresh run
+    renamed the old output back into dst ("restored ... where an overwrite cut short while
+    swapping had left it") and refused it: "dst ... already exists". Only a kill between the
+    two renames, the staged output still beside dst, puts it back."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    killed = KILLED_AFTER_EXCHANGE.replace(
+        "exchange = folders.exchange",
+        "folders.renameat2 = lambda *a: False\nexchange = folders.exchange",
+    )
+    proc = subprocess.run([sys.executable, "-c", killed, str(src), str(dst)],
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    [old] = _hidden(tmp_path)
+    assert "-old-" in old
+    shutil.rmtree(dst)
+    proc = cli("fuse", src, dst, *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "restored" not in proc.stderr
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
 def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
     """Killed while removing the swapped-out previous output (here as its level 1 goes):
     the old code had removed its id file first, so the rest was no output of ours any more,
