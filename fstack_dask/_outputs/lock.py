@@ -321,25 +321,25 @@ class DestinationLock:
 
     def release(self) -> None:
         self.stop_heartbeat()
-        if self.held and self.mine():
-            s3 = _s3_object(self.lock)
-            if s3 is not None and self._etag is not None:
-                fs, bucket, key = s3
-                try:  # not a lock another run wrote after the check above
-                    fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
-                except OSError as exc:
-                    if not _refused(exc):
-                        raise
-                finally:
-                    fs.invalidate_cache(self.lock.path)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    self.lock.fs.rm_file(self.lock.path)
-        self.held = False
-        self._etag = None
-        if self._fd is not None:
-            os.close(self._fd)  # drops the flock
-            self._fd = None
+        try:
+            if self.held and self.mine():
+                s3 = _s3_object(self.lock)
+                if s3 is not None and self._etag is not None:
+                    fs, bucket, key = s3
+                    try:  # not a lock another run wrote after the check above
+                        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
+                    except OSError as exc:
+                        if not _refused(exc):
+                            raise
+                    finally:
+                        fs.invalidate_cache(self.lock.path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.lock.fs.rm_file(self.lock.path)
+        finally:  # the flock goes, also when the file could not (EIO: held till the process ended)
+            self.held, self._etag, fd, self._fd = False, None, self._fd, None
+            if fd is not None:
+                os.close(fd)
 
     def moved_to(self, lock: Location) -> None:
         """The lock file now lives at ``lock`` (its folder was renamed)."""

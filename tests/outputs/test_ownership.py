@@ -893,6 +893,31 @@ def test_an_io_error_tidying_a_complete_output_is_a_warning(tmp_path, monkeypatc
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+def test_an_io_error_removing_the_lock_does_not_keep_dst_locked_here(tmp_path, monkeypatch):
+    """An I/O error removing the lock of a complete output (EIO on NFS) is a warning, "the next
+    run into it removes it"; but the lock's descriptor stayed open, its flock held, and in the
+    same process (a notebook) every later run into dst was refused, "is being written by pid
+    <this one>", until the process ended."""
+    import fsspec.implementations.local as local
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    real, failed = local.LocalFileSystem.rm_file, []
+
+    def rm_file(self, path, *args, **kwargs):
+        if str(path).endswith(f"/{STATE_DIR}/lock") and not failed:
+            failed.append(path)
+            raise OSError(5, "Input/output error", path)
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(local.LocalFileSystem, "rm_file", rm_file)
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    assert failed and (dst / STATE_DIR / "lock").exists()
+    fuse_zarr(src, dst, chunks=CHUNK, resume=True, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+    assert not (dst / STATE_DIR).exists()
+
+
 @pytest.mark.parametrize("call", ["rmdir", "scandir"])
 def test_an_io_error_removing_a_folder_of_the_previous_output_is_not_called_foreign(
     tmp_path, monkeypatch, caplog, call
