@@ -132,8 +132,28 @@ def exchange(new: Location, dst: Location) -> Location:
             raise
     else:
         _move_objects(dst.fs, dst.path, aside.path)
-        _move_objects(dst.fs, new.path, dst.path)
+        try:
+            _move_objects(dst.fs, new.path, dst.path)
+        except BaseException:
+            # as locally: dst is not left a part of the new output (refused by every later
+            # run as not ours) with the old one hidden beside it
+            _put_back(dst.fs, aside.path, dst.path, new.path)
+            raise
     return aside
+
+
+def _put_back(fs: Any, old: str, dst: str, new: str) -> None:
+    """Undo a move of ``new`` into ``dst`` that failed while copying (its objects are all still
+    at ``new``: none is deleted before all are copied, and ``zarr.json`` is copied last), then
+    move ``old`` back into ``dst``. Once ``dst/zarr.json`` is there the copy was whole: kept."""
+    dst, new = dst.rstrip("/"), new.rstrip("/")
+    if fs.exists(f"{dst}/zarr.json"):
+        return
+    staged = {key[len(new) :] for key in fs.find(new)}
+    copies = [key for key in fs.find(dst) if key[len(dst) :] in staged]
+    if copies:
+        fs.rm(copies)
+    _move_objects(fs, old, dst)
 
 
 def take_on_looks(path: str, like: str) -> None:

@@ -494,3 +494,38 @@ def test_a_gcs_object_s_metadata_change_alone_leaves_its_stamp(monkeypatch):
     before = source_files(open_source(src).data_files())
     later["updated"] = t0 + datetime.timedelta(hours=1)  # relabelled: the same generation
     assert changed_files(before, source_files(open_source(src).data_files())) == []
+
+
+def test_a_failed_copy_in_an_s3_swap_puts_the_old_output_back(s3, bucket, monkeypatch):
+    """The swap on S3 moves the old output aside, then copies the staged one into dst. An
+    error part-way through that copy (a connection reset) left dst holding a few of the new
+    output's objects and no zarr.json, the old output hidden beside it, the error saying
+    "the previous output in dst is unchanged", and every later run refusing dst as not ours.
+    The copies are removed and the old output moved back; a resume then finishes."""
+    from fstack_dask._outputs import folders
+
+    fs, b = bucket
+    src, dst, _ = _fused_once(b, s3, levels=0)
+    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    real, calls = folders._move_objects, []
+
+    def move(fs_, a, d):
+        calls.append(a)
+        if len(calls) == 2:  # the staged output into dst: three objects, then the error
+            for key in sorted(fs_.find(a))[:3]:
+                fs_.copy(key, d + key[len(a) :])
+            raise OSError(104, "Connection reset by peer", a)
+        return real(fs_, a, d)
+
+    monkeypatch.setattr(folders, "_move_objects", move)
+    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+    with pytest.raises(OSError, match="the previous output in dst is unchanged"):
+        fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
+    monkeypatch.setattr(folders, "_move_objects", real)
+    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    assert after == before
+    assert not [k for k in fs.find(b) if "fstack-staging-old-" in k]
+    out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k]
