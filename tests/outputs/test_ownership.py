@@ -260,46 +260,43 @@ def test_a_dst_created_by_someone_else_meanwhile_is_not_touched(tmp_path, monkey
 def test_cleanup_after_a_failure_removes_only_what_the_run_wrote(tmp_path, monkeypatch):
     """A run that finished no block removes what its record says it wrote, not a file that
     appeared in its folder meanwhile."""
+    dst = tmp_path / "out.zarr"
+    # the blocks' pass begins: the run has claimed dst; a user's folder, named as the old "ours"
+    _fail_every_block(tmp_path, monkeypatch, lambda: _user_files(dst, ["2024", "notes.txt"]))
+    assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
+
+
+def _fail_every_block(tmp_path: Path, monkeypatch, meanwhile) -> SourceValueError:
+    """A run into ``tmp_path / "out.zarr"`` of an all-NaN source (no block can be fused:
+    "nothing was written"), calling ``meanwhile()`` as its blocks' pass begins."""
     data = small_stack().astype(np.float32)
     data[:] = np.nan
     src = tmp_path / "nan.zarr"
     write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
-    dst = tmp_path / "out.zarr"
     from fstack_dask._runs import schedulers
 
     real = schedulers.execute
 
-    def execute(*args, **kwargs):  # the blocks' pass begins: the run has claimed dst
-        _user_files(dst, ["2024", "notes.txt"])  # a user's folder, named as the old "ours"
+    def execute(*args, **kwargs):
+        meanwhile()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(schedulers, "execute", execute)
-    with pytest.raises(SourceValueError, match="nothing was written"):
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    assert sorted(os.listdir(dst)) == ["2024", "notes.txt"]
+    with pytest.raises(SourceValueError, match="nothing was written") as caught:
+        fuse_zarr(src, tmp_path / "out.zarr", chunks=CHUNK, scheduler="synchronous",
+                  progress=False)  # fmt: skip
+    return caught.value
 
 
 def test_a_users_file_inside_an_entry_is_not_named_as_left_to_remove_by_hand(tmp_path, monkeypatch):
     """A user's file put into the run's level folder while it ran (``0/notes.txt``) is kept
     on purpose ("fstack_dask did not write them"); a run that then finished no block said
     "... is left with 0/notes.txt, which could not be removed: remove it by hand"."""
-    data = small_stack().astype(np.float32)
-    data[:] = np.nan
-    src = tmp_path / "nan.zarr"
-    write_stack(src, data, axes="zyx", chunks=(7, CHUNK, CHUNK))
     dst = tmp_path / "out.zarr"
-    from fstack_dask._runs import schedulers
-
-    real = schedulers.execute
-
-    def execute(*args, **kwargs):  # the blocks' pass begins: the run has made dst/0
-        (dst / "0" / "notes.txt").write_text("mine")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(schedulers, "execute", execute)
-    with pytest.raises(SourceValueError, match="nothing was written") as caught:
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    assert "remove it by hand" not in str(caught.value)
+    # the blocks' pass begins: the run has made dst/0
+    note = dst / "0" / "notes.txt"
+    error = _fail_every_block(tmp_path, monkeypatch, lambda: note.write_text("mine"))
+    assert "remove it by hand" not in str(error)
     assert (dst / "0" / "notes.txt").read_text() == "mine"
 
 
