@@ -10,9 +10,9 @@ and the command line start quickly and a Ctrl-C during start-up is handled by th
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._imports import import_through_one_ctrl_c
 from ._version import __version__
 
 __all__ = [
@@ -81,44 +81,9 @@ if not TYPE_CHECKING:
         from ._dask_config import check_dask_config
 
         check_dask_config()  # before dask's import, which would hang on it
-        value = getattr(_import_through_one_ctrl_c(module), name)
+        value = getattr(import_through_one_ctrl_c(module, __name__), name)
         globals()[name] = value
         return value
-
-
-def _import_through_one_ctrl_c(module: str) -> Any:
-    """Import ``module``, a Ctrl-C meanwhile raised once it is imported (a second one at once).
-
-    Interrupted half-way, numba's import (seconds on a cold cache: a Jupyter user's first
-    cell) left it unusable: every later call in the kernel failed with "module 'numba' has no
-    attribute 'core'" until a restart. Only the main thread, and only with Python's own
-    SIGINT handler in place (a caller's own is left alone).
-    """
-    import signal
-    import threading
-
-    held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        if held:
-            raise KeyboardInterrupt  # pressed again: an import hung on a dead mount
-        held.append(signum)
-
-    previous: Any = None
-    if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                previous = signal.signal(signal.SIGINT, hold)
-        except (ValueError, OSError):  # (an embedded interpreter)
-            previous = None
-    try:
-        found = importlib.import_module(module, __name__)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
-    return found
 
 
 def __dir__() -> list[str]:

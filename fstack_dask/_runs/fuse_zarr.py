@@ -16,6 +16,7 @@ from typing import Any
 
 from .._errors import DestinationFullError, DestinationLockedError
 from .._fp_env import with_ieee_arithmetic
+from .._imports import import_through_one_ctrl_c
 from .._params import DEFAULT_MEMORY_PER_TASK, Channels, check_flag
 from .._public import public
 from .scheduler_choice import check_scheduler
@@ -192,13 +193,12 @@ def fuse_zarr(
         overwrite=overwrite, resume=resume, progress=progress, scheduler=scheduler,
         dst_storage_options=dst_storage_options, stall_timeout=stall_timeout,
     )  # fmt: skip
+    # The engine (numba: seconds on a cold cache) is imported by the first run, through one
+    # Ctrl-C: interrupted half-way it would be broken for the rest of a Jupyter kernel
     if is_tiff_destination(dst):
-        from .tiff_output import fuse_to_tiff
-
-        return fuse_to_tiff(src, dst, plan=plan, **run)
-    from .run import run_fusion
-
-    return run_fusion(src, dst, plan=plan, **run)
+        tiff_output = import_through_one_ctrl_c(".tiff_output", __package__)
+        return tiff_output.fuse_to_tiff(src, dst, plan=plan, **run)
+    return import_through_one_ctrl_c(".run", __package__).run_fusion(src, dst, plan=plan, **run)
 
 
 def is_tiff_destination(dst: Any) -> bool:

@@ -315,14 +315,16 @@ class Press:  # Ctrl-C half-way through numba's import, as a Jupyter user's firs
             sys.meta_path.remove(self)
             os.kill(os.getpid(), signal.SIGINT)
 sys.meta_path.insert(0, Press())
+def fuse():  # numba is imported by the package or, since the modules were split, by a first run
+    from fstack_dask import fuse_zarr, synthetic_stack
+    stack = synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1).copy()
+    fuse_zarr(stack, tempfile.mkdtemp() + "/o.zarr", axes="zyx", progress=False,
+              scheduler="synchronous")
 try:
-    from fstack_dask import fuse_zarr
+    fuse()
 except KeyboardInterrupt:
     print("interrupted")
-from fstack_dask import fuse_zarr, synthetic_stack
-stack = synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1).copy()
-fuse_zarr(stack, tempfile.mkdtemp() + "/o.zarr", axes="zyx", progress=False,
-          scheduler="synchronous")
+fuse()
 print("fused")
 """
 
