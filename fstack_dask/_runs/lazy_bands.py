@@ -64,6 +64,8 @@ def _own_copies(x: da.Array, bounds: list[tuple[int, int]], after, seed: str):
         todo = list(flatten(part.__dask_keys__()))
         while todo:
             key = todo.pop()
+            if key not in graph:  # a distributed Future's (persisted): not ours to rename
+                return None
             if key not in sub:
                 sub[key] = graph[key]
                 todo.extend(graph[key].dependencies)

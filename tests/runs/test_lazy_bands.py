@@ -110,3 +110,20 @@ def test_a_stack_normalised_by_its_maximum_is_read_as_often_as_one_graph(monkeyp
         counts.append(reads[0])
     np.testing.assert_array_equal(images[1], images[0])
     assert counts[1] <= counts[0], f"{counts[1]} source reads in bands, {counts[0]} in one graph"
+
+
+
+def test_an_input_persisted_on_a_distributed_client(monkeypatch, local_cluster):
+    """``client.persist`` leaves Futures in the input's graph, which dask's task spec drops:
+    building fuse() of it in bands was a KeyError naming one of its chunks. It stays one
+    overlap (a Future's data is the cluster's, not copied per band), with the same bits."""
+    from distributed import Client
+
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+    stack = _zyx((64, 200), 7, "uint16")
+    want = focus_stack(np.moveaxis(stack, 0, 2))
+    with Client(local_cluster) as client:
+        persisted = client.persist(da.from_array(stack, chunks=(7, 32, 40)))
+        got = fuse(persisted, return_maps=True)
+        np.testing.assert_array_equal(got.image.compute(), want)
+        assert fuse(persisted).name == fuse(persisted).name  # the same graph twice
