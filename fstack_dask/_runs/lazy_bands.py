@@ -72,11 +72,14 @@ def _own_copies(x: da.Array, bounds: list[tuple[int, int]], after, seed: str):
         total += len(sub)
         suffix = tokenize(seed, i)
         names = {key: _renamed(key, suffix) for key in sub}
-        layer = {}
+        # one task per band waits for the minimums, its reads for it: a read waiting for each
+        # image's minimum was an edge per read per image, quadratic in a batch axis's length
+        gate = f"minimums-{suffix}"
+        layer = {gate: Task(gate, _after, None, *waits)} if waits else {}
         for key, node in sub.items():
             node = node.substitute(names, key=names[key])
             if waits and not node.dependencies:
-                node = Task(names[key], _after, node, *waits)
+                node = Task(names[key], _after, node, TaskRef(gate))
             layer[names[key]] = node
         name = _renamed(part.name, suffix)
         band_graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)

@@ -127,3 +127,17 @@ def test_an_input_persisted_on_a_distributed_client(monkeypatch, local_cluster):
         got = fuse(persisted, return_maps=True)
         np.testing.assert_array_equal(got.image.compute(), want)
         assert fuse(persisted).name == fuse(persisted).name  # the same graph twice
+
+
+@pytest.mark.skipif(not lazy_bands.BANDS, reason="this dask has no task spec: one overlap")
+def test_a_batch_axis_adds_no_edge_per_read_per_image(monkeypatch):
+    """Each band's reads wait for the image minimums: every read referred to every image's
+    minimum, edges growing with the square of a batch axis's length (40 time points: 3 edges
+    a task, 160: 9, the threaded run twice as long as one graph's). One task per band waits
+    for them, the reads for it: about one edge a task, as one graph has."""
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+    one = _zyx((32, 320), 6)
+    stack = da.from_array(np.broadcast_to(one, (40, *one.shape)), chunks=(1, 6, 32, 32))
+    graph = dict(fuse(stack, axes="tzyx", chunks=32).__dask_graph__())
+    edges = sum(len(node.dependencies) for node in lazy_bands.convert_legacy_graph(graph).values())
+    assert edges <= 2 * len(graph), f"{edges} edges for {len(graph)} tasks"
