@@ -112,7 +112,6 @@ def test_a_stack_normalised_by_its_maximum_is_read_as_often_as_one_graph(monkeyp
     assert counts[1] <= counts[0], f"{counts[1]} source reads in bands, {counts[0]} in one graph"
 
 
-
 def test_an_input_persisted_on_a_distributed_client(monkeypatch, local_cluster):
     """``client.persist`` leaves Futures in the input's graph, which dask's task spec drops:
     building fuse() of it in bands was a KeyError naming one of its chunks. It stays one
