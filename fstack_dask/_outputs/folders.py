@@ -134,26 +134,34 @@ def exchange(new: Location, dst: Location) -> Location:
         _move_objects(dst.fs, dst.path, aside.path)
         try:
             _move_objects(dst.fs, new.path, dst.path)
-        except BaseException:
+        except BaseException as exc:
             # as locally: dst is not left a part of the new output (refused by every later
             # run as not ours) with the old one hidden beside it
-            _put_back(dst.fs, aside.path, dst.path, new.path)
-            raise
+            if not _put_back(dst.fs, aside.path, dst.path, new.path) or not isinstance(
+                exc, Exception
+            ):
+                raise
+            # the copy was whole, the deletes of the staged copies failed: the swap is done
+            # (the error said "the previous output in dst is unchanged" of the new output)
+            with contextlib.suppress(Exception):
+                dst.fs.rm(sorted(dst.fs.find(new.path)))
     return aside
 
 
-def _put_back(fs: Any, old: str, dst: str, new: str) -> None:
+def _put_back(fs: Any, old: str, dst: str, new: str) -> bool:
     """Undo a move of ``new`` into ``dst`` that failed while copying (its objects are all still
     at ``new``: none is deleted before all are copied, and ``zarr.json`` is copied last), then
-    move ``old`` back into ``dst``. Once ``dst/zarr.json`` is there the copy was whole: kept."""
+    move ``old`` back into ``dst``. Once ``dst/zarr.json`` is there the copy was whole: kept,
+    and True returned."""
     dst, new = dst.rstrip("/"), new.rstrip("/")
     if fs.exists(f"{dst}/zarr.json"):
-        return
+        return True
     staged = {key[len(new) :] for key in fs.find(new)}
     copies = [key for key in fs.find(dst) if key[len(dst) :] in staged]
     if copies:
         fs.rm(copies)
     _move_objects(fs, old, dst)
+    return False
 
 
 def take_on_looks(path: str, like: str) -> None:
