@@ -17,7 +17,7 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
-from .removal import written_by_us
+from .removal import ours_within, written_by_us
 from .state import (
     STATE_DIR,
     ZARR_PARTIAL,
@@ -65,7 +65,9 @@ def prepare(
     """Write the run record (what this run writes: its claim's content), then the output's
     structure; a resume only clears what its killed writes left."""
     if resuming:  # our run, killed: its writes cut short left temporary files
-        target.state.remove_partial_files(recorded_entries(target.output) or ())
+        target.state.remove_partial_files(
+            recorded_entries(target.output) or (), ours_within(target.output)
+        )
         torn: list[str] = []
         lost = target.state.drop_markers_without_data(torn)
         if torn:
@@ -161,7 +163,7 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
             f"stopped or cut off ({' '.join(str(exc).split())}); this run stopped writing"
         ) from exc
     with contextlib.suppress(Exception):
-        target.state.remove_partial_files(target.entries)
+        target.state.remove_partial_files(target.entries, ours_within(target.output))
     n_done = target.state.n_done() if target.output.exists() else 0
     exc = as_interrupt(exc)
     interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))

@@ -35,7 +35,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -434,9 +434,13 @@ class OutputState:
         """Finished blocks of level 0 (pyramid levels' markers are named ``L1_...``)."""
         return sum(not n.startswith("L") for n in self.done())
 
-    def remove_partial_files(self, entries: Iterable[str]) -> None:
+    def remove_partial_files(
+        self, entries: Iterable[str], ours: Callable[[str, str], bool]
+    ) -> None:
         """Delete the temporary files of zarr writes that a kill interrupted: inside our
-        ``entries`` only (and ``zarr.json``'s beside them), never a user's ``*.partial``."""
+        ``entries`` only (and ``zarr.json``'s beside them), those ``ours(entry, path)`` claims
+        (:func:`.removal.ours_within`), never a user's ``*.partial`` (a Zarr store of the
+        user's kept inside a level: its own interrupted write's file went with a resume)."""
         if not self.output.is_local:
             return
         base = self.output.path
@@ -450,8 +454,10 @@ class OutputState:
             if entry == STATE_DIR or not os.path.isdir(top) or os.path.islink(top):
                 continue
             for root, _dirs, files in os.walk(top):
+                rel = os.path.relpath(root, top).replace(os.sep, "/")
                 for name in files:
-                    if ZARR_PARTIAL.search(name):
+                    path = name if rel == "." else f"{rel}/{name}"
+                    if ZARR_PARTIAL.search(name) and ours(entry, path):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(root, name))
 

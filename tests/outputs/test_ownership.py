@@ -180,6 +180,29 @@ def test_resume_keeps_a_users_file_named_like_zarrs_temporary_but_for_a_newline(
     assert not ours.exists()
 
 
+def test_resume_keeps_the_temporary_files_of_a_users_store_inside_a_level(tmp_path, monkeypatch):
+    """A resume deleted every '<stem>.<32 hex>.partial' under our levels, those of a user's
+    own Zarr store kept inside one (0/annotations/cells.zarr, whose interrupted write left
+    one; or 0/notes.<hex>.partial): an --overwrite keeps them (not keys we write), and so
+    does a resume now. Zarr's own temporary files of our keys still go."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch)
+    store = dst / "0" / "annotations" / "cells.zarr"
+    (store / "c" / "0").mkdir(parents=True)
+    (store / "c" / "0" / f"0.{'a' * 32}.partial").write_bytes(b"the user's chunk")
+    (store / f"zarr.{'c' * 32}.partial").write_bytes(b"the user's zarr.json")
+    (dst / "0" / f"notes.{'d' * 32}.partial").write_bytes(b"mine")
+    ours = [dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial", dst / "0" / f"zarr.{'e' * 32}.partial"]
+    for path in ours:
+        path.write_bytes(b"a write cut short")
+    users = ["0/annotations", f"0/notes.{'d' * 32}.partial"]
+    before = digest_of(dst, users)
+    fuse_zarr(src, dst, progress=False, resume=True)
+    assert digest_of(dst, users) == before
+    assert not [path for path in ours if path.exists()]
+
+
 # ------------------------------------------------------------ 3. claims, not check-then-act
 
 
