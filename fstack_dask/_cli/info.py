@@ -196,7 +196,10 @@ def _staged(location: Any, kind: str) -> list[tuple[str, str]]:
     its staging folder beside it (``--resume`` finishes it): info said only "complete"."""
     from .._outputs.leftovers import staged_run
 
-    staged = staged_run(location) if kind == "complete" else None
+    try:
+        staged = staged_run(location) if kind == "complete" else None
+    except OSError:  # a folder this user may enter, not list (a colleague's home, 711): info
+        return []  # of the output itself failed, "may not list the folder"
     if staged is None:
         return []
     state = dict(describe_output(staged, "unfinished"))["state"]

@@ -224,6 +224,22 @@ def test_info_of_an_output_this_user_may_not_read_names_the_folder(tmp_path, mon
     assert "mode 700" in line and "not an image yet" not in line
 
 
+def test_info_of_an_output_in_a_folder_this_user_may_enter_but_not_list(tmp_path):
+    """A colleague's complete output in their home (711: entered, not listed): ``info`` of it
+    failed "may not list the folder '/home/...'", its look for an overwrite under way beside
+    the output (20050a8) listing the parent; info shows the output as before."""
+    src = write_src(tmp_path / "src.zarr")
+    home = tmp_path / "alice"
+    home.mkdir()
+    dst = home / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    give_to_other_user(home)
+    home.chmod(0o711)
+    proc = as_user("info", dst)
+    assert proc.returncode == 0, proc.stderr
+    assert "state:      complete" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("case", ["plane", "dst"])
 def test_a_refusal_by_an_acl_says_there_is_one(tmp_path, case):
     """A plane of mode 644, or an output folder of mode 777, that an ACL keeps from this user
