@@ -195,10 +195,30 @@ def unremovable(folder: Location) -> str | None:
     return None
 
 
+_CHUNK_FOLDER = re.compile(r"c(/(0|[1-9][0-9]*))*")  # a folder of Zarr v3's chunk keys
+
+
+def _may_hold_ours(entry: str, rel: str) -> bool:
+    """Whether the folder ``rel`` in our ``entry`` may hold files a run writes (as
+    :func:`written_by_us` judges them): a user's folder inside a level (``0/annotations``,
+    a colleague's, 700) was refused as "may not list" by an overwrite that keeps it anyway."""
+    if not rel or entry == STATE_DIR:
+        return True
+    if not _LEVEL.fullmatch(entry):  # a map: its levels' arrays
+        level, _, rel = rel.partition("/")
+        if not _LEVEL.fullmatch(level):
+            return False
+        if not rel:
+            return True
+    return bool(_CHUNK_FOLDER.fullmatch(rel))
+
+
 def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool], count: bool):
     """(whether the folder at ``path`` is left empty once our files go, what blocks them).
     Its files are judged only where that matters (``count``: its parent may not be written;
     or it may not be written itself): a walk of a writable output stats no file."""
+    if not _may_hold_ours(entry, rel):  # a user's folder (0/annotations): kept, whatever it is
+        return False, None
     if not os.access(path, os.R_OK | os.X_OK):
         return False, permission_missing(path)
     writable = os.access(path, os.W_OK | os.X_OK)

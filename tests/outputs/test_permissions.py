@@ -207,6 +207,25 @@ def test_an_overwrite_this_user_may_not_remove_is_refused_before_anything_change
     assert tree_digest(tmp_path) == before
 
 
+def test_an_overwrite_keeps_a_colleagues_locked_folder_inside_a_level(tmp_path, monkeypatch):
+    """A colleague's folder (700) inside this user's unfinished output's level, named like
+    nothing a run writes (0/annotations): ``--overwrite`` kept it and wrote the new output
+    (exit 0) until c949817, whose walk then refused the overwrite, "may not list the folder
+    ... ask its owner to let you remove it", for a folder it never removes. Kept again."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    theirs = dst / "0" / "annotations"
+    theirs.mkdir()
+    (theirs / "cells.csv").write_text("x\n")
+    give_to_other_user(theirs)
+    theirs.chmod(0o700)
+    proc = as_user("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert (theirs / "cells.csv").read_text() == "x\n"
+    assert fuse_zarr(src, dst, chunks=CHUNK, resume=True, progress=False) is not None
+
+
 def test_info_of_an_output_this_user_may_not_read_names_the_folder(tmp_path, monkeypatch):
     """``info`` of a colleague's unfinished output whose level folder this user may not enter
     said "src '...' is an unfinished fstack_dask output, not an image yet" (its id file could
