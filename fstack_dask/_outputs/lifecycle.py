@@ -20,7 +20,6 @@ from .destination import Destination, Target
 from .removal import ours_within, written_by_us
 from .state import (
     STATE_DIR,
-    ZARR_PARTIAL,
     OutputState,
     new_output_id,
     recorded_entries,
@@ -190,12 +189,13 @@ def _previous(destination: Destination) -> str:
 def _ours_left(kept: str, entries: tuple[str, ...]) -> bool:
     """Whether ``kept`` (a path in the output) is a file this run wrote and could not remove,
     not a user's file inside one of its entries (``0/notes.txt``: kept on purpose, it was
-    told "left with 0/notes.txt ...: remove it by hand"). Zarr's temporary files count as
-    this run's, as for :meth:`.OutputState.remove_partial_files` (``zarr.<hex>.partial``)."""
+    told "left with 0/notes.txt ...: remove it by hand"). Zarr's temporary files of our keys
+    count as this run's (``written_by_us``: ``zarr.<hex>.partial`` too); a user's
+    ``0/notes.<hex>.partial`` does not (kept by :meth:`.OutputState.remove_partial_files`)."""
     entry, _, path = kept.partition("/")
     if entry not in {*entries, STATE_DIR}:
         return False
-    return not path or written_by_us(entry, path) or bool(ZARR_PARTIAL.search(path))
+    return not path or written_by_us(entry, path)
 
 
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:

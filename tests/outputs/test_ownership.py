@@ -311,16 +311,20 @@ def _fail_every_block(tmp_path: Path, monkeypatch, meanwhile) -> SourceValueErro
     return caught.value
 
 
-def test_a_users_file_inside_an_entry_is_not_named_as_left_to_remove_by_hand(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["notes.txt", f"notes.{'a' * 32}.partial"])
+def test_a_users_file_inside_an_entry_is_not_named_as_left_to_remove_by_hand(
+    tmp_path, monkeypatch, name
+):
     """A user's file put into the run's level folder while it ran (``0/notes.txt``) is kept
     on purpose ("fstack_dask did not write them"); a run that then finished no block said
-    "... is left with 0/notes.txt, which could not be removed: remove it by hand"."""
+    "... is left with 0/notes.txt, which could not be removed: remove it by hand" (and so of
+    a user's ``0/notes.<hex>.partial``, named like zarr's temporary files, once kept)."""
     dst = tmp_path / "out.zarr"
     # the blocks' pass begins: the run has made dst/0
-    note = dst / "0" / "notes.txt"
+    note = dst / "0" / name
     error = _fail_every_block(tmp_path, monkeypatch, lambda: note.write_text("mine"))
     assert "remove it by hand" not in str(error)
-    assert (dst / "0" / "notes.txt").read_text() == "mine"
+    assert note.read_text() == "mine"
 
 
 def _copy_attributes(ours: Path, mine: Path, how: str) -> None:
