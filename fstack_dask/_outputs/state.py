@@ -136,7 +136,8 @@ def newer_format(params: Any) -> str | None:
     """Why this version cannot read the output whose record (or provenance) holds ``params``:
     a run begun by a newer version keeps its records in a format this one does not know
     (records without a format hold the first); or None."""
-    found = params.get("format", 1) if isinstance(params, Mapping) else 1
+    # ("records_format": a TIFF's embedded record says "format": "ome-tiff", another thing)
+    found = params.get("records_format", 1) if isinstance(params, Mapping) else 1
     if isinstance(found, int) and not isinstance(found, bool) and found <= FORMAT:
         return None
     version = params.get("version") if isinstance(params, Mapping) else None

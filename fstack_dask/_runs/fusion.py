@@ -170,7 +170,7 @@ def plan_fusion(
         params = {
             "version": __version__,
             "numerics": NUMERICS,  # a resume by a version computing other bits is refused
-            "format": FORMAT,  # and one by a version older than the output's records
+            "records_format": FORMAT,  # and one by a version older than the output's records
             "method": METHOD,
             "src": source.location.url if source.location is not None else source.description,
             "src_axes": source.axes,

@@ -532,7 +532,7 @@ def _as_begun_by(dst, numerics):
     record = json.loads(path.read_text())
     if numerics is None:  # nor the format of its records
         record["params"].pop("numerics", None)
-        record["params"].pop("format", None)
+        record["params"].pop("records_format", None)
     else:
         record["params"]["numerics"] = numerics
     path.write_text(json.dumps(record))
@@ -711,7 +711,7 @@ def test_a_run_begun_by_a_newer_version_is_refused_naming_it(tmp_path, monkeypat
     _unfinished(src, dst, monkeypatch)
     path = dst / ".fstack_dask" / "run.json"
     record = json.loads(path.read_text())
-    record["params"].update(format=found, version="9.0")
+    record["params"].update(records_format=found, version="9.0")
     path.write_text(json.dumps(record))
     before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, "--resume", *FUSE)
