@@ -25,14 +25,12 @@ from .._algorithm.auto import (
 from .._params import (
     DEFAULT_MEMORY_PER_TASK,
     Channels,
-    check_dtype,
     check_focus,
-    parse_axes,
     resolve_channels,
 )
 from .._public import public
 from .lazy_chunks import cast_chunk
-from .lazy_layers import _as_dask, _auto_for_plan, _plan, fused_layers
+from .lazy_layers import _auto_for_plan, _plan, checked_stack, fused_layers
 
 __all__ = ["FusionResult", "auto_parameters_for", "fuse"]
 
@@ -273,11 +271,7 @@ def auto_parameters_for(
     >>> chosen.nhsize > 9
     True
     """
-    stack = _as_dask(stack)
-    dtype = check_dtype(stack.dtype, "stack")
-    axes = parse_axes(axes, stack.ndim)
-    if 0 in stack.shape:
-        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    stack, dtype, axes = checked_stack(stack, axes)
     nhsize = check_nhsize_or_auto(nhsize)
     sth = check_sth_or_auto(sth)
     focus = check_focus(focus, stack.shape[axes.index("z")])

@@ -121,6 +121,17 @@ def _auto_for_plan(x, plan: _Plan, rgb: bool, focus, nhsize, sth) -> AutoParamet
     )
 
 
+def checked_stack(stack: Any, axes: str) -> tuple[da.Array, np.dtype, str]:
+    """``stack`` as a dask array, its dtype and its axes, checked as ``fuse`` and
+    ``auto_parameters_for`` take them (no empty axis)."""
+    stack = _as_dask(stack)
+    dtype = check_dtype(stack.dtype, "stack")
+    axes = parse_axes(axes, stack.ndim)
+    if 0 in stack.shape:
+        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    return stack, dtype, axes
+
+
 def fused_layers(
     stack: Any,
     *,
@@ -146,11 +157,7 @@ def fused_layers(
     chunks = check_chunks(chunks)
     memory_per_task = check_memory(memory_per_task)
     with_maps = check_flag(with_maps, "return_maps")
-    stack = _as_dask(stack)
-    dtype = check_dtype(stack.dtype, "stack")
-    axes = parse_axes(axes, stack.ndim)
-    if 0 in stack.shape:
-        raise ValueError(f"stack must not have an empty axis, got shape {stack.shape}")
+    stack, dtype, axes = checked_stack(stack, axes)
     nhsize = check_nhsize_or_auto(nhsize)
     n_planes = stack.shape[axes.index("z")]
     focus = check_focus(focus, n_planes)
