@@ -111,7 +111,10 @@ def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_pa
         _, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("the run did not end within 30 s of SIGTERM to its group") from None
+        _, err = proc.communicate(timeout=30)  # what it said, to tell where it waited
+        raise AssertionError(
+            f"the run did not end within 30 s of SIGTERM to its group; it said: {err[-1500:]!r}"
+        ) from None
     assert proc.returncode == 143, err
     assert time.monotonic() - start < 15
     assert "terminated" in _stderr_is_one_line(err)
