@@ -77,7 +77,7 @@ def _our_fused(path: Path, planes_dir: Path) -> bool:
     """Whether ``path`` is an output an earlier demo wrote: fstack_dask's, fused from the
     demo's plane folder (a user's own result there is any other source's)."""
     from .._locations import resolve
-    from .._outputs.state import provenance
+    from .._outputs.ownership import provenance
 
     if path.is_symlink() or not path.is_dir():
         return False

@@ -148,7 +148,7 @@ def _print(lines: list[tuple[str, str]]) -> None:
 def _our_output(src: str, storage_options: Any) -> tuple[Any, str] | None:
     """(location, "complete" or "unfinished") when ``src`` is an fstack_dask output."""
     from .._locations import resolve
-    from .._outputs.state import classify
+    from .._outputs.ownership import classify
 
     try:
         location = resolve(src, name="src", storage_options=storage_options)
@@ -171,8 +171,9 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
 
     Reads metadata and the done-markers only.
     """
+    from .._outputs.ownership import provenance, run_record
     from .._outputs.staleness import read_lock
-    from .._outputs.state import OutputState, provenance, run_record
+    from .._outputs.state import OutputState
 
     params = provenance(location)
     if params is None:  # a run killed while creating the output: its record only
@@ -287,7 +288,7 @@ def _overwrite_under_way(src: str) -> list[tuple[str, str]]:
 def _unfinished_work(src: str) -> Any:
     """The working store beside a TIFF ``src`` where it holds an unfinished run, else None."""
     from .._locations import resolve
-    from .._outputs.state import classify
+    from .._outputs.ownership import classify
     from .._runs.tiff_output import working_store
 
     try:

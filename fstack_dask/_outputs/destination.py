@@ -20,7 +20,7 @@ exclusive create: ``dst`` itself when it is new, the state folder ``.fstack_dask
 empty ``dst`` (and the folder is listed again once it is ours), the staging folder of an
 overwrite; the lock is taken before an existing output is touched, and its kind is checked
 again under the lock. What is removed is what the output's record says fstack_dask wrote
-(:func:`~fstack_dask._outputs.state.recorded_entries`), through
+(:func:`~fstack_dask._outputs.ownership.recorded_entries`), through
 :func:`~fstack_dask._locations.remove_tree`, which checks ownership again right before it
 deletes. Anything else inside an output (a user's ``notes.txt`` or ``2024/``) is kept, moved
 along with an overwrite, or, where this run would write an entry of that name, the run is
@@ -41,12 +41,9 @@ from .._locations import Location, remove_tree
 from . import folders, leftovers
 from .folders import STAGING, path_too_long
 from .lock import DestinationLock, Lease
-from .removal import clear_output, remove_entries, remove_output, unremovable
-from .staleness import live_lock, locked_message
-from .state import (
+from .ownership import (
     ID_FILE,
     STATE_DIR,
-    OutputState,
     classify,
     copied_provenance,
     foreign_entries,
@@ -54,6 +51,9 @@ from .state import (
     provenance,
     run_record,
 )
+from .removal import clear_output, remove_entries, remove_output, unremovable
+from .staleness import live_lock, locked_message
+from .state import OutputState
 
 __all__ = ["Destination", "Target"]
 

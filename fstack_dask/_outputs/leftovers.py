@@ -36,17 +36,17 @@ from collections.abc import Iterable
 from .._locations import Location, remove_tree
 from . import folders
 from .folders import STAGING
-from .removal import copy_of, remove_output
-from .staleness import live_lock
-from .state import (
+from .ownership import (
     STATE_DIR,
-    OutputState,
     classify,
     foreign_entries,
     provenance,
     recorded_entries,
     run_record,
 )
+from .removal import copy_of, remove_output
+from .staleness import live_lock
+from .state import OutputState
 
 __all__ = ["give_back", "recover", "remove_stale", "restore", "staged_run", "staging_folders"]
 
@@ -96,7 +96,7 @@ def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location |
 
 def _empty_cut_short(folder: Location) -> None:
     """Empty the state folder of a local staging folder whose run was killed while claiming
-    it, before its run record (:func:`.state.classify`'s "claimed": SIGKILL while taking its
+    it, before its run record (:func:`.ownership.classify`'s "claimed": SIGKILL while taking its
     lock): it kept the staging folder beside dst for good. Not a live lock; the done folder
     only while empty (rmdir)."""
     if classify(folder) != "claimed" or live_lock(OutputState(folder).lock) is not None:

@@ -17,14 +17,9 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
+from .ownership import STATE_DIR, recorded_entries
 from .removal import ours_within, written_by_us
-from .state import (
-    STATE_DIR,
-    OutputState,
-    new_output_id,
-    recorded_entries,
-    write_output_id,
-)
+from .state import OutputState, new_output_id, write_output_id
 from .write import OutputSpec, create_output, publish
 
 log = logging.getLogger(__name__)

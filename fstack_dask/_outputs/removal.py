@@ -17,18 +17,18 @@ import re
 from collections.abc import Callable, Iterable
 
 from .._locations import Location, permission_missing, remove_tree
-from .state import (
+from .ownership import (
     ID_FILE,
     RUN_FILE,
     STATE_DIR,
     ZARR_PARTIAL,
-    OutputState,
     _read_json,
     owned_output,
     provenance,
     recorded_entries,
     run_record,
 )
+from .state import OutputState
 
 __all__ = [
     "clear_output",

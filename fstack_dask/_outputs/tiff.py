@@ -33,8 +33,8 @@ import numpy as np
 from .._locations import Location
 from .._ngff import OME_LENGTHS, OME_TIMES
 from .folders import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, take_on_looks
+from .ownership import METHOD
 from .pyramid import n_levels
-from .state import METHOD
 from .write import PENDING, TIFF_PARTIAL, fsync_dir, ngff_metadata, open_output
 
 __all__ = ["NAMESPACE", "PARTIAL", "TILE", "place_tiff", "tiff_levels", "tiff_owner", "write_tiff"]

@@ -24,7 +24,7 @@ from .._algorithm.auto import (
 from .._algorithm.block import block_memory, haloed_shape, wide_int
 from .._algorithm.device import check_device
 from .._layout import Layout
-from .._outputs.state import METHOD
+from .._outputs.ownership import METHOD
 from .._outputs.write import OutputSpec, output_spec
 from .._params import (
     check_alpha,

@@ -26,7 +26,8 @@ from .._outputs.fingerprint import (
     identity_differences,
     settled_files,
 )
-from .._outputs.state import OutputState, newer_format, provenance
+from .._outputs.ownership import newer_format, provenance
+from .._outputs.state import OutputState
 from .fusion import Fusion, with_block
 from .source_changes import _few, check_source_files, source_identity
 

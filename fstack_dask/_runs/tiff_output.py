@@ -35,7 +35,7 @@ from .._locations import Location, resolve
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
-from .._outputs.state import classify, provenance
+from .._outputs.ownership import classify, provenance
 from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
 from .fusion import plan_fusion, with_block
 from .resume import check_resumable

@@ -17,7 +17,7 @@ import zarr
 
 from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._algorithm.block import block_memory
-from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._outputs.ownership import STATE_DIR
 from fstack_dask._sources.open import open_source
 from fstack_dask._version import __version__
 

@@ -35,7 +35,7 @@ from fstack_dask._errors import LeaseLostError
 from fstack_dask._locations import resolve
 from fstack_dask._outputs.destination import Destination
 from fstack_dask._outputs.lock import Lease
-from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._outputs.ownership import STATE_DIR
 
 FUSE = ("--chunks", CHUNK, "--no-progress")
 STALE = 2.0  # seconds: the lease of these tests' runs

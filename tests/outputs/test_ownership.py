@@ -34,7 +34,7 @@ from safety_util import (
 
 from fstack_dask import SourceValueError, focus_stack, fuse_zarr, write_stack
 from fstack_dask._outputs.destination import Destination
-from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._outputs.ownership import STATE_DIR
 from fstack_dask._runs.blocks import FuseJob
 
 FUSE = ("--chunks", CHUNK, "--no-progress")

@@ -20,7 +20,7 @@ from conftest import tree_digest
 
 from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._locations import remove_tree, resolve
-from fstack_dask._outputs.state import STATE_DIR, owned_output
+from fstack_dask._outputs.ownership import STATE_DIR, owned_output
 from fstack_dask._runs.blocks import FuseJob
 
 SHAPE, PLANES, CHUNK = (96, 80), 7, 32

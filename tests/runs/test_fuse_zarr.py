@@ -35,7 +35,7 @@ from fstack_dask import (
     write_stack,
 )
 from fstack_dask._algorithm.block import block_memory, fuse_block
-from fstack_dask._outputs.state import STATE_DIR
+from fstack_dask._outputs.ownership import STATE_DIR
 from fstack_dask._runs import blocks as _blocks
 from fstack_dask._runs import progress as _progress
 from fstack_dask._runs import schedulers as _run

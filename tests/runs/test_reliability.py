@@ -39,8 +39,8 @@ from conftest import tree_digest as _tree
 
 from fstack_dask import DestinationLockedError, SourceReadError, fuse_zarr, synthetic_stack
 from fstack_dask._cli.main import main
+from fstack_dask._outputs.ownership import STATE_DIR
 from fstack_dask._outputs.staleness import LOCK_STALE_AFTER, machine_id
-from fstack_dask._outputs.state import STATE_DIR
 
 STATE = STATE_DIR
 GRID, BLOCK, PLANES = 12, 40, 9  # 480 x 480 x 9: 144 blocks of 40 x 40, about 1 s to fuse
