@@ -4,7 +4,8 @@ What lives here: which reader for which input (``open``), the ``Source`` descrip
 its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``, with ``zarr_metadata``
 for its metadata files checked before zarr reads them and ``zarr_unfinished`` for a node
 inside an unfinished output), TIFF (``tiff``, with
-``tiff_checks`` for headers that lie and ``tiff_array`` for reading a series by region),
+``tiff_checks`` for headers that lie, ``tiff_array`` for reading a series by region and
+``tiff_metadata`` for pixel sizes, units and channels from its tags and descriptions),
 folders and globs of plane files (``images``, with
 ``plane_names`` for the files used, names that break the others' pattern, litter,
 ``image_headers`` for what each file's header says and ``image_planes`` for the array that

@@ -88,8 +88,8 @@ def _probe_tiff(path: str) -> dict[str, Any]:
 
 def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
     """`_probe_tiff`, with tifffile's log held."""
-    from .tiff import _imagej_metadata, _ome_metadata, _resolution_metadata
     from .tiff_checks import check_data
+    from .tiff_metadata import _imagej_metadata, _ome_metadata, _resolution_metadata
 
     try:
         with tifffile.TiffFile(path) as tif:

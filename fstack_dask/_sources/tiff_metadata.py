@@ -1,0 +1,140 @@
+"""A TIFF's physical metadata, keyed by tifffile's axes: pixel sizes and their units from the
+OME-XML, the ImageJ description or the resolution tags, the stage position, the channels'
+names and colours, and a sub-resolution level's pixel sizes.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import numpy as np
+
+from .common import ngff_unit, positive_finite
+
+__all__: list[str] = []
+
+_RESUNIT_MICROMETER = {3: 1e4, 4: 1e3, 5: 1.0}  # cm, mm, um per unit of the tag
+_IMAGEJ_NO_UNIT = {"", "pixel", "pixels", "inch"}
+
+
+def _metadata(tif: Any, ser: Any, kind: str) -> tuple[dict, dict, dict, Any, Any]:
+    """(scale, units, translation, channel names, channel colours), keyed by tifffile axes."""
+    if kind == "ome-tiff":
+        out = _ome_metadata(tif.ome_metadata, tif.series.index(ser))
+        if out is not None:
+            return out
+    if kind == "imagej-tiff":
+        return _imagej_metadata(tif.imagej_metadata or {}, ser.keyframe)
+    return _resolution_metadata(ser.keyframe) + ({}, None, None)
+
+
+def _resolution_metadata(page: Any) -> tuple[dict, dict]:
+    # Inch resolutions are nearly always a nominal print density (72, 300 dpi) written
+    # by photo software, not a pixel size, so only metric units are trusted.
+    per_unit = _RESUNIT_MICROMETER.get(int(page.resolutionunit))
+    scale: dict[str, float] = {}
+    if per_unit is not None:
+        for a, res in zip("XY", page.resolution, strict=True):
+            res = positive_finite(res)
+            if res is not None:
+                scale[a] = per_unit / res
+    return scale, {a: "micrometer" for a in scale}
+
+
+def _imagej_metadata(meta: dict, page: Any) -> tuple[dict, dict, dict, Any, Any]:
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    raw_unit = str(meta.get("unit", "")).strip()
+    if raw_unit.startswith("\\u00B5") or raw_unit.startswith("\\u00b5"):
+        raw_unit = "\u00b5" + raw_unit[6:]  # ImageJ escapes the micro sign
+    unit = ngff_unit(raw_unit)
+    if raw_unit.lower() not in _IMAGEJ_NO_UNIT:
+        for a, res in zip("XY", page.resolution, strict=True):
+            res = positive_finite(res)
+            if res is not None and res != 1.0:  # 1 pixel per unit: uncalibrated
+                scale[a] = 1.0 / res
+        spacing = positive_finite(meta.get("spacing"))
+        if spacing is not None:
+            scale["Z"] = spacing
+        if unit is not None:
+            units.update({a: unit for a in scale})
+    finterval = positive_finite(meta.get("finterval"))
+    if finterval is not None:
+        scale["T"] = finterval
+        units["T"] = ngff_unit(meta.get("tunit", "second")) or "second"
+    colors = None
+    luts = meta.get("LUTs")
+    if isinstance(luts, list) and luts:
+        try:  # a channel's colour is its LUT's brightest entry
+            colors = tuple("{:02X}{:02X}{:02X}".format(*np.asarray(lut)[:, -1]) for lut in luts)
+        except (TypeError, ValueError, IndexError):
+            colors = None
+    return scale, units, {}, None, colors
+
+
+def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, Any] | None:
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    images = [e for e in root if e.tag.endswith("}Image") or e.tag == "Image"]
+    if index >= len(images):
+        return None
+    pixels = next((e for e in images[index] if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    for a in "XYZ":
+        size = positive_finite(pixels.get(f"PhysicalSize{a}"))
+        if size is not None:
+            scale[a] = size
+            unit = ngff_unit(pixels.get(f"PhysicalSize{a}Unit", "\u00b5m"))  # OME's default
+            if unit is not None:
+                units[a] = unit
+    step = positive_finite(pixels.get("TimeIncrement"))
+    if step is not None:
+        scale["T"] = step
+        unit = ngff_unit(pixels.get("TimeIncrementUnit", "s"))
+        if unit is not None:
+            units["T"] = unit
+    translation: dict[str, float] = {}
+    plane = next((e for e in pixels if e.tag.endswith("Plane")), None)
+    if plane is not None:
+        for a in "XYZ":
+            # OME's default position unit is the stage's "reference frame": only a
+            # position in the pixel size's own unit is a usable translation.
+            pos, unit = plane.get(f"Position{a}"), ngff_unit(plane.get(f"Position{a}Unit"))
+            if pos is not None and unit is not None and unit == units.get(a):
+                try:
+                    translation[a] = float(pos)
+                except ValueError:
+                    pass
+    channels = [e for e in pixels if e.tag.endswith("Channel")]
+    names = tuple(c.get("Name", "") for c in channels)
+    names = names if channels and all(names) else None
+    colors = tuple(_ome_color(c.get("Color")) for c in channels)
+    colors = colors if channels and all(colors) else None
+    return scale, units, translation, names, colors
+
+
+def _ome_color(value: str | None) -> str | None:
+    """OME's signed 32-bit RGBA integer as "RRGGBB"."""
+    try:
+        rgba = int(value) & 0xFFFFFFFF  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f"{rgba >> 8 & 0xFFFFFF:06X}"
+
+
+def _level_scale(scale: dict[str, float], ser: Any, level: int, native: str) -> None:
+    """Scale a sub-resolution level's pixel sizes by its downsampling factor."""
+    if level == 0:
+        return
+    full, this = ser.levels[0].shape, ser.levels[level].shape
+    for a in list(scale):
+        if a in native and this[native.index(a)]:
+            scale[a] *= full[native.index(a)] / this[native.index(a)]
