@@ -27,16 +27,10 @@ from .._outputs.fingerprint import input_digest
 from .._outputs.lock import Lease
 from .._outputs.state import OutputState
 from .._outputs.write import make_durable, open_output, write_block
-from .._sources.fetch import (
-    BlockRegion,
-    UnitCache,
-    block_shape,
-    decoded_by_this_thread,
-    fetch_block,
-    units_of,
-)
+from .._sources.fetch import BlockRegion, block_shape, fetch_block, units_of
 from .._sources.share import release_attached
 from .._sources.source import Source
+from .._sources.unit_cache import UnitCache, decoded_by_this_thread
 from . import allocator
 from .plan import Plan
 

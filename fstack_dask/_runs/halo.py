@@ -25,13 +25,8 @@ from typing import Any
 import numpy as np
 
 from .._errors import SourceReadError, SourceValueError
-from .._sources.fetch import (
-    BlockRegion,
-    block_shape,
-    count_decoded,
-    decoded_by_this_thread,
-    fetch_block,
-)
+from .._sources.fetch import BlockRegion, block_shape, fetch_block
+from .._sources.unit_cache import count_decoded, decoded_by_this_thread
 from . import allocator
 from .blocks import FuseJob, Outcome
 from .plan import Plan

@@ -29,9 +29,10 @@ from .._outputs.fingerprint import (
 )
 from .._outputs.state import OutputState
 from .._sources.common import without_stamps
-from .._sources.fetch import UnitCache, fetch_block, units_of
+from .._sources.fetch import fetch_block, units_of
 from .._sources.open import Reopen
 from .._sources.source import Source
+from .._sources.unit_cache import UnitCache
 from .fusion import Fusion
 from .plan import Plan
 

@@ -14,8 +14,8 @@ decodes the planes on demand), HDF5
 ``lif``, with what they share, scenes and region reads, in ``vendor``), arrays in memory
 (``arrays``), what the readers share (``common``,
 ``stack_meta``), an in-memory source handed to worker processes once (``share``), and
-reading one block with its halo through a cache that decodes each stored unit about once
-(``fetch``).
+reading one block with its halo (``fetch``) through a cache that decodes each stored unit
+about once (``unit_cache``).
 
 May import: the shared top-level modules only (``fstack_dask._locations``, ``_ngff``,
 ``_params``, ``_errors``, ...). Never the algorithm, outputs, runs or the CLI.

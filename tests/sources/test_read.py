@@ -717,12 +717,13 @@ def test_a_block_decodes_its_other_units_while_another_thread_decodes_one(tmp_pa
     import threading
 
     from fstack_dask._sources import fetch
+    from fstack_dask._sources.unit_cache import UnitCache
 
     data = _stack((3, 32, 64))
     path = tmp_path / "s.zarr"
     zarr.create_array(str(path), data=data, chunks=(3, 32, 32), dimension_names=list("zyx"))
     source = open_source(path)
-    cache = fetch.UnitCache(10**9, halo=4)
+    cache = UnitCache(10**9, halo=4)
     first = fetch.BlockRegion((), (0, 32), (0, 20), False)  # unit 0 only
     second = fetch.BlockRegion((), (0, 32), (12, 44), False)  # units 0 and 1
     cache.expect(fetch.units_of(source, first, 4) + fetch.units_of(source, second, 4))
