@@ -4,7 +4,8 @@ What lives here: the output's description and durable block writes (``write``), 
 pyramid's levels and their 2 x 2 means (``pyramid``), the display windows from the image's
 data (``display``), the pyramidal OME-TIFF converted from a
 finished OME-Zarr store and moved into place (``tiff``), ``write_stack``, PNG previews
-(``png``), what a run may do with ``dst`` and how it claims and swaps (``destination``),
+(``png``), what a run may do with ``dst`` (``destination_checks``) and how it claims and
+swaps (``destination``),
 which files of an output are ours and the order a removal takes them in (``removal``), what
 an interrupted overwrite leaves beside dst and what becomes of it (``leftovers``), the
 folder moves behind that: exclusive creates, the atomic exchange, what

@@ -1,19 +1,5 @@
-"""The destination's life: deciding what a run may do with ``dst``, claiming the folder it
-writes into, and leaving ``dst`` in a clean state however the run ends.
-
-=====================  =============================================================
-dst is                 a run
-=====================  =============================================================
-absent                 creates it (its parent folder must exist)
-an empty folder        writes into it
-our unfinished output  continues it with ``resume``; starts over in place with
-                       ``overwrite`` (there is no good output to protect)
-our complete output    writes the new output *beside* it with ``overwrite`` and swaps
-                       the two only once the new one is complete, so a failed run
-                       leaves the old output intact; ``resume`` has nothing to do
-anything else          is refused: a file, a folder with other content, any Zarr store
-                       without our provenance
-=====================  =============================================================
+"""The destination's life after its checks (:mod:`.destination_checks`): claiming the folder
+a run writes into, and leaving ``dst`` in a clean state however the run ends.
 
 Nothing is decided by a check that a later step trusts blindly. A folder is *claimed* by an
 exclusive create: ``dst`` itself when it is new, the state folder ``.fstack_dask`` inside an
@@ -39,20 +25,17 @@ from dataclasses import dataclass, field
 from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
 from . import folders, leftovers
-from .folders import STAGING, path_too_long
+from .destination_checks import DestinationChecks
+from .folders import STAGING
 from .lock import DestinationLock, Lease
 from .ownership import (
-    ID_FILE,
     STATE_DIR,
     classify,
-    copied_provenance,
-    foreign_entries,
     owned_output,
     provenance,
     run_record,
 )
-from .removal import clear_output, remove_entries, remove_output, unremovable
-from .staleness import live_lock, locked_message
+from .removal import clear_output, remove_entries, remove_output
 from .state import OutputState
 
 __all__ = ["Destination", "Target"]
@@ -92,191 +75,8 @@ class Target:
             lock.check()
 
 
-class Destination:
-    """The checks and moves around one ``dst``; see the module docstring.
-
-    ``entries`` are the top-level entries the run will write (its output's), checked against
-    what a user may have put into an existing output.
-    """
-
-    def __init__(
-        self, dst: Location, *, protect: Iterable[Location] = (), entries: Iterable[str] = ()
-    ):
-        self.dst = dst
-        self.protect = list(protect)
-        self.entries = tuple(entries)
-        self.kind = classify(dst)
-        if self.kind == "absent" and leftovers.restore(dst):  # an overwrite killed mid-swap
-            self.kind = classify(dst)
-        # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
-        # working store takes those of the TIFF it will replace)
-        self.looks_like: str | None = None
-
-    def what(self) -> str:
-        """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
-        (a TIFF dst's working store, ``.NAME.fstack-work``)."""
-        if self.dst.path.rstrip("/").endswith(".fstack-work"):  # _runs.tiff_output.WORK
-            return f"dst {self.dst.spec!r} (its working folder {self.dst.path!r})"
-        return f"dst {self.dst.spec!r}"
-
-    # -- before anything is written ------------------------------------------------------
-
-    def check(self, *, overwrite: bool, resume: bool) -> str:
-        """The mode this run will use, or an exception if ``dst`` must not be touched.
-
-        Reads only. Modes: ``"new"``, ``"empty"``, ``"claimed"``, ``"replace"``, ``"resume"``,
-        ``"staged"``, ``"resume-staged"``, ``"complete"`` (resume of a finished output).
-        """
-        what, kind = self.what(), self.kind
-        _refuse_image_name(self.dst, what)
-        too_long = path_too_long(self.dst)
-        if too_long is not None:
-            raise ValueError(f"{what} {too_long}; choose a shorter name or path")
-        self.protect_also(self.protect)
-        ours = ("complete", "unfinished", "claimed")
-        info = live_lock(OutputState(self.dst).lock) if kind in ours else None
-        if info is not None:
-            raise DestinationLockedError(locked_message(what, info))
-        if kind in ours:  # a lock watched for its heartbeat takes seconds: its run may be done
-            self.kind = kind = classify(self.dst)
-        if kind == "file":
-            raise FileExistsError(
-                f"{what} is an existing file; choose a folder path for the output"
-            )
-        if kind == "other":
-            raise FileExistsError(self._not_ours(overwrite=overwrite, resume=resume))
-        if kind == "absent":
-            parent = self.dst.parent_path()
-            if self.dst.is_local and not os.path.isdir(parent):
-                missing = "does not exist" if not os.path.lexists(parent) else "is not a folder"
-                raise FileNotFoundError(
-                    f"{what} cannot be created: its parent folder {parent!r} {missing}; create "
-                    "it first (a typo in the path?)"
-                )
-            if self.dst.is_local and not os.access(parent, os.W_OK | os.X_OK):
-                raise PermissionError(f"{what} cannot be created: {parent!r} is not writable")
-            bucket = self.dst.missing_bucket()
-            if bucket is not None:
-                raise FileNotFoundError(
-                    f"{what} cannot be created: its bucket {bucket!r} does not exist; create it "
-                    "first (a typo in the URL?)"
-                )
-            return "new"
-        if kind in ("empty", "claimed"):  # claimed: a killed run's claim, nothing more
-            if self.dst.is_local and not os.access(self.dst.path, os.W_OK | os.X_OK):
-                raise PermissionError(f"{what} is not writable")
-            return kind
-        if resume or overwrite:  # (a complete output's resume with nothing staged writes nothing)
-            if kind == "unfinished" or overwrite or self.staged_run() is not None:
-                self._refuse_unwritable(removing=overwrite)
-        if kind == "unfinished":
-            if resume:
-                return "resume"
-            if overwrite:
-                self._refuse_collisions()
-                return "replace"
-            raise FileExistsError(
-                f"{what} holds an unfinished fstack_dask run; continue it with resume=True, "
-                "or start over with overwrite=True"
-            )
-        # complete
-        if resume:
-            staged = self.staged_run()
-            if staged is None:
-                return "complete"
-            self._refuse_unswappable()
-            return "resume-staged"
-        if overwrite:
-            self._refuse_collisions()
-            self._refuse_unswappable()
-            return "staged"
-        raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
-
-    def protect_also(self, places: Iterable[Location]) -> None:
-        """Refuse a dst that overlaps one of ``places`` (the source), and keep them protected
-        from every removal."""
-        for place in places:
-            if self.dst.overlaps(place):
-                inside = (
-                    "is the source or lies inside it"
-                    if place.contains(self.dst)
-                    else ("contains the source")
-                )
-                raise ValueError(
-                    f"{self.what()} {inside} ({place.spec!r}); expected an output location "
-                    "outside the input"
-                )
-            if place not in self.protect:
-                self.protect.append(place)
-
-    def _not_ours(self, *, overwrite: bool, resume: bool) -> str:
-        what = self.what()
-        action = "resume into" if resume else "replace" if overwrite else "write into"
-        zarr = any(self.dst.child(n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
-        detail = "a Zarr store" if zarr else "a folder with other content"
-        if copied_provenance(self.dst):  # xarray's to_zarr(attrs=ds.attrs) of an output, say
-            # or a copy of ours without hidden files (rsync --exclude='.*'): say which file
-            detail = (
-                "a Zarr store with the attributes of an fstack_dask output copied in, without "
-                f"its id file {'/'.join(ID_FILE)!r} (a copy that left out hidden files lacks "
-                "it too)"
-            )
-        elif not zarr:  # what to move out (a file a user left in a TIFF's working folder)
-            with contextlib.suppress(OSError):
-                names = sorted(self.dst.listdir())
-                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-                detail += f" ({', '.join(map(repr, names[:3]))}{more})" if names else ""
-        end = "choose another dst"
-        if self.dst.path.rstrip("/").endswith(".fstack-work"):  # _runs.tiff_output.WORK
-            end = "move out what it holds, or choose another dst"
-        return (
-            f"{what} exists and is {detail}, not an fstack_dask output; refusing to {action} "
-            f"it (only fstack_dask outputs and empty folders are ever replaced): {end}"
-        )
-
-    def _refuse_unswappable(self) -> None:
-        """Refuse, before anything is computed, an overwrite whose swap would fail."""
-        why = folders.unswappable(self.dst)
-        if why is not None:
-            raise ValueError(
-                f"{self.what()} {why}; an overwrite writes the new output beside dst and "
-                "swaps the two: remove the old output yourself, or choose another dst"
-            )
-
-    def _refuse_unwritable(self, *, removing: bool) -> None:
-        """Refuse, before anything is written, an output this user may not write into (or,
-        ``removing``, not remove: an overwrite removes the old output after its swap)."""
-        why = folders.unwritable(self.dst, self.entries)
-        if why is None and removing:
-            missing = unremovable(self.dst)
-            why = (
-                None
-                if missing is None
-                else (
-                    f"cannot be replaced: this user {missing}; ask its owner to let you remove it "
-                    "(chmod -R g+w, for a group's folder) or choose another dst"
-                )
-            )
-        if why is not None:
-            raise PermissionError(f"{self.what()} {why} (nothing was written)")
-
-    def _refuse_collisions(self) -> None:
-        """Refuse when a user's entry in our output has the name of one this run writes."""
-        clash = sorted(set(foreign_entries(self.dst)) & set(self.entries))
-        if clash:
-            raise FileExistsError(
-                f"{self.what()} holds {', '.join(map(repr, clash))}, which fstack_dask did not "
-                "write, where this run would write its own; move it out of dst first (nothing "
-                "was written)"
-            )
-
-    def staging_folders(self) -> list[Location]:
-        """Our staging folders beside ``dst`` (:func:`.leftovers.staging_folders`)."""
-        return leftovers.staging_folders(self.dst)
-
-    def staged_run(self) -> Location | None:
-        """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
-        return leftovers.staged_run(self.dst)
+class Destination(DestinationChecks):
+    """The checks and moves around one ``dst``; see the module docstring."""
 
     # -- taking dst ------------------------------------------------------------------------
 
@@ -483,23 +283,3 @@ class Destination:
                 "removed (%s); it holds %s: remove it with: rm -r %r (move out first what you "
                 "want to keep)", old.url, " ".join(str(exc).split()), left or "nothing", old.url,
             )  # fmt: skip
-
-
-# Names of single-image formats: a Zarr folder with such a name opens in no image viewer.
-# (.tif/.tiff are not here: those names are for OME-TIFF output.)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jp2", ".gif", ".bmp", ".webp", ".heic")
-
-
-def _refuse_image_name(dst: Location, what: str) -> None:
-    """Refuse a dst named like a PNG or JPEG file: the run writes a folder, which no PNG or
-    JPEG reader opens, and the user wanted a picture."""
-    path = dst.path.rstrip("/")
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in IMAGE_SUFFIXES:
-        stem = os.path.basename(path)[: -len(suffix)] or "fused"
-        raise ValueError(
-            f"{what} names a {suffix[1:].upper()} file, but fstack_dask writes OME-Zarr (or "
-            f"OME-TIFF for a dst ending in .ome.tif): choose a name such as "
-            f"{stem + '.ome.zarr'!r}, and see the README's 'Reading the result' for viewing "
-            "or saving it as a picture"
-        )

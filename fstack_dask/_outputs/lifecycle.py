@@ -3,7 +3,7 @@
 :func:`claim` takes ``dst`` as :class:`~.destination.Destination` decides, :func:`prepare`
 writes the run record and the output's empty structure, :func:`finish` marks the output
 complete (swapping a staged overwrite into place) and :func:`fail` leaves ``dst`` as the
-table in :mod:`.destination` says, raising one message that tells what is left on disk.
+table in :mod:`.destination_checks` says, raising one message that tells what is left on disk.
 """
 
 from __future__ import annotations

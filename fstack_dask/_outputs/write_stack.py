@@ -22,7 +22,7 @@ from .._ngff import (
 )
 from .._params import check_dtype, check_plain_array, parse_axes
 from .._public import public
-from .destination import IMAGE_SUFFIXES
+from .destination_checks import IMAGE_SUFFIXES
 
 __all__ = ["write_stack"]
 
