@@ -1,7 +1,8 @@
 """The command line: ``fstack-dask fuse | info | demo``, its options and config files.
 
 What lives here: ``main`` and the commands (``main``), the argument parser (``args``),
-config files and their keys (``config``, ``config_values``), ``info`` (``info``),
+config files and their keys (``config``, ``config_values``), ``info`` (``info``, with what it
+says of an output of ours in ``info_output``),
 ``demo`` (``demo``), and how a run told to stop ends (``stopping``).
 
 May import: everything below it (runs, sources, the algorithm, outputs, the shared modules).
