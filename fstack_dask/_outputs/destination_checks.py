@@ -51,7 +51,10 @@ class DestinationChecks:
         self.protect = list(protect)
         self.entries = tuple(entries)
         self.kind = classify(dst)
-        if self.kind == "absent" and leftovers.restore(dst):  # an overwrite killed mid-swap
+        # an overwrite killed mid-swap (on an object store dst may hold a part of a copy)
+        if (self.kind == "absent" or (not dst.is_local and self.kind != "complete")) and (
+            leftovers.restore(dst, protect=self.protect)
+        ):
             self.kind = classify(dst)
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
         # working store takes those of the TIFF it will replace)

@@ -14,7 +14,9 @@ the previous output, complete          entries a user had put into it go back in
                                        is removed (:func:`recover`); one that cannot be moved is
                                        named in a warning and the folder kept
 the previous output, and no dst        renamed back to dst (:func:`restore`): killed between the
-(two-rename swap, killed between)      two renames of a swap without RENAME_EXCHANGE (NFS)
+(two-rename swap, killed between)      two renames of a swap without RENAME_EXCHANGE (NFS); on an
+                                       object store dst may hold copies of some of the staged
+                                       objects (the copy and its undo failed): they go first
 on an object store, a partial copy     removed where every object is a copy of dst's at the same
 of dst (killed while copying aside)    place, else kept
 an empty staging folder (killed as     removed by the next overwrite (:func:`remove_stale`)
@@ -134,13 +136,14 @@ def recover(dst: Location, *, protect: Iterable[Location]) -> None:
             remove_output(folder, protect=protect)
 
 
-def restore(dst: Location) -> bool:
-    """Put back a local dst that an overwrite moved aside (``...-staging-old-``) and was
-    killed before moving the new output in: the old output, complete and ours, was hidden
-    and dst missing. Only where exactly one such folder is there, the staged output beside
-    it, and dst is absent; then a resume swaps the staged output in, as after any
-    interrupted overwrite."""
-    if not dst.is_local or os.path.lexists(dst.path):
+def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
+    """Put back a dst that an overwrite moved aside (``...-staging-old-``) and was killed
+    before moving the new output in: the old output, complete and ours, was hidden and dst
+    missing (locally), or on an object store holding only copies of some of the staged
+    output's or the old output's objects (the swap's copy failed, and so did its undo: a
+    network fault). Only where exactly one such folder is there, the staged output beside
+    it; then a resume swaps the staged output in, as after any interrupted overwrite."""
+    if os.path.lexists(dst.path) if dst.is_local else provenance(dst) is not None:
         return False
     found = staging_folders(dst)
     old = [f for f in found if f.name.startswith(f".{dst.name}{STAGING}old-")]
@@ -149,13 +152,16 @@ def restore(dst: Location) -> bool:
     # Between the two renames the staged output is still beside it; without it, the swap was
     # done and dst removed since (by the user: a fresh run put the old output back, then
     # refused dst as existing)
-    if not any(run_record(f) is not None for f in found if f not in old):
+    staged = [f for f in found if f not in old and run_record(f) is not None]
+    if not staged:
         return False
     attrs = provenance(old[0])
     if attrs is None or attrs.get("complete") is not True or run_record(old[0]) is not None:
         return False
-    if live_lock(OutputState(old[0]).lock) is not None:
-        return False
+    if any(live_lock(OutputState(f).lock) is not None for f in (*old, *staged)):
+        return False  # (an overwrite swapping now: its locks are still fresh)
+    if not dst.is_local:
+        return _restore_copied(dst, old[0], staged, protect)
     try:  # never over a dst created meanwhile (a rename would replace an empty folder)
         if not folders.renameat2(old[0].path, dst.path, folders.RENAME_NOREPLACE):
             os.rename(old[0].path, dst.path)
@@ -163,6 +169,32 @@ def restore(dst: Location) -> bool:
         return False
     log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
                 "it", dst.spec, old[0].url)  # fmt: skip
+    return True
+
+
+def _restore_copied(
+    dst: Location, old: Location, staged: list[Location], protect: Iterable[Location]
+) -> bool:
+    """:func:`restore` on an object store: what dst holds goes where each of its objects is a
+    copy of one at the same place in the staged output, or in the old one (nothing else
+    is ever removed), then the old output is moved back."""
+    if dst.exists():
+        originals = [f for f in (*staged, old) if copy_of(dst, f) is None]
+        if not originals:
+            return False
+        try:
+            remove_tree(dst, owned=lambda f: copy_of(f, originals[0]), protect=protect)
+        except Exception:
+            return False
+    try:
+        lock = OutputState(old).lock  # stale (checked): a copy would date it now, live again
+        if lock.exists():
+            lock.fs.rm_file(lock.path)
+        folders.move(old, dst)
+    except Exception:
+        return False
+    log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
+                "it", dst.spec, old.url)  # fmt: skip
     return True
 
 

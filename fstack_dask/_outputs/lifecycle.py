@@ -17,7 +17,7 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
-from .ownership import STATE_DIR, recorded_entries
+from .ownership import STATE_DIR, provenance, recorded_entries
 from .removal import ours_within, written_by_us
 from .state import OutputState, new_output_id, write_output_id
 from .write import OutputSpec, create_output, publish
@@ -171,12 +171,15 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
 def _previous(destination: Destination) -> str:
     """What became of the previous output of a failed overwrite: unchanged in dst, or hidden
     beside it where the two-rename swap (no RENAME_EXCHANGE: NFS) could not rename it back
-    (an I/O error on both: the error said "unchanged" of a dst that was gone)."""
-    if destination.dst.exists():
+    (an I/O error on both: the error said "unchanged" of a dst that was gone); on an object
+    store, where the swap copies, dst may hold a part of a copy (the copy and its undo failed)."""
+    dst = destination.dst
+    if dst.exists() and (dst.is_local or provenance(dst) is not None):
         return "the previous output in dst is unchanged"
-    old = [f.url for f in leftovers.staging_folders(destination.dst) if "-old-" in f.name]
+    old = [f.url for f in leftovers.staging_folders(dst) if "-old-" in f.name]
+    what = "dst is missing" if not dst.exists() else "dst holds a part of a copy, no output"
     return (
-        f"dst is missing: the previous output is in {', '.join(map(repr, old)) or 'no folder'}"
+        f"{what}: the previous output is in {', '.join(map(repr, old)) or 'no folder'}"
         " beside it, which the next run into dst puts back"
     )
 

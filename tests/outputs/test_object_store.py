@@ -569,3 +569,64 @@ def test_a_failed_delete_after_a_whole_s3_copy_says_the_new_output_is_in_dst(
     assert out.attrs["fstack_dask"]["nhsize"] == 5
     out = fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
     assert not [k for k in fs.find(b) if "fstack-staging-" in k], fs.find(b)
+
+
+_SWAP_AND_UNDO_FAIL = """
+import sys
+from fstack_dask import fuse_zarr
+from fstack_dask._outputs import folders
+
+real, calls = folders._move_objects, []
+
+
+def move(fs_, a, d):
+    calls.append(a)
+    if len(calls) == 2:  # the staged output into dst: five objects, then the error
+        for key in sorted(fs_.find(a))[:5]:
+            fs_.copy(key, d + key[len(a):])
+        raise OSError(104, "Connection reset by peer", a)
+    return real(fs_, a, d)
+
+
+def put_back(*args):  # the network is still down
+    raise OSError(104, "Connection reset by peer", "put back")
+
+
+folders._move_objects, folders._put_back = move, put_back
+try:
+    fuse_zarr(sys.argv[1], sys.argv[2], nhsize=5, overwrite=True, **eval(sys.argv[3]))
+except OSError as exc:
+    print(exc)
+"""
+
+
+def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_it_back(
+    s3, bucket, monkeypatch
+):
+    """The S3 swap's copy into dst failed, and so did its undo (the same network fault): the
+    error said "the previous output in dst is unchanged" where dst held five objects of the
+    new output and the old one was hidden as '.NAME.fstack-staging-old-*', and every later
+    run refused dst as not ours. The error says where the old output is; the next run puts
+    it back (dst's objects are copies of the staged ones), and a resume swaps in the new."""
+    from fstack_dask._outputs import staleness
+
+    fs, b = bucket
+    src, dst, _ = _fused_once(b, s3, levels=0)
+    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts)],
+                          capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
+    assert "previous output in dst is unchanged" not in proc.stdout, proc.stdout
+    assert f"the previous output is in 's3://{b}/.out.zarr.fstack-staging-old-" in proc.stdout
+    assert "which the next run into dst puts back" in proc.stdout
+    # (the failed run's lock, copied aside with the old output, is stale after a second)
+    monkeypatch.setattr(staleness, "LOCK_STALE_AFTER", 1.0)
+    monkeypatch.setattr(staleness, "HEARTBEAT_EVERY", 1.0 / 6)
+    time.sleep(1.5)
+    out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    assert after != before and sorted(after) == sorted(before)
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k], fs.find(b)
