@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 
-from .._locations import Location, permission_missing, remove_tree
+from .._locations import Location, owner_and_mode, permission_missing, remove_tree
 from .ownership import (
     ID_FILE,
     RUN_FILE,
@@ -222,22 +223,51 @@ def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool],
     if not os.access(path, os.R_OK | os.X_OK):
         return False, permission_missing(path)
     writable = os.access(path, os.W_OK | os.X_OK)
+    sticky = writable and _sticky_theirs(path)  # (os.access says "writable" there)
     emptied, removes = True, False
     with os.scandir(path) as found:
         for item in found:
             name = f"{rel}/{item.name}" if rel else item.name
+            theirs = sticky and item.stat(follow_symlinks=False).st_uid != os.geteuid()
             if item.is_dir(follow_symlinks=False):
                 gone, why = _blocking(item.path, entry, name, ours, not writable)
                 if why is not None:
                     return False, why
-            elif writable and not count:
+                gone = gone and not theirs  # (its rmdir fails: it is kept, empty)
+            elif writable and not count and not sticky:
                 continue
             else:  # (a link is never ours)
                 gone = not item.is_symlink() and ours(entry, name)
+                if gone and theirs:
+                    return False, _sticky_refusal(item.path, path)
             removes, emptied = removes or gone, emptied and gone
     if removes and not writable:
         return False, permission_missing(path)
     return emptied, None
+
+
+def _sticky_theirs(path: str) -> bool:
+    """Whether the folder at ``path`` has the sticky bit (a /tmp-like shared folder) and is
+    not this user's: there only a file's owner may remove it, whatever the folder's mode
+    says (an overwrite removed what it could, then failed on a colleague's chunk file)."""
+    st = os.stat(path)
+    if not st.st_mode & stat.S_ISVTX or st.st_uid == os.geteuid():
+        return False
+    try:  # CAP_FOWNER (root's, unless dropped) overrides the sticky bit
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            caps = next((line.split()[1] for line in fh if line.startswith("CapEff:")), "0")
+        return not int(caps, 16) & (1 << 3)
+    except (OSError, ValueError):
+        return os.geteuid() != 0
+
+
+def _sticky_refusal(file: str, folder: str) -> str:
+    what = owner_and_mode(os.stat(file, follow_symlinks=False))
+    where = owner_and_mode(os.stat(folder), folder)
+    return (
+        f"may not remove the file {file!r} ({what}) from the folder {folder!r} ({where}), "
+        "which has the sticky bit: only the file's owner may remove it there"
+    )
 
 
 def clear_output(folder: Location, *, protect: Iterable[Location]) -> None:

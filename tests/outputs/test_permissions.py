@@ -356,3 +356,31 @@ def test_an_output_on_a_read_only_filesystem_is_not_blamed_on_its_owner(read_onl
     assert f"dst '{ro / 'out.zarr'}' is on a read-only filesystem" in line, line
     assert "owner" not in line and "nothing was written" in line, line
     assert tree_digest(rw) == before
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["unfinished", "complete"])
+def test_an_overwrite_of_a_colleague_s_chunks_in_a_sticky_folder_is_refused_first(
+    tmp_path, monkeypatch, complete
+):
+    """A colleague's chunk folder with the sticky bit (1777, as /tmp): os.access says this
+    user may write it, but only a file's owner may remove a file there. ``--overwrite``
+    removed what it could and failed on the colleague's chunk ("may not write the file",
+    unfinished), or swapped and left the old output beside dst (complete). Refused first,
+    naming the file and the sticky folder; nothing changed."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if complete:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    else:
+        _unfinished(src, dst, monkeypatch)
+    folder = dst / "0" / "c" / "0"
+    give_to_other_user(folder)
+    folder.chmod(0o1777)
+    before = tree_digest(tmp_path)
+    proc = as_user("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"'{dst}' cannot be replaced: this user may not remove the file '{folder}/" in line
+    assert "mode 1777), which has the sticky bit" in line and "nothing was written" in line
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+    assert tree_digest(tmp_path) == before
