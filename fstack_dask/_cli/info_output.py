@@ -221,10 +221,31 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
             f"(resume=True) takes the lock over once it sees no heartbeat for "
             f"{LOCK_STALE_AFTER:g} s, and computes only the blocks left"
         )
+    why = _not_resumable((state.record() or {}).get("params") or params)  # what --resume reads
+    if why is not None:  # (it said "resumable", and --resume refused it)
+        return (
+            f"unfinished: {done}; not resumable by this version: {why}; resume it with that "
+            "version, or start over with --overwrite (overwrite=True)"
+        )
     return (
         f"unfinished: {done}; resumable: run the same fuse command again with --resume "
         "(resume=True), which computes only the blocks left"
     )
+
+
+def _not_resumable(params: dict[str, Any]) -> str | None:
+    """Why a resume by this version refuses the unfinished output (as ``_runs.resume`` does:
+    a newer version's records, or other numerics), or None."""
+    from .._outputs.ownership import newer_format
+    from .._version import NUMERICS
+
+    numerics = params.get("numerics", NUMERICS)
+    if numerics != NUMERICS:
+        return (
+            f"it was begun by fstack_dask {params.get('version', '?')}, which computes other "
+            f"bits (numerics {numerics!r}, this version's {NUMERICS!r})"
+        )
+    return newer_format(params)
 
 
 def _holder(lock: dict[str, Any]) -> str:

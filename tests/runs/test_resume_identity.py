@@ -721,3 +721,31 @@ def test_a_run_begun_by_a_newer_version_is_refused_naming_it(tmp_path, monkeypat
     assert f"does not know (format {found!r}; this version reads format 1 and older)" in line
     assert "--overwrite and without --resume" in line and tree_digest(tmp_path) == before
     assert cli("fuse", src, dst, "--overwrite", *FUSE).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [("records_format", "keeps its records in a format this version does not know (format 2;"),
+     ("numerics", "computes other bits (numerics 2, this version's 1)")],
+    ids=["newer records", "other numerics"],
+)  # fmt: skip
+def test_info_calls_no_run_resumable_that_resume_refuses(tmp_path, monkeypatch, key, why):
+    """info of an unfinished output begun by a newer version (its records' format) or by one
+    computing other bits said "resumable: run the same fuse command again with --resume",
+    which then refused it (exit 2). It says why this version may not resume it."""
+    import json
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    path = dst / ".fstack_dask" / "run.json"
+    record = json.loads(path.read_text())
+    record["params"].update({key: 2, "version": "9.0"})
+    path.write_text(json.dumps(record))
+    assert cli("fuse", src, dst, "--resume", *FUSE).returncode == 2
+    proc = cli("info", dst)
+    assert proc.returncode == 0, proc.stderr
+    (state,) = [line for line in proc.stdout.splitlines() if line.startswith("state:")]
+    assert "resumable: run the same" not in state, state
+    assert f"not resumable by this version: it was begun by fstack_dask 9.0, which {why}" in state
+    assert "start over with --overwrite" in state
