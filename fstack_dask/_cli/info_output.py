@@ -90,7 +90,8 @@ def _staged(location: Any, kind: str) -> list[tuple[str, str]]:
     from .._outputs.leftovers import staged_run
 
     try:
-        staged = staged_run(location) if kind == "complete" else None
+        # (no watch of a stale-looking lock: info of it waited 60 s, silently)
+        staged = staged_run(location, locked_too=True) if kind == "complete" else None
     except OSError:  # a folder this user may enter, not list (a colleague's home, 711): info
         return []  # of the output itself failed, "may not list the folder"
     if staged is None:

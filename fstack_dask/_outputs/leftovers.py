@@ -68,10 +68,14 @@ def staging_folders(dst: Location) -> list[Location]:
     return [parent.child(n) for n in names if ours.fullmatch(n)]
 
 
-def staged_run(dst: Location) -> Location | None:
-    """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed."""
+def staged_run(dst: Location, *, locked_too: bool = False) -> Location | None:
+    """An interrupted ``overwrite`` run beside a complete ``dst``, if one can be resumed
+    (``locked_too``: or one whose lock looks held, not watched for up to a minute as a run
+    does before taking it over; ``info`` shows the lock's age)."""
     for folder in sorted(staging_folders(dst), key=lambda f: f.name):
-        if run_record(folder) is None or live_lock(OutputState(folder).lock) is not None:
+        if run_record(folder) is None:
+            continue
+        if not locked_too and live_lock(OutputState(folder).lock) is not None:
             continue
         if provenance(folder) is not None and not folder.child("0", "zarr.json").exists():
             continue  # its removal was cut short (the record goes last): not resumable

@@ -427,3 +427,39 @@ def test_the_readme_s_reading_the_result_runs_as_written(tmp_path, side):
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "fused.png").is_file()
+
+
+def test_info_of_an_overwrite_a_job_on_another_node_left_does_not_wait(
+    tmp_path, capsys, monkeypatch
+):
+    """An --overwrite killed on another node (an HPC job) leaves its staging folder with a lock
+    from another machine: info of the complete output watched that lock for the stale age
+    (60 s), silently, before its 'overwrite' line (20050a8 looked the run up as a resume
+    does), where info otherwise judges a lock at a glance. It shows the lock's age at once."""
+    import json
+    import time
+
+    from fstack_dask._cli.main import main
+    from fstack_dask._outputs import staleness
+
+    src = tmp_path / "stack.zarr"
+    write_stack(src, sample_stack("mitochondria_lightsheet")[:, :96, :96], axes="zyx",
+                chunks=(34, 32, 32))  # fmt: skip
+    dst = tmp_path / "fused.ome.zarr"
+    fuse_zarr(src, dst, chunks=32, progress=False)
+    (src / "0" / "c" / "0" / "2" / "2").write_bytes(b"not zstd" * 8)
+    args = ["fuse", str(src), str(dst), "--chunks", "32", "--alpha", "0.3", "--overwrite"]
+    assert main([*args, "--no-progress", "--scheduler", "synchronous"]) == 1
+    [staged] = [p for p in tmp_path.iterdir() if p.name.startswith(".fused.ome.zarr.fstack-")]
+    lock = staged / ".fstack_dask" / "lock"
+    lock.write_text(json.dumps({"host": "node17", "pid": 4242, "machine": "another-node"}))
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    monkeypatch.setattr(staleness, "LOCK_STALE_AFTER", 6.0)  # (a watch: 6 s, not 60)
+    monkeypatch.setattr(staleness, "HEARTBEAT_EVERY", 1.0)
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(["info", str(dst)]) == 0
+    assert time.monotonic() - started < 5
+    (line,) = _lines(capsys.readouterr().out, "overwrite:")
+    assert f"under way in {staged}: unfinished: " in line
+    assert "its lock, from pid 4242 on node17, was last renewed 36" in line, line
