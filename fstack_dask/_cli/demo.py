@@ -127,8 +127,13 @@ def _refuse_unwritable(out_dir: Path, earlier: list[str]) -> None:
         # fuse_zarr checks them: it refused only after the planes were replaced
         from .._locations import resolve
         from .._outputs.folders import unwritable
+        from .._outputs.removal import unremovable
 
-        why = unwritable(resolve(fused, name="DIR"), tuple(sorted(os.listdir(fused))))
+        location = resolve(fused, name="DIR")
+        why = unwritable(location, tuple(sorted(os.listdir(fused))))
+        missing = unremovable(location) if why is None else None  # a colleague's folder in it
+        if missing is not None:
+            why = f"cannot be replaced: this user {missing}"
         if why is not None:
             raise PermissionError(
                 f"DIR {str(out_dir)!r} cannot be written: its fused.ome.zarr {why}; nothing "

@@ -384,3 +384,25 @@ def test_an_overwrite_of_a_colleague_s_chunks_in_a_sticky_folder_is_refused_firs
     assert "mode 1777), which has the sticky bit" in line and "nothing was written" in line
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
     assert tree_digest(tmp_path) == before
+
+
+def test_a_demo_overwrite_of_a_fused_output_holding_a_colleague_s_folder_keeps_the_planes(
+    tmp_path,
+):
+    """This user's demo DIR whose fused output holds a colleague's chunk folder (755):
+    ``demo DIR --overwrite --seed 7`` passed the demo's check (the levels themselves are
+    writable), replaced the planes, then fuse_zarr refused the fused output ("cannot be
+    replaced: this user may not write the folder .../0/c/0", c949817's walk), DIR left with
+    the new planes beside the old fused image. The demo makes that check first."""
+    out = tmp_path / "demo"
+    args = ("demo", out, "--size", "64", "--planes", "7", "--no-progress")
+    assert as_user(*args).returncode == 0
+    folder = out / "fused.ome.zarr" / "0" / "c" / "0"
+    give_to_other_user(folder)
+    before = tree_digest(tmp_path)
+    proc = as_user(*args, "--seed", "7", "--overwrite")
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert "its fused.ome.zarr cannot be replaced: this user may not write the folder " in line
+    assert f"{str(folder)!r} (owned by " in line, line
+    assert "nothing was changed" in line and tree_digest(tmp_path) == before
