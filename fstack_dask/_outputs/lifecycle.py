@@ -18,7 +18,7 @@ from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
 from .ownership import STATE_DIR, provenance, recorded_entries
-from .removal import ours_within, written_by_us
+from .removal import ours_within
 from .state import OutputState, new_output_id, write_output_id
 from .write import OutputSpec, create_output, publish
 
@@ -185,15 +185,15 @@ def _previous(destination: Destination) -> str:
 
 
 def _ours_left(kept: str, entries: tuple[str, ...]) -> bool:
-    """Whether ``kept`` (a path in the output) is a file this run wrote and could not remove,
+    """Whether ``kept`` (a path in the output) is an entry this run wrote and could not remove,
     not a user's file inside one of its entries (``0/notes.txt``: kept on purpose, it was
-    told "left with 0/notes.txt ...: remove it by hand"). Zarr's temporary files of our keys
-    count as this run's (``written_by_us``: ``zarr.<hex>.partial`` too); a user's
-    ``0/notes.<hex>.partial`` does not (kept by :meth:`.OutputState.remove_partial_files`)."""
+    told "left with 0/notes.txt ...: remove it by hand"). A file inside an entry is kept only
+    where the removal judged it a user's (:func:`.removal.ours_within`, with the level's
+    chunk grid: a user's ``0/c/9/0`` beyond it, or ``0/notes.<hex>.partial``); one of ours
+    it could not remove fails the removal, whose error names it. (Judged again by name alone,
+    ``written_by_us``, a user's ``0/c/9/0`` was "left ...: remove it by hand".)"""
     entry, _, path = kept.partition("/")
-    if entry not in {*entries, STATE_DIR}:
-        return False
-    return not path or written_by_us(entry, path)
+    return entry in {*entries, STATE_DIR} and not path
 
 
 def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) -> str:

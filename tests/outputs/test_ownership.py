@@ -311,18 +311,25 @@ def _fail_every_block(tmp_path: Path, monkeypatch, meanwhile) -> SourceValueErro
     return caught.value
 
 
-@pytest.mark.parametrize("name", ["notes.txt", f"notes.{'a' * 32}.partial"])
+@pytest.mark.parametrize("name", ["notes.txt", f"notes.{'a' * 32}.partial", "c/9/0", "3/zarr.json"])
 def test_a_users_file_inside_an_entry_is_not_named_as_left_to_remove_by_hand(
     tmp_path, monkeypatch, name
 ):
     """A user's file put into the run's level folder while it ran (``0/notes.txt``) is kept
     on purpose ("fstack_dask did not write them"); a run that then finished no block said
     "... is left with 0/notes.txt, which could not be removed: remove it by hand" (and so of
-    a user's ``0/notes.<hex>.partial``, named like zarr's temporary files, once kept)."""
+    a user's ``0/notes.<hex>.partial``, named like zarr's temporary files, once kept; and of
+    a user's file named like a chunk beyond the level's grid, ``0/c/9/0``, or a level beyond
+    the output's, ``3/zarr.json`` in a run of levels 0-2: kept, and then named so)."""
     dst = tmp_path / "out.zarr"
     # the blocks' pass begins: the run has made dst/0
-    note = dst / "0" / name
-    error = _fail_every_block(tmp_path, monkeypatch, lambda: note.write_text("mine"))
+    note = dst / ("" if name.startswith("3/") else "0") / name
+
+    def meanwhile():
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text("mine")
+
+    error = _fail_every_block(tmp_path, monkeypatch, meanwhile)
     assert "remove it by hand" not in str(error)
     assert note.read_text() == "mine"
 
