@@ -246,7 +246,7 @@ class OutputState:
         base = self.output.path
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(base):
-                if name.startswith("zarr.") and ZARR_PARTIAL.search(name):
+                if ZARR_PARTIAL.sub("", name) == "zarr":  # (not a user's zarr.notes.<hex>...)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(base, name))
         for entry in entries:

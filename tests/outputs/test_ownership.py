@@ -193,10 +193,13 @@ def test_resume_keeps_the_temporary_files_of_a_users_store_inside_a_level(tmp_pa
     (store / "c" / "0" / f"0.{'a' * 32}.partial").write_bytes(b"the user's chunk")
     (store / f"zarr.{'c' * 32}.partial").write_bytes(b"the user's zarr.json")
     (dst / "0" / f"notes.{'d' * 32}.partial").write_bytes(b"mine")
-    ours = [dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial", dst / "0" / f"zarr.{'e' * 32}.partial"]
+    # (at the output's top: a resume deleted every 'zarr.*.<hex>.partial' there)
+    (dst / f"zarr.notes.{'d' * 32}.partial").write_bytes(b"mine")
+    ours = [dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial", dst / "0" / f"zarr.{'e' * 32}.partial",
+            dst / f"zarr.{'f' * 32}.partial"]  # fmt: skip
     for path in ours:
         path.write_bytes(b"a write cut short")
-    users = ["0/annotations", f"0/notes.{'d' * 32}.partial"]
+    users = ["0/annotations", f"0/notes.{'d' * 32}.partial", f"zarr.notes.{'d' * 32}.partial"]
     before = digest_of(dst, users)
     fuse_zarr(src, dst, progress=False, resume=True)
     assert digest_of(dst, users) == before
