@@ -581,9 +581,15 @@ real, calls = folders._move_objects, []
 
 def move(fs_, a, d):
     calls.append(a)
-    if len(calls) == 2:  # the staged output into dst: five objects, then the error
-        for key in sorted(fs_.find(a))[:5]:
+    keys = sorted(fs_.find(a))
+    if len(calls) == 2 and sys.argv[4] == "copy":  # the staged output into dst: five objects
+        for key in keys[:5]:
             fs_.copy(key, d + key[len(a):])
+        raise OSError(104, "Connection reset by peer", a)
+    if len(calls) == 1 and sys.argv[4] == "aside":  # dst aside: copied, then a few deleted
+        for key in keys:
+            fs_.copy(key, d + key[len(a):])
+        fs_.rm([f"{a}/zarr.json", *[k for k in keys if not k.endswith("/zarr.json")][:3]])
         raise OSError(104, "Connection reset by peer", a)
     return real(fs_, a, d)
 
@@ -600,14 +606,17 @@ except OSError as exc:
 """
 
 
+@pytest.mark.parametrize("fails", ["copy", "aside"])
 def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_it_back(
-    s3, bucket, monkeypatch
+    s3, bucket, monkeypatch, fails
 ):
     """The S3 swap's copy into dst failed, and so did its undo (the same network fault): the
     error said "the previous output in dst is unchanged" where dst held five objects of the
     new output and the old one was hidden as '.NAME.fstack-staging-old-*', and every later
-    run refused dst as not ours. The error says where the old output is; the next run puts
-    it back (dst's objects are copies of the staged ones), and a resume swaps in the new."""
+    run refused dst as not ours. So too where the move of the old output aside failed while
+    deleting (its zarr.json first): dst held the rest of the old output. The error says
+    where the old output is; the next run puts it back (dst's objects are copies of the
+    staged or the old output's), and a resume swaps in the new."""
     from fstack_dask._outputs import staleness
 
     fs, b = bucket
@@ -615,7 +624,7 @@ def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_i
     before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
     opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
             "dst_storage_options": s3}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts)],
+    proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts), fails],
                           capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
     assert "previous output in dst is unchanged" not in proc.stdout, proc.stdout
