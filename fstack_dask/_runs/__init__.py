@@ -21,7 +21,7 @@ while a run's tasks use it: a worker's thresholds and the kept cores' own mappin
 scheduler is known (``device``), and the lazy ``fuse`` (``lazy``) with its graph, validated,
 planned and built as a ``map_overlap`` (``lazy_layers``), its blocks and
 what its tasks run on each block (``lazy_chunks``) and its halo, dask's overlap with the strips
-copied out of each chunk (``lazy_overlap``), built in bands of block columns that each read
+copied out of each chunk (``lazy_overlap``), built in tiles of blocks that each read
 their own input (``lazy_bands``).
 
 May import: sources, the algorithm, outputs and the shared top-level modules. Never the CLI.

@@ -170,12 +170,13 @@ def fuse(
     Notes
     -----
     The graph's memory is what dask's scheduler holds while it runs it: input chunks that wait
-    for their own block, about a row of them. The graph is built in bands of block columns
-    about 4096 px wide, each reading its own copy of its input and the halo columns beside it
-    (those chunks decoded once more), so the width no longer counts: 21 planes of uint16 written
-    with ``to_zarr`` on 2 threads, 2048 rows, peak RSS about 500 MiB at 2048 px wide and 620-650
-    at 16384 (870-930 before the bands, ``benchmarks/RESULTS.md``). The height still counts a little
-    (dask's order of the first pass's reduction); :func:`fuse_zarr` holds memory bounded by its
+    for their own block, about a row of them. The graph is built in tiles of blocks about 4096
+    px wide and high, each reading its own copy of its input and the halo rows and columns
+    around it (those chunks decoded once more), so neither the width nor the height counts: 21
+    planes of uint16 written with ``to_zarr`` on 2 threads, 2048 rows, peak RSS about 500 MiB at
+    2048 px wide and 620-650 at 16384 (870-930 before the bands); held by the scheduler, 2048 px
+    wide, 137 MiB at 16384 and at 32768 rows (194 and 228 in bands as tall as the image,
+    ``benchmarks/RESULTS.md``). :func:`fuse_zarr` holds memory bounded by its
     ``memory_per_task`` whatever the image.
 
     References

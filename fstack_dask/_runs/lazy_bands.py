@@ -1,4 +1,5 @@
-"""The lazy graph (:mod:`.lazy_layers`) in bands of block columns, each band a subgraph of its own.
+"""The lazy graph (:mod:`.lazy_layers`) in tiles of blocks (bands of block columns cut into
+rows of bands), each tile a subgraph of its own.
 
 One overlap over the whole image held about a row of input chunks: dask's order goes row by
 row, and a chunk read for the halo of the block above it waits, held, for its own block, so
@@ -6,11 +7,16 @@ the scheduler's memory grew with the image's width (21 x 8192^2 uint16: 1116 MiB
 495 at 2048^2). In bands of a few block columns, each band reads its own copy of its columns
 and of the halo columns beside them (a neighbouring chunk column decoded once more), so no
 chunk is shared between bands and a chunk waits at most for a row of its own band. The blocks
-are the same pixels, cropped the same way: the same bits.
+are the same pixels, cropped the same way: the same bits. Bands as tall as the image still
+held more as it grew taller (a chunk read for the halo of the block below it waited while dask's
+order went elsewhere, for the smallest-S pass's reduction tree: 21 x 32768 x 2048 uint16, 228
+MiB held against 124 at 2048 rows): the bands are cut across the height too, into tiles about
+as high as wide, the halo rows beside each tile read once more.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import dask.array as da
@@ -31,10 +37,11 @@ BANDS = convert_legacy_graph is not None
 
 __all__ = ["BAND_WIDTH", "banded_map"]
 
-# Pixels a band spans, at least two block columns: 21 x 2048 x 16384 uint16 in 512-px blocks,
-# to_zarr on 2 threads, peaked at 557-578 MiB in bands of 2048 px, 618-652 in bands of 4096 and
-# 873-932 in one graph (482-524 at 2048 wide), decoding each chunk 1.44, 1.19 and 1.0 times a
-# pass (benchmarks/RESULTS.md): within 1.3x of the narrow image at a fifth more decodes
+# Pixels a tile spans, across and down, at least two blocks. Of bands as tall as the image:
+# 21 x 2048 x 16384 uint16 in 512-px blocks, to_zarr on 2 threads, peaked at 557-578 MiB in
+# bands of 2048 px, 618-652 in bands of 4096 and 873-932 in one graph (482-524 at 2048 wide),
+# decoding each chunk 1.44, 1.19 and 1.0 times a pass (benchmarks/RESULTS.md): within 1.3x of
+# the narrow image at a fifth more decodes; the same side down (the tiles): as much again
 BAND_WIDTH = 4096
 
 
@@ -46,14 +53,14 @@ def _after(value, *_):
     return value
 
 
-def _own_copies(x: da.Array, bounds: list[tuple[int, int]], after, seed: str):
-    """``x[..., a:b]`` for each of ``bounds``, each computed by tasks of its own (renamed), so
-    that no band holds a chunk for another, their roots run only after ``after`` (the image
-    minimums: the fusion's reads wait for them, never held for them). None where the copies
-    would together recompute more than the input's graph twice over (columns that depend on
-    the whole image, say a global normalisation: one graph, as before, rather than a
-    recomputation per band)."""
-    parts = [x[..., a:b] for a, b in bounds]
+def _own_copies(x: da.Array, bounds: list, after, seed: str):
+    """``x[..., y0:y1, x0:x1]`` for each ``((y0, y1), (x0, x1))`` of ``bounds``, each computed
+    by tasks of its own (renamed), so that no tile holds a chunk for another, their roots run
+    only after ``after`` (the image minimums: the fusion's reads wait for them, never held for
+    them). None where the copies would together recompute more than the input's graph twice
+    over (pixels that depend on the whole image, say a global normalisation: one graph, as
+    before, rather than a recomputation per tile)."""
+    parts = [x[..., y0:y1, x0:x1] for (y0, y1), (x0, x1) in bounds]
     waits = () if after is None else tuple(TaskRef(k) for k in flatten(after.__dask_keys__()))
     deps = [] if after is None else [after]
     hlg = HighLevelGraph.merge(*(part.__dask_graph__() for part in parts))
@@ -89,45 +96,68 @@ def _own_copies(x: da.Array, bounds: list[tuple[int, int]], after, seed: str):
     return copies
 
 
+def _spans(chunks: tuple[int, ...], halo: int, side: int) -> tuple[list[int], list]:
+    """The first chunk of each of a tile's sides along one axis (about ``side`` px, at least
+    two chunks; one where the axis has no more or no halo), the number of chunks
+    last, and each side's pixels, the halo beside it included."""
+    per = max(2, round(side * len(chunks) / max(sum(chunks), 1)))
+    if len(chunks) <= per or not halo:
+        per = len(chunks)
+    edges = np.cumsum((0, *chunks)).tolist()
+    starts = list(range(0, len(chunks), per))
+    bounds = [(max(edges[b] - halo, 0), min(edges[min(b + per, len(chunks))] + halo, edges[-1]))
+              for b in starts]  # fmt: skip
+    return [*starts, len(chunks)], bounds
+
+
 def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: tuple,
-               after: da.Array | None = None, **kwargs: Any) -> da.Array:  # fmt: skip
+               after: da.Array | None = None, unit: int = 1,
+               **kwargs: Any) -> da.Array:  # fmt: skip
     """``map_blocks(func, overlap(bind(x, after), depth), *args, chunks=chunks, ...)``, built
-    in bands of block columns about :data:`BAND_WIDTH` px wide, each reading its own copy of
-    its columns and the halo beside them. ``func`` takes ``context``: whether its band's left
-    and right sides carry a halo beyond its columns (cropped as a neighbour's is)."""
-    ax = x.ndim - 1
-    cols = x.chunks[-1]
-    halo = depth[ax]
-    band_columns = max(2, round(BAND_WIDTH * len(cols) / max(sum(cols), 1)))
+    in tiles of blocks about :data:`BAND_WIDTH` px wide and high, each reading its own copy of
+    its blocks and the halo around them; never less high than ``unit``, the input's own chunks'
+    height (a chunk taller than a tile, say one chunk of a whole NumPy image, read once a band
+    as before, not once a tile). ``func`` takes ``skip``: whether its tile's top, bottom, left
+    and right sides carry a halo beyond its blocks (cropped as a neighbour's is)."""
+    ys, xs = x.ndim - 2, x.ndim - 1
+    row_starts, row_bounds = _spans(x.chunks[ys], depth[ys], max(BAND_WIDTH, unit))
+    col_starts, col_bounds = _spans(x.chunks[xs], depth[xs], BAND_WIDTH)
     copies = None
-    if len(cols) > band_columns and halo and BANDS:
-        edges = np.cumsum((0, *cols)).tolist()
-        starts = list(range(0, len(cols), band_columns))
-        bounds = [(max(edges[b] - halo, 0), min(edges[min(b + band_columns, len(cols))] + halo,
-                   edges[-1])) for b in starts]  # fmt: skip
-        copies = _own_copies(
-            x, bounds, after, tokenize(x, depth, band_columns, getattr(after, "name", None))
-        )
+    if (len(row_bounds) > 1 or len(col_bounds) > 1) and BANDS:
+        bounds = [(r, c) for r in row_bounds for c in col_bounds]
+        seed = tokenize(x, depth, row_starts, col_starts, getattr(after, "name", None))
+        copies = _own_copies(x, bounds, after, seed)
     if copies is None:
         # Seeded by the minimums' name: bind's own seed is random, and fuse() of the same
         # input twice was two graphs (computed twice in one dask.compute)
         bound = x if after is None else bind(x, after, seed=after.name)
         return da.map_blocks(func, overlap(bound, depth), *args, chunks=chunks, **kwargs)
-    bands = []
-    for b0, band in zip(starts, copies, strict=True):
-        b1 = min(b0 + band_columns, len(cols))
-        left, right = int(b0 > 0), int(b1 < len(cols))
-        # the halo columns' outputs, dropped: as wide as the halo (the layers), or one
-        # element (the first pass's statistics)
-        pad = halo if sum(chunks[-1]) == sum(cols) else 1
-        own = (pad,) * left + chunks[-1][b0:b1] + (pad,) * right
-        fused = da.map_blocks(
-            func,
-            overlap(band, depth),  # chunks: (halo, the band's columns..., halo)
-            *args,
-            chunks=chunks[:-1] + (own,),
-            skip=(bool(left), bool(right)),
-            **kwargs,
-        )
-        bands.append(fused[..., left * pad : fused.shape[-1] - right * pad])
-    return da.concatenate(bands, axis=-1)
+    tiles = iter(copies)
+    rows = []
+    for r0, r1 in itertools.pairwise(row_starts):
+        row = []
+        for c0, c1 in itertools.pairwise(col_starts):
+            sides = [
+                int(r0 > 0),
+                int(r1 < len(x.chunks[ys])),
+                int(c0 > 0),
+                int(c1 < len(x.chunks[xs])),
+            ]
+            # the halo rows' and columns' outputs, dropped: as deep as the halo (the layers),
+            # or one element (the first pass's statistics)
+            pads = [depth[ax] if sum(chunks[ax]) == x.shape[ax] else 1 for ax in (ys, xs)]
+            own = [(pads[0],) * sides[0] + chunks[ys][r0:r1] + (pads[0],) * sides[1],
+                   (pads[1],) * sides[2] + chunks[xs][c0:c1] + (pads[1],) * sides[3]]  # fmt: skip
+            fused = da.map_blocks(
+                func,
+                overlap(next(tiles), depth),  # chunks: (halo, the tile's blocks..., halo)
+                *args,
+                chunks=chunks[:-2] + tuple(own),
+                skip=tuple(map(bool, sides)),
+                **kwargs,
+            )
+            crop = (slice(sides[0] * pads[0], fused.shape[ys] - sides[1] * pads[0]),
+                    slice(sides[2] * pads[1], fused.shape[xs] - sides[3] * pads[1]))  # fmt: skip
+            row.append(fused[(..., *crop)])
+        rows.append(row)
+    return da.block(rows)

@@ -37,16 +37,17 @@ def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
     return crops
 
 
-def _skipped(info: dict, skip: tuple[bool, bool]) -> bool:
-    """Whether a block is a band's halo column (:mod:`.lazy_bands`), dropped unfused."""
-    ax = len(info["chunk-location"]) - 1
-    loc, n = info["chunk-location"][ax], info["num-chunks"][ax]
-    return (skip[0] and loc == 0) or (skip[1] and loc == n - 1)
+def _skipped(info: dict, skip: tuple[bool, ...]) -> bool:
+    """Whether a block is in a tile's halo row or column (:mod:`.lazy_bands`; ``skip``: its
+    top, bottom, left and right sides), dropped unfused."""
+    loc, n = info["chunk-location"][-2:], info["num-chunks"][-2:]
+    return any(skip[2 * a] and loc[a] == 0 or skip[2 * a + 1] and loc[a] == n[a] - 1
+               for a in (0, 1))  # fmt: skip
 
 
 @with_ieee_arithmetic
 def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
-                skip=(False, False), block_info=None):  # fmt: skip
+                skip=(False,) * 4, block_info=None):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
     (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``skip``: :func:`_skipped`."""
     (y0, y1), (x0, x1) = _crops(block, halo, block_info[0])
@@ -62,7 +63,7 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
 
 @with_ieee_arithmetic
 def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-               skip=(False, False), block_info=None):  # fmt: skip
+               skip=(False,) * 4, block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
     ``fills``: its image's smallest S, one element (None: -inf); ``skip``: :func:`_skipped`."""
     info = block_info[0]

@@ -1,6 +1,6 @@
 """The graph of the lazy ``fuse``: a stack validated and planned (its axes in canonical
 order, the chunks it is computed in, the halo the chosen ``nhsize`` needs, ``"auto"``
-resolved first), then the ``map_overlap`` (built in bands of block columns, ``lazy_bands``) whose
+resolved first), then the ``map_overlap`` (built in tiles of blocks, ``lazy_bands``) whose
 blocks stack every fused layer (image, depth, selectivity) along a K axis where z was, after a
 first pass for each image's smallest S (5 planes or more).
 """
@@ -202,6 +202,7 @@ def fused_layers(
     if "c" in plan.canon_axes:
         lead_chunks += (-1,) if rgb else (1,)
     compute_chunks = tuple(merge_small(c, halo) for c in out_chunks)
+    unit = max(x.chunks[-2])  # the input's own chunks' height: lazy_bands' tiles take it whole
     x = x.rechunk(lead_chunks + (-1,) + compute_chunks)
 
     n_img = 3 if rgb else 1
@@ -215,7 +216,7 @@ def fused_layers(
     depth = {ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)}
     kernel = {"halo": halo, "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth,
               "rgb": rgb, "engine": engine}  # fmt: skip
-    fills = _image_minimums(x, depth, kernel, out_chunks_canon, n_planes)
+    fills = _image_minimums(x, depth, kernel, out_chunks_canon, n_planes, unit)
     # The minimums go in as an array argument, one element per image broadcast over its
     # blocks (as a keyword, dask materialised and optimised the first pass per block: 50 KB
     # and 10-20 ms a block). The fusion reads its own copy of the input, read only once the
@@ -224,7 +225,7 @@ def fused_layers(
     fills = None if fills is None else fills.reshape(fills.shape + (1, 1, 1))
     fused = banded_map(
         fuse_chunk, x, depth, [] if fills is None else [fills], after=fills,
-        chunks=out_chunks_canon, dtype=np.float64,
+        chunks=out_chunks_canon, unit=unit, dtype=np.float64,
         meta=np.empty((0,) * x.ndim, dtype=np.float64), n_out=n_out, **kernel,
     )  # fmt: skip
     return Layers(
@@ -240,7 +241,7 @@ def fused_layers(
     )
 
 
-def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
+def _image_minimums(x, depth, kernel, out_chunks, n_planes, unit) -> da.Array | None:
     """Each image's smallest S (lead chunk indices; -inf where none is defined), to fill
     undefined S as the reference does: a first map_overlap over the same blocks, whose result
     the fusion's reads wait for. None with fewer than 5 planes (S is +inf, never undefined)."""
@@ -249,7 +250,7 @@ def _image_minimums(x, depth, kernel, out_chunks, n_planes) -> da.Array | None:
     k_ax = len(out_chunks) - 3  # the layers' axis
     stats_chunks = out_chunks[:k_ax] + ((2,),) + tuple((1,) * len(c) for c in out_chunks[-2:])
     stats = banded_map(
-        chunk_stats, x, depth, [], chunks=stats_chunks,
+        chunk_stats, x, depth, [], chunks=stats_chunks, unit=unit,
         dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64), **kernel,
     )  # fmt: skip
     s_min = stats[(slice(None),) * k_ax + (0,)]

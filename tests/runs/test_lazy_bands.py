@@ -42,11 +42,49 @@ def test_bands_give_the_bits_of_one_graph(monkeypatch, chunks):
     )
 
 
-def _held_and_reads(tmp_path, width: int) -> tuple[int, int]:
+def test_tiles_give_the_bits_of_fuse_zarr(monkeypatch, tmp_path):
+    """Tiles 2 blocks high and wide (5 rows of tiles, 2 columns, uneven last ones), against
+    fuse_zarr's image and maps of the same Zarr source: a dark frame (undefined S filled) and
+    a patch without contrast in any plane."""
+    from fstack_dask import fuse_zarr
+
+    stack = _zyx((310, 96), 7, "uint16")
+    stack[0, 100:200] = 0
+    stack[:, 20:60, 10:50] = 1000
+    src = zarr.create_array(tmp_path / "src.zarr", shape=stack.shape, chunks=(7, 64, 64),
+                            dtype=stack.dtype)  # fmt: skip
+    src[:] = stack
+    want = fuse_zarr(tmp_path / "src.zarr", tmp_path / "dst.zarr", axes="zyx", chunks=32,
+                     depth_map=True, selectivity_map=True, levels=0, progress=False)  # fmt: skip
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+    got = fuse(da.from_zarr(src), chunks=32, return_maps=True)
+    assert got.image.chunks == ((32,) * 9 + (22,), (32,) * 3)
+    for lazy, key in zip(got, ("0", "depth/0", "selectivity/0"), strict=True):
+        np.testing.assert_array_equal(lazy.compute(), want[key][...], strict=True)
+
+
+def test_tiles_give_the_bits_of_one_graph(monkeypatch):
+    """Tiles 2 blocks high and wide of an RGB stack and of a stack with a batch axis, chunked
+    so that a tile may be less high than the image (a NumPy array is one chunk: bands)."""
+    rgb = np.stack([_zyx((200, 64), 6, seed=s) for s in (1, 2, 3)], -1)
+    batch = np.stack([_zyx((200, 64), 5, "uint16", seed=s) for s in (5, 6)])
+    for stack, axes in ((rgb, "zyxc"), (batch, "tzyx")):
+        chunked = da.from_array(stack, chunks=stack.shape[:-2] + (32, 32) if axes == "tzyx"
+                                else stack.shape[:-3] + (32, 32, 3))  # fmt: skip
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 10**9)
+        whole = dask.compute(*fuse(chunked, axes=axes, chunks=32, return_maps=True))
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+        tiled = fuse(chunked, axes=axes, chunks=32, return_maps=True)
+        for got, want in zip(dask.compute(*tiled), whole, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def _held_and_reads(tmp_path, width: int, height: int = 128) -> tuple[int, int]:
     """Peak bytes of NumPy data the threaded scheduler holds (a view counted by its base,
-    once) and chunks read, writing fuse() of a 7 x 128 x ``width`` Zarr stack in 32-px chunks."""
-    stack = _zyx((128, width), 7)
-    src = zarr.create_array(tmp_path / f"src{width}.zarr", shape=stack.shape,
+    once) and chunks read, writing fuse() of a 7 x ``height`` x ``width`` Zarr stack in 32-px
+    chunks."""
+    stack = _zyx((height, width), 7)
+    src = zarr.create_array(tmp_path / f"src{height}x{width}.zarr", shape=stack.shape,
                             chunks=(7, 32, 32), dtype="uint8")  # fmt: skip
     src[:] = stack
     peak, reads, lock = [0], [0], threading.Lock()
@@ -67,7 +105,7 @@ def _held_and_reads(tmp_path, width: int) -> tuple[int, int]:
 
     lazy = da.from_zarr(src).map_blocks(counted, dtype=src.dtype)
     with Held(), dask.config.set(scheduler="threads", num_workers=2):
-        fuse(lazy, chunks=32).to_zarr(tmp_path / f"dst{width}.zarr")
+        fuse(lazy, chunks=32).to_zarr(tmp_path / f"dst{height}x{width}.zarr")
     return peak[0], reads[0]
 
 
@@ -86,6 +124,46 @@ def test_the_scheduler_holds_a_band_not_a_row_of_the_image(monkeypatch, tmp_path
     assert wide <= 2.5 * narrow, f"{wide} bytes held at 1024 px wide, {narrow} at 128"
     rows, columns, bands = 4, 32, 8
     assert reads <= 2 * rows * (columns + 2 * (bands - 1)) + 1, f"{reads} chunk reads"
+
+
+@pytest.mark.skipif(not lazy_bands.BANDS, reason="this dask has no task spec: one overlap")
+def test_the_scheduler_holds_a_tile_not_a_column_of_the_image(monkeypatch, tmp_path):
+    """Bands as tall as the image held more as it grew taller: a chunk read for the halo of
+    the block below it waited for its own block while dask's order went elsewhere (the first
+    pass's reduction tree; 21 x 32768 x 2048 uint16 in 512-px blocks: 228 MiB held against
+    124 at 2048 rows, benchmarks/RESULTS.md). Here 2048 rows held 2.2 to 2.4 times what 128
+    rows did, and a 512 x 512 image 3.0 to 3.8 times. In tiles 4 blocks high and wide: 1.04 to
+    1.17 and 1.2 to 1.3 times.
+    Counted in bytes held, never timed; each chunk read once a pass, and the halo rows and
+    columns beside each tile once more, nothing else."""
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 128)
+    small, _ = _held_and_reads(tmp_path, 128)
+    tall, reads = _held_and_reads(tmp_path, 128, height=2048)
+    assert tall <= 1.6 * small, f"{tall} bytes held at 2048 rows, {small} at 128"
+    rows, columns, tiles = 64, 4, 16
+    assert reads <= 2 * columns * (rows + 2 * (tiles - 1)) + 1, f"{reads} chunk reads"
+    square, _ = _held_and_reads(tmp_path, 512, height=512)
+    assert square <= 1.8 * small, f"{square} bytes held at 512 x 512, {small} at 128 x 128"
+
+
+@pytest.mark.skipif(not lazy_bands.BANDS, reason="this dask has no task spec: one overlap")
+def test_a_chunk_taller_than_a_tile_is_read_once_a_band(monkeypatch):
+    """A tile is never less high than the input's own chunks: a chunk as tall as the image (one
+    chunk row, 8 blocks high) would be read again by each of 4 rows of tiles 2 blocks high."""
+    monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
+    stack = _zyx((256, 320), 6)
+    reads, lock = [0], threading.Lock()
+
+    def counted(block):
+        with lock:  # tasks on two threads
+            reads[0] += 1
+        return block
+
+    source = da.from_array(stack, chunks=(6, 256, 32)).map_blocks(counted, dtype=stack.dtype)
+    image = fuse(source, chunks=32).compute(scheduler="threads")
+    np.testing.assert_array_equal(image, focus_stack(np.moveaxis(stack, 0, 2)))
+    columns, bands = 10, 5
+    assert reads[0] <= 2 * (columns + 2 * (bands - 1)) + 1, f"{reads[0]} chunk reads"
 
 
 def test_a_stack_normalised_by_its_maximum_is_read_as_often_as_one_graph(monkeypatch):
