@@ -233,9 +233,11 @@ def run_exchange(
     finally:
         # cancelled or waited for, even through a second Ctrl-C: no write lands after we return
         finish_despite_interrupts(runner.close, set(running))
-        for handle, (kind, _, _) in running.items():  # stopped early: count what got done
-            if kind == "fuse":
-                with contextlib.suppress(BaseException):
+        # stopped early: count what got done. Only what ended: a task of a worker process
+        # that died may stay pending for ever, and a wait for it swallowed the second SIGTERM
+        for handle, (kind, _, _) in running.items():
+            if kind == "fuse" and handle.done():
+                with contextlib.suppress(Exception):
                     on_outcomes(runner.result(handle), runner.shown(handle))
 
 

@@ -112,7 +112,22 @@ class ProcessPool:
         pending, end = set(futures), time.monotonic() + timeout
         while pending and time.monotonic() < end:
             _, pending = cf.wait(pending, timeout=0.2)
-            pending = {f for f in pending if _alive(self.executors[self._slot.get(f, 0)])}
+            pending = self.live(pending)
+
+    def live(self, futures: set[cf.Future]) -> set[cf.Future]:
+        """Those of ``futures`` whose process is alive: one whose process died may stay
+        pending for ever (see :meth:`wait`)."""
+        return {f for f in futures if _alive(self.executors[self._slot.get(f, 0)])}
+
+    def ask_each(self, fn: Callable, *args: Any, timeout: float = 60) -> list[Any]:
+        """``fn(*args)`` in each process that is alive: the answers of those that gave one.
+        A stopped run asked a process that had just died, before its executor knew it: the
+        request, queued behind tasks the stop had cancelled, was never answered (CPython 3.11's
+        manager thread fails on those) and the run waited for its 60 s grace."""
+        asked = {self.submit_to(k, fn, *args) for k in self.slots if _alive(self.executors[k])}
+        self.wait(asked, timeout)
+        done = [f for f in asked if f.done() and not f.cancelled()]
+        return [f.result() for f in done if f.exception() is None]
 
     def drain(self) -> None:
         """Drop reports left from an earlier run (each is ignored anyway: its id is not

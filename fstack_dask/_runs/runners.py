@@ -157,7 +157,7 @@ class _Processes(_Reported):
         return future
 
     def counts(self, token: str) -> list[tuple[int, float, int]]:
-        return [f.result() for f in [self.pool.submit_to(k, forget_run, token) for k in self.slots]]
+        return self.pool.ask_each(forget_run, token)
 
     def close(self, running: set[Any]) -> None:
         self.pool.cancel(running)

@@ -371,13 +371,14 @@ def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -
     """After an error: cancel what has not started and wait for what is running, counting
     the blocks it reports (``count``: our worker processes would block on a full queue)."""
     if scheduler.kind == "processes":
-        for future in running:
-            future.cancel()
+        pool = scheduler.client
+        pool.cancel(running)  # (not a dead process's: see ProcessPool.cancel)
         end = time.monotonic() + 600
         with contextlib.suppress(Exception):
             while running and time.monotonic() < end:
                 count()
                 _, running = cf.wait(running, timeout=POLL)
+                running = pool.live(running)  # a dead process's may stay pending for ever
         return
     client = scheduler.client
     if client.status != "running":

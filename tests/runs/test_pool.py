@@ -339,3 +339,57 @@ def test_the_resource_tracker_cleans_up_after_a_hangup_without_a_word():
     assert proc.returncode == 0, proc.stderr
     # (run returns once the tracker, holding stderr too, has ended and said what it says)
     assert "leaked semaphore" not in proc.stderr, proc.stderr
+
+
+def test_a_stopped_run_waits_for_no_answer_from_a_process_that_just_died(monkeypatch):
+    """SIGTERM to a processes run's group, on a loaded node: the run's handler came first and
+    cancelled the tasks queued for a worker still alive, the worker then died, and the run
+    asked every process for its counts before the executor had noticed the death. CPython
+    3.11's manager thread fails on the cancelled tasks queued ahead of that request, which is
+    never answered: the run waited for its 60 s grace (likely the CI failure of the
+    group-SIGTERM test, 2026-12-06). Here the manager thread runs 1 s late, as on that node."""
+    import concurrent.futures.process as cfp
+    import os
+    import signal
+
+    from fstack_dask._cli.stopping import quiet_broken_pools
+    from fstack_dask._runs.runners import runner_for
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    late = cfp._ExecutorManagerThread.terminate_broken
+
+    def terminate_broken_late(self, cause):
+        time.sleep(1.0)
+        return late(self, cause)
+
+    monkeypatch.setattr(cfp._ExecutorManagerThread, "terminate_broken", terminate_broken_late)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # (put back after)
+    quiet_broken_pools()  # the manager thread's InvalidStateError: CPython's, and expected
+    pool = pools.ProcessPool(1)
+    try:
+        running = {pool.submit_to(0, time.sleep, 30) for _ in range(4)}  # 2 taken, 2 queued
+        start = time.monotonic()
+        while sum(f.running() for f in running) < 2 and time.monotonic() - start < 120:
+            time.sleep(0.05)
+        (worker,) = pool.executors[0]._processes.values()
+        cancel = pool.cancel
+
+        def cancel_then_the_worker_dies(futures):  # the group's SIGTERM reaches it late
+            cancel(futures)
+            os.kill(worker.pid, signal.SIGTERM)
+
+        pool.cancel = cancel_then_the_worker_dies
+        runner = runner_for(Scheduler("processes", 1, 1, pool), None, None, None, list)
+        answers: list = []
+
+        def stop() -> None:  # what a stopped run's halo exchange does: close, then counts
+            runner.close(running)
+            answers.append(runner.counts("token"))
+
+        stopping = threading.Thread(target=stop, daemon=True)
+        stopping.start()
+        stopping.join(15)
+        assert not stopping.is_alive(), "the stopped run waits for a dead process's answer"
+        assert answers == [[]]
+    finally:
+        pool.shutdown()
