@@ -29,8 +29,11 @@ __all__ = [
     "SourceValueError",
     "StopWaiting",
     "as_interrupt",
+    "forget_stop",
     "finish_despite_interrupts",
     "is_no_space",
+    "note_stop",
+    "raise_if_stopped",
     "warn",
     "with_outcome",
 ]
@@ -144,6 +147,29 @@ def _text(exc: BaseException) -> str:
 class StopWaiting(KeyboardInterrupt):
     """An interruption that ends :func:`finish_despite_interrupts`'s waits at once (the
     command line's second SIGTERM, or its grace period's end)."""
+
+
+#: The interruption a stop signal raised in the main thread (the command line's handlers
+#: note it here), until the program forgets it.
+_stop: list[KeyboardInterrupt] = []
+
+
+def note_stop(exc: KeyboardInterrupt) -> None:
+    """Note the interruption a signal raised, for :func:`raise_if_stopped`."""
+    _stop[:] = [exc]
+
+
+def forget_stop() -> None:
+    _stop.clear()
+
+
+def raise_if_stopped() -> None:
+    """Raise again, in the main thread, the interruption a signal raised there, if one did:
+    for a run's waits, so that a run goes on no longer where something swallowed it (a
+    ``__del__`` or a weakref finalizer, where Python only prints "Exception ignored"; a
+    library's ``except BaseException``). The run then waited for the 60 s grace of SIGTERM."""
+    if _stop and threading.current_thread() is threading.main_thread():
+        raise _stop[0]
 
 
 def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -41,6 +41,7 @@ from .stopping import (
     on_stop_signals_raise,
     quiet_broken_pools,
     quiet_gone_readers,
+    quiet_swallowed_interrupts,
 )
 
 __all__ = ["main"]
@@ -320,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     program = argv is None  # the program itself, not a caller's call: its process's hooks
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
     restore = on_stop_signals_raise(stops)
-    unquiet = [quiet_broken_pools(), quiet_gone_readers()] if program else []
+    quiets = (quiet_broken_pools, quiet_gone_readers, quiet_swallowed_interrupts)
+    unquiet = [quiet() for quiet in quiets] if program else []
     interrupted = False
     try:
         from .._dask_config import check_dask_config

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._errors import StopWaiting
+from .._errors import StopWaiting, forget_stop, note_stop
 
 __all__ = [
     "STOP_SIGNALS",
@@ -49,6 +49,7 @@ __all__ = [
     "on_stop_signals_raise",
     "quiet_broken_pools",
     "quiet_gone_readers",
+    "quiet_swallowed_interrupts",
 ]
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
@@ -96,9 +97,13 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             signal.pthread_kill(main_thread, signal.SIGTERM)
 
     def handler(signum: int, frame: Any) -> None:
+        # noted as well as raised: the run's waits raise it again where it was swallowed
+        # (a __del__ running when it came), and the run went on until the grace period's end
         if timer:  # a second signal, or the grace period's end
+            note_stop(TerminatedNow(first[0]))
             raise TerminatedNow(first[0])
         first.append(signum)
+        note_stop(Terminated(signum))
         timer.append(threading.Timer(TERMINATION_GRACE, again))
         timer[0].daemon = True
         timer[0].start()
@@ -116,6 +121,7 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             return lambda: None
 
     def restore() -> None:
+        forget_stop()
         for t in timer:
             t.cancel()
         for signum, old in previous.items():
@@ -192,6 +198,30 @@ def quiet_broken_pools() -> Callable[[], None]:
 
     def restore() -> None:
         threading.excepthook = previous
+
+    return restore
+
+
+def quiet_swallowed_interrupts() -> Callable[[], None]:
+    """An interruption (Ctrl-C, or a stop signal's) raised in a ``__del__`` or a finalizer
+    running in the main thread when it came is swallowed there by Python, which prints
+    "Exception ignored in ..." and a traceback: it is noted instead, and the run's next wait
+    raises it (:func:`.._errors.raise_if_stopped`), then the one line says how the run
+    stopped. Returns the function that puts the previous hook back. For the program only, as
+    :func:`quiet_broken_pools`."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt):
+            note_stop(exc)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+    def restore() -> None:
+        sys.unraisablehook = previous
 
     return restore
 

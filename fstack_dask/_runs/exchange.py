@@ -39,7 +39,6 @@ decodes again: a fuse that misses something in its registry reads it from the st
 from __future__ import annotations
 
 import abc
-import concurrent.futures as cf
 import contextlib
 import os
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from .blocks import FuseJob, Outcome
 from .exchange_strips import _fused, _prune, _Strip, _submit_ready, _WaveState
 from .halo import fuse_rows
 from .plan import Plan
+from .waiting import first_done
 from .waves import (
     Across,
     Wave,
@@ -115,8 +115,7 @@ class Runner(abc.ABC):
         """Run ``fn(*args)`` on ``slot``; returns a handle (a future)."""
 
     def wait(self, handles: set[Any]) -> tuple[set[Any], set[Any]]:
-        done, rest = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
-        return set(done), set(rest)
+        return first_done(handles)
 
     def result(self, handle: Any) -> Any:
         return handle.result()

@@ -35,14 +35,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import SourceReadError, SourceValueError, finish_despite_interrupts
+from .._errors import (
+    SourceReadError,
+    SourceValueError,
+    finish_despite_interrupts,
+    raise_if_stopped,
+)
 from . import exchange
 from . import reports as reports_
 from .blocks import FuseJob, Outcome
 from .progress import Progress
 from .pyramid import PyramidJob
 from .scheduler_choice import Scheduler
-from .waiting import POLL, SchedulerLostError, cluster_waiter, local_waiter, lost
+from .waiting import POLL, SchedulerLostError, cluster_waiter, first_done, local_waiter, lost
 
 __all__ = ["RunReport", "execute"]
 
@@ -218,6 +223,7 @@ def _run_synchronous(job: Job, blocks, report: RunReport, bar: Progress) -> None
                 announced.append(block)
             if not announced:
                 return
+            raise_if_stopped()
             if not _account(report, job.run([announced.popleft()], announce=False), bar):
                 return
     finally:
@@ -251,7 +257,7 @@ def _run_threads(job: Job, blocks, report: RunReport, bar: Progress, workers: in
                 block = announced.popleft()
                 running.add(pool.submit(job.run, [block], announce=False))
                 refill()
-            done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            done, running = first_done(running)
             for future in done:
                 if not _account(report, future.result(), bar):
                     return

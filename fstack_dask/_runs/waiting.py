@@ -8,9 +8,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import raise_if_stopped
 from . import reports as reports_
 
-__all__ = ["SchedulerLostError", "StalledError", "cluster_waiter", "local_waiter", "lost"]
+__all__ = [
+    "SchedulerLostError",
+    "StalledError",
+    "cluster_waiter",
+    "first_done",
+    "local_waiter",
+    "lost",
+]
 
 POLL = 0.25  # seconds between looks at the blocks reported while tasks of many blocks run
 
@@ -34,11 +42,22 @@ def lost(client: Any, exc: BaseException) -> bool:
     )
 
 
+def first_done(running: set[Any]) -> tuple[set[Any], set[Any]]:
+    """The running tasks (futures of this process) that finished, once one has, and the rest;
+    a stop a signal asked for meanwhile is raised (:func:`~.._errors.raise_if_stopped`)."""
+    while True:
+        raise_if_stopped()
+        done, rest = cf.wait(running, timeout=POLL, return_when=cf.FIRST_COMPLETED)
+        if done:
+            return set(done), set(rest)
+
+
 def local_waiter(reports: Callable[[], list[Any]], ticks: reports_.Ticks) -> Callable:
     """Wait for the first of the running tasks to finish, counting reported blocks."""
 
     def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
         while True:
+            raise_if_stopped()
             done, rest = cf.wait(running, timeout=POLL, return_when=cf.FIRST_COMPLETED)
             if done:
                 return set(done), set(rest)
@@ -58,6 +77,7 @@ def cluster_waiter(
     def waiter(running: set[Any]) -> tuple[set[Any], set[Any]]:
         last = time.monotonic()
         while True:
+            raise_if_stopped()
             try:
                 # distributed.wait uses the default client: make it ours (with an address,
                 # our client is not the default; another one may be).

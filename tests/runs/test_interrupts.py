@@ -210,6 +210,56 @@ def test_an_interrupt_that_strands_a_coroutine_is_one_line(tmp_path):
     assert "interrupted" in _stderr_is_one_line(proc.stderr)
 
 
+#: The CLI, with a file whose ``__del__`` runs Python code for 1 s (a file of a slow remote
+#: store, closing) dropped in the main thread during the run; it says when it is in it.
+SWALLOWING = (
+    "import os, runpy, time\n"
+    "from fstack_dask._runs import exchange\n"
+    "class RemoteFile:\n"
+    "    def __del__(self):\n"
+    "        open(os.environ['INSIDE_DEL'], 'w').close()\n"
+    "        end = time.monotonic() + 1\n"
+    "        while time.monotonic() < end:\n"
+    "            time.sleep(0.01)\n"
+    "calls = []\n"
+    "ready = exchange._submit_ready\n"
+    "def submit_ready(*args):\n"
+    "    calls.append(1)\n"
+    "    if len(calls) == 20:\n"
+    "        RemoteFile()  # dropped at once: its __del__ runs here, in the main thread\n"
+    "    return ready(*args)\n"
+    "exchange._submit_ready = submit_ready\n"
+    "runpy.run_module('fstack_dask', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(stack, tmp_path, sig):
+    """A signal that came while the main thread ran a ``__del__`` (or a weakref finalizer)
+    raised its interruption there, where Python swallows it ("Exception ignored in ...", a
+    traceback): the run went on, to its end or, after SIGTERM, to its 60 s grace period. Now
+    the run's next wait raises it again: one line, 143 (130), and it resumes."""
+    dst, inside = tmp_path / "out.zarr", tmp_path / "inside"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWALLOWING, "fuse", str(stack), str(dst), "--chunks", "32",
+         "--scheduler", "threads", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "INSIDE_DEL": str(inside)},
+    )  # fmt: skip
+    start = time.monotonic()
+    while not inside.exists() and proc.poll() is None and time.monotonic() - start < TIMEOUT:
+        time.sleep(0.01)
+    assert inside.exists(), proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + sig, err
+    word = "terminated" if sig == signal.SIGTERM else "interrupted"
+    assert word in _stderr_is_one_line(err)
+    assert time.monotonic() - start < 15
+    if sig == signal.SIGTERM:
+        _resumes_to_the_end(stack, dst)
+
+
 # ------------------------------------------------------------------------ clusters
 
 
