@@ -24,14 +24,14 @@ bit-identical output across chunkings:
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._fp_env import with_ieee_arithmetic
-from .compiled import focus_measure_compiled, plane_major
-from .fused import blend_compiled
 from .numpy_engine import (
     _exact_int_ok,
     _float_divisor,
@@ -41,10 +41,32 @@ from .numpy_engine import (
     luminance,
 )
 
+#: The compiled engine's functions, imported when first used: numba (and the SciPy it
+#: imports) takes 1-2 s, which a command that fuses nothing (a refusal, ``info``) paid.
+_COMPILED = {"focus_measure_compiled": ".compiled", "plane_major": ".compiled",
+             "blend_compiled": ".fused"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _COMPILED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_COMPILED[name], __package__)
+    return getattr(module, name)
+
+
+def _numba_found() -> bool:
+    """Whether numba is installed, without importing it."""
+    if "numba" in sys.modules:
+        return sys.modules["numba"] is not None
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):
+        return False
+
 
 def _default_engine() -> str:
     choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
-    default = "compiled" if blend_compiled is not None else "numpy"
+    default = "compiled" if _numba_found() else "numpy"
     if choice in ("numpy", "compiled"):
         return choice
     return default  # another value is warned of where a run picks its engine (device.py)
@@ -122,8 +144,8 @@ def fuse_block(
     check_samples(stack, nhsize)
     engine = ENGINE if engine is None else engine
     if engine == "compiled":
-        if blend_compiled is None:
-            raise ValueError("engine='compiled' needs numba, which is not installed")
+        if __getattr__("blend_compiled") is None:
+            raise ValueError("engine='compiled' needs numba, which could not be imported")
         fuse = _fuse_compiled
     elif engine == "numpy":
         fuse = _fuse_numpy
@@ -238,6 +260,9 @@ def check_samples(stack: np.ndarray, n: int) -> None:
 
 def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True):
     """The compiled engine: two compiled passes, no (P, Y, X) float64 temporaries."""
+    from .compiled import focus_measure_compiled, plane_major
+    from .fused import blend_compiled
+
     native = stack.dtype
     values = stack if rgb else stack[None]
     if native == np.float16:  # numba has no float16 arithmetic; float32 holds it exactly

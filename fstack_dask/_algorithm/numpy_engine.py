@@ -14,16 +14,21 @@ References
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._dtypes import to_dtype
-from .compiled import TINY, focus_measure_compiled
 
 __all__ = ["focus_measure", "fm_dtype", "luminance", "selectivity"]
 
 
 #: Use the compiled focus measure in :func:`focus_measure` (same bits either way).
 USE_COMPILED = True
+
+#: :data:`.compiled.TINY`, float64's smallest normal number, below which every engine flushes
+#: a local variance to 0 (here too without importing numba, which the compiled module does).
+TINY = 2.2250738585072014e-308
 
 
 # MATLAB's rgb2gray weights, as the reference uses them.
@@ -114,6 +119,13 @@ def _float_divisor(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
 
 
+def _focus_measure_compiled() -> Any:
+    """The compiled focus measure (None without numba), imported when first used."""
+    from .compiled import focus_measure_compiled
+
+    return focus_measure_compiled
+
+
 def focus_measure(
     grey: np.ndarray, n: int, *, compiled: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,11 +157,11 @@ def focus_measure(
     scale = float(n**6) * float(np.iinfo(dtype).max) ** 2 if exact or wide else None
     if wide:
         _focus_measure_wide(grey, n, scale, fm)
-    elif compiled and focus_measure_compiled is not None:
+    elif compiled and (compiled_measure := _focus_measure_compiled()) is not None:
         # numba has no float16 arithmetic; float32 holds float16 samples exactly.
         stack = np.ascontiguousarray(grey, np.float32 if dtype == np.float16 else None)[None]
         divisor = _float_divisor(dtype)
-        focus_measure_compiled(stack, False, n, fm, exact_scale=scale, divisor=divisor)
+        compiled_measure(stack, False, n, fm, exact_scale=scale, divisor=divisor)
     elif exact:
         for p in range(n_planes):
             a = grey[p].astype(np.int64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -74,11 +75,14 @@ def examine(
     chunks: Any,
     levels: int | None,
     threads: int,
+    checked: Callable[[], None] | None = None,
 ) -> Prior:
     """Check ``dst`` and, for a resume, that it continues this very run (reads only;
     a changed source's finished blocks are read again on ``threads`` threads).
 
     A resume with the block size and levels left automatic takes the interrupted run's.
+    ``checked()`` is called once ``dst`` is accepted, before a resume reads the source again:
+    the run loads its kernel meanwhile, and a refused ``dst`` costs no import of numba.
     """
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     reach(dst_loc, name="dst")
@@ -118,6 +122,9 @@ def examine(
     identity = source_identity(source, files)
     if stored is not None:
         check_resumable(destination, stored, fusion.params, identity, mode)
+    if checked is not None and mode != "complete":
+        checked()
+    if stored is not None:
         folder = stored_folder(destination, mode)
         if mode != "complete" and provenance(folder) is not None:
             check_source_files(OutputState(folder), f"dst {dst_loc.spec!r}", source, fusion,

@@ -52,12 +52,15 @@ def run_fusion(
     fusion = plan_fusion(src, **plan, output=output)
     with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
         lay = fusion.layout
-        if not _fused_elsewhere(scheduler):
-            warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
-                    kernel=fusion.kernel)  # fmt: skip
+
+        def checked() -> None:  # dst accepted: the kernel loads (numba: 1-2 s) meanwhile
+            if not _fused_elsewhere(scheduler):
+                warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
+                        kernel=fusion.kernel)  # fmt: skip
+
         prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
                         resume=resume, chunks=plan["chunks"], levels=plan["levels"],
-                        threads=_reading_threads(scheduler))  # fmt: skip
+                        threads=_reading_threads(scheduler), checked=checked)  # fmt: skip
         fusion, destination = prior.fusion, prior.destination
         destination.looks_like = looks_like
         if prior.mode == "complete":

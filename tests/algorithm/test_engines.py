@@ -211,3 +211,11 @@ def test_without_numba_the_numpy_engine_runs_alone(tmp_path):
     without = np.load(path)
     stack = synthetic_stack((40, 30), 6, dtype="uint16", seed=3).stack
     assert_same_rounded(without, focus_stack(stack))
+
+
+def test_every_engine_flushes_the_same_tiny_variances():
+    """The NumPy engine holds its own copy of the compiled engine's TINY, so that importing it
+    imports no numba (the planner imports it: a refused command paid numba's 1-2 s)."""
+    from fstack_dask._algorithm import compiled, numpy_engine
+
+    assert numpy_engine.TINY == compiled.TINY == np.finfo(np.float64).tiny

@@ -648,6 +648,38 @@ def test_commands_that_fuse_nothing_import_no_kernel(data, tmp_path):
         assert proc.stdout.splitlines()[-1] == "loaded: []", (args, proc.stdout[-300:])
 
 
+def test_refusals_and_plans_import_no_kernel(data, tmp_path):
+    """A refused fuse (a missing src, a dst that exists or lies in src, a user's TIFF as dst,
+    a bad --axes or --level, a dst's missing parent) and ``info`` of a source imported numba
+    and SciPy (1-2 s) before saying anything: the planner imported the kernel. It is imported
+    once dst is accepted (in the background, while the run prepares), not before."""
+    _root, src, _stack = data
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("a user's")
+    (tmp_path / "user.tif").write_bytes(b"II*\x00 a user's picture")
+    refused = [
+        ["fuse", tmp_path / "nothere.zarr", tmp_path / "o.zarr"],
+        ["fuse", src, tmp_path / "taken"],
+        ["fuse", src, tmp_path / "user.tif"],
+        ["fuse", src, src / "inside.zarr"],
+        ["fuse", src, tmp_path / "o.zarr", "--axes", "zyxc"],
+        ["fuse", src, tmp_path / "o.zarr", "--level", "3"],
+        ["fuse", src, tmp_path / "no" / "o.zarr"],
+    ]
+    calls = [[str(a) for a in args] for args in [*refused, ["info", src]]]
+    code = (
+        "import json, sys\n"
+        "from fstack_dask._cli.main import main\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    code = main(args)\n"
+        "    print(code, [m for m in ('numba', 'scipy') if m in sys.modules])\n"
+    )
+    proc = cli("-c", code, json.dumps(calls), exe=[sys.executable])
+    said = [line for line in proc.stdout.splitlines() if re.fullmatch(r"\d+ \[.*\]", line)]
+    assert said == ["2 []"] * len(refused) + ["0 []"], (said, proc.stderr[-2000:])
+    assert (tmp_path / "user.tif").read_bytes() == b"II*\x00 a user's picture"
+
+
 README_ROWS = {  # a row of the README's "Bad input" table: what it starts with, and the argv
     "src missing": ["fuse", "{mine}/nothere", "{dst}"],
     "src metadata damaged": ["fuse", "{mine}/damaged.zarr", "{dst}"],
