@@ -320,11 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     program = argv is None  # the program itself, not a caller's call: its process's hooks
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
-    restore = on_stop_signals_raise(stops)
     quiets = (quiet_broken_pools, quiet_gone_readers, quiet_swallowed_interrupts)
-    unquiet = [quiet() for quiet in quiets] if program else []
-    interrupted = False
-    try:
+    restore, unquiet, interrupted = _nothing, [], False
+    try:  # (a signal that lands as soon as its handler is in place is reported too)
+        restore = on_stop_signals_raise(stops)
+        for quiet in quiets if program else ():
+            unquiet.append(quiet())
         from .._dask_config import check_dask_config
 
         check_dask_config()  # before any command imports dask, which would hang on it
@@ -353,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if program:  # (after leave: no task of ours is running)
             with deaf(stops):
                 end_zarr_io(interrupted=interrupted)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _stopped(exc: KeyboardInterrupt) -> str:

@@ -110,15 +110,6 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
         raise Terminated(signum)
 
     previous: dict[int, Any] = {}
-    for name in names:
-        signum = getattr(signal, name, None)  # (Windows has few of them)
-        if signum is None:
-            continue
-        try:
-            if name == "SIGTERM" or signal.getsignal(signum) is signal.SIG_DFL:
-                previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not in the main thread (e.g. called from a test thread)
-            return lambda: None
 
     def restore() -> None:
         forget_stop()
@@ -128,6 +119,18 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             with contextlib.suppress(ValueError):
                 signal.signal(signum, old)
 
+    try:
+        for name in names:
+            signum = getattr(signal, name, None)  # (Windows has few of them)
+            if signum is None:
+                continue
+            if name == "SIGTERM" or signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+        return lambda: None
+    except BaseException:  # a signal came meanwhile: raised, the handlers put back
+        restore()
+        raise
     return restore
 
 

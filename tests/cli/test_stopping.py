@@ -252,6 +252,34 @@ def test_a_second_signal_while_the_program_ends_changes_nothing(signals, where):
     assert len(errors) == 1 and "--resume" in errors[0], proc.stderr
 
 
+EARLY = """
+import importlib, os, signal, sys
+cli = importlib.import_module("fstack_dask._cli.main")
+real = getattr(cli, sys.argv[1])
+
+def then_a_signal(*args):  # lands as main() sets the program up, its handler just in place
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args)
+
+setattr(cli, sys.argv[1], then_a_signal)
+sys.argv = ["fstack-dask", "info", "missing.zarr"]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("step", ["quiet_broken_pools", "quiet_gone_readers"])
+def test_a_signal_as_main_sets_up_is_one_line(tmp_path, step):
+    """A SIGTERM that came once its handler was in place but before the ``try`` that reports
+    an interruption escaped main(): a traceback, and the exit status of an uncaught
+    KeyboardInterrupt (SIGINT's), not one line and 143."""
+    proc = subprocess.run(
+        [sys.executable, "-c", EARLY, step], cwd=tmp_path, capture_output=True, text=True,
+        timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip() == "fstack-dask: error: terminated", proc.stderr
+
+
 # ------------------------------------------------------------ a host's handlers, kept
 
 HOST = """
