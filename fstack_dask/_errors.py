@@ -34,6 +34,7 @@ __all__ = [
     "is_no_space",
     "note_stop",
     "raise_if_stopped",
+    "stop_waiting",
     "warn",
     "with_outcome",
 ]
@@ -170,6 +171,12 @@ def raise_if_stopped() -> None:
     library's ``except BaseException``). The run then waited for the 60 s grace of SIGTERM."""
     if _stop and threading.current_thread() is threading.main_thread():
         raise _stop[0]
+
+
+def stop_waiting() -> bool:
+    """Whether the interruption noted asks for no more waiting (a :class:`StopWaiting`: a
+    second signal, or the end of SIGTERM's grace period)."""
+    return bool(_stop) and isinstance(_stop[0], StopWaiting)
 
 
 def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:

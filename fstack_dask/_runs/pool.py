@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._errors import finish_despite_interrupts
+from .._errors import finish_despite_interrupts, stop_waiting
 
 __all__ = ["ProcessPool", "end_kept", "kept", "process_pool"]
 
@@ -110,7 +110,7 @@ class ProcessPool:
         3.11's executor then leaves their futures pending for ever (its manager thread fails
         on a cancelled one). A run so stopped waited for 60 s (a review, 2026-12-05)."""
         pending, end = set(futures), time.monotonic() + timeout
-        while pending and time.monotonic() < end:
+        while pending and time.monotonic() < end and not stop_waiting():
             _, pending = cf.wait(pending, timeout=0.2)
             pending = self.live(pending)
 
@@ -140,6 +140,11 @@ class ProcessPool:
         finish_despite_interrupts(self._shutdown)  # every one, through a second Ctrl-C too
 
     def _shutdown(self) -> None:
+        if stop_waiting():  # told to stop waiting: a task that never returns is not waited for
+            for executor in self.executors:
+                for process in list((getattr(executor, "_processes", None) or {}).values()):
+                    with contextlib.suppress(Exception):
+                        process.kill()
         for executor in self.executors:
             if not _alive(executor):
                 # its process is gone (a signal to the process group): the feeder thread of

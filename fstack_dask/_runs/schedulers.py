@@ -40,6 +40,7 @@ from .._errors import (
     SourceValueError,
     finish_despite_interrupts,
     raise_if_stopped,
+    stop_waiting,
 )
 from . import exchange
 from . import reports as reports_
@@ -381,7 +382,7 @@ def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -
         pool.cancel(running)  # (not a dead process's: see ProcessPool.cancel)
         end = time.monotonic() + 600
         with contextlib.suppress(Exception):
-            while running and time.monotonic() < end:
+            while running and time.monotonic() < end and not stop_waiting():
                 count()
                 _, running = cf.wait(running, timeout=POLL)
                 running = pool.live(running)  # a dead process's may stay pending for ever

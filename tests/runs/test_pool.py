@@ -8,6 +8,7 @@ run, an idle pool past its time, or ``FSTACK_DASK_PROCESS_POOL_IDLE=0`` ends the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -393,3 +394,40 @@ def test_a_stopped_run_waits_for_no_answer_from_a_process_that_just_died(monkeyp
         assert answers == [[]]
     finally:
         pool.shutdown()
+
+
+def test_told_to_stop_waiting_a_run_waits_for_no_stuck_process():
+    """SIGTERM to a processes run whose worker was stuck in a read that never returns (a dead
+    mount): the grace period's second signal stopped only the first wait; the decode counts
+    asked of the stuck process and the pool's shutdown then waited for it for ever. Told to
+    stop waiting (the second signal, noted), they do not, and the process is ended."""
+    import psutil
+
+    from fstack_dask._errors import StopWaiting, forget_stop, note_stop
+    from fstack_dask._runs.runners import runner_for
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    pool = pools.ProcessPool(1)
+    stuck = {pool.submit_to(0, time.sleep, 3600)}  # a read on a dead mount
+    start = time.monotonic()
+    while not any(f.running() for f in stuck) and time.monotonic() - start < 120:
+        time.sleep(0.05)
+    (worker,) = pool.executors[0]._processes.values()
+    runner = runner_for(Scheduler("processes", 1, 1, pool), None, None, None, list)
+    note_stop(StopWaiting())
+    try:
+        ended = threading.Event()
+
+        def stop() -> None:  # a stopped run: close, counts, the pool's shutdown
+            runner.close(stuck)
+            runner.counts("token")
+            pool.shutdown()
+            ended.set()
+
+        threading.Thread(target=stop, daemon=True).start()
+        assert ended.wait(30), "a run told to stop waiting still waits for a stuck process"
+        assert not psutil.pid_exists(worker.pid) or psutil.Process(worker.pid).status() == "zombie"
+    finally:
+        forget_stop()
+        if not ended.is_set():
+            os.kill(worker.pid, 9)
