@@ -24,6 +24,7 @@ bit-identical output across chunkings:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -76,6 +77,43 @@ def _default_engine() -> str:
 #: (numba) when numba is installed, else ``"numpy"``. The environment variable
 #: ``FSTACK_DASK_ENGINE=numpy`` (or ``compiled``) sets it in every process.
 ENGINE = _default_engine()
+
+
+def chosen_engine(engine: str | None = None) -> str:
+    """``engine``, or where None the default, :data:`ENGINE`: the compiled engine unless
+    numba, installed, fails to import (one older than this NumPy raises ImportError), which
+    leaves the NumPy engine with a warning, as a missing numba does; the check imports
+    numba, so it is made only where an engine is needed (not by a refused command)."""
+    if engine is not None:
+        return engine
+    asked = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower() == "compiled"
+    if ENGINE != "compiled" or asked or not _numba_broken():
+        return ENGINE
+    return "numpy"
+
+
+def require_engine(engine: str) -> None:
+    """Refuse the compiled engine where numba cannot be imported (``ValueError``, one line):
+    a run names its engine where it is planned, before numba is imported (a refused command
+    imports none), and checks it here once ``dst`` is accepted, before anything is written."""
+    if engine == "compiled" and __getattr__("blend_compiled") is None:
+        raise ValueError(
+            "engine='compiled' needs numba, which could not be imported (python -c 'import "
+            "numba' says why): repair it, or set FSTACK_DASK_ENGINE=numpy for the NumPy engine "
+            "(the same image up to the last bits, slower)"
+        )
+
+
+@functools.cache
+def _numba_broken() -> bool:
+    """Whether numba, found, fails to import (said once a process)."""
+    if __getattr__("blend_compiled") is not None:
+        return False
+    from .._errors import warn
+
+    warn("numba is installed but could not be imported (python -c 'import numba' says why): "
+         "the NumPy engine fuses instead, the same image up to the last bits, slower")  # fmt: skip
+    return True
 
 
 class BlockResult(NamedTuple):
@@ -142,10 +180,9 @@ def fuse_block(
         focus = np.arange(n_planes, dtype=np.float64)
     focus = np.ascontiguousarray(focus, dtype=np.float64)
     check_samples(stack, nhsize)
-    engine = ENGINE if engine is None else engine
+    engine = chosen_engine(engine)
     if engine == "compiled":
-        if __getattr__("blend_compiled") is None:
-            raise ValueError("engine='compiled' needs numba, which could not be imported")
+        require_engine(engine)
         fuse = _fuse_compiled
     elif engine == "numpy":
         fuse = _fuse_numpy
@@ -213,7 +250,7 @@ def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) ->
     compiled engine has anything to load."""
     import threading
 
-    engine = kernel.get("engine") or ENGINE
+    engine = chosen_engine(kernel.get("engine"))
     if engine != "compiled":
         return
     shape = ((n_channels,) if kernel.get("rgb") else ()) + (max(5, n_planes), 8, 8)

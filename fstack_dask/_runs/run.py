@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from .._algorithm.block import warm_up
+from .._algorithm.block import require_engine, warm_up
 from .._outputs import lifecycle
 from .._outputs.display import fit_display_windows
 from .._params import is_synchronous, local_workers
@@ -55,6 +55,7 @@ def run_fusion(
 
         def checked() -> None:  # dst accepted: the kernel loads (numba: 1-2 s) meanwhile
             if not _fused_elsewhere(scheduler):
+                require_engine(fusion.kernel["engine"])  # a numba that fails to import
                 warm_up(fusion.source.dtype, n_planes=lay.n_planes, n_channels=lay.n_channels,
                         kernel=fusion.kernel)  # fmt: skip
 

@@ -219,3 +219,52 @@ def test_every_engine_flushes_the_same_tiny_variances():
     from fstack_dask._algorithm import compiled, numpy_engine
 
     assert numpy_engine.TINY == compiled.TINY == np.finfo(np.float64).tiny
+
+
+def _broken_numba(tmp_path) -> dict[str, str]:
+    """An environment whose numba is found but fails to import, as one older than this NumPy
+    does ('Numba needs NumPy 2.3 or less')."""
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('Numba needs NumPy 0.1 or less')\n")
+    path = os.pathsep.join(p for p in (str(fake.parent), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "FSTACK_DASK_ENGINE": ""}
+
+
+def test_a_numba_that_fails_to_import_leaves_the_numpy_engine_with_a_warning(tmp_path):
+    code = (
+        "import sys, warnings\n"
+        "import numpy as np\n"
+        "from fstack_dask import focus_stack, synthetic_stack\n"
+        "s = synthetic_stack((40, 30), 6, dtype='uint16', seed=3).stack\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    np.save(sys.argv[1], focus_stack(s, workers=2))\n"
+        "print(len([w for w in seen if 'numba' in str(w.message)]))\n"
+    )
+    path = tmp_path / "out.npy"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=300, env=_broken_numba(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1", done.stdout  # warned once, not once a band
+    stack = synthetic_stack((40, 30), 6, dtype="uint16", seed=3).stack
+    assert_same_rounded(np.load(path), focus_stack(stack))
+
+
+def test_a_run_whose_numba_fails_to_import_is_refused_before_writing(tmp_path):
+    from fstack_dask import write_stack
+
+    src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    write_stack(src, synthetic_stack((40, 30), 6, dtype="uint16", seed=3).stack, axes="zyx")
+    env = _broken_numba(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst),
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert "numba" in lines[0] and "FSTACK_DASK_ENGINE=numpy" in lines[0], lines[0]
+    assert not dst.exists()
+    done = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst),
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**env, "FSTACK_DASK_ENGINE": "numpy"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
