@@ -31,6 +31,7 @@ __all__ = [
     "as_interrupt",
     "forget_stop",
     "finish_despite_interrupts",
+    "interrupted_leaving",
     "is_no_space",
     "note_stop",
     "raise_if_stopped",
@@ -139,6 +140,14 @@ def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
     except Exception:  # an exception class with another signature: keep it as it is
         return exc
     return clone
+
+
+def interrupted_leaving(exc: KeyboardInterrupt, left: str) -> KeyboardInterrupt:
+    """``exc`` (Ctrl-C, a SIGTERM) saying what it left where that is not a run to continue:
+    the command line prints ``left`` instead of "rerun ... with --resume to continue"."""
+    exc.left = left  # type: ignore[attr-defined]
+    exc.args = (left,)  # (what a caller of fuse_zarr sees)
+    return exc
 
 
 def _text(exc: BaseException) -> str:

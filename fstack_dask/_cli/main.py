@@ -334,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
         with deaf(stops):  # pressed again meanwhile: the program is ending as asked
             _quiet_abandoned_coroutines()
-            hint = "; rerun the same command with --resume to continue"
+            left = getattr(exc, "left", None)  # (a swap cut short: what is where)
+            hint = f"; {left}" if left else "; rerun the same command with --resume to continue"
             _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")
             code = EXIT_INTERRUPTED
             if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .._errors import DestinationLockedError
+from .._errors import DestinationLockedError, interrupted_leaving
 from .._locations import Location, remove_tree
 from . import folders, leftovers
 from .destination_checks import DestinationChecks
@@ -261,7 +261,13 @@ class Destination(DestinationChecks):
         for lock in target.locks:
             lock.stop_heartbeat()
         staging = target.output
-        old = folders.exchange(staging, self.dst)
+        stopped = None
+        try:
+            old = folders.exchange(staging, self.dst)
+        except KeyboardInterrupt as exc:  # an object store's, once its copy was whole
+            if getattr(exc, "aside", None) is None:
+                raise
+            old, stopped = exc.aside, exc  # type: ignore[attr-defined]
         # Each lock file moved with its folder.
         for lock in target.locks:
             moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
@@ -269,6 +275,8 @@ class Destination(DestinationChecks):
         target.output = self.dst
         target.created = []
         try:
+            if stopped is not None:
+                raise stopped
             # Files a user put into the old output stay where they were put.
             stuck = leftovers.give_back(old, self.dst)
             for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
@@ -283,3 +291,8 @@ class Destination(DestinationChecks):
                 "removed (%s); it holds %s: remove it with: rm -r %r (move out first what you "
                 "want to keep)", old.url, " ".join(str(exc).split()), left or "nothing", old.url,
             )  # fmt: skip
+        except KeyboardInterrupt as exc:  # not "rerun to continue": dst is complete
+            left = (f"dst holds the new output, complete; the previous one is left in "
+                    f"{old.url!r}: rerun the same command with --resume to remove it (what "
+                    "you had put into it goes back into dst), or remove it yourself")  # fmt: skip
+            raise interrupted_leaving(exc, left) from None

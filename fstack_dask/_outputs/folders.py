@@ -131,20 +131,30 @@ def exchange(new: Location, dst: Location) -> Location:
             os.rename(aside.path, dst.path)
             raise
     else:
-        _move_objects(dst.fs, dst.path, aside.path)
+        try:
+            _move_objects(dst.fs, dst.path, aside.path)
+        except BaseException:
+            # Copied aside whole, then cut short deleting dst's objects (its zarr.json first):
+            # Ctrl-C said "rerun ... --resume" of a dst every run refused as not ours. Moved
+            # back at once by the next step's undo (a no-op while dst's zarr.json is there).
+            with contextlib.suppress(Exception):  # (else the error told is the original one)
+                if dst.fs.exists(f"{aside.path}/zarr.json"):
+                    _put_back(dst.fs, aside.path, dst.path, new.path)
+            raise
         try:
             _move_objects(dst.fs, new.path, dst.path)
         except BaseException as exc:
             # as locally: dst is not left a part of the new output (refused by every later
             # run as not ours) with the old one hidden beside it
-            if not _put_back(dst.fs, aside.path, dst.path, new.path) or not isinstance(
-                exc, Exception
-            ):
+            if not _put_back(dst.fs, aside.path, dst.path, new.path):
                 raise
             # the copy was whole, the deletes of the staged copies failed: the swap is done
             # (the error said "the previous output in dst is unchanged" of the new output)
             with contextlib.suppress(Exception):
                 dst.fs.rm(sorted(dst.fs.find(new.path)))
+            if not isinstance(exc, Exception):  # Ctrl-C: the caller says what is where
+                exc.aside = aside  # type: ignore[attr-defined]
+                raise
     return aside
 
 

@@ -77,8 +77,14 @@ def staged_run(dst: Location, *, locked_too: bool = False) -> Location | None:
             continue
         if not locked_too and live_lock(OutputState(folder).lock) is not None:
             continue
-        if provenance(folder) is not None and not folder.child("0", "zarr.json").exists():
+        attrs = provenance(folder)
+        if attrs is not None and not folder.child("0", "zarr.json").exists():
             continue  # its removal was cut short (the record goes last): not resumable
+        if attrs is None and not folder.is_local and copy_of(folder, dst) is None:
+            # what an object store's swap killed after its whole copy into dst left (its
+            # zarr.json goes first): the first --resume took it for a run, removed it as a
+            # copy of dst (recover) and failed: "the interrupted overwrite is gone"
+            continue
         return folder
     return None
 

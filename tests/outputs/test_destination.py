@@ -289,3 +289,30 @@ def test_names_and_paths_too_long_for_the_filesystem_are_refused_before_writing(
         with pytest.raises(ValueError, match="lies at a path of .* bytes"):
             fuse_zarr(src, deep / name, progress=False)
     assert _tree(tmp_path) == before
+
+
+def test_ctrl_c_after_an_overwrites_swap_says_the_new_output_is_in_dst(tmp_path, monkeypatch):
+    """Ctrl-C while an overwrite removed the previous output, after the swap: the run said
+    "interrupted; rerun the same command with --resume to continue" of a dst that held the
+    new output, complete. It says so, and where the previous one is; a resume removes it."""
+    src = tmp_path / "src.zarr"
+    write_stack(src, _stack((5, 64, 64)), axes="zyx", chunks=(5, 32, 32))
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=32, progress=False)
+    real = Destination.remove
+
+    def remove(self, folder, **kwargs):
+        if folder.name.startswith(".out.zarr.fstack-staging-"):
+            raise KeyboardInterrupt
+        return real(self, folder, **kwargs)
+
+    monkeypatch.setattr(Destination, "remove", remove)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        fuse_zarr(src, dst, chunks=32, nhsize=5, overwrite=True, progress=False)
+    monkeypatch.setattr(Destination, "remove", real)
+    (old,) = [n for n in os.listdir(tmp_path) if n.startswith(".out.zarr.fstack-staging-")]
+    assert "dst holds the new output, complete" in str(stopped.value)
+    assert old in str(stopped.value)
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
+    fuse_zarr(src, dst, chunks=32, nhsize=5, resume=True, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]

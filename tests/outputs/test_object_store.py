@@ -639,3 +639,126 @@ def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_i
     after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
     assert after != before and sorted(after) == sorted(before)
     assert not [k for k in fs.find(b) if "fstack-staging-" in k], fs.find(b)
+
+
+def _copy_then_fail(fs_, a, d, exc):
+    """``_move_objects`` cut short once its copy is whole: its first delete (the root
+    zarr.json, which goes first) done, then ``exc``."""
+    keys = sorted(fs_.find(a))
+    for key in [k for k in keys if not k.endswith(f"{a}/zarr.json")] + [f"{a}/zarr.json"]:
+        fs_.copy(key, d + key[len(a) :])
+    fs_.rm_file(f"{a}/zarr.json")
+    raise exc
+
+
+@pytest.mark.parametrize("exc", [OSError(104, "Connection reset by peer"), KeyboardInterrupt()],
+                         ids=["a connection reset", "Ctrl-C"])  # fmt: skip
+def test_a_swap_cut_short_deleting_dst_after_its_copy_aside_moves_it_back(
+    s3, bucket, monkeypatch, exc
+):
+    """The S3 swap first copies dst aside whole, then deletes dst's objects (its zarr.json
+    first). Cut short there, dst was left without its zarr.json, refused by every later run
+    as not ours (--resume, --overwrite), while the error said "the previous output in dst is
+    unchanged ... rerun with --resume" (Ctrl-C: "rerun ... --resume to continue"). The old
+    output is moved back before the error; a resume then swaps the new one in."""
+    from fstack_dask._outputs import folders
+
+    fs, b = bucket
+    src, dst, _ = _fused_once(b, s3, levels=0)
+    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    real, calls = folders._move_objects, []
+
+    def move(fs_, a, d):
+        calls.append(a)
+        if len(calls) == 1:  # dst aside
+            _copy_then_fail(fs_, a, d, exc)
+        return real(fs_, a, d)
+
+    monkeypatch.setattr(folders, "_move_objects", move)
+    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+    with pytest.raises(type(exc)) as raised:
+        fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
+    monkeypatch.setattr(folders, "_move_objects", real)
+    if isinstance(exc, OSError):
+        assert "the previous output in dst is unchanged" in str(raised.value)
+    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    assert after == before  # true: the old output, whole
+    assert not [k for k in fs.find(b) if "fstack-staging-old-" in k]
+    out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k]
+
+
+INTERRUPTED_AFTER_THE_COPY = """
+import sys
+from fstack_dask._outputs import folders
+
+move, calls = folders._move_objects, []
+
+def move_then_stop(fs, src, dst):
+    calls.append(src)
+    if len(calls) == 2:  # the staged output into dst: copied whole, then Ctrl-C
+        keys = sorted(fs.find(src))
+        for key in [k for k in keys if not k.endswith(src + "/zarr.json")] + [src + "/zarr.json"]:
+            fs.copy(key, dst + key[len(src):])
+        fs.rm_file(src + "/zarr.json")
+        raise KeyboardInterrupt
+    move(fs, src, dst)
+
+folders._move_objects = move_then_stop
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_after_a_whole_s3_copy_says_the_new_output_is_in_dst(s3, bucket):
+    """Ctrl-C once the S3 swap had copied the new output into dst whole: the run said
+    "interrupted; rerun the same command with --resume to continue", and that resume failed
+    ("the interrupted overwrite is gone", exit 2: it took the staged copies left for a run).
+    It now says that dst holds the new output and where the previous one is; a resume
+    removes that, and the staged copies are gone already."""
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=0)
+    res = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AFTER_THE_COPY, "fuse", src, dst, *opts,
+         "--overwrite", "--nhsize", "5"], capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    (aside,) = {k.split("/")[1] for k in fs.find(b) if "fstack-staging-" in k}
+    assert "fstack-staging-old-" in aside
+    assert "dst holds the new output, complete" in res.stderr and aside in res.stderr
+    assert "to continue" not in res.stderr
+    staged = json.loads(fs.cat(f"{b}/out.zarr/zarr.json"))["attributes"]["fstack_dask"]
+    assert staged["complete"] is True and staged["nhsize"] == 5
+    res = _cli("fuse", src, dst, *opts, "--resume", "--nhsize", "5")
+    assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
+
+
+KILLED_AFTER_THE_COPY = INTERRUPTED_AFTER_THE_COPY.replace(
+    "raise KeyboardInterrupt", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+)
+
+
+def test_a_kill_after_a_whole_s3_copy_is_resumed_at_once(s3, bucket):
+    """Killed once the S3 swap had copied the new output into dst whole (the staged copies
+    left, their zarr.json gone): the first --resume took them for a run to continue, removed
+    them as copies of dst, and failed with "the interrupted overwrite is gone" (exit 2). It
+    finds dst complete and tidies what is left beside it."""
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=0)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_THE_COPY, "fuse", src, dst, *opts, "--overwrite",
+         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    assert len({k.split("/")[1] for k in fs.find(b) if "fstack-staging-" in k}) == 2
+    time.sleep(3.0)  # the killed run's lock goes stale (S3 dates objects to the second)
+    res = _cli("fuse", src, dst, *opts, "--resume", "--nhsize", "5",
+               env={"FSTACK_DASK_LOCK_STALE_AFTER": "2"})  # fmt: skip
+    assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
+    out = json.loads(fs.cat(f"{b}/out.zarr/zarr.json"))["attributes"]["fstack_dask"]
+    assert out["nhsize"] == 5
