@@ -23,6 +23,7 @@ an empty staging folder (killed as     removed by the next overwrite (:func:`rem
 it was created)
 =====================================  ===========================================================
 
+A local one this user may not change (a colleague's) is left as it is, with a warning.
 Only folders with the names runs give are considered: a user's output at
 ``.NAME.fstack-staging-nhsize5`` is not one (an eighth adversarial run).
 """
@@ -35,7 +36,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from .._locations import Location, remove_tree
+from .._locations import Location, owner_and_mode, remove_tree
 from . import folders
 from .folders import STAGING
 from .ownership import (
@@ -65,7 +66,30 @@ def staging_folders(dst: Location) -> list[Location]:
         names = parent.listdir()
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [parent.child(n) for n in names if ours.fullmatch(n)]
+    return [f for f in (parent.child(n) for n in names if ours.fullmatch(n)) if _readable(f, dst)]
+
+
+_told: set[str] = set()  # the folders a warning named already (once a process)
+
+
+def _readable(folder: Location, dst: Location) -> bool:
+    """Whether this run may look into and change the local staging ``folder``: a colleague's
+    (their overwrite of the same dst, killed; mode 700) refused every --resume and --overwrite
+    with "permission denied: this user may not enter the folder ..." (mode 755 with a run
+    record: a --resume of the complete dst tried to continue it, "may not create 'lock...'").
+    A run does not need it: it is left as it is, never removed, and a warning says so once."""
+    if not folder.is_local or os.access(folder.path, os.R_OK | os.W_OK | os.X_OK):
+        return True
+    if folder.path not in _told:
+        _told.add(folder.path)
+        try:
+            whose = f" ({owner_and_mode(os.stat(folder.path), folder.path)})"
+        except OSError:
+            whose = ""
+        log.warning("%s%s, an overwrite's staging folder beside %s, may not be changed by "
+                    "this user; this run does not need it and leaves it as it is (its owner may "
+                    "remove it)", folder.url, whose, dst.spec)  # fmt: skip
+    return False
 
 
 def staged_run(dst: Location, *, locked_too: bool = False) -> Location | None:

@@ -406,3 +406,29 @@ def test_a_demo_overwrite_of_a_fused_output_holding_a_colleague_s_folder_keeps_t
     assert "its fused.ome.zarr cannot be replaced: this user may not write the folder " in line
     assert f"{str(folder)!r} (owned by " in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o755], ids=["700", "755"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_colleagues_staging_folder_beside_dst_is_left_as_it_is(tmp_path, flag, mode):
+    """A colleague's overwrite of the same dst, killed, left its staging folder beside it
+    (theirs, 700): every ``--resume`` and ``--overwrite`` of this user's was refused with
+    "permission denied: this user may not enter the folder '.../.out.zarr.fstack-staging-...'"
+    (755, its run record readable: a --resume tried to continue it, "may not create 'lock...'
+    in the folder ..."). The run does not need it: it goes on, says so once, never touches it."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    theirs = tmp_path / ".out.zarr.fstack-staging-0123456789ab"
+    (theirs / ".fstack_dask").mkdir(parents=True)
+    (theirs / ".fstack_dask" / "run.json").write_text('{"kind": "fstack_dask run"}')
+    (theirs / "notes.txt").write_text("a colleague's")
+    give_to_other_user(theirs)
+    theirs.chmod(mode)
+    before = tree_digest(theirs)
+    proc = as_user("fuse", src, dst, flag, *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count(f"{theirs} (owned by nobody") == 1, proc.stderr
+    assert "leaves it as it is" in proc.stderr
+    assert tree_digest(theirs) == before and theirs.stat().st_uid == OTHER
+    assert sorted(os.listdir(tmp_path)) == [theirs.name, "out.zarr", "src.zarr"]
