@@ -321,6 +321,26 @@ def test_demo_never_replaces_a_result_of_the_users_own(tmp_path, data):
     assert tree_digest(tmp_path) == before
 
 
+def test_demo_overwrite_through_a_bind_mount_replaces_its_own_output(tmp_path):
+    """``demo DIR --overwrite`` with DIR reached through a bind mount (a container's view of
+    a host folder) refused its own fused.ome.zarr, "which the demo did not write": its
+    source's recorded path was the other spelling of DIR/planes. The same folder is known
+    by its device and inode; the user's own result is still refused (the test above)."""
+    from safety_util import bind_or_skip, unmount_all_under
+
+    real, bound = tmp_path / "real", tmp_path / "bound"
+    real.mkdir()
+    bound.mkdir()
+    bind_or_skip(real, bound)
+    try:
+        args = ["--size", "32", "--planes", "5", "--no-progress"]
+        ok(cli("demo", real / "d", *args))
+        ok(cli("demo", bound / "d", *args, "--seed", "7", "--overwrite"))
+        ok(cli("demo", real / "d", *args, "--overwrite"))
+    finally:
+        unmount_all_under(tmp_path)
+
+
 def test_demo_overwrite_never_reaches_another_folder_or_a_backup(tmp_path):
     """A third adversarial run: ``B/planes`` a link to ``A/planes`` had ``demo B --overwrite``
     delete A's planes, and previews rewritten in place changed a hard-linked backup
