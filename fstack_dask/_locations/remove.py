@@ -196,11 +196,12 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, onerror=lambda f, where, info: gone_is_removed(f, where, info[1]))
 
 
-def mounts_within(path: str) -> list[str]:
-    """The mount points below local ``path`` (Linux: ``/proc/self/mountinfo``; else an
-    empty list). A bind mount of a folder of the same filesystem is one too, which
-    ``os.path.ismount`` does not see (a seventh adversarial run bound the source inside an
-    output that ``--overwrite`` then removed, the source's files with it)."""
+def mounts_within(path: str, *, itself: bool = False) -> list[str]:
+    """The mount points below local ``path``, and ``path`` if it is one and ``itself``
+    (Linux: ``/proc/self/mountinfo``; else an empty list). A bind mount of a folder of the
+    same filesystem is one too, which ``os.path.ismount`` does not see (a seventh adversarial
+    run bound the source inside an output that ``--overwrite`` then removed, the source's
+    files with it)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
             lines = fh.read().splitlines()
@@ -213,6 +214,6 @@ def mounts_within(path: str) -> list[str]:
         if len(fields) < 5:
             continue
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
-        if point.startswith(base + "/"):
+        if point.startswith(base + "/") or (itself and point == base):
             found.append(point)
     return sorted(found)

@@ -270,7 +270,10 @@ def unswappable(dst: Location) -> str | None:
                 f"has a name too long for the folders an overwrite writes beside it (up to "
                 f"{longest} bytes, where its filesystem allows {most})"
             )
-    if os.path.ismount(dst.path):
+    # (a folder of the same filesystem bound there, as containers bind an output folder, is
+    # not one to ismount: the run computed it all, then failed "Device or resource busy" and
+    # said to rerun with --resume, which failed so again)
+    if os.path.ismount(dst.path) or dst.path.rstrip("/") in mounts_within(dst.path, itself=True):
         return "is a mount point, which cannot be replaced by another folder"
     mounted = [os.path.relpath(m, dst.path) for m in mounts_within(dst.path)] or [
         n for n in sorted(os.listdir(dst.path)) if os.path.ismount(dst.child(n).path)

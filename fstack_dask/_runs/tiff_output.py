@@ -31,7 +31,7 @@ import logging
 import os
 from typing import Any
 
-from .._locations import Location, resolve
+from .._locations import Location, mounts_within, resolve
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
@@ -198,6 +198,13 @@ def check_tiff_destination(
         )
     if not overwrite and not resume:
         raise FileExistsError(f"{where} already exists; choose another path or pass overwrite=True")
+    if overwrite and tiff.path in mounts_within(tiff.path, itself=True):  # (a file bound there:
+        # the run computed it all, then failed "Device or resource busy", "rerun with --resume")
+        raise ValueError(
+            f"{where} is a mount point, which cannot be replaced by another file; an overwrite "
+            "writes the new TIFF beside dst and swaps the two: remove the old TIFF yourself, or "
+            "choose another dst"
+        )
     return owner
 
 

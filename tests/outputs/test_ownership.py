@@ -1302,6 +1302,31 @@ def test_an_overwrite_that_cannot_swap_dst_is_refused_before_it_computes(tmp_pat
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("name", ["out.zarr", "out.ome.tif"])
+def test_an_overwrite_of_a_dst_bound_from_the_same_filesystem_is_refused(tmp_path, name):
+    """A container binds a host's output folder (or TIFF) at dst, from the same filesystem:
+    ``os.path.ismount`` does not see such a mount point, and --overwrite computed the whole
+    output, then failed with "Device or resource busy", saying to rerun with --resume (which
+    failed so again). Refused at once, as for another filesystem's mount, nothing written."""
+    from safety_util import bind_or_skip, unmount_all_under
+
+    src = write_src(tmp_path / "src.zarr")
+    host = tmp_path / "host"
+    host.mkdir()
+    assert cli("fuse", src, host / name, *FUSE).returncode == 0
+    (tmp_path / "box").mkdir()
+    dst = tmp_path / "box" / name
+    dst.mkdir() if name.endswith(".zarr") else dst.touch()
+    bind_or_skip(host / name, dst)
+    try:
+        before = tree_digest(tmp_path)
+        proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE)
+        assert proc.returncode == 2 and "is a mount point" in one_line_error(proc)
+        assert tree_digest(tmp_path) == before
+    finally:
+        unmount_all_under(tmp_path)
+
+
 def test_an_overwrite_of_an_output_holding_a_mount_point_is_refused(tmp_path):
     """A filesystem mounted inside the output (``out.zarr/ann``) could not be moved into the
     new output: the swap left it stranded in the old output's hidden folder, which the
