@@ -283,9 +283,27 @@ def _within_as_the_os_sees_it(outer: str, inner: str) -> bool:
     while True:
         with contextlib.suppress(OSError):
             here = os.stat(path)
-            if (here.st_dev, here.st_ino) == identity:
+            if (here.st_dev, here.st_ino) == identity or _one_entry(outer, path):
                 return True
         parent = os.path.dirname(path)
         if parent == path:
             return False
         path = parent
+
+
+def _one_entry(a: str, b: str) -> bool:
+    """Whether existing local ``a`` and ``b``, named alike but for their case, are one entry
+    of one folder of a case-insensitive filesystem that gives each spelling its own inode
+    (exFAT or FAT through FUSE: ``fuse Src.zarr src.zarr/out.zarr`` wrote into its source).
+    Not where the folder lists both names: two entries of a case-sensitive one."""
+    name_a, name_b = os.path.basename(a), os.path.basename(b)
+    if name_a == name_b or name_a.casefold() != name_b.casefold():
+        return False
+    folder_a, folder_b = os.path.dirname(a), os.path.dirname(b)
+    try:
+        if not (os.path.samefile(folder_a, folder_b) or _one_entry(folder_a, folder_b)):
+            return False
+        names = os.listdir(folder_a)
+    except OSError:
+        return False
+    return not (name_a in names and name_b in names)

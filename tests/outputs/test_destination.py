@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -316,3 +317,57 @@ def test_ctrl_c_after_an_overwrites_swap_says_the_new_output_is_in_dst(tmp_path,
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
     fuse_zarr(src, dst, chunks=32, nhsize=5, resume=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+
+
+@pytest.fixture()
+def exfat(tmp_path):
+    """A case-insensitive filesystem through FUSE (exFAT, exfat-fuse, as older Linux systems
+    mount USB drives and SD cards), which gives each spelling of a name its own inode."""
+    tools = [shutil.which(t) for t in ("mkfs.exfat", "mount.exfat-fuse", "losetup")]
+    if os.geteuid() != 0 or None in tools or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root, /dev/fuse, losetup, mkfs.exfat and exfat-fuse")
+    image, mount = tmp_path / "exfat.img", tmp_path / "mnt"
+    with open(image, "wb") as fh:
+        fh.truncate(64 << 20)
+    mount.mkdir()
+    run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=False)  # noqa: E731
+    if run(tools[0], str(image)).returncode != 0:
+        pytest.skip("mkfs.exfat failed")
+    loop = run(tools[2], "-f", "--show", str(image)).stdout.strip()
+    if not loop or run(tools[1], loop, str(mount)).returncode != 0:
+        if loop:
+            run(tools[2], "-d", loop)
+        pytest.skip("cannot mount exFAT through FUSE here")
+    try:
+        yield mount
+    finally:
+        run("umount", str(mount))
+        run(tools[2], "-d", loop)
+
+
+def test_a_source_spelled_in_another_case_is_the_source(exfat):
+    """On a case-insensitive filesystem whose FUSE driver gives each spelling its own inode,
+    ``fuse Src.zarr src.zarr/x.zarr`` wrote its output inside its source (the comparison by
+    device and inode saw two folders), and ``SRC.ZARR`` was refused only as "not an fstack_dask
+    output". Both are refused as the source, nothing written."""
+    src = exfat / "Src.zarr"
+    write_stack(src, _stack((5, 32, 32)), axes="zyx")
+    if os.stat(src).st_ino == os.stat(exfat / "SRC.ZARR").st_ino:
+        pytest.skip("this driver gives both spellings one inode (already compared by it)")
+    before = _tree(exfat)
+    for dst in (exfat / "src.zarr" / "x.zarr", exfat / "SRC.ZARR"):
+        with pytest.raises(ValueError, match="is the source or lies inside it"):
+            fuse_zarr(src, dst, overwrite=True, progress=False)
+    assert _tree(exfat) == before
+
+
+def test_folders_named_alike_but_for_case_are_two_places_where_case_counts(tmp_path):
+    """Where case counts (ext4, tmpfs), ``src.zarr`` beside the source ``Src.zarr`` is a
+    folder of its own: an output inside it is not inside the source."""
+    src = tmp_path / "Src.zarr"
+    write_stack(src, _stack((5, 32, 32)), axes="zyx")
+    (tmp_path / "src.zarr").mkdir()
+    if os.path.samefile(src, tmp_path / "src.zarr"):
+        pytest.skip("a case-insensitive filesystem")
+    fuse_zarr(src, tmp_path / "src.zarr" / "x.zarr", progress=False)
+    assert (tmp_path / "src.zarr" / "x.zarr" / "zarr.json").exists()
