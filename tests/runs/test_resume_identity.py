@@ -166,10 +166,14 @@ def _sources_whose_files_cannot_tell(tmp_path):
         os.replace(tmp_path / "data.tmp", tmp_path / "data.h5")
 
     zarr_kw = {"axes": "zyx"}
+    # from_zarr of the opened array, not of its path: dask at our floor (before dask PR
+    # 11387) opens a path as zarr.Array(store, read_only=True), a TypeError with zarr 3
     return {
-        "dask": (lambda: da.from_zarr(str(store)), in_place, zarr_kw),
+        "dask": (lambda: da.from_zarr(zarr.open_array(str(store), mode="r")), in_place, zarr_kw),
         "xarray": (
-            lambda: xr.DataArray(da.from_zarr(str(store)), dims=("z", "y", "x")),
+            lambda: xr.DataArray(
+                da.from_zarr(zarr.open_array(str(store), mode="r")), dims=("z", "y", "x")
+            ),
             in_place,
             {},
         ),  # fmt: skip
