@@ -258,9 +258,10 @@ class Destination(DestinationChecks):
         Once the two are exchanged the run has succeeded: a failure to tidy the old output
         away is a warning naming what is left and how to remove it, not a failed run."""
         target.check_lease()
-        for lock in target.locks:
-            lock.stop_heartbeat()
         staging = target.output
+        if self.dst.is_local:  # (on an object store the copy takes minutes: renewed till done)
+            for lock in target.locks:
+                lock.stop_heartbeat()
         stopped = None
         try:
             old = folders.exchange(staging, self.dst)
@@ -268,10 +269,14 @@ class Destination(DestinationChecks):
             if getattr(exc, "aside", None) is None:
                 raise
             old, stopped = exc.aside, exc  # type: ignore[attr-defined]
-        # Each lock file moved with its folder.
-        for lock in target.locks:
-            moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
-            lock.moved_to(OutputState(moved_to).lock)
+        if self.dst.is_local:  # each lock file moved with its folder
+            for lock in target.locks:
+                moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
+                lock.moved_to(OutputState(moved_to).lock)
+        else:  # each stayed where it was (folders.exchange): dst's is the run's lock now
+            for lock in [x for x in target.locks if x.lock.path.startswith(staging.path + "/")]:
+                lock.release()  # (the last object of the staging folder)
+                target.locks.remove(lock)
         target.output = self.dst
         target.created = []
         try:

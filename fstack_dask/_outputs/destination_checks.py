@@ -82,7 +82,10 @@ class DestinationChecks:
             raise ValueError(f"{what} {too_long}; choose a shorter name or path")
         self.protect_also(self.protect)
         ours = ("complete", "unfinished", "claimed")
-        info = live_lock(OutputState(self.dst).lock) if kind in ours else None
+        # an overwrite's swap on an object store copies into dst under dst's lock: part of an
+        # output, no zarr.json yet, is being written (a second run wrote into it: a review)
+        watched = (*ours, "other") if not self.dst.is_local else ours
+        info = live_lock(OutputState(self.dst).lock) if kind in watched else None
         if info is not None:
             raise DestinationLockedError(locked_message(what, info))
         if kind in ours:  # a lock watched for its heartbeat takes seconds: its run may be done

@@ -21,6 +21,7 @@ from typing import Any
 
 from .._errors import DestinationLockedError
 from .._locations import Location, mounts_within, owner_and_mode, read_only_mount
+from .ownership import STATE_DIR
 
 __all__ = [
     "exchange",
@@ -35,6 +36,8 @@ __all__ = [
 STAGING = ".fstack-staging-"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+#: A folder's lock, which a move on an object store leaves where it is (see :func:`exchange`).
+LOCK = f"{STATE_DIR}/lock"
 
 
 def renameat2(src: str, dst: str, flags: int) -> bool:
@@ -91,7 +94,8 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
     Not ``fs.mv``: on S3 it fails on the folders' placeholder keys after copying everything
     (a sixth adversarial run: every overwrite failed there). All is copied before anything is
     deleted; a Zarr group's own ``zarr.json`` is copied last (the copy is a group only once
-    whole) and deleted first (what is left of the original is no group).
+    whole) and deleted first (what is left of the original is no group). The folder's lock
+    (:data:`LOCK`) stays where it is: it locks that place, and a copy would date it now.
     """
     if fs.isfile(src):
         fs.copy(src, dst)
@@ -99,6 +103,7 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
         return
     src, dst = src.rstrip("/"), dst.rstrip("/")
     keys = [key[len(src) + 1 :] for key in sorted(fs.find(src)) if key.startswith(src + "/")]
+    keys = [key for key in keys if key != LOCK]
     rest = [key for key in keys if key != "zarr.json"]
     root = [key for key in keys if key == "zarr.json"]
     for batch in (rest, root):
@@ -113,7 +118,10 @@ def exchange(new: Location, dst: Location) -> Location:
     """Swap two folders; returns where the old content of ``dst`` now is.
 
     On Linux one atomic ``renameat2(RENAME_EXCHANGE)``; elsewhere (or where the filesystem
-    does not support it) two renames, with the old output moved aside first.
+    does not support it) two renames, with the old output moved aside first. On an object
+    store the swap copies, object by object, and each lock stays where it is: dst keeps its
+    own, renewed by its run, till the new output is whole in it (a second run started while
+    the copy ran, minutes for a large output, found dst unlocked and wrote into it).
     """
     if new.is_local and renameat2(new.path, dst.path, RENAME_EXCHANGE):
         from .write import fsync_dir
@@ -151,7 +159,8 @@ def exchange(new: Location, dst: Location) -> Location:
             # the copy was whole, the deletes of the staged copies failed: the swap is done
             # (the error said "the previous output in dst is unchanged" of the new output)
             with contextlib.suppress(Exception):
-                dst.fs.rm(sorted(dst.fs.find(new.path)))
+                lock = f"{new.path.rstrip('/')}/{LOCK}"  # (its run releases it)
+                dst.fs.rm([key for key in sorted(dst.fs.find(new.path)) if key != lock])
             if not isinstance(exc, Exception):  # Ctrl-C: the caller says what is where
                 exc.aside = aside  # type: ignore[attr-defined]
                 raise
@@ -162,11 +171,11 @@ def _put_back(fs: Any, old: str, dst: str, new: str) -> bool:
     """Undo a move of ``new`` into ``dst`` that failed while copying (its objects are all still
     at ``new``: none is deleted before all are copied, and ``zarr.json`` is copied last), then
     move ``old`` back into ``dst``. Once ``dst/zarr.json`` is there the copy was whole: kept,
-    and True returned."""
+    and True returned. (dst's lock is no copy: never copied, it stays.)"""
     dst, new = dst.rstrip("/"), new.rstrip("/")
     if fs.exists(f"{dst}/zarr.json"):
         return True
-    staged = {key[len(new) :] for key in fs.find(new)}
+    staged = {key[len(new) :] for key in fs.find(new)} - {f"/{LOCK}"}
     copies = [key for key in fs.find(dst) if key[len(dst) :] in staged]
     if copies:
         fs.rm(copies)

@@ -192,8 +192,8 @@ def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
     attrs = provenance(old[0])
     if attrs is None or attrs.get("complete") is not True or run_record(old[0]) is not None:
         return False
-    if any(live_lock(OutputState(f).lock) is not None for f in (*old, *staged)):
-        return False  # (an overwrite swapping now: its locks are still fresh)
+    if any(live_lock(OutputState(f).lock) is not None for f in (dst, *old, *staged)):
+        return False  # (an overwrite swapping now: its locks, dst's too, are still fresh)
     if not dst.is_local:
         return _restore_copied(dst, old[0], staged, protect)
     try:  # never over a dst created meanwhile (a rename would replace an empty folder)
@@ -222,6 +222,7 @@ def _restore_copied(
             return False
     try:
         lock = OutputState(old).lock  # stale (checked): a copy would date it now, live again
+        # (a swap before 2026-12-06 copied dst's lock aside; one now leaves it in dst)
         if lock.exists():
             lock.fs.rm_file(lock.path)
         folders.move(old, dst)

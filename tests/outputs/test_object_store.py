@@ -195,7 +195,10 @@ sys.exit(main(sys.argv[1:]))
 def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
     """No rename on S3: the swap copies. Killed once the old output is copied aside and its
     root zarr.json deleted: dst is refused by the next runs (never taken for a complete output
-    with chunks missing), and both outputs are whole beside it."""
+    with chunks missing), and both outputs are whole beside it. dst keeps the killed run's
+    lock (a swap holds it till the new output is whole in dst): refused as being written
+    while the lock is fresh; once it is stale the old output goes back and a resume swaps
+    the new one in."""
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=0)
     old = {k[len(f"{b}/out.zarr/") :]: v for k, v in _keys(fs, b).items()
@@ -215,8 +218,14 @@ def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
     assert staged["complete"] is True and staged["nhsize"] == 5
     for flag in ("--resume", "--overwrite"):
         res = _cli("fuse", src, dst, *opts, flag, "--nhsize", "5")
-        assert res.returncode == 2 and "not an fstack_dask output" in res.stderr, res.stderr
+        assert res.returncode == 1 and "is being written by pid" in res.stderr, res.stderr
     assert _keys(fs, b) == keys
+    time.sleep(3.0)  # the killed run's locks go stale (S3 dates objects to the second)
+    res = _cli("fuse", src, dst, *opts, "--resume", "--nhsize", "5",
+               env={"FSTACK_DASK_LOCK_STALE_AFTER": "2"})  # fmt: skip
+    assert res.returncode == 0 and "restored" in res.stderr, res.stderr
+    assert json.loads(fs.cat(f"{dst}/zarr.json"))["attributes"]["fstack_dask"]["nhsize"] == 5
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k], fs.find(b)
 
 
 def test_an_unreachable_store_is_one_line_naming_its_option(s3, bucket):
@@ -548,7 +557,7 @@ def test_a_failed_delete_after_a_whole_s3_copy_says_the_new_output_is_in_dst(
     def move(fs_, a, d):
         calls.append(a)
         if len(calls) == 2:  # the staged output into dst: all copied, then the deletes fail
-            keys = sorted(fs_.find(a))
+            keys = [k for k in sorted(fs_.find(a)) if not k.endswith(f"/{folders.LOCK}")]
             for key in [k for k in keys if not k.endswith("/zarr.json")] + [f"{a}/zarr.json"]:
                 fs_.copy(key, d + key[len(a) :])
             fs_.rm_file(f"{a}/zarr.json")
@@ -643,8 +652,10 @@ def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_i
 
 def _copy_then_fail(fs_, a, d, exc):
     """``_move_objects`` cut short once its copy is whole: its first delete (the root
-    zarr.json, which goes first) done, then ``exc``."""
-    keys = sorted(fs_.find(a))
+    zarr.json, which goes first) done, then ``exc``. (Locks stay where they are.)"""
+    from fstack_dask._outputs.folders import LOCK
+
+    keys = [k for k in sorted(fs_.find(a)) if not k.endswith(f"/{LOCK}")]
     for key in [k for k in keys if not k.endswith(f"{a}/zarr.json")] + [f"{a}/zarr.json"]:
         fs_.copy(key, d + key[len(a) :])
     fs_.rm_file(f"{a}/zarr.json")
@@ -699,7 +710,7 @@ move, calls = folders._move_objects, []
 def move_then_stop(fs, src, dst):
     calls.append(src)
     if len(calls) == 2:  # the staged output into dst: copied whole, then Ctrl-C
-        keys = sorted(fs.find(src))
+        keys = [k for k in sorted(fs.find(src)) if not k.endswith("/" + folders.LOCK)]
         for key in [k for k in keys if not k.endswith(src + "/zarr.json")] + [src + "/zarr.json"]:
             fs.copy(key, dst + key[len(src):])
         fs.rm_file(src + "/zarr.json")
@@ -762,3 +773,43 @@ def test_a_kill_after_a_whole_s3_copy_is_resumed_at_once(s3, bucket):
     assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
     out = json.loads(fs.cat(f"{b}/out.zarr/zarr.json"))["attributes"]["fstack_dask"]
     assert out["nhsize"] == 5
+
+
+def test_a_second_run_while_an_s3_swap_copies_into_dst_is_refused(s3, bucket, monkeypatch):
+    """The S3 swap moves the old output aside, then copies the staged one into dst, object by
+    object (minutes for a large output). dst had no lock meanwhile: a plain second run into
+    dst started then wrote its own output ("wrote dst", exit 0), which the swap's copy then
+    mixed with the new one. dst keeps its lock, renewed, all through the swap: the second run
+    is refused as for any output being written, with dst empty and with a part of the copy
+    in it, and dst ends as the overwrite's output alone."""
+    from fstack_dask._outputs import folders
+
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=0)
+    real, calls, seconds = folders._move_objects, [], []
+
+    def second_run() -> None:
+        res = _cli("fuse", src, dst, *opts, "--nhsize", "7")
+        seconds.append((res.returncode, res.stderr))
+
+    def move(fs_, a, d):
+        calls.append(a)
+        if len(calls) == 2:  # the staged output into dst: another run starts, then again
+            second_run()  # with dst emptied
+            staged = [k for k in sorted(fs_.find(a)) if not k.endswith("/.fstack_dask/lock")]
+            for key in [k for k in staged if "/.fstack_dask/" not in k][:3]:
+                fs_.copy(key, d + key[len(a) :])
+            second_run()  # with a part of the copy in dst
+        return real(fs_, a, d)
+
+    monkeypatch.setattr(folders, "_move_objects", move)
+    out = fuse_zarr(src, dst, nhsize=5, overwrite=True, chunks=32, levels=0, progress=False,
+                    storage_options=s3, dst_storage_options=s3)  # fmt: skip
+    monkeypatch.setattr(folders, "_move_objects", real)
+    assert len(seconds) == 2
+    for code, err in seconds:
+        assert code == 1 and "is being written by pid" in err, err
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    expected = focus_stack(_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(out["0"][...], expected)
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
