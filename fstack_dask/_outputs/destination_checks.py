@@ -97,6 +97,7 @@ class DestinationChecks:
         if kind == "other":
             raise FileExistsError(self._not_ours(overwrite=overwrite, resume=resume))
         if kind == "absent":
+            self._refuse_swapping()
             parent = self.dst.parent_path()
             if self.dst.is_local and not os.path.isdir(parent):
                 missing = "does not exist" if not os.path.lexists(parent) else "is not a folder"
@@ -220,6 +221,17 @@ class DestinationChecks:
                 "write, where this run would write its own; move it out of dst first (nothing "
                 "was written)"
             )
+
+    def _refuse_swapping(self) -> None:
+        """Refuse a missing dst that an overwrite is swapping now: between the two renames
+        of a swap without RENAME_EXCHANGE (NFS) dst is missing, its lock moved aside with
+        the old output (a second run created dst then and wrote into it, and the swap failed
+        "the previous output in dst is unchanged" with the old one hidden beside it)."""
+        for folder in self.staging_folders():
+            if folder.name.startswith(f".{self.dst.name}{folders.STAGING}old-"):
+                info = live_lock(OutputState(folder).lock)
+                if info is not None:
+                    raise DestinationLockedError(locked_message(self.what(), info))
 
     def staging_folders(self) -> list[Location]:
         """Our staging folders beside ``dst`` (:func:`.leftovers.staging_folders`)."""

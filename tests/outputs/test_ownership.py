@@ -1492,3 +1492,33 @@ def test_an_overwrite_in_a_folder_the_user_may_not_write_says_so(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"lies in '{folder}', which this user may not write" in one_line_error(proc)
     assert tree_digest(folder) == before
+
+
+def test_a_second_run_between_the_two_renames_of_a_swap_is_refused(tmp_path, monkeypatch):
+    """Without RENAME_EXCHANGE (NFS) the swap renames dst aside, then the new output into
+    dst: between the two dst is missing and its lock is beside it with the old output. A
+    second run started there created dst and wrote its own output (exit 0); the swap then
+    failed "the previous output in dst is unchanged" with the old output hidden beside it.
+    The second run is refused as for any output being written; the overwrite finishes."""
+    from fstack_dask._outputs import folders
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    monkeypatch.setattr(folders, "renameat2", lambda *a: False)
+    real, seconds = os.rename, []
+
+    def rename(a, b, *args, **kwargs):
+        real(a, b, *args, **kwargs)
+        if "-staging-old-" in str(b) and not seconds:  # dst aside, the new one not yet in
+            seconds.append(cli("fuse", src, dst, *FUSE, "--nhsize", "7"))
+
+    monkeypatch.setattr(os, "rename", rename)
+    out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    monkeypatch.setattr(os, "rename", real)
+    [second] = seconds
+    assert second.returncode == 1 and "is being written by pid" in second.stderr, second.stderr
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
+    np.testing.assert_array_equal(out["0"][...], expected)
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
