@@ -126,9 +126,16 @@ def finish(target: Target, destination: Destination) -> None:
     # Complete and in place: a failure to tidy up (EIO removing a done-marker) no longer
     # fails the run, whose failure path said "nothing was written" or "0 of 9 blocks done"
     # of a complete output; a later run drops what is left (tidy_complete).
+    state = target.state.folder
     try:
-        Destination.release(target)
-        remove_tree(target.state.folder, owned=lambda _loc: None, protect=destination.protect)
+        try:  # under the lock, then the lock: released first, the lock a second run took
+            # meanwhile went with the rest (a done-marker a block: minutes on S3), and that
+            # run failed "this run's lock was taken over and is gone"
+            names = [n for n in state.listdir() if n != "lock"] if state.exists() else []
+            remove_tree(state, owned=lambda _loc: None, protect=destination.protect, only=names,
+                        keep_folder=True)  # fmt: skip
+        finally:
+            Destination.release(target)  # (and the state folder, left empty)
     except Exception as exc:
         log.warning(
             "%s is complete, but its state folder %s could not be removed (%s): the next run "

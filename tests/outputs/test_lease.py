@@ -559,3 +559,39 @@ def test_a_lease_that_never_runs_out_keeps_its_heartbeat_quiet(tmp_path):
               env={"FSTACK_DASK_LOCK_STALE_AFTER": "inf"})  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr and "Exception in thread" not in res.stderr, res.stderr
+
+
+def test_a_finished_run_drops_its_state_under_its_lock(tmp_path, monkeypatch):
+    """A finished run released dst's lock, then removed its state folder (the run record, a
+    done-marker per block: minutes on S3). An --overwrite started in between took dst's lock,
+    which that removal deleted: the second run, its output computed, failed "this run's lock
+    was taken over and is gone". The state goes first, under the lock, then the lock: the
+    second run is refused as for any output being written, and never loses its lock."""
+    from fstack_dask._outputs import lifecycle
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    lock = dst / STATE_DIR / "lock"
+    real, seconds = lifecycle.remove_tree, []
+
+    def holder():
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(lock.read_text()).get("pid")
+        return None
+
+    def remove_tree(location, *args, **kwargs):
+        if f"/{STATE_DIR}" in location.path and not seconds:  # the finished run's state
+            seconds.append(popen_cli("fuse", src, dst, *FUSE, "--overwrite", "--nhsize", "7"))
+            deadline = time.monotonic() + 120
+            while seconds[0].poll() is None and holder() in (None, os.getpid()):
+                assert time.monotonic() < deadline  # it holds dst's lock, or was refused
+                time.sleep(0.05)
+        return real(location, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "remove_tree", remove_tree)
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    monkeypatch.setattr(lifecycle, "remove_tree", real)
+    [second] = seconds
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 1 and "is being written by pid" in err, err
+    assert not (dst / STATE_DIR).exists()
