@@ -51,8 +51,9 @@ _COMPILED = {"focus_measure_compiled": ".compiled", "plane_major": ".compiled",
 def __getattr__(name: str) -> Any:
     if name not in _COMPILED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_COMPILED[name], __package__)
-    return getattr(module, name)
+    from .._imports import import_through_one_ctrl_c  # (numba's import, half done, breaks it)
+
+    return getattr(import_through_one_ctrl_c(_COMPILED[name], __package__), name)
 
 
 def _numba_found() -> bool:
