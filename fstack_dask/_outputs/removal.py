@@ -186,6 +186,11 @@ def unremovable(folder: Location) -> str | None:
     entries = recorded_entries(folder) if folder.is_local else None
     if entries is None:
         return None
+    if _sticky_theirs(folder.path):  # a colleague's sticky dst: its entries go by owner too
+        for name in sorted({*entries, "zarr.json"}):
+            top = os.path.join(folder.path, name)
+            if os.path.lexists(top) and os.lstat(top).st_uid != os.geteuid():
+                return _sticky_refusal(top, folder.path)
     ours = ours_within(folder)
     for entry in sorted(entries):
         top = os.path.join(folder.path, entry)
@@ -262,11 +267,12 @@ def _sticky_theirs(path: str) -> bool:
 
 
 def _sticky_refusal(file: str, folder: str) -> str:
-    what = owner_and_mode(os.stat(file, follow_symlinks=False))
-    where = owner_and_mode(os.stat(folder), folder)
+    st = os.stat(file, follow_symlinks=False)
+    kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+    what, where = owner_and_mode(st), owner_and_mode(os.stat(folder), folder)
     return (
-        f"may not remove the file {file!r} ({what}) from the folder {folder!r} ({where}), "
-        "which has the sticky bit: only the file's owner may remove it there"
+        f"may not remove the {kind} {file!r} ({what}) from the folder {folder!r} ({where}), "
+        f"which has the sticky bit: only the {kind}'s owner may remove it there"
     )
 
 

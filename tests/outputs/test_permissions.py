@@ -432,3 +432,30 @@ def test_a_colleagues_staging_folder_beside_dst_is_left_as_it_is(tmp_path, flag,
     assert "leaves it as it is" in proc.stderr
     assert tree_digest(theirs) == before and theirs.stat().st_uid == OTHER
     assert sorted(os.listdir(tmp_path)) == [theirs.name, "out.zarr", "src.zarr"]
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["unfinished", "complete"])
+def test_an_overwrite_of_a_colleague_s_sticky_dst_is_refused_first(tmp_path, monkeypatch, complete):
+    """dst itself a colleague's with the sticky bit (1777), its entries theirs, every folder
+    inside writable (umask 0): only the walk inside the entries judged the sticky bit, so an
+    overwrite of a complete output swapped and left the old one beside dst (exit 0, a
+    warning: "could not be removed ... zarr.json"). Refused first, nothing changed."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if complete:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    else:
+        _unfinished(src, dst, monkeypatch)
+    for root, dirs, _files in os.walk(dst):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777)
+    give_to_other_user(dst)
+    dst.chmod(0o1777)
+    before = tree_digest(tmp_path)
+    proc = as_user("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert f"'{dst}' cannot be replaced: this user may not remove the " in line, line
+    assert f"from the folder '{dst}' (" in line and "which has the sticky bit" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+    assert tree_digest(tmp_path) == before
