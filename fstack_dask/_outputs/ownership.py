@@ -149,7 +149,8 @@ def foreign_entries(location: Location) -> list[str]:
     return [
         n
         for n in location.listdir()
-        if n not in entries and not (n.startswith("zarr.") and ZARR_PARTIAL.search(n))
+        # zarr's temporary file of zarr.json ("zarr.<hex>.partial"), not a user's zarr.notes...
+        if n not in entries and ZARR_PARTIAL.sub("", n) != "zarr"
     ]
 
 

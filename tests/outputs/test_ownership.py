@@ -108,6 +108,23 @@ def test_overwrite_keeps_user_folders_that_only_look_like_ours(tmp_path):
     assert _hidden(tmp_path) == []
 
 
+def test_an_overwrite_gives_back_a_users_file_named_like_zarrs_temporary_one(tmp_path):
+    """A user's 'zarr.notes.<32 hex>.partial' at the top of a complete output (c762f1e kept it
+    from a resume): an --overwrite took it for zarr's temporary file of zarr.json (any 'zarr.*'
+    name ending so), did not move it into the new output, and left the old output beside dst
+    for good, the user's file in it ("kept [...] in .out.zarr.fstack-staging-...")."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    users = [f"zarr.notes.{'d' * 32}.partial", f"zarr.json.{'e' * 32}.partial"]
+    _user_files(dst, users)
+    before = digest_of(dst, users)
+    proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, users) == before
+    assert _hidden(tmp_path) == [], proc.stderr
+
+
 def test_overwrite_of_an_unfinished_output_in_place_keeps_user_folders(tmp_path, monkeypatch):
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
