@@ -222,7 +222,13 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
             f"(resume=True) takes the lock over once it sees no heartbeat for "
             f"{LOCK_STALE_AFTER:g} s, and computes only the blocks left"
         )
-    why = _not_resumable((state.record() or {}).get("params") or params)  # what --resume reads
+    record = state.record()
+    if record is None:  # (a removal cut short between the state folder and zarr.json)
+        return (
+            f"unfinished: {done}; not resumable: it holds no run record (a removal of it was "
+            "cut short); start over with --overwrite (overwrite=True)"
+        )
+    why = _not_resumable(record.get("params") or params)  # what --resume reads
     if why is not None:  # (it said "resumable", and --resume refused it)
         return (
             f"unfinished: {done}; not resumable by this version: {why}; resume it with that "

@@ -753,3 +753,23 @@ def test_info_calls_no_run_resumable_that_resume_refuses(tmp_path, monkeypatch, 
     assert "resumable: run the same" not in state, state
     assert f"not resumable by this version: it was begun by fstack_dask 9.0, which {why}" in state
     assert "start over with --overwrite" in state
+
+
+def test_info_calls_no_output_without_its_run_record_resumable(tmp_path, monkeypatch):
+    """An --overwrite of an unfinished output killed while removing it, after the state folder
+    (the run record with it) and before zarr.json: info said "resumable: run the same fuse
+    command again with --resume", which refused it ("without its run record")."""
+    import shutil
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    shutil.rmtree(dst / ".fstack_dask")
+    shutil.rmtree(dst / "0" / "c")
+    assert cli("fuse", src, dst, "--resume", *FUSE).returncode == 2
+    proc = cli("info", dst)
+    assert proc.returncode == 0, proc.stderr
+    (state,) = [line for line in proc.stdout.splitlines() if line.startswith("state:")]
+    assert "resumable: run the same" not in state, state
+    assert "not resumable: it holds no run record" in state and "--overwrite" in state, state
+    assert cli("fuse", src, dst, "--overwrite", *FUSE).returncode == 0
