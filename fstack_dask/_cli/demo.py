@@ -121,6 +121,7 @@ def _refuse_unwritable(out_dir: Path, earlier: list[str]) -> None:
     demo --overwrite in a folder it may not write removed the planes, then failed on the
     first rename: a twentieth adversarial run)."""
     from .._locations import permission_missing
+    from .._outputs.removal import sticky_blocked
 
     folders = [out_dir, *(out_dir / n for n in earlier if n in ("planes", "fused.ome.zarr"))]
     for folder in folders:
@@ -129,6 +130,16 @@ def _refuse_unwritable(out_dir: Path, earlier: list[str]) -> None:
                 f"DIR {str(out_dir)!r} cannot be written: this user "
                 f"{permission_missing(str(folder))}; nothing was changed"
             )
+    # a colleague's DIR (or planes folder) with the sticky bit: its entries go by owner alone
+    planes = out_dir / "planes"
+    sticky = sticky_blocked(str(out_dir), earlier) or (
+        sticky_blocked(str(planes), os.listdir(planes)) if "planes" in earlier and
+        planes.is_dir() else None
+    )  # fmt: skip
+    if sticky is not None:
+        raise PermissionError(
+            f"DIR {str(out_dir)!r} cannot be written: this user {sticky}; nothing was changed"
+        )
     fused = out_dir / "fused.ome.zarr"
     if "fused.ome.zarr" in earlier and fused.is_dir():
         # the folders the overwrite writes into or removes from (its levels and maps), as

@@ -37,6 +37,7 @@ __all__ = [
     "ours_within",
     "remove_entries",
     "remove_output",
+    "sticky_blocked",
     "unremovable",
     "written_by_us",
 ]
@@ -186,11 +187,9 @@ def unremovable(folder: Location) -> str | None:
     entries = recorded_entries(folder) if folder.is_local else None
     if entries is None:
         return None
-    if _sticky_theirs(folder.path):  # a colleague's sticky dst: its entries go by owner too
-        for name in sorted({*entries, "zarr.json"}):
-            top = os.path.join(folder.path, name)
-            if os.path.lexists(top) and os.lstat(top).st_uid != os.geteuid():
-                return _sticky_refusal(top, folder.path)
+    why = sticky_blocked(folder.path, {*entries, "zarr.json"})  # a colleague's sticky dst
+    if why is not None:
+        return why
     ours = ours_within(folder)
     for entry in sorted(entries):
         top = os.path.join(folder.path, entry)
@@ -264,6 +263,19 @@ def _sticky_theirs(path: str) -> bool:
         return not int(caps, 16) & (1 << 3)
     except (OSError, ValueError):
         return os.geteuid() != 0
+
+
+def sticky_blocked(folder: str, names: Iterable[str]) -> str | None:
+    """What keeps this user from removing or replacing the entries ``names`` of the local
+    ``folder`` where it has the sticky bit and is not this user's (each entry is then by its
+    owner alone: os.access says "writable"), for one line; or None."""
+    if not os.path.isdir(folder) or not _sticky_theirs(folder):
+        return None
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        if os.path.lexists(path) and os.lstat(path).st_uid != os.geteuid():
+            return _sticky_refusal(path, folder)
+    return None
 
 
 def _sticky_refusal(file: str, folder: str) -> str:

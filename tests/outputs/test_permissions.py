@@ -408,6 +408,32 @@ def test_a_demo_overwrite_of_a_fused_output_holding_a_colleague_s_folder_keeps_t
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("sticky", ["DIR", "planes"])
+def test_a_demo_overwrite_of_a_colleague_s_sticky_dir_changes_nothing(tmp_path, sticky):
+    """An earlier demo's DIR (or its planes folder) a colleague's with the sticky bit (1777),
+    their files in it, every folder writable (umask 0): os.access says "writable", but only a
+    file's owner may remove or replace it there. ``demo DIR --overwrite`` replaced the planes,
+    then failed on the planes folder ("refused access to .../planes"): DIR was left with new
+    planes beside the old image. Refused first, naming the file and the sticky folder."""
+    out = tmp_path / "demo"
+    args = ("demo", out, "--size", "64", "--planes", "5", "--no-progress")
+    assert as_user(*args).returncode == 0
+    for root, dirs, _files in os.walk(out):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777)
+    give_to_other_user(out)
+    out.chmod(0o777)
+    folder = out if sticky == "DIR" else out / "planes"
+    folder.chmod(0o1777)
+    before = tree_digest(tmp_path)
+    proc = as_user(*args, "--seed", "7", "--overwrite")
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert "cannot be written: this user may not remove the " in line, line
+    assert f"from the folder '{folder}' (" in line and "which has the sticky bit" in line, line
+    assert "nothing was changed" in line and tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize("mode", [0o700, 0o755], ids=["700", "755"])
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
 def test_a_colleagues_staging_folder_beside_dst_is_left_as_it_is(tmp_path, flag, mode):
