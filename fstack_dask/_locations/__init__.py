@@ -31,7 +31,7 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
-from .places import owner_and_mode, permission_missing, read_only_mount
+from .places import owner_and_mode, permission_missing, read_only_mount, sticky_keeps
 from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
@@ -44,4 +44,5 @@ __all__ = [
     "read_only_mount",
     "remove_tree",
     "resolve",
+    "sticky_keeps",
 ]

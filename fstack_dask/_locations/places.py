@@ -204,3 +204,27 @@ def permission_missing(path: str) -> str:
     else:
         return f"was refused access to {path!r} ({owner_and_mode(st, path)})"
     return f"may not {doing} {path!r} ({owner_and_mode(st, path)})"
+
+
+def sticky_keeps(folder: os.stat_result, owner: int) -> bool:
+    """Whether the sticky bit of ``folder`` (a /tmp-like shared folder) keeps this user from
+    removing or renaming an entry of it owned by ``owner`` (os.access says "writable"): only
+    the entry's owner, the folder's, or a process with CAP_FOWNER over that owner may, that is
+    one mapped in its user namespace (a rootless container's root, all capabilities its own,
+    is refused a host user's file there, which it sees owned by nobody)."""
+    import stat
+
+    if not folder.st_mode & stat.S_ISVTX or os.geteuid() in (owner, folder.st_uid):
+        return False
+    if os.geteuid() != 0:  # (CAP_FOWNER is root's: a user's process has none)
+        return True
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            caps = next((line.split()[1] for line in fh if line.startswith("CapEff:")), "0")
+        if not int(caps, 16) & (1 << 3):  # CAP_FOWNER
+            return True
+        with open("/proc/self/uid_map", encoding="ascii") as fh:
+            ranges = [tuple(map(int, line.split()[::2])) for line in fh if line.strip()]
+        return not any(first <= owner < first + count for first, count in ranges)
+    except (OSError, ValueError):  # (no /proc: root's CAP_FOWNER is taken for granted)
+        return False

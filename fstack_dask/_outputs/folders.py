@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from .._errors import DestinationLockedError
-from .._locations import Location, mounts_within, owner_and_mode, read_only_mount
+from .._locations import Location, mounts_within, owner_and_mode, read_only_mount, sticky_keeps
 from .ownership import STATE_DIR
 
 __all__ = [
@@ -292,10 +292,10 @@ def unswappable(dst: Location) -> str | None:
     if not os.access(os.path.dirname(dst.path), os.W_OK | os.X_OK):  # (it said "dst cannot
         # be created": an eighth adversarial run)
         return f"lies in {os.path.dirname(dst.path)!r}, which this user may not write"
-    parent = os.stat(os.path.dirname(dst.path))
-    if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (0, parent.st_uid):
-        if os.stat(dst.path).st_uid != os.geteuid():  # a sticky folder: only its owner moves it
-            return "belongs to another user in a sticky folder, which only its owner may move"
+    # a sticky folder: only its owner moves it (root too, in a user namespace where the
+    # owner is not mapped: the run computed it all, then failed "Operation not permitted")
+    if sticky_keeps(os.stat(os.path.dirname(dst.path)), os.stat(dst.path).st_uid):
+        return "belongs to another user in a sticky folder, which only its owner may move"
     cwd = os.path.realpath(os.getcwd())
     if cwd == dst.path or cwd.startswith(dst.path.rstrip("/") + "/"):
         return "is (or holds) the working folder, which would be swapped away"

@@ -17,7 +17,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 
-from .._locations import Location, owner_and_mode, permission_missing, remove_tree
+from .._locations import Location, owner_and_mode, permission_missing, remove_tree, sticky_keeps
 from .ownership import (
     ID_FILE,
     RUN_FILE,
@@ -227,12 +227,13 @@ def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool],
     if not os.access(path, os.R_OK | os.X_OK):
         return False, permission_missing(path)
     writable = os.access(path, os.W_OK | os.X_OK)
+    folder = os.stat(path)
     sticky = writable and _sticky_theirs(path)  # (os.access says "writable" there)
     emptied, removes = True, False
     with os.scandir(path) as found:
         for item in found:
             name = f"{rel}/{item.name}" if rel else item.name
-            theirs = sticky and item.stat(follow_symlinks=False).st_uid != os.geteuid()
+            theirs = sticky and sticky_keeps(folder, item.stat(follow_symlinks=False).st_uid)
             if item.is_dir(follow_symlinks=False):
                 gone, why = _blocking(item.path, entry, name, ours, not writable)
                 if why is not None:
@@ -253,16 +254,10 @@ def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool],
 def _sticky_theirs(path: str) -> bool:
     """Whether the folder at ``path`` has the sticky bit (a /tmp-like shared folder) and is
     not this user's: there only a file's owner may remove it, whatever the folder's mode
-    says (an overwrite removed what it could, then failed on a colleague's chunk file)."""
+    says (an overwrite removed what it could, then failed on a colleague's chunk file), or a
+    process with CAP_FOWNER over its owner (``sticky_keeps``)."""
     st = os.stat(path)
-    if not st.st_mode & stat.S_ISVTX or st.st_uid == os.geteuid():
-        return False
-    try:  # CAP_FOWNER (root's, unless dropped) overrides the sticky bit
-        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
-            caps = next((line.split()[1] for line in fh if line.startswith("CapEff:")), "0")
-        return not int(caps, 16) & (1 << 3)
-    except (OSError, ValueError):
-        return os.geteuid() != 0
+    return bool(st.st_mode & stat.S_ISVTX) and st.st_uid != os.geteuid()
 
 
 def sticky_blocked(folder: str, names: Iterable[str]) -> str | None:
@@ -271,9 +266,10 @@ def sticky_blocked(folder: str, names: Iterable[str]) -> str | None:
     owner alone: os.access says "writable"), for one line; or None."""
     if not os.path.isdir(folder) or not _sticky_theirs(folder):
         return None
+    st = os.stat(folder)
     for name in sorted(names):
         path = os.path.join(folder, name)
-        if os.path.lexists(path) and os.lstat(path).st_uid != os.geteuid():
+        if os.path.lexists(path) and sticky_keeps(st, os.lstat(path).st_uid):
             return _sticky_refusal(path, folder)
     return None
 

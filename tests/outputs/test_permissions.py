@@ -485,3 +485,53 @@ def test_an_overwrite_of_a_colleague_s_sticky_dst_is_refused_first(tmp_path, mon
     assert f"from the folder '{dst}' (" in line and "which has the sticky bit" in line, line
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
     assert tree_digest(tmp_path) == before
+
+
+def in_user_namespace(*args) -> subprocess.CompletedProcess:
+    """The CLI run by root in a user namespace of its own (a rootless container's root: every
+    capability, over the users mapped there alone; the others' files are nobody's)."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        pytest.skip("needs root and unshare to play a rootless container's root")
+    if subprocess.run([unshare, "-U", "-r", "true"], check=False).returncode != 0:
+        pytest.skip("this kernel lets no user namespace be made")
+    return subprocess.run(
+        [unshare, "-U", "-r", sys.executable, "-m", "fstack_dask", *map(str, args)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["parent", "chunk folder"])
+def test_a_rootless_container_s_root_is_refused_a_colleague_s_sticky_files_first(tmp_path, where):
+    """Root in a user namespace has CAP_FOWNER, but only over the users mapped there: a
+    colleague's file in a sticky folder (theirs, 1777) is still theirs alone to remove or
+    move. c333203's check and the swap's took any CAP_FOWNER (the swap's any root) for
+    leave: an --overwrite of the colleague's output in a sticky folder computed it all, then
+    failed 'Operation not permitted' and said to rerun with --resume (which failed so again);
+    of one whose chunk folder was sticky, swapped and left the old output beside dst.
+    Refused first, nothing written."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "box" / "out.zarr"
+    dst.parent.mkdir()
+    fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    for root, dirs, _files in os.walk(dst):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777)
+    if where == "parent":
+        give_to_other_user(dst.parent)
+        dst.chmod(0o777)
+        dst.parent.chmod(0o1777)
+    else:
+        give_to_other_user(dst / "0" / "c" / "0")
+        (dst / "0" / "c" / "0").chmod(0o1777)
+    before = tree_digest(tmp_path)
+    proc = in_user_namespace("fuse", src, dst, "--overwrite", *FUSE)
+    assert proc.returncode in (1, 2), proc.stderr
+    line = one_line_error(proc)
+    if where == "parent":
+        assert "belongs to another user in a sticky folder, which only its owner may" in line
+    else:
+        assert "which has the sticky bit" in line and "nothing was written" in line, line
+    assert tree_digest(tmp_path) == before
+    assert sorted(os.listdir(dst.parent)) == ["out.zarr"]
