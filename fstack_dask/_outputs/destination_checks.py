@@ -29,7 +29,7 @@ from .._locations import Location
 from . import folders, leftovers
 from .folders import path_too_long
 from .ownership import ID_FILE, classify, copied_provenance, foreign_entries
-from .removal import unremovable
+from .removal import sticky_blocked, unremovable
 from .staleness import live_lock, locked_message
 from .state import OutputState
 
@@ -199,6 +199,11 @@ class DestinationChecks:
         """Refuse, before anything is written, an output this user may not write into (or,
         ``removing``, not remove: an overwrite removes the old output after its swap)."""
         why = folders.unwritable(self.dst, self.entries)
+        if why is None and not removing and self.kind == "unfinished" and self.dst.is_local:
+            # a colleague's sticky dst: the resume computed every block, then could not
+            # replace their zarr.json and said to rerun with --resume, which failed so again
+            sticky = sticky_blocked(self.dst.path, ("zarr.json",))
+            why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
             missing = unremovable(self.dst)
             why = (

@@ -535,3 +535,27 @@ def test_a_rootless_container_s_root_is_refused_a_colleague_s_sticky_files_first
         assert "which has the sticky bit" in line and "nothing was written" in line, line
     assert tree_digest(tmp_path) == before
     assert sorted(os.listdir(dst.parent)) == ["out.zarr"]
+
+
+def test_a_resume_of_an_output_in_a_colleague_s_sticky_dst_is_refused_first(tmp_path, monkeypatch):
+    """A colleague's unfinished output, dst theirs with the sticky bit (1777), every folder
+    inside writable (umask 0): a --resume computed every block left, then could not replace
+    their zarr.json ("Operation not permitted") and said to rerun with --resume, which failed
+    so again. Refused first, naming zarr.json and the sticky folder."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    for root, dirs, _files in os.walk(dst):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777)
+    give_to_other_user(dst)
+    dst.chmod(0o1777)
+    before = tree_digest(tmp_path)
+    proc = as_user("fuse", src, dst, "--resume", *FUSE)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    assert (
+        f"'{dst}' cannot be finished: this user may not remove the file '{dst}/zarr.json'" in line
+    )
+    assert "which has the sticky bit" in line and "nothing was written" in line, line
+    assert tree_digest(tmp_path) == before
