@@ -177,9 +177,12 @@ class Destination(DestinationChecks):
     def release(target: Target) -> None:
         for lock in reversed(target.locks):
             lock.release()
-            if lock.lock.is_local:  # a state folder that held only the lock goes with it
-                with contextlib.suppress(OSError):
-                    os.rmdir(lock.lock.parent_path())
+            with contextlib.suppress(OSError):  # a state folder that held only the lock goes
+                folder = lock.lock.parent_path()
+                if lock.lock.is_local:
+                    os.rmdir(folder)
+                elif _keeps_folders(lock.lock.fs) and not lock.lock.fs.ls(folder, detail=False):
+                    lock.lock.fs.rmdir(folder)
         target.locks.clear()
 
     def undo_take(self, target: Target) -> None:
@@ -301,3 +304,10 @@ class Destination(DestinationChecks):
                     f"{old.url!r}: rerun the same command with --resume to remove it (what "
                     "you had put into it goes back into dst), or remove it yourself")  # fmt: skip
             raise interrupted_leaving(exc, left) from None
+
+
+def _keeps_folders(fs) -> bool:
+    """Whether an empty folder outlives its last file there (``memory://``); on object stores
+    a folder is its keys' prefix, gone with them (and ``rmdir`` may mean a bucket)."""
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "memory" in protocol
