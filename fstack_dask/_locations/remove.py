@@ -202,18 +202,20 @@ def mounts_within(path: str, *, itself: bool = False) -> list[str]:
     same filesystem is one too, which ``os.path.ismount`` does not see (a seventh adversarial
     run bound the source inside an output that ``--overwrite`` then removed, the source's
     files with it)."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.read().splitlines()
+    try:  # bytes, split at b"\n" alone: the kernel escapes only space, tab, newline and
+        # backslash, and a text read took a "\r", or str.splitlines a U+2028, in a mount
+        # point's name for a line's end (the mount was missed, and a walk went into it)
+        with open("/proc/self/mountinfo", "rb") as fh:
+            lines = fh.read().split(b"\n")
     except OSError:
         return []
     base = path.rstrip("/") or "/"
     found = []
     for line in lines:
-        fields = line.split(" ")
+        fields = line.split(b" ")
         if len(fields) < 5:
             continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4]))
         if point.startswith(base + "/") or (itself and point == base):
             found.append(point)
     return sorted(found)

@@ -1395,6 +1395,36 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
         unmount_all_under(tmp_path)
 
 
+@pytest.mark.parametrize("sep", ["\u2028", "\r", "\x85"], ids=["U+2028", "CR", "NEL"])
+def test_a_mount_point_whose_path_has_a_line_separator_is_seen(tmp_path, sep):
+    """The kernel escapes only space, tab, newline and backslash in /proc/self/mountinfo:
+    a folder named with U+2028 (str.splitlines' line end) or a CR (a text read's) cut the
+    mount's line in two, the mount point was missed, and an --overwrite of an output holding
+    a user's folder bound at ``0/c/1`` swapped, then deleted its files '0' and '1' as the
+    level's chunks (exit 0). Refused before anything is computed, their files kept."""
+    from safety_util import bind_or_skip, unmount_all_under
+
+    where = tmp_path / f"proj{sep}x"
+    where.mkdir()
+    src = write_src(where / "src.zarr")
+    dst = where / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for name in ("0", "1"):
+        (theirs / name).write_text("the user's")
+    bind_or_skip(theirs, dst / "0" / "c" / "1")
+    try:
+        before = tree_digest(tmp_path)
+        proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", *FUSE)
+        assert proc.returncode == 2, proc.stderr
+        assert "holds a mount point ('0/c/1')" in one_line_error(proc)
+        assert tree_digest(tmp_path) == before
+    finally:
+        unmount_all_under(tmp_path)
+    assert sorted(os.listdir(theirs)) == ["0", "1"]
+
+
 def test_an_output_of_another_user_in_a_sticky_folder_cannot_be_swapped(tmp_path, monkeypatch):
     """In a sticky folder (``/tmp``, a shared project folder: 1777) only a folder's owner may
     rename it: another user's overwrite computed everything, then failed at the swap, and its
