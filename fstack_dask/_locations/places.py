@@ -225,6 +225,20 @@ def sticky_keeps(folder: os.stat_result, owner: int) -> bool:
             return True
         with open("/proc/self/uid_map", encoding="ascii") as fh:
             ranges = [tuple(map(int, line.split()[::2])) for line in fh if line.strip()]
+        if ranges != [(0, 0xFFFFFFFF)] and owner == _overflow_uid():
+            # an owner not mapped here is seen as the overflow uid, which the map may cover
+            # too (podman's 1-65536): taken for unmapped (the run computed it all, then failed
+            # "Operation not permitted"); the container's own nobody rarely owns an output
+            return True
         return not any(first <= owner < first + count for first, count in ranges)
     except (OSError, ValueError):  # (no /proc: root's CAP_FOWNER is taken for granted)
         return False
+
+
+def _overflow_uid() -> int:
+    """The uid a file whose owner is not mapped in this user namespace is seen owned by."""
+    try:
+        with open("/proc/sys/kernel/overflowuid", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 65534
