@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from .._locations import Location, owner_and_mode, remove_tree
 from . import folders
 from .folders import STAGING
+from .lock import DestinationLock
 from .ownership import (
     STATE_DIR,
     classify,
@@ -177,57 +178,78 @@ def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
     output's or the old output's objects (the swap's copy failed, and so did its undo: a
     network fault). Only where exactly one such folder is there, the staged output beside
     it; then a resume swaps the staged output in, as after any interrupted overwrite."""
-    if os.path.lexists(dst.path) if dst.is_local else provenance(dst) is not None:
+    found = _restorable(dst)
+    if found is None:
         return False
+    if not dst.is_local:
+        return _restore_copied(dst, protect)
+    old = found[0]
+    try:  # never over a dst created meanwhile (a rename would replace an empty folder)
+        if not folders.renameat2(old.path, dst.path, folders.RENAME_NOREPLACE):
+            os.rename(old.path, dst.path)
+    except OSError:
+        return False
+    log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
+                "it", dst.spec, old.url)  # fmt: skip
+    return True
+
+
+def _restorable(dst: Location, *, locked: bool = False) -> tuple[Location, list[Location]] | None:
+    """The old output :func:`restore` puts back into dst and the staged outputs beside it,
+    or None (``locked``: this run holds dst's lock)."""
+    if os.path.lexists(dst.path) if dst.is_local else provenance(dst) is not None:
+        return None
     found = staging_folders(dst)
     old = [f for f in found if f.name.startswith(f".{dst.name}{STAGING}old-")]
     if len(old) != 1:
-        return False
+        return None
     # Between the two renames the staged output is still beside it; without it, the swap was
     # done and dst removed since (by the user: a fresh run put the old output back, then
     # refused dst as existing)
     staged = [f for f in found if f not in old and run_record(f) is not None]
     if not staged:
-        return False
+        return None
     attrs = provenance(old[0])
     if attrs is None or attrs.get("complete") is not True or run_record(old[0]) is not None:
-        return False
-    if any(live_lock(OutputState(f).lock) is not None for f in (dst, *old, *staged)):
-        return False  # (an overwrite swapping now: its locks, dst's too, are still fresh)
-    if not dst.is_local:
-        return _restore_copied(dst, old[0], staged, protect)
-    try:  # never over a dst created meanwhile (a rename would replace an empty folder)
-        if not folders.renameat2(old[0].path, dst.path, folders.RENAME_NOREPLACE):
-            os.rename(old[0].path, dst.path)
-    except OSError:
-        return False
-    log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
-                "it", dst.spec, old[0].url)  # fmt: skip
-    return True
+        return None
+    if any(live_lock(OutputState(f).lock) is not None
+           for f in (*([] if locked else [dst]), *old, *staged)):  # fmt: skip
+        return None  # (an overwrite swapping now: its locks, dst's too, are still fresh)
+    return old[0], staged
 
 
-def _restore_copied(
-    dst: Location, old: Location, staged: list[Location], protect: Iterable[Location]
-) -> bool:
-    """:func:`restore` on an object store: what dst holds goes where each of its objects is a
-    copy of one at the same place in the staged output, or in the old one (nothing else
-    is ever removed), then the old output is moved back."""
-    if dst.exists():
+def _restore_copied(dst: Location, protect: Iterable[Location]) -> bool:
+    """:func:`restore` on an object store, under dst's lock (two runs restoring at once: the
+    second removed the first's copies as "copies of the old output", then moved what was
+    left of it, nothing, into dst: the old output was lost): what dst holds goes where each
+    of its objects is a copy of one at the same place in the staged output, or in the old
+    one (nothing else is ever removed), then the old output is moved back."""
+    lock = DestinationLock(OutputState(dst).lock, f"dst {dst.spec!r}")
+    try:
+        lock.acquire()  # (a stale one, the killed run's, is taken over)
+    except Exception:  # (another run restores it, or swaps: it is left to that run)
+        return False
+    try:
+        found = _restorable(dst, locked=True)  # as found before the lock, still?
+        if found is None:
+            return False
+        old, staged = found
         originals = [f for f in (*staged, old) if copy_of(dst, f) is None]
         if not originals:
             return False
-        try:
-            remove_tree(dst, owned=lambda f: copy_of(f, originals[0]), protect=protect)
-        except Exception:
-            return False
-    try:
-        lock = OutputState(old).lock  # stale (checked): a copy would date it now, live again
-        # (a swap before 2026-12-06 copied dst's lock aside; one now leaves it in dst)
-        if lock.exists():
-            lock.fs.rm_file(lock.path)
+        mine = f"{STATE_DIR}/lock"  # (its own lock stays till the old output is back)
+        remove_tree(dst, owned=lambda f: copy_of(f, originals[0]), protect=protect,
+                    only=dst.listdir(), keep_folder=True,
+                    ours_within=lambda entry, path: f"{entry}/{path}" != mine)  # fmt: skip
+        stale = OutputState(old).lock  # a copy would date it now, live again (a swap before
+        # 2026-12-06 copied dst's lock aside; one now leaves it in dst)
+        if stale.exists():
+            stale.fs.rm_file(stale.path)
         folders.move(old, dst)
     except Exception:
         return False
+    finally:
+        lock.release()
     log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
                 "it", dst.spec, old.url)  # fmt: skip
     return True

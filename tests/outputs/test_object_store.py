@@ -813,3 +813,92 @@ def test_a_second_run_while_an_s3_swap_copies_into_dst_is_refused(s3, bucket, mo
     expected = focus_stack(_stack().transpose(1, 2, 0), nhsize=5)
     np.testing.assert_array_equal(out["0"][...], expected)
     assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
+
+
+_RESTORE_PAUSED = """
+import os, sys, time
+from fstack_dask._locations import resolve
+from fstack_dask._outputs import folders
+from fstack_dask._outputs.destination_checks import DestinationChecks
+
+flags, real = sys.argv[3], folders._move_objects
+
+
+def move(fs, a, d):  # the old output back into dst: all but its zarr.json, then a pause
+    if "staging-old-" in a:
+        copy = fs.copy
+
+        def paused(x, y, **kw):
+            if x == [a + "/zarr.json"]:
+                open(os.path.join(flags, "copied"), "w").close()
+                for _ in range(600):
+                    if os.listdir(flags) != ["copied"]:
+                        break
+                    time.sleep(0.1)
+            return copy(x, y, **kw)
+
+        fs.copy = paused
+    return real(fs, a, d)
+
+
+folders._move_objects = move
+DestinationChecks(resolve(sys.argv[1], name="dst", storage_options=eval(sys.argv[2]),
+                          writable=True))
+"""
+
+
+def test_two_runs_putting_back_an_s3_swap_s_old_output_at_once_lose_nothing(
+    s3, bucket, monkeypatch, tmp_path
+):
+    """A swap whose copy into dst failed, and its undo too, leaves the old output aside; the
+    next run puts it back (38a3c8c). Two runs started then did so at once, without a lock:
+    the second, while the first copied the old output into dst (minutes for a large one),
+    removed those copies as "copies of the old output", then moved what was left of the old
+    output into dst, nothing once the first had moved it: both said "restored", dst held
+    only its zarr.json and the old output was lost. The put-back is done under dst's lock;
+    the second run leaves it to the first, and dst is the old output, whole."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs import leftovers, staleness
+    from fstack_dask._outputs.destination_checks import DestinationChecks
+
+    fs, b = bucket
+    src, dst, _ = _fused_once(b, s3, levels=0)
+    old = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts),
+                           "copy"], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
+    monkeypatch.setattr(staleness, "LOCK_STALE_AFTER", 2.0)
+    monkeypatch.setattr(staleness, "HEARTBEAT_EVERY", 2.0 / 6)
+    time.sleep(3.0)  # the failed run's locks go stale (S3 dates objects to the second)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    first = subprocess.Popen(
+        [sys.executable, "-c", _RESTORE_PAUSED, dst, repr(s3), str(flags)],
+        env={**os.environ, "FSTACK_DASK_LOCK_STALE_AFTER": "2"}, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(1200):
+            if (flags / "copied").exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (flags / "copied").exists(), first.communicate()[1]
+        real = leftovers.remove_tree
+
+        def remove_tree(*args, **kwargs):  # (as a large output's removal takes minutes)
+            kept = real(*args, **kwargs)
+            (flags / "removed").touch()
+            first.wait(timeout=120)
+            return kept
+
+        monkeypatch.setattr(leftovers, "remove_tree", remove_tree)
+        DestinationChecks(resolve(dst, name="dst", storage_options=s3, writable=True))
+    finally:
+        (flags / "second done").touch()
+        err = first.communicate(timeout=120)[1]
+    assert first.returncode == 0, err
+    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    assert after == old
+    assert not [k for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" in k]
