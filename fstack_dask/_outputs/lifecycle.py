@@ -17,7 +17,7 @@ from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
 from . import leftovers
 from .destination import Destination, Target
-from .ownership import STATE_DIR, provenance, recorded_entries
+from .ownership import STATE_DIR, provenance, recorded_entries, run_record
 from .removal import ours_within
 from .state import OutputState, new_output_id, write_output_id
 from .write import OutputSpec, create_output, publish
@@ -191,6 +191,27 @@ def _previous(destination: Destination) -> str:
     )
 
 
+def _swapped_in(target: Target, destination: Destination) -> str | None:
+    """What a staged run that failed once its swap had put the new output in dst left, or
+    None where the swap did not: an object store's swap that copied the new output into dst
+    whole, then failed deleting the staged copies, its undo failing too (the same network
+    fault), said "the previous output in dst is unchanged ... rerun with resume=True to
+    continue it" of a dst holding the new output, complete. dst is the new output where its
+    run record (copied or moved with it) is this run's."""
+    dst = destination.dst
+    if not target.staged or provenance(dst) is None:
+        return None
+    if (run_record(dst) or {}).get("run_id") != target.run_id:
+        return None
+    old = [f.url for f in leftovers.staging_folders(dst) if "-old-" in f.name]
+    where = ", ".join(map(repr, old or [target.output.url]))
+    return (
+        f"dst holds the new output, complete (the swap had put it in place); the previous one "
+        f"is left in {where} beside it: rerun the same command with resume=True to remove it "
+        "(what you had put into it goes back into dst), or remove it yourself"
+    )
+
+
 def _ours_left(kept: str, entries: tuple[str, ...]) -> bool:
     """Whether ``kept`` (a path in the output) is an entry this run wrote and could not remove,
     not a user's file inside one of its entries (``0/notes.txt``: kept on purpose, it was
@@ -226,6 +247,9 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
             left += f"; {target.output.url!r} is left with {', '.join(kept)}, not written by us"
         return left
     if target.staged:
+        swapped = _swapped_in(target, destination)
+        if swapped is not None:
+            return swapped
         return (
             f"{_previous(destination)}; the new one is kept beside it in "
             f"{target.output.path!r} with {n_done} of {n_blocks} blocks done; rerun with "

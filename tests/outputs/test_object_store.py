@@ -595,6 +595,11 @@ def move(fs_, a, d):
         for key in keys[:5]:
             fs_.copy(key, d + key[len(a):])
         raise OSError(104, "Connection reset by peer", a)
+    if len(calls) == 2 and sys.argv[4] == "whole":  # into dst: whole, its first delete fails
+        keys = [k for k in keys if not k.endswith("/" + folders.LOCK)]
+        for key in [k for k in keys if not k.endswith(a + "/zarr.json")] + [a + "/zarr.json"]:
+            fs_.copy(key, d + key[len(a):])
+        raise OSError(104, "Connection reset by peer", a)
     if len(calls) == 1 and sys.argv[4] == "aside":  # dst aside: copied, then a few deleted
         for key in keys:
             fs_.copy(key, d + key[len(a):])
@@ -902,3 +907,33 @@ def test_two_runs_putting_back_an_s3_swap_s_old_output_at_once_lose_nothing(
     after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
     assert after == old
     assert not [k for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" in k]
+
+
+def test_an_s3_swap_failing_after_its_whole_copy_and_its_undo_says_dst_is_the_new_output(
+    s3, bucket, monkeypatch
+):
+    """The S3 swap copied the new output into dst whole, then failed deleting the staged
+    copies, and its undo failed too (the same network fault): the error said "the previous
+    output in dst is unchanged; the new one is kept beside it ... rerun with resume=True to
+    continue it" of a dst holding the new output, complete, the previous one hidden beside
+    it. It says so, and where the previous one is; a resume removes it."""
+    from fstack_dask._outputs import staleness
+
+    fs, b = bucket
+    src, dst, _ = _fused_once(b, s3, levels=0)
+    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts),
+                           "whole"], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
+    out = json.loads(fs.cat(f"{b}/out.zarr/zarr.json"))["attributes"]["fstack_dask"]
+    assert out["nhsize"] == 5 and out["complete"] is True  # the new output
+    assert "previous output in dst is unchanged" not in proc.stdout, proc.stdout
+    assert "dst holds the new output, complete" in proc.stdout, proc.stdout
+    assert f"the previous one is left in 's3://{b}/.out.zarr.fstack-staging-old-" in proc.stdout
+    monkeypatch.setattr(staleness, "LOCK_STALE_AFTER", 2.0)
+    monkeypatch.setattr(staleness, "HEARTBEAT_EVERY", 2.0 / 6)
+    time.sleep(3.0)  # the failed run's locks go stale (S3 dates objects to the second)
+    out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
