@@ -26,6 +26,7 @@ __all__ = [
     "odd_names",
     "odd_names_warning",
     "order_warning",
+    "refuse_several_stacks",
     "sort_planes",
 ]
 
@@ -257,6 +258,72 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
     return None
 
 
+def refuse_several_stacks(files: Sequence[str], where: str) -> None:
+    """Refuse names that count more than one stack: two files of one pattern and the same
+    numbers (``z1.tif``, ``z01.tif``), or files whose other numbers or text (channels, time
+    points, tiles, series: ``cell_ch0_z01`` and ``cell_ch1_z01``, ``a_z01`` and ``b_z01``)
+    repeat the same plane numbers. Such a folder was fused as one stack, the second channel's
+    planes taken as further focus positions, exit 0 (an adversarial run on inputs,
+    2026-12-06). The number that counts the planes is the one with the most values."""
+    by_pattern: dict[str, list[str]] = {}
+    for f in files:
+        by_pattern.setdefault(_pattern(f), []).append(f)
+    groups: dict[tuple[Any, ...], dict[str, str]] = {}  # (pattern, other numbers): plane -> file
+    counting_of: dict[str, int] = {}
+    for pattern, members in by_pattern.items():
+        numbers = [[_plain(n) for n in _parts(f)[1::2]] for f in members]
+        if not numbers[0]:
+            continue
+        counting = max(range(len(numbers[0])), key=lambda p: (len({n[p] for n in numbers}), p))
+        counting_of[pattern] = counting
+        for f, n in zip(members, numbers, strict=True):
+            group = groups.setdefault((pattern, *n[:counting], *n[counting + 1 :]), {})
+            if n[counting] in group:
+                raise ValueError(
+                    f"{where}: {_shown(group[n[counting]], files)!r} and {_shown(f, files)!r} "
+                    "are numbered alike, so their order in the stack is a guess; remove or "
+                    "rename one of them, or select the planes with a glob"
+                )
+            group[n[counting]] = f
+    seen: dict[frozenset[str], dict[str, str]] = {}
+    for group in groups.values():
+        values = frozenset(group)
+        if len(values) > 1 and values in seen:
+            first = seen[values]
+            plane = min(values, key=lambda v: natural_key(first[v]))
+            a, b = first[plane], group[plane]
+            raise ValueError(
+                f"{where} holds more than one stack: {_shown(a, files)!r} and "
+                f"{_shown(b, files)!r} are both numbered {plane} in stacks of {len(values)} "
+                "planes (channels, time points, tiles or series apart), and would be fused as "
+                "one stack of "
+                f"{len(files)} planes; select one stack with a glob such as "
+                f"{_glob_one_stack(a, counting_of[_pattern(a)])!r}"
+            )
+        seen.setdefault(values, group)
+
+
+def _plain(number: str) -> str:
+    """A name's number as a plane number: ``01`` and ``1`` alike, ``1.10`` not ``1.1``."""
+    sign = _sign(number)
+    whole, dot, fraction = number[len(sign) :].partition(".")
+    return sign + (whole.lstrip("0") or "0") + dot + fraction
+
+
+def _shown(path: str, files: Sequence[str]) -> str:
+    """A file's name, with its folder where the files lie in several."""
+    if len({os.path.dirname(f) for f in files}) == 1:
+        return os.path.basename(path)
+    return path
+
+
+def _glob_one_stack(path: str, counting: int) -> str:
+    """A glob matching the files of `path`'s stack: its number at `counting` as ``*``."""
+    parts = _parts(path, as_read=False)
+    out = ["*" if i == 2 * counting + 1 else glob.escape(part) for i, part in enumerate(parts)]
+    return os.path.join(os.path.dirname(path), "".join(out))
+
+
 def _refuse_unlisted(pattern: str, what: str) -> None:
     """Say so when a pattern matches nothing because this user may not list its folder (a
     folder of x without r: it said "matches no files", a twentieth adversarial run)."""
@@ -301,6 +368,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
         files = sort_planes([absolute(f) for f in files])
         _one_spelling(files, f"{name} {where}")
+        refuse_several_stacks(files, f"{name} {where}")
         return files, where, [absolute(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]

@@ -405,6 +405,54 @@ def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
         )
 
 
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [
+        ([f"cell_ch{c}_z{z:02d}" for c in (0, 1) for z in range(1, 6)],
+         " holds more than one stack: 'cell_ch0_z01.tif' and 'cell_ch1_z01.tif' are both "
+         "numbered 1 in stacks of 5 planes (channels, time points, tiles or series apart), and "
+         "would be fused as one stack of 10 planes; select one stack with a glob such as "
+         "'{folder}/cell_ch0_z*.tif'"),
+        ([f"{s}_z{z:02d}" for s in "ab" for z in range(1, 5)],
+         " holds more than one stack: 'a_z01.tif' and 'b_z01.tif' are both numbered 1 in "
+         "stacks of 4 planes"),
+        ([f"tile_x{x}_y{y}_z{z}" for x in (0, 1) for y in (0, 1) for z in range(3)],
+         " holds more than one stack: 'tile_x0_y0_z0.tif' and 'tile_x0_y1_z0.tif' are both "
+         "numbered 0 in stacks of 3 planes"),
+        (["z1", "z01", "z2", "z3"],
+         ": 'z01.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
+    ],
+)  # fmt: skip
+def test_a_folder_of_several_stacks_is_refused(tmp_path, names, said):
+    """Two channels (``_ch0_``/``_ch1_``), two series (``a_``/``b_``) or mosaic tiles saved as
+    planes in one folder were fused as one stack, the second's planes taken for further focus
+    positions, and two files numbered alike (``z1``, ``z01``) fused in a guessed order: a wrong
+    image, exit 0 (an adversarial run on inputs). A list is the user's own order."""
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    planes = _planes(len(names), (6, 7), dtype="uint8")
+    for name, plane in zip(names, planes, strict=True):
+        tifffile.imwrite(folder / f"{name}.tif", plane)
+    with pytest.raises(ValueError) as info:
+        open_image_files(folder)
+    assert str(info.value).startswith(f"spec folder '{folder}'" + said.format(folder=folder))
+    with pytest.raises(ValueError, match="more than one stack|numbered alike"):
+        open_image_files(str(folder / "*.tif"))
+    listed = open_image_files([folder / f"{n}.tif" for n in names])
+    np.testing.assert_array_equal(listed.array[...], planes)
+    if names[0].startswith("cell"):  # the CLI: one line, exit 2, nothing written
+        before = tree_digest(tmp_path)
+        res = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", "fuse", str(folder), str(tmp_path / "o.zarr")],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.splitlines() == [
+            f"fstack-dask: error: src folder '{folder}'" + said.format(folder=folder)
+        ]
+        assert tree_digest(tmp_path) == before
+
+
 def test_names_spelled_with_combining_accents_sort_as_they_read(tmp_path):
     """The name "cafe\u0301_2" (macOS's spelling of "café_2") sorted before "café_1" ("e" before
     "é") and was warned about as named unlike the others, in a message that showed the same
