@@ -268,11 +268,16 @@ def _choose_series(found: list, scene: str | None, path: str) -> int:
 def _one_page_series(found: list) -> bool:
     """Whether a tifffile-shaped file is pages written one by one (``TiffWriter.write`` once per
     plane, tifffile's default then saves each as a series of its own): at least two series, each
-    one page of one level, all alike (shape, type and storage, as tifffile groups pages)."""
+    one page, all alike (shape, type and storage, as tifffile groups pages). A reduced-resolution
+    page (a thumbnail, a page's pyramid level) is no plane: as a level of a series, or a series
+    of its own, it had the stack refused as "a single 2-D image" (an adversarial run on inputs,
+    2026-12-06), though reduced pages are left out of any other stack."""
+    full = [s for s in found if not s.keyframe.is_reduced]
     return (
-        len(found) > 1
-        and all(s.kind == "shaped" and len(s.pages) == 1 and len(s.levels) == 1 for s in found)
-        and len({s.keyframe.hash for s in found}) == 1
+        len(full) > 1
+        and all(s.kind == "shaped" and len(s.pages) == 1 for s in full)
+        and all(level.keyframe.is_reduced for s in full for level in s.levels[1:])
+        and len({s.keyframe.hash for s in full}) == 1
     )
 
 

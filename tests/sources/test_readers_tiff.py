@@ -450,6 +450,32 @@ def test_pages_written_one_by_one_are_one_stack(tmp_path):
         open_tiff(tmp_path / "two.tif")
 
 
+@pytest.mark.parametrize("where", ["thumbnail last", "thumbnail first", "a level per page"])
+def test_pages_written_one_by_one_beside_reduced_pages_are_one_stack(tmp_path, where):
+    """Planes written one by one, with a thumbnail (``subfiletype=1``) after or before them,
+    or each with its own reduced level (``subifds=1``): tifffile makes the reduced page a
+    level of a plane's series, or a series of its own, and the stack was refused as "a single
+    2-D image (32 x 40 px)", though reduced pages are left out of any other stack (an
+    adversarial run on inputs). The planes are read as z, in page order; the levels too."""
+    data = _data((5, 32, 40))
+    path = tmp_path / "planes.tif"
+    with tifffile.TiffWriter(path) as tw:
+        if where == "thumbnail first":
+            tw.write(data[0, ::4, ::4], subfiletype=1)
+        for plane in data:
+            tw.write(plane, subifds=int(where == "a level per page"))
+            if where == "a level per page":
+                tw.write(plane[::2, ::2], subfiletype=1)
+        if where == "thumbnail last":
+            tw.write(data[0, ::4, ::4], subfiletype=1)
+    opened = open_tiff(path)
+    assert (opened.axes, opened.array.shape) == ("zyx", (5, 32, 40))
+    np.testing.assert_array_equal(opened.array[...], data)
+    if where == "a level per page":
+        level = open_tiff(path, level=1)
+        np.testing.assert_array_equal(level.array[...], data[:, ::2, ::2])
+
+
 def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
     """A two-position OME-TIFF was fused from its first position in silence, and no option
     chose the other (an interop run): now its stacks are named, as a CZI's scenes are, and
