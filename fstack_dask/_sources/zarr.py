@@ -269,6 +269,48 @@ def _array_source(
     )
 
 
+def _bf2raw_series(group: Any, location: Location, where: str) -> str:
+    """The series of a bioformats2raw layout to read: the only one holding a stack, else "0".
+    Series 0 was read in silence where several held one (positions of a multi-position
+    acquisition; an adversarial run on inputs, 2026-12-06): now they are named, as a TIFF's
+    series are, until one is chosen (``store.zarr/1``)."""
+    series: list[tuple[str, str]] = []
+    while str(len(series)) in group:
+        name = str(len(series))
+        series.append((name, _stack_form(group[name])))
+    stacks = [(name, form) for name, form in series if form]
+    if len(stacks) <= 1:
+        return stacks[0][0] if stacks else "0"
+    listed = ", ".join(f"{name} ({form})" for name, form in stacks)
+    raise ValueError(
+        f"{where} holds {len(stacks)} series with a stack (a bioformats2raw layout): {listed}; "
+        f"name one after the store, e.g. {location.spec.rstrip('/') + '/' + stacks[1][0]!r}"
+    )
+
+
+def _stack_form(node: Any) -> str:
+    """``zyx 6x32x32`` for an image group whose level 0 holds more than one plane besides its
+    y, x and channels; "" for any other node (a label, a macro image, a malformed group)."""
+    import zarr
+
+    if not isinstance(node, zarr.Group):
+        return ""
+    multiscales, _ = find_multiscales(node.attrs.asdict())
+    try:
+        first = multiscales[0]
+        array = node[first["datasets"][0]["path"]]
+        names = [a["name"] if isinstance(a, Mapping) else a for a in first.get("axes", "tczyx")]
+        shape = array.shape
+    except (KeyError, IndexError, TypeError, ValueError):
+        return ""
+    names = [str(n).lower() for n in names][-len(shape) :]
+    if len(names) != len(shape):
+        return ""
+    if int(np.prod([n for a, n in zip(names, shape, strict=True) if a not in "yxc"])) <= 1:
+        return ""
+    return f"{''.join(names)} {'x'.join(map(str, shape))}"
+
+
 def _plain_key(path: str) -> bool:
     """A dataset path zarr can look up in its group: relative, with no empty, ``.`` or ``..``
     part (zarr raised its own error for those, naming no source)."""
@@ -285,9 +327,10 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     layout = "bioformats2raw.layout"
     is_bf2raw = layout in attrs or (isinstance(ome, Mapping) and layout in ome)
     if multiscales is None and is_bf2raw and "0" in group:
-        child = group["0"]  # bioformats2raw: the first series is the image group "0"
+        name = _bf2raw_series(group, location, where)
+        child = group[name]  # bioformats2raw: the series are the image groups "0", "1", ...
         if isinstance(child, zarr.Group):
-            return _ome_source(child, location.child("0"), f"{where[:-1]}/0'", axes, level)
+            return _ome_source(child, location.child(name), f"{where[:-1]}/{name}'", axes, level)
     ours = attrs.get("fstack_dask")
     if multiscales is None and isinstance(ours, Mapping) and ours.get("complete") is False:
         # its metadata is published when its run completes (``_outputs.write.publish``)

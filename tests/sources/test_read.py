@@ -428,6 +428,35 @@ def test_open_bioformats2raw_layout_and_group_objects(tmp_path):
         open_source(zarr.open_group(str(path), mode="r"))
 
 
+def test_a_bioformats2raw_layout_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
+    """bioformats2raw of a multi-position acquisition: series 0 was fused in silence and
+    series 1 ignored (an adversarial run on inputs). Now the series holding a stack are
+    named until one is chosen, as a TIFF's are; a 2-D series (a slide's label) is no stack."""
+    a, b = _stack((4, 6, 5)), _stack((5, 7, 3)) + 1
+    path = tmp_path / "positions.zarr"
+    zarr.create_group(str(path), attributes={"ome": {"version": "0.5", "bioformats2raw.layout": 3}})
+    write_stack(path / "0", a, axes="zyx")
+    write_stack(path / "1", b, axes="zyx")
+    with pytest.raises(ValueError) as info:
+        open_source(path)
+    assert str(info.value) == (
+        f"src {str(path)!r} holds 2 series with a stack (a bioformats2raw layout): 0 (zyx "
+        f"4x6x5), 1 (zyx 5x7x3); name one after the store, e.g. {str(path) + '/1'!r}"
+    )
+    np.testing.assert_array_equal(open_source(path / "1").array[...], b)
+    label = tmp_path / "label_first.zarr"
+    zarr.create_group(
+        str(label), attributes={"ome": {"version": "0.5", "bioformats2raw.layout": 3}}
+    )
+    axes = [{"name": n, "type": "space"} for n in "yx"]
+    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    ms = {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}
+    zarr.create_group(str(label / "0"), attributes={"ome": {"version": "0.5", "multiscales": [ms]}})
+    zarr.create_array(str(label / "0" / "0"), data=a[0])
+    write_stack(label / "1", b, axes="zyx")
+    np.testing.assert_array_equal(open_source(label).array[...], b)
+
+
 # ----------------------------------------------------------- open_source: errors
 
 
