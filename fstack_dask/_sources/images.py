@@ -29,6 +29,7 @@ from .plane_names import (
     odd_names,
     odd_names_warning,
     order_warning,
+    restart_warning,
 )
 from .stack_meta import OpenedStack
 
@@ -188,8 +189,8 @@ def open_image_files(
         if odd:
             warnings.append(odd_names_warning(files, odd, where))
         order = order_warning(files, where)
-        if order:
-            warnings.append(order)
+        restart = restart_warning(files, where)
+        warnings += [w for w in (order, restart) if w]
     if turned_alike:
         warnings.append(turned_alike)
     if first["alpha"]:

@@ -27,6 +27,7 @@ __all__ = [
     "odd_names_warning",
     "order_warning",
     "refuse_several_stacks",
+    "restart_warning",
     "sort_planes",
 ]
 
@@ -274,7 +275,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         numbers = [[_plain(n) for n in _parts(f)[1::2]] for f in members]
         if not numbers[0]:
             continue
-        counting = max(range(len(numbers[0])), key=lambda p: (len({n[p] for n in numbers}), p))
+        counting = _counting_place(numbers)
         counting_of[pattern] = counting
         for f, n in zip(members, numbers, strict=True):
             group = groups.setdefault((pattern, *n[:counting], *n[counting + 1 :]), {})
@@ -301,6 +302,41 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
                 f"{_glob_one_stack(a, counting_of[_pattern(a)])!r}"
             )
         seen.setdefault(values, group)
+
+
+def _counting_place(numbers: Sequence[Sequence[str]]) -> int:
+    """The place of the number that counts the planes: the one with the most values."""
+    return max(range(len(numbers[0])), key=lambda p: (len({n[p] for n in numbers}), p))
+
+
+def restart_warning(files: Sequence[str], where: str) -> str | None:
+    """A warning where the planes' counter looks restarted: zero-padded whole numbers counting
+    up by 1 that skip once to the top of their width (``IMG_0001``, ``IMG_0002``, then
+    ``IMG_9998``, ``IMG_9999``): a camera's counter that passed 9999 and began again at 0001,
+    whose later planes sort first. Fused in name order in silence (an adversarial run on
+    inputs, 2026-12-06)."""
+    pattern = Counter(_pattern(f) for f in files).most_common(1)[0][0]
+    members = [f for f in files if _pattern(f) == pattern]  # in stack order
+    numbers = [_parts(f)[1::2] for f in members]
+    if len(members) < 3 or not numbers[0]:
+        return None
+    values = [n[_counting_place(numbers)] for n in numbers]
+    width = len(values[0])
+    if any(len(v) != width or not v.isdigit() for v in values) or width < 3:
+        return None
+    counts = [int(v) for v in values]
+    steps = [b - a for a, b in zip(counts, counts[1:], strict=False)]
+    skips = [k for k, step in enumerate(steps) if step != 1]
+    if len(skips) != 1 or counts[-1] != 10**width - 1:
+        return None
+    k = skips[0]
+    return (
+        f"{where}: the planes' numbers run from {values[0]} to {values[k]} "
+        f"({os.path.basename(members[k])!r}), then from {values[k + 1]} to {values[-1]} "
+        f"({os.path.basename(members[-1])!r}): if a camera's counter passed {values[-1]} and "
+        f"began again, its later planes come first; the planes are fused in name order: rename "
+        "them if that is not the focus order"
+    )
 
 
 def _plain(number: str) -> str:

@@ -453,6 +453,41 @@ def test_a_folder_of_several_stacks_is_refused(tmp_path, names, said):
         assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [
+        (["IMG_9997", "IMG_9998", "IMG_9999", "IMG_0001", "IMG_0002"],
+         "run from 0001 to 0002 ('IMG_0002.tif'), then from 9997 to 9999 ('IMG_9999.tif'): "
+         "if a camera's counter passed 9999 and began again"),
+        (["DSC_998", "DSC_999", "DSC_000", "DSC_001"],
+         "run from 000 to 001 ('DSC_001.tif'), then from 998 to 999 ('DSC_999.tif'): if a "
+         "camera's counter passed 999 and began again"),
+        (["z001", "z002", "z004", "z005"], None),  # a plane missing: the order holds
+        (["IMG_9997", "IMG_9998", "IMG_9999", "IMG_10000"], None),  # counted on
+        (["z0", "z5", "z10", "z15", "z20"], None),
+    ],
+)  # fmt: skip
+def test_a_restarted_counter_in_the_planes_names_is_said(tmp_path, names, said):
+    """A camera's counter that passed 9999 (IMG_9998, IMG_9999, IMG_0001 ...) sorts its later
+    planes first: fused in that order in silence (an adversarial run on inputs); now a
+    warning says where the numbers restart. A list is taken as given."""
+    planes = _planes(len(names), (6, 7), dtype="uint8")
+    for name, plane in zip(names, planes, strict=True):
+        tifffile.imwrite(tmp_path / f"{name}.tif", plane)
+    opened = open_image_files(tmp_path)
+    restarts = [w for w in opened.warnings if "the planes' numbers run from" in w]
+    if said is None:
+        assert restarts == []
+    else:
+        assert restarts == [
+            f"spec folder '{tmp_path}': the planes' numbers {said}, its later planes come "
+            "first; the planes are fused in name order: rename them if that is not the focus "
+            "order"
+        ]
+    listed = open_image_files(sorted(tmp_path.iterdir()))
+    assert not [w for w in listed.warnings if "numbers run" in w]  # a list: as given
+
+
 def test_names_spelled_with_combining_accents_sort_as_they_read(tmp_path):
     """The name "cafe\u0301_2" (macOS's spelling of "café_2") sorted before "café_1" ("e" before
     "é") and was warned about as named unlike the others, in a message that showed the same
