@@ -75,6 +75,7 @@ def _upright_shape(stored: tuple[int, ...], orientation: int) -> tuple[int, ...]
 #: In the OME-XML of every OME-TIFF fstack_dask writes (``_outputs.tiff.NAMESPACE``, the
 #: namespace of its provenance): a fused image saved beside the planes is not read as one.
 FUSED_MARK = "fstack_dask/provenance"
+_PLANAR_SEPARATE = 2  # TIFF PlanarConfiguration: each sample in a plane of its own
 
 
 def _probe_tiff(path: str) -> dict[str, Any]:
@@ -99,10 +100,17 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             page = ser.keyframe
             colour = page.photometric in (2, 6)  # RGB, or YCbCr (JPEG) decoded to RGB
             plane_ndim = 2 + (page.samplesperpixel > 1)
+            if colour and page.planarconfig == _PLANAR_SEPARATE and len(ser.shape) == 3:
+                raise ValueError(  # it was "holds (3, 64, 64) (SYX), not one plane": it is one
+                    f"file {path!r} is an RGB plane whose colours are stored as planes of "
+                    "their own (PlanarConfiguration separate), which plane files are not read "
+                    "as: save the planes with their samples interleaved (contiguous: "
+                    "tifffile's, Fiji's and most tools' default), or the stack as one TIFF"
+                )
             if len(ser.shape) != plane_ndim or (plane_ndim == 3 and ser.axes[-1] != "S"):
                 raise ValueError(
-                    f"file {path!r} holds {ser.shape} ({ser.axes}), not one plane; open a "
-                    f"multi-page TIFF as one stack instead (open_tiff)"
+                    f"file {path!r} holds {ser.shape} ({ser.axes}), not one plane; a "
+                    "multi-page TIFF is a stack itself: give its path alone as the source"
                 )
             if plane_ndim == 3 and not colour:
                 raise ValueError(

@@ -246,7 +246,7 @@ def test_refusals_name_the_offending_file(tmp_path):
     with pytest.raises(ValueError, match=r"^file '.*a3\.tif' has shape .* dtype uint8"):
         open_image_files(tmp_path)
     tifffile.imwrite(tmp_path / "a3.tif", np.stack([base[:3]] * 2), photometric="minisblack")
-    with pytest.raises(ValueError, match=r"^file '.*a3\.tif' holds .* not one plane"):
+    with pytest.raises(ValueError, match=r"^file '.*a3\.tif' holds .* not one plane; a multi"):
         open_image_files(tmp_path)
     (tmp_path / "a3.tif").unlink()
     Image.fromarray(base[0].astype("uint8")).save(tmp_path / "a4.png")
@@ -266,6 +266,29 @@ def test_refusals_name_the_offending_file(tmp_path):
     (mode / "deep.png").write_bytes(imagecodecs.png_encode(np.zeros((6, 6, 3), np.uint16)))
     with pytest.raises(ValueError, match=r"^file .*deep\.png' is a 16-bit colour PNG"):
         open_image_files([mode / "deep.png"])
+
+
+def test_planar_rgb_plane_files_are_refused_as_such(tmp_path):
+    """RGB planes saved with their colours as planes of their own (PlanarConfiguration
+    separate, as some scanners and libtiff tools write) were refused as "holds (3, 10, 12)
+    (SYX), not one plane; open a multi-page TIFF as one stack instead (open_tiff)": they are
+    one plane each, and open_tiff is no option of the command line (an adversarial run on
+    inputs). The refusal now says what they are and how to save them."""
+    rgb = _planes(3, (3, 10, 12), dtype="uint8")
+    for k, plane in enumerate(rgb):
+        tifffile.imwrite(tmp_path / f"p{k}.tif", plane, photometric="rgb", planarconfig="separate")
+    with pytest.raises(ValueError) as info:
+        open_image_files(tmp_path)
+    assert str(info.value) == (
+        f"file '{tmp_path}/p0.tif' is an RGB plane whose colours are stored as planes of their "
+        "own (PlanarConfiguration separate), which plane files are not read as: save the "
+        "planes with their samples interleaved (contiguous: tifffile's, Fiji's and most tools' "
+        "default), or the stack as one TIFF"
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", rgb, photometric="rgb", planarconfig="separate")
+    from fstack_dask._sources.open import open_source
+
+    np.testing.assert_array_equal(open_source(tmp_path / "stack.tif").array[...], rgb)
 
 
 def _plane_folder(folder, planes, **kw):
