@@ -269,6 +269,31 @@ def _array_source(
     )
 
 
+def _refuse_plate_or_well(attrs: Mapping[str, Any], location: Location, where: str) -> None:
+    """An HCS plate or well names its images: point to one of them. It was refused as "a Zarr
+    group without multiscales; pass the array path (e.g. 'plate.zarr/0')", a path that is not
+    there (an adversarial run on inputs, 2026-12-06)."""
+    ome = attrs.get("ome")
+    meta = ome if isinstance(ome, Mapping) else attrs  # NGFF 0.5, or 0.4's top level
+    plate, well = meta.get("plate"), meta.get("well")
+    try:
+        if isinstance(plate, Mapping):
+            paths = [w["path"] for w in plate["wells"]]
+            what, example = f"an OME-NGFF plate (HCS) of {len(paths)} well(s)", f"{paths[0]}/0"
+        elif isinstance(well, Mapping):
+            paths = [i["path"] for i in well["images"]]
+            what, example = f"an OME-NGFF well of {len(paths)} field(s)", paths[0]
+        else:
+            return
+    except (KeyError, IndexError, TypeError):
+        return
+    shown = ", ".join(repr(p) for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
+    raise ValueError(
+        f"{where} is {what} ({shown}), not one image; fuse one field of view, e.g. "
+        f"{location.spec.rstrip('/') + '/' + str(example)!r}"
+    )
+
+
 def _bf2raw_series(group: Any, location: Location, where: str) -> str:
     """The series of a bioformats2raw layout to read: the only one holding a stack, else "0".
     Series 0 was read in silence where several held one (positions of a multi-position
@@ -341,6 +366,7 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     if multiscales is None and attrs.get(WRITE_STACK_UNFINISHED):
         raise ValueError(f"{where} is {_UNFINISHED_STACK}")
     if multiscales is None:
+        _refuse_plate_or_well(attrs, location, where)
         raise ValueError(
             f"{where} is a Zarr group without OME-NGFF multiscales metadata; "
             f"pass the array path (e.g. {location.spec.rstrip('/') + '/0'!r}) instead"

@@ -457,6 +457,35 @@ def test_a_bioformats2raw_layout_of_several_stacks_is_refused_until_one_is_chose
     np.testing.assert_array_equal(open_source(label).array[...], b)
 
 
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_an_hcs_plate_or_well_points_to_a_field_of_view(tmp_path, version):
+    """An HCS plate was refused as "a Zarr group without OME-NGFF multiscales metadata; pass
+    the array path (e.g. 'plate.zarr/0')", a path that is not there (an adversarial run on
+    inputs): the refusal now names the wells or fields and a path that opens."""
+    path = tmp_path / "plate.zarr"
+    fmt = 2 if version == "0.4" else 3
+    plate = {"rows": [{"name": "A"}], "columns": [{"name": "1"}],
+             "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0}]}  # fmt: skip
+    well = {"images": [{"path": "0"}, {"path": "1"}]}
+
+    def meta(key, value):
+        return {key: value} if fmt == 2 else {"ome": {"version": version, key: value}}
+
+    zarr.open_group(str(path), mode="w", zarr_format=fmt, attributes=meta("plate", plate))
+    zarr.open_group(str(path / "A/1"), mode="w", zarr_format=fmt, attributes=meta("well", well))
+    data = _stack()
+    write_stack(path / "A/1/0", data, axes="zyx")
+    with pytest.raises(ValueError) as info:
+        open_source(path)
+    assert str(info.value) == (
+        f"src {str(path)!r} is an OME-NGFF plate (HCS) of 1 well(s) ('A/1'), not one image; "
+        f"fuse one field of view, e.g. {str(path) + '/A/1/0'!r}"
+    )
+    with pytest.raises(ValueError, match=r"is an OME-NGFF well of 2 field\(s\) \('0', '1'\)"):
+        open_source(path / "A/1")
+    np.testing.assert_array_equal(open_source(path / "A/1/0").array[...], data)
+
+
 # ----------------------------------------------------------- open_source: errors
 
 
