@@ -109,8 +109,13 @@ def open_hdf5(
         letters = _axes(labels, axes, node.ndim, f"HDF5 dataset {name!r} of {file!r}")
         scale = {}
         size = np.atleast_1d(node.attrs.get("element_size_um", []))
+        spatial = [a for a in letters if a in "zyx"]
         if size.size == node.ndim:
             scale = {a: v for a, s in zip(letters, size, strict=True) if (v := positive_finite(s))}
+        elif size.size == 3 == len(spatial):  # Fiji's plugin: z, y, x only, whatever else the
+            # dataset holds; a czyx or tzyx dataset's pixel size was dropped in silence (an
+            # adversarial run on inputs, 2026-12-06)
+            scale = {a: v for a, s in zip(spatial, size, strict=True) if (v := positive_finite(s))}
         scale.pop("c", None)
         array = _H5Array(file, name, node)
         if node.chunks is None:  # contiguous: any region is one read, nothing to decode

@@ -102,6 +102,28 @@ def test_xarray_uneven_coords_and_dask_backing():
         array_source(xr.DataArray(data, dims=("t", "y", "x")))
 
 
+@pytest.mark.parametrize("axes", ["czyx", "tzyx", "zcyx"])
+def test_hdf5_pixel_size_of_z_y_x_in_a_dataset_of_more_dimensions(tmp_path, axes):
+    """``element_size_um`` holds z, y and x only (Fiji's HDF5 plugin writes three values), and
+    a dataset of channels or time points beside them had its pixel size dropped in silence:
+    'scale: unknown', 1.0 written (an adversarial run on inputs). The three values are now
+    the dataset's z, y and x, in the order it holds them."""
+    h5py = need("h5py")
+    from fstack_dask._sources.hdf5 import open_hdf5
+
+    data = _stack((2, 5, 8, 9))
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s", data=data).attrs["element_size_um"] = [2.0, 0.5, 0.25]
+    opened = open_hdf5(path, axes=axes)
+    assert opened.scale == {"z": 2.0, "y": 0.5, "x": 0.25}
+    assert opened.units == dict.fromkeys("zyx", "micrometer")
+    with h5py.File(path, "a") as f:
+        f["s"].attrs["element_size_um"] = [1.0, 2.0, 0.5, 0.25]  # one per dimension, as before
+    each = {a: v for a, v in zip(axes, [1.0, 2.0, 0.5, 0.25], strict=True) if a != "c"}
+    assert open_hdf5(path, axes=axes).scale == each
+
+
 def test_hdf5_dataset(tmp_path):
     h5py = need("h5py")
     from fstack_dask._sources.hdf5 import open_hdf5
