@@ -75,9 +75,16 @@ def choose_scene(
     for s in scenes:
         if spec == str(s.index):
             return s
-    for s in scenes:
-        if s.name and spec == s.name:
-            return s
+    same = [s for s in scenes if s.name and spec == s.name]
+    if len(same) > 1:  # the first was fused in silence (an adversarial run on inputs)
+        indices = ", ".join(str(s.index) for s in same)
+        raise ValueError(
+            f"{where} holds {len(same)} {word if word.endswith('s') else word + 's'} named "
+            f"{spec!r} ({indices}); name one by its index, e.g. src "
+            f"{f'{path}/{same[-1].index}'!r} (command line: --scene {same[-1].index})"
+        )
+    if same:
+        return same[0]
     raise ValueError(f"{where} has no {word} {spec!r}; it holds {listed}; {hint}")
 
 

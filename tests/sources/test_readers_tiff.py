@@ -512,6 +512,26 @@ def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
     np.testing.assert_array_equal(np.asarray(open_source(one).array[...]), a)
 
 
+def test_a_series_name_that_two_series_share_is_refused(tmp_path):
+    """Two positions of one name (a name left at its default): --scene NAME fused the first
+    in silence (an adversarial run on inputs). Now both are named by index, and the index
+    chooses."""
+    from fstack_dask._sources.open import open_source
+
+    a, b = _data((6, 20, 30), seed=1), _data((6, 20, 30), seed=2)
+    path = tmp_path / "same.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(a, metadata={"axes": "ZYX", "Name": "stack"})
+        tif.write(b, metadata={"axes": "ZYX", "Name": "stack"})
+    with pytest.raises(ValueError) as info:
+        open_source(f"{path}/stack")
+    assert str(info.value) == (
+        f"TIFF '{path}' holds 2 series named 'stack' (0, 1); name one by its index, e.g. src "
+        f"'{path}/1' (command line: --scene 1)"
+    )
+    np.testing.assert_array_equal(np.asarray(open_source(f"{path}/1").array[...]), b)
+
+
 @pytest.mark.parametrize("byteorder", ["<", ">"])
 def test_uncompressed_tiffs_are_read_by_region_not_by_page(tmp_path, byteorder):
     """tifffile's default, one uncompressed strip per page, was one unit of a whole plane
