@@ -269,7 +269,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
     by_pattern: dict[str, list[str]] = {}
     for f in files:
         by_pattern.setdefault(_pattern(f), []).append(f)
-    groups: dict[tuple[Any, ...], dict[str, str]] = {}  # (pattern, other numbers): plane -> file
+    groups: dict[tuple[Any, ...], dict[str, str]] = {}  # pattern, folder, others: plane -> file
     counting_of: dict[str, int] = {}
     for pattern, members in by_pattern.items():
         numbers = [[_plain(n) for n in _parts(f)[1::2]] for f in members]
@@ -278,7 +278,8 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         counting = _counting_place(numbers)
         counting_of[pattern] = counting
         for f, n in zip(members, numbers, strict=True):
-            group = groups.setdefault((pattern, *n[:counting], *n[counting + 1 :]), {})
+            key = (pattern, os.path.dirname(f), *n[:counting], *n[counting + 1 :])
+            group = groups.setdefault(key, {})
             if n[counting] in group:
                 raise ValueError(
                     f"{where}: {_shown(group[n[counting]], files)!r} and {_shown(f, files)!r} "

@@ -476,6 +476,27 @@ def test_a_folder_of_several_stacks_is_refused(tmp_path, names, said):
         assert tree_digest(tmp_path) == before
 
 
+def test_a_glob_over_two_folders_of_one_numbering_is_refused(tmp_path):
+    """``"cells/**/*.tif"`` over cell1/z0..z4 and cell2/z0..z4: two stacks fused as one of 10
+    planes (an adversarial run on inputs); folders that continue one numbering are one."""
+    planes = _planes(5, (6, 7), dtype="uint8")
+    for cell in ("cell1", "cell2"):
+        (tmp_path / cell).mkdir()
+        for k, plane in enumerate(planes):
+            tifffile.imwrite(tmp_path / cell / f"z{k}.tif", plane)
+    with pytest.raises(ValueError) as info:
+        open_image_files(str(tmp_path / "**" / "*.tif"))
+    assert str(info.value).endswith(
+        f": '{tmp_path}/cell1/z0.tif' and '{tmp_path}/cell2/z0.tif' are both numbered 0 in "
+        "stacks of 5 planes (channels, time points, tiles or series apart), and would be "
+        f"fused as one stack of 10 planes; select one stack with a glob such as "
+        f"'{tmp_path}/cell1/z*.tif'"
+    )
+    for k in range(5):  # part2 numbered on from part1: one stack
+        (tmp_path / "cell2" / f"z{k}.tif").rename(tmp_path / "cell2" / f"z{k + 5}.tif")
+    assert open_image_files(str(tmp_path / "**" / "*.tif")).array.shape == (10, 6, 7)
+
+
 @pytest.mark.parametrize(
     ("names", "said"),
     [
