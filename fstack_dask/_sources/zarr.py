@@ -367,9 +367,15 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         raise ValueError(f"{where} is {_UNFINISHED_STACK}")
     if multiscales is None:
         _refuse_plate_or_well(attrs, location, where)
+        # its own arrays (an xarray Dataset's variables): "e.g. 'store.zarr/0'" named a path
+        # that was not there (an adversarial run on inputs, 2026-12-06)
+        arrays = sorted(k for k, a in group.arrays() if a.ndim >= 3)
+        held = f" (its arrays of 3 or more dimensions: {', '.join(map(repr, arrays[:5]))})"
         raise ValueError(
-            f"{where} is a Zarr group without OME-NGFF multiscales metadata; "
-            f"pass the array path (e.g. {location.spec.rstrip('/') + '/0'!r}) instead"
+            f"{where} is a Zarr group without OME-NGFF multiscales metadata; pass the path of "
+            f"an array instead, e.g. "
+            f"{location.spec.rstrip('/') + '/' + (arrays[0] if arrays else '0')!r}"
+            f"{held if arrays else ''}"
         )
     first = multiscales[0] if isinstance(multiscales, list) and multiscales else None
     datasets = first.get("datasets") if isinstance(first, Mapping) else None

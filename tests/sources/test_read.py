@@ -382,9 +382,26 @@ def test_open_group_without_multiscales(tmp_path):
     group.create_array("0", shape=(2, 3, 4), dtype="uint8", dimension_names="zyx")
     with pytest.raises(ValueError, match="without OME-NGFF multiscales metadata") as info:
         open_source(path)
-    assert "pass the array path" in str(info.value)
+    assert "pass the path of an array instead, e.g." in str(info.value)
     # The suggested array path then works.
     assert open_source(path / "0").axes == "zyx"
+
+
+def test_a_group_without_multiscales_names_its_arrays(tmp_path):
+    """An xarray Dataset saved to Zarr (its variable 'img', coordinates beside it) was refused
+    pointing to 'store.zarr/0', a path that is not there (an adversarial run on inputs)."""
+    path = tmp_path / "dataset.zarr"
+    group = zarr.create_group(str(path))
+    group.create_array("img", shape=(2, 3, 4), dtype="uint8", dimension_names="zyx")
+    group.create_array("z", shape=(2,), dtype="float64")
+    with pytest.raises(ValueError) as info:
+        open_source(path)
+    assert str(info.value) == (
+        f"src {str(path)!r} is a Zarr group without OME-NGFF multiscales metadata; pass the "
+        f"path of an array instead, e.g. {str(path) + '/img'!r} (its arrays of 3 or more "
+        "dimensions: 'img')"
+    )
+    assert open_source(path / "img").axes == "zyx"
 
 
 def test_open_ome_2d_image_is_not_a_stack(tmp_path):
