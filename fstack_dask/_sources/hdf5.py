@@ -207,7 +207,8 @@ def _only_dataset(h5: Any, file: str) -> str:
         shown = ", ".join(repr("/" + n) for n in found[:5]) or "none"
         raise ValueError(
             f"HDF5 file {file!r} holds {len(found)} datasets of 3 or more dimensions "
-            f"({shown}); name one, e.g. path={file + '/' + (found[0] if found else 'data')!r}"
+            f"({shown}); name one after the file, e.g. src "
+            f"{file + '/' + (found[0] if found else 'data')!r}"
         )
     return found[0]
 

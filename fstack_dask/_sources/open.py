@@ -116,7 +116,7 @@ def open_source(
     if lower.endswith(_HDF5) or _inside_hdf5(path):
         from .hdf5 import open_hdf5
 
-        _level0(level, "an HDF5 dataset")
+        _level0(level, "HDF5 datasets")
         return _from_opened(open_hdf5(path, axes=axes), location)
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in _ZARR_META):
         from .images import open_image_files

@@ -161,8 +161,14 @@ def test_hdf5_dataset(tmp_path):
     assert open_hdf5(f"{path}/raw/ch0").axes == "zyx"  # from the dimension labels
     with pytest.raises(ValueError, match=r"^axes 'yzx' contradicts the dimension labels"):
         open_hdf5(f"{path}/raw/ch0", axes="yzx")
-    with pytest.raises(ValueError, match=r"^HDF5 file .* holds 2 datasets .*'/raw/ch0'"):
+    with pytest.raises(ValueError, match=r"^HDF5 file .* holds 2 datasets .*'/raw/ch0'") as info:
         open_hdf5(path, axes="zyx")
+    # the source's own spelling, not the Python keyword "path=" (a command-line user has SRC)
+    assert str(info.value).endswith(f"; name one after the file, e.g. src '{path}/raw/ch0'")
+    from fstack_dask._sources.open import open_source
+
+    with pytest.raises(ValueError, match=r"^level=1 applies to pyramids; HDF5 datasets have a"):
+        open_source(f"{path}/raw/ch0", level=1)
     with pytest.raises(ValueError, match=r"^dataset '/nope' of HDF5 file .* is missing"):
         open_hdf5(path, dataset="/nope", axes="zyx")
     with pytest.raises(ValueError, match=r"^dataset '/raw' of HDF5 file .* is a group"):
