@@ -376,6 +376,13 @@ def test_open_ome_channels_from_omero(tmp_path):
     assert src.rgb is False
 
 
+def _refused(src) -> str:
+    """The message of the ValueError that opening `src` raises."""
+    with pytest.raises(ValueError) as info:
+        open_source(src)
+    return str(info.value)
+
+
 def test_open_group_without_multiscales(tmp_path):
     path = tmp_path / "group.zarr"
     group = zarr.create_group(str(path))
@@ -394,9 +401,7 @@ def test_a_group_without_multiscales_names_its_arrays(tmp_path):
     group = zarr.create_group(str(path))
     group.create_array("img", shape=(2, 3, 4), dtype="uint8", dimension_names="zyx")
     group.create_array("z", shape=(2,), dtype="float64")
-    with pytest.raises(ValueError) as info:
-        open_source(path)
-    assert str(info.value) == (
+    assert _refused(path) == (
         f"src {str(path)!r} is a Zarr group without OME-NGFF multiscales metadata; pass the "
         f"path of an array instead, e.g. {str(path) + '/img'!r} (its arrays of 3 or more "
         "dimensions: 'img')"
@@ -454,9 +459,7 @@ def test_a_bioformats2raw_layout_of_several_stacks_is_refused_until_one_is_chose
     zarr.create_group(str(path), attributes={"ome": {"version": "0.5", "bioformats2raw.layout": 3}})
     write_stack(path / "0", a, axes="zyx")
     write_stack(path / "1", b, axes="zyx")
-    with pytest.raises(ValueError) as info:
-        open_source(path)
-    assert str(info.value) == (
+    assert _refused(path) == (
         f"src {str(path)!r} holds 2 series with a stack (a bioformats2raw layout): 0 (zyx "
         f"4x6x5), 1 (zyx 5x7x3); name one after the store, e.g. {str(path) + '/1'!r}"
     )
@@ -492,9 +495,7 @@ def test_an_hcs_plate_or_well_points_to_a_field_of_view(tmp_path, version):
     zarr.open_group(str(path / "A/1"), mode="w", zarr_format=fmt, attributes=meta("well", well))
     data = _stack()
     write_stack(path / "A/1/0", data, axes="zyx")
-    with pytest.raises(ValueError) as info:
-        open_source(path)
-    assert str(info.value) == (
+    assert _refused(path) == (
         f"src {str(path)!r} is an OME-NGFF plate (HCS) of 1 well(s) ('A/1'), not one image; "
         f"fuse one field of view, e.g. {str(path) + '/A/1/0'!r}"
     )
