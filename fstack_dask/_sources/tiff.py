@@ -110,6 +110,7 @@ def _open_tiff(
         if pagewise:
             tif.close()
             tif = tifffile.TiffFile(path, is_shaped=False)  # the pages as one generic series
+        picked = series is None and scene is None and not pagewise and len(tif.series) > 1
         if series is None:
             series = _choose_series(tif.series, scene, path)
         if series >= len(tif.series):
@@ -154,6 +155,10 @@ def _open_tiff(
             )
         scale, units, translation, names, colors = _metadata(tif, ser, kind)
         files = _series_files(ser.levels[level], path)
+        name = f" {ser.name!r}" if ser.name else ""
+        # said in the run's log and by info: the series beside it (a label, a macro image)
+        # were passed over in silence (an adversarial run on inputs, 2026-12-06)
+        notes = [f"series {series}{name} of {len(tif.series)}, the only one holding a stack"]
     finally:
         tif.close()  # the array holds its own handle
     _level_scale(scale, ser, level, native)
@@ -177,6 +182,7 @@ def _open_tiff(
         rgb=rgb,
         files=files,
         description=description,
+        notes=tuple(notes) if picked else (),
         warnings=tuple(warnings),
         # OME and ImageJ store colour as RGB samples: channels in pages are separate ones,
         # unless coloured red, green, blue (as an OME-Zarr's omero is read)

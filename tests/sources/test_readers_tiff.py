@@ -510,6 +510,12 @@ def test_a_tiff_of_several_stacks_is_refused_until_one_is_chosen(tmp_path):
         tif.write(b[0], metadata={"axes": "YX", "Name": "thumbnail"})
         tif.write(a, metadata={"axes": "ZYX", "Name": "stack"})
     np.testing.assert_array_equal(np.asarray(open_source(one).array[...]), a)
+    # and said, in the run's log and by info (the thumbnail was passed over in silence)
+    assert open_source(one).notes == ("series 1 'stack' of 2, the only one holding a stack",)
+    res = subprocess.run([sys.executable, "-m", "fstack_dask", "info", str(one)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert "series 1 'stack' of 2, the only one holding a stack" in res.stdout, res.stderr
+    assert open_source(f"{one}/1").notes == ()  # chosen: nothing to say
 
 
 def test_a_series_name_that_two_series_share_is_refused(tmp_path):
