@@ -97,12 +97,21 @@ def require_engine(engine: str) -> None:
     """Refuse the compiled engine where numba cannot be imported (``ValueError``, one line):
     a run names its engine where it is planned, before numba is imported (a refused command
     imports none), and checks it here once ``dst`` is accepted, before anything is written."""
+    problem = engine_problem(engine)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def engine_problem(engine: str) -> str | None:
+    """Why this process cannot run ``engine`` (one line), or None if it can. Picklable by
+    reference, so that a run asks each of its worker processes before writing."""
     if engine == "compiled" and __getattr__("blend_compiled") is None:
-        raise ValueError(
+        return (
             "engine='compiled' needs numba, which could not be imported (python -c 'import "
             "numba' says why): repair it, or set FSTACK_DASK_ENGINE=numpy for the NumPy engine "
             "(the same image up to the last bits, slower)"
         )
+    return None
 
 
 @functools.cache

@@ -1,9 +1,12 @@
-"""Where ``device="cuda"`` is checked: where the tasks will run, once the scheduler is known.
+"""Where ``device="cuda"`` and the run's engine are checked: where the tasks will run, once the
+scheduler is known.
 
 The process that plans a run (a login node, say) may have no GPU while its workers do: on a
 distributed cluster each worker is asked, before anything is written, and a worker without a
 usable GPU refuses the run in one line naming it. The engine itself is only ever handed the
-device as a plain value, and every run names its engine where it is planned (:func:`run_engine`).
+device as a plain value, and every run names its engine where it is planned (:func:`run_engine`);
+worker processes that cannot run it (numba broken there) refuse the run before anything is
+written (:func:`require_engine_on_workers`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._algorithm import block as _kernel
+from .._algorithm.block import engine_problem
 from .._algorithm.device import cuda_problem, engine_for, require_here
 
-__all__ = ["require_device", "require_device_for_graph", "run_engine"]
+__all__ = ["require_device", "require_device_for_graph", "require_engine_on_workers", "run_engine"]
 
 
 def run_engine(device: str) -> str:
@@ -45,6 +49,25 @@ def require_device(device: str, scheduler: Any = None) -> None:
                 raise ValueError(f"device='cuda' {problem} (on worker {worker})")
         return
     require_here(device)
+
+
+def require_engine_on_workers(engine: str, scheduler: Any) -> None:
+    """Refuse (``ValueError``, one line) a run whose worker processes cannot run ``engine``:
+    ``scheduler="processes"`` (this process, which fuses nothing, never imported numba) or a
+    distributed cluster, each worker asked. A numba broken there failed the run at its first
+    block, once dst was created and its blocks handed out (2026-12-06); on a cluster where only
+    some workers are broken, the others' blocks were computed before the run failed."""
+    client = getattr(scheduler, "client", None)
+    if scheduler.kind == "distributed":
+        answers = sorted(client.run(engine_problem, engine).items())
+    elif scheduler.kind == "processes":
+        answers = [("process", problem) for problem in client.ask_each(engine_problem, engine)]
+    else:  # this process fuses: checked where dst was accepted (run.checked)
+        return
+    for worker, problem in answers:
+        if problem is not None:
+            where = "a worker process" if worker == "process" else f"worker {worker}"
+            raise ValueError(f"{problem} (on {where})")
 
 
 def require_device_for_graph(device: str) -> None:

@@ -17,7 +17,7 @@ from .._outputs import lifecycle
 from .._outputs.display import fit_display_windows
 from .._params import is_synchronous, local_workers
 from . import scheduler_choice
-from .device import require_device
+from .device import require_device, require_engine_on_workers
 from .fusion import plan_fusion
 from .passes import fuse_blocks, image_minimums, pyramid_levels
 from .reading import read_by
@@ -75,6 +75,7 @@ def run_fusion(
             scheduler_choice.warm_workers(sched, fusion.source.dtype, n_planes=lay.n_planes,
                                           n_channels=lay.n_channels,
                                           kernel=fusion.kernel)  # fmt: skip
+            require_engine_on_workers(fusion.kernel["engine"], sched)  # (their numba loads)
             fusion = read_by(fusion, sched.workers, sched.processes)  # shards, or their chunks
             blocks, cache_bytes = fusion.plan(sched.workers, sched.processes)
             target = lifecycle.claim(destination, prior.mode)

@@ -268,3 +268,23 @@ def test_a_run_whose_numba_fails_to_import_is_refused_before_writing(tmp_path):
                            "--no-progress"], capture_output=True, text=True, timeout=300,
                           env={**env, "FSTACK_DASK_ENGINE": "numpy"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_worker_processes_whose_numba_fails_to_import_refuse_the_run_before_writing(tmp_path):
+    """``--scheduler processes``: this process fuses nothing and never imports numba, so the
+    workers are asked before dst is created (it was created, its blocks handed out, and the
+    run failed at its first block; 2026-12-06)."""
+    from fstack_dask import write_stack
+
+    src, out = tmp_path / "in.zarr", tmp_path / "out"
+    write_stack(src, synthetic_stack((40, 30), 6, dtype="uint16", seed=3).stack, axes="zyx")
+    env = {**_broken_numba(tmp_path), "FSTACK_DASK_PROCESS_POOL_IDLE": "0"}
+    out.mkdir()
+    before = out.stat().st_mtime_ns
+    done = subprocess.run([sys.executable, "-m", "fstack_dask", "fuse", str(src),
+                           str(out / "fused.zarr"), "--no-progress", "--scheduler", "processes"],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert out.stat().st_mtime_ns == before and not any(out.iterdir())  # never created
+    assert "numba" in lines[0] and lines[0].endswith("(on a worker process)"), lines[0]

@@ -206,3 +206,32 @@ def test_cluster_workers_load_the_kernel_while_the_run_is_prepared():
         while not all(client.run(loaded).values()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all(client.run(loaded).values())
+
+
+def test_a_worker_whose_numba_fails_to_import_refuses_the_run_before_writing(stack, tmp_path):
+    """A cluster of mixed nodes, one worker's numba broken (a fake one first on its path, as
+    one older than this NumPy fails): refused in one line naming that worker before dst is
+    created. The run had begun: the good worker's blocks were written, then it failed,
+    saying to repair the source and resume (2026-12-06)."""
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('Numba needs NumPy 0.1 or less')\n")
+    path = os.pathsep.join(filter(None, (str(fake.parent), os.environ.get("PYTHONPATH"))))
+    broken = {"PYTHONPATH": path}
+    cluster = Cluster(tmp_path, [{}, broken], nthreads=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = out.stat().st_mtime_ns
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(out / "fused.zarr"),
+             "--chunks", str(CHUNK), "--no-progress", "--scheduler", cluster.address],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "FSTACK_DASK_ENGINE": ""},
+        )  # fmt: skip
+    finally:
+        cluster.stop()
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert out.stat().st_mtime_ns == before and not any(out.iterdir())  # never created
+    assert "needs numba" in lines[0] and "(on worker tcp://" in lines[0], lines[0]
