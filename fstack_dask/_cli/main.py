@@ -37,6 +37,7 @@ from .stopping import (
     Terminated,
     deaf,
     end_zarr_io,
+    ending,
     leave,
     on_stop_signals_raise,
     quiet_broken_pools,
@@ -321,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     program = argv is None  # the program itself, not a caller's call: its process's hooks
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
     quiets = (quiet_broken_pools, quiet_gone_readers, quiet_swallowed_interrupts)
-    restore, unquiet, interrupted = _nothing, [], False
+    restore, unquiet, interrupted, code = _nothing, [], False, EXIT_FAILURE
     try:  # (a signal that lands as soon as its handler is in place is reported too)
         restore = on_stop_signals_raise(stops)
         for quiet in quiets if program else ():
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .._dask_config import check_dask_config
 
         check_dask_config()  # before any command imports dask, which would hang on it
-        return int(_COMMANDS[args.command](args))
+        code = int(_COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
         interrupted = True
         with deaf(stops):  # pressed again meanwhile: the program is ending as asked
@@ -342,19 +343,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
             if program:  # end, even with a task stuck
                 leave(code)
-        return code
     except Exception as exc:
         if args.traceback:
             raise
         _error(_message(exc))
-        return _exit_code(exc)
+        code = _exit_code(exc)
     finally:
+        if program:  # said and decided: a signal from now on ends it so (not SIG_DFL's -15)
+            ending(code, stops)
         restore()
         for undo in reversed(unquiet):
             undo()
         if program:  # (after leave: no task of ours is running)
             with deaf(stops):
                 end_zarr_io(interrupted=interrupted)
+    return code
 
 
 def _nothing() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "Terminated",
     "deaf",
     "end_zarr_io",
+    "ending",
     "leave",
     "on_stop_signals_raise",
     "quiet_broken_pools",
@@ -117,7 +118,8 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             t.cancel()
         for signum, old in previous.items():
             with contextlib.suppress(ValueError):
-                signal.signal(signum, old)
+                if signal.getsignal(signum) is handler:  # (the program's end: see ending)
+                    signal.signal(signum, old)
 
     try:
         for name in names:
@@ -153,6 +155,37 @@ def deaf(names: tuple[str, ...] = STOP_SIGNALS) -> Iterator[None]:
         for signum, old in previous.items():
             with contextlib.suppress(ValueError, OSError, TypeError):  # (None: not Python's)
                 signal.signal(signum, old)
+
+
+def ending(code: int, names: tuple[str, ...] = STOP_SIGNALS) -> None:
+    """From now on, end the program at once with ``code`` on Ctrl-C or ``names``: it has said
+    how it ended (its exit status decided) and is ending. It put Python's defaults back, so a
+    SIGTERM 0.1 s after a Ctrl-C, landing while the interpreter shut down, killed it (-15, not
+    the 130 its one line announced; an adversarial run, 2026-12-06). Once the interpreter's
+    exit handlers begin, they are ignored instead: Python then puts SIG_DFL back for a handler
+    of its own (its signal module's finalisation, for a second or more after them on a loaded
+    node), but leaves an ignored signal so. For the program only (a caller's ``main([...])``
+    gets its own handlers back); a signal ignored (``nohup``) stays ignored."""
+    import atexit
+
+    def end_now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    _set_all(("SIGINT", *names), end_now)
+    atexit.register(_set_all, ("SIGINT", *names), signal.SIG_IGN)  # (run first: the last in)
+
+
+def _set_all(names: tuple[str, ...], action: Any) -> None:
+    """``action`` for each signal of ``names`` not ignored (``nohup``), where one can be set."""
+    for name in names:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(ValueError, OSError):  # (not the main thread)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, action)
 
 
 def _still_running() -> list[threading.Thread]:

@@ -252,6 +252,45 @@ def test_a_second_signal_while_the_program_ends_changes_nothing(signals, where):
     assert len(errors) == 1 and "--resume" in errors[0], proc.stderr
 
 
+ENDING = """
+import atexit, importlib, os, signal, sys, time
+cli = importlib.import_module("fstack_dask._cli.main")
+where = sys.argv[1]
+
+def fuse(args):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the run stops
+    time.sleep(TIMEOUT)
+
+def then_sigterm():  # a SIGTERM 0.1 s later lands as the program ends
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+
+if where == "at exit":
+    atexit.register(then_sigterm)  # (in first, run last: after the program's own)
+cli._COMMANDS["fuse"] = fuse
+sys.argv = ["fstack-dask", "fuse", "in.zarr", "out.zarr"]
+code = cli.main()
+if where == "after main":
+    then_sigterm()
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("where", ["after main", "at exit"])
+def test_a_signal_once_the_program_has_said_how_it_ended_keeps_its_exit_status(where):
+    """Ctrl-C, then SIGTERM 0.1 s later (a user, then a job scheduler): the run stopped and
+    said "interrupted", then the program put Python's defaults back and the SIGTERM, landing
+    as the interpreter ended, killed it: exit -15 instead of the 130 announced."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENDING.replace("TIMEOUT", str(TIMEOUT)), where],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "fstack-dask: error: interrupted; rerun the same command with --resume to continue"
+    ], proc.stderr
+
+
 EARLY = """
 import importlib, os, signal, sys
 cli = importlib.import_module("fstack_dask._cli.main")
