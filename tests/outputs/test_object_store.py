@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -92,6 +93,44 @@ def _fused_once(b: str, s3: dict, *, levels: int) -> tuple[str, str, tuple[str, 
             json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
     assert _cli("fuse", src, dst, *opts).returncode == 0
     return src, dst, opts
+
+
+def _killed_overwrite(script: str, src: str, dst: str, opts: tuple[str, ...]) -> None:
+    """``fuse SRC DST OPTS --overwrite --nhsize 5`` run by ``script``, which SIGKILLs it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "fuse", src, dst, *opts, "--overwrite", "--nhsize", "5"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+
+
+def _swap_options(s3: dict) -> dict:
+    """``fuse_zarr``'s options for a swap on S3: level 0 only, both sides on the test's S3."""
+    return {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
+            "dst_storage_options": s3}  # fmt: skip
+
+
+def _output_objects(fs, b: str) -> dict[str, bytes]:
+    """The bytes of every object of ``out.zarr`` in bucket ``b`` but its run's state."""
+    return {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+
+
+def _fault_in_move(monkeypatch, at: int, fault) -> Callable[[], None]:
+    """The swap's ``folders._move_objects`` with ``fault(fs, a, d)`` run first at its
+    ``at``-th call (1: dst aside, 2: the staged output into dst), each call then the real
+    move unless ``fault`` raised. Returns what puts the real one back."""
+    from fstack_dask._outputs import folders
+
+    real, calls = folders._move_objects, []
+
+    def move(fs_, a, d):
+        calls.append(a)
+        if len(calls) == at:
+            fault(fs_, a, d)
+        return real(fs_, a, d)
+
+    monkeypatch.setattr(folders, "_move_objects", move)
+    return lambda: monkeypatch.setattr(folders, "_move_objects", real)
 
 
 def test_an_overwrite_on_s3_replaces_our_output_and_keeps_the_users_objects(s3, bucket):
@@ -203,11 +242,7 @@ def test_a_kill_in_an_s3_swap_leaves_dst_unreadable_not_mixed(s3, bucket):
     src, dst, opts = _fused_once(b, s3, levels=0)
     old = {k[len(f"{b}/out.zarr/") :]: v for k, v in _keys(fs, b).items()
            if k.startswith(f"{b}/out.zarr/")}  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_IN_THE_SWAP, "fuse", src, dst, *opts, "--overwrite",
-         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == -9, proc.stderr
+    _killed_overwrite(KILLED_IN_THE_SWAP, src, dst, opts)
     keys = _keys(fs, b)
     assert f"{b}/out.zarr/zarr.json" not in keys and f"{b}/out.zarr/0/zarr.json" in keys
     (aside,) = {k.split("/")[1] for k in keys if "fstack-staging-old-" in k}
@@ -386,11 +421,7 @@ def test_a_partial_copy_aside_left_by_a_kill_goes_with_the_next_run(s3, bucket, 
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=1)
     fs.pipe(f"{b}/out.zarr/notes.txt", b"the user's notes")
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_IN_THE_COPY_ASIDE, "fuse", src, dst, *opts, "--overwrite",
-         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == -9, proc.stderr
+    _killed_overwrite(KILLED_IN_THE_COPY_ASIDE, src, dst, opts)
     keys = _keys(fs, b)
     (aside,) = {k.split("/")[1] for k in keys if "fstack-staging-old-" in k}
     copied = sorted(k for k in keys if k.startswith(f"{b}/{aside}/"))
@@ -511,28 +542,21 @@ def test_a_failed_copy_in_an_s3_swap_puts_the_old_output_back(s3, bucket, monkey
     output's objects and no zarr.json, the old output hidden beside it, the error saying
     "the previous output in dst is unchanged", and every later run refusing dst as not ours.
     The copies are removed and the old output moved back; a resume then finishes."""
-    from fstack_dask._outputs import folders
-
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
-    real, calls = folders._move_objects, []
+    before = _output_objects(fs, b)
 
-    def move(fs_, a, d):
-        calls.append(a)
-        if len(calls) == 2:  # the staged output into dst: three objects, then the error
-            for key in sorted(fs_.find(a))[:3]:
-                fs_.copy(key, d + key[len(a) :])
-            raise OSError(104, "Connection reset by peer", a)
-        return real(fs_, a, d)
+    def copy_three(fs_, a, d):  # the staged output into dst: three objects, then the error
+        for key in sorted(fs_.find(a))[:3]:
+            fs_.copy(key, d + key[len(a) :])
+        raise OSError(104, "Connection reset by peer", a)
 
-    monkeypatch.setattr(folders, "_move_objects", move)
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    undo = _fault_in_move(monkeypatch, 2, copy_three)
+    opts = _swap_options(s3)
     with pytest.raises(OSError, match="the previous output in dst is unchanged"):
         fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
-    monkeypatch.setattr(folders, "_move_objects", real)
-    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    undo()
+    after = _output_objects(fs, b)
     assert after == before
     assert not [k for k in fs.find(b) if "fstack-staging-old-" in k]
     out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
@@ -552,27 +576,22 @@ def test_a_failed_delete_after_a_whole_s3_copy_says_the_new_output_is_in_dst(
 
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    real, calls = folders._move_objects, []
 
-    def move(fs_, a, d):
-        calls.append(a)
-        if len(calls) == 2:  # the staged output into dst: all copied, then the deletes fail
-            keys = [k for k in sorted(fs_.find(a)) if not k.endswith(f"/{folders.LOCK}")]
-            for key in [k for k in keys if not k.endswith("/zarr.json")] + [f"{a}/zarr.json"]:
-                fs_.copy(key, d + key[len(a) :])
-            fs_.rm_file(f"{a}/zarr.json")
-            raise OSError(104, "Connection reset by peer", a)
-        return real(fs_, a, d)
+    def copy_all(fs_, a, d):  # the staged output into dst: all copied, then the deletes fail
+        keys = [k for k in sorted(fs_.find(a)) if not k.endswith(f"/{folders.LOCK}")]
+        for key in [k for k in keys if not k.endswith("/zarr.json")] + [f"{a}/zarr.json"]:
+            fs_.copy(key, d + key[len(a) :])
+        fs_.rm_file(f"{a}/zarr.json")
+        raise OSError(104, "Connection reset by peer", a)
 
-    monkeypatch.setattr(folders, "_move_objects", move)
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    undo = _fault_in_move(monkeypatch, 2, copy_all)
+    opts = _swap_options(s3)
     try:
         out = fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
     except OSError as exc:
         assert "previous output in dst is unchanged" not in str(exc), exc
         out = None
-    monkeypatch.setattr(folders, "_move_objects", real)
+    undo()
     if out is None:  # (an error that told the truth: a resume finds it complete)
         out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
     assert out.attrs["fstack_dask"]["nhsize"] == 5
@@ -635,9 +654,8 @@ def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_i
 
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    before = _output_objects(fs, b)
+    opts = _swap_options(s3)
     proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts), fails],
                           capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
@@ -650,7 +668,7 @@ def test_an_s3_swap_whose_undo_fails_too_says_where_the_old_output_is_and_gets_i
     time.sleep(1.5)
     out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
     assert out.attrs["fstack_dask"]["nhsize"] == 5
-    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    after = _output_objects(fs, b)
     assert after != before and sorted(after) == sorted(before)
     assert not [k for k in fs.find(b) if "fstack-staging-" in k], fs.find(b)
 
@@ -677,28 +695,17 @@ def test_a_swap_cut_short_deleting_dst_after_its_copy_aside_moves_it_back(
     as not ours (--resume, --overwrite), while the error said "the previous output in dst is
     unchanged ... rerun with --resume" (Ctrl-C: "rerun ... --resume to continue"). The old
     output is moved back before the error; a resume then swaps the new one in."""
-    from fstack_dask._outputs import folders
-
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    before = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
-    real, calls = folders._move_objects, []
-
-    def move(fs_, a, d):
-        calls.append(a)
-        if len(calls) == 1:  # dst aside
-            _copy_then_fail(fs_, a, d, exc)
-        return real(fs_, a, d)
-
-    monkeypatch.setattr(folders, "_move_objects", move)
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    before = _output_objects(fs, b)
+    undo = _fault_in_move(monkeypatch, 1, lambda fs_, a, d: _copy_then_fail(fs_, a, d, exc))
+    opts = _swap_options(s3)  # (the fault: in dst's move aside)
     with pytest.raises(type(exc)) as raised:
         fuse_zarr(src, dst, nhsize=5, overwrite=True, **opts)
-    monkeypatch.setattr(folders, "_move_objects", real)
+    undo()
     if isinstance(exc, OSError):
         assert "the previous output in dst is unchanged" in str(raised.value)
-    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    after = _output_objects(fs, b)
     assert after == before  # true: the old output, whole
     assert not [k for k in fs.find(b) if "fstack-staging-old-" in k]
     out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
@@ -765,11 +772,7 @@ def test_a_kill_after_a_whole_s3_copy_is_resumed_at_once(s3, bucket):
     finds dst complete and tidies what is left beside it."""
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=0)
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_THE_COPY, "fuse", src, dst, *opts, "--overwrite",
-         "--nhsize", "5"], capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == -9, proc.stderr
+    _killed_overwrite(KILLED_AFTER_THE_COPY, src, dst, opts)
     assert len({k.split("/")[1] for k in fs.find(b) if "fstack-staging-" in k}) == 2
     time.sleep(3.0)  # the killed run's lock goes stale (S3 dates objects to the second)
     res = _cli("fuse", src, dst, *opts, "--resume", "--nhsize", "5",
@@ -787,30 +790,24 @@ def test_a_second_run_while_an_s3_swap_copies_into_dst_is_refused(s3, bucket, mo
     mixed with the new one. dst keeps its lock, renewed, all through the swap: the second run
     is refused as for any output being written, with dst empty and with a part of the copy
     in it, and dst ends as the overwrite's output alone."""
-    from fstack_dask._outputs import folders
-
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=0)
-    real, calls, seconds = folders._move_objects, [], []
+    seconds = []
 
     def second_run() -> None:
         res = _cli("fuse", src, dst, *opts, "--nhsize", "7")
         seconds.append((res.returncode, res.stderr))
 
-    def move(fs_, a, d):
-        calls.append(a)
-        if len(calls) == 2:  # the staged output into dst: another run starts, then again
-            second_run()  # with dst emptied
-            staged = [k for k in sorted(fs_.find(a)) if not k.endswith("/.fstack_dask/lock")]
-            for key in [k for k in staged if "/.fstack_dask/" not in k][:3]:
-                fs_.copy(key, d + key[len(a) :])
-            second_run()  # with a part of the copy in dst
-        return real(fs_, a, d)
+    def runs_meanwhile(fs_, a, d):  # the staged output into dst: another run, then again
+        second_run()  # with dst emptied
+        staged = [k for k in sorted(fs_.find(a)) if not k.endswith("/.fstack_dask/lock")]
+        for key in [k for k in staged if "/.fstack_dask/" not in k][:3]:
+            fs_.copy(key, d + key[len(a) :])
+        second_run()  # with a part of the copy in dst
 
-    monkeypatch.setattr(folders, "_move_objects", move)
-    out = fuse_zarr(src, dst, nhsize=5, overwrite=True, chunks=32, levels=0, progress=False,
-                    storage_options=s3, dst_storage_options=s3)  # fmt: skip
-    monkeypatch.setattr(folders, "_move_objects", real)
+    undo = _fault_in_move(monkeypatch, 2, runs_meanwhile)
+    out = fuse_zarr(src, dst, nhsize=5, overwrite=True, **_swap_options(s3))
+    undo()
     assert len(seconds) == 2
     for code, err in seconds:
         assert code == 1 and "is being written by pid" in err, err

@@ -65,6 +65,41 @@ def _unfinished(src: Path, dst: Path, monkeypatch) -> None:
     monkeypatch.setattr(FuseJob, "fuse_and_write", real)
 
 
+def _output(src: Path, dst: Path, monkeypatch, *, complete: bool) -> None:
+    """This user's output of ``src`` in ``dst``: complete, or unfinished (two blocks)."""
+    if complete:
+        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
+    else:
+        _unfinished(src, dst, monkeypatch)
+
+
+def _folders_writable(root: Path) -> None:
+    """Every folder below ``root`` writable by anyone (written under umask 0)."""
+    for folder, dirs, _files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777)
+
+
+def _demo_overwrite_refused(args: tuple) -> str:
+    """The one-line error of ``demo ... --seed 7 --overwrite`` over the demo ``args`` made,
+    run by this user (exit 1)."""
+    proc = as_user(*args, "--seed", "7", "--overwrite")
+    assert proc.returncode == 1, proc.stderr
+    return one_line_error(proc)
+
+
+def _colleague_s_sticky_dst(tmp_path: Path, monkeypatch, *, complete: bool) -> tuple[Path, Path]:
+    """``src`` and ``dst``, a colleague's output (complete or unfinished) with the sticky bit
+    (1777), every folder inside writable (umask 0)."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _output(src, dst, monkeypatch, complete=complete)
+    _folders_writable(dst)
+    give_to_other_user(dst)
+    dst.chmod(0o1777)
+    return src, dst
+
+
 @pytest.mark.parametrize("complete", [False, True], ids=["unfinished", "complete"])
 def test_another_users_output_is_refused_naming_the_folder_and_its_owner(tmp_path, monkeypatch,
                                                                           complete):  # fmt: skip
@@ -78,10 +113,7 @@ def test_another_users_output_is_refused_naming_the_folder_and_its_owner(tmp_pat
     lab.mkdir(mode=0o777)
     lab.chmod(0o777)  # the group's folder: anyone may create in it
     dst = lab / "out.zarr"
-    if complete:
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    else:
-        _unfinished(src, dst, monkeypatch)
+    _output(src, dst, monkeypatch, complete=complete)
     give_to_other_user(dst)
     before = tree_digest(tmp_path)
     for flag in ("--overwrite", "--resume"):
@@ -191,10 +223,7 @@ def test_an_overwrite_this_user_may_not_remove_is_refused_before_anything_change
     walk); nothing changed."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
-    if complete:
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    else:
-        _unfinished(src, dst, monkeypatch)
+    _output(src, dst, monkeypatch, complete=complete)
     folder = dst / theirs
     give_to_other_user(folder)
     before = tree_digest(tmp_path)
@@ -310,9 +339,7 @@ def test_a_demo_overwrite_of_a_fused_output_it_may_not_write_keeps_the_planes(tm
     for folder in (out, out / "planes", out / "fused.ome.zarr"):
         folder.chmod(0o777)
     before = tree_digest(tmp_path)
-    proc = as_user(*args, "--seed", "7", "--overwrite")
-    assert proc.returncode == 1, proc.stderr
-    line = one_line_error(proc)
+    line = _demo_overwrite_refused(args)
     assert "its fused.ome.zarr may not be written by this user" in line, line
     assert f"{str(out / 'fused.ome.zarr' / '0')!r} is owned by " in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
@@ -369,10 +396,7 @@ def test_an_overwrite_of_a_colleague_s_chunks_in_a_sticky_folder_is_refused_firs
     naming the file and the sticky folder; nothing changed."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
-    if complete:
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    else:
-        _unfinished(src, dst, monkeypatch)
+    _output(src, dst, monkeypatch, complete=complete)
     folder = dst / "0" / "c" / "0"
     give_to_other_user(folder)
     folder.chmod(0o1777)
@@ -400,9 +424,7 @@ def test_a_demo_overwrite_of_a_fused_output_holding_a_colleague_s_folder_keeps_t
     folder = out / "fused.ome.zarr" / "0" / "c" / "0"
     give_to_other_user(folder)
     before = tree_digest(tmp_path)
-    proc = as_user(*args, "--seed", "7", "--overwrite")
-    assert proc.returncode == 1, proc.stderr
-    line = one_line_error(proc)
+    line = _demo_overwrite_refused(args)
     assert "its fused.ome.zarr cannot be replaced: this user may not write the folder " in line
     assert f"{str(folder)!r} (owned by " in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
@@ -418,17 +440,13 @@ def test_a_demo_overwrite_of_a_colleague_s_sticky_dir_changes_nothing(tmp_path, 
     out = tmp_path / "demo"
     args = ("demo", out, "--size", "64", "--planes", "5", "--no-progress")
     assert as_user(*args).returncode == 0
-    for root, dirs, _files in os.walk(out):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777)
+    _folders_writable(out)
     give_to_other_user(out)
     out.chmod(0o777)
     folder = out if sticky == "DIR" else out / "planes"
     folder.chmod(0o1777)
     before = tree_digest(tmp_path)
-    proc = as_user(*args, "--seed", "7", "--overwrite")
-    assert proc.returncode == 1, proc.stderr
-    line = one_line_error(proc)
+    line = _demo_overwrite_refused(args)
     assert "cannot be written: this user may not remove the " in line, line
     assert f"from the folder '{folder}' (" in line and "which has the sticky bit" in line, line
     assert "nothing was changed" in line and tree_digest(tmp_path) == before
@@ -466,17 +484,7 @@ def test_an_overwrite_of_a_colleague_s_sticky_dst_is_refused_first(tmp_path, mon
     inside writable (umask 0): only the walk inside the entries judged the sticky bit, so an
     overwrite of a complete output swapped and left the old one beside dst (exit 0, a
     warning: "could not be removed ... zarr.json"). Refused first, nothing changed."""
-    src = write_src(tmp_path / "src.zarr")
-    dst = tmp_path / "out.zarr"
-    if complete:
-        fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    else:
-        _unfinished(src, dst, monkeypatch)
-    for root, dirs, _files in os.walk(dst):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777)
-    give_to_other_user(dst)
-    dst.chmod(0o1777)
+    src, dst = _colleague_s_sticky_dst(tmp_path, monkeypatch, complete=complete)
     before = tree_digest(tmp_path)
     proc = as_user("fuse", src, dst, "--overwrite", *FUSE)
     assert proc.returncode == 1, proc.stderr
@@ -547,9 +555,7 @@ def test_a_rootless_container_s_root_is_refused_a_colleague_s_sticky_files_first
     dst = tmp_path / "box" / "out.zarr"
     dst.parent.mkdir()
     fuse_zarr(src, dst, chunks=CHUNK, scheduler="synchronous", progress=False)
-    for root, dirs, _files in os.walk(dst):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777)
+    _folders_writable(dst)
     if where == "parent":
         give_to_other_user(dst.parent)
         dst.chmod(0o777)
@@ -574,14 +580,7 @@ def test_a_resume_of_an_output_in_a_colleague_s_sticky_dst_is_refused_first(tmp_
     inside writable (umask 0): a --resume computed every block left, then could not replace
     their zarr.json ("Operation not permitted") and said to rerun with --resume, which failed
     so again. Refused first, naming zarr.json and the sticky folder."""
-    src = write_src(tmp_path / "src.zarr")
-    dst = tmp_path / "out.zarr"
-    _unfinished(src, dst, monkeypatch)
-    for root, dirs, _files in os.walk(dst):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777)
-    give_to_other_user(dst)
-    dst.chmod(0o1777)
+    src, dst = _colleague_s_sticky_dst(tmp_path, monkeypatch, complete=False)
     before = tree_digest(tmp_path)
     proc = as_user("fuse", src, dst, "--resume", *FUSE)
     assert proc.returncode == 1, proc.stderr
