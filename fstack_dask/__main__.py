@@ -1,10 +1,37 @@
-"""``python -m fstack_dask``: the ``fstack-dask`` command line."""
+"""``python -m fstack_dask`` and the ``fstack-dask`` program: the command line, its stop
+signals held from its first line (:func:`main`)."""
 
 from __future__ import annotations
 
 import sys
 
-from ._cli.main import main
+#: The signals that stop the program (``_cli.stopping.STOP_SIGNALS``, which its import would
+#: cost the window this closes), with the exit status and word each gets if it ends an import.
+_STOPS = {"SIGTERM": (143, "terminated"), "SIGHUP": (129, "terminated by SIGHUP"),
+          "SIGUSR1": (138, "terminated by SIGUSR1"), "SIGUSR2": (140, "terminated by SIGUSR2"),
+          "SIGXCPU": (152, "terminated by SIGXCPU")}  # fmt: skip
+
+
+def main() -> int:
+    """The program: Ctrl-C and the stop signals are held while it imports its command line,
+    then delivered to its own handlers (a traceback, or an end without a word, -15, before).
+    A second signal meanwhile (an import hung on a dead mount) ends it in one line."""
+    from ._imports import hold_stop_signals
+
+    hold_stop_signals(tuple(_STOPS))
+    try:
+        from ._cli.main import main as command_line
+    except KeyboardInterrupt:
+        import signal
+
+        from ._imports import _HELD
+
+        name = signal.Signals(_HELD[0]).name if _HELD else "SIGINT"
+        code, word = _STOPS.get(name, (130, "interrupted"))
+        print(f"fstack-dask: error: {word}", file=sys.stderr, flush=True)
+        return code
+    return command_line()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .._imports import deliver_held_signals
 from .args import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -325,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore, unquiet, interrupted, code = _nothing, [], False, EXIT_FAILURE
     try:  # (a signal that lands as soon as its handler is in place is reported too)
         restore = on_stop_signals_raise(stops)
+        if program:  # those that came while it started (fstack_dask.__main__)
+            deliver_held_signals()
         for quiet in quiets if program else ():
             unquiet.append(quiet())
         from .._dask_config import check_dask_config

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, note_stop
+from .._imports import holding
 
 __all__ = [
     "STOP_SIGNALS",
@@ -126,7 +127,8 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             signum = getattr(signal, name, None)  # (Windows has few of them)
             if signum is None:
                 continue
-            if name == "SIGTERM" or signal.getsignal(signum) is signal.SIG_DFL:
+            current = signal.getsignal(signum)  # (holding: the program's, at its start)
+            if name == "SIGTERM" or current is signal.SIG_DFL or holding(current):
                 previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
         return lambda: None

@@ -252,6 +252,42 @@ def test_a_second_signal_while_the_program_ends_changes_nothing(signals, where):
     assert len(errors) == 1 and "--resume" in errors[0], proc.stderr
 
 
+STARTING = """
+import os, runpy, signal, sys
+from importlib.abc import MetaPathFinder
+
+signals = sys.argv[1:]
+
+class SignalsDuringTheImports(MetaPathFinder):  # as the program imports its command line
+    def find_spec(self, name, path=None, target=None):
+        if name == "fstack_dask._cli.args":
+            sys.meta_path.remove(self)
+            for signum in signals:
+                os.kill(os.getpid(), getattr(signal, signum))
+        return None
+
+sys.meta_path.insert(0, SignalsDuringTheImports())
+sys.argv = ["fstack-dask", "info", "missing.zarr"]
+runpy.run_module("fstack_dask", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signals", [["SIGINT"], ["SIGTERM"], ["SIGINT", "SIGINT"],
+                                     ["SIGTERM", "SIGTERM"]])  # fmt: skip
+def test_a_signal_while_the_program_imports_its_command_line_is_one_line(tmp_path, signals):
+    """Ctrl-C right after Enter, or a job's SIGTERM at its start, landing in the imports
+    before main() has its handlers (20 ms, 200 ms on a loaded node): a KeyboardInterrupt
+    traceback, or an end without a word (-15). Held, then delivered to the program's own
+    handlers; a second one (an import hung on a dead mount) ends it at once."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTING, *signals], cwd=tmp_path, capture_output=True,
+        text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    word, code = ("interrupted", 130) if signals[0] == "SIGINT" else ("terminated", 143)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
+
+
 ENDING = """
 import atexit, importlib, os, signal, sys, time
 cli = importlib.import_module("fstack_dask._cli.main")
