@@ -865,9 +865,8 @@ def test_two_runs_putting_back_an_s3_swap_s_old_output_at_once_lose_nothing(
 
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    old = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    old = _output_objects(fs, b)
+    opts = _swap_options(s3)
     proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts),
                            "copy"], capture_output=True, text=True, timeout=180)  # fmt: skip
     assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
@@ -901,7 +900,7 @@ def test_two_runs_putting_back_an_s3_swap_s_old_output_at_once_lose_nothing(
         (flags / "second done").touch()
         err = first.communicate(timeout=120)[1]
     assert first.returncode == 0, err
-    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
+    after = _output_objects(fs, b)
     assert after == old
     assert not [k for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" in k]
 
@@ -918,8 +917,7 @@ def test_an_s3_swap_failing_after_its_whole_copy_and_its_undo_says_dst_is_the_ne
 
     fs, b = bucket
     src, dst, _ = _fused_once(b, s3, levels=0)
-    opts = {"chunks": 32, "levels": 0, "progress": False, "storage_options": s3,
-            "dst_storage_options": s3}  # fmt: skip
+    opts = _swap_options(s3)
     proc = subprocess.run([sys.executable, "-c", _SWAP_AND_UNDO_FAIL, src, dst, repr(opts),
                            "whole"], capture_output=True, text=True, timeout=180)  # fmt: skip
     assert "Connection reset by peer" in proc.stdout, proc.stdout + proc.stderr
