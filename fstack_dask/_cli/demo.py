@@ -182,6 +182,23 @@ def write_planes(folder: Path, stack: Any, rgb: bool) -> list[Path]:
     return paths
 
 
+def _local_dir(directory: str) -> Path:
+    """DIR as a local folder. ``''`` (an unset shell variable) wrote the demo into the current
+    folder, and a URL (``s3://bucket/x``, ``foo://x``, ``file:///abs/x``) into a local folder
+    spelled like it (``s3:/bucket/x``): refused, or read, as ``fuse`` reads its dst."""
+    from .._locations import resolve
+
+    location = resolve(directory, name="DIR")
+    if not location.is_local:
+        raise ValueError(
+            f"DIR {directory!r} is a URL; the demo writes to a local folder only (fuse its "
+            "planes into a URL with fstack-dask fuse)"
+        )
+    # a plain path as typed (the messages show it so); a file: URL as the path it names
+    url = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", directory)
+    return Path(location.path) if url else Path(directory)
+
+
 def run_demo(
     directory: str,
     *,
@@ -204,7 +221,7 @@ def run_demo(
     from .args import shown
 
     import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
-    out_dir = Path(directory)
+    out_dir = _local_dir(directory)
     planes_dir, fused_path = out_dir / "planes", out_dir / "fused.ome.zarr"
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"DIR {str(out_dir)!r} exists and is not a directory")

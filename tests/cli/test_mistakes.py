@@ -195,3 +195,45 @@ def test_a_dask_config_that_never_ends_is_refused_naming_it(src, tmp_path, kind)
     assert _cli_with_dask_config(os.devnull, src, tmp_path).returncode == 0  # reads empty
     library = _cli_with_dask_config(config, None, tmp_path)  # the API's first name imports dask
     assert "ValueError: dask's configuration" in library.stderr, library.stderr[-500:]
+
+
+def _cli(*args, cwd, env=None):
+    """The real command line in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fstack_dask", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("directory", "says"),
+    [
+        ("", "DIR must be a non-empty path"),
+        ("  ", "DIR must be a non-empty path"),
+        ("s3://bucket/demo", "DIR 's3://bucket/demo' is a URL; the demo writes to a local"),
+        ("memory://demo", "DIR 'memory://demo' is a URL; the demo writes to a local"),
+        ("foo://x/demo", "DIR 'foo://x/demo' uses the protocol 'foo'"),
+        ("s3:/bucket/demo", "DIR 's3:/bucket/demo' starts with 's3:'"),
+    ],
+)
+def test_a_demo_dir_that_is_no_local_folder_is_refused(tmp_path, directory, says):
+    """``fstack-dask demo ""`` (an unset shell variable) wrote its planes, zarr and previews
+    into the current folder, and ``demo s3://bucket/demo`` or ``foo://x/demo`` into a local
+    folder ``s3:/bucket/demo`` there, exit 0 (a sweep of contract 4, g41)."""
+    before = tree_digest(tmp_path)
+    done = _cli("demo", directory, "--size", "32", "--planes", "5", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-500:]
+    assert len(lines) == 1 and lines[0].startswith(f"fstack-dask: error: {says}"), lines
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_demo_dir_given_as_a_file_url_is_that_folder(tmp_path):
+    done = _cli("demo", f"file://{tmp_path}/out", "--size", "32", "--planes", "5",
+                "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # not 'file:'
+    assert (tmp_path / "out" / "fused.ome.zarr" / "zarr.json").is_file()
