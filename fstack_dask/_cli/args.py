@@ -425,7 +425,9 @@ def configure(args: argparse.Namespace):
     """The config file (if any) with the command-line options applied on top."""
     from .config import Config, check_value, load_config
 
-    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    # "" is refused there, not taken for no file: ``--config "$CFG"`` with CFG unset ran on
+    # the defaults, exit 0 (a sweep of contract 4)
+    config = load_config(args.config) if getattr(args, "config", None) is not None else Config()
 
     def given(attr: str) -> bool:
         return getattr(args, attr, None) is not None

@@ -371,6 +371,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     ValueError: config file '...': unknown key 'algorithm.nhsiz' (did you mean 'nhsize'?); ...
     """
     text_path = os.fspath(path)
+    if not str(text_path).strip():  # an unset shell variable: --config "$CFG"
+        raise ValueError(f"--config must name a YAML file, got {text_path!r}")
     if os.path.isdir(text_path):
         raise ValueError(f"config file {text_path!r} is a directory, expected a YAML file")
     try:

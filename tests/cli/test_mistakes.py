@@ -237,3 +237,17 @@ def test_a_demo_dir_given_as_a_file_url_is_that_folder(tmp_path):
     assert done.returncode == 0, done.stderr[-500:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # not 'file:'
     assert (tmp_path / "out" / "fused.ome.zarr" / "zarr.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["fuse", "info"])
+@pytest.mark.parametrize("config", ["", " "])
+def test_an_empty_config_path_is_refused_not_ignored(src, tmp_path, command, config):
+    """``--config "$CFG"`` with CFG unset ran on the built-in defaults, exit 0, the file the
+    user meant never read (a sweep of contract 4, g41)."""
+    argv = [command, src, *([tmp_path / "out.zarr", "--no-progress"] if command == "fuse" else [])]
+    before = tree_digest(tmp_path)
+    done = _cli(*argv, "--config", config, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-500:]
+    assert lines == [f"fstack-dask: error: --config must name a YAML file, got {config!r}"]
+    assert tree_digest(tmp_path) == before
