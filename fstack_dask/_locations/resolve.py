@@ -129,7 +129,7 @@ def _remote(
     return _place(spec, protocol, str(cls._strip_protocol(spec)), name, options, writable)
 
 
-def reach(location: Location, *, name: str) -> None:
+def reach(location: Location, *, name: str, option: str | None = None) -> None:
     """Ask a remote ``location`` once whether it exists, so that an endpoint that does not
     answer, missing credentials or a wrong storage option is told naming the parameter
     (botocore's ``EndpointConnectionError`` or ``NoCredentialsError`` named neither: a sixth
@@ -142,12 +142,13 @@ def reach(location: Location, *, name: str) -> None:
     """
     if location.is_local:
         return
-    option = "storage_options" if name == "src" else f"{name}_storage_options"
+    if option is None:  # (write_stack's path: its own storage_options)
+        option = "storage_options" if name == "src" else f"{name}_storage_options"
     try:
         location.exists()
     except Exception as exc:
         told = " ".join(f"{type(exc).__name__}: {exc}".split())
-        also = "; dst does not inherit src's options" if name != "src" else ""
+        also = "; dst does not inherit src's options" if name == "dst" else ""
         raise ValueError(
             f"{name} {location.spec!r} cannot be reached ({told}); check {option}= (the "
             f"endpoint, the credentials{also})"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._locations import remove_tree, resolve
+from .._locations import reach, remove_tree, resolve
 from .._ngff import (
     SPACE_UNITS,
     TIME_UNITS,
@@ -102,10 +102,7 @@ def write_stack(
     if 0 in data.shape:  # (it blamed chunks, which the user did not give: a ninth run)
         raise ValueError(f"stack must not have an empty axis, got shape {data.shape}")
     check_ngff_order(ax)
-    # np.int64(3) failed in zarr's JSON after the folder was made (left behind, empty)
-    if isinstance(zarr_format, bool) or zarr_format not in (2, 3):
-        raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
-    zarr_format = 3 if zarr_format == 3 else 2
+    zarr_format = _zarr_format(zarr_format)
     for name, value, what in (
         ("scale", scale, "by axis letter"), ("units", units, "by axis letter"),
         ("translation", translation, "by axis letter"),
@@ -151,6 +148,18 @@ def write_stack(
         except Exception:  # (what is left, the error below says nothing of)
             pass
         raise
+
+
+def _zarr_format(zarr_format: Any) -> int:
+    """2 or 3 as an int: np.int64(3) failed in zarr's JSON after the folder was made (left
+    behind, empty); 3.0 was taken for 3 (a float for an int; a sweep of contract 4)."""
+    if (
+        not isinstance(zarr_format, (int, np.integer))
+        or isinstance(zarr_format, bool)
+        or zarr_format not in (2, 3)
+    ):
+        raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
+    return 3 if zarr_format == 3 else 2
 
 
 def _stored(stack: Any) -> bool:
@@ -327,7 +336,10 @@ def _chunks(chunks: Any, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     if (
         not isinstance(chunks, (tuple, list))
         or len(chunks) != len(shape)
-        or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks)
+        # (True is an int: (True, 64, 64) was a chunk of 1 plane; a sweep of contract 4)
+        or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in chunks
+        )
     ):
         raise ValueError(
             f"chunks must be {len(shape)} positive ints (one per axis), got {chunks!r}"
@@ -339,6 +351,7 @@ def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
     """Where the store goes: a new location, in a folder that exists (as fuse_zarr's dst), not
     named like an image file (it wrote a Zarr folder of that name: an adversarial run)."""
     location = resolve(path, name="path", storage_options=storage_options, writable=True)
+    reach(location, name="path", option="storage_options")  # (ftp://: fsspec's TypeError)
     if location.exists():
         raise FileExistsError(f"path {location.spec!r} already exists; expected a new location")
     if location.is_local and not os.path.isdir(os.path.dirname(location.path)):

@@ -381,6 +381,34 @@ def test_write_stack_refuses_what_it_wrote_as_given(tmp_path, kwargs, exc, says)
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("path", "kwargs", "says"),
+    [
+        ("s.zarr", {"chunks": (True, 4, 4)}, r"chunks must be 3 positive ints .* \(True, 4, 4\)"),
+        ("s.zarr", {"chunks": (1, np.True_, 4)}, "chunks must be 3 positive ints"),
+        ("s.zarr", {"zarr_format": 3.0}, r"zarr_format must be 2 \(OME-NGFF 0.4\) or 3 \(0.5\)"),
+        ("s.zarr", {"zarr_format": np.float64(2)}, "zarr_format must be 2"),
+        (
+            "ftp://localhost:1/s.zarr",
+            {},
+            r"path 'ftp://localhost:1/s.zarr' cannot be reached .*"
+            "check storage_options=",
+        ),
+    ],
+)
+def test_write_stack_refuses_a_bool_for_an_int_a_float_format_and_an_unreachable_url(
+    tmp_path, monkeypatch, path, kwargs, says
+):
+    """chunks=(True, 4, 4) was taken for a chunk of 1 plane and zarr_format=3.0 for 3 (a
+    bool or a float for an int), and an ftp:// path without its options stopped in fsspec's
+    TypeError, naming nothing (a sweep of contract 4, g41)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=says) as info:
+        write_stack(path, _stack(), axes="zyx", **kwargs)
+    assert "\n" not in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
 def test_write_stack_takes_numpy_integers_for_zarr_format(tmp_path):
     """zarr_format=np.int64(3) (read from an array or a config) failed in zarr's JSON encoder,
     after the folder was made, and left it behind; a bool is no format."""
