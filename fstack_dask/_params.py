@@ -65,12 +65,19 @@ def overlap_depth(nhsize: int) -> int:
     Parameters
     ----------
     nhsize : int
-        Size of the focus-measure window.
+        Size of the focus-measure window of Pertuz et al. [1]_.
 
     Returns
     -------
     int
         The halo depth in pixels.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
 
     Examples
     --------

@@ -16,7 +16,8 @@ SAMPLES = {"mitochondria_lightsheet": "zyx", "pcb": "zyxc"}
 
 @public
 def sample_stack(name: str) -> np.ndarray:
-    """Load a small real focus stack, plane-first (``zyx``, or ``zyxc`` for RGB).
+    """Load a small real focus stack, plane-first (``zyx``, or ``zyxc`` for RGB), to try the
+    fusion of Pertuz et al. [1]_ on.
 
     Parameters
     ----------
@@ -30,6 +31,13 @@ def sample_stack(name: str) -> np.ndarray:
     -------
     numpy.ndarray
         The stack, axes as ``SAMPLES[name]``.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
 
     Examples
     --------

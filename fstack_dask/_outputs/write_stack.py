@@ -45,7 +45,8 @@ def write_stack(
     Writes OME-NGFF 0.5 (Zarr v3, with ``dimension_names``) for ``zarr_format=3``, or
     OME-NGFF 0.4 (Zarr v2, ``"/"`` chunk keys and ``_ARRAY_DIMENSIONS``) for
     ``zarr_format=2``; the image is array ``"0"``. Use it to store an in-memory stack (or
-    one read with another library) so that :func:`fuse_zarr` can fuse it out of core.
+    one read with another library) so that :func:`fuse_zarr` can fuse it out of core (the
+    selective fusion of Pertuz et al. [1]_).
 
     Parameters
     ----------
@@ -80,6 +81,13 @@ def write_stack(
         If ``path`` already exists.
     ValueError
         If ``axes``, ``chunks``, ``scale`` or ``zarr_format`` are invalid.
+
+    References
+    ----------
+    .. [1] S. Pertuz, D. Puig, M. A. Garcia and A. Fusiello, "Generation of
+       all-in-focus images by noise-robust selective fusion of limited
+       depth-of-field images", IEEE Trans. Image Process. 22(3):1242-1251,
+       2013. doi:10.1109/TIP.2012.2231087
 
     Examples
     --------
