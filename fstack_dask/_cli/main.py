@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import signal
 import sys
 import time
@@ -229,10 +230,24 @@ _API_TO_OPTION = (
 )
 
 
-def _message(exc: BaseException) -> str:
+#: Checks the library makes against the source (``levels`` beyond the image, ``level`` not in
+#: it, ``focus`` of another length, ``axes`` of another rank) begin with the keyword's name:
+#: on the command line, the option's (a sweep of contract 4, g41), where it was given there.
+#: (Only these openings: "chunks (..) do not match" is the source's, "axes of ..." a file's.)
+_LEADING_KEYWORD = re.compile(
+    r"^(?:(?P<must>levels|focus|nhsize|sth|alpha|channels) must"
+    r"|(?P<equals>level|chunks)=|(?P<quoted>axes) ')"
+)
+
+
+def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     text = " ".join(str(exc).split())  # one line, whatever the exception holds
     for api, option in _API_TO_OPTION:
         text = text.replace(api, option)
+    lead = _LEADING_KEYWORD.match(text)
+    name = lead and (lead["must"] or lead["equals"] or lead["quoted"])
+    if name and getattr(args, name, None) not in (None, False):
+        text = f"--{name} {text[len(name) + 1 :]}"
     from .._sources.common import MissingExtraError
 
     told = (UsageError, ValueError, TypeError, OSError, RuntimeError, MissingExtraError)
@@ -349,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.traceback:
             raise
-        _error(_message(exc))
+        _error(_message(exc, args))
         code = _exit_code(exc)
     finally:
         if program:  # said and decided: a signal from now on ends it so (not SIG_DFL's -15)

@@ -109,7 +109,7 @@ def test_axes_on_plane_files_are_refused(lightsheet, tmp_path):
     res = cli("fuse", lightsheet, tmp_path / "out.ome.zarr", "--axes", "yxz")
     assert res.returncode == 2
     assert res.stderr.splitlines() == [
-        f"fstack-dask: error: axes 'yxz' cannot apply to src folder '{lightsheet}': plane files "
+        f"fstack-dask: error: --axes 'yxz' cannot apply to src folder '{lightsheet}': plane files "
         "are always read as 'zyx' (one plane per file, in name order, then rows, columns); "
         "omit --axes"
     ]

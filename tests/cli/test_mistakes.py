@@ -251,3 +251,58 @@ def test_an_empty_config_path_is_refused_not_ignored(src, tmp_path, command, con
     assert done.returncode == 2, done.stderr[-500:]
     assert lines == [f"fstack-dask: error: --config must name a YAML file, got {config!r}"]
     assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "says"),
+    [
+        ("fuse", ["--level", "9"], "--level 9 is not in src"),
+        ("fuse", ["--level", "+9"], "--level 9 is not in src"),
+        ("fuse", ["--levels", "9"], "--levels must be at most 6 for a 64 x 48 image"),
+        ("fuse", ["--focus", "0,1"], "--focus must be 1-D with one position per plane (7)"),
+        ("info", ["--level", "3"], "--level 3 is not in src"),
+        ("plain", ["--axes", "tzyx"], "--axes 'tzyx' has 4 letters but the array has 3"),
+        ("plain-info", ["--axes", "tzyx"], "--axes 'tzyx' has 4 letters but the array has 3"),
+    ],
+)
+def test_checks_against_the_source_name_the_option(src, tmp_path, capsys, command, argv, says):
+    """``--level 9`` said ``level=9 is not in src``, ``--levels 9`` ``levels must be at most
+    6``, ``--focus 0,1`` ``focus must be ...``, ``--axes tzyx`` ``axes 'tzyx' has ...``: the
+    Python keyword, where each other check names the option (a sweep of contract 4, g41)."""
+    if command.startswith("plain"):
+        zarr.create_array(str(tmp_path / "plain.zarr"), shape=(7, 64, 48), dtype="uint16")
+        src = tmp_path / "plain.zarr"
+    dst = [str(tmp_path / "out.zarr"), "--no-progress"] if command in ("fuse", "plain") else []
+    before = tree_digest(tmp_path)
+    name = "info" if command.endswith("info") else "fuse"
+    assert main([name, str(src), *dst, *argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fstack-dask: error: {says}"), err
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_config_key_s_check_against_the_source_keeps_its_name(src, tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("output: {levels: 9}\n")
+    assert main(["fuse", str(src), str(tmp_path / "out.zarr"), "--config",
+                 str(tmp_path / "run.yaml")]) == 2  # fmt: skip
+    assert "error: levels must be at most 6" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "axes of TIFF 'a.tif' cannot be mapped",
+        "chunks (1, 2) do not match 3 dimensions",
+        "levelx=3",
+        "focus steps of 1e-09",
+    ],  # fmt: skip
+)
+def test_openings_that_are_not_the_option_keep_their_words(said):
+    """Only a keyword's own check is renamed: the source's chunks or a file's axes are not
+    the option's, even where the option was given."""
+    import argparse
+
+    from fstack_dask._cli.main import _message
+
+    given = argparse.Namespace(axes="zyx", chunks=(3, 3), level=1, focus=[0.0, 1.0])
+    assert _message(ValueError(said), given) == said
