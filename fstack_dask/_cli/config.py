@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import errno
 import os
+import re
 import select
 import stat
 import types
@@ -269,6 +270,35 @@ _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+
+# Numbers as YAML 1.2 reads them, not PyYAML's YAML 1.1: ``nhsize: 011`` was octal (9, where
+# 11 was typed), ``sth: 13:00`` sexagesimal (780), both run silently; ``alpha: 2e-1`` was a
+# string (no dot), refused as one (a sweep of contract 4, g41). ``1_1``, ``0b1``, ``1:30`` are
+# strings now, refused by the key's check, naming it.
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_StrictLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0 if text[:2] in ("0o", "0x") else 10)  # (10: "011" is 11)
+
+
+_StrictLoader.add_constructor(_INT, _construct_int)
 
 
 def _unknown(key: str, where: str, allowed: tuple[str, ...], path: str) -> ValueError:

@@ -239,19 +239,6 @@ def _jobs(value: Any, name: str) -> int:
     return int(value)
 
 
-def _sexagesimal(seconds: int) -> str:
-    """The base-60 digits YAML 1.1 read, e.g. 14400 -> '4:00:00'."""
-    digits = []
-    n = abs(int(seconds))
-    while True:
-        n, d = divmod(n, 60)
-        digits.append(d)
-        if n == 0:
-            break
-    text = str(digits[-1]) + "".join(f":{d:02d}" for d in reversed(digits[:-1]))
-    return ("-" if seconds < 0 else "") + text
-
-
 def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
     if value is None:
         value = {}
@@ -264,12 +251,10 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
         if not isinstance(key, str) or not key.isidentifier():
             raise ValueError(f"{name} has key {key!r}; expected argument names such as 'cores'")
     walltime = value.get("walltime")
-    if _is_real(walltime):
-        typed = _sexagesimal(walltime) if _is_int(walltime) else str(walltime)
+    if _is_real(walltime):  # (an unquoted 4:00:00 is a string: the file is read as YAML 1.2)
         raise ValueError(
-            f"{name}.walltime is the number {walltime!r}, not a time limit: YAML reads an "
-            f"unquoted {typed} as a base-60 number ({walltime!r} seconds). Quote it, e.g. "
-            f'walltime: "{typed}" (HH:MM:SS)'
+            f'{name}.walltime is the number {walltime!r}, not a time limit such as "04:00:00" '
+            "(HH:MM:SS)"
         )
     if walltime is not None and not isinstance(walltime, str):
         raise ValueError(

@@ -188,13 +188,16 @@ def test_wrong_values_name_the_key(tmp_path, text, key):
     assert str(path) in str(info.value)
 
 
-def test_unquoted_walltime_gets_a_helpful_error(tmp_path):
+def test_an_unquoted_walltime_is_the_time_typed_and_a_number_is_refused(tmp_path):
+    """PyYAML's YAML 1.1 read an unquoted 4:00:00 as the number 14400 (base 60), which was
+    refused, asking to quote it; read as YAML 1.2 it is the time typed (g41)."""
     text = "cluster:\n  kind: slurm\n  jobqueue:\n    walltime: 4:00:00\n"
+    assert load_config(_write(tmp_path, text)).cluster.jobqueue["walltime"] == "4:00:00"
     with pytest.raises(ValueError) as info:
-        load_config(_write(tmp_path, text))
+        load_config(_write(tmp_path, text.replace("4:00:00", "14400")))
     message = str(info.value)
-    assert "cluster.jobqueue.walltime" in message
-    assert "14400" in message and "Quote it" in message and '"4:00:00"' in message
+    assert "cluster.jobqueue.walltime is the number 14400, not a time limit" in message
+    assert '"04:00:00" (HH:MM:SS)' in message
 
 
 @pytest.mark.parametrize(
@@ -403,3 +406,53 @@ def test_jobqueue_missing_says_what_to_install(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install \"fstack_dask\[jobqueue\]\""):
         with cfg.cluster_context():
             pass
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("algorithm: {nhsize: 011}", "nhsize", 11),  # YAML 1.1: octal, 9
+        ("algorithm: {nhsize: 0o13}", "nhsize", 11),
+        ("algorithm: {nhsize: 0xB}", "nhsize", 11),
+        ("algorithm: {alpha: 2e-1}", "alpha", 0.2),  # YAML 1.1: a string (no dot), refused
+        ("algorithm: {sth: 1e1}", "sth", 10.0),
+        ("algorithm: {sth: -.5}", "sth", -0.5),
+        ("resources: {stall_timeout: 1e3}", "stall_timeout", 1000.0),
+    ],
+)
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path, text, key, value):
+    """PyYAML reads YAML 1.1: ``nhsize: 011`` was octal 9 and ``sth: 13:00`` sexagesimal 780,
+    both fused silently with a value that was not typed; ``alpha: 2e-1`` was a string, refused
+    as one (a sweep of contract 4, g41)."""
+    config = load_config(_write(tmp_path, text))
+    section = config.resources if key == "stall_timeout" else config.algorithm
+    got = getattr(section, key)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "algorithm: {sth: 13:00}",
+            "algorithm.sth must be a finite number (dB) or auto, got '13:00'",
+        ),
+        (
+            "algorithm: {nhsize: 1:30}",
+            "algorithm.nhsize must be an integer >= 1 or auto, got '1:30'",
+        ),
+        (
+            "algorithm: {nhsize: 0b1011}",
+            "algorithm.nhsize must be an integer >= 1 or auto, got '0b",
+        ),
+        ("resources: {stall_timeout: '1:00:00'}", "resources.stall_timeout must be a positive"),
+    ],
+)
+def test_a_sexagesimal_or_binary_number_is_refused_naming_the_key(tmp_path, text, says):
+    path = _write(tmp_path, text)
+    done = subprocess.run([sys.executable, "-m", "fstack_dask", "info", "--config", str(path),
+                           str(tmp_path / "none.zarr")], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"fstack-dask: error: config file '{path}': {says}"), lines
