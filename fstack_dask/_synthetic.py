@@ -67,7 +67,27 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return (_check_int("shape[0]", shape[0], 1), _check_int("shape[1]", shape[1], 1))
 
 
+#: Beyond these, numpy's "Maximum allowed dimension exceeded", a MemoryError or a blur that
+#: runs for hours, none naming the parameter (a sweep of contract 4, g41): the stack is made in
+#: memory (16 Gi voxels are 32 GiB as uint16), and a blur of 10^4 px is flat on any image.
+MAX_VOXELS = 2**34
+MAX_SIGMA = 1e4
+
+
+def _check_size(m: int, n: int, p: int, c: int, max_sigma: float) -> None:
+    if m * n * p * c > MAX_VOXELS:
+        raise ValueError(
+            f"shape {(m, n)} x n_planes {p}{' x 3 channels' if c == 3 else ''} is "
+            f"{m * n * p * c:.3g} voxels, beyond the {MAX_VOXELS:.3g} a stack made in memory may "
+            "hold; choose a smaller shape or n_planes"
+        )
+    if max_sigma > MAX_SIGMA:
+        raise ValueError(f"max_sigma must be at most {MAX_SIGMA:g} px, got {max_sigma:g}")
+
+
 def _check_dtype(dtype: Any) -> np.dtype:
+    if dtype is None:  # (np.dtype(None) is float64: taken silently; a sweep of contract 4)
+        raise TypeError("dtype must be an integer or floating dtype, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -284,8 +304,8 @@ def synthetic_stack(
         Standard deviation of the additive Gaussian noise, as a fraction of
         full scale (>= 0).
     max_sigma : float, default 4.0
-        Largest defocus blur, in pixels (>= 0), reached at half the stack depth
-        from focus and beyond.
+        Largest defocus blur, in pixels (0 to 10^4), reached at half the stack
+        depth from focus and beyond.
     seed : int or numpy.random.Generator, default 0
         Integer seed (>= 0), or a generator (which is advanced, so repeated
         calls with it differ). The same integer seed gives identical arrays;
@@ -305,7 +325,8 @@ def synthetic_stack(
     TypeError
         If an argument has the wrong type; the message names the parameter.
     ValueError
-        If an argument is out of range; the message names the parameter.
+        If an argument is out of range, or the stack would hold more than 2**34
+        voxels; the message names the parameter.
 
     Notes
     -----
@@ -339,6 +360,7 @@ def synthetic_stack(
     dt = _check_dtype(dtype)
     noise = _check_nonneg_real("noise", noise)
     max_sigma = _check_nonneg_real("max_sigma", max_sigma)
+    _check_size(m, n, p, 3 if rgb else 1, max_sigma)
     rng_tex, rng_depth, rng_noise = _streams(seed)
     c = 3 if rgb else 1
     tex = _texture((m, n), c, rng_tex)

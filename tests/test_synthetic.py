@@ -142,3 +142,23 @@ def test_argument_errors_name_the_parameter(kwargs, exc, match):
     args = {"shape": (8, 8), "n_planes": 3, **kwargs}
     with pytest.raises(exc, match=match):
         synthetic_stack(**args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "says"),
+    [
+        ({"shape": (10**6, 10**6)}, ValueError, r"shape \(1000000, 1000000\) x n_planes 21 is"),
+        ({"n_planes": 10**30}, ValueError, r"x n_planes 1000000000000000000000000000000 is"),
+        ({"max_sigma": 1e300}, ValueError, "max_sigma must be at most 10000 px, got 1e"),
+        ({"max_sigma": 1e5}, ValueError, "max_sigma must be at most 10000 px"),
+        ({"dtype": None}, TypeError, "dtype must be an integer or floating dtype, got None"),
+    ],
+)
+def test_a_stack_beyond_memory_a_blur_beyond_any_image_and_no_dtype_are_refused(kwargs, exc, says):
+    """numpy's 'Maximum allowed dimension exceeded' (n_planes=10**30), a MemoryError (a
+    10^6 x 10^6 shape), 'Maximum allowed size exceeded' (max_sigma=1e300) or a blur running
+    for many minutes (1e5), none naming the parameter; dtype=None made float64 silently (a
+    sweep of contract 4, g41)."""
+    with pytest.raises(exc, match=says) as info:
+        synthetic_stack(**{"shape": (32, 32), **kwargs})
+    assert "\n" not in str(info.value)
