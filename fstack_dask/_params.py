@@ -278,7 +278,8 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
         from dask.utils import parse_bytes
 
         try:
-            n = parse_bytes(value.strip())
+            # (dask reads a unit alone, "MiB", as one of it: a number was left out)
+            n = parse_bytes(value.strip()) if any(map(str.isdigit, value)) else None
         except OverflowError:  # (a 400-digit size: dask's int(inf))
             raise ValueError(
                 f"{name} must be at most 1 PiB ({MAX_MEMORY} bytes), got a number beyond float64"

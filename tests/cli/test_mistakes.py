@@ -306,3 +306,22 @@ def test_openings_that_are_not_the_option_keep_their_words(said):
 
     given = argparse.Namespace(axes="zyx", chunks=(3, 3), level=1, focus=[0.0, 1.0])
     assert _message(ValueError(said), given) == said
+
+
+@pytest.mark.parametrize("unit", ["MiB", "GB", " kib "])
+def test_a_memory_size_without_its_number_is_refused(src, tmp_path, capsys, unit):
+    """dask reads a unit alone as one of it: ``--memory-per-task MiB`` (the number left out)
+    ran with 1 MiB a task, or failed later saying so (a sweep of contract 4, g41)."""
+    before = tree_digest(tmp_path)
+    with pytest.raises(
+        ValueError, match=f"^memory_per_task must be a size such as 256MiB.*{unit!r}"
+    ):
+        fuse_zarr(src, tmp_path / "out.zarr", memory_per_task=unit, progress=False)
+    assert main(["info", str(src), "--memory-per-task", unit]) == 2
+    assert "error: --memory-per-task must be a size such as 256MiB" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text(f"resources: {{memory_per_task: '{unit}'}}\n")
+    assert main(["fuse", str(src), str(tmp_path / "out.zarr"), "--config",
+                 str(tmp_path / "run.yaml")]) == 2  # fmt: skip
+    assert "resources.memory_per_task must be a size" in capsys.readouterr().err
+    (tmp_path / "run.yaml").unlink()
+    assert tree_digest(tmp_path) == before
