@@ -101,13 +101,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv_numbers(text: str) -> list[float]:
-    parts = [p.strip() for p in text.replace(";", ",").split(",")]
-    try:
-        return [float(p) for p in parts]
-    except ValueError:
+    from .config_values import ascii_float
+
+    values = [ascii_float(p) for p in text.replace(";", ",").split(",")]
+    if None in values:  # (float() also read "1_0" and "٣")
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers such as 0,1,2.5, got {text!r}"
-        ) from None
+        )
+    return values  # type: ignore[return-value]
+
+
+def _int_arg(text: str) -> int:
+    from .config_values import ascii_int
+
+    value = ascii_int(text)
+    if value is None:  # (int() also read "1_0" and "٩"; "²" failed naming nothing)
+        raise argparse.ArgumentTypeError(f"expected an integer such as 3, got {text!r}")
+    return value
+
+
+def _float_arg(text: str) -> float:
+    from .config_values import ascii_float
+
+    value = ascii_float(text)
+    if value is None:  # (float() also read "0_2" as 2.0 and "０.２")
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.2 or 1e-3, got {text!r}")
+    return value
 
 
 def _chunks_arg(text: str) -> Any:
@@ -141,7 +160,7 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--level",
-        type=int,
+        type=_int_arg,
         metavar="N",
         help="pyramid level of an OME-Zarr or pyramidal TIFF source to fuse (default 0: full "
         "resolution)",
@@ -177,7 +196,7 @@ def _add_algorithm_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     if full:
         g.add_argument(
             "--alpha",
-            type=float,
+            type=_float_arg,
             metavar="A",
             help="steepness of the selectivity-to-weight map, in [1e-6, 1] (default 0.2)",
         )
@@ -243,7 +262,7 @@ def _add_layout_options(p: argparse.ArgumentParser, *, full: bool) -> None:
         )
         g.add_argument(
             "--stall-timeout",
-            type=float,
+            type=_float_arg,
             metavar="SECONDS",
             help="on a cluster, fail when no block finishes for this long (default 600)",
         )
@@ -341,14 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
-    demo.add_argument("--size", type=int, default=512,
+    demo.add_argument("--size", type=_int_arg, default=512,
                       help="image side in pixels, 32 to 4096 (default 512)")  # fmt: skip
-    demo.add_argument("--planes", type=int, default=21,
+    demo.add_argument("--planes", type=_int_arg, default=21,
                       help="number of focal planes, 5 to 200 (default 21)")  # fmt: skip
     demo.add_argument(
         "--rgb", action="store_true", help="colour (uint8 RGB) stack instead of grey uint16"
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_int_arg, default=0, help="random seed (default 0)")
     demo.add_argument(
         "--scheduler",
         metavar="NAME|ADDRESS",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -49,11 +50,31 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+# Numbers typed on the command line, in ASCII: int() and float() also read "٩" (9), "1_3" (13)
+# and "０.２", and int("²") fails naming nothing ("invalid literal for int()"): a typo of "0.2"
+# as "0_2" was an sth of 2 (a sweep of contract 4, g41; --chunks refused them already).
+_ASCII_NUMBER = re.compile(
+    r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity|nan)"
+)
+
+
+def ascii_int(text: str) -> int | None:
+    """``text`` as an int if it is one in ASCII digits (a sign allowed), else None."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else None
+
+
+def ascii_float(text: str) -> float | None:
+    """``text`` as a float if it is one in ASCII (``1e-3``, ``.5``, ``inf``), else None."""
+    text = text.strip()
+    return float(text) if _ASCII_NUMBER.fullmatch(text.lower()) else None
+
+
 def _nhsize(value: Any, name: str) -> int | str:
     if value == "auto":
         return "auto"
-    if name.startswith("--") and isinstance(value, str) and value.strip().isdigit():
-        value = int(value)  # the command line gives text; a config file's '9' stays refused
+    if name.startswith("--") and isinstance(value, str) and ascii_int(value) is not None:
+        value = ascii_int(value)  # the command line gives text; a config file's '9' stays refused
     if not _is_int(value):
         raise ValueError(
             f"{name} must be an integer >= 1 or auto, got {value!r} ({_type_name(value)})"
@@ -79,10 +100,7 @@ def _sth(value: Any, name: str) -> float | str:
     if value == "auto":
         return "auto"
     if name.startswith("--") and isinstance(value, str):  # the command line gives text
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+        value = value if ascii_float(value) is None else ascii_float(value)
     if not _is_real(value):
         raise ValueError(
             f"{name} must be a finite number (dB) or auto, got {value!r} ({_type_name(value)})"
@@ -158,8 +176,8 @@ def _level(value: Any, name: str) -> int:
 def _levels(value: Any, name: str) -> int | None:
     if value is None or (isinstance(value, str) and value == "auto"):
         return None
-    if isinstance(value, str) and value.strip().isdigit():  # from the command line
-        value = int(value)
+    if isinstance(value, str) and ascii_int(value) is not None:  # from the command line
+        value = ascii_int(value)
     if _is_int(value) and 0 <= value <= 40:
         return int(value)
     raise ValueError(f"{name} must be auto, null or an integer from 0 to 40, got {value!r}")

@@ -325,3 +325,34 @@ def test_a_memory_size_without_its_number_is_refused(src, tmp_path, capsys, unit
     assert "resources.memory_per_task must be a size" in capsys.readouterr().err
     (tmp_path / "run.yaml").unlink()
     assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--nhsize", "²"], "--nhsize must be an integer >= 1 or auto, got '²'"),
+        (["--nhsize", "٩"], "--nhsize must be an integer >= 1 or auto, got '٩'"),
+        (["--sth", "0_2"], "--sth must be a finite number (dB) or auto, got '0_2'"),
+        (["--alpha", "０.２"], "argument --alpha: expected a number such as 0.2"),
+        (["--stall-timeout", "1_0"], "argument --stall-timeout: expected a number"),
+        (["--levels", "٢"], "--levels must be auto, null or an integer from 0 to 40, got '٢'"),
+        (["--level", "²"], "argument --level: expected an integer such as 3, got '²'"),
+        (["--focus", "0,1,2,3,4,5,٦"], "argument --focus: expected comma-separated numbers"),
+    ],
+)
+def test_numbers_typed_other_than_in_ascii_digits_are_refused(src, tmp_path, capsys, argv, says):
+    """int() and float() read '٩' as 9, '0_2' as 2 (a typo of 0.2: an sth of 2 dB, run) and
+    '０.２' as 0.2, and int('²') failed naming nothing ('invalid literal for int()'), where
+    --chunks refused them already (a sweep of contract 4, g41)."""
+    before = tree_digest(tmp_path)
+    assert main(["fuse", str(src), str(tmp_path / "out.zarr"), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fstack-dask: error: {says}"), err
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv", [["--planes", "1_1"], ["--size", "٦٤"], ["--seed", "٣"]])
+def test_demo_numbers_typed_other_than_in_ascii_digits_are_refused(tmp_path, argv):
+    done = _cli("demo", tmp_path / "d", *argv, cwd=tmp_path)
+    assert done.returncode == 2 and f"argument {argv[0]}: expected an integer" in done.stderr
+    assert not (tmp_path / "d").exists()
