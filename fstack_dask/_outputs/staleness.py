@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -46,11 +47,17 @@ log = logging.getLogger(__name__)
 
 
 def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
     try:
-        value = float(os.environ.get(name, default))
+        value = default if text is None else float(text)
     except ValueError:
+        value = math.nan
+    if not value > 0:  # ("abc", "0", "-5", "nan" ran on the default in silence: a sweep, g41)
+        from .._errors import warn
+
+        warn(f"{name} must be a positive number of seconds, got {text!r}; {default:g} s is used")
         return default
-    return min(value, threading.TIMEOUT_MAX) if value > 0 else default  # "inf": never
+    return min(value, threading.TIMEOUT_MAX)  # "inf": never
 
 
 #: Seconds without a heartbeat before a lock written on another host is stale
