@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 from .lazy_overlap import overlap
 
 try:  # dask's task spec (2024.12 to 2026.8 at least): without it, one overlap, as before
-    from dask._task_spec import Task, TaskRef, convert_legacy_graph
+    from dask._task_spec import Alias, Task, TaskRef, convert_legacy_graph
 except ImportError:  # pragma: no cover - a dask that moved them
     convert_legacy_graph = None
 # Whether this dask lets a graph go in bands (an older one gets one overlap, as before)
@@ -53,19 +53,28 @@ def _after(value, *_):
     return value
 
 
-def _own_copies(x: da.Array, bounds: list, after, seed: str):
-    """``x[..., y0:y1, x0:x1]`` for each ``((y0, y1), (x0, x1))`` of ``bounds``, each computed
-    by tasks of its own (renamed), so that no tile holds a chunk for another, their roots run
+def _tiles(x: da.Array, rows: list, cols: list, after, seed: str):
+    """Every tile's own copy of ``x[..., y0:y1, x0:x1]`` (``rows`` x ``cols`` of ``(y0, y1)`` and
+    ``(x0, x1)``), laid side by side as one array in one graph layer: each copy computed by
+    tasks of its own (renamed), so that no tile holds a chunk for another, their roots run
     only after ``after`` (the image minimums: the fusion's reads wait for them, never held for
-    them). None where the copies would together recompute more than the input's graph twice
-    over (pixels that depend on the whole image, say a global normalisation: one graph, as
-    before, rather than a recomputation per tile)."""
-    parts = [x[..., y0:y1, x0:x1] for (y0, y1), (x0, x1) in bounds]
+    them). One layer for all tiles: a layer a tile made dask's per-layer work grow with the
+    square of the tiles (a layer copies its collection's layers; 21 x 100000^2 in 512-px
+    blocks, 625 tiles: 5078 layers, benchmarks/RESULTS.md). None where the copies would
+    together recompute more than the input's graph twice over (pixels that depend on the
+    whole image, say a global normalisation: one graph, as before, rather than a
+    recomputation per tile)."""
+    parts = [x[..., y0:y1, x0:x1] for y0, y1 in rows for x0, x1 in cols]
     waits = () if after is None else tuple(TaskRef(k) for k in flatten(after.__dask_keys__()))
-    deps = [] if after is None else [after]
     hlg = HighLevelGraph.merge(*(part.__dask_graph__() for part in parts))
-    graph = convert_legacy_graph(dict(hlg))  # the walk below culls (hlg.cull lost keys)
-    copies, total = [], 0
+    graph = convert_legacy_graph(hlg.to_dict())  # the walk below culls (hlg.cull lost keys)
+    name = f"tiles-{tokenize(seed)}"
+    row_chunks = [parts[r * len(cols)].chunks[-2] for r in range(len(rows))]
+    col_chunks = [parts[c].chunks[-1] for c in range(len(cols))]
+    row_at = np.cumsum([0] + [len(c) for c in row_chunks]).tolist()
+    col_at = np.cumsum([0] + [len(c) for c in col_chunks]).tolist()
+    layer: dict = {}
+    total = 0
     for i, part in enumerate(parts):
         sub: dict = {}
         todo = list(flatten(part.__dask_keys__()))
@@ -79,21 +88,50 @@ def _own_copies(x: da.Array, bounds: list, after, seed: str):
         total += len(sub)
         suffix = tokenize(seed, i)
         names = {key: _renamed(key, suffix) for key in sub}
-        # one task per band waits for the minimums, its reads for it: a read waiting for each
+        r, c = divmod(i, len(cols))
+        for key in flatten(part.__dask_keys__()):  # the tile's blocks, at their place
+            names[key] = (name, *key[1:-2], key[-2] + row_at[r], key[-1] + col_at[c])
+        # one task per tile waits for the minimums, its reads for it: a read waiting for each
         # image's minimum was an edge per read per image, quadratic in a batch axis's length
         gate = f"minimums-{suffix}"
-        layer = {gate: Task(gate, _after, None, *waits)} if waits else {}
+        if waits:
+            layer[gate] = Task(gate, _after, None, *waits)
         for key, node in sub.items():
             node = node.substitute(names, key=names[key])
             if waits and not node.dependencies:
                 node = Task(names[key], _after, node, TaskRef(gate))
             layer[names[key]] = node
-        name = _renamed(part.name, suffix)
-        band_graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-        copies.append(da.Array(band_graph, name, part.chunks, meta=part._meta))
     if total > 2 * len(graph) + 2 * len(parts):
         return None
-    return copies
+    deps = [] if after is None else [after]
+    chunks = (*x.chunks[:-2], sum(row_chunks, ()), sum(col_chunks, ()))
+    return da.Array(HighLevelGraph.from_collections(name, layer, deps), name, chunks, meta=x._meta)
+
+
+def _placed(starts: list[int], n: int) -> tuple[list[int], tuple[int, ...]]:
+    """Along one axis of the tiles side by side (:func:`_tiles`): where each of the ``n``
+    blocks is, and where the halo chunks beside each tile are (``starts``: :func:`_spans`)."""
+    at: list[int] = []
+    halo: list[int] = []
+    for s0, s1 in itertools.pairwise(starts):
+        if s0 > 0:
+            halo.append(len(at) + len(halo))
+        at.extend(range(len(at) + len(halo), len(at) + len(halo) + s1 - s0))
+        if s1 < n:
+            halo.append(len(at) + len(halo))
+    return at, tuple(halo)
+
+
+def _picked(mapped: da.Array, rows: list[int], cols: list[int], chunks: tuple) -> da.Array:
+    """The blocks of ``mapped`` at ``rows`` x ``cols`` (its last two axes), in one layer."""
+    name = f"picked-{tokenize(mapped.name, rows, cols)}"
+    layer = {}
+    for lead in itertools.product(*map(range, mapped.numblocks[:-2])):
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                layer[(name, *lead, i, j)] = Alias((name, *lead, i, j), (mapped.name, *lead, r, c))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[mapped])
+    return da.Array(graph, name, chunks, meta=mapped._meta)
 
 
 def _spans(chunks: tuple[int, ...], halo: int, side: int) -> tuple[list[int], list]:
@@ -117,47 +155,32 @@ def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: 
     in tiles of blocks about :data:`BAND_WIDTH` px wide and high, each reading its own copy of
     its blocks and the halo around them; never less high than ``unit``, the input's own chunks'
     height (a chunk taller than a tile, say one chunk of a whole NumPy image, read once a band
-    as before, not once a tile). ``func`` takes ``skip``: whether its tile's top, bottom, left
-    and right sides carry a halo beyond its blocks (cropped as a neighbour's is)."""
+    as before, not once a tile). The tiles lie side by side in one array, each with its halo
+    chunks: ``func`` takes ``skip``, the rows and columns of those chunks (fused as nothing,
+    cropped as a neighbour's halo is, and dropped)."""
     ys, xs = x.ndim - 2, x.ndim - 1
     row_starts, row_bounds = _spans(x.chunks[ys], depth[ys], max(BAND_WIDTH, unit))
     col_starts, col_bounds = _spans(x.chunks[xs], depth[xs], BAND_WIDTH)
-    copies = None
+    tiles = None
     if (len(row_bounds) > 1 or len(col_bounds) > 1) and BANDS:
-        bounds = [(r, c) for r in row_bounds for c in col_bounds]
         seed = tokenize(x, depth, row_starts, col_starts, getattr(after, "name", None))
-        copies = _own_copies(x, bounds, after, seed)
-    if copies is None:
+        tiles = _tiles(x, row_bounds, col_bounds, after, seed)
+    if tiles is None:
         # Seeded by the minimums' name: bind's own seed is random, and fuse() of the same
         # input twice was two graphs (computed twice in one dask.compute)
         bound = x if after is None else bind(x, after, seed=after.name)
         return da.map_blocks(func, overlap(bound, depth), *args, chunks=chunks, **kwargs)
-    tiles = iter(copies)
-    rows = []
-    for r0, r1 in itertools.pairwise(row_starts):
-        row = []
-        for c0, c1 in itertools.pairwise(col_starts):
-            sides = [
-                int(r0 > 0),
-                int(r1 < len(x.chunks[ys])),
-                int(c0 > 0),
-                int(c1 < len(x.chunks[xs])),
-            ]
-            # the halo rows' and columns' outputs, dropped: as deep as the halo (the layers),
-            # or one element (the first pass's statistics)
-            pads = [depth[ax] if sum(chunks[ax]) == x.shape[ax] else 1 for ax in (ys, xs)]
-            own = [(pads[0],) * sides[0] + chunks[ys][r0:r1] + (pads[0],) * sides[1],
-                   (pads[1],) * sides[2] + chunks[xs][c0:c1] + (pads[1],) * sides[3]]  # fmt: skip
-            fused = da.map_blocks(
-                func,
-                overlap(next(tiles), depth),  # chunks: (halo, the tile's blocks..., halo)
-                *args,
-                chunks=chunks[:-2] + tuple(own),
-                skip=tuple(map(bool, sides)),
-                **kwargs,
-            )
-            crop = (slice(sides[0] * pads[0], fused.shape[ys] - sides[1] * pads[0]),
-                    slice(sides[2] * pads[1], fused.shape[xs] - sides[3] * pads[1]))  # fmt: skip
-            row.append(fused[(..., *crop)])
-        rows.append(row)
-    return da.block(rows)
+    rows, halo_rows = _placed(row_starts, len(x.chunks[ys]))
+    cols, halo_cols = _placed(col_starts, len(x.chunks[xs]))
+    # the halo rows' and columns' outputs: as deep as the halo (the layers), or one element
+    # (the first pass's statistics)
+    pads = [depth[ax] if sum(chunks[ax]) == x.shape[ax] else 1 for ax in (ys, xs)]
+    own = []
+    for ax, at, pad in ((ys, rows, pads[0]), (xs, cols, pads[1])):
+        sides = [pad] * (len(at) + len(halo_rows if ax == ys else halo_cols))
+        for k, t in enumerate(at):
+            sides[t] = chunks[ax][k]
+        own.append(tuple(sides))
+    mapped = da.map_blocks(func, overlap(tiles, depth), *args, chunks=(*chunks[:-2], *own),
+                           skip=(halo_rows, halo_cols), **kwargs)  # fmt: skip
+    return _picked(mapped, rows, cols, chunks)

@@ -37,17 +37,16 @@ def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
     return crops
 
 
-def _skipped(info: dict, skip: tuple[bool, ...]) -> bool:
-    """Whether a block is in a tile's halo row or column (:mod:`.lazy_bands`; ``skip``: its
-    top, bottom, left and right sides), dropped unfused."""
-    loc, n = info["chunk-location"][-2:], info["num-chunks"][-2:]
-    return any(skip[2 * a] and loc[a] == 0 or skip[2 * a + 1] and loc[a] == n[a] - 1
-               for a in (0, 1))  # fmt: skip
+def _skipped(info: dict, skip: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
+    """Whether a block is a halo chunk beside a tile (:mod:`.lazy_bands`; ``skip``: the rows
+    and columns of those chunks), dropped unfused."""
+    loc = info["chunk-location"][-2:]
+    return loc[0] in skip[0] or loc[1] in skip[1]
 
 
 @with_ieee_arithmetic
 def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
-                skip=(False,) * 4, block_info=None):  # fmt: skip
+                skip=((), ()), block_info=None):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
     (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``skip``: :func:`_skipped`."""
     (y0, y1), (x0, x1) = _crops(block, halo, block_info[0])
@@ -63,7 +62,7 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
 
 @with_ieee_arithmetic
 def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-               skip=(False,) * 4, block_info=None):  # fmt: skip
+               skip=((), ()), block_info=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
     ``fills``: its image's smallest S, one element (None: -inf); ``skip``: :func:`_skipped`."""
     info = block_info[0]

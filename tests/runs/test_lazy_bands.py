@@ -218,3 +218,31 @@ def test_a_batch_axis_adds_no_edge_per_read_per_image(monkeypatch):
     graph = dict(fuse(stack, axes="tzyx", chunks=32).__dask_graph__())
     edges = sum(len(node.dependencies) for node in lazy_bands.convert_legacy_graph(graph).values())
     assert edges <= 2 * len(graph), f"{edges} edges for {len(graph)} tasks"
+
+
+@pytest.mark.skipif(not lazy_bands.BANDS, reason="this dask has no task spec: one overlap")
+def test_the_graph_has_as_many_layers_for_64_tiles_as_for_4(monkeypatch):
+    """A tile was layers of its own (its copy of the input, its overlap, its blocks, its
+    crop), each copying its collection's layers: 21 x 100000^2 uint16 in 512-px blocks (625
+    tiles) was 5078 layers and fuse() took twice as long as in bands
+    (benchmarks/RESULTS.md). The tiles lie side by side in one layer now: the same layers for
+    64 tiles as for 4, counted, never timed; built with a scheduler that refuses any compute,
+    blocks that raise if run. The same blocks both times (the smallest-S reduction's depth
+    follows the blocks)."""
+
+    def exploding(block):
+        raise AssertionError("a block was computed")
+
+    stack = da.zeros((7, 512, 512), chunks=(7, 32, 32), dtype="uint8")  # 256 blocks
+    layers = []
+    for width in (256, 64):
+        monkeypatch.setattr(lazy_bands, "BAND_WIDTH", width)
+        with dask.config.set(scheduler=_refusing):
+            out = fuse(stack.map_blocks(exploding, dtype=stack.dtype), chunks=32,
+                       return_maps=True)  # fmt: skip
+        layers.append(len(out.image.dask.layers))
+    assert layers[1] == layers[0], f"{layers[1]} layers for 64 tiles, {layers[0]} for 4"
+
+
+def _refusing(*args, **kwargs):
+    raise AssertionError("building the graph must not compute")
