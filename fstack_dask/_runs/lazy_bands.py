@@ -156,8 +156,9 @@ def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: 
     its blocks and the halo around them; never less high than ``unit``, the input's own chunks'
     height (a chunk taller than a tile, say one chunk of a whole NumPy image, read once a band
     as before, not once a tile). The tiles lie side by side in one array, each with its halo
-    chunks: ``func`` takes ``skip``, the rows and columns of those chunks (fused as nothing,
-    cropped as a neighbour's halo is, and dropped)."""
+    chunks: ``func`` takes ``block_id``, ``grid`` (the blocks along y and x) and ``skip``, the
+    rows and columns of those halo chunks (fused as nothing, cropped as a neighbour's halo is,
+    and dropped)."""
     ys, xs = x.ndim - 2, x.ndim - 1
     row_starts, row_bounds = _spans(x.chunks[ys], depth[ys], max(BAND_WIDTH, unit))
     col_starts, col_bounds = _spans(x.chunks[xs], depth[xs], BAND_WIDTH)
@@ -168,8 +169,9 @@ def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: 
     if tiles is None:
         # Seeded by the minimums' name: bind's own seed is random, and fuse() of the same
         # input twice was two graphs (computed twice in one dask.compute)
-        bound = x if after is None else bind(x, after, seed=after.name)
-        return da.map_blocks(func, overlap(bound, depth), *args, chunks=chunks, **kwargs)
+        bound = overlap(x if after is None else bind(x, after, seed=after.name), depth)
+        return da.map_blocks(func, bound, *args, chunks=chunks, grid=bound.numblocks[-2:],
+                             **kwargs)  # fmt: skip
     rows, halo_rows = _placed(row_starts, len(x.chunks[ys]))
     cols, halo_cols = _placed(col_starts, len(x.chunks[xs]))
     # the halo rows' and columns' outputs: as deep as the halo (the layers), or one element
@@ -182,5 +184,6 @@ def banded_map(func, x: da.Array, depth: dict[int, int], args: list, *, chunks: 
             sides[t] = chunks[ax][k]
         own.append(tuple(sides))
     mapped = da.map_blocks(func, overlap(tiles, depth), *args, chunks=(*chunks[:-2], *own),
-                           skip=(halo_rows, halo_cols), **kwargs)  # fmt: skip
+                           grid=tiles.numblocks[-2:], skip=(halo_rows, halo_cols),
+                           **kwargs)  # fmt: skip
     return _picked(mapped, rows, cols, chunks)

@@ -25,33 +25,34 @@ from .._params import DEFAULT_MEMORY_PER_TASK, overlap_depth
 __all__ = ["cast_chunk", "chunk_stats", "fuse_chunk", "merge_small", "plan_chunks"]
 
 
-def _crops(block: np.ndarray, halo: int, info: dict) -> list[tuple[int, int]]:
+def _crops(block: np.ndarray, halo: int, at: tuple, grid: tuple) -> list[tuple[int, int]]:
     """The y and x ranges of an overlapped block that are its own (sides that are not the
-    image edge carry a halo)."""
-    loc, nchunks = info["chunk-location"], info["num-chunks"]
+    image edge carry a halo); ``at``: its block index, ``grid``: the blocks along y and x. By
+    ``block_id``, never dask's ``block_info``: a dict built per block at the graph's build and
+    parsed per task before the first one runs."""
     crops = []
-    for ax in (block.ndim - 2, block.ndim - 1):
-        lo = halo if loc[ax] > 0 else 0
-        hi = halo if loc[ax] < nchunks[ax] - 1 else 0
+    for ax, loc, n in zip((block.ndim - 2, block.ndim - 1), at[-2:], grid, strict=True):
+        lo = halo if loc > 0 else 0
+        hi = halo if loc < n - 1 else 0
         crops.append((lo, block.shape[ax] - hi))
     return crops
 
 
-def _skipped(info: dict, skip: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
+def _skipped(at: tuple, skip: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
     """Whether a block is a halo chunk beside a tile (:mod:`.lazy_bands`; ``skip``: the rows
     and columns of those chunks), dropped unfused."""
-    loc = info["chunk-location"][-2:]
-    return loc[0] in skip[0] or loc[1] in skip[1]
+    return at[-2] in skip[0] or at[-1] in skip[1]
 
 
 @with_ieee_arithmetic
-def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
-                skip=((), ()), block_info=None):  # fmt: skip
+def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, grid, engine=None,
+                skip=((), ()), block_id=None):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
-    (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``skip``: :func:`_skipped`."""
-    (y0, y1), (x0, x1) = _crops(block, halo, block_info[0])
+    (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``grid``: :func:`_crops`,
+    ``skip``: :func:`_skipped`."""
+    (y0, y1), (x0, x1) = _crops(block, halo, block_id, grid)
     lead = block.shape[: block.ndim - (4 if rgb else 3)]
-    if _skipped(block_info[0], skip):
+    if _skipped(block_id, skip):
         return np.zeros(lead + ((1,) if rgb else ()) + (2, 1, 1))
     core = block.reshape(block.shape[len(lead) :])
     res = fuse_block(core, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
@@ -61,14 +62,14 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, engine=None,
 
 
 @with_ieee_arithmetic
-def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, engine=None,
-               skip=((), ()), block_info=None):  # fmt: skip
+def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, grid,
+               engine=None, skip=((), ()), block_id=None):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
-    ``fills``: its image's smallest S, one element (None: -inf); ``skip``: :func:`_skipped`."""
-    info = block_info[0]
-    crops = _crops(block, halo, info)
+    ``fills``: its image's smallest S, one element (None: -inf); ``grid``: :func:`_crops`,
+    ``skip``: :func:`_skipped`."""
+    crops = _crops(block, halo, block_id, grid)
     lead = block.shape[: block.ndim - (4 if rgb else 3)]  # batch (and independent c) axes, all 1
-    if _skipped(info, skip):
+    if _skipped(block_id, skip):
         (y0, y1), (x0, x1) = crops
         return np.zeros(lead + ((1,) if rgb else ()) + (n_out, y1 - y0, x1 - x0))
     core = block.reshape(block.shape[len(lead) :])
