@@ -41,7 +41,9 @@ __all__ = ["BAND_WIDTH", "banded_map"]
 # 21 x 2048 x 16384 uint16 in 512-px blocks, to_zarr on 2 threads, peaked at 557-578 MiB in
 # bands of 2048 px, 618-652 in bands of 4096 and 873-932 in one graph (482-524 at 2048 wide),
 # decoding each chunk 1.44, 1.19 and 1.0 times a pass (benchmarks/RESULTS.md): within 1.3x of
-# the narrow image at a fifth more decodes; the same side down (the tiles): as much again
+# the narrow image at a fifth more decodes; the same side down (the tiles): as much again.
+# Tiles of 8192 px: 1.13 decodes a chunk a pass at 21 x 16384^2 rather than 1.41, for 624 MiB
+# held by the scheduler rather than 278 (kernel-less): not taken
 BAND_WIDTH = 4096
 
 
