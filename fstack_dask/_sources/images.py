@@ -57,7 +57,8 @@ def open_image_files(
         two. Folders and patterns are read in natural sort order (`natural_key`:
         ``plane2`` before ``plane10``, ``z0.5um`` before ``z1um``, and ``z-3``
         before ``z0`` where the names hold signed and unsigned numbers at that
-        place); a list keeps its order. All files must
+        place; by a number labelled ``z`` or ``focus`` first where names hold
+        other numbers, as stage coordinates); a list keeps its order. All files must
         have one format, shape, dtype and colour mode.
     axes : str, optional
         ``"zyx"`` (grey) or ``"zyxc"`` (colour), the only order plane files have:

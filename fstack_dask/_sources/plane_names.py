@@ -213,7 +213,8 @@ def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
 
 def sort_planes(files: Sequence[str]) -> list[str]:
     """`files` in `natural_key` order, a sign read as one where the names that share a
-    pattern hold signed and unsigned numbers at that place (``z-3`` ... ``z0`` ... ``z3``).
+    pattern hold signed and unsigned numbers at that place (``z-3`` ... ``z0`` ... ``z3``),
+    in a folder by the number labelled ``z`` or ``focus`` first (`_focus_places`).
 
     Examples
     --------
@@ -221,6 +222,8 @@ def sort_planes(files: Sequence[str]) -> list[str]:
     ['z-2.tif', 'z-1.tif', 'z0.tif', 'z1.tif']
     >>> sort_planes(["stack-10.tif", "stack-9.tif"])  # a "-" in every name: a separator
     ['stack-9.tif', 'stack-10.tif']
+    >>> sort_planes(["x1200_z0.tif", "x1197_z0.5.tif"])  # stage coordinates: by z
+    ['x1200_z0.tif', 'x1197_z0.5.tif']
     """
     signs: dict[tuple[str, int], set[str]] = {}
     for f in files:
@@ -230,7 +233,50 @@ def sort_planes(files: Sequence[str]) -> list[str]:
     for (pattern, place), found in signs.items():
         if len(found) > 1:
             signed.setdefault(pattern, set()).add(place)
-    return sorted(files, key=lambda f: natural_key(f, signed.get(_pattern(f), ())))
+    focus = _focus_places(files)
+
+    def key(f: str) -> tuple[Any, ...]:
+        natural = natural_key(f, signed.get(_pattern(f), ()))
+        place = focus.get(f)
+        # in its folder, by the focus number before the rest (every file of a folder has one)
+        return natural if place is None else (natural[0], natural[1][2 * place + 1], *natural)
+
+    return sorted(files, key=key)
+
+
+# The text before a number that names it a focus position: "z", "_Z", "xy001z", "focus_".
+_FOCUS_LABEL = re.compile(r"(?:^|[^a-z])(?:z|focus)[_-]?$")
+
+
+def _focus_places(files: Sequence[str]) -> dict[str, int]:
+    """Each file's place of the number labelled as its focus position (``z``, ``focus``),
+    in folders where every file has one that numbers its pattern's files apart and some
+    names hold other numbers. Names whose stage coordinates change per plane
+    (``x1182_y3400_z3.tif``, ``x1179_y3400_z3.5.tif``) were ordered by x before z, in
+    silence: backwards where the stage drifts down (a review of real naming schemes,
+    2026-12-06)."""
+    members: dict[tuple[str, str], list[str]] = {}
+    for f in files:
+        members.setdefault((os.path.dirname(f), _pattern(f)), []).append(f)
+    places: dict[str, int] = {}
+    others: set[str] = set()  # folders whose names hold numbers besides the focus position
+    for (folder, _), names in members.items():
+        parts = [_parts(f) for f in names]
+        labelled = [
+            i // 2
+            for i in range(1, len(parts[0]), 2)
+            if _FOCUS_LABEL.search(parts[0][i - 1].casefold())
+            and len({_plain(p[i]) for p in parts}) == len(names)
+        ]
+        if labelled:
+            places.update(dict.fromkeys(names, labelled[-1]))
+            others.update([folder] if len(parts[0]) > 3 else [])
+    return {
+        f: place
+        for f, place in places.items()
+        if os.path.dirname(f) in others
+        and all(g in places for g in files if os.path.dirname(g) == os.path.dirname(f))
+    }
 
 
 def order_warning(files: Sequence[str], where: str) -> str | None:

@@ -401,7 +401,7 @@ def test_natural_key():
         (["stack_z-02um", "stack_z-01um", "stack_z+00um", "stack_z+01um", "stack_z+02um"], False),
         (["z-1.5", "z-1", "z-0.5", "z0", "z0.5", "z1", "z1.5"], False),
         (["stack-1", "stack-2", "stack-9", "stack-10", "stack-11"], False),  # separators
-        (["2024-05-01_z003", "2024-05-01_z010", "2024-05-02_z001", "2024-12-01_z002"], False),
+        (["2024-05-01_p003", "2024-05-01_p010", "2024-05-02_p001", "2024-12-01_p002"], False),
         (["scan_2024.05.01_z1", "scan_2024.05.01_z2", "scan_2024.05.01_z10"], False),
         (["cell_t-1_z-1", "cell_t-1_z0", "cell_t-1_z1", "cell_t-2_z-1", "cell_t-2_z1"], False),
         (["x1.1", "x1.10", "x1.2", "x1.9"], True),  # sections, or decimals? said

@@ -1,0 +1,151 @@
+"""Real-world naming schemes of focus-stack plane files (microscopes, cameras, software):
+one stack opens in focus order with no refusal; a folder of several stacks is refused with
+a glob that opens one of them."""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from readers_util import need
+
+tifffile = need("tifffile")
+
+from fstack_dask._sources.images import open_image_files  # noqa: E402
+
+
+def _stamps(n, step, per_plane=1):
+    t0 = datetime.datetime(2024, 5, 1, 13, 45, 50)  # the minute turns within the stack
+    return [t0 + datetime.timedelta(seconds=step * (k // per_plane)) for k in range(n)]
+
+
+def _z(fmt, planes):
+    return [fmt.format(k) for k in planes]
+
+
+_HALF_UM = [k / 2 for k in range(-7, 8)]
+# name of each plane, in focus order
+ONE_STACK = {
+    "micro-manager": _z("img_channel000_position000_time000000000_z{:03d}.tif", range(12)),
+    "metamorph": _z("exp_w1DAPI_s1_t1_z{}.TIF", range(1, 12)),
+    "zen": _z("image_z{:02d}c1.tif", range(1, 12)),
+    "zen mosaic": _z("image_z{:02d}c1m1.tif", range(1, 12)),
+    "las x": _z("Series001_z{:02d}_ch00.tif", range(12)),
+    "nis": _z("xy001z{:02d}c1.tif", range(1, 12)),
+    "cellsens": _z("Image_01_Z{:03d}_C001.tif", range(1, 12)),
+    "fiji sequence": _z("name{:04d}.tif", range(12)),
+    "imagej": _z("Stack_{:04d}.tif", range(1, 12)),
+    "from 0": _z("p{}.tif", range(12)),
+    "gaps": _z("z{:02d}.tif", [1, 2, 3, 5, 6, 9, 10, 14]),
+    "focus um": [f"z{'+' if p > 0 else ''}{p:g}um.tif" for p in _HALF_UM],
+    "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
+    "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
+    "decimals": _z("z{}um.tif", ["0.25", "0.5", "1", "1.75", "2.125", "10"]),
+    "date": [f"{t:%Y-%m-%d_%H-%M-%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
+    "date packed": [f"{t:%Y%m%d_%H%M%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
+    "date two per s": [
+        f"{t:%Y-%m-%d %H.%M.%S} z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 1, 2))
+    ],
+    "frame counter": [f"frame_{123 + 7 * k:06d}_z{k + 1:02d}.tif" for k in range(21)],
+    "counter after z": [f"z{k + 1:02d}_frame_{123 + 7 * k:06d}.tif" for k in range(21)],
+    "camera": _z("IMG_{:04d}.JPG", range(1, 12)),
+    "camera high": _z("DSC_{:04d}.JPG", range(9989, 10000)),
+    "camera export": _z("_MG_{:04d}.jpg", range(1234, 1245)),
+    "stage": [f"x{1200 + k % 2}_y{3400 - k % 3}_z{k / 2:g}.tif" for k in range(12)],
+    "stage drifting": [f"x{1200 - 3 * k}_y3400_z{k / 2:g}.tif" for k in range(12)],
+    "stage signed": [f"x{k - 5}_y3400_z{k / 2:g}.tif" for k in range(12)],
+    "focus drifting": [f"pos{900 - k}_focus_{k:03d}.tif" for k in range(12)],
+}
+
+
+def _write(folder, names, seed=0):
+    """Plane k (in focus order) holds the value k + 1; written shuffled (mtime is no help)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = list(range(len(names)))
+    random.Random(seed).shuffle(order)
+    for k in order:
+        plane = np.full((6, 7, 3) if names[k].lower().endswith(".jpg") else (6, 7), k + 1, "uint8")
+        path = folder / names[k]
+        if path.suffix.lower() == ".jpg":
+            need("PIL.Image").fromarray(plane).save(path, quality=100)
+        else:
+            tifffile.imwrite(path, plane)
+    return folder
+
+
+def _order(opened):
+    return [os.path.basename(f) for f in opened.files]
+
+
+@pytest.mark.parametrize("scheme", sorted(ONE_STACK))
+def test_one_stack_opens_in_focus_order(tmp_path, scheme):
+    names = ONE_STACK[scheme]
+    folder = _write(tmp_path / "stack", names)
+    opened = open_image_files(folder)
+    assert _order(opened) == names
+    assert opened.warnings == ()
+    if not names[0].lower().endswith(".jpg"):  # JPEG is lossy: the names say it
+        np.testing.assert_array_equal(opened.array[:, 0, 0], np.arange(1, len(names) + 1))
+
+
+def test_a_stage_drifting_down_is_fused_in_z_order_not_x(tmp_path):
+    """x1200_y3400_z0.tif, x1197_y3400_z0.5.tif, ...: the stage's x changing per plane
+    ordered the planes by x, backwards, in silence (a review of real naming schemes)."""
+    names = ONE_STACK["stage drifting"]
+    folder = _write(tmp_path / "stack", names)
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "info", str(folder)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"first {names[0]!r}, last {names[-1]!r}" in done.stdout
+    dst = tmp_path / "o.zarr"
+    subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(folder), str(dst), "--depth-map"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+
+def test_a_leftover_copy_is_named_in_a_warning_not_refused(tmp_path):
+    names = _z("z{:02d}.tif", range(1, 22))
+    folder = _write(tmp_path / "stack", [*names, "z21_copy.tif"])
+    opened = open_image_files(folder)
+    assert _order(opened) == [*names, "z21_copy.tif"]
+    (warning,) = opened.warnings
+    assert "'z21_copy.tif' is not named like the other 21 files" in warning
+
+
+SEVERAL = {
+    "micro-manager channels": [
+        f"img_channel{c:03d}_position000_time000000000_z{k:03d}.tif"
+        for c in range(2)
+        for k in range(5)
+    ],
+    "nis positions": [f"xy{p:03d}z{k:02d}c1.tif" for p in (1, 2) for k in range(1, 6)],
+    "las x channels": [f"Series001_z{k:02d}_ch{c:02d}.tif" for c in range(2) for k in range(5)],
+    "metamorph wavelengths": [
+        f"exp_w{w}_s1_t1_z{k}.TIF" for w in ("1DAPI", "2GFP") for k in range(1, 6)
+    ],
+    "zen channels": [f"image_z{k:02d}c{c}.tif" for c in (1, 2) for k in range(1, 6)],
+    "date time points": [f"2024-05-01_13-45-0{t}_z{k:02d}.tif" for t in (1, 2) for k in range(5)],
+    "stage tiles": [f"x{x}_y3400_z{k / 2:g}.tif" for x in (1200, 1800) for k in range(5)],
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(SEVERAL))
+def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme):
+    names = SEVERAL[scheme]
+    folder = _write(tmp_path / "stacks", names)
+    with pytest.raises(ValueError, match="holds more than one stack") as info:
+        open_image_files(folder)
+    suggested = re.search(r"a glob such as '([^']+)'$", str(info.value)).group(1)
+    opened = open_image_files(suggested)
+    assert opened.array.shape[0] == 5
+    assert sorted(glob.glob(suggested)) == sorted(opened.files)
+    assert _order(opened) in (names[:5], names[5:])
