@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -246,9 +247,12 @@ class OutputState:
         base = self.output.path
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(base):
-                if ZARR_PARTIAL.sub("", name) == "zarr":  # (not a user's zarr.notes.<hex>...)
+                path = os.path.join(base, name)
+                # (not a user's zarr.notes.<hex>..., nor a folder or a link so named: zarr
+                # writes plain files, and a folder made every resume fail, "Is a directory")
+                if ZARR_PARTIAL.sub("", name) == "zarr" and _plain_file(path):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(base, name))
+                        os.unlink(path)
         for entry in entries:
             top = os.path.join(base, entry)
             if entry == STATE_DIR or not os.path.isdir(top) or os.path.islink(top):
@@ -257,9 +261,17 @@ class OutputState:
                 rel = os.path.relpath(root, top).replace(os.sep, "/")
                 for name in files:
                     path = name if rel == "." else f"{rel}/{name}"
-                    if ZARR_PARTIAL.search(name) and ours(entry, path):
+                    full = os.path.join(root, name)
+                    if ZARR_PARTIAL.search(name) and ours(entry, path) and _plain_file(full):
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(root, name))
+                            os.unlink(full)
+
+
+def _plain_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _torn(name: str, lines: list[str]) -> bool:

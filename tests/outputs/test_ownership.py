@@ -197,6 +197,30 @@ def test_resume_keeps_a_users_file_named_like_zarrs_temporary_but_for_a_newline(
     assert not ours.exists()
 
 
+def test_resume_keeps_a_users_folder_or_link_named_like_zarrs_temporary_file(tmp_path, monkeypatch):
+    """A user's folder named 'zarr.<32 hex>.partial' at the top of an output made every
+    --resume fail with a raw 'Is a directory' (a review): it is left alone, as is a link so
+    named (zarr's temporary files are plain files); zarr's own still go."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _interrupted(src, dst, monkeypatch)
+    (dst / f"zarr.{'a' * 32}.partial" / "sub").mkdir(parents=True)
+    (dst / f"zarr.{'a' * 32}.partial" / "sub" / "data.bin").write_bytes(b"mine")
+    (tmp_path / "target.txt").write_bytes(b"the link's")
+    (dst / f"zarr.{'c' * 32}.partial").symlink_to(tmp_path / "target.txt")
+    root = dst / f"zarr.{'d' * 32}.partial"
+    root.write_bytes(b"zarr.json's write cut short")
+    ours = dst / "0" / "c" / "0" / f"0.{'b' * 32}.partial"
+    ours.write_bytes(b"a chunk write cut short")
+    users = [f"zarr.{'a' * 32}.partial"]
+    before = digest_of(dst, users)
+    proc = cli("fuse", src, dst, "--resume", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, users) == before
+    assert (dst / f"zarr.{'c' * 32}.partial").is_symlink()
+    assert not ours.exists() and not root.exists()
+
+
 def test_resume_keeps_the_temporary_files_of_a_users_store_inside_a_level(tmp_path, monkeypatch):
     """A resume deleted every '<stem>.<32 hex>.partial' under our levels, those of a user's
     own Zarr store kept inside one (0/annotations/cells.zarr, whose interrupted write left
