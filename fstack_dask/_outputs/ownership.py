@@ -150,7 +150,8 @@ def foreign_entries(location: Location) -> list[str]:
         n
         for n in location.listdir()
         # zarr's temporary file of zarr.json ("zarr.<hex>.partial"), not a user's zarr.notes...
-        if n not in entries and ZARR_PARTIAL.sub("", n) != "zarr"
+        # nor a user's folder so named (left out of the new output by an overwrite)
+        if n not in entries and (ZARR_PARTIAL.sub("", n) != "zarr" or location.child(n).isdir())
     ]
 
 

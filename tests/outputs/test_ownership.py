@@ -219,6 +219,10 @@ def test_resume_keeps_a_users_folder_or_link_named_like_zarrs_temporary_file(tmp
     assert digest_of(dst, users) == before
     assert (dst / f"zarr.{'c' * 32}.partial").is_symlink()
     assert not ours.exists() and not root.exists()
+    # an overwrite gives the folder back into the new output (it was left in a staging folder)
+    proc = cli("fuse", src, dst, "--overwrite", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert digest_of(dst, users) == before
 
 
 def test_resume_keeps_the_temporary_files_of_a_users_store_inside_a_level(tmp_path, monkeypatch):
