@@ -130,6 +130,12 @@ class Location:
     def parent_path(self) -> str:
         return posixpath.dirname(self.path.rstrip("/")) or "/"
 
+    def is_bucket_root(self) -> bool:
+        """Whether this location is a whole bucket (``s3://bucket``, ``s3://bucket/``)."""
+        if self.protocol not in _BUCKET_PROTOCOLS:
+            return False
+        return not self.path.lstrip("/").partition("/")[2].strip("/")
+
     def missing_bucket(self) -> str | None:
         """This location's bucket, on an object store that has buckets, when it does not
         exist; else None. (s3fs creates the bucket a write names, so a mistyped one would be

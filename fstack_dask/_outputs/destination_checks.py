@@ -76,6 +76,13 @@ class DestinationChecks:
         ``"staged"``, ``"resume-staged"``, ``"complete"`` (resume of a finished output).
         """
         what, kind = self.what(), self.kind
+        if self.dst.is_bucket_root():
+            # our output would mix with the bucket's other objects, and an overwrite's swap
+            # made a bucket of its own beside it, then failed (a review, 2026-12-06)
+            raise ValueError(
+                f"{what} is a whole bucket; name a folder inside it for the output, e.g. "
+                f"{self.dst.spec.rstrip('/') + '/fused.zarr'!r}"
+            )
         _refuse_image_name(self.dst, what)
         too_long = path_too_long(self.dst)
         if too_long is not None:

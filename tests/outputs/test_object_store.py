@@ -209,6 +209,31 @@ def test_a_dst_in_a_bucket_that_does_not_exist_is_refused(s3, bucket):
     assert not fs.exists(typo)
 
 
+@pytest.mark.parametrize(("spelling", "holds"), [("s3://{b}", "nothing"), ("s3://{b}/", "objects")])
+def test_a_whole_bucket_as_dst_is_refused_and_no_bucket_made(s3, bucket, spelling, holds):
+    """A bucket's root as dst: a run wrote our output among the bucket's other objects, and
+    its --overwrite made a bucket of its own ('.b.fstack-staging-...') beside it, then failed
+    (a review). Refused in one line naming dst, whatever the flags; nothing written."""
+    fs, b = bucket
+    src = f"s3://{b}-src/src.zarr"
+    fs.mkdir(f"{b}-src")
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    if holds == "objects":
+        fs.pipe(f"{b}/notes.txt", b"the user's notes")
+    before, buckets = _keys(fs, b), sorted(fs.ls(""))
+    dst = spelling.format(b=b)
+    opts = ("--no-progress", "--storage-options", json.dumps(s3), "--dst-storage-options",
+            json.dumps(s3))  # fmt: skip
+    for flags in ((), ("--overwrite",), ("--resume",)):
+        res = _cli("fuse", src, dst, *opts, *flags)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines() == [
+            f"fstack-dask: error: dst {dst!r} is a whole bucket; name a folder inside it for "
+            f"the output, e.g. 's3://{b}/fused.zarr'"
+        ]
+    assert _keys(fs, b) == before and sorted(fs.ls("")) == buckets
+
+
 KILLED_IN_THE_SWAP = """
 import os, signal, sys
 from fstack_dask._outputs import folders
