@@ -360,14 +360,18 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
             first = seen[values]
             plane = min(values, key=lambda v: natural_key(first[v]))
             a, b = first[plane], group[plane]
+            pattern = _glob_one_stack(list(first.values()), counting_of[_pattern(a)], files)
+            pattern = pattern or _glob_one_stack(
+                list(group.values()), counting_of[_pattern(b)], files
+            )
             raise ValueError(
                 f"{where} holds more than one stack: {_shown(a, files)!r} and "
                 f"{_shown(b, files)!r} are both numbered {plane} in stacks of {len(values)} "
                 "planes (channels, time points, tiles or series apart), and would be fused as "
-                "one stack of "
-                f"{len(files)} planes; select one stack with a glob such as "
-                f"{_glob_one_stack(a, counting_of[_pattern(a)])!r}"
-            )
+                f"one stack of {len(files)} planes; "
+                + (f"select one stack with a glob such as {pattern!r}" if pattern else
+                   "move one stack's files to a folder of their own")
+            )  # fmt: skip
         seen.setdefault(values, group)
 
 
@@ -420,11 +424,23 @@ def _shown(path: str, files: Sequence[str]) -> str:
     return path
 
 
-def _glob_one_stack(path: str, counting: int) -> str:
-    """A glob matching the files of `path`'s stack: its number at `counting` as ``*``."""
-    parts = _parts(path, as_read=False)
-    out = ["*" if i == 2 * counting + 1 else glob.escape(part) for i, part in enumerate(parts)]
-    return os.path.join(os.path.dirname(path), "".join(out))
+def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -> str | None:
+    """A glob matching the files of `stack` and no other of `files`: their number at
+    `counting` as ``*``, or as ``[0-9]`` per digit where ``*`` matches another stack's too
+    (``cell_z*.tif`` matched ``cell_z01_dapi.tif``: a review of real naming schemes,
+    2026-12-06); None where neither does."""
+    parts = _parts(stack[0], as_read=False)
+    shapes = {re.sub(r"\d", "#", _parts(f, as_read=False)[2 * counting + 1]) for f in stack}
+    numbers = ["*"]
+    if len(shapes) == 1:
+        numbers.append("".join("[0-9]" if c == "#" else glob.escape(c) for c in shapes.pop()))
+    others = [f for f in files if f not in set(stack)]
+    for number in numbers:
+        out = [number if i == 2 * counting + 1 else glob.escape(p) for i, p in enumerate(parts)]
+        pattern = os.path.join(os.path.dirname(stack[0]), "".join(out))
+        if not any(fnmatch.fnmatchcase(f, pattern) for f in others):
+            return pattern
+    return None
 
 
 def _refuse_unlisted(pattern: str, what: str) -> None:

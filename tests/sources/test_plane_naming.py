@@ -143,6 +143,9 @@ SEVERAL = {
     "zen channels": [f"image_z{k:02d}c{c}.tif" for c in (1, 2) for k in range(1, 6)],
     "date time points": [f"2024-05-01_13-45-0{t}_z{k:02d}.tif" for t in (1, 2) for k in range(5)],
     "stage tiles": [f"x{x}_y3400_z{k / 2:g}.tif" for x in (1200, 1800) for k in range(5)],
+    # a glob 'cell_z*.tif' for the first matched the second's files too
+    "a suffix apart": [f"cell_z{k:02d}{c}.tif" for c in ("", "_dapi") for k in range(5)],
+    "a suffix apart, unpadded": [f"z{k}{c}.tif" for c in ("", "_b") for k in range(5)],
 }
 
 
