@@ -21,10 +21,10 @@ import numpy as np
 from .._params import parse_axes
 from .image_headers import _one_orientation, _probe_pillow, _probe_tiff
 from .image_planes import _PlaneFiles
+from .plane_files import list_plane_files
 from .plane_names import (
     FORMATS,
     files_used,
-    list_plane_files,
     natural_key,
     odd_names,
     odd_names_warning,

@@ -120,7 +120,7 @@ def open_source(
         return _from_opened(open_hdf5(path, axes=axes), location)
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in _ZARR_META):
         from .images import open_image_files
-        from .plane_names import is_image
+        from .plane_files import is_image
 
         if any(is_image(n) for n in os.listdir(path)):
             _level0(level, "plane files")
@@ -140,7 +140,7 @@ def open_source(
 def _refuse_planes_one_folder_down(path: str, spec: str) -> None:
     """A folder of a folder of planes (a microscope's export folder) is named as such; it was
     refused as "not a Zarr array or group", which pointed nowhere."""
-    from .plane_names import is_image
+    from .plane_files import is_image
 
     found = []
     try:

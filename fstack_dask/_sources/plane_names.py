@@ -1,7 +1,8 @@
-"""What the names of a stack's plane files say: which files a folder, a glob or a list names,
-in which order (natural: ``plane2`` before ``plane10``, ``z0.5um`` before ``z1um``, ``z-3``
-before ``z0``), which are used, which break the pattern most of the others share (another
-tool's result saved beside the planes), and which are platform litter, never planes.
+"""What the names of a stack's plane files say: their order (natural: ``plane2`` before
+``plane10``, ``z0.5um`` before ``z1um``, ``z-3`` before ``z0``, a focus number labelled ``z``
+first), which are used, which break the pattern most of the others share (another tool's
+result saved beside the planes), whether they count several stacks or a restarted counter,
+and which are platform litter, never planes. Which files are listed is ``plane_files``'s.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from typing import Any
 
 __all__ = [
     "FORMATS",
-    "absolute",
     "files_used",
-    "is_image",
     "is_litter",
-    "list_plane_files",
     "natural_key",
     "odd_names",
     "odd_names_warning",
@@ -441,108 +439,3 @@ def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -
         if not any(fnmatch.fnmatchcase(f, pattern) for f in others):
             return pattern
     return None
-
-
-def _refuse_unlisted(pattern: str, what: str) -> None:
-    """Say so when a pattern matches nothing because this user may not list its folder (a
-    folder of x without r: it said "matches no files", a twentieth adversarial run)."""
-    folder = os.path.dirname(pattern[: GLOB_CHARS.search(pattern).start()]) or "."
-    if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
-        from .._locations import permission_missing
-
-        raise PermissionError(
-            f"{what} matches no files: this user {permission_missing(folder)}, so its files "
-            "cannot be listed"
-        )
-
-
-def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
-    """The plane files in stack order, how to name `spec` in messages, and the platform
-    litter skipped (hidden files, Thumbs.db, ...)."""
-    skipped: list[str] = []
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.path.expanduser(os.fspath(spec))
-        if os.path.isdir(text):
-            where = f"folder {os.path.abspath(text)!r}"
-            names = [os.path.join(text, n) for n in os.listdir(text)]
-            files = [f for f in names if os.path.isfile(f) and is_image(f)]
-            skipped = sort_planes([f for f in files if is_litter(f)])
-            files = [f for f in files if not is_litter(f)]
-            if not files:
-                raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
-        elif GLOB_CHARS.search(text):
-            where = f"pattern {text!r}"
-            files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
-            skipped = sort_planes([f for f in files if is_litter(f)])
-            files = [f for f in files if not is_litter(f)]
-            if not files:
-                _refuse_unlisted(text, f"{name} {where}")
-                raise ValueError(f"{name} {where} matches no files")
-            check_images(files, f"{name} {where}")
-        elif os.path.exists(text):
-            raise ValueError(
-                f"{name} {text!r} is a file; expected a folder, a glob pattern or a list of files"
-            )
-        else:
-            raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
-        files = sort_planes([absolute(f) for f in files])
-        _one_spelling(files, f"{name} {where}")
-        refuse_several_stacks(files, f"{name} {where}")
-        return files, where, [absolute(f) for f in skipped]
-    if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
-        files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]
-        if not files:
-            raise ValueError(f"{name} is an empty list; expected at least two plane files")
-        where = f"(a list of {len(files)} files)"
-        for f in files:
-            if os.path.isdir(f):  # (it said "does not exist": an adversarial run)
-                raise ValueError(
-                    f"{f!r}, listed in {name}, is a folder: a list names plane files (TIFF, "
-                    f"PNG, JPEG); give a folder or a Zarr store as {name} itself"
-                )
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
-        check_images(files, f"{name} {where}")
-        return files, where, []
-    raise TypeError(
-        f"{name} must be a folder, a glob pattern or a list of file paths, got "
-        f"{type(spec).__name__}"
-    )
-
-
-def _one_spelling(files: Sequence[str], where: str) -> None:
-    """Refuse two files whose names read the same (NFC) but are spelled apart (a precomposed
-    "\u00e9" and "e" with a combining accent, as macOS saves it): Linux keeps both, and both
-    were fused, one plane twice (an adversarial review, 2026-12-06)."""
-    seen: dict[tuple[str, str], str] = {}
-    for f in files:  # in one folder: two folders' names are shown whole elsewhere
-        key = (os.path.dirname(f), unicodedata.normalize("NFC", os.path.basename(f)))
-        if key in seen:
-            raise ValueError(
-                f"{where}: {ascii(os.path.basename(seen[key]))} and "
-                f"{ascii(os.path.basename(f))} are one name spelled two ways (Unicode composed "
-                "and decomposed accents: they look the same), so one plane would be fused "
-                "twice; remove one of them, or pass the files as a list"
-            )
-        seen[key] = f
-
-
-def absolute(path: str) -> str:
-    """``path`` made absolute as the OS reads it: its folder resolved (``link/..`` is the
-    parent of the link's target, not of the link), its name kept (a plane file may be a link
-    whose target's name would sort otherwise)."""
-    head, name = os.path.split(path)
-    return os.path.join(os.path.realpath(head or "."), name)
-
-
-def is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in FORMATS
-
-
-def check_images(files: list[str], where: str) -> None:
-    for f in files:
-        if not is_image(f):
-            raise ValueError(
-                f"file {f!r} of {where} is not a TIFF, PNG or JPEG file "
-                f"(by its extension: .tif, .tiff, .png, .jpg, .jpeg)"
-            )
