@@ -194,9 +194,10 @@ def _local_dir(directory: str) -> Path:
             f"DIR {directory!r} is a URL; the demo writes to a local folder only (fuse its "
             "planes into a URL with fstack-dask fuse)"
         )
-    # a plain path as typed (the messages show it so); a file: URL as the path it names
+    # a plain path as typed (the messages show it so); a file: URL as the path it names; a
+    # quoted ~ as resolve reads it: './~/x' was checked and written, '$HOME/x' fused over (g43)
     url = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", directory)
-    return Path(location.path) if url else Path(directory)
+    return Path(location.path) if url else Path(os.path.expanduser(directory))
 
 
 def run_demo(

@@ -370,3 +370,24 @@ def test_a_lock_lease_that_is_no_positive_number_is_warned_of(src, tmp_path, val
         f"fstack-dask: warning: FSTACK_DASK_LOCK_STALE_AFTER must be a positive number of "
         f"seconds, got {value!r}; 60 s is used"
     ]
+
+
+def test_a_demo_dir_given_with_a_quoted_tilde_is_the_home_folder(tmp_path):
+    """``fstack-dask demo '~/x' --overwrite`` (a quoted ~, as a script's "$DIR" holds it)
+    checked and wrote its planes and previews in './~/x' but fused '$HOME/x/planes' over
+    '$HOME/x/fused.ome.zarr': an earlier output there replaced by a fusion of other planes,
+    exit 0, its PSNR against the wrong truth (an adversarial review, g43)."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {"HOME": str(home)}
+    first = _cli("demo", home / "x", "--size", "32", "--planes", "5", "--seed", "1",
+                 "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-500:]
+    done = _cli("demo", "~/x", "--size", "32", "--planes", "5", "--seed", "7", "--overwrite",
+                "--no-progress", cwd=cwd, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    assert list(cwd.iterdir()) == []  # not './~/x'
+    again = _cli("demo", tmp_path / "again", "--size", "32", "--planes", "5", "--seed", "7",
+                 "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
+    assert tree_digest(home / "x" / "planes") == tree_digest(tmp_path / "again" / "planes")
+    assert done.stdout.splitlines()[-1] == again.stdout.splitlines()[-1]  # its own PSNR
