@@ -16,8 +16,11 @@ def main() -> int:
     """The program: Ctrl-C and the stop signals are held while it imports its command line,
     then delivered to its own handlers (a traceback, or an end without a word, -15, before).
     A second signal meanwhile (an import hung on a dead mount) ends it in one line."""
-    from ._imports import hold_stop_signals
+    from ._imports import hold_stop_signals, ignore_at_the_very_end
 
+    # first in, so run last: the exit handlers the run's libraries register (distributed's,
+    # multiprocessing's) run while a stop signal still ends it with its status (stopping.ending)
+    ignore_at_the_very_end()
     hold_stop_signals(tuple(_STOPS))
     try:
         from ._cli.main import main as command_line

@@ -11,7 +11,14 @@ import contextlib
 import importlib
 from typing import Any
 
-__all__ = ["deliver_held_signals", "hold_stop_signals", "holding", "import_through_one_ctrl_c"]
+__all__ = [
+    "deliver_held_signals",
+    "hold_stop_signals",
+    "holding",
+    "ignore_at_the_very_end",
+    "ignore_last",
+    "import_through_one_ctrl_c",
+]
 
 
 def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
@@ -96,3 +103,38 @@ def deliver_held_signals() -> None:
     held, _HELD[:] = _HELD[:1], []
     for signum in held:
         signal.raise_signal(signum)
+
+
+#: The signals ignored at the very end (:func:`ignore_last`), and whether that is registered.
+_ENDING: list[str] = []
+_REGISTERED: list[bool] = []
+
+
+def ignore_at_the_very_end() -> None:
+    """Register, as the program's first exit handler (so run last), the ignoring of the
+    signals :func:`ignore_last` will name: Python's finalisation would put SIG_DFL back (-15,
+    not the status announced). Ignored from the first exit handler on, as until the g43
+    review, a SIGTERM was lost for as long as the others took (a cluster's close, a join of
+    child processes): the program could be stopped by SIGKILL only."""
+    import atexit
+
+    atexit.register(_ignore_ending)
+    _REGISTERED.append(True)
+
+
+def ignore_last(names: tuple[str, ...]) -> bool:
+    """Have the last exit handler ignore ``names``; False where :func:`ignore_at_the_very_end`
+    was not called (the caller then ignores them itself)."""
+    _ENDING[:] = names
+    return bool(_REGISTERED)
+
+
+def _ignore_ending() -> None:
+    import signal
+
+    for name in _ENDING:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(ValueError, OSError):  # (not the main thread)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, signal.SIG_IGN)

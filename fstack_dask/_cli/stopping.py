@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, note_stop
-from .._imports import holding
+from .._imports import holding, ignore_last
 
 __all__ = [
     "STOP_SIGNALS",
@@ -164,10 +164,12 @@ def ending(code: int, names: tuple[str, ...] = STOP_SIGNALS) -> None:
     how it ended (its exit status decided) and is ending. It put Python's defaults back, so a
     SIGTERM 0.1 s after a Ctrl-C, landing while the interpreter shut down, killed it (-15, not
     the 130 its one line announced; an adversarial run, 2026-12-06). Once the interpreter's
-    exit handlers begin, they are ignored instead: Python then puts SIG_DFL back for a handler
-    of its own (its signal module's finalisation, for a second or more after them on a loaded
-    node), but leaves an ignored signal so. For the program only (a caller's ``main([...])``
-    gets its own handlers back); a signal ignored (``nohup``) stays ignored."""
+    other exit handlers have run (a cluster's close among them: ignored from the first, it
+    could be stopped by SIGKILL only, the g43 review), they are ignored instead: Python then
+    puts SIG_DFL back for a handler of its own (its signal module's finalisation, for a second
+    or more after them on a loaded node), but leaves an ignored signal so. For the program
+    only (a caller's ``main([...])`` gets its own handlers back); a signal ignored
+    (``nohup``) stays ignored."""
     import atexit
 
     def end_now(signum: int, frame: Any) -> None:
@@ -177,7 +179,10 @@ def ending(code: int, names: tuple[str, ...] = STOP_SIGNALS) -> None:
         os._exit(code)
 
     _set_all(("SIGINT", *names), end_now)
-    atexit.register(_set_all, ("SIGINT", *names), signal.SIG_IGN)  # (run first: the last in)
+    # ignored after the other exit handlers (fstack_dask.__main__ registered it first): as
+    # the first to run, it left the program deaf to SIGTERM while a cluster closed
+    if not ignore_last(("SIGINT", *names)):  # (its main run without fstack_dask.__main__)
+        atexit.register(_set_all, ("SIGINT", *names), signal.SIG_IGN)
 
 
 def _set_all(names: tuple[str, ...], action: Any) -> None:

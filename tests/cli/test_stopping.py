@@ -416,3 +416,37 @@ def test_the_program_ends_in_its_own_words_when_zarrs_loop_is_slow_to_stop(src):
     assert proc.returncode == 0, proc.stderr
     assert "stack.ome.zarr" in proc.stdout
     assert proc.stderr == "", proc.stderr
+
+
+EXIT_HANDLER = """
+import atexit, importlib, sys, time
+program = importlib.import_module("fstack_dask.__main__")
+cli = importlib.import_module("fstack_dask._cli.main")
+
+def fuse(args):  # a run that, as importing distributed or multiprocessing does, leaves an
+    # exit handler that waits (a cluster's close, a join of child processes)
+    atexit.register(lambda: (print("in exit handler", flush=True), time.sleep(TIMEOUT)))
+    return 0
+
+cli._COMMANDS["fuse"] = fuse
+sys.argv = ["fstack-dask", "fuse", "in.zarr", "out.zarr"]
+sys.exit(program.main())
+"""
+
+
+def test_sigterm_while_an_exit_handler_waits_ends_the_program():
+    """SIGTERM while an exit handler of the run's libraries waited (distributed closing its
+    cluster, multiprocessing joining its children) was ignored since 99b9465 ignored the stop
+    signals from the first exit handler on: the program could be stopped by SIGKILL only (the
+    g43 review). It now ends at once, with the status it had decided."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXIT_HANDLER.replace("TIMEOUT", str(10 * TIMEOUT))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "in exit handler\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
