@@ -21,7 +21,7 @@ def main() -> int:
     # first in, so run last: the exit handlers the run's libraries register (distributed's,
     # multiprocessing's) run while a stop signal still ends it with its status (stopping.ending)
     ignore_at_the_very_end()
-    hold_stop_signals(tuple(_STOPS))
+    hold_stop_signals(tuple(_STOPS), _end_held)
     try:
         from ._cli.main import main as command_line
     except KeyboardInterrupt:
@@ -34,6 +34,16 @@ def main() -> int:
         print(f"fstack-dask: error: {word}", file=sys.stderr, flush=True)
         return code
     return command_line()
+
+
+def _end_held(signum: int) -> None:
+    """End the program as ``signum`` asked, its imports not done: one hung (a dead mount)."""
+    import os
+    import signal
+
+    code, word = _STOPS.get(signal.Signals(signum).name, (128 + signum, "terminated"))
+    os.write(2, f"fstack-dask: error: {word} (while starting)\n".encode())
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -60,10 +60,25 @@ def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
 _HELD: list[int] = []
 
 
+#: Seconds a held stop signal waits for the imports to end before it ends the program, and
+#: what ends it then (:func:`hold_stop_signals`' ``end``); the timer that will.
+HOLD_GRACE = 10.0
+_END: list[Any] = []
+_TIMER: list[Any] = []
+
+
 def _hold(signum: int, frame: Any) -> None:
     if _HELD:  # pressed again: an import hung (a dead mount) is not waited for
         raise KeyboardInterrupt
     _HELD.append(signum)
+    import signal
+    import threading
+
+    if signum != signal.SIGINT and _END:  # a scheduler's SIGTERM is not repeated: an import
+        # that never returns (a dead mount) held it for ever, the program never ended (g43)
+        _TIMER.append(threading.Timer(HOLD_GRACE, _END[0], args=(signum,)))
+        _TIMER[-1].daemon = True
+        _TIMER[-1].start()
 
 
 def holding(handler: Any) -> bool:
@@ -71,13 +86,18 @@ def holding(handler: Any) -> bool:
     return handler is _hold
 
 
-def hold_stop_signals(names: tuple[str, ...]) -> None:
+def hold_stop_signals(names: tuple[str, ...], end: Any = None) -> None:
     """Hold Ctrl-C and the stop signals ``names`` (where Python's defaults: one ignored, as by
     ``nohup``, stays ignored) until :func:`deliver_held_signals`: the program's own handlers
     come with its command line, whose imports (20 ms, 200 ms on a loaded node) Ctrl-C broke
     with a traceback and SIGTERM ended without a word (-15). A second signal meanwhile raises
-    KeyboardInterrupt. For the program only, in its main thread."""
+    KeyboardInterrupt; a stop signal not delivered within :data:`HOLD_GRACE` seconds calls
+    ``end(signum)`` (from a thread: it ends the process). For the program only, in its main
+    thread."""
     import signal
+    import threading  # noqa: F401 - now, not first in _hold, in the middle of another import
+
+    _END[:] = [end] if end is not None else []
 
     for name in ("SIGINT", *names):
         signum = getattr(signal, name, None)
@@ -100,6 +120,8 @@ def deliver_held_signals() -> None:
             if signal.getsignal(signum) is _hold:
                 default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
                 signal.signal(signum, default)
+    for timer in _TIMER:
+        timer.cancel()
     held, _HELD[:] = _HELD[:1], []
     for signum in held:
         signal.raise_signal(signum)

@@ -450,3 +450,41 @@ def test_sigterm_while_an_exit_handler_waits_ends_the_program():
     finally:
         proc.kill()
         proc.wait()
+
+
+HUNG_IMPORT = """
+import importlib.abc, sys
+DEAD = sys.argv[1]
+
+class Hung(importlib.abc.MetaPathFinder):  # the command line's import reads a dead mount
+    def find_spec(self, name, path, target=None):
+        if name == "fstack_dask._cli.main":
+            print("importing", flush=True)
+            open(DEAD).read()  # a FIFO no one writes: a read that does not return
+        return None
+
+sys.meta_path.insert(0, Hung())
+from fstack_dask.__main__ import main
+sys.argv = ["fstack-dask", "--version"]
+sys.exit(main())
+"""
+
+
+def test_one_sigterm_while_the_start_up_import_hangs_ends_the_program(tmp_path):
+    """One SIGTERM (a job scheduler's or ``timeout``'s, not repeated) while the program's
+    start-up import hung (its site-packages on a dead network mount) was held by 902a919 until
+    the import returned, that is never: the program did not end (the g43 review)."""
+    dead = tmp_path / "dead"
+    os.mkfifo(dead)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_IMPORT, str(dead)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "importing\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 143  # (fstack_dask._imports.HOLD_GRACE: 10 s)
+        assert proc.stderr.read() == "fstack-dask: error: terminated (while starting)\n"
+    finally:
+        proc.kill()
+        proc.wait()
