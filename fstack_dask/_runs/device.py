@@ -59,7 +59,13 @@ def require_engine_on_workers(engine: str, scheduler: Any) -> None:
     some workers are broken, the others' blocks were computed before the run failed."""
     client = getattr(scheduler, "client", None)
     if scheduler.kind == "distributed":
-        answers = sorted(client.run(engine_problem, engine).items())
+        # a worker gone meanwhile (a node lost, a nanny restarting it: CommClosedError, an
+        # OSError) failed the run here, where its tasks go to the others (the g43 review)
+        replies = client.run(engine_problem, engine, on_error="return")
+        answers = sorted((w, a) for w, a in replies.items() if not isinstance(a, OSError))
+        for _, answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
     elif scheduler.kind == "processes":
         answers = [("process", problem) for problem in client.ask_each(engine_problem, engine)]
     else:  # this process fuses: checked where dst was accepted (run.checked)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -235,3 +236,20 @@ def test_a_worker_whose_numba_fails_to_import_refuses_the_run_before_writing(sta
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert out.stat().st_mtime_ns == before and not any(out.iterdir())  # never created
     assert "needs numba" in lines[0] and "(on worker tcp://" in lines[0], lines[0]
+
+
+def test_a_worker_gone_during_the_engine_check_leaves_the_run_to_the_others():
+    """A worker that died as the run asked each worker whether it could run the engine (a
+    node lost; its nanny restarting it) failed the run there, exit 1, with distributed's
+    'CommClosedError in <TCP (closed) Scheduler Broadcast ...>' naming nothing, where its
+    tasks would go to the other workers (96d1825's check; the g43 review)."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask._runs.device import require_engine_on_workers
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        pids = sorted(client.run(os.getpid).values())
+        os.kill(pids[0], signal.SIGKILL)  # (asked before the scheduler has removed it)
+        require_engine_on_workers("compiled", Scheduler("distributed", 1, 1, client))
