@@ -351,26 +351,43 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
                     "rename one of them, or select the planes with a glob"
                 )
             group[n[counting]] = f
-    seen: dict[frozenset[str], dict[str, str]] = {}
+    kept: list[dict[str, str]] = []  # the groups of two planes or more, in order
+    holders: dict[str, list[int]] = {}  # plane number: the kept groups that hold it
     for group in groups.values():
-        values = frozenset(group)
-        if len(values) > 1 and values in seen:
-            first = seen[values]
-            plane = min(values, key=lambda v: natural_key(first[v]))
-            a, b = first[plane], group[plane]
-            pattern = _glob_one_stack(list(first.values()), counting_of[_pattern(a)], files)
-            pattern = pattern or _glob_one_stack(
-                list(group.values()), counting_of[_pattern(b)], files
-            )
-            raise ValueError(
-                f"{where} holds more than one stack: {_shown(a, files)!r} and "
-                f"{_shown(b, files)!r} are both numbered {plane} in stacks of {len(values)} "
-                "planes (channels, time points, tiles or series apart), and would be fused as "
-                f"one stack of {len(files)} planes; "
-                + (f"select one stack with a glob such as {pattern!r}" if pattern else
-                   "move one stack's files to a folder of their own")
-            )  # fmt: skip
-        seen.setdefault(values, group)
+        if len(group) < 2:
+            continue
+        # Two stacks need not hold the same planes (a channel one plane short): two planes
+        # numbered alike in each are enough, where one stack's numbers never repeat.
+        shared = Counter(k for v in group for k in holders.get(v, ()))
+        match = next((k for k, count in shared.items() if count >= 2), None)
+        if match is not None:
+            _several_stacks(kept[match], group, files, counting_of, where)
+        for v in group:
+            holders.setdefault(v, []).append(len(kept))
+        kept.append(group)
+
+
+def _several_stacks(
+    first: dict[str, str],
+    group: dict[str, str],
+    files: Sequence[str],
+    counting_of: dict[str, int],
+    where: str,
+) -> None:
+    """Raise the refusal of two stacks, `first` and `group` (plane number: file)."""
+    plane = min(first.keys() & group.keys(), key=lambda v: natural_key(first[v]))
+    a, b = first[plane], group[plane]
+    pattern = _glob_one_stack(list(first.values()), counting_of[_pattern(a)], files)
+    pattern = pattern or _glob_one_stack(list(group.values()), counting_of[_pattern(b)], files)
+    sizes = f"{len(first)}" if len(first) == len(group) else f"{len(first)} and {len(group)}"
+    raise ValueError(
+        f"{where} holds more than one stack: {_shown(a, files)!r} and "
+        f"{_shown(b, files)!r} are both numbered {plane} in stacks of {sizes} "
+        "planes (channels, time points, tiles or series apart), and would be fused as "
+        f"one stack of {len(files)} planes; "
+        + (f"select one stack with a glob such as {pattern!r}" if pattern else
+           "move one stack's files to a folder of their own")
+    )  # fmt: skip
 
 
 def _counting_place(numbers: Sequence[Sequence[str]]) -> int:

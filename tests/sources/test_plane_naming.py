@@ -62,6 +62,9 @@ ONE_STACK = {
     "stage drifting": [f"x{1200 - 3 * k}_y3400_z{k / 2:g}.tif" for k in range(12)],
     "stage signed": [f"x{k - 5}_y3400_z{k / 2:g}.tif" for k in range(12)],
     "focus drifting": [f"pos{900 - k}_focus_{k:03d}.tif" for k in range(12)],
+    # another number that changes every few planes, never repeating a plane's number
+    "time point per 3 planes": [f"t{k // 3}_z{k:02d}.tif" for k in range(12)],
+    "second run goes on": [f"run{1 + k // 6}_z{k:02d}.tif" for k in range(12)],
 }
 
 
@@ -146,6 +149,12 @@ SEVERAL = {
     # a glob 'cell_z*.tif' for the first matched the second's files too
     "a suffix apart": [f"cell_z{k:02d}{c}.tif" for c in ("", "_dapi") for k in range(5)],
     "a suffix apart, unpadded": [f"z{k}{c}.tif" for c in ("", "_b") for k in range(5)],
+    # stacks of unequal length (a channel one plane short, a position stopped early): fused
+    # as one stack of 9 planes, exit 0, before the rule took partly shared numbers
+    "a channel one plane short": [f"cell_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5 - c)],
+    "positions of 5 and 3": [
+        f"xy{p:03d}z{k:02d}c1.tif" for p in (1, 2) for k in range(1, 8 - 2 * p)
+    ],
 }
 
 
