@@ -278,7 +278,19 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
         raise ValueError(
             f'{name}.walltime must be a quoted string such as "04:00:00", got {walltime!r}'
         )
+    for key in _JOBQUEUE_NAMES:
+        # An unquoted account 011 is the number 11 and a queue 2e3 the float 2000.0 (YAML
+        # 1.1 read 011 as 9): the scheduler would be asked for another name.
+        if _is_real(value.get(key)):
+            raise ValueError(
+                f"{name}.{key} is the number {value[key]!r}, not a name: quote it as the "
+                f'scheduler spells it (e.g. {key}: "011")'
+            )
     return types.MappingProxyType(dict(value))
+
+
+# dask-jobqueue's arguments that name something the batch scheduler knows (strings)
+_JOBQUEUE_NAMES = ("queue", "account", "project")
 
 
 _SCHEMA: dict[str, dict[str, Any]] = {

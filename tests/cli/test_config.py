@@ -201,6 +201,22 @@ def test_an_unquoted_walltime_is_the_time_typed_and_a_number_is_refused(tmp_path
 
 
 @pytest.mark.parametrize(
+    ("typed", "read"), [("account: 011", "11"), ("queue: 2e3", "2000.0"), ("project: 12", "12")]
+)
+def test_a_batch_scheduler_name_typed_as_a_number_is_refused(tmp_path, typed, read):
+    """An unquoted account 011 went to dask-jobqueue as the number 11 (9 under YAML 1.1) and a
+    queue 2e3 as the float 2000.0: the job asked the scheduler for another account or queue
+    (g43). Refused naming the key; quoted, the name is kept as typed."""
+    text = f"cluster:\n  kind: slurm\n  jobqueue:\n    {typed}\n"
+    key = typed.split(":")[0]
+    with pytest.raises(ValueError) as info:
+        load_config(_write(tmp_path, text))
+    assert f"cluster.jobqueue.{key} is the number {read}, not a name: quote it" in str(info.value)
+    quoted = text.replace(typed, f'{key}: "{typed.split(": ")[1]}"')
+    assert load_config(_write(tmp_path, quoted)).cluster.jobqueue[key] == typed.split(": ")[1]
+
+
+@pytest.mark.parametrize(
     ("text", "match"),
     [
         ("cluster: {kind: local, address: 'tcp://h:1'}", "cluster.address only applies"),
