@@ -18,6 +18,18 @@ from fstack_dask import focus_stack, fuse, synthetic_stack
 from fstack_dask._runs import lazy_bands
 
 
+def _counted_reads():
+    """A count of the chunks read (tasks on two threads) and the map that counts them."""
+    reads, lock = [0], threading.Lock()
+
+    def counted(block):
+        with lock:
+            reads[0] += 1
+        return block
+
+    return reads, counted
+
+
 def _zyx(shape, planes, dtype="uint8", seed=4):
     yxz = synthetic_stack(shape, planes, dtype=dtype, noise=0.05, seed=seed).stack
     return np.ascontiguousarray(np.moveaxis(yxz, 2, 0))
@@ -153,13 +165,7 @@ def test_a_chunk_taller_than_a_tile_is_read_once_a_band(monkeypatch):
     chunk row, 8 blocks high) would be read again by each of 4 rows of tiles 2 blocks high."""
     monkeypatch.setattr(lazy_bands, "BAND_WIDTH", 64)
     stack = _zyx((256, 320), 6)
-    reads, lock = [0], threading.Lock()
-
-    def counted(block):
-        with lock:  # tasks on two threads
-            reads[0] += 1
-        return block
-
+    reads, counted = _counted_reads()
     source = da.from_array(stack, chunks=(6, 256, 32)).map_blocks(counted, dtype=stack.dtype)
     image = fuse(source, chunks=32).compute(scheduler="threads")
     np.testing.assert_array_equal(image, focus_stack(np.moveaxis(stack, 0, 2)))
@@ -172,13 +178,7 @@ def test_a_stack_normalised_by_its_maximum_is_read_as_often_as_one_graph(monkeyp
     column depends on the whole image (a global maximum) a copy per band would read the whole
     source again per band; such a graph stays one overlap, read as often as before."""
     stack = _zyx((64, 320), 6)
-    reads, lock = [0], threading.Lock()
-
-    def counted(block):
-        with lock:  # tasks on two threads
-            reads[0] += 1
-        return block
-
+    reads, counted = _counted_reads()
     source = da.from_array(stack, chunks=(6, 32, 32)).map_blocks(counted, dtype=stack.dtype)
     normalised = source.astype(np.float32) / source.max()
     counts, images = [], []
