@@ -137,4 +137,14 @@ def _level_scale(scale: dict[str, float], ser: Any, level: int, native: str) -> 
     full, this = ser.levels[0].shape, ser.levels[level].shape
     for a in list(scale):
         if a in native and this[native.index(a)]:
-            scale[a] *= full[native.index(a)] / this[native.index(a)]
+            scale[a] *= _factor(full[native.index(a)], this[native.index(a)])
+
+
+def _factor(full: int, reduced: int) -> float:
+    """How many full-resolution pixels one pixel of a reduced level spans: the whole factor
+    whose rounding up or down gives the level's size (97 px halved to 49 is 2, where the
+    sizes' ratio, 1.98, made its pixels 1 % smaller, and y unlike x), else the ratio."""
+    whole = max(1, round(full / reduced))
+    if reduced in (-(-full // whole), full // whole):
+        return float(whole)
+    return full / reduced

@@ -677,3 +677,19 @@ def test_tifffile_s_log_is_held_for_the_opening_thread_only(tmp_path):
         assert seen == ["from another thread", "from the opening thread"]
     finally:
         logging.getLogger().removeHandler(catch)
+
+
+def test_pyramid_level_of_odd_size_keeps_the_whole_factor(tmp_path):
+    """A level halving 65 x 97 px to 33 x 49 (rounded up, as tifffile's and most writers'
+    pyramids) or 32 x 48 (rounded down) has pixels twice the size, exactly: the sizes' ratio
+    made them 0.985 and 0.990 um of a 0.5 um image, y unlike x (an adversarial run on
+    metadata); a level 4 times smaller is 4 times, whatever the rounding."""
+    data = _data((3, 65, 97))
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    for name, reduce in (("up.ome.tif", slice(None, None, 2)), ("down.ome.tif", slice(0, -1, 2))):
+        with tifffile.TiffWriter(tmp_path / name) as tw:
+            tw.write(data, subifds=2, tile=(16, 16), metadata=meta)
+            tw.write(data[:, reduce, reduce], subfiletype=1, tile=(16, 16))
+            tw.write(data[:, ::4, ::4], subfiletype=1, tile=(16, 16))
+        for level, f in ((1, 2), (2, 4)):
+            assert open_tiff(tmp_path / name, level=level).scale == {"x": 0.5 * f, "y": 0.5 * f}
