@@ -5,6 +5,7 @@ names and colours, and a sub-resolution level's pixel sizes.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -43,26 +44,32 @@ def _resolution_metadata(page: Any) -> tuple[dict, dict]:
 
 
 def _imagej_metadata(meta: dict, page: Any) -> tuple[dict, dict, dict, Any, Any]:
+    """As ImageJ's Calibration reads its description: ``unit`` for x, ``yunit`` and ``zunit``
+    where they differ from it (a z step in nm beside pixels in um was written as um), a pixel
+    of 1 unit where the resolution is 1 (its unit was dropped), and the origin in pixels
+    (``xorigin``: x = (i - xorigin) * pixel width) as the translation."""
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
-    raw_unit = str(meta.get("unit", "")).strip()
-    if raw_unit.startswith("\\u00B5") or raw_unit.startswith("\\u00b5"):
-        raw_unit = "\u00b5" + raw_unit[6:]  # ImageJ escapes the micro sign
-    unit = ngff_unit(raw_unit)
-    if raw_unit.lower() not in _IMAGEJ_NO_UNIT:
-        for a, res in zip("XY", page.resolution, strict=True):
-            res = positive_finite(res)
-            if res is not None and res != 1.0:  # 1 pixel per unit: uncalibrated
-                scale[a] = 1.0 / res
-        spacing = positive_finite(meta.get("spacing"))
-        if spacing is not None:
-            scale["Z"] = spacing
-        if unit is not None:
-            units.update({a: unit for a in scale})
+    translation: dict[str, float] = {}
+    unit = _imagej_unit(meta.get("unit"))
+    axis_units = {"X": unit, "Y": _imagej_unit(meta.get("yunit")) or unit}
+    axis_units["Z"] = _imagej_unit(meta.get("zunit")) or unit
+    steps = dict(zip("XY", (1.0 / r if r else None for r in page.resolution), strict=True))
+    steps["Z"] = meta.get("spacing")
+    for a, raw in axis_units.items():
+        step = positive_finite(steps[a])
+        if raw is None or raw.lower() in _IMAGEJ_NO_UNIT or step is None:
+            continue
+        scale[a] = step
+        if ngff_unit(raw) is not None:
+            units[a] = ngff_unit(raw)
+            origin = meta.get(f"{a.lower()}origin")
+            if isinstance(origin, (int, float)) and math.isfinite(origin) and origin:
+                translation[a] = -float(origin) * step
     finterval = positive_finite(meta.get("finterval"))
     if finterval is not None:
         scale["T"] = finterval
-        units["T"] = ngff_unit(meta.get("tunit", "second")) or "second"
+        units["T"] = ngff_unit(_imagej_unit(meta.get("tunit", "second"))) or "second"
     colors = None
     luts = meta.get("LUTs")
     if isinstance(luts, list) and luts:
@@ -70,7 +77,17 @@ def _imagej_metadata(meta: dict, page: Any) -> tuple[dict, dict, dict, Any, Any]
             colors = tuple("{:02X}{:02X}{:02X}".format(*np.asarray(lut)[:, -1]) for lut in luts)
         except (TypeError, ValueError, IndexError):
             colors = None
-    return scale, units, {}, None, colors
+    return scale, units, translation, None, colors
+
+
+def _imagej_unit(value: Any) -> str | None:
+    """A unit of ImageJ's description, its escaped micro sign (``\\u00B5m``) read."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text[:6].lower() == "\\u00b5":
+        text = "\u00b5" + text[6:]
+    return text
 
 
 def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, Any] | None:

@@ -693,3 +693,24 @@ def test_pyramid_level_of_odd_size_keeps_the_whole_factor(tmp_path):
             tw.write(data[:, ::4, ::4], subfiletype=1, tile=(16, 16))
         for level, f in ((1, 2), (2, 4)):
             assert open_tiff(tmp_path / name, level=level).scale == {"x": 0.5 * f, "y": 0.5 * f}
+
+
+def test_imagej_axis_units_origin_and_a_pixel_of_one_unit(tmp_path):
+    """ImageJ writes ``yunit=``/``zunit=`` where an axis's unit differs from ``unit=``, its
+    escaped micro sign among them, and the origin in pixels: a z step of 200 nm was read as
+    200 um, a pixel height of 250 mm as 250 um, the origin dropped, and a pixel of 1 um (its
+    resolution 1) written without its unit (an adversarial run on metadata)."""
+    data = _data((5, 20, 30))
+    path = tmp_path / "units.tif"
+    meta = {"axes": "ZYX", "unit": "\\u00B5m", "yunit": "mm", "zunit": "nm", "spacing": 200.0,
+            "xorigin": 10.0, "yorigin": -4.0}  # fmt: skip
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 0.004), metadata=meta)
+    opened = open_tiff(path)
+    assert opened.scale == pytest.approx({"x": 0.5, "y": 250.0, "z": 200.0})
+    assert opened.units == {"x": "micrometer", "y": "millimeter", "z": "nanometer"}
+    assert opened.translation == pytest.approx({"x": -5.0, "y": 1000.0})
+    tifffile.imwrite(path, data, imagej=True, resolution=(1.0, 1.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 2.0})  # fmt: skip
+    opened = open_tiff(path)
+    assert opened.scale == {"x": 1.0, "y": 1.0, "z": 2.0}
+    assert opened.units == {a: "micrometer" for a in "xyz"}
