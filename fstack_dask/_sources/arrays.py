@@ -12,18 +12,11 @@ from typing import Any
 import numpy as np
 
 from .._params import check_plain_array, parse_axes
-from .common import int_axes, ngff_unit, region_key
+from .common import DIM_NAMES, dim_letters, int_axes, ngff_unit, region_key
 from .stack_meta import OpenedStack
 
 __all__ = ["DIM_NAMES", "array_source"]
 
-# Dimension names, besides single letters, that say what an axis is; anything else
-# (xarray's default "dim_0", "band", "row", ...) needs axes=.
-DIM_NAMES = {
-    "focus": "z", "depth": "z", "plane": "z", "planes": "z",
-    "time": "t",
-    "channel": "c", "channels": "c",
-}  # fmt: skip
 _EVEN = 1e-6  # relative tolerance on coordinate steps for "evenly spaced"
 
 
@@ -116,7 +109,7 @@ def _stack(array: Any, letters: str, kind: str, description: str, **meta: Any) -
 
 def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
     dims = [str(d) for d in da.dims]
-    mapped = [d.lower() if len(d) == 1 else DIM_NAMES.get(d.lower()) for d in dims]
+    mapped = dim_letters(dims)
     if axes is None:
         if None in mapped:
             raise ValueError(

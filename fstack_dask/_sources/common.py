@@ -16,8 +16,10 @@ from typing import Any
 from .._ngff import OME_LENGTHS, OME_TIMES
 
 __all__ = [
+    "DIM_NAMES",
     "MissingExtraError",
     "UnreadableFileError",
+    "dim_letters",
     "file_stamp",
     "import_optional",
     "ngff_unit",
@@ -155,6 +157,31 @@ _OME_SYMBOLS = {
     **{symbol: name for name, (symbol, _) in OME_LENGTHS.items()},
     **{symbol: name for name, symbol in OME_TIMES.items()},
 }
+
+
+# Dimension names, besides single letters, that say what an axis is; anything else
+# (xarray's default "dim_0", "band", "row", ...) needs axes=.
+DIM_NAMES = {
+    "focus": "z", "depth": "z", "plane": "z", "planes": "z",
+    "time": "t",
+    "channel": "c", "channels": "c",
+}  # fmt: skip
+
+
+def dim_letters(names: Any) -> list[str | None]:
+    """Our letter for each dimension name (a single letter, any case, or one of `DIM_NAMES`),
+    None for a name that says nothing (``"dim_0"``, ``None``).
+
+    Examples
+    --------
+    >>> dim_letters(["Channel", "depth", "Y", "x", "band", None])
+    ['c', 'z', 'y', 'x', None, None]
+    """
+    out: list[str | None] = []
+    for name in names:
+        text = name if isinstance(name, str) else ""
+        out.append(text.lower() if len(text) == 1 else DIM_NAMES.get(text.lower()))
+    return out
 
 
 def ngff_unit(name: Any) -> str | None:

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._params import parse_axes
-from .arrays import DIM_NAMES
-from .common import file_stamp, import_optional, positive_finite, region_unit
+from .common import dim_letters, file_stamp, import_optional, positive_finite, region_unit
 from .stack_meta import OpenedStack
 
 __all__ = ["open_hdf5", "split_hdf5_path"]
@@ -214,7 +213,7 @@ def _only_dataset(h5: Any, file: str) -> str:
 
 
 def _axes(labels: list[str], axes: str | None, ndim: int, where: str) -> str:
-    mapped = [lab.lower() if len(lab) == 1 else DIM_NAMES.get(lab.lower()) for lab in labels]
+    mapped = dim_letters(labels)
     if axes is not None:
         letters = parse_axes(axes, ndim)
         for label, m, a in zip(labels, mapped, letters, strict=True):

@@ -26,7 +26,7 @@ from .._ngff import (
     parse_omero,
 )
 from .._params import parse_axes
-from .common import ngff_unit
+from .common import DIM_NAMES, dim_letters, ngff_unit
 from .source import Source, check_dtype_and_extent
 from .zarr_metadata import _check_metadata_json, _one_line
 from .zarr_unfinished import _UNFINISHED_STACK, _refuse_inside_unfinished
@@ -175,15 +175,18 @@ def _open_node(location: Location, where: str) -> Any:
 
 
 def _stored_axes(array: Any) -> tuple[str | None, str]:
-    """Single-letter axes an array names itself (dimension_names or _ARRAY_DIMENSIONS)."""
+    """The axes an array names itself (dimension_names or _ARRAY_DIMENSIONS): single letters
+    or names that say what an axis is (``channel``, ``depth``, ``time``: refused until
+    2026-12-06, where xarray and zarr users name them so)."""
     names = getattr(array.metadata, "dimension_names", None)
     origin = "dimension_names"
     if not names or any(n is None for n in names):
         names = array.attrs.get("_ARRAY_DIMENSIONS")
         origin = "_ARRAY_DIMENSIONS"
-    if not names or not all(isinstance(n, str) and len(n) == 1 for n in names):
+    letters = dim_letters(names) if isinstance(names, (list, tuple)) else [None]
+    if not names or None in letters:
         return None, origin
-    return "".join(names).lower(), origin
+    return "".join(letters), origin  # type: ignore[arg-type]
 
 
 def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
@@ -248,7 +251,8 @@ def _array_source(
             "_ARRAY_DIMENSIONS"
         )
         named = (
-            f"names its dimensions {list(names)}, which are not all single letters"
+            f"names its dimensions {list(names)}, which are not all single letters or one "
+            f"of {sorted(DIM_NAMES)}"
             if names and any(n is not None for n in names)
             else "does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS)"
         )

@@ -157,12 +157,33 @@ def test_open_partial_dimension_names_needs_axes(tmp_path):
         open_source(plain)
 
 
-def test_open_multi_letter_dimension_names_needs_axes(tmp_path):
-    path = str(tmp_path / "words.zarr")
-    zarr.create_array(path, shape=(3, 4, 5), dtype="uint8", dimension_names=["depth", "y", "x"])
-    with pytest.raises(ValueError, match=r"\['depth', 'y', 'x'\], which are not all single"):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_dimension_names_that_say_what_an_axis_is_are_read(tmp_path, zarr_format):
+    """``channel``, ``depth``, ``time`` (as xarray and the readers of HDF5 labels take them)
+    name their axes: such an array was refused, naming them (an adversarial run on
+    metadata); a name that says nothing, or two names for one axis, still need axes=."""
+
+    def named(name, names):
+        path = str(tmp_path / name)
+        kw = (
+            {"dimension_names": names}
+            if zarr_format == 3
+            else {"attributes": {"_ARRAY_DIMENSIONS": names}}
+        )
+        shape = (2, 3, 4, 5)[-len(names) :]
+        zarr.create_array(path, shape=shape, dtype="uint8", zarr_format=zarr_format, **kw)
+        return path
+
+    path = named("words.zarr", ["Time", "channel", "depth", "y", "X"][-4:])
+    assert open_source(path).axes == "czyx"
+    with pytest.raises(ValueError, match=r"contradicts .*'czyx'"):
+        open_source(path, axes="tzyx")
+    path = named("band.zarr", ["band", "y", "x"])
+    with pytest.raises(ValueError, match=r"\['band', 'y', 'x'\], which are not all single"):
         open_source(path)
     assert open_source(path, axes="zyx").axes == "zyx"
+    with pytest.raises(ValueError, match=r"axes from .* are unusable"):
+        open_source(named("twice.zarr", ["z", "plane", "y", "x"]))
 
 
 def test_open_already_open_array(tmp_path):
