@@ -8,7 +8,8 @@ stores as BGR are the exception: liffile turns them into RGB in place, so they a
 whole into private memory (a copy-on-write map) once per process.
 
 An image of a file that holds several is named after the file, by its index, name or path
-(``cells.lif/2``, ``cells.lif/Series003``; ``--scene``). Dimensions: T, Z, C, Y, X; RGB
+(``cells.lif/2``, ``cells.lif/Series003``; ``--scene``), or unnamed, the only one holding a
+z-stack (the lambda scans and single planes beside it left out). Dimensions: T, Z, C, Y, X; RGB
 samples, or a spectral (lambda) scan where the image has no channels, are the channel axis;
 mosaic tiles (M) a batch axis, fused tile by tile. Pixel sizes, the z step and the time step
 come from the image's coordinates, channel colours from their lookup tables.
@@ -79,7 +80,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
         ]
         if not scenes:
             raise ValueError(f"{where} holds no images")
-        chosen = choose_scene(scenes, scene, path=path, where=where, word="image")
+        chosen, notes = _choose(scenes, images, scene, path, where)
         image = images[chosen.index]
         where += f" (image {chosen.index} {image.path or image.name!r})"
         dims, sizes, dtype = tuple(image.dims), dict(image.sizes), np.dtype(image.dtype)
@@ -111,8 +112,20 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
     return OpenedStack(
         array=array, axes=letters, kind="lif", scale=scale, units=units, translation={},
         channel_names=names, channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        notes=notes,
         separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
+
+
+def _choose(scenes, images, scene, path, where) -> tuple[Scene, tuple[str, ...]]:
+    """The image ``scene`` names; unnamed, the only one holding a z-stack (a lambda scan or
+    a single plane beside it was listed among the stacks and the choice refused: an
+    adversarial run on metadata), said in the notes; several are listed, stacks only."""
+    stacks = [s for s, im in zip(scenes, images, strict=True) if "Z" in im.dims]
+    if scene is not None or len(scenes) == 1 or not stacks:
+        return choose_scene(scenes, scene, path=path, where=where, word="image"), ()
+    chosen = choose_scene(stacks, None, path=path, where=where, word="z-stack")
+    return chosen, (f"image {chosen!r} of {len(scenes)}, the only one holding a z-stack",)
 
 
 def _map_dims(dims: tuple[str, ...], where: str) -> tuple[str, bool]:
