@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from .._ngff import OME_LENGTHS
 from .._params import parse_axes
 from .image_headers import _one_orientation, _probe_pillow, _probe_tiff
 from .image_planes import _PlaneFiles
@@ -194,6 +196,7 @@ def open_image_files(
         warnings += [w for w in (order, restart) if w]
     if turned_alike:
         warnings.append(turned_alike)
+    warnings += _pixel_size_warning(files, probes, where)
     if first["alpha"]:
         warnings.append(
             f"the {fmt.upper()} files of {where} have an alpha channel, which is dropped: "
@@ -216,3 +219,35 @@ def open_image_files(
         notes=(files_used(files, fmt, skipped),),
         warnings=tuple(warnings),
     )
+
+
+def _pixel_size_warning(files: list[str], probes: list[dict], where: str) -> list[str]:
+    """A warning naming the first plane whose pixel size (resolution tags, ImageJ or OME)
+    is not the first plane's, which the output is given: it was the first's in silence (an
+    adversarial run on metadata). Not refused: a plane saved again by other software may
+    have lost its tags (72 dpi), and the planes are one stack all the same."""
+
+    def size(probe: dict) -> tuple[Any, ...]:  # per y, x: metres, or (value, unit)
+        out: list[Any] = []
+        for i in (1, 2):
+            value, unit = probe["scale"].get(i), probe["units"].get(i)
+            metres = OME_LENGTHS.get(unit or "", (None, None))[1]
+            out.append(round(value * metres, 15) if value and metres else (value, unit))
+        return tuple(out)
+
+    def said(probe: dict) -> str:
+        if not probe["scale"]:
+            return "no pixel size"
+        unit = probe["units"].get(1) or probe["units"].get(2) or "(no unit)"
+        y, x = (probe["scale"].get(i, "?") for i in (1, 2))
+        return f"a pixel of {y:g} x {x:g} {unit} (y x)"
+
+    first = size(probes[0])
+    for f, probe in zip(files[1:], probes[1:], strict=True):
+        if size(probe) != first:
+            return [
+                f"file {f!r} of {where} states {said(probe)}, but {files[0]!r} "
+                f"{said(probes[0])}: the output is given the first plane's; check that the "
+                "planes are one stack taken at one magnification"
+            ]
+    return []

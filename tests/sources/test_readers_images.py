@@ -878,3 +878,36 @@ def test_a_plane_replaced_after_opening_is_refused_on_the_region_path(tmp_path):
         tifffile.imwrite(tmp_path / "z2.tif", replacement)
         with pytest.raises(ValueError, match=r"z2\.tif' now decodes to shape"):
             opened.array[2:3, 0:100, 0:512]
+
+
+def test_a_plane_stating_another_pixel_size_is_named_in_a_warning(tmp_path):
+    """The output is given the first plane's pixel size; a plane whose resolution tags say
+    0.25 um where the first's say 0.5 um (or that say none) was passed over in silence (an
+    adversarial run on metadata). 500 nm in ImageJ's description is 0.5 um: no warning."""
+    planes = _planes(4, (20, 30), "uint8")
+
+    def folder(name, last):
+        where = tmp_path / name
+        where.mkdir()
+        for k, plane in enumerate(planes):
+            path = where / f"z{k}.tif"
+            if k < 3:
+                tifffile.imwrite(path, plane, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+            elif last == "nm":
+                tifffile.imwrite(path, plane, imagej=True, resolution=(1 / 500, 1 / 500),
+                                 metadata={"unit": "nm"})  # fmt: skip
+            elif last is None:
+                tifffile.imwrite(path, plane)
+            else:
+                tifffile.imwrite(path, plane, resolution=(1e4 / last, 1e4 / last),
+                                 resolutionunit="CENTIMETER")  # fmt: skip
+        return open_image_files(str(where))
+
+    for name, last, said in (("quarter", 0.25, "a pixel of 0.25 x 0.25 micrometer"),
+                             ("none", None, "no pixel size")):  # fmt: skip
+        opened = folder(name, last)
+        assert opened.scale == {"y": 0.5, "x": 0.5}
+        (warning,) = [w for w in opened.warnings if "pixel" in w]
+        first = r"a pixel of 0\.5 x 0\.5 micrometer \(y x\): the output is given the first"
+        assert re.search(rf"z3\.tif' of .* states {said}.* but '.*z0\.tif' {first}", warning)
+    assert not [w for w in folder("nm", "nm").warnings if "pixel" in w]
