@@ -130,6 +130,7 @@ _UNIT_ALIASES = {
     "\u212b": "angstrom",
     "a": "angstrom",
     "in": "inch",
+    "inches": "inch",
     "s": "second",
     "sec": "second",
     "secs": "second",
@@ -139,6 +140,7 @@ _UNIT_ALIASES = {
     "\u00b5s": "microsecond",
     "\u03bcs": "microsecond",
     "us": "microsecond",
+    "usec": "microsecond",
     "ns": "nanosecond",
     "ps": "picosecond",
     "fs": "femtosecond",
@@ -193,12 +195,14 @@ def ngff_unit(name: Any) -> str | None:
     ('micrometer', 'micrometer', 'second', None)
     >>> ngff_unit("Mm"), ngff_unit("mm"), ngff_unit("ft")  # OME's symbols, case and all
     ('megameter', 'millimeter', 'foot')
+    >>> ngff_unit("micrometre"), ngff_unit("Nanometres"), ngff_unit("inches")
+    ('micrometer', 'nanometer', 'inch')
     """
     if not isinstance(name, str):
         return None
     if name.strip() in _OME_SYMBOLS:  # "Mm" is a megametre, "mm" a millimetre
         return _OME_SYMBOLS[name.strip()]
-    low = name.strip().lower()
+    low = name.strip().lower().replace("metre", "meter")  # British "micrometre", CF's too
     if low in _NGFF_UNITS:
         return low
     if low.endswith("s") and low[:-1] in _NGFF_UNITS:  # "micrometers", "seconds"

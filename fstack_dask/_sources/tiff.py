@@ -154,6 +154,12 @@ def _open_tiff(
                 "dropped: fusion uses the colour samples only"
             )
         scale, units, translation, names, colors = _metadata(tif, ser, kind)
+        unnamed = [a for a in "TZYX" if a in scale and a not in units and a in native]
+        if unnamed:  # (ImageJ's unit is free text: "furlong" was left out in silence)
+            warnings.append(
+                f"{description} states the pixel size of {', '.join(unnamed).lower()} in a "
+                "unit that is not an OME-NGFF unit: written as a number without a unit"
+            )
         files = _series_files(ser.levels[level], path)
         name = f" {ser.name!r}" if ser.name else ""
         # said in the run's log and by info: the series beside it (a label, a macro image)

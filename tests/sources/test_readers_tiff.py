@@ -714,3 +714,24 @@ def test_imagej_axis_units_origin_and_a_pixel_of_one_unit(tmp_path):
     opened = open_tiff(path)
     assert opened.scale == {"x": 1.0, "y": 1.0, "z": 2.0}
     assert opened.units == {a: "micrometer" for a in "xyz"}
+
+
+def test_imagej_unit_spelled_the_british_way_or_unknown(tmp_path):
+    """ImageJ's unit is free text: "micrometre" (UDUNITS', British) was not known, and the
+    pixel size went out as a bare number, as "furlong"'s does, without a word (an
+    adversarial run on metadata): the first is micrometer; the second is named in a
+    warning."""
+    data = _data((5, 20, 30))
+    for unit, expected in (("micrometre", "micrometer"), ("Nanometres", "nanometer")):
+        tifffile.imwrite(tmp_path / "a.tif", data, imagej=True, resolution=(2.0, 2.0),
+                         metadata={"axes": "ZYX", "unit": unit})  # fmt: skip
+        opened = open_tiff(tmp_path / "a.tif")
+        assert opened.units == {"x": expected, "y": expected} and not opened.warnings
+    tifffile.imwrite(tmp_path / "a.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "furlong", "spacing": 3.0})  # fmt: skip
+    opened = open_tiff(tmp_path / "a.tif")
+    assert opened.scale == {"x": 0.5, "y": 0.5, "z": 3.0} and opened.units == {}
+    assert [w for w in opened.warnings if "unit" in w] == [
+        f"ImageJ TIFF {str(tmp_path / 'a.tif')!r} (series 0) states the pixel size of z, y, x in "
+        "a unit that is not an OME-NGFF unit: written as a number without a unit"
+    ]
