@@ -12,11 +12,13 @@ An image of a file that holds several is named after the file, by its index, nam
 z-stack (the lambda scans and single planes beside it left out). Dimensions: T, Z, C, Y, X; RGB
 samples, or a spectral (lambda) scan where the image has no channels, are the channel axis;
 mosaic tiles (M) a batch axis, fused tile by tile. Pixel sizes, the z step and the time step
-come from the image's coordinates, channel colours from their lookup tables.
+come from the image's coordinates (its first positions the translation), channel colours from
+their lookup tables.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -100,7 +102,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
         for a, n in zip(letters, shape, strict=True)
     )
     array = _LifArray(path, chosen.index, shape, dtype, chunks)
-    scale, units = _scale(dims, letters, coords)
+    scale, units, translation = _scale(dims, letters, coords)
     names = colors = None
     if "c" in letters and not rgb:
         channel_dim = dims[letters.index("c")]
@@ -110,7 +112,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
             found = [_LUT_COLOURS.get(lut.strip().lower()) for lut in luts]
             colors = tuple(found) if all(found) else None  # type: ignore[arg-type]
     return OpenedStack(
-        array=array, axes=letters, kind="lif", scale=scale, units=units, translation={},
+        array=array, axes=letters, kind="lif", scale=scale, units=units, translation=translation,
         channel_names=names, channel_colors=colors, rgb=rgb, files=(path,), description=where,
         notes=notes,
         separate_channels="c" in letters and not rgb,  # the format stores colour apart
@@ -150,10 +152,13 @@ def _map_dims(dims: tuple[str, ...], where: str) -> tuple[str, bool]:
     return "".join(letters), rgb
 
 
-def _scale(dims, letters, coords) -> tuple[dict[str, float], dict[str, str]]:
-    """Steps of the evenly spaced coordinates: metres as micrometres, seconds as seconds."""
+def _scale(dims, letters, coords) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+    """Steps of the evenly spaced coordinates, metres as micrometres, seconds as seconds, and
+    where they increase, the first z, y, x position as the translation (a z-stack from -2.5 um
+    had its depth map from 0: the positions were dropped, an adversarial run on metadata)."""
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
+    translation: dict[str, float] = {}
     for d, a in zip(dims, letters, strict=True):
         values = coords.get(d)
         if a not in "zyxt" or values is None or len(values) < 2:
@@ -163,9 +168,12 @@ def _scale(dims, letters, coords) -> tuple[dict[str, float], dict[str, str]]:
             continue
         if a == "t":
             scale[a], units[a] = step, "second"
-        else:
-            scale[a], units[a] = step * 1e6, "micrometer"
-    return scale, units
+            continue
+        scale[a], units[a] = step * 1e6, "micrometer"
+        first = round(float(values[0]) * 1e6, 9)  # (LAS X writes 1e-20 m for 0)
+        if values[1] > values[0] and math.isfinite(first) and first:
+            translation[a] = first
+    return scale, units, translation
 
 
 class _LifArray(RegionArray):

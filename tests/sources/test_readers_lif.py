@@ -89,3 +89,16 @@ def test_missing_liffile_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "liffile", None)
     with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[lif\]"$'):
         open_source(f"{LIF}/2")
+
+
+def test_the_z_positions_are_the_depth_maps(tmp_path):
+    """The z-stack's coordinates run from -2.5 um: its depth map held distances from the
+    first plane, 0 to 5 um, as if it began at 0 (the position dropped; an adversarial run on
+    metadata). Now positions: -2.5 + k x the step."""
+    src = open_source(f"{LIF}/2")
+    assert src.translation == {"z": -2.5}
+    out = fstack_dask.fuse_zarr(f"{LIF}/2", tmp_path / "out.ome.zarr", chunks=32,
+                                depth_map=True, progress=False)  # fmt: skip
+    depth = out["depth"]["0"][:]
+    k = (depth - -2.5) / src.scale["z"]
+    assert np.nanmin(depth) < 0 and np.allclose(k, np.round(k), atol=1e-4, equal_nan=True)
