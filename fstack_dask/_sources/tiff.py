@@ -153,7 +153,8 @@ def _open_tiff(
                 f"{description} has {n_colour} extra sample(s) per pixel (alpha), which are "
                 "dropped: fusion uses the colour samples only"
             )
-        scale, units, translation, names, colors = _metadata(tif, ser, kind)
+        scale, units, translation, names, colors, said = _metadata(tif, ser, kind)
+        warnings += [f"{description}: {w}" for w in said]
         unnamed = [a for a in "TZYX" if a in scale and a not in units and a in native]
         if unnamed:  # (ImageJ's unit is free text: "furlong" was left out in silence)
             warnings.append(

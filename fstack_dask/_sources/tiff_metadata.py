@@ -19,15 +19,16 @@ _RESUNIT_MICROMETER = {3: 1e4, 4: 1e3, 5: 1.0}  # cm, mm, um per unit of the tag
 _IMAGEJ_NO_UNIT = {"", "pixel", "pixels", "inch"}
 
 
-def _metadata(tif: Any, ser: Any, kind: str) -> tuple[dict, dict, dict, Any, Any]:
-    """(scale, units, translation, channel names, channel colours), keyed by tifffile axes."""
+def _metadata(tif: Any, ser: Any, kind: str) -> tuple[dict, dict, dict, Any, Any, Any]:
+    """(scale, units, translation, channel names, channel colours, warnings), keyed by
+    tifffile axes."""
     if kind == "ome-tiff":
         out = _ome_metadata(tif.ome_metadata, tif.series.index(ser))
         if out is not None:
             return out
     if kind == "imagej-tiff":
-        return _imagej_metadata(tif.imagej_metadata or {}, ser.keyframe)
-    return _resolution_metadata(ser.keyframe) + ({}, None, None)
+        return _imagej_metadata(tif.imagej_metadata or {}, ser.keyframe) + ((),)
+    return _resolution_metadata(ser.keyframe) + ({}, None, None, ())
 
 
 def _resolution_metadata(page: Any) -> tuple[dict, dict]:
@@ -90,7 +91,7 @@ def _imagej_unit(value: Any) -> str | None:
     return text
 
 
-def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, Any] | None:
+def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, Any, Any] | None:
     if not xml:
         return None
     try:
@@ -118,24 +119,41 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
         unit = ngff_unit(pixels.get("TimeIncrementUnit", "s"))
         if unit is not None:
             units["T"] = unit
-    translation: dict[str, float] = {}
-    plane = next((e for e in pixels if e.tag.endswith("Plane")), None)
-    if plane is not None:
-        for a in "XYZ":
-            # OME's default position unit is the stage's "reference frame": only a
-            # position in the pixel size's own unit is a usable translation.
-            pos, unit = plane.get(f"Position{a}"), ngff_unit(plane.get(f"Position{a}Unit"))
-            if pos is not None and unit is not None and unit == units.get(a):
-                try:
-                    translation[a] = float(pos)
-                except ValueError:
-                    pass
+    planes = {
+        tuple(e.get(f"The{a}", "0") for a in "ZCT"): e for e in pixels if e.tag.endswith("Plane")
+    }
+    first = planes.get(("0", "0", "0"), next(iter(planes.values()), None))
+    translation = {a: v for a in "XYZ" if (v := _position(first, a, units)) is not None}
+    warnings = []
+    second = _position(planes.get(("1", "0", "0")), "Z", units)
+    if "Z" in translation and second is not None and second < translation["Z"]:
+        # a positive step from the first plane's position made the depth map's positions
+        # run the wrong way (10, 12, 14 um for planes at 10, 8, 6: an adversarial run)
+        warnings.append(
+            f"its planes' z positions decrease ({translation.pop('Z'):g}, {second:g} "
+            f"{units['Z']}, ...): a depth map holds each plane's distance from the first, "
+            "not its position"
+        )
     channels = [e for e in pixels if e.tag.endswith("Channel")]
     names = tuple(c.get("Name", "") for c in channels)
     names = names if channels and all(names) else None
     colors = tuple(_ome_color(c.get("Color")) for c in channels)
     colors = colors if channels and all(colors) else None
-    return scale, units, translation, names, colors
+    return scale, units, translation, names, colors, tuple(warnings)
+
+
+def _position(plane: Any, a: str, units: dict[str, str]) -> float | None:
+    """A Plane's Position{a}, where it is in the pixel size's own unit: OME's default
+    position unit is the stage's "reference frame", no usable translation."""
+    if plane is None or units.get(a) is None:
+        return None
+    if ngff_unit(plane.get(f"Position{a}Unit")) != units[a]:
+        return None
+    try:
+        value = float(plane.get(f"Position{a}"))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _ome_color(value: str | None) -> str | None:

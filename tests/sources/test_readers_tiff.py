@@ -735,3 +735,30 @@ def test_imagej_unit_spelled_the_british_way_or_unknown(tmp_path):
         f"ImageJ TIFF {str(tmp_path / 'a.tif')!r} (series 0) states the pixel size of z, y, x in "
         "a unit that is not an OME-NGFF unit: written as a number without a unit"
     ]
+
+
+def test_ome_planes_whose_z_positions_decrease(tmp_path):
+    """A stack taken top down: planes at z = 10, 8, 6 ... um with PhysicalSizeZ 2. The first
+    plane's position with the positive step made the depth map say 16 um for the plane at
+    4 um (an adversarial run on metadata). Now no z translation, with a warning that the
+    depth map holds distances from the first plane; increasing positions are the
+    translation."""
+    data = _data((4, 20, 30))
+    n = len(data)
+
+    def write(positions):
+        planes = {"PositionZ": positions, "PositionZUnit": ["\u00b5m"] * n}
+        meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                "PhysicalSizeZ": 2.0, "Plane": planes}  # fmt: skip
+        tifffile.imwrite(tmp_path / "z.ome.tif", data, metadata=meta)
+        return open_tiff(tmp_path / "z.ome.tif")
+
+    down = write([10.0, 8.0, 6.0, 4.0])
+    assert "z" not in down.translation
+    assert [w for w in down.warnings if "decrease" in w] == [
+        f"OME-TIFF {str(tmp_path / 'z.ome.tif')!r} (series 0): its planes' z positions "
+        "decrease (10, 8 micrometer, ...): a depth map holds each plane's distance from the "
+        "first, not its position"
+    ]
+    up = write([-3.0, -1.0, 1.0, 3.0])
+    assert up.translation == {"z": -3.0} and not up.warnings
