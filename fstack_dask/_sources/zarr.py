@@ -410,8 +410,9 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     if not isinstance(array, zarr.Array):
         raise ValueError(f"{where} has no array at level {level} (dataset path {path!r})")
 
-    if ms.names is not None and all(len(n) == 1 for n in ms.names):
-        letters = "".join(ms.names).lower()
+    named = dim_letters(ms.names or [None])
+    if None not in named:  # (its axes named "channel", "depth" were refused as for arrays)
+        letters = "".join(named)  # type: ignore[arg-type]
         try:
             meta_axes = parse_axes(letters, array.ndim)
         except ValueError as exc:
@@ -421,11 +422,12 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
                 f"axes {axes!r} disagrees with the OME-NGFF metadata of {where}, which "
                 f"declares {meta_axes!r}; omit axes= or pass axes={meta_axes!r}"
             )
-    elif axes is not None:  # names that are not letters (e.g. "depth"): the caller's win
+    elif axes is not None:  # names that say nothing (e.g. "band"): the caller's win
         meta_axes = parse_axes(axes, array.ndim)
     else:
         raise ValueError(
-            f"{where} has OME-NGFF axes {list(ms.names or [])} that are not single letters; "
+            f"{where} has OME-NGFF axes {list(ms.names or [])} that are not single letters or "
+            f"one of {sorted(DIM_NAMES)}; "
             f"pass axes= with one letter per dimension, e.g. axes='zyx'"
         )
     _check_dtype_and_shape(array, meta_axes, where)

@@ -377,6 +377,29 @@ def test_open_ome_axes_disagree(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_open_ome_axes_named_by_words(tmp_path):
+    """NGFF axes named "channel" and "depth" (with their types) were refused until axes=
+    named them (an adversarial run on metadata): they are c and z, with their units."""
+    path = str(tmp_path / "words.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    group.create_array("0", shape=(2, 3, 4, 5), dtype="uint8", chunks=(1, 3, 4, 5))
+    axes = [{"name": "channel", "type": "channel"}, {"name": "depth", "type": "space",
+            "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "nanometer"},
+            {"name": "x", "type": "space", "unit": "nanometer"}]  # fmt: skip
+    scale = {"type": "scale", "scale": [1.0, 2.0, 250.0, 250.0]}
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [scale]}]}]  # fmt: skip
+    src = open_source(path)
+    assert src.axes == "czyx"
+    assert src.scale == {"c": 1.0, "z": 2.0, "y": 250.0, "x": 250.0}
+    assert src.units == {"z": "micrometer", "y": "nanometer", "x": "nanometer"}
+    axes[1]["name"] = "band"
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [scale]}]}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"'band', 'y', 'x'\] that are not single letters"):
+        open_source(path)
+
+
 def test_open_ome_channels_from_omero(tmp_path):
     path = tmp_path / "omero.zarr"
     write_stack(path, _stack((2, 3, 4, 5)), axes="czyx")
