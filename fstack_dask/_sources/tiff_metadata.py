@@ -28,7 +28,15 @@ def _metadata(tif: Any, ser: Any, kind: str) -> tuple[dict, dict, dict, Any, Any
             return out
     if kind == "imagej-tiff":
         return _imagej_metadata(tif.imagej_metadata or {}, ser.keyframe) + ((),)
-    return _resolution_metadata(ser.keyframe) + ({}, None, None, ())
+    scale, units = _resolution_metadata(ser.keyframe)
+    # The tags describe the page's columns (X) and rows (Y); a series whose metadata names
+    # them otherwise ("ZXY": its x the page's rows) had them swapped (an adversarial run)
+    page, n = ser.keyframe, len(ser.keyframe.axes)
+    if tuple(ser.shape[-n:]) == tuple(page.shape) and ser.axes[-n:] != page.axes:
+        rename = dict(zip(page.axes, ser.axes[-n:], strict=True))
+        scale = {rename[a]: v for a, v in scale.items()}
+        units = {rename[a]: v for a, v in units.items()}
+    return scale, units, {}, None, None, ()
 
 
 def _resolution_metadata(page: Any) -> tuple[dict, dict]:

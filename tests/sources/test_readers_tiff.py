@@ -762,3 +762,17 @@ def test_ome_planes_whose_z_positions_decrease(tmp_path):
     ]
     up = write([-3.0, -1.0, 1.0, 3.0])
     assert up.translation == {"z": -3.0} and not up.warnings
+
+
+def test_resolution_tags_follow_the_page_when_the_series_names_its_axes_zxy(tmp_path):
+    """XResolution is the page's columns. A stack saved with tifffile's ``axes="ZXY"`` (its
+    x the page's rows) had the two pixel sizes swapped, 0.5 um for x where it is 0.25 (an
+    adversarial run on metadata)."""
+    data = _data((5, 30, 20))  # z, x, y: pages of 30 rows, 20 columns
+    path = tmp_path / "zxy.tif"
+    tifffile.imwrite(path, data, metadata={"axes": "ZXY"}, resolution=(1e4 / 0.5, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER", photometric="minisblack")  # fmt: skip
+    opened = open_tiff(path)
+    assert opened.axes == "zxy"
+    assert opened.scale == pytest.approx({"y": 0.5, "x": 0.25})
+    assert opened.units == {"x": "micrometer", "y": "micrometer"}
