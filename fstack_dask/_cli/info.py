@@ -87,6 +87,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("dtype", str(np.dtype(source.dtype))),
         ("source chunks", _chunks_line(source)),
         ("scale", scale),
+        *_translation_line(source),
         ("channels", channels),
         ("output", f"{out.axes} {out.shape} {np.dtype(out.dtype)}"),
         ("parameters", _parameters(fusion.params)),
@@ -174,3 +175,17 @@ def _device_line(fusion: Any, workers: int) -> str:
     if problem is None:
         return line
     return f"{line}; cannot run here: fstack_dask {problem.split('; use ')[0]}"
+
+
+def _translation_line(source: Any) -> list[tuple[str, str]]:
+    """The source's position (carried to the output's y/x; z places the depth map), where it
+    states one: it was carried but not shown (an adversarial run on metadata)."""
+    shift = {a: v for a, v in source.translation.items() if v and a in source.axes}
+    if not shift:
+        return []
+    said = ", ".join(
+        f"{a}={shift[a]:g}" + (f" {source.units[a]}" if a in source.units else "")
+        for a in source.axes
+        if a in shift
+    )
+    return [("translation", said)]

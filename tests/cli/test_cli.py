@@ -744,3 +744,18 @@ def test_the_readme_s_bad_input_table_quotes_what_the_program_prints(
     (err,) = capsys.readouterr().err.splitlines()
     assert re.search(quote, err), (says, err)
     assert str(code) == status
+
+
+def test_info_shows_the_sources_translation(tmp_path):
+    """A source's position (an OME-Zarr translation, an OME-TIFF's stage position, an
+    ImageJ origin) goes into the output but info did not show it (an adversarial run on
+    metadata); none, no line."""
+    src = tmp_path / "placed.ome.zarr"
+    write_stack(src, np.zeros((5, 16, 16), np.uint8), axes="zyx",
+                scale={"z": 2.0, "y": 0.5, "x": 0.5}, units={a: "micrometer" for a in "zyx"},
+                translation={"z": -3.0, "y": 10.0, "x": 20.5})  # fmt: skip
+    info = _info(ok(cli("info", src)).stdout)
+    assert info["translation"] == "z=-3 micrometer, y=10 micrometer, x=20.5 micrometer"
+    plain = tmp_path / "plain.ome.zarr"
+    write_stack(plain, np.zeros((5, 16, 16), np.uint8), axes="zyx")
+    assert "translation" not in _info(ok(cli("info", plain)).stdout)
