@@ -2,8 +2,9 @@
 
 What lives here: which reader for which input (``open``), the ``Source`` description and
 its identity for resumes (``source``), Zarr and OME-Zarr (``zarr``, with ``zarr_metadata``
-for its metadata files checked before zarr reads them and ``zarr_unfinished`` for a node
-inside an unfinished output), TIFF (``tiff``, with
+for its metadata files checked before zarr reads them, ``zarr_unfinished`` for a node
+inside an unfinished output and ``zarr_coords`` for the coordinate arrays xarray stores
+beside an array), TIFF (``tiff``, with
 ``tiff_checks`` for headers that lie, ``tiff_array`` for reading a series by region and
 ``tiff_metadata`` for pixel sizes, units and channels from its tags and descriptions),
 folders and globs of plane files (``images``, with

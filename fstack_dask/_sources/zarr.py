@@ -28,6 +28,7 @@ from .._ngff import (
 from .._params import parse_axes
 from .common import DIM_NAMES, dim_letters, ngff_unit
 from .source import Source, check_dtype_and_extent
+from .zarr_coords import coordinates
 from .zarr_metadata import _check_metadata_json, _one_line
 from .zarr_unfinished import _UNFINISHED_STACK, _refuse_inside_unfinished
 
@@ -260,9 +261,17 @@ def _array_source(
             f"{where} {named}; pass axes= with one letter per dimension, e.g. axes='zyx'"
         )
     _check_dtype_and_shape(array, chosen, where)
+    names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    shape = tuple(int(n) for n in array.shape)
+    scale, units, shift, told = coordinates(location if stored else None, names, chosen, shape,
+                                            where)  # fmt: skip
     return Source(
         array=array,
         axes=chosen,
+        scale=scale,
+        units=units,
+        translation=shift,
+        warnings=told,
         unit_shape=_unit_shape(array),
         inner_shape=_inner_shape(array),
         description=where,

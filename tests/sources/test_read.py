@@ -879,3 +879,29 @@ def test_a_block_decodes_its_other_units_while_another_thread_decodes_one(tmp_pa
     assert decoded == [("second", 32), ("first", 0)]
     np.testing.assert_array_equal(got["first"], data[:, :, 0:20])
     np.testing.assert_array_equal(got["second"], data[:, :, 12:44])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_xarray_dataset_saved_to_zarr_keeps_its_pixel_sizes(tmp_path, zarr_format):
+    """``Dataset.to_zarr`` stores the stack with its dimension names and, beside it, one
+    coordinate array per dimension with its units: fused from ``store.zarr/stack``, the
+    pixel sizes were dropped in silence (scale 1; an adversarial run on metadata). Now as
+    for the DataArray: steps, units, first values; an uneven coordinate, a warning."""
+    xr = pytest.importorskip("xarray")
+    data = _stack((4, 6, 5))
+    coords = {"z": np.arange(4) * 2.0, "y": 7 + np.arange(6) * 0.25, "x": np.arange(5) * 0.5e3}
+    da = xr.DataArray(data, dims=("z", "y", "x"), coords=coords, name="stack")
+    da.y.attrs["units"], da.x.attrs["units"] = "\u00b5m", "nanometre"
+    path = tmp_path / "store.zarr"
+    da.to_dataset().to_zarr(path, zarr_format=zarr_format, consolidated=False)
+    src = open_source(f"{path}/stack")
+    assert src.axes == "zyx"
+    assert src.scale == {"z": 2.0, "y": 0.25, "x": 500.0}
+    assert src.units == {"y": "micrometer", "x": "nanometer"}
+    assert src.translation == {"z": 0.0, "y": 7.0, "x": 0.0}
+    assert not src.warnings
+    uneven = da.assign_coords(z=[0.0, 1.0, 5.0, 6.0])
+    uneven.to_dataset().to_zarr(tmp_path / "u.zarr", zarr_format=zarr_format, consolidated=False)
+    src = open_source(f"{tmp_path / 'u.zarr'}/stack")
+    assert "z" not in src.scale and src.scale["y"] == 0.25
+    assert [w for w in src.warnings if "'z' is not evenly increasing (0, 1, ...)" in w]
