@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._ngff import OME_LENGTHS
 from .common import ngff_unit, positive_finite
 
 __all__: list[str] = []
@@ -151,16 +152,20 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
 
 
 def _position(plane: Any, a: str, units: dict[str, str]) -> float | None:
-    """A Plane's Position{a}, where it is in the pixel size's own unit: OME's default
-    position unit is the stage's "reference frame", no usable translation."""
-    if plane is None or units.get(a) is None:
+    """A Plane's Position{a} in the pixel size's unit, where it is a length (a position in
+    mm beside pixels in um was dropped: an adversarial run): OME's default position unit is
+    the stage's "reference frame", no usable translation."""
+    if plane is None or units.get(a) not in OME_LENGTHS:
         return None
-    if ngff_unit(plane.get(f"Position{a}Unit")) != units[a]:
+    unit = ngff_unit(plane.get(f"Position{a}Unit"))
+    if unit not in OME_LENGTHS:
         return None
     try:
         value = float(plane.get(f"Position{a}"))
     except (TypeError, ValueError):
         return None
+    if unit != units[a]:  # to 12 digits: 0.1 mm is 100 um, not 100.00000000000001
+        value = float(f"{value * OME_LENGTHS[unit][1] / OME_LENGTHS[units[a]][1]:.12g}")
     return value if math.isfinite(value) else None
 
 

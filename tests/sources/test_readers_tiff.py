@@ -776,3 +776,18 @@ def test_resolution_tags_follow_the_page_when_the_series_names_its_axes_zxy(tmp_
     assert opened.axes == "zxy"
     assert opened.scale == pytest.approx({"y": 0.5, "x": 0.25})
     assert opened.units == {"x": "micrometer", "y": "micrometer"}
+
+
+def test_ome_plane_position_in_another_length_unit(tmp_path):
+    """A stage position in mm beside pixels in um (as stage controllers report it) was
+    dropped in silence (an adversarial run on metadata): now converted, 0.1 mm = 100 um;
+    a position in the stage's "reference frame" (OME's default) is still none."""
+    data = _data((4, 20, 30))
+    n = len(data)
+    planes = {"PositionX": [0.1] * n, "PositionXUnit": ["mm"] * n, "PositionY": [-0.25] * n,
+              "PositionYUnit": ["cm"] * n, "PositionZ": [3.0] * n}  # fmt: skip
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
+            "Plane": planes}  # fmt: skip
+    tifffile.imwrite(tmp_path / "p.ome.tif", data, metadata=meta)
+    opened = open_tiff(tmp_path / "p.ome.tif")
+    assert opened.translation == {"x": 100.0, "y": -2500.0}
