@@ -102,3 +102,21 @@ def test_the_z_positions_are_the_depth_maps(tmp_path):
     depth = out["depth"]["0"][:]
     k = (depth - -2.5) / src.scale["z"]
     assert np.nanmin(depth) < 0 and np.allclose(k, np.round(k), atol=1e-4, equal_nan=True)
+
+
+def test_several_z_stacks_are_listed_without_the_lambda_scans():
+    """No file with two z-stacks could be shipped: liffile's images stood in for by their
+    dims. Two z-stacks beside a lambda scan: the refusal lists the z-stacks only; an image
+    named is read whatever it holds."""
+    from types import SimpleNamespace
+
+    from fstack_dask._sources.lif import _choose
+    from fstack_dask._sources.vendor import Scene
+
+    dims = [("\u03bb", "Y", "X"), ("Z", "Y", "X"), ("T", "Z", "Y", "X")]
+    images = [SimpleNamespace(dims=d) for d in dims]
+    scenes = [Scene(k, f"s{k}", "".join(d)) for k, d in enumerate(dims)]
+    with pytest.raises(ValueError, match=r"^LIF 'f\.lif' holds 2 z-stacks: 1 's1' \(ZYX\), "
+                       r"2 's2' \(TZYX\); name one after the file"):  # fmt: skip
+        _choose(scenes, images, None, "f.lif", "LIF 'f.lif'")
+    assert _choose(scenes, images, "0", "f.lif", "LIF 'f.lif'") == (scenes[0], ())
