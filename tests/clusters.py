@@ -61,7 +61,7 @@ class Cluster:
             )  # fmt: skip
             for env in worker_envs
         ]
-        self.worker = self.workers[0]
+        self.worker = self.workers[0] if self.workers else None
         from distributed import Client
 
         deadline = time.monotonic() + 60

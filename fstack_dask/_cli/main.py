@@ -226,6 +226,7 @@ _API_TO_OPTION = (
     ("dst_storage_options only apply", "--dst-storage-options only apply"),
     ("storage_options only apply", "--storage-options only apply"),
     ("give memory_per_task=", "give --memory-per-task "),
+    ("lower memory_per_task ", "lower --memory-per-task "),
     ("memory_per_task=", "--memory-per-task "),
 )
 

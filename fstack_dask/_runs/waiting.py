@@ -105,8 +105,14 @@ def _stall_message(client: Any, seconds: float) -> str:
         workers = {}
     paused = [a for a, w in workers.items() if str(w.get("status", "")).endswith("paused")]
     if not workers:
-        cause = "the cluster has no workers left"
-    elif paused:
+        # (it said "no workers left; lower memory_per_task", also where none had ever
+        # joined: a batch cluster whose jobs the batch scheduler refused, a scheduler
+        # without workers; memory had nothing to do with it)
+        return f"no block finished for {seconds:g} s: no worker is connected to the " + (
+            _batch_jobs(getattr(client, "cluster", None))
+            or f"scheduler: start workers for it (dask worker {_address(client)})"
+        )
+    if paused:
         cause = (
             f"{len(paused)} of {len(workers)} worker(s) are paused because their memory use is "
             "above dask's pause threshold"
@@ -114,6 +120,31 @@ def _stall_message(client: Any, seconds: float) -> str:
     else:
         cause = "the workers are frozen, overloaded or unreachable"
     return (
-        f"no block finished for {seconds:g} s: {cause}; lower --memory-per-task "
-        "(memory_per_task=) or give each worker more memory"
+        f"no block finished for {seconds:g} s: {cause}; lower memory_per_task or give each "
+        "worker more memory"
+    )
+
+
+def _address(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except Exception:
+        return "ADDRESS"
+
+
+def _batch_jobs(cluster: Any) -> str:
+    """What became of a dask-jobqueue cluster's batch jobs, or "" for another cluster."""
+    jobs = [j for j in getattr(cluster, "workers", {}).values() if hasattr(j, "job_id")]
+    if not hasattr(cluster, "job_script") or not jobs:
+        return ""
+    refused = sum(j.job_id is None for j in jobs)
+    told = (
+        f"{refused} of its {len(jobs)} batch job(s) could not be submitted (the batch "
+        "scheduler refused them)"
+        if refused
+        else f"its {len(jobs)} batch job(s) are still queued or ended without a worker"
+    )
+    return (
+        f"cluster; {told}: check the batch system (sinfo, squeue, qstat) against the config's "
+        "cluster.jobqueue (queue, account, walltime, cores, memory)"
     )

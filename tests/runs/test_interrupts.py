@@ -304,6 +304,24 @@ def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp
         paused.stop()
     assert proc.returncode == 1, err
     line = _stderr_is_one_line(err)
-    assert "paused" in line and "--memory-per-task" in line
+    assert "paused" in line and "lower --memory-per-task or give" in line
     assert "nothing was written" in line
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_scheduler_without_workers_is_said_not_taken_for_memory(stack, tmp_path):
+    """It said "the cluster has no workers left; lower --memory-per-task (--memory-per-task )
+    or give each worker more memory", of a scheduler no worker had ever joined."""
+    empty = Cluster(tmp_path, worker_envs=())
+    try:
+        proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", empty.address,
+                      "--stall-timeout", "3", "--no-progress")  # fmt: skip
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        empty.stop()
+    assert proc.returncode == 1, err
+    assert _stderr_is_one_line(err) == (
+        "fstack-dask: error: no block finished for 3 s: no worker is connected to the "
+        f"scheduler: start workers for it (dask worker {empty.address}); nothing was written"
+    )
     assert not (tmp_path / "out.zarr").exists()

@@ -168,3 +168,35 @@ def test_two_slurm_jobs_feed_one_run(slurm_available, tmp_path):
             ran = client.run(lambda dask_worker: dask_worker.state.executed_count)
             np.testing.assert_array_equal(out["0"][...], expected)
     assert all(n > 0 for n in ran.values()), ran  # both jobs' workers fused blocks
+
+
+def test_a_refused_batch_job_is_said_not_taken_for_memory(slurm_available, tmp_path):
+    """configs/slurm.yaml as shipped asks for the partition 'normal'; on a site without it
+    sbatch refuses every job, and distributed's log (silenced on the command line) was the
+    only place that said so: the run waited --stall-timeout, then blamed memory, "no workers
+    left; lower --memory-per-task (--memory-per-task ) ...". Now it says the jobs were
+    refused and where to look."""
+    from fstack_dask import synthetic_stack, write_stack
+
+    src = tmp_path / "stack.zarr"
+    write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
+    kwargs = _jobqueue_kwargs(tmp_path)
+    kwargs.update(queue="no-such-partition", scheduler_options=None)
+    config = tmp_path / "slurm.yaml"
+    jobqueue = {k: v for k, v in kwargs.items() if v is not None}
+    config.write_text(
+        yaml.safe_dump({"cluster": {"kind": "slurm", "jobs": 2, "jobqueue": jobqueue}})
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(tmp_path / "out.zarr"),
+         "--config", str(config), "--stall-timeout", "5", "--no-progress"],
+        capture_output=True, text=True, timeout=BUDGET_S, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.splitlines() == [
+        "fstack-dask: error: no block finished for 5 s: no worker is connected to the cluster; "
+        "2 of its 2 batch job(s) could not be submitted (the batch scheduler refused them): "
+        "check the batch system (sinfo, squeue, qstat) against the config's cluster.jobqueue "
+        "(queue, account, walltime, cores, memory); nothing was written"
+    ]
+    assert not (tmp_path / "out.zarr").exists()
