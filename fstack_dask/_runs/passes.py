@@ -45,7 +45,8 @@ def fuse_blocks(
     done = target.state.done()
     todo = (b for b in plan.blocks() if plan.name(b) not in done)
     n_todo = plan.n_blocks - target.state.n_done()
-    if fills is None or fills == fusion.fills:  # (a second pass is announced by its caller)
+    first_pass = fills is None or fills == fusion.fills
+    if first_pass:  # (a second pass is announced by its caller)
         for note in fusion.source.notes:  # the files read, in the run's log
             log.info("%s: %s", fusion.source.description, note)
         if resuming:
@@ -80,7 +81,9 @@ def fuse_blocks(
             report = schedulers.execute(
                 job, todo, n_blocks=n_todo, scheduler=sched, progress=progress,
                 stall_timeout=stall_timeout, task_args=task_args,
-                done_before=plan.n_blocks - n_todo, label=label,
+                # a second pass counts its own blocks: "4/4 blocks, 1 done before this run"
+                # said of a fresh run's block that needed no second pass
+                done_before=plan.n_blocks - n_todo if first_pass else 0, label=label,
                 exchange_with=(done, budget) if halo_exchange else None,
             )  # fmt: skip
         except BaseException:

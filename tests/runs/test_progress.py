@@ -175,3 +175,21 @@ def test_the_bar_goes_on_when_the_wall_clock_steps_back(monkeypatch, capsys):
     err = capsys.readouterr().err
     bar.close()
     assert "1/10" in err and "2/10" in err, err
+
+
+def test_the_second_pass_counts_its_own_blocks(tmp_path, last_line_only):
+    """The pass that fuses again the blocks holding an undefined selectivity said, of a fresh
+    run, "undefined S: 4/4 blocks (100%), 1 done before this run" (g48, the README's PCB
+    photographs): that block was done in the first pass and needed no second."""
+    import numpy as np
+
+    from fstack_dask import focus_stack, synthetic_stack
+
+    stack = synthetic_stack((64, 128), 7, dtype="uint8", seed=2).stack.transpose(2, 0, 1).copy()
+    stack[0] = 0  # a dark frame: S undefined where the fit reads it
+    out = fuse_zarr(stack, tmp_path / "out.zarr", axes="zyx", chunks=32, levels=0)
+    lines = last_line_only()
+    assert lines[0].startswith("fusing: 8/8 blocks (100%), "), lines
+    assert lines[1].startswith("undefined S: 4/4 blocks (100%), "), lines
+    assert len(lines) == 2 and "before" not in lines[1], lines
+    np.testing.assert_array_equal(out["0"][...], focus_stack(np.moveaxis(stack, 0, -1)))
