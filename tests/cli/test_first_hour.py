@@ -463,3 +463,41 @@ def test_info_of_an_overwrite_a_job_on_another_node_left_does_not_wait(
     (line,) = _lines(capsys.readouterr().out, "overwrite:")
     assert f"under way in {staged}: unfinished: " in line
     assert "its lock, from pid 4242 on node17, was last renewed 36" in line, line
+
+
+_PLACEHOLDERS = """
+import dask.array as da
+import os
+
+import numpy as np
+import tifffile
+import zarr
+
+from fstack_dask import synthetic_stack
+
+planes = synthetic_stack((96, 80), 7, dtype="uint16", seed=1).stack.transpose(2, 0, 1).copy()
+os.makedirs("cell1", exist_ok=True)
+for k, plane in enumerate(planes):
+    tifffile.imwrite(f"cell1/cell_z{k:02d}.tif", plane)
+raw = zarr.create_array("raw.zarr", shape=(2, *planes.shape), dtype=planes.dtype,
+                        chunks=(1, 7, 48, 48))
+raw[...] = np.stack([planes, planes[:, ::-1]])
+numpy_or_dask_or_xarray_stack = stack = planes
+dask_stack = da.from_array(planes, chunks=(7, 48, 48))
+im_stack = np.moveaxis(planes, 0, -1)  # the reference's layout, [M, N, P]
+"""
+
+
+@pytest.mark.parametrize(
+    "heading", ["## Use from Python / Jupyter", '### Noisy stacks: `nhsize="auto"`, `sth="auto"`']
+)
+def test_the_readme_s_python_runs_as_written(tmp_path, heading):
+    """The README's Python, its placeholders (your stack, your folder) bound to a small stack:
+    a parameter renamed or a call changed fails here, not in a user's first hour. (Pasted
+    whole, "Use from Python" failed at its third line: it fused into its second line's dst,
+    'fused.ome.zarr', FileExistsError.)"""
+    code = _readme_block(heading).replace('"/data/cell1/"', '"cell1/"')
+    done = subprocess.run([sys.executable, "-c", _PLACEHOLDERS + "import fstack_dask\n" + code],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
