@@ -472,3 +472,17 @@ def test_a_sexagesimal_or_binary_number_is_refused_naming_the_key(tmp_path, text
     lines = done.stderr.splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"fstack-dask: error: config file '{path}': {says}"), lines
+
+
+def test_the_exit_status_table_names_every_status_the_help_lists():
+    """configs/README's table stopped at 143, where --help (and the README) list 128 + N for
+    SIGHUP, SIGUSR1/2 and SIGXCPU: a batch job's script reading 138 found it nowhere there."""
+    import re
+
+    helped = subprocess.run([sys.executable, "-m", "fstack_dask", "--help"], capture_output=True,
+                            text=True, timeout=60, check=True).stdout  # fmt: skip
+    section = helped.split("exit status:", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\s{2}(\d+(?:\+N)?)\s", section, flags=re.M)
+    table = (CONFIGS / "README.md").read_text().split("## Exit status of `fstack-dask`", 1)[1]
+    rows = re.findall(r"^\| (\d+(?: \+ N)?) \|", table, flags=re.M)
+    assert sorted(r.replace(" ", "") for r in rows) == sorted(listed)
