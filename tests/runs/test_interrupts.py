@@ -293,35 +293,33 @@ def test_a_lost_scheduler_is_one_line(stack, tmp_path, cluster):
     assert "lost the connection to the dask scheduler" in line and "--resume" in line, line
 
 
-def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp_path):
-    # a pause threshold of 1 % of 2 GB: the worker is paused as soon as it starts
-    paused = Cluster(tmp_path, [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}])
+def _stalled(stack, tmp_path, worker_envs, seconds: int) -> tuple[str, str]:
+    """The one line a run on a cluster of these workers ends with after ``seconds`` without
+    a finished block (nothing written), and the cluster's address."""
+    cluster = Cluster(tmp_path, worker_envs)
     try:
-        proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", paused.address,
-                      "--stall-timeout", "5", "--no-progress")  # fmt: skip
+        proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", cluster.address,
+                      "--stall-timeout", str(seconds), "--no-progress")  # fmt: skip
         _, err = proc.communicate(timeout=TIMEOUT)
     finally:
-        paused.stop()
+        cluster.stop()
     assert proc.returncode == 1, err
-    line = _stderr_is_one_line(err)
+    assert not (tmp_path / "out.zarr").exists()
+    return _stderr_is_one_line(err), cluster.address
+
+
+def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp_path):
+    # a pause threshold of 1 % of 2 GB: the worker is paused as soon as it starts
+    line, _ = _stalled(stack, tmp_path, [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}], 5)
     assert "paused" in line and "lower --memory-per-task or give" in line
     assert "nothing was written" in line
-    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_a_scheduler_without_workers_is_said_not_taken_for_memory(stack, tmp_path):
     """It said "the cluster has no workers left; lower --memory-per-task (--memory-per-task )
     or give each worker more memory", of a scheduler no worker had ever joined."""
-    empty = Cluster(tmp_path, worker_envs=())
-    try:
-        proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", empty.address,
-                      "--stall-timeout", "3", "--no-progress")  # fmt: skip
-        _, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        empty.stop()
-    assert proc.returncode == 1, err
-    assert _stderr_is_one_line(err) == (
+    line, address = _stalled(stack, tmp_path, (), 3)
+    assert line == (
         "fstack-dask: error: no block finished for 3 s: no worker is connected to the "
-        f"scheduler: start workers for it (dask worker {empty.address}); nothing was written"
+        f"scheduler: start workers for it (dask worker {address}); nothing was written"
     )
-    assert not (tmp_path / "out.zarr").exists()
