@@ -173,7 +173,15 @@ def open_image_files(
         orientation,
     )  # fmt: skip
     kind = f"{fmt} files"
-    description = f"{len(files)} {fmt.upper()} files {place}"
+    # how the run's log and its messages name a glob or a list ("src (21 TIFF files pattern
+    # 'p/*.tif')" and "src (7 TIFF files (a list of 7 files))" before)
+    description = (
+        f"{len(files)} {fmt.upper()} files matching {place}"
+        if place.startswith("pattern")
+        else f"a list of {len(files)} {fmt.upper()} files"
+        if place.startswith("(a list")
+        else f"{len(files)} {fmt.upper()} files {place}"
+    )
     notes = []
     if first["alpha"]:
         notes.append("alpha channel dropped")

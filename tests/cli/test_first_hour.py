@@ -501,3 +501,18 @@ def test_the_readme_s_python_runs_as_written(tmp_path, heading):
                           cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_a_glob_and_a_list_are_named_as_they_were_given(lightsheet, tmp_path):
+    """The run's log said "src (34 TIFF files pattern '.../IP_*.tif')" of a glob, and a
+    list's warnings "src (2 TIFF files (a list of 2 files))"."""
+    pattern = f"{lightsheet}/IP_*.tif"
+    res = cli("fuse", pattern, tmp_path / "out.ome.zarr", "--no-progress", "--levels", "0")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        f"fstack-dask: src (34 TIFF files matching pattern '{pattern}'): 34 TIFF files, in "
+        "this order: first 'IP_0000.tif', last 'IP_0033.tif'"
+    ]
+    planes = [str(lightsheet / f"IP_{k:04d}.tif") for k in (3, 4)]
+    with pytest.warns(UserWarning, match=r"^src \(a list of 2 TIFF files\) has 2 focus planes"):
+        fuse_zarr(planes, tmp_path / "two.ome.zarr", levels=0, progress=False)
