@@ -21,6 +21,9 @@ __all__ = [
 ]
 
 POLL = 0.25  # seconds between looks at the blocks reported while tasks of many blocks run
+# seconds without a block before a batch cluster whose every job the batch scheduler refused
+# fails (it waited stall_timeout, 600 s by default, for workers that could never come)
+REFUSED_AFTER = 10.0
 
 
 class StalledError(RuntimeError):
@@ -92,6 +95,8 @@ def cluster_waiter(
                     last = now
                 elif now - last >= stall_timeout:
                     raise StalledError(_stall_message(client, stall_timeout)) from None
+                elif now - last >= REFUSED_AFTER and _all_refused(getattr(client, "cluster", None)):
+                    raise StalledError(_stall_message(client, round(now - last))) from None
                 continue
             return set(result.done), set(result.not_done)
 
@@ -132,10 +137,27 @@ def _address(client: Any) -> str:
         return "ADDRESS"
 
 
+def _jobs(cluster: Any) -> list[Any]:
+    """A dask-jobqueue cluster's batch jobs (none for another cluster)."""
+    if not hasattr(cluster, "job_script"):
+        return []
+    return [j for j in getattr(cluster, "workers", {}).values() if hasattr(j, "job_id")]
+
+
+def _all_refused(cluster: Any) -> bool:
+    """Whether the batch scheduler refused every job of a dask-jobqueue cluster: a job has
+    no id while it is submitted too, so only once the cluster's lock, held while it submits
+    them, is free (a distributed without that lock: never, and the stall timeout says it)."""
+    jobs, lock = _jobs(cluster), getattr(cluster, "_lock", None)
+    if not jobs or lock is None or not callable(getattr(lock, "locked", None)):
+        return False
+    return not lock.locked() and all(j.job_id is None for j in jobs)
+
+
 def _batch_jobs(cluster: Any) -> str:
     """What became of a dask-jobqueue cluster's batch jobs, or "" for another cluster."""
-    jobs = [j for j in getattr(cluster, "workers", {}).values() if hasattr(j, "job_id")]
-    if not hasattr(cluster, "job_script") or not jobs:
+    jobs = _jobs(cluster)
+    if not jobs:
         return ""
     refused = sum(j.job_id is None for j in jobs)
     told = (
