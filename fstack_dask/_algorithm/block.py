@@ -67,11 +67,11 @@ def _numba_found() -> bool:
 
 
 def _default_engine() -> str:
-    choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
+    choice = os.environ.get("FSTACK_DASK_ENGINE", "")
     default = "compiled" if _numba_found() else "numpy"
     if choice in ("numpy", "compiled"):
         return choice
-    return default  # another value is warned of where a run picks its engine (device.py)
+    return default  # another value is refused where a run picks its engine (device.py)
 
 
 #: The engine :func:`fuse_block` uses when it is not given one: ``"compiled"``
@@ -87,7 +87,7 @@ def chosen_engine(engine: str | None = None) -> str:
     numba, so it is made only where an engine is needed (not by a refused command)."""
     if engine is not None:
         return engine
-    asked = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower() == "compiled"
+    asked = os.environ.get("FSTACK_DASK_ENGINE", "") == "compiled"
     if ENGINE != "compiled" or asked or not _numba_broken():
         return ENGINE
     return "numpy"

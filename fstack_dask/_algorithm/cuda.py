@@ -28,12 +28,12 @@ what a block holds on the GPU.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
+from .._env import CUDA_PINNED, switch_or_default
 from .device import require_here, simulated
 from .fused import even_step
 
@@ -43,7 +43,9 @@ THREADS_PER_BLOCK = 256
 #: Send the samples through a pinned (page-locked) buffer, asynchronously (default), or
 #: straight from the block's pageable memory (``FSTACK_DASK_CUDA_PINNED=0``; the driver then
 #: stages the copy itself). Both give the same bits; benchmarks/gpu.py times both.
-PINNED = os.environ.get("FSTACK_DASK_CUDA_PINNED", "1").strip() != "0"
+#: Another value than 0 or 1: a run refuses it where it checks its device (every worker asked,
+#: before writing); a worker that joins later warns and pins (g47).
+PINNED = switch_or_default(CUDA_PINNED, True)
 _build_lock = threading.Lock()
 _built: dict[str, Any] = {}
 # numba-cuda 0.30 loads a kernel's module into the context at its first launch without a

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .._env import CUDA_PINNED, check, switch
+
 __all__ = ["DEVICES", "check_device", "cuda_problem", "engine_for", "require_here"]
 
 DEVICES = ("cpu", "cuda")
@@ -45,16 +47,13 @@ def check_device(device: Any, name: str = "device") -> str:
 
 def engine_for(device: str) -> str | None:
     """The :func:`.block.fuse_block` engine of a device (None: the CPU default, which
-    ``FSTACK_DASK_ENGINE`` chooses: a value it does not know is warned of here, where every
-    run picks its engine, so that the command line shows it too)."""
+    ``FSTACK_DASK_ENGINE`` chooses: a value it does not know is refused here, where every
+    run picks its engine, before anything is written)."""
     if device == "cuda":
         return "cuda"
-    choice = os.environ.get("FSTACK_DASK_ENGINE", "").strip().lower()
-    if choice not in ("", "numpy", "compiled"):  # a typo ran the default in silence
-        from .._errors import warn
-
-        warn(f"FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got {choice!r}; the default "
-             "engine is used")  # fmt: skip
+    # a typo ran the default in silence, then with a warning; refused since g47, as every
+    # variable of ours: the engine is chosen here, for every task (workers' values unread)
+    check()
     return None
 
 
@@ -74,6 +73,10 @@ def cuda_problem() -> str | None:
     process; most of their cost is initialising numba's CUDA target, which the first block
     would pay anyway. Picklable by reference, so that a cluster can run it on each worker.
     """
+    try:  # asked of every worker before anything is written (see .cuda.PINNED)
+        switch(CUDA_PINNED, True)
+    except ValueError as exc:
+        return f"cannot run with this environment: {exc}"
     if importlib.util.find_spec("numba") is None:
         return f"needs numba and its CUDA target, which are not installed: {INSTALL_HINT}"
     try:

@@ -213,6 +213,7 @@ def run_demo(
 ) -> None:
     import numpy as np
 
+    from .._env import check as check_environment
     from .._locations import remove_tree, resolve
     from .._outputs.png import to_uint8, write_png
     from .._runs.fuse_zarr import fuse_zarr
@@ -222,6 +223,7 @@ def run_demo(
     from .args import shown
 
     import_optional("tifffile", extra="tiff", what="the demo's TIFF planes")
+    check_environment()  # (its fusion checks them too: after the planes were written)
     out_dir = _local_dir(directory)
     planes_dir, fused_path = out_dir / "planes", out_dir / "fused.ome.zarr"
     if out_dir.exists() and not out_dir.is_dir():

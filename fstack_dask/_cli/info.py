@@ -136,7 +136,7 @@ def _decoding_line(fusion: Any, blocks: Any, cache: int, workers: int) -> str:
 
     unit = (fusion.unit["y"], fusion.unit["x"])
     found = exchange.decoding(blocks, unit, cache, fusion.source.dtype.itemsize)
-    if not exchange.ENABLED:
+    if not exchange.enabled():
         return "through the unit cache (halo exchange turned off)"
     if found is None:
         why = "blocks neither whole units nor even divisors of one"

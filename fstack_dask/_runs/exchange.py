@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
+from .._env import HALO_EXCHANGE, switch
 from .._errors import finish_despite_interrupts
 from .blocks import FuseJob, Outcome
 from .exchange_strips import _fused, _prune, _Strip, _submit_ready, _WaveState
@@ -69,13 +69,13 @@ from .waves import (
 from .waves import depth as rows_ahead
 
 __all__ = [
-    "ENABLED",
     "Runner",
     "applies",
     "cells",
     "core_bytes",
     "core_size",
     "decoding",
+    "enabled",
     "run_exchange",
     "segments",
     "wave_width",
@@ -83,9 +83,12 @@ __all__ = [
 ]
 
 
-#: Halo exchange where it applies (``FSTACK_DASK_HALO_EXCHANGE=0``: every block reads its halo
-#: from the store through the unit cache, as before; the same bits either way).
-ENABLED = os.environ.get("FSTACK_DASK_HALO_EXCHANGE", "1").strip() not in ("0", "false", "no")
+def enabled() -> bool:
+    """Halo exchange where it applies (``FSTACK_DASK_HALO_EXCHANGE=0``: every block reads its
+    halo from the store through the unit cache, as before; the same bits either way). Read
+    at each run, so that a change between runs of one process counts (another value than 0
+    or 1 is refused where the run is planned, ``_env.check``)."""
+    return switch(HALO_EXCHANGE, True)
 
 
 # ---------------------------------------------------------------------------- planning

@@ -54,7 +54,7 @@ def fuse_blocks(
     unit = (fusion.unit["y"], fusion.unit["x"])
     cells = None
     budget, itemsize = cache_bytes * sched.processes, fusion.source.dtype.itemsize
-    if exchange.ENABLED and exchange.applies(plan, unit, budget, itemsize):
+    if exchange.enabled() and exchange.applies(plan, unit, budget, itemsize):
         cells = exchange.cells(plan, unit)
     halo_exchange = cells is not None
     with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):

@@ -148,12 +148,14 @@ def test_engine_argument_and_switch():
     env["FSTACK_DASK_ENGINE"] = ""
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "compiled" and not out.stderr, out.stderr
-    # a typo ran the default in silence (a documentation run): now a run says so, in Python
-    # and on the command line (where a warning at import was lost: an adversarial run)
+    # a typo ran the default in silence (a documentation run), then with a warning: now a run
+    # refuses it, in Python and on the command line (tests/cli/test_environment.py)
     env["FSTACK_DASK_ENGINE"] = "nump"
     fuse = "import numpy as np, fstack_dask; fstack_dask.focus_stack(np.zeros((9, 9, 5)))"
     out = subprocess.run([sys.executable, "-c", fuse], env=env, capture_output=True, text=True)
-    assert "FSTACK_DASK_ENGINE must be 'numpy' or 'compiled', got 'nump'" in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "ValueError: FSTACK_DASK_ENGINE must be 'numpy' or 'compiled' (or unset), got 'nump'"
+    )
     res = subprocess.run([sys.executable, "-m", "fstack_dask", "demo", "--help"], env=env,
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 0 and "FSTACK_DASK_ENGINE" not in res.stderr  # no run, no word

@@ -1,0 +1,93 @@
+"""The ``FSTACK_DASK_*`` environment variables: a value none of them accepts is refused in one
+line naming the variable, with nothing written (a sweep of contract 4, g47)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tree_digest
+
+from fstack_dask import synthetic_stack, write_stack
+
+SWITCHES = ["FSTACK_DASK_HALO_EXCHANGE", "FSTACK_DASK_CUDA_PINNED"]
+
+
+def _cli(*args, cwd, env):
+    """The real command line in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "fstack_dask", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})  # fmt: skip
+
+
+@pytest.fixture()
+def src(tmp_path):
+    path = tmp_path / "stack.ome.zarr"
+    data = synthetic_stack((40, 32), 5, dtype="uint16", seed=1).stack.transpose(2, 0, 1)
+    write_stack(path, data, axes="zyx", chunks=(5, 32, 32))
+    return path
+
+
+@pytest.mark.parametrize("value", ["maybe", " 1", "yes", "no", "TRUE", "true", "2"])
+@pytest.mark.parametrize("name", SWITCHES)
+def test_a_switch_that_is_neither_0_nor_1_is_refused_naming_it(src, tmp_path, name, value):
+    """FSTACK_DASK_HALO_EXCHANGE=maybe ran with halo exchange on (``no`` turned it off; ``TRUE``
+    on), FSTACK_DASK_CUDA_PINNED=maybe pinned: each taken in silence. Refused before writing."""
+    before = tree_digest(tmp_path)
+    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", cwd=tmp_path,
+                env={name: value})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-500:]
+    assert done.stderr.splitlines() == [
+        f"fstack-dask: error: {name} must be '0' or '1' (or unset), got {value!r}"
+    ]
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("value", ["nump", "NumPy", " compiled", "1"])
+def test_an_engine_it_does_not_know_is_refused_before_the_demo_writes(tmp_path, value):
+    """FSTACK_DASK_ENGINE=nump ran the default engine with a warning; the demo had written its
+    planes before its fusion checked anything."""
+    done = _cli("demo", tmp_path / "d", "--size", "32", "--planes", "5", "--no-progress",
+                cwd=tmp_path, env={"FSTACK_DASK_ENGINE": value})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-500:]
+    assert done.stderr.splitlines() == [
+        "fstack-dask: error: FSTACK_DASK_ENGINE must be 'numpy' or 'compiled' (or unset), "
+        f"got {value!r}"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", "0", "1"])
+def test_a_switch_set_empty_0_or_1_runs(src, tmp_path, value):
+    env = dict.fromkeys(SWITCHES, value)
+    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", cwd=tmp_path, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-500:]
+
+
+def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
+    """Where a refusal would fail a running task (a worker that joins later with another
+    environment), the value is warned of and the default runs; a worker asked before the run
+    (``cuda_problem``, every worker's check for device='cuda') refuses it, naming it."""
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "from fstack_dask._algorithm.device import cuda_problem\n"
+        "print(cuda_problem())\n"
+        "warnings.simplefilter('default')\n"
+        "from fstack_dask._algorithm import cuda; print(cuda.PINNED)\n"
+    )
+    env = {**os.environ, "FSTACK_DASK_CUDA_PINNED": "yes", "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-800:]
+    problem, pinned = done.stdout.splitlines()
+    assert problem == (
+        "cannot run with this environment: FSTACK_DASK_CUDA_PINNED must be '0' or '1' (or "
+        "unset), got 'yes'"
+    )
+    assert pinned == "True"
+    assert (
+        "FSTACK_DASK_CUDA_PINNED must be '0' or '1' (or unset), got 'yes'; the default (1) "
+        "is used" in done.stderr
+    )
