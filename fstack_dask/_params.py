@@ -270,6 +270,12 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
     """Bytes from an int or a size string such as ``"256MiB"``, ``"1GiB"``, ``"500MB"``."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a number of bytes or a size such as '1GiB', got {value!r}")
+    if _fraction_of_a_byte(value):
+        # (1.5 ran as 1 byte, refused later as the option's: a config's 1.5 meant GiB, g47)
+        raise ValueError(
+            f"{name} must be a whole number of bytes or a size with its unit such as "
+            f"'{str(value).strip()}GiB', got {value!r}"
+        )
     if isinstance(value, numbers.Integral) or (
         isinstance(value, numbers.Real) and np.isfinite(value)
     ):
@@ -302,6 +308,18 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
         shown = value if len(str(value)) < 30 else f"a number of {len(str(value))} digits"
         raise ValueError(f"{name} must be at most 1 PiB ({MAX_MEMORY} bytes), got {shown}")
     return int(n)
+
+
+def _fraction_of_a_byte(value: Any) -> bool:
+    """Whether ``value`` is a number of bytes, or its text without a unit, not whole."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return False
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    return bool(np.isfinite(value)) and value != int(value)
 
 
 Channels = Literal["auto", "rgb", "independent"]  # the channels= a type checker accepts

@@ -147,6 +147,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     path: str | None = field(default=None, compare=False)
     """The file it was read from, for messages; None for defaults."""
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+    """The keys the file set (``"resources.memory_per_task"``), for messages."""
 
     def fuse_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fuse_zarr`, all but scheduler, resume and progress."""
@@ -251,18 +253,38 @@ class _StrictLoader(yaml.SafeLoader):
     """safe_load that refuses duplicate keys (plain safe_load keeps the last one silently)."""
 
 
+class _AtKey(Exception):
+    """A value that YAML could not construct (an explicit tag: ``!!python/object``, ``!!int
+    5.5``), with the keys leading to it: the message named a line and column, or nothing."""
+
+    def __init__(self, key: Any, cause: Exception):
+        super().__init__(key, cause)
+        self.keys, self.cause = [str(key)], cause
+
+
+class _Duplicate(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (said as YAML's error, with its line)."""
+
+
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
     loader.flatten_mapping(node)
     seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
+    for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         with contextlib.suppress(TypeError):
             if key in seen:
                 mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-                )
+                raise _Duplicate(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
             seen[key] = True
+        try:  # (kept by the loader for construct_mapping below; deep: a list's items too)
+            loader.construct_object(value_node, deep=True)
+        except _AtKey as exc:
+            exc.keys.insert(0, str(key))
+            raise
+        except _Duplicate:
+            raise
+        except (yaml.constructor.ConstructorError, ValueError) as exc:
+            raise _AtKey(key, exc) from None
     return loader.construct_mapping(node, deep=deep)
 
 
@@ -361,7 +383,8 @@ def config_from_mapping(data: Any, path: str = "<mapping>") -> Config:
         "resources": ResourcesConfig(**sections.get("resources", {})),
         "cluster": ClusterConfig(**cluster),
     }
-    return Config(**built, path=path)
+    given = frozenset(f"{section}.{key}" for section, body in sections.items() for key in body)
+    return Config(**built, path=path, given=given)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -422,6 +445,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         )
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AtKey as exc:
+        cause, hint = exc.cause, ""
+        why = _yaml_message(cause) if isinstance(cause, yaml.YAMLError) else str(cause)
+        if isinstance(cause, yaml.YAMLError):  # a tag only Python's own loader reads
+            hint = " (a config holds plain values: no YAML tags such as !!python/object)"
+        raise ValueError(
+            f"config file {text_path!r}: {'.'.join(exc.keys)} cannot be read: {why}{hint}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ValueError(
             f"config file {text_path!r} is not valid YAML: {_yaml_message(exc)}"

@@ -225,9 +225,7 @@ _API_TO_OPTION = (
     ("check storage_options=", "check --storage-options"),
     ("dst_storage_options only apply", "--dst-storage-options only apply"),
     ("storage_options only apply", "--storage-options only apply"),
-    ("give memory_per_task=", "give --memory-per-task "),
     ("lower memory_per_task ", "lower --memory-per-task "),
-    ("memory_per_task=", "--memory-per-task "),
 )
 
 
@@ -245,6 +243,9 @@ def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     text = " ".join(str(exc).split())  # one line, whatever the exception holds
     for api, option in _API_TO_OPTION:
         text = text.replace(api, option)
+    # the option, or the config file's key where the budget came from there (g47)
+    named = getattr(args, "memory_per_task_named", "--memory-per-task")
+    text = text.replace("memory_per_task=", f"{named} ")
     lead = _LEADING_KEYWORD.match(text)
     name = lead and (lead["must"] or lead["equals"] or lead["quoted"])
     if name and getattr(args, name, None) not in (None, False):

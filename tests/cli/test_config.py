@@ -319,10 +319,11 @@ def test_a_config_that_is_a_named_pipe_nobody_writes_to_is_refused_not_waited_on
 @pytest.mark.parametrize("value", ["2026-13-01", "1" * 5000])
 def test_a_config_value_python_cannot_hold_is_refused_naming_the_file(tmp_path, value):
     """A timestamp with a 13th month, an integer of 5000 digits: PyYAML's ValueError went out
-    as it was ('month must be in 1..12'), naming neither the file nor the key."""
+    as it was ('month must be in 1..12'), naming neither the file nor the key (the key since
+    g47)."""
     path = tmp_path / "odd.yaml"
     path.write_text(f"algorithm:\n  nhsize: {value}\n")
-    with pytest.raises(ValueError, match=r"config file '.*odd.yaml' is not valid YAML: "):
+    with pytest.raises(ValueError, match=r"config file '.*odd.yaml': algorithm.nhsize cannot be "):
         load_config(path)
 
 
@@ -486,3 +487,73 @@ def test_the_exit_status_table_names_every_status_the_help_lists():
     table = (CONFIGS / "README.md").read_text().split("## Exit status of `fstack-dask`", 1)[1]
     rows = re.findall(r"^\| (\d+(?: \+ N)?) \|", table, flags=re.M)
     assert sorted(r.replace(" ", "") for r in rows) == sorted(listed)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ('resources: {memory_per_task: !!python/object:os.system "x"}',
+         "resources.memory_per_task", "could not determine a constructor for the tag"),
+        ("algorithm: {nhsize: !foo 5}", "algorithm.nhsize", "'!foo'"),
+        ("algorithm: {nhsize: !!int 5.5}", "algorithm.nhsize", "'5.5'"),
+        ("algorithm: {alpha: !!float abc}", "algorithm.alpha", "'abc'"),
+        ("algorithm: {focus: [1, !!int x]}", "algorithm.focus", "'x'"),
+        ("cluster: {kind: slurm, jobqueue: {cores: !!python/tuple [1]}}",
+         "cluster.jobqueue.cores", "python/tuple"),
+        ("resources: !!python/object:x {}", "resources", "python/object:x"),
+    ],
+)  # fmt: skip
+def test_a_yaml_tag_a_config_cannot_read_is_refused_naming_the_key(tmp_path, text, key, says):
+    """An explicit tag that YAML's safe loader cannot construct gave "not valid YAML: could not
+    determine a constructor ... at line 1, column 30" or Python's "invalid literal for int()"
+    alone, naming no key (a sweep of contract 4, g47). A tag it can construct (``!!float 5``,
+    ``!!str 5``) gives a value the key's own check judges, as before."""
+    path = _write(tmp_path, text + "\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"config file {str(path)!r}: {key} cannot be read: "), message
+    assert says in message and "\n" not in message
+    with pytest.raises(ValueError, match=r"algorithm\.nhsize must be an integer"):
+        load_config(_write(tmp_path, "algorithm: {nhsize: !!float 5}\n"))
+    with pytest.raises(ValueError, match=r"not valid YAML: duplicate key 'nhsize'"):
+        load_config(_write(tmp_path, "algorithm: {nhsize: 5, nhsize: 6}\n"))
+
+
+def _fuse_with(tmp_path, config, *options):
+    from fstack_dask import synthetic_stack, write_stack
+
+    src = tmp_path / "in.zarr"
+    if not src.exists():
+        write_stack(src, synthetic_stack((32, 32), 5, dtype="uint16").stack.transpose(2, 0, 1),
+                    axes="zyx")  # fmt: skip
+    cfg = _write(tmp_path, config)
+    command = [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(tmp_path / "o.zarr"),
+               "--config", str(cfg), "--no-progress", *options]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_memory_per_task_without_unit_is_told_as_the_config_key(tmp_path):
+    """``resources.memory_per_task: 1.5`` (GiB meant) ran as 1 byte and was refused as
+    "--memory-per-task 1 bytes cannot hold the smallest block": the option, not given, named
+    (a sweep of contract 4, g47). A fraction of a byte is refused naming the key; a whole
+    number too small names the key where the file gave it, the option where that did."""
+    done = _fuse_with(tmp_path, "resources: {memory_per_task: 1.5}\n")
+    assert done.returncode == 2 and not (tmp_path / "o.zarr").exists()
+    assert done.stderr.splitlines() == [
+        f"fstack-dask: error: config file {str(tmp_path / 'run.yaml')!r}: "
+        "resources.memory_per_task must be a whole number of bytes or a size with its unit "
+        "such as '1.5GiB', got 1.5"
+    ]
+    done = _fuse_with(tmp_path, "resources: {memory_per_task: 1000}\n")
+    assert done.returncode == 2 and not (tmp_path / "o.zarr").exists()
+    assert done.stderr.startswith(
+        "fstack-dask: error: resources.memory_per_task 1000 bytes cannot hold the smallest block"
+    ), done.stderr
+    done = _fuse_with(tmp_path, "resources: {memory_per_task: 1000}\n", "--memory-per-task", "2000")
+    assert done.stderr.startswith(
+        "fstack-dask: error: --memory-per-task 2000 bytes cannot hold the smallest block"
+    ), done.stderr
+    with pytest.raises(ValueError, match=r"^memory_per_task must be a whole number of bytes"):
+        fuse_zarr(tmp_path / "in.zarr", tmp_path / "o.zarr", memory_per_task=1.5)
+    assert not (tmp_path / "o.zarr").exists()
