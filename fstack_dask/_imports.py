@@ -18,6 +18,7 @@ __all__ = [
     "ignore_at_the_very_end",
     "ignore_last",
     "import_through_one_ctrl_c",
+    "take_held_signal",
 ]
 
 
@@ -125,6 +126,24 @@ def deliver_held_signals() -> None:
     held, _HELD[:] = _HELD[:1], []
     for signum in held:
         signal.raise_signal(signum)
+
+
+def take_held_signal() -> int | None:
+    """The first signal held, for a program that ends before it would deliver it (``--help``,
+    a usage error): it ends with that signal's status, having said so, where the signal was
+    dropped (exit 0 or 2: g47). The holding handlers ignore what comes next; None (nothing
+    changed) where none was held."""
+    import signal
+
+    for timer in _TIMER:
+        timer.cancel()
+    if not _HELD:
+        return None
+    for signum in range(1, signal.NSIG):
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signum) is _hold:
+                signal.signal(signum, signal.SIG_IGN)
+    return _HELD[0]
 
 
 #: The signals ignored at the very end (:func:`ignore_last`), and whether that is registered.

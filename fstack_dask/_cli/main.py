@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._imports import deliver_held_signals
+from .._imports import deliver_held_signals, take_held_signal
 from .args import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -330,13 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
+        return _held_stop(argv) or (_error(str(exc)) or EXIT_USAGE)
     except SystemExit as exc:  # --help, --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
+        return _held_stop(argv) or (exc.code if isinstance(exc.code, int) else EXIT_OK)
     except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
+        return _held_stop(argv) or (_error("interrupted") or EXIT_INTERRUPTED)
     program = argv is None  # the program itself, not a caller's call: its process's hooks
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
     quiets = (quiet_broken_pools, quiet_gone_readers, quiet_swallowed_interrupts)
@@ -378,6 +376,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             with deaf(stops):
                 end_zarr_io(interrupted=interrupted)
     return code
+
+
+def _held_stop(argv: Sequence[str] | None) -> int | None:
+    """The program's exit status where a stop signal held while it started (``__main__``)
+    came before its arguments ended it (``--help``, a usage error), having said so: the
+    signal was dropped, exit 0 or 2 (g47). None where none was held, or main() is a call."""
+    signum = take_held_signal() if argv is None else None
+    if signum is None:
+        return None
+    stop = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+    _error(_stopped(stop))
+    if signum == signal.SIGINT:
+        return EXIT_INTERRUPTED
+    return EXIT_TERMINATED if signum == signal.SIGTERM else 128 + signum
 
 
 def _nothing() -> None:

@@ -288,6 +288,30 @@ def test_a_signal_while_the_program_imports_its_command_line_is_one_line(tmp_pat
     assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["info"], ["fuse", "in.zarr", "--levels", "x"]])
+@pytest.mark.parametrize(("signum", "word", "code"), [("SIGTERM", "terminated", 143),
+                         ("SIGINT", "interrupted", 130),
+                         ("SIGHUP", "terminated by SIGHUP", 129)])  # fmt: skip
+def test_a_signal_held_at_start_up_is_told_when_the_arguments_end_the_program(
+    tmp_path, argv, signum, word, code
+):
+    """A job's SIGTERM held while the program imported its command line was dropped where the
+    arguments then ended it (``--help``: exit 0; a usage error: exit 2), so the job's log and
+    exit status said nothing of the signal (a sweep of contract 4, g47). It ends as the signal
+    asked, in one line (after the help it had printed)."""
+    given = 'sys.argv = ["fstack-dask", *os.environ["ARGV"].split()]'
+    script = STARTING.replace('sys.argv = ["fstack-dask", "info", "missing.zarr"]', given)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, signum], cwd=tmp_path, capture_output=True, text=True,
+        timeout=TIMEOUT, check=False, env={**os.environ, "ARGV": " ".join(argv)},
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1:] == [f"fstack-dask: error: {word}"], proc.stderr
+    assert "usage:" not in proc.stderr  # (the signal came first)
+    assert ("usage: fstack-dask" in proc.stdout) == (argv == ["--help"])
+    assert list(tmp_path.iterdir()) == []
+
+
 ENDING = """
 import atexit, importlib, os, signal, sys, time
 cli = importlib.import_module("fstack_dask._cli.main")
