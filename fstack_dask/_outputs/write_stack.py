@@ -367,6 +367,12 @@ def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
             f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "
             "not exist; create it first (a typo in the path?)"
         )
+    bucket = location.missing_bucket()  # (s3fs's "The specified bucket does not exist": g47)
+    if bucket is not None:
+        raise FileNotFoundError(
+            f"path {location.spec!r} cannot be created: its bucket {bucket!r} does not exist; "
+            "create it first (a typo in the URL?)"
+        )
     suffix = os.path.splitext(location.path.rstrip("/"))[1].lower()
     if suffix in (*IMAGE_SUFFIXES, ".tif", ".tiff"):
         raise ValueError(

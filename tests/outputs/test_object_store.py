@@ -209,6 +209,20 @@ def test_a_dst_in_a_bucket_that_does_not_exist_is_refused(s3, bucket):
     assert not fs.exists(typo)
 
 
+def test_write_stack_into_a_bucket_that_does_not_exist_is_one_line_naming_it(s3, bucket):
+    """write_stack("s3://typo/x.zarr") raised s3fs's "The specified bucket does not exist",
+    naming neither the parameter nor the bucket (a sweep of contract 4, g47)."""
+    fs, b = bucket
+    typo = f"{b}x"
+    with pytest.raises(FileNotFoundError) as info:
+        write_stack(f"s3://{typo}/src.zarr", _stack(), axes="zyx", storage_options=s3)
+    assert str(info.value) == (
+        f"path 's3://{typo}/src.zarr' cannot be created: its bucket '{typo}' does not exist; "
+        "create it first (a typo in the URL?)"
+    )
+    assert not fs.exists(typo)
+
+
 @pytest.mark.parametrize(("spelling", "holds"), [("s3://{b}", "nothing"), ("s3://{b}/", "objects")])
 def test_a_whole_bucket_as_dst_is_refused_and_no_bucket_made(s3, bucket, spelling, holds):
     """A bucket's root as dst: a run wrote our output among the bucket's other objects, and
