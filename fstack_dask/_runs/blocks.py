@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._algorithm.block import block_buffer, fuse_block, selectivity_stats
+from .._algorithm.block import block_buffer, engine_problem, fuse_block, selectivity_stats
 from .._errors import SourceReadError, SourceValueError
 from .._fp_env import with_ieee_arithmetic
 from .._locations import Location
@@ -199,6 +199,7 @@ class FuseJob:
         digest = input_digest(stack)  # what the marker vouches for (see _resume)
         lead_key = tuple(int(i) for i in block[:-2])
         fill = -np.inf if self.fills is None else self.fills.get(lead_key, -np.inf)
+        _require_engine_here(self.kernel.get("engine") or "")  # not a refusal of samples
         try:
             result = fuse_block(stack, **self.kernel, s_fill=fill)
         except ValueError as exc:  # samples the kernel refuses: say where they are
@@ -264,6 +265,25 @@ class FuseJob:
             lead_key,
             s_min,
         )
+
+
+def _require_engine_here(engine: str) -> None:
+    """Refuse (``ValueError``, one line naming the worker), in a block's task, a process that
+    cannot run ``engine``: a worker that joined after the run asked its workers
+    (``device.require_engine_on_workers``; ``cluster.adapt()``, a batch job starting late).
+    Its blocks failed one by one as the source's ("block 0.1 of ... engine='compiled' needs
+    numba", g47) while the others' were written; now the run stops before it writes one, the
+    blocks written kept for a resume. Cheap: the import is tried once a process."""
+    problem = engine_problem(engine)
+    if problem is None:
+        return
+    try:
+        from distributed import get_worker
+
+        where = f"worker {get_worker().address}, which joined the run after its check"
+    except (ImportError, ValueError):  # (not a distributed worker: a process of ours)
+        where = "a worker process"
+    raise ValueError(f"{problem} (on {where})")
 
 
 def _close_run(token: str) -> None:

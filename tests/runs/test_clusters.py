@@ -253,3 +253,92 @@ def test_a_worker_gone_during_the_engine_check_leaves_the_run_to_the_others():
         pids = sorted(client.run(os.getpid).values())
         os.kill(pids[0], signal.SIGKILL)  # (asked before the scheduler has removed it)
         require_engine_on_workers("compiled", Scheduler("distributed", 1, 1, client))
+
+
+def _late_worker(cluster, env: dict, client) -> subprocess.Popen:
+    """One more worker process for ``cluster``, with ``env``, joined before this returns."""
+    before = len(client.scheduler_info(n_workers=-1)["workers"])
+    proc = subprocess.Popen([sys.executable, "-m", "dask", "worker", cluster.address,
+                             "--nworkers", "1", "--nthreads", "1", "--memory-limit", "2GB",
+                             "--no-dashboard"], stdout=cluster.log, stderr=cluster.log,
+                            env={**os.environ, **env})  # fmt: skip
+    cluster.workers.append(proc)  # (stopped with the cluster)
+    client.wait_for_workers(before + 1, timeout=120)
+    return proc
+
+
+def _stop_workers(cluster, client) -> None:
+    """End every worker of ``cluster``, returning once the scheduler has none."""
+    import psutil
+
+    for proc in cluster.workers:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 120
+    while client.scheduler_info(n_workers=-1)["workers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_a_worker_whose_numba_fails_that_joins_after_the_check_stops_the_run(
+    stack, tmp_path, monkeypatch
+):
+    """A worker that joined after the run asked its workers about the engine (``adapt()``, a
+    batch job starting late), its numba broken: each of its blocks failed as the source's
+    ("block 0.0 ... of <src> engine='compiled' needs numba"), the run went on with the other
+    workers and ended telling to repair the source (g47). Now its first block stops the run,
+    one line naming the worker, before it writes any; a resume on good workers completes."""
+    from distributed import Client
+
+    from fstack_dask._runs import run
+
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('Numba needs NumPy 0.1 or less')\n")
+    path = os.pathsep.join(filter(None, (str(fake.parent), os.environ.get("PYTHONPATH"))))
+    broken = {"PYTHONPATH": path}
+    cluster = Cluster(tmp_path, [{}], nthreads=1)
+    dst = tmp_path / "out.zarr"
+    try:
+        with Client(cluster.address) as client:
+            (good,) = client.scheduler_info(n_workers=-1)["workers"]
+            checked = run.require_engine_on_workers
+
+            def then_a_worker_joins(engine, scheduler):
+                checked(engine, scheduler)
+                _late_worker(cluster, broken, client)
+                client.retire_workers([good])  # (so that the late one has the blocks)
+
+            monkeypatch.setattr(run, "require_engine_on_workers", then_a_worker_joins)
+            with pytest.raises(ValueError) as info:
+                fuse_zarr(stack, dst, chunks=CHUNK, scheduler=client, progress=False, levels=0,
+                          overwrite=False)  # fmt: skip
+            message = str(info.value)
+            assert "\n" not in message and "needs numba" in message, message
+            assert "which joined the run after its check" in message, message
+            assert not list((dst / ".fstack_dask" / "done").glob("*"))  # none of its blocks
+            monkeypatch.undo()
+            _stop_workers(cluster, client)
+            _late_worker(cluster, {}, client)
+            fuse_zarr(stack, dst, chunks=CHUNK, scheduler=client, progress=False, levels=0,
+                      resume=True)  # fmt: skip
+    finally:
+        cluster.stop()
+    np.testing.assert_array_equal(zarr.open_group(str(dst))["0"][...], _reference(stack, tmp_path))
+
+
+def test_a_worker_gone_during_the_cuda_check_leaves_the_run_to_the_others():
+    """As the engine's check (1d3812d): a worker that died as require_device asked each
+    worker about the GPU failed the run with distributed's CommClosedError (g47)."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask._runs.device import require_device
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    sim = {"NUMBA_ENABLE_CUDASIM": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env=sim) as cluster, Client(cluster) as client:  # fmt: skip
+        pids = sorted(client.run(os.getpid).values())
+        os.kill(pids[0], signal.SIGKILL)  # (asked before the scheduler has removed it)
+        require_device("cuda", Scheduler("distributed", 1, 1, client))
