@@ -317,7 +317,7 @@ def _fraction_of_a_byte(value: Any) -> bool:
             value = float(value.strip())
         except ValueError:
             return False
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, np.bool_, numbers.Integral)) or not isinstance(value, numbers.Real):
         return False
     return bool(np.isfinite(value)) and value != int(value)
 
@@ -327,7 +327,7 @@ Channels = Literal["auto", "rgb", "independent"]  # the channels= a type checker
 
 def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: Any) -> bool:
     """Return True for RGB fusion (one shared weight map), False otherwise."""
-    if channels not in ("auto", "rgb", "independent"):
+    if not isinstance(channels, str) or channels not in ("auto", "rgb", "independent"):
         raise ValueError(f"channels must be 'auto', 'rgb' or 'independent', got {channels!r}")
     if "c" not in axes:
         if channels == "rgb":
