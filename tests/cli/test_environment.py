@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tree_digest
-
-from fstack_dask import synthetic_stack, write_stack
+from conftest import synthetic_store, tree_digest
 
 SWITCHES = ["FSTACK_DASK_HALO_EXCHANGE", "FSTACK_DASK_CUDA_PINNED"]
 
@@ -24,10 +22,7 @@ def _cli(*args, cwd, env):
 
 @pytest.fixture()
 def src(tmp_path):
-    path = tmp_path / "stack.ome.zarr"
-    data = synthetic_stack((40, 32), 5, dtype="uint16", seed=1).stack.transpose(2, 0, 1)
-    write_stack(path, data, axes="zyx", chunks=(5, 32, 32))
-    return path
+    return synthetic_store(tmp_path / "stack.ome.zarr", (40, 32), 5, chunk=32, seed=1)
 
 
 @pytest.mark.parametrize("value", ["maybe", " 1", "yes", "no", "TRUE", "true", "2"])
