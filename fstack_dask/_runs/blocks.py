@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._algorithm.block import block_buffer, engine_problem, fuse_block, selectivity_stats
+from .._algorithm.device import cuda_problem
 from .._errors import SourceReadError, SourceValueError
 from .._fp_env import with_ieee_arithmetic
 from .._locations import Location
@@ -182,6 +183,7 @@ class FuseJob:
         """Where a block's haloed samples are assembled: where its engine wants them (the
         GPU: this thread's pinned buffer, sent without another copy), fused on this thread."""
         source = self.opened()[0]
+        _require_engine_here(self.kernel.get("engine") or "")  # (the GPU's buffer: its check)
         return block_buffer(block_shape(source, region), source.dtype.newbyteorder("="),
                             engine=self.kernel.get("engine"))  # fmt: skip
 
@@ -267,15 +269,27 @@ class FuseJob:
         )
 
 
+#: The engines this process was found able to run (:func:`_require_engine_here`).
+_RUNNABLE_HERE: set[str] = set()
+
+
 def _require_engine_here(engine: str) -> None:
     """Refuse (``ValueError``, one line naming the worker), in a block's task, a process that
     cannot run ``engine``: a worker that joined after the run asked its workers
     (``device.require_engine_on_workers``; ``cluster.adapt()``, a batch job starting late).
     Its blocks failed one by one as the source's ("block 0.1 of ... engine='compiled' needs
     numba", g47) while the others' were written; now the run stops before it writes one, the
-    blocks written kept for a resume. Cheap: the import is tried once a process."""
-    problem = engine_problem(engine)
+    blocks written kept for a resume. ``device="cuda"``'s GPU too (a late worker without one
+    failed at its first block in one line naming no worker). Asked once a process if it can."""
+    if engine in _RUNNABLE_HERE:
+        return
+    if engine == "cuda":
+        problem = cuda_problem()
+        problem = None if problem is None else f"device='cuda' {problem}"
+    else:
+        problem = engine_problem(engine)
     if problem is None:
+        _RUNNABLE_HERE.add(engine)
         return
     try:
         from distributed import get_worker
