@@ -95,9 +95,14 @@ def _recorded() -> list:
 
 
 @pytest.mark.parametrize("exchange", ["1", "0"])
-def test_a_cluster_run_holds_its_workers_allocator_and_gives_it_back(tmp_path, exchange):
+def test_a_cluster_run_holds_its_workers_allocator_and_gives_it_back(
+    tmp_path, monkeypatch, exchange
+):
     """Both paths (halo exchange, and blocks reading their halo through the cache) set the
-    workers' allocator at their first task and restore it when the run ends."""
+    workers' allocator at their first task and restore it when the run ends. The process that
+    plans the run chooses the path: the switch is set here, not only in the workers (where it
+    chose nothing, both cases running halo exchange; found by g47)."""
+    monkeypatch.setenv("FSTACK_DASK_HALO_EXCHANGE", exchange)
     data = synthetic_stack((96, 96), 5, seed=3).stack.transpose(2, 0, 1)
     src = tmp_path / "in.zarr"
     write_stack(src, data, axes="zyx", chunks=(5, 32, 32))
