@@ -59,6 +59,8 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             )
         else:
             raise FileNotFoundError(f"{name} {text!r} does not exist; expected a folder of planes")
+        files = sort_planes(files)
+        _one_file(files, files, f"{name} {where}")  # as given: a linked folder shows apart
         files = sort_planes([absolute(f) for f in files])
         _one_spelling(files, f"{name} {where}")
         refuse_several_stacks(files, f"{name} {where}")
@@ -77,6 +79,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
             if not os.path.isfile(f):
                 raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
         check_images(files, f"{name} {where}")
+        _one_file(files, [os.fspath(f) for f in spec], f"{name} {where}")
         return files, where, []
     raise TypeError(
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
@@ -99,6 +102,29 @@ def _one_spelling(files: Sequence[str], where: str) -> None:
                 "twice; remove one of them, or pass the files as a list"
             )
         seen[key] = f
+
+
+def _one_file(files: Sequence[str], given: Sequence[str], where: str) -> None:
+    """Refuse one file named twice: a symbolic or hard link beside its target, one name in
+    two spellings (``a/z1.tif`` and ``a/./z1.tif`` in a list, ``z05.tif`` and ``z05.TIF`` on
+    a case-insensitive mount), a glob's ``**`` through a linked folder. Each was fused as
+    two planes, the focus fit seeing one plane repeated, exit 0 (an adversarial run on
+    names, 2026-12-06). `given`: the names as the user wrote them, shown in the message."""
+    seen: dict[tuple[int, int], int] = {}
+    for k, f in enumerate(files):
+        st = os.stat(f)
+        key = (st.st_dev, st.st_ino)
+        if st.st_ino == 0:  # a file system without inode numbers: nothing to compare
+            continue
+        if key in seen:
+            a, b = (given[i] for i in (seen[key], k))
+            if given is files and len({os.path.dirname(g) for g in given}) == 1:
+                a, b = os.path.basename(a), os.path.basename(b)
+            raise ValueError(
+                f"{where}: {a!r} and {b!r} are one file (a link, or one file named two ways), "
+                "so one plane would be fused twice; remove the link or the second name"
+            )
+        seen[key] = k
 
 
 def absolute(path: str) -> str:

@@ -169,3 +169,41 @@ def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme)
     assert opened.array.shape[0] == 5
     assert sorted(glob.glob(suggested)) == sorted(opened.files)
     assert _order(opened) in (names[:5], names[5:])
+
+
+def _fuse_cli(src, dst, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--no-progress", *extra],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link", "glob through a linked folder", "list"])
+def test_one_file_named_twice_is_refused_naming_both(tmp_path, how):
+    """z08.tif a link to z05.tif (a hard link, a glob's ``**`` reaching the planes again
+    through a linked folder, a list naming ``a/z1.tif`` and ``a/./z1.tif``) was fused as two
+    planes, the focus fit seeing one plane repeated, exit 0 (g45)."""
+    folder = _write(tmp_path / "stack", _z("z{:02d}.tif", range(1, 8)))
+    src, a, b = folder, "'z05.tif'", "'z08.tif'"
+    if how == "symlink":
+        os.symlink("z05.tif", folder / "z08.tif")
+    elif how == "hard link":
+        os.link(folder / "z05.tif", folder / "z08.tif")
+    elif how == "list":
+        src = [str(folder / "z01.tif"), f"{folder}/./z01.tif", str(folder / "z02.tif")]
+        a, b = repr(src[0]), repr(src[1])
+    else:
+        os.symlink(folder, tmp_path / "again")
+        src = f"{tmp_path}/**/z0[1-3].tif"
+        a, b = repr(f"{tmp_path}/again/z01.tif"), repr(f"{folder}/z01.tif")
+    with pytest.raises(ValueError) as info:
+        open_image_files(src)
+    assert f"{a} and {b} are one file (a link, or one file named two ways)" in str(info.value)
+    assert str(info.value).endswith("so one plane would be fused twice; remove the link or the "
+                                    "second name")  # fmt: skip
+    if isinstance(src, list):
+        return
+    done = _fuse_cli(src, tmp_path / "o.zarr")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "are one file" in done.stderr
+    assert not (tmp_path / "o.zarr").exists()
