@@ -36,6 +36,11 @@ _DIGITS = re.compile(r"(\d+)")
 # hold signed and unsigned forms (or both signs): a "-" in every name is a separator
 # ("stack-001", "2024-05-01").
 _NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?)")
+# A decimal comma ("z1,5um", "z_-0,25um": %g in a European locale) is a decimal point, in a
+# name without a decimal point and without a list of numbers ("tile_1,2,3"): "z1,5" was two
+# numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0 (g45).
+_NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?)")
+_COMMA_UNSURE = re.compile(r"\d\.\d|\d,\d+,\d")
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
 # metadata) and .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden files (a leading dot)
@@ -103,13 +108,19 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
     The name as it reads (NFC): "café" spelled with a combining accent (as macOS saves names)
     among names spelled with "é" was ordered apart from them, and warned about as named
     unlike them, in a message showing the same name (an adversarial run on names,
-    2026-12-06). ``as_read=False``: as spelled on disk, which a glob matches."""
+    2026-12-06). ``as_read=False``: as spelled on disk, which a glob matches (a decimal
+    comma kept: as read, it is a decimal point)."""
     name = os.path.basename(path)
     name = unicodedata.normalize("NFC", name) if as_read else name
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""
-    parts = _NUMBER.split(stem)
+    if "," not in stem or _COMMA_UNSURE.search(stem):
+        parts = _NUMBER.split(stem)
+    else:
+        parts = _NUMBER_COMMA.split(stem)
+        if as_read:  # compared as a number; a glob keeps its spelling
+            parts[1::2] = [n.replace(",", ".") for n in parts[1::2]]
     parts[-1] += ext
     return parts
 
@@ -200,10 +211,11 @@ def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
     """Sort key putting ``plane2`` before ``plane10``: numbers compare as numbers.
 
     In the file name, digits with a decimal fraction are one number (``z0.5um`` before
-    ``z1um``; the extension's dot is not a decimal point), and a ``-`` or ``+`` before the
-    number at each place in `signed` (0: the name's first number) is its sign; elsewhere a
-    sign is text (``stack-2`` before ``stack-10``). `sort_planes` finds the signed places of
-    a folder's names. Text compares case-insensitively, then the exact name breaks ties.
+    ``z1um``, ``z1,5um`` too; the extension's dot is not a decimal point), and a ``-`` or
+    ``+`` before the number at each place in `signed` (0: the name's first number) is its
+    sign; elsewhere a sign is text (``stack-2`` before ``stack-10``). `sort_planes` finds the
+    signed places of a folder's names. Text compares case-insensitively, then the exact
+    name breaks ties.
 
     Examples
     --------

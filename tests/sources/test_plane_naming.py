@@ -48,6 +48,10 @@ ONE_STACK = {
     "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
     "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
     "decimals": _z("z{}um.tif", ["0.25", "0.5", "1", "1.75", "2.125", "10"]),
+    # a decimal comma (%g in a European locale): "z1,5" was two numbers, 1 and 5 (g45)
+    "decimal comma": [f"z_{f'{p:g}'.replace('.', ',')}um.tif" for p in _HALF_UM],
+    "decimal comma, one whole part": _z("pos_10,{}.tif", ["125", "25", "375", "5", "625"]),
+    "decimal comma and steps": _z("z{}.tif", ["0", "0,5", "1", "1,5", "2", "2,5"]),
     "date": [f"{t:%Y-%m-%d_%H-%M-%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
     "date packed": [f"{t:%Y%m%d_%H%M%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
     "date two per s": [
@@ -152,6 +156,9 @@ SEVERAL = {
     # stacks of unequal length (a channel one plane short, a position stopped early): fused
     # as one stack of 9 planes, exit 0, before the rule took partly shared numbers
     "a channel one plane short": [f"cell_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5 - c)],
+    "decimal comma channels": [
+        f"cell_ch{c}_z{f'{k / 2:g}'.replace('.', ',')}um.tif" for c in (0, 1) for k in range(5)
+    ],
     "positions of 5 and 3": [
         f"xy{p:03d}z{k:02d}c1.tif" for p in (1, 2) for k in range(1, 8 - 2 * p)
     ],
