@@ -27,6 +27,7 @@ from .plane_files import list_plane_files
 from .plane_names import (
     FORMATS,
     files_used,
+    gap_warning,
     natural_key,
     odd_names,
     odd_names_warning,
@@ -87,7 +88,8 @@ def open_image_files(
         ``warnings`` names files of a folder or pattern whose names break the
         pattern most of the others share (another tool's result saved beside
         the planes, say: it is used, as a plane, and named), names whose
-        decimal numbers might count on instead (``x1.9``, ``x1.10``), planes
+        decimal numbers might count on instead (``x1.9``, ``x1.10``), a counter
+        that restarted or skips numbers (``z05``, ``z07``: a plane lost), planes
         whose EXIF orientation differs from the first's, and a dropped alpha
         channel.
 
@@ -201,7 +203,8 @@ def open_image_files(
             warnings.append(odd_names_warning(files, odd, where))
         order = order_warning(files, where)
         restart = restart_warning(files, where)
-        warnings += [w for w in (order, restart) if w]
+        gap = None if restart else gap_warning(files, where)  # a restart is one gap: said
+        warnings += [w for w in (order, restart, gap) if w]
     if turned_alike:
         warnings.append(turned_alike)
     warnings += _pixel_size_warning(files, probes, where)

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "FORMATS",
     "files_used",
+    "gap_warning",
     "is_litter",
     "natural_key",
     "odd_names",
@@ -434,6 +435,53 @@ def restart_warning(files: Sequence[str], where: str) -> str | None:
         f"({os.path.basename(members[-1])!r}): if a camera's counter passed {values[-1]} and "
         f"began again, its later planes come first; the planes are fused in name order: rename "
         "them if that is not the focus order"
+    )
+
+
+def gap_warning(files: Sequence[str], where: str) -> str | None:
+    """A warning where the planes' whole numbers count on in one step but skip some
+    (``z01`` ... ``z05``, ``z07`` ... ``z10``: a plane lost in transfer). The fusion takes the
+    planes as evenly spaced: its focus fit and the depth map count planes, so past a gap they
+    are a plane off. Fused in silence (g45). Numbers that are not such a count are left:
+    decimals (focus positions in um, rounded), steps that are not multiples of the usual
+    one (a frame counter), a number that falls somewhere (a time of day) or a usual step
+    that is not most of the steps (an adaptive focus step)."""
+    pattern = Counter(_pattern(f) for f in files).most_common(1)[0][0]
+    members = [f for f in files if _pattern(f) == pattern]  # in stack order
+    numbers = [_parts(f)[1::2] for f in members]
+    if len(members) < 3 or not numbers[0]:
+        return None
+    place = _focus_places(members).get(members[0], _counting_place(numbers))
+    written = [n[place] for n in numbers]
+    if any("." in v for v in written):
+        return None
+    signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
+    values = [int(v) if signed else int(v.lstrip("+-")) for v in written]
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    step = min(steps)
+    if step <= 0 or any(d % step for d in steps) or 2 * steps.count(step) <= len(steps):
+        return None
+    gaps = [k for k, d in enumerate(steps) if d != step]
+    if not gaps:
+        return None
+    digits = [v.lstrip("+-") for v in written]
+    width = len(digits[0]) if any(len(d) > 1 and d[0] == "0" for d in digits) else 1
+
+    def shown(v: int) -> str:
+        return f"{'-' if v < 0 else ''}{abs(v):0{width}d}"
+
+    missing = [range(values[k] + step, values[k + 1], step) for k in gaps]
+    count = sum(len(r) for r in missing)
+    said = [shown(r[0]) if len(r) == 1 else f"{shown(r[0])} to {shown(r[-1])}" for r in missing]
+    text = ", ".join(said[:_NAMES_SHOWN]) + (f" and {len(said) - _NAMES_SHOWN} more gaps"
+                                             if len(said) > _NAMES_SHOWN else "")  # fmt: skip
+    k = gaps[0]
+    return (
+        f"{where}: the planes are numbered in steps of {step} from {shown(values[0])} to "
+        f"{shown(values[-1])}, but {count} plane{'s are' if count > 1 else ' is'} missing: "
+        f"{text} (the first gap after {os.path.basename(members[k])!r}); the fusion takes "
+        "the planes as evenly spaced in focus, so its depth is a plane off past each gap: if "
+        "a plane was lost (an interrupted copy), copy it again"
     )
 
 

@@ -43,7 +43,10 @@ ONE_STACK = {
     "fiji sequence": _z("name{:04d}.tif", range(12)),
     "imagej": _z("Stack_{:04d}.tif", range(1, 12)),
     "from 0": _z("p{}.tif", range(12)),
-    "gaps": _z("z{:02d}.tif", [1, 2, 3, 5, 6, 9, 10, 14]),
+    # numbers that count unevenly on purpose: no gap is said (g45)
+    "steps of 2": _z("z{:02d}.tif", range(0, 24, 2)),
+    "frame counter, uneven": [f"z{k + 1:02d}_frame_{123 + 7 * k + k // 4}.tif" for k in range(9)],
+    "adaptive steps": _z("z{:03d}.tif", [0, 10, 20, 25, 30, 35, 40, 50, 60]),
     "focus um": [f"z{'+' if p > 0 else ''}{p:g}um.tif" for p in _HALF_UM],
     "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
     "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
@@ -214,3 +217,37 @@ def test_one_file_named_twice_is_refused_naming_both(tmp_path, how):
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "are one file" in done.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+GAPS = {
+    "one lost": (_z("z{:02d}.tif", [1, 2, 3, 4, 5, 7, 8, 9, 10]),
+                 "in steps of 1 from 01 to 10, but 1 plane is missing: 06 (the first gap after "
+                 "'z05.tif')"),
+    "several": (_z("z{:02d}.tif", [1, 2, 3, 5, 6, 9, 10, 14]),
+                "from 01 to 14, but 6 planes are missing: 04, 07 to 08, 11 to 13 (the first gap "
+                "after 'z03.tif')"),
+    "signed, its zero": (_z("z{}.tif", [-3, -2, -1, 1, 2, 3]), "missing: 0 (the first gap"),
+    "steps of 2": (_z("z{:03d}.tif", [0, 2, 4, 8, 10]), "in steps of 2 from 000 to 010, but 1 "
+                   "plane is missing: 006"),
+    "by the z beside a frame counter": (
+        [f"z{k:02d}_frame_{123 + 7 * k}.tif" for k in (1, 2, 3, 5, 6)], "missing: 04"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", sorted(GAPS))
+def test_a_gap_in_the_numbering_is_said(tmp_path, scheme):
+    """z01..z05, z07..z10 (a plane lost in transfer) was fused with no word, though the fusion
+    takes the planes as evenly spaced in focus (g45)."""
+    names, said = GAPS[scheme]
+    folder = _write(tmp_path / "stack", names)
+    (warning,) = open_image_files(folder).warnings
+    assert warning.startswith(f"spec folder '{folder}': the planes are numbered in steps of ")
+    assert said in warning and warning.endswith("copy it again")
+    assert open_image_files([folder / n for n in names]).warnings == ()  # a list: as chosen
+    if scheme != "one lost":
+        return
+    info = subprocess.run([sys.executable, "-m", "fstack_dask", "info", str(folder)],
+                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    assert said in info.stdout + info.stderr
+    done = _fuse_cli(folder, tmp_path / "o.zarr")
+    assert done.returncode == 0 and said in done.stderr, done.stderr
