@@ -100,14 +100,12 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             page = ser.keyframe
             colour = page.photometric in (2, 6)  # RGB, or YCbCr (JPEG) decoded to RGB
             plane_ndim = 2 + (page.samplesperpixel > 1)
-            if colour and page.planarconfig == _PLANAR_SEPARATE and len(ser.shape) == 3:
-                raise ValueError(  # it was "holds (3, 64, 64) (SYX), not one plane": it is one
-                    f"file {path!r} is an RGB plane whose colours are stored as planes of "
-                    "their own (PlanarConfiguration separate), which plane files are not read "
-                    "as: save the planes with their samples interleaved (contiguous: "
-                    "tifffile's, Fiji's and most tools' default), or the stack as one TIFF"
-                )
-            if len(ser.shape) != plane_ndim or (plane_ndim == 3 and ser.axes[-1] != "S"):
+            # RGB stored as a plane per colour (PlanarConfiguration separate, SYX: some
+            # scanners and libtiff tools) is one plane: read as RGB, its samples moved last
+            # (refused since 5ba8294, though contiguous RGB planes were fused: g45)
+            planar = colour and page.planarconfig == _PLANAR_SEPARATE and ser.axes == "SYX"
+            if len(ser.shape) != plane_ndim or (plane_ndim == 3 and ser.axes[-1] != "S"
+                                                and not planar):  # fmt: skip
                 raise ValueError(
                     f"file {path!r} holds {ser.shape} ({ser.axes}), not one plane; a "
                     "multi-page TIFF is a stack itself: give its path alone as the source"
@@ -121,7 +119,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             # strips hold would be read with zeros
             check_data(ser, f"file {path!r}")
             alpha = colour and len(page.extrasamples) > 0
-            shape = tuple(ser.shape[:2]) + ((3,) if colour else ())
+            shape = tuple(ser.shape[1:] if planar else ser.shape[:2]) + ((3,) if colour else ())
             if contiguous(ser, 0) is not None:  # uncompressed: any region is read alone
                 chunk = tuple(min(REGION_UNIT, n) for n in shape[:2]) + shape[2:]
             elif page.is_tiled or len(page.dataoffsets) > 1:
@@ -150,6 +148,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
         "scale": {index[a]: v for a, v in scale.items() if a in index},
         "units": {index[a]: v for a, v in units.items() if a in index},
         "turned": False,  # a TIFF Orientation tag is not applied, as in tifffile and Fiji
+        "planar": planar,
     }
 
 

@@ -37,9 +37,11 @@ class _PlaneFiles:
         alpha: bool,
         cache_bytes: int,
         orientation: int | tuple[int, ...] = 1,
+        planar: tuple[bool, ...] = (),
     ):
         self.files, self.fmt, self.alpha, self.cache_bytes = tuple(files), fmt, alpha, cache_bytes
         self.orientation = orientation  # EXIF: of every PNG or JPEG plane, or one per plane
+        self.planar = planar  # per TIFF plane: RGB stored a plane per colour (SYX)
         self.shape = (len(files), *plane)
         self.dtype = dtype
         self.ndim = len(self.shape)
@@ -57,7 +59,7 @@ class _PlaneFiles:
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("files", "fmt", "alpha", "cache_bytes", "shape", "dtype", "ndim", "chunks", "whole",
-                "orientation")  # fmt: skip
+                "orientation", "planar")  # fmt: skip
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -122,6 +124,7 @@ class _PlaneFiles:
                 import tifffile
 
                 plane = tifffile.imread(path)
+                plane = np.moveaxis(plane, 0, -1) if self._planar(z) else plane
             else:
                 from PIL import Image
 
@@ -152,8 +155,13 @@ class _PlaneFiles:
         # rest's sample slice lies within RGB, so it also drops any alpha sample.
         try:
             # uncompressed: its rows only (and the plane checked, as a decoded one is)
-            plane = read_contiguous(self.files[z], rest, (self.shape[1:], self.dtype))
-            if plane is None:
+            planar = self._planar(z)
+            expect = (self.shape[1:], self.dtype)
+            plane = read_contiguous(self.files[z], rest, expect, planar=planar)
+            if plane is None and planar:  # the file's samples first
+                plane = tifffile.imread(self.files[z], selection=(rest[-1], *rest[:-1]))
+                plane = np.moveaxis(plane, 0, -1)
+            elif plane is None:
                 plane = tifffile.imread(self.files[z], selection=rest)
         except (ImportError, MemoryError, FileChangedError):
             raise
@@ -162,6 +170,9 @@ class _PlaneFiles:
         with self._lock:
             self.decodes += 1
         return plane
+
+    def _planar(self, z: int) -> bool:
+        return bool(self.planar) and self.planar[z]
 
     def _checked(self, plane: np.ndarray, z: int) -> np.ndarray:
         if plane.shape != self.shape[1:] or plane.dtype != self.dtype:

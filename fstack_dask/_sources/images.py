@@ -172,7 +172,7 @@ def open_image_files(
         )
     array = _PlaneFiles(
         files, fmt, first["shape"], first["dtype"], first["chunk"], first["alpha"], cache_bytes,
-        orientation,
+        orientation, tuple(bool(p.get("planar")) for p in probes),
     )  # fmt: skip
     kind = f"{fmt} files"
     # how the run's log and its messages name a glob or a list ("src (21 TIFF files pattern

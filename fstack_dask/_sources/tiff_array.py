@@ -51,11 +51,16 @@ def contiguous(ser: Any, level: int) -> int | None:
 
 
 def read_contiguous(
-    path: str, region: tuple[slice, ...], expect: tuple[tuple[int, ...], np.dtype]
+    path: str,
+    region: tuple[slice, ...],
+    expect: tuple[tuple[int, ...], np.dtype],
+    *,
+    planar: bool = False,
 ) -> np.ndarray | None:
     """``region`` of the first series of the TIFF at ``path`` if its samples lie contiguous
     (:func:`contiguous`), read by rows; else None. A region of fewer colour samples than the
-    file holds (RGB of RGBA) reads them all, then keeps those asked for.
+    file holds (RGB of RGBA) reads them all, then keeps those asked for. `planar`: the file
+    holds a plane per colour sample (SYX), returned with its samples last, as ``expect``.
 
     Raises
     ------
@@ -69,7 +74,10 @@ def read_contiguous(
         ser = tif.series[0]
         offset = contiguous(ser, 0)
         shape, dtype = tuple(ser.shape), np.dtype(ser.dtype)
-    seen = shape[:2] + ((min(shape[2], 3),) if len(shape) == 3 else ())
+    if planar and len(shape) == 3:
+        seen = (*shape[1:], min(shape[0], 3))
+    else:
+        seen = shape[:2] + ((min(shape[2], 3),) if len(shape) == 3 else ())
     if (seen, dtype) != (tuple(expect[0]), np.dtype(expect[1])):
         raise FileChangedError(
             f"file {path!r} now decodes to shape {seen} and dtype {dtype}, expected "
@@ -79,6 +87,8 @@ def read_contiguous(
         return None
     rows = _Rows(path, offset, shape, dtype)
     try:
+        if planar:  # the samples asked for (within RGB) are planes of their own
+            return np.moveaxis(rows[(region[-1], *region[:-1])], 0, -1)
         every = region[:-1] + (slice(0, shape[-1]),) if len(shape) == 3 else region
         return rows[every][..., region[-1]] if len(shape) == 3 else rows[every]
     finally:

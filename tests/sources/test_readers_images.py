@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import zarr
 from conftest import tree_digest
 from readers_util import need, patch_tiff_tag, read_concurrently, realdata, regions
 
@@ -268,27 +269,45 @@ def test_refusals_name_the_offending_file(tmp_path):
         open_image_files([mode / "deep.png"])
 
 
-def test_planar_rgb_plane_files_are_refused_as_such(tmp_path):
+@pytest.mark.parametrize(
+    "how",
+    [{}, {"compression": "zlib", "rowsperstrip": 64}, {"tile": (64, 64)}, {"alpha": True}],
+    ids=["uncompressed", "strips", "tiles", "rgba"],
+)
+def test_planar_rgb_plane_files_are_read_as_rgb(tmp_path, how):
     """RGB planes saved with their colours as planes of their own (PlanarConfiguration
-    separate, as some scanners and libtiff tools write) were refused as "holds (3, 10, 12)
-    (SYX), not one plane; open a multi-page TIFF as one stack instead (open_tiff)": they are
-    one plane each, and open_tiff is no option of the command line (an adversarial run on
-    inputs). The refusal now says what they are and how to save them."""
-    rgb = _planes(3, (3, 10, 12), dtype="uint8")
-    for k, plane in enumerate(rgb):
-        tifffile.imwrite(tmp_path / f"p{k}.tif", plane, photometric="rgb", planarconfig="separate")
-    with pytest.raises(ValueError) as info:
-        open_image_files(tmp_path)
-    assert str(info.value) == (
-        f"file '{tmp_path}/p0.tif' is an RGB plane whose colours are stored as planes of their "
-        "own (PlanarConfiguration separate), which plane files are not read as: save the "
-        "planes with their samples interleaved (contiguous: tifffile's, Fiji's and most tools' "
-        "default), or the stack as one TIFF"
-    )
-    tifffile.imwrite(tmp_path / "stack.tif", rgb, photometric="rgb", planarconfig="separate")
-    from fstack_dask._sources.open import open_source
-
-    np.testing.assert_array_equal(open_source(tmp_path / "stack.tif").array[...], rgb)
+    separate, as some scanners and libtiff tools write) were refused (5ba8294), where the
+    same planes stored interleaved are fused as colour (g45). They are read as RGB, by
+    region, and fuse to the same output bit for bit."""
+    how = dict(how)
+    alpha = how.pop("alpha", False)
+    rgb = _planes(5, (3 + alpha, 700, 600), dtype="uint8")
+    extra = {"extrasamples": ["unassalpha"]} if alpha else {}
+    for folder, planar in (("planar", "separate"), ("contig", "contig")):
+        (tmp_path / folder).mkdir()
+        for k, plane in enumerate(rgb):
+            plane = plane if planar == "separate" else np.moveaxis(plane, 0, -1)
+            tifffile.imwrite(tmp_path / folder / f"p{k}.tif", plane, photometric="rgb",
+                             planarconfig=planar, **how, **extra)  # fmt: skip
+    expected = np.moveaxis(rgb, 1, -1)[..., :3]
+    for cache in (0, 2**26):  # by region; decoded whole
+        opened = open_image_files(tmp_path / "planar", cache_bytes=cache)
+        assert opened.axes == "zyxc" and opened.rgb and opened.array.shape == expected.shape
+        assert not opened.array.whole  # read by region, strip or tile
+        np.testing.assert_array_equal(
+            opened.array[1:4, 100:650, 590:, 1:], expected[1:4, 100:650, 590:, 1:]
+        )
+        np.testing.assert_array_equal(opened.array[...], expected)
+    outs = []
+    for folder in ("planar", "contig"):
+        done = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", "fuse", str(tmp_path / folder),
+             str(tmp_path / f"{folder}.zarr"), "--no-progress", "--levels", "0"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outs.append(zarr.open_group(str(tmp_path / f"{folder}.zarr"), mode="r")["0"][...])
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def _plane_folder(folder, planes, **kw):
