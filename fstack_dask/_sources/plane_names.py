@@ -36,11 +36,14 @@ _DIGITS = re.compile(r"(\d+)")
 # %g: "z0.5um", "z1um") and a sign ("z-3"). The sign counts only at a place where the names
 # hold signed and unsigned forms (or both signs): a "-" in every name is a separator
 # ("stack-001", "2024-05-01").
-_NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?)")
+# An exponent as C's %g and Python's str() write one, signed, of two digits or three
+# ("z_5e-07.tif", "z_1.5e-06.tif": positions in metres): "5e-07" was 5, "e", -7, so the
+# planes were fused out of order, "z_0.0.tif" warned about as odd (g45).
+_NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 # A decimal comma ("z1,5um", "z_-0,25um": %g in a European locale) is a decimal point, in a
 # name without a decimal point and without a list of numbers ("tile_1,2,3"): "z1,5" was two
 # numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0 (g45).
-_NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?)")
+_NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 _COMMA_UNSURE = re.compile(r"\d\.\d|\d,\d+,\d")
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
@@ -233,7 +236,8 @@ def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
     name: list[Any] = [parts[0].casefold()]
     for place, (number, text) in enumerate(zip(parts[1::2], parts[2::2], strict=True)):
         sign = _sign(number)
-        value = Decimal(number[len(sign) :]) if "." in number else int(number[len(sign) :])
+        digits = number[len(sign) :]
+        value = int(digits) if digits.isdigit() else Decimal(digits)  # (a fraction, exponent)
         if place in signed:
             value = -value if sign == "-" else value
         else:
@@ -319,7 +323,8 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
         for place, number in enumerate(_parts(f)[1::2]):
             places.setdefault((_pattern(f), place), []).append((number.lstrip("+-"), f))
     for found in places.values():
-        if not any("." in n and n.endswith("0") for n, _ in found):
+        exponent = any("e" in n.lower() for n, _ in found)  # %g's: a decimal, surely
+        if exponent or not any("." in n and n.endswith("0") for n, _ in found):
             continue
         found.sort(key=lambda nf: Decimal(nf[0]))
         counted = [tuple(int(d) for d in n.split(".")) for n, _ in found]
@@ -453,7 +458,7 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
         return None
     place = _focus_places(members).get(members[0], _counting_place(numbers))
     written = [n[place] for n in numbers]
-    if any("." in v for v in written):
+    if not all(v.lstrip("+-").isdigit() for v in written):  # decimals, exponents
         return None
     signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
     values = [int(v) if signed else int(v.lstrip("+-")) for v in written]

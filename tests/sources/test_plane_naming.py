@@ -51,6 +51,9 @@ ONE_STACK = {
     "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
     "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
     "decimals": _z("z{}um.tif", ["0.25", "0.5", "1", "1.75", "2.125", "10"]),
+    # positions in metres: %g and Python's str() write exponents ("5e-07" was 5, e, -7: g45)
+    "focus m, %g": [f"z_{k * 5e-7:g}m.tif" for k in range(-3, 6)],
+    "focus m, str()": [f"z_{k * 5e-7}.tif" for k in range(-3, 6)],
     # a decimal comma (%g in a European locale): "z1,5" was two numbers, 1 and 5 (g45)
     "decimal comma": [f"z_{f'{p:g}'.replace('.', ',')}um.tif" for p in _HALF_UM],
     "decimal comma, one whole part": _z("pos_10,{}.tif", ["125", "25", "375", "5", "625"]),
