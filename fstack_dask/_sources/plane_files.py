@@ -39,6 +39,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         if os.path.isdir(text):
             where = f"folder {os.path.abspath(text)!r}"
             names = [os.path.join(text, n) for n in os.listdir(text)]
+            _refuse_dangling(names, f"{name} {where}")
             files = [f for f in names if os.path.isfile(f) and is_image(f)]
             skipped = sort_planes([f for f in files if is_litter(f)])
             files = [f for f in files if not is_litter(f)]
@@ -46,7 +47,9 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
                 raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
         elif GLOB_CHARS.search(text):
             where = f"pattern {text!r}"
-            files = [f for f in glob.glob(text, recursive=True) if os.path.isfile(f)]
+            names = glob.glob(text, recursive=True)
+            _refuse_dangling(names, f"{name} {where}")
+            files = [f for f in names if os.path.isfile(f)]
             skipped = sort_planes([f for f in files if is_litter(f)])
             files = [f for f in files if not is_litter(f)]
             if not files:
@@ -85,6 +88,18 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
         f"{type(spec).__name__}"
     )
+
+
+def _refuse_dangling(names: Sequence[str], where: str) -> None:
+    """Refuse a plane file that is a link to nothing (a share not mounted, a folder moved):
+    it was left out as "not a file", the stack fused without its plane, exit 0 (g45)."""
+    for f in names:
+        if is_image(f) and not is_litter(f) and os.path.islink(f) and not os.path.exists(f):
+            raise FileNotFoundError(
+                f"{where}: {os.path.basename(f)!r} is a link to {os.readlink(f)!r}, which does "
+                "not exist, so its plane would be left out; restore what it links to (a share "
+                "not mounted?) or remove the link"
+            )
 
 
 def _one_spelling(files: Sequence[str], where: str) -> None:

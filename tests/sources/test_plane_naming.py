@@ -254,3 +254,18 @@ def test_a_gap_in_the_numbering_is_said(tmp_path, scheme):
     assert said in info.stdout + info.stderr
     done = _fuse_cli(folder, tmp_path / "o.zarr")
     assert done.returncode == 0 and said in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("src", ["folder", "glob"])
+def test_a_plane_that_links_to_nothing_is_refused(tmp_path, src):
+    """near.tif, mid.tif -> a share not mounted, far.tif: the link was left out as "not a
+    file" and the stack fused without its plane, exit 0 (g45)."""
+    folder = _write(tmp_path / "stack", ["far.tif", "near.tif", "top.tif"])
+    os.symlink(tmp_path / "share" / "mid.tif", folder / "mid.tif")
+    spec = folder if src == "folder" else f"{folder}/*.tif"
+    said = f"'mid.tif' is a link to '{tmp_path}/share/mid.tif', which does not exist"
+    with pytest.raises(FileNotFoundError, match=re.escape(said)):
+        open_image_files(spec)
+    done = _fuse_cli(spec, tmp_path / "o.zarr")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and said in done.stderr
+    assert not (tmp_path / "o.zarr").exists()
