@@ -47,7 +47,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
                 raise ValueError(f"{name} {where} holds no TIFF, PNG or JPEG files")
         elif GLOB_CHARS.search(text):
             where = f"pattern {text!r}"
-            names = glob.glob(text, recursive=True)
+            names = glob.glob(_literal_folder(text), recursive=True)
             _refuse_dangling(names, f"{name} {where}")
             files = [f for f in names if os.path.isfile(f)]
             skipped = sort_planes([f for f in files if is_litter(f)])
@@ -88,6 +88,18 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
         f"{type(spec).__name__}"
     )
+
+
+def _literal_folder(pattern: str) -> str:
+    """`pattern` with the folder it lies in escaped where that folder exists as spelled:
+    '/data/exp[1]/*.tif' read the planes of '/data/exp1' (the class [1]), exit 0, or said
+    "matches no files" (g45). The folder a user names is the one they mean."""
+    head = os.path.dirname(pattern)
+    while head and GLOB_CHARS.search(head):
+        if os.path.isdir(head):
+            return glob.escape(head) + pattern[len(head) :]
+        head = os.path.dirname(head)
+    return pattern
 
 
 def _refuse_dangling(names: Sequence[str], where: str) -> None:

@@ -269,3 +269,17 @@ def test_a_plane_that_links_to_nothing_is_refused(tmp_path, src):
     done = _fuse_cli(spec, tmp_path / "o.zarr")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and said in done.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_glob_in_a_folder_named_with_brackets_reads_that_folder(tmp_path):
+    """'exp[1]/*.tif' read the planes of exp1 (the class [1]), exit 0, and where no exp1
+    was, said "matches no files" (g45): a folder that exists as spelled is the one meant."""
+    names = _z("z{}.tif", range(5))
+    meant = _write(tmp_path / "exp[1]", names)
+    _write(tmp_path / "exp1", _z("z{}.tif", range(6)), seed=1)
+    opened = open_image_files(f"{meant}/*.tif")
+    assert [os.path.dirname(f) for f in opened.files] == [str(meant)] * 5
+    alone = _write(tmp_path / "Stack [2024]", names)
+    done = _fuse_cli(f"{alone}/z*.tif", tmp_path / "o.zarr", "--levels", "0")
+    assert done.returncode == 0, done.stderr
+    assert open_image_files(f"{tmp_path}/exp[0-9]/*.tif").array.shape[0] == 6  # a class
