@@ -45,6 +45,7 @@ _NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 # numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0 (g45).
 _NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 _COMMA_UNSURE = re.compile(r"\d\.\d|\d,\d+,\d")
+_DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): no decimal
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
 # metadata) and .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden files (a leading dot)
@@ -119,7 +120,7 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""
-    if "," not in stem or _COMMA_UNSURE.search(stem):
+    if "," not in stem or _COMMA_UNSURE.search(_DOTTED.sub("", stem)):
         parts = _NUMBER.split(stem)
     else:
         parts = _NUMBER_COMMA.split(stem)

@@ -58,6 +58,8 @@ ONE_STACK = {
     "decimal comma": [f"z_{f'{p:g}'.replace('.', ',')}um.tif" for p in _HALF_UM],
     "decimal comma, one whole part": _z("pos_10,{}.tif", ["125", "25", "375", "5", "625"]),
     "decimal comma and steps": _z("z{}.tif", ["0", "0,5", "1", "1,5", "2", "2,5"]),
+    # a date written with dots beside it is no decimal point (the comma was text then)
+    "decimal comma, dotted date": _z("01.05.2024_z{}um.tif", ["0", "0,5", "1", "1,5", "2"]),
     "date": [f"{t:%Y-%m-%d_%H-%M-%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
     "date packed": [f"{t:%Y%m%d_%H%M%S}_z{k + 1:02d}.tif" for k, t in enumerate(_stamps(21, 3))],
     "date two per s": [
