@@ -103,8 +103,16 @@ def odd_names(files: Sequence[str]) -> list[str]:
     return [f for f, p in zip(files, patterns, strict=True) if p != common]
 
 
-def _pattern(path: str) -> str:
-    return "#".join(_parts(path)[0::2]).casefold()
+def _pattern(path: str, *, one_format: bool = False) -> str:
+    """`one_format`: ``.tiff`` as ``.tif``, ``.jpeg`` as ``.jpg`` (z05.tiff beside z05.tif
+    was fused as a further plane, with only the warning about a name unlike the others:
+    g45); a warning still names a file spelled apart."""
+    pattern = "#".join(_parts(path)[0::2]).casefold()
+    stem, ext = os.path.splitext(pattern)
+    return stem + _ONE_EXTENSION.get(ext, ext) if one_format else pattern
+
+
+_ONE_EXTENSION = {".tiff": ".tif", ".jpeg": ".jpg"}
 
 
 def _parts(path: str, *, as_read: bool = True) -> list[str]:
@@ -351,7 +359,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
     2026-12-06). The number that counts the planes is the one with the most values."""
     by_pattern: dict[str, list[str]] = {}
     for f in files:
-        by_pattern.setdefault(_pattern(f), []).append(f)
+        by_pattern.setdefault(_pattern(f, one_format=True), []).append(f)
     groups: dict[tuple[Any, ...], dict[str, str]] = {}  # pattern, folder, others: plane -> file
     counting_of: dict[str, int] = {}
     for pattern, members in by_pattern.items():
@@ -396,8 +404,9 @@ def _several_stacks(
     """Raise the refusal of two stacks, `first` and `group` (plane number: file)."""
     plane = min(first.keys() & group.keys(), key=lambda v: natural_key(first[v]))
     a, b = first[plane], group[plane]
-    pattern = _glob_one_stack(list(first.values()), counting_of[_pattern(a)], files)
-    pattern = pattern or _glob_one_stack(list(group.values()), counting_of[_pattern(b)], files)
+    counting = [counting_of[_pattern(f, one_format=True)] for f in (a, b)]
+    pattern = _glob_one_stack(list(first.values()), counting[0], files)
+    pattern = pattern or _glob_one_stack(list(group.values()), counting[1], files)
     sizes = f"{len(first)}" if len(first) == len(group) else f"{len(first)} and {len(group)}"
     raise ValueError(
         f"{where} holds more than one stack: {_shown(a, files)!r} and "

@@ -285,3 +285,15 @@ def test_a_glob_in_a_folder_named_with_brackets_reads_that_folder(tmp_path):
     done = _fuse_cli(f"{alone}/z*.tif", tmp_path / "o.zarr", "--levels", "0")
     assert done.returncode == 0, done.stderr
     assert open_image_files(f"{tmp_path}/exp[0-9]/*.tif").array.shape[0] == 6  # a class
+
+
+def test_one_plane_number_in_two_spellings_of_the_extension_is_refused(tmp_path):
+    """z05.tiff beside z05.tif (a plane saved again by another tool) was fused as a further
+    plane, with only the warning about a name unlike the others (g45)."""
+    folder = _write(tmp_path / "stack", [*_z("z{:02d}.tif", range(1, 8)), "z05.tiff"])
+    with pytest.raises(ValueError) as info:
+        open_image_files(folder)
+    assert str(info.value) == (
+        f"spec folder '{folder}': 'z05.tif' and 'z05.tiff' are numbered alike, so their order "
+        "in the stack is a guess; remove or rename one of them, or select the planes with a glob"
+    )
