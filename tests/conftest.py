@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
 import tempfile
 import warnings
 
@@ -138,3 +139,29 @@ def pytest_collection_modifyitems(config, items):
     if reason is not None:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture()
+def exfat(tmp_path):
+    """A case-insensitive filesystem through FUSE (exFAT, exfat-fuse, as older Linux systems
+    mount USB drives and SD cards), which gives each spelling of a name its own inode."""
+    tools = [shutil.which(t) for t in ("mkfs.exfat", "mount.exfat-fuse", "losetup")]
+    if os.geteuid() != 0 or None in tools or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root, /dev/fuse, losetup, mkfs.exfat and exfat-fuse")
+    image, mount = tmp_path / "exfat.img", tmp_path / "mnt"
+    with open(image, "wb") as fh:
+        fh.truncate(64 << 20)
+    mount.mkdir()
+    run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=False)  # noqa: E731
+    if run(tools[0], str(image)).returncode != 0:
+        pytest.skip("mkfs.exfat failed")
+    loop = run(tools[2], "-f", "--show", str(image)).stdout.strip()
+    if not loop or run(tools[1], loop, str(mount)).returncode != 0:
+        if loop:
+            run(tools[2], "-d", loop)
+        pytest.skip("cannot mount exFAT through FUSE here")
+    try:
+        yield mount
+    finally:
+        run("umount", str(mount))
+        run(tools[2], "-d", loop)

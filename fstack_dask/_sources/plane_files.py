@@ -137,21 +137,26 @@ def _one_file(files: Sequence[str], given: Sequence[str], where: str) -> None:
     a case-insensitive mount), a glob's ``**`` through a linked folder. Each was fused as
     two planes, the focus fit seeing one plane repeated, exit 0 (an adversarial run on
     names, 2026-12-06). `given`: the names as the user wrote them, shown in the message."""
-    seen: dict[tuple[int, int], int] = {}
+    from .._locations.location import _one_entry
+
+    seen: dict[Any, int] = {}
     for k, f in enumerate(files):
         st = os.stat(f)
-        key = (st.st_dev, st.st_ino)
-        if st.st_ino == 0:  # a file system without inode numbers: nothing to compare
-            continue
-        if key in seen:
-            a, b = (given[i] for i in (seen[key], k))
+        # exFAT or FAT through FUSE gives each spelling of a name its own inode
+        spelled = (os.path.dirname(f), os.path.basename(f).casefold())
+        twin = seen.get(spelled)
+        if twin is not None and not _one_entry(files[twin], f):
+            twin = None
+        twin = seen.get((st.st_dev, st.st_ino)) if twin is None and st.st_ino else twin
+        seen.update({(st.st_dev, st.st_ino): k, spelled: k})
+        if twin is not None:
+            a, b = (given[i] for i in (twin, k))
             if given is files and len({os.path.dirname(g) for g in given}) == 1:
                 a, b = os.path.basename(a), os.path.basename(b)
             raise ValueError(
                 f"{where}: {a!r} and {b!r} are one file (a link, or one file named two ways), "
                 "so one plane would be fused twice; remove the link or the second name"
             )
-        seen[key] = k
 
 
 def absolute(path: str) -> str:

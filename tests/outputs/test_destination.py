@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -317,32 +316,6 @@ def test_ctrl_c_after_an_overwrites_swap_says_the_new_output_is_in_dst(tmp_path,
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
     fuse_zarr(src, dst, chunks=32, nhsize=5, resume=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
-
-
-@pytest.fixture()
-def exfat(tmp_path):
-    """A case-insensitive filesystem through FUSE (exFAT, exfat-fuse, as older Linux systems
-    mount USB drives and SD cards), which gives each spelling of a name its own inode."""
-    tools = [shutil.which(t) for t in ("mkfs.exfat", "mount.exfat-fuse", "losetup")]
-    if os.geteuid() != 0 or None in tools or not os.path.exists("/dev/fuse"):
-        pytest.skip("needs root, /dev/fuse, losetup, mkfs.exfat and exfat-fuse")
-    image, mount = tmp_path / "exfat.img", tmp_path / "mnt"
-    with open(image, "wb") as fh:
-        fh.truncate(64 << 20)
-    mount.mkdir()
-    run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=False)  # noqa: E731
-    if run(tools[0], str(image)).returncode != 0:
-        pytest.skip("mkfs.exfat failed")
-    loop = run(tools[2], "-f", "--show", str(image)).stdout.strip()
-    if not loop or run(tools[1], loop, str(mount)).returncode != 0:
-        if loop:
-            run(tools[2], "-d", loop)
-        pytest.skip("cannot mount exFAT through FUSE here")
-    try:
-        yield mount
-    finally:
-        run("umount", str(mount))
-        run(tools[2], "-d", loop)
 
 
 def test_a_source_spelled_in_another_case_is_the_source(exfat):

@@ -297,3 +297,19 @@ def test_one_plane_number_in_two_spellings_of_the_extension_is_refused(tmp_path)
         f"spec folder '{folder}': 'z05.tif' and 'z05.tiff' are numbered alike, so their order "
         "in the stack is a guess; remove or rename one of them, or select the planes with a glob"
     )
+
+
+def test_one_file_listed_in_two_cases_on_a_case_insensitive_mount_is_refused(exfat, tmp_path):
+    """[z05.tif, z05.TIF] on exFAT through FUSE (an SD card), which gives each spelling its
+    own inode: one file fused as two planes, exit 0 (g45). Two files of a case-sensitive
+    folder named so are two planes, as listed."""
+    names = _z("z{:02d}.tif", range(1, 6))
+    for folder in (exfat, tmp_path / "ext4"):
+        _write(folder, names)
+        listed = [folder / n for n in names] + [folder / "z05.TIF"]
+        if folder == exfat:
+            with pytest.raises(ValueError, match=r"z05\.tif' and '.*/z05\.TIF' are one file"):
+                open_image_files(listed)
+        else:
+            tifffile.imwrite(folder / "z05.TIF", np.full((6, 7), 9, "uint8"))
+            assert open_image_files(listed).array[:, 0, 0].tolist() == [1, 2, 3, 4, 5, 9]
