@@ -459,8 +459,8 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
     planes as evenly spaced: its focus fit and the depth map count planes, so past a gap they
     are a plane off. Fused in silence (g45). Numbers that are not such a count are left:
     decimals (focus positions in um, rounded), steps that are not multiples of the usual
-    one (a frame counter), a number that falls somewhere (a time of day) or a usual step
-    that is not most of the steps (an adaptive focus step)."""
+    one (a frame counter), a time's minutes or seconds, or a usual step that is not most of
+    the steps (an adaptive focus step)."""
     pattern = Counter(_pattern(f) for f in files).most_common(1)[0][0]
     members = [f for f in files if _pattern(f) == pattern]  # in stack order
     numbers = [_parts(f)[1::2] for f in members]
@@ -470,6 +470,8 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
     written = [n[place] for n in numbers]
     if not all(v.lstrip("+-").isdigit() for v in written):  # decimals, exponents
         return None
+    if _parts(members[0])[2 * place] in ("", ":", ".") and len(written[0].lstrip("+-")) == 2:
+        return None  # a time's minutes or seconds ("13-45-01"): it skips as the camera lags
     signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
     values = [int(v) if signed else int(v.lstrip("+-")) for v in written]
     steps = [b - a for a, b in zip(values, values[1:], strict=False)]

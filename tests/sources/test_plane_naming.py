@@ -47,6 +47,8 @@ ONE_STACK = {
     "steps of 2": _z("z{:02d}.tif", range(0, 24, 2)),
     "frame counter, uneven": [f"z{k + 1:02d}_frame_{123 + 7 * k + k // 4}.tif" for k in range(9)],
     "adaptive steps": _z("z{:03d}.tif", [0, 10, 20, 25, 30, 35, 40, 50, 60]),
+    "time of day, a second skipped": _z("img_13-45-{:02d}.tif", [1, 2, 3, 5, 6, 7]),
+    "time of day, dots": _z("img_13.45.{:02d}.tif", [1, 2, 3, 5, 6, 7]),
     "focus um": [f"z{'+' if p > 0 else ''}{p:g}um.tif" for p in _HALF_UM],
     "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
     "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
