@@ -503,10 +503,11 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
 
 
 def _plain(number: str) -> str:
-    """A name's number as a plane number: ``01`` and ``1`` alike, ``1.10`` not ``1.1``."""
+    """A name's number as a plane number: ``01`` and ``1`` alike, ``+1`` and ``1`` too (both
+    were fused, one position twice: g45), ``1.10`` not ``1.1``."""
     sign = _sign(number)
     whole, dot, fraction = number[len(sign) :].partition(".")
-    return sign + (whole.lstrip("0") or "0") + dot + fraction
+    return sign.replace("+", "") + (whole.lstrip("0") or "0") + dot + fraction
 
 
 def _shown(path: str, files: Sequence[str]) -> str:

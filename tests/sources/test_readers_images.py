@@ -464,6 +464,8 @@ def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
          "numbered 0 in stacks of 3 planes"),
         (["z1", "z01", "z2", "z3"],
          ": 'z01.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
+        (["z-1", "z0", "z1", "z+1"],  # (both fused, one position twice: g45)
+         ": 'z+1.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
     ],
 )  # fmt: skip
 def test_a_folder_of_several_stacks_is_refused(tmp_path, names, said):
