@@ -340,10 +340,13 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
         for k in range(len(found) - 1):
             if counted[k] > counted[k + 1]:
                 (a, first), (b, then) = found[k], found[k + 1]
+                if "," in os.path.basename(first):  # as the names write it (a decimal comma)
+                    a, b = a.replace(".", ","), b.replace(".", ",")
+                mark = "comma" if "," in a else "dot"
                 return (
                     f"{where}: {os.path.basename(first)!r} is ordered before "
                     f"{os.path.basename(then)!r}, reading {a} and {b} as decimal numbers; if "
-                    f"the digits after the dot count on instead ({b} before {a}), the planes "
+                    f"the digits after the {mark} count on instead ({b} before {a}), the planes "
                     f"are out of focus order: rename them, or pass the files as a list in "
                     f"focus order"
                 )

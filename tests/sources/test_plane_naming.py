@@ -315,3 +315,15 @@ def test_one_file_listed_in_two_cases_on_a_case_insensitive_mount_is_refused(exf
         else:
             tifffile.imwrite(folder / "z05.TIF", np.full((6, 7), 9, "uint8"))
             assert open_image_files(listed).array[:, 0, 0].tolist() == [1, 2, 3, 4, 5, 9]
+
+
+def test_decimals_that_might_count_on_are_said_as_the_names_write_them(tmp_path):
+    """x1,9 and x1,10: the warning said "reading 1.10 and 1.2 ... after the dot", numbers no
+    name holds (g45)."""
+    names = _z("x1,{}.tif", [1, 10, 2, 9])  # in decimal order
+    (warning,) = open_image_files(_write(tmp_path / "stack", names)).warnings
+    assert warning.endswith(
+        "'x1,10.tif' is ordered before 'x1,2.tif', reading 1,10 and 1,2 as decimal numbers; if "
+        "the digits after the comma count on instead (1,2 before 1,10), the planes are out of "
+        "focus order: rename them, or pass the files as a list in focus order"
+    )
