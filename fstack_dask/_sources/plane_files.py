@@ -147,8 +147,10 @@ def _one_file(files: Sequence[str], given: Sequence[str], where: str) -> None:
         twin = seen.get(spelled)
         if twin is not None and not _one_entry(files[twin], f):
             twin = None
-        twin = seen.get((st.st_dev, st.st_ino)) if twin is None and st.st_ino else twin
-        seen.update({(st.st_dev, st.st_ino): k, spelled: k})
+        # size and time too: a file system that numbers its files alike is no cause to refuse
+        inode = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        twin = seen.get(inode) if twin is None and st.st_ino else twin
+        seen.update({inode: k, spelled: k})
         if twin is not None:
             a, b = (given[i] for i in (twin, k))
             if given is files and len({os.path.dirname(g) for g in given}) == 1:
