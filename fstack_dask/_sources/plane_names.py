@@ -473,7 +473,8 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
     written = [n[place] for n in numbers]
     if not all(v.lstrip("+-").isdigit() for v in written):  # decimals, exponents
         return None
-    if _parts(members[0])[2 * place] in ("", ":", ".") and len(written[0].lstrip("+-")) == 2:
+    after_number = place and _parts(members[0])[2 * place] in ("", ":", ".")
+    if after_number and len(written[0].lstrip("+-")) == 2:
         return None  # a time's minutes or seconds ("13-45-01"): it skips as the camera lags
     signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
     values = [int(v) if signed else int(v.lstrip("+-")) for v in written]

@@ -234,6 +234,8 @@ GAPS = {
                 "from 01 to 14, but 6 planes are missing: 04, 07 to 08, 11 to 13 (the first gap "
                 "after 'z03.tif')"),
     "signed, its zero": (_z("z{}.tif", [-3, -2, -1, 1, 2, 3]), "missing: 0 (the first gap"),
+    "bare numbers": (_z("{:02d}.tif", [1, 2, 3, 5, 6]), "missing: 04 (the first gap after "
+                     "'03.tif')"),
     "steps of 2": (_z("z{:03d}.tif", [0, 2, 4, 8, 10]), "in steps of 2 from 000 to 010, but 1 "
                    "plane is missing: 006"),
     "by the z beside a frame counter": (
