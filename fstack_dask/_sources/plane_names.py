@@ -369,7 +369,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         numbers = [[_plain(n) for n in _parts(f)[1::2]] for f in members]
         if not numbers[0]:
             continue
-        counting = _counting_place(numbers)
+        counting = _counting_place(numbers, _parts(members[0])[0::2])
         counting_of[pattern] = counting
         for f, n in zip(members, numbers, strict=True):
             key = (pattern, os.path.dirname(f), *n[:counting], *n[counting + 1 :])
@@ -395,6 +395,29 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         for v in group:
             holders.setdefault(v, []).append(len(kept))
         kept.append(group)
+    for pattern, members in by_pattern.items():
+        if pattern in counting_of:
+            _refuse_repeated(members, counting_of, files, where)
+
+
+def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], files: Sequence[str],
+                     where: str) -> None:  # fmt: skip
+    """Refuse files of one pattern whose plane numbers repeat twice or more, whatever their
+    other numbers: stacks whose names hold a number changing per plane (a time stamp, a frame
+    counter, a drifting stage) made a group of each file above, and two time points or
+    channels were fused as one stack, exit 0 (the g44 review). Each file goes to the first
+    stack that lacks its plane number, in stack order."""
+    place = counting_of[_pattern(members[0])]
+    stacks: list[dict[str, str]] = []
+    for f in members:
+        plane = _plain(_parts(f)[2 * place + 1])
+        free = next((s for s in stacks if plane not in s), None)
+        if free is None:
+            free = {}
+            stacks.append(free)
+        free[plane] = f
+    if len(stacks) > 1 and len(stacks[1]) >= 2:
+        _several_stacks(stacks[0], stacks[1], files, counting_of, where)
 
 
 def _several_stacks(
@@ -421,9 +444,15 @@ def _several_stacks(
     )  # fmt: skip
 
 
-def _counting_place(numbers: Sequence[Sequence[str]]) -> int:
-    """The place of the number that counts the planes: the one with the most values."""
-    return max(range(len(numbers[0])), key=lambda p: (len({n[p] for n in numbers}), p))
+def _counting_place(numbers: Sequence[Sequence[str]], texts: Sequence[str] = ()) -> int:
+    """The place of the number that counts the planes: the one labelled ``z`` or ``focus``
+    (`texts`: the text before each number) of the most values, else the one of the most
+    values. A frame counter (``frame_000123_ch0_z00``) has more values than z in a folder of
+    two channels, and counted them apart: one stack of 10 planes, exit 0 (the g44 review)."""
+    labelled = [p for p, t in enumerate(texts[: len(numbers[0])])
+                if _FOCUS_LABEL.search(t.casefold())]  # fmt: skip
+    return max(labelled or range(len(numbers[0])),
+               key=lambda p: (len({n[p] for n in numbers}), p))  # fmt: skip
 
 
 def restart_warning(files: Sequence[str], where: str) -> str | None:
@@ -526,15 +555,21 @@ def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -
     `counting` as ``*``, or as ``[0-9]`` per digit where ``*`` matches another stack's too
     (``cell_z*.tif`` matched ``cell_z01_dapi.tif``: a review of real naming schemes,
     2026-12-06); None where neither does."""
-    parts = _parts(stack[0], as_read=False)
-    shapes = {re.sub(r"\d", "#", _parts(f, as_read=False)[2 * counting + 1]) for f in stack}
+    split = [_parts(f, as_read=False) for f in stack]
+    parts = split[0]
+    shapes = {re.sub(r"\d", "#", p[2 * counting + 1]) for p in split}
     numbers = ["*"]
     if len(shapes) == 1:
         numbers.append("".join("[0-9]" if c == "#" else glob.escape(c) for c in shapes.pop()))
+    # a number changing within the stack (a time stamp per plane) is a "*" too
+    varying = {i for i in range(1, len(parts), 2) if len({p[i] for p in split}) > 1}
     others = [f for f in files if f not in set(stack)]
     for number in numbers:
-        out = [number if i == 2 * counting + 1 else glob.escape(p) for i, p in enumerate(parts)]
+        out = [number if i == 2 * counting + 1 else "*" if i in varying else glob.escape(p)
+               for i, p in enumerate(parts)]  # fmt: skip
         pattern = os.path.join(os.path.dirname(stack[0]), "".join(out))
-        if not any(fnmatch.fnmatchcase(f, pattern) for f in others):
+        if all(fnmatch.fnmatchcase(f, pattern) for f in stack) and not any(
+            fnmatch.fnmatchcase(f, pattern) for f in others
+        ):
             return pattern
     return None

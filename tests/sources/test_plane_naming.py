@@ -79,6 +79,17 @@ ONE_STACK = {
     # another number that changes every few planes, never repeating a plane's number
     "time point per 3 planes": [f"t{k // 3}_z{k:02d}.tif" for k in range(12)],
     "second run goes on": [f"run{1 + k // 6}_z{k:02d}.tif" for k in range(12)],
+    # the g44 review: more instruments' and programs' names
+    "micro-manager 1.4": _z("img_000000000_Default_{:03d}.tif", range(12)),
+    "metamorph time point": _z("exp_w1_s1_t1_z{}.TIF", range(1, 12)),
+    "leica": _z("Position001_z{:03d}_ch00.tif", range(12)),
+    "olympus": _z("Image_Z{:03d}.tif", range(1, 12)),
+    "openspim planes": _z("spim_TL01_Angle0_Z{:04d}.tif", range(12)),
+    "imagej sequence of a titled stack": _z("cell2_t01{:04d}.tif", range(12)),
+    "date and z per plane": [
+        f"{t:%Y%m%d}_{t:%H%M%S}_{k:03d}.tif" for k, t in enumerate(_stamps(12, 7))
+    ],
+    "frame counter, z labelled": [f"frame_{900 + 3 * k:06d}_ch0_z{k:02d}.tif" for k in range(12)],
 }
 
 
@@ -171,6 +182,14 @@ SEVERAL = {
     ],
     "positions of 5 and 3": [
         f"xy{p:03d}z{k:02d}c1.tif" for p in (1, 2) for k in range(1, 8 - 2 * p)
+    ],
+    # a number changing per plane (a time stamp, a frame counter) made each file a stack of
+    # its own: two time points or two channels fused as one stack of 10 planes, exit 0 (g44)
+    "channels with a frame counter": [
+        f"frame_{123 + 7 * (5 * c + k):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
+    ],
+    "channels interleaved, frame counter": [
+        f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
 }
 
@@ -329,3 +348,28 @@ def test_decimals_that_might_count_on_are_said_as_the_names_write_them(tmp_path)
         "the digits after the comma count on instead (1,2 before 1,10), the planes are out of "
         "focus order: rename them, or pass the files as a list in focus order"
     )
+
+
+UNGLOBBABLE = {
+    "positions of a drifting stage": [
+        f"x{1200 - 3 * k + 600 * p}_y3400_z{k / 2:g}.tif" for p in (0, 1) for k in range(5)
+    ],
+    "time points stamped per plane": [
+        f"{t + datetime.timedelta(minutes=later):%Y-%m-%d_%H-%M-%S}_z{k:02d}.tif"
+        for later in (0, 5)
+        for k, t in enumerate(_stamps(5, 3))
+    ],
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(UNGLOBBABLE))
+def test_stacks_of_a_number_changing_per_plane_are_refused(tmp_path, scheme):
+    """x1200_y3400_z0 ... beside x1800_y3400_z0 ... (x changing per plane), or two time
+    points stamped per plane: each file was a stack of its own and the folder was fused as
+    one stack of 10 planes, exit 0 (the g44 review). No glob tells them apart
+    ('x*_y3400_z*.tif' matches both): the refusal says to move one stack's files."""
+    names = UNGLOBBABLE[scheme]
+    folder = _write(tmp_path / "stacks", names)
+    with pytest.raises(ValueError, match="holds more than one stack") as info:
+        open_image_files(folder)
+    assert str(info.value).endswith("move one stack's files to a folder of their own")
