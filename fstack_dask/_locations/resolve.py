@@ -124,9 +124,12 @@ def _remote(
     if _is_wrapper(cls, options):
         return _unwrap(spec, name, options, writable)
     protocol = _first(cls.protocol)
+    # a scheme is case-insensitive (RFC 3986), fsspec's stripping is not: S3://b/out.zarr
+    # was the bucket 'S3:', refused as a storage option's fault (the g44 review)
+    url = scheme + spec[len(scheme) :]
     if protocol == "http":
         return Location(spec, protocol, _http_url(spec, spec, name), dict(options))
-    return _place(spec, protocol, str(cls._strip_protocol(spec)), name, options, writable)
+    return _place(spec, protocol, str(cls._strip_protocol(url)), name, options, writable)
 
 
 def reach(location: Location, *, name: str, option: str | None = None) -> None:

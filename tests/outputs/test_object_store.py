@@ -248,6 +248,22 @@ def test_a_whole_bucket_as_dst_is_refused_and_no_bucket_made(s3, bucket, spellin
     assert _keys(fs, b) == before and sorted(fs.ls("")) == buckets
 
 
+def test_an_upper_case_scheme_names_the_bucket_it_spells(s3, bucket):
+    """S3://b/out.zarr (a scheme is case-insensitive): fsspec kept 'S3:' as the bucket, and
+    the run was refused blaming --dst-storage-options (the g44 review); it now writes
+    b/out.zarr, and S3://b is refused as a whole bucket."""
+    fs, b = bucket
+    src = f"s3://{b}/src.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    opts = ("--no-progress", "--storage-options", json.dumps(s3), "--dst-storage-options",
+            json.dumps(s3))  # fmt: skip
+    res = _cli("fuse", src, f"S3://{b}/out.zarr", *opts)
+    assert res.returncode == 0, res.stderr
+    assert fs.exists(f"{b}/out.zarr/zarr.json")
+    res = _cli("fuse", "S3://" + src[5:], f"S3://{b}", *opts)
+    assert res.returncode == 2 and "is a whole bucket" in res.stderr, res.stderr
+
+
 KILLED_IN_THE_SWAP = """
 import os, signal, sys
 from fstack_dask._outputs import folders
