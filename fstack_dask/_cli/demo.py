@@ -197,7 +197,11 @@ def _local_dir(directory: str) -> Path:
     # a plain path as typed (the messages show it so); a file: URL as the path it names; a
     # quoted ~ as resolve reads it: './~/x' was checked and written, '$HOME/x' fused over (g43)
     url = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", directory)
-    return Path(location.path) if url else Path(os.path.expanduser(directory))
+    typed = Path(os.path.expanduser(directory))
+    # pathlib drops the './' of './~/x': '~/x', which the fusion read as $HOME/x (g44)
+    if url or resolve(str(typed), name="DIR").path != location.path:
+        return Path(location.path)
+    return typed
 
 
 def run_demo(

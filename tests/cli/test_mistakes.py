@@ -391,3 +391,22 @@ def test_a_demo_dir_given_with_a_quoted_tilde_is_the_home_folder(tmp_path):
                  "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
     assert tree_digest(home / "x" / "planes") == tree_digest(tmp_path / "again" / "planes")
     assert done.stdout.splitlines()[-1] == again.stdout.splitlines()[-1]  # its own PSNR
+
+
+def test_a_demo_dir_of_a_folder_named_tilde_leaves_the_home_folder_alone(tmp_path):
+    """``fstack-dask demo ./~/x --overwrite`` (a folder named '~' in the current one): pathlib
+    made './~/x' '~/x', so the demo wrote its planes in './~/x' but fused '$HOME/x/planes' over
+    '$HOME/x/fused.ome.zarr', an earlier demo's output there replaced, then failed on a raw
+    IndexError (the g44 review of 0b9b17d). Both are './~/x' now; $HOME/x is untouched."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {"HOME": str(home)}
+    first = _cli("demo", home / "x", "--size", "32", "--planes", "5", "--seed", "1",
+                 "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-500:]
+    before = tree_digest(home)
+    done = _cli("demo", "./~/x", "--size", "48", "--planes", "5", "--seed", "7", "--overwrite",
+                "--no-progress", cwd=cwd, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    assert tree_digest(home) == before
+    assert (cwd / "~" / "x" / "fused.ome.zarr" / "zarr.json").is_file()
