@@ -21,7 +21,10 @@ import tempfile
 
 try:
     import numba
-except ImportError:  # pragma: no cover - numba is a dependency; the fallback is tested
+# an OSError too: llvmlite's library that cannot be loaded ('Could not find/load shared object
+# file'); raised from a cluster worker's engine check, it was taken for the worker gone and
+# the run went on to fail at that worker's first block (the g44 review of 1d3812d)
+except (ImportError, OSError):  # pragma: no cover - numba is a dependency; the fallback is tested
     numba = None
 
 __all__ = ["cuda_cache_dir", "cuda_cache_folder", "jit"]
