@@ -286,6 +286,12 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
                 f"{name}.{key} is the number {value[key]!r}, not a name: quote it as the "
                 f'scheduler spells it (e.g. {key}: "011")'
             )
+        if value.get(key) is not None and not isinstance(value[key], str):
+            # (queue: true went as the partition 'True', a list as "['a', 'b']": g44)
+            raise ValueError(
+                f"{name}.{key} must be a name (a string) or null, got {value[key]!r} "
+                f"({_type_name(value[key])})"
+            )
     return types.MappingProxyType(dict(value))
 
 

@@ -216,6 +216,18 @@ def test_a_batch_scheduler_name_typed_as_a_number_is_refused(tmp_path, typed, re
     assert load_config(_write(tmp_path, quoted)).cluster.jobqueue[key] == typed.split(": ")[1]
 
 
+@pytest.mark.parametrize("typed", ["queue: true", "account: [a, b]", "project: {a: 1}"])
+def test_a_batch_scheduler_name_that_is_no_string_is_refused(tmp_path, typed):
+    """queue: true went to dask-jobqueue as the bool True (the partition 'True'), a list as
+    "['a', 'b']": the job asked the batch scheduler for a queue or account no one named (the
+    g44 review of 6c08738). Refused naming the key; null is the site's default."""
+    text = f"cluster:\n  kind: slurm\n  jobqueue:\n    {typed}\n"
+    key = typed.split(":")[0]
+    with pytest.raises(ValueError, match=f"cluster.jobqueue.{key} must be a name"):
+        load_config(_write(tmp_path, text))
+    assert load_config(_write(tmp_path, text.replace(typed, f"{key}: null")))
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
