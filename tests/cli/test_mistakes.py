@@ -372,17 +372,24 @@ def test_a_lock_lease_that_is_no_positive_number_is_warned_of(src, tmp_path, val
     ]
 
 
-def test_a_demo_dir_given_with_a_quoted_tilde_is_the_home_folder(tmp_path):
-    """``fstack-dask demo '~/x' --overwrite`` (a quoted ~, as a script's "$DIR" holds it)
-    checked and wrote its planes and previews in './~/x' but fused '$HOME/x/planes' over
-    '$HOME/x/fused.ome.zarr': an earlier output there replaced by a fusion of other planes,
-    exit 0, its PSNR against the wrong truth (an adversarial review, g43)."""
+def _a_demo_in_home(tmp_path):
+    """A demo run into $HOME/x ($HOME: tmp_path/home), an empty current folder beside it:
+    the home, that folder and the environment that names the home."""
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     cwd.mkdir()
     env = {"HOME": str(home)}
     first = _cli("demo", home / "x", "--size", "32", "--planes", "5", "--seed", "1",
                  "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
     assert first.returncode == 0, first.stderr[-500:]
+    return home, cwd, env
+
+
+def test_a_demo_dir_given_with_a_quoted_tilde_is_the_home_folder(tmp_path):
+    """``fstack-dask demo '~/x' --overwrite`` (a quoted ~, as a script's "$DIR" holds it)
+    checked and wrote its planes and previews in './~/x' but fused '$HOME/x/planes' over
+    '$HOME/x/fused.ome.zarr': an earlier output there replaced by a fusion of other planes,
+    exit 0, its PSNR against the wrong truth (an adversarial review, g43)."""
+    home, cwd, env = _a_demo_in_home(tmp_path)
     done = _cli("demo", "~/x", "--size", "32", "--planes", "5", "--seed", "7", "--overwrite",
                 "--no-progress", cwd=cwd, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-500:]
@@ -398,12 +405,7 @@ def test_a_demo_dir_of_a_folder_named_tilde_leaves_the_home_folder_alone(tmp_pat
     made './~/x' '~/x', so the demo wrote its planes in './~/x' but fused '$HOME/x/planes' over
     '$HOME/x/fused.ome.zarr', an earlier demo's output there replaced, then failed on a raw
     IndexError (the g44 review of 0b9b17d). Both are './~/x' now; $HOME/x is untouched."""
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    cwd.mkdir()
-    env = {"HOME": str(home)}
-    first = _cli("demo", home / "x", "--size", "32", "--planes", "5", "--seed", "1",
-                 "--no-progress", cwd=tmp_path, env=env)  # fmt: skip
-    assert first.returncode == 0, first.stderr[-500:]
+    home, cwd, env = _a_demo_in_home(tmp_path)
     before = tree_digest(home)
     done = _cli("demo", "./~/x", "--size", "48", "--planes", "5", "--seed", "7", "--overwrite",
                 "--no-progress", cwd=cwd, env=env)  # fmt: skip
