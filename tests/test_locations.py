@@ -154,6 +154,10 @@ def test_wrapper_spellings_resolve_to_the_underlying_place(tmp_path, monkeypatch
         ("simplecache://data/stack.zarr", {"target_protocol": "file"}),  # relative, as fsspec
         (f"simplecache::file://{target}", {}),
         (f"simplecache::{target}", {}),
+        # protocols in upper case, as a scheme may be: fsspec took 'SIMPLECACHE::...' for the
+        # local file './SIMPLECACHE' (the g44 review)
+        (f"SIMPLECACHE::FILE://{target}", {}),
+        (f"SimpleCache::{target}", {}),
         (f"filecache::file://{target}", {"filecache": {"cache_storage": str(tmp_path / "c")}}),
         (f"blockcache::file://{target}", {}),
         ("dir://stack.zarr", {"path": str(tmp_path / "data"), "target_protocol": "file"}),

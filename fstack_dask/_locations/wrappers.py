@@ -116,13 +116,27 @@ def _unwrap(spec: str, name: str, options: Mapping[str, Any], writable: bool) ->
     if hidden is not None:  # refused before fsspec opens it: opening an archive to write
         raise _hides(name, spec, hidden)  # would already change it
     try:
-        fs, path = fsspec.core.url_to_fs(spec, **options)
+        fs, path = fsspec.core.url_to_fs(_lowered(spec), **options)
     except Exception as exc:  # fsspec's classes raise what they like on bad URLs and options
         keys = f" (storage_options {sorted(options)})" if options else ""  # values: secrets
         raise ValueError(
             f"{name} {spec!r} cannot be opened by fsspec{keys}: {_one_line(exc)}"
         ) from None
     return _located(spec, name, fs, path, writable)
+
+
+def _lowered(spec: str) -> str:
+    """``spec`` with each link's protocol in lower case, as :func:`_links` read it: fsspec
+    knows only lower-case ones, and took 'SIMPLECACHE::s3://b/x' for the local file
+    './SIMPLECACHE' (the g44 review)."""
+    parts = spec.split("::")
+    for i, part in enumerate(parts):
+        match = _SCHEME.match(part)
+        if match is not None and match.group(2).startswith("//"):
+            parts[i] = match.group(1).lower() + part[len(match.group(1)) :]
+        elif i < len(parts) - 1:
+            parts[i] = part.lower()
+    return "::".join(parts)
 
 
 def _hides(name: str, spec: str, protocol: str) -> ValueError:
