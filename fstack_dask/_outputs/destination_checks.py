@@ -79,9 +79,9 @@ class DestinationChecks:
         if self.dst.is_bucket_root():
             # our output would mix with the bucket's other objects, and an overwrite's swap
             # made a bucket of its own beside it, then failed (a review, 2026-12-06)
+            inside = f"{self.dst.protocol}://{self.dst.path.strip('/')}/fused.zarr"  # (not b/.)
             raise ValueError(
-                f"{what} is a whole bucket; name a folder inside it for the output, e.g. "
-                f"{self.dst.spec.rstrip('/') + '/fused.zarr'!r}"
+                f"{what} is a whole bucket; name a folder inside it for the output, e.g. {inside!r}"
             )
         _refuse_image_name(self.dst, what)
         too_long = path_too_long(self.dst)
