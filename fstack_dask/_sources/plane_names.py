@@ -397,17 +397,16 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         kept.append(group)
     for pattern, members in by_pattern.items():
         if pattern in counting_of:
-            _refuse_repeated(members, counting_of, files, where)
+            _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
 
 
-def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], files: Sequence[str],
-                     where: str) -> None:  # fmt: skip
+def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place: int,
+                     files: Sequence[str], where: str) -> None:  # fmt: skip
     """Refuse files of one pattern whose plane numbers repeat twice or more, whatever their
     other numbers: stacks whose names hold a number changing per plane (a time stamp, a frame
     counter, a drifting stage) made a group of each file above, and two time points or
     channels were fused as one stack, exit 0 (the g44 review). Each file goes to the first
-    stack that lacks its plane number, in stack order."""
-    place = counting_of[_pattern(members[0])]
+    stack that lacks its plane number, in stack order. `place`: the members' plane number's."""
     stacks: list[dict[str, str]] = []
     for f in members:
         plane = _plain(_parts(f)[2 * place + 1])
