@@ -8,8 +8,9 @@ beside an array), TIFF (``tiff``, with
 ``tiff_checks`` for headers that lie, ``tiff_array`` for reading a series by region and
 ``tiff_metadata`` for pixel sizes, units and channels from its tags and descriptions),
 folders and globs of plane files (``images``, with
-``plane_files`` for the files a folder, glob or list names and ``plane_names`` for their
-order, the files used, names that break the others' pattern, several stacks, litter,
+``plane_files`` for the files a folder, glob or list names, ``plane_names`` for their
+order, the files used, names that break the others' pattern, litter, ``plane_stacks`` for
+whether they count one stack (several refused, a restarted counter or a gap said),
 ``image_headers`` for what each file's header says and ``image_planes`` for the array that
 decodes the planes on demand), HDF5
 (``hdf5``), microscope vendors' files, each through its own library (``czi``, ``nd2``,

@@ -27,13 +27,12 @@ from .plane_files import list_plane_files
 from .plane_names import (
     FORMATS,
     files_used,
-    gap_warning,
     natural_key,
     odd_names,
     odd_names_warning,
     order_warning,
-    restart_warning,
 )
+from .plane_stacks import gap_warning, restart_warning
 from .stack_meta import OpenedStack
 
 __all__ = ["DEFAULT_CACHE_BYTES", "natural_key", "open_image_files"]

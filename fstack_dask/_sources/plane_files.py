@@ -12,7 +12,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from .plane_names import FORMATS, GLOB_CHARS, is_litter, refuse_several_stacks, sort_planes
+from .plane_names import FORMATS, GLOB_CHARS, is_litter, sort_planes
+from .plane_stacks import refuse_several_stacks
 
 __all__ = ["absolute", "check_images", "is_image", "list_plane_files"]
 

@@ -1,8 +1,8 @@
 """What the names of a stack's plane files say: their order (natural: ``plane2`` before
 ``plane10``, ``z0.5um`` before ``z1um``, ``z-3`` before ``z0``, a focus number labelled ``z``
 first), which are used, which break the pattern most of the others share (another tool's
-result saved beside the planes), whether they count several stacks or a restarted counter,
-and which are platform litter, never planes. Which files are listed is ``plane_files``'s.
+result saved beside the planes) and which are platform litter, never planes. Which files
+are listed is ``plane_files``'s; whether they count one stack, ``plane_stacks``'s.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ from typing import Any
 __all__ = [
     "FORMATS",
     "files_used",
-    "gap_warning",
     "is_litter",
     "natural_key",
     "odd_names",
     "odd_names_warning",
     "order_warning",
-    "refuse_several_stacks",
-    "restart_warning",
     "sort_planes",
 ]
 
@@ -353,222 +350,9 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
     return None
 
 
-def refuse_several_stacks(files: Sequence[str], where: str) -> None:
-    """Refuse names that count more than one stack: two files of one pattern and the same
-    numbers (``z1.tif``, ``z01.tif``), or files whose other numbers or text (channels, time
-    points, tiles, series: ``cell_ch0_z01`` and ``cell_ch1_z01``, ``a_z01`` and ``b_z01``)
-    repeat the same plane numbers. Such a folder was fused as one stack, the second channel's
-    planes taken as further focus positions, exit 0 (an adversarial run on inputs,
-    2026-12-06). The number that counts the planes is the one with the most values."""
-    by_pattern: dict[str, list[str]] = {}
-    for f in files:
-        by_pattern.setdefault(_pattern(f, one_format=True), []).append(f)
-    groups: dict[tuple[Any, ...], dict[str, str]] = {}  # pattern, folder, others: plane -> file
-    counting_of: dict[str, int] = {}
-    for pattern, members in by_pattern.items():
-        numbers = [[_plain(n) for n in _parts(f)[1::2]] for f in members]
-        if not numbers[0]:
-            continue
-        counting = _counting_place(numbers, _parts(members[0])[0::2])
-        counting_of[pattern] = counting
-        for f, n in zip(members, numbers, strict=True):
-            key = (pattern, os.path.dirname(f), *n[:counting], *n[counting + 1 :])
-            group = groups.setdefault(key, {})
-            if n[counting] in group:
-                raise ValueError(
-                    f"{where}: {_shown(group[n[counting]], files)!r} and {_shown(f, files)!r} "
-                    "are numbered alike, so their order in the stack is a guess; remove or "
-                    "rename one of them, or select the planes with a glob"
-                )
-            group[n[counting]] = f
-    kept: list[dict[str, str]] = []  # the groups of two planes or more, in order
-    holders: dict[str, list[int]] = {}  # plane number: the kept groups that hold it
-    for group in groups.values():
-        if len(group) < 2:
-            continue
-        # Two stacks need not hold the same planes (a channel one plane short): two planes
-        # numbered alike in each are enough, where one stack's numbers never repeat.
-        shared = Counter(k for v in group for k in holders.get(v, ()))
-        match = next((k for k, count in shared.items() if count >= 2), None)
-        if match is not None:
-            _several_stacks(kept[match], group, files, counting_of, where)
-        for v in group:
-            holders.setdefault(v, []).append(len(kept))
-        kept.append(group)
-    for pattern, members in by_pattern.items():
-        if pattern in counting_of:
-            _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
-
-
-def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place: int,
-                     files: Sequence[str], where: str) -> None:  # fmt: skip
-    """Refuse files of one pattern whose plane numbers repeat twice or more, whatever their
-    other numbers: stacks whose names hold a number changing per plane (a time stamp, a frame
-    counter, a drifting stage) made a group of each file above, and two time points or
-    channels were fused as one stack, exit 0 (the g44 review). Each file goes to the first
-    stack that lacks its plane number, in stack order. `place`: the members' plane number's."""
-    stacks: list[dict[str, str]] = []
-    for f in members:
-        plane = _plain(_parts(f)[2 * place + 1])
-        free = next((s for s in stacks if plane not in s), None)
-        if free is None:
-            free = {}
-            stacks.append(free)
-        free[plane] = f
-    if len(stacks) > 1 and len(stacks[1]) >= 2:
-        _several_stacks(stacks[0], stacks[1], files, counting_of, where)
-
-
-def _several_stacks(
-    first: dict[str, str],
-    group: dict[str, str],
-    files: Sequence[str],
-    counting_of: dict[str, int],
-    where: str,
-) -> None:
-    """Raise the refusal of two stacks, `first` and `group` (plane number: file)."""
-    plane = min(first.keys() & group.keys(), key=lambda v: natural_key(first[v]))
-    a, b = first[plane], group[plane]
-    counting = [counting_of[_pattern(f, one_format=True)] for f in (a, b)]
-    pattern = _glob_one_stack(list(first.values()), counting[0], files)
-    pattern = pattern or _glob_one_stack(list(group.values()), counting[1], files)
-    sizes = f"{len(first)}" if len(first) == len(group) else f"{len(first)} and {len(group)}"
-    raise ValueError(
-        f"{where} holds more than one stack: {_shown(a, files)!r} and "
-        f"{_shown(b, files)!r} are both numbered {plane} in stacks of {sizes} "
-        "planes (channels, time points, tiles or series apart), and would be fused as "
-        f"one stack of {len(files)} planes; "
-        + (f"select one stack with a glob such as {pattern!r}" if pattern else
-           "move one stack's files to a folder of their own")
-    )  # fmt: skip
-
-
-def _counting_place(numbers: Sequence[Sequence[str]], texts: Sequence[str] = ()) -> int:
-    """The place of the number that counts the planes: the one labelled ``z`` or ``focus``
-    (`texts`: the text before each number) of the most values, else the one of the most
-    values. A frame counter (``frame_000123_ch0_z00``) has more values than z in a folder of
-    two channels, and counted them apart: one stack of 10 planes, exit 0 (the g44 review)."""
-    labelled = [p for p, t in enumerate(texts[: len(numbers[0])])
-                if _FOCUS_LABEL.search(t.casefold())]  # fmt: skip
-    return max(labelled or range(len(numbers[0])),
-               key=lambda p: (len({n[p] for n in numbers}), p))  # fmt: skip
-
-
-def restart_warning(files: Sequence[str], where: str) -> str | None:
-    """A warning where the planes' counter looks restarted: zero-padded whole numbers counting
-    up by 1 that skip once to the top of their width (``IMG_0001``, ``IMG_0002``, then
-    ``IMG_9998``, ``IMG_9999``): a camera's counter that passed 9999 and began again at 0001,
-    whose later planes sort first. Fused in name order in silence (an adversarial run on
-    inputs, 2026-12-06)."""
-    pattern = Counter(_pattern(f) for f in files).most_common(1)[0][0]
-    members = [f for f in files if _pattern(f) == pattern]  # in stack order
-    numbers = [_parts(f)[1::2] for f in members]
-    if len(members) < 3 or not numbers[0]:
-        return None
-    values = [n[_counting_place(numbers)] for n in numbers]
-    width = len(values[0])
-    if any(len(v) != width or not v.isdigit() for v in values) or width < 3:
-        return None
-    counts = [int(v) for v in values]
-    steps = [b - a for a, b in zip(counts, counts[1:], strict=False)]
-    skips = [k for k, step in enumerate(steps) if step != 1]
-    if len(skips) != 1 or counts[-1] != 10**width - 1:
-        return None
-    k = skips[0]
-    return (
-        f"{where}: the planes' numbers run from {values[0]} to {values[k]} "
-        f"({os.path.basename(members[k])!r}), then from {values[k + 1]} to {values[-1]} "
-        f"({os.path.basename(members[-1])!r}): if a camera's counter passed {values[-1]} and "
-        f"began again, its later planes come first; the planes are fused in name order: rename "
-        "them if that is not the focus order"
-    )
-
-
-def gap_warning(files: Sequence[str], where: str) -> str | None:
-    """A warning where the planes' whole numbers count on in one step but skip some
-    (``z01`` ... ``z05``, ``z07`` ... ``z10``: a plane lost in transfer). The fusion takes the
-    planes as evenly spaced: its focus fit and the depth map count planes, so past a gap they
-    are a plane off. Fused in silence (g45). Numbers that are not such a count are left:
-    decimals (focus positions in um, rounded), steps that are not multiples of the usual
-    one (a frame counter), a time's minutes or seconds, or a usual step that is not most of
-    the steps (an adaptive focus step)."""
-    pattern = Counter(_pattern(f) for f in files).most_common(1)[0][0]
-    members = [f for f in files if _pattern(f) == pattern]  # in stack order
-    numbers = [_parts(f)[1::2] for f in members]
-    if len(members) < 3 or not numbers[0]:
-        return None
-    place = _focus_places(members).get(members[0], _counting_place(numbers))
-    written = [n[place] for n in numbers]
-    if not all(v.lstrip("+-").isdigit() for v in written):  # decimals, exponents
-        return None
-    after_number = place and _parts(members[0])[2 * place] in ("", ":", ".")
-    if after_number and len(written[0].lstrip("+-")) == 2:
-        return None  # a time's minutes or seconds ("13-45-01"): it skips as the camera lags
-    signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
-    values = [int(v) if signed else int(v.lstrip("+-")) for v in written]
-    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
-    step = min(steps)
-    if step <= 0 or any(d % step for d in steps) or 2 * steps.count(step) <= len(steps):
-        return None
-    gaps = [k for k, d in enumerate(steps) if d != step]
-    if not gaps:
-        return None
-    digits = [v.lstrip("+-") for v in written]
-    width = len(digits[0]) if any(len(d) > 1 and d[0] == "0" for d in digits) else 1
-
-    def shown(v: int) -> str:
-        return f"{'-' if v < 0 else ''}{abs(v):0{width}d}"
-
-    missing = [range(values[k] + step, values[k + 1], step) for k in gaps]
-    count = sum(len(r) for r in missing)
-    said = [shown(r[0]) if len(r) == 1 else f"{shown(r[0])} to {shown(r[-1])}" for r in missing]
-    text = ", ".join(said[:_NAMES_SHOWN]) + (f" and {len(said) - _NAMES_SHOWN} more gaps"
-                                             if len(said) > _NAMES_SHOWN else "")  # fmt: skip
-    k = gaps[0]
-    return (
-        f"{where}: the planes are numbered in steps of {step} from {shown(values[0])} to "
-        f"{shown(values[-1])}, but {count} plane{'s are' if count > 1 else ' is'} missing: "
-        f"{text} (the first gap after {os.path.basename(members[k])!r}); the fusion takes "
-        "the planes as evenly spaced in focus, so its depth is a plane off past each gap: if "
-        "a plane was lost (an interrupted copy), copy it again"
-    )
-
-
 def _plain(number: str) -> str:
     """A name's number as a plane number: ``01`` and ``1`` alike, ``+1`` and ``1`` too (both
     were fused, one position twice: g45), ``1.10`` not ``1.1``."""
     sign = _sign(number)
     whole, dot, fraction = number[len(sign) :].partition(".")
     return sign.replace("+", "") + (whole.lstrip("0") or "0") + dot + fraction
-
-
-def _shown(path: str, files: Sequence[str]) -> str:
-    """A file's name, with its folder where the files lie in several."""
-    if len({os.path.dirname(f) for f in files}) == 1:
-        return os.path.basename(path)
-    return path
-
-
-def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -> str | None:
-    """A glob matching the files of `stack` and no other of `files`: their number at
-    `counting` as ``*``, or as ``[0-9]`` per digit where ``*`` matches another stack's too
-    (``cell_z*.tif`` matched ``cell_z01_dapi.tif``: a review of real naming schemes,
-    2026-12-06); None where neither does."""
-    split = [_parts(f, as_read=False) for f in stack]
-    parts = split[0]
-    shapes = {re.sub(r"\d", "#", p[2 * counting + 1]) for p in split}
-    numbers = ["*"]
-    if len(shapes) == 1:
-        numbers.append("".join("[0-9]" if c == "#" else glob.escape(c) for c in shapes.pop()))
-    # a number changing within the stack (a time stamp per plane) is a "*" too
-    varying = {i for i in range(1, len(parts), 2) if len({p[i] for p in split}) > 1}
-    others = [f for f in files if f not in set(stack)]
-    for number in numbers:
-        out = [number if i == 2 * counting + 1 else "*" if i in varying else glob.escape(p)
-               for i, p in enumerate(parts)]  # fmt: skip
-        pattern = os.path.join(os.path.dirname(stack[0]), "".join(out))
-        if all(fnmatch.fnmatchcase(f, pattern) for f in stack) and not any(
-            fnmatch.fnmatchcase(f, pattern) for f in others
-        ):
-            return pattern
-    return None

@@ -373,3 +373,35 @@ def test_stacks_of_a_number_changing_per_plane_are_refused(tmp_path, scheme):
     with pytest.raises(ValueError, match="holds more than one stack") as info:
         open_image_files(folder)
     assert str(info.value).endswith("move one stack's files to a folder of their own")
+
+
+LONE = {
+    "another channel's one plane": (
+        [*_z("cell_ch0_z{:02d}.tif", range(5)), "cell_ch1_z00.tif"],
+        "'cell_ch0_z00.tif' and 'cell_ch1_z00.tif'",
+    ),
+    "a plane taken again later": (
+        [*_z("cell_t0_z{}.tif", range(6)), "cell_t1_z3.tif"],
+        "'cell_t0_z3.tif' and 'cell_t1_z3.tif'",
+    ),
+    "a second day's first frame": (
+        [*_z("2024-05-01_{:03d}.jpg", range(1, 6)), "2024-05-02_001.jpg"],
+        "'2024-05-01_001.jpg' and '2024-05-02_001.jpg'",
+    ),
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(LONE))
+def test_one_plane_number_held_by_two_files_of_one_pattern_is_refused(tmp_path, scheme):
+    """cell_ch0_z00..z04 beside cell_ch1_z00 (one plane of another channel, a plane taken again
+    at a later time point): two files claim plane 00, and the second was fused as one more
+    plane, exit 0 (left by the g44 review: two stacks were refused only where the second held
+    two planes). A stack's own plane numbers never repeat: refused as numbered alike."""
+    names, pair = LONE[scheme]
+    folder = _write(tmp_path / "stack", names)
+    with pytest.raises(ValueError) as info:
+        open_image_files(folder)
+    assert str(info.value) == (
+        f"spec folder '{folder}': {pair} are numbered alike, so their order in the stack is a "
+        "guess; remove or rename one of them, or select the planes with a glob"
+    )
