@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .._env import CUDA_PINNED, switch_or_default
-from .device import require_here, simulated
+from .device import gpu_problem, simulated
 from .fused import even_step
 
 __all__ = ["device_block_memory", "fuse_cuda", "host_block_memory", "staging_buffer"]
@@ -60,7 +60,11 @@ def _target() -> tuple[Any, dict]:
     """numba.cuda and the compiled kernels (built once per process, on first use)."""
     with _build_lock:
         if not _built:
-            require_here("cuda")  # a one-line ValueError naming device, not numba's own
+            # a one-line ValueError naming device, not numba's own; a bad PINNED is warned of
+            # (a worker that joined after the run's check: refused, it stopped the run, g51)
+            problem = gpu_problem()
+            if problem is not None:
+                raise ValueError(f"device='cuda' {problem}")
             from numba import cuda
 
             _built["cuda"] = cuda

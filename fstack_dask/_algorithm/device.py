@@ -22,7 +22,9 @@ import numpy as np
 
 from .._env import CUDA_PINNED, check, switch
 
-__all__ = ["DEVICES", "check_device", "cuda_problem", "engine_for", "require_here"]
+__all__ = [
+    "DEVICES", "check_device", "cuda_problem", "engine_for", "gpu_problem", "require_here",
+]  # fmt: skip
 
 DEVICES = ("cpu", "cuda")
 INSTALL_HINT = 'pip install "fstack_dask[gpu]"'
@@ -77,6 +79,13 @@ def cuda_problem() -> str | None:
         switch(CUDA_PINNED, True)
     except ValueError as exc:
         return f"cannot run with this environment: {exc}"
+    return gpu_problem()
+
+
+def gpu_problem() -> str | None:
+    """:func:`cuda_problem` but for the environment: what a block's task asks of a worker
+    that joined after the run's check, which warns of a bad ``FSTACK_DASK_CUDA_PINNED`` and
+    pins (.cuda.PINNED; refusing it there stopped the run: g51)."""
     if importlib.util.find_spec("numba") is None:
         return f"needs numba and its CUDA target, which are not installed: {INSTALL_HINT}"
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._algorithm.block import block_buffer, engine_problem, fuse_block, selectivity_stats
-from .._algorithm.device import cuda_problem
+from .._algorithm.device import gpu_problem
 from .._errors import SourceReadError, SourceValueError
 from .._fp_env import with_ieee_arithmetic
 from .._locations import Location
@@ -283,8 +283,8 @@ def _require_engine_here(engine: str) -> None:
     failed at its first block in one line naming no worker). Asked once a process if it can."""
     if engine in _RUNNABLE_HERE:
         return
-    if engine == "cuda":
-        problem = cuda_problem()
+    if engine == "cuda":  # (a bad FSTACK_DASK_CUDA_PINNED here: warned of, and pinned)
+        problem = gpu_problem()
         problem = None if problem is None else f"device='cuda' {problem}"
     else:
         problem = engine_problem(engine)

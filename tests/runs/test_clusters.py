@@ -347,6 +347,42 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
                                       _reference(stack, tmp_path))  # fmt: skip
 
 
+def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypatch):
+    """README's table of variables: FSTACK_DASK_CUDA_PINNED=maybe on a worker that joins a
+    device='cuda' run after its check warns and pins. The block's own GPU check (5d7d14e)
+    asked cuda_problem, which refuses the variable: the run stopped, "device='cuda' cannot
+    run with this environment ... (on worker ..., which joined the run after its check)"
+    (g51). Now the late worker fuses, the CPU's bits (numba's simulator for the GPU)."""
+    from distributed import Client
+
+    from fstack_dask._runs import run
+
+    src = tmp_path / "small.zarr"
+    data = synthetic_stack((32, 32), 5, seed=0).stack.transpose(2, 0, 1)
+    write_stack(src, data, axes="zyx", chunks=(5, 16, 16))
+    simulator = {"NUMBA_ENABLE_CUDASIM": "1"}
+    cluster = Cluster(tmp_path, [simulator], nthreads=1)
+    try:
+        with Client(cluster.address) as client:
+            (first,) = client.scheduler_info(n_workers=-1)["workers"]
+            checked = run.require_engine_on_workers
+
+            def then_a_worker_joins(engine, scheduler):
+                checked(engine, scheduler)
+                _late_worker(cluster, {**simulator, "FSTACK_DASK_CUDA_PINNED": "maybe"}, client)
+                client.retire_workers([first])  # (so that the late one has the blocks)
+
+            monkeypatch.setattr(run, "require_engine_on_workers", then_a_worker_joins)
+            out = fuse_zarr(src, tmp_path / "out.zarr", chunks=16, scheduler=client,
+                            progress=False, levels=0, device="cuda")  # fmt: skip
+    finally:
+        cluster.stop()
+    monkeypatch.undo()
+    cpu = fuse_zarr(src, tmp_path / "cpu.zarr", chunks=16, scheduler="synchronous",
+                    progress=False, levels=0)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], cpu["0"][...])
+
+
 def test_a_worker_gone_during_the_cuda_check_leaves_the_run_to_the_others():
     """As the engine's check (1d3812d): a worker that died as require_device asked each
     worker about the GPU failed the run with distributed's CommClosedError (g47)."""
