@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def _seconds_from_env(name: str, default: float) -> float:
-    text = os.environ.get(name)
+    text = os.environ.get(name) or None  # empty: unset, as every variable of ours (g51)
     try:
         value = default if text is None else float(text)
     except ValueError:

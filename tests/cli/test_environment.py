@@ -61,6 +61,18 @@ def test_a_switch_set_empty_0_or_1_runs(src, tmp_path, value):
     assert done.returncode == 0 and done.stderr == "", done.stderr[-500:]
 
 
+def test_every_variable_set_empty_runs_its_default_without_a_word(src, tmp_path):
+    """README: "unset or empty is a variable's default" (``VAR= cmd``, ``${VAR:-}``), every
+    variable the package reads. FSTACK_DASK_LOCK_STALE_AFTER= warned "must be a positive
+    number of seconds, got ''; 60 s is used", once from the command line and once more, with
+    its source line, from each process of ``--scheduler processes`` (g51)."""
+    names = ["FSTACK_DASK_ENGINE", *SWITCHES, "FSTACK_DASK_LOCK_STALE_AFTER",
+             "FSTACK_DASK_PROCESS_POOL_IDLE"]  # fmt: skip
+    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", "--scheduler", "processes",
+                cwd=tmp_path, env=dict.fromkeys(names, ""))  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-800:]
+
+
 def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
     """Where a refusal would fail a running task (a worker that joins later with another
     environment), the value is warned of and the default runs; a worker asked before the run
