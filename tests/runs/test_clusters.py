@@ -291,6 +291,22 @@ def _stop_workers(cluster, client) -> None:
         time.sleep(0.2)
 
 
+def _join_after_the_check(monkeypatch, cluster, env: dict, client) -> None:
+    """Once the run has asked its workers about the engine (and the GPU), a worker with
+    ``env`` joins and the first one leaves, so that the late one has the blocks."""
+    from fstack_dask._runs import run
+
+    (first,) = client.scheduler_info(n_workers=-1)["workers"]
+    checked = run.require_engine_on_workers
+
+    def then_a_worker_joins(engine, scheduler):
+        checked(engine, scheduler)
+        _late_worker(cluster, env, client)
+        client.retire_workers([first])
+
+    monkeypatch.setattr(run, "require_engine_on_workers", then_a_worker_joins)
+
+
 @pytest.mark.parametrize("lacks", ["numba", "gpu"])
 def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
     stack, tmp_path, monkeypatch, lacks
@@ -304,8 +320,6 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
     (the CPU's: the GPU's, on numba's simulator, would take minutes)."""
     from distributed import Client
 
-    from fstack_dask._runs import run
-
     fake = tmp_path / "site" / "numba"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('Numba needs NumPy 0.1 or less')\n")
@@ -318,15 +332,7 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
     dst = tmp_path / "out.zarr"
     try:
         with Client(cluster.address) as client:
-            (first,) = client.scheduler_info(n_workers=-1)["workers"]
-            checked = run.require_engine_on_workers
-
-            def then_a_worker_joins(engine, scheduler):
-                checked(engine, scheduler)
-                _late_worker(cluster, late, client)
-                client.retire_workers([first])  # (so that the late one has the blocks)
-
-            monkeypatch.setattr(run, "require_engine_on_workers", then_a_worker_joins)
+            _join_after_the_check(monkeypatch, cluster, late, client)
             with pytest.raises(ValueError) as info:
                 fuse_zarr(stack, dst, chunks=CHUNK, scheduler=client, progress=False, levels=0,
                           device=device)  # fmt: skip
@@ -355,8 +361,6 @@ def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypat
     (g51). Now the late worker fuses, the CPU's bits (numba's simulator for the GPU)."""
     from distributed import Client
 
-    from fstack_dask._runs import run
-
     src = tmp_path / "small.zarr"
     data = synthetic_stack((32, 32), 5, seed=0).stack.transpose(2, 0, 1)
     write_stack(src, data, axes="zyx", chunks=(5, 16, 16))
@@ -364,15 +368,8 @@ def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypat
     cluster = Cluster(tmp_path, [simulator], nthreads=1)
     try:
         with Client(cluster.address) as client:
-            (first,) = client.scheduler_info(n_workers=-1)["workers"]
-            checked = run.require_engine_on_workers
-
-            def then_a_worker_joins(engine, scheduler):
-                checked(engine, scheduler)
-                _late_worker(cluster, {**simulator, "FSTACK_DASK_CUDA_PINNED": "maybe"}, client)
-                client.retire_workers([first])  # (so that the late one has the blocks)
-
-            monkeypatch.setattr(run, "require_engine_on_workers", then_a_worker_joins)
+            late = {**simulator, "FSTACK_DASK_CUDA_PINNED": "maybe"}
+            _join_after_the_check(monkeypatch, cluster, late, client)
             out = fuse_zarr(src, tmp_path / "out.zarr", chunks=16, scheduler=client,
                             progress=False, levels=0, device="cuda")  # fmt: skip
     finally:
