@@ -141,7 +141,10 @@ def _jobs(cluster: Any) -> list[Any]:
     """A dask-jobqueue cluster's batch jobs (none for another cluster)."""
     if not hasattr(cluster, "job_script"):
         return []
-    return [j for j in getattr(cluster, "workers", {}).values() if hasattr(j, "job_id")]
+    # copied at once (no Python code runs while list() walks a dict): distributed's event
+    # loop adds and removes jobs while this waiting thread looks
+    jobs = list(getattr(cluster, "workers", {}).values())
+    return [j for j in jobs if hasattr(j, "job_id")]
 
 
 def _all_refused(cluster: Any) -> bool:
