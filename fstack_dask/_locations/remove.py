@@ -80,7 +80,13 @@ def remove_tree(
     if reason is not None:
         raise PermissionError(f"refusing to delete {location.spec!r}: {reason}")
     if location.is_local:
-        mounted = mounts_within(location.path)
+        try:
+            mounted = mounts_within(location.path)
+        except PermissionError as exc:
+            raise PermissionError(
+                f"refusing to delete {location.spec!r}: {exc}; remove it yourself, or run where "
+                "/proc is mounted"
+            ) from None
         if mounted:  # a walk would go down into it: another filesystem, or a folder bound there
             raise PermissionError(
                 f"refusing to delete {location.spec!r}: {mounted[0]!r} in it is a mount point "
@@ -201,14 +207,14 @@ def mounts_within(path: str, *, itself: bool = False) -> list[str]:
     (Linux: ``/proc/self/mountinfo``; else an empty list). A bind mount of a folder of the
     same filesystem is one too, which ``os.path.ismount`` does not see (a seventh adversarial
     run bound the source inside an output that ``--overwrite`` then removed, the source's
-    files with it)."""
-    try:  # bytes, split at b"\n" alone: the kernel escapes only space, tab, newline and
-        # backslash, and a text read took a "\r", or str.splitlines a U+2028, in a mount
-        # point's name for a line's end (the mount was missed, and a walk went into it)
-        with open("/proc/self/mountinfo", "rb") as fh:
-            lines = fh.read().split(b"\n")
-    except OSError:
-        return []
+    files with it). Where the table cannot be read, or lists no mount at all (a hardened
+    container masks it), each folder is asked (``statx``) whether a mount starts there, and
+    where that cannot be asked either, PermissionError: no mount seen is then not no mount
+    (a ninth adversarial run: the source's chunk folder bound over an old output's ``0/c``
+    had its files deleted as the level's chunks, exit 0)."""
+    lines = _mount_table()
+    if lines is None:
+        return _mount_roots(path, itself)
     base = path.rstrip("/") or "/"
     found = []
     for line in lines:
@@ -219,3 +225,59 @@ def mounts_within(path: str, *, itself: bool = False) -> list[str]:
         if point.startswith(base + "/") or (itself and point == base):
             found.append(point)
     return sorted(found)
+
+
+def _mount_table() -> list[bytes] | None:
+    """The lines of ``/proc/self/mountinfo`` (bytes, split at b"\\n" alone: the kernel
+    escapes only space, tab, newline and backslash, and a text read took a "\\r", or
+    str.splitlines a U+2028, in a mount point's name for a line's end); none elsewhere than
+    on Linux; None on Linux where it cannot be read or is empty."""
+    linux = sys.platform.startswith("linux")
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            table = fh.read()
+    except OSError:
+        return None if linux else []
+    return None if linux and not table.strip() else table.split(b"\n")
+
+
+_MOUNT_ROOT = 0x2000  # STATX_ATTR_MOUNT_ROOT (Linux 5.8)
+
+
+def _mount_roots(path: str, itself: bool) -> list[str]:
+    """The folders under ``path`` (and ``path``, if ``itself``) where a mount starts, as
+    ``statx`` tells each (bind mounts too); PermissionError where it cannot."""
+    found = [path.rstrip("/") or "/"] if itself and _is_mount_root(path) else []
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, dirs, _files in os.walk(path, onerror=_unless_gone):
+            for name in list(dirs):
+                where = os.path.join(root, name)
+                if not os.path.islink(where) and _is_mount_root(where):
+                    found.append(where)
+                    dirs.remove(name)  # (not into it)
+    return sorted(found)
+
+
+def _is_mount_root(path: str) -> bool:
+    import ctypes
+
+    reason = "this system has no statx"
+    with contextlib.suppress(AttributeError, OSError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # struct statx
+        if libc.statx(-100, os.fsencode(path), 0x100, 0, buf) == 0:  # AT_FDCWD, NOFOLLOW
+            attributes, known = (int.from_bytes(buf.raw[a : a + 8], sys.byteorder)
+                                 for a in (8, 56))  # fmt: skip
+            if known & _MOUNT_ROOT:
+                return bool(attributes & _MOUNT_ROOT)
+            reason = "statx does not say where a mount starts here"
+        else:
+            code = ctypes.get_errno()
+            if code == errno.ENOENT:
+                return False
+            reason = f"statx failed: {os.strerror(code)}"
+    raise PermissionError(
+        f"cannot read the mount table /proc/self/mountinfo, and {reason}, so cannot tell "
+        f"whether {path!r} is a mount point (another filesystem, or a folder bound there, "
+        "perhaps the source's)"
+    )

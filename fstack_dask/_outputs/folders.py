@@ -282,9 +282,13 @@ def unswappable(dst: Location) -> str | None:
     # (a folder of the same filesystem bound there, as containers bind an output folder, is
     # not one to ismount: the run computed it all, then failed "Device or resource busy" and
     # said to rerun with --resume, which failed so again)
-    if os.path.ismount(dst.path) or dst.path.rstrip("/") in mounts_within(dst.path, itself=True):
+    try:  # (the table unreadable: a mount inside went unseen, and its files as our chunks)
+        points = mounts_within(dst.path, itself=True)
+    except PermissionError as exc:
+        return f"cannot be checked for mount points inside it: {exc}"
+    if os.path.ismount(dst.path) or dst.path.rstrip("/") in points:
         return "is a mount point, which cannot be replaced by another folder"
-    mounted = [os.path.relpath(m, dst.path) for m in mounts_within(dst.path)] or [
+    mounted = [os.path.relpath(m, dst.path) for m in points if m != dst.path.rstrip("/")] or [
         n for n in sorted(os.listdir(dst.path)) if os.path.ismount(dst.child(n).path)
     ]  # (ismount where there is no /proc: it does not see a folder bound there)
     if mounted:  # it could not be moved back into the new output

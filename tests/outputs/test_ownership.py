@@ -21,6 +21,7 @@ import pytest
 import zarr
 from conftest import tree_digest
 from safety_util import (
+    CACHE,
     CHUNK,
     KILLED_WHILE_REMOVING,
     bind_or_skip,
@@ -1421,6 +1422,38 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
         assert tree_digest(src) == before
     finally:
         unmount_all_under(tmp_path)
+
+
+def _masked_mount_table_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _masked_mount_table_works(), reason="needs root and unshare -m")
+def test_a_source_bound_inside_an_output_is_kept_where_the_mount_table_is_masked(tmp_path):
+    """A hardened container masks /proc/self/mountinfo (empty here: /dev/null bound over it).
+    The mount table listed no mount, so none was seen: the source's chunk folder bound over
+    the old output's ``0/c`` had its files deleted as the level's chunks by ``--overwrite``,
+    which said to ``rm -r`` the rest (a ninth adversarial run). Each folder is now asked
+    (statx) whether a mount starts there: refused before anything is computed, the source
+    and the old output kept."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(tmp_path)
+    script = (
+        f'mount --bind "{src}/0/c/0" "{dst}/0/c" && mount --bind /dev/null /proc/$$/mountinfo '
+        f'&& exec "{sys.executable}" -m fstack_dask fuse "{src}" "{dst}" --chunks {CHUNK} '
+        "--no-progress --overwrite"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": CACHE}
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, check=False, env=env)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "holds a mount point ('0/c')" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\r", "\x85"], ids=["U+2028", "CR", "NEL"])
