@@ -6,6 +6,7 @@ import errno
 import os
 import posixpath
 import re
+import sys
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -165,6 +166,34 @@ def read_only_mount(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # (Windows has no statvfs)
         return False
+
+
+_LOCKS = ((0x10, "immutable", "i"), (0x20, "append-only", "a"))  # FS_IMMUTABLE_FL, FS_APPEND_FL
+
+
+def change_locked(path: str) -> str | None:
+    """Whether the local ``path`` is marked immutable or append-only (``chattr +i``/``+a``;
+    ``FS_IOC_GETFLAGS``), for one line: then nothing in it (or, immutable, itself) may be
+    removed or renamed, even by root, whatever its owner and mode say; or None (none of
+    these marks, or a system or filesystem without them)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (ImportError, OSError):
+        return None
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, flags)  # FS_IOC_GETFLAGS (the kernel writes an int)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    value = int.from_bytes(flags[:4], sys.byteorder)
+    for bit, name, letter in _LOCKS:
+        if value & bit:
+            return f"{path!r} is marked {name} (chattr +{letter}; chattr -{letter} clears it)"
+    return None
 
 
 def permission_missing(path: str) -> str:

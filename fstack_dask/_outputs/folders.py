@@ -20,7 +20,14 @@ import uuid
 from typing import Any
 
 from .._errors import DestinationLockedError
-from .._locations import Location, mounts_within, owner_and_mode, read_only_mount, sticky_keeps
+from .._locations import (
+    Location,
+    change_locked,
+    mounts_within,
+    owner_and_mode,
+    read_only_mount,
+    sticky_keeps,
+)
 from .ownership import STATE_DIR
 
 __all__ = [
@@ -221,6 +228,9 @@ def unwritable(dst: Location, entries: tuple[str, ...]) -> str | None:
     for name in names:
         path = os.path.join(dst.path, name) if name else dst.path
         if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            locked = change_locked(path)
+            if locked is not None:  # (it said "ask its owner", to root, the owner)
+                return f"may not be written: {locked}; clear it or choose another dst"
             if read_only_mount(path):  # (no owner can help: it said "ask its owner")
                 return (f"is on a read-only filesystem ({path!r} may not be written); "
                         "remount it read-write or choose another dst")  # fmt: skip
@@ -293,6 +303,12 @@ def unswappable(dst: Location) -> str | None:
     ]  # (ismount where there is no /proc: it does not see a folder bound there)
     if mounted:  # it could not be moved back into the new output
         return f"holds a mount point ({mounted[0]!r}), which cannot be moved to the new output"
+    for place in (dst.path, os.path.dirname(dst.path)):  # (os.access says "writable" to
+        # an append-only folder: the run computed it all, then failed "Operation not
+        # permitted" and said to rerun with --resume, which failed so again)
+        locked = change_locked(place)
+        if locked is not None:
+            return f"cannot be moved: {locked}"
     if not os.access(os.path.dirname(dst.path), os.W_OK | os.X_OK):  # (it said "dst cannot
         # be created": an eighth adversarial run)
         return f"lies in {os.path.dirname(dst.path)!r}, which this user may not write"

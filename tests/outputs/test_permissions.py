@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tifffile
 from conftest import tree_digest
-from safety_util import CACHE, CHUNK, one_line_error, small_stack, write_src
+from safety_util import CACHE, CHUNK, cli, one_line_error, small_stack, write_src
 
 from fstack_dask import fuse_zarr
 from fstack_dask._runs.blocks import FuseJob
@@ -590,3 +590,40 @@ def test_a_resume_of_an_output_in_a_colleague_s_sticky_dst_is_refused_first(tmp_
     )
     assert "which has the sticky bit" in line and "nothing was written" in line, line
     assert tree_digest(tmp_path) == before
+
+
+def _chattr_or_skip(flag: str, path: Path, request) -> None:
+    """``chattr +flag path``, cleared after the test (root on a filesystem with such marks)."""
+    chattr = shutil.which("chattr")
+    if os.geteuid() != 0 or chattr is None:
+        pytest.skip("chattr needs root")
+    proc = subprocess.run([chattr, f"+{flag}", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +{flag} refused here: {proc.stderr.strip()}")
+    request.addfinalizer(lambda: subprocess.run([chattr, f"-{flag}", str(path)], check=False))
+
+
+@pytest.mark.parametrize(("flag", "where"), [("a", "parent"), ("i", "dst")])
+def test_an_overwrite_of_a_dst_marked_immutable_or_append_only_is_refused_first(tmp_path,
+                                                                               request, flag,
+                                                                               where):  # fmt: skip
+    """dst's folder marked append-only (``chattr +a``, an archive's folder): os.access says
+    "writable", so the overwrite computed it all, then failed "Operation not permitted" at the
+    swap and said to rerun with --resume, which failed so again; dst marked immutable was
+    blamed on its owner, root itself ("ask its owner"). Refused before anything is written,
+    naming the mark and how to clear it (a ninth adversarial run)."""
+    src = write_src(tmp_path / "src.zarr")
+    home = tmp_path / "archive"
+    home.mkdir()
+    dst = home / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    marked = home if where == "parent" else dst
+    _chattr_or_skip(flag, marked, request)
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    assert proc.returncode in (1, 2)
+    name = {"a": "append-only", "i": "immutable"}[flag]
+    said = f"{str(marked)!r} is marked {name} (chattr +{flag}; chattr -{flag}"
+    assert said in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+    assert sorted(os.listdir(home)) == ["out.zarr"]  # no staging folder beside it
