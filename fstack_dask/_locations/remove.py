@@ -193,8 +193,13 @@ def _unlink(path: str) -> None:
 
 def _rmtree(path: str) -> None:
     def gone_is_removed(function: Callable, where: str, exc: BaseException) -> None:
-        if not isinstance(exc, FileNotFoundError):
-            raise exc
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, OSError) and exc.errno and exc.filename != where:
+            # (rmtree's calls relative to a folder's fd name the entry alone: a warning said
+            # "Permission denied: '0_0'", the folder left out)
+            raise type(exc)(exc.errno, exc.strerror, where) from exc
+        raise exc
 
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=gone_is_removed)

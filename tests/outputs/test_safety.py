@@ -504,3 +504,31 @@ def test_chunk_files_are_synced_before_the_done_marker(src, tmp_path, monkeypatc
         for array in ("0", "depth"):
             path = dst / array if array == "0" else dst / array / "0"
             assert str(path / "c" / str(j) / str(i)) in before, (block, array)
+
+
+def test_a_state_folder_that_cannot_be_removed_is_named_by_the_file_that_stayed(
+    src, tmp_path, monkeypatch
+):
+    """A done marker that may not be removed (immutable here; root_squash on NFS): the
+    completed run's warning said "Permission denied: '0_0'", a name without its folder
+    (a ninth adversarial run). It names the file's path now; the output is complete."""
+    import shutil
+
+    dst = tmp_path / "out.zarr"
+    done = _unfinished(src, dst, monkeypatch)
+    marker = dst / STATE_DIR / "done" / sorted(done)[0]
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("chattr needs root")
+    if subprocess.run(["chattr", "+i", str(marker)], check=False).returncode != 0:
+        pytest.skip("chattr +i refused here")
+    env = {**os.environ, "XDG_CACHE_HOME": CACHE}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--chunks",
+             str(CHUNK), "--no-progress", "--resume"],
+            capture_output=True, text=True, check=False, env=env,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(marker)], check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Operation not permitted: {str(marker)!r}" in proc.stderr
