@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._errors import DestinationLockedError, interrupted_leaving
-from .._locations import Location, remove_tree
+from .._locations import Location, change_locked, remove_tree
 from . import folders, leftovers
 from .destination_checks import DestinationChecks
 from .folders import STAGING
@@ -118,7 +118,7 @@ class Destination(DestinationChecks):
                 self.recover()
                 if mode == "replace":
                     self._refuse_collisions()
-                    self.clear(self.dst)
+                    self._clear_for_overwrite()
                 if mode == "complete":  # none beside it is resumable: what is left goes
                     self.remove_stale_staging()
                 if mode in ("resume", "complete"):
@@ -244,6 +244,22 @@ class Destination(DestinationChecks):
     def clear(self, folder: Location) -> None:
         """Empty our output (:func:`.removal.clear_output`), keeping its state folder."""
         clear_output(folder, protect=self.protect)
+
+    def _clear_for_overwrite(self) -> None:
+        """:meth:`clear` dst's unfinished run, saying what is left where it stops part way (a
+        file that may not be removed: immutable, or root_squash on NFS): it said "this user
+        was refused access" of root's own file, and neither what was left nor how to go on."""
+        try:
+            self.clear(self.dst)
+        except OSError as exc:
+            why = " ".join(str(exc).split())
+            if isinstance(exc.filename, str) and os.path.isabs(exc.filename):
+                why = change_locked(exc.filename) or why
+            raise type(exc)(
+                f"{self.what()} holds an unfinished run that could not be cleared for the "
+                f"overwrite ({why}); what is left of it is kept, still known as ours: rerun with "
+                "--overwrite once it may be removed"
+            ) from exc
 
     def remove_stale_staging(self, keep: Location | None = None) -> None:
         """Remove interrupted overwrites beside dst (:func:`.leftovers.remove_stale`)."""

@@ -627,3 +627,26 @@ def test_an_overwrite_of_a_dst_marked_immutable_or_append_only_is_refused_first(
     assert said in one_line_error(proc)
     assert tree_digest(tmp_path) == before
     assert sorted(os.listdir(home)) == ["out.zarr"]  # no staging folder beside it
+
+
+def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_path,
+                                                                           monkeypatch,
+                                                                           request):  # fmt: skip
+    """An unfinished output is cleared in place by --overwrite; a chunk file there may not be
+    removed (immutable here; root_squash on NFS likewise): the run stopped part way with
+    "permission denied: this user was refused access to '.../c/0/0' (owned by root ...,
+    mode 644)", blaming the owner, root itself, and saying neither what was left of dst nor
+    how to go on (a ninth adversarial run). It names the mark, says the rest is kept, still
+    ours, and that a rerun of --overwrite finishes: it does, once the mark is cleared."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    chunk = next(p for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
+    _chattr_or_skip("i", chunk, request)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    assert proc.returncode == 1
+    error = one_line_error(proc)
+    assert f"{str(chunk)!r} is marked immutable" in error
+    assert "could not be cleared" in error and "rerun with --overwrite" in error
+    subprocess.run(["chattr", "-i", str(chunk)], check=True)
+    assert cli("fuse", src, dst, *FUSE, "--overwrite").returncode == 0
