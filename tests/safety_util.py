@@ -97,6 +97,13 @@ def bind_or_skip(folder: Path, at: Path) -> None:
         pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
 
 
+def unshare_works(*probe: str) -> bool:
+    """Whether ``unshare *probe`` runs here (root, with the namespaces it asks for)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", *probe], capture_output=True, check=False).returncode == 0
+
+
 def unmount_all_under(folder: Path) -> None:
     """Lazily (a file a failed run opened there may wait for the collector), wherever a swap
     took them."""

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +27,16 @@ import psutil
 import pytest
 import zarr
 from conftest import tree_digest
-from safety_util import CACHE, CHUNK, cli, one_line_error, popen_cli, small_stack, write_src
+from safety_util import (
+    CACHE,
+    CHUNK,
+    cli,
+    one_line_error,
+    popen_cli,
+    small_stack,
+    unshare_works,
+    write_src,
+)
 
 from fstack_dask import DestinationLockedError, focus_stack, fuse_zarr
 from fstack_dask._errors import LeaseLostError
@@ -144,14 +152,10 @@ def test_a_stopped_run_on_this_machine_keeps_its_lock_however_old_its_heartbeat(
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], _expected(0))
 
 
-def _unshare_works() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
-
-
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare for PID namespaces")
+@pytest.mark.skipif(
+    not unshare_works("--pid", "--fork", "--mount-proc", "true"),
+    reason="needs root and unshare for PID namespaces",
+)
 def test_runs_in_two_pid_namespaces_do_not_take_each_others_lock(tmp_path):
     """Two containers on one host: each run is "pid 1" of its own PID namespace, on the same
     host name. The old code took the live run's lock for a stale one (its pid 1 was alive,

@@ -30,6 +30,7 @@ from safety_util import (
     one_line_error,
     small_stack,
     unmount_all_under,
+    unshare_works,
     write_src,
 )
 
@@ -1424,14 +1425,10 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
         unmount_all_under(tmp_path)
 
 
-def _masked_mount_table_works() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
-
-
-@pytest.mark.skipif(not _masked_mount_table_works(), reason="needs root and unshare -m")
+@pytest.mark.skipif(
+    not unshare_works("-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo"),
+    reason="needs root and unshare -m",
+)
 def test_a_source_bound_inside_an_output_is_kept_where_the_mount_table_is_masked(tmp_path):
     """A hardened container masks /proc/self/mountinfo (empty here: /dev/null bound over it).
     The mount table listed no mount, so none was seen: the source's chunk folder bound over
