@@ -28,7 +28,7 @@ from .._ngff import (
 from .._params import parse_axes
 from .common import DIM_NAMES, dim_letters, ngff_unit
 from .source import Source, check_dtype_and_extent
-from .zarr_coords import coordinates
+from .zarr_coords import coordinates, coordinates_text
 from .zarr_metadata import _check_metadata_json, _one_line
 from .zarr_unfinished import _UNFINISHED_STACK, _refuse_inside_unfinished
 
@@ -272,6 +272,7 @@ def _array_source(
         units=units,
         translation=shift,
         warnings=told,
+        metadata_text=coordinates_text(scale, units, shift),
         unit_shape=_unit_shape(array),
         inner_shape=_inner_shape(array),
         description=where,

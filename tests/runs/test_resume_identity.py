@@ -773,3 +773,25 @@ def test_info_calls_no_output_without_its_run_record_resumable(tmp_path, monkeyp
     assert "resumable: run the same" not in state, state
     assert "not resumable: it holds no run record" in state and "--overwrite" in state, state
     assert cli("fuse", src, dst, "--overwrite", *FUSE).returncode == 0
+
+
+def test_a_resume_after_the_z_coordinate_array_changed_is_refused(tmp_path, monkeypatch):
+    """An xarray Dataset saved with ``to_zarr``: its array's z step comes from the coordinate
+    array ``z`` beside it, which the source's identity did not cover. The user rewrote it
+    (2 um made 5) between a run and its resume, and the resume fused the rest under the new
+    step, the depth map mixing 0, 2, 4 with 5, 10, 15 um, exit 0 (g50, on g46's fixes).
+    Refused now, nothing written."""
+    xr = pytest.importorskip("xarray")
+    data = small_stack()
+    coords = {a: (a, np.arange(n) * s, {"units": "um"})
+              for a, n, s in zip("zyx", data.shape, (2.0, 0.5, 0.5), strict=True)}  # fmt: skip
+    xr.Dataset({"stack": (("z", "y", "x"), data)}, coords=coords).to_zarr(
+        tmp_path / "src.zarr", zarr_format=3, consolidated=False
+    )
+    src, dst = tmp_path / "src.zarr" / "stack", tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch, n_blocks=1, depth_map=True)
+    zarr.open_array(str(tmp_path / "src.zarr" / "z"), mode="r+")[...] = np.arange(PLANES) * 5.0
+    before = tree_digest(dst)
+    proc = cli("fuse", src, dst, "--resume", "--depth-map", *FUSE)
+    assert proc.returncode == 2 and "its metadata changed" in one_line_error(proc), proc.stderr
+    assert tree_digest(dst) == before
