@@ -264,7 +264,7 @@ def _array_source(
     names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
     shape = tuple(int(n) for n in array.shape)
     scale, units, shift, told = coordinates(location if stored else None, names, chosen, shape,
-                                            where)  # fmt: skip
+                                            where, array.metadata.zarr_format)  # fmt: skip
     return Source(
         array=array,
         axes=chosen,
