@@ -122,6 +122,7 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
             unit = ngff_unit(pixels.get(f"PhysicalSize{a}Unit", "\u00b5m"))  # OME's default
             if unit is not None:
                 units[a] = unit
+    warnings = _square_pixels(scale, units)
     step = positive_finite(pixels.get("TimeIncrement"))
     if step is not None:
         scale["T"] = step
@@ -133,7 +134,6 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
     }
     first = planes.get(("0", "0", "0"), next(iter(planes.values()), None))
     translation = {a: v for a in "XYZ" if (v := _position(first, a, units)) is not None}
-    warnings = []
     second = _position(planes.get(("1", "0", "0")), "Z", units)
     if "Z" in translation and second is not None and second < translation["Z"]:
         # a positive step from the first plane's position made the depth map's positions
@@ -149,6 +149,23 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
     colors = tuple(_ome_color(c.get("Color")) for c in channels)
     colors = colors if channels and all(colors) else None
     return scale, units, translation, names, colors, tuple(warnings)
+
+
+def _square_pixels(scale: dict[str, float], units: dict[str, str]) -> list[str]:
+    """A PhysicalSizeX without a PhysicalSizeY (or Y without X) given to both, with a warning:
+    the other was written as 1.0 without a unit, a pixel 0.5 um wide and 1 high in a viewer
+    (found by g46, settled by g50). Square pixels, as a writer that names one size means."""
+    stated = [a for a in "XY" if a in scale]
+    if len(stated) != 1:
+        return []
+    have, lack = stated[0], "Y" if stated[0] == "X" else "X"
+    scale[lack] = scale[have]
+    if have in units:
+        units[lack] = units[have]
+    return [
+        f"it states PhysicalSize{have} ({scale[have]:g} {units.get(have, '')}) but no "
+        f"PhysicalSize{lack}: pixels are taken as square, {lack.lower()} given the same size"
+    ]
 
 
 def _position(plane: Any, a: str, units: dict[str, str]) -> float | None:

@@ -791,3 +791,21 @@ def test_ome_plane_position_in_another_length_unit(tmp_path):
     tifffile.imwrite(tmp_path / "p.ome.tif", data, metadata=meta)
     opened = open_tiff(tmp_path / "p.ome.tif")
     assert opened.translation == {"x": 100.0, "y": -2500.0}
+
+
+@pytest.mark.parametrize("stated", ["X", "Y"])
+def test_an_ome_physical_size_of_one_axis_is_given_to_both(tmp_path, stated):
+    """An OME-TIFF with PhysicalSizeX 0.5 um and no PhysicalSizeY: the output's y was written
+    as 1.0 without a unit beside x's 0.5 um, a pixel twice as high as wide in a viewer, exit
+    0 and no word (noticed by g46). Now square pixels, with a warning naming both."""
+    meta = {"axes": "ZYX", f"PhysicalSize{stated}": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(tmp_path / "s.ome.tif", _data((4, 20, 30)), metadata=meta)
+    opened = open_tiff(tmp_path / "s.ome.tif")
+    assert opened.scale == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert opened.units == {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    lack = "Y" if stated == "X" else "X"
+    assert [w for w in opened.warnings if "square" in w] == [
+        f"OME-TIFF {str(tmp_path / 's.ome.tif')!r} (series 0): it states PhysicalSize{stated} "
+        f"(0.5 micrometer) but no PhysicalSize{lack}: pixels are taken as square, "
+        f"{lack.lower()} given the same size"
+    ]
