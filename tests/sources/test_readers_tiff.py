@@ -809,3 +809,21 @@ def test_an_ome_physical_size_of_one_axis_is_given_to_both(tmp_path, stated):
         f"(0.5 micrometer) but no PhysicalSize{lack}: pixels are taken as square, "
         f"{lack.lower()} given the same size"
     ]
+
+
+def test_an_imagej_inverted_y_axis_leaves_out_the_y_position_and_says_so(tmp_path):
+    """ImageJ's ``inverty=true``: y runs up from ``yorigin`` (or from the bottom row). The
+    output was given y = -yorigin x pixel height, its rows running down from there, a
+    mirrored position, exit 0 and no word (noticed by g46). Now the y position is left out,
+    with a warning; x's is kept."""
+    path = tmp_path / "inv.tif"
+    meta = {"axes": "ZYX", "unit": "um", "spacing": 2.0, "yorigin": 10, "xorigin": 4,
+            "inverty": True}  # fmt: skip
+    tifffile.imwrite(path, _data((4, 20, 30)), imagej=True, resolution=(2.0, 2.0), metadata=meta)
+    opened = open_tiff(path)
+    assert opened.translation == {"x": -2.0}
+    assert opened.scale == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert opened.warnings == (
+        f"ImageJ TIFF {str(path)!r} (series 0): its y axis is inverted (ImageJ's inverty=true: "
+        "y runs up); the output's y runs down from the top row, and its y position is left out",
+    )
