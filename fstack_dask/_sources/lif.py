@@ -102,7 +102,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
         for a, n in zip(letters, shape, strict=True)
     )
     array = _LifArray(path, chosen.index, shape, dtype, chunks)
-    scale, units, translation = _scale(dims, letters, coords)
+    scale, units, translation, told = _scale(dims, letters, coords)
     names = colors = None
     if "c" in letters and not rgb:
         channel_dim = dims[letters.index("c")]
@@ -114,7 +114,7 @@ def open_lif(path: str, *, scene: str | None = None, axes: str | None = None) ->
     return OpenedStack(
         array=array, axes=letters, kind="lif", scale=scale, units=units, translation=translation,
         channel_names=names, channel_colors=colors, rgb=rgb, files=(path,), description=where,
-        notes=notes,
+        notes=notes, warnings=tuple(f"{where}: {w}" for w in told),
         separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
 
@@ -152,13 +152,15 @@ def _map_dims(dims: tuple[str, ...], where: str) -> tuple[str, bool]:
     return "".join(letters), rgb
 
 
-def _scale(dims, letters, coords) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+def _scale(dims, letters, coords) -> tuple[dict, dict, dict, list[str]]:
     """Steps of the evenly spaced coordinates, metres as micrometres, seconds as seconds, and
     where they increase, the first z, y, x position as the translation (a z-stack from -2.5 um
-    had its depth map from 0: the positions were dropped, an adversarial run on metadata)."""
+    had its depth map from 0: the positions were dropped, an adversarial run on metadata);
+    where they decrease, a warning (it was left out without a word; noticed by g46)."""
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     translation: dict[str, float] = {}
+    told: list[str] = []
     for d, a in zip(dims, letters, strict=True):
         values = coords.get(d)
         if a not in "zyxt" or values is None or len(values) < 2:
@@ -173,7 +175,17 @@ def _scale(dims, letters, coords) -> tuple[dict[str, float], dict[str, str], dic
         first = round(float(values[0]) * 1e6, 9)  # (LAS X writes 1e-20 m for 0)
         if values[1] > values[0] and math.isfinite(first) and first:
             translation[a] = first
-    return scale, units, translation
+        elif values[1] < values[0]:
+            told.append(
+                f"its {a} coordinates decrease ({first:g}, {float(values[1]) * 1e6:g} "
+                f"micrometer, ...): its {a} position is left out"
+                + (
+                    ", and a depth map holds each plane's distance from the first"
+                    if a == "z"
+                    else ""
+                )
+            )
+    return scale, units, translation, told
 
 
 class _LifArray(RegionArray):

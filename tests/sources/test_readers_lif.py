@@ -120,3 +120,21 @@ def test_several_z_stacks_are_listed_without_the_lambda_scans():
                        r"2 's2' \(TZYX\); name one after the file"):  # fmt: skip
         _choose(scenes, images, None, "f.lif", "LIF 'f.lif'")
     assert _choose(scenes, images, "0", "f.lif", "LIF 'f.lif'") == (scenes[0], ())
+
+
+def test_decreasing_coordinates_are_said_to_leave_out_the_position():
+    """A z-stack whose z coordinates decrease (taken top down): the depth map held each
+    plane's distance from the first, the position left out without a word, where an
+    OME-TIFF's decreasing planes are warned of (noticed by g46). Now a warning; the shipped
+    file's increasing ones say nothing. (No such LIF could be shipped: liffile's coordinates
+    stood in for.)"""
+    from fstack_dask._sources.lif import _scale
+
+    coords = {"Z": np.array([4e-6, 2e-6, 0.0]), "Y": np.arange(3) * 2e-7 + 1e-6}
+    scale, units, translation, told = _scale(("Z", "Y"), "zy", coords)
+    assert scale == pytest.approx({"z": 2.0, "y": 0.2}) and translation == {"y": 1.0}
+    assert told == [
+        "its z coordinates decrease (4, 2 micrometer, ...): its z position is left out, and a "
+        "depth map holds each plane's distance from the first"
+    ]
+    assert not [w for w in open_source(f"{LIF}/2").warnings if "decrease" in w]
