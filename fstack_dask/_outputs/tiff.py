@@ -37,7 +37,16 @@ from .ownership import METHOD
 from .pyramid import n_levels
 from .write import PENDING, TIFF_PARTIAL, fsync_dir, ngff_metadata, open_output
 
-__all__ = ["NAMESPACE", "PARTIAL", "TILE", "place_tiff", "tiff_levels", "tiff_owner", "write_tiff"]
+__all__ = [
+    "NAMESPACE",
+    "PARTIAL",
+    "TILE",
+    "dropped_sizes",
+    "place_tiff",
+    "tiff_levels",
+    "tiff_owner",
+    "write_tiff",
+]
 
 TILE = 512  # px: what slide viewers read; QuPath's and bfconvert's default
 PARTIAL = TIFF_PARTIAL  # the TIFF being written, inside the working store
@@ -250,6 +259,24 @@ def _ome_colour(hex_rgb: Any) -> int:
 
 
 _OME_UNITS = {name: symbol for name, (symbol, _) in OME_LENGTHS.items()}
+
+
+def dropped_sizes(scale: dict[str, float], units: dict[str, str]) -> str | None:
+    """What an OME-TIFF leaves out of a source's y/x pixel sizes, said before the run: one in
+    a unit OME has no symbol for ('furlong' of an OME-Zarr) or in none was dropped in silence
+    (noticed by g46, settled by g50); an OME-Zarr dst keeps the number."""
+    lost = [
+        a
+        for a in "yx"
+        if a in scale and units.get(a) not in _OME_UNITS and (units.get(a) or scale[a] != 1)
+    ]  # (a scale of 1 without a unit is NGFF's "none stated")
+    if not lost:
+        return None
+    said = ", ".join(f"{a} {scale[a]:g} {units.get(a) or '(no unit)'}" for a in lost)
+    return (
+        f"the OME-TIFF gets no pixel size ({', '.join(f'PhysicalSize{a.upper()}' for a in lost)}"
+        f"): the source's ({said}) is in no OME length unit; an OME-Zarr dst keeps the number"
+    )
 
 
 def _resolution(node: Any, level: int) -> dict[str, Any]:

@@ -31,12 +31,13 @@ import logging
 import os
 from typing import Any
 
+from .._errors import warn
 from .._locations import Location, mounts_within, resolve
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
 from .._outputs.ownership import classify, provenance
-from .._outputs.tiff import PARTIAL, place_tiff, tiff_owner, write_tiff
+from .._outputs.tiff import PARTIAL, dropped_sizes, place_tiff, tiff_owner, write_tiff
 from .fusion import plan_fusion, with_block
 from .resume import check_resumable
 from .run import run_fusion
@@ -75,6 +76,9 @@ def fuse_to_tiff(
             "OME-Zarr dst (.ome.zarr) to an object store instead"
         )
     fusion = plan_fusion(src, **plan, output="ome-tiff")  # refuses bad input, reads metadata
+    dropped = dropped_sizes(fusion.source.scale, fusion.source.units)
+    if dropped is not None:
+        warn(f"{where}: {dropped}")
     with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
         work = working_store(tiff)
         owner = check_tiff_destination(
