@@ -50,10 +50,16 @@ def coordinates(
                     f"({values[0]:g}, {values[1]:g}, ...): it gives {letter} no scale"
                 )
             continue
-        shift[letter], step = spacing
+        first, step = spacing
         if step is not None:
             scale[letter] = step
-        unit = ngff_unit(coord.attrs.get("units"))
+        said, since, _ = str(coord.attrs.get("units", "")).partition(" since ")
+        if not since:
+            shift[letter] = first
+        # CF's encoded dates, "hours since 2026-12-06": the step is in hours, and the first
+        # value a date, no position (the step was written without a unit, the date as a
+        # translation of 0 or 7000; found by g50)
+        unit = ngff_unit(said)
         if unit is not None:
             units[letter] = unit
     return scale, units, shift, tuple(told)

@@ -936,3 +936,21 @@ def test_an_array_without_coordinates_beside_it_is_opened_without_a_search(
     assert src.axes == "zyx" and not src.scale
     siblings = [p for p in read if p.split("/")[-2] in ("z", "y", "x")]
     assert len(siblings) == 3 * (1 if zarr_format == 3 else 2), siblings
+
+
+def test_an_xarray_time_coordinate_of_dates_gives_its_step_and_no_position(tmp_path):
+    """``to_zarr`` stores dates as numbers with CF's units, "hours since 2026-12-06 10:00:00":
+    the step was read as 2 without a unit and the date as a t translation (g50, on g46's
+    zarr_coords). Now 2 hours, and no position."""
+    xr = pytest.importorskip("xarray")
+    import pandas as pd
+
+    t = pd.date_range("2026-12-06T10:00", periods=3, freq="2h")
+    coords = {"t": t, "z": np.arange(4) * 2.0}
+    data = _stack((3, 4, 6, 5))
+    xr.Dataset({"stack": (("t", "z", "y", "x"), data)}, coords=coords).to_zarr(
+        tmp_path / "s.zarr", zarr_format=3, consolidated=False
+    )
+    src = open_source(f"{tmp_path / 's.zarr'}/stack")
+    assert src.scale == {"t": 2.0, "z": 2.0} and src.units == {"t": "hour"}
+    assert src.translation == {"z": 0.0}
