@@ -17,7 +17,7 @@ from .common import ngff_unit, positive_finite
 __all__: list[str] = []
 
 _RESUNIT_MICROMETER = {3: 1e4, 4: 1e3, 5: 1.0}  # cm, mm, um per unit of the tag
-_IMAGEJ_NO_UNIT = {"", "pixel", "pixels", "inch"}
+_IMAGEJ_NO_UNIT = {"", "pixel", "pixels", "inch", "inches"}
 
 
 def _metadata(tif: Any, ser: Any, kind: str) -> tuple[dict, dict, dict, Any, Any, Any]:
@@ -91,16 +91,22 @@ def _imagej_metadata(meta: dict, page: Any) -> tuple[dict, dict, dict, Any, Any,
 
 
 def _imagej_warnings(meta: dict, translation: dict[str, float]) -> tuple[str, ...]:
-    """What ImageJ's description says that the output cannot carry, said (left out without a
-    word; noticed by g46, settled by g50): ``inverty`` (ImageJ's y runs up from the
+    """What ImageJ's description says that the output cannot carry, said (both were left out
+    without a word; noticed by g46, settled by g50): ``inverty`` (ImageJ's y runs up from the
     origin, or from the bottom row; an output's y runs down from the top row, so its y
-    position is left out)."""
+    position is left out) and a pixel size in inches (a print resolution, 72 or 300 dpi, far
+    more often than a calibration: left out)."""
     told = []
     if meta.get("inverty") is True:
         translation.pop("Y", None)
         told.append(
             "its y axis is inverted (ImageJ's inverty=true: y runs up); the output's y runs down "
             "from the top row, and its y position is left out"
+        )
+    if str(_imagej_unit(meta.get("unit")) or "").lower() in ("inch", "inches"):
+        told.append(
+            "it states its pixel size in inches, which is left out: ImageJ writes that for an "
+            "image whose resolution is a print density (dpi), not a calibration"
         )
     return tuple(told)
 

@@ -827,3 +827,21 @@ def test_an_imagej_inverted_y_axis_leaves_out_the_y_position_and_says_so(tmp_pat
         f"ImageJ TIFF {str(path)!r} (series 0): its y axis is inverted (ImageJ's inverty=true: "
         "y runs up); the output's y runs down from the top row, and its y position is left out",
     )
+
+
+@pytest.mark.parametrize("unit", ["inch", "inches"])
+def test_an_imagej_pixel_size_in_inches_is_left_out_with_a_warning(tmp_path, unit):
+    """ImageJ writes unit=inch for an image whose resolution is a print density (300 dpi):
+    left out without a word, `info` saying the scale is unknown (noticed by g46); 'inches'
+    (a known unit since g46) was taken as a pixel of 1/300 inch. Now both are left out, with
+    a warning."""
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, _data((4, 20, 30)), imagej=True, resolution=(300.0, 300.0),
+                     metadata={"axes": "ZYX", "unit": unit})  # fmt: skip
+    opened = open_tiff(path)
+    assert opened.scale == {} and opened.units == {}
+    assert opened.warnings == (
+        f"ImageJ TIFF {str(path)!r} (series 0): it states its pixel size in inches, which is "
+        "left out: ImageJ writes that for an image whose resolution is a print density (dpi), "
+        "not a calibration",
+    )
