@@ -184,10 +184,20 @@ def _stored_axes(array: Any) -> tuple[str | None, str]:
     if not names or any(n is None for n in names):
         names = array.attrs.get("_ARRAY_DIMENSIONS")
         origin = "_ARRAY_DIMENSIONS"
+    return _named_letters(names), origin
+
+
+def _named_letters(names: Any) -> str | None:
+    """The letters that dimension or NGFF axis names give, or None where one says nothing or
+    two words name one axis ("plane", "depth"): --axes decides then (it was refused as
+    contradicting "zzyx", and told to pass that; found by g50 on g46's names). Two single
+    letters for one axis are the file's own contradiction, refused as before."""
     letters = dim_letters(names) if isinstance(names, (list, tuple)) else [None]
     if not names or None in letters:
-        return None, origin
-    return "".join(letters), origin  # type: ignore[arg-type]
+        return None
+    if len(set(letters)) < len(letters) and any(len(n) > 1 for n in names):
+        return None
+    return "".join(letters)  # type: ignore[arg-type]
 
 
 def _check_dtype_and_shape(array: Any, axes: str, where: str) -> None:
@@ -252,8 +262,8 @@ def _array_source(
             "_ARRAY_DIMENSIONS"
         )
         named = (
-            f"names its dimensions {list(names)}, which are not all single letters or one "
-            f"of {sorted(DIM_NAMES)}"
+            f"names its dimensions {list(names)}, which do not name one axis each as a single "
+            f"letter or one of {sorted(DIM_NAMES)}"
             if names and any(n is not None for n in names)
             else "does not name its dimensions (no dimension_names or _ARRAY_DIMENSIONS)"
         )
@@ -420,9 +430,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
     if not isinstance(array, zarr.Array):
         raise ValueError(f"{where} has no array at level {level} (dataset path {path!r})")
 
-    named = dim_letters(ms.names or [None])
-    if None not in named:  # (its axes named "channel", "depth" were refused as for arrays)
-        letters = "".join(named)  # type: ignore[arg-type]
+    letters = _named_letters(ms.names)
+    if letters is not None:  # (its axes named "channel", "depth" were refused as for arrays)
         try:
             meta_axes = parse_axes(letters, array.ndim)
         except ValueError as exc:
@@ -436,8 +445,8 @@ def _ome_source(group: Any, location: Location, where: str, axes: str | None, le
         meta_axes = parse_axes(axes, array.ndim)
     else:
         raise ValueError(
-            f"{where} has OME-NGFF axes {list(ms.names or [])} that are not single letters or "
-            f"one of {sorted(DIM_NAMES)}; "
+            f"{where} has OME-NGFF axes {list(ms.names or [])} that do not name one axis each "
+            f"as a single letter or one of {sorted(DIM_NAMES)}; "
             f"pass axes= with one letter per dimension, e.g. axes='zyx'"
         )
     _check_dtype_and_shape(array, meta_axes, where)
