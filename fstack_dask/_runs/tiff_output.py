@@ -32,7 +32,7 @@ import os
 from typing import Any
 
 from .._errors import warn
-from .._locations import Location, mounts_within, resolve
+from .._locations import Location, change_locked, mounts_within, resolve
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
@@ -209,6 +209,15 @@ def check_tiff_destination(
             "writes the new TIFF beside dst and swaps the two: remove the old TIFF yourself, or "
             "choose another dst"
         )
+    for place in (tiff.path, parent) if overwrite else ():  # (the run computed it all, then
+        # failed "Operation not permitted" at the swap and said to rerun with --resume, which
+        # failed so again, its working folder left beside dst: g52, after b240eb3's Zarr fix)
+        locked = change_locked(place)
+        if locked is not None:
+            raise ValueError(
+                f"{where} cannot be replaced: {locked}; an overwrite writes the new TIFF beside "
+                "dst and swaps the two: clear it, or choose another dst"
+            )
     return owner
 
 

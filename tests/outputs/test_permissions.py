@@ -603,30 +603,32 @@ def _chattr_or_skip(flag: str, path: Path, request) -> None:
     request.addfinalizer(lambda: subprocess.run([chattr, f"-{flag}", str(path)], check=False))
 
 
+@pytest.mark.parametrize("name", ["out.zarr", "out.tif"])
 @pytest.mark.parametrize(("flag", "where"), [("a", "parent"), ("i", "dst")])
-def test_an_overwrite_of_a_dst_marked_immutable_or_append_only_is_refused_first(tmp_path,
-                                                                               request, flag,
-                                                                               where):  # fmt: skip
+def test_an_overwrite_of_a_dst_marked_immutable_or_append_only_is_refused_first(
+    tmp_path, request, flag, where, name
+):
     """dst's folder marked append-only (``chattr +a``, an archive's folder): os.access says
     "writable", so the overwrite computed it all, then failed "Operation not permitted" at the
     swap and said to rerun with --resume, which failed so again; dst marked immutable was
     blamed on its owner, root itself ("ask its owner"). Refused before anything is written,
-    naming the mark and how to clear it (a ninth adversarial run)."""
+    naming the mark and how to clear it (a ninth adversarial run). A TIFF dst still computed
+    it all, failed so at its swap and left its working folder beside it (g52)."""
     src = write_src(tmp_path / "src.zarr")
     home = tmp_path / "archive"
     home.mkdir()
-    dst = home / "out.zarr"
+    dst = home / name
     assert cli("fuse", src, dst, *FUSE).returncode == 0
     marked = home if where == "parent" else dst
     _chattr_or_skip(flag, marked, request)
     before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
     assert proc.returncode in (1, 2)
-    name = {"a": "append-only", "i": "immutable"}[flag]
-    said = f"{str(marked)!r} is marked {name} (chattr +{flag}; chattr -{flag}"
+    mark = {"a": "append-only", "i": "immutable"}[flag]
+    said = f"{str(marked)!r} is marked {mark} (chattr +{flag}; chattr -{flag}"
     assert said in one_line_error(proc)
     assert tree_digest(tmp_path) == before
-    assert sorted(os.listdir(home)) == ["out.zarr"]  # no staging folder beside it
+    assert sorted(os.listdir(home)) == [name]  # no staging or working folder beside it
 
 
 def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_path,
