@@ -20,6 +20,7 @@ per tile row it holds), so memory is bounded by a chunk, whatever the image's si
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -361,8 +362,7 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
     if not os.path.lexists(dst):
         try:
             if not renameat2(partial, dst, RENAME_NOREPLACE):
-                os.link(partial, dst)  # fails if dst appeared meanwhile
-                os.unlink(partial)
+                _link_or_claim(partial, dst)
         except FileExistsError:
             raise FileExistsError(
                 f"{where} appeared while this run wrote it; refusing to replace it (the new "
@@ -381,6 +381,23 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
         else:
             os.replace(partial, dst)
     fsync_dir(parent)
+
+
+def _link_or_claim(partial: str, dst: str) -> None:
+    """Move ``partial`` to the absent ``dst``, failing with FileExistsError where it appeared
+    meanwhile: a hard link; where the filesystem has none (FAT and exFAT, the USB drives and
+    SD cards of microscopes: every TIFF there failed with "Operation not permitted", the g52
+    review), the name claimed exclusively and the TIFF moved over the claim, as the lock
+    does."""
+    try:
+        os.link(partial, dst)  # fails if dst appeared meanwhile
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+            raise
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(partial, dst)
+        return
+    os.unlink(partial)
 
 
 def _not_ours(where: str) -> str:

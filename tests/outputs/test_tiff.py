@@ -628,3 +628,24 @@ def test_a_pixel_size_in_no_ome_unit_is_said_to_be_left_out_of_the_tiff(tmp_path
     _grey_source(tmp_path / "um.ome.zarr", shape=(64, 64), planes=5, channels=1)
     proc = _cli("fuse", "um.ome.zarr", "um.ome.tif", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0 and "pixel size" not in proc.stderr, proc.stderr
+
+
+def test_a_tiff_on_exfat_is_written_and_overwritten(tmp_path, exfat):
+    """exFAT (the USB drives and SD cards of microscopes, exfat-fuse) has no hard links and no
+    renameat2: a TIFF dst there failed on its very first run, "Operation not permitted" at the
+    move into place, advising --resume, which failed alike (found by the g52 review). The
+    name is claimed exclusively, then the finished TIFF moved over the claim. (The working
+    store beside it is left empty there, said in a warning: exfat-fuse refuses its rmdir.)"""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    dst = exfat / "out.tif"
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    assert dst.read_bytes() == ref.read_bytes()
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True)
+    assert dst.read_bytes() == ref.read_bytes()
+    (exfat / "user.tif").write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError):
+        fstack_dask.fuse_zarr(src, exfat / "user.tif", chunks=64, progress=False)
+    assert (exfat / "user.tif").read_bytes() == b"a user's file"
