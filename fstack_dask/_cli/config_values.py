@@ -284,7 +284,7 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
         if _is_real(value.get(key)):
             raise ValueError(
                 f"{name}.{key} is the number {value[key]!r}, not a name: quote it as the "
-                f'scheduler spells it (e.g. {key}: "011")'
+                f'scheduler spells it, leading zeros and all ({key}: "..." in the file)'
             )
         if value.get(key) is not None and not isinstance(value[key], str):
             # (queue: true went as the partition 'True', a list as "['a', 'b']": g44)

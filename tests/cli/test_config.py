@@ -212,6 +212,7 @@ def test_a_batch_scheduler_name_typed_as_a_number_is_refused(tmp_path, typed, re
     with pytest.raises(ValueError) as info:
         load_config(_write(tmp_path, text))
     assert f"cluster.jobqueue.{key} is the number {read}, not a name: quote it" in str(info.value)
+    assert f'({key}: "..." in the file)' in str(info.value)  # (it said account: "011" for a queue)
     quoted = text.replace(typed, f'{key}: "{typed.split(": ")[1]}"')
     assert load_config(_write(tmp_path, quoted)).cluster.jobqueue[key] == typed.split(": ")[1]
 
