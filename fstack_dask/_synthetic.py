@@ -30,7 +30,12 @@ _BLOCK_ELEMENTS = 1 << 20
 
 @public
 class SyntheticStack(NamedTuple):
-    """Result of :func:`synthetic_stack`."""
+    """A synthetic focus stack with its ground truth: the result of :func:`synthetic_stack`.
+
+    A named tuple, so ``stack, sharp, depth = synthetic_stack(...)`` unpacks it; the fields
+    compare a fused image with the sharp image it should approach (PSNR) and a depth map
+    with the true in-focus plane of each pixel.
+    """
 
     stack: np.ndarray
     """Focus stack, (M, N, P) grey or (M, N, P, 3) RGB, in the requested dtype."""
@@ -88,6 +93,8 @@ def _check_size(m: int, n: int, p: int, c: int, max_sigma: float) -> None:
 def _check_dtype(dtype: Any) -> np.dtype:
     if dtype is None:  # (np.dtype(None) is float64: taken silently; a sweep of contract 4)
         raise TypeError("dtype must be an integer or floating dtype, got None")
+    if isinstance(dtype, (np.generic, np.ndarray)):  # (np.dtype(np.int64(9)) is int64: a value)
+        raise TypeError(f"dtype must be an integer or floating dtype, got the value {dtype!r}")
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:

@@ -152,6 +152,8 @@ def test_argument_errors_name_the_parameter(kwargs, exc, match):
         ({"max_sigma": 1e300}, ValueError, "max_sigma must be at most 10000 px, got 1e"),
         ({"max_sigma": 1e5}, ValueError, "max_sigma must be at most 10000 px"),
         ({"dtype": None}, TypeError, "dtype must be an integer or floating dtype, got None"),
+        ({"dtype": np.int64(9)}, TypeError, "floating dtype, got the value np.int64.9."),
+        ({"dtype": np.zeros(2, "u1")}, TypeError, "floating dtype, got the value array"),
     ],
 )
 def test_a_stack_beyond_memory_a_blur_beyond_any_image_and_no_dtype_are_refused(kwargs, exc, says):
