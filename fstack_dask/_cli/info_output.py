@@ -131,7 +131,7 @@ def _our_tiff(src: str) -> list[tuple[str, str]] | None:
     if params is None:
         return None
     lines = [
-        ("output", shown(src)),
+        ("output", shown(os.path.abspath(src))),  # (as an OME-Zarr output's is shown)
         ("format", "fstack_dask output, pyramidal OME-TIFF (BigTIFF, 512 x 512 px tiles)"),
         ("state", "complete"),
     ]
@@ -199,7 +199,8 @@ def _tiff_scale(pixels: Any) -> str:
     sizes = [
         (a, pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in "YX"
     ]
-    return ", ".join(f"{a.lower()}={v} {u}" for a, v, u in sizes if v) or "none"
+    # (no size: a pixel, said as the OME-Zarr output's scale of 1 without a unit is said)
+    return ", ".join(f"{a.lower()}={v} {u}" for a, v, u in sizes if v) or "y=1, x=1 (no unit)"
 
 
 def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read: Any) -> str:
@@ -328,11 +329,12 @@ def _scale(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> s
                   if t.get("type") == "scale"), None)  # fmt: skip
     if not scale:
         return "unknown"
-    return ", ".join(
+    said = ", ".join(
         f"{a}={v:g}" + (f" {units[a]}" if a in units else "")
         for a, v in zip(axes, scale, strict=False)
         if a in "yx"
     )
+    return said if any(a in units for a in "yx") else f"{said} (no unit)"
 
 
 def _output_parameters(params: dict[str, Any]) -> str:

@@ -300,6 +300,21 @@ def test_info_describes_our_ome_tiff_output(tmp_path):
     assert info["fused from"] == f"{tmp_path / 's.zarr'} (axes czyx, shape (2, 5, 64, 80), level 0)"
 
 
+def test_info_says_an_output_without_pixel_sizes_alike_for_tiff_and_zarr(tmp_path, monkeypatch):
+    """A source without pixel sizes fused to a TIFF showed ``scale: none`` and its path as
+    typed, to an OME-Zarr ``scale: y=1, x=1`` and its absolute path: one image, two answers."""
+    write_stack(tmp_path / "s.zarr", np.zeros((3, 20, 20), np.uint8), axes="zyx")
+    monkeypatch.chdir(tmp_path)
+    said = []
+    for name in ("o.ome.tif", "o.ome.zarr"):
+        fuse_zarr("s.zarr", name, progress=False)
+        res = cli("info", name, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        said.append({k: v.strip() for k, v in (ln.split(":", 1) for ln in res.stdout.splitlines())})
+    assert [i["scale"] for i in said] == ["y=1, x=1 (no unit)"] * 2
+    assert [i["output"] for i in said] == [str(tmp_path / n) for n in ("o.ome.tif", "o.ome.zarr")]
+
+
 def test_info_of_an_interrupted_run_into_a_tiff_says_how_far_it_got(tmp_path, capsys):
     """A run into ``fused.ome.tif`` that failed part-way keeps its blocks in the working store
     beside it; ``info fused.ome.tif`` said "src ... does not exist" (a README audit): it
