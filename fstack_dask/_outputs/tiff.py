@@ -43,6 +43,7 @@ __all__ = [
     "PARTIAL",
     "TILE",
     "dropped_sizes",
+    "is_claim",
     "place_tiff",
     "tiff_levels",
     "tiff_owner",
@@ -351,7 +352,8 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
 
     ``dst`` absent: moved only if nothing appeared there meanwhile (``RENAME_NOREPLACE``, or a
     hard link, which fails on an existing name). ``dst`` ours: exchanged with the new file
-    atomically and checked to be ours once more, swapped back if it is not.
+    atomically and checked to be ours once more, swapped back if it is not. ``dst`` the
+    claim of a run that stopped at the move (:func:`is_claim`): moved over.
 
     Raises
     ------
@@ -359,7 +361,9 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
         If ``dst`` appeared meanwhile, or is no longer a TIFF fstack_dask wrote.
     """
     parent = os.path.dirname(dst)
-    if not os.path.lexists(dst):
+    if is_claim(dst, os.path.dirname(partial)):  # ours, left by a run that stopped at the move
+        os.replace(partial, dst)
+    elif not os.path.lexists(dst):
         try:
             if not renameat2(partial, dst, RENAME_NOREPLACE):
                 _link_or_claim(partial, dst)
@@ -394,10 +398,39 @@ def _link_or_claim(partial: str, dst: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
             raise
-        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.replace(partial, dst)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as the umask says
+        try:
+            try:  # (an empty claim, left by a run killed at the move, refused its --resume
+                # as a file fstack_dask did not write: g56)
+                os.write(fd, _claim_text(os.path.dirname(partial)))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, dst)
+        except BaseException:  # (an I/O error at the move left the claim, refusing a resume)
+            if is_claim(dst, os.path.dirname(partial)):
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+            raise
         return
     os.unlink(partial)
+
+
+def _claim_text(work: str) -> bytes:
+    return f"fstack_dask: this name is claimed for the TIFF in {os.path.basename(work)}\n".encode()
+
+
+def is_claim(dst: str, work: str) -> bool:
+    """Whether ``dst`` is the claim :func:`_link_or_claim` made for the TIFF of the working
+    store ``work``: ours, to be moved over (a run stopped between the claim and the move)."""
+    text = _claim_text(work)
+    try:
+        if not os.path.isfile(dst) or os.path.islink(dst) or os.path.getsize(dst) != len(text):
+            return False
+        with open(dst, "rb") as fh:
+            return fh.read(len(text) + 1) == text
+    except OSError:
+        return False
 
 
 def _not_ours(where: str) -> str:

@@ -37,7 +37,14 @@ from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
 from .._outputs.ownership import classify, provenance
-from .._outputs.tiff import PARTIAL, dropped_sizes, place_tiff, tiff_owner, write_tiff
+from .._outputs.tiff import (
+    PARTIAL,
+    dropped_sizes,
+    is_claim,
+    place_tiff,
+    tiff_owner,
+    write_tiff,
+)
 from .fusion import plan_fusion, with_block
 from .resume import check_resumable
 from .run import run_fusion
@@ -115,7 +122,7 @@ def fuse_to_tiff(
             src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
             scheduler=scheduler, dst_storage_options=None, stall_timeout=stall_timeout,
             output="ome-tiff", finishing=convert,
-            looks_like=tiff.path if os.path.isfile(tiff.path) else None,  # a private TIFF's too
+            looks_like=tiff.path if owner is not None else None,  # a private TIFF's too
         )  # fmt: skip
         try:
             remove_finished(Destination(work, protect=fusion.source.protected()))
@@ -191,8 +198,8 @@ def check_tiff_destination(
         too_long = path_too_long(place)
         if too_long is not None:
             raise ValueError(f"{where}: {whose}{too_long}; choose a shorter name or path")
-    if not os.path.lexists(tiff.path):
-        return None
+    if not os.path.lexists(tiff.path) or is_claim(tiff.path, working_store(tiff).path):
+        return None  # (a run stopped at the move left its claim: refused as not ours, g56)
     owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None
     if owner is None:
         kind = "a folder" if os.path.isdir(tiff.path) else "a file"

@@ -649,3 +649,63 @@ def test_a_tiff_on_exfat_is_written_and_overwritten(tmp_path, exfat):
     with pytest.raises(FileExistsError):
         fstack_dask.fuse_zarr(src, exfat / "user.tif", chunks=64, progress=False)
     assert (exfat / "user.tif").read_bytes() == b"a user's file"
+
+
+_KILLED_AT_THE_MOVE = textwrap.dedent("""
+    import os, signal, sys
+    real = os.replace
+    def replace(a, b, *args, **kwargs):  # as power lost, or kill -9, at the move into place
+        if str(b) == sys.argv[3]:  # fuse src dst ...
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(a, b, *args, **kwargs)
+    os.replace = replace
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_run_on_exfat_killed_at_the_move_over_its_claim_is_resumed(tmp_path, exfat):
+    """Killed between claiming dst's name and moving the finished TIFF over the claim, a run
+    on exFAT left the empty claim at dst: --resume and a plain rerun were refused, 'exists
+    and is a file fstack_dask did not write' (found by g56 on 0115d66). The claim says whose
+    it is: a plain rerun says the run is unfinished, and --resume moves the TIFF over it."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    dst = exfat / "out.tif"
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_MOVE, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert dst.exists() and tiff_owner(str(dst)) is None  # the claim
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "unfinished" in proc.stderr, proc.stderr
+    proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_bytes() == ref.read_bytes()
+
+
+def test_an_io_error_at_the_move_over_its_claim_leaves_no_claim(tmp_path, exfat, monkeypatch):
+    """An I/O error (a USB drive's) moving the finished TIFF over its claimed name on exFAT
+    left the claim at dst, and --resume was refused as for a file fstack_dask did not write
+    (found by g56 on 0115d66): the claim is removed, the error said, and --resume finishes."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    dst = exfat / "out.tif"
+    real = os.replace
+
+    def replace(a, b, *args, **kwargs):
+        if str(b) == str(dst):
+            raise OSError(5, "Input/output error", str(b))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    assert not dst.exists()
+    monkeypatch.setattr(os, "replace", real)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
+    assert dst.read_bytes() == ref.read_bytes()
