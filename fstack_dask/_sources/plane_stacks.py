@@ -129,9 +129,12 @@ def _counting_place(numbers: Sequence[Sequence[str]], texts: Sequence[str] = ())
     """The place of the number that counts the planes: the one labelled ``z`` or ``focus``
     (`texts`: the text before each number) of the most values, else the one of the most
     values. A frame counter (``frame_000123_ch0_z00``) has more values than z in a folder of
-    two channels, and counted them apart: one stack of 10 planes, exit 0 (the g44 review)."""
+    two channels, and counted them apart: one stack of 10 planes, exit 0 (the g44 review).
+    A labelled number of one value counts no planes: ``stack_z2_img001`` .. ``img010`` (a
+    stack's number) was refused as ten files numbered alike (g56)."""
     labelled = [p for p, t in enumerate(texts[: len(numbers[0])])
-                if _FOCUS_LABEL.search(t.casefold())]  # fmt: skip
+                if _FOCUS_LABEL.search(t.casefold())
+                and len({n[p] for n in numbers}) > 1]  # fmt: skip
     return max(labelled or range(len(numbers[0])),
                key=lambda p: (len({n[p] for n in numbers}), p))  # fmt: skip
 

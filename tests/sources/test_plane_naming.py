@@ -90,6 +90,10 @@ ONE_STACK = {
         f"{t:%Y%m%d}_{t:%H%M%S}_{k:03d}.tif" for k, t in enumerate(_stamps(12, 7))
     ],
     "frame counter, z labelled": [f"frame_{900 + 3 * k:06d}_ch0_z{k:02d}.tif" for k in range(12)],
+    # z or focus labelling a number of one value (a stack's), a counter the planes: refused
+    # as files numbered alike (g56)
+    "z of one value, a counter": _z("stack_z2_img{:03d}.tif", range(1, 12)),
+    "focus of one value, a counter": _z("focus1_{:03d}.tif", range(1, 12)),
 }
 
 
