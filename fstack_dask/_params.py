@@ -155,13 +155,16 @@ def check_plain_array(obj: Any, name: str) -> None:
     """Refuse what a fusion of an array would lose or cannot plan: a masked array's mask (dropped
     silently), a dask array's unknown chunk sizes (NaN, after boolean indexing: raw errors
     from NumPy or dask; an adversarial run)."""
-    meta = getattr(getattr(obj, "data", obj), "_meta", None)  # a dask array's chunk type
+    # An ndarray's .data is a memoryview, which numpy refuses to make of datetime64 samples
+    # ("cannot include dtype 'M' in a buffer", naming no parameter): look inside other arrays only.
+    inner = obj if isinstance(obj, np.ndarray) else getattr(obj, "data", obj)
+    meta = getattr(inner, "_meta", None)  # a dask array's chunk type
     if isinstance(obj, np.ma.MaskedArray) or isinstance(meta, np.ma.MaskedArray):
         raise TypeError(
             f"{name} is a masked array, whose mask the fusion would ignore; pass "
             f"{name}.filled(value), or {name}.data to fuse the values under the mask too"
         )
-    chunks = getattr(getattr(obj, "data", obj), "chunks", None)
+    chunks = getattr(inner, "chunks", None)
     # (a Zarr array's or an HDF5 dataset's chunks are a tuple of ints: only dask's hold NaN)
     axes = [axis for axis in chunks if isinstance(axis, tuple)] if isinstance(chunks, tuple) else []
     if any(isinstance(c, float) and np.isnan(c) for axis in axes for c in axis):
@@ -171,14 +174,31 @@ def check_plain_array(obj: Any, name: str) -> None:
         )
 
 
+def wider_than_float64(dtype: np.dtype) -> str | None:
+    """Why a floating dtype wider than float64 cannot be fused, else None.
+
+    ``np.longdouble`` (float128 on x86-64 Linux) passed the dtype checks and then failed in
+    numba's typing, a page of its errors, or at the output ("No Zarr data type found"): the
+    fusion computes in float64, and neither Zarr nor OME-TIFF stores such samples.
+    """
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return (
+            f"has dtype {dtype} (long double), wider than the float64 the fusion computes "
+            "in and than Zarr or OME-TIFF can store; convert it to float64 first"
+        )
+    return None
+
+
 def check_dtype(dtype: Any, name: str = "im_stack") -> np.dtype:
-    """Accept integer and floating dtypes (any byte order); refuse the rest."""
+    """Accept integer and floating dtypes up to 64 bits (any byte order); refuse the rest."""
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
         raise TypeError(
             f"{name} must have an integer or floating dtype, got {dtype} "
-            "(bool, complex, object and string data cannot be fused)"
+            "(bool, complex, datetime, object and string data cannot be fused)"
         )
+    if (why := wider_than_float64(dtype)) is not None:
+        raise TypeError(f"{name} {why} ({name}.astype('float64'))")
     return dtype
 
 

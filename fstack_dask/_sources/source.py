@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._locations import Location, resolve
+from .._params import wider_than_float64
 
 __all__ = [
     "MAX_CHANNELS",
@@ -284,6 +285,8 @@ def check_dtype_and_extent(dtype: Any, shape: tuple[int, ...], axes: str, where:
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
         raise TypeError(f"{where} has dtype {dtype}; expected an integer or floating-point dtype")
+    if (why := wider_than_float64(dtype)) is not None:
+        raise TypeError(f"{where} {why}")
     for letter, length in zip(axes, shape, strict=True):
         if length == 0:
             raise ValueError(

@@ -8,6 +8,8 @@ resolution there.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,54 @@ def test_pyramid_levels_of_a_saturated_64_bit_image_are_not_wrapped(tmp_path, dt
     out = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     for level, right in (("0", 40), ("1", 20), ("2", 10)):
         assert out[level][0, right] == info.max, level
+
+
+LONG_DOUBLE = pytest.mark.skipif(
+    np.dtype(np.longdouble).itemsize <= 8, reason="long double is float64 on this platform"
+)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["datetime64[s]", "timedelta64[ms]", pytest.param(np.longdouble, marks=LONG_DOUBLE)]
+)
+def test_dates_and_long_doubles_are_refused_in_one_line_naming_the_array(tmp_path, dtype):
+    """A datetime64 or timedelta64 stack failed with NumPy's "cannot include dtype 'M' in a
+    buffer", naming nothing (the check for a masked array read the ndarray's ``.data``); a
+    long double (float128) passed every check and failed in numba's typing, a page of
+    errors, or at the output, "No Zarr data type found" (g57). Now each entry point refuses
+    it naming its parameter, and writes nothing."""
+    from fstack_dask import fuse, fuse_zarr, write_stack
+
+    stack = synthetic_stack((12, 10), 5, dtype="uint16", seed=0).stack.astype(dtype)
+    with pytest.raises(TypeError, match=r"^im_stack .*dtype"):
+        focus_stack(stack)
+    zyx = np.moveaxis(stack, 2, 0)
+    with pytest.raises(TypeError, match=r"^stack .*dtype"):
+        fuse(zyx, axes="zyx")
+    with pytest.raises(TypeError, match=r"^stack .*dtype"):
+        write_stack(tmp_path / "in.zarr", zyx, axes="zyx")
+    with pytest.raises(TypeError, match=r"^src .*dtype"):
+        fuse_zarr(zyx, tmp_path / "out.zarr", axes="zyx", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@LONG_DOUBLE
+def test_a_long_double_hdf5_dataset_is_refused_by_the_cli(tmp_path):
+    """An HDF5 dataset of long doubles (h5py stores them) reached the output, where the
+    command line said only "No Zarr data type found that matches dtype 'dtype('float128')'"."""
+    import subprocess
+    import sys
+
+    h5py = pytest.importorskip("h5py")
+    stack = synthetic_stack((12, 10), 5, dtype="uint16", seed=0).stack
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["s"] = np.moveaxis(stack, 2, 0).astype(np.longdouble)
+    for dst in ("out.ome.zarr", "out.ome.tif"):
+        argv = ["fuse", str(tmp_path / "in.h5/s"), str(tmp_path / dst), "--axes", "zyx"]
+        run = subprocess.run(
+            [sys.executable, "-m", "fstack_dask", *argv], capture_output=True, text=True
+        )
+        assert run.returncode == 2, run.stderr
+        (line,) = run.stderr.strip().splitlines()
+        assert re.search(r"error: src '.*in\.h5/s' has dtype float128 .*float64", line), line
+        assert not (tmp_path / dst).exists()
