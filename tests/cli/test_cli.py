@@ -160,6 +160,27 @@ def test_distributed_scheduler_from_config(data, tmp_path):
     np.testing.assert_array_equal(_fused(dst)["0"][...], focus_stack(stack))
 
 
+@pytest.mark.parametrize("how", ["option", "config"])
+def test_a_focus_too_fine_for_the_fit_is_warned_of_once_in_one_line(data, tmp_path, how):
+    """--focus (or the config's algorithm.focus) in steps of 1e-9 printed Python's warning,
+    its source file and the line of code, before the command line's own warning line: the
+    value was checked (and warned of) as the options were read, before the command line
+    showed warnings as its own (g57)."""
+    _, src, _ = data
+    focus = [k * 1e-9 for k in range(7)]
+    (tmp_path / "c.yaml").write_text(f"algorithm:\n  focus: {focus}\n")
+    given = ["--focus", ",".join(map(str, focus))] if how == "option" else ["--config", "c.yaml"]
+    commands = [["fuse", src, tmp_path / "out.zarr", "--no-progress"]]
+    commands += [["info", src]] if how == "config" else []  # (info takes no --focus)
+    for command in commands:
+        res = ok(cli(*command, *given, cwd=tmp_path))
+        lines = res.stderr.splitlines()
+        assert [line for line in lines if "focus steps of 1e-09" in line] == [
+            line for line in lines if line.startswith("fstack-dask: warning: focus steps")
+        ], res.stderr
+        assert "FstackDaskWarning" not in res.stderr and "config_values" not in res.stderr
+
+
 @pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
 def test_demo_writes_stores_and_previews(tmp_path, rgb):
     out_dir = tmp_path / "demo"
