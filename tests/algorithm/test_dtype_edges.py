@@ -9,6 +9,7 @@ resolution there.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -216,3 +217,34 @@ def test_a_long_double_hdf5_dataset_is_refused_by_the_cli(tmp_path):
         (line,) = run.stderr.strip().splitlines()
         assert re.search(r"error: src '.*in\.h5/s' has dtype float128 .*float64", line), line
         assert not (tmp_path / dst).exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_first_pass_for_s_casts_no_uninitialised_image(monkeypatch, engine):
+    """The lazy ``fuse()`` of a stack whose ``S`` is undefined somewhere (a dark frame) takes
+    a first pass that computes ``S`` alone; the compiled engine then cast its image array,
+    never written, to the samples' dtype: from float16 whatever the memory held gave "overflow
+    encountered in cast" (13 of 20 float16 stacks, g57's run). Uninitialised memory holds
+    anything; here, every ``np.empty`` is filled with bytes 0x7F (float64: 1.4e306)."""
+    from fstack_dask import fuse
+    from fstack_dask._algorithm.block import fuse_block
+
+    stack = (synthetic_stack((13, 11), 6, dtype="uint16", seed=1).stack / 65535).astype("f2")
+    stack[..., 2] = 0
+    want = focus_stack(stack)
+    real_empty = np.empty
+
+    def garbage(shape, dtype=float, *args, **kwargs):
+        out = real_empty(shape, dtype, *args, **kwargs)
+        if out.dtype.kind == "f":
+            out.reshape(-1).view(np.uint8).fill(0x7F)  # float64: 1.4e306
+        return out
+
+    monkeypatch.setenv("FSTACK_DASK_ENGINE", engine)
+    monkeypatch.setattr(np, "empty", garbage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        planes = np.moveaxis(stack, 2, 0)
+        assert not fuse_block(planes, selectivity_only=True, engine=engine).image.any()
+        out = fuse(stack, axes="yxz", chunks=(7, 5)).compute(scheduler="sync")
+    assert np.array_equal(out, want)
