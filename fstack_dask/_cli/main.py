@@ -225,7 +225,6 @@ _API_TO_OPTION = (
     ("check storage_options=", "check --storage-options"),
     ("dst_storage_options only apply", "--dst-storage-options only apply"),
     ("storage_options only apply", "--storage-options only apply"),
-    ("lower memory_per_task ", "lower --memory-per-task "),
 )
 
 
@@ -246,6 +245,7 @@ def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     # the option, or the config file's key where the budget came from there (g47)
     named = getattr(args, "memory_per_task_named", "--memory-per-task")
     text = text.replace("memory_per_task=", f"{named} ")
+    text = text.replace("lower memory_per_task ", f"lower {named} ")  # a stall's (g55)
     lead = _LEADING_KEYWORD.match(text)
     name = lead and (lead["must"] or lead["equals"] or lead["quoted"])
     if name and getattr(args, name, None) not in (None, False):

@@ -293,13 +293,13 @@ def test_a_lost_scheduler_is_one_line(stack, tmp_path, cluster):
     assert "lost the connection to the dask scheduler" in line and "--resume" in line, line
 
 
-def _stalled(stack, tmp_path, worker_envs, seconds: int) -> tuple[str, str]:
+def _stalled(stack, tmp_path, worker_envs, seconds: int, *more) -> tuple[str, str]:
     """The one line a run on a cluster of these workers ends with after ``seconds`` without
     a finished block (nothing written), and the cluster's address."""
     cluster = Cluster(tmp_path, worker_envs)
     try:
         proc = _popen("fuse", stack, tmp_path / "out.zarr", "--scheduler", cluster.address,
-                      "--stall-timeout", str(seconds), "--no-progress")  # fmt: skip
+                      "--stall-timeout", str(seconds), "--no-progress", *more)  # fmt: skip
         _, err = proc.communicate(timeout=TIMEOUT)
     finally:
         cluster.stop()
@@ -313,6 +313,16 @@ def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp
     line, _ = _stalled(stack, tmp_path, [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}], 5)
     assert "paused" in line and "lower --memory-per-task or give" in line
     assert "nothing was written" in line
+
+
+def test_a_stall_names_the_config_files_memory_key_where_it_set_the_budget(stack, tmp_path):
+    """The budget came from the config file, yet the stall said "lower --memory-per-task"
+    (the g55 brief): it names the file's key, as the other messages on the budget do (g47)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("resources: {memory_per_task: 256MiB}\n")
+    paused = [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}]
+    line, _ = _stalled(stack, tmp_path, paused, 5, "--config", config)
+    assert "paused" in line and "lower resources.memory_per_task or give" in line, line
 
 
 def test_a_scheduler_without_workers_is_said_not_taken_for_memory(stack, tmp_path):
