@@ -11,11 +11,12 @@ fail its blocks in the middle of a run.
 
 from __future__ import annotations
 
+import math
 import os
 
 __all__ = [
-    "CUDA_PINNED", "ENGINE", "ENGINES", "HALO_EXCHANGE", "SWITCH_VALUES", "check", "choice",
-    "switch", "switch_or_default",
+    "CUDA_PINNED", "ENGINE", "ENGINES", "HALO_EXCHANGE", "LOCK_STALE_AFTER", "SWITCH_VALUES",
+    "check", "choice", "seconds", "switch", "switch_or_default",
 ]  # fmt: skip
 
 SWITCH_VALUES = ("0", "1")
@@ -25,6 +26,8 @@ ENGINE, ENGINES = "FSTACK_DASK_ENGINE", ("numpy", "compiled")
 HALO_EXCHANGE = "FSTACK_DASK_HALO_EXCHANGE"
 #: How ``_algorithm.cuda`` sends samples, a switch read in every process that fuses on a GPU.
 CUDA_PINNED = "FSTACK_DASK_CUDA_PINNED"
+#: When another host's lock is stale (``_outputs.staleness``): seconds, read at the import.
+LOCK_STALE_AFTER, LOCK_STALE_DEFAULT = "FSTACK_DASK_LOCK_STALE_AFTER", 60.0
 
 
 def check() -> None:
@@ -33,6 +36,7 @@ def check() -> None:
     choice(ENGINE, ENGINES)
     switch(HALO_EXCHANGE, True)
     switch(CUDA_PINNED, True)
+    seconds(LOCK_STALE_AFTER, LOCK_STALE_DEFAULT)
 
 
 def choice(name: str, accepted: tuple[str, ...]) -> str | None:
@@ -63,3 +67,19 @@ def switch_or_default(name: str, default: bool) -> bool:
 
         warn(f"{exc}; the default ({int(default)}) is used")
         return default
+
+
+def seconds(name: str, default: float) -> float:
+    """``name`` as seconds above 0, ``inf`` for never (unset or empty: ``default``); refuses
+    another value (``abc``, ``0``, ``-5``, ``nan``)."""
+    text = os.environ.get(name, "")
+    if text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ValueError(f"{name} must be a number of seconds above 0, or inf (or unset), "
+                         f"got {text!r}")  # fmt: skip
+    return value

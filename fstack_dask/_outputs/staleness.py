@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -31,6 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .._env import LOCK_STALE_AFTER as LOCK_STALE_NAME
+from .._env import LOCK_STALE_DEFAULT, seconds
 from .._locations import Location
 
 try:  # POSIX: the kernel's own record of a live holder
@@ -47,22 +48,19 @@ log = logging.getLogger(__name__)
 
 
 def _seconds_from_env(name: str, default: float) -> float:
-    text = os.environ.get(name) or None  # empty: unset, as every variable of ours (g51)
+    """``name``'s seconds, else ``default``. A bad value is refused where a run is planned
+    (``_env.check``); read here at the import, in every process, it was warned of instead,
+    in each worker process once more with its source line (the g55 brief)."""
     try:
-        value = default if text is None else float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:  # ("abc", "0", "-5", "nan" ran on the default in silence: a sweep, g41)
-        from .._errors import warn
-
-        warn(f"{name} must be a positive number of seconds, got {text!r}; {default:g} s is used")
+        value = seconds(name, default)
+    except ValueError:  # (a process that plans no run: a worker's tasks never judge a lock)
         return default
     return min(value, threading.TIMEOUT_MAX)  # "inf": never
 
 
 #: Seconds without a heartbeat before a lock written on another host is stale
 #: (``FSTACK_DASK_LOCK_STALE_AFTER``; raise it for filesystems with slow metadata).
-LOCK_STALE_AFTER = _seconds_from_env("FSTACK_DASK_LOCK_STALE_AFTER", 60.0)
+LOCK_STALE_AFTER = _seconds_from_env(LOCK_STALE_NAME, LOCK_STALE_DEFAULT)
 HEARTBEAT_EVERY = LOCK_STALE_AFTER / 6
 
 

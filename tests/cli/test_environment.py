@@ -73,6 +73,22 @@ def test_every_variable_set_empty_runs_its_default_without_a_word(src, tmp_path)
     assert done.returncode == 0 and done.stderr == "", done.stderr[-800:]
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
+def test_a_bad_lock_stale_age_is_refused_in_one_line(src, tmp_path, value):
+    """FSTACK_DASK_LOCK_STALE_AFTER=abc was warned of, 60 s used, by the command line and again
+    by each process of ``--scheduler processes``, there with its source line (the g55 brief):
+    refused before anything is written, as the other variables are."""
+    before = tree_digest(tmp_path)
+    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", "--scheduler", "processes",
+                cwd=tmp_path, env={"FSTACK_DASK_LOCK_STALE_AFTER": value})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-800:]
+    assert done.stderr.splitlines() == [
+        "fstack-dask: error: FSTACK_DASK_LOCK_STALE_AFTER must be a number of seconds above 0, "
+        f"or inf (or unset), got {value!r}"
+    ]
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
     """Where a refusal would fail a running task (a worker that joins later with another
     environment), the value is warned of and the default runs; a worker asked before the run
