@@ -11,11 +11,13 @@ written (:func:`require_engine_on_workers`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .._algorithm import block as _kernel
 from .._algorithm.block import engine_problem
 from .._algorithm.device import cuda_problem, engine_for, require_here
+from .._errors import raise_if_stopped
 
 __all__ = ["require_device", "require_device_for_graph", "require_engine_on_workers", "run_engine"]
 
@@ -65,21 +67,53 @@ def require_engine_on_workers(engine: str, scheduler: Any) -> None:
     some workers are broken, the others' blocks were computed before the run failed."""
     client = getattr(scheduler, "client", None)
     if scheduler.kind == "distributed":
-        # a worker gone meanwhile (a node lost, a nanny restarting it: CommClosedError, an
-        # OSError) failed the run here, where its tasks go to the others (the g43 review)
-        replies = client.run(engine_problem, engine, on_error="return")
-        answers = sorted((w, a) for w, a in replies.items() if not isinstance(a, OSError))
-        for _, answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
+        answers = _answers_of_workers(client, engine)
     elif scheduler.kind == "processes":
         answers = [("process", problem) for problem in client.ask_each(engine_problem, engine)]
+        if not answers:  # every process died (a stop signal to the group is raised instead)
+            raise_if_stopped()
+            raise ValueError(
+                f"no worker process answered the check of engine={engine!r}: every one "
+                "died (killed, out of memory?); nothing written, rerun"
+            )
     else:  # this process fuses: checked where dst was accepted (run.checked)
         return
     for worker, problem in answers:
         if problem is not None:
             where = "a worker process" if worker == "process" else f"worker {worker}"
             raise ValueError(f"{problem} (on {where})")
+
+
+#: Seconds the engine's check waits for a worker where every one died as it was asked (a
+#: nanny restarts its worker in a few seconds).
+WORKERS_AWAITED = 60.0
+
+
+def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
+    """Each live worker's answer to ``engine_problem(engine)``. A worker gone meanwhile (a node
+    lost, a nanny restarting it: CommClosedError, an OSError) failed the run here, where its
+    tasks go to the others (the g43 review); but where every worker went, the check passed
+    with nothing asked (the g55 brief): it asks again, for up to :data:`WORKERS_AWAITED`
+    seconds, the workers that come (a nanny's restart), else refuses in one line. A cluster
+    with no worker yet (its batch jobs queued or refused) is left to the run's stall check."""
+    deadline, asked = time.monotonic() + WORKERS_AWAITED, False
+    while True:
+        replies = client.run(engine_problem, engine, on_error="return")
+        answers = sorted((w, a) for w, a in replies.items() if not isinstance(a, OSError))
+        for _, answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        if answers or not (replies or asked):  # none yet (batch jobs queued): the stall's to say
+            return answers
+        asked = True
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"no worker of the cluster answered the check of engine={engine!r} within "
+                f"{WORKERS_AWAITED:g} s: every one died or left (killed, out of memory?); "
+                "nothing written, rerun once it has workers"
+            )
+        raise_if_stopped()
+        time.sleep(0.5)
 
 
 def require_device_for_graph(device: str) -> None:

@@ -265,6 +265,113 @@ def test_a_worker_gone_during_the_engine_check_leaves_the_run_to_the_others():
         require_engine_on_workers("compiled", Scheduler("distributed", 1, 1, client))
 
 
+_DIES_WHEN_ASKED = """
+import os
+
+def always(engine):
+    os._exit(1)
+
+def once(engine):  # this worker dies; the one its nanny starts again answers
+    if not os.path.exists({marker!r}):
+        open({marker!r}, "w").close()
+        os._exit(1)
+    from fstack_dask._algorithm.block import engine_problem
+    return engine_problem(engine)
+"""
+
+
+def _asked_dies(monkeypatch, tmp_path, how: str) -> str:
+    """The engine's check made to end each worker it asks (``how``: ``always``, or ``once``
+    per cluster), as a worker killed or out of memory then: its PYTHONPATH entry."""
+    from fstack_dask._runs import device
+
+    folder = tmp_path / "asked"
+    folder.mkdir()
+    text = _DIES_WHEN_ASKED.format(marker=str(tmp_path / "asked-once"))
+    (folder / "dies_when_asked.py").write_text(text)
+    monkeypatch.syspath_prepend(str(folder))
+    import dies_when_asked
+
+    monkeypatch.setattr(device, "engine_problem", getattr(dies_when_asked, how))
+    return str(folder)
+
+
+def test_every_worker_gone_during_the_engine_check_refuses_the_run_in_one_line(
+    monkeypatch, tmp_path
+):
+    """Every worker of the cluster died as the run asked them whether they could run the
+    engine (no nanny to restart them): the check passed with nothing asked, and the run
+    went on to the blocks (the g55 brief). Now it waits for a worker, then refuses."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask._runs import device
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    monkeypatch.setattr(device, "WORKERS_AWAITED", 3.0, raising=False)
+    path = os.pathsep.join(filter(None, (_asked_dies(monkeypatch, tmp_path, "always"),
+                                         os.environ.get("PYTHONPATH"))))  # fmt: skip
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:
+        workers = [
+            subprocess.Popen([sys.executable, "-m", "dask", "worker", cluster.scheduler_address,
+                              "--no-nanny", "--nthreads", "1", "--no-dashboard"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": path})
+            for _ in range(2)
+        ]  # fmt: skip
+        try:
+            client.wait_for_workers(2, timeout=120)
+            with pytest.raises(ValueError, match="no worker of the cluster answered") as info:
+                device.require_engine_on_workers("compiled", Scheduler("distributed", 1, 1, client))
+            assert all(w.wait(timeout=60) == 1 for w in workers)  # each died as it was asked
+        finally:
+            for worker in workers:
+                worker.kill()
+    assert "\n" not in str(info.value) and "engine='compiled'" in str(info.value)
+
+
+def test_every_worker_gone_during_the_engine_check_asks_those_restarted(monkeypatch, tmp_path):
+    """As above, but the worker's nanny starts it again: the check asks the new worker (here
+    its numba is broken, so it refuses the run) where it asked none."""
+    from distributed import Client
+
+    from fstack_dask._runs.device import require_engine_on_workers
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('Numba needs NumPy 0.1 or less')\n")
+    asked = _asked_dies(monkeypatch, tmp_path, "once")
+    path = os.pathsep.join(filter(None, (str(fake.parent), asked, os.environ.get("PYTHONPATH"))))
+    cluster = Cluster(tmp_path, [{"PYTHONPATH": path}], nthreads=1)
+    try:
+        with Client(cluster.address) as client:
+            with pytest.raises(ValueError, match="needs numba.*on worker tcp://"):
+                require_engine_on_workers("compiled", Scheduler("distributed", 1, 1, client))
+        assert (tmp_path / "asked-once").exists()  # the first worker died as it was asked
+    finally:
+        cluster.stop()
+
+
+def test_every_worker_process_gone_during_the_engine_check_refuses_the_run():
+    """``scheduler="processes"``: every worker process died (killed, out of memory) as the
+    run asked them; the check passed with nothing asked. Now: one line, nothing written."""
+    from fstack_dask._runs.device import require_engine_on_workers
+    from fstack_dask._runs.pool import ProcessPool
+    from fstack_dask._runs.scheduler_choice import Scheduler
+
+    pool = ProcessPool(2)
+    try:
+        pids = pool.ask_each(os.getpid)
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ValueError, match="no worker process answered") as info:
+            require_engine_on_workers("numpy", Scheduler("processes", 1, 2, pool, pool.ticks))
+        assert "\n" not in str(info.value)
+    finally:
+        pool.shutdown()
+
+
 def _late_worker(cluster, env: dict, client) -> subprocess.Popen:
     """One more worker process for ``cluster``, with ``env``, joined before this returns."""
     before = len(client.scheduler_info(n_workers=-1)["workers"])
