@@ -232,7 +232,10 @@ def open_scheduler(config: Config) -> Iterator[Any]:
             yield client
         return
     cls = _jobqueue_class(c.kind)
-    with cls(**dict(c.jobqueue)) as cluster:
+    from .._runs.waiting import telling_refusals  # (what sbatch said, for a refused run's line)
+
+    told = {"job_cls": telling_refusals(cls.job_cls)} if hasattr(cls, "job_cls") else {}
+    with cls(**dict(c.jobqueue), **told) as cluster:
         cluster.scale(jobs=c.jobs)
         with Client(cluster) as client:
             yield client

@@ -18,6 +18,7 @@ __all__ = [
     "first_done",
     "local_waiter",
     "lost",
+    "telling_refusals",
 ]
 
 POLL = 0.25  # seconds between looks at the blocks reported while tasks of many blocks run
@@ -163,9 +164,10 @@ def _batch_jobs(cluster: Any) -> str:
     if not jobs:
         return ""
     refused = sum(j.job_id is None for j in jobs)
+    said = next((j.refusal for j in jobs if getattr(j, "refusal", None)), None)
     told = (
         f"{refused} of its {len(jobs)} batch job(s) could not be submitted (the batch "
-        "scheduler refused them)"
+        + (f"scheduler refused them: {said!r})" if said else "scheduler refused them)")
         if refused
         else f"its {len(jobs)} batch job(s) are still queued or ended without a worker"
     )
@@ -173,3 +175,26 @@ def _batch_jobs(cluster: Any) -> str:
         f"cluster; {told}: check the batch system (sinfo, squeue, qstat) against the config's "
         "cluster.jobqueue (queue, account, walltime, cores, memory)"
     )
+
+
+def telling_refusals(job_cls: type) -> type:
+    """``job_cls`` (a dask-jobqueue job class) whose jobs keep, as ``refusal``, the first line
+    of what the batch scheduler said when it refused them (``sbatch: error: invalid partition
+    specified: normal``), for the stall's one line: dask-jobqueue raises it in distributed's
+    event loop, whose log the command line silences, and the line said only that the jobs
+    were refused (the g55 brief)."""
+
+    class Telling(job_cls):  # type: ignore[misc,valid-type]
+        refusal: str | None = None
+
+        async def _submit_job(self, script_filename: str) -> Any:
+            try:
+                return await super()._submit_job(script_filename)
+            except RuntimeError as exc:  # dask-jobqueue's: the command, its stdout, its stderr
+                _, _, err = str(exc).partition("stderr:\n")
+                lines = [line.strip() for line in (err or str(exc)).splitlines()]
+                self.refusal = next((line for line in lines if line), None)
+                raise
+
+    Telling.__name__ = Telling.__qualname__ = job_cls.__name__
+    return Telling

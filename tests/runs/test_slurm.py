@@ -175,7 +175,8 @@ def test_a_refused_batch_job_is_said_not_taken_for_memory(slurm_available, tmp_p
     sbatch refuses every job, and distributed's log (silenced on the command line) was the
     only place that said so: the run waited --stall-timeout (600 s), then blamed memory, "no
     workers left; lower --memory-per-task (--memory-per-task ) ...". Now it fails within
-    seconds of the refusal, saying the jobs were refused and where to look."""
+    seconds of the refusal, saying the jobs were refused and where to look, and (the g55
+    brief) what sbatch said, the first line of its error, where it said only "refused"."""
     import re
 
     from fstack_dask import synthetic_stack, write_stack
@@ -199,7 +200,8 @@ def test_a_refused_batch_job_is_said_not_taken_for_memory(slurm_available, tmp_p
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
         r"cluster; 2 of its 2 batch job\(s\) could not be submitted \(the batch scheduler "
-        r"refused them\): check the batch system \(sinfo, squeue, qstat\) against the config's "
+        r"refused them: 'sbatch: error: invalid partition specified: no-such-partition'\): "
+        r"check the batch system \(sinfo, squeue, qstat\) against the config's "
         r"cluster\.jobqueue \(queue, account, walltime, cores, memory\); nothing was written",
         line,
     ), line
