@@ -254,7 +254,10 @@ class Destination(DestinationChecks):
         except OSError as exc:
             why = " ".join(str(exc).split())
             if isinstance(exc.filename, str) and os.path.isabs(exc.filename):
-                why = change_locked(exc.filename) or why
+                # the file's mark, or its folder's (append-only: a raw "Operation not
+                # permitted" named the file alone, g53)
+                marks = (change_locked(p) for p in (exc.filename, os.path.dirname(exc.filename)))
+                why = next((m for m in marks if m is not None), why)
             raise type(exc)(
                 f"{self.what()} holds an unfinished run that could not be cleared for the "
                 f"overwrite ({why}); what is left of it is kept, still known as ours: rerun with "

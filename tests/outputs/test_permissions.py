@@ -652,3 +652,27 @@ def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_
     assert "could not be cleared" in error and "rerun with --overwrite" in error
     subprocess.run(["chattr", "-i", str(chunk)], check=True)
     assert cli("fuse", src, dst, *FUSE, "--overwrite").returncode == 0
+
+
+def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp_path,
+                                                                             monkeypatch,
+                                                                             request):  # fmt: skip
+    """An unfinished output whose chunk folder is marked append-only (``chattr +a``): its
+    files may not be removed, and the overwrite said "[Errno 1] Operation not permitted:
+    '.../0/c/0/0'", naming the file, not the folder's mark nor how to clear it (g53). One
+    line naming dst, the folder's mark and ``chattr -a``; the rest kept; a rerun of
+    --overwrite finishes once the mark is cleared."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)
+    folder = next(p.parent for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
+    kept = sorted(p.name for p in folder.iterdir())
+    _chattr_or_skip("a", folder, request)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    assert proc.returncode in (1, 2)
+    error = one_line_error(proc)
+    assert f"dst {str(dst)!r}" in error
+    assert f"{str(folder)!r} is marked append-only (chattr +a; chattr -a clears it)" in error
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    subprocess.run(["chattr", "-a", str(folder)], check=True)
+    assert cli("fuse", src, dst, *FUSE, "--overwrite").returncode == 0
