@@ -131,3 +131,35 @@ def count_decodes(monkeypatch, while_: list) -> tuple[list[int], set[str]]:
 
     monkeypatch.setattr(fetch, "_decode", decode)
     return decoded, names
+
+
+# The CLI with statx refused (EPERM), as an older container runtime's seccomp profile refuses
+# it: a seccomp filter (x86_64's syscall number) installed before fstack_dask starts.
+NO_STATX_CLI = textwrap.dedent("""
+    import ctypes, runpy, sys
+    class F(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+    class P(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(F))]
+    rules = (F * 4)(F(0x20, 0, 0, 0), F(0x15, 0, 1, 332), F(0x06, 0, 0, 0x50001),
+                    F(0x06, 0, 0, 0x7FFF0000))  # nr == statx: EPERM; else allow
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(P(4, rules)), 0, 0):
+        sys.exit("seccomp refused")  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
+    sys.argv[0] = "fstack-dask"
+    runpy.run_module("fstack_dask", run_name="__main__")
+""")
+
+
+def masked_cli(*args: str, no_statx: bool = False) -> subprocess.CompletedProcess:
+    """The CLI where /proc/self/mountinfo is masked (a hardened container's: /dev/null bound
+    over it, in a mount namespace of its own), and statx refused too where ``no_statx``."""
+    import shlex
+
+    run = ["-c", NO_STATX_CLI] if no_statx else ["-m", "fstack_dask"]
+    command = shlex.join([sys.executable, *run, *map(str, args)])
+    script = f"mount --bind /dev/null /proc/$$/mountinfo && exec {command}"
+    env = {**os.environ, "XDG_CACHE_HOME": CACHE}
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, check=False, env=env)  # fmt: skip

@@ -209,8 +209,8 @@ def check_tiff_destination(
         )
     if not overwrite and not resume:
         raise FileExistsError(f"{where} already exists; choose another path or pass overwrite=True")
-    if overwrite and tiff.path in mounts_within(tiff.path, itself=True):  # (a file bound there:
-        # the run computed it all, then failed "Device or resource busy", "rerun with --resume")
+    if overwrite and _mount_point(tiff, where):  # (a file bound there: the run computed it
+        # all, then failed "Device or resource busy", "rerun with --resume")
         raise ValueError(
             f"{where} is a mount point, which cannot be replaced by another file; an overwrite "
             "writes the new TIFF beside dst and swaps the two: remove the old TIFF yourself, or "
@@ -226,6 +226,20 @@ def check_tiff_destination(
                 "dst and swaps the two: clear it, or choose another dst"
             )
     return owner
+
+
+def _mount_point(tiff: Location, where: str) -> bool:
+    """Whether the TIFF at ``tiff`` is a mount point (a file bound there); refused where that
+    cannot be told (the mount table masked, statx refused: a hardened container), as for a
+    Zarr dst (it said "cannot read the mount table ...", naming no parameter, exit 1: g53)."""
+    try:
+        return tiff.path in mounts_within(tiff.path, itself=True)
+    except PermissionError as exc:
+        raise ValueError(
+            f"{where} cannot be checked for being a mount point: {exc}; an overwrite writes the "
+            "new TIFF beside dst and swaps the two: remove the old TIFF yourself, or choose "
+            "another dst"
+        ) from None
 
 
 def _check_complete(tiff, work, owner, fusion, plan) -> None:

@@ -27,6 +27,7 @@ from safety_util import (
     bind_or_skip,
     cli,
     digest_of,
+    masked_cli,
     one_line_error,
     small_stack,
     unmount_all_under,
@@ -1450,6 +1451,29 @@ def test_a_source_bound_inside_an_output_is_kept_where_the_mount_table_is_masked
                           text=True, check=False, env=env)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "holds a mount point ('0/c')" in one_line_error(proc)
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.skipif(
+    not unshare_works("-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo")
+    or os.uname().machine != "x86_64",
+    reason="needs root, unshare -m, and x86_64 (the seccomp filter's syscall number)",
+)
+def test_a_tiff_overwrite_where_no_mount_point_can_be_told_is_refused_naming_dst(tmp_path):
+    """A hardened container masks /proc/self/mountinfo and refuses statx (an older runtime's
+    seccomp profile): whether a TIFF dst is a mount point cannot be told. ``--overwrite``
+    failed "cannot read the mount table ...", naming no parameter, exit 1 (g53); as for a
+    Zarr dst, it is refused in one line naming dst, exit 2, nothing written."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.tif"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    before = tree_digest(tmp_path)
+    proc = masked_cli("fuse", src, dst, *FUSE, "--overwrite", no_statx=True)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert line.startswith(f"fstack-dask: error: dst {str(dst)!r} cannot be checked for being a "
+                           "mount point: cannot read the mount table"), line  # fmt: skip
+    assert "statx failed: Operation not permitted" in line
     assert tree_digest(tmp_path) == before
 
 
