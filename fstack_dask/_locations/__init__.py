@@ -31,13 +31,21 @@ their parents, and the protected locations the caller names, such as the source)
 """
 
 from .location import Location
-from .places import change_locked, owner_and_mode, permission_missing, read_only_mount, sticky_keeps
+from .places import (
+    change_locked,
+    marks_reader,
+    owner_and_mode,
+    permission_missing,
+    read_only_mount,
+    sticky_keeps,
+)
 from .remove import mounts_within, remove_tree
 from .resolve import reach, resolve
 
 __all__ = [
     "Location",
     "change_locked",
+    "marks_reader",
     "mounts_within",
     "owner_and_mode",
     "permission_missing",

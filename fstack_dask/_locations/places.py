@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
 import posixpath
 import re
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .location import Location
@@ -168,7 +170,10 @@ def read_only_mount(path: str) -> bool:
         return False
 
 
-_LOCKS = ((0x10, "immutable", "i"), (0x20, "append-only", "a"))  # FS_IMMUTABLE_FL, FS_APPEND_FL
+# FS_IMMUTABLE_FL, FS_APPEND_FL (chattr's flags), which statx's STATX_ATTR_IMMUTABLE and
+# STATX_ATTR_APPEND equal
+_LOCKS = ((0x10, "immutable", "i"), (0x20, "append-only", "a"))
+_LOCK_BITS = 0x30
 
 
 def change_locked(path: str) -> str | None:
@@ -176,6 +181,34 @@ def change_locked(path: str) -> str | None:
     ``FS_IOC_GETFLAGS``), for one line: then nothing in it (or, immutable, itself) may be
     removed or renamed, even by root, whatever its owner and mode say; or None (none of
     these marks, or a system or filesystem without them)."""
+    mark = _mark(_flags(path) or 0)
+    return None if mark is None else f"{path!r} is {mark}"
+
+
+def marks_reader(top: str) -> Callable[[str], str | None] | None:
+    """How to ask each entry under the local folder ``top`` for a mark of
+    :func:`change_locked`'s, many times over: ``statx``'s attributes where its filesystem
+    reports these marks (one call, no open), else ``FS_IOC_GETFLAGS`` where that answers for
+    ``top``; None where the filesystem has no such marks. The function returns what
+    :func:`change_locked` does (a link: None)."""
+    with contextlib.suppress(OSError):
+        known = statx_attributes(top)
+        if known is not None and known[1] & _LOCK_BITS == _LOCK_BITS:
+
+            def by_statx(path: str) -> str | None:
+                try:
+                    mark = _mark(statx_attributes(path)[0])  # type: ignore[index]
+                except OSError:  # (gone meanwhile)
+                    return None
+                return None if mark is None else f"{path!r} is {mark}"
+
+            return by_statx
+    return None if _flags(top) is None else change_locked
+
+
+def _flags(path: str) -> int | None:
+    """``path``'s inode flags (``FS_IOC_GETFLAGS``), or None where none can be read (a
+    link, a filesystem or system without them)."""
     try:
         import fcntl
 
@@ -189,11 +222,39 @@ def change_locked(path: str) -> str | None:
         return None
     finally:
         os.close(fd)
-    value = int.from_bytes(flags[:4], sys.byteorder)
+    return int.from_bytes(flags[:4], sys.byteorder)
+
+
+def _mark(value: int) -> str | None:
     for bit, name, letter in _LOCKS:
         if value & bit:
-            return f"{path!r} is marked {name} (chattr +{letter}; chattr -{letter} clears it)"
+            return f"marked {name} (chattr +{letter}; chattr -{letter} clears it)"
     return None
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def statx_attributes(path: str) -> tuple[int, int] | None:
+    """``statx``'s ``(stx_attributes, stx_attributes_mask)`` of the local ``path`` (a link not
+    followed): which attributes it has, and which its filesystem reports; None where this
+    system has no statx; OSError where the call fails."""
+    import ctypes
+
+    try:
+        call = _libc().statx
+    except (AttributeError, OSError):
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if call(-100, os.fsencode(path), 0x100, 0, buf) != 0:  # AT_FDCWD, AT_SYMLINK_NOFOLLOW
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    raw = buf.raw
+    return (int.from_bytes(raw[8:16], sys.byteorder), int.from_bytes(raw[56:64], sys.byteorder))
 
 
 def permission_missing(path: str) -> str:

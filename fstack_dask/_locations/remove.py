@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from .location import Location
+from .places import statx_attributes
 
 
 def _never_removed() -> list[Location]:
@@ -264,23 +265,18 @@ def _mount_roots(path: str, itself: bool) -> list[str]:
 
 
 def _is_mount_root(path: str) -> bool:
-    import ctypes
-
-    reason = "this system has no statx"
-    with contextlib.suppress(AttributeError, OSError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(256)  # struct statx
-        if libc.statx(-100, os.fsencode(path), 0x100, 0, buf) == 0:  # AT_FDCWD, NOFOLLOW
-            attributes, known = (int.from_bytes(buf.raw[a : a + 8], sys.byteorder)
-                                 for a in (8, 56))  # fmt: skip
-            if known & _MOUNT_ROOT:
-                return bool(attributes & _MOUNT_ROOT)
+    try:
+        found = statx_attributes(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        reason = f"statx failed: {exc.strerror}"
+    else:
+        reason = "this system has no statx"
+        if found is not None and found[1] & _MOUNT_ROOT:
+            return bool(found[0] & _MOUNT_ROOT)
+        if found is not None:
             reason = "statx does not say where a mount starts here"
-        else:
-            code = ctypes.get_errno()
-            if code == errno.ENOENT:
-                return False
-            reason = f"statx failed: {os.strerror(code)}"
     raise PermissionError(
         f"cannot read the mount table /proc/self/mountinfo, and {reason}, so cannot tell "
         f"whether {path!r} is a mount point (another filesystem, or a folder bound there, "

@@ -29,7 +29,7 @@ from .._locations import Location
 from . import folders, leftovers
 from .folders import path_too_long
 from .ownership import ID_FILE, classify, copied_provenance, foreign_entries
-from .removal import sticky_blocked, unremovable
+from .removal import Marked, sticky_blocked, unremovable
 from .staleness import live_lock, locked_message
 from .state import OutputState
 
@@ -213,14 +213,14 @@ class DestinationChecks:
             why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
             missing = unremovable(self.dst)
-            why = (
-                None
-                if missing is None
-                else (
-                    f"cannot be replaced: this user {missing}; ask its owner to let you remove it "
-                    "(chmod -R g+w, for a group's folder) or choose another dst"
-                )
+            advice = (
+                "clear the mark"
+                if isinstance(missing, Marked)
+                else "ask its owner to let you remove it (chmod -R g+w, for a group's folder)"
             )
+            why = None if missing is None else (
+                f"cannot be replaced: this user {missing}; {advice} or choose another dst"
+            )  # fmt: skip
         if why is not None:
             raise PermissionError(f"{self.what()} {why} (nothing was written)")
 

@@ -17,7 +17,14 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 
-from .._locations import Location, owner_and_mode, permission_missing, remove_tree, sticky_keeps
+from .._locations import (
+    Location,
+    marks_reader,
+    owner_and_mode,
+    permission_missing,
+    remove_tree,
+    sticky_keeps,
+)
 from .ownership import (
     ID_FILE,
     RUN_FILE,
@@ -32,6 +39,7 @@ from .ownership import (
 from .state import OutputState
 
 __all__ = [
+    "Marked",
     "clear_output",
     "copy_of",
     "ours_within",
@@ -191,10 +199,12 @@ def unremovable(folder: Location) -> str | None:
     if why is not None:
         return why
     ours = ours_within(folder)
+    marks = marks_reader(folder.path)  # (a mark inside was met only once the new output was
+    # in place: the old one left beside dst, the run's time spent on a warning: g53)
     for entry in sorted(entries):
         top = os.path.join(folder.path, entry)
         if os.path.isdir(top) and not os.path.islink(top):
-            why = _blocking(top, entry, "", ours, False)[1]
+            why = _blocking(top, entry, "", ours, False, marks)[1]
             if why is not None:
                 return why
     return None
@@ -218,10 +228,17 @@ def _may_hold_ours(entry: str, rel: str) -> bool:
     return bool(_CHUNK_FOLDER.fullmatch(rel))
 
 
-def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool], count: bool):
+class Marked(str):
+    """What keeps our files from being removed that is a ``chattr`` mark (``+i``, ``+a``),
+    which binds root too: cleared by ``chattr``, not by asking the owner."""
+
+
+def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool], count: bool,
+              marks: Callable[[str], str | None] | None = None):  # fmt: skip
     """(whether the folder at ``path`` is left empty once our files go, what blocks them).
     Its files are judged only where that matters (``count``: its parent may not be written;
-    or it may not be written itself): a walk of a writable output stats no file."""
+    or it may not be written itself, or is marked): a walk of a writable output stats no
+    file but asks ``marks`` of each (one ``statx``)."""
     if not _may_hold_ours(entry, rel):  # a user's folder (0/annotations): kept, whatever it is
         return False, None
     if not os.access(path, os.R_OK | os.X_OK):
@@ -229,23 +246,30 @@ def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool],
     writable = os.access(path, os.W_OK | os.X_OK)
     folder = os.stat(path)
     sticky = writable and _sticky_theirs(path)  # (os.access says "writable" there)
+    marked = None if marks is None else marks(path)  # (os.access says "writable" to +a)
+    look = count or not writable or sticky or marked is not None
     emptied, removes = True, False
     with os.scandir(path) as found:
         for item in found:
             name = f"{rel}/{item.name}" if rel else item.name
             theirs = sticky and sticky_keeps(folder, item.stat(follow_symlinks=False).st_uid)
             if item.is_dir(follow_symlinks=False):
-                gone, why = _blocking(item.path, entry, name, ours, not writable)
+                gone, why = _blocking(item.path, entry, name, ours, not writable, marks)
                 if why is not None:
                     return False, why
                 gone = gone and not theirs  # (its rmdir fails: it is kept, empty)
-            elif writable and not count and not sticky:
+            elif not look and (marks is None or marks(item.path) is None):
                 continue
             else:  # (a link is never ours)
                 gone = not item.is_symlink() and ours(entry, name)
                 if gone and theirs:
                     return False, _sticky_refusal(item.path, path)
+                locked = marks(item.path) if gone and marks is not None else None
+                if locked is not None:
+                    return False, Marked(f"may not remove its files: {locked}")
             removes, emptied = removes or gone, emptied and gone
+    if marked is not None and (removes or emptied):  # (emptied: its parent removes it)
+        return False, Marked(f"may not remove its folders: {marked}")
     if removes and not writable:
         return False, permission_missing(path)
     return emptied, None

@@ -638,18 +638,20 @@ def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_
     removed (immutable here; root_squash on NFS likewise): the run stopped part way with
     "permission denied: this user was refused access to '.../c/0/0' (owned by root ...,
     mode 644)", blaming the owner, root itself, and saying neither what was left of dst nor
-    how to go on (a ninth adversarial run). It names the mark, says the rest is kept, still
-    ours, and that a rerun of --overwrite finishes: it does, once the mark is cleared."""
+    how to go on (a ninth adversarial run). It names the mark, before anything is removed
+    (g53: until then, once part of the run was removed), and a rerun of --overwrite finishes
+    once the mark is cleared."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     _unfinished(src, dst, monkeypatch)
     chunk = next(p for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
     _chattr_or_skip("i", chunk, request)
+    before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
     assert proc.returncode == 1
     error = one_line_error(proc)
-    assert f"{str(chunk)!r} is marked immutable" in error
-    assert "could not be cleared" in error and "rerun with --overwrite" in error
+    assert f"{str(chunk)!r} is marked immutable (chattr +i; chattr -i clears it)" in error
+    assert tree_digest(tmp_path) == before
     subprocess.run(["chattr", "-i", str(chunk)], check=True)
     assert cli("fuse", src, dst, *FUSE, "--overwrite").returncode == 0
 
@@ -661,7 +663,8 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
     files may not be removed, and the overwrite said "[Errno 1] Operation not permitted:
     '.../0/c/0/0'", naming the file, not the folder's mark nor how to clear it (g53). One
     line naming dst, the folder's mark and ``chattr -a``; the rest kept; a rerun of
-    --overwrite finishes once the mark is cleared."""
+    --overwrite finishes once the mark is cleared. (Since g53's check of the marks inside an
+    output before anything is written, the refusal comes before the clear.)"""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     _unfinished(src, dst, monkeypatch)
@@ -676,3 +679,30 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
     assert sorted(p.name for p in folder.iterdir()) == kept
     subprocess.run(["chattr", "-a", str(folder)], check=True)
     assert cli("fuse", src, dst, *FUSE, "--overwrite").returncode == 0
+
+
+@pytest.mark.parametrize(("flag", "what"), [("i", "file"), ("a", "file"), ("a", "folder"),
+                                            ("i", "folder")])  # fmt: skip
+def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path, request, flag,
+                                                                      what):  # fmt: skip
+    """A chunk file or folder inside a complete output marked immutable or append-only
+    (``chattr``, which binds root too): the overwrite computed it all, swapped, then could
+    not remove the old output and left it beside dst with a warning; an immutable folder was
+    blamed on its owner, root itself ("ask its owner") (g53). Refused before anything is
+    written, naming the marked path, the mark and how to clear it."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    chunk = next(p for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
+    marked = chunk if what == "file" else chunk.parent
+    _chattr_or_skip(flag, marked, request)
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc)
+    mark = {"a": "append-only", "i": "immutable"}[flag]
+    assert line.startswith(f"fstack-dask: error: dst {str(dst)!r} cannot be replaced: "), line
+    assert f"{str(marked)!r} is marked {mark} (chattr +{flag}; chattr -{flag} clears it)" in line
+    assert "ask its owner" not in line and "nothing was written" in line
+    assert tree_digest(tmp_path) == before
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]  # no staging folder
