@@ -184,6 +184,9 @@ def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
     if not dst.is_local:
         return _restore_copied(dst, protect)
     old = found[0]
+    if any(old.overlaps(place) for place in protect):  # (the source kept inside the hidden
+        # previous output was moved into dst with it: g53)
+        return False
     try:  # never over a dst created meanwhile (a rename would replace an empty folder)
         if not folders.renameat2(old.path, dst.path, folders.RENAME_NOREPLACE):
             os.rename(old.path, dst.path)

@@ -1233,6 +1233,30 @@ def test_a_dst_removed_after_a_swap_the_kill_cut_short_is_not_put_back(tmp_path)
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+def test_a_source_inside_the_previous_output_a_kill_hid_is_not_moved(tmp_path):
+    """A kill between the two renames of a swap left the previous output hidden beside dst
+    ('.NAME.fstack-staging-old-*'), with a user's stack kept inside it (entries not ours move
+    along with an overwrite). A run whose source is that stack put the hidden folder back
+    into dst, moving the source with it ("restored ..."), then refused: dst existed (g53).
+    The source is never moved: the previous output stays hidden and the run writes dst."""
+    seed = write_src(tmp_path / "seed.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(seed, dst, chunks=CHUNK, progress=False)
+    shutil.copytree(seed, dst / "mystack.zarr")
+    proc = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_THE_TWO_RENAMES, str(seed),
+                           str(dst)], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    [old] = [h for h in _hidden(tmp_path) if "-old-" in h]
+    src = tmp_path / old / "mystack.zarr"
+    before = tree_digest(src)
+    proc = cli("fuse", src, dst, *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "restored" not in proc.stderr
+    assert tree_digest(src) == before
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
 def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
     """Killed while removing the swapped-out previous output (here as its level 1 goes):
     the old code had removed its id file first, so the rest was no output of ours any more,
