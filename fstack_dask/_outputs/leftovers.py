@@ -165,7 +165,7 @@ def recover(dst: Location, *, protect: Iterable[Location]) -> None:
             continue  # a staged run: resumable, or being finished by its run
         if live_lock(OutputState(folder).lock) is not None:
             continue
-        if give_back(folder, dst, restored=True):
+        if give_back(folder, dst, restored=True, protect=protect):
             continue  # kept whole, and said so again by every run until it is moved
         with contextlib.suppress(Exception):
             remove_output(folder, protect=protect)
@@ -258,13 +258,21 @@ def _restore_copied(dst: Location, protect: Iterable[Location]) -> bool:
     return True
 
 
-def give_back(old: Location, dst: Location, *, restored: bool = False) -> list[str]:
+def give_back(old: Location, dst: Location, *, restored: bool = False,
+              protect: Iterable[Location] = ()) -> list[str]:  # fmt: skip
     """Move the entries a user put into our previous output at ``old`` back into ``dst``;
     returns those that could not be moved, each named in a warning. (One that could not, a
-    read-only folder, failed every later overwrite: an eighth adversarial run.)"""
+    read-only folder, failed every later overwrite: an eighth adversarial run.) One that is,
+    holds or lies in a ``protect`` place (this run's source) is not moved."""
     stuck = []
     for name in foreign_entries(old):
         if dst.child(name).exists():
+            continue
+        if any(old.child(name).overlaps(place) for place in protect):  # (a source kept in
+            # the previous output was moved into dst while the run read it: g53)
+            stuck.append(name)
+            log.warning("%r, which was in %s, is this run's source: it is left in %s with the "
+                        "previous output", name, dst.spec, old.url)  # fmt: skip
             continue
         try:
             folders.move(old.child(name), dst.child(name))

@@ -1167,6 +1167,29 @@ def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+def test_a_source_inside_the_previous_output_a_kill_left_is_not_moved_into_dst(tmp_path):
+    """Killed right after its swap, an overwrite left the previous output beside dst with a
+    user's stack inside it, which the next run moves back into dst. A run whose source was
+    that stack moved it into dst while it read it (g53). It stays where it is, the
+    previous output with it, and a warning says so; the run writes dst."""
+    seed = write_src(tmp_path / "seed.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(seed, dst, chunks=CHUNK, progress=False)
+    shutil.copytree(seed, dst / "mystack.zarr")
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EXCHANGE, str(seed), str(dst)],
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    [old] = _hidden(tmp_path)
+    src = tmp_path / old / "mystack.zarr"
+    before = tree_digest(src)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert "'mystack.zarr', which was in" in proc.stderr and "is this run's source" in proc.stderr
+    assert tree_digest(src) == before and not (dst / "mystack.zarr").exists()
+    expected = focus_stack(small_stack().transpose(1, 2, 0))
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
+
+
 KILLED_BETWEEN_THE_TWO_RENAMES = textwrap.dedent(
     """
     import os, signal, sys
