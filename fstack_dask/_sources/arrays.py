@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._params import check_plain_array, parse_axes
-from .common import DIM_NAMES, dim_letters, int_axes, ngff_unit, region_key
+from .common import DIM_NAMES, int_axes, named_letters, ngff_unit, region_key
 from .stack_meta import OpenedStack
 
 __all__ = ["DIM_NAMES", "array_source"]
@@ -109,12 +109,13 @@ def _stack(array: Any, letters: str, kind: str, description: str, **meta: Any) -
 
 def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
     dims = [str(d) for d in da.dims]
-    mapped = dim_letters(dims)
+    mapped = named_letters(dims)
     if axes is None:
         if None in mapped:
             raise ValueError(
-                f"axes is required: xarray dims {tuple(dims)} are not all single letters or "
-                f"one of {sorted(DIM_NAMES)}; pass one letter per dimension, e.g. axes='zyx'"
+                f"axes is required: xarray dims {tuple(dims)} do not name one axis each as a "
+                f"single letter or one of {sorted(DIM_NAMES)}; pass one letter per dimension, "
+                "e.g. axes='zyx'"
             )
         try:
             letters = parse_axes("".join(mapped), da.ndim)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ __all__ = [
     "dim_letters",
     "file_stamp",
     "import_optional",
+    "named_letters",
     "ngff_unit",
     "region_key",
     "region_unit",
@@ -184,6 +185,23 @@ def dim_letters(names: Any) -> list[str | None]:
         text = name if isinstance(name, str) else ""
         out.append(text.lower() if len(text) == 1 else DIM_NAMES.get(text.lower()))
     return out
+
+
+def named_letters(names: Any) -> list[str | None]:
+    """`dim_letters`, or all None where two words name one axis (``plane`` and ``depth``):
+    such names say nothing and axes= decides, as for a Zarr array since 6cb9f60 (an HDF5
+    dataset or xarray array so named was refused with axes= as contradicting 'zzyx': g54).
+    Two single letters for one axis are the file's own contradiction, refused as before.
+
+    Examples
+    --------
+    >>> named_letters(["plane", "depth", "y", "x"]), named_letters(["z", "Z", "y", "x"])
+    ([None, None, None, None], ['z', 'z', 'y', 'x'])
+    """
+    letters = dim_letters(names)
+    if len(set(letters)) < len(letters) and any(isinstance(n, str) and len(n) > 1 for n in names):
+        return [None] * len(letters)
+    return letters
 
 
 def ngff_unit(name: Any) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._params import parse_axes
-from .common import dim_letters, file_stamp, import_optional, positive_finite, region_unit
+from .common import file_stamp, import_optional, named_letters, positive_finite, region_unit
 from .stack_meta import OpenedStack
 
 __all__ = ["open_hdf5", "split_hdf5_path"]
@@ -213,7 +213,7 @@ def _only_dataset(h5: Any, file: str) -> str:
 
 
 def _axes(labels: list[str], axes: str | None, ndim: int, where: str) -> str:
-    mapped = dim_letters(labels)
+    mapped = named_letters(labels)
     if axes is not None:
         letters = parse_axes(axes, ndim)
         for label, m, a in zip(labels, mapped, letters, strict=True):
@@ -225,8 +225,8 @@ def _axes(labels: list[str], axes: str | None, ndim: int, where: str) -> str:
         return letters
     if None in mapped:
         raise ValueError(
-            f"axes is required: {where} does not label all its dimensions ({labels}); pass one "
-            f"letter per dimension, e.g. axes='zyx'"
+            f"axes is required: {where} does not label all its dimensions, one axis each "
+            f"({labels}); pass one letter per dimension, e.g. axes='zyx'"
         )
     return parse_axes("".join(mapped), ndim)  # type: ignore[arg-type]
 

@@ -26,7 +26,7 @@ from .._ngff import (
     parse_omero,
 )
 from .._params import parse_axes
-from .common import DIM_NAMES, dim_letters, ngff_unit
+from .common import DIM_NAMES, named_letters, ngff_unit
 from .source import Source, check_dtype_and_extent
 from .zarr_coords import coordinates, coordinates_text
 from .zarr_metadata import _check_metadata_json, _one_line
@@ -192,10 +192,8 @@ def _named_letters(names: Any) -> str | None:
     two words name one axis ("plane", "depth"): --axes decides then (it was refused as
     contradicting "zzyx", and told to pass that; found by g50 on g46's names). Two single
     letters for one axis are the file's own contradiction, refused as before."""
-    letters = dim_letters(names) if isinstance(names, (list, tuple)) else [None]
+    letters = named_letters(names) if isinstance(names, (list, tuple)) else [None]
     if not names or None in letters:
-        return None
-    if len(set(letters)) < len(letters) and any(len(n) > 1 for n in names):
         return None
     return "".join(letters)  # type: ignore[arg-type]
 

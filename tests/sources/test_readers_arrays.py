@@ -180,6 +180,37 @@ def test_hdf5_dataset(tmp_path):
         open_hdf5(tmp_path / "text.h5")
 
 
+@pytest.mark.parametrize("kind", ["hdf5", "xarray"])
+def test_two_names_for_one_axis_leave_the_axes_to_axes(tmp_path, kind):
+    """Dimension labels (xarray dims) 'plane' and 'depth' both say z: axes='czyx' was refused
+    as contradicting them, and without axes= the message said the labels were missing or not
+    words we read (g54; a Zarr array's case was fixed in 6cb9f60). axes= decides, as there."""
+    names = ("plane", "depth", "y", "x")
+    data = _stack((2, 3, 8, 8))
+    if kind == "hdf5":
+        h5py = need("h5py")
+        from fstack_dask._sources.hdf5 import open_hdf5
+
+        with h5py.File(tmp_path / "s.h5", "w") as f:
+            f.create_dataset("data", data=data)
+            for i, name in enumerate(names):
+                f["data"].dims[i].label = name
+
+        def opened(**kw):
+            return open_hdf5(tmp_path / "s.h5", **kw)
+    else:
+        xr = need("xarray")
+
+        def opened(**kw):
+            return array_source(xr.DataArray(data, dims=names), **kw)
+
+    got = opened(axes="czyx")
+    assert got.axes == "czyx"
+    np.testing.assert_array_equal(got.array[1, 2], data[1, 2])
+    with pytest.raises(ValueError, match=r"^axes is required: .* one axis each"):
+        opened()
+
+
 @pytest.mark.parametrize("where", ["the file's folder", "another folder"])
 def test_hdf5_external_storage_is_read_beside_the_file_from_any_folder(tmp_path, monkeypatch,
                                                                         where):  # fmt: skip
