@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -105,14 +106,36 @@ def _literal_folder(pattern: str) -> str:
 
 def _refuse_dangling(names: Sequence[str], where: str) -> None:
     """Refuse a plane file that is a link to nothing (a share not mounted, a folder moved):
-    it was left out as "not a file", the stack fused without its plane, exit 0 (g45)."""
+    it was left out as "not a file", the stack fused without its plane, exit 0 (g45); and
+    a plane's name that is no file (a folder, a FIFO, a socket: a copy gone wrong), left out
+    in silence alike (g54). Only stat is asked: opening a FIFO would block."""
     for f in names:
-        if is_image(f) and not is_litter(f) and os.path.islink(f) and not os.path.exists(f):
+        if not is_image(f) or is_litter(f):
+            continue
+        if os.path.islink(f) and not os.path.exists(f):
             raise FileNotFoundError(
                 f"{where}: {os.path.basename(f)!r} is a link to {os.readlink(f)!r}, which does "
                 "not exist, so its plane would be left out; restore what it links to (a share "
                 "not mounted?) or remove the link"
             )
+        kind = _not_a_file(f)
+        if kind:
+            raise ValueError(
+                f"{where}: {os.path.basename(f)!r} is {kind}, not a file, so its plane would be "
+                "left out; copy the plane there again as a file, or move it out"
+            )
+
+
+def _not_a_file(path: str) -> str | None:
+    """What `path` is where it exists and is no regular file: 'a folder', 'a FIFO', ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # gone since listed, or unreadable: said where it is opened
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device")]  # fmt: skip
+    return next((word for test, word in kinds if test(mode)), None)
 
 
 def _one_spelling(files: Sequence[str], where: str) -> None:

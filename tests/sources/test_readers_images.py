@@ -374,6 +374,36 @@ def test_cli_refuses_a_truncated_tiff_plane_and_writes_nothing(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("kind", ["FIFO", "folder", "socket"])
+@pytest.mark.parametrize("by", ["folder", "glob"])
+def test_a_plane_name_that_is_no_file_is_refused_naming_it(tmp_path, kind, by):
+    """p3.tif a FIFO, a folder or a socket (a copy gone wrong) was left out in silence and the
+    stack fused without its plane, exit 0 (g54); it is refused, naming it, without opening
+    it (a FIFO would block the open), and nothing is written."""
+    import socket
+
+    folder = _plane_folder(tmp_path / "s", _planes(5, (8, 9)))
+    (folder / "p3.tif").unlink()
+    if kind == "FIFO":
+        os.mkfifo(folder / "p3.tif")
+    elif kind == "folder":
+        (folder / "p3.tif").mkdir()
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(folder / "p3.tif"))
+    src = folder if by == "folder" else folder / "p*.tif"
+    before = sorted(os.listdir(folder))  # (reading a FIFO's content would block)
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(tmp_path / "o.zarr"),
+         "--no-progress"], capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1
+    word = {"FIFO": "a FIFO (named pipe)", "folder": "a folder", "socket": "a socket"}[kind]
+    assert f"'p3.tif' is {word}, not a file, so its plane would be left out" in res.stderr
+    assert sorted(os.listdir(folder)) == before and not (tmp_path / "o.zarr").exists()
+
+
 def test_refusals_of_spec(tmp_path):
     with pytest.raises(ValueError, match=r"^spec folder .* holds no TIFF, PNG or JPEG files"):
         open_image_files(tmp_path)
