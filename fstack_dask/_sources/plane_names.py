@@ -43,6 +43,14 @@ _NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 _NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 _COMMA_UNSURE = re.compile(r"\d\.\d|\d,\d+,\d")
 _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): no decimal
+# Signs as some software writes them: a Unicode minus or a dash ("z\u22121", "z\u20131": a
+# word processor's, a locale's), and "m" and "p" ("focus_m2" ... "focus_0" ... "focus_p2") at
+# the start of a name, after a separator or after a "z"/"focus" label. Read as "-" and "+",
+# which sort_planes takes for signs only where they differ at a place (a Zeiss "_m1" tile
+# in every name is text still); "z1p5" (p after a digit) is no sign. They were two stacks,
+# refused, or the minus planes fused after the plus ones (g54).
+_DASH_SIGN = re.compile(r"[\u2212\u2012\u2013\ufe63\uff0d](?=\d)")
+_LETTER_SIGN = re.compile(r"(?:^|(?<=[^a-z0-9])|(?<=(?<![a-z])z)|(?<=focus))([mp])(?=\d)", re.I)
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
 # metadata) and .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden files (a leading dot)
@@ -121,7 +129,10 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
     2026-12-06). ``as_read=False``: as spelled on disk, which a glob matches (a decimal
     comma kept: as read, it is a decimal point)."""
     name = os.path.basename(path)
-    name = unicodedata.normalize("NFC", name) if as_read else name
+    if as_read:
+        name = unicodedata.normalize("NFC", name)
+        name = _DASH_SIGN.sub("-", name)
+        name = _LETTER_SIGN.sub(lambda m: "-" if m.group(1) in "mM" else "+", name)
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""

@@ -94,6 +94,15 @@ ONE_STACK = {
     # as files numbered alike (g56)
     "z of one value, a counter": _z("stack_z2_img{:03d}.tif", range(1, 12)),
     "focus of one value, a counter": _z("focus1_{:03d}.tif", range(1, 12)),
+    # signs as m and p, a Unicode minus, an en dash: refused as two stacks, or the minus
+    # planes fused after the plus ones (g54)
+    "m and p signs": _z("focus_{}.tif", ["m2", "m1", "0", "p1", "p2"]),
+    "m and p signs, um": [
+        f"z{'m' if p < 0 else 'p' if p else ''}{abs(p):g}um.tif" for p in _HALF_UM
+    ],
+    "unicode minus": [f"z{p:g}um.tif".replace("-", "\u2212") for p in _HALF_UM],
+    "en dash": [f"z_{p:g}.tif".replace("-", "\u2013") for p in _HALF_UM],
+    "a tile m in every name": _z("image_m1_z{:02d}.tif", range(1, 12)),
 }
 
 
@@ -192,6 +201,7 @@ SEVERAL = {
     "channels with a frame counter": [
         f"frame_{123 + 7 * (5 * c + k):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
+    "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
     "channels interleaved, frame counter": [
         f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
