@@ -69,6 +69,28 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
     for pattern, members in by_pattern.items():
         if pattern in counting_of:
             _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
+    _refuse_named_apart(by_pattern, counting_of, files, where)
+
+
+def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str, int],
+                        files: Sequence[str], where: str) -> None:  # fmt: skip
+    """Refuse two patterns of two files or more in one folder: stacks named apart beyond their
+    numbers (cellA_z01 ... z05, cellB_z06 ... z10: two cells whose numbers run on) were fused
+    as one stack of 10, exit 0 (g54). Files of one pattern apart by another number (run1_z00
+    ..., run2_z06 ...: a second run going on) are one stack still."""
+    seen: dict[str, dict[str, str]] = {}  # folder: the first such stack (plane: file)
+    for pattern, members in by_pattern.items():
+        if pattern not in counting_of:
+            continue
+        place = 2 * counting_of[pattern] + 1
+        per_folder: dict[str, dict[str, str]] = {}
+        for f in members:
+            per_folder.setdefault(os.path.dirname(f), {})[_plain(_parts(f)[place])] = f
+        for folder, stack in per_folder.items():
+            if len(stack) >= 2 and folder in seen:
+                _several_stacks(seen[folder], stack, files, counting_of, where)
+            if len(stack) >= 2:
+                seen[folder] = stack
 
 
 def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place: int,
@@ -108,17 +130,25 @@ def _several_stacks(
     counting_of: dict[str, int],
     where: str,
 ) -> None:
-    """Raise the refusal of two stacks, `first` and `group` (plane number: file)."""
-    plane = min(first.keys() & group.keys(), key=lambda v: natural_key(first[v]))
-    a, b = first[plane], group[plane]
+    """Raise the refusal of two stacks, `first` and `group` (plane number: file): numbered
+    alike, or, where they share no number, named apart beyond their numbers."""
+    sizes = f"{len(first)}" if len(first) == len(group) else f"{len(first)} and {len(group)}"
+    shared = first.keys() & group.keys()
+    if shared:
+        plane = min(shared, key=lambda v: natural_key(first[v]))
+        a, b = first[plane], group[plane]
+        why = (f"are both numbered {plane} in stacks of {sizes} planes (channels, time "
+               "points, tiles or series apart)")  # fmt: skip
+    else:
+        a, b = max(first.values(), key=natural_key), min(group.values(), key=natural_key)
+        why = (f"are named apart beyond their numbers, in stacks of {sizes} planes (two "
+               "samples, channels or acquisitions whose numbers run on)")  # fmt: skip
     counting = [counting_of[_pattern(f, one_format=True)] for f in (a, b)]
     pattern = _glob_one_stack(list(first.values()), counting[0], files)
     pattern = pattern or _glob_one_stack(list(group.values()), counting[1], files)
-    sizes = f"{len(first)}" if len(first) == len(group) else f"{len(first)} and {len(group)}"
     raise ValueError(
         f"{where} holds more than one stack: {_shown(a, files)!r} and "
-        f"{_shown(b, files)!r} are both numbered {plane} in stacks of {sizes} "
-        "planes (channels, time points, tiles or series apart), and would be fused as "
+        f"{_shown(b, files)!r} {why}, and would be fused as "
         f"one stack of {len(files)} planes; "
         + (f"select one stack with a glob such as {pattern!r}" if pattern else
            "move one stack's files to a folder of their own")

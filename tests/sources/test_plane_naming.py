@@ -201,6 +201,15 @@ SEVERAL = {
     "channels with a frame counter": [
         f"frame_{123 + 7 * (5 * c + k):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
+    # two cells whose numbers run on: fused as one stack of 10 planes, exit 0 (g54)
+    "two cells numbered on": [
+        f"cell{c}_z{k + 1:02d}.tif" for c in "AB" for k in range(5 * (c == "B"), 5 + 5 * (c == "B"))
+    ],
+    "two cells numbered on, a time per plane": [
+        f"cell{c}_{t:%H-%M-%S}_z{k:02d}.tif"
+        for c in "AB"
+        for k, t in enumerate(_stamps(5, 3), start=5 * (c == "B"))
+    ],
     "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
     "channels interleaved, frame counter": [
         f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
