@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from .plane_names import FORMATS, GLOB_CHARS, is_litter, sort_planes
+from .plane_names import FORMATS, GLOB_CHARS, is_litter, refuse_unsure_commas, sort_planes
 from .plane_stacks import refuse_several_stacks
 
 __all__ = ["absolute", "check_images", "is_image", "list_plane_files"]
@@ -68,6 +68,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         _one_file(files, files, f"{name} {where}")  # as given: a linked folder shows apart
         files = sort_planes([absolute(f) for f in files])
         _one_spelling(files, f"{name} {where}")
+        refuse_unsure_commas(files, f"{name} {where}")
         refuse_several_stacks(files, f"{name} {where}")
         return files, where, [absolute(f) for f in skipped]
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):

@@ -25,6 +25,7 @@ __all__ = [
     "odd_names",
     "odd_names_warning",
     "order_warning",
+    "refuse_unsure_commas",
     "sort_planes",
 ]
 
@@ -228,15 +229,18 @@ FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpe
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
+def natural_key(
+    path: str, signed: Collection[int] = (), grouped: Collection[int] = ()
+) -> tuple[Any, ...]:
     """Sort key putting ``plane2`` before ``plane10``: numbers compare as numbers.
 
     In the file name, digits with a decimal fraction are one number (``z0.5um`` before
     ``z1um``, ``z1,5um`` too; the extension's dot is not a decimal point), and a ``-`` or
     ``+`` before the number at each place in `signed` (0: the name's first number) is its
-    sign; elsewhere a sign is text (``stack-2`` before ``stack-10``). `sort_planes` finds the
-    signed places of a folder's names. Text compares case-insensitively, then the exact
-    name breaks ties.
+    sign; elsewhere a sign is text (``stack-2`` before ``stack-10``); at each place in
+    `grouped` a comma separates thousands (``z1,000`` after ``z999``). `sort_planes` finds
+    the signed and grouped places of a folder's names. Text compares case-insensitively,
+    then the exact name breaks ties.
 
     Examples
     --------
@@ -254,6 +258,8 @@ def natural_key(path: str, signed: Collection[int] = ()) -> tuple[Any, ...]:
     for place, (number, text) in enumerate(zip(parts[1::2], parts[2::2], strict=True)):
         sign = _sign(number)
         digits = number[len(sign) :]
+        if place in grouped:  # (read as a decimal comma, made a point, by _parts)
+            digits = digits.replace(".", "")
         value = int(digits) if digits.isdigit() else Decimal(digits)  # (a fraction, exponent)
         if place in signed:
             value = -value if sign == "-" else value
@@ -286,14 +292,68 @@ def sort_planes(files: Sequence[str]) -> list[str]:
         if len(found) > 1:
             signed.setdefault(pattern, set()).add(place)
     focus = _focus_places(files)
+    grouped, _ = _comma_places(files)
 
     def key(f: str) -> tuple[Any, ...]:
-        natural = natural_key(f, signed.get(_pattern(f), ()))
+        natural = natural_key(f, signed.get(_pattern(f), ()), grouped.get(_pattern(f), ()))
         place = focus.get(f)
         # in its folder, by the focus number before the rest (every file of a folder has one)
         return natural if place is None else (natural[0], natural[1][2 * place + 1], *natural)
 
     return sorted(files, key=key)
+
+
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2},\d{3}")  # "1,000": 1000, or 1.000?
+
+
+def _comma_places(
+    files: Sequence[str],
+) -> tuple[dict[str, set[int]], tuple[str, str, str] | None]:
+    """The places of each pattern where a comma separates thousands, and two files whose
+    order is a guess (and which holds the comma). A comma is a decimal comma (``z1,5``),
+    but where every number written with one at a place could group thousands (``1,000``:
+    one to three digits, a comma, three) and numbers written without one stand beside them,
+    the two readings may order the files apart: ``z999``, ``z1,000`` was fused 1.000 first
+    (g54). Thousands, where a number so written ends in 0 (a decimal written so, with the
+    bare numbers beside it unpadded, would not) and the bare ones are below 1000; else,
+    where the orders differ, a guess."""
+    places: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for f in files:
+        for place, number in enumerate(_parts(f, as_read=False)[1::2]):
+            places.setdefault((_pattern(f), place), []).append((number, f))
+    grouped: dict[str, set[int]] = {}
+    for (pattern, place), found in places.items():
+        comma = [n for n, _ in found if "," in n]
+        bare = [n for n, _ in found if not re.search(r"[,.eE]", n)]
+        if not comma or not bare or len(bare) + len(comma) < len(found):
+            continue
+        if not all(_THOUSANDS.fullmatch(n) for n in comma):
+            continue  # "0,5", "1,25": a decimal comma
+        as_decimal = sorted(found, key=lambda nf: Decimal(nf[0].replace(",", ".")))
+        as_grouped = sorted(found, key=lambda nf: int(nf[0].replace(",", "")))
+        if as_decimal == as_grouped:
+            continue
+        if any(n.endswith("0") for n in comma) and all(abs(int(n)) < 1000 for n in bare):
+            grouped.setdefault(pattern, set()).add(place)
+            continue
+        k = min(as_grouped.index(nf) for nf in found if "," in nf[0])
+        j = k - 1 if k else k + 1  # a neighbour in the thousands' order
+        return grouped, (as_grouped[min(j, k)][1], as_grouped[max(j, k)][1], as_grouped[k][1])
+    return grouped, None
+
+
+def refuse_unsure_commas(files: Sequence[str], where: str) -> None:
+    """Refuse names whose order depends on whether a comma separates thousands or is a
+    decimal comma (`_comma_places`), naming two files."""
+    _, unsure = _comma_places(files)
+    if unsure:
+        a, b, comma = (os.path.basename(f) for f in unsure)
+        raise ValueError(
+            f"{where}: {a!r} comes before {b!r} if the comma in {comma!r} separates thousands, "
+            "and after it if it is a decimal comma, so the planes' order is a guess; rename them "
+            "without the thousands separator (or with a decimal point), or pass the files as a "
+            "list in focus order"
+        )
 
 
 # The text before a number that names it a focus position: "z", "_Z", "xy001z", "focus_".

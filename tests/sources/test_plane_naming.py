@@ -103,6 +103,9 @@ ONE_STACK = {
     "unicode minus": [f"z{p:g}um.tif".replace("-", "\u2212") for p in _HALF_UM],
     "en dash": [f"z_{p:g}.tif".replace("-", "\u2013") for p in _HALF_UM],
     "a tile m in every name": _z("image_m1_z{:02d}.tif", range(1, 12)),
+    # a counter past 999 written with a thousands separator: 1,000 was read 1.000, first (g54)
+    "thousands separator": _z("z{}.tif", ["997", "998", "999", "1,000", "1,001", "1,002"]),
+    "thousands or decimals, one order": _z("z{}.tif", ["1,000", "1,250", "1,500", "2,000", "2,25"]),
 }
 
 
@@ -228,6 +231,18 @@ def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme)
     assert opened.array.shape[0] == 5
     assert sorted(glob.glob(suggested)) == sorted(opened.files)
     assert _order(opened) in (names[:5], names[5:])
+
+
+def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tmp_path):
+    """z999 beside z1,001: 1001 (a thousands separator) after it, or 1.001 (a decimal comma)
+    before it; nothing in the names says which (g54). Refused, naming the files."""
+    folder = _write(tmp_path / "s", _z("z{}.tif", ["998", "999", "1,001", "1,002", "1,003"]))
+    done = _fuse_cli(folder, tmp_path / "o.zarr")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert ("'z999.tif' comes before 'z1,001.tif' if the comma in 'z1,001.tif' separates "
+            "thousands, and after it if it is a decimal comma") in done.stderr  # fmt: skip
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def _fuse_cli(src, dst, *extra):
