@@ -127,10 +127,11 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             else:
                 chunk = shape
             ome = _ome_metadata(tif.ome_metadata, 0) if tif.is_ome else None
+            told: tuple[str, ...] = ()  # what a single TIFF's warnings say (g54: kept)
             if ome is not None:  # an image sequence's OME-TIFF planes (their tags say 1/1)
-                scale, units, *_ = ome
+                scale, units, *_, told = ome
             elif tif.is_imagej:
-                scale, units, *_ = _imagej_metadata(tif.imagej_metadata or {}, page)
+                scale, units, *_, told = _imagej_metadata(tif.imagej_metadata or {}, page)
             else:
                 scale, units = _resolution_metadata(page)
             mode = f"{'RGB' if colour else 'grey'}{'A' if alpha else ''} {page.dtype}"
@@ -149,6 +150,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
         "units": {index[a]: v for a, v in units.items() if a in index},
         "turned": False,  # a TIFF Orientation tag is not applied, as in tifffile and Fiji
         "planar": planar,
+        "told": told,
     }
 
 

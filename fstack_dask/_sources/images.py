@@ -206,7 +206,7 @@ def open_image_files(
         warnings += [w for w in (order, restart, gap) if w]
     if turned_alike:
         warnings.append(turned_alike)
-    warnings += _pixel_size_warning(files, probes, where)
+    warnings += _told_once(files, probes, where) + _pixel_size_warning(files, probes, where)
     if first["alpha"]:
         warnings.append(
             f"the {fmt.upper()} files of {where} have an alpha channel, which is dropped: "
@@ -229,6 +229,23 @@ def open_image_files(
         notes=(files_used(files, fmt, skipped),),
         warnings=tuple(warnings),
     )
+
+
+def _told_once(files: list[str], probes: list[dict], where: str) -> list[str]:
+    """What the planes' OME-XML or ImageJ description says that a single TIFF's warnings say
+    (square pixels assumed, ImageJ's inverty, a pixel size in inches), once for the folder,
+    naming the planes that say it: the planes' were dropped in silence (g54)."""
+    saying: dict[str, list[str]] = {}
+    for f, probe in zip(files, probes, strict=True):
+        for text in probe.get("told", ()):
+            saying.setdefault(text, []).append(os.path.basename(f))
+    out = []
+    for text, names in saying.items():
+        who = (f"plane file {names[0]!r}" if len(names) == 1 else
+               f"each of its {len(names)} plane files" if len(names) == len(files) else
+               f"{len(names)} of its {len(files)} plane files ({names[0]!r} ...)")  # fmt: skip
+        out.append(f"{where}, {who}: {text}")
+    return out
 
 
 def _pixel_size_warning(files: list[str], probes: list[dict], where: str) -> list[str]:

@@ -404,6 +404,35 @@ def test_a_plane_name_that_is_no_file_is_refused_naming_it(tmp_path, kind, by):
     assert sorted(os.listdir(folder)) == before and not (tmp_path / "o.zarr").exists()
 
 
+_TOLD = {
+    "square pixels": ({"ome": True, "metadata": {"axes": "YX", "PhysicalSizeX": 0.5}},
+                      "it states PhysicalSizeX (0.5 micrometer) but no PhysicalSizeY: pixels are "
+                      "taken as square, y given the same size"),
+    "inverty": ({"imagej": True, "resolution": (2, 2),
+                 "metadata": {"unit": "um", "inverty": True}},
+                "its y axis is inverted (ImageJ's inverty=true: y runs up)"),
+    "inches": ({"imagej": True, "resolution": (300, 300), "metadata": {"unit": "inch"}},
+               "it states its pixel size in inches, which is left out"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("which", sorted(_TOLD))
+@pytest.mark.parametrize("planes", ["all", "one"])
+def test_what_a_single_tiff_warns_about_is_said_once_for_a_folder(tmp_path, which, planes):
+    """Square pixels assumed from an OME PhysicalSizeX alone, ImageJ's inverty, a pixel size
+    in inches: a single TIFF's warnings, which a folder of such planes dropped in silence
+    (g54). Said once for the folder, naming the planes that say it."""
+    write, text = _TOLD[which]
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for k, plane in enumerate(_planes(6, (8, 9), "uint8")):
+        kw = write if planes == "all" or k == 0 else {}
+        tifffile.imwrite(folder / f"z{k:02d}.tif", plane, **kw)
+    said = [w for w in open_image_files(folder).warnings if text in w]
+    who = "each of its 6 plane files" if planes == "all" else "plane file 'z00.tif'"
+    assert len(said) == 1 and said[0].startswith(f"spec folder '{folder}', {who}: "), said
+
+
 def test_refusals_of_spec(tmp_path):
     with pytest.raises(ValueError, match=r"^spec folder .* holds no TIFF, PNG or JPEG files"):
         open_image_files(tmp_path)
