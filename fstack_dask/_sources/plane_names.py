@@ -423,7 +423,10 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
 
 def _plain(number: str) -> str:
     """A name's number as a plane number: ``01`` and ``1`` alike, ``+1`` and ``1`` too (both
-    were fused, one position twice: g45), ``1.10`` not ``1.1``."""
+    were fused, one position twice: g45), ``-0`` and ``0`` too (%g writes -0.0 so: g54),
+    ``1.10`` not ``1.1``."""
     sign = _sign(number)
     whole, dot, fraction = number[len(sign) :].partition(".")
+    if not (whole + fraction).strip("0"):  # "-0" is "0" ("z-0" and "z0": one position, g54)
+        sign = ""
     return sign.replace("+", "") + (whole.lstrip("0") or "0") + dot + fraction

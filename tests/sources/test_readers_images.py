@@ -525,6 +525,11 @@ def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
          ": 'z01.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
         (["z-1", "z0", "z1", "z+1"],  # (both fused, one position twice: g45)
          ": 'z+1.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
+        (["z-1", "z-0", "z0", "z1"],  # (%g writes -0.0 so: both fused, one position twice: g54)
+         ": 'z-0.tif' and 'z0.tif' are numbered alike, so their order in the stack is a guess"),
+        (["z-0.5", "z-0.0", "z0.0", "z0.5"],
+         ": 'z-0.0.tif' and 'z0.0.tif' are numbered alike, so their order in the stack is a "
+         "guess"),
     ],
 )  # fmt: skip
 def test_a_folder_of_several_stacks_is_refused(tmp_path, names, said):
