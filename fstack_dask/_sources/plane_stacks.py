@@ -70,6 +70,8 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         if pattern in counting_of:
             _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
     _refuse_named_apart(by_pattern, counting_of, files, where)
+    for pattern, place in counting_of.items():
+        _refuse_positions(by_pattern[pattern], place, where)
 
 
 def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str, int],
@@ -113,6 +115,32 @@ def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place:
     if len(stacks) > 1:  # one file claiming another's plane (a lone plane of another channel)
         ((plane, lone),) = stacks[1].items()
         raise _numbered_alike(stacks[0][plane], lone, files, where)
+
+
+# The text before a number that names it a stage position, a field of view of its own: Nikon's
+# "xy", ZEN's "Scene", "site", "tile", "stage" ("pos" may be a focus position: not read so).
+_POSITION_LABEL = re.compile(r"(?:^|[^a-z])(?:xy|scene|site|tile|stage)[_-]?$")
+
+
+def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
+    """Refuse files numbered by a stage position, not by focus: MetaMorph's
+    ``exp_w1DAPI_s1_t1.TIF`` ... ``_s12_t1.TIF`` (its z-series are files of their own) or
+    Nikon's ``xy01c1.tif`` ... are fields of view apart, and were fused as a focus stack, one
+    field's edges over another's, exit 0 (g54). `place`: the number counting them."""
+    parts = _parts(members[0])
+    label, after = parts[2 * place].casefold(), parts[2 * place + 2].casefold()
+    metamorph = re.search(r"(?:^|_)s$", label) and after == "_t"  # "_s1_t1"
+    if len(members) < 2 or not (_POSITION_LABEL.search(label) or metamorph):
+        return
+    shown = [os.path.basename(f) for f in (members[0], members[-1])]
+    named = re.search(r"[a-z]+[_-]?$", parts[2 * place], re.IGNORECASE)
+    said = named.group() if named else parts[2 * place]
+    raise ValueError(
+        f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are numbered by their stage "
+        f"position ({said!r}), not by focus: they are fields of view apart, not the planes "
+        "of one focus stack; give a folder or glob of one position's planes, or "
+        "the file holding its z-series"
+    )
 
 
 def _numbered_alike(a: str, b: str, files: Sequence[str], where: str) -> ValueError:

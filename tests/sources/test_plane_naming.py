@@ -104,6 +104,7 @@ ONE_STACK = {
     "en dash": [f"z_{p:g}.tif".replace("-", "\u2013") for p in _HALF_UM],
     "a tile m in every name": _z("image_m1_z{:02d}.tif", range(1, 12)),
     # a counter past 999 written with a thousands separator: 1,000 was read 1.000, first (g54)
+    "slices s": _z("img_s{:02d}.tif", range(1, 12)),  # "s" for slice: no MetaMorph "_t" after
     "thousands separator": _z("z{}.tif", ["997", "998", "999", "1,000", "1,001", "1,002"]),
     "thousands or decimals, one order": _z("z{}.tif", ["1,000", "1,250", "1,500", "2,000", "2,25"]),
 }
@@ -231,6 +232,27 @@ def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme)
     assert opened.array.shape[0] == 5
     assert sorted(glob.glob(suggested)) == sorted(opened.files)
     assert _order(opened) in (names[:5], names[5:])
+
+
+@pytest.mark.parametrize(
+    ("names", "label"),
+    [
+        (_z("exp_w1DAPI_s{}_t1.TIF", range(1, 8)), "s"),
+        (_z("xy{:02d}c1.tif", range(1, 8)), "xy"),
+        (_z("exp-Scene-{}-c1.tif", range(1, 8)), "Scene"),
+        (_z("tile_{:03d}.tif", range(7)), "tile_"),
+    ],
+)
+def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
+    """MetaMorph's _s1_t1 ... _s7_t1 (its z-series are files of their own), Nikon's xy01 ...,
+    ZEN's scenes, mosaic tiles: fields of view apart, fused as a focus stack, exit 0 (g54)."""
+    folder = _write(tmp_path / "s", names)
+    with pytest.raises(ValueError) as info:
+        open_image_files(folder)
+    assert str(info.value).startswith(
+        f"spec folder '{folder}': its files ({names[0]!r} ... {names[-1]!r}) are numbered by "
+        f"their stage position ({label!r}), not by focus"
+    )
 
 
 def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tmp_path):
