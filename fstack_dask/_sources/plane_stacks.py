@@ -123,23 +123,28 @@ _POSITION_LABEL = re.compile(r"(?:^|[^a-z])(?:xy|scene|site|tile|stage)[_-]?$")
 
 
 def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
-    """Refuse files numbered by a stage position, not by focus: MetaMorph's
-    ``exp_w1DAPI_s1_t1.TIF`` ... ``_s12_t1.TIF`` (its z-series are files of their own) or
-    Nikon's ``xy01c1.tif`` ... are fields of view apart, and were fused as a focus stack, one
-    field's edges over another's, exit 0 (g54). `place`: the number counting them."""
-    parts = _parts(members[0])
-    label, after = parts[2 * place].casefold(), parts[2 * place + 2].casefold()
-    metamorph = re.search(r"(?:^|_)s$", label) and after == "_t"  # "_s1_t1"
-    if len(members) < 2 or not (_POSITION_LABEL.search(label) or metamorph):
+    """Refuse files numbered by a stage position or a time point, not by focus: MetaMorph's
+    ``exp_w1DAPI_s1_t1.TIF`` ... ``_s12_t1.TIF`` (its z-series are files of their own),
+    Nikon's ``xy01c1.tif`` ..., Micro-Manager's ``..._time000000000_z000`` ... ``_time
+    000000011_z000`` are fields of view or time points apart, and were fused as a focus
+    stack, exit 0 (g54). `place`: the number counting them."""
+    parts = [p.casefold() for p in _parts(members[0])]
+    label, after = parts[2 * place], parts[2 * place + 2]
+    before = parts[2 * place - 2] if place else ""
+    if _POSITION_LABEL.search(label) or (re.search(r"(?:^|_)s$", label) and after == "_t"):
+        kind, apart = "stage position", "fields of view apart"
+    elif re.search(r"(?:^|[^a-z])time[_-]?$", label) or (
+        re.search(r"(?:^|_)t$", label) and re.search(r"(?:^|_)s$", before)  # "_s1_t1"
+    ):
+        kind, apart = "time point", "time points of a time-lapse"
+    else:
         return
     shown = [os.path.basename(f) for f in (members[0], members[-1])]
-    named = re.search(r"[a-z]+[_-]?$", parts[2 * place], re.IGNORECASE)
-    said = named.group() if named else parts[2 * place]
+    said = re.search(r"[a-z]*[_-]?$", _parts(members[0])[2 * place], re.IGNORECASE).group()
     raise ValueError(
-        f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are numbered by their stage "
-        f"position ({said!r}), not by focus: they are fields of view apart, not the planes "
-        "of one focus stack; give a folder or glob of one position's planes, or "
-        "the file holding its z-series"
+        f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are numbered by their {kind} "
+        f"({said!r}), not by focus: they are {apart}, not the planes of one focus stack; give "
+        f"a folder or glob of one {kind}'s planes, or the file holding its z-series"
     )
 
 

@@ -241,17 +241,20 @@ def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme)
         (_z("xy{:02d}c1.tif", range(1, 8)), "xy"),
         (_z("exp-Scene-{}-c1.tif", range(1, 8)), "Scene"),
         (_z("tile_{:03d}.tif", range(7)), "tile_"),
+        (_z("exp_w1DAPI_s1_t{}.TIF", range(1, 8)), "t"),  # a time-lapse
     ],
 )
 def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
     """MetaMorph's _s1_t1 ... _s7_t1 (its z-series are files of their own), Nikon's xy01 ...,
-    ZEN's scenes, mosaic tiles: fields of view apart, fused as a focus stack, exit 0 (g54)."""
+    ZEN's scenes, mosaic tiles: fields of view apart, fused as a focus stack, exit 0 (g54);
+    MetaMorph's _s1_t1 ... _s1_t7: time points."""
     folder = _write(tmp_path / "s", names)
     with pytest.raises(ValueError) as info:
         open_image_files(folder)
+    kind = "time point" if label == "t" else "stage position"
     assert str(info.value).startswith(
         f"spec folder '{folder}': its files ({names[0]!r} ... {names[-1]!r}) are numbered by "
-        f"their stage position ({label!r}), not by focus"
+        f"their {kind} ({label!r}), not by focus"
     )
 
 
