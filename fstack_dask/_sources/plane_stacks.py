@@ -17,6 +17,7 @@ from typing import Any
 from .plane_names import (
     _FOCUS_LABEL,
     _NAMES_SHOWN,
+    _either,
     _focus_places,
     _parts,
     _pattern,
@@ -300,13 +301,16 @@ def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -
     numbers = ["*"]
     if len(shapes) == 1:
         numbers.append("".join("[0-9]" if c == "#" else glob.escape(c) for c in shapes.pop()))
-    # a number changing within the stack (a time stamp per plane) is a "*" too
-    varying = {i for i in range(1, len(parts), 2) if len({p[i] for p in split}) > 1}
+    # a number changing within the stack (a time stamp per plane) is a "*" too, and a text
+    # spelled apart within it (signs as m and p, "focus_m2", "focus_0": no glob was found, g54)
+    varying = {i for i in range(len(parts)) if len({p[i] for p in split}) > 1}
     others = [f for f in files if f not in set(stack)]
     for number in numbers:
-        out = [number if i == 2 * counting + 1 else "*" if i in varying else glob.escape(p)
+        out = [number if i == 2 * counting + 1 else glob.escape(p) if i not in varying
+               else "*" if i % 2 else _either([q[i] for q in split])
                for i, p in enumerate(parts)]  # fmt: skip
-        pattern = os.path.join(os.path.dirname(stack[0]), "".join(out))
+        name = re.sub(r"(?<!\[)\*{2,}", "*", "".join(out))  # "focus_**.tif": one "*"
+        pattern = os.path.join(os.path.dirname(stack[0]), name)
         if all(fnmatch.fnmatchcase(f, pattern) for f in stack) and not any(
             fnmatch.fnmatchcase(f, pattern) for f in others
         ):

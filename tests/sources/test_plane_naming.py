@@ -214,6 +214,10 @@ SEVERAL = {
         for c in "AB"
         for k, t in enumerate(_stamps(5, 3), start=5 * (c == "B"))
     ],
+    # signs as m and p: no glob was suggested (g54)
+    "m and p signs, two cells": [
+        f"cell{c}_focus_{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
+    ],
     "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
     "channels interleaved, frame counter": [
         f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
