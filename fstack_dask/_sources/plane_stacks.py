@@ -145,7 +145,8 @@ def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
     raise ValueError(
         f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are numbered by their {kind} "
         f"({said!r}), not by focus: they are {apart}, not the planes of one focus stack; give "
-        f"a folder or glob of one {kind}'s planes, or the file holding its z-series"
+        f"a folder or glob of one {kind}'s planes, or the file holding its z-series (a list "
+        "of files is read in the order given, where these are planes after all)"
     )
 
 

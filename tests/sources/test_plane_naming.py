@@ -260,6 +260,9 @@ def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
         f"spec folder '{folder}': its files ({names[0]!r} ... {names[-1]!r}) are numbered by "
         f"their {kind} ({label!r}), not by focus"
     )
+    assert "a list of files is read in the order given" in str(info.value)
+    listed = [str(folder / n) for n in reversed(names)]  # what the message offers: read as given
+    assert _order(open_image_files(listed)) == names[::-1]
 
 
 def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tmp_path):
