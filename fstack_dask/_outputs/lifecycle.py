@@ -9,7 +9,9 @@ table in :mod:`.destination_checks` says, raising one message that tells what is
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -287,10 +289,27 @@ def remove_finished(destination: Destination) -> None:
     a TIFF's working store at once, the second then fusing into a new one between the first's
     passes, lost it: a seventh adversarial run.)"""
     target = destination.take("complete")
+    left: OSError | None = None
     try:
         destination.remove(destination.dst)
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY or not destination.dst.is_local:
+            raise
+        left = exc
     finally:
         Destination.release(target)
+    if left is not None:
+        # A FUSE filesystem (exfat-fuse) keeps a file unlinked while open, our lock's that
+        # holds its flock until released, as a hidden .fuse_hidden* file in its folder till
+        # it is closed: the folders it emptied go once the lock is released, by rmdir alone
+        # (whatever else appeared in them since stays). Every TIFF run there warned that its
+        # working store "could not be removed", left empty (g58).
+        with contextlib.suppress(OSError):
+            os.rmdir(destination.dst.child(STATE_DIR).path)
+        try:
+            os.rmdir(destination.dst.path)
+        except OSError:
+            raise left from None
 
 
 def open_result(location: Location) -> Any:

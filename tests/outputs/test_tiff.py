@@ -634,8 +634,10 @@ def test_a_tiff_on_exfat_is_written_and_overwritten(tmp_path, exfat):
     """exFAT (the USB drives and SD cards of microscopes, exfat-fuse) has no hard links and no
     renameat2: a TIFF dst there failed on its very first run, "Operation not permitted" at the
     move into place, advising --resume, which failed alike (found by the g52 review). The
-    name is claimed exclusively, then the finished TIFF moved over the claim. (The working
-    store beside it is left empty there, said in a warning: exfat-fuse refuses its rmdir.)"""
+    name is claimed exclusively, then the finished TIFF moved over the claim. The working
+    store beside it goes: every run there warned that it "could not be removed ([Errno 39]
+    Directory not empty)", left empty, exfat-fuse keeping the lock file unlinked while its
+    flock was held as a hidden file till it was closed (g58)."""
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(100, 140), planes=4, channels=1)
     ref = tmp_path / "ref.tif"
@@ -643,8 +645,10 @@ def test_a_tiff_on_exfat_is_written_and_overwritten(tmp_path, exfat):
     dst = exfat / "out.tif"
     fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
     assert dst.read_bytes() == ref.read_bytes()
+    assert sorted(os.listdir(exfat)) == ["out.tif"]  # its working store gone
     fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True)
     assert dst.read_bytes() == ref.read_bytes()
+    assert sorted(os.listdir(exfat)) == ["out.tif"]
     (exfat / "user.tif").write_bytes(b"a user's file")
     with pytest.raises(FileExistsError):
         fstack_dask.fuse_zarr(src, exfat / "user.tif", chunks=64, progress=False)
