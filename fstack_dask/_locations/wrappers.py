@@ -115,6 +115,8 @@ def _unwrap(spec: str, name: str, options: Mapping[str, Any], writable: bool) ->
     hidden = _hidden_by(classes, options) if writable else None
     if hidden is not None:  # refused before fsspec opens it: opening an archive to write
         raise _hides(name, spec, hidden)  # would already change it
+    if "::" in spec:
+        options = _to_the_data(_links(spec, name), classes, options)
     try:
         fs, path = fsspec.core.url_to_fs(_lowered(spec), **options)
     except Exception as exc:  # fsspec's classes raise what they like on bad URLs and options
@@ -123,6 +125,26 @@ def _unwrap(spec: str, name: str, options: Mapping[str, Any], writable: bool) ->
             f"{name} {spec!r} cannot be opened by fsspec{keys}: {_one_line(exc)}"
         ) from None
     return _located(spec, name, fs, path, writable)
+
+
+def _to_the_data(links: list[str], classes: list[type], options: Mapping[str, Any]) -> dict:
+    """A chained URL's flat options, where only caches wrap the filesystem that holds the
+    data, given to that filesystem, save those a cache takes itself: fsspec gives them to the
+    outermost link, and ``simplecache::s3://`` with an endpoint or credentials reached AWS
+    without them (a source "did not exist", a dst "could not be reached"; found by g58).
+    Options keyed by a link's protocol, fsspec's own way, are passed on as they are."""
+    import inspect
+
+    from fsspec.implementations.cached import CachingFileSystem
+
+    wrappers = classes[:-1]
+    if not all(issubclass(c, CachingFileSystem) for c in wrappers) or set(links) & set(options):
+        return dict(options)
+    own = {p for c in wrappers for p in inspect.signature(c.__init__).parameters} - {"kwargs"}
+    flat = {k: v for k, v in options.items() if k not in own}
+    if not flat:
+        return dict(options)
+    return {**{k: v for k, v in options.items() if k in own}, links[-1]: flat}
 
 
 def _lowered(spec: str) -> str:

@@ -991,3 +991,20 @@ def test_an_s3_swap_failing_after_its_whole_copy_and_its_undo_says_dst_is_the_ne
     out = fuse_zarr(src, dst, nhsize=5, resume=True, **opts)
     assert out.attrs["fstack_dask"]["nhsize"] == 5
     assert not [k for k in fs.find(b) if "fstack-staging-" in k or "/.fstack_dask/" in k]
+
+
+def test_a_chained_url_gets_its_flat_storage_options_on_s3(bucket, s3):
+    """``simplecache::s3://...`` with the endpoint and credentials as ``--storage-options``
+    (the README's spelling): fsspec gave them to the cache, s3fs reached AWS without them, and
+    the source "did not exist", the dst "could not be reached" (found by g58). Now they reach
+    S3, the fusion is the plain URL's, and dst inside the source so spelled is refused."""
+    fs, b = bucket
+    src, ref, opts = _fused_once(b, s3, levels=0)
+    cached = (f"simplecache::{src}", f"SIMPLECACHE::s3://{b}/cached.zarr")
+    proc = _cli("fuse", *cached, *opts)
+    assert proc.returncode == 0, proc.stderr
+    assert fs.cat(f"{b}/cached.zarr/0/c/1/1") == fs.cat(f"{b}/out.zarr/0/c/1/1")
+    before = _keys(fs, b)
+    proc = _cli("fuse", src, f"simplecache::s3://{b}/src.zarr/x.zarr", *opts)
+    assert proc.returncode == 2 and "lies inside it" in proc.stderr, proc.stderr
+    assert _keys(fs, b) == before
