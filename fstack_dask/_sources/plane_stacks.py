@@ -73,6 +73,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
     _refuse_named_apart(by_pattern, counting_of, files, where)
     for pattern, place in counting_of.items():
         _refuse_positions(by_pattern[pattern], place, where)
+        _refuse_one_plane(by_pattern[pattern], place, where)
 
 
 def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str, int],
@@ -147,6 +148,35 @@ def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
         f"({said!r}), not by focus: they are {apart}, not the planes of one focus stack; give "
         f"a folder or glob of one {kind}'s planes, or the file holding its z-series (a list "
         "of files is read in the order given, where these are planes after all)"
+    )
+
+
+# The text before a number that names it a channel, a time point or a stage coordinate.
+_SERIES_LABEL = re.compile(r"(?:^|[^a-z])(?:c|ch|channel|w|t|tp|time|timepoint|x|y)[_-]?$")
+
+
+def _refuse_one_plane(members: Sequence[str], place: int, where: str) -> None:
+    """Refuse files at one focal plane (a number labelled ``z`` or ``focus`` of one value)
+    counted by a channel, time point or stage coordinate (``cell_z1_ch0`` ... ``_ch2``,
+    ``cell_z1_t001`` ...): fused as a focus stack, exit 0, once such a z counted no planes
+    (0e1d43d, found by g59). `place`: the number counting them."""
+    parts = [_parts(f) for f in members]
+    if len(members) < 2 or not _SERIES_LABEL.search(parts[0][2 * place].casefold()):
+        return
+    plane = next((i for i in range(1, len(parts[0]), 2) if i != 2 * place + 1
+                  and _FOCUS_LABEL.search(parts[0][i - 1].casefold())
+                  and len({_plain(p[i]) for p in parts}) == 1), None)  # fmt: skip
+    if plane is None:
+        return
+    shown = [os.path.basename(f) for f in (members[0], members[-1])]
+    said = re.search(r"[a-z]*[_-]?$", parts[0][2 * place], re.IGNORECASE).group()
+    focal = re.search(r"[a-z]*[_-]?$", parts[0][plane - 1], re.IGNORECASE).group()
+    raise ValueError(
+        f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are all at one focal plane "
+        f"({focal}{parts[0][plane]}) and numbered by {said!r}, a channel, time point or "
+        "stage coordinate: not the planes of one focus stack; give a folder or glob of one "
+        "stack's planes (a list of files is read in the order given, where these are planes "
+        "after all)"
     )
 
 

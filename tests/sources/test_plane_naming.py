@@ -475,3 +475,27 @@ def test_one_plane_number_held_by_two_files_of_one_pattern_is_refused(tmp_path, 
         f"spec folder '{folder}': {pair} are numbered alike, so their order in the stack is a "
         "guess; remove or rename one of them, or select the planes with a glob"
     )
+
+
+# One focal plane's time points, channels or stage coordinates: z (or focus) of one value,
+# the other number labelled as what it is (g59 on 0e1d43d)
+ONE_PLANE_SERIES = {
+    "time points, t": [f"cell_z1_t{t:03d}.tif" for t in range(1, 7)],
+    "channels, ch": [f"cell_z1_ch{c}.tif" for c in range(3)],
+    "zen channels": [f"image_z01c{c}.tif" for c in range(1, 4)],
+    "focus, stage x": [f"focus_2_x{x}_y3400.tif" for x in (1200, 1800, 2400)],
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(ONE_PLANE_SERIES))
+def test_one_planes_time_points_or_channels_are_not_fused_as_a_stack(tmp_path, scheme):
+    """Channels (or time points, or stage positions) of one focal plane, their names holding
+    z of one value, were fused as a focus stack, exit 0, once a labelled number of one value
+    counted no planes (0e1d43d, found by g59): refused, naming the plane and the label."""
+    names = ONE_PLANE_SERIES[scheme]
+    folder = _write(tmp_path / "series", names)
+    with pytest.raises(ValueError, match="all at one focal plane"):
+        open_image_files(folder)
+    proc = _fuse_cli(folder, tmp_path / "out.ome.zarr")
+    assert proc.returncode != 0 and "all at one focal plane" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.ome.zarr").exists()
