@@ -713,3 +713,21 @@ def test_an_io_error_at_the_move_over_its_claim_leaves_no_claim(tmp_path, exfat,
     monkeypatch.setattr(os, "replace", real)
     fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
     assert dst.read_bytes() == ref.read_bytes()
+
+
+def test_a_run_on_exfat_killed_at_its_claim_is_resumed_under_another_case(tmp_path, exfat):
+    """exFAT is case-insensitive: a run into out.tif killed at the move over its claim, resumed
+    as OUT.tif (the same file there, and the same working folder), was refused, 'exists and is
+    a file fstack_dask did not write' (the claim named .out.tif.fstack-work; g59 on 6dce2d9)."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    args = ["fuse", str(src), str(exfat / "out.tif"), "--chunks", "64", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_MOVE, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    args[2] = str(exfat / "OUT.tif")
+    proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (exfat / "OUT.tif").read_bytes() == ref.read_bytes()
