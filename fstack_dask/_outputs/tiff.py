@@ -399,6 +399,7 @@ def _link_or_claim(partial: str, dst: str) -> None:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
             raise
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as the umask says
+        made = os.fstat(fd)
         try:
             try:  # (an empty claim, left by a run killed at the move, refused its --resume
                 # as a file fstack_dask did not write: g56)
@@ -407,9 +408,10 @@ def _link_or_claim(partial: str, dst: str) -> None:
             finally:
                 os.close(fd)
             os.replace(partial, dst)
-        except BaseException:  # (an I/O error at the move left the claim, refusing a resume)
-            if is_claim(dst, os.path.dirname(partial)):
-                with contextlib.suppress(OSError):
+        except BaseException:  # (an I/O error at the move left the claim, refusing a resume;
+            # so did a full drive at the claim's write, an empty claim: g59)
+            with contextlib.suppress(OSError):
+                if is_claim(dst, os.path.dirname(partial)) or os.path.samestat(made, os.lstat(dst)):
                     os.unlink(dst)
             raise
         return

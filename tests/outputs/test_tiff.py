@@ -8,6 +8,7 @@ Real files and processes: the TIFFs are read back with tifffile, tiffslide and O
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -731,3 +732,29 @@ def test_a_run_on_exfat_killed_at_its_claim_is_resumed_under_another_case(tmp_pa
     proc = _cli(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (exfat / "OUT.tif").read_bytes() == ref.read_bytes()
+
+
+def test_a_full_drive_at_the_claim_on_exfat_leaves_no_empty_file(tmp_path, exfat, monkeypatch):
+    """On exFAT the finished TIFF is moved over a claim of dst's name: a drive full at the
+    claim's write (its one cluster) left an empty file at dst, and the --resume the error
+    advised was refused, 'exists and is a file fstack_dask did not write' (g59 on 6dce2d9):
+    the file made is removed, and --resume finishes."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    dst = exfat / "out.tif"
+    real = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="resume"):
+        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    assert not dst.exists()
+    monkeypatch.setattr(os, "write", real)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
+    assert dst.read_bytes() == ref.read_bytes()
