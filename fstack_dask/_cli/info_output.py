@@ -157,11 +157,15 @@ def _tiff_run(src: str) -> list[tuple[str, str]] | None:
     how far the run got and that ``--resume`` continues it (a README audit, 2026-12-06)."""
     import os
 
-    if not src.lower().endswith((".tif", ".tiff")) or os.path.lexists(src):
+    from .._outputs.tiff import is_claim
+
+    if not src.lower().endswith((".tif", ".tiff")):
         return None
     work = _unfinished_work(src)
     if work is None:  # (a complete store's TIFF was in place: it is a leftover)
         return None
+    if os.path.lexists(src) and not is_claim(src, work.path):  # (a run on exFAT stopped at
+        return None  # the move over its claim: "not a readable TIFF file", g59)
     lines = describe_output(work, "unfinished")
     lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
     lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")

@@ -758,3 +758,20 @@ def test_a_full_drive_at_the_claim_on_exfat_leaves_no_empty_file(tmp_path, exfat
     monkeypatch.setattr(os, "write", real)
     fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
     assert dst.read_bytes() == ref.read_bytes()
+
+
+def test_info_of_a_run_on_exfat_killed_at_its_claim_says_how_far_it_got(tmp_path, exfat):
+    """info of a TIFF dst whose run on exFAT was killed at the move over its claim said
+    "is not a readable TIFF file: not a TIFF file: header=b'fsta'", exit 2 (g59 on 6dce2d9):
+    it says the run is unfinished and how far it got, as where dst is absent."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    dst = exfat / "out.tif"
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_MOVE, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    proc = _cli("info", str(dst), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{dst} (not written yet; its run works in " in proc.stdout, proc.stdout
+    assert "6 of 6 blocks of level 0 done" in proc.stdout, proc.stdout
