@@ -691,27 +691,36 @@ def test_a_run_on_exfat_killed_at_the_move_over_its_claim_is_resumed(tmp_path, e
     assert dst.read_bytes() == ref.read_bytes()
 
 
-def test_an_io_error_at_the_move_over_its_claim_leaves_no_claim(tmp_path, exfat, monkeypatch):
+@pytest.mark.parametrize("at", ["move", "claim"])
+def test_an_io_error_at_the_move_over_its_claim_leaves_no_claim(tmp_path, exfat, monkeypatch, at):
     """An I/O error (a USB drive's) moving the finished TIFF over its claimed name on exFAT
     left the claim at dst, and --resume was refused as for a file fstack_dask did not write
-    (found by g56 on 0115d66): the claim is removed, the error said, and --resume finishes."""
+    (found by g56 on 0115d66); so did a drive full at the claim's write (its one cluster), an
+    empty file left at dst, refusing the --resume its error advised (g59 on 6dce2d9): the
+    claim is removed, the error said, and --resume finishes."""
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(100, 140), planes=4, channels=1)
     ref = tmp_path / "ref.tif"
     fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
     dst = exfat / "out.tif"
-    real = os.replace
+    name = "replace" if at == "move" else "write"
+    real = getattr(os, name)
 
     def replace(a, b, *args, **kwargs):
         if str(b) == str(dst):
             raise OSError(5, "Input/output error", str(b))
         return real(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="Input/output error"):
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, name, replace if at == "move" else write)
+    with pytest.raises(OSError, match="Input/output error" if at == "move" else "resume"):
         fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
     assert not dst.exists()
-    monkeypatch.setattr(os, "replace", real)
+    monkeypatch.setattr(os, name, real)
     fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
     assert dst.read_bytes() == ref.read_bytes()
 
@@ -732,32 +741,6 @@ def test_a_run_on_exfat_killed_at_its_claim_is_resumed_under_another_case(tmp_pa
     proc = _cli(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (exfat / "OUT.tif").read_bytes() == ref.read_bytes()
-
-
-def test_a_full_drive_at_the_claim_on_exfat_leaves_no_empty_file(tmp_path, exfat, monkeypatch):
-    """On exFAT the finished TIFF is moved over a claim of dst's name: a drive full at the
-    claim's write (its one cluster) left an empty file at dst, and the --resume the error
-    advised was refused, 'exists and is a file fstack_dask did not write' (g59 on 6dce2d9):
-    the file made is removed, and --resume finishes."""
-    src = tmp_path / "stack.ome.zarr"
-    _grey_source(src, shape=(100, 140), planes=4, channels=1)
-    ref = tmp_path / "ref.tif"
-    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
-    dst = exfat / "out.tif"
-    real = os.write
-
-    def write(fd, data):
-        if os.readlink(f"/proc/self/fd/{fd}") == str(dst):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
-    with pytest.raises(OSError, match="resume"):
-        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
-    assert not dst.exists()
-    monkeypatch.setattr(os, "write", real)
-    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, resume=True)
-    assert dst.read_bytes() == ref.read_bytes()
 
 
 def test_info_of_a_run_on_exfat_killed_at_its_claim_says_how_far_it_got(tmp_path, exfat):
