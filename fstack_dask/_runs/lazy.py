@@ -56,7 +56,7 @@ class FusionResult(NamedTuple):
 def fuse(
     stack: Any,
     *,
-    axes: str = ...,
+    axes: str | None = ...,
     nhsize: int | str = ...,
     focus: Any = ...,
     alpha: float = ...,
@@ -74,7 +74,7 @@ def fuse(
 def fuse(
     stack: Any,
     *,
-    axes: str = ...,
+    axes: str | None = ...,
     nhsize: int | str = ...,
     focus: Any = ...,
     alpha: float = ...,
@@ -92,7 +92,7 @@ def fuse(
 def fuse(
     stack: Any,
     *,
-    axes: str = ...,
+    axes: str | None = ...,
     nhsize: int | str = ...,
     focus: Any = ...,
     alpha: float = ...,
@@ -109,7 +109,7 @@ def fuse(
 def fuse(
     stack: Any,
     *,
-    axes: str = "zyx",
+    axes: str | None = None,
     nhsize: int | str = 9,
     focus: Any = None,
     alpha: float = 0.2,
@@ -135,6 +135,8 @@ def fuse(
         One letter per dimension of ``stack``: ``z`` (focus), ``y``, ``x``,
         optionally ``c`` (channels); any other letter is a batch axis fused
         index by index. ``"yxz"`` and ``"yxzc"`` are the reference's layouts.
+        Default ``"zyx"``; for an xarray ``DataArray``, the axes its ``dims`` name
+        (as :func:`fuse_zarr` reads them; an ``axes`` that contradicts them is refused).
     nhsize, focus, alpha, sth
         As in :func:`focus_stack`. ``"auto"`` for ``nhsize`` and/or ``sth`` chooses
         them from a fixed sample of the stack (:func:`auto_parameters_for`) before
@@ -231,7 +233,7 @@ def fuse(
 def auto_parameters_for(
     stack: Any,
     *,
-    axes: str = "zyx",
+    axes: str | None = None,
     channels: Channels = "auto",
     focus: Any = None,
     nhsize: int | str = "auto",

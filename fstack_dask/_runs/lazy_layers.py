@@ -35,6 +35,7 @@ from .._params import (
     parse_axes,
     resolve_channels,
 )
+from .._sources.arrays import is_xarray, xarray_letters
 from .device import require_device_for_graph, run_engine
 from .lazy_bands import banded_map
 from .lazy_chunks import chunk_stats, fuse_chunk, merge_small, plan_chunks
@@ -91,6 +92,8 @@ def _as_dask(stack: Any) -> da.Array:
 
     check_plain_array(stack, "stack")
     refuse_array_inside_unfinished(stack, "stack")
+    if is_xarray(stack):  # its data (its blocks had been DataArrays, which np.transpose
+        stack = stack.data  # called with dims it does not have: a ValueError at compute)
     if isinstance(stack, da.Array):
         return stack
     arr = stack if hasattr(stack, "shape") and hasattr(stack, "dtype") else np.asarray(stack)
@@ -121,9 +124,15 @@ def _auto_for_plan(x, plan: _Plan, rgb: bool, focus, nhsize, sth) -> AutoParamet
     )
 
 
-def checked_stack(stack: Any, axes: str) -> tuple[da.Array, np.dtype, str]:
+def checked_stack(stack: Any, axes: str | None) -> tuple[da.Array, np.dtype, str]:
     """``stack`` as a dask array, its dtype and its axes, checked as ``fuse`` and
-    ``auto_parameters_for`` take them (no empty axis)."""
+    ``auto_parameters_for`` take them (no empty axis). A DataArray's ``dims`` name its axes,
+    as ``fuse_zarr`` reads them (``fuse`` took ``"zyx"`` whatever they said: dims ``y, x, z``
+    fused along y, exit 0); else ``axes`` or ``"zyx"``."""
+    if is_xarray(stack):
+        axes = xarray_letters(stack, axes)
+    elif axes is None:
+        axes = "zyx"
     stack = _as_dask(stack)
     dtype = check_dtype(stack.dtype, "stack")
     axes = parse_axes(axes, stack.ndim)
@@ -135,7 +144,7 @@ def checked_stack(stack: Any, axes: str) -> tuple[da.Array, np.dtype, str]:
 def fused_layers(
     stack: Any,
     *,
-    axes: str,
+    axes: str | None,
     nhsize: int | str,
     focus: Any,
     alpha: float,

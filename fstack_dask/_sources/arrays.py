@@ -15,7 +15,7 @@ from .._params import check_plain_array, parse_axes
 from .common import DIM_NAMES, int_axes, named_letters, ngff_unit, region_key
 from .stack_meta import OpenedStack
 
-__all__ = ["DIM_NAMES", "array_source"]
+__all__ = ["DIM_NAMES", "array_source", "is_xarray", "xarray_letters"]
 
 _EVEN = 1e-6  # relative tolerance on coordinate steps for "evenly spaced"
 
@@ -78,7 +78,7 @@ def _kind(obj: Any) -> str:
         return "numpy"
     if module == "dask" and hasattr(obj, "dask") and hasattr(obj, "chunks"):
         return "dask"
-    if module == "xarray" and hasattr(obj, "dims") and hasattr(obj, "variable"):
+    if is_xarray(obj):
         return "xarray"
     raise TypeError(
         f"obj must be a numpy.ndarray, dask.array.Array or xarray.DataArray, "
@@ -107,7 +107,15 @@ def _stack(array: Any, letters: str, kind: str, description: str, **meta: Any) -
     )
 
 
-def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
+def is_xarray(obj: Any) -> bool:
+    """Whether ``obj`` is an xarray ``DataArray`` (whose ``dims`` name its axes)."""
+    module = type(obj).__module__.split(".")[0]
+    return module == "xarray" and hasattr(obj, "dims") and hasattr(obj, "variable")
+
+
+def xarray_letters(da: Any, axes: str | None) -> str:
+    """The axis letters of the DataArray ``da``: from its ``dims``, or ``axes`` checked
+    against them (a contradicting ``axes`` refused, naming it)."""
     dims = [str(d) for d in da.dims]
     mapped = named_letters(dims)
     if axes is None:
@@ -132,6 +140,12 @@ def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
                 f"axes {axes!r} contradicts the xarray dims {tuple(dims)}: dim {d!r} is {m!r}, "
                 f"not {a!r}; omit axes= or rename the dims"
             )
+    return letters
+
+
+def _from_xarray(da: Any, axes: str | None) -> OpenedStack:
+    dims = [str(d) for d in da.dims]
+    letters = xarray_letters(da, axes)
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     translation: dict[str, float] = {}

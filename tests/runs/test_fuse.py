@@ -305,3 +305,24 @@ def test_the_scheduler_holds_no_halo_strip_that_keeps_its_whole_chunk(tmp_path):
     np.testing.assert_array_equal(image, focus_stack(yxz))
     base, own = max(worst, key=lambda pair: pair[0] / pair[1])
     assert base <= 2 * own, f"a held view of {own} bytes keeps {base} bytes alive"
+
+
+def test_a_dataarray_is_fused_along_the_axis_its_dims_name():
+    """fuse() took axes="zyx" whatever a DataArray's dims said: dims (y, x, z) fused along y,
+    a (20, 3) image, exit 0, where fuse_zarr read the dims (g59's leftover). Its dims name its
+    axes, as for fuse_zarr and auto_parameters_for; an axes that contradicts them is refused."""
+    from fstack_dask import auto_parameters_for
+
+    xr = pytest.importorskip("xarray")
+    stack = synthetic_stack((40, 36), 5, seed=1).stack  # (y, x, z)
+    named = xr.DataArray(stack, dims=("y", "x", "depth"))
+    expected = focus_stack(stack)
+    np.testing.assert_array_equal(fuse(named, chunks=16).compute(), expected)
+    np.testing.assert_array_equal(fuse(named, axes="yxz").compute(), expected)
+    with pytest.raises(ValueError, match=r"^axes 'zyx' contradicts the xarray dims \('y', 'x'"):
+        fuse(named, axes="zyx")
+    assert auto_parameters_for(named) == auto_parameters_for(stack, axes="yxz")
+    unnamed = xr.DataArray(np.moveaxis(stack, -1, 0))  # dims dim_0 ..: as before, zyx
+    with pytest.raises(ValueError, match=r"^axes is required: xarray dims \('dim_0'"):
+        fuse(unnamed)
+    np.testing.assert_array_equal(fuse(unnamed, axes="zyx").compute(), expected)
