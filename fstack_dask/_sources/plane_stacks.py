@@ -146,9 +146,10 @@ def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
     raise ValueError(
         f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are numbered by their {kind} "
         f"({said!r}), not by focus: they are {apart}, not the planes of one focus stack; give "
-        f"a folder or glob of one {kind}'s planes, or the file holding its z-series (a list "
-        "of files is read in the order given, where these are planes after all)"
-    )
+        f"a folder or glob of one {kind}'s planes, or the file holding its z-series (where "
+        "these are planes after all, rename them with their plane number after a 'z', 'z01' "
+        "..., or pass them from Python as a list of files, read in the order given)"
+    )  # (a list was all it offered, which the CLI's one SRC cannot be: g60)
 
 
 # The text before a number that names it a channel, a time point or a stage coordinate.

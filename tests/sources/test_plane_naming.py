@@ -260,9 +260,31 @@ def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
         f"spec folder '{folder}': its files ({names[0]!r} ... {names[-1]!r}) are numbered by "
         f"their {kind} ({label!r}), not by focus"
     )
-    assert "a list of files is read in the order given" in str(info.value)
+    assert "pass them from Python as a list of files, read in the order given" in str(info.value)
     listed = [str(folder / n) for n in reversed(names)]  # what the message offers: read as given
     assert _order(open_image_files(listed)) == names[::-1]
+
+
+@pytest.mark.parametrize(
+    ("names", "renamed"),
+    [
+        (_z("tile_{:03d}.tif", range(7)), _z("tile_z{:03d}.tif", range(7))),
+        (_z("stage_{:02d}.tif", range(7)), _z("stage_z{:02d}.tif", range(7))),
+        (_z("xy{:02d}c1.tif", range(1, 8)), _z("z{:02d}c1.tif", range(1, 8))),
+    ],
+)
+def test_planes_refused_as_stage_positions_open_from_the_cli_once_renamed(tmp_path, names, renamed):
+    """Planes named tile_000 ... (or stage_00 ...) refused as stage positions were told only
+    that a list of files is read as given, which the CLI's one SRC cannot be (g60): the
+    message says to rename them with a z label, and so renamed the CLI fuses them."""
+    folder = _write(tmp_path / "s", names)
+    done = _fuse_cli(folder, tmp_path / "o.zarr")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "rename them with their plane number after a 'z', 'z01' ..." in done.stderr
+    assert not (tmp_path / "o.zarr").exists()
+    named = _write(tmp_path / "r", renamed)
+    assert _order(open_image_files(named)) == renamed
 
 
 def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tmp_path):
