@@ -72,8 +72,11 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
             _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
     _refuse_named_apart(by_pattern, counting_of, files, where)
     for pattern, place in counting_of.items():
-        _refuse_positions(by_pattern[pattern], place, where)
-        _refuse_one_plane(by_pattern[pattern], place, where)
+        if len({_plain(_parts(f)[2 * place + 1]) for f in by_pattern[pattern]}) > 1:
+            # (a lone file beside the stack, 'overview_tile_1.tif', counts no positions: the
+            # stack was refused as numbered by it, naming it twice: g60)
+            _refuse_positions(by_pattern[pattern], place, where)
+            _refuse_one_plane(by_pattern[pattern], place, where)
 
 
 def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str, int],

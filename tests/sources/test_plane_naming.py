@@ -174,6 +174,21 @@ def test_a_leftover_copy_is_named_in_a_warning_whose_glob_leaves_it_out(tmp_path
         assert _order(open_image_files(suggested.group(1))) == names
 
 
+@pytest.mark.parametrize("stray", ["overview_tile_1.tif", "xy1.tif", "time_0.tif"])
+def test_a_lone_file_labelled_as_a_position_beside_a_stack_is_named_in_a_warning(tmp_path, stray):
+    """z01.tif ... z07.tif beside one overview image, overview_tile_1.tif, was refused as
+    files numbered by their stage position ('overview_tile_1.tif' ... 'overview_tile_1.tif')
+    (g60): one file counts no positions; it is named in a warning, as any stray file is, with
+    a glob that leaves it out."""
+    names = _z("z{:02d}.tif", range(1, 8))
+    folder = _write(tmp_path / "stack", [*names, stray])
+    opened = open_image_files(folder)
+    (warning,) = opened.warnings
+    assert f"{stray!r} is not named like the other 7 files" in warning
+    suggested = re.search(r"a pattern such as '([^']+)'$", warning).group(1)
+    assert _order(open_image_files(suggested)) == names
+
+
 SEVERAL = {
     "micro-manager channels": [
         f"img_channel{c:03d}_position000_time000000000_z{k:03d}.tif"
