@@ -297,8 +297,10 @@ def sort_planes(files: Sequence[str]) -> list[str]:
     def key(f: str) -> tuple[Any, ...]:
         natural = natural_key(f, signed.get(_pattern(f), ()), grouped.get(_pattern(f), ()))
         place = focus.get(f)
-        # in its folder, by the focus number before the rest (every file of a folder has one)
-        return natural if place is None else (natural[0], natural[1][2 * place + 1], *natural)
+        # in its folder, by the focus number before the rest; a file without one (a stray
+        # file, named in a warning) after them
+        rank = (1,) if place is None else (0, natural[1][2 * place + 1])
+        return (natural[0], rank, *natural)
 
     return sorted(files, key=key)
 
@@ -366,7 +368,7 @@ def _focus_places(files: Sequence[str]) -> dict[str, int]:
     names hold other numbers. Names whose stage coordinates change per plane
     (``x1182_y3400_z3.tif``, ``x1179_y3400_z3.5.tif``) were ordered by x before z, in
     silence: backwards where the stage drifts down (a review of real naming schemes,
-    2026-12-06)."""
+    2026-12-06); so they were still beside one stray file without a z (``overview.tif``: g60)."""
     members: dict[tuple[str, str], list[str]] = {}
     for f in files:
         members.setdefault((os.path.dirname(f), _pattern(f)), []).append(f)
@@ -383,12 +385,7 @@ def _focus_places(files: Sequence[str]) -> dict[str, int]:
         if labelled:
             places.update(dict.fromkeys(names, labelled[-1]))
             others.update([folder] if len(parts[0]) > 3 else [])
-    return {
-        f: place
-        for f, place in places.items()
-        if os.path.dirname(f) in others
-        and all(g in places for g in files if os.path.dirname(g) == os.path.dirname(f))
-    }
+    return {f: place for f, place in places.items() if os.path.dirname(f) in others}
 
 
 def order_warning(files: Sequence[str], where: str) -> str | None:

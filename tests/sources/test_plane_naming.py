@@ -157,6 +157,18 @@ def test_a_stage_drifting_down_is_fused_in_z_order_not_x(tmp_path):
     )  # fmt: skip
 
 
+def test_a_stage_drifting_down_beside_a_stray_file_is_still_in_z_order(tmp_path):
+    """The same planes beside one file without a z (overview.tif) were ordered by x again,
+    backwards, the warning naming only the stray file (g60): by z, the stray file last."""
+    names = ONE_STACK["stage drifting"]
+    folder = _write(tmp_path / "stack", [*names, "overview.tif"])
+    opened = open_image_files(folder)
+    assert _order(opened) == [*names, "overview.tif"]
+    (warning,) = opened.warnings
+    assert f"'overview.tif' is not named like the other {len(names)} files" in warning
+    assert f"fused as plane {len(names) + 1} of {len(names) + 1}" in warning
+
+
 @pytest.mark.parametrize("fmt", ["z{:02d}.tif", "z{}.tif"])
 def test_a_leftover_copy_is_named_in_a_warning_whose_glob_leaves_it_out(tmp_path, fmt):
     """z01.tif ... z21.tif and z21_copy.tif: the warning's glob, 'z*.tif', matched the copy
