@@ -201,12 +201,16 @@ def unremovable(folder: Location) -> str | None:
     ours = ours_within(folder)
     marks = marks_reader(folder.path)  # (a mark inside was met only once the new output was
     # in place: the old one left beside dst, the run's time spent on a warning: g53)
-    for entry in sorted(entries):
+    for entry in sorted({*entries, "zarr.json"}):
         top = os.path.join(folder.path, entry)
         if os.path.isdir(top) and not os.path.islink(top):
             why = _blocking(top, entry, "", ours, False, marks)[1]
             if why is not None:
                 return why
+        elif marks is not None and os.path.isfile(top) and not os.path.islink(top):
+            locked = marks(top)  # (dst's own zarr.json marked: swapped, then left beside dst)
+            if locked is not None:
+                return Marked(f"may not remove its files: {locked}")
     return None
 
 

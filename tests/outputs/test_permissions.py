@@ -682,19 +682,21 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
 
 
 @pytest.mark.parametrize(("flag", "what"), [("i", "file"), ("a", "file"), ("a", "folder"),
-                                            ("i", "folder")])  # fmt: skip
+                                            ("i", "folder"), ("i", "top"),
+                                            ("a", "top")])  # fmt: skip
 def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path, request, flag,
                                                                       what):  # fmt: skip
     """A chunk file or folder inside a complete output marked immutable or append-only
     (``chattr``, which binds root too): the overwrite computed it all, swapped, then could
     not remove the old output and left it beside dst with a warning; an immutable folder was
     blamed on its owner, root itself ("ask its owner") (g53). Refused before anything is
-    written, naming the marked path, the mark and how to clear it."""
+    written, naming the marked path, the mark and how to clear it. So is dst's own zarr.json
+    marked, which the walk of dst's folders missed: swapped, then left beside dst (g60)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
     chunk = next(p for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
-    marked = chunk if what == "file" else chunk.parent
+    marked = {"file": chunk, "folder": chunk.parent, "top": dst / "zarr.json"}[what]
     _chattr_or_skip(flag, marked, request)
     before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
