@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from .._locations import Location, owner_and_mode, remove_tree
+from .._locations import Location, change_locked, owner_and_mode, remove_tree
 from . import folders
 from .folders import STAGING
 from .lock import DestinationLock
@@ -258,6 +258,17 @@ def _restore_copied(dst: Location, protect: Iterable[Location]) -> bool:
     return True
 
 
+def _how_to_move(entry: Location, exc: OSError) -> str:
+    """What lets ``entry`` be moved: its ``chattr`` mark cleared (``chmod u+w`` was all a
+    marked file was told, which moves it no more: g60), or its folder made writable."""
+    if not isinstance(exc, PermissionError):
+        return ""
+    locked = change_locked(entry.path) if entry.is_local else None
+    if locked is not None:
+        return f" once no longer marked ({locked})"
+    return " (a read-only folder moves once it may be written: chmod u+w)"
+
+
 def give_back(old: Location, dst: Location, *, restored: bool = False,
               protect: Iterable[Location] = ()) -> list[str]:  # fmt: skip
     """Move the entries a user put into our previous output at ``old`` back into ``dst``;
@@ -282,8 +293,7 @@ def give_back(old: Location, dst: Location, *, restored: bool = False,
                 "%r, which was in %s, could not be moved back into it (%s): it is in %s with "
                 "the previous output, which is kept; move it yourself: mv %r %r%s",
                 name, dst.spec, exc.strerror or exc, old.url, old.child(name).url,
-                dst.child(name).url, " (a read-only folder moves once it may be written: "
-                "chmod u+w)" if isinstance(exc, PermissionError) else "",
+                dst.child(name).url, _how_to_move(old.child(name), exc),
             )  # fmt: skip
             continue
         if restored:

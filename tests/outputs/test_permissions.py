@@ -708,3 +708,25 @@ def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path,
     assert "ask its owner" not in line and "nothing was written" in line
     assert tree_digest(tmp_path) == before
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]  # no staging folder
+
+
+def test_a_marked_file_of_a_user_left_with_the_old_output_is_told_to_clear_its_mark(
+    tmp_path, request
+):
+    """A user's notes.txt in the old output marked immutable (chattr +i) cannot be moved into
+    the new one: the warning said 'chmod u+w', which moves it no more (g60). It names the
+    mark and how to clear it; the file is kept with the previous output."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    (dst / "notes.txt").write_text("mine")
+    _chattr_or_skip("i", dst / "notes.txt", request)
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")
+    kept = [p for p in tmp_path.glob(".out.zarr.*/notes.txt")]
+    for path in kept:  # (the finalizer's path moved with the old output)
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(kept) == 1 and kept[0].read_text() == "mine"
+    assert "'notes.txt', which was in" in proc.stderr
+    assert f"{str(kept[0])!r} is marked immutable (chattr +i; chattr -i clears it)" in proc.stderr
+    assert "chmod u+w" not in proc.stderr
