@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import _base
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, note_stop
@@ -158,15 +159,27 @@ def _taking_a_lock(frame: Any) -> bool:
     codes = _lock_taking_codes()
     while frame is not None:
         if frame.f_code in codes:
-            return True
+            return _holding_one(frame)
         frame = frame.f_back
     return False
 
 
+def _holding_one(frame: Any) -> bool:
+    """Whether the thread already holds a lock the code at ``frame`` takes. Where it holds none
+    yet (blocked taking it: another thread holds it), the exception leaves nothing held and is
+    raised at once: deferred, a stop waited, re-sent every 10 ms, as long as the other thread
+    held the lock, for ever where it waited for the main thread (a review of af9e043)."""
+    owner = frame.f_locals.get("self")
+    if isinstance(owner, _base._AcquireFutures):
+        return any(f._condition._is_owned() for f in owner.futures)
+    lock = getattr(owner, "_lock", None)
+    if frame.f_code is threading.Condition.__enter__.__code__ and hasattr(lock, "_is_owned"):
+        return lock._is_owned()  # an RLock knows its owner (a Lock does not: deferred)
+    return True
+
+
 @functools.cache
 def _lock_taking_codes() -> frozenset[Any]:
-    from concurrent.futures import _base
-
     condition = threading.Condition
     return frozenset(
         f.__code__

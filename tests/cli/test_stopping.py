@@ -563,3 +563,37 @@ def test_sigterm_landing_as_a_wait_takes_its_futures_locks_leaves_none_held():
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["held", "0", "ended", "True"], done.stdout + done.stderr[-800:]
+
+
+_SIGNAL_AS_THE_MAIN_THREAD_WAITS_FOR_A_LOCK = """
+import os, signal, threading, time
+from fstack_dask._cli.stopping import Terminated, on_stop_signals_raise
+
+cond, held, free = threading.Condition(), threading.Event(), threading.Event()
+
+def holder():
+    with cond:
+        held.set()
+        free.wait(60)  # (as a thread that waits for the main thread)
+
+threading.Thread(target=holder, daemon=True).start()
+held.wait()
+restore = on_stop_signals_raise()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    with cond:
+        print("took the lock")
+except Terminated:
+    print("stopped", free.is_set())
+restore()
+"""
+
+
+def test_sigterm_as_the_main_thread_waits_for_a_lock_another_holds_stops_it():
+    """A stop signal landing while the main thread waited to take a lock another thread held
+    was re-sent every 10 ms until that thread let it go (af9e043): for ever where that thread
+    waited for the main thread, the stop lost. Raised there, it leaves nothing held: raised at
+    once (the holder's wait of 60 s outlasts the subprocess's timeout)."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AS_THE_MAIN_THREAD_WAITS_FOR_A_LOCK],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.stdout.split() == ["stopped", "False"], done.stdout + done.stderr[-800:]
