@@ -456,3 +456,17 @@ def test_a_run_makes_its_filesystems_once_even_where_fsspec_caches_none(monkeypa
                   dst_storage_options=opts, chunks=chunk, levels=0, progress=False)  # fmt: skip
         counts[chunk] = len(made)
     assert counts[16] <= counts[64] + 4 and counts[64] < 20, counts
+
+
+def test_a_cache_keeps_its_own_storage_option_among_the_datas(tmp_path):
+    """``simplecache::`` with ``cache_storage`` among flat storage options: since e379704 gave
+    a chained URL's flat options to the data's filesystem save the cache's own, read from
+    simplecache's ``__init__``, which names none, the option went to the data's filesystem and
+    the cache filled a temporary folder (a review). The cache is kept where it was asked."""
+    base = f"memory://fstack-loc-{uuid.uuid4().hex}"
+    _write(f"{base}/stack.zarr")
+    cache = tmp_path / "cache"
+    out = fuse_zarr(f"simplecache::{base}/stack.zarr", f"{base}/out.zarr", progress=False,
+                    storage_options={"cache_storage": str(cache)})  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], _expected())
+    assert cache.is_dir() and any(cache.iterdir())

@@ -140,7 +140,10 @@ def _to_the_data(links: list[str], classes: list[type], options: Mapping[str, An
     wrappers = classes[:-1]
     if not all(issubclass(c, CachingFileSystem) for c in wrappers) or set(links) & set(options):
         return dict(options)
-    own = {p for c in wrappers for p in inspect.signature(c.__init__).parameters} - {"kwargs"}
+    # each class's own and those it passes on (simplecache's __init__ names none: its
+    # cache_storage went to the data's filesystem, the cache kept in a temporary folder)
+    inits = [k.__init__ for c in wrappers for k in c.__mro__ if "__init__" in vars(k)]
+    own = {p for f in inits for p in inspect.signature(f).parameters} - {"args", "kwargs"}
     flat = {k: v for k, v in options.items() if k not in own}
     if not flat:
         return dict(options)
