@@ -124,12 +124,19 @@ def _auto_for_plan(x, plan: _Plan, rgb: bool, focus, nhsize, sth) -> AutoParamet
     )
 
 
+def _unnamed(stack: Any) -> bool:
+    """Whether a DataArray's dims are xarray's own (``dim_0``, ...: none given): read as any
+    array's, ``"zyx"`` by default (refused from f46fe34, "axes is required", where ``fuse`` of
+    such a dask-backed DataArray had fused; a review)."""
+    return all(str(d) == f"dim_{i}" for i, d in enumerate(stack.dims))
+
+
 def checked_stack(stack: Any, axes: str | None) -> tuple[da.Array, np.dtype, str]:
     """``stack`` as a dask array, its dtype and its axes, checked as ``fuse`` and
     ``auto_parameters_for`` take them (no empty axis). A DataArray's ``dims`` name its axes,
     as ``fuse_zarr`` reads them (``fuse`` took ``"zyx"`` whatever they said: dims ``y, x, z``
     fused along y, exit 0); else ``axes`` or ``"zyx"``."""
-    if is_xarray(stack):
+    if is_xarray(stack) and not (axes is None and _unnamed(stack)):
         axes = xarray_letters(stack, axes)
     elif axes is None:
         axes = "zyx"

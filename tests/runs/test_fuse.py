@@ -323,6 +323,17 @@ def test_a_dataarray_is_fused_along_the_axis_its_dims_name():
         fuse(named, axes="zyx")
     assert auto_parameters_for(named) == auto_parameters_for(stack, axes="yxz")
     unnamed = xr.DataArray(np.moveaxis(stack, -1, 0))  # dims dim_0 ..: as before, zyx
-    with pytest.raises(ValueError, match=r"^axes is required: xarray dims \('dim_0'"):
-        fuse(unnamed)
     np.testing.assert_array_equal(fuse(unnamed, axes="zyx").compute(), expected)
+
+
+def test_a_dataarray_whose_dims_xarray_named_is_fused_as_any_array():
+    """A dask-backed DataArray made without dims (xarray names them dim_0, ...) was fused by
+    fuse() with its default axes 'zyx'; f46fe34 refused it, "axes is required" (a review): such
+    dims name no axis, and axes= decides, default 'zyx', as for any array."""
+    from fstack_dask import auto_parameters_for
+
+    xr = pytest.importorskip("xarray")
+    zyx = np.moveaxis(synthetic_stack((40, 36), 5, seed=1).stack, -1, 0)
+    unnamed = xr.DataArray(da.from_array(zyx, chunks=(5, 20, 20)))
+    np.testing.assert_array_equal(fuse(unnamed).compute(), fuse(zyx).compute())
+    assert auto_parameters_for(unnamed) == auto_parameters_for(zyx)
