@@ -358,20 +358,6 @@ def test_demo_numbers_typed_other_than_in_ascii_digits_are_refused(tmp_path, arg
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
-def test_a_lock_lease_that_is_no_positive_number_is_warned_of(src, tmp_path, value):
-    """FSTACK_DASK_LOCK_STALE_AFTER=abc (or 0, -5, nan) ran on the 60 s default in silence: the
-    user believed their lease set (a sweep of contract 4, g41). Warned of, naming it; as
-    FSTACK_DASK_ENGINE's typo, a warning: the default is the safe lease."""
-    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", "--levels", "0",
-                cwd=tmp_path, env={"FSTACK_DASK_LOCK_STALE_AFTER": value})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-500:]
-    assert done.stderr.splitlines() == [
-        f"fstack-dask: warning: FSTACK_DASK_LOCK_STALE_AFTER must be a positive number of "
-        f"seconds, got {value!r}; 60 s is used"
-    ]
-
-
 def _a_demo_in_home(tmp_path):
     """A demo run into $HOME/x ($HOME: tmp_path/home), an empty current folder beside it:
     the home, that folder and the environment that names the home."""
