@@ -179,8 +179,9 @@ def _refuse_one_plane(members: Sequence[str], place: int, where: str) -> None:
         f"{where}: its files ({shown[0]!r} ... {shown[1]!r}) are all at one focal plane "
         f"({focal}{parts[0][plane]}) and numbered by {said!r}, a channel, time point or "
         "stage coordinate: not the planes of one focus stack; give a folder or glob of one "
-        "stack's planes (a list of files is read in the order given, where these are planes "
-        "after all)"
+        "stack's planes (where these are planes after all, rename them with their plane "
+        "number after a 'z', or pass them from Python as a list of files, read in the order "
+        "given)"
     )
 
 

@@ -547,4 +547,6 @@ def test_one_planes_time_points_or_channels_are_not_fused_as_a_stack(tmp_path, s
         open_image_files(folder)
     proc = _fuse_cli(folder, tmp_path / "out.ome.zarr")
     assert proc.returncode != 0 and "all at one focal plane" in proc.stderr, proc.stderr
+    assert "rename them with their plane number after a 'z'" in proc.stderr  # (the CLI takes
+    # no list, all the message offered: g60)
     assert not (tmp_path / "out.ome.zarr").exists()
