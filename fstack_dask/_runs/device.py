@@ -11,6 +11,7 @@ written (:func:`require_engine_on_workers`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from typing import Any
 
@@ -72,7 +73,9 @@ def require_engine_on_workers(engine: str, scheduler: Any) -> None:
         answers = [("process", problem) for problem in client.ask_each(engine_problem, engine)]
         if not answers:  # every process died (a stop signal to the group is raised instead)
             raise_if_stopped()
-            raise ValueError(
+            # a broken pool, as the run would meet it (exit 1, not a parameter's 2): the pool
+            # adds why where a script without a main guard killed them (CI, on 5eff0bc)
+            raise cf.process.BrokenProcessPool(
                 f"no worker process answered the check of engine={engine!r}: every one "
                 "died (killed, out of memory?); nothing written, rerun"
             )
