@@ -31,6 +31,7 @@ from .plane_names import (
     odd_names,
     odd_names_warning,
     order_warning,
+    reading_p_as_point,
 )
 from .plane_stacks import gap_warning, restart_warning
 from .stack_meta import OpenedStack
@@ -116,7 +117,7 @@ def open_image_files(
         raise TypeError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
     if cache_bytes < 0:
         raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes}")
-    files, place, skipped = list_plane_files(spec, name)
+    files, place, skipped, points = list_plane_files(spec, name)
     where = f"{name} {place}"
     fmt = FORMATS[os.path.splitext(files[0])[1].lower()]
     for f in files:
@@ -197,12 +198,13 @@ def open_image_files(
             f"{where}: skipped {names}, an all-in-focus image fstack_dask wrote, not a plane"
         )
     if not isinstance(spec, Sequence) or isinstance(spec, str):  # a list is the user's choice
-        odd = odd_names(files)
-        if odd:
-            warnings.append(odd_names_warning(files, odd, where))
-        order = order_warning(files, where)
-        restart = restart_warning(files, where)
-        gap = None if restart else gap_warning(files, where)  # a restart is one gap: said
+        with reading_p_as_point(points):  # "z1p5" as 1.5 where the folder's names said so
+            odd = odd_names(files)
+            if odd:
+                warnings.append(odd_names_warning(files, odd, where))
+            order = order_warning(files, where)
+            restart = restart_warning(files, where)
+            gap = None if restart else gap_warning(files, where)  # a restart is one gap: said
         warnings += [w for w in (order, restart, gap) if w]
     if turned_alike:
         warnings.append(turned_alike)

@@ -13,8 +13,15 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from .plane_names import FORMATS, GLOB_CHARS, is_litter, refuse_unsure_commas, sort_planes
-from .plane_stacks import refuse_several_stacks
+from .plane_names import (
+    FORMATS,
+    GLOB_CHARS,
+    is_litter,
+    reading_p_as_point,
+    refuse_unsure_commas,
+    sort_planes,
+)
+from .plane_stacks import points_read
 
 __all__ = ["absolute", "check_images", "is_image", "list_plane_files"]
 
@@ -32,9 +39,10 @@ def _refuse_unlisted(pattern: str, what: str) -> None:
         )
 
 
-def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
-    """The plane files in stack order, how to name `spec` in messages, and the platform
-    litter skipped (hidden files, Thumbs.db, ...)."""
+def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str], frozenset[str]]:
+    """The plane files in stack order, how to name `spec` in messages, the platform litter
+    skipped (hidden files, Thumbs.db, ...) and the files whose names write a decimal point
+    as a "p" (``z1p5.tif``: read so within `reading_p_as_point`)."""
     skipped: list[str] = []
     if isinstance(spec, (str, os.PathLike)):
         text = os.path.expanduser(os.fspath(spec))
@@ -69,8 +77,10 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
         files = sort_planes([absolute(f) for f in files])
         _one_spelling(files, f"{name} {where}")
         refuse_unsure_commas(files, f"{name} {where}")
-        refuse_several_stacks(files, f"{name} {where}")
-        return files, where, [absolute(f) for f in skipped]
+        points = points_read(files, f"{name} {where}")
+        with reading_p_as_point(points):
+            files = sort_planes(files)
+        return files, where, [absolute(f) for f in skipped], points
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]
         if not files:
@@ -86,7 +96,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str]]:
                 raise FileNotFoundError(f"file {f!r} listed in {name} does not exist")
         check_images(files, f"{name} {where}")
         _one_file(files, [os.fspath(f) for f in spec], f"{name} {where}")
-        return files, where, []
+        return files, where, [], frozenset()
     raise TypeError(
         f"{name} must be a folder, a glob pattern or a list of file paths, got "
         f"{type(spec).__name__}"

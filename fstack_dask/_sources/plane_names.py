@@ -13,7 +13,9 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +27,8 @@ __all__ = [
     "odd_names",
     "odd_names_warning",
     "order_warning",
+    "p_between_digits",
+    "reading_p_as_point",
     "refuse_unsure_commas",
     "sort_planes",
 ]
@@ -52,6 +56,11 @@ _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): n
 # refused, or the minus planes fused after the plus ones (g54).
 _DASH_SIGN = re.compile(r"[\u2212\u2012\u2013\ufe63\uff0d](?=\d)")
 _LETTER_SIGN = re.compile(r"(?:^|(?<=[^a-z0-9])|(?<=(?<![a-z])z)|(?<=focus))([mp])(?=\d)", re.I)
+# A "p" between digits as a decimal point ("z1p5" for z1.5, as names that may hold no "."
+# write it), in the files `reading_p_as_point` names: a folder's names decide
+# (`plane_stacks.points_read`), as "p" is text elsewhere ("pos1p1" ... "pos1p10").
+_POINT_P = re.compile(r"(?<=\d)[pP](?=\d)")
+_READ_POINT: ContextVar[frozenset[str]] = ContextVar("_READ_POINT", default=frozenset())
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
 # metadata) and .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden files (a leading dot)
@@ -137,14 +146,47 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""
+    point = path in _READ_POINT.get()
     if "," not in stem or _COMMA_UNSURE.search(_DOTTED.sub("", stem)):
-        parts = _NUMBER.split(stem)
+        parts = (_NUMBER_P if point else _NUMBER).split(stem)
     else:
-        parts = _NUMBER_COMMA.split(stem)
+        parts = (_NUMBER_COMMA_P if point else _NUMBER_COMMA).split(stem)
         if as_read:  # compared as a number; a glob keeps its spelling
             parts[1::2] = [n.replace(",", ".") for n in parts[1::2]]
+    if point and as_read:
+        parts[1::2] = [_p_as_point(n) for n in parts[1::2]]
     parts[-1] += ext
     return parts
+
+
+_NUMBER_P = re.compile(_NUMBER.pattern.replace(r"(?:\.\d+)", r"(?:[.pP]\d+)"))
+_NUMBER_COMMA_P = re.compile(_NUMBER_COMMA.pattern.replace("[.,]", "[.,pP]"))
+
+
+def _p_as_point(number: str) -> str:
+    """``1p5`` as ``1.5``, its fraction's trailing zeros dropped (``1p50`` is 1.5, ``1p0`` is
+    1: one position, so two files naming it are numbered alike, not ordered by a guess)."""
+    if "p" not in number.lower():
+        return number
+    whole, _, fraction = number.lower().partition("p")
+    digits, exponent = re.fullmatch(r"(\d*)(.*)", fraction).groups()
+    digits = digits.rstrip("0")
+    return whole + ("." + digits if digits else "") + exponent
+
+
+def p_between_digits(files: Sequence[str]) -> list[str]:
+    """The files whose names write a "p" between digits (``z1p5.tif``)."""
+    return [f for f in files if _POINT_P.search(os.path.splitext(os.path.basename(f))[0])]
+
+
+@contextmanager
+def reading_p_as_point(files: Collection[str]) -> Iterator[None]:
+    """Within it, a "p" between digits in the names of `files` is a decimal point."""
+    token = _READ_POINT.set(frozenset(files))
+    try:
+        yield
+    finally:
+        _READ_POINT.reset(token)
 
 
 def _sign(number: str) -> str:
@@ -326,7 +368,7 @@ def _comma_places(
     grouped: dict[str, set[int]] = {}
     for (pattern, place), found in places.items():
         comma = [n for n, _ in found if "," in n]
-        bare = [n for n, _ in found if not re.search(r"[,.eE]", n)]
+        bare = [n for n, _ in found if not re.search(r"[,.eEpP]", n)]
         if not comma or not bare or len(bare) + len(comma) < len(found):
             continue
         if not all(_THOUSANDS.fullmatch(n) for n in comma):

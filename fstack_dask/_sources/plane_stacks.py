@@ -24,9 +24,46 @@ from .plane_names import (
     _plain,
     _sign,
     natural_key,
+    odd_names,
+    p_between_digits,
+    reading_p_as_point,
 )
 
-__all__ = ["gap_warning", "refuse_several_stacks", "restart_warning"]
+__all__ = ["gap_warning", "points_read", "refuse_several_stacks", "restart_warning"]
+
+
+def points_read(files: Sequence[str], where: str) -> frozenset[str]:
+    """The files whose "p" between digits is a decimal point (``z1p5.tif``: 1.5), refusing
+    names that count several stacks either way (`refuse_several_stacks`). A "p" is read so
+    where the names so read count one stack, with fewer files named unlike the others, and
+    read as text do not: ``z1``, ``z1p5``, ``z2`` ... was refused as two stacks with a glob
+    selecting half the planes (g63), where ``pos1p1`` ... ``pos1p10`` is one stack with its
+    "p" as text. Where neither reading counts one stack, the refusal is the reading's that
+    joins the names into fewer patterns (its glob selects whole stacks)."""
+    marked = p_between_digits(files)
+    refused, odd = _refusal(files, where)
+    if not marked or not (refused or odd):
+        if refused:
+            raise refused
+        return frozenset()
+    patterns = len({_pattern(f, one_format=True) for f in files})
+    with reading_p_as_point(marked):
+        as_point, odd_as_point = _refusal(files, where)
+        fewer = len({_pattern(f, one_format=True) for f in files}) < patterns
+    if as_point is None and (refused or len(odd_as_point) < len(odd)):
+        return frozenset(marked)
+    if refused:
+        raise as_point if as_point and fewer else refused
+    return frozenset()
+
+
+def _refusal(files: Sequence[str], where: str) -> tuple[ValueError | None, list[str]]:
+    """`refuse_several_stacks`'s refusal of `files`, or else the files named unlike the others."""
+    try:
+        refuse_several_stacks(files, where)
+    except ValueError as refused:
+        return refused, []
+    return None, odd_names(files)
 
 
 def refuse_several_stacks(files: Sequence[str], where: str) -> None:

@@ -107,6 +107,11 @@ ONE_STACK = {
     "slices s": _z("img_s{:02d}.tif", range(1, 12)),  # "s" for slice: no MetaMorph "_t" after
     "thousands separator": _z("z{}.tif", ["997", "998", "999", "1,000", "1,001", "1,002"]),
     "thousands or decimals, one order": _z("z{}.tif", ["1,000", "1,250", "1,500", "2,000", "2,25"]),
+    # a "p" between digits as a decimal point: refused as two stacks, with a glob of half the
+    # planes (g63); as text where that counts one stack, "pos1p1" ... "pos1p10"
+    "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
+    "p as a decimal point, um": _z("z{}um.tif", ["0p5", "1p0", "1p5", "2p0", "2p5"]),
+    "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
 }
 
 
@@ -246,6 +251,10 @@ SEVERAL = {
         f"cell{c}_focus_{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
     ],
     "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
+    # a "p" as a decimal point: the glob selected the planes without one, 'c0_z[0-9].tif' (g63)
+    "p as a decimal point, two channels": [
+        f"c{c}_z{k}.tif" for c in (0, 1) for k in ["1", "1p5", "2", "2p5", "3"]
+    ],
     "channels interleaved, frame counter": [
         f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
@@ -324,6 +333,26 @@ def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tm
     assert ("'z999.tif' comes before 'z1,001.tif' if the comma in 'z1,001.tif' separates "
             "thousands, and after it if it is a decimal comma") in done.stderr  # fmt: skip
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_p_as_a_decimal_point_opens_from_the_cli_and_an_ambiguous_one_is_refused(tmp_path):
+    """z1, z1p5, z2, z2p5, z3 ("p" for a decimal point) was refused as two stacks, with a glob
+    selecting the three planes without a "p" (g63): the CLI fuses all five, in focus order.
+    Where "p" as a point makes two names one position, 1p1 and 1p10, it is refused."""
+    names = ONE_STACK["p as a decimal point"]
+    folder = _write(tmp_path / "s", names)
+    done = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "info", str(folder)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "5 TIFF files, in this order: first 'z1.tif', last 'z3.tif'" in done.stdout
+    done = _fuse_cli(folder, tmp_path / "o.zarr", "--levels", "0")
+    assert done.returncode == 0, done.stderr
+    folder = _write(tmp_path / "tie", _z("z{}.tif", ["1", "1p1", "1p10", "2"]))
+    with pytest.raises(ValueError) as info:
+        open_image_files(folder)
+    assert "'z1p1.tif' and 'z1p10.tif' are numbered alike" in str(info.value)
 
 
 def _fuse_cli(src, dst, *extra):
