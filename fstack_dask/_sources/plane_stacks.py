@@ -106,6 +106,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
         kept.append(group)
     for pattern, members in by_pattern.items():
         if pattern in counting_of:
+            _refuse_letter_signs(members, counting_of, counting_of[pattern], files, where)
             _refuse_repeated(members, counting_of, counting_of[pattern], files, where)
     _refuse_named_apart(by_pattern, counting_of, files, where)
     for pattern, place in counting_of.items():
@@ -135,6 +136,29 @@ def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str,
                 _several_stacks(seen[folder], stack, files, counting_of, where)
             if len(stack) >= 2:
                 seen[folder] = stack
+
+
+def _refuse_letter_signs(members: Sequence[str], counting_of: dict[str, int], place: int,
+                         files: Sequence[str], where: str) -> None:  # fmt: skip
+    """Refuse plane numbers signed by an ``m`` and a ``p`` with no plane 0 among them and no
+    ``z`` or ``focus`` label before them: ``sample_m1``, ``sample_m2`` beside ``sample_p1`` ...
+    ``sample_p3`` are two series more likely than focus offsets, and were fused as one signed
+    stack of 5, with a warning of a plane 0 missing, since 01980d2 read m and p as signs (g63).
+    ``focus_m2`` ... ``focus_p2`` and ``sample_m1``, ``sample_0``, ``sample_p1`` are one stack.
+    `place`: the members' plane number's."""
+    k = 2 * place + 1
+    parts = [_parts(f) for f in members]
+    if _FOCUS_LABEL.search(parts[0][k - 1].casefold()) or any(
+        _plain(p[k]).lstrip("-") == "0" for p in parts
+    ):
+        return
+    stacks: dict[str, dict[str, str]] = {}  # the letter: plane number (unsigned): file
+    for f, p in zip(members, parts, strict=True):
+        letter = _parts(f, as_read=False)[k - 1][-1:].lower() if _sign(p[k]) else ""
+        stacks.setdefault(letter if letter in ("m", "p") else "", {})[_plain(p[k]).lstrip("-")] = f
+    signed = [stacks[s] for s in ("m", "p", "") if s in stacks]
+    if ("m" in stacks or "p" in stacks) and len(signed) > 1:
+        _several_stacks(signed[0], signed[1], files, counting_of, where)
 
 
 def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place: int,

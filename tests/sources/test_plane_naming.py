@@ -112,6 +112,7 @@ ONE_STACK = {
     "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
     "p as a decimal point, um": _z("z{}um.tif", ["0p5", "1p0", "1p5", "2p0", "2p5"]),
     "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
+    "m and p signs, a zero, no label": _z("sample_{}.tif", ["m2", "m1", "0", "p1", "p2"]),
 }
 
 
@@ -251,6 +252,9 @@ SEVERAL = {
         f"cell{c}_focus_{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
     ],
     "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
+    # m and p with no plane 0 and no z or focus label: fused as one signed stack of 10, with
+    # a warning of a plane 0 missing, since m and p were read as signs (g63)
+    "m and p, no zero, no label": [f"sample_{s}{k}.tif" for s in "mp" for k in range(1, 6)],
     # a "p" as a decimal point: the glob selected the planes without one, 'c0_z[0-9].tif' (g63)
     "p as a decimal point, two channels": [
         f"c{c}_z{k}.tif" for c in (0, 1) for k in ["1", "1p5", "2", "2p5", "3"]
@@ -333,6 +337,17 @@ def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tm
     assert ("'z999.tif' comes before 'z1,001.tif' if the comma in 'z1,001.tif' separates "
             "thousands, and after it if it is a decimal comma") in done.stderr  # fmt: skip
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_m_and_p_signs_without_a_zero_are_signs_after_a_focus_label(tmp_path):
+    """focus_m2, focus_m1, focus_p1, focus_p2: focus offsets by their label, one stack, the
+    missing 0 said as for z-2 ... z2 without z0; sample_m1 ... beside sample_p1 ... (no label,
+    no zero) are refused as two stacks (test_several_stacks_are_refused_with_a_glob_...)."""
+    names = _z("focus_{}.tif", ["m2", "m1", "p1", "p2", "p3"])
+    opened = open_image_files(_write(tmp_path / "s", names))
+    assert _order(opened) == names
+    (warning,) = opened.warnings
+    assert "but 1 plane is missing: 0 (the first gap after 'focus_m1.tif')" in warning
 
 
 def test_p_as_a_decimal_point_opens_from_the_cli_and_an_ambiguous_one_is_refused(tmp_path):
