@@ -56,6 +56,9 @@ _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): n
 # refused, or the minus planes fused after the plus ones (g54).
 _DASH_SIGN = re.compile(r"[\u2212\u2012\u2013\ufe63\uff0d](?=\d)")
 _LETTER_SIGN = re.compile(r"(?:^|(?<=[^a-z0-9])|(?<=(?<![a-z])z)|(?<=focus))([mp])(?=\d)", re.I)
+# ... and the words, after a "z" or "focus" label: "focus_minus2" ... "focus_plus2" was
+# refused as two stacks with a glob of half the planes (g63).
+_WORD_SIGN = re.compile(r"(?<![a-z])((?:z|focus)[_-]?)(minus|plus)(?=\d)", re.I)
 # A "p" between digits as a decimal point ("z1p5" for z1.5, as names that may hold no "."
 # write it), in the files `reading_p_as_point` names: a folder's names decide
 # (`plane_stacks.points_read`), as "p" is text elsewhere ("pos1p1" ... "pos1p10").
@@ -142,6 +145,7 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
     if as_read:
         name = unicodedata.normalize("NFC", name)
         name = _DASH_SIGN.sub("-", name)
+        name = _WORD_SIGN.sub(lambda m: m.group(1) + ("-" if m.group(2)[0] in "mM" else "+"), name)
         name = _LETTER_SIGN.sub(lambda m: "-" if m.group(1) in "mM" else "+", name)
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension

@@ -112,6 +112,8 @@ ONE_STACK = {
     "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
     "p as a decimal point, um": _z("z{}um.tif", ["0p5", "1p0", "1p5", "2p0", "2p5"]),
     "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
+    # signs as words after a focus label: refused as two stacks with a glob of half (g63)
+    "minus and plus words": _z("focus_{}.tif", ["minus2", "minus1", "0", "plus1", "plus2"]),
     "m and p signs, a zero, no label": _z("sample_{}.tif", ["m2", "m1", "0", "p1", "p2"]),
 }
 
