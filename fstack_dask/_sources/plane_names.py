@@ -27,6 +27,7 @@ __all__ = [
     "odd_names",
     "odd_names_warning",
     "order_warning",
+    "minus_signs",
     "p_between_digits",
     "reading_p_as_point",
     "refuse_unsure_commas",
@@ -329,13 +330,16 @@ def sort_planes(files: Sequence[str]) -> list[str]:
     >>> sort_planes(["x1200_z0.tif", "x1197_z0.5.tif"])  # stage coordinates: by z
     ['x1200_z0.tif', 'x1197_z0.5.tif']
     """
-    signs: dict[tuple[str, int], set[str]] = {}
+    numbers: dict[tuple[str, int], list[str]] = {}
+    before: dict[tuple[str, int], str] = {}  # the text before them
     for f in files:
-        for place, number in enumerate(_parts(f)[1::2]):
-            signs.setdefault((_pattern(f), place), set()).add(_sign(number))
+        parts = _parts(f)
+        for place, number in enumerate(parts[1::2]):
+            numbers.setdefault((_pattern(f), place), []).append(number)
+            before[_pattern(f), place] = parts[2 * place]
     signed: dict[str, set[int]] = {}
-    for (pattern, place), found in signs.items():
-        if len(found) > 1:
+    for (pattern, place), found in numbers.items():
+        if len({_sign(n) for n in found}) > 1 or minus_signs(before[pattern, place], found):
             signed.setdefault(pattern, set()).add(place)
     focus = _focus_places(files)
     grouped, _ = _comma_places(files)
@@ -349,6 +353,20 @@ def sort_planes(files: Sequence[str]) -> list[str]:
         return (natural[0], rank, *natural)
 
     return sorted(files, key=key)
+
+
+def minus_signs(before: str, numbers: Collection[str]) -> bool:
+    """Whether a "-" before every one of `numbers` (a place of names of one pattern) is a minus
+    sign: right after a ``z`` or ``focus`` label (`before`: the text before them), the numbers
+    neither zero-padded nor 0 (``z-01`` ..., ``z-0``, ``z-1`` ...: a separator before a count)
+    and the label not after a "-" (``img-z-1``: the name's separator). ``z-3``, ``z-2``, ``z-1``
+    were read with a separator, backwards (g63)."""
+    label = _FOCUS_LABEL.search(before.casefold())
+    if not label or "-" in label.group() or not all(n[:1] == "-" for n in numbers):
+        return False
+    wholes = [re.match(r"-(\d*)", n).group(1) for n in numbers]
+    return not any(w.startswith("0") and (len(w) > 1 or not _plain(n).strip("-0.")) for w, n in
+                   zip(wholes, numbers, strict=True))  # fmt: skip
 
 
 _THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2},\d{3}")  # "1,000": 1000, or 1.000?

@@ -23,6 +23,7 @@ from .plane_names import (
     _pattern,
     _plain,
     _sign,
+    minus_signs,
     natural_key,
     odd_names,
     p_between_digits,
@@ -350,7 +351,10 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
     after_number = place and _parts(members[0])[2 * place] in ("", ":", ".")
     if after_number and len(written[0].lstrip("+-")) == 2:
         return None  # a time's minutes or seconds ("13-45-01"): it skips as the camera lags
-    signed = len({_sign(v) for v in written}) > 1  # else a "-" in every name is text
+    # else a "-" in every name is text, but after a z label ("z-3", "z-2", "z-1")
+    signed = len({_sign(v) for v in written}) > 1 or minus_signs(
+        _parts(members[0])[2 * place], written
+    )
     values = [int(v) if signed else int(v.lstrip("+-")) for v in written]
     steps = [b - a for a, b in zip(values, values[1:], strict=False)]
     step = min(steps)

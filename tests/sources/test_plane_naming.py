@@ -114,6 +114,12 @@ ONE_STACK = {
     "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
     # signs as words after a focus label: refused as two stacks with a glob of half (g63)
     "minus and plus words": _z("focus_{}.tif", ["minus2", "minus1", "0", "plus1", "plus2"]),
+    # all below 0: the "-" read as a separator, the planes backwards (g63)
+    "all negative": _z("z{}.tif", range(-5, 0)),
+    "all negative um": [f"z{p:g}um.tif" for p in _HALF_UM[:7]],
+    "a dash before a count after z": _z("z-{:02d}.tif", range(1, 12)),  # a separator
+    "a dash before a count from 0 after z": _z("z-{}.tif", range(12)),
+    "dashes between words, a count after z": _z("Image-Z-{}.tif", range(1, 12)),
     "m and p signs, a zero, no label": _z("sample_{}.tif", ["m2", "m1", "0", "p1", "p2"]),
 }
 
@@ -418,6 +424,8 @@ GAPS = {
                 "from 01 to 14, but 6 planes are missing: 04, 07 to 08, 11 to 13 (the first gap "
                 "after 'z03.tif')"),
     "signed, its zero": (_z("z{}.tif", [-3, -2, -1, 1, 2, 3]), "missing: 0 (the first gap"),
+    "all negative": (_z("z{}.tif", [-5, -4, -2, -1]), "missing: -3 (the first gap after "
+                     "'z-4.tif')"),  # (said none, the numbers read as 5, 4, 2, 1: g63)
     "bare numbers": (_z("{:02d}.tif", [1, 2, 3, 5, 6]), "missing: 04 (the first gap after "
                      "'03.tif')"),
     "steps of 2": (_z("z{:03d}.tif", [0, 2, 4, 8, 10]), "in steps of 2 from 000 to 010, but 1 "
