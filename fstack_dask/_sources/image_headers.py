@@ -131,7 +131,9 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             if ome is not None:  # an image sequence's OME-TIFF planes (their tags say 1/1)
                 scale, units, *_, told = ome
             elif tif.is_imagej:
-                scale, units, *_, told = _imagej_metadata(tif.imagej_metadata or {}, page)
+                meta = tif.imagej_metadata or {}  # a plane's origin is not read: no position
+                meta = {k: v for k, v in meta.items() if k not in ("xorigin", "yorigin")}
+                scale, units, *_, told = _imagej_metadata(meta, page)
             else:
                 scale, units = _resolution_metadata(page)
             mode = f"{'RGB' if colour else 'grey'}{'A' if alpha else ''} {page.dtype}"

@@ -98,10 +98,12 @@ def _imagej_warnings(meta: dict, translation: dict[str, float]) -> tuple[str, ..
     more often than a calibration: left out)."""
     told = []
     if meta.get("inverty") is True:
-        translation.pop("Y", None)
+        # the y position said left out only where there is one (a plane folder's planes have
+        # none, nor has an image without yorigin: it was said of them, g63)
+        had_y = translation.pop("Y", None) is not None
         told.append(
             "its y axis is inverted (ImageJ's inverty=true: y runs up); the output's y runs down "
-            "from the top row, and its y position is left out"
+            "from the top row" + (", and its y position is left out" if had_y else "")
         )
     if str(_imagej_unit(meta.get("unit")) or "").lower() in ("inch", "inches"):
         told.append(

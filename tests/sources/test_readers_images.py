@@ -408,9 +408,11 @@ _TOLD = {
     "square pixels": ({"ome": True, "metadata": {"axes": "YX", "PhysicalSizeX": 0.5}},
                       "it states PhysicalSizeX (0.5 micrometer) but no PhysicalSizeY: pixels are "
                       "taken as square, y given the same size"),
+    # (and "its y position is left out", of a folder that has none: g63)
     "inverty": ({"imagej": True, "resolution": (2, 2),
-                 "metadata": {"unit": "um", "inverty": True}},
-                "its y axis is inverted (ImageJ's inverty=true: y runs up)"),
+                 "metadata": {"unit": "um", "inverty": True, "yorigin": 3}},
+                "its y axis is inverted (ImageJ's inverty=true: y runs up); the output's y runs "
+                "down from the top row"),
     "inches": ({"imagej": True, "resolution": (300, 300), "metadata": {"unit": "inch"}},
                "it states its pixel size in inches, which is left out"),
 }  # fmt: skip
@@ -431,6 +433,7 @@ def test_what_a_single_tiff_warns_about_is_said_once_for_a_folder(tmp_path, whic
     said = [w for w in open_image_files(folder).warnings if text in w]
     who = "each of its 6 plane files" if planes == "all" else "plane file 'z00.tif'"
     assert len(said) == 1 and said[0].startswith(f"spec folder '{folder}', {who}: "), said
+    assert said[0].endswith(text) or which == "inches", said  # nothing of a y position
 
 
 def test_refusals_of_spec(tmp_path):

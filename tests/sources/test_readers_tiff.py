@@ -827,6 +827,13 @@ def test_an_imagej_inverted_y_axis_leaves_out_the_y_position_and_says_so(tmp_pat
         f"ImageJ TIFF {str(path)!r} (series 0): its y axis is inverted (ImageJ's inverty=true: "
         "y runs up); the output's y runs down from the top row, and its y position is left out",
     )
+    tifffile.imwrite(path, _data((4, 20, 30)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={**meta, "yorigin": 0})  # fmt: skip
+    assert (
+        open_tiff(path)
+        .warnings[0]
+        .endswith("y runs up); the output's y runs down from the top row")
+    )  # no y position, none said left out (g63)
 
 
 @pytest.mark.parametrize("unit", ["inch", "inches"])
