@@ -42,10 +42,11 @@ def points_read(files: Sequence[str], where: str) -> frozenset[str]:
     "p" as text. Where neither reading counts one stack, the refusal is the reading's that
     joins the names into fewer patterns (its glob selects whole stacks)."""
     marked = p_between_digits(files)
+    if not marked:
+        refuse_several_stacks(files, where)
+        return frozenset()
     refused, odd = _refusal(files, where)
-    if not marked or not (refused or odd):
-        if refused:
-            raise refused
+    if not (refused or odd):
         return frozenset()
     patterns = len({_pattern(f, one_format=True) for f in files})
     with reading_p_as_point(marked):
