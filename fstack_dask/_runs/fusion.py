@@ -128,7 +128,8 @@ def plan_fusion(
         alpha, sth = check_alpha(alpha), check_sth_or_auto(sth)
         rgb = _rgb(channels, source)
         layout = Layout(source.axes, source.shape, rgb)
-        _check_plausible(layout, source)
+        if axes is None:  # axes stated are the user's word: warned about in _tell, as fuse does
+            _check_plausible(layout, source)
         _tell(source, layout, axes_given=axes is not None)
         chosen = None
         if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
@@ -399,13 +400,15 @@ def _auto(source: Source, layout: Layout, focus, nhsize, sth) -> AutoParameters:
 
 
 def _check_plausible(layout: Layout, source: Source) -> None:
-    """Refuse axes that make a stack with more focus planes than pixels per plane."""
+    """Refuse axes not given that make a stack with more focus planes than pixels per plane
+    (nearly always a transposed array); ``axes`` given fuses it, with a warning."""
     ny, nx = layout.shape_yx
     if ny * nx < layout.n_planes:
         raise ValueError(
             f"axes {source.axes!r} make {source.description} a stack of {layout.n_planes} "
             f"focus planes of {ny} x {nx} pixels, more planes than pixels per plane; check "
-            f"axes (z is the focus axis, y and x the image), e.g. axes='zyx'"
+            f"the axes (z is the focus axis, y and x the image); to fuse it as it is, pass "
+            f"axes= with them, {source.axes!r}"
         )
 
 

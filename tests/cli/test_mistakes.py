@@ -12,8 +12,9 @@ import pytest
 import zarr
 from conftest import tree_digest
 
-from fstack_dask import fuse, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask import focus_stack, fuse, fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._cli.main import main
+from fstack_dask._errors import FstackDaskWarning
 
 
 @pytest.fixture()
@@ -25,14 +26,30 @@ def src(tmp_path):
 
 
 def test_axes_that_make_an_absurd_image_are_refused(tmp_path):
-    path = tmp_path / "plain.zarr"
-    zarr.create_array(str(path), shape=(3, 4, 4000), dtype="uint16")  # z is the last axis
+    path = tmp_path / "named.zarr"
+    # z is the last axis, as its names say: refused unless the user states the axes
+    zarr.create_array(str(path), shape=(3, 4, 4000), dtype="uint16", dimension_names=list("yxz"))
     before = tree_digest(tmp_path)
-    with pytest.raises(ValueError, match=r"4000 focus planes of 3 x 4 pixels.*check axes"):
-        fuse_zarr(path, tmp_path / "out.zarr", axes="yxz")
+    with pytest.raises(ValueError, match=r"4000 focus planes of 3 x 4 pixels.*check the axes"):
+        fuse_zarr(path, tmp_path / "out.zarr")
     assert tree_digest(tmp_path) == before
-    out = fuse_zarr(path, tmp_path / "ok.zarr", axes="zyx", progress=False)  # as it is stored
-    assert out["0"].shape == (4, 4000)
+    with pytest.warns(FstackDaskWarning, match="shortest axis as the focus axis: 'zyx'"):
+        out = fuse_zarr(path, tmp_path / "ok.zarr", axes="yxz", progress=False)  # as told
+    assert out["0"].shape == (3, 4)
+
+
+def test_axes_given_fuse_more_planes_than_pixels_as_fuse_does(tmp_path, capsys):
+    """A 2 x 2 crop of 21 planes, its axes stated: fuse and focus_stack fuse it, and so does
+    fuse_zarr (it was refused, its message offering the very axes given), with a warning."""
+    stack = synthetic_stack((2, 2), 21, dtype="uint16", seed=2).stack  # (y, x, z)
+    path = tmp_path / "plain.zarr"
+    zarr.create_array(str(path), data=stack)  # no names: axes are the user's to give
+    with pytest.warns(FstackDaskWarning, match=r"21 focus planes of 2 x 2 pixels"):
+        out = fuse_zarr(path, tmp_path / "out.zarr", axes="yxz", progress=False)
+    assert (out["0"][...] == focus_stack(stack)).all()
+    assert (out["0"][...] == fuse(stack, axes="yxz").compute()).all()
+    code = main(["fuse", str(path), str(tmp_path / "cli.zarr"), "--axes", "yxz"])
+    assert code == 0 and "more planes than the image has" in capsys.readouterr().err
 
 
 def test_axes_contradicting_stored_names_are_refused(tmp_path, capsys):

@@ -86,7 +86,7 @@ def local_cluster_or_none(request):
 @given(data=st.data(), stack=stacks(max_side=40), nhsize=st.sampled_from([1, 3, 5, 9]))
 def test_any_chunking_of_a_store_matches_the_whole_image(tmp_path_factory, data, stack, nhsize):
     """From a Zarr store whose chunks are the blocks (halo exchange) or not (unit cache)."""
-    # fuse_zarr refuses more planes than pixels per plane as axes given wrongly (the next
+    # fuse_zarr refuses more planes than pixels per plane where axes are not given (the next
     # test); hypothesis drew a 1 x 1 x 2 stack once (an adversarial run, 2026-12-06)
     assume(stack.shape[0] * stack.shape[1] >= stack.shape[2])
     block = data.draw(st.integers(4, 40), label="block")
