@@ -298,6 +298,32 @@ def noise_selectivity(n_planes: int, nhsize: int, focus: np.ndarray | None = Non
     return float(np.percentile(s, _NOISE_QUANTILE))
 
 
+def _magnitude(block: np.ndarray, biggest: float) -> float:
+    """The largest finite magnitude seen so far (float64 only: narrower floats cannot
+    overflow the variance; NaN and infinities the fusion refuses in their own words)."""
+    if block.dtype != np.float64 or block.size == 0:
+        return biggest
+    m = float(np.abs(block).max())
+    return m if math.isfinite(m) and m > biggest else biggest
+
+
+def _check_overflow(nhsize: int, biggest: float) -> None:
+    """Refuse, before anything is fused, an auto ``nhsize`` whose window the sampled float64
+    values would overflow: the fusion would refuse it naming an nhsize the user never gave."""
+    from .block import float64_limit
+
+    limit = float64_limit(nhsize)
+    if biggest <= limit:
+        return
+    fits = next((n for n in range(nhsize, 0, -1) if float64_limit(n) >= biggest), None)
+    todo = f"pass nhsize={fits} (it holds them) or rescale the data" if fits else "rescale it"
+    raise ValueError(
+        f"nhsize='auto' chose nhsize={nhsize} for the stack's texture and noise, but its values "
+        f"reach magnitude {biggest:.3g}, beyond {limit:.3g}, where the local variance of a window "
+        f"of {nhsize} x {nhsize} pixels would overflow float64; {todo}"
+    )
+
+
 def _ladder(x: float) -> int:
     x = max(x, 1.0)
     return min(NHSIZE_LADDER, key=lambda n: abs(math.log(n) - math.log(x)))
@@ -388,11 +414,12 @@ def auto_parameters(
         shape_yx, n_planes=n_planes, n_channels=n_channels, itemsize=itemsize, budget=budget
     )
     noises, textures, widths = [], [], []
-    bytes_read = 0
+    bytes_read, biggest = 0, 0.0
     with np.errstate(all="ignore"):
         for y0, y1, x0, x1 in tiles:
             block = np.asarray(read_tile(y0, y1, x0, x1))
             bytes_read += block.nbytes
+            biggest = _magnitude(block, biggest)
             for grey in _as_grey_stacks(block, rgb, n_planes):
                 n, t, w = _tile_features(grey)
                 noises.append(n)
@@ -410,6 +437,7 @@ def auto_parameters(
         root = math.sqrt(snr) if snr > 0 else 0.0
         target = math.inf if root == 0 else _NH_SCALE / root * max(1.0, width / _WIDTH_KNEE)
         nhsize = NHSIZE_LADDER[-1] if math.isinf(target) else _ladder(target)
+        _check_overflow(nhsize, biggest)
     s_noise = math.nan
     if sth == AUTO:
         if n_planes < 5:

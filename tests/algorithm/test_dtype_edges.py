@@ -248,3 +248,28 @@ def test_a_first_pass_for_s_casts_no_uninitialised_image(monkeypatch, engine):
         assert not fuse_block(planes, selectivity_only=True, engine=engine).image.any()
         out = fuse(stack, axes="yxz", chunks=(7, 5)).compute(scheduler="sync")
     assert np.array_equal(out, want)
+
+
+def test_auto_nhsize_beyond_the_float64_limit_says_it_chose_it(tmp_path, capsys):
+    """float64 just under the limit of the default nhsize=9, noisy enough that "auto" picks
+    31: it was refused at the first block naming nhsize=31, a value the user never gave.
+    Now refused before anything is fused, saying "auto" chose it and which nhsize holds it."""
+    import zarr
+
+    from fstack_dask import fuse_zarr
+    from fstack_dask._cli.main import main
+
+    base = synthetic_stack((128, 128), 9, dtype="float64", noise=0.1, seed=1).stack
+    stack = base / np.abs(base).max() * (0.99 * float64_limit(9))
+    assert np.isfinite(focus_stack(stack)).all()  # the default window holds it
+    told = r"^nhsize='auto' chose nhsize=31 .*magnitude 3.69e\+152.* pass nhsize=9 "
+    with pytest.raises(ValueError, match=told):
+        focus_stack(stack, nhsize="auto")
+    with pytest.raises(ValueError, match=told):
+        fuse_zarr(stack, tmp_path / "out.zarr", axes="yxz", nhsize="auto", progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+    zarr.create_array(str(tmp_path / "in.zarr"), data=np.moveaxis(stack, 2, 0),
+                      dimension_names=list("zyx"))  # fmt: skip
+    code = main(["fuse", str(tmp_path / "in.zarr"), str(tmp_path / "cli.zarr"), "--nhsize", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--nhsize auto chose nhsize=31" in err and "pass --nhsize 9 " in err
