@@ -259,6 +259,23 @@ def _get(h5: Any, name: str) -> Any:
         return _open_dataset(h5, name, external=True)
 
 
+def _refuse_enum(file: str, name: str, dtype: np.dtype) -> None:
+    """An HDF5 enum's integers are labels (a segmentation, a mask's classes), not intensities:
+    fused, they would be blended into values that label nothing (they were, in silence)."""
+    import h5py
+
+    labels = h5py.check_enum_dtype(dtype)
+    if labels is None:
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in list(labels.items())[:4])
+    more = f", ... ({len(labels)} labels)" if len(labels) > 4 else ""
+    raise ValueError(
+        f"dataset {name!r} of HDF5 file {file!r} is an enum of {dtype} ({shown}{more}): labels, "
+        f"not intensities, which the fusion would blend into values that label nothing; give "
+        f"the image dataset, or store these values as plain {dtype} if they are intensities"
+    )
+
+
 class _H5Array:
     """A read-only HDF5 dataset; h5py serialises its calls, so reads are thread-safe.
 
@@ -269,6 +286,7 @@ class _H5Array:
         dtype = np.dtype(node.dtype)
         if dtype.kind not in "iuf":
             raise ValueError(f"dataset {name!r} of HDF5 file {file!r} has dtype {dtype}")
+        _refuse_enum(file, name, dtype)
         self.file, self.name = file, name
         self.shape = tuple(int(n) for n in node.shape)
         self.dtype, self.ndim = dtype, len(self.shape)

@@ -257,6 +257,22 @@ def test_hdf5_external_storage_cut_short_is_refused(tmp_path):
         open_hdf5(tmp_path / "data.h5", dataset="data", axes="zyx")
 
 
+def test_hdf5_enum_dataset_is_refused_naming_it(tmp_path, capsys):
+    """An enum's integers are labels (a segmentation's classes): they were fused as their base
+    integer in silence, blended into values that label nothing. Refused in one line."""
+    h5py = need("h5py")
+    from fstack_dask._cli.main import main
+
+    kinds = h5py.enum_dtype({"background": 0, "cell": 1, "nucleus": 2}, basetype="u1")
+    labels = np.random.default_rng(0).integers(0, 3, (6, 32, 32)).astype("u1")
+    with h5py.File(tmp_path / "seg.h5", "w") as f:
+        f.create_dataset("seg", data=labels, dtype=kinds)  # the file's only dataset
+    code = main(["fuse", str(tmp_path / "seg.h5"), str(tmp_path / "out.zarr"), "--axes", "zyx"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "out.zarr").exists()
+    assert "dataset '/seg' of HDF5 file" in err and "is an enum of uint8 (background=0" in err
+
+
 def test_hdf5_external_link_lists_the_file_holding_the_data(tmp_path):
     """``master.h5``'s dataset is an ExternalLink into ``data.h5``: the source's files are
     both (they were ``master.h5`` alone, so a rewritten ``data.h5`` went unseen)."""
