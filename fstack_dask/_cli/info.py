@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .._env import check as check_environment
 from .args import EXIT_OK, configure, printable, scene_src, shown
 from .info_output import _our_output, _our_tiff, _parameters, _tiff_run, describe_output
 
@@ -41,6 +42,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .._params import cpu_count
 
     kw = config.fuse_kwargs()
+    # as a run does, and info of a source (its planning) did: info of an output judged its lock
+    # with 60 s in silence where FSTACK_DASK_LOCK_STALE_AFTER held what a run refuses (g64)
+    check_environment()
     output = _our_output(args.src, kw.get("storage_options"))
     if output is not None:
         _print(describe_output(*output))

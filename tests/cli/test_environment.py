@@ -114,3 +114,19 @@ def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
         "FSTACK_DASK_CUDA_PINNED must be '0' or '1' (or unset), got 'yes'; the default (1) "
         "is used" in done.stderr
     )
+
+
+def test_info_of_an_output_refuses_a_bad_lock_stale_age_as_a_run_does(src, tmp_path):
+    """info of an output judged its lock with 60 s in silence where
+    FSTACK_DASK_LOCK_STALE_AFTER held what a run (and info of a source) refuses: alike now."""
+    done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", cwd=tmp_path, env={})
+    assert done.returncode == 0, done.stderr[-500:]
+    before = tree_digest(tmp_path)
+    for of in (tmp_path / "out.zarr", src):
+        done = _cli("info", of, cwd=tmp_path, env={"FSTACK_DASK_LOCK_STALE_AFTER": "abc"})
+        assert (done.returncode, done.stdout) == (2, ""), done.stdout[-500:]
+        assert done.stderr.splitlines() == [
+            "fstack-dask: error: FSTACK_DASK_LOCK_STALE_AFTER must be a number of seconds above "
+            "0, or inf (or unset), got 'abc'"
+        ]
+    assert tree_digest(tmp_path) == before
