@@ -91,6 +91,18 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
     main_thread = threading.main_thread().ident
     timer: list[threading.Timer] = []
     first: list[int] = []
+    # Signals deferred (see _taking_a_lock) and not yet re-sent, and any that came as the
+    # handlers were being put back: re-sent after it, they reached the caller's handler (a
+    # host's SIGTERM) late, and a second time where the run had taken the first (g64).
+    deferred: dict[threading.Timer, int] = {}
+    late: list[int] = []
+    guard, restored = threading.Lock(), [False]
+
+    def resend(signum: int) -> None:
+        with guard:  # (restore takes it after marking itself: nothing is sent past it)
+            if restored[0] or deferred.pop(threading.current_thread(), None) is None:
+                return
+            signal.pthread_kill(main_thread, signum)
 
     def again() -> None:
         logging.getLogger("fstack_dask").warning(
@@ -101,9 +113,14 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             signal.pthread_kill(main_thread, signal.SIGTERM)
 
     def handler(signum: int, frame: Any) -> None:
+        if restored[0]:  # the run is over: restore decides whose it is
+            late.append(signum)
+            return
         if _taking_a_lock(frame):  # raised there, it would leave the lock held: a moment later
-            later = threading.Timer(_DEFERRED, signal.pthread_kill, (main_thread, signum))
+            later = threading.Timer(_DEFERRED, resend, (signum,))
             later.daemon = True
+            with guard:
+                deferred[later] = signum
             later.start()
             return
         # noted as well as raised: the run's waits raise it again where it was swallowed
@@ -121,13 +138,21 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
     previous: dict[int, Any] = {}
 
     def restore() -> None:
+        restored[0] = True  # first: from here a signal is kept in ``late``, never raised
+        with guard:
+            pending = [*deferred.values()]
+            for t in [*timer, *deferred]:
+                t.cancel()
+            deferred.clear()
         forget_stop()
-        for t in timer:
-            t.cancel()
         for signum, old in previous.items():
             with contextlib.suppress(ValueError):
                 if signal.getsignal(signum) is handler:  # (the program's end: see ending)
                     signal.signal(signum, old)
+        if not first:  # the run ended before it could take them: the caller's, now, once each
+            for signum in dict.fromkeys([*pending, *late]):
+                signal.raise_signal(signum)
+        # (where the run had taken one, they were its own: a second stop, not the caller's)
 
     try:
         for name in names:

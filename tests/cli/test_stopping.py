@@ -597,3 +597,64 @@ def test_sigterm_as_the_main_thread_waits_for_a_lock_another_holds_stops_it():
     done = subprocess.run([sys.executable, "-c", _SIGNAL_AS_THE_MAIN_THREAD_WAITS_FOR_A_LOCK],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.stdout.split() == ["stopped", "False"], done.stdout + done.stderr[-800:]
+
+
+_A_SIGNAL_DEFERRED_AS_THE_RUN_ENDS = """
+import concurrent.futures as cf, signal, sys, time
+from concurrent.futures import _base
+from fstack_dask._cli import stopping
+from fstack_dask._cli.stopping import Terminated, on_stop_signals_raise
+
+stopping._DEFERRED = 0.5  # (10 ms: the run below ends well within either)
+calls = []
+signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))  # the caller's (a host's) handler
+futures = [cf.Future() for _ in range(3)]
+for f in futures:
+    f.set_result(0)
+lines = []
+
+def local(frame, event, arg):
+    if event == "line":
+        lines.append(frame.f_lineno)
+        if len(lines) == 3:  # the first future's lock taken, not the others'
+            signal.raise_signal(signal.SIGTERM)
+    return local
+
+def tracer(frame, event, arg):
+    return local if frame.f_code is _base._AcquireFutures.__enter__.__code__ else None
+
+def run(stop_first):
+    calls.clear(); lines.clear()
+    restore = on_stop_signals_raise()
+    try:
+        if stop_first:
+            try:
+                signal.raise_signal(signal.SIGTERM)  # the run takes this one: it stops
+            except Terminated:
+                pass
+        sys.settrace(tracer)
+        cf.wait(futures)  # a SIGTERM lands as it takes the futures' locks: deferred
+    finally:
+        sys.settrace(None)
+        restore()
+    at_restore = len(calls)
+    time.sleep(1.0)
+    return at_restore, len(calls)
+
+taken = run(stop_first=True)
+untaken = run(stop_first=False)
+print(*taken, *untaken)
+"""
+
+
+def test_a_stop_deferred_as_the_run_ends_never_reaches_the_callers_handler_late():
+    """A stop signal landing as the main thread takes a lock is re-sent 10 ms later; where the
+    run ended meanwhile it was re-sent after the handlers were put back, so the caller's
+    handler (a host's SIGTERM) got it late, and a second time where the run had taken the
+    first. Now one the run took leaves nothing for the caller; one it never took (it ended
+    first) is handed over once, as the handlers are put back (real signals; the re-send
+    delayed to 0.5 s so that the run surely ends first)."""
+    done = subprocess.run([sys.executable, "-c", _A_SIGNAL_DEFERRED_AS_THE_RUN_ENDS],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "0", "1", "1"], done.stdout + done.stderr[-800:]
