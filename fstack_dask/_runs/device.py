@@ -98,17 +98,20 @@ def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
     tasks go to the others (the g43 review); but where every worker went, the check passed
     with nothing asked (the g55 brief): it asks again, for up to :data:`WORKERS_AWAITED`
     seconds, the workers that come (a nanny's restart), else refuses in one line. A cluster
-    with no worker yet (its batch jobs queued or refused) is left to the run's stall check."""
-    deadline, asked = time.monotonic() + WORKERS_AWAITED, False
+    with no worker yet (its batch jobs queued or refused), or whose workers the scheduler
+    retired as they were asked (``adapt()``), is left to the run (its stall check)."""
+    deadline, gone = time.monotonic() + WORKERS_AWAITED, set()
     while True:
         replies = client.run(engine_problem, engine, on_error="return")
         answers = sorted((w, a) for w, a in replies.items() if not isinstance(a, OSError))
         for _, answer in answers:
             if isinstance(answer, BaseException):
                 raise answer
-        if answers or not (replies or asked):  # none yet (batch jobs queued): the stall's to say
+        if answers or not (replies or gone):  # none yet (batch jobs queued): the stall's to say
             return answers
-        asked = True
+        gone.update(replies)
+        if not replies and _retired(client, gone):  # adapt() retired them, idle: the run's
+            return []  # tasks bring workers back (it waited 60 s for them, and refused: g64)
         if time.monotonic() >= deadline:
             raise ValueError(
                 f"no worker of the cluster answered the check of engine={engine!r} within "
@@ -117,6 +120,19 @@ def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
             )
         raise_if_stopped()
         time.sleep(0.5)
+
+
+def _retired(client: Any, workers: set[str]) -> bool:
+    """Whether the scheduler removed every one of ``workers`` on purpose (``expected``: retired
+    by ``adapt()`` or a ``scale()`` down), not lost (killed, a crash): its own events say."""
+    try:
+        return all(
+            any(e.get("action") == "remove-worker" and e.get("expected") is True
+                for _, e in client.get_events(worker))
+            for worker in workers
+        )  # fmt: skip
+    except (OSError, TypeError, AttributeError):  # (an older scheduler's events): as lost
+        return False
 
 
 def require_device_for_graph(device: str) -> None:

@@ -329,6 +329,54 @@ def test_every_worker_gone_during_the_engine_check_refuses_the_run_in_one_line(
     assert "\n" not in str(info.value) and "engine='compiled'" in str(info.value)
 
 
+_ASKED = threading.Event()
+
+
+async def _slow_engine_problem(engine):
+    """The engine's check, 3 s long, awaited on the worker (retiring it is not held up)."""
+    import asyncio
+
+    from fstack_dask._algorithm.block import engine_problem
+
+    _ASKED.set()
+    await asyncio.sleep(3.0)
+    return engine_problem(engine)
+
+
+def test_an_adaptive_cluster_retiring_every_worker_during_the_engine_check_runs(
+    monkeypatch, tmp_path
+):
+    """``cluster.adapt(minimum=0)`` retires its idle workers: where it did so while the run
+    asked them about the engine, the check took them for dead, waited 60 s for workers that
+    come only with tasks, and refused the run. Retired on purpose (the scheduler's own word),
+    they leave it to the run, whose tasks bring workers back: the same bytes. (adapt starts
+    once the ask has begun, which takes 3 s: it retires them meanwhile; the wait is cut.)"""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask import focus_stack
+    from fstack_dask._runs import device
+
+    _ASKED.clear()
+    monkeypatch.setattr(device, "engine_problem", _slow_engine_problem)
+    monkeypatch.setattr(device, "WORKERS_AWAITED", 20.0)
+    stack = synthetic_stack((64, 48), 7, dtype="uint16", seed=1).stack
+    zarr.create_array(str(tmp_path / "in.zarr"), data=stack.transpose(2, 0, 1),
+                      dimension_names=list("zyx"))  # fmt: skip
+    with LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+
+        def adapt():
+            _ASKED.wait(60)
+            cluster.adapt(minimum=0, maximum=2, interval="100ms", wait_count=1)
+
+        threading.Thread(target=adapt, daemon=True).start()
+        out = fuse_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", scheduler=client,
+                        progress=False)  # fmt: skip
+        removed = [e for _, e in client.get_events("all") if e.get("action") == "remove-worker"]
+    assert len(removed) >= 2 and all(e["expected"] for e in removed)  # retired, as meant
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+
+
 def test_every_worker_gone_during_the_engine_check_asks_those_restarted(monkeypatch, tmp_path):
     """As above, but the worker's nanny starts it again: the check asks the new worker (here
     its numba is broken, so it refuses the run) where it asked none."""
