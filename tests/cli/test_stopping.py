@@ -514,12 +514,8 @@ def test_one_sigterm_while_the_start_up_import_hangs_ends_the_program(tmp_path):
         proc.wait()
 
 
-_SIGNAL_AS_A_WAIT_TAKES_LOCKS = """
-import concurrent.futures as cf, signal, sys, threading, time
-from concurrent.futures import _base
-from fstack_dask._cli.stopping import Terminated, on_stop_signals_raise
-
-futures = [cf.Future() for _ in range(3)]
+#: A trace function that sends SIGTERM as a wait has taken the first of its futures' locks.
+_SIGTERM_AS_A_WAIT_TAKES_A_LOCK = """
 lines = []
 
 def local(frame, event, arg):
@@ -531,7 +527,18 @@ def local(frame, event, arg):
 
 def tracer(frame, event, arg):
     return local if frame.f_code is _base._AcquireFutures.__enter__.__code__ else None
+"""
 
+_SIGNAL_AS_A_WAIT_TAKES_LOCKS = (
+    """
+import concurrent.futures as cf, signal, sys, threading, time
+from concurrent.futures import _base
+from fstack_dask._cli.stopping import Terminated, on_stop_signals_raise
+
+futures = [cf.Future() for _ in range(3)]
+"""
+    + _SIGTERM_AS_A_WAIT_TAKES_A_LOCK
+    + """
 restore = on_stop_signals_raise()
 try:
     sys.settrace(tracer)
@@ -549,6 +556,7 @@ ender.start()  # as the pool's manager thread ends them
 ender.join(30)
 print("ended", not ender.is_alive())
 """
+)
 
 
 def test_sigterm_landing_as_a_wait_takes_its_futures_locks_leaves_none_held():
@@ -599,7 +607,8 @@ def test_sigterm_as_the_main_thread_waits_for_a_lock_another_holds_stops_it():
     assert done.stdout.split() == ["stopped", "False"], done.stdout + done.stderr[-800:]
 
 
-_A_SIGNAL_DEFERRED_AS_THE_RUN_ENDS = """
+_A_SIGNAL_DEFERRED_AS_THE_RUN_ENDS = (
+    """
 import concurrent.futures as cf, signal, sys, time
 from concurrent.futures import _base
 from fstack_dask._cli import stopping
@@ -611,18 +620,9 @@ signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))  # the caller's (a h
 futures = [cf.Future() for _ in range(3)]
 for f in futures:
     f.set_result(0)
-lines = []
-
-def local(frame, event, arg):
-    if event == "line":
-        lines.append(frame.f_lineno)
-        if len(lines) == 3:  # the first future's lock taken, not the others'
-            signal.raise_signal(signal.SIGTERM)
-    return local
-
-def tracer(frame, event, arg):
-    return local if frame.f_code is _base._AcquireFutures.__enter__.__code__ else None
-
+"""
+    + _SIGTERM_AS_A_WAIT_TAKES_A_LOCK
+    + """
 def run(stop_first):
     calls.clear(); lines.clear()
     restore = on_stop_signals_raise()
@@ -645,6 +645,7 @@ taken = run(stop_first=True)
 untaken = run(stop_first=False)
 print(*taken, *untaken)
 """
+)
 
 
 def test_a_stop_deferred_as_the_run_ends_never_reaches_the_callers_handler_late():
