@@ -1,7 +1,8 @@
 """Which scheduler a run gets, as dask would choose it, and getting it ready: the names and
 addresses it accepts, a distributed Client (the default one, or our own connection to an
-address), the worker processes behind ``processes``, and the compiled kernel loaded on
-every worker before the first block.
+address), the worker processes behind ``processes``, the compiled kernel loaded on
+every worker before the first block, and a local cluster's workers kept through the
+interrupt of the process that started them (:func:`_shield_local_workers`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import functools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
                 raise ValueError(
                     f"scheduler={scheduler!r} needs a running distributed Client; none exists"
                 )
-            return _cluster(client)
+            return _cluster(client, stack)
         from distributed import Client
 
         check_scheduler(scheduler)
@@ -102,7 +103,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
                 f"scheduler {scheduler!r}: no distributed scheduler could be reached there "
                 f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'})"
             ) from exc
-        return _cluster(stack.enter_context(client))
+        return _cluster(stack.enter_context(client), stack)
     if callable(scheduler) and not hasattr(scheduler, "submit"):
         # a dask get function such as dask.threaded.get
         name = getattr(scheduler, "__module__", "")
@@ -110,7 +111,7 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
             return _processes(n_local, stack)
         return Scheduler("threads", n_local)
     if hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info"):
-        return _cluster(scheduler)
+        return _cluster(scheduler, stack)
     raise TypeError(
         "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
         f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
@@ -167,7 +168,63 @@ def _default_client() -> Any:
         return None
 
 
-def _cluster(client: Any) -> Scheduler:
+def _cluster(client: Any, stack: contextlib.ExitStack) -> Scheduler:
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     threads = [int(w.get("nthreads", 1)) for w in workers.values()] or [1]
+    stack.enter_context(_shield_local_workers(client))
     return Scheduler("distributed", max(threads), max(1, len(workers)), client)
+
+
+@contextlib.contextmanager
+def _shield_local_workers(client: Any) -> Iterator[None]:
+    """For the run, the cluster's worker processes that are this process's children, in its
+    process group, ignore SIGINT. A Jupyter kernel's interrupt (and a terminal's Ctrl-C) goes
+    to the whole group, and a ``LocalCluster``'s workers died of it (dask/distributed#1925):
+    their nannies did not restart them, and the next run in the kernel waited out the stall
+    timeout (600 s) for workers that would never come (a helper's run, g65). The run,
+    interrupted here, ends its tasks itself. Other workers (another host, a ``dask worker``
+    a shell script started beside the command line, which its Ctrl-C is to end) are left
+    alone; best effort, as for a worker joining during the run."""
+    import os
+    import uuid
+
+    token = uuid.uuid4().hex
+    with contextlib.suppress(Exception):
+        client.run(_ignore_interrupts, os.getpgrp(), os.getpid(), token, on_error="return")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            client.run(_restore_interrupts, token, on_error="return")
+
+
+#: On a worker: the runs that hold its SIGINT ignored, and its handler before the first.
+_SHIELDED: dict[str, Any] = {"tokens": set(), "previous": None}
+
+
+def _ignore_interrupts(pgid: int, pid: int, token: str) -> bool:
+    """On a worker (in its event loop: the main thread of a nanny's worker process)."""
+    import os
+    import signal
+    import threading
+
+    if os.getppid() != pid or os.getpgrp() != pgid:
+        return False  # not the caller's child (a worker in it, elsewhere), or out of reach
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if not _SHIELDED["tokens"]:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # set outside Python: could not be put back
+            return False
+        _SHIELDED["previous"] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SHIELDED["tokens"].add(token)  # runs at once on one cluster: the last one restores
+    return True
+
+
+def _restore_interrupts(token: str) -> None:
+    import signal
+
+    if token in _SHIELDED["tokens"]:
+        _SHIELDED["tokens"].discard(token)
+        if not _SHIELDED["tokens"]:
+            signal.signal(signal.SIGINT, _SHIELDED["previous"])

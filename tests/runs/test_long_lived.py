@@ -338,3 +338,49 @@ def test_a_ctrl_c_during_the_first_import_leaves_the_kernel_usable():
                          text=True, timeout=300, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["interrupted", "fused"]
+
+
+_INTERRUPTED_ON_A_LOCAL_CLUSTER = r"""
+import os, signal, sys, threading, time
+import numpy as np
+from distributed import Client, LocalCluster
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack
+dst = sys.argv[1]
+stack = synthetic_stack((384, 384), 7, dtype="uint16", seed=3).stack.transpose(2, 0, 1).copy()
+done = dst + "/.fstack_dask/done"
+def interrupt():  # as a kernel's interrupt: SIGINT to the whole process group, mid-run
+    while not os.path.isdir(done) or not os.listdir(done):
+        time.sleep(0.01)
+    os.killpg(os.getpgrp(), signal.SIGINT)
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+client = Client(cluster)
+pids = sorted(client.run(os.getpid).values())
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    fuse_zarr(stack, dst, axes="zyx", chunks=32, levels=0, progress=False, scheduler=client)
+except KeyboardInterrupt:
+    print("interrupted")
+time.sleep(1)  # a dying worker would be gone by now
+assert sorted(client.run(os.getpid, wait=True).values()) == pids, "the workers died"
+out = fuse_zarr(stack, dst, axes="zyx", chunks=32, levels=0, progress=False, scheduler=client,
+                resume=True)
+np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+handlers = client.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+assert not any(handlers.values()), "the workers' SIGINT was left ignored"
+print("resumed")
+client.close(); cluster.close()
+"""
+
+
+def test_an_interrupted_kernel_keeps_its_local_cluster_s_workers(tmp_path):
+    """A kernel's interrupt is a SIGINT to its process group, where a LocalCluster made in a
+    notebook has its worker processes: they died of it (their nannies did not restart them),
+    and the next fuse_zarr, resume=True, waited 600 s for workers that never came (g65)."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_ON_A_LOCAL_CLUSTER, str(tmp_path / "o.zarr")],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["interrupted", "resumed"], res.stdout
