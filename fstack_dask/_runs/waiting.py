@@ -96,7 +96,7 @@ def cluster_waiter(
                     last = now
                 elif now - last >= stall_timeout:
                     raise StalledError(_stall_message(client, stall_timeout)) from None
-                elif now - last >= REFUSED_AFTER and _all_refused(getattr(client, "cluster", None)):
+                elif now - last >= REFUSED_AFTER and _never_coming(client):
                     raise StalledError(_stall_message(client, round(now - last))) from None
                 continue
             return set(result.done), set(result.not_done)
@@ -114,8 +114,10 @@ def _stall_message(client: Any, seconds: float) -> str:
         # (it said "no workers left; lower memory_per_task", also where none had ever
         # joined: a batch cluster whose jobs the batch scheduler refused, a scheduler
         # without workers; memory had nothing to do with it)
+        cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
-            _batch_jobs(getattr(client, "cluster", None))
+            _batch_jobs(cluster)
+            or (_ENDED if _all_ended(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
     if paused:
@@ -156,6 +158,31 @@ def _all_refused(cluster: Any) -> bool:
     if not jobs or lock is None or not callable(getattr(lock, "locked", None)):
         return False
     return not lock.locked() and all(j.job_id is None for j in jobs)
+
+
+_ENDED = (
+    "cluster: its worker processes have all ended (a LocalCluster's end at an interrupt of "
+    "the Jupyter kernel or Python that made it, which reaches them too: dask/distributed#1925); "
+    "make a new cluster and Client"
+)
+
+
+def _all_ended(cluster: Any) -> bool:
+    """Whether every worker (a nanny) of a local cluster has ended: after an interrupt of the
+    kernel that made it, a LocalCluster's nannies did not restart their worker processes, and
+    the next run waited out the stall timeout (600 s), then told to start workers with
+    ``dask worker`` (a helper's run, g65)."""
+    if cluster is None or hasattr(cluster, "job_script"):
+        return False  # a batch cluster's jobs: _batch_jobs says
+    workers = list(getattr(cluster, "workers", {}).values())
+    ended = ("closed", "closing", "closing_gracefully", "failed")
+    return bool(workers) and all(getattr(w.status, "value", None) in ended for w in workers)
+
+
+def _never_coming(client: Any) -> bool:
+    """Whether the workers of a cluster without any can never come (the run fails at once)."""
+    cluster = getattr(client, "cluster", None)
+    return _all_refused(cluster) or _all_ended(cluster)
 
 
 def _batch_jobs(cluster: Any) -> str:

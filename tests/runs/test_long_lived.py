@@ -384,3 +384,40 @@ def test_an_interrupted_kernel_keeps_its_local_cluster_s_workers(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["interrupted", "resumed"], res.stdout
+
+
+_A_LOCAL_CLUSTER_ENDED_BY_AN_INTERRUPT = r"""
+import os, signal, sys, time
+from distributed import Client, LocalCluster
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+src, dst = sys.argv[1] + "/s.zarr", sys.argv[1] + "/o.zarr"
+write_stack(src, synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1), axes="zyx")
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+client = Client(cluster)
+previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process's: not the run's
+os.killpg(os.getpgrp(), signal.SIGINT)  # the kernel interrupted in a cell of the user's own
+while client.scheduler_info()["workers"]:
+    time.sleep(0.1)
+signal.signal(signal.SIGINT, previous)
+start = time.monotonic()
+try:
+    fuse_zarr(src, dst, progress=False, scheduler=client, stall_timeout=60)
+except Exception as exc:
+    print(f"{time.monotonic() - start:.0f} {type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_local_cluster_whose_workers_an_interrupt_ended_is_said_at_once(tmp_path):
+    """A kernel's interrupt ends a LocalCluster's worker processes (dask/distributed#1925) and
+    their nannies do not restart them: the next fuse_zarr on it waited out the stall timeout
+    (600 s), then said to start workers with 'dask worker ADDRESS' (g65)."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", _A_LOCAL_CLUSTER_ENDED_BY_AN_INTERRUPT, str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    seconds, _, said = res.stdout.strip().partition(" ")
+    assert said.startswith("StalledError: no block finished for 1"), res.stdout + res.stderr[-2000:]
+    assert "worker processes have all ended" in said and "make a new cluster" in said, said
+    assert int(seconds) < 30, said
