@@ -240,10 +240,15 @@ _LEADING_KEYWORD = re.compile(
 )
 
 
-def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
-    text = " ".join(str(exc).split())  # one line, whatever the exception holds
+def _as_options(text: str) -> str:
+    """The library's ``text`` naming the command line's options for its parameters."""
     for api, option in _API_TO_OPTION:
         text = text.replace(api, option)
+    return text
+
+
+def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    text = _as_options(" ".join(str(exc).split()))  # one line, whatever the exception holds
     # the option, or the config file's key where the budget came from there (g47)
     named = getattr(args, "memory_per_task_named", "--memory-per-task")
     text = text.replace("memory_per_task=", f"{named} ")
@@ -355,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
         with deaf(stops):  # pressed again meanwhile: the program is ending as asked
             _quiet_abandoned_coroutines()
-            left = getattr(exc, "left", None)  # (a swap cut short: what is where)
+            left = _as_options(getattr(exc, "left", None) or "")  # (a swap cut short)
             hint = f"; {left}" if left else "; rerun the same command with --resume to continue"
             _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")
             code = EXIT_INTERRUPTED

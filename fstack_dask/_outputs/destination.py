@@ -320,7 +320,7 @@ class Destination(DestinationChecks):
             )  # fmt: skip
         except KeyboardInterrupt as exc:  # not "rerun to continue": dst is complete
             left = (f"dst holds the new output, complete; the previous one is left in "
-                    f"{old.url!r}: rerun the same command with --resume to remove it (what "
+                    f"{old.url!r}: rerun the same command with resume=True to remove it (what "
                     "you had put into it goes back into dst), or remove it yourself")  # fmt: skip
             raise interrupted_leaving(exc, left) from None
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from fstack_dask import SourceValueError, focus_stack, fuse_zarr, synthetic_stack
+from fstack_dask import SourceValueError, focus_stack, fuse_zarr, synthetic_stack, write_stack
 
 
 def _stack(seed: int = 0, dtype: str = "uint16") -> np.ndarray:
@@ -421,3 +421,47 @@ def test_a_local_cluster_whose_workers_an_interrupt_ended_is_said_at_once(tmp_pa
     assert said.startswith("StalledError: no block finished for 1"), res.stdout + res.stderr[-2000:]
     assert "worker processes have all ended" in said and "make a new cluster" in said, said
     assert int(seconds) < 30, said
+
+
+_CLI_INTERRUPTED_IN_THE_SWAP = r"""
+import sys
+from fstack_dask._cli.main import main
+from fstack_dask._outputs import leftovers
+def give_back(*args, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C as the swap puts the user's files back
+leftovers.give_back = give_back
+sys.exit(main(["fuse", *sys.argv[1:], "--overwrite", "--no-progress", "--chunks", "48"]))
+"""
+
+
+def test_an_interrupt_in_an_overwrite_s_swap_names_resume_as_each_caller_spells_it(tmp_path):
+    """Interrupted once the swap had put the new output in place, fuse_zarr said "rerun the
+    same command with --resume to remove it" to a Python caller (found by g65 in a kernel):
+    resume=True from Python, --resume on the command line; the resume removes it."""
+    import os
+    import subprocess
+
+    from fstack_dask._outputs import leftovers
+
+    stack = _stack()[:, :96, :128]
+    src, dst = tmp_path / "s.zarr", tmp_path / "o.zarr"
+    write_stack(src, stack, axes="zyx")
+    fuse_zarr(src, dst, chunks=48, progress=False, nhsize=5)
+    real = leftovers.give_back
+    try:
+        leftovers.give_back = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt) as info:
+            fuse_zarr(src, dst, chunks=48, progress=False, overwrite=True)
+    finally:
+        leftovers.give_back = real
+    said = str(info.value)
+    assert "rerun the same command with resume=True to remove it" in said, said
+    fuse_zarr(src, dst, chunks=48, progress=False, resume=True)
+    assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.zarr"]
+
+    res = subprocess.run([sys.executable, "-c", _CLI_INTERRUPTED_IN_THE_SWAP, str(src), str(dst)],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert "rerun the same command with --resume to remove it" in res.stderr, res.stderr
+    out = fuse_zarr(src, dst, chunks=48, progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+    assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.zarr"]
