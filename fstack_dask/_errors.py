@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -107,7 +109,21 @@ def warn(message: str) -> None:
     logger = logging.getLogger("fstack_dask")
     if logger.hasHandlers():
         logger.warning(message)
-    warnings.warn(message, FstackDaskWarning, stacklevel=3)
+    warnings.warn(message, FstackDaskWarning, stacklevel=_callers_level())
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package: the user's call, which a
+    notebook shows with the warning (it showed a line of ours, ``fusion.py:160:
+    _warn_over_budget(fusion)``: g65); where none is (a worker's thread), the caller of the
+    function that warned."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # warn()'s caller, as warnings.warn counts
+    while frame is not None:
+        if not os.path.abspath(frame.f_code.co_filename).startswith(package):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 3
 
 
 def is_no_space(exc: BaseException | None) -> bool:

@@ -465,3 +465,20 @@ def test_an_interrupt_in_an_overwrite_s_swap_names_resume_as_each_caller_spells_
     out = fuse_zarr(src, dst, chunks=48, progress=False, resume=True)
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
     assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.zarr"]
+
+
+def test_a_warning_names_the_caller_s_line_not_the_library_s(tmp_path):
+    """A notebook showed fuse_zarr's warnings under a line of the library's own,
+    ``.../_runs/fusion.py:160: FstackDaskWarning: ... _warn_over_budget(fusion)`` (g65): the
+    line is the caller's, the cell's."""
+    import warnings
+
+    from fstack_dask._errors import FstackDaskWarning
+
+    stack = _stack()[:, :96, :128]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", chunks=96, memory_per_task="1MiB",
+                  progress=False, levels=0)  # fmt: skip
+    ours = [w for w in caught if issubclass(w.category, FstackDaskWarning)]
+    assert ours and all(w.filename == __file__ for w in ours), [w.filename for w in ours]
