@@ -19,6 +19,7 @@ __all__ = [
     "AutoParameters",
     "DestinationFullError",
     "DestinationLockedError",
+    "FstackDaskWarning",
     "FusionResult",
     "SourceReadError",
     "SourceValueError",
@@ -41,6 +42,7 @@ _WHERE = {
     "auto_parameters_for": "._runs.lazy",
     "DestinationFullError": "._errors",
     "DestinationLockedError": "._errors",
+    "FstackDaskWarning": "._errors",
     "SourceReadError": "._errors",
     "SourceValueError": "._errors",
     "FusionResult": "._runs.lazy",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._errors import (
         DestinationFullError,
         DestinationLockedError,
+        FstackDaskWarning,
         SourceReadError,
         SourceValueError,
     )

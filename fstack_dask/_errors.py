@@ -82,9 +82,14 @@ class DestinationFullError(OSError):
         return type(self), (self.strerror,)
 
 
+@public
 class FstackDaskWarning(UserWarning):
     """Something that may make the result other than the user meant (an odd file among the
-    planes, too few planes, unlikely axes): the run goes on, and says so."""
+    planes, too few planes, unlikely axes): the run goes on, and says so.
+
+    The category of every warning fstack_dask gives: ``warnings.simplefilter("ignore",
+    fstack_dask.FstackDaskWarning)`` silences them, ``"error"`` makes them raise.
+    """
 
 
 # Shown every time, not once per place in the code: a notebook cell run again on the same

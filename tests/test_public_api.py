@@ -220,3 +220,27 @@ def test_a_value_of_a_type_numpy_cannot_judge_is_refused_naming_its_parameter(tm
     with pytest.raises(ValueError, match=says):
         call(src, dst)
     assert not dst.exists()
+
+
+def test_the_warnings_category_is_public_and_filters_a_runs_warnings(tmp_path):
+    """A notebook user could not filter fstack_dask's warnings without importing a private
+    module (found by g65): ``fstack_dask.FstackDaskWarning`` is their category, and a filter on
+    it makes a run's warning (here: a 2 x 2 crop of 21 planes) raise, or silences it."""
+    import warnings
+
+    import zarr
+
+    stack = fstack_dask.synthetic_stack((2, 2), 21, dtype="uint16", seed=2).stack  # (y, x, z)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=stack)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fstack_dask.FstackDaskWarning)
+        with pytest.raises(fstack_dask.FstackDaskWarning, match="21 focus planes of 2 x 2"):
+            fstack_dask.fuse_zarr(tmp_path / "in.zarr", tmp_path / "a.zarr", axes="yxz",
+                                  progress=False)  # fmt: skip
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", fstack_dask.FstackDaskWarning)
+        out = fstack_dask.fuse_zarr(tmp_path / "in.zarr", tmp_path / "b.zarr", axes="yxz",
+                                    progress=False)  # fmt: skip
+    assert not [w for w in seen if "focus planes" in str(w.message)]
+    assert out["0"].shape == (2, 2)
