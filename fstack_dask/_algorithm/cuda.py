@@ -27,6 +27,7 @@ what a block holds on the GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import Any
@@ -40,12 +41,6 @@ from .fused import even_step
 __all__ = ["device_block_memory", "fuse_cuda", "host_block_memory", "staging_buffer"]
 
 THREADS_PER_BLOCK = 256
-#: Send the samples through a pinned (page-locked) buffer, asynchronously (default), or
-#: straight from the block's pageable memory (``FSTACK_DASK_CUDA_PINNED=0``; the driver then
-#: stages the copy itself). Both give the same bits; benchmarks/gpu.py times both.
-#: Another value than 0 or 1: a run refuses it where it checks its device (every worker asked,
-#: before writing); a worker that joins later warns and pins (g47).
-PINNED = switch_or_default(CUDA_PINNED, True)
 _build_lock = threading.Lock()
 _built: dict[str, Any] = {}
 # numba-cuda 0.30 loads a kernel's module into the context at its first launch without a
@@ -56,12 +51,25 @@ _launch_lock = threading.Lock()
 _local = threading.local()
 
 
+@functools.cache
+def pinned() -> bool:
+    """Whether to send the samples through a pinned (page-locked) buffer, asynchronously
+    (default), or straight from the block's pageable memory (``FSTACK_DASK_CUDA_PINNED=0``;
+    the driver then stages the copy itself). Both give the same bits; benchmarks/gpu.py times
+    both. Another value than 0 or 1: a run refuses it where it checks its device (every worker
+    asked, before writing); a worker that joins later warns and pins (g47). Read at a block's
+    first use, not at the import, which the process planning a run does too: its warning,
+    "the default (1) is used", came before the error that refused the same value (g66)."""
+    return switch_or_default(CUDA_PINNED, True)
+
+
 def _target() -> tuple[Any, dict]:
     """numba.cuda and the compiled kernels (built once per process, on first use)."""
     with _build_lock:
         if not _built:
-            # a one-line ValueError naming device, not numba's own; a bad PINNED is warned of
-            # (a worker that joined after the run's check: refused, it stopped the run, g51)
+            # a one-line ValueError naming device, not numba's own; a bad pinned switch is
+            # warned of by pinned() (a worker that joined after the run's check: refused, it
+            # stopped the run, g51)
             problem = gpu_problem()
             if problem is not None:
                 raise ValueError(f"device='cuda' {problem}")
@@ -243,7 +251,7 @@ def staging_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
     before asking for another.
     """
     dtype = np.dtype(dtype)
-    if not PINNED or dtype == np.float16 or not dtype.isnative:
+    if not pinned() or dtype == np.float16 or not dtype.isnative:
         return None
     grey = len(shape) == 3
     held = workspace().on_host("values", ((1,) if grey else ()) + tuple(shape), dtype)
@@ -267,7 +275,7 @@ def fuse_cuda(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, with_depth=True)
         values = values.astype(np.float32)
     n_planes = values.shape[1]
     d_values = ws.on_device("values", values.shape, values.dtype)
-    h_values = ws.on_host("values", values.shape, values.dtype) if PINNED else None
+    h_values = ws.on_host("values", values.shape, values.dtype) if pinned() else None
     sent = [0]  # groups of planes sent so far (each with its event)
 
     def send(p0: int, p1: int) -> None:

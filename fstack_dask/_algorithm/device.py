@@ -75,7 +75,7 @@ def cuda_problem() -> str | None:
     process; most of their cost is initialising numba's CUDA target, which the first block
     would pay anyway. Picklable by reference, so that a cluster can run it on each worker.
     """
-    try:  # asked of every worker before anything is written (see .cuda.PINNED)
+    try:  # asked of every worker before anything is written (see .cuda.pinned)
         switch(CUDA_PINNED, True)
     except ValueError as exc:
         return f"cannot run with this environment: {exc}"
@@ -85,7 +85,7 @@ def cuda_problem() -> str | None:
 def gpu_problem() -> str | None:
     """:func:`cuda_problem` but for the environment: what a block's task asks of a worker
     that joined after the run's check, which warns of a bad ``FSTACK_DASK_CUDA_PINNED`` and
-    pins (.cuda.PINNED; refusing it there stopped the run: g51)."""
+    pins (.cuda.pinned; refusing it there stopped the run: g51)."""
     if importlib.util.find_spec("numba") is None:
         return f"needs numba and its CUDA target, which are not installed: {INSTALL_HINT}"
     try:

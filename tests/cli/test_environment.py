@@ -89,6 +89,28 @@ def test_a_bad_lock_stale_age_is_refused_in_one_line(src, tmp_path, value):
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.parametrize(("dst", "says"), [
+    ("out.zarr", "--device cuda cannot run with this environment: FSTACK_DASK_CUDA_PINNED must "
+                 "be '0' or '1' (or unset), got 'maybe'"),
+    ("out.png", "dst 'out.png' names a PNG file"),
+])  # fmt: skip
+def test_a_bad_pinned_switch_with_cuda_is_refused_without_a_warning_that_contradicts_it(
+    src, tmp_path, dst, says
+):
+    """--device cuda with FSTACK_DASK_CUDA_PINNED=maybe printed "warning: ... the default (1) is
+    used" (the planning process imported the GPU module, which read it as a worker does), then
+    the error refusing the same value, or another refusal (a fuzzer of option combinations,
+    g66): one line, the error."""
+    (tmp_path / "work").mkdir()
+    before = tree_digest(tmp_path)
+    done = _cli("fuse", src, dst, "--no-progress", "--device", "cuda", cwd=tmp_path / "work",
+                env={"FSTACK_DASK_CUDA_PINNED": "maybe", "NUMBA_ENABLE_CUDASIM": "1"})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-800:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fstack-dask: error: {says}"), lines
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
     """Where a refusal would fail a running task (a worker that joins later with another
     environment), the value is warned of and the default runs; a worker asked before the run
@@ -98,7 +120,7 @@ def test_a_worker_meeting_a_bad_pinned_switch_warns_and_pins():
         "from fstack_dask._algorithm.device import cuda_problem\n"
         "print(cuda_problem())\n"
         "warnings.simplefilter('default')\n"
-        "from fstack_dask._algorithm import cuda; print(cuda.PINNED)\n"
+        "from fstack_dask._algorithm import cuda; print(cuda.pinned())\n"
     )
     env = {**os.environ, "FSTACK_DASK_CUDA_PINNED": "yes", "NUMBA_ENABLE_CUDASIM": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
