@@ -52,6 +52,22 @@ def _is_in_memory_array(obj: Any) -> bool:
     return kind in ("dask", "xarray") and hasattr(obj, "shape")
 
 
+def _options_apply(src: Any) -> None:
+    """Refuse fsspec options for a src they cannot reach: an array, a list or glob of plane
+    files (read from local paths, as :func:`open_source` takes them). They were ignored in
+    silence, where those for a local path are refused (a fuzzer of option combinations, g66)."""
+    if isinstance(src, (str, os.PathLike)):
+        text = os.fspath(src)
+        if not (isinstance(text, str) and any(c in text for c in "*?[")) or os.path.exists(text):
+            return  # a path or URL: resolve() says whether they apply
+        what = f"src {text!r} is a glob of local plane files"
+    elif isinstance(src, (list, tuple)):
+        what = "src is a list of plane files"
+    else:
+        what = f"src is a {type(src).__module__.split('.')[0]}.{type(src).__name__}, not a URL"
+    raise ValueError(f"storage_options only apply to URLs such as 's3://...', but {what}")
+
+
 def open_source(
     src: Any,
     *,
@@ -72,6 +88,8 @@ def open_source(
     # array, a TIFF or plane files; "1" blamed the array for having no pyramid)
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
         raise TypeError(f"level must be an integer >= 0, got {level!r}")
+    if storage_options:
+        _options_apply(src)
     if _is_in_memory_array(src):
         from .arrays import array_source
 

@@ -7,8 +7,10 @@ import logging
 import warnings
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import tree_digest
 
@@ -123,6 +125,31 @@ def test_storage_options_reach_remote_src_and_dst(src, capsys):
     assert code == 2 and "only apply to URLs" in capsys.readouterr().err
     code = main(["fuse", str(src), "/tmp/never.zarr", "--storage-options", "{not json"])
     assert code == 2 and "JSON object" in capsys.readouterr().err
+
+
+def test_storage_options_for_a_src_they_cannot_reach_are_refused(src, tmp_path):
+    """--storage-options with a glob of plane files, and storage_options= with an array or a
+    list of files, were ignored in silence (fused, exit 0), where a local path's are refused
+    (a fuzzer of option combinations, g66): refused naming them, nothing written."""
+    data = zarr.open_group(str(src))["0"]
+    (tmp_path / "planes").mkdir()
+    for i, plane in enumerate(data[...]):
+        tifffile.imwrite(tmp_path / "planes" / f"p{i}.tif", plane)
+    before = tree_digest(tmp_path)
+    done = _cli("fuse", "planes/*.tif", "out.zarr", "--storage-options", '{"anon": true}',
+                "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-500:]
+    assert done.stderr.splitlines() == [
+        "fstack-dask: error: --storage-options only apply to URLs such as 's3://...', but src "
+        "'planes/*.tif' is a glob of local plane files"
+    ]
+    files = sorted(str(p) for p in (tmp_path / "planes").iterdir())
+    for stack, what in [(data, "a zarr.Array"), (data[...], "a numpy.ndarray"),
+                        (da.from_array(data[...]), "a dask.Array"), (files, "a list")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"storage_options only apply .* src is {what}"):
+            fuse_zarr(stack, tmp_path / "out.zarr", axes="zyx", storage_options={"anon": True},
+                      progress=False)  # fmt: skip
+    assert tree_digest(tmp_path) == before
 
 
 def _scheduler_of_the_run(caplog) -> str:
