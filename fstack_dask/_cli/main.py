@@ -232,11 +232,12 @@ _API_TO_OPTION = (
 
 #: Checks the library makes against the source (``levels`` beyond the image, ``level`` not in
 #: it, ``focus`` of another length, ``axes`` of another rank) begin with the keyword's name:
-#: on the command line, the option's (a sweep of contract 4, g41), where it was given there.
+#: on the command line, the option's (a sweep of contract 4, g41), where it was given there
+#: (``channels='rgb' needs a channel axis`` too: a fuzzer of option combinations, g66).
 #: (Only these openings: "chunks (..) do not match" is the source's, "axes of ..." a file's.)
 _LEADING_KEYWORD = re.compile(
     r"^(?:(?P<must>levels|focus|nhsize|sth|alpha|channels) must"
-    r"|(?P<equals>level|chunks)=|(?P<quoted>axes) ')"
+    r"|(?P<equals>level|chunks|channels)=|(?P<quoted>axes) ')"
 )
 
 
