@@ -56,6 +56,20 @@ def check_scheduler(scheduler: Any) -> None:
                 f"scheduler address such as 'tcp://host:8786', or a distributed.Client, got "
                 f"{scheduler!r}"
             )
+    elif not (scheduler is None or isinstance(scheduler, str) or callable(scheduler)):
+        if not _is_client(scheduler):  # refused here, not after planning and warm-up
+            raise _not_a_scheduler(scheduler)
+
+
+def _is_client(scheduler: Any) -> bool:
+    return hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info")
+
+
+def _not_a_scheduler(scheduler: Any) -> TypeError:
+    return TypeError(
+        "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
+        f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
+    )
 
 
 def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
@@ -110,12 +124,9 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
         if "multiprocessing" in name:
             return _processes(n_local, stack)
         return Scheduler("threads", n_local)
-    if hasattr(scheduler, "submit") and hasattr(scheduler, "scheduler_info"):
+    if _is_client(scheduler):
         return _cluster(scheduler, stack)
-    raise TypeError(
-        "scheduler must be 'synchronous', 'threads', 'processes', a scheduler address such as "
-        f"'tcp://host:8786' or a distributed.Client, got {type(scheduler).__name__}"
-    )
+    raise _not_a_scheduler(scheduler)
 
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:

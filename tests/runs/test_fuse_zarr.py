@@ -1089,3 +1089,15 @@ def test_scheduler_and_storage_options_of_the_wrong_kind_are_refused(tmp_path, k
     with pytest.raises(exc, match=says):
         fuse_zarr(src, tmp_path / "out.zarr", progress=False, **kwargs)
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("scheduler", [5, 2.0, object(), ["threads"]])
+def test_a_scheduler_of_no_kind_dask_knows_is_refused_before_the_source_is_opened(
+    tmp_path, scheduler
+):
+    """``scheduler=5`` was refused only after planning and the kernel's warm-up (found by g66's
+    fuzzer; only strings were checked up front): refused first, here before a missing source
+    would be said."""
+    with pytest.raises(TypeError, match=r"^scheduler must be .* got (int|float|object|list)$"):
+        fuse_zarr(tmp_path / "missing.zarr", tmp_path / "out.zarr", scheduler=scheduler)
+    assert sorted(tmp_path.iterdir()) == []
