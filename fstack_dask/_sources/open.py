@@ -60,6 +60,8 @@ def _options_apply(src: Any) -> None:
         text = os.fspath(src)
         if not (isinstance(text, str) and any(c in text for c in "*?[")) or os.path.exists(text):
             return  # a path or URL: resolve() says whether they apply
+        if "://" in text or "::" in text:
+            return  # a URL's glob or query: said where it is read, not "local plane files"
         what = f"src {text!r} is a glob of local plane files"
     elif isinstance(src, (list, tuple)):
         what = "src is a list of plane files"

@@ -150,6 +150,10 @@ def test_storage_options_for_a_src_they_cannot_reach_are_refused(src, tmp_path):
             fuse_zarr(stack, tmp_path / "out.zarr", axes="zyx", storage_options={"anon": True},
                       progress=False)  # fmt: skip
     assert tree_digest(tmp_path) == before
+    for url in ["s3://bucket/planes/*.tif", "http://127.0.0.1:9/in.zarr?sig=1"]:
+        with pytest.raises(ValueError, match="^src pattern .* matches no files$"):
+            fuse_zarr(url, tmp_path / "out.zarr", storage_options={"anon": True}, progress=False)
+    assert tree_digest(tmp_path) == before
 
 
 def _scheduler_of_the_run(caplog) -> str:
