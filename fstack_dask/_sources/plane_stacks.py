@@ -12,6 +12,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from .plane_names import (
@@ -40,7 +41,8 @@ def points_read(files: Sequence[str], where: str) -> frozenset[str]:
     read as text do not: ``z1``, ``z1p5``, ``z2`` ... was refused as two stacks with a glob
     selecting half the planes (g63), where ``pos1p1`` ... ``pos1p10`` is one stack with its
     "p" as text. Where neither reading counts one stack, the refusal is the reading's that
-    joins the names into fewer patterns (its glob selects whole stacks)."""
+    joins the names into fewer patterns (its glob selects whole stacks). Where read as text
+    they count several stacks, the positions so read must step evenly (`_evenly_spaced`)."""
     marked = p_between_digits(files)
     if not marked:
         refuse_several_stacks(files, where)
@@ -53,10 +55,28 @@ def points_read(files: Sequence[str], where: str) -> frozenset[str]:
         as_point, odd_as_point = _refusal(files, where)
         fewer = len({_pattern(f, one_format=True) for f in files}) < patterns
     if as_point is None and (refused or len(odd_as_point) < len(odd)):
-        return frozenset(marked)
+        if not refused or _evenly_spaced(files, marked):
+            return frozenset(marked)
     if refused:
         raise as_point if as_point and fewer else refused
     return frozenset()
+
+
+def _evenly_spaced(files: Sequence[str], marked: Sequence[str]) -> bool:
+    """Whether the positions of the stack's files (its most common pattern), a "p" between
+    digits read as a point, step evenly: no step twice the smallest or more. Two counts
+    joined by a "p" (PerkinElmer Harmony's field and plane, ``f01p01`` ... ``f02p01``; a series
+    and plane, ``s1p1`` ... ``s2p1``) read 1.01, 1.02, ... 2.01: two stacks fused as one,
+    exit 0, once ae88503 read them so (g67)."""
+    with reading_p_as_point(marked):
+        patterns = [_pattern(f, one_format=True) for f in files]
+        common = Counter(patterns).most_common(1)[0][0]
+        parts = [_parts(f) for f, p in zip(files, patterns, strict=True) if p == common]
+    numbers = [[_plain(n) for n in p[1::2]] for p in parts]
+    place = _counting_place(numbers, parts[0][0::2])
+    values = sorted(Decimal(n[place]) for n in numbers)
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    return not steps or 0 < max(steps) < 2 * min(steps)
 
 
 def _refusal(files: Sequence[str], where: str) -> tuple[ValueError | None, list[str]]:

@@ -274,6 +274,12 @@ SEVERAL = {
     "p as a decimal point, two channels": [
         f"c{c}_z{k}.tif" for c in (0, 1) for k in ["1", "1p5", "2", "2p5", "3"]
     ],
+    # a "p" between two counts, not a decimal point: PerkinElmer Harmony's field f and plane p
+    # ("f01p01" read 1.01), and a series s: fused as one stack of 10, exit 0, since ae88503
+    "harmony fields": [
+        f"r02c02f{f:02d}p{k:02d}-ch1sk1fk1fl1.tiff" for f in (1, 2) for k in range(1, 6)
+    ],
+    "series s, planes p": [f"s{s}p{k}.tif" for s in (1, 2) for k in range(1, 6)],
     "channels interleaved, frame counter": [
         f"frame_{123 + 7 * (2 * k + c):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
