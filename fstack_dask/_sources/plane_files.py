@@ -78,8 +78,9 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str], f
         _one_spelling(files, f"{name} {where}")
         refuse_unsure_commas(files, f"{name} {where}")
         points = points_read(files, f"{name} {where}")
-        with reading_p_as_point(points):
-            files = sort_planes(files)
+        if points:  # (sorted again only then: 10 000 planes took 1.7 times as long, g67)
+            with reading_p_as_point(points):
+                files = sort_planes(files)
         return files, where, [absolute(f) for f in skipped], points
     if isinstance(spec, Sequence) and all(isinstance(f, (str, os.PathLike)) for f in spec):
         files = [absolute(os.path.expanduser(os.fspath(f))) for f in spec]

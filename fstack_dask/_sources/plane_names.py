@@ -341,10 +341,10 @@ def sort_planes(files: Sequence[str]) -> list[str]:
     numbers: dict[tuple[str, int], list[str]] = {}
     before: dict[tuple[str, int], str] = {}  # the text before them
     for f in files:
-        parts = _parts(f)
+        parts, pattern = _parts(f), _pattern(f)  # (once a file, not once a place)
         for place, number in enumerate(parts[1::2]):
-            numbers.setdefault((_pattern(f), place), []).append(number)
-            before[_pattern(f), place] = parts[2 * place]
+            numbers.setdefault((pattern, place), []).append(number)
+            before[pattern, place] = parts[2 * place]
     signed: dict[str, set[int]] = {}
     for (pattern, place), found in numbers.items():
         if len({_sign(n) for n in found}) > 1 or minus_signs(before[pattern, place], found):
