@@ -171,7 +171,7 @@ def _refuse_letter_signs(members: Sequence[str], counting_of: dict[str, int], pl
     k = 2 * place + 1
     parts = [_parts(f) for f in members]
     if _FOCUS_LABEL.search(parts[0][k - 1].casefold()) or any(
-        _plain(p[k]).lstrip("-") == "0" for p in parts
+        _plain(p[k]).lstrip("-") == "0" for p in parts + _zero_apart(parts[0], k, members[0], files)
     ):
         return
     stacks: dict[str, dict[str, str]] = {}  # the letter: plane number (unsigned): file
@@ -181,6 +181,20 @@ def _refuse_letter_signs(members: Sequence[str], counting_of: dict[str, int], pl
     signed = [stacks[s] for s in ("m", "p", "") if s in stacks]
     if ("m" in stacks or "p" in stacks) and len(signed) > 1:
         _several_stacks(signed[0], signed[1], files, counting_of, where)
+
+
+def _zero_apart(parts: list[str], k: int, member: str, files: Sequence[str]) -> list[list[str]]:
+    """The names (split) of `files` in the folder of `member` named as `parts` (its name split,
+    its number at `k`) but for a separator before the number, read as the number's sign:
+    ``cell-0`` ("cell", "-0") beside ``cell-m1`` ("cell-", "-1"), a plane 0 unseen, so the
+    stack was refused as two (g67)."""
+    if parts[k - 1][-1:] not in ("-", "+"):
+        return []
+    texts = parts[0::2]
+    texts[k // 2] = texts[k // 2][:-1]
+    apart = "#".join(texts).casefold()
+    split = [_parts(f) for f in files if os.path.dirname(f) == os.path.dirname(member)]
+    return [p for p in split if "#".join(p[0::2]).casefold() == apart]
 
 
 def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place: int,

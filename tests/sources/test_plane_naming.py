@@ -371,6 +371,14 @@ def test_m_and_p_signs_without_a_zero_are_signs_after_a_focus_label(tmp_path):
     assert "but 1 plane is missing: 0 (the first gap after 'focus_m1.tif')" in warning
 
 
+def test_m_and_p_signs_after_a_dash_with_a_zero_open_in_focus_order(tmp_path):
+    """cell-m2, cell-m1, cell-0, cell-p1, cell-p2 (no label, a plane 0): one stack, refused as
+    two since 25d680c, its 0 unseen as it reads "cell" and "-0", a pattern of its own (g67)."""
+    names = _z("cell-{}.tif", ["m2", "m1", "0", "p1", "p2"])
+    opened = open_image_files(_write(tmp_path / "s", names))
+    assert _order(opened) == names
+
+
 def test_p_as_a_decimal_point_opens_from_the_cli_and_an_ambiguous_one_is_refused(tmp_path):
     """z1, z1p5, z2, z2p5, z3 ("p" for a decimal point) was refused as two stacks, with a glob
     selecting the three planes without a "p" (g63): the CLI fuses all five, in focus order.
