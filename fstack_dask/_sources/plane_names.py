@@ -42,13 +42,7 @@ _DIGITS = re.compile(r"(\d+)")
 # An exponent as C's %g and Python's str() write one, signed, of two digits or three
 # ("z_5e-07.tif", "z_1.5e-06.tif": positions in metres): "5e-07" was 5, "e", -7, so the
 # planes were fused out of order, "z_0.0.tif" warned about as odd (g45).
-# Thousands in groups, two or more ("z1,000,000", which no decimal comma writes), are one
-# number: it was three, a list, so z1,000,000 was fused before z999 and z1,000 (g63).
-_NUMBER = re.compile(
-    r"([-+]?(?:(?<![\d,])[1-9]\d{0,2}(?:,\d{3}){2,}(?![\d,])|\d+(?:\.\d+)?)"
-    r"(?:[eE][-+]\d{2,3}(?!\d))?)"
-)
-_MANY_GROUPS = re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3}){2,}")
+_NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 # A decimal comma ("z1,5um", "z_-0,25um": %g in a European locale) is a decimal point, in a
 # name without a decimal point and without a list of numbers ("tile_1,2,3"): "z1,5" was two
 # numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0 (g45).
@@ -166,8 +160,6 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
             parts[1::2] = [n.replace(",", ".") for n in parts[1::2]]
     if point and as_read:
         parts[1::2] = [_p_as_point(n) for n in parts[1::2]]
-    if as_read and "," in stem:
-        parts[1::2] = [n.replace(",", "") if _MANY_GROUPS.fullmatch(n) else n for n in parts[1::2]]
     parts[-1] += ext
     return parts
 
@@ -399,11 +391,6 @@ def _comma_places(
     for (pattern, place), found in places.items():
         comma = [n for n, _ in found if "," in n]
         bare = [n for n, _ in found if not re.search(r"[,.eEpP]", n)]
-        if any(_MANY_GROUPS.fullmatch(n) for n in comma) and all(
-            _THOUSANDS.match(n) for n in comma
-        ):  # "1,000,000" beside "1,000": thousands, surely
-            grouped.setdefault(pattern, set()).add(place)
-            continue
         if not comma or not bare or len(bare) + len(comma) < len(found):
             continue
         if not all(_THOUSANDS.fullmatch(n) for n in comma):

@@ -107,13 +107,6 @@ ONE_STACK = {
     "slices s": _z("img_s{:02d}.tif", range(1, 12)),  # "s" for slice: no MetaMorph "_t" after
     "thousands separator": _z("z{}.tif", ["997", "998", "999", "1,000", "1,001", "1,002"]),
     "thousands or decimals, one order": _z("z{}.tif", ["1,000", "1,250", "1,500", "2,000", "2,25"]),
-    # thousands in two groups: three numbers, a list, so fused first or refused (g63)
-    "thousands separators, a million": _z(
-        "z{}.tif", ["999,998", "999,999", "1,000,000", "1,000,001", "1,000,002"]
-    ),
-    "thousands separators, one and two": _z(
-        "z{}.tif", ["998", "999", "1,000", "1,001", "1,000,000"]
-    ),
     # a "p" between digits as a decimal point: refused as two stacks, with a glob of half the
     # planes (g63); as text where that counts one stack, "pos1p1" ... "pos1p10"
     "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
