@@ -618,3 +618,19 @@ def test_one_planes_time_points_or_channels_are_not_fused_as_a_stack(tmp_path, s
     assert "rename them with their plane number after a 'z'" in proc.stderr  # (the CLI takes
     # no list, all the message offered: g60)
     assert not (tmp_path / "out.ome.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"pos_100,{y},{z}.tif" for y in (200, 400) for z in (300, 301, 302)],
+        [f"xyz_{x},340,{z}.tif" for x in (120, 121) for z in (500, 505, 510)],
+    ],
+)
+def test_comma_lists_of_three_digit_numbers_are_not_read_as_one_number(tmp_path, names):
+    """Reading two or more comma groups as one number (d486479, for ``z1,000,000``) fused two
+    stage positions written as coordinates (``pos_100,200,300`` beside ``pos_100,400,300``) as
+    one stack with 199 997 planes "missing" (found by g67; reverted): still refused."""
+    folder = _write(tmp_path / "stacks", names)
+    with pytest.raises(ValueError, match="more than one stack"):
+        open_image_files(folder)
