@@ -64,6 +64,13 @@ _WORD_SIGN = re.compile(r"(?<![a-z])((?:z|focus)[_-]?)(minus|plus)(?=\d)", re.I)
 # write it), in the files `reading_p_as_point` names: a folder's names decide
 # (`plane_stacks.points_read`), as "p" is text elsewhere ("pos1p1" ... "pos1p10").
 _POINT_P = re.compile(r"(?<=\d)[pP](?=\d)")
+# Where a "p" between digits may be a decimal point: after a z or focus label (``z1p5``,
+# ``focus_-0p5``) or before a unit (``1p5um``). Elsewhere it joins two counts (``cell1p0`` ...
+# ``cell2p9``, a cell and a plane: evenly spaced as decimals, fused as one stack; g67).
+_POINT_PLACE = re.compile(
+    r"(?:(?:^|[^a-z])(?:z|focus)[_-]?(?:[+\-\u2212\u2012\u2013\ufe63\uff0dmp]|minus|plus)?\d+p\d)"
+    r"|(?:\dp\d+(?:um|\u03bcm|nm|mm)(?![a-z]))"
+)
 _READ_POINT: ContextVar[frozenset[str]] = ContextVar("_READ_POINT", default=frozenset())
 # Files that operating systems leave in folders and that are never planes: macOS's
 # AppleDouble files ("._plane1.jpg", which carry an image's extension but hold only its
@@ -180,8 +187,10 @@ def _p_as_point(number: str) -> str:
 
 
 def p_between_digits(files: Sequence[str]) -> list[str]:
-    """The files whose names write a "p" between digits (``z1p5.tif``)."""
-    return [f for f in files if _POINT_P.search(os.path.splitext(os.path.basename(f))[0])]
+    """The files whose names write a "p" between digits where it may be a decimal point
+    (``z1p5.tif``, ``1p5um.tif``: `_POINT_PLACE`)."""
+    stems = ((f, os.path.splitext(os.path.basename(f))[0].casefold()) for f in files)
+    return [f for f, stem in stems if _POINT_PLACE.search(stem)]
 
 
 @contextmanager

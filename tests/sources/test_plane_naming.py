@@ -634,3 +634,16 @@ def test_comma_lists_of_three_digit_numbers_are_not_read_as_one_number(tmp_path,
     folder = _write(tmp_path / "stacks", names)
     with pytest.raises(ValueError, match="more than one stack"):
         open_image_files(folder)
+
+
+def test_a_p_between_two_counts_without_a_focus_label_is_text(tmp_path):
+    """``cell1p0 ... cell1p9`` beside ``cell2p0 ... cell2p9`` (a cell and a plane) read as
+    decimals step evenly, 1.0 ... 2.9: fused as one stack of 20, exit 0 (found by g67, after
+    ae88503 and a43958e): a "p" is a decimal point only after a z or focus label or before a
+    unit; here, two stacks refused; ``zp1p5``-style and ``1p5um`` names still read it."""
+    names = [f"cell{c}p{k}.tif" for c in (1, 2) for k in range(10)]
+    with pytest.raises(ValueError, match="more than one stack"):
+        open_image_files(_write(tmp_path / "cells", names))
+    names = [f"stack_{p}um.tif" for p in ["0p5", "1p0", "1p5", "2p0", "2p5"]]
+    opened = open_image_files(_write(tmp_path / "um", names))
+    assert _order(opened) == names
