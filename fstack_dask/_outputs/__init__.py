@@ -9,7 +9,8 @@ swaps (``destination``),
 which files of an output are ours and the order a removal takes them in (``removal``), what
 an interrupted overwrite leaves beside dst and what becomes of it (``leftovers``), the
 folder moves behind that: exclusive creates, the atomic exchange, what
-a replaced folder keeps (``folders``), a destination's life through one run (``lifecycle``),
+a replaced folder keeps (``folders``), the swap's fallback where dst cannot be renamed,
+entry by entry (``inplace``), a destination's life through one run (``lifecycle``),
 which folders are our outputs and which of their entries are ours, by record
 (``ownership``), the state folder's id file, run record and done-markers (``state``), the source's
 fingerprint kept with an output (``fingerprint``), the lock as a lease (``lock``), and

@@ -16,6 +16,7 @@ refused before it starts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import uuid
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .._errors import DestinationLockedError, interrupted_leaving
 from .._locations import Location, change_locked, remove_tree
-from . import folders, leftovers
+from . import folders, inplace, leftovers
 from .destination_checks import DestinationChecks
 from .folders import STAGING
 from .lock import DestinationLock, Lease
@@ -291,6 +292,11 @@ class Destination(DestinationChecks):
             if getattr(exc, "aside", None) is None:
                 raise
             old, stopped = exc.aside, exc  # type: ignore[attr-defined]
+        except OSError as exc:  # nothing moved (a rename is whole or nothing)
+            if exc.errno != errno.EXDEV or not self.dst.is_local:
+                raise
+            self._replace_in_place(target, exc)
+            return
         if self.dst.is_local:  # each lock file moved with its folder
             for lock in target.locks:
                 moved_to = self.dst if lock.lock.path.startswith(staging.path + "/") else old
@@ -323,6 +329,26 @@ class Destination(DestinationChecks):
                     f"{old.url!r}: rerun the same command with resume=True to remove it (what "
                     "you had put into it goes back into dst), or remove it yourself")  # fmt: skip
             raise interrupted_leaving(exc, left) from None
+
+    def _replace_in_place(self, target: Target, exc: OSError) -> None:
+        """The swap's fallback where dst's folder cannot be renamed (:mod:`.inplace`)."""
+        staging = target.output
+        inplace.warn(self.dst, exc)
+        try:
+            inplace.replace_in_place(staging, self.dst, protect=self.protect)
+        except KeyboardInterrupt as stop:
+            raise interrupted_leaving(stop, inplace.left(self.dst)) from None
+        for lock in [x for x in target.locks if x.lock.path.startswith(staging.path + "/")]:
+            lock.release()
+            target.locks.remove(lock)
+        target.output = self.dst
+        target.created = []
+        try:
+            inplace.drop_staged_state(staging, self.protect)
+        except Exception as why:  # the new output is in place: a warning, not a failure
+            log.warning("the new output is in place, but %s could not be removed (%s): "
+                        "remove it with: rm -r %r", staging.url, " ".join(str(why).split()),
+                        staging.url)  # fmt: skip
 
 
 def _keeps_folders(fs) -> bool:

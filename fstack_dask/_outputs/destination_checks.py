@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from .._errors import DestinationLockedError
 from .._locations import Location
-from . import folders, leftovers
+from . import folders, inplace, leftovers
 from .folders import path_too_long
 from .ownership import ID_FILE, classify, copied_provenance, foreign_entries
 from .removal import Marked, sticky_blocked, unremovable
@@ -54,6 +54,11 @@ class DestinationChecks:
         # an overwrite killed mid-swap (on an object store dst may hold a part of a copy)
         if (self.kind == "absent" or (not dst.is_local and self.kind != "complete")) and (
             leftovers.restore(dst, protect=self.protect)
+        ):
+            self.kind = classify(dst)
+        # an overwrite killed while it replaced dst entry by entry (where it cannot be renamed)
+        if self.kind in ("complete", "unfinished") and inplace.resume_replacement(
+            dst, protect=self.protect
         ):
             self.kind = classify(dst)
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
 from .._locations import Location, remove_tree
-from . import leftovers
+from . import inplace, leftovers
 from .destination import Destination, Target
 from .ownership import STATE_DIR, provenance, recorded_entries, run_record
 from .removal import ours_within
@@ -249,7 +249,7 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
             left += f"; {target.output.url!r} is left with {', '.join(kept)}, not written by us"
         return left
     if target.staged:
-        swapped = _swapped_in(target, destination)
+        swapped = inplace.left(destination.dst) or _swapped_in(target, destination)
         if swapped is not None:
             return swapped
         return (

@@ -1,0 +1,212 @@
+"""Replacing ``dst`` entry by entry, where its folder cannot be renamed: the fallback of an
+overwrite's swap (:func:`.folders.exchange`) that failed ``EXDEV``.
+
+A folder in an overlayfs lower layer (an output baked into a container image, run with the
+container's layer on top) cannot be renamed without the mount's ``redirect_dir``: every
+``--overwrite`` of it failed "Invalid cross-device link" once the new output was complete,
+and said to rerun with --resume, which failed so again (g62). As ``mv`` does across devices,
+the old output is then removed and the new one moved in, entry by entry, under both locks:
+
+1. dst's run record names the staged output it takes in (``swapping_in``, with that run's
+   id) and lists the entries of both outputs: dst stays ours at every step, by its record,
+   whatever of its provenance and id file is gone;
+2. the old output's entries go (its ``zarr.json`` first: readers meet no image, not half of
+   one), only our files in them, as any removal;
+3. the staged entries are renamed into dst (a folder the run created moves: it lies in the
+   upper layer), its ``zarr.json`` last: dst is an image once whole;
+4. the staged folder's state goes; then dst's record (the caller's ``finish``).
+
+A run killed at any step leaves dst ours, and the staged output's remaining entries beside
+it: the next run into dst finishes the replacement (:func:`resume_replacement`) before
+anything else. The old output is removed only once it is ours and the new one is complete;
+a user's file beside our entries stays where it is, in dst.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+
+from .._errors import DestinationLockedError
+from .._locations import Location, remove_tree
+from .folders import STAGING
+from .lock import DestinationLock
+from .ownership import (
+    STATE_DIR,
+    classify,
+    owned_output,
+    provenance,
+    recorded_entries,
+    run_record,
+)
+from .removal import ours_within
+from .state import OutputState
+from .write import fsync_dir
+
+__all__ = ["SWAPPING", "replacing", "replace_in_place", "resume_replacement", "warn"]
+
+log = logging.getLogger(__name__)
+
+#: The key of dst's run record that names the staged output being moved in.
+SWAPPING = "swapping_in"
+
+
+def warn(dst: Location, exc: OSError) -> None:
+    """Say, in one line, that the swap is not atomic."""
+    log.warning(
+        "%s could not be swapped with the new output in one step (%s: its folder cannot be "
+        "renamed, as one in an overlayfs lower layer, a container image's, cannot); it is "
+        "replaced entry by entry instead: it holds no image until that is done, and a run "
+        "cut short meanwhile is finished by the next run into it",
+        dst.spec, exc.strerror or exc,
+    )  # fmt: skip
+
+
+def replace_in_place(new: Location, dst: Location, *, protect: Iterable[Location]) -> None:
+    """Replace our complete output at ``dst`` by the complete staged output at ``new``
+    (both locked by the caller), entry by entry (the module docstring)."""
+    record = run_record(new)
+    attrs = provenance(new)
+    if record is None or attrs is None or attrs.get("complete") is not True:
+        raise PermissionError(f"refusing to replace {dst.spec!r}: {new.url!r} is not complete")
+    if classify(dst) != "complete":
+        raise PermissionError(f"refusing to replace {dst.spec!r}: it is not a complete output")
+    _refuse_theirs_inside(dst, new)
+    old = provenance(dst) or {}
+    entries = sorted((recorded_entries(dst) or set()) | (recorded_entries(new) or set()))
+    levels = max(_levels(old), _levels(record.get("params") or {}))
+    params = {**old, "entries": [e for e in entries if e != STATE_DIR], "levels": levels}
+    swapping = {"from": new.name, "run_id": record["run_id"]}
+    OutputState(dst).write_record(
+        {"run_id": uuid.uuid4().hex, "params": params, "dst": dst.url, SWAPPING: swapping}
+    )
+    _carry_on(new, dst, protect)
+
+
+def _levels(params: dict) -> int:
+    try:
+        return int(params.get("levels") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _refuse_theirs_inside(dst: Location, new: Location) -> None:
+    """Refuse, before anything is removed, where a user's file inside one of the old
+    output's entries would keep that entry, which the new output's of that name must take."""
+    ours = ours_within(dst)
+    for entry in sorted((recorded_entries(new) or set()) - {STATE_DIR, "zarr.json"}):
+        top = dst.child(entry).path
+        for root, _dirs, files in os.walk(top):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), top).replace(os.sep, "/")
+                if not ours(entry, rel):
+                    raise FileExistsError(
+                        f"dst {dst.spec!r} holds {entry}/{rel}, which fstack_dask did not "
+                        "write, inside an entry the new output replaces (dst cannot be "
+                        "swapped in one step, so its entries are replaced): move it out"
+                    )
+
+
+def _carry_on(new: Location, dst: Location, protect: Iterable[Location]) -> None:
+    """Steps 2 and 3 from wherever a run stopped: an entry the staged folder still holds has
+    not moved yet (dst's of that name is the old one's); one it lacks is dst's new one."""
+    moving = sorted((recorded_entries(new) or set()) - {STATE_DIR})
+    moving = [e for e in moving if os.path.lexists(new.child(e).path)]
+    record = run_record(dst) or {}
+    listed = (record.get("params") or {}).get("entries") or []
+    moved = set((recorded_entries(new) or set()) - set(moving))
+    old = [e for e in listed if e not in moved and e != STATE_DIR]
+    old = sorted(old, key=lambda e: e != "zarr.json")  # its zarr.json first
+    old = [e for e in old if os.path.lexists(dst.child(e).path)]
+    if old:
+        remove_tree(dst, owned=owned_output, protect=protect, only=old, keep_folder=True,
+                    ours_within=ours_within(dst))  # fmt: skip
+    for entry in sorted(moving, key=lambda e: e == "zarr.json"):  # its zarr.json last
+        os.rename(new.child(entry).path, dst.child(entry).path)
+    fsync_dir(dst.path)
+
+
+def drop_staged_state(new: Location, protect: Iterable[Location]) -> None:
+    """Step 4: the staged folder's state, its markers first (none may outlive its data) and
+    then its record (a record with no markers left is a run to fuse again: killed between
+    the two, the next run would have), then the folder, only if nothing else is left in it.
+    A kill later leaves dst complete, its record naming no staged run: dropped then."""
+    state = new.child(STATE_DIR)
+    if state.exists():
+        order = {"done": 0, "run.json": 1}
+        names = sorted(state.listdir(), key=lambda n: order.get(n, 2))
+        remove_tree(state, owned=lambda _loc: None, protect=protect, only=names)
+    with contextlib.suppress(OSError):
+        os.rmdir(new.path)
+
+
+def _swapping(dst: Location) -> dict | None:
+    found = (run_record(dst) or {}).get(SWAPPING) if dst.is_local else None
+    return found if isinstance(found, dict) and isinstance(found.get("from"), str) else None
+
+
+def replacing(dst: Location) -> Location | None:
+    """The staged output dst's record says is being moved into dst, where it is still there
+    with that run's record; or None."""
+    swapping = _swapping(dst)
+    if swapping is None:
+        return None
+    name = swapping["from"]
+    if not name.startswith(f".{dst.name}{STAGING}") or "/" in name:
+        return None
+    new = dst.sibling(name)
+    if (run_record(new) or {}).get("run_id") != swapping.get("run_id"):
+        return None
+    return new
+
+
+def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
+    """Finish, under dst's lock and the staged folder's, a replacement entry by entry that a
+    run cut short left (the module docstring); False where there is none, or where a live
+    run holds either lock (it is at it)."""
+    if _swapping(dst) is None:
+        return False
+    what = f"dst {dst.spec!r}"
+    locks = [DestinationLock(OutputState(dst).lock, what)]
+    try:
+        locks[0].acquire()
+        new = replacing(dst)  # still, under the lock?
+        if new is not None:
+            locks.append(DestinationLock(OutputState(new).lock, what))
+            locks[1].acquire()
+            _carry_on(new, dst, protect)
+            locks.pop().release()
+            drop_staged_state(new, protect)
+        elif _swapping(dst) is None or classify(dst) != "complete":
+            return False  # (dst unfinished, its staged output gone: a resume fuses it again)
+        state = OutputState(dst).folder  # its record: dst is complete
+        names = [n for n in state.listdir() if n != "lock"]
+        remove_tree(state, owned=lambda _loc: None, protect=protect, only=names,
+                    keep_folder=True)  # fmt: skip
+    except DestinationLockedError:
+        return False
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+        with contextlib.suppress(OSError):
+            os.rmdir(OutputState(dst).folder.path)
+    if new is not None:
+        log.warning("finished replacing %s by the output of an overwrite cut short while it "
+                    "replaced it entry by entry (%s)", dst.spec, new.url)  # fmt: skip
+    return True
+
+
+def left(dst: Location) -> str | None:
+    """What a run stopped while replacing dst entry by entry left, for its error; or None
+    where it had not begun (the previous output in dst is then unchanged)."""
+    new = replacing(dst)
+    if new is None:
+        return None
+    return (
+        f"dst {dst.spec!r} was being replaced by the new output entry by entry (its folder "
+        f"cannot be renamed); what had not moved yet is in {new.url!r}: rerun the same command "
+        "with --resume to finish the replacement"
+    )

@@ -1,0 +1,161 @@
+"""An output in an overlayfs lower layer (baked into a container image, run with the
+container's layer on top), replaced by ``--overwrite``: its folder cannot be renamed there
+(EXDEV without the mount's ``redirect_dir``), so the swap is done entry by entry
+(:mod:`fstack_dask._outputs.inplace`); a run killed at each of its steps is finished by
+``--resume``. Real overlay mounts (root only: elsewhere skipped), the real CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from safety_util import CACHE, cli, write_src
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """A source, our output of it without maps (the old one), and the reference of the new
+    one (with a depth map)."""
+    root = tmp_path_factory.mktemp("overlay-made")
+    write_src(root / "src.zarr")
+    for name, extra in (("old.zarr", ()), ("ref.zarr", ("--depth-map",)),
+                        ("old.ome.tif", ())):  # fmt: skip
+        proc = cli("fuse", root / "src.zarr", root / name, *extra)
+        assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def overlay(tmp_path: Path, lower: Path) -> Path:
+    """``lower`` mounted as the lower layer of an overlay at a new folder, returned."""
+    import os
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("an overlay mount needs root")
+    upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
+    for folder in (upper, work, merged):
+        folder.mkdir()
+    options = f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off"
+    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount an overlay here: {proc.stderr.strip()}")
+    return merged
+
+
+@pytest.fixture
+def image(tmp_path, made):
+    """The old output (with a user's notes.txt beside our entries) in a lower layer; yields
+    the overlay's folder."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    shutil.copytree(made / "old.zarr", lower / "out.zarr")
+    (lower / "out.zarr" / "notes.txt").write_text("mine")
+    shutil.copy(made / "old.ome.tif", lower / "out.ome.tif")
+    merged = overlay(tmp_path, lower)
+    yield merged
+    subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+def assert_replaced(merged: Path, made: Path) -> None:
+    """dst is the new output, whole, the user's file kept, nothing left beside it."""
+    out = merged / "out.zarr"
+    assert sorted(p.name for p in merged.iterdir()) == ["out.ome.tif", "out.zarr"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / ".fstack_dask").exists()
+    got, ref = zarr.open_group(out, mode="r"), zarr.open_group(made / "ref.zarr", mode="r")
+    assert got.attrs["fstack_dask"]["complete"] is True
+    for key in ("0", "1", "depth/0"):
+        assert np.array_equal(got[key][...], ref[key][...]), key
+
+
+def test_an_overwrite_of_an_output_in_an_overlay_lower_layer_replaces_it(image, made):
+    proc = cli("fuse", made / "src.zarr", image / "out.zarr", "--overwrite", "--depth-map")
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "entry by entry" in line]
+    assert len(warned) == 1 and "Invalid cross-device link" in warned[0], proc.stderr
+    assert_replaced(image, made)
+
+
+def test_a_tiff_in_an_overlay_lower_layer_is_overwritten(image, made):
+    before = (image / "out.ome.tif").read_bytes()
+    proc = cli("fuse", made / "src.zarr", image / "out.ome.tif", "--overwrite", "--depth-map")
+    assert proc.returncode == 0, proc.stderr
+    assert (image / "out.ome.tif").read_bytes() != before
+    assert sorted(p.name for p in image.iterdir()) == ["out.ome.tif", "out.zarr"]
+
+
+# The CLI, SIGKILLed at one step of the replacement entry by entry (argv[1]); its arguments
+# follow.
+KILLED_AT = textwrap.dedent(
+    r"""
+    import os, re, signal, sys, types
+    from fstack_dask._locations import remove
+    from fstack_dask._outputs import inplace
+
+    step = sys.argv[1]
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    removed = {"zarr.json": r"/out\.zarr/zarr\.json$", "chunk": r"/out\.zarr/0/c/",
+               "staged markers": r"staging-[0-9a-f]{12}/\.fstack_dask/done/",
+               "staged record": r"staging-[0-9a-f]{12}/\.fstack_dask/run\.json$"}
+    if step in removed:
+        def unlink_then_die(path):
+            os.unlink(path)
+            if re.search(removed[step], path):
+                die()
+        remove.os = types.SimpleNamespace(**{**vars(os), "unlink": unlink_then_die})
+    elif step == "rename":
+        def rename_then_die(src, dst):
+            os.rename(src, dst)
+            die()
+        inplace.os = types.SimpleNamespace(**{**vars(os), "rename": rename_then_die})
+    else:  # before a step: "record" (written), "moved" (every entry moved)
+        name = {"record": "_carry_on", "moved": "drop_staged_state"}[step]
+        setattr(inplace, name, lambda *a, **k: die())
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "step", ["record", "zarr.json", "chunk", "rename", "moved", "staged markers", "staged record"]
+)
+def test_a_replacement_killed_at_each_step_is_finished_by_resume(image, made, step):
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, step, *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
+def test_a_users_file_inside_an_entry_the_new_output_replaces_is_kept(tmp_path, made):
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    shutil.copytree(made / "old.zarr", lower / "out.zarr")
+    (lower / "out.zarr" / "0" / "notes.txt").write_text("mine")
+    merged = overlay(tmp_path, lower)
+    try:
+        proc = cli("fuse", made / "src.zarr", merged / "out.zarr", "--overwrite")
+        assert proc.returncode != 0, proc.stderr
+        assert "0/notes.txt" in proc.stderr and "in dst is unchanged" in proc.stderr
+        assert (merged / "out.zarr" / "0" / "notes.txt").read_text() == "mine"
+        assert zarr.open_group(merged / "out.zarr", mode="r").attrs["fstack_dask"]["complete"]
+        (merged / "out.zarr" / "0" / "notes.txt").rename(merged / "notes.txt")
+        proc = cli("fuse", made / "src.zarr", merged / "out.zarr", "--resume")
+        assert proc.returncode == 0, proc.stderr  # the staged output, swapped in now
+        assert sorted(p.name for p in merged.iterdir()) == ["notes.txt", "out.zarr"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(merged)], check=False)
