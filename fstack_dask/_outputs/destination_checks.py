@@ -211,6 +211,9 @@ class DestinationChecks:
         """Refuse, before anything is written, an output this user may not write into (or,
         ``removing``, not remove: an overwrite removes the old output after its swap)."""
         why = folders.unwritable(self.dst, self.entries)
+        if isinstance(why, Marked):  # as a marked dst that cannot be swapped: exit 2 (a dst
+            # marked +i exited 1, where +a, refused as unswappable, exited 2: g62)
+            raise ValueError(f"{self.what()} {why} (nothing was written)")
         if why is None and not removing and self.kind == "unfinished" and self.dst.is_local:
             # a colleague's sticky dst: the resume computed every block, then could not
             # replace their zarr.json and said to rerun with --resume, which failed so again

@@ -29,6 +29,7 @@ from .._locations import (
     sticky_keeps,
 )
 from .ownership import STATE_DIR
+from .removal import Marked
 
 __all__ = [
     "exchange",
@@ -230,7 +231,7 @@ def unwritable(dst: Location, entries: tuple[str, ...]) -> str | None:
         if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
             locked = change_locked(path)
             if locked is not None:  # (it said "ask its owner", to root, the owner)
-                return f"may not be written: {locked}; clear it or choose another dst"
+                return Marked(f"may not be written: {locked}; clear it or choose another dst")
             if read_only_mount(path):  # (no owner can help: it said "ask its owner")
                 return (f"is on a read-only filesystem ({path!r} may not be written); "
                         "remount it read-write or choose another dst")  # fmt: skip
