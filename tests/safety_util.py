@@ -134,32 +134,37 @@ def count_decodes(monkeypatch, while_: list) -> tuple[list[int], set[str]]:
 
 
 # The CLI with statx refused (EPERM), as an older container runtime's seccomp profile refuses
-# it: a seccomp filter (x86_64's syscall number) installed before fstack_dask starts.
+# it, and name_to_handle_at too where REFUSED says so: a seccomp filter (x86_64's syscall
+# numbers, 332 and 303) installed before fstack_dask starts.
 NO_STATX_CLI = textwrap.dedent("""
-    import ctypes, runpy, sys
+    import ctypes, os, runpy, sys
     class F(ctypes.Structure):
         _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
                     ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
     class P(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(F))]
-    rules = (F * 4)(F(0x20, 0, 0, 0), F(0x15, 0, 1, 332), F(0x06, 0, 0, 0x50001),
-                    F(0x06, 0, 0, 0x7FFF0000))  # nr == statx: EPERM; else allow
+    refused = [int(n) for n in os.environ.pop("REFUSED", "332").split(",")]
+    n = len(refused)  # load nr; nr == each: EPERM; else allow
+    rules = (F * (n + 3))(F(0x20, 0, 0, 0), *(F(0x15, n - i, 0, nr) for i, nr in
+                          enumerate(refused)), F(0x06, 0, 0, 0x7FFF0000), F(0x06, 0, 0, 0x50001))
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(P(4, rules)), 0, 0):
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(P(n + 3, rules)), 0, 0):
         sys.exit("seccomp refused")  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
     sys.argv[0] = "fstack-dask"
     runpy.run_module("fstack_dask", run_name="__main__")
 """)
 
 
-def masked_cli(*args: str, no_statx: bool = False) -> subprocess.CompletedProcess:
+def masked_cli(*args: str, no_statx: bool = False,
+               no_mount_id: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
     """The CLI where /proc/self/mountinfo is masked (a hardened container's: /dev/null bound
-    over it, in a mount namespace of its own), and statx refused too where ``no_statx``."""
+    over it, in a mount namespace of its own), and statx refused too where ``no_statx``, and
+    name_to_handle_at (the mount id) where ``no_mount_id``."""
     import shlex
 
     run = ["-c", NO_STATX_CLI] if no_statx else ["-m", "fstack_dask"]
     command = shlex.join([sys.executable, *run, *map(str, args)])
     script = f"mount --bind /dev/null /proc/$$/mountinfo && exec {command}"
-    env = {**os.environ, "XDG_CACHE_HOME": CACHE}
+    env = {**os.environ, "XDG_CACHE_HOME": CACHE, "REFUSED": "332,303" if no_mount_id else "332"}
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
                           text=True, check=False, env=env)  # fmt: skip

@@ -257,6 +257,25 @@ def statx_attributes(path: str) -> tuple[int, int] | None:
     return (int.from_bytes(raw[8:16], sys.byteorder), int.from_bytes(raw[56:64], sys.byteorder))
 
 
+def mount_id(path: str) -> int:
+    """The id of the mount the local ``path`` lies on (a link not followed), as
+    ``name_to_handle_at`` gives it: a folder bound over another of the same filesystem has
+    its own, where ``st_dev`` is the same. OSError where the call fails (a filesystem without
+    file handles: EOPNOTSUPP) or this system has none."""
+    import ctypes
+
+    call = getattr(_libc(), "name_to_handle_at", None)
+    if call is None:
+        raise OSError(errno.ENOSYS, "this system has no name_to_handle_at", path)
+    handle = ctypes.create_string_buffer(8 + 128)  # struct file_handle, MAX_HANDLE_SZ
+    handle[0:4] = (128).to_bytes(4, sys.byteorder)
+    found = ctypes.c_int(0)
+    if call(-100, os.fsencode(path), handle, ctypes.byref(found), 0) != 0:  # AT_FDCWD
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    return found.value
+
+
 def permission_missing(path: str) -> str:
     """What this user may not do to the local ``path`` (or the first folder above it that it
     may not enter), for a one-line message: ``may not read '/p' (a file owned by ...)``."""

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from .location import Location
-from .places import statx_attributes
+from .places import mount_id, statx_attributes
 
 
 def _never_removed() -> list[Location]:
@@ -69,28 +69,28 @@ def remove_tree(
     for place in _never_removed():
         if location.contains(place):
             raise PermissionError(
-                f"refusing to delete {location.spec!r}: it is or contains {place.path!r}"
+                f"refusing to delete {location.url!r}: it is or contains {place.path!r}"
             )
     for place in protect:
         if location.overlaps(place):
             raise PermissionError(
-                f"refusing to delete {location.spec!r}: it overlaps {place.spec!r}, which must "
+                f"refusing to delete {location.url!r}: it overlaps {place.spec!r}, which must "
                 "be kept"
             )
     reason = owned(location)
     if reason is not None:
-        raise PermissionError(f"refusing to delete {location.spec!r}: {reason}")
+        raise PermissionError(f"refusing to delete {location.url!r}: {reason}")
     if location.is_local:
         try:
             mounted = mounts_within(location.path)
         except PermissionError as exc:
             raise PermissionError(
-                f"refusing to delete {location.spec!r}: {exc}; remove it yourself, or run where "
+                f"refusing to delete {location.url!r}: {exc}; remove it yourself, or run where "
                 "/proc is mounted"
             ) from None
         if mounted:  # a walk would go down into it: another filesystem, or a folder bound there
             raise PermissionError(
-                f"refusing to delete {location.spec!r}: {mounted[0]!r} in it is a mount point "
+                f"refusing to delete {location.url!r}: {mounted[0]!r} in it is a mount point "
                 "(another filesystem, or a folder bound there, perhaps the source); unmount it "
                 "first"
             )
@@ -277,6 +277,14 @@ def _is_mount_root(path: str) -> bool:
             return bool(found[0] & _MOUNT_ROOT)
         if found is not None:
             reason = "statx does not say where a mount starts here"
+    try:  # a mount starts where the mount id changes (statx refused by an older container
+        # runtime's seccomp profile, which allows this call: a fresh TIFF run left its working
+        # store behind, g62)
+        return mount_id(path) != mount_id(os.path.dirname(path.rstrip("/")) or "/")
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        reason += f", nor name_to_handle_at ({exc.strerror})"
     raise PermissionError(
         f"cannot read the mount table /proc/self/mountinfo, and {reason}, so cannot tell "
         f"whether {path!r} is a mount point (another filesystem, or a folder bound there, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1508,20 +1509,48 @@ def test_a_source_bound_inside_an_output_is_kept_where_the_mount_table_is_masked
 )
 def test_a_tiff_overwrite_where_no_mount_point_can_be_told_is_refused_naming_dst(tmp_path):
     """A hardened container masks /proc/self/mountinfo and refuses statx (an older runtime's
-    seccomp profile): whether a TIFF dst is a mount point cannot be told. ``--overwrite``
-    failed "cannot read the mount table ...", naming no parameter, exit 1 (g53); as for a
-    Zarr dst, it is refused in one line naming dst, exit 2, nothing written."""
+    seccomp profile) and name_to_handle_at: whether a TIFF dst is a mount point cannot be
+    told. ``--overwrite`` failed "cannot read the mount table ...", naming no parameter, exit
+    1 (g53); as for a Zarr dst, it is refused in one line naming dst, exit 2, nothing
+    written."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.tif"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
     before = tree_digest(tmp_path)
-    proc = masked_cli("fuse", src, dst, *FUSE, "--overwrite", no_statx=True)
+    proc = masked_cli("fuse", src, dst, *FUSE, "--overwrite", no_statx=True, no_mount_id=True)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc)
     assert line.startswith(f"fstack-dask: error: dst {str(dst)!r} cannot be checked for being a "
                            "mount point: cannot read the mount table"), line  # fmt: skip
     assert "statx failed: Operation not permitted" in line
+    assert "nor name_to_handle_at (Operation not permitted)" in line
     assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.skipif(
+    not unshare_works("-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo")
+    or os.uname().machine != "x86_64",
+    reason="needs root, unshare -m, and x86_64 (the seccomp filter's syscall number)",
+)
+def test_a_fresh_tiff_run_where_statx_is_refused_removes_its_working_store(tmp_path):
+    """/proc/self/mountinfo masked and statx refused (an older runtime's seccomp profile):
+    a fresh TIFF run could not tell whether a mount started in its working store, left it
+    beside the TIFF and warned of '.../out.tif/.fstack_dask', a path that does not exist
+    (g62). Where a mount starts is told by the mount id (name_to_handle_at) there: the store
+    goes; where that is refused too, the store is kept, the warning naming its real path."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.tif"
+    proc = masked_cli("fuse", src, dst, *FUSE, no_statx=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["out.tif", "src.zarr"]
+    dst.unlink()
+    proc = masked_cli("fuse", src, dst, *FUSE, no_statx=True, no_mount_id=True)
+    assert proc.returncode == 0, proc.stderr
+    work = tmp_path / ".out.tif.fstack-work"
+    named = re.findall(r"refusing to delete '([^']+)'", proc.stderr)
+    assert named and all(os.path.exists(p) for p in named), proc.stderr
+    assert f"rm -r {str(work)!r}" in proc.stderr
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\r", "\x85"], ids=["U+2028", "CR", "NEL"])
