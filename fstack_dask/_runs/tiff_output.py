@@ -202,6 +202,7 @@ def check_tiff_destination(
         return None  # (a run stopped at the move left its claim: refused as not ours, g56)
     owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None
     if owner is None:
+        _refuse_empty_claim(tiff, where)
         kind = "a folder" if os.path.isdir(tiff.path) else "a file"
         raise FileExistsError(
             f"{where} exists and is {kind} fstack_dask did not write; refusing to replace it "
@@ -226,6 +227,26 @@ def check_tiff_destination(
                 "dst and swaps the two: clear it, or choose another dst"
             )
     return owner
+
+
+def _refuse_empty_claim(tiff: Location, where: str) -> None:
+    """Refuse an empty file at dst beside a working store of ours, saying what it may be: the
+    claim of that run's TIFF on FAT/exFAT (no hard links, no rename without replacing),
+    created, then cut short before its text was written or synced (kill -9, power lost). It
+    is not taken for ours: an empty file a user made there looks the same (g62). It said
+    "a file fstack_dask did not write ... choose another dst", of the run's own claim."""
+    work = working_store(tiff)
+    path = tiff.path
+    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != 0:
+        return
+    if classify(work) not in ("complete", "unfinished"):
+        return
+    raise FileExistsError(
+        f"{where} exists and is an empty file, which fstack_dask cannot tell for its own: the "
+        f"claim of the TIFF of the run in {work.path!r}, cut short before it was written (a "
+        "kill or power loss on FAT/exFAT), looks so; if it is, remove it and rerun with "
+        "resume=True, else choose another dst"
+    )
 
 
 def _mount_point(tiff: Location, where: str) -> bool:

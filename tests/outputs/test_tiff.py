@@ -758,3 +758,43 @@ def test_info_of_a_run_on_exfat_killed_at_its_claim_says_how_far_it_got(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert f"{dst} (not written yet; its run works in " in proc.stdout, proc.stdout
     assert "6 of 6 blocks of level 0 done" in proc.stdout, proc.stdout
+
+
+_KILLED_AT_THE_CLAIMS_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    real = os.write
+    def write(fd, data):  # as power lost, or kill -9, between the claim's create and write
+        if os.readlink(f"/proc/self/fd/{fd}") == sys.argv[3]:  # fuse src dst ...
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(fd, data)
+    os.write = write
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_an_empty_claim_left_on_exfat_is_told_for_what_it_may_be(tmp_path, exfat):
+    """Killed (or the power lost) between creating its claim of dst's name on exFAT and
+    writing it, a run left an empty file at dst, and --resume said "exists and is a file
+    fstack_dask did not write ... choose another dst" of the run's own claim (g62). An empty
+    file is not taken for ours (a user's looks the same): the refusal says what it may be,
+    and that removing it lets --resume finish."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref = tmp_path / "ref.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    dst = exfat / "out.tif"
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_CLAIMS_WRITE, *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert dst.stat().st_size == 0
+    proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "is an empty file" in proc.stderr and "remove it and rerun with --resume" in proc.stderr
+    assert dst.exists() and dst.stat().st_size == 0  # kept
+    dst.unlink()
+    proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_bytes() == ref.read_bytes()
