@@ -25,8 +25,10 @@ a user's file beside our entries stays where it is, in dst.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 
@@ -125,8 +127,32 @@ def _carry_on(new: Location, dst: Location, protect: Iterable[Location]) -> None
         remove_tree(dst, owned=owned_output, protect=protect, only=old, keep_folder=True,
                     ours_within=ours_within(dst))  # fmt: skip
     for entry in sorted(moving, key=lambda e: e == "zarr.json"):  # its zarr.json last
-        os.rename(new.child(entry).path, dst.child(entry).path)
+        _move(new, dst, entry, protect)
     fsync_dir(dst.path)
+
+
+def _move(new: Location, dst: Location, entry: str, protect: Iterable[Location]) -> None:
+    """Rename the staged ``entry`` into dst; one that cannot be renamed either (a staged run
+    in a lower layer too, resumed) is copied, then removed from the staged folder: a copy cut
+    short is an old entry to the next run, removed and copied again."""
+    try:
+        os.rename(new.child(entry).path, dst.child(entry).path)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or not os.path.isdir(new.child(entry).path):
+            raise
+    shutil.copytree(new.child(entry).path, dst.child(entry).path, symlinks=True)
+    for root, _dirs, files in os.walk(dst.child(entry).path):  # durable before the original goes
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+    fsync_dir(dst.path)
+    remove_tree(new, owned=owned_output, protect=protect, only=[entry], keep_folder=True,
+                ours_within=ours_within(new))  # fmt: skip
 
 
 def drop_staged_state(new: Location, protect: Iterable[Location]) -> None:

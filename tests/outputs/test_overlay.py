@@ -159,3 +159,38 @@ def test_a_users_file_inside_an_entry_the_new_output_replaces_is_kept(tmp_path, 
         assert sorted(p.name for p in merged.iterdir()) == ["notes.txt", "out.zarr"]
     finally:
         subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+_KILLED_BEFORE_THE_SWAP = textwrap.dedent("""
+    import os, signal, sys
+    from fstack_dask._outputs import folders
+    folders.exchange = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(tmp_path, made):
+    """An overwrite killed before its swap, baked into the image with the old output: the
+    staged output's folders cannot be renamed either; they are copied into dst, then
+    removed from the staged folder."""
+    import os
+
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    shutil.copytree(made / "old.zarr", lower / "out.zarr")
+    (lower / "out.zarr" / "notes.txt").write_text("mine")
+    shutil.copy(made / "old.ome.tif", lower / "out.ome.tif")
+    args = ["fuse", made / "src.zarr", lower / "out.zarr", "--depth-map", "--overwrite"]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_THE_SWAP, *map(str, args)],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert len(os.listdir(lower)) == 3  # with the staged output
+    merged = overlay(tmp_path, lower)
+    try:
+        proc = cli("fuse", made / "src.zarr", merged / "out.zarr", "--depth-map", "--resume")
+        assert proc.returncode == 0, proc.stderr
+        assert_replaced(merged, made)
+    finally:
+        subprocess.run(["umount", "--lazy", str(merged)], check=False)
