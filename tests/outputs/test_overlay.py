@@ -103,9 +103,15 @@ KILLED_AT = textwrap.dedent(
     step = sys.argv[1]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     removed = {"zarr.json": r"/out\.zarr/zarr\.json$", "chunk": r"/out\.zarr/0/c/",
-               "staged markers": r"staging-[0-9a-f]{12}/\.fstack_dask/done/",
                "staged record": r"staging-[0-9a-f]{12}/\.fstack_dask/run\.json$"}
-    if step in removed:
+    if step == "staged markers":  # (a folder goes by rmtree)
+        rmtree = remove._rmtree
+        def rmtree_then_die(path):
+            rmtree(path)
+            if re.search(r"staging-[0-9a-f]{12}/\.fstack_dask/done$", path):
+                die()
+        remove._rmtree = rmtree_then_die
+    elif step in removed:
         def unlink_then_die(path):
             os.unlink(path)
             if re.search(removed[step], path):

@@ -669,20 +669,27 @@ _KILLED_AT_THE_MOVE = textwrap.dedent("""
 """)
 
 
-def test_a_run_on_exfat_killed_at_the_move_over_its_claim_is_resumed(tmp_path, exfat):
-    """Killed between claiming dst's name and moving the finished TIFF over the claim, a run
-    on exFAT left the empty claim at dst: --resume and a plain rerun were refused, 'exists
-    and is a file fstack_dask did not write' (found by g56 on 0115d66). The claim says whose
-    it is: a plain rerun says the run is unfinished, and --resume moves the TIFF over it."""
+def _killed_on_exfat(tmp_path, exfat, script: str):
+    """A TIFF run into ``exfat/out.tif`` by the CLI under ``script``, which kills it; the
+    reference TIFF of the same run, dst, and the CLI's arguments."""
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(100, 140), planes=4, channels=1)
     ref = tmp_path / "ref.tif"
     fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
     dst = exfat / "out.tif"
     args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_MOVE, *args], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return ref, dst, args
+
+
+def test_a_run_on_exfat_killed_at_the_move_over_its_claim_is_resumed(tmp_path, exfat):
+    """Killed between claiming dst's name and moving the finished TIFF over the claim, a run
+    on exFAT left the empty claim at dst: --resume and a plain rerun were refused, 'exists
+    and is a file fstack_dask did not write' (found by g56 on 0115d66). The claim says whose
+    it is: a plain rerun says the run is unfinished, and --resume moves the TIFF over it."""
+    ref, dst, args = _killed_on_exfat(tmp_path, exfat, _KILLED_AT_THE_MOVE)
     assert dst.exists() and tiff_owner(str(dst)) is None  # the claim
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 2 and "unfinished" in proc.stderr, proc.stderr
@@ -779,16 +786,7 @@ def test_an_empty_claim_left_on_exfat_is_told_for_what_it_may_be(tmp_path, exfat
     fstack_dask did not write ... choose another dst" of the run's own claim (g62). An empty
     file is not taken for ours (a user's looks the same): the refusal says what it may be,
     and that removing it lets --resume finish."""
-    src = tmp_path / "stack.ome.zarr"
-    _grey_source(src, shape=(100, 140), planes=4, channels=1)
-    ref = tmp_path / "ref.tif"
-    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
-    dst = exfat / "out.tif"
-    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_CLAIMS_WRITE, *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
-                          check=False)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ref, dst, args = _killed_on_exfat(tmp_path, exfat, _KILLED_AT_THE_CLAIMS_WRITE)
     assert dst.stat().st_size == 0
     proc = _cli(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
