@@ -234,5 +234,5 @@ def left(dst: Location) -> str | None:
     return (
         f"dst {dst.spec!r} was being replaced by the new output entry by entry (its folder "
         f"cannot be renamed); what had not moved yet is in {new.url!r}: rerun the same command "
-        "with --resume to finish the replacement"
+        "with resume=True to finish the replacement"
     )
