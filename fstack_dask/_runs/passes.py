@@ -7,6 +7,7 @@ scheduler; blocks with a done-marker (a resumed run's) are skipped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
@@ -14,7 +15,7 @@ import uuid
 from .._outputs.destination import Target
 from .._sources.open import Reopen
 from .._sources.share import shared_recipe
-from . import exchange, schedulers
+from . import exchange, schedulers, waiting
 from .blocks import FuseJob, close_on_workers
 from .fusion import Fusion
 from .plan import Plan
@@ -57,7 +58,8 @@ def fuse_blocks(
     if exchange.enabled() and exchange.applies(plan, unit, budget, itemsize):
         cells = exchange.cells(plan, unit)
     halo_exchange = cells is not None
-    with shared_recipe(fusion.recipe, sched.kind, sched.client) as (recipe, task_args):
+    a_worker = functools.partial(waiting.a_worker, sched.client, stall_timeout)
+    with shared_recipe(fusion.recipe, sched.kind, sched.client, a_worker) as (recipe, task_args):
         job = FuseJob(
             token=uuid.uuid4().hex,
             open_source=Reopen(

@@ -4,8 +4,10 @@ cluster that stalled or a scheduler that went away from a slow run."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import raise_if_stopped
@@ -14,6 +16,7 @@ from . import reports as reports_
 __all__ = [
     "SchedulerLostError",
     "StalledError",
+    "a_worker",
     "cluster_waiter",
     "first_done",
     "local_waiter",
@@ -102,6 +105,44 @@ def cluster_waiter(
             return set(result.done), set(result.not_done)
 
     return waiter
+
+
+@contextlib.contextmanager
+def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
+    """Wait until the cluster has a worker, kept busy inside the block. An adaptive cluster
+    scaled to none (``adapt(minimum=0)``) starts workers for tasks only: a scatter, no task,
+    waited 30 s for one and failed "No valid workers found", a valid run refused (g64, the g68
+    brief). A task asks for one, and holds it (adapt() retires idle workers) until the block
+    ends. None for ``stall_timeout`` seconds (or none can come: a batch cluster's jobs all
+    refused, a local cluster's all ended): the stall's :class:`StalledError`, one line, as
+    the run's own wait says it."""
+    if client.scheduler_info(n_workers=-1).get("workers"):
+        yield
+        return
+    from distributed import Event
+
+    name = f"fstack-dask-a-worker-{uuid.uuid4().hex}"
+    keeper = client.submit(_busy_until, name, key=name)
+    try:
+        start = time.monotonic()
+        while not client.scheduler_info(n_workers=-1).get("workers"):
+            raise_if_stopped()
+            waited = time.monotonic() - start
+            if waited >= stall_timeout or (waited >= REFUSED_AFTER and _never_coming(client)):
+                raise StalledError(_stall_message(client, round(min(waited, stall_timeout))))
+            time.sleep(POLL)
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # (a scheduler gone: the run says so)
+            Event(name, client=client).set()
+        keeper.release()
+
+
+def _busy_until(name: str) -> None:
+    """A task that keeps its worker busy until the Event ``name`` is set."""
+    from distributed import Event
+
+    Event(name).wait()
 
 
 def _stall_message(client: Any, seconds: float) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +121,16 @@ def _numpy_data(src: Any) -> tuple[np.ndarray | None, tuple[Any, ...] | None]:
 
 @contextlib.contextmanager
 def shared_recipe(
-    recipe: tuple[Any, ...], kind: str, client: Any = None
+    recipe: tuple[Any, ...],
+    kind: str,
+    client: Any = None,
+    a_worker: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
     """``(recipe, task_args)``: ``recipe`` (src first) for tasks on a scheduler of ``kind``,
     its in-memory array shared while the block runs (removed or released after), and the
-    arguments each task takes after its blocks (the scattered array, on a cluster)."""
+    arguments each task takes after its blocks (the scattered array, on a cluster).
+    ``a_worker()`` is entered once the cluster has a worker to scatter to, which it keeps
+    until the scatter is done (an adaptive cluster scaled to none starts one for a task)."""
     data, xarray_parts = _numpy_data(recipe[0])
     if data is None or kind not in ("processes", "distributed"):
         yield recipe, ()
@@ -155,7 +160,10 @@ def shared_recipe(
             block.close()
             block.unlink()
         return
-    future = client.scatter(data, hash=False)
+    # a scatter is no task: an adaptive cluster scaled to no worker started none for it, and
+    # it failed "No valid workers found" after 30 s, a valid run refused (g64, the g68 brief)
+    with a_worker():
+        future = client.scatter(data, hash=False)
     try:
         yield (Shared(_Scattered(), xarray_parts), *recipe[1:]), (future,)
     finally:

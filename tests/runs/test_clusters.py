@@ -556,3 +556,40 @@ def test_a_worker_gone_during_the_cuda_check_leaves_the_run_to_the_others():
         pids = sorted(client.run(os.getpid).values())
         os.kill(pids[0], signal.SIGKILL)  # (asked before the scheduler has removed it)
         require_device("cuda", Scheduler("distributed", 1, 1, client))
+
+
+def test_an_in_memory_array_on_an_adaptive_cluster_scaled_to_no_worker_runs(tmp_path):
+    """``fuse_zarr(numpy_array, scheduler=client)`` on ``cluster.adapt(minimum=0)`` with no
+    worker yet: the array's scatter (no task: adapt starts none for it) waited 30 s and failed
+    "No valid workers found" (g64). A task now asks for a worker, held until the scatter is
+    done: the same bytes as the threads scheduler."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask import focus_stack
+
+    stack = synthetic_stack((64, 48), 7, dtype="uint16", seed=2).stack
+    with LocalCluster(n_workers=0, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        # (adapt's defaults: retiring a worker takes 3 idle looks a second apart; with one, it
+        # could retire the worker holding the scattered copy before the first task came)
+        cluster.adapt(minimum=0, maximum=2)
+        out = fuse_zarr(stack.transpose(2, 0, 1), tmp_path / "out.zarr", axes="zyx",
+                        scheduler=client, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+
+
+def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_path):
+    """As above, but no worker ever comes (a scheduler alone): the run's stall check says so
+    in one line after stall_timeout (it was the scatter's "No valid workers found", 30 s)."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask._runs.waiting import StalledError
+
+    stack = synthetic_stack((64, 48), 7, dtype="uint16", seed=2).stack
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        with pytest.raises(StalledError, match="no worker is connected") as info:
+            fuse_zarr(stack.transpose(2, 0, 1), tmp_path / "out.zarr", axes="zyx",
+                      scheduler=client, progress=False, stall_timeout=3)  # fmt: skip
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.zarr" / "0").exists()
