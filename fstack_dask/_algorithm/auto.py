@@ -300,8 +300,10 @@ def noise_selectivity(n_planes: int, nhsize: int, focus: np.ndarray | None = Non
 
 def _magnitude(block: np.ndarray, biggest: float) -> float:
     """The largest finite magnitude seen so far (float64 only: narrower floats cannot
-    overflow the variance; NaN and infinities the fusion refuses in their own words)."""
-    if block.dtype != np.float64 or block.size == 0:
+    overflow the variance; NaN and infinities the fusion refuses in their own words). Any
+    byte order: a big-endian one (FITS, a '>f8' Zarr v2 store) was not looked at (the g68
+    review), and the fusion refused it naming the nhsize "auto" chose."""
+    if block.dtype.kind != "f" or block.dtype.itemsize < 8 or block.size == 0:
         return biggest
     m = float(np.abs(block).max())
     return m if math.isfinite(m) and m > biggest else biggest

@@ -250,6 +250,16 @@ def test_a_first_pass_for_s_casts_no_uninitialised_image(monkeypatch, engine):
     assert np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("order", [">", "<"])
+def test_auto_nhsize_of_float64_of_either_byte_order_says_it_chose_it(order):
+    """As below, for a big-endian float64 stack (FITS, a '>f8' Zarr v2 store): the sample's
+    magnitude was not looked at, and the fusion refused it naming nhsize=31 (the g68 review)."""
+    base = synthetic_stack((128, 128), 9, dtype="float64", noise=0.1, seed=1).stack
+    stack = (base / np.abs(base).max() * (0.99 * float64_limit(9))).astype(f"{order}f8")
+    with pytest.raises(ValueError, match=r"^nhsize='auto' chose nhsize=31 .* pass nhsize=9 "):
+        focus_stack(stack, nhsize="auto")
+
+
 def test_auto_nhsize_beyond_the_float64_limit_says_it_chose_it(tmp_path, capsys):
     """float64 just under the limit of the default nhsize=9, noisy enough that "auto" picks
     31: it was refused at the first block naming nhsize=31, a value the user never gave.
