@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "deliver_held_signals",
+    "held_in_imports",
     "hold_stop_signals",
     "holding",
     "ignore_at_the_very_end",
@@ -23,7 +24,8 @@ __all__ = [
 
 
 def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
-    """Import ``module``, a Ctrl-C meanwhile raised once it is imported (a second one at once).
+    """Import ``module``, a Ctrl-C (or a run's stop signal, :data:`_RUN_HANDLERS`) meanwhile
+    delivered once it is imported (a second one at once).
 
     Interrupted half-way, numba's import (seconds on a cold cache: a Jupyter user's first
     cell) left it unusable: every later call in the kernel failed with "module 'numba' has no
@@ -34,27 +36,58 @@ def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
     import threading
 
     held: list[int] = []
+    previous: dict[int, Any] = {}
+
+    timers: list[Any] = []
 
     def hold(signum: int, frame: Any) -> None:
-        if held:
-            raise KeyboardInterrupt  # pressed again: an import hung on a dead mount
+        if held:  # pressed again (or a stop signal's grace is over): an import hung
+            previous[signum](signum, frame)  # on a dead mount
         held.append(signum)
+        if signum != signal.SIGINT:  # a scheduler's SIGTERM is not repeated: it is, for an
+            # import that never returns (as hold_stop_signals' HOLD_GRACE)
+            again = (threading.main_thread().ident, signum)
+            timers.append(threading.Timer(HOLD_GRACE, signal.pthread_kill, again))
+            timers[-1].daemon = True
+            timers[-1].start()
 
-    previous: Any = None
     if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                previous = signal.signal(signal.SIGINT, hold)
-        except (ValueError, OSError):  # (an embedded interpreter)
-            previous = None
+        for signum in range(1, signal.NSIG):  # Python's Ctrl-C, and a run's stop signals
+            with contextlib.suppress(ValueError, OSError):  # (an embedded interpreter)
+                current = signal.getsignal(signum)
+                if (signum == signal.SIGINT and current is signal.default_int_handler) or any(
+                    current is h for h in _RUN_HANDLERS
+                ):
+                    previous[signum] = signal.signal(signum, hold)
     try:
         found = importlib.import_module(module, package)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
+        for timer in timers:
+            timer.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:  # delivered now, to the handler it came for (a run's: Terminated)
+        signal.raise_signal(held[0])
     return found
+
+
+#: The handlers of the stop signals of runs under way (the command line's, in a caller's
+#: ``main([...])`` too): :func:`import_through_one_ctrl_c` holds their signals as it holds
+#: Ctrl-C. A SIGTERM there, raised in numba's import, broke it for the caller's later runs
+#: in the process ("module 'numba' has no attribute 'core'", the g68 review).
+_RUN_HANDLERS: list[Any] = []
+
+
+def held_in_imports(handler: Any) -> Any:
+    """Have :func:`import_through_one_ctrl_c` hold the signals ``handler`` (a run's) takes;
+    returns the function that ends it."""
+    _RUN_HANDLERS.append(handler)
+
+    def forget() -> None:
+        with contextlib.suppress(ValueError):
+            _RUN_HANDLERS.remove(handler)
+
+    return forget
 
 
 #: What :func:`hold_stop_signals` held: the signals' numbers, in the order they came.

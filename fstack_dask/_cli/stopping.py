@@ -40,7 +40,7 @@ from concurrent.futures import _base
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, note_stop
-from .._imports import holding, ignore_last
+from .._imports import held_in_imports, holding, ignore_last
 
 __all__ = [
     "STOP_SIGNALS",
@@ -136,9 +136,12 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
         raise Terminated(signum)
 
     previous: dict[int, Any] = {}
+    # raised in numba's import, a stop broke it for a caller's later runs (the g68 review)
+    forget = held_in_imports(handler)
 
     def restore() -> None:
         restored[0] = True  # first: from here a signal is kept in ``late``, never raised
+        forget()
         with guard:
             pending = [*deferred.values()]
             for t in [*timer, *deferred]:
@@ -163,6 +166,7 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
             if name == "SIGTERM" or current is signal.SIG_DFL or holding(current):
                 previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
+        forget()
         return lambda: None
     except BaseException:  # a signal came meanwhile: raised, the handlers put back
         restore()

@@ -659,3 +659,37 @@ def test_a_stop_deferred_as_the_run_ends_never_reaches_the_callers_handler_late(
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "0", "1", "1"], done.stdout + done.stderr[-800:]
+
+
+_A_STOP_IN_NUMBAS_IMPORT = r"""
+import os, signal, sys
+from fstack_dask import synthetic_stack, write_stack
+from fstack_dask._cli.main import main
+
+class StopThere:  # SIGTERM as numba's import is half done
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba.core.types":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+assert "numba" not in sys.modules
+src = sys.argv[1] + "/in.zarr"
+write_stack(src, synthetic_stack((64, 64), 9, seed=3).stack.transpose(2, 0, 1), axes="zyx")
+signal.signal(signal.SIGTERM, lambda s, f: None)  # a host that goes on after a SIGTERM
+sys.meta_path.insert(0, StopThere())
+first = main(["fuse", src, sys.argv[1] + "/a.zarr", "--no-progress"])
+second = main(["fuse", src, sys.argv[1] + "/b.zarr", "--no-progress"])
+print("codes", first, second)
+"""
+
+
+def test_a_stop_in_numbas_import_leaves_a_callers_later_runs_working(tmp_path):
+    """A caller's ``main([...])`` took a SIGTERM that landed in numba's import (its first run's,
+    seconds on a cold cache): raised there, it left numba half imported, and every later run
+    in the process failed, "module 'numba' has no attribute 'core'" (the g68 review). Held
+    until the import is done, as Ctrl-C is: the run is stopped, the next one runs."""
+    env = {**os.environ, "FSTACK_DASK_ENGINE": "compiled"}
+    done = subprocess.run([sys.executable, "-c", _A_STOP_IN_NUMBAS_IMPORT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.stdout.split()[-3:] == ["codes", "143", "0"], done.stdout + done.stderr[-1500:]
