@@ -333,3 +333,19 @@ def test_a_scheduler_without_workers_is_said_not_taken_for_memory(stack, tmp_pat
         "fstack-dask: error: no block finished for 3 s: no worker is connected to the "
         f"scheduler: start workers for it (dask worker {address}); nothing was written"
     )
+
+
+def test_a_lost_scheduler_of_another_process_s_cluster_fails_at_once(stack, tmp_path, cluster):
+    """Its workers are not the run's to shield from SIGINT: the run, failed on losing the
+    scheduler, then waited out its Client's timeout (30 s) to put their SIGINT handler back,
+    which they had never left (g69)."""
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--scheduler", cluster.address, "--chunks", "32",
+                  "--no-progress", "--stall-timeout", "600")  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    cluster.scheduler.kill()
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1, err
+    assert "lost the connection to the dask scheduler" in _stderr_is_one_line(err)
+    assert time.monotonic() - start < 20  # not the 30 s a wait for the lost scheduler takes
