@@ -76,7 +76,7 @@ def replace_in_place(new: Location, dst: Location, *, protect: Iterable[Location
         raise PermissionError(f"refusing to replace {dst.spec!r}: {new.url!r} is not complete")
     if classify(dst) != "complete":
         raise PermissionError(f"refusing to replace {dst.spec!r}: it is not a complete output")
-    _refuse_theirs_inside(dst, new)
+    _refuse_theirs_inside(dst, recorded_entries(new) or set())
     old = provenance(dst) or {}
     entries = sorted((recorded_entries(dst) or set()) | (recorded_entries(new) or set()))
     levels = max(_levels(old), _levels(record.get("params") or {}))
@@ -85,7 +85,7 @@ def replace_in_place(new: Location, dst: Location, *, protect: Iterable[Location
     OutputState(dst).write_record(
         {"run_id": uuid.uuid4().hex, "params": params, "dst": dst.url, SWAPPING: swapping}
     )
-    _carry_on(new, dst, protect)
+    _carry_on(new, dst, protect, checked=True)
 
 
 def _levels(params: dict) -> int:
@@ -95,11 +95,12 @@ def _levels(params: dict) -> int:
         return 0
 
 
-def _refuse_theirs_inside(dst: Location, new: Location) -> None:
+def _refuse_theirs_inside(dst: Location, entries: Iterable[str]) -> None:
     """Refuse, before anything is removed, where a user's file inside one of the old
-    output's entries would keep that entry, which the new output's of that name must take."""
+    output's ``entries`` would keep that entry, which the new output's of that name must
+    take (its rename failed "Directory not empty" at each rerun, naming no file)."""
     ours = ours_within(dst)
-    for entry in sorted((recorded_entries(new) or set()) - {STATE_DIR, "zarr.json"}):
+    for entry in sorted(set(entries) - {STATE_DIR, "zarr.json"}):
         top = dst.child(entry).path
         for root, _dirs, files in os.walk(top):
             for name in files:
@@ -112,11 +113,15 @@ def _refuse_theirs_inside(dst: Location, new: Location) -> None:
                     )
 
 
-def _carry_on(new: Location, dst: Location, protect: Iterable[Location]) -> None:
+def _carry_on(
+    new: Location, dst: Location, protect: Iterable[Location], *, checked: bool = False
+) -> None:
     """Steps 2 and 3 from wherever a run stopped: an entry the staged folder still holds has
     not moved yet (dst's of that name is the old one's); one it lacks is dst's new one."""
     moving = sorted((recorded_entries(new) or set()) - {STATE_DIR})
     moving = [e for e in moving if os.path.lexists(new.child(e).path)]
+    if not checked:  # a user's file put there since, or while a run was killed
+        _refuse_theirs_inside(dst, moving)
     record = run_record(dst) or {}
     listed = (record.get("params") or {}).get("entries") or []
     moved = set((recorded_entries(new) or set()) - set(moving))

@@ -147,6 +147,29 @@ def test_a_replacement_killed_at_each_step_is_finished_by_resume(image, made, st
     assert_replaced(image, made)
 
 
+def test_a_users_file_put_into_an_entry_of_a_replacement_cut_short_is_named(image, made):
+    """A replacement killed once the old zarr.json went, a user's file put then into an
+    entry still to be replaced: --resume failed "Directory not empty" (exit 1) at each
+    rerun, naming the staged folder, not the file; now it names the file, keeps it, and
+    finishes once it is moved out."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "zarr.json", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    (image / "out.zarr" / "0" / "mine.txt").write_text("mine")
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 2, proc.stderr
+    assert "0/mine.txt" in proc.stderr and "move it out" in proc.stderr, proc.stderr
+    assert (image / "out.zarr" / "0" / "mine.txt").read_text() == "mine"
+    (image / "out.zarr" / "0" / "mine.txt").unlink()
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
 def test_a_users_file_inside_an_entry_the_new_output_replaces_is_kept(tmp_path, made):
     lower = tmp_path / "lower"
     lower.mkdir()
