@@ -13,7 +13,9 @@ the old output is then removed and the new one moved in, entry by entry, under b
 2. the old output's entries go (its ``zarr.json`` first: readers meet no image, not half of
    one), only our files in them, as any removal;
 3. the staged entries are renamed into dst (a folder the run created moves: it lies in the
-   upper layer), its ``zarr.json`` last: dst is an image once whole;
+   upper layer), its ``zarr.json`` last: dst is an image once whole; one that cannot be
+   renamed either is copied, marked copied in dst's state folder, then removed from the
+   staged folder (a kill during that removal leaves a staged entry that is not whole);
 4. the staged folder's state goes; then dst's record (the caller's ``finish``).
 
 A run killed at any step leaves dst ours, and the staged output's remaining entries beside
@@ -120,6 +122,11 @@ def _carry_on(
     not moved yet (dst's of that name is the old one's); one it lacks is dst's new one."""
     moving = sorted((recorded_entries(new) or set()) - {STATE_DIR})
     moving = [e for e in moving if os.path.lexists(new.child(e).path)]
+    for entry in [e for e in moving if os.path.lexists(_copied(dst, e).path)]:
+        # copied whole, killed while its staged original went (it lacked files: copied
+        # again, dst's new level lacked chunks, complete, exit 0): the rest of it goes
+        moving.remove(entry)
+        _drop_staged(new, entry, protect)
     if not checked:  # a user's file put there since, or while a run was killed
         _refuse_theirs_inside(dst, moving)
     record = run_record(dst) or {}
@@ -156,6 +163,20 @@ def _move(new: Location, dst: Location, entry: str, protect: Iterable[Location])
                 os.close(fd)
         fsync_dir(root)
     fsync_dir(dst.path)
+    copied = _copied(dst, entry)  # (a staged entry with files gone is not one to copy again)
+    os.close(os.open(copied.path, os.O_WRONLY | os.O_CREAT, 0o644))
+    fsync_dir(os.path.dirname(copied.path))
+    _drop_staged(new, entry, protect)
+
+
+def _copied(dst: Location, entry: str) -> Location:
+    """The marker, in dst's state folder, of a staged entry copied whole into dst (for the
+    staged run dst's record names: one of an earlier replacement is not this one's)."""
+    run_id = (_swapping(dst) or {}).get("run_id")
+    return OutputState(dst).folder.child(f"copied-{run_id}-{entry}")
+
+
+def _drop_staged(new: Location, entry: str, protect: Iterable[Location]) -> None:
     remove_tree(new, owned=owned_output, protect=protect, only=[entry], keep_folder=True,
                 ours_within=ours_within(new))  # fmt: skip
 

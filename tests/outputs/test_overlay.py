@@ -199,10 +199,29 @@ _KILLED_BEFORE_THE_SWAP = textwrap.dedent("""
 """)
 
 
-def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(tmp_path, made):
+# The CLI, SIGKILLed once the first chunk of the staged level 0 is removed, after its copy
+# into dst (the resumed run that found the first kill also killed: its level 0 was copied
+# again from what was left of it, a chunk short, complete, exit 0).
+_KILLED_IN_THE_STAGED_REMOVAL = textwrap.dedent(r"""
+    import os, re, signal, sys, types
+    from fstack_dask._locations import remove
+    def unlink_then_die(path):
+        os.unlink(path)
+        if re.search(r"staging-[0-9a-f]{12}/0/c/", path):
+            os.kill(os.getpid(), signal.SIGKILL)
+    remove.os = types.SimpleNamespace(**{**vars(os), "unlink": unlink_then_die})
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("killed_again", [False, True])
+def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(
+    tmp_path, made, killed_again
+):
     """An overwrite killed before its swap, baked into the image with the old output: the
     staged output's folders cannot be renamed either; they are copied into dst, then
-    removed from the staged folder."""
+    removed from the staged folder (its resume killed while one goes, and resumed)."""
     import os
 
     lower = tmp_path / "lower"
@@ -218,7 +237,13 @@ def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(tmp
     assert len(os.listdir(lower)) == 3  # with the staged output
     merged = overlay(tmp_path, lower)
     try:
-        proc = cli("fuse", made / "src.zarr", merged / "out.zarr", "--depth-map", "--resume")
+        args = ["fuse", made / "src.zarr", merged / "out.zarr", "--depth-map", "--resume"]
+        if killed_again:
+            killed = subprocess.run([sys.executable, "-c", _KILLED_IN_THE_STAGED_REMOVAL,
+                                     *map(str, args)], capture_output=True, text=True,
+                                    env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+            assert killed.returncode == -9, killed.stderr
+        proc = cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert_replaced(merged, made)
     finally:
