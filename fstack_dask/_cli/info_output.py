@@ -233,6 +233,9 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
             f"unfinished: {done}; not resumable: it holds no run record (a removal of it was "
             "cut short); start over with --overwrite (overwrite=True)"
         )
+    swapped = _being_replaced(location, record)
+    if swapped is not None:
+        return swapped
     why = _not_resumable(record.get("params") or params)  # what --resume reads
     if why is not None:  # (it said "resumable", and --resume refused it)
         return (
@@ -242,6 +245,22 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
     return (
         f"unfinished: {done}; resumable: run the same fuse command again with --resume "
         "(resume=True), which computes only the blocks left"
+    )
+
+
+def _being_replaced(location: Any, record: dict[str, Any]) -> str | None:
+    """What an overwrite cut short while it replaced ``location`` entry by entry left (it
+    said "0 of 9 blocks of level 0 done; resumable ... computes only the blocks left", of a
+    new output whose blocks were all done, beside it)."""
+    from .._outputs.inplace import SWAPPING, replacing
+
+    new = replacing(location) if SWAPPING in record else None
+    if new is None:
+        return None
+    return (
+        f"unfinished: being replaced by a new output entry by entry (an overwrite cut short; "
+        f"its folder cannot be renamed), what has not moved yet in {new.url!r}; the next run "
+        "into it (the same fuse command with --resume, resume=True) finishes the replacement"
     )
 
 

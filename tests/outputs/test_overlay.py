@@ -142,6 +142,11 @@ def test_a_replacement_killed_at_each_step_is_finished_by_resume(image, made, st
                              "--overwrite"], capture_output=True, text=True, check=False,
                             env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
     assert killed.returncode == -9, killed.stderr
+    if step in ("zarr.json", "chunk", "rename"):  # (no image, staged entries left)
+        info = cli("info", image / "out.zarr")  # (it said "0 of 9 blocks of level 0 done")
+        assert info.returncode == 0, info.stderr
+        assert "being replaced by a new output entry by entry" in info.stdout, info.stdout
+        assert "blocks of level 0 done" not in info.stdout, info.stdout
     proc = cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert_replaced(image, made)
