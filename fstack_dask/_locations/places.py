@@ -261,19 +261,27 @@ def mount_id(path: str) -> int:
     """The id of the mount the local ``path`` lies on (a link not followed), as
     ``name_to_handle_at`` gives it: a folder bound over another of the same filesystem has
     its own, where ``st_dev`` is the same. OSError where the call fails (a filesystem without
-    file handles: EOPNOTSUPP) or this system has none."""
+    file handles: EOPNOTSUPP) or this system has none. An overlayfs (a container's root)
+    gives handles only to identify a file (``AT_HANDLE_FID``, Linux 6.5), not to open one:
+    asked for those, where the first call is refused EOPNOTSUPP (there it was, and a fresh
+    TIFF run left its working store as before: g70)."""
     import ctypes
 
     call = getattr(_libc(), "name_to_handle_at", None)
     if call is None:
         raise OSError(errno.ENOSYS, "this system has no name_to_handle_at", path)
-    handle = ctypes.create_string_buffer(8 + 128)  # struct file_handle, MAX_HANDLE_SZ
-    handle[0:4] = (128).to_bytes(4, sys.byteorder)
-    found = ctypes.c_int(0)
-    if call(-100, os.fsencode(path), handle, ctypes.byref(found), 0) != 0:  # AT_FDCWD
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), path)
-    return found.value
+    code = 0
+    for flags in (0, 0x200):  # AT_HANDLE_FID
+        handle = ctypes.create_string_buffer(8 + 128)  # struct file_handle, MAX_HANDLE_SZ
+        handle[0:4] = (128).to_bytes(4, sys.byteorder)
+        found = ctypes.c_int(0)
+        if call(-100, os.fsencode(path), handle, ctypes.byref(found), flags) == 0:  # AT_FDCWD
+            return found.value
+        if code == 0:  # (the first call's error is the one to tell)
+            code = ctypes.get_errno()
+        if code != errno.EOPNOTSUPP:
+            break
+    raise OSError(code, os.strerror(code), path)
 
 
 def permission_missing(path: str) -> str:

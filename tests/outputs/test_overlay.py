@@ -253,3 +253,32 @@ def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(
         assert_replaced(merged, made)
     finally:
         subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+def test_a_fresh_tiff_run_in_an_overlay_where_statx_is_refused_removes_its_working_store(
+    tmp_path,
+):
+    """/proc/self/mountinfo masked and statx refused (an older runtime's seccomp profile), in
+    an overlay (a container's root): name_to_handle_at, asked where a mount starts, is
+    refused EOPNOTSUPP there (it gives no handles to open files by), and the fresh TIFF run
+    left its working store beside the TIFF, with a warning (g70); asked for a handle that
+    only identifies the file, it tells the mount: the store goes."""
+    import os
+
+    from safety_util import masked_cli, unshare_works
+
+    if os.uname().machine != "x86_64" or not unshare_works(
+        "-m", "sh", "-c", "mount --bind /dev/null /proc/$$/mountinfo"
+    ):
+        pytest.skip("needs root, unshare -m, and x86_64 (the seccomp filter's syscall number)")
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    merged = overlay(tmp_path, lower)
+    try:
+        write_src(merged / "src.zarr")
+        proc = masked_cli("fuse", merged / "src.zarr", merged / "out.tif", no_statx=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "warning" not in proc.stderr, proc.stderr
+        assert sorted(os.listdir(merged)) == ["out.tif", "src.zarr"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(merged)], check=False)
