@@ -151,6 +151,8 @@ def _move(new: Location, dst: Location, entry: str, protect: Iterable[Location])
         os.rename(new.child(entry).path, dst.child(entry).path)
         return
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # a user's file put there meanwhile
+            _refuse_theirs_inside(dst, [entry])  # (it said "[Errno 39] Directory not empty")
         if exc.errno != errno.EXDEV or not os.path.isdir(new.child(entry).path):
             raise
     shutil.copytree(new.child(entry).path, dst.child(entry).path, symlinks=True)

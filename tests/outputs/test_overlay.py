@@ -175,6 +175,41 @@ def test_a_users_file_put_into_an_entry_of_a_replacement_cut_short_is_named(imag
     assert_replaced(image, made)
 
 
+# The CLI; a user's file put into dst's level 0 right before the staged one moves in, after
+# the check for such files (argv: the CLI's).
+_PUT_BEFORE_THE_MOVE = textwrap.dedent(r"""
+    import os, sys
+    from fstack_dask._outputs import inplace
+    move = inplace._move
+    def put_then_move(new, dst, entry, protect):
+        if entry == "0":
+            os.makedirs(os.path.join(dst.path, "0"), exist_ok=True)
+            with open(os.path.join(dst.path, "0", "mine.txt"), "w") as f:
+                f.write("mine")
+        move(new, dst, entry, protect)
+    inplace._move = put_then_move
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_users_file_put_into_an_entry_while_it_is_replaced_is_named(image, made):
+    """It failed "[Errno 39] Directory not empty", naming the staged folder, exit 1."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    proc = subprocess.run([sys.executable, "-c", _PUT_BEFORE_THE_MOVE, *map(str, args),
+                           "--overwrite"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "0/mine.txt" in proc.stderr and "move it out" in proc.stderr, proc.stderr
+    assert (image / "out.zarr" / "0" / "mine.txt").read_text() == "mine"
+    (image / "out.zarr" / "0" / "mine.txt").unlink()
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
 def test_a_users_file_inside_an_entry_the_new_output_replaces_is_kept(tmp_path, made):
     lower = tmp_path / "lower"
     lower.mkdir()
