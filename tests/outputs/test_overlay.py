@@ -152,29 +152,6 @@ def test_a_replacement_killed_at_each_step_is_finished_by_resume(image, made, st
     assert_replaced(image, made)
 
 
-def test_a_users_file_put_into_an_entry_of_a_replacement_cut_short_is_named(image, made):
-    """A replacement killed once the old zarr.json went, a user's file put then into an
-    entry still to be replaced: --resume failed "Directory not empty" (exit 1) at each
-    rerun, naming the staged folder, not the file; now it names the file, keeps it, and
-    finishes once it is moved out."""
-    import os
-
-    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "zarr.json", *map(str, args),
-                             "--overwrite"], capture_output=True, text=True, check=False,
-                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
-    assert killed.returncode == -9, killed.stderr
-    (image / "out.zarr" / "0" / "mine.txt").write_text("mine")
-    proc = cli(*args, "--resume")
-    assert proc.returncode == 2, proc.stderr
-    assert "0/mine.txt" in proc.stderr and "move it out" in proc.stderr, proc.stderr
-    assert (image / "out.zarr" / "0" / "mine.txt").read_text() == "mine"
-    (image / "out.zarr" / "0" / "mine.txt").unlink()
-    proc = cli(*args, "--resume")
-    assert proc.returncode == 0, proc.stderr
-    assert_replaced(image, made)
-
-
 # The CLI; a user's file put into dst's level 0 right before the staged one moves in, after
 # the check for such files (argv: the CLI's).
 _PUT_BEFORE_THE_MOVE = textwrap.dedent(r"""
@@ -193,14 +170,23 @@ _PUT_BEFORE_THE_MOVE = textwrap.dedent(r"""
 """)
 
 
-def test_a_users_file_put_into_an_entry_while_it_is_replaced_is_named(image, made):
-    """It failed "[Errno 39] Directory not empty", naming the staged folder, exit 1."""
+@pytest.mark.parametrize("when", ["killed", "while replaced"])
+def test_a_users_file_put_into_an_entry_of_a_replacement_is_named(image, made, when):
+    """A user's file put into an entry still to be replaced, while the replacement was cut
+    short (killed once the old zarr.json went; every --resume) or while it ran (after its
+    check): it failed "[Errno 39] Directory not empty", naming the staged folder, exit 1;
+    now it names the file, keeps it, and --resume finishes once it is moved out."""
     import os
 
     args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
-    proc = subprocess.run([sys.executable, "-c", _PUT_BEFORE_THE_MOVE, *map(str, args),
-                           "--overwrite"], capture_output=True, text=True, check=False,
+    script = [KILLED_AT, "zarr.json"] if when == "killed" else [_PUT_BEFORE_THE_MOVE]
+    proc = subprocess.run([sys.executable, "-c", *script, *map(str, args), "--overwrite"],
+                          capture_output=True, text=True, check=False,
                           env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    if when == "killed":
+        assert proc.returncode == -9, proc.stderr
+        (image / "out.zarr" / "0" / "mine.txt").write_text("mine")
+        proc = cli(*args, "--resume")
     assert proc.returncode == 2, proc.stderr
     assert "0/mine.txt" in proc.stderr and "move it out" in proc.stderr, proc.stderr
     assert (image / "out.zarr" / "0" / "mine.txt").read_text() == "mine"
