@@ -14,7 +14,7 @@ import uuid
 
 from .._outputs.destination import Target
 from .._sources.open import Reopen
-from .._sources.share import shared_recipe
+from .._sources.share import ScatterLostError, shared_recipe
 from . import exchange, schedulers, waiting
 from .blocks import FuseJob, close_on_workers
 from .fusion import Fusion
@@ -25,6 +25,10 @@ from .scheduler_choice import Scheduler
 __all__ = ["fuse_blocks", "image_minimums", "pyramid_levels"]
 
 log = logging.getLogger(__name__)
+
+# tries in a row, none finishing a block, before a run whose cluster keeps losing the scattered
+# copy of its in-memory source gives up (a worker the OOM killer kills at each try)
+RESCATTERS = 3
 
 
 def fuse_blocks(
@@ -42,16 +46,45 @@ def fuse_blocks(
 ) -> tuple[set[str], schedulers.RunReport]:
     """Fuse and write every level-0 block without a done-marker; returns the markers found
     before (a resumed run's, pyramid levels' included) and the run's report. With ``fills``
-    None, a block that needs its image's smallest S is not written (``report.deferred``)."""
-    done = target.state.done()
-    todo = (b for b in plan.blocks() if plan.name(b) not in done)
-    n_todo = plan.n_blocks - target.state.n_done()
+    None, a block that needs its image's smallest S is not written (``report.deferred``).
+
+    A cluster that lost the scattered copy of an in-memory source (its worker killed by the
+    OOM killer, restarted, retired) is given the array again and the blocks left are fused
+    as a resume would (the markers found before are then those of the last try); after
+    ``RESCATTERS`` tries in a row that finished no block, the :class:`ScatterLostError`."""
     first_pass = fills is None or fills == fusion.fills
     if first_pass:  # (a second pass is announced by its caller)
         for note in fusion.source.notes:  # the files read, in the run's log
             log.info("%s: %s", fusion.source.description, note)
         if resuming:
-            log.info("resuming %s: %d of %d blocks left", target.dst.spec, n_todo, plan.n_blocks)
+            log.info("resuming %s: %d of %d blocks left", target.dst.spec,
+                     plan.n_blocks - target.state.n_done(), plan.n_blocks)  # fmt: skip
+    fruitless = 0
+    while True:
+        before = target.state.n_done()
+        try:
+            return _fuse_pass(fusion, plan, target, sched, cache_bytes=cache_bytes,
+                              progress=progress, stall_timeout=stall_timeout, fills=fills,
+                              label=label, first_pass=first_pass)  # fmt: skip
+        except ScatterLostError:
+            fruitless = 0 if target.state.n_done() > before else fruitless + 1
+            if fruitless >= RESCATTERS:
+                raise
+            log.warning(
+                "the cluster lost its copy of the in-memory source with a worker: it is sent "
+                "again, and the %d block(s) left are fused",
+                plan.n_blocks - target.state.n_done(),
+            )
+
+
+def _fuse_pass(fusion: Fusion, plan: Plan, target: Target, sched: Scheduler, *,
+               cache_bytes: int, progress: bool, stall_timeout: float,
+               fills: dict[tuple[int, ...], float] | None, label: str,
+               first_pass: bool) -> tuple[set[str], schedulers.RunReport]:  # fmt: skip
+    """One try of :func:`fuse_blocks`: the blocks without a done-marker now."""
+    done = target.state.done()
+    todo = (b for b in plan.blocks() if plan.name(b) not in done)
+    n_todo = plan.n_blocks - target.state.n_done()
     unit = (fusion.unit["y"], fusion.unit["x"])
     cells = None
     budget, itemsize = cache_bytes * sched.processes, fusion.source.dtype.itemsize

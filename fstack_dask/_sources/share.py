@@ -16,6 +16,7 @@ travels, and workers compute the regions they read).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import os
@@ -25,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Shared", "release_attached", "shared_recipe"]
+__all__ = ["ScatterLostError", "Shared", "release_attached", "shared_recipe"]
 
 log = logging.getLogger("fstack_dask")
+
+
+class ScatterLostError(RuntimeError):
+    """The cluster lost the scattered copy of an in-memory source (its worker was killed,
+    restarted or retired): scattered data has no lineage, so no task reading it can run."""
 
 
 # Shared-memory blocks attached in this process: the arrays on them need the mappings.
@@ -166,5 +172,14 @@ def shared_recipe(
         future = client.scatter(data, hash=False)
     try:
         yield (Shared(_Scattered(), xarray_parts), *recipe[1:]), (future,)
+    except Exception as exc:
+        # the tasks naming it are cancelled "already forgotten", a traceback of dask's that
+        # named neither the cause nor the way on (the g69 review)
+        if isinstance(exc, cf.CancelledError) and future.status != "finished":
+            raise ScatterLostError(
+                "the cluster lost its copy of the in-memory source with the worker that held "
+                "it (killed, restarted or retired)"
+            ) from exc
+        raise
     finally:
         future.release()

@@ -449,6 +449,81 @@ def test_killing_a_worker_mid_run_still_gives_the_full_output(tmp_path, stack):
     _finished_like_the_reference(dst, stack)
 
 
+def _kill_the_worker_once_a_block_is_done(client, dst: Path) -> threading.Thread:
+    """Kill -9 the cluster's one worker (as the OOM killer would; its nanny starts another)
+    once the run has a done-marker."""
+    victim = min(client.run(os.getpid).values())
+
+    def kill():
+        deadline = time.monotonic() + TIMEOUT
+        while not _markers(dst) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    return killer
+
+
+def _in_memory_run_on_one_worker(tmp_path, dst: Path, data, **kw):
+    """fuse_zarr of an in-memory zyx array on a 1-worker LocalCluster whose worker is killed
+    mid-run; ``kw`` for fuse_zarr."""
+    from distributed import Client, LocalCluster
+
+    with (
+        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=None,
+            local_directory=str(tmp_path / "dask"),
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        killer = _kill_the_worker_once_a_block_is_done(client, dst)
+        try:
+            fuse_zarr(data, dst, axes="zyx", scheduler=client, **FUSE_KW, **kw)
+        finally:
+            killer.join()
+
+
+def _like_the_uninterrupted_run(dst: Path, stack) -> None:
+    group = zarr.open_group(str(dst), mode="r")
+    for name in ("0", "depth", "selectivity"):
+        np.testing.assert_array_equal(group[_LEVEL0[name]][...], stack["arrays"][name])
+
+
+def test_an_in_memory_stack_survives_its_cluster_worker_killed_mid_run(tmp_path, stack, caplog):
+    """An in-memory stack is scattered to the cluster: no lineage, lost with the worker that
+    held it. The run failed with dask's multi-line FuturesCancelledError ("already
+    forgotten"); the driver now sends the array again and the run finishes, identical."""
+    data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
+    dst = tmp_path / "fused.zarr"
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        _in_memory_run_on_one_worker(tmp_path, dst, data)
+    assert "lost its copy of the in-memory source" in caplog.text  # the worker did die mid-run
+    _like_the_uninterrupted_run(dst, stack)
+
+
+def test_an_in_memory_stack_lost_too_often_fails_in_one_line_and_resumes(
+    tmp_path, stack, monkeypatch
+):
+    """Where the cluster keeps losing the array (here: no try allowed), one line says what
+    was lost and that resume=True finishes the run (it was dask's multi-line
+    FuturesCancelledError); the resumed run's output is identical."""
+    from fstack_dask._runs import passes
+
+    monkeypatch.setattr(passes, "RESCATTERS", 0, raising=False)
+    data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
+    dst = tmp_path / "fused.zarr"
+    with pytest.raises(RuntimeError) as info:
+        _in_memory_run_on_one_worker(tmp_path, dst, data)
+    message = str(info.value)
+    assert "\n" not in message and "lost its copy of the in-memory source" in message
+    assert "rerun with resume=True to continue" in message
+    assert 0 < len(_markers(dst)) < N_BLOCKS
+    fuse_zarr(data, dst, axes="zyx", resume=True, scheduler="threads", **FUSE_KW)
+    _like_the_uninterrupted_run(dst, stack)
+
+
 # ------------------------------------------------------------- 3. concurrent writers
 
 
