@@ -155,7 +155,7 @@ def _move(new: Location, dst: Location, entry: str, protect: Iterable[Location])
             _refuse_theirs_inside(dst, [entry])  # (it said "[Errno 39] Directory not empty")
         if exc.errno != errno.EXDEV or not os.path.isdir(new.child(entry).path):
             raise
-    shutil.copytree(new.child(entry).path, dst.child(entry).path, symlinks=True)
+    _copy_tree(new.child(entry).path, dst.child(entry).path)
     for root, _dirs, files in os.walk(dst.child(entry).path):  # durable before the original goes
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
@@ -169,6 +169,28 @@ def _move(new: Location, dst: Location, entry: str, protect: Iterable[Location])
     os.close(os.open(copied.path, os.O_WRONLY | os.O_CREAT, 0o644))
     fsync_dir(os.path.dirname(copied.path))
     _drop_staged(new, entry, protect)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """``shutil.copytree``, failing with the first file's error (ENOSPC: one line naming the
+    file; its ``shutil.Error`` listed every file it could not copy as a Python list)."""
+    failed: list[OSError] = []
+
+    def copy(source: str, target: str, **kwargs) -> object:
+        if failed:  # (the disk is full: the rest would fail alike)
+            raise failed[0]
+        try:
+            return shutil.copy2(source, target, **kwargs)
+        except OSError as exc:
+            failed.append(exc)
+            raise
+
+    try:
+        shutil.copytree(src, dst, symlinks=True, copy_function=copy)
+    except shutil.Error:
+        if failed:
+            raise failed[0] from None
+        raise
 
 
 def _copied(dst: Location, entry: str) -> Location:

@@ -225,6 +225,23 @@ _KILLED_BEFORE_THE_SWAP = textwrap.dedent("""
 """)
 
 
+# The CLI whose copy of the staged level 0 into dst fails ENOSPC at its third chunk (it
+# failed with shutil.Error's list of every file it could not copy, a Python list).
+_DISK_FULL = textwrap.dedent(r"""
+    import errno, re, shutil, sys
+    copyfile, n = shutil.copyfile, [0]
+    def copyfile_or_full(src, dst, **kwargs):
+        if re.search(r"/out\.zarr/0/c/", dst):
+            n[0] += 1
+            if n[0] >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device", dst)
+        return copyfile(src, dst, **kwargs)
+    shutil.copyfile = copyfile_or_full
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
 # The CLI, SIGKILLed once the first chunk of the staged level 0 is removed, after its copy
 # into dst (the resumed run that found the first kill also killed: its level 0 was copied
 # again from what was left of it, a chunk short, complete, exit 0).
@@ -241,13 +258,12 @@ _KILLED_IN_THE_STAGED_REMOVAL = textwrap.dedent(r"""
 """)
 
 
-@pytest.mark.parametrize("killed_again", [False, True])
-def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(
-    tmp_path, made, killed_again
-):
+@pytest.mark.parametrize("cut", [None, "killed", "disk full"])
+def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(tmp_path, made, cut):
     """An overwrite killed before its swap, baked into the image with the old output: the
     staged output's folders cannot be renamed either; they are copied into dst, then
-    removed from the staged folder (its resume killed while one goes, and resumed)."""
+    removed from the staged folder (its resume killed while one goes, or its copy failing
+    ENOSPC, and resumed)."""
     import os
 
     lower = tmp_path / "lower"
@@ -264,11 +280,18 @@ def test_a_staged_overwrite_in_the_lower_layer_too_is_resumed_and_swapped_in(
     merged = overlay(tmp_path, lower)
     try:
         args = ["fuse", made / "src.zarr", merged / "out.zarr", "--depth-map", "--resume"]
-        if killed_again:
-            killed = subprocess.run([sys.executable, "-c", _KILLED_IN_THE_STAGED_REMOVAL,
-                                     *map(str, args)], capture_output=True, text=True,
+        if cut is not None:
+            script = {"killed": _KILLED_IN_THE_STAGED_REMOVAL, "disk full": _DISK_FULL}[cut]
+            killed = subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                                    capture_output=True, text=True,
                                     env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
-            assert killed.returncode == -9, killed.stderr
+            assert killed.returncode == (-9 if cut == "killed" else 1), killed.stderr
+            if cut == "disk full":  # one line naming the cause and the file, not a list
+                error = killed.stderr.strip().splitlines()[-1]
+                assert error.startswith("fstack-dask: error: no space left on device while "
+                                        "writing dst"), error  # fmt: skip
+                assert "with --resume to finish the replacement" in error, error
+                assert "[(" not in error and "Errno" not in error, error
         proc = cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert_replaced(merged, made)
