@@ -66,15 +66,28 @@ def fuse_blocks(
             return _fuse_pass(fusion, plan, target, sched, cache_bytes=cache_bytes,
                               progress=progress, stall_timeout=stall_timeout, fills=fills,
                               label=label, first_pass=first_pass)  # fmt: skip
-        except ScatterLostError:
+        except ScatterLostError as exc:
             fruitless = 0 if target.state.n_done() > before else fruitless + 1
             if fruitless >= RESCATTERS:
-                raise
+                raise _lost_again(exc, fruitless) from exc.__cause__
             log.warning(
                 "the cluster lost its copy of the in-memory source with a worker: it is sent "
                 "again, and the %d block(s) left are fused",
                 plan.n_blocks - target.state.n_done(),
             )
+
+
+def _lost_again(exc: ScatterLostError, fruitless: int) -> ScatterLostError:
+    """The error of a run that lost its scattered copy ``fruitless`` times in a row, no block
+    finished in between: a block that kills its worker (more memory than it has) does so at
+    each try; "lost its copy" alone blamed the cluster, and sent the user to a resume that
+    loops the same way."""
+    if fruitless < 2:
+        return exc
+    return ScatterLostError(
+        f"{exc}, {fruitless} times in a row with no block finished in between (a block that "
+        "needs more memory than a worker has? smaller chunks need less)"
+    )
 
 
 def _fuse_pass(fusion: Fusion, plan: Plan, target: Target, sched: Scheduler, *,

@@ -524,6 +524,49 @@ def test_an_in_memory_stack_lost_too_often_fails_in_one_line_and_resumes(
     _like_the_uninterrupted_run(dst, stack)
 
 
+def test_an_in_memory_stack_whose_block_kills_its_worker_each_time_says_so(tmp_path, stack):
+    """A block that kills its worker at each try (more memory than the worker has) lost the
+    scattered copy at each try: after the tries the one line said only "lost its copy" and
+    sent the user to resume=True, which loops the same way. It now says that the worker died
+    each time before a block finished, and what to try."""
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillAtTheMiddleBlock(WorkerPlugin):  # (defined here: sent to the workers by value)
+        """The middle block's fusion kills its worker each time, as a block that needs more
+        memory than a worker has does (the OOM killer, the nanny's memory limit)."""
+
+        def setup(self, worker):
+            from fstack_dask._runs import blocks
+
+            fuse = blocks.FuseJob.fuse_and_write
+
+            def fuse_and_write(job, block, *args, **kwargs):
+                if tuple(block) == list(job.plan.blocks())[job.plan.n_blocks // 2]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return fuse(job, block, *args, **kwargs)
+
+            blocks.FuseJob.fuse_and_write = fuse_and_write
+
+    plugin = KillAtTheMiddleBlock()
+    data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
+    with (
+        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, dashboard_address=None,
+            local_directory=str(tmp_path / "dask"),
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        client.register_plugin(plugin)
+        with pytest.raises(RuntimeError) as info:
+            fuse_zarr(data, tmp_path / "fused.zarr", axes="zyx", scheduler=client, **FUSE_KW)
+    message = str(info.value)
+    assert "\n" not in message and "lost its copy of the in-memory source" in message
+    assert "times in a row with no block finished" in message, message
+    assert "more memory than a worker has" in message, message
+
+
 # ------------------------------------------------------------- 3. concurrent writers
 
 
