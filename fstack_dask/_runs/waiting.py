@@ -142,7 +142,10 @@ def _busy_until(name: str) -> None:
     """A task that keeps its worker busy until the Event ``name`` is set."""
     from distributed import Event
 
-    Event(name).wait()
+    event = Event(name)
+    event.wait()
+    # a set Event no task waits on is never dropped: the scheduler kept one for each run
+    event.clear()
 
 
 def _stall_message(client: Any, seconds: float) -> str:

@@ -575,7 +575,19 @@ def test_an_in_memory_array_on_an_adaptive_cluster_scaled_to_no_worker_runs(tmp_
         cluster.adapt(minimum=0, maximum=2)
         out = fuse_zarr(stack.transpose(2, 0, 1), tmp_path / "out.zarr", axes="zyx",
                         scheduler=client, progress=False)  # fmt: skip
+        # the Event that held the worker is not left on the scheduler (it was, one a run)
+        deadline = time.monotonic() + 60
+        while _a_worker_events(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _a_worker_events(client)
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+
+
+def _a_worker_events(client) -> list[str]:
+    def names(dask_scheduler):
+        return [n for n in dask_scheduler.extensions["events"]._events if "a-worker" in n]
+
+    return client.run_on_scheduler(names)
 
 
 def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_path):
