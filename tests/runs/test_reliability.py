@@ -465,19 +465,27 @@ def _kill_the_worker_once_a_block_is_done(client, dst: Path) -> threading.Thread
     return killer
 
 
-def _in_memory_run_on_one_worker(tmp_path, dst: Path, data, **kw):
-    """fuse_zarr of an in-memory zyx array on a 1-worker LocalCluster whose worker is killed
-    mid-run; ``kw`` for fuse_zarr."""
+@contextlib.contextmanager
+def _one_worker_cluster(tmp_path, threads: int):
+    """A client of a LocalCluster of one worker process (its nanny restarts it), its files
+    under ``tmp_path``."""
     from distributed import Client, LocalCluster
 
     with (
         dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
         LocalCluster(
-            n_workers=1, threads_per_worker=1, dashboard_address=None,
+            n_workers=1, threads_per_worker=threads, dashboard_address=None,
             local_directory=str(tmp_path / "dask"),
         ) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
+        yield client
+
+
+def _in_memory_run_on_one_worker(tmp_path, dst: Path, data, **kw):
+    """fuse_zarr of an in-memory zyx array on a 1-worker LocalCluster whose worker is killed
+    mid-run; ``kw`` for fuse_zarr."""
+    with _one_worker_cluster(tmp_path, threads=1) as client:
         killer = _kill_the_worker_once_a_block_is_done(client, dst)
         try:
             fuse_zarr(data, dst, axes="zyx", scheduler=client, **FUSE_KW, **kw)
@@ -529,7 +537,6 @@ def test_an_in_memory_stack_whose_block_kills_its_worker_each_time_says_so(tmp_p
     scattered copy at each try: after the tries the one line said only "lost its copy" and
     sent the user to resume=True, which loops the same way. It now says that the worker died
     each time before a block finished, and what to try."""
-    from distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class KillAtTheMiddleBlock(WorkerPlugin):  # (defined here: sent to the workers by value)
@@ -550,14 +557,7 @@ def test_an_in_memory_stack_whose_block_kills_its_worker_each_time_says_so(tmp_p
 
     plugin = KillAtTheMiddleBlock()
     data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
-    with (
-        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
-        LocalCluster(
-            n_workers=1, threads_per_worker=2, dashboard_address=None,
-            local_directory=str(tmp_path / "dask"),
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with _one_worker_cluster(tmp_path, threads=2) as client:
         client.register_plugin(plugin)
         with pytest.raises(RuntimeError) as info:
             fuse_zarr(data, tmp_path / "fused.zarr", axes="zyx", scheduler=client, **FUSE_KW)
