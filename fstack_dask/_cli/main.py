@@ -432,6 +432,10 @@ def _quiet_distributed() -> None:
     """
     import distributed  # noqa: F401 - sets its loggers up, which we then turn down
 
+    # A cluster's dashboard moves to a free port where 8787 is taken (a notebook's cluster):
+    # distributed's warning of it, four lines, broke a refusal's one line (a CI run)
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+
     names = ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
              "distributed.scheduler", "distributed.core", "distributed.comm", "tornado",
              "tornado.application", "asyncio")  # fmt: skip
