@@ -134,16 +134,29 @@ def open_czi(path: str, *, scene: str | None = None, axes: str | None = None) ->
     cache = min(TILE_CACHE_MAX, max(TILE_CACHE_MIN, 2 * across * tile_bytes * sizes["Z"]))
     array = _CziArray(path, index, (x, y), dims, shape, pixel_type, rgb, dtype, chunks, cache)
     scale = {a: v for a, v in meta["scale"].items() if a in letters}
+    translation = _translation(scale, x, y)
     names = colors = None
     if "c" in letters and not rgb and len(meta["names"]) == sizes["C"]:
         names = tuple(meta["names"])
         colors = tuple(meta["colors"]) if all(meta["colors"]) else None
     return OpenedStack(
         array=array, axes=letters, kind="czi", scale=scale,
-        units={a: "micrometer" for a in scale}, translation={}, channel_names=names,
-        channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        units={a: "micrometer" for a in scale}, translation=translation,
+        channel_names=names, channel_colors=colors, rgb=rgb, files=(path,), description=where,
         separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
+
+
+def _translation(scale: dict[str, float], x: int, y: int) -> dict[str, float]:
+    """The scene's top-left pixel in the file's subblock coordinates (libCZI's "raw" system:
+    x to the right, y down, as the image's own axes; the origin is the file's, which ZEN
+    places by the stage), times the pixel size: micrometres, as the scale. Two scenes of a
+    slide fused apart lay where they lay in the file (their offsets were dropped: g78).
+    Without a pixel size, none (a position in pixels beside a scale of 1 without unit)."""
+    if "x" not in scale or "y" not in scale:
+        return {}
+    shift = {"y": round(y * scale["y"], 9), "x": round(x * scale["x"], 9)}
+    return {a: v for a, v in shift.items() if v}
 
 
 def _scene_rects(reader: Any) -> dict[int, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -207,3 +208,40 @@ def test_a_czi_scene_to_a_pyramidal_ome_tiff(tmp_path):
     assert [level.shape for level in levels] == [(2, 128, 584), (2, 64, 292)]  # fits one tile
     assert 'PhysicalSizeX="0.65"' in xml and 'Name="DAPI"' in xml and 'Name="GFP"' in xml
     assert sorted(os.listdir(tmp_path)) == ["scene1.ome.tif", "slide.czi"]
+
+
+def test_each_scene_keeps_its_offset_in_the_slide(tmp_path):
+    """A scene's top-left pixel in the file's subblock coordinates (as pylibCZIrw reports it)
+    times the pixel size (the file's Scaling, metres) is the output's translation in
+    micrometres: the image's, the depth map's, and the OME-TIFF's PositionX/PositionY. The
+    offsets were dropped, so fused scenes could not be laid back where they lay (g78)."""
+    tifffile = need("tifffile")
+    path = tmp_path / "slide.czi"
+    write_czi_mosaic(path, scenes=((-1000, 2000), (300, 700)), n_planes=5, n_channels=1)
+    with pyczi.open_czi(str(path)) as r:
+        rects = r.scenes_bounding_rectangle_no_pyramid
+        items = r.metadata["ImageDocument"]["Metadata"]["Scaling"]["Items"]["Distance"]
+        metres = {d["@Id"]: float(d["Value"]) for d in items}
+    for scene in (0, 1):
+        expected = [rects[scene].y * metres["Y"] * 1e6, rects[scene].x * metres["X"] * 1e6]
+        assert open_source(f"{path}/{scene}").translation == pytest.approx(
+            {"y": expected[0], "x": expected[1]}
+        )
+        out = fstack_dask.fuse_zarr(f"{path}/{scene}", tmp_path / f"s{scene}.ome.zarr", chunks=64,
+                                    depth_map=True, progress=False)  # fmt: skip
+        for group in (out, out["depth"]):
+            shift = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+            assert shift[1]["translation"] == pytest.approx(expected)
+    assert expected == pytest.approx([195.0, 455.0])  # scene 1: (700, 300) px of 0.65 um
+    dst = tmp_path / "scene1.ome.tif"
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(path), str(dst), "--scene", "1",
+         "--depth-map", "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    with tifffile.TiffFile(dst) as tif:
+        xml = tif.ome_metadata
+    planes = re.findall(r"<Plane [^>]*>", xml)
+    assert len(planes) == 2, xml  # the fused image's and the depth map's
+    assert all('PositionX="455.0" PositionXUnit="µm" PositionY="195.0"' in p for p in planes)
