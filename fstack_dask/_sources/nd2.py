@@ -9,8 +9,9 @@ then the whole frame of every plane, and memory holds the frames of every plane 
 being read (a camera frame times the planes).
 
 Positions (the P loop) are the scenes: one is named after the file (``cells.nd2/2``,
-``--scene 2``). Pixel sizes and the z step come from ``voxel_size()`` (micrometres), channel
-names and colours from the channels' metadata; RGB files are fused as colour.
+``--scene 2``). Pixel sizes and the z step come from ``voxel_size()`` (micrometres), the
+x and y translation from the position's stage position (``frame_metadata``), channel names
+and colours from the channels' metadata; RGB files are fused as colour.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def open_nd2(path: str, *, scene: str | None = None, axes: str | None = None) ->
         voxel = f.voxel_size()
         channels = list((f.metadata.channels or []) if f.metadata else [])
         names = _position_names(f, sizes.get("P", 1))
+        position, where = _choose_position(sizes, names, scene, path, where)
+        stage = _stage_position(f, sizes, position)
     if rgb and sizes.get("C", 1) > 1:
         raise ValueError(f"{where} has {sizes['C']} channels of RGB pixels; fstack_dask fuses "
                          "colour images of one channel")  # fmt: skip
@@ -88,14 +91,6 @@ def open_nd2(path: str, *, scene: str | None = None, axes: str | None = None) ->
             f"{where} has a {other[0]!r} loop, which fstack_dask cannot fuse (T, positions, "
             "Z and channels only)"
         )
-    position = 0
-    if "P" in sizes:
-        scenes = [Scene(k, names[k], f"position {k}") for k in range(sizes["P"])]
-        chosen = choose_scene(scenes, scene, path=path, where=where, word="position")
-        position = chosen.index
-        where += f" (position {position}{' ' + repr(chosen.name) if chosen.name else ''})"
-    elif scene is not None and scene != "0":
-        raise ValueError(f"{where} has one position; it has no position {scene!r}")
     dims = [d for d in loops if d != "P"]
     if "Z" not in dims:
         dims.insert(0, "Z")  # a single plane: a stack of one
@@ -117,16 +112,77 @@ def open_nd2(path: str, *, scene: str | None = None, axes: str | None = None) ->
         v = positive_finite(v)
         if v is not None and a in letters and not (a == "z" and sizes["Z"] == 1):
             scale[a] = v
+    translation, told = _translation(stage, scale, sizes, where)
     names_c = colors = None
     if "c" in letters and not rgb and len(channels) == sizes.get("C", 0):
         names_c = tuple(ch.channel.name or f"C{k}" for k, ch in enumerate(channels))
         colors = tuple(_colour(ch.channel.color) for ch in channels)
     return OpenedStack(
         array=array, axes=letters, kind="nd2", scale=scale,
-        units={a: "micrometer" for a in scale}, translation={}, channel_names=names_c,
-        channel_colors=colors, rgb=rgb, files=(path,), description=where,
+        units={a: "micrometer" for a in scale}, translation=translation,
+        channel_names=names_c, channel_colors=colors, rgb=rgb, files=(path,),
+        description=where, warnings=told,
         separate_channels="c" in letters and not rgb,  # the format stores colour apart
     )  # fmt: skip
+
+
+def _choose_position(sizes, names, scene, path, where) -> tuple[int, str]:
+    """The position ``scene`` names (0 where the file has no P loop), and ``where`` with it."""
+    if "P" in sizes:
+        scenes = [Scene(k, names[k], f"position {k}") for k in range(sizes["P"])]
+        chosen = choose_scene(scenes, scene, path=path, where=where, word="position")
+        named = f" {chosen.name!r}" if chosen.name else ""
+        return chosen.index, f"{where} (position {chosen.index}{named})"
+    if scene is not None and scene != "0":
+        raise ValueError(f"{where} has one position; it has no position {scene!r}")
+    return 0, where
+
+
+def _stage_position(f: Any, sizes: dict[str, int], position: int) -> Any:
+    """``frame_metadata``'s first channel of the position's first frame, or None where nd2
+    cannot give it (a legacy file, a frame without metadata)."""
+    loops = [d for d in sizes if d not in _FRAME]
+    coords = [position if d == "P" else 0 for d in loops]
+    seq = int(np.ravel_multi_index(coords, [sizes[d] for d in loops])) if coords else 0
+    try:
+        return f.frame_metadata(seq).channels[0]
+    except Exception:  # nd2 raises what its parser meets: no position, not the image
+        return None
+
+
+def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The position of the first pixel in micrometres, in the image's frame (x right, y down),
+    from the stage position nd2 gives the frame (``stagePositionUm``, the stage at the
+    field's centre: nd2's pixel-to-stage matrix puts it at half the width and height).
+
+    Where nd2 gives ``pixelToStageTransformationMatrix`` (from the file's camera matrix and
+    the stage's orientation), a stage axis that runs against the image's is negated, so
+    that positions of one microscope lie as their images do; the field's centre is then
+    where nd2 puts it, and a small rotation (a translation cannot hold one) turns the
+    corners about it (a camera turned 90 degrees swaps the axes: left out with a warning).
+    Without it the stage's axes are taken as the image's, as nd2's own OME-XML reports the
+    position (its Plane PositionX/Y): the camera matrix alone does not give the direction
+    (nd2 multiplies it by the stage's orientation, and gives no matrix where the file's
+    device settings lack it)."""
+    if frame is None or not {"x", "y"} <= set(scale):
+        return {}, ()
+    at = frame.position.stagePositionUm
+    if not all(np.isfinite([at.x, at.y])) or at.x == at.y == 0:  # nd2's default: none recorded
+        return {}, ()
+    matrix = getattr(frame.volume, "pixelToStageTransformationMatrix", None)
+    signs = (1.0, 1.0)
+    if matrix is not None:
+        a, b, _, d, e, _ = (float(v) for v in matrix)
+        if not (abs(b) < abs(a) and abs(d) < abs(e)):  # (a rotation below 45 degrees is kept)
+            return {}, (
+                f"{where}: its camera is turned 90 degrees to the stage (pixel-to-stage matrix "
+                f"{list(matrix)}): its x and y position is left out",
+            )
+        signs = (float(np.sign(a)), float(np.sign(e)))
+    return {
+        "x": round(signs[0] * at.x - sizes["X"] / 2 * scale["x"], 9),
+        "y": round(signs[1] * at.y - sizes["Y"] / 2 * scale["y"], 9),
+    }, ()
 
 
 def _position_names(f: Any, n: int) -> list[str]:

@@ -22,6 +22,19 @@ import fstack_dask  # noqa: E402
 from fstack_dask._sources.common import MissingExtraError  # noqa: E402
 from fstack_dask._sources.open import open_source  # noqa: E402
 
+# nd2's own example file's camera matrix (its frame_metadata docstring): turned 180 degrees
+CAMERA = (-0.9998932296054086, -0.014612644841559427, 0.014612644841559427, -0.9998932296054086)
+
+
+def _pixel_to_stage(camera, orientation=(1, 1), cal=(0.325, 0.325), size=(50, 40)):
+    """nd2 0.12's pixel-to-stage matrix, as its parser builds it (``_parse.load_metadata``)
+    from the camera matrix, the stage's orientation, the pixel size and the frame's size."""
+    (m11, m12, m21, m22), (ix, iy), (cx, cy), (w, h) = camera, orientation, cal, size
+    return (
+        *(ix * cx * m11, ix * cy * m12, -0.5 * (ix * cx * m11 * w + ix * cy * m12 * h)),
+        *(iy * cx * m21, iy * cy * m22, -0.5 * (iy * cx * m21 * w + iy * cy * m22 * h)),
+    )
+
 
 class _StandIn:
     """nd2.ND2File over an array ``data[T, P, Z, C, Y, X]`` (RGB: ``[..., Y, X, S]``)."""
@@ -55,6 +68,28 @@ class _StandIn:
 
     def voxel_size(self):
         return types.SimpleNamespace(x=0.325, y=0.325, z=1.5)
+
+    stage_um = ((1000.0, 500.0), (-200.0, 300.0))  # x and y at position 0, and per position
+    pixel_to_stage = None
+
+    def frame_metadata(self, seq):
+        """As nd2 0.12 gives it: its own Position and Volume structures, per channel."""
+        from nd2 import structures as st
+
+        loops = {d: n for d, n in self.sizes.items() if d not in "CYXS"}
+        p = int(dict(zip(loops, np.unravel_index(seq, list(loops.values())), strict=True))["P"])
+        (x0, dx), (y0, dy) = self.stage_um
+        position = st.Position(stagePositionUm=st.StagePosition(x0 + dx * p, y0 + dy * p, 7.0))
+        volume = st.Volume(
+            axesCalibrated=(True, True, True), axesCalibration=(0.325, 0.325, 1.5),
+            axesInterpretation=("distance", "distance", "distance"),
+            bitsPerComponentInMemory=16, bitsPerComponentSignificant=16,
+            cameraTransformationMatrix=CAMERA, componentCount=1, componentDataType="unsigned",
+            voxelCount=(self.sizes["X"], self.sizes["Y"], 1),
+            pixelToStageTransformationMatrix=self.pixel_to_stage,
+        )  # fmt: skip
+        channel = types.SimpleNamespace(position=position, volume=volume)
+        return types.SimpleNamespace(channels=[channel, channel])
 
     def read_frame(self, seq):
         loops = [n for d, n in self.sizes.items() if d not in "CYXS"]
@@ -126,3 +161,42 @@ def test_missing_nd2_names_the_extra(nd2_file, monkeypatch):
     monkeypatch.setitem(sys.modules, "nd2", None)
     with pytest.raises(MissingExtraError, match=r'pip install "fstack_dask\[nd2\]"$'):
         open_source(f"{nd2_file[0]}/0")
+
+
+def test_each_position_keeps_its_stage_position(nd2_file, tmp_path):
+    """nd2's stage position of each position (micrometres, the field's centre) as the
+    translation of the output's first pixel, the image's and the depth map's: through nd2's
+    pixel-to-stage matrix where it gives one (stage axes against the image's, as with the
+    camera of nd2's own example file, negated), else as nd2 reports it less half the field.
+    The positions were dropped, so fused positions could not be laid back together (g78)."""
+    path, f = nd2_file
+    f.pixel_to_stage = _pixel_to_stage(CAMERA)
+    a, b, c, d, e, g = f.pixel_to_stage
+    for p in range(3):
+        at = f.frame_metadata(p * 6).channels[0].position.stagePositionUm  # T 0, Z 0
+        shift = open_source(f"{path}/{p}").translation
+        # the centre where nd2 puts it; the corners within the camera's rotation (0.84 degrees)
+        for px, py, tol in ((25, 20, 1e-6), (0, 0, 0.3), (49, 0, 0.3), (0, 39, 0.3), (49, 39, 0.3)):
+            stage_x, stage_y = a * px + b * py + c + at.x, d * px + e * py + g + at.y
+            assert shift["x"] + px * 0.325 == pytest.approx(-stage_x, abs=tol)
+            assert shift["y"] + py * 0.325 == pytest.approx(-stage_y, abs=tol)
+    out = fstack_dask.fuse_zarr(f"{path}/2", tmp_path / "o.ome.zarr", chunks=16,
+                                depth_map=True, progress=False)  # fmt: skip
+    for group in (out, out["depth"]):
+        transforms = group.attrs["ome"]["multiscales"][0]["datasets"][0][
+            "coordinateTransformations"
+        ]
+        assert transforms[1]["translation"][-2:] == pytest.approx([shift["y"], shift["x"]])
+    f.pixel_to_stage = None  # no stage orientation in the file: as nd2 reports the position
+    at = f.frame_metadata(6).channels[0].position.stagePositionUm
+    assert open_source(f"{path}/1").translation == pytest.approx(
+        {"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325}
+    )
+
+
+def test_a_camera_at_90_degrees_leaves_the_position_out_with_a_warning(nd2_file):
+    path, f = nd2_file
+    f.pixel_to_stage = _pixel_to_stage((0.0, 1.0, -1.0, 0.0))
+    src = open_source(f"{path}/1")
+    assert src.translation == {}
+    assert len(src.warnings) == 1 and "camera is turned 90 degrees to the stage" in src.warnings[0]
