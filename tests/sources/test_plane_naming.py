@@ -112,6 +112,13 @@ ONE_STACK = {
     "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
     "p as a decimal point, um": _z("z{}um.tif", ["0p5", "1p0", "1p5", "2p0", "2p5"]),
     "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
+    # a plane lost among "p" decimals (one step twice the others): refused as two stacks, or
+    # as two files numbered alike ("focus_-0p5um", "focus_0p5um" read as text), since a43958e
+    # (g74); with a decimal point the same planes open
+    "p as a decimal point, a plane lost": _z("z{}.tif", ["0", "0p5", "1", "1p5", "2", "3", "3p5"]),
+    "p as a decimal point, um, a plane lost": _z(
+        "focus_{}um.tif", ["-1p0", "-0p5", "0p0", "0p5", "1p5", "2p0"]
+    ),
     # signs as words after a focus label: refused as two stacks with a glob of half (g63)
     "minus and plus words": _z("focus_{}.tif", ["minus2", "minus1", "0", "plus1", "plus2"]),
     # all below 0: the "-" read as a separator, the planes backwards (g63)
@@ -647,3 +654,12 @@ def test_a_p_between_two_counts_without_a_focus_label_is_text(tmp_path):
     names = [f"stack_{p}um.tif" for p in ["0p5", "1p0", "1p5", "2p0", "2p5"]]
     opened = open_image_files(_write(tmp_path / "um", names))
     assert _order(opened) == names
+
+
+def test_two_counts_from_1_after_a_z_label_are_not_decimals_with_gaps(tmp_path):
+    """z1p1 ... z1p9 beside z2p1 ... z2p9 (a stack and a plane, counted from 1) read as
+    decimals skip only 2.0, a whole position none of them writes: two stacks, refused, where
+    a plane lost among decimals (z0, z0p5, ... z2, z3: `ONE_STACK`) opens (g74)."""
+    names = [f"z{s}p{k}.tif" for s in (1, 2) for k in range(1, 10)]
+    with pytest.raises(ValueError, match="more than one stack"):
+        open_image_files(_write(tmp_path / "counts", names))
