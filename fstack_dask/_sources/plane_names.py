@@ -57,6 +57,10 @@ _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): n
 # refused, or the minus planes fused after the plus ones (g54).
 _DASH_SIGN = re.compile(r"[\u2212\u2012\u2013\ufe63\uff0d](?=\d)")
 _LETTER_SIGN = re.compile(r"(?:^|(?<=[^a-z0-9])|(?<=(?<![a-z])z)|(?<=focus))([mp])(?=\d)", re.I)
+# ... after a word and a dash, the dash a separator that "cell-0" reads as its number's sign:
+# "cell-m1" read "cell-", -1 beside "cell", -0, named unlike it, so cell-0 was warned about
+# as odd and as a plane missing, where it was fused (g74). Read "cell", -1, as "cell-0" is.
+_DASH_LETTER_SIGN = re.compile(r"(?<=[a-z])-([mp])(?=\d)", re.I)
 # ... and the words, after a "z" or "focus" label: "focus_minus2" ... "focus_plus2" was
 # refused as two stacks with a glob of half the planes (g63).
 _WORD_SIGN = re.compile(r"(?<![a-z])((?:z|focus)[_-]?)(minus|plus)(?=\d)", re.I)
@@ -154,7 +158,8 @@ def _parts(path: str, *, as_read: bool = True) -> list[str]:
         name = unicodedata.normalize("NFC", name)
         name = _DASH_SIGN.sub("-", name)
         name = _WORD_SIGN.sub(lambda m: m.group(1) + ("-" if m.group(2)[0] in "mM" else "+"), name)
-        name = _LETTER_SIGN.sub(lambda m: "-" if m.group(1) in "mM" else "+", name)
+        sign = lambda m: "-" if m.group(1) in "mM" else "+"  # noqa: E731
+        name = _LETTER_SIGN.sub(sign, _DASH_LETTER_SIGN.sub(sign, name))
     stem, ext = os.path.splitext(name)
     if ext.lower() not in FORMATS:  # "z1.5" is a decimal, not a name and an extension
         stem, ext = name, ""

@@ -270,6 +270,11 @@ SEVERAL = {
     # m and p with no plane 0 and no z or focus label: fused as one signed stack of 10, with
     # a warning of a plane 0 missing, since m and p were read as signs (g63)
     "m and p, no zero, no label": [f"sample_{s}{k}.tif" for s in "mp" for k in range(1, 6)],
+    # signed after a dash, a plane 0 each: "stacks of 4 planes", no glob ("cellA-*.tif" took
+    # cellA-0, read apart; g74)
+    "m and p after a dash, two cells": [
+        f"cell{c}-{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
+    ],
     # a "p" as a decimal point: the glob selected the planes without one, 'c0_z[0-9].tif' (g63)
     "p as a decimal point, two channels": [
         f"c{c}_z{k}.tif" for c in (0, 1) for k in ["1", "1p5", "2", "2p5", "3"]
@@ -377,6 +382,8 @@ def test_m_and_p_signs_after_a_dash_with_a_zero_open_in_focus_order(tmp_path):
     names = _z("cell-{}.tif", ["m2", "m1", "0", "p1", "p2"])
     opened = open_image_files(_write(tmp_path / "s", names))
     assert _order(opened) == names
+    # cell-0 was warned about as named unlike the others, and plane 0 as missing (g74)
+    assert opened.warnings == ()
 
 
 def test_p_as_a_decimal_point_opens_from_the_cli_and_an_ambiguous_one_is_refused(tmp_path):
