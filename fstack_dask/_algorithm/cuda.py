@@ -38,7 +38,7 @@ from .._env import CUDA_PINNED, switch_or_default
 from .device import gpu_problem, simulated
 from .fused import even_step
 
-__all__ = ["device_block_memory", "fuse_cuda", "host_block_memory", "staging_buffer"]
+__all__ = ["device_block_memory", "fuse_cuda", "host_block_memory", "pinned", "staging_buffer"]
 
 THREADS_PER_BLOCK = 256
 _build_lock = threading.Lock()

@@ -50,7 +50,15 @@ from .removal import ours_within
 from .state import OutputState
 from .write import fsync_dir
 
-__all__ = ["SWAPPING", "replacing", "replace_in_place", "resume_replacement", "warn"]
+__all__ = [
+    "SWAPPING",
+    "drop_staged_state",
+    "left",
+    "replace_in_place",
+    "replacing",
+    "resume_replacement",
+    "warn",
+]
 
 log = logging.getLogger(__name__)
 
