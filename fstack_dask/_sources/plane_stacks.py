@@ -64,13 +64,13 @@ def points_read(files: Sequence[str], where: str) -> frozenset[str]:
 
 def _evenly_spaced(files: Sequence[str], marked: Sequence[str]) -> bool:
     """Whether the positions of the stack's files (its most common pattern), a "p" between
-    digits read as a point, step evenly: every step a whole multiple of the smallest, which
-    is most of the steps, and the positions skipped (where some are whole) fewer than half
-    those present. Two counts joined by a "p" (PerkinElmer Harmony's field and plane,
-    ``f01p01`` ... ``f02p01``; a series and plane, ``s1p1`` ... ``s2p1``) read 1.01, 1.02,
-    ... 2.01: two stacks fused as one, exit 0, once ae88503 read them so (g67). A plane
-    lost (``z0``, ``z0p5``, ... ``z2``, ``z3``: one step twice the others) is one stack
-    still, as with a decimal point: it was refused as two stacks, numbered alike (g74)."""
+    digits read as a point, step evenly: every step a whole multiple of the smallest, and
+    the positions skipped (where some are whole) fewer than half those present. Two counts
+    joined by a "p" (PerkinElmer Harmony's field and plane, ``f01p01`` ... ``f02p01``; a
+    series and plane, ``s1p1`` ... ``s2p1``) read 1.01, 1.02, ... 2.01: two stacks fused as
+    one, exit 0, once ae88503 read them so (g67). A plane lost (``z0``, ``z0p5``, ... ``z2``,
+    ``z3``: one step twice the others) is one stack still, as with a decimal point: it was
+    refused as two stacks, numbered alike (g74)."""
     with reading_p_as_point(marked):
         patterns = [_pattern(f, one_format=True) for f in files]
         common = Counter(patterns).most_common(1)[0][0]
@@ -82,7 +82,7 @@ def _evenly_spaced(files: Sequence[str], marked: Sequence[str]) -> bool:
     if not steps:
         return True
     step = min(steps)
-    if step <= 0 or any(d % step for d in steps) or 2 * steps.count(step) <= len(steps):
+    if step <= 0 or any(d % step for d in steps):
         return False
     skipped = (values[-1] - values[0]) / step + 1 - len(values)
     # (two counts from 1, z1p1 ... z1p9, z2p1 ...: skip only the x.0 they never write, where

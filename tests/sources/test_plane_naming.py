@@ -116,6 +116,7 @@ ONE_STACK = {
     # as two files numbered alike ("focus_-0p5um", "focus_0p5um" read as text), since a43958e
     # (g74); with a decimal point the same planes open
     "p as a decimal point, a plane lost": _z("z{}.tif", ["0", "0p5", "1", "1p5", "2", "3", "3p5"]),
+    "p as a decimal point, three planes, one lost": _z("z_{}.tif", ["-1", "-0p5", "0p5"]),
     "p as a decimal point, um, a plane lost": _z(
         "focus_{}um.tif", ["-1p0", "-0p5", "0p0", "0p5", "1p5", "2p0"]
     ),
