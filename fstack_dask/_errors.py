@@ -87,8 +87,12 @@ class FstackDaskWarning(UserWarning):
     """Something that may make the result other than the user meant (an odd file among the
     planes, too few planes, unlikely axes): the run goes on, and says so.
 
-    The category of every warning fstack_dask gives: ``warnings.simplefilter("ignore",
-    fstack_dask.FstackDaskWarning)`` silences them, ``"error"`` makes them raise.
+    The category of every warning about the input and the parameters:
+    ``warnings.simplefilter("ignore", fstack_dask.FstackDaskWarning)`` silences them,
+    ``"error"`` makes them raise (before anything is written). What a run did to its output
+    (a staging folder restored or kept, a user's file kept, a replacement not atomic) is a
+    record on the ``fstack_dask`` logger instead, never raised: it is said while outputs are
+    removed or moved, where an exception would stop that half-way.
     """
 
 
