@@ -8,7 +8,8 @@ chunks (``reading``), one block's work (``blocks``), the pyramid's
 blocks (``pyramid``), the passes over level 0 and then each level (``passes``), what ``dst``
 holds and whether a resume continues this run (``resume``), whether the source changed under
 a run, its finished blocks read again where its files did (``source_changes``), which
-scheduler a run gets and getting it ready (``scheduler_choice``), the bounded window of tasks
+scheduler a run gets and getting it ready (``scheduler_choice``), a local cluster's workers
+kept through an interrupt of the process that made them (``shield``), the bounded window of tasks
 in flight on it (``schedulers``), how tasks of many blocks report each block
 (``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), halo
 exchange, which decodes each source unit once on any scheduler: its plan of waves and row

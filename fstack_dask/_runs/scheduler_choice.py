@@ -2,7 +2,7 @@
 addresses it accepts, a distributed Client (the default one, or our own connection to an
 address), the worker processes behind ``processes``, the compiled kernel loaded on
 every worker before the first block, and a local cluster's workers kept through the
-interrupt of the process that started them (:func:`_shield_local_workers`).
+interrupt of the process that started them (:mod:`.shield`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import functools
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,66 +182,7 @@ def _default_client() -> Any:
 def _cluster(client: Any, stack: contextlib.ExitStack) -> Scheduler:
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     threads = [int(w.get("nthreads", 1)) for w in workers.values()] or [1]
-    stack.enter_context(_shield_local_workers(client))
+    from .shield import shield_local_workers  # (distributed: imported once a Client is used)
+
+    stack.enter_context(shield_local_workers(client))
     return Scheduler("distributed", max(threads), max(1, len(workers)), client)
-
-
-@contextlib.contextmanager
-def _shield_local_workers(client: Any) -> Iterator[None]:
-    """For the run, the cluster's worker processes that are this process's children, in its
-    process group, ignore SIGINT. A Jupyter kernel's interrupt (and a terminal's Ctrl-C) goes
-    to the whole group, and a ``LocalCluster``'s workers died of it (dask/distributed#1925):
-    their nannies did not restart them, and the next run in the kernel waited out the stall
-    timeout (600 s) for workers that would never come (a helper's run, g65). The run,
-    interrupted here, ends its tasks itself. Other workers (another host, a ``dask worker``
-    a shell script started beside the command line, which its Ctrl-C is to end) are left
-    alone; best effort, as for a worker joining during the run."""
-    import os
-    import uuid
-
-    token, shielded = uuid.uuid4().hex, {}
-    with contextlib.suppress(Exception):
-        shielded = client.run(
-            _ignore_interrupts, os.getpgrp(), os.getpid(), token, on_error="return"
-        )
-    try:
-        yield
-    finally:
-        # none shielded (another process's cluster: Client("tcp://...")), none to restore: a
-        # run whose scheduler had died waited out its Client's timeout (30 s) here (g69).
-        # All workers, not the shielded ones: one restarted since had its address dead.
-        if any(done is True for done in shielded.values()):
-            with contextlib.suppress(Exception):
-                client.run(_restore_interrupts, token, on_error="return")
-
-
-#: On a worker: the runs that hold its SIGINT ignored, and its handler before the first.
-_SHIELDED: dict[str, Any] = {"tokens": set(), "previous": None}
-
-
-def _ignore_interrupts(pgid: int, pid: int, token: str) -> bool:
-    """On a worker (in its event loop: the main thread of a nanny's worker process)."""
-    import os
-    import signal
-    import threading
-
-    if os.getppid() != pid or os.getpgrp() != pgid:
-        return False  # not the caller's child (a worker in it, elsewhere), or out of reach
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if not _SHIELDED["tokens"]:
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is None:  # set outside Python: could not be put back
-            return False
-        _SHIELDED["previous"] = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _SHIELDED["tokens"].add(token)  # runs at once on one cluster: the last one restores
-    return True
-
-
-def _restore_interrupts(token: str) -> None:
-    import signal
-
-    if token in _SHIELDED["tokens"]:
-        _SHIELDED["tokens"].discard(token)
-        if not _SHIELDED["tokens"]:
-            signal.signal(signal.SIGINT, _SHIELDED["previous"])

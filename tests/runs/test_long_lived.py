@@ -386,6 +386,118 @@ def test_an_interrupted_kernel_keeps_its_local_cluster_s_workers(tmp_path):
     assert res.stdout.split() == ["interrupted", "resumed"], res.stdout
 
 
+_A_WORKER_RESTARTED_THEN_INTERRUPTED = r"""
+import os, signal, sys, threading, time
+import numpy as np
+from distributed import Client, LocalCluster
+from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
+dst, src = sys.argv[1] + "/o.zarr", sys.argv[1] + "/src.zarr"
+stack = synthetic_stack((256, 256), 7, dtype="uint16", seed=3).stack
+write_stack(src, stack, axes="yxz")
+done = dst + "/.fstack_dask/done"
+state = {}
+def restart_then_interrupt():  # a worker killed and restarted mid-run, then a kernel's interrupt
+    while not os.path.isdir(done) or not os.listdir(done):
+        time.sleep(0.01)
+    os.kill(state["pid"], signal.SIGKILL)
+    while True:
+        with __import__("contextlib").suppress(Exception):
+            pids = list(client.run(os.getpid).values())
+            if pids and pids[0] != state["pid"]:
+                break
+        time.sleep(0.05)
+    state["new"] = pids[0]
+    state["blocks"] = len(os.listdir(done))
+    os.killpg(os.getpgrp(), signal.SIGINT)
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+client = Client(cluster)
+state["pid"] = next(iter(client.run(os.getpid).values()))
+threading.Thread(target=restart_then_interrupt, daemon=True).start()
+t = time.monotonic()
+try:
+    fuse_zarr(src, dst, chunks=32, levels=0, progress=False, scheduler=client)
+    print("finished", time.monotonic() - t)
+except KeyboardInterrupt:
+    print("interrupted", state.get("blocks"))
+time.sleep(1)  # a dying worker would be gone by now
+assert list(client.run(os.getpid).values()) == [state["new"]], "the restarted worker died"
+out = fuse_zarr(src, dst, chunks=32, levels=0, progress=False, scheduler=client, resume=True)
+np.testing.assert_array_equal(out["0"][...], focus_stack(stack))
+print("resumed")
+client.close(); cluster.close()
+"""
+
+
+def test_a_worker_restarted_during_a_run_is_kept_through_the_kernel_s_interrupt(tmp_path):
+    """A worker its nanny restarts mid-run (killed: the OOM killer) was not shielded, only
+    those present at the start were: a kernel's interrupt then killed it for good (g75)."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", _A_WORKER_RESTARTED_THEN_INTERRUPTED, str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[::2] == ["interrupted", "resumed"], res.stdout
+
+
+_INTERRUPTED_AS_THE_SHIELD_IS_SET_OR_RESTORED = r"""
+import os, signal, sys, time
+from distributed import Client, LocalCluster
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+src = sys.argv[1] + "/s.zarr"
+write_stack(src, synthetic_stack((64, 64), 5, dtype="uint16").stack, axes="yxz")
+# a kernel's interrupt landing while the run sets or puts back its workers' SIGINT handler:
+# at the moment the shield's call to the cluster is in flight (Client.sync runs every such call)
+SHIELD = {"_ignore_interrupts": "set", "_restore_interrupts": "restore",
+          "_register_worker_plugin": "set", "_unregister_worker_plugin": "restore"}
+armed = []
+real_sync = Client.sync
+def sync(self, func, *args, **kwargs):
+    name = getattr(args[0] if args and callable(args[0]) else func, "__name__", "")
+    step = SHIELD.get(name) or SHIELD.get(getattr(func, "__name__", ""))
+    if step is None or step not in armed:
+        return real_sync(self, func, *args, **kwargs)
+    armed.remove(step)
+    if step == "restore":  # before the handler is put back
+        os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5)
+    result = real_sync(self, func, *args, **kwargs)
+    if step == "set":  # once it is set
+        os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5)
+    return result
+Client.sync = sync
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+client = Client(cluster)
+for i, step in enumerate(("set", "restore")):
+    armed.append(step)
+    try:
+        fuse_zarr(src, f"{sys.argv[1]}/o{i}.zarr", chunks=32, levels=0, progress=False,
+                  scheduler=client)
+        print(step, "not-interrupted")
+    except KeyboardInterrupt:
+        print(step, "interrupted")
+    ignored = client.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    print(step, "ignored" if any(ignored.values()) else "restored")
+client.close(); cluster.close()
+"""
+
+
+def test_an_interrupt_as_the_workers_are_shielded_or_restored_leaves_them_restored(tmp_path):
+    """An interrupt that landed while the run set its workers' SIGINT handler, or put it
+    back, left them ignoring SIGINT for good: the kernel's next interrupt outside a run
+    could no longer stop them (g75)."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_AS_THE_SHIELD_IS_SET_OR_RESTORED, str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == [
+        "set", "interrupted", "set", "restored", "restore", "interrupted", "restore", "restored"
+    ], res.stdout  # fmt: skip
+
+
 _A_LOCAL_CLUSTER_ENDED_BY_AN_INTERRUPT = r"""
 import os, signal, sys, time
 from distributed import Client, LocalCluster
