@@ -30,6 +30,7 @@ class Scheduler:
     processes: int = 1
     client: Any = None  # a distributed Client, or the process pool for "processes"
     ticks: Any = None  # "processes": the queue its workers report finished blocks on
+    address: str = ""  # "distributed": the scheduler's, kept for a Client closed mid-run
 
 
 NAMES = ("synchronous", "sync", "single-threaded", "threads", "processes", "distributed",
@@ -185,4 +186,5 @@ def _cluster(client: Any, stack: contextlib.ExitStack) -> Scheduler:
     from .shield import shield_local_workers  # (distributed: imported once a Client is used)
 
     stack.enter_context(shield_local_workers(client))
-    return Scheduler("distributed", max(threads), max(1, len(workers)), client)
+    address = str(getattr(getattr(client, "scheduler", None), "address", "") or "")
+    return Scheduler("distributed", max(threads), max(1, len(workers)), client, address=address)

@@ -367,7 +367,17 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
 def _raise_if_lost(scheduler: Scheduler, exc: BaseException) -> None:
     """A cluster run's failure because its scheduler went away, said as such."""
     if scheduler.kind == "distributed" and lost(scheduler.client, exc):
-        address = getattr(getattr(scheduler.client, "scheduler", None), "address", "?")
+        client = scheduler.client
+        # (a closed Client has none: it said "at ?")
+        address = getattr(getattr(client, "scheduler", None), "address", None)
+        address = address or scheduler.address or "?"
+        if getattr(client, "status", None) in ("closing", "closed"):
+            # closed by the user (another thread of a notebook), not by a lost scheduler:
+            # a Client gives one up only after its reconnect timeout (30 s), the run at once
+            raise SchedulerLostError(
+                f"the distributed Client of this run was closed while it ran (client.close() "
+                f"from another thread?); make a new Client for the scheduler at {address}"
+            ) from exc
         raise SchedulerLostError(
             f"lost the connection to the dask scheduler at {address} (it stopped, or the "
             "network failed)"

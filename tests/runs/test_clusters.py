@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 from clusters import Cluster
-from conftest import tree_digest
+from conftest import synthetic_store, tree_digest
 
 from fstack_dask import fuse_zarr, synthetic_stack, write_stack
 from fstack_dask._runs.runners import _Cluster
@@ -605,3 +605,36 @@ def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_
                       scheduler=client, progress=False, stall_timeout=3)  # fmt: skip
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.zarr" / "0").exists()
+
+
+def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local_cluster):
+    """A notebook's other thread closed the run's Client: the run said "lost the connection
+    to the dask scheduler at ?" of a scheduler that ran on (g75)."""
+    from distributed import Client
+
+    from fstack_dask._runs.waiting import SchedulerLostError
+
+    src = synthetic_store(tmp_path / "s.zarr", (384, 384), 5, chunk=32, seed=2)
+    dst, done = tmp_path / "o.zarr", tmp_path / "o.zarr" / ".fstack_dask" / "done"
+    client = Client(local_cluster, set_as_default=False)
+
+    def close() -> None:  # once the run has finished a block
+        while not done.is_dir() or not any(done.iterdir()):
+            time.sleep(0.01)
+        client.close()
+
+    threading.Thread(target=close, daemon=True).start()
+    with pytest.raises(SchedulerLostError) as info:
+        fuse_zarr(src, dst, chunks=32, levels=0, progress=False, scheduler=client)
+    address = local_cluster.scheduler_address
+    assert str(info.value).startswith(
+        "the distributed Client of this run was closed while it ran (client.close() from "
+        f"another thread?); make a new Client for the scheduler at {address}; "
+    ), info.value
+    with Client(local_cluster, set_as_default=False) as again:  # a new one resumes it
+        out = fuse_zarr(src, dst, chunks=32, levels=0, progress=False, scheduler=again,
+                        resume=True)  # fmt: skip
+    ref = fuse_zarr(
+        src, tmp_path / "r.zarr", chunks=32, levels=0, progress=False, scheduler="threads"
+    )
+    np.testing.assert_array_equal(out["0"][...], ref["0"][...])
