@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 import uuid
 
 from .._outputs.destination import Target
@@ -59,13 +60,13 @@ def fuse_blocks(
         if resuming:
             log.info("resuming %s: %d of %d blocks left", target.dst.spec,
                      plan.n_blocks - target.state.n_done(), plan.n_blocks)  # fmt: skip
-    fruitless = 0
+    fruitless, since = 0, (target.state.n_done(), time.monotonic())
     while True:
         before = target.state.n_done()
         try:
             return _fuse_pass(fusion, plan, target, sched, cache_bytes=cache_bytes,
                               progress=progress, stall_timeout=stall_timeout, fills=fills,
-                              label=label, first_pass=first_pass)  # fmt: skip
+                              label=label, first_pass=first_pass, since=since)  # fmt: skip
         except ScatterLostError as exc:
             fruitless = 0 if target.state.n_done() > before else fruitless + 1
             if fruitless >= RESCATTERS:
@@ -92,8 +93,8 @@ def _lost_again(exc: ScatterLostError, fruitless: int) -> ScatterLostError:
 
 def _fuse_pass(fusion: Fusion, plan: Plan, target: Target, sched: Scheduler, *,
                cache_bytes: int, progress: bool, stall_timeout: float,
-               fills: dict[tuple[int, ...], float] | None, label: str,
-               first_pass: bool) -> tuple[set[str], schedulers.RunReport]:  # fmt: skip
+               fills: dict[tuple[int, ...], float] | None, label: str, first_pass: bool,
+               since: tuple[int, float]) -> tuple[set[str], schedulers.RunReport]:  # fmt: skip
     """One try of :func:`fuse_blocks`: the blocks without a done-marker now."""
     done = target.state.done()
     todo = (b for b in plan.blocks() if plan.name(b) not in done)
@@ -133,6 +134,7 @@ def _fuse_pass(fusion: Fusion, plan: Plan, target: Target, sched: Scheduler, *,
                 # said of a fresh run's block that needed no second pass
                 done_before=plan.n_blocks - n_todo if first_pass else 0, label=label,
                 exchange_with=(done, budget) if halo_exchange else None,
+                since=since if first_pass else None,
             )  # fmt: skip
         except BaseException:
             close_on_workers(job, sched, wait=False)  # no waiting on a failed cluster

@@ -69,6 +69,11 @@ class Progress:
         False: count, show nothing.
     unit, label : str, optional
         How the count and the pass are named (``"blocks"``, ``"fusing"``).
+    since : tuple, optional
+        For a later try of the same run (a cluster that lost the in-memory source): the
+        blocks done when the run began and its ``time.monotonic()`` then, from which "done
+        before this run", the time elapsed and the estimate are counted (the blocks of the
+        tries before were said "done before this run").
     """
 
     def __init__(
@@ -79,16 +84,19 @@ class Progress:
         enabled: bool = True,
         unit: str = "blocks",
         label: str = "fusing",
+        since: tuple[int, float] | None = None,
     ) -> None:
         self.total, self.unit, self.label = int(total), unit, label
         self.initial = self.done = min(int(done), self.total)
         self.start = time.monotonic()
+        if since is not None:  # a run's later try: its earlier tries' blocks are this run's
+            self.initial, self.start = min(int(since[0]), self.done), since[1]
         self._bar = None
         self._last_line = self.start
         self._last_count = -1  # the count the last plain line showed
         # No stderr (pythonw, a service wrapper) or a closed one: nothing to show, and the run
         # must not fail for it, with or without progress (a helper's run, 2026-12-05).
-        self.enabled = enabled and self.total > self.initial and _writable(sys.stderr)
+        self.enabled = enabled and self.total > self.done and _writable(sys.stderr)
         self._tty = self.enabled and (sys.stderr.isatty() or _in_notebook())
 
     def _make_bar(self) -> None:

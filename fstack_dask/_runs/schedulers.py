@@ -100,11 +100,12 @@ def execute(
     task_args: tuple[Any, ...] = (),
     done_before: int = 0,
     exchange_with: tuple[set[str], int] | None = None,
+    since: tuple[int, float] | None = None,
 ) -> RunReport:
     """Compute and write every block of ``blocks`` (lazily iterated); see the module docstring.
 
     ``n_blocks`` blocks are to do; ``done_before`` were done before (a resumed run's), so
-    progress counts from there.
+    progress counts from there (``since``: a later try's, as :class:`~.progress.Progress`).
 
     A block whose source cannot be read or holds NaN spoils only itself: the others are
     still written (so that a resume after repairing the source computes only the spoilt
@@ -122,7 +123,8 @@ def execute(
     """
     report = RunReport(workers=scheduler.workers * scheduler.processes, scheduler=scheduler.kind)
     start = time.perf_counter()
-    bar = Progress(n_blocks + done_before, done=done_before, enabled=progress, label=label)
+    bar = Progress(n_blocks + done_before, done=done_before, enabled=progress, label=label,
+                   since=since)  # fmt: skip
     try:
         if exchange_with is not None:
             _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, task_args)

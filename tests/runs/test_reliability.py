@@ -488,7 +488,7 @@ def _in_memory_run_on_one_worker(tmp_path, dst: Path, data, **kw):
     with _one_worker_cluster(tmp_path, threads=1) as client:
         killer = _kill_the_worker_once_a_block_is_done(client, dst)
         try:
-            fuse_zarr(data, dst, axes="zyx", scheduler=client, **FUSE_KW, **kw)
+            fuse_zarr(data, dst, axes="zyx", scheduler=client, **{**FUSE_KW, **kw})
         finally:
             killer.join()
 
@@ -499,16 +499,22 @@ def _like_the_uninterrupted_run(dst: Path, stack) -> None:
         np.testing.assert_array_equal(group[_LEVEL0[name]][...], stack["arrays"][name])
 
 
-def test_an_in_memory_stack_survives_its_cluster_worker_killed_mid_run(tmp_path, stack, caplog):
+def test_an_in_memory_stack_survives_its_cluster_worker_killed_mid_run(
+    tmp_path, stack, caplog, capsys
+):
     """An in-memory stack is scattered to the cluster: no lineage, lost with the worker that
     held it. The run failed with dask's multi-line FuturesCancelledError ("already
-    forgotten"); the driver now sends the array again and the run finishes, identical."""
+    forgotten"); the driver now sends the array again and the run finishes, identical. Its
+    progress said the blocks of the try that failed were "done before this run" (g75)."""
     data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
     dst = tmp_path / "fused.zarr"
     with caplog.at_level(logging.WARNING, logger="fstack_dask"):
-        _in_memory_run_on_one_worker(tmp_path, dst, data)
+        _in_memory_run_on_one_worker(tmp_path, dst, data, progress=True)
     assert "lost its copy of the in-memory source" in caplog.text  # the worker did die mid-run
     _like_the_uninterrupted_run(dst, stack)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fusing:")]
+    assert lines[-1].startswith(f"fusing: {N_BLOCKS}/{N_BLOCKS} blocks (100%), "), lines
+    assert not any("done before this run" in line for line in lines), lines
 
 
 def test_an_in_memory_stack_lost_too_often_fails_in_one_line_and_resumes(
