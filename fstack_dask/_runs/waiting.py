@@ -134,16 +134,24 @@ def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(Exception):  # (a scheduler gone: the run says so)
-            Event(name, client=client).set()
+            event = Event(name, client=client)
+            event.set()  # wakes the task if it waits (a set, then cleared, Event still does)
+            # and dropped from the scheduler here: a task that never ran (no worker came:
+            # the stall) cannot, and a set Event no one waits on is kept for good (g75)
+            event.clear()
         keeper.release()
 
 
 def _busy_until(name: str) -> None:
-    """A task that keeps its worker busy until the Event ``name`` is set."""
-    from distributed import Event
+    """A task that keeps its worker busy until the Event ``name`` is set, or until the task is
+    released (cancelled: it started after the Event was set and dropped)."""
+    from distributed import Event, get_worker
 
     event = Event(name)
-    event.wait()
+    while not event.wait(timeout=5):
+        task = get_worker().state.tasks.get(name)  # (its key is the Event's name)
+        if task is None or task.state == "cancelled":
+            return
     # a set Event no task waits on is never dropped: the scheduler kept one for each run
     event.clear()
 

@@ -603,6 +603,9 @@ def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_
         with pytest.raises(StalledError, match="no worker is connected") as info:
             fuse_zarr(stack.transpose(2, 0, 1), tmp_path / "out.zarr", axes="zyx",
                       scheduler=client, progress=False, stall_timeout=3)  # fmt: skip
+        # nor is the Event set to free the worker it waited for left on the scheduler (a
+        # task that never ran cannot drop it: one was left a run, g75)
+        assert not _a_worker_events(client)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.zarr" / "0").exists()
 
