@@ -220,15 +220,10 @@ def open_scheduler(config: Config) -> Iterator[Any]:
     from distributed import Client
 
     if c.kind == "distributed":
-        try:
-            client = Client(c.address, timeout="30s")
-        except Exception as exc:  # (distributed's message, naming no option, before)
-            raise ConnectionError(
-                f"scheduler {c.address!r} (--scheduler, or the config's cluster.address): no "
-                f"distributed scheduler could be reached there ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split()) or 'no message'})"
-            ) from exc
-        with client:
+        from .._runs.scheduler_choice import connect
+
+        where = "--scheduler, or the config's cluster.address"
+        with connect(c.address, "scheduler", where, default=True) as client:
             yield client
         return
     cls = _jobqueue_class(c.kind)

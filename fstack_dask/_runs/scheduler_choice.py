@@ -18,7 +18,14 @@ from typing import Any
 from .._params import is_synchronous, local_workers
 from .pool import process_pool
 
-__all__ = ["Scheduler", "check_scheduler", "is_address", "resolve_scheduler", "warm_workers"]
+__all__ = [
+    "Scheduler",
+    "check_scheduler",
+    "connect",
+    "is_address",
+    "resolve_scheduler",
+    "warm_workers",
+]
 
 
 @dataclass(frozen=True)
@@ -107,18 +114,9 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
                     f"scheduler={scheduler!r} needs a running distributed Client; none exists"
                 )
             return _cluster(client, stack)
-        from distributed import Client
-
         check_scheduler(scheduler)
         # Our own connection to an address, closed when done (not made the default).
-        try:
-            client = Client(scheduler, set_as_default=False, timeout="30s")
-        except Exception as exc:
-            raise ConnectionError(
-                f"scheduler {scheduler!r}: no distributed scheduler could be reached there "
-                f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'})"
-            ) from exc
-        return _cluster(stack.enter_context(client), stack)
+        return _cluster(stack.enter_context(connect(scheduler, "scheduler", "")), stack)
     if callable(scheduler) and not hasattr(scheduler, "submit"):
         # a dask get function such as dask.threaded.get
         name = getattr(scheduler, "__module__", "")
@@ -128,6 +126,60 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
     if _is_client(scheduler):
         return _cluster(scheduler, stack)
     raise _not_a_scheduler(scheduler)
+
+
+#: Seconds an address where nothing listens is tried again before it is refused (a scheduler
+#: started just before the run listens within them); distributed's own wait is 30 s.
+REFUSED_FOR = 5.0
+
+
+def connect(address: str, name: str, where: str, *, default: bool = False) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address`` (``name``, as the caller calls
+    the parameter, ``where`` what else sets it), made the default one with ``default``.
+    Where nothing listens (a TCP connection refused, at once, for :data:`REFUSED_FOR`
+    seconds) a ``ValueError`` naming it: it was distributed's 30 s wait, then exit 1, for a
+    mistyped port (the g75 brief). An address that does not answer (a host down) is left to
+    distributed's wait, 30 s."""
+    from distributed import Client
+
+    said = f"{name} {address!r}" + (f" ({where})" if where else "")
+    if _refused(address):
+        raise ValueError(
+            f"{said}: nothing listens there (connection refused for {REFUSED_FOR:g} s): "
+            "start the scheduler first (dask scheduler), or check the host and port"
+        )
+    try:
+        return Client(address, set_as_default=default, timeout="30s")
+    except Exception as exc:  # (distributed's message, naming no parameter)
+        raise ConnectionError(
+            f"{said}: no distributed scheduler could be reached there "
+            f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'})"
+        ) from exc
+
+
+def _refused(address: str) -> bool:
+    """Whether every TCP connection to ``address`` (tcp:// or tls://) was refused for
+    :data:`REFUSED_FOR` seconds; any other outcome (it listens, no answer, a name not
+    found) is distributed's to meet."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
+        return False
+    deadline = time.monotonic() + REFUSED_FOR
+    while True:
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=2).close()
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.25)
+            continue
+        except (OSError, ValueError):
+            return False
+        return False
 
 
 def _processes(n: int, stack: contextlib.ExitStack) -> Scheduler:

@@ -349,3 +349,26 @@ def test_a_lost_scheduler_of_another_process_s_cluster_fails_at_once(stack, tmp_
     assert proc.returncode == 1, err
     assert "lost the connection to the dask scheduler" in _stderr_is_one_line(err)
     assert time.monotonic() - start < 20  # not the 30 s a wait for the lost scheduler takes
+
+
+def test_a_scheduler_address_where_nothing_listens_is_a_usage_error(stack, tmp_path):
+    """A mistyped port (nothing listening there: each connection refused) waited out
+    distributed's 30 s connect timeout, then exit 1 (the g75 brief): refused as the bad
+    --scheduler it is, exit 2, nothing written."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dst = tmp_path / "out.zarr"
+    start = time.monotonic()
+    proc = _popen("fuse", stack, dst, "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress")
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, err
+    assert _stderr_is_one_line(err) == (
+        f"fstack-dask: error: scheduler 'tcp://127.0.0.1:{port}' (--scheduler, or the config's "
+        "cluster.address): nothing listens there (connection refused for 5 s): start the "
+        "scheduler first (dask scheduler), or check the host and port"
+    )
+    assert not dst.exists()
+    assert time.monotonic() - start < 25  # not distributed's 30 s wait
