@@ -170,6 +170,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
             _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) else "")
+            or (_NONE_PLANNED if _none_planned(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
     if paused:
@@ -227,14 +228,36 @@ def _all_ended(cluster: Any) -> bool:
     if cluster is None or hasattr(cluster, "job_script"):
         return False  # a batch cluster's jobs: _batch_jobs says
     workers = list(getattr(cluster, "workers", {}).values())
-    ended = ("closed", "closing", "closing_gracefully", "failed")
-    return bool(workers) and all(getattr(w.status, "value", None) in ended for w in workers)
+    return bool(workers) and all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers)
+
+
+_ENDED_STATES = ("closed", "closing", "closing_gracefully", "failed")
+
+
+_NONE_PLANNED = (
+    "cluster, which is not adaptive and has none to start (scaled to 0, or its workers "
+    "retired): scale it up (cluster.scale(n)) or make it adaptive (cluster.adapt())"
+)
+
+
+def _none_planned(cluster: Any) -> bool:
+    """Whether a cluster object of this process (a ``LocalCluster``, a ``SpecCluster``) that is
+    not adaptive has no worker that may still come: scaled to none, or its workers retired
+    (the engine's check leaves a retired one to the run, which waited out the stall timeout,
+    600 s, for a worker nothing would start: the g75 brief)."""
+    if cluster is None or hasattr(cluster, "job_script") or not hasattr(cluster, "worker_spec"):
+        return False  # a batch cluster's jobs, another kind of cluster: their own checks
+    adaptive = getattr(cluster, "_adaptive", None)  # (distributed's own test of it)
+    if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
+        return False
+    workers = list(getattr(cluster, "workers", {}).values())  # (copied at once, as in _jobs)
+    return all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers)
 
 
 def _never_coming(client: Any) -> bool:
     """Whether the workers of a cluster without any can never come (the run fails at once)."""
     cluster = getattr(client, "cluster", None)
-    return _all_refused(cluster) or _all_ended(cluster)
+    return _all_refused(cluster) or _all_ended(cluster) or _none_planned(cluster)
 
 
 def _batch_jobs(cluster: Any) -> str:

@@ -610,6 +610,30 @@ def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_
     assert not (tmp_path / "out.zarr" / "0").exists()
 
 
+def test_a_cluster_scaled_to_no_worker_and_not_adaptive_fails_without_the_stall_wait(tmp_path):
+    """A LocalCluster scaled to 0 (or whose one worker was retired, during the engine's check
+    too), not adaptive: nothing will start a worker, yet the run waited out stall_timeout
+    (600 s by default) before its one line (the g75 brief); it says so after 10 s."""
+    from distributed import Client, LocalCluster
+
+    from fstack_dask._runs.waiting import StalledError
+
+    src = synthetic_store(tmp_path / "s.zarr", (64, 64), 5, chunk=32, seed=2)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:  # fmt: skip
+        cluster.scale(0)
+        while client.scheduler_info(n_workers=-1)["workers"]:
+            time.sleep(0.05)
+        with pytest.raises(StalledError) as info:
+            fuse_zarr(src, tmp_path / "out.zarr", scheduler=client, progress=False,
+                      stall_timeout=40)  # fmt: skip
+    assert str(info.value).startswith(
+        "no block finished for 10 s: no worker is connected to the cluster, which is not "
+        "adaptive and has none to start (scaled to 0, or its workers retired): scale it up "
+        "(cluster.scale(n)) or make it adaptive (cluster.adapt()); nothing was written"
+    ), info.value
+
+
 def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local_cluster):
     """A notebook's other thread closed the run's Client: the run said "lost the connection
     to the dask scheduler at ?" of a scheduler that ran on (g75)."""
