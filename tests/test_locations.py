@@ -284,18 +284,59 @@ def test_references_may_read_anywhere_on_their_filesystem(tmp_path):
 # ----------------------------------------------------------------------------- 3. HTTP
 
 
-@pytest.fixture()
-def http_root(tmp_path):
-    """A real HTTP server (python -m http.server) on a free port, serving a tmp folder."""
+# http.server answering 403 to a request without the token in its query (as an object store
+# does to a presigned URL's signature), and logging every request's path to a file
+_TOKEN_SERVER = """
+import http.server, sys, urllib.parse
+port, root, log, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def send_head(self):
+        with open(log, "a") as f:
+            f.write(self.path + "\\n")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        if query.get("token") != [token] or query.get("sig") != ["a/b+c"]:
+            self.send_error(403)
+            return None
+        return super().send_head()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def _serve(tmp_path, command):
+    """A real HTTP server on a free port, serving a tmp folder: (root, base URL, port)."""
     root = tmp_path / "served"
     root.mkdir()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
-         str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, *command(port, root)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    return root, port, server
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    """A real HTTP server (python -m http.server) on a free port, serving a tmp folder."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root),
+    ]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_token_root(tmp_path):
+    """A real HTTP server that refuses every request without ``?token=t0k&sig=a/b+c``."""
+    log = tmp_path / "requests.log"
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _TOKEN_SERVER, str(port), str(root), str(log), "t0k"]))  # fmt: skip
+
+
+def _serving(root, port, server):
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -328,6 +369,39 @@ def test_an_http_source_fuses_like_the_local_one(http_root, tmp_path):
     out = fuse_zarr(f"simplecache::{base}/stack.zarr", tmp_path / "cached.zarr",
                     scheduler="processes", progress=False)  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_an_http_url_with_a_query_string_is_read_with_it_on_every_request(
+    http_token_root, tmp_path
+):
+    # A token or a presigned URL's signature in the query ('?' and '[' in it) was read as a
+    # glob of local plane files: "src pattern ... matches no files"
+    root, base = http_token_root
+    local = _write(root / "stack.zarr")
+    expected = fuse_zarr(local, tmp_path / "local.zarr", progress=False)
+    url = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc&k%5B0%5D=%3F"
+    proc = cli("fuse", url, tmp_path / "http.zarr", "--chunks", CHUNK, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    # the token reached the server with every key, and is not recorded in the output
+    assert out.attrs["fstack_dask"]["src"] == f"{base}/stack.zarr"
+    requests = (tmp_path / "requests.log").read_text().split()
+    assert any(r.startswith("/stack.zarr/0/c/") for r in requests)
+    assert all(r.partition("?")[2] == "token=t0k&sig=a/b%2Bc&k%5B0%5D=?" for r in requests)
+    assert "t0k" not in json.dumps(dict(out.attrs))
+    proc = cli("info", url)
+    assert proc.returncode == 0 and "stack.zarr" in proc.stdout, proc.stderr
+    # without it, the server's refusal, not "matches no files"
+    proc = cli("fuse", f"{base}/stack.zarr?token=bad", tmp_path / "bad.zarr", "--no-progress")
+    assert proc.returncode == 2 and "matches no files" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad.zarr").exists()
+    # the query in the URL and in storage_options' params at once: which one is meant?
+    with pytest.raises(ValueError, match=r"storage_options give 'params' too"):
+        fuse_zarr(url, tmp_path / "both.zarr", storage_options={"params": {"token": "x"}})
+    # a glob in a URL's path is refused as such, not looked for on the local disk
+    proc = cli("fuse", f"{base}/planes/*.zarr", tmp_path / "glob.zarr", "--no-progress")
+    assert proc.returncode == 2 and "glob in a URL" in proc.stderr, proc.stderr
 
 
 def test_http_urls_keep_their_host():

@@ -94,14 +94,34 @@ def _read_only(name: str, spec: str) -> ValueError:
     )
 
 
+def _http(
+    spec: str, url: str, name: str, options: Mapping[str, Any], via: tuple[Any, ...] = ()
+) -> Location:
+    """An HTTP(S) URL as a place: its query string (a token, a presigned URL's signature) sent
+    with every request as fsspec's ``params``, not kept in the path, where a store's keys were
+    appended after it (``stack.zarr?token=abc/zarr.json``) and its value recorded in outputs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.query:
+        if "params" in options:
+            option = "dst_storage_options" if name == "dst" else "storage_options"
+            raise ValueError(
+                f"{name} {spec!r} carries a query string and {option} give 'params' too; "
+                "give the query in one of them"
+            )
+        pairs = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        options = {**options, "params": pairs}
+    return Location(spec, "http", _http_url(spec, url, name), dict(options), via)
+
+
 def _http_url(spec: str, url: str, name: str) -> str:
-    """The whole URL, as fsspec's HTTP filesystem takes paths, with its path normalised."""
+    """The whole URL without its query, as fsspec's HTTP filesystem takes paths, with its path
+    normalised."""
     parts = urllib.parse.urlsplit(url)
     if not parts.netloc:
         raise ValueError(f"{name} {spec!r} names no host")
     path = posixpath.normpath("/" + parts.path.lstrip("/")) if parts.path.strip("/") else ""
-    # the fragment never reaches the server
-    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, parts.query, ""))
+    # the fragment never reaches the server; the query goes as params (_http)
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, "", ""))
 
 
 def _place(

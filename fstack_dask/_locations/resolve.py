@@ -12,7 +12,7 @@ from .places import (
     _READ_ONLY_SCHEMES,
     _SCHEME,
     _first,
-    _http_url,
+    _http,
     _local,
     _place,
     _read_only,
@@ -128,7 +128,7 @@ def _remote(
     # was the bucket 'S3:', refused as a storage option's fault (the g44 review)
     url = scheme + spec[len(scheme) :]
     if protocol == "http":
-        return Location(spec, protocol, _http_url(spec, spec, name), dict(options))
+        return _http(spec, spec, name, options)
     return _place(spec, protocol, str(cls._strip_protocol(url)), name, options, writable)
 
 

@@ -18,7 +18,7 @@ from .location import Location
 from .places import (
     _SCHEME,
     _first,
-    _http_url,
+    _http,
     _local,
     _one_line,
     _place,
@@ -205,7 +205,7 @@ def _located(spec: str, name: str, fs: Any, path: str, writable: bool) -> Locati
     if protocol == "http":
         if writable:
             raise _read_only(name, spec)
-        return Location(spec, protocol, _http_url(spec, path, name), inner, via)
+        return _http(spec, path, name, inner, via)
     if not _is_wrapper(type(fs), inner):
         return _place(spec, protocol, path, name, inner, writable, via=via)
     if writable:

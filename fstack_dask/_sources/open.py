@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -41,6 +42,8 @@ __all__ = ["Reopen", "open_source", "portable"]
 _TIFF = (".tif", ".tiff", ".btf", ".tf8")
 _HDF5 = (".h5", ".hdf5", ".he5", ".hdf")
 _ZARR_META = ("zarr.json", ".zarray", ".zgroup")
+_PLANES = (".png", ".jpg", ".jpeg")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*(?:://|::)")
 # Microscope vendors' formats, each read by its own library (an optional extra).
 VENDOR_FORMATS = {".czi": "czi", ".nd2": "nd2", ".lif": "lif"}
 
@@ -58,16 +61,23 @@ def _options_apply(src: Any) -> None:
     silence, where those for a local path are refused (a fuzzer of option combinations, g66)."""
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
-        if not (isinstance(text, str) and any(c in text for c in "*?[")) or os.path.exists(text):
+        if not _local_glob(text):
             return  # a path or URL: resolve() says whether they apply
-        if "://" in text or "::" in text:
-            return  # a URL's glob or query: said where it is read, not "local plane files"
         what = f"src {text!r} is a glob of local plane files"
     elif isinstance(src, (list, tuple)):
         what = "src is a list of plane files"
     else:
         what = f"src is a {type(src).__module__.split('.')[0]}.{type(src).__name__}, not a URL"
     raise ValueError(f"storage_options only apply to URLs such as 's3://...', but {what}")
+
+
+def _local_glob(text: str | bytes) -> bool:
+    """Whether src is a glob of local plane files. A URL never is: a "?" or "[" in its query
+    (a token, a presigned URL) made it one, refused as "matches no files"; globs are read
+    from local paths only (a URL's "*" is refused where it is read)."""
+    if not isinstance(text, str) or _URL.match(text):  # (a local a::b/*.tif is a glob)
+        return False
+    return any(ch in text for ch in "*?[") and not os.path.exists(text)
 
 
 def open_source(
@@ -105,18 +115,24 @@ def open_source(
     if not isinstance(src, (str, os.PathLike)):
         return open_zarr(src, axes=axes, level=level, storage_options=storage_options)
     text = os.fspath(src)
-    if isinstance(text, str) and any(ch in text for ch in "*?[") and not os.path.exists(text):
+    if _local_glob(text):
         from .images import open_image_files
 
         _level0(level, "plane files")
         return _from_opened(open_image_files(text, axes=axes, name="src"), None)
     location = resolve(src, name="src", storage_options=storage_options)
     if not location.is_local:
-        ext = os.path.splitext(location.spec.split("?")[0].rstrip("/"))[1].lower()
-        if ext in _TIFF or ext in VENDOR_FORMATS or ext in _HDF5:
+        ext = os.path.splitext(location.path.split("?")[0].rstrip("/"))[1].lower()
+        if ext in _TIFF or ext in VENDOR_FORMATS or ext in _HDF5 or ext in _PLANES:
             raise ValueError(
                 f"src {location.spec!r}: {ext} files are read from a local path only (a "
                 "mounted filesystem too); copy it here, or convert it to Zarr"
+            )
+        if "*" in location.path:
+            raise ValueError(
+                f"src {location.spec!r} is a glob in a URL; globs of plane files are read from "
+                "a local path only (a mounted filesystem too); copy them here, or convert them "
+                "to Zarr"
             )
         reach(location, name="src")
         return open_zarr(location, axes=axes, level=level, storage_options=storage_options)
