@@ -141,9 +141,8 @@ def write_stack(
     try:
         group = zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format,
                                   attributes={WRITE_STACK_UNFINISHED: True})  # fmt: skip
-        array = group.create_array(
-            name="0", shape=data.shape, dtype=data.dtype, chunks=chunks, **array_kwargs
-        )
+        array = group.create_array(name="0", shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                   config=_EVERY_CHUNK, **array_kwargs)  # fmt: skip
         _write(data, array, chunks, group)
         if REHEARSAL in group:  # (the two-pass rechunk's)
             remove_tree(location.child(REHEARSAL), owned=lambda loc: None)
@@ -174,6 +173,11 @@ def _stored(stack: Any) -> bool:
     """A stored array (a ``zarr.Array``, an h5py dataset): read by regions, never whole."""
     return type(stack).__module__.split(".")[0] in ("zarr", "h5py") and hasattr(stack, "shape")
 
+
+# Every chunk stored, those all fill value too (zarr stores none by default): a chunk missing
+# from our stack is then one lost in a copy, where a stack's dark corner was warned of as chunk
+# files "never written, or lost" by the fusion reading it (g77).
+_EVERY_CHUNK = {"write_empty_chunks": True}
 
 # the two-pass rechunk's temporary array, inside the store this call creates (so removed with
 # it, even after a crash), hidden from readers; removed before the image is declared

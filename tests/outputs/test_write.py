@@ -286,6 +286,32 @@ def test_write_stack_of_dask_chunks_smaller_than_its_chunks_loses_nothing(tmp_pa
     np.testing.assert_array_equal(zarr.open_array(str(path / "0"))[...], data)
 
 
+def test_write_stack_stores_chunks_all_zero_so_a_fusion_warns_of_none_missing(tmp_path):
+    """Zarr stores no chunk all fill value (write_empty_chunks=False, its default): a stack's
+    dark corner written by write_stack was warned of by the fusion reading it as chunk files
+    "missing ... (never written, or lost in an interrupted copy?)", a false alarm on our own
+    output. Every chunk is stored, whichever way the stack is written (at once, from dask,
+    through the two-pass rechunk of a stored array)."""
+    from safety_util import cli
+
+    data = np.zeros((4, 64, 64), np.uint16)
+    data[:, :32, :32] = np.random.default_rng(0).integers(1, 999, (4, 32, 32))
+    plane_chunks = zarr.create_array(str(tmp_path / "planes.zarr"), shape=data.shape,
+                                     chunks=(1, 64, 64), dtype=data.dtype)  # fmt: skip
+    plane_chunks[...] = data
+    for name, stack in [("numpy", data), ("dask", da.from_array(data, chunks=(4, 16, 16))),
+                        ("stored", plane_chunks)]:  # fmt: skip
+        path = tmp_path / f"{name}.ome.zarr"
+        write_stack(path, stack, axes="zyx", chunks=(4, 32, 32))
+        stored = sorted(str(p.relative_to(path / "0" / "c")) for p in (path / "0" / "c").rglob("*")
+                        if p.is_file())  # fmt: skip
+        assert stored == ["0/0/0", "0/0/1", "0/1/0", "0/1/1"], (name, stored)
+        np.testing.assert_array_equal(zarr.open_array(str(path / "0"))[...], data)
+    proc = cli("fuse", tmp_path / "stored.ome.zarr", tmp_path / "out.zarr", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "chunk files" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("kind", ["zarr", "h5py"])
 def test_write_stack_of_a_stored_array_reads_one_stored_chunk_at_a_time(tmp_path, monkeypatch,
                                                                          kind):  # fmt: skip
