@@ -269,7 +269,10 @@ MAX_CHUNK = 2**31 - 1
 
 
 def check_chunks(chunks: Any, name: str = "chunks") -> tuple[int, int] | None:
-    """``None``, a positive int, or a (y, x) pair of them, each at most 2**31 - 1."""
+    """``None``, a positive int, or a (y, x) pair of them, each at most 2**31 - 1.
+
+    A value of another type (a bool, a float, a str, a list of one) is a TypeError naming the
+    type expected, where it was a ValueError as a 0 is (a review, g77)."""
     if chunks is None:
         return None
     pair = (chunks, chunks) if isinstance(chunks, (numbers.Integral,)) else chunks
@@ -277,9 +280,13 @@ def check_chunks(chunks: Any, name: str = "chunks") -> tuple[int, int] | None:
         pair = tuple(pair.tolist())
     ok = isinstance(pair, (tuple, list)) and len(pair) == 2
     if not ok or not all(
-        isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)) and c >= 1
-        for c in pair
+        isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)) for c in pair
     ):
+        raise TypeError(
+            f"{name} must be a positive int or a (y, x) pair of them, got {chunks!r} "
+            f"({type(chunks).__name__})"
+        )
+    if any(c < 1 for c in pair):
         raise ValueError(f"{name} must be a positive int or a (y, x) pair of them, got {chunks!r}")
     if any(int(c) > MAX_CHUNK for c in pair):
         raise ValueError(f"{name} must be at most {MAX_CHUNK} pixels, got {chunks!r}")
@@ -347,7 +354,12 @@ Channels = Literal["auto", "rgb", "independent"]  # the channels= a type checker
 
 def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: Any) -> bool:
     """Return True for RGB fusion (one shared weight map), False otherwise."""
-    if not isinstance(channels, str) or channels not in ("auto", "rgb", "independent"):
+    if not isinstance(channels, str):  # (a TypeError, as other parameters' types are: g77)
+        raise TypeError(
+            f"channels must be a str, 'auto', 'rgb' or 'independent', got {channels!r} "
+            f"({type(channels).__name__})"
+        )
+    if channels not in ("auto", "rgb", "independent"):
         raise ValueError(f"channels must be 'auto', 'rgb' or 'independent', got {channels!r}")
     if "c" not in axes:
         if channels == "rgb":

@@ -345,6 +345,7 @@ def auto_parameters(
     nhsize: int | str = AUTO,
     sth: float | str = AUTO,
     budget: int = SAMPLE_BUDGET,
+    quiet: bool = False,
 ) -> AutoParameters:
     """Choose ``nhsize`` and/or ``sth`` from a fixed sample of the stack.
 
@@ -376,6 +377,8 @@ def auto_parameters(
     budget : int, optional
         Bytes of stack the sample may hold (default 64 MiB; never fewer than 2 x 2
         tiles of 64 x 64 px).
+    quiet : bool, optional
+        Log no "auto parameters" note (a run logs it once its dst is accepted).
 
     Returns
     -------
@@ -462,7 +465,8 @@ def auto_parameters(
         tile_shape=(tiles[0][1] - tiles[0][0], tiles[0][3] - tiles[0][2]),
         bytes_read=int(bytes_read),
     )
-    log.info("auto parameters: %s", chosen.summary())
+    if not quiet:
+        log.info("auto parameters: %s", chosen.summary())
     return chosen
 
 

@@ -146,8 +146,11 @@ def _axes(value: Any, name: str) -> str | None:
 
 
 def _channels(value: Any, name: str) -> str:
-    if value not in CHANNELS or not isinstance(value, str):
-        raise ValueError(f"{name} must be one of {', '.join(CHANNELS)}, got {value!r}")
+    if not isinstance(value, str) or value not in CHANNELS:  # (the type said: a list's [1])
+        raise ValueError(
+            f"{name} must be a string, one of {', '.join(CHANNELS)}, got {value!r} "
+            f"({_type_name(value)})"
+        )
     return value
 
 
@@ -187,7 +190,9 @@ def _levels(value: Any, name: str) -> int | None:
         value = ascii_int(value)
     if _is_int(value) and 0 <= value <= 40:
         return int(value)
-    raise ValueError(f"{name} must be auto, null or an integer from 0 to 40, got {value!r}")
+    # (true was "got True": a bool, read as 1 where it is no integer)
+    shown = "" if isinstance(value, str) or _is_int(value) else f" ({_type_name(value)})"
+    raise ValueError(f"{name} must be auto, null or an integer from 0 to 40, got {value!r}{shown}")
 
 
 def _seconds(value: Any, name: str) -> float:

@@ -67,6 +67,7 @@ class Fusion:
     # by the run, see ``run.fill_undefined``); {}: taken as -inf, the rule of outputs begun
     # before 2026-12-05, which a resume of one keeps.
     fills: dict[tuple[int, ...], float] | None = None
+    auto_note: str | None = None  # what "auto" chose, for the run to tell once dst is accepted
 
     def task_bytes(self, block: tuple[int, int]) -> int:
         """Bytes one task holds for a block of that size (with its halo)."""
@@ -106,8 +107,12 @@ def plan_fusion(
     storage_options: dict[str, Any] | None = None,
     device: str = "cpu",
     output: str = "ome-zarr",
+    quiet_auto: bool = False,
 ) -> Fusion:
     """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all.
+
+    ``quiet_auto``: what ``"auto"`` chose is kept in ``auto_note``, not logged (a run tells
+    it once dst is accepted: it came before dst's refusal).
 
     ``device`` is only checked here (``"cpu"`` or ``"cuda"``); whether a GPU is there is
     checked where the tasks will run, once the scheduler is known (``_algorithm.device``).
@@ -133,7 +138,7 @@ def plan_fusion(
         _tell(source, layout, axes_given=axes is not None)
         chosen = None
         if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
-            chosen = _auto(source, layout, focus, nhsize, sth)
+            chosen = _auto(source, layout, focus, nhsize, sth, quiet_auto)
             nhsize, sth = chosen.nhsize, chosen.sth
         halo = overlap_depth(nhsize)
         maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
@@ -202,6 +207,7 @@ def plan_fusion(
         return Fusion(
             fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
             fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
+            auto_note=None if chosen is None else chosen.summary(),
         )  # fmt: skip
 
     except BaseException:
@@ -350,7 +356,12 @@ def _check_levels(levels: Any, shape_yx: tuple[int, int], block: tuple[int, int]
     if levels is None:
         return n_levels(shape_yx, block)
     # NumPy's integers too (np.int64(2) was refused), not bools
-    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 0:
+    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral):  # (True is no int)
+        raise TypeError(
+            f"levels must be None (automatic) or an integer >= 0, got {levels!r} "
+            f"({type(levels).__name__})"
+        )
+    if levels < 0:
         raise ValueError(f"levels must be None (automatic) or an integer >= 0, got {levels!r}")
     levels = int(levels)
     # level N of the last useful one is 1 x 1; beyond, copies of it (34 of them for
@@ -373,7 +384,7 @@ def _rgb(channels: Any, source: Source) -> bool:
     return rgb
 
 
-def _auto(source: Source, layout: Layout, focus, nhsize, sth) -> AutoParameters:
+def _auto(source: Source, layout: Layout, focus, nhsize, sth, quiet: bool) -> AutoParameters:
     """``"auto"`` parameters from tiles of the first image (batch index 0), every channel
     pooled when they are fused independently."""
     import numpy as np
@@ -395,7 +406,7 @@ def _auto(source: Source, layout: Layout, focus, nhsize, sth) -> AutoParameters:
     n_channels = None if channels == [None] else len(channels)
     return auto_parameters(
         read_tile, shape_yx=layout.shape_yx, n_planes=layout.n_planes, dtype=source.dtype,
-        rgb=layout.rgb, n_channels=n_channels, focus=focus, nhsize=nhsize, sth=sth,
+        rgb=layout.rgb, n_channels=n_channels, focus=focus, nhsize=nhsize, sth=sth, quiet=quiet,
     )  # fmt: skip
 
 
@@ -451,11 +462,14 @@ def _tell(source: Source, layout: Layout, *, axes_given: bool) -> None:
             letters[place] = "z" if place == shortest else next(image)
         swap = "".join(letters)
         side = "rows" if ny < nx else "columns"
+        # (not "the shortest axis as the focus": for a real 2 x 2 crop of 21 planes that is
+        # wrong, the review of a0d8209)
         warn(
             f"axes {source.axes!r} make {source.description} a stack of {planes} focus planes "
-            f"of {ny} x {nx} pixels, more planes than the image has {side}; if the focus axis "
-            f"is another one, give the axes accordingly (with the shortest axis as the focus "
-            f"axis: {swap!r})"
+            f"of {ny} x {nx} pixels, more planes than the image has {side}: fused as given, "
+            f"right for a small crop of a deep stack; if the array is transposed instead, give "
+            f"the axes that name its focus axis, e.g. {swap!r} for its axis of length "
+            f"{source.shape[shortest]}"
         )
 
 

@@ -49,7 +49,7 @@ def run_fusion(
     written, under the run's lock, before the output is marked complete (the TIFF
     conversion); never on a resume of a complete output. A new ``dst`` takes the owner,
     group, mode and ACLs of ``looks_like`` (the TIFF a working store will replace)."""
-    fusion = plan_fusion(src, **plan, output=output)
+    fusion = plan_fusion(src, **plan, output=output, quiet_auto=True)
     with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
         lay = fusion.layout
 
@@ -62,6 +62,8 @@ def run_fusion(
         prior = examine(fusion, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
                         resume=resume, chunks=plan["chunks"], levels=plan["levels"],
                         threads=_reading_threads(scheduler), checked=checked)  # fmt: skip
+        if fusion.auto_note is not None:  # told once dst is accepted, not before its refusal
+            log.info("auto parameters: %s", fusion.auto_note)
         fusion, destination = prior.fusion, prior.destination
         destination.looks_like = looks_like
         if prior.mode == "complete":

@@ -82,7 +82,8 @@ def fuse_to_tiff(
             f"{where}: a TIFF dst must be a local path (tifffile writes local files); write an "
             "OME-Zarr dst (.ome.zarr) to an object store instead"
         )
-    fusion = plan_fusion(src, **plan, output="ome-tiff")  # refuses bad input, reads metadata
+    # refuses bad input, reads metadata; run_fusion tells what "auto" chose
+    fusion = plan_fusion(src, **plan, output="ome-tiff", quiet_auto=True)
     dropped = dropped_sizes(fusion.source.scale, fusion.source.units)
     if dropped is not None:
         warn(f"{where}: {dropped}")

@@ -166,8 +166,9 @@ def test_axes_that_make_an_unlikely_stack_are_said(tmp_path):
     (warning,) = _lines(res.stderr, "fstack-dask: warning: ")
     assert warning == (
         f"fstack-dask: warning: axes 'zyx' make src '{src}' a stack of 40 focus planes of 30 x 6 "
-        "pixels, more planes than the image has columns; if the focus axis is another one, "
-        "give the axes accordingly (with the shortest axis as the focus axis: 'yxz')"
+        "pixels, more planes than the image has columns: fused as given, right for a small "
+        "crop of a deep stack; if the array is transposed instead, give the axes that name its "
+        "focus axis, e.g. 'yxz' for its axis of length 6"
     )
     res = cli("fuse", src, tmp_path / "right.ome.zarr", "--axes", "yxz", "--no-progress")
     assert res.returncode == 0 and "warning" not in res.stderr, res.stderr

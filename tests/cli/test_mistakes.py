@@ -36,7 +36,7 @@ def test_axes_that_make_an_absurd_image_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"4000 focus planes of 3 x 4 pixels.*check the axes"):
         fuse_zarr(path, tmp_path / "out.zarr")
     assert tree_digest(tmp_path) == before
-    with pytest.warns(FstackDaskWarning, match="shortest axis as the focus axis: 'zyx'"):
+    with pytest.warns(FstackDaskWarning, match="e.g. 'zyx' for its axis of length 3$"):
         out = fuse_zarr(path, tmp_path / "ok.zarr", axes="yxz", progress=False)  # as told
     assert out["0"].shape == (3, 4)
 
@@ -47,12 +47,77 @@ def test_axes_given_fuse_more_planes_than_pixels_as_fuse_does(tmp_path, capsys):
     stack = synthetic_stack((2, 2), 21, dtype="uint16", seed=2).stack  # (y, x, z)
     path = tmp_path / "plain.zarr"
     zarr.create_array(str(path), data=stack)  # no names: axes are the user's to give
-    with pytest.warns(FstackDaskWarning, match=r"21 focus planes of 2 x 2 pixels"):
+    # it advised "the shortest axis as the focus axis", wrong for a real 2 x 2 crop
+    with pytest.warns(FstackDaskWarning, match=r"21 focus planes of 2 x 2 pixels") as told:
         out = fuse_zarr(path, tmp_path / "out.zarr", axes="yxz", progress=False)
+    (said,) = [str(w.message) for w in told if "focus planes of" in str(w.message)]
+    assert "fused as given, right for a small crop of a deep stack; if the array is " in said
+    assert "shortest" not in said
     assert (out["0"][...] == focus_stack(stack)).all()
     assert (out["0"][...] == fuse(stack, axes="yxz").compute()).all()
     code = main(["fuse", str(path), str(tmp_path / "cli.zarr"), "--axes", "yxz"])
     assert code == 0 and "more planes than the image has" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"channels": [1]},
+         "channels must be a str, 'auto', 'rgb' or 'independent', got [1] (list)"),
+        ({"levels": True}, "levels must be None (automatic) or an integer >= 0, got True (bool)"),
+        ({"chunks": [1]}, "chunks must be a positive int or a (y, x) pair of them, got [1] (list)"),
+        ({"chunks": (32, True)}, "chunks must be a positive int or a (y, x) pair of them, got (32"),
+    ],
+)  # fmt: skip
+def test_a_parameter_of_the_wrong_type_is_a_type_error_naming_it(src, tmp_path, kwargs, says):
+    """channels=[1], levels=True, chunks=[1] raised ValueError as a wrong value does; each is
+    a TypeError naming the parameter and the type expected (a bool is no int here)."""
+    before = tree_digest(tmp_path)
+    with pytest.raises(TypeError) as told:
+        fuse_zarr(src, tmp_path / "out.zarr", progress=False, **kwargs)
+    assert str(told.value).startswith(says), told.value
+    assert tree_digest(tmp_path) == before
+    if "levels" not in kwargs:  # (fuse has no pyramid)
+        with pytest.raises(TypeError, match=f"^{list(kwargs)[0]} must be"):
+            fuse(np.zeros((5, 16, 16), np.uint16), axes="zyx", **kwargs)
+    for kwargs in ({"channels": "rgbb"}, {"levels": -1}, {"chunks": [0, 8]}):  # wrong values
+        with pytest.raises(ValueError, match=f"^{list(kwargs)[0]} must be"):
+            fuse_zarr(src, tmp_path / "out.zarr", progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ("input: {channels: [1]}", "input.channels must be a string, one of auto, rgb, "
+         "independent, got [1] (list)"),
+        ("output: {levels: true}", "output.levels must be auto, null or an integer from 0 to 40, "
+         "got True (bool)"),
+    ],
+)  # fmt: skip
+def test_a_config_value_of_the_wrong_type_names_the_type(src, tmp_path, config, says):
+    from safety_util import cli
+
+    (tmp_path / "c.yaml").write_text(config + "\n")
+    proc = cli("fuse", src, tmp_path / "out.zarr", "--config", tmp_path / "c.yaml")
+    assert proc.returncode == 2 and proc.stderr.endswith(f"{says}\n"), proc.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_auto_refuses_dst_before_it_tells_the_parameters_it_chose(src, tmp_path):
+    """--auto said "auto parameters: nhsize=..." and then that dst was refused (exists, is the
+    source): a refused run says only why."""
+    from safety_util import cli
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    for dst in (tmp_path / "taken", src, tmp_path / "taken.tif"):
+        if dst.suffix == ".tif":
+            dst.write_bytes(b"not ours")
+        proc = cli("fuse", src, dst, "--auto", "--no-progress")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "auto parameters" not in proc.stderr, proc.stderr
+    proc = cli("fuse", src, tmp_path / "out.zarr", "--auto", "--no-progress")
+    assert proc.returncode == 0 and proc.stderr.count("auto parameters: nhsize=") == 1, proc.stderr
 
 
 def test_axes_contradicting_stored_names_are_refused(tmp_path, capsys):

@@ -430,9 +430,10 @@ def _refusal_cases():
         ("focus_not_monotonic", None, {**ok, "focus": [0, 1, 2, 3, 2, 5, 6]}, ValueError, "focus"),
         ("chunks_zero", None, {**ok, "chunks": 0}, ValueError, "chunks"),
         ("chunks_negative", None, {**ok, "chunks": (16, -1)}, ValueError, "chunks"),
-        ("chunks_three", None, {**ok, "chunks": (1, 16, 16)}, ValueError, "chunks"),
-        ("chunks_float", None, {**ok, "chunks": 16.0}, ValueError, "chunks"),
-        ("chunks_bool", None, {**ok, "chunks": True}, ValueError, "chunks"),
+        # neither an int nor a (y, x) pair: a TypeError since g77, as nhsize's is
+        ("chunks_three", None, {**ok, "chunks": (1, 16, 16)}, TypeError, "chunks"),
+        ("chunks_float", None, {**ok, "chunks": 16.0}, TypeError, "chunks"),
+        ("chunks_bool", None, {**ok, "chunks": True}, TypeError, "chunks"),
     ]
 
 
