@@ -317,13 +317,24 @@ def _check_overflow(nhsize: int, biggest: float) -> None:
     limit = float64_limit(nhsize)
     if biggest <= limit:
         return
-    fits = next((n for n in range(nhsize, 0, -1) if float64_limit(n) >= biggest), None)
-    todo = f"pass nhsize={fits} (it holds them) or rescale the data" if fits else "rescale it"
     raise ValueError(
         f"nhsize='auto' chose nhsize={nhsize} for the stack's texture and noise, but its values "
         f"reach magnitude {biggest:.3g}, beyond {limit:.3g}, where the local variance of a window "
-        f"of {nhsize} x {nhsize} pixels would overflow float64; {todo}"
+        f"of {nhsize} x {nhsize} pixels would overflow float64; {what_fits(nhsize, biggest)}"
     )
+
+
+def what_fits(nhsize: int, biggest: float, start_again: bool = False) -> str:
+    """What to do where values of magnitude ``biggest`` overflow ``nhsize``'s window: the
+    largest nhsize that holds them, or rescaling (``start_again``: an output begun with
+    ``nhsize`` is overwritten, for a resume keeps its nhsize)."""
+    from .block import float64_limit
+
+    fits = next((n for n in range(nhsize, 0, -1) if float64_limit(n) >= biggest), None)
+    if not fits:
+        return "rescale the data"
+    again = " with overwrite=True" if start_again else ""
+    return f"pass nhsize={fits} (it holds them){again}, or rescale the data"
 
 
 def _ladder(x: float) -> int:

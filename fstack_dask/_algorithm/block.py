@@ -285,6 +285,14 @@ def float64_limit(n: int) -> float:
     return 2.0**510 / n
 
 
+class BeyondFloat64(ValueError):
+    """Samples whose local variance would overflow float64 (``biggest``, ``nhsize``): a run
+    whose nhsize "auto" chose says which one fits (``_runs.blocks``)."""
+
+    biggest: float
+    nhsize: int
+
+
 def check_samples(stack: np.ndarray, n: int) -> None:
     """Refuse samples the fusion cannot compute with (``ValueError`` naming ``im_stack``).
 
@@ -299,10 +307,12 @@ def check_samples(stack: np.ndarray, n: int) -> None:
     limit = float64_limit(n)
     biggest = max(abs(float(hi)), abs(float(lo)))
     if biggest > limit:
-        raise ValueError(
+        exc = BeyondFloat64(
             f"im_stack has values of magnitude {biggest:.3g}, beyond {limit:.3g}: their local "
             f"variance (nhsize={n}) would overflow float64; rescale the data"
         )
+        exc.biggest, exc.nhsize = biggest, n
+        raise exc
 
 
 def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True):

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .._algorithm.block import block_buffer, engine_problem, fuse_block, selectivity_stats
+from .._algorithm.block import (
+    BeyondFloat64,
+    block_buffer,
+    engine_problem,
+    fuse_block,
+    selectivity_stats,
+)
 from .._algorithm.device import gpu_problem
 from .._errors import SourceReadError, SourceValueError
 from .._fp_env import with_ieee_arithmetic
@@ -83,6 +89,7 @@ class FuseJob:
     # reference does. None: not known yet, and a block that needs it is deferred (its
     # Outcome says so; nothing is written). An output begun before this rule: {} (-inf).
     fills: dict[tuple[int, ...], float] | None = None
+    nhsize_auto: bool = False  # chosen by nhsize="auto": a refusal of samples says what fits
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -206,6 +213,14 @@ class FuseJob:
             result = fuse_block(stack, **self.kernel, s_fill=fill)
         except ValueError as exc:  # samples the kernel refuses: say where they are
             text = str(exc).replace("im_stack has", "has")
+            if isinstance(exc, BeyondFloat64) and self.nhsize_auto:  # not the user's nhsize
+                from .._algorithm.auto import what_fits
+
+                text = (
+                    f"has values of magnitude {exc.biggest:.3g}, which the sample from which "
+                    f"nhsize='auto' chose nhsize={exc.nhsize} did not hold: their local variance "
+                    f"would overflow float64; {what_fits(exc.nhsize, exc.biggest, True)}"
+                )
             raise SourceValueError(
                 f"block {plan.name(block)} (y {region.y}, x {region.x}) of "
                 f"{source.description} {text}"

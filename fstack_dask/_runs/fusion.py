@@ -68,6 +68,7 @@ class Fusion:
     # before 2026-12-05, which a resume of one keeps.
     fills: dict[tuple[int, ...], float] | None = None
     auto_note: str | None = None  # what "auto" chose, for the run to tell once dst is accepted
+    nhsize_auto: bool = False  # nhsize chosen by "auto", from a sample of the stack
 
     def task_bytes(self, block: tuple[int, int]) -> int:
         """Bytes one task holds for a block of that size (with its halo)."""
@@ -137,6 +138,7 @@ def plan_fusion(
             _check_plausible(layout, source)
         _tell(source, layout, axes_given=axes is not None)
         chosen = None
+        nhsize_auto = nhsize == AUTO
         if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
             chosen = _auto(source, layout, focus, nhsize, sth, quiet_auto)
             nhsize, sth = chosen.nhsize, chosen.sth
@@ -207,7 +209,7 @@ def plan_fusion(
         return Fusion(
             fusion.source, layout, params, kernel, tuple(chunks), halo, maps, spec, memory,
             fusion.unit, fusion.unit_bytes, depth_affine, fusion.recipe,
-            auto_note=None if chosen is None else chosen.summary(),
+            auto_note=None if chosen is None else chosen.summary(), nhsize_auto=nhsize_auto,
         )  # fmt: skip
 
     except BaseException:
@@ -232,11 +234,7 @@ def with_block(fusion: Fusion, block: tuple[int, int], levels: int) -> Fusion:
         maps=fusion.maps, provenance=params, depth_unit=params["depth_unit"],
         levels=params["levels"],
     )  # fmt: skip
-    return Fusion(
-        fusion.source, fusion.layout, params, fusion.kernel, tuple(block), fusion.halo,
-        fusion.maps, spec, fusion.memory_per_task, fusion.unit, fusion.unit_bytes,
-        fusion.depth_affine, fusion.recipe, fusion.fills,
-    )  # fmt: skip
+    return replace(fusion, params=params, block=tuple(block), spec=spec)
 
 
 MANY_FILES = 1_000_000

@@ -125,6 +125,7 @@ def _fuse_pass(fusion: Fusion, plan: Plan, target: Target, sched: Scheduler, *,
             source=fusion.source,
             cells=cells if cells is not plan else None,
             fills=fills,
+            nhsize_auto=fusion.nhsize_auto,
         )
         try:
             report = schedulers.execute(

@@ -82,3 +82,32 @@ def test_config_auto_switch():
     assert config_from_mapping({}).fuse_kwargs()["nhsize"] == 9  # the reference's, always
     with pytest.raises(ValueError, match="algorithm.auto must be"):
         config_from_mapping({"algorithm": {"auto": "yes"}})
+
+
+def test_values_beyond_the_auto_sample_overflowing_its_nhsize_say_what_fits(tmp_path):
+    """nhsize="auto" checks float64 values against its window only in the sample it reads;
+    one beyond it failed its block naming an nhsize the user never gave ("(nhsize=15) would
+    overflow float64; rescale the data"). The block says the sample chose it and what fits."""
+    data = synthetic_stack((128, 640), 5, dtype="float64", seed=4).stack.transpose(2, 0, 1)
+    data = np.ascontiguousarray(data)
+    data[:, 64, 150] = 1e153  # between the sample's tiles (x 0-128, 171-299, ...)
+    src = tmp_path / "hot.ome.zarr"
+    write_stack(src, data, axes="zyx", chunks=(5, 128, 128))
+    run = [sys.executable, "-m", "fstack_dask", "fuse", src, tmp_path / "out.zarr"]
+    done = subprocess.run([*run, "--nhsize", "auto", "--no-progress"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (said,) = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert (
+        "has values of magnitude 1e+153, which the sample from which --nhsize auto chose nhsize="
+        in said
+        and "pass --nhsize 3 (it holds them) with --overwrite, or rescale the data;" in said
+    ), said
+    # as it says
+    done = subprocess.run([*run, "--nhsize", "3", "--overwrite", "--no-progress"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # an nhsize given is the user's own: said as before
+    done = subprocess.run([*run, "--nhsize", "5", "--overwrite", "--no-progress"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 1 and "(nhsize=5) would overflow float64" in done.stderr
