@@ -128,24 +128,31 @@ def resolve_scheduler(scheduler: Any, stack: contextlib.ExitStack) -> Scheduler:
     raise _not_a_scheduler(scheduler)
 
 
-#: Seconds an address where nothing listens is tried again before it is refused (a scheduler
-#: started just before the run listens within them); distributed's own wait is 30 s.
-REFUSED_FOR = 5.0
+def _connect_timeout() -> float:
+    """Seconds an address where nothing listens is tried again before it is refused:
+    distributed's own connect timeout (``distributed.comm.timeouts.connect``, 30 s), so that
+    a scheduler still starting (a batch script's ``dask scheduler &``, its imports slow on a
+    shared file system) is waited for as long as distributed would wait for it."""
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
 
 
 def connect(address: str, name: str, where: str, *, default: bool = False) -> Any:
     """A ``distributed.Client`` of the scheduler at ``address`` (``name``, as the caller calls
     the parameter, ``where`` what else sets it), made the default one with ``default``.
-    Where nothing listens (a TCP connection refused, at once, for :data:`REFUSED_FOR`
-    seconds) a ``ValueError`` naming it: it was distributed's 30 s wait, then exit 1, for a
+    Where nothing listens (a TCP connection refused, at once, for as long as distributed
+    waits to connect) a ``ValueError`` naming it: it was distributed's 30 s wait, then exit 1, for a
     mistyped port (the g75 brief). An address that does not answer (a host down) is left to
     distributed's wait, 30 s."""
     from distributed import Client
 
     said = f"{name} {address!r}" + (f" ({where})" if where else "")
-    if _refused(address):
+    wait = _connect_timeout()
+    if _refused(address, wait):
         raise ValueError(
-            f"{said}: nothing listens there (connection refused for {REFUSED_FOR:g} s): "
+            f"{said}: nothing listens there (connection refused for {wait:g} s): "
             "start the scheduler first (dask scheduler), or check the host and port"
         )
     try:
@@ -157,9 +164,9 @@ def connect(address: str, name: str, where: str, *, default: bool = False) -> An
         ) from exc
 
 
-def _refused(address: str) -> bool:
+def _refused(address: str, wait: float) -> bool:
     """Whether every TCP connection to ``address`` (tcp:// or tls://) was refused for
-    :data:`REFUSED_FOR` seconds; any other outcome (it listens, no answer, a name not
+    ``wait`` seconds; any other outcome (it listens, no answer, a name not
     found) is distributed's to meet."""
     import socket
     import time
@@ -168,7 +175,7 @@ def _refused(address: str) -> bool:
     parts = urlsplit(address)
     if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
         return False
-    deadline = time.monotonic() + REFUSED_FOR
+    deadline = time.monotonic() + wait
     while True:
         try:
             socket.create_connection((parts.hostname, parts.port), timeout=2).close()
