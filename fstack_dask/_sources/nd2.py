@@ -160,10 +160,10 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
     that positions of one microscope lie as their images do; the field's centre is then
     where nd2 puts it, and a small rotation (a translation cannot hold one) turns the
     corners about it (a camera turned 90 degrees swaps the axes: left out with a warning).
-    Without it the stage's axes are taken as the image's, as nd2's own OME-XML reports the
-    position (its Plane PositionX/Y): the camera matrix alone does not give the direction
-    (nd2 multiplies it by the stage's orientation, and gives no matrix where the file's
-    device settings lack it)."""
+    Without it (or with one of zeros: no orientation recorded) the stage's axes are taken
+    as the image's, as nd2's own OME-XML reports the position (its Plane PositionX/Y): the
+    camera matrix alone does not give the direction (nd2 multiplies it by the stage's
+    orientation, and gives no matrix where the file's device settings lack it)."""
     if frame is None or not {"x", "y"} <= set(scale):
         return {}, ()
     at = frame.position.stagePositionUm
@@ -171,7 +171,7 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
         return {}, ()
     matrix = getattr(frame.volume, "pixelToStageTransformationMatrix", None)
     signs = (1.0, 1.0)
-    if matrix is not None:
+    if matrix is not None and _oriented(matrix):
         a, b, _, d, e, _ = (float(v) for v in matrix)
         if not (abs(b) < abs(a) and abs(d) < abs(e)):  # (a rotation below 45 degrees is kept)
             return {}, (
@@ -183,6 +183,14 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
         "x": round(signs[0] * at.x - sizes["X"] / 2 * scale["x"], 9),
         "y": round(signs[1] * at.y - sizes["Y"] / 2 * scale["y"], 9),
     }, ()
+
+
+def _oriented(matrix: Any) -> bool:
+    """Whether a pixel-to-stage matrix says which way the stage runs: nd2 multiplies by the
+    stage's orientation, 0 where the device settings lack it, which makes every term 0 (taken
+    for a camera at 90 degrees, the position left out with a false warning: g79)."""
+    a, b, _, d, e, _ = (float(v) for v in matrix)
+    return bool(np.isfinite([a, b, d, e]).all()) and a * e - b * d != 0
 
 
 def _position_names(f: Any, n: int) -> list[str]:

@@ -200,3 +200,41 @@ def test_a_camera_at_90_degrees_leaves_the_position_out_with_a_warning(nd2_file)
     src = open_source(f"{path}/1")
     assert src.translation == {}
     assert len(src.warnings) == 1 and "camera is turned 90 degrees to the stage" in src.warnings[0]
+
+
+def _parsed_matrix(device_settings):
+    """The pixel-to-stage matrix nd2's own parser makes of a file whose first channel has
+    ``device_settings`` (its ``pDeviceSetting``), with a camera turned 180 degrees."""
+    from nd2 import structures as st
+    from nd2._parse._parse import load_global_metadata, load_metadata
+
+    attrs = st.Attributes(bitsPerComponentInMemory=16, bitsPerComponentSignificant=16,
+                          componentCount=1, heightPx=40, pixelDataType="unsigned",
+                          sequenceCount=1, widthPx=50)  # fmt: skip
+    probe = {"m_ExcitationSpectrum": {}, "m_EmissionSpectrum": {}}
+    plane = {"sDescription": "DAPI", "pFluorescentProbe": probe}
+    planes = {"uiCount": 1, "sPlaneNew": {"a0": plane},
+              "sSampleSetting": {"a0": {"pDeviceSetting": device_settings}}}  # fmt: skip
+    raw = {"bCalibrated": True, "dCalibration": 0.325, "dStgLgCT11": -1.0, "dStgLgCT22": -1.0,
+           "sPicturePlanes": planes}  # fmt: skip
+    meta = load_metadata(raw, load_global_metadata(attrs, raw, [], {}))
+    return meta.channels[0].volume.pixelToStageTransformationMatrix
+
+
+def test_settings_without_the_stage_s_orientation_keep_the_position(nd2_file):
+    """NIS settings that use the XY stage but record no orientation (``m_iXOrientation0``):
+    nd2 multiplies by its default 0, a matrix of zeros, which was taken for a camera turned
+    90 degrees: the position was left out, with a warning that said so (g79). Now it is as
+    without a matrix, as nd2's OME-XML gives it; a recorded orientation still turns it."""
+    path, f = nd2_file
+    f.pixel_to_stage = _parsed_matrix({"m_iXYUse0": 1})
+    assert f.pixel_to_stage == pytest.approx((0,) * 6)
+    at = f.frame_metadata(6).channels[0].position.stagePositionUm
+    src = open_source(f"{path}/1")
+    assert src.warnings == ()
+    assert src.translation == pytest.approx({"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325})
+    f.pixel_to_stage = _parsed_matrix({"m_iXYUse0": 1, "m_iXOrientation0": 1,
+                                       "m_iYOrientation0": -1})  # fmt: skip
+    assert open_source(f"{path}/1").translation == pytest.approx(
+        {"x": -at.x - 25 * 0.325, "y": at.y - 20 * 0.325}  # camera at 180, x stage as is
+    )
