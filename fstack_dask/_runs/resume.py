@@ -175,6 +175,16 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
                 "source's result; nothing to resume: fuse into another dst, or recompute it "
                 "with overwrite=True and resume=False"
             )
+        if changes and _read_otherwise(stored["source"], identity, changes):
+            raise ValueError(
+                f"{what} {'is complete' if mode == 'complete' else 'cannot be resumed'}: its "
+                "source's files have the sizes and times they had, but their metadata reads "
+                f"otherwise than when {'it was computed' if mode == 'complete' else 'the run'}"
+                f"{'' if mode == 'complete' else ' began'} "
+                "(this version of fstack_dask reads more of them, such as a stage position, "
+                "which the output lacks, unless they were rewritten with their old times); "
+                "recompute it with overwrite=True and resume=False"
+            )
         if changes and mode == "complete":
             raise ValueError(
                 f"{what} is complete, but was computed from another source "
@@ -205,6 +215,22 @@ def check_resumable(destination, stored, params, identity, mode) -> None:
             f"{', '.join(differs)} ({shown}); resume with "
             "the same parameters, or start over with overwrite=True and resume=False"
         )
+
+
+def _read_otherwise(stored: dict[str, Any], identity: dict[str, Any], changes: list[str]) -> bool:
+    """Whether only the metadata differs, of a file source whose files do not (names, sizes,
+    modification times): most likely another version's reading of the same file (a CZI
+    scene's offset, read since 2026-12-07), not another source, as the message said. A Zarr
+    store's metadata files are not among the files compared: a change of them is a change
+    of the source."""
+    files = stored.get("files_sha256")
+    return (
+        changes == ["its metadata changed"]
+        and stored.get("kind") not in ("zarr", "ome-zarr")
+        and stored.get("location") is not None
+        and files is not None
+        and files == identity.get("files_sha256")
+    )
 
 
 def _rewritten(stored: dict[str, Any], identity: dict[str, Any]) -> bool:

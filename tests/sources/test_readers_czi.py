@@ -245,3 +245,48 @@ def test_each_scene_keeps_its_offset_in_the_slide(tmp_path):
     planes = re.findall(r"<Plane [^>]*>", xml)
     assert len(planes) == 2, xml  # the fused image's and the depth map's
     assert all('PositionX="455.0" PositionXUnit="µm" PositionY="195.0"' in p for p in planes)
+
+
+def test_a_resume_of_an_output_begun_before_scene_offsets_says_why_it_is_refused(
+    tmp_path, monkeypatch
+):
+    """An output begun (or finished) by a version that dropped a scene's offset, resumed by
+    one that reads it: the file is the one it was, but the resume said "the source changed
+    since the run began (its metadata changed)", or "was computed from another source" (g78's
+    notes, g79). Still refused (the output holds no position), now in one line that says
+    the file's sizes and times are unchanged and this version reads it otherwise, and asks
+    for --overwrite;
+    nothing is written. A file rewritten since is still "changed"."""
+    from safety_util import cli, one_line_error
+
+    from fstack_dask._runs.blocks import FuseJob
+
+    path, dst, done = tmp_path / "slide.czi", tmp_path / "s1.ome.zarr", tmp_path / "done.ome.zarr"
+    write_czi_mosaic(path, scenes=((0, 0), (300, 700)), n_planes=5, n_channels=1)
+    monkeypatch.setattr(czi_reader, "_translation", lambda *args: {})  # as before 58ddc8c
+    fstack_dask.fuse_zarr(f"{path}/1", done, chunks=64, progress=False)
+    real = FuseJob.fuse_and_write
+    calls = []
+
+    def stop_after_two(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        fstack_dask.fuse_zarr(f"{path}/1", dst, chunks=64, scheduler="synchronous",
+                              progress=False)  # fmt: skip
+    monkeypatch.undo()
+    for out, said in ((dst, "when the run began"), (done, "when it was computed")):
+        before = tree_digest(out)
+        proc = cli("fuse", f"{path}/1", out, "--resume", "--chunks", "64", "--no-progress")
+        line = one_line_error(proc)
+        assert proc.returncode == 2 and tree_digest(out) == before
+        assert "another source" not in line and "source changed" not in line, line
+        assert "have the sizes and times they had" in line and said in line, line
+        assert "--overwrite and without --resume" in line, line
+    os.utime(path, ns=(1, 1))  # the file touched: it may have been rewritten
+    proc = cli("fuse", f"{path}/1", dst, "--resume", "--chunks", "64", "--no-progress")
+    assert "sizes and times they had" not in one_line_error(proc)
