@@ -144,6 +144,7 @@ def _our_tiff(src: str) -> list[tuple[str, str]] | None:
                                        f"{series.dtype}"))  # fmt: skip
                 lines.append(("levels", levels))
                 lines.append(("scale", _tiff_scale(pixels)))
+                lines += _tiff_shift(pixels)
             else:
                 unit = params.get("depth_unit") if series.name == "depth" else "dB"
                 lines.append((series.name, f"{series.dtype}{f', {unit}' if unit else ''}, "
@@ -337,6 +338,7 @@ def _images(location: Any) -> list[tuple[str, str]]:
                                    f"{tuple(base.chunks)}"))  # fmt: skip
             lines.append(("levels", shapes))
             lines.append(("scale", _scale(axes, units, datasets[0])))
+            lines += _shift(axes, units, datasets[0])
         else:
             # kept in the map's fstack_dask attributes (read at the top level, the depth
             # map's unit was never shown: a readers' run, 2026-12-06)
@@ -358,6 +360,32 @@ def _scale(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> s
         if a in "yx"
     )
     return said if any(a in units for a in "yx") else f"{said} (no unit)"
+
+
+def _shift(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> list:
+    """The full resolution's y/x translation (its first pixel's place: a source's stage or
+    scene position, carried), where not 0: ``info`` of the output did not show it (g79)."""
+    shift = next((t.get("translation") for t in dataset.get("coordinateTransformations", [])
+                  if t.get("type") == "translation"), None)  # fmt: skip
+    said = [
+        f"{a}={v:g}" + (f" {units[a]}" if a in units else "")
+        for a, v in zip(axes, shift or (), strict=False)
+        if a in "yx" and v
+    ]
+    return [("translation", ", ".join(said))] if said else []
+
+
+def _tiff_shift(pixels: Any) -> list:
+    """The first plane's OME ``PositionY``/``PositionX`` (the translation), where stated."""
+    plane = next((e for e in pixels if e.tag.endswith("Plane")), None)
+    if plane is None:
+        return []
+    said = [
+        f"{a.lower()}={float(plane.get(f'Position{a}')):g} {plane.get(f'Position{a}Unit', 'µm')}"
+        for a in "YX"
+        if plane.get(f"Position{a}") is not None
+    ]
+    return [("translation", ", ".join(said))] if said else []
 
 
 def _output_parameters(params: dict[str, Any]) -> str:

@@ -290,3 +290,18 @@ def test_a_resume_of_an_output_begun_before_scene_offsets_says_why_it_is_refused
     os.utime(path, ns=(1, 1))  # the file touched: it may have been rewritten
     proc = cli("fuse", f"{path}/1", dst, "--resume", "--chunks", "64", "--no-progress")
     assert "sizes and times they had" not in one_line_error(proc)
+
+
+def test_info_of_the_output_shows_the_scene_s_position(tmp_path):
+    """``info`` of a CZI scene's source showed its translation, ``info`` of the output fused
+    from it did not (neither OME-Zarr nor OME-TIFF), so a user could not check where the
+    output lies without reading its JSON or OME-XML (g79)."""
+    from safety_util import cli
+
+    path = tmp_path / "slide.czi"
+    write_czi_mosaic(path, scenes=((-1000, 2000), (300, 700)), n_planes=5, n_channels=1)
+    for dst, unit in (("s0.ome.zarr", "micrometer"), ("s0.ome.tif", "µm")):
+        assert cli("fuse", f"{path}/0", tmp_path / dst, "--no-progress").returncode == 0
+        proc = cli("info", tmp_path / dst)
+        assert proc.returncode == 0, proc.stderr
+        assert f"\ntranslation: y=-650 {unit}, x=1300 {unit}\n" in proc.stdout, proc.stdout
