@@ -161,7 +161,9 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
     where nd2 puts it, and a small rotation (a translation cannot hold one) turns the
     corners about it (a camera turned 90 degrees swaps the axes: left out with a warning).
     Without it (or with one of zeros: no orientation recorded) the stage's axes are taken
-    as the image's, as nd2's own OME-XML reports the position (its Plane PositionX/Y): the
+    as the image's, with a warning that says so (stages run either way against the image,
+    as stitchers' flip options show), as nd2's own OME-XML reports the position (its Plane
+    PositionX/Y, as Bio-Formats' ND2 reader does): the
     camera matrix alone does not give the direction (nd2 multiplies it by the stage's
     orientation, and gives no matrix where the file's device settings lack it)."""
     if frame is None or not {"x", "y"} <= set(scale):
@@ -170,8 +172,14 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
     if not all(np.isfinite([at.x, at.y])) or at.x == at.y == 0:  # nd2's default: none recorded
         return {}, ()
     matrix = getattr(frame.volume, "pixelToStageTransformationMatrix", None)
-    signs = (1.0, 1.0)
-    if matrix is not None and _oriented(matrix):
+    signs, told = (1.0, 1.0), ()
+    if matrix is None or not _oriented(matrix):  # a guess a viewer lays out as it is: said
+        told = (
+            f"{where}: its stage position is written as nd2 reports it, the stage's x and y "
+            "taken to run as the image's (the file records no stage orientation); check the "
+            "directions before laying positions out by it",
+        )
+    else:
         a, b, _, d, e, _ = (float(v) for v in matrix)
         if not (abs(b) < abs(a) and abs(d) < abs(e)):  # (a rotation below 45 degrees is kept)
             return {}, (
@@ -182,7 +190,7 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
     return {
         "x": round(signs[0] * at.x - sizes["X"] / 2 * scale["x"], 9),
         "y": round(signs[1] * at.y - sizes["Y"] / 2 * scale["y"], 9),
-    }, ()
+    }, told
 
 
 def _oriented(matrix: Any) -> bool:

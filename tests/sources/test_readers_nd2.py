@@ -189,9 +189,10 @@ def test_each_position_keeps_its_stage_position(nd2_file, tmp_path):
         assert transforms[1]["translation"][-2:] == pytest.approx([shift["y"], shift["x"]])
     f.pixel_to_stage = None  # no stage orientation in the file: as nd2 reports the position
     at = f.frame_metadata(6).channels[0].position.stagePositionUm
-    assert open_source(f"{path}/1").translation == pytest.approx(
-        {"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325}
-    )
+    src = open_source(f"{path}/1")
+    assert src.translation == pytest.approx({"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325})
+    (said,) = src.warnings  # a guess, said (g79)
+    assert "taken to run as the image's" in said and "check the directions" in said
 
 
 def test_a_camera_at_90_degrees_leaves_the_position_out_with_a_warning(nd2_file):
@@ -225,16 +226,20 @@ def test_settings_without_the_stage_s_orientation_keep_the_position(nd2_file):
     """NIS settings that use the XY stage but record no orientation (``m_iXOrientation0``):
     nd2 multiplies by its default 0, a matrix of zeros, which was taken for a camera turned
     90 degrees: the position was left out, with a warning that said so (g79). Now it is as
-    without a matrix, as nd2's OME-XML gives it; a recorded orientation still turns it."""
+    without a matrix, as nd2's OME-XML gives it, with the warning that the directions are
+    taken as the image's; a recorded orientation still turns it, and needs no warning."""
     path, f = nd2_file
     f.pixel_to_stage = _parsed_matrix({"m_iXYUse0": 1})
     assert f.pixel_to_stage == pytest.approx((0,) * 6)
     at = f.frame_metadata(6).channels[0].position.stagePositionUm
     src = open_source(f"{path}/1")
-    assert src.warnings == ()
+    assert len(src.warnings) == 1 and "90 degrees" not in src.warnings[0], src.warnings
+    assert "taken to run as the image's" in src.warnings[0]
     assert src.translation == pytest.approx({"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325})
     f.pixel_to_stage = _parsed_matrix({"m_iXYUse0": 1, "m_iXOrientation0": 1,
                                        "m_iYOrientation0": -1})  # fmt: skip
-    assert open_source(f"{path}/1").translation == pytest.approx(
+    src = open_source(f"{path}/1")
+    assert src.translation == pytest.approx(
         {"x": -at.x - 25 * 0.325, "y": at.y - 20 * 0.325}  # camera at 180, x stage as is
     )
+    assert src.warnings == ()  # the direction is known
