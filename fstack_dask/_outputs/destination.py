@@ -36,7 +36,7 @@ from .ownership import (
     provenance,
     run_record,
 )
-from .removal import clear_output, remove_entries, remove_output
+from .removal import clear_output, remove_entries, remove_output, remove_state
 from .state import OutputState
 
 __all__ = ["Destination", "Target"]
@@ -233,7 +233,7 @@ class Destination(DestinationChecks):
             kept = self._remove_entries(folder, [*names, STATE_DIR], keep_folder=keep, owned=ours)
         elif claimed and folder.child(STATE_DIR).exists():  # the claim alone: no record yet
             state = folder.child(STATE_DIR)
-            remove_tree(state, owned=lambda _loc: None, protect=self.protect)
+            remove_state(state, state.listdir(), protect=self.protect, keep_folder=False)
             kept = folder.listdir()
         else:
             kept = folder.listdir()

@@ -46,7 +46,7 @@ from .ownership import (
     recorded_entries,
     run_record,
 )
-from .removal import ours_within
+from .removal import ours_within, remove_state
 from .state import OutputState
 from .write import fsync_dir
 
@@ -220,9 +220,7 @@ def drop_staged_state(new: Location, protect: Iterable[Location]) -> None:
     A kill later leaves dst complete, its record naming no staged run: dropped then."""
     state = new.child(STATE_DIR)
     if state.exists():
-        order = {"done": 0, "run.json": 1}
-        names = sorted(state.listdir(), key=lambda n: order.get(n, 2))
-        remove_tree(state, owned=lambda _loc: None, protect=protect, only=names)
+        remove_state(state, state.listdir(), protect=protect, keep_folder=False)
     with contextlib.suppress(OSError):
         os.rmdir(new.path)
 
@@ -267,9 +265,7 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
         elif _swapping(dst) is None or classify(dst) != "complete":
             return False  # (dst unfinished, its staged output gone: a resume fuses it again)
         state = OutputState(dst).folder  # its record: dst is complete
-        names = [n for n in state.listdir() if n != "lock"]
-        remove_tree(state, owned=lambda _loc: None, protect=protect, only=names,
-                    keep_folder=True)  # fmt: skip
+        remove_state(state, [n for n in state.listdir() if n != "lock"], protect=protect)
     except DestinationLockedError:
         return False
     finally:

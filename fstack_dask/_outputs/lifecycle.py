@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
-from .._locations import Location, remove_tree
+from .._locations import Location
 from . import inplace, leftovers
 from .destination import Destination, Target
 from .ownership import STATE_DIR, provenance, recorded_entries, run_record
-from .removal import ours_within
+from .removal import ours_within, remove_state
 from .state import OutputState, new_output_id, write_output_id
 from .write import OutputSpec, create_output, publish
 
@@ -134,8 +134,7 @@ def finish(target: Target, destination: Destination) -> None:
             # meanwhile went with the rest (a done-marker a block: minutes on S3), and that
             # run failed "this run's lock was taken over and is gone"
             names = [n for n in state.listdir() if n != "lock"] if state.exists() else []
-            remove_tree(state, owned=lambda _loc: None, protect=destination.protect, only=names,
-                        keep_folder=True)  # fmt: skip
+            remove_state(state, names, protect=destination.protect)
         finally:
             Destination.release(target)  # (and the state folder, left empty)
     except Exception as exc:
@@ -275,10 +274,8 @@ def tidy_complete(destination: Destination) -> None:
         return
     target = destination.take("complete")
     try:
-        for name in ("done", "run.json", "source-files.npz"):
-            entry = target.state.folder.child(name)
-            if entry.exists():
-                remove_tree(entry, owned=lambda _loc: None, protect=destination.protect)
+        remove_state(target.state.folder, ("done", "run.json", "source-files.npz"),
+                     protect=destination.protect)  # fmt: skip
     finally:
         Destination.release(target)
 

@@ -47,6 +47,22 @@ RUN_KIND = "fstack_dask run"
 # (at the very end: \Z, as "$" also matches before a last newline, and a user's
 # 'zarr.json.<hex>.partial\n' was deleted by a resume's clean-up)
 ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
+# What a run writes into the state folder, by name (as everywhere else: a user's notes.txt
+# put into it went with it when a run finished): the lock, the record, the source's file
+# list, their temporary files, a replacement's copied-markers; done-markers are block names.
+_STATE_FILE = re.compile(
+    r"(lock|run\.json|source-files\.npz)(\.[0-9a-f]{32}\.tmp)?|copied-[0-9a-f]{32}-[^/]+"
+)
+MARKER = re.compile(r"(L[1-9][0-9]*_)?(0|[1-9][0-9]*)(_(0|[1-9][0-9]*))*")
+
+
+def state_written(path: str) -> bool:
+    """Whether ``path`` (``/``-separated, inside an output's state folder) is one a run
+    writes: :data:`_STATE_FILE`, the ``done`` folder and the block markers in it."""
+    folder, sep, name = path.partition("/")
+    if folder == "done":
+        return not sep or bool(MARKER.fullmatch(name))
+    return bool(_STATE_FILE.fullmatch(path))
 
 
 def _read_json(location: Location) -> Any:

@@ -35,6 +35,7 @@ from .ownership import (
     provenance,
     recorded_entries,
     run_record,
+    state_written,
 )
 from .state import OutputState
 
@@ -45,6 +46,7 @@ __all__ = [
     "ours_within",
     "remove_entries",
     "remove_output",
+    "remove_state",
     "sticky_blocked",
     "unremovable",
     "written_by_us",
@@ -75,7 +77,7 @@ def written_by_us(entry: str, path: str) -> bool:
     and the output's id file. A user's file put inside (notes in an array's folder, a Zarr
     store of the user's at ``0/annotations/cells.zarr``) is not, and is never removed."""
     if entry == STATE_DIR:
-        return True
+        return state_written(path)
     path = _written(path)
     if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
         return True
@@ -111,7 +113,7 @@ def ours_within(location: Location) -> Callable[[str, str], bool]:
 
     def ours(entry: str, path: str) -> bool:
         if entry == STATE_DIR or not written_by_us(entry, path):
-            return entry == STATE_DIR
+            return entry == STATE_DIR and state_written(path)
         path = _written(path)
         if entry == ID_FILE[0] and re.fullmatch(_ID_WRITES, path):
             return True
@@ -152,6 +154,34 @@ def remove_entries(
     if theirs:
         # folder.url, not .spec: a staging folder carries the spec of dst.
         log.warning("kept %s in %s: fstack_dask did not write them", theirs, folder.url)
+    return kept
+
+
+def _in_state(entry: str, path: str) -> bool:
+    return state_written(f"{entry}/{path}")
+
+
+def remove_state(
+    state: Location,
+    names: Iterable[str],
+    *,
+    protect: Iterable[Location],
+    keep_folder: bool = True,
+) -> list[str]:
+    """Remove these entries of the state folder ``state``, only what a run writes there
+    (:func:`.ownership.state_written`): the markers first, then the record (none may
+    outlive its data); returns what was kept, and warns of what is a user's."""
+    if not state.exists():
+        return []
+    listed = set(state.listdir())
+    order = {"done": 0, RUN_FILE: 1}
+    only = sorted((n for n in names if n in listed and state_written(n)),
+                  key=lambda n: order.get(n, 2))  # fmt: skip
+    kept = remove_tree(state, owned=lambda _loc: None, protect=protect, only=only,
+                       keep_folder=keep_folder, ours_within=_in_state)  # fmt: skip
+    theirs = [k for k in kept if not state_written(k)]
+    if theirs:
+        log.warning("kept %s in %s: fstack_dask did not write them", theirs, state.url)
     return kept
 
 
@@ -222,7 +252,7 @@ def _may_hold_ours(entry: str, rel: str) -> bool:
     :func:`written_by_us` judges them): a user's folder inside a level (``0/annotations``,
     a colleague's, 700) was refused as "may not list" by an overwrite that keeps it anyway."""
     if not rel or entry == STATE_DIR:
-        return True
+        return rel in ("", "done")  # (a user's folder in the state folder: kept)
     if not _LEVEL.fullmatch(entry):  # a map: its levels' arrays
         level, _, rel = rel.partition("/")
         if not _LEVEL.fullmatch(level):
@@ -318,11 +348,9 @@ def clear_output(folder: Location, *, protect: Iterable[Location]) -> None:
     entries = recorded_entries(folder)
     if entries is None:
         raise PermissionError(f"refusing to clear {folder.spec!r}: it is not ours")
-    done = OutputState(folder).done_folder
-    if done.exists():
-        # The markers vouch for data about to be removed: they go first, so that a marker
-        # never outlives its block's data (a later run would skip that block).
-        remove_tree(done, owned=lambda _loc: None, protect=protect)
+    # The markers vouch for data about to be removed: they go first, so that a marker
+    # never outlives its block's data (a later run would skip that block).
+    remove_state(OutputState(folder).folder, ["done"], protect=protect)
     remove_entries(folder, sorted(entries - {STATE_DIR}), protect=protect, keep_folder=True)
 
 

@@ -30,6 +30,7 @@ from .ownership import (
     FILES_FILE,
     ID_FILE,
     ID_KIND,
+    MARKER,
     RUN_FILE,
     RUN_KIND,
     STATE_DIR,
@@ -226,8 +227,10 @@ class OutputState:
             fsync_dir(self.done_folder.path)
 
     def done(self) -> set[str]:
+        """The blocks' done-markers (by name: a user's notes.txt put into ``done/`` is none,
+        and made the count of blocks left one less)."""
         try:
-            return set(self.done_folder.listdir())
+            return {n for n in self.done_folder.listdir() if MARKER.fullmatch(n)}
         except (FileNotFoundError, NotADirectoryError):
             return set()
 

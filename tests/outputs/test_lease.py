@@ -576,14 +576,14 @@ def test_a_finished_run_drops_its_state_under_its_lock(tmp_path, monkeypatch):
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     lock = dst / STATE_DIR / "lock"
-    real, seconds = lifecycle.remove_tree, []
+    real, seconds = lifecycle.remove_state, []
 
     def holder():
         with contextlib.suppress(OSError, ValueError):
             return json.loads(lock.read_text()).get("pid")
         return None
 
-    def remove_tree(location, *args, **kwargs):
+    def remove_state(location, *args, **kwargs):
         if f"/{STATE_DIR}" in location.path and not seconds:  # the finished run's state
             seconds.append(popen_cli("fuse", src, dst, *FUSE, "--overwrite", "--nhsize", "7"))
             deadline = time.monotonic() + 120
@@ -592,9 +592,9 @@ def test_a_finished_run_drops_its_state_under_its_lock(tmp_path, monkeypatch):
                 time.sleep(0.05)
         return real(location, *args, **kwargs)
 
-    monkeypatch.setattr(lifecycle, "remove_tree", remove_tree)
+    monkeypatch.setattr(lifecycle, "remove_state", remove_state)
     fuse_zarr(src, dst, chunks=CHUNK, progress=False)
-    monkeypatch.setattr(lifecycle, "remove_tree", real)
+    monkeypatch.setattr(lifecycle, "remove_state", real)
     [second] = seconds
     _, err = second.communicate(timeout=300)
     assert second.returncode == 1 and "is being written by pid" in err, err

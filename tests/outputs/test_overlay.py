@@ -104,13 +104,12 @@ KILLED_AT = textwrap.dedent(
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     removed = {"zarr.json": r"/out\.zarr/zarr\.json$", "chunk": r"/out\.zarr/0/c/",
                "staged record": r"staging-[0-9a-f]{12}/\.fstack_dask/run\.json$"}
-    if step == "staged markers":  # (a folder goes by rmtree)
-        rmtree = remove._rmtree
-        def rmtree_then_die(path):
-            rmtree(path)
+    if step == "staged markers":  # (its folder goes by rmdir, once its markers went)
+        def rmdir_then_die(path):
+            os.rmdir(path)
             if re.search(r"staging-[0-9a-f]{12}/\.fstack_dask/done$", path):
                 die()
-        remove._rmtree = rmtree_then_die
+        remove.os = types.SimpleNamespace(**{**vars(os), "rmdir": rmdir_then_die})
     elif step in removed:
         def unlink_then_die(path):
             os.unlink(path)
@@ -326,3 +325,29 @@ def test_a_fresh_tiff_run_in_an_overlay_where_statx_is_refused_removes_its_worki
         assert sorted(os.listdir(merged)) == ["out.tif", "src.zarr"]
     finally:
         subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+def test_a_users_files_in_the_state_folders_of_a_replacement_cut_short_are_kept(image, made):
+    """(g76: finishing the replacement removed every entry of dst's state folder but its
+    lock, and of the staged one's, a user's notes with them.)"""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "moved", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    (staged,) = [p for p in image.iterdir() if "staging" in p.name]
+    for state in (image / "out.zarr" / ".fstack_dask", staged / ".fstack_dask"):
+        (state / "notes.txt").write_text("mine")
+        (state / "done").mkdir(exist_ok=True)
+        (state / "done" / "mine.txt").write_text("mine")
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    for state in (image / "out.zarr" / ".fstack_dask", staged / ".fstack_dask"):
+        assert (state / "notes.txt").read_text() == "mine"
+        assert (state / "done" / "mine.txt").read_text() == "mine"
+        assert not (state / "run.json").exists() and not (state / "lock").exists()
+    assert proc.stderr.count("did not write them") == 2, proc.stderr
+    got = zarr.open_group(image / "out.zarr", mode="r")
+    assert got.attrs["fstack_dask"]["complete"] is True

@@ -955,21 +955,21 @@ def test_an_io_error_tidying_a_complete_output_is_a_warning(tmp_path, monkeypatc
     dst = tmp_path / "out.zarr"
     if how == "overwrite":
         fuse_zarr(src, dst, chunks=CHUNK, progress=False)
-    real = lifecycle.remove_tree
+    real = lifecycle.remove_state
 
-    def remove_tree(folder, **kwargs):
+    def remove_state(folder, *args, **kwargs):
         if folder.path.endswith(STATE_DIR):
             raise OSError(5, "Input/output error", "done")
-        return real(folder, **kwargs)
+        return real(folder, *args, **kwargs)
 
-    monkeypatch.setattr(lifecycle, "remove_tree", remove_tree)
+    monkeypatch.setattr(lifecycle, "remove_state", remove_state)
     with caplog.at_level(logging.WARNING, logger="fstack_dask"):
         out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=how == "overwrite",
                         progress=False)  # fmt: skip
     assert out.attrs["fstack_dask"]["complete"] is True and out.attrs["fstack_dask"]["nhsize"] == 5
     assert f"{dst} is complete, but its state folder" in caplog.text
     assert (dst / STATE_DIR).exists() and not (dst / STATE_DIR / "lock").exists()
-    monkeypatch.setattr(lifecycle, "remove_tree", real)
+    monkeypatch.setattr(lifecycle, "remove_state", real)
     fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
     assert not (dst / STATE_DIR).exists()
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]

@@ -1,0 +1,90 @@
+"""A user's files put into an output's state folder ``.fstack_dask/``: only the entries a run
+writes there go (by name, as everywhere else), the rest is kept and named. Real stores on
+disk, the real CLI in a subprocess, a run SIGKILLed where it matters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import zarr
+from safety_util import CACHE, cli, write_src
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# The CLI, SIGKILLed once every block is done, before the output is marked complete.
+_KILLED_BEFORE_PUBLISH = textwrap.dedent("""
+    import os, signal, sys
+    from fstack_dask._outputs import lifecycle
+    lifecycle.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def killed_before_publish(*args) -> None:
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_PUBLISH, *map(str, args)],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+
+
+def put_mine(state: Path) -> dict[str, str]:
+    """A user's files in the state folder: beside our entries, in a folder, among the
+    done-markers; returns them, by path, with their text."""
+    mine = {"notes.txt": "a", "mine/a.txt": "b", "done/mine.txt": "c", "lock.txt": "d"}
+    for rel, text in mine.items():
+        (state / rel).parent.mkdir(parents=True, exist_ok=True)
+        (state / rel).write_text(text)
+    return mine
+
+
+@pytest.fixture
+def killed(tmp_path) -> tuple[Path, Path, dict[str, str]]:
+    """A source, its output unfinished (killed once every block was done) with a user's
+    files in its state folder: (src, dst, those files)."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    killed_before_publish("fuse", src, dst)
+    return src, dst, put_mine(dst / ".fstack_dask")
+
+
+def test_a_users_files_in_the_state_folder_are_kept_when_a_run_finishes(killed):
+    """(g76: a resume's finish removed every entry of the state folder but the lock, a
+    user's notes.txt and folders with them; a file in done/ counted as a block, "-1 of 9
+    blocks left")."""
+    src, dst, mine = killed
+    proc = cli("fuse", src, dst, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 of 9 blocks left" in proc.stderr, proc.stderr
+    left = sorted(str(p.relative_to(dst / ".fstack_dask")) for p in
+                  (dst / ".fstack_dask").rglob("*") if p.is_file())  # fmt: skip
+    assert left == sorted(mine), left  # ours went: the record, the markers, the lock
+    warned = [line for line in proc.stderr.splitlines() if "did not write them" in line]
+    assert len(warned) == 1 and "notes.txt" in warned[0] and "done/mine.txt" in warned[0]
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+    proc = cli("fuse", src, dst, "--resume")  # complete: tidied, kept
+    assert proc.returncode == 0, proc.stderr
+    for rel, text in mine.items():
+        assert (dst / ".fstack_dask" / rel).read_text() == text, rel
+
+
+@pytest.mark.parametrize("old", ["unfinished", "complete"])
+def test_a_users_files_in_the_state_folder_of_an_output_overwritten_are_kept(killed, old):
+    """An overwrite of an unfinished output (cleared in place: its record and markers go)
+    or of a complete one (swapped: the old output removed beside dst) whose state folder
+    holds a user's files: they are kept, and named; ours went."""
+    src, dst, mine = killed
+    if old == "complete":
+        assert cli("fuse", src, dst, "--resume").returncode == 0
+    proc = cli("fuse", src, dst, "--overwrite", "--depth-map")
+    assert proc.returncode == 0, proc.stderr
+    found = {str(p.relative_to(dst.parent)): p.read_text() for p in dst.parent.rglob("*")
+             if p.is_file() and ".fstack_dask" in p.parts}  # fmt: skip
+    assert sorted(found.values()) == sorted(mine.values()), found
+    assert "did not write them" in proc.stderr and "notes.txt" in proc.stderr, proc.stderr
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
