@@ -70,6 +70,7 @@ def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
     params = provenance(location)
     if params is None:  # a run killed while creating the output: its record only
         params = (run_record(location) or {}).get("params") or {}
+    params = _replacing_params(location, kind) or params
     lines = [
         ("output", shown(location.url)),
         (
@@ -252,17 +253,31 @@ def _state(location: Any, kind: str, params: dict[str, Any], state_of: Any, read
 def _being_replaced(location: Any, record: dict[str, Any]) -> str | None:
     """What an overwrite cut short while it replaced ``location`` entry by entry left (it
     said "0 of 9 blocks of level 0 done; resumable ... computes only the blocks left", of a
-    new output whose blocks were all done, beside it)."""
-    from .._outputs.inplace import SWAPPING, replacing
+    new output whose blocks were all done, beside it; and so where that one was gone)."""
+    from .._outputs.inplace import SWAPPING, abandoned, replacing
 
     new = replacing(location) if SWAPPING in record else None
     if new is None:
-        return None
+        gone = abandoned(location) if SWAPPING in record else None
+        return None if gone is None else f"unfinished, not resumable: {gone}"
     return (
         f"unfinished: being replaced by a new output entry by entry (an overwrite cut short; "
         f"its folder cannot be renamed), what has not moved yet in {new.url!r}; the next run "
-        "into it (the same fuse command with --resume, resume=True) finishes the replacement"
+        "into it (the same fuse command with --resume, resume=True) finishes the replacement; "
+        "the lines below are the new output's"
     )
+
+
+def _replacing_params(location: Any, kind: str) -> dict[str, Any] | None:
+    """The new output's parameters where an overwrite cut short was replacing ``location``
+    entry by entry (``info`` showed the old output's, its state line the new one's)."""
+    from .._outputs.inplace import replacing
+    from .._outputs.ownership import provenance, run_record
+
+    new = replacing(location) if kind == "unfinished" and location.is_local else None
+    if new is None:
+        return None
+    return provenance(new) or (run_record(new) or {}).get("params") or None
 
 
 def _not_resumable(params: dict[str, Any]) -> str | None:

@@ -134,6 +134,9 @@ class DestinationChecks:
             if kind == "unfinished" or overwrite or self.staged_run() is not None:
                 self._refuse_unwritable(removing=overwrite)
         if kind == "unfinished":
+            gone = None if overwrite else inplace.abandoned(self.dst)
+            if gone is not None:
+                raise FileNotFoundError(gone)
             if resume:
                 return "resume"
             if overwrite:

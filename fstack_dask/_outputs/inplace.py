@@ -52,6 +52,7 @@ from .write import fsync_dir
 
 __all__ = [
     "SWAPPING",
+    "abandoned",
     "drop_staged_state",
     "left",
     "replace_in_place",
@@ -249,8 +250,9 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
     """Finish, under dst's lock and the staged folder's, a replacement entry by entry that a
     run cut short left (the module docstring); False where there is none, or where a live
     run holds either lock (it is at it)."""
-    if _swapping(dst) is None:
-        return False
+    if _swapping(dst) is None or abandoned(dst) is not None:
+        return False  # (its lock not taken: a stale one's takeover printed a line above
+        # the refusal, and removed it)
     what = f"dst {dst.spec!r}"
     locks = [DestinationLock(OutputState(dst).lock, what)]
     try:
@@ -263,7 +265,7 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
             locks.pop().release()
             drop_staged_state(new, protect)
         elif _swapping(dst) is None or classify(dst) != "complete":
-            return False  # (dst unfinished, its staged output gone: a resume fuses it again)
+            return False  # (its staged output gone meanwhile: abandoned, refused)
         state = OutputState(dst).folder  # its record: dst is complete
         remove_state(state, [n for n in state.listdir() if n != "lock"], protect=protect)
     except DestinationLockedError:
@@ -277,6 +279,22 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
         log.warning("finished replacing %s by the output of an overwrite cut short while it "
                     "replaced it entry by entry (%s)", dst.spec, new.url)  # fmt: skip
     return True
+
+
+def abandoned(dst: Location) -> str | None:
+    """Why ``dst``, left unfinished by a replacement entry by entry cut short, cannot be
+    resumed where the staged output it was taking in is gone (a user removed it): it holds
+    what was left of the old output, no image (``--resume`` with the new parameters said
+    they differed from the old output's, and ``info`` called it resumable); or None."""
+    swapping = _swapping(dst)
+    if swapping is None or replacing(dst) is not None or classify(dst) != "unfinished":
+        return None
+    return (
+        f"dst {dst.spec!r} was being replaced by a new output entry by entry (an overwrite cut "
+        f"short; its folder cannot be renamed), and the new output it was taking in, "
+        f"{dst.sibling(swapping['from']).url!r}, is gone: dst holds parts of the two outputs, no "
+        "image, nothing to resume; start over with overwrite=True"
+    )
 
 
 def left(dst: Location) -> str | None:

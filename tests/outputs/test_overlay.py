@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from safety_util import CACHE, cli, write_src
+from conftest import tree_digest
+from safety_util import CACHE, cli, one_line_error, write_src
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -351,3 +352,48 @@ def test_a_users_files_in_the_state_folders_of_a_replacement_cut_short_are_kept(
     assert proc.stderr.count("did not write them") == 2, proc.stderr
     got = zarr.open_group(image / "out.zarr", mode="r")
     assert got.attrs["fstack_dask"]["complete"] is True
+
+
+@pytest.mark.parametrize("step", ["zarr.json", "rename"])
+def test_a_replacement_cut_short_whose_staged_output_was_removed_says_so(image, made, step):
+    """(g76: --resume with the new parameters refused "was started with different
+    depth_map" (dst's record is the old output's), a plain run "continue it with --resume",
+    and info called it resumable.) One line, exit 2, nothing changed; --overwrite then."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, step, *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    (staged,) = [p for p in image.iterdir() if "staging" in p.name]
+    shutil.rmtree(staged)
+    before = tree_digest(image)
+    info = cli("info", image / "out.zarr")
+    assert info.returncode == 0, info.stderr
+    assert f"{staged.name}', is gone" in info.stdout and "not resumable" in info.stdout
+    for extra in (["--resume"], []):
+        proc = cli(*args, *extra)
+        assert proc.returncode == 2, proc.stderr
+        error = one_line_error(proc)
+        assert f"{staged.name}', is gone" in error and "start over with --overwrite" in error
+        assert tree_digest(image) == before
+    proc = cli(*args, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
+def test_info_of_a_replacement_cut_short_shows_the_new_outputs_parameters(image, made):
+    """(g76: it showed the old output's, "maps none", under a state line of the new one.)"""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "chunk", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    info = cli("info", image / "out.zarr")
+    assert info.returncode == 0, info.stderr
+    assert "the lines below are the new output's" in info.stdout, info.stdout
+    (line,) = [x for x in info.stdout.splitlines() if x.startswith("parameters:")]
+    assert line.endswith("maps depth"), line
