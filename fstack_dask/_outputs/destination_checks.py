@@ -56,11 +56,6 @@ class DestinationChecks:
             leftovers.restore(dst, protect=self.protect)
         ):
             self.kind = classify(dst)
-        # an overwrite killed while it replaced dst entry by entry (where it cannot be renamed)
-        if self.kind in ("complete", "unfinished") and inplace.resume_replacement(
-            dst, protect=self.protect
-        ):
-            self.kind = classify(dst)
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
         # working store takes those of the TIFF it will replace)
         self.looks_like: str | None = None
@@ -102,6 +97,8 @@ class DestinationChecks:
             raise DestinationLockedError(locked_message(what, info))
         if kind in ours:  # a lock watched for its heartbeat takes seconds: its run may be done
             self.kind = kind = classify(self.dst)
+        if kind in ("complete", "unfinished"):
+            self.kind = kind = self._replacement_cut_short(overwrite=overwrite, resume=resume)
         if kind == "file":
             raise FileExistsError(
                 f"{what} is an existing file; choose a folder path for the output"
@@ -158,6 +155,17 @@ class DestinationChecks:
             self._refuse_unswappable()
             return "staged"
         raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
+
+    def _replacement_cut_short(self, *, overwrite: bool, resume: bool) -> str:
+        """Finish, for ``resume`` or ``overwrite``, what an overwrite killed while it replaced
+        dst entry by entry (where it cannot be renamed) left; the kind of dst then. A plain
+        run is refused first, touching nothing (it finished the replacement, then exited 2,
+        "already exists")."""
+        if not (resume or overwrite) and inplace.replacing(self.dst) is not None:
+            raise FileExistsError(f"{inplace.left(self.dst)}; nothing was changed")
+        if inplace.resume_replacement(self.dst, protect=self.protect):
+            return classify(self.dst)
+        return self.kind
 
     def protect_also(self, places: Iterable[Location]) -> None:
         """Refuse a dst that overlaps one of ``places`` (the source), and keep them protected
