@@ -240,6 +240,8 @@ class DestinationChecks:
             why = None if missing is None else (
                 f"cannot be replaced: this user {missing}; {advice} or choose another dst"
             )  # fmt: skip
+            if isinstance(missing, Marked):  # exit 2, as a mark on dst itself (one deeper
+                raise ValueError(f"{self.what()} {why} (nothing was written)")  # exited 1)
         if why is not None:
             raise PermissionError(f"{self.what()} {why} (nothing was written)")
 

@@ -642,7 +642,7 @@ def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_
     mode 644)", blaming the owner, root itself, and saying neither what was left of dst nor
     how to go on (a ninth adversarial run). It names the mark, before anything is removed
     (g53: until then, once part of the run was removed), and a rerun of --overwrite finishes
-    once the mark is cleared."""
+    once the mark is cleared. Exit 2, as a mark on dst itself (g76: 1, a mark deeper)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     _unfinished(src, dst, monkeypatch)
@@ -650,7 +650,7 @@ def test_an_overwrite_that_cannot_clear_an_unfinished_run_says_what_is_left(tmp_
     _chattr_or_skip("i", chunk, request)
     before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
-    assert proc.returncode == 1
+    assert proc.returncode == 2, proc.stderr
     error = one_line_error(proc)
     assert f"{str(chunk)!r} is marked immutable (chattr +i; chattr -i clears it)" in error
     assert tree_digest(tmp_path) == before
@@ -666,7 +666,7 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
     '.../0/c/0/0'", naming the file, not the folder's mark nor how to clear it (g53). One
     line naming dst, the folder's mark and ``chattr -a``; the rest kept; a rerun of
     --overwrite finishes once the mark is cleared. (Since g53's check of the marks inside an
-    output before anything is written, the refusal comes before the clear.)"""
+    output before anything is written, the refusal comes before the clear: exit 2, g76.)"""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     _unfinished(src, dst, monkeypatch)
@@ -674,7 +674,7 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
     kept = sorted(p.name for p in folder.iterdir())
     _chattr_or_skip("a", folder, request)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
-    assert proc.returncode in (1, 2)
+    assert proc.returncode == 2, proc.stderr
     error = one_line_error(proc)
     assert f"dst {str(dst)!r}" in error
     assert f"{str(folder)!r} is marked append-only (chattr +a; chattr -a clears it)" in error
@@ -693,7 +693,9 @@ def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path,
     not remove the old output and left it beside dst with a warning; an immutable folder was
     blamed on its owner, root itself ("ask its owner") (g53). Refused before anything is
     written, naming the marked path, the mark and how to clear it. So is dst's own zarr.json
-    marked, which the walk of dst's folders missed: swapped, then left beside dst (g60)."""
+    marked, which the walk of dst's folders missed: swapped, then left beside dst (g60).
+    Exit 2, as dst marked itself, refused before anything is written (it exited 1 where a
+    mark on dst or its parent exited 2: the same refusal, a usage error, g76)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
@@ -702,7 +704,7 @@ def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path,
     _chattr_or_skip(flag, marked, request)
     before = tree_digest(tmp_path)
     proc = cli("fuse", src, dst, *FUSE, "--overwrite")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc)
     mark = {"a": "append-only", "i": "immutable"}[flag]
     assert line.startswith(f"fstack-dask: error: dst {str(dst)!r} cannot be replaced: "), line
