@@ -1735,3 +1735,52 @@ def test_a_second_run_between_the_two_renames_of_a_swap_is_refused(tmp_path, mon
     expected = focus_stack(small_stack().transpose(1, 2, 0), nhsize=5)
     np.testing.assert_array_equal(out["0"][...], expected)
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "src.zarr"]
+
+
+@pytest.mark.parametrize("old", ["complete", "unfinished"])
+def test_an_overwrite_unlinks_only_our_names_of_hard_linked_files(tmp_path, old):
+    """A user's files hard-linked into an old output (beside our entries, inside a level)
+    and a chunk of ours hard-linked out of it (a backup): an overwrite (a swap, or a clear
+    in place of an unfinished run) removes our names only; every link's file keeps its
+    bytes, and the user's names stay in the output (g76)."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    if old == "complete":
+        assert cli("fuse", src, dst, "--chunks", CHUNK).returncode == 0
+    else:
+        killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_A_BLOCK, str(src), str(dst),
+                                 "--chunks", str(CHUNK)], capture_output=True, text=True,
+                                env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+        assert killed.returncode == -9, killed.stderr
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mine.txt").write_bytes(b"mine")
+    os.link(home / "mine.txt", dst / "notes.txt")
+    os.link(home / "mine.txt", dst / "0" / "notes.txt")
+    chunk = next(p for p in sorted((dst / "0" / "c").rglob("*")) if p.is_file())
+    os.link(chunk, home / "backup")
+    backup = (home / "backup").read_bytes()
+    proc = cli("fuse", src, dst, "--chunks", CHUNK, "--overwrite", "--depth-map")
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "mine.txt").read_bytes() == b"mine"
+    assert (home / "backup").read_bytes() == backup
+    assert (dst / "notes.txt").read_bytes() == b"mine"
+    assert os.path.samefile(home / "mine.txt", dst / "notes.txt")
+    kept = [p for p in tmp_path.rglob("notes.txt") if p.parent.name == "0"]
+    assert len(kept) == 1 and os.path.samefile(home / "mine.txt", kept[0]), kept
+    assert os.stat(home / "backup").st_nlink == 1  # our name of it went
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+
+
+# The CLI's fuse (argv: its arguments), SIGKILLed once its first block is written.
+_KILLED_AFTER_A_BLOCK = textwrap.dedent("""
+    import os, signal, sys
+    from fstack_dask._outputs.state import OutputState
+    mark = OutputState.mark_done
+    def mark_then_die(self, *args, **kwargs):
+        mark(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    OutputState.mark_done = mark_then_die
+    from fstack_dask._cli.main import main
+    sys.exit(main(["fuse", *sys.argv[1:]]))
+""")
