@@ -250,8 +250,12 @@ def _none_planned(cluster: Any) -> bool:
     adaptive = getattr(cluster, "_adaptive", None)  # (distributed's own test of it)
     if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
         return False
-    workers = list(getattr(cluster, "workers", {}).values())  # (copied at once, as in _jobs)
-    return all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers)
+    workers = dict(getattr(cluster, "workers", {}))  # (copied at once, as in _jobs)
+    if any(name not in workers for name in list(getattr(cluster, "worker_spec", {}))):
+        # asked for and still starting: a cluster has a worker object only once it started
+        # (cluster.scale(1) just before the run, a worker 15 s to start, failed it: g80)
+        return False
+    return all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers.values())
 
 
 def _never_coming(client: Any) -> bool:

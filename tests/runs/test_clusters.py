@@ -634,6 +634,27 @@ def test_a_cluster_scaled_to_no_worker_and_not_adaptive_fails_without_the_stall_
     ), info.value
 
 
+def test_a_worker_asked_for_just_before_the_run_and_slow_to_start_is_waited_for(tmp_path):
+    """cluster.scale(1) on a LocalCluster without workers just before the run, its worker 15 s
+    to start (a loaded node, imports on a slow shared file system): the cluster has a worker
+    object only once it started, so the run was failed after 10 s, "not adaptive and has
+    none to start", a valid run refused (g80)."""
+    from distributed import Client, LocalCluster
+
+    preload = tmp_path / "slow_start.py"
+    preload.write_text(
+        "import asyncio\n\n\nasync def dask_setup(worker):\n    await asyncio.sleep(15)\n"
+    )
+    src = synthetic_store(tmp_path / "s.zarr", (64, 64), 5, chunk=32, seed=2)
+    with LocalCluster(n_workers=0, threads_per_worker=1, dashboard_address=":0",
+                      preload=[str(preload)]) as cluster, \
+            Client(cluster, set_as_default=False) as client:  # fmt: skip
+        cluster.scale(1)
+        fuse_zarr(src, tmp_path / "out.zarr", scheduler=client, progress=False, levels=0,
+                  stall_timeout=120)  # fmt: skip
+    assert zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:].any()
+
+
 def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local_cluster):
     """A notebook's other thread closed the run's Client: the run said "lost the connection
     to the dask scheduler at ?" of a scheduler that ran on (g75)."""
