@@ -33,7 +33,7 @@ def shield_local_workers(client: Any) -> Iterator[None]:
     workers present then, g75). Setting and restoring are carried through an interrupt: one
     that landed meanwhile left a worker ignoring SIGINT for good."""
     plugin = _Shield(os.getpgrp(), os.getpid(), f"fstack-dask-shield-{uuid.uuid4().hex}")
-    registered: list[bool] = []
+    registered: list[str] = []  # the scheduler's address, once asked to register
     try:
         finish_despite_interrupts(_register, client, plugin, registered)
         yield
@@ -44,9 +44,13 @@ def shield_local_workers(client: Any) -> Iterator[None]:
         if registered and getattr(client, "status", None) == "running":
             with contextlib.suppress(Exception):
                 finish_despite_interrupts(client.unregister_worker_plugin, plugin.token)
+        elif registered and getattr(client, "status", None) in ("closing", "closed"):
+            # closed by another thread (a notebook's client.close()), its scheduler alive:
+            # the plugin stayed on it, the workers ignored SIGINT for good (g80)
+            finish_despite_interrupts(_unregister_anew, registered[0], plugin.token)
 
 
-def _register(client: Any, plugin: _Shield, registered: list[bool]) -> None:
+def _register(client: Any, plugin: _Shield, registered: list[str]) -> None:
     """Have the run's plugin on the cluster's workers, present and to come, where some may be
     this process's children: a cluster object of this process (a ``LocalCluster``, adaptive
     ones scaled to none included), or a worker of ours found among those present (a Client
@@ -57,9 +61,21 @@ def _register(client: Any, plugin: _Shield, registered: list[bool]) -> None:
             found = client.run(_is_ours, plugin.pgid, plugin.pid, on_error="return")
         if not any(ours is True for ours in found.values()):
             return
+    # said registered first: a second Ctrl-C in the call below left it on the scheduler
+    registered.append(str(getattr(getattr(client, "scheduler", None), "address", "") or ""))
     with contextlib.suppress(Exception):
         client.register_plugin(plugin, name=plugin.token)
-        registered.append(True)
+
+
+def _unregister_anew(address: str, token: str) -> None:
+    """The run's plugin removed through a connection of its own, where the run's Client was
+    closed; none made where the scheduler does not answer within a few seconds."""
+    from distributed import Client
+
+    if not address:
+        return
+    with contextlib.suppress(Exception), Client(address, set_as_default=False, timeout=5) as c:
+        c.unregister_worker_plugin(token)
 
 
 class _Shield(WorkerPlugin):

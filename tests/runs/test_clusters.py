@@ -679,6 +679,12 @@ def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local
         "the distributed Client of this run was closed while it ran (client.close() from "
         f"another thread?); make a new Client for the scheduler at {address}; "
     ), info.value
+    # nor is the run's shield left on the scheduler, its workers ignoring SIGINT for good, a
+    # restarted one too (only a running Client removed it: g80)
+    assert not [k for k in local_cluster.scheduler.worker_plugins if "shield" in k]
+    with Client(local_cluster, set_as_default=False) as again:
+        ignoring = again.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        assert not any(ignoring.values()), ignoring
     with Client(local_cluster, set_as_default=False) as again:  # a new one resumes it
         out = fuse_zarr(src, dst, chunks=32, levels=0, progress=False, scheduler=again,
                         resume=True)  # fmt: skip
