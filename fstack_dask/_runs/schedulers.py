@@ -48,7 +48,7 @@ from .blocks import FuseJob, Outcome
 from .progress import Progress
 from .pyramid import PyramidJob
 from .scheduler_choice import Scheduler
-from .waiting import POLL, SchedulerLostError, cluster_waiter, first_done, local_waiter, lost
+from .waiting import POLL, cluster_waiter, first_done, local_waiter, lost_error
 
 __all__ = ["RunReport", "execute"]
 
@@ -368,22 +368,10 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
 
 def _raise_if_lost(scheduler: Scheduler, exc: BaseException) -> None:
     """A cluster run's failure because its scheduler went away, said as such."""
-    if scheduler.kind == "distributed" and lost(scheduler.client, exc):
-        client = scheduler.client
-        # (a closed Client has none: it said "at ?")
-        address = getattr(getattr(client, "scheduler", None), "address", None)
-        address = address or scheduler.address or "?"
-        if getattr(client, "status", None) in ("closing", "closed"):
-            # closed by the user (another thread of a notebook), not by a lost scheduler:
-            # a Client gives one up only after its reconnect timeout (30 s), the run at once
-            raise SchedulerLostError(
-                f"the distributed Client of this run was closed while it ran (client.close() "
-                f"from another thread?); make a new Client for the scheduler at {address}"
-            ) from exc
-        raise SchedulerLostError(
-            f"lost the connection to the dask scheduler at {address} (it stopped, or the "
-            "network failed)"
-        ) from exc
+    if scheduler.kind == "distributed":
+        error = lost_error(scheduler.client, scheduler.address, exc)
+        if error is not None:
+            raise error from exc
 
 
 def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -> None:

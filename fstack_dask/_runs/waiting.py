@@ -19,6 +19,7 @@ __all__ = [
     "a_worker",
     "cluster_waiter",
     "first_done",
+    "lost_error",
     "local_waiter",
     "lost",
     "telling_refusals",
@@ -47,6 +48,41 @@ def lost(client: Any, exc: BaseException) -> bool:
         or "CommClosedError" in text
         or getattr(client, "status", "running") not in ("running", "connecting")
     )
+
+
+def lost_error(client: Any, address: str, exc: BaseException) -> SchedulerLostError | None:
+    """The run's failure ``exc`` said as the loss of its scheduler (at ``address``, kept from
+    the run's start: a closed Client has none), or of its Client closed by another thread;
+    None where it is neither."""
+    if isinstance(exc, SchedulerLostError) or not lost(client, exc):
+        return None
+    address = getattr(getattr(client, "scheduler", None), "address", None) or address or "?"
+    if getattr(client, "status", None) in ("closing", "closed"):
+        # closed by the user (another thread of a notebook), not by a lost scheduler:
+        # a Client gives one up only after its reconnect timeout (30 s), the run at once
+        return SchedulerLostError(
+            f"the distributed Client of this run was closed while it ran (client.close() "
+            f"from another thread?); make a new Client for the scheduler at {address}"
+        )
+    return SchedulerLostError(
+        f"lost the connection to the dask scheduler at {address} (it stopped, or the "
+        "network failed)"
+    )
+
+
+@contextlib.contextmanager
+def _said_lost(client: Any) -> Iterator[None]:
+    """The block's failure said by :func:`lost_error` where it is one (the in-memory source's
+    scatter, its Client closed meanwhile, failed "CommClosedError in <TCP (closed)
+    ConnectionPool.scatter ...>": g80)."""
+    address = str(getattr(getattr(client, "scheduler", None), "address", "") or "")
+    try:
+        yield
+    except Exception as exc:
+        error = lost_error(client, address, exc)
+        if error is not None:
+            raise error from exc
+        raise
 
 
 def first_done(running: set[Any]) -> tuple[set[Any], set[Any]]:
@@ -117,7 +153,8 @@ def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
     refused, a local cluster's all ended): the stall's :class:`StalledError`, one line, as
     the run's own wait says it."""
     if client.scheduler_info(n_workers=-1).get("workers"):
-        yield
+        with _said_lost(client):
+            yield
         return
     from distributed import Event
 
@@ -131,7 +168,8 @@ def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
             if waited >= stall_timeout or (waited >= REFUSED_AFTER and _never_coming(client)):
                 raise StalledError(_stall_message(client, round(min(waited, stall_timeout))))
             time.sleep(POLL)
-        yield
+        with _said_lost(client):
+            yield
     finally:
         with contextlib.suppress(Exception):  # (a scheduler gone: the run says so)
             event = Event(name, client=client)

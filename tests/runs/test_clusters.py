@@ -655,6 +655,33 @@ def test_a_worker_asked_for_just_before_the_run_and_slow_to_start_is_waited_for(
     assert zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:].any()
 
 
+def test_a_client_closed_as_the_in_memory_source_is_sent_is_said_so(tmp_path, local_cluster):
+    """Another thread closed the run's Client as it sent the in-memory source to the
+    workers: the run failed "CommClosedError in <TCP (closed) ConnectionPool.scatter ...>"
+    or "'NoneType' object has no attribute 'scatter'", not what 3dc0707 says (g80)."""
+    from distributed import Client
+
+    from fstack_dask._runs.waiting import SchedulerLostError
+
+    client = Client(local_cluster, set_as_default=False)
+    scatter = client.scatter
+
+    def scatter_closed(*args, **kwargs):  # (the other thread's close, landed just before it)
+        client.close()
+        return scatter(*args, **kwargs)
+
+    client.scatter = scatter_closed
+    stack = synthetic_stack((64, 64), 5, dtype="uint16", seed=2).stack.transpose(2, 0, 1)
+    with pytest.raises(SchedulerLostError) as info:
+        fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", levels=0, progress=False,
+                  scheduler=client)  # fmt: skip
+    assert str(info.value).startswith(
+        "the distributed Client of this run was closed while it ran (client.close() from "
+        f"another thread?); make a new Client for the scheduler at "
+        f"{local_cluster.scheduler_address}; nothing was written"
+    ), info.value
+
+
 def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local_cluster):
     """A notebook's other thread closed the run's Client: the run said "lost the connection
     to the dask scheduler at ?" of a scheduler that ran on (g75)."""
