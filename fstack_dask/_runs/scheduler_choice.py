@@ -146,9 +146,15 @@ def connect(address: str, name: str, where: str, *, default: bool = False) -> An
     waits to connect) a ``ValueError`` naming it: it was distributed's 30 s wait, then exit 1, for a
     mistyped port (the g75 brief). An address that does not answer (a host down) is left to
     distributed's wait, 30 s."""
+    from urllib.parse import urlsplit
+
     from distributed import Client
 
     said = f"{name} {address!r}" + (f" ({where})" if where else "")
+    try:
+        _ = urlsplit(address).port  # (tcp://host:99999 was "Port out of range 0-65535" alone: g80)
+    except ValueError as exc:
+        raise ValueError(f"{said}: {exc}") from None
     wait = _connect_timeout()
     if _refused(address, wait):
         raise ValueError(

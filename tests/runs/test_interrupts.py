@@ -377,6 +377,20 @@ def test_a_scheduler_address_where_nothing_listens_is_a_usage_error(stack, tmp_p
     assert time.monotonic() - start >= 4
 
 
+def test_a_scheduler_address_with_a_port_out_of_range_names_the_option(stack, tmp_path):
+    """--scheduler tcp://127.0.0.1:99999 said only "Port out of range 0-65535", naming neither
+    the option nor the address (4cede04's check of the address; the g80 review)."""
+    dst = tmp_path / "out.zarr"
+    proc = _popen("fuse", stack, dst, "--scheduler", "tcp://127.0.0.1:99999", "--no-progress")
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, err
+    assert _stderr_is_one_line(err) == (
+        "fstack-dask: error: scheduler 'tcp://127.0.0.1:99999' (--scheduler, or the config's "
+        "cluster.address): Port out of range 0-65535"
+    )
+    assert not dst.exists()
+
+
 def test_a_scheduler_that_starts_within_the_connect_timeout_is_connected_to(stack, tmp_path):
     """A batch script's `dask scheduler &` still importing when the run starts: refused
     connections are tried again for distributed's connect timeout, as distributed does, and
