@@ -50,8 +50,11 @@ ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
 # What a run writes into the state folder, by name (as everywhere else: a user's notes.txt
 # put into it went with it when a run finished): the lock, the record, the source's file
 # list, their temporary files, a replacement's copied-markers; done-markers are block names.
+# The lock's temporary file was "lock.<pid>.<hex>" from 2026-11-24 to 12-04: one a kill left
+# was kept as a user's, and the state folder with it for good (g82).
 _STATE_FILE = re.compile(
-    r"(lock|run\.json|source-files\.npz)(\.[0-9a-f]{32}\.tmp)?|copied-[0-9a-f]{32}-[^/]+"
+    r"(lock|run\.json|source-files\.npz)(\.[0-9a-f]{32}\.tmp)?|lock\.[0-9]+\.[0-9a-f]{32}"
+    r"|copied-[0-9a-f]{32}-[^/]+"
 )
 MARKER = re.compile(r"(L[1-9][0-9]*_)?(0|[1-9][0-9]*)(_(0|[1-9][0-9]*))*")
 

@@ -88,3 +88,27 @@ def test_a_users_files_in_the_state_folder_of_an_output_overwritten_are_kept(kil
     assert sorted(found.values()) == sorted(mine.values()), found
     assert "did not write them" in proc.stderr and "notes.txt" in proc.stderr, proc.stderr
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+
+
+# The lock's temporary name of the releases of 2026-11-24 to 2026-12-04 (its pid and a hex),
+# left where a run was killed between writing it and unlinking it.
+OLD_LOCK_ASIDE = "lock.4242.0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("how", ["--resume", "--overwrite"])
+def test_a_name_an_earlier_release_wrote_in_the_state_folder_goes_with_it(tmp_path, how):
+    """(g82: it was kept, with a warning that fstack_dask had not written it, and the state
+    folder with it for good; an overwrite of the output then left the old one's folder,
+    ``.out.zarr.fstack-staging-...``, beside dst, holding only that name.)"""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    killed_before_publish("fuse", src, dst)
+    (dst / ".fstack_dask" / OLD_LOCK_ASIDE).write_bytes(b"")
+    proc = cli("fuse", src, dst, how)
+    assert proc.returncode == 0, proc.stderr
+    assert "did not write them" not in proc.stderr, proc.stderr
+    assert not (dst / ".fstack_dask").exists()
+    proc = cli("fuse", src, dst, "--overwrite", "--depth-map")  # the complete one swapped
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "src.zarr"]
+    assert not (dst / ".fstack_dask").exists()
