@@ -273,9 +273,11 @@ def tidy_complete(destination: Destination) -> None:
     if not state.exists() and not leftovers.staging_folders(destination.dst):
         return
     target = destination.take("complete")
-    try:
-        remove_state(target.state.folder, ("done", "run.json", "source-files.npz"),
-                     protect=destination.protect)  # fmt: skip
+    try:  # every name a run writes, but the lock (a record's temporary file a kill left
+        # stayed, and the state folder with it, for good: g82)
+        state = target.state.folder
+        names = [n for n in state.listdir() if n != "lock"] if state.exists() else []
+        remove_state(state, names, protect=destination.protect)
     finally:
         Destination.release(target)
 

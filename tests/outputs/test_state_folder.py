@@ -112,3 +112,26 @@ def test_a_name_an_earlier_release_wrote_in_the_state_folder_goes_with_it(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "src.zarr"]
     assert not (dst / ".fstack_dask").exists()
+
+
+def test_a_complete_outputs_state_folder_holding_only_our_names_goes_on_resume(tmp_path):
+    """A resume killed once its finish removed the record, where a kill during an earlier
+    record's write left its temporary file: the next --resume of the complete output left
+    the state folder with that file for good (it dropped only the record, the markers and
+    the file list; g82)."""
+    from safety_util import KILLED_WHILE_REMOVING
+
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    killed_before_publish("fuse", src, dst)
+    tmp = dst / ".fstack_dask" / "run.json.0123456789abcdef0123456789abcdef.tmp"
+    tmp.write_bytes(b"{")
+    args = [r"/\.fstack_dask/run\.json$", "fuse", str(src), str(dst), "--resume"]
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_REMOVING, *args],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    assert tmp.exists() and zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"]
+    proc = cli("fuse", src, dst, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert not (dst / ".fstack_dask").exists(), list((dst / ".fstack_dask").iterdir())
