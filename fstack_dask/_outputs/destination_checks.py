@@ -160,9 +160,12 @@ class DestinationChecks:
         """Finish, for ``resume`` or ``overwrite``, what an overwrite killed while it replaced
         dst entry by entry (where it cannot be renamed) left; the kind of dst then. A plain
         run is refused first, touching nothing (it finished the replacement, then exited 2,
-        "already exists")."""
-        if not (resume or overwrite) and inplace.replacing(self.dst) is not None:
-            raise FileExistsError(f"{inplace.left(self.dst)}; nothing was changed")
+        "already exists"; where dst was whole, it took over the stale lock and tidied dst's
+        state folder first: g82)."""
+        if not (resume or overwrite):
+            if inplace.replacing(self.dst) is not None:
+                raise FileExistsError(f"{inplace.left(self.dst)}; nothing was changed")
+            return self.kind
         if inplace.resume_replacement(self.dst, protect=self.protect):
             return classify(self.dst)
         return self.kind
