@@ -34,7 +34,6 @@ import shutil
 import uuid
 from collections.abc import Iterable
 
-from .._errors import DestinationLockedError
 from .._locations import Location, remove_tree
 from .folders import STAGING
 from .lock import DestinationLock
@@ -248,8 +247,10 @@ def replacing(dst: Location) -> Location | None:
 
 def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
     """Finish, under dst's lock and the staged folder's, a replacement entry by entry that a
-    run cut short left (the module docstring); False where there is none, or where a live
-    run holds either lock (it is at it)."""
+    run cut short left (the module docstring); False where there is none. Where a live run
+    holds either lock (it is at it), ``DestinationLockedError``: it returned False, and a
+    --resume then read dst's record, the old output's ("was started with different
+    depth_map", g82)."""
     if _swapping(dst) is None or abandoned(dst) is not None:
         return False  # (its lock not taken: a stale one's takeover printed a line above
         # the refusal, and removed it)
@@ -268,8 +269,6 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
             return False  # (its staged output gone meanwhile: abandoned, refused)
         state = OutputState(dst).folder  # its record: dst is complete
         remove_state(state, [n for n in state.listdir() if n != "lock"], protect=protect)
-    except DestinationLockedError:
-        return False
     finally:
         for lock in reversed(locks):
             lock.release()

@@ -424,3 +424,51 @@ def test_a_plain_run_after_a_replacement_cut_short_is_refused_first(image, made,
     proc = cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert_replaced(image, made)
+
+
+# The CLI (argv: its arguments), which, right before it finishes a replacement cut short,
+# starts argv[1:] with --overwrite and waits till that run holds dst's lock (two runs into
+# it at once, the other first to the lock); it exits once that run did, with its own status.
+_OVERTAKEN = textwrap.dedent(r"""
+    import json, os, subprocess, sys, time
+    from fstack_dask._outputs import inplace
+    finish, others = inplace.resume_replacement, []
+    def overtaken(dst, **kw):
+        others.append(subprocess.Popen(
+            [sys.executable, "-m", "fstack_dask", *sys.argv[1:-1], "--overwrite"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        lock = os.path.join(dst.path, ".fstack_dask", "lock")
+        while others[0].poll() is None:
+            try:
+                if json.load(open(lock)).get("pid") == others[0].pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        return finish(dst, **kw)
+    inplace.resume_replacement = overtaken
+    from fstack_dask._cli.main import main
+    status = main(sys.argv[1:])
+    assert others and others[0].wait() == 0
+    sys.exit(status)
+""")
+
+
+def test_a_resume_of_a_replacement_cut_short_that_another_run_is_finishing_says_so(image, made):
+    """--resume and --overwrite into a replacement cut short at once, the overwrite first to
+    dst's lock: the resume read dst's record, the old output's, and refused "was started with
+    different depth_map ... start over with --overwrite and without --resume" (g82). It says
+    another run is writing dst; that run's output is whole."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "chunk", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    proc = subprocess.run([sys.executable, "-c", _OVERTAKEN, *map(str, args), "--resume"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "is being written by pid" in one_line_error(proc), proc.stderr
+    assert_replaced(image, made)
