@@ -404,6 +404,19 @@ def test_an_http_url_with_a_query_string_is_read_with_it_on_every_request(
     assert proc.returncode == 2 and "glob in a URL" in proc.stderr, proc.stderr
 
 
+def test_an_http_url_with_a_query_string_is_read_on_worker_processes(http_token_root, tmp_path):
+    # The URL sent to worker processes was made an absolute local glob (its '?' a wildcard):
+    # "src pattern '/cwd/http:/host/stack.zarr?token=...' matches no files" (the g81 review)
+    root, base = http_token_root
+    expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
+    url = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc"
+    proc = cli("fuse", url, tmp_path / "http.zarr", "--chunks", CHUNK, "--no-progress",
+               "--scheduler", "processes")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
 def test_http_urls_keep_their_host():
     loc = resolve("http://127.0.0.1:8000//data/./stack.zarr/#top", name="src")
     assert loc.url == loc.path == "http://127.0.0.1:8000/data/stack.zarr"

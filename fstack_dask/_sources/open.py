@@ -371,7 +371,7 @@ def portable(
         return [_absolute(p, storage_options) for p in src]
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
-        if isinstance(text, str) and any(c in text for c in "*?[") and not os.path.exists(text):
+        if _local_glob(text):  # (a URL's query made it one: workers read a local glob)
             return os.path.abspath(os.path.expanduser(text))  # a glob (as open_source reads it)
         return _absolute(src, storage_options)
     return _zarr_on_absolute_store(src)
