@@ -306,7 +306,9 @@ def _quiet_abandoned_coroutines() -> None:
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {printable(message)}", file=sys.stderr, flush=True)
+    from .._locations import redact_urls  # a token in a URL an error names (aiohttp's)
+
+    print(f"{PROG}: error: {printable(redact_urls(message))}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

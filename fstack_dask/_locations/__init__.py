@@ -24,6 +24,9 @@ a URL, a chained ``a::b`` URL fsspec cannot open or that goes through a filesyst
 through) are refused rather than guessed at; so are symlink loops and, as a destination, a
 dangling symlink (the folder would be created elsewhere).
 
+An HTTP(S) URL's query string (a token, a signature) is sent as given with every request
+(``query``) and hidden in messages.
+
 Deleting goes through :func:`remove_tree` alone, which re-checks, right before it removes
 anything, that the caller's ownership test still passes and that the target is none of the
 places that must never be removed (the filesystem root, the home and working folders and
@@ -37,6 +40,7 @@ from .places import (
     owner_and_mode,
     permission_missing,
     read_only_mount,
+    redact_urls,
     sticky_keeps,
 )
 from .remove import mounts_within, remove_tree
@@ -51,6 +55,7 @@ __all__ = [
     "permission_missing",
     "reach",
     "read_only_mount",
+    "redact_urls",
     "remove_tree",
     "resolve",
     "sticky_keeps",

@@ -49,6 +49,9 @@ class Location:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     via: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     reads_from: tuple[Location, ...] = ()
+    # an HTTP(S) URL's query string, sent as it is with every request (.query); not part of
+    # the place's identity, nor of path or spec (a token: a credential)
+    query: str = field(default="", repr=False, compare=False)
     # The filesystems made for this place, shared with the places made from it (child,
     # sibling): one instance a thread even where fsspec caches none. With skip_instance_cache
     # every access made a botocore session, 0.3-0.7 s, about 2.6 a block (a 64-block run on
@@ -174,11 +177,22 @@ class Location:
         key = (os.getpid(), threading.get_ident())  # as fsspec keeps its instances apart
         fs = self._filesystems.get(key)
         if fs is None:
-            fs = fsspec.filesystem(self.protocol, **dict(self.storage_options))
+            fs = self._filesystem()
             for protocol, options in reversed(self.via):
                 fs = fsspec.filesystem(protocol, fs=fs, **dict(options))
             self._filesystems[key] = fs
         return fs
+
+    def _filesystem(self, **options: Any) -> Any:
+        """The filesystem the data lives on (without ``via``'s wrappers)."""
+        import fsspec
+
+        options = {**self.storage_options, **options}
+        if self.query:
+            from .query import QueryHTTPFileSystem
+
+            return QueryHTTPFileSystem(query=self.query, **options)
+        return fsspec.filesystem(self.protocol, **options)
 
     def exists(self) -> bool:
         if self.is_local:
@@ -241,7 +255,6 @@ class Location:
 
     def zarr_store(self, *, read_only: bool) -> Any:
         """A zarr store rooted here (LocalStore, or FsspecStore on this filesystem)."""
-        import fsspec
         import zarr.storage
 
         if self.is_local:
@@ -252,7 +265,7 @@ class Location:
 
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
         elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
-            fs = fsspec.filesystem(self.protocol, **{**self.storage_options, "asynchronous": True})
+            fs = self._filesystem(asynchronous=True)
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
 
 

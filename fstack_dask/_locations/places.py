@@ -98,19 +98,37 @@ def _http(
     spec: str, url: str, name: str, options: Mapping[str, Any], via: tuple[Any, ...] = ()
 ) -> Location:
     """An HTTP(S) URL as a place: its query string (a token, a presigned URL's signature) sent
-    with every request as fsspec's ``params``, not kept in the path, where a store's keys were
-    appended after it (``stack.zarr?token=abc/zarr.json``) and its value recorded in outputs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.query:
-        if "params" in options:
-            option = "dst_storage_options" if name == "dst" else "storage_options"
-            raise ValueError(
-                f"{name} {spec!r} carries a query string and {option} give 'params' too; "
-                "give the query in one of them"
-            )
-        pairs = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-        options = {**options, "params": pairs}
-    return Location(spec, "http", _http_url(spec, url, name), dict(options), via)
+    as it is with every request (``query``), not kept in the path, where a store's keys were
+    appended after it (``stack.zarr?token=abc/zarr.json``), nor in messages or outputs."""
+    query = urllib.parse.urlsplit(url).query
+    if query and "params" in options:
+        option = "dst_storage_options" if name == "dst" else "storage_options"
+        raise ValueError(
+            f"{name} {_redacted(spec)!r} carries a query string and {option} give 'params' "
+            "too; give the query in one of them"
+        )
+    url = _http_url(_redacted(spec), url, name)
+    return Location(_redacted(spec), "http", url, dict(options), via, query=query)
+
+
+def _redacted(spec: str) -> str:
+    """``spec`` with its query's values hidden (a token, a signature: credentials that a batch
+    log or a pasted error would show); the names are kept, and the URL without them is read."""
+    head, mark, rest = spec.partition("?")
+    if not mark:
+        return spec
+    query, hash_, fragment = rest.partition("#")
+    names = [pair.partition("=")[0] for pair in query.split("&") if pair]
+    return head + "?" + "&".join(f"{n}=***" for n in names) + hash_ + fragment
+
+
+_QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every HTTP(S) URL's query values hidden, as :func:`_redacted` does: an
+    aiohttp error names the URL it requested, token and all."""
+    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), text)
 
 
 def _http_url(spec: str, url: str, name: str) -> str:

@@ -220,7 +220,8 @@ def test_storage_options_for_a_src_they_cannot_reach_are_refused(src, tmp_path):
     for url, says in [("s3://bucket/planes/*.tif", ".tif files are read from a local path only"),
                       ("s3://bucket/planes/*", "is a glob in a URL; globs of plane files are"),
                       ("http://127.0.0.1:9/in.zarr?sig=1", "cannot be reached")]:  # fmt: skip
-        with pytest.raises(ValueError, match=f"^src '{re.escape(url)}'.*{says}"):
+        named = url.replace("sig=1", "sig=***")  # a query's values are hidden (g81)
+        with pytest.raises(ValueError, match=f"^src '{re.escape(named)}'.*{says}"):
             fuse_zarr(url, tmp_path / "out.zarr", storage_options={"anon": True}, progress=False)
     assert tree_digest(tmp_path) == before
 
