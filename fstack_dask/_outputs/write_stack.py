@@ -160,11 +160,10 @@ def write_stack(
 def _zarr_format(zarr_format: Any) -> int:
     """2 or 3 as an int: np.int64(3) failed in zarr's JSON after the folder was made (left
     behind, empty); 3.0 was taken for 3 (a float for an int; a sweep of contract 4)."""
-    if (
-        not isinstance(zarr_format, (int, np.integer))
-        or isinstance(zarr_format, bool)
-        or zarr_format not in (2, 3)
-    ):
+    if not isinstance(zarr_format, (int, np.integer)) or isinstance(zarr_format, (bool, np.bool_)):
+        raise TypeError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r} "
+                        f"({type(zarr_format).__name__})")  # a wrong type (g81)  # fmt: skip
+    if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
     return 3 if zarr_format == 3 else 2
 
@@ -345,17 +344,16 @@ def _chunks(chunks: Any, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
             min(n, 512) if a in "yx" else (n if a in "zc" else 1)
             for a, n in zip(axes, shape, strict=True)
         )
-    if (
-        not isinstance(chunks, (tuple, list))
-        or len(chunks) != len(shape)
-        # (True is an int: (True, 64, 64) was a chunk of 1 plane; a sweep of contract 4)
-        or not all(
-            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in chunks
-        )
-    ):
-        raise ValueError(
-            f"chunks must be {len(shape)} positive ints (one per axis), got {chunks!r}"
-        )
+    if isinstance(chunks, np.ndarray) and chunks.ndim == 1:  # as fuse takes one (g81)
+        chunks = chunks.tolist()
+    want = f"chunks must be {len(shape)} positive ints (one per axis), got {chunks!r}"
+    # (True is an int: (True, 64, 64) was a chunk of 1 plane; a sweep of contract 4)
+    if not isinstance(chunks, (tuple, list)) or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in chunks
+    ):  # a wrong type: a TypeError, as fuse's chunks (g81)
+        raise TypeError(f"{want} ({type(chunks).__name__})")
+    if len(chunks) != len(shape) or not all(c >= 1 for c in chunks):
+        raise ValueError(want)
     return tuple(min(int(c), int(n)) for c, n in zip(chunks, shape, strict=True))
 
 

@@ -211,7 +211,10 @@ def is_tiff_destination(dst: Any) -> bool:
 
 def _positive(value: Any, name: str) -> float:
     # numbers.Real: NumPy's integers and floats too (np.int64(60) was refused)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # a wrong type (g81)
+        raise TypeError(f"{name} must be a positive number of seconds, got {value!r} "
+                        f"({type(value).__name__})")  # fmt: skip
+    if not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     try:
         return float(value)

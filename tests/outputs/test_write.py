@@ -429,7 +429,8 @@ def test_write_stack_refuses_a_bool_for_an_int_a_float_format_and_an_unreachable
     bool or a float for an int), and an ftp:// path without its options stopped in fsspec's
     TypeError, naming nothing (a sweep of contract 4, g41)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=says) as info:
+    wrong_type = TypeError if kwargs else ValueError  # a type's fault is a TypeError (g81)
+    with pytest.raises(wrong_type, match=says) as info:
         write_stack(path, _stack(), axes="zyx", **kwargs)
     assert "\n" not in str(info.value)
     assert os.listdir(tmp_path) == []
@@ -442,9 +443,27 @@ def test_write_stack_takes_numpy_integers_for_zarr_format(tmp_path):
     write_stack(tmp_path / "v2.zarr", _stack(), axes="zyx", zarr_format=np.int64(2))
     assert zarr.open_group(str(tmp_path / "v3.zarr"), mode="r").metadata.zarr_format == 3
     assert zarr.open_group(str(tmp_path / "v2.zarr"), mode="r").metadata.zarr_format == 2
-    with pytest.raises(ValueError, match="zarr_format must be 2"):
+    with pytest.raises(TypeError, match="zarr_format must be 2"):
         write_stack(tmp_path / "b.zarr", _stack(), axes="zyx", zarr_format=True)
     assert sorted(os.listdir(tmp_path)) == ["v2.zarr", "v3.zarr"]
+
+
+def test_write_stack_takes_numpy_chunks_and_names_a_wrong_type_as_such(tmp_path):
+    """chunks=np.array([2, 4, 4]) (fuse takes one) was refused as no 3 positive ints; and a
+    wrong type (chunks of floats or strings, zarr_format '3', stall_timeout '60') raised the
+    ValueError of a wrong value where fuse's options raise a TypeError (the g81 review)."""
+    write_stack(tmp_path / "np.zarr", _stack(), axes="zyx", chunks=np.array([2, 4, 4]))
+    assert zarr.open_array(str(tmp_path / "np.zarr" / "0"), mode="r").chunks == (2, 4, 4)
+    for kwargs in ({"chunks": (2.0, 4, 4)}, {"chunks": ("2", 4, 4)}, {"chunks": 4},
+                   {"zarr_format": "3"}, {"zarr_format": None}):  # fmt: skip
+        with pytest.raises(TypeError, match=f"^{next(iter(kwargs))} must be .*got"):
+            write_stack(tmp_path / "b.zarr", _stack(), axes="zyx", **kwargs)
+    with pytest.raises(ValueError, match="chunks must be 3 positive ints"):  # a wrong value
+        write_stack(tmp_path / "b.zarr", _stack(), axes="zyx", chunks=(0, 4, 4))
+    for value in ("60", None, True):
+        with pytest.raises(TypeError, match="^stall_timeout must be a positive number"):
+            fuse_zarr(tmp_path / "np.zarr", tmp_path / "o.zarr", stall_timeout=value)
+    assert sorted(os.listdir(tmp_path)) == ["np.zarr"]
 
 
 def test_write_stack_leaves_nothing_when_writing_fails_and_clamps_huge_chunks(tmp_path):
