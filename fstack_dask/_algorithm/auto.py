@@ -337,6 +337,25 @@ def what_fits(nhsize: int, biggest: float, start_again: bool = False) -> str:
     return f"pass nhsize={fits} (it holds them){again}, or rescale the data"
 
 
+def beyond_the_sample(exc: Any, *, start_again: bool = False) -> str:
+    """What a block says of values that overflow the nhsize "auto" chose (``exc``: a
+    ``BeyondFloat64``): the sample it chose from did not hold them, and what fits; not
+    "(nhsize=21) would overflow", naming an nhsize the user never gave (g77, g81)."""
+    return (
+        f"has values of magnitude {exc.biggest:.3g}, which the sample from which nhsize='auto' "
+        f"chose nhsize={exc.nhsize} did not hold: their local variance would overflow float64; "
+        f"{what_fits(exc.nhsize, exc.biggest, start_again)}"
+    )
+
+
+def from_the_sample(exc: Any) -> ValueError:
+    """``exc`` (a ``BeyondFloat64`` of ``fuse_block``) as ``fuse`` and ``focus_stack`` raise it
+    where nhsize was "auto"."""
+    new = type(exc)(f"im_stack {beyond_the_sample(exc)}")
+    new.biggest, new.nhsize = exc.biggest, exc.nhsize
+    return new
+
+
 def _ladder(x: float) -> int:
     x = max(x, 1.0)
     return min(NHSIZE_LADDER, key=lambda n: abs(math.log(n) - math.log(x)))

@@ -11,8 +11,14 @@ import numpy as np
 
 from .._params import check_alpha, check_dtype, check_focus, check_plain_array, overlap_depth
 from .._public import public
-from .auto import AUTO, auto_parameters, check_nhsize_or_auto, check_sth_or_auto
-from .block import block_memory, fuse_block, selectivity_stats
+from .auto import (
+    AUTO,
+    auto_parameters,
+    check_nhsize_or_auto,
+    check_sth_or_auto,
+    from_the_sample,
+)
+from .block import BeyondFloat64, block_memory, fuse_block, selectivity_stats
 from .device import check_device, engine_for, require_here
 
 __all__ = ["focus_stack"]
@@ -128,6 +134,7 @@ def focus_stack(
 
     # Plane-first (and channel-first) views; the kernel makes each band's planes contiguous.
     planes = np.moveaxis(im_stack, (2, 3), (1, 0)) if rgb else np.moveaxis(im_stack, 2, 0)
+    auto = nhsize == AUTO
     if AUTO in (nhsize, sth):
         chosen = auto_parameters(
             lambda y0, y1, x0, x1: planes[..., y0:y1, x0:x1],
@@ -135,10 +142,15 @@ def focus_stack(
             rgb=rgb, focus=focus, nhsize=nhsize, sth=sth,
         )  # fmt: skip
         nhsize, sth = chosen.nhsize, chosen.sth
-    fused = _fuse_in_bands(
-        planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb, workers=workers,
-        engine=engine_for(device),
-    )  # fmt: skip
+    try:
+        fused = _fuse_in_bands(
+            planes, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
+            workers=workers, engine=engine_for(device),
+        )  # fmt: skip
+    except BeyondFloat64 as exc:  # values beyond auto's sample: say so, and what fits
+        if auto:
+            raise from_the_sample(exc) from None
+        raise
     return np.moveaxis(fused, 0, -1) if rgb else fused
 
 

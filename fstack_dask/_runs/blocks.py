@@ -214,13 +214,9 @@ class FuseJob:
         except ValueError as exc:  # samples the kernel refuses: say where they are
             text = str(exc).replace("im_stack has", "has")
             if isinstance(exc, BeyondFloat64) and self.nhsize_auto:  # not the user's nhsize
-                from .._algorithm.auto import what_fits
+                from .._algorithm.auto import beyond_the_sample
 
-                text = (
-                    f"has values of magnitude {exc.biggest:.3g}, which the sample from which "
-                    f"nhsize='auto' chose nhsize={exc.nhsize} did not hold: their local variance "
-                    f"would overflow float64; {what_fits(exc.nhsize, exc.biggest, True)}"
-                )
+                text = beyond_the_sample(exc, start_again=True)
             raise SourceValueError(
                 f"block {plan.name(block)} (y {region.y}, x {region.x}) of "
                 f"{source.description} {text}"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._algorithm.block import (
+    BeyondFloat64,
     block_memory,
     fuse_block,
     haloed_shape,
@@ -44,9 +45,22 @@ def _skipped(at: tuple, skip: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
     return at[-2] in skip[0] or at[-1] in skip[1]
 
 
+def _fused(core: np.ndarray, auto: bool, **kernel: Any) -> Any:
+    """``fuse_block``; ``auto``: nhsize was "auto", and values its sample did not hold are
+    said so, with the nhsize that fits (they named an nhsize the user never gave; g81)."""
+    try:
+        return fuse_block(core, **kernel)
+    except BeyondFloat64 as exc:
+        if not auto:
+            raise
+        from .._algorithm.auto import from_the_sample
+
+        raise from_the_sample(exc) from None
+
+
 @with_ieee_arithmetic
 def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, grid, engine=None,
-                skip=((), ()), block_id=None):  # fmt: skip
+                skip=((), ()), block_id=None, auto=False):  # fmt: skip
     """A block's smallest defined S and whether its output needs its image's smallest S
     (``selectivity_stats``), shaped ``(lead..., [1], 2, 1, 1)``; ``grid``: :func:`_crops`,
     ``skip``: :func:`_skipped`."""
@@ -55,15 +69,15 @@ def chunk_stats(block, *, halo, nhsize, focus, alpha, sth, rgb, grid, engine=Non
     if _skipped(block_id, skip):
         return np.zeros(lead + ((1,) if rgb else ()) + (2, 1, 1))
     core = block.reshape(block.shape[len(lead) :])
-    res = fuse_block(core, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
-                     engine=engine, selectivity_only=True)  # fmt: skip
+    res = _fused(core, auto, nhsize=nhsize, focus=focus, alpha=alpha, sth=sth, rgb=rgb,
+                 engine=engine, selectivity_only=True)  # fmt: skip
     s_min, undefined = selectivity_stats(res.s, (slice(y0, y1), slice(x0, x1)))
     return np.array([s_min, float(undefined)]).reshape(lead + ((1,) if rgb else ()) + (2, 1, 1))
 
 
 @with_ieee_arithmetic
 def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out, grid,
-               engine=None, skip=((), ()), block_id=None):  # fmt: skip
+               engine=None, skip=((), ()), block_id=None, auto=False):  # fmt: skip
     """Fuse one overlapped block and crop its halo (sides that are not the image edge);
     ``fills``: its image's smallest S, one element (None: -inf); ``grid``: :func:`_crops`,
     ``skip``: :func:`_skipped`."""
@@ -76,8 +90,9 @@ def fuse_chunk(block, fills=None, *, halo, nhsize, focus, alpha, sth, rgb, n_out
     fill = -np.inf
     if fills is not None:
         fill = float(fills.reshape(-1)[0])
-    res = fuse_block(
+    res = _fused(
         core,
+        auto,
         nhsize=nhsize,
         focus=focus,
         alpha=alpha,

@@ -186,6 +186,7 @@ def fused_layers(
     plan = _plan(axes, stack.shape, rgb)
 
     x = stack.transpose(plan.order)
+    auto = nhsize == AUTO  # values beyond its sample are said so by the blocks
     if AUTO in (nhsize, sth):
         # Resolved before the graph exists: the halo follows the chosen nhsize.
         chosen = _auto_for_plan(x, plan, rgb, focus, nhsize, sth)
@@ -231,7 +232,7 @@ def fused_layers(
     # an axis in one chunk needs no halo (and dask refuses one deeper than the chunk)
     depth = {ax: (halo if len(x.chunks[ax]) > 1 else 0) for ax in (x.ndim - 2, x.ndim - 1)}
     kernel = {"halo": halo, "nhsize": nhsize, "focus": focus, "alpha": alpha, "sth": sth,
-              "rgb": rgb, "engine": engine}  # fmt: skip
+              "rgb": rgb, "engine": engine, "auto": auto}  # fmt: skip
     fills = _image_minimums(x, depth, kernel, out_chunks_canon, n_planes, unit)
     # The minimums go in as an array argument, one element per image broadcast over its
     # blocks (as a keyword, dask materialised and optimised the first pass per block: 50 KB

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import zarr
 
-from fstack_dask import auto_parameters_for, focus_stack, fuse_zarr, synthetic_stack, write_stack
+from fstack_dask import (
+    auto_parameters_for,
+    focus_stack,
+    fuse,
+    fuse_zarr,
+    synthetic_stack,
+    write_stack,
+)
 from fstack_dask._cli.config import config_from_mapping
 
 
@@ -111,3 +118,26 @@ def test_values_beyond_the_auto_sample_overflowing_its_nhsize_say_what_fits(tmp_
     done = subprocess.run([*run, "--nhsize", "5", "--overwrite", "--no-progress"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 1 and "(nhsize=5) would overflow float64" in done.stderr
+
+
+@pytest.mark.parametrize("entry", ["fuse", "focus_stack"])
+def test_fuse_and_focus_stack_say_values_beyond_the_auto_sample_too(entry):
+    """fuse_zarr's block said the sample from which nhsize='auto' chose its nhsize did not
+    hold a value (14335ea); fuse and focus_stack still said "(nhsize=11) would overflow
+    float64; rescale the data", an nhsize the user never gave, and not the one that fits (the
+    g81 review)."""
+    data = synthetic_stack((128, 640), 5, dtype="float64", seed=4).stack.transpose(2, 0, 1)
+    data = np.ascontiguousarray(data)
+    data[:, 64, 150] = 1e153  # between the sample's tiles
+
+    def run(nhsize):
+        if entry == "fuse":
+            return fuse(data, axes="zyx", nhsize=nhsize).compute()
+        return focus_stack(data.transpose(1, 2, 0), nhsize=nhsize)
+
+    with pytest.raises(ValueError, match=r"^im_stack has values of magnitude 1e\+153, which the "
+                       r"sample from which nhsize='auto' chose nhsize=\d+ did not hold: .*; pass "
+                       r"nhsize=3 \(it holds them\), or rescale the data$"):  # fmt: skip
+        run("auto")
+    with pytest.raises(ValueError, match=r"\(nhsize=5\) would overflow float64; rescale"):
+        run(5)  # the user's own nhsize: as before
