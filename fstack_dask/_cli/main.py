@@ -250,6 +250,8 @@ def _as_options(text: str) -> str:
 
 def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     text = _as_options(" ".join(str(exc).split()))  # one line, whatever the exception holds
+    if getattr(args, "auto", False) is True and getattr(args, "nhsize", None) is None:
+        text = text.replace("--nhsize auto chose", "--auto chose")  # what was given (g81)
     # the option, or the config file's key where the budget came from there (g47)
     named = getattr(args, "memory_per_task_named", "--memory-per-task")
     text = text.replace("memory_per_task=", f"{named} ")

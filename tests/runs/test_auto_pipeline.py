@@ -110,6 +110,10 @@ def test_values_beyond_the_auto_sample_overflowing_its_nhsize_say_what_fits(tmp_
         in said
         and "pass --nhsize 3 (it holds them) with --overwrite, or rescale the data;" in said
     ), said
+    # --auto (not --nhsize auto) is named as given (it said "--nhsize auto chose"; g81)
+    done = subprocess.run([*run, "--auto", "--overwrite", "--no-progress"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert "which the sample from which --auto chose nhsize=" in done.stderr, done.stderr
     # as it says
     done = subprocess.run([*run, "--nhsize", "3", "--overwrite", "--no-progress"],
                           capture_output=True, text=True, check=False)  # fmt: skip
