@@ -496,21 +496,29 @@ def test_an_http_urls_query_is_sent_as_given_and_never_printed(http_signed_root,
 
 
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):
-    # The query is not the source's identity: --resume with a renewed token continues the
-    # run (g77 said so from the code; the g81 review runs it), and neither token is printed
+    # The query is not the source's identity: --resume with a renewed token continues
+    # the run (g77 said so from the code; the g81 review runs it). A token expired mid-run
+    # failed the blocks naming it (in Python: aiohttp's "url='...?token=old'"), and one
+    # expired before the run raised aiohttp's ClientResponseError, token and all, exit 1
     root, base = http_expiring_root
     data = synthetic_stack((256, 256), 5, dtype="uint16", seed=0).stack.transpose(2, 0, 1)
     write_stack(str(root / "stack.zarr"), data, axes="zyx", chunks=(5, 32, 32))
     expected = fuse_zarr(root / "stack.zarr", tmp_path / "local.zarr", chunks=64, progress=False)
-    run = ["fuse", f"{base}/stack.zarr", tmp_path / "http.zarr", "--chunks", 64, "--no-progress"]
-    proc = cli(*run[:1], f"{run[1]}?token=old", *run[2:])
-    assert proc.returncode == 1 and "403" in proc.stderr, proc.stderr
+    url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
+    with pytest.raises(RuntimeError, match=r"url='[^']*\?token=\*\*\*'") as info:
+        fuse_zarr(f"{url}?token=old", dst, chunks=64, progress=False)
+    assert "token=old" not in str(info.value)
+    proc = cli("fuse", f"{url}?token=old", tmp_path / "late.zarr", "--no-progress")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "zarr.json cannot be read (ClientResponseError: 403" in proc.stderr, proc.stderr
     assert "token=old" not in proc.stderr and "token=***" in proc.stderr, proc.stderr
-    proc = cli(*run[:1], f"{run[1]}?token=new", *run[2:], "--resume")
+    assert not (tmp_path / "late.zarr").exists()
+    proc = cli("fuse", f"{url}?token=new", dst, "--chunks", 64, "--no-progress", "--resume")
     assert proc.returncode == 0 and "token=new" not in proc.stderr, proc.stderr
-    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
+    assert "resuming" in proc.stderr, proc.stderr
+    out = zarr.open_group(str(dst), mode="r")
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
-    assert out.attrs["fstack_dask"]["src"] == f"{base}/stack.zarr"
+    assert out.attrs["fstack_dask"]["src"] == url
 
 
 def test_http_urls_keep_their_host():

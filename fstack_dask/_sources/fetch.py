@@ -256,7 +256,9 @@ def _check_finite(source: Source, data: np.ndarray, sel: tuple[slice, ...]) -> N
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    from .._locations import redact_urls  # aiohttp's errors name the URL, token and all (g81)
+
+    text = redact_urls(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -36,6 +36,17 @@ def _check_metadata_json(location: Location, where: str, folder: str = "") -> No
             raw = meta.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
+        except Exception as exc:  # an HTTP server's refusal (an expired token's 403), raw
+            if meta.protocol != "http":
+                raise
+            from .._locations import redact_urls  # (aiohttp's names the URL, token and all)
+
+            raise ValueError(
+                f"{where}: {folder}{name} cannot be read ({type(exc).__name__}: "
+                f"{redact_urls(_one_line(exc))}); an "
+                "expired token or signature? check the URL, and check storage_options= (the "
+                "endpoint, the credentials)"
+            ) from None
         try:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested 100000 deep)
