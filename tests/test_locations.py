@@ -284,68 +284,57 @@ def test_references_may_read_anywhere_on_their_filesystem(tmp_path):
 # ----------------------------------------------------------------------------- 3. HTTP
 
 
-# http.server answering 403 to a request without the token in its query (as an object store
-# does to a presigned URL's signature), and logging every request's path to a file
-_TOKEN_SERVER = """
-import http.server, sys, urllib.parse
-port, root, log, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def send_head(self):
-        with open(log, "a") as f:
-            f.write(self.path + "\\n")
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        if query.get("token") != [token] or query.get("sig") != ["a/b+c"]:
-            self.send_error(403)
-            return None
-        return super().send_head()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
-
-# answering 403 to a request for a file whose raw query is not the one given, byte for byte (an
-# object store checks a presigned URL's signature over the query as it was signed)
-_RAW_QUERY_SERVER = """
-import http.server, os, sys, urllib.parse
-port, root, query = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def send_head(self):
-        path, _, raw = self.path.partition("?")
-        if os.path.isfile(root + urllib.parse.unquote(path)) and raw != query:
-            self.send_error(403)
-            return None
-        return super().send_head()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-# token 'old' answers the first N requests for files, then 403 (expired); 'new' always
-_EXPIRING_SERVER = """
+# A real http.server answering 403 to each request that ``refuses(path, raw query)`` (the
+# snippet each server below defines), as an object store does to a missing, expired or altered
+# token or presigned URL's signature; its own arguments in ``args``
+_SERVER = """
 import http.server, os, sys, threading, urllib.parse
-port, root, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, root, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 count, lock = [0], threading.Lock()
+{refuses}
 class Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
         super().__init__(*a, directory=root, **k)
     def send_head(self):
         path, _, raw = self.path.partition("?")
-        if os.path.isfile(root + urllib.parse.unquote(path)):
-            with lock:
-                count[0] += 1
-                fresh = count[0] <= n
-            if not (raw == "token=new" or (raw == "token=old" and fresh)):
-                self.send_error(403)
-                return None
+        if refuses(path, raw):
+            self.send_error(403)
+            return None
         return super().send_head()
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
+# every request without the token (args[1]) in its query, each request logged to args[0]
+_TOKEN_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    with open(args[0], "a") as f:
+        f.write(path + "?" + raw + "\\n")
+    query = urllib.parse.parse_qs(raw)
+    return query.get("token") != [args[1]] or query.get("sig") != ["a/b+c"]
+"""
+)
+# a file requested with another raw query than args[0], byte for byte (an object store checks a
+# presigned URL's signature over the query as it was signed)
+_RAW_QUERY_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    return os.path.isfile(root + urllib.parse.unquote(path)) and raw != args[0]
+"""
+)
+# token 'old' answers the first args[0] requests for files, then 403 (expired); 'new' always
+_EXPIRING_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    if not os.path.isfile(root + urllib.parse.unquote(path)):
+        return False
+    with lock:
+        count[0] += 1
+        fresh = count[0] <= int(args[0])
+    return not (raw == "token=new" or (raw == "token=old" and fresh))
+"""
+)
 _SIGNED = "X-Amz-Credential=AKIA%2F20261207%2Fs3&X-Amz-Signature=ab%2Bcd%3D&r=a+b&e=%3F"
 
 
