@@ -206,7 +206,8 @@ def _stall_message(client: Any, seconds: float) -> str:
         # without workers; memory had nothing to do with it)
         cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
-            _batch_jobs(cluster)
+            _ended_jobs(cluster)
+            or _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
@@ -299,7 +300,48 @@ def _none_planned(cluster: Any) -> bool:
 def _never_coming(client: Any) -> bool:
     """Whether the workers of a cluster without any can never come (the run fails at once)."""
     cluster = getattr(client, "cluster", None)
-    return _all_refused(cluster) or _all_ended(cluster) or _none_planned(cluster)
+    return (
+        _all_refused(cluster)
+        or _all_ended(cluster)
+        or _none_planned(cluster)
+        or bool(_jobs_ended(cluster))
+    )
+
+
+def _jobs_ended(cluster: Any) -> list[str]:
+    """The batch jobs of a dask-jobqueue cluster scaled to a fixed number of jobs that all
+    ended (a walltime, ``scancel``, a preemption's requeue), their ids where known, or [] while
+    one may still bring a worker: distributed closes a lost worker's job after
+    ``distributed.deploy.lost-worker-timeout`` (15 s) and starts none in its place, so the
+    run waited out the stall timeout (600 s), then told to start workers with ``dask worker``
+    (the g83 brief)."""
+    if cluster is None or not hasattr(cluster, "job_script"):
+        return []
+    adaptive = getattr(cluster, "_adaptive", None)  # an adaptive cluster submits new jobs
+    if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
+        return []
+    spec = dict(getattr(cluster, "worker_spec", {}))  # (copied at once, as in _jobs)
+    workers = dict(getattr(cluster, "workers", {}))
+    if not spec or any(getattr(workers.get(name), "job_id", None) for name in spec):
+        return []  # none planned, or one still queued or running
+    gone = [name for name in spec if name not in workers]
+    known = {}
+    for name in gone:
+        known.update(getattr(spec[name].get("cls"), "submitted", {}))
+    return [str(known.get(name, "?")) for name in gone]
+
+
+def _ended_jobs(cluster: Any) -> str:
+    """What a cluster whose batch jobs all ended says, or "" for another."""
+    ended = _jobs_ended(cluster)
+    if not ended:
+        return ""
+    ids = ", ".join(ended) if "?" not in ended else f"{len(ended)}"
+    return (
+        f"cluster; its batch job(s) ({ids}) ended (their walltime reached, scancel, a "
+        "preemption) and a cluster of a fixed number of jobs starts none in their place: "
+        "lengthen cluster.jobqueue.walltime if it was reached"
+    )
 
 
 def _batch_jobs(cluster: Any) -> str:
@@ -330,6 +372,13 @@ def telling_refusals(job_cls: type) -> type:
 
     class Telling(job_cls):  # type: ignore[misc,valid-type]
         refusal: str | None = None
+        # each job's id by its name, kept after distributed forgets a job that ended, for
+        # the line that names them
+        submitted: dict[str, str] = {}  # noqa: RUF012 (one per class telling_refusals makes)
+
+        async def start(self) -> None:
+            await super().start()
+            type(self).submitted[self.name] = str(self.job_id)
 
         async def _submit_job(self, script_filename: str) -> Any:
             try:

@@ -214,3 +214,87 @@ def test_a_refused_batch_job_is_said_not_taken_for_memory(slurm_available, tmp_p
         line,
     ), line
     assert not (tmp_path / "out.zarr").exists()
+
+
+def _slurm_config(tmp_path: Path, jobs: int, **overrides) -> tuple[Path, str]:
+    """A config file of a SLURM cluster of ``jobs`` jobs named uniquely (the machine's SLURM
+    is shared: a scancel by name must reach this test's jobs only), and that name."""
+    name = f"fstack-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    kwargs = _jobqueue_kwargs(tmp_path)
+    kwargs.update(scheduler_options=None, job_name=name, memory="1GiB", **overrides)
+    jobqueue = {k: v for k, v in kwargs.items() if v is not None}
+    config = tmp_path / "slurm.yaml"
+    config.write_text(
+        yaml.safe_dump({"cluster": {"kind": "slurm", "jobs": jobs, "jobqueue": jobqueue}})
+    )
+    return config, name
+
+
+def _fuse_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fstack_dask", "fuse", *args, "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_blocks(dst: Path, proc: subprocess.Popen[str], n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    done = dst / ".fstack_dask" / "done"
+    while not (done.is_dir() and len(list(done.iterdir())) >= n):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {n} blocks within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, tmp_path):
+    """The only batch job of a run ends mid-run (scancel here; a walltime reached or a
+    preemption's requeue end it alike): distributed closes the lost job after 15 s and, the
+    cluster scaled to a fixed number of jobs, starts none in its place. The run waited the
+    stall timeout, 600 s, then said "start workers for it (dask worker tcp://...)", false for
+    a batch cluster (g83). Now one line within seconds, naming the job and telling --resume,
+    which finishes the output bit for bit as an uninterrupted run writes it."""
+    import re
+
+    import numpy as np
+    import zarr
+
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+
+    src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
+    write_stack(src, synthetic_stack((512, 512), 7, seed=3).stack.transpose(2, 0, 1),
+                axes="zyx", chunks=(7, 32, 32))  # fmt: skip
+    config, name = _slurm_config(tmp_path, jobs=1)
+    t0 = time.monotonic()
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--chunks", "32")
+    try:
+        _wait_for_blocks(dst, proc, 1, timeout=60)
+        job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.split()
+        _run("scancel", "-n", name)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        _run("scancel", "-n", name)
+    assert proc.returncode == 1, err
+    (line,) = err.splitlines()
+    assert re.fullmatch(
+        rf"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
+        rf"cluster; its batch job\(s\) \({job[0]}\) ended \(their walltime reached, scancel, a "
+        r"preemption\) and a cluster of a fixed number of jobs starts none in their place: "
+        r"lengthen cluster.jobqueue.walltime if it was reached; dst '.*out.zarr' is kept with "
+        r"\d+ of 256 blocks done; rerun with --resume to continue",
+        line,
+    ), line
+    assert time.monotonic() - t0 < 60  # (not the 600 s of --stall-timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--resume",
+         "--chunks", "32", "--no-progress"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    expected = fuse_zarr(src, tmp_path / "whole.zarr", chunks=32, progress=False)
+    got = zarr.open_group(dst, mode="r")
+    arrays = dict(expected.members(max_depth=None))
+    assert sorted(dict(got.members(max_depth=None))) == sorted(arrays)
+    for path, arr in arrays.items():
+        if isinstance(arr, zarr.Array):
+            np.testing.assert_array_equal(got[path][...], arr[...], err_msg=path)
