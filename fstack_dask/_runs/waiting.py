@@ -207,6 +207,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
             _ended_jobs(cluster)
+            or _held_text(cluster)
             or _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
@@ -305,7 +306,42 @@ def _never_coming(client: Any) -> bool:
         or _all_ended(cluster)
         or _none_planned(cluster)
         or bool(_jobs_ended(cluster))
+        or bool(_jobs_held(cluster))
     )
+
+
+_HELD_EVERY = 5.0  # seconds between squeue's answers asked for (not at each POLL)
+_held_asked: dict[int, tuple[float, dict[str, str]]] = {}
+
+
+def _jobs_held(cluster: Any) -> dict[str, str]:
+    """Each job of a SLURM cluster by its id with squeue's reason, where every job that was
+    submitted is held (``sbatch --hold`` in ``job_extra_directives``, ``scontrol hold``, an
+    administrator's hold): none starts until released, and the run waited out the stall
+    timeout, 600 s, for them (the g83 brief); {} otherwise, or where squeue does not answer."""
+    jobs = _jobs(cluster)
+    ids = [str(j.job_id) for j in jobs if j.job_id is not None]
+    if not ids or getattr(jobs[0], "cancel_command", "") != "scancel":
+        return {}
+    asked, held = _held_asked.get(id(cluster), (-_HELD_EVERY, {}))
+    if time.monotonic() - asked < _HELD_EVERY:
+        return held
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    reasons = {r[0]: r[2] for r in rows if len(r) == 3 and r[1] == "PENDING"}
+    held = reasons if rows and len(reasons) == len(rows) and all(
+        r.startswith("JobHeld") for r in reasons.values()
+    ) else {}  # fmt: skip
+    _held_asked[id(cluster)] = (time.monotonic(), held)
+    return held
 
 
 def _jobs_ended(cluster: Any) -> list[str]:
@@ -341,6 +377,19 @@ def _ended_jobs(cluster: Any) -> str:
         f"cluster; its batch job(s) ({ids}) ended (their walltime reached, scancel, a "
         "preemption) and a cluster of a fixed number of jobs starts none in their place: "
         "lengthen cluster.jobqueue.walltime if it was reached"
+    )
+
+
+def _held_text(cluster: Any) -> str:
+    """What a cluster whose batch jobs are all held says, or "" for another."""
+    held = _jobs_held(cluster)
+    if not held:
+        return ""
+    ids = ", ".join(held)
+    return (
+        f"cluster; its batch job(s) ({ids}) are held ({', '.join(sorted(set(held.values())))}), "
+        "and a held job starts only once released (scontrol release), so they are cancelled "
+        "with the run: remove --hold from cluster.jobqueue.job_extra_directives if it is there"
     )
 
 

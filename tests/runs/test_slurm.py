@@ -298,3 +298,35 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
     for path, arr in arrays.items():
         if isinstance(arr, zarr.Array):
             np.testing.assert_array_equal(got[path][...], arr[...], err_msg=path)
+
+
+def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path):
+    """A config whose jobs are held (``--hold`` in job_extra_directives; ``scontrol hold``, an
+    administrator's hold alike): none ever starts. The run waited the stall timeout, 600 s,
+    then said the jobs were "still queued or ended without a worker" (g83). Now one line
+    within seconds naming them and the hold, exit 1, nothing written, no job left queued."""
+    import re
+
+    from fstack_dask import synthetic_stack, write_stack
+
+    src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
+    write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--hold"])
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))  # the default 600 s stall
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        left = _run("squeue", "-h", "-n", name, "-o", "%i %T").stdout
+        _run("scancel", "-n", name)
+    assert proc.returncode == 1, err
+    (line,) = err.splitlines()
+    assert re.fullmatch(
+        r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
+        r"cluster; its batch job\(s\) \(\d+\) are held \(JobHeldUser\), and a held job starts "
+        r"only once released \(scontrol release\), so they are cancelled with the run: remove "
+        r"--hold from cluster.jobqueue.job_extra_directives if it is there; nothing was written",
+        line,
+    ), line
+    assert left.strip() == "", left  # (scancel'd by the cluster's close, before exit)
+    assert not dst.exists()
