@@ -206,8 +206,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         # without workers; memory had nothing to do with it)
         cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
-            _ended_jobs(cluster)
-            or _held_text(cluster)
+            _ended_or_held(cluster)
             or _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
@@ -367,29 +366,23 @@ def _jobs_ended(cluster: Any) -> list[str]:
     return [str(known.get(name, "?")) for name in gone]
 
 
-def _ended_jobs(cluster: Any) -> str:
-    """What a cluster whose batch jobs all ended says, or "" for another."""
-    ended = _jobs_ended(cluster)
+def _ended_or_held(cluster: Any) -> str:
+    """What a cluster whose batch jobs all ended, or are all held, says, or "" for another."""
+    ended, held = _jobs_ended(cluster), {}
     if not ended:
-        return ""
-    ids = ", ".join(ended) if "?" not in ended else f"{len(ended)}"
-    return (
-        f"cluster; its batch job(s) ({ids}) ended (their walltime reached, scancel, a "
-        "preemption) and a cluster of a fixed number of jobs starts none in their place: "
-        "lengthen cluster.jobqueue.walltime if it was reached"
-    )
-
-
-def _held_text(cluster: Any) -> str:
-    """What a cluster whose batch jobs are all held says, or "" for another."""
-    held = _jobs_held(cluster)
-    if not held:
-        return ""
-    ids = ", ".join(held)
-    return (
-        f"cluster; its batch job(s) ({ids}) are held ({', '.join(sorted(set(held.values())))}), "
-        "and a held job starts only once released (scontrol release), so they are cancelled "
-        "with the run: remove --hold from cluster.jobqueue.job_extra_directives if it is there"
+        held = _jobs_held(cluster)
+        if not held:
+            return ""
+    jobs = ended or list(held)
+    named = f"({', '.join(jobs)})" if "?" not in jobs else f"({len(jobs)} of them)"
+    return f"cluster; its batch job(s) {named} " + (
+        "ended (their walltime reached, scancel, a preemption) and a cluster of a fixed "
+        "number of jobs starts none in their place: lengthen cluster.jobqueue.walltime if "
+        "it was reached"
+        if ended
+        else f"are held ({', '.join(sorted(set(held.values())))}), and a held job starts only "
+        "once released (scontrol release), so they are cancelled with the run: remove --hold "
+        "from cluster.jobqueue.job_extra_directives if it is there"
     )
 
 

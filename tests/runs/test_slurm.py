@@ -237,6 +237,22 @@ def _fuse_cli(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _error_line(proc: subprocess.Popen[str]) -> str:
+    """The one line of a run that must fail with exit 1 within 60 s (not the 600 s stall)."""
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    (line,) = err.splitlines()
+    return line
+
+
+def _stop(proc: subprocess.Popen[str], name: str) -> str:
+    """Kill the run if it is still there; its jobs that were left queued (then cancelled)."""
+    proc.kill()
+    left = _run("squeue", "-h", "-n", name, "-o", "%i %T").stdout
+    _run("scancel", "-n", name)
+    return left
+
+
 def _wait_for_blocks(dst: Path, proc: subprocess.Popen[str], n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     done = dst / ".fstack_dask" / "done"
@@ -270,12 +286,9 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
         _wait_for_blocks(dst, proc, 1, timeout=60)
         job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.split()
         _run("scancel", "-n", name)
-        _, err = proc.communicate(timeout=60)
+        line = _error_line(proc)
     finally:
-        proc.kill()
-        _run("scancel", "-n", name)
-    assert proc.returncode == 1, err
-    (line,) = err.splitlines()
+        _stop(proc, name)
     assert re.fullmatch(
         rf"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
         rf"cluster; its batch job\(s\) \({job[0]}\) ended \(their walltime reached, scancel, a "
@@ -314,13 +327,9 @@ def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_pat
     config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--hold"])
     proc = _fuse_cli(str(src), str(dst), "--config", str(config))  # the default 600 s stall
     try:
-        _, err = proc.communicate(timeout=60)
+        line = _error_line(proc)
     finally:
-        proc.kill()
-        left = _run("squeue", "-h", "-n", name, "-o", "%i %T").stdout
-        _run("scancel", "-n", name)
-    assert proc.returncode == 1, err
-    (line,) = err.splitlines()
+        left = _stop(proc, name)
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
         r"cluster; its batch job\(s\) \(\d+\) are held \(JobHeldUser\), and a held job starts "
