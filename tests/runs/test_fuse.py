@@ -182,9 +182,10 @@ def test_property_edge_dtypes_any_chunking_matches_whole_image(data, stack, nhsi
         # errors, 1-px tasks from True, a comparison error for "1GiB", "no" taken as True)
         ({"chunks": 0}, ValueError, "chunks"),
         ({"chunks": (0, 64)}, ValueError, "chunks"),
-        ({"chunks": (64, 64, 64)}, ValueError, "chunks"),
-        ({"chunks": True}, ValueError, "chunks"),
-        ({"chunks": "1KiB"}, ValueError, "chunks"),
+        # not an int nor a (y, x) pair: a TypeError since aee14b7, as fuse_zarr's
+        ({"chunks": (64, 64, 64)}, TypeError, "chunks"),
+        ({"chunks": True}, TypeError, "chunks"),
+        ({"chunks": "1KiB"}, TypeError, "chunks"),
         ({"memory_per_task": "lots"}, ValueError, "memory_per_task"),
         ({"return_maps": "no"}, TypeError, "return_maps"),
     ],
