@@ -45,6 +45,7 @@ from .stopping import (
     quiet_broken_pools,
     quiet_gone_readers,
     quiet_swallowed_interrupts,
+    stop_behind,
 )
 
 __all__ = ["main"]
@@ -361,23 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         check_dask_config()  # before any command imports dask, which would hang on it
         code = int(_COMMANDS[args.command](args))
-    except KeyboardInterrupt as exc:
-        interrupted = True
-        with deaf(stops):  # pressed again meanwhile: the program is ending as asked
-            _quiet_abandoned_coroutines()
-            left = _as_options(getattr(exc, "left", None) or "")  # (a swap cut short)
-            hint = f"; {left}" if left else "; rerun the same command with --resume to continue"
-            _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")
-            code = EXIT_INTERRUPTED
-            if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports
-                code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
-            if program:  # end, even with a task stuck
-                leave(code)
-    except Exception as exc:
-        if args.traceback:
+    except BaseException as error:
+        stop = stop_behind(error)  # (wrapped where it landed in a class body: stopping.py)
+        if stop is None and (args.traceback or not isinstance(error, Exception)):
             raise
-        _error(_message(exc, args))
-        code = _exit_code(exc)
+        if stop is None:
+            _error(_message(error, args))
+            code = _exit_code(error)
+        else:
+            interrupted = True
+            code = _say_stopped(stop, args, stops, program=program)
     finally:
         if program:  # said and decided: a signal from now on ends it so (not SIG_DFL's -15)
             ending(code, stops)
@@ -387,6 +381,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if program:  # (after leave: no task of ours is running)
             with deaf(stops):
                 end_zarr_io(interrupted=interrupted)
+    return code
+
+
+def _say_stopped(
+    exc: KeyboardInterrupt, args: argparse.Namespace, stops: Sequence[str], *, program: bool
+) -> int:
+    """Say in one line how the run was stopped, and return its exit status; the program
+    ends there, even with a task stuck (:func:`.stopping.leave`)."""
+    with deaf(stops):  # pressed again meanwhile: the program is ending as asked
+        _quiet_abandoned_coroutines()
+        left = _as_options(getattr(exc, "left", None) or "")  # (a swap cut short)
+        hint = f"; {left}" if left else "; rerun the same command with --resume to continue"
+        _error(f"{_stopped(exc)}{hint if args.command == 'fuse' else ''}")
+        code = EXIT_INTERRUPTED
+        if isinstance(exc, Terminated):  # 128 + the signal's number, as a shell reports
+            code = EXIT_TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
+        if program:
+            leave(code)
     return code
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "quiet_broken_pools",
     "quiet_gone_readers",
     "quiet_swallowed_interrupts",
+    "stop_behind",
 ]
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
@@ -323,6 +324,25 @@ def quiet_broken_pools() -> Callable[[], None]:
         threading.excepthook = previous
 
     return restore
+
+
+def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The interruption (Ctrl-C, or a stop signal's) that ``exc`` is, or was raised from or
+    while handling; None where there is none.
+
+    A signal can land while a module is importing: Python 3.11 wraps a KeyboardInterrupt
+    raised in a class body's ``__set_name__`` (numcodecs' ``cached_property``) in a
+    RuntimeError, "Error calling __set_name__ ...", which was reported as a failure (a CI
+    run, 2026-12-07). What stopped the run is the interruption behind it.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:  # (a chain can loop)
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def quiet_swallowed_interrupts() -> Callable[[], None]:
