@@ -363,7 +363,9 @@ def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: An
         raise ValueError(f"channels must be 'auto', 'rgb' or 'independent', got {channels!r}")
     if "c" not in axes:
         if channels == "rgb":
-            raise ValueError(f"channels='rgb' needs a channel axis 'c' in axes, got axes={axes!r}")
+            raise ValueError(  # (axes read from the source as often as given: not "got axes=")
+                f"channels='rgb' needs a channel axis 'c', and the stack's axes are {axes!r}"
+            )
         return False
     n_c = shape[axes.index("c")]
     if channels == "rgb":

@@ -378,7 +378,11 @@ def test_an_empty_config_path_is_refused_not_ignored(src, tmp_path, command, con
         ("fuse", ["--level", "+9"], "--level 9 is not in src"),
         ("fuse", ["--levels", "9"], "--levels must be at most 6 for a 64 x 48 image"),
         ("fuse", ["--focus", "0,1"], "--focus must be 1-D with one position per plane (7)"),
-        ("fuse", ["--channels", "rgb"], "--channels 'rgb' needs a channel axis 'c' in axes"),
+        (
+            "fuse",
+            ["--channels", "rgb"],
+            "--channels 'rgb' needs a channel axis 'c', and the stack's axes are 'zyx'",
+        ),
         ("info", ["--level", "3"], "--level 3 is not in src"),
         ("plain", ["--axes", "tzyx"], "--axes 'tzyx' has 4 letters but the array has 3"),
         ("plain-info", ["--axes", "tzyx"], "--axes 'tzyx' has 4 letters but the array has 3"),
