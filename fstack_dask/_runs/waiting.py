@@ -355,6 +355,13 @@ def _jobs_ended(cluster: Any) -> list[str]:
     adaptive = getattr(cluster, "_adaptive", None)  # an adaptive cluster submits new jobs
     if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
         return []
+    lock = getattr(cluster, "_lock", None)  # held while it submits jobs: a job is in
+    # cluster.workers only once its sbatch answered (a busy controller: seconds), and a
+    # scale() just before the run was taken for jobs that all ended (g84)
+    if getattr(cluster, "_correct_state_waiting", None) is not None or (
+        lock is not None and callable(getattr(lock, "locked", None)) and lock.locked()
+    ):
+        return []
     spec = dict(getattr(cluster, "worker_spec", {}))  # (copied at once, as in _jobs)
     workers = dict(getattr(cluster, "workers", {}))
     if not spec or any(getattr(workers.get(name), "job_id", None) for name in spec):

@@ -339,3 +339,31 @@ def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_pat
     ), line
     assert left.strip() == "", left  # (scancel'd by the cluster's close, before exit)
     assert not dst.exists()
+
+
+def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended_jobs(
+    slurm_available, tmp_path, monkeypatch
+):
+    """A notebook's SLURMCluster and Client, then ``cluster.scale(jobs=1)`` and the run at
+    once, sbatch answering after 15 s (a busy controller): a job is in ``cluster.workers``
+    only once its sbatch answered, and the run failed after 10 s, "its batch job(s) (1 of
+    them) ended (their walltime reached, scancel, a preemption)", a healthy run stopped (the
+    g84 review). It waits for the job, and fuses."""
+    import numpy as np
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "sbatch").write_text(f'#!/bin/sh\nsleep 15\nexec {shutil.which("sbatch")} "$@"\n')
+    (slow / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}{os.pathsep}{os.environ['PATH']}")
+    src = tmp_path / "stack.zarr"
+    write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
+    expected = fuse_zarr(src, tmp_path / "threads.zarr", progress=False, scheduler="threads")
+    with SLURMCluster(**_jobqueue_kwargs(tmp_path)) as cluster, Client(cluster) as client:
+        cluster.scale(jobs=1)
+        out = fuse_zarr(src, tmp_path / "out.zarr", progress=False, scheduler=client)
+        np.testing.assert_array_equal(out["0"][...], expected["0"][...])
