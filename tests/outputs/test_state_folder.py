@@ -135,3 +135,19 @@ def test_a_complete_outputs_state_folder_holding_only_our_names_goes_on_resume(t
     proc = cli("fuse", src, dst, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert not (dst / ".fstack_dask").exists(), list((dst / ".fstack_dask").iterdir())
+
+
+@pytest.mark.parametrize("how", [(), ("--resume",), ("--overwrite",)])
+def test_a_claim_an_earlier_release_was_killed_in_is_taken_over(tmp_path, how):
+    """A run of an earlier release killed while it claimed dst, its lock written aside but
+    not yet linked: dst holds ``.fstack_dask/`` with that name alone. Every run, --resume and
+    --overwrite too, refused dst for good as "a folder with other content ('.fstack_dask'),
+    not an fstack_dask output" (the g84 review): it is a claim, taken over; nothing kept."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    (dst / ".fstack_dask" / "done").mkdir(parents=True)
+    (dst / ".fstack_dask" / OLD_LOCK_ASIDE).write_text('{"token": "0123", "pid": 4242}')
+    proc = cli("fuse", src, dst, *how)
+    assert proc.returncode == 0, proc.stderr
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+    assert not (dst / ".fstack_dask").exists()
