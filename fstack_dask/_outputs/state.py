@@ -228,11 +228,17 @@ class OutputState:
 
     def done(self) -> set[str]:
         """The blocks' done-markers (by name: a user's notes.txt put into ``done/`` is none,
-        and made the count of blocks left one less)."""
+        and made the count of blocks left one less; and, where local, files: a user's folder
+        named like one failed every --resume, "Is a directory", "10 of 9 blocks done": g84)."""
         try:
-            return {n for n in self.done_folder.listdir() if MARKER.fullmatch(n)}
+            if self.done_folder.is_local:  # (the kind of each entry comes with the listing)
+                with os.scandir(self.done_folder.path) as entries:
+                    names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+            else:
+                names = self.done_folder.listdir()
         except (FileNotFoundError, NotADirectoryError):
             return set()
+        return {n for n in names if MARKER.fullmatch(n)}
 
     def n_done(self) -> int:
         """Finished blocks of level 0 (pyramid levels' markers are named ``L1_...``)."""

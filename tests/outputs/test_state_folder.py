@@ -151,3 +151,21 @@ def test_a_claim_an_earlier_release_was_killed_in_is_taken_over(tmp_path, how):
     assert proc.returncode == 0, proc.stderr
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
     assert not (dst / ".fstack_dask").exists()
+
+
+def test_a_users_folder_named_like_a_done_marker_does_not_stop_a_resume(tmp_path):
+    """A user's folder in ``.fstack_dask/done/`` named as a block's marker is (``99_99``,
+    holding a file): every --resume failed "[Errno 21] Is a directory: ... done/99_99; dst
+    is kept with 10 of 9 blocks done; rerun with --resume to continue" (the g84 review). A
+    marker is a file: the resume finishes, the folder and its file kept and named."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    killed_before_publish("fuse", src, dst)
+    mine = dst / ".fstack_dask" / "done" / "99_99"
+    mine.mkdir()
+    (mine / "x.txt").write_text("mine")
+    proc = cli("fuse", src, dst, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert (mine / "x.txt").read_text() == "mine"
+    assert "did not write them" in proc.stderr and "done/99_99/x.txt" in proc.stderr, proc.stderr
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
