@@ -484,6 +484,19 @@ def test_an_http_urls_query_is_sent_as_given_and_never_printed(http_signed_root,
         assert not (tmp_path / "bad.zarr").exists()
 
 
+def test_a_query_that_is_a_bare_key_is_hidden_too(http_token_root, tmp_path):
+    # A query without "=" (the credential alone: ?s3cr3t) was printed whole, as a name, with
+    # "=***" after it (the g84 review): in the src's line and in the server's refusal
+    root, base = http_token_root
+    _write(root / "stack.zarr")
+    for url in (f"{base}/stack.zarr?Zk9SECRET", f"{base}/none.zarr?Zk9SECRET&token=t0k"):
+        proc = cli("fuse", url, tmp_path / "bad.zarr", "--no-progress")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Zk9SECRET" not in proc.stderr and "t0k" not in proc.stderr, proc.stderr
+        assert "zarr?***" in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad.zarr").exists()
+
+
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):
     # The query is not the source's identity: --resume with a renewed token continues
     # the run (g77 said so from the code; the g81 review runs it). A token expired mid-run

@@ -118,8 +118,9 @@ def _redacted(spec: str) -> str:
     if not mark:
         return spec
     query, hash_, fragment = rest.partition("#")
-    names = [pair.partition("=")[0] for pair in query.split("&") if pair]
-    return head + "?" + "&".join(f"{n}=***" for n in names) + hash_ + fragment
+    # a part without "=" is all value (a bare key, ?s3cr3t, was printed as a name: g84)
+    hidden = [f"{p.partition('=')[0]}=***" if "=" in p else "***" for p in query.split("&") if p]
+    return head + "?" + "&".join(hidden) + hash_ + fragment
 
 
 _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
