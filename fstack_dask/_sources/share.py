@@ -36,6 +36,23 @@ class ScatterLostError(RuntimeError):
     restarted or retired): scattered data has no lineage, so no task reading it can run."""
 
 
+def _to_a_lost_worker(client: Any, exc: BaseException) -> bool:
+    """Whether a scatter failed on a closed connection while the scheduler still answers: the
+    worker the data was sent to died as it reached it (the OOM killer; one killed just
+    before a copy was sent again), and the scheduler, whose send failed, closed the call.
+    That failed the run "lost the connection to the dask scheduler ... (it stopped, or the
+    network failed)" (the g84 review)."""
+    if "CommClosedError" not in f"{type(exc).__name__} {exc}":
+        return False
+    if getattr(client, "status", None) != "running":
+        return False  # (closed by another thread: said so where the run fails)
+    try:
+        client.sync(client.scheduler.identity, callback_timeout=10)
+    except Exception:
+        return False  # the scheduler itself is gone
+    return True
+
+
 # Shared-memory blocks attached in this process: the arrays on them need the mappings.
 _attached: list[Any] = []
 
@@ -169,7 +186,15 @@ def shared_recipe(
     # a scatter is no task: an adaptive cluster scaled to no worker started none for it, and
     # it failed "No valid workers found" after 30 s, a valid run refused (g64, the g68 brief)
     with a_worker():
-        future = client.scatter(data, hash=False)
+        try:
+            future = client.scatter(data, hash=False)
+        except Exception as exc:
+            if _to_a_lost_worker(client, exc):  # sent again, as a copy lost later is
+                raise ScatterLostError(
+                    "the cluster lost its copy of the in-memory source with the worker it was "
+                    "being sent to (killed, restarted or retired)"
+                ) from exc
+            raise
     try:
         yield (Shared(_Scattered(), xarray_parts), *recipe[1:]), (future,)
     except Exception as exc:

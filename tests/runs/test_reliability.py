@@ -611,6 +611,38 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, stack):
     assert os.listdir(child_tmp) == []
 
 
+def test_an_in_memory_stack_whose_worker_dies_as_it_is_sent_is_sent_again(tmp_path, stack):
+    """The one worker dies as the scattered array reaches it (the OOM killer; a worker killed
+    just before a copy is sent again), once: the scheduler, its send failed, closes the call,
+    and the run failed "lost the connection to the dask scheduler ... (it stopped, or the
+    network failed)", the scheduler alive (the g84 review, a flaky test's message). The
+    array is sent again to the worker its nanny restarts, and the run finishes."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class DieOnTheFirstData(WorkerPlugin):  # (defined here: sent to the workers by value)
+        def __init__(self, flag):
+            self.flag = flag
+
+        def setup(self, worker):
+            receive, flag = worker.handlers["update_data"], self.flag
+
+            def update_data(*args, **kwargs):
+                if not os.path.exists(flag):
+                    open(flag, "w").close()  # noqa: SIM115 (one empty file, closed)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return receive(*args, **kwargs)
+
+            worker.handlers["update_data"] = update_data
+
+    data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
+    dst = tmp_path / "fused.zarr"
+    with _one_worker_cluster(tmp_path, threads=1) as client:
+        client.register_plugin(DieOnTheFirstData(str(tmp_path / "died")))
+        fuse_zarr(data, dst, axes="zyx", scheduler=client, **FUSE_KW)
+    assert (tmp_path / "died").exists()
+    _like_the_uninterrupted_run(dst, stack)
+
+
 @pytest.fixture
 def unfinished(tmp_path):
     """A small unfinished output, its src, and a pristine copy of the output: a run that
