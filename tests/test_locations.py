@@ -382,6 +382,13 @@ def http_expiring_root(tmp_path):
         "-c", _EXPIRING_SERVER, str(port), str(root), "60"]))  # fmt: skip
 
 
+@pytest.fixture()
+def http_expiring_early(tmp_path):
+    """As ``http_expiring_root``, its token 'old' expiring after 20 requests for files."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _EXPIRING_SERVER, str(port), str(root), "20"]))  # fmt: skip
+
+
 def _serving(root, port, server):
     try:
         deadline = time.monotonic() + 30
@@ -663,3 +670,21 @@ def test_a_cache_keeps_its_own_storage_option_among_the_datas(tmp_path):
                     storage_options={"cache_storage": str(cache)})  # fmt: skip
     np.testing.assert_array_equal(out["0"][...], _expected())
     assert cache.is_dir() and any(cache.iterdir())
+
+
+def _expiring_stack(root, tmp_path):
+    data = synthetic_stack((256, 256), 5, dtype="uint16", seed=0).stack.transpose(2, 0, 1)
+    write_stack(str(root / "stack.zarr"), data, axes="zyx", chunks=(5, 32, 32))
+    return fuse_zarr(root / "stack.zarr", tmp_path / "local.zarr", chunks=64, progress=False)
+
+
+def test_a_run_failing_on_an_http_read_says_one_line(http_expiring_early, tmp_path):
+    # A read refused mid-run left its selection's other reads pending on zarr's loop, each
+    # reported at exit as asyncio's "Task was destroyed but it is pending!" and its task's
+    # repr under the one error line (g85)
+    root, base = http_expiring_early
+    _expiring_stack(root, tmp_path)
+    proc = cli("fuse", f"{base}/stack.zarr?token=old", tmp_path / "http.zarr", "--chunks", 64,
+               "--no-progress")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "destroyed" not in proc.stderr, proc.stderr
