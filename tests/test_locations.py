@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -284,7 +285,8 @@ def test_references_may_read_anywhere_on_their_filesystem(tmp_path):
 # ----------------------------------------------------------------------------- 3. HTTP
 
 
-# A real http.server answering 403 to each request that ``refuses(path, raw query)`` (the
+# A real http.server answering 403 (or the status it returns) to each request that
+# ``refuses(path, raw query)`` (the
 # snippet each server below defines), as an object store does to a missing, expired or altered
 # token or presigned URL's signature; its own arguments in ``args``
 _SERVER = """
@@ -297,8 +299,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(*a, directory=root, **k)
     def send_head(self):
         path, _, raw = self.path.partition("?")
-        if refuses(path, raw):
-            self.send_error(403)
+        refused = refuses(path, raw)
+        if refused:
+            self.send_error(403 if refused is True else refused)
             return None
         return super().send_head()
     def log_message(self, *args):
@@ -333,6 +336,18 @@ def refuses(path, raw):
         count[0] += 1
         fresh = count[0] <= int(args[0])
     return not (raw == "token=new" or (raw == "token=old" and fresh))
+"""
+)
+# answers the first args[0] requests for files, then 503 (down) until the file args[1] exists
+_FLAKY_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    if not os.path.isfile(root + urllib.parse.unquote(path)):
+        return False
+    with lock:
+        count[0] += 1
+        fresh = count[0] <= int(args[0])
+    return False if fresh or os.path.exists(args[1]) else 503
 """
 )
 _SIGNED = "X-Amz-Credential=AKIA%2F20261207%2Fs3&X-Amz-Signature=ab%2Bcd%3D&r=a+b&e=%3F"
@@ -387,6 +402,13 @@ def http_expiring_early(tmp_path):
     """As ``http_expiring_root``, its token 'old' expiring after 20 requests for files."""
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _EXPIRING_SERVER, str(port), str(root), "20"]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_flaky_root(tmp_path):
+    """A real HTTP server that answers 503 after 20 requests for files, until ``up`` exists."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _FLAKY_SERVER, str(port), str(root), "20", str(tmp_path / "up")]))  # fmt: skip
 
 
 def _serving(root, port, server):
@@ -514,7 +536,7 @@ def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root
     write_stack(str(root / "stack.zarr"), data, axes="zyx", chunks=(5, 32, 32))
     expected = fuse_zarr(root / "stack.zarr", tmp_path / "local.zarr", chunks=64, progress=False)
     url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
-    with pytest.raises(RuntimeError, match=r"url='[^']*\?token=\*\*\*'") as info:
+    with pytest.raises(RuntimeError, match=r"\(HTTP 403, 'http://[^']*\?token=\*\*\*'\)") as info:
         fuse_zarr(f"{url}?token=old", dst, chunks=64, progress=False)
     assert "token=old" not in str(info.value)
     proc = cli("fuse", f"{url}?token=old", tmp_path / "late.zarr", "--no-progress")
@@ -688,3 +710,39 @@ def test_a_run_failing_on_an_http_read_says_one_line(http_expiring_early, tmp_pa
                "--no-progress")  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1 and "destroyed" not in proc.stderr, proc.stderr
+
+
+def test_a_read_refused_mid_run_says_so_and_resumes(http_expiring_early, tmp_path):
+    # An expired token's 403 on a chunk was told as "the source is corrupt, truncated or
+    # unreadable" (g85): the server's refusal, the file (its query hidden), how to go on
+    root, base = http_expiring_early
+    expected = _expiring_stack(root, tmp_path)
+    url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
+    proc = cli("fuse", f"{url}?token=old", dst, "--chunks", 64, "--no-progress")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the server refused access to chunk" in proc.stderr, proc.stderr
+    assert re.search(r"\(HTTP 403, 'http://[^']*/c/[^']*\?token=\*\*\*'\)", proc.stderr)
+    assert "corrupt" not in proc.stderr and "token=old" not in proc.stderr, proc.stderr
+    assert "--resume and a renewed URL" in proc.stderr, proc.stderr
+    proc = cli("fuse", f"{url}?token=new", dst, "--chunks", 64, "--no-progress", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_group(str(dst), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path):
+    # A 503 (a server down or overloaded) was "the source is corrupt ..." too; neither fsspec
+    # nor zarr retries it (g85)
+    root, base = http_flaky_root
+    expected = _expiring_stack(root, tmp_path)
+    url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
+    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the server failed to send chunk" in proc.stderr, proc.stderr
+    assert "(HTTP 503, 'http://" in proc.stderr and "corrupt" not in proc.stderr, proc.stderr
+    assert "rerun with --resume" in proc.stderr, proc.stderr
+    (tmp_path / "up").touch()
+    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_group(str(dst), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])

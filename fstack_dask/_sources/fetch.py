@@ -225,6 +225,12 @@ def _read(source: Source, sel: tuple[slice, ...], into: np.ndarray | None = None
             "is corrupt, truncated or unreadable"
         ) from exc
     except Exception as exc:
+        refused = _http_refusal(exc)
+        if refused is not None:
+            raise SourceReadError(
+                f"{refused[0]} {_where(source, sel)} of {source.description} ({refused[1]}); "
+                f"{refused[2]}"
+            ) from exc
         raise SourceReadError(
             f"cannot read {_where(source, sel)} of {source.description} ({_reason(exc)}); the "
             f"source is corrupt, truncated or unreadable"
@@ -260,6 +266,30 @@ def _reason(exc: BaseException) -> str:
 
     text = redact_urls(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _http_refusal(exc: BaseException) -> tuple[str, str, str] | None:
+    """(what the server did, its status and the URL, what to do) where an HTTP server answered
+    a read with an error status (aiohttp's ``ClientResponseError``): an expired token's 403
+    or a server's 503 was told as "the source is corrupt, truncated or unreadable" (g85).
+    None for any other failure."""
+    from .._locations import redact_urls
+
+    while exc is not None and not (
+        isinstance(getattr(exc, "status", None), int) and hasattr(exc, "request_info")
+    ):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if exc is None:
+        return None
+    status, url = exc.status, redact_urls(str(getattr(exc.request_info, "real_url", "")))
+    told = f"HTTP {status}, {url!r}"
+    if status in (401, 403):
+        return ("the server refused access to", told, "the URL's token or signature may have "
+                "expired: rerun with --resume and a renewed URL to continue")  # fmt: skip
+    if status >= 500 or status in (408, 429):
+        return ("the server failed to send", told, "the server's own failure (overloaded or "
+                "down?): rerun with --resume to continue once it answers")  # fmt: skip
+    return ("the server would not send", told, "check the URL; rerun with --resume to continue")
 
 
 def _where(source: Source, sel: tuple[slice, ...]) -> str:
