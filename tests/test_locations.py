@@ -746,3 +746,24 @@ def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = zarr.open_group(str(dst), mode="r")
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):
+    # Nothing listening at the port, or a host name that does not resolve, was "src ... does
+    # not exist; expected a Zarr array or group": fsspec takes a failure to connect for a
+    # missing file (g85)
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    before = tree_digest(tmp_path)
+    for url, says in [
+        (f"http://127.0.0.1:{port}/stack.zarr?token=SECRET",
+         f"cannot be reached: nothing answers at 127.0.0.1:{port} (connection refused)"),
+        ("https://no-such-host.invalid/stack.zarr?token=SECRET",
+         "cannot be reached: its host name 'no-such-host.invalid' does not resolve"),
+    ]:  # fmt: skip
+        proc = cli("fuse", url, tmp_path / "out.zarr", "--no-progress")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert says in proc.stderr and "does not exist" not in proc.stderr, proc.stderr
+        assert "SECRET" not in proc.stderr and "token=***" in proc.stderr, proc.stderr
+    assert tree_digest(tmp_path) == before

@@ -147,6 +147,8 @@ def reach(location: Location, *, name: str, option: str | None = None) -> None:
         return
     if option is None:  # (write_stack's path: its own storage_options)
         option = "storage_options" if name == "src" else f"{name}_storage_options"
+    if location.protocol == "http":
+        _reach_server(location, name)
     try:
         location.exists()
     except Exception as exc:
@@ -156,3 +158,42 @@ def reach(location: Location, *, name: str, option: str | None = None) -> None:
             f"{name} {location.spec!r} cannot be reached ({told}); check {option}= (the "
             f"endpoint, the credentials{also})"
         ) from exc
+
+
+# The probe's bounds: aiohttp's own are 300 s in all, so a server that took the connection and
+# never answered held the run that long before it said anything (g85)
+_CONNECT_S, _ANSWER_S = 30, 60
+
+
+def _reach_server(location: Location, name: str) -> None:
+    """Ask an HTTP(S) server once for ``location``: any answer, an error status too, is a
+    server reached (what it said is told where the data is read), and :func:`reach` goes on.
+    A refused connection or a host name that does not resolve was "does not exist": fsspec's
+    ``exists`` takes every failure to connect for a missing file (g85)."""
+    import aiohttp
+    from fsspec.asyn import sync
+
+    fs = location.fs
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_S, sock_read=_ANSWER_S)
+
+    async def ask() -> None:
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(location.path), **{**fs.kwargs, "timeout": timeout}):
+            pass
+
+    try:
+        sync(fs.loop, ask)
+        return
+    except aiohttp.ClientConnectorDNSError as exc:
+        why = f"its host name {exc.host!r} does not resolve (a typo in the URL?)"
+    except aiohttp.ClientConnectorError as exc:
+        refused = isinstance(exc.os_error, ConnectionRefusedError)
+        reason = "connection refused" if refused else " ".join(str(exc.os_error).split())
+        why = f"nothing answers at {exc.host}:{exc.port} ({reason}): is the server up?"
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        url = fs.encode_url(location.path)
+        why = (f"the server at {url.host}:{url.port} took the connection but did not answer "
+               f"within {_ANSWER_S} s ({type(exc).__name__})")  # fmt: skip
+    except Exception:  # an answer, or a wrong option: told by exists() as for any URL
+        return
+    raise ValueError(f"{name} {location.spec!r} cannot be reached: {why}")
