@@ -767,3 +767,25 @@ def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):
         assert says in proc.stderr and "does not exist" not in proc.stderr, proc.stderr
         assert "SECRET" not in proc.stderr and "token=***" in proc.stderr, proc.stderr
     assert tree_digest(tmp_path) == before
+
+
+def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_path):
+    # "auto" read its sample of tiles (minutes of a remote stack) before dst was examined:
+    # an existing output without --overwrite, or a dst that cannot be created, was refused
+    # only after it (g85). The server logs every request: none for a chunk before the refusal
+    root, base = http_token_root
+    _write(root / "stack.zarr")
+    url, log = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc", tmp_path / "requests.log"
+    assert cli("fuse", url, tmp_path / "out.zarr", "--no-progress").returncode == 0
+    log.write_text("")  # an output there: its requests forgotten
+    proc = cli("fuse", url, tmp_path / "out.zarr", "--nhsize", "auto", "--sth", "auto",
+               "--no-progress")  # fmt: skip
+    assert proc.returncode == 2 and "already exists" in proc.stderr, proc.stderr
+    for dst in (tmp_path / "none" / "out.zarr", tmp_path / "out.zarr"):
+        proc = cli("fuse", url, dst, "--sth", "auto", "--no-progress")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    requests = log.read_text().split()
+    assert requests and not [r for r in requests if "/c/" in r], requests
+    proc = cli("fuse", url, tmp_path / "new.zarr", "--sth", "auto", "--no-progress")
+    assert proc.returncode == 0, proc.stderr  # the same run into a new dst reads them
+    assert [r for r in log.read_text().split() if "/c/" in r]

@@ -109,11 +109,13 @@ def plan_fusion(
     device: str = "cpu",
     output: str = "ome-zarr",
     quiet_auto: bool = False,
+    before_sample: Any = None,
 ) -> Fusion:
     """Open ``src``, check every parameter, plan the blocks; see ``fuse_zarr`` for them all.
 
     ``quiet_auto``: what ``"auto"`` chose is kept in ``auto_note``, not logged (a run tells
-    it once dst is accepted: it came before dst's refusal).
+    it once dst is accepted: it came before dst's refusal). ``before_sample(source)``, if
+    given, is called before ``"auto"`` reads its sample (a run refuses its dst there).
 
     ``device`` is only checked here (``"cpu"`` or ``"cuda"``); whether a GPU is there is
     checked where the tasks will run, once the scheduler is known (``_algorithm.device``).
@@ -140,6 +142,8 @@ def plan_fusion(
         chosen = None
         nhsize_auto = nhsize == AUTO
         if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
+            if before_sample is not None:
+                before_sample(source)
             chosen = _auto(source, layout, focus, nhsize, sth, quiet_auto)
             nhsize, sth = chosen.nhsize, chosen.sth
         halo = overlap_depth(nhsize)

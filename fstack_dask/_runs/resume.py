@@ -34,6 +34,7 @@ from .source_changes import _few, check_source_files, source_identity
 
 __all__ = [
     "Prior",
+    "check_early",
     "check_complete_source",
     "check_resumable",
     "examine",
@@ -63,6 +64,23 @@ class Prior:
     @property
     def resuming(self) -> bool:
         return self.mode in ("resume", "resume-staged", "complete")
+
+
+def check_early(
+    source: Any,
+    dst: str | os.PathLike[str] | Location,
+    *,
+    dst_storage_options: dict[str, Any] | None,
+    overwrite: bool,
+    resume: bool,
+) -> None:
+    """:func:`examine`'s refusals that need no plan: ``dst`` exists without ``overwrite`` or
+    ``resume``, is a file, a store not ours, cannot be created or reached. Called before
+    ``"auto"`` reads its sample, which was read first (minutes of a remote stack: g85);
+    :func:`examine` checks everything again, with the plan."""
+    dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
+    reach(dst_loc, name="dst")
+    Destination(dst_loc, protect=source.protected()).check(overwrite=overwrite, resume=resume)
 
 
 def examine(

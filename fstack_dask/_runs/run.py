@@ -21,7 +21,7 @@ from .device import require_device, require_engine_on_workers
 from .fusion import plan_fusion
 from .passes import fuse_blocks, image_minimums, pyramid_levels
 from .reading import read_by
-from .resume import examine
+from .resume import check_early, examine
 from .source_changes import check_source_after_run
 
 __all__ = ["run_fusion"]
@@ -49,7 +49,12 @@ def run_fusion(
     written, under the run's lock, before the output is marked complete (the TIFF
     conversion); never on a resume of a complete output. A new ``dst`` takes the owner,
     group, mode and ACLs of ``looks_like`` (the TIFF a working store will replace)."""
-    fusion = plan_fusion(src, **plan, output=output, quiet_auto=True)
+
+    def early(source: Any) -> None:  # dst refused before "auto" reads its sample
+        check_early(source, dst, dst_storage_options=dst_storage_options, overwrite=overwrite,
+                    resume=resume)  # fmt: skip
+
+    fusion = plan_fusion(src, **plan, output=output, quiet_auto=True, before_sample=early)
     with contextlib.closing(fusion.source):  # its files, not left open by a kept traceback
         lay = fusion.layout
 
