@@ -350,6 +350,13 @@ def refuses(path, raw):
     return False if fresh or os.path.exists(args[1]) else 503
 """
 )
+# files only: a folder is 404, as an object store's missing key (S3's NoSuchKey)
+_OBJECT_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    return 404 if os.path.isdir(root + urllib.parse.unquote(path)) else False
+"""
+)
 _SIGNED = "X-Amz-Credential=AKIA%2F20261207%2Fs3&X-Amz-Signature=ab%2Bcd%3D&r=a+b&e=%3F"
 
 
@@ -409,6 +416,13 @@ def http_flaky_root(tmp_path):
     """A real HTTP server that answers 503 after 20 requests for files, until ``up`` exists."""
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _FLAKY_SERVER, str(port), str(root), "20", str(tmp_path / "up")]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_object_root(tmp_path):
+    """A real HTTP server serving files only, as an object store does (a folder is 404)."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _OBJECT_SERVER, str(port), str(root)]))  # fmt: skip
 
 
 def _serving(root, port, server):
@@ -789,3 +803,17 @@ def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_pat
     proc = cli("fuse", url, tmp_path / "new.zarr", "--sth", "auto", "--no-progress")
     assert proc.returncode == 0, proc.stderr  # the same run into a new dst reads them
     assert [r for r in log.read_text().split() if "/c/" in r]
+
+
+def test_an_http_object_store_is_read(http_object_root, tmp_path):
+    # A store on a server without folder pages (S3, GCS, Azure over https: a folder's URL is
+    # 404) was "src ... does not exist; expected a Zarr array or group" (g85), and once read,
+    # its chunks, which no folder lists, were warned of as none stored
+    root, base = http_object_root
+    expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
+    proc = cli("fuse", f"{base}/stack.zarr", tmp_path / "http.zarr", "--no-progress")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    proc = cli("fuse", f"{base}/none.zarr", tmp_path / "none.zarr", "--no-progress")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr

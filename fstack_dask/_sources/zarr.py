@@ -156,7 +156,7 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 def _open_node(location: Location, where: str) -> Any:
     import zarr
 
-    if not location.exists():
+    if not _exists(location):
         raise FileNotFoundError(f"{where} does not exist; expected a Zarr array or group")
     if location.is_local and not os.path.isdir(location.path):
         raise ValueError(
@@ -173,6 +173,16 @@ def _open_node(location: Location, where: str) -> Any:
         ) from exc
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where} has unreadable Zarr metadata: {_one_line(exc)}") from exc
+
+
+def _exists(location: Location) -> bool:
+    """Whether a store is there. Over HTTP a folder is no object: an object store (S3, GCS,
+    Azure over https) answers 404 for it, and every such store was "does not exist" until
+    g85 (http.server's folder pages hid it): its metadata files say."""
+    if location.exists():
+        return True
+    names = ("zarr.json", ".zgroup", ".zarray")
+    return location.protocol == "http" and any(location.child(n).exists() for n in names)
 
 
 def _stored_axes(array: Any) -> tuple[str | None, str]:
