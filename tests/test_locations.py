@@ -293,6 +293,12 @@ _SERVER = """
 import http.server, os, sys, threading, urllib.parse
 port, root, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 count, lock = [0], threading.Lock()
+def fresh(path):  # None for no file, else whether it is among the first int(args[0]) asked
+    if not os.path.isfile(root + urllib.parse.unquote(path)):
+        return None
+    with lock:
+        count[0] += 1
+        return count[0] <= int(args[0])
 {refuses}
 class Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
@@ -330,24 +336,16 @@ def refuses(path, raw):
 _EXPIRING_SERVER = _SERVER.format(
     refuses="""
 def refuses(path, raw):
-    if not os.path.isfile(root + urllib.parse.unquote(path)):
-        return False
-    with lock:
-        count[0] += 1
-        fresh = count[0] <= int(args[0])
-    return not (raw == "token=new" or (raw == "token=old" and fresh))
+    new = fresh(path)
+    return new is not None and not (raw == "token=new" or (raw == "token=old" and new))
 """
 )
 # answers the first args[0] requests for files, then 503 (down) until the file args[1] exists
 _FLAKY_SERVER = _SERVER.format(
     refuses="""
 def refuses(path, raw):
-    if not os.path.isfile(root + urllib.parse.unquote(path)):
-        return False
-    with lock:
-        count[0] += 1
-        fresh = count[0] <= int(args[0])
-    return False if fresh or os.path.exists(args[1]) else 503
+    new = fresh(path)
+    return False if new is not False or os.path.exists(args[1]) else 503
 """
 )
 # files only: a folder is 404, as an object store's missing key (S3's NoSuchKey)
@@ -708,6 +706,11 @@ def test_a_cache_keeps_its_own_storage_option_among_the_datas(tmp_path):
     assert cache.is_dir() and any(cache.iterdir())
 
 
+def _same_image(dst, expected):
+    out = zarr.open_group(str(dst), mode="r")
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
 def _expiring_stack(root, tmp_path):
     data = synthetic_stack((256, 256), 5, dtype="uint16", seed=0).stack.transpose(2, 0, 1)
     write_stack(str(root / "stack.zarr"), data, axes="zyx", chunks=(5, 32, 32))
@@ -740,8 +743,7 @@ def test_a_read_refused_mid_run_says_so_and_resumes(http_expiring_early, tmp_pat
     assert "--resume and a renewed URL" in proc.stderr, proc.stderr
     proc = cli("fuse", f"{url}?token=new", dst, "--chunks", 64, "--no-progress", "--resume")
     assert proc.returncode == 0, proc.stderr
-    out = zarr.open_group(str(dst), mode="r")
-    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    _same_image(dst, expected)
 
 
 def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path):
@@ -758,8 +760,7 @@ def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path)
     (tmp_path / "up").touch()
     proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
     assert proc.returncode == 0, proc.stderr
-    out = zarr.open_group(str(dst), mode="r")
-    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    _same_image(dst, expected)
 
 
 def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):
@@ -813,7 +814,6 @@ def test_an_http_object_store_is_read(http_object_root, tmp_path):
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
     proc = cli("fuse", f"{base}/stack.zarr", tmp_path / "http.zarr", "--no-progress")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    out = zarr.open_group(str(tmp_path / "http.zarr"), mode="r")
-    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+    _same_image(tmp_path / "http.zarr", expected)
     proc = cli("fuse", f"{base}/none.zarr", tmp_path / "none.zarr", "--no-progress")
     assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr
