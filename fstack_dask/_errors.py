@@ -34,6 +34,7 @@ __all__ = [
     "forget_stop",
     "finish_despite_interrupts",
     "interrupted_leaving",
+    "interruption_behind",
     "is_no_space",
     "note_stop",
     "raise_if_stopped",
@@ -266,11 +267,30 @@ def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any)
     return result
 
 
+def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The interruption (Ctrl-C, or a stop signal's) that ``exc`` is, or was raised from or
+    while handling; None where there is none.
+
+    A signal can land where Python or a library wraps what it raised: Python 3.11 wraps a
+    KeyboardInterrupt raised in a class body's ``__set_name__`` (numcodecs'
+    ``cached_property``, as a module imports) in a RuntimeError "Error calling __set_name__"
+    (a CI run, 2026-12-07); numba's dispatcher in a SystemError. What stopped the run is the
+    interruption behind it.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:  # (a chain can loop)
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def as_interrupt(exc: BaseException) -> BaseException:
-    """A Ctrl-C that reached us wrapped, as the KeyboardInterrupt it is: numba's dispatcher,
-    interrupted inside its C code, raises ``SystemError("CPUDispatcher(...) returned a result
-    with an exception set")`` caused by it (4 of 12 interrupts of a synchronous run in a
-    Jupyter kernel were reported as a failure: a helper's run, 2026-12-05)."""
-    if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
-        return exc.__cause__
-    return exc
+    """A Ctrl-C that reached us wrapped, as the KeyboardInterrupt it is (:func:`interruption_
+    behind`): numba's dispatcher, interrupted inside its C code, raises ``SystemError(
+    "CPUDispatcher(...) returned a result with an exception set")`` caused by it (4 of 12
+    interrupts of a synchronous run in a Jupyter kernel were reported as a failure: a helper's
+    run, 2026-12-05); a class body's ``__set_name__`` a RuntimeError (g87)."""
+    return interruption_behind(exc) or exc

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import _base
 from typing import Any
 
-from .._errors import StopWaiting, forget_stop, note_stop
+from .._errors import StopWaiting, forget_stop, interruption_behind, note_stop
 from .._imports import held_in_imports, holding, ignore_last
 
 __all__ = [
@@ -328,21 +328,9 @@ def quiet_broken_pools() -> Callable[[], None]:
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The interruption (Ctrl-C, or a stop signal's) that ``exc`` is, or was raised from or
-    while handling; None where there is none.
-
-    A signal can land while a module is importing: Python 3.11 wraps a KeyboardInterrupt
-    raised in a class body's ``__set_name__`` (numcodecs' ``cached_property``) in a
-    RuntimeError, "Error calling __set_name__ ...", which was reported as a failure (a CI
-    run, 2026-12-07). What stopped the run is the interruption behind it.
-    """
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:  # (a chain can loop)
-        if isinstance(link, KeyboardInterrupt):
-            return link
-        seen.add(id(link))
-        link = link.__cause__ or link.__context__
-    return None
+    while handling (wrapped where it landed in a class body); None where there is none
+    (:func:`.._errors.interruption_behind`)."""
+    return interruption_behind(exc)
 
 
 def quiet_swallowed_interrupts() -> Callable[[], None]:

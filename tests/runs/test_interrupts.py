@@ -237,6 +237,45 @@ def test_an_interrupt_inside_a_class_body_is_one_line(tmp_path):
     assert "interrupted" in _stderr_is_one_line(proc.stderr)
 
 
+def test_a_ctrl_c_wrapped_where_it_landed_stops_a_notebooks_run_as_one_does(
+    stack, tmp_path, monkeypatch
+):
+    """A notebook's Ctrl-C landing in a class body (a module importing as a block is read:
+    Python 3.11 wraps it in a RuntimeError "Error calling __set_name__") failed the run
+    as an error, "...; nothing was written", its output removed; the CLI said "interrupted"
+    of it (g87). It stops the run as a Ctrl-C does: a KeyboardInterrupt, the lock released,
+    the output kept, and the resume ends it as a run never stopped would have."""
+    import numpy as np
+
+    from fstack_dask import fuse_zarr
+    from fstack_dask._outputs.ownership import STATE_DIR
+    from fstack_dask._sources import fetch
+
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, landing as the class is made
+
+    real, calls = fetch._read, []
+
+    def read(source, sel, into=None):
+        calls.append(sel)
+        if len(calls) == 40:
+
+            class Codec:  # a module importing (numcodecs' cached_property)
+                codec = Descriptor()
+
+        return real(source, sel, into)
+
+    monkeypatch.setattr(fetch, "_read", read)
+    dst, kw = tmp_path / "out.zarr", {"chunks": 32, "levels": 0, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(stack, dst, scheduler="synchronous", **kw)
+    assert not (dst / STATE_DIR / "lock").exists()
+    monkeypatch.setattr(fetch, "_read", real)
+    resumed = fuse_zarr(stack, dst, resume=True, **kw)["0"][...]
+    np.testing.assert_array_equal(resumed, fuse_zarr(stack, tmp_path / "whole.zarr", **kw)["0"])
+
+
 #: The CLI, with a file whose ``__del__`` runs Python code for 1 s (a file of a slow remote
 #: store, closing) dropped in the main thread during the run; it says when it is in it.
 SWALLOWING = (
