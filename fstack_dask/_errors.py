@@ -251,7 +251,11 @@ def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any)
             try:
                 result = step(*args, **kwargs)
                 break
-            except KeyboardInterrupt as exc:
+            except BaseException as error:
+                # (one wrapped where it landed, as in a class body: an interruption still)
+                exc = interruption_behind(error)
+                if exc is None:
+                    raise
                 if held or previous is None and interrupted is not None:
                     raise  # asked twice: stop waiting
                 if isinstance(exc, StopWaiting):

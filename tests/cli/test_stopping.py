@@ -693,3 +693,41 @@ def test_a_stop_in_numbas_import_leaves_a_callers_later_runs_working(tmp_path):
     done = subprocess.run([sys.executable, "-c", _A_STOP_IN_NUMBAS_IMPORT, str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert done.stdout.split()[-3:] == ["codes", "143", "0"], done.stdout + done.stderr[-1500:]
+
+
+_SIGNAL_IN_A_CLASS_BODY_DURING_A_WAIT = """
+import os, signal
+from fstack_dask._cli.stopping import on_stop_signals_raise
+from fstack_dask._errors import finish_despite_interrupts
+
+class Descriptor:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGTERM)  # raised here, as the class is made
+
+calls = []
+
+def wait_for_the_running_tasks():
+    calls.append("started")
+    if len(calls) == 1:
+        class Codec:  # a module the wait imports (numcodecs' cached_property)
+            codec = Descriptor()
+    calls.append("ended")
+
+restore = on_stop_signals_raise()
+try:
+    finish_despite_interrupts(wait_for_the_running_tasks)
+except BaseException as exc:
+    print(type(exc).__name__, *calls)
+restore()
+"""
+
+
+def test_a_stop_signal_wrapped_where_it_landed_still_waits_for_the_running_tasks():
+    """Python 3.11 wraps the interruption a signal raises in a class body's ``__set_name__``
+    in a RuntimeError: landing so in a failed run's wait for its running tasks, it ended the
+    wait as an error, and the run released its lock with tasks still writing (g87). It is the
+    interruption it wraps: the wait goes on to its end, then the run stops as terminated."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_CLASS_BODY_DURING_A_WAIT],
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Terminated", "started", "started", "ended"], done.stdout
