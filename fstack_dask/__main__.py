@@ -24,7 +24,13 @@ def main() -> int:
     hold_stop_signals(tuple(_STOPS), _end_held)
     try:
         from ._cli.main import main as command_line
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        from ._errors import interruption_behind
+
+        # (a second signal landing in a class body as a module imports: Python 3.11 wraps
+        # it in a RuntimeError, whose traceback the program printed)
+        if interruption_behind(exc) is None:
+            raise
         import signal
 
         from ._imports import _HELD

@@ -288,6 +288,36 @@ def test_a_signal_while_the_program_imports_its_command_line_is_one_line(tmp_pat
     assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
 
 
+#: STARTING, the signals landing in a class body (numcodecs' ``cached_property``) instead.
+STARTING_IN_A_CLASS_BODY = STARTING.replace(
+    "class SignalsDuringTheImports",
+    "class Descriptor:\n"
+    "    def __set_name__(self, owner, name):\n"
+    "        for signum in signals:\n"
+    "            os.kill(os.getpid(), getattr(signal, signum))\n\n"
+    "class SignalsDuringTheImports",
+).replace(
+    "            for signum in signals:\n"
+    "                os.kill(os.getpid(), getattr(signal, signum))\n",
+    "            class Codec:\n                codec = Descriptor()\n",
+)
+
+
+@pytest.mark.parametrize("signals", [["SIGINT", "SIGINT"], ["SIGTERM", "SIGTERM"]])
+def test_a_second_signal_landing_in_a_class_body_at_start_up_is_one_line(tmp_path, signals):
+    """The second signal while the program imports its command line, landing in a class body
+    as a module imports: Python 3.11 wraps its KeyboardInterrupt in a RuntimeError "Error
+    calling __set_name__", and the program ended with that traceback, exit 1 (g87)."""
+    assert "codec = Descriptor()" in STARTING_IN_A_CLASS_BODY
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTING_IN_A_CLASS_BODY, *signals], cwd=tmp_path,
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    word, code = ("interrupted", 130) if signals[0] == "SIGINT" else ("terminated", 143)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["info"], ["fuse", "in.zarr", "--levels", "x"]])
 @pytest.mark.parametrize(("signum", "word", "code"), [("SIGTERM", "terminated", 143),
                          ("SIGINT", "interrupted", 130),
