@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from conftest import synthetic_store
+from conftest import hangup_at_its_default, synthetic_store
 
 TIMEOUT = 60
 
@@ -122,6 +122,7 @@ def many(tmp_path_factory):
 
 
 def _fuse(src, dst, *more, **kw):
+    kw.setdefault("preexec_fn", hangup_at_its_default)
     return subprocess.Popen(
         [sys.executable, "-m", "fstack_dask", "fuse", str(src), str(dst), "--chunks", "16",
          "--no-progress", *more],
@@ -334,6 +335,7 @@ def test_a_signal_held_at_start_up_is_told_when_the_arguments_end_the_program(
     proc = subprocess.run(
         [sys.executable, "-c", script, signum], cwd=tmp_path, capture_output=True, text=True,
         timeout=TIMEOUT, check=False, env={**os.environ, "ARGV": " ".join(argv)},
+        preexec_fn=hangup_at_its_default,
     )  # fmt: skip
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.strip().splitlines()[-1:] == [f"fstack-dask: error: {word}"], proc.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from clusters import Cluster
-from conftest import synthetic_store
+from conftest import hangup_at_its_default, synthetic_store
 
 TIMEOUT = 120
 
@@ -94,6 +94,7 @@ def _processes_run_in_its_own_group(stack, dst) -> subprocess.Popen:
         [sys.executable, "-m", "fstack_dask", "fuse", str(stack), str(dst), "--scheduler",
          "processes", "--chunks", "32", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=hangup_at_its_default,
     )  # fmt: skip
 
 
