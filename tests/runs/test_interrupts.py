@@ -98,6 +98,43 @@ def _processes_run_in_its_own_group(stack, dst) -> subprocess.Popen:
     )  # fmt: skip
 
 
+#: The program, a stop signal landing as the run has spawned its first worker process, before
+#: it sent that process its start-up data (the first spawn is multiprocessing's tracker).
+SIGNAL_AS_A_WORKER_IS_SPAWNED = """
+import os, runpy, signal, sys
+from multiprocessing import util
+
+real, spawned = util.spawnv_passfds, []
+
+def spawnv_passfds(*args):
+    pid = real(*args)
+    spawned.append(pid)
+    if len(spawned) == 2:
+        os.kill(os.getpid(), getattr(signal, os.environ["SIG"]))
+    return pid
+
+util.spawnv_passfds = spawnv_passfds
+sys.argv = ["fstack-dask", "fuse", *sys.argv[1:], "--scheduler", "processes", "--no-progress"]
+runpy.run_module("fstack_dask", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_as_a_worker_process_is_spawned_is_one_line(stack, tmp_path, sig, code):
+    """The signal, landing between a worker process's spawn and the data sent to start it,
+    left that process to print multiprocessing's "EOFError: Ran out of input" traceback under
+    the run's one line (g87's fuzzer: 1 run in 50 stopped at random moments)."""
+    dst = tmp_path / "out.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AS_A_WORKER_IS_SPAWNED, str(stack), str(dst), "--chunks",
+         "32"], capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        env={**os.environ, "SIG": sig},
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert "rerun the same command with --resume" in _stderr_is_one_line(proc.stderr)
+    _resumes_to_the_end(stack, dst)
+
+
 def test_sigterm_to_the_process_group_ends_a_processes_run_at_once(stack, tmp_path):
     """scancel, systemd, docker stop and timeout(1) signal the whole group, so the worker
     processes die too: Python 3.11's pool then left its futures pending for ever, and the
