@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import raise_if_stopped
+from . import batch_jobs
 from . import reports as reports_
 
 __all__ = [
@@ -206,7 +207,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         # without workers; memory had nothing to do with it)
         cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
-            _ended_or_held(cluster)
+            batch_jobs.said(cluster)
             or _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
@@ -232,21 +233,11 @@ def _address(client: Any) -> str:
         return "ADDRESS"
 
 
-def _jobs(cluster: Any) -> list[Any]:
-    """A dask-jobqueue cluster's batch jobs (none for another cluster)."""
-    if not hasattr(cluster, "job_script"):
-        return []
-    # copied at once (no Python code runs while list() walks a dict): distributed's event
-    # loop adds and removes jobs while this waiting thread looks
-    jobs = list(getattr(cluster, "workers", {}).values())
-    return [j for j in jobs if hasattr(j, "job_id")]
-
-
 def _all_refused(cluster: Any) -> bool:
     """Whether the batch scheduler refused every job of a dask-jobqueue cluster: a job has
     no id while it is submitted too, so only once the cluster's lock, held while it submits
     them, is free (a distributed without that lock: never, and the stall timeout says it)."""
-    jobs, lock = _jobs(cluster), getattr(cluster, "_lock", None)
+    jobs, lock = batch_jobs.jobs(cluster), getattr(cluster, "_lock", None)
     if not jobs or lock is None or not callable(getattr(lock, "locked", None)):
         return False
     return not lock.locked() and all(j.job_id is None for j in jobs)
@@ -304,98 +295,14 @@ def _never_coming(client: Any) -> bool:
         _all_refused(cluster)
         or _all_ended(cluster)
         or _none_planned(cluster)
-        or bool(_jobs_ended(cluster))
-        or bool(_jobs_held(cluster))
-    )
-
-
-_HELD_EVERY = 5.0  # seconds between squeue's answers asked for (not at each POLL)
-_held_asked: dict[int, tuple[float, dict[str, str]]] = {}
-
-
-def _jobs_held(cluster: Any) -> dict[str, str]:
-    """Each job of a SLURM cluster by its id with squeue's reason, where every job that was
-    submitted is held (``sbatch --hold`` in ``job_extra_directives``, ``scontrol hold``, an
-    administrator's hold): none starts until released, and the run waited out the stall
-    timeout, 600 s, for them (the g83 brief); {} otherwise, or where squeue does not answer."""
-    jobs = _jobs(cluster)
-    ids = [str(j.job_id) for j in jobs if j.job_id is not None]
-    if not ids or getattr(jobs[0], "cancel_command", "") != "scancel":
-        return {}
-    asked, held = _held_asked.get(id(cluster), (-_HELD_EVERY, {}))
-    if time.monotonic() - asked < _HELD_EVERY:
-        return held
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    reasons = {r[0]: r[2] for r in rows if len(r) == 3 and r[1] == "PENDING"}
-    held = reasons if rows and len(reasons) == len(rows) and all(
-        r.startswith("JobHeld") for r in reasons.values()
-    ) else {}  # fmt: skip
-    _held_asked[id(cluster)] = (time.monotonic(), held)
-    return held
-
-
-def _jobs_ended(cluster: Any) -> list[str]:
-    """The batch jobs of a dask-jobqueue cluster scaled to a fixed number of jobs that all
-    ended (a walltime, ``scancel``, a preemption's requeue), their ids where known, or [] while
-    one may still bring a worker: distributed closes a lost worker's job after
-    ``distributed.deploy.lost-worker-timeout`` (15 s) and starts none in its place, so the
-    run waited out the stall timeout (600 s), then told to start workers with ``dask worker``
-    (the g83 brief)."""
-    if cluster is None or not hasattr(cluster, "job_script"):
-        return []
-    adaptive = getattr(cluster, "_adaptive", None)  # an adaptive cluster submits new jobs
-    if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
-        return []
-    lock = getattr(cluster, "_lock", None)  # held while it submits jobs: a job is in
-    # cluster.workers only once its sbatch answered (a busy controller: seconds), and a
-    # scale() just before the run was taken for jobs that all ended (g84)
-    if getattr(cluster, "_correct_state_waiting", None) is not None or (
-        lock is not None and callable(getattr(lock, "locked", None)) and lock.locked()
-    ):
-        return []
-    spec = dict(getattr(cluster, "worker_spec", {}))  # (copied at once, as in _jobs)
-    workers = dict(getattr(cluster, "workers", {}))
-    if not spec or any(getattr(workers.get(name), "job_id", None) for name in spec):
-        return []  # none planned, or one still queued or running
-    gone = [name for name in spec if name not in workers]
-    known = {}
-    for name in gone:
-        known.update(getattr(spec[name].get("cls"), "submitted", {}))
-    return [str(known.get(name, "?")) for name in gone]
-
-
-def _ended_or_held(cluster: Any) -> str:
-    """What a cluster whose batch jobs all ended, or are all held, says, or "" for another."""
-    ended, held = _jobs_ended(cluster), {}
-    if not ended:
-        held = _jobs_held(cluster)
-        if not held:
-            return ""
-    jobs = ended or list(held)
-    named = f"({', '.join(jobs)})" if "?" not in jobs else f"({len(jobs)} of them)"
-    return f"cluster; its batch job(s) {named} " + (
-        "ended (their walltime reached, scancel, a preemption) and a cluster of a fixed "
-        "number of jobs starts none in their place: lengthen cluster.jobqueue.walltime if "
-        "it was reached"
-        if ended
-        else f"are held ({', '.join(sorted(set(held.values())))}), and a held job starts only "
-        "once released (scontrol release), so they are cancelled with the run: remove --hold "
-        "from cluster.jobqueue.job_extra_directives if it is there"
+        or bool(batch_jobs.ended(cluster))
+        or bool(batch_jobs.stuck(cluster)[0])
     )
 
 
 def _batch_jobs(cluster: Any) -> str:
     """What became of a dask-jobqueue cluster's batch jobs, or "" for another cluster."""
-    jobs = _jobs(cluster)
+    jobs = batch_jobs.jobs(cluster)
     if not jobs:
         return ""
     refused = sum(j.job_id is None for j in jobs)

@@ -367,3 +367,186 @@ def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended
         cluster.scale(jobs=1)
         out = fuse_zarr(src, tmp_path / "out.zarr", progress=False, scheduler=client)
         np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+@pytest.fixture
+def own_partition():
+    """Make a partition of this test's own on the cluster's node (the machine's SLURM is
+    shared: the ``debug`` partition is never brought down), given its settings; removed
+    after. Skips where partitions cannot be made (not root, an older SLURM)."""
+    made: list[str] = []
+
+    def make(**settings: str) -> str:
+        node = _run("sinfo", "-h", "-p", PARTITION, "-o", "%N").stdout.strip()
+        name = f"fstack-{os.getpid()}-{len(made)}"
+        res = _run("scontrol", "create", f"PartitionName={name}", f"Nodes={node}",
+                   *(f"{k}={v}" for k, v in settings.items()))  # fmt: skip
+        if res.returncode != 0:
+            pytest.skip(f"cannot make a SLURM partition: {res.stderr.strip()[:200]}")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        _run("scancel", "-p", name)
+        _run("scontrol", "delete", f"PartitionName={name}")
+
+
+def _small_stack(tmp_path: Path) -> Path:
+    from fstack_dask import synthetic_stack, write_stack
+
+    src = tmp_path / "stack.zarr"
+    write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
+    return src
+
+
+@pytest.mark.parametrize("why", ["PartitionDown", "DependencyNeverSatisfied"])
+def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
+    slurm_available, own_partition, tmp_path, why
+):
+    """A job pending for a reason that no wait clears (its partition brought down, a
+    dependency on a job that failed; PartitionTimeLimit, BadConstraints, a per-job limit
+    alike): the run waited the stall timeout, 600 s, then said the jobs were "still queued or
+    ended without a worker" (g86). Now one line within about 30 s naming the jobs and squeue's
+    reason, exit 1, nothing written, no job left queued."""
+    import re
+
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    if why == "PartitionDown":
+        overrides = {"queue": own_partition(State="DOWN")}
+    else:
+        failed = _run("sbatch", "--parsable", "-J", f"fstack-{os.getpid()}-failing",
+                      "-p", PARTITION, "-o", str(tmp_path / "failing.out"),
+                      "--wrap", "exit 1").stdout.strip()  # fmt: skip
+        while _job_states([failed]):  # (ended: its dependants pend for good)
+            time.sleep(0.2)
+        overrides = {"job_extra_directives": [f"--dependency=afterok:{failed}"]}
+    config, name = _slurm_config(tmp_path, jobs=1, **overrides)
+    t0 = time.monotonic()
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))  # the default 600 s stall
+    try:
+        line = _error_line(proc)
+    finally:
+        left = _stop(proc, name)
+    assert re.fullmatch(
+        r"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
+        rf"cluster; its batch job\(s\) \(\d+\) are pending for a reason that does not clear by "
+        rf"itself \({why}\), so they are cancelled with the run: .*; nothing was written",
+        line,
+    ), line
+    assert time.monotonic() - t0 < 45
+    assert left.strip() == "", left
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("why", ["BeginTime", "Resources"])
+def test_jobs_waiting_for_a_reason_that_clears_are_waited_for(
+    slurm_available, own_partition, tmp_path, why
+):
+    """The other side: a job that waits for its start time, or for cores another job holds (a
+    busy cluster), starts once it clears; the run waits for it (past the 30 s that a reason
+    that never clears is given) and finishes."""
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    if why == "BeginTime":
+        overrides = {"job_extra_directives": ["--begin=now+25"]}
+    else:  # a partition of one core, held by another job for 30 s
+        queue = own_partition(MaxCPUsPerNode="1")
+        _run("sbatch", "-J", f"fstack-{os.getpid()}-busy", "-p", queue, "-c", "1",
+             "--mem=64M", "-o", str(tmp_path / "busy.out"), "--wrap", "sleep 30")  # fmt: skip
+        overrides = {"queue": queue}
+    config, name = _slurm_config(tmp_path, jobs=1, **overrides)
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    try:
+        deadline, reason = time.monotonic() + 20, ""
+        while time.monotonic() < deadline and reason in ("", "None"):  # (not yet looked at)
+            time.sleep(0.5)
+            reason = _run("squeue", "-h", "-n", name, "-o", "%r").stdout.strip()
+        _, err = proc.communicate(timeout=110)
+    finally:
+        _stop(proc, name)
+    assert reason == why, reason  # (what the job waited for)
+    assert proc.returncode == 0, err
+    assert (dst / "zarr.json").exists()
+
+
+def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
+    slurm_available, tmp_path
+):
+    """A user's adaptive SLURMCluster (``cluster.adapt``) whose job ends mid-run (scancel
+    here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
+    submits another, and the run goes on to the output an uninterrupted run writes (g86)."""
+    import threading
+
+    import numpy as np
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+
+    src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
+    write_stack(src, synthetic_stack((256, 256), 7, seed=3).stack.transpose(2, 0, 1),
+                axes="zyx", chunks=(7, 32, 32))  # fmt: skip
+    name = f"fstack-{os.getpid()}-adaptive"
+    kwargs = _jobqueue_kwargs(tmp_path)
+    kwargs.update(job_name=name, memory="1GiB")
+    ended: list[str] = []
+
+    def end_the_job() -> None:
+        done = dst / ".fstack_dask" / "done"
+        while not (done.is_dir() and len(list(done.iterdir())) >= 2):
+            time.sleep(0.1)
+        ended.extend(_run("squeue", "-h", "-n", name, "-o", "%i").stdout.split())
+        _run("scancel", "-n", name)
+
+    try:
+        with SLURMCluster(**kwargs) as cluster:
+            cluster.adapt(minimum=1, maximum=1)
+            with Client(cluster) as client:
+                threading.Thread(target=end_the_job, daemon=True).start()
+                out = fuse_zarr(src, dst, chunks=32, progress=False, scheduler=client,
+                                stall_timeout=50)  # fmt: skip
+                ran = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+    finally:
+        _run("scancel", "-n", name)
+    assert ended and ended[0] not in ran.values(), (ended, ran)  # another job finished it
+    expected = fuse_zarr(src, tmp_path / "threads.zarr", chunks=32, progress=False)
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_available, tmp_path):
+    """Every job of a user's adaptive SLURMCluster fails at start-up (here its prologue
+    exits; a python missing on the nodes, a module that does not load alike): no worker
+    ever joins, the cluster takes the job for one still coming and submits none in its place.
+    The run waited the stall timeout, 600 s, then said the jobs were "still queued or ended
+    without a worker" (g86). Now it says they ended without a worker, naming them and where
+    their output is, within about 35 s."""
+    import re
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr
+    from fstack_dask._runs.waiting import StalledError
+
+    src = _small_stack(tmp_path)
+    name = f"fstack-{os.getpid()}-failing"
+    kwargs = _jobqueue_kwargs(tmp_path)
+    kwargs.update(job_name=name, memory="1GiB", job_script_prologue=["exit 3"])
+    t0 = time.monotonic()
+    try:
+        with SLURMCluster(**kwargs) as cluster:
+            cluster.adapt(minimum=1, maximum=2)
+            with Client(cluster) as client, pytest.raises(StalledError) as caught:
+                # (90 s, not 600: the line that said "still queued" came after it)
+                fuse_zarr(src, tmp_path / "out.zarr", progress=False, scheduler=client,
+                          stall_timeout=90)  # fmt: skip
+    finally:
+        _run("scancel", "-n", name)
+    assert re.fullmatch(
+        r"no block finished for \d+ s: no worker is connected to the cluster; its batch "
+        r"job\(s\) \(\d+\) ended without their worker ever joining \(.*\), and none comes in "
+        r"their place: see their output, slurm-<id>.out in the cluster's log_directory or the "
+        r"folder the cluster was made in; nothing was written",
+        str(caught.value),
+    ), caught.value
+    assert time.monotonic() - t0 < 60  # (not the stall timeout)

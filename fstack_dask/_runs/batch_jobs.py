@@ -1,0 +1,241 @@
+"""What became of a dask-jobqueue cluster's batch jobs while a run has no worker: ended (a
+walltime, ``scancel``), held, pending for a reason that does not clear by itself, or ended
+without their worker ever joining, each said in the stall's one line (:mod:`.waiting`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import weakref
+from typing import Any
+
+__all__ = ["ended", "jobs", "remember", "said", "stuck"]
+
+
+def jobs(cluster: Any) -> list[Any]:
+    """A dask-jobqueue cluster's batch jobs (none for another cluster)."""
+    if not hasattr(cluster, "job_script"):
+        return []
+    # copied at once (no Python code runs while list() walks a dict): distributed's event
+    # loop adds and removes jobs while this waiting thread looks
+    found = list(getattr(cluster, "workers", {}).values())
+    return [j for j in found if hasattr(j, "job_id")]
+
+
+#: each cluster's job ids by job name, seen while it ran: distributed forgets a job that
+#: ended, and a user's own cluster (not the command line's) keeps no id of it
+_SEEN: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def remember(cluster: Any) -> None:
+    """Note the ids of the cluster's batch jobs, for the line that names those that ended
+    (it said "(1 of them)" for a user's own ``SLURMCluster``: the g86 brief)."""
+    if not hasattr(cluster, "job_script"):
+        return
+    named = {str(n): str(j.job_id) for n, j in list(getattr(cluster, "workers", {}).items())
+             if getattr(j, "job_id", None) is not None}  # fmt: skip
+    if named:
+        try:
+            _SEEN.setdefault(cluster, {}).update(named)
+        except TypeError:  # (a cluster that cannot be weakly referred to: no ids kept)
+            pass
+
+
+def ended(cluster: Any) -> list[str]:
+    """The batch jobs of a dask-jobqueue cluster scaled to a fixed number of jobs that all
+    ended (a walltime, ``scancel``, a preemption's requeue), their ids where known, or [] while
+    one may still bring a worker: distributed closes a lost worker's job after
+    ``distributed.deploy.lost-worker-timeout`` (15 s) and starts none in its place, so the
+    run waited out the stall timeout (600 s), then told to start workers with ``dask worker``
+    (the g83 brief). An adaptive cluster submits new jobs (checked: a walltime's end, g86)."""
+    if cluster is None or not hasattr(cluster, "job_script") or _adaptive(cluster):
+        return []
+    lock = getattr(cluster, "_lock", None)  # held while it submits jobs: a job is in
+    # cluster.workers only once its sbatch answered (a busy controller: seconds), and a
+    # scale() just before the run was taken for jobs that all ended (g84)
+    if getattr(cluster, "_correct_state_waiting", None) is not None or (
+        lock is not None and callable(getattr(lock, "locked", None)) and lock.locked()
+    ):
+        return []
+    spec = dict(getattr(cluster, "worker_spec", {}))  # (copied at once, as in jobs)
+    workers = dict(getattr(cluster, "workers", {}))
+    if not spec or any(getattr(workers.get(name), "job_id", None) for name in spec):
+        return []  # none planned, or one still queued or running
+    gone = [name for name in spec if name not in workers]
+    known: dict[str, str] = {}
+    for name in gone:
+        known.update(getattr(spec[name].get("cls"), "submitted", {}))
+    return [str(known.get(name, "?")) for name in gone]
+
+
+def _adaptive(cluster: Any) -> bool:
+    adaptive = getattr(cluster, "_adaptive", None)  # (distributed's own test of it)
+    return adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None
+
+
+def _weak(cluster: Any) -> bool:
+    try:
+        weakref.ref(cluster)
+    except TypeError:
+        return False
+    return True
+
+
+# squeue's reasons for a pending job that no wait clears: only the site (a partition brought
+# up) or the job's own request (its walltime, cores, dependency) changes them. Not these:
+# Resources, Priority, BeginTime, Dependency (clear as the queue moves); limits on the jobs
+# running at once (AssocMaxJobsLimit, AssocGrp...: clear as other jobs end); ReqNodeNotAvail
+# (also said of a job merely waiting where some nodes of its partition are down, and of one
+# waiting for a maintenance reservation to end).
+_NEVER = {
+    "PartitionDown": "their partition is down (sinfo): choose another {where}queue, or rerun "
+    "once the site brings it up",
+    "PartitionInactive": "their partition is inactive (sinfo): choose another {where}queue, or "
+    "rerun once the site brings it up",
+    "PartitionTimeLimit": "their walltime is beyond their partition's time limit (sinfo -o "
+    "'%P %l'): lower {where}walltime, or choose another queue",
+    "PartitionNodeLimit": "they ask for more nodes than their partition allows a job",
+    "DependencyNeverSatisfied": "the job they depend on failed or was cancelled: check "
+    "--dependency in {where}job_extra_directives",
+    "BadConstraints": "no node of their partition has what they ask for: check "
+    "--constraint in {where}job_extra_directives, {where}cores and memory",
+    "InvalidAccount": "their account is not valid",
+    "InvalidQOS": "their QOS is not valid",
+}
+# a limit on each job (its walltime, cores, nodes, memory: AssocMaxWallDurationPerJobLimit,
+# QOSMaxCpuPerJobLimit, QOSMinMemory ...): the job alone passes it, whatever else runs
+_PER_JOB = re.compile(r"(Assoc|QOS)\w*(PerJob|Min)\w*")
+_PER_JOB_HINT = (
+    "they ask for more than the site lets one job have: lower {where}walltime, cores or memory"
+)
+
+_ASK_EVERY = 5.0  # seconds between squeue's answers asked for (not at each poll of the run)
+# seconds a reason that does not clear is seen before the run stops for it: squeue's reason is
+# a scheduling pass old, and a pass may not yet have seen what changed
+_STUCK_FOR = 15.0
+_asked: dict[int, tuple[float, dict[str, tuple[str, str]] | None]] = {}
+_since: dict[int, tuple[Any, float, float]] = {}
+
+
+def stuck(cluster: Any) -> tuple[str, dict[str, str]]:
+    """How every submitted job of a SLURM cluster fails to bring a worker, with squeue's reason
+    by job id: ``"held"`` (``sbatch --hold``, ``scontrol hold``: at once), ``"pending"`` (a
+    reason of :data:`_NEVER`, seen for :data:`_STUCK_FOR` seconds) or ``"gone"`` (ended with
+    no worker joining, a job failing at start-up: seen for longer than distributed takes to
+    forget a job that had one). A run waited out the stall timeout, 600 s, for each (the g83
+    and g86 briefs). ("", {}) otherwise, or where squeue does not answer."""
+    found = jobs(cluster)
+    ids = [str(j.job_id) for j in found if j.job_id is not None]
+    if not ids or len(ids) < len(found) or getattr(found[0], "cancel_command", "") != "scancel":
+        return "", {}
+    if dict(getattr(cluster, "scheduler_info", {}) or {}).get("workers"):
+        return "", {}  # a worker is there (its job's end not yet seen by the scheduler)
+    kind, reasons = _kind(_queue(cluster, ids), ids)
+    key, now = (kind, tuple(sorted(reasons.items()))), time.monotonic()
+    seen, first, last = _since.get(id(cluster), (None, now, now))
+    if seen != key or now - last > 3 * _ASK_EVERY:  # (not seen so since: counted anew)
+        first = now
+    _since[id(cluster)] = (key, first, now)
+    wait = {"held": 0.0, "pending": _STUCK_FOR, "gone": _lost_worker_timeout() + 5.0}
+    if not kind or now - first < wait[kind]:
+        return "", {}
+    return kind, reasons
+
+
+def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """squeue's state and reason of each job still queued or running, by id; None where it
+    did not answer. Asked every :data:`_ASK_EVERY` seconds at most."""
+    asked, rows = _asked.get(id(cluster), (-_ASK_EVERY, None))
+    if time.monotonic() - asked < _ASK_EVERY and rows is not None and set(rows) <= set(ids):
+        return rows
+    try:
+        res = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        res = None
+    if res is None:
+        rows = None
+    elif res.returncode == 0:
+        split = [line.split(None, 2) for line in res.stdout.splitlines() if line.strip()]
+        rows = {r[0]: (r[1], r[2] if len(r) > 2 else "") for r in split}
+    else:  # every id unknown: all ended and forgotten (MinJobAge); another failure: unknown
+        rows = {} if "Invalid job id" in res.stderr else None
+    _asked[id(cluster)] = (time.monotonic(), rows)
+    return rows
+
+
+def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str]) -> tuple[str, dict]:
+    if rows is None:
+        return "", {}
+    if not any(i in rows for i in ids):
+        return "gone", dict.fromkeys(ids, "")
+    pending = {i: r for i, (s, r) in rows.items() if s == "PENDING" and i in ids}
+    if len(pending) < len(ids):
+        return "", {}  # one runs (its worker joining), or has ended beside others queued
+    if all(r.startswith("JobHeld") for r in pending.values()):
+        return "held", pending
+    if all(_never_clears(r) or r.startswith("JobHeld") for r in pending.values()):
+        return "pending", pending
+    return "", {}
+
+
+def _never_clears(reason: str) -> bool:
+    head = reason.split(",")[0].strip()
+    return head in _NEVER or bool(_PER_JOB.fullmatch(head))
+
+
+def _lost_worker_timeout() -> float:
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
+
+
+def said(cluster: Any) -> str:
+    """What a cluster whose batch jobs all ended, are all held, all pending for good or all
+    gone without a worker says, or "" for another."""
+    gone = ended(cluster)
+    kind, reasons = ("ended", {}) if gone else stuck(cluster)
+    if not kind:
+        return ""
+    ids = gone or list(reasons)
+    named = f"({', '.join(ids)})" if "?" not in ids else f"({len(ids)} of them)"
+    ours = hasattr(getattr(cluster, "job_cls", None), "submitted")  # (telling_refusals')
+    where = "cluster.jobqueue." if ours else "the cluster's "
+    cancelled = (
+        "so they are cancelled with the run"
+        if ours
+        else f"so cancel them (cluster.close(), or scancel {' '.join(ids)})"
+    )
+    if kind == "ended":
+        return (
+            f"cluster; its batch job(s) {named} ended (their walltime reached, scancel, a "
+            "preemption) and a cluster of a fixed number of jobs starts none in their place: "
+            f"lengthen {where}walltime if it was reached"
+        )
+    if kind == "held":
+        return (
+            f"cluster; its batch job(s) {named} are held ({_listed(reasons)}), and a held job "
+            f"starts only once released (scontrol release), {cancelled}: remove --hold from "
+            f"{where}job_extra_directives if it is there"
+        )
+    if kind == "gone":
+        return (
+            f"cluster; its batch job(s) {named} ended without their worker ever joining (it "
+            "failed to start: the job's python, its job_script_prologue, the scheduler out of "
+            f"reach), and none comes in their place: see their output, slurm-<id>.out in "
+            f"{where}log_directory or the folder the cluster was made in"
+        )
+    hints = sorted({_NEVER.get(r.split(",")[0].strip(), _PER_JOB_HINT) for r in reasons.values()})
+    return (
+        f"cluster; its batch job(s) {named} are pending for a reason that does not clear by "
+        f"itself ({_listed(reasons)}), {cancelled}: "
+        + "; ".join(h.format(where=where) for h in hints)
+    )
+
+
+def _listed(reasons: dict[str, str]) -> str:
+    return ", ".join(sorted({r.split(",")[0].strip() for r in reasons.values()}))
