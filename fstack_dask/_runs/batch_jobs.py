@@ -63,7 +63,7 @@ def ended(cluster: Any) -> list[str]:
     if not spec or any(getattr(workers.get(name), "job_id", None) for name in spec):
         return []  # none planned, or one still queued or running
     gone = [name for name in spec if name not in workers]
-    known: dict[str, str] = {}
+    known = dict(_SEEN.get(cluster, {})) if _weak(cluster) else {}
     for name in gone:
         known.update(getattr(spec[name].get("cls"), "submitted", {}))
     return [str(known.get(name, "?")) for name in gone]

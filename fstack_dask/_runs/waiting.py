@@ -122,6 +122,8 @@ def cluster_waiter(
         last = time.monotonic()
         while True:
             raise_if_stopped()
+            # each job's id while it runs: distributed forgets one that ended (g86)
+            batch_jobs.remember(getattr(client, "cluster", None))
             try:
                 # distributed.wait uses the default client: make it ours (with an address,
                 # our client is not the default; another one may be).

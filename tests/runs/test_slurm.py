@@ -550,3 +550,43 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_availabl
         str(caught.value),
     ), caught.value
     assert time.monotonic() - t0 < 60  # (not the stall timeout)
+
+
+def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, tmp_path):
+    """A Python user's own SLURMCluster (``scale(jobs=1)``, passed as ``scheduler=``) whose
+    job ends mid-run: the line said "(1 of them)" (only the command line's cluster kept its
+    jobs' ids) and told to lengthen "cluster.jobqueue.walltime", a config this user has not.
+    Now it names the job, and the cluster's walltime (g86)."""
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+    from fstack_dask._runs.waiting import StalledError
+
+    src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
+    write_stack(src, synthetic_stack((256, 256), 7, seed=3).stack.transpose(2, 0, 1),
+                axes="zyx", chunks=(7, 32, 32))  # fmt: skip
+    name = f"fstack-{os.getpid()}-own"
+    kwargs = _jobqueue_kwargs(tmp_path)
+    kwargs.update(job_name=name, memory="1GiB")
+    jobs: list[str] = []
+
+    def end_the_job() -> None:
+        done = dst / ".fstack_dask" / "done"
+        while not (done.is_dir() and len(list(done.iterdir())) >= 2):
+            time.sleep(0.1)
+        jobs.extend(_run("squeue", "-h", "-n", name, "-o", "%i").stdout.split())
+        _run("scancel", "-n", name)
+
+    import threading
+
+    try:
+        with SLURMCluster(**kwargs) as cluster:
+            cluster.scale(jobs=1)
+            with Client(cluster) as client, pytest.raises(StalledError) as caught:
+                threading.Thread(target=end_the_job, daemon=True).start()
+                fuse_zarr(src, dst, chunks=32, progress=False, scheduler=client)
+    finally:
+        _run("scancel", "-n", name)
+    assert f"its batch job(s) ({jobs[0]}) ended (" in str(caught.value), (jobs, caught.value)
+    assert "lengthen the cluster's walltime if it was reached" in str(caught.value)
