@@ -33,6 +33,7 @@ __all__ = [
     "as_interrupt",
     "forget_stop",
     "finish_despite_interrupts",
+    "finish_quietly_despite_interrupts",
     "interrupted_leaving",
     "interruption_behind",
     "is_no_space",
@@ -229,16 +230,31 @@ def finish_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any)
     a :class:`StopWaiting` (the command line's second SIGTERM). A caller's own SIGINT handler,
     or SIG_IGN, is left as it is.
     """
+    return _finish(step, args, kwargs, _WAIT_SAID)
+
+
+_WAIT_SAID = (
+    "interrupted: waiting for the running tasks to end, so that nothing is written after the "
+    "run's lock is released (Ctrl-C again to stop without waiting)"
+)
+
+
+def finish_quietly_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """:func:`finish_despite_interrupts` for a step of a few milliseconds that waits for no
+    task (a cluster's workers shielded, or put back): an interrupt meanwhile said the wait's
+    warning beside the run's one "interrupted" line (the g86 brief)."""
+    return _finish(step, args, kwargs, None)
+
+
+def _finish(step: Callable[..., T], args: Any, kwargs: Any, said: str | None) -> T:
     held: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
         if held:
             raise KeyboardInterrupt  # pressed again: stop waiting
         held.append(signum)
-        logging.getLogger("fstack_dask").warning(
-            "interrupted: waiting for the running tasks to end, so that nothing is written "
-            "after the run's lock is released (Ctrl-C again to stop without waiting)"
-        )
+        if said is not None:
+            logging.getLogger("fstack_dask").warning(said)
 
     previous: Any = None
     if threading.current_thread() is threading.main_thread():

@@ -14,7 +14,7 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-from .._errors import finish_despite_interrupts
+from .._errors import finish_quietly_despite_interrupts
 
 __all__ = ["shield_local_workers"]
 
@@ -35,7 +35,7 @@ def shield_local_workers(client: Any) -> Iterator[None]:
     plugin = _Shield(os.getpgrp(), os.getpid(), f"fstack-dask-shield-{uuid.uuid4().hex}")
     registered: list[str] = []  # the scheduler's address, once asked to register
     try:
-        finish_despite_interrupts(_register, client, plugin, registered)
+        finish_quietly_despite_interrupts(_register, client, plugin, registered)
         yield
     finally:
         # None registered (another process's cluster: Client("tcp://..."), no worker of ours):
@@ -43,11 +43,11 @@ def shield_local_workers(client: Any) -> Iterator[None]:
         # (30 s) here (g69); so did one whose client was closed.
         if registered and getattr(client, "status", None) == "running":
             with contextlib.suppress(Exception):
-                finish_despite_interrupts(client.unregister_worker_plugin, plugin.token)
+                finish_quietly_despite_interrupts(client.unregister_worker_plugin, plugin.token)
         elif registered and getattr(client, "status", None) in ("closing", "closed"):
             # closed by another thread (a notebook's client.close()), its scheduler alive:
             # the plugin stayed on it, the workers ignored SIGINT for good (g80)
-            finish_despite_interrupts(_unregister_anew, registered[0], plugin.token)
+            finish_quietly_despite_interrupts(_unregister_anew, registered[0], plugin.token)
 
 
 def _register(client: Any, plugin: _Shield, registered: list[str]) -> None:
