@@ -20,7 +20,13 @@ from .._algorithm.block import engine_problem
 from .._algorithm.device import cuda_problem, engine_for, require_here
 from .._errors import raise_if_stopped
 
-__all__ = ["require_device", "require_device_for_graph", "require_engine_on_workers", "run_engine"]
+__all__ = [
+    "require_device",
+    "require_device_for_graph",
+    "require_engine_on_workers",
+    "retired",
+    "run_engine",
+]
 
 
 def run_engine(device: str) -> str:
@@ -110,7 +116,7 @@ def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
         if answers or not (replies or gone):  # none yet (batch jobs queued): the stall's to say
             return answers
         gone.update(replies)
-        if not replies and _retired(client, gone):  # adapt() retired them, idle: the run's
+        if not replies and retired(client, gone):  # adapt() retired them, idle: the run's
             return []  # tasks bring workers back (it waited 60 s for them, and refused: g64)
         if time.monotonic() >= deadline:
             raise ValueError(
@@ -122,7 +128,7 @@ def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
         time.sleep(0.5)
 
 
-def _retired(client: Any, workers: set[str]) -> bool:
+def retired(client: Any, workers: set[str]) -> bool:
     """Whether the scheduler removed every one of ``workers`` on purpose (``expected``: retired
     by ``adapt()`` or a ``scale()`` down), not lost (killed, a crash): its own events say."""
     try:

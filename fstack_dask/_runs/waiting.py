@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import raise_if_stopped
-from . import batch_jobs
+from . import batch_jobs, device
 from . import reports as reports_
 
 __all__ = [
@@ -211,7 +211,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
             batch_jobs.said(cluster)
             or _batch_jobs(cluster)
-            or (_ENDED if _all_ended(cluster) else "")
+            or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
@@ -250,6 +250,22 @@ _ENDED = (
     "the Jupyter kernel or Python that made it, which reaches them too: dask/distributed#1925); "
     "make a new cluster and Client"
 )
+
+
+def _all_retired(client: Any) -> bool:
+    """Whether the scheduler removed every worker it lost on purpose (``client.retire_workers``,
+    a scale down), not lost (killed: an interrupt): the line blamed an interrupt nobody sent
+    (the g86 brief); :data:`_NONE_PLANNED` says it."""
+    try:
+        events = client.get_events()
+    except Exception:  # (a scheduler gone: the interrupt's line, as before)
+        return False
+    gone = {
+        topic
+        for topic, logged in events.items()
+        if any(isinstance(e, dict) and e.get("action") == "remove-worker" for _, e in logged)
+    }
+    return bool(gone) and device.retired(client, gone)  # fmt: skip
 
 
 def _all_ended(cluster: Any) -> bool:

@@ -602,3 +602,39 @@ def test_a_warning_names_the_caller_s_line_not_the_library_s(tmp_path):
                   progress=False, levels=0)  # fmt: skip
     ours = [w for w in caught if issubclass(w.category, FstackDaskWarning)]
     assert ours and all(w.filename == __file__ for w in ours), [w.filename for w in ours]
+
+
+_A_LOCAL_CLUSTER_WHOSE_WORKER_WAS_RETIRED = r"""
+import sys, time
+from distributed import Client, LocalCluster
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+src, dst = sys.argv[1] + "/s.zarr", sys.argv[1] + "/o.zarr"
+write_stack(src, synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1), axes="zyx")
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+client = Client(cluster)
+(worker,) = client.scheduler_info(n_workers=-1)["workers"]
+assert client.retire_workers([worker])  # the user's, idle: not scaled to 0
+start = time.monotonic()
+try:
+    fuse_zarr(src, dst, progress=False, scheduler=client, stall_timeout=60)
+except Exception as exc:
+    print(f"{time.monotonic() - start:.0f} {type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_local_cluster_whose_worker_the_user_retired_is_not_said_interrupted(tmp_path):
+    """The only worker of a LocalCluster retired by the user (``client.retire_workers``, not
+    a scale to 0): the run's line said "its worker processes have all ended (a LocalCluster's
+    end at an interrupt ...)", blaming an interrupt nobody sent (g86). The scheduler's events
+    say it was removed on purpose: the line says the cluster has none to start."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", _A_LOCAL_CLUSTER_WHOSE_WORKER_WAS_RETIRED, str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    seconds, _, said = res.stdout.strip().partition(" ")
+    assert said.startswith("StalledError: no block finished for"), res.stdout + res.stderr[-2000:]
+    assert "interrupt" not in said, said
+    assert "has none to start (scaled to 0, or its workers retired)" in said, said
+    assert int(seconds) < 30, said
