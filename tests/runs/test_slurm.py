@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -245,6 +246,16 @@ def _error_line(proc: subprocess.Popen[str]) -> str:
     return line
 
 
+def _failed_run(src: Path, dst: Path, config: Path, name: str) -> tuple[str, str]:
+    """The one line of a CLI run that must fail within 60 s, and its jobs left queued."""
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    try:
+        line = _error_line(proc)
+    finally:
+        left = _stop(proc, name)
+    return line, left
+
+
 def _stop(proc: subprocess.Popen[str], name: str) -> str:
     """Kill the run if it is still there; its jobs that were left queued (then cancelled)."""
     proc.kill()
@@ -325,11 +336,7 @@ def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_pat
     src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
     write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
     config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--hold"])
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))  # the default 600 s stall
-    try:
-        line = _error_line(proc)
-    finally:
-        left = _stop(proc, name)
+    line, left = _failed_run(src, dst, config, name)  # the default 600 s stall
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
         r"cluster; its batch job\(s\) \(\d+\) are held \(JobHeldUser\), and a held job starts "
@@ -423,11 +430,7 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
         overrides = {"job_extra_directives": [f"--dependency=afterok:{failed}"]}
     config, name = _slurm_config(tmp_path, jobs=1, **overrides)
     t0 = time.monotonic()
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))  # the default 600 s stall
-    try:
-        line = _error_line(proc)
-    finally:
-        left = _stop(proc, name)
+    line, left = _failed_run(src, dst, config, name)  # the default 600 s stall
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
         rf"cluster; its batch job\(s\) \(\d+\) are pending for a reason that does not clear by "
@@ -469,24 +472,17 @@ def test_jobs_waiting_for_a_reason_that_clears_are_waited_for(
     assert (dst / "zarr.json").exists()
 
 
-def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
-    slurm_available, tmp_path
-):
-    """A user's adaptive SLURMCluster (``cluster.adapt``) whose job ends mid-run (scancel
-    here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
-    submits another, and the run goes on to the output an uninterrupted run writes (g86)."""
+def _a_run_whose_job_ends(tmp_path: Path, what: str) -> tuple[Path, Path, dict, list[str], Any]:
+    """A stack of 64 blocks, dst, the SLURMCluster arguments of jobs named for ``what``, the
+    list their ids go to and a thread that scancels them once 2 blocks are done (start it)."""
     import threading
 
-    import numpy as np
-    from dask_jobqueue import SLURMCluster
-    from distributed import Client
-
-    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+    from fstack_dask import synthetic_stack, write_stack
 
     src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
     write_stack(src, synthetic_stack((256, 256), 7, seed=3).stack.transpose(2, 0, 1),
                 axes="zyx", chunks=(7, 32, 32))  # fmt: skip
-    name = f"fstack-{os.getpid()}-adaptive"
+    name = f"fstack-{os.getpid()}-{what}"
     kwargs = _jobqueue_kwargs(tmp_path)
     kwargs.update(job_name=name, memory="1GiB")
     ended: list[str] = []
@@ -498,16 +494,32 @@ def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
         ended.extend(_run("squeue", "-h", "-n", name, "-o", "%i").stdout.split())
         _run("scancel", "-n", name)
 
+    return src, dst, kwargs, ended, threading.Thread(target=end_the_job, daemon=True)
+
+
+def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
+    slurm_available, tmp_path
+):
+    """A user's adaptive SLURMCluster (``cluster.adapt``) whose job ends mid-run (scancel
+    here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
+    submits another, and the run goes on to the output an uninterrupted run writes (g86)."""
+    import numpy as np
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from fstack_dask import fuse_zarr
+
+    src, dst, kwargs, ended, end_the_job = _a_run_whose_job_ends(tmp_path, "adaptive")
     try:
         with SLURMCluster(**kwargs) as cluster:
             cluster.adapt(minimum=1, maximum=1)
             with Client(cluster) as client:
-                threading.Thread(target=end_the_job, daemon=True).start()
+                end_the_job.start()
                 out = fuse_zarr(src, dst, chunks=32, progress=False, scheduler=client,
                                 stall_timeout=50)  # fmt: skip
                 ran = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
     finally:
-        _run("scancel", "-n", name)
+        _run("scancel", "-n", kwargs["job_name"])
     assert ended and ended[0] not in ran.values(), (ended, ran)  # another job finished it
     expected = fuse_zarr(src, tmp_path / "threads.zarr", chunks=32, progress=False)
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
@@ -560,33 +572,17 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, tmp_pa
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
-    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+    from fstack_dask import fuse_zarr
     from fstack_dask._runs.waiting import StalledError
 
-    src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
-    write_stack(src, synthetic_stack((256, 256), 7, seed=3).stack.transpose(2, 0, 1),
-                axes="zyx", chunks=(7, 32, 32))  # fmt: skip
-    name = f"fstack-{os.getpid()}-own"
-    kwargs = _jobqueue_kwargs(tmp_path)
-    kwargs.update(job_name=name, memory="1GiB")
-    jobs: list[str] = []
-
-    def end_the_job() -> None:
-        done = dst / ".fstack_dask" / "done"
-        while not (done.is_dir() and len(list(done.iterdir())) >= 2):
-            time.sleep(0.1)
-        jobs.extend(_run("squeue", "-h", "-n", name, "-o", "%i").stdout.split())
-        _run("scancel", "-n", name)
-
-    import threading
-
+    src, dst, kwargs, jobs, end_the_job = _a_run_whose_job_ends(tmp_path, "own")
     try:
         with SLURMCluster(**kwargs) as cluster:
             cluster.scale(jobs=1)
             with Client(cluster) as client, pytest.raises(StalledError) as caught:
-                threading.Thread(target=end_the_job, daemon=True).start()
+                end_the_job.start()
                 fuse_zarr(src, dst, chunks=32, progress=False, scheduler=client)
     finally:
-        _run("scancel", "-n", name)
+        _run("scancel", "-n", kwargs["job_name"])
     assert f"its batch job(s) ({jobs[0]}) ended (" in str(caught.value), (jobs, caught.value)
     assert "lengthen the cluster's walltime if it was reached" in str(caught.value)
