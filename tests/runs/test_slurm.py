@@ -467,7 +467,8 @@ def test_jobs_waiting_for_a_reason_that_clears_are_waited_for(
         _, err = proc.communicate(timeout=110)
     finally:
         _stop(proc, name)
-    assert reason == why, reason  # (what the job waited for)
+    # (what the job waited for: behind the busy job, Resources or, as often, Priority)
+    assert reason in ((why,) if why == "BeginTime" else ("Resources", "Priority")), reason
     assert proc.returncode == 0, err
     assert (dst / "zarr.json").exists()
 
