@@ -141,8 +141,16 @@ def check_source_after_run(src, fusion: Fusion, state: OutputState, plan: Plan, 
             )
         changed = changed_files(files, now)
         suspects = _blocks_reading(fresh, plan, changed, done)
-        otherwise = _read_otherwise(state, fresh, plan, suspects, first=False, threads=threads,
+        # a block that read a file listed when the run began and gone now read either its old
+        # samples or the fill value a missing chunk reads as, the same as a read again gives
+        # (a chunk removed before its blocks read it was kept, exit 0: g88): dropped unread
+        gone = _blocks_reading(fresh, plan, sorted(set(files["names"]) - set(now["names"])),
+                               done)  # fmt: skip
+        otherwise = _read_otherwise(state, fresh, plan,
+                                    {b: n for b, n in suspects.items() if b not in gone},
+                                    first=False, threads=threads,
                                     cache_bytes=_budget(fusion, plan, threads))  # fmt: skip
+        otherwise = sorted([*otherwise, *gone.items()])
     if otherwise:
         # the blocks filled with an image's smallest S go too: a dropped block may hold it
         images = {b.rsplit("_", 2)[0] if b.count("_") > 1 else "" for b, _ in otherwise}

@@ -312,3 +312,35 @@ def test_a_chunk_rewritten_within_the_filesystems_timestamp_granule_is_noticed(
     with pytest.raises(SourceChangedError, match=r"c/0/0/0 changed after \d finished block"):
         _fuse(src, tmp_path / "out.zarr", axes="zyx")
     assert clock.ns - 1_800_000_000_500_000_000 <= FAT_NS  # one granule at most
+
+
+def test_a_chunk_removed_before_the_blocks_that_read_it_is_not_read_as_the_fill_value(
+    tmp_path, monkeypatch, capsys
+):
+    """A chunk file removed after the run listed the store and before its blocks read it (a
+    store being replaced): they read the fill value, the check after the run read the same
+    again, and the run finished "complete", exit 0, with a wrong image (g88; an HTTP server
+    that stops serving a listed chunk is an error too: test_locations). A chunk listed when
+    the run began and gone after it drops the blocks that read it: one line naming the file,
+    exit 1, and ``--resume`` once it is back gives the bits of a fresh run."""
+    import fstack_dask._runs.resume as resume
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    chunk = src / "0" / "c" / "0" / "2" / "2"
+    kept = chunk.read_bytes()
+    listed = resume.source_identity
+    monkeypatch.setattr(
+        resume, "source_identity", lambda *a, **k: (listed(*a, **k), chunk.unlink())[0]
+    )
+    argv = ["fuse", str(src), str(dst), "--chunks", str(CHUNK), "--scheduler", "synchronous",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = [e for e in capsys.readouterr().err.splitlines() if "error:" in e]  # (and a warning
+    assert len(err) == 1 and "c/0/2/2 changed after" in err[0], err  # of its undefined S)
+    assert "--resume" in err[0], err
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is False
+    monkeypatch.undo()
+    chunk.write_bytes(kept)
+    _fuse(src, dst, resume=True)
+    fresh = _fuse(src, tmp_path / "fresh.zarr")
+    assert np.array_equal(zarr.open_group(dst, mode="r")["0"][...], fresh["0"][...])
