@@ -348,6 +348,15 @@ def refuses(path, raw):
     return False if new is not False or os.path.exists(args[1]) else 503
 """
 )
+# answers the first args[0] requests for chunks, then 404 for them (a store being replaced, a
+# server reconfigured) until the file args[1] exists; its folder pages still list every file
+_GONE_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    new = fresh(path) if "/c/" in path else None
+    return False if new is not False or os.path.exists(args[1]) else 404
+"""
+)
 # files only: a folder is 404, as an object store's missing key (S3's NoSuchKey)
 _OBJECT_SERVER = _SERVER.format(
     refuses="""
@@ -414,6 +423,13 @@ def http_flaky_root(tmp_path):
     """A real HTTP server that answers 503 after 20 requests for files, until ``up`` exists."""
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _FLAKY_SERVER, str(port), str(root), "20", str(tmp_path / "up")]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_gone_root(tmp_path):
+    """A real HTTP server that answers 404 after 40 requests for chunks, until ``up`` exists."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _GONE_SERVER, str(port), str(root), "40", str(tmp_path / "up")]))  # fmt: skip
 
 
 @pytest.fixture()
@@ -761,6 +777,39 @@ def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path)
     proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
     assert proc.returncode == 0, proc.stderr
     _same_image(dst, expected)
+
+
+def test_a_chunk_its_server_lists_and_no_longer_serves_is_no_fill_value(http_gone_root, tmp_path):
+    # fsspec takes a 404 for "not stored", which zarr reads as the fill value: the run
+    # finished "complete", exit 0, every pixel fused from zeros (g85, g88)
+    root, base = http_gone_root
+    expected = _expiring_stack(root, tmp_path)
+    url, dst = f"{base}/stack.zarr?name=secret", tmp_path / "http.zarr"
+    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--scheduler", "synchronous")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the server no longer serves chunk" in proc.stderr, proc.stderr
+    assert "(HTTP 404, 'http://" in proc.stderr and "secret" not in proc.stderr, proc.stderr
+    assert "?name=***" in proc.stderr and "rerun with --resume" in proc.stderr, proc.stderr
+    assert "is kept with" in proc.stderr, proc.stderr  # its first blocks: read before the 404s
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["complete"] is False
+    (tmp_path / "up").touch()
+    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    _same_image(dst, expected)
+
+
+def test_a_chunk_a_sparse_store_never_stored_still_reads_as_the_fill_value(http_root, tmp_path):
+    # Zarr leaves a chunk all fill value unstored (write_empty_chunks=False): over HTTP too
+    root, base = http_root
+    data = synthetic_stack((256, 256), 5, dtype="uint16", seed=0).stack.transpose(2, 0, 1)
+    data[:, :32, :32] = 0
+    write_stack(str(root / "stack.zarr"), data, axes="zyx", chunks=(5, 32, 32))
+    (root / "stack.zarr" / "0" / "c" / "0" / "0" / "0").unlink()  # all zero: never stored
+    expected = fuse_zarr(root / "stack.zarr", tmp_path / "local.zarr", chunks=64, progress=False)
+    proc = cli("fuse", f"{base}/stack.zarr", tmp_path / "http.zarr", "--chunks", 64,
+               "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _same_image(tmp_path / "http.zarr", expected)
 
 
 def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):

@@ -266,6 +266,10 @@ class Location:
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)  # as zarr wraps it
         elif not fs.asynchronous:  # an async instance, as zarr's own from_url makes (HTTP)
             fs = self._filesystem(asynchronous=True)
+        if self.protocol == "http" and read_only:  # a chunk served no more is no fill value
+            from .http_store import ListedHTTPStore
+
+            return ListedHTTPStore(fs, read_only=read_only, path=self.path)
         return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.path)
 
 

@@ -225,6 +225,13 @@ def _read(source: Source, sel: tuple[slice, ...], into: np.ndarray | None = None
             "is corrupt, truncated or unreadable"
         ) from exc
     except Exception as exc:
+        unserved = _unserved(exc)
+        if unserved is not None:
+            raise SourceReadError(
+                f"the server no longer serves {_where(source, sel)} of {source.description} "
+                f"(HTTP 404, {unserved!r}), though its folder lists it (a store being replaced, "
+                "a server reconfigured?); rerun with --resume once it serves it again"
+            ) from exc
         refused = _http_refusal(exc)
         if refused is not None:
             raise SourceReadError(
@@ -266,6 +273,17 @@ def _reason(exc: BaseException) -> str:
 
     text = redact_urls(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _unserved(exc: BaseException | None) -> str | None:
+    """The URL (its query hidden) of a chunk its HTTP server lists and answered 404 for, read
+    as the fill value until g88 (:class:`~.._locations.http_store.UnservedChunkError`)."""
+    from .._locations import redact_urls
+    from .._locations.http_store import UnservedChunkError
+
+    while exc is not None and not isinstance(exc, UnservedChunkError):
+        exc = exc.__cause__ or exc.__context__
+    return None if exc is None else redact_urls(exc.url)
 
 
 def _http_refusal(exc: BaseException) -> tuple[str, str, str] | None:

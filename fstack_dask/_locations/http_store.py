@@ -1,0 +1,57 @@
+"""An HTTP(S) Zarr store that tells a chunk its server lists but does not serve from one never
+stored.
+
+fsspec turns an HTTP 404 into ``FileNotFoundError``, which zarr's store reads as "chunk not
+stored": the fill value. A server that stops serving a chunk mid-run (reconfigured, a store
+being replaced, a CDN's glitch) had the run finish "complete", exit 0, every pixel fused from
+zeros (found by g85). Where a chunk is not served, its folder's listing (the server's folder
+page, fetched once per folder and process, and only for chunks not served) says whether it is
+stored: listed, it is an error (:class:`UnservedChunkError`); not listed, a sparse store's
+unstored chunk, the fill value as Zarr means it. An object store lists no folder over HTTP:
+its chunks not served read as the fill value, as before (README, "One place, however it
+is spelled").
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from zarr.storage import FsspecStore
+
+__all__ = ["ListedHTTPStore", "UnservedChunkError"]
+
+
+class UnservedChunkError(Exception):
+    """A chunk its server lists answered 404: ``url`` is the file's URL."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.url = url
+
+
+class ListedHTTPStore(FsspecStore):
+    """zarr's ``FsspecStore`` over HTTP, whose chunk not served is an error where the server
+    lists it (the module docstring)."""
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        value = await super().get(key, prototype, byte_range)
+        if value is None and not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
+            path = f"{self.path.rstrip('/')}/{key}"
+            if await self._listed(path):
+                raise UnservedChunkError(path)
+        return value
+
+    async def _listed(self, path: str) -> bool:
+        folder, name = posixpath.split(path)
+        listed = self.__dict__.setdefault("_listings", {})  # (fsspec's HTTP caches none)
+        if folder not in listed:
+            try:
+                entries = await self.fs._ls(folder + "/", detail=False)
+            except Exception:  # no folder page (an object store), or none now: none known
+                entries = []
+            listed[folder] = {
+                (e["name"] if isinstance(e, dict) else e).rstrip("/").rsplit("/", 1)[-1]
+                .split("?")[0] for e in entries
+            }  # fmt: skip
+        return name in listed[folder]
