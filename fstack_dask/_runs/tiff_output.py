@@ -82,8 +82,13 @@ def fuse_to_tiff(
             f"{where}: a TIFF dst must be a local path (tifffile writes local files); write an "
             "OME-Zarr dst (.ome.zarr) to an object store instead"
         )
-    # refuses bad input, reads metadata; run_fusion tells what "auto" chose
-    fusion = plan_fusion(src, **plan, output="ome-tiff", quiet_auto=True)
+
+    # refuses bad input, reads metadata; run_fusion tells what "auto" chose. dst is refused
+    # before "auto" reads its sample (read first until g88: minutes of a remote stack)
+    def early(source: Any) -> None:
+        check_tiff_destination(tiff, source.protected(), overwrite=overwrite, resume=resume)
+
+    fusion = plan_fusion(src, **plan, output="ome-tiff", quiet_auto=True, before_sample=early)
     dropped = dropped_sizes(fusion.source.scale, fusion.source.units)
     if dropped is not None:
         warn(f"{where}: {dropped}")

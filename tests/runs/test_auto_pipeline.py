@@ -145,3 +145,31 @@ def test_fuse_and_focus_stack_say_values_beyond_the_auto_sample_too(entry):
         run("auto")
     with pytest.raises(ValueError, match=r"\(nhsize=5\) would overflow float64; rescale"):
         run(5)  # the user's own nhsize: as before
+
+
+def _sampled(monkeypatch):
+    """The calls of "auto"'s sampler (each reads its sample of tiles from the source)."""
+    import fstack_dask._runs.fusion as fusion
+
+    calls, real = [], fusion._auto
+    monkeypatch.setattr(fusion, "_auto", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_auto_refuses_an_existing_tiff_dst_before_reading_its_sample(noisy, tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    # A TIFF dst's run read "auto"'s sample (minutes of a remote stack) before it refused its
+    # existing dst (g88, after f02e370 did so for an OME-Zarr dst)
+    from fstack_dask._cli.main import main
+
+    src, _ = noisy
+    dst = tmp_path / "out.ome.tif"
+    assert main(["fuse", str(src), str(dst), "--no-progress", "--levels", "0"]) == 0
+    calls = _sampled(monkeypatch)
+    assert main(["fuse", str(src), str(dst), "--sth", "auto", "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not calls
+    assert main(["fuse", str(src), str(tmp_path / "new.ome.tif"), "--sth", "auto",
+                 "--no-progress", "--levels", "0"]) == 0  # fmt: skip
+    assert calls  # a new dst: the sample is read
+
