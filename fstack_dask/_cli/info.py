@@ -18,14 +18,17 @@ _PLAN_KEYS = (
 )  # fmt: skip
 
 
-def plan_from_options(src: str, kw: dict[str, Any]):
+def plan_from_options(src: str, kw: dict[str, Any], before_sample: Any = None):
     """Open ``src`` and plan the fusion as ``fuse_zarr`` will: validates the source and every
-    parameter, reads no pixel data."""
+    parameter, reads no pixel data but ``"auto"``'s sample (``before_sample(source)`` is
+    called before it: the CLI's cluster path refuses its dst there)."""
     # here, not at the top: planning imports the kernels (numba, SciPy: about 0.7 s), which
     # info of an output of ours never needs
     from .._runs.fusion import plan_fusion
 
-    return plan_fusion(src, **{k: kw[k] for k in _PLAN_KEYS if k in kw})
+    return plan_fusion(
+        src, **{k: kw[k] for k in _PLAN_KEYS if k in kw}, before_sample=before_sample
+    )
 
 
 def _mib(n: float) -> str:

@@ -72,23 +72,24 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
         # fuse_zarr checks all this again.
         from .._locations import resolve
         from .._outputs.destination import Destination
+        from .._runs.fuse_zarr import is_tiff_destination
+        from .._runs.tiff_output import check_tiff_destination
         from .info import plan_from_options
 
-        fusion = plan_from_options(args.src, kw)
-        dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
-                      writable=True)  # fmt: skip
-        from .._runs.fuse_zarr import is_tiff_destination
+        def refuse(source: Any, **entries: Any) -> None:
+            dst = resolve(args.dst, name="dst", storage_options=kw["dst_storage_options"],
+                          writable=True)  # fmt: skip
+            if is_tiff_destination(args.dst):
+                check_tiff_destination(dst, source.protected(), overwrite=kw["overwrite"],
+                                       resume=args.resume)  # fmt: skip
+            else:
+                destination = Destination(dst, protect=source.protected(), **entries)
+                destination.check(overwrite=kw["overwrite"], resume=args.resume)
 
-        if is_tiff_destination(args.dst):
-            from .._runs.tiff_output import check_tiff_destination
-
-            check_tiff_destination(dst, fusion.source.protected(), overwrite=kw["overwrite"],
-                                   resume=args.resume)  # fmt: skip
-        else:
-            destination = Destination(
-                dst, protect=fusion.source.protected(), entries=fusion.spec.entries
-            )
-            destination.check(overwrite=kw["overwrite"], resume=args.resume)
+        # dst refused before "auto" reads its sample too (read first until g88), then again
+        # with the plan's entries
+        fusion = plan_from_options(args.src, kw, before_sample=refuse)
+        refuse(fusion.source, entries=fusion.spec.entries)
     start = time.perf_counter()
     with config.cluster_context() as scheduler:
         out = fuse_zarr(

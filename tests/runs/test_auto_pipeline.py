@@ -173,3 +173,21 @@ def test_auto_refuses_an_existing_tiff_dst_before_reading_its_sample(noisy, tmp_
                  "--no-progress", "--levels", "0"]) == 0  # fmt: skip
     assert calls  # a new dst: the sample is read
 
+
+def test_auto_on_a_cluster_refuses_its_dst_before_reading_its_sample(noisy, tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    # The CLI's cluster path planned (reading "auto"'s sample) before it examined dst (g88)
+    from fstack_dask._cli.main import main
+
+    src, _ = noisy
+    calls = _sampled(monkeypatch)
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "notes.txt").write_text("a user's")
+    (tmp_path / "out.ome.tif").write_bytes(b"a user's")
+    for dst in (tmp_path / "out.zarr", tmp_path / "out.ome.tif"):
+        argv = ["fuse", str(src), str(dst), "--sth", "auto", "--scheduler", "tcp://127.0.0.1:9",
+                "--no-progress"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"dst {str(dst)!r}" in err and "auto parameters" not in err, err
+    assert not calls
