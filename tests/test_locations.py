@@ -768,15 +768,22 @@ def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path)
     root, base = http_flaky_root
     expected = _expiring_stack(root, tmp_path)
     url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
-    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress")
+    err = _fails_then_resumes(url, dst, expected, tmp_path / "up")
+    assert "the server failed to send chunk" in err, err
+    assert "(HTTP 503, 'http://" in err and "corrupt" not in err, err
+
+
+def _fails_then_resumes(url, dst, expected, up, *options):
+    """The first run's one error line (exit 1, "rerun with --resume"); its resume, once ``up``
+    exists, gives the local fusion ``expected``."""
+    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", *options)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "the server failed to send chunk" in proc.stderr, proc.stderr
-    assert "(HTTP 503, 'http://" in proc.stderr and "corrupt" not in proc.stderr, proc.stderr
     assert "rerun with --resume" in proc.stderr, proc.stderr
-    (tmp_path / "up").touch()
-    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
-    assert proc.returncode == 0, proc.stderr
+    up.touch()
+    resumed = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
     _same_image(dst, expected)
+    return proc.stderr
 
 
 def test_a_chunk_its_server_lists_and_no_longer_serves_is_no_fill_value(http_gone_root, tmp_path):
@@ -785,17 +792,10 @@ def test_a_chunk_its_server_lists_and_no_longer_serves_is_no_fill_value(http_gon
     root, base = http_gone_root
     expected = _expiring_stack(root, tmp_path)
     url, dst = f"{base}/stack.zarr?name=secret", tmp_path / "http.zarr"
-    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--scheduler", "synchronous")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "the server no longer serves chunk" in proc.stderr, proc.stderr
-    assert "(HTTP 404, 'http://" in proc.stderr and "secret" not in proc.stderr, proc.stderr
-    assert "?name=***" in proc.stderr and "rerun with --resume" in proc.stderr, proc.stderr
-    assert "is kept with" in proc.stderr, proc.stderr  # its first blocks: read before the 404s
-    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["complete"] is False
-    (tmp_path / "up").touch()
-    proc = cli("fuse", url, dst, "--chunks", 64, "--no-progress", "--resume")
-    assert proc.returncode == 0, proc.stderr
-    _same_image(dst, expected)
+    err = _fails_then_resumes(url, dst, expected, tmp_path / "up", "--scheduler", "synchronous")
+    assert "the server no longer serves chunk" in err, err
+    assert "(HTTP 404, 'http://" in err and "secret" not in err and "?name=***" in err, err
+    assert "is kept with" in err, err  # its first blocks: read before the 404s
 
 
 def test_a_chunk_a_sparse_store_never_stored_still_reads_as_the_fill_value(http_root, tmp_path):
