@@ -224,19 +224,14 @@ def test_ctrl_c_at_any_moment_prints_one_line(stack, tmp_path, moment):
     assert "interrupted" in _stderr_is_one_line(err)
 
 
-def test_an_interrupt_that_strands_a_coroutine_is_one_line(tmp_path):
-    """The signal can land while zarr has made a coroutine that its loop has not run yet
-    (seen once in the test above at the zarr-import moment): Python's "never awaited"
-    warning must not follow our line."""
+def _fuse_as_is_interrupted(tmp_path, fuse_code: str) -> None:
+    """The CLI's ``fuse`` replaced by ``fuse_code``'s ``fuse(args)``, which is interrupted:
+    one line, exit 130."""
     code = (
         "import sys\n"
         "import importlib\n"
         "cli = importlib.import_module('fstack_dask._cli.main')\n"
-        "async def open():\n"
-        "    pass\n"
-        "def fuse(args):\n"
-        "    pending = open()  # what zarr's sync() holds when the signal lands\n"
-        "    raise KeyboardInterrupt\n"
+        f"{fuse_code}"
         "cli._COMMANDS['fuse'] = fuse\n"
         "sys.exit(cli.main(['fuse', 'in.zarr', 'out.zarr']))\n"
     )
@@ -246,6 +241,20 @@ def test_an_interrupt_that_strands_a_coroutine_is_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert "interrupted" in _stderr_is_one_line(proc.stderr)
+
+
+def test_an_interrupt_that_strands_a_coroutine_is_one_line(tmp_path):
+    """The signal can land while zarr has made a coroutine that its loop has not run yet
+    (seen once in the test above at the zarr-import moment): Python's "never awaited"
+    warning must not follow our line."""
+    _fuse_as_is_interrupted(
+        tmp_path,
+        "async def open():\n"
+        "    pass\n"
+        "def fuse(args):\n"
+        "    pending = open()  # what zarr's sync() holds when the signal lands\n"
+        "    raise KeyboardInterrupt\n",
+    )
 
 
 def test_an_interrupt_inside_a_class_body_is_one_line(tmp_path):
@@ -254,25 +263,15 @@ def test_an_interrupt_inside_a_class_body_is_one_line(tmp_path):
     ``cached_property``) in a RuntimeError "Error calling __set_name__", which the CLI
     reported as a failure, exit 1 (seen once in the test above, at numcodecs/zstd). The
     interruption behind it is what stopped the run: one line, exit 130."""
-    code = (
-        "import sys\n"
-        "import importlib\n"
-        "cli = importlib.import_module('fstack_dask._cli.main')\n"
+    _fuse_as_is_interrupted(
+        tmp_path,
         "class Descriptor:\n"
         "    def __set_name__(self, owner, name):\n"
         "        raise KeyboardInterrupt  # the signal, landing as the class is made\n"
         "def fuse(args):\n"
         "    class Codec:\n"
-        "        _codec = Descriptor()\n"
-        "cli._COMMANDS['fuse'] = fuse\n"
-        "sys.exit(cli.main(['fuse', 'in.zarr', 'out.zarr']))\n"
+        "        _codec = Descriptor()\n",
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-        timeout=TIMEOUT, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 130, proc.stderr
-    assert "interrupted" in _stderr_is_one_line(proc.stderr)
 
 
 def test_a_ctrl_c_wrapped_where_it_landed_stops_a_notebooks_run_as_one_does(
