@@ -9,6 +9,7 @@ folder before and after every refused run.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import zarr
 from conftest import tree_digest
 
 from fstack_dask import focus_stack, fuse_zarr, synthetic_stack, write_stack
-from fstack_dask._locations import resolve
+from fstack_dask._locations import reach, resolve
 
 SHAPE, PLANES, CHUNK = (64, 48), 5, 32
 CACHE = os.path.join(os.path.expanduser("~"), ".cache")  # numba's cache, for the subprocesses
@@ -831,6 +832,41 @@ def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):
         assert says in proc.stderr and "does not exist" not in proc.stderr, proc.stderr
         assert "SECRET" not in proc.stderr and "token=***" in proc.stderr, proc.stderr
     assert tree_digest(tmp_path) == before
+
+
+# answers every request 3 s after it came: a slow server (a cold start, a loaded gateway)
+_SLOW_SERVER = """
+import http.server, sys, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(3)
+        self.send_response(404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_a_slow_server_is_reached_within_the_timeout_storage_options_give(tmp_path, monkeypatch):
+    # The reachability probe bounded its answer to 60 s whatever storage_options said: a server
+    # the user allowed longer (client_kwargs' or the requests' timeout), which the reads would
+    # have opened, was refused 'cannot be reached' (the g90 review). Its bound is lowered to 1 s
+    # here, the server answering after 3 s
+    import aiohttp
+
+    resolving = importlib.import_module("fstack_dask._locations.resolve")
+    monkeypatch.setattr(resolving, "_ANSWER_S", 1)
+    gen = _serving(*_serve(tmp_path, lambda port, root: ["-c", _SLOW_SERVER, str(port)]))
+    _, base = next(gen)
+    try:
+        allowed = aiohttp.ClientTimeout(total=30)
+        for options in ({"client_kwargs": {"timeout": allowed}}, {"timeout": allowed}):
+            reach(resolve(f"{base}/stack.zarr", name="src", storage_options=options), name="src")
+        with pytest.raises(ValueError, match="did not answer within 1 s"):  # ours otherwise
+            reach(resolve(f"{base}/stack.zarr", name="src"), name="src")
+    finally:
+        gen.close()
 
 
 def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_path):

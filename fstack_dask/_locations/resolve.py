@@ -174,11 +174,15 @@ def _reach_server(location: Location, name: str) -> None:
     from fsspec.asyn import sync
 
     fs = location.fs
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_S, sock_read=_ANSWER_S)
+    # the reads' own bounds where storage_options set any (a slow server's user allows it
+    # more; the probe's 60 s refused what the reads would have opened): ours otherwise
+    theirs = "timeout" in fs.kwargs or "timeout" in getattr(fs, "client_kwargs", {})
+    ours = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_S, sock_read=_ANSWER_S)
+    asked = {**fs.kwargs} if theirs else {**fs.kwargs, "timeout": ours}
 
     async def ask() -> None:
         session = await fs.set_session()
-        async with session.get(fs.encode_url(location.path), **{**fs.kwargs, "timeout": timeout}):
+        async with session.get(fs.encode_url(location.path), **asked):
             pass
 
     try:
@@ -192,8 +196,9 @@ def _reach_server(location: Location, name: str) -> None:
         why = f"nothing answers at {exc.host}:{exc.port} ({reason}): is the server up?"
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         url = fs.encode_url(location.path)
+        bound = "the timeout storage_options set" if theirs else f"{_ANSWER_S} s"
         why = (f"the server at {url.host}:{url.port} took the connection but did not answer "
-               f"within {_ANSWER_S} s ({type(exc).__name__})")  # fmt: skip
+               f"within {bound} ({type(exc).__name__})")  # fmt: skip
     except Exception:  # an answer, or a wrong option: told by exists() as for any URL
         return
     raise ValueError(f"{name} {location.spec!r} cannot be reached: {why}")
