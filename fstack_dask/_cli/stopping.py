@@ -425,32 +425,12 @@ def end_zarr_io(*, interrupted: bool, timeout: float = 5.0) -> None:
     thread = getattr(sync, "iothread", [None])[0]
     if loop is None or thread is None or loop.is_closed():
         return
-    _cancel_pending(loop, timeout)
+    from .._runs.pool import cancel_pending
+
+    cancel_pending(loop, timeout)
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout)
     if not thread.is_alive():
         with contextlib.suppress(Exception):
             sync.cleanup_resources()  # closes the stopped loop; zarr's hook then finds none
-
-
-def _cancel_pending(loop: Any, timeout: float) -> None:
-    """Cancel the reads still pending on zarr's loop, and let them end.
-
-    A read that failed (an HTTP 403, a chunk that cannot be decoded) fails its whole
-    selection, and the selection's other reads are left pending: the closed loop's tasks were
-    reported at exit as "Task was destroyed but it is pending!", a traceback-like block apiece
-    under the one error line (g85). Cancelled, they end as asked; an exception a task raised
-    and nobody retrieved is still reported.
-    """
-    import asyncio
-
-    async def cancel() -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-
-    with contextlib.suppress(Exception):  # a loop stopped or stuck: as before
-        asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout + 1)

@@ -20,6 +20,7 @@ forgotten at its end (:func:`~.blocks.close_on_workers`).
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import math
@@ -34,7 +35,7 @@ from typing import Any
 
 from .._errors import finish_despite_interrupts, stop_waiting
 
-__all__ = ["ProcessPool", "end_kept", "kept", "process_pool"]
+__all__ = ["ProcessPool", "cancel_pending", "end_kept", "kept", "process_pool"]
 
 #: How long a pool waits, idle, for the next run (seconds); 0: none is kept.
 IDLE_ENV = "FSTACK_DASK_PROCESS_POOL_IDLE"
@@ -382,3 +383,39 @@ def _die_with_parent(parent: int, ticks: Any = None) -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    import zarr.core.sync  # noqa: F401  (its exit hook registered first: ours runs before it)
+
+    atexit.register(_end_zarr_reads)
+
+
+def _end_zarr_reads() -> None:
+    """A worker's exit: the reads a failed selection left pending on zarr's loop cancelled
+    before zarr's hook closes it (each was "Task was destroyed but it is pending!" under the
+    run's one error line with ``--scheduler processes``: g90)."""
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if loop is not None and not loop.is_closed():
+        cancel_pending(loop)
+
+
+def cancel_pending(loop: Any, timeout: float = 5.0) -> None:
+    """Cancel the reads still pending on zarr's loop, and let them end.
+
+    A read that failed (an HTTP 403, a chunk that cannot be decoded) fails its whole
+    selection, and the selection's other reads are left pending: the closed loop's tasks were
+    reported at exit as "Task was destroyed but it is pending!", a traceback-like block apiece
+    under the one error line (g85), by the program and by each worker process at its exit
+    (g90). Cancelled, they end as asked; an exception a task raised and nobody retrieved is
+    still reported.
+    """
+    import asyncio
+
+    async def cancel() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    with contextlib.suppress(Exception):  # a loop stopped or stuck: as before
+        asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout + 1)

@@ -431,3 +431,20 @@ def test_told_to_stop_waiting_a_run_waits_for_no_stuck_process():
         forget_stop()
         if not ended.is_set():
             os.kill(worker.pid, 9)
+
+
+def test_a_worker_leaving_a_read_pending_on_zarrs_loop_exits_quietly():
+    # A read that failed (an HTTP 404 or 403 with --scheduler processes) left its selection's
+    # other reads pending on the worker's zarr loop: each was asyncio's "Task was destroyed
+    # but it is pending!" and its repr at the worker's exit, under the run's one error line
+    # (g90; the program's own loop was quieted by g85). A real process, set up as a worker is
+    script = """
+import asyncio, os
+from fstack_dask._runs.pool import _die_with_parent
+_die_with_parent(os.getppid())
+import zarr.core.sync as sync
+asyncio.run_coroutine_threadsafe(asyncio.sleep(3600), sync._get_loop())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
