@@ -902,3 +902,22 @@ def test_an_http_object_store_is_read(http_object_root, tmp_path):
     _same_image(tmp_path / "http.zarr", expected)
     proc = cli("fuse", f"{base}/none.zarr", tmp_path / "none.zarr", "--no-progress")
     assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr
+
+
+def test_a_token_expiring_under_worker_processes_is_told_so(http_expiring_early, tmp_path):
+    # With --scheduler processes a worker opening the source after the token expired got the
+    # server's 403 on its metadata, an aiohttp error that cannot be pickled back to the run:
+    # "can't pickle multidict._multidict.CIMultiDictProxy objects", exit 2 (g90). Now told
+    # as a refused read is, exit 1, and a renewed URL goes on
+    root, base = http_expiring_early
+    expected = _expiring_stack(root, tmp_path)
+    url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
+    proc = cli("fuse", f"{url}?token=old", dst, "--chunks", 64, "--no-progress",
+               "--scheduler", "processes")  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the server refused access to the metadata of src (HTTP 403" in proc.stderr
+    assert "pickle" not in proc.stderr and "token=old" not in proc.stderr, proc.stderr
+    again = ["--resume"] if dst.exists() else []  # (nothing written: no output kept)
+    proc = cli("fuse", f"{url}?token=new", dst, "--chunks", 64, "--no-progress", *again)
+    assert proc.returncode == 0, proc.stderr
+    _same_image(dst, expected)

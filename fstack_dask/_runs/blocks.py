@@ -34,7 +34,7 @@ from .._outputs.fingerprint import input_digest
 from .._outputs.lock import Lease
 from .._outputs.state import OutputState
 from .._outputs.write import make_durable, open_output, write_block
-from .._sources.fetch import BlockRegion, block_shape, fetch_block, units_of
+from .._sources.fetch import BlockRegion, block_shape, fetch_block, refused_opening, units_of
 from .._sources.share import release_attached
 from .._sources.source import Source
 from .._sources.unit_cache import UnitCache, decoded_by_this_thread
@@ -109,7 +109,13 @@ class FuseJob:
             if found is None:
                 source = self.source
                 if source is None:
-                    source = self.open_source(data)
+                    try:
+                        source = self.open_source(data)
+                    except Exception as exc:  # (one the run can be sent back: fetch's)
+                        told = refused_opening(exc)
+                        if told is None:
+                            raise
+                        raise told from None
                     _opened_here.add(self.token)
                 group = open_output(self.output, mode="r+")
                 arrays = {name: group[path] for name, path in self.arrays.items()}

@@ -27,7 +27,7 @@ from .common import UnreadableFileError
 from .source import Source
 from .unit_cache import UnitCache, read_kind
 
-__all__ = ["BlockRegion", "block_shape", "fetch_block", "units_of"]
+__all__ = ["BlockRegion", "block_shape", "fetch_block", "refused_opening", "units_of"]
 
 
 @dataclass(frozen=True)
@@ -308,6 +308,17 @@ def _http_refusal(exc: BaseException) -> tuple[str, str, str] | None:
         return ("the server failed to send", told, "the server's own failure (overloaded or "
                 "down?): rerun with --resume to continue once it answers")  # fmt: skip
     return ("the server would not send", told, "check the URL; rerun with --resume to continue")
+
+
+def refused_opening(exc: BaseException) -> SourceReadError | None:
+    """A worker process's opening of the source that its HTTP server refused (an expired
+    token's 403 on its metadata mid-run), as a run's read refused is told; None for any other
+    failure. aiohttp's error holds the answer's headers, which cannot be pickled back to the
+    run: it failed "can't pickle ... CIMultiDictProxy objects", exit 2 (g90)."""
+    refused = _http_refusal(exc)
+    if refused is None:
+        return None
+    return SourceReadError(f"{refused[0]} the metadata of src ({refused[1]}); {refused[2]}")
 
 
 def _where(source: Source, sel: tuple[slice, ...]) -> str:
