@@ -104,8 +104,10 @@ _NEVER = {
     "InvalidQOS": "their QOS is not valid",
 }
 # a limit on each job (its walltime, cores, nodes, memory: AssocMaxWallDurationPerJobLimit,
-# QOSMaxCpuPerJobLimit, QOSMinMemory ...): the job alone passes it, whatever else runs
-_PER_JOB = re.compile(r"(Assoc|QOS)\w*(PerJob|Min)\w*")
+# QOSMaxCpuPerJobLimit, QOSMinMemory ...): the job alone passes it, whatever else runs. Not
+# the group limits (AssocGrpCPURunMinutesLimit, QOSGrpCPUMinutesLimit ...): they clear as the
+# user's other jobs run and end, and were taken for per-job ones by their "Min" (g89)
+_PER_JOB = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*|QOSMin\w*")
 _PER_JOB_HINT = (
     "they ask for more than the site lets one job have: lower {where}walltime, cores or memory"
 )

@@ -587,3 +587,37 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, tmp_pa
         _run("scancel", "-n", kwargs["job_name"])
     assert f"its batch job(s) ({jobs[0]}) ended (" in str(caught.value), (jobs, caught.value)
     assert "lengthen the cluster's walltime if it was reached" in str(caught.value)
+
+
+def _a_delayed_job_finishes(tmp_path: Path, **overrides) -> None:
+    """A CLI run whose one job starts after 25 s (``--begin``) finishes: past the 15 s and
+    20 s that a job pending for good, or gone, is given, it is waited for."""
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    extra = ["--begin=now+25", *overrides.pop("job_extra_directives", [])]
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=extra, **overrides)
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    try:
+        _, err = proc.communicate(timeout=110)
+    finally:
+        _stop(proc, name)
+    assert proc.returncode == 0, err
+    assert (dst / "zarr.json").exists()
+
+
+def test_jobs_pending_behind_a_group_limit_are_waited_for(slurm_available, tmp_path, monkeypatch):
+    """squeue's AssocGrpCPURunMinutesLimit (QOSGrpCPUMinutesLimit ...): the user's other jobs
+    hold the minutes a group may have running, and it clears as they run and end. Its "Min"
+    was read as a per-job limit (QOSMinMemory), and a healthy run stopped after 15 s, "pending
+    for a reason that does not clear by itself" (g89). (squeue says it here of a job that
+    waits for its begin time: this SLURM keeps no accounts.)"""
+    _squeue_through(tmp_path, monkeypatch, "sed s/BeginTime/AssocGrpCPURunMinutesLimit/")
+    _a_delayed_job_finishes(tmp_path)
+
+
+def _squeue_through(tmp_path: Path, monkeypatch: Any, command: str) -> None:
+    """An ``squeue`` first on PATH whose answer the real one's output piped to ``command`` is."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "squeue").write_text(f'#!/bin/sh\n{shutil.which("squeue")} "$@" | {command}\n')
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
