@@ -4,6 +4,7 @@ without their worker ever joining, each said in the stall's one line (:mod:`.wai
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -154,7 +155,7 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
     try:
         res = subprocess.run(
             ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True, text=True, timeout=10, check=False, env=_own_squeue(),
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         res = None
@@ -167,6 +168,13 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
         rows = {} if "Invalid job id" in res.stderr else None
     _asked[id(cluster)] = (time.monotonic(), rows)
     return rows
+
+
+def _own_squeue() -> dict[str, str]:
+    """The environment without the user's SQUEUE_* defaults: SQUEUE_STATES=RUNNING (or
+    SQUEUE_PARTITION, SQUEUE_USERS ...) in a login script filters the jobs squeue says, and
+    a healthy run's pending job, not listed, was taken for one gone (g89)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
 
 
 def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str]) -> tuple[str, dict]:

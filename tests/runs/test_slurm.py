@@ -621,3 +621,12 @@ def _squeue_through(tmp_path: Path, monkeypatch: Any, command: str) -> None:
     (fake / "squeue").write_text(f'#!/bin/sh\n{shutil.which("squeue")} "$@" | {command}\n')
     (fake / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_a_users_squeue_defaults_do_not_hide_the_runs_jobs(slurm_available, tmp_path, monkeypatch):
+    """``export SQUEUE_STATES=RUNNING`` in a user's login script (SQUEUE_PARTITION,
+    SQUEUE_USERS alike) filters what squeue lists: the run's job, pending, was not listed,
+    taken for one gone without its worker, and a healthy run stopped after 20 s, "ended
+    without their worker ever joining" (g89). The run asks squeue without them."""
+    monkeypatch.setenv("SQUEUE_STATES", "RUNNING")
+    _a_delayed_job_finishes(tmp_path)
