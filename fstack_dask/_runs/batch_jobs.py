@@ -162,11 +162,24 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
     if res is None:
         rows = None
     elif res.returncode == 0:
-        split = [line.split(None, 2) for line in res.stdout.splitlines() if line.strip()]
-        rows = {r[0]: (r[1], r[2] if len(r) > 2 else "") for r in split}
+        rows = _rows(res.stdout)
     else:  # every id unknown: all ended and forgotten (MinJobAge); another failure: unknown
         rows = {} if "Invalid job id" in res.stderr else None
     _asked[id(cluster)] = (time.monotonic(), rows)
+    return rows
+
+
+def _rows(out: str) -> dict[str, tuple[str, str]]:
+    """squeue's lines by the job id sbatch said: a job array's (``--array`` in
+    job_extra_directives) are listed as its tasks, 123_[0-3] pending, 123_4 running, and a
+    pending one was taken for a job gone (g89); a task not pending is the one kept."""
+    rows: dict[str, tuple[str, str]] = {}
+    for cells in (line.split(None, 2) for line in out.splitlines()):
+        if len(cells) < 2:
+            continue
+        job = re.split(r"[_+]", cells[0])[0]  # (123_4: an array's task; 123+0: a het job's)
+        if rows.get(job, ("PENDING",))[0] == "PENDING":
+            rows[job] = (cells[1], cells[2] if len(cells) > 2 else "")
     return rows
 
 

@@ -630,3 +630,10 @@ def test_a_users_squeue_defaults_do_not_hide_the_runs_jobs(slurm_available, tmp_
     without their worker ever joining" (g89). The run asks squeue without them."""
     monkeypatch.setenv("SQUEUE_STATES", "RUNNING")
     _a_delayed_job_finishes(tmp_path)
+
+
+def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
+    """``--array=0`` in job_extra_directives: squeue lists the job sbatch called 123 as
+    123_[0] (its tasks, 123_0 once running), and the pending job, not found by its id, was
+    taken for one gone without its worker: a healthy run stopped after 20 s (g89)."""
+    _a_delayed_job_finishes(tmp_path, job_extra_directives=["--array=0"])
