@@ -252,12 +252,20 @@ def said(cluster: Any) -> str:
             f"reach), and none comes in their place: see their output, slurm-<id>.out in "
             f"{where}log_directory or the folder the cluster was made in"
         )
-    hints = sorted({_NEVER.get(r.split(",")[0].strip(), _PER_JOB_HINT) for r in reasons.values()})
+    hints = sorted({_hint(r.split(",")[0].strip()) for r in reasons.values()})
     return (
         f"cluster; its batch job(s) {named} are pending for a reason that does not clear by "
         f"itself ({_listed(reasons)}), {cancelled}: "
         + "; ".join(h.format(where=where) for h in hints)
     )
+
+
+def _hint(head: str) -> str:
+    """What to do of a reason: a held job beside others pending for good was told "they ask
+    for more than the site lets one job have" (g89)."""
+    if head.startswith("JobHeld"):
+        return "a held job starts only once released (scontrol release)"
+    return _NEVER.get(head, _PER_JOB_HINT)
 
 
 def _listed(reasons: dict[str, str]) -> str:

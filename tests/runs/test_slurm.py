@@ -637,3 +637,20 @@ def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
     123_[0] (its tasks, 123_0 once running), and the pending job, not found by its id, was
     taken for one gone without its worker: a healthy run stopped after 20 s (g89)."""
     _a_delayed_job_finishes(tmp_path, job_extra_directives=["--array=0"])
+
+
+def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
+    slurm_available, own_partition, tmp_path, monkeypatch
+):
+    """Two jobs pending for good, one held (an administrator's hold; here squeue's first line
+    says it), one for its partition down: the line told of the held one "they ask for more
+    than the site lets one job have: lower walltime, cores or memory", a change that would
+    not start it (g89). It says a held job starts once released."""
+    _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldAdmin/")
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"))
+    line, left = _failed_run(src, dst, config, name)
+    assert "(JobHeldAdmin, PartitionDown), so they are cancelled with the run: " in line, line
+    assert "a held job starts only once released (scontrol release); their partition" in line
+    assert "more than the site lets one job have" not in line, line
+    assert left.strip() == "", left
