@@ -148,9 +148,10 @@ def stuck(cluster: Any) -> tuple[str, dict[str, str]]:
 
 def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """squeue's state and reason of each job still queued or running, by id; None where it
-    did not answer. Asked every :data:`_ASK_EVERY` seconds at most."""
+    did not answer. Asked every :data:`_ASK_EVERY` seconds at most, also after a failure: a
+    failing squeue (a controller overloaded) was asked at each poll, 4 times a second (g89)."""
     asked, rows = _asked.get(id(cluster), (-_ASK_EVERY, None))
-    if time.monotonic() - asked < _ASK_EVERY and rows is not None and set(rows) <= set(ids):
+    if time.monotonic() - asked < _ASK_EVERY and (rows is None or set(rows) <= set(ids)):
         return rows
     try:
         res = subprocess.run(

@@ -654,3 +654,13 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     assert "a held job starts only once released (scontrol release); their partition" in line
     assert "more than the site lets one job have" not in line, line
     assert left.strip() == "", left
+
+
+def test_a_failing_squeue_is_not_asked_at_each_poll(slurm_available, tmp_path, monkeypatch):
+    """squeue failing (a controller too busy to answer): the run asked it again at each poll,
+    4 times a second, while its job pended, adding to the controller's load (g89). It asks
+    every 5 s, and the run, its job started, finishes."""
+    calls = tmp_path / "squeue-calls"
+    _squeue_through(tmp_path, monkeypatch, f"cat >/dev/null; echo . >>{calls}; exit 1")
+    _a_delayed_job_finishes(tmp_path)
+    assert len(calls.read_text().split()) <= 15  # (the job starts after 25 s or more)
