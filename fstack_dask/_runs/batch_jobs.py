@@ -88,7 +88,9 @@ def _weak(cluster: Any) -> bool:
 # Resources, Priority, BeginTime, Dependency (clear as the queue moves); limits on the jobs
 # running at once (AssocMaxJobsLimit, AssocGrp...: clear as other jobs end); ReqNodeNotAvail
 # (also said of a job merely waiting where some nodes of its partition are down, and of one
-# waiting for a maintenance reservation to end).
+# waiting for a maintenance reservation to end), and PartitionNodeLimit for the same reason
+# (squeue's manual: it "can also indicate that required nodes are DOWN or DRAINED", an
+# admin's drain or reboot: g89).
 _NEVER = {
     "PartitionDown": "their partition is down (sinfo): choose another {where}queue, or rerun "
     "once the site brings it up",
@@ -96,7 +98,6 @@ _NEVER = {
     "rerun once the site brings it up",
     "PartitionTimeLimit": "their walltime is beyond their partition's time limit (sinfo -o "
     "'%P %l'): lower {where}walltime, or choose another queue",
-    "PartitionNodeLimit": "they ask for more nodes than their partition allows a job",
     "DependencyNeverSatisfied": "the job they depend on failed or was cancelled: check "
     "--dependency in {where}job_extra_directives",
     "BadConstraints": "no node of their partition has what they ask for: check "

@@ -604,13 +604,19 @@ def _a_delayed_job_finishes(tmp_path: Path, **overrides) -> None:
     assert (dst / "zarr.json").exists()
 
 
-def test_jobs_pending_behind_a_group_limit_are_waited_for(slurm_available, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reason", ["AssocGrpCPURunMinutesLimit", "PartitionNodeLimit"])
+def test_jobs_pending_for_a_reason_that_clears_in_time_are_waited_for(
+    slurm_available, tmp_path, monkeypatch, reason
+):
     """squeue's AssocGrpCPURunMinutesLimit (QOSGrpCPUMinutesLimit ...): the user's other jobs
     hold the minutes a group may have running, and it clears as they run and end. Its "Min"
     was read as a per-job limit (QOSMinMemory), and a healthy run stopped after 15 s, "pending
-    for a reason that does not clear by itself" (g89). (squeue says it here of a job that
-    waits for its begin time: this SLURM keeps no accounts.)"""
-    _squeue_through(tmp_path, monkeypatch, "sed s/BeginTime/AssocGrpCPURunMinutesLimit/")
+    for a reason that does not clear by itself" (g89). PartitionNodeLimit: squeue's manual
+    says it "can also indicate that required nodes are DOWN or DRAINED" (an admin's drain or
+    reboot), and a healthy run stopped so too (g89 noticed it; the lead took it off the list).
+    (squeue says the reason here of a job that waits for its begin time: this SLURM keeps no
+    accounts, and its one node is shared.)"""
+    _squeue_through(tmp_path, monkeypatch, f"sed s/BeginTime/{reason}/")
     _a_delayed_job_finishes(tmp_path)
 
 
