@@ -47,6 +47,7 @@ from .ownership import (
     provenance,
     recorded_entries,
     run_record,
+    state_written,
 )
 from .removal import copy_of, remove_output
 from .staleness import live_lock
@@ -276,26 +277,50 @@ def give_back(old: Location, dst: Location, *, restored: bool = False,
     read-only folder, failed every later overwrite: an eighth adversarial run.) One that is,
     holds or lies in a ``protect`` place (this run's source) is not moved."""
     stuck = []
-    for name in foreign_entries(old):
-        if dst.child(name).exists():
+    for name in [*foreign_entries(old), *_theirs_in_state(old)]:
+        src, to = old.child(*name.split("/")), dst.child(*name.split("/"))
+        if to.exists():  # (a user's of that name put into dst meanwhile: it was left
+            # hidden, unnamed, and the previous output removed around it)
+            stuck.append(name)
+            log.warning("%r, which was in %s, is left in %s with the previous output, which "
+                        "is kept: dst holds another of that name; move it yourself from %r",
+                        name, dst.spec, old.url, src.url)  # fmt: skip
             continue
-        if any(old.child(name).overlaps(place) for place in protect):  # (a source kept in
+        if any(src.overlaps(place) for place in protect):  # (a source kept in
             # the previous output was moved into dst while the run read it: g53)
             stuck.append(name)
             log.warning("%r, which was in %s, is this run's source: it is left in %s with the "
                         "previous output", name, dst.spec, old.url)  # fmt: skip
             continue
         try:
-            folders.move(old.child(name), dst.child(name))
+            if to.is_local and name.startswith(f"{STATE_DIR}/"):  # (dst's may be gone)
+                os.makedirs(os.path.dirname(to.path), exist_ok=True)
+            folders.move(src, to)
         except OSError as exc:
             stuck.append(name)
             log.warning(
                 "%r, which was in %s, could not be moved back into it (%s): it is in %s with "
                 "the previous output, which is kept; move it yourself: mv %r %r%s",
-                name, dst.spec, exc.strerror or exc, old.url, old.child(name).url,
-                dst.child(name).url, _how_to_move(old.child(name), exc),
+                name, dst.spec, exc.strerror or exc, old.url, src.url, to.url,
+                _how_to_move(src, exc),
             )  # fmt: skip
             continue
         if restored:
             log.warning("restored %s into %s (left by an interrupted overwrite)", name, dst.spec)
     return stuck
+
+
+def _theirs_in_state(old: Location) -> list[str]:
+    """What a user put into the state folder of our output at ``old`` (``.fstack_dask/notes.txt``,
+    ``.fstack_dask/done/notes.txt``), as paths in the output: an overwrite that swapped the
+    output left it in the previous one, hidden beside dst (warned, kept for good)."""
+    state = old.child(STATE_DIR)
+    try:
+        names = state.listdir()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    theirs = [f"{STATE_DIR}/{n}" for n in sorted(names) if not state_written(n)]
+    if "done" in names and state.child("done").isdir():
+        done = state.child("done").listdir()
+        theirs += [f"{STATE_DIR}/done/{n}" for n in sorted(done) if not state_written(f"done/{n}")]
+    return theirs

@@ -77,15 +77,18 @@ def test_a_users_files_in_the_state_folder_are_kept_when_a_run_finishes(killed):
 def test_a_users_files_in_the_state_folder_of_an_output_overwritten_are_kept(killed, old):
     """An overwrite of an unfinished output (cleared in place: its record and markers go)
     or of a complete one (swapped: the old output removed beside dst) whose state folder
-    holds a user's files: they are kept, and named; ours went."""
+    holds a user's files: they are kept where they were put, in dst, and named; ours went.
+    (g93: the swap's left them in the previous output, in a hidden staging folder beside
+    dst, for good: "kept ['.fstack_dask/notes.txt'] in .../.out.zarr.fstack-staging-...")"""
     src, dst, mine = killed
     if old == "complete":
         assert cli("fuse", src, dst, "--resume").returncode == 0
     proc = cli("fuse", src, dst, "--overwrite", "--depth-map")
     assert proc.returncode == 0, proc.stderr
-    found = {str(p.relative_to(dst.parent)): p.read_text() for p in dst.parent.rglob("*")
-             if p.is_file() and ".fstack_dask" in p.parts}  # fmt: skip
-    assert sorted(found.values()) == sorted(mine.values()), found
+    found = {str(p.relative_to(dst / ".fstack_dask")): p.read_text() for p in
+             dst.parent.rglob("*") if p.is_file() and ".fstack_dask" in p.parts}  # fmt: skip
+    assert found == mine, found
+    assert sorted(os.listdir(dst.parent)) == ["out.zarr", "src.zarr"]  # nothing hidden beside
     assert "did not write them" in proc.stderr and "notes.txt" in proc.stderr, proc.stderr
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
 
