@@ -28,7 +28,7 @@ from .._locations import Location, change_locked, remove_tree
 from . import folders, inplace, leftovers
 from .destination_checks import DestinationChecks
 from .folders import STAGING
-from .lock import DestinationLock, Lease
+from .lock import DestinationLock, Lease, release_all
 from .ownership import (
     STATE_DIR,
     classify,
@@ -176,15 +176,20 @@ class Destination(DestinationChecks):
 
     @staticmethod
     def release(target: Target) -> None:
-        for lock in reversed(target.locks):
-            lock.release()
+        """Release every lock, whatever arrives meanwhile (:func:`.lock.release_all`)."""
+
+        def tidy(lock: DestinationLock) -> None:
             with contextlib.suppress(OSError):  # a state folder that held only the lock goes
                 folder = lock.lock.parent_path()
                 if lock.lock.is_local:
                     os.rmdir(folder)
                 elif _keeps_folders(lock.lock.fs) and not lock.lock.fs.ls(folder, detail=False):
                     lock.lock.fs.rmdir(folder)
-        target.locks.clear()
+
+        try:
+            release_all(reversed(target.locks), tidy)
+        finally:
+            target.locks.clear()
 
     def undo_take(self, target: Target) -> None:
         """Remove what a failed :meth:`take` created: its locks, then its folders while they

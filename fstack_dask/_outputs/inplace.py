@@ -36,7 +36,7 @@ from collections.abc import Iterable
 
 from .._locations import Location, remove_tree
 from .folders import STAGING
-from .lock import DestinationLock
+from .lock import DestinationLock, release_all
 from .ownership import (
     STATE_DIR,
     classify,
@@ -270,10 +270,11 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
         state = OutputState(dst).folder  # its record: dst is complete
         remove_state(state, [n for n in state.listdir() if n != "lock"], protect=protect)
     finally:
-        for lock in reversed(locks):
-            lock.release()
-        with contextlib.suppress(OSError):
-            os.rmdir(OutputState(dst).folder.path)
+        try:
+            release_all(reversed(locks))
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(OutputState(dst).folder.path)
     if new is not None:
         log.warning("finished replacing %s by the output of an overwrite cut short while it "
                     "replaced it entry by entry (%s)", dst.spec, new.url)  # fmt: skip

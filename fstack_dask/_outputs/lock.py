@@ -27,11 +27,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import DestinationLockedError, LeaseLostError
+from .._errors import DestinationLockedError, LeaseLostError, as_interrupt, interruption_behind
 from .._locations import Location
 from . import staleness
 from .folders import RENAME_NOREPLACE, renameat2
@@ -49,7 +49,7 @@ try:  # POSIX: the takeover's mutual exclusion, and the flock a live holder keep
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["DestinationLock", "Lease"]
+__all__ = ["DestinationLock", "Lease", "release_all"]
 
 log = logging.getLogger(__name__)
 
@@ -320,26 +320,43 @@ class DestinationLock:
             self._thread = None
 
     def release(self) -> None:
-        self.stop_heartbeat()
+        """Remove the lock file (if it is still this run's) and drop the flock. An interruption
+        (Ctrl-C, a SIGTERM, or one wrapped: :func:`~fstack_dask._errors.interruption_behind`)
+        landing meanwhile cuts no step short: each is done once more, then it is raised."""
+        stopped: BaseException | None = None
         try:
-            if self.held and self.mine():
-                s3 = _s3_object(self.lock)
-                if s3 is not None and self._etag is not None:
-                    fs, bucket, key = s3
-                    try:  # not a lock another run wrote after the check above
-                        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
-                    except OSError as exc:
-                        if not _refused(exc):
+            for step in (self.stop_heartbeat, self._remove):
+                for _ in range(2):  # (once more where an interruption cut it short)
+                    try:
+                        step()
+                        break
+                    except BaseException as exc:
+                        if interruption_behind(exc) is None:
                             raise
-                    finally:
-                        fs.invalidate_cache(self.lock.path)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.lock.fs.rm_file(self.lock.path)
+                        stopped = stopped or exc
         finally:  # the flock goes, also when the file could not (EIO: held till the process ended)
             self.held, self._etag, fd, self._fd = False, None, self._fd, None
             if fd is not None:
                 os.close(fd)
+        if stopped is not None:
+            raise stopped
+
+    def _remove(self) -> None:
+        if not (self.held and self.mine()):
+            return
+        s3 = _s3_object(self.lock)
+        if s3 is not None and self._etag is not None:
+            fs, bucket, key = s3
+            try:  # not a lock another run wrote after the check above
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
+            except OSError as exc:
+                if not _refused(exc):
+                    raise
+            finally:
+                fs.invalidate_cache(self.lock.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.lock.fs.rm_file(self.lock.path)
 
     def moved_to(self, lock: Location) -> None:
         """The lock file now lives at ``lock`` (its folder was renamed)."""
@@ -383,3 +400,23 @@ def _publish(aside: str, path: str, fd: int, body: bytes) -> int:
         raise
     os.close(fd)  # (the caller closes it where this raised)
     return new
+
+
+def release_all(locks: Iterable[DestinationLock],
+                then: Callable[[DestinationLock], None] | None = None) -> None:  # fmt: skip
+    """Release each of ``locks`` (then ``then(lock)``), whatever arrives meanwhile, and raise
+    the first failure or interruption once all are released: a Ctrl-C landing in one's release
+    left the later ones held, their flock with them, and every later run of the process (a
+    notebook's) into dst was refused as "being written by" itself (g93)."""
+    stopped: BaseException | None = None
+    for lock in list(locks):
+        try:
+            try:
+                lock.release()
+            finally:
+                if then is not None:
+                    then(lock)
+        except BaseException as exc:
+            stopped = stopped or exc
+    if stopped is not None:
+        raise as_interrupt(stopped)

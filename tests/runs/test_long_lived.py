@@ -148,6 +148,50 @@ def test_an_interrupt_while_the_lock_is_taken_does_not_lock_out_the_process(tmp_
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
 
 
+@pytest.mark.parametrize(("step", "wrapped"),
+                         [("mine", False), ("mine", True), ("stop_heartbeat", False)])  # fmt: skip
+def test_a_second_ctrl_c_inside_a_lock_s_release_releases_every_lock(
+    tmp_path, monkeypatch, step, wrapped
+):
+    """An overwrite holds two locks (dst's, its staging folder's). A second Ctrl-C (or one a
+    library wrapped) landing while an interrupted run released the first left the other held
+    by the kernel: every later run into dst was refused as "being written by" its own pid
+    (g93). Every lock goes; the interruption is raised as one."""
+    import sys as _sys
+
+    from fstack_dask._outputs import lifecycle
+    from fstack_dask._outputs.lock import DestinationLock
+
+    stack = _stack()[:, :96, :128]
+    dst = tmp_path / "o.zarr"
+    fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False)
+    real, fired = getattr(DestinationLock, step), []
+
+    def interrupted(self):
+        if not fired and _sys._getframe(1).f_code.co_name in ("release", "_remove"):
+            fired.append(self.lock.path)
+            if not wrapped:
+                raise KeyboardInterrupt
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                raise RuntimeError("Error calling __set_name__") from exc
+        return real(self)
+
+    def first_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DestinationLock, step, interrupted)
+        patch.setattr(lifecycle, "finish", first_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False, overwrite=True)
+    assert len(fired) == 1, fired
+    out = fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]
+
+
 def test_a_ctrl_c_inside_the_compiled_kernel_is_an_interrupt(tmp_path, monkeypatch):
     """Interrupted inside numba's dispatcher, Python raises SystemError ("... returned a result
     with an exception set") caused by the KeyboardInterrupt: 4 of 12 interrupts of a
