@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .._errors import DestinationLockedError, interrupted_leaving
+from .._errors import DestinationLockedError, interrupted_leaving, interruption_behind
 from .._locations import Location, change_locked, remove_tree
 from . import folders, inplace, leftovers
 from .destination_checks import DestinationChecks
@@ -322,18 +322,22 @@ class Destination(DestinationChecks):
                 target.locks.remove(lock)
             if not stuck:
                 self.remove(old)
-        except Exception as exc:
+        except BaseException as exc:
+            stop = interruption_behind(exc)  # (one wrapped too: it was warned of, exit 0)
+            if stop is not None:  # not "rerun to continue": dst is complete
+                left = (f"dst holds the new output, complete; the previous one is left in "
+                        f"{old.url!r}: rerun the same command with resume=True to remove it "
+                        "(what you had put into it goes back into dst), or remove it "
+                        "yourself")  # fmt: skip
+                raise interrupted_leaving(stop, left) from None
+            if not isinstance(exc, Exception):
+                raise
             left = ", ".join(old.listdir()) if old.exists() else ""
             log.warning(
                 "the new output is in place, but the previous one, moved to %s, could not be "
                 "removed (%s); it holds %s: remove it with: rm -r %r (move out first what you "
                 "want to keep)", old.url, " ".join(str(exc).split()), left or "nothing", old.url,
             )  # fmt: skip
-        except KeyboardInterrupt as exc:  # not "rerun to continue": dst is complete
-            left = (f"dst holds the new output, complete; the previous one is left in "
-                    f"{old.url!r}: rerun the same command with resume=True to remove it (what "
-                    "you had put into it goes back into dst), or remove it yourself")  # fmt: skip
-            raise interrupted_leaving(exc, left) from None
 
     def _replace_in_place(self, target: Target, exc: OSError) -> None:
         """The swap's fallback where dst's folder cannot be renamed (:mod:`.inplace`)."""

@@ -15,7 +15,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import LeaseLostError, as_interrupt, is_no_space, with_outcome
+from .._errors import (
+    LeaseLostError,
+    as_interrupt,
+    interrupted_leaving,
+    interruption_behind,
+    is_no_space,
+    with_outcome,
+)
 from .._locations import Location
 from . import inplace, leftovers
 from .destination import Destination, Target
@@ -137,7 +144,15 @@ def finish(target: Target, destination: Destination) -> None:
             remove_state(state, names, protect=destination.protect)
         finally:
             Destination.release(target)  # (and the state folder, left empty)
-    except Exception as exc:
+    except BaseException as exc:
+        stop = interruption_behind(exc)
+        if stop is not None:  # never lost (a script's Ctrl-C: it went on as if unpressed,
+            # exit 0), nor said of a complete output as "rerun with --resume to continue"
+            left = (f"dst {destination.dst.spec!r} is complete; what is left of its state "
+                    f"folder {state.url!r} goes with the next run into it")  # fmt: skip
+            raise interrupted_leaving(stop, left) from None
+        if not isinstance(exc, Exception):
+            raise
         log.warning(
             "%s is complete, but its state folder %s could not be removed (%s): the next run "
             "into it removes it, or remove it with: rm -r %r", destination.dst.spec,

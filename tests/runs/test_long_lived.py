@@ -631,6 +631,53 @@ def test_an_interrupt_in_an_overwrite_s_swap_names_resume_as_each_caller_spells_
     assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.zarr"]
 
 
+_CLI_WRAPPED_INTERRUPT_ONCE_COMPLETE = r"""
+import sys
+from fstack_dask._cli.main import main
+from fstack_dask._outputs import leftovers, lifecycle
+def wrapped(*args, **kwargs):  # a Ctrl-C that a library wrapped (numcodecs' __set_name__)
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as exc:
+        raise RuntimeError("Error calling __set_name__") from exc
+if sys.argv[1] == "swap":
+    leftovers.give_back = wrapped  # as the swap puts the user's files back
+else:
+    lifecycle.remove_state = wrapped  # as the state folder is tidied
+sys.exit(main(["fuse", *sys.argv[2:], "--no-progress", "--chunks", "48"]))
+"""
+
+
+@pytest.mark.parametrize("where", ["swap", "finish"])
+def test_a_wrapped_interrupt_once_the_output_is_complete_is_not_lost(tmp_path, where):
+    """A Ctrl-C reaching the run wrapped (a RuntimeError caused by it) once the output was
+    complete, as the swap tidied the previous output or the state folder went, was taken
+    for a failure to tidy: a warning, exit 0, the script's Ctrl-C ignored (g93). It is an
+    interruption (exit 130) that says dst is complete; the next run tidies what is left."""
+    import os
+    import subprocess
+
+    stack = _stack()[:, :96, :128]
+    src, dst = tmp_path / "s.zarr", tmp_path / "o.zarr"
+    write_stack(src, stack, axes="zyx")
+    args = [str(src), str(dst)]
+    if where == "swap":
+        fuse_zarr(src, dst, chunks=48, progress=False)
+        args.append("--overwrite")
+    code = _CLI_WRAPPED_INTERRUPT_ONCE_COMPLETE
+    res = subprocess.run([sys.executable, "-c", code, where, *args], capture_output=True,
+                         text=True, timeout=120, check=False)  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    said = res.stderr.strip().splitlines()[-1]
+    assert said.startswith("fstack-dask: error: interrupted; "), res.stderr
+    assert "complete" in said and "continue" not in said and "warning" not in res.stderr, said
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+    out = fuse_zarr(src, dst, chunks=48, progress=False, resume=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+    assert sorted(os.listdir(tmp_path)) == ["o.zarr", "s.zarr"]
+    assert ".fstack_dask" not in os.listdir(dst)  # (tidied by the resume)
+
+
 def test_a_warning_names_the_caller_s_line_not_the_library_s(tmp_path):
     """A notebook showed fuse_zarr's warnings under a line of the library's own,
     ``.../_runs/fusion.py:160: FstackDaskWarning: ... _warn_over_budget(fusion)`` (g65): the
