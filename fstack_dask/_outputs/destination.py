@@ -31,6 +31,7 @@ from .folders import STAGING
 from .lock import DestinationLock, Lease, release_all
 from .ownership import (
     STATE_DIR,
+    claim_entry,
     classify,
     owned_output,
     provenance,
@@ -108,8 +109,8 @@ class Destination(DestinationChecks):
                     raise DestinationLockedError(f"{what} changed while this run started")
                 target.created.append(self.dst.child(STATE_DIR))
                 state = OutputState(self.dst).folder
-                for name in state.listdir():
-                    if name != "lock":
+                for name in state.listdir():  # (asked again: a user's put there meanwhile)
+                    if name != "lock" and claim_entry(state, name):
                         remove_tree(state.child(name), owned=lambda _loc: None,
                                     protect=self.protect)  # fmt: skip
             elif mode in ("replace", "resume", "complete"):

@@ -42,6 +42,7 @@ from .folders import STAGING
 from .lock import DestinationLock
 from .ownership import (
     STATE_DIR,
+    claim_entry,
     classify,
     foreign_entries,
     provenance,
@@ -142,6 +143,8 @@ def _empty_cut_short(folder: Location) -> None:
     state = os.path.join(folder.path, STATE_DIR)
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(state), key=lambda n: n == "lock"):  # the lock last
+            if not claim_entry(folder.child(STATE_DIR), name):  # (a user's, put there since
+                continue  # the folder was judged: it was unlinked with the rest, g93)
             path = os.path.join(state, name)
             os.rmdir(path) if name == "done" else os.unlink(path)
         os.rmdir(state)

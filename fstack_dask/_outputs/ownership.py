@@ -216,21 +216,22 @@ def _only_a_claim(location: Location) -> bool:
         names = state.listdir()
     except (FileNotFoundError, NotADirectoryError):
         return False
-    for name in names:
-        entry = state.child(name)
-        if name == "done":
-            if not entry.isdir() or entry.listdir():
-                return False
-        elif name == "lock":
-            body = _read_json(entry)
-            if not (isinstance(body, dict) and "token" in body):
-                return False
-        elif name == FILES_FILE:
-            if not _is_npz(entry):
-                return False
-        elif not _CLAIM_LEFTOVER.fullmatch(name):
-            return False
-    return True
+    return all(claim_entry(state, name) for name in names)
+
+
+def claim_entry(state: Location, name: str) -> bool:
+    """Whether the entry ``name`` of the state folder ``state`` is one a run killed while it
+    claimed the folder leaves (:func:`_only_a_claim`): asked again of each entry right before
+    it is removed, as a user may have put a file there since the folder was judged."""
+    entry = state.child(name)
+    if name == "done":
+        return entry.isdir() and not entry.listdir()
+    if name == "lock":
+        body = _read_json(entry)
+        return isinstance(body, dict) and "token" in body
+    if name == FILES_FILE:
+        return _is_npz(entry)
+    return bool(_CLAIM_LEFTOVER.fullmatch(name))
 
 
 def _is_npz(location: Location) -> bool:

@@ -887,6 +887,50 @@ def test_an_overwrite_killed_while_claiming_its_staging_folder_leaves_nothing(tm
     assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
 
 
+WRITTEN_INTO_AFTER_IT_WAS_JUDGED = textwrap.dedent(
+    """
+    import os, sys
+    from fstack_dask._outputs import leftovers
+    from fstack_dask._cli.main import main
+
+    def classify(folder):  # a user's write between the check and the removal
+        kind = real(folder)
+        if kind == "claimed" and ".fstack-staging-" in folder.path:
+            with open(os.path.join(folder.path, ".fstack_dask", "notes.txt"), "w") as f:
+                f.write("mine")
+        return kind
+
+    real, leftovers.classify = leftovers.classify, classify
+    sys.exit(main(["fuse", *sys.argv[1:]]))
+    """
+)
+
+
+def test_a_users_file_put_into_a_claim_left_beside_dst_as_it_is_emptied_is_kept(tmp_path):
+    """A staging folder an overwrite killed while claiming it left is emptied by the next
+    overwrite: judged a claim, then every entry its state folder held by then was unlinked,
+    a user's notes.txt written there meanwhile too (g93). Each is asked again before it
+    goes: the user's is kept, and the folder with it."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_CLAIMING_THE_STAGING_FOLDER, "lock taken",
+         *map(str, (src, dst, *FUSE, "--overwrite"))],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    (hidden,) = _hidden(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRITTEN_INTO_AFTER_IT_WAS_JUDGED,
+         *map(str, (src, dst, *FUSE, "--nhsize", "5", "--overwrite"))],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / hidden / STATE_DIR / "notes.txt").read_text() == "mine"
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
+
+
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
     tmp_path, monkeypatch, caplog
 ):
