@@ -237,8 +237,8 @@ def replacing(dst: Location) -> Location | None:
     if swapping is None:
         return None
     name = swapping["from"]
-    if not name.startswith(f".{dst.name}{STAGING}") or "/" in name:
-        return None
+    if not name.casefold().startswith(f".{dst.name}{STAGING}".casefold()) or "/" in name:
+        return None  # (casefold: dst spelled Out.zarr on exFAT, its staged output .out.zarr...)
     new = dst.sibling(name)
     if (run_record(new) or {}).get("run_id") != swapping.get("run_id"):
         return None

@@ -69,7 +69,29 @@ def staging_folders(dst: Location) -> list[Location]:
         names = parent.listdir()
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [f for f in (parent.child(n) for n in names if ours.fullmatch(n)) if _readable(f, dst)]
+    found = [n for n in names if ours.fullmatch(n)]
+    if dst.is_local:  # a case-insensitive filesystem (exFAT: a microscope's USB drive) and dst
+        # spelled Out.zarr: the staging folders of runs into out.zarr, hidden beside it, were
+        # not seen ("already complete; nothing to resume" beside an interrupted overwrite)
+        found += [n for n in names if _same_but_spelled(parent, n, prefix, names, ours)]
+    # each by its name as dst spells it, which the filesystem takes for the same folder
+    return [f for f in (parent.child(prefix + n[len(prefix):]) for n in found)
+            if _readable(f, dst)]  # fmt: skip
+
+
+def _same_but_spelled(parent: Location, name: str, prefix: str, names: list[str],
+                      ours: re.Pattern) -> bool:  # fmt: skip
+    """Whether ``name`` is a staging folder of dst's spelled otherwise (``.out.zarr...`` for a
+    dst spelled ``Out.zarr``) on a filesystem that takes both spellings for one folder: only
+    the filesystem says so, finding dst's spelling that its listing lacks (on one that tells
+    case, ``.OUT.zarr...`` is another output's)."""
+    spelled = prefix + name[len(prefix) :]
+    if spelled == name or spelled in names or not ours.fullmatch(spelled):
+        return False
+    if name[: len(prefix)].casefold() != prefix.casefold():
+        return False
+    # (not its inode: exfat-fuse gives each spelling its own)
+    return os.path.lexists(os.path.join(parent.path, spelled))
 
 
 _told: set[str] = set()  # the folders a warning named already (once a process)

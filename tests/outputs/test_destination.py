@@ -334,6 +334,77 @@ def test_a_source_spelled_in_another_case_is_the_source(exfat):
     assert _tree(exfat) == before
 
 
+_KILLED_BEFORE_THE_SWAP = """
+import os, signal, sys
+from fstack_dask._outputs import destination
+destination.Destination.swap_in = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from fstack_dask._cli.main import main
+main(["fuse", *sys.argv[1:], "--overwrite", "--nhsize", "5", "--no-progress"])
+"""
+
+
+def test_an_overwrite_cut_short_is_found_by_a_run_into_dst_spelled_otherwise(exfat):
+    """On a case-insensitive filesystem an overwrite of out.zarr killed before its swap left
+    .out.zarr.fstack-staging-...; a --resume spelled Out.zarr did not see it ("already
+    complete; nothing to resume"), nor did an --overwrite spelled so remove it: hidden beside
+    dst for good (g93). It is dst's, however dst is spelled: resumed and swapped in."""
+    import subprocess
+    import sys
+
+    src, dst = exfat / "src.zarr", exfat / "out.zarr"
+    write_stack(src, _stack((5, 32, 32)), axes="zyx")
+    fuse_zarr(src, dst, progress=False)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_THE_SWAP, str(src), str(dst)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert len(os.listdir(exfat)) == 3, os.listdir(exfat)  # the staged output beside dst
+    out = fuse_zarr(src, exfat / "Out.zarr", nhsize=5, resume=True, progress=False)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    assert sorted(n.lower() for n in os.listdir(exfat)) == ["out.zarr", "src.zarr"]
+
+
+# The CLI's --overwrite where dst's folder cannot be renamed (EXDEV, as in an overlayfs lower
+# layer: replaced entry by entry), SIGKILLed once the old zarr.json went.
+_KILLED_REPLACING_IN_PLACE = """
+import errno, os, signal, sys, types
+from fstack_dask._locations import remove
+from fstack_dask._outputs import folders
+def exchange(new, dst):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+folders.exchange = exchange
+def unlink_then_die(path):
+    os.unlink(path)
+    if path.endswith("/out.zarr/zarr.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+remove.os = types.SimpleNamespace(**{**vars(os), "unlink": unlink_then_die})
+from fstack_dask._cli.main import main
+main(["fuse", *sys.argv[1:], "--overwrite", "--nhsize", "5", "--no-progress"])
+"""
+
+
+def test_a_replacement_in_place_cut_short_is_finished_by_a_run_spelled_otherwise(exfat):
+    """dst replaced entry by entry (its folder cannot be renamed), killed half way: a
+    --resume into it spelled Out.zarr on a case-insensitive filesystem did not find the
+    staged output its record names (.out.zarr...) and said it "is gone", exit 2 (g93)."""
+    import subprocess
+    import sys
+
+    from safety_util import cli
+
+    src, dst = exfat / "src.zarr", exfat / "out.zarr"
+    write_stack(src, _stack((5, 32, 32)), axes="zyx")
+    fuse_zarr(src, dst, progress=False)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_REPLACING_IN_PLACE, str(src),
+                             str(dst)], capture_output=True, text=True, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    info = cli("info", exfat / "Out.zarr")
+    assert "being replaced by a new output entry by entry" in info.stdout, info.stdout
+    proc = cli("fuse", src, exfat / "Out.zarr", "--nhsize", "5", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
+    assert sorted(n.lower() for n in os.listdir(exfat)) == ["out.zarr", "src.zarr"]
+
+
 def test_folders_named_alike_but_for_case_are_two_places_where_case_counts(tmp_path):
     """Where case counts (ext4, tmpfs), ``src.zarr`` beside the source ``Src.zarr`` is a
     folder of its own: an output inside it is not inside the source."""
