@@ -97,8 +97,37 @@ def _staged(location: Any, kind: str) -> list[tuple[str, str]]:
         return []  # of the output itself failed, "may not list the folder"
     if staged is None:
         return []
+    moving = _moving_in(location, staged)
+    if moving is not None:
+        return [("overwrite", moving)]
     state = dict(describe_output(staged, "unfinished"))["state"]
     return [("overwrite", f"under way in {shown(staged.url)}: {state}")]
+
+
+def _moving_in(location: Any, staged: Any) -> str | None:
+    """The line for a complete output that an overwrite cut short was replacing entry by
+    entry by the ``staged`` output (:mod:`.._outputs.inplace`), before its first entry moved
+    or once its last had: info said "12 of 12 blocks done; resumable: ... computes only the
+    blocks left" of a new output whose blocks were all done, or already all in dst."""
+    import os
+
+    from .._outputs.inplace import replacing
+    from .._outputs.ownership import STATE_DIR, recorded_entries
+
+    if replacing(location) != staged:
+        return None
+    left = [e for e in sorted((recorded_entries(staged) or set()) - {STATE_DIR})
+            if os.path.lexists(staged.child(e).path)]  # fmt: skip
+    now = (
+        "the previous output, whole: none of the new one's entries has moved in yet"
+        if left
+        else "the new output, whole: every entry has moved in, its run's state is left"
+    )
+    return (
+        f"cut short while replacing dst entry by entry (its folder cannot be renamed) by the "
+        f"output in {shown(staged.url)}; dst is {now}; the same fuse command with --resume "
+        "(resume=True) finishes the replacement"
+    )
 
 
 def _made_of(params: dict[str, Any]) -> list[tuple[str, str]]:

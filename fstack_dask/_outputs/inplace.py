@@ -289,6 +289,18 @@ def abandoned(dst: Location) -> str | None:
     swapping = _swapping(dst)
     if swapping is None or replacing(dst) is not None or classify(dst) != "unfinished":
         return None
+    new = dst.sibling(swapping["from"])
+    if "/" not in swapping["from"] and (run_record(new) or {}).get("run_id") == swapping.get(
+        "run_id"
+    ):  # there, for dst's former name: dst was renamed (it said the new output "is gone")
+        former = swapping["from"][1:].partition(STAGING)[0]
+        return (
+            f"dst {dst.spec!r} was being replaced by a new output entry by entry (an overwrite "
+            f"of {former!r} cut short; its folder cannot be renamed), and was renamed since: "
+            f"what had not moved yet is in {new.url!r}, named for {former!r}; rename dst back "
+            f"to {former!r} and rerun the same command with resume=True to finish the "
+            "replacement, or start over with overwrite=True"
+        )
     return (
         f"dst {dst.spec!r} was being replaced by a new output entry by entry (an overwrite cut "
         f"short; its folder cannot be renamed), and the new output it was taking in, "

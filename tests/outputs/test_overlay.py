@@ -383,6 +383,56 @@ def test_a_replacement_cut_short_whose_staged_output_was_removed_says_so(image, 
     assert_replaced(image, made)
 
 
+def test_a_replacement_cut_short_whose_dst_was_renamed_says_so(image, made):
+    """A user renamed dst (out.zarr to moved.zarr) left half replaced: info and every run
+    said the staged output it was taking in "is gone", naming it where it was (g93). They
+    say dst was renamed, and what to do; renamed back, --resume finishes it."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "zarr.json", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    shutil.move(image / "out.zarr", image / "moved.zarr")  # (mv: a copy, in a lower layer)
+    before = tree_digest(image)
+    info = cli("info", image / "moved.zarr")
+    assert info.returncode == 0, info.stderr
+    assert "was renamed since" in info.stdout and "is gone" not in info.stdout, info.stdout
+    proc = cli("fuse", made / "src.zarr", image / "moved.zarr", "--depth-map", "--resume")
+    assert proc.returncode == 2, proc.stderr
+    error = one_line_error(proc)
+    assert "was renamed since" in error and "rename dst back to 'out.zarr'" in error, error
+    assert tree_digest(image) == before
+    shutil.move(image / "moved.zarr", image / "out.zarr")
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
+@pytest.mark.parametrize("step", ["record", "moved"])
+def test_info_of_a_replacement_cut_short_before_or_after_its_moves_says_so(image, made, step):
+    """Killed once dst's record named the staged output, or once every entry had moved, info
+    said "complete" and, of the staged output, "12 of 12 blocks done; resumable: ... computes
+    only the blocks left" (g93): it says which output dst is, and that --resume finishes."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, step, *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    info = cli("info", image / "out.zarr")
+    assert info.returncode == 0, info.stderr
+    (line,) = [x for x in info.stdout.splitlines() if x.startswith("overwrite:")]
+    assert "cut short while replacing dst entry by entry" in line, line
+    now = "the previous output, whole" if step == "record" else "the new output, whole"
+    assert f"dst is {now}" in line and "blocks left" not in line, line
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_replaced(image, made)
+
+
 def test_info_of_a_replacement_cut_short_shows_the_new_outputs_parameters(image, made):
     """(g76: it showed the old output's, "maps none", under a state line of the new one.)"""
     import os
