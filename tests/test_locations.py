@@ -293,7 +293,7 @@ def test_references_may_read_anywhere_on_their_filesystem(tmp_path):
 _SERVER = """
 import http.server, os, sys, threading, urllib.parse
 port, root, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-count, lock = [0], threading.Lock()
+count, lock, here = [0], threading.Lock(), threading.local()  # (here: the request's headers)
 def fresh(path):  # None for no file, else whether it is among the first int(args[0]) asked
     if not os.path.isfile(root + urllib.parse.unquote(path)):
         return None
@@ -306,6 +306,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(*a, directory=root, **k)
     def send_head(self):
         path, _, raw = self.path.partition("?")
+        here.headers = self.headers
         refused = refuses(path, raw)
         if refused:
             self.send_error(403 if refused is True else refused)
@@ -363,6 +364,16 @@ _OBJECT_SERVER = _SERVER.format(
     refuses="""
 def refuses(path, raw):
     return 404 if os.path.isdir(root + urllib.parse.unquote(path)) else False
+"""
+)
+# every request without the basic auth "user:password" the file args[0] holds: 401
+_AUTH_SERVER = _SERVER.format(
+    refuses="""
+import base64
+def refuses(path, raw):
+    with open(args[0], "rb") as f:
+        wanted = "Basic " + base64.b64encode(f.read().strip()).decode()
+    return 401 if here.headers.get("Authorization") != wanted else False
 """
 )
 _SIGNED = "X-Amz-Credential=AKIA%2F20261207%2Fs3&X-Amz-Signature=ab%2Bcd%3D&r=a+b&e=%3F"
@@ -438,6 +449,15 @@ def http_object_root(tmp_path):
     """A real HTTP server serving files only, as an object store does (a folder is 404)."""
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _OBJECT_SERVER, str(port), str(root)]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_auth_root(tmp_path):
+    """A real HTTP server that refuses every request without the basic auth ``tmp_path /
+    "accepted"`` holds (``alice:old`` to begin with)."""
+    (tmp_path / "accepted").write_text("alice:old")
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _AUTH_SERVER, str(port), str(root), str(tmp_path / "accepted")]))  # fmt: skip
 
 
 def _serving(root, port, server):
@@ -553,6 +573,28 @@ def test_a_query_that_is_a_bare_key_is_hidden_too(http_token_root, tmp_path):
         assert "Zk9SECRET" not in proc.stderr and "t0k" not in proc.stderr, proc.stderr
         assert "zarr?***" in proc.stderr, proc.stderr
         assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_urls_password_is_sent_and_never_printed_nor_kept(http_auth_root, tmp_path):
+    # http://user:password@host/...: the password was kept in the URL read, so printed in
+    # error lines and written into the output's record (its src, its source's identity), and
+    # a renewed password refused a --resume as another source (g92). It is sent with every
+    # request (worker processes too), as the query is, and shown as ***
+    root, base = http_auth_root
+    expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
+    url, dst = base.replace("://", "://alice:{}@") + "/stack.zarr", tmp_path / "http.zarr"
+    proc = cli("fuse", url.format("old"), dst, "--scheduler", "processes", "--no-progress")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...],
+                                  expected["0"][...])  # fmt: skip
+    kept = [p for p in dst.rglob("*") if p.is_file() and b"alice:old" in p.read_bytes()]
+    assert kept == [], kept
+    proc = cli("fuse", url.format("wr0ng"), tmp_path / "bad.zarr", "--no-progress")
+    assert proc.returncode != 0 and "alice:***@" in proc.stderr, proc.stderr
+    assert "wr0ng" not in proc.stderr and not (tmp_path / "bad.zarr").exists(), proc.stderr
+    (tmp_path / "accepted").write_text("alice:new")  # renewed: the same source
+    proc = cli("fuse", url.format("new"), dst, "--resume", "--no-progress")
+    assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
 
 
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):

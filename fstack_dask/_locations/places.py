@@ -107,13 +107,36 @@ def _http(
             f"{name} {_redacted(spec)!r} carries a query string and {option} give 'params' "
             "too; give the query in one of them"
         )
-    url = _http_url(_redacted(spec), url, name)
+    url, auth = _http_url(_redacted(spec), url, name), _userinfo(url)
+    if auth is not None:  # sent with every request, never kept in the path (nor the record)
+        if "auth" in options:
+            option = "dst_storage_options" if name == "dst" else "storage_options"
+            raise ValueError(
+                f"{name} {_redacted(spec)!r} carries a user name and password and {option} "
+                "give 'auth' too; give them in one of them"
+            )
+        options = {**options, "auth": auth}
     return Location(_redacted(spec), "http", url, dict(options), via, query=query)
+
+
+def _userinfo(url: str) -> Any:
+    """The ``user:password@`` of an HTTP(S) URL as aiohttp's ``BasicAuth``, or None: it was
+    kept in the URL read, and so printed in error lines and written into the output's record
+    (its ``src`` and source identity), password and all (found by g92)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return None
+    import aiohttp
+
+    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+    return aiohttp.BasicAuth(urllib.parse.unquote(user), urllib.parse.unquote(password))
 
 
 def _redacted(spec: str) -> str:
     """``spec`` with its query's values hidden (a token, a signature: credentials that a batch
-    log or a pasted error would show); the names are kept, and the URL without them is read."""
+    log or a pasted error would show), and its password (``user:***@``); the names are kept,
+    and the URL without them is read."""
+    spec = _PASSWORD.sub(r"\1:***@", spec)
     head, mark, rest = spec.partition("?")
     if not mark:
         return spec
@@ -124,12 +147,14 @@ def _redacted(spec: str) -> str:
 
 
 _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
+# the password of a URL's user:password@ (its host part: up to the first '/', '?' or '#')
+_PASSWORD = re.compile(r"""(?i)\b(https?://[^\s'"/?#@:]*):[^\s'"/?#]*@""")
 
 
 def redact_urls(text: str) -> str:
     """``text`` with every HTTP(S) URL's query values hidden, as :func:`_redacted` does: an
     aiohttp error names the URL it requested, token and all."""
-    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), text)
+    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), _PASSWORD.sub(r"\1:***@", text))
 
 
 def _http_url(spec: str, url: str, name: str) -> str:
@@ -140,7 +165,8 @@ def _http_url(spec: str, url: str, name: str) -> str:
         raise ValueError(f"{name} {spec!r} names no host")
     path = posixpath.normpath("/" + parts.path.lstrip("/")) if parts.path.strip("/") else ""
     # the fragment never reaches the server; the query goes as params (_http)
-    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, "", ""))
+    host = parts.netloc.rpartition("@")[2]  # (a password goes as auth: _userinfo)
+    return urllib.parse.urlunsplit((parts.scheme.lower(), host, path, "", ""))
 
 
 def _place(
