@@ -248,6 +248,10 @@ def finish_quietly_despite_interrupts(step: Callable[..., T], *args: Any, **kwar
 
 def _finish(step: Callable[..., T], args: Any, kwargs: Any, said: str | None) -> T:
     held: list[int] = []
+    # what the caller handles as it waits (the run's Ctrl-C: schedulers' except, a finally) is
+    # behind every error the step raises, and none of them is a new interruption: a step that
+    # failed so (its scheduler gone) was taken for one and called again, for ever (g92)
+    handled = _chain(sys.exc_info()[1])
 
     def hold(signum: int, frame: Any) -> None:
         if held:
@@ -270,7 +274,7 @@ def _finish(step: Callable[..., T], args: Any, kwargs: Any, said: str | None) ->
             except BaseException as error:
                 # (one wrapped where it landed, as in a class body: an interruption still)
                 exc = interruption_behind(error)
-                if exc is None:
+                if exc is None or id(exc) in handled:
                     raise
                 if held or previous is None and interrupted is not None:
                     raise  # asked twice: stop waiting
@@ -285,6 +289,15 @@ def _finish(step: Callable[..., T], args: Any, kwargs: Any, said: str | None) ->
     if held:
         raise KeyboardInterrupt
     return result
+
+
+def _chain(exc: BaseException | None) -> set[int]:
+    """The ids of ``exc`` and of what it was raised from or while handling."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # (a chain can loop)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return seen
 
 
 def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:

@@ -763,3 +763,33 @@ def test_a_stop_signal_wrapped_where_it_landed_still_waits_for_the_running_tasks
                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Terminated", "started", "started", "ended"], done.stdout
+
+
+_A_WAIT_FAILING_AFTER_A_CTRL_C = """
+from fstack_dask._errors import finish_despite_interrupts
+
+calls = []
+
+def drain_the_running_tasks():  # its scheduler gone: fails at each call
+    calls.append(1)
+    if len(calls) < 50:  # (ends the loop it was caught in)
+        raise OSError("the scheduler is gone")
+
+try:
+    raise KeyboardInterrupt  # the run's Ctrl-C, handled as the run waits (schedulers' except)
+except KeyboardInterrupt:
+    try:
+        finish_despite_interrupts(drain_the_running_tasks)
+    except BaseException as exc:
+        print(type(exc).__name__, len(calls))
+"""
+
+
+def test_a_wait_failing_while_the_runs_ctrl_c_is_handled_ends_with_its_error():
+    """A run's wait for its tasks, begun while it handles the Ctrl-C that stopped it, whose
+    step failed for another reason (its scheduler gone): the Ctrl-C, behind every such error,
+    was taken for a new interruption and the step called again, for ever, the program spinning
+    until killed (g92). Its error ends the wait."""
+    done = subprocess.run([sys.executable, "-c", _A_WAIT_FAILING_AFTER_A_CTRL_C],
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.stdout.split() == ["OSError", "1"], done.stdout + done.stderr[-2000:]
