@@ -90,7 +90,9 @@ def _weak(cluster: Any) -> bool:
 # (also said of a job merely waiting where some nodes of its partition are down, and of one
 # waiting for a maintenance reservation to end), and PartitionNodeLimit for the same reason
 # (squeue's manual: it "can also indicate that required nodes are DOWN or DRAINED", an
-# admin's drain or reboot: g89).
+# admin's drain or reboot: g89); BadConstraints, said while no node has the features a job
+# asks for and cleared as one gets them (a node that registers them as it starts, an admin's
+# scontrol update: seen on this machine's SLURM, g92).
 _NEVER = {
     "PartitionDown": "their partition is down (sinfo): choose another {where}queue, or rerun "
     "once the site brings it up",
@@ -100,8 +102,6 @@ _NEVER = {
     "'%P %l'): lower {where}walltime, or choose another queue",
     "DependencyNeverSatisfied": "the job they depend on failed or was cancelled: check "
     "--dependency in {where}job_extra_directives",
-    "BadConstraints": "no node of their partition has what they ask for: check "
-    "--constraint in {where}job_extra_directives, {where}cores and memory",
     "InvalidAccount": "their account is not valid",
     "InvalidQOS": "their QOS is not valid",
 }

@@ -412,7 +412,7 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
     slurm_available, own_partition, tmp_path, why
 ):
     """A job pending for a reason that no wait clears (its partition brought down, a
-    dependency on a job that failed; PartitionTimeLimit, BadConstraints, a per-job limit
+    dependency on a job that failed; PartitionTimeLimit, a per-job limit
     alike): the run waited the stall timeout, 600 s, then said the jobs were "still queued or
     ended without a worker" (g86). Now one line within about 30 s naming the jobs and squeue's
     reason, exit 1, nothing written, no job left queued."""
@@ -604,7 +604,9 @@ def _a_delayed_job_finishes(tmp_path: Path, **overrides) -> None:
     assert (dst / "zarr.json").exists()
 
 
-@pytest.mark.parametrize("reason", ["AssocGrpCPURunMinutesLimit", "PartitionNodeLimit"])
+@pytest.mark.parametrize(
+    "reason", ["AssocGrpCPURunMinutesLimit", "PartitionNodeLimit", "BadConstraints"]
+)
 def test_jobs_pending_for_a_reason_that_clears_in_time_are_waited_for(
     slurm_available, tmp_path, monkeypatch, reason
 ):
@@ -614,6 +616,9 @@ def test_jobs_pending_for_a_reason_that_clears_in_time_are_waited_for(
     for a reason that does not clear by itself" (g89). PartitionNodeLimit: squeue's manual
     says it "can also indicate that required nodes are DOWN or DRAINED" (an admin's drain or
     reboot), and a healthy run stopped so too (g89 noticed it; the lead took it off the list).
+    BadConstraints: said while no node has the features the job asks for, it clears as one
+    gets them (g92 saw a job start so on this SLURM, its node's features taken away, then
+    given back), and a healthy run stopped after 15 s, its job cancelled.
     (squeue says the reason here of a job that waits for its begin time: this SLURM keeps no
     accounts, and its one node is shared.)"""
     _squeue_through(tmp_path, monkeypatch, f"sed s/BeginTime/{reason}/")
