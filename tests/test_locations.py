@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -931,6 +932,33 @@ def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_pat
     proc = cli("fuse", url, tmp_path / "new.zarr", "--sth", "auto", "--no-progress")
     assert proc.returncode == 0, proc.stderr  # the same run into a new dst reads them
     assert [r for r in log.read_text().split() if "/c/" in r]
+
+
+def test_a_sparse_stores_folder_page_is_fetched_once(http_token_root, tmp_path):
+    # Each chunk not served fetches its folder's page, to tell a chunk never stored from one
+    # served no more: the reads of a block miss at once, and each fetched it, 2-5 times a
+    # folder (g92). The server logs every request: each page of a folder that holds no
+    # chunk once
+    root, base = http_token_root
+    planes = _stack()
+    sparse = zarr.create_array(root / "sparse.zarr", shape=(len(planes), 256, 256),
+                               chunks=(len(planes), 16, 16), dtype="uint16",
+                               dimension_names=["z", "y", "x"])  # fmt: skip
+    sparse[:, :16, :16] = planes[:, :16, :16]  # one chunk stored
+    log = tmp_path / "requests.log"
+    proc = cli("fuse", f"{base}/sparse.zarr?token=t0k&sig=a%2Fb%2Bc", tmp_path / "out.zarr",
+               "--scheduler", "threads", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pages = [r.split("?")[0] for r in log.read_text().split() if r.split("?")[0].endswith("/")]
+    # (c/0/1/ to c/0/15/ hold no chunk: read by the check of missing chunks alone)
+    fetched = {k: pages.count(f"/sparse.zarr/c/0/{k}/") for k in range(1, 16)}
+    assert set(fetched.values()) == {1}, fetched
+    # a store that listed a folder is copied as it was (to worker processes) without it
+    array = zarr.open_array(resolve(f"{base}/sparse.zarr?token=t0k&sig=a%2Fb%2Bc", name="src")
+                            .zarr_store(read_only=True), mode="r")  # fmt: skip
+    assert not array[:, 100:120, 100:120].any()  # (its folders listed)
+    copied = pickle.loads(pickle.dumps(array))
+    np.testing.assert_array_equal(copied[:, :16, :16], planes[:, :16, :16])
 
 
 def test_an_http_object_store_is_read(http_object_root, tmp_path):

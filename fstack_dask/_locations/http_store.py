@@ -14,6 +14,7 @@ is spelled").
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from typing import Any
 
@@ -45,13 +46,22 @@ class ListedHTTPStore(FsspecStore):
     async def _listed(self, path: str) -> bool:
         folder, name = posixpath.split(path)
         listed = self.__dict__.setdefault("_listings", {})  # (fsspec's HTTP caches none)
-        if folder not in listed:
-            try:
-                entries = await self.fs._ls(folder + "/", detail=False)
-            except Exception:  # no folder page (an object store), or none now: none known
-                entries = []
-            listed[folder] = {
-                (e["name"] if isinstance(e, dict) else e).rstrip("/").rsplit("/", 1)[-1]
-                .split("?")[0] for e in entries
-            }  # fmt: skip
-        return name in listed[folder]
+        if folder not in listed:  # the one request, also for the reads that missed meanwhile:
+            # a block's reads miss at once, and each fetched the page (4-5 times a folder: g92)
+            listed[folder] = asyncio.ensure_future(self._names(folder))
+        # (shielded: a read cancelled while it waits cancels not the others' listing)
+        return name in await asyncio.shield(listed[folder])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the listings are tasks of this process's loop: a copy (a worker's) lists anew
+        return {k: v for k, v in self.__dict__.items() if k != "_listings"}
+
+    async def _names(self, folder: str) -> set[str]:
+        try:
+            entries = await self.fs._ls(folder + "/", detail=False)
+        except Exception:  # no folder page (an object store), or none now: none known
+            entries = []
+        return {
+            (e["name"] if isinstance(e, dict) else e).rstrip("/").rsplit("/", 1)[-1]
+            .split("?")[0] for e in entries
+        }  # fmt: skip
