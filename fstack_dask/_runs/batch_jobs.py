@@ -156,7 +156,7 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
         return rows
     try:
         res = subprocess.run(
-            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"],
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r", *_clusters(cluster)],
             capture_output=True, text=True, timeout=10, check=False, env=_own_squeue(),
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -183,6 +183,26 @@ def _rows(out: str) -> dict[str, tuple[str, str]]:
         if rows.get(job, ("PENDING",))[0] == "PENDING":
             rows[job] = (cells[1], cells[2] if len(cells) > 2 else "")
     return rows
+
+
+# the cluster a job script's directive sends its job to (sbatch -M/--clusters)
+_SCRIPT_CLUSTERS = re.compile(r"^#SBATCH[ \t]+(?:-M[ \t=]*|--clusters?[ \t=]+)(\S+)", re.M)
+
+
+def _clusters(cluster: Any) -> list[str]:
+    """squeue's ``-M`` for the SLURM cluster sbatch sent the jobs to, where not this one
+    (``--clusters`` in job_extra_directives, SBATCH_CLUSTERS or SLURM_CLUSTERS, which sbatch
+    takes before the script's): squeue asks its own cluster otherwise, which knows none of
+    them, "Invalid job id", and a healthy run stopped after 20 s, "ended without their worker
+    ever joining" (g92)."""
+    named = os.environ.get("SBATCH_CLUSTERS") or os.environ.get("SLURM_CLUSTERS")
+    if not named:
+        try:
+            found = _SCRIPT_CLUSTERS.findall(cluster.job_script())
+        except Exception:  # (a cluster that cannot write its script here: none named)
+            found = []
+        named = found[-1] if found else ""
+    return ["-M", named] if named else []
 
 
 def _own_squeue() -> dict[str, str]:

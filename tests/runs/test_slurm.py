@@ -675,3 +675,26 @@ def test_a_failing_squeue_is_not_asked_at_each_poll(slurm_available, tmp_path, m
     _squeue_through(tmp_path, monkeypatch, f"cat >/dev/null; echo . >>{calls}; exit 1")
     _a_delayed_job_finishes(tmp_path)
     assert len(calls.read_text().split()) <= 15  # (the job starts after 25 s or more)
+
+
+def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_path, monkeypatch):
+    """``--clusters=other`` in job_extra_directives (a site's GPU cluster beside the login
+    node's: sbatch -M): squeue, asked without ``-M``, asks its own cluster, which knows none of
+    the jobs ("Invalid job id"), and a healthy run stopped after 20 s, "ended without their
+    worker ever joining", its job left queued there (g92). squeue is asked with ``-M``. (This
+    SLURM has one cluster: an sbatch first on PATH submits here without the directive, and an
+    squeue first on PATH answers as the login node's cluster would unless asked ``-M other``.)"""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f'sed /--clusters=other/d "$1" >"$1.here" && exec {shutil.which("sbatch")} "$1.here"\n'
+    )
+    (fake / "squeue").write_text(  # (asked "... -M other": the real one without those two)
+        '#!/bin/bash\ncase "$*" in *"-M other") ;; *) echo "slurm_load_jobs error: Invalid job '
+        f'id specified" >&2; exit 1;; esac\nexec {shutil.which("squeue")} "${{@:1:$#-2}}"\n'
+    )
+    for name in ("sbatch", "squeue"):
+        (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    _a_delayed_job_finishes(tmp_path, job_extra_directives=["--clusters=other"])
