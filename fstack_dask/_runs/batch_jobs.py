@@ -114,6 +114,22 @@ _PER_JOB_HINT = (
     "they ask for more than the site lets one job have: lower {where}walltime, cores or memory"
 )
 
+# holds no wait clears, by squeue's reason (its %r says SLURM's own words where it set some, not
+# JobHeldUser): the user's (sbatch --hold); a requeue held (scontrol requeuehold); SLURM's own
+# after the job's node failed to launch it, or after it was requeued too often. Each said what
+# to do; the last two were waited for the stall timeout, 600 s (the g94 brief). Not JobHeldAdmin:
+# an administrator holds jobs for a maintenance, and releases them after it; the run waits for
+# them (cancelling them lost the run, and their place in the queue) and the stall timeout says it.
+_HELD = {
+    "JobHeldUser": "remove --hold from {where}job_extra_directives if it is there",
+    "job requeued in held state": "they were requeued held (scontrol requeuehold)",
+    "launch failed requeued held": "SLURM held them when their node failed to launch them "
+    "(sinfo -R says whether it drained that node): tell the site",
+    "JobHoldMaxRequeue": "SLURM held them after they were requeued too many times",
+    "JobHeldAdmin": "an administrator held them (a maintenance, say): rerun once the site "
+    "releases them, or give the run a longer stall timeout",
+}
+
 _ASK_EVERY = 5.0  # seconds between squeue's answers asked for (not at each poll of the run)
 # seconds a reason that does not clear is seen before the run stops for it: squeue's reason is
 # a scheduling pass old, and a pass may not yet have seen what changed
@@ -122,27 +138,28 @@ _asked: dict[int, tuple[float, dict[str, tuple[str, str]] | None]] = {}
 _since: dict[int, tuple[Any, float, float]] = {}
 
 
-def stuck(cluster: Any) -> tuple[str, dict[str, str]]:
+def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
     """How every submitted job of a SLURM cluster fails to bring a worker, with squeue's reason
-    by job id: ``"held"`` (``sbatch --hold``, ``scontrol hold``: at once), ``"pending"`` (a
-    reason of :data:`_NEVER`, seen for :data:`_STUCK_FOR` seconds) or ``"gone"`` (ended with
-    no worker joining, a job failing at start-up: seen for longer than distributed takes to
-    forget a job that had one). A run waited out the stall timeout, 600 s, for each (the g83
-    and g86 briefs). ("", {}) otherwise, or where squeue does not answer."""
+    by job id: ``"held"`` (a hold of :data:`_HELD`: at once), ``"pending"`` (a reason of
+    :data:`_NEVER`, seen for :data:`_STUCK_FOR` seconds) or ``"gone"`` (ended with no worker
+    joining, a job failing at start-up: seen for longer than distributed takes to forget a job
+    that had one). A run waited out the stall timeout, 600 s, for each (the g83 and g86
+    briefs). ("", {}) otherwise, or where squeue does not answer. ``timed_out``: the run's
+    stall timeout is over, and what squeue says now is said (an administrator's hold too)."""
     found = jobs(cluster)
     ids = [str(j.job_id) for j in found if j.job_id is not None]
     if not ids or len(ids) < len(found) or getattr(found[0], "cancel_command", "") != "scancel":
         return "", {}
     if dict(getattr(cluster, "scheduler_info", {}) or {}).get("workers"):
         return "", {}  # a worker is there (its job's end not yet seen by the scheduler)
-    kind, reasons = _kind(_queue(cluster, ids), ids)
+    kind, reasons = _kind(_queue(cluster, ids), ids, timed_out)
     key, now = (kind, tuple(sorted(reasons.items()))), time.monotonic()
     seen, first, last = _since.get(id(cluster), (None, now, now))
     if seen != key or now - last > 3 * _ASK_EVERY:  # (not seen so since: counted anew)
         first = now
     _since[id(cluster)] = (key, first, now)
     wait = {"held": 0.0, "pending": _STUCK_FOR, "gone": _lost_worker_timeout() + 5.0}
-    if not kind or now - first < wait[kind]:
+    if not kind or (now - first < wait[kind] and not timed_out):
         return "", {}
     return kind, reasons
 
@@ -212,7 +229,7 @@ def _own_squeue() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
 
 
-def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str]) -> tuple[str, dict]:
+def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str], timed_out: bool) -> tuple:
     if rows is None:
         return "", {}
     if not any(i in rows for i in ids):
@@ -220,16 +237,21 @@ def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str]) -> tuple[str,
     pending = {i: r for i, (s, r) in rows.items() if s == "PENDING" and i in ids}
     if len(pending) < len(ids):
         return "", {}  # one runs (its worker joining), or has ended beside others queued
-    if all(r.startswith("JobHeld") for r in pending.values()):
+    if not timed_out and any(_head(r) == "JobHeldAdmin" for r in pending.values()):
+        return "", {}  # (released by the site after its maintenance: waited for)
+    if all(_head(r) in _HELD for r in pending.values()):
         return "held", pending
-    if all(_never_clears(r) or r.startswith("JobHeld") for r in pending.values()):
+    if all(_never_clears(r) or _head(r) in _HELD for r in pending.values()):
         return "pending", pending
     return "", {}
 
 
+def _head(reason: str) -> str:
+    return reason.split(",")[0].strip()
+
+
 def _never_clears(reason: str) -> bool:
-    head = reason.split(",")[0].strip()
-    return head in _NEVER or bool(_PER_JOB.fullmatch(head))
+    return _head(reason) in _NEVER or bool(_PER_JOB.fullmatch(_head(reason)))
 
 
 def _lost_worker_timeout() -> float:
@@ -239,11 +261,11 @@ def _lost_worker_timeout() -> float:
     return float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
 
 
-def said(cluster: Any) -> str:
+def said(cluster: Any, timed_out: bool = False) -> str:
     """What a cluster whose batch jobs all ended, are all held, all pending for good or all
-    gone without a worker says, or "" for another."""
+    gone without a worker says, or "" for another (``timed_out``: as :func:`stuck`)."""
     gone = ended(cluster)
-    kind, reasons = ("ended", {}) if gone else stuck(cluster)
+    kind, reasons = ("ended", {}) if gone else stuck(cluster, timed_out)
     if not kind:
         return ""
     ids = gone or list(reasons)
@@ -261,11 +283,12 @@ def said(cluster: Any) -> str:
             "preemption) and a cluster of a fixed number of jobs starts none in their place: "
             f"lengthen {where}walltime if it was reached"
         )
+    told = _HELD if kind == "held" else {h: _hint(h) for h in map(_head, reasons.values())}
+    todo = "; ".join(sorted({told[_head(r)].format(where=where) for r in reasons.values()}))
     if kind == "held":
         return (
             f"cluster; its batch job(s) {named} are held ({_listed(reasons)}), and a held job "
-            f"starts only once released (scontrol release), {cancelled}: remove --hold from "
-            f"{where}job_extra_directives if it is there"
+            f"starts only once released (scontrol release), {cancelled}: {todo}"
         )
     if kind == "gone":
         return (
@@ -274,21 +297,19 @@ def said(cluster: Any) -> str:
             f"reach), and none comes in their place: see their output, slurm-<id>.out in "
             f"{where}log_directory or the folder the cluster was made in"
         )
-    hints = sorted({_hint(r.split(",")[0].strip()) for r in reasons.values()})
     return (
         f"cluster; its batch job(s) {named} are pending for a reason that does not clear by "
-        f"itself ({_listed(reasons)}), {cancelled}: "
-        + "; ".join(h.format(where=where) for h in hints)
+        f"itself ({_listed(reasons)}), {cancelled}: {todo}"
     )
 
 
 def _hint(head: str) -> str:
     """What to do of a reason: a held job beside others pending for good was told "they ask
     for more than the site lets one job have" (g89)."""
-    if head.startswith("JobHeld"):
+    if head in _HELD:
         return "a held job starts only once released (scontrol release)"
     return _NEVER.get(head, _PER_JOB_HINT)
 
 
 def _listed(reasons: dict[str, str]) -> str:
-    return ", ".join(sorted({r.split(",")[0].strip() for r in reasons.values()}))
+    return ", ".join(sorted({_head(r) for r in reasons.values()}))

@@ -137,7 +137,7 @@ def cluster_waiter(
                 if reported:
                     last = now
                 elif now - last >= stall_timeout:
-                    raise StalledError(_stall_message(client, stall_timeout)) from None
+                    raise StalledError(_stall_message(client, stall_timeout, True)) from None
                 elif now - last >= REFUSED_AFTER and _never_coming(client):
                     raise StalledError(_stall_message(client, round(now - last))) from None
                 continue
@@ -169,7 +169,8 @@ def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
             raise_if_stopped()
             waited = time.monotonic() - start
             if waited >= stall_timeout or (waited >= REFUSED_AFTER and _never_coming(client)):
-                raise StalledError(_stall_message(client, round(min(waited, stall_timeout))))
+                seconds = round(min(waited, stall_timeout))
+                raise StalledError(_stall_message(client, seconds, waited >= stall_timeout))
             time.sleep(POLL)
         with _said_lost(client):
             yield
@@ -197,7 +198,9 @@ def _busy_until(name: str) -> None:
     event.clear()
 
 
-def _stall_message(client: Any, seconds: float) -> str:
+def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
+    """The stall's line; ``timed_out``: at the stall timeout (a batch job held by an
+    administrator, waited for, is said then)."""
     try:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
     except Exception:
@@ -209,7 +212,7 @@ def _stall_message(client: Any, seconds: float) -> str:
         # without workers; memory had nothing to do with it)
         cluster = getattr(client, "cluster", None)
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
-            batch_jobs.said(cluster)
+            batch_jobs.said(cluster, timed_out)
             or _batch_jobs(cluster)
             or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")

@@ -653,15 +653,16 @@ def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
 def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     slurm_available, own_partition, tmp_path, monkeypatch
 ):
-    """Two jobs pending for good, one held (an administrator's hold; here squeue's first line
-    says it), one for its partition down: the line told of the held one "they ask for more
-    than the site lets one job have: lower walltime, cores or memory", a change that would
-    not start it (g89). It says a held job starts once released."""
-    _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldAdmin/")
+    """Two jobs pending for good, one held (a user's hold; here squeue's first line says it),
+    one for its partition down: the line told of the held one "they ask for more than the
+    site lets one job have: lower walltime, cores or memory", a change that would not start
+    it (g89). It says a held job starts once released. (An administrator's hold is waited
+    for: the test above.)"""
+    _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldUser/")
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
     config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"))
     line, left = _failed_run(src, dst, config, name)
-    assert "(JobHeldAdmin, PartitionDown), so they are cancelled with the run: " in line, line
+    assert "(JobHeldUser, PartitionDown), so they are cancelled with the run: " in line, line
     assert "a held job starts only once released (scontrol release); their partition" in line
     assert "more than the site lets one job have" not in line, line
     assert left.strip() == "", left
@@ -698,3 +699,75 @@ def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_
         (fake / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     _a_delayed_job_finishes(tmp_path, job_extra_directives=["--clusters=other"])
+
+
+def test_jobs_slurm_held_after_a_failed_launch_are_said_at_once(
+    slurm_available, tmp_path, monkeypatch
+):
+    """A job whose node failed to launch it (a prolog that failed, a spool it could not
+    write): SLURM requeues it held, squeue's reason SLURM's own words, "launch failed requeued
+    held" (``scontrol requeuehold``'s "job requeued in held state" alike), not ``JobHeld...``.
+    The run waited the stall timeout, 600 s, for a job that starts only once released (the g94
+    brief). It says them at once, as a user's hold. (A real launch failure drains the node,
+    the one this machine's SLURM shares: squeue here says it of a job held with --hold.)"""
+    _squeue_through(tmp_path, monkeypatch, "sed 's/JobHeldUser/launch failed requeued held/'")
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--hold"])
+    line, left = _failed_run(src, dst, config, name)
+    assert "are held (launch failed requeued held), and a held job starts only once " in line
+    assert "SLURM held them when their node failed to launch them (sinfo -R" in line, line
+    assert left.strip() == "", left
+    assert not dst.exists()
+
+
+def test_jobs_an_administrator_holds_for_a_while_are_waited_for(slurm_available, tmp_path):
+    """An administrator holds the run's pending job (``scontrol hold`` by root: squeue's
+    JobHeldAdmin), as during a maintenance, and releases it 20 s later: the run took the
+    hold for a user's ``--hold`` and stopped after 10 s, its jobs cancelled (the g94 brief).
+    It waits for them, and finishes."""
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    try:
+        deadline, job = time.monotonic() + 30, ""
+        while not job and time.monotonic() < deadline:
+            job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.strip()
+            time.sleep(0.2)
+        assert _run("scontrol", "hold", job).returncode == 0
+        time.sleep(20)  # (past the 10 s after which a user's hold is said)
+        reason = _run("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
+        _run("scontrol", "release", job)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        _stop(proc, name)
+    assert reason == "JobHeldAdmin", reason
+    assert proc.returncode == 0, err
+    assert (dst / "zarr.json").exists()
+
+
+def test_jobs_an_administrator_holds_are_said_at_the_stall_timeout(slurm_available, tmp_path):
+    """The other side: an administrator's hold not released within the stall timeout is said
+    then, the hold named (it said the jobs were "still queued or ended without a worker")."""
+    import re
+
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--stall-timeout", "25")
+    try:
+        deadline, job = time.monotonic() + 30, ""
+        while not job and time.monotonic() < deadline:
+            job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.strip()
+            time.sleep(0.2)
+        _run("scontrol", "hold", job)
+        line = _error_line(proc)
+    finally:
+        left = _stop(proc, name)
+    assert re.fullmatch(
+        r"fstack-dask: error: no block finished for 25 s: no worker is connected to the "
+        rf"cluster; its batch job\(s\) \({job}\) are held \(JobHeldAdmin\), and a held job "
+        r"starts only once released \(scontrol release\), so they are cancelled with the run: "
+        r"an administrator held them \(a maintenance, say\): rerun once the site releases "
+        r"them, or give the run a longer stall timeout; nothing was written",
+        line,
+    ), line
+    assert left.strip() == "", left
