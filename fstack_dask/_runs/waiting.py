@@ -218,6 +218,13 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
             or (_NONE_PLANNED if _none_planned(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
+    retiring = _retiring(client, workers, seconds)
+    if retiring and not paused:
+        return (
+            f"no block finished for {seconds:g} s: {len(retiring)} of {len(workers)} worker(s) "
+            "were being retired meanwhile (client.retire_workers, a cluster's scale down), and "
+            "a worker being retired takes no task; retire workers once the run has ended"
+        )
     if paused:
         cause = (
             f"{len(paused)} of {len(workers)} worker(s) are paused because their memory use is "
@@ -229,6 +236,24 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
         f"no block finished for {seconds:g} s: {cause}; lower memory_per_task or give each "
         "worker more memory"
     )
+
+
+def _retiring(client: Any, workers: dict[str, Any], seconds: float) -> set[str]:
+    """The workers being retired now (status closing_gracefully), or that the scheduler was
+    asked to retire in the last ``seconds``: ``client.retire_workers`` called again and again
+    kept a worker whose data no other could take closing gracefully, taking no task, and the
+    run stalled, "the workers are frozen ... lower memory_per_task", false (the g94 brief)."""
+    found = {a for a, w in workers.items() if w.get("status") == "closing_gracefully"}
+    try:
+        events = client.get_events("all")
+    except Exception:  # (a scheduler gone: the status alone)
+        return found
+    since = time.time() - seconds - 5.0  # (the scheduler's clock, a few seconds apart)
+    for when, event in events:
+        if when >= since and isinstance(event, dict) and event.get("action") == "retire-workers":
+            asked = [*event.get("retired", ()), *event.get("could-not-retire", ())]
+            found.update(a for a in asked if a in workers)
+    return found
 
 
 def _address(client: Any) -> str:

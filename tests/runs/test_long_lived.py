@@ -729,3 +729,53 @@ def test_a_local_cluster_whose_worker_the_user_retired_is_not_said_interrupted(t
     assert "interrupt" not in said, said
     assert "has none to start (scaled to 0, or its workers retired)" in said, said
     assert int(seconds) < 30, said
+
+
+_A_RUN_WHOSE_WORKER_IS_RETIRED_AGAIN_AND_AGAIN = r"""
+import os, sys, threading, time
+from distributed import Client, LocalCluster
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+def main():
+    src, dst = sys.argv[1] + "/s.zarr", sys.argv[1] + "/o.zarr"
+    write_stack(src, synthetic_stack((256, 256), 5, dtype="uint16").stack.transpose(2, 0, 1),
+                axes="zyx", chunks=(5, 32, 32))
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    cluster.adapt(minimum=1, maximum=1)
+    client = Client(cluster)
+    stop = threading.Event()
+    def retire():  # once 2 blocks are done, again and again (the worker holds data no
+        done = dst + "/.fstack_dask/done"  # other can take: each retire fails, after a while)
+        while not (os.path.isdir(done) and len(os.listdir(done)) >= 2):
+            time.sleep(0.05)
+        while not stop.is_set():
+            client.retire_workers(list(client.scheduler_info(n_workers=-1)["workers"]))
+    threading.Thread(target=retire, daemon=True).start()
+    try:
+        fuse_zarr(src, dst, chunks=32, progress=False, scheduler=client, stall_timeout=15)
+        print("finished")
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}")
+    stop.set()
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_worker_retired_again_and_again_is_not_said_frozen(tmp_path):
+    """``client.retire_workers`` called again and again on the only worker of an adaptive
+    LocalCluster mid-run: the worker, holding data no other could take, stayed closing
+    gracefully (retiring, taking no task) and the run stalled, then said "the workers are
+    frozen, overloaded or unreachable; lower memory_per_task", false (the g94 brief). The
+    line says they were being retired."""
+    import subprocess
+
+    script = tmp_path / "retire.py"
+    script.write_text(_A_RUN_WHOSE_WORKER_IS_RETIRED_AGAIN_AND_AGAIN)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    said = res.stdout.strip()
+    told = "StalledError: no block finished for 15 s: 1 of 1 worker(s) were being retired "
+    assert said.startswith(told), said + res.stderr[-2000:]
+    assert "frozen" not in said and "memory_per_task" not in said, said
