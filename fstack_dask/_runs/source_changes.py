@@ -52,6 +52,14 @@ def check_source_files(
     if old is None:
         return
     changed = changed_files(old, files)
+    gone = sorted(set(old["names"].tolist()) - set(files["names"].tolist()))
+    if gone:  # (its blocks not yet done read the fill value: an image of it, g94's brief)
+        raise ValueError(
+            f"cannot resume {what}: the source file {gone[0]!r} "
+            + (f"(and {len(gone) - 1} more) " if len(gone) > 1 else "")
+            + "was removed since the run began (its blocks would read the fill value); put it "
+            "back, or start over with overwrite=True and resume=False"
+        )
     shown = fingerprinted(source, files)
     if not changed and shown:
         return

@@ -795,3 +795,24 @@ def test_a_resume_after_the_z_coordinate_array_changed_is_refused(tmp_path, monk
     proc = cli("fuse", src, dst, "--resume", "--depth-map", *FUSE)
     assert proc.returncode == 2 and "its metadata changed" in one_line_error(proc), proc.stderr
     assert tree_digest(dst) == before
+
+
+def test_a_source_chunk_file_gone_before_the_resume_is_refused(tmp_path, monkeypatch):
+    """A source chunk file the run began with, read by no finished block, removed before the
+    resume (a copy under way, a clean-up): the resume read it as the fill value, said only
+    "1 of its N chunk files are missing", and wrote an image of fill values there (the g94
+    brief). The run recorded the file: the resume is refused, naming it, and writes nothing."""
+    src = _raw_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    _unfinished(src, dst, monkeypatch)  # blocks 0_0 and 0_1
+    last = sorted((src / "c").rglob("*"), key=lambda p: p.parts)[-1]
+    os.remove(last)
+    before = tree_digest(dst)
+    with pytest.raises(ValueError) as info:
+        fuse_zarr(src, dst, chunks=CHUNK, resume=True, progress=False)
+    name = last.relative_to(src).as_posix()
+    assert f"cannot resume dst {str(dst)!r}: the source file {name!r} " in str(info.value)
+    assert "was removed since the run began (its blocks would read the fill value)" in str(
+        info.value
+    ), info.value
+    assert tree_digest(dst) == before
