@@ -991,3 +991,18 @@ def test_a_token_expiring_under_worker_processes_is_told_so(http_expiring_early,
     proc = cli("fuse", f"{url}?token=new", dst, "--chunks", 64, "--no-progress", *again)
     assert proc.returncode == 0, proc.stderr
     _same_image(dst, expected)
+
+
+def test_a_file_url_is_percent_decoded(tmp_path):
+    """``file:///.../a%3Fb.zarr``, a real folder named ``a?b.zarr`` spelled as RFC 8089 spells
+    it, was read as a folder named ``a%3Fb.zarr``: "does not exist" (the g94 brief). The URL's
+    path is percent-decoded, and the stack fuses as its plain path does."""
+    from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+
+    src = tmp_path / "a?b.zarr"
+    write_stack(src, synthetic_stack((64, 64), 5, seed=1).stack.transpose(2, 0, 1), axes="zyx")
+    url = f"file://{tmp_path}/a%3Fb.zarr"
+    assert resolve(url, name="src").path == str(src.resolve())
+    out = fuse_zarr(url, tmp_path / "o.zarr", progress=False)
+    expected = fuse_zarr(src, tmp_path / "p.zarr", progress=False)
+    np.testing.assert_array_equal(out["0"][...], expected["0"][...])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from .location import Location
 from .places import (
@@ -100,6 +101,8 @@ def resolve(
         return _unwrap(spec, name, options, writable)
     if scheme in _LOCAL_SCHEMES:
         path = rest[2:] if rest.startswith("//") else rest
+        if scheme == "file":  # a URL's path is percent-encoded (RFC 8089): file:///d/a%3Fb.zarr
+            path = unquote(path)  # is the folder a?b.zarr, read as 'a%3Fb.zarr' (g94's brief)
         return _local(spec, path, name, options, writable)
     if not rest.startswith("//"):
         raise _unknown_scheme(name, spec, scheme)
