@@ -214,6 +214,7 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
         return f"no block finished for {seconds:g} s: no worker is connected to the " + (
             batch_jobs.said(cluster, timed_out)
             or _batch_jobs(cluster)
+            or (_FAILED_TO_START if _all_ended(cluster, ("failed",)) else "")
             or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
@@ -296,7 +297,14 @@ def _all_retired(client: Any) -> bool:
     return bool(gone) and device.retired(client, gone)  # fmt: skip
 
 
-def _all_ended(cluster: Any) -> bool:
+_FAILED_TO_START = (
+    'cluster: its workers failed to start ("Nanny failed to start worker process": a '
+    "preload, a plugin or the workers' environment failing; the cluster's log says why), and "
+    "it starts none in their place: fix what stops them, then make a new cluster and Client"
+)
+
+
+def _all_ended(cluster: Any, states: tuple[str, ...] = ()) -> bool:
     """Whether every worker (a nanny) of a local cluster has ended: after an interrupt of the
     kernel that made it, a LocalCluster's nannies did not restart their worker processes, and
     the next run waited out the stall timeout (600 s), then told to start workers with
@@ -304,7 +312,8 @@ def _all_ended(cluster: Any) -> bool:
     if cluster is None or hasattr(cluster, "job_script"):
         return False  # a batch cluster's jobs: _batch_jobs says
     workers = list(getattr(cluster, "workers", {}).values())
-    return bool(workers) and all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers)
+    states = states or _ENDED_STATES  # ("failed" alone: each failed to start, g94's brief)
+    return bool(workers) and all(getattr(w.status, "value", None) in states for w in workers)
 
 
 _ENDED_STATES = ("closed", "closing", "closing_gracefully", "failed")

@@ -779,3 +779,45 @@ def test_a_worker_retired_again_and_again_is_not_said_frozen(tmp_path):
     told = "StalledError: no block finished for 15 s: 1 of 1 worker(s) were being retired "
     assert said.startswith(told), said + res.stderr[-2000:]
     assert "frozen" not in said and "memory_per_task" not in said, said
+
+
+_AN_ADAPTIVE_CLUSTER_WHOSE_WORKERS_DIE_AT_START = r"""
+import os, sys, time
+from distributed import Client, LocalCluster
+from fstack_dask import fuse_zarr, synthetic_stack, write_stack
+def main():
+    src, dst = sys.argv[1] + "/s.zarr", sys.argv[1] + "/o.zarr"
+    write_stack(src, synthetic_stack((64, 64), 5, dtype="uint16").stack.transpose(2, 0, 1),
+                axes="zyx")
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, dashboard_address=None,
+                           preload=[sys.argv[2]])
+    cluster.adapt(minimum=1, maximum=1)
+    client = Client(cluster)
+    start = time.monotonic()
+    try:
+        fuse_zarr(src, dst, progress=False, scheduler=client, stall_timeout=120)
+    except Exception as exc:
+        print(f"{time.monotonic() - start:.0f} {type(exc).__name__}: {exc}")
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_an_adaptive_cluster_whose_workers_die_at_start_is_said_so(tmp_path):
+    """Every worker of an adaptive LocalCluster dies as it starts (here a preload exits; a
+    package the workers cannot import alike): the run stopped in 10 s, one line, but said
+    "its worker processes have all ended (a LocalCluster's end at an interrupt ...)",
+    blaming an interrupt nobody sent (the g94 brief). It says they failed to start."""
+    import subprocess
+
+    script, preload = tmp_path / "dies.py", tmp_path / "exits.py"
+    script.write_text(_AN_ADAPTIVE_CLUSTER_WHOSE_WORKERS_DIE_AT_START)
+    preload.write_text("import os\n\n\ndef dask_setup(worker):\n    os._exit(3)\n")
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(preload)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    seconds, _, said = res.stdout.strip().partition(" ")
+    assert said.startswith("StalledError: no block finished for 1"), res.stdout + res.stderr[-2000:]
+    assert "its workers failed to start" in said and "interrupt" not in said, said
+    assert int(seconds) < 60, said
