@@ -1006,3 +1006,37 @@ def test_a_file_url_is_percent_decoded(tmp_path):
     out = fuse_zarr(url, tmp_path / "o.zarr", progress=False)
     expected = fuse_zarr(src, tmp_path / "p.zarr", progress=False)
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
+
+
+def test_the_cli_on_a_cluster_reads_the_auto_sample_once(http_token_root, tmp_path):
+    """``fuse --auto`` on a cluster (``cluster.kind: distributed``) plans before connecting,
+    to refuse bad input first; "auto" read its sample there, and fuse_zarr read it again: a
+    remote source's sample chunks were asked twice more than a run given the same nhsize and
+    sth asks (the g94 brief). They are asked once more: the run takes what was chosen."""
+    import collections
+
+    from distributed import LocalCluster
+
+    root, base = http_token_root
+    _write(root / "stack.zarr")
+    url = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc"
+    log = tmp_path / "requests.log"
+
+    def chunk_requests(dst: Path, *options: str) -> collections.Counter:
+        log.write_text("")
+        proc = cli("fuse", url, dst, "--config", config, "--no-progress", *options)
+        assert proc.returncode == 0, proc.stderr
+        return collections.Counter(r.partition("?")[0] for r in log.read_text().split()
+                                   if "/c/" in r)  # fmt: skip
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                      host="127.0.0.1", dashboard_address=":0") as cluster:  # fmt: skip
+        config = tmp_path / "dist.yaml"
+        config.write_text(f"cluster: {{kind: distributed, address: '{cluster.scheduler_address}'}}")
+        auto = chunk_requests(tmp_path / "auto.zarr", "--auto")
+        chosen = zarr.open_group(str(tmp_path / "auto.zarr"), mode="r").attrs["fstack_dask"]
+        given = chunk_requests(tmp_path / "given.zarr", "--nhsize", str(chosen["nhsize"]),
+                               "--sth", str(chosen["sth"]))  # fmt: skip
+    more = auto - given  # (the sample's chunks)
+    assert more and max(more.values()) == 1, more
+    assert chosen["auto"] is not None  # (the choice recorded, as a run's own is)

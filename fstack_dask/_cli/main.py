@@ -58,7 +58,9 @@ __all__ = ["main"]
 def _cmd_fuse(args: argparse.Namespace) -> int:
     config = configure(args)
     kw = config.fuse_kwargs()
-    with _report_progress_notes():
+    from .._runs.fusion import auto_kept
+
+    with _report_progress_notes(), auto_kept():  # (the cluster path plans twice)
         return _fuse(args, config, kw)
 
 

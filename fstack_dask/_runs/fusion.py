@@ -7,8 +7,11 @@ it before touching ``dst``, and ``fstack-dask info`` prints it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +44,7 @@ from .device import run_engine
 from .plan import make_plan
 from .reading import auto_block, read_by, reading
 
-__all__ = ["Fusion", "plan_fusion"]
+__all__ = ["Fusion", "auto_kept", "plan_fusion"]
 
 MIN_BLOCKS_PER_IMAGE = 16  # so that a many-core node has work on a mid-size image
 
@@ -144,7 +147,13 @@ def plan_fusion(
         if AUTO in (nhsize, sth):  # from a fixed sample of tiles, before anything is planned
             if before_sample is not None:
                 before_sample(source)
-            chosen = _auto(source, layout, focus, nhsize, sth, quiet_auto)
+            kept, key = _KEPT.get(), (str(src), axes, level, repr(storage_options),
+                                      layout.rgb, focus.tobytes(), nhsize, sth)  # fmt: skip
+            chosen = None if kept is None or not isinstance(src, str) else kept.get(key)
+            if chosen is None:
+                chosen = _auto(source, layout, focus, nhsize, sth, quiet_auto)
+            if kept is not None and isinstance(src, str):
+                kept[key] = chosen
             nhsize, sth = chosen.nhsize, chosen.sth
         halo = overlap_depth(nhsize)
         maps = tuple(n for n, on in (("depth", depth_map), ("selectivity", selectivity_map)) if on)
@@ -384,6 +393,22 @@ def _rgb(channels: Any, source: Source) -> bool:
     if channels == "auto" and source.rgb and "c" in source.axes and source.size("c") == 3:
         return True  # the format says these are colour samples
     return rgb
+
+
+#: "auto"'s choices while :func:`auto_kept` is entered, by the source (as spelled) and what they
+#: were chosen from: the CLI's cluster path plans before it connects (to refuse bad input
+#: first), then fuse_zarr plans again, and read a remote sample twice (the g94 brief)
+_KEPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("auto_kept", default=None)
+
+
+@contextlib.contextmanager
+def auto_kept() -> Iterator[None]:
+    """Keep what ``"auto"`` chooses for a source while inside, for its next planning."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
 
 
 def _auto(source: Source, layout: Layout, focus, nhsize, sth, quiet: bool) -> AutoParameters:
