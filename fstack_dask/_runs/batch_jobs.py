@@ -292,15 +292,32 @@ def said(cluster: Any, timed_out: bool = False) -> str:
         )
     if kind == "gone":
         return (
-            f"cluster; its batch job(s) {named} ended without their worker ever joining (it "
-            "failed to start: the job's python, its job_script_prologue, the scheduler out of "
-            f"reach), and none comes in their place: see their output, slurm-<id>.out in "
-            f"{where}log_directory or the folder the cluster was made in"
+            f"cluster; its batch job(s) {named} ended without their worker ever joining "
+            f"({_ended_as(ids)}it failed to start: the job's python, its job_script_prologue, "
+            "the scheduler out of reach), and none comes in their place: see their output, "
+            f"slurm-<id>.out in {where}log_directory or the folder the cluster was made in"
         )
     return (
         f"cluster; its batch job(s) {named} are pending for a reason that does not clear by "
         f"itself ({_listed(reasons)}), {cancelled}: {todo}"
     )
+
+
+def _ended_as(ids: list[str]) -> str:
+    """How SLURM says the first of ``ids`` ended, while it keeps it (MinJobAge: 300 s by
+    default; squeue lists no job that ended), as "scontrol: FAILED, NonZeroExitCode, exit code
+    3:0; ", or "": JobLaunchFailure (the job's output file could not be opened on its node)
+    leaves no output to see (the g94 brief)."""
+    try:
+        res = subprocess.run(["scontrol", "-o", "show", "job", ids[0]], capture_output=True,
+                             text=True, timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = dict(re.findall(r"\b(JobState|Reason|ExitCode)=(\S+)", res.stdout))
+    if res.returncode != 0 or "JobState" not in found:
+        return ""
+    told = [found["JobState"], found.get("Reason", "None"), f"exit code {found.get('ExitCode')}"]
+    return f"scontrol: {', '.join(t for t in told if t != 'None')}; "
 
 
 def _hint(head: str) -> str:

@@ -531,8 +531,9 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_availabl
     exits; a python missing on the nodes, a module that does not load alike): no worker
     ever joins, the cluster takes the job for one still coming and submits none in its place.
     The run waited the stall timeout, 600 s, then said the jobs were "still queued or ended
-    without a worker" (g86). Now it says they ended without a worker, naming them and where
-    their output is, within about 35 s."""
+    without a worker" (g86). Now it says they ended without a worker, naming them, how SLURM
+    says they ended while it keeps them (a JobLaunchFailure leaves no output to see: g94) and
+    where their output is, within about 35 s."""
     import re
 
     from dask_jobqueue import SLURMCluster
@@ -557,7 +558,8 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_availabl
         _run("scancel", "-n", name)
     assert re.fullmatch(
         r"no block finished for \d+ s: no worker is connected to the cluster; its batch "
-        r"job\(s\) \(\d+\) ended without their worker ever joining \(.*\), and none comes in "
+        r"job\(s\) \(\d+\) ended without their worker ever joining \(scontrol: FAILED, "
+        r"NonZeroExitCode, exit code 3:0; it failed to start: .*\), and none comes in "
         r"their place: see their output, slurm-<id>.out in the cluster's log_directory or the "
         r"folder the cluster was made in; nothing was written",
         str(caught.value),
