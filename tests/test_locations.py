@@ -1040,3 +1040,41 @@ def test_the_cli_on_a_cluster_reads_the_auto_sample_once(http_token_root, tmp_pa
     more = auto - given  # (the sample's chunks)
     assert more and max(more.values()) == 1, more
     assert chosen["auto"] is not None  # (the choice recorded, as a run's own is)
+
+
+_LOGGING_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):  # each request logged to args[0]; the chunks of one folder 404
+    with open(args[0], "a") as f:
+        f.write(path + "\\n")
+    return 404 if "/c/0/1/" in path and not path.endswith("/") else False
+"""
+)
+
+
+@pytest.fixture()
+def http_row_gone(tmp_path):
+    """A real HTTP server logging each request to ``requests.log`` and answering 404 for the
+    chunks of the folder c/0/1/ of a stack 64 x 256 in 32 x 32 chunks it serves (its page
+    lists them): (the stack's URL, the log)."""
+    log = tmp_path / "requests.log"
+    served = _serve(tmp_path, lambda port, root: ["-c", _LOGGING_SERVER, str(port), str(root),
+                                                    str(log)])  # fmt: skip
+    for root, base in _serving(*served):
+        wide = synthetic_stack((64, 256), PLANES, seed=1).stack.transpose(2, 0, 1)
+        write_stack(str(root / "stack.zarr"), wide, axes="zyx", chunks=(PLANES, 32, 32))
+        yield f"{base}/stack.zarr", log
+
+
+def test_a_chunk_not_served_is_named_not_the_range_its_block_read(http_row_gone, tmp_path):
+    """A block whose read covers chunks served and one not (its halo reaching the next row of
+    chunks): the line said "the server no longer serves chunks '0/c/0/0/0' to 'c/0/1/1'", served
+    chunks named with the one not, the last without the array's path (g94). It names the
+    chunk that answered 404."""
+    from fstack_dask._errors import SourceReadError
+
+    with pytest.raises(SourceReadError) as info:
+        fuse_zarr(http_row_gone[0], tmp_path / "o.zarr", chunks=64, progress=False,
+                  scheduler="threads", levels=0)  # fmt: skip
+    said = str(info.value)
+    assert re.match(r"the server no longer serves chunk '0/c/0/1/\d' of src ", said), said

@@ -228,7 +228,8 @@ def _read(source: Source, sel: tuple[slice, ...], into: np.ndarray | None = None
         unserved = _unserved(exc)
         if unserved is not None:
             raise SourceReadError(
-                f"the server no longer serves {_where(source, sel)} of {source.description} "
+                f"the server no longer serves {_unserved_chunk(source, sel, exc)} of "
+                f"{source.description} "
                 f"(HTTP 404, {unserved!r}), though its folder lists it (a store being replaced, "
                 "a server reconfigured?); rerun with --resume once it serves it again"
             ) from exc
@@ -279,11 +280,28 @@ def _unserved(exc: BaseException | None) -> str | None:
     """The URL (its query hidden) of a chunk its HTTP server lists and answered 404 for, read
     as the fill value until g88 (:class:`~.._locations.http_store.UnservedChunkError`)."""
     from .._locations import redact_urls
+
+    exc = _unserved_error(exc)
+    return None if exc is None else redact_urls(exc.url)
+
+
+def _unserved_error(exc: BaseException | None) -> Any:
     from .._locations.http_store import UnservedChunkError
 
     while exc is not None and not isinstance(exc, UnservedChunkError):
         exc = exc.__cause__ or exc.__context__
-    return None if exc is None else redact_urls(exc.url)
+    return exc
+
+
+def _unserved_chunk(source: Source, sel: tuple[slice, ...], exc: BaseException) -> str:
+    """'chunk <key>' of the chunk that answered 404, as its store names it: the read's first
+    to last chunk named served ones too, the last without the array's path ("chunks
+    '0/c/0/2/0' to 'c/0/3/1'" where c/0/3/ alone was not served: g94)."""
+    url = str(getattr(_unserved_error(exc), "url", ""))
+    root = str(getattr(getattr(source.array, "store", None), "path", "")).rstrip("/")
+    if root and url.startswith(root + "/"):
+        return f"chunk {url[len(root) + 1 :]!r}"
+    return _where(source, sel)
 
 
 def _http_refusal(exc: BaseException) -> tuple[str, str, str] | None:
@@ -330,11 +348,9 @@ def _where(source: Source, sel: tuple[slice, ...]) -> str:
             for s, u in zip(sel, source.unit_shape, strict=True)
         )
         meta = source.array.metadata
-        name = meta.encode_chunk_key(first)
         prefix = source.array.path.strip("/")
-        key = f"{prefix}/{name}" if prefix else name
-        if first != last:
-            return f"chunks {key!r} to {meta.encode_chunk_key(last)!r}"
-        return f"chunk {key!r}"
+        # (both with the array's path: the last was named without it, 'c/0/1/1': g94)
+        key, end = (f"{prefix}/{meta.encode_chunk_key(u)}".lstrip("/") for u in (first, last))
+        return f"chunks {key!r} to {end!r}" if first != last else f"chunk {key!r}"
     except Exception:  # not a zarr array, or a key we cannot map
         return f"region {tuple((s.start, s.stop) for s in sel)}"
