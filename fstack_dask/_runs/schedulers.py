@@ -48,7 +48,7 @@ from .blocks import FuseJob, Outcome
 from .progress import Progress
 from .pyramid import PyramidJob
 from .scheduler_choice import Scheduler
-from .waiting import POLL, cluster_waiter, first_done, local_waiter, lost_error
+from .waiting import POLL, cluster_waiter, first_done, killed_error, local_waiter, lost_error
 
 __all__ = ["RunReport", "execute"]
 
@@ -369,7 +369,7 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
 def _raise_if_lost(scheduler: Scheduler, exc: BaseException) -> None:
     """A cluster run's failure because its scheduler went away, said as such."""
     if scheduler.kind == "distributed":
-        error = lost_error(scheduler.client, scheduler.address, exc)
+        error = lost_error(scheduler.client, scheduler.address, exc) or killed_error(exc)
         if error is not None:
             raise error from exc
 

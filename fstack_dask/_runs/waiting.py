@@ -17,9 +17,11 @@ from . import reports as reports_
 __all__ = [
     "SchedulerLostError",
     "StalledError",
+    "WorkersDiedError",
     "a_worker",
     "cluster_waiter",
     "first_done",
+    "killed_error",
     "lost_error",
     "local_waiter",
     "lost",
@@ -38,6 +40,25 @@ class StalledError(RuntimeError):
 
 class SchedulerLostError(RuntimeError):
     """The dask scheduler went away during a run."""
+
+
+class WorkersDiedError(RuntimeError):
+    """Workers died, one after another, running the same task of a run."""
+
+
+def killed_error(exc: BaseException) -> WorkersDiedError | None:
+    """distributed's ``KilledWorker`` said in one line, or None for another failure: its own
+    named the task's key, not the run's, and its signature kept the line from saying what
+    the run left (dst kept, --resume: g94, a cluster whose workers die at start-up)."""
+    if type(exc).__name__ != "KilledWorker":
+        return None
+    tries = getattr(exc, "allowed_failures", None)
+    return WorkersDiedError(
+        f"{'' if tries is None else f'{int(tries) + 1} '}workers died one after another while they "
+        "ran the same task of this run (dask's KilledWorker): a worker that dies as it starts "
+        "(a preload, its environment: see the workers' logs) or as it fuses (out of memory: "
+        "lower memory_per_task or give each worker more memory)"
+    )
 
 
 def lost(client: Any, exc: BaseException) -> bool:

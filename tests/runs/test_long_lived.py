@@ -821,3 +821,40 @@ def test_an_adaptive_cluster_whose_workers_die_at_start_is_said_so(tmp_path):
     assert said.startswith("StalledError: no block finished for 1"), res.stdout + res.stderr[-2000:]
     assert "its workers failed to start" in said and "interrupt" not in said, said
     assert int(seconds) < 60, said
+
+
+_DIES_ON_A_TASK = """
+import os
+
+from distributed import WorkerPlugin
+
+
+class DiesOnAFuse(WorkerPlugin):
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith("fstack-dask-fuse"):
+            os._exit(3)
+
+
+async def dask_setup(worker):
+    await worker.plugin_add(DiesOnAFuse())
+"""
+
+
+def test_workers_that_die_running_a_task_are_said_in_one_line_with_what_is_left(tmp_path):
+    """Every worker of an adaptive LocalCluster dies as it starts a block's task (here a
+    plugin exits; out of memory alike): dask fails the task after 4 deaths, KilledWorker,
+    whose line named the task's key and, its signature not ours, left out what the run left
+    (the g94 brief). One line of ours, with "nothing was written"."""
+    import subprocess
+
+    script, preload = tmp_path / "dies.py", tmp_path / "dies_on_a_task.py"
+    script.write_text(_AN_ADAPTIVE_CLUSTER_WHOSE_WORKERS_DIE_AT_START)
+    preload.write_text(_DIES_ON_A_TASK)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(preload)],
+        capture_output=True, text=True, timeout=240, check=False, start_new_session=True,
+    )  # fmt: skip
+    _, _, said = res.stdout.strip().partition(" ")
+    told = "WorkersDiedError: 4 workers died one after another while they ran the same task "
+    assert said.startswith(told), res.stdout + res.stderr[-2000:]
+    assert said.endswith("; nothing was written"), said
