@@ -115,11 +115,13 @@ _PER_JOB_HINT = (
 )
 
 # holds no wait clears, by squeue's reason (its %r says SLURM's own words where it set some, not
-# JobHeldUser): the user's (sbatch --hold); a requeue held (scontrol requeuehold); SLURM's own
-# after the job's node failed to launch it, or after it was requeued too often. Each said what
-# to do; the last two were waited for the stall timeout, 600 s (the g94 brief). Not JobHeldAdmin:
-# an administrator holds jobs for a maintenance, and releases them after it; the run waits for
-# them (cancelling them lost the run, and their place in the queue) and the stall timeout says it.
+# JobHeldUser): the user's (sbatch --hold, the job script's: see _waited); a requeue held
+# (scontrol requeuehold); SLURM's own after the job's node failed to launch it, or after it was
+# requeued too often. Each said what to do; the last two were waited for the stall timeout, 600
+# s (the g94 brief). Not JobHeldAdmin, nor a user's hold made after the jobs were queued: an
+# administrator holds jobs for a maintenance, a user to let another job go first, and releases
+# them after it; the run waits for them (cancelling them lost the run, and their place in the
+# queue) and the stall timeout says it.
 _HELD = {
     "JobHeldUser": "remove --hold from {where}job_extra_directives if it is there",
     "job requeued in held state": "they were requeued held (scontrol requeuehold)",
@@ -152,7 +154,7 @@ def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
         return "", {}
     if dict(getattr(cluster, "scheduler_info", {}) or {}).get("workers"):
         return "", {}  # a worker is there (its job's end not yet seen by the scheduler)
-    kind, reasons = _kind(_queue(cluster, ids), ids, timed_out)
+    kind, reasons = _kind(_queue(cluster, ids), ids, _waited(cluster, timed_out))
     key, now = (kind, tuple(sorted(reasons.items()))), time.monotonic()
     seen, first, last = _since.get(id(cluster), (None, now, now))
     if seen != key or now - last > 3 * _ASK_EVERY:  # (not seen so since: counted anew)
@@ -214,12 +216,33 @@ def _clusters(cluster: Any) -> list[str]:
     ever joining" (g92)."""
     named = os.environ.get("SBATCH_CLUSTERS") or os.environ.get("SLURM_CLUSTERS")
     if not named:
-        try:
-            found = _SCRIPT_CLUSTERS.findall(cluster.job_script())
-        except Exception:  # (a cluster that cannot write its script here: none named)
-            found = []
+        found = _SCRIPT_CLUSTERS.findall(_script(cluster))
         named = found[-1] if found else ""
     return ["-M", named] if named else []
+
+
+# a job script's own hold (sbatch -H/--hold): its jobs start only once released
+_SCRIPT_HOLD = re.compile(r"^#SBATCH[ \t]+(?:-H|--hold)(?:[ \t]|$)", re.M)
+
+
+def _waited(cluster: Any, timed_out: bool) -> set[str]:
+    """The holds the run waits for, to its stall timeout: an administrator's (a maintenance's,
+    released after it), and a user's made after the jobs were queued (``scontrol hold`` or
+    ``uhold`` to let another job go first, then ``release``: the run stopped after 10 s and
+    cancelled them, g92). A hold the job script or SBATCH_HOLD asks for is said at once: no
+    job of the run ever starts."""
+    if timed_out:
+        return set()
+    if os.environ.get("SBATCH_HOLD") or _SCRIPT_HOLD.search(_script(cluster)):
+        return {"JobHeldAdmin"}
+    return {"JobHeldAdmin", "JobHeldUser"}
+
+
+def _script(cluster: Any) -> str:
+    try:
+        return str(cluster.job_script())
+    except Exception:  # (a cluster that cannot write its script here: nothing it asks)
+        return ""
 
 
 def _own_squeue() -> dict[str, str]:
@@ -229,7 +252,7 @@ def _own_squeue() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
 
 
-def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str], timed_out: bool) -> tuple:
+def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str], waited: set[str]) -> tuple:
     if rows is None:
         return "", {}
     if not any(i in rows for i in ids):
@@ -237,8 +260,8 @@ def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str], timed_out: bo
     pending = {i: r for i, (s, r) in rows.items() if s == "PENDING" and i in ids}
     if len(pending) < len(ids):
         return "", {}  # one runs (its worker joining), or has ended beside others queued
-    if not timed_out and any(_head(r) == "JobHeldAdmin" for r in pending.values()):
-        return "", {}  # (released by the site after its maintenance: waited for)
+    if any(_head(r) in waited for r in pending.values()):
+        return "", {}  # (a hold its maker releases: waited for)
     if all(_head(r) in _HELD for r in pending.values()):
         return "held", pending
     if all(_never_clears(r) or _head(r) in _HELD for r in pending.values()):

@@ -655,11 +655,12 @@ def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
 def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     slurm_available, own_partition, tmp_path, monkeypatch
 ):
-    """Two jobs pending for good, one held (a user's hold; here squeue's first line says it),
-    one for its partition down: the line told of the held one "they ask for more than the
-    site lets one job have: lower walltime, cores or memory", a change that would not start
-    it (g89). It says a held job starts once released. (An administrator's hold is waited
-    for: the test above.)"""
+    """Two jobs pending for good, one held (sbatch's hold, SBATCH_HOLD; here squeue's first
+    line says it), one for its partition down: the line told of the held one "they ask for more
+    than the site lets one job have: lower walltime, cores or memory", a change that would not
+    start it (g89). It says a held job starts once released. (An administrator's hold, and a
+    user's made after the jobs were queued, are waited for: the tests below.)"""
+    monkeypatch.setenv("SBATCH_HOLD", "1")  # (sbatch's --hold; squeue says the partition first)
     _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldUser/")
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
     config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"))
@@ -743,6 +744,31 @@ def test_jobs_an_administrator_holds_for_a_while_are_waited_for(slurm_available,
     finally:
         _stop(proc, name)
     assert reason == "JobHeldAdmin", reason
+    assert proc.returncode == 0, err
+    assert (dst / "zarr.json").exists()
+
+
+def test_jobs_a_user_holds_once_queued_for_a_while_are_waited_for(slurm_available, tmp_path):
+    """The user holds the run's pending job (``scontrol uhold``, as ``scontrol hold`` by its
+    owner: squeue's JobHeldUser), to let another job of theirs go first, and releases it 20 s
+    later: the run took it for ``--hold`` in its job script and stopped after 10 s, its job
+    cancelled (g92). A hold the job script does not ask for is waited for, and the run finishes."""
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    try:
+        deadline, job = time.monotonic() + 30, ""
+        while not job and time.monotonic() < deadline:
+            job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.strip()
+            time.sleep(0.2)
+        assert _run("scontrol", "uhold", job).returncode == 0
+        time.sleep(20)  # (past the 10 s after which the job script's hold is said)
+        reason = _run("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
+        _run("scontrol", "release", job)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        _stop(proc, name)
+    assert reason == "JobHeldUser", reason
     assert proc.returncode == 0, err
     assert (dst / "zarr.json").exists()
 
