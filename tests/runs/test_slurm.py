@@ -231,11 +231,44 @@ def _slurm_config(tmp_path: Path, jobs: int, **overrides) -> tuple[Path, str]:
     return config, name
 
 
-def _fuse_cli(*args: str) -> subprocess.Popen[str]:
+#: The waits before a run stops for batch jobs that bring no worker, shortened for the tests
+#: that wait past them (a job pending 12 s past 3 s tells the same decision as one pending 25 s
+#: past 15 s, in half the time): squeue's reason seen for ``batch_jobs._STUCK_FOR`` (15 s) and
+#: ``waiting.REFUSED_AFTER`` (10 s), set in the run's own process; a job gone for distributed's
+#: lost-worker-timeout (15 s) + 5 s, through dask's own setting. The defaults stay tested:
+#: REFUSED_AFTER by the refused and held runs' "1\d s", _STUCK_FOR by PartitionDown's run.
+SHORT_S = 3.0
+LOST_WORKER_TIMEOUT = "1s"
+BEGIN_S = 12  # a delayed job's pending time: past the shortened waits (3 s, 1 + 5 s)
+_SHORT_MAIN = (
+    "import sys; from fstack_dask._runs import batch_jobs, waiting; "
+    f"batch_jobs._STUCK_FOR = waiting.REFUSED_AFTER = {SHORT_S}; "
+    "from fstack_dask.__main__ import main; sys.exit(main())"
+)
+
+
+def _fuse_cli(*args: str, short: bool = False) -> subprocess.Popen[str]:
+    """The CLI's ``fuse``; ``short``: with the waits above shortened."""
+    program = ["-c", _SHORT_MAIN] if short else ["-m", "fstack_dask"]
+    env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": LOST_WORKER_TIMEOUT}
     return subprocess.Popen(
-        [sys.executable, "-m", "fstack_dask", "fuse", *args, "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, *program, "fuse", *args, "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env if short else None,
     )  # fmt: skip
+
+
+@pytest.fixture
+def short_waits(monkeypatch):
+    """The waits above shortened in this process, for a Python user's own cluster."""
+    import dask
+    import distributed  # noqa: F401 (its config first: set's undo of a key it made drops it all)
+
+    from fstack_dask._runs import batch_jobs, waiting
+
+    monkeypatch.setattr(batch_jobs, "_STUCK_FOR", SHORT_S)
+    monkeypatch.setattr(waiting, "REFUSED_AFTER", SHORT_S)
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_TIMEOUT}):
+        yield
 
 
 def _error_line(proc: subprocess.Popen[str]) -> str:
@@ -246,9 +279,11 @@ def _error_line(proc: subprocess.Popen[str]) -> str:
     return line
 
 
-def _failed_run(src: Path, dst: Path, config: Path, name: str) -> tuple[str, str]:
+def _failed_run(
+    src: Path, dst: Path, config: Path, name: str, short: bool = False
+) -> tuple[str, str]:
     """The one line of a CLI run that must fail within 60 s, and its jobs left queued."""
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), short=short)
     try:
         line = _error_line(proc)
     finally:
@@ -279,7 +314,8 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
     cluster scaled to a fixed number of jobs, starts none in its place. The run waited the
     stall timeout, 600 s, then said "start workers for it (dask worker tcp://...)", false for
     a batch cluster (g83). Now one line within seconds, naming the job and telling --resume,
-    which finishes the output bit for bit as an uninterrupted run writes it."""
+    which finishes the output bit for bit as an uninterrupted run writes it. (The waits
+    shortened: distributed closes the job 1 s after its worker is lost.)"""
     import re
 
     import numpy as np
@@ -292,7 +328,7 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
                 axes="zyx", chunks=(7, 32, 32))  # fmt: skip
     config, name = _slurm_config(tmp_path, jobs=1)
     t0 = time.monotonic()
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--chunks", "32")
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--chunks", "32", short=True)
     try:
         _wait_for_blocks(dst, proc, 1, timeout=60)
         job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.split()
@@ -349,13 +385,14 @@ def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_pat
 
 
 def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended_jobs(
-    slurm_available, tmp_path, monkeypatch
+    slurm_available, short_waits, tmp_path, monkeypatch
 ):
     """A notebook's SLURMCluster and Client, then ``cluster.scale(jobs=1)`` and the run at
     once, sbatch answering after 15 s (a busy controller): a job is in ``cluster.workers``
     only once its sbatch answered, and the run failed after 10 s, "its batch job(s) (1 of
     them) ended (their walltime reached, scancel, a preemption)", a healthy run stopped (the
-    g84 review). It waits for the job, and fuses."""
+    g84 review). It waits for the job, and fuses. (The run's 10 s shortened to 3 s, and sbatch's
+    15 s to 8 s.)"""
     import numpy as np
     from dask_jobqueue import SLURMCluster
     from distributed import Client
@@ -364,7 +401,7 @@ def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended
 
     slow = tmp_path / "bin"
     slow.mkdir()
-    (slow / "sbatch").write_text(f'#!/bin/sh\nsleep 15\nexec {shutil.which("sbatch")} "$@"\n')
+    (slow / "sbatch").write_text(f'#!/bin/sh\nsleep 8\nexec {shutil.which("sbatch")} "$@"\n')
     (slow / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{slow}{os.pathsep}{os.environ['PATH']}")
     src = tmp_path / "stack.zarr"
@@ -415,7 +452,8 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
     dependency on a job that failed; PartitionTimeLimit, a per-job limit
     alike): the run waited the stall timeout, 600 s, then said the jobs were "still queued or
     ended without a worker" (g86). Now one line within about 30 s naming the jobs and squeue's
-    reason, exit 1, nothing written, no job left queued."""
+    reason, exit 1, nothing written, no job left queued. (PartitionDown's run keeps the
+    program's waits, 15 s and 10 s; the other's are shortened.)"""
     import re
 
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
@@ -430,7 +468,8 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
         overrides = {"job_extra_directives": [f"--dependency=afterok:{failed}"]}
     config, name = _slurm_config(tmp_path, jobs=1, **overrides)
     t0 = time.monotonic()
-    line, left = _failed_run(src, dst, config, name)  # the default 600 s stall
+    short = why != "PartitionDown"
+    line, left = _failed_run(src, dst, config, name, short)  # (the default 600 s stall)
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
         rf"cluster; its batch job\(s\) \(\d+\) are pending for a reason that does not clear by "
@@ -447,18 +486,18 @@ def test_jobs_waiting_for_a_reason_that_clears_are_waited_for(
     slurm_available, own_partition, tmp_path, why
 ):
     """The other side: a job that waits for its start time, or for cores another job holds (a
-    busy cluster), starts once it clears; the run waits for it (past the 30 s that a reason
-    that never clears is given) and finishes."""
+    busy cluster), starts once it clears; the run waits for it (past the wait that a reason
+    that never clears is given, shortened) and finishes."""
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
     if why == "BeginTime":
-        overrides = {"job_extra_directives": ["--begin=now+25"]}
-    else:  # a partition of one core, held by another job for 30 s
+        overrides = {"job_extra_directives": [f"--begin=now+{BEGIN_S}"]}
+    else:  # a partition of one core, held by another job for 20 s (the run's start-up within)
         queue = own_partition(MaxCPUsPerNode="1")
         _run("sbatch", "-J", f"fstack-{os.getpid()}-busy", "-p", queue, "-c", "1",
-             "--mem=64M", "-o", str(tmp_path / "busy.out"), "--wrap", "sleep 30")  # fmt: skip
+             "--mem=64M", "-o", str(tmp_path / "busy.out"), "--wrap", "sleep 20")  # fmt: skip
         overrides = {"queue": queue}
     config, name = _slurm_config(tmp_path, jobs=1, **overrides)
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), short=True)
     try:
         deadline, reason = time.monotonic() + 20, ""
         while time.monotonic() < deadline and reason in ("", "None"):  # (not yet looked at)
@@ -499,7 +538,7 @@ def _a_run_whose_job_ends(tmp_path: Path, what: str) -> tuple[Path, Path, dict, 
 
 
 def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
-    slurm_available, tmp_path
+    slurm_available, short_waits, tmp_path
 ):
     """A user's adaptive SLURMCluster (``cluster.adapt``) whose job ends mid-run (scancel
     here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
@@ -526,14 +565,16 @@ def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
     np.testing.assert_array_equal(out["0"][...], expected["0"][...])
 
 
-def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_available, tmp_path):
+def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(
+    slurm_available, short_waits, tmp_path
+):
     """Every job of a user's adaptive SLURMCluster fails at start-up (here its prologue
     exits; a python missing on the nodes, a module that does not load alike): no worker
     ever joins, the cluster takes the job for one still coming and submits none in its place.
     The run waited the stall timeout, 600 s, then said the jobs were "still queued or ended
     without a worker" (g86). Now it says they ended without a worker, naming them, how SLURM
     says they ended while it keeps them (a JobLaunchFailure leaves no output to see: g94) and
-    where their output is, within about 35 s."""
+    where their output is, within seconds (the waits shortened: 6 s)."""
     import re
 
     from dask_jobqueue import SLURMCluster
@@ -567,7 +608,7 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(slurm_availabl
     assert time.monotonic() - t0 < 60  # (not the stall timeout)
 
 
-def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, tmp_path):
+def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, short_waits, tmp_path):
     """A Python user's own SLURMCluster (``scale(jobs=1)``, passed as ``scheduler=``) whose
     job ends mid-run: the line said "(1 of them)" (only the command line's cluster kept its
     jobs' ids) and told to lengthen "cluster.jobqueue.walltime", a config this user has not.
@@ -592,12 +633,12 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, tmp_pa
 
 
 def _a_delayed_job_finishes(tmp_path: Path, **overrides) -> None:
-    """A CLI run whose one job starts after 25 s (``--begin``) finishes: past the 15 s and
-    20 s that a job pending for good, or gone, is given, it is waited for."""
+    """A CLI run whose one job starts after 12 s (``--begin``) finishes: past the 3 s and 6 s
+    that a job pending for good, or gone, is given (the waits shortened), it is waited for."""
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    extra = ["--begin=now+25", *overrides.pop("job_extra_directives", [])]
+    extra = [f"--begin=now+{BEGIN_S}", *overrides.pop("job_extra_directives", [])]
     config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=extra, **overrides)
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), short=True)
     try:
         _, err = proc.communicate(timeout=110)
     finally:
@@ -664,7 +705,7 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldUser/")
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
     config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"))
-    line, left = _failed_run(src, dst, config, name)
+    line, left = _failed_run(src, dst, config, name, short=True)
     assert "(JobHeldUser, PartitionDown), so they are cancelled with the run: " in line, line
     assert "a held job starts only once released (scontrol release); their partition" in line
     assert "more than the site lets one job have" not in line, line
@@ -674,11 +715,11 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
 def test_a_failing_squeue_is_not_asked_at_each_poll(slurm_available, tmp_path, monkeypatch):
     """squeue failing (a controller too busy to answer): the run asked it again at each poll,
     4 times a second, while its job pended, adding to the controller's load (g89). It asks
-    every 5 s, and the run, its job started, finishes."""
+    every 5 s, and the run, its job started, finishes (4 a second: about 50 calls)."""
     calls = tmp_path / "squeue-calls"
     _squeue_through(tmp_path, monkeypatch, f"cat >/dev/null; echo . >>{calls}; exit 1")
     _a_delayed_job_finishes(tmp_path)
-    assert len(calls.read_text().split()) <= 15  # (the job starts after 25 s or more)
+    assert len(calls.read_text().split()) <= 8  # (the job starts after 12 s or more)
 
 
 def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_path, monkeypatch):
