@@ -764,11 +764,16 @@ def test_jobs_slurm_held_after_a_failed_launch_are_said_at_once(
     assert not dst.exists()
 
 
-def test_jobs_an_administrator_holds_for_a_while_are_waited_for(slurm_available, tmp_path):
+@pytest.mark.parametrize(
+    ("hold", "reason"), [("hold", "JobHeldAdmin"), ("uhold", "JobHeldUser")], ids=["admin", "user"]
+)
+def test_jobs_held_for_a_while_once_queued_are_waited_for(slurm_available, tmp_path, hold, reason):
     """An administrator holds the run's pending job (``scontrol hold`` by root: squeue's
-    JobHeldAdmin), as during a maintenance, and releases it 20 s later: the run took the
-    hold for a user's ``--hold`` and stopped after 10 s, its jobs cancelled (the g94 brief).
-    It waits for them, and finishes."""
+    JobHeldAdmin), as during a maintenance, or its user does (``scontrol uhold``, as ``scontrol
+    hold`` by its owner: JobHeldUser), to let another job of theirs go first, and releases it
+    20 s later: the run took either for ``--hold`` in its job script and stopped after 10 s,
+    its jobs cancelled (the g94 brief; g92). A hold the job script does not ask for is waited
+    for, and the run finishes."""
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
     config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
     proc = _fuse_cli(str(src), str(dst), "--config", str(config))
@@ -777,39 +782,14 @@ def test_jobs_an_administrator_holds_for_a_while_are_waited_for(slurm_available,
         while not job and time.monotonic() < deadline:
             job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.strip()
             time.sleep(0.2)
-        assert _run("scontrol", "hold", job).returncode == 0
-        time.sleep(20)  # (past the 10 s after which a user's hold is said)
-        reason = _run("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
-        _run("scontrol", "release", job)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        _stop(proc, name)
-    assert reason == "JobHeldAdmin", reason
-    assert proc.returncode == 0, err
-    assert (dst / "zarr.json").exists()
-
-
-def test_jobs_a_user_holds_once_queued_for_a_while_are_waited_for(slurm_available, tmp_path):
-    """The user holds the run's pending job (``scontrol uhold``, as ``scontrol hold`` by its
-    owner: squeue's JobHeldUser), to let another job of theirs go first, and releases it 20 s
-    later: the run took it for ``--hold`` in its job script and stopped after 10 s, its job
-    cancelled (g92). A hold the job script does not ask for is waited for, and the run finishes."""
-    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
-    proc = _fuse_cli(str(src), str(dst), "--config", str(config))
-    try:
-        deadline, job = time.monotonic() + 30, ""
-        while not job and time.monotonic() < deadline:
-            job = _run("squeue", "-h", "-n", name, "-o", "%i").stdout.strip()
-            time.sleep(0.2)
-        assert _run("scontrol", "uhold", job).returncode == 0
+        assert _run("scontrol", hold, job).returncode == 0
         time.sleep(20)  # (past the 10 s after which the job script's hold is said)
-        reason = _run("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
+        said = _run("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
         _run("scontrol", "release", job)
         _, err = proc.communicate(timeout=90)
     finally:
         _stop(proc, name)
-    assert reason == "JobHeldUser", reason
+    assert said == reason, said
     assert proc.returncode == 0, err
     assert (dst / "zarr.json").exists()
 
