@@ -360,6 +360,18 @@ def refuses(path, raw):
     return False if new is not False or os.path.exists(args[1]) else 404
 """
 )
+# as _GONE_SERVER, its folder pages answering 503 too meanwhile (a server being reconfigured)
+_GLITCHING_SERVER = _SERVER.format(
+    refuses="""
+def refuses(path, raw):
+    if os.path.exists(args[1]):
+        return False
+    if os.path.isdir(root + urllib.parse.unquote(path)):
+        return 503 if "/c/0/" in path and count[0] > int(args[0]) else False
+    new = fresh(path) if "/c/" in path else None
+    return False if new is not False else 404
+"""
+)
 # files only: a folder is 404, as an object store's missing key (S3's NoSuchKey)
 _OBJECT_SERVER = _SERVER.format(
     refuses="""
@@ -443,6 +455,13 @@ def http_gone_root(tmp_path):
     """A real HTTP server that answers 404 after 40 requests for chunks, until ``up`` exists."""
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _GONE_SERVER, str(port), str(root), "40", str(tmp_path / "up")]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_glitching_root(tmp_path):
+    """As ``http_gone_root``, its folder pages answering 503 meanwhile, until ``up`` exists."""
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _GLITCHING_SERVER, str(port), str(root), "40", str(tmp_path / "up")]))  # fmt: skip
 
 
 @pytest.fixture()
@@ -840,6 +859,21 @@ def test_a_chunk_its_server_lists_and_no_longer_serves_is_no_fill_value(http_gon
     assert "the server no longer serves chunk" in err, err
     assert "(HTTP 404, 'http://" in err and "secret" not in err and "?name=***" in err, err
     assert "is kept with" in err, err  # its first blocks: read before the 404s
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_a_chunk_no_longer_served_whose_folder_page_fails_is_no_fill_value(
+    http_glitching_root, tmp_path, scheduler
+):
+    # A folder page that failed (a 5xx, a timeout, the connection reset) was taken for "no
+    # folder page" (an object store): the chunk not served read as the fill value, as did every
+    # read of that folder meanwhile and for the rest of the run, exit 0 (the g97 review). It
+    # is the read's failure, and a later read asks for the page anew
+    root, base = http_glitching_root
+    expected = _expiring_stack(root, tmp_path)
+    url, dst = f"{base}/stack.zarr?name=secret", tmp_path / "http.zarr"
+    err = _fails_then_resumes(url, dst, expected, tmp_path / "up", "--scheduler", scheduler)
+    assert "(HTTP 503, 'http://" in err and "secret" not in err, err
 
 
 def test_a_chunk_a_sparse_store_never_stored_still_reads_as_the_fill_value(http_root, tmp_path):

@@ -49,8 +49,13 @@ class ListedHTTPStore(FsspecStore):
         if folder not in listed:  # the one request, also for the reads that missed meanwhile:
             # a block's reads miss at once, and each fetched the page (4-5 times a folder: g92)
             listed[folder] = asyncio.ensure_future(self._names(folder))
-        # (shielded: a read cancelled while it waits cancels not the others' listing)
-        return name in await asyncio.shield(listed[folder])
+        asked = listed[folder]
+        try:  # (shielded: a read cancelled while it waits cancels not the others' listing)
+            return name in await asyncio.shield(asked)
+        except Exception:  # each waiting read fails with it; a later read asks anew
+            if listed.get(folder) is asked:
+                del listed[folder]
+            raise
 
     def __getstate__(self) -> dict[str, Any]:
         # the listings are tasks of this process's loop: a copy (a worker's) lists anew
@@ -59,9 +64,20 @@ class ListedHTTPStore(FsspecStore):
     async def _names(self, folder: str) -> set[str]:
         try:
             entries = await self.fs._ls(folder + "/", detail=False)
-        except Exception:  # no folder page (an object store), or none now: none known
+        except Exception as exc:  # no folder page (an object store's 404 or 403): none known
+            if not _no_page(exc):
+                # a 5xx, a timeout, the connection reset: taken for none, the chunk not served
+                # read as the fill value, and every miss in the folder for the run (g97)
+                raise
             entries = []
         return {
             (e["name"] if isinstance(e, dict) else e).rstrip("/").rsplit("/", 1)[-1]
             .split("?")[0] for e in entries
         }  # fmt: skip
+
+
+def _no_page(exc: BaseException) -> bool:
+    """Whether the server answered a folder page's request, with no page: a 4xx (fsspec's
+    FileNotFoundError for a 404), as an object store does; not a failure to answer."""
+    status = getattr(exc, "status", None)
+    return isinstance(exc, FileNotFoundError) or isinstance(status, int) and 400 <= status < 500
