@@ -617,6 +617,28 @@ def test_a_urls_password_is_sent_and_never_printed_nor_kept(http_auth_root, tmp_
     assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
 
 
+def test_a_password_holding_url_delimiters_is_never_printed(http_auth_root, tmp_path):
+    # A password with '/', '?' or '#' typed as they are ends the URL's host part there: the
+    # "port" was the password's start, and 'cannot be reached (... port can't be converted to
+    # integer)' printed it whole (the g97 review). Refused, the password as ***; written
+    # %2F, %3F, %23 (and '@', ':' as they are) it is sent
+    root, base = http_auth_root
+    expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
+    url = base.replace("://", "://alice:{}@") + "/stack.zarr"
+    for password in ("pa/ss@w", "pa?ss@w", "pa#ss@w"):
+        for command in (["info"], ["fuse", "--no-progress"]):
+            dst = [tmp_path / "out.zarr"] if command[0] == "fuse" else []
+            proc = cli(command[0], url.format(password), *dst, *command[1:])
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert "ss@w" not in proc.stderr and "alice:***@" in proc.stderr, proc.stderr
+            assert "write them %2F, %3F and %23" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.zarr").exists()
+    (tmp_path / "accepted").write_text("alice:p@s:s/x?#")
+    proc = cli("fuse", url.format("p@s:s%2Fx%3F%23"), tmp_path / "out.zarr", "--no-progress")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    _same_image(tmp_path / "out.zarr", expected)
+
+
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):
     # The query is not the source's identity: --resume with a renewed token continues
     # the run (g77 said so from the code; the g81 review runs it). A token expired mid-run

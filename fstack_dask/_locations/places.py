@@ -107,6 +107,11 @@ def _http(
             f"{name} {_redacted(spec)!r} carries a query string and {option} give 'params' "
             "too; give the query in one of them"
         )
+    if _USERINFO_CUT.match(url):  # (its host read from the password: a "port" not a number)
+        raise ValueError(
+            f"{name} {_redacted(spec)!r}: its password holds '/', '?' or '#', which end a URL's "
+            "host part: write them %2F, %3F and %23"
+        )
     url, auth = _http_url(_redacted(spec), url, name), _userinfo(url)
     if auth is not None:  # sent with every request, never kept in the path (nor the record)
         if "auth" in options:
@@ -147,8 +152,13 @@ def _redacted(spec: str) -> str:
 
 
 _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
-# the password of a URL's user:password@ (its host part: up to the first '/', '?' or '#')
-_PASSWORD = re.compile(r"""(?i)\b(https?://[^\s'"/?#@:]*):[^\s'"/?#]*@""")
+# the password of a URL's user:password@ (its host part: up to the first '/', '?' or '#'),
+# and one that holds them unencoded, up to the last '@' (not a port's digits): it was
+# printed whole, 'https://alice:pa/ss@host/' (the g97 review)
+_PASSWORD = re.compile(
+    r"""(?i)\b(https?://[^\s'"/?#@:]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
+)
+_USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
 
 
 def redact_urls(text: str) -> str:
