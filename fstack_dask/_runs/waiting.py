@@ -238,6 +238,7 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
             or (_FAILED_TO_START if _all_ended(cluster, ("failed",)) else "")
             or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
+            or (_DROPPED if _dropped(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
     retiring = _retiring(client, workers, seconds)
@@ -351,10 +352,7 @@ def _none_planned(cluster: Any) -> bool:
     not adaptive has no worker that may still come: scaled to none, or its workers retired
     (the engine's check leaves a retired one to the run, which waited out the stall timeout,
     600 s, for a worker nothing would start: the g75 brief)."""
-    if cluster is None or hasattr(cluster, "job_script") or not hasattr(cluster, "worker_spec"):
-        return False  # a batch cluster's jobs, another kind of cluster: their own checks
-    adaptive = getattr(cluster, "_adaptive", None)  # (distributed's own test of it)
-    if adaptive is not None and getattr(adaptive, "periodic_callback", None) is not None:
+    if not _fixed(cluster):
         return False
     workers = dict(getattr(cluster, "workers", {}))  # (copied at once, as in _jobs)
     if any(name not in workers for name in list(getattr(cluster, "worker_spec", {}))):
@@ -364,6 +362,40 @@ def _none_planned(cluster: Any) -> bool:
     return all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers.values())
 
 
+_DROPPED = (
+    "cluster, which closed the worker(s) it lost that were not back within distributed's "
+    "lost-worker-timeout (each killed again as it came back: a block needing more memory than "
+    "a worker has?), and starts none in their place: make a new cluster, or cluster.scale(n)"
+)
+
+
+def _dropped(cluster: Any) -> bool:
+    """Whether a cluster object of this process that is not adaptive closed a worker it was
+    asked for: a ``SpecCluster`` closes a worker lost (its process killed) whose nanny has
+    not brought it back within distributed's lost-worker-timeout, and starts none in its
+    place. The run waited out its stall timeout, 600 s, then told to start workers with
+    ``dask worker`` (a worker killed at each try of a block, in the lead's loaded run)."""
+    if not _fixed(cluster) or getattr(cluster, "_correct_state_waiting", 1) is not None:
+        return False  # (another kind of cluster, or one starting its workers: scale())
+    lock = getattr(cluster, "_lock", None)
+    if lock is None or lock.locked():
+        return False
+    workers = dict(getattr(cluster, "workers", {}))  # (copied at once, as in _jobs)
+    asked = list(getattr(cluster, "worker_spec", {}))
+    return any(n not in workers for n in asked) and all(
+        getattr(w.status, "value", None) in _ENDED_STATES for w in workers.values()
+    )
+
+
+def _fixed(cluster: Any) -> bool:
+    """Whether ``cluster`` is a cluster object of this process (a ``LocalCluster``, a
+    ``SpecCluster``), not a batch one, that is not adaptive."""
+    if cluster is None or hasattr(cluster, "job_script") or not hasattr(cluster, "worker_spec"):
+        return False  # a batch cluster's jobs, another kind of cluster: their own checks
+    adaptive = getattr(cluster, "_adaptive", None)  # (distributed's own test of it)
+    return adaptive is None or getattr(adaptive, "periodic_callback", None) is None
+
+
 def _never_coming(client: Any) -> bool:
     """Whether the workers of a cluster without any can never come (the run fails at once)."""
     cluster = getattr(client, "cluster", None)
@@ -371,6 +403,7 @@ def _never_coming(client: Any) -> bool:
         _all_refused(cluster)
         or _all_ended(cluster)
         or _none_planned(cluster)
+        or _dropped(cluster)
         or bool(batch_jobs.ended(cluster))
         or bool(batch_jobs.stuck(cluster)[0])
     )

@@ -466,13 +466,16 @@ def _kill_the_worker_once_a_block_is_done(client, dst: Path) -> threading.Thread
 
 
 @contextlib.contextmanager
-def _one_worker_cluster(tmp_path, threads: int):
+def _one_worker_cluster(tmp_path, threads: int, lost_after: str = "300s"):
     """A client of a LocalCluster of one worker process (its nanny restarts it), its files
-    under ``tmp_path``."""
+    under ``tmp_path``. The cluster closes a worker lost and not back within ``lost_after``
+    (distributed's lost-worker-timeout, 15 s by default: a worker killed at each try, its
+    restart slow on a loaded machine, was closed, and the run waited 600 s for none)."""
     from distributed import Client, LocalCluster
 
     with (
-        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
+        dask.config.set({"temporary-directory": str(tmp_path / "dask"),
+                         "distributed.deploy.lost-worker-timeout": lost_after}),  # fmt: skip
         LocalCluster(
             n_workers=1, threads_per_worker=threads, dashboard_address=None,
             local_directory=str(tmp_path / "dask"),
@@ -571,6 +574,36 @@ def test_an_in_memory_stack_whose_block_kills_its_worker_each_time_says_so(tmp_p
     assert "\n" not in message and "lost its copy of the in-memory source" in message
     assert "times in a row with no block finished" in message, message
     assert "more memory than a worker has" in message, message
+
+
+def test_a_worker_its_cluster_closed_once_lost_is_said_at_once(tmp_path, stack):
+    """A LocalCluster closes a worker lost and not back within distributed's
+    lost-worker-timeout (killed again as it came back, or slow to restart on a loaded node),
+    and starts none in its place: the run waited out its stall timeout, 600 s, then told to
+    start workers with ``dask worker`` (the lead's loaded run of the test above). It says
+    what the cluster did, within seconds of REFUSED_AFTER."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from fstack_dask._runs.waiting import StalledError
+
+    class KillAtTheFirstBlock(WorkerPlugin):  # (defined here: sent to the workers by value)
+        def setup(self, worker):
+            from fstack_dask._runs import blocks
+
+            def fuse_and_write(job, block, *args, **kwargs):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            blocks.FuseJob.fuse_and_write = fuse_and_write
+
+    start = time.monotonic()
+    with _one_worker_cluster(tmp_path, threads=1, lost_after="50ms") as client:
+        client.register_plugin(KillAtTheFirstBlock())
+        with pytest.raises(StalledError) as info:
+            fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
+                      stall_timeout=100, **FUSE_KW)  # fmt: skip
+    assert "which closed the worker(s) it lost" in str(info.value), info.value
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - start < 90, "waited for the stall timeout"
 
 
 # ------------------------------------------------------------- 3. concurrent writers
