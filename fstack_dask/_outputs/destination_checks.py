@@ -59,6 +59,7 @@ class DestinationChecks:
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
         # working store takes those of the TIFF it will replace)
         self.looks_like: str | None = None
+        self.theirs_inside: list[str] = []  # a user's files inside our arrays (local dst)
 
     def what(self) -> str:
         """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
@@ -138,6 +139,7 @@ class DestinationChecks:
                 return "resume"
             if overwrite:
                 self._refuse_collisions()
+                self._refuse_theirs_inside()
                 return "replace"
             raise FileExistsError(
                 f"{what} holds an unfinished fstack_dask run; continue it with resume=True, "
@@ -153,6 +155,7 @@ class DestinationChecks:
         if overwrite:
             self._refuse_collisions()
             self._refuse_unswappable()
+            self._refuse_theirs_inside()
             return "staged"
         raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
 
@@ -234,7 +237,9 @@ class DestinationChecks:
             sticky = sticky_blocked(self.dst.path, ("zarr.json",))
             why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
-            missing = unremovable(self.dst)
+            theirs: list[str] = []
+            missing = unremovable(self.dst, theirs)
+            self.theirs_inside = sorted(theirs) if missing is None else []
             advice = (
                 "clear the mark"
                 if isinstance(missing, Marked)
@@ -247,6 +252,22 @@ class DestinationChecks:
                 raise ValueError(f"{self.what()} {why} (nothing was written)")  # exited 1)
         if why is not None:
             raise PermissionError(f"{self.what()} {why} (nothing was written)")
+
+    def _refuse_theirs_inside(self) -> None:
+        """Refuse an overwrite of an output holding a user's files inside its arrays
+        (``0/annotations/x.csv``, ``0/c/99``), as the walk of :meth:`_refuse_unwritable` found
+        them: they stayed in the previous output, hidden beside dst (a warning, exit 0), or in
+        dst's array around the new one's chunks, where one named like a chunk of its grid
+        was overwritten or deleted by the new run (g96)."""
+        theirs = self.theirs_inside
+        if not theirs:
+            return
+        more = f" and {len(theirs) - 3} more" if len(theirs) > 3 else ""
+        raise FileExistsError(
+            f"{self.what()} holds {', '.join(map(repr, theirs[:3]))}{more} inside its arrays, "
+            "which fstack_dask did not write; an overwrite replaces those arrays: move them out "
+            "of dst first (nothing was written)"
+        )
 
     def _refuse_collisions(self) -> None:
         """Refuse when a user's entry in our output has the name of one this run writes."""

@@ -216,12 +216,14 @@ def remove_output(
     return kept
 
 
-def unremovable(folder: Location) -> str | None:
+def unremovable(folder: Location, found: list[str] | None = None) -> str | None:
     """What keeps this user from removing the files our local output at ``folder`` holds of
     ours (a colleague's folder inside it, 755: an overwrite left the old output half
     removed), for one line; or None. A walk of stat calls alone, no reads; on an object
     store, which has no such permissions, none. (A user's folder beside our entries that
-    cannot be moved into the new output is kept with the old one, and a warning says so.)"""
+    cannot be moved into the new output is kept with the old one, and a warning says so.)
+    The same walk appends to ``found`` what inside our arrays fstack_dask did not write
+    (``0/annotations``, ``0/c/99``), where it goes through the whole output (``why`` None)."""
     entries = recorded_entries(folder) if folder.is_local else None
     if entries is None:
         return None
@@ -234,7 +236,7 @@ def unremovable(folder: Location) -> str | None:
     for entry in sorted({*entries, "zarr.json"}):
         top = os.path.join(folder.path, entry)
         if os.path.isdir(top) and not os.path.islink(top):
-            why = _blocking(top, entry, "", ours, False, marks)[1]
+            why = _blocking(top, entry, "", ours, False, marks, found)[1]
             if why is not None:
                 return why
         elif marks is not None and os.path.isfile(top) and not os.path.islink(top):
@@ -268,12 +270,18 @@ class Marked(str):
 
 
 def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool], count: bool,
-              marks: Callable[[str], str | None] | None = None):  # fmt: skip
+              marks: Callable[[str], str | None] | None = None,
+              found: list[str] | None = None):  # fmt: skip
     """(whether the folder at ``path`` is left empty once our files go, what blocks them).
     Its files are judged only where that matters (``count``: its parent may not be written;
-    or it may not be written itself, or is marked): a walk of a writable output stats no
-    file but asks ``marks`` of each (one ``statx``)."""
+    or it may not be written itself, or is marked; ``found``: a user's are collected there,
+    by name alone): a walk of a writable output stats no file but asks ``marks`` of each
+    (one ``statx``)."""
+    if found is not None and entry == STATE_DIR:  # (a user's there moves with an overwrite)
+        found = None
     if not _may_hold_ours(entry, rel):  # a user's folder (0/annotations): kept, whatever it is
+        if found is not None:
+            found.append(f"{entry}/{rel}")
         return False, None
     if not os.access(path, os.R_OK | os.X_OK):
         return False, permission_missing(path)
@@ -283,12 +291,18 @@ def _blocking(path: str, entry: str, rel: str, ours: Callable[[str, str], bool],
     marked = None if marks is None else marks(path)  # (os.access says "writable" to +a)
     look = count or not writable or sticky or marked is not None
     emptied, removes = True, False
-    with os.scandir(path) as found:
-        for item in found:
+    with os.scandir(path) as listing:
+        for item in listing:
             name = f"{rel}/{item.name}" if rel else item.name
             theirs = sticky and sticky_keeps(folder, item.stat(follow_symlinks=False).st_uid)
+            if (
+                found is not None
+                and not item.is_dir(follow_symlinks=False)
+                and (item.is_symlink() or not ours(entry, name))
+            ):
+                found.append(f"{entry}/{name}")
             if item.is_dir(follow_symlinks=False):
-                gone, why = _blocking(item.path, entry, name, ours, not writable, marks)
+                gone, why = _blocking(item.path, entry, name, ours, not writable, marks, found)
                 if why is not None:
                     return False, why
                 gone = gone and not theirs  # (its rmdir fails: it is kept, empty)
