@@ -321,7 +321,7 @@ class Destination(DestinationChecks):
             for lock in [x for x in target.locks if x.lock.path.startswith(old.path + "/")]:
                 lock.release()
                 target.locks.remove(lock)
-            if not stuck:
+            if not stuck and not leftovers.keep_theirs_inside(old):
                 self.remove(old)
         except BaseException as exc:
             stop = interruption_behind(exc)  # (one wrapped too: it was warned of, exit 0)

@@ -50,11 +50,19 @@ from .ownership import (
     run_record,
     state_written,
 )
-from .removal import copy_of, remove_output
+from .removal import copy_of, remove_output, unremovable
 from .staleness import live_lock
 from .state import OutputState
 
-__all__ = ["give_back", "recover", "remove_stale", "restore", "staged_run", "staging_folders"]
+__all__ = [
+    "give_back",
+    "keep_theirs_inside",
+    "recover",
+    "remove_stale",
+    "restore",
+    "staged_run",
+    "staging_folders",
+]
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +199,7 @@ def recover(dst: Location, *, protect: Iterable[Location]) -> None:
             continue  # a staged run: resumable, or being finished by its run
         if live_lock(OutputState(folder).lock) is not None:
             continue
-        if give_back(folder, dst, restored=True, protect=protect):
+        if give_back(folder, dst, restored=True, protect=protect) or keep_theirs_inside(folder):
             continue  # kept whole, and said so again by every run until it is moved
         with contextlib.suppress(Exception):
             remove_output(folder, protect=protect)
@@ -349,3 +357,21 @@ def _theirs_in_state(old: Location) -> list[str]:
         done = state.child("done").listdir()
         theirs += [f"{STATE_DIR}/done/{n}" for n in sorted(done) if not state_written(f"done/{n}")]
     return theirs
+
+
+def keep_theirs_inside(old: Location) -> list[str]:
+    """What a user put inside the arrays of our previous output at ``old``
+    (``0/annotations/x.csv``; an overwrite of an output holding such files is refused before
+    it runs, so put there while it ran): the previous output is kept whole, named in a
+    warning (its chunks were removed around them, the files left in a hidden folder named
+    only as "kept ... : fstack_dask did not write them"). Local outputs (a walk of names)."""
+    found: list[str] = []
+    if old.is_local:
+        unremovable(old, found)
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        log.warning("%s%s, which fstack_dask did not write, are inside the arrays of the previous "
+                    "output, kept whole in %s beside the new one: move them out of it, then "
+                    "remove it: rm -r %r", ", ".join(map(repr, found[:3])), more, old.url,
+                    old.url)  # fmt: skip
+    return found

@@ -580,6 +580,41 @@ def test_an_overwrite_of_an_output_with_a_users_file_inside_an_array_is_refused(
     assert tree_digest(tmp_path) == before
 
 
+def test_a_users_file_put_inside_an_array_while_an_overwrite_runs_keeps_the_old_output_whole(
+    tmp_path, monkeypatch, caplog
+):
+    """A user's ``0/annotations/x.csv`` put into the output while an overwrite of it ran (after
+    its check refused none): the swap removed the previous output's chunks around it and left
+    it in a hidden folder beside dst, said only as "kept ... : fstack_dask did not write
+    them", and so did the next run (g96). The previous output is kept whole there, a warning
+    naming the file, the folder and what to do, by this run and the next."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, progress=False)
+    real, before = Destination.swap_in, {}
+
+    def swap_in(self, target):
+        (dst / "0" / "annotations").mkdir()
+        (dst / "0" / "annotations" / "x.csv").write_text("x,y\n")
+        before.update(tree_digest(dst / "0"))
+        return real(self, target)
+
+    monkeypatch.setattr(Destination, "swap_in", swap_in)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        out = fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, overwrite=True, progress=False)
+    assert out.attrs["fstack_dask"]["nhsize"] == 5
+    (hidden,) = _hidden(tmp_path)
+    assert tree_digest(tmp_path / hidden / "0") == before
+    said = [r.getMessage() for r in caplog.records if "'0/annotations'" in r.getMessage()]
+    assert said and hidden in said[0] and "kept whole" in said[0], said
+    monkeypatch.setattr(Destination, "swap_in", real)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        fuse_zarr(src, dst, chunks=CHUNK, nhsize=5, resume=True, progress=False)
+    assert tree_digest(tmp_path / hidden / "0") == before
+    assert any("'0/annotations'" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     "theirs",
     [
