@@ -158,9 +158,13 @@ def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location |
             with contextlib.suppress(OSError):  # (only an empty one: rmdir)
                 os.rmdir(folder.path)
                 continue
-        if live_lock(OutputState(folder).lock) is None and run_record(folder) is not None:
+        if live_lock(OutputState(folder).lock) is not None:
+            continue
+        if run_record(folder) is not None:
             with contextlib.suppress(Exception):
                 remove_output(folder, protect=protect)
+        elif folder.is_local and provenance(folder) is None:
+            _warn_kept_claim(folder, dst)
 
 
 def _empty_cut_short(folder: Location) -> None:
@@ -178,6 +182,21 @@ def _empty_cut_short(folder: Location) -> None:
             path = os.path.join(state, name)
             os.rmdir(path) if name == "done" else os.unlink(path)
         os.rmdir(state)
+
+
+def _warn_kept_claim(folder: Location, dst: Location) -> None:
+    """Name a staging folder beside dst, neither a run nor an output, that a user's file
+    keeps there (``.fstack_dask/notes.txt`` put into the claim of an overwrite killed as it
+    began): it stayed hidden, unnamed (g96)."""
+    theirs = [n for n in folder.listdir() if n != STATE_DIR]
+    with contextlib.suppress(OSError):
+        state = folder.child(STATE_DIR)
+        theirs += [f"{STATE_DIR}/{n}" for n in state.listdir() if not claim_entry(state, n)]
+    log.warning("%s, a staging folder an overwrite of %s cut short left beside it, is kept: "
+                "it holds %s, which fstack_dask did not write; move that out of it, then remove "
+                "it: rm -r %r", folder.url, dst.spec,
+                ", ".join(map(repr, sorted(theirs)[:3])) or "what fstack_dask did not write",
+                folder.url)  # fmt: skip
 
 
 def recover(dst: Location, *, protect: Iterable[Location]) -> None:

@@ -930,7 +930,8 @@ def test_a_users_file_put_into_a_claim_left_beside_dst_as_it_is_emptied_is_kept(
     """A staging folder an overwrite killed while claiming it left is emptied by the next
     overwrite: judged a claim, then every entry its state folder held by then was unlinked,
     a user's notes.txt written there meanwhile too (g93). Each is asked again before it
-    goes: the user's is kept, and the folder with it."""
+    goes: the user's is kept, and the folder with it, named in a warning by this run and the
+    next (it stayed hidden beside dst, unnamed: g96)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
@@ -949,6 +950,12 @@ def test_a_users_file_put_into_a_claim_left_beside_dst_as_it_is_emptied_is_kept(
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / hidden / STATE_DIR / "notes.txt").read_text() == "mine"
     assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
+    said = f"{tmp_path / hidden}, a staging folder an overwrite of {dst} cut short left"
+    assert said in proc.stderr and "'.fstack_dask/notes.txt'" in proc.stderr, proc.stderr
+    proc = cli("fuse", src, dst, *FUSE, "--overwrite")  # the folder, as the user's, is kept
+    assert proc.returncode == 0, proc.stderr
+    assert said in proc.stderr and "'.fstack_dask/notes.txt'" in proc.stderr, proc.stderr
+    assert (tmp_path / hidden / STATE_DIR / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_tidy_up_after_the_swap_is_a_warning_and_the_next_run_finishes_it(
