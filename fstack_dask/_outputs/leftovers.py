@@ -367,12 +367,15 @@ def _theirs_in_state(old: Location) -> list[str]:
     ``.fstack_dask/done/notes.txt``), as paths in the output: an overwrite that swapped the
     output left it in the previous one, hidden beside dst (warned, kept for good)."""
     state = old.child(STATE_DIR)
+    if _linked(state):  # a link to a user's folder elsewhere: its files are theirs, there (an
+        # overwrite moved them out of it into the new output's state folder: g96)
+        return []
     try:
         names = state.listdir()
     except (FileNotFoundError, NotADirectoryError):
         return []
     theirs = [f"{STATE_DIR}/{n}" for n in sorted(names) if not state_written(n)]
-    if "done" in names and state.child("done").isdir():
+    if "done" in names and state.child("done").isdir() and not _linked(state.child("done")):
         done = state.child("done").listdir()
         theirs += [f"{STATE_DIR}/done/{n}" for n in sorted(done) if not state_written(f"done/{n}")]
     return theirs
@@ -394,3 +397,7 @@ def keep_theirs_inside(old: Location) -> list[str]:
                     "remove it: rm -r %r", ", ".join(map(repr, found[:3])), more, old.url,
                     old.url)  # fmt: skip
     return found
+
+
+def _linked(location: Location) -> bool:
+    return location.is_local and os.path.islink(location.path)

@@ -172,3 +172,28 @@ def test_a_users_folder_named_like_a_done_marker_does_not_stop_a_resume(tmp_path
     assert (mine / "x.txt").read_text() == "mine"
     assert "did not write them" in proc.stderr and "done/99_99/x.txt" in proc.stderr, proc.stderr
     assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["complete"] is True
+
+
+@pytest.mark.parametrize("link", [".fstack_dask", ".fstack_dask/done"])
+def test_a_link_in_the_state_folder_of_an_output_overwritten_is_never_followed(tmp_path, link):
+    """A user's link at ``.fstack_dask/done`` (or ``.fstack_dask`` itself) to a folder of theirs
+    elsewhere: the overwrite's swap listed that folder as the old output's state and moved
+    the files it held (``keep.txt``, and ``0_0``) out of it into the new output's state folder,
+    exit 0 (g93's d4b0e15; found by g96). The folder elsewhere is never changed."""
+    from conftest import tree_digest
+
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, "--no-progress").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (elsewhere / "0_0").write_text("mine too")
+    (dst / ".fstack_dask").mkdir(exist_ok=True)
+    if link == ".fstack_dask":
+        (dst / ".fstack_dask").rmdir()
+    os.symlink(elsewhere, dst / link)
+    before = tree_digest(elsewhere)
+    proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "5", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(elsewhere) == before
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
