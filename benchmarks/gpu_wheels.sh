@@ -2,7 +2,7 @@
 # Download, into .whl/ at the repository root, the wheels that benchmarks/gpu_check.sh installs
 # offline on a GPU machine: fstack_dask's dependencies that its image lacks (dask, distributed,
 # zarr and theirs), for its Python 3.12 on x86-64, and NumPy 2.4 in .whl/numpy/: the image
-# ships NumPy 2.5, with which numba-cuda 0.30 cannot compile (README, "On a GPU"), so
+# ships NumPy 2.5, with which numba-cuda 0.30 cannot compile (docs/gpu.md, "On a GPU"), so
 # gpu_check.sh puts 2.4 first on the path (and checks the refusal with the image's own 2.5).
 # Run it here (where pip reaches a registry), then carry .whl to the GPU machine. numba,
 # numba-cuda, SciPy, pytest and the CUDA libraries are the image's own and are not carried

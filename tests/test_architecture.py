@@ -74,25 +74,25 @@ def test_no_module_passes_about_500_lines():
 
 @pytest.mark.parametrize("part", PARTS)
 def test_the_readme_layout_table_names_every_module(part):
-    """README's layout table is where a reader looks a module up; ``_runs/reading`` and
-    ``_runs/lazy_chunks`` were missing from it, unnoticed (found splitting the modules at the
-    size limit)."""
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+    """The layout table (docs/development.md) is where a reader looks a module up;
+    ``_runs/reading`` and ``_runs/lazy_chunks`` were missing from it, unnoticed (found splitting
+    the modules at the size limit)."""
+    rows = [line for line in (ROOT / "docs" / "development.md").read_text().splitlines()
             if line.startswith(f"| `{part}/` |")]  # fmt: skip
-    assert len(rows) == 1, f"README's layout table has {len(rows)} rows for {part}/"
+    assert len(rows) == 1, f"docs/development.md's layout table has {len(rows)} rows for {part}/"
     modules = sorted(p.stem for p in (PACKAGE / part).glob("*.py") if p.stem != "__init__")
     missing = [m for m in modules if f"`{m}`" not in rows[0].split("|")[2]]
-    assert not missing, f"README's layout table does not name {part}/{missing}"
+    assert not missing, f"docs/development.md's layout table does not name {part}/{missing}"
 
 
 def test_the_readme_layout_table_names_every_top_module():
     """The layout table's "top" row names the shared top modules and ``_locations/``'s (the
     parts' rows are checked above); ``_dtypes.py`` and ``_version.py`` were missing from it
     (a README audit). The row: ``| top | `_params.py`, ... `_locations/` (`location`, ...) |``."""
-    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines()
+    (row,) = [line for line in (ROOT / "docs" / "development.md").read_text().splitlines()
               if line.startswith("| top |")]  # fmt: skip
     named = {w.strip("()") for w in row.split("|")[2].replace("`", " ").replace(",", " ").split()}
     tops = [p.name for p in PACKAGE.glob("_*.py") if p.name not in ("__init__.py", "__main__.py")]
     tops += [p.stem for p in (PACKAGE / "_locations").glob("*.py") if p.stem != "__init__"]
     missing = sorted(set(tops) - named)
-    assert not missing, f"README's layout table's top row does not name {missing}"
+    assert not missing, f"docs/development.md's layout table's top row does not name {missing}"

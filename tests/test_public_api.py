@@ -148,11 +148,12 @@ def test_a_worker_process_s_error_comes_back_as_the_public_class(tmp_path):
 
 
 def test_the_readme_names_the_public_api_as_it_is():
-    """The README's "Public API (`fstack_dask.__all__`): ..." left out ``__version__`` (a
-    README audit): its names are ``__all__``'s, besides the built-in errors it mentions."""
+    """The README's (now docs/python.md's) "Public API (`fstack_dask.__all__`): ..." left out
+    ``__version__`` (a README audit): its names are ``__all__``'s, besides the built-in errors
+    it mentions."""
     import re
 
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[1] / "docs" / "python.md").read_text()
     paragraph = readme.split("Public API (`fstack_dask.__all__`):", 1)[1].split("\n\n", 1)[0]
     named = set(re.findall(r"`([A-Za-z_]+)`", paragraph)) - {"ValueError", "TypeError"}
     assert named == set(fstack_dask.__all__), named ^ set(fstack_dask.__all__)

@@ -40,8 +40,8 @@ def focus_stack(
     A drop-in for the reference ``focus_stack`` (coppafish's
     ``extract/fstack.py``, after Pertuz's MATLAB ``fstack``), with the same
     signature and layout, computing the same numbers where the reference is
-    defined; see "Differences from the reference" in the README for where it
-    is not.
+    defined; see "Differences from the reference" in docs/algorithm.md for
+    where it is not.
 
     Parameters
     ----------

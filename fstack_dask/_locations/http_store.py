@@ -8,8 +8,8 @@ zeros (found by g85). Where a chunk is not served, its folder's listing (the ser
 page, fetched once per folder and process, and only for chunks not served) says whether it is
 stored: listed, it is an error (:class:`UnservedChunkError`); not listed, a sparse store's
 unstored chunk, the fill value as Zarr means it. An object store lists no folder over HTTP:
-its chunks not served read as the fill value, as before (README, "One place, however it
-is spelled").
+its chunks not served read as the fill value, as before (docs/safety.md, "One place,
+however it is spelled").
 """
 
 from __future__ import annotations

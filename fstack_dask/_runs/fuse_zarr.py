@@ -67,7 +67,7 @@ def fuse_zarr(
     ----------
     src : str, os.PathLike or zarr.Array
         A Zarr v2/v3 array, or an OME-Zarr image group (NGFF 0.1-0.5; axes from its
-        metadata), as a local path or an fsspec URL; or any input of the README's table: a
+        metadata), as a local path or an fsspec URL; or any input of docs/inputs.md's table: a
         TIFF, plane files, HDF5, an array, or a CZI, ND2 or LIF file, one of whose scenes
         (positions, images) is named after the file when it has several
         (``"slide.czi/1"``).
@@ -104,7 +104,7 @@ def fuse_zarr(
         y/x block (and output chunk) size. Default: the largest whole multiple of the
         source's chunk (or shard) that fits ``memory_per_task``.
     memory_per_task : int or str, optional
-        Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see the README.
+        Bytes one task may hold (default 256 MiB), e.g. ``"1GiB"``; see docs/performance.md.
     levels : int, optional
         Multiscale levels besides full resolution, each 2 x 2 averaged from the one before
         (the image, and the depth and selectivity maps); default: until the image fits in

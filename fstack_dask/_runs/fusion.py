@@ -474,8 +474,8 @@ def _tell(source: Source, layout: Layout, *, axes_given: bool) -> None:
         warn(
             f"{source.description} has {planes} focus planes: with fewer than {MIN_FIT_PLANES} "
             "the selectivity fit is not defined, so every pixel takes the sharpest weighting "
-            "towards its plane of highest local contrast (README, 'Differences from the "
-            "reference'); check that the source holds the whole stack"
+            "towards its plane of highest local contrast (docs/algorithm.md, "
+            "'Differences from the reference'); check that the source holds the whole stack"
         )
     if axes_given and planes > min(ny, nx):
         # Legitimate stacks have far fewer planes than pixels along either side; more planes

@@ -43,7 +43,7 @@ __all__ = [
 _METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
 
 
-# The largest stack fstack_dask reads (README, "Bad input"). Far beyond any real one (a
+# The largest stack fstack_dask reads (docs/safety.md, "Bad input"). Far beyond any real one (a
 # 10^6 x 10^6 x 21 whole-slide stack has 2.1e13 voxels), so that metadata claiming more is
 # damaged or not a focus stack: 2**31 - 1 along an axis is what int32-indexed tools (Fiji,
 # Bio-Formats) can hold, 2**53 voxels keeps every count exact in a float64 (JSON readers of

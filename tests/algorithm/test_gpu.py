@@ -190,7 +190,7 @@ def test_blocks_are_assembled_in_pinned_memory_and_sent_without_a_staging_copy()
 
 @needs_cuda_target
 def test_one_worker_per_gpu_as_the_readme_starts_them(tmp_path):
-    """README "Several GPUs", run as written, with numba's simulator standing in for the
+    """docs/gpu.md's "Several GPUs", run as written, with numba's simulator standing in for the
     GPUs: a ``dask scheduler`` and ``CUDA_VISIBLE_DEVICES=i dask worker ...`` per GPU, then
     ``fstack-dask fuse --scheduler ADDRESS --device cuda`` from a process that has no GPU.
 

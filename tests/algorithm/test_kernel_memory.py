@@ -132,7 +132,8 @@ def test_a_float16_stack_is_counted_widened_as_the_run_plans_it(tmp_path):
 
 
 def test_the_readme_s_memory_formulas_are_the_models():
-    """The README's per-pixel formulas for a task on the CPU and on the GPU said ``10 C + 25 +
+    """The README's per-pixel formulas (now docs/performance.md's and docs/gpu.md's) for a task
+    on the CPU and on the GPU said ``10 C + 25 +
     f`` and ``f + 32``, the model's before the selectivity was kept in float64 for the fill of
     undefined S (a README audit): each is read from the README and checked against the model,
     which the tests above check against what the engines allocate."""
@@ -141,9 +142,10 @@ def test_the_readme_s_memory_formulas_are_the_models():
 
     from fstack_dask._algorithm.cuda import device_block_memory, plane_groups
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    (cpu,) = re.findall(r"\[P \(2 C b \+ f\) \+ 10 C \+ (\d+) \+ f\] \+ row buffers", readme)
-    (gpu,) = re.findall(r"Y X \[C P b \+ P f \+ 16 G \+ f \+ (\d+) \+ C o\]", readme)
+    docs = pathlib.Path(__file__).parents[2] / "docs"
+    performance, gpu_page = (docs / "performance.md").read_text(), (docs / "gpu.md").read_text()
+    (cpu,) = re.findall(r"\[P \(2 C b \+ f\) \+ 10 C \+ (\d+) \+ f\] \+ row buffers", performance)
+    (gpu,) = re.findall(r"Y X \[C P b \+ P f \+ 16 G \+ f \+ (\d+) \+ C o\]", gpu_page)
     for planes, channels, b in ((21, 1, 2), (51, 3, 1), (7, 1, 4)):
         f, rgb = 4 if b <= 2 else 8, channels == 3
         model = [

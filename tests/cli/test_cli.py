@@ -727,7 +727,7 @@ def test_refusals_and_plans_import_no_kernel(data, tmp_path):
     assert (tmp_path / "user.tif").read_bytes() == b"II*\x00 a user's picture"
 
 
-README_ROWS = {  # a row of the README's "Bad input" table: what it starts with, and the argv
+README_ROWS = {  # a row of docs/safety.md's "Bad input" table: what it starts with, and the argv
     "src missing": ["fuse", "{mine}/nothere", "{dst}"],
     "src metadata damaged": ["fuse", "{mine}/damaged.zarr", "{dst}"],
     "a z axis of length 0": ["fuse", "{mine}/empty.zarr", "{dst}", "--axes", "zyx"],
@@ -760,7 +760,7 @@ def test_the_readme_s_bad_input_table_quotes_what_the_program_prints(
     for name, dtype in (("complex", "complex64"), ("int64", "int64")):
         zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=(5, 8, 8), dtype=dtype,
                           dimension_names=["z", "y", "x"])  # fmt: skip
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[2] / "docs" / "safety.md").read_text()
     (line,) = [s for s in readme.splitlines() if s.startswith(f"| {row}")]
     _, says, status, _ = line.split(" | ")
     quote = re.escape(says.split("`")[1])

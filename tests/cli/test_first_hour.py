@@ -199,12 +199,12 @@ def test_messages_and_help_name_every_reader(tmp_path):
         "OME-Zarr store, a TIFF file (multi-page, OME-TIFF, ImageJ), a CZI, ND2 or LIF file, an "
         "HDF5 dataset, or a folder or glob of plane files (TIFF, PNG, JPEG)"
     ]
-    readme = " ".join((pathlib.Path(__file__).parents[2] / "README.md").read_text().split())
+    readme = " ".join((pathlib.Path(__file__).parents[2] / "docs" / "cli.md").read_text().split())
     for command in ("fuse", "info"):
         text = " ".join(cli(command, "--help").stdout.split())
         src = text.split("positional arguments: SRC ", 1)[1]
         src = src.split(" DST ")[0].split(" options:")[0].split("; or an fstack_dask")[0]
-        assert f"SRC {src}" in readme  # the README's command line says what --help says
+        assert f"SRC {src}" in readme  # docs/cli.md's command line says what --help says
         assert "SRC the focus stack: a folder of TIFF, PNG or JPEG planes" in text
         assert "a multi-page TIFF (OME-TIFF, ImageJ), an HDF5 dataset" in text
         assert "a CZI, ND2 or LIF file, or a Zarr array or OME-Zarr image (path or URL)" in text
@@ -421,9 +421,9 @@ def test_dst_named_like_a_picture_is_refused(lightsheet, tmp_path):
     assert tree_digest(tmp_path) == before
 
 
-def _readme_block(heading: str) -> str:
-    """The first ```python block after ``heading`` in the README."""
-    text = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+def _readme_block(heading: str, page: str = "README.md") -> str:
+    """The first ```python block after ``heading`` in the README (or a page of it, docs/...)."""
+    text = "\n" + (pathlib.Path(__file__).parents[2] / page).read_text()
     after = text.split(f"\n{heading}\n", 1)[1]
     return after.split("```python\n", 1)[1].split("```", 1)[0]
 
@@ -505,14 +505,19 @@ im_stack = np.moveaxis(planes, 0, -1)  # the reference's layout, [M, N, P]
 
 
 @pytest.mark.parametrize(
-    "heading", ["## Use from Python / Jupyter", '### Noisy stacks: `nhsize="auto"`, `sth="auto"`']
+    ("page", "heading"),
+    [
+        ("README.md", "## From Python"),
+        ("docs/python.md", "# Use from Python / Jupyter"),
+        ("docs/python.md", '## Noisy stacks: `nhsize="auto"`, `sth="auto"`'),
+    ],
 )
-def test_the_readme_s_python_runs_as_written(tmp_path, heading):
+def test_the_readme_s_python_runs_as_written(tmp_path, page, heading):
     """The README's Python, its placeholders (your stack, your folder) bound to a small stack:
     a parameter renamed or a call changed fails here, not in a user's first hour. (Pasted
     whole, "Use from Python" failed at its third line: it fused into its second line's dst,
     'fused.ome.zarr', FileExistsError.)"""
-    code = _readme_block(heading).replace('"/data/cell1/"', '"cell1/"')
+    code = _readme_block(heading, page).replace('"/data/cell1/"', '"cell1/"')
     done = subprocess.run([sys.executable, "-c", _PLACEHOLDERS + "import fstack_dask\n" + code],
                           cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
                           check=False)  # fmt: skip

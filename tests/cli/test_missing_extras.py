@@ -81,7 +81,7 @@ def test_every_extra_named_exists_and_readers_holds_each_reader():
     extras = extras["optional-dependencies"]
     each = ("tiff", "images", "hdf5", "xarray", "czi", "nd2", "lif")
     assert {r for name in each for r in extras[name]} <= set(extras["readers"])
-    texts = [(root / "README.md").read_text()]
+    texts = [p.read_text() for p in (root / "README.md", *(root / "docs").glob("*.md"))]
     texts += [p.read_text() for p in (root / "fstack_dask").rglob("*.py")]
     named = {n for text in texts for n in re.findall(r"fstack_dask\[([a-z0-9-]+)\]", text)}
     assert named and named <= set(extras), named - set(extras)

@@ -516,7 +516,7 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
 
 
 def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypatch):
-    """README's table of variables: FSTACK_DASK_CUDA_PINNED=maybe on a worker that joins a
+    """The table of variables (docs/cli.md): FSTACK_DASK_CUDA_PINNED=maybe on a worker that joins a
     device='cuda' run after its check warns and pins. The block's own GPU check (5d7d14e)
     asked cuda_problem, which refuses the variable: the run stopped, "device='cuda' cannot
     run with this environment ... (on worker ..., which joined the run after its check)"

@@ -1,0 +1,134 @@
+"""The README and the pages of ``docs/`` it links to: every relative link, image and ``#anchor``
+resolves, every page is reachable from the README, and the README's test command is the one
+``.ci/run`` runs (the reference was split from one README into pages: a heading renamed or a page
+moved breaks a link here, not in a reader's hands)."""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _prose(text: str) -> str:
+    """The text outside fenced code blocks and code spans (a link there is no link)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: pathlib.Path) -> set[str]:
+    seen: dict[str, int] = {}
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = _slug(heading)
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:  # GitHub numbers a repeated heading's anchor: name, name-1, ...
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def broken_links(page: pathlib.Path) -> list[str]:
+    """Each relative link or image of ``page`` whose file or ``#anchor`` does not exist."""
+    broken = []
+    for target in re.findall(r"\]\(<?([^)\s>]+)>?(?: \"[^\"]*\")?\)", _prose(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:: not ours to check
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path) if path else page
+        if not dest.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and (dest.suffix != ".md" or anchor not in anchors(dest)):
+            broken.append(f"{target}: no such anchor in {dest.name}")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page):
+    assert not broken_links(page), broken_links(page)
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path):
+    """The check itself: a missing file, a missing anchor, an anchor of another page."""
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section: `x`, (y)\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Here\n\n[ok](other.md#a-section-x-y) [ok](#here) [gone](nothere.md)\n"
+        "[no anchor](other.md#a-section) [not here](#other-page) `[code](nothere.md)`\n"
+        '![titled](gone.png "a title")\n'
+        "```\n[fenced](nothere.md)\n```\n"
+    )
+    assert broken_links(page) == [
+        "nothere.md: no such file",
+        "other.md#a-section: no such anchor in other.md",
+        "#other-page: no such anchor in page.md",
+        "gone.png: no such file",
+    ]
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    """A page the README does not link to is one no reader finds."""
+    readme = (ROOT / "README.md").read_text()
+    unlinked = [p.name for p in PAGES[1:] if f"](docs/{p.name}" not in readme]
+    assert not unlinked, unlinked
+
+
+def test_the_readme_s_test_command_is_the_one_ci_runs():
+    """The quick start's second command is what ``.ci/run`` runs, byte for byte."""
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^```bash\n(.*?)\n```", readme, flags=re.M | re.S)
+    ci = (ROOT / ".ci" / "run").read_text().rstrip("\n").splitlines()[-1]
+    assert commands[1] == ci, (commands[1], ci)
+
+
+# A section named where the package, its configs or its benchmarks point a reader:
+# (README, "Bad input"), the README's 'Reading the result', "X" in docs/algorithm.md, ...
+_CITED = re.compile(
+    r"""(README|docs/\w+\.md)(?:'s|,)? ["']([A-Z][^"']{2,60})["']"""
+    r"""|["']([A-Z][^"']{2,60})["'] in (?:the )?(README|docs/\w+\.md)"""
+)
+
+
+def test_every_section_the_package_and_its_files_cite_is_there():
+    """A message or comment citing a section of the README that moved to docs/ sends the
+    reader to nothing: the warning of fewer than 5 planes said "(README, 'Differences from
+    the reference')" once that section lay in docs/algorithm.md. Each cited section is a
+    heading or a paragraph's bold lead of the page named."""
+    files = [*ROOT.glob("fstack_dask/**/*.py"), *ROOT.glob("configs/*.md"), ROOT / "pyproject.toml"]
+    files += [*ROOT.glob("benchmarks/*.md"), *ROOT.glob("benchmarks/*.py"), *PAGES]
+    files += [*ROOT.glob("benchmarks/*.sh"), *ROOT.glob("docs/*.py")]
+    missing, cited = [], 0
+    for file in files:
+        text = re.sub(r"\"\s*\n\s*f?\"", "", file.read_text())  # "...the " "reference'..."
+        text = " ".join(text.replace("#", " ").split())  # comments wrapped over lines
+        for m in _CITED.finditer(text):
+            page, name = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+            page = ROOT / ("README.md" if page == "README" else page)
+            body = " ".join(page.read_text().split())
+            cited += 1
+            if _slug(name) not in anchors(page) and f"**{name}" not in body:
+                missing.append(f"{file.relative_to(ROOT)}: {page.name} has no {name!r}")
+    assert cited and not missing, missing
+
+
+def test_the_readme_names_each_dependency_and_docs_say_why():
+    """The README's short list names every dependency and links to docs/dependencies.md, which
+    names each dependency and every extra (with the reason for it)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    readme = (ROOT / "README.md").read_text().split("\n## Dependencies\n", 1)[1]
+    readme = readme.split("\n## ", 1)[0].lower()
+    assert "](docs/dependencies.md)" in readme
+    assert not [n for n in names if n not in readme], names
+    page = (ROOT / "docs" / "dependencies.md").read_text()
+    assert not [n for n in names if n not in page.lower()], names
+    extras = [e for e in project["optional-dependencies"] if e != "test"]
+    assert not [e for e in extras if f"`{e}`" not in page], extras
