@@ -4,7 +4,7 @@ Usage: ``python -m pytest --durations=0 > LOG``, then
 ``python benchmarks/suite_time.py LOG [REPO] [N]``. Seconds are summed over setup, call and
 teardown, so over all xdist workers. A test's kind is the first of SLURM, object store, a CLI
 in a subprocess, a LocalCluster or worker processes, hypothesis and numba that its source, or
-a module-level helper it calls, names (a rough sort: see the README's "Test suite time").
+a module-level helper it calls, names (a rough sort: see benchmarks/RESULTS.md, "Test suite time").
 """
 
 from __future__ import annotations
