@@ -606,6 +606,50 @@ def test_a_worker_its_cluster_closed_once_lost_is_said_at_once(tmp_path, stack):
     assert time.monotonic() - start < 90, "waited for the stall timeout"
 
 
+def test_a_fuse_whose_worker_died_after_it_ended_is_not_waited_for_for_ever(
+    tmp_path, stack, monkeypatch
+):
+    """A fuse task that ended, its worker dying before the run fetched its result (a batch
+    job ending, the OOM killer): ``Future.result`` waited for it to be computed again, for
+    ever where no worker would come, past the run's stall checks (the lead's CI hung in
+    test_slurm, a job scancelled as a fuse ended). The run says what became of the worker."""
+    from fstack_dask._runs import runners
+    from fstack_dask._runs.waiting import StalledError
+
+    killed: list[dict] = []
+    fetch = runners._Cluster.result
+
+    def result_after_a_kill(self, handle):
+        if not killed:  # the worker dies between the task's end and the fetch of its result
+            killed.append(self.client.run(os.getpid))
+            for pid in killed[0].values():
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + TIMEOUT
+            while handle.status == "finished" and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return fetch(self, handle)
+
+    monkeypatch.setattr(runners._Cluster, "result", result_after_a_kill)
+    outcome: list[BaseException] = []
+
+    def run(client) -> None:
+        try:
+            fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
+                      stall_timeout=100, **FUSE_KW)  # fmt: skip
+        except BaseException as exc:  # (the thread's outcome, asserted below)
+            outcome.append(exc)
+
+    with _one_worker_cluster(tmp_path, threads=1, lost_after="50ms") as client:
+        thread = threading.Thread(target=run, args=(client,), daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        hung = thread.is_alive()
+    assert killed, "no fuse's result was fetched (halo exchange not used?)"
+    assert not hung, "the run waited for ever for the lost result"
+    assert isinstance(outcome[0], StalledError), outcome
+    assert "which closed the worker(s) it lost" in str(outcome[0]), outcome[0]
+
+
 # ------------------------------------------------------------- 3. concurrent writers
 
 
