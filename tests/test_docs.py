@@ -79,6 +79,18 @@ def test_every_docs_page_is_linked_from_the_readme():
     assert "](CHANGELOG.md)" in readme and not unlinked, unlinked
 
 
+def test_the_pages_carry_no_history_and_no_internal_task_names():
+    """A page says how fstack_dask behaves now; what changed goes in CHANGELOG.md, in words a
+    user understands: docs/safety.md carried 76 lines of history ("until g92 it was printed
+    ...", "until 2026-12-07 re-encoded by aiohttp"), and gNN, an engineer's task, means nothing
+    to a microscopist."""
+    task, history = re.compile(r"\bg\d{2,3}\b"), re.compile(r"\buntil (?:g\d+|\d{4}-\d\d-\d\d)")
+    found = [f"{p.name}: {m}" for p in PAGES for m in task.findall(_prose(p.read_text()))]
+    found += [f"{p.name}: {m}" for p in PAGES if p.name != "CHANGELOG.md"
+              for m in history.findall(_prose(p.read_text()))]  # fmt: skip
+    assert not found, found
+
+
 def test_the_readme_s_test_command_is_the_one_ci_runs():
     """The quick start's second command is what ``.ci/run`` runs, byte for byte."""
     readme = (ROOT / "README.md").read_text()
