@@ -221,21 +221,38 @@ def _clusters(cluster: Any) -> list[str]:
     return ["-M", named] if named else []
 
 
-# a job script's own hold (sbatch -H/--hold): its jobs start only once released
-_SCRIPT_HOLD = re.compile(r"^#SBATCH[ \t]+(?:-H|--hold)(?:[ \t]|$)", re.M)
+# a word of a #SBATCH line asking for a hold: -H, also among sbatch's other short flags
+# (-vH), --hold or an abbreviation of it getopt takes (--hol, --ho)
+_HOLD_WORD = re.compile(r"-[hkOQsvVW]*H[hkOQsvVW]*|--ho(?:ld?)?")
 
 
 def _waited(cluster: Any, timed_out: bool) -> set[str]:
     """The holds the run waits for, to its stall timeout: an administrator's (a maintenance's,
     released after it), and a user's made after the jobs were queued (``scontrol hold`` or
     ``uhold`` to let another job go first, then ``release``: the run stopped after 10 s and
-    cancelled them, g92). A hold the job script or SBATCH_HOLD asks for is said at once: no
-    job of the run ever starts."""
+    cancelled them, g92). A hold the job script asks for is said at once: no job of the run
+    ever starts."""
     if timed_out:
         return set()
-    if os.environ.get("SBATCH_HOLD") or _SCRIPT_HOLD.search(_script(cluster)):
+    if _script_holds(_script(cluster)):
         return {"JobHeldAdmin"}
     return {"JobHeldAdmin", "JobHeldUser"}
+
+
+def _script_holds(script: str) -> bool:
+    """Whether sbatch holds the jobs of ``script``, as it reads its directives: any option of
+    a ``#SBATCH`` line (``-N 1 --hold``, ``--hol``: a hold said only as the line's first word,
+    ``--hold``, was waited for 600 s), and only before the script's first command (a
+    ``#SBATCH --hold`` after it, which sbatch ignores, stopped a run its user held for a
+    while). Not SBATCH_HOLD: sbatch reads no such variable (SLURM 22.05), and one set to 0
+    stopped such a run too."""
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            return False  # (sbatch reads no directive after the first command)
+        words = line.split("#", 2)[1].split() if line.startswith("#") else []
+        if words[:1] == ["SBATCH"] and any(_HOLD_WORD.fullmatch(w) for w in words[1:]):
+            return True
+    return False
 
 
 def _script(cluster: Any) -> str:

@@ -360,18 +360,21 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
             np.testing.assert_array_equal(got[path][...], arr[...], err_msg=path)
 
 
-def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path):
+@pytest.mark.parametrize("hold", ["--hold", "-N 1 --hold", "--hol"])
+def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path, hold):
     """A config whose jobs are held (``--hold`` in job_extra_directives; ``scontrol hold``, an
     administrator's hold alike): none ever starts. The run waited the stall timeout, 600 s,
     then said the jobs were "still queued or ended without a worker" (g83). Now one line
-    within seconds naming them and the hold, exit 1, nothing written, no job left queued."""
+    within seconds naming them and the hold, exit 1, nothing written, no job left queued.
+    Also a hold among other options of its line, or abbreviated, as sbatch takes them (waited
+    for 600 s until g98: only ``#SBATCH --hold`` or ``-H`` was taken for the script's)."""
     import re
 
     from fstack_dask import synthetic_stack, write_stack
 
     src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
     write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
-    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--hold"])
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=[hold])
     line, left = _failed_run(src, dst, config, name)  # the default 600 s stall
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
@@ -696,15 +699,16 @@ def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
 def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     slurm_available, own_partition, tmp_path, monkeypatch
 ):
-    """Two jobs pending for good, one held (sbatch's hold, SBATCH_HOLD; here squeue's first
-    line says it), one for its partition down: the line told of the held one "they ask for more
-    than the site lets one job have: lower walltime, cores or memory", a change that would not
-    start it (g89). It says a held job starts once released. (An administrator's hold, and a
-    user's made after the jobs were queued, are waited for: the tests below.)"""
-    monkeypatch.setenv("SBATCH_HOLD", "1")  # (sbatch's --hold; squeue says the partition first)
-    _squeue_through(tmp_path, monkeypatch, "sed 1s/PartitionDown/JobHeldUser/")
+    """Two jobs pending for good, one held (sbatch's hold; here squeue's first line says it),
+    one for its partition down (its second line): the line told of the held one "they ask for
+    more than the site lets one job have: lower walltime, cores or memory", a change that would
+    not start it (g89). It says a held job starts once released. (An administrator's hold, and
+    a user's made after the jobs were queued, are waited for: the tests below.)"""
+    sed = "sed -e 1s/PartitionDown/JobHeldUser/ -e 2s/JobHeldUser/PartitionDown/"
+    _squeue_through(tmp_path, monkeypatch, sed)  # (whichever reason squeue says of each)
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"))
+    config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"),
+                                 job_extra_directives=["--hold"])  # fmt: skip
     line, left = _failed_run(src, dst, config, name, short=True)
     assert "(JobHeldUser, PartitionDown), so they are cancelled with the run: " in line, line
     assert "a held job starts only once released (scontrol release); their partition" in line
@@ -764,18 +768,32 @@ def test_jobs_slurm_held_after_a_failed_launch_are_said_at_once(
     assert not dst.exists()
 
 
+#: a job script's "#SBATCH --hold" after its first command, which sbatch ignores, and
+#: SBATCH_HOLD=0, a variable sbatch does not read: each was taken for the script's hold (g98)
+_NO_HOLD = {"job_script_prologue": ["echo starting", "#SBATCH --hold"], "SBATCH_HOLD": "0"}
+
+
 @pytest.mark.parametrize(
-    ("hold", "reason"), [("hold", "JobHeldAdmin"), ("uhold", "JobHeldUser")], ids=["admin", "user"]
-)
-def test_jobs_held_for_a_while_once_queued_are_waited_for(slurm_available, tmp_path, hold, reason):
+    ("hold", "reason", "told"),
+    [("hold", "JobHeldAdmin", {}), ("uhold", "JobHeldUser", {}),
+     ("uhold", "JobHeldUser", _NO_HOLD)],
+    ids=["admin", "user", "user-no-script-hold"],
+)  # fmt: skip
+def test_jobs_held_for_a_while_once_queued_are_waited_for(
+    slurm_available, tmp_path, monkeypatch, hold, reason, told
+):
     """An administrator holds the run's pending job (``scontrol hold`` by root: squeue's
     JobHeldAdmin), as during a maintenance, or its user does (``scontrol uhold``, as ``scontrol
     hold`` by its owner: JobHeldUser), to let another job of theirs go first, and releases it
     20 s later: the run took either for ``--hold`` in its job script and stopped after 10 s,
     its jobs cancelled (the g94 brief; g92). A hold the job script does not ask for is waited
     for, and the run finishes."""
+    told = dict(told)
+    if "SBATCH_HOLD" in told:
+        monkeypatch.setenv("SBATCH_HOLD", told.pop("SBATCH_HOLD"))
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"])
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--begin=now+5"],
+                                 **told)  # fmt: skip
     proc = _fuse_cli(str(src), str(dst), "--config", str(config))
     try:
         deadline, job = time.monotonic() + 30, ""
