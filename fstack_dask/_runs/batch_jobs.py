@@ -333,8 +333,9 @@ def said(cluster: Any, timed_out: bool = False) -> str:
     if kind == "gone":
         return (
             f"cluster; its batch job(s) {named} ended without their worker ever joining "
-            f"({_ended_as(ids)}it failed to start: the job's python, its job_script_prologue, "
-            "the scheduler out of reach), and none comes in their place: see their output, "
+            f"({_ended_as(cluster, ids)}it failed to start: the job's python, its "
+            "job_script_prologue, the scheduler out of reach), and none comes in their place: "
+            "see their output, "
             f"slurm-<id>.out in {where}log_directory or the folder the cluster was made in"
         )
     return (
@@ -343,14 +344,16 @@ def said(cluster: Any, timed_out: bool = False) -> str:
     )
 
 
-def _ended_as(ids: list[str]) -> str:
+def _ended_as(cluster: Any, ids: list[str]) -> str:
     """How SLURM says the first of ``ids`` ended, while it keeps it (MinJobAge: 300 s by
     default; squeue lists no job that ended), as "scontrol: FAILED, NonZeroExitCode, exit code
     3:0; ", or "": JobLaunchFailure (the job's output file could not be opened on its node)
-    leaves no output to see (the g94 brief)."""
+    leaves no output to see (the g94 brief). Asked of the SLURM cluster sbatch sent the jobs
+    to (:func:`_clusters`: asked its own, scontrol knew none of them, and it was left out)."""
     try:
-        res = subprocess.run(["scontrol", "-o", "show", "job", ids[0]], capture_output=True,
-                             text=True, timeout=10, check=False)  # fmt: skip
+        res = subprocess.run(["scontrol", *_clusters(cluster), "-o", "show", "job", ids[0]],
+                             capture_output=True, text=True, timeout=10,
+                             check=False)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return ""
     found = dict(re.findall(r"\b(JobState|Reason|ExitCode)=(\S+)", res.stdout))

@@ -749,6 +749,41 @@ def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_
     _a_delayed_job_finishes(tmp_path, job_extra_directives=["--clusters=other"])
 
 
+def test_how_jobs_sent_to_another_slurm_cluster_ended_is_said(
+    slurm_available, tmp_path, monkeypatch
+):
+    """A job sent to another SLURM cluster (``--clusters=other``, as in the test above) that
+    ends without its worker joining (its prologue exits 3): the line said how SLURM says it
+    ended ("scontrol: FAILED, NonZeroExitCode, exit code 3:0") only for a job of scontrol's own
+    cluster, asked without ``-M``, which knows none of the other's, and it was left out (g98).
+    scontrol is asked with ``-M``. (As above, an sbatch first on PATH submits here, and an
+    squeue and an scontrol first on PATH answer as the login node's cluster would unless asked
+    ``-M other``.)"""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f'sed /--clusters=other/d "$1" >"$1.here" && exec {shutil.which("sbatch")} "$1.here"\n'
+    )
+    for name in ("squeue", "scontrol"):  # (asked "... -M other ...": the real one without it)
+        (fake / name).write_text(
+            '#!/bin/bash\nargs=()\nwhile [ $# -gt 0 ]; do if [ "$1" = -M ] && [ "$2" = other ]'
+            '; then other=1; shift 2; else args+=("$1"); shift; fi; done\n'
+            '[ -n "$other" ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; '
+            f'exit 1; }}\nexec {shutil.which(name)} "${{args[@]}}"\n'
+        )
+    for name in ("sbatch", "squeue", "scontrol"):
+        (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=["--clusters=other"],
+                                 job_script_prologue=["exit 3"])  # fmt: skip
+    line, left = _failed_run(src, dst, config, name, short=True)
+    assert "ended without their worker ever joining (scontrol: FAILED, NonZeroExitCode, exit " \
+        "code 3:0; it failed to start: " in line, line  # fmt: skip
+    assert not dst.exists()
+
+
 def test_jobs_slurm_held_after_a_failed_launch_are_said_at_once(
     slurm_available, tmp_path, monkeypatch
 ):
