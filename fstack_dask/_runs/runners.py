@@ -26,6 +26,7 @@ from typing import Any
 from . import reports
 from .exchange import Runner
 from .halo import forget_run, fuse_rows
+from .waiting import fetched, settled
 
 __all__ = ["runner_for"]
 
@@ -34,7 +35,6 @@ _fuse_ids = itertools.count()
 #: The key prefix of our tasks on a cluster (``TASK_PREFIX-<function>-<hex>``), which the
 #: scheduler's work stealing is told to leave alone.
 TASK_PREFIX = "fstack-dask"
-_FETCH_S = 30.0  # seconds a finished task's result (a fuse's outcomes: small) is fetched for
 _PREFIXES = tuple(f"{TASK_PREFIX}-{name}" for name in ("decode", "fuse", "task"))
 
 
@@ -199,27 +199,12 @@ class _Cluster(_Reported):
         return future
 
     def check(self, handle: Any) -> None:
-        self._settled(handle)
+        settled(handle, self.waiter)  # (a task lost with its worker: computed again first)
         if handle.status != "finished":  # an error: raise it (a result would fetch bands)
             handle.result()
 
     def result(self, handle: Any) -> Any:
-        while True:
-            self._settled(handle)
-            if handle.status != "finished":
-                return handle.result()  # raises what the task raised
-            try:
-                return handle.result(timeout=_FETCH_S)
-            except TimeoutError:
-                continue  # lost as it was fetched: settled again, with the stall checks
-
-    def _settled(self, handle: Any) -> None:
-        """Wait, with the run's stall checks (:attr:`waiter`), until the task has a result or
-        an error: one whose worker died after it ended (its batch job ended, a worker killed)
-        is computed again first, and ``Future.result`` waited for a worker for ever where none
-        would come (the lead's CI: a SLURM job scancelled as a fuse ended, hung)."""
-        while handle.status not in ("finished", "error", "cancelled"):
-            self.waiter({handle})
+        return fetched(self.client, handle, self.waiter)
 
     def handed(self, handle: Any) -> Any:
         return handle  # dask resolves it on the worker, moving only what that worker lacks

@@ -48,7 +48,15 @@ from .blocks import FuseJob, Outcome
 from .progress import Progress
 from .pyramid import PyramidJob
 from .scheduler_choice import Scheduler
-from .waiting import POLL, cluster_waiter, first_done, killed_error, local_waiter, lost_error
+from .waiting import (
+    POLL,
+    cluster_waiter,
+    fetched,
+    first_done,
+    killed_error,
+    local_waiter,
+    lost_error,
+)
 
 __all__ = ["RunReport", "execute"]
 
@@ -335,7 +343,9 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
     def collect(done: set[Any]) -> bool:
         count()  # the blocks reported before their tasks' results: one by one
         for future in done:
-            outcomes = future.result()
+            # (a cluster's: fetched with the stall checks, also where its worker died since)
+            cluster = scheduler.kind == "distributed"
+            outcomes = fetched(scheduler.client, future, wait) if cluster else future.result()
             if not _account(report, outcomes, bar, shown=ticks.finished(future)):
                 return False
         return True

@@ -20,11 +20,13 @@ __all__ = [
     "WorkersDiedError",
     "a_worker",
     "cluster_waiter",
+    "fetched",
     "first_done",
     "killed_error",
     "lost_error",
     "local_waiter",
     "lost",
+    "settled",
     "telling_refusals",
 ]
 
@@ -165,6 +167,41 @@ def cluster_waiter(
             return set(result.done), set(result.not_done)
 
     return waiter
+
+
+def settled(future: Any, waiter: Callable[[set[Any]], tuple]) -> None:
+    """Wait, with the run's stall checks (``waiter``), until a cluster's task has a result or
+    an error: one whose worker died after it ended (its batch job ended, a worker killed) is
+    computed again first, and ``Future.result`` waited for a worker for ever where none would
+    come (the lead's CI: a SLURM job scancelled as a fuse ended, hung)."""
+    while future.status not in ("finished", "error", "cancelled"):
+        waiter({future})
+
+
+def fetched(client: Any, future: Any, waiter: Callable[[set[Any]], tuple]) -> Any:
+    """The result of a cluster's task (raising what it raised), fetched once, however long
+    that takes, while the task keeps it; one lost with its worker is :func:`settled` again,
+    then fetched. A fetch bounded to 30 s, then made anew, never ended where a result took
+    longer (a slow link, a loaded worker): each try serialized it again on the worker, which
+    fell further behind (the g98 review)."""
+    import asyncio
+
+    while True:
+        settled(future, waiter)
+        if future.status != "finished":
+            return future.result()  # raises what the task raised
+        # (a coroutine of the Client's own gather, run on its loop: one fetch we can wait on)
+        fetch = asyncio.run_coroutine_threadsafe(
+            client.gather(future, asynchronous=True), client.loop.asyncio_loop
+        )
+        try:
+            while future.status == "finished" and not fetch.done():
+                raise_if_stopped()
+                cf.wait([fetch], timeout=POLL)
+            if fetch.done():
+                return fetch.result()
+        finally:
+            fetch.cancel()  # (lost as it was fetched: computed again first; or a stop)
 
 
 @contextlib.contextmanager

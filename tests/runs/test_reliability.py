@@ -650,6 +650,118 @@ def test_a_fuse_whose_worker_died_after_it_ended_is_not_waited_for_for_ever(
     assert "which closed the worker(s) it lost" in str(outcome[0]), outcome[0]
 
 
+@pytest.mark.parametrize("exchange", ["1", "0"], ids=["halo-exchange", "blocks"])
+def test_a_result_slow_to_fetch_is_fetched_once(tmp_path, stack, monkeypatch, exchange):
+    """A task's result that takes longer to fetch than the bound the run fetched it within
+    (30 s; here 0.5 s: a slow link, a loaded worker) was fetched again at each bound, each try
+    serialized anew on the worker, and none ended: the run hung (the g98 review of 037ea07).
+    It is fetched once, however long that takes, and the run finishes, its output the
+    reference's. (Halo exchange's fuses and the blocks' own tasks alike.)"""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from fstack_dask._runs import runners
+
+    monkeypatch.setattr(runners, "_FETCH_S", 0.5, raising=False)  # (037ea07's, shortened)
+    monkeypatch.setenv("FSTACK_DASK_HALO_EXCHANGE", exchange)
+    first = tmp_path / "first-result"
+
+    class SlowFirstResult(WorkerPlugin):  # (defined here: sent to the workers by value)
+        def setup(self, worker):
+            from fstack_dask._runs import reports
+
+            class Slow(list):  # serialized in 1.5 s, as over a slow link
+                def __reduce__(self):
+                    time.sleep(1.5)
+                    return (list, (list(self),))
+
+            def slow(task):
+                def run(*args, **kwargs):
+                    outcomes = task(*args, **kwargs)
+                    try:
+                        first.mkdir()  # (the first result only: the others as they are)
+                    except FileExistsError:
+                        return outcomes
+                    return Slow(outcomes)
+
+                return run
+
+            reports.fuse_rows_on_worker = slow(reports.fuse_rows_on_worker)
+            reports.run_on_worker = slow(reports.run_on_worker)
+
+    outcome: list[object] = []
+
+    def run(client) -> None:
+        try:
+            outcome.append(fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
+                                     stall_timeout=100, **FUSE_KW))  # fmt: skip
+        except BaseException as exc:  # (the thread's outcome, asserted below)
+            outcome.append(exc)
+
+    with _one_worker_cluster(tmp_path, threads=1) as client:
+        client.register_plugin(SlowFirstResult())
+        thread = threading.Thread(target=run, args=(client,), daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        hung = thread.is_alive()
+    assert first.exists(), "no result was made slow"
+    assert not hung, "the run fetched the slow result again and again"
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    got = zarr.open_group(str(tmp_path / "fused.zarr"), mode="r")
+    np.testing.assert_array_equal(got["0"][...], stack["arrays"]["0"])
+
+
+def test_a_block_task_whose_worker_died_after_it_ended_is_not_waited_for_for_ever(
+    tmp_path, stack, monkeypatch
+):
+    """The test above's other side, without halo exchange (blocks not whole units of the
+    source, ``FSTACK_DASK_HALO_EXCHANGE=0``): a task of blocks that ended, its worker dying
+    before the run fetched its result: ``Future.result`` waited for ever for it to be
+    computed again where no worker would come (037ea07 fixed halo exchange's fuses only; the
+    g98 review). The run says what became of the worker."""
+    from fstack_dask._runs import schedulers
+    from fstack_dask._runs.waiting import StalledError
+
+    monkeypatch.setenv("FSTACK_DASK_HALO_EXCHANGE", "0")
+    killed: list[dict] = []
+    make_waiter = schedulers.cluster_waiter
+
+    def waiter_then_a_kill(client, *args):
+        wait = make_waiter(client, *args)
+
+        def waited(running):
+            done, rest = wait(running)
+            if done and not killed:  # the worker dies between the task's end and the fetch
+                killed.append(client.run(os.getpid))
+                for pid in killed[0].values():
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + TIMEOUT
+                while any(f.status == "finished" for f in done) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return done, rest
+
+        return waited
+
+    monkeypatch.setattr(schedulers, "cluster_waiter", waiter_then_a_kill)
+    outcome: list[BaseException] = []
+
+    def run(client) -> None:
+        try:
+            fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
+                      stall_timeout=100, **FUSE_KW)  # fmt: skip
+        except BaseException as exc:  # (the thread's outcome, asserted below)
+            outcome.append(exc)
+
+    with _one_worker_cluster(tmp_path, threads=1, lost_after="50ms") as client:
+        thread = threading.Thread(target=run, args=(client,), daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        hung = thread.is_alive()
+    assert killed, "no task's result was fetched"
+    assert not hung, "the run waited for ever for the lost result"
+    assert isinstance(outcome[0], StalledError), outcome
+    assert "which closed the worker(s) it lost" in str(outcome[0]), outcome[0]
+
+
 # ------------------------------------------------------------- 3. concurrent writers
 
 
