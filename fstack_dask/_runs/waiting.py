@@ -275,6 +275,8 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
             or (_FAILED_TO_START if _all_ended(cluster, ("failed",)) else "")
             or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
+            # (a worker the user retired, closed by the cluster too: not one lost, g98)
+            or (_NONE_PLANNED if _dropped(cluster) and _all_retired(client) else "")
             or (_DROPPED if _dropped(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
         )
