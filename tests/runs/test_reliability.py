@@ -614,40 +614,61 @@ def test_a_fuse_whose_worker_died_after_it_ended_is_not_waited_for_for_ever(
     ever where no worker would come, past the run's stall checks (the lead's CI hung in
     test_slurm, a job scancelled as a fuse ended). The run says what became of the worker."""
     from fstack_dask._runs import runners
-    from fstack_dask._runs.waiting import StalledError
 
     killed: list[dict] = []
     fetch = runners._Cluster.result
 
     def result_after_a_kill(self, handle):
         if not killed:  # the worker dies between the task's end and the fetch of its result
-            killed.append(self.client.run(os.getpid))
-            for pid in killed[0].values():
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + TIMEOUT
-            while handle.status == "finished" and time.monotonic() < deadline:
-                time.sleep(0.05)
+            killed.append(_kill_the_workers(self.client, {handle}))
         return fetch(self, handle)
 
     monkeypatch.setattr(runners._Cluster, "result", result_after_a_kill)
-    outcome: list[BaseException] = []
+    _the_lost_result_is_said(tmp_path, stack, killed)
 
-    def run(client) -> None:
-        try:
-            fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
-                      stall_timeout=100, **FUSE_KW)  # fmt: skip
-        except BaseException as exc:  # (the thread's outcome, asserted below)
-            outcome.append(exc)
+
+def _the_lost_result_is_said(tmp_path, stack, killed: list) -> None:
+    """The stack fused on a cluster that closes a lost worker at once, the test's patch
+    killing its worker before a result was fetched (``killed``): the run is not left waiting
+    for ever, and says what became of the worker."""
+    from fstack_dask._runs.waiting import StalledError
 
     with _one_worker_cluster(tmp_path, threads=1, lost_after="50ms") as client:
-        thread = threading.Thread(target=run, args=(client,), daemon=True)
-        thread.start()
-        thread.join(TIMEOUT)
-        hung = thread.is_alive()
-    assert killed, "no fuse's result was fetched (halo exchange not used?)"
+        outcome, hung = _fused_in_a_thread(client, stack, tmp_path / "fused.zarr")
+    assert killed, "no task's result was fetched (halo exchange not used?)"
     assert not hung, "the run waited for ever for the lost result"
     assert isinstance(outcome[0], StalledError), outcome
     assert "which closed the worker(s) it lost" in str(outcome[0]), outcome[0]
+
+
+def _kill_the_workers(client, ended: set) -> dict:
+    """SIGKILL every worker process of ``client``, and wait until the scheduler has lost the
+    results of the tasks ``ended``; the pids killed, by worker."""
+    pids = client.run(os.getpid)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    while any(f.status == "finished" for f in ended) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def _fused_in_a_thread(client, stack, dst: Path) -> tuple[list, bool]:
+    """The stack fused on ``client`` in a thread: its outcome (the output, or what the run
+    raised), and whether it still ran after TIMEOUT (hung)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(fuse_zarr(stack["src"], dst, scheduler=client, stall_timeout=100,
+                                     **FUSE_KW))  # fmt: skip
+        except BaseException as exc:  # (the thread's outcome, for the caller to assert)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    return outcome, thread.is_alive()
 
 
 @pytest.mark.parametrize("exchange", ["1", "0"], ids=["halo-exchange", "blocks"])
@@ -688,21 +709,9 @@ def test_a_result_slow_to_fetch_is_fetched_once(tmp_path, stack, monkeypatch, ex
             reports.fuse_rows_on_worker = slow(reports.fuse_rows_on_worker)
             reports.run_on_worker = slow(reports.run_on_worker)
 
-    outcome: list[object] = []
-
-    def run(client) -> None:
-        try:
-            outcome.append(fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
-                                     stall_timeout=100, **FUSE_KW))  # fmt: skip
-        except BaseException as exc:  # (the thread's outcome, asserted below)
-            outcome.append(exc)
-
     with _one_worker_cluster(tmp_path, threads=1) as client:
         client.register_plugin(SlowFirstResult())
-        thread = threading.Thread(target=run, args=(client,), daemon=True)
-        thread.start()
-        thread.join(TIMEOUT)
-        hung = thread.is_alive()
+        outcome, hung = _fused_in_a_thread(client, stack, tmp_path / "fused.zarr")
     assert first.exists(), "no result was made slow"
     assert not hung, "the run fetched the slow result again and again"
     assert not isinstance(outcome[0], BaseException), outcome[0]
@@ -713,13 +722,13 @@ def test_a_result_slow_to_fetch_is_fetched_once(tmp_path, stack, monkeypatch, ex
 def test_a_block_task_whose_worker_died_after_it_ended_is_not_waited_for_for_ever(
     tmp_path, stack, monkeypatch
 ):
-    """The test above's other side, without halo exchange (blocks not whole units of the
-    source, ``FSTACK_DASK_HALO_EXCHANGE=0``): a task of blocks that ended, its worker dying
+    """As test_a_fuse_whose_worker_died_after_it_ended_is_not_waited_for_for_ever, without halo
+    exchange (blocks not whole units of the source, ``FSTACK_DASK_HALO_EXCHANGE=0``): a task
+    of blocks that ended, its worker dying
     before the run fetched its result: ``Future.result`` waited for ever for it to be
     computed again where no worker would come (037ea07 fixed halo exchange's fuses only; the
     g98 review). The run says what became of the worker."""
     from fstack_dask._runs import schedulers
-    from fstack_dask._runs.waiting import StalledError
 
     monkeypatch.setenv("FSTACK_DASK_HALO_EXCHANGE", "0")
     killed: list[dict] = []
@@ -731,35 +740,13 @@ def test_a_block_task_whose_worker_died_after_it_ended_is_not_waited_for_for_eve
         def waited(running):
             done, rest = wait(running)
             if done and not killed:  # the worker dies between the task's end and the fetch
-                killed.append(client.run(os.getpid))
-                for pid in killed[0].values():
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + TIMEOUT
-                while any(f.status == "finished" for f in done) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                killed.append(_kill_the_workers(client, done))
             return done, rest
 
         return waited
 
     monkeypatch.setattr(schedulers, "cluster_waiter", waiter_then_a_kill)
-    outcome: list[BaseException] = []
-
-    def run(client) -> None:
-        try:
-            fuse_zarr(stack["src"], tmp_path / "fused.zarr", scheduler=client,
-                      stall_timeout=100, **FUSE_KW)  # fmt: skip
-        except BaseException as exc:  # (the thread's outcome, asserted below)
-            outcome.append(exc)
-
-    with _one_worker_cluster(tmp_path, threads=1, lost_after="50ms") as client:
-        thread = threading.Thread(target=run, args=(client,), daemon=True)
-        thread.start()
-        thread.join(TIMEOUT)
-        hung = thread.is_alive()
-    assert killed, "no task's result was fetched"
-    assert not hung, "the run waited for ever for the lost result"
-    assert isinstance(outcome[0], StalledError), outcome
-    assert "which closed the worker(s) it lost" in str(outcome[0]), outcome[0]
+    _the_lost_result_is_said(tmp_path, stack, killed)
 
 
 # ------------------------------------------------------------- 3. concurrent writers
