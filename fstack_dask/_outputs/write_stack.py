@@ -51,7 +51,9 @@ def write_stack(
     Parameters
     ----------
     path : str or os.PathLike
-        Local path or fsspec URL of the new group; must not exist.
+        Local path or fsspec URL of the new group; must not exist (a local one is created
+        exclusively: of two calls into one path, the second is refused and the first's store
+        kept whole).
     stack : array_like
         The data, one dimension per letter of ``axes`` (a ``zarr.Array`` or an h5py dataset
         is read a few stored chunks at a time, a dask array computed chunk by chunk). A source
@@ -99,8 +101,6 @@ def write_stack(
     >>> zarr.open_array(str(path / "0")).shape
     (5, 64, 48)
     """
-    import zarr
-
     # what a fusion would refuse later, refused before anything is written (a ninth run)
     check_plain_array(stack, "stack")
     # (getattr's default is evaluated first: np.asarray computed a whole dask stack in memory)
@@ -138,9 +138,10 @@ def write_stack(
             "chunk_key_encoding": {"name": "v2", "separator": "/"},
             "attributes": {"_ARRAY_DIMENSIONS": list(ax)},
         }
+    began = _claim(location)
     try:
-        group = zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format,
-                                  attributes={WRITE_STACK_UNFINISHED: True})  # fmt: skip
+        group = _create_group(location, zarr_format)
+        began = True
         array = group.create_array(name="0", shape=data.shape, dtype=data.dtype, chunks=chunks,
                                    config=_EVERY_CHUNK, **array_kwargs)  # fmt: skip
         _write(data, array, chunks, group)
@@ -149,9 +150,11 @@ def write_stack(
         # last, as ome-zarr-py: a store a kill cut short is no image, and says it is unfinished
         group.attrs.put(attrs)
     except BaseException:
-        # this call created the store: a half-written one would refuse the retry
+        # this call created the store: a half-written one would refuse the retry (only what
+        # this call began: another writer's store, begun since the check, removed with it)
         try:
-            remove_tree(location, owned=lambda loc: None if _began(loc) else "not this call's")
+            if began:
+                remove_tree(location, owned=lambda loc: None)
         except Exception:  # (what is left, the error below says nothing of)
             pass
         raise
@@ -329,10 +332,33 @@ def _units(units: Mapping[str, str] | None, letters: str) -> dict[str, str]:
     return out
 
 
-def _began(location: Any) -> bool:
-    """Whether ``location`` holds the group metadata this call writes first (and no more than
-    a Zarr store's own files): what it may remove after a failure."""
-    return location.child("zarr.json").exists() or location.child(".zgroup").exists()
+def _claim(location: Any) -> bool:
+    """Create a local store's folder exclusively: two calls into one new path (array jobs
+    converting one stack) both passed the check, then wrote into one store, each "done", or
+    the one zarr refused removed the other's store as its own failed start (g102). True where
+    claimed; an object store has no folder to claim (zarr's check alone, not atomic)."""
+    if not location.is_local:
+        return False
+    try:
+        os.mkdir(location.path)
+    except FileExistsError:
+        raise _exists(location) from None
+    return True
+
+
+def _create_group(location: Any, zarr_format: int) -> Any:
+    """The group, marked unfinished; another writer's begun since the check is refused."""
+    import zarr
+
+    try:
+        return zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format,
+                                 attributes={WRITE_STACK_UNFINISHED: True})  # fmt: skip
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+        raise _exists(location) from None  # (not ours to remove)
+
+
+def _exists(location: Any) -> FileExistsError:
+    return FileExistsError(f"path {location.spec!r} already exists; expected a new location")
 
 
 def _chunks(chunks: Any, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -363,7 +389,7 @@ def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
     location = resolve(path, name="path", storage_options=storage_options, writable=True)
     reach(location, name="path", option="storage_options")  # (ftp://: fsspec's TypeError)
     if location.exists():
-        raise FileExistsError(f"path {location.spec!r} already exists; expected a new location")
+        raise _exists(location)
     if location.is_local and not os.path.isdir(os.path.dirname(location.path)):
         raise FileNotFoundError(
             f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -701,3 +702,44 @@ def test_write_stack_of_a_dask_array_in_larger_chunks_needs_no_temporary(tmp_pat
     write_stack(tmp_path / "out.ome.zarr", stack, axes="zyx", chunks=(4, 32, 32))
     assert made == ["0"], made
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"))[...], data)
+
+
+OTHER_WRITE_STACK = """
+import sys
+import numpy as np
+from fstack_dask import write_stack
+write_stack(sys.argv[1], np.full((4, 6, 5), 7, np.uint16), axes="zyx")
+"""
+
+
+def test_write_stack_into_a_path_another_writer_takes_meanwhile_leaves_its_store(
+    tmp_path, monkeypatch
+):
+    """Two write_stack calls into one new path (array jobs converting one stack) both passed
+    the check that it is new: both wrote into one store, each "done", or the one zarr refused
+    removed the other's finished store as its own failed start (g102). Another process's
+    write_stack, run between this call's check and its first write, keeps its store whole;
+    this call is refused, one line naming the path."""
+    import subprocess
+    import sys
+
+    from fstack_dask._outputs import write_stack as module
+
+    path = tmp_path / "s.ome.zarr"
+    checked = module._new_store
+
+    def then_another_writer(*args, **kwargs):
+        location = checked(*args, **kwargs)
+        subprocess.run([sys.executable, "-c", OTHER_WRITE_STACK, str(path)], check=True,
+                       timeout=300)  # fmt: skip
+        before.update(_tree(path))
+        return location
+
+    before: dict[str, str] = {}
+    monkeypatch.setattr(module, "_new_store", then_another_writer)
+    with pytest.raises(Exception) as refused:  # noqa: PT011 (what it is: checked below)
+        write_stack(path, _stack(), axes="zyx")
+    assert before and _tree(path) == before  # the other writer's store, whole
+    assert (zarr.open_group(str(path), mode="r")["0"][...] == 7).all()
+    assert refused.type is FileExistsError
+    assert re.match(r"path '.*s\.ome\.zarr' already exists", str(refused.value))
