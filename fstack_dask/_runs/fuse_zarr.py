@@ -8,6 +8,7 @@ or, on any failure, leave ``dst`` as the table in ``_outputs.destination`` says.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -202,11 +203,20 @@ def fuse_zarr(
 
 
 def is_tiff_destination(dst: Any) -> bool:
-    """A dst path ending in ``.tif`` or ``.tiff`` (``.ome.tif``, ``.ome.tiff``)."""
+    """A dst path ending in ``.tif`` or ``.tiff`` (``.ome.tif``, ``.ome.tiff``), as resolved:
+    ``fused.tif/.`` or ``fused.tif/x/..``, the place ``fused.tif`` names, was written as a Zarr
+    folder named ``fused.tif``, exit 0, that no TIFF reader opens (g102)."""
     if not isinstance(dst, (str, os.PathLike)):
         return False
     name = os.fspath(dst)
-    return isinstance(name, str) and name.rstrip("/").lower().endswith((".tif", ".tiff"))
+    if not isinstance(name, str):
+        return False
+    from .._locations import resolve
+
+    with contextlib.suppress(ValueError, TypeError, OSError):  # (refused later, as dst)
+        location = resolve(name, name="dst")
+        name = location.path if location.is_local else name
+    return name.rstrip("/").lower().endswith((".tif", ".tiff"))
 
 
 def _positive(value: Any, name: str) -> float:

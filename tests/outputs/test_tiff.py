@@ -251,6 +251,24 @@ def test_overwrite_resume_and_already_exists(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.tif", "stack.ome.zarr"]
 
 
+@pytest.mark.parametrize("spelled", ["out.tif/.", "sub/../out.tif", "out.ome.tiff/./"])
+def test_a_tiff_dst_spelled_another_way_is_a_tiff(tmp_path, spelled):
+    """``out.tif/.`` names the place ``out.tif`` does: it was written as a Zarr folder named
+    ``out.tif``, exit 0, that no TIFF reader opens (g102). Now the TIFF, however spelled; a
+    rerun so spelled is "already exists" as for the plain name."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    (tmp_path / "sub").mkdir()
+    res = _cli("fuse", src, spelled, "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    name = os.path.normpath(spelled)
+    assert os.path.isfile(tmp_path / name)
+    assert tiff_owner(str(tmp_path / name)) is not None
+    assert sorted(os.listdir(tmp_path)) == sorted([name, "stack.ome.zarr", "sub"])
+    res = _cli("fuse", src, name, "--no-progress", "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+
+
 def test_a_failed_overwrite_leaves_the_old_tiff_and_resume_finishes(tmp_path, monkeypatch):
     import fstack_dask._outputs.tiff as tiff_out
 
