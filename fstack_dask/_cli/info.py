@@ -52,7 +52,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if output is not None:
         _print(describe_output(*output))
         return EXIT_OK
-    ours = _our_tiff(args.src) or _tiff_run(args.src)  # (else refused as a source of
+    tiff = _as_tiff(args.src)
+    ours = _our_tiff(tiff) or _tiff_run(tiff)  # (else refused as a source of
     if ours is not None:  # several series, naming them; or as one that does not exist)
         _print(ours)
         return EXIT_OK
@@ -196,3 +197,15 @@ def _translation_line(source: Any) -> list[tuple[str, str]]:
         if a in shift
     )
     return [("translation", said)]
+
+
+def _as_tiff(src: str) -> str:
+    """The TIFF ``fused.tif/.`` names, as fuse writes it: ``info fused.tif/.`` described our
+    output as a source, "a single 2-D image, not a focus stack" (g102)."""
+    from .._locations import resolve
+    from .._runs.fuse_zarr import is_tiff_destination
+
+    if src.rstrip("/").lower().endswith((".tif", ".tiff")) or not is_tiff_destination(src):
+        return src  # (as typed, as the lines show it)
+    location = resolve(src, name="src")  # (it resolved just now)
+    return location.path if location.is_local else src

@@ -267,6 +267,10 @@ def test_a_tiff_dst_spelled_another_way_is_a_tiff(tmp_path, spelled):
     assert sorted(os.listdir(tmp_path)) == sorted([name, "stack.ome.zarr", "sub"])
     res = _cli("fuse", src, name, "--no-progress", "--resume", cwd=tmp_path)
     assert res.returncode == 0 and "already complete" in res.stderr, res.stderr
+    # info so spelled describes our output ("a single 2-D image, not a focus stack" until g102)
+    res = _cli("info", spelled, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "fstack_dask output, pyramidal OME-TIFF" in res.stdout and "complete" in res.stdout
 
 
 def test_a_failed_overwrite_leaves_the_old_tiff_and_resume_finishes(tmp_path, monkeypatch):
