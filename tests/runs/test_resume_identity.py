@@ -253,6 +253,25 @@ def test_resume_of_a_complete_output_from_another_source_is_refused(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
+def test_resume_from_a_copy_under_another_name_says_where_not_that_its_metadata_changed(
+    tmp_path,
+):
+    """A copy of the source under another name is another source (its files are not the
+    run's), refused; the line said "its metadata changed" too, of metadata files the copy
+    holds byte for byte (g102): now it names the location alone."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    shutil.copytree(src, tmp_path / "copy.zarr")
+    before = tree_digest(tmp_path)
+    proc = cli("fuse", tmp_path / "copy.zarr", dst, "--resume", *FUSE)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "computed from another source (its location was" in line and "copy.zarr" in line
+    assert "metadata" not in line
+    assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize("dst_name", ["out.zarr", "out.ome.tif"])
 def test_resume_of_a_complete_output_whose_source_was_rewritten_is_refused(tmp_path, dst_name):
     """The same store, its chunks rewritten in place with another stack's: the old code said
