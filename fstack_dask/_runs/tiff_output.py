@@ -36,7 +36,7 @@ from .._locations import Location, change_locked, mounts_within, resolve
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
-from .._outputs.ownership import classify, provenance
+from .._outputs.ownership import classify, provenance, run_record
 from .._outputs.tiff import (
     PARTIAL,
     dropped_sizes,
@@ -209,6 +209,7 @@ def check_tiff_destination(
     owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None
     if owner is None:
         _refuse_empty_claim(tiff, where)
+        _refuse_our_zarr(tiff, where)
         kind = "a folder" if os.path.isdir(tiff.path) else "a file"
         raise FileExistsError(
             f"{where} exists and is {kind} fstack_dask did not write; refusing to replace it "
@@ -233,6 +234,18 @@ def check_tiff_destination(
                 "dst and swaps the two: clear it, or choose another dst"
             )
     return owner
+
+
+def _refuse_our_zarr(tiff: Location, where: str) -> None:
+    """An OME-Zarr output of ours named like a TIFF (``fuse src out.tif/.`` wrote one before
+    g102) was refused as "a folder fstack_dask did not write": it is ours, and no TIFF
+    replaces it (a folder for a file)."""
+    if os.path.isdir(tiff.path) and (provenance(tiff) or run_record(tiff)) is not None:
+        raise FileExistsError(
+            f"{where} exists and is an fstack_dask OME-Zarr output (a folder named like a "
+            "TIFF), which a TIFF does not replace, also with overwrite=True: "
+            f"remove it (rm -r {tiff.path!r}) or choose another dst"
+        )
 
 
 def _refuse_empty_claim(tiff: Location, where: str) -> None:

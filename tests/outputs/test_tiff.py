@@ -273,6 +273,23 @@ def test_a_tiff_dst_spelled_another_way_is_a_tiff(tmp_path, spelled):
     assert "fstack_dask output, pyramidal OME-TIFF" in res.stdout and "complete" in res.stdout
 
 
+def test_an_ome_zarr_output_named_like_a_tiff_is_named_ours_and_kept(tmp_path):
+    """An OME-Zarr output of ours renamed ``out.tif`` (or written so by ``out.tif/.`` before
+    g102) was refused as "a folder fstack_dask did not write": it is ours, and no TIFF
+    replaces it, with or without --overwrite or --resume; nothing changes."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(64, 80), planes=5, channels=1)
+    assert _cli("fuse", src, "out.ome.zarr", "--no-progress", cwd=tmp_path).returncode == 0
+    os.rename(tmp_path / "out.ome.zarr", tmp_path / "out.tif")
+    before = tree_digest(tmp_path)
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        res = _cli("fuse", src, "out.tif", "--no-progress", *flags, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert "is an fstack_dask OME-Zarr output (a folder named like a TIFF)" in res.stderr
+        assert "rm -r" in res.stderr and "did not write" not in res.stderr
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_failed_overwrite_leaves_the_old_tiff_and_resume_finishes(tmp_path, monkeypatch):
     import fstack_dask._outputs.tiff as tiff_out
 
