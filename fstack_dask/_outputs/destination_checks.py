@@ -29,7 +29,7 @@ from .._locations import Location
 from . import folders, inplace, leftovers
 from .folders import path_too_long
 from .ownership import ID_FILE, classify, copied_provenance, foreign_entries
-from .removal import Marked, sticky_blocked, unremovable
+from .removal import Marked, sticky_blocked, theirs_in_objects, unremovable
 from .staleness import live_lock, locked_message
 from .state import OutputState
 
@@ -59,7 +59,7 @@ class DestinationChecks:
         # a file or folder whose owner, group, mode and ACLs a new dst takes (a TIFF's
         # working store takes those of the TIFF it will replace)
         self.looks_like: str | None = None
-        self.theirs_inside: list[str] = []  # a user's files inside our arrays (local dst)
+        self.theirs_inside: list[str] = []  # a user's files inside our arrays
 
     def what(self) -> str:
         """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
@@ -237,7 +237,7 @@ class DestinationChecks:
             sticky = sticky_blocked(self.dst.path, ("zarr.json",))
             why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
-            theirs: list[str] = []
+            theirs: list[str] = theirs_in_objects(self.dst)  # (an object store's: g101)
             missing = unremovable(self.dst, theirs)
             self.theirs_inside = sorted(theirs) if missing is None else []
             advice = (

@@ -50,7 +50,7 @@ from .ownership import (
     run_record,
     state_written,
 )
-from .removal import copy_of, remove_output, unremovable
+from .removal import copy_of, remove_output, theirs_in_objects, unremovable
 from .staleness import live_lock
 from .state import OutputState
 
@@ -386,8 +386,8 @@ def keep_theirs_inside(old: Location) -> list[str]:
     (``0/annotations/x.csv``; an overwrite of an output holding such files is refused before
     it runs, so put there while it ran): the previous output is kept whole, named in a
     warning (its chunks were removed around them, the files left in a hidden folder named
-    only as "kept ... : fstack_dask did not write them"). Local outputs (a walk of names)."""
-    found: list[str] = []
+    only as "kept ... : fstack_dask did not write them"; on an object store too: g101)."""
+    found: list[str] = theirs_in_objects(old)  # (a walk of names where local)
     if old.is_local:
         unremovable(old, found)
     if found:

@@ -48,6 +48,7 @@ __all__ = [
     "remove_output",
     "remove_state",
     "sticky_blocked",
+    "theirs_in_objects",
     "unremovable",
     "written_by_us",
 ]
@@ -244,6 +245,30 @@ def unremovable(folder: Location, found: list[str] | None = None) -> str | None:
             if locked is not None:
                 return Marked(f"may not remove its files: {locked}")
     return None
+
+
+def theirs_in_objects(folder: Location) -> list[str]:
+    """What inside the arrays of our output at ``folder`` on an object store fstack_dask did
+    not write (``0/annotations``, ``0/c/99/0``), as :func:`unremovable`'s walk finds it on a
+    local disk: one listing of its keys (10,000 keys: ten requests to S3; on moto a few
+    seconds, where the overwrite then copies each key, each a request). An overwrite went on
+    over them: the previous output hidden beside dst with them, or, of an unfinished
+    output, a user's key named like a chunk of the new grid overwritten (g101)."""
+    entries = None if folder.is_local else recorded_entries(folder)
+    if entries is None:
+        return []
+    base, ours = folder.path.rstrip("/") + "/", ours_within(folder)
+    found: set[str] = set()
+    for key in folder.fs.find(folder.path):
+        entry, _, path = key[len(base) :].partition("/") if key.startswith(base) else ("", "", "")
+        if entry not in entries or entry == STATE_DIR or not path:
+            continue
+        parts = path.split("/")
+        folders = ("/".join(parts[:n]) for n in range(1, len(parts)))
+        theirs = next((rel for rel in folders if not _may_hold_ours(entry, rel)), None)
+        if theirs is not None or not ours(entry, path):
+            found.add(f"{entry}/{theirs or path}")
+    return sorted(found)
 
 
 _CHUNK_FOLDER = re.compile(r"c(/(0|[1-9][0-9]*))*")  # a folder of Zarr v3's chunk keys

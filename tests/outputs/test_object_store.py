@@ -1008,3 +1008,75 @@ def test_a_chained_url_gets_its_flat_storage_options_on_s3(bucket, s3):
     proc = _cli("fuse", src, f"simplecache::s3://{b}/src.zarr/x.zarr", *opts)
     assert proc.returncode == 2 and "lies inside it" in proc.stderr, proc.stderr
     assert _keys(fs, b) == before
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_an_s3_overwrite_of_an_output_with_a_users_object_inside_an_array_is_refused(
+    s3, bucket, monkeypatch, finished
+):
+    """A user's ``0/annotations/x.csv`` and a key named like a chunk beyond the grid
+    (``0/c/4/0``) in our output on S3: an --overwrite went on, left them in the previous
+    output hidden beside dst (a warning, exit 0), or, of an unfinished output, kept them in
+    dst's array, where the new run's chunk ``0/c/4/0`` overwrote the user's after a warning
+    that said it was kept (g101; a local dst was refused since g96). Refused as there: one
+    line naming them, exit 2, no key changed."""
+    from fstack_dask._runs.blocks import FuseJob
+
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=0)
+    if not finished:  # a new run into dst, stopped after one block, as Ctrl-C would
+        fs.rm(f"{b}/out.zarr", recursive=True)
+        real, calls = FuseJob.fuse_and_write, []
+
+        def one_block(self, *args, **kwargs):
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_zarr(src, dst, **_swap_options(s3), scheduler="synchronous")
+        monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+        assert not fs.exists(f"{b}/out.zarr/0/c/2/2")  # (unfinished)
+    fs.pipe(f"{b}/out.zarr/0/annotations/x.csv", b"x,y\n")
+    fs.pipe(f"{b}/out.zarr/0/c/4/0", b"the user's")  # the grid is 3 x 3 chunks of 32
+    before = _keys(fs, b)
+    proc = _cli("fuse", src, dst, *opts, "--overwrite", "--chunks", "16")  # (a grid 6 x 5)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "'0/annotations', '0/c/4/0' inside its arrays" in line, line
+    assert "move them out of dst first (nothing was written)" in line, line
+    assert _keys(fs, b) == before
+
+
+def test_a_users_object_put_inside_an_array_while_an_s3_overwrite_runs_keeps_the_old_output(
+    s3, bucket, monkeypatch, caplog
+):
+    """A user's ``0/annotations/x.csv`` put into the output on S3 while an overwrite of it
+    ran (after its check): the swap removed the previous output's chunks around it, left
+    hidden beside dst, said only as "kept ... : fstack_dask did not write them" (g101). The
+    previous output is kept whole there, and a warning names the file and the folder, as
+    on a local disk."""
+    import logging
+
+    from fstack_dask._outputs.destination import Destination
+
+    fs, b = bucket
+    src, dst, _opts = _fused_once(b, s3, levels=0)
+    real = Destination.swap_in
+
+    def swap_in(self, target):
+        fs.pipe(f"{b}/out.zarr/0/annotations/x.csv", b"x,y\n")
+        return real(self, target)
+
+    before = {k: v for k, v in _output_objects(fs, b).items()}
+    monkeypatch.setattr(Destination, "swap_in", swap_in)
+    with caplog.at_level(logging.WARNING, logger="fstack_dask"):
+        fuse_zarr(src, dst, **_swap_options(s3), nhsize=5, overwrite=True)
+    (hidden,) = {k.split("/")[1] for k in fs.find(b) if "fstack-staging-old-" in k}
+    kept = {k.replace(f"{b}/{hidden}/", f"{b}/out.zarr/"): fs.cat(k)
+            for k in fs.find(f"{b}/{hidden}") if "/.fstack_dask/" not in k}  # fmt: skip
+    assert kept == {**before, f"{b}/out.zarr/0/annotations/x.csv": b"x,y\n"}
+    said = [r.getMessage() for r in caplog.records if "'0/annotations'" in r.getMessage()]
+    assert said and hidden in said[0] and "kept whole" in said[0], said
