@@ -236,9 +236,15 @@ def replacing(dst: Location) -> Location | None:
     swapping = _swapping(dst)
     if swapping is None:
         return None
-    name = swapping["from"]
-    if not name.casefold().startswith(f".{dst.name}{STAGING}".casefold()) or "/" in name:
-        return None  # (casefold: dst spelled Out.zarr on exFAT, its staged output .out.zarr...)
+    name, prefix = swapping["from"], f".{dst.name}{STAGING}"
+    if not name.casefold().startswith(prefix.casefold()) or "/" in name:
+        return None
+    if not name.startswith(prefix) and not os.path.lexists(
+        dst.sibling(prefix + name[len(prefix) :]).path
+    ):  # dst spelled Out.zarr on exFAT, its staged output .out.zarr...: the filesystem finds
+        # it under dst's spelling too; on one that tells case, Out.zarr is a copy of out.zarr
+        # (cp -a while it was replaced) and took out.zarr's staged output away (g101)
+        return None
     new = dst.sibling(name)
     if (run_record(new) or {}).get("run_id") != swapping.get("run_id"):
         return None

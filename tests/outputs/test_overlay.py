@@ -412,6 +412,31 @@ def test_a_replacement_cut_short_whose_dst_was_renamed_says_so(image, made):
     assert_replaced(image, made)
 
 
+def test_a_copy_spelled_otherwise_of_a_replacement_cut_short_takes_nothing_of_it(image, made):
+    """On a disk that tells case, Out.zarr, a copy of out.zarr taken while out.zarr was half
+    replaced: a --resume into Out.zarr took out.zarr's staged output (its record names it
+    without regard to case: for exFAT), and out.zarr was left "parts of the two outputs, no
+    image, nothing to resume" (g101). It is refused, as a copy otherwise named is, and
+    out.zarr's --resume finishes out.zarr."""
+    import os
+
+    args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, "chunk", *map(str, args),
+                             "--overwrite"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "XDG_CACHE_HOME": CACHE})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    shutil.copytree(image / "out.zarr", image / "Out.zarr", symlinks=True)
+    before = tree_digest(image)
+    proc = cli("fuse", made / "src.zarr", image / "Out.zarr", "--depth-map", "--resume")
+    assert proc.returncode == 2, proc.stderr
+    assert "rename dst back to 'out.zarr'" in one_line_error(proc)
+    assert tree_digest(image) == before
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(image / "Out.zarr")
+    assert_replaced(image, made)
+
+
 @pytest.mark.parametrize("step", ["record", "moved"])
 def test_info_of_a_replacement_cut_short_before_or_after_its_moves_says_so(image, made, step):
     """Killed once dst's record named the staged output, or once every entry had moved, info
