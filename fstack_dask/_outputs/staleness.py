@@ -132,15 +132,29 @@ def read_lock(lock: Location) -> dict[str, Any] | None:
         return None
     try:
         info = json.loads(raw)
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, RecursionError):  # torn or not ours: only its age can tell
+        if not isinstance(info, dict) or "host" not in info:
+            raise ValueError("not a lock of ours")
+    except (ValueError, RecursionError):  # torn: only its age can tell
         info = {"host": None, "pid": None}
+        if not _torn(raw):  # a user's file: never taken over (it was removed once stale)
+            info["foreign"] = str(lock.url)
     info["mtime"] = mtime
     info["held"] = _held_by_someone(lock.path) if lock.is_local else None
     if etag is not None:
         info["etag"] = etag
     return info
+
+
+#: How every lock of ours begins, in every version (``json.dumps`` of its fields).
+_LOCK_START = b'{"host": '
+
+
+def _torn(raw: bytes) -> bool:
+    """Whether ``raw`` may be one of our locks cut short: empty, or its start, or NULs where a
+    crash left blocks unwritten (a run of an older version killed while it wrote it, or a
+    full disk)."""
+    body = raw.strip(b"\0")
+    return _LOCK_START.startswith(body) or body.startswith(_LOCK_START)
 
 
 def lock_is_live(info: Mapping[str, Any], lock: Location | None = None) -> bool:
@@ -150,6 +164,8 @@ def lock_is_live(info: Mapping[str, Any], lock: Location | None = None) -> bool:
     node), not by this machine's: with ``lock`` given, a lock that looks stale or is dated in
     the future is watched (:func:`_heartbeat_moves`) before it is judged stale, so that clocks
     that disagree neither make a live run's lock look stale nor keep a dead one's live."""
+    if info.get("foreign"):  # no run's: none will release it, and it is no one's to remove
+        return True
     if info.get("machine") == machine_id() and info.get("held") is not None:
         return bool(info["held"])  # this kernel shows a live holder's flock
     age = time.time() - float(info.get("mtime", 0.0))
@@ -198,9 +214,22 @@ def _owner(info: Mapping[str, Any]) -> str:
 
 
 def locked_message(what: str, info: Mapping[str, Any]) -> str:
+    if info.get("foreign"):  # (it said "being written by another run (unreadable lock) ...
+        # wait for it to finish", then took the file over as a stale lock and removed it)
+        return (
+            f"{what} has a lock file {info['foreign']!r} that fstack_dask did not write (a "
+            f"lock of ours is JSON beginning {_LOCK_START.decode()}...); no run holds it, and "
+            "none will remove it: move it out of the output's state folder (it is yours?) or "
+            "remove it, then rerun"
+        )
+    torn = "" if info.get("host") else (
+        " (empty or cut short: left by a run killed while it wrote it, or by a full disk, it "
+        "is taken over then by a rerun with --resume or --overwrite)"
+    )  # fmt: skip
     return (
         f"{what} is being written by {_owner(info)}; a second run into the same dst is refused "
-        f"(wait for it to finish; a lock without heartbeat for {LOCK_STALE_AFTER:g} s is stale)"
+        f"(wait for it to finish; a lock without heartbeat for {LOCK_STALE_AFTER:g} s is "
+        f"stale{torn})"
     )
 
 

@@ -492,8 +492,8 @@ def test_a_lock_nested_too_deeply_to_parse_reads_as_unreadable(tmp_path, monkeyp
     """An unfinished output whose lock holds JSON nested 100000 deep (damaged, or not ours)
     stopped ``--resume``, ``--overwrite`` and ``info`` with 'maximum recursion depth exceeded
     while decoding a JSON array', exit 1 (a review, 2026-12-06; its zarr.json and run record
-    were mended on the day). It reads as unreadable: its age decides, and this stale one is
-    taken over."""
+    were mended on the day). It reads as no lock of ours (g101: taken over once stale, and
+    removed, till then): refused in one line saying what to do, the file kept."""
     from fstack_dask._runs.blocks import FuseJob
 
     src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
@@ -514,8 +514,52 @@ def test_a_lock_nested_too_deeply_to_parse_reads_as_unreadable(tmp_path, monkeyp
     os.utime(lock, (1, 1))
     env = {"FSTACK_DASK_LOCK_STALE_AFTER": str(STALE)}
     res = cli("fuse", src, dst, "--resume", *FUSE, env=env)
+    assert res.returncode == 1, res.stderr
+    assert "that fstack_dask did not write" in one_line_error(res), res.stderr
+    assert lock.read_text() == "[" * 100000
+
+
+@pytest.mark.parametrize("body", [b"my notes on this run\n", b"\xff\xfe\x00", b"[1, 2]"])
+def test_a_users_file_named_lock_in_the_state_folder_is_never_taken_over(tmp_path, body):
+    """A user's file at ``out.zarr/.fstack_dask/lock`` (no lock of ours): every run was
+    refused "being written by another run (unreadable lock) ... wait for it to finish", a run
+    that no one ran; once its age passed the stale age, a --resume or --overwrite took it over
+    as a stale lock, and the user's file was gone (g101). Each run is refused at once, one
+    line saying what the file is and what to do, and nothing changes."""
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    lock = dst / STATE_DIR / "lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_bytes(body)
+    os.utime(lock, (1, 1))  # older than any stale age
+    before = tree_digest(tmp_path)
+    for extra in ((), ("--resume",), ("--overwrite", "--nhsize", "5")):
+        res = cli("fuse", src, dst, *FUSE, *extra, env={"FSTACK_DASK_LOCK_STALE_AFTER": "1"})
+        assert res.returncode == 1, res.stderr
+        line = one_line_error(res)
+        assert f"{str(lock)!r} that fstack_dask did not write" in line, line
+        assert "move it out of the output's state folder" in line, line
+        assert tree_digest(tmp_path) == before
+
+
+def test_a_torn_lock_says_it_is_taken_over_once_stale(tmp_path):
+    """An empty lock (a run of an older version killed while it wrote it): refused while
+    young with "wait for it to finish", of a run that may not be; it says what a rerun does
+    then; old, it is taken over."""
+    src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    lock = dst / STATE_DIR / "lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_bytes(b"")
+    res = cli("fuse", src, dst, *FUSE, "--resume", env={"FSTACK_DASK_LOCK_STALE_AFTER": "600"})
+    assert res.returncode == 1, res.stderr
+    line = one_line_error(res)
+    assert "empty or cut short" in line and "taken over then by a rerun" in line, line
+    os.utime(lock, (1, 1))
+    res = cli("fuse", src, dst, *FUSE, "--overwrite", "--nhsize", "5",
+              env={"FSTACK_DASK_LOCK_STALE_AFTER": "1"})  # fmt: skip
     assert res.returncode == 0, res.stderr
-    np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["0"][...], _expected(0))
+    assert zarr.open_group(dst, mode="r").attrs["fstack_dask"]["nhsize"] == 5
 
 
 def test_info_judges_a_lock_from_another_node_at_a_glance(tmp_path):
