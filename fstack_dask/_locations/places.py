@@ -141,7 +141,7 @@ def _redacted(spec: str) -> str:
     """``spec`` with its query's values hidden (a token, a signature: credentials that a batch
     log or a pasted error would show), and its password (``user:***@``); the names are kept,
     and the URL without them is read."""
-    spec = _PASSWORD.sub(r"\1:***@", spec)
+    spec = _DIGITS_PASSWORD.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", spec))
     head, mark, rest = spec.partition("?")
     if not mark:
         return spec
@@ -158,13 +158,20 @@ _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
 _PASSWORD = re.compile(
     r"""(?i)\b(https?://[^\s'"/?#@:]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
 )
+# a password of digits then '/', '?' or '#' (https://alice:12/x@host/) reads as a port: it
+# was printed whole ("its host name 'alice' does not resolve", g101); hidden where the "host"
+# is no host name with a dot, nor localhost (http://fileserver:8080/a@b/ is hidden too)
+_DIGITS_PASSWORD = re.compile(
+    r"""(?i)\b(https?://(?!localhost:)[^\s'"/?#@:.]+):\d+[/?#][^\s'"]*@"""
+)
 _USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
 
 
 def redact_urls(text: str) -> str:
     """``text`` with every HTTP(S) URL's query values hidden, as :func:`_redacted` does: an
     aiohttp error names the URL it requested, token and all."""
-    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), _PASSWORD.sub(r"\1:***@", text))
+    text = _DIGITS_PASSWORD.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", text))
+    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), text)
 
 
 def _http_url(spec: str, url: str, name: str) -> str:
