@@ -46,11 +46,11 @@ def _write(path, seed=0):
     return path
 
 
-def cli(*args, cwd=None, timeout=120):
+def cli(*args, cwd=None, timeout=120, env=None):
     return subprocess.run(
         [sys.executable, "-m", "fstack_dask", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
-        env={**os.environ, "XDG_CACHE_HOME": CACHE},
+        env={**os.environ, "XDG_CACHE_HOME": CACHE, **(env or {})},
     )  # fmt: skip
 
 
@@ -643,6 +643,29 @@ def test_a_password_holding_url_delimiters_is_never_printed(http_auth_root, tmp_
     proc = cli("fuse", url.format("p@s:s%2Fx%3F%23"), tmp_path / "out.zarr", "--no-progress")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     _same_image(tmp_path / "out.zarr", expected)
+
+
+def test_a_wrong_password_is_told_as_refused_not_missing_and_beats_netrc(http_auth_root,
+                                                                        tmp_path):  # fmt: skip
+    # A wrong (or no) password in the URL: the server's 401 on every file read as "src ...
+    # does not exist; expected a Zarr array or group" (g101). Told as refused, the password
+    # hidden; a ~/.netrc naming the host with the right one does not replace the URL's
+    root, base = http_auth_root
+    _write(root / "stack.zarr")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1 login alice password old\n")
+    os.chmod(home / ".netrc", 0o600)
+    wrong = base.replace("://", "://alice:wr0ng@") + "/stack.zarr"
+    for url in (wrong, f"{base}/stack.zarr"):
+        for command in (["info"], ["fuse", "--no-progress"]):
+            dst = [tmp_path / "out.zarr"] if command[0] == "fuse" else []
+            env = {"HOME": str(home), "NETRC": str(home / ".netrc")} if url == wrong else {}
+            proc = cli(command[0], url, *dst, *command[1:], env=env)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert "the server refused access to its metadata (HTTP 401" in proc.stderr
+            assert "wr0ng" not in proc.stderr and "does not exist" not in proc.stderr
+    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):

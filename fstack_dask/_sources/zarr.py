@@ -157,6 +157,12 @@ def _open_node(location: Location, where: str) -> Any:
     import zarr
 
     if not _exists(location):
+        refused = _refused(location)
+        if refused is not None:  # (a wrong password's 401 said "does not exist": g101)
+            raise ValueError(
+                f"{where} cannot be read: the server refused access to its metadata "
+                f"({refused}); check the user name and password or the token in the URL"
+            )
         raise FileNotFoundError(f"{where} does not exist; expected a Zarr array or group")
     if location.is_local and not os.path.isdir(location.path):
         raise ValueError(
@@ -183,6 +189,24 @@ def _exists(location: Location) -> bool:
         return True
     names = ("zarr.json", ".zgroup", ".zarray")
     return location.protocol == "http" and any(location.child(n).exists() for n in names)
+
+
+def _refused(location: Location) -> str | None:
+    """``HTTP 401, 'URL'`` where an HTTP server refuses access to the store's ``zarr.json``
+    (a 401 or 403: fsspec's ``exists`` says False for it), the URL's secrets hidden; else
+    None."""
+    if location.protocol != "http":
+        return None
+    from .._locations import redact_urls
+
+    try:
+        location.child("zarr.json").read_bytes()
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status in (401, 403):
+            url = redact_urls(str(getattr(getattr(exc, "request_info", None), "real_url", "")))
+            return f"HTTP {status}, {url!r}"
+    return None
 
 
 def _stored_axes(array: Any) -> tuple[str | None, str]:
