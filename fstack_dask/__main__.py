@@ -3,13 +3,20 @@ signals held from its first line (:func:`main`)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
-#: The signals that stop the program (``_cli.stopping.STOP_SIGNALS``, which its import would
-#: cost the window this closes), with the exit status and word each gets if it ends an import.
-_STOPS = {"SIGTERM": (143, "terminated"), "SIGHUP": (129, "terminated by SIGHUP"),
-          "SIGUSR1": (138, "terminated by SIGUSR1"), "SIGUSR2": (140, "terminated by SIGUSR2"),
-          "SIGXCPU": (152, "terminated by SIGXCPU")}  # fmt: skip
+from ._imports import STOP_SIGNALS
+
+#: The exit status and word each stop signal gets if it ends an import.
+_STOPS = {
+    name: (
+        128 + getattr(signal, name),
+        "terminated" if name == "SIGTERM" else f"terminated by {name}",
+    )
+    for name in STOP_SIGNALS
+    if hasattr(signal, name)
+}
 
 
 def main() -> int:
@@ -31,8 +38,6 @@ def main() -> int:
         # it in a RuntimeError, whose traceback the program printed)
         if interruption_behind(exc) is None:
             raise
-        import signal
-
         from ._imports import _HELD
 
         name = signal.Signals(_HELD[0]).name if _HELD else "SIGINT"
@@ -45,7 +50,6 @@ def main() -> int:
 def _end_held(signum: int) -> None:
     """End the program as ``signum`` asked, its imports not done: one hung (a dead mount)."""
     import os
-    import signal
 
     code, word = _STOPS.get(signal.Signals(signum).name, (128 + signum, "terminated"))
     os.write(2, f"fstack-dask: error: {word} (while starting)\n".encode())

@@ -300,7 +300,9 @@ def _chain(exc: BaseException | None) -> set[int]:
     return seen
 
 
-def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
+def interruption_behind(
+    exc: BaseException, prefer: type[KeyboardInterrupt] | None = None
+) -> KeyboardInterrupt | None:
     """The interruption (Ctrl-C, or a stop signal's) that ``exc`` is, or was raised from or
     while handling; None where there is none.
 
@@ -308,16 +310,19 @@ def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
     KeyboardInterrupt raised in a class body's ``__set_name__`` (numcodecs'
     ``cached_property``, as a module imports) in a RuntimeError "Error calling __set_name__"
     (a CI run, 2026-12-07); numba's dispatcher in a SystemError. What stopped the run is the
-    interruption behind it.
+    interruption behind it. With ``prefer``, one of that class where the chain holds one.
     """
     seen: set[int] = set()
+    found: KeyboardInterrupt | None = None
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:  # (a chain can loop)
         if isinstance(link, KeyboardInterrupt):
-            return link
+            if prefer is None or isinstance(link, prefer):
+                return link
+            found = found or link
         seen.add(id(link))
         link = link.__cause__ or link.__context__
-    return None
+    return found
 
 
 def as_interrupt(exc: BaseException) -> BaseException:

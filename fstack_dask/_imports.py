@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "STOP_SIGNALS",
     "deliver_held_signals",
     "held_in_imports",
     "hold_stop_signals",
@@ -21,6 +22,11 @@ __all__ = [
     "import_through_one_ctrl_c",
     "take_held_signal",
 ]
+
+
+#: The signals that stop a run as SIGTERM does (the program exits with 128 + the number): a
+#: hang-up, the batch systems' warnings, a CPU-time limit (``_cli.stopping``).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
 
 
 def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:

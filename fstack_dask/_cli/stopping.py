@@ -40,7 +40,7 @@ from concurrent.futures import _base
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, interruption_behind, note_stop
-from .._imports import held_in_imports, holding, ignore_last
+from .._imports import STOP_SIGNALS, held_in_imports, holding, ignore_last
 
 __all__ = [
     "STOP_SIGNALS",
@@ -59,9 +59,6 @@ __all__ = [
 
 #: Seconds a terminated run waits for its running tasks to end before it stops waiting.
 TERMINATION_GRACE = 60.0
-
-#: The signals that stop a run as SIGTERM does (the program exits with 128 + the number).
-STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
 
 
 class Terminated(KeyboardInterrupt):
@@ -329,8 +326,10 @@ def quiet_broken_pools() -> Callable[[], None]:
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The interruption (Ctrl-C, or a stop signal's) that ``exc`` is, or was raised from or
     while handling (wrapped where it landed in a class body); None where there is none
-    (:func:`.._errors.interruption_behind`)."""
-    return interruption_behind(exc)
+    (:func:`.._errors.interruption_behind`). A stop signal's where there are both, whichever
+    came first: a batch system's kill after a Ctrl-C, or a Ctrl-C (which only stops the wait
+    for the running tasks) after it, ended with 130 and "interrupted" (g100)."""
+    return interruption_behind(exc, prefer=Terminated)
 
 
 def quiet_swallowed_interrupts() -> Callable[[], None]:

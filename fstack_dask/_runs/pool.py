@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import finish_despite_interrupts, stop_waiting
+from .._imports import STOP_SIGNALS
 
 __all__ = ["ProcessPool", "cancel_pending", "end_kept", "kept", "process_pool"]
 
@@ -306,24 +307,21 @@ def _expire(pool: ProcessPool) -> None:
     pool.shutdown()
 
 
-#: The signals whose handlers raise in the main thread (Ctrl-C's, the command line's).
-_DEFERRED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
-
-
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold :data:`_DEFERRED` in the main thread while the block runs, then deliver them, each
-    once, to the handlers in place before. A Ctrl-C landing as a worker process had been
-    spawned, before it was sent its start-up data, left it to print multiprocessing's
-    "EOFError: Ran out of input" traceback under the run's one line (g87's fuzzer, 1 run in
-    50). A signal ignored, or at its default, is left so."""
+    """Hold Ctrl-C and the stop signals (:data:`~.._imports.STOP_SIGNALS`) in the main thread
+    while the block runs, then deliver them, each once, in the order they came, to the
+    handlers in place before. A Ctrl-C landing as a worker process had been spawned, before
+    it was sent its start-up data, left it to print multiprocessing's "EOFError: Ran out of
+    input" traceback under the run's one line (g87's fuzzer, 1 run in 50). A signal ignored,
+    or at its default, is left so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     came: list[int] = []
     previous: dict[int, Any] = {}
     try:
-        for name in _DEFERRED:
+        for name in ("SIGINT", *STOP_SIGNALS):
             signum = getattr(signal, name, None)
             if signum is not None and callable(signal.getsignal(signum)):
                 previous[signum] = signal.signal(signum, lambda n, _frame: came.append(n))
@@ -331,8 +329,19 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(came):
-            signal.raise_signal(signum)
+        _deliver([*dict.fromkeys(came)])
+
+
+def _deliver(signums: list[int]) -> None:
+    """Raise each of ``signums`` in turn, the next one while the handler's exception of the
+    one before goes up (as had they come one after the other as the run stopped): only the
+    first was delivered, and a SIGTERM after a Ctrl-C (a batch system's kill) was lost, exit
+    130 (g100)."""
+    if signums:
+        try:
+            signal.raise_signal(signums[0])
+        finally:
+            _deliver(signums[1:])
 
 
 #: Signals a batch system or a terminal sends a job's whole process group (SIGINT and SIGTERM

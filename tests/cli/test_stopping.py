@@ -179,6 +179,24 @@ def test_a_hangup_ignored_by_nohup_stays_ignored(many, tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], reference)
 
 
+def test_a_ctrl_c_after_sigterm_keeps_the_runs_terminated_status(many, tmp_path):
+    """A Ctrl-C while a terminated run waited for its worker processes (pressed after a batch
+    system's kill, or a SIGTERM then a SIGINT to the job) ended it with 130, "interrupted"
+    (g100): a stop signal's status wins over Ctrl-C's, whichever came first."""
+    src, reference = many
+    dst = tmp_path / "out.ome.zarr"
+    proc = _fuse(src, dst, "--scheduler", "processes")
+    _first_block_done(dst, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "error: terminated; rerun" in err.strip().splitlines()[-1], err
+    assert not (dst / ".fstack_dask" / "lock").exists()
+    _resumes_to_the_reference(src, dst, reference)
+
+
 @pytest.mark.parametrize("gone", ["stdout", "stdout and stderr", "terminal"])
 def test_a_reader_that_went_away_does_not_fail_the_run(many, tmp_path, gone):
     """``fuse ... | head -1``, ``2>&1 | head -1``, or a terminal that hung up under a run
