@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import gc
 import logging
 import re
 import signal
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._imports import deliver_held_signals, take_held_signal
@@ -36,6 +33,7 @@ from .args import (
     scene_src,
     shown,
 )
+from .host import changes_kept, ignore_warnings, lower_level, set_level
 from .stopping import (
     STOP_SIGNALS,
     Terminated,
@@ -136,17 +134,14 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     handler.setFormatter(_Formatter())
     handler.addFilter(_Once())
     handler.setLevel(level)
-    old_level = logger.level
+    # (put back as main returns, with the other calls' in the process: .host)
+    lower_level("fstack_dask", level)
+    ignore_warnings("", FstackDaskWarning)
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > level:
-        logger.setLevel(level)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FstackDaskWarning)
-            yield
+        yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 class _Formatter(logging.Formatter):
@@ -308,50 +303,7 @@ def _quiet_abandoned_coroutines() -> None:
     coroutine, dropped with the interrupted frames, would add Python's "coroutine ... was
     never awaited" warning (three more lines) as the command exits.
     """
-    _ignore_warnings(r"coroutine .* was never awaited", RuntimeWarning)
-
-
-#: What a command changed in its process (warning filters, loggers' levels) that a caller's
-#: ``main([...])`` puts back as it returns: an undo each (the program keeps them to its exit).
-#: distributed's loggers were left at CRITICAL, a notebook's warnings silenced (g87).
-_host_changes: list[Callable[[], None]] = []
-
-
-def _ignore_warnings(message: str, category: type[Warning]) -> None:
-    """``warnings.filterwarnings("ignore", ...)``, noted in :data:`_host_changes`."""
-    before = list(warnings.filters)
-    warnings.filterwarnings("ignore", message=message, category=category)
-    entry = warnings.filters[0]
-    # an equal filter of the host's is removed by filterwarnings: it goes back where it was
-    index = next((i for i, f in enumerate(before) if f == entry), None)
-
-    def undo() -> None:
-        if not any(f is entry for f in warnings.filters):
-            return  # put back already (a catch_warnings that ended)
-        filters = [f for f in warnings.filters if f is not entry]
-        if index is not None:
-            filters.insert(index, before[index])
-        warnings.filters[:] = filters
-        warnings._filters_mutated()  # type: ignore[attr-defined]  # (as catch_warnings does)
-
-    _host_changes.append(undo)
-
-
-def _set_level(name: str, level: int) -> None:
-    """A logger's level set, noted in :data:`_host_changes`."""
-    logger = logging.getLogger(name)
-    _host_changes.append(functools.partial(logger.setLevel, logger.level))
-    logger.setLevel(level)
-
-
-def _put_back(mark: int, *, interrupted: bool) -> None:
-    """Undo the changes noted since :data:`_host_changes` held ``mark`` of them, last first.
-    An interrupted run's frames are collected first, while its abandoned coroutines' warnings
-    are still quiet: they came after the one line, as the host's process ended."""
-    if interrupted:
-        gc.collect()
-    while len(_host_changes) > mark:
-        _host_changes.pop()()
+    ignore_warnings(r"coroutine .* was never awaited", RuntimeWarning)
 
 
 def _error(message: str) -> None:
@@ -398,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops = STOP_SIGNALS if program else ("SIGTERM",)  # (a host's handlers Python cannot see)
     quiets = (quiet_broken_pools, quiet_gone_readers, quiet_swallowed_interrupts)
     restore, unquiet, interrupted, code = _nothing, [], False, EXIT_FAILURE
-    mark = len(_host_changes)
+    kept = contextlib.nullcontext() if program else changes_kept(lambda: interrupted)
+    kept.__enter__()  # (a caller's process: its filters and loggers as they were, at the end)
     try:  # (a signal that lands as soon as its handler is in place is reported too)
         restore = on_stop_signals_raise(stops)
         if program:  # those that came while it started (fstack_dask.__main__)
@@ -419,15 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             interrupted = True
             code = _say_stopped(stop, args, stops, program=program)
-        stop = None  # (its traceback holds the run's frames: see _put_back)
+        stop = None  # (its traceback holds the run's frames: see .host.changes_kept)
     finally:
         if program:  # said and decided: a signal from now on ends it so (not SIG_DFL's -15)
             ending(code, stops)
         restore()
         for undo in reversed(unquiet):
             undo()
-        if not program:  # a caller's process: its filters and loggers as they were
-            _put_back(mark, interrupted=interrupted)
+        kept.__exit__(None, None, None)
         if program:  # (after leave: no task of ours is running)
             with deaf(stops):
                 end_zarr_io(interrupted=interrupted)
@@ -500,10 +452,10 @@ def _quiet_distributed() -> None:
 
     # A cluster's dashboard moves to a free port where 8787 is taken (a notebook's cluster):
     # distributed's warning of it, four lines, broke a refusal's one line (a CI run)
-    _ignore_warnings(r"Port \d+ is already in use", UserWarning)
+    ignore_warnings(r"Port \d+ is already in use", UserWarning)
 
     names = ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
              "distributed.scheduler", "distributed.core", "distributed.comm", "tornado",
              "tornado.application", "asyncio")  # fmt: skip
     for logger in names:
-        _set_level(logger, logging.CRITICAL)
+        set_level(logger, logging.CRITICAL)

@@ -78,3 +78,52 @@ def test_main_leaves_the_hosts_warning_filters_and_loggers_as_it_found_them(
     after_filters, after_loggers = _host_state()
     assert after_filters == filters
     assert {name: after_loggers[name] for name in loggers} == loggers
+
+
+def test_two_calls_in_two_threads_keep_their_settings_and_leave_the_hosts(tmp_path, monkeypatch):
+    """A notebook fusing two stacks at once, a thread each: the first call to end put back
+    what the second had changed, mid-run (its notes' level, its FstackDaskWarning shown twice),
+    and the second, ending, left the host's ``fstack_dask`` logger at INFO and every
+    FstackDaskWarning silenced (g100). The second run here reads its blocks only once the
+    first has ended, and notes what it sees then."""
+    import threading
+
+    from fstack_dask import FstackDaskWarning
+    from fstack_dask._cli.main import main
+    from fstack_dask._sources import fetch
+
+    first = synthetic_store(tmp_path / "first.zarr", (64, 64), 5, chunk=32, seed=1)
+    second = synthetic_store(tmp_path / "second.zarr", (64, 64), 5, chunk=32, seed=2)
+    second_started, first_ended, seen = threading.Event(), threading.Event(), []
+    real = fetch._read
+
+    def read(source, sel, into=None):
+        if "first.zarr" in repr(source) and not second_started.is_set():
+            second_started.wait(60)  # the second call starts while the first runs
+        if "second.zarr" in repr(source):
+            second_started.set()
+            first_ended.wait(60)
+            silenced = any(f[0] == "ignore" and f[2] is FstackDaskWarning for f in warnings.filters)
+            seen.append((logging.getLogger("fstack_dask").getEffectiveLevel(), silenced))
+        return real(source, sel, into)
+
+    monkeypatch.setattr(fetch, "_read", read)
+    codes = {}
+
+    def run(src):
+        argv = ["fuse", str(src), str(tmp_path / f"{src.stem}.out.zarr"), "--no-progress",
+                "--scheduler", "threads"]  # fmt: skip
+        codes[src.stem] = main(argv)
+
+    filters, loggers = _host_state()
+    threads = [threading.Thread(target=run, args=(src,)) for src in (first, second)]
+    threads[0].start()
+    threads[1].start()
+    threads[0].join(120)
+    first_ended.set()
+    threads[1].join(120)
+    assert codes == {"first": 0, "second": 0}
+    assert seen and set(seen) == {(logging.INFO, True)}  # its own settings to its end
+    after_filters, after_loggers = _host_state()
+    assert after_filters == filters
+    assert {name: after_loggers[name] for name in loggers} == loggers
