@@ -249,6 +249,10 @@ class DestinationLock:
             os.fsync(fd)
             _hold(fd)  # before the lock is visible: never seen unheld
             fd = _publish(aside, self.lock.path, fd, self.body)
+            # ours from here, released with the lock whatever lands next: a Ctrl-C as the aside
+            # name went (below) left the flock held by the process, every later run into dst
+            # refused as "being written by" itself until a restart (g100)
+            self._fd, self.held, fd = fd, True, None
         except FileExistsError:
             if fd is not None:
                 os.close(fd)
@@ -261,7 +265,6 @@ class DestinationLock:
             # the lock is taken or refused: a name left (EIO) goes with our state folder
             with contextlib.suppress(OSError):
                 os.unlink(aside)
-        self._fd = fd
         return True
 
     def _still_mine(self) -> bool | None:

@@ -148,6 +148,33 @@ def test_an_interrupt_while_the_lock_is_taken_does_not_lock_out_the_process(tmp_
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
 
 
+def test_a_ctrl_c_as_the_lock_is_published_does_not_lock_out_the_process(tmp_path, monkeypatch):
+    """A real Ctrl-C (SIGINT to this process) landing as the lock, published, dropped the name
+    it was written under, before the run noted its descriptor: the flock stayed held by the
+    kernel, and every later run into dst was refused as "being written by" its own pid until a
+    restart (g100)."""
+    import os
+    import signal
+
+    stack = _stack()[:, :96, :128]
+    dst = tmp_path / "o.zarr"
+    real, fired = os.unlink, []
+
+    def unlink(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if ".fstack_dask" in str(path) and str(path).endswith(".tmp") and not fired:
+            fired.append(path)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "unlink", unlink)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False)
+    assert fired
+    out = fuse_zarr(stack, dst, axes="zyx", chunks=48, progress=False, overwrite=True)
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+
+
 @pytest.mark.parametrize(("step", "wrapped"),
                          [("mine", False), ("mine", True), ("stop_heartbeat", False)])  # fmt: skip
 def test_a_second_ctrl_c_inside_a_lock_s_release_releases_every_lock(
