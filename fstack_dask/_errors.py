@@ -7,7 +7,9 @@ or the finished blocks and how to continue (``resume=True``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import functools
 import logging
 import os
 import signal
@@ -36,6 +38,7 @@ __all__ = [
     "finish_quietly_despite_interrupts",
     "interrupted_leaving",
     "interruption_behind",
+    "interruptions_of_this_call",
     "is_no_space",
     "note_stop",
     "raise_if_stopped",
@@ -300,6 +303,30 @@ def _chain(exc: BaseException | None) -> set[int]:
     return seen
 
 
+#: The ids of the exceptions the caller was handling as a run (or a command) began: old, and
+#: behind any exception raised in it (Python chains what is raised to what is being handled).
+_BEFORE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "handled_before", default=frozenset()
+)
+
+
+def interruptions_of_this_call(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` (a run, a command), in which an interruption its caller was handling as it began
+    is none of its own (:func:`interruption_behind`): called in a host's ``except
+    KeyboardInterrupt:`` (a script going on after a Ctrl-C, a retry), its failures were taken
+    for that old Ctrl-C, ``main([...])``'s usage error said "interrupted", exit 130 (g100)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T:
+        token = _BEFORE.set(_BEFORE.get() | _chain(sys.exc_info()[1]))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _BEFORE.reset(token)
+
+    return call
+
+
 def interruption_behind(
     exc: BaseException, prefer: type[KeyboardInterrupt] | None = None
 ) -> KeyboardInterrupt | None:
@@ -310,9 +337,11 @@ def interruption_behind(
     KeyboardInterrupt raised in a class body's ``__set_name__`` (numcodecs'
     ``cached_property``, as a module imports) in a RuntimeError "Error calling __set_name__"
     (a CI run, 2026-12-07); numba's dispatcher in a SystemError. What stopped the run is the
-    interruption behind it. With ``prefer``, one of that class where the chain holds one.
+    interruption behind it. With ``prefer``, one of that class where the chain holds one. The
+    chain is followed back to what the caller of the run was handling as it began
+    (:func:`interruptions_of_this_call`), no further: an interruption there is old.
     """
-    seen: set[int] = set()
+    seen: set[int] = set(_BEFORE.get())
     found: KeyboardInterrupt | None = None
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:  # (a chain can loop)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .._errors import interruptions_of_this_call
 from .._imports import deliver_held_signals, take_held_signal
 from .args import (
     EXIT_FAILURE,
@@ -312,6 +313,7 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {printable(redact_urls(message))}", file=sys.stderr, flush=True)
 
 
+@interruptions_of_this_call
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fstack-dask`` command line and return its exit status.
 

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from .._algorithm.block import require_engine, warm_up
+from .._errors import interruptions_of_this_call
 from .._outputs import lifecycle
 from .._outputs.display import fit_display_windows
 from .._params import is_synchronous, local_workers
@@ -29,6 +30,7 @@ __all__ = ["run_fusion"]
 log = logging.getLogger("fstack_dask")
 
 
+@interruptions_of_this_call
 def run_fusion(
     src: Any,
     dst: Any,

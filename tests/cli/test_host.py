@@ -127,3 +127,20 @@ def test_two_calls_in_two_threads_keep_their_settings_and_leave_the_hosts(tmp_pa
     after_filters, after_loggers = _host_state()
     assert after_filters == filters
     assert {name: after_loggers[name] for name in loggers} == loggers
+
+
+def test_main_called_while_its_host_handles_a_ctrl_c_says_its_own_error(tmp_path, capsys):
+    """``main([...])`` called in a host's ``except KeyboardInterrupt:``: its usage error,
+    chained by Python to the host's old Ctrl-C, was taken for one: "interrupted; rerun the
+    same command with --resume", exit 130, where the error and 2 are due (g100)."""
+    from fstack_dask._cli.main import main
+
+    src = synthetic_store(tmp_path / "src.zarr", (64, 64), 5, chunk=32, seed=1)
+    argv = ["fuse", str(src), str(tmp_path / "out.zarr"), "--levels", "9", "--no-progress"]
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--levels must be at most 6" in err and "interrupted" not in err

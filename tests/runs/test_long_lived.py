@@ -175,6 +175,32 @@ def test_a_ctrl_c_as_the_lock_is_published_does_not_lock_out_the_process(tmp_pat
     np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
 
 
+def test_a_run_called_while_its_host_handles_a_ctrl_c_takes_no_failure_for_it(
+    tmp_path, monkeypatch
+):
+    """A script that goes on after a Ctrl-C, calling the library in its ``except
+    KeyboardInterrupt:`` (a retry, a resume): a failure of that run is chained by Python to the
+    old Ctrl-C, which was taken for a new one. A complete run whose lock could not be removed
+    (EIO) raised the host's KeyboardInterrupt where it warns and returns the output (g100)."""
+    import errno
+
+    from fstack_dask._outputs.lock import DestinationLock
+
+    def eio(self):
+        raise OSError(errno.EIO, "Input/output error", self.lock.path)
+
+    monkeypatch.setattr(DestinationLock, "_remove", eio)
+    stack = _stack()[:, :96, :128]
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        try:
+            out = fuse_zarr(stack, tmp_path / "o.zarr", axes="zyx", chunks=48, progress=False)
+        except KeyboardInterrupt as exc:  # (not up to pytest: it would end the session)
+            pytest.fail(f"the host's old Ctrl-C was raised again: {exc}")
+    np.testing.assert_array_equal(out["0"][...], focus_stack(stack.transpose(1, 2, 0)))
+
+
 @pytest.mark.parametrize(("step", "wrapped"),
                          [("mine", False), ("mine", True), ("stop_heartbeat", False)])  # fmt: skip
 def test_a_second_ctrl_c_inside_a_lock_s_release_releases_every_lock(
