@@ -18,7 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 
-__all__ = ["changes_kept", "ignore_warnings", "lower_level", "set_level"]
+__all__ = ["changes_kept", "ignore_warnings", "keep_to_itself", "lower_level", "set_level"]
 
 _lock = threading.RLock()
 #: The calls under way that put back what they change, and whether one was interrupted.
@@ -86,3 +86,12 @@ def lower_level(name: str, level: int) -> None:
     with _lock:
         if logging.getLogger(name).getEffectiveLevel() > level:
             set_level(name, level)
+
+
+def keep_to_itself(name: str) -> None:
+    """A logger's records kept from its ancestors' handlers (the root's: a host's
+    ``logging.basicConfig()``), noted for :func:`changes_kept`."""
+    with _lock:
+        logger = logging.getLogger(name)
+        _changes.append(functools.partial(setattr, logger, "propagate", logger.propagate))
+        logger.propagate = False

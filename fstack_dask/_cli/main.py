@@ -34,7 +34,7 @@ from .args import (
     scene_src,
     shown,
 )
-from .host import changes_kept, ignore_warnings, lower_level, set_level
+from .host import changes_kept, ignore_warnings, keep_to_itself, lower_level, set_level
 from .stopping import (
     STOP_SIGNALS,
     Terminated,
@@ -123,7 +123,8 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
 @contextlib.contextmanager
 def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     """Show fstack_dask's notes (the files read, resuming, a stale lock taken over, progress
-    lines) and warnings on stderr, each once, as ``fstack-dask: ...`` lines.
+    lines) and warnings on stderr, each once, as ``fstack-dask: ...`` lines (not passed on to
+    a host's handlers too).
 
     A warning is both logged and raised as a Python warning (``_errors.warn``); here the log
     record is the one shown, so the Python warning is silenced.
@@ -138,6 +139,9 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     # (put back as main returns, with the other calls' in the process: .host)
     lower_level("fstack_dask", level)
     ignore_warnings("", FstackDaskWarning)
+    # shown by this handler alone: a host's own (a script's logging.basicConfig(), a batch
+    # job's log) showed each note a second time (g100)
+    keep_to_itself("fstack_dask")
     logger.addHandler(handler)
     try:
         yield

@@ -144,3 +144,28 @@ def test_main_called_while_its_host_handles_a_ctrl_c_says_its_own_error(tmp_path
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--levels must be at most 6" in err and "interrupted" not in err
+
+
+SCRIPT_WITH_LOGGING = """
+import logging, sys
+logging.basicConfig()  # a script's first line
+from fstack_dask._cli.main import main
+sys.exit(main(["fuse", *sys.argv[1:], "--no-progress"]))
+"""
+
+
+def test_main_in_a_script_that_set_logging_up_says_each_note_once(tmp_path):
+    """A script that called ``logging.basicConfig()`` saw each of the command line's notes
+    twice: its line, and the root handler's ``WARNING:fstack_dask:...`` (g100)."""
+    import subprocess
+    import sys
+
+    src = synthetic_store(tmp_path / "src.zarr", (64, 64), 3, chunk=32, seed=1)  # 3 planes: a note
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT_WITH_LOGGING, str(src), str(tmp_path / "out.zarr")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "3 focus planes" in line]
+    assert len(said) == 1 and said[0].startswith("fstack-dask: warning: "), done.stderr
+    assert "fstack_dask:" not in done.stderr, done.stderr
