@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from typing import Any
 
 __all__ = [
@@ -101,24 +102,73 @@ _HELD: list[int] = []
 
 
 #: Seconds a held stop signal waits for the imports to end before it ends the program, and
-#: what ends it then (:func:`hold_stop_signals`' ``end``); the timer that will.
+#: what ends it then (:func:`hold_stop_signals`' ``end``); the watch that will (:func:`_watch`).
 HOLD_GRACE = 10.0
-_END: list[Any] = []
-_TIMER: list[Any] = []
+_WATCH: list[Any] = []
 
 
 def _hold(signum: int, frame: Any) -> None:
     if _HELD:  # pressed again: an import hung (a dead mount) is not waited for
         raise KeyboardInterrupt
     _HELD.append(signum)
+
+
+def _watch(read_fd: int, done: Any, end: Any) -> None:
+    """The held stop signals' grace (a scheduler's SIGTERM is not repeated: an import that never
+    returns, a dead mount, held it for ever, the program never ended: g43), counted in a
+    thread of its own from the moment Python's C handler wrote the signal's number to
+    ``read_fd``'s pipe (:func:`signal.set_wakeup_fd`), whether or not the main thread ran
+    :func:`_hold`: a SIGTERM landing just before the import's read that hangs was taken by the
+    C handler, the main thread in its read before it ran the Python one, and the program never
+    ended (1 run in 20 of tests/cli/test_stopping.py's, on a loaded machine: g100)."""
+    import signal
+
+    try:
+        while not done.is_set():
+            came = os.read(read_fd, 64)
+            stops = [n for n in came if n not in (0, signal.SIGINT)]
+            if stops:
+                if not done.wait(HOLD_GRACE):
+                    end(stops[0])
+                return
+            if not came or 0 in came:  # (the imports are done: :func:`_stop_watching`)
+                return
+    finally:
+        os.close(read_fd)
+
+
+def _start_watching(end: Any) -> None:
     import signal
     import threading
 
-    if signum != signal.SIGINT and _END:  # a scheduler's SIGTERM is not repeated: an import
-        # that never returns (a dead mount) held it for ever, the program never ended (g43)
-        _TIMER.append(threading.Timer(HOLD_GRACE, _END[0], args=(signum,)))
-        _TIMER[-1].daemon = True
-        _TIMER[-1].start()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # (as set_wakeup_fd asks)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # (not the main thread)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(read_fd, done, end), name="fstack-dask-start-up",
+                     daemon=True).start()  # fmt: skip
+    _WATCH[:] = [previous, write_fd, done]
+
+
+def _stop_watching() -> None:
+    """The imports are done: the grace of a held signal ends, the wakeup descriptor goes back."""
+    import signal
+
+    if not _WATCH:
+        return
+    previous, write_fd, done = _WATCH
+    _WATCH.clear()
+    done.set()
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(previous)
+    with contextlib.suppress(OSError):
+        os.write(write_fd, b"\0")  # (the watch, waiting for a signal, ends)
+    os.close(write_fd)
 
 
 def holding(handler: Any) -> bool:
@@ -135,10 +185,9 @@ def hold_stop_signals(names: tuple[str, ...], end: Any = None) -> None:
     ``end(signum)`` (from a thread: it ends the process). For the program only, in its main
     thread."""
     import signal
-    import threading  # noqa: F401 - now, not first in _hold, in the middle of another import
 
-    _END[:] = [end] if end is not None else []
-
+    if end is not None:  # (before the handlers: a signal that comes then has its grace)
+        _start_watching(end)
     for name in ("SIGINT", *names):
         signum = getattr(signal, name, None)
         if signum is None:  # (Windows has few of them)
@@ -160,8 +209,7 @@ def deliver_held_signals() -> None:
             if signal.getsignal(signum) is _hold:
                 default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
                 signal.signal(signum, default)
-    for timer in _TIMER:
-        timer.cancel()
+    _stop_watching()
     held, _HELD[:] = _HELD[:1], []
     for signum in held:
         signal.raise_signal(signum)
@@ -174,8 +222,7 @@ def take_held_signal() -> int | None:
     changed) where none was held."""
     import signal
 
-    for timer in _TIMER:
-        timer.cancel()
+    _stop_watching()
     if not _HELD:
         return None
     for signum in range(1, signal.NSIG):
