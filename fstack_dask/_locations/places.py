@@ -159,10 +159,11 @@ _PASSWORD = re.compile(
     r"""(?i)\b(https?://[^\s'"/?#@:]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
 )
 # a password of digits then '/', '?' or '#' (https://alice:12/x@host/) reads as a port: it
-# was printed whole ("its host name 'alice' does not resolve", g101); hidden where the "host"
-# is no host name with a dot, nor localhost (http://fileserver:8080/a@b/ is hidden too)
+# was printed whole ("its host name 'alice' does not resolve", g101), and still after a user
+# name with a dot (alice.smith, alice%40lab.org: g104); hidden wherever the "host" is no IP
+# address nor localhost (a path holding '@' after a port, http://fileserver:8080/a@b/, too)
 _DIGITS_PASSWORD = re.compile(
-    r"""(?i)\b(https?://(?!localhost:)[^\s'"/?#@:.]+):\d+[/?#][^\s'"]*@"""
+    r"""(?i)\b(https?://(?!localhost:|(?:\d+\.){3}\d+:)[^\s'"/?#@:\[]+):\d+[/?#][^\s'"]*@"""
 )
 _USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
 
