@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import time
 import weakref
@@ -222,8 +223,9 @@ def _clusters(cluster: Any) -> list[str]:
 
 
 # a word of a #SBATCH line asking for a hold: -H, also among sbatch's other short flags
-# (-vH), --hold or an abbreviation of it getopt takes (--hol, --ho)
-_HOLD_WORD = re.compile(r"-[hkOQsvVW]*H[hkOQsvVW]*|--ho(?:ld?)?")
+# (-vH) or followed by more options or one's value (-Hp debug: a hold, then -p), --hold or
+# an abbreviation of it getopt takes (--hol, --ho)
+_HOLD_WORD = re.compile(r"-[hkOQsvVW]*H\S*|--ho(?:ld?)?")
 
 
 def _waited(cluster: Any, timed_out: bool) -> set[str]:
@@ -249,10 +251,20 @@ def _script_holds(script: str) -> bool:
     for line in script.splitlines()[1:]:
         if line.strip() and not line.lstrip().startswith("#"):
             return False  # (sbatch reads no directive after the first command)
-        words = line.split("#", 2)[1].split() if line.startswith("#") else []
-        if words[:1] == ["SBATCH"] and any(_HOLD_WORD.fullmatch(w) for w in words[1:]):
+        words = _words(line) if re.match(r"#SBATCH(?:\s|$)", line) else []
+        if words[:1] == ["#SBATCH"] and any(_HOLD_WORD.fullmatch(w) for w in words[1:]):
             return True
     return False
+
+
+def _words(line: str) -> list[str]:
+    """The words of a ``#SBATCH`` line as sbatch reads them: quoted ones whole, the rest of the
+    line from an unquoted ``#`` a comment (``--comment="a # b" --hold``: a hold, which was
+    taken for a comment and waited for 600 s)."""
+    try:
+        return ["#SBATCH", *shlex.split(line[len("#SBATCH") :], comments=True)]
+    except ValueError:  # (an unmatched quote: sbatch refuses the script)
+        return line.split()
 
 
 def _script(cluster: Any) -> str:

@@ -360,14 +360,18 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
             np.testing.assert_array_equal(got[path][...], arr[...], err_msg=path)
 
 
-@pytest.mark.parametrize("hold", ["--hold", "-N 1 --hold", "--hol"])
+@pytest.mark.parametrize(
+    "hold", ["--hold", "-N 1 --hold", "--hol", '--comment="a # b" --hold', "-Ht 10"]
+)
 def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path, hold):
     """A config whose jobs are held (``--hold`` in job_extra_directives; ``scontrol hold``, an
     administrator's hold alike): none ever starts. The run waited the stall timeout, 600 s,
     then said the jobs were "still queued or ended without a worker" (g83). Now one line
     within seconds naming them and the hold, exit 1, nothing written, no job left queued.
     Also a hold among other options of its line, or abbreviated, as sbatch takes them (waited
-    for 600 s until g98: only ``#SBATCH --hold`` or ``-H`` was taken for the script's)."""
+    for 600 s until g98: only ``#SBATCH --hold`` or ``-H`` was taken for the script's), after
+    a quoted '#' (taken for a comment's) or with options after it in its word (``-Ht 10``: a
+    hold, then -t; both waited for 600 s until g105)."""
     import re
 
     from fstack_dask import synthetic_stack, write_stack
