@@ -361,9 +361,10 @@ def write_block(
 def make_durable(
     location: Location, keys: list[str], sizes: list[int] | None = None
 ) -> list[str] | None:
-    """fsync the written chunk files and their folders (local filesystems only); returns the
-    keys stored (None where not known: an object store), and appends their sizes to
-    ``sizes`` (taken from the open file: the done-marker records them without a stat each).
+    """fsync the written chunk files, their folders and those above them up to ``location``
+    (local filesystems only); returns the keys stored (None where not known: an object
+    store), and appends their sizes to ``sizes`` (taken from the open file: the done-marker
+    records them without a stat each).
 
     Object stores make a write durable when the request returns; on a local filesystem a
     power cut could otherwise leave a done-marker on disk whose chunk files were still in
@@ -388,7 +389,25 @@ def make_durable(
         stored.append(key)
     for folder in folders:
         fsync_dir(folder)
+    _sync_new_folders(location.path, folders)
     return stored
+
+
+def _sync_new_folders(root: str, folders: set[str]) -> None:
+    """fsync the parent of each folder between a chunk's folder and ``root`` (``0/c/3`` in
+    ``0/c``, ``0/c`` in ``0``): zarr creates them as it writes a chunk, and a folder's fsync
+    does not make its own name durable, so a power cut could take ``0/c/3`` with the chunk
+    files inside it, their done-marker kept. (A few folders a block, already clean but for the
+    first block into them: no cache, which a folder removed and made again, its inode reused,
+    would fool.)"""
+    root = root.rstrip(os.sep) or os.sep
+    parents = set()
+    for folder in folders:
+        while folder != root and folder.startswith(root + os.sep):
+            folder = os.path.dirname(folder)
+            parents.add(folder)
+    for parent in sorted(parents, key=len, reverse=True):  # the deepest first
+        fsync_dir(parent)
 
 
 def fsync_dir(path: str) -> None:

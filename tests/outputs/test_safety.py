@@ -506,6 +506,37 @@ def test_chunk_files_are_synced_before_the_done_marker(src, tmp_path, monkeypatc
             assert str(path / "c" / str(j) / str(i)) in before, (block, array)
 
 
+def test_the_folders_a_block_s_chunks_went_into_are_synced_in_their_parents_before_its_marker(
+    src, tmp_path, monkeypatch
+):
+    """docs/safety.md, "Durable": a power cut cannot leave a marker without its data. zarr makes
+    the folders of a chunk (``0/c``, ``0/c/1``) as it writes it, and a folder's own fsync does
+    not make its name durable in its parent: only the chunk files and their folder were synced,
+    so a power cut could take ``0/c/1``, the chunk files in it, and keep their done-marker."""
+    events = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        events.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, scheduler="synchronous",
+              progress=False)  # fmt: skip
+    markers = [i for i, p in enumerate(events) if f"{STATE_DIR}/done/" in p]
+    assert len(markers) >= 9  # level 0's blocks, then level 1's
+    for where in markers:
+        before = set(events[:where])
+        # every chunk folder synced so far is synced in its parent too, up to dst
+        folders = {p for p in before if "/c/" in p and os.path.isdir(p)}
+        for folder in folders:
+            parent = os.path.dirname(folder)
+            while parent != str(dst):
+                assert parent in before, (events[where], parent)
+                parent = os.path.dirname(parent)
+
+
 def test_a_state_folder_that_cannot_be_removed_is_named_by_the_file_that_stayed(
     src, tmp_path, monkeypatch
 ):
