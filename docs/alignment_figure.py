@@ -4,9 +4,9 @@ The PCB photographs of PetteriAimonen/focus-stack (``examples/pcb/``, MIT licenc
 planes of 2048 x 1536) were taken by hand: the framing shifts and the magnification changes
 a little from plane to plane. fstack_dask fuses each pixel from the planes as they are, so
 where they disagree the result holds several shifted copies of an edge. The figure puts two
-crops of ``fstack-dask fuse "pcb/pcb_*.jpg"`` (top) above the same crops of ``expected.jpg``,
-focus-stack's own result, which aligned the planes first (bottom; it also crops and rescales
-the frame a little, so the crops are not pixel for pixel the same place).
+crops of ``fstack-dask fuse "pcb/pcb_*.jpg" pcb.ome.zarr`` (top) above the same crops of
+``expected.jpg``, focus-stack's own result, which aligned the planes first (bottom; it also
+crops and rescales the frame a little, so the crops are not pixel for pixel the same place).
 
 Run it from the repository, with the folder of the photographs::
 
