@@ -352,7 +352,8 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
 
     ``dst`` absent: moved only if nothing appeared there meanwhile (``RENAME_NOREPLACE``, or a
     hard link, which fails on an existing name). ``dst`` ours: exchanged with the new file
-    atomically and checked to be ours once more, swapped back if it is not. ``dst`` the
+    atomically and checked to be ours once more, swapped back if it is not (where the
+    filesystem cannot exchange: :func:`_replace_ours`). ``dst`` the
     claim of a run that stopped at the move (:func:`is_claim`): moved over.
 
     Raises
@@ -383,8 +384,36 @@ def place_tiff(partial: str, dst: str, *, where: str) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)  # the previous output, now in the working store
         else:
-            os.replace(partial, dst)
+            _replace_ours(partial, dst, where)
     fsync_dir(parent)
+
+
+def _replace_ours(partial: str, dst: str, where: str) -> None:
+    """Replace our TIFF at ``dst`` by ``partial`` where the filesystem cannot exchange them
+    (exFAT, NFS, Lustre): what is at ``dst`` now is moved aside into the working store and
+    checked there, so that a file a user saved at ``dst`` since it was checked goes back to
+    ``dst`` (os.replace over it lost it). A run killed meanwhile leaves the previous TIFF in
+    the working store, which keeps it as a file it does not know, and ``dst`` absent."""
+    aside = f"{partial}.previous"
+    os.rename(dst, aside)
+    if tiff_owner(aside) is None:
+        try:
+            _link_or_claim(aside, dst)  # back, never over a file that took dst meanwhile
+        except FileExistsError:
+            raise FileExistsError(
+                f"{_not_ours(where)}; a file saved there while this run replaced it is kept "
+                f"as {aside!r}"
+            ) from None
+        raise FileExistsError(_not_ours(where))
+    try:
+        _link_or_claim(partial, dst)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{where} appeared while this run replaced it; refusing to replace it (the new "
+            f"TIFF is kept in the working store, the previous one as {aside!r}: rerun with "
+            "resume=True once dst is moved)"
+        ) from None
+    os.unlink(aside)
 
 
 def _link_or_claim(partial: str, dst: str) -> None:

@@ -835,3 +835,56 @@ def test_an_empty_claim_left_on_exfat_is_told_for_what_it_may_be(tmp_path, exfat
     proc = _cli(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert dst.read_bytes() == ref.read_bytes()
+
+
+def test_a_users_file_put_at_dst_as_an_overwrite_without_exchange_checks_it_is_kept(
+    tmp_path, monkeypatch
+):
+    """Where the filesystem has no renameat2(RENAME_EXCHANGE) (exFAT, NFS, Lustre), an
+    overwrite checked that dst was our TIFF, then os.replace'd the new one over whatever was
+    there by then: a user's file saved at dst in between was lost. What is at dst is now moved
+    aside and checked there; a file not ours goes back to dst, and the run is refused."""
+    import fstack_dask._outputs.tiff as tiff_out
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    dst = tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    real_rename, real_owner = tiff_out.renameat2, tiff_out.tiff_owner
+
+    def no_exchange(a, b, flags):  # (as exFAT or NFS answer)
+        return False if flags == tiff_out.RENAME_EXCHANGE else real_rename(a, b, flags)
+
+    def owner(path):  # checked ours, then a user's file is saved over it, as a viewer saves
+        found = real_owner(path)
+        if path == str(dst) and found is not None:
+            (tmp_path / "user.tif").write_bytes(b"a user's own image")
+            os.replace(tmp_path / "user.tif", dst)
+        return found
+
+    monkeypatch.setattr(tiff_out, "renameat2", no_exchange)
+    monkeypatch.setattr(tiff_out, "tiff_owner", owner)
+    with pytest.raises(FileExistsError, match="is not a TIFF fstack_dask wrote"):
+        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True)
+    assert dst.read_bytes() == b"a user's own image"
+
+
+def test_an_overwrite_without_exchange_replaces_our_tiff(tmp_path, monkeypatch):
+    """The same overwrite, nothing put at dst meanwhile: the new TIFF takes the old one's place
+    and nothing is left beside it."""
+    import fstack_dask._outputs.tiff as tiff_out
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref, dst = tmp_path / "ref.tif", tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, alpha=0.3, progress=False)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    real_rename = tiff_out.renameat2
+
+    def no_exchange(a, b, flags):
+        return False if flags == tiff_out.RENAME_EXCHANGE else real_rename(a, b, flags)
+
+    monkeypatch.setattr(tiff_out, "renameat2", no_exchange)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, alpha=0.3, progress=False, overwrite=True)
+    assert dst.read_bytes() == ref.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["out.tif", "ref.tif", "stack.ome.zarr"]
