@@ -393,21 +393,36 @@ def make_durable(
     return stored
 
 
+#: (device, inode) of a chunk folder and the ctime of its parent when this process synced the
+#: parent: the folder's name is durable while the parent has not changed since
+_NAMED: set[tuple[int, int, int]] = set()
+
+
 def _sync_new_folders(root: str, folders: set[str]) -> None:
     """fsync the parent of each folder between a chunk's folder and ``root`` (``0/c/3`` in
     ``0/c``, ``0/c`` in ``0``): zarr creates them as it writes a chunk, and a folder's fsync
     does not make its own name durable, so a power cut could take ``0/c/3`` with the chunk
-    files inside it, their done-marker kept. (A few folders a block, already clean but for the
-    first block into them: no cache, which a folder removed and made again, its inode reused,
-    would fool.)"""
+    files inside it, their done-marker kept. A parent unchanged since this process synced it
+    with the folder in it is not synced again (a folder removed and made again changes it)."""
     root = root.rstrip(os.sep) or os.sep
-    parents = set()
+    parents, named = set(), set()
     for folder in folders:
         while folder != root and folder.startswith(root + os.sep):
-            folder = os.path.dirname(folder)
-            parents.add(folder)
+            parent = os.path.dirname(folder)
+            try:
+                mine, theirs = os.stat(folder), os.stat(parent)
+            except OSError:
+                break
+            key = (mine.st_dev, mine.st_ino, theirs.st_ctime_ns)
+            if key not in _NAMED:
+                parents.add(parent)
+                named.add(key)
+            folder = parent
     for parent in sorted(parents, key=len, reverse=True):  # the deepest first
         fsync_dir(parent)
+    if len(_NAMED) > 1 << 16:  # (a long-lived service: syncing again costs only time)
+        _NAMED.clear()
+    _NAMED.update(named)  # only once synced: another thread's block may rely on them then
 
 
 def fsync_dir(path: str) -> None:

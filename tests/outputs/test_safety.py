@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -522,19 +523,22 @@ def test_the_folders_a_block_s_chunks_went_into_are_synced_in_their_parents_befo
 
     monkeypatch.setattr(os, "fsync", fsync)
     dst = tmp_path / "out.zarr"
-    fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, scheduler="synchronous",
-              progress=False)  # fmt: skip
-    markers = [i for i, p in enumerate(events) if f"{STATE_DIR}/done/" in p]
-    assert len(markers) >= 9  # level 0's blocks, then level 1's
-    for where in markers:
-        before = set(events[:where])
-        # every chunk folder synced so far is synced in its parent too, up to dst
-        folders = {p for p in before if "/c/" in p and os.path.isdir(p)}
-        for folder in folders:
-            parent = os.path.dirname(folder)
-            while parent != str(dst):
-                assert parent in before, (events[where], parent)
-                parent = os.path.dirname(parent)
+    for _ in range(2):  # and again into dst removed and made anew (inodes reused)
+        shutil.rmtree(dst, ignore_errors=True)
+        events.clear()
+        fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, levels=1, scheduler="synchronous",
+                  progress=False)  # fmt: skip
+        markers = [i for i, p in enumerate(events) if f"{STATE_DIR}/done/" in p]
+        assert len(markers) >= 9  # level 0's blocks, then level 1's
+        for where in markers:
+            before = set(events[:where])
+            # every chunk folder synced so far is synced in its parent too, up to dst
+            folders = {p for p in before if "/c/" in p and os.path.isdir(p)}
+            for folder in folders:
+                parent = os.path.dirname(folder)
+                while parent != str(dst):
+                    assert parent in before, (events[where], parent)
+                    parent = os.path.dirname(parent)
 
 
 def test_a_state_folder_that_cannot_be_removed_is_named_by_the_file_that_stayed(
