@@ -375,8 +375,15 @@ def _images(location: Any) -> list[tuple[str, str]]:
         datasets = multiscales[0].get("datasets", [])
         if not datasets:
             continue
-        base = node[datasets[0]["path"]]
-        shapes = ", ".join(f"{d['path']}: {tuple(node[d['path']].shape)}" for d in datasets)
+        # a run killed while it created its arrays leaves levels its metadata lists unwritten
+        # (info failed "KeyError: '1'" of such a dst, or of the overwrite staged beside it)
+        levels = [_array_or_none(node, d["path"]) for d in datasets]
+        shapes = ", ".join(f"{d['path']}: {tuple(a.shape) if a is not None else 'not written yet'}"
+                           for d, a in zip(datasets, levels, strict=True))  # fmt: skip
+        base = levels[0]
+        if base is None:
+            lines.append((name or "image", "not written yet"))
+            continue
         if not name:
             lines.append(("image", f"{''.join(axes)} {tuple(base.shape)} {base.dtype}, chunks "
                                    f"{tuple(base.chunks)}"))  # fmt: skip
@@ -391,6 +398,14 @@ def _images(location: Any) -> list[tuple[str, str]]:
             lines.append((name, f"{base.dtype}{f', {unit}' if unit else ''}, {len(datasets)} "
                                 "level(s)"))  # fmt: skip
     return lines
+
+
+def _array_or_none(node: Any, path: str) -> Any:
+    """The array at ``path`` in ``node``, or None where it is not there (not written yet)."""
+    try:
+        return node[path]
+    except KeyError:
+        return None
 
 
 def _scale(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> str:

@@ -452,3 +452,61 @@ def test_an_array_opened_inside_an_unfinished_output_is_refused_as_its_path_is(t
     assert not (tmp_path / "again.ome.zarr").exists()
     whole = zarr.open_array(tmp_path / "s.ome.zarr" / "0", mode="r")  # not an output: fused
     assert fuse(whole, axes="zyx").shape == whole.shape[1:]
+
+
+# A CLI run that SIGKILLs itself as it creates the output's array argv[1] (the CLI's
+# arguments follow): the groups' metadata lists every level, some are not written yet.
+KILLED_CREATING_ARRAY = """
+import os, signal, sys
+import zarr
+
+create = zarr.Group.create_array
+
+def die_at(self, name, *args, **kwargs):
+    if name == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return create(self, name, *args, **kwargs)
+
+zarr.Group.create_array = die_at
+from fstack_dask._cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_info_of_a_run_killed_while_creating_its_arrays_says_how_far_it_got(
+    tmp_path, capsys, overwrite
+):
+    """A run killed as it created its arrays (the depth map's group written, listing levels
+    0 and 1, level 1 not yet), fresh or an overwrite staged beside the previous output:
+    ``info`` of dst failed "KeyError: '1'", where it should say what is there and
+    that --resume continues."""
+    import subprocess
+    import sys
+
+    from fstack_dask._cli.main import main
+
+    src = _write(tmp_path, "s", _grey(seed=6), "zyx")
+    dst = tmp_path / "out.ome.zarr"
+    args = ["fuse", src, dst, "--chunks", "50", "--depth-map", "--no-progress"]
+    if overwrite:
+        assert main([*map(str, args), "--nhsize", "5"]) == 0
+        args.append("--overwrite")
+    killed = subprocess.run([sys.executable, "-c", KILLED_CREATING_ARRAY, "depth/1",
+                             *map(str, args)], capture_output=True, text=True, timeout=300,
+                            check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    capsys.readouterr()
+    assert main(["info", str(dst)]) == 0
+    info = capsys.readouterr()
+    assert "error" not in info.err, info.err
+    assert "0 of 12 blocks of level 0 done" in info.out, info.out
+    assert "resumable" in info.out, info.out
+    resumed = subprocess.run([sys.executable, "-m", "fstack_dask", *map(str, args), "--resume"],
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    whole = tmp_path / "whole.ome.zarr"
+    fuse_zarr(src, whole, chunks=50, depth_map=True, progress=False)
+    for name in ("0", "1", "depth/0", "depth/1"):
+        np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")[name][...],
+                                      zarr.open_group(str(whole), mode="r")[name][...])  # fmt: skip
