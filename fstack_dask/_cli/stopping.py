@@ -358,14 +358,17 @@ def quiet_swallowed_interrupts() -> Callable[[], None]:
 
 class _Tolerant:
     """A standard stream that drops what it is given once its reader is gone: a pipe whose
-    reader ended (``| head -1``: EPIPE) or a terminal that hung up (EIO). Its descriptor then
-    points at /dev/null, so that the interpreter's last flush at exit fails no more."""
+    reader ended (``| head -1``: EPIPE) or a terminal that hung up (EIO); or once it cannot
+    be written, a file on a full disk or over quota (``> run.log`` beside the output that
+    filled it: a complete run exited 1, "error: [Errno 28] No space left on device"). Its
+    descriptor then points at /dev/null, so that the interpreter's last flush at exit fails
+    no more."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def _gone(self, exc: OSError) -> None:
-        if exc.errno not in (errno.EPIPE, errno.EIO):
+        if exc.errno not in (errno.EPIPE, errno.EIO, errno.ENOSPC, errno.EDQUOT):
             raise exc
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -197,14 +197,22 @@ def test_a_ctrl_c_after_sigterm_keeps_the_runs_terminated_status(many, tmp_path)
     _resumes_to_the_reference(src, dst, reference)
 
 
-@pytest.mark.parametrize("gone", ["stdout", "stdout and stderr", "terminal"])
+@pytest.mark.parametrize("gone", ["stdout", "stdout and stderr", "terminal", "a full disk"])
 def test_a_reader_that_went_away_does_not_fail_the_run(many, tmp_path, gone):
     """``fuse ... | head -1``, ``2>&1 | head -1``, or a terminal that hung up under a run
     that goes on (disowned): the fusion finished, yet the command exited 1 ("error: [Errno
-    32] Broken pipe", or without a word)."""
+    32] Broken pipe", or without a word). So did ``fuse ... > run.log`` where the log's disk
+    was full (the output filled it; /dev/full): "error: [Errno 28] No space left on
+    device"."""
     src, reference = many
     dst = tmp_path / "out.ome.zarr"
-    if gone == "terminal":
+    if gone == "a full disk":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("needs /dev/full")
+        theirs = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        ours = os.dup(theirs)  # (closed below, as a pipe's reader is)
+        streams = {"stdout": theirs, "stderr": subprocess.PIPE}
+    elif gone == "terminal":
         ours, theirs = pty.openpty()
         fcntl.ioctl(theirs, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         streams = {"stdin": theirs, "stdout": theirs, "stderr": theirs}
