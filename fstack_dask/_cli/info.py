@@ -8,7 +8,14 @@ from typing import Any
 
 from .._env import check as check_environment
 from .args import EXIT_OK, configure, printable, scene_src, shown
-from .info_output import _our_output, _our_tiff, _parameters, _tiff_run, describe_output
+from .info_output import (
+    _our_output,
+    _our_tiff,
+    _parameters,
+    _tiff_run,
+    describe_output,
+    put_aside_output,
+)
 
 __all__ = ["cmd_info"]
 
@@ -51,6 +58,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     output = _our_output(args.src, kw.get("storage_options"))
     if output is not None:
         _print(describe_output(*output))
+        return EXIT_OK
+    aside = put_aside_output(args.src, kw.get("storage_options"))
+    if aside is not None:
+        _print(aside)
         return EXIT_OK
     tiff = _as_tiff(args.src)
     ours = _our_tiff(tiff) or _tiff_run(tiff)  # (else refused as a source of

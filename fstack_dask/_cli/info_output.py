@@ -57,6 +57,32 @@ def _our_output(src: str, storage_options: Any) -> tuple[Any, str] | None:
     return (location, kind) if kind in ("complete", "unfinished") else None
 
 
+def put_aside_output(src: str, storage_options: Any) -> list[tuple[str, str]] | None:
+    """``info``'s lines for a missing dst whose previous output an overwrite cut short between
+    its two renames (no RENAME_EXCHANGE: NFS) left hidden beside it: info said "src ... does
+    not exist", as if the output were lost, where the next run into dst puts it back."""
+    from .._locations import resolve
+    from .._outputs.leftovers import put_aside
+
+    try:
+        dst = resolve(src, name="src", storage_options=storage_options)
+        found = put_aside(dst) if dst.is_local else None
+    except (ValueError, TypeError, OSError):
+        return None
+    if found is None:
+        return None
+    old, staged = found
+    lines = describe_output(old, "complete")
+    lines[0] = ("output", f"{shown(dst.url)} (missing: an overwrite cut short while "
+                          f"swapping left the previous output, whole, in {shown(old.url)}; the "
+                          "next fuse run into dst puts it back, and --resume finishes the "
+                          "overwrite)")  # fmt: skip
+    for folder in staged:
+        state = dict(describe_output(folder, "unfinished"))["state"]
+        lines.append(("overwrite", f"under way in {shown(folder.url)}: {state}"))
+    return lines
+
+
 def describe_output(location: Any, kind: str) -> list[tuple[str, str]]:
     """``info``'s lines for an fstack_dask output: its image and levels, scale, maps, what
     it was fused from and with which parameters, and whether it is done or can be resumed.

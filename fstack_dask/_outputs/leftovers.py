@@ -57,6 +57,7 @@ from .state import OutputState
 __all__ = [
     "give_back",
     "keep_theirs_inside",
+    "put_aside",
     "recover",
     "remove_stale",
     "restore",
@@ -248,6 +249,12 @@ def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
     log.warning("restored %s from %s, where an overwrite cut short while swapping had left "
                 "it", dst.spec, old.url)  # fmt: skip
     return True
+
+
+def put_aside(dst: Location) -> tuple[Location, list[Location]] | None:
+    """The previous output that :func:`restore` would put back into the missing dst, and the
+    staged outputs beside it (an overwrite cut short between its two renames), or None."""
+    return _restorable(dst)
 
 
 def _restorable(dst: Location, *, locked: bool = False) -> tuple[Location, list[Location]] | None:

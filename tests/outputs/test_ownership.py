@@ -1290,7 +1290,9 @@ def test_a_kill_between_the_two_renames_of_a_swap_gives_dst_back(tmp_path):
     """Where the swap is two renames (no RENAME_EXCHANGE), a kill between them left no dst,
     the old output hidden as '.NAME.fstack-staging-old-*'; the next --resume fused dst again
     from scratch and left both hidden folders for good. It renames the old output back
-    (a warning), then swaps the finished staged output in, as after any cut-short overwrite."""
+    (a warning), then swaps the finished staged output in, as after any cut-short overwrite.
+    ``info`` of dst meanwhile said "src ... does not exist", as if the output were lost: it
+    says where the previous output is, whole, and that the next run puts it back."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     fuse_zarr(src, dst, chunks=CHUNK, progress=False)
@@ -1298,6 +1300,14 @@ def test_a_kill_between_the_two_renames_of_a_swap_gives_dst_back(tmp_path):
                            str(dst)], capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == -9, proc.stderr
     assert not dst.exists() and len(_hidden(tmp_path)) == 2
+    [old] = [name for name in _hidden(tmp_path) if "-old-" in name]
+    info = cli("info", dst)
+    assert info.returncode == 0, info.stderr
+    assert (
+        f"missing: an overwrite cut short while swapping left the previous output, whole, "
+        f"in {tmp_path / old}" in info.stdout
+    ), info.stdout
+    assert "state:      complete" in info.stdout and "overwrite:  under way in " in info.stdout
     proc = cli("fuse", src, dst, "--resume", "--nhsize", "5", *FUSE)
     assert proc.returncode == 0, proc.stderr
     assert f"warning: restored {dst} from " in proc.stderr
