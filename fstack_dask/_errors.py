@@ -87,6 +87,19 @@ class DestinationFullError(OSError):
         return type(self), (self.strerror,)
 
 
+class DestinationReadOnlyError(OSError):
+    """The filesystem holding the destination is, or became, read-only (EROFS)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EROFS, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[type[DestinationReadOnlyError], tuple[str]]:
+        return type(self), (self.strerror,)
+
+
 @public
 class FstackDaskWarning(UserWarning):
     """Something that may make the result other than the user meant (an odd file among the
@@ -151,12 +164,30 @@ def is_no_space(exc: BaseException | None) -> bool:
     return False
 
 
+def _with_errno(exc: BaseException | None, number: int) -> OSError | None:
+    """The ``OSError`` of errno ``number`` that ``exc`` is, or was raised from, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == number:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
     """``exc`` with what is left on disk added to its message (same type where we can)."""
     if is_no_space(exc):
         return DestinationFullError(
             f"no space left on device while writing dst {dst!r}: free space or choose another "
             f"dst; {left}"
+        )
+    read_only = _with_errno(exc, errno.EROFS)
+    if read_only is not None:  # (a disk error remounts ext4 so, errors=remount-ro)
+        return DestinationReadOnlyError(
+            f"read-only file system while writing dst {dst!r} ({_text(read_only)}): make it "
+            f"writable again (a disk error may have made it read-only: dmesg says), or choose "
+            f"another dst; {left}"
         )
     if isinstance(exc, SourceChangedError):  # nothing to repair: let the writer finish
         return type(exc)(f"{exc}; {left}")

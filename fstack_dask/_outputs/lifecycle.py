@@ -29,7 +29,7 @@ from .destination import Destination, Target
 from .ownership import STATE_DIR, provenance, recorded_entries, run_record
 from .removal import ours_within, remove_state
 from .state import OutputState, new_output_id, write_output_id
-from .write import OutputSpec, create_output, publish
+from .write import OutputSpec, create_output, make_durable, publish
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,11 @@ def prepare(
     write_output_id(target.output, oid)  # before the provenance that names it
     extra = {"source_identity": dict(identity), "output_id": oid}
     create_output(target.output, spec, extra=extra)
+    # on disk before any block's marker: a crash (a power cut, a disk error aborting ext4's
+    # journal) left the arrays' zarr.json empty beside durable chunks and markers, and every
+    # --resume failed "Expecting value: line 1 column 1 (char 0)"
+    make_durable(target.output, [f"{path}/zarr.json".lstrip("/") for path in spec.groups]
+                 + [f"{array.path}/zarr.json" for array in spec.arrays])  # fmt: skip
 
 
 def record_source(target: Target, identity: Mapping[str, Any]) -> None:
@@ -184,10 +189,20 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
     n_done = target.state.n_done() if target.output.exists() else 0
     exc = as_interrupt(exc)
     interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-    Destination.release(target)
+    locks = [lock.lock.url for lock in target.locks]
+    try:
+        Destination.release(target)
+    except Exception as why:  # the disk gone read-only (or an I/O error) as the run failed:
+        # its lock stays, taken over by the next run once this process has ended; the run's
+        # failure and what it left is what to say (it said "[Errno 30] Read-only file
+        # system: '.../.fstack_dask/lock'", and nothing of the blocks kept)
+        unreleased = (f"; its lock {', '.join(map(repr, locks))} could not be removed "
+                      f"({' '.join(str(why).split())}): the next run takes it over")  # fmt: skip
+    else:
+        unreleased = ""
     if interrupted:
         raise exc
-    left = _left(target, destination, n_done, n_blocks)
+    left = _left(target, destination, n_done, n_blocks) + unreleased
     raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
 
 
