@@ -41,11 +41,13 @@ from . import folders
 from .folders import STAGING
 from .lock import DestinationLock
 from .ownership import (
+    ID_FILE,
     STATE_DIR,
     claim_entry,
     classify,
     foreign_entries,
     provenance,
+    provenance_attribute,
     recorded_entries,
     run_record,
     state_written,
@@ -59,6 +61,7 @@ __all__ = [
     "keep_theirs_inside",
     "put_aside",
     "recover",
+    "remove_remains",
     "remove_stale",
     "restore",
     "staged_run",
@@ -164,8 +167,42 @@ def remove_stale(dst: Location, *, protect: Iterable[Location], keep: Location |
         if run_record(folder) is not None:
             with contextlib.suppress(Exception):
                 remove_output(folder, protect=protect)
+        elif remove_remains(folder):
+            continue
         elif folder.is_local and provenance(folder) is None:
             _warn_kept_claim(folder, dst)
+
+
+def remove_remains(folder: Location) -> bool:
+    """Remove what a removal of one of our outputs killed between its last two deletions left
+    in ``folder`` (a staging folder, a TIFF's working store: folders named as only runs name
+    them), and the folder: the root ``zarr.json`` with our provenance, and the id file's folder
+    ``0``, empty (the id file went just before). Without its id file the ``zarr.json`` was
+    taken for a user's copy of our attributes: kept for good, said of as "which fstack_dask
+    did not write" by every overwrite, and a TIFF dst refused to every run ("move out what it
+    holds"). Local folders only; True where they were removed."""
+    if not folder.is_local:
+        return False
+    try:
+        names = sorted(os.listdir(folder.path))
+        empty = ID_FILE[0] not in names or (
+            not os.path.islink(folder.child(ID_FILE[0]).path)
+            and not os.listdir(folder.child(ID_FILE[0]).path)
+        )
+    except OSError:
+        return False
+    if names not in (["zarr.json"], [ID_FILE[0], "zarr.json"]) or not empty:
+        return False
+    if provenance_attribute(folder) is None or os.path.islink(folder.child("zarr.json").path):
+        return False
+    with contextlib.suppress(OSError):
+        if ID_FILE[0] in names:
+            os.rmdir(folder.child(ID_FILE[0]).path)
+        os.unlink(folder.child("zarr.json").path)
+        os.rmdir(folder.path)
+        log.info("removed %s, what the removal of an output cut short left", folder.url)
+        return True
+    return False
 
 
 def _empty_cut_short(folder: Location) -> None:

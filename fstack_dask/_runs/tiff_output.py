@@ -33,6 +33,7 @@ from typing import Any
 
 from .._errors import warn
 from .._locations import Location, change_locked, mounts_within, resolve
+from .._outputs import leftovers
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
@@ -82,6 +83,8 @@ def fuse_to_tiff(
             f"{where}: a TIFF dst must be a local path (tifffile writes local files); write an "
             "OME-Zarr dst (.ome.zarr) to an object store instead"
         )
+    # (else refused as a store with our attributes copied in, for good, by every run)
+    leftovers.remove_remains(working_store(tiff))
 
     # refuses bad input, reads metadata; run_fusion tells what "auto" chose. dst is refused
     # before "auto" reads its sample (read first until g88: minutes of a remote stack)

@@ -1389,6 +1389,34 @@ def test_a_kill_while_the_previous_output_is_removed_leaves_it_ours(tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(dst), mode="r")["0"][...], expected)
 
 
+@pytest.mark.parametrize("dst_name", ["out.zarr", "out.tif"])
+def test_a_kill_between_the_last_two_deletions_of_a_removal_leaves_nothing_for_good(
+    tmp_path, dst_name
+):
+    """Killed as the previous output (swapped out by an overwrite) or a TIFF's working store
+    was removed, between its id file's deletion and its root zarr.json's: the folder left
+    held that zarr.json alone (and an empty '0'), taken for a user's copy of our attributes.
+    Beside an OME-Zarr dst it stayed hidden for good, every overwrite saying it "holds
+    'zarr.json', which fstack_dask did not write"; beside a TIFF dst every run into it was
+    refused, exit 2, "move out what it holds". The next run removes what is left."""
+    src = write_src(tmp_path / "src.zarr")
+    dst = tmp_path / dst_name
+    assert cli("fuse", src, dst, *FUSE).returncode == 0
+    removed = r"(fstack-staging-[0-9a-f]+|fstack-work)/0/\.fstack_dask-output$"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_REMOVING, removed, "fuse", str(src), str(dst),
+         "--overwrite", "--nhsize", "5", *map(str, FUSE)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    (hidden,) = _hidden(tmp_path)
+    assert sorted(os.listdir(tmp_path / hidden)) in (["0", "zarr.json"], ["zarr.json"])
+    proc = cli("fuse", src, dst, "--overwrite", "--nhsize", "7", *FUSE)
+    assert proc.returncode == 0, proc.stderr
+    assert "did not write" not in proc.stderr, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted([dst_name, "src.zarr"])
+
+
 def test_a_stale_overwrite_whose_removal_was_cut_short_is_not_resumed(tmp_path, monkeypatch):
     """An interrupted ``--overwrite`` leaves its staging folder; a later overwrite removing
     it as stale is killed between its two passes (only the record, the id and the root
