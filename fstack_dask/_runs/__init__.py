@@ -13,7 +13,8 @@ kept through an interrupt of the process that made them (``shield``), the bounde
 in flight on it (``schedulers``), how tasks of many blocks report each block
 (``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), what
 became of a batch cluster's jobs (ended, held, pending for good, failed at start-up:
-``batch_jobs``), halo
+``batch_jobs``), PBS's holds, read from the job script as qsub reads it, and qstat's states
+(``pbs_jobs``), halo
 exchange, which decodes each source unit once on any scheduler: its plan of waves and row
 segments (``waves``), its driver (``exchange``), a wave's strips as they run and what each
 submits next (``exchange_strips``), what a worker does (``halo``) and where its

@@ -12,6 +12,8 @@ import time
 import weakref
 from typing import Any
 
+from . import pbs_jobs
+
 __all__ = ["ended", "jobs", "remember", "said", "stuck"]
 
 
@@ -133,6 +135,17 @@ _HELD = {
     "releases them, or give the run a longer stall timeout",
 }
 
+# what to do of each of PBS's hold types (qstat -f's Hold_Types), said at once for the job
+# script's own (u, -h), at the stall timeout for the others
+_PBS_HELD = {
+    "u": "remove -h from {where}job_extra_directives if it is there",
+    "o": "an operator held them (a maintenance, say): rerun once the site releases them, or "
+    "give the run a longer stall timeout",
+    "s": "the system held them: a dependency (-W depend) not yet met, or PBS's own hold (qstat "
+    "-f says why in its comment)",
+    "?": "qstat -f says why in its comment",
+}
+
 _ASK_EVERY = 5.0  # seconds between squeue's answers asked for (not at each poll of the run)
 # seconds a reason that does not clear is seen before the run stops for it: squeue's reason is
 # a scheduling pass old, and a pass may not yet have seen what changed
@@ -151,11 +164,16 @@ def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
     stall timeout is over, and what squeue says now is said (an administrator's hold too)."""
     found = jobs(cluster)
     ids = [str(j.job_id) for j in found if j.job_id is not None]
-    if not ids or len(ids) < len(found) or getattr(found[0], "cancel_command", "") != "scancel":
+    system = _system(found)
+    if not ids or len(ids) < len(found) or not system:
         return "", {}
     if dict(getattr(cluster, "scheduler_info", {}) or {}).get("workers"):
         return "", {}  # a worker is there (its job's end not yet seen by the scheduler)
-    kind, reasons = _kind(_queue(cluster, ids), ids, _waited(cluster, timed_out))
+    if system == "pbs":
+        asked = pbs_jobs.asks_hold(_script(cluster), str(getattr(found[0], "submit_command", "")))
+        kind, reasons = _pbs_kind(_queue(cluster, ids), ids, asked, timed_out)
+    else:
+        kind, reasons = _kind(_queue(cluster, ids), ids, _waited(cluster, timed_out))
     key, now = (kind, tuple(sorted(reasons.items()))), time.monotonic()
     seen, first, last = _since.get(id(cluster), (None, now, now))
     if seen != key or now - last > 3 * _ASK_EVERY:  # (not seen so since: counted anew)
@@ -174,6 +192,10 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
     asked, rows = _asked.get(id(cluster), (-_ASK_EVERY, None))
     if time.monotonic() - asked < _ASK_EVERY and (rows is None or set(rows) <= set(ids)):
         return rows
+    if _system(jobs(cluster)) == "pbs":
+        rows = pbs_jobs.states(ids)
+        _asked[id(cluster)] = (time.monotonic(), rows)
+        return rows
     try:
         res = subprocess.run(
             ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r", *_clusters(cluster)],
@@ -189,6 +211,29 @@ def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
         rows = {} if "Invalid job id" in res.stderr else None
     _asked[id(cluster)] = (time.monotonic(), rows)
     return rows
+
+
+def _system(found: list[Any]) -> str:
+    """The batch system of a cluster's jobs by how dask-jobqueue cancels them: "slurm", "pbs"
+    (PBS Pro, OpenPBS, Torque: their jobs' holds are read since a run waited the stall
+    timeout, 600 s, for jobs its job script held, ``#PBS -h``), or "" for another."""
+    command = str(getattr(found[0], "cancel_command", "")).split()[:1] if found else []
+    return {"scancel": "slurm", "qdel": "pbs"}.get(command[0] if command else "", "")
+
+
+def _pbs_kind(
+    rows: dict[str, tuple[str, str]] | None, ids: list[str], asked: bool, timed_out: bool
+) -> tuple:
+    """``"held"`` where qstat says every job held (``job_state = H``) by the hold the job
+    script or qsub asks for (``asked``: ``-h``, a user hold, ``Hold_Types = u``), or by any
+    hold once the stall timeout is over. A job waiting for its start time (``-a``: ``W``) or
+    for a dependency (``-W depend=``: held by the system, ``s``) is waited for, as one an
+    operator (``o``) or its user (``qhold``) held once queued."""
+    if not rows or any(rows.get(i, ("",))[0] != "H" for i in ids):
+        return "", {}
+    if timed_out or (asked and all("u" in rows[i][1] for i in ids)):
+        return "held", {i: f"Hold_Types={rows[i][1]}" for i in ids}
+    return "", {}
 
 
 def _rows(out: str) -> dict[str, tuple[str, str]]:
@@ -324,10 +369,11 @@ def said(cluster: Any, timed_out: bool = False) -> str:
     named = f"({', '.join(ids)})" if "?" not in ids else f"({len(ids)} of them)"
     ours = hasattr(getattr(cluster, "job_cls", None), "submitted")  # (telling_refusals')
     where = "cluster.jobqueue." if ours else "the cluster's "
+    pbs = _system(jobs(cluster)) == "pbs"
     cancelled = (
         "so they are cancelled with the run"
         if ours
-        else f"so cancel them (cluster.close(), or scancel {' '.join(ids)})"
+        else f"so cancel them (cluster.close(), or {'qdel' if pbs else 'scancel'} {' '.join(ids)})"
     )
     if kind == "ended":
         return (
@@ -336,11 +382,15 @@ def said(cluster: Any, timed_out: bool = False) -> str:
             f"lengthen {where}walltime if it was reached"
         )
     told = _HELD if kind == "held" else {h: _hint(h) for h in map(_head, reasons.values())}
+    if pbs:  # (a hint for each of the hold types qstat says, Hold_Types=uo)
+        told = {h: "; ".join(_PBS_HELD.get(t, _PBS_HELD["?"]) for t in h[len("Hold_Types=") :])
+                for h in map(_head, reasons.values())}  # fmt: skip
     todo = "; ".join(sorted({told[_head(r)].format(where=where) for r in reasons.values()}))
     if kind == "held":
         return (
             f"cluster; its batch job(s) {named} are held ({_listed(reasons)}), and a held job "
-            f"starts only once released (scontrol release), {cancelled}: {todo}"
+            f"starts only once released ({'qrls' if pbs else 'scontrol release'}), {cancelled}: "
+            f"{todo}"
         )
     if kind == "gone":
         return (
