@@ -296,8 +296,8 @@ def _script_holds(script: str) -> bool:
     for line in script.splitlines()[1:]:
         if line.strip() and not line.lstrip().startswith("#"):
             return False  # (sbatch reads no directive after the first command)
-        words = _words(line) if re.match(r"#SBATCH(?:\s|$)", line) else []
-        if words[:1] == ["#SBATCH"] and any(_HOLD_WORD.fullmatch(w) for w in words[1:]):
+        words = _words(line)[1:] if re.match(r"#SBATCH(?:\s|$)", line) else []
+        if any(_HOLD_WORD.fullmatch(w) for w in words):
             return True
     return False
 
