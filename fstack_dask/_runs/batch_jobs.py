@@ -4,6 +4,7 @@ without their worker ever joining, each said in the stall's one line (:mod:`.wai
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -13,6 +14,8 @@ import weakref
 from typing import Any
 
 from . import pbs_jobs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ended", "jobs", "remember", "said", "stuck"]
 
@@ -97,10 +100,6 @@ def _weak(cluster: Any) -> bool:
 # asks for and cleared as one gets them (a node that registers them as it starts, an admin's
 # scontrol update: seen on this machine's SLURM, g92).
 _NEVER = {
-    "PartitionDown": "their partition is down (sinfo): choose another {where}queue, or rerun "
-    "once the site brings it up",
-    "PartitionInactive": "their partition is inactive (sinfo): choose another {where}queue, or "
-    "rerun once the site brings it up",
     "PartitionTimeLimit": "their walltime is beyond their partition's time limit (sinfo -o "
     "'%P %l'): lower {where}walltime, or choose another queue",
     "DependencyNeverSatisfied": "the job they depend on failed or was cancelled: check "
@@ -108,6 +107,19 @@ _NEVER = {
     "InvalidAccount": "their account is not valid",
     "InvalidQOS": "their QOS is not valid",
 }
+# squeue's reasons for a pending job whose partition the site brought down or made inactive,
+# as for a maintenance, and brings back up: SLURM keeps the jobs queued for it, and the run
+# waits for it to its stall timeout, which then says it (a user's --stall-timeout of 2 h was
+# cut short after 25 s, and a maintenance of an hour failed every run that was queued for it)
+_SITE = {
+    "PartitionDown": "their partition is down (sinfo), as for a maintenance: rerun once the "
+    "site brings it up, give the run a longer stall timeout to wait for it, or choose another "
+    "{where}queue",
+    "PartitionInactive": "their partition is inactive (sinfo), as for a maintenance: rerun "
+    "once the site brings it up, give the run a longer stall timeout to wait for it, or choose "
+    "another {where}queue",
+}
+
 # a limit on each job (its walltime, cores, nodes, memory: AssocMaxWallDurationPerJobLimit,
 # QOSMaxCpuPerJobLimit, QOSMinMemory ...): the job alone passes it, whatever else runs. Not
 # the group limits (AssocGrpCPURunMinutesLimit, QOSGrpCPUMinutesLimit ...): they clear as the
@@ -173,7 +185,9 @@ def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
         asked = pbs_jobs.asks_hold(_script(cluster), str(getattr(found[0], "submit_command", "")))
         kind, reasons = _pbs_kind(_queue(cluster, ids), ids, asked, timed_out)
     else:
-        kind, reasons = _kind(_queue(cluster, ids), ids, _waited(cluster, timed_out))
+        rows = _queue(cluster, ids)
+        kind, reasons = _kind(rows, ids, _waited(cluster, timed_out))
+        _note_site_wait(cluster, rows, ids)
     key, now = (kind, tuple(sorted(reasons.items()))), time.monotonic()
     seen, first, last = _since.get(id(cluster), (None, now, now))
     if seen != key or now - last > 3 * _ASK_EVERY:  # (not seen so since: counted anew)
@@ -183,6 +197,24 @@ def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
     if not kind or (now - first < wait[kind] and not timed_out):
         return "", {}
     return kind, reasons
+
+
+_noted: set[int] = set()
+
+
+def _note_site_wait(cluster: Any, rows: dict[str, tuple[str, str]] | None, ids: list[str]) -> None:
+    """Say once, as the run waits, that its jobs wait for a partition the site brought down
+    (:data:`_SITE`): the run waits for it to its stall timeout, 600 s by default, and said
+    nothing meanwhile."""
+    down = sorted({_head(r) for i, (s, r) in (rows or {}).items() if i in ids and s == "PENDING"
+                   and _head(r) in _SITE})  # fmt: skip
+    if down and id(cluster) not in _noted:
+        _noted.add(id(cluster))
+        log.info(
+            "the run's batch job(s) are pending (%s): their partition is down, and the "
+            "run waits for the site to bring it up, to its stall timeout",
+            ", ".join(down),
+        )
 
 
 def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
@@ -282,8 +314,8 @@ def _waited(cluster: Any, timed_out: bool) -> set[str]:
     if timed_out:
         return set()
     if _script_holds(_script(cluster)):
-        return {"JobHeldAdmin"}
-    return {"JobHeldAdmin", "JobHeldUser"}
+        return {"JobHeldAdmin", *_SITE}
+    return {"JobHeldAdmin", "JobHeldUser", *_SITE}
 
 
 def _script_holds(script: str) -> bool:
@@ -338,8 +370,8 @@ def _kind(rows: dict[str, tuple[str, str]] | None, ids: list[str], waited: set[s
         return "", {}  # (a hold its maker releases: waited for)
     if all(_head(r) in _HELD for r in pending.values()):
         return "held", pending
-    if all(_never_clears(r) or _head(r) in _HELD for r in pending.values()):
-        return "pending", pending
+    if all(_never_clears(r) or _head(r) in _HELD or _head(r) in _SITE for r in pending.values()):
+        return "pending", pending  # (_SITE's: waited for until the stall timeout)
     return "", {}
 
 
@@ -400,6 +432,11 @@ def said(cluster: Any, timed_out: bool = False) -> str:
             "see their output, "
             f"slurm-<id>.out in {where}log_directory or the folder the cluster was made in"
         )
+    if all(_head(r) in _SITE for r in reasons.values()):  # (said at the stall timeout)
+        return (
+            f"cluster; its batch job(s) {named} are still pending, waiting for the site "
+            f"({_listed(reasons)}), {cancelled}: {todo}"
+        )
     return (
         f"cluster; its batch job(s) {named} are pending for a reason that does not clear by "
         f"itself ({_listed(reasons)}), {cancelled}: {todo}"
@@ -430,7 +467,7 @@ def _hint(head: str) -> str:
     for more than the site lets one job have" (g89)."""
     if head in _HELD:
         return "a held job starts only once released (scontrol release)"
-    return _NEVER.get(head, _PER_JOB_HINT)
+    return _NEVER.get(head) or _SITE.get(head) or _PER_JOB_HINT
 
 
 def _listed(reasons: dict[str, str]) -> str:

@@ -236,7 +236,7 @@ def _slurm_config(tmp_path: Path, jobs: int, **overrides) -> tuple[Path, str]:
 #: past 15 s, in half the time): squeue's reason seen for ``batch_jobs._STUCK_FOR`` (15 s) and
 #: ``waiting.REFUSED_AFTER`` (10 s), set in the run's own process; a job gone for distributed's
 #: lost-worker-timeout (15 s) + 5 s, through dask's own setting. The defaults stay tested:
-#: REFUSED_AFTER by the refused and held runs' "1\d s", _STUCK_FOR by PartitionDown's run.
+#: REFUSED_AFTER by the refused and held runs' "1\d s", _STUCK_FOR by PartitionTimeLimit's run.
 SHORT_S = 3.0
 LOST_WORKER_TIMEOUT = "1s"
 BEGIN_S = 12  # a delayed job's pending time: past the shortened waits (3 s, 1 + 5 s)
@@ -451,21 +451,21 @@ def _small_stack(tmp_path: Path) -> Path:
     return src
 
 
-@pytest.mark.parametrize("why", ["PartitionDown", "DependencyNeverSatisfied"])
+@pytest.mark.parametrize("why", ["PartitionTimeLimit", "DependencyNeverSatisfied"])
 def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
     slurm_available, own_partition, tmp_path, why
 ):
-    """A job pending for a reason that no wait clears (its partition brought down, a
-    dependency on a job that failed; PartitionTimeLimit, a per-job limit
-    alike): the run waited the stall timeout, 600 s, then said the jobs were "still queued or
-    ended without a worker" (g86). Now one line within about 30 s naming the jobs and squeue's
-    reason, exit 1, nothing written, no job left queued. (PartitionDown's run keeps the
-    program's waits, 15 s and 10 s; the other's are shortened.)"""
+    """A job pending for a reason that no wait clears (a walltime beyond its partition's
+    limit, a dependency on a job that failed; a per-job limit alike): the run waited the stall
+    timeout, 600 s, then said the jobs were "still queued or ended without a worker" (g86). Now
+    one line within about 30 s naming the jobs and squeue's reason, exit 1, nothing written, no
+    job left queued. (PartitionTimeLimit's run keeps the program's waits, 15 s and 10 s; the
+    other's are shortened.)"""
     import re
 
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    if why == "PartitionDown":
-        overrides = {"queue": own_partition(State="DOWN")}
+    if why == "PartitionTimeLimit":  # (a 1-minute partition, the jobs' walltime 5 minutes)
+        overrides = {"queue": own_partition(MaxTime="1")}
     else:
         failed = _run("sbatch", "--parsable", "-J", f"fstack-{os.getpid()}-failing",
                       "-p", PARTITION, "-o", str(tmp_path / "failing.out"),
@@ -475,7 +475,7 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
         overrides = {"job_extra_directives": [f"--dependency=afterok:{failed}"]}
     config, name = _slurm_config(tmp_path, jobs=1, **overrides)
     t0 = time.monotonic()
-    short = why != "PartitionDown"
+    short = why != "PartitionTimeLimit"
     line, left = _failed_run(src, dst, config, name, short)  # (the default 600 s stall)
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for \d+ s: no worker is connected to the "
@@ -484,6 +484,67 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
         line,
     ), line
     assert time.monotonic() - t0 < 45
+    assert left.strip() == "", left
+    assert not dst.exists()
+
+
+def test_jobs_whose_partition_is_down_are_waited_for_until_the_site_brings_it_up(
+    slurm_available, own_partition, tmp_path
+):
+    """A partition the site brought down (``scontrol update State=DOWN``: a maintenance), its
+    jobs pending for ``PartitionDown``: SLURM keeps them queued for when it comes back up. The
+    run stopped after 25 s, its jobs cancelled, whatever the stall timeout (a user's 2 h
+    included). It waits for the partition, up to the stall timeout, saying once why: the site
+    brings it up 15 s in (past the waits given a reason that never clears, shortened to 3 s),
+    and the run finishes."""
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    queue = own_partition(State="DOWN")
+    config, name = _slurm_config(tmp_path, jobs=1, queue=queue)
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--stall-timeout", "90",
+                     short=True)  # fmt: skip
+    try:
+        deadline, reason = time.monotonic() + 30, ""
+        while reason != "PartitionDown" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            reason = _run("squeue", "-h", "-n", name, "-o", "%r").stdout.strip()
+        time.sleep(15)  # (the run stopped 6 s after this reason was seen: 3 s, then 3 s)
+        assert proc.poll() is None, proc.communicate()
+        assert _run("scontrol", "update", f"PartitionName={queue}", "State=UP").returncode == 0
+        _, err = proc.communicate(timeout=90)
+    finally:
+        _stop(proc, name)
+    assert reason == "PartitionDown", reason
+    assert proc.returncode == 0, err
+    assert "pending (PartitionDown): their partition is down, and the run waits for the site " \
+        "to bring it up, to its stall timeout" in err, err  # fmt: skip
+    assert (dst / "zarr.json").exists()
+
+
+def test_jobs_whose_partition_stays_down_are_said_at_the_stall_timeout(
+    slurm_available, own_partition, tmp_path
+):
+    """The other side: a partition still down at the stall timeout (20 s here) is said then,
+    the jobs cancelled, nothing written."""
+    import re
+
+    src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
+    config, name = _slurm_config(tmp_path, jobs=1, queue=own_partition(State="DOWN"))
+    proc = _fuse_cli(str(src), str(dst), "--config", str(config), "--stall-timeout", "20",
+                     short=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        left = _stop(proc, name)
+    assert proc.returncode == 1, err
+    assert re.fullmatch(
+        r"fstack-dask: error: no block finished for 20 s: no worker is connected to the "
+        r"cluster; its batch job\(s\) \(\d+\) are still pending, waiting for the site "
+        r"\(PartitionDown\), so they are cancelled with the run: their partition is down "
+        r"\(sinfo\), as for a maintenance: rerun once the site brings it up, give the run a "
+        r"longer stall timeout to wait for it, or choose another cluster.jobqueue.queue; "
+        r"nothing was written",
+        err.splitlines()[-1],
+    ), err
     assert left.strip() == "", left
     assert not dst.exists()
 
@@ -704,18 +765,19 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     slurm_available, own_partition, tmp_path, monkeypatch
 ):
     """Two jobs pending for good, one held (sbatch's hold; here squeue's first line says it),
-    one for its partition down (its second line): the line told of the held one "they ask for
-    more than the site lets one job have: lower walltime, cores or memory", a change that would
-    not start it (g89). It says a held job starts once released. (An administrator's hold, and
-    a user's made after the jobs were queued, are waited for: the tests below.)"""
-    sed = "sed -e 1s/PartitionDown/JobHeldUser/ -e 2s/JobHeldUser/PartitionDown/"
+    one for its walltime beyond its partition's limit (its second line): the line told of the
+    held one "they ask for more than the site lets one job have: lower walltime, cores or
+    memory", a change that would not start it (g89). It says a held job starts once released.
+    (An administrator's hold, and a user's made after the jobs were queued, are waited for: the
+    tests below.)"""
+    sed = "sed -e 1s/PartitionTimeLimit/JobHeldUser/ -e 2s/JobHeldUser/PartitionTimeLimit/"
     _squeue_through(tmp_path, monkeypatch, sed)  # (whichever reason squeue says of each)
     src, dst = _small_stack(tmp_path), tmp_path / "out.zarr"
-    config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(State="DOWN"),
+    config, name = _slurm_config(tmp_path, jobs=2, queue=own_partition(MaxTime="1"),
                                  job_extra_directives=["--hold"])  # fmt: skip
     line, left = _failed_run(src, dst, config, name, short=True)
-    assert "(JobHeldUser, PartitionDown), so they are cancelled with the run: " in line, line
-    assert "a held job starts only once released (scontrol release); their partition" in line
+    assert "(JobHeldUser, PartitionTimeLimit), so they are cancelled with the run: " in line, line
+    assert "a held job starts only once released (scontrol release); their walltime" in line
     assert "more than the site lets one job have" not in line, line
     assert left.strip() == "", left
 
