@@ -282,8 +282,9 @@ def _rows(out: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
-# the cluster a job script's directive sends its job to (sbatch -M/--clusters)
-_SCRIPT_CLUSTERS = re.compile(r"^#SBATCH[ \t]+(?:-M[ \t=]*|--clusters?[ \t=]+)(\S+)", re.M)
+# a word of a #SBATCH line naming the cluster its job goes to (sbatch -M/--clusters): -M
+# also among sbatch's short flags (-vM), its value the rest of the word or the next word
+_CLUSTERS_WORD = re.compile(r"-[hOQsvVW]*M(.*)|--clusters?(?:=(.*))?")
 
 
 def _clusters(cluster: Any) -> list[str]:
@@ -294,9 +295,23 @@ def _clusters(cluster: Any) -> list[str]:
     ever joining" (g92)."""
     named = os.environ.get("SBATCH_CLUSTERS") or os.environ.get("SLURM_CLUSTERS")
     if not named:
-        found = _SCRIPT_CLUSTERS.findall(_script(cluster))
-        named = found[-1] if found else ""
+        named = _script_clusters(_directives(_script(cluster)))
     return ["-M", named] if named else []
+
+
+def _script_clusters(words: list[str]) -> str:
+    """The clusters the last ``-M``/``--clusters`` of a job script's directives (``words``)
+    names, or "": read only as a line's first option, ``-N 1 --cluster=other`` or ``-vM
+    other`` sent squeue to its own cluster, and a healthy run stopped after 20 s, "ended
+    without their worker ever joining"; one after the script's first command, which sbatch
+    ignores, sent it to a cluster that has none of them."""
+    named = ""
+    for at, word in enumerate(words):
+        found = _CLUSTERS_WORD.fullmatch(word)
+        if found:
+            value = found.group(1) or found.group(2)  # (-Mother, --clusters=other)
+            named = value or (words[at + 1] if at + 1 < len(words) else "")
+    return named
 
 
 # a word of a #SBATCH line asking for a hold: -H, also among sbatch's other short flags
@@ -325,13 +340,19 @@ def _script_holds(script: str) -> bool:
     ``#SBATCH --hold`` after it, which sbatch ignores, stopped a run its user held for a
     while). Not SBATCH_HOLD: sbatch reads no such variable (SLURM 22.05), and one set to 0
     stopped such a run too."""
+    return any(_HOLD_WORD.fullmatch(w) for w in _directives(script))
+
+
+def _directives(script: str) -> list[str]:
+    """The words of the options of a job script's ``#SBATCH`` lines, as sbatch reads them:
+    each line's, and only before the script's first command."""
+    words: list[str] = []
     for line in script.splitlines()[1:]:
         if line.strip() and not line.lstrip().startswith("#"):
-            return False  # (sbatch reads no directive after the first command)
-        words = _words(line)[1:] if re.match(r"#SBATCH(?:\s|$)", line) else []
-        if any(_HOLD_WORD.fullmatch(w) for w in words):
-            return True
-    return False
+            break  # (sbatch reads no directive after the first command)
+        if re.match(r"#SBATCH(?:\s|$)", line):
+            words += _words(line)[1:]
+    return words
 
 
 def _words(line: str) -> list[str]:

@@ -792,18 +792,25 @@ def test_a_failing_squeue_is_not_asked_at_each_poll(slurm_available, tmp_path, m
     assert len(calls.read_text().split()) <= 8  # (the job starts after 12 s or more)
 
 
-def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_path, monkeypatch):
+@pytest.mark.parametrize("directive", ["--clusters=other", "-N 1 --cluster=other", "-vM other"])
+def test_jobs_sent_to_another_slurm_cluster_are_waited_for(
+    slurm_available, tmp_path, monkeypatch, directive
+):
     """``--clusters=other`` in job_extra_directives (a site's GPU cluster beside the login
     node's: sbatch -M): squeue, asked without ``-M``, asks its own cluster, which knows none of
     the jobs ("Invalid job id"), and a healthy run stopped after 20 s, "ended without their
-    worker ever joining", its job left queued there (g92). squeue is asked with ``-M``. (This
-    SLURM has one cluster: an sbatch first on PATH submits here without the directive, and an
-    squeue first on PATH answers as the login node's cluster would unless asked ``-M other``.)"""
+    worker ever joining", its job left queued there (g92). squeue is asked with ``-M``. Also
+    where the line's first option is another (``-N 1 --cluster=other``), or ``-M`` comes among
+    flags (``-vM other``), both of which sbatch reads (a run stopped so too).
+    (This SLURM has one cluster: an sbatch first on PATH submits here without the directive,
+    and an squeue first on PATH answers as the login node's cluster would unless asked ``-M
+    other``.)"""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text(
         "#!/bin/sh\n"
-        f'sed /--clusters=other/d "$1" >"$1.here" && exec {shutil.which("sbatch")} "$1.here"\n'
+        f'sed \'/^#SBATCH.*[ =]other$/d\' "$1" >"$1.here" && '
+        f'exec {shutil.which("sbatch")} "$1.here"\n'
     )
     (fake / "squeue").write_text(  # (asked "... -M other": the real one without those two)
         '#!/bin/bash\ncase "$*" in *"-M other") ;; *) echo "slurm_load_jobs error: Invalid job '
@@ -812,7 +819,7 @@ def test_jobs_sent_to_another_slurm_cluster_are_waited_for(slurm_available, tmp_
     for name in ("sbatch", "squeue"):
         (fake / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    _a_delayed_job_finishes(tmp_path, job_extra_directives=["--clusters=other"])
+    _a_delayed_job_finishes(tmp_path, job_extra_directives=[directive])
 
 
 def test_how_jobs_sent_to_another_slurm_cluster_ended_is_said(
