@@ -345,12 +345,14 @@ def _script_holds(script: str) -> bool:
 
 def _directives(script: str) -> list[str]:
     """The words of the options of a job script's ``#SBATCH`` lines, as sbatch reads them:
-    each line's, and only before the script's first command."""
+    each line's, and only before the script's first command; a line is one wherever it begins
+    ``#SBATCH``, also without a space after it (``#SBATCH--hold``, a hold to sbatch, was waited
+    for 600 s)."""
     words: list[str] = []
     for line in script.splitlines()[1:]:
         if line.strip() and not line.lstrip().startswith("#"):
             break  # (sbatch reads no directive after the first command)
-        if re.match(r"#SBATCH(?:\s|$)", line):
+        if line.startswith("#SBATCH"):
             words += _words(line)[1:]
     return words
 

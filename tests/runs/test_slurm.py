@@ -361,7 +361,8 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
 
 
 @pytest.mark.parametrize(
-    "hold", ["--hold", "-N 1 --hold", "--hol", '--comment="a # b" --hold', "-Ht 10"]
+    "hold",
+    ["--hold", "-N 1 --hold", "--hol", '--comment="a # b" --hold', "-Ht 10", "#SBATCH--hold"],
 )
 def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path, hold):
     """A config whose jobs are held (``--hold`` in job_extra_directives; ``scontrol hold``, an
@@ -378,7 +379,10 @@ def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_pat
 
     src, dst = tmp_path / "stack.zarr", tmp_path / "out.zarr"
     write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
-    config, name = _slurm_config(tmp_path, jobs=1, job_extra_directives=[hold])
+    # (a line of the prologue, before its first command: "#SBATCH--hold", which sbatch reads
+    # as a hold, was not taken for a directive)
+    where = "job_script_prologue" if hold.startswith("#") else "job_extra_directives"
+    config, name = _slurm_config(tmp_path, jobs=1, **{where: [hold]})
     line, left = _failed_run(src, dst, config, name)  # the default 600 s stall
     assert re.fullmatch(
         r"fstack-dask: error: no block finished for 1\d s: no worker is connected to the "
