@@ -43,12 +43,13 @@ from .places import (
     redact_urls,
     sticky_keeps,
 )
-from .remove import mounts_within, remove_tree
+from .remove import is_marker, mounts_within, remove_keys, remove_tree
 from .resolve import reach, resolve
 
 __all__ = [
     "Location",
     "change_locked",
+    "is_marker",
     "marks_reader",
     "mounts_within",
     "owner_and_mode",
@@ -56,6 +57,7 @@ __all__ = [
     "reach",
     "read_only_mount",
     "redact_urls",
+    "remove_keys",
     "remove_tree",
     "resolve",
     "sticky_keeps",

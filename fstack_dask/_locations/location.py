@@ -210,10 +210,15 @@ class Location:
         return bool(self.fs.isfile(self.path))
 
     def listdir(self) -> list[str]:
-        """Names of the entries of a folder."""
+        """Names of the entries of a folder (on an object store, not the folder's own marker,
+        the empty ``out.zarr/`` key the AWS console makes for a folder: s3fs lists it as an
+        entry named like the folder, and a console-made dst was refused as holding
+        ``'out.zarr'``)."""
         if self.is_local:
             return sorted(os.listdir(self.path))
-        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, False))
+        own = self.path.rstrip("/")
+        listed = (p.rstrip("/") for p in self.fs.ls(self.path, False))
+        return sorted(posixpath.basename(p) for p in listed if p != own)
 
     def read_bytes(self, *, first: int | None = None) -> bytes:
         """The file's bytes (its ``first`` bytes only, where given).

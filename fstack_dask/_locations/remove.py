@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .location import Location
 from .places import mount_id, statx_attributes
@@ -162,16 +163,38 @@ def _remove_ours(top: str, entry: str, ours: Callable[[str, str], bool]) -> list
 
 def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], bool]) -> list[str]:
     """:func:`_remove_ours` on an fsspec filesystem (object stores have no folders to keep:
-    a kept file keeps its prefix)."""
+    a kept file keeps its prefix). A folder's marker (``0/c/``, the empty key the AWS console
+    and other tools make for a folder) is a folder: it goes where nothing kept lies under it,
+    as a local folder left empty does."""
     top = top.rstrip("/")
     found = [(path, path[len(top) + 1 :]) for path in sorted(fs.find(top))]
-    mine = [path for path, rel in found if ours(entry, rel)]
-    kept = [rel for _path, rel in found if not ours(entry, rel)]
-    if mine:
-        fs.rm(mine)
+    files = [(path, rel) for path, rel in found if not is_marker(path)]
+    kept = [rel for _path, rel in files if not ours(entry, rel)]
+    mine = [path for path, rel in files if ours(entry, rel)]
+    mine += [path for path, rel in found if is_marker(path)  # (top's own: rel "")
+             and not any(k.startswith(rel) for k in kept)]  # fmt: skip
+    remove_keys(fs, mine)
     if not kept and fs.exists(top):  # what is left are empty folders (where a store has them)
         fs.rm(top, recursive=True)
     return kept
+
+
+def is_marker(key: str) -> bool:
+    """Whether the object store's key is a folder's marker: an empty key ending in ``/``, as
+    the AWS console, rclone and other tools make for a folder (``out.zarr/0/``)."""
+    return key.endswith("/")
+
+
+def remove_keys(fs: Any, keys: Iterable[str]) -> None:
+    """Delete these objects; folders' markers too, which ``fs.rm`` of a list leaves (s3fs
+    strips their ``/`` and deletes a key that does not exist, silently)."""
+    keys = list(keys)
+    files = [key for key in keys if not is_marker(key)]
+    if files:
+        fs.rm(files)
+    for key in keys:
+        if is_marker(key):
+            fs.rm_file(key)
 
 
 # Two runs may remove the same output of ours at once (a resume that finds a complete TIFF

@@ -23,9 +23,11 @@ from .._errors import DestinationLockedError
 from .._locations import (
     Location,
     change_locked,
+    is_marker,
     mounts_within,
     owner_and_mode,
     read_only_mount,
+    remove_keys,
     sticky_keeps,
 )
 from .ownership import STATE_DIR
@@ -110,16 +112,22 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
         fs.rm_file(src)
         return
     src, dst = src.rstrip("/"), dst.rstrip("/")
-    keys = [key[len(src) + 1 :] for key in sorted(fs.find(src)) if key.startswith(src + "/")]
+    found = fs.find(src, detail=True)
+    keys = [key[len(src) + 1 :] for key in sorted(found) if key.startswith(src + "/")]
     keys = [key for key in keys if key != LOCK]
-    rest = [key for key in keys if key != "zarr.json"]
+    # A folder's marker (``0/``, the AWS console's; the folder's own, ``""``, too) is no
+    # object to copy (s3fs's copy of one failed "The specified key does not exist", and so
+    # every overwrite with one): the same empty marker is made at the copy's place.
+    markers = [k for k in keys if is_marker(f"{src}/{k}") and not found[f"{src}/{k}"].get("size")]
+    rest = [key for key in keys if key != "zarr.json" and key not in markers]
     root = [key for key in keys if key == "zarr.json"]
+    for key in markers:
+        fs.pipe_file(f"{dst}/{key}", b"")
     for batch in (rest, root):
         if batch:
             fs.copy([f"{src}/{k}" for k in batch], [f"{dst}/{k}" for k in batch])
-    for batch in (root, rest):
-        if batch:
-            fs.rm([f"{src}/{k}" for k in batch])
+    for batch in (root, rest + sorted(markers, key=len, reverse=True)):  # (a folder's last)
+        remove_keys(fs, [f"{src}/{k}" for k in batch])
 
 
 def exchange(new: Location, dst: Location) -> Location:
@@ -168,7 +176,7 @@ def exchange(new: Location, dst: Location) -> Location:
             # (the error said "the previous output in dst is unchanged" of the new output)
             with contextlib.suppress(Exception):
                 lock = f"{new.path.rstrip('/')}/{LOCK}"  # (its run releases it)
-                dst.fs.rm([key for key in sorted(dst.fs.find(new.path)) if key != lock])
+                remove_keys(dst.fs, [key for key in sorted(dst.fs.find(new.path)) if key != lock])
             if not isinstance(exc, Exception):  # Ctrl-C: the caller says what is where
                 exc.aside = aside  # type: ignore[attr-defined]
                 raise
@@ -185,8 +193,7 @@ def _put_back(fs: Any, old: str, dst: str, new: str) -> bool:
         return True
     staged = {key[len(new) :] for key in fs.find(new)} - {f"/{LOCK}"}
     copies = [key for key in fs.find(dst) if key[len(dst) :] in staged]
-    if copies:
-        fs.rm(copies)
+    remove_keys(fs, copies)
     _move_objects(fs, old, dst)
     return False
 

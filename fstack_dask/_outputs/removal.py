@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from .._locations import (
     Location,
+    is_marker,
     marks_reader,
     owner_and_mode,
     permission_missing,
@@ -263,6 +264,8 @@ def theirs_in_objects(folder: Location) -> list[str]:
         entry, _, path = key[len(base) :].partition("/") if key.startswith(base) else ("", "", "")
         if entry not in entries or entry == STATE_DIR or not path:
             continue
+        if is_marker(path) and _may_hold_ours(entry, path.rstrip("/")):
+            continue  # the marker of a folder of ours (0/c/, the AWS console's): ours
         parts = path.split("/")
         folders = ("/".join(parts[:n]) for n in range(1, len(parts)))
         theirs = next((rel for rel in folders if not _may_hold_ours(entry, rel)), None)

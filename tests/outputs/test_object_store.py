@@ -1080,3 +1080,79 @@ def test_a_users_object_put_inside_an_array_while_an_s3_overwrite_runs_keeps_the
     assert kept == {**before, f"{b}/out.zarr/0/annotations/x.csv": b"x,y\n"}
     said = [r.getMessage() for r in caplog.records if "'0/annotations'" in r.getMessage()]
     assert said and hidden in said[0] and "kept whole" in said[0], said
+
+
+def _marker(s3: dict, b: str, key: str) -> None:
+    """An empty key ending in '/', as the AWS console's "Create folder" makes (s3fs makes none)."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["key"],
+        aws_secret_access_key=s3["secret"], region_name="us-east-1",
+    )  # fmt: skip
+    client.put_object(Bucket=b, Key=key, Body=b"")
+
+
+def test_a_folder_made_in_the_s3_console_is_a_dst_written_into(s3, bucket):
+    """``out.zarr/``, made by the AWS console's "Create folder" before the first run, was
+    refused as "a folder with other content ('out.zarr')": s3fs lists a folder's marker as
+    an entry named like the folder. It is an empty folder: written into."""
+    fs, b = bucket
+    src = f"s3://{b}/src.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    _marker(s3, b, "out.zarr/")
+    opts = ("--chunks", "32", "--no-progress", "--storage-options", json.dumps(s3),
+            "--dst-storage-options", json.dumps(s3))  # fmt: skip
+    proc = _cli("fuse", src, f"s3://{b}/out.zarr", *opts)
+    assert proc.returncode == 0, proc.stderr
+    assert fs.exists(f"{b}/out.zarr/0/c/2/2")
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_folder_markers_in_an_s3_output_go_with_its_overwrite(s3, bucket, monkeypatch, finished):
+    """Folders' markers (empty keys ending in '/', as the AWS console and other tools make
+    them) in our output: ``0/``, ``0/c/1/``, ``.fstack_dask/``, dst's own ``out.zarr/``, a
+    user's ``2024/`` beside our entries. An --overwrite failed on them, "The specified key
+    does not exist" (s3's copy of a marker), or refused "holds '0/c/' inside its arrays". Ours
+    go with the output, the user's move into the new one with what they hold, and a marker of
+    the user's folder inside an array (``0/annotations/``) is refused as that folder is."""
+    from fstack_dask._runs.blocks import FuseJob
+
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=1)
+    if not finished:  # a new run into dst, stopped after one block, as Ctrl-C would
+        fs.rm(f"{b}/out.zarr", recursive=True)
+        real, calls = FuseJob.fuse_and_write, []
+
+        def one_block(self, *args, **kwargs):
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_zarr(src, dst, **{**_swap_options(s3), "levels": 1}, scheduler="synchronous")
+        monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    theirs = ["out.zarr/2024/", "out.zarr/notes/"]
+    for key in ["out.zarr/", "out.zarr/0/", "out.zarr/0/c/", "out.zarr/0/c/1/",
+                "out.zarr/1/", "out.zarr/.fstack_dask/", *theirs]:  # fmt: skip
+        _marker(s3, b, key)
+    fs.pipe(f"{b}/out.zarr/2024/x.txt", b"the user's")
+    proc = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
+    assert proc.returncode == 0, proc.stderr
+    # (in place, a user's entries beside ours stay, named: the markers of ours are not)
+    said = "" if finished else "kept ['2024', 'notes'] in"
+    assert [n for n in proc.stderr.splitlines() if n] == (
+        [f"fstack-dask: warning: {said} s3://{b}/out.zarr: fstack_dask did not write them"]
+        if said
+        else []
+    ), proc.stderr
+    keys = set(_keys(fs, b))
+    assert not [k for k in keys if "fstack-staging" in k], sorted(keys)
+    assert {f"{b}/{k}" for k in theirs} <= keys and fs.cat(f"{b}/out.zarr/2024/x.txt")
+    _marker(s3, b, "out.zarr/0/annotations/")  # a user's folder inside our array, empty
+    before = _keys(fs, b)
+    proc = _cli("fuse", src, dst, *opts, "--overwrite")
+    assert proc.returncode == 2 and "'0/annotations' inside its arrays" in proc.stderr
+    assert _keys(fs, b) == before
