@@ -389,6 +389,19 @@ def refuses(path, raw):
     return 401 if here.headers.get("Authorization") != wanted else False
 """
 )
+# an object store behind basic auth: 404 for a folder or a missing file, asked before the
+# credentials; 401 for a file without the basic auth "user:password" args[0] holds
+_OBJECT_AUTH_SERVER = _SERVER.format(
+    refuses="""
+import base64
+def refuses(path, raw):
+    if not os.path.isfile(root + urllib.parse.unquote(path)):
+        return 404
+    with open(args[0], "rb") as f:
+        wanted = "Basic " + base64.b64encode(f.read().strip()).decode()
+    return 401 if here.headers.get("Authorization") != wanted else False
+"""
+)
 _SIGNED = "X-Amz-Credential=AKIA%2F20261207%2Fs3&X-Amz-Signature=ab%2Bcd%3D&r=a+b&e=%3F"
 
 
@@ -478,6 +491,15 @@ def http_auth_root(tmp_path):
     (tmp_path / "accepted").write_text("alice:old")
     yield from _serving(*_serve(tmp_path, lambda port, root: [
         "-c", _AUTH_SERVER, str(port), str(root), str(tmp_path / "accepted")]))  # fmt: skip
+
+
+@pytest.fixture()
+def http_object_auth_root(tmp_path):
+    """A real HTTP server as an object store behind basic auth (``alice:old``): no folder
+    pages, a missing file 404 whatever the credentials, a file 401 without them."""
+    (tmp_path / "accepted").write_text("alice:old")
+    yield from _serving(*_serve(tmp_path, lambda port, root: [
+        "-c", _OBJECT_AUTH_SERVER, str(port), str(root), str(tmp_path / "accepted")]))  # fmt: skip
 
 
 def _serving(root, port, server):
@@ -668,6 +690,23 @@ def test_a_wrong_password_is_told_as_refused_not_missing_and_beats_netrc(http_au
             assert "the server refused access to its metadata (HTTP 401" in proc.stderr
             assert "wr0ng" not in proc.stderr and "does not exist" not in proc.stderr
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_wrong_password_for_a_store_of_either_zarr_format_is_told_as_refused(
+    http_object_auth_root, tmp_path, zarr_format
+):
+    # An object store behind basic auth answers 404 for a missing file before it asks for
+    # credentials: a v2 store read with a wrong password (its .zarray refused, 401) was told
+    # "src ... does not exist; expected a Zarr array or group", zarr.json alone being asked
+    root, base = http_object_auth_root
+    zarr.create_array(str(root / "stack.zarr"), shape=(PLANES, 64, 64), chunks=(PLANES, 32, 32),
+                      dtype="uint16", zarr_format=zarr_format, dimension_names=None)  # fmt: skip
+    url = base.replace("://", "://alice:wr0ng@") + "/stack.zarr"
+    proc = cli("info", url)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the server refused access to its metadata (HTTP 401" in proc.stderr, proc.stderr
+    assert "wr0ng" not in proc.stderr and "does not exist" not in proc.stderr
 
 
 def test_a_run_whose_token_expired_resumes_with_a_renewed_one(http_expiring_root, tmp_path):

@@ -187,25 +187,33 @@ def _exists(location: Location) -> bool:
     g85 (http.server's folder pages hid it): its metadata files say."""
     if location.exists():
         return True
-    names = ("zarr.json", ".zgroup", ".zarray")
-    return location.protocol == "http" and any(location.child(n).exists() for n in names)
+    return location.protocol == "http" and any(location.child(n).exists() for n in _METADATA)
+
+
+#: The metadata files that show a store there: Zarr v3's, then v2's.
+_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 
 
 def _refused(location: Location) -> str | None:
-    """``HTTP 401, 'URL'`` where an HTTP server refuses access to the store's ``zarr.json``
-    (a 401 or 403: fsspec's ``exists`` says False for it), the URL's secrets hidden; else
-    None."""
+    """``HTTP 401, 'URL'`` where an HTTP server refuses access to one of the store's metadata
+    files (a 401 or 403: fsspec's ``exists`` says False for it), the URL's secrets hidden;
+    else None. Each is asked: a server that answers 404 for a missing file before it asks
+    for credentials (an object store) refuses only a v2 store's ``.zarray`` (said "does
+    not exist" while ``zarr.json`` alone was asked)."""
     if location.protocol != "http":
         return None
     from .._locations import redact_urls
 
-    try:
-        location.child("zarr.json").read_bytes()
-    except Exception as exc:
-        status = getattr(exc, "status", None)
-        if status in (401, 403):
-            url = redact_urls(str(getattr(getattr(exc, "request_info", None), "real_url", "")))
-            return f"HTTP {status}, {url!r}"
+    for name in _METADATA:
+        try:
+            location.child(name).read_bytes()
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                info = getattr(exc, "request_info", None)
+                return f"HTTP {status}, {redact_urls(str(getattr(info, 'real_url', '')))!r}"
+        else:
+            return None  # (one that can be read: not refused)
     return None
 
 
