@@ -669,6 +669,44 @@ def test_a_password_holding_url_delimiters_is_never_printed(http_auth_root, tmp_
     _same_image(tmp_path / "out.zarr", expected)
 
 
+def test_an_ipv6_host_s_path_holding_an_at_sign_is_read_and_printed_as_written(tmp_path):
+    # http://[0:0:0:0:0:0:0:1]:PORT/a@b/stack.zarr, no password: the address's ':' was taken
+    # for a password's, refused "its password holds '/', '?' or '#'" and printed mangled,
+    # 'http://[0:***@b/stack.zarr'; written with '::' it ended "error: Invalid IPv6 URL"
+    # (fsspec splits a chained URL at '::'), naming nothing
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+            port = sock.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    root = tmp_path / "served"
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "::1",
+                               "--directory", str(root)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _write(root / "a@b" / "stack.zarr")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("::1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        url = f"http://[0:0:0:0:0:0:0:1]:{port}/a@b/stack.zarr"
+        proc = cli("info", url)
+        assert proc.returncode == 0, proc.stderr
+        assert url in proc.stdout and "***" not in proc.stdout + proc.stderr, proc.stdout
+        short = f"http://[::1]:{port}/a@b/stack.zarr"
+        proc = cli("info", short)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"src {short!r}: its IPv6 address holds '::'" in proc.stderr, proc.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_a_wrong_password_is_told_as_refused_not_missing_and_beats_netrc(http_auth_root,
                                                                         tmp_path):  # fmt: skip
     # A wrong (or no) password in the URL: the server's 401 on every file read as "src ...

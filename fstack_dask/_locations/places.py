@@ -100,6 +100,12 @@ def _http(
     """An HTTP(S) URL as a place: its query string (a token, a presigned URL's signature) sent
     as it is with every request (``query``), not kept in the path, where a store's keys were
     appended after it (``stack.zarr?token=abc/zarr.json``), nor in messages or outputs."""
+    if re.search(r"\[[^\]/]*::", spec):  # (url_to_fs split it there: "Invalid IPv6 URL")
+        raise ValueError(
+            f"{name} {_redacted(spec)!r}: its IPv6 address holds '::', which fsspec takes for "
+            "the link of a chained URL: write the address in full ([0:0:0:0:0:0:0:1] for "
+            "[::1]), or use a host name"
+        )
     query = urllib.parse.urlsplit(url).query
     if query and "params" in options:
         option = "dst_storage_options" if name == "dst" else "storage_options"
@@ -155,8 +161,10 @@ _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
 # the password of a URL's user:password@ (its host part: up to the first '/', '?' or '#'),
 # and one that holds them unencoded, up to the last '@' (not a port's digits): it was
 # printed whole, 'https://alice:pa/ss@host/' (the g97 review)
+# (a user name holds no '[': an IPv6 host's own ':', http://[0:0:0:0:0:0:0:1]:8080/a@b/, was
+# taken for a password's, the path mangled, 'http://[0:***@b/')
 _PASSWORD = re.compile(
-    r"""(?i)\b(https?://[^\s'"/?#@:]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
+    r"""(?i)\b(https?://[^\s'"/?#@:\[\]]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
 )
 # a password of digits then '/', '?' or '#' (https://alice:12/x@host/) reads as a port: it
 # was printed whole ("its host name 'alice' does not resolve", g101), and still after a user
@@ -165,7 +173,7 @@ _PASSWORD = re.compile(
 _DIGITS_PASSWORD = re.compile(
     r"""(?i)\b(https?://(?!localhost:|(?:\d+\.){3}\d+:)[^\s'"/?#@:\[]+):\d+[/?#][^\s'"]*@"""
 )
-_USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
+_USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:\[\]]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
 
 
 def redact_urls(text: str) -> str:
