@@ -707,6 +707,35 @@ def test_an_ipv6_host_s_path_holding_an_at_sign_is_read_and_printed_as_written(t
         server.wait(timeout=30)
 
 
+def test_a_token_as_user_name_and_another_scheme_s_password_are_never_printed(
+    http_auth_root, tmp_path
+):
+    # A user name given alone (a token, https://TOKEN@host/, as GitHub's and Hugging Face's
+    # are given), sent as basic auth, was printed whole in info and in every error line; so
+    # was the password of an s3://, ftp:// or webhdfs:// URL, which no filesystem here reads
+    # (s3: botocore's "Invalid bucket name "KEY:SECRET@b"", exit 1)
+    root, base = http_auth_root
+    _write(root / "stack.zarr")
+    (tmp_path / "accepted").write_text("t0ken:")
+    url = base.replace("://", "://t0ken@") + "/stack.zarr"
+    proc = cli("info", url)
+    assert proc.returncode == 0 and "t0ken" not in proc.stdout + proc.stderr, proc.stdout
+    (tmp_path / "accepted").write_text("alice:old")
+    proc = cli("info", url)  # refused: 401
+    assert proc.returncode == 2 and "HTTP 401" in proc.stderr, proc.stderr
+    assert "t0ken" not in proc.stderr, proc.stderr
+    for other in ("s3://AKIA:s3cr3t@bucket/stack.zarr", "ftp://alice:s3cr3t@127.0.0.1:1/s.zarr",
+                  "webhdfs://alice:s3cr3t@127.0.0.1:1/s.zarr",
+                  "simplecache::s3://AKIA:s3cr3t@bucket/stack.zarr"):  # fmt: skip
+        for command in (["info"], ["fuse", "--no-progress"]):
+            dst = [tmp_path / "out.zarr"] if command[0] == "fuse" else []
+            proc = cli(command[0], other, *dst, *command[1:])
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert "s3cr3t" not in proc.stderr and ":***@" in proc.stderr, proc.stderr
+            assert "URL is not read; give the credentials in storage_options" in proc.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_a_wrong_password_is_told_as_refused_not_missing_and_beats_netrc(http_auth_root,
                                                                         tmp_path):  # fmt: skip
     # A wrong (or no) password in the URL: the server's 401 on every file read as "src ...

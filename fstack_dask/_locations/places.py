@@ -147,7 +147,7 @@ def _redacted(spec: str) -> str:
     """``spec`` with its query's values hidden (a token, a signature: credentials that a batch
     log or a pasted error would show), and its password (``user:***@``); the names are kept,
     and the URL without them is read."""
-    spec = _DIGITS_PASSWORD.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", spec))
+    spec = _hide_userinfo(spec)
     head, mark, rest = spec.partition("?")
     if not mark:
         return spec
@@ -163,8 +163,9 @@ _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
 # printed whole, 'https://alice:pa/ss@host/' (the g97 review)
 # (a user name holds no '[': an IPv6 host's own ':', http://[0:0:0:0:0:0:0:1]:8080/a@b/, was
 # taken for a password's, the path mangled, 'http://[0:***@b/')
+# Any scheme's: ftp://, sftp://, webhdfs://, s3:// URLs' printed whole (found reviewing g101)
 _PASSWORD = re.compile(
-    r"""(?i)\b(https?://[^\s'"/?#@:\[\]]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
+    r"""(?i)\b([a-z][a-z0-9+.-]*://[^\s'"/?#@:\[\]]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
 )
 # a password of digits then '/', '?' or '#' (https://alice:12/x@host/) reads as a port: it
 # was printed whole ("its host name 'alice' does not resolve", g101), and still after a user
@@ -173,14 +174,22 @@ _PASSWORD = re.compile(
 _DIGITS_PASSWORD = re.compile(
     r"""(?i)\b(https?://(?!localhost:|(?:\d+\.){3}\d+:)[^\s'"/?#@:\[]+):\d+[/?#][^\s'"]*@"""
 )
+# a user name without a password (a token, as GitHub's and Hugging Face's are given:
+# https://TOKEN@host/) is sent as basic auth too: it was printed whole
+_LONE_USER = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*://)[^\s'"/?#@:\[\]]+@""")
 _USERINFO_CUT = re.compile(r"""(?i)https?://[^/?#@:\[\]]*:(?!\d*(?:[/?#]|$))[^/?#@]*[/?#].*@""")
 
 
 def redact_urls(text: str) -> str:
     """``text`` with every HTTP(S) URL's query values hidden, as :func:`_redacted` does: an
     aiohttp error names the URL it requested, token and all."""
+    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), _hide_userinfo(text))
+
+
+def _hide_userinfo(text: str) -> str:
+    """``text`` with every URL's password, or user name given alone, as ``***``."""
     text = _DIGITS_PASSWORD.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", text))
-    return _QUERIED_URL.sub(lambda m: _redacted(m.group(0)), text)
+    return _LONE_USER.sub(r"\1***@", text)
 
 
 def _http_url(spec: str, url: str, name: str) -> str:

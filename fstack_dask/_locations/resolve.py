@@ -18,7 +18,7 @@ from .places import (
     _place,
     _read_only,
 )
-from .wrappers import _is_wrapper, _unwrap
+from .wrappers import _is_wrapper, _unwrap, refuse_userinfo
 
 
 def _unknown_scheme(name: str, spec: str, scheme: str) -> ValueError:
@@ -126,6 +126,7 @@ def _remote(
         ) from None
     if _is_wrapper(cls, options):
         return _unwrap(spec, name, options, writable)
+    refuse_userinfo(spec, name)
     protocol = _first(cls.protocol)
     # a scheme is case-insensitive (RFC 3986), fsspec's stripping is not: S3://b/out.zarr
     # was the bucket 'S3:', refused as a storage option's fault (the g44 review)
