@@ -138,9 +138,9 @@ def write_stack(
             "chunk_key_encoding": {"name": "v2", "separator": "/"},
             "attributes": {"_ARRAY_DIMENSIONS": list(ax)},
         }
-    began = _claim(location)
+    began = _claim(location, zarr_format)
     try:
-        group = _create_group(location, zarr_format)
+        group = _create_group(location, zarr_format, claimed=began)
         began = True
         array = group.create_array(name="0", shape=data.shape, dtype=data.dtype, chunks=chunks,
                                    config=_EVERY_CHUNK, **array_kwargs)  # fmt: skip
@@ -332,13 +332,15 @@ def _units(units: Mapping[str, str] | None, letters: str) -> dict[str, str]:
     return out
 
 
-def _claim(location: Any) -> bool:
+def _claim(location: Any, zarr_format: int) -> bool:
     """Create a local store's folder exclusively: two calls into one new path (array jobs
     converting one stack) both passed the check, then wrote into one store, each "done", or
-    the one zarr refused removed the other's store as its own failed start (g102). True where
-    claimed; an object store has no folder to claim (zarr's check alone, not atomic)."""
+    the one zarr refused removed the other's store as its own failed start (g102). On S3 the
+    group's metadata object is created by one conditional request (``If-None-Match: *``, as
+    AWS S3 and MinIO honour it; both calls went on there). True where claimed; another
+    object store has no exclusive create (zarr's check alone, not atomic)."""
     if not location.is_local:
-        return False
+        return _claim_object(location, zarr_format)
     try:
         os.mkdir(location.path)
     except FileExistsError:
@@ -346,12 +348,49 @@ def _claim(location: Any) -> bool:
     return True
 
 
-def _create_group(location: Any, zarr_format: int) -> Any:
-    """The group, marked unfinished; another writer's begun since the check is refused."""
+def _claim_object(location: Any, zarr_format: int) -> bool:
+    """Create the new group's metadata object on S3 exclusively, as zarr writes it (marked
+    unfinished); False on another object store."""
+    import json
+
+    from .lock import _refused
+    from .staleness import _s3_object
+
+    meta = location.child("zarr.json" if zarr_format == 3 else ".zgroup")
+    s3 = _s3_object(meta)
+    if s3 is None:
+        return False
+    fs, bucket, key = s3
+    body = {"zarr_format": 3, "node_type": "group", "attributes": {WRITE_STACK_UNFINISHED: True}}
+    try:
+        fs.call_s3(
+            "put_object",
+            Bucket=bucket,
+            Key=key,
+            IfNoneMatch="*",
+            Body=json.dumps(body if zarr_format == 3 else {"zarr_format": 2}).encode(),
+        )
+    except OSError as exc:
+        if _refused(exc):
+            raise _exists(location) from None
+        raise
+    finally:
+        fs.invalidate_cache(location.path)
+    return True
+
+
+def _create_group(location: Any, zarr_format: int, *, claimed: bool = False) -> Any:
+    """The group, marked unfinished; another writer's begun since the check is refused. On
+    an object store where :func:`_claim` created its metadata, that group."""
     import zarr
 
+    store = location.zarr_store(read_only=False)
+    if claimed and not location.is_local:
+        group = zarr.open_group(store, mode="r+", zarr_format=zarr_format)
+        group.attrs.put({WRITE_STACK_UNFINISHED: True})
+        return group
     try:
-        return zarr.create_group(location.zarr_store(read_only=False), zarr_format=zarr_format,
+        return zarr.create_group(store, zarr_format=zarr_format,
                                  attributes={WRITE_STACK_UNFINISHED: True})  # fmt: skip
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise _exists(location) from None  # (not ours to remove)

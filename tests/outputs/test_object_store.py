@@ -1156,3 +1156,46 @@ def test_folder_markers_in_an_s3_output_go_with_its_overwrite(s3, bucket, monkey
     proc = _cli("fuse", src, dst, *opts, "--overwrite")
     assert proc.returncode == 2 and "'0/annotations' inside its arrays" in proc.stderr
     assert _keys(fs, b) == before
+
+
+_OTHER_WRITE_STACK = """
+import json, sys
+import numpy as np
+from fstack_dask import write_stack
+write_stack(sys.argv[1], np.full((4, 6, 5), 7, np.uint16), axes="zyx",
+            storage_options=json.loads(sys.argv[2]), zarr_format=int(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_write_stack_into_an_s3_path_another_writer_takes_meanwhile_is_refused_to_one(
+    s3, bucket, monkeypatch, zarr_format
+):
+    """Two write_stack calls into one new S3 prefix (array jobs converting one stack, in one
+    Zarr format), the second begun as the first wrote its first object: both went on, into
+    one store, each returning as done (zarr's check that the path is new, then its write:
+    not atomic; a local path is claimed by an exclusive mkdir since g102). The group's
+    metadata object is created by one conditional request (If-None-Match): one writer
+    alone goes on, the other refused, and the store is the one's whole."""
+    import zarr
+    from zarr.storage import FsspecStore
+
+    fs, b = bucket
+    path = f"s3://{b}/s.ome.zarr"
+    real, other = FsspecStore.set, []
+
+    async def set_(self, key, value, *args, **kwargs):
+        if not other:  # this call's first write through zarr: the other writer starts
+            proc = subprocess.run([sys.executable, "-c", _OTHER_WRITE_STACK, path,
+                                   json.dumps(s3), str(zarr_format)], capture_output=True,
+                                  text=True, timeout=300, check=False)  # fmt: skip
+            other.append(proc)
+        return await real(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(FsspecStore, "set", set_)
+    write_stack(path, _stack(), axes="zyx", storage_options=s3, zarr_format=zarr_format)
+    monkeypatch.setattr(FsspecStore, "set", real)
+    assert other[0].returncode != 0, "both writers went on"
+    assert "already exists" in other[0].stderr.strip().splitlines()[-1], other[0].stderr
+    group = zarr.open_group(path, mode="r", storage_options=s3)
+    np.testing.assert_array_equal(group["0"][...], _stack())
