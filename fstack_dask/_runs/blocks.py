@@ -39,6 +39,7 @@ from .._sources.share import release_attached
 from .._sources.source import Source
 from .._sources.unit_cache import UnitCache, decoded_by_this_thread
 from . import allocator
+from .cleanup import CLEANUP_SECONDS, run_on_workers
 from .plan import Plan
 
 __all__ = ["FuseJob", "Outcome", "close_on_workers"]
@@ -354,7 +355,10 @@ def close_on_workers(job: FuseJob, scheduler: Any, *, wait: bool = True) -> None
         # distributed runs only a coroutine function without waiting: the plain one was
         # refused on every worker, so a failed or interrupted run was never forgotten there
         # (850 MiB after three failed runs: a helper's run, 2026-12-05)
-        scheduler.client.run(_close_run if wait else _close_run_soon, job.token, wait=wait)
+        # (a failed or stopped run's, bounded: a worker that cannot answer held a Ctrl-C for
+        # ever; it forgets the run once it answers)
+        run_on_workers(scheduler.client, _close_run if wait else _close_run_soon, job.token,
+                       wait=wait, seconds=None if wait else CLEANUP_SECONDS)  # fmt: skip
 
 
 def _end_run_in_process(token: str) -> None:

@@ -87,7 +87,7 @@ class _DryRunner(Runner):
     def close(self, running: set[Any]) -> None:
         return None
 
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
+    def counts(self, token: str, seconds: float | None = None) -> list[tuple[int, float, int]]:
         return []
 
 

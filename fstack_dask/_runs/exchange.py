@@ -145,9 +145,10 @@ class Runner(abc.ABC):
         """Cancel what has not started and wait for what runs (also at a normal end)."""
 
     @abc.abstractmethod
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
+    def counts(self, token: str, seconds: float | None = None) -> list[tuple[int, float, int]]:
         """:func:`forget_run` of every process: each one's bytes decoded, seconds and peak
-        bytes held for the run (which it then forgets)."""
+        bytes held for the run (which it then forgets); with ``seconds``, only the answers
+        given within that time (a stopped run's: :mod:`.cleanup`)."""
 
 
 def run_exchange(

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import reports
+from .cleanup import run_on_workers
 from .exchange import Runner
 from .halo import forget_run, fuse_rows
 from .waiting import fetched, settled
@@ -90,7 +91,7 @@ class _InProcess(Runner):
         with self._lock:
             return self._shown.pop(handle, [0])[0]
 
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
+    def counts(self, token: str, seconds: float | None = None) -> list[tuple[int, float, int]]:
         return [forget_run(token)]
 
     def close(self, running: set[Any]) -> None:
@@ -157,7 +158,7 @@ class _Processes(_Reported):
         self.ticks.started(future, run_id, len(blocks))
         return future
 
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
+    def counts(self, token: str, seconds: float | None = None) -> list[tuple[int, float, int]]:
         return self.pool.ask_each(forget_run, token)
 
     def close(self, running: set[Any]) -> None:
@@ -209,10 +210,11 @@ class _Cluster(_Reported):
     def handed(self, handle: Any) -> Any:
         return handle  # dask resolves it on the worker, moving only what that worker lacks
 
-    def counts(self, token: str) -> list[tuple[int, float, int]]:
+    def counts(self, token: str, seconds: float | None = None) -> list[tuple[int, float, int]]:
         if self.client.status != "running":
             return []  # the scheduler is gone: the call would wait out the connect timeout
-        return list(self.client.run(forget_run, token).values())
+        # (a stopped run's is bounded: a worker that cannot answer held a Ctrl-C for ever)
+        return list(run_on_workers(self.client, forget_run, token, seconds=seconds).values())
 
     def close(self, running: set[Any]) -> None:
         from distributed import wait

@@ -45,6 +45,7 @@ from .._errors import (
 from . import exchange
 from . import reports as reports_
 from .blocks import FuseJob, Outcome
+from .cleanup import CLEANUP_SECONDS
 from .progress import Progress
 from .pyramid import PyramidJob
 from .scheduler_choice import Scheduler
@@ -205,17 +206,19 @@ def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, tas
             reports = stack.enter_context(reports_.topic_reports(scheduler.client, topic))
             waiter = cluster_waiter(scheduler.client, stall_timeout, reports, ticks)
         runner = runner_for(scheduler, bar, waiter, ticks, reports, topic)
+        bound: float | None = CLEANUP_SECONDS  # a stop's or a failure's clean-up: bounded
         try:
             exchange.run_exchange(
                 job, runner, done=done, budget=budget, task_args=task_args,
                 on_outcomes=lambda outcomes, shown: _account(report, outcomes, bar, shown),
             )  # fmt: skip
+            bound = None
         except BaseException as exc:
             _raise_if_lost(scheduler, exc)
             raise
         finally:
             with contextlib.suppress(Exception):
-                for nbytes, seconds, peak in runner.counts(job.token):
+                for nbytes, seconds, peak in runner.counts(job.token, bound):
                     report.decoded_bytes += nbytes
                     report.block_seconds += seconds
                     report.cache_peak_bytes = max(report.cache_peak_bytes, peak)

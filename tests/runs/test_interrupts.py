@@ -464,6 +464,55 @@ def test_a_lost_scheduler_of_another_process_s_cluster_fails_at_once(stack, tmp_
     assert time.monotonic() - start < 20  # not the 30 s a wait for the lost scheduler takes
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_with_a_cluster_worker_that_cannot_answer_ends_within_seconds(
+    stack, tmp_path, sig, code
+):
+    """A Ctrl-C of a run on a LocalCluster whose worker could not answer (frozen here; a task
+    holding its event loop, swapping) never ended the program (over 150 s), a SIGTERM only at
+    its 60 s grace: the run's clean-up (its statistics asked of the workers, the run forgotten
+    there) waited for the worker's answer. Bounded now; the output resumes bit-identical."""
+    import numpy as np
+    import zarr
+    from distributed import Client, LocalCluster
+
+    dst, reference = tmp_path / "out.zarr", tmp_path / "reference.zarr"
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                     dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+        proc = _popen("fuse", stack, dst, "--scheduler", cluster.scheduler_address,
+                      "--chunks", "32", "--no-progress")  # fmt: skip
+        _wait_for_blocks(dst, proc)
+        for worker in workers:
+            worker.suspend()
+        try:
+            proc.send_signal(sig)
+            start = time.monotonic()
+            try:
+                _, err = proc.communicate(timeout=40)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            seconds = time.monotonic() - start
+        finally:
+            for worker in workers:
+                worker.resume()
+        assert proc.returncode == code, err
+        assert "--resume" in _stderr_is_one_line(err)
+        assert seconds < 20, seconds  # (2-6 s here; was never, and 60 s for SIGTERM)
+        assert not (dst / ".fstack_dask" / "lock").exists()
+    _resumes_to_the_end(stack, dst)
+    subprocess.run(
+        [sys.executable, "-m", "fstack_dask", "fuse", stack, reference, "--chunks", "32",
+         "--no-progress"], check=True, capture_output=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    ours, theirs = zarr.open_group(dst, mode="r"), zarr.open_group(reference, mode="r")
+    assert np.array_equal(ours["0"][...], theirs["0"][...])
+
+
 def test_a_scheduler_address_where_nothing_listens_is_a_usage_error(stack, tmp_path):
     """A mistyped port (nothing listening there: each connection refused) waited out
     distributed's 30 s connect timeout, then exit 1 (the g75 brief): refused as the bad
