@@ -48,8 +48,12 @@ def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
     timers: list[Any] = []
 
     def hold(signum: int, frame: Any) -> None:
-        if held:  # pressed again (or a stop signal's grace is over): an import hung
-            previous[signum](signum, frame)  # on a dead mount
+        if held:  # pressed again (or a stop signal's grace is over): an import hung on a
+            # dead mount. A stop signal's handler, whichever came first: a SIGTERM held, then a
+            # Ctrl-C ended 130, "interrupted", where a batch system's kill is 143 (as the
+            # run's own handlers decide: _cli.stopping.stop_behind)
+            first = next((n for n in (*held, signum) if n != signal.SIGINT), signum)
+            previous[first](first, frame)
         held.append(signum)
         if signum != signal.SIGINT:  # a scheduler's SIGTERM is not repeated: it is, for an
             # import that never returns (as hold_stop_signals' HOLD_GRACE)

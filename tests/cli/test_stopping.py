@@ -771,6 +771,39 @@ def test_a_stop_in_numbas_import_leaves_a_callers_later_runs_working(tmp_path):
     assert done.stdout.split()[-3:] == ["codes", "143", "0"], done.stdout + done.stderr[-1500:]
 
 
+_A_SIGTERM_THEN_A_CTRL_C_IN_AN_IMPORT = r"""
+import os, signal, sys
+from fstack_dask._cli.stopping import Terminated, on_stop_signals_raise
+from fstack_dask._imports import import_through_one_ctrl_c
+
+sys.path.insert(0, sys.argv[1])
+with open(sys.argv[1] + "/slow_engine.py", "w") as f:  # an import both signals land in
+    f.write("import os, signal\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n")
+restore = on_stop_signals_raise()
+try:
+    import_through_one_ctrl_c("slow_engine")
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__, getattr(exc, "signum", None))
+finally:
+    restore()
+"""
+
+
+def test_a_ctrl_c_after_a_sigterm_held_in_an_import_is_still_terminated(tmp_path):
+    """A batch system's SIGTERM held in an import (numba's, seconds on a cold cache), then a
+    Ctrl-C: the second signal stopped the import as Python's KeyboardInterrupt, and the run
+    ended 130, "interrupted", where the SIGTERM came first and a batch system expects 143 (the
+    run's own handlers let a stop signal's status win over Ctrl-C's, whichever came first)."""
+    script = _A_SIGTERM_THEN_A_CTRL_C_IN_AN_IMPORT
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.stdout.split() == ["Terminated", str(int(signal.SIGTERM))], (
+        done.stdout + done.stderr[-1500:]
+    )
+
+
 _SIGNAL_IN_A_CLASS_BODY_DURING_A_WAIT = """
 import os, signal
 from fstack_dask._cli.stopping import on_stop_signals_raise
