@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ._public import public
@@ -33,6 +33,7 @@ __all__ = [
     "SourceValueError",
     "StopWaiting",
     "as_interrupt",
+    "diverted_warnings",
     "forget_stop",
     "finish_despite_interrupts",
     "finish_quietly_despite_interrupts",
@@ -119,6 +120,27 @@ class FstackDaskWarning(UserWarning):
 warnings.filterwarnings("always", category=FstackDaskWarning, append=True)
 
 
+#: Where this context's warnings go instead of Python's warnings (:func:`diverted_warnings`).
+_NOT_DIVERTED: list[str] = []
+_DIVERTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "fstack_dask_warnings_diverted", default=_NOT_DIVERTED
+)
+
+
+@contextlib.contextmanager
+def diverted_warnings(into: list[str] | None) -> Iterator[None]:
+    """This thread's (context's) :func:`warn` messages appended to ``into`` (None: dropped),
+    not raised as Python warnings. ``warnings.catch_warnings``, used for this by the command
+    line, swaps the whole process's filters and display: ``main(["info", ...])`` in one thread
+    of a host printed another thread's warnings as its own, that thread never saw them, and a
+    filter it set meanwhile was gone once info ended."""
+    token = _DIVERTED.set(into)
+    try:
+        yield
+    finally:
+        _DIVERTED.reset(token)
+
+
 def warn(message: str) -> None:
     """Warn the user, once, wherever they look.
 
@@ -136,6 +158,11 @@ def warn(message: str) -> None:
     logger = logging.getLogger("fstack_dask")
     if logger.hasHandlers():
         logger.warning(message)
+    into = _DIVERTED.get()
+    if into is not _NOT_DIVERTED:  # (a command's own, this thread's: diverted_warnings)
+        if into is not None:
+            into.append(message)
+        return
     warnings.warn(message, FstackDaskWarning, stacklevel=_callers_level())
 
 

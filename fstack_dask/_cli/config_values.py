@@ -11,12 +11,11 @@ import math
 import numbers
 import re
 import types
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .._algorithm.device import DEVICES
-from .._errors import FstackDaskWarning
+from .._errors import diverted_warnings
 from .._params import (
     MAX_CHUNK,
     check_alpha,
@@ -125,8 +124,7 @@ def _focus(value: Any, name: str) -> tuple[float, ...] | None:
         # Checked here, and again by the run, which warns (of steps too fine for the fit) on
         # the command line's notes: this Python warning printed a second copy with its
         # source file and line (g57).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FstackDaskWarning)
+        with diverted_warnings(None):  # (this thread's alone, as catch_warnings did not)
             return tuple(float(v) for v in check_focus(list(value), len(value)))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: {exc}") from None

@@ -44,11 +44,10 @@ def _mib(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     config = configure(args)
-    import warnings
 
     import numpy as np
 
-    from .._errors import FstackDaskWarning
+    from .._errors import diverted_warnings
     from .._params import cpu_count
 
     kw = config.fuse_kwargs()
@@ -68,10 +67,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if ours is not None:  # several series, naming them; or as one that does not exist)
         _print(ours)
         return EXIT_OK
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FstackDaskWarning)
+    told: list[str] = []
+    # (this thread's alone: catch_warnings took a host's other threads' warnings too)
+    with diverted_warnings(told):
         fusion = plan_from_options(scene_src(args.src, args.scene), kw)
-    told = [str(w.message) for w in caught if issubclass(w.category, FstackDaskWarning)]
     from .._runs.reading import read_by
 
     workers = cpu_count() if config.cluster.kind == "local" else 1

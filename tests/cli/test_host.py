@@ -169,3 +169,59 @@ def test_main_in_a_script_that_set_logging_up_says_each_note_once(tmp_path):
     said = [line for line in done.stderr.splitlines() if "3 focus planes" in line]
     assert len(said) == 1 and said[0].startswith("fstack-dask: warning: "), done.stderr
     assert "fstack_dask:" not in done.stderr, done.stderr
+
+
+def test_info_in_one_thread_neither_takes_nor_drops_another_threads_warnings(
+    tmp_path, monkeypatch, capsys
+):
+    """``main(["info", ...])`` in one thread of a host while another thread warns and sets a
+    warning filter: info gathered its warnings with ``warnings.catch_warnings(record=True)``,
+    which swaps the whole process's filters and display. It printed the other thread's
+    warning among its source's, that thread's warning was never shown, and the filter that
+    thread set meanwhile was gone once info ended."""
+    import threading
+
+    from fstack_dask._cli import info
+    from fstack_dask._cli.main import main
+    from fstack_dask._errors import warn
+
+    src = synthetic_store(tmp_path / "clean.zarr", (64, 64), 5, chunk=32, seed=1)
+    inside, warned = threading.Event(), threading.Event()
+    real = info.plan_from_options
+
+    def plan_from_options(*args, **kwargs):
+        fusion = real(*args, **kwargs)
+        inside.set()  # info gathers its warnings now: the other thread warns meanwhile
+        warned.wait(60)
+        return fusion
+
+    monkeypatch.setattr(info, "plan_from_options", plan_from_options)
+    shown = []
+    monkeypatch.setattr(
+        warnings, "showwarning", lambda message, *a, **k: shown.append(str(message))
+    )
+    codes, before = [], list(warnings.filters)
+
+    def the_other_thread():
+        inside.wait(60)
+        warnings.filterwarnings("ignore", message="the host's own filter")
+        warn("a warning of the other thread's work")
+        warned.set()
+
+    other = threading.Thread(target=the_other_thread)
+    other.start()
+    try:
+        codes.append(main(["info", str(src)]))
+    finally:
+        warned.set()
+        other.join(60)
+    out = capsys.readouterr().out
+    kept = [
+        f for f in warnings.filters if f[1] is not None and f[1].pattern == "the host's own filter"
+    ]
+    warnings.filters[:] = before
+    warnings._filters_mutated()
+    assert codes == [0]
+    assert "the other thread" not in out
+    assert shown == ["a warning of the other thread's work"]
+    assert kept and kept[0][2] is Warning
