@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import logging
 import re
 import signal
@@ -135,6 +136,7 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     handler.addFilter(_Once())
+    handler.addFilter(_ThisCall(handler))
     handler.setLevel(level)
     # (put back as main returns, with the other calls' in the process: .host)
     lower_level("fstack_dask", level)
@@ -143,10 +145,36 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     # job's log) showed each note a second time (g100)
     keep_to_itself("fstack_dask")
     logger.addHandler(handler)
+    call = _CALL.set(handler)
     try:
         yield
     finally:
+        _CALL.reset(call)
         logger.removeHandler(handler)
+
+
+#: The handler of the command under way in this context (:class:`_ThisCall`).
+_CALL: contextvars.ContextVar[logging.Handler | None] = contextvars.ContextVar(
+    "fstack_dask_command", default=None
+)
+
+
+class _ThisCall(logging.Filter):
+    """A command's own records: two calls at once in two threads of a host each showed every
+    record on the shared logger, each note printed twice. One from a thread of no command (a
+    run's worker thread) is shown by the first handler of ours alone."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = _CALL.get()
+        if call is not None:
+            return call is self.handler
+        ours = [h for h in logging.getLogger("fstack_dask").handlers
+                if any(isinstance(f, _ThisCall) for f in h.filters)]  # fmt: skip
+        return not ours or ours[0] is self.handler
 
 
 class _Formatter(logging.Formatter):

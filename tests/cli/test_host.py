@@ -225,3 +225,36 @@ def test_info_in_one_thread_neither_takes_nor_drops_another_threads_warnings(
     assert "the other thread" not in out
     assert shown == ["a warning of the other thread's work"]
     assert kept and kept[0][2] is Warning
+
+
+def test_two_calls_in_two_threads_show_each_note_once(tmp_path, monkeypatch, capsys):
+    """Two ``main([...])`` calls at once in two threads of a host: each call's handler on the
+    ``fstack_dask`` logger showed every record, the other call's too, so each note of either
+    run was printed twice."""
+    import importlib
+    import threading
+
+    cli = importlib.import_module("fstack_dask._cli.main")
+    both_started = threading.Barrier(2, timeout=60)
+    real = cli._fuse
+
+    def fuse(*args, **kwargs):  # both calls' handlers in place before either run notes
+        both_started.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_fuse", fuse)
+    codes = []
+
+    def run(seed):
+        src = synthetic_store(tmp_path / f"s{seed}.zarr", (64, 64), 5, chunk=32, seed=seed)
+        codes.append(cli.main(["fuse", str(src), str(tmp_path / f"o{seed}.zarr"), "--auto",
+                               "--no-progress", "--scheduler", "synchronous"]))  # fmt: skip
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "auto parameters" in line]
+    assert codes == [0, 0]
+    assert len(notes) == 2 and len(set(notes)) == 2, notes
