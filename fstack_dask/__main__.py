@@ -38,9 +38,10 @@ def main() -> int:
         # it in a RuntimeError, whose traceback the program printed)
         if interruption_behind(exc) is None:
             raise
-        from ._imports import _HELD
+        from ._imports import first_held
 
-        name = signal.Signals(_HELD[0]).name if _HELD else "SIGINT"
+        held = first_held()
+        name = signal.Signals(held).name if held is not None else "SIGINT"
         code, word = _STOPS.get(name, (130, "interrupted"))
         print(f"fstack-dask: error: {word}", file=sys.stderr, flush=True)
         return code

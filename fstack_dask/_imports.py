@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "STOP_SIGNALS",
     "deliver_held_signals",
+    "first_held",
     "held_in_imports",
     "hold_stop_signals",
     "holding",
@@ -112,9 +113,18 @@ _WATCH: list[Any] = []
 
 
 def _hold(signum: int, frame: Any) -> None:
-    if _HELD:  # pressed again: an import hung (a dead mount) is not waited for
+    _HELD.append(signum)  # (the second too: the program's status is a stop signal's, below)
+    if len(_HELD) > 1:  # pressed again: an import hung (a dead mount) is not waited for
         raise KeyboardInterrupt
-    _HELD.append(signum)
+
+
+def first_held() -> int | None:
+    """The signal the program ends with where a second one ended its start-up: the first
+    stop signal held, whichever came first (a Ctrl-C, then a batch system's SIGTERM, ended
+    130, "interrupted": 143, as the run's own handlers decide), else Ctrl-C; None if none."""
+    import signal
+
+    return next((n for n in _HELD if n != signal.SIGINT), _HELD[0] if _HELD else None)
 
 
 def _watch(read_fd: int, done: Any, end: Any) -> None:
@@ -233,7 +243,7 @@ def take_held_signal() -> int | None:
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signum) is _hold:
                 signal.signal(signum, signal.SIG_IGN)
-    return _HELD[0]
+    return first_held()
 
 
 #: The signals ignored at the very end (:func:`ignore_last`), and whether that is registered.

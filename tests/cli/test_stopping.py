@@ -315,6 +315,22 @@ def test_a_signal_while_the_program_imports_its_command_line_is_one_line(tmp_pat
     assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
 
 
+@pytest.mark.parametrize("signals", [["SIGINT", "SIGTERM"], ["SIGINT", "SIGHUP"]])
+def test_a_stop_signal_after_a_ctrl_c_while_the_program_imports_is_terminated(tmp_path, signals):
+    """A Ctrl-C held while the program imported its command line, then a batch system's
+    SIGTERM (or a hang-up): the second signal ended it as the Ctrl-C it held first, 130,
+    "interrupted", where a stop signal's status wins over Ctrl-C's whichever came first (as
+    the run's own handlers decide once in place)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTING, *signals], cwd=tmp_path, capture_output=True,
+        text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    signum = getattr(signal, signals[1])
+    word = "terminated" if signals[1] == "SIGTERM" else f"terminated by {signals[1]}"
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert proc.stderr.strip() == f"fstack-dask: error: {word}", proc.stderr
+
+
 #: STARTING, the signals landing in a class body (numcodecs' ``cached_property``) instead.
 STARTING_IN_A_CLASS_BODY = STARTING.replace(
     "class SignalsDuringTheImports",
