@@ -254,7 +254,8 @@ def block_buffer(shape: tuple[int, ...], dtype: Any, *, engine: str | None = Non
 
 def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) -> None:
     """Load the compiled kernel for these types in a background thread (about 0.5 s from
-    numba's disk cache, or a compilation on first use), while a run is being prepared.
+    numba's disk cache, or a compilation on first use), while a run is being prepared; a
+    program ending meanwhile waits for it.
 
     ``kernel`` holds :func:`fuse_block`'s keyword arguments (``rgb`` among them); only the
     compiled engine has anything to load."""
@@ -273,7 +274,11 @@ def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) ->
         except Exception:  # the run itself will meet (and report) any problem
             pass
 
-    threading.Thread(target=load, name="fstack-dask-warm-up", daemon=True).start()
+    # Not a daemon: Python waits for it at exit. A program that ended while the thread was
+    # inside LLVM (a run refused or failed within the seconds a first compilation takes)
+    # died in LLVM's teardown (exit 134, an assertion in ScalarEvolution, or -11) after its
+    # own error line. Waiting costs at most that compilation, which is then cached.
+    threading.Thread(target=load, name="fstack-dask-warm-up", daemon=False).start()
 
 
 def float64_limit(n: int) -> float:

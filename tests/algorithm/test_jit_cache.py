@@ -99,3 +99,29 @@ def test_a_relative_or_unwritable_numba_cache_dir_is_passed_over(tmp_path, monke
     assert jit._cache_dir() == str(tmp_path / "xdg" / "fstack_dask" / "numba")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "given"))
     assert jit._cache_dir() == str(tmp_path / "given")
+
+
+ENDS_AS_THE_KERNEL_LOADS = textwrap.dedent(
+    """
+    import pathlib, sys, time, numpy as np
+    from fstack_dask._algorithm import block
+    def compiling(*args, **kwargs):  # numba's first compilation, seconds long
+        time.sleep(1)
+        pathlib.Path(sys.argv[1]).write_text("compiled")
+    block.fuse_block = compiling
+    block.warm_up(np.dtype("uint16"), n_planes=7, n_channels=1, kernel={"engine": "compiled"})
+    sys.exit(3)  # a run refused or failed right after its dst was accepted
+    """
+)
+
+
+def test_a_program_ending_while_the_kernel_compiles_waits_for_it(tmp_path):
+    """A run that ended within the seconds of a first compilation ended the process with
+    the warm-up thread inside LLVM, which then died in LLVM's teardown (exit 134, an
+    assertion in ScalarEvolution, seen on a loaded machine) after the run's own error line.
+    The process now waits for the warm-up to end, and keeps its own exit status."""
+    marker = tmp_path / "compiled"
+    run = subprocess.run([sys.executable, "-c", ENDS_AS_THE_KERNEL_LOADS, str(marker)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    assert marker.exists(), "the program ended before its warm-up did"
