@@ -130,8 +130,8 @@ def remove_tree(
         if location.is_local:
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(location.path)
-        elif fs.exists(location.path):
-            fs.rm(location.path, recursive=True)
+        else:
+            kept += _remove_what_is_left(fs, location.path)
     return kept
 
 
@@ -174,9 +174,27 @@ def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], boo
     mine += [path for path, rel in found if is_marker(path)  # (top's own: rel "")
              and not any(k.startswith(rel) for k in kept)]  # fmt: skip
     remove_keys(fs, mine)
-    if not kept and fs.exists(top):  # what is left are empty folders (where a store has them)
-        fs.rm(top, recursive=True)
+    if not kept:
+        kept = _remove_what_is_left(fs, top)
     return kept
+
+
+def _remove_what_is_left(fs: Any, top: str) -> list[str]:
+    """Once our objects under ``top`` went: its folders' markers, and its empty folders where
+    a store has them (memory://). An object found there now was put there meanwhile: a user's,
+    kept with its prefix, as a local folder's rmdir keeps a file put in it (a recursive
+    delete of ``top`` took it). Returns those kept, relative to ``top``."""
+    top = top.rstrip("/")
+    fs.invalidate_cache(top)
+    left = sorted(fs.find(top))
+    late = [path[len(top) + 1 :] for path in left if not is_marker(path)]
+    if late:
+        return late
+    remove_keys(fs, left)
+    fs.invalidate_cache(top)
+    if fs.exists(top):  # folders with nothing in them (a store that has folders)
+        fs.rm(top, recursive=True)
+    return []
 
 
 def is_marker(key: str) -> bool:

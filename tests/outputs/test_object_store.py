@@ -1199,3 +1199,27 @@ def test_write_stack_into_an_s3_path_another_writer_takes_meanwhile_is_refused_t
     assert "already exists" in other[0].stderr.strip().splitlines()[-1], other[0].stderr
     group = zarr.open_group(path, mode="r", storage_options=s3)
     np.testing.assert_array_equal(group["0"][...], _stack())
+
+
+@pytest.mark.parametrize("where", ["0/notes.txt", "readme.txt"])
+def test_an_object_put_in_an_output_as_it_is_removed_is_kept(s3, bucket, where):
+    """The removal of our output on an object store listed its objects, deleted ours, then
+    deleted its prefix recursively: a user's object put there meanwhile went with it, where on
+    a local disk the folder's rmdir keeps a file put in it. What is left is listed again: an
+    object there now is kept, and said kept."""
+    from fstack_dask._locations import remove_tree, resolve
+
+    fs, b = bucket
+    top = f"{b}/out.zarr"
+    fs.pipe({f"{top}/zarr.json": b"{}", f"{top}/0/zarr.json": b"{}", f"{top}/0/c/0/0": b"x"})
+    location = resolve(f"s3://{top}", name="dst", storage_options=s3, writable=True)
+
+    def ours(entry, rel):  # judged after the listing, as a user's tool writes
+        fs.pipe(f"{top}/{where}", b"mine")
+        return True
+
+    kept = remove_tree(location, owned=lambda _location: None, only=["0", "zarr.json"],
+                       ours_within=ours)  # fmt: skip
+    assert fs.cat(f"{top}/{where}") == b"mine"
+    assert kept == [where]
+    assert not [k for k in fs.find(top) if not k.endswith(where)]
