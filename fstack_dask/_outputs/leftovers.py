@@ -181,8 +181,8 @@ def remove_remains(folder: Location) -> bool:
     taken for a user's copy of our attributes: kept for good, said of as "which fstack_dask
     did not write" by every overwrite, and a TIFF dst refused to every run ("move out what it
     holds"). Local folders only; True where they were removed."""
-    if not folder.is_local:
-        return False
+    if not folder.is_local or os.path.islink(folder.path):
+        return False  # (a link, to scratch say, leads to a folder that may be a user's)
     try:
         names = sorted(os.listdir(folder.path))
         empty = ID_FILE[0] not in names or (

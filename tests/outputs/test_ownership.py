@@ -1895,3 +1895,21 @@ _KILLED_AFTER_A_BLOCK = textwrap.dedent("""
     from fstack_dask._cli.main import main
     sys.exit(main(["fuse", *sys.argv[1:]]))
 """)
+
+
+def test_remains_are_never_removed_through_a_link_at_the_working_store_s_name(tmp_path):
+    """A TIFF's working store may be a link (to scratch): the folder it leads to holding a
+    user's zarr.json with our attributes copied in (and an empty '0') was taken for what a
+    removal cut short left, and that zarr.json deleted, before any lock; refused as before."""
+    src = write_src(tmp_path / "src.zarr")
+    assert cli("fuse", src, tmp_path / "ref.ome.zarr", *FUSE).returncode == 0
+    theirs = tmp_path / "scratch" / "group"
+    (theirs / "0").mkdir(parents=True)
+    meta = json.loads((tmp_path / "ref.ome.zarr" / "zarr.json").read_text())
+    meta["attributes"]["notes"] = "the user's"
+    (theirs / "zarr.json").write_text(json.dumps(meta))
+    before = (theirs / "zarr.json").read_bytes()
+    os.symlink(theirs, tmp_path / ".out.tif.fstack-work")
+    proc = cli("fuse", src, tmp_path / "out.tif", *FUSE)
+    assert proc.returncode == 2 and "move out what it holds" in proc.stderr, proc.stderr
+    assert (theirs / "zarr.json").read_bytes() == before
