@@ -1271,3 +1271,20 @@ def test_a_chunk_not_served_is_named_not_the_range_its_block_read(http_row_gone,
                   scheduler="threads", levels=0)  # fmt: skip
     said = str(info.value)
     assert re.match(r"the server no longer serves chunk '0/c/0/1/\d' of src ", said), said
+
+
+@pytest.mark.parametrize("url", ["s3://AKIA:s3cr3t/w+x/yz@bucket/stack.zarr",
+                                 "ftp://alice:s3cr3t/x@127.0.0.1:1/s.zarr"])  # fmt: skip
+def test_a_password_holding_a_slash_in_another_scheme_s_url_is_refused(url, capsys):
+    # An AWS secret key holds '/' about every other time: s3://KEY:abc/def@bucket/x was read
+    # as the bucket 'KEY:abc', and botocore's "Invalid bucket name" line printed the key and
+    # the secret's first part, exit 1
+    proc = run_main("info", url, capsys=capsys)
+    assert proc.returncode == 2, proc.stderr
+    assert "s3cr3t" not in proc.stderr and "URL is not read" in proc.stderr, proc.stderr
+
+
+def test_a_port_then_a_path_holding_at_is_no_user_name(capsys):
+    from fstack_dask._locations.wrappers import refuse_userinfo
+
+    refuse_userinfo("ftp://127.0.0.1:21/a@b/s.zarr", "src")  # (no error: no user name)

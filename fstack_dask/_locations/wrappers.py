@@ -27,7 +27,11 @@ from .places import (
 )
 
 #: A URL whose authority holds a user name (and password): ``ftp://alice:pw@host/``.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://[^/?#\s]*@")
+# (a password may hold '/', as half of AWS secret keys do: s3://KEY:abc/def@bucket/x was
+# read as the bucket 'KEY:abc', botocore's line printing it; not a port and a path with '@')
+_USERINFO = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.\-]*)://(?:[^/?#\s@]*@|[^/?#\s@:]*:(?!\d*(?:[/?#]|$))[^\s]*@)"
+)
 
 # Options by which an fsspec filesystem reads through another one (a file, a filesystem).
 _WRAPPER_OPTIONS = ("fs", "fo", "target_protocol", "target_options", "remote_protocol",
