@@ -22,6 +22,7 @@ __all__ = [
     "ignore_at_the_very_end",
     "ignore_last",
     "import_through_one_ctrl_c",
+    "keeping_signal_handlers",
     "take_held_signal",
 ]
 
@@ -29,6 +30,31 @@ __all__ = [
 #: The signals that stop a run as SIGTERM does (the program exits with 128 + the number): a
 #: hang-up, the batch systems' warnings, a CPU-time limit (``_cli.stopping``).
 STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers() -> Any:
+    """Put back, at the end of the block, the handlers of Ctrl-C and :data:`STOP_SIGNALS` that
+    code run in it replaced. dask-jobqueue's import sets Ctrl-C's to ``sys.exit()`` for the
+    whole process (its ``runner`` module, at import time): a Ctrl-C of a run on a PBS or
+    SLURM cluster then raised SystemExit, and the program ended 0, saying nothing, as if
+    the run had finished. Only the main thread's handlers can be set, and only there."""
+    import signal
+    import threading
+
+    kept: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", *STOP_SIGNALS):
+            signum = getattr(signal, name, None)  # (Windows has few of them)
+            if signum is not None:
+                kept[signum] = signal.getsignal(signum)
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            if handler is not None and signal.getsignal(signum) is not handler:
+                with contextlib.suppress(ValueError, OSError, TypeError):
+                    signal.signal(signum, handler)
 
 
 def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:

@@ -46,6 +46,20 @@ def pytest_unconfigure(config):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_handler_kept():
+    """Fail a test that leaves the process's Ctrl-C handler changed: every later test in its
+    worker process then met another one (dask-jobqueue's import sets ``sys.exit()``, and a
+    test of the pool's shutdown through a Ctrl-C got SystemExit, now and then, by the order
+    xdist ran the tests in). Import dask_jobqueue through ``fstack_dask``, which keeps it."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left the process's Ctrl-C handler changed to {after!r}")
+
+
 def _load_reference():
     spec = importlib.util.find_spec("coppafish")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .._imports import keeping_signal_handlers
 from .._ngff import OME_LENGTHS, OME_TIMES
 
 __all__ = [
@@ -95,7 +96,8 @@ def import_optional(module: str, *, extra: str, what: str, package: str | None =
         The imported module.
     """
     try:
-        return importlib.import_module(module)
+        with keeping_signal_handlers():  # (dask-jobqueue's import takes Ctrl-C for itself)
+            return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(
             f"{what} needs the package {package or module!r}, which is not installed; "

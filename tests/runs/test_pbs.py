@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _script(**kwargs) -> str:
-    from dask_jobqueue import PBSCluster
+    from fstack_dask._cli.config import _jobqueue_class  # (Ctrl-C's handler kept)
+
+    PBSCluster = _jobqueue_class("pbs")
 
     with PBSCluster(cores=1, memory="1GiB", walltime="00:05:00", scheduler_options={
         "dashboard_address": ":0"}, **kwargs) as cluster:  # fmt: skip
@@ -103,9 +106,10 @@ def fake_pbs(tmp_path, monkeypatch):
     return where
 
 
-def _run(tmp_path: Path, extra: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, extra: list[str], *args: str, popen: bool = False) -> Any:
     """The CLI's fuse of a small stack on a PBS cluster of one job (``extra``: its
-    job_extra_directives), its waits for a job pending for good shortened to 3 s."""
+    job_extra_directives), its waits for a job pending for good shortened to 3 s; the process
+    running, not waited for, with ``popen``."""
     from fstack_dask import synthetic_stack, write_stack
 
     src = tmp_path / "stack.zarr"
@@ -119,11 +123,11 @@ def _run(tmp_path: Path, extra: list[str], *args: str) -> subprocess.CompletedPr
     # (the NumPy engine: a run that fails within seconds left numba compiling in the driver's
     # warm-up thread as Python exited, and llvmlite aborted it, now and then, exit 134 or -11)
     env = {**os.environ, "FSTACK_DASK_ENGINE": "numpy"}
-    return subprocess.run(
-        [sys.executable, "-c", main, "fuse", str(src), str(tmp_path / "out.zarr"), "--config",
-         str(config), "--no-progress", *args],
-        capture_output=True, text=True, timeout=120, check=False, env=env,
-    )  # fmt: skip
+    cmd = [sys.executable, "-c", main, "fuse", str(src), str(tmp_path / "out.zarr"), "--config",
+           str(config), "--no-progress", *args]  # fmt: skip
+    if popen:
+        return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
 def test_jobs_held_by_their_job_script_are_said_at_once_and_cancelled(fake_pbs, tmp_path):
@@ -166,3 +170,30 @@ def test_waits_the_user_or_the_site_asked_for_are_waited_for(fake_pbs, tmp_path,
     if state.startswith("H"):
         assert f"its batch job(s) (1) are held (Hold_Types={state[2]}), " in line, line
     assert (fake_pbs / "qdel").read_text().split() == ["1"]
+
+
+def test_a_ctrl_c_while_the_batch_jobs_wait_says_interrupted(fake_pbs, tmp_path):
+    """dask-jobqueue replaces the process's Ctrl-C handler with ``sys.exit()`` when it is
+    imported (its ``runner`` module, at import time): a Ctrl-C of a run on a PBS or SLURM
+    cluster raised SystemExit, and the program ended 0, as if it had finished, saying nothing
+    (a job script's next step went on). Python's handler is kept now: "interrupted", 130,
+    ``--resume``."""
+    import signal
+    import time
+
+    (fake_pbs / "state").write_text("W n\n")  # a start time: waited for
+    proc = _run(tmp_path, [], "--stall-timeout", "600", popen=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (fake_pbs / "job1.sh").exists():  # the cluster is up: its job submitted
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        "fstack-dask: error: interrupted; rerun the same command with --resume to continue"
+    ), err

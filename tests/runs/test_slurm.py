@@ -74,6 +74,14 @@ def slurm_available():
         pytest.skip(f"SLURM test skipped: {reason}")
 
 
+def slurm_cluster(**kwargs: Any) -> Any:
+    """dask-jobqueue's SLURMCluster, imported as the package imports it: Ctrl-C's handler kept
+    (dask-jobqueue's import sets ``sys.exit()`` for the whole process)."""
+    from fstack_dask._cli.config import _jobqueue_class
+
+    return _jobqueue_class("slurm")(**kwargs)
+
+
 def _jobqueue_kwargs(tmp_path: Path) -> dict:
     """``cluster.jobqueue`` from configs/slurm.yaml, overridden to fit this machine."""
     cfg = yaml.safe_load(CONFIG.read_text())
@@ -103,13 +111,12 @@ def _job_states(job_ids: list[str]) -> dict[str, str]:
 
 def test_slurmcluster_from_config_computes(slurm_available, tmp_path):
     import dask.array as da
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     t0 = time.monotonic()
     kwargs = _jobqueue_kwargs(tmp_path)
     job_ids: list[str] = []
-    with SLURMCluster(**kwargs) as cluster:
+    with slurm_cluster(**kwargs) as cluster:
         script = cluster.job_script()
         assert f"#SBATCH -p {PARTITION}" in script
         assert sys.executable in script
@@ -150,7 +157,6 @@ def test_two_slurm_jobs_feed_one_run(slurm_available, tmp_path):
     """Two batch jobs of a SLURMCluster, each a dask worker, fuse one stack together (each
     unit decoded once, the bands crossing between them): the threads scheduler's bytes."""
     import numpy as np
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from fstack_dask import fuse_zarr, synthetic_stack, write_stack
@@ -160,7 +166,7 @@ def test_two_slurm_jobs_feed_one_run(slurm_available, tmp_path):
     write_stack(src, data, axes="zyx", chunks=(7, 32, 32))
     expected = fuse_zarr(src, tmp_path / "threads.zarr", chunks=32, progress=False,
                          scheduler="threads")["0"][...]  # fmt: skip
-    with SLURMCluster(**_jobqueue_kwargs(tmp_path)) as cluster:
+    with slurm_cluster(**_jobqueue_kwargs(tmp_path)) as cluster:
         cluster.scale(jobs=2)
         with Client(cluster) as client:
             client.wait_for_workers(2, timeout=90)
@@ -405,7 +411,6 @@ def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended
     g84 review). It waits for the job, and fuses. (The run's 10 s shortened to 3 s, and sbatch's
     15 s to 8 s.)"""
     import numpy as np
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from fstack_dask import fuse_zarr, synthetic_stack, write_stack
@@ -418,7 +423,7 @@ def test_a_scale_just_before_the_run_whose_sbatch_is_slow_is_not_taken_for_ended
     src = tmp_path / "stack.zarr"
     write_stack(src, synthetic_stack((64, 64), 7, seed=3).stack.transpose(2, 0, 1), axes="zyx")
     expected = fuse_zarr(src, tmp_path / "threads.zarr", progress=False, scheduler="threads")
-    with SLURMCluster(**_jobqueue_kwargs(tmp_path)) as cluster, Client(cluster) as client:
+    with slurm_cluster(**_jobqueue_kwargs(tmp_path)) as cluster, Client(cluster) as client:
         cluster.scale(jobs=1)
         out = fuse_zarr(src, tmp_path / "out.zarr", progress=False, scheduler=client)
         np.testing.assert_array_equal(out["0"][...], expected["0"][...])
@@ -616,14 +621,13 @@ def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
     here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
     submits another, and the run goes on to the output an uninterrupted run writes (g86)."""
     import numpy as np
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from fstack_dask import fuse_zarr
 
     src, dst, kwargs, ended, end_the_job = _a_run_whose_job_ends(tmp_path, "adaptive")
     try:
-        with SLURMCluster(**kwargs) as cluster:
+        with slurm_cluster(**kwargs) as cluster:
             cluster.adapt(minimum=1, maximum=1)
             with Client(cluster) as client:
                 end_the_job.start()
@@ -649,7 +653,6 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(
     where their output is, within seconds (the waits shortened: 6 s)."""
     import re
 
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from fstack_dask import fuse_zarr
@@ -661,7 +664,7 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(
     kwargs.update(job_name=name, memory="1GiB", job_script_prologue=["exit 3"])
     t0 = time.monotonic()
     try:
-        with SLURMCluster(**kwargs) as cluster:
+        with slurm_cluster(**kwargs) as cluster:
             cluster.adapt(minimum=1, maximum=2)
             with Client(cluster) as client, pytest.raises(StalledError) as caught:
                 # (90 s, not 600: the line that said "still queued" came after it)
@@ -685,7 +688,6 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, short_
     job ends mid-run: the line said "(1 of them)" (only the command line's cluster kept its
     jobs' ids) and told to lengthen "cluster.jobqueue.walltime", a config this user has not.
     Now it names the job, and the cluster's walltime (g86)."""
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from fstack_dask import fuse_zarr
@@ -693,7 +695,7 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, short_
 
     src, dst, kwargs, jobs, end_the_job = _a_run_whose_job_ends(tmp_path, "own")
     try:
-        with SLURMCluster(**kwargs) as cluster:
+        with slurm_cluster(**kwargs) as cluster:
             cluster.scale(jobs=1)
             with Client(cluster) as client, pytest.raises(StalledError) as caught:
                 end_the_job.start()
