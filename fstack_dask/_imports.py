@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import threading
 from typing import Any
 
 __all__ = [
@@ -38,16 +39,32 @@ def keeping_signal_handlers() -> Any:
     code run in it replaced. dask-jobqueue's import sets Ctrl-C's to ``sys.exit()`` for the
     whole process (its ``runner`` module, at import time): a Ctrl-C of a run on a PBS or
     SLURM cluster then raised SystemExit, and the program ended 0, saying nothing, as if
-    the run had finished. Only the main thread's handlers can be set, and only there."""
+    the run had finished. Outside the main thread, where no handler can be set, the block's
+    own attempts are let pass unset: there the same import failed, "signal only works in
+    main thread" (a host's ``main([...])`` in a thread, with a PBS or SLURM config)."""
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        with _OUTSIDE_THE_MAIN_THREAD:  # (one replacement of signal.signal at a time)
+            real, me = signal.signal, threading.get_ident()
+
+            def set_in_the_main_thread_only(signum: int, handler: Any) -> Any:
+                if threading.get_ident() == me:
+                    return signal.getsignal(signum)
+                return real(signum, handler)
+
+            signal.signal = set_in_the_main_thread_only
+            try:
+                yield
+            finally:
+                signal.signal = real
+        return
     kept: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGINT", *STOP_SIGNALS):
-            signum = getattr(signal, name, None)  # (Windows has few of them)
-            if signum is not None:
-                kept[signum] = signal.getsignal(signum)
+    for name in ("SIGINT", *STOP_SIGNALS):
+        signum = getattr(signal, name, None)  # (Windows has few of them)
+        if signum is not None:
+            kept[signum] = signal.getsignal(signum)
     try:
         yield
     finally:
@@ -55,6 +72,9 @@ def keeping_signal_handlers() -> Any:
             if handler is not None and signal.getsignal(signum) is not handler:
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(signum, handler)
+
+
+_OUTSIDE_THE_MAIN_THREAD = threading.Lock()
 
 
 def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:

@@ -106,10 +106,12 @@ def fake_pbs(tmp_path, monkeypatch):
     return where
 
 
-def _run(tmp_path: Path, extra: list[str], *args: str, popen: bool = False) -> Any:
+def _run(
+    tmp_path: Path, extra: list[str], *args: str, popen: bool = False, thread: bool = False
+) -> Any:
     """The CLI's fuse of a small stack on a PBS cluster of one job (``extra``: its
     job_extra_directives), its waits for a job pending for good shortened to 3 s; the process
-    running, not waited for, with ``popen``."""
+    running, not waited for, with ``popen``; the command line run in a thread, with ``thread``."""
     from fstack_dask import synthetic_stack, write_stack
 
     src = tmp_path / "stack.zarr"
@@ -120,6 +122,11 @@ def _run(tmp_path: Path, extra: list[str], *args: str, popen: bool = False) -> A
     config.write_text(yaml.safe_dump({"cluster": {"kind": "pbs", "jobs": 1, "jobqueue": jobqueue}}))
     main = ("import sys; from fstack_dask._runs import waiting; waiting.REFUSED_AFTER = 3.0; "
             "from fstack_dask.__main__ import main; sys.exit(main())")  # fmt: skip
+    if thread:  # a host's main([...]) in a thread of its own
+        main = ("import sys, threading; from fstack_dask._runs import waiting; "
+                "waiting.REFUSED_AFTER = 3.0; from fstack_dask._cli.main import main; "
+                "got = []; t = threading.Thread(target=lambda: got.append(main(sys.argv[1:]))); "
+                "t.start(); t.join(); sys.exit(got[0])")  # fmt: skip
     # (the NumPy engine: a run that fails within seconds left numba compiling in the driver's
     # warm-up thread as Python exited, and llvmlite aborted it, now and then, exit 134 or -11)
     env = {**os.environ, "FSTACK_DASK_ENGINE": "numpy"}
@@ -197,3 +204,16 @@ def test_a_ctrl_c_while_the_batch_jobs_wait_says_interrupted(fake_pbs, tmp_path)
     assert err.splitlines()[-1] == (
         "fstack-dask: error: interrupted; rerun the same command with --resume to continue"
     ), err
+
+
+def test_a_host_running_the_command_line_in_a_thread_runs_on_a_batch_cluster(fake_pbs, tmp_path):
+    """A host's ``main([...])`` in a thread with a PBS (or SLURM) config ended at once, "error:
+    signal only works in main thread of the main interpreter", exit 2: dask-jobqueue's import
+    sets a signal handler, which only the main thread may. The run now goes on to its batch
+    jobs (here pending for good: said at the stall timeout, as from the main thread)."""
+    (fake_pbs / "state").write_text("W n\n")
+    res = _run(tmp_path, [], "--stall-timeout", "5", thread=True)
+    assert res.returncode == 1, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("fstack-dask: error: no block finished for 5 s: no worker is "), line
+    assert (fake_pbs / "job1.sh").exists()
