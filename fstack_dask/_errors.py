@@ -204,6 +204,11 @@ def _with_errno(exc: BaseException | None, number: int) -> OSError | None:
 
 def with_outcome(exc: BaseException, *, dst: str, left: str) -> BaseException:
     """``exc`` with what is left on disk added to its message (same type where we can)."""
+    if _with_errno(exc, errno.EDQUOT) is not None:  # (a user's quota: the disk has room)
+        return DestinationFullError(
+            f"disk quota exceeded while writing dst {dst!r}: free space within your quota "
+            f"(quota -s; on Lustre, lfs quota -u $USER) or choose another dst; {left}"
+        )
     if is_no_space(exc):
         return DestinationFullError(
             f"no space left on device while writing dst {dst!r}: free space or choose another "

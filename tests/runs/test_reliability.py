@@ -1088,6 +1088,44 @@ def test_dst_not_writable(tmp_path, capsys):
     assert os.listdir(child_tmp) == []
 
 
+# The CLI on a disk whose user's quota is reached at the fifth chunk file written (EDQUOT:
+# Lustre, GPFS, NFS home folders of HPC centres; the disk itself has room).
+_OVER_QUOTA = textwrap.dedent(r"""
+    import errno, os, sys
+    from zarr.storage import _local
+    put, n = _local._put, [0]
+    def put_or_over_quota(path, value, exclusive=False):
+        if "/c/" in str(path):
+            n[0] += 1
+            if n[0] >= 5:
+                raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(path))
+        return put(path, value, exclusive)
+    _local._put = put_or_over_quota
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_disk_quota_reached_is_said_as_the_quota(tmp_path):
+    """A user's disk quota reached (EDQUOT) was told "no space left on device ... free space",
+    where the disk had room and only the user's quota was spent: it says the quota now, how to
+    see it, and --resume, which finishes once space is freed."""
+    data = synthetic_stack((256, 256), 7, dtype="uint16", seed=5).stack
+    src, dst = tmp_path / "in.zarr", tmp_path / "fused.zarr"
+    _write_zyx(src, data, chunks=(7, 64, 64))
+    args = ["fuse", src, dst, "--chunks", "64", "--scheduler", "synchronous", "--no-progress"]
+    res = subprocess.run([sys.executable, "-c", _OVER_QUOTA, *map(str, args[:3]), *args[3:]],
+                         capture_output=True, text=True, timeout=TIMEOUT, env=_env(tmp_path),
+                         check=False)  # fmt: skip
+    _one_error_line(res, 1, f"disk quota exceeded while writing dst '{dst}': free space within "
+                    "your quota (quota -s; on Lustre, lfs quota -u $USER) or choose another dst",
+                    "rerun with --resume to continue")  # fmt: skip
+    res = cli(*args, "--resume", tmp=tmp_path)
+    assert res.returncode == 0, res.stderr
+    expected = fuse_zarr(str(src), tmp_path / "whole.zarr", chunks=64, progress=False)
+    np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["0"][...], expected["0"][...])
+
+
 @pytest.mark.parametrize(("size", "kept"), [("256k", True), ("8k", False)])
 def test_disk_full(tmp_path, size, kept):
     """ENOSPC: one line, exit 1, lock and temporary files gone; the finished blocks are kept
