@@ -10,6 +10,7 @@ import contextvars
 import importlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +96,9 @@ def import_optional(module: str, *, extra: str, what: str, package: str | None =
     module
         The imported module.
     """
+    found = sys.modules.get(module)
+    if found is not None:  # (readers ask at each file: no handlers to keep)
+        return found
     try:
         with keeping_signal_handlers():  # (dask-jobqueue's import takes Ctrl-C for itself)
             return importlib.import_module(module)
