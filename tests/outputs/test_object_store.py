@@ -57,11 +57,19 @@ def s3():
         proc.wait(timeout=30)
 
 
-@pytest.fixture()
-def bucket(s3):
+@pytest.fixture(scope="module")
+def _s3fs(s3):
+    """The tests' own s3fs instance on the module's server (none of the program's: not from
+    fsspec's instance cache, no listings cache), shared: a new one is a botocore session,
+    about 1 s of each test's set-up on a loaded machine."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **s3)
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **s3)
+
+
+@pytest.fixture()
+def bucket(_s3fs):
+    fs = _s3fs
     name = f"b{uuid.uuid4().hex[:12]}"
     fs.mkdir(name)
     return fs, name
