@@ -24,7 +24,7 @@ from .._errors import (
     with_outcome,
 )
 from .._locations import Location
-from . import inplace, leftovers
+from . import inplace, leftovers, staleness
 from .destination import Destination, Target
 from .ownership import STATE_DIR, provenance, recorded_entries, run_record
 from .removal import ours_within, remove_state
@@ -184,8 +184,13 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
             f"dst {destination.dst.spec!r} was taken over by another run while this one was "
             f"stopped or cut off ({' '.join(str(exc).split())}); this run stopped writing"
         ) from exc
-    with contextlib.suppress(Exception):
-        target.state.remove_partial_files(target.entries, ours_within(target.output))
+    writers = next((lock.writers_left for lock in target.locks if lock.writers_left), None)
+    if writers is not None:  # its tasks may still write: nothing of it goes, none of its locks
+        for lock in target.locks:
+            lock.keep_for_writers(writers)
+    else:
+        with contextlib.suppress(Exception):
+            target.state.remove_partial_files(target.entries, ours_within(target.output))
     n_done = target.state.n_done() if target.output.exists() else 0
     exc = as_interrupt(exc)
     interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
@@ -202,7 +207,13 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
         unreleased = ""
     if interrupted:
         raise exc
-    left = _left(target, destination, n_done, n_blocks) + unreleased
+    if writers is not None:
+        left = (f"dst {destination.dst.spec!r} is kept with {n_done} of {n_blocks} blocks done, "
+                f"and so is its lock, since the run's tasks on the cluster may still write "
+                f"({writers}): rerun with resume=True once the lock is "
+                f"{staleness.LOCK_STALE_AFTER:g} s old")  # fmt: skip
+    else:
+        left = _left(target, destination, n_done, n_blocks) + unreleased
     raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
 
 

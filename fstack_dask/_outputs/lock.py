@@ -75,6 +75,11 @@ def _token_of(raw: bytes) -> str | None:
     return info.get("token") if isinstance(info, dict) else None
 
 
+#: The runs (their lock's token) whose tasks on a cluster may still write after the run
+#: stopped (:mod:`fstack_dask._runs.fence`), and why: their lock is kept, not removed.
+_WRITERS_LEFT: dict[str, str] = {}
+
+
 @dataclass(frozen=True)
 class Lease:
     """What a task needs to check that its run still holds the lock (picklable)."""
@@ -82,6 +87,11 @@ class Lease:
     lock: Location
     token: str
     what: str
+
+    def keep_for_writers(self, why: str) -> None:
+        """This stopped run's tasks may still write (``why``): its lock is kept when it is
+        released (:meth:`DestinationLock.release`), live for ``LOCK_STALE_AFTER`` seconds."""
+        _WRITERS_LEFT[self.token] = why
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` unless the lock still carries this run's token."""
@@ -279,6 +289,15 @@ class DestinationLock:
     def mine(self) -> bool:
         return self._still_mine() is True
 
+    @property
+    def writers_left(self) -> str | None:
+        """Why this run's tasks may still write after it stopped, where they may: its lock is
+        then kept (:meth:`Lease.keep_for_writers`)."""
+        return _WRITERS_LEFT.get(self.token)
+
+    def keep_for_writers(self, why: str) -> None:
+        self.lease.keep_for_writers(why)
+
     def check(self) -> None:
         """Raise :class:`LeaseLostError` unless this run still holds the lock."""
         self.lease.check()
@@ -347,6 +366,10 @@ class DestinationLock:
     def _remove(self) -> None:
         if not (self.held and self.mine()):
             return
+        why = _WRITERS_LEFT.pop(self.token, None)
+        if why is not None:
+            self._keep(why)
+            return
         s3 = _s3_object(self.lock)
         if s3 is not None and self._etag is not None:
             fs, bucket, key = s3
@@ -360,6 +383,21 @@ class DestinationLock:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self.lock.fs.rm_file(self.lock.path)
+
+    def _keep(self, why: str) -> None:
+        """Leave the lock in place, saying that the stopped run's tasks may still write
+        (``why``): a later run sees it live until it is ``LOCK_STALE_AFTER`` seconds old, by
+        its age alone (:func:`.staleness.lock_is_live`), whoever holds its flock."""
+        self._fields = {**self._fields, "writers": why, "stopped": time.time()}
+        body = json.dumps(self._fields).encode()
+        if self._etag is not None:
+            self._put(IfMatch=self._etag)
+        elif self._fd is not None:  # our own inode, never a successor's
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, body, 0)
+            os.fsync(self._fd)
+        else:
+            self.lock.fs.pipe_file(self.lock.path, body)
 
     def moved_to(self, lock: Location) -> None:
         """The lock file now lives at ``lock`` (its folder was renamed)."""

@@ -166,9 +166,14 @@ def lock_is_live(info: Mapping[str, Any], lock: Location | None = None) -> bool:
     that disagree neither make a live run's lock look stale nor keep a dead one's live."""
     if info.get("foreign"):  # no run's: none will release it, and it is no one's to remove
         return True
-    if info.get("machine") == machine_id() and info.get("held") is not None:
-        return bool(info["held"])  # this kernel shows a live holder's flock
     age = time.time() - float(info.get("mtime", 0.0))
+    local = info.get("machine") == machine_id() and info.get("held") is not None
+    if info.get("writers") and local:
+        # a stopped run whose tasks may still write kept it: its age alone (its flock goes
+        # with that run's release), dated by this machine's clock
+        return -HEARTBEAT_EVERY <= age < LOCK_STALE_AFTER
+    if local:
+        return bool(info["held"])  # this kernel shows a live holder's flock
     if -HEARTBEAT_EVERY <= age < LOCK_STALE_AFTER:
         return True
     if lock is None:
@@ -221,6 +226,15 @@ def locked_message(what: str, info: Mapping[str, Any]) -> str:
             f"lock of ours is JSON beginning {_LOCK_START.decode()}...); no run holds it, and "
             "none will remove it: move it out of the output's state folder (it is yours?) or "
             "remove it, then rerun"
+        )
+    if info.get("writers"):
+        at = time.strftime("%H:%M:%S", time.localtime(float(info.get("mtime", 0.0))
+                                                       + LOCK_STALE_AFTER))  # fmt: skip
+        return (
+            f"{what} was being written by a run of {_owner(info)} that was stopped while its "
+            f"tasks on a cluster could still write ({info['writers']}), so it kept its lock; "
+            f"a run into it may go on once that lock is {LOCK_STALE_AFTER:g} s old (at {at}), "
+            "when it is taken over as stale"
         )
     torn = "" if info.get("host") else (
         " (empty or cut short: left by a run killed while it wrote it, or by a full disk, it "

@@ -12,7 +12,8 @@ scheduler a run gets and getting it ready (``scheduler_choice``), a local cluste
 kept through an interrupt of the process that made them (``shield``), the bounded window of tasks
 in flight on it (``schedulers``), how tasks of many blocks report each block
 (``reports``), waiting for tasks, a stalled cluster and a lost scheduler (``waiting``), a
-stopped run's last calls to a cluster's workers, bounded (``cleanup``), what
+stopped run's last calls to a cluster's workers, bounded (``cleanup``), which runs may still
+write from a process, so that a stopped run's late tasks write nothing (``fence``), what
 became of a batch cluster's jobs (ended, held, pending for good, failed at start-up:
 ``batch_jobs``), PBS's holds, read from the job script as qsub reads it, and qstat's states
 (``pbs_jobs``), halo

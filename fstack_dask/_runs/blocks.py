@@ -38,7 +38,7 @@ from .._sources.fetch import BlockRegion, block_shape, fetch_block, refused_open
 from .._sources.share import release_attached
 from .._sources.source import Source
 from .._sources.unit_cache import UnitCache, decoded_by_this_thread
-from . import allocator
+from . import allocator, fence
 from .cleanup import CLEANUP_SECONDS, run_on_workers
 from .plan import Plan
 
@@ -100,6 +100,11 @@ class FuseJob:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    @property
+    def fence_key(self) -> str:
+        """The run's key in :mod:`.fence` (a pass's own: a try after a lost scatter writes)."""
+        return self.token
+
     # -- per process -------------------------------------------------------------------
 
     def opened(self, data: Any = None) -> tuple[Source, dict[str, Any], UnitCache]:
@@ -108,6 +113,7 @@ class FuseJob:
         with _opened_lock:
             found = _opened_by_token.get(self.token)
             if found is None:
+                fence.refuse_ended(self.token)  # a late task of a forgotten run: no source kept
                 source = self.source
                 if source is None:
                     try:
@@ -166,6 +172,7 @@ class FuseJob:
         scattered copy, :mod:`fstack_dask._sources.share`). ``on_block`` is called after
         each block, written or failed (a task of many blocks reports its progress so).
         """
+        fence.refuse_ended(self.token)
         allocator.hold(self.token)
         if data is not None:
             self.opened(data)
@@ -268,15 +275,17 @@ class FuseJob:
                     shape.append(array.shape[axes.index(letter)])
             regions[name] = tuple(sel)
             shaped[name] = np.ascontiguousarray(values).reshape(shape)
-        if self.lease is not None:
-            self.lease.check()  # a run whose lock was taken over writes nothing more
-        keys = write_block(arrays, regions, shaped)
-        sizes: list[int] = []
-        stored = make_durable(self.output, keys, sizes)  # the data first ...
-        if self.lease is not None:
-            self.lease.check()
-        marker = OutputState(self.output)  # ... then the marker
-        marker.mark_done(plan.name(block), digest, stored, s_min, filled=undefined, sizes=sizes)
+        with fence.writing(self.fence_key):  # none once a stopped run ended here
+            if self.lease is not None:
+                self.lease.check()  # a run whose lock was taken over writes nothing more
+            keys = write_block(arrays, regions, shaped)
+            sizes: list[int] = []
+            stored = make_durable(self.output, keys, sizes)  # the data first ...
+            if self.lease is not None:
+                self.lease.check()
+            marker = OutputState(self.output)  # ... then the marker
+            marker.mark_done(plan.name(block), digest, stored, s_min, filled=undefined,
+                             sizes=sizes)  # fmt: skip
         return Outcome(
             plan.name(block),
             None,
@@ -319,6 +328,7 @@ def _require_engine_here(engine: str) -> None:
 
 
 def _close_run(token: str) -> None:
+    fence.end(token)  # a late task of the run keeps nothing here any more
     with _opened_lock:
         found = _opened_by_token.pop(token, None)
         ours = token in _opened_here

@@ -27,7 +27,7 @@ import numpy as np
 from .._errors import SourceReadError, SourceValueError
 from .._sources.fetch import BlockRegion, block_shape, fetch_block
 from .._sources.unit_cache import count_decoded, decoded_by_this_thread
-from . import allocator
+from . import allocator, fence
 from .blocks import FuseJob, Outcome
 from .plan import Plan
 from .waves import cell_of, grid_of
@@ -151,6 +151,8 @@ _counts: dict[str, _Counts] = {}
 
 def _keep(token: str, block: Block, held: _Held) -> None:
     with _lock:
+        if fence.ended(token):  # a late decode of a forgotten run: kept for ever otherwise
+            return
         counts = _counts.setdefault(token, _Counts())
         old = _registry.get((token, block))
         counts.held += held.nbytes() - (old.nbytes() if old is not None else 0)
@@ -198,6 +200,7 @@ def _take_bands(token: str, block: Block) -> Bands | None:
 def forget_run(token: str) -> tuple[int, float, int]:
     """Drop what this process holds for a run (at its end); returns the bytes its decodes
     decoded, their seconds, and the most bytes of cores and bands it held at once."""
+    fence.end(token)  # a late task of the run registers nothing more here
     with _lock:
         for key in [k for k in _registry if k[0] == token]:
             del _registry[key]
@@ -246,6 +249,7 @@ def decode_rows(
     as its error, which every block that needs it reports. The bytes decoded and the seconds
     are counted in this process (:func:`forget_run` returns them)."""
     start, decoded = time.perf_counter(), decoded_by_this_thread()
+    fence.refuse_ended(job.token)  # a late task of a stopped run: nothing decoded nor kept
     allocator.hold(job.token)
     if data is not None:
         job.opened(data)
@@ -261,6 +265,8 @@ def decode_rows(
         if exported:
             out[block] = bands.only(exported) if isinstance(exported, str) else bands.copied()
     with _lock:
+        if fence.ended(job.token):  # forgotten meanwhile: its counts are not kept again
+            return out
         counts = _counts.setdefault(job.token, _Counts())
         counts.decoded += decoded_by_this_thread() - decoded
         counts.seconds += time.perf_counter() - start
@@ -280,6 +286,7 @@ def fuse_rows(
     bands: this worker's registry, or ``remote`` (handed over from other workers). What is
     missing (a lost worker's) is read from the store. ``on_block()`` is called after each
     block (progress)."""
+    fence.refuse_ended(job.token)  # a late task of a stopped run: nothing read nor written
     allocator.hold(job.token)
     if data is not None:
         job.opened(data)

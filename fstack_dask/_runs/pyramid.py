@@ -7,6 +7,7 @@ multiscale image of the output (the fused image and the maps).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -20,6 +21,7 @@ from .._outputs.lock import Lease
 from .._outputs.pyramid import downsample, level_shape
 from .._outputs.state import OutputState
 from .._outputs.write import make_durable, open_output, write_block
+from . import fence
 from .plan import Plan
 
 __all__ = ["PyramidJob", "level_plan"]
@@ -37,6 +39,12 @@ class PyramidJob:
     plan: Plan  # the level's blocks (no halo)
     token: str = "pyramid"
     lease: Lease | None = None  # checked before each block's writes and its marker
+
+    @property
+    def fence_key(self) -> str | None:
+        """The run's key in :mod:`.fence` (its lock's: a level's job has no token of its
+        own); None without a lock, no fence."""
+        return None if self.lease is None else f"{self.token}-{self.lease.token}"
 
     def expect(self, blocks: Sequence[tuple[int, ...]]) -> None:
         """Nothing to announce: a block reads exactly the four chunks below it."""
@@ -84,39 +92,45 @@ class PyramidJob:
         outcomes = []
         for block in blocks:
             start = time.perf_counter()
-            (y0, y1), (x0, x1) = self.plan.core(block)
-            lead = dict(self.plan.region(block).lead)
-            keys = []
-            for image, (below, here) in arrays.items():
-                axes = "".join(here.metadata.dimension_names)
-                src_sel, dst_sel = [], []
-                for letter in axes:
-                    if letter == "y":
-                        src_sel.append(slice(2 * y0, min(2 * y1, below.shape[axes.index("y")])))
-                        dst_sel.append(slice(y0, y1))
-                    elif letter == "x":
-                        src_sel.append(slice(2 * x0, min(2 * x1, below.shape[axes.index("x")])))
-                        dst_sel.append(slice(x0, x1))
-                    elif letter in lead:
-                        src_sel.append(slice(lead[letter], lead[letter] + 1))
-                        dst_sel.append(slice(lead[letter], lead[letter] + 1))
-                    else:  # the colour channels of an RGB image: all of them
-                        k = axes.index(letter)
-                        src_sel.append(slice(0, below.shape[k]))
-                        dst_sel.append(slice(0, here.shape[k]))
-                data = downsample(below[tuple(src_sel)], dtype=here.dtype, nan_aware=bool(image))
-                if self.lease is not None and not keys:
-                    self.lease.check()  # a run whose lock was taken over writes nothing more
-                keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
-            sizes: list[int] = []
-            stored = make_durable(self.output, keys, sizes)
-            if self.lease is not None:
-                self.lease.check()
-            OutputState(self.output).mark_done(self.marker(block), stored=stored, sizes=sizes)
+            key = self.fence_key
+            with fence.writing(key) if key is not None else contextlib.nullcontext():
+                self._write_block(arrays, block)
             outcomes.append(Outcome(self.marker(block), None, 0, time.perf_counter() - start))
             if on_block is not None:
                 on_block()
         return outcomes
+
+    def _write_block(self, arrays: dict[str, tuple[Any, Any]], block: tuple[int, ...]) -> None:
+        """Downsample and write ``block`` of every image, durably, then its marker."""
+        (y0, y1), (x0, x1) = self.plan.core(block)
+        lead = dict(self.plan.region(block).lead)
+        keys = []
+        for image, (below, here) in arrays.items():
+            axes = "".join(here.metadata.dimension_names)
+            src_sel, dst_sel = [], []
+            for letter in axes:
+                if letter == "y":
+                    src_sel.append(slice(2 * y0, min(2 * y1, below.shape[axes.index("y")])))
+                    dst_sel.append(slice(y0, y1))
+                elif letter == "x":
+                    src_sel.append(slice(2 * x0, min(2 * x1, below.shape[axes.index("x")])))
+                    dst_sel.append(slice(x0, x1))
+                elif letter in lead:
+                    src_sel.append(slice(lead[letter], lead[letter] + 1))
+                    dst_sel.append(slice(lead[letter], lead[letter] + 1))
+                else:  # the colour channels of an RGB image: all of them
+                    k = axes.index(letter)
+                    src_sel.append(slice(0, below.shape[k]))
+                    dst_sel.append(slice(0, here.shape[k]))
+            data = downsample(below[tuple(src_sel)], dtype=here.dtype, nan_aware=bool(image))
+            if self.lease is not None and not keys:
+                self.lease.check()  # a run whose lock was taken over writes nothing more
+            keys += write_block({image: here}, {image: tuple(dst_sel)}, {image: data})
+        sizes: list[int] = []
+        stored = make_durable(self.output, keys, sizes)
+        if self.lease is not None:
+            self.lease.check()
+        OutputState(self.output).mark_done(self.marker(block), stored=stored, sizes=sizes)
 
     def marker(self, block: tuple[int, ...]) -> str:
         return f"L{self.level}_{Plan.name(block)}"

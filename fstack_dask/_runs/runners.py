@@ -23,13 +23,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import reports
-from .cleanup import run_on_workers
+from . import fence, reports
+from .cleanup import CLEANUP_SECONDS, run_on_workers
 from .exchange import Runner
 from .halo import forget_run, fuse_rows
 from .waiting import fetched, settled
 
-__all__ = ["runner_for"]
+__all__ = ["runner_for", "stop_run_on_workers"]
 
 log = logging.getLogger(__name__)
 _fuse_ids = itertools.count()
@@ -168,8 +168,9 @@ class _Processes(_Reported):
 
 class _Cluster(_Reported):
     def __init__(self, client: Any, waiter: Callable, ticks: reports.Ticks, reported: Callable,
-                 topic: str, threads: int):  # fmt: skip
+                 topic: str, threads: int, job: Any = None):  # fmt: skip
         self.client, self.waiter, self.ticks, self.topic = client, waiter, ticks, topic
+        self.job = job
         self.reports = reported
         self.threads = max(1, threads)
         if not _unstealable(client):
@@ -217,28 +218,40 @@ class _Cluster(_Reported):
         return list(run_on_workers(self.client, forget_run, token, seconds=seconds).values())
 
     def close(self, running: set[Any]) -> None:
-        from distributed import wait
-
         # Best effort: the run's own error (an interrupt, a stall, a lost scheduler) is what
         # is reported, not the cancellation of the tasks it leaves.
         if self.client.status != "running":
             return  # the scheduler is gone: each call would wait out dask's connect timeout
         with contextlib.suppress(Exception):
             self.client.cancel(list(running))
-            with self.client.as_current():
-                wait(list(running), timeout=60)
+        if running and self.job is not None:
+            # a cancel stops no task that runs (a wait for them returned at once, cancelled):
+            # the run ends on each worker, or keeps its lock (:mod:`.fence`)
+            stop_run_on_workers(self.client, self.job)
+
+
+def stop_run_on_workers(client: Any, job: Any) -> None:
+    """End ``job``'s run on every worker of ``client`` (its late tasks write nothing), waiting
+    for its writes in flight there; where a worker does not confirm, the run keeps its lock."""
+    key = job.fence_key
+    if key is None:
+        return
+    why = fence.stop_on_workers(client, key, CLEANUP_SECONDS)
+    if why is not None and job.lease is not None:
+        log.debug("the stopped run keeps its lock: %s", why)  # (its error is the one line)
+        job.lease.keep_for_writers(why)
 
 
 def runner_for(scheduler: Any, bar: Any, waiter: Callable | None = None,
                ticks: reports.Ticks | None = None, reported: Callable = list,
-               topic: str = "") -> Runner:  # fmt: skip
+               topic: str = "", job: Any = None) -> Runner:  # fmt: skip
     """The runner of a :class:`~.scheduler_choice.Scheduler` (``waiter``, ``ticks``,
     ``reported``, ``topic``: how the processes and a cluster wait and count their blocks'
-    reports)."""
+    reports; ``job``: the run a cluster's stop ends on its workers)."""
     if scheduler.kind == "synchronous":
         return _Synchronous(bar)
     if scheduler.kind == "threads":
         return _InProcess(bar, scheduler.workers)
     if scheduler.kind == "processes":
         return _Processes(scheduler.client, waiter, ticks, reported)
-    return _Cluster(scheduler.client, waiter, ticks, reported, topic, scheduler.workers)
+    return _Cluster(scheduler.client, waiter, ticks, reported, topic, scheduler.workers, job)

@@ -205,7 +205,7 @@ def _run_exchange(job, exchange_with, report, bar, scheduler, stall_timeout, tas
             topic = f"fstack-dask-progress-{uuid.uuid4().hex}"
             reports = stack.enter_context(reports_.topic_reports(scheduler.client, topic))
             waiter = cluster_waiter(scheduler.client, stall_timeout, reports, ticks)
-        runner = runner_for(scheduler, bar, waiter, ticks, reports, topic)
+        runner = runner_for(scheduler, bar, waiter, ticks, reports, topic, job)
         bound: float | None = CLEANUP_SECONDS  # a stop's or a failure's clean-up: bounded
         try:
             exchange.run_exchange(
@@ -332,10 +332,11 @@ def _run_runs(
                 reports_.run_on_worker, job, run, topic, rid, *task_args, pure=False
             )
             wait = cluster_waiter(client, stall_timeout, reports, ticks)
-        _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports)
+        _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports, job)
 
 
-def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports) -> None:
+def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, reports,
+                     job) -> None:  # fmt: skip
     """Keep ``window`` tasks in flight until every run is done (see ``_run_runs``)."""
     running: set[Any] = set()
 
@@ -370,9 +371,9 @@ def _submit_and_wait(runs, submit, wait, ticks, window, report, bar, scheduler, 
                 if not collect(done):
                     break
         if running:  # too many blocks failed: no task may still write once this returns
-            _drain(running, scheduler, count)
+            _drain(running, scheduler, count, job)
     except BaseException as exc:
-        finish_despite_interrupts(_drain, running, scheduler, count)
+        finish_despite_interrupts(_drain, running, scheduler, count, job)
         with contextlib.suppress(Exception):  # what the stopped tasks finished, on disk
             count()
         _raise_if_lost(scheduler, exc)
@@ -387,9 +388,10 @@ def _raise_if_lost(scheduler: Scheduler, exc: BaseException) -> None:
             raise error from exc
 
 
-def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -> None:
+def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None], job: Job) -> None:
     """After an error: cancel what has not started and wait for what is running, counting
-    the blocks it reports (``count``: our worker processes would block on a full queue)."""
+    the blocks it reports (``count``: our worker processes would block on a full queue); on
+    a cluster, end ``job``'s run on the workers (:func:`.runners.stop_run_on_workers`)."""
     if scheduler.kind == "processes":
         pool = scheduler.client
         pool.cancel(running)  # (not a dead process's: see ProcessPool.cancel)
@@ -403,9 +405,9 @@ def _drain(running: set[Any], scheduler: Scheduler, count: Callable[[], None]) -
     client = scheduler.client
     if client.status != "running":
         return  # the scheduler is gone: each call would wait out dask's connect timeout
-    with contextlib.suppress(Exception):
-        from distributed import wait
+    from .runners import stop_run_on_workers
 
+    with contextlib.suppress(Exception):
         client.cancel(list(running))
-        with client.as_current():
-            wait(list(running), timeout=60)
+    # (a wait for the cancelled tasks returned at once: a cancel stops none that runs)
+    stop_run_on_workers(client, job)
