@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "STOP_SIGNALS",
+    "WARM_UP_THREAD",
     "deliver_held_signals",
     "first_held",
     "held_in_imports",
@@ -27,6 +28,11 @@ __all__ = [
     "take_held_signal",
 ]
 
+
+#: The name of the thread that loads the compiled kernel, or compiles it, while a run is
+#: prepared (``_algorithm.block.warm_up``): no task of a run; a stopped program does not wait
+#: for it (``_cli.stopping.leave``).
+WARM_UP_THREAD = "fstack-dask-warm-up"
 
 #: The signals that stop a run as SIGTERM does (the program exits with 128 + the number): a
 #: hang-up, the batch systems' warnings, a CPU-time limit (``_cli.stopping``).

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._fp_env import with_ieee_arithmetic
+from .._imports import WARM_UP_THREAD
 from .numpy_engine import (
     _exact_int_ok,
     _float_divisor,
@@ -255,7 +256,7 @@ def block_buffer(shape: tuple[int, ...], dtype: Any, *, engine: str | None = Non
 def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) -> None:
     """Load the compiled kernel for these types in a background thread (about 0.5 s from
     numba's disk cache, or a compilation on first use), while a run is being prepared; a
-    program ending meanwhile waits for it.
+    program ending meanwhile waits for it, unless stopped (``_cli.stopping.leave``).
 
     ``kernel`` holds :func:`fuse_block`'s keyword arguments (``rgb`` among them); only the
     compiled engine has anything to load."""
@@ -278,7 +279,7 @@ def warm_up(dtype: np.dtype, *, n_planes: int, n_channels: int, kernel: dict) ->
     # inside LLVM (a run refused or failed within the seconds a first compilation takes)
     # died in LLVM's teardown (exit 134, an assertion in ScalarEvolution, or -11) after its
     # own error line. Waiting costs at most that compilation, which is then cached.
-    threading.Thread(target=load, name="fstack-dask-warm-up", daemon=False).start()
+    threading.Thread(target=load, name=WARM_UP_THREAD, daemon=False).start()
 
 
 def float64_limit(n: int) -> float:

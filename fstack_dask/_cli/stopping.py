@@ -40,7 +40,7 @@ from concurrent.futures import _base
 from typing import Any
 
 from .._errors import StopWaiting, forget_stop, interruption_behind, note_stop
-from .._imports import STOP_SIGNALS, held_in_imports, holding, ignore_last
+from .._imports import STOP_SIGNALS, WARM_UP_THREAD, held_in_imports, holding, ignore_last
 
 __all__ = [
     "STOP_SIGNALS",
@@ -281,17 +281,22 @@ def _still_running() -> list[threading.Thread]:
 
 def leave(code: int) -> None:
     """End the program with ``code`` now where a thread is still running (an interrupted
-    run's task that never returned); otherwise return, and the program ends as usual."""
+    run's task that never returned); otherwise return, and the program ends as usual. The
+    kernel's warm-up, still compiling, is no task: not waited for, and not said (a stop in
+    the seconds of a first compilation added "1 task(s) had not ended (a read that does not
+    return?)" under the run's one line, on a loaded machine)."""
     running = _still_running()
     if not running:
         return
+    tasks = [t for t in running if t.name != WARM_UP_THREAD]
     with contextlib.suppress(Exception):  # (no usable stderr: a service)
-        print(
-            f"fstack-dask: {len(running)} task(s) had not ended (a read that does not "
-            "return?); exiting without waiting for them",
-            file=sys.stderr,
-            flush=True,
-        )
+        if tasks:
+            print(
+                f"fstack-dask: {len(tasks)} task(s) had not ended (a read that does not "
+                "return?); exiting without waiting for them",
+                file=sys.stderr,
+                flush=True,
+            )
     for child in multiprocessing.active_children():  # our worker processes: they may write
         child.kill()
     for child in multiprocessing.active_children():

@@ -375,6 +375,44 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(stack, tmp_path,
         _resumes_to_the_end(stack, dst)
 
 
+#: The CLI whose kernel warm-up (the thread loading the compiled kernel while the run is
+#: prepared) takes 60 s: a first compilation on a loaded machine.
+SLOW_WARM_UP = (
+    "import runpy, threading, time\n"
+    "from fstack_dask._algorithm import block\n"
+    "from fstack_dask._imports import WARM_UP_THREAD\n"
+    "fuse_block = block.fuse_block\n"
+    "def slow_in_the_warm_up(*args, **kwargs):\n"
+    "    if threading.current_thread().name == WARM_UP_THREAD:\n"
+    "        time.sleep(60)\n"
+    "    return fuse_block(*args, **kwargs)\n"
+    "block.fuse_block = slow_in_the_warm_up\n"
+    "runpy.run_module('fstack_dask', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_kernel_still_compiles_is_one_line_and_prompt(stack, tmp_path, sig):
+    """A stop in the seconds of the kernel's first compilation (its warm-up thread, no task
+    of the run) added "1 task(s) had not ended (a read that does not return?)" under the
+    run's one line (on a loaded machine, now and then). The compilation is neither said nor
+    waited for: one line, 130 (143), within seconds."""
+    dst = tmp_path / "out.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WARM_UP, "fuse", str(stack), str(dst), "--chunks", "32",
+         "--scheduler", "threads", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_blocks(dst, proc)
+    start = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + sig, err
+    word = "terminated" if sig == signal.SIGTERM else "interrupted"
+    assert word in _stderr_is_one_line(err)
+    assert time.monotonic() - start < 30  # (the warm-up's 60 s not waited for)
+
+
 # ------------------------------------------------------------------------ clusters
 
 
