@@ -226,7 +226,23 @@ def _tiff_run(src: str) -> list[tuple[str, str]] | None:
     lines = describe_output(work, "unfinished")
     lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
     lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")
+    previous = _previous_tiff(src, work)
+    if previous is not None:  # (info said "not written yet" of a dst whose TIFF was hidden)
+        lines[0] = ("output", f"{shown(src)} (missing: an overwrite cut short between its two "
+                              f"moves left the previous TIFF, whole, in {shown(previous)}; the "
+                              "next fuse run into dst puts it back, and --resume finishes the "
+                              "overwrite)")  # fmt: skip
     return lines
+
+
+def _previous_tiff(src: str, work: Any) -> str | None:
+    """The previous TIFF an overwrite without an exchange (exFAT, NFS) cut short left in the
+    working store ``work``, where the next run into ``src`` puts it back or removes it."""
+    from .._outputs.ownership import provenance
+    from .._outputs.tiff import previous_fate, previous_left
+
+    new_id = (provenance(work) or {}).get("output_id")
+    return previous_left(work.path) if previous_fate(work.path, src, new_id) else None
 
 
 def _overwrite_under_way(src: str) -> list[tuple[str, str]]:
@@ -236,7 +252,17 @@ def _overwrite_under_way(src: str) -> list[tuple[str, str]]:
     if work is None:
         return []
     state = dict(describe_output(work, "unfinished"))["state"]
-    return [("overwrite", f"under way in {shown(work.url)}: {state}")]
+    lines = [("overwrite", f"under way in {shown(work.url)}: {state}")]
+    previous = _previous_tiff(src, work)
+    if previous is not None:  # dst is the new TIFF already
+        lines.append(
+            (
+                "previous",
+                f"{shown(previous)}, the TIFF this overwrite replaced, left by "
+                "a run cut short: the next fuse run into dst removes it",
+            )
+        )
+    return lines
 
 
 def _unfinished_work(src: str) -> Any:

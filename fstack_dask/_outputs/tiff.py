@@ -45,6 +45,9 @@ __all__ = [
     "dropped_sizes",
     "is_claim",
     "place_tiff",
+    "previous_fate",
+    "previous_left",
+    "settle_previous",
     "tiff_levels",
     "tiff_owner",
     "write_tiff",
@@ -52,6 +55,8 @@ __all__ = [
 
 TILE = 512  # px: what slide viewers read; QuPath's and bfconvert's default
 PARTIAL = TIFF_PARTIAL  # the TIFF being written, inside the working store
+# Where an overwrite without an atomic exchange moves what is at dst (:func:`_replace_ours`)
+PREVIOUS = f"{PARTIAL}.previous"
 NAMESPACE = "fstack_dask/provenance"
 #: A private TIFF tag (in the range TIFF 6.0 leaves free for reuse) holding the output's id on
 #: the first page, for the provenance to name: OME writers copy the OME-XML, not such tags.
@@ -393,8 +398,8 @@ def _replace_ours(partial: str, dst: str, where: str) -> None:
     (exFAT, NFS, Lustre): what is at ``dst`` now is moved aside into the working store and
     checked there, so that a file a user saved at ``dst`` since it was checked goes back to
     ``dst`` (os.replace over it lost it). A run killed meanwhile leaves the previous TIFF in
-    the working store, which keeps it as a file it does not know, and ``dst`` absent."""
-    aside = f"{partial}.previous"
+    the working store, ``dst`` absent or the new TIFF: :func:`settle_previous`."""
+    aside = os.path.join(os.path.dirname(partial), PREVIOUS)
     os.rename(dst, aside)
     if tiff_owner(aside) is None:
         try:
@@ -414,6 +419,55 @@ def _replace_ours(partial: str, dst: str, where: str) -> None:
             "resume=True once dst is moved)"
         ) from None
     os.unlink(aside)
+
+
+def previous_left(work: str) -> str | None:
+    """The previous TIFF that an overwrite without an exchange, killed between its two moves
+    (or before removing it), left in the working store ``work``: its path where it is a TIFF
+    we wrote (a user's file put back from dst is not: it is left where it is), else None."""
+    aside = os.path.join(work, PREVIOUS)
+    if os.path.islink(aside) or not os.path.isfile(aside) or tiff_owner(aside) is None:
+        return None
+    return aside
+
+
+def previous_fate(work: str, dst: str, new_id: Any) -> str | None:
+    """What :func:`settle_previous` does with the previous TIFF left in ``work``: "restore"
+    where ``dst`` is missing (or the claim of this store's TIFF), "remove" where ``dst`` is
+    the new output (the id ``new_id`` of the working store's), None where there is none to
+    settle or ``dst`` holds another file (the previous one is then kept where it is)."""
+    if previous_left(work) is None:
+        return None
+    if not os.path.lexists(dst) or is_claim(dst, work):
+        return "restore"
+    owner = tiff_owner(dst) if os.path.isfile(dst) and not os.path.islink(dst) else None
+    if new_id and owner is not None and owner.get("output_id") == new_id:
+        return "remove"
+    return None
+
+
+def settle_previous(work: str, dst: str, new_id: Any) -> str | None:
+    """Under the working store's lock: the previous TIFF an overwrite without an exchange left
+    in ``work`` goes back to the missing ``dst`` (never over a file that took its name
+    meanwhile), or is removed where ``dst`` holds the new output; returns what was done, as
+    :func:`previous_fate` says. (It was kept there as a file fstack_dask did not write: dst
+    missing, every later overwrite refused, the old TIFF recoverable only by hand.)"""
+    fate = previous_fate(work, dst, new_id)
+    aside = os.path.join(work, PREVIOUS)
+    if fate == "remove":
+        os.unlink(aside)
+    elif fate == "restore" and is_claim(dst, work):
+        os.replace(aside, dst)  # the claim of this store's TIFF: ours
+    elif fate == "restore":
+        try:
+            if not renameat2(aside, dst, RENAME_NOREPLACE):
+                _link_or_claim(aside, dst)
+        except FileExistsError:
+            return None  # a file took dst meanwhile: judged as dst by the run
+    if fate is not None:
+        fsync_dir(os.path.dirname(dst))
+        fsync_dir(work)
+    return fate
 
 
 def _link_or_claim(partial: str, dst: str) -> None:

@@ -37,12 +37,16 @@ from .._outputs import leftovers
 from .._outputs.destination import Destination
 from .._outputs.folders import path_too_long
 from .._outputs.lifecycle import remove_finished
+from .._outputs.lock import DestinationLock
 from .._outputs.ownership import classify, provenance, run_record
+from .._outputs.state import OutputState
 from .._outputs.tiff import (
     PARTIAL,
     dropped_sizes,
     is_claim,
     place_tiff,
+    previous_left,
+    settle_previous,
     tiff_owner,
     write_tiff,
 )
@@ -85,6 +89,7 @@ def fuse_to_tiff(
         )
     # (else refused as a store with our attributes copied in, for good, by every run)
     leftovers.remove_remains(working_store(tiff))
+    _settle_previous(tiff, where)
 
     # refuses bad input, reads metadata; run_fusion tells what "auto" chose. dst is refused
     # before "auto" reads its sample (read first until g88: minutes of a remote stack)
@@ -141,6 +146,31 @@ def fuse_to_tiff(
                 "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
             )  # fmt: skip
         return open_tiff_result(tiff.path)
+
+
+def _settle_previous(tiff: Location, where: str) -> None:
+    """Before anything else, under the working store's lock (a live run's refuses this one):
+    the previous TIFF an overwrite without an exchange (exFAT, NFS) left in the working store,
+    killed between its two moves, goes back to the missing dst; killed once the new TIFF was
+    in place, it is removed. (dst was left missing, ``info`` said nothing of it, a resume
+    kept it as a file fstack_dask did not write, and every later overwrite was refused.)"""
+    work = working_store(tiff)
+    if previous_left(work.path) is None:
+        return
+    lock = DestinationLock(OutputState(work).lock, f"{where} (its working folder {work.path!r})")
+    lock.acquire()
+    try:
+        new_id = (provenance(work) or {}).get("output_id")  # the new TIFF's
+        done = settle_previous(work.path, tiff.path, new_id)
+    finally:
+        lock.release()
+    if done == "restore":
+        log.warning("put back %s, the previous TIFF, from %s, where an overwrite cut short "
+                    "between its two moves had left it; rerun the overwrite with --resume "
+                    "(resume=True) to finish it", tiff.spec, work.path)  # fmt: skip
+    elif done == "remove":
+        log.info("removed the previous TIFF an overwrite of %s cut short left in %s (dst holds "
+                 "the new one)", tiff.spec, work.path)  # fmt: skip
 
 
 def _refuse_another_output_at(work: Location, where: str) -> None:

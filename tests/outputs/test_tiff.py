@@ -888,3 +888,76 @@ def test_an_overwrite_without_exchange_replaces_our_tiff(tmp_path, monkeypatch):
     fstack_dask.fuse_zarr(src, dst, chunks=64, alpha=0.3, progress=False, overwrite=True)
     assert dst.read_bytes() == ref.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["out.tif", "ref.tif", "stack.ome.zarr"]
+
+
+# The CLI's fuse (argv: where to die, then its arguments) without RENAME_EXCHANGE, as on exFAT
+# or NFS, SIGKILLed as it replaces our TIFF: once dst is moved aside into the working store
+# ("aside"), or once the new TIFF is in place, before the one aside is removed ("placed").
+_KILLED_BETWEEN_THE_MOVES = textwrap.dedent("""
+    import os, signal, sys
+    import fstack_dask._outputs.tiff as tiff_out
+    exchange = tiff_out.renameat2
+    tiff_out.renameat2 = lambda a, b, flags: (
+        False if flags == tiff_out.RENAME_EXCHANGE else exchange(a, b, flags))
+    at = sys.argv.pop(1)
+    rename, unlink = os.rename, os.unlink
+    def renamed(a, b, *args, **kwargs):
+        rename(a, b, *args, **kwargs)
+        if at == "aside" and str(b).endswith("fused.tif.partial.previous"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    def unlinked(path, *args, **kwargs):
+        if at == "placed" and str(path).endswith("fused.tif.partial.previous"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        unlink(path, *args, **kwargs)
+    os.rename, os.unlink = renamed, unlinked
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize(
+    ("at", "then"),
+    [("aside", ""), ("aside", "--resume"), ("aside", "--overwrite"), ("placed", "")],
+)
+def test_an_overwrite_without_exchange_killed_between_its_moves_is_settled_by_the_next_run(
+    tmp_path, at, then
+):
+    """An --overwrite of our TIFF where the filesystem cannot exchange (exFAT, NFS) moves dst
+    aside into the working store, then the new TIFF in. Killed between the two, it left dst
+    missing and the old TIFF in '.out.tif.fstack-work/fused.tif.partial.previous': info said
+    'not written yet', --resume kept it as a file fstack_dask did not write, and every later
+    --overwrite was refused, 'move out what it holds'. info names it; the next run, plain,
+    --resume or --overwrite, puts it back at dst (or removes it where dst holds the new TIFF,
+    killed after the second move) under the working store's lock."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    new, dst = tmp_path / "new.tif", tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, new, chunks=64, alpha=0.3, progress=False)
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    old = dst.read_bytes()
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress", "--alpha", "0.3"]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_THE_MOVES, at, *args,
+                           "--overwrite"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    previous = tmp_path / ".out.tif.fstack-work" / "fused.tif.partial.previous"
+    assert previous.read_bytes() == old and dst.exists() == (at == "placed")
+    info = _cli("info", dst, cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert str(previous) in info.stdout, info.stdout
+    said = (
+        "the next fuse run into dst puts it back"
+        if at == "aside"
+        else "next fuse run into dst removes it"
+    )
+    assert said in info.stdout, info.stdout
+    proc = _cli(*args, *[then][: bool(then)], cwd=tmp_path)
+    assert not previous.exists()
+    if not then:  # dst is the previous TIFF again, or the new one; the overwrite to finish
+        assert proc.returncode == 2 and "already exists" in proc.stderr, proc.stderr
+        assert ("put back" in proc.stderr) == (at == "aside"), proc.stderr
+        assert dst.read_bytes() == (old if at == "aside" else new.read_bytes())
+        proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_bytes() == new.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["new.tif", "out.tif", "stack.ome.zarr"]
