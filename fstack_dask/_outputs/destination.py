@@ -39,6 +39,7 @@ from .ownership import (
 )
 from .removal import clear_output, remove_entries, remove_output, remove_state
 from .state import OutputState
+from .write import fsync_dir
 
 __all__ = ["Destination", "Target"]
 
@@ -313,6 +314,14 @@ class Destination(DestinationChecks):
                 target.locks.remove(lock)
         target.output = self.dst
         target.created = []
+        if self.dst.is_local:  # the swap durable (both renames' too): an EIO fails the run
+            try:
+                fsync_dir(os.path.dirname(self.dst.path.rstrip(os.sep)) or os.sep)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{exc.strerror} syncing the folder of dst after the "
+                              "swap (a power cut may undo it): dst holds the new output, "
+                              f"complete; the previous one is in {old.url!r}",
+                              exc.filename) from None  # fmt: skip
         try:
             if stopped is not None:
                 raise stopped

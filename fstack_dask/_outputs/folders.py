@@ -140,10 +140,7 @@ def exchange(new: Location, dst: Location) -> Location:
     the copy ran, minutes for a large output, found dst unlocked and wrote into it).
     """
     if new.is_local and renameat2(new.path, dst.path, RENAME_EXCHANGE):
-        from .write import fsync_dir
-
-        fsync_dir(os.path.dirname(dst.path))
-        return new
+        return new  # (synced by the caller, which knows the swap is done: an EIO fails the run)
     aside = dst.sibling(f".{dst.name}{STAGING}old-{uuid.uuid4().hex[:12]}")
     if new.is_local:
         os.rename(dst.path, aside.path)

@@ -19,6 +19,7 @@ reads either place (outputs begun before 2026-12-06 have ``ome`` from the start)
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Mapping
@@ -331,6 +332,10 @@ def publish(location: Location) -> None:
             ours["complete"] = True
         if update or not path:
             group.attrs.update({**update, "fstack_dask": ours})
+    if location.is_local:  # "complete" on disk, and dst's own name in its folder: a power cut
+        # after it could lose a new dst's entry (ext4 without dirsync), its state folder gone
+        make_durable(location, [f"{m}/zarr.json" for m in MAPS if m in root] + ["zarr.json"])
+        fsync_dir(os.path.dirname(location.path.rstrip(os.sep)) or os.sep)
 
 
 def open_output(location: Location, *, mode: str = "r+") -> Any:
@@ -425,14 +430,26 @@ def _sync_new_folders(root: str, folders: set[str]) -> None:
     _NAMED.update(named)  # only once synced: another thread's block may rely on them then
 
 
+# What a filesystem that cannot fsync a folder answers (a FUSE driver, a network filesystem)
+_NO_FOLDER_SYNC = frozenset(
+    getattr(errno, name)
+    for name in ("EINVAL", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EBADF")
+    if hasattr(errno, name)
+)
+
+
 def fsync_dir(path: str) -> None:
+    """fsync the folder ``path`` (the names in it). Where the filesystem cannot sync a folder
+    this is a no-op; any other failure (EIO: what the folder held may be lost) is raised,
+    failing the step that needed it durable (it was ignored)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not sync directories
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_SYNC:
+            raise OSError(exc.errno, exc.strerror, path) from None  # (naming the folder)
     finally:
         os.close(fd)

@@ -541,6 +541,90 @@ def test_the_folders_a_block_s_chunks_went_into_are_synced_in_their_parents_befo
                     parent = os.path.dirname(parent)
 
 
+@pytest.mark.parametrize("code", ["EIO", "EINVAL"])
+def test_a_folder_whose_fsync_fails_with_eio_fails_the_block(src, tmp_path, monkeypatch, code):
+    """An fsync of a chunk's folder failing with EIO (what the folder held may be lost) was
+    ignored like a filesystem's EINVAL (it cannot sync a folder): the block's done-marker
+    was written all the same. EIO fails the run, naming the folder, and no block is marked
+    done; EINVAL is still ignored."""
+    import errno
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and "/0/c" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    dst = tmp_path / "out.zarr"
+    kwargs = {"chunks": CHUNK, "levels": 0, "scheduler": "synchronous", "progress": False}
+    if code == "EINVAL":
+        fuse_zarr(src, dst, **kwargs)
+        assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["complete"] is True
+        return
+    with pytest.raises(OSError, match=rf"Input/output error: '{dst}/0/c"):
+        fuse_zarr(src, dst, **kwargs)
+    assert not os.path.exists(dst) or not os.listdir(dst / STATE_DIR / "done")
+
+
+def test_dst_is_synced_in_its_folder_once_complete(src, tmp_path, monkeypatch):
+    """A new dst's own name was never synced in its parent folder, nor its published root
+    ``zarr.json`` (complete: true): a power cut after the run said "complete", its state folder
+    removed, could lose dst's entry (ext4 without dirsync). Both are synced once published,
+    before the state folder goes."""
+    events = []
+    real_fsync, real_unlink = os.fsync, os.unlink
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def unlink(path, *args, **kwargs):
+        events.append(("unlink", os.fspath(path)))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, chunks=CHUNK, levels=0, scheduler="synchronous", progress=False)
+    tidied = next(i for i, (kind, p) in enumerate(events)
+                  if kind == "unlink" and f"{STATE_DIR}/done/" in p)  # fmt: skip
+    after_publish = events[:tidied]
+    assert ("fsync", str(dst / "zarr.json")) in after_publish[-6:], events[-12:]
+    assert ("fsync", str(tmp_path)) in after_publish[-6:], events[-12:]
+
+
+def test_an_eio_syncing_an_overwrite_s_swap_fails_the_run_saying_where_each_output_is(
+    src, tmp_path, monkeypatch
+):
+    """The folder holding dst synced after an overwrite's swap: its EIO was ignored (a power
+    cut could undo the swap the run said was done). It fails the run, which says that dst holds
+    the new output and where the previous one is; --resume removes that one."""
+    import errno
+
+    kwargs = {"chunks": CHUNK, "levels": 0, "scheduler": "synchronous", "progress": False}
+    dst = tmp_path / "out.zarr"
+    fuse_zarr(src, dst, **kwargs)
+    real_fsync, parent_syncs = os.fsync, []
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path):
+            parent_syncs.append(fd)
+            if len(parent_syncs) == 2:  # the first: the new output's, published beside dst
+                raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="after the swap .*: dst holds the new output, complete"):
+        fuse_zarr(src, dst, nhsize=5, overwrite=True, **kwargs)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert zarr.open_group(str(dst), mode="r").attrs["fstack_dask"]["nhsize"] == 5
+    fuse_zarr(src, dst, nhsize=5, resume=True, **kwargs)
+    assert sorted(os.listdir(tmp_path)) == ["out.zarr", "stack.ome.zarr"]
+
+
 def test_a_state_folder_that_cannot_be_removed_is_named_by_the_file_that_stayed(
     src, tmp_path, monkeypatch
 ):
