@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .location import Location
@@ -167,13 +167,15 @@ def _remove_ours_remote(fs, top: str, entry: str, ours: Callable[[str, str], boo
     and other tools make for a folder) is a folder: it goes where nothing kept lies under it,
     as a local folder left empty does."""
     top = top.rstrip("/")
-    found = [(path, path[len(top) + 1 :]) for path in sorted(fs.find(top))]
-    files = [(path, rel) for path, rel in found if not is_marker(path)]
-    kept = [rel for _path, rel in files if not ours(entry, rel)]
-    mine = [path for path, rel in files if ours(entry, rel)]
-    mine += [path for path, rel in found if is_marker(path)  # (top's own: rel "")
+    sizes = _sizes(fs, top)
+    found = [(path, path[len(top) + 1 :]) for path in sorted(sizes)]
+    files = [(path, rel) for path, rel in found if not is_marker(path, sizes[path])]
+    # (a key ending in '/' that holds bytes is a user's object: no run writes one)
+    kept = [rel for path, rel in files if path.endswith("/") or not ours(entry, rel)]
+    mine = [path for path, rel in files if not path.endswith("/") and ours(entry, rel)]
+    mine += [path for path, rel in found if is_marker(path, sizes[path])  # (top's own: rel "")
              and not any(k.startswith(rel) for k in kept)]  # fmt: skip
-    remove_keys(fs, mine)
+    remove_keys(fs, mine, sizes)
     if not kept:
         kept = _remove_what_is_left(fs, top)
     return kept
@@ -186,32 +188,41 @@ def _remove_what_is_left(fs: Any, top: str) -> list[str]:
     delete of ``top`` took it). Returns those kept, relative to ``top``."""
     top = top.rstrip("/")
     fs.invalidate_cache(top)
-    left = sorted(fs.find(top))
-    late = [path[len(top) + 1 :] for path in left if not is_marker(path)]
+    left = _sizes(fs, top)
+    late = [path[len(top) + 1 :] for path in sorted(left) if not is_marker(path, left[path])]
     if late:
         return late
-    remove_keys(fs, left)
+    remove_keys(fs, sorted(left), left)
     fs.invalidate_cache(top)
     if fs.exists(top):  # folders with nothing in them (a store that has folders)
         fs.rm(top, recursive=True)
     return []
 
 
-def is_marker(key: str) -> bool:
-    """Whether the object store's key is a folder's marker: an empty key ending in ``/``, as
-    the AWS console, rclone and other tools make for a folder (``out.zarr/0/``)."""
-    return key.endswith("/")
+def is_marker(key: str, size: Any) -> bool:
+    """Whether the object store's key, of ``size`` bytes, is a folder's marker: an empty key
+    ending in ``/``, as the AWS console, rclone and other tools make for a folder
+    (``out.zarr/0/``). One that holds bytes (S3 allows it) is a user's object, not a folder:
+    it was taken for a marker and deleted with our output."""
+    return key.endswith("/") and size == 0
 
 
-def remove_keys(fs: Any, keys: Iterable[str]) -> None:
-    """Delete these objects; folders' markers too, which ``fs.rm`` of a list leaves (s3fs
-    strips their ``/`` and deletes a key that does not exist, silently)."""
+def _sizes(fs: Any, top: str) -> dict[str, Any]:
+    """Every key under ``top`` and its size, in one listing."""
+    return {key: info.get("size") for key, info in fs.find(top, detail=True).items()}
+
+
+def remove_keys(fs: Any, keys: Iterable[str], sizes: Mapping[str, Any]) -> None:
+    """Delete these objects; folders' markers too, which ``fs.rm`` of a list leaves. A key
+    ending in ``/`` is deleted only where ``sizes`` (a listing's) says it is a marker, and
+    never through ``fs.rm``, which strips its ``/`` and deletes the key without it (another
+    object) or none."""
     keys = list(keys)
-    files = [key for key in keys if not is_marker(key)]
+    files = [key for key in keys if not key.endswith("/")]
     if files:
         fs.rm(files)
     for key in keys:
-        if is_marker(key):
+        if is_marker(key, sizes.get(key)):
             fs.rm_file(key)
 
 

@@ -118,7 +118,15 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
     # A folder's marker (``0/``, the AWS console's; the folder's own, ``""``, too) is no
     # object to copy (s3fs's copy of one failed "The specified key does not exist", and so
     # every overwrite with one): the same empty marker is made at the copy's place.
-    markers = [k for k in keys if is_marker(f"{src}/{k}") and not found[f"{src}/{k}"].get("size")]
+    sizes = {key: info.get("size") for key, info in found.items()}
+    markers = [k for k in keys if is_marker(f"{src}/{k}", sizes[f"{src}/{k}"])]
+    theirs = [k for k in keys if k.endswith("/") and k not in markers]
+    if theirs:  # (s3fs copies and deletes the key without its '/': another object, or none)
+        raise FileExistsError(
+            f"{src!r} holds {theirs[0]!r}, an object whose key ends in '/' holding "
+            f"{sizes[f'{src}/{theirs[0]}']} bytes (a user's, not a folder), which fstack_dask "
+            "cannot move: move it out of dst, then rerun"
+        )
     rest = [key for key in keys if key != "zarr.json" and key not in markers]
     root = [key for key in keys if key == "zarr.json"]
     for key in markers:
@@ -127,7 +135,7 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
         if batch:
             fs.copy([f"{src}/{k}" for k in batch], [f"{dst}/{k}" for k in batch])
     for batch in (root, rest + sorted(markers, key=len, reverse=True)):  # (a folder's last)
-        remove_keys(fs, [f"{src}/{k}" for k in batch])
+        remove_keys(fs, [f"{src}/{k}" for k in batch], sizes)
 
 
 def exchange(new: Location, dst: Location) -> Location:
@@ -173,7 +181,8 @@ def exchange(new: Location, dst: Location) -> Location:
             # (the error said "the previous output in dst is unchanged" of the new output)
             with contextlib.suppress(Exception):
                 lock = f"{new.path.rstrip('/')}/{LOCK}"  # (its run releases it)
-                remove_keys(dst.fs, [key for key in sorted(dst.fs.find(new.path)) if key != lock])
+                left = {k: i.get("size") for k, i in dst.fs.find(new.path, detail=True).items()}
+                remove_keys(dst.fs, [key for key in sorted(left) if key != lock], left)
             if not isinstance(exc, Exception):  # Ctrl-C: the caller says what is where
                 exc.aside = aside  # type: ignore[attr-defined]
                 raise
@@ -189,8 +198,9 @@ def _put_back(fs: Any, old: str, dst: str, new: str) -> bool:
     if fs.exists(f"{dst}/zarr.json"):
         return True
     staged = {key[len(new) :] for key in fs.find(new)} - {f"/{LOCK}"}
-    copies = [key for key in fs.find(dst) if key[len(dst) :] in staged]
-    remove_keys(fs, copies)
+    there = {key: info.get("size") for key, info in fs.find(dst, detail=True).items()}
+    copies = [key for key in there if key[len(dst) :] in staged]
+    remove_keys(fs, copies, there)
     _move_objects(fs, old, dst)
     return False
 

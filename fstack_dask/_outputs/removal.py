@@ -260,11 +260,14 @@ def theirs_in_objects(folder: Location) -> list[str]:
         return []
     base, ours = folder.path.rstrip("/") + "/", ours_within(folder)
     found: set[str] = set()
-    for key in folder.fs.find(folder.path):
+    for key, info in folder.fs.find(folder.path, detail=True).items():
         entry, _, path = key[len(base) :].partition("/") if key.startswith(base) else ("", "", "")
         if entry not in entries or entry == STATE_DIR or not path:
             continue
-        if is_marker(path) and _may_hold_ours(entry, path.rstrip("/")):
+        if path.endswith("/") and not is_marker(path, info.get("size")):
+            found.add(f"{entry}/{path}")  # an object holding bytes, not a folder's marker
+            continue
+        if is_marker(path, info.get("size")) and _may_hold_ours(entry, path.rstrip("/")):
             continue  # the marker of a folder of ours (0/c/, the AWS console's): ours
         parts = path.split("/")
         folders = ("/".join(parts[:n]) for n in range(1, len(parts)))

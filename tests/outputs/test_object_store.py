@@ -1231,3 +1231,62 @@ def test_an_object_put_in_an_output_as_it_is_removed_is_kept(s3, bucket, where):
     assert fs.cat(f"{top}/{where}") == b"mine"
     assert kept == [where]
     assert not [k for k in fs.find(top) if not k.endswith(where)]
+
+
+def test_an_object_whose_key_ends_in_a_slash_and_holds_bytes_is_a_users_not_a_marker(
+    s3, bucket, monkeypatch
+):
+    """S3 lets an object's key end in '/' and hold bytes. Such an object was taken for a
+    folder's marker: an --overwrite of an unfinished output holding ``0/c/`` deleted it with
+    the output's chunks, exit 0, and the removal of an output deleted it so too (s3fs's fs.rm
+    of its key deletes the key without the '/', another object). A marker is an empty object:
+    one with bytes is a user's object inside our array, refused as any, and never removed."""
+    from fstack_dask._locations import resolve
+    from fstack_dask._outputs.removal import remove_output
+    from fstack_dask._runs.blocks import FuseJob
+
+    fs, b = bucket
+    src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
+    write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
+    real, calls = FuseJob.fuse_and_write, []
+
+    def one_block(self, *args, **kwargs):  # stopped after one block, as Ctrl-C would
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, **_swap_options(s3), scheduler="synchronous")
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    theirs = f"{b}/out.zarr/0/c/"
+    _marker(s3, b, "out.zarr/0/c/1/")  # a marker of ours beside it: empty
+    fs.pipe_file(f"{b}/out.zarr/0/c/9", b"another object of the user's")
+    _object(s3, b, "out.zarr/0/c/", b"the user's own bytes")
+    before = _keys(fs, b)
+    opts = ("--chunks", "32", "--levels", "0", "--no-progress", "--storage-options",
+            json.dumps(s3), "--dst-storage-options", json.dumps(s3))  # fmt: skip
+    proc = _cli("fuse", src, dst, *opts, "--overwrite")
+    assert proc.returncode == 2 and "holds '0/c/', '0/c/9' inside its arrays" in proc.stderr, (
+        proc.stderr
+    )
+    assert _keys(fs, b) == before
+    location = resolve(dst, name="dst", storage_options=s3)
+    kept = remove_output(location, protect=[])
+    assert kept, kept
+    left = sorted(k for k in _keys(fs, b) if k.startswith(f"{b}/out.zarr"))
+    assert left == [theirs, f"{b}/out.zarr/0/c/9"], left
+    assert fs.cat(f"{b}/out.zarr/0/c/9") == b"another object of the user's"
+
+
+def _object(s3: dict, b: str, key: str, body: bytes) -> None:
+    """An object of ``key`` (which may end in '/', which s3fs strips) holding ``body``."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["key"],
+        aws_secret_access_key=s3["secret"], region_name="us-east-1",
+    )  # fmt: skip
+    client.put_object(Bucket=b, Key=key, Body=body)
+    assert client.get_object(Bucket=b, Key=key)["Body"].read() == body
