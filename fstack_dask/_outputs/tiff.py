@@ -400,7 +400,15 @@ def _replace_ours(partial: str, dst: str, where: str) -> None:
     ``dst`` (os.replace over it lost it). A run killed meanwhile leaves the previous TIFF in
     the working store, ``dst`` absent or the new TIFF: :func:`settle_previous`."""
     aside = os.path.join(os.path.dirname(partial), PREVIOUS)
-    os.rename(dst, aside)
+    try:  # never over a file kept there: a user's, saved at dst as an earlier run replaced it
+        if not renameat2(dst, aside, RENAME_NOREPLACE):
+            _link_or_claim(dst, aside)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{where} was not replaced: its working folder holds {aside!r}, which an earlier "
+            "run kept there (a file saved at dst as it replaced it); move it out, then rerun "
+            "with resume=True"
+        ) from None
     if tiff_owner(aside) is None:
         try:
             _link_or_claim(aside, dst)  # back, never over a file that took dst meanwhile

@@ -896,20 +896,25 @@ def test_an_overwrite_without_exchange_replaces_our_tiff(tmp_path, monkeypatch):
 _KILLED_BETWEEN_THE_MOVES = textwrap.dedent("""
     import os, signal, sys
     import fstack_dask._outputs.tiff as tiff_out
-    exchange = tiff_out.renameat2
-    tiff_out.renameat2 = lambda a, b, flags: (
-        False if flags == tiff_out.RENAME_EXCHANGE else exchange(a, b, flags))
     at = sys.argv.pop(1)
-    rename, unlink = os.rename, os.unlink
-    def renamed(a, b, *args, **kwargs):
-        rename(a, b, *args, **kwargs)
+    rename, unlink, renameat2 = os.rename, os.unlink, tiff_out.renameat2
+    def moved(b):  # dst moved aside (by a rename, or one without replacing)
         if at == "aside" and str(b).endswith("fused.tif.partial.previous"):
             os.kill(os.getpid(), signal.SIGKILL)
+    def renamed(a, b, *args, **kwargs):
+        rename(a, b, *args, **kwargs)
+        moved(b)
+    def no_exchange(a, b, flags):
+        if flags == tiff_out.RENAME_EXCHANGE:
+            return False
+        done = renameat2(a, b, flags)
+        moved(b)
+        return done
     def unlinked(path, *args, **kwargs):
         if at == "placed" and str(path).endswith("fused.tif.partial.previous"):
             os.kill(os.getpid(), signal.SIGKILL)
         unlink(path, *args, **kwargs)
-    os.rename, os.unlink = renamed, unlinked
+    os.rename, os.unlink, tiff_out.renameat2 = renamed, unlinked, no_exchange
     from fstack_dask._cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -961,3 +966,36 @@ def test_an_overwrite_without_exchange_killed_between_its_moves_is_settled_by_th
     assert proc.returncode == 0, proc.stderr
     assert dst.read_bytes() == new.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["new.tif", "out.tif", "stack.ome.zarr"]
+
+
+def test_an_overwrite_without_exchange_never_moves_dst_over_a_file_kept_in_its_place(
+    tmp_path, monkeypatch
+):
+    """Without an exchange, an overwrite moved dst aside with os.rename into
+    'fused.tif.partial.previous', replacing what was there: a user's file that an earlier run
+    had kept there (saved at dst while that run replaced it) was lost. The move never
+    replaces; the run is refused naming it, dst and the file kept."""
+    import fstack_dask._outputs.tiff as tiff_out
+
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    dst = tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False)
+    old = dst.read_bytes()
+    kept = tmp_path / ".out.tif.fstack-work" / "fused.tif.partial.previous"
+    real_rename, real_owner = tiff_out.renameat2, tiff_out.tiff_owner
+
+    def no_exchange(a, b, flags):  # (as exFAT or NFS answer)
+        return False if flags == tiff_out.RENAME_EXCHANGE else real_rename(a, b, flags)
+
+    def owner(path):  # dst checked ours: the file an earlier run kept is there by then
+        if path == str(dst) and not kept.exists():
+            kept.write_bytes(b"a user's own image, kept by an earlier run")
+        return real_owner(path)
+
+    monkeypatch.setattr(tiff_out, "renameat2", no_exchange)
+    monkeypatch.setattr(tiff_out, "tiff_owner", owner)
+    with pytest.raises(FileExistsError, match="which an earlier run kept there"):
+        fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True, nhsize=5)
+    assert kept.read_bytes() == b"a user's own image, kept by an earlier run"
+    assert dst.read_bytes() == old
