@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -398,9 +399,13 @@ def make_durable(
     return stored
 
 
-#: (device, inode) of a chunk folder and the ctime of its parent when this process synced the
+#: (device, inode) of a chunk folder, its parent's inode and ctime when this process synced the
 #: parent: the folder's name is durable while the parent has not changed since
-_NAMED: set[tuple[int, int, int]] = set()
+_NAMED: set[tuple[int, int, int, int]] = set()
+# A ctime within this of now may not show a change made in the same tick: the kernel's coarse
+# clock (a few ms); on filesystems keeping whole seconds (ext4 of 128-byte inodes, ext3, FAT,
+# some NFS servers), its second (git's "racily clean" files)
+_TICK_NS, _SECONDS_NS = 20_000_000, 2_000_000_000
 
 
 def _sync_new_folders(root: str, folders: set[str]) -> None:
@@ -418,10 +423,11 @@ def _sync_new_folders(root: str, folders: set[str]) -> None:
                 mine, theirs = os.stat(folder), os.stat(parent)
             except OSError:
                 break
-            key = (mine.st_dev, mine.st_ino, theirs.st_ctime_ns)
+            key = (mine.st_dev, mine.st_ino, theirs.st_ino, theirs.st_ctime_ns)
             if key not in _NAMED:
                 parents.add(parent)
-                named.add(key)
+                if _settled(theirs.st_ctime_ns):
+                    named.add(key)
             folder = parent
     for parent in sorted(parents, key=len, reverse=True):  # the deepest first
         fsync_dir(parent)
@@ -436,6 +442,15 @@ _NO_FOLDER_SYNC = frozenset(
     for name in ("EINVAL", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EBADF")
     if hasattr(errno, name)
 )
+
+
+def _settled(ctime_ns: int) -> bool:
+    """Whether a parent's ctime is older than its timestamp's granularity, so that any later
+    change of it shows in its ctime: within it, a folder removed and made again, its inode
+    reused (a run into a dst made anew), kept the ctime the cache had, and its new name was
+    not synced (found reviewing the cache)."""
+    tick = _SECONDS_NS if ctime_ns % 1_000_000_000 == 0 else _TICK_NS
+    return time.time_ns() - ctime_ns > tick
 
 
 def fsync_dir(path: str) -> None:

@@ -625,6 +625,42 @@ def test_an_eio_syncing_an_overwrite_s_swap_fails_the_run_saying_where_each_outp
     assert sorted(os.listdir(tmp_path)) == ["out.zarr", "stack.ome.zarr"]
 
 
+def test_a_chunk_folder_made_again_within_its_parents_ctime_tick_is_synced_in_it(
+    tmp_path, monkeypatch
+):
+    """The cache of parents synced (by the folder's inode and its parent's ctime) skipped the
+    sync of a chunk folder removed and made again within the tick of its parent's ctime, its
+    inode reused: on a filesystem keeping whole seconds (ext4 of 128-byte inodes, ext3, some NFS
+    servers), a dst made anew within the second kept the keys the cache had, and its chunk
+    folders' names were not synced before their markers. A ctime within its tick of now is
+    never cached."""
+    import time
+    from types import SimpleNamespace
+
+    from fstack_dask._outputs import write
+
+    second = time.time_ns() // 10**9 * 10**9
+    real_stat, synced = os.stat, []
+
+    def stat(path, *args, **kwargs):  # whole seconds, and each path's inode reused
+        found = real_stat(path, *args, **kwargs)
+        return SimpleNamespace(st_dev=found.st_dev, st_ino=len(str(path)), st_ctime_ns=second)
+
+    monkeypatch.setattr(write, "fsync_dir", synced.append)
+    root = tmp_path / "out.zarr"
+    folder = root / "0" / "c" / "1"
+    for _ in range(2):  # dst made anew, at once
+        shutil.rmtree(root, ignore_errors=True)
+        folder.mkdir(parents=True)
+        synced.clear()
+        os.stat = stat
+        try:
+            write._sync_new_folders(str(root), {str(folder)})
+        finally:
+            os.stat = real_stat
+        assert synced == [str(root / "0" / "c"), str(root / "0"), str(root)], synced
+
+
 def test_a_state_folder_that_cannot_be_removed_is_named_by_the_file_that_stayed(
     src, tmp_path, monkeypatch
 ):
