@@ -1,5 +1,5 @@
 """The cost of finding ``chattr`` marks (immutable, append-only) inside an old output before
-an overwrite (g53): :func:`~fstack_dask._outputs.removal.unremovable`'s walk with a ``statx``
+an overwrite: :func:`~fstack_dask._outputs.removal.unremovable`'s walk with a ``statx``
 of each file against the same walk without the marks (a stat of no file), alternated, on an
 output whose level 0 holds n x n chunk folders of ten files each.
 

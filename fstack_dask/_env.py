@@ -2,7 +2,7 @@
 
 A switch accepts exactly ``0`` or ``1``; unset or empty is its default (``VAR= cmd`` and
 ``${VAR:-}`` are the shell's ways of leaving one unset). Anything else (``maybe``, ``yes``,
-``TRUE``, `` 1``) was taken as on or off in silence (a sweep of contract 4, g47): the process
+``TRUE``, `` 1``) was taken as on or off in silence: the process
 that plans a run refuses it in one line naming the variable, before anything is written. A
 worker process that meets one (a late worker whose environment differs; those present when
 the run starts were asked, before writing) warns and runs the default: refusing there would

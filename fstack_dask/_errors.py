@@ -169,7 +169,7 @@ def warn(message: str) -> None:
 def _callers_level() -> int:
     """The ``stacklevel`` of the first frame outside this package: the user's call, which a
     notebook shows with the warning (it showed a line of ours, ``fusion.py:160:
-    _warn_over_budget(fusion)``: g65); where none is (a worker's thread), the caller of the
+    _warn_over_budget(fusion)``); where none is (a worker's thread), the caller of the
     function that warned."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(2), 2  # warn()'s caller, as warnings.warn counts
@@ -308,7 +308,7 @@ _WAIT_SAID = (
 def finish_quietly_despite_interrupts(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """:func:`finish_despite_interrupts` for a step of a few milliseconds that waits for no
     task (a cluster's workers shielded, or put back): an interrupt meanwhile said the wait's
-    warning beside the run's one "interrupted" line (the g86 brief)."""
+    warning beside the run's one "interrupted" line."""
     return _finish(step, args, kwargs, None)
 
 
@@ -316,7 +316,7 @@ def _finish(step: Callable[..., T], args: Any, kwargs: Any, said: str | None) ->
     held: list[int] = []
     # what the caller handles as it waits (the run's Ctrl-C: schedulers' except, a finally) is
     # behind every error the step raises, and none of them is a new interruption: a step that
-    # failed so (its scheduler gone) was taken for one and called again, for ever (g92)
+    # failed so (its scheduler gone) was taken for one and called again, for ever
     handled = _chain(sys.exc_info()[1])
 
     def hold(signum: int, frame: Any) -> None:
@@ -377,7 +377,7 @@ def interruptions_of_this_call(fn: Callable[..., T]) -> Callable[..., T]:
     """``fn`` (a run, a command), in which an interruption its caller was handling as it began
     is none of its own (:func:`interruption_behind`): called in a host's ``except
     KeyboardInterrupt:`` (a script going on after a Ctrl-C, a retry), its failures were taken
-    for that old Ctrl-C, ``main([...])``'s usage error said "interrupted", exit 130 (g100)."""
+    for that old Ctrl-C, ``main([...])``'s usage error said "interrupted", exit 130."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> T:
@@ -422,5 +422,5 @@ def as_interrupt(exc: BaseException) -> BaseException:
     behind`): numba's dispatcher, interrupted inside its C code, raises ``SystemError(
     "CPUDispatcher(...) returned a result with an exception set")`` caused by it (4 of 12
     interrupts of a synchronous run in a Jupyter kernel were reported as a failure: a helper's
-    run, 2026-12-05); a class body's ``__set_name__`` a RuntimeError (g87)."""
+    run, 2026-12-05); a class body's ``__set_name__`` a RuntimeError."""
     return interruption_behind(exc) or exc

@@ -138,7 +138,7 @@ def import_through_one_ctrl_c(module: str, package: str | None = None) -> Any:
 #: The handlers of the stop signals of runs under way (the command line's, in a caller's
 #: ``main([...])`` too): :func:`import_through_one_ctrl_c` holds their signals as it holds
 #: Ctrl-C. A SIGTERM there, raised in numba's import, broke it for the caller's later runs
-#: in the process ("module 'numba' has no attribute 'core'", the g68 review).
+#: in the process ("module 'numba' has no attribute 'core'").
 _RUN_HANDLERS: list[Any] = []
 
 
@@ -181,12 +181,12 @@ def first_held() -> int | None:
 
 def _watch(read_fd: int, done: Any, end: Any) -> None:
     """The held stop signals' grace (a scheduler's SIGTERM is not repeated: an import that never
-    returns, a dead mount, held it for ever, the program never ended: g43), counted in a
+    returns, a dead mount, held it for ever, the program never ended), counted in a
     thread of its own from the moment Python's C handler wrote the signal's number to
     ``read_fd``'s pipe (:func:`signal.set_wakeup_fd`), whether or not the main thread ran
     :func:`_hold`: a SIGTERM landing just before the import's read that hangs was taken by the
     C handler, the main thread in its read before it ran the Python one, and the program never
-    ended (1 run in 20 of tests/cli/test_stopping.py's, on a loaded machine: g100)."""
+    ended (1 run in 20 of tests/cli/test_stopping.py's, on a loaded machine)."""
     import signal
 
     try:
@@ -284,7 +284,7 @@ def deliver_held_signals() -> None:
 def take_held_signal() -> int | None:
     """The first signal held, for a program that ends before it would deliver it (``--help``,
     a usage error): it ends with that signal's status, having said so, where the signal was
-    dropped (exit 0 or 2: g47). The holding handlers ignore what comes next; None (nothing
+    dropped (exit 0 or 2). The holding handlers ignore what comes next; None (nothing
     changed) where none was held."""
     import signal
 
@@ -306,8 +306,8 @@ _REGISTERED: list[bool] = []
 def ignore_at_the_very_end() -> None:
     """Register, as the program's first exit handler (so run last), the ignoring of the
     signals :func:`ignore_last` will name: Python's finalisation would put SIG_DFL back (-15,
-    not the status announced). Ignored from the first exit handler on, as until the g43
-    review, a SIGTERM was lost for as long as the others took (a cluster's close, a join of
+    not the status announced). Ignored from the first exit handler on: before, a
+    SIGTERM was lost for as long as the others took (a cluster's close, a join of
     child processes): the program could be stopped by SIGKILL only."""
     import atexit
 

@@ -272,7 +272,7 @@ def check_chunks(chunks: Any, name: str = "chunks") -> tuple[int, int] | None:
     """``None``, a positive int, or a (y, x) pair of them, each at most 2**31 - 1.
 
     A value of another type (a bool, a float, a str, a list of one) is a TypeError naming the
-    type expected, where it was a ValueError as a 0 is (a review, g77)."""
+    type expected, where it was a ValueError as a 0 is (a review)."""
     if chunks is None:
         return None
     pair = (chunks, chunks) if isinstance(chunks, (numbers.Integral,)) else chunks
@@ -298,7 +298,7 @@ def check_memory(value: Any, name: str = "memory_per_task") -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a number of bytes or a size such as '1GiB', got {value!r}")
     if _fraction_of_a_byte(value):
-        # (1.5 ran as 1 byte, refused later as the option's: a config's 1.5 meant GiB, g47)
+        # (1.5 ran as 1 byte, refused later as the option's: a config's 1.5 meant GiB)
         raise ValueError(
             f"{name} must be a whole number of bytes or a size with its unit such as "
             f"'{str(value).strip()}GiB', got {value!r}"
@@ -354,7 +354,7 @@ Channels = Literal["auto", "rgb", "independent"]  # the channels= a type checker
 
 def resolve_channels(channels: Any, axes: str, shape: tuple[int, ...], dtype: Any) -> bool:
     """Return True for RGB fusion (one shared weight map), False otherwise."""
-    if not isinstance(channels, str):  # (a TypeError, as other parameters' types are: g77)
+    if not isinstance(channels, str):  # (a TypeError, as other parameters' types are)
         raise TypeError(
             f"channels must be a str, 'auto', 'rgb' or 'independent', got {channels!r} "
             f"({type(channels).__name__})"

@@ -73,7 +73,7 @@ def _check_shape(shape: Any) -> tuple[int, int]:
 
 
 #: Beyond these, numpy's "Maximum allowed dimension exceeded", a MemoryError or a blur that
-#: runs for hours, none naming the parameter (a sweep of contract 4, g41): the stack is made in
+#: runs for hours, none naming the parameter: the stack is made in
 #: memory (16 Gi voxels are 32 GiB as uint16), and a blur of 10^4 px is flat on any image.
 MAX_VOXELS = 2**34
 MAX_SIGMA = 1e4

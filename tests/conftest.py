@@ -113,7 +113,7 @@ def hangup_at_its_default() -> None:
     """A ``preexec_fn``: SIGHUP at its default in the child, as a terminal's processes have
     it. A test runner started under ``nohup`` passes SIGHUP ignored on, and the program (which
     keeps an ignored SIGHUP ignored) then rightly went on through the hang-up a test sent: 5
-    tests failed (g87)."""
+    tests failed."""
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 

@@ -158,7 +158,7 @@ def test_wrapper_spellings_resolve_to_the_underlying_place(tmp_path, monkeypatch
         (f"simplecache::file://{target}", {}),
         (f"simplecache::{target}", {}),
         # protocols in upper case, as a scheme may be: fsspec took 'SIMPLECACHE::...' for the
-        # local file './SIMPLECACHE' (the g44 review)
+        # local file './SIMPLECACHE'
         (f"SIMPLECACHE::FILE://{target}", {}),
         (f"SimpleCache::{target}", {}),
         (f"filecache::file://{target}", {"filecache": {"cache_storage": str(tmp_path / "c")}}),
@@ -575,7 +575,7 @@ def test_an_http_url_with_a_query_string_is_read_with_it_on_every_request(
 
 def test_an_http_url_with_a_query_string_is_read_on_worker_processes(http_token_root, tmp_path):
     # The URL sent to worker processes was made an absolute local glob (its '?' a wildcard):
-    # "src pattern '/cwd/http:/host/stack.zarr?token=...' matches no files" (the g81 review)
+    # "src pattern '/cwd/http:/host/stack.zarr?token=...' matches no files"
     root, base = http_token_root
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
     url = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc"
@@ -589,7 +589,7 @@ def test_an_http_url_with_a_query_string_is_read_on_worker_processes(http_token_
 def test_an_http_urls_query_is_sent_as_given_and_never_printed(http_signed_root, tmp_path):
     # The query was sent re-encoded from its decoded pairs (%2F as '/', %3F as '?', '+' as a
     # space), which a server checking a presigned URL's signature refused; and an error line
-    # (a batch log) printed it, credential and signature (the g81 review)
+    # (a batch log) printed it, credential and signature
     root, base = http_signed_root
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
     proc = cli("fuse", f"{base}/stack.zarr?{_SIGNED}", tmp_path / "http.zarr", "--no-progress")
@@ -606,7 +606,7 @@ def test_an_http_urls_query_is_sent_as_given_and_never_printed(http_signed_root,
 
 def test_a_query_that_is_a_bare_key_is_hidden_too(http_token_root, tmp_path):
     # A query without "=" (the credential alone: ?s3cr3t) was printed whole, as a name, with
-    # "=***" after it (the g84 review): in the src's line and in the server's refusal
+    # "=***" after it: in the src's line and in the server's refusal
     root, base = http_token_root
     _write(root / "stack.zarr")
     for url in (f"{base}/stack.zarr?Zk9SECRET", f"{base}/none.zarr?Zk9SECRET&token=t0k"):
@@ -620,7 +620,7 @@ def test_a_query_that_is_a_bare_key_is_hidden_too(http_token_root, tmp_path):
 def test_a_urls_password_is_sent_and_never_printed_nor_kept(http_auth_root, tmp_path):
     # http://user:password@host/...: the password was kept in the URL read, so printed in
     # error lines and written into the output's record (its src, its source's identity), and
-    # a renewed password refused a --resume as another source (g92). It is sent with every
+    # a renewed password refused a --resume as another source. It is sent with every
     # request (worker processes too), as the query is, and shown as ***
     root, base = http_auth_root
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
@@ -642,7 +642,7 @@ def test_a_urls_password_is_sent_and_never_printed_nor_kept(http_auth_root, tmp_
 def test_a_password_holding_url_delimiters_is_never_printed(http_auth_root, tmp_path):
     # A password with '/', '?' or '#' typed as they are ends the URL's host part there: the
     # "port" was the password's start, and 'cannot be reached (... port can't be converted to
-    # integer)' printed it whole (the g97 review). Refused, the password as ***; written
+    # integer)' printed it whole. Refused, the password as ***; written
     # %2F, %3F, %23 (and '@', ':' as they are) it is sent
     root, base = http_auth_root
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
@@ -656,7 +656,7 @@ def test_a_password_holding_url_delimiters_is_never_printed(http_auth_root, tmp_
             assert "write them %2F, %3F and %23" in proc.stderr, proc.stderr
     for command in (["info"], ["fuse", "--no-progress"]):  # digits, then '/': a "port" (g101:
         # printed whole, "src 'http://alice:12/x@127.0.0.1:...' ... 'alice' does not resolve";
-        # after a user name with a dot, still printed whole: g104)
+        # after a user name with a dot, still printed whole)
         for user in ("alice", "alice.smith", "alice%40lab.org"):
             dst = [tmp_path / "out.zarr"] if command[0] == "fuse" else []
             proc = cli(command[0], url.replace("alice", user).format("12/x"), *dst, *command[1:])
@@ -739,7 +739,7 @@ def test_a_token_as_user_name_and_another_scheme_s_password_are_never_printed(
 def test_a_wrong_password_is_told_as_refused_not_missing_and_beats_netrc(http_auth_root,
                                                                         tmp_path):  # fmt: skip
     # A wrong (or no) password in the URL: the server's 401 on every file read as "src ...
-    # does not exist; expected a Zarr array or group" (g101). Told as refused, the password
+    # does not exist; expected a Zarr array or group". Told as refused, the password
     # hidden; a ~/.netrc naming the host with the right one does not replace the URL's
     root, base = http_auth_root
     _write(root / "stack.zarr")
@@ -958,7 +958,7 @@ def _expiring_stack(root, tmp_path):
 def test_a_run_failing_on_an_http_read_says_one_line(http_expiring_early, tmp_path):
     # A read refused mid-run left its selection's other reads pending on zarr's loop, each
     # reported at exit as asyncio's "Task was destroyed but it is pending!" and its task's
-    # repr under the one error line (g85)
+    # repr under the one error line
     root, base = http_expiring_early
     _expiring_stack(root, tmp_path)
     proc = cli("fuse", f"{base}/stack.zarr?token=old", tmp_path / "http.zarr", "--chunks", 64,
@@ -969,7 +969,7 @@ def test_a_run_failing_on_an_http_read_says_one_line(http_expiring_early, tmp_pa
 
 def test_a_read_refused_mid_run_says_so_and_resumes(http_expiring_early, tmp_path):
     # An expired token's 403 on a chunk was told as "the source is corrupt, truncated or
-    # unreadable" (g85): the server's refusal, the file (its query hidden), how to go on
+    # unreadable": the server's refusal, the file (its query hidden), how to go on
     root, base = http_expiring_early
     expected = _expiring_stack(root, tmp_path)
     url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
@@ -986,7 +986,7 @@ def test_a_read_refused_mid_run_says_so_and_resumes(http_expiring_early, tmp_pat
 
 def test_a_server_failing_mid_run_says_so_and_resumes(http_flaky_root, tmp_path):
     # A 503 (a server down or overloaded) was "the source is corrupt ..." too; neither fsspec
-    # nor zarr retries it (g85)
+    # nor zarr retries it
     root, base = http_flaky_root
     expected = _expiring_stack(root, tmp_path)
     url, dst = f"{base}/stack.zarr", tmp_path / "http.zarr"
@@ -1010,7 +1010,7 @@ def _fails_then_resumes(url, dst, expected, up, *options):
 
 def test_a_chunk_its_server_lists_and_no_longer_serves_is_no_fill_value(http_gone_root, tmp_path):
     # fsspec takes a 404 for "not stored", which zarr reads as the fill value: the run
-    # finished "complete", exit 0, every pixel fused from zeros (g85, g88)
+    # finished "complete", exit 0, every pixel fused from zeros
     root, base = http_gone_root
     expected = _expiring_stack(root, tmp_path)
     url, dst = f"{base}/stack.zarr?name=secret", tmp_path / "http.zarr"
@@ -1026,7 +1026,7 @@ def test_a_chunk_no_longer_served_whose_folder_page_fails_is_no_fill_value(
 ):
     # A folder page that failed (a 5xx, a timeout, the connection reset) was taken for "no
     # folder page" (an object store): the chunk not served read as the fill value, as did every
-    # read of that folder meanwhile and for the rest of the run, exit 0 (the g97 review). It
+    # read of that folder meanwhile and for the rest of the run, exit 0. It
     # is the read's failure, and a later read asks for the page anew
     root, base = http_glitching_root
     expected = _expiring_stack(root, tmp_path)
@@ -1052,7 +1052,7 @@ def test_a_chunk_a_sparse_store_never_stored_still_reads_as_the_fill_value(http_
 def test_an_http_server_that_cannot_be_reached_is_told_so(tmp_path):
     # Nothing listening at the port, or a host name that does not resolve, was "src ... does
     # not exist; expected a Zarr array or group": fsspec takes a failure to connect for a
-    # missing file (g85)
+    # missing file
     with socket.socket() as sock:  # a port nothing listens on once it is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -1087,7 +1087,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 def test_a_slow_server_is_reached_within_the_timeout_storage_options_give(tmp_path, monkeypatch):
     # The reachability probe bounded its answer to 60 s whatever storage_options said: a server
     # the user allowed longer (client_kwargs' or the requests' timeout), which the reads would
-    # have opened, was refused 'cannot be reached' (the g90 review). Its bound is lowered to 1 s
+    # have opened, was refused 'cannot be reached'. Its bound is lowered to 1 s
     # here, the server answering after 3 s
     import aiohttp
 
@@ -1108,7 +1108,7 @@ def test_a_slow_server_is_reached_within_the_timeout_storage_options_give(tmp_pa
 def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_path):
     # "auto" read its sample of tiles (minutes of a remote stack) before dst was examined:
     # an existing output without --overwrite, or a dst that cannot be created, was refused
-    # only after it (g85). The server logs every request: none for a chunk before the refusal
+    # only after it. The server logs every request: none for a chunk before the refusal
     root, base = http_token_root
     _write(root / "stack.zarr")
     url, log = f"{base}/stack.zarr?token=t0k&sig=a%2Fb%2Bc", tmp_path / "requests.log"
@@ -1130,7 +1130,7 @@ def test_auto_refuses_its_dst_before_reading_its_sample(http_token_root, tmp_pat
 def test_a_sparse_stores_folder_page_is_fetched_once(http_token_root, tmp_path):
     # Each chunk not served fetches its folder's page, to tell a chunk never stored from one
     # served no more: the reads of a block miss at once, and each fetched it, 2-5 times a
-    # folder (g92). The server logs every request: each page of a folder that holds no
+    # folder. The server logs every request: each page of a folder that holds no
     # chunk once
     root, base = http_token_root
     planes = _stack()
@@ -1156,7 +1156,7 @@ def test_a_sparse_stores_folder_page_is_fetched_once(http_token_root, tmp_path):
 
 def test_an_http_object_store_is_read(http_object_root, tmp_path):
     # A store on a server without folder pages (S3, GCS, Azure over https: a folder's URL is
-    # 404) was "src ... does not exist; expected a Zarr array or group" (g85), and once read,
+    # 404) was "src ... does not exist; expected a Zarr array or group", and once read,
     # its chunks, which no folder lists, were warned of as none stored
     root, base = http_object_root
     expected = fuse_zarr(_write(root / "stack.zarr"), tmp_path / "local.zarr", progress=False)
@@ -1170,7 +1170,7 @@ def test_an_http_object_store_is_read(http_object_root, tmp_path):
 def test_a_token_expiring_under_worker_processes_is_told_so(http_expiring_early, tmp_path):
     # With --scheduler processes a worker opening the source after the token expired got the
     # server's 403 on its metadata, an aiohttp error that cannot be pickled back to the run:
-    # "can't pickle multidict._multidict.CIMultiDictProxy objects", exit 2 (g90). Now told
+    # "can't pickle multidict._multidict.CIMultiDictProxy objects", exit 2. Now told
     # as a refused read is, exit 1, and a renewed URL goes on
     root, base = http_expiring_early
     expected = _expiring_stack(root, tmp_path)
@@ -1188,7 +1188,7 @@ def test_a_token_expiring_under_worker_processes_is_told_so(http_expiring_early,
 
 def test_a_file_url_is_percent_decoded(tmp_path):
     """``file:///.../a%3Fb.zarr``, a real folder named ``a?b.zarr`` spelled as RFC 8089 spells
-    it, was read as a folder named ``a%3Fb.zarr``: "does not exist" (the g94 brief). The URL's
+    it, was read as a folder named ``a%3Fb.zarr``: "does not exist". The URL's
     path is percent-decoded, and the stack fuses as its plain path does."""
     from fstack_dask import fuse_zarr, synthetic_stack, write_stack
 
@@ -1205,7 +1205,7 @@ def test_the_cli_on_a_cluster_reads_the_auto_sample_once(http_token_root, tmp_pa
     """``fuse --auto`` on a cluster (``cluster.kind: distributed``) plans before connecting,
     to refuse bad input first; "auto" read its sample there, and fuse_zarr read it again: a
     remote source's sample chunks were asked twice more than a run given the same nhsize and
-    sth asks (the g94 brief). They are asked once more: the run takes what was chosen."""
+    sth asks. They are asked once more: the run takes what was chosen."""
     import collections
 
     from distributed import LocalCluster
@@ -1262,7 +1262,7 @@ def http_row_gone(tmp_path):
 def test_a_chunk_not_served_is_named_not_the_range_its_block_read(http_row_gone, tmp_path):
     """A block whose read covers chunks served and one not (its halo reaching the next row of
     chunks): the line said "the server no longer serves chunks '0/c/0/0/0' to 'c/0/1/1'", served
-    chunks named with the one not, the last without the array's path (g94). It names the
+    chunks named with the one not, the last without the array's path. It names the
     chunk that answered 404."""
     from fstack_dask._errors import SourceReadError
 

@@ -186,7 +186,7 @@ def _documented_parameters(section: str) -> list[str]:
 def test_each_public_function_documents_its_signature_cites_the_paper_and_shows_use(name):
     """numpydoc as the brief asks: Parameters naming the signature's parameters in order,
     References citing Pertuz et al. 2013 (overlap_depth, sample_stack and write_stack had
-    none: g41), Examples that the suite runs (--doctest-modules)."""
+    none), Examples that the suite runs (--doctest-modules)."""
     import inspect
 
     func = getattr(fstack_dask, name)
@@ -204,10 +204,10 @@ def test_each_public_function_documents_its_signature_cites_the_paper_and_shows_
 @pytest.mark.parametrize(
     ("call", "says"),
     [
-        # np.isfinite(10**30) raised numpy's "ufunc 'isfinite' not supported" (942354a, g47)
+        # np.isfinite(10**30) raised numpy's "ufunc 'isfinite' not supported" (942354a)
         (lambda src, dst: fuse_zarr(src, dst, memory_per_task=10**30, progress=False),
          r"^memory_per_task must be at most 1 PiB \(1125899906842624 bytes\), got a number of "),
-        # "The truth value of an array with more than one element is ambiguous" (a sweep, g47)
+        # "The truth value of an array with more than one element is ambiguous" (a sweep)
         # (a TypeError since g77: the type is wrong)
         (lambda src, dst: fuse_zarr(src, dst, channels=np.array([1, 2]), progress=False),
          r"^channels must be a str, 'auto', 'rgb' or 'independent', got array"),

@@ -160,7 +160,7 @@ def test_a_stack_beyond_memory_a_blur_beyond_any_image_and_no_dtype_are_refused(
     """numpy's 'Maximum allowed dimension exceeded' (n_planes=10**30), a MemoryError (a
     10^6 x 10^6 shape), 'Maximum allowed size exceeded' (max_sigma=1e300) or a blur running
     for many minutes (1e5), none naming the parameter; dtype=None made float64 silently (a
-    sweep of contract 4, g41)."""
+    sweep of contract 4)."""
     with pytest.raises(exc, match=says) as info:
         synthetic_stack(**{"shape": (32, 32), **kwargs})
     assert "\n" not in str(info.value)

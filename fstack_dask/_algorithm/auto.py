@@ -301,8 +301,8 @@ def noise_selectivity(n_planes: int, nhsize: int, focus: np.ndarray | None = Non
 def _magnitude(block: np.ndarray, biggest: float) -> float:
     """The largest finite magnitude seen so far (float64 only: narrower floats cannot
     overflow the variance; NaN and infinities the fusion refuses in their own words). Any
-    byte order: a big-endian one (FITS, a '>f8' Zarr v2 store) was not looked at (the g68
-    review), and the fusion refused it naming the nhsize "auto" chose."""
+    byte order: a big-endian one (FITS, a '>f8' Zarr v2 store) was not looked at,
+    and the fusion refused it naming the nhsize "auto" chose."""
     if block.dtype.kind != "f" or block.dtype.itemsize < 8 or block.size == 0:
         return biggest
     m = float(np.abs(block).max())
@@ -340,7 +340,7 @@ def what_fits(nhsize: int, biggest: float, start_again: bool = False) -> str:
 def beyond_the_sample(exc: Any, *, start_again: bool = False) -> str:
     """What a block says of values that overflow the nhsize "auto" chose (``exc``: a
     ``BeyondFloat64``): the sample it chose from did not hold them, and what fits; not
-    "(nhsize=21) would overflow", naming an nhsize the user never gave (g77, g81)."""
+    "(nhsize=21) would overflow", naming an nhsize the user never gave."""
     return (
         f"has values of magnitude {exc.biggest:.3g}, which the sample from which nhsize='auto' "
         f"chose nhsize={exc.nhsize} did not hold: their local variance would overflow float64; "

@@ -349,7 +349,7 @@ def _fuse_compiled(stack, nhsize, focus, alpha, sth, rgb, *, s_fill, blend=True)
     sel = np.empty((h, w), np.float64)
     blend_compiled(values, fm, focus, nhsize, alpha, sth, s_fill, out, fmax, arg, sel, blend)
     if not blend:  # S alone: ``out`` was never written, and its cast to float16 warned
-        # "overflow encountered in cast" (g57); an image of zeros, as the NumPy engine's
+        # "overflow encountered in cast"; an image of zeros, as the NumPy engine's
         return np.zeros((h, w), native), fmax, arg, sel
     image = out if rgb else out[0]
     return image.astype(native, copy=False), fmax, arg, sel

@@ -57,9 +57,9 @@ def pinned() -> bool:
     (default), or straight from the block's pageable memory (``FSTACK_DASK_CUDA_PINNED=0``;
     the driver then stages the copy itself). Both give the same bits; benchmarks/gpu.py times
     both. Another value than 0 or 1: a run refuses it where it checks its device (every worker
-    asked, before writing); a worker that joins later warns and pins (g47). Read at a block's
+    asked, before writing); a worker that joins later warns and pins. Read at a block's
     first use, not at the import, which the process planning a run does too: its warning,
-    "the default (1) is used", came before the error that refused the same value (g66)."""
+    "the default (1) is used", came before the error that refused the same value."""
     return switch_or_default(CUDA_PINNED, True)
 
 
@@ -69,7 +69,7 @@ def _target() -> tuple[Any, dict]:
         if not _built:
             # a one-line ValueError naming device, not numba's own; a bad pinned switch is
             # warned of by pinned() (a worker that joined after the run's check: refused, it
-            # stopped the run, g51)
+            # stopped the run)
             problem = gpu_problem()
             if problem is not None:
                 raise ValueError(f"device='cuda' {problem}")

@@ -53,7 +53,7 @@ def engine_for(device: str) -> str | None:
     run picks its engine, before anything is written)."""
     if device == "cuda":
         return "cuda"
-    # a typo ran the default in silence, then with a warning; refused since g47, as every
+    # a typo ran the default in silence, then with a warning; refused now, as every
     # variable of ours: the engine is chosen here, for every task (workers' values unread)
     check()
     return None
@@ -85,7 +85,7 @@ def cuda_problem() -> str | None:
 def gpu_problem() -> str | None:
     """:func:`cuda_problem` but for the environment: what a block's task asks of a worker
     that joined after the run's check, which warns of a bad ``FSTACK_DASK_CUDA_PINNED`` and
-    pins (.cuda.pinned; refusing it there stopped the run: g51)."""
+    pins (.cuda.pinned; refusing it there stopped the run)."""
     if importlib.util.find_spec("numba") is None:
         return f"needs numba and its CUDA target, which are not installed: {INSTALL_HINT}"
     try:

@@ -23,7 +23,7 @@ try:
     import numba
 # an OSError too: llvmlite's library that cannot be loaded ('Could not find/load shared object
 # file'); raised from a cluster worker's engine check, it was taken for the worker gone and
-# the run went on to fail at that worker's first block (the g44 review of 1d3812d)
+# the run went on to fail at that worker's first block
 except (ImportError, OSError):  # pragma: no cover - numba is a dependency; the fallback is tested
     numba = None
 

@@ -478,7 +478,7 @@ def configure(args: argparse.Namespace):
     put("output", "overwrite", "overwrite", "--overwrite")
     put("resources", "memory_per_task", "memory_per_task", "--memory-per-task")
     if not given("memory_per_task") and "resources.memory_per_task" in config.given:
-        # what a message about the budget names (it named the option: g47)
+        # what a message about the budget names (it named the option)
         args.memory_per_task_named = "resources.memory_per_task"
     put("resources", "device", "device", "--device")
     cluster = cluster_override(getattr(args, "scheduler", None))

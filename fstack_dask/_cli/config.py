@@ -293,7 +293,7 @@ _StrictLoader.add_constructor(
 
 # Numbers as YAML 1.2 reads them, not PyYAML's YAML 1.1: ``nhsize: 011`` was octal (9, where
 # 11 was typed), ``sth: 13:00`` sexagesimal (780), both run silently; ``alpha: 2e-1`` was a
-# string (no dot), refused as one (a sweep of contract 4, g41). ``1_1``, ``0b1``, ``1:30`` are
+# string (no dot), refused as one. ``1_1``, ``0b1``, ``1:30`` are
 # strings now, refused by the key's check, naming it.
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _StrictLoader.yaml_implicit_resolvers = {

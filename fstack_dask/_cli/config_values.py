@@ -53,7 +53,7 @@ def _is_real(value: Any) -> bool:
 
 # Numbers typed on the command line, in ASCII: int() and float() also read "٩" (9), "1_3" (13)
 # and "０.２", and int("²") fails naming nothing ("invalid literal for int()"): a typo of "0.2"
-# as "0_2" was an sth of 2 (a sweep of contract 4, g41; --chunks refused them already).
+# as "0_2" was an sth of 2 (--chunks refused them already).
 _ASCII_NUMBER = re.compile(
     r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity|nan)"
 )
@@ -123,7 +123,7 @@ def _focus(value: Any, name: str) -> tuple[float, ...] | None:
     try:
         # Checked here, and again by the run, which warns (of steps too fine for the fit) on
         # the command line's notes: this Python warning printed a second copy with its
-        # source file and line (g57).
+        # source file and line.
         with diverted_warnings(None):  # (this thread's alone, as catch_warnings did not)
             return tuple(float(v) for v in check_focus(list(value), len(value)))
     except (TypeError, ValueError) as exc:
@@ -297,7 +297,7 @@ def _jobqueue(value: Any, name: str) -> Mapping[str, Any]:
                 f'scheduler spells it, leading zeros and all ({key}: "..." in the file)'
             )
         if value.get(key) is not None and not isinstance(value[key], str):
-            # (queue: true went as the partition 'True', a list as "['a', 'b']": g44)
+            # (queue: true went as the partition 'True', a list as "['a', 'b']")
             raise ValueError(
                 f"{name}.{key} must be a name (a string) or null, got {value[key]!r} "
                 f"({_type_name(value[key])})"

@@ -195,10 +195,10 @@ def _local_dir(directory: str) -> Path:
             "planes into a URL with fstack-dask fuse)"
         )
     # a plain path as typed (the messages show it so); a file: URL as the path it names; a
-    # quoted ~ as resolve reads it: './~/x' was checked and written, '$HOME/x' fused over (g43)
+    # quoted ~ as resolve reads it: './~/x' was checked and written, '$HOME/x' fused over
     url = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", directory)
     typed = Path(os.path.expanduser(directory))
-    # pathlib drops the './' of './~/x': '~/x', which the fusion read as $HOME/x (g44)
+    # pathlib drops the './' of './~/x': '~/x', which the fusion read as $HOME/x
     if url or resolve(str(typed), name="DIR").path != location.path:
         return Path(location.path)
     return typed

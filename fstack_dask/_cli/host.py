@@ -5,7 +5,7 @@ when the last of the calls under way in the process ends.
 Each call put back its own as it returned: two calls in two threads of one host (a notebook
 fusing two stacks at once) put back each other's mid-run (the later one's notes lost, its
 warnings shown twice) and left the host changed after both ended (the ``fstack_dask`` logger at
-INFO, every ``FstackDaskWarning`` silenced: g100). The program itself keeps them to its exit.
+INFO, every ``FstackDaskWarning`` silenced). The program itself keeps them to its exit.
 """
 
 from __future__ import annotations

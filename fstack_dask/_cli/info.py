@@ -52,7 +52,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     kw = config.fuse_kwargs()
     # as a run does, and info of a source (its planning) did: info of an output judged its lock
-    # with 60 s in silence where FSTACK_DASK_LOCK_STALE_AFTER held what a run refuses (g64)
+    # with 60 s in silence where FSTACK_DASK_LOCK_STALE_AFTER held what a run refuses
     check_environment()
     output = _our_output(args.src, kw.get("storage_options"))
     if output is not None:
@@ -211,7 +211,7 @@ def _translation_line(source: Any) -> list[tuple[str, str]]:
 
 def _as_tiff(src: str) -> str:
     """The TIFF ``fused.tif/.`` names, as fuse writes it: ``info fused.tif/.`` described our
-    output as a source, "a single 2-D image, not a focus stack" (g102)."""
+    output as a source, "a single 2-D image, not a focus stack"."""
     from .._locations import resolve
     from .._runs.fuse_zarr import is_tiff_destination
 

@@ -222,7 +222,7 @@ def _tiff_run(src: str) -> list[tuple[str, str]] | None:
     if work is None:  # (a complete store's TIFF was in place: it is a leftover)
         return None
     if os.path.lexists(src) and not is_claim(src, work.path):  # (a run on exFAT stopped at
-        return None  # the move over its claim: "not a readable TIFF file", g59)
+        return None  # the move over its claim: "not a readable TIFF file")
     lines = describe_output(work, "unfinished")
     lines[0] = ("output", f"{shown(src)} (not written yet; its run works in {shown(work.url)})")
     lines[1] = ("format", "fstack_dask output, unfinished: a pyramidal OME-TIFF once complete")
@@ -475,7 +475,7 @@ def _scale(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> s
 
 def _shift(axes: list[str], units: dict[str, str], dataset: dict[str, Any]) -> list:
     """The full resolution's y/x translation (its first pixel's place: a source's stage or
-    scene position, carried), where not 0: ``info`` of the output did not show it (g79)."""
+    scene position, carried), where not 0: ``info`` of the output did not show it."""
     shift = next((t.get("translation") for t in dataset.get("coordinateTransformations", [])
                   if t.get("type") == "translation"), None)  # fmt: skip
     said = [

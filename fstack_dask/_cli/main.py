@@ -88,7 +88,7 @@ def _fuse(args: argparse.Namespace, config: Any, kw: dict[str, Any]) -> int:
                 destination = Destination(dst, protect=source.protected(), **entries)
                 destination.check(overwrite=kw["overwrite"], resume=args.resume)
 
-        # dst refused before "auto" reads its sample too (read first until g88), then again
+        # dst refused before "auto" reads its sample too (it was read first), then again
         # with the plan's entries
         fusion = plan_from_options(args.src, kw, before_sample=refuse)
         refuse(fusion.source, entries=fusion.spec.entries)
@@ -142,7 +142,7 @@ def _report_progress_notes(level: int = logging.INFO) -> Iterator[None]:
     lower_level("fstack_dask", level)
     ignore_warnings("", FstackDaskWarning)
     # shown by this handler alone: a host's own (a script's logging.basicConfig(), a batch
-    # job's log) showed each note a second time (g100)
+    # job's log) showed each note a second time
     keep_to_itself("fstack_dask")
     logger.addHandler(handler)
     call = _CALL.set(handler)
@@ -266,8 +266,8 @@ _API_TO_OPTION = (
 
 #: Checks the library makes against the source (``levels`` beyond the image, ``level`` not in
 #: it, ``focus`` of another length, ``axes`` of another rank) begin with the keyword's name:
-#: on the command line, the option's (a sweep of contract 4, g41), where it was given there
-#: (``channels='rgb' needs a channel axis`` too: a fuzzer of option combinations, g66).
+#: on the command line, the option's, where it was given there
+#: (``channels='rgb' needs a channel axis`` too: a fuzzer of option combinations).
 #: (Only these openings: "chunks (..) do not match" is the source's, "axes of ..." a file's.)
 _LEADING_KEYWORD = re.compile(
     r"^(?:(?P<must>levels|focus|nhsize|sth|alpha|channels) must"
@@ -285,11 +285,11 @@ def _as_options(text: str) -> str:
 def _message(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     text = _as_options(" ".join(str(exc).split()))  # one line, whatever the exception holds
     if getattr(args, "auto", False) is True and getattr(args, "nhsize", None) is None:
-        text = text.replace("--nhsize auto chose", "--auto chose")  # what was given (g81)
-    # the option, or the config file's key where the budget came from there (g47)
+        text = text.replace("--nhsize auto chose", "--auto chose")  # what was given
+    # the option, or the config file's key where the budget came from there
     named = getattr(args, "memory_per_task_named", "--memory-per-task")
     text = text.replace("memory_per_task=", f"{named} ")
-    text = text.replace("lower memory_per_task ", f"lower {named} ")  # a stall's (g55)
+    text = text.replace("lower memory_per_task ", f"lower {named} ")  # a stall's
     lead = _LEADING_KEYWORD.match(text)
     name = lead and (lead["must"] or lead["equals"] or lead["quoted"])
     if name and getattr(args, name, None) not in (None, False):
@@ -441,7 +441,7 @@ def _say_stopped(
 def _held_stop(argv: Sequence[str] | None) -> int | None:
     """The program's exit status where a stop signal held while it started (``__main__``)
     came before its arguments ended it (``--help``, a usage error), having said so: the
-    signal was dropped, exit 0 or 2 (g47). None where none was held, or main() is a call."""
+    signal was dropped, exit 0 or 2. None where none was held, or main() is a call."""
     signum = take_held_signal() if argv is None else None
     if signum is None:
         return None

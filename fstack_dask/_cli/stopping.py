@@ -91,7 +91,7 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
     first: list[int] = []
     # Signals deferred (see _taking_a_lock) and not yet re-sent, and any that came as the
     # handlers were being put back: re-sent after it, they reached the caller's handler (a
-    # host's SIGTERM) late, and a second time where the run had taken the first (g64).
+    # host's SIGTERM) late, and a second time where the run had taken the first.
     deferred: dict[threading.Timer, int] = {}
     late: list[int] = []
     guard, restored = threading.Lock(), [False]
@@ -134,7 +134,7 @@ def on_stop_signals_raise(names: tuple[str, ...] = STOP_SIGNALS) -> Callable[[],
         raise Terminated(signum)
 
     previous: dict[int, Any] = {}
-    # raised in numba's import, a stop broke it for a caller's later runs (the g68 review)
+    # raised in numba's import, a stop broke it for a caller's later runs
     forget = held_in_imports(handler)
 
     def restore() -> None:
@@ -182,7 +182,7 @@ def _taking_a_lock(frame: Any) -> bool:
     concurrent.futures taking every future's lock for a wait. An exception raised there
     leaves the lock held for ever: the pool's manager thread then blocked on that future
     and the stopped run, joining it, never ended (a SIGTERM to the process group of a
-    ``processes`` run, 1 in about 170 signals landing in a wait; the g55 brief)."""
+    ``processes`` run, 1 in about 170 signals landing in a wait)."""
     codes = _lock_taking_codes()
     while frame is not None:
         if frame.f_code in codes:
@@ -243,7 +243,7 @@ def ending(code: int, names: tuple[str, ...] = STOP_SIGNALS) -> None:
     SIGTERM 0.1 s after a Ctrl-C, landing while the interpreter shut down, killed it (-15, not
     the 130 its one line announced; an adversarial run, 2026-12-06). Once the interpreter's
     other exit handlers have run (a cluster's close among them: ignored from the first, it
-    could be stopped by SIGKILL only, the g43 review), they are ignored instead: Python then
+    could be stopped by SIGKILL only), they are ignored instead: Python then
     puts SIG_DFL back for a handler of its own (its signal module's finalisation, for a second
     or more after them on a loaded node), but leaves an ignored signal so. For the program
     only (a caller's ``main([...])`` gets its own handlers back); a signal ignored
@@ -333,7 +333,7 @@ def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     while handling (wrapped where it landed in a class body); None where there is none
     (:func:`.._errors.interruption_behind`). A stop signal's where there are both, whichever
     came first: a batch system's kill after a Ctrl-C, or a Ctrl-C (which only stops the wait
-    for the running tasks) after it, ended with 130 and "interrupted" (g100)."""
+    for the running tasks) after it, ended with 130 and "interrupted"."""
     return interruption_behind(exc, prefer=Terminated)
 
 

@@ -4,7 +4,7 @@ stored.
 fsspec turns an HTTP 404 into ``FileNotFoundError``, which zarr's store reads as "chunk not
 stored": the fill value. A server that stops serving a chunk mid-run (reconfigured, a store
 being replaced, a CDN's glitch) had the run finish "complete", exit 0, every pixel fused from
-zeros (found by g85). Where a chunk is not served, its folder's listing (the server's folder
+zeros. Where a chunk is not served, its folder's listing (the server's folder
 page, fetched once per folder and process, and only for chunks not served) says whether it is
 stored: listed, it is an error (:class:`UnservedChunkError`); not listed, a sparse store's
 unstored chunk, the fill value as Zarr means it. An object store lists no folder over HTTP:
@@ -47,7 +47,7 @@ class ListedHTTPStore(FsspecStore):
         folder, name = posixpath.split(path)
         listed = self.__dict__.setdefault("_listings", {})  # (fsspec's HTTP caches none)
         if folder not in listed:  # the one request, also for the reads that missed meanwhile:
-            # a block's reads miss at once, and each fetched the page (4-5 times a folder: g92)
+            # a block's reads miss at once, and each fetched the page (4-5 times a folder)
             listed[folder] = asyncio.ensure_future(self._names(folder))
         asked = listed[folder]
         try:  # (shielded: a read cancelled while it waits cancels not the others' listing)
@@ -67,7 +67,7 @@ class ListedHTTPStore(FsspecStore):
         except Exception as exc:  # no folder page (an object store's 404 or 403): none known
             if not _no_page(exc):
                 # a 5xx, a timeout, the connection reset: taken for none, the chunk not served
-                # read as the fill value, and every miss in the folder for the run (g97)
+                # read as the fill value, and every miss in the folder for the run
                 raise
             entries = []
         return {

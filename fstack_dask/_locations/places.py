@@ -133,7 +133,7 @@ def _http(
 def _userinfo(url: str) -> Any:
     """The ``user:password@`` of an HTTP(S) URL as aiohttp's ``BasicAuth``, or None: it was
     kept in the URL read, and so printed in error lines and written into the output's record
-    (its ``src`` and source identity), password and all (found by g92)."""
+    (its ``src`` and source identity), password and all."""
     parts = urllib.parse.urlsplit(url)
     if "@" not in parts.netloc:
         return None
@@ -152,7 +152,7 @@ def _redacted(spec: str) -> str:
     if not mark:
         return spec
     query, hash_, fragment = rest.partition("#")
-    # a part without "=" is all value (a bare key, ?s3cr3t, was printed as a name: g84)
+    # a part without "=" is all value (a bare key, ?s3cr3t, was printed as a name)
     hidden = [f"{p.partition('=')[0]}=***" if "=" in p else "***" for p in query.split("&") if p]
     return head + "?" + "&".join(hidden) + hash_ + fragment
 
@@ -160,16 +160,16 @@ def _redacted(spec: str) -> str:
 _QUERIED_URL = re.compile(r"""(?i)\bhttps?://[^\s'"?#]*\?[^\s'"#]*""")
 # the password of a URL's user:password@ (its host part: up to the first '/', '?' or '#'),
 # and one that holds them unencoded, up to the last '@' (not a port's digits): it was
-# printed whole, 'https://alice:pa/ss@host/' (the g97 review)
+# printed whole, 'https://alice:pa/ss@host/'
 # (a user name holds no '[': an IPv6 host's own ':', http://[0:0:0:0:0:0:0:1]:8080/a@b/, was
 # taken for a password's, the path mangled, 'http://[0:***@b/')
-# Any scheme's: ftp://, sftp://, webhdfs://, s3:// URLs' printed whole (found reviewing g101)
+# Any scheme's: ftp://, sftp://, webhdfs://, s3:// URLs' printed whole
 _PASSWORD = re.compile(
     r"""(?i)\b([a-z][a-z0-9+.-]*://[^\s'"/?#@:\[\]]*):(?:[^\s'"/?#]*@|(?!\d*(?:[/?#\s'"]|$))[^\s'"]*@)"""
 )
 # a password of digits then '/', '?' or '#' (https://alice:12/x@host/) reads as a port: it
-# was printed whole ("its host name 'alice' does not resolve", g101), and still after a user
-# name with a dot (alice.smith, alice%40lab.org: g104); hidden wherever the "host" is no IP
+# was printed whole ("its host name 'alice' does not resolve"), and still after a user
+# name with a dot (alice.smith, alice%40lab.org); hidden wherever the "host" is no IP
 # address nor localhost (a path holding '@' after a port, http://fileserver:8080/a@b/, too)
 _DIGITS_PASSWORD = re.compile(
     r"""(?i)\b(https?://(?!localhost:|(?:\d+\.){3}\d+:)[^\s'"/?#@:\[]+):\d+[/?#][^\s'"]*@"""
@@ -219,7 +219,7 @@ def _place(
     rooted = path.startswith("/")
     path = posixpath.normpath(path) if path else path
     # "/": memory://. and memory://x/.. are memory://'s root, as refused: an --overwrite of an
-    # output there staged it inside itself, then failed, the output broken (the g44 review)
+    # output there staged it inside itself, then failed, the output broken
     if path in (".", "", "/") or (not rooted and path.startswith("..")):
         raise ValueError(f"{name} {spec!r} names no place inside its store")
     if not rooted:
@@ -364,7 +364,7 @@ def mount_id(path: str) -> int:
     file handles: EOPNOTSUPP) or this system has none. An overlayfs (a container's root)
     gives handles only to identify a file (``AT_HANDLE_FID``, Linux 6.5), not to open one:
     asked for those, where the first call is refused EOPNOTSUPP (there it was, and a fresh
-    TIFF run left its working store as before: g70)."""
+    TIFF run left its working store as before)."""
     import ctypes
 
     call = getattr(_libc(), "name_to_handle_at", None)

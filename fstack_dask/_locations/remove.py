@@ -331,7 +331,7 @@ def _is_mount_root(path: str) -> bool:
             reason = "statx does not say where a mount starts here"
     try:  # a mount starts where the mount id changes (statx refused by an older container
         # runtime's seccomp profile, which allows this call: a fresh TIFF run left its working
-        # store behind, g62)
+        # store behind)
         return mount_id(path) != mount_id(os.path.dirname(path.rstrip("/")) or "/")
     except FileNotFoundError:
         return False

@@ -102,7 +102,7 @@ def resolve(
     if scheme in _LOCAL_SCHEMES:
         path = rest[2:] if rest.startswith("//") else rest
         if scheme == "file":  # a URL's path is percent-encoded (RFC 8089): file:///d/a%3Fb.zarr
-            path = unquote(path)  # is the folder a?b.zarr, read as 'a%3Fb.zarr' (g94's brief)
+            path = unquote(path)  # is the folder a?b.zarr, read as 'a%3Fb.zarr'
         return _local(spec, path, name, options, writable)
     if not rest.startswith("//"):
         raise _unknown_scheme(name, spec, scheme)
@@ -129,7 +129,7 @@ def _remote(
     refuse_userinfo(spec, name)
     protocol = _first(cls.protocol)
     # a scheme is case-insensitive (RFC 3986), fsspec's stripping is not: S3://b/out.zarr
-    # was the bucket 'S3:', refused as a storage option's fault (the g44 review)
+    # was the bucket 'S3:', refused as a storage option's fault
     url = scheme + spec[len(scheme) :]
     if protocol == "http":
         return _http(spec, spec, name, options)
@@ -165,7 +165,7 @@ def reach(location: Location, *, name: str, option: str | None = None) -> None:
 
 
 # The probe's bounds: aiohttp's own are 300 s in all, so a server that took the connection and
-# never answered held the run that long before it said anything (g85)
+# never answered held the run that long before it said anything
 _CONNECT_S, _ANSWER_S = 30, 60
 
 
@@ -173,7 +173,7 @@ def _reach_server(location: Location, name: str) -> None:
     """Ask an HTTP(S) server once for ``location``: any answer, an error status too, is a
     server reached (what it said is told where the data is read), and :func:`reach` goes on.
     A refused connection or a host name that does not resolve was "does not exist": fsspec's
-    ``exists`` takes every failure to connect for a missing file (g85)."""
+    ``exists`` takes every failure to connect for a missing file."""
     import aiohttp
     from fsspec.asyn import sync
 

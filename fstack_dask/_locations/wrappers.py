@@ -154,7 +154,7 @@ def _to_the_data(links: list[str], classes: list[type], options: Mapping[str, An
     """A chained URL's flat options, where only caches wrap the filesystem that holds the
     data, given to that filesystem, save those a cache takes itself: fsspec gives them to the
     outermost link, and ``simplecache::s3://`` with an endpoint or credentials reached AWS
-    without them (a source "did not exist", a dst "could not be reached"; found by g58).
+    without them (a source "did not exist", a dst "could not be reached").
     Options keyed by a link's protocol, fsspec's own way, are passed on as they are."""
     import inspect
 
@@ -176,7 +176,7 @@ def _to_the_data(links: list[str], classes: list[type], options: Mapping[str, An
 def _lowered(spec: str) -> str:
     """``spec`` with each link's protocol in lower case, as :func:`_links` read it: fsspec
     knows only lower-case ones, and took 'SIMPLECACHE::s3://b/x' for the local file
-    './SIMPLECACHE' (the g44 review)."""
+    './SIMPLECACHE'."""
     parts = spec.split("::")
     for i, part in enumerate(parts):
         match = _SCHEME.match(part)

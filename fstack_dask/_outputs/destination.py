@@ -263,7 +263,7 @@ class Destination(DestinationChecks):
             why = " ".join(str(exc).split())
             if isinstance(exc.filename, str) and os.path.isabs(exc.filename):
                 # the file's mark, or its folder's (append-only: a raw "Operation not
-                # permitted" named the file alone, g53)
+                # permitted" named the file alone)
                 marks = (change_locked(p) for p in (exc.filename, os.path.dirname(exc.filename)))
                 why = next((m for m in marks if m is not None), why)
             raise type(exc)(

@@ -164,7 +164,7 @@ class DestinationChecks:
         dst entry by entry (where it cannot be renamed) left; the kind of dst then. A plain
         run is refused first, touching nothing (it finished the replacement, then exited 2,
         "already exists"; where dst was whole, it took over the stale lock and tidied dst's
-        state folder first: g82)."""
+        state folder first)."""
         if not (resume or overwrite):
             if inplace.replacing(self.dst) is not None:
                 raise FileExistsError(f"{inplace.left(self.dst)}; nothing was changed")
@@ -229,7 +229,7 @@ class DestinationChecks:
         ``removing``, not remove: an overwrite removes the old output after its swap)."""
         why = folders.unwritable(self.dst, self.entries)
         if isinstance(why, Marked):  # as a marked dst that cannot be swapped: exit 2 (a dst
-            # marked +i exited 1, where +a, refused as unswappable, exited 2: g62)
+            # marked +i exited 1, where +a, refused as unswappable, exited 2)
             raise ValueError(f"{self.what()} {why} (nothing was written)")
         if why is None and not removing and self.kind == "unfinished" and self.dst.is_local:
             # a colleague's sticky dst: the resume computed every block, then could not
@@ -237,7 +237,7 @@ class DestinationChecks:
             sticky = sticky_blocked(self.dst.path, ("zarr.json",))
             why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
-            theirs: list[str] = theirs_in_objects(self.dst)  # (an object store's: g101)
+            theirs: list[str] = theirs_in_objects(self.dst)  # (an object store's)
             missing = unremovable(self.dst, theirs)
             self.theirs_inside = sorted(theirs) if missing is None else []
             advice = (
@@ -258,7 +258,7 @@ class DestinationChecks:
         (``0/annotations/x.csv``, ``0/c/99``), as the walk of :meth:`_refuse_unwritable` found
         them: they stayed in the previous output, hidden beside dst (a warning, exit 0), or in
         dst's array around the new one's chunks, where one named like a chunk of its grid
-        was overwritten or deleted by the new run (g96)."""
+        was overwritten or deleted by the new run."""
         theirs = self.theirs_inside
         if not theirs:
             return

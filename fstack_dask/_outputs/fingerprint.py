@@ -207,7 +207,7 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
             and content is not None
             and (content == current.get("metadata_content_sha256"))
         ):  # the same files at another location, said above: "its metadata changed" of a
-            continue  # byte-identical copy sent the user looking for an edit (g102)
+            continue  # byte-identical copy sent the user looking for an edit
         if key == "content" and stored.get(key) == current.get("content_with_times", ()):
             continue  # a record begun before 2026-12-06, its token with the files' times
         if stored.get(key) != current.get(key):

@@ -4,7 +4,7 @@ overwrite's swap (:func:`.folders.exchange`) that failed ``EXDEV``.
 A folder in an overlayfs lower layer (an output baked into a container image, run with the
 container's layer on top) cannot be renamed without the mount's ``redirect_dir``: every
 ``--overwrite`` of it failed "Invalid cross-device link" once the new output was complete,
-and said to rerun with --resume, which failed so again (g62). As ``mv`` does across devices,
+and said to rerun with --resume, which failed so again. As ``mv`` does across devices,
 the old output is then removed and the new one moved in, entry by entry, under both locks:
 
 1. dst's run record names the staged output it takes in (``swapping_in``, with that run's
@@ -243,7 +243,7 @@ def replacing(dst: Location) -> Location | None:
         dst.sibling(prefix + name[len(prefix) :]).path
     ):  # dst spelled Out.zarr on exFAT, its staged output .out.zarr...: the filesystem finds
         # it under dst's spelling too; on one that tells case, Out.zarr is a copy of out.zarr
-        # (cp -a while it was replaced) and took out.zarr's staged output away (g101)
+        # (cp -a while it was replaced) and took out.zarr's staged output away
         return None
     new = dst.sibling(name)
     if (run_record(new) or {}).get("run_id") != swapping.get("run_id"):
@@ -256,7 +256,7 @@ def resume_replacement(dst: Location, *, protect: Iterable[Location]) -> bool:
     run cut short left (the module docstring); False where there is none. Where a live run
     holds either lock (it is at it), ``DestinationLockedError``: it returned False, and a
     --resume then read dst's record, the old output's ("was started with different
-    depth_map", g82)."""
+    depth_map")."""
     if _swapping(dst) is None or abandoned(dst) is not None:
         return False  # (its lock not taken: a stale one's takeover printed a line above
         # the refusal, and removed it)

@@ -216,7 +216,7 @@ def _empty_cut_short(folder: Location) -> None:
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(state), key=lambda n: n == "lock"):  # the lock last
             if not claim_entry(folder.child(STATE_DIR), name):  # (a user's, put there since
-                continue  # the folder was judged: it was unlinked with the rest, g93)
+                continue  # the folder was judged: it was unlinked with the rest)
             path = os.path.join(state, name)
             os.rmdir(path) if name == "done" else os.unlink(path)
         os.rmdir(state)
@@ -225,7 +225,7 @@ def _empty_cut_short(folder: Location) -> None:
 def _warn_kept_claim(folder: Location, dst: Location) -> None:
     """Name a staging folder beside dst, neither a run nor an output, that a user's file
     keeps there (``.fstack_dask/notes.txt`` put into the claim of an overwrite killed as it
-    began): it stayed hidden, unnamed (g96)."""
+    began): it stayed hidden, unnamed."""
     theirs = [n for n in folder.listdir() if n != STATE_DIR]
     with contextlib.suppress(OSError):
         state = folder.child(STATE_DIR)
@@ -276,7 +276,7 @@ def restore(dst: Location, *, protect: Iterable[Location] = ()) -> bool:
         return _restore_copied(dst, protect)
     old = found[0]
     if any(old.overlaps(place) for place in protect):  # (the source kept inside the hidden
-        # previous output was moved into dst with it: g53)
+        # previous output was moved into dst with it)
         return False
     try:  # never over a dst created meanwhile (a rename would replace an empty folder)
         if not folders.renameat2(old.path, dst.path, folders.RENAME_NOREPLACE):
@@ -357,7 +357,7 @@ def _restore_copied(dst: Location, protect: Iterable[Location]) -> bool:
 
 def _how_to_move(entry: Location, exc: OSError) -> str:
     """What lets ``entry`` be moved: its ``chattr`` mark cleared (``chmod u+w`` was all a
-    marked file was told, which moves it no more: g60), or its folder made writable."""
+    marked file was told, which moves it no more), or its folder made writable."""
     if not isinstance(exc, PermissionError):
         return ""
     locked = change_locked(entry.path) if entry.is_local else None
@@ -383,7 +383,7 @@ def give_back(old: Location, dst: Location, *, restored: bool = False,
                         name, dst.spec, old.url, src.url)  # fmt: skip
             continue
         if any(src.overlaps(place) for place in protect):  # (a source kept in
-            # the previous output was moved into dst while the run read it: g53)
+            # the previous output was moved into dst while the run read it)
             stuck.append(name)
             log.warning("%r, which was in %s, is this run's source: it is left in %s with the "
                         "previous output", name, dst.spec, old.url)  # fmt: skip
@@ -412,7 +412,7 @@ def _theirs_in_state(old: Location) -> list[str]:
     output left it in the previous one, hidden beside dst (warned, kept for good)."""
     state = old.child(STATE_DIR)
     if _linked(state):  # a link to a user's folder elsewhere: its files are theirs, there (an
-        # overwrite moved them out of it into the new output's state folder: g96)
+        # overwrite moved them out of it into the new output's state folder)
         return []
     try:
         names = state.listdir()
@@ -430,7 +430,7 @@ def keep_theirs_inside(old: Location) -> list[str]:
     (``0/annotations/x.csv``; an overwrite of an output holding such files is refused before
     it runs, so put there while it ran): the previous output is kept whole, named in a
     warning (its chunks were removed around them, the files left in a hidden folder named
-    only as "kept ... : fstack_dask did not write them"; on an object store too: g101)."""
+    only as "kept ... : fstack_dask did not write them"; on an object store too)."""
     found: list[str] = theirs_in_objects(old)  # (a walk of names where local)
     if old.is_local:
         unremovable(old, found)

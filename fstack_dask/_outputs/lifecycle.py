@@ -315,7 +315,7 @@ def tidy_complete(destination: Destination) -> None:
         return
     target = destination.take("complete")
     try:  # every name a run writes, but the lock (a record's temporary file a kill left
-        # stayed, and the state folder with it, for good: g82)
+        # stayed, and the state folder with it, for good)
         state = target.state.folder
         names = [n for n in state.listdir() if n != "lock"] if state.exists() else []
         remove_state(state, names, protect=destination.protect)
@@ -343,7 +343,7 @@ def remove_finished(destination: Destination) -> None:
         # holds its flock until released, as a hidden .fuse_hidden* file in its folder till
         # it is closed: the folders it emptied go once the lock is released, by rmdir alone
         # (whatever else appeared in them since stays). Every TIFF run there warned that its
-        # working store "could not be removed", left empty (g58).
+        # working store "could not be removed", left empty.
         with contextlib.suppress(OSError):
             os.rmdir(destination.dst.child(STATE_DIR).path)
         try:

@@ -261,7 +261,7 @@ class DestinationLock:
             fd = _publish(aside, self.lock.path, fd, self.body)
             # ours from here, released with the lock whatever lands next: a Ctrl-C as the aside
             # name went (below) left the flock held by the process, every later run into dst
-            # refused as "being written by" itself until a restart (g100)
+            # refused as "being written by" itself until a restart
             self._fd, self.held, fd = fd, True, None
         except FileExistsError:
             if fd is not None:
@@ -448,7 +448,7 @@ def release_all(locks: Iterable[DestinationLock],
     """Release each of ``locks`` (then ``then(lock)``), whatever arrives meanwhile, and raise
     the first failure or interruption once all are released: a Ctrl-C landing in one's release
     left the later ones held, their flock with them, and every later run of the process (a
-    notebook's) into dst was refused as "being written by" itself (g93)."""
+    notebook's) into dst was refused as "being written by" itself."""
     stopped: BaseException | None = None
     for lock in list(locks):
         try:

@@ -51,7 +51,7 @@ ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
 # put into it went with it when a run finished): the lock, the record, the source's file
 # list, their temporary files, a replacement's copied-markers; done-markers are block names.
 # The lock's temporary file was "lock.<pid>.<hex>" from 2026-11-24 to 12-04: one a kill left
-# was kept as a user's, and the state folder with it for good (g82).
+# was kept as a user's, and the state folder with it for good.
 _OLD_LOCK_ASIDE = r"lock\.[0-9]+\.[0-9a-f]{32}"
 _STATE_FILE = re.compile(
     rf"(lock|run\.json|source-files\.npz)(\.[0-9a-f]{{32}}\.tmp)?|{_OLD_LOCK_ASIDE}"
@@ -197,7 +197,7 @@ def classify(location: Location) -> str:
 
 # matched whole (fullmatch): "$" also matches before a last newline, and a user's
 # "lock.0a.tmp\n" was taken for a leftover and deleted with the claim; an earlier release's
-# lock aside too (a claim it left was "not an fstack_dask output" for good: g84)
+# lock aside too (a claim it left was "not an fstack_dask output" for good)
 _CLAIM_LEFTOVER = re.compile(
     rf"(lock|run\.json|source-files\.npz)\.[0-9a-f.]+\.tmp|{_OLD_LOCK_ASIDE}"
 )

@@ -234,7 +234,7 @@ def unremovable(folder: Location, found: list[str] | None = None) -> str | None:
         return why
     ours = ours_within(folder)
     marks = marks_reader(folder.path)  # (a mark inside was met only once the new output was
-    # in place: the old one left beside dst, the run's time spent on a warning: g53)
+    # in place: the old one left beside dst, the run's time spent on a warning)
     for entry in sorted({*entries, "zarr.json"}):
         top = os.path.join(folder.path, entry)
         if os.path.isdir(top) and not os.path.islink(top):
@@ -254,7 +254,7 @@ def theirs_in_objects(folder: Location) -> list[str]:
     local disk: one listing of its keys (10,000 keys: ten requests to S3; on moto a few
     seconds, where the overwrite then copies each key, each a request). An overwrite went on
     over them: the previous output hidden beside dst with them, or, of an unfinished
-    output, a user's key named like a chunk of the new grid overwritten (g101)."""
+    output, a user's key named like a chunk of the new grid overwritten."""
     entries = None if folder.is_local else recorded_entries(folder)
     if entries is None:
         return []

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 def _seconds_from_env(name: str, default: float) -> float:
     """``name``'s seconds, else ``default``. A bad value is refused where a run is planned
     (``_env.check``); read here at the import, in every process, it was warned of instead,
-    in each worker process once more with its source line (the g55 brief)."""
+    in each worker process once more with its source line."""
     try:
         value = seconds(name, default)
     except ValueError:  # (a process that plans no run: a worker's tasks never judge a lock)

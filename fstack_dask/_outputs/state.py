@@ -229,7 +229,7 @@ class OutputState:
     def done(self) -> set[str]:
         """The blocks' done-markers (by name: a user's notes.txt put into ``done/`` is none,
         and made the count of blocks left one less; and, where local, files: a user's folder
-        named like one failed every --resume, "Is a directory", "10 of 9 blocks done": g84)."""
+        named like one failed every --resume, "Is a directory", "10 of 9 blocks done")."""
         try:
             if self.done_folder.is_local:  # (the kind of each entry comes with the listing)
                 with os.scandir(self.done_folder.path) as entries:

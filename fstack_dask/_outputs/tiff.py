@@ -271,7 +271,7 @@ _OME_UNITS = {name: symbol for name, (symbol, _) in OME_LENGTHS.items()}
 def dropped_sizes(scale: dict[str, float], units: dict[str, str]) -> str | None:
     """What an OME-TIFF leaves out of a source's y/x pixel sizes, said before the run: one in
     a unit OME has no symbol for ('furlong' of an OME-Zarr) or in none was dropped in silence
-    (noticed by g46, settled by g50); an OME-Zarr dst keeps the number."""
+    an OME-Zarr dst keeps the number."""
     lost = [
         a
         for a in "yx"
@@ -481,8 +481,8 @@ def settle_previous(work: str, dst: str, new_id: Any) -> str | None:
 def _link_or_claim(partial: str, dst: str) -> None:
     """Move ``partial`` to the absent ``dst``, failing with FileExistsError where it appeared
     meanwhile: a hard link; where the filesystem has none (FAT and exFAT, the USB drives and
-    SD cards of microscopes: every TIFF there failed with "Operation not permitted", the g52
-    review), the name claimed exclusively and the TIFF moved over the claim, as the lock
+    SD cards of microscopes: every TIFF there failed with "Operation not permitted"), the
+    name claimed exclusively and the TIFF moved over the claim, as the lock
     does."""
     try:
         os.link(partial, dst)  # fails if dst appeared meanwhile
@@ -493,14 +493,14 @@ def _link_or_claim(partial: str, dst: str) -> None:
         made = os.fstat(fd)
         try:
             try:  # (an empty claim, left by a run killed at the move, refused its --resume
-                # as a file fstack_dask did not write: g56)
+                # as a file fstack_dask did not write)
                 os.write(fd, _claim_text(os.path.dirname(partial)))
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(partial, dst)
         except BaseException:  # (an I/O error at the move left the claim, refusing a resume;
-            # so did a full drive at the claim's write, an empty claim: g59)
+            # so did a full drive at the claim's write, an empty claim)
             with contextlib.suppress(OSError):
                 if is_claim(dst, os.path.dirname(partial)) or os.path.samestat(made, os.lstat(dst)):
                     os.unlink(dst)
@@ -525,7 +525,7 @@ def is_claim(dst: str, work: str) -> bool:
     except OSError:
         return False
     # in any case: FAT and exFAT are case-insensitive, and a resume spelling dst "OUT.tif"
-    # was refused the claim of "out.tif" as a file fstack_dask did not write (g59)
+    # was refused the claim of "out.tif" as a file fstack_dask did not write
     return held.decode("utf-8", "replace").casefold() == text.decode().casefold()
 
 

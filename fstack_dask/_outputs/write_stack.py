@@ -165,7 +165,7 @@ def _zarr_format(zarr_format: Any) -> int:
     behind, empty); 3.0 was taken for 3 (a float for an int; a sweep of contract 4)."""
     if not isinstance(zarr_format, (int, np.integer)) or isinstance(zarr_format, (bool, np.bool_)):
         raise TypeError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r} "
-                        f"({type(zarr_format).__name__})")  # a wrong type (g81)  # fmt: skip
+                        f"({type(zarr_format).__name__})")  # a wrong type  # fmt: skip
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 (OME-NGFF 0.4) or 3 (0.5), got {zarr_format!r}")
     return 3 if zarr_format == 3 else 2
@@ -178,7 +178,7 @@ def _stored(stack: Any) -> bool:
 
 # Every chunk stored, those all fill value too (zarr stores none by default): a chunk missing
 # from our stack is then one lost in a copy, where a stack's dark corner was warned of as chunk
-# files "never written, or lost" by the fusion reading it (g77).
+# files "never written, or lost" by the fusion reading it.
 _EVERY_CHUNK = {"write_empty_chunks": True}
 
 # the two-pass rechunk's temporary array, inside the store this call creates (so removed with
@@ -335,7 +335,7 @@ def _units(units: Mapping[str, str] | None, letters: str) -> dict[str, str]:
 def _claim(location: Any, zarr_format: int) -> bool:
     """Create a local store's folder exclusively: two calls into one new path (array jobs
     converting one stack) both passed the check, then wrote into one store, each "done", or
-    the one zarr refused removed the other's store as its own failed start (g102). On S3 the
+    the one zarr refused removed the other's store as its own failed start. On S3 the
     group's metadata object is created by one conditional request (``If-None-Match: *``, as
     AWS S3 and MinIO honour it; both calls went on there). True where claimed; another
     object store has no exclusive create (zarr's check alone, not atomic)."""
@@ -409,13 +409,13 @@ def _chunks(chunks: Any, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
             min(n, 512) if a in "yx" else (n if a in "zc" else 1)
             for a, n in zip(axes, shape, strict=True)
         )
-    if isinstance(chunks, np.ndarray) and chunks.ndim == 1:  # as fuse takes one (g81)
+    if isinstance(chunks, np.ndarray) and chunks.ndim == 1:  # as fuse takes one
         chunks = chunks.tolist()
     want = f"chunks must be {len(shape)} positive ints (one per axis), got {chunks!r}"
     # (True is an int: (True, 64, 64) was a chunk of 1 plane; a sweep of contract 4)
     if not isinstance(chunks, (tuple, list)) or not all(
         isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in chunks
-    ):  # a wrong type: a TypeError, as fuse's chunks (g81)
+    ):  # a wrong type: a TypeError, as fuse's chunks
         raise TypeError(f"{want} ({type(chunks).__name__})")
     if len(chunks) != len(shape) or not all(c >= 1 for c in chunks):
         raise ValueError(want)
@@ -434,7 +434,7 @@ def _new_store(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
             f"path {location.spec!r}: its parent folder {os.path.dirname(location.path)!r} does "
             "not exist; create it first (a typo in the path?)"
         )
-    bucket = location.missing_bucket()  # (s3fs's "The specified bucket does not exist": g47)
+    bucket = location.missing_bucket()  # (s3fs's "The specified bucket does not exist")
     if bucket is not None:
         raise FileNotFoundError(
             f"path {location.spec!r} cannot be created: its bucket {bucket!r} does not exist; "

@@ -37,7 +37,7 @@ _SEEN: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionar
 
 def remember(cluster: Any) -> None:
     """Note the ids of the cluster's batch jobs, for the line that names those that ended
-    (it said "(1 of them)" for a user's own ``SLURMCluster``: the g86 brief)."""
+    (it said "(1 of them)" for a user's own ``SLURMCluster``)."""
     if not hasattr(cluster, "job_script"):
         return
     named = {str(n): str(j.job_id) for n, j in list(getattr(cluster, "workers", {}).items())
@@ -51,16 +51,16 @@ def remember(cluster: Any) -> None:
 
 def ended(cluster: Any) -> list[str]:
     """The batch jobs of a dask-jobqueue cluster scaled to a fixed number of jobs that all
-    ended (a walltime, ``scancel``, a preemption's requeue), their ids where known, or [] while
-    one may still bring a worker: distributed closes a lost worker's job after
-    ``distributed.deploy.lost-worker-timeout`` (15 s) and starts none in its place, so the
-    run waited out the stall timeout (600 s), then told to start workers with ``dask worker``
-    (the g83 brief). An adaptive cluster submits new jobs (checked: a walltime's end, g86)."""
+        ended (a walltime, ``scancel``, a preemption's requeue), their ids where known, or [] while
+        one may still bring a worker: distributed closes a lost worker's job after
+        ``distributed.deploy.lost-worker-timeout`` (15 s) and starts none in its place, so the
+        run waited out the stall timeout (600 s), then told to start workers with ``dask worker``
+    . An adaptive cluster submits new jobs (checked: a walltime's end)."""
     if cluster is None or not hasattr(cluster, "job_script") or _adaptive(cluster):
         return []
     lock = getattr(cluster, "_lock", None)  # held while it submits jobs: a job is in
     # cluster.workers only once its sbatch answered (a busy controller: seconds), and a
-    # scale() just before the run was taken for jobs that all ended (g84)
+    # scale() just before the run was taken for jobs that all ended
     if getattr(cluster, "_correct_state_waiting", None) is not None or (
         lock is not None and callable(getattr(lock, "locked", None)) and lock.locked()
     ):
@@ -96,9 +96,9 @@ def _weak(cluster: Any) -> bool:
 # (also said of a job merely waiting where some nodes of its partition are down, and of one
 # waiting for a maintenance reservation to end), and PartitionNodeLimit for the same reason
 # (squeue's manual: it "can also indicate that required nodes are DOWN or DRAINED", an
-# admin's drain or reboot: g89); BadConstraints, said while no node has the features a job
+# admin's drain or reboot); BadConstraints, said while no node has the features a job
 # asks for and cleared as one gets them (a node that registers them as it starts, an admin's
-# scontrol update: seen on this machine's SLURM, g92).
+# scontrol update: seen on this machine's SLURM).
 _NEVER = {
     "PartitionTimeLimit": "their walltime is beyond their partition's time limit (sinfo -o "
     "'%P %l'): lower {where}walltime, or choose another queue",
@@ -123,7 +123,7 @@ _SITE = {
 # a limit on each job (its walltime, cores, nodes, memory: AssocMaxWallDurationPerJobLimit,
 # QOSMaxCpuPerJobLimit, QOSMinMemory ...): the job alone passes it, whatever else runs. Not
 # the group limits (AssocGrpCPURunMinutesLimit, QOSGrpCPUMinutesLimit ...): they clear as the
-# user's other jobs run and end, and were taken for per-job ones by their "Min" (g89)
+# user's other jobs run and end, and were taken for per-job ones by their "Min"
 _PER_JOB = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*|QOSMin\w*")
 _PER_JOB_HINT = (
     "they ask for more than the site lets one job have: lower {where}walltime, cores or memory"
@@ -133,7 +133,7 @@ _PER_JOB_HINT = (
 # JobHeldUser): the user's (sbatch --hold, the job script's: see _waited); a requeue held
 # (scontrol requeuehold); SLURM's own after the job's node failed to launch it, or after it was
 # requeued too often. Each said what to do; the last two were waited for the stall timeout, 600
-# s (the g94 brief). Not JobHeldAdmin, nor a user's hold made after the jobs were queued: an
+# s. Not JobHeldAdmin, nor a user's hold made after the jobs were queued: an
 # administrator holds jobs for a maintenance, a user to let another job go first, and releases
 # them after it; the run waits for them (cancelling them lost the run, and their place in the
 # queue) and the stall timeout says it.
@@ -171,8 +171,8 @@ def stuck(cluster: Any, timed_out: bool = False) -> tuple[str, dict[str, str]]:
     by job id: ``"held"`` (a hold of :data:`_HELD`: at once), ``"pending"`` (a reason of
     :data:`_NEVER`, seen for :data:`_STUCK_FOR` seconds) or ``"gone"`` (ended with no worker
     joining, a job failing at start-up: seen for longer than distributed takes to forget a job
-    that had one). A run waited out the stall timeout, 600 s, for each (the g83 and g86
-    briefs). ("", {}) otherwise, or where squeue does not answer. ``timed_out``: the run's
+    that had one). A run waited out the stall timeout, 600 s, for each.
+    ("", {}) otherwise, or where squeue does not answer. ``timed_out``: the run's
     stall timeout is over, and what squeue says now is said (an administrator's hold too)."""
     found = jobs(cluster)
     ids = [str(j.job_id) for j in found if j.job_id is not None]
@@ -220,7 +220,7 @@ def _note_site_wait(cluster: Any, rows: dict[str, tuple[str, str]] | None, ids: 
 def _queue(cluster: Any, ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """squeue's state and reason of each job still queued or running, by id; None where it
     did not answer. Asked every :data:`_ASK_EVERY` seconds at most, also after a failure: a
-    failing squeue (a controller overloaded) was asked at each poll, 4 times a second (g89)."""
+    failing squeue (a controller overloaded) was asked at each poll, 4 times a second."""
     asked, rows = _asked.get(id(cluster), (-_ASK_EVERY, None))
     if time.monotonic() - asked < _ASK_EVERY and (rows is None or set(rows) <= set(ids)):
         return rows
@@ -271,7 +271,7 @@ def _pbs_kind(
 def _rows(out: str) -> dict[str, tuple[str, str]]:
     """squeue's lines by the job id sbatch said: a job array's (``--array`` in
     job_extra_directives) are listed as its tasks, 123_[0-3] pending, 123_4 running, and a
-    pending one was taken for a job gone (g89); a task not pending is the one kept."""
+    pending one was taken for a job gone; a task not pending is the one kept."""
     rows: dict[str, tuple[str, str]] = {}
     for cells in (line.split(None, 2) for line in out.splitlines()):
         if len(cells) < 2:
@@ -292,7 +292,7 @@ def _clusters(cluster: Any) -> list[str]:
     (``--clusters`` in job_extra_directives, SBATCH_CLUSTERS or SLURM_CLUSTERS, which sbatch
     takes before the script's): squeue asks its own cluster otherwise, which knows none of
     them, "Invalid job id", and a healthy run stopped after 20 s, "ended without their worker
-    ever joining" (g92)."""
+    ever joining"."""
     named = os.environ.get("SBATCH_CLUSTERS") or os.environ.get("SLURM_CLUSTERS")
     if not named:
         named = _script_clusters(_directives(_script(cluster)))
@@ -324,7 +324,7 @@ def _waited(cluster: Any, timed_out: bool) -> set[str]:
     """The holds the run waits for, to its stall timeout: an administrator's (a maintenance's,
     released after it), and a user's made after the jobs were queued (``scontrol hold`` or
     ``uhold`` to let another job go first, then ``release``: the run stopped after 10 s and
-    cancelled them, g92). A hold the job script asks for is said at once: no job of the run
+    cancelled them). A hold the job script asks for is said at once: no job of the run
     ever starts."""
     if timed_out:
         return set()
@@ -377,7 +377,7 @@ def _script(cluster: Any) -> str:
 def _own_squeue() -> dict[str, str]:
     """The environment without the user's SQUEUE_* defaults: SQUEUE_STATES=RUNNING (or
     SQUEUE_PARTITION, SQUEUE_USERS ...) in a login script filters the jobs squeue says, and
-    a healthy run's pending job, not listed, was taken for one gone (g89)."""
+    a healthy run's pending job, not listed, was taken for one gone."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
 
 
@@ -470,7 +470,7 @@ def _ended_as(cluster: Any, ids: list[str]) -> str:
     """How SLURM says the first of ``ids`` ended, while it keeps it (MinJobAge: 300 s by
     default; squeue lists no job that ended), as "scontrol: FAILED, NonZeroExitCode, exit code
     3:0; ", or "": JobLaunchFailure (the job's output file could not be opened on its node)
-    leaves no output to see (the g94 brief). Asked of the SLURM cluster sbatch sent the jobs
+    leaves no output to see. Asked of the SLURM cluster sbatch sent the jobs
     to (:func:`_clusters`: asked its own, scontrol knew none of them, and it was left out)."""
     try:
         res = subprocess.run(["scontrol", *_clusters(cluster), "-o", "show", "job", ids[0]],
@@ -487,7 +487,7 @@ def _ended_as(cluster: Any, ids: list[str]) -> str:
 
 def _hint(head: str) -> str:
     """What to do of a reason: a held job beside others pending for good was told "they ask
-    for more than the site lets one job have" (g89)."""
+    for more than the site lets one job have"."""
     if head in _HELD:
         return "a held job starts only once released (scontrol release)"
     return _NEVER.get(head) or _SITE.get(head) or _PER_JOB_HINT

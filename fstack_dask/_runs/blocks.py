@@ -305,7 +305,7 @@ def _require_engine_here(engine: str) -> None:
     cannot run ``engine``: a worker that joined after the run asked its workers
     (``device.require_engine_on_workers``; ``cluster.adapt()``, a batch job starting late).
     Its blocks failed one by one as the source's ("block 0.1 of ... engine='compiled' needs
-    numba", g47) while the others' were written; now the run stops before it writes one, the
+    numba") while the others' were written; now the run stops before it writes one, the
     blocks written kept for a resume. ``device="cuda"``'s GPU too (a late worker without one
     failed at its first block in one line naming no worker). Asked once a process if it can."""
     if engine in _RUNNABLE_HERE:

@@ -53,7 +53,7 @@ def require_device(device: str, scheduler: Any = None) -> None:
     client = getattr(scheduler, "client", None)
     if getattr(scheduler, "kind", None) == "distributed" and client is not None:
         # a worker gone meanwhile (CommClosedError, an OSError) is left out, as the engine's
-        # check leaves it (1d3812d): its tasks go to the others (it failed the run: g47)
+        # check leaves it (1d3812d): its tasks go to the others (it failed the run)
         answers = client.run(cuda_problem, on_error="return")
         for worker, problem in sorted(answers.items()):
             if isinstance(problem, OSError):
@@ -101,8 +101,8 @@ WORKERS_AWAITED = 60.0
 def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
     """Each live worker's answer to ``engine_problem(engine)``. A worker gone meanwhile (a node
     lost, a nanny restarting it: CommClosedError, an OSError) failed the run here, where its
-    tasks go to the others (the g43 review); but where every worker went, the check passed
-    with nothing asked (the g55 brief): it asks again, for up to :data:`WORKERS_AWAITED`
+    tasks go to the others; but where every worker went, the check passed
+    with nothing asked: it asks again, for up to :data:`WORKERS_AWAITED`
     seconds, the workers that come (a nanny's restart), else refuses in one line. A cluster
     with no worker yet (its batch jobs queued or refused), or whose workers the scheduler
     retired as they were asked (``adapt()``), is left to the run (its stall check)."""
@@ -117,7 +117,7 @@ def _answers_of_workers(client: Any, engine: str) -> list[tuple[str, Any]]:
             return answers
         gone.update(replies)
         if not replies and retired(client, gone):  # adapt() retired them, idle: the run's
-            return []  # tasks bring workers back (it waited 60 s for them, and refused: g64)
+            return []  # tasks bring workers back (it waited 60 s for them, and refused)
         if time.monotonic() >= deadline:
             raise ValueError(
                 f"no worker of the cluster answered the check of engine={engine!r} within "

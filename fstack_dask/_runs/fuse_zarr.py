@@ -205,7 +205,7 @@ def fuse_zarr(
 def is_tiff_destination(dst: Any) -> bool:
     """A dst path ending in ``.tif`` or ``.tiff`` (``.ome.tif``, ``.ome.tiff``), as resolved:
     ``fused.tif/.`` or ``fused.tif/x/..``, the place ``fused.tif`` names, was written as a Zarr
-    folder named ``fused.tif``, exit 0, that no TIFF reader opens (g102)."""
+    folder named ``fused.tif``, exit 0, that no TIFF reader opens."""
     if not isinstance(dst, (str, os.PathLike)):
         return False
     name = os.fspath(dst)
@@ -221,7 +221,7 @@ def is_tiff_destination(dst: Any) -> bool:
 
 def _positive(value: Any, name: str) -> float:
     # numbers.Real: NumPy's integers and floats too (np.int64(60) was refused)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # a wrong type (g81)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # a wrong type
         raise TypeError(f"{name} must be a positive number of seconds, got {value!r} "
                         f"({type(value).__name__})")  # fmt: skip
     if not value > 0:

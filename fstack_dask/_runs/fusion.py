@@ -397,7 +397,7 @@ def _rgb(channels: Any, source: Source) -> bool:
 
 #: "auto"'s choices while :func:`auto_kept` is entered, by the source (as spelled) and what they
 #: were chosen from: the CLI's cluster path plans before it connects (to refuse bad input
-#: first), then fuse_zarr plans again, and read a remote sample twice (the g94 brief)
+#: first), then fuse_zarr plans again, and read a remote sample twice
 _KEPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("auto_kept", default=None)
 
 

@@ -47,7 +47,7 @@ def _skipped(at: tuple, skip: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
 
 def _fused(core: np.ndarray, auto: bool, **kernel: Any) -> Any:
     """``fuse_block``; ``auto``: nhsize was "auto", and values its sample did not hold are
-    said so, with the nhsize that fits (they named an nhsize the user never gave; g81)."""
+    said so, with the nhsize that fits (they named an nhsize the user never gave)."""
     try:
         return fuse_block(core, **kernel)
     except BeyondFloat64 as exc:

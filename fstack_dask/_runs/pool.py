@@ -313,7 +313,7 @@ def _signals_deferred() -> Iterator[None]:
     while the block runs, then deliver them, each once, in the order they came, to the
     handlers in place before. A Ctrl-C landing as a worker process had been spawned, before
     it was sent its start-up data, left it to print multiprocessing's "EOFError: Ran out of
-    input" traceback under the run's one line (g87's fuzzer, 1 run in 50). A signal ignored,
+    input" traceback under the run's one line (a fuzzer, 1 run in 50). A signal ignored,
     or at its default, is left so."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -336,7 +336,7 @@ def _deliver(signums: list[int]) -> None:
     """Raise each of ``signums`` in turn, the next one while the handler's exception of the
     one before goes up (as had they come one after the other as the run stopped): only the
     first was delivered, and a SIGTERM after a Ctrl-C (a batch system's kill) was lost, exit
-    130 (g100)."""
+    130."""
     if signums:
         try:
             signal.raise_signal(signums[0])
@@ -400,7 +400,7 @@ def _die_with_parent(parent: int, ticks: Any = None) -> None:
 def _end_zarr_reads() -> None:
     """A worker's exit: the reads a failed selection left pending on zarr's loop cancelled
     before zarr's hook closes it (each was "Task was destroyed but it is pending!" under the
-    run's one error line with ``--scheduler processes``: g90)."""
+    run's one error line with ``--scheduler processes``)."""
     sync = sys.modules.get("zarr.core.sync")
     loop = getattr(sync, "loop", [None])[0]
     if loop is not None and not loop.is_closed():
@@ -410,12 +410,12 @@ def _end_zarr_reads() -> None:
 def cancel_pending(loop: Any, timeout: float = 5.0) -> None:
     """Cancel the reads still pending on zarr's loop, and let them end.
 
-    A read that failed (an HTTP 403, a chunk that cannot be decoded) fails its whole
-    selection, and the selection's other reads are left pending: the closed loop's tasks were
-    reported at exit as "Task was destroyed but it is pending!", a traceback-like block apiece
-    under the one error line (g85), by the program and by each worker process at its exit
-    (g90). Cancelled, they end as asked; an exception a task raised and nobody retrieved is
-    still reported.
+        A read that failed (an HTTP 403, a chunk that cannot be decoded) fails its whole
+        selection, and the selection's other reads are left pending: the closed loop's tasks were
+        reported at exit as "Task was destroyed but it is pending!", a traceback-like block apiece
+        under the one error line, by the program and by each worker process at its exit
+    . Cancelled, they end as asked; an exception a task raised and nobody retrieved is
+        still reported.
     """
     import asyncio
 

@@ -76,7 +76,7 @@ def check_early(
 ) -> None:
     """:func:`examine`'s refusals that need no plan: ``dst`` exists without ``overwrite`` or
     ``resume``, is a file, a store not ours, cannot be created or reached. Called before
-    ``"auto"`` reads its sample, which was read first (minutes of a remote stack: g85);
+    ``"auto"`` reads its sample, which was read first (minutes of a remote stack);
     :func:`examine` checks everything again, with the plan."""
     dst_loc = resolve(dst, name="dst", storage_options=dst_storage_options, writable=True)
     reach(dst_loc, name="dst")

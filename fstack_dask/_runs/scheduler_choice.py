@@ -144,7 +144,7 @@ def connect(address: str, name: str, where: str, *, default: bool = False) -> An
     the parameter, ``where`` what else sets it), made the default one with ``default``.
     Where nothing listens (a TCP connection refused, at once, for as long as distributed
     waits to connect) a ``ValueError`` naming it: it was distributed's 30 s wait, then exit 1, for a
-    mistyped port (the g75 brief). An address that does not answer (a host down) is left to
+    mistyped port. An address that does not answer (a host down) is left to
     distributed's wait, 30 s."""
     from urllib.parse import urlsplit
 
@@ -152,7 +152,7 @@ def connect(address: str, name: str, where: str, *, default: bool = False) -> An
 
     said = f"{name} {address!r}" + (f" ({where})" if where else "")
     try:
-        _ = urlsplit(address).port  # (tcp://host:99999 was "Port out of range 0-65535" alone: g80)
+        _ = urlsplit(address).port  # (tcp://host:99999 was "Port out of range 0-65535" alone)
     except ValueError as exc:
         raise ValueError(f"{said}: {exc}") from None
     wait = _connect_timeout()

@@ -25,12 +25,12 @@ def shield_local_workers(client: Any) -> Iterator[None]:
     process group, ignore SIGINT. A Jupyter kernel's interrupt (and a terminal's Ctrl-C) goes
     to the whole group, and a ``LocalCluster``'s workers died of it (dask/distributed#1925):
     their nannies did not restart them, and the next run in the kernel waited out the stall
-    timeout (600 s) for workers that would never come (a helper's run, g65). The run,
+    timeout (600 s) for workers that would never come. The run,
     interrupted here, ends its tasks itself. Other workers (another host, a ``dask worker``
     a shell script started beside the command line, which its Ctrl-C is to end) are left
     alone. A worker process a nanny starts during the run (one killed, restarted) is shielded
     too: a worker plugin, for the run only (a ``client.run`` at the start reached only the
-    workers present then, g75). Setting and restoring are carried through an interrupt: one
+    workers present then). Setting and restoring are carried through an interrupt: one
     that landed meanwhile left a worker ignoring SIGINT for good."""
     plugin = _Shield(os.getpgrp(), os.getpid(), f"fstack-dask-shield-{uuid.uuid4().hex}")
     registered: list[str] = []  # the scheduler's address, once asked to register
@@ -40,13 +40,13 @@ def shield_local_workers(client: Any) -> Iterator[None]:
     finally:
         # None registered (another process's cluster: Client("tcp://..."), no worker of ours):
         # none to restore. A run whose scheduler had died waited out its Client's timeout
-        # (30 s) here (g69); so did one whose client was closed.
+        # (30 s) here; so did one whose client was closed.
         if registered and getattr(client, "status", None) == "running":
             with contextlib.suppress(Exception):
                 finish_quietly_despite_interrupts(client.unregister_worker_plugin, plugin.token)
         elif registered and getattr(client, "status", None) in ("closing", "closed"):
             # closed by another thread (a notebook's client.close()), its scheduler alive:
-            # the plugin stayed on it, the workers ignored SIGINT for good (g80)
+            # the plugin stayed on it, the workers ignored SIGINT for good
             finish_quietly_despite_interrupts(_unregister_anew, registered[0], plugin.token)
 
 

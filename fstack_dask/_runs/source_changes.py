@@ -53,7 +53,7 @@ def check_source_files(
         return
     changed = changed_files(old, files)
     gone = sorted(set(old["names"].tolist()) - set(files["names"].tolist()))
-    if gone:  # (its blocks not yet done read the fill value: an image of it, g94's brief)
+    if gone:  # (its blocks not yet done read the fill value: an image of it)
         raise ValueError(
             f"cannot resume {what}: the source file {gone[0]!r} "
             + (f"(and {len(gone) - 1} more) " if len(gone) > 1 else "")
@@ -151,7 +151,7 @@ def check_source_after_run(src, fusion: Fusion, state: OutputState, plan: Plan, 
         suspects = _blocks_reading(fresh, plan, changed, done)
         # a block that read a file listed when the run began and gone now read either its old
         # samples or the fill value a missing chunk reads as, the same as a read again gives
-        # (a chunk removed before its blocks read it was kept, exit 0: g88): dropped unread
+        # (a chunk removed before its blocks read it was kept, exit 0): dropped unread
         gone = _blocks_reading(fresh, plan, sorted(set(files["names"]) - set(now["names"])),
                                done)  # fmt: skip
         otherwise = _read_otherwise(state, fresh, plan,

@@ -92,7 +92,7 @@ def fuse_to_tiff(
     _settle_previous(tiff, where)
 
     # refuses bad input, reads metadata; run_fusion tells what "auto" chose. dst is refused
-    # before "auto" reads its sample (read first until g88: minutes of a remote stack)
+    # before "auto" reads its sample (read first, it took minutes of a remote stack)
     def early(source: Any) -> None:
         check_tiff_destination(tiff, source.protected(), overwrite=overwrite, resume=resume)
 
@@ -238,7 +238,7 @@ def check_tiff_destination(
         if too_long is not None:
             raise ValueError(f"{where}: {whose}{too_long}; choose a shorter name or path")
     if not os.path.lexists(tiff.path) or is_claim(tiff.path, working_store(tiff).path):
-        return None  # (a run stopped at the move left its claim: refused as not ours, g56)
+        return None  # (a run stopped at the move left its claim: refused as not ours)
     owner = tiff_owner(tiff.path) if os.path.isfile(tiff.path) else None
     if owner is None:
         _refuse_empty_claim(tiff, where)
@@ -259,7 +259,7 @@ def check_tiff_destination(
         )
     for place in (tiff.path, parent) if overwrite else ():  # (the run computed it all, then
         # failed "Operation not permitted" at the swap and said to rerun with --resume, which
-        # failed so again, its working folder left beside dst: g52, after b240eb3's Zarr fix)
+        # failed so again, its working folder left beside dst, after b240eb3's Zarr fix)
         locked = change_locked(place)
         if locked is not None:
             raise ValueError(
@@ -270,8 +270,8 @@ def check_tiff_destination(
 
 
 def _refuse_our_zarr(tiff: Location, where: str) -> None:
-    """An OME-Zarr output of ours named like a TIFF (``fuse src out.tif/.`` wrote one before
-    g102) was refused as "a folder fstack_dask did not write": it is ours, and no TIFF
+    """An OME-Zarr output of ours named like a TIFF (``fuse src out.tif/.`` wrote one
+    before) was refused as "a folder fstack_dask did not write": it is ours, and no TIFF
     replaces it (a folder for a file)."""
     if os.path.isdir(tiff.path) and (provenance(tiff) or run_record(tiff)) is not None:
         raise FileExistsError(
@@ -285,7 +285,7 @@ def _refuse_empty_claim(tiff: Location, where: str) -> None:
     """Refuse an empty file at dst beside a working store of ours, saying what it may be: the
     claim of that run's TIFF on FAT/exFAT (no hard links, no rename without replacing),
     created, then cut short before its text was written or synced (kill -9, power lost). It
-    is not taken for ours: an empty file a user made there looks the same (g62). It said
+    is not taken for ours: an empty file a user made there looks the same. It said
     "a file fstack_dask did not write ... choose another dst", of the run's own claim."""
     work = working_store(tiff)
     path = tiff.path
@@ -304,7 +304,7 @@ def _refuse_empty_claim(tiff: Location, where: str) -> None:
 def _mount_point(tiff: Location, where: str) -> bool:
     """Whether the TIFF at ``tiff`` is a mount point (a file bound there); refused where that
     cannot be told (the mount table masked, statx refused: a hardened container), as for a
-    Zarr dst (it said "cannot read the mount table ...", naming no parameter, exit 1: g53)."""
+    Zarr dst (it said "cannot read the mount table ...", naming no parameter, exit 1)."""
     try:
         return tiff.path in mounts_within(tiff.path, itself=True)
     except PermissionError as exc:

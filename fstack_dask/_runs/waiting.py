@@ -51,7 +51,7 @@ class WorkersDiedError(RuntimeError):
 def killed_error(exc: BaseException) -> WorkersDiedError | None:
     """distributed's ``KilledWorker`` said in one line, or None for another failure: its own
     named the task's key, not the run's, and its signature kept the line from saying what
-    the run left (dst kept, --resume: g94, a cluster whose workers die at start-up)."""
+    the run left (dst kept, --resume: a cluster whose workers die at start-up)."""
     if type(exc).__name__ != "KilledWorker":
         return None
     tries = getattr(exc, "allowed_failures", None)
@@ -98,7 +98,7 @@ def lost_error(client: Any, address: str, exc: BaseException) -> SchedulerLostEr
 def _said_lost(client: Any) -> Iterator[None]:
     """The block's failure said by :func:`lost_error` where it is one (the in-memory source's
     scatter, its Client closed meanwhile, failed "CommClosedError in <TCP (closed)
-    ConnectionPool.scatter ...>": g80)."""
+    ConnectionPool.scatter ...>")."""
     address = str(getattr(getattr(client, "scheduler", None), "address", "") or "")
     try:
         yield
@@ -145,7 +145,7 @@ def cluster_waiter(
         last = time.monotonic()
         while True:
             raise_if_stopped()
-            # each job's id while it runs: distributed forgets one that ended (g86)
+            # each job's id while it runs: distributed forgets one that ended
             batch_jobs.remember(getattr(client, "cluster", None))
             try:
                 # distributed.wait uses the default client: make it ours (with an address,
@@ -183,7 +183,7 @@ def fetched(client: Any, future: Any, waiter: Callable[[set[Any]], tuple]) -> An
     that takes, while the task keeps it; one lost with its worker is :func:`settled` again,
     then fetched. A fetch bounded to 30 s, then made anew, never ended where a result took
     longer (a slow link, a loaded worker): each try serialized it again on the worker, which
-    fell further behind (the g98 review)."""
+    fell further behind."""
     import asyncio
 
     while True:
@@ -208,8 +208,8 @@ def fetched(client: Any, future: Any, waiter: Callable[[set[Any]], tuple]) -> An
 def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
     """Wait until the cluster has a worker, kept busy inside the block. An adaptive cluster
     scaled to none (``adapt(minimum=0)``) starts workers for tasks only: a scatter, no task,
-    waited 30 s for one and failed "No valid workers found", a valid run refused (g64, the g68
-    brief). A task asks for one, and holds it (adapt() retires idle workers) until the block
+    waited 30 s for one and failed "No valid workers found", a valid run refused. A
+    task asks for one, and holds it (adapt() retires idle workers) until the block
     ends. None for ``stall_timeout`` seconds (or none can come: a batch cluster's jobs all
     refused, a local cluster's all ended): the stall's :class:`StalledError`, one line, as
     the run's own wait says it."""
@@ -237,7 +237,7 @@ def a_worker(client: Any, stall_timeout: float) -> Iterator[None]:
             event = Event(name, client=client)
             event.set()  # wakes the task if it waits (a set, then cleared, Event still does)
             # and dropped from the scheduler here: a task that never ran (no worker came:
-            # the stall) cannot, and a set Event no one waits on is kept for good (g75)
+            # the stall) cannot, and a set Event no one waits on is kept for good
             event.clear()
         keeper.release()
 
@@ -275,7 +275,7 @@ def _stall_message(client: Any, seconds: float, timed_out: bool = False) -> str:
             or (_FAILED_TO_START if _all_ended(cluster, ("failed",)) else "")
             or (_ENDED if _all_ended(cluster) and not _all_retired(client) else "")
             or (_NONE_PLANNED if _none_planned(cluster) else "")
-            # (a worker the user retired, closed by the cluster too: not one lost, g98)
+            # (a worker the user retired, closed by the cluster too: not one lost)
             or (_NONE_PLANNED if _dropped(cluster) and _all_retired(client) else "")
             or (_DROPPED if _dropped(cluster) else "")
             or f"scheduler: start workers for it (dask worker {_address(client)})"
@@ -304,7 +304,7 @@ def _retiring(client: Any, workers: dict[str, Any], seconds: float) -> set[str]:
     """The workers being retired now (status closing_gracefully), or that the scheduler was
     asked to retire in the last ``seconds``: ``client.retire_workers`` called again and again
     kept a worker whose data no other could take closing gracefully, taking no task, and the
-    run stalled, "the workers are frozen ... lower memory_per_task", false (the g94 brief)."""
+    run stalled, "the workers are frozen ... lower memory_per_task", false."""
     found = {a for a, w in workers.items() if w.get("status") == "closing_gracefully"}
     try:
         events = client.get_events("all")
@@ -344,8 +344,8 @@ _ENDED = (
 
 def _all_retired(client: Any) -> bool:
     """Whether the scheduler removed every worker it lost on purpose (``client.retire_workers``,
-    a scale down), not lost (killed: an interrupt): the line blamed an interrupt nobody sent
-    (the g86 brief); :data:`_NONE_PLANNED` says it."""
+        a scale down), not lost (killed: an interrupt): the line blamed an interrupt nobody sent
+    ; :data:`_NONE_PLANNED` says it."""
     try:
         events = client.get_events()
     except Exception:  # (a scheduler gone: the interrupt's line, as before)
@@ -369,11 +369,11 @@ def _all_ended(cluster: Any, states: tuple[str, ...] = ()) -> bool:
     """Whether every worker (a nanny) of a local cluster has ended: after an interrupt of the
     kernel that made it, a LocalCluster's nannies did not restart their worker processes, and
     the next run waited out the stall timeout (600 s), then told to start workers with
-    ``dask worker`` (a helper's run, g65)."""
+    ``dask worker``."""
     if cluster is None or hasattr(cluster, "job_script"):
         return False  # a batch cluster's jobs: _batch_jobs says
     workers = list(getattr(cluster, "workers", {}).values())
-    states = states or _ENDED_STATES  # ("failed" alone: each failed to start, g94's brief)
+    states = states or _ENDED_STATES  # ("failed" alone: each failed to start)
     return bool(workers) and all(getattr(w.status, "value", None) in states for w in workers)
 
 
@@ -390,13 +390,13 @@ def _none_planned(cluster: Any) -> bool:
     """Whether a cluster object of this process (a ``LocalCluster``, a ``SpecCluster``) that is
     not adaptive has no worker that may still come: scaled to none, or its workers retired
     (the engine's check leaves a retired one to the run, which waited out the stall timeout,
-    600 s, for a worker nothing would start: the g75 brief)."""
+    600 s, for a worker nothing would start)."""
     if not _fixed(cluster):
         return False
     workers = dict(getattr(cluster, "workers", {}))  # (copied at once, as in _jobs)
     if any(name not in workers for name in list(getattr(cluster, "worker_spec", {}))):
         # asked for and still starting: a cluster has a worker object only once it started
-        # (cluster.scale(1) just before the run, a worker 15 s to start, failed it: g80)
+        # (cluster.scale(1) just before the run, a worker 15 s to start, failed it)
         return False
     return all(getattr(w.status, "value", None) in _ENDED_STATES for w in workers.values())
 
@@ -472,7 +472,7 @@ def telling_refusals(job_cls: type) -> type:
     of what the batch scheduler said when it refused them (``sbatch: error: invalid partition
     specified: normal``), for the stall's one line: dask-jobqueue raises it in distributed's
     event loop, whose log the command line silences, and the line said only that the jobs
-    were refused (the g55 brief)."""
+    were refused."""
 
     class Telling(job_cls):  # type: ignore[misc,valid-type]
         refusal: str | None = None

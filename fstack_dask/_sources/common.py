@@ -196,7 +196,7 @@ def dim_letters(names: Any) -> list[str | None]:
 def named_letters(names: Any) -> list[str | None]:
     """`dim_letters`, or all None where two words name one axis (``plane`` and ``depth``):
     such names say nothing and axes= decides, as for a Zarr array since 6cb9f60 (an HDF5
-    dataset or xarray array so named was refused with axes= as contradicting 'zzyx': g54).
+    dataset or xarray array so named was refused with axes= as contradicting 'zzyx').
     Two single letters for one axis are the file's own contradiction, refused as before.
 
     Examples

@@ -151,7 +151,7 @@ def _translation(scale: dict[str, float], x: int, y: int) -> dict[str, float]:
     """The scene's top-left pixel in the file's subblock coordinates (libCZI's "raw" system:
     x to the right, y down, as the image's own axes; the origin is the file's, which ZEN
     places by the stage), times the pixel size: micrometres, as the scale. Two scenes of a
-    slide fused apart lay where they lay in the file (their offsets were dropped: g78).
+    slide fused apart lay where they lay in the file (their offsets were dropped).
     Without a pixel size, none (a position in pixels beside a scale of 1 without unit)."""
     if "x" not in scale or "y" not in scale:
         return {}

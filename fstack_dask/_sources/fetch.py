@@ -270,7 +270,7 @@ def _check_finite(source: Source, data: np.ndarray, sel: tuple[slice, ...]) -> N
 
 
 def _reason(exc: BaseException) -> str:
-    from .._locations import redact_urls  # aiohttp's errors name the URL, token and all (g81)
+    from .._locations import redact_urls  # aiohttp's errors name the URL, token and all
 
     text = redact_urls(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -278,7 +278,7 @@ def _reason(exc: BaseException) -> str:
 
 def _unserved(exc: BaseException | None) -> str | None:
     """The URL (its query hidden) of a chunk its HTTP server lists and answered 404 for, read
-    as the fill value until g88 (:class:`~.._locations.http_store.UnservedChunkError`)."""
+    as the fill value before (:class:`~.._locations.http_store.UnservedChunkError`)."""
     from .._locations import redact_urls
 
     exc = _unserved_error(exc)
@@ -296,7 +296,7 @@ def _unserved_error(exc: BaseException | None) -> Any:
 def _unserved_chunk(source: Source, sel: tuple[slice, ...], exc: BaseException) -> str:
     """'chunk <key>' of the chunk that answered 404, as its store names it: the read's first
     to last chunk named served ones too, the last without the array's path ("chunks
-    '0/c/0/2/0' to 'c/0/3/1'" where c/0/3/ alone was not served: g94)."""
+    '0/c/0/2/0' to 'c/0/3/1'" where c/0/3/ alone was not served)."""
     url = str(getattr(_unserved_error(exc), "url", ""))
     root = str(getattr(getattr(source.array, "store", None), "path", "")).rstrip("/")
     if root and url.startswith(root + "/"):
@@ -307,7 +307,7 @@ def _unserved_chunk(source: Source, sel: tuple[slice, ...], exc: BaseException) 
 def _http_refusal(exc: BaseException) -> tuple[str, str, str] | None:
     """(what the server did, its status and the URL, what to do) where an HTTP server answered
     a read with an error status (aiohttp's ``ClientResponseError``): an expired token's 403
-    or a server's 503 was told as "the source is corrupt, truncated or unreadable" (g85).
+    or a server's 503 was told as "the source is corrupt, truncated or unreadable".
     None for any other failure."""
     from .._locations import redact_urls
 
@@ -332,7 +332,7 @@ def refused_opening(exc: BaseException) -> SourceReadError | None:
     """A worker process's opening of the source that its HTTP server refused (an expired
     token's 403 on its metadata mid-run), as a run's read refused is told; None for any other
     failure. aiohttp's error holds the answer's headers, which cannot be pickled back to the
-    run: it failed "can't pickle ... CIMultiDictProxy objects", exit 2 (g90)."""
+    run: it failed "can't pickle ... CIMultiDictProxy objects", exit 2."""
     refused = _http_refusal(exc)
     if refused is None:
         return None
@@ -349,7 +349,7 @@ def _where(source: Source, sel: tuple[slice, ...]) -> str:
         )
         meta = source.array.metadata
         prefix = source.array.path.strip("/")
-        # (both with the array's path: the last was named without it, 'c/0/1/1': g94)
+        # (both with the array's path: the last was named without it, 'c/0/1/1')
         key, end = (f"{prefix}/{meta.encode_chunk_key(u)}".lstrip("/") for u in (first, last))
         return f"chunks {key!r} to {end!r}" if first != last else f"chunk {key!r}"
     except Exception:  # not a zarr array, or a key we cannot map

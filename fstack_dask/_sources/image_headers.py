@@ -102,7 +102,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             plane_ndim = 2 + (page.samplesperpixel > 1)
             # RGB stored as a plane per colour (PlanarConfiguration separate, SYX: some
             # scanners and libtiff tools) is one plane: read as RGB, its samples moved last
-            # (refused since 5ba8294, though contiguous RGB planes were fused: g45)
+            # (refused since 5ba8294, though contiguous RGB planes were fused)
             planar = colour and page.planarconfig == _PLANAR_SEPARATE and ser.axes == "SYX"
             if len(ser.shape) != plane_ndim or (plane_ndim == 3 and ser.axes[-1] != "S"
                                                 and not planar):  # fmt: skip
@@ -127,7 +127,7 @@ def _probe_tiff_file(tifffile: Any, path: str) -> dict[str, Any]:
             else:
                 chunk = shape
             ome = _ome_metadata(tif.ome_metadata, 0) if tif.is_ome else None
-            told: tuple[str, ...] = ()  # what a single TIFF's warnings say (g54: kept)
+            told: tuple[str, ...] = ()  # what a single TIFF's warnings say (kept)
             if ome is not None:  # an image sequence's OME-TIFF planes (their tags say 1/1)
                 scale, units, *_, told = ome
             elif tif.is_imagej:

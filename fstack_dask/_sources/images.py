@@ -236,7 +236,7 @@ def open_image_files(
 def _told_once(files: list[str], probes: list[dict], where: str) -> list[str]:
     """What the planes' OME-XML or ImageJ description says that a single TIFF's warnings say
     (square pixels assumed, ImageJ's inverty, a pixel size in inches), once for the folder,
-    naming the planes that say it: the planes' were dropped in silence (g54)."""
+    naming the planes that say it: the planes' were dropped in silence."""
     saying: dict[str, list[str]] = {}
     for f, probe in zip(files, probes, strict=True):
         for text in probe.get("told", ()):

@@ -156,7 +156,7 @@ def _scale(dims, letters, coords) -> tuple[dict, dict, dict, list[str]]:
     """Steps of the evenly spaced coordinates, metres as micrometres, seconds as seconds, and
     where they increase, the first z, y, x position as the translation (a z-stack from -2.5 um
     had its depth map from 0: the positions were dropped, an adversarial run on metadata);
-    where they decrease, a warning (it was left out without a word; noticed by g46)."""
+    where they decrease, a warning (it was left out without a word)."""
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     translation: dict[str, float] = {}

@@ -196,7 +196,7 @@ def _translation(frame, scale, sizes, where) -> tuple[dict[str, float], tuple[st
 def _oriented(matrix: Any) -> bool:
     """Whether a pixel-to-stage matrix says which way the stage runs: nd2 multiplies by the
     stage's orientation, 0 where the device settings lack it, which makes every term 0 (taken
-    for a camera at 90 degrees, the position left out with a false warning: g79)."""
+    for a camera at 90 degrees, the position left out with a false warning)."""
     a, b, _, d, e, _ = (float(v) for v in matrix)
     return bool(np.isfinite([a, b, d, e]).all()) and a * e - b * d != 0
 

@@ -58,7 +58,7 @@ def _is_in_memory_array(obj: Any) -> bool:
 def _options_apply(src: Any) -> None:
     """Refuse fsspec options for a src they cannot reach: an array, a list or glob of plane
     files (read from local paths, as :func:`open_source` takes them). They were ignored in
-    silence, where those for a local path are refused (a fuzzer of option combinations, g66)."""
+    silence, where those for a local path are refused (a fuzzer of option combinations)."""
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
         if not _local_glob(text):

@@ -78,7 +78,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str], f
         _one_spelling(files, f"{name} {where}")
         refuse_unsure_commas(files, f"{name} {where}")
         points = points_read(files, f"{name} {where}")
-        if points:  # (sorted again only then: 10 000 planes took 1.7 times as long, g67)
+        if points:  # (sorted again only then: 10 000 planes took 1.7 times as long)
             with reading_p_as_point(points):
                 files = sort_planes(files)
         return files, where, [absolute(f) for f in skipped], points
@@ -107,7 +107,7 @@ def list_plane_files(spec: Any, name: str) -> tuple[list[str], str, list[str], f
 def _literal_folder(pattern: str) -> str:
     """`pattern` with the folder it lies in escaped where that folder exists as spelled:
     '/data/exp[1]/*.tif' read the planes of '/data/exp1' (the class [1]), exit 0, or said
-    "matches no files" (g45). The folder a user names is the one they mean."""
+    "matches no files". The folder a user names is the one they mean."""
     head = os.path.dirname(pattern)
     while head and GLOB_CHARS.search(head):
         if os.path.isdir(head):
@@ -118,9 +118,9 @@ def _literal_folder(pattern: str) -> str:
 
 def _refuse_dangling(names: Sequence[str], where: str) -> None:
     """Refuse a plane file that is a link to nothing (a share not mounted, a folder moved):
-    it was left out as "not a file", the stack fused without its plane, exit 0 (g45); and
+    it was left out as "not a file", the stack fused without its plane, exit 0; and
     a plane's name that is no file (a folder, a FIFO, a socket: a copy gone wrong), left out
-    in silence alike (g54). Only stat is asked: opening a FIFO would block."""
+    in silence alike. Only stat is asked: opening a FIFO would block."""
     for f in names:
         if not is_image(f) or is_litter(f):
             continue

@@ -41,11 +41,11 @@ _DIGITS = re.compile(r"(\d+)")
 # ("stack-001", "2024-05-01").
 # An exponent as C's %g and Python's str() write one, signed, of two digits or three
 # ("z_5e-07.tif", "z_1.5e-06.tif": positions in metres): "5e-07" was 5, "e", -7, so the
-# planes were fused out of order, "z_0.0.tif" warned about as odd (g45).
+# planes were fused out of order, "z_0.0.tif" warned about as odd.
 _NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 # A decimal comma ("z1,5um", "z_-0,25um": %g in a European locale) is a decimal point, in a
 # name without a decimal point and without a list of numbers ("tile_1,2,3"): "z1,5" was two
-# numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0 (g45).
+# numbers, 1 and 5, so z1,5 sorted before z1 and z1,25 before z1,5, exit 0.
 _NUMBER_COMMA = re.compile(r"([-+]?\d+(?:[.,]\d+)?(?:[eE][-+]\d{2,3}(?!\d))?)")
 _COMMA_UNSURE = re.compile(r"\d\.\d|\d,\d+,\d")
 _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): no decimal
@@ -54,15 +54,15 @@ _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")  # a date, a version ("01.05.2024"): n
 # the start of a name, after a separator or after a "z"/"focus" label. Read as "-" and "+",
 # which sort_planes takes for signs only where they differ at a place (a Zeiss "_m1" tile
 # in every name is text still); "z1p5" (p after a digit) is no sign. They were two stacks,
-# refused, or the minus planes fused after the plus ones (g54).
+# refused, or the minus planes fused after the plus ones.
 _DASH_SIGN = re.compile(r"[\u2212\u2012\u2013\ufe63\uff0d](?=\d)")
 _LETTER_SIGN = re.compile(r"(?:^|(?<=[^a-z0-9])|(?<=(?<![a-z])z)|(?<=focus))([mp])(?=\d)", re.I)
 # ... after a word and a dash, the dash a separator that "cell-0" reads as its number's sign:
 # "cell-m1" read "cell-", -1 beside "cell", -0, named unlike it, so cell-0 was warned about
-# as odd and as a plane missing, where it was fused (g74). Read "cell", -1, as "cell-0" is.
+# as odd and as a plane missing, where it was fused. Read "cell", -1, as "cell-0" is.
 _DASH_LETTER_SIGN = re.compile(r"(?<=[a-z])-([mp])(?=\d)", re.I)
 # ... and the words, after a "z" or "focus" label: "focus_minus2" ... "focus_plus2" was
-# refused as two stacks with a glob of half the planes (g63).
+# refused as two stacks with a glob of half the planes.
 _WORD_SIGN = re.compile(r"(?<![a-z])((?:z|focus)[_-]?)(minus|plus)(?=\d)", re.I)
 # A "p" between digits as a decimal point ("z1p5" for z1.5, as names that may hold no "."
 # write it), in the files `reading_p_as_point` names: a folder's names decide
@@ -70,7 +70,7 @@ _WORD_SIGN = re.compile(r"(?<![a-z])((?:z|focus)[_-]?)(minus|plus)(?=\d)", re.I)
 _POINT_P = re.compile(r"(?<=\d)[pP](?=\d)")
 # Where a "p" between digits may be a decimal point: after a z or focus label (``z1p5``,
 # ``focus_-0p5``) or before a unit (``1p5um``). Elsewhere it joins two counts (``cell1p0`` ...
-# ``cell2p9``, a cell and a plane: evenly spaced as decimals, fused as one stack; g67).
+# ``cell2p9``, a cell and a plane: evenly spaced as decimals, fused as one stack).
 _POINT_PLACE = re.compile(
     r"(?:(?:^|[^a-z])(?:z|focus)[_-]?(?:[+\-\u2212\u2012\u2013\ufe63\uff0dmp]|minus|plus)?\d+p\d)"
     r"|(?:\dp\d+(?:um|\u03bcm|nm|mm)(?![a-z]))"
@@ -135,8 +135,8 @@ def odd_names(files: Sequence[str]) -> list[str]:
 
 def _pattern(path: str, *, one_format: bool = False) -> str:
     """`one_format`: ``.tiff`` as ``.tif``, ``.jpeg`` as ``.jpg`` (z05.tiff beside z05.tif
-    was fused as a further plane, with only the warning about a name unlike the others:
-    g45); a warning still names a file spelled apart."""
+    was fused as a further plane, with only the warning about a name unlike the others);
+    a warning still names a file spelled apart."""
     pattern = "#".join(_parts(path)[0::2]).casefold()
     stem, ext = os.path.splitext(pattern)
     return stem + _ONE_EXTENSION.get(ext, ext) if one_format else pattern
@@ -374,7 +374,7 @@ def minus_signs(before: str, numbers: Collection[str]) -> bool:
     sign: right after a ``z`` or ``focus`` label (`before`: the text before them), the numbers
     neither zero-padded nor 0 (``z-01`` ..., ``z-0``, ``z-1`` ...: a separator before a count)
     and the label not after a "-" (``img-z-1``: the name's separator). ``z-3``, ``z-2``, ``z-1``
-    were read with a separator, backwards (g63)."""
+    were read with a separator, backwards."""
     label = _FOCUS_LABEL.search(before.casefold())
     if not label or "-" in label.group() or not all(n[:1] == "-" for n in numbers):
         return False
@@ -390,13 +390,13 @@ def _comma_places(
     files: Sequence[str],
 ) -> tuple[dict[str, set[int]], tuple[str, str, str] | None]:
     """The places of each pattern where a comma separates thousands, and two files whose
-    order is a guess (and which holds the comma). A comma is a decimal comma (``z1,5``),
-    but where every number written with one at a place could group thousands (``1,000``:
-    one to three digits, a comma, three) and numbers written without one stand beside them,
-    the two readings may order the files apart: ``z999``, ``z1,000`` was fused 1.000 first
-    (g54). Thousands, where a number so written ends in 0 (a decimal written so, with the
-    bare numbers beside it unpadded, would not) and the bare ones are below 1000; else,
-    where the orders differ, a guess."""
+        order is a guess (and which holds the comma). A comma is a decimal comma (``z1,5``),
+        but where every number written with one at a place could group thousands (``1,000``:
+        one to three digits, a comma, three) and numbers written without one stand beside them,
+        the two readings may order the files apart: ``z999``, ``z1,000`` was fused 1.000 first
+    . Thousands, where a number so written ends in 0 (a decimal written so, with the
+        bare numbers beside it unpadded, would not) and the bare ones are below 1000; else,
+        where the orders differ, a guess."""
     places: dict[tuple[str, int], list[tuple[str, str]]] = {}
     for f in files:
         for place, number in enumerate(_parts(f, as_read=False)[1::2]):
@@ -446,7 +446,7 @@ def _focus_places(files: Sequence[str]) -> dict[str, int]:
     names hold other numbers. Names whose stage coordinates change per plane
     (``x1182_y3400_z3.tif``, ``x1179_y3400_z3.5.tif``) were ordered by x before z, in
     silence: backwards where the stage drifts down (a review of real naming schemes,
-    2026-12-06); so they were still beside one stray file without a z (``overview.tif``: g60)."""
+    2026-12-06); so they were still beside one stray file without a z (``overview.tif``)."""
     members: dict[tuple[str, str], list[str]] = {}
     for f in files:
         members.setdefault((os.path.dirname(f), _pattern(f)), []).append(f)
@@ -498,10 +498,10 @@ def order_warning(files: Sequence[str], where: str) -> str | None:
 
 def _plain(number: str) -> str:
     """A name's number as a plane number: ``01`` and ``1`` alike, ``+1`` and ``1`` too (both
-    were fused, one position twice: g45), ``-0`` and ``0`` too (%g writes -0.0 so: g54),
+    were fused, one position twice), ``-0`` and ``0`` too (%g writes -0.0 so),
     ``1.10`` not ``1.1``."""
     sign = _sign(number)
     whole, dot, fraction = number[len(sign) :].partition(".")
-    if not (whole + fraction).strip("0"):  # "-0" is "0" ("z-0" and "z0": one position, g54)
+    if not (whole + fraction).strip("0"):  # "-0" is "0" ("z-0" and "z0": one position)
         sign = ""
     return sign.replace("+", "") + (whole.lstrip("0") or "0") + dot + fraction

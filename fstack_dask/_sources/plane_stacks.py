@@ -39,7 +39,7 @@ def points_read(files: Sequence[str], where: str) -> frozenset[str]:
     names that count several stacks either way (`refuse_several_stacks`). A "p" is read so
     where the names so read count one stack, with fewer files named unlike the others, and
     read as text do not: ``z1``, ``z1p5``, ``z2`` ... was refused as two stacks with a glob
-    selecting half the planes (g63), where ``pos1p1`` ... ``pos1p10`` is one stack with its
+    selecting half the planes, where ``pos1p1`` ... ``pos1p10`` is one stack with its
     "p" as text. Where neither reading counts one stack, the refusal is the reading's that
     joins the names into fewer patterns (its glob selects whole stacks). Where read as text
     they count several stacks, the positions so read must step evenly (`_evenly_spaced`)."""
@@ -68,9 +68,9 @@ def _evenly_spaced(files: Sequence[str], marked: Sequence[str]) -> bool:
     the positions skipped (where some are whole) fewer than half those present. Two counts
     joined by a "p" (PerkinElmer Harmony's field and plane, ``f01p01`` ... ``f02p01``; a
     series and plane, ``s1p1`` ... ``s2p1``) read 1.01, 1.02, ... 2.01: two stacks fused as
-    one, exit 0, once ae88503 read them so (g67). A plane lost (``z0``, ``z0p5``, ... ``z2``,
+    one, exit 0, once ae88503 read them so. A plane lost (``z0``, ``z0p5``, ... ``z2``,
     ``z3``: one step twice the others) is one stack still, as with a decimal point: it was
-    refused as two stacks, numbered alike (g74)."""
+    refused as two stacks, numbered alike."""
     with reading_p_as_point(marked):
         patterns = [_pattern(f, one_format=True) for f in files]
         common = Counter(patterns).most_common(1)[0][0]
@@ -146,7 +146,7 @@ def refuse_several_stacks(files: Sequence[str], where: str) -> None:
     for pattern, place in counting_of.items():
         if len({_plain(_parts(f)[2 * place + 1]) for f in by_pattern[pattern]}) > 1:
             # (a lone file beside the stack, 'overview_tile_1.tif', counts no positions: the
-            # stack was refused as numbered by it, naming it twice: g60)
+            # stack was refused as numbered by it, naming it twice)
             _refuse_positions(by_pattern[pattern], place, where)
             _refuse_one_plane(by_pattern[pattern], place, where)
 
@@ -155,7 +155,7 @@ def _refuse_named_apart(by_pattern: dict[str, list[str]], counting_of: dict[str,
                         files: Sequence[str], where: str) -> None:  # fmt: skip
     """Refuse two patterns of two files or more in one folder: stacks named apart beyond their
     numbers (cellA_z01 ... z05, cellB_z06 ... z10: two cells whose numbers run on) were fused
-    as one stack of 10, exit 0 (g54). Files of one pattern apart by another number (run1_z00
+    as one stack of 10, exit 0. Files of one pattern apart by another number (run1_z00
     ..., run2_z06 ...: a second run going on) are one stack still."""
     seen: dict[str, dict[str, str]] = {}  # folder: the first such stack (plane: file)
     for pattern, members in by_pattern.items():
@@ -177,7 +177,7 @@ def _refuse_letter_signs(members: Sequence[str], counting_of: dict[str, int], pl
     """Refuse plane numbers signed by an ``m`` and a ``p`` with no plane 0 among them and no
     ``z`` or ``focus`` label before them: ``sample_m1``, ``sample_m2`` beside ``sample_p1`` ...
     ``sample_p3`` are two series more likely than focus offsets, and were fused as one signed
-    stack of 5, with a warning of a plane 0 missing, since 01980d2 read m and p as signs (g63).
+    stack of 5, with a warning of a plane 0 missing, since 01980d2 read m and p as signs.
     ``focus_m2`` ... ``focus_p2`` and ``sample_m1``, ``sample_0``, ``sample_p1`` are one stack.
     `place`: the members' plane number's."""
     k = 2 * place + 1
@@ -199,7 +199,7 @@ def _zero_apart(parts: list[str], k: int, member: str, files: Sequence[str]) -> 
     """The names (split) of `files` in the folder of `member` named as `parts` (its name split,
     its number at `k`) but for a separator before the number, read as the number's sign:
     ``cell-0`` ("cell", "-0") beside ``cell-m1`` ("cell-", "-1"), a plane 0 unseen, so the
-    stack was refused as two (g67)."""
+    stack was refused as two."""
     if parts[k - 1][-1:] not in ("-", "+"):
         return []
     texts = parts[0::2]
@@ -214,7 +214,7 @@ def _refuse_repeated(members: Sequence[str], counting_of: dict[str, int], place:
     """Refuse files of one pattern whose plane numbers repeat twice or more, whatever their
     other numbers: stacks whose names hold a number changing per plane (a time stamp, a frame
     counter, a drifting stage) made a group of each file above, and two time points or
-    channels were fused as one stack, exit 0 (the g44 review). Each file goes to the first
+    channels were fused as one stack, exit 0. Each file goes to the first
     stack that lacks its plane number, in stack order. `place`: the members' plane number's."""
     stacks: list[dict[str, str]] = []
     for f in members:
@@ -241,7 +241,7 @@ def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
     ``exp_w1DAPI_s1_t1.TIF`` ... ``_s12_t1.TIF`` (its z-series are files of their own),
     Nikon's ``xy01c1.tif`` ..., Micro-Manager's ``..._time000000000_z000`` ... ``_time
     000000011_z000`` are fields of view or time points apart, and were fused as a focus
-    stack, exit 0 (g54). `place`: the number counting them."""
+    stack, exit 0. `place`: the number counting them."""
     parts = [p.casefold() for p in _parts(members[0])]
     label, after = parts[2 * place], parts[2 * place + 2]
     before = parts[2 * place - 2] if place else ""
@@ -261,7 +261,7 @@ def _refuse_positions(members: Sequence[str], place: int, where: str) -> None:
         f"a folder or glob of one {kind}'s planes, or the file holding its z-series (where "
         "these are planes after all, rename them with their plane number after a 'z', 'z01' "
         "..., or pass them from Python as a list of files, read in the order given)"
-    )  # (a list was all it offered, which the CLI's one SRC cannot be: g60)
+    )  # (a list was all it offered, which the CLI's one SRC cannot be)
 
 
 # The text before a number that names it a channel, a time point or a stage coordinate.
@@ -272,7 +272,7 @@ def _refuse_one_plane(members: Sequence[str], place: int, where: str) -> None:
     """Refuse files at one focal plane (a number labelled ``z`` or ``focus`` of one value)
     counted by a channel, time point or stage coordinate (``cell_z1_ch0`` ... ``_ch2``,
     ``cell_z1_t001`` ...): fused as a focus stack, exit 0, once such a z counted no planes
-    (0e1d43d, found by g59). `place`: the number counting them."""
+    (0e1d43d). `place`: the number counting them."""
     parts = [_parts(f) for f in members]
     if len(members) < 2 or not _SERIES_LABEL.search(parts[0][2 * place].casefold()):
         return
@@ -338,9 +338,9 @@ def _counting_place(numbers: Sequence[Sequence[str]], texts: Sequence[str] = ())
     """The place of the number that counts the planes: the one labelled ``z`` or ``focus``
     (`texts`: the text before each number) of the most values, else the one of the most
     values. A frame counter (``frame_000123_ch0_z00``) has more values than z in a folder of
-    two channels, and counted them apart: one stack of 10 planes, exit 0 (the g44 review).
+    two channels, and counted them apart: one stack of 10 planes, exit 0.
     A labelled number of one value counts no planes: ``stack_z2_img001`` .. ``img010`` (a
-    stack's number) was refused as ten files numbered alike (g56)."""
+    stack's number) was refused as ten files numbered alike."""
     labelled = [p for p, t in enumerate(texts[: len(numbers[0])])
                 if _FOCUS_LABEL.search(t.casefold())
                 and len({n[p] for n in numbers}) > 1]  # fmt: skip
@@ -382,7 +382,7 @@ def gap_warning(files: Sequence[str], where: str) -> str | None:
     """A warning where the planes' whole numbers count on in one step but skip some
     (``z01`` ... ``z05``, ``z07`` ... ``z10``: a plane lost in transfer). The fusion takes the
     planes as evenly spaced: its focus fit and the depth map count planes, so past a gap they
-    are a plane off. Fused in silence (g45). Numbers that are not such a count are left:
+    are a plane off. Fused in silence. Numbers that are not such a count are left:
     decimals (focus positions in um, rounded), steps that are not multiples of the usual
     one (a frame counter), a time's minutes or seconds, or a usual step that is not most of
     the steps (an adaptive focus step)."""
@@ -450,7 +450,7 @@ def _glob_one_stack(stack: Sequence[str], counting: int, files: Sequence[str]) -
     if len(shapes) == 1:
         numbers.append("".join("[0-9]" if c == "#" else glob.escape(c) for c in shapes.pop()))
     # a number changing within the stack (a time stamp per plane) is a "*" too, and a text
-    # spelled apart within it (signs as m and p, "focus_m2", "focus_0": no glob was found, g54)
+    # spelled apart within it (signs as m and p, "focus_m2", "focus_0": no glob was found)
     varying = {i for i in range(len(parts)) if len({p[i] for p in split}) > 1}
     others = [f for f in files if f not in set(stack)]
     for number in numbers:

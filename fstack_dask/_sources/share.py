@@ -41,7 +41,7 @@ def _to_a_lost_worker(client: Any, exc: BaseException) -> bool:
     worker the data was sent to died as it reached it (the OOM killer; one killed just
     before a copy was sent again), and the scheduler, whose send failed, closed the call.
     That failed the run "lost the connection to the dask scheduler ... (it stopped, or the
-    network failed)" (the g84 review)."""
+    network failed)"."""
     if "CommClosedError" not in f"{type(exc).__name__} {exc}":
         return False
     if getattr(client, "status", None) != "running":
@@ -184,7 +184,7 @@ def shared_recipe(
             block.unlink()
         return
     # a scatter is no task: an adaptive cluster scaled to no worker started none for it, and
-    # it failed "No valid workers found" after 30 s, a valid run refused (g64, the g68 brief)
+    # it failed "No valid workers found" after 30 s, a valid run refused
     with a_worker():
         try:
             future = client.scatter(data, hash=False)
@@ -199,7 +199,7 @@ def shared_recipe(
         yield (Shared(_Scattered(), xarray_parts), *recipe[1:]), (future,)
     except Exception as exc:
         # the tasks naming it are cancelled "already forgotten", a traceback of dask's that
-        # named neither the cause nor the way on (the g69 review)
+        # named neither the cause nor the way on
         if isinstance(exc, cf.CancelledError) and future.status != "finished":
             raise ScatterLostError(
                 "the cluster lost its copy of the in-memory source with the worker that held "

@@ -178,7 +178,7 @@ class Source:
         pattern = re.compile("".join(r"\d+" if ch == "0" else re.escape(ch) for ch in key))
         found = sum(1 for name in names if pattern.fullmatch(name.replace(os.sep, "/")))
         if not found and self.data_root.protocol == "http":  # an object store over HTTP
-            return 0, 0  # lists no folder: no word on which chunks are stored (g85)
+            return 0, 0  # lists no folder: no word on which chunks are stored
         return max(0, stored - found), stored
 
     # -- identity, for resumes and for worker processes -------------------------------

@@ -92,14 +92,14 @@ def _imagej_metadata(meta: dict, page: Any) -> tuple[dict, dict, dict, Any, Any,
 
 def _imagej_warnings(meta: dict, translation: dict[str, float]) -> tuple[str, ...]:
     """What ImageJ's description says that the output cannot carry, said (both were left out
-    without a word; noticed by g46, settled by g50): ``inverty`` (ImageJ's y runs up from the
+    without a word): ``inverty`` (ImageJ's y runs up from the
     origin, or from the bottom row; an output's y runs down from the top row, so its y
     position is left out) and a pixel size in inches (a print resolution, 72 or 300 dpi, far
     more often than a calibration: left out)."""
     told = []
     if meta.get("inverty") is True:
         # the y position said left out only where there is one (a plane folder's planes have
-        # none, nor has an image without yorigin: it was said of them, g63)
+        # none, nor has an image without yorigin: it was said of them)
         had_y = translation.pop("Y", None) is not None
         told.append(
             "its y axis is inverted (ImageJ's inverty=true: y runs up); the output's y runs down "
@@ -177,7 +177,7 @@ def _ome_metadata(xml: str | None, index: int) -> tuple[dict, dict, dict, Any, A
 def _square_pixels(scale: dict[str, float], units: dict[str, str]) -> list[str]:
     """A PhysicalSizeX without a PhysicalSizeY (or Y without X) given to both, with a warning:
     the other was written as 1.0 without a unit, a pixel 0.5 um wide and 1 high in a viewer
-    (found by g46, settled by g50). Square pixels, as a writer that names one size means."""
+    Square pixels, as a writer that names one size means."""
     stated = [a for a in "XY" if a in scale]
     if len(stated) != 1:
         return []

@@ -158,7 +158,7 @@ def _open_node(location: Location, where: str) -> Any:
 
     if not _exists(location):
         refused = _refused(location)
-        if refused is not None:  # (a wrong password's 401 said "does not exist": g101)
+        if refused is not None:  # (a wrong password's 401 said "does not exist")
             raise ValueError(
                 f"{where} cannot be read: the server refused access to its metadata "
                 f"({refused}); check the user name and password or the token in the URL"
@@ -183,8 +183,8 @@ def _open_node(location: Location, where: str) -> Any:
 
 def _exists(location: Location) -> bool:
     """Whether a store is there. Over HTTP a folder is no object: an object store (S3, GCS,
-    Azure over https) answers 404 for it, and every such store was "does not exist" until
-    g85 (http.server's folder pages hid it): its metadata files say."""
+    Azure over https) answers 404 for it, and every such store was "does not exist" before
+    (http.server's folder pages hid it): its metadata files say."""
     if location.exists():
         return True
     return location.protocol == "http" and any(location.child(n).exists() for n in _METADATA)
@@ -232,7 +232,7 @@ def _stored_axes(array: Any) -> tuple[str | None, str]:
 def _named_letters(names: Any) -> str | None:
     """The letters that dimension or NGFF axis names give, or None where one says nothing or
     two words name one axis ("plane", "depth"): --axes decides then (it was refused as
-    contradicting "zzyx", and told to pass that; found by g50 on g46's names). Two single
+    contradicting "zzyx", and told to pass that). Two single
     letters for one axis are the file's own contradiction, refused as before."""
     letters = named_letters(names) if isinstance(names, (list, tuple)) else [None]
     if not names or None in letters:

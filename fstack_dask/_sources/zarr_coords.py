@@ -58,7 +58,7 @@ def coordinates(
             shift[letter] = first
         # CF's encoded dates, "hours since 2026-12-06": the step is in hours, and the first
         # value a date, no position (the step was written without a unit, the date as a
-        # translation of 0 or 7000; found by g50)
+        # translation of 0 or 7000)
         unit = ngff_unit(said)
         if unit is not None:
             units[letter] = unit
@@ -87,7 +87,7 @@ def _open_coordinate(location: Location, name: Any, n: int, zarr_format: int) ->
 def coordinates_text(scale: dict, units: dict, shift: dict) -> str:
     """What the coordinate arrays gave, for the source's identity: a resume after the user
     rewrote ``z`` (a 2 um step made 5) fused the rest under the new step, its depth map
-    mixing both (an adversarial run on g46's fixes). Empty where they gave nothing, as the
+    mixing both (an adversarial run). Empty where they gave nothing, as the
     identity of a store without them was."""
     if not (scale or units or shift):
         return ""

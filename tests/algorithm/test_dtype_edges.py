@@ -180,7 +180,7 @@ def test_dates_and_long_doubles_are_refused_in_one_line_naming_the_array(tmp_pat
     """A datetime64 or timedelta64 stack failed with NumPy's "cannot include dtype 'M' in a
     buffer", naming nothing (the check for a masked array read the ndarray's ``.data``); a
     long double (float128) passed every check and failed in numba's typing, a page of
-    errors, or at the output, "No Zarr data type found" (g57). Now each entry point refuses
+    errors, or at the output, "No Zarr data type found". Now each entry point refuses
     it naming its parameter, and writes nothing."""
     from fstack_dask import fuse, fuse_zarr, write_stack
 
@@ -253,7 +253,7 @@ def test_a_first_pass_for_s_casts_no_uninitialised_image(monkeypatch, engine):
 @pytest.mark.parametrize("order", [">", "<"])
 def test_auto_nhsize_of_float64_of_either_byte_order_says_it_chose_it(order):
     """As below, for a big-endian float64 stack (FITS, a '>f8' Zarr v2 store): the sample's
-    magnitude was not looked at, and the fusion refused it naming nhsize=31 (the g68 review)."""
+    magnitude was not looked at, and the fusion refused it naming nhsize=31."""
     base = synthetic_stack((128, 128), 9, dtype="float64", noise=0.1, seed=1).stack
     stack = (base / np.abs(base).max() * (0.99 * float64_limit(9))).astype(f"{order}f8")
     with pytest.raises(ValueError, match=r"^nhsize='auto' chose nhsize=31 .* pass nhsize=9 "):

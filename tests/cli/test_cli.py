@@ -165,7 +165,7 @@ def test_a_focus_too_fine_for_the_fit_is_warned_of_once_in_one_line(data, tmp_pa
     """--focus (or the config's algorithm.focus) in steps of 1e-9 printed Python's warning,
     its source file and the line of code, before the command line's own warning line: the
     value was checked (and warned of) as the options were read, before the command line
-    showed warnings as its own (g57)."""
+    showed warnings as its own."""
     _, src, _ = data
     focus = [k * 1e-9 for k in range(7)]
     (tmp_path / "c.yaml").write_text(f"algorithm:\n  focus: {focus}\n")

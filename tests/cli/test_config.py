@@ -190,7 +190,7 @@ def test_wrong_values_name_the_key(tmp_path, text, key):
 
 def test_an_unquoted_walltime_is_the_time_typed_and_a_number_is_refused(tmp_path):
     """PyYAML's YAML 1.1 read an unquoted 4:00:00 as the number 14400 (base 60), which was
-    refused, asking to quote it; read as YAML 1.2 it is the time typed (g41)."""
+    refused, asking to quote it; read as YAML 1.2 it is the time typed."""
     text = "cluster:\n  kind: slurm\n  jobqueue:\n    walltime: 4:00:00\n"
     assert load_config(_write(tmp_path, text)).cluster.jobqueue["walltime"] == "4:00:00"
     with pytest.raises(ValueError) as info:
@@ -205,8 +205,8 @@ def test_an_unquoted_walltime_is_the_time_typed_and_a_number_is_refused(tmp_path
 )
 def test_a_batch_scheduler_name_typed_as_a_number_is_refused(tmp_path, typed, read):
     """An unquoted account 011 went to dask-jobqueue as the number 11 (9 under YAML 1.1) and a
-    queue 2e3 as the float 2000.0: the job asked the scheduler for another account or queue
-    (g43). Refused naming the key; quoted, the name is kept as typed."""
+        queue 2e3 as the float 2000.0: the job asked the scheduler for another account or queue
+    . Refused naming the key; quoted, the name is kept as typed."""
     text = f"cluster:\n  kind: slurm\n  jobqueue:\n    {typed}\n"
     key = typed.split(":")[0]
     with pytest.raises(ValueError) as info:
@@ -453,7 +453,7 @@ def test_jobqueue_missing_says_what_to_install(monkeypatch):
 def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path, text, key, value):
     """PyYAML reads YAML 1.1: ``nhsize: 011`` was octal 9 and ``sth: 13:00`` sexagesimal 780,
     both fused silently with a value that was not typed; ``alpha: 2e-1`` was a string, refused
-    as one (a sweep of contract 4, g41)."""
+    as one."""
     config = load_config(_write(tmp_path, text))
     section = config.resources if key == "stall_timeout" else config.algorithm
     got = getattr(section, key)
@@ -519,7 +519,7 @@ def test_the_exit_status_table_names_every_status_the_help_lists():
 def test_a_yaml_tag_a_config_cannot_read_is_refused_naming_the_key(tmp_path, text, key, says):
     """An explicit tag that YAML's safe loader cannot construct gave "not valid YAML: could not
     determine a constructor ... at line 1, column 30" or Python's "invalid literal for int()"
-    alone, naming no key (a sweep of contract 4, g47). A tag it can construct (``!!float 5``,
+    alone, naming no key. A tag it can construct (``!!float 5``,
     ``!!str 5``) gives a value the key's own check judges, as before."""
     path = _write(tmp_path, text + "\n")
     with pytest.raises(ValueError) as info:
@@ -548,9 +548,9 @@ def _fuse_with(tmp_path, config, *options):
 
 def test_a_memory_per_task_without_unit_is_told_as_the_config_key(tmp_path):
     """``resources.memory_per_task: 1.5`` (GiB meant) ran as 1 byte and was refused as
-    "--memory-per-task 1 bytes cannot hold the smallest block": the option, not given, named
-    (a sweep of contract 4, g47). A fraction of a byte is refused naming the key; a whole
-    number too small names the key where the file gave it, the option where that did."""
+        "--memory-per-task 1 bytes cannot hold the smallest block": the option, not given, named
+    . A fraction of a byte is refused naming the key; a whole
+        number too small names the key where the file gave it, the option where that did."""
     done = _fuse_with(tmp_path, "resources: {memory_per_task: 1.5}\n")
     assert done.returncode == 2 and not (tmp_path / "o.zarr").exists()
     assert done.stderr.splitlines() == [

@@ -1,5 +1,5 @@
 """The ``FSTACK_DASK_*`` environment variables: a value none of them accepts is refused in one
-line naming the variable, with nothing written (a sweep of contract 4, g47)."""
+line naming the variable, with nothing written."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_every_variable_set_empty_runs_its_default_without_a_word(src, tmp_path)
     """README: "unset or empty is a variable's default" (``VAR= cmd``, ``${VAR:-}``), every
     variable the package reads. FSTACK_DASK_LOCK_STALE_AFTER= warned "must be a positive
     number of seconds, got ''; 60 s is used", once from the command line and once more, with
-    its source line, from each process of ``--scheduler processes`` (g51)."""
+    its source line, from each process of ``--scheduler processes``."""
     names = ["FSTACK_DASK_ENGINE", *SWITCHES, "FSTACK_DASK_LOCK_STALE_AFTER",
              "FSTACK_DASK_PROCESS_POOL_IDLE"]  # fmt: skip
     done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", "--scheduler", "processes",
@@ -81,7 +81,7 @@ def test_every_variable_set_empty_runs_its_default_without_a_word(src, tmp_path)
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
 def test_a_bad_lock_stale_age_is_refused_in_one_line(src, tmp_path, value):
     """FSTACK_DASK_LOCK_STALE_AFTER=abc was warned of, 60 s used, by the command line and again
-    by each process of ``--scheduler processes``, there with its source line (the g55 brief):
+    by each process of ``--scheduler processes``, there with its source line:
     refused before anything is written, as the other variables are."""
     before = tree_digest(tmp_path)
     done = _cli("fuse", src, tmp_path / "out.zarr", "--no-progress", "--scheduler", "processes",

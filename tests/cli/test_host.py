@@ -1,5 +1,5 @@
 """``main([...])`` called from a host (a notebook, a user's script) leaves the host's warning
-filters and loggers as it found them, whatever the run's end (g87)."""
+filters and loggers as it found them, whatever the run's end."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_two_calls_in_two_threads_keep_their_settings_and_leave_the_hosts(tmp_pa
     """A notebook fusing two stacks at once, a thread each: the first call to end put back
     what the second had changed, mid-run (its notes' level, its FstackDaskWarning shown twice),
     and the second, ending, left the host's ``fstack_dask`` logger at INFO and every
-    FstackDaskWarning silenced (g100). The second run here reads its blocks only once the
+    FstackDaskWarning silenced. The second run here reads its blocks only once the
     first has ended, and notes what it sees then."""
     import threading
 
@@ -132,7 +132,7 @@ def test_two_calls_in_two_threads_keep_their_settings_and_leave_the_hosts(tmp_pa
 def test_main_called_while_its_host_handles_a_ctrl_c_says_its_own_error(tmp_path, capsys):
     """``main([...])`` called in a host's ``except KeyboardInterrupt:``: its usage error,
     chained by Python to the host's old Ctrl-C, was taken for one: "interrupted; rerun the
-    same command with --resume", exit 130, where the error and 2 are due (g100)."""
+    same command with --resume", exit 130, where the error and 2 are due."""
     from fstack_dask._cli.main import main
 
     src = synthetic_store(tmp_path / "src.zarr", (64, 64), 5, chunk=32, seed=1)
@@ -156,7 +156,7 @@ sys.exit(main(["fuse", *sys.argv[1:], "--no-progress"]))
 
 def test_main_in_a_script_that_set_logging_up_says_each_note_once(tmp_path):
     """A script that called ``logging.basicConfig()`` saw each of the command line's notes
-    twice: its line, and the root handler's ``WARNING:fstack_dask:...`` (g100)."""
+    twice: its line, and the root handler's ``WARNING:fstack_dask:...``."""
     import subprocess
     import sys
 

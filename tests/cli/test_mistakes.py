@@ -196,7 +196,7 @@ def test_storage_options_reach_remote_src_and_dst(src, capsys):
 def test_storage_options_for_a_src_they_cannot_reach_are_refused(src, tmp_path):
     """--storage-options with a glob of plane files, and storage_options= with an array or a
     list of files, were ignored in silence (fused, exit 0), where a local path's are refused
-    (a fuzzer of option combinations, g66): refused naming them, nothing written."""
+    (a fuzzer of option combinations): refused naming them, nothing written."""
     data = zarr.open_group(str(src))["0"]
     (tmp_path / "planes").mkdir()
     for i, plane in enumerate(data[...]):
@@ -216,11 +216,11 @@ def test_storage_options_for_a_src_they_cannot_reach_are_refused(src, tmp_path):
             fuse_zarr(stack, tmp_path / "out.zarr", axes="zyx", storage_options={"anon": True},
                       progress=False)  # fmt: skip
     assert tree_digest(tmp_path) == before
-    # a URL is never a glob of local plane files (a query's "?" made one: g77)
+    # a URL is never a glob of local plane files (a query's "?" made one)
     for url, says in [("s3://bucket/planes/*.tif", ".tif files are read from a local path only"),
                       ("s3://bucket/planes/*", "is a glob in a URL; globs of plane files are"),
                       ("http://127.0.0.1:9/in.zarr?sig=1", "cannot be reached")]:  # fmt: skip
-        named = url.replace("sig=1", "sig=***")  # a query's values are hidden (g81)
+        named = url.replace("sig=1", "sig=***")  # a query's values are hidden
         with pytest.raises(ValueError, match=f"^src '{re.escape(named)}'.*{says}"):
             fuse_zarr(url, tmp_path / "out.zarr", storage_options={"anon": True}, progress=False)
     assert tree_digest(tmp_path) == before
@@ -340,7 +340,7 @@ def _cli(*args, cwd, env=None):
 def test_a_demo_dir_that_is_no_local_folder_is_refused(tmp_path, directory, says):
     """``fstack-dask demo ""`` (an unset shell variable) wrote its planes, zarr and previews
     into the current folder, and ``demo s3://bucket/demo`` or ``foo://x/demo`` into a local
-    folder ``s3:/bucket/demo`` there, exit 0 (a sweep of contract 4, g41)."""
+    folder ``s3:/bucket/demo`` there, exit 0."""
     before = tree_digest(tmp_path)
     done = _cli("demo", directory, "--size", "32", "--planes", "5", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
@@ -361,7 +361,7 @@ def test_a_demo_dir_given_as_a_file_url_is_that_folder(tmp_path):
 @pytest.mark.parametrize("config", ["", " "])
 def test_an_empty_config_path_is_refused_not_ignored(src, tmp_path, command, config):
     """``--config "$CFG"`` with CFG unset ran on the built-in defaults, exit 0, the file the
-    user meant never read (a sweep of contract 4, g41)."""
+    user meant never read."""
     argv = [command, src, *([tmp_path / "out.zarr", "--no-progress"] if command == "fuse" else [])]
     before = tree_digest(tmp_path)
     done = _cli(*argv, "--config", config, cwd=tmp_path)
@@ -391,7 +391,7 @@ def test_an_empty_config_path_is_refused_not_ignored(src, tmp_path, command, con
 def test_checks_against_the_source_name_the_option(src, tmp_path, capsys, command, argv, says):
     """``--level 9`` said ``level=9 is not in src``, ``--levels 9`` ``levels must be at most
     6``, ``--focus 0,1`` ``focus must be ...``, ``--axes tzyx`` ``axes 'tzyx' has ...``: the
-    Python keyword, where each other check names the option (a sweep of contract 4, g41)."""
+    Python keyword, where each other check names the option."""
     if command.startswith("plain"):
         zarr.create_array(str(tmp_path / "plain.zarr"), shape=(7, 64, 48), dtype="uint16")
         src = tmp_path / "plain.zarr"
@@ -434,7 +434,7 @@ def test_openings_that_are_not_the_option_keep_their_words(said):
 @pytest.mark.parametrize("unit", ["MiB", "GB", " kib "])
 def test_a_memory_size_without_its_number_is_refused(src, tmp_path, capsys, unit):
     """dask reads a unit alone as one of it: ``--memory-per-task MiB`` (the number left out)
-    ran with 1 MiB a task, or failed later saying so (a sweep of contract 4, g41)."""
+    ran with 1 MiB a task, or failed later saying so."""
     before = tree_digest(tmp_path)
     with pytest.raises(
         ValueError, match=f"^memory_per_task must be a size such as 256MiB.*{unit!r}"
@@ -466,7 +466,7 @@ def test_a_memory_size_without_its_number_is_refused(src, tmp_path, capsys, unit
 def test_numbers_typed_other_than_in_ascii_digits_are_refused(src, tmp_path, capsys, argv, says):
     """int() and float() read '٩' as 9, '0_2' as 2 (a typo of 0.2: an sth of 2 dB, run) and
     '０.２' as 0.2, and int('²') failed naming nothing ('invalid literal for int()'), where
-    --chunks refused them already (a sweep of contract 4, g41)."""
+    --chunks refused them already."""
     before = tree_digest(tmp_path)
     assert main(["fuse", str(src), str(tmp_path / "out.zarr"), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -497,7 +497,7 @@ def test_a_demo_dir_given_with_a_quoted_tilde_is_the_home_folder(tmp_path):
     """``fstack-dask demo '~/x' --overwrite`` (a quoted ~, as a script's "$DIR" holds it)
     checked and wrote its planes and previews in './~/x' but fused '$HOME/x/planes' over
     '$HOME/x/fused.ome.zarr': an earlier output there replaced by a fusion of other planes,
-    exit 0, its PSNR against the wrong truth (an adversarial review, g43)."""
+    exit 0, its PSNR against the wrong truth (an adversarial review)."""
     home, cwd, env = _a_demo_in_home(tmp_path)
     done = _cli("demo", "~/x", "--size", "32", "--planes", "5", "--seed", "7", "--overwrite",
                 "--no-progress", cwd=cwd, env=env)  # fmt: skip
@@ -513,7 +513,7 @@ def test_a_demo_dir_of_a_folder_named_tilde_leaves_the_home_folder_alone(tmp_pat
     """``fstack-dask demo ./~/x --overwrite`` (a folder named '~' in the current one): pathlib
     made './~/x' '~/x', so the demo wrote its planes in './~/x' but fused '$HOME/x/planes' over
     '$HOME/x/fused.ome.zarr', an earlier demo's output there replaced, then failed on a raw
-    IndexError (the g44 review of 0b9b17d). Both are './~/x' now; $HOME/x is untouched."""
+    IndexError. Both are './~/x' now; $HOME/x is untouched."""
     home, cwd, env = _a_demo_in_home(tmp_path)
     before = tree_digest(home)
     done = _cli("demo", "./~/x", "--size", "48", "--planes", "5", "--seed", "7", "--overwrite",

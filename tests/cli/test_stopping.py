@@ -181,8 +181,8 @@ def test_a_hangup_ignored_by_nohup_stays_ignored(many, tmp_path):
 
 def test_a_ctrl_c_after_sigterm_keeps_the_runs_terminated_status(many, tmp_path):
     """A Ctrl-C while a terminated run waited for its worker processes (pressed after a batch
-    system's kill, or a SIGTERM then a SIGINT to the job) ended it with 130, "interrupted"
-    (g100): a stop signal's status wins over Ctrl-C's, whichever came first."""
+        system's kill, or a SIGTERM then a SIGINT to the job) ended it with 130, "interrupted"
+    : a stop signal's status wins over Ctrl-C's, whichever came first."""
     src, reference = many
     dst = tmp_path / "out.ome.zarr"
     proc = _fuse(src, dst, "--scheduler", "processes")
@@ -350,7 +350,7 @@ STARTING_IN_A_CLASS_BODY = STARTING.replace(
 def test_a_second_signal_landing_in_a_class_body_at_start_up_is_one_line(tmp_path, signals):
     """The second signal while the program imports its command line, landing in a class body
     as a module imports: Python 3.11 wraps its KeyboardInterrupt in a RuntimeError "Error
-    calling __set_name__", and the program ended with that traceback, exit 1 (g87)."""
+    calling __set_name__", and the program ended with that traceback, exit 1."""
     assert "codec = Descriptor()" in STARTING_IN_A_CLASS_BODY
     proc = subprocess.run(
         [sys.executable, "-c", STARTING_IN_A_CLASS_BODY, *signals], cwd=tmp_path,
@@ -370,7 +370,7 @@ def test_a_signal_held_at_start_up_is_told_when_the_arguments_end_the_program(
 ):
     """A job's SIGTERM held while the program imported its command line was dropped where the
     arguments then ended it (``--help``: exit 0; a usage error: exit 2), so the job's log and
-    exit status said nothing of the signal (a sweep of contract 4, g47). It ends as the signal
+    exit status said nothing of the signal. It ends as the signal
     asked, in one line (after the help it had printed)."""
     given = 'sys.argv = ["fstack-dask", *os.environ["ARGV"].split()]'
     script = STARTING.replace('sys.argv = ["fstack-dask", "info", "missing.zarr"]', given)
@@ -585,11 +585,11 @@ HUNG_IMPORT_AS_IT_LANDS = HUNG_IMPORT.replace(
 def test_one_sigterm_while_the_start_up_import_hangs_ends_the_program(tmp_path, script):
     """One SIGTERM (a job scheduler's or ``timeout``'s, not repeated) while the program's
     start-up import hung (its site-packages on a dead network mount) was held by 902a919 until
-    the import returned, that is never: the program did not end (the g43 review). The held
+    the import returned, that is never: the program did not end. The held
     signal's grace was then counted from Python's own handler, which runs in the main thread
     between two steps of Python code: one landing just before the read that never returns
     waited for that read, and the program never ended (this test failed 1 run in 20 on a
-    loaded machine: g100)."""
+    loaded machine)."""
     dead = tmp_path / "dead"
     os.mkfifo(dead)
     proc = subprocess.Popen(
@@ -653,7 +653,7 @@ print("ended", not ender.is_alive())
 
 def test_sigterm_landing_as_a_wait_takes_its_futures_locks_leaves_none_held():
     """SIGTERM to the process group of a ``processes`` run, in a loaded CI, once left the run
-    for 30 s and more without a word (the g55 brief): the exception its handler raises, landing
+    for 30 s and more without a word: the exception its handler raises, landing
     in the main thread between a lock's acquire and the ``with`` that releases it (here
     concurrent.futures taking each future's lock for a wait, 17 of 3000 signals sent at random
     to a loop of waits), left that future's lock held, so the pool's manager thread blocked on
@@ -779,7 +779,7 @@ print("codes", first, second)
 def test_a_stop_in_numbas_import_leaves_a_callers_later_runs_working(tmp_path):
     """A caller's ``main([...])`` took a SIGTERM that landed in numba's import (its first run's,
     seconds on a cold cache): raised there, it left numba half imported, and every later run
-    in the process failed, "module 'numba' has no attribute 'core'" (the g68 review). Held
+    in the process failed, "module 'numba' has no attribute 'core'". Held
     until the import is done, as Ctrl-C is: the run is stopped, the next one runs."""
     env = {**os.environ, "FSTACK_DASK_ENGINE": "compiled"}
     done = subprocess.run([sys.executable, "-c", _A_STOP_IN_NUMBAS_IMPORT, str(tmp_path)],
@@ -850,7 +850,7 @@ restore()
 def test_a_stop_signal_wrapped_where_it_landed_still_waits_for_the_running_tasks():
     """Python 3.11 wraps the interruption a signal raises in a class body's ``__set_name__``
     in a RuntimeError: landing so in a failed run's wait for its running tasks, it ended the
-    wait as an error, and the run released its lock with tasks still writing (g87). It is the
+    wait as an error, and the run released its lock with tasks still writing. It is the
     interruption it wraps: the wait goes on to its end, then the run stops as terminated."""
     done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_CLASS_BODY_DURING_A_WAIT],
                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
@@ -882,7 +882,7 @@ def test_a_wait_failing_while_the_runs_ctrl_c_is_handled_ends_with_its_error():
     """A run's wait for its tasks, begun while it handles the Ctrl-C that stopped it, whose
     step failed for another reason (its scheduler gone): the Ctrl-C, behind every such error,
     was taken for a new interruption and the step called again, for ever, the program spinning
-    until killed (g92). Its error ends the wait."""
+    until killed. Its error ends the wait."""
     done = subprocess.run([sys.executable, "-c", _A_WAIT_FAILING_AFTER_A_CTRL_C],
                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.stdout.split() == ["OSError", "1"], done.stdout + done.stderr[-2000:]

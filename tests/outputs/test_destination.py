@@ -347,7 +347,7 @@ def test_an_overwrite_cut_short_is_found_by_a_run_into_dst_spelled_otherwise(exf
     """On a case-insensitive filesystem an overwrite of out.zarr killed before its swap left
     .out.zarr.fstack-staging-...; a --resume spelled Out.zarr did not see it ("already
     complete; nothing to resume"), nor did an --overwrite spelled so remove it: hidden beside
-    dst for good (g93). It is dst's, however dst is spelled: resumed and swapped in."""
+    dst for good. It is dst's, however dst is spelled: resumed and swapped in."""
     import subprocess
     import sys
 
@@ -385,7 +385,7 @@ main(["fuse", *sys.argv[1:], "--overwrite", "--nhsize", "5", "--no-progress"])
 def test_a_replacement_in_place_cut_short_is_finished_by_a_run_spelled_otherwise(exfat):
     """dst replaced entry by entry (its folder cannot be renamed), killed half way: a
     --resume into it spelled Out.zarr on a case-insensitive filesystem did not find the
-    staged output its record names (.out.zarr...) and said it "is gone", exit 2 (g93)."""
+    staged output its record names (.out.zarr...) and said it "is gone", exit 2."""
     import subprocess
     import sys
 

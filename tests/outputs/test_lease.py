@@ -524,7 +524,7 @@ def test_a_users_file_named_lock_in_the_state_folder_is_never_taken_over(tmp_pat
     """A user's file at ``out.zarr/.fstack_dask/lock`` (no lock of ours): every run was
     refused "being written by another run (unreadable lock) ... wait for it to finish", a run
     that no one ran; once its age passed the stale age, a --resume or --overwrite took it over
-    as a stale lock, and the user's file was gone (g101). Each run is refused at once, one
+    as a stale lock, and the user's file was gone. Each run is refused at once, one
     line saying what the file is and what to do, and nothing changes."""
     src, dst = write_src(tmp_path / "src.zarr"), tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0

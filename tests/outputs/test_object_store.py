@@ -219,7 +219,7 @@ def test_a_dst_in_a_bucket_that_does_not_exist_is_refused(s3, bucket):
 
 def test_write_stack_into_a_bucket_that_does_not_exist_is_one_line_naming_it(s3, bucket):
     """write_stack("s3://typo/x.zarr") raised s3fs's "The specified bucket does not exist",
-    naming neither the parameter nor the bucket (a sweep of contract 4, g47)."""
+    naming neither the parameter nor the bucket."""
     fs, b = bucket
     typo = f"{b}x"
     with pytest.raises(FileNotFoundError) as info:
@@ -233,7 +233,7 @@ def test_write_stack_into_a_bucket_that_does_not_exist_is_one_line_naming_it(s3,
 
 @pytest.mark.parametrize(
     ("spelling", "holds"),
-    # (s3://b/. was told to try 's3://b/./fused.zarr': the g44 review)
+    # (s3://b/. was told to try 's3://b/./fused.zarr')
     [("s3://{b}", "nothing"), ("s3://{b}/", "objects"), ("s3://{b}/x/..", "objects")],
 )
 def test_a_whole_bucket_as_dst_is_refused_and_no_bucket_made(s3, bucket, spelling, holds):
@@ -262,7 +262,7 @@ def test_a_whole_bucket_as_dst_is_refused_and_no_bucket_made(s3, bucket, spellin
 
 def test_an_upper_case_scheme_names_the_bucket_it_spells(s3, bucket):
     """S3://b/out.zarr (a scheme is case-insensitive): fsspec kept 'S3:' as the bucket, and
-    the run was refused blaming --dst-storage-options (the g44 review); it now writes
+    the run was refused blaming --dst-storage-options; it now writes
     b/out.zarr, and S3://b is refused as a whole bucket."""
     fs, b = bucket
     src = f"s3://{b}/src.zarr"
@@ -1063,7 +1063,7 @@ def test_a_users_object_put_inside_an_array_while_an_s3_overwrite_runs_keeps_the
 ):
     """A user's ``0/annotations/x.csv`` put into the output on S3 while an overwrite of it
     ran (after its check): the swap removed the previous output's chunks around it, left
-    hidden beside dst, said only as "kept ... : fstack_dask did not write them" (g101). The
+    hidden beside dst, said only as "kept ... : fstack_dask did not write them". The
     previous output is kept whole there, and a warning names the file and the folder, as
     on a local disk."""
     import logging

@@ -307,7 +307,7 @@ def test_a_fresh_tiff_run_in_an_overlay_where_statx_is_refused_removes_its_worki
     """/proc/self/mountinfo masked and statx refused (an older runtime's seccomp profile), in
     an overlay (a container's root): name_to_handle_at, asked where a mount starts, is
     refused EOPNOTSUPP there (it gives no handles to open files by), and the fresh TIFF run
-    left its working store beside the TIFF, with a warning (g70); asked for a handle that
+    left its working store beside the TIFF, with a warning; asked for a handle that
     only identifies the file, it tells the mount: the store goes."""
     import os
 
@@ -387,7 +387,7 @@ def test_a_replacement_cut_short_whose_staged_output_was_removed_says_so(image, 
 
 def test_a_replacement_cut_short_whose_dst_was_renamed_says_so(image, made):
     """A user renamed dst (out.zarr to moved.zarr) left half replaced: info and every run
-    said the staged output it was taking in "is gone", naming it where it was (g93). They
+    said the staged output it was taking in "is gone", naming it where it was. They
     say dst was renamed, and what to do; renamed back, --resume finishes it."""
     import os
 
@@ -416,7 +416,7 @@ def test_a_copy_spelled_otherwise_of_a_replacement_cut_short_takes_nothing_of_it
     """On a disk that tells case, Out.zarr, a copy of out.zarr taken while out.zarr was half
     replaced: a --resume into Out.zarr took out.zarr's staged output (its record names it
     without regard to case: for exFAT), and out.zarr was left "parts of the two outputs, no
-    image, nothing to resume" (g101). It is refused, as a copy otherwise named is, and
+    image, nothing to resume". It is refused, as a copy otherwise named is, and
     out.zarr's --resume finishes out.zarr."""
     import os
 
@@ -441,7 +441,7 @@ def test_a_copy_spelled_otherwise_of_a_replacement_cut_short_takes_nothing_of_it
 def test_info_of_a_replacement_cut_short_before_or_after_its_moves_says_so(image, made, step):
     """Killed once dst's record named the staged output, or once every entry had moved, info
     said "complete" and, of the staged output, "12 of 12 blocks done; resumable: ... computes
-    only the blocks left" (g93): it says which output dst is, and that --resume finishes."""
+    only the blocks left": it says which output dst is, and that --resume finishes."""
     import os
 
     args = ["fuse", made / "src.zarr", image / "out.zarr", "--depth-map"]
@@ -534,7 +534,7 @@ _OVERTAKEN = textwrap.dedent(r"""
 def test_a_resume_of_a_replacement_cut_short_that_another_run_is_finishing_says_so(image, made):
     """--resume and --overwrite into a replacement cut short at once, the overwrite first to
     dst's lock: the resume read dst's record, the old output's, and refused "was started with
-    different depth_map ... start over with --overwrite and without --resume" (g82). It says
+    different depth_map ... start over with --overwrite and without --resume". It says
     another run is writing dst; that run's output is whole."""
     import os
 

@@ -554,7 +554,7 @@ def test_an_overwrite_of_an_output_with_a_users_file_inside_an_array_is_refused(
     and a link there: an --overwrite removed the chunks around them and left them in the
     previous output, hidden beside dst (a warning, exit 0), or, of an unfinished output, in
     dst's arrays around the new chunks, where one named like a chunk of the new grid was
-    overwritten or deleted by the new run (g96). It is refused before anything is computed:
+    overwritten or deleted by the new run. It is refused before anything is computed:
     one line naming them, exit 2, nothing changed."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
@@ -586,7 +586,7 @@ def test_a_users_file_put_inside_an_array_while_an_overwrite_runs_keeps_the_old_
     """A user's ``0/annotations/x.csv`` put into the output while an overwrite of it ran (after
     its check refused none): the swap removed the previous output's chunks around it and left
     it in a hidden folder beside dst, said only as "kept ... : fstack_dask did not write
-    them", and so did the next run (g96). The previous output is kept whole there, a warning
+    them", and so did the next run. The previous output is kept whole there, a warning
     naming the file, the folder and what to do, by this run and the next."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
@@ -932,9 +932,9 @@ WRITTEN_INTO_AFTER_IT_WAS_JUDGED = textwrap.dedent(
 def test_a_users_file_put_into_a_claim_left_beside_dst_as_it_is_emptied_is_kept(tmp_path):
     """A staging folder an overwrite killed while claiming it left is emptied by the next
     overwrite: judged a claim, then every entry its state folder held by then was unlinked,
-    a user's notes.txt written there meanwhile too (g93). Each is asked again before it
+    a user's notes.txt written there meanwhile too. Each is asked again before it
     goes: the user's is kept, and the folder with it, named in a warning by this run and the
-    next (it stayed hidden beside dst, unnamed: g96)."""
+    next (it stayed hidden beside dst, unnamed)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
@@ -1246,7 +1246,7 @@ def test_a_kill_right_after_the_swap_loses_no_user_file(tmp_path):
 def test_a_source_inside_the_previous_output_a_kill_left_is_not_moved_into_dst(tmp_path):
     """Killed right after its swap, an overwrite left the previous output beside dst with a
     user's stack inside it, which the next run moves back into dst. A run whose source was
-    that stack moved it into dst while it read it (g53). It stays where it is, the
+    that stack moved it into dst while it read it. It stays where it is, the
     previous output with it, and a warning says so; the run writes dst."""
     seed = write_src(tmp_path / "seed.zarr")
     dst = tmp_path / "out.zarr"
@@ -1346,7 +1346,7 @@ def test_a_source_inside_the_previous_output_a_kill_hid_is_not_moved(tmp_path):
     """A kill between the two renames of a swap left the previous output hidden beside dst
     ('.NAME.fstack-staging-old-*'), with a user's stack kept inside it (entries not ours move
     along with an overwrite). A run whose source is that stack put the hidden folder back
-    into dst, moving the source with it ("restored ..."), then refused: dst existed (g53).
+    into dst, moving the source with it ("restored ..."), then refused: dst existed.
     The source is never moved: the previous output stays hidden and the run writes dst."""
     seed = write_src(tmp_path / "seed.zarr")
     dst = tmp_path / "out.zarr"
@@ -1580,7 +1580,7 @@ def test_a_source_bound_inside_an_output_is_never_removed_with_it(tmp_path, monk
     bind_or_skip(src, inside)
     try:
         before = tree_digest(src)
-        # (unfinished: refused as holding a user's folder inside an array, g96)
+        # (unfinished: refused as holding a user's folder inside an array)
         refusals = (ValueError, PermissionError, *([] if finished else [FileExistsError]))
         with pytest.raises(refusals, match="depth/7"):
             fuse_zarr(src, dst, chunks=CHUNK, depth_map=True, overwrite=True, progress=False)
@@ -1600,7 +1600,7 @@ def test_a_source_bound_inside_an_output_is_kept_where_mounts_are_masked(tmp_pat
     the old output's ``0/c`` had its files deleted as the level's chunks by ``--overwrite``,
     which said to ``rm -r`` the rest (a ninth adversarial run). Each folder is now asked
     (statx) whether a mount starts there, or where statx is refused (seccomp, x86_64's
-    number) whether its mount id differs from its parent's (g62): refused before anything is
+    number) whether its mount id differs from its parent's: refused before anything is
     computed, the source and the old output kept."""
     from safety_util import NO_STATX_CLI
 
@@ -1633,7 +1633,7 @@ def test_a_tiff_overwrite_where_no_mount_point_can_be_told_is_refused_naming_dst
     """A hardened container masks /proc/self/mountinfo and refuses statx (an older runtime's
     seccomp profile) and name_to_handle_at: whether a TIFF dst is a mount point cannot be
     told. ``--overwrite`` failed "cannot read the mount table ...", naming no parameter, exit
-    1 (g53); as for a Zarr dst, it is refused in one line naming dst, exit 2, nothing
+    1; as for a Zarr dst, it is refused in one line naming dst, exit 2, nothing
     written."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.tif"
@@ -1656,10 +1656,10 @@ def test_a_tiff_overwrite_where_no_mount_point_can_be_told_is_refused_naming_dst
 )
 def test_a_fresh_tiff_run_where_statx_is_refused_removes_its_working_store(tmp_path):
     """/proc/self/mountinfo masked and statx refused (an older runtime's seccomp profile):
-    a fresh TIFF run could not tell whether a mount started in its working store, left it
-    beside the TIFF and warned of '.../out.tif/.fstack_dask', a path that does not exist
-    (g62). Where a mount starts is told by the mount id (name_to_handle_at) there: the store
-    goes; where that is refused too, the store is kept, the warning naming its real path."""
+        a fresh TIFF run could not tell whether a mount started in its working store, left it
+        beside the TIFF and warned of '.../out.tif/.fstack_dask', a path that does not exist
+    . Where a mount starts is told by the mount id (name_to_handle_at) there: the store
+        goes; where that is refused too, the store is kept, the warning naming its real path."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.tif"
     proc = masked_cli("fuse", src, dst, *FUSE, no_statx=True)
@@ -1856,7 +1856,7 @@ def test_an_overwrite_unlinks_only_our_names_of_hard_linked_files(tmp_path, old)
     """A user's file hard-linked into an old output (beside our entries; one inside a level
     refuses the overwrite since g96) and a chunk of ours hard-linked out of it (a backup): an
     overwrite (a swap, or a clear in place of an unfinished run) removes our names only;
-    every link's file keeps its bytes, and the user's name stays in the output (g76)."""
+    every link's file keeps its bytes, and the user's name stays in the output."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     if old == "complete":

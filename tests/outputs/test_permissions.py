@@ -620,8 +620,8 @@ def test_an_overwrite_of_a_dst_marked_immutable_or_append_only_is_refused_first(
     swap and said to rerun with --resume, which failed so again; dst marked immutable was
     blamed on its owner, root itself ("ask its owner"). Refused before anything is written,
     naming the mark and how to clear it (a ninth adversarial run). A TIFF dst still computed
-    it all, failed so at its swap and left its working folder beside it (g52). Each exits 2,
-    as a usage error: an immutable dst exited 1, an append-only one 2 (g62)."""
+    it all, failed so at its swap and left its working folder beside it. Each exits 2,
+    as a usage error: an immutable dst exited 1, an append-only one 2."""
     src = write_src(tmp_path / "src.zarr")
     home = tmp_path / "archive"
     home.mkdir()
@@ -669,7 +669,7 @@ def test_an_overwrite_that_cannot_clear_an_append_only_folder_names_its_mark(tmp
                                                                              request):  # fmt: skip
     """An unfinished output whose chunk folder is marked append-only (``chattr +a``): its
     files may not be removed, and the overwrite said "[Errno 1] Operation not permitted:
-    '.../0/c/0/0'", naming the file, not the folder's mark nor how to clear it (g53). One
+    '.../0/c/0/0'", naming the file, not the folder's mark nor how to clear it. One
     line naming dst, the folder's mark and ``chattr -a``; the rest kept; a rerun of
     --overwrite finishes once the mark is cleared. (Since g53's check of the marks inside an
     output before anything is written, the refusal comes before the clear: exit 2, g76.)"""
@@ -697,11 +697,11 @@ def test_an_overwrite_of_an_output_with_a_mark_inside_is_refused_first(tmp_path,
     """A chunk file or folder inside a complete output marked immutable or append-only
     (``chattr``, which binds root too): the overwrite computed it all, swapped, then could
     not remove the old output and left it beside dst with a warning; an immutable folder was
-    blamed on its owner, root itself ("ask its owner") (g53). Refused before anything is
+    blamed on its owner, root itself ("ask its owner"). Refused before anything is
     written, naming the marked path, the mark and how to clear it. So is dst's own zarr.json
-    marked, which the walk of dst's folders missed: swapped, then left beside dst (g60).
+    marked, which the walk of dst's folders missed: swapped, then left beside dst.
     Exit 2, as dst marked itself, refused before anything is written (it exited 1 where a
-    mark on dst or its parent exited 2: the same refusal, a usage error, g76)."""
+    mark on dst or its parent exited 2: the same refusal, a usage error)."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0
@@ -724,7 +724,7 @@ def test_a_marked_file_of_a_user_left_with_the_old_output_is_told_to_clear_its_m
     tmp_path, request
 ):
     """A user's notes.txt in the old output marked immutable (chattr +i) cannot be moved into
-    the new one: the warning said 'chmod u+w', which moves it no more (g60). It names the
+    the new one: the warning said 'chmod u+w', which moves it no more. It names the
     mark and how to clear it; the file is kept with the previous output."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"

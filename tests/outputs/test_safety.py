@@ -99,7 +99,7 @@ def test_every_spelling_of_one_place_is_one_location(tmp_path, monkeypatch):
         ("", ValueError, "non-empty"),
         ("memory://", ValueError, "names no place"),
         # its root spelled otherwise: an --overwrite there staged the output inside itself,
-        # then failed, the output broken (the g44 review)
+        # then failed, the output broken
         ("memory://.", ValueError, "names no place"),
         ("memory://x/..", ValueError, "names no place"),
         ("Memory:///./", ValueError, "names no place"),

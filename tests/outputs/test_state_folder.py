@@ -121,7 +121,7 @@ def test_a_complete_outputs_state_folder_holding_only_our_names_goes_on_resume(t
     """A resume killed once its finish removed the record, where a kill during an earlier
     record's write left its temporary file: the next --resume of the complete output left
     the state folder with that file for good (it dropped only the record, the markers and
-    the file list; g82)."""
+    the file list)."""
     from safety_util import KILLED_WHILE_REMOVING
 
     src = write_src(tmp_path / "src.zarr")
@@ -145,7 +145,7 @@ def test_a_claim_an_earlier_release_was_killed_in_is_taken_over(tmp_path, how):
     """A run of an earlier release killed while it claimed dst, its lock written aside but
     not yet linked: dst holds ``.fstack_dask/`` with that name alone. Every run, --resume and
     --overwrite too, refused dst for good as "a folder with other content ('.fstack_dask'),
-    not an fstack_dask output" (the g84 review): it is a claim, taken over; nothing kept."""
+    not an fstack_dask output": it is a claim, taken over; nothing kept."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     (dst / ".fstack_dask" / "done").mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_a_claim_an_earlier_release_was_killed_in_is_taken_over(tmp_path, how):
 def test_a_users_folder_named_like_a_done_marker_does_not_stop_a_resume(tmp_path):
     """A user's folder in ``.fstack_dask/done/`` named as a block's marker is (``99_99``,
     holding a file): every --resume failed "[Errno 21] Is a directory: ... done/99_99; dst
-    is kept with 10 of 9 blocks done; rerun with --resume to continue" (the g84 review). A
+    is kept with 10 of 9 blocks done; rerun with --resume to continue". A
     marker is a file: the resume finishes, the folder and its file kept and named."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"

@@ -254,7 +254,7 @@ def test_overwrite_resume_and_already_exists(tmp_path):
 @pytest.mark.parametrize("spelled", ["out.tif/.", "sub/../out.tif", "out.ome.tiff/./"])
 def test_a_tiff_dst_spelled_another_way_is_a_tiff(tmp_path, spelled):
     """``out.tif/.`` names the place ``out.tif`` does: it was written as a Zarr folder named
-    ``out.tif``, exit 0, that no TIFF reader opens (g102). Now the TIFF, however spelled; a
+    ``out.tif``, exit 0, that no TIFF reader opens. Now the TIFF, however spelled; a
     rerun so spelled is "already exists" as for the plain name."""
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(64, 80), planes=5, channels=1)
@@ -677,7 +677,7 @@ def test_a_tiff_on_exfat_is_written_and_overwritten(tmp_path, exfat):
     name is claimed exclusively, then the finished TIFF moved over the claim. The working
     store beside it goes: every run there warned that it "could not be removed ([Errno 39]
     Directory not empty)", left empty, exfat-fuse keeping the lock file unlinked while its
-    flock was held as a hidden file till it was closed (g58)."""
+    flock was held as a hidden file till it was closed."""
     src = tmp_path / "stack.ome.zarr"
     _grey_source(src, shape=(100, 140), planes=4, channels=1)
     ref = tmp_path / "ref.tif"
@@ -822,7 +822,7 @@ _KILLED_AT_THE_CLAIMS_WRITE = textwrap.dedent("""
 def test_an_empty_claim_left_on_exfat_is_told_for_what_it_may_be(tmp_path, exfat):
     """Killed (or the power lost) between creating its claim of dst's name on exFAT and
     writing it, a run left an empty file at dst, and --resume said "exists and is a file
-    fstack_dask did not write ... choose another dst" of the run's own claim (g62). An empty
+    fstack_dask did not write ... choose another dst" of the run's own claim. An empty
     file is not taken for ours (a user's looks the same): the refusal says what it may be,
     and that removing it lets --resume finish."""
     ref, dst, args = _killed_on_exfat(tmp_path, exfat, _KILLED_AT_THE_CLAIMS_WRITE)

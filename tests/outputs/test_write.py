@@ -428,9 +428,9 @@ def test_write_stack_refuses_a_bool_for_an_int_a_float_format_and_an_unreachable
 ):
     """chunks=(True, 4, 4) was taken for a chunk of 1 plane and zarr_format=3.0 for 3 (a
     bool or a float for an int), and an ftp:// path without its options stopped in fsspec's
-    TypeError, naming nothing (a sweep of contract 4, g41)."""
+    TypeError, naming nothing."""
     monkeypatch.chdir(tmp_path)
-    wrong_type = TypeError if kwargs else ValueError  # a type's fault is a TypeError (g81)
+    wrong_type = TypeError if kwargs else ValueError  # a type's fault is a TypeError
     with pytest.raises(wrong_type, match=says) as info:
         write_stack(path, _stack(), axes="zyx", **kwargs)
     assert "\n" not in str(info.value)
@@ -452,7 +452,7 @@ def test_write_stack_takes_numpy_integers_for_zarr_format(tmp_path):
 def test_write_stack_takes_numpy_chunks_and_names_a_wrong_type_as_such(tmp_path):
     """chunks=np.array([2, 4, 4]) (fuse takes one) was refused as no 3 positive ints; and a
     wrong type (chunks of floats or strings, zarr_format '3', stall_timeout '60') raised the
-    ValueError of a wrong value where fuse's options raise a TypeError (the g81 review)."""
+    ValueError of a wrong value where fuse's options raise a TypeError."""
     write_stack(tmp_path / "np.zarr", _stack(), axes="zyx", chunks=np.array([2, 4, 4]))
     assert zarr.open_array(str(tmp_path / "np.zarr" / "0"), mode="r").chunks == (2, 4, 4)
     for kwargs in ({"chunks": (2.0, 4, 4)}, {"chunks": ("2", 4, 4)}, {"chunks": 4},
@@ -717,7 +717,7 @@ def test_write_stack_into_a_path_another_writer_takes_meanwhile_leaves_its_store
 ):
     """Two write_stack calls into one new path (array jobs converting one stack) both passed
     the check that it is new: both wrote into one store, each "done", or the one zarr refused
-    removed the other's finished store as its own failed start (g102). Another process's
+    removed the other's finished store as its own failed start. Another process's
     write_stack, run between this call's check and its first write, keeps its store whole;
     this call is refused, one line naming the path."""
     import subprocess

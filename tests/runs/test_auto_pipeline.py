@@ -110,7 +110,7 @@ def test_values_beyond_the_auto_sample_overflowing_its_nhsize_say_what_fits(tmp_
         in said
         and "pass --nhsize 3 (it holds them) with --overwrite, or rescale the data;" in said
     ), said
-    # --auto (not --nhsize auto) is named as given (it said "--nhsize auto chose"; g81)
+    # --auto (not --nhsize auto) is named as given (it said "--nhsize auto chose")
     done = subprocess.run([*run, "--auto", "--overwrite", "--no-progress"], capture_output=True,
                           text=True, check=False)  # fmt: skip
     assert "which the sample from which --auto chose nhsize=" in done.stderr, done.stderr
@@ -176,7 +176,7 @@ def test_auto_refuses_an_existing_tiff_dst_before_reading_its_sample(noisy, tmp_
 
 def test_auto_on_a_cluster_refuses_its_dst_before_reading_its_sample(noisy, tmp_path, monkeypatch,
                                                                      capsys):  # fmt: skip
-    # The CLI's cluster path planned (reading "auto"'s sample) before it examined dst (g88)
+    # The CLI's cluster path planned (reading "auto"'s sample) before it examined dst
     from fstack_dask._cli.main import main
 
     src, _ = noisy

@@ -212,7 +212,7 @@ def test_cluster_workers_load_the_kernel_while_the_run_is_prepared():
 @pytest.mark.parametrize(
     "error",
     # (llvmlite's library not loaded raises an OSError: taken for the worker gone by 1d3812d,
-    # the run went on and failed at that worker's first block; the g44 review)
+    # the run went on and failed at that worker's first block)
     ["ImportError('Numba needs NumPy 0.1 or less')", "OSError('Could not find/load shared "
      "object file libllvmlite.so')"],
 )  # fmt: skip
@@ -252,7 +252,7 @@ def test_a_worker_gone_during_the_engine_check_leaves_the_run_to_the_others():
     """A worker that died as the run asked each worker whether it could run the engine (a
     node lost; its nanny restarting it) failed the run there, exit 1, with distributed's
     'CommClosedError in <TCP (closed) Scheduler Broadcast ...>' naming nothing, where its
-    tasks would go to the other workers (96d1825's check; the g43 review)."""
+    tasks would go to the other workers (96d1825's check)."""
     from distributed import Client, LocalCluster
 
     from fstack_dask._runs.device import require_engine_on_workers
@@ -301,7 +301,7 @@ def test_every_worker_gone_during_the_engine_check_refuses_the_run_in_one_line(
 ):
     """Every worker of the cluster died as the run asked them whether they could run the
     engine (no nanny to restart them): the check passed with nothing asked, and the run
-    went on to the blocks (the g55 brief). Now it waits for a worker, then refuses."""
+    went on to the blocks. Now it waits for a worker, then refuses."""
     from distributed import Client, LocalCluster
 
     from fstack_dask._runs import device
@@ -476,7 +476,7 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
     """A worker that joined after the run asked its workers about the engine (``adapt()``, a
     batch job starting late), its numba broken: each of its blocks failed as the source's
     ("block 0.0 ... of <src> engine='compiled' needs numba"), the run went on with the other
-    workers and ended telling to repair the source (g47); one without the GPU of a
+    workers and ended telling to repair the source; one without the GPU of a
     device='cuda' run failed in a line naming no worker. Now its first block stops the run,
     one line naming the worker, before it writes any; a resume on good workers completes
     (the CPU's: the GPU's, on numba's simulator, would take minutes)."""
@@ -517,10 +517,10 @@ def test_a_worker_that_joins_after_the_check_and_cannot_fuse_stops_the_run(
 
 def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypatch):
     """The table of variables (docs/cli.md): FSTACK_DASK_CUDA_PINNED=maybe on a worker that joins a
-    device='cuda' run after its check warns and pins. The block's own GPU check (5d7d14e)
-    asked cuda_problem, which refuses the variable: the run stopped, "device='cuda' cannot
-    run with this environment ... (on worker ..., which joined the run after its check)"
-    (g51). Now the late worker fuses, the CPU's bits (numba's simulator for the GPU)."""
+        device='cuda' run after its check warns and pins. The block's own GPU check (5d7d14e)
+        asked cuda_problem, which refuses the variable: the run stopped, "device='cuda' cannot
+        run with this environment ... (on worker ..., which joined the run after its check)"
+    . Now the late worker fuses, the CPU's bits (numba's simulator for the GPU)."""
     from distributed import Client
 
     src = tmp_path / "small.zarr"
@@ -544,7 +544,7 @@ def test_a_late_worker_with_a_bad_cuda_pinned_warns_and_pins(tmp_path, monkeypat
 
 def test_a_worker_gone_during_the_cuda_check_leaves_the_run_to_the_others():
     """As the engine's check (1d3812d): a worker that died as require_device asked each
-    worker about the GPU failed the run with distributed's CommClosedError (g47)."""
+    worker about the GPU failed the run with distributed's CommClosedError."""
     from distributed import Client, LocalCluster
 
     from fstack_dask._runs.device import require_device
@@ -561,7 +561,7 @@ def test_a_worker_gone_during_the_cuda_check_leaves_the_run_to_the_others():
 def test_an_in_memory_array_on_an_adaptive_cluster_scaled_to_no_worker_runs(tmp_path):
     """``fuse_zarr(numpy_array, scheduler=client)`` on ``cluster.adapt(minimum=0)`` with no
     worker yet: the array's scatter (no task: adapt starts none for it) waited 30 s and failed
-    "No valid workers found" (g64). A task now asks for a worker, held until the scatter is
+    "No valid workers found". A task now asks for a worker, held until the scatter is
     done: the same bytes as the threads scheduler."""
     from distributed import Client, LocalCluster
 
@@ -604,7 +604,7 @@ def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_
             fuse_zarr(stack.transpose(2, 0, 1), tmp_path / "out.zarr", axes="zyx",
                       scheduler=client, progress=False, stall_timeout=3)  # fmt: skip
         # nor is the Event set to free the worker it waited for left on the scheduler (a
-        # task that never ran cannot drop it: one was left a run, g75)
+        # task that never ran cannot drop it: one was left a run)
         assert not _a_worker_events(client)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.zarr" / "0").exists()
@@ -613,7 +613,7 @@ def test_an_in_memory_array_on_a_cluster_without_workers_stalls_in_one_line(tmp_
 def test_a_cluster_scaled_to_no_worker_and_not_adaptive_fails_without_the_stall_wait(tmp_path):
     """A LocalCluster scaled to 0 (or whose one worker was retired, during the engine's check
     too), not adaptive: nothing will start a worker, yet the run waited out stall_timeout
-    (600 s by default) before its one line (the g75 brief); it says so after 10 s."""
+    (600 s by default) before its one line; it says so after 10 s."""
     from distributed import Client, LocalCluster
 
     from fstack_dask._runs.waiting import StalledError
@@ -638,7 +638,7 @@ def test_a_worker_asked_for_just_before_the_run_and_slow_to_start_is_waited_for(
     """cluster.scale(1) on a LocalCluster without workers just before the run, its worker 15 s
     to start (a loaded node, imports on a slow shared file system): the cluster has a worker
     object only once it started, so the run was failed after 10 s, "not adaptive and has
-    none to start", a valid run refused (g80)."""
+    none to start", a valid run refused."""
     from distributed import Client, LocalCluster
 
     preload = tmp_path / "slow_start.py"
@@ -658,7 +658,7 @@ def test_a_worker_asked_for_just_before_the_run_and_slow_to_start_is_waited_for(
 def test_a_client_closed_as_the_in_memory_source_is_sent_is_said_so(tmp_path, local_cluster):
     """Another thread closed the run's Client as it sent the in-memory source to the
     workers: the run failed "CommClosedError in <TCP (closed) ConnectionPool.scatter ...>"
-    or "'NoneType' object has no attribute 'scatter'", not what 3dc0707 says (g80)."""
+    or "'NoneType' object has no attribute 'scatter'", not what 3dc0707 says."""
     from distributed import Client
 
     from fstack_dask._runs.waiting import SchedulerLostError
@@ -684,7 +684,7 @@ def test_a_client_closed_as_the_in_memory_source_is_sent_is_said_so(tmp_path, lo
 
 def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local_cluster):
     """A notebook's other thread closed the run's Client: the run said "lost the connection
-    to the dask scheduler at ?" of a scheduler that ran on (g75)."""
+    to the dask scheduler at ?" of a scheduler that ran on."""
     from distributed import Client
 
     from fstack_dask._runs.waiting import SchedulerLostError
@@ -707,7 +707,7 @@ def test_a_client_closed_mid_run_is_said_so_naming_the_scheduler(tmp_path, local
         f"another thread?); make a new Client for the scheduler at {address}; "
     ), info.value
     # nor is the run's shield left on the scheduler, its workers ignoring SIGINT for good, a
-    # restarted one too (only a running Client removed it: g80)
+    # restarted one too (only a running Client removed it)
     assert not [k for k in local_cluster.scheduler.worker_plugins if "shield" in k]
     with Client(local_cluster, set_as_default=False) as again:
         ignoring = again.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)

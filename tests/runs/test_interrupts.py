@@ -131,7 +131,7 @@ def test_a_signal_as_a_worker_process_is_spawned_is_one_line(stack, tmp_path, si
     """The signal, landing between a worker process's spawn and the data sent to start it,
     left that process to print multiprocessing's "EOFError: Ran out of input" traceback under
     the run's one line (g87's fuzzer: 1 run in 50 stopped at random moments). Two signals
-    there: the second was lost, a batch system's SIGTERM after a Ctrl-C exit 130 (g100); a
+    there: the second was lost, a batch system's SIGTERM after a Ctrl-C exit 130; a
     stop signal's status wins, whichever came first, as elsewhere in a run."""
     dst = tmp_path / "out.zarr"
     proc = subprocess.run(
@@ -292,7 +292,7 @@ def test_a_ctrl_c_wrapped_where_it_landed_stops_a_notebooks_run_as_one_does(
     """A notebook's Ctrl-C landing in a class body (a module importing as a block is read:
     Python 3.11 wraps it in a RuntimeError "Error calling __set_name__") failed the run
     as an error, "...; nothing was written", its output removed; the CLI said "interrupted"
-    of it (g87). It stops the run as a Ctrl-C does: a KeyboardInterrupt, the lock released,
+    of it. It stops the run as a Ctrl-C does: a KeyboardInterrupt, the lock released,
     the output kept, and the resume ends it as a run never stopped would have."""
     import numpy as np
 
@@ -470,7 +470,7 @@ def test_paused_workers_fail_after_the_stall_timeout_naming_the_cause(stack, tmp
 
 def test_a_stall_names_the_config_files_memory_key_where_it_set_the_budget(stack, tmp_path):
     """The budget came from the config file, yet the stall said "lower --memory-per-task"
-    (the g55 brief): it names the file's key, as the other messages on the budget do (g47)."""
+    : it names the file's key, as the other messages on the budget do."""
     config = tmp_path / "run.yaml"
     config.write_text("resources: {memory_per_task: 256MiB}\n")
     paused = [{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.01"}]
@@ -491,7 +491,7 @@ def test_a_scheduler_without_workers_is_said_not_taken_for_memory(stack, tmp_pat
 def test_a_lost_scheduler_of_another_process_s_cluster_fails_at_once(stack, tmp_path, cluster):
     """Its workers are not the run's to shield from SIGINT: the run, failed on losing the
     scheduler, then waited out its Client's timeout (30 s) to put their SIGINT handler back,
-    which they had never left (g69)."""
+    which they had never left."""
     dst = tmp_path / "out.zarr"
     proc = _popen("fuse", stack, dst, "--scheduler", cluster.address, "--chunks", "32",
                   "--no-progress", "--stall-timeout", "600")  # fmt: skip
@@ -568,7 +568,7 @@ def test_a_stop_with_a_cluster_worker_that_cannot_answer_ends_within_seconds(
 
 def test_a_scheduler_address_where_nothing_listens_is_a_usage_error(stack, tmp_path):
     """A mistyped port (nothing listening there: each connection refused) waited out
-    distributed's 30 s connect timeout, then exit 1 (the g75 brief): refused as the bad
+    distributed's 30 s connect timeout, then exit 1: refused as the bad
     --scheduler it is, exit 2, nothing written."""
     import socket
 
@@ -594,7 +594,7 @@ def test_a_scheduler_address_where_nothing_listens_is_a_usage_error(stack, tmp_p
 
 def test_a_scheduler_address_with_a_port_out_of_range_names_the_option(stack, tmp_path):
     """--scheduler tcp://127.0.0.1:99999 said only "Port out of range 0-65535", naming neither
-    the option nor the address (4cede04's check of the address; the g80 review)."""
+    the option nor the address (4cede04's check of the address)."""
     dst = tmp_path / "out.zarr"
     proc = _popen("fuse", stack, dst, "--scheduler", "tcp://127.0.0.1:99999", "--no-progress")
     _, err = proc.communicate(timeout=TIMEOUT)

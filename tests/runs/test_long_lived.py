@@ -152,7 +152,7 @@ def test_a_ctrl_c_as_the_lock_is_published_does_not_lock_out_the_process(tmp_pat
     """A real Ctrl-C (SIGINT to this process) landing as the lock, published, dropped the name
     it was written under, before the run noted its descriptor: the flock stayed held by the
     kernel, and every later run into dst was refused as "being written by" its own pid until a
-    restart (g100)."""
+    restart."""
     import os
     import signal
 
@@ -181,7 +181,7 @@ def test_a_run_called_while_its_host_handles_a_ctrl_c_takes_no_failure_for_it(
     """A script that goes on after a Ctrl-C, calling the library in its ``except
     KeyboardInterrupt:`` (a retry, a resume): a failure of that run is chained by Python to the
     old Ctrl-C, which was taken for a new one. A complete run whose lock could not be removed
-    (EIO) raised the host's KeyboardInterrupt where it warns and returns the output (g100)."""
+    (EIO) raised the host's KeyboardInterrupt where it warns and returns the output."""
     import errno
 
     from fstack_dask._outputs.lock import DestinationLock
@@ -207,9 +207,9 @@ def test_a_second_ctrl_c_inside_a_lock_s_release_releases_every_lock(
     tmp_path, monkeypatch, step, wrapped
 ):
     """An overwrite holds two locks (dst's, its staging folder's). A second Ctrl-C (or one a
-    library wrapped) landing while an interrupted run released the first left the other held
-    by the kernel: every later run into dst was refused as "being written by" its own pid
-    (g93). Every lock goes; the interruption is raised as one."""
+        library wrapped) landing while an interrupted run released the first left the other held
+        by the kernel: every later run into dst was refused as "being written by" its own pid
+    . Every lock goes; the interruption is raised as one."""
     import sys as _sys
 
     from fstack_dask._outputs import lifecycle
@@ -472,7 +472,7 @@ client.close(); cluster.close()
 def test_an_interrupted_kernel_keeps_its_local_cluster_s_workers(tmp_path):
     """A kernel's interrupt is a SIGINT to its process group, where a LocalCluster made in a
     notebook has its worker processes: they died of it (their nannies did not restart them),
-    and the next fuse_zarr, resume=True, waited 600 s for workers that never came (g65)."""
+    and the next fuse_zarr, resume=True, waited 600 s for workers that never came."""
     import subprocess
 
     res = subprocess.run(
@@ -527,7 +527,7 @@ client.close(); cluster.close()
 
 def test_a_worker_restarted_during_a_run_is_kept_through_the_kernel_s_interrupt(tmp_path):
     """A worker its nanny restarts mid-run (killed: the OOM killer) was not shielded, only
-    those present at the start were: a kernel's interrupt then killed it for good (g75)."""
+    those present at the start were: a kernel's interrupt then killed it for good."""
     import subprocess
 
     res = subprocess.run(
@@ -582,8 +582,8 @@ client.close(); cluster.close()
 def test_an_interrupt_as_the_workers_are_shielded_or_restored_leaves_them_restored(tmp_path):
     """An interrupt that landed while the run set its workers' SIGINT handler, or put it
     back, left them ignoring SIGINT for good: the kernel's next interrupt outside a run
-    could no longer stop them (g75). Nor does it say the warning of the waits for running
-    tasks beside the run's "interrupted" (g86)."""
+    could no longer stop them. Nor does it say the warning of the waits for running
+    tasks beside the run's "interrupted"."""
     import subprocess
 
     res = subprocess.run(
@@ -594,7 +594,7 @@ def test_an_interrupt_as_the_workers_are_shielded_or_restored_leaves_them_restor
     assert res.stdout.split() == [
         "set", "interrupted", "set", "restored", "restore", "interrupted", "restore", "restored"
     ], res.stdout  # fmt: skip
-    # nor said the warning of a wait for running tasks that the shield's few ms are not (g86)
+    # nor said the warning of a wait for running tasks that the shield's few ms are not
     assert "waiting for the running tasks" not in res.stderr, res.stderr[-3000:]
 
 
@@ -626,8 +626,8 @@ except Exception as exc:
 def test_a_local_cluster_whose_workers_an_interrupt_ended_is_said_at_once(tmp_path, source):
     """A kernel's interrupt ends a LocalCluster's worker processes (dask/distributed#1925) and
     their nannies do not restart them: the next fuse_zarr on it waited out the stall timeout
-    (600 s), then said to start workers with 'dask worker ADDRESS' (g65). So did a NumPy
-    array's, whose scatter waits for a worker (the g68 review)."""
+    (600 s), then said to start workers with 'dask worker ADDRESS'. So did a NumPy
+    array's, whose scatter waits for a worker."""
     import subprocess
 
     res = subprocess.run(
@@ -705,7 +705,7 @@ sys.exit(main(["fuse", *sys.argv[2:], "--no-progress", "--chunks", "48"]))
 def test_a_wrapped_interrupt_once_the_output_is_complete_is_not_lost(tmp_path, where):
     """A Ctrl-C reaching the run wrapped (a RuntimeError caused by it) once the output was
     complete, as the swap tidied the previous output or the state folder went, was taken
-    for a failure to tidy: a warning, exit 0, the script's Ctrl-C ignored (g93). It is an
+    for a failure to tidy: a warning, exit 0, the script's Ctrl-C ignored. It is an
     interruption (exit 130) that says dst is complete; the next run tidies what is left."""
     import os
     import subprocess
@@ -733,7 +733,7 @@ def test_a_wrapped_interrupt_once_the_output_is_complete_is_not_lost(tmp_path, w
 
 def test_a_warning_names_the_caller_s_line_not_the_library_s(tmp_path):
     """A notebook showed fuse_zarr's warnings under a line of the library's own,
-    ``.../_runs/fusion.py:160: FstackDaskWarning: ... _warn_over_budget(fusion)`` (g65): the
+    ``.../_runs/fusion.py:160: FstackDaskWarning: ... _warn_over_budget(fusion)``: the
     line is the caller's, the cell's."""
     import warnings
 
@@ -775,7 +775,7 @@ def test_a_local_cluster_whose_worker_the_user_retired_is_not_said_interrupted(
 ):
     """The only worker of a LocalCluster retired by the user (``client.retire_workers``, not
     a scale to 0): the run's line said "its worker processes have all ended (a LocalCluster's
-    end at an interrupt ...)", blaming an interrupt nobody sent (g86). The scheduler's events
+    end at an interrupt ...)", blaming an interrupt nobody sent. The scheduler's events
     say it was removed on purpose: the line says the cluster has none to start. Also for a
     run that starts after the cluster closed the retired worker (distributed's
     lost-worker-timeout, 15 s; here 1 s), which said it "closed the worker(s) it lost ...
@@ -829,7 +829,7 @@ def test_a_worker_retired_again_and_again_is_not_said_frozen(tmp_path):
     """``client.retire_workers`` called again and again on the only worker of an adaptive
     LocalCluster mid-run: the worker, holding data no other could take, stayed closing
     gracefully (retiring, taking no task) and the run stalled, then said "the workers are
-    frozen, overloaded or unreachable; lower memory_per_task", false (the g94 brief). The
+    frozen, overloaded or unreachable; lower memory_per_task", false. The
     line says they were being retired."""
     import subprocess
 
@@ -871,7 +871,7 @@ def test_an_adaptive_cluster_whose_workers_die_at_start_is_said_so(tmp_path):
     """Every worker of an adaptive LocalCluster dies as it starts (here a preload exits; a
     package the workers cannot import alike): the run stopped in 10 s, one line, but said
     "its worker processes have all ended (a LocalCluster's end at an interrupt ...)",
-    blaming an interrupt nobody sent (the g94 brief). It says they failed to start."""
+    blaming an interrupt nobody sent. It says they failed to start."""
     import subprocess
 
     script, preload = tmp_path / "dies.py", tmp_path / "exits.py"
@@ -906,9 +906,9 @@ async def dask_setup(worker):
 
 def test_workers_that_die_running_a_task_are_said_in_one_line_with_what_is_left(tmp_path):
     """Every worker of an adaptive LocalCluster dies as it starts a block's task (here a
-    plugin exits; out of memory alike): dask fails the task after 4 deaths, KilledWorker,
-    whose line named the task's key and, its signature not ours, left out what the run left
-    (the g94 brief). One line of ours, with "nothing was written"."""
+        plugin exits; out of memory alike): dask fails the task after 4 deaths, KilledWorker,
+        whose line named the task's key and, its signature not ours, left out what the run left
+    . One line of ours, with "nothing was written"."""
     import subprocess
 
     script, preload = tmp_path / "dies.py", tmp_path / "dies_on_a_task.py"

@@ -508,7 +508,7 @@ def test_an_in_memory_stack_survives_its_cluster_worker_killed_mid_run(
     """An in-memory stack is scattered to the cluster: no lineage, lost with the worker that
     held it. The run failed with dask's multi-line FuturesCancelledError ("already
     forgotten"); the driver now sends the array again and the run finishes, identical. Its
-    progress said the blocks of the try that failed were "done before this run" (g75)."""
+    progress said the blocks of the try that failed were "done before this run"."""
     data = zarr.open_array(str(stack["src"]), mode="r")[...]  # zyx, in memory
     dst = tmp_path / "fused.zarr"
     with caplog.at_level(logging.WARNING, logger="fstack_dask"):
@@ -675,7 +675,7 @@ def _fused_in_a_thread(client, stack, dst: Path) -> tuple[list, bool]:
 def test_a_result_slow_to_fetch_is_fetched_once(tmp_path, stack, monkeypatch, exchange):
     """A task's result that takes longer to fetch than the bound the run fetched it within
     (30 s; here 0.5 s: a slow link, a loaded worker) was fetched again at each bound, each try
-    serialized anew on the worker, and none ended: the run hung (the g98 review of 037ea07).
+    serialized anew on the worker, and none ended: the run hung.
     It is fetched once, however long that takes, and the run finishes, its output the
     reference's. (Halo exchange's fuses and the blocks' own tasks alike.)"""
     from distributed.diagnostics.plugin import WorkerPlugin

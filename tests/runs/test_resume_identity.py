@@ -258,7 +258,7 @@ def test_resume_from_a_copy_under_another_name_says_where_not_that_its_metadata_
 ):
     """A copy of the source under another name is another source (its files are not the
     run's), refused; the line said "its metadata changed" too, of metadata files the copy
-    holds byte for byte (g102): now it names the location alone."""
+    holds byte for byte: now it names the location alone."""
     src = write_src(tmp_path / "src.zarr")
     dst = tmp_path / "out.zarr"
     assert cli("fuse", src, dst, *FUSE).returncode == 0

@@ -319,7 +319,7 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
     preemption's requeue end it alike): distributed closes the lost job after 15 s and, the
     cluster scaled to a fixed number of jobs, starts none in its place. The run waited the
     stall timeout, 600 s, then said "start workers for it (dask worker tcp://...)", false for
-    a batch cluster (g83). Now one line within seconds, naming the job and telling --resume,
+    a batch cluster. Now one line within seconds, naming the job and telling --resume,
     which finishes the output bit for bit as an uninterrupted run writes it. (The waits
     shortened: distributed closes the job 1 s after its worker is lost.)"""
     import re
@@ -373,7 +373,7 @@ def test_the_runs_batch_jobs_all_ended_mid_run_is_said_at_once(slurm_available, 
 def test_held_batch_jobs_are_said_at_once_and_cancelled(slurm_available, tmp_path, hold):
     """A config whose jobs are held (``--hold`` in job_extra_directives; ``scontrol hold``, an
     administrator's hold alike): none ever starts. The run waited the stall timeout, 600 s,
-    then said the jobs were "still queued or ended without a worker" (g83). Now one line
+    then said the jobs were "still queued or ended without a worker". Now one line
     within seconds naming them and the hold, exit 1, nothing written, no job left queued.
     Also a hold among other options of its line, or abbreviated, as sbatch takes them (waited
     for 600 s until g98: only ``#SBATCH --hold`` or ``-H`` was taken for the script's), after
@@ -466,7 +466,7 @@ def test_jobs_pending_for_a_reason_that_never_clears_are_said_and_cancelled(
 ):
     """A job pending for a reason that no wait clears (a walltime beyond its partition's
     limit, a dependency on a job that failed; a per-job limit alike): the run waited the stall
-    timeout, 600 s, then said the jobs were "still queued or ended without a worker" (g86). Now
+    timeout, 600 s, then said the jobs were "still queued or ended without a worker". Now
     one line within about 30 s naming the jobs and squeue's reason, exit 1, nothing written, no
     job left queued. (PartitionTimeLimit's run keeps the program's waits, 15 s and 10 s; the
     other's are shortened.)"""
@@ -619,7 +619,7 @@ def test_an_adaptive_clusters_jobs_that_end_are_replaced_and_the_run_finishes(
 ):
     """A user's adaptive SLURMCluster (``cluster.adapt``) whose job ends mid-run (scancel
     here; a walltime reached alike, checked by hand with walltime 00:01:00): the adaptor
-    submits another, and the run goes on to the output an uninterrupted run writes (g86)."""
+    submits another, and the run goes on to the output an uninterrupted run writes."""
     import numpy as np
     from distributed import Client
 
@@ -648,8 +648,8 @@ def test_adaptive_jobs_that_fail_at_start_up_are_said_in_one_line(
     exits; a python missing on the nodes, a module that does not load alike): no worker
     ever joins, the cluster takes the job for one still coming and submits none in its place.
     The run waited the stall timeout, 600 s, then said the jobs were "still queued or ended
-    without a worker" (g86). Now it says they ended without a worker, naming them, how SLURM
-    says they ended while it keeps them (a JobLaunchFailure leaves no output to see: g94) and
+    without a worker". Now it says they ended without a worker, naming them, how SLURM
+    says they ended while it keeps them (a JobLaunchFailure leaves no output to see) and
     where their output is, within seconds (the waits shortened: 6 s)."""
     import re
 
@@ -687,7 +687,7 @@ def test_a_users_own_fixed_clusters_ended_jobs_are_named(slurm_available, short_
     """A Python user's own SLURMCluster (``scale(jobs=1)``, passed as ``scheduler=``) whose
     job ends mid-run: the line said "(1 of them)" (only the command line's cluster kept its
     jobs' ids) and told to lengthen "cluster.jobqueue.walltime", a config this user has not.
-    Now it names the job, and the cluster's walltime (g86)."""
+    Now it names the job, and the cluster's walltime."""
     from distributed import Client
 
     from fstack_dask import fuse_zarr
@@ -730,7 +730,7 @@ def test_jobs_pending_for_a_reason_that_clears_in_time_are_waited_for(
     """squeue's AssocGrpCPURunMinutesLimit (QOSGrpCPUMinutesLimit ...): the user's other jobs
     hold the minutes a group may have running, and it clears as they run and end. Its "Min"
     was read as a per-job limit (QOSMinMemory), and a healthy run stopped after 15 s, "pending
-    for a reason that does not clear by itself" (g89). PartitionNodeLimit: squeue's manual
+    for a reason that does not clear by itself". PartitionNodeLimit: squeue's manual
     says it "can also indicate that required nodes are DOWN or DRAINED" (an admin's drain or
     reboot), and a healthy run stopped so too (g89 noticed it; the lead took it off the list).
     BadConstraints: said while no node has the features the job asks for, it clears as one
@@ -755,7 +755,7 @@ def test_a_users_squeue_defaults_do_not_hide_the_runs_jobs(slurm_available, tmp_
     """``export SQUEUE_STATES=RUNNING`` in a user's login script (SQUEUE_PARTITION,
     SQUEUE_USERS alike) filters what squeue lists: the run's job, pending, was not listed,
     taken for one gone without its worker, and a healthy run stopped after 20 s, "ended
-    without their worker ever joining" (g89). The run asks squeue without them."""
+    without their worker ever joining". The run asks squeue without them."""
     monkeypatch.setenv("SQUEUE_STATES", "RUNNING")
     _a_delayed_job_finishes(tmp_path)
 
@@ -763,7 +763,7 @@ def test_a_users_squeue_defaults_do_not_hide_the_runs_jobs(slurm_available, tmp_
 def test_a_job_array_pending_is_waited_for(slurm_available, tmp_path):
     """``--array=0`` in job_extra_directives: squeue lists the job sbatch called 123 as
     123_[0] (its tasks, 123_0 once running), and the pending job, not found by its id, was
-    taken for one gone without its worker: a healthy run stopped after 20 s (g89)."""
+    taken for one gone without its worker: a healthy run stopped after 20 s."""
     _a_delayed_job_finishes(tmp_path, job_extra_directives=["--array=0"])
 
 
@@ -773,7 +773,7 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
     """Two jobs pending for good, one held (sbatch's hold; here squeue's first line says it),
     one for its walltime beyond its partition's limit (its second line): the line told of the
     held one "they ask for more than the site lets one job have: lower walltime, cores or
-    memory", a change that would not start it (g89). It says a held job starts once released.
+    memory", a change that would not start it. It says a held job starts once released.
     (An administrator's hold, and a user's made after the jobs were queued, are waited for: the
     tests below.)"""
     sed = "sed -e 1s/PartitionTimeLimit/JobHeldUser/ -e 2s/JobHeldUser/PartitionTimeLimit/"
@@ -790,7 +790,7 @@ def test_held_jobs_beside_jobs_pending_for_good_are_told_the_hold(
 
 def test_a_failing_squeue_is_not_asked_at_each_poll(slurm_available, tmp_path, monkeypatch):
     """squeue failing (a controller too busy to answer): the run asked it again at each poll,
-    4 times a second, while its job pended, adding to the controller's load (g89). It asks
+    4 times a second, while its job pended, adding to the controller's load. It asks
     every 5 s, and the run, its job started, finishes (4 a second: about 50 calls)."""
     calls = tmp_path / "squeue-calls"
     _squeue_through(tmp_path, monkeypatch, f"cat >/dev/null; echo . >>{calls}; exit 1")
@@ -805,7 +805,7 @@ def test_jobs_sent_to_another_slurm_cluster_are_waited_for(
     """``--clusters=other`` in job_extra_directives (a site's GPU cluster beside the login
     node's: sbatch -M): squeue, asked without ``-M``, asks its own cluster, which knows none of
     the jobs ("Invalid job id"), and a healthy run stopped after 20 s, "ended without their
-    worker ever joining", its job left queued there (g92). squeue is asked with ``-M``. Also
+    worker ever joining", its job left queued there. squeue is asked with ``-M``. Also
     where the line's first option is another (``-N 1 --cluster=other``), or ``-M`` comes among
     flags (``-vM other``), both of which sbatch reads (a run stopped so too).
     (This SLURM has one cluster: an sbatch first on PATH submits here without the directive,
@@ -834,7 +834,7 @@ def test_how_jobs_sent_to_another_slurm_cluster_ended_is_said(
     """A job sent to another SLURM cluster (``--clusters=other``, as in the test above) that
     ends without its worker joining (its prologue exits 3): the line said how SLURM says it
     ended ("scontrol: FAILED, NonZeroExitCode, exit code 3:0") only for a job of scontrol's own
-    cluster, asked without ``-M``, which knows none of the other's, and it was left out (g98).
+    cluster, asked without ``-M``, which knows none of the other's, and it was left out.
     scontrol is asked with ``-M``. (As above, an sbatch first on PATH submits here, and an
     squeue and an scontrol first on PATH answer as the login node's cluster would unless asked
     ``-M other``.)"""
@@ -883,7 +883,7 @@ def test_jobs_slurm_held_after_a_failed_launch_are_said_at_once(
 
 
 #: a job script's "#SBATCH --hold" after its first command, which sbatch ignores, and
-#: SBATCH_HOLD=0, a variable sbatch does not read: each was taken for the script's hold (g98)
+#: SBATCH_HOLD=0, a variable sbatch does not read: each was taken for the script's hold
 _NO_HOLD = {"job_script_prologue": ["echo starting", "#SBATCH --hold"], "SBATCH_HOLD": "0"}
 
 
@@ -900,7 +900,7 @@ def test_jobs_held_for_a_while_once_queued_are_waited_for(
     JobHeldAdmin), as during a maintenance, or its user does (``scontrol uhold``, as ``scontrol
     hold`` by its owner: JobHeldUser), to let another job of theirs go first, and releases it
     20 s later: the run took either for ``--hold`` in its job script and stopped after 10 s,
-    its jobs cancelled (the g94 brief; g92). A hold the job script does not ask for is waited
+    its jobs cancelled. A hold the job script does not ask for is waited
     for, and the run finishes."""
     told = dict(told)
     if "SBATCH_HOLD" in told:

@@ -43,7 +43,7 @@ ONE_STACK = {
     "fiji sequence": _z("name{:04d}.tif", range(12)),
     "imagej": _z("Stack_{:04d}.tif", range(1, 12)),
     "from 0": _z("p{}.tif", range(12)),
-    # numbers that count unevenly on purpose: no gap is said (g45)
+    # numbers that count unevenly on purpose: no gap is said
     "steps of 2": _z("z{:02d}.tif", range(0, 24, 2)),
     "frame counter, uneven": [f"z{k + 1:02d}_frame_{123 + 7 * k + k // 4}.tif" for k in range(9)],
     "adaptive steps": _z("z{:03d}.tif", [0, 10, 20, 25, 30, 35, 40, 50, 60]),
@@ -53,10 +53,10 @@ ONE_STACK = {
     "focus um unsigned": [f"z{p:g}um.tif" for p in _HALF_UM],
     "focus mm": [f"focus_{p / 100:.3f}mm.tif" for p in _HALF_UM],
     "decimals": _z("z{}um.tif", ["0.25", "0.5", "1", "1.75", "2.125", "10"]),
-    # positions in metres: %g and Python's str() write exponents ("5e-07" was 5, e, -7: g45)
+    # positions in metres: %g and Python's str() write exponents ("5e-07" was 5, e, -7)
     "focus m, %g": [f"z_{k * 5e-7:g}m.tif" for k in range(-3, 6)],
     "focus m, str()": [f"z_{k * 5e-7}.tif" for k in range(-3, 6)],
-    # a decimal comma (%g in a European locale): "z1,5" was two numbers, 1 and 5 (g45)
+    # a decimal comma (%g in a European locale): "z1,5" was two numbers, 1 and 5
     "decimal comma": [f"z_{f'{p:g}'.replace('.', ',')}um.tif" for p in _HALF_UM],
     "decimal comma, one whole part": _z("pos_10,{}.tif", ["125", "25", "375", "5", "625"]),
     "decimal comma and steps": _z("z{}.tif", ["0", "0,5", "1", "1,5", "2", "2,5"]),
@@ -91,11 +91,11 @@ ONE_STACK = {
     ],
     "frame counter, z labelled": [f"frame_{900 + 3 * k:06d}_ch0_z{k:02d}.tif" for k in range(12)],
     # z or focus labelling a number of one value (a stack's), a counter the planes: refused
-    # as files numbered alike (g56)
+    # as files numbered alike
     "z of one value, a counter": _z("stack_z2_img{:03d}.tif", range(1, 12)),
     "focus of one value, a counter": _z("focus1_{:03d}.tif", range(1, 12)),
     # signs as m and p, a Unicode minus, an en dash: refused as two stacks, or the minus
-    # planes fused after the plus ones (g54)
+    # planes fused after the plus ones
     "m and p signs": _z("focus_{}.tif", ["m2", "m1", "0", "p1", "p2"]),
     "m and p signs, um": [
         f"z{'m' if p < 0 else 'p' if p else ''}{abs(p):g}um.tif" for p in _HALF_UM
@@ -103,26 +103,26 @@ ONE_STACK = {
     "unicode minus": [f"z{p:g}um.tif".replace("-", "\u2212") for p in _HALF_UM],
     "en dash": [f"z_{p:g}.tif".replace("-", "\u2013") for p in _HALF_UM],
     "a tile m in every name": _z("image_m1_z{:02d}.tif", range(1, 12)),
-    # a counter past 999 written with a thousands separator: 1,000 was read 1.000, first (g54)
+    # a counter past 999 written with a thousands separator: 1,000 was read 1.000, first
     "slices s": _z("img_s{:02d}.tif", range(1, 12)),  # "s" for slice: no MetaMorph "_t" after
     "thousands separator": _z("z{}.tif", ["997", "998", "999", "1,000", "1,001", "1,002"]),
     "thousands or decimals, one order": _z("z{}.tif", ["1,000", "1,250", "1,500", "2,000", "2,25"]),
     # a "p" between digits as a decimal point: refused as two stacks, with a glob of half the
-    # planes (g63); as text where that counts one stack, "pos1p1" ... "pos1p10"
+    # planes; as text where that counts one stack, "pos1p1" ... "pos1p10"
     "p as a decimal point": _z("z{}.tif", ["1", "1p5", "2", "2p5", "3"]),
     "p as a decimal point, um": _z("z{}um.tif", ["0p5", "1p0", "1p5", "2p0", "2p5"]),
     "p between digits as text": _z("pos1p{}.tif", range(1, 12)),
     # a plane lost among "p" decimals (one step twice the others): refused as two stacks, or
     # as two files numbered alike ("focus_-0p5um", "focus_0p5um" read as text), since a43958e
-    # (g74); with a decimal point the same planes open
+    # ; with a decimal point the same planes open
     "p as a decimal point, a plane lost": _z("z{}.tif", ["0", "0p5", "1", "1p5", "2", "3", "3p5"]),
     "p as a decimal point, three planes, one lost": _z("z_{}.tif", ["-1", "-0p5", "0p5"]),
     "p as a decimal point, um, a plane lost": _z(
         "focus_{}um.tif", ["-1p0", "-0p5", "0p0", "0p5", "1p5", "2p0"]
     ),
-    # signs as words after a focus label: refused as two stacks with a glob of half (g63)
+    # signs as words after a focus label: refused as two stacks with a glob of half
     "minus and plus words": _z("focus_{}.tif", ["minus2", "minus1", "0", "plus1", "plus2"]),
-    # all below 0: the "-" read as a separator, the planes backwards (g63)
+    # all below 0: the "-" read as a separator, the planes backwards
     "all negative": _z("z{}.tif", range(-5, 0)),
     "all negative um": [f"z{p:g}um.tif" for p in _HALF_UM[:7]],
     "a dash before a count after z": _z("z-{:02d}.tif", range(1, 12)),  # a separator
@@ -181,7 +181,7 @@ def test_a_stage_drifting_down_is_fused_in_z_order_not_x(tmp_path):
 
 def test_a_stage_drifting_down_beside_a_stray_file_is_still_in_z_order(tmp_path):
     """The same planes beside one file without a z (overview.tif) were ordered by x again,
-    backwards, the warning naming only the stray file (g60): by z, the stray file last."""
+    backwards, the warning naming only the stray file: by z, the stray file last."""
     names = ONE_STACK["stage drifting"]
     folder = _write(tmp_path / "stack", [*names, "overview.tif"])
     opened = open_image_files(folder)
@@ -211,9 +211,9 @@ def test_a_leftover_copy_is_named_in_a_warning_whose_glob_leaves_it_out(tmp_path
 @pytest.mark.parametrize("stray", ["overview_tile_1.tif", "xy1.tif", "time_0.tif"])
 def test_a_lone_file_labelled_as_a_position_beside_a_stack_is_named_in_a_warning(tmp_path, stray):
     """z01.tif ... z07.tif beside one overview image, overview_tile_1.tif, was refused as
-    files numbered by their stage position ('overview_tile_1.tif' ... 'overview_tile_1.tif')
-    (g60): one file counts no positions; it is named in a warning, as any stray file is, with
-    a glob that leaves it out."""
+        files numbered by their stage position ('overview_tile_1.tif' ... 'overview_tile_1.tif')
+    : one file counts no positions; it is named in a warning, as any stray file is, with
+        a glob that leaves it out."""
     names = _z("z{:02d}.tif", range(1, 8))
     folder = _write(tmp_path / "stack", [*names, stray])
     opened = open_image_files(folder)
@@ -250,11 +250,11 @@ SEVERAL = {
         f"xy{p:03d}z{k:02d}c1.tif" for p in (1, 2) for k in range(1, 8 - 2 * p)
     ],
     # a number changing per plane (a time stamp, a frame counter) made each file a stack of
-    # its own: two time points or two channels fused as one stack of 10 planes, exit 0 (g44)
+    # its own: two time points or two channels fused as one stack of 10 planes, exit 0
     "channels with a frame counter": [
         f"frame_{123 + 7 * (5 * c + k):06d}_ch{c}_z{k:02d}.tif" for c in (0, 1) for k in range(5)
     ],
-    # two cells whose numbers run on: fused as one stack of 10 planes, exit 0 (g54)
+    # two cells whose numbers run on: fused as one stack of 10 planes, exit 0
     "two cells numbered on": [
         f"cell{c}_z{k + 1:02d}.tif" for c in "AB" for k in range(5 * (c == "B"), 5 + 5 * (c == "B"))
     ],
@@ -263,20 +263,20 @@ SEVERAL = {
         for c in "AB"
         for k, t in enumerate(_stamps(5, 3), start=5 * (c == "B"))
     ],
-    # signs as m and p: no glob was suggested (g54)
+    # signs as m and p: no glob was suggested
     "m and p signs, two cells": [
         f"cell{c}_focus_{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
     ],
     "positions p1 and p2": [f"cell_p{p}_z{k:02d}.tif" for p in (1, 2) for k in range(5)],
     # m and p with no plane 0 and no z or focus label: fused as one signed stack of 10, with
-    # a warning of a plane 0 missing, since m and p were read as signs (g63)
+    # a warning of a plane 0 missing, since m and p were read as signs
     "m and p, no zero, no label": [f"sample_{s}{k}.tif" for s in "mp" for k in range(1, 6)],
     # signed after a dash, a plane 0 each: "stacks of 4 planes", no glob ("cellA-*.tif" took
-    # cellA-0, read apart; g74)
+    # cellA-0, read apart)
     "m and p after a dash, two cells": [
         f"cell{c}-{k}.tif" for c in "AB" for k in ["m2", "m1", "0", "p1", "p2"]
     ],
-    # a "p" as a decimal point: the glob selected the planes without one, 'c0_z[0-9].tif' (g63)
+    # a "p" as a decimal point: the glob selected the planes without one, 'c0_z[0-9].tif'
     "p as a decimal point, two channels": [
         f"c{c}_z{k}.tif" for c in (0, 1) for k in ["1", "1p5", "2", "2p5", "3"]
     ],
@@ -317,7 +317,7 @@ def test_several_stacks_are_refused_with_a_glob_that_opens_one(tmp_path, scheme)
 )
 def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
     """MetaMorph's _s1_t1 ... _s7_t1 (its z-series are files of their own), Nikon's xy01 ...,
-    ZEN's scenes, mosaic tiles: fields of view apart, fused as a focus stack, exit 0 (g54);
+    ZEN's scenes, mosaic tiles: fields of view apart, fused as a focus stack, exit 0;
     MetaMorph's _s1_t1 ... _s1_t7: time points."""
     folder = _write(tmp_path / "s", names)
     with pytest.raises(ValueError) as info:
@@ -342,7 +342,7 @@ def test_files_numbered_by_stage_position_are_refused(tmp_path, names, label):
 )
 def test_planes_refused_as_stage_positions_open_from_the_cli_once_renamed(tmp_path, names, renamed):
     """Planes named tile_000 ... (or stage_00 ...) refused as stage positions were told only
-    that a list of files is read as given, which the CLI's one SRC cannot be (g60): the
+    that a list of files is read as given, which the CLI's one SRC cannot be: the
     message says to rename them with a z label, and so renamed the CLI fuses them."""
     folder = _write(tmp_path / "s", names)
     done = _fuse_cli(folder, tmp_path / "o.zarr")
@@ -356,7 +356,7 @@ def test_planes_refused_as_stage_positions_open_from_the_cli_once_renamed(tmp_pa
 
 def test_an_order_that_depends_on_what_a_comma_is_is_refused_naming_the_files(tmp_path):
     """z999 beside z1,001: 1001 (a thousands separator) after it, or 1.001 (a decimal comma)
-    before it; nothing in the names says which (g54). Refused, naming the files."""
+    before it; nothing in the names says which. Refused, naming the files."""
     folder = _write(tmp_path / "s", _z("z{}.tif", ["998", "999", "1,001", "1,002", "1,003"]))
     done = _fuse_cli(folder, tmp_path / "o.zarr")
     assert done.returncode == 2, done.stderr
@@ -379,17 +379,17 @@ def test_m_and_p_signs_without_a_zero_are_signs_after_a_focus_label(tmp_path):
 
 def test_m_and_p_signs_after_a_dash_with_a_zero_open_in_focus_order(tmp_path):
     """cell-m2, cell-m1, cell-0, cell-p1, cell-p2 (no label, a plane 0): one stack, refused as
-    two since 25d680c, its 0 unseen as it reads "cell" and "-0", a pattern of its own (g67)."""
+    two since 25d680c, its 0 unseen as it reads "cell" and "-0", a pattern of its own."""
     names = _z("cell-{}.tif", ["m2", "m1", "0", "p1", "p2"])
     opened = open_image_files(_write(tmp_path / "s", names))
     assert _order(opened) == names
-    # cell-0 was warned about as named unlike the others, and plane 0 as missing (g74)
+    # cell-0 was warned about as named unlike the others, and plane 0 as missing
     assert opened.warnings == ()
 
 
 def test_p_as_a_decimal_point_opens_from_the_cli_and_an_ambiguous_one_is_refused(tmp_path):
     """z1, z1p5, z2, z2p5, z3 ("p" for a decimal point) was refused as two stacks, with a glob
-    selecting the three planes without a "p" (g63): the CLI fuses all five, in focus order.
+    selecting the three planes without a "p": the CLI fuses all five, in focus order.
     Where "p" as a point makes two names one position, 1p1 and 1p10, it is refused."""
     names = ONE_STACK["p as a decimal point"]
     folder = _write(tmp_path / "s", names)
@@ -418,7 +418,7 @@ def _fuse_cli(src, dst, *extra):
 def test_one_file_named_twice_is_refused_naming_both(tmp_path, how):
     """z08.tif a link to z05.tif (a hard link, a glob's ``**`` reaching the planes again
     through a linked folder, a list naming ``a/z1.tif`` and ``a/./z1.tif``) was fused as two
-    planes, the focus fit seeing one plane repeated, exit 0 (g45)."""
+    planes, the focus fit seeing one plane repeated, exit 0."""
     folder = _write(tmp_path / "stack", _z("z{:02d}.tif", range(1, 8)))
     src, a, b = folder, "'z05.tif'", "'z08.tif'"
     if how == "symlink":
@@ -454,7 +454,7 @@ GAPS = {
                 "after 'z03.tif')"),
     "signed, its zero": (_z("z{}.tif", [-3, -2, -1, 1, 2, 3]), "missing: 0 (the first gap"),
     "all negative": (_z("z{}.tif", [-5, -4, -2, -1]), "missing: -3 (the first gap after "
-                     "'z-4.tif')"),  # (said none, the numbers read as 5, 4, 2, 1: g63)
+                     "'z-4.tif')"),  # (said none, the numbers read as 5, 4, 2, 1)
     "bare numbers": (_z("{:02d}.tif", [1, 2, 3, 5, 6]), "missing: 04 (the first gap after "
                      "'03.tif')"),
     "steps of 2": (_z("z{:03d}.tif", [0, 2, 4, 8, 10]), "in steps of 2 from 000 to 010, but 1 "
@@ -467,7 +467,7 @@ GAPS = {
 @pytest.mark.parametrize("scheme", sorted(GAPS))
 def test_a_gap_in_the_numbering_is_said(tmp_path, scheme):
     """z01..z05, z07..z10 (a plane lost in transfer) was fused with no word, though the fusion
-    takes the planes as evenly spaced in focus (g45)."""
+    takes the planes as evenly spaced in focus."""
     names, said = GAPS[scheme]
     folder = _write(tmp_path / "stack", names)
     (warning,) = open_image_files(folder).warnings
@@ -486,7 +486,7 @@ def test_a_gap_in_the_numbering_is_said(tmp_path, scheme):
 @pytest.mark.parametrize("src", ["folder", "glob"])
 def test_a_plane_that_links_to_nothing_is_refused(tmp_path, src):
     """near.tif, mid.tif -> a share not mounted, far.tif: the link was left out as "not a
-    file" and the stack fused without its plane, exit 0 (g45)."""
+    file" and the stack fused without its plane, exit 0."""
     folder = _write(tmp_path / "stack", ["far.tif", "near.tif", "top.tif"])
     os.symlink(tmp_path / "share" / "mid.tif", folder / "mid.tif")
     spec = folder if src == "folder" else f"{folder}/*.tif"
@@ -500,7 +500,7 @@ def test_a_plane_that_links_to_nothing_is_refused(tmp_path, src):
 
 def test_a_glob_in_a_folder_named_with_brackets_reads_that_folder(tmp_path):
     """'exp[1]/*.tif' read the planes of exp1 (the class [1]), exit 0, and where no exp1
-    was, said "matches no files" (g45): a folder that exists as spelled is the one meant."""
+    was, said "matches no files": a folder that exists as spelled is the one meant."""
     names = _z("z{}.tif", range(5))
     meant = _write(tmp_path / "exp[1]", names)
     _write(tmp_path / "exp1", _z("z{}.tif", range(6)), seed=1)
@@ -514,7 +514,7 @@ def test_a_glob_in_a_folder_named_with_brackets_reads_that_folder(tmp_path):
 
 def test_one_plane_number_in_two_spellings_of_the_extension_is_refused(tmp_path):
     """z05.tiff beside z05.tif (a plane saved again by another tool) was fused as a further
-    plane, with only the warning about a name unlike the others (g45)."""
+    plane, with only the warning about a name unlike the others."""
     folder = _write(tmp_path / "stack", [*_z("z{:02d}.tif", range(1, 8)), "z05.tiff"])
     with pytest.raises(ValueError) as info:
         open_image_files(folder)
@@ -526,7 +526,7 @@ def test_one_plane_number_in_two_spellings_of_the_extension_is_refused(tmp_path)
 
 def test_one_file_listed_in_two_cases_on_a_case_insensitive_mount_is_refused(exfat, tmp_path):
     """[z05.tif, z05.TIF] on exFAT through FUSE (an SD card), which gives each spelling its
-    own inode: one file fused as two planes, exit 0 (g45). Two files of a case-sensitive
+    own inode: one file fused as two planes, exit 0. Two files of a case-sensitive
     folder named so are two planes, as listed."""
     names = _z("z{:02d}.tif", range(1, 6))
     for folder in (exfat, tmp_path / "ext4"):
@@ -542,7 +542,7 @@ def test_one_file_listed_in_two_cases_on_a_case_insensitive_mount_is_refused(exf
 
 def test_decimals_that_might_count_on_are_said_as_the_names_write_them(tmp_path):
     """x1,9 and x1,10: the warning said "reading 1.10 and 1.2 ... after the dot", numbers no
-    name holds (g45)."""
+    name holds."""
     names = _z("x1,{}.tif", [1, 10, 2, 9])  # in decimal order
     (warning,) = open_image_files(_write(tmp_path / "stack", names)).warnings
     assert warning.endswith(
@@ -568,7 +568,7 @@ UNGLOBBABLE = {
 def test_stacks_of_a_number_changing_per_plane_are_refused(tmp_path, scheme):
     """x1200_y3400_z0 ... beside x1800_y3400_z0 ... (x changing per plane), or two time
     points stamped per plane: each file was a stack of its own and the folder was fused as
-    one stack of 10 planes, exit 0 (the g44 review). No glob tells them apart
+    one stack of 10 planes, exit 0. No glob tells them apart
     ('x*_y3400_z*.tif' matches both): the refusal says to move one stack's files."""
     names = UNGLOBBABLE[scheme]
     folder = _write(tmp_path / "stacks", names)
@@ -631,7 +631,7 @@ def test_one_planes_time_points_or_channels_are_not_fused_as_a_stack(tmp_path, s
     proc = _fuse_cli(folder, tmp_path / "out.ome.zarr")
     assert proc.returncode != 0 and "all at one focal plane" in proc.stderr, proc.stderr
     assert "rename them with their plane number after a 'z'" in proc.stderr  # (the CLI takes
-    # no list, all the message offered: g60)
+    # no list, all the message offered)
     assert not (tmp_path / "out.ome.zarr").exists()
 
 
@@ -667,7 +667,7 @@ def test_a_p_between_two_counts_without_a_focus_label_is_text(tmp_path):
 def test_two_counts_from_1_after_a_z_label_are_not_decimals_with_gaps(tmp_path):
     """z1p1 ... z1p9 beside z2p1 ... z2p9 (a stack and a plane, counted from 1) read as
     decimals skip only 2.0, a whole position none of them writes: two stacks, refused, where
-    a plane lost among decimals (z0, z0p5, ... z2, z3: `ONE_STACK`) opens (g74)."""
+    a plane lost among decimals (z0, z0p5, ... z2, z3: `ONE_STACK`) opens."""
     names = [f"z{s}p{k}.tif" for s in (1, 2) for k in range(1, 10)]
     with pytest.raises(ValueError, match="more than one stack"):
         open_image_files(_write(tmp_path / "counts", names))

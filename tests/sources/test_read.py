@@ -183,7 +183,7 @@ def test_dimension_names_that_say_what_an_axis_is_are_read(tmp_path, zarr_format
         open_source(path)
     assert open_source(path, axes="zyx").axes == "zyx"
     with pytest.raises(ValueError, match=r"'plane', 'y', 'x'\], which do not name one axis"):
-        open_source(named("twice.zarr", ["z", "plane", "y", "x"]))  # (axes= decides: g50)
+        open_source(named("twice.zarr", ["z", "plane", "y", "x"]))  # (axes= decides)
 
 
 def test_open_already_open_array(tmp_path):
@@ -960,7 +960,7 @@ def test_an_xarray_time_coordinate_of_dates_gives_its_step_and_no_position(tmp_p
 def test_two_names_for_one_axis_leave_the_axes_to_axes(tmp_path, kind):
     """Dimension names (or NGFF axis names) 'plane' and 'depth' both say z. Since g46 read
     such words, ``axes='czyx'`` was refused as contradicting 'zzyx' and told to pass that
-    (itself refused), where it had been read (g50). Now, as for a name that says nothing,
+    (itself refused), where it had been read. Now, as for a name that says nothing,
     axes= decides; without it, the refusal says the names do not name one axis each."""
     names = ["plane", "depth", "y", "x"]
     path = tmp_path / "s.zarr"

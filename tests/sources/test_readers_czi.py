@@ -214,7 +214,7 @@ def test_each_scene_keeps_its_offset_in_the_slide(tmp_path):
     """A scene's top-left pixel in the file's subblock coordinates (as pylibCZIrw reports it)
     times the pixel size (the file's Scaling, metres) is the output's translation in
     micrometres: the image's, the depth map's, and the OME-TIFF's PositionX/PositionY. The
-    offsets were dropped, so fused scenes could not be laid back where they lay (g78)."""
+    offsets were dropped, so fused scenes could not be laid back where they lay."""
     tifffile = need("tifffile")
     path = tmp_path / "slide.czi"
     write_czi_mosaic(path, scenes=((-1000, 2000), (300, 700)), n_planes=5, n_channels=1)
@@ -253,7 +253,7 @@ def test_a_resume_of_an_output_begun_before_scene_offsets_says_why_it_is_refused
     """An output begun (or finished) by a version that dropped a scene's offset, resumed by
     one that reads it: the file is the one it was, but the resume said "the source changed
     since the run began (its metadata changed)", or "was computed from another source" (g78's
-    notes, g79). Still refused (the output holds no position), now in one line that says
+    notes). Still refused (the output holds no position), now in one line that says
     the file's sizes and times are unchanged and this version reads it otherwise, and asks
     for --overwrite;
     nothing is written. A file rewritten since is still "changed"."""
@@ -295,7 +295,7 @@ def test_a_resume_of_an_output_begun_before_scene_offsets_says_why_it_is_refused
 def test_info_of_the_output_shows_the_scene_s_position(tmp_path):
     """``info`` of a CZI scene's source showed its translation, ``info`` of the output fused
     from it did not (neither OME-Zarr nor OME-TIFF), so a user could not check where the
-    output lies without reading its JSON or OME-XML (g79)."""
+    output lies without reading its JSON or OME-XML."""
     from safety_util import cli
 
     path = tmp_path / "slide.czi"

@@ -277,7 +277,7 @@ def test_refusals_name_the_offending_file(tmp_path):
 def test_planar_rgb_plane_files_are_read_as_rgb(tmp_path, how):
     """RGB planes saved with their colours as planes of their own (PlanarConfiguration
     separate, as some scanners and libtiff tools write) were refused (5ba8294), where the
-    same planes stored interleaved are fused as colour (g45). They are read as RGB, by
+    same planes stored interleaved are fused as colour. They are read as RGB, by
     region, and fuse to the same output bit for bit."""
     how = dict(how)
     alpha = how.pop("alpha", False)
@@ -378,7 +378,7 @@ def test_cli_refuses_a_truncated_tiff_plane_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("by", ["folder", "glob"])
 def test_a_plane_name_that_is_no_file_is_refused_naming_it(tmp_path, kind, by):
     """p3.tif a FIFO, a folder or a socket (a copy gone wrong) was left out in silence and the
-    stack fused without its plane, exit 0 (g54); it is refused, naming it, without opening
+    stack fused without its plane, exit 0; it is refused, naming it, without opening
     it (a FIFO would block the open), and nothing is written."""
     import socket
 
@@ -408,7 +408,7 @@ _TOLD = {
     "square pixels": ({"ome": True, "metadata": {"axes": "YX", "PhysicalSizeX": 0.5}},
                       "it states PhysicalSizeX (0.5 micrometer) but no PhysicalSizeY: pixels are "
                       "taken as square, y given the same size"),
-    # (and "its y position is left out", of a folder that has none: g63)
+    # (and "its y position is left out", of a folder that has none)
     "inverty": ({"imagej": True, "resolution": (2, 2),
                  "metadata": {"unit": "um", "inverty": True, "yorigin": 3}},
                 "its y axis is inverted (ImageJ's inverty=true: y runs up); the output's y runs "
@@ -422,8 +422,8 @@ _TOLD = {
 @pytest.mark.parametrize("planes", ["all", "one"])
 def test_what_a_single_tiff_warns_about_is_said_once_for_a_folder(tmp_path, which, planes):
     """Square pixels assumed from an OME PhysicalSizeX alone, ImageJ's inverty, a pixel size
-    in inches: a single TIFF's warnings, which a folder of such planes dropped in silence
-    (g54). Said once for the folder, naming the planes that say it."""
+        in inches: a single TIFF's warnings, which a folder of such planes dropped in silence
+    . Said once for the folder, naming the planes that say it."""
     write, text = _TOLD[which]
     folder = tmp_path / "s"
     folder.mkdir()
@@ -526,9 +526,9 @@ def test_plane_files_in_focus_order_signs_and_decimals(tmp_path, names, warned):
          "numbered 0 in stacks of 3 planes"),
         (["z1", "z01", "z2", "z3"],
          ": 'z01.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
-        (["z-1", "z0", "z1", "z+1"],  # (both fused, one position twice: g45)
+        (["z-1", "z0", "z1", "z+1"],  # (both fused, one position twice)
          ": 'z+1.tif' and 'z1.tif' are numbered alike, so their order in the stack is a guess"),
-        (["z-1", "z-0", "z0", "z1"],  # (%g writes -0.0 so: both fused, one position twice: g54)
+        (["z-1", "z-0", "z0", "z1"],  # (%g writes -0.0 so: both fused, one position twice)
          ": 'z-0.tif' and 'z0.tif' are numbered alike, so their order in the stack is a guess"),
         (["z-0.5", "z-0.0", "z0.0", "z0.5"],
          ": 'z-0.0.tif' and 'z0.0.tif' are numbered alike, so their order in the stack is a "

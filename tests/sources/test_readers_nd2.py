@@ -168,7 +168,7 @@ def test_each_position_keeps_its_stage_position(nd2_file, tmp_path):
     translation of the output's first pixel, the image's and the depth map's: through nd2's
     pixel-to-stage matrix where it gives one (stage axes against the image's, as with the
     camera of nd2's own example file, negated), else as nd2 reports it less half the field.
-    The positions were dropped, so fused positions could not be laid back together (g78)."""
+    The positions were dropped, so fused positions could not be laid back together."""
     path, f = nd2_file
     f.pixel_to_stage = _pixel_to_stage(CAMERA)
     a, b, c, d, e, g = f.pixel_to_stage
@@ -191,7 +191,7 @@ def test_each_position_keeps_its_stage_position(nd2_file, tmp_path):
     at = f.frame_metadata(6).channels[0].position.stagePositionUm
     src = open_source(f"{path}/1")
     assert src.translation == pytest.approx({"x": at.x - 25 * 0.325, "y": at.y - 20 * 0.325})
-    (said,) = src.warnings  # a guess, said (g79)
+    (said,) = src.warnings  # a guess, said
     assert "taken to run as the image's" in said and "check the directions" in said
 
 
@@ -225,7 +225,7 @@ def _parsed_matrix(device_settings):
 def test_settings_without_the_stage_s_orientation_keep_the_position(nd2_file):
     """NIS settings that use the XY stage but record no orientation (``m_iXOrientation0``):
     nd2 multiplies by its default 0, a matrix of zeros, which was taken for a camera turned
-    90 degrees: the position was left out, with a warning that said so (g79). Now it is as
+    90 degrees: the position was left out, with a warning that said so. Now it is as
     without a matrix, as nd2's OME-XML gives it, with the warning that the directions are
     taken as the image's; a recorded orientation still turns it, and needs no warning."""
     path, f = nd2_file

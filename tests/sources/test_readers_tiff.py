@@ -833,7 +833,7 @@ def test_an_imagej_inverted_y_axis_leaves_out_the_y_position_and_says_so(tmp_pat
         open_tiff(path)
         .warnings[0]
         .endswith("y runs up); the output's y runs down from the top row")
-    )  # no y position, none said left out (g63)
+    )  # no y position, none said left out
 
 
 @pytest.mark.parametrize("unit", ["inch", "inches"])
