@@ -118,6 +118,25 @@ def _swap_options(s3: dict) -> dict:
             "dst_storage_options": s3}  # fmt: skip
 
 
+def _fuse_stopped_after_one_block(monkeypatch, src, dst, **options) -> None:
+    """``fuse_zarr(src, dst, **options)`` on the synchronous scheduler, stopped after its first
+    block as a Ctrl-C would (a KeyboardInterrupt at the second)."""
+    from fstack_dask._runs.blocks import FuseJob
+
+    real, calls = FuseJob.fuse_and_write, []
+
+    def one_block(self, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
+    with pytest.raises(KeyboardInterrupt):
+        fuse_zarr(src, dst, **options, scheduler="synchronous")
+    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+
+
 def _output_objects(fs, b: str) -> dict[str, bytes]:
     """The bytes of every object of ``out.zarr`` in bucket ``b`` but its run's state."""
     return {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr") if "/.fstack_dask/" not in k}
@@ -1028,24 +1047,12 @@ def test_an_s3_overwrite_of_an_output_with_a_users_object_inside_an_array_is_ref
     dst's array, where the new run's chunk ``0/c/4/0`` overwrote the user's after a warning
     that said it was kept (g101; a local dst was refused since g96). Refused as there: one
     line naming them, exit 2, no key changed."""
-    from fstack_dask._runs.blocks import FuseJob
 
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=0)
     if not finished:  # a new run into dst, stopped after one block, as Ctrl-C would
         fs.rm(f"{b}/out.zarr", recursive=True)
-        real, calls = FuseJob.fuse_and_write, []
-
-        def one_block(self, *args, **kwargs):
-            if calls:
-                raise KeyboardInterrupt
-            calls.append(1)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
-        with pytest.raises(KeyboardInterrupt):
-            fuse_zarr(src, dst, **_swap_options(s3), scheduler="synchronous")
-        monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+        _fuse_stopped_after_one_block(monkeypatch, src, dst, **_swap_options(s3))
         assert not fs.exists(f"{b}/out.zarr/0/c/2/2")  # (unfinished)
     fs.pipe(f"{b}/out.zarr/0/annotations/x.csv", b"x,y\n")
     fs.pipe(f"{b}/out.zarr/0/c/4/0", b"the user's")  # the grid is 3 x 3 chunks of 32
@@ -1124,24 +1131,12 @@ def test_folder_markers_in_an_s3_output_go_with_its_overwrite(s3, bucket, monkey
     does not exist" (s3's copy of a marker), or refused "holds '0/c/' inside its arrays". Ours
     go with the output, the user's move into the new one with what they hold, and a marker of
     the user's folder inside an array (``0/annotations/``) is refused as that folder is."""
-    from fstack_dask._runs.blocks import FuseJob
 
     fs, b = bucket
     src, dst, opts = _fused_once(b, s3, levels=1)
     if not finished:  # a new run into dst, stopped after one block, as Ctrl-C would
         fs.rm(f"{b}/out.zarr", recursive=True)
-        real, calls = FuseJob.fuse_and_write, []
-
-        def one_block(self, *args, **kwargs):
-            if calls:
-                raise KeyboardInterrupt
-            calls.append(1)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
-        with pytest.raises(KeyboardInterrupt):
-            fuse_zarr(src, dst, **{**_swap_options(s3), "levels": 1}, scheduler="synchronous")
-        monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+        _fuse_stopped_after_one_block(monkeypatch, src, dst, **{**_swap_options(s3), "levels": 1})
     theirs = ["out.zarr/2024/", "out.zarr/notes/"]
     for key in ["out.zarr/", "out.zarr/0/", "out.zarr/0/c/", "out.zarr/0/c/1/",
                 "out.zarr/1/", "out.zarr/.fstack_dask/", *theirs]:  # fmt: skip
@@ -1243,23 +1238,11 @@ def test_an_object_whose_key_ends_in_a_slash_and_holds_bytes_is_a_users_not_a_ma
     one with bytes is a user's object inside our array, refused as any, and never removed."""
     from fstack_dask._locations import resolve
     from fstack_dask._outputs.removal import remove_output
-    from fstack_dask._runs.blocks import FuseJob
 
     fs, b = bucket
     src, dst = f"s3://{b}/src.zarr", f"s3://{b}/out.zarr"
     write_stack(src, _stack(), axes="zyx", chunks=(7, 32, 32), storage_options=s3)
-    real, calls = FuseJob.fuse_and_write, []
-
-    def one_block(self, *args, **kwargs):  # stopped after one block, as Ctrl-C would
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FuseJob, "fuse_and_write", one_block)
-    with pytest.raises(KeyboardInterrupt):
-        fuse_zarr(src, dst, **_swap_options(s3), scheduler="synchronous")
-    monkeypatch.setattr(FuseJob, "fuse_and_write", real)
+    _fuse_stopped_after_one_block(monkeypatch, src, dst, **_swap_options(s3))
     theirs = f"{b}/out.zarr/0/c/"
     _marker(s3, b, "out.zarr/0/c/1/")  # a marker of ours beside it: empty
     fs.pipe_file(f"{b}/out.zarr/0/c/9", b"another object of the user's")

@@ -325,6 +325,26 @@ def test_a_ctrl_c_wrapped_where_it_landed_stops_a_notebooks_run_as_one_does(
     np.testing.assert_array_equal(resumed, fuse_zarr(stack, tmp_path / "whole.zarr", **kw)["0"])
 
 
+def _fuse_by_script(script: str, stack, dst, env=None) -> subprocess.Popen:
+    """The CLI's fuse of ``stack`` into ``dst`` by threads in 32-px blocks, run by ``script``
+    (which patches the package, then runs it as ``python -m fstack_dask``)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, "fuse", str(stack), str(dst), "--chunks", "32",
+         "--scheduler", "threads", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def _stops_in_one_line(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the running CLI: it ends 128 + sig, saying so in one line."""
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + sig, err
+    word = "terminated" if sig == signal.SIGTERM else "interrupted"
+    assert word in _stderr_is_one_line(err)
+
+
 #: The CLI, with a file whose ``__del__`` runs Python code for 1 s (a file of a slow remote
 #: store, closing) dropped in the main thread during the run; it says when it is in it.
 SWALLOWING = (
@@ -355,21 +375,12 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(stack, tmp_path,
     traceback): the run went on, to its end or, after SIGTERM, to its 60 s grace period. Now
     the run's next wait raises it again: one line, 143 (130), and it resumes."""
     dst, inside = tmp_path / "out.zarr", tmp_path / "inside"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SWALLOWING, "fuse", str(stack), str(dst), "--chunks", "32",
-         "--scheduler", "threads", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "INSIDE_DEL": str(inside)},
-    )  # fmt: skip
+    proc = _fuse_by_script(SWALLOWING, stack, dst, env={"INSIDE_DEL": str(inside)})
     start = time.monotonic()
     while not inside.exists() and proc.poll() is None and time.monotonic() - start < TIMEOUT:
         time.sleep(0.01)
     assert inside.exists(), proc.communicate()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 128 + sig, err
-    word = "terminated" if sig == signal.SIGTERM else "interrupted"
-    assert word in _stderr_is_one_line(err)
+    _stops_in_one_line(proc, sig)
     assert time.monotonic() - start < 15
     if sig == signal.SIGTERM:
         _resumes_to_the_end(stack, dst)
@@ -398,18 +409,10 @@ def test_a_stop_while_the_kernel_still_compiles_is_one_line_and_prompt(stack, tm
     run's one line (on a loaded machine, now and then). The compilation is neither said nor
     waited for: one line, 130 (143), within seconds."""
     dst = tmp_path / "out.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WARM_UP, "fuse", str(stack), str(dst), "--chunks", "32",
-         "--scheduler", "threads", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _fuse_by_script(SLOW_WARM_UP, stack, dst)
     _wait_for_blocks(dst, proc)
     start = time.monotonic()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 128 + sig, err
-    word = "terminated" if sig == signal.SIGTERM else "interrupted"
-    assert word in _stderr_is_one_line(err)
+    _stops_in_one_line(proc, sig)
     assert time.monotonic() - start < 30  # (the warm-up's 60 s not waited for)
 
 
