@@ -166,8 +166,8 @@ def _settle_previous(tiff: Location, where: str) -> None:
         lock.release()
     if done == "restore":
         log.warning("put back %s, the previous TIFF, from %s, where an overwrite cut short "
-                    "between its two moves had left it; rerun the overwrite with --resume "
-                    "(resume=True) to finish it", tiff.spec, work.path)  # fmt: skip
+                    "between its two moves had left it; the same fuse command with --resume "
+                    "(resume=True) finishes the overwrite", tiff.spec, work.path)  # fmt: skip
     elif done == "remove":
         log.info("removed the previous TIFF an overwrite of %s cut short left in %s (dst holds "
                  "the new one)", tiff.spec, work.path)  # fmt: skip
@@ -249,6 +249,14 @@ def check_tiff_destination(
             "(only fstack_dask outputs are ever replaced): choose another dst"
         )
     if not overwrite and not resume:
+        work = working_store(tiff)
+        if classify(work) == "unfinished":  # (it said "pass overwrite=True", which fuses it
+            # all again, of an overwrite a resume finishes)
+            raise FileExistsError(
+                f"{where} already exists, and an overwrite of it was cut short: its new TIFF "
+                f"is unfinished in its working folder {work.path!r}; rerun the same command "
+                "with resume=True to finish it, or with overwrite=True to start it again"
+            )
         raise FileExistsError(f"{where} already exists; choose another path or pass overwrite=True")
     if overwrite and _mount_point(tiff, where):  # (a file bound there: the run computed it
         # all, then failed "Device or resource busy", "rerun with --resume")

@@ -961,6 +961,17 @@ def test_an_overwrite_without_exchange_killed_between_its_moves_is_settled_by_th
     if not then:  # dst is the previous TIFF again, or the new one; the overwrite to finish
         assert proc.returncode == 2 and "already exists" in proc.stderr, proc.stderr
         assert ("put back" in proc.stderr) == (at == "aside"), proc.stderr
+        # the warning and the refusal name one command, the one that finishes the overwrite
+        # (the refusal said "pass --overwrite", which fuses it all again)
+        if at == "aside":
+            assert "the same fuse command with --resume (resume=True) finishes the overwrite" in (
+                proc.stderr
+            )
+        assert (
+            "an overwrite of it was cut short: its new TIFF is unfinished in its working folder "
+            f"'{tmp_path / '.out.tif.fstack-work'}'; rerun the same command with --resume to "
+            "finish it, or with --overwrite to start it again"
+        ) in proc.stderr, proc.stderr
         assert dst.read_bytes() == (old if at == "aside" else new.read_bytes())
         proc = _cli(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
