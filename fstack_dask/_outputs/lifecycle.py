@@ -212,8 +212,10 @@ def fail(target: Target, destination: Destination, exc: BaseException, n_blocks:
                 f"and so is its lock, since the run's tasks on the cluster may still write "
                 f"({writers}): rerun with resume=True once the lock is "
                 f"{staleness.LOCK_STALE_AFTER:g} s old")  # fmt: skip
-    else:
-        left = _left(target, destination, n_done, n_blocks) + unreleased
+    else:  # (a TIFF run's conversion says what it left itself: its dst is a file, not
+        # the working store that holds the blocks)
+        left = getattr(exc, "left_on_disk", None) or _left(target, destination, n_done, n_blocks)
+        left += unreleased
     raise with_outcome(exc, dst=destination.dst.spec, left=left) from exc
 
 

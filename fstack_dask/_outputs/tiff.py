@@ -41,6 +41,7 @@ from .write import PENDING, TIFF_PARTIAL, fsync_dir, ngff_metadata, open_output
 __all__ = [
     "NAMESPACE",
     "PARTIAL",
+    "PREVIOUS",
     "TILE",
     "dropped_sizes",
     "is_claim",

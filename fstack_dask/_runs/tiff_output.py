@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Any
 
 from .._errors import warn
@@ -42,6 +43,7 @@ from .._outputs.ownership import classify, provenance, run_record
 from .._outputs.state import OutputState
 from .._outputs.tiff import (
     PARTIAL,
+    PREVIOUS,
     dropped_sizes,
     is_claim,
     place_tiff,
@@ -123,14 +125,21 @@ def fuse_to_tiff(
             log.info("writing %s", tiff.spec)
             try:
                 write_tiff(target.output, partial, check=target.check_lease)
-            except BaseException:
+            except BaseException as exc:
                 # A resume writes it again from the start: kept, it held the space a full disk
                 # needed back (an eighth adversarial run).
                 with contextlib.suppress(OSError):
                     os.unlink(partial)
+                if isinstance(exc, Exception):  # (it said "dst 'out.tif' is kept with 6 of 6
+                    # blocks done" of a dst never written: the blocks are in the working store)
+                    exc.left_on_disk = _left_unconverted(tiff, target.output, owner)
                 raise
             target.check_lease()  # never move into place what another run has taken over
-            place_tiff(partial, tiff.path, where=where)
+            try:
+                place_tiff(partial, tiff.path, where=where)
+            except Exception as exc:
+                exc.left_on_disk = _left_at_the_move(tiff, target.output, owner)
+                raise
 
         run_fusion(
             src, work, plan=plan, overwrite=overwrite, resume=resume, progress=progress,
@@ -146,6 +155,65 @@ def fuse_to_tiff(
                 "with: rm -r %r", tiff.spec, work.path, " ".join(str(exc).split()), work.path,
             )  # fmt: skip
         return open_tiff_result(tiff.path)
+
+
+def _left_unconverted(tiff: Location, work: Location, owner: Any) -> str:
+    """What a conversion that failed leaves: dst as it was, the fused image in full in the
+    working store, from which a resume writes only the TIFF."""
+    return (
+        f"{_dst_now(tiff, work, owner)}; the fused image is kept whole in its working folder "
+        f"{work.path!r}, and the TIFF, which needs up to about {_tiff_room(work)} there, was "
+        "removed: rerun the same command with resume=True, which writes only the TIFF"
+    )
+
+
+def _left_at_the_move(tiff: Location, work: Location, owner: Any) -> str:
+    """What a failure as the finished TIFF was moved into place leaves: dst holds the new
+    TIFF, complete, where it was moved before the error (a sync of its folder failed); else
+    dst as it was, the fused image in the working store."""
+    new_id = (provenance(work) or {}).get("output_id")
+    placed = os.path.isfile(tiff.path) and not os.path.islink(tiff.path)
+    found = tiff_owner(tiff.path) if placed else None
+    if new_id and found is not None and found.get("output_id") == new_id:
+        return (
+            f"dst {tiff.spec!r} holds the new TIFF, complete (moved into place before the "
+            f"error), its working folder {work.path!r} is kept: rerun the same command with "
+            "resume=True, which writes the TIFF again from it, puts it in place and removes it"
+        )
+    return (
+        f"{_dst_now(tiff, work, owner)}; the fused image is kept whole in its working folder "
+        f"{work.path!r}: rerun the same command with resume=True, which writes the TIFF from "
+        "it and puts it in place"
+    )
+
+
+def _dst_now(tiff: Location, work: Location, owner: Any) -> str:
+    """What dst is after a failed conversion or move: unchanged, or missing with the previous
+    TIFF moved aside into the working store (an overwrite without an exchange)."""
+    if owner is None:
+        return f"dst {tiff.spec!r} was not written"
+    if not os.path.lexists(tiff.path) and previous_left(work.path) is not None:
+        return (
+            f"dst {tiff.spec!r} is missing: the previous TIFF is in "
+            f"{os.path.join(work.path, PREVIOUS)!r}, which the next run into dst puts back"
+        )
+    return f"dst {tiff.spec!r} is unchanged (the previous TIFF)"
+
+
+def _tiff_room(work: Location) -> str:
+    """The most a TIFF of ``work``'s levels takes: their pixels uncompressed (zlib shrinks
+    them, by how much the image decides)."""
+    import zarr
+    from dask.utils import format_bytes
+
+    try:
+        with warnings.catch_warnings():  # (its state folder is no zarr node: zarr says so)
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(work.path, mode="r")
+            total = sum(array.nbytes for _, array in group.arrays())
+    except Exception:  # (the message is what matters; the size only helps)
+        return "as much as the fused image takes uncompressed"
+    return format_bytes(total)
 
 
 def _settle_previous(tiff: Location, where: str) -> None:

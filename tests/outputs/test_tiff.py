@@ -305,7 +305,9 @@ def test_a_failed_overwrite_leaves_the_old_tiff_and_resume_finishes(tmp_path, mo
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(tiff_out, "_tiles", failing)
-    with pytest.raises(OSError, match=r"Input/output error.*blocks done; rerun with resume"):
+    with pytest.raises(OSError, match=r"Input/output error.*is unchanged \(the previous TIFF\); "
+                       r"the fused image is kept whole in its working folder .* rerun the same "
+                       r"command with resume=True, which writes only the TIFF"):  # fmt: skip
         fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True, nhsize=5)
     assert dst.read_bytes() == old  # the previous output, untouched
     work = tmp_path / ".out.ome.tif.fstack-work"
@@ -1010,3 +1012,70 @@ def test_an_overwrite_without_exchange_never_moves_dst_over_a_file_kept_in_its_p
         fstack_dask.fuse_zarr(src, dst, chunks=64, progress=False, overwrite=True, nhsize=5)
     assert kept.read_bytes() == b"a user's own image, kept by an earlier run"
     assert dst.read_bytes() == old
+
+
+# The CLI's fuse (argv: what fails, then its arguments) with an error injected into a TIFF
+# run's last steps: ENOSPC as the TIFF is written ("write"), or EIO syncing dst's folder once
+# the TIFF was moved there ("placed").
+_FAILING_AT_THE_TIFF = textwrap.dedent("""
+    import errno, os, sys
+    import fstack_dask._outputs.tiff as tiff_out
+    import fstack_dask._runs.tiff_output as tiff_run
+    at = sys.argv.pop(1)
+    fsync_dir, write_tiff = tiff_out.fsync_dir, tiff_run.write_tiff
+    def failing_sync(path):
+        if at == "placed":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        fsync_dir(path)
+    def failing_write(store, partial, **kwargs):
+        if at == "write":
+            with open(partial, "wb") as fh:
+                fh.write(b"the first strips")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), partial)
+        write_tiff(store, partial, **kwargs)
+    tiff_out.fsync_dir, tiff_run.write_tiff = failing_sync, failing_write
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("at", ["write", "placed"])
+def test_a_tiff_run_failing_at_its_tiff_says_where_the_output_is_and_what_finishes_it(tmp_path, at):
+    """A full disk as the TIFF was written said "dst 'out.tif' is kept with 6 of 6 blocks
+    done; rerun with --resume to continue" of a dst never written; an I/O error once the TIFF
+    was in place said the same of a dst holding the new TIFF, complete. Each says where the
+    output is, whether it is complete, and that --resume finishes the job, which it does."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref, dst = tmp_path / "ref.tif", tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _FAILING_AT_THE_TIFF, at, *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    work = tmp_path / ".out.tif.fstack-work"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "blocks done" not in last, last
+    if at == "write":
+        assert last.startswith(
+            f"fstack-dask: error: no space left on device while writing dst '{dst}': "
+        ), last
+        assert (
+            f"dst '{dst}' was not written; the fused image is kept whole in its working folder "
+            f"'{work}', and the TIFF, which needs up to about 27.34 kiB there, was removed: "
+            "rerun the same command with --resume, which writes only the TIFF"
+        ) in last, last
+        assert not dst.exists() and not (work / "fused.tif.partial").exists()
+    else:
+        assert (
+            f"; dst '{dst}' holds the new TIFF, complete (moved into place before the error), "
+            f"its working folder '{work}' is kept: rerun the same command with --resume, which "
+            "writes the TIFF again from it, puts it in place and removes it"
+        ) in last, last
+        assert dst.read_bytes() == ref.read_bytes()
+    proc = _cli(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 of 6 blocks left" in proc.stderr, proc.stderr
+    assert dst.read_bytes() == ref.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["out.tif", "ref.tif", "stack.ome.zarr"]
