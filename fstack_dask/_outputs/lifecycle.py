@@ -299,6 +299,15 @@ def _left(target: Target, destination: Destination, n_done: int, n_blocks: int) 
             f"{target.output.path!r} with {n_done} of {n_blocks} blocks done; rerun with "
             "resume=True to continue it (or overwrite=True to start over)"
         )
+    if destination.dst.path.rstrip("/").endswith(".fstack-work"):  # _runs.tiff_output.WORK
+        # (it said "dst 'out.tif' is kept with 3 of 6 blocks done" of a TIFF not written: the
+        # blocks are in the TIFF's working folder, and dst is absent or the previous TIFF)
+        dst = "is unchanged" if destination.looks_like is not None else "is not written yet"
+        return (
+            f"dst {destination.dst.spec!r} {dst}; {n_done} of its {n_blocks} blocks are done "
+            f"and kept in its working folder {destination.dst.path!r}; rerun with resume=True "
+            "to continue"
+        )
     return (
         f"dst {destination.dst.spec!r} is kept with {n_done} of {n_blocks} blocks done; "
         "rerun with resume=True to continue"

@@ -1079,3 +1079,51 @@ def test_a_tiff_run_failing_at_its_tiff_says_where_the_output_is_and_what_finish
     assert "0 of 6 blocks left" in proc.stderr, proc.stderr
     assert dst.read_bytes() == ref.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["out.tif", "ref.tif", "stack.ome.zarr"]
+
+
+# The CLI's fuse with the disk full at the fourth chunk file its run writes (ENOSPC).
+_FULL_AT_THE_FOURTH_CHUNK = textwrap.dedent("""
+    import errno, os, sys
+    from zarr.storage import _local
+    put, n = _local._put, [0]
+    def put_or_full(path, value, exclusive=False):
+        if "/c/" in str(path):
+            n[0] += 1
+            if n[0] >= 4:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return put(path, value, exclusive)
+    _local._put = put_or_full
+    from fstack_dask._cli.main import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_tiff_run_on_a_full_disk_says_where_its_blocks_are(tmp_path):
+    """A full disk as a TIFF run fused its blocks said "dst 'out.tif' is kept with 3 of 6
+    blocks done" of a dst never written (or holding the previous TIFF): the blocks are in its
+    working folder, which it names, saying what dst is; --resume finishes."""
+    src = tmp_path / "stack.ome.zarr"
+    _grey_source(src, shape=(100, 140), planes=4, channels=1)
+    ref, dst = tmp_path / "ref.tif", tmp_path / "out.tif"
+    fstack_dask.fuse_zarr(src, ref, chunks=64, progress=False)
+    args = ["fuse", str(src), str(dst), "--chunks", "64", "--no-progress"]
+    work = tmp_path / ".out.tif.fstack-work"
+    for flags, dst_is in (([], "is not written yet"), (["--overwrite"], "is unchanged")):
+        proc = subprocess.run([sys.executable, "-c", _FULL_AT_THE_FOURTH_CHUNK, *args,
+                               "--scheduler", "synchronous", *flags], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=TIMEOUT,
+                              check=False)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert (
+            proc.stderr.strip()
+            .splitlines()[-1]
+            .endswith(
+                f"no space left on device while writing dst '{dst}': free space or choose another "
+                f"dst; dst '{dst}' {dst_is}; 3 of its 6 blocks are done and kept in its working "
+                f"folder '{work}'; rerun with --resume to continue"
+            )
+        ), proc.stderr
+        proc = _cli(*args, "--resume", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "3 of 6 blocks left" in proc.stderr, proc.stderr
+        assert dst.read_bytes() == ref.read_bytes()
