@@ -151,11 +151,13 @@ class DestinationChecks:
             if staged is None:
                 return "complete"
             self._refuse_unswappable()
+            self._refuse_unmovable()
             return "resume-staged"
         if overwrite:
             self._refuse_collisions()
             self._refuse_unswappable()
             self._refuse_theirs_inside()
+            self._refuse_unmovable()
             return "staged"
         raise FileExistsError(f"{what} already exists; choose another path or pass overwrite=True")
 
@@ -222,6 +224,17 @@ class DestinationChecks:
             raise ValueError(
                 f"{self.what()} {why}; an overwrite writes the new output beside dst and "
                 "swaps the two: remove the old output yourself, or choose another dst"
+            )
+
+    def _refuse_unmovable(self) -> None:
+        """Refuse, before anything is computed, an overwrite on an object store whose swap
+        could not move a user's object out of dst (:func:`.folders.unmovable_objects`): it
+        was refused only at the swap, after the whole fusion had run."""
+        why = folders.unmovable_objects(self.dst)
+        if why is not None:
+            raise FileExistsError(
+                f"{self.what()} {why}; an overwrite moves dst's objects aside: move it out of "
+                "dst first (nothing was written)"
             )
 
     def _refuse_unwritable(self, *, removing: bool) -> None:

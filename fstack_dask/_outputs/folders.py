@@ -39,6 +39,7 @@ __all__ = [
     "move",
     "renameat2",
     "take_on_looks",
+    "unmovable_objects",
     "unswappable",
     "unwritable",
 ]
@@ -120,12 +121,11 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
     # every overwrite with one): the same empty marker is made at the copy's place.
     sizes = {key: info.get("size") for key, info in found.items()}
     markers = [k for k in keys if is_marker(f"{src}/{k}", sizes[f"{src}/{k}"])]
-    theirs = [k for k in keys if k.endswith("/") and k not in markers]
-    if theirs:  # (s3fs copies and deletes the key without its '/': another object, or none)
+    theirs = _unmovable(src, found)
+    if theirs:  # (checked before the run too, :func:`unmovable_objects`: this is for one put
+        # there while it ran; s3fs copies and deletes the key without its '/')
         raise FileExistsError(
-            f"{src!r} holds {theirs[0]!r}, an object whose key ends in '/' holding "
-            f"{sizes[f'{src}/{theirs[0]}']} bytes (a user's, not a folder), which fstack_dask "
-            "cannot move: move it out of dst, then rerun"
+            f"{src!r} holds {_unmovable_what(src, theirs)}: move it out of dst, then rerun"
         )
     rest = [key for key in keys if key != "zarr.json" and key not in markers]
     root = [key for key in keys if key == "zarr.json"]
@@ -136,6 +136,39 @@ def _move_objects(fs: Any, src: str, dst: str) -> None:
             fs.copy([f"{src}/{k}" for k in batch], [f"{dst}/{k}" for k in batch])
     for batch in (root, rest + sorted(markers, key=len, reverse=True)):  # (a folder's last)
         remove_keys(fs, [f"{src}/{k}" for k in batch], sizes)
+
+
+def _unmovable(top: str, found: dict[str, Any]) -> dict[str, Any]:
+    """The objects in the listing ``found`` of ``top`` whose key ends in ``/`` and that hold
+    bytes (S3 allows it), relative to ``top``, and their sizes: no folder's marker but a
+    user's object, which no copy can move (s3fs strips the ``/``)."""
+    top = top.rstrip("/") + "/"
+    return {
+        key[len(top) :]: info.get("size")
+        for key, info in sorted(found.items())
+        if key.startswith(top) and key.endswith("/") and not is_marker(key, info.get("size"))
+    }
+
+
+def _unmovable_what(top: str, theirs: dict[str, Any]) -> str:
+    (first, size), more = next(iter(theirs.items())), len(theirs) - 1
+    others = f" (and {more} more such)" if more else ""
+    name = repr(first) if first else f"its own key {top.rstrip('/').rpartition('/')[2] + '/'!r}"
+    return (f"{name}, an object whose key ends in '/' holding {size} bytes{others} (a user's, "
+            "not a folder), which fstack_dask did not write and cannot move")  # fmt: skip
+
+
+def unmovable_objects(dst: Location) -> str | None:
+    """What in ``dst`` on an object store an overwrite's swap could not move (a user's object
+    whose key ends in ``/`` and holds bytes, beside our entries or in the state folder), for
+    one line; or None. One listing of dst's keys, before anything is computed: the swap
+    found it only once the whole fusion had run. (dst's own key ``out.zarr/`` holding bytes
+    is listed as ``''``.)"""
+    if dst.is_local:
+        return None
+    top = dst.path.rstrip("/")
+    theirs = _unmovable(top, dst.fs.find(top, detail=True))
+    return None if not theirs else f"holds {_unmovable_what(top, theirs)}"
 
 
 def exchange(new: Location, dst: Location) -> Location:

@@ -1273,3 +1273,52 @@ def _object(s3: dict, b: str, key: str, body: bytes) -> None:
     )  # fmt: skip
     client.put_object(Bucket=b, Key=key, Body=body)
     assert client.get_object(Bucket=b, Key=key)["Body"].read() == body
+
+
+@pytest.mark.parametrize("key", ["out.zarr/notes/", "out.zarr/.fstack_dask/notes/"])
+def test_an_s3_overwrite_with_a_users_slash_keyed_object_beside_ours_is_refused_before_it_runs(
+    s3, bucket, key
+):
+    """A user's object whose key ends in '/' and holds bytes, beside our entries (``notes/``)
+    or in the state folder, of a finished output on S3: the --overwrite fused every block,
+    then its swap refused to move the object, the new output kept beside dst for --resume.
+    Refused before anything is computed, as a user's object inside our arrays is: one line
+    naming it, exit 2, no key written."""
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=1)
+    _object(s3, b, key, b"the user's bytes")
+    before = _keys(fs, b)
+    proc = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    rel = key.removeprefix("out.zarr/")
+    assert f"holds {rel!r}, an object whose key ends in '/' holding 16 bytes" in line, line
+    assert "move it out of dst first (nothing was written)" in line, line
+    assert _keys(fs, b) == before  # (no staging folder: no block was fused)
+
+
+def test_a_users_slash_keyed_object_put_beside_ours_while_an_s3_overwrite_runs_fails_its_swap(
+    s3, bucket, monkeypatch
+):
+    """The same object put into dst while the overwrite ran, after its checks: the swap,
+    the backstop, refuses before it copies anything; dst is unchanged and the new output
+    kept beside it for --resume."""
+    from fstack_dask._outputs.destination import Destination
+
+    fs, b = bucket
+    src, dst, _opts = _fused_once(b, s3, levels=0)
+    real = Destination.swap_in
+
+    def swap_in(self, target):
+        _object(s3, b, "out.zarr/notes/", b"the user's bytes")
+        return real(self, target)
+
+    before = _output_objects(fs, b)
+    monkeypatch.setattr(Destination, "swap_in", swap_in)
+    with pytest.raises(FileExistsError, match="'notes/', an object whose key ends in '/'"):
+        fuse_zarr(src, dst, **_swap_options(s3), nhsize=5, overwrite=True)
+    theirs = f"{b}/out.zarr/notes/"  # (s3fs reads no such key: its cat strips the '/')
+    after = {k: fs.cat(k) for k in fs.find(f"{b}/out.zarr")
+             if "/.fstack_dask/" not in k and k != theirs}  # fmt: skip
+    assert after == before and theirs in _keys(fs, b)
+    assert [k for k in fs.find(b) if ".fstack-staging-" in k and k.endswith("/0/c/2/2")]
