@@ -262,6 +262,11 @@ def theirs_in_objects(folder: Location) -> list[str]:
     found: set[str] = set()
     for key, info in folder.fs.find(folder.path, detail=True).items():
         entry, _, path = key[len(base) :].partition("/") if key.startswith(base) else ("", "", "")
+        if entry in entries and entry != "zarr.json" and key == base + entry:
+            # an object named as a folder of ours (``0``, ``.fstack_dask``), beside its keys: a
+            # user's, which the removal of that folder's prefix deleted with it, exit 0
+            found.add(entry)
+            continue
         if entry not in entries or entry == STATE_DIR or not path:
             continue
         if path.endswith("/") and not is_marker(path, info.get("size")):

@@ -1322,3 +1322,23 @@ def test_a_users_slash_keyed_object_put_beside_ours_while_an_s3_overwrite_runs_f
              if "/.fstack_dask/" not in k and k != theirs}  # fmt: skip
     assert after == before and theirs in _keys(fs, b)
     assert [k for k in fs.find(b) if ".fstack-staging-" in k and k.endswith("/0/c/2/2")]
+
+
+@pytest.mark.parametrize("key", ["out.zarr/0", "out.zarr/.fstack_dask"])
+def test_an_s3_overwrite_of_an_output_with_a_users_object_named_as_a_folder_of_ours_is_refused(
+    s3, bucket, key
+):
+    """A user's object whose key is that of a folder of our output (``out.zarr/0`` beside
+    ``out.zarr/0/c/0/0``, S3 allows both; ``out.zarr/.fstack_dask``): an --overwrite deleted
+    it, exit 0, with its folder's prefix (s3fs's recursive rm of ``0`` takes the object
+    ``0`` too). Refused before anything is computed, as a user's object inside our arrays
+    is: one line naming it, exit 2, no key changed."""
+    fs, b = bucket
+    src, dst, opts = _fused_once(b, s3, levels=0)
+    _object(s3, b, key, b"the user's bytes")
+    before = _keys(fs, b)
+    proc = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"holds {key.removeprefix('out.zarr/')!r} inside its arrays" in line, line
+    assert _keys(fs, b) == before
