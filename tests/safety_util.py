@@ -28,6 +28,26 @@ def write_src(path: Path, seed: int = 0, **kw) -> Path:
     return path
 
 
+def cli_whose_chunk_writes_fail(error: str, at: int) -> str:
+    """A ``python -c`` program: the CLI (its arguments after it), each chunk file it writes from
+    the ``at``-th on failing with ``errno.<error>`` (ENOSPC: a full disk; EDQUOT: a user's
+    quota reached), as zarr's local store raises it."""
+    return textwrap.dedent(f"""
+        import errno, os, sys
+        from zarr.storage import _local
+        put, n = _local._put, [0]
+        def put_or_fail(path, value, exclusive=False):
+            if "/c/" in str(path):
+                n[0] += 1
+                if n[0] >= {at}:
+                    raise OSError(errno.{error}, os.strerror(errno.{error}), str(path))
+            return put(path, value, exclusive)
+        _local._put = put_or_fail
+        from fstack_dask._cli.main import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+
+
 def cli(*args, cwd=None, env=None, timeout=180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fstack_dask", *map(str, args)],

@@ -1284,17 +1284,23 @@ def test_an_s3_overwrite_with_a_users_slash_keyed_object_beside_ours_is_refused_
     then its swap refused to move the object, the new output kept beside dst for --resume.
     Refused before anything is computed, as a user's object inside our arrays is: one line
     naming it, exit 2, no key written."""
+    line = _overwrite_refused_for(s3, bucket, key, levels=1)
+    rel = key.removeprefix("out.zarr/")
+    assert f"holds {rel!r}, an object whose key ends in '/' holding 16 bytes" in line, line
+    assert "move it out of dst first (nothing was written)" in line, line
+
+
+def _overwrite_refused_for(s3, bucket, key: str, *, levels: int) -> str:
+    """The one line refusing the CLI's --overwrite of an output fused once, the user's object
+    ``key`` (16 bytes) put beside it first; exit 2, no key changed (no block was fused)."""
     fs, b = bucket
-    src, dst, opts = _fused_once(b, s3, levels=1)
+    src, dst, opts = _fused_once(b, s3, levels=levels)
     _object(s3, b, key, b"the user's bytes")
     before = _keys(fs, b)
     proc = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
     assert proc.returncode == 2, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    rel = key.removeprefix("out.zarr/")
-    assert f"holds {rel!r}, an object whose key ends in '/' holding 16 bytes" in line, line
-    assert "move it out of dst first (nothing was written)" in line, line
-    assert _keys(fs, b) == before  # (no staging folder: no block was fused)
+    assert _keys(fs, b) == before
+    return proc.stderr.strip().splitlines()[-1]
 
 
 def test_a_users_slash_keyed_object_put_beside_ours_while_an_s3_overwrite_runs_fails_its_swap(
@@ -1333,12 +1339,5 @@ def test_an_s3_overwrite_of_an_output_with_a_users_object_named_as_a_folder_of_o
     it, exit 0, with its folder's prefix (s3fs's recursive rm of ``0`` takes the object
     ``0`` too). Refused before anything is computed, as a user's object inside our arrays
     is: one line naming it, exit 2, no key changed."""
-    fs, b = bucket
-    src, dst, opts = _fused_once(b, s3, levels=0)
-    _object(s3, b, key, b"the user's bytes")
-    before = _keys(fs, b)
-    proc = _cli("fuse", src, dst, *opts, "--overwrite", "--nhsize", "5")
-    assert proc.returncode == 2, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
+    line = _overwrite_refused_for(s3, bucket, key, levels=0)
     assert f"holds {key.removeprefix('out.zarr/')!r} inside its arrays" in line, line
-    assert _keys(fs, b) == before

@@ -20,6 +20,7 @@ import pytest
 import zarr
 from conftest import tree_digest
 from readers_util import need
+from safety_util import cli_whose_chunk_writes_fail
 
 import fstack_dask
 from fstack_dask import synthetic_stack, write_stack
@@ -1082,20 +1083,7 @@ def test_a_tiff_run_failing_at_its_tiff_says_where_the_output_is_and_what_finish
 
 
 # The CLI's fuse with the disk full at the fourth chunk file its run writes (ENOSPC).
-_FULL_AT_THE_FOURTH_CHUNK = textwrap.dedent("""
-    import errno, os, sys
-    from zarr.storage import _local
-    put, n = _local._put, [0]
-    def put_or_full(path, value, exclusive=False):
-        if "/c/" in str(path):
-            n[0] += 1
-            if n[0] >= 4:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return put(path, value, exclusive)
-    _local._put = put_or_full
-    from fstack_dask._cli.main import main
-    sys.exit(main(sys.argv[1:]))
-""")
+_FULL_AT_THE_FOURTH_CHUNK = cli_whose_chunk_writes_fail("ENOSPC", at=4)
 
 
 def test_a_tiff_run_on_a_full_disk_says_where_its_blocks_are(tmp_path):

@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import tree_digest as _tree
+from safety_util import cli_whose_chunk_writes_fail
 
 from fstack_dask import DestinationLockedError, SourceReadError, fuse_zarr, synthetic_stack
 from fstack_dask._cli.main import main
@@ -1090,20 +1091,7 @@ def test_dst_not_writable(tmp_path, capsys):
 
 # The CLI on a disk whose user's quota is reached at the fifth chunk file written (EDQUOT:
 # Lustre, GPFS, NFS home folders of HPC centres; the disk itself has room).
-_OVER_QUOTA = textwrap.dedent(r"""
-    import errno, os, sys
-    from zarr.storage import _local
-    put, n = _local._put, [0]
-    def put_or_over_quota(path, value, exclusive=False):
-        if "/c/" in str(path):
-            n[0] += 1
-            if n[0] >= 5:
-                raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(path))
-        return put(path, value, exclusive)
-    _local._put = put_or_over_quota
-    from fstack_dask._cli.main import main
-    sys.exit(main(sys.argv[1:]))
-""")
+_OVER_QUOTA = cli_whose_chunk_writes_fail("EDQUOT", at=5)
 
 
 def test_a_disk_quota_reached_is_said_as_the_quota(tmp_path):
