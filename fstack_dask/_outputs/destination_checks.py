@@ -60,6 +60,14 @@ class DestinationChecks:
         # working store takes those of the TIFF it will replace)
         self.looks_like: str | None = None
         self.theirs_inside: list[str] = []  # a user's files inside our arrays
+        self._listed: dict | None = None
+
+    def _keys(self) -> dict:
+        """dst's keys on an object store, listed once for the checks that read them all (two
+        listings of an output of a million chunks were two thousand requests)."""
+        if self._listed is None:
+            self._listed = self.dst.fs.find(self.dst.path.rstrip("/"), detail=True)
+        return self._listed
 
     def what(self) -> str:
         """``dst 'SPEC'``, and the folder's own path where that is not what the spec names
@@ -230,7 +238,7 @@ class DestinationChecks:
         """Refuse, before anything is computed, an overwrite on an object store whose swap
         could not move a user's object out of dst (:func:`.folders.unmovable_objects`): it
         was refused only at the swap, after the whole fusion had run."""
-        why = folders.unmovable_objects(self.dst)
+        why = folders.unmovable_objects(self.dst, keys=self._keys)
         if why is not None:
             raise FileExistsError(
                 f"{self.what()} {why}; an overwrite moves dst's objects aside: move it out of "
@@ -250,7 +258,7 @@ class DestinationChecks:
             sticky = sticky_blocked(self.dst.path, ("zarr.json",))
             why = None if sticky is None else f"cannot be finished: this user {sticky}"
         if why is None and removing:
-            theirs: list[str] = theirs_in_objects(self.dst)  # (an object store's)
+            theirs: list[str] = theirs_in_objects(self.dst, keys=self._keys)  # (object store)
             missing = unremovable(self.dst, theirs)
             self.theirs_inside = sorted(theirs) if missing is None else []
             advice = (

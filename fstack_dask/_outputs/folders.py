@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import DestinationLockedError
@@ -158,16 +159,17 @@ def _unmovable_what(top: str, theirs: dict[str, Any]) -> str:
             "not a folder), which fstack_dask did not write and cannot move")  # fmt: skip
 
 
-def unmovable_objects(dst: Location) -> str | None:
+def unmovable_objects(dst: Location, *, keys: Callable[[], dict] | None = None) -> str | None:
     """What in ``dst`` on an object store an overwrite's swap could not move (a user's object
     whose key ends in ``/`` and holds bytes, beside our entries or in the state folder), for
     one line; or None. One listing of dst's keys, before anything is computed: the swap
     found it only once the whole fusion had run. (dst's own key ``out.zarr/`` holding bytes
-    is listed as ``''``.)"""
+    is listed as ``''``.) ``keys``: what gives that listing, where the caller lists dst once
+    for several checks."""
     if dst.is_local:
         return None
     top = dst.path.rstrip("/")
-    theirs = _unmovable(top, dst.fs.find(top, detail=True))
+    theirs = _unmovable(top, keys() if keys is not None else dst.fs.find(top, detail=True))
     return None if not theirs else f"holds {_unmovable_what(top, theirs)}"
 
 

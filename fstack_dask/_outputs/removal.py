@@ -248,19 +248,21 @@ def unremovable(folder: Location, found: list[str] | None = None) -> str | None:
     return None
 
 
-def theirs_in_objects(folder: Location) -> list[str]:
+def theirs_in_objects(folder: Location, *, keys: Callable[[], dict] | None = None) -> list[str]:
     """What inside the arrays of our output at ``folder`` on an object store fstack_dask did
     not write (``0/annotations``, ``0/c/99/0``), as :func:`unremovable`'s walk finds it on a
     local disk: one listing of its keys (10,000 keys: ten requests to S3; on moto a few
     seconds, where the overwrite then copies each key, each a request). An overwrite went on
     over them: the previous output hidden beside dst with them, or, of an unfinished
-    output, a user's key named like a chunk of the new grid overwritten."""
+    output, a user's key named like a chunk of the new grid overwritten. ``keys``: what
+    gives that listing, where the caller lists dst once for several checks."""
     entries = None if folder.is_local else recorded_entries(folder)
     if entries is None:
         return []
     base, ours = folder.path.rstrip("/") + "/", ours_within(folder)
     found: set[str] = set()
-    for key, info in folder.fs.find(folder.path, detail=True).items():
+    listing = keys() if keys is not None else folder.fs.find(folder.path, detail=True)
+    for key, info in listing.items():
         entry, _, path = key[len(base) :].partition("/") if key.startswith(base) else ("", "", "")
         if entry in entries and entry != "zarr.json" and key == base + entry:
             # an object named as a folder of ours (``0``, ``.fstack_dask``), beside its keys: a
